@@ -1,0 +1,79 @@
+// Command biller makes Stripe agree with Postgres: it pushes each tenant's
+// usage deltas as billing meter events, reconciles, and keeps a DLQ.
+//
+//	biller [flags]                                        serve (see -h)
+//	biller migrate [flags]                                apply database migrations and exit
+//	biller reconcile --period YYYY-MM [--format table|csv|json]
+//	biller dlq list | show ID | replay (ID... | --all) | discard ID... [--actor NAME] [--note TEXT]
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"slices"
+
+	"github.com/usagemeter/metering/internal/biller"
+	"github.com/usagemeter/metering/internal/cli"
+	"github.com/usagemeter/metering/internal/config"
+	"github.com/usagemeter/metering/internal/service"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	cmd, sub := "serve", ""
+	if len(args) > 0 && slices.Contains([]string{"migrate", "reconcile", "dlq"}, args[0]) {
+		cmd, args = args[0], args[1:]
+	}
+	if cmd == "dlq" {
+		if len(args) == 0 {
+			fmt.Fprintln(os.Stderr, "biller dlq: want list, show, replay or discard")
+			return 2
+		}
+		sub, args = args[0], args[1:]
+	}
+	own := append(slices.Clone(biller.SubcommandFlags.Valued), biller.SubcommandFlags.Boolean...)
+	settings, rest := cli.SplitSettings(args, func(name string) bool { return !slices.Contains(own, name) })
+	cfg, extra, err := config.LoadBiller("biller", settings, os.Getenv, os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "biller:", err)
+		return 2
+	}
+	rest = append(rest, extra...)
+	log, err := service.NewLogger(os.Stderr, cfg.LogLevel, "biller")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "biller:", err)
+		return 2
+	}
+	ctx, stop := service.SignalContext()
+	defer stop()
+	switch cmd {
+	case "serve":
+		if len(rest) > 0 {
+			fmt.Fprintf(os.Stderr, "biller: unknown argument %q; commands: migrate, reconcile, dlq\n", rest[0])
+			return 2
+		}
+		err = biller.Run(ctx, cfg, log, nil)
+	case "migrate":
+		var pool interface{ Close() }
+		if pool, err = biller.Open(ctx, cfg.DatabaseURL, 0, log); err == nil {
+			pool.Close()
+		}
+	case "reconcile":
+		err = biller.ReconcileCommand(ctx, cfg, log, rest, os.Stdout)
+	case "dlq":
+		err = biller.DLQCommand(ctx, cfg, log, sub, rest, os.Stdout)
+	}
+	if err != nil {
+		log.Error("biller failed", "command", cmd, "err", err)
+		return 1
+	}
+	return 0
+}

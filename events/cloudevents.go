@@ -1,0 +1,139 @@
+package events
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// CloudEvents 1.0 mapping: id→ID, subject→Tenant, type→Metric, time→Time,
+// source→Source, data.value→Value, every other data field (a string) →
+// Properties. Extension attributes are accepted and ignored.
+
+// DefaultCloudEventSource is the CloudEvents source given to an event that
+// has none, since CloudEvents requires one.
+const DefaultCloudEventSource = "unknown"
+
+// cloudEventField names an Event field as the CloudEvents attribute it came from.
+func cloudEventField(field string) string {
+	switch {
+	case field == "tenant":
+		return "subject"
+	case field == "metric":
+		return "type"
+	case field == "value":
+		return "data.value"
+	case strings.HasPrefix(field, "properties."):
+		return "data." + strings.TrimPrefix(field, "properties.")
+	case field == "properties":
+		return "data"
+	}
+	return field
+}
+
+func decodeCloudEvent(raw []byte, index int) (Event, []FieldError) {
+	var errs []FieldError
+	add := func(field, format string, args ...any) {
+		errs = append(errs, FieldError{Index: index, Field: field, Message: fmt.Sprintf(format, args...)})
+	}
+	var attrs map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &attrs); err != nil {
+		add("", "must be a CloudEvents 1.0 JSON object: %s", jsonErrorText(err))
+		return Event{}, errs
+	}
+	str := func(attr string) string {
+		m, ok := attrs[attr]
+		if !ok || string(m) == "null" {
+			return ""
+		}
+		var s string
+		if err := json.Unmarshal(m, &s); err != nil {
+			add(attr, "must be a string, got %s", jsonKind(m))
+		}
+		return s
+	}
+	if v := str("specversion"); v != "1.0" {
+		add("specversion", "must be \"1.0\", got %q", v)
+	}
+	e := Event{ID: str("id"), Tenant: str("subject"), Metric: str("type"), Source: str("source")}
+	if e.Source == "" {
+		add("source", "is required by CloudEvents 1.0")
+	}
+	if ct := str("datacontenttype"); ct != "" && ct != MediaJSON && !strings.HasPrefix(ct, MediaJSON+";") {
+		add("datacontenttype", "must be %s, got %q", MediaJSON, ct)
+	}
+	if _, ok := attrs["data_base64"]; ok {
+		add("data_base64", "is not supported; send data as a JSON object")
+	}
+	if ts := str("time"); ts != "" {
+		t, msg := parseTime(ts)
+		if msg != "" {
+			add("time", "%s", msg)
+		}
+		e.Time = t
+	}
+	data, ok := attrs["data"]
+	if !ok || string(data) == "null" {
+		add("data", "is required: an object with an integer \"value\"")
+		return e, errs
+	}
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(data, &fields); err != nil {
+		add("data", "must be an object with an integer \"value\", got %s", jsonKind(data))
+		return e, errs
+	}
+	v, msg := parseValue(fields["value"])
+	if msg != "" {
+		add("data.value", "%s", msg)
+	}
+	e.Value = v
+	for _, k := range sortedRawKeys(fields) {
+		if k == "value" {
+			continue
+		}
+		var s string
+		if err := json.Unmarshal(fields[k], &s); err != nil {
+			add("data."+k, "must be a string (it becomes a property), got %s", jsonKind(fields[k]))
+			continue
+		}
+		if e.Properties == nil {
+			e.Properties = make(map[string]string, len(fields)-1)
+		}
+		e.Properties[k] = s
+	}
+	return e, errs
+}
+
+// AppendCloudEvent appends e as a CloudEvents 1.0 structured-mode JSON
+// object. An event without Source gets DefaultCloudEventSource. A property
+// named "value" cannot be represented, since data.value is the event value.
+func (e Event) AppendCloudEvent(dst []byte) ([]byte, error) {
+	if _, ok := e.Properties["value"]; ok {
+		return dst, fmt.Errorf("events: property %q collides with the CloudEvents data.value attribute", "value")
+	}
+	source := e.Source
+	if source == "" {
+		source = DefaultCloudEventSource
+	}
+	dst = append(dst, `{"specversion":"1.0","id":`...)
+	dst = appendString(dst, e.ID)
+	dst = append(dst, `,"source":`...)
+	dst = appendString(dst, source)
+	dst = append(dst, `,"type":`...)
+	dst = appendString(dst, e.Metric)
+	dst = append(dst, `,"subject":`...)
+	dst = appendString(dst, e.Tenant)
+	dst = append(dst, `,"time":"`...)
+	dst = e.Time.UTC().AppendFormat(dst, time.RFC3339Nano)
+	dst = append(dst, `","datacontenttype":"application/json","data":{"value":`...)
+	dst = strconv.AppendInt(dst, e.Value, 10)
+	for _, k := range sortedKeys(e.Properties) {
+		dst = append(dst, ',')
+		dst = appendString(dst, k)
+		dst = append(dst, ':')
+		dst = appendString(dst, e.Properties[k])
+	}
+	return append(dst, "}}"...), nil
+}

@@ -1,0 +1,16 @@
+// Package events is the public SDK for services that produce usage events.
+//
+// It defines the Event type (the wire contract of the usage.events topic),
+// its validation, the codecs the ingest API accepts (a JSON object, a JSON
+// array, NDJSON and CloudEvents 1.0 structured and batch mode), UUIDv7
+// idempotency ids, and a Kafka Producer that returns only once every event
+// was acknowledged by all in-sync replicas.
+//
+// Invariant: an Event that passes Validate encodes to exactly one canonical
+// byte sequence (see Event.AppendJSON), whichever path produced it, and
+// decoding those bytes yields the same Event. The pair (Tenant, ID) is the
+// idempotency key: the pipeline counts it once, however often it is sent.
+//
+// This package does not import anything under internal/, so producing
+// services can depend on it alone.
+package events

@@ -1,0 +1,247 @@
+package events
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/google/uuid"
+)
+
+// Limits of the event contract.
+const (
+	// MaxIDLen is the longest idempotency id, in bytes of printable ASCII.
+	MaxIDLen = 128
+	// MaxNameLen is the longest tenant or metric name.
+	MaxNameLen = 128
+	// MaxValue is the largest value an event may carry: 2^53, the largest
+	// integer every JSON implementation represents exactly.
+	MaxValue int64 = 1 << 53
+	// MaxSourceLen is the longest source, in bytes.
+	MaxSourceLen = 256
+	// MaxProperties is the most properties an event may carry.
+	MaxProperties = 32
+	// MaxPropertyKeyLen and MaxPropertyValueLen bound each property, in bytes.
+	MaxPropertyKeyLen   = 128
+	MaxPropertyValueLen = 1024
+
+	// DefaultHorizon is how old an event may be: the dedup horizon, which is
+	// also Stripe's limit for meter events.
+	DefaultHorizon = 35 * 24 * time.Hour
+	// DefaultMaxFuture is how far ahead of the clock an event time may be.
+	DefaultMaxFuture = 5 * time.Minute
+)
+
+// Event is one usage event: Value units of Metric used by Tenant at Time.
+type Event struct {
+	// ID is the idempotency key, unique per tenant: 1-128 printable ASCII
+	// characters. NewID makes one; an order or request id works too.
+	ID string
+	// Tenant is the customer the usage is billed to.
+	Tenant string
+	// Metric names what was used, such as "api_calls" or "tokens".
+	Metric string
+	// Value is how much was used, in the smallest unit (0 ≤ Value ≤ MaxValue).
+	Value int64
+	// Time is when the usage happened; it decides the window it counts in.
+	Time time.Time
+	// Source optionally names the emitting service.
+	Source string
+	// Properties are optional string dimensions (at most 32).
+	Properties map[string]string
+}
+
+// New returns an event with a fresh UUIDv7 id and the current time. Keep the
+// returned value if you may need to send it again: resending the same id is
+// safe, making a new one is not.
+func New(tenant, metric string, value int64) Event {
+	return Event{ID: NewID(), Tenant: tenant, Metric: metric, Value: value, Time: time.Now().UTC()}
+}
+
+// NewID returns a new UUIDv7, time-ordered so ids of nearby events sort
+// together in indexes.
+func NewID() string {
+	id, err := uuid.NewV7()
+	if err != nil {
+		// NewV7 fails only when the system's random source does.
+		panic(fmt.Sprintf("events: generating UUIDv7: %v", err))
+	}
+	return id.String()
+}
+
+// FieldError is one reason an event was rejected.
+type FieldError struct {
+	// Index is the event's position in the request or batch (0 for a single
+	// event).
+	Index int `json:"index"`
+	// Field is the offending field, such as "value" or "properties.region".
+	Field string `json:"field"`
+	// Message says what is wrong and what is expected.
+	Message string `json:"message"`
+}
+
+func (e FieldError) String() string {
+	return fmt.Sprintf("event %d: %s: %s", e.Index, e.Field, e.Message)
+}
+
+// ValidationError lists every field error of one or more events.
+type ValidationError struct {
+	Errors []FieldError
+}
+
+func (e *ValidationError) Error() string {
+	if len(e.Errors) == 1 {
+		return "invalid event: " + e.Errors[0].String()
+	}
+	parts := make([]string, len(e.Errors))
+	for i, fe := range e.Errors {
+		parts[i] = fe.String()
+	}
+	return fmt.Sprintf("%d invalid fields: %s", len(e.Errors), strings.Join(parts, "; "))
+}
+
+// AsValidationError reports whether err is or wraps a *ValidationError.
+func AsValidationError(err error) (*ValidationError, bool) {
+	var ve *ValidationError
+	ok := errors.As(err, &ve)
+	return ve, ok
+}
+
+// Validator checks events against the contract. Its zero value uses the
+// defaults (DefaultHorizon, DefaultMaxFuture, time.Now).
+type Validator struct {
+	// Horizon is how old an event may be; 0 means DefaultHorizon.
+	Horizon time.Duration
+	// MaxFuture is how far ahead of Now an event may be; 0 means DefaultMaxFuture.
+	MaxFuture time.Duration
+	// Now returns the current time; nil means time.Now.
+	Now func() time.Time
+}
+
+// Validate returns every field error of e, all tagged with index, or nil.
+func (v Validator) Validate(index int, e Event) []FieldError {
+	var errs []FieldError
+	add := func(field, format string, args ...any) {
+		errs = append(errs, FieldError{Index: index, Field: field, Message: fmt.Sprintf(format, args...)})
+	}
+	if msg := checkID(e.ID); msg != "" {
+		add("id", "%s", msg)
+	}
+	if msg := checkName(e.Tenant); msg != "" {
+		add("tenant", "%s", msg)
+	}
+	if msg := checkName(e.Metric); msg != "" {
+		add("metric", "%s", msg)
+	}
+	if e.Value < 0 {
+		add("value", "must be at least 0, got %d", e.Value)
+	} else if e.Value > MaxValue {
+		add("value", "must be at most 2^53 (%d), got %d", MaxValue, e.Value)
+	}
+	if e.Time.IsZero() {
+		add("time", "is required (an RFC 3339 timestamp such as 2026-11-21T19:00:00Z)")
+	} else {
+		now := time.Now()
+		if v.Now != nil {
+			now = v.Now()
+		}
+		horizon, future := v.Horizon, v.MaxFuture
+		if horizon <= 0 {
+			horizon = DefaultHorizon
+		}
+		if future <= 0 {
+			future = DefaultMaxFuture
+		}
+		if e.Time.After(now.Add(future)) {
+			add("time", "is %s ahead of the server clock; at most %s is allowed", e.Time.Sub(now).Round(time.Second), future)
+		} else if e.Time.Before(now.Add(-horizon)) {
+			add("time", "is older than the %s dedup horizon; such usage can no longer be counted exactly once", horizon)
+		}
+	}
+	if len(e.Source) > MaxSourceLen {
+		add("source", "must be at most %d bytes, got %d", MaxSourceLen, len(e.Source))
+	} else if msg := checkText(e.Source); msg != "" {
+		add("source", "%s", msg)
+	}
+	if len(e.Properties) > MaxProperties {
+		add("properties", "must have at most %d keys, got %d", MaxProperties, len(e.Properties))
+	}
+	for _, k := range sortedKeys(e.Properties) {
+		val := e.Properties[k]
+		switch {
+		case k == "":
+			add("properties", "keys must not be empty")
+		case len(k) > MaxPropertyKeyLen:
+			add("properties."+k[:16]+"...", "key must be at most %d bytes", MaxPropertyKeyLen)
+		case checkText(k) != "":
+			add("properties", "key %q %s", k, checkText(k))
+		case len(val) > MaxPropertyValueLen:
+			add("properties."+k, "must be at most %d bytes, got %d", MaxPropertyValueLen, len(val))
+		case checkText(val) != "":
+			add("properties."+k, "%s", checkText(val))
+		}
+	}
+	return errs
+}
+
+// Validate checks e with the default Validator and returns a
+// *ValidationError listing every field error, or nil.
+func (e Event) Validate() error {
+	if errs := (Validator{}).Validate(0, e); len(errs) > 0 {
+		return &ValidationError{Errors: errs}
+	}
+	return nil
+}
+
+func checkID(id string) string {
+	if id == "" {
+		return "is required (1-128 printable ASCII characters; events.NewID makes one)"
+	}
+	if len(id) > MaxIDLen {
+		return fmt.Sprintf("must be at most %d characters, got %d", MaxIDLen, len(id))
+	}
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; c < 0x20 || c > 0x7e {
+			return fmt.Sprintf("must be printable ASCII; byte %d is 0x%02x", i, c)
+		}
+	}
+	return ""
+}
+
+func checkName(s string) string {
+	if s == "" {
+		return "is required (1-128 characters of A-Z a-z 0-9 . _ : -)"
+	}
+	if len(s) > MaxNameLen {
+		return fmt.Sprintf("must be at most %d characters, got %d", MaxNameLen, len(s))
+	}
+	for i := 0; i < len(s); i++ {
+		if !nameByte(s[i]) {
+			r, _ := utf8.DecodeRuneInString(s[i:])
+			return fmt.Sprintf("may contain only A-Z a-z 0-9 . _ : -; found %q at byte %d", r, i)
+		}
+	}
+	return ""
+}
+
+func nameByte(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
+		c == '.' || c == '_' || c == ':' || c == '-'
+}
+
+// ValidName reports whether s is a valid tenant or metric name.
+func ValidName(s string) bool { return checkName(s) == "" }
+
+func checkText(s string) string {
+	if !utf8.ValidString(s) {
+		return "must be valid UTF-8"
+	}
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f {
+			return fmt.Sprintf("must not contain control characters (found %U)", r)
+		}
+	}
+	return ""
+}

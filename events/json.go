@@ -1,0 +1,322 @@
+package events
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strconv"
+	"time"
+	"unicode/utf8"
+)
+
+// AppendJSON appends the canonical JSON encoding of e to dst: the fields in
+// contract order, time in UTC RFC 3339 with only the significant fraction
+// digits, source and properties omitted when empty, property keys sorted.
+// The SDK and the ingest API both publish exactly these bytes.
+func (e Event) AppendJSON(dst []byte) []byte {
+	dst = append(dst, `{"id":`...)
+	dst = appendString(dst, e.ID)
+	dst = append(dst, `,"tenant":`...)
+	dst = appendString(dst, e.Tenant)
+	dst = append(dst, `,"metric":`...)
+	dst = appendString(dst, e.Metric)
+	dst = append(dst, `,"value":`...)
+	dst = strconv.AppendInt(dst, e.Value, 10)
+	dst = append(dst, `,"time":"`...)
+	dst = e.Time.UTC().AppendFormat(dst, time.RFC3339Nano)
+	dst = append(dst, '"')
+	if e.Source != "" {
+		dst = append(dst, `,"source":`...)
+		dst = appendString(dst, e.Source)
+	}
+	if len(e.Properties) > 0 {
+		dst = append(dst, `,"properties":{`...)
+		for i, k := range sortedKeys(e.Properties) {
+			if i > 0 {
+				dst = append(dst, ',')
+			}
+			dst = appendString(dst, k)
+			dst = append(dst, ':')
+			dst = appendString(dst, e.Properties[k])
+		}
+		dst = append(dst, '}')
+	}
+	return append(dst, '}')
+}
+
+// AppendArray appends evs as a JSON array of canonical events: a request
+// body for POST /v1/events.
+func AppendArray(dst []byte, evs []Event) []byte {
+	dst = append(dst, '[')
+	for i, e := range evs {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = e.AppendJSON(dst)
+	}
+	return append(dst, ']')
+}
+
+// MarshalJSON returns the canonical encoding (see AppendJSON).
+func (e Event) MarshalJSON() ([]byte, error) {
+	return e.AppendJSON(make([]byte, 0, 192)), nil
+}
+
+// UnmarshalJSON decodes one event object strictly: unknown fields, wrong
+// types and non-integer values are errors (a *ValidationError). It does not
+// check the contract's ranges; call Validate for that.
+func (e *Event) UnmarshalJSON(b []byte) error {
+	ev, errs := decodeObject(b, 0)
+	if len(errs) > 0 {
+		return &ValidationError{Errors: errs}
+	}
+	*e = ev
+	return nil
+}
+
+func sortedKeys(m map[string]string) []string {
+	if len(m) == 0 {
+		return nil
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+const hexDigits = "0123456789abcdef"
+
+// appendString appends s as a JSON string. Invalid UTF-8 becomes U+FFFD,
+// as encoding/json does; validated events never contain any.
+func appendString(dst []byte, s string) []byte {
+	dst = append(dst, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' {
+				i++
+				continue
+			}
+			dst = append(dst, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				dst = append(dst, '\\', c)
+			case '\n':
+				dst = append(dst, '\\', 'n')
+			case '\r':
+				dst = append(dst, '\\', 'r')
+			case '\t':
+				dst = append(dst, '\\', 't')
+			default:
+				dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, `\ufffd`...)
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	dst = append(dst, s[start:]...)
+	return append(dst, '"')
+}
+
+// wireEvent is the fast-path decoding target; a type error in it sends the
+// object to decodeObject, which reports every field error.
+type wireEvent struct {
+	ID         string            `json:"id"`
+	Tenant     string            `json:"tenant"`
+	Metric     string            `json:"metric"`
+	Value      json.RawMessage   `json:"value"`
+	Time       string            `json:"time"`
+	Source     string            `json:"source"`
+	Properties map[string]string `json:"properties"`
+}
+
+func (w *wireEvent) event(index int) (Event, []FieldError) {
+	e := Event{ID: w.ID, Tenant: w.Tenant, Metric: w.Metric, Source: w.Source, Properties: w.Properties}
+	var errs []FieldError
+	v, msg := parseValue(w.Value)
+	if msg != "" {
+		errs = append(errs, FieldError{Index: index, Field: "value", Message: msg})
+	}
+	e.Value = v
+	t, msg := parseTime(w.Time)
+	if msg != "" {
+		errs = append(errs, FieldError{Index: index, Field: "time", Message: msg})
+	}
+	e.Time = t
+	return e, errs
+}
+
+var eventFields = []string{"id", "tenant", "metric", "value", "time", "source", "properties"}
+
+// decodeObject decodes one event object field by field, reporting every
+// problem rather than the first.
+func decodeObject(b []byte, index int) (Event, []FieldError) {
+	var w wireEvent
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&w); err == nil && !hasTrailing(dec) {
+		return w.event(index)
+	}
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return Event{}, []FieldError{{Index: index, Field: "", Message: "must be a JSON object: " + jsonErrorText(err)}}
+	}
+	var errs []FieldError
+	add := func(field, msg string) { errs = append(errs, FieldError{Index: index, Field: field, Message: msg}) }
+	for _, k := range sortedRawKeys(raw) {
+		if !slices.Contains(eventFields, k) {
+			add(k, "unknown field; an event has id, tenant, metric, value, time, source and properties")
+		}
+	}
+	str := func(field string) string {
+		m, ok := raw[field]
+		if !ok || string(m) == "null" {
+			return ""
+		}
+		var s string
+		if err := json.Unmarshal(m, &s); err != nil {
+			add(field, "must be a string, got "+jsonKind(m))
+		}
+		return s
+	}
+	var e Event
+	e.ID = str("id")
+	e.Tenant = str("tenant")
+	e.Metric = str("metric")
+	e.Source = str("source")
+	v, msg := parseValue(raw["value"])
+	if msg != "" {
+		add("value", msg)
+	}
+	e.Value = v
+	ts := str("time")
+	if _, ok := raw["time"]; ok && ts != "" {
+		t, msg := parseTime(ts)
+		if msg != "" {
+			add("time", msg)
+		}
+		e.Time = t
+	}
+	if m, ok := raw["properties"]; ok && string(m) != "null" {
+		var props map[string]json.RawMessage
+		if err := json.Unmarshal(m, &props); err != nil {
+			add("properties", "must be an object of string values, got "+jsonKind(m))
+		} else {
+			e.Properties = make(map[string]string, len(props))
+			for _, k := range sortedRawKeys(props) {
+				var s string
+				if err := json.Unmarshal(props[k], &s); err != nil {
+					add("properties."+k, "must be a string, got "+jsonKind(props[k]))
+					continue
+				}
+				e.Properties[k] = s
+			}
+		}
+	}
+	return e, errs
+}
+
+func sortedRawKeys(m map[string]json.RawMessage) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// parseValue accepts only a JSON integer literal in [0, MaxValue].
+func parseValue(m json.RawMessage) (int64, string) {
+	m = bytes.TrimSpace(m)
+	if len(m) == 0 || string(m) == "null" {
+		return 0, "is required (an integer count in the smallest unit)"
+	}
+	if m[0] == '-' {
+		return 0, fmt.Sprintf("must be at least 0, got %s", m)
+	}
+	for _, c := range m {
+		if c < '0' || c > '9' {
+			if c == '.' || c == 'e' || c == 'E' {
+				return 0, fmt.Sprintf("must be an integer, got %s; count in the smallest unit (bytes, milliseconds, tokens)", truncate(m))
+			}
+			return 0, "must be an integer, got " + jsonKind(m)
+		}
+	}
+	v, err := strconv.ParseUint(string(m), 10, 64)
+	if err != nil || v > uint64(MaxValue) {
+		return 0, fmt.Sprintf("must be at most 2^53 (%d), got %s", MaxValue, truncate(m))
+	}
+	return int64(v), ""
+}
+
+func parseTime(s string) (time.Time, string) {
+	if s == "" {
+		return time.Time{}, ""
+	}
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return time.Time{}, fmt.Sprintf("must be an RFC 3339 timestamp such as 2026-11-21T19:00:00.123Z, got %q", truncate([]byte(s)))
+	}
+	return t.UTC(), ""
+}
+
+func truncate(b []byte) string {
+	if len(b) > 40 {
+		return string(b[:40]) + "..."
+	}
+	return string(b)
+}
+
+func jsonKind(m json.RawMessage) string {
+	m = bytes.TrimSpace(m)
+	if len(m) == 0 {
+		return "nothing"
+	}
+	switch m[0] {
+	case '"':
+		return "a string"
+	case '{':
+		return "an object"
+	case '[':
+		return "an array"
+	case 't', 'f':
+		return "a boolean"
+	case 'n':
+		return "null"
+	default:
+		return "a number"
+	}
+}
+
+func hasTrailing(dec *json.Decoder) bool {
+	_, err := dec.Token()
+	return !errors.Is(err, io.EOF)
+}
+
+func jsonErrorText(err error) string {
+	var se *json.SyntaxError
+	if errors.As(err, &se) {
+		return fmt.Sprintf("%s (at byte %d)", se.Error(), se.Offset)
+	}
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		return fmt.Sprintf("got a JSON %s", te.Value)
+	}
+	return err.Error()
+}

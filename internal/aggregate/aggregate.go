@@ -1,0 +1,414 @@
+// Package aggregate applies batches of usage.events records to Postgres:
+// dedup ledger, usage windows, consumer offset, quota breaches, dead
+// letters and outbox rows, all in ONE transaction per batch.
+//
+// Invariant: a record's effects are committed exactly once, together with
+// the offset after it. The offset update is a compare-and-set on the
+// offset the batch started from, so a member that lost its partition in a
+// rebalance cannot commit over the new owner (ErrFenced), and the ledger's
+// key on (tenant, id) makes a resent event count once whatever path it
+// took. Nothing in a batch can fail it for good: a record that cannot be
+// counted becomes a dead letter, and the partition moves on.
+package aggregate
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/big"
+	"math/bits"
+	"slices"
+	"time"
+	"unicode/utf8"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/usagemeter/metering/events"
+	"github.com/usagemeter/metering/internal/quota"
+	"github.com/usagemeter/metering/internal/windows"
+)
+
+// ErrFenced means the partition's stored offset is not where this batch
+// started: another consumer owns the partition now.
+var ErrFenced = errors.New("partition offset moved: another consumer owns this partition")
+
+// Record is one message of usage.events.
+type Record struct {
+	Partition int
+	Offset    int64
+	Key       []byte
+	Value     []byte
+	// Time is the broker's timestamp of the record.
+	Time time.Time
+}
+
+// Config of an Aggregator.
+type Config struct {
+	// Group names the consumer (offsets are stored per group).
+	Group string
+	// Topic is the source topic, usage.events.
+	Topic string
+	// Horizon is the dedup horizon: older events are dead letters.
+	Horizon time.Duration
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// Metrics may be nil.
+	Metrics *Metrics
+	Logger  *slog.Logger
+}
+
+// Aggregator applies batches.
+type Aggregator struct {
+	pool *pgxpool.Pool
+	cfg  Config
+}
+
+// New returns an Aggregator on pool.
+func New(pool *pgxpool.Pool, cfg Config) *Aggregator {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Horizon <= 0 {
+		cfg.Horizon = events.DefaultHorizon
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Aggregator{pool: pool, cfg: cfg}
+}
+
+// Result says what one batch did.
+type Result struct {
+	Counted, Duplicates, Conflicts, DeadLettered, Late int
+	Breaches                                           []quota.Breach
+	NextOffset                                         int64
+}
+
+// Error classes of dead letters (header error-class).
+const (
+	ClassUndecodable = "undecodable"
+	ClassInvalid     = "invalid"
+	ClassTooOld      = "too_old"
+)
+
+// NextOffset returns where partition resumes: the stored offset, or -1
+// when the group has never committed one.
+func (a *Aggregator) NextOffset(ctx context.Context, partition int) (int64, error) {
+	var next int64
+	err := a.pool.QueryRow(ctx, `SELECT next_offset FROM consumer_offsets
+		WHERE consumer_group = $1 AND topic = $2 AND partition = $3`, a.cfg.Group, a.cfg.Topic, partition).Scan(&next)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return -1, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("reading offset of partition %d: %w", partition, err)
+	}
+	return next, nil
+}
+
+// decoded is one record after decoding, or the reason it is a dead letter.
+type decoded struct {
+	rec   Record
+	ev    events.Event
+	hash  []byte
+	class string // non-empty: dead letter
+	err   string
+}
+
+func (a *Aggregator) decode(rec Record, now time.Time) decoded {
+	d := decoded{rec: rec}
+	if !utf8.Valid(rec.Value) {
+		d.class, d.err = ClassUndecodable, "the record is not valid UTF-8"
+		return d
+	}
+	if err := d.ev.UnmarshalJSON(rec.Value); err != nil {
+		// JSON that is not an event object is undecodable; an object
+		// with wrong fields is an invalid event.
+		d.class, d.err = ClassInvalid, err.Error()
+		if ve, ok := events.AsValidationError(err); !ok || slices.ContainsFunc(ve.Errors, func(fe events.FieldError) bool { return fe.Field == "" }) {
+			d.class = ClassUndecodable
+		}
+		return d
+	}
+	v := events.Validator{Horizon: a.cfg.Horizon, Now: func() time.Time { return now }}
+	if errs := v.Validate(0, d.ev); len(errs) > 0 {
+		d.class, d.err = ClassInvalid, (&events.ValidationError{Errors: errs}).Error()
+		for _, fe := range errs {
+			if fe.Field == "time" && d.ev.Time.Before(now.Add(-a.cfg.Horizon)) {
+				d.class = ClassTooOld
+			}
+		}
+		return d
+	}
+	sum := sha256.Sum256(d.ev.AppendJSON(nil))
+	d.hash = sum[:]
+	return d
+}
+
+// sum128 adds non-negative int64 values without overflow.
+type sum128 struct{ hi, lo uint64 }
+
+func (s *sum128) add(v int64) {
+	var c uint64
+	s.lo, c = bits.Add64(s.lo, uint64(v), 0)
+	s.hi += c
+}
+
+func (s sum128) String() string {
+	if s.hi == 0 {
+		return fmt.Sprint(s.lo)
+	}
+	n := new(big.Int).Lsh(new(big.Int).SetUint64(s.hi), 64)
+	return n.Add(n, new(big.Int).SetUint64(s.lo)).String()
+}
+
+type windowKey struct {
+	tenant, metric string
+	g              windows.Granularity
+	start          time.Time
+}
+
+type amount struct {
+	value  sum128
+	events int64
+}
+
+// Apply applies recs, which must all come from partition, in offset order,
+// the first at offset from (the partition's stored next offset, or any
+// offset when none is stored yet). It commits everything or nothing.
+func (a *Aggregator) Apply(ctx context.Context, partition int, from int64, recs []Record) (Result, error) {
+	if len(recs) == 0 {
+		return Result{NextOffset: from}, nil
+	}
+	start := time.Now()
+	now := a.cfg.Now().UTC()
+	res := Result{NextOffset: recs[len(recs)-1].Offset + 1}
+
+	batch := make([]decoded, len(recs))
+	for i, rec := range recs {
+		// The horizon is judged at the record's log time, not at the
+		// time it is processed: a lagging consumer, a restart or a
+		// rebuild months later reaches the same verdict.
+		at := rec.Time
+		if at.IsZero() {
+			at = now
+		}
+		batch[i] = a.decode(rec, at)
+	}
+
+	tx, err := a.pool.Begin(ctx)
+	if err != nil {
+		return Result{}, fmt.Errorf("beginning batch transaction: %w", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+
+	// The fence first: it also takes the partition's row lock, so a
+	// second owner waits here and then fails, before doing any work.
+	if err := a.advanceOffset(ctx, tx, partition, from, res.NextOffset); err != nil {
+		return Result{}, err
+	}
+	counted, err := a.dedup(ctx, tx, batch, &res)
+	if err != nil {
+		return Result{}, err
+	}
+	if err := a.deadLetters(ctx, tx, batch, now, &res); err != nil {
+		return Result{}, err
+	}
+	if err := a.addToWindows(ctx, tx, counted); err != nil {
+		return Result{}, err
+	}
+	if err := a.corrections(ctx, tx, counted, now, &res); err != nil {
+		return Result{}, err
+	}
+	breaches, err := a.evaluateQuotas(ctx, tx, counted, now)
+	if err != nil {
+		return Result{}, err
+	}
+	res.Breaches = breaches
+	if res.DeadLettered > 0 || len(breaches) > 0 {
+		if _, err := tx.Exec(ctx, `SELECT pg_notify('outbox', '')`); err != nil {
+			return Result{}, fmt.Errorf("notifying the outbox relay: %w", err)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return Result{}, fmt.Errorf("committing batch of partition %d at offset %d: %w", partition, from, err)
+	}
+	a.cfg.Metrics.observe(res, len(recs), time.Since(start))
+	return res, nil
+}
+
+func (a *Aggregator) advanceOffset(ctx context.Context, tx pgx.Tx, partition int, from, next int64) error {
+	tag, err := tx.Exec(ctx, `INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset)
+		VALUES ($1, $2, $3, $5)
+		ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()
+		WHERE consumer_offsets.next_offset = $4`, a.cfg.Group, a.cfg.Topic, partition, from, next)
+	if err != nil {
+		return fmt.Errorf("advancing offset of partition %d: %w", partition, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("partition %d from offset %d: %w", partition, from, ErrFenced)
+	}
+	return nil
+}
+
+type idKey struct{ tenant, id string }
+
+// dedup inserts the batch's events into the ledger and returns the ones
+// counted now: first occurrences of their (tenant, id).
+func (a *Aggregator) dedup(ctx context.Context, tx pgx.Tx, batch []decoded, res *Result) ([]*decoded, error) {
+	first := make(map[idKey]*decoded, len(batch))
+	var candidates []*decoded
+	var repeats []*decoded // later occurrences within the batch
+	for i := range batch {
+		d := &batch[i]
+		if d.class != "" {
+			continue
+		}
+		k := idKey{d.ev.Tenant, d.ev.ID}
+		if _, seen := first[k]; seen {
+			repeats = append(repeats, d)
+			continue
+		}
+		first[k] = d
+		candidates = append(candidates, d)
+	}
+	n := len(candidates)
+	tenants, ids, metrics := make([]string, n), make([]string, n), make([]string, n)
+	hashes := make([][]byte, n)
+	values, offsets := make([]int64, n), make([]int64, n)
+	times := make([]time.Time, n)
+	parts := make([]int32, n)
+	for i, d := range candidates {
+		tenants[i], ids[i], metrics[i], hashes[i] = d.ev.Tenant, d.ev.ID, d.ev.Metric, d.hash
+		values[i], times[i], parts[i], offsets[i] = d.ev.Value, d.ev.Time, int32(d.rec.Partition), d.rec.Offset
+	}
+	rows, err := tx.Query(ctx, `INSERT INTO ledger (tenant, event_id, payload_hash, metric, value, event_time, event_day, src_partition, src_offset)
+		SELECT t, i, h, m, v, ts, (ts AT TIME ZONE 'UTC')::date, p, o
+		FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::bigint[], $6::timestamptz[], $7::int[], $8::bigint[])
+			AS b(t, i, h, m, v, ts, p, o)
+		ON CONFLICT (tenant, event_id) DO NOTHING
+		RETURNING tenant, event_id`, tenants, ids, hashes, metrics, values, times, parts, offsets)
+	if err != nil {
+		return nil, fmt.Errorf("inserting into the ledger: %w", err)
+	}
+	inserted := make(map[idKey]bool, n)
+	for rows.Next() {
+		var k idKey
+		if err := rows.Scan(&k.tenant, &k.id); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("inserting into the ledger: %w", err)
+		}
+		inserted[k] = true
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("inserting into the ledger: %w", err)
+	}
+	counted := make([]*decoded, 0, len(inserted))
+	var known []*decoded // already in the ledger before this batch
+	for _, d := range candidates {
+		if inserted[idKey{d.ev.Tenant, d.ev.ID}] {
+			counted = append(counted, d)
+		} else {
+			known = append(known, d)
+		}
+	}
+	// Compare every repeat with the hash that was counted.
+	counts := make(map[idKey][]byte, len(known))
+	for _, d := range counted {
+		counts[idKey{d.ev.Tenant, d.ev.ID}] = d.hash
+	}
+	if len(known) > 0 {
+		kt, ki := make([]string, len(known)), make([]string, len(known))
+		for i, d := range known {
+			kt[i], ki[i] = d.ev.Tenant, d.ev.ID
+		}
+		rows, err := tx.Query(ctx, `SELECT l.tenant, l.event_id, l.payload_hash FROM ledger l
+			JOIN unnest($1::text[], $2::text[]) AS b(t, i) ON l.tenant = b.t AND l.event_id = b.i`, kt, ki)
+		if err != nil {
+			return nil, fmt.Errorf("reading ledger hashes: %w", err)
+		}
+		for rows.Next() {
+			var k idKey
+			var h []byte
+			if err := rows.Scan(&k.tenant, &k.id, &h); err != nil {
+				rows.Close()
+				return nil, fmt.Errorf("reading ledger hashes: %w", err)
+			}
+			counts[k] = h
+		}
+		if err := rows.Err(); err != nil {
+			return nil, fmt.Errorf("reading ledger hashes: %w", err)
+		}
+	}
+	var conflicts []*decoded
+	var conflictHashes [][]byte
+	for _, d := range append(known, repeats...) {
+		h := counts[idKey{d.ev.Tenant, d.ev.ID}]
+		if string(h) == string(d.hash) {
+			res.Duplicates++
+			continue
+		}
+		conflicts = append(conflicts, d)
+		conflictHashes = append(conflictHashes, h)
+	}
+	res.Conflicts = len(conflicts)
+	res.Counted = len(counted)
+	if len(conflicts) > 0 {
+		c := len(conflicts)
+		ct, ci := make([]string, c), make([]string, c)
+		rh, rv := make([][]byte, c), make([][]byte, c)
+		cp, co := make([]int32, c), make([]int64, c)
+		for i, d := range conflicts {
+			ct[i], ci[i], rh[i], rv[i], cp[i], co[i] = d.ev.Tenant, d.ev.ID, d.hash, d.rec.Value, int32(d.rec.Partition), d.rec.Offset
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO ledger_conflicts (tenant, event_id, counted_hash, rejected_hash, rejected_event, src_partition, src_offset)
+			SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::bytea[], $6::int[], $7::bigint[])
+			ON CONFLICT (src_partition, src_offset) DO NOTHING`, ct, ci, conflictHashes, rh, rv, cp, co); err != nil {
+			return nil, fmt.Errorf("recording conflicts: %w", err)
+		}
+		for _, d := range conflicts {
+			a.cfg.Logger.WarnContext(ctx, "duplicate id with a different payload; the first one counts",
+				"tenant", d.ev.Tenant, "id", d.ev.ID, "partition", d.rec.Partition, "offset", d.rec.Offset)
+		}
+	}
+	return counted, nil
+}
+
+func (a *Aggregator) addToWindows(ctx context.Context, tx pgx.Tx, counted []*decoded) error {
+	if len(counted) == 0 {
+		return nil
+	}
+	agg := make(map[windowKey]*amount, len(counted))
+	for _, d := range counted {
+		for _, g := range windows.All {
+			k := windowKey{d.ev.Tenant, d.ev.Metric, g, g.Start(d.ev.Time)}
+			am := agg[k]
+			if am == nil {
+				am = &amount{}
+				agg[k] = am
+			}
+			am.value.add(d.ev.Value)
+			am.events++
+		}
+	}
+	n := len(agg)
+	tenants, metrics, grans, vals := make([]string, 0, n), make([]string, 0, n), make([]string, 0, n), make([]string, 0, n)
+	starts, counts := make([]time.Time, 0, n), make([]int64, 0, n)
+	for k, am := range agg {
+		tenants, metrics, grans, starts = append(tenants, k.tenant), append(metrics, k.metric), append(grans, string(k.g)), append(starts, k.start)
+		vals, counts = append(vals, am.value.String()), append(counts, am.events)
+	}
+	// Sorted by key so concurrent batches lock rows in the same order.
+	sortWindows(tenants, metrics, grans, starts, vals, counts)
+	if _, err := tx.Exec(ctx, `INSERT INTO usage_windows (tenant, metric, granularity, window_start, value, events)
+		SELECT t, m, g, s, v::numeric, e FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::bigint[]) AS b(t, m, g, s, v, e)
+		ON CONFLICT (tenant, metric, granularity, window_start) DO UPDATE
+		SET value = usage_windows.value + EXCLUDED.value, events = usage_windows.events + EXCLUDED.events, updated_at = now()`,
+		tenants, metrics, grans, starts, vals, counts); err != nil {
+		return fmt.Errorf("updating usage windows: %w", err)
+	}
+	return nil
+}

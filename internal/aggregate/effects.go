@@ -1,0 +1,259 @@
+package aggregate
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/usagemeter/metering/internal/quota"
+	"github.com/usagemeter/metering/internal/topics"
+	"github.com/usagemeter/metering/internal/usage"
+	"github.com/usagemeter/metering/internal/windows"
+)
+
+// outboxMsg is a Kafka message to publish once the transaction commits.
+type outboxMsg struct {
+	topic   string
+	key     []byte
+	value   []byte
+	headers map[string]string
+}
+
+func insertOutbox(ctx context.Context, tx pgx.Tx, msgs []outboxMsg) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	ts, ks, vs, hs := make([]string, len(msgs)), make([][]byte, len(msgs)), make([][]byte, len(msgs)), make([]string, len(msgs))
+	for i, m := range msgs {
+		h, err := json.Marshal(m.headers)
+		if err != nil {
+			return fmt.Errorf("encoding outbox headers: %w", err)
+		}
+		ts[i], ks[i], vs[i], hs[i] = m.topic, m.key, m.value, string(h)
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO outbox (topic, msg_key, msg_value, headers)
+		SELECT t, k, v, h::jsonb FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::text[]) WITH ORDINALITY AS b(t, k, v, h, n) ORDER BY n`,
+		ts, ks, vs, hs); err != nil {
+		return fmt.Errorf("writing outbox: %w", err)
+	}
+	return nil
+}
+
+// deadLetters records undecodable, invalid and too-old records and queues
+// them for usage.events.dlq with the reason headers.
+func (a *Aggregator) deadLetters(ctx context.Context, tx pgx.Tx, batch []decoded, now time.Time, res *Result) error {
+	var dead []*decoded
+	for i := range batch {
+		if batch[i].class != "" {
+			dead = append(dead, &batch[i])
+		}
+	}
+	if len(dead) == 0 {
+		return nil
+	}
+	n := len(dead)
+	tenants, errs, classes := make([]string, n), make([]string, n), make([]string, n)
+	parts, offs := make([]int32, n), make([]int64, n)
+	payloads := make([][]byte, n)
+	for i, d := range dead {
+		tenant := d.ev.Tenant
+		if tenant == "" {
+			tenant = string(d.rec.Key)
+		}
+		tenants[i], errs[i], classes[i], parts[i], offs[i], payloads[i] = tenant, d.err, d.class, int32(d.rec.Partition), d.rec.Offset, d.rec.Value
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO usage_dlq (tenant, error, error_class, source_topic, source_partition, source_offset, payload, failed_at)
+		SELECT t, e, c, $7, p, o, v, $8 FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::bigint[], $6::bytea[]) AS b(t, e, c, p, o, v)
+		ON CONFLICT (source_topic, source_partition, source_offset) DO NOTHING`,
+		tenants, errs, classes, parts, offs, payloads, a.cfg.Topic, now); err != nil {
+		return fmt.Errorf("recording dead letters: %w", err)
+	}
+	msgs := make([]outboxMsg, n)
+	for i, d := range dead {
+		a.cfg.Logger.WarnContext(ctx, "dead letter", "class", d.class, "error", d.err, "partition", d.rec.Partition, "offset", d.rec.Offset)
+		msgs[i] = outboxMsg{topic: topics.UsageEventsDLQ, key: []byte(tenants[i]), value: d.rec.Value, headers: map[string]string{
+			"error": d.err, "error-class": d.class, "source-topic": a.cfg.Topic,
+			"source-partition": strconv.Itoa(d.rec.Partition), "source-offset": strconv.FormatInt(d.rec.Offset, 10),
+			"failed-at": now.Format(time.RFC3339Nano),
+		}}
+	}
+	res.DeadLettered = n
+	return insertOutbox(ctx, tx, msgs)
+}
+
+// corrections records counted usage whose billing month had already ended
+// when it arrived, for the biller to reconcile.
+func (a *Aggregator) corrections(ctx context.Context, tx pgx.Tx, counted []*decoded, now time.Time, res *Result) error {
+	type key struct {
+		tenant, metric string
+		period         time.Time
+	}
+	late := map[key]*amount{}
+	var order []key
+	for _, d := range counted {
+		start, end := windows.Month.Span(d.ev.Time)
+		if end.After(now) {
+			continue
+		}
+		res.Late++
+		k := key{d.ev.Tenant, d.ev.Metric, start}
+		if late[k] == nil {
+			late[k] = &amount{}
+			order = append(order, k)
+		}
+		late[k].value.add(d.ev.Value)
+		late[k].events++
+	}
+	for _, k := range order {
+		if _, err := tx.Exec(ctx, `INSERT INTO usage_corrections (tenant, metric, period_start, value, events, reason)
+			VALUES ($1, $2, $3, $4::numeric, $5, 'period_closed')`, k.tenant, k.metric, k.period, late[k].value.String(), late[k].events); err != nil {
+			return fmt.Errorf("recording a correction: %w", err)
+		}
+	}
+	return nil
+}
+
+type rule struct {
+	quota.Rule
+	period windows.Granularity
+}
+
+// evaluateQuotas checks every (tenant, metric, period) the batch touched
+// and records each threshold crossed for the first time.
+func (a *Aggregator) evaluateQuotas(ctx context.Context, tx pgx.Tx, counted []*decoded, now time.Time) ([]quota.Breach, error) {
+	if len(counted) == 0 {
+		return nil, nil
+	}
+	tenantSet := map[string]bool{}
+	for _, d := range counted {
+		tenantSet[d.ev.Tenant] = true
+	}
+	tenantList := make([]string, 0, len(tenantSet))
+	for t := range tenantSet {
+		tenantList = append(tenantList, t)
+	}
+	rows, err := tx.Query(ctx, `SELECT t.tenant, q.metric, q.quota_limit, q.period, q.burst_percent, q.hard
+		FROM tenants t JOIN plan_quotas q ON q.plan = t.plan
+		WHERE t.tenant = ANY($1) AND q.quota_limit IS NOT NULL`, tenantList)
+	if err != nil {
+		return nil, fmt.Errorf("reading quotas: %w", err)
+	}
+	rules := map[[2]string]rule{}
+	for rows.Next() {
+		var tenant, metric, period string
+		var r rule
+		if err := rows.Scan(&tenant, &metric, &r.Limit, &period, &r.BurstPercent, &r.Hard); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("reading quotas: %w", err)
+		}
+		r.period = windows.Granularity(period)
+		rules[[2]string{tenant, metric}] = r
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("reading quotas: %w", err)
+	}
+	if len(rules) == 0 {
+		return nil, nil
+	}
+	type periodKey struct {
+		tenant, metric string
+		start          time.Time
+	}
+	touched := map[periodKey]bool{}
+	for _, d := range counted {
+		r, ok := rules[[2]string{d.ev.Tenant, d.ev.Metric}]
+		if !ok {
+			continue
+		}
+		touched[periodKey{d.ev.Tenant, d.ev.Metric, r.period.Start(d.ev.Time)}] = true
+	}
+	var breaches []quota.Breach
+	for pk := range touched {
+		r := rules[[2]string{pk.tenant, pk.metric}]
+		var used pgtype.Numeric
+		if err := tx.QueryRow(ctx, `SELECT value FROM usage_windows
+			WHERE tenant = $1 AND metric = $2 AND granularity = $3 AND window_start = $4`,
+			pk.tenant, pk.metric, string(r.period), pk.start).Scan(&used); err != nil {
+			return nil, fmt.Errorf("reading usage of %s/%s: %w", pk.tenant, pk.metric, err)
+		}
+		value := usage.NumericInt(used)
+		for _, th := range quota.Reached(r.Evaluate(value)) {
+			b := quota.Breach{
+				BreachID: quota.BreachID(pk.tenant, pk.metric, pk.start, string(th)), Tenant: pk.tenant, Metric: pk.metric,
+				PeriodStart: pk.start, PeriodEnd: r.period.End(pk.start), Limit: *r.Limit, Value: value,
+				Threshold: string(th), DetectedAt: now,
+			}
+			tag, err := tx.Exec(ctx, `INSERT INTO quota_breaches (breach_id, tenant, metric, period_start, period_end, threshold, quota_limit, value, detected_at)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8::numeric, $9) ON CONFLICT DO NOTHING`,
+				b.BreachID, b.Tenant, b.Metric, b.PeriodStart, b.PeriodEnd, b.Threshold, b.Limit, b.Value.String(), b.DetectedAt)
+			if err != nil {
+				return nil, fmt.Errorf("recording breach: %w", err)
+			}
+			if tag.RowsAffected() == 1 {
+				breaches = append(breaches, b)
+			}
+		}
+	}
+	slices.SortFunc(breaches, func(x, y quota.Breach) int {
+		if c := compareStrings(x.Tenant+x.Metric, y.Tenant+y.Metric); c != 0 {
+			return c
+		}
+		return x.PeriodStart.Compare(y.PeriodStart)
+	})
+	msgs := make([]outboxMsg, len(breaches))
+	for i, b := range breaches {
+		v, err := json.Marshal(b)
+		if err != nil {
+			return nil, fmt.Errorf("encoding breach: %w", err)
+		}
+		msgs[i] = outboxMsg{topic: topics.QuotaBreaches, key: []byte(b.Tenant), value: v, headers: map[string]string{"breach-id": b.BreachID}}
+	}
+	return breaches, insertOutbox(ctx, tx, msgs)
+}
+
+func compareStrings(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// sortWindows orders the parallel window slices by (tenant, metric,
+// granularity, start) so that concurrent transactions lock rows in one
+// order and cannot deadlock.
+func sortWindows(tenants, metrics, grans []string, starts []time.Time, vals []string, counts []int64) {
+	idx := make([]int, len(tenants))
+	for i := range idx {
+		idx[i] = i
+	}
+	slices.SortFunc(idx, func(x, y int) int {
+		if c := compareStrings(tenants[x], tenants[y]); c != 0 {
+			return c
+		}
+		if c := compareStrings(metrics[x], metrics[y]); c != 0 {
+			return c
+		}
+		if c := compareStrings(grans[x], grans[y]); c != 0 {
+			return c
+		}
+		return starts[x].Compare(starts[y])
+	})
+	permute := func(apply func(dst, src int)) {
+		for dst, src := range idx {
+			apply(dst, src)
+		}
+	}
+	t, m, g, s, v, c := slices.Clone(tenants), slices.Clone(metrics), slices.Clone(grans), slices.Clone(starts), slices.Clone(vals), slices.Clone(counts)
+	permute(func(dst, src int) {
+		tenants[dst], metrics[dst], grans[dst], starts[dst], vals[dst], counts[dst] = t[src], m[src], g[src], s[src], v[src], c[src]
+	})
+}

@@ -1,0 +1,70 @@
+package aggregate
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics of the aggregator.
+type Metrics struct {
+	events      *prometheus.CounterVec
+	batchSize   prometheus.Histogram
+	batchTime   prometheus.Histogram
+	breaches    *prometheus.CounterVec
+	Lag         *prometheus.GaugeVec
+	Assigned    prometheus.Gauge
+	Rebalances  prometheus.Counter
+	BatchErrors prometheus.Counter
+}
+
+// NewMetrics registers the aggregator's metrics on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "metering_aggregator_events_total",
+			Help: "Records by outcome: counted, duplicate, conflict (same id, other payload), dead_letter, late (counted into a closed period).",
+		}, []string{"outcome"}),
+		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "metering_aggregator_batch_records", Help: "Records per committed batch.",
+			Buckets: prometheus.ExponentialBuckets(1, 4, 9),
+		}),
+		batchTime: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "metering_aggregator_batch_seconds", Help: "Time to apply and commit one batch.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 10),
+		}),
+		breaches: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "metering_aggregator_breaches_total", Help: "Quota breaches detected, by threshold.",
+		}, []string{"threshold"}),
+		Lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "metering_aggregator_partition_lag", Help: "Records between the committed offset and the partition's high watermark.",
+		}, []string{"partition"}),
+		Assigned: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "metering_aggregator_assigned_partitions", Help: "Partitions this instance consumes now.",
+		}),
+		Rebalances: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "metering_aggregator_generations_total", Help: "Consumer group generations joined.",
+		}),
+		BatchErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "metering_aggregator_batch_errors_total", Help: "Batches that failed and will be retried.",
+		}),
+	}
+	reg.MustRegister(m.events, m.batchSize, m.batchTime, m.breaches, m.Lag, m.Assigned, m.Rebalances, m.BatchErrors)
+	return m
+}
+
+func (m *Metrics) observe(r Result, records int, took time.Duration) {
+	if m == nil {
+		return
+	}
+	m.events.WithLabelValues("counted").Add(float64(r.Counted))
+	m.events.WithLabelValues("duplicate").Add(float64(r.Duplicates))
+	m.events.WithLabelValues("conflict").Add(float64(r.Conflicts))
+	m.events.WithLabelValues("dead_letter").Add(float64(r.DeadLettered))
+	m.events.WithLabelValues("late").Add(float64(r.Late))
+	m.batchSize.Observe(float64(records))
+	m.batchTime.Observe(took.Seconds())
+	for _, b := range r.Breaches {
+		m.breaches.WithLabelValues(b.Threshold).Inc()
+	}
+}

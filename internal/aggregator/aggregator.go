@@ -1,0 +1,118 @@
+// Package aggregator wires the aggregator service: the consumer group
+// that applies usage.events to Postgres, the outbox relay that publishes
+// breaches and dead letters, the retention job, and the HTTP endpoints for
+// health, readiness and metrics.
+//
+// Invariant: the service is ready only while it is a member of the
+// consumer group; its state lives entirely in Postgres, so any instance
+// may be killed at any moment and another resumes where it stopped.
+package aggregator
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/usagemeter/metering/internal/aggregate"
+	"github.com/usagemeter/metering/internal/config"
+	"github.com/usagemeter/metering/internal/consumer"
+	"github.com/usagemeter/metering/internal/migrate"
+	"github.com/usagemeter/metering/internal/outbox"
+	"github.com/usagemeter/metering/internal/service"
+	"github.com/usagemeter/metering/internal/topics"
+)
+
+// Open connects to Postgres and applies pending migrations.
+func Open(ctx context.Context, databaseURL string, wait time.Duration, log *slog.Logger) (*pgxpool.Pool, error) {
+	return migrate.Open(ctx, databaseURL, wait, log)
+}
+
+// Run starts the aggregator and blocks until ctx ends. ready, if not nil,
+// receives the HTTP address.
+func Run(ctx context.Context, cfg config.Aggregator, log *slog.Logger, ready func(net.Addr)) error {
+	pool, err := Open(ctx, cfg.DatabaseURL, cfg.ShutdownTimeout, log)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	if err := topics.Ensure(ctx, cfg.KafkaBrokers, cfg.KafkaPartitions, topics.All...); err != nil {
+		log.WarnContext(ctx, "could not ensure topics", "err", err)
+	}
+	reg := service.NewRegistry()
+	metrics := aggregate.NewMetrics(reg)
+	agg := aggregate.New(pool, aggregate.Config{
+		Group: cfg.ConsumerGroup, Topic: topics.UsageEvents, Horizon: cfg.DedupHorizon, Metrics: metrics, Logger: log,
+	})
+	cons := consumer.New(consumer.Config{
+		Brokers: cfg.KafkaBrokers, Topic: topics.UsageEvents, Group: cfg.ConsumerGroup,
+		BatchSize: cfg.BatchSize, BatchWait: cfg.BatchWait, SessionTimeout: cfg.SessionTimeout,
+	}, agg, log, metrics)
+	writer := outbox.NewWriter(cfg.KafkaBrokers)
+	defer writer.Close()
+	relay := outbox.New(pool, writer, log, reg)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, 3)
+	wg.Go(func() { errc <- cons.Run(ctx) })
+	wg.Go(func() { errc <- relay.Run(ctx) })
+	wg.Go(func() { retention(ctx, pool, relay, cfg, log) })
+
+	mux := http.NewServeMux()
+	service.Mount(mux, reg, map[string]service.Check{
+		"postgres":       func(ctx context.Context) error { return pool.Ping(ctx) },
+		"consumer_group": cons.Ready,
+	})
+	err = service.Serve(ctx, log, cfg.HTTPAddr, mux, cfg.ShutdownTimeout, ready)
+	cancel()
+	wg.Wait()
+	return err
+}
+
+// retention deletes ledger rows past the horizon and old published outbox
+// rows every cfg.RetentionInterval.
+func retention(ctx context.Context, pool *pgxpool.Pool, relay *outbox.Relay, cfg config.Aggregator, log *slog.Logger) {
+	t := time.NewTicker(cfg.RetentionInterval)
+	defer t.Stop()
+	for {
+		n, err := DeleteExpired(ctx, pool, time.Now().Add(-cfg.DedupHorizon))
+		if err != nil && ctx.Err() == nil {
+			log.WarnContext(ctx, "ledger retention", "err", err)
+		} else if n > 0 {
+			log.InfoContext(ctx, "ledger retention", "deleted", n)
+		}
+		if _, err := relay.Prune(ctx, 7*24*time.Hour); err != nil && ctx.Err() == nil {
+			log.WarnContext(ctx, "outbox retention", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// DeleteExpired deletes ledger rows of event days before cutoff's day, in
+// batches so no transaction grows large, and returns how many.
+func DeleteExpired(ctx context.Context, pool *pgxpool.Pool, cutoff time.Time) (int64, error) {
+	day := cutoff.UTC().Format("2006-01-02")
+	var total int64
+	for {
+		tag, err := pool.Exec(ctx, `DELETE FROM ledger WHERE ctid IN (
+			SELECT ctid FROM ledger WHERE event_day < $1::date LIMIT 10000)`, day)
+		if err != nil {
+			return total, fmt.Errorf("deleting ledger rows before %s: %w", day, err)
+		}
+		total += tag.RowsAffected()
+		if tag.RowsAffected() < 10000 {
+			return total, nil
+		}
+	}
+}

@@ -1,0 +1,336 @@
+package aggregator_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/usagemeter/metering/events"
+	"github.com/usagemeter/metering/internal/aggregate"
+	"github.com/usagemeter/metering/internal/consumer"
+	"github.com/usagemeter/metering/internal/kafkatest"
+	"github.com/usagemeter/metering/internal/pgtest"
+	"github.com/usagemeter/metering/internal/topics"
+	"github.com/usagemeter/metering/internal/windows"
+)
+
+const benchBatch = 10000
+
+// benchEvents returns n distinct events over 1000 tenants and two metrics
+// in the last two hours, as records of partition 0 from offset from.
+func benchEvents(rng *rand.Rand, n int, from int64) ([]events.Event, []aggregate.Record) {
+	return benchEventsOf(rng, n, from, "tenant-")
+}
+
+// benchEventsOf is benchEvents with tenant names starting with prefix, so
+// that concurrent workers can own disjoint tenants, as Kafka partitions do.
+func benchEventsOf(rng *rand.Rand, n int, from int64, prefix string) ([]events.Event, []aggregate.Record) {
+	base := time.Now().UTC().Add(-2 * time.Hour)
+	evs := make([]events.Event, n)
+	recs := make([]aggregate.Record, n)
+	for i := range evs {
+		evs[i] = events.Event{ID: events.NewID(), Tenant: fmt.Sprint(prefix, rng.IntN(1000)), Metric: []string{"api_calls", "tokens"}[i%2],
+			Value: rng.Int64N(1000), Time: base.Add(time.Duration(rng.IntN(7200)) * time.Second)}
+		recs[i] = aggregate.Record{Partition: 0, Offset: from + int64(i), Key: []byte(evs[i].Tenant), Value: evs[i].AppendJSON(nil), Time: time.Now()}
+	}
+	return evs, recs
+}
+
+const benchWorkers = 4
+
+// inWorkers pre-generates b.N batches, a quarter per worker with its own
+// tenants, then times benchWorkers goroutines applying them with fn, and
+// returns how many events they processed.
+func inWorkers(b *testing.B, rng *rand.Rand, fn func(worker int, recs []aggregate.Record, evs []events.Event) error) int {
+	per := (b.N + benchWorkers - 1) / benchWorkers
+	type batch struct {
+		recs []aggregate.Record
+		evs  []events.Event
+	}
+	work := make([][]batch, benchWorkers)
+	for w := range work {
+		for range per {
+			evs, recs := benchEventsOf(rng, benchBatch, 0, fmt.Sprintf("w%d-tenant-", w))
+			work[w] = append(work[w], batch{recs, evs})
+		}
+	}
+	b.ResetTimer()
+	var wg sync.WaitGroup
+	for w := range work {
+		wg.Go(func() {
+			for _, bt := range work[w] {
+				if err := fn(w, bt.recs, bt.evs); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	b.StopTimer()
+	return per * benchWorkers * benchBatch
+}
+
+func perSecond(b *testing.B, events int) {
+	b.ReportMetric(float64(events)/b.Elapsed().Seconds(), "events/s")
+}
+
+// BenchmarkAggregate measures exactly-once aggregation beside the raw
+// Postgres ceiling (COPY + ledger insert + window upsert, no Kafka, no
+// decoding, no quotas) and the naive design (one transaction per event).
+func BenchmarkAggregate(b *testing.B) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	ctx := context.Background()
+
+	// The ceiling and Apply run 4 workers with disjoint tenants, as the
+	// pipeline runs 4 partitions keyed by tenant.
+	b.Run("ceiling-postgres-copy", func(b *testing.B) {
+		db := pgtest.New(b)
+		processed := inWorkers(b, rng, func(w int, recs []aggregate.Record, evs []events.Event) error {
+			return ceilingBatch(ctx, db, evs)
+		})
+		perSecond(b, processed)
+	})
+
+	b.Run("naive-tx-per-event", func(b *testing.B) {
+		db := pgtest.New(b)
+		evs, _ := benchEvents(rng, 2000, 0)
+		var seq atomic.Int64
+		b.SetParallelism(2)
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				i := seq.Add(1)
+				e := evs[i%int64(len(evs))]
+				e.ID = fmt.Sprint(e.ID, "-", i)
+				if err := naiveEvent(ctx, db, e); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+		perSecond(b, b.N)
+	})
+
+	b.Run("apply-no-kafka", func(b *testing.B) {
+		db := pgtest.New(b)
+		agg := aggregate.New(db.Pool, aggregate.Config{Group: "bench", Topic: topics.UsageEvents})
+		next := make([]int64, benchWorkers)
+		for i := range next {
+			next[i] = -1
+		}
+		processed := inWorkers(b, rng, func(w int, recs []aggregate.Record, _ []events.Event) error {
+			for i := range recs {
+				recs[i].Partition, recs[i].Offset = w, max(next[w], 0)+int64(i)
+			}
+			res, err := agg.Apply(ctx, w, next[w], recs)
+			next[w] = res.NextOffset
+			return err
+		})
+		perSecond(b, processed)
+	})
+
+	b.Run("pipeline-kafka", func(b *testing.B) {
+		db := pgtest.New(b)
+		kc := kafkatest.Start(b, kfake.GroupMinSessionTimeout(100*time.Millisecond))
+		kc.CreateTopic(b, topics.UsageEvents, 4)
+		p, err := events.NewProducer(events.ProducerConfig{Brokers: kc.Brokers()})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer p.Close()
+		total := b.N * benchBatch
+		for sent := 0; sent < total; sent += benchBatch {
+			_, recs := benchEvents(rng, benchBatch, 0)
+			msgs := make([]kafka.Message, len(recs))
+			for i, r := range recs {
+				msgs[i] = kafka.Message{Key: r.Key, Value: r.Value}
+			}
+			if err := p.WriteMessages(ctx, msgs); err != nil {
+				b.Fatal(err)
+			}
+		}
+		agg := aggregate.New(db.Pool, aggregate.Config{Group: "bench", Topic: topics.UsageEvents})
+		c := consumer.New(consumer.Config{Brokers: kc.Brokers(), Topic: topics.UsageEvents, Group: "bench",
+			BatchSize: benchBatch, BatchWait: 100 * time.Millisecond, SessionTimeout: time.Second}, agg, slog.New(slog.DiscardHandler), nil)
+		cctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		b.ResetTimer()
+		go func() { _ = c.Run(cctx) }()
+		for {
+			var consumed int
+			if err := db.Pool.QueryRow(ctx, `SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets`).Scan(&consumed); err != nil {
+				b.Fatal(err)
+			}
+			if consumed >= total {
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		b.StopTimer()
+		perSecond(b, total)
+	})
+}
+
+// naiveEvent is the design without batching: one transaction per event,
+// a ledger insert and a counter update.
+func naiveEvent(ctx context.Context, db *pgtest.DB, e events.Event) error {
+	return pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `INSERT INTO ledger (tenant, event_id, payload_hash, metric, value, event_time, event_day, src_partition, src_offset)
+			VALUES ($1, $2, '\x00', $3, $4, $5, ($5 AT TIME ZONE 'UTC')::date, 0, 0) ON CONFLICT DO NOTHING`, e.Tenant, e.ID, e.Metric, e.Value, e.Time)
+		if err != nil || tag.RowsAffected() == 0 {
+			return err
+		}
+		_, err = tx.Exec(ctx, `INSERT INTO usage_windows (tenant, metric, granularity, window_start, value, events) VALUES ($1, $2, 'hour', $3, $4, 1)
+			ON CONFLICT (tenant, metric, granularity, window_start) DO UPDATE SET value = usage_windows.value + EXCLUDED.value, events = usage_windows.events + 1`,
+			e.Tenant, e.Metric, windows.Hour.Start(e.Time), e.Value)
+		return err
+	})
+}
+
+// ceilingBatch is the least work exactly-once needs: COPY the batch in,
+// insert the new ids into the ledger, upsert windows of the new events.
+func ceilingBatch(ctx context.Context, db *pgtest.DB, evs []events.Event) error {
+	return pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `CREATE TEMP TABLE IF NOT EXISTS staging (tenant text, event_id text, metric text, value bigint, event_time timestamptz) ON COMMIT DELETE ROWS`); err != nil {
+			return err
+		}
+		rows := make([][]any, len(evs))
+		for i, e := range evs {
+			rows[i] = []any{e.Tenant, e.ID, e.Metric, e.Value, e.Time}
+		}
+		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"staging"}, []string{"tenant", "event_id", "metric", "value", "event_time"}, pgx.CopyFromRows(rows)); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `WITH new AS (
+				INSERT INTO ledger (tenant, event_id, payload_hash, metric, value, event_time, event_day, src_partition, src_offset)
+				SELECT tenant, event_id, '\x00', metric, value, event_time, (event_time AT TIME ZONE 'UTC')::date, 0, 0 FROM staging
+				ON CONFLICT DO NOTHING RETURNING tenant, metric, value, event_time)
+			INSERT INTO usage_windows (tenant, metric, granularity, window_start, value, events)
+			SELECT tenant, metric, g, CASE g WHEN 'minute' THEN date_trunc('minute', event_time) WHEN 'hour' THEN date_trunc('hour', event_time)
+				WHEN 'day' THEN date_trunc('day', event_time) ELSE date_trunc('month', event_time) END AS ws, sum(value), count(*)
+			FROM new, unnest(ARRAY['minute', 'hour', 'day', 'month']) AS g GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+			ON CONFLICT (tenant, metric, granularity, window_start) DO UPDATE
+			SET value = usage_windows.value + EXCLUDED.value, events = usage_windows.events + EXCLUDED.events`)
+		return err
+	})
+}
+
+// BenchmarkBreachLatency offers 20k events/s to a running aggregator, with
+// 2000 tenants on a plan whose limit each crosses, and reports the time
+// from emitting the event that crosses a threshold to the breach row.
+// Run it with -benchtime 1x.
+func BenchmarkBreachLatency(b *testing.B) {
+	for b.Loop() {
+		benchBreachLatency(b)
+	}
+}
+
+func benchBreachLatency(b *testing.B) {
+	ctx := context.Background()
+	db := pgtest.New(b)
+	kc := kafkatest.Start(b, kfake.GroupMinSessionTimeout(100*time.Millisecond))
+	for _, topic := range topics.All {
+		kc.CreateTopic(b, topic, 4)
+	}
+	const tenants, limit, rate, seconds = 2000, 10, 20000, 5
+	db.Exec(b, `INSERT INTO plans (name) VALUES ('bench')`)
+	db.Exec(b, `INSERT INTO plan_quotas (plan, metric, quota_limit, period, burst_percent, hard, stripe_event_name) VALUES ('bench', 'api_calls', $1, 'month', 0, true, 'api_calls')`, limit)
+	db.Exec(b, `INSERT INTO tenants (tenant, plan) SELECT 'tenant-' || g, 'bench' FROM generate_series(0, $1 - 1) g`, tenants)
+	agg := aggregate.New(db.Pool, aggregate.Config{Group: "bench", Topic: topics.UsageEvents})
+	c := consumer.New(consumer.Config{Brokers: kc.Brokers(), Topic: topics.UsageEvents, Group: "bench",
+		BatchWait: 50 * time.Millisecond, SessionTimeout: time.Second}, agg, slog.New(slog.DiscardHandler), nil)
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() { _ = c.Run(cctx) }()
+	p, err := events.NewProducer(events.ProducerConfig{Brokers: kc.Brokers(), Linger: time.Millisecond})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close()
+	// Warm up: wait for the group to form.
+	if err := p.Emit(ctx, events.New("warmup", "api_calls", 1)); err != nil {
+		b.Fatal(err)
+	}
+	for {
+		var n int
+		_ = db.Pool.QueryRow(ctx, `SELECT count(*) FROM ledger`).Scan(&n)
+		if n == 1 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// The k-th event of a tenant crosses: 8th warning, 10th exceeded, 11th blocked.
+	crossing := map[int]string{8: "warning", 10: "exceeded", 11: "blocked"}
+	emitted := map[string]time.Time{} // tenant/threshold → when the crossing event was acknowledged
+	count := make([]int, tenants)
+	const tick = 10 * time.Millisecond
+	perTick := rate * int(tick) / int(time.Second)
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	next := 0
+	for range seconds * int(time.Second/tick) {
+		<-t.C
+		evs := make([]events.Event, perTick)
+		for i := range evs {
+			tenant := next % tenants
+			next++
+			evs[i] = events.New(fmt.Sprint("tenant-", tenant), "api_calls", 1)
+		}
+		sent := time.Now()
+		if err := p.Emit(ctx, evs...); err != nil {
+			b.Fatal(err)
+		}
+		for _, e := range evs {
+			var i int
+			_, _ = fmt.Sscanf(e.Tenant, "tenant-%d", &i)
+			count[i]++
+			if th, ok := crossing[count[i]]; ok {
+				emitted[e.Tenant+"/"+th] = sent
+			}
+		}
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var n int
+		_ = db.Pool.QueryRow(ctx, `SELECT count(*) FROM quota_breaches`).Scan(&n)
+		if n >= len(emitted) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	rows, err := db.Pool.Query(ctx, `SELECT tenant || '/' || threshold, detected_at FROM quota_breaches`)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var lat []time.Duration
+	for rows.Next() {
+		var k string
+		var at time.Time
+		if err := rows.Scan(&k, &at); err != nil {
+			b.Fatal(err)
+		}
+		if sent, ok := emitted[k]; ok {
+			lat = append(lat, max(at.Sub(sent), 0))
+		}
+	}
+	rows.Close()
+	if len(lat) < len(emitted) {
+		b.Fatalf("%d of %d breaches detected", len(lat), len(emitted))
+	}
+	slices.Sort(lat)
+	pct := func(p float64) float64 { return float64(lat[int(p*float64(len(lat)-1))].Microseconds()) / 1000 }
+	b.ReportMetric(pct(0.5), "p50-ms")
+	b.ReportMetric(pct(0.99), "p99-ms")
+	b.ReportMetric(float64(len(lat)), "breaches")
+	b.ReportMetric(rate, "offered-events/s")
+}

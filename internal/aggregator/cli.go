@@ -1,0 +1,170 @@
+package aggregator
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
+	"text/tabwriter"
+	"time"
+
+	"github.com/usagemeter/metering/internal/cli"
+	"github.com/usagemeter/metering/internal/config"
+	"github.com/usagemeter/metering/internal/dlq"
+	"github.com/usagemeter/metering/internal/outbox"
+	"github.com/usagemeter/metering/internal/rebuild"
+	"github.com/usagemeter/metering/internal/topics"
+)
+
+// DLQCommand runs `aggregator dlq list|replay|discard`. Settings flags go
+// before the subcommand's own: aggregator dlq list -database-url X --status pending.
+func DLQCommand(ctx context.Context, cfg config.Aggregator, log *slog.Logger, sub string, args []string, out io.Writer) error {
+	flags, rest, err := cli.Flags(args, []string{"status", "limit", "actor", "note", "format"}, []string{"all"})
+	if err != nil {
+		return err
+	}
+	pool, err := Open(ctx, cfg.DatabaseURL, 0, log)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	q := dlq.New(pool)
+	actor := flags["actor"]
+	if actor == "" {
+		actor = cli.Actor()
+	}
+	var ids []int64
+	for _, r := range rest {
+		id, err := strconv.ParseInt(r, 10, 64)
+		if err != nil {
+			return fmt.Errorf("dead letter ids are numbers, got %q", r)
+		}
+		ids = append(ids, id)
+	}
+	switch sub {
+	case "list":
+		limit := 100
+		if s := flags["limit"]; s != "" {
+			if limit, err = strconv.Atoi(s); err != nil || limit <= 0 {
+				return fmt.Errorf("--limit must be a positive number, got %q", s)
+			}
+		}
+		status, ok := flags["status"]
+		if !ok {
+			status = "pending"
+		}
+		if status == "all" {
+			status = ""
+		}
+		recs, err := q.List(ctx, status, limit)
+		if err != nil {
+			return err
+		}
+		if flags["format"] == "json" {
+			enc := json.NewEncoder(out)
+			enc.SetIndent("", "  ")
+			return enc.Encode(recs)
+		}
+		tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tFAILED AT\tSTATUS\tTENANT\tCLASS\tSOURCE\tERROR")
+		for _, r := range recs {
+			msg := r.Error
+			if len(msg) > 80 {
+				msg = msg[:77] + "..."
+			}
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s/%d@%d\t%s\n", r.ID, r.FailedAt.UTC().Format(time.RFC3339), r.Status, r.Tenant,
+				r.ErrorClass, r.SourceTopic, r.SourcePartition, r.SourceOffset, msg)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "%d dead letters\n", len(recs))
+		return nil
+	case "replay":
+		done, err := q.Replay(ctx, ids, flags["all"] == "true", actor, flags["note"])
+		if err != nil {
+			return err
+		}
+		// Publish now, so the replay does not wait for a running aggregator.
+		w := outbox.NewWriter(cfg.KafkaBrokers)
+		defer w.Close()
+		relay := outbox.New(pool, w, log, nil)
+		for {
+			n, err := relay.PublishPending(ctx)
+			if err != nil {
+				return fmt.Errorf("replayed %d dead letters into the outbox, but publishing failed (the running aggregator will retry): %w", len(done), err)
+			}
+			if n == 0 {
+				break
+			}
+		}
+		fmt.Fprintf(out, "replayed %d dead letters to %s: %v\n", len(done), topics.UsageEvents, done)
+		return nil
+	case "discard":
+		done, err := q.Discard(ctx, ids, actor, flags["note"])
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "discarded %d dead letters: %v\n", len(done), done)
+		return nil
+	}
+	return fmt.Errorf("unknown dlq command %q; want list, replay or discard", sub)
+}
+
+// RebuildCommand runs `aggregator rebuild --from TIME [--dry-run]`.
+func RebuildCommand(ctx context.Context, cfg config.Aggregator, log *slog.Logger, args []string, out io.Writer) error {
+	flags, rest, err := cli.Flags(args, []string{"from"}, []string{"dry-run"})
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		return fmt.Errorf("unexpected argument %q", rest[0])
+	}
+	from, err := time.Parse(time.RFC3339, flags["from"])
+	if err != nil {
+		return fmt.Errorf("--from must be an RFC 3339 time such as 2026-11-01T00:00:00Z, got %q", flags["from"])
+	}
+	pool, err := Open(ctx, cfg.DatabaseURL, 0, log)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	rep, err := rebuild.Run(ctx, pool, rebuild.Options{
+		DatabaseURL: cfg.DatabaseURL, Brokers: cfg.KafkaBrokers, Topic: topics.UsageEvents, Group: cfg.ConsumerGroup,
+		From: from, Horizon: cfg.DedupHorizon, DryRun: flags["dry-run"] == "true", Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	PrintRebuild(out, rep)
+	return nil
+}
+
+// PrintRebuild writes a rebuild report for people.
+func PrintRebuild(out io.Writer, rep rebuild.Report) {
+	fmt.Fprintf(out, "rebuilt windows from %s: replayed %d records, compared %d windows, %d changed\n",
+		rep.From.Format(time.RFC3339), rep.Records, rep.Windows, len(rep.Changes))
+	if len(rep.Changes) > 0 {
+		tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "TENANT\tMETRIC\tWINDOW\tSTART\tBEFORE\tAFTER")
+		for _, c := range rep.Changes {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s (%d events)\t%s (%d events)\n", c.Tenant, c.Metric, c.Granularity,
+				c.Start.UTC().Format(time.RFC3339), orNone(c.Before), c.EventsBefore, orNone(c.After), c.EventsAfter)
+		}
+		_ = tw.Flush()
+	}
+	if rep.Swapped {
+		fmt.Fprintln(out, "swapped: the live windows now equal the rebuilt ones")
+	} else {
+		fmt.Fprintln(out, "dry run: nothing changed")
+	}
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}

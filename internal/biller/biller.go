@@ -1,0 +1,204 @@
+// Package biller wires the biller service: the sync loop that pushes
+// deltas to Stripe every SYNC_INTERVAL and right after each month ends,
+// the outbox relay for billing.dlq, the Stripe webhook endpoint, the
+// reconciliation API, and the operator commands.
+//
+// Invariant: all state is in Postgres (intents, outcomes, DLQ), so the
+// process may be killed at any moment; the next start re-sends open
+// intents with their original identifiers first.
+package biller
+
+import (
+	"context"
+	"encoding/csv"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/usagemeter/metering/internal/auth"
+	"github.com/usagemeter/metering/internal/billing"
+	"github.com/usagemeter/metering/internal/config"
+	"github.com/usagemeter/metering/internal/httpjson"
+	"github.com/usagemeter/metering/internal/migrate"
+	"github.com/usagemeter/metering/internal/outbox"
+	"github.com/usagemeter/metering/internal/service"
+	"github.com/usagemeter/metering/internal/store"
+	"github.com/usagemeter/metering/internal/stripeapi"
+	"github.com/usagemeter/metering/internal/stripewebhook"
+	"github.com/usagemeter/metering/internal/topics"
+	"github.com/usagemeter/metering/internal/windows"
+)
+
+// Routes the biller serves besides service.Routes.
+var Routes = []string{"POST /webhooks/stripe", "GET /v1/reconciliation"}
+
+// Open connects to Postgres and applies pending migrations.
+func Open(ctx context.Context, databaseURL string, wait time.Duration, log *slog.Logger) (*pgxpool.Pool, error) {
+	return migrate.Open(ctx, databaseURL, wait, log)
+}
+
+// NewBiller builds the billing engine for cfg.
+func NewBiller(pool *pgxpool.Pool, cfg config.Biller, log *slog.Logger, metrics *billing.Metrics) (*billing.Biller, error) {
+	if cfg.StripeAPIKey == "" {
+		return nil, errors.New("STRIPE_API_KEY is not set: use a Stripe secret key, or sk_test_... with STRIPE_API_BASE pointing at stripe-mock or the test server")
+	}
+	return billing.New(pool, stripeapi.NewClient(cfg.StripeAPIKey, cfg.StripeAPIBase, cfg.StripeTimeout), billing.Config{
+		RatePerSecond: cfg.StripeRate, MaxAttempts: cfg.MaxAttempts, Logger: log, Metrics: metrics,
+	}), nil
+}
+
+// Run starts the biller and blocks until ctx ends.
+func Run(ctx context.Context, cfg config.Biller, log *slog.Logger, ready func(net.Addr)) error {
+	pool, err := Open(ctx, cfg.DatabaseURL, cfg.ShutdownTimeout, log)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	if err := topics.Ensure(ctx, cfg.KafkaBrokers, cfg.KafkaPartitions, topics.BillingDLQ); err != nil {
+		log.WarnContext(ctx, "could not ensure the billing.dlq topic", "err", err)
+	}
+	reg := service.NewRegistry()
+	metrics := billing.NewMetrics(reg)
+	b, err := NewBiller(pool, cfg, log, metrics)
+	if err != nil {
+		return err
+	}
+	writer := outbox.NewWriter(cfg.KafkaBrokers)
+	defer writer.Close()
+	relay := outbox.New(pool, writer, log, reg)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = relay.Run(ctx) })
+	wg.Go(func() { syncLoop(ctx, b, cfg.SyncInterval, log) })
+
+	st := store.New(pool)
+	authn := auth.New(st, cfg.AdminAPIKey)
+	mux := http.NewServeMux()
+	service.Mount(mux, reg, map[string]service.Check{"postgres": st.Ping})
+	mux.Handle(Routes[0], stripewebhook.New(pool, cfg.StripeWebhookSecret, log))
+	mux.HandleFunc(Routes[1], func(w http.ResponseWriter, r *http.Request) {
+		p, err := authn.Authenticate(r.Context(), r)
+		if err != nil {
+			httpjson.Error(w, http.StatusUnauthorized, "unauthorized", "send an admin or viewer key: Authorization: Bearer <key>")
+			return
+		}
+		if p.Role != store.RoleAdmin && p.Role != store.RoleViewer {
+			httpjson.Error(w, http.StatusForbidden, "forbidden", "the reconciliation report needs an admin or viewer key")
+			return
+		}
+		period, err := ParsePeriod(r.URL.Query().Get("period"))
+		if err != nil {
+			httpjson.Error(w, http.StatusBadRequest, "invalid_request", err.Error())
+			return
+		}
+		rows, err := b.Reconcile(r.Context(), period)
+		if err != nil {
+			log.ErrorContext(r.Context(), "reconciliation", "err", err)
+			httpjson.Error(w, http.StatusBadGateway, "stripe_unavailable", "could not complete the reconciliation: "+err.Error())
+			return
+		}
+		if r.URL.Query().Get("format") == "csv" {
+			w.Header().Set("Content-Type", "text/csv")
+			_ = WriteReport(w, rows, "csv")
+			return
+		}
+		httpjson.Write(w, http.StatusOK, map[string]any{"period": period.Format("2006-01"), "rows": rows})
+	})
+	err = service.Serve(ctx, log, cfg.HTTPAddr, mux, cfg.ShutdownTimeout, ready)
+	cancel()
+	wg.Wait()
+	return err
+}
+
+// syncLoop syncs at start, every interval, and just after each month ends.
+func syncLoop(ctx context.Context, b *billing.Biller, interval time.Duration, log *slog.Logger) {
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		res, err := b.Sync(ctx)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			log.WarnContext(ctx, "sync failed; retrying at the next interval", "err", err)
+		case res.Intents+res.Sent+res.Dead > 0:
+			log.InfoContext(ctx, "synced with Stripe", "intents", res.Intents, "sent", res.Sent, "dead_lettered", res.Dead,
+				"carried", res.Carried, "cancelled", res.Cancelled, "unmapped", len(res.Unmapped))
+		}
+		_, _, _ = b.Open(ctx)
+		next := windows.Month.End(time.Now()).Add(time.Minute)
+		closeTimer := time.NewTimer(time.Until(next))
+		select {
+		case <-ctx.Done():
+			closeTimer.Stop()
+			return
+		case <-tick.C:
+		case <-closeTimer.C:
+			log.InfoContext(ctx, "month closed: final sync for it")
+		}
+		closeTimer.Stop()
+	}
+}
+
+// ParsePeriod parses YYYY-MM (empty: the current month).
+func ParsePeriod(s string) (time.Time, error) {
+	if s == "" {
+		return windows.Month.Start(time.Now()), nil
+	}
+	t, err := time.Parse("2006-01", s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("period must be YYYY-MM, such as 2026-11; got %q", s)
+	}
+	return t.UTC(), nil
+}
+
+func orDash(v fmt.Stringer, isNil bool) string {
+	if isNil {
+		return "-"
+	}
+	return v.String()
+}
+
+// WriteReport writes reconciliation rows as table, csv or json.
+func WriteReport(w io.Writer, rows []billing.Row, format string) error {
+	switch format {
+	case "json":
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rows)
+	case "csv":
+		cw := csv.NewWriter(w)
+		_ = cw.Write([]string{"tenant", "metric", "period", "metered", "reported", "in_flight", "stripe", "drift", "carried_out", "carried_in", "status", "note"})
+		for _, r := range rows {
+			_ = cw.Write([]string{r.Tenant, r.Metric, r.Period, r.Metered.String(), r.Reported.String(), r.InFlight.String(),
+				orDash(r.Stripe, r.Stripe == nil), r.Drift.String(), r.CarriedOut.String(), r.CarriedIn.String(), r.Status, r.Note})
+		}
+		cw.Flush()
+		return cw.Error()
+	case "table", "":
+		tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "TENANT\tMETRIC\tPERIOD\tMETERED\tREPORTED\tSTRIPE\tDRIFT\tSTATUS\tNOTE\t")
+		counts := map[string]int{}
+		for _, r := range rows {
+			counts[r.Status]++
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", r.Tenant, r.Metric, r.Period, r.Metered, r.Reported,
+				orDash(r.Stripe, r.Stripe == nil), r.Drift, r.Status, r.Note)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		fmt.Fprintf(w, "%d rows: %d ok, %d pending, %d drift, %d unmapped\n", len(rows),
+			counts[billing.StatusOK], counts[billing.StatusPending], counts[billing.StatusDrift], counts[billing.StatusUnmapped])
+		return nil
+	}
+	return fmt.Errorf("format must be table, csv or json; got %q", format)
+}

@@ -1,0 +1,411 @@
+// Package billing makes Stripe agree with Postgres: for each tenant,
+// metric and month it sends the difference between the metered total and
+// what was already claimed as one meter event, with retries, a client-side
+// rate limit and a dead-letter queue, and it reconciles the result against
+// Stripe's own summaries.
+//
+// Invariant: idempotent all the way to Stripe. A push is recorded as an
+// intent (with its deterministic identifier) before the call and marked
+// with its outcome after; a crash in between, a retry or a DLQ replay
+// re-sends the same identifier and Idempotency-Key, so Stripe counts it
+// once. A delta is never claimed twice: pushes in flight or dead-lettered
+// count as claimed until they are sent or cancelled.
+package billing
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/big"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/cenkalti/backoff/v5"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/time/rate"
+
+	"github.com/usagemeter/metering/internal/stripeapi"
+	"github.com/usagemeter/metering/internal/topics"
+	"github.com/usagemeter/metering/internal/usage"
+	"github.com/usagemeter/metering/internal/windows"
+)
+
+// Stripe is the part of Stripe the biller uses.
+type Stripe interface {
+	SendMeterEvent(ctx context.Context, eventName, identifier, customer, value string, ts time.Time) error
+	CancelMeterEvent(ctx context.Context, eventName, identifier string) error
+	Meters(ctx context.Context) (map[string]string, error)
+	Summary(ctx context.Context, meterID, customer string, start, end time.Time) (int64, error)
+}
+
+// Config of a Biller.
+type Config struct {
+	// RatePerSecond bounds calls to Stripe (client side); default 20.
+	RatePerSecond float64
+	// MaxAttempts of one push before it is dead-lettered; default 8.
+	MaxAttempts int
+	// BackoffMin and BackoffMax bound the full-jitter backoff; defaults 200ms, 30s.
+	BackoffMin, BackoffMax time.Duration
+	// Concurrency is how many pushes run at once; default 8.
+	Concurrency int
+	// Now is the clock; nil means time.Now.
+	Now     func() time.Time
+	Logger  *slog.Logger
+	Metrics *Metrics
+}
+
+// Biller pushes and reconciles.
+type Biller struct {
+	pool    *pgxpool.Pool
+	stripe  Stripe
+	cfg     Config
+	limiter *rate.Limiter
+}
+
+// New returns a Biller.
+func New(pool *pgxpool.Pool, st Stripe, cfg Config) *Biller {
+	if cfg.RatePerSecond <= 0 {
+		cfg.RatePerSecond = 20
+	}
+	if cfg.MaxAttempts <= 0 {
+		cfg.MaxAttempts = 8
+	}
+	if cfg.BackoffMin <= 0 {
+		cfg.BackoffMin = 200 * time.Millisecond
+	}
+	if cfg.BackoffMax <= 0 {
+		cfg.BackoffMax = 30 * time.Second
+	}
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = 8
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Biller{pool: pool, stripe: st, cfg: cfg, limiter: rate.NewLimiter(rate.Limit(cfg.RatePerSecond), max(1, int(cfg.RatePerSecond)))}
+}
+
+// Identifier is the meter event identifier (and Idempotency-Key) of the
+// push that brings (tenant, metric, period) to cumulative; generation
+// counts earlier pushes to the same total that were cancelled.
+func Identifier(tenant, metric string, period time.Time, cumulative string, generation int) string {
+	h := sha256.Sum256(fmt.Appendf(nil, "%s\x00%s\x00%s\x00%s\x00%d", tenant, metric, period.UTC().Format(time.RFC3339), cumulative, generation))
+	return "mu_" + hex.EncodeToString(h[:24])
+}
+
+// SyncResult counts what one Sync did.
+type SyncResult struct {
+	Intents, Sent, Dead, Carried, Cancelled int
+	Unmapped                                []string // "tenant/metric": no customer or no meter
+}
+
+// Open reports how many pushes are intents and how many are dead-lettered.
+func (b *Biller) Open(ctx context.Context) (intents, dead int, err error) {
+	err = b.pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE status = 'intent'), count(*) FILTER (WHERE status = 'dead')
+		FROM billing_pushes WHERE status IN ('intent', 'dead')`).Scan(&intents, &dead)
+	if err != nil {
+		return 0, 0, fmt.Errorf("counting open pushes: %w", err)
+	}
+	if b.cfg.Metrics != nil {
+		b.cfg.Metrics.DLQDepth.Set(float64(dead))
+	}
+	return intents, dead, nil
+}
+
+// Sync records an intent for every (tenant, metric, month) whose metered
+// total exceeds what was claimed, then sends every open intent.
+func (b *Biller) Sync(ctx context.Context) (SyncResult, error) {
+	var res SyncResult
+	meters, err := b.meters(ctx)
+	if err != nil {
+		return res, err
+	}
+	if res.Cancelled, err = b.fixOverReporting(ctx); err != nil {
+		return res, err
+	}
+	if err := b.planIntents(ctx, meters, &res); err != nil {
+		return res, err
+	}
+	sent, dead, err := b.SendOpen(ctx, false)
+	res.Sent, res.Dead = sent, dead
+	return res, err
+}
+
+func (b *Biller) meters(ctx context.Context) (map[string]string, error) {
+	var meters map[string]string
+	err := b.call(ctx, func() error {
+		var err error
+		meters, err = b.stripe.Meters(ctx)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing Stripe meters: %w", err)
+	}
+	return meters, nil
+}
+
+// planIntents writes an intent for each delta.
+func (b *Biller) planIntents(ctx context.Context, meters map[string]string, res *SyncResult) error {
+	now := b.cfg.Now().UTC()
+	current := windows.Month.Start(now)
+	oldest := current.AddDate(0, -2, 0)
+	rows, err := b.pool.Query(ctx, `SELECT w.tenant, w.metric, w.window_start, w.value, coalesce(t.stripe_customer_id, ''), q.stripe_event_name,
+			coalesce(p.claimed, 0), coalesce(p.cancelled, 0), (bp.tenant IS NOT NULL)
+		FROM usage_windows w
+		JOIN tenants t ON t.tenant = w.tenant
+		JOIN plan_quotas q ON q.plan = t.plan AND q.metric = w.metric
+		LEFT JOIN (SELECT tenant, metric, period_start, sum(delta) FILTER (WHERE status <> 'cancelled') AS claimed,
+				count(*) FILTER (WHERE status = 'cancelled') AS cancelled
+			FROM billing_pushes WHERE period_start >= $1 GROUP BY 1, 2, 3) p
+			ON p.tenant = w.tenant AND p.metric = w.metric AND p.period_start = w.window_start
+		LEFT JOIN billing_periods bp ON bp.tenant = w.tenant AND bp.period_start = w.window_start
+		WHERE w.granularity = 'month' AND w.window_start >= $1 AND w.value > coalesce(p.claimed, 0)
+		ORDER BY 1, 2, 3`, oldest)
+	if err != nil {
+		return fmt.Errorf("finding deltas: %w", err)
+	}
+	type plan struct {
+		tenant, metric, customer, eventName string
+		period                              time.Time
+		metered, claimed                    *big.Int
+		generation                          int
+		final                               bool
+	}
+	var plans []plan
+	for rows.Next() {
+		var p plan
+		var metered, claimed pgtype.Numeric
+		if err := rows.Scan(&p.tenant, &p.metric, &p.period, &metered, &p.customer, &p.eventName, &claimed, &p.generation, &p.final); err != nil {
+			rows.Close()
+			return fmt.Errorf("finding deltas: %w", err)
+		}
+		p.metered, p.claimed = usage.NumericInt(metered), usage.NumericInt(claimed)
+		plans = append(plans, p)
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("finding deltas: %w", err)
+	}
+	for _, p := range plans {
+		if p.customer == "" || meters[p.eventName] == "" {
+			res.Unmapped = append(res.Unmapped, p.tenant+"/"+p.metric)
+			continue
+		}
+		delta := new(big.Int).Sub(p.metered, p.claimed)
+		periodEnd := windows.Month.End(p.period)
+		ts, billed, carried := now, current, false
+		switch {
+		case now.Before(periodEnd):
+			// The open month: stamp it now.
+		case p.final || periodEnd.Add(-time.Second).Before(now.Add(-35*24*time.Hour+time.Hour)):
+			// The invoice is final, or Stripe no longer takes events for
+			// the month: carry the usage into the current one.
+			carried = true
+		default:
+			ts, billed = periodEnd.Add(-time.Second), p.period
+		}
+		cumulative := p.metered.String()
+		id := Identifier(p.tenant, p.metric, p.period, cumulative, p.generation)
+		tag, err := b.pool.Exec(ctx, `INSERT INTO billing_pushes (tenant, metric, period_start, billed_period_start, stripe_customer_id, event_name,
+				cumulative_total, delta, identifier, event_timestamp, carried)
+			VALUES ($1, $2, $3, $4, $5, $6, $7::numeric, $8::numeric, $9, $10, $11) ON CONFLICT (identifier) DO NOTHING`,
+			p.tenant, p.metric, p.period, billed, p.customer, p.eventName, cumulative, delta.String(), id, ts, carried)
+		if err != nil {
+			return fmt.Errorf("recording intent for %s/%s: %w", p.tenant, p.metric, err)
+		}
+		if tag.RowsAffected() == 1 {
+			// Late usage the aggregator recorded for this month is now on its way.
+			if _, err := b.pool.Exec(ctx, `UPDATE usage_corrections SET reconciled_at = now()
+				WHERE tenant = $1 AND metric = $2 AND period_start = $3 AND reconciled_at IS NULL`, p.tenant, p.metric, p.period); err != nil {
+				return fmt.Errorf("marking corrections of %s/%s reconciled: %w", p.tenant, p.metric, err)
+			}
+			res.Intents++
+			if carried {
+				res.Carried++
+				b.cfg.Logger.WarnContext(ctx, "late usage for a closed period carried into the current one",
+					"tenant", p.tenant, "metric", p.metric, "period", p.period.Format("2006-01"), "value", delta.String())
+			}
+		}
+	}
+	if len(res.Unmapped) > 0 {
+		b.cfg.Logger.WarnContext(ctx, "usage not billed: tenant without stripe_customer_id, or no Stripe meter for the event name",
+			"count", len(res.Unmapped), "first", res.Unmapped[0])
+	}
+	b.cfg.Metrics.unmapped(len(res.Unmapped))
+	return nil
+}
+
+type push struct {
+	id                                  int64
+	tenant, metric, customer, eventName string
+	identifier, delta, cumulative       string
+	period                              time.Time
+	ts                                  time.Time
+	attempts                            int
+}
+
+// SendOpen sends every intent (and, with dead, every dead-lettered push)
+// and returns how many were sent and dead-lettered.
+func (b *Biller) SendOpen(ctx context.Context, dead bool) (int, int, error) {
+	status := []string{"intent"}
+	if dead {
+		status = append(status, "dead")
+	}
+	return b.send(ctx, `status = ANY($1)`, status)
+}
+
+func (b *Biller) send(ctx context.Context, where string, args ...any) (int, int, error) {
+	rows, err := b.pool.Query(ctx, `SELECT id, tenant, metric, stripe_customer_id, event_name, identifier, delta::text, cumulative_total::text,
+		period_start, event_timestamp, attempts FROM billing_pushes WHERE `+where+` ORDER BY id`, args...)
+	if err != nil {
+		return 0, 0, fmt.Errorf("reading open pushes: %w", err)
+	}
+	pushes, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (push, error) {
+		var p push
+		err := r.Scan(&p.id, &p.tenant, &p.metric, &p.customer, &p.eventName, &p.identifier, &p.delta, &p.cumulative, &p.period, &p.ts, &p.attempts)
+		return p, err
+	})
+	if err != nil {
+		return 0, 0, fmt.Errorf("reading open pushes: %w", err)
+	}
+	var mu sync.Mutex
+	var sent, deadCount int
+	var firstErr error
+	work := make(chan push)
+	var wg sync.WaitGroup
+	for range b.cfg.Concurrency {
+		wg.Go(func() {
+			for p := range work {
+				ok, err := b.pushOne(ctx, p)
+				mu.Lock()
+				switch {
+				case err != nil && firstErr == nil:
+					firstErr = err
+				case ok:
+					sent++
+				case err == nil:
+					deadCount++
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	for _, p := range pushes {
+		if ctx.Err() != nil {
+			break
+		}
+		work <- p
+	}
+	close(work)
+	wg.Wait()
+	if firstErr == nil && ctx.Err() != nil {
+		firstErr = ctx.Err()
+	}
+	return sent, deadCount, firstErr
+}
+
+// pushOne sends p with retries. It returns true when sent, false with a
+// nil error when dead-lettered, and an error when it could not record the
+// outcome (the push stays open and is retried by the next sync).
+func (b *Biller) pushOne(ctx context.Context, p push) (bool, error) {
+	attempts := 0
+	err := b.call(ctx, func() error {
+		attempts++
+		return b.stripe.SendMeterEvent(ctx, p.eventName, p.identifier, p.customer, p.delta, p.ts)
+	})
+	var se *stripeapi.Error
+	if errors.As(err, &se) && se.Class == stripeapi.ClassDuplicate {
+		err = nil // Stripe has it already: a crash after the call, or a replay.
+	}
+	b.cfg.Metrics.push(err, attempts)
+	if ctx.Err() != nil {
+		return false, ctx.Err()
+	}
+	out := context.WithoutCancel(ctx)
+	if err == nil {
+		_, uerr := b.pool.Exec(out, `UPDATE billing_pushes SET status = 'sent', sent_at = now(), updated_at = now(),
+			attempts = attempts + $2, last_error = '' WHERE id = $1`, p.id, attempts)
+		if uerr != nil {
+			return false, fmt.Errorf("recording push %s as sent: %w", p.identifier, uerr)
+		}
+		return true, nil
+	}
+	b.cfg.Logger.WarnContext(ctx, "push dead-lettered", "tenant", p.tenant, "metric", p.metric, "identifier", p.identifier, "attempts", attempts, "err", err)
+	msg, _ := json.Marshal(map[string]any{
+		"tenant": p.tenant, "metric": p.metric, "period": p.period.Format("2006-01"), "value": json.Number(p.delta),
+		"cumulative_total": json.Number(p.cumulative), "identifier": p.identifier, "attempts": p.attempts + attempts, "last_error": err.Error(),
+		"event_name": p.eventName, "stripe_customer_id": p.customer,
+	})
+	txErr := pgx.BeginFunc(out, b.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(out, `UPDATE billing_pushes SET status = 'dead', updated_at = now(), attempts = attempts + $2, last_error = $3
+			WHERE id = $1`, p.id, attempts, err.Error()); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(out, `INSERT INTO outbox (topic, msg_key, msg_value, headers) VALUES ($1, $2, $3, $4)`,
+			topics.BillingDLQ, []byte(p.tenant), msg, map[string]string{"identifier": p.identifier}); err != nil {
+			return err
+		}
+		_, err := tx.Exec(out, `SELECT pg_notify('outbox', '')`)
+		return err
+	})
+	if txErr != nil {
+		return false, fmt.Errorf("dead-lettering push %s: %w", p.identifier, txErr)
+	}
+	return false, nil
+}
+
+// call runs fn under the client-side rate limit, retrying retriable
+// Stripe errors with full-jitter exponential backoff, waiting at least
+// Stripe's Retry-After, up to MaxAttempts.
+func (b *Biller) call(ctx context.Context, fn func() error) error {
+	bo := &fullJitter{min: b.cfg.BackoffMin, max: b.cfg.BackoffMax}
+	_, err := backoff.Retry(ctx, func() (struct{}, error) {
+		if err := b.limiter.Wait(ctx); err != nil {
+			return struct{}{}, backoff.Permanent(err)
+		}
+		err := fn()
+		if err == nil {
+			return struct{}{}, nil
+		}
+		var se *stripeapi.Error
+		if !errors.As(err, &se) {
+			return struct{}{}, backoff.Permanent(err)
+		}
+		b.cfg.Metrics.failure(se.Class)
+		if !se.Retriable {
+			return struct{}{}, backoff.Permanent(err)
+		}
+		bo.atLeast = se.RetryAfter
+		return struct{}{}, err
+	}, backoff.WithBackOff(bo), backoff.WithMaxTries(uint(b.cfg.MaxAttempts)), backoff.WithMaxElapsedTime(0))
+	return err
+}
+
+// fullJitter waits a uniformly random time in [0, min(max, min·2^n)), or
+// atLeast when the server asked for longer.
+type fullJitter struct {
+	min, max, atLeast time.Duration
+	n                 int
+}
+
+func (f *fullJitter) Reset() { f.n = 0 }
+
+func (f *fullJitter) NextBackOff() time.Duration {
+	ceiling := f.min << min(f.n, 30)
+	if ceiling > f.max || ceiling <= 0 {
+		ceiling = f.max
+	}
+	f.n++
+	wait := time.Duration(rand.Int64N(int64(ceiling)))
+	wait, f.atLeast = max(wait, f.atLeast), 0
+	return wait
+}

@@ -1,0 +1,118 @@
+package billing
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// DeadPush is a push in the billing dead-letter queue.
+type DeadPush struct {
+	ID          int64     `json:"id"`
+	Tenant      string    `json:"tenant"`
+	Metric      string    `json:"metric"`
+	Period      string    `json:"period"`
+	Value       string    `json:"value"`
+	Cumulative  string    `json:"cumulative_total"`
+	Identifier  string    `json:"identifier"`
+	EventName   string    `json:"event_name"`
+	Customer    string    `json:"stripe_customer_id"`
+	Attempts    int       `json:"attempts"`
+	LastError   string    `json:"last_error"`
+	Status      string    `json:"status"`
+	DeadSince   time.Time `json:"dead_since"`
+	EventTime   time.Time `json:"event_timestamp"`
+	CarriedLate bool      `json:"carried"`
+}
+
+const deadColumns = `id, tenant, metric, to_char(period_start AT TIME ZONE 'UTC', 'YYYY-MM'), delta::text, cumulative_total::text,
+	identifier, event_name, stripe_customer_id, attempts, last_error, status, updated_at, event_timestamp, carried`
+
+func scanDead(r pgx.CollectableRow) (DeadPush, error) {
+	var d DeadPush
+	err := r.Scan(&d.ID, &d.Tenant, &d.Metric, &d.Period, &d.Value, &d.Cumulative, &d.Identifier, &d.EventName, &d.Customer,
+		&d.Attempts, &d.LastError, &d.Status, &d.DeadSince, &d.EventTime, &d.CarriedLate)
+	return d, err
+}
+
+// DeadLetters lists the pushes waiting in the billing DLQ, oldest first.
+func (b *Biller) DeadLetters(ctx context.Context) ([]DeadPush, error) {
+	rows, err := b.pool.Query(ctx, `SELECT `+deadColumns+` FROM billing_pushes WHERE status = 'dead' ORDER BY id`)
+	if err != nil {
+		return nil, fmt.Errorf("listing the billing DLQ: %w", err)
+	}
+	ds, err := pgx.CollectRows(rows, scanDead)
+	if err != nil {
+		return nil, fmt.Errorf("listing the billing DLQ: %w", err)
+	}
+	return ds, nil
+}
+
+// ErrNotDead is returned for a push that is not in the DLQ.
+var ErrNotDead = errors.New("not in the billing DLQ")
+
+// DeadLetter returns one push of the DLQ (or one that left it).
+func (b *Biller) DeadLetter(ctx context.Context, id int64) (DeadPush, error) {
+	rows, err := b.pool.Query(ctx, `SELECT `+deadColumns+` FROM billing_pushes WHERE id = $1`, id)
+	if err != nil {
+		return DeadPush{}, fmt.Errorf("reading push %d: %w", id, err)
+	}
+	d, err := pgx.CollectExactlyOneRow(rows, scanDead)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return DeadPush{}, fmt.Errorf("push %d: %w", id, ErrNotDead)
+	}
+	return d, err
+}
+
+// Replay re-sends the dead pushes ids (every one with all) with their
+// original identifiers and audits it; it returns how many were sent and
+// how many went back to the DLQ. A push that had in fact reached Stripe
+// comes back as a duplicate and counts nothing more.
+func (b *Biller) Replay(ctx context.Context, ids []int64, all bool, actor string) (int, int, error) {
+	picked, err := b.resolveDead(ctx, ids, all, "replay", actor, "", "intent")
+	if err != nil {
+		return 0, 0, err
+	}
+	return b.send(ctx, `id = ANY($1)`, picked)
+}
+
+// Discard closes dead pushes without sending them: their usage stays
+// claimed (it will not be re-sent) and the reconciliation shows it as
+// drift for finance. It is audited.
+func (b *Biller) Discard(ctx context.Context, ids []int64, actor, note string) (int, error) {
+	picked, err := b.resolveDead(ctx, ids, false, "discard", actor, note, "discarded")
+	return len(picked), err
+}
+
+func (b *Biller) resolveDead(ctx context.Context, ids []int64, all bool, action, actor, note, status string) ([]int64, error) {
+	if actor == "" {
+		return nil, errors.New("an actor is required for the audit trail")
+	}
+	if !all && len(ids) == 0 {
+		return nil, errors.New("name the pushes by id, or use --all")
+	}
+	var picked []int64
+	err := pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `UPDATE billing_pushes SET status = $1, updated_at = now()
+			WHERE status = 'dead' AND ($2 OR id = ANY($3)) RETURNING id`, status, all, ids)
+		if err != nil {
+			return err
+		}
+		if picked, err = pgx.CollectRows(rows, pgx.RowTo[int64]); err != nil {
+			return err
+		}
+		if len(picked) == 0 {
+			return ErrNotDead
+		}
+		_, err = tx.Exec(ctx, `INSERT INTO dlq_audit (queue, action, actor, record_ids, note) VALUES ('billing', $1, $2, $3, $4)`,
+			action, actor, picked, note)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", action, err)
+	}
+	return picked, nil
+}

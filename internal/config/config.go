@@ -1,0 +1,263 @@
+// Package config loads each service's settings from environment variables
+// and command-line flags of the same meaning (DATABASE_URL and
+// -database-url); a flag wins over the variable, the variable over the
+// default.
+//
+// Invariant: a loaded config is valid: every value was parsed and checked,
+// and an error names the variable and what it expects.
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Common holds the settings every service has.
+type Common struct {
+	DatabaseURL  string
+	KafkaBrokers []string
+	HTTPAddr     string
+	LogLevel     string
+	// KafkaPartitions is used when a service creates a missing topic.
+	KafkaPartitions int
+	// ShutdownTimeout bounds the drain of in-flight work on SIGTERM.
+	ShutdownTimeout time.Duration
+	// DedupHorizon is how old an event may be and how long ids are kept.
+	DedupHorizon time.Duration
+}
+
+// Defaults of the local stack.
+const (
+	DefaultDatabaseURL = "postgres://postgres@127.0.0.1:5432/metering?sslmode=disable"
+	DefaultBrokers     = "127.0.0.1:9092"
+)
+
+// Ingest is cmd/ingest's configuration.
+type Ingest struct {
+	Common
+	AdminAPIKey string
+	// MaxBodyBytes bounds a request body (413 above it).
+	MaxBodyBytes int64
+	// KeyEventsPerSecond and KeyBurst: token bucket per API key, in events.
+	KeyEventsPerSecond float64
+	KeyBurst           int
+	// IPRequestsPerSecond and IPBurst: token bucket per client IP, in requests.
+	IPRequestsPerSecond float64
+	IPBurst             int
+	// MaxInFlightEvents bounds the events waiting for Kafka (503 above it).
+	MaxInFlightEvents int
+	// PublishTimeout bounds the wait for Kafka's acknowledgement (503 after it).
+	PublishTimeout time.Duration
+}
+
+// binder registers settings on a FlagSet with environment fallbacks.
+type binder struct {
+	fs     *flag.FlagSet
+	getenv func(string) string
+	errs   []error
+}
+
+func flagName(env string) string { return strings.ReplaceAll(strings.ToLower(env), "_", "-") }
+
+func (b *binder) env(env, def string) string {
+	if v := b.getenv(env); v != "" {
+		return v
+	}
+	return def
+}
+
+func (b *binder) str(p *string, env, def, usage string) {
+	b.fs.StringVar(p, flagName(env), b.env(env, def), usage+" (env "+env+")")
+}
+
+// parsed registers a flag whose text is parsed by parse into p.
+func parsed[T any](b *binder, p *T, env, def, usage string, parse func(string) (T, error)) {
+	set := func(s string) error {
+		v, err := parse(s)
+		if err != nil {
+			return fmt.Errorf("%s: %w", env, err)
+		}
+		*p = v
+		return nil
+	}
+	initial := b.env(env, def)
+	if err := set(initial); err != nil {
+		b.errs = append(b.errs, fmt.Errorf("%w (got %q)", err, initial))
+	}
+	b.fs.Func(flagName(env), usage+" (env "+env+", default "+def+")", set)
+}
+
+func positiveInt(s string) (int, error) {
+	n, err := strconv.Atoi(s)
+	if err != nil || n <= 0 {
+		return 0, errors.New("must be a positive integer")
+	}
+	return n, nil
+}
+
+func positiveFloat(s string) (float64, error) {
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || f <= 0 {
+		return 0, errors.New("must be a positive number")
+	}
+	return f, nil
+}
+
+func positiveDuration(s string) (time.Duration, error) {
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return 0, errors.New("must be a positive duration such as 30s, 5m or 840h")
+	}
+	return d, nil
+}
+
+func brokerList(s string) ([]string, error) {
+	var out []string
+	for b := range strings.SplitSeq(s, ",") {
+		if b = strings.TrimSpace(b); b != "" {
+			out = append(out, b)
+		}
+	}
+	if len(out) == 0 {
+		return nil, errors.New("must list at least one host:port")
+	}
+	return out, nil
+}
+
+func (b *binder) common(c *Common, httpAddr string) {
+	b.str(&c.DatabaseURL, "DATABASE_URL", DefaultDatabaseURL, "Postgres connection URL")
+	parsed(b, &c.KafkaBrokers, "KAFKA_BROKERS", DefaultBrokers, "comma-separated Kafka bootstrap brokers", brokerList)
+	b.str(&c.HTTPAddr, "HTTP_ADDR", httpAddr, "HTTP listen address")
+	b.str(&c.LogLevel, "LOG_LEVEL", "info", "log level: debug, info, warn or error")
+	parsed(b, &c.KafkaPartitions, "KAFKA_PARTITIONS", "12", "partitions of topics this service creates", positiveInt)
+	parsed(b, &c.ShutdownTimeout, "SHUTDOWN_TIMEOUT", "30s", "how long SIGTERM waits for in-flight work", positiveDuration)
+	parsed(b, &c.DedupHorizon, "DEDUP_HORIZON", "840h", "how old an event may be; ids are remembered this long", positiveDuration)
+}
+
+func (b *binder) parse(args []string) error {
+	if err := b.fs.Parse(args); err != nil {
+		return err
+	}
+	if len(b.errs) > 0 {
+		return errors.Join(b.errs...)
+	}
+	return nil
+}
+
+// LoadIngest reads cmd/ingest's settings. args are the command-line
+// arguments after the program name (and subcommand).
+func LoadIngest(name string, args []string, getenv func(string) string, output io.Writer) (Ingest, []string, error) {
+	var c Ingest
+	b := &binder{fs: flag.NewFlagSet(name, flag.ContinueOnError), getenv: getenv}
+	b.fs.SetOutput(output)
+	b.common(&c.Common, ":8080")
+	b.str(&c.AdminAPIKey, "ADMIN_API_KEY", "", "bootstrap admin API key, used to create the first stored keys")
+	parsed(b, &c.MaxBodyBytes, "MAX_BODY_BYTES", "5242880", "largest request body accepted", func(s string) (int64, error) {
+		n, err := positiveInt(s)
+		return int64(n), err
+	})
+	parsed(b, &c.KeyEventsPerSecond, "RATE_LIMIT_KEY_EVENTS", "50000", "events per second per API key", positiveFloat)
+	parsed(b, &c.KeyBurst, "RATE_LIMIT_KEY_BURST", "100000", "burst of events per API key (at least 1000)", positiveInt)
+	parsed(b, &c.IPRequestsPerSecond, "RATE_LIMIT_IP_REQUESTS", "1000", "requests per second per client IP", positiveFloat)
+	parsed(b, &c.IPBurst, "RATE_LIMIT_IP_BURST", "2000", "burst of requests per client IP", positiveInt)
+	parsed(b, &c.MaxInFlightEvents, "MAX_INFLIGHT_EVENTS", "100000", "events waiting for Kafka before new requests get 503 (at least 1000)", positiveInt)
+	parsed(b, &c.PublishTimeout, "PUBLISH_TIMEOUT", "5s", "how long a request waits for Kafka before 503", positiveDuration)
+	if err := b.parse(args); err != nil {
+		return Ingest{}, nil, err
+	}
+	if c.KeyBurst < 1000 || c.MaxInFlightEvents < 1000 {
+		return Ingest{}, nil, errors.New("RATE_LIMIT_KEY_BURST and MAX_INFLIGHT_EVENTS must be at least 1000, the largest batch")
+	}
+	return c, b.fs.Args(), nil
+}
+
+// Aggregator is cmd/aggregator's configuration.
+type Aggregator struct {
+	Common
+	// ConsumerGroup is the Kafka group id and the key of stored offsets.
+	ConsumerGroup string
+	// BatchSize and BatchWait cut batches.
+	BatchSize int
+	BatchWait time.Duration
+	// SessionTimeout of the consumer group membership: how soon a dead
+	// member's partitions move to the others.
+	SessionTimeout time.Duration
+	// RetentionInterval is how often old ledger rows and published outbox
+	// rows are deleted.
+	RetentionInterval time.Duration
+}
+
+// LoadAggregator reads cmd/aggregator's settings; see LoadIngest.
+func LoadAggregator(name string, args []string, getenv func(string) string, output io.Writer) (Aggregator, []string, error) {
+	var c Aggregator
+	b := &binder{fs: flag.NewFlagSet(name, flag.ContinueOnError), getenv: getenv}
+	b.fs.SetOutput(output)
+	b.common(&c.Common, ":8081")
+	b.str(&c.ConsumerGroup, "CONSUMER_GROUP", "metering-aggregator", "Kafka consumer group; offsets are stored in Postgres under this name")
+	parsed(b, &c.BatchSize, "BATCH_SIZE", "10000", "most records per batch transaction", positiveInt)
+	parsed(b, &c.BatchWait, "BATCH_WAIT", "100ms", "longest a batch waits for more records", positiveDuration)
+	parsed(b, &c.SessionTimeout, "SESSION_TIMEOUT", "10s", "consumer group session timeout", positiveDuration)
+	parsed(b, &c.RetentionInterval, "RETENTION_INTERVAL", "1h", "how often ledger rows past the horizon are deleted", positiveDuration)
+	if err := b.parse(args); err != nil {
+		return Aggregator{}, nil, err
+	}
+	return c, b.fs.Args(), nil
+}
+
+// Biller is cmd/biller's configuration.
+type Biller struct {
+	Common
+	StripeAPIKey        string
+	StripeAPIBase       string
+	StripeWebhookSecret string
+	// SyncInterval is how often deltas are pushed and the DLQ depth checked.
+	SyncInterval time.Duration
+	// StripeRate bounds calls per second to Stripe.
+	StripeRate float64
+	// StripeTimeout bounds one Stripe call.
+	StripeTimeout time.Duration
+	// MaxAttempts of one push before it is dead-lettered.
+	MaxAttempts int
+	AdminAPIKey string
+}
+
+// LoadBiller reads cmd/biller's settings; see LoadIngest.
+func LoadBiller(name string, args []string, getenv func(string) string, output io.Writer) (Biller, []string, error) {
+	var c Biller
+	b := &binder{fs: flag.NewFlagSet(name, flag.ContinueOnError), getenv: getenv}
+	b.fs.SetOutput(output)
+	b.common(&c.Common, ":8082")
+	b.str(&c.StripeAPIKey, "STRIPE_API_KEY", "", "Stripe secret key (sk_...)")
+	b.str(&c.StripeAPIBase, "STRIPE_API_BASE", "", "Stripe API base URL; empty for api.stripe.com (stripe-mock or the test server otherwise)")
+	b.str(&c.StripeWebhookSecret, "STRIPE_WEBHOOK_SECRET", "", "signing secret of the Stripe webhook endpoint (whsec_...)")
+	b.str(&c.AdminAPIKey, "ADMIN_API_KEY", "", "bootstrap admin key for the biller's HTTP API")
+	parsed(b, &c.SyncInterval, "SYNC_INTERVAL", "1m", "how often deltas are pushed to Stripe", positiveDuration)
+	parsed(b, &c.StripeRate, "STRIPE_RATE_LIMIT", "20", "Stripe calls per second, client side", positiveFloat)
+	parsed(b, &c.StripeTimeout, "STRIPE_TIMEOUT", "20s", "timeout of one Stripe call", positiveDuration)
+	parsed(b, &c.MaxAttempts, "STRIPE_MAX_ATTEMPTS", "8", "tries of one push before it is dead-lettered", positiveInt)
+	if err := b.parse(args); err != nil {
+		return Biller{}, nil, err
+	}
+	return c, b.fs.Args(), nil
+}
+
+// Variables returns the environment variables service ("ingest",
+// "aggregator" or "biller") reads, in the order it registers them.
+func Variables(service string) []string {
+	var names []string
+	record := func(k string) string { names = append(names, k); return "" }
+	switch service {
+	case "ingest":
+		_, _, _ = LoadIngest(service, nil, record, io.Discard)
+	case "aggregator":
+		_, _, _ = LoadAggregator(service, nil, record, io.Discard)
+	case "biller":
+		_, _, _ = LoadBiller(service, nil, record, io.Discard)
+	}
+	return names
+}

@@ -1,0 +1,229 @@
+// Package consumer runs the aggregator's Kafka consumer-group membership:
+// for each partition assigned to this member it reads usage.events from
+// the offset stored in Postgres (never Kafka's committed offset), cuts
+// batches by size and time, and hands them to the aggregate package.
+//
+// Invariant: a batch is retried until it commits; the reader position
+// advances only after a commit, so no record is skipped, and a member that
+// lost its partition is fenced by the offset compare-and-set.
+package consumer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/cenkalti/backoff/v5"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/usagemeter/metering/internal/aggregate"
+)
+
+// Config of a consumer.
+type Config struct {
+	Brokers []string
+	Topic   string
+	Group   string
+	// BatchSize and BatchWait cut batches: at most BatchSize records, and
+	// a batch is committed at most BatchWait after its first record.
+	BatchSize int
+	BatchWait time.Duration
+	// SessionTimeout of the group membership; default 10s.
+	SessionTimeout time.Duration
+}
+
+// Consumer consumes the topic as a member of the group.
+type Consumer struct {
+	cfg     Config
+	agg     *aggregate.Aggregator
+	log     *slog.Logger
+	metrics *aggregate.Metrics
+	members atomic.Int32 // partitions currently assigned, -1 before joining
+}
+
+// New returns a consumer applying batches with agg. metrics may be nil.
+func New(cfg Config, agg *aggregate.Aggregator, log *slog.Logger, metrics *aggregate.Metrics) *Consumer {
+	if cfg.BatchSize <= 0 {
+		cfg.BatchSize = 10000
+	}
+	if cfg.BatchWait <= 0 {
+		cfg.BatchWait = 100 * time.Millisecond
+	}
+	if cfg.SessionTimeout <= 0 {
+		cfg.SessionTimeout = 10 * time.Second
+	}
+	c := &Consumer{cfg: cfg, agg: agg, log: log, metrics: metrics}
+	c.members.Store(-1)
+	return c
+}
+
+// Ready reports whether the consumer is a member of a group generation.
+func (c *Consumer) Ready(context.Context) error {
+	if c.members.Load() < 0 {
+		return errors.New("not a member of the consumer group yet")
+	}
+	return nil
+}
+
+// Run joins the group and consumes until ctx ends.
+func (c *Consumer) Run(ctx context.Context) error {
+	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
+		ID: c.cfg.Group, Brokers: c.cfg.Brokers, Topics: []string{c.cfg.Topic},
+		SessionTimeout: c.cfg.SessionTimeout, RebalanceTimeout: c.cfg.SessionTimeout,
+		HeartbeatInterval: c.cfg.SessionTimeout / 5, JoinGroupBackoff: time.Second,
+		WatchPartitionChanges: true, PartitionWatchInterval: 10 * time.Second,
+		StartOffset: kafka.FirstOffset,
+	})
+	if err != nil {
+		return fmt.Errorf("creating consumer group %s: %w", c.cfg.Group, err)
+	}
+	defer group.Close()
+	for {
+		gen, err := group.Next(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			c.members.Store(-1)
+			c.log.WarnContext(ctx, "joining consumer group", "group", c.cfg.Group, "err", err)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		assigned := gen.Assignments[c.cfg.Topic]
+		c.members.Store(int32(len(assigned)))
+		if c.metrics != nil {
+			c.metrics.Rebalances.Inc()
+			c.metrics.Assigned.Set(float64(len(assigned)))
+		}
+		parts := make([]int, len(assigned))
+		for i, a := range assigned {
+			parts[i] = a.ID
+		}
+		slices.Sort(parts)
+		c.log.InfoContext(ctx, "joined generation", "generation", gen.ID, "member", gen.MemberID, "partitions", parts)
+		for _, a := range assigned {
+			partition := a.ID
+			gen.Start(func(ctx context.Context) {
+				if err := c.consumePartition(ctx, partition); err != nil && ctx.Err() == nil {
+					c.log.ErrorContext(ctx, "partition consumer stopped", "partition", partition, "err", err)
+				}
+			})
+		}
+	}
+}
+
+// consumePartition reads one partition until ctx ends (the generation or
+// the process ends) or the partition is fenced.
+func (c *Consumer) consumePartition(ctx context.Context, partition int) error {
+	next, err := c.storedOffset(ctx, partition)
+	if err != nil {
+		return err
+	}
+	r := kafka.NewReader(kafka.ReaderConfig{
+		Brokers: c.cfg.Brokers, Topic: c.cfg.Topic, Partition: partition,
+		MinBytes: 1, MaxBytes: 16 << 20, MaxWait: 50 * time.Millisecond, QueueCapacity: 1000,
+	})
+	defer r.Close()
+	start := next
+	if start < 0 {
+		start = kafka.FirstOffset
+	}
+	if err := r.SetOffset(start); err != nil {
+		return fmt.Errorf("seeking partition %d to %d: %w", partition, start, err)
+	}
+	label := strconv.Itoa(partition)
+	for {
+		batch, hwm, err := c.fetchBatch(ctx, r)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("reading partition %d: %w", partition, err)
+		}
+		if len(batch) == 0 {
+			continue
+		}
+		from := next
+		if from < 0 {
+			from = batch[0].Offset
+		}
+		res, err := c.applyWithRetry(ctx, partition, from, batch)
+		if err != nil {
+			return err
+		}
+		next = res.NextOffset
+		if c.metrics != nil && hwm >= 0 {
+			c.metrics.Lag.WithLabelValues(label).Set(float64(max(hwm-next, 0)))
+		}
+	}
+}
+
+func (c *Consumer) storedOffset(ctx context.Context, partition int) (int64, error) {
+	var next int64
+	bo := backoff.NewExponentialBackOff()
+	bo.MaxInterval = 5 * time.Second
+	_, err := backoff.Retry(ctx, func() (struct{}, error) {
+		var err error
+		next, err = c.agg.NextOffset(ctx, partition)
+		return struct{}{}, err
+	}, backoff.WithBackOff(bo), backoff.WithMaxElapsedTime(0))
+	return next, err
+}
+
+// fetchBatch blocks for the first record, then collects more until the
+// batch is full or BatchWait has passed since the first.
+func (c *Consumer) fetchBatch(ctx context.Context, r *kafka.Reader) ([]aggregate.Record, int64, error) {
+	m, err := r.FetchMessage(ctx)
+	if err != nil {
+		return nil, -1, err
+	}
+	batch := []aggregate.Record{record(m)}
+	hwm := m.HighWaterMark
+	deadline, cancel := context.WithTimeout(ctx, c.cfg.BatchWait)
+	defer cancel()
+	for len(batch) < c.cfg.BatchSize {
+		m, err := r.FetchMessage(deadline)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, -1, ctx.Err()
+			}
+			break // the batch's time is up
+		}
+		batch = append(batch, record(m))
+		hwm = m.HighWaterMark
+	}
+	return batch, hwm, nil
+}
+
+func record(m kafka.Message) aggregate.Record {
+	return aggregate.Record{Partition: m.Partition, Offset: m.Offset, Key: m.Key, Value: m.Value, Time: m.Time}
+}
+
+// applyWithRetry commits the batch, retrying transient failures (Postgres
+// restarting, say) with backoff for as long as the partition is ours.
+func (c *Consumer) applyWithRetry(ctx context.Context, partition int, from int64, batch []aggregate.Record) (aggregate.Result, error) {
+	bo := backoff.NewExponentialBackOff()
+	bo.MaxInterval = 5 * time.Second
+	return backoff.Retry(ctx, func() (aggregate.Result, error) {
+		res, err := c.agg.Apply(ctx, partition, from, batch)
+		if errors.Is(err, aggregate.ErrFenced) {
+			return res, backoff.Permanent(err)
+		}
+		if err != nil {
+			if c.metrics != nil {
+				c.metrics.BatchErrors.Inc()
+			}
+			c.log.WarnContext(ctx, "batch failed, retrying", "partition", partition, "from", from, "records", len(batch), "err", err)
+		}
+		return res, err
+	}, backoff.WithBackOff(bo), backoff.WithMaxElapsedTime(0))
+}

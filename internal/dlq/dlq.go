@@ -1,0 +1,135 @@
+// Package dlq administers the usage.events dead letters the aggregator
+// recorded: list them, replay them to usage.events (after the cause is
+// fixed), or discard them.
+//
+// Invariant: every action is one transaction that changes the records'
+// status, writes the replayed messages to the outbox, and records who did
+// what in dlq_audit; a record is replayed or discarded at most once.
+// Replaying is safe even for events that were counted: the ledger counts
+// an id once.
+package dlq
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+	"unicode/utf8"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/usagemeter/metering/internal/topics"
+)
+
+// Record is one dead letter.
+type Record struct {
+	ID              int64      `json:"id"`
+	Tenant          string     `json:"tenant"`
+	Error           string     `json:"error"`
+	ErrorClass      string     `json:"error_class"`
+	SourceTopic     string     `json:"source_topic"`
+	SourcePartition int        `json:"source_partition"`
+	SourceOffset    int64      `json:"source_offset"`
+	Payload         string     `json:"payload"`
+	FailedAt        time.Time  `json:"failed_at"`
+	Status          string     `json:"status"`
+	ResolvedAt      *time.Time `json:"resolved_at,omitempty"`
+}
+
+// Queue is the usage dead-letter queue.
+type Queue struct {
+	pool *pgxpool.Pool
+}
+
+// New returns the queue stored in pool's database.
+func New(pool *pgxpool.Pool) *Queue { return &Queue{pool: pool} }
+
+// List returns records with status ("" for all), oldest first, at most
+// limit. A payload that is not UTF-8 is shown as "hex:" and its hex digits.
+func (q *Queue) List(ctx context.Context, status string, limit int) ([]Record, error) {
+	rows, err := q.pool.Query(ctx, `SELECT id, tenant, error, error_class, source_topic, source_partition, source_offset,
+		payload, failed_at, status, resolved_at
+		FROM usage_dlq WHERE $1 = '' OR status = $1 ORDER BY id LIMIT $2`, status, limit)
+	if err != nil {
+		return nil, fmt.Errorf("listing dead letters: %w", err)
+	}
+	recs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Record, error) {
+		var rec Record
+		var payload []byte
+		err := r.Scan(&rec.ID, &rec.Tenant, &rec.Error, &rec.ErrorClass, &rec.SourceTopic, &rec.SourcePartition,
+			&rec.SourceOffset, &payload, &rec.FailedAt, &rec.Status, &rec.ResolvedAt)
+		rec.Payload = string(payload)
+		if !utf8.Valid(payload) {
+			rec.Payload = "hex:" + hex.EncodeToString(payload)
+		}
+		return rec, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing dead letters: %w", err)
+	}
+	return recs, nil
+}
+
+// ErrNothingPending is returned when no named record is pending.
+var ErrNothingPending = errors.New("no pending dead letters match")
+
+// Replay queues the pending records ids (all pending ones when all is
+// true) for usage.events through the outbox, marks them replayed and
+// audits the action. It returns the ids replayed.
+func (q *Queue) Replay(ctx context.Context, ids []int64, all bool, actor, note string) ([]int64, error) {
+	return q.resolve(ctx, "replay", "replayed", ids, all, actor, note, func(tx pgx.Tx, done []int64) error {
+		_, err := tx.Exec(ctx, `INSERT INTO outbox (topic, msg_key, msg_value, headers)
+			SELECT $1, convert_to(tenant, 'UTF8'), payload, jsonb_build_object('dlq-replay-of', id::text)
+			FROM usage_dlq WHERE id = ANY($2) ORDER BY id`, topics.UsageEvents, done)
+		if err != nil {
+			return fmt.Errorf("queueing replays: %w", err)
+		}
+		_, err = tx.Exec(ctx, `SELECT pg_notify('outbox', '')`)
+		return err
+	})
+}
+
+// Discard marks the pending records ids as discarded and audits it.
+func (q *Queue) Discard(ctx context.Context, ids []int64, actor, note string) ([]int64, error) {
+	return q.resolve(ctx, "discard", "discarded", ids, false, actor, note, nil)
+}
+
+func (q *Queue) resolve(ctx context.Context, action, status string, ids []int64, all bool, actor, note string, also func(pgx.Tx, []int64) error) ([]int64, error) {
+	if actor == "" {
+		return nil, errors.New("an actor is required for the audit trail")
+	}
+	if !all && len(ids) == 0 {
+		return nil, errors.New("name the dead letters by id, or use --all")
+	}
+	var done []int64
+	err := pgx.BeginFunc(ctx, q.pool, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `UPDATE usage_dlq SET status = $1, resolved_at = now()
+			WHERE status = 'pending' AND ($2 OR id = ANY($3)) RETURNING id`, status, all, ids)
+		if err != nil {
+			return fmt.Errorf("marking dead letters %s: %w", status, err)
+		}
+		done, err = pgx.CollectRows(rows, pgx.RowTo[int64])
+		if err != nil {
+			return fmt.Errorf("marking dead letters %s: %w", status, err)
+		}
+		if len(done) == 0 {
+			return ErrNothingPending
+		}
+		if also != nil {
+			if err := also(tx, done); err != nil {
+				return err
+			}
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO dlq_audit (queue, action, actor, record_ids, note) VALUES ('usage', $1, $2, $3, $4)`,
+			action, actor, done, note); err != nil {
+			return fmt.Errorf("auditing %s: %w", action, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return done, nil
+}

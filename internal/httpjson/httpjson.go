@@ -1,0 +1,73 @@
+// Package httpjson writes the API's JSON responses and errors and reads
+// JSON request bodies strictly.
+//
+// Invariant: every error response has the shape
+// {"error":{"code":"...","message":"..."}}, with a message a person can act on.
+package httpjson
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+)
+
+// Write sends v as JSON with status.
+func Write(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(v)
+}
+
+// ErrorBody is the error shape of every error response.
+type ErrorBody struct {
+	Error ErrorDetail `json:"error"`
+}
+
+// ErrorDetail is a machine-readable code and a human-readable message.
+type ErrorDetail struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// Error sends {"error":{"code","message"}} with status.
+func Error(w http.ResponseWriter, status int, code, message string) {
+	Write(w, status, ErrorBody{Error: ErrorDetail{Code: code, Message: message}})
+}
+
+// Errorf is Error with a formatted message.
+func Errorf(w http.ResponseWriter, status int, code, format string, args ...any) {
+	Error(w, status, code, fmt.Sprintf(format, args...))
+}
+
+// Decode reads a JSON body of at most limit bytes into v, rejecting
+// unknown fields and trailing data. The error says what to fix.
+func Decode(r *http.Request, limit int64, v any) error {
+	body, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
+	if err != nil {
+		return fmt.Errorf("reading the body: %w", err)
+	}
+	if int64(len(body)) > limit {
+		return fmt.Errorf("the body is larger than %d bytes", limit)
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			return fmt.Errorf("field %q must be %s, got %s", te.Field, te.Type, te.Value)
+		}
+		if errors.Is(err, io.EOF) {
+			return errors.New("the body is empty; send a JSON object")
+		}
+		return fmt.Errorf("the body is not valid JSON: %w", err)
+	}
+	if dec.More() {
+		return errors.New("the body has data after the JSON object")
+	}
+	return nil
+}

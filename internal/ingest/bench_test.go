@@ -1,0 +1,158 @@
+package ingest_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/usagemeter/metering/events"
+)
+
+// batchBodies returns count request bodies of size events each, all ids distinct.
+func batchBodies(count, size int) ([][]byte, [][]kafka.Message) {
+	bodies := make([][]byte, count)
+	msgs := make([][]kafka.Message, count)
+	ts := time.Now().UTC()
+	for i := range bodies {
+		var sb strings.Builder
+		sb.WriteByte('[')
+		for j := range size {
+			e := events.Event{ID: events.NewID(), Tenant: fmt.Sprintf("tenant-%d", j%50), Metric: "api_calls", Value: 1,
+				Time: ts, Source: "bench", Properties: map[string]string{"region": "eu"}}
+			if j > 0 {
+				sb.WriteByte(',')
+			}
+			sb.Write(e.AppendJSON(nil))
+			msgs[i] = append(msgs[i], events.Message(e))
+		}
+		sb.WriteByte(']')
+		bodies[i] = []byte(sb.String())
+	}
+	return bodies, msgs
+}
+
+func (e *env) post(body []byte) int {
+	req, _ := http.NewRequest("POST", e.srv.URL+"/v1/events", bytes.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+adminKey)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// BenchmarkIngest measures accepted events/s through HTTP → decode →
+// validate → Kafka (acks=all), beside the ceiling of the same batches
+// written straight to the broker with the SDK producer.
+func BenchmarkIngest(b *testing.B) {
+	e := newEnv(b, envOpts{})
+	http.DefaultTransport.(*http.Transport).MaxIdleConnsPerHost = 64
+	for _, size := range []int{100, 1000} {
+		bodies, msgs := batchBodies(64, size)
+		b.Run(fmt.Sprintf("ceiling-producer/batch-%d", size), func(b *testing.B) {
+			var next atomic.Int64
+			b.SetParallelism(4)
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					i := next.Add(1) % int64(len(msgs))
+					if err := e.producer.WriteMessages(context.Background(), msgs[i]); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64(b.N*size)/b.Elapsed().Seconds(), "events/s")
+		})
+		b.Run(fmt.Sprintf("http-ingest/batch-%d", size), func(b *testing.B) {
+			var next atomic.Int64
+			b.SetParallelism(4)
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					i := next.Add(1) % int64(len(bodies))
+					if s := e.post(bodies[i]); s != http.StatusAccepted {
+						b.Errorf("status %d", s)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64(b.N*size)/b.Elapsed().Seconds(), "events/s")
+		})
+	}
+}
+
+// BenchmarkIngestLatency offers a fixed load (200 requests/s of 100
+// events: 20k events/s) for 3 seconds and reports request latency
+// percentiles. Run it with -benchtime 1x.
+func BenchmarkIngestLatency(b *testing.B) {
+	e := newEnv(b, envOpts{})
+	const rate, size, seconds = 200, 100, 3
+	bodies, _ := batchBodies(rate*seconds, size)
+	for b.Loop() {
+		var mu sync.Mutex
+		var lat []time.Duration
+		var wg sync.WaitGroup
+		tick := time.NewTicker(time.Second / rate)
+		for i := range bodies {
+			<-tick.C
+			wg.Go(func() {
+				start := time.Now()
+				if s := e.post(bodies[i]); s != http.StatusAccepted {
+					b.Errorf("status %d", s)
+				}
+				d := time.Since(start)
+				mu.Lock()
+				lat = append(lat, d)
+				mu.Unlock()
+			})
+		}
+		tick.Stop()
+		wg.Wait()
+		slices.Sort(lat)
+		pct := func(p float64) float64 { return float64(lat[int(p*float64(len(lat)-1))].Microseconds()) / 1000 }
+		b.ReportMetric(pct(0.50), "p50-ms")
+		b.ReportMetric(pct(0.99), "p99-ms")
+		b.ReportMetric(rate*size, "offered-events/s")
+	}
+}
+
+// BenchmarkUsageQuery measures GET /v1/usage for a month of hourly windows
+// (744 rows) over HTTP, and reports latency percentiles.
+func BenchmarkUsageQuery(b *testing.B) {
+	e := newEnv(b, envOpts{})
+	month := time.Date(2026, 10, 1, 0, 0, 0, 0, time.UTC)
+	e.db.Exec(b, `INSERT INTO usage_windows (tenant, metric, granularity, window_start, value, events)
+		SELECT 'tenant-' || t, 'api_calls', 'hour', $1::timestamptz + make_interval(hours => h), h, 1
+		FROM generate_series(0, 743) h, generate_series(0, 99) t`, month)
+	url := e.srv.URL + "/v1/usage?tenant=tenant-7&metric=api_calls&window=hour&from=2026-10-01T00:00:00Z&to=2026-11-01T00:00:00Z"
+	var lat []time.Duration
+	for b.Loop() {
+		req, _ := http.NewRequest("GET", url, nil)
+		req.Header.Set("Authorization", "Bearer "+adminKey)
+		start := time.Now()
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		lat = append(lat, time.Since(start))
+		if resp.StatusCode != 200 || !bytes.Contains(body, []byte(`"total":276396`)) {
+			b.Fatalf("%d %s", resp.StatusCode, body[:min(len(body), 200)])
+		}
+	}
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+}

@@ -1,0 +1,258 @@
+// Package ingest is the HTTP API of cmd/ingest: POST /v1/events and the
+// admin routes for plans, tenants and API keys.
+//
+// Invariant: a request is all or nothing. It gets 202 only after Kafka
+// acknowledged every one of its events; any invalid event, unauthorised
+// tenant or exceeded limit rejects the whole request before anything is
+// published.
+package ingest
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/usagemeter/metering/events"
+	"github.com/usagemeter/metering/internal/auth"
+	"github.com/usagemeter/metering/internal/httpjson"
+	"github.com/usagemeter/metering/internal/publish"
+	"github.com/usagemeter/metering/internal/ratelimit"
+	"github.com/usagemeter/metering/internal/store"
+	"github.com/usagemeter/metering/internal/usage"
+)
+
+// Options are the API's dependencies and limits.
+type Options struct {
+	Store     *store.Store
+	Auth      *auth.Authenticator
+	Publisher *publish.Publisher
+	// Usage reads windows and quota states.
+	Usage *usage.Reader
+	// Decoder decodes and validates event bodies.
+	Decoder events.Decoder
+	// KeyLimiter is charged one token per event per API key; IPLimiter
+	// one token per request per client IP.
+	KeyLimiter, IPLimiter *ratelimit.Limiter
+	MaxBodyBytes          int64
+	Logger                *slog.Logger
+	Registry              prometheus.Registerer
+	// Now is the clock of the rate limiters; nil means time.Now.
+	Now func() time.Time
+}
+
+// API serves the ingest routes.
+type API struct {
+	opt     Options
+	metrics *metrics
+}
+
+// New returns the API; it registers its metrics on opt.Registry.
+func New(opt Options) *API {
+	if opt.Now == nil {
+		opt.Now = time.Now
+	}
+	return &API{opt: opt, metrics: newMetrics(opt.Registry)}
+}
+
+// Route is one route of the API.
+type Route struct {
+	Method, Path string
+	Handler      http.HandlerFunc
+}
+
+// Routes lists every route the API serves (besides /healthz, /readyz,
+// /metrics and /openapi.yaml, which service.Mount adds).
+func (a *API) Routes() []Route {
+	return []Route{
+		{"POST", "/v1/events", a.postEvents},
+		{"GET", "/v1/usage", a.reader(func(r *http.Request) string { return r.URL.Query().Get("tenant") }, a.getUsage)},
+		{"GET", "/v1/quotas/{tenant}", a.reader(func(r *http.Request) string { return r.PathValue("tenant") }, a.getQuotas)},
+		{"GET", "/v1/breaches", a.reader(func(r *http.Request) string { return r.URL.Query().Get("tenant") }, a.getBreaches)},
+		{"GET", "/v1/bill/{tenant}", a.reader(func(r *http.Request) string { return r.PathValue("tenant") }, a.getBill)},
+		{"GET", "/ui", serveUI},
+		{"GET", "/v1/admin/plans", a.admin(a.listPlans)},
+		{"GET", "/v1/admin/plans/{plan}", a.admin(a.getPlan)},
+		{"PUT", "/v1/admin/plans/{plan}", a.admin(a.putPlan)},
+		{"GET", "/v1/admin/tenants", a.admin(a.listTenants)},
+		{"GET", "/v1/admin/tenants/{tenant}", a.admin(a.getTenant)},
+		{"PUT", "/v1/admin/tenants/{tenant}", a.admin(a.putTenant)},
+		{"GET", "/v1/admin/keys", a.admin(a.listKeys)},
+		{"POST", "/v1/admin/keys", a.admin(a.createKey)},
+		{"DELETE", "/v1/admin/keys/{id}", a.admin(a.revokeKey)},
+	}
+}
+
+// Handler returns the API's routes, instrumented, on mux (which may
+// already hold /healthz and the like).
+func (a *API) Handler(mux *http.ServeMux) http.Handler {
+	for _, r := range a.Routes() {
+		mux.HandleFunc(r.Method+" "+r.Path, r.Handler)
+	}
+	mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
+		httpjson.Errorf(w, http.StatusNotFound, "not_found", "no route %s %s", r.Method, r.URL.Path)
+	})
+	return a.instrument(a.limitIP(mux))
+}
+
+// limitIP charges every /v1 request to its client IP before any work.
+func (a *API) limitIP(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if len(r.URL.Path) < 4 || r.URL.Path[:4] != "/v1/" {
+			next.ServeHTTP(w, r)
+			return
+		}
+		d := a.opt.IPLimiter.Allow(clientIP(r), 1, a.opt.Now())
+		if !d.Allowed {
+			d.SetHeaders(w.Header())
+			a.metrics.rateLimited.WithLabelValues("ip").Inc()
+			httpjson.Errorf(w, http.StatusTooManyRequests, "rate_limited",
+				"too many requests from this address; retry after %s seconds", w.Header().Get("Retry-After"))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func clientIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// authenticate writes 401 or 503 and returns false when r has no usable key.
+func (a *API) authenticate(w http.ResponseWriter, r *http.Request) (auth.Principal, bool) {
+	p, err := a.opt.Auth.Authenticate(r.Context(), r)
+	switch {
+	case err == nil:
+		return p, true
+	case errors.Is(err, auth.ErrNoKey), errors.Is(err, auth.ErrUnknownKey):
+		w.Header().Set("WWW-Authenticate", `Bearer realm="metering"`)
+		httpjson.Error(w, http.StatusUnauthorized, "unauthorized", err.Error())
+	default:
+		a.opt.Logger.ErrorContext(r.Context(), "authenticating request", "err", err)
+		w.Header().Set("Retry-After", "5")
+		httpjson.Error(w, http.StatusServiceUnavailable, "unavailable", "cannot check the API key right now; retry shortly")
+	}
+	return auth.Principal{}, false
+}
+
+// admin wraps h so that only admin keys reach it.
+func (a *API) admin(h func(http.ResponseWriter, *http.Request, auth.Principal)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		p, ok := a.authenticate(w, r)
+		if !ok {
+			return
+		}
+		if !p.IsAdmin() {
+			httpjson.Error(w, http.StatusForbidden, "forbidden", "this route needs an admin key; this key's role is "+p.Role)
+			return
+		}
+		h(w, r, p)
+	}
+}
+
+func (a *API) postEvents(w http.ResponseWriter, r *http.Request) {
+	p, ok := a.authenticate(w, r)
+	if !ok {
+		return
+	}
+	if p.Role == store.RoleViewer {
+		httpjson.Error(w, http.StatusForbidden, "forbidden", "viewer keys are read-only; send events with a tenant or admin key")
+		return
+	}
+	body, err := readBody(w, r, a.opt.MaxBodyBytes)
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			a.metrics.rejected.WithLabelValues("too_large").Inc()
+			httpjson.Errorf(w, http.StatusRequestEntityTooLarge, "payload_too_large",
+				"the body is larger than %d bytes; split it into smaller batches", mbe.Limit)
+			return
+		}
+		httpjson.Error(w, http.StatusBadRequest, "malformed_body", "reading the body: "+err.Error())
+		return
+	}
+	evs, err := a.opt.Decoder.Decode(r.Header.Get("Content-Type"), body)
+	if err != nil {
+		a.writeDecodeError(w, err)
+		return
+	}
+	for i, e := range evs {
+		if !p.CanWrite(e.Tenant) {
+			a.metrics.rejected.WithLabelValues("forbidden").Inc()
+			httpjson.Errorf(w, http.StatusForbidden, "forbidden",
+				"this key belongs to tenant %q and cannot send events for tenant %q (event %d); nothing was published", p.Tenant, e.Tenant, i)
+			return
+		}
+	}
+	d := a.opt.KeyLimiter.Allow(p.KeyID, len(evs), a.opt.Now())
+	d.SetHeaders(w.Header())
+	if !d.Allowed {
+		a.metrics.rateLimited.WithLabelValues("key").Inc()
+		a.metrics.rejected.WithLabelValues("rate_limited").Inc()
+		if d.Never {
+			httpjson.Errorf(w, http.StatusTooManyRequests, "rate_limited",
+				"a batch of %d events exceeds this key's burst of %d; send smaller batches", len(evs), d.Limit)
+			return
+		}
+		httpjson.Errorf(w, http.StatusTooManyRequests, "rate_limited",
+			"this key's event rate limit is exhausted; retry after %s seconds", w.Header().Get("Retry-After"))
+		return
+	}
+	msgs := make([]kafkaMessage, len(evs))
+	for i, e := range evs {
+		msgs[i] = events.Message(e)
+	}
+	start := time.Now()
+	// The client leaving does not abort a publish half way: it runs to
+	// its own deadline so the outcome is the same for every event.
+	err = a.opt.Publisher.Publish(context.WithoutCancel(r.Context()), msgs)
+	a.metrics.publishSeconds.Observe(time.Since(start).Seconds())
+	if err != nil {
+		a.metrics.rejected.WithLabelValues("unavailable").Inc()
+		retry := 5
+		code, msg := "unavailable", "Kafka did not acknowledge the events in time"
+		if errors.Is(err, publish.ErrBusy) {
+			retry, code, msg = 1, "overloaded", "too many events are waiting for Kafka"
+		}
+		a.opt.Logger.WarnContext(r.Context(), "publish failed", "events", len(evs), "err", err)
+		w.Header().Set("Retry-After", strconv.Itoa(retry))
+		httpjson.Error(w, http.StatusServiceUnavailable, code,
+			msg+"; the request was not accepted, retry it unchanged (the same ids count once)")
+		return
+	}
+	a.metrics.accepted.Add(float64(len(evs)))
+	httpjson.Write(w, http.StatusAccepted, map[string]int{"accepted": len(evs)})
+}
+
+func (a *API) writeDecodeError(w http.ResponseWriter, err error) {
+	var be *events.BodyError
+	switch {
+	case errors.Is(err, events.ErrUnsupportedMediaType):
+		a.metrics.rejected.WithLabelValues("media_type").Inc()
+		httpjson.Error(w, http.StatusUnsupportedMediaType, "unsupported_media_type", err.Error())
+	case errors.As(err, &be):
+		a.metrics.rejected.WithLabelValues(be.Code).Inc()
+		status := http.StatusBadRequest
+		if be.Code == events.CodeTooMany {
+			status = http.StatusRequestEntityTooLarge
+		}
+		httpjson.Error(w, status, be.Code, be.Message+"; nothing was published")
+	default:
+		ve, ok := events.AsValidationError(err)
+		if !ok {
+			httpjson.Error(w, http.StatusBadRequest, "invalid_request", err.Error())
+			return
+		}
+		a.metrics.rejected.WithLabelValues("invalid").Inc()
+		httpjson.Write(w, http.StatusBadRequest, map[string]any{"errors": ve.Errors})
+	}
+}

@@ -1,0 +1,73 @@
+package ingest
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/http"
+
+	"github.com/usagemeter/metering/events"
+	"github.com/usagemeter/metering/internal/auth"
+	"github.com/usagemeter/metering/internal/config"
+	"github.com/usagemeter/metering/internal/migrate"
+	"github.com/usagemeter/metering/internal/publish"
+	"github.com/usagemeter/metering/internal/ratelimit"
+	"github.com/usagemeter/metering/internal/service"
+	"github.com/usagemeter/metering/internal/store"
+	"github.com/usagemeter/metering/internal/topics"
+	"github.com/usagemeter/metering/internal/usage"
+)
+
+// Run starts the ingest service and blocks until ctx ends and in-flight
+// requests have drained. ready, if not nil, receives the HTTP address.
+func Run(ctx context.Context, cfg config.Ingest, log *slog.Logger, ready func(net.Addr)) error {
+	pool, err := migrate.Open(ctx, cfg.DatabaseURL, cfg.ShutdownTimeout, log)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	if err := topics.Ensure(ctx, cfg.KafkaBrokers, cfg.KafkaPartitions, topics.UsageEvents); err != nil {
+		// The broker may come up later; publishing retries and /readyz says so.
+		log.WarnContext(ctx, "could not ensure the events topic", "err", err)
+	}
+	producer, err := events.NewProducer(events.ProducerConfig{Brokers: cfg.KafkaBrokers, Logger: log})
+	if err != nil {
+		return err
+	}
+	st := store.New(pool)
+	reg := service.NewRegistry()
+	api := New(Options{
+		Store:        st,
+		Auth:         auth.New(st, cfg.AdminAPIKey),
+		Publisher:    publish.New(producer, cfg.MaxInFlightEvents, cfg.PublishTimeout),
+		Usage:        usage.New(pool),
+		Decoder:      events.Decoder{Validator: events.Validator{Horizon: cfg.DedupHorizon}},
+		KeyLimiter:   ratelimit.New(cfg.KeyEventsPerSecond, cfg.KeyBurst),
+		IPLimiter:    ratelimit.New(cfg.IPRequestsPerSecond, cfg.IPBurst),
+		MaxBodyBytes: cfg.MaxBodyBytes,
+		Logger:       log,
+		Registry:     reg,
+	})
+	mux := http.NewServeMux()
+	service.Mount(mux, reg, map[string]service.Check{
+		"postgres": st.Ping,
+		"kafka":    func(ctx context.Context) error { return topics.Ping(ctx, cfg.KafkaBrokers, topics.UsageEvents) },
+	})
+	serveErr := service.Serve(ctx, log, cfg.HTTPAddr, api.Handler(mux), cfg.ShutdownTimeout, ready)
+	// Requests have drained; flush what the producer still holds.
+	if err := producer.Close(); err != nil {
+		log.Error("closing producer", "err", err)
+	}
+	return serveErr
+}
+
+// Migrate applies pending migrations and returns.
+func Migrate(ctx context.Context, databaseURL string, log *slog.Logger) error {
+	pool, err := migrate.Open(ctx, databaseURL, 0, log)
+	if err != nil {
+		return err
+	}
+	pool.Close()
+	log.InfoContext(ctx, "schema up to date")
+	return nil
+}

@@ -1,0 +1,403 @@
+// Package loadgen sends realistic usage traffic to a running stack and
+// reports what came out: several tenants on two plans, a share of
+// duplicate resends, late events, and one tenant pushed through warning,
+// exceeded and blocked. `make demo` runs it against `make run`; its
+// options make it a load generator for benchmarks too.
+//
+// Invariant: it only talks to the stack through its public interfaces
+// (the HTTP API, the quota.breaches topic, the biller's report), as a
+// user would, and keeps its own ground truth to compare with.
+package loadgen
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/usagemeter/metering/events"
+	"github.com/usagemeter/metering/internal/topics"
+	"github.com/usagemeter/metering/internal/windows"
+)
+
+// Config of a run.
+type Config struct {
+	IngestURL, BillerURL string
+	AdminKey             string
+	Brokers              []string
+	Events               int     // unique events to send
+	Rate                 int     // events per second offered
+	Batch                int     // events per request
+	Tenants              int     // tenants on the pro plan, besides the one that crosses its quota
+	DupShare             float64 // share of requests' events that are resends
+	LateShare            float64 // share of events three days old
+	Workers              int
+}
+
+// Result is what a run measured.
+type Result struct {
+	Sent, Resent, Late int
+	Throttled          int // 429 and 503 answers, each retried with the same ids
+	Elapsed            time.Duration
+	Truth              map[string]int64 // tenant/metric → this run's events this month
+	// Baseline is each tenant-metric's month total before the run (the
+	// stack keeps data between runs).
+	Baseline map[string]int64
+}
+
+const crosser = "demo-crosser"
+
+type client struct {
+	cfg Config
+	hc  *http.Client
+}
+
+func (c *client) do(ctx context.Context, method, url, contentType string, body []byte) (int, http.Header, []byte, error) {
+	req, err := http.NewRequestWithContext(ctx, method, url, bytes.NewReader(body))
+	if err != nil {
+		return 0, nil, nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.cfg.AdminKey)
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return 0, nil, nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, b, err
+}
+
+func (c *client) put(ctx context.Context, path, body string) error {
+	status, _, b, err := c.do(ctx, "PUT", c.cfg.IngestURL+path, "application/json", []byte(body))
+	if err != nil {
+		return fmt.Errorf("PUT %s: %w", path, err)
+	}
+	if status != http.StatusOK {
+		return fmt.Errorf("PUT %s: %d %s", path, status, b)
+	}
+	return nil
+}
+
+// Setup creates the demo plans and tenants (idempotent).
+func Setup(ctx context.Context, cfg Config) error {
+	c := &client{cfg: cfg, hc: &http.Client{Timeout: 30 * time.Second}}
+	if err := c.put(ctx, "/v1/admin/plans/demo-free", `{"quotas":[{"metric":"api_calls","limit":500,"period":"month","burst_percent":10,"hard":true,"unit_price":"0.002"},{"metric":"tokens","limit":100000,"period":"month","unit_price":"0.000002"}]}`); err != nil {
+		return err
+	}
+	if err := c.put(ctx, "/v1/admin/plans/demo-pro", `{"quotas":[{"metric":"api_calls","limit":10000000,"period":"month","burst_percent":10,"unit_price":"0.001"},{"metric":"tokens","limit":null,"unit_price":"0.0000015"}]}`); err != nil {
+		return err
+	}
+	if err := c.put(ctx, "/v1/admin/tenants/"+crosser, `{"plan":"demo-free","stripe_customer_id":"cus_demo_crosser"}`); err != nil {
+		return err
+	}
+	for i := range cfg.Tenants {
+		if err := c.put(ctx, fmt.Sprintf("/v1/admin/tenants/demo-%d", i), fmt.Sprintf(`{"plan":"demo-pro","stripe_customer_id":"cus_demo_%d"}`, i)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Send offers cfg.Events unique events (plus resends) at cfg.Rate and
+// writes a progress line every second to progress.
+func Send(ctx context.Context, cfg Config, progress io.Writer) (Result, error) {
+	c := &client{cfg: cfg, hc: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: cfg.Workers}}}
+	res := Result{Truth: map[string]int64{}, Baseline: map[string]int64{}}
+	for _, t := range append([]string{crosser}, tenantNames(cfg.Tenants)...) {
+		for _, m := range []string{"api_calls", "tokens"} {
+			v, err := c.usageTotal(ctx, t, m)
+			if err != nil {
+				return res, err
+			}
+			res.Baseline[t+"/"+m] = v
+		}
+	}
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
+	now := time.Now().UTC()
+	var sent []events.Event
+	batches := make(chan []byte, cfg.Workers)
+	var throttled, accepted atomic.Int64
+	var firstErr error
+	var errOnce sync.Once
+	var wg sync.WaitGroup
+	for range cfg.Workers {
+		wg.Go(func() {
+			for body := range batches {
+				for {
+					status, h, b, err := c.do(ctx, "POST", cfg.IngestURL+"/v1/events", "application/json", body)
+					if err == nil && status == http.StatusAccepted {
+						var r struct{ Accepted int64 }
+						_ = json.Unmarshal(b, &r)
+						accepted.Add(r.Accepted)
+						break
+					}
+					if err == nil && (status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable) {
+						throttled.Add(1)
+						wait, _ := strconv.Atoi(h.Get("Retry-After"))
+						time.Sleep(time.Duration(max(wait, 1)) * time.Second / 4)
+						continue // the same body, the same ids: safe to resend
+					}
+					errOnce.Do(func() { firstErr = fmt.Errorf("POST /v1/events: %d %s %v", status, b, err) })
+					break
+				}
+			}
+		})
+	}
+	start := time.Now()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	interval := time.Duration(float64(time.Second) * float64(cfg.Batch) / float64(cfg.Rate))
+	next := time.Now()
+	unique, crossed := 0, 0
+	for unique < cfg.Events && ctx.Err() == nil && firstErr == nil {
+		var batch []events.Event
+		for len(batch) < cfg.Batch && unique < cfg.Events {
+			if len(sent) > 0 && rng.Float64() < cfg.DupShare {
+				batch = append(batch, sent[rng.IntN(len(sent))])
+				res.Resent++
+				continue
+			}
+			e := events.Event{ID: events.NewID(), Metric: "api_calls", Value: 1, Time: now.Add(-time.Duration(rng.IntN(600)) * time.Second), Source: "loadgen"}
+			switch {
+			case unique%10 == 0 && crossed < 600:
+				crossed++
+				e.Tenant = crosser // pushed past 500 × 1.1: warning, exceeded, blocked
+			default:
+				e.Tenant = fmt.Sprintf("demo-%d", rng.IntN(cfg.Tenants))
+				if rng.IntN(2) == 0 {
+					e.Metric, e.Value = "tokens", 1+rng.Int64N(2000)
+				}
+			}
+			if rng.Float64() < cfg.LateShare {
+				e.Time = now.Add(-72 * time.Hour)
+				res.Late++
+			}
+			batch = append(batch, e)
+			sent = append(sent, e)
+			if windows.Month.Start(e.Time).Equal(windows.Month.Start(now)) {
+				res.Truth[e.Tenant+"/"+e.Metric] += e.Value
+			}
+			unique++
+		}
+		body := events.AppendArray(nil, batch)
+		res.Sent += len(batch)
+		time.Sleep(time.Until(next))
+		next = next.Add(interval)
+		select {
+		case batches <- body:
+		case <-ctx.Done():
+		}
+		select {
+		case <-tick.C:
+			el := time.Since(start).Seconds()
+			fmt.Fprintf(progress, "\r  sent %d events (%d resends, %d late), %d accepted, %d throttled and retried, %.0f events/s   ",
+				res.Sent, res.Resent, res.Late, accepted.Load(), throttled.Load(), float64(accepted.Load())/el)
+		default:
+		}
+	}
+	close(batches)
+	wg.Wait()
+	res.Elapsed = time.Since(start)
+	res.Throttled = int(throttled.Load())
+	fmt.Fprintf(progress, "\r  sent %d events (%d resends, %d late) in %s: %d accepted, %d throttled and retried                \n",
+		res.Sent, res.Resent, res.Late, res.Elapsed.Round(time.Millisecond), accepted.Load(), res.Throttled)
+	if firstErr != nil {
+		return res, firstErr
+	}
+	return res, ctx.Err()
+}
+
+func tenantNames(n int) []string {
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf("demo-%d", i)
+	}
+	return names
+}
+
+// usageTotal reads a tenant's month total of metric.
+func (c *client) usageTotal(ctx context.Context, tenant, metric string) (int64, error) {
+	status, _, b, err := c.do(ctx, "GET", fmt.Sprintf("%s/v1/usage?tenant=%s&metric=%s&window=month", c.cfg.IngestURL, tenant, metric), "", nil)
+	if err != nil || status != http.StatusOK {
+		return 0, fmt.Errorf("GET /v1/usage: %d %s %v", status, b, err)
+	}
+	var u struct{ Total int64 }
+	err = json.Unmarshal(b, &u)
+	return u.Total, err
+}
+
+// Report waits until the stack's usage equals the ground truth, then
+// prints usage, quota states, the breaches on quota.breaches and the
+// reconciliation report.
+func Report(ctx context.Context, cfg Config, res Result, out io.Writer) error {
+	c := &client{cfg: cfg, hc: &http.Client{Timeout: 30 * time.Second}}
+	fmt.Fprintln(out, "\nwaiting for the aggregator to count everything exactly once...")
+	deadline := time.Now().Add(2 * time.Minute)
+	keys := make([]string, 0, len(res.Truth))
+	for k := range res.Truth {
+		keys = append(keys, k)
+	}
+	for {
+		diffs := 0
+		for _, k := range keys {
+			tenant, metric, _ := strings.Cut(k, "/")
+			got, err := c.usageTotal(ctx, tenant, metric)
+			if err != nil {
+				return err
+			}
+			if got != res.Baseline[k]+res.Truth[k] {
+				diffs++
+			}
+		}
+		if diffs == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d tenant-metrics still differ from the ground truth after 2 minutes", diffs)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+
+	fmt.Fprintln(out, "\nusage this month, this run's events included (resends counted once):")
+	tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "TENANT\tAPI_CALLS\tTOKENS\t")
+	tenants := []string{crosser}
+	for i := range min(cfg.Tenants, 8) {
+		tenants = append(tenants, fmt.Sprintf("demo-%d", i))
+	}
+	for _, t := range tenants {
+		a, _ := c.usageTotal(ctx, t, "api_calls")
+		tk, _ := c.usageTotal(ctx, t, "tokens")
+		fmt.Fprintf(tw, "%s\t%d\t%d\t\n", t, a, tk)
+	}
+	_ = tw.Flush()
+
+	fmt.Fprintf(out, "\nquota states of %s:\n", crosser)
+	_, _, b, err := c.do(ctx, "GET", cfg.IngestURL+"/v1/quotas/"+crosser, "", nil)
+	if err != nil {
+		return err
+	}
+	var q struct {
+		Plan   string
+		Quotas []struct {
+			Metric    string
+			Limit     *int64
+			Used      int64
+			Remaining *int64
+			State     string
+		}
+	}
+	_ = json.Unmarshal(b, &q)
+	tw = tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "METRIC\tLIMIT\tUSED\tREMAINING\tSTATE")
+	for _, x := range q.Quotas {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", x.Metric, orUnlimited(x.Limit), x.Used, orUnlimited(x.Remaining), x.State)
+	}
+	_ = tw.Flush()
+
+	fmt.Fprintln(out, "\nbreaches on quota.breaches:")
+	if err := printBreaches(ctx, cfg, out); err != nil {
+		fmt.Fprintf(out, "  (could not read the topic: %v)\n", err)
+	}
+
+	if cfg.BillerURL != "" {
+		fmt.Fprintln(out, "\nreconciliation with Stripe (the biller syncs every SYNC_INTERVAL; waiting for it):")
+		if err := printReconciliation(ctx, c, out); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(out, "\nusage page: %s/ui?tenant=%s#key=%s\n", cfg.IngestURL, crosser, cfg.AdminKey)
+	return nil
+}
+
+func orUnlimited(n *int64) string {
+	if n == nil {
+		return "unlimited"
+	}
+	return strconv.FormatInt(*n, 10)
+}
+
+func printBreaches(ctx context.Context, cfg Config, out io.Writer) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	conn, err := kafka.DialContext(ctx, "tcp", cfg.Brokers[0])
+	if err != nil {
+		return err
+	}
+	parts, err := conn.ReadPartitions(topics.QuotaBreaches)
+	conn.Close()
+	if err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "DETECTED AT\tTENANT\tMETRIC\tTHRESHOLD\tVALUE/LIMIT\tBREACH ID")
+	for _, p := range parts {
+		pr := kafka.NewReader(kafka.ReaderConfig{Brokers: cfg.Brokers, Topic: topics.QuotaBreaches, Partition: p.ID, MaxWait: 200 * time.Millisecond})
+		_ = pr.SetOffset(kafka.FirstOffset)
+		for {
+			rctx, rcancel := context.WithTimeout(ctx, 500*time.Millisecond)
+			m, err := pr.ReadMessage(rctx)
+			rcancel()
+			if err != nil {
+				break
+			}
+			var b struct {
+				BreachID                  string `json:"breach_id"`
+				Tenant, Metric, Threshold string
+				Limit                     int64
+				Value                     json.Number
+				DetectedAt                time.Time `json:"detected_at"`
+			}
+			if json.Unmarshal(m.Value, &b) == nil && strings.HasPrefix(b.Tenant, "demo-") {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s/%d\t%s\n", b.DetectedAt.Format(time.RFC3339), b.Tenant, b.Metric, b.Threshold, b.Value, b.Limit, b.BreachID)
+			}
+		}
+		pr.Close()
+	}
+	return tw.Flush()
+}
+
+func printReconciliation(ctx context.Context, c *client, out io.Writer) error {
+	deadline := time.Now().Add(90 * time.Second)
+	var body []byte
+	for {
+		status, _, b, err := c.do(ctx, "GET", c.cfg.BillerURL+"/v1/reconciliation?format=csv", "", nil)
+		if err != nil || status != http.StatusOK {
+			return fmt.Errorf("GET /v1/reconciliation: %d %s %v", status, b, err)
+		}
+		body = b
+		if !bytes.Contains(b, []byte(",drift,")) && !bytes.Contains(b, []byte(",pending,")) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(2 * time.Second)
+	}
+	lines := strings.Split(strings.TrimSpace(string(body)), "\n")
+	tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+	shown := 0
+	for i, l := range lines {
+		f := strings.Split(l, ",")
+		if len(f) < 11 || (i > 0 && !strings.HasPrefix(f[0], "demo-")) {
+			continue
+		}
+		if shown > 10 {
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", f[0], f[1], f[3], f[4], f[6], f[7], f[10])
+		shown++
+	}
+	return tw.Flush()
+}

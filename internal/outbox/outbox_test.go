@@ -1,0 +1,111 @@
+package outbox_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/usagemeter/metering/internal/kafkatest"
+	"github.com/usagemeter/metering/internal/outbox"
+	"github.com/usagemeter/metering/internal/pgtest"
+)
+
+// crashAfterWrite publishes, then fails as a process dying before it marks
+// the rows would.
+type crashAfterWrite struct{ w outbox.Writer }
+
+func (c crashAfterWrite) WriteMessages(ctx context.Context, msgs ...kafka.Message) error {
+	if err := c.w.WriteMessages(ctx, msgs...); err != nil {
+		return err
+	}
+	return errors.New("crashed before marking")
+}
+
+type down struct{}
+
+func (down) WriteMessages(context.Context, ...kafka.Message) error { return errors.New("broker down") }
+
+func TestAtLeastOnceAcrossCrashes(t *testing.T) {
+	db := pgtest.New(t)
+	kc := kafkatest.Start(t)
+	kc.CreateTopic(t, "quota.breaches", 1)
+	ctx := context.Background()
+	// A committed batch left two breaches in the outbox, then the process died.
+	db.Exec(t, `INSERT INTO outbox (topic, msg_key, msg_value, headers) VALUES
+		('quota.breaches', 'acme', '{"breach_id":"b1"}', '{"breach-id":"b1"}'),
+		('quota.breaches', 'acme', '{"breach_id":"b2"}', '{"breach-id":"b2"}')`)
+	quiet := slog.New(slog.DiscardHandler)
+	w := outbox.NewWriter(kc.Brokers())
+	defer w.Close()
+
+	// Kafka down: nothing published, nothing marked.
+	if _, err := outbox.New(db.Pool, down{}, quiet, nil).PublishPending(ctx); err == nil {
+		t.Fatal("PublishPending with Kafka down succeeded")
+	}
+	// Published, then a crash before marking: the rows stay pending.
+	if _, err := outbox.New(db.Pool, crashAfterWrite{w}, quiet, nil).PublishPending(ctx); err == nil {
+		t.Fatal("crash not reported")
+	}
+	// The restarted relay publishes them again and marks them.
+	n, err := outbox.New(db.Pool, w, quiet, nil).PublishPending(ctx)
+	if err != nil || n != 2 {
+		t.Fatalf("PublishPending = %d, %v", n, err)
+	}
+	if n, _ := outbox.New(db.Pool, w, quiet, nil).PublishPending(ctx); n != 0 {
+		t.Fatalf("published %d rows twice after marking", n)
+	}
+	msgs := kafkatest.ReadAll(t, kc.Brokers(), "quota.breaches")
+	ids := map[string]int{}
+	for _, m := range msgs {
+		for _, h := range m.Headers {
+			if h.Key == "breach-id" {
+				ids[string(h.Value)]++
+			}
+		}
+		if string(m.Key) != "acme" {
+			t.Errorf("key %q", m.Key)
+		}
+	}
+	// At least once: each breach twice, with its stable id for consumers to dedup.
+	if len(msgs) != 4 || ids["b1"] != 2 || ids["b2"] != 2 {
+		t.Fatalf("published %d messages, ids %v", len(msgs), ids)
+	}
+	var pending int
+	_ = db.Pool.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE published_at IS NULL`).Scan(&pending)
+	if pending != 0 {
+		t.Fatalf("%d rows still pending", pending)
+	}
+}
+
+func TestRunWakesOnNotify(t *testing.T) {
+	db := pgtest.New(t)
+	kc := kafkatest.Start(t)
+	kc.CreateTopic(t, "quota.breaches", 1)
+	w := outbox.NewWriter(kc.Brokers())
+	defer w.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- outbox.New(db.Pool, w, slog.New(slog.DiscardHandler), nil).Run(ctx) }()
+	db.Exec(t, `INSERT INTO outbox (topic, msg_key, msg_value) VALUES ('quota.breaches', 'acme', 'x')`)
+	db.Exec(t, `SELECT pg_notify('outbox', '')`)
+	for range 200 {
+		if len(kafkatest.ReadAll(t, kc.Brokers(), "quota.breaches")) == 1 {
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			return
+		}
+		select {
+		case <-done:
+			t.Fatal("relay stopped")
+		default:
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatal("the relay did not publish within 2s")
+}

@@ -1,0 +1,109 @@
+// Package pgtest gives each test a fresh, migrated Postgres database and
+// drops it when the test ends.
+//
+// Invariant: tests never share a database and never depend on leftovers;
+// nothing here skips when Postgres is missing, it fails with what to do.
+package pgtest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/usagemeter/metering/internal/migrate"
+	"github.com/usagemeter/metering/internal/store"
+	"github.com/usagemeter/metering/migrations"
+)
+
+// DefaultURL is the server tests use unless TEST_DATABASE_URL names another.
+const DefaultURL = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+
+// AdminURL returns the URL of the maintenance database tests create
+// their databases from.
+func AdminURL() string {
+	if u := os.Getenv("TEST_DATABASE_URL"); u != "" {
+		return u
+	}
+	return DefaultURL
+}
+
+// DB is a fresh database for one test.
+type DB struct {
+	// URL connects to the database, for subprocesses.
+	URL string
+	// Pool is connected to it.
+	Pool *pgxpool.Pool
+}
+
+// New creates a migrated database for tb and drops it in tb's cleanup.
+func New(tb testing.TB) *DB {
+	tb.Helper()
+	db := NewEmpty(tb)
+	if _, err := migrate.Apply(context.Background(), db.Pool, migrations.FS, slog.New(slog.DiscardHandler)); err != nil {
+		tb.Fatalf("pgtest: migrating: %v", err)
+	}
+	return db
+}
+
+// NewEmpty creates a database with no schema at all.
+func NewEmpty(tb testing.TB) *DB {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	admin, err := pgx.Connect(ctx, AdminURL())
+	if err != nil {
+		tb.Fatalf("pgtest: cannot reach Postgres at %s (set TEST_DATABASE_URL, or run `make test`, which starts one): %v", store.Redact(AdminURL()), err)
+	}
+	defer admin.Close(ctx)
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	name := "metering_test_" + hex.EncodeToString(b[:])
+	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+		tb.Fatalf("pgtest: creating database: %v", err)
+	}
+	u, err := url.Parse(AdminURL())
+	if err != nil {
+		tb.Fatalf("pgtest: TEST_DATABASE_URL: %v", err)
+	}
+	u.Path = "/" + name
+	db := &DB{URL: u.String()}
+	db.Pool, err = pgxpool.New(ctx, db.URL)
+	if err != nil {
+		tb.Fatalf("pgtest: connecting to %s: %v", name, err)
+	}
+	tb.Cleanup(func() {
+		db.Pool.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		admin, err := pgx.Connect(ctx, AdminURL())
+		if err != nil {
+			tb.Errorf("pgtest: dropping %s: %v", name, err)
+			return
+		}
+		defer admin.Close(ctx)
+		if _, err := admin.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
+			tb.Errorf("pgtest: dropping %s: %v", name, err)
+		}
+	})
+	return db
+}
+
+// Exec runs sql on db, failing tb on error. For test setup.
+func (db *DB) Exec(tb testing.TB, sql string, args ...any) {
+	tb.Helper()
+	if _, err := db.Pool.Exec(context.Background(), sql, args...); err != nil {
+		tb.Fatalf("pgtest: %s: %v", sql, err)
+	}
+}
+
+// String names the database in test output.
+func (db *DB) String() string { return fmt.Sprintf("pgtest.DB(%s)", store.Redact(db.URL)) }

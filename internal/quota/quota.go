@@ -1,0 +1,93 @@
+// Package quota decides a tenant's quota state for a metric from its usage
+// in the period: ok, warning (≥ 80 %), exceeded (≥ 100 %), blocked (a hard
+// quota beyond limit × (1 + burst)).
+//
+// Invariant: the arithmetic is exact (integers of any size); states are
+// ordered, and a usage that reaches a state has also reached every state
+// below it.
+package quota
+
+import (
+	"fmt"
+	"math/big"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// State is a quota state.
+type State string
+
+// States, in order.
+const (
+	OK       State = "ok"
+	Warning  State = "warning"
+	Exceeded State = "exceeded"
+	Blocked  State = "blocked"
+)
+
+// WarningPercent is the share of the limit that starts the warning state.
+const WarningPercent = 80
+
+// Rule is one metric's quota.
+type Rule struct {
+	// Limit nil means unlimited: always OK.
+	Limit        *int64
+	BurstPercent int
+	Hard         bool
+}
+
+// Evaluate returns the state of used against r.
+func (r Rule) Evaluate(used *big.Int) State {
+	if r.Limit == nil {
+		return OK
+	}
+	limit := big.NewInt(*r.Limit)
+	used100 := new(big.Int).Mul(used, big.NewInt(100))
+	if r.Hard && used100.Cmp(new(big.Int).Mul(limit, big.NewInt(int64(100+r.BurstPercent)))) > 0 {
+		return Blocked
+	}
+	if used.Cmp(limit) >= 0 {
+		return Exceeded
+	}
+	if used100.Cmp(new(big.Int).Mul(limit, big.NewInt(WarningPercent))) >= 0 {
+		return Warning
+	}
+	return OK
+}
+
+// Reached returns the breach thresholds at or below s, lowest first: the
+// states whose breach records a usage in state s implies.
+func Reached(s State) []State {
+	switch s {
+	case Warning:
+		return []State{Warning}
+	case Exceeded:
+		return []State{Warning, Exceeded}
+	case Blocked:
+		return []State{Warning, Exceeded, Blocked}
+	}
+	return nil
+}
+
+// Breach is a threshold crossed in a period: the quota.breaches message,
+// a quota_breaches row, and an entry of a tenant's breach history.
+type Breach struct {
+	BreachID    string    `json:"breach_id"`
+	Tenant      string    `json:"tenant"`
+	Metric      string    `json:"metric"`
+	PeriodStart time.Time `json:"period_start"`
+	PeriodEnd   time.Time `json:"period_end"`
+	Limit       int64     `json:"limit"`
+	Value       *big.Int  `json:"value"`
+	Threshold   string    `json:"threshold"`
+	DetectedAt  time.Time `json:"detected_at"`
+}
+
+var breachNamespace = uuid.MustParse("5b1f3c1e-8a0e-4f63-9a55-2f7d0c6a9e41")
+
+// BreachID is the stable id of a breach: the same (tenant, metric, period,
+// threshold) always has the same id, so consumers can deduplicate.
+func BreachID(tenant, metric string, periodStart time.Time, threshold string) string {
+	return uuid.NewSHA1(breachNamespace, fmt.Appendf(nil, "%s\x00%s\x00%s\x00%s", tenant, metric, periodStart.UTC().Format(time.RFC3339), threshold)).String()
+}

@@ -1,0 +1,328 @@
+// Package rebuild recomputes usage windows from the Kafka log: it replays
+// usage.events into a shadow schema with the same aggregation code the
+// live consumer uses, compares the shadow windows with the live ones, and
+// swaps the changed range in one transaction.
+//
+// Invariant: the swap happens only when the shadow has consumed exactly
+// up to the live consumer's committed offsets, checked under a lock on
+// those offsets, so no event is counted twice or lost by the swap; the
+// live ledger (the dedup memory) is never touched.
+package rebuild
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/segmentio/kafka-go"
+
+	"github.com/usagemeter/metering/internal/aggregate"
+	"github.com/usagemeter/metering/internal/windows"
+)
+
+// Options of a rebuild.
+type Options struct {
+	DatabaseURL string
+	Brokers     []string
+	Topic       string
+	// Group is the live consumer group whose offsets bound the replay.
+	Group string
+	// From: windows starting at or after From's month are recomputed.
+	From time.Time
+	// Horizon: the log is replayed from From − Horizon so that ids seen
+	// before From are remembered, as the live ledger remembers them.
+	Horizon time.Duration
+	// DryRun compares without swapping.
+	DryRun bool
+	Logger *slog.Logger
+}
+
+// Change is one window whose value differs between live and rebuilt.
+type Change struct {
+	Tenant, Metric, Granularity string
+	Start                       time.Time
+	Before, After               string // values; "" when the window is absent
+	EventsBefore, EventsAfter   int64
+}
+
+// Report says what a rebuild found and did.
+type Report struct {
+	From     time.Time
+	Records  int64
+	Windows  int
+	Changes  []Change
+	Swapped  bool
+	Offsets  map[int]int64
+	Duration time.Duration
+}
+
+const maxCatchUps = 5
+
+// Run performs the rebuild.
+func Run(ctx context.Context, pool *pgxpool.Pool, opt Options) (Report, error) {
+	started := time.Now()
+	rep := Report{From: windows.Month.Start(opt.From)}
+	schema := "rebuild_" + randomSuffix()
+	if err := createShadow(ctx, pool, schema); err != nil {
+		return rep, err
+	}
+	defer func() {
+		if _, err := pool.Exec(context.WithoutCancel(ctx), "DROP SCHEMA IF EXISTS "+schema+" CASCADE"); err != nil {
+			opt.Logger.Warn("dropping shadow schema", "schema", schema, "err", err)
+		}
+	}()
+	shadowCfg, err := pgxpool.ParseConfig(opt.DatabaseURL)
+	if err != nil {
+		return rep, fmt.Errorf("DATABASE_URL: %w", err)
+	}
+	shadowCfg.ConnConfig.RuntimeParams["search_path"] = schema + ",public"
+	shadowPool, err := pgxpool.NewWithConfig(ctx, shadowCfg)
+	if err != nil {
+		return rep, fmt.Errorf("connecting for the shadow schema: %w", err)
+	}
+	defer shadowPool.Close()
+	agg := aggregate.New(shadowPool, aggregate.Config{
+		Group: "rebuild", Topic: opt.Topic, Horizon: opt.Horizon, Logger: slog.New(slog.DiscardHandler),
+	})
+
+	positions := map[int]int64{} // next offset per partition in the shadow
+	for attempt := 0; ; attempt++ {
+		target, err := liveOffsets(ctx, pool, opt.Group, opt.Topic)
+		if err != nil {
+			return rep, err
+		}
+		n, err := replay(ctx, opt, agg, positions, target, rep.From.Add(-opt.Horizon))
+		if err != nil {
+			return rep, err
+		}
+		rep.Records += n
+		rep.Offsets = target
+		changes, total, err := compare(ctx, pool, schema, rep.From)
+		if err != nil {
+			return rep, err
+		}
+		rep.Changes, rep.Windows = changes, total
+		if opt.DryRun {
+			break
+		}
+		swapped, err := swap(ctx, pool, schema, opt, rep.From, target)
+		if err != nil {
+			return rep, err
+		}
+		if swapped {
+			rep.Swapped = true
+			break
+		}
+		if attempt == maxCatchUps {
+			return rep, errors.New("the live consumer kept moving; stop it or retry at a quieter time")
+		}
+		opt.Logger.InfoContext(ctx, "live offsets moved during the rebuild; catching up")
+	}
+	rep.Duration = time.Since(started)
+	return rep, nil
+}
+
+func randomSuffix() string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// createShadow makes a schema with empty copies of the tables one batch writes.
+func createShadow(ctx context.Context, pool *pgxpool.Pool, schema string) error {
+	stmts := []string{"CREATE SCHEMA " + schema}
+	for _, t := range []string{"ledger", "ledger_conflicts", "usage_windows", "consumer_offsets", "usage_corrections", "quota_breaches", "outbox", "usage_dlq"} {
+		stmts = append(stmts, fmt.Sprintf("CREATE TABLE %s.%s (LIKE public.%s INCLUDING ALL)", schema, t, t))
+	}
+	for _, s := range stmts {
+		if _, err := pool.Exec(ctx, s); err != nil {
+			return fmt.Errorf("creating the shadow schema: %w", err)
+		}
+	}
+	return nil
+}
+
+// offsetsQuery selects a group's next offset per partition.
+const offsetsQuery = `SELECT partition, next_offset FROM consumer_offsets WHERE consumer_group = $1 AND topic = $2`
+
+// liveOffsets returns the live consumer's next offset per partition.
+func liveOffsets(ctx context.Context, pool *pgxpool.Pool, group, topic string) (map[int]int64, error) {
+	return queryOffsets(ctx, pool, offsetsQuery, group, topic)
+}
+
+// queryOffsets runs a (partition, next_offset) query on q.
+func queryOffsets(ctx context.Context, q interface {
+	Query(context.Context, string, ...any) (pgx.Rows, error)
+}, sql string, args ...any) (map[int]int64, error) {
+	rows, err := q.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, fmt.Errorf("reading live offsets: %w", err)
+	}
+	out := map[int]int64{}
+	for rows.Next() {
+		var p int
+		var o int64
+		if err := rows.Scan(&p, &o); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("reading live offsets: %w", err)
+		}
+		out[p] = o
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("reading live offsets: %w", err)
+	}
+	return out, nil
+}
+
+// replay applies every partition's records from positions (or from the
+// first record at scanFrom) up to target into the shadow.
+func replay(ctx context.Context, opt Options, agg *aggregate.Aggregator, positions, target map[int]int64, scanFrom time.Time) (int64, error) {
+	var total int64
+	for p, end := range target {
+		start, seen := positions[p]
+		if !seen {
+			var err error
+			if start, err = offsetAt(ctx, opt, p, scanFrom); err != nil {
+				return total, err
+			}
+			positions[p] = start
+		}
+		if start >= end {
+			continue
+		}
+		r := kafka.NewReader(kafka.ReaderConfig{Brokers: opt.Brokers, Topic: opt.Topic, Partition: p, MinBytes: 1, MaxBytes: 16 << 20, MaxWait: 100 * time.Millisecond})
+		if err := r.SetOffset(start); err != nil {
+			r.Close()
+			return total, fmt.Errorf("seeking partition %d: %w", p, err)
+		}
+		from := start // where the shadow's stored offset is
+		if !seen {
+			from = -1 // nothing stored yet
+		}
+		var batch []aggregate.Record
+		flush := func() error {
+			if len(batch) == 0 {
+				return nil
+			}
+			res, err := agg.Apply(ctx, p, from, batch)
+			if err != nil {
+				return fmt.Errorf("replaying partition %d: %w", p, err)
+			}
+			from = res.NextOffset
+			total += int64(len(batch))
+			batch = batch[:0]
+			return nil
+		}
+		next := start
+		for next < end {
+			m, err := r.FetchMessage(ctx)
+			if err != nil {
+				r.Close()
+				return total, fmt.Errorf("reading partition %d at %d: %w", p, next, err)
+			}
+			if m.Offset >= end {
+				break
+			}
+			batch = append(batch, aggregate.Record{Partition: m.Partition, Offset: m.Offset, Key: m.Key, Value: m.Value, Time: m.Time})
+			next = m.Offset + 1
+			if len(batch) == 10000 {
+				if err := flush(); err != nil {
+					r.Close()
+					return total, err
+				}
+			}
+		}
+		err := flush()
+		r.Close()
+		if err != nil {
+			return total, err
+		}
+		positions[p] = end
+	}
+	return total, nil
+}
+
+// offsetAt returns the first offset of partition p at or after t.
+func offsetAt(ctx context.Context, opt Options, p int, t time.Time) (int64, error) {
+	conn, err := kafka.DialLeader(ctx, "tcp", opt.Brokers[0], opt.Topic, p)
+	if err != nil {
+		return 0, fmt.Errorf("dialing partition %d: %w", p, err)
+	}
+	defer conn.Close()
+	first, err := conn.ReadFirstOffset()
+	if err != nil {
+		return 0, fmt.Errorf("first offset of partition %d: %w", p, err)
+	}
+	off, err := conn.ReadOffset(t)
+	if err != nil {
+		return first, nil //nolint:nilerr // no record at or after t: start at the first one
+	}
+	return max(off, first), nil
+}
+
+// compare returns the windows that differ between live and shadow from
+// from on, and how many windows it compared.
+func compare(ctx context.Context, pool *pgxpool.Pool, schema string, from time.Time) ([]Change, int, error) {
+	rows, err := pool.Query(ctx, fmt.Sprintf(`SELECT coalesce(l.tenant, s.tenant), coalesce(l.metric, s.metric), coalesce(l.granularity, s.granularity),
+			coalesce(l.window_start, s.window_start), coalesce(l.value::text, ''), coalesce(s.value::text, ''),
+			coalesce(l.events, 0), coalesce(s.events, 0), (l.value IS DISTINCT FROM s.value OR l.events IS DISTINCT FROM s.events)
+		FROM (SELECT * FROM public.usage_windows WHERE window_start >= $1) l
+		FULL JOIN (SELECT * FROM %s.usage_windows WHERE window_start >= $1) s
+			USING (tenant, metric, granularity, window_start)
+		ORDER BY 1, 2, 3, 4`, schema), from)
+	if err != nil {
+		return nil, 0, fmt.Errorf("comparing windows: %w", err)
+	}
+	var changes []Change
+	total := 0
+	for rows.Next() {
+		var c Change
+		var differs bool
+		if err := rows.Scan(&c.Tenant, &c.Metric, &c.Granularity, &c.Start, &c.Before, &c.After, &c.EventsBefore, &c.EventsAfter, &differs); err != nil {
+			rows.Close()
+			return nil, 0, fmt.Errorf("comparing windows: %w", err)
+		}
+		total++
+		if differs {
+			changes = append(changes, c)
+		}
+	}
+	return changes, total, rows.Err()
+}
+
+// swap replaces live windows from from on with the shadow's, if the live
+// offsets still equal target; it reports whether it swapped.
+func swap(ctx context.Context, pool *pgxpool.Pool, schema string, opt Options, from time.Time, target map[int]int64) (bool, error) {
+	swapped := false
+	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		// Locking the offsets stops live batches of this group from
+		// committing until the swap is done.
+		now, err := queryOffsets(ctx, tx, offsetsQuery+" FOR UPDATE", opt.Group, opt.Topic)
+		if err != nil {
+			return err
+		}
+		if len(now) != len(target) {
+			return nil
+		}
+		for p, o := range now {
+			if target[p] != o {
+				return nil
+			}
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM public.usage_windows WHERE window_start >= $1`, from); err != nil {
+			return fmt.Errorf("swapping windows: %w", err)
+		}
+		if _, err := tx.Exec(ctx, fmt.Sprintf(`INSERT INTO public.usage_windows SELECT * FROM %s.usage_windows WHERE window_start >= $1`, schema), from); err != nil {
+			return fmt.Errorf("swapping windows: %w", err)
+		}
+		swapped = true
+		return nil
+	})
+	return swapped, err
+}

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# `make run`: the pipeline on one machine, no Docker. Postgres from
+# DATABASE_URL or a private cluster under .dev/postgres; Kafka from
+# KAFKA_BROKERS or the embedded broker (data under .dev/kafka). Data is
+# kept between runs. Ctrl-C stops every process this script started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DEV=${DEV_DIR:-.dev}
+mkdir -p "$DEV/bin" "$DEV/logs"
+
+pids=()
+started_pg=""
+cleanup() {
+  trap - INT TERM EXIT
+  echo
+  echo "stopping..."
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ -n "$started_pg" ]; then scripts/postgres.sh stop "$DEV/postgres"; fi
+  echo "stopped."
+}
+trap cleanup INT TERM EXIT
+
+echo "building..."
+go build -o "$DEV/bin/" ./cmd/...
+
+wait_http() { # url seconds
+  for _ in $(seq 1 $(( $2 * 10 ))); do
+    if curl -fsS -o /dev/null "$1" 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "run: $1 did not become ready; see $DEV/logs/" >&2
+  return 1
+}
+
+if [ -z "${DATABASE_URL:-}" ]; then
+  base=$(scripts/postgres.sh start "$DEV/postgres" 55432)
+  started_pg=1
+  psql "$base" -qc "CREATE DATABASE metering" 2>/dev/null || true
+  DATABASE_URL=${base%/postgres*}/metering?sslmode=disable
+fi
+export DATABASE_URL
+
+if [ -z "${KAFKA_BROKERS:-}" ]; then
+  DATA_DIR="$DEV/kafka" KAFKA_ADDR=127.0.0.1:9092 "$DEV/bin/"devbroker >"$DEV/logs/"kafka.log 2>&1 &
+  pids+=($!)
+  KAFKA_BROKERS=127.0.0.1:9092
+  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null && break; sleep 0.1; done
+fi
+export KAFKA_BROKERS
+
+if [ -z "${ADMIN_API_KEY:-}" ]; then
+  [ -f "$DEV/admin-key" ] || echo "mk_dev_$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')" >"$DEV/admin-key"
+  ADMIN_API_KEY=$(cat "$DEV/admin-key")
+fi
+export ADMIN_API_KEY
+
+HTTP_ADDR=127.0.0.1:8080 "$DEV/bin/"ingest >"$DEV/logs/"ingest.log 2>&1 &
+pids+=($!)
+wait_http http://127.0.0.1:8080/readyz 60
+HTTP_ADDR=127.0.0.1:8081 "$DEV/bin/"aggregator >"$DEV/logs/"aggregator.log 2>&1 &
+pids+=($!)
+wait_http http://127.0.0.1:8081/readyz 60
+
+if [ -z "${STRIPE_API_KEY:-}" ]; then
+  # The project's Stripe test server, with a meter per demo metric.
+  "$DEV/bin/"stripefake -addr 127.0.0.1:12111 -meters api_calls,tokens >"$DEV/logs/"stripe.log 2>&1 &
+  pids+=($!)
+  STRIPE_API_KEY=sk_test_local
+  STRIPE_API_BASE=http://127.0.0.1:12111
+  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/12111) 2>/dev/null && break; sleep 0.1; done
+fi
+export STRIPE_API_KEY STRIPE_API_BASE
+: "${STRIPE_WEBHOOK_SECRET:=whsec_local_dev}"
+: "${SYNC_INTERVAL:=10s}"
+export STRIPE_WEBHOOK_SECRET SYNC_INTERVAL
+HTTP_ADDR=127.0.0.1:8082 "$DEV/bin/"biller >"$DEV/logs/"biller.log 2>&1 &
+pids+=($!)
+wait_http http://127.0.0.1:8082/readyz 60
+
+# Demo plans and tenants (idempotent: PUT replaces).
+admin() { curl -fsS -X "$1" -H "Authorization: Bearer $ADMIN_API_KEY" -H 'Content-Type: application/json' \
+  "http://127.0.0.1:8080$2" -d "$3" >/dev/null; }
+admin PUT /v1/admin/plans/free '{"currency":"usd","quotas":[{"metric":"api_calls","limit":1000,"period":"month","burst_percent":20,"hard":true,"unit_price":"0.002"},{"metric":"tokens","limit":100000,"period":"month","unit_price":"0.000002"}]}'
+admin PUT /v1/admin/plans/pro '{"currency":"usd","quotas":[{"metric":"api_calls","limit":100000,"period":"month","burst_percent":10,"unit_price":"0.001"},{"metric":"tokens","limit":null,"unit_price":"0.0000015"}]}'
+admin PUT /v1/admin/tenants/acme '{"plan":"free","stripe_customer_id":"cus_acme"}'
+admin PUT /v1/admin/tenants/globex '{"plan":"pro","stripe_customer_id":"cus_globex"}'
+
+printf '%s\n' "${pids[@]}" >"$DEV/pids"
+
+cat <<INFO
+
+  metering is running.
+    ingest API   http://127.0.0.1:8080   (health /healthz, readiness /readyz, metrics /metrics)
+    aggregator   http://127.0.0.1:8081   (health, readiness, metrics)
+    usage page   http://127.0.0.1:8080/ui?tenant=acme#key=$ADMIN_API_KEY
+    biller       http://127.0.0.1:8082   (reconciliation /v1/reconciliation, webhooks /webhooks/stripe)
+    Stripe       ${STRIPE_API_BASE:-api.stripe.com}   (syncs every $SYNC_INTERVAL)
+    Kafka        $KAFKA_BROKERS
+    Postgres     $(echo "$DATABASE_URL" | sed 's#//[^@]*@#//***@#')
+    admin key    $ADMIN_API_KEY
+    logs         $DEV/logs/
+
+  try:
+    curl -X POST http://127.0.0.1:8080/v1/events -H "Authorization: Bearer $ADMIN_API_KEY" -H "Content-Type: application/json" \\
+      -d '{"id":"demo-1","tenant":"acme","metric":"api_calls","value":1,"time":"'"\$(date -u +%FT%TZ)"'"}'
+    curl "http://127.0.0.1:8080/v1/usage?tenant=acme&metric=api_calls&window=hour" -H "Authorization: Bearer $ADMIN_API_KEY"
+    curl http://127.0.0.1:8080/v1/quotas/acme -H "Authorization: Bearer $ADMIN_API_KEY"
+    DATABASE_URL='$DATABASE_URL' STRIPE_API_KEY=$STRIPE_API_KEY STRIPE_API_BASE=${STRIPE_API_BASE:-} $DEV/bin/biller reconcile --period \$(date -u +%Y-%m)
+
+  Ctrl-C stops everything; data stays in $DEV/ for the next run.
+INFO
+
+set +e
+wait -n "${pids[@]}"
+status=$?
+set -e
+# Ctrl-C reaches the services too; they stop cleanly with status 0.
+if [ "$status" -ne 0 ]; then echo "a service exited with status $status; see $DEV/logs/" >&2; exit "$status"; fi
