@@ -3,28 +3,34 @@
 //
 //	aggregator [flags]                         serve (see -h)
 //	aggregator migrate [flags]                 apply database migrations and exit
-//	aggregator dlq list [--status S] [--limit N]
-//	aggregator dlq replay (ID... | --all) [--actor NAME]
+//	aggregator dlq list [--status S] [--limit N] [--format json]
+//	aggregator dlq replay (ID... | --all) [--actor NAME] [--note TEXT]
 //	aggregator dlq discard ID... [--actor NAME] [--note TEXT]
-//	aggregator rebuild --from TIME             recompute windows from the Kafka log
+//	aggregator rebuild --from TIME [--dry-run]   recompute windows from the Kafka log
+//
+// Settings flags (-database-url, -kafka-brokers, ...) may stand anywhere.
 package main
 
 import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/usagemeter/metering/internal/aggregator"
+	"github.com/usagemeter/metering/internal/cli"
 	"github.com/usagemeter/metering/internal/config"
 	"github.com/usagemeter/metering/internal/service"
 )
 
 func main() {
-	os.Exit(run(os.Args[1:]))
+	os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
 }
 
-func run(args []string) int {
+// run is the whole command; it returns the exit status: 0 done, 1 the
+// command failed, 2 the command line or settings are wrong.
+func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
 	cmd := "serve"
 	if len(args) > 0 && (args[0] == "migrate" || args[0] == "dlq" || args[0] == "rebuild") {
 		cmd, args = args[0], args[1:]
@@ -32,22 +38,24 @@ func run(args []string) int {
 	sub := ""
 	if cmd == "dlq" {
 		if len(args) == 0 {
-			fmt.Fprintln(os.Stderr, "aggregator dlq: want list, replay or discard")
+			fmt.Fprintln(stderr, "aggregator dlq: want list, replay or discard")
 			return 2
 		}
 		sub, args = args[0], args[1:]
 	}
-	cfg, rest, err := config.LoadAggregator("aggregator", args, os.Getenv, os.Stderr)
+	settings, rest := cli.SplitSettings(args, func(name string) bool { return !aggregator.IsSubcommandFlag(name) })
+	cfg, extra, err := config.LoadAggregator("aggregator", settings, getenv, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "aggregator:", err)
+		fmt.Fprintln(stderr, "aggregator:", err)
 		return 2
 	}
-	log, err := service.NewLogger(os.Stderr, cfg.LogLevel, "aggregator")
+	rest = append(rest, extra...)
+	log, err := service.NewLogger(stderr, cfg.LogLevel, "aggregator")
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "aggregator:", err)
+		fmt.Fprintln(stderr, "aggregator:", err)
 		return 2
 	}
 	ctx, stop := service.SignalContext()
@@ -55,7 +63,7 @@ func run(args []string) int {
 	switch cmd {
 	case "serve":
 		if len(rest) > 0 {
-			fmt.Fprintf(os.Stderr, "aggregator: unknown argument %q; commands: migrate, dlq, rebuild\n", rest[0])
+			fmt.Fprintf(stderr, "aggregator: unknown argument %q; commands: migrate, dlq, rebuild\n", rest[0])
 			return 2
 		}
 		err = aggregator.Run(ctx, cfg, log, nil)
@@ -66,9 +74,9 @@ func run(args []string) int {
 			pool.Close()
 		}
 	case "dlq":
-		err = aggregator.DLQCommand(ctx, cfg, log, sub, rest, os.Stdout)
+		err = aggregator.DLQCommand(ctx, cfg, log, sub, rest, stdout)
 	case "rebuild":
-		err = aggregator.RebuildCommand(ctx, cfg, log, rest, os.Stdout)
+		err = aggregator.RebuildCommand(ctx, cfg, log, rest, stdout)
 	}
 	if err != nil {
 		log.Error("aggregator failed", "command", cmd, "err", err)

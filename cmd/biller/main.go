@@ -11,6 +11,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"slices"
 
@@ -21,35 +22,37 @@ import (
 )
 
 func main() {
-	os.Exit(run(os.Args[1:]))
+	os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
 }
 
-func run(args []string) int {
+// run is the whole command; it returns the exit status: 0 done, 1 the
+// command failed, 2 the command line or settings are wrong.
+func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
 	cmd, sub := "serve", ""
 	if len(args) > 0 && slices.Contains([]string{"migrate", "reconcile", "dlq"}, args[0]) {
 		cmd, args = args[0], args[1:]
 	}
 	if cmd == "dlq" {
 		if len(args) == 0 {
-			fmt.Fprintln(os.Stderr, "biller dlq: want list, show, replay or discard")
+			fmt.Fprintln(stderr, "biller dlq: want list, show, replay or discard")
 			return 2
 		}
 		sub, args = args[0], args[1:]
 	}
 	own := append(slices.Clone(biller.SubcommandFlags.Valued), biller.SubcommandFlags.Boolean...)
 	settings, rest := cli.SplitSettings(args, func(name string) bool { return !slices.Contains(own, name) })
-	cfg, extra, err := config.LoadBiller("biller", settings, os.Getenv, os.Stderr)
+	cfg, extra, err := config.LoadBiller("biller", settings, getenv, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "biller:", err)
+		fmt.Fprintln(stderr, "biller:", err)
 		return 2
 	}
 	rest = append(rest, extra...)
-	log, err := service.NewLogger(os.Stderr, cfg.LogLevel, "biller")
+	log, err := service.NewLogger(stderr, cfg.LogLevel, "biller")
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "biller:", err)
+		fmt.Fprintln(stderr, "biller:", err)
 		return 2
 	}
 	ctx, stop := service.SignalContext()
@@ -57,7 +60,7 @@ func run(args []string) int {
 	switch cmd {
 	case "serve":
 		if len(rest) > 0 {
-			fmt.Fprintf(os.Stderr, "biller: unknown argument %q; commands: migrate, reconcile, dlq\n", rest[0])
+			fmt.Fprintf(stderr, "biller: unknown argument %q; commands: migrate, reconcile, dlq\n", rest[0])
 			return 2
 		}
 		err = biller.Run(ctx, cfg, log, nil)
@@ -67,9 +70,9 @@ func run(args []string) int {
 			pool.Close()
 		}
 	case "reconcile":
-		err = biller.ReconcileCommand(ctx, cfg, log, rest, os.Stdout)
+		err = biller.ReconcileCommand(ctx, cfg, log, rest, stdout)
 	case "dlq":
-		err = biller.DLQCommand(ctx, cfg, log, sub, rest, os.Stdout)
+		err = biller.DLQCommand(ctx, cfg, log, sub, rest, stdout)
 	}
 	if err != nil {
 		log.Error("biller failed", "command", cmd, "err", err)

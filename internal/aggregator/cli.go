@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strconv"
 	"text/tabwriter"
 	"time"
@@ -18,10 +19,27 @@ import (
 	"github.com/usagemeter/metering/internal/topics"
 )
 
-// DLQCommand runs `aggregator dlq list|replay|discard`. Settings flags go
-// before the subcommand's own: aggregator dlq list -database-url X --status pending.
+// Each operator command's own flags; every other flag is a service setting
+// and may stand anywhere on the command line (see cli.SplitSettings).
+var (
+	dlqFlags     = struct{ Valued, Boolean []string }{[]string{"status", "limit", "actor", "note", "format"}, []string{"all"}}
+	rebuildFlags = struct{ Valued, Boolean []string }{[]string{"from"}, []string{"dry-run"}}
+)
+
+// IsSubcommandFlag reports whether name is one of the operator commands'
+// own flags rather than a service setting.
+func IsSubcommandFlag(name string) bool {
+	for _, set := range [][]string{dlqFlags.Valued, dlqFlags.Boolean, rebuildFlags.Valued, rebuildFlags.Boolean} {
+		if slices.Contains(set, name) {
+			return true
+		}
+	}
+	return false
+}
+
+// DLQCommand runs `aggregator dlq list|replay|discard`.
 func DLQCommand(ctx context.Context, cfg config.Aggregator, log *slog.Logger, sub string, args []string, out io.Writer) error {
-	flags, rest, err := cli.Flags(args, []string{"status", "limit", "actor", "note", "format"}, []string{"all"})
+	flags, rest, err := cli.Flags(args, dlqFlags.Valued, dlqFlags.Boolean)
 	if err != nil {
 		return err
 	}
@@ -115,7 +133,7 @@ func DLQCommand(ctx context.Context, cfg config.Aggregator, log *slog.Logger, su
 
 // RebuildCommand runs `aggregator rebuild --from TIME [--dry-run]`.
 func RebuildCommand(ctx context.Context, cfg config.Aggregator, log *slog.Logger, args []string, out io.Writer) error {
-	flags, rest, err := cli.Flags(args, []string{"from"}, []string{"dry-run"})
+	flags, rest, err := cli.Flags(args, rebuildFlags.Valued, rebuildFlags.Boolean)
 	if err != nil {
 		return err
 	}

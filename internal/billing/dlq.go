@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/usagemeter/metering/internal/dlqaudit"
 )
 
 // DeadPush is a push in the billing dead-letter queue.
@@ -52,7 +54,9 @@ func (b *Biller) DeadLetters(ctx context.Context) ([]DeadPush, error) {
 }
 
 // ErrNotDead is returned for a push that is not in the DLQ.
-var ErrNotDead = errors.New("not in the billing DLQ")
+var ErrNotDead = dlqaudit.ErrNoneWaiting
+
+var deadQueue = dlqaudit.Queue{Name: "billing", Table: "billing_pushes", Stamp: "updated_at", Dead: "dead"}
 
 // DeadLetter returns one push of the DLQ (or one that left it).
 func (b *Biller) DeadLetter(ctx context.Context, id int64) (DeadPush, error) {
@@ -73,7 +77,7 @@ func (b *Biller) DeadLetter(ctx context.Context, id int64) (DeadPush, error) {
 // comes back as a duplicate and counts nothing more.
 func (b *Biller) Replay(ctx context.Context, ids []int64, all bool, actor string) (int, int, error) {
 	picked, err := b.resolveDead(ctx, ids, all, "replay", actor, "", "intent")
-	if err != nil {
+	if err != nil || len(picked) == 0 {
 		return 0, 0, err
 	}
 	return b.send(ctx, `id = ANY($1)`, picked)
@@ -88,31 +92,11 @@ func (b *Biller) Discard(ctx context.Context, ids []int64, actor, note string) (
 }
 
 func (b *Biller) resolveDead(ctx context.Context, ids []int64, all bool, action, actor, note, status string) ([]int64, error) {
-	if actor == "" {
-		return nil, errors.New("an actor is required for the audit trail")
-	}
-	if !all && len(ids) == 0 {
-		return nil, errors.New("name the pushes by id, or use --all")
-	}
 	var picked []int64
 	err := pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `UPDATE billing_pushes SET status = $1, updated_at = now()
-			WHERE status = 'dead' AND ($2 OR id = ANY($3)) RETURNING id`, status, all, ids)
-		if err != nil {
-			return err
-		}
-		if picked, err = pgx.CollectRows(rows, pgx.RowTo[int64]); err != nil {
-			return err
-		}
-		if len(picked) == 0 {
-			return ErrNotDead
-		}
-		_, err = tx.Exec(ctx, `INSERT INTO dlq_audit (queue, action, actor, record_ids, note) VALUES ('billing', $1, $2, $3, $4)`,
-			action, actor, picked, note)
+		var err error
+		picked, err = deadQueue.Apply(ctx, tx, dlqaudit.Change{Action: action, To: status, IDs: ids, All: all, Actor: actor, Note: note})
 		return err
 	})
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", action, err)
-	}
-	return picked, nil
+	return picked, err
 }

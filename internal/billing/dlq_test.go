@@ -51,8 +51,11 @@ func TestPermanentErrorLandsInTheDLQAndReplayDrainsIt(t *testing.T) {
 	if got := f.stripeTotal("t1", "api_calls"); got != 10 {
 		t.Fatalf("Stripe %d, want 10", got)
 	}
-	if _, _, err := f.biller.Replay(ctx, nil, true, "oncall"); !errors.Is(err, billing.ErrNotDead) {
-		t.Fatalf("replay of an empty DLQ: %v", err)
+	if sent, again, err := f.biller.Replay(ctx, nil, true, "oncall"); err != nil || sent+again != 0 {
+		t.Fatalf("replay --all of an empty DLQ: %d %d %v, want nothing done", sent, again, err)
+	}
+	if _, _, err := f.biller.Replay(ctx, []int64{dead[0].ID}, false, "oncall"); !errors.Is(err, billing.ErrNotDead) {
+		t.Fatalf("replay of a push no longer dead: %v", err)
 	}
 	var audits int
 	_ = f.db.Pool.QueryRow(ctx, `SELECT count(*) FROM dlq_audit WHERE queue = 'billing' AND action = 'replay' AND actor = 'oncall'`).Scan(&audits)

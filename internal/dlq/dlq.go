@@ -12,7 +12,6 @@ package dlq
 import (
 	"context"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"time"
 	"unicode/utf8"
@@ -20,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/usagemeter/metering/internal/dlqaudit"
 	"github.com/usagemeter/metering/internal/topics"
 )
 
@@ -72,8 +72,11 @@ func (q *Queue) List(ctx context.Context, status string, limit int) ([]Record, e
 	return recs, nil
 }
 
-// ErrNothingPending is returned when no named record is pending.
-var ErrNothingPending = errors.New("no pending dead letters match")
+// ErrNothingPending is returned when none of the records named by id is
+// pending. --all on an empty queue is not an error: it does nothing.
+var ErrNothingPending = dlqaudit.ErrNoneWaiting
+
+var queue = dlqaudit.Queue{Name: "usage", Table: "usage_dlq", Stamp: "resolved_at", Dead: "pending"}
 
 // Replay queues the pending records ids (all pending ones when all is
 // true) for usage.events through the outbox, marks them replayed and
@@ -97,36 +100,14 @@ func (q *Queue) Discard(ctx context.Context, ids []int64, actor, note string) ([
 }
 
 func (q *Queue) resolve(ctx context.Context, action, status string, ids []int64, all bool, actor, note string, also func(pgx.Tx, []int64) error) ([]int64, error) {
-	if actor == "" {
-		return nil, errors.New("an actor is required for the audit trail")
-	}
-	if !all && len(ids) == 0 {
-		return nil, errors.New("name the dead letters by id, or use --all")
-	}
 	var done []int64
 	err := pgx.BeginFunc(ctx, q.pool, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, `UPDATE usage_dlq SET status = $1, resolved_at = now()
-			WHERE status = 'pending' AND ($2 OR id = ANY($3)) RETURNING id`, status, all, ids)
-		if err != nil {
-			return fmt.Errorf("marking dead letters %s: %w", status, err)
+		var err error
+		done, err = queue.Apply(ctx, tx, dlqaudit.Change{Action: action, To: status, IDs: ids, All: all, Actor: actor, Note: note})
+		if err != nil || len(done) == 0 || also == nil {
+			return err
 		}
-		done, err = pgx.CollectRows(rows, pgx.RowTo[int64])
-		if err != nil {
-			return fmt.Errorf("marking dead letters %s: %w", status, err)
-		}
-		if len(done) == 0 {
-			return ErrNothingPending
-		}
-		if also != nil {
-			if err := also(tx, done); err != nil {
-				return err
-			}
-		}
-		if _, err := tx.Exec(ctx, `INSERT INTO dlq_audit (queue, action, actor, record_ids, note) VALUES ('usage', $1, $2, $3, $4)`,
-			action, actor, done, note); err != nil {
-			return fmt.Errorf("auditing %s: %w", action, err)
-		}
-		return nil
+		return also(tx, done)
 	})
 	if err != nil {
 		return nil, err
