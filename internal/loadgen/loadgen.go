@@ -12,6 +12,7 @@ package loadgen
 import (
 	"bytes"
 	"context"
+	"encoding/csv"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -373,31 +374,61 @@ func printBreaches(ctx context.Context, cfg Config, out io.Writer) error {
 
 func printReconciliation(ctx context.Context, c *client, out io.Writer) error {
 	deadline := time.Now().Add(90 * time.Second)
-	var body []byte
+	var rows [][]string
 	for {
 		status, _, b, err := c.do(ctx, "GET", c.cfg.BillerURL+"/v1/reconciliation?format=csv", "", nil)
 		if err != nil || status != http.StatusOK {
 			return fmt.Errorf("GET /v1/reconciliation: %d %s %v", status, b, err)
 		}
-		body = b
-		if !bytes.Contains(b, []byte(",drift,")) && !bytes.Contains(b, []byte(",pending,")) || time.Now().After(deadline) {
+		if rows, err = demoRows(b); err != nil {
+			return err
+		}
+		if settled(rows) || time.Now().After(deadline) {
 			break
 		}
-		time.Sleep(2 * time.Second)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(2 * time.Second):
+		}
 	}
-	lines := strings.Split(strings.TrimSpace(string(body)), "\n")
 	tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
-	shown := 0
-	for i, l := range lines {
-		f := strings.Split(l, ",")
-		if len(f) < 11 || (i > 0 && !strings.HasPrefix(f[0], "demo-")) {
-			continue
+	for i, f := range rows {
+		if i > 11 { // the header and the first rows make the point
+			fmt.Fprintf(tw, "... and %d more rows\n", len(rows)-i)
+			break
 		}
-		if shown > 10 {
-			continue
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", f[0], f[1], f[3], f[4], f[6], f[7], f[10])
-		shown++
+		fmt.Fprintln(tw, strings.Join([]string{f[0], f[1], f[3], f[4], f[6], f[7], f[10]}, "\t"))
 	}
 	return tw.Flush()
+}
+
+// demoRows parses the reconciliation CSV: the header, then the demo
+// tenants' rows.
+func demoRows(body []byte) ([][]string, error) {
+	all, err := csv.NewReader(bytes.NewReader(body)).ReadAll()
+	if err != nil {
+		return nil, fmt.Errorf("reading the reconciliation CSV: %w", err)
+	}
+	var rows [][]string
+	for i, f := range all {
+		if len(f) < 11 {
+			return nil, fmt.Errorf("reconciliation CSV row %d has %d fields, want at least 11", i+1, len(f))
+		}
+		if i == 0 || strings.HasPrefix(f[0], "demo-") {
+			rows = append(rows, f)
+		}
+	}
+	return rows, nil
+}
+
+// settled reports whether no row (after the header) is still pending
+// or drifting.
+func settled(rows [][]string) bool {
+	for _, f := range rows[min(1, len(rows)):] {
+		if f[10] == "pending" || f[10] == "drift" {
+			return false
+		}
+	}
+	return true
 }

@@ -222,7 +222,7 @@ func Start(ctx context.Context, opt Options, out io.Writer) (*Stack, error) {
 		"ingest": {"ADMIN_API_KEY=" + AdminKey, "PUBLISH_TIMEOUT=3s", "RATE_LIMIT_KEY_EVENTS=10000000", "RATE_LIMIT_KEY_BURST=20000000",
 			"RATE_LIMIT_IP_REQUESTS=1000000", "RATE_LIMIT_IP_BURST=2000000", "MAX_INFLIGHT_EVENTS=200000"},
 		"aggregator": {"SESSION_TIMEOUT=1s", "BATCH_WAIT=20ms"},
-		"biller":     {"STRIPE_API_KEY=sk_test_stack", "STRIPE_API_BASE=" + opt.StripeBase, "STRIPE_RATE_LIMIT=2000"},
+		"biller":     {"ADMIN_API_KEY=" + AdminKey, "STRIPE_API_KEY=sk_test_stack", "STRIPE_API_BASE=" + opt.StripeBase, "STRIPE_RATE_LIMIT=2000"},
 	}
 	for _, n := range Services {
 		s.URLs[n] = fmt.Sprintf("http://127.0.0.1:%d", ports[n])
