@@ -403,23 +403,26 @@ func printReconciliation(ctx context.Context, c *client, out io.Writer) error {
 	return tw.Flush()
 }
 
-// demoRows parses the reconciliation CSV: the header, then the demo
-// tenants' rows.
+// demoRows parses the reconciliation CSV: the header, the crossing
+// tenant's rows, then the other demo tenants'.
 func demoRows(body []byte) ([][]string, error) {
 	all, err := csv.NewReader(bytes.NewReader(body)).ReadAll()
 	if err != nil {
 		return nil, fmt.Errorf("reading the reconciliation CSV: %w", err)
 	}
-	var rows [][]string
+	var head, rest [][]string
 	for i, f := range all {
 		if len(f) < 11 {
 			return nil, fmt.Errorf("reconciliation CSV row %d has %d fields, want at least 11", i+1, len(f))
 		}
-		if i == 0 || strings.HasPrefix(f[0], "demo-") {
-			rows = append(rows, f)
+		switch {
+		case i == 0 || f[0] == crosser:
+			head = append(head, f)
+		case strings.HasPrefix(f[0], "demo-"):
+			rest = append(rest, f)
 		}
 	}
-	return rows, nil
+	return append(head, rest...), nil
 }
 
 // settled reports whether no row (after the header) is still pending
