@@ -311,7 +311,7 @@ func Report(ctx context.Context, cfg Config, res Result, out io.Writer) error {
 	_ = tw.Flush()
 
 	fmt.Fprintln(out, "\nbreaches on quota.breaches:")
-	if err := printBreaches(ctx, cfg, out); err != nil {
+	if err := printBreaches(ctx, c, out); err != nil {
 		fmt.Fprintf(out, "  (could not read the topic: %v)\n", err)
 	}
 
@@ -332,44 +332,101 @@ func orUnlimited(n *int64) string {
 	return strconv.FormatInt(*n, 10)
 }
 
-func printBreaches(ctx context.Context, cfg Config, out io.Writer) error {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+// printBreaches prints the demo tenants' breaches on quota.breaches,
+// reading every partition from its first offset up to the end it has now.
+// The outbox relay publishes a breach just after its transaction commits,
+// so it reads again, for up to 10 s, until the topic holds every breach
+// the API lists for the crossing tenant.
+func printBreaches(ctx context.Context, c *client, out io.Writer) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	status, _, body, err := c.do(ctx, "GET", c.cfg.IngestURL+"/v1/breaches?tenant="+crosser, "", nil)
+	if err != nil || status != http.StatusOK {
+		return fmt.Errorf("GET /v1/breaches: %d %s %v", status, body, err)
+	}
+	var listed struct{ Breaches []struct{} }
+	if err := json.Unmarshal(body, &listed); err != nil {
+		return fmt.Errorf("GET /v1/breaches: %w", err)
+	}
+	var lines []string
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if lines, err = readBreaches(ctx, c.cfg); err != nil {
+			return err
+		}
+		n := 0
+		for _, l := range lines {
+			if strings.Contains(l, "\t"+crosser+"\t") {
+				n++
+			}
+		}
+		if n >= len(listed.Breaches) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "DETECTED AT\tTENANT\tMETRIC\tTHRESHOLD\tVALUE/LIMIT\tBREACH ID")
+	for _, l := range lines {
+		fmt.Fprintln(tw, l)
+	}
+	return tw.Flush()
+}
+
+// readBreaches returns the demo tenants' breaches on the topic, one
+// tab-separated line each.
+func readBreaches(ctx context.Context, cfg Config) ([]string, error) {
 	conn, err := kafka.DialContext(ctx, "tcp", cfg.Brokers[0])
 	if err != nil {
-		return err
+		return nil, err
 	}
 	parts, err := conn.ReadPartitions(topics.QuotaBreaches)
 	conn.Close()
 	if err != nil {
-		return err
+		return nil, err
 	}
-	tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "DETECTED AT\tTENANT\tMETRIC\tTHRESHOLD\tVALUE/LIMIT\tBREACH ID")
+	var lines []string
 	for _, p := range parts {
-		pr := kafka.NewReader(kafka.ReaderConfig{Brokers: cfg.Brokers, Topic: topics.QuotaBreaches, Partition: p.ID, MaxWait: 200 * time.Millisecond})
-		_ = pr.SetOffset(kafka.FirstOffset)
-		for {
-			rctx, rcancel := context.WithTimeout(ctx, 500*time.Millisecond)
-			m, err := pr.ReadMessage(rctx)
-			rcancel()
-			if err != nil {
-				break
-			}
-			var b struct {
-				BreachID                  string `json:"breach_id"`
-				Tenant, Metric, Threshold string
-				Limit                     int64
-				Value                     json.Number
-				DetectedAt                time.Time `json:"detected_at"`
-			}
-			if json.Unmarshal(m.Value, &b) == nil && strings.HasPrefix(b.Tenant, "demo-") {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s/%d\t%s\n", b.DetectedAt.Format(time.RFC3339), b.Tenant, b.Metric, b.Threshold, b.Value, b.Limit, b.BreachID)
-			}
+		if lines, err = readPartitionBreaches(ctx, cfg, p.ID, lines); err != nil {
+			return nil, fmt.Errorf("partition %d: %w", p.ID, err)
 		}
-		pr.Close()
 	}
-	return tw.Flush()
+	return lines, nil
+}
+
+func readPartitionBreaches(ctx context.Context, cfg Config, partition int, lines []string) ([]string, error) {
+	leader, err := kafka.DialLeader(ctx, "tcp", cfg.Brokers[0], topics.QuotaBreaches, partition)
+	if err != nil {
+		return lines, err
+	}
+	first, end, err := leader.ReadOffsets()
+	leader.Close()
+	if err != nil || first >= end {
+		return lines, err
+	}
+	r := kafka.NewReader(kafka.ReaderConfig{Brokers: cfg.Brokers, Topic: topics.QuotaBreaches, Partition: partition, MaxWait: 200 * time.Millisecond})
+	defer r.Close()
+	if err := r.SetOffset(first); err != nil {
+		return lines, err
+	}
+	for {
+		m, err := r.ReadMessage(ctx)
+		if err != nil {
+			return lines, err
+		}
+		var b struct {
+			BreachID                  string `json:"breach_id"`
+			Tenant, Metric, Threshold string
+			Limit                     int64
+			Value                     json.Number
+			DetectedAt                time.Time `json:"detected_at"`
+		}
+		if json.Unmarshal(m.Value, &b) == nil && strings.HasPrefix(b.Tenant, "demo-") {
+			lines = append(lines, fmt.Sprintf("%s\t%s\t%s\t%s\t%s/%d\t%s", b.DetectedAt.Format(time.RFC3339), b.Tenant, b.Metric, b.Threshold, b.Value, b.Limit, b.BreachID))
+		}
+		if m.Offset+1 >= end {
+			return lines, nil
+		}
+	}
 }
 
 func printReconciliation(ctx context.Context, c *client, out io.Writer) error {
