@@ -2,29 +2,20 @@ package chaos_test
 
 import (
 	"context"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/usagemeter/metering/internal/chaos"
+	"github.com/usagemeter/metering/internal/stack"
 )
 
 // TestChaosReduced is `make chaos` at a size CI affords: 20,000 events,
 // 30 % resends, 10 % Stripe faults, at least 20 SIGKILLs, one broker and
 // one Postgres restart. The invariants are the full run's.
 func TestChaosReduced(t *testing.T) {
-	work, err := os.MkdirTemp("", "chaos-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The private Postgres runs as the postgres user when tests run as
-	// root: it must be able to reach its directory.
-	if err := os.Chmod(work, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(work) })
+	work := stack.TempWork(t, "chaos-")
 	root, _ := filepath.Abs(filepath.Join("..", ".."))
 	var out strings.Builder
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)

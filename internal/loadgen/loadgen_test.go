@@ -3,7 +3,6 @@ package loadgen_test
 import (
 	"context"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -21,16 +20,7 @@ import (
 // tenant blocked, its three breaches read back from quota.breaches, and
 // a reconciliation with Stripe in which every demo row is ok.
 func TestDemo(t *testing.T) {
-	work, err := os.MkdirTemp("", "demo-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The private Postgres runs as the postgres user when tests run as
-	// root: it must be able to reach its directory.
-	if err := os.Chmod(work, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(work) })
+	work := stack.TempWork(t, "demo-")
 	root, _ := filepath.Abs(filepath.Join("..", ".."))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()

@@ -20,6 +20,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -297,4 +298,20 @@ func (s *Stack) Stop() {
 	if s.logs != nil {
 		_ = s.logs.Close()
 	}
+}
+
+// TempWork makes a work directory for a test's stack and removes it when
+// the test ends. The private Postgres runs as the postgres user when the
+// tests run as root, so the directory must be traversable by others.
+func TempWork(tb testing.TB, prefix string) string {
+	tb.Helper()
+	work, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { os.RemoveAll(work) })
+	if err := os.Chmod(work, 0o755); err != nil {
+		tb.Fatal(err)
+	}
+	return work
 }
