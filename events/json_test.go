@@ -3,6 +3,7 @@ package events_test
 import (
 	"encoding/json"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -44,6 +45,19 @@ func TestAppendJSONCanonical(t *testing.T) {
 			want.Time = want.Time.UTC()
 			if !reflect.DeepEqual(back, want) {
 				t.Fatalf("round trip = %+v, want %+v", back, want)
+			}
+			// json.Marshal uses the same encoding; it only escapes <, >, &
+			// and U+2028 further, as it does for every Marshaler.
+			m, err := json.Marshal(tt.ev)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var viaMarshal events.Event
+			if err := json.Unmarshal(m, &viaMarshal); err != nil || !reflect.DeepEqual(viaMarshal, want) {
+				t.Fatalf("json.Marshal round trip = %+v, %v", viaMarshal, err)
+			}
+			if !strings.ContainsAny(got, "<>&\u2028") && string(m) != got {
+				t.Fatalf("json.Marshal = %s, want the canonical %s", m, got)
 			}
 		})
 	}

@@ -3,9 +3,11 @@ package aggregator_test
 import (
 	"context"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/usagemeter/metering/internal/aggregator"
 	"github.com/usagemeter/metering/internal/rebuild"
 	"github.com/usagemeter/metering/internal/topics"
 )
@@ -58,6 +60,17 @@ func TestRebuildMatchesLiveConsumption(t *testing.T) {
 			if c.Before != "" || c.After == "" {
 				t.Errorf("minute change %+v", c)
 			}
+		}
+	}
+	// The same dry run as on-call types it.
+	var out strings.Builder
+	from := opts.From.UTC().Format(time.RFC3339)
+	if err := aggregator.RebuildCommand(ctx, cfg, slog.New(slog.DiscardHandler), []string{"--from", from, "--dry-run"}, &out); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"replayed 4000 records", "2 changed", "TENANT", "BEFORE", "none (0 events)", "dry run: nothing changed"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("rebuild --dry-run output lacks %q:\n%s", want, out.String())
 		}
 	}
 	opts.DryRun = false

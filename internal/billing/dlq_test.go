@@ -24,6 +24,13 @@ func TestPermanentErrorLandsInTheDLQAndReplayDrainsIt(t *testing.T) {
 	if err != nil || len(dead) != 1 || dead[0].Tenant != "t1" || dead[0].Attempts != 1 || dead[0].LastError == "" {
 		t.Fatalf("DLQ: %+v, %v", dead, err)
 	}
+	// `biller dlq show ID` reads the same record; an unknown id is ErrNotDead.
+	if one, err := f.biller.DeadLetter(ctx, dead[0].ID); err != nil || one.Identifier != dead[0].Identifier || one.Status != "dead" {
+		t.Fatalf("DeadLetter(%d): %+v, %v", dead[0].ID, one, err)
+	}
+	if _, err := f.biller.DeadLetter(ctx, dead[0].ID+1000); !errors.Is(err, billing.ErrNotDead) {
+		t.Fatalf("DeadLetter of an unknown id: %v", err)
+	}
 	// The billing.dlq message waits in the outbox with what on-call needs.
 	var msg []byte
 	if err := f.db.Pool.QueryRow(ctx, `SELECT msg_value FROM outbox WHERE topic = 'billing.dlq'`).Scan(&msg); err != nil {

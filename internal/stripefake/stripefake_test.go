@@ -312,3 +312,26 @@ func TestFaultInjectionIsSeededAndAtRate(t *testing.T) {
 		t.Fatalf("%d faults in 2000 requests at rate 0.1", total)
 	}
 }
+
+func TestMeters(t *testing.T) {
+	_, c, _ := newServer(t, stripefake.Config{})
+	create := url.Values{"event_name": {"tokens"}, "display_name": {"Tokens"}, "default_aggregation[formula]": {"sum"}}
+	r := c.do(context.Background(), "POST", "/v1/billing/meters", create, nil)
+	if r.status != 200 || r.body["event_name"] != "tokens" || r.body["status"] != "active" {
+		t.Fatalf("create: %d %v", r.status, r.body)
+	}
+	if r := c.do(context.Background(), "POST", "/v1/billing/meters", create, nil); r.status != 400 || r.code != "resource_already_exists" {
+		t.Fatalf("second active meter for one event name: %d %q", r.status, r.code)
+	}
+	if r := c.do(context.Background(), "POST", "/v1/billing/meters", url.Values{"event_name": {"x"}}, nil); r.status != 400 || r.code != "parameter_missing" {
+		t.Fatalf("no display name: %d %q", r.status, r.code)
+	}
+	list := c.do(context.Background(), "GET", "/v1/billing/meters", nil, nil)
+	if data, _ := list.body["data"].([]any); list.status != 200 || len(data) != 1 {
+		t.Fatalf("list: %d %v", list.status, list.body)
+	}
+	f := url.Values{"event_name": {"no_such_meter"}, "payload[stripe_customer_id]": {"cus_1"}, "payload[value]": {"1"}}
+	if r := c.do(context.Background(), "POST", "/v1/billing/meter_events", f, nil); r.status != 400 || r.code != "resource_missing" {
+		t.Fatalf("event for a meter that does not exist: %d %q", r.status, r.code)
+	}
+}
