@@ -8,6 +8,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -29,6 +31,7 @@ type stack struct {
 	db       *pgtest.DB
 	kc       *kafkatest.Cluster
 	producer *events.Producer
+	addr     string // HTTP address of the aggregator started last
 }
 
 func newStack(t *testing.T) *stack {
@@ -72,7 +75,8 @@ func (s *stack) startLogged(cfg config.Aggregator, w io.Writer) (stop func()) {
 	log := slog.New(slog.NewJSONHandler(w, nil))
 	go func() { done <- aggregator.Run(ctx, cfg, log, func(a net.Addr) { addr <- a }) }()
 	select {
-	case <-addr:
+	case a := <-addr:
+		s.addr = a.String()
 	case err := <-done:
 		s.t.Fatalf("aggregator.Run: %v", err)
 	}
@@ -244,6 +248,16 @@ func TestEveryRecordEndsWhereTheDesignSays(t *testing.T) {
 	if !classes["undecodable"] || !classes["too_old"] {
 		t.Errorf("DLQ classes = %v", classes)
 	}
+	// What on-call sees on /metrics and /readyz says the same.
+	s.expectMetrics(map[string]int{
+		`metering_aggregator_events_total{outcome="duplicate"}`:    1,
+		`metering_aggregator_events_total{outcome="conflict"}`:     1,
+		`metering_aggregator_events_total{outcome="dead_letter"}`:  wantDead,
+		`metering_aggregator_breaches_total{threshold="warning"}`:  1,
+		`metering_aggregator_breaches_total{threshold="exceeded"}`: 1,
+		`metering_aggregator_breaches_total{threshold="blocked"}`:  1,
+		`metering_aggregator_assigned_partitions`:                  4,
+	})
 	stop()
 
 	// The cause is fixed (the horizon is back to 35 days): replay drains
@@ -319,5 +333,49 @@ func TestRetentionDeletesPastTheHorizon(t *testing.T) {
 	_ = db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM ledger`).Scan(&left)
 	if n != 4 || left != 36 {
 		t.Fatalf("deleted %d, %d left; want 4 deleted (days 36-39), 36 left", n, left)
+	}
+}
+
+// expectMetrics scrapes the aggregator started last until every named
+// sample has its value (metrics follow the commit by a moment), and checks
+// that /readyz answers 200.
+func (s *stack) expectMetrics(want map[string]int) {
+	s.t.Helper()
+	resp, err := http.Get("http://" + s.addr + "/readyz")
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		s.t.Errorf("/readyz: %d while consuming", resp.StatusCode)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		resp, err := http.Get("http://" + s.addr + "/metrics")
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		got := map[string]string{}
+		for _, line := range strings.Split(string(body), "\n") {
+			if name, value, ok := strings.Cut(line, " "); ok && !strings.HasPrefix(line, "#") {
+				got[name] = value
+			}
+		}
+		var wrong []string
+		for name, v := range want {
+			if got[name] != strconv.Itoa(v) {
+				wrong = append(wrong, fmt.Sprintf("%s = %q, want %d", name, got[name], v))
+			}
+		}
+		if len(wrong) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			s.t.Errorf("metrics after 5s:\n%s", strings.Join(wrong, "\n"))
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
