@@ -155,3 +155,38 @@ func TestQuotaGuardFailClosedAndRate(t *testing.T) {
 		t.Fatal("empty config accepted")
 	}
 }
+
+// GuardConfig.Metrics limits enforcement to the metrics a service spends:
+// a tenant blocked on api_calls only is not refused by a guard of tokens.
+func TestQuotaGuardMetrics(t *testing.T) {
+	api := &quotaAPI{states: map[string]string{"acme/api_calls": "blocked", "acme/tokens": "ok"}}
+	mux := http.NewServeMux()
+	mux.Handle("GET /v1/quotas/{tenant}", api)
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	tests := []struct {
+		metrics []string
+		status  int
+	}{
+		{nil, 429},
+		{[]string{"api_calls"}, 429},
+		{[]string{"tokens"}, 204},
+		{[]string{"tokens", "api_calls"}, 429},
+	}
+	for _, tt := range tests {
+		g, err := events.NewQuotaGuard(events.GuardConfig{
+			BaseURL: srv.URL, APIKey: "viewer-key", Metrics: tt.metrics,
+			Tenant: func(*http.Request) (string, bool) { return "acme", true },
+			Now:    func() time.Time { return now },
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec := httptest.NewRecorder()
+		g.Middleware(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) })).
+			ServeHTTP(rec, httptest.NewRequest("GET", "/work", nil))
+		if rec.Code != tt.status {
+			t.Errorf("metrics %v: %d, want %d", tt.metrics, rec.Code, tt.status)
+		}
+	}
+}
