@@ -43,7 +43,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		}
 		sub, args = args[0], args[1:]
 	}
-	settings, rest := cli.SplitSettings(args, func(name string) bool { return !aggregator.IsSubcommandFlag(name) })
+	settings, rest := cli.SplitOwn(args, aggregator.DLQFlags, aggregator.RebuildFlags)
 	cfg, extra, err := config.LoadAggregator("aggregator", settings, getenv, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0

@@ -39,8 +39,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		}
 		sub, args = args[0], args[1:]
 	}
-	own := append(slices.Clone(biller.SubcommandFlags.Valued), biller.SubcommandFlags.Boolean...)
-	settings, rest := cli.SplitSettings(args, func(name string) bool { return !slices.Contains(own, name) })
+	settings, rest := cli.SplitOwn(args, biller.SubcommandFlags)
 	cfg, extra, err := config.LoadBiller("biller", settings, getenv, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0

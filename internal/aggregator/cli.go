@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"slices"
 	"strconv"
 	"text/tabwriter"
 	"time"
@@ -19,27 +18,16 @@ import (
 	"github.com/usagemeter/metering/internal/topics"
 )
 
-// Each operator command's own flags; every other flag is a service setting
-// and may stand anywhere on the command line (see cli.SplitSettings).
+// The operator commands' own flags; every other flag is a service setting
+// and may stand anywhere on the command line (see cli.SplitOwn).
 var (
-	dlqFlags     = struct{ Valued, Boolean []string }{[]string{"status", "limit", "actor", "note", "format"}, []string{"all"}}
-	rebuildFlags = struct{ Valued, Boolean []string }{[]string{"from"}, []string{"dry-run"}}
+	DLQFlags     = cli.Own{Valued: []string{"status", "limit", "actor", "note", "format"}, Boolean: []string{"all"}}
+	RebuildFlags = cli.Own{Valued: []string{"from"}, Boolean: []string{"dry-run"}}
 )
-
-// IsSubcommandFlag reports whether name is one of the operator commands'
-// own flags rather than a service setting.
-func IsSubcommandFlag(name string) bool {
-	for _, set := range [][]string{dlqFlags.Valued, dlqFlags.Boolean, rebuildFlags.Valued, rebuildFlags.Boolean} {
-		if slices.Contains(set, name) {
-			return true
-		}
-	}
-	return false
-}
 
 // DLQCommand runs `aggregator dlq list|replay|discard`.
 func DLQCommand(ctx context.Context, cfg config.Aggregator, log *slog.Logger, sub string, args []string, out io.Writer) error {
-	flags, rest, err := cli.Flags(args, dlqFlags.Valued, dlqFlags.Boolean)
+	flags, rest, err := DLQFlags.Parse(args)
 	if err != nil {
 		return err
 	}
@@ -133,7 +121,7 @@ func DLQCommand(ctx context.Context, cfg config.Aggregator, log *slog.Logger, su
 
 // RebuildCommand runs `aggregator rebuild --from TIME [--dry-run]`.
 func RebuildCommand(ctx context.Context, cfg config.Aggregator, log *slog.Logger, args []string, out io.Writer) error {
-	flags, rest, err := cli.Flags(args, rebuildFlags.Valued, rebuildFlags.Boolean)
+	flags, rest, err := RebuildFlags.Parse(args)
 	if err != nil {
 		return err
 	}

@@ -17,7 +17,7 @@ import (
 
 // SubcommandFlags are the operator commands' own flags; every other flag
 // is a service setting.
-var SubcommandFlags = struct{ Valued, Boolean []string }{
+var SubcommandFlags = cli.Own{
 	Valued:  []string{"period", "format", "actor", "note"},
 	Boolean: []string{"all"},
 }
@@ -37,7 +37,7 @@ func open(ctx context.Context, cfg config.Biller, log *slog.Logger) (*billing.Bi
 
 // ReconcileCommand runs `biller reconcile --period YYYY-MM [--format table|csv|json]`.
 func ReconcileCommand(ctx context.Context, cfg config.Biller, log *slog.Logger, args []string, out io.Writer) error {
-	flags, rest, err := cli.Flags(args, SubcommandFlags.Valued, SubcommandFlags.Boolean)
+	flags, rest, err := SubcommandFlags.Parse(args)
 	if err != nil {
 		return err
 	}
@@ -62,7 +62,7 @@ func ReconcileCommand(ctx context.Context, cfg config.Biller, log *slog.Logger, 
 
 // DLQCommand runs `biller dlq list|show ID|replay (ID...|--all)|discard ID...`.
 func DLQCommand(ctx context.Context, cfg config.Biller, log *slog.Logger, sub string, args []string, out io.Writer) error {
-	flags, rest, err := cli.Flags(args, SubcommandFlags.Valued, SubcommandFlags.Boolean)
+	flags, rest, err := SubcommandFlags.Parse(args)
 	if err != nil {
 		return err
 	}

@@ -45,6 +45,33 @@ func Flags(args []string, valued, boolean []string) (map[string]string, []string
 	return flags, rest, nil
 }
 
+// Own is a subcommand's own flags: Valued ones take a value, Boolean ones
+// do not. Every other flag on its command line is a service setting.
+type Own struct{ Valued, Boolean []string }
+
+// Parse pulls o's flags out of args, wherever they stand (see Flags).
+func (o Own) Parse(args []string) (map[string]string, []string, error) {
+	return Flags(args, o.Valued, o.Boolean)
+}
+
+// Has reports whether name is one of o's flags.
+func (o Own) Has(name string) bool {
+	return slices.Contains(o.Valued, name) || slices.Contains(o.Boolean, name)
+}
+
+// SplitOwn is SplitSettings for a binary whose subcommands own the flags
+// in own: every other flag is a setting.
+func SplitOwn(args []string, own ...Own) (settingArgs, rest []string) {
+	return SplitSettings(args, func(name string) bool {
+		for _, o := range own {
+			if o.Has(name) {
+				return false
+			}
+		}
+		return true
+	})
+}
+
 // Actor names whoever runs the command: user@host.
 func Actor() string {
 	name := "unknown"

@@ -37,3 +37,12 @@ func TestSplitSettings(t *testing.T) {
 		t.Fatalf("%v %v", s, rest)
 	}
 }
+
+func TestSplitOwn(t *testing.T) {
+	dlq := cli.Own{Valued: []string{"actor"}, Boolean: []string{"all"}}
+	rebuild := cli.Own{Valued: []string{"from"}}
+	s, rest := cli.SplitOwn([]string{"replay", "--all", "-database-url", "postgres://x", "--from", "T", "--actor=bob"}, dlq, rebuild)
+	if fmt.Sprint(s) != "[-database-url postgres://x]" || fmt.Sprint(rest) != "[replay --all --from T --actor=bob]" {
+		t.Fatalf("%v %v", s, rest)
+	}
+}
