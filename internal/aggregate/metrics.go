@@ -16,6 +16,9 @@ type Metrics struct {
 	Assigned    prometheus.Gauge
 	Rebalances  prometheus.Counter
 	BatchErrors prometheus.Counter
+	// KafkaCommitErrors counts failed copies of committed offsets to the
+	// group in Kafka (informational; Postgres holds the offsets).
+	KafkaCommitErrors prometheus.Counter
 }
 
 // NewMetrics registers the aggregator's metrics on reg.
@@ -48,8 +51,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		BatchErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "metering_aggregator_batch_errors_total", Help: "Batches that failed and will be retried.",
 		}),
+		KafkaCommitErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "metering_aggregator_kafka_offset_commit_errors_total",
+			Help: "Failed copies of committed offsets to the consumer group in Kafka (informational: offsets live in Postgres).",
+		}),
 	}
-	reg.MustRegister(m.events, m.batchSize, m.batchTime, m.breaches, m.Lag, m.Assigned, m.Rebalances, m.BatchErrors)
+	reg.MustRegister(m.events, m.batchSize, m.batchTime, m.breaches, m.Lag, m.Assigned, m.Rebalances, m.BatchErrors, m.KafkaCommitErrors)
 	return m
 }
 

@@ -3,6 +3,11 @@
 // the offset stored in Postgres (never Kafka's committed offset), cuts
 // batches by size and time, and hands them to the aggregate package.
 //
+// After each Postgres commit the new offset is also committed to the
+// group in Kafka, at most once a second per partition and never waited
+// for: that copy is informational, for `kafka-consumer-groups.sh
+// --describe` and lag exporters, and is never read back.
+//
 // Invariant: a batch is retried until it commits; the reader position
 // advances only after a commit, so no record is skipped, and a member that
 // lost its partition is fenced by the offset compare-and-set.
@@ -35,6 +40,9 @@ type Config struct {
 	BatchWait time.Duration
 	// SessionTimeout of the group membership; default 10s.
 	SessionTimeout time.Duration
+	// CommitInterval is how often the offsets committed to Postgres are
+	// copied to the group's offsets in Kafka; default 1s.
+	CommitInterval time.Duration
 }
 
 // Consumer consumes the topic as a member of the group.
@@ -56,6 +64,9 @@ func New(cfg Config, agg *aggregate.Aggregator, log *slog.Logger, metrics *aggre
 	}
 	if cfg.SessionTimeout <= 0 {
 		cfg.SessionTimeout = 10 * time.Second
+	}
+	if cfg.CommitInterval <= 0 {
+		cfg.CommitInterval = time.Second
 	}
 	c := &Consumer{cfg: cfg, agg: agg, log: log, metrics: metrics}
 	c.members.Store(-1)
@@ -110,10 +121,12 @@ func (c *Consumer) Run(ctx context.Context) error {
 		}
 		slices.Sort(parts)
 		c.log.InfoContext(ctx, "joined generation", "generation", gen.ID, "member", gen.MemberID, "partitions", parts)
+		committed := newOffsets()
+		gen.Start(func(ctx context.Context) { c.copyOffsets(ctx, gen, committed) })
 		for _, a := range assigned {
 			partition := a.ID
 			gen.Start(func(ctx context.Context) {
-				if err := c.consumePartition(ctx, partition); err != nil && ctx.Err() == nil {
+				if err := c.consumePartition(ctx, partition, committed); err != nil && ctx.Err() == nil {
 					c.log.ErrorContext(ctx, "partition consumer stopped", "partition", partition, "err", err)
 				}
 			})
@@ -123,7 +136,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 
 // consumePartition reads one partition until ctx ends (the generation or
 // the process ends) or the partition is fenced.
-func (c *Consumer) consumePartition(ctx context.Context, partition int) error {
+func (c *Consumer) consumePartition(ctx context.Context, partition int, committed *offsets) error {
 	next, err := c.storedOffset(ctx, partition)
 	if err != nil {
 		return err
@@ -161,6 +174,7 @@ func (c *Consumer) consumePartition(ctx context.Context, partition int) error {
 			return err
 		}
 		next = res.NextOffset
+		committed.set(partition, next)
 		if c.metrics != nil && hwm >= 0 {
 			c.metrics.Lag.WithLabelValues(label).Set(float64(max(hwm-next, 0)))
 		}

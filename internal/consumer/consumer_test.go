@@ -18,8 +18,9 @@ import (
 )
 
 // TestStartsAtThePostgresOffset: the consumer reads each partition from
-// the offset Postgres holds, whatever Kafka would say, and is ready only
-// while it is a member of the group.
+// the offset Postgres holds, whatever Kafka would say, is ready only
+// while it is a member of the group, and copies the offset it committed
+// to the group's offsets in Kafka, where lag tools read it.
 func TestStartsAtThePostgresOffset(t *testing.T) {
 	const topic, group = "usage.events", "test-group"
 	db := pgtest.New(t)
@@ -80,5 +81,16 @@ func TestStartsAtThePostgresOffset(t *testing.T) {
 	_ = db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM ledger`).Scan(&ids)
 	if total != "960" || ids != 4 {
 		t.Fatalf("month total %s over %d ids, want 960 over 4 (offsets 6-9 only)", total, ids)
+	}
+	cl := &kafka.Client{Addr: kafka.TCP(kc.Brokers()...)}
+	for {
+		resp, err := cl.OffsetFetch(context.Background(), &kafka.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{topic: {0}}})
+		if err == nil && resp.Error == nil && len(resp.Topics[topic]) == 1 && resp.Topics[topic][0].CommittedOffset == 10 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Kafka's committed offset for the group is not 10 after 30s: %+v, %v", resp, err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
