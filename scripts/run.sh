@@ -5,6 +5,8 @@
 # kept between runs. Ctrl-C stops every process this script started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/deps.sh
+need curl curl "seeding the demo plans and waiting for the services"
 DEV=${DEV_DIR:-.dev}
 mkdir -p "$DEV/bin" "$DEV/logs"
 
@@ -34,6 +36,7 @@ wait_http() { # url seconds
 }
 
 if [ -z "${DATABASE_URL:-}" ]; then
+  need psql postgresql-client "creating the metering database"
   base=$(scripts/postgres.sh start "$DEV/postgres" 55432)
   started_pg=1
   psql "$base" -qc "CREATE DATABASE metering" 2>/dev/null || true

@@ -1,11 +1,23 @@
 #!/usr/bin/env bash
-# `make test`: makes sure the tests' dependencies are there, then runs vet
-# and every test with the race detector. A missing dependency fails.
+# `make test`: installs what the tests need when it is missing (Postgres,
+# Chromium, kcat, a JDK and Maven from Debian's packages; stripe-mock with
+# go install; the Apache Kafka broker's jars with mvn, cached outside the
+# repository), starts a throwaway Postgres when none answers, then runs vet,
+# every Go test with the race detector, and the real-Kafka suite on each
+# version in KAFKA_SUITE_VERSIONS. A missing dependency fails; nothing is
+# skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/deps.sh
+
+need chromium chromium "headless Chromium drives the customer usage page in its test"
+need kcat kcat "librdkafka's producer writes to usage.events in the real-Kafka suite"
+need java default-jdk-headless "the Apache Kafka brokers of the real-Kafka suite"
+need mvn maven "fetching the Apache Kafka broker's jars from Maven Central"
+need psql postgresql-client "checking whether a Postgres answers"
 
 : "${TEST_DATABASE_URL:=postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable}"
-if ! psql "$TEST_DATABASE_URL" -Atc 'select 1' >/dev/null 2>&1 && ! go run ./scripts/pgping "$TEST_DATABASE_URL" 2>/dev/null; then
+if ! psql "$TEST_DATABASE_URL" -Atc 'select 1' >/dev/null 2>&1; then
   echo "test: no Postgres at $TEST_DATABASE_URL; starting a throwaway one under .dev/pgtest" >&2
   TEST_DATABASE_URL=$(scripts/postgres.sh start .dev/pgtest 55433)
   trap 'scripts/postgres.sh stop .dev/pgtest' EXIT
@@ -20,16 +32,13 @@ if ! command -v stripe-mock >/dev/null 2>&1 && [ ! -x "$(go env GOPATH)/bin/stri
 fi
 export PATH="$PATH:$(go env GOPATH)/bin"
 
-# Headless Chromium drives the customer usage page in its test.
-if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "test: installing Debian's chromium" >&2
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-  else
-    echo "test: Chromium is missing; install Debian's chromium (sudo apt-get install chromium)" >&2
-    exit 1
-  fi
-fi
+# The Kafka releases the real-Kafka suite runs on (fetched once, cached).
+: "${KAFKA_SUITE_VERSIONS:=4.1.1 3.9.1}"
+export KAFKA_SUITE_VERSIONS
+for v in $KAFKA_SUITE_VERSIONS; do scripts/kafka-fetch.sh "$v" >/dev/null; done
 
 go vet ./...
-go test -race -count=1 -timeout 15m ./...
+# The real-Kafka suite runs alone afterwards: its three brokers per
+# scenario need the machine's cores to themselves.
+go test -race -count=1 -timeout 15m $(go list ./... | grep -v /internal/kafkasuite)
+go test -race -count=1 -timeout 30m -v -run TestOnApacheKafka ./internal/kafkasuite

@@ -113,6 +113,10 @@ type Options struct {
 	Root, Work string
 	// StripeBase is the Stripe API the biller talks to.
 	StripeBase string
+	// Brokers, when set, is an existing Kafka cluster (comma separated)
+	// the services use instead of the embedded broker, which is then not
+	// started (Broker is nil).
+	Brokers string
 	// Env adds settings per service ("ingest", "aggregator", "biller").
 	Env map[string][]string
 }
@@ -127,6 +131,7 @@ type Stack struct {
 	URLs      map[string]string // service → http://127.0.0.1:port
 	Broker    *Proc
 	Procs     map[string]*Proc
+	extra     []string // names of processes started with Spawn
 	LogFile   string
 	logs      *os.File
 	binDir    string
@@ -211,14 +216,19 @@ func Start(ctx context.Context, opt Options, out io.Writer) (*Stack, error) {
 		}
 	}
 	s.Brokers = fmt.Sprintf("127.0.0.1:%d", ports["kafka"])
+	if opt.Brokers != "" {
+		s.Brokers = opt.Brokers
+	}
 	s.LogFile = filepath.Join(opt.Work, "services.log")
 	if s.logs, err = os.Create(s.LogFile); err != nil {
 		s.Stop()
 		return nil, err
 	}
 	s.commonEnv = []string{"DATABASE_URL=" + s.DBURL, "KAFKA_BROKERS=" + s.Brokers, "LOG_LEVEL=warn", "KAFKA_PARTITIONS=4", "SHUTDOWN_TIMEOUT=20s"}
-	s.Broker = &Proc{Name: "broker", bin: filepath.Join(s.binDir, "devbroker"), log: s.logs,
-		env: []string{"KAFKA_ADDR=" + s.Brokers, "DATA_DIR=" + filepath.Join(opt.Work, "kafka"), "LOG_LEVEL=warn"}}
+	if opt.Brokers == "" {
+		s.Broker = &Proc{Name: "broker", bin: filepath.Join(s.binDir, "devbroker"), log: s.logs,
+			env: []string{"KAFKA_ADDR=" + s.Brokers, "DATA_DIR=" + filepath.Join(opt.Work, "kafka"), "LOG_LEVEL=warn"}}
+	}
 	defaults := map[string][]string{
 		"ingest": {"ADMIN_API_KEY=" + AdminKey, "PUBLISH_TIMEOUT=3s", "RATE_LIMIT_KEY_EVENTS=10000000", "RATE_LIMIT_KEY_BURST=20000000",
 			"RATE_LIMIT_IP_REQUESTS=1000000", "RATE_LIMIT_IP_BURST=2000000", "MAX_INFLIGHT_EVENTS=200000"},
@@ -233,9 +243,11 @@ func Start(ctx context.Context, opt Options, out io.Writer) (*Stack, error) {
 		s.Procs[n] = &Proc{Name: n, bin: filepath.Join(s.binDir, n), log: s.logs, env: env}
 	}
 	fmt.Fprintln(out, "starting the broker and the three services...")
-	if err := s.Broker.Start(); err != nil {
-		s.Stop()
-		return nil, err
+	if s.Broker != nil {
+		if err := s.Broker.Start(); err != nil {
+			s.Stop()
+			return nil, err
+		}
 	}
 	for _, n := range Services {
 		if err := s.Procs[n].Start(); err != nil {
@@ -248,6 +260,36 @@ func Start(ctx context.Context, opt Options, out io.Writer) (*Stack, error) {
 		}
 	}
 	return s, nil
+}
+
+// Spawn starts one more process of service ("aggregator", say) as name,
+// with the settings of that service plus env (later entries win) and its
+// own HTTP port, and returns it once it answers /healthz. Stop stops it.
+func (s *Stack) Spawn(ctx context.Context, name, service string, env ...string) (*Proc, error) {
+	tmpl, ok := s.Procs[service]
+	if !ok {
+		return nil, fmt.Errorf("no service %q", service)
+	}
+	if _, taken := s.Procs[name]; taken {
+		return nil, fmt.Errorf("a process named %q exists", name)
+	}
+	port, err := FreePort()
+	if err != nil {
+		return nil, err
+	}
+	url := fmt.Sprintf("http://127.0.0.1:%d", port)
+	penv := append(append(append([]string(nil), tmpl.env...), env...), fmt.Sprintf("HTTP_ADDR=127.0.0.1:%d", port))
+	p := &Proc{Name: name, bin: tmpl.bin, env: penv, log: s.logs}
+	if err := p.Start(); err != nil {
+		return nil, err
+	}
+	s.Procs[name] = p
+	s.URLs[name] = url
+	s.extra = append(s.extra, name)
+	if err := WaitHTTP(ctx, url+"/healthz", time.Minute); err != nil {
+		return p, fmt.Errorf("%s: %w (see %s)", name, err, s.LogFile)
+	}
+	return p, nil
 }
 
 // Put sends an admin PUT (plans, tenants) to ingest with the admin key.
@@ -284,6 +326,9 @@ func (s *Stack) Env() []string { return append([]string(nil), s.commonEnv...) }
 
 // Stop stops every process and the Postgres cluster.
 func (s *Stack) Stop() {
+	for _, n := range s.extra {
+		s.Procs[n].Stop()
+	}
 	for i := len(Services) - 1; i >= 0; i-- {
 		if p := s.Procs[Services[i]]; p != nil {
 			p.Stop()
