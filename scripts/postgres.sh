@@ -65,7 +65,8 @@ fi
 as_owner() {
   if [ -n "$as_root" ]; then
     chown -R postgres "$home"
-    runuser -u postgres -- "$@"
+    # From a directory the postgres user can enter, not the caller's.
+    (cd "$home" && runuser -u postgres -- "$@")
   else
     "$@"
   fi
