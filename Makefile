@@ -1,7 +1,7 @@
 # The developer's and CI's commands. `make test` is all CI runs.
 GO ?= go
 
-.PHONY: build test lint run demo bench bench-quick chaos fuzz clean
+.PHONY: build test lint run demo bench bench-quick chaos fuzz kafka clean
 
 build:
 	$(GO) build -o bin/ ./cmd/...
@@ -16,6 +16,14 @@ lint:
 
 run:
 	scripts/run.sh
+
+# A real Apache Kafka KRaft cluster from the broker's jars (fetched with mvn,
+# cached outside the repository) in the foreground; prints
+# KAFKA_BROKERS=... once every broker answers; Ctrl-C stops it.
+# KAFKA_VERSION (4.1.1 or 3.9.1), KAFKA_NODES (1 or 3), KAFKA_DATA_DIR.
+kafka:
+	$(if $(KAFKA_VERSION),KAFKA_VERSION=$(KAFKA_VERSION)) $(if $(KAFKA_NODES),KAFKA_NODES=$(KAFKA_NODES)) \
+	$(if $(KAFKA_DATA_DIR),KAFKA_DATA_DIR=$(KAFKA_DATA_DIR)) $(GO) run ./cmd/kafkacluster
 
 # Sends demo traffic to the stack `make run` started, then prints usage,
 # quota states, breaches and the reconciliation report.

@@ -1,0 +1,12 @@
+// Package kafkasuite proves the pipeline on real Apache Kafka: KRaft
+// clusters of three brokers started from the broker's own jars
+// (internal/kafkacluster), with topics replicated three times and
+// min.insync.replicas=2, and the services running as processes
+// (internal/stack). It holds only tests; `make test` runs it on every
+// Kafka version in KAFKA_SUITE_VERSIONS.
+//
+// Invariant: every scenario ends by comparing each usage window with a
+// ground truth the test keeps itself (unique events only) and requires
+// every partition's stored offset to have reached the log's end; a
+// scenario that cannot show both fails.
+package kafkasuite
