@@ -1,6 +1,7 @@
 package events
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"strconv"
@@ -61,8 +62,10 @@ func decodeCloudEvent(raw []byte, index int) (Event, []FieldError) {
 	if e.Source == "" {
 		add("source", "is required by CloudEvents 1.0")
 	}
-	if ct := str("datacontenttype"); ct != "" && ct != MediaJSON && !strings.HasPrefix(ct, MediaJSON+";") {
-		add("datacontenttype", "must be %s, got %q", MediaJSON, ct)
+	if m, ok := attrs["datacontenttype"]; ok && string(m) != "null" {
+		if ct := str("datacontenttype"); !hasField(errs, "datacontenttype") && ct != MediaJSON && !strings.HasPrefix(ct, MediaJSON+";") {
+			add("datacontenttype", "must be %s, got %q", MediaJSON, ct)
+		}
 	}
 	if _, ok := attrs["data_base64"]; ok {
 		add("data_base64", "is not supported; send data as a JSON object")
@@ -74,19 +77,33 @@ func decodeCloudEvent(raw []byte, index int) (Event, []FieldError) {
 		}
 		e.Time = t
 	}
-	data, ok := attrs["data"]
-	if !ok || string(data) == "null" {
-		add("data", "is required: an object with an integer \"value\"")
-		return e, errs
+	decodeCloudEventData(&e, attrs["data"], add)
+	return e, errs
+}
+
+// decodeCloudEventData decodes a CloudEvent's data, a JSON object, into
+// e.Value (data.value) and e.Properties (every other member, which must be
+// a string). It reports errors under the Event's own field names (value,
+// properties.K, properties), which each content mode then renames to the
+// attribute they came from.
+func decodeCloudEventData(e *Event, data json.RawMessage, add func(field, format string, args ...any)) {
+	data = bytes.TrimSpace(data)
+	if len(data) == 0 || string(data) == "null" {
+		add("properties", "is required: an object with an integer \"value\"")
+		return
 	}
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(data, &fields); err != nil {
-		add("data", "must be an object with an integer \"value\", got %s", jsonKind(data))
-		return e, errs
+		if !json.Valid(data) {
+			add("properties", "must be a JSON object with an integer \"value\": %s", jsonErrorText(err))
+			return
+		}
+		add("properties", "must be an object with an integer \"value\", got %s", jsonKind(data))
+		return
 	}
 	v, msg := parseValue(fields["value"])
 	if msg != "" {
-		add("data.value", "%s", msg)
+		add("value", "%s", msg)
 	}
 	e.Value = v
 	for _, k := range sortedRawKeys(fields) {
@@ -94,8 +111,8 @@ func decodeCloudEvent(raw []byte, index int) (Event, []FieldError) {
 			continue
 		}
 		var s string
-		if err := json.Unmarshal(fields[k], &s); err != nil {
-			add("data."+k, "must be a string (it becomes a property), got %s", jsonKind(fields[k]))
+		if err := json.Unmarshal(fields[k], &s); err != nil || isNull(fields[k]) {
+			add("properties."+k, "must be a string (it becomes a property), got %s", jsonKind(fields[k]))
 			continue
 		}
 		if e.Properties == nil {
@@ -103,7 +120,6 @@ func decodeCloudEvent(raw []byte, index int) (Event, []FieldError) {
 		}
 		e.Properties[k] = s
 	}
-	return e, errs
 }
 
 // AppendCloudEvent appends e as a CloudEvents 1.0 structured-mode JSON

@@ -116,9 +116,16 @@ func (d Decoder) Decode(contentType string, body []byte) ([]Event, error) {
 	} else {
 		errs = append(errs, duplicateKeys(body)...)
 	}
-	// Validate every event, but report a field once: a decoding error
-	// (wrong type, say) hides the range check of the same field, and an
-	// element that is not an object at all gets nothing more.
+	return d.validate(evs, errs, rename)
+}
+
+// validate validates every decoded event and returns them, or a
+// *ValidationError with the decoding errors errs and every validation
+// error, each field renamed by rename (if not nil) to what the client sent.
+// A field is reported once: a decoding error (wrong type, say) hides the
+// range check of the same field, and an element that is not an object at
+// all gets nothing more.
+func (d Decoder) validate(evs []Event, errs []FieldError, rename func(string) string) ([]Event, error) {
 	decoded := make(map[FieldError]bool, len(errs))
 	for _, fe := range errs {
 		decoded[FieldError{Index: fe.Index, Field: fe.Field}] = true
@@ -172,7 +179,7 @@ func (d Decoder) decodeJSON(body []byte) ([]Event, []FieldError, error) {
 	var ws []wireEvent
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&ws); err == nil && !hasTrailing(dec) {
+	if err := dec.Decode(&ws); err == nil && !hasTrailing(dec) && !mayHaveNullProperty(body, ws...) {
 		if len(ws) > d.maxEvents() {
 			return nil, nil, d.tooMany(len(ws))
 		}

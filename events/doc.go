@@ -2,9 +2,9 @@
 //
 // It defines the Event type (the wire contract of the usage.events topic),
 // its validation, the codecs the ingest API accepts (a JSON object, a JSON
-// array, NDJSON and CloudEvents 1.0 structured and batch mode), UUIDv7
-// idempotency ids, and a Kafka Producer that returns only once every event
-// was acknowledged by all in-sync replicas.
+// array, NDJSON and CloudEvents 1.0 in structured, batch and HTTP binary
+// content mode), UUIDv7 idempotency ids, and a Kafka Producer that returns
+// only once every event was acknowledged by all in-sync replicas.
 //
 // Invariant: an Event that passes Validate encodes to exactly one canonical
 // byte sequence (see Event.AppendJSON), whichever path produced it, and

@@ -170,7 +170,7 @@ func decodeObject(b []byte, index int) (Event, []FieldError) {
 	var w wireEvent
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&w); err == nil && !hasTrailing(dec) {
+	if err := dec.Decode(&w); err == nil && !hasTrailing(dec) && !mayHaveNullProperty(b, w) {
 		return w.event(index)
 	}
 	var raw map[string]json.RawMessage
@@ -221,7 +221,7 @@ func decodeObject(b []byte, index int) (Event, []FieldError) {
 			e.Properties = make(map[string]string, len(props))
 			for _, k := range sortedRawKeys(props) {
 				var s string
-				if err := json.Unmarshal(props[k], &s); err != nil {
+				if err := json.Unmarshal(props[k], &s); err != nil || isNull(props[k]) {
 					add("properties."+k, "must be a string, got "+jsonKind(props[k]))
 					continue
 				}
@@ -231,6 +231,20 @@ func decodeObject(b []byte, index int) (Event, []FieldError) {
 	}
 	return e, errs
 }
+
+// mayHaveNullProperty reports whether b, from which ws were decoded, may
+// hold a property whose value is null: encoding/json leaves it "", so the
+// field-by-field decoder must look and reject it.
+func mayHaveNullProperty(b []byte, ws ...wireEvent) bool {
+	for i := range ws {
+		if len(ws[i].Properties) > 0 {
+			return bytes.Contains(b, []byte("null"))
+		}
+	}
+	return false
+}
+
+func isNull(m json.RawMessage) bool { return string(bytes.TrimSpace(m)) == "null" }
 
 func sortedRawKeys(m map[string]json.RawMessage) []string {
 	keys := make([]string, 0, len(m))

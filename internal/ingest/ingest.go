@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -91,10 +92,29 @@ func (a *API) Routes() []Route {
 // Handler returns the API's routes, instrumented, on mux (which may
 // already hold /healthz and the like).
 func (a *API) Handler(mux *http.ServeMux) http.Handler {
+	// A known path asked with another method gets 405 and Allow; the mux
+	// would say so itself but for the /v1/ fallback below.
+	allowed := map[string][]string{}
 	for _, r := range a.Routes() {
 		mux.HandleFunc(r.Method+" "+r.Path, r.Handler)
+		allowed[r.Path] = append(allowed[r.Path], r.Method)
+		if r.Method == http.MethodGet {
+			allowed[r.Path] = append(allowed[r.Path], http.MethodHead)
+		}
+	}
+	paths := http.NewServeMux()
+	for path, methods := range allowed {
+		allow := strings.Join(methods, ", ")
+		paths.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Allow", allow)
+			httpjson.Errorf(w, http.StatusMethodNotAllowed, "method_not_allowed", "%s %s is not served; this path takes %s", r.Method, r.URL.Path, allow)
+		})
 	}
 	mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
+		if h, pattern := paths.Handler(r); pattern != "" {
+			h.ServeHTTP(w, r)
+			return
+		}
 		httpjson.Errorf(w, http.StatusNotFound, "not_found", "no route %s %s", r.Method, r.URL.Path)
 	})
 	return a.instrument(a.limitIP(mux))
@@ -180,7 +200,7 @@ func (a *API) postEvents(w http.ResponseWriter, r *http.Request) {
 		httpjson.Error(w, http.StatusBadRequest, "malformed_body", "reading the body: "+err.Error())
 		return
 	}
-	evs, err := a.opt.Decoder.Decode(r.Header.Get("Content-Type"), body)
+	evs, err := a.opt.Decoder.DecodeHTTP(r.Header, body)
 	if err != nil {
 		a.writeDecodeError(w, err)
 		return
