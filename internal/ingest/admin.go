@@ -1,12 +1,16 @@
 package ingest
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"regexp"
 	"strings"
+
+	"github.com/google/uuid"
 
 	"github.com/usagemeter/metering/events"
 	"github.com/usagemeter/metering/internal/auth"
@@ -43,7 +47,7 @@ func (a *API) putPlan(w http.ResponseWriter, r *http.Request, _ auth.Principal) 
 		Currency string      `json:"currency"`
 		Quotas   []quotaBody `json:"quotas"`
 	}
-	if err := httpjson.Decode(r, adminBodyLimit, &body); err != nil {
+	if err := decodeObject(r, &body); err != nil {
 		httpjson.Error(w, http.StatusBadRequest, "invalid_request", err.Error())
 		return
 	}
@@ -63,6 +67,21 @@ func (a *API) putPlan(w http.ResponseWriter, r *http.Request, _ auth.Principal) 
 		return
 	}
 	httpjson.Write(w, http.StatusOK, saved)
+}
+
+// decodeObject decodes r's body, which must be one JSON object of known
+// fields, into v. A body of null or an array is rejected rather than
+// leaving v as it was.
+func decodeObject(r *http.Request, v any) error {
+	body, err := io.ReadAll(io.LimitReader(r.Body, adminBodyLimit+1))
+	if err != nil {
+		return fmt.Errorf("reading the body: %w", err)
+	}
+	if t := bytes.TrimLeft(body, " \t\r\n"); len(t) > 0 && t[0] != '{' {
+		return errors.New("the body must be a JSON object")
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	return httpjson.Decode(r, adminBodyLimit, v)
 }
 
 func planFromBody(name string, qs []quotaBody) (store.Plan, error) {
@@ -116,6 +135,10 @@ func planFromBody(name string, qs []quotaBody) (store.Plan, error) {
 }
 
 func (a *API) getPlan(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
+	if !events.ValidName(r.PathValue("plan")) {
+		httpjson.Error(w, http.StatusBadRequest, "invalid_request", "plan names are 1-128 characters of A-Z a-z 0-9 . _ : -")
+		return
+	}
 	p, err := a.opt.Store.Plan(r.Context(), r.PathValue("plan"))
 	if errors.Is(err, store.ErrNotFound) {
 		httpjson.Errorf(w, http.StatusNotFound, "not_found", "no plan %q; create it with PUT /v1/admin/plans/%s", r.PathValue("plan"), r.PathValue("plan"))
@@ -156,7 +179,7 @@ func (a *API) putTenant(w http.ResponseWriter, r *http.Request, _ auth.Principal
 		Plan             string `json:"plan"`
 		StripeCustomerID string `json:"stripe_customer_id"`
 	}
-	if err := httpjson.Decode(r, adminBodyLimit, &body); err != nil {
+	if err := decodeObject(r, &body); err != nil {
 		httpjson.Error(w, http.StatusBadRequest, "invalid_request", err.Error())
 		return
 	}
@@ -177,6 +200,10 @@ func (a *API) putTenant(w http.ResponseWriter, r *http.Request, _ auth.Principal
 }
 
 func (a *API) getTenant(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
+	if !events.ValidName(r.PathValue("tenant")) {
+		httpjson.Error(w, http.StatusBadRequest, "invalid_request", "tenant names are 1-128 characters of A-Z a-z 0-9 . _ : -")
+		return
+	}
 	t, err := a.opt.Store.Tenant(r.Context(), r.PathValue("tenant"))
 	if errors.Is(err, store.ErrNotFound) {
 		httpjson.Errorf(w, http.StatusNotFound, "not_found", "no tenant %q", r.PathValue("tenant"))
@@ -203,7 +230,7 @@ func (a *API) createKey(w http.ResponseWriter, r *http.Request, p auth.Principal
 		Tenant string `json:"tenant"`
 		Role   string `json:"role"`
 	}
-	if err := httpjson.Decode(r, adminBodyLimit, &body); err != nil {
+	if err := decodeObject(r, &body); err != nil {
 		httpjson.Error(w, http.StatusBadRequest, "invalid_request", err.Error())
 		return
 	}
@@ -242,7 +269,12 @@ func (a *API) listKeys(w http.ResponseWriter, r *http.Request, _ auth.Principal)
 
 func (a *API) revokeKey(w http.ResponseWriter, r *http.Request, p auth.Principal) {
 	id := r.PathValue("id")
-	err := a.opt.Store.RevokeKey(r.Context(), id)
+	var err error
+	if _, perr := uuid.Parse(id); perr != nil || len(id) != 36 {
+		err = store.ErrNotFound // key ids are UUIDs: no other text names one
+	} else {
+		err = a.opt.Store.RevokeKey(r.Context(), id)
+	}
 	if errors.Is(err, store.ErrNotFound) {
 		httpjson.Errorf(w, http.StatusNotFound, "not_found", "no API key with id %q", id)
 		return

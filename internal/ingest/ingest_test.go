@@ -430,6 +430,13 @@ func TestAdminRoutes(t *testing.T) {
 		{"key with neither", "POST", "/v1/admin/keys", adminKey, `{}`, 400, "invalid_request"},
 		{"key with both", "POST", "/v1/admin/keys", adminKey, `{"tenant":"a","role":"admin"}`, 400, "invalid_request"},
 		{"revoke unknown key", "DELETE", "/v1/admin/keys/nope", adminKey, "", 404, "not_found"},
+		{"revoke unknown UUID", "DELETE", "/v1/admin/keys/0193a5c2-7d3e-7b2a-9f1e-3c4d5e6f7a8b", adminKey, "", 404, "not_found"},
+		{"revoke id with a NUL", "DELETE", "/v1/admin/keys/a%00b", adminKey, "", 404, "not_found"},
+		{"get plan, bad name", "GET", "/v1/admin/plans/a%00b", adminKey, "", 400, "invalid_request"},
+		{"get tenant, bad name", "GET", "/v1/admin/tenants/a%FFb", adminKey, "", 400, "invalid_request"},
+		{"tenant body null", "PUT", "/v1/admin/tenants/acme", adminKey, `null`, 400, "invalid_request"},
+		{"plan body an array", "PUT", "/v1/admin/plans/x", adminKey, `[]`, 400, "invalid_request"},
+		{"key body a string", "POST", "/v1/admin/keys", adminKey, `"admin"`, 400, "invalid_request"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

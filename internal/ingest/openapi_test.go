@@ -13,12 +13,15 @@ import (
 	"github.com/usagemeter/metering/internal/apidoc"
 )
 
+type parameter struct {
+	Ref      string `yaml:"$ref"`
+	Name, In string
+	Example  any
+}
+
 type operation struct {
-	Servers    []struct{ URL string } `yaml:"servers"`
-	Parameters []struct {
-		Name, In string
-		Example  any
-	} `yaml:"parameters"`
+	Servers     []struct{ URL string } `yaml:"servers"`
+	Parameters  []parameter            `yaml:"parameters"`
 	RequestBody struct {
 		Content map[string]struct {
 			Examples map[string]struct {
@@ -36,10 +39,23 @@ var rfc3339 = regexp.MustCompile(`20\d\d-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z`)
 // older than the dedup horizon are rejected by design.
 func TestOpenAPIExamplesAreAccepted(t *testing.T) {
 	var doc struct {
-		Paths map[string]map[string]yaml.Node `yaml:"paths"`
+		Paths      map[string]map[string]yaml.Node `yaml:"paths"`
+		Components struct {
+			Parameters map[string]parameter `yaml:"parameters"`
+		} `yaml:"components"`
 	}
 	if err := yaml.Unmarshal(apidoc.OpenAPI, &doc); err != nil {
 		t.Fatal(err)
+	}
+	resolve := func(ps []parameter) []parameter {
+		out := make([]parameter, len(ps))
+		for i, p := range ps {
+			if name, ok := strings.CutPrefix(p.Ref, "#/components/parameters/"); ok {
+				p = doc.Components.Parameters[name]
+			}
+			out[i] = p
+		}
+		return out
 	}
 	e := newEnv(t, envOpts{})
 	now := time.Now().UTC().Format(time.RFC3339)
@@ -60,20 +76,16 @@ func TestOpenAPIExamplesAreAccepted(t *testing.T) {
 				t.Errorf("%s %s: must name the ingest server", method, path)
 			}
 			url := path
-			var pathParams []struct {
-				Name, In string
-				Example  any
-			}
 			var shared struct {
-				Parameters []struct {
-					Name, In string
-					Example  any
-				} `yaml:"parameters"`
+				Parameters []parameter `yaml:"parameters"`
 			}
 			_ = yaml.Unmarshal(mustYAML(t, doc.Paths[path]), &shared)
-			pathParams = append(shared.Parameters, op.Parameters...)
+			params := resolve(append(shared.Parameters, op.Parameters...))
 			query := []string{}
-			for _, p := range pathParams {
+			// Header parameters (the ce-* attributes of a CloudEvent in
+			// binary content mode) go with the examples named "binary".
+			headers := http.Header{}
+			for _, p := range params {
 				if p.Example == nil {
 					continue
 				}
@@ -83,6 +95,8 @@ func TestOpenAPIExamplesAreAccepted(t *testing.T) {
 					url = strings.ReplaceAll(url, "{"+p.Name+"}", v)
 				case "query":
 					query = append(query, p.Name+"="+v)
+				case "header":
+					headers.Set(p.Name, rfc3339.ReplaceAllString(v, now))
 				}
 			}
 			if len(query) > 0 {
@@ -121,7 +135,14 @@ func TestOpenAPIExamplesAreAccepted(t *testing.T) {
 						body = string(b)
 					}
 					body = rfc3339.ReplaceAllString(body, now)
-					r := e.do(strings.ToUpper(method), url, adminKey, mediaType, body)
+					var r response
+					if name == "binary" && path == "/v1/events" {
+						h := headers.Clone()
+						h.Set("Content-Type", mediaType)
+						r = e.doHeaders(adminKey, h, body)
+					} else {
+						r = e.do(strings.ToUpper(method), url, adminKey, mediaType, body)
+					}
 					if r.status >= 300 {
 						t.Errorf("example %q of %s %s (%s) rejected: %d %s", name, strings.ToUpper(method), path, mediaType, r.status, r.raw)
 					}
