@@ -58,7 +58,9 @@ cleanup() {
   if [ -n "$db" ] && [ -z "$pg_started" ]; then
     psql "$admin_db" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
   fi
-  if [ -n "$pg_started" ]; then scripts/postgres.sh stop "$work/pg" >/dev/null 2>&1 || true; fi
+  if [ -n "$pg_started" ]; then
+    "$root/scripts/postgres.sh" stop "$work/pg" >/dev/null || echo "schemathesis: could not stop the throwaway Postgres" >&2
+  fi
   if [ "$status" != 0 ]; then
     for log in "$work"/*.log; do
       [ -s "$log" ] && { echo "--- last lines of $(basename "$log")" >&2; tail -n 20 "$log" >&2; }
@@ -89,7 +91,7 @@ go build -o "$work/bin/" ./cmd/ingest ./cmd/devbroker ./cmd/biller ./cmd/stripef
 
 admin_db=${TEST_DATABASE_URL:-${DATABASE_URL:-}}
 if [ -z "$admin_db" ]; then
-  admin_db=$(scripts/postgres.sh start "$work/pg" "$(free_port)")
+  admin_db=$("$root/scripts/postgres.sh" start "$work/pg" "$(free_port)")
   pg_started=1
 fi
 db="metering_schemathesis_$$_$RANDOM"
