@@ -43,7 +43,8 @@ type Options struct {
 	MaxBodyBytes          int64
 	Logger                *slog.Logger
 	Registry              prometheus.Registerer
-	// Now is the clock of the rate limiters; nil means time.Now.
+	// Now is the service's clock: rate limiters, and the current period of
+	// reads (usage, quotas, bill); nil means time.Now.
 	Now func() time.Time
 }
 

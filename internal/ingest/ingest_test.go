@@ -46,6 +46,7 @@ type envOpts struct {
 	keyBurst, ipBurst int
 	maxBody           int64
 	publishTimeout    time.Duration
+	now               func() time.Time // nil: time.Now
 }
 
 func newEnv(t testing.TB, o envOpts) *env {
@@ -82,6 +83,7 @@ func newEnv(t testing.TB, o envOpts) *env {
 		MaxBodyBytes: o.maxBody,
 		Logger:       slog.New(slog.DiscardHandler),
 		Registry:     reg,
+		Now:          o.now,
 	})
 	mux := http.NewServeMux()
 	service.Mount(mux, reg, map[string]service.Check{"postgres": st.Ping})

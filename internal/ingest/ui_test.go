@@ -27,13 +27,15 @@ func chromium(t *testing.T) string {
 // TestUsagePageShowsWhatTheAPISays opens /ui in headless Chromium with a
 // tenant key and checks that every number on the page equals the API's.
 func TestUsagePageShowsWhatTheAPISays(t *testing.T) {
-	e := newEnv(t, envOpts{})
+	// The projected bill scales by the time elapsed in the month, so the
+	// page and the test's own read must see one instant.
+	now := time.Now().UTC()
+	e := newEnv(t, envOpts{now: func() time.Time { return now }})
 	_, key := e.createKey(`{"tenant":"acme"}`)
 	e.do("PUT", "/v1/admin/plans/free", adminKey, "application/json", `{"currency":"eur","quotas":[
 		{"metric":"api_calls","limit":1000,"burst_percent":20,"hard":true,"unit_price":"0.002"},
 		{"metric":"tokens","limit":null,"unit_price":"0.0000015"}]}`)
 	e.do("PUT", "/v1/admin/tenants/acme", adminKey, "application/json", `{"plan":"free"}`)
-	now := time.Now().UTC()
 	month := time.Date(now.Year(), now.Month(), 1, 0, 0, 0, 0, time.UTC)
 	day := now.Truncate(24 * time.Hour)
 	e.db.Exec(t, `INSERT INTO usage_windows (tenant, metric, granularity, window_start, value, events) VALUES
