@@ -1,7 +1,7 @@
 # The developer's and CI's commands. `make test` is all CI runs.
 GO ?= go
 
-.PHONY: build test lint run demo bench bench-quick chaos fuzz kafka clean
+.PHONY: build test lint run demo bench bench-quick chaos fuzz kafka schemathesis clean
 
 build:
 	$(GO) build -o bin/ ./cmd/...
@@ -16,6 +16,11 @@ lint:
 
 run:
 	scripts/run.sh
+
+# schemathesis against the OpenAPI document the services serve, with real
+# keys (part of make test); SCHEMATHESIS_EXAMPLES, SCHEMATHESIS_SEED.
+schemathesis:
+	scripts/schemathesis.sh
 
 # A real Apache Kafka KRaft cluster from the broker's jars (fetched with mvn,
 # cached outside the repository) in the foreground; prints
@@ -50,6 +55,7 @@ bench-quick:
 FUZZTIME ?= 30s
 FUZZ_TARGETS = \
 	FuzzDecodeJSON:./events FuzzDecodeNDJSON:./events FuzzDecodeCloudEvent:./events FuzzDecodeCloudEventBatch:./events \
+	FuzzDecodeCloudEventBinary:./events \
 	FuzzParseUsageQuery:./internal/ingest FuzzParsePeriod:./internal/biller FuzzFlags:./internal/cli FuzzLoad:./internal/config
 fuzz:
 	for t in $(FUZZ_TARGETS); do \

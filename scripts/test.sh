@@ -2,9 +2,10 @@
 # `make test`: installs what the tests need when it is missing (Postgres,
 # Chromium, kcat, a JDK and Maven from Debian's packages; stripe-mock with
 # go install; the Apache Kafka broker's jars with mvn, cached outside the
-# repository), starts a throwaway Postgres when none answers, then runs vet,
-# every Go test with the race detector, and the real-Kafka suite on each
-# version in KAFKA_SUITE_VERSIONS. A missing dependency fails; nothing is
+# repository; schemathesis from PyPI into a virtualenv), starts a throwaway
+# Postgres when none answers, then runs vet, every Go test with the race
+# detector, schemathesis against the served OpenAPI document, and the
+# real-Kafka suite on each version in KAFKA_SUITE_VERSIONS. A missing dependency fails; nothing is
 # skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,4 +42,6 @@ go vet ./...
 # The real-Kafka suite runs alone afterwards: its three brokers per
 # scenario need the machine's cores to themselves.
 go test -race -count=1 -timeout 15m $(go list ./... | grep -v /internal/kafkasuite)
+# schemathesis against the served OpenAPI document, with real keys.
+scripts/schemathesis.sh
 go test -race -count=1 -timeout 30m -v -run TestOnApacheKafka ./internal/kafkasuite
