@@ -200,11 +200,20 @@ func (a *Aggregator) evaluateQuotas(ctx context.Context, tx pgx.Tx, counted []*d
 			}
 		}
 	}
+	// Consumers see a tenant's breaches in the order usage crossed them:
+	// per tenant, metric and period, warning before exceeded before blocked.
+	rank := quota.Reached(quota.Blocked) // lowest first
 	slices.SortFunc(breaches, func(x, y quota.Breach) int {
-		if c := compareStrings(x.Tenant+x.Metric, y.Tenant+y.Metric); c != 0 {
+		if c := compareStrings(x.Tenant, y.Tenant); c != 0 {
 			return c
 		}
-		return x.PeriodStart.Compare(y.PeriodStart)
+		if c := compareStrings(x.Metric, y.Metric); c != 0 {
+			return c
+		}
+		if c := x.PeriodStart.Compare(y.PeriodStart); c != 0 {
+			return c
+		}
+		return slices.Index(rank, quota.State(x.Threshold)) - slices.Index(rank, quota.State(y.Threshold))
 	})
 	msgs := make([]outboxMsg, len(breaches))
 	for i, b := range breaches {

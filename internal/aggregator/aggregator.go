@@ -6,6 +6,8 @@
 // Invariant: the service is ready only while it is a member of the
 // consumer group; its state lives entirely in Postgres, so any instance
 // may be killed at any moment and another resumes where it stopped.
+// Retention runs only in the replica elected leader of the loop
+// "retention" (internal/leader), shown as metering_leader{loop="retention"}.
 package aggregator
 
 import (
@@ -22,6 +24,7 @@ import (
 	"github.com/usagemeter/metering/internal/aggregate"
 	"github.com/usagemeter/metering/internal/config"
 	"github.com/usagemeter/metering/internal/consumer"
+	"github.com/usagemeter/metering/internal/leader"
 	"github.com/usagemeter/metering/internal/migrate"
 	"github.com/usagemeter/metering/internal/outbox"
 	"github.com/usagemeter/metering/internal/service"
@@ -56,6 +59,7 @@ func Run(ctx context.Context, cfg config.Aggregator, log *slog.Logger, ready fun
 	writer := outbox.NewWriter(cfg.KafkaBrokers)
 	defer writer.Close()
 	relay := outbox.New(pool, writer, log, reg)
+	retentionLeader := leader.New(pool, RetentionLoop, leader.Options{Logger: log, Registerer: reg})
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -63,7 +67,12 @@ func Run(ctx context.Context, cfg config.Aggregator, log *slog.Logger, ready fun
 	errc := make(chan error, 3)
 	wg.Go(func() { errc <- cons.Run(ctx) })
 	wg.Go(func() { errc <- relay.Run(ctx) })
-	wg.Go(func() { retention(ctx, pool, relay, cfg, log) })
+	wg.Go(func() {
+		_ = retentionLeader.Run(ctx, func(ctx context.Context) error {
+			retention(ctx, pool, relay, cfg, log)
+			return nil
+		})
+	})
 
 	mux := http.NewServeMux()
 	service.Mount(mux, reg, map[string]service.Check{
@@ -75,6 +84,9 @@ func Run(ctx context.Context, cfg config.Aggregator, log *slog.Logger, ready fun
 	wg.Wait()
 	return err
 }
+
+// RetentionLoop names the retention job's leadership.
+const RetentionLoop = "retention"
 
 // retention deletes ledger rows past the horizon and old published outbox
 // rows every cfg.RetentionInterval.
