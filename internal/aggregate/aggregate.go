@@ -7,8 +7,11 @@
 // offset the batch started from, so a member that lost its partition in a
 // rebalance cannot commit over the new owner (ErrFenced), and the ledger's
 // key on (tenant, id) makes a resent event count once whatever path it
-// took. Nothing in a batch can fail it for good: a record that cannot be
-// counted becomes a dead letter, and the partition moves on.
+// took. No record's bytes can fail a batch: a record that cannot be
+// counted (null, not UTF-8, NUL or control characters anywhere, huge)
+// becomes a dead letter that keeps its key, value and headers byte for
+// byte, with only sanitised text in text columns, and the partition moves
+// on (TestApplyHostileRecordsProperty, FuzzApplyHostileRecords).
 package aggregate
 
 import (
@@ -35,14 +38,22 @@ import (
 // started: another consumer owns the partition now.
 var ErrFenced = errors.New("partition offset moved: another consumer owns this partition")
 
-// Record is one message of usage.events.
+// Record is one message of usage.events. Key, Value and Headers may hold
+// any bytes at all; a nil Value is a tombstone.
 type Record struct {
 	Partition int
 	Offset    int64
 	Key       []byte
 	Value     []byte
+	Headers   []Header
 	// Time is the broker's timestamp of the record.
 	Time time.Time
+}
+
+// Header is one record header, kept byte for byte in dead letters.
+type Header struct {
+	Key   string
+	Value []byte
 }
 
 // Config of an Aggregator.
@@ -92,6 +103,9 @@ const (
 	ClassUndecodable = "undecodable"
 	ClassInvalid     = "invalid"
 	ClassTooOld      = "too_old"
+	// ClassUnprocessable is a record the database refused (a constraint
+	// or data error) that the consumer isolated from its batch.
+	ClassUnprocessable = "unprocessable"
 )
 
 // NextOffset returns where partition resumes: the stored offset, or -1
@@ -120,6 +134,10 @@ type decoded struct {
 
 func (a *Aggregator) decode(rec Record, now time.Time) decoded {
 	d := decoded{rec: rec}
+	if rec.Value == nil {
+		d.class, d.err = ClassUndecodable, "the record has a null value (a tombstone)"
+		return d
+	}
 	if !utf8.Valid(rec.Value) {
 		d.class, d.err = ClassUndecodable, "the record is not valid UTF-8"
 		return d
@@ -127,7 +145,7 @@ func (a *Aggregator) decode(rec Record, now time.Time) decoded {
 	if err := d.ev.UnmarshalJSON(rec.Value); err != nil {
 		// JSON that is not an event object is undecodable; an object
 		// with wrong fields is an invalid event.
-		d.class, d.err = ClassInvalid, err.Error()
+		d.class, d.err = ClassInvalid, Sanitize(err.Error())
 		if ve, ok := events.AsValidationError(err); !ok || slices.ContainsFunc(ve.Errors, func(fe events.FieldError) bool { return fe.Field == "" }) {
 			d.class = ClassUndecodable
 		}
@@ -135,7 +153,7 @@ func (a *Aggregator) decode(rec Record, now time.Time) decoded {
 	}
 	v := events.Validator{Horizon: a.cfg.Horizon, Now: func() time.Time { return now }}
 	if errs := v.Validate(0, d.ev); len(errs) > 0 {
-		d.class, d.err = ClassInvalid, (&events.ValidationError{Errors: errs}).Error()
+		d.class, d.err = ClassInvalid, Sanitize((&events.ValidationError{Errors: errs}).Error())
 		for _, fe := range errs {
 			if fe.Field == "time" && d.ev.Time.Before(now.Add(-a.cfg.Horizon)) {
 				d.class = ClassTooOld

@@ -15,7 +15,7 @@ import (
 
 var now = time.Date(2026, 11, 21, 19, 0, 0, 0, time.UTC)
 
-func newAgg(t *testing.T) (*aggregate.Aggregator, *pgtest.DB) {
+func newAgg(t testing.TB) (*aggregate.Aggregator, *pgtest.DB) {
 	t.Helper()
 	db := pgtest.New(t)
 	return aggregate.New(db.Pool, aggregate.Config{

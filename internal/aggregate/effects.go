@@ -2,6 +2,7 @@ package aggregate
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -46,7 +47,9 @@ func insertOutbox(ctx context.Context, tx pgx.Tx, msgs []outboxMsg) error {
 }
 
 // deadLetters records undecodable, invalid and too-old records and queues
-// them for usage.events.dlq with the reason headers.
+// them for usage.events.dlq with the reason headers. The raw key, value
+// and headers go to bytea columns byte for byte; only sanitised text goes
+// to text columns, so no record can fail the insert.
 func (a *Aggregator) deadLetters(ctx context.Context, tx pgx.Tx, batch []decoded, now time.Time, res *Result) error {
 	var dead []*decoded
 	for i := range batch {
@@ -60,31 +63,58 @@ func (a *Aggregator) deadLetters(ctx context.Context, tx pgx.Tx, batch []decoded
 	n := len(dead)
 	tenants, errs, classes := make([]string, n), make([]string, n), make([]string, n)
 	parts, offs := make([]int32, n), make([]int64, n)
-	payloads := make([][]byte, n)
+	keys, payloads, hkeys, hvals := make([][]byte, n), make([][]byte, n), make([]string, n), make([]string, n)
 	for i, d := range dead {
 		tenant := d.ev.Tenant
 		if tenant == "" {
 			tenant = string(d.rec.Key)
 		}
-		tenants[i], errs[i], classes[i], parts[i], offs[i], payloads[i] = tenant, d.err, d.class, int32(d.rec.Partition), d.rec.Offset, d.rec.Value
+		tenants[i], errs[i], classes[i], parts[i], offs[i] = Sanitize(tenant), Sanitize(d.err), d.class, int32(d.rec.Partition), d.rec.Offset
+		keys[i], payloads[i] = d.rec.Key, d.rec.Value
+		hkeys[i], hvals[i] = byteaArray(d.rec.Headers, func(h Header) []byte { return []byte(h.Key) }),
+			byteaArray(d.rec.Headers, func(h Header) []byte { return h.Value })
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO usage_dlq (tenant, error, error_class, source_topic, source_partition, source_offset, payload, failed_at)
-		SELECT t, e, c, $7, p, o, v, $8 FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::bigint[], $6::bytea[]) AS b(t, e, c, p, o, v)
+	// Headers travel as text literals of bytea arrays (all hex), since a
+	// batch's headers are arrays of arrays of unequal lengths.
+	if _, err := tx.Exec(ctx, `INSERT INTO usage_dlq (tenant, error, error_class, source_topic, source_partition, source_offset,
+			msg_key, payload, header_keys, header_values, failed_at)
+		SELECT t, e, c, $10, p, o, k, v, hk::bytea[], hv::bytea[], $11
+		FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::bigint[], $6::bytea[], $7::bytea[], $8::text[], $9::text[])
+			AS b(t, e, c, p, o, k, v, hk, hv)
 		ON CONFLICT (source_topic, source_partition, source_offset) DO NOTHING`,
-		tenants, errs, classes, parts, offs, payloads, a.cfg.Topic, now); err != nil {
+		tenants, errs, classes, parts, offs, keys, payloads, hkeys, hvals, a.cfg.Topic, now); err != nil {
 		return fmt.Errorf("recording dead letters: %w", err)
 	}
 	msgs := make([]outboxMsg, n)
 	for i, d := range dead {
-		a.cfg.Logger.WarnContext(ctx, "dead letter", "class", d.class, "error", d.err, "partition", d.rec.Partition, "offset", d.rec.Offset)
-		msgs[i] = outboxMsg{topic: topics.UsageEventsDLQ, key: []byte(tenants[i]), value: d.rec.Value, headers: map[string]string{
-			"error": d.err, "error-class": d.class, "source-topic": a.cfg.Topic,
+		a.cfg.Logger.WarnContext(ctx, "dead letter", "class", d.class, "error", errs[i], "partition", d.rec.Partition, "offset", d.rec.Offset)
+		value := d.rec.Value
+		if value == nil {
+			value = []byte{} // the outbox holds a value; a tombstone goes out empty
+		}
+		msgs[i] = outboxMsg{topic: topics.UsageEventsDLQ, key: d.rec.Key, value: value, headers: map[string]string{
+			"error": errs[i], "error-class": d.class, "source-topic": a.cfg.Topic,
 			"source-partition": strconv.Itoa(d.rec.Partition), "source-offset": strconv.FormatInt(d.rec.Offset, 10),
 			"failed-at": now.Format(time.RFC3339Nano),
 		}}
 	}
-	res.DeadLettered = n
+	res.DeadLettered += n
 	return insertOutbox(ctx, tx, msgs)
+}
+
+// byteaArray writes one field of each header as a Postgres bytea[] literal
+// of hex strings, such as {"\\x6b6579"}: plain ASCII whatever the bytes.
+func byteaArray(hs []Header, field func(Header) []byte) string {
+	b := []byte{'{'}
+	for i, h := range hs {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `"\\x`...)
+		b = hex.AppendEncode(b, field(h))
+		b = append(b, '"')
+	}
+	return string(append(b, '}'))
 }
 
 // corrections records counted usage whose billing month had already ended

@@ -1,6 +1,7 @@
 package aggregate
 
 import (
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,6 +20,18 @@ type Metrics struct {
 	// KafkaCommitErrors counts failed copies of committed offsets to the
 	// group in Kafka (informational; Postgres holds the offsets).
 	KafkaCommitErrors prometheus.Counter
+	// Stalled is 1 for a partition that cannot make progress (see the
+	// consumer's Ready), 0 once it moves again.
+	Stalled *prometheus.GaugeVec
+	// Retries counts failed batch attempts by kind: transient (database
+	// or network outage, retried with backoff), record (a record the
+	// database refuses; the batch is bisected), other (retried).
+	Retries *prometheus.CounterVec
+	// Isolated counts records dead-lettered as unprocessable by bisection.
+	Isolated prometheus.Counter
+	// ReaderRestarts counts partition readers restarted after an error.
+	ReaderRestarts *prometheus.CounterVec
+	lostRecords    *prometheus.CounterVec
 }
 
 // NewMetrics registers the aggregator's metrics on reg.
@@ -56,6 +69,26 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Failed copies of committed offsets to the consumer group in Kafka (informational: offsets live in Postgres).",
 		}),
 	}
+	m.Stalled = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "metering_aggregator_partition_stalled",
+		Help: "1 while a partition of this instance cannot make progress (database down too long, or the same offset failing again and again).",
+	}, []string{"partition"})
+	m.Retries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "metering_aggregator_batch_retries_total",
+		Help: "Failed batch attempts by kind: transient (outage, retried with backoff), record (bisected to the offending record), other (retried).",
+	}, []string{"kind"})
+	m.Isolated = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "metering_aggregator_isolated_records_total",
+		Help: "Records the database refused, isolated from their batch and dead-lettered as unprocessable.",
+	})
+	m.ReaderRestarts = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "metering_aggregator_reader_restarts_total", Help: "Partition readers restarted after an error, by partition.",
+	}, []string{"partition"})
+	m.lostRecords = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "metering_aggregator_lost_records_total",
+		Help: "Records deleted from the log (retention) before they were counted, by partition; each gap has a consumer_lost_records row.",
+	}, []string{"partition"})
+	reg.MustRegister(m.Stalled, m.Retries, m.Isolated, m.ReaderRestarts, m.lostRecords)
 	reg.MustRegister(m.events, m.batchSize, m.batchTime, m.breaches, m.Lag, m.Assigned, m.Rebalances, m.BatchErrors, m.KafkaCommitErrors)
 	return m
 }
@@ -74,4 +107,11 @@ func (m *Metrics) observe(r Result, records int, took time.Duration) {
 	for _, b := range r.Breaches {
 		m.breaches.WithLabelValues(b.Threshold).Inc()
 	}
+}
+
+func (m *Metrics) lost(partition int, n int64) {
+	if m == nil {
+		return
+	}
+	m.lostRecords.WithLabelValues(strconv.Itoa(partition)).Add(float64(n))
 }

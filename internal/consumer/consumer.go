@@ -219,7 +219,11 @@ func (c *Consumer) fetchBatch(ctx context.Context, r *kafka.Reader) ([]aggregate
 }
 
 func record(m kafka.Message) aggregate.Record {
-	return aggregate.Record{Partition: m.Partition, Offset: m.Offset, Key: m.Key, Value: m.Value, Time: m.Time}
+	var hs []aggregate.Header
+	for _, h := range m.Headers {
+		hs = append(hs, aggregate.Header{Key: h.Key, Value: h.Value})
+	}
+	return aggregate.Record{Partition: m.Partition, Offset: m.Offset, Key: m.Key, Value: m.Value, Headers: hs, Time: m.Time}
 }
 
 // applyWithRetry commits the batch, retrying transient failures (Postgres

@@ -10,6 +10,7 @@
 package dlq
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
 	"fmt"
@@ -25,17 +26,23 @@ import (
 
 // Record is one dead letter.
 type Record struct {
-	ID              int64      `json:"id"`
-	Tenant          string     `json:"tenant"`
-	Error           string     `json:"error"`
-	ErrorClass      string     `json:"error_class"`
-	SourceTopic     string     `json:"source_topic"`
-	SourcePartition int        `json:"source_partition"`
-	SourceOffset    int64      `json:"source_offset"`
-	Payload         string     `json:"payload"`
-	FailedAt        time.Time  `json:"failed_at"`
-	Status          string     `json:"status"`
-	ResolvedAt      *time.Time `json:"resolved_at,omitempty"`
+	ID              int64  `json:"id"`
+	Tenant          string `json:"tenant"`
+	Error           string `json:"error"`
+	ErrorClass      string `json:"error_class"`
+	SourceTopic     string `json:"source_topic"`
+	SourcePartition int    `json:"source_partition"`
+	SourceOffset    int64  `json:"source_offset"`
+	// Key and Payload are the record's raw bytes: as text when they are
+	// UTF-8, else "hex:" and their hex digits. A null Kafka key or value
+	// (a tombstone) is "" with KeyNull or PayloadNull set.
+	Key         string     `json:"key"`
+	KeyNull     bool       `json:"key_null,omitempty"`
+	Payload     string     `json:"payload"`
+	PayloadNull bool       `json:"payload_null,omitempty"`
+	FailedAt    time.Time  `json:"failed_at"`
+	Status      string     `json:"status"`
+	ResolvedAt  *time.Time `json:"resolved_at,omitempty"`
 }
 
 // Queue is the usage dead-letter queue.
@@ -47,29 +54,37 @@ type Queue struct {
 func New(pool *pgxpool.Pool) *Queue { return &Queue{pool: pool} }
 
 // List returns records with status ("" for all), oldest first, at most
-// limit. A payload that is not UTF-8 is shown as "hex:" and its hex digits.
+// limit. A key or payload that is not UTF-8 (or holds a NUL) is shown as
+// "hex:" and its hex digits.
 func (q *Queue) List(ctx context.Context, status string, limit int) ([]Record, error) {
 	rows, err := q.pool.Query(ctx, `SELECT id, tenant, error, error_class, source_topic, source_partition, source_offset,
-		payload, failed_at, status, resolved_at
+		msg_key, payload, failed_at, status, resolved_at
 		FROM usage_dlq WHERE $1 = '' OR status = $1 ORDER BY id LIMIT $2`, status, limit)
 	if err != nil {
 		return nil, fmt.Errorf("listing dead letters: %w", err)
 	}
 	recs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Record, error) {
 		var rec Record
-		var payload []byte
+		var key, payload []byte
 		err := r.Scan(&rec.ID, &rec.Tenant, &rec.Error, &rec.ErrorClass, &rec.SourceTopic, &rec.SourcePartition,
-			&rec.SourceOffset, &payload, &rec.FailedAt, &rec.Status, &rec.ResolvedAt)
-		rec.Payload = string(payload)
-		if !utf8.Valid(payload) {
-			rec.Payload = "hex:" + hex.EncodeToString(payload)
-		}
+			&rec.SourceOffset, &key, &payload, &rec.FailedAt, &rec.Status, &rec.ResolvedAt)
+		rec.Key, rec.KeyNull = printable(key)
+		rec.Payload, rec.PayloadNull = printable(payload)
 		return rec, err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("listing dead letters: %w", err)
 	}
 	return recs, nil
+}
+
+// printable shows raw bytes as text when they are UTF-8 without NUL, else
+// as "hex:" and hex digits; it also says whether they were null.
+func printable(b []byte) (string, bool) {
+	if utf8.Valid(b) && !bytes.ContainsRune(b, 0) {
+		return string(b), b == nil
+	}
+	return "hex:" + hex.EncodeToString(b), false
 }
 
 // ErrNothingPending is returned when none of the records named by id is
@@ -80,11 +95,14 @@ var queue = dlqaudit.Queue{Name: "usage", Table: "usage_dlq", Stamp: "resolved_a
 
 // Replay queues the pending records ids (all pending ones when all is
 // true) for usage.events through the outbox, marks them replayed and
-// audits the action. It returns the ids replayed.
+// audits the action. It returns the ids replayed. The original key and
+// value bytes are published again; a tombstone goes out with an empty
+// value (the outbox holds a value), and the original headers are not
+// re-sent: the dlq-replay-of header names the dead letter instead.
 func (q *Queue) Replay(ctx context.Context, ids []int64, all bool, actor, note string) ([]int64, error) {
 	return q.resolve(ctx, "replay", "replayed", ids, all, actor, note, func(tx pgx.Tx, done []int64) error {
 		_, err := tx.Exec(ctx, `INSERT INTO outbox (topic, msg_key, msg_value, headers)
-			SELECT $1, convert_to(tenant, 'UTF8'), payload, jsonb_build_object('dlq-replay-of', id::text)
+			SELECT $1, msg_key, coalesce(payload, ''::bytea), jsonb_build_object('dlq-replay-of', id::text)
 			FROM usage_dlq WHERE id = ANY($2) ORDER BY id`, topics.UsageEvents, done)
 		if err != nil {
 			return fmt.Errorf("queueing replays: %w", err)
