@@ -42,16 +42,21 @@ func TestAtLeastOnceAcrossCrashes(t *testing.T) {
 	w := outbox.NewWriter(kc.Brokers())
 	defer w.Close()
 
+	relay := func(w outbox.Writer) *outbox.Relay {
+		r := outbox.New(db.Pool, w, quiet, nil)
+		r.SetRetry(outbox.DefaultMaxAttempts, 0) // retry at once
+		return r
+	}
 	// Kafka down: nothing published, nothing marked.
-	if _, err := outbox.New(db.Pool, down{}, quiet, nil).PublishPending(ctx); err == nil {
+	if _, err := relay(down{}).PublishPending(ctx); err == nil {
 		t.Fatal("PublishPending with Kafka down succeeded")
 	}
 	// Published, then a crash before marking: the rows stay pending.
-	if _, err := outbox.New(db.Pool, crashAfterWrite{w}, quiet, nil).PublishPending(ctx); err == nil {
+	if _, err := relay(crashAfterWrite{w}).PublishPending(ctx); err == nil {
 		t.Fatal("crash not reported")
 	}
 	// The restarted relay publishes them again and marks them.
-	n, err := outbox.New(db.Pool, w, quiet, nil).PublishPending(ctx)
+	n, err := relay(w).PublishPending(ctx)
 	if err != nil || n != 2 {
 		t.Fatalf("PublishPending = %d, %v", n, err)
 	}
