@@ -118,11 +118,16 @@ func DLQCommand(ctx context.Context, cfg config.Biller, log *slog.Logger, sub st
 		enc.SetIndent("", "  ")
 		return enc.Encode(d)
 	case "replay":
-		sent, again, err := b.Replay(ctx, ids, flags["all"] == "true", actor)
+		r, err := b.Replay(ctx, ids, flags["all"] == "true", actor)
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(out, "replayed with the original identifiers: %d sent, %d back in the DLQ\n", sent, again)
+		fmt.Fprintf(out, "replayed: %d sent with their original identifiers, %d back in the DLQ\n", r.Sent, r.Dead)
+		if r.Landed+r.Replaced+r.Waiting > 0 {
+			fmt.Fprintf(out, "older than %s (Stripe may have forgotten their identifiers), checked against Stripe's summaries: "+
+				"%d had arrived and are marked sent, %d replaced by new pushes for what was missing, %d groups wait for Stripe's summaries to settle (the next sync checks them)\n",
+				billing.DedupHorizon, r.Landed, r.Replaced, r.Waiting)
+		}
 		return nil
 	case "discard":
 		n, err := b.Discard(ctx, ids, actor, flags["note"])

@@ -4,12 +4,17 @@
 // rate limit and a dead-letter queue, and it reconciles the result against
 // Stripe's own summaries.
 //
-// Invariant: idempotent all the way to Stripe. A push is recorded as an
-// intent (with its deterministic identifier) before the call and marked
-// with its outcome after; a crash in between, a retry or a DLQ replay
-// re-sends the same identifier and Idempotency-Key, so Stripe counts it
-// once. A delta is never claimed twice: pushes in flight or dead-lettered
-// count as claimed until they are sent or cancelled.
+// Invariant: idempotent all the way to Stripe, with any number of billers
+// running at once. A push is recorded as an intent (with its deterministic
+// identifier) before the call and marked with its outcome after; a crash
+// in between, a retry or a DLQ replay within Stripe's 24-hour identifier
+// memory re-sends the same identifier and Idempotency-Key, so Stripe
+// counts it once. A delta is never claimed twice, even by two billers
+// planning the same month at once (locks.go): pushes in flight or
+// dead-lettered count as claimed until they are sent or cancelled, so
+// Stripe's running total never exceeds the metered total. A push older
+// than that memory is never re-sent as it is: Stripe's summary decides
+// whether it landed, and only the shortfall is sent (landed.go).
 package billing
 
 import (
@@ -55,6 +60,10 @@ type Config struct {
 	BackoffMin, BackoffMax time.Duration
 	// Concurrency is how many pushes run at once; default 8.
 	Concurrency int
+	// SummaryLag is how long after a call Stripe's event summaries may
+	// not show it yet; a group of pushes is checked against its summary
+	// only when nothing of it was sent for that long. Default 10m.
+	SummaryLag time.Duration
 	// Now is the clock; nil means time.Now.
 	Now     func() time.Time
 	Logger  *slog.Logger
@@ -67,6 +76,9 @@ type Biller struct {
 	stripe  Stripe
 	cfg     Config
 	limiter *rate.Limiter
+	// skipLandedCheck sends old pushes as they are; tests set it to show
+	// what the check prevents.
+	skipLandedCheck bool
 }
 
 // New returns a Biller.
@@ -85,6 +97,9 @@ func New(pool *pgxpool.Pool, st Stripe, cfg Config) *Biller {
 	}
 	if cfg.Concurrency <= 0 {
 		cfg.Concurrency = 8
+	}
+	if cfg.SummaryLag <= 0 {
+		cfg.SummaryLag = aggregationGrace
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -106,7 +121,10 @@ func Identifier(tenant, metric string, period time.Time, cumulative string, gene
 // SyncResult counts what one Sync did.
 type SyncResult struct {
 	Intents, Sent, Dead, Carried, Cancelled int
-	Unmapped                                []string // "tenant/metric": no customer or no meter
+	// Landed, Replaced and Waiting count old open pushes checked against
+	// Stripe's summaries; see SendResult.
+	Landed, Replaced, Waiting int
+	Unmapped                  []string // "tenant/metric": no customer or no meter
 }
 
 // Open reports how many pushes are intents and how many are dead-lettered.
@@ -136,8 +154,8 @@ func (b *Biller) Sync(ctx context.Context) (SyncResult, error) {
 	if err := b.planIntents(ctx, meters, &res); err != nil {
 		return res, err
 	}
-	sent, dead, err := b.SendOpen(ctx, false)
-	res.Sent, res.Dead = sent, dead
+	sent, err := b.send(ctx, meters, `status = 'intent'`)
+	res.Sent, res.Dead, res.Landed, res.Replaced, res.Waiting = sent.Sent, sent.Dead, sent.Landed, sent.Replaced, sent.Waiting
 	return res, err
 }
 
@@ -200,40 +218,8 @@ func (b *Biller) planIntents(ctx context.Context, meters map[string]string, res 
 			res.Unmapped = append(res.Unmapped, p.tenant+"/"+p.metric)
 			continue
 		}
-		delta := new(big.Int).Sub(p.metered, p.claimed)
-		periodEnd := windows.Month.End(p.period)
-		ts, billed, carried := now, current, false
-		switch {
-		case now.Before(periodEnd):
-			// The open month: stamp it now.
-		case p.final || periodEnd.Add(-time.Second).Before(now.Add(-35*24*time.Hour+time.Hour)):
-			// The invoice is final, or Stripe no longer takes events for
-			// the month: carry the usage into the current one.
-			carried = true
-		default:
-			ts, billed = periodEnd.Add(-time.Second), p.period
-		}
-		cumulative := p.metered.String()
-		id := Identifier(p.tenant, p.metric, p.period, cumulative, p.generation)
-		tag, err := b.pool.Exec(ctx, `INSERT INTO billing_pushes (tenant, metric, period_start, billed_period_start, stripe_customer_id, event_name,
-				cumulative_total, delta, identifier, event_timestamp, carried)
-			VALUES ($1, $2, $3, $4, $5, $6, $7::numeric, $8::numeric, $9, $10, $11) ON CONFLICT (identifier) DO NOTHING`,
-			p.tenant, p.metric, p.period, billed, p.customer, p.eventName, cumulative, delta.String(), id, ts, carried)
-		if err != nil {
-			return fmt.Errorf("recording intent for %s/%s: %w", p.tenant, p.metric, err)
-		}
-		if tag.RowsAffected() == 1 {
-			// Late usage the aggregator recorded for this month is now on its way.
-			if _, err := b.pool.Exec(ctx, `UPDATE usage_corrections SET reconciled_at = now()
-				WHERE tenant = $1 AND metric = $2 AND period_start = $3 AND reconciled_at IS NULL`, p.tenant, p.metric, p.period); err != nil {
-				return fmt.Errorf("marking corrections of %s/%s reconciled: %w", p.tenant, p.metric, err)
-			}
-			res.Intents++
-			if carried {
-				res.Carried++
-				b.cfg.Logger.WarnContext(ctx, "late usage for a closed period carried into the current one",
-					"tenant", p.tenant, "metric", p.metric, "period", p.period.Format("2006-01"), "value", delta.String())
-			}
+		if err := b.planOne(ctx, p.tenant, p.metric, p.customer, p.eventName, p.period, p.final, now, res); err != nil {
+			return err
 		}
 	}
 	if len(res.Unmapped) > 0 {
@@ -244,41 +230,172 @@ func (b *Biller) planIntents(ctx context.Context, meters map[string]string, res 
 	return nil
 }
 
+// stamp decides where usage of the metered month period goes at now:
+// the event timestamp, the billed month, and whether it is carried into
+// the current month (the invoice is final, or Stripe no longer takes
+// events for the month).
+func stamp(period, now time.Time, final bool) (ts, billed time.Time, carried bool) {
+	periodEnd := windows.Month.End(period)
+	switch {
+	case now.Before(periodEnd):
+		return now, windows.Month.Start(now), false // the open month: stamp it now
+	case final || periodEnd.Add(-time.Second).Before(now.Add(-35*24*time.Hour+time.Hour)):
+		return now, windows.Month.Start(now), true
+	default:
+		return periodEnd.Add(-time.Second), period, false
+	}
+}
+
+// planOne records the intent that brings (tenant, metric, period) to its
+// metered total, under the pair's and then the group's lock, re-reading
+// the claimed total and the metered one inside: a biller planning the same
+// pair at the same time waits, then finds nothing left to claim.
+func (b *Biller) planOne(ctx context.Context, tenant, metric, customer, eventName string, period time.Time, final bool, now time.Time, res *SyncResult) error {
+	ts, billed, carried := stamp(period, now, final)
+	var delta *big.Int
+	inserted := false
+	err := pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
+		if err := lockPair(ctx, tx, tenant, metric, period); err != nil {
+			return err
+		}
+		if err := lockGroup(ctx, tx, group{customer: customer, eventName: eventName, billed: billed}); err != nil {
+			return err
+		}
+		var metered, claimed pgtype.Numeric
+		var generation int
+		if err := tx.QueryRow(ctx, `SELECT coalesce((SELECT value FROM usage_windows WHERE tenant = $1 AND metric = $2 AND granularity = 'month' AND window_start = $3), 0),
+				coalesce(sum(delta) FILTER (WHERE status <> 'cancelled'), 0), count(*) FILTER (WHERE status = 'cancelled')
+			FROM billing_pushes WHERE tenant = $1 AND metric = $2 AND period_start = $3`, tenant, metric, period).Scan(&metered, &claimed, &generation); err != nil {
+			return fmt.Errorf("re-reading the claimed total: %w", err)
+		}
+		m, c := usage.NumericInt(metered), usage.NumericInt(claimed)
+		if m.Cmp(c) <= 0 {
+			return nil // another biller claimed it first
+		}
+		delta = new(big.Int).Sub(m, c)
+		cumulative := m.String()
+		id := Identifier(tenant, metric, period, cumulative, generation)
+		tag, err := tx.Exec(ctx, `INSERT INTO billing_pushes (tenant, metric, period_start, billed_period_start, stripe_customer_id, event_name,
+				cumulative_total, delta, identifier, event_timestamp, carried, created_at, updated_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $7::numeric, $8::numeric, $9, $10, $11, $12, $12) ON CONFLICT (identifier) DO NOTHING`,
+			tenant, metric, period, billed, customer, eventName, cumulative, delta.String(), id, ts, carried, now)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() == 0 {
+			return nil
+		}
+		inserted = true
+		// Late usage the aggregator recorded for this month is now on its way.
+		_, err = tx.Exec(ctx, `UPDATE usage_corrections SET reconciled_at = now()
+			WHERE tenant = $1 AND metric = $2 AND period_start = $3 AND reconciled_at IS NULL`, tenant, metric, period)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("recording intent for %s/%s: %w", tenant, metric, err)
+	}
+	if inserted {
+		res.Intents++
+		if carried {
+			res.Carried++
+			b.cfg.Logger.WarnContext(ctx, "late usage for a closed period carried into the current one",
+				"tenant", tenant, "metric", metric, "period", period.Format("2006-01"), "value", delta.String())
+		}
+	}
+	return nil
+}
+
 type push struct {
 	id                                  int64
 	tenant, metric, customer, eventName string
 	identifier, delta, cumulative       string
-	period                              time.Time
-	ts                                  time.Time
+	status                              string
+	period, billed                      time.Time
+	ts, created                         time.Time
 	attempts                            int
 }
 
 // SendOpen sends every intent (and, with dead, every dead-lettered push)
 // and returns how many were sent and dead-lettered.
 func (b *Biller) SendOpen(ctx context.Context, dead bool) (int, int, error) {
+	res, err := b.sendOpen(ctx, dead)
+	return res.Sent, res.Dead, err
+}
+
+func (b *Biller) sendOpen(ctx context.Context, dead bool) (SendResult, error) {
 	status := []string{"intent"}
 	if dead {
 		status = append(status, "dead")
 	}
-	return b.send(ctx, `status = ANY($1)`, status)
+	return b.send(ctx, nil, `status = ANY($1)`, status)
 }
 
-func (b *Biller) send(ctx context.Context, where string, args ...any) (int, int, error) {
+// send sends the pushes where selects. Pushes created more than
+// DedupHorizon ago are not sent as they are: their groups are checked
+// against Stripe's summaries first (landed.go), and only the shortfall
+// goes out, as new pushes, in the same round.
+func (b *Biller) send(ctx context.Context, meters map[string]string, where string, args ...any) (SendResult, error) {
+	var res SendResult
 	rows, err := b.pool.Query(ctx, `SELECT id, tenant, metric, stripe_customer_id, event_name, identifier, delta::text, cumulative_total::text,
-		period_start, event_timestamp, attempts FROM billing_pushes WHERE `+where+` ORDER BY id`, args...)
+		status, period_start, billed_period_start, event_timestamp, created_at, attempts FROM billing_pushes WHERE `+where+` ORDER BY id`, args...)
 	if err != nil {
-		return 0, 0, fmt.Errorf("reading open pushes: %w", err)
+		return res, fmt.Errorf("reading open pushes: %w", err)
 	}
 	pushes, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (push, error) {
 		var p push
-		err := r.Scan(&p.id, &p.tenant, &p.metric, &p.customer, &p.eventName, &p.identifier, &p.delta, &p.cumulative, &p.period, &p.ts, &p.attempts)
+		err := r.Scan(&p.id, &p.tenant, &p.metric, &p.customer, &p.eventName, &p.identifier, &p.delta, &p.cumulative,
+			&p.status, &p.period, &p.billed, &p.ts, &p.created, &p.attempts)
 		return p, err
 	})
 	if err != nil {
-		return 0, 0, fmt.Errorf("reading open pushes: %w", err)
+		return res, fmt.Errorf("reading open pushes: %w", err)
+	}
+	horizon := b.cfg.Now().Add(-DedupHorizon)
+	var fresh []push
+	var groups []group
+	seen := map[group]bool{}
+	for _, p := range pushes {
+		if !p.created.Before(horizon) || b.skipLandedCheck {
+			fresh = append(fresh, p)
+			continue
+		}
+		if g := (group{customer: p.customer, eventName: p.eventName, billed: p.billed}); !seen[g] {
+			seen[g] = true
+			groups = append(groups, g)
+		}
+	}
+	if len(groups) > 0 {
+		if meters == nil {
+			if meters, err = b.meters(ctx); err != nil {
+				return res, err
+			}
+		}
+		var created []int64
+		for _, g := range groups {
+			if meters[g.eventName] == "" {
+				b.cfg.Logger.WarnContext(ctx, "old open pushes wait: no active Stripe meter for their event name", "group", g.String())
+				res.Waiting++
+				continue
+			}
+			ids, err := b.resolveGroup(ctx, g, meters[g.eventName], &res)
+			switch {
+			case errors.Is(err, errWait):
+				res.Waiting++
+				b.cfg.Logger.InfoContext(ctx, "old open pushes wait until Stripe's summary settles", "group", g.String(), "lag", b.cfg.SummaryLag)
+			case err != nil:
+				return res, fmt.Errorf("checking old pushes of %s against Stripe: %w", g, err)
+			}
+			created = append(created, ids...)
+		}
+		if len(created) > 0 {
+			more, err := b.send(ctx, meters, `id = ANY($1) AND status = 'intent'`, created)
+			res.add(more)
+			if err != nil {
+				return res, err
+			}
+		}
 	}
 	var mu sync.Mutex
-	var sent, deadCount int
 	var firstErr error
 	work := make(chan push)
 	var wg sync.WaitGroup
@@ -291,15 +408,15 @@ func (b *Biller) send(ctx context.Context, where string, args ...any) (int, int,
 				case err != nil && firstErr == nil:
 					firstErr = err
 				case ok:
-					sent++
+					res.Sent++
 				case err == nil:
-					deadCount++
+					res.Dead++
 				}
 				mu.Unlock()
 			}
 		})
 	}
-	for _, p := range pushes {
+	for _, p := range fresh {
 		if ctx.Err() != nil {
 			break
 		}
@@ -310,21 +427,46 @@ func (b *Biller) send(ctx context.Context, where string, args ...any) (int, int,
 	if firstErr == nil && ctx.Err() != nil {
 		firstErr = ctx.Err()
 	}
-	return sent, deadCount, firstErr
+	return res, firstErr
 }
 
+// errGone says a push left the status it was read with (another biller
+// sent, resolved or dead-lettered it) before a call.
+var errGone = errors.New("the push is no longer open")
+
 // pushOne sends p with retries. It returns true when sent, false with a
-// nil error when dead-lettered, and an error when it could not record the
-// outcome (the push stays open and is retried by the next sync).
+// nil error when dead-lettered or taken over by another biller, and an
+// error when it could not record the outcome (the push stays open and is
+// retried by the next sync).
+//
+// Before every call it stamps sent_at, conditional on the push still
+// having the status it was read with: a push another biller has settled
+// meanwhile is not sent, and the stamp tells the check of old pushes
+// (landed.go) that Stripe's summary may not show this call yet. Outcomes
+// are recorded under the same condition, so a slower biller never turns a
+// sent push back into a dead letter.
 func (b *Biller) pushOne(ctx context.Context, p push) (bool, error) {
 	attempts := 0
 	err := b.call(ctx, func() error {
+		tag, err := b.pool.Exec(ctx, `UPDATE billing_pushes SET sent_at = $3 WHERE id = $1 AND status = $2`, p.id, p.status, b.cfg.Now().UTC())
+		if err != nil {
+			return fmt.Errorf("stamping push %s before the call: %w", p.identifier, err)
+		}
+		if tag.RowsAffected() == 0 {
+			return errGone
+		}
 		attempts++
 		return b.stripe.SendMeterEvent(ctx, p.eventName, p.identifier, p.customer, p.delta, p.ts)
 	})
+	if errors.Is(err, errGone) {
+		return false, nil
+	}
 	var se *stripeapi.Error
 	if errors.As(err, &se) && se.Class == stripeapi.ClassDuplicate {
-		err = nil // Stripe has it already: a crash after the call, or a replay.
+		err = nil // Stripe has it already: a crash after the call, a replay, or another biller.
+	}
+	if err != nil && !errors.As(err, &se) && ctx.Err() == nil {
+		return false, err // Postgres failed before a call: the push stays open
 	}
 	b.cfg.Metrics.push(err, attempts)
 	if ctx.Err() != nil {
@@ -332,8 +474,8 @@ func (b *Biller) pushOne(ctx context.Context, p push) (bool, error) {
 	}
 	out := context.WithoutCancel(ctx)
 	if err == nil {
-		_, uerr := b.pool.Exec(out, `UPDATE billing_pushes SET status = 'sent', sent_at = now(), updated_at = now(),
-			attempts = attempts + $2, last_error = '' WHERE id = $1`, p.id, attempts)
+		_, uerr := b.pool.Exec(out, `UPDATE billing_pushes SET status = 'sent', sent_at = $3, updated_at = now(),
+			attempts = attempts + $4, last_error = '' WHERE id = $1 AND status = $2`, p.id, p.status, b.cfg.Now().UTC(), attempts)
 		if uerr != nil {
 			return false, fmt.Errorf("recording push %s as sent: %w", p.identifier, uerr)
 		}
@@ -346,15 +488,16 @@ func (b *Biller) pushOne(ctx context.Context, p push) (bool, error) {
 		"event_name": p.eventName, "stripe_customer_id": p.customer,
 	})
 	txErr := pgx.BeginFunc(out, b.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(out, `UPDATE billing_pushes SET status = 'dead', updated_at = now(), attempts = attempts + $2, last_error = $3
-			WHERE id = $1`, p.id, attempts, err.Error()); err != nil {
-			return err
+		tag, err := tx.Exec(out, `UPDATE billing_pushes SET status = 'dead', updated_at = now(), attempts = attempts + $3, last_error = $4
+			WHERE id = $1 AND status = $2`, p.id, p.status, attempts, err.Error())
+		if err != nil || tag.RowsAffected() == 0 {
+			return err // settled by another biller meanwhile: no dead letter
 		}
 		if _, err := tx.Exec(out, `INSERT INTO outbox (topic, msg_key, msg_value, headers) VALUES ($1, $2, $3, $4)`,
 			topics.BillingDLQ, []byte(p.tenant), msg, map[string]string{"identifier": p.identifier}); err != nil {
 			return err
 		}
-		_, err := tx.Exec(out, `SELECT pg_notify('outbox', '')`)
+		_, err = tx.Exec(out, `SELECT pg_notify('outbox', '')`)
 		return err
 	})
 	if txErr != nil {

@@ -71,16 +71,20 @@ func (b *Biller) DeadLetter(ctx context.Context, id int64) (DeadPush, error) {
 	return d, err
 }
 
-// Replay re-sends the dead pushes ids (every one with all) with their
-// original identifiers and audits it; it returns how many were sent and
-// how many went back to the DLQ. A push that had in fact reached Stripe
-// comes back as a duplicate and counts nothing more.
-func (b *Biller) Replay(ctx context.Context, ids []int64, all bool, actor string) (int, int, error) {
+// Replay re-sends the dead pushes ids (every one with all) and audits it.
+// A push created less than DedupHorizon ago goes out with its original
+// identifier, so one that had in fact reached Stripe comes back as a
+// duplicate and counts nothing more. An older one is first checked
+// against Stripe's summary (landed.go): marked sent if it had arrived,
+// otherwise only its shortfall is sent, under a new identifier; if its
+// group had calls within SummaryLag it waits as an intent for the next
+// sync.
+func (b *Biller) Replay(ctx context.Context, ids []int64, all bool, actor string) (SendResult, error) {
 	picked, err := b.resolveDead(ctx, ids, all, "replay", actor, "", "intent")
 	if err != nil || len(picked) == 0 {
-		return 0, 0, err
+		return SendResult{}, err
 	}
-	return b.send(ctx, `id = ANY($1)`, picked)
+	return b.send(ctx, nil, `id = ANY($1) AND status = 'intent'`, picked)
 }
 
 // Discard closes dead pushes without sending them: their usage stays

@@ -48,20 +48,20 @@ func TestPermanentErrorLandsInTheDLQAndReplayDrainsIt(t *testing.T) {
 		t.Fatalf("sync re-planned dead-lettered usage: %+v", res)
 	}
 	// Replay before the fix: back to the DLQ.
-	if sent, again, err := f.biller.Replay(ctx, []int64{dead[0].ID}, false, "oncall"); err != nil || sent != 0 || again != 1 {
-		t.Fatalf("replay before fix: %d %d %v", sent, again, err)
+	if r, err := f.biller.Replay(ctx, []int64{dead[0].ID}, false, "oncall"); err != nil || r.Sent != 0 || r.Dead != 1 {
+		t.Fatalf("replay before fix: %+v %v", r, err)
 	}
 	f.fake.SetReject(nil)
-	if sent, again, err := f.biller.Replay(ctx, nil, true, "oncall"); err != nil || sent != 1 || again != 0 {
-		t.Fatalf("replay after fix: %d %d %v", sent, again, err)
+	if r, err := f.biller.Replay(ctx, nil, true, "oncall"); err != nil || r.Sent != 1 || r.Dead != 0 {
+		t.Fatalf("replay after fix: %+v %v", r, err)
 	}
 	if got := f.stripeTotal("t1", "api_calls"); got != 10 {
 		t.Fatalf("Stripe %d, want 10", got)
 	}
-	if sent, again, err := f.biller.Replay(ctx, nil, true, "oncall"); err != nil || sent+again != 0 {
-		t.Fatalf("replay --all of an empty DLQ: %d %d %v, want nothing done", sent, again, err)
+	if r, err := f.biller.Replay(ctx, nil, true, "oncall"); err != nil || r != (billing.SendResult{}) {
+		t.Fatalf("replay --all of an empty DLQ: %+v %v, want nothing done", r, err)
 	}
-	if _, _, err := f.biller.Replay(ctx, []int64{dead[0].ID}, false, "oncall"); !errors.Is(err, billing.ErrNotDead) {
+	if _, err := f.biller.Replay(ctx, []int64{dead[0].ID}, false, "oncall"); !errors.Is(err, billing.ErrNotDead) {
 		t.Fatalf("replay of a push no longer dead: %v", err)
 	}
 	var audits int
@@ -84,8 +84,8 @@ func TestReplayingAPushThatDidSucceedChangesNothing(t *testing.T) {
 		t.Fatalf("Stripe %d before replay, want 77 (the timeouts came after processing)", got)
 	}
 	f.fake.SetFaultRate(0)
-	if sent, _, err := f.biller.Replay(ctx, nil, true, "oncall"); err != nil || sent != 1 {
-		t.Fatalf("replay: %d %v", sent, err)
+	if r, err := f.biller.Replay(ctx, nil, true, "oncall"); err != nil || r.Sent != 1 {
+		t.Fatalf("replay: %+v %v", r, err)
 	}
 	if got := f.stripeTotal("t1", "tokens"); got != 77 {
 		t.Fatalf("Stripe %d after replay, want 77: no double count", got)

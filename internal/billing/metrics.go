@@ -12,6 +12,7 @@ type Metrics struct {
 	Unmapped prometheus.Gauge
 	DLQDepth prometheus.Gauge
 	Drift    *prometheus.GaugeVec
+	old      *prometheus.CounterVec
 }
 
 // NewMetrics registers the biller's metrics on reg.
@@ -35,8 +36,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Drift: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "metering_biller_drift", Help: "Metered minus Stripe's total summed over rows of the last reconciliation, by status.",
 		}, []string{"status"}),
+		old: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "metering_biller_old_pushes_total",
+			Help: "Open pushes older than Stripe's identifier memory, checked against its summaries: landed (had arrived, not sent again) or replaced (the shortfall sent as a new push).",
+		}, []string{"outcome"}),
 	}
-	reg.MustRegister(m.pushes, m.failures, m.attempts, m.Unmapped, m.DLQDepth, m.Drift)
+	reg.MustRegister(m.pushes, m.failures, m.attempts, m.Unmapped, m.DLQDepth, m.Drift, m.old)
 	return m
 }
 
@@ -61,5 +66,12 @@ func (m *Metrics) failure(class string) {
 func (m *Metrics) unmapped(n int) {
 	if m != nil {
 		m.Unmapped.Set(float64(n))
+	}
+}
+
+func (m *Metrics) resolved(landed, replaced int) {
+	if m != nil {
+		m.old.WithLabelValues("landed").Add(float64(landed))
+		m.old.WithLabelValues("replaced").Add(float64(replaced))
 	}
 }

@@ -172,36 +172,59 @@ func (b *Biller) fixOverReporting(ctx context.Context) (int, error) {
 			SELECT tenant, metric, period_start, sum(delta) FILTER (WHERE status <> 'cancelled') AS claimed,
 				max(id) FILTER (WHERE status = 'sent') AS last_sent
 			FROM billing_pushes WHERE period_start >= $1 GROUP BY 1, 2, 3)
-		SELECT p.id, p.event_name, p.identifier FROM months m
+		SELECT p.id, p.event_name, p.identifier, p.stripe_customer_id, p.billed_period_start FROM months m
 		JOIN billing_pushes p ON p.id = m.last_sent
 		LEFT JOIN usage_windows w ON w.tenant = m.tenant AND w.metric = m.metric AND w.granularity = 'month' AND w.window_start = m.period_start
-		WHERE m.claimed > coalesce(w.value, 0) AND p.sent_at > now() - interval '23 hours'`, windows.Month.Start(b.cfg.Now()).AddDate(0, -2, 0))
+		WHERE m.claimed > coalesce(w.value, 0) AND p.sent_at > $2`, windows.Month.Start(b.cfg.Now()).AddDate(0, -2, 0), b.cfg.Now().Add(-DedupHorizon))
 	if err != nil {
 		return 0, fmt.Errorf("finding over-reported months: %w", err)
 	}
 	type victim struct {
-		id                    int64
-		eventName, identifier string
+		id         int64
+		identifier string
+		g          group
 	}
 	victims, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (victim, error) {
 		var v victim
-		return v, r.Scan(&v.id, &v.eventName, &v.identifier)
+		return v, r.Scan(&v.id, &v.g.eventName, &v.identifier, &v.g.customer, &v.g.billed)
 	})
 	if err != nil {
 		return 0, fmt.Errorf("finding over-reported months: %w", err)
 	}
 	n := 0
 	for _, v := range victims {
-		err := b.call(ctx, func() error { return b.stripe.CancelMeterEvent(ctx, v.eventName, v.identifier) })
+		// Under the group's lock, as a cancellation changes what Stripe's
+		// summary shows (landed.go), and only if no other biller did it.
+		cancelled := false
+		err := pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
+			if err := lockGroup(ctx, tx, v.g); err != nil {
+				return err
+			}
+			var status string
+			if err := tx.QueryRow(ctx, `SELECT status FROM billing_pushes WHERE id = $1 FOR UPDATE`, v.id).Scan(&status); err != nil {
+				return err
+			}
+			if status != "sent" {
+				return nil
+			}
+			err := b.call(ctx, func() error { return b.stripe.CancelMeterEvent(ctx, v.g.eventName, v.identifier) })
+			if err != nil {
+				b.cfg.Logger.WarnContext(ctx, "cancelling an over-reported push failed", "identifier", v.identifier, "err", err)
+				return nil
+			}
+			if _, err := tx.Exec(ctx, `UPDATE billing_pushes SET status = 'cancelled', updated_at = now() WHERE id = $1`, v.id); err != nil {
+				return err
+			}
+			cancelled = true
+			return nil
+		})
 		if err != nil {
-			b.cfg.Logger.WarnContext(ctx, "cancelling an over-reported push failed", "identifier", v.identifier, "err", err)
-			continue
-		}
-		if _, err := b.pool.Exec(ctx, `UPDATE billing_pushes SET status = 'cancelled', updated_at = now() WHERE id = $1`, v.id); err != nil {
 			return n, fmt.Errorf("recording cancellation of %s: %w", v.identifier, err)
 		}
-		b.cfg.Logger.InfoContext(ctx, "cancelled an over-reported push", "identifier", v.identifier)
-		n++
+		if cancelled {
+			b.cfg.Logger.InfoContext(ctx, "cancelled an over-reported push", "identifier", v.identifier)
+			n++
+		}
 	}
 	return n, nil
 }

@@ -6,8 +6,16 @@
 // delay, and injects faults (429 rate_limit, 429 lock_timeout, 500 with
 // Stripe-Should-Retry, timeouts after processing) at a configurable rate.
 //
-// Invariant: an event counts in summaries once per identifier, whatever
-// the retries, replays and faults; the totals it reports are exact.
+// It also keeps, after every accepted event and every cancellation, the
+// running total of the event's customer, meter and month (Running, and
+// Config.OnTotal as it happens), so tests can check a bound at every
+// instant, not only at the end; and its clock (Config.Now, Clock) can be
+// moved past the 24 hours after which it, like Stripe, forgets identifiers
+// and Idempotency-Keys.
+//
+// Invariant: within 24 hours an identifier counts in summaries once,
+// whatever the retries, replays and faults; the totals and running totals
+// it reports are exact sums of the events it accepted and did not cancel.
 package stripefake
 
 import (
@@ -53,6 +61,48 @@ type Config struct {
 	// Reject, if set, makes meter events it returns true for fail with a
 	// permanent 400 invalid_request_error.
 	Reject func(eventName, customer string) bool
+	// OnTotal, if set, is called after every accepted meter event and
+	// every cancellation with the new running total of its customer,
+	// meter and month, while the server holds its lock: the next event
+	// waits until it returns.
+	OnTotal func(RunningTotal)
+}
+
+// RunningTotal is the total of one customer, meter event name and month
+// (UTC, by event timestamp) right after an event changed it.
+type RunningTotal struct {
+	Seq        int // 1, 2, ... in the order the server changed totals
+	EventName  string
+	Customer   string
+	Period     time.Time // start of the month
+	Identifier string    // the event accepted or cancelled
+	Value      int64     // its value, negative for a cancellation
+	Total      int64     // the running total after it
+	At         time.Time // server clock
+}
+
+// Clock is a settable clock for Config.Now, shared with the code under
+// test, so that a test can move past Stripe's 24-hour identifier memory.
+type Clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+// NewClock returns a clock reading t.
+func NewClock(t time.Time) *Clock { return &Clock{t: t} }
+
+// Now reads the clock.
+func (c *Clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+// Advance moves the clock forward by d.
+func (c *Clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
 }
 
 type meter struct {
@@ -104,6 +154,7 @@ type Server struct {
 	events      []*Event
 	identifiers map[string]*Event // event_name + identifier → event
 	idem        map[string]idemEntry
+	running     []RunningTotal
 	calls       map[string]int // "METHOD path" → count, including faulted ones
 	faults      map[string]int
 	hang        chan struct{}
@@ -371,6 +422,7 @@ func (s *Server) createEvent(w http.ResponseWriter, r *http.Request) {
 	e := &Event{EventName: name, Identifier: id, Customer: customer, Value: value, Timestamp: ts, Received: now}
 	s.events = append(s.events, e)
 	s.identifiers[name+"\x00"+id] = e
+	s.changed(e, e.Value)
 	if s.cfg.Latency > 0 {
 		s.mu.Unlock()
 		time.Sleep(s.cfg.Latency)
@@ -400,7 +452,10 @@ func (s *Server) createAdjustment(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "invalid_request_error", "", "Meter events can only be cancelled within 24 hours.")
 		return
 	}
-	e.Cancelled = true
+	if !e.Cancelled {
+		e.Cancelled = true
+		s.changed(e, -e.Value)
+	}
 	writeJSON(w, http.StatusOK, map[string]any{"object": "billing.meter_event_adjustment", "event_name": name, "status": "pending",
 		"type": "cancel", "livemode": false, "cancel": map[string]string{"identifier": id}})
 }
@@ -444,6 +499,31 @@ func (s *Server) total(eventName, customer string, start, end time.Time) int64 {
 		}
 	}
 	return sum
+}
+
+// changed records the running total of e's customer, meter and month
+// after e was accepted (value > 0) or cancelled; s.mu is held.
+func (s *Server) changed(e *Event, value int64) {
+	start := time.Date(e.Timestamp.UTC().Year(), e.Timestamp.UTC().Month(), 1, 0, 0, 0, 0, time.UTC)
+	var total int64
+	for _, x := range s.events {
+		if x.EventName == e.EventName && x.Customer == e.Customer && !x.Cancelled && !x.Timestamp.Before(start) && x.Timestamp.Before(start.AddDate(0, 1, 0)) {
+			total += x.Value
+		}
+	}
+	r := RunningTotal{Seq: len(s.running) + 1, EventName: e.EventName, Customer: e.Customer, Period: start,
+		Identifier: e.Identifier, Value: value, Total: total, At: s.cfg.Now()}
+	s.running = append(s.running, r)
+	if s.cfg.OnTotal != nil {
+		s.cfg.OnTotal(r)
+	}
+}
+
+// Running returns every running total recorded so far, in order.
+func (s *Server) Running() []RunningTotal {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]RunningTotal(nil), s.running...)
 }
 
 // Total is what Stripe would bill customer for eventName in [start, end),

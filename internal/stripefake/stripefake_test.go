@@ -335,3 +335,48 @@ func TestMeters(t *testing.T) {
 		t.Fatalf("event for a meter that does not exist: %d %q", r.status, r.code)
 	}
 }
+
+// Running totals are recorded after every accepted event and every
+// cancellation, per customer, meter and month; duplicates inside 24 hours
+// record nothing, the same identifier after 24 hours counts again.
+func TestRunningTotals(t *testing.T) {
+	t.Parallel()
+	clk := stripefake.NewClock(time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC))
+	var seen []stripefake.RunningTotal
+	s, c, _ := newServer(t, stripefake.Config{Now: clk.Now, OnTotal: func(r stripefake.RunningTotal) { seen = append(seen, r) }})
+	s.EnsureMeter("api_calls")
+	nov := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	steps := []struct {
+		name    string
+		do      func() reply
+		status  int
+		total   int64 // of the last record
+		records int   // records so far
+	}{
+		{"first event", func() reply { return c.event(clk.Now(), "a", 7, nil) }, 200, 7, 1},
+		{"second event", func() reply { return c.event(clk.Now(), "b", 3, nil) }, 200, 10, 2},
+		{"duplicate", func() reply { return c.event(clk.Now(), "a", 7, nil) }, 400, 10, 2},
+		{"cancel", func() reply {
+			return c.do(context.Background(), "POST", "/v1/billing/meter_event_adjustments",
+				url.Values{"type": {"cancel"}, "event_name": {"api_calls"}, "cancel[identifier]": {"b"}}, nil)
+		}, 200, 7, 3},
+		{"other month", func() reply { return c.event(nov.Add(-time.Hour), "c", 100, nil) }, 200, 100, 4},
+		{"same identifier after 25 h", func() reply { clk.Advance(25 * time.Hour); return c.event(clk.Now(), "a", 7, nil) }, 200, 14, 5},
+	}
+	for _, st := range steps {
+		r := st.do()
+		if r.status != st.status {
+			t.Fatalf("%s: %d %v, want %d", st.name, r.status, r.body, st.status)
+		}
+		run := s.Running()
+		if len(run) != st.records || len(seen) != st.records {
+			t.Fatalf("%s: %d records (%d seen by OnTotal), want %d", st.name, len(run), len(seen), st.records)
+		}
+		if last := run[len(run)-1]; last.Total != st.total || last.Seq != st.records || last != seen[len(seen)-1] {
+			t.Fatalf("%s: last record %+v (OnTotal saw %+v), want total %d", st.name, last, seen[len(seen)-1], st.total)
+		}
+	}
+	if run := s.Running(); run[3].Period != nov.AddDate(0, -1, 0) || run[2].Value != -3 || run[4].Period != nov {
+		t.Fatalf("periods or values wrong: %+v", run)
+	}
+}
