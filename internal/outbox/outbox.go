@@ -7,19 +7,24 @@
 // publishes it again, and every message carries a stable id (breach id,
 // source offset) for consumers to deduplicate.
 //
-// Invariant: one message never blocks the others. A message Kafka refuses
-// for good (see Permanent), or that failed MaxAttempts rounds in which
-// Kafka accepted other messages, is parked: set aside with its reason and
-// attempt count, logged at error and counted in metering_outbox_parked,
-// until on-call retries it (Unpark) or deletes it. A Kafka outage parks
-// nothing.
+// Invariant: a message Kafka cannot take never blocks the messages of other
+// keys, and holds back those of its own topic and key only until it is
+// parked. A message Kafka refuses for good (see Permanent) is parked at
+// once; one that failed in DefaultMaxAttempts rounds (see SetRetry) in
+// which Kafka accepted other messages is parked then. Parked means set
+// aside with its reason and attempt count, logged at error and counted in
+// metering_outbox_parked, until on-call retries it (Unpark) or deletes it.
+// A Kafka outage parks nothing.
 //
 // Order: relays in any number of processes take turns, one round at a time
 // (a transaction-level advisory lock), and a round hands rows to Kafka in
 // id order; a failed row holds back the later rows of its topic and key
 // until it is published or parked. So per topic and key Kafka receives the
 // rows in id order, except a parked row, which goes out (if retried) after
-// the rows behind it, and the repeats of at-least-once.
+// the rows behind it, and the repeats of at-least-once. Ids are taken at
+// insert, not at commit: the order holds for rows of a topic and key that
+// one writer at a time commits (a tenant's breaches and dead letters come
+// from the one consumer owning its partition).
 package outbox
 
 import (
@@ -169,8 +174,11 @@ func (r *Relay) listen(ctx context.Context) error {
 func (r *Relay) PublishPending(ctx context.Context) (int, error) {
 	defer r.measure(ctx)
 	n := 0
-	var outage error
+	var outage, retryErr error
+	var parked []parking
+	var retrying int
 	err := pgx.BeginFunc(ctx, r.pool, func(tx pgx.Tx) error {
+		parked, retrying = nil, 0
 		var mine bool
 		if err := tx.QueryRow(ctx, `SELECT pg_try_advisory_xact_lock($1, $2)`, lockSpace, roundLock).Scan(&mine); err != nil {
 			return fmt.Errorf("taking the outbox round lock: %w", err)
@@ -189,7 +197,6 @@ func (r *Relay) PublishPending(ctx context.Context) (int, error) {
 		errs := r.write(ctx, msgs)
 		var published, failedIDs []int64
 		var failedErrs []string
-		var parked []parking
 		var lastErr error
 		for i, row := range rows {
 			switch err := errs[i]; {
@@ -224,15 +231,7 @@ func (r *Relay) PublishPending(ctx context.Context) (int, error) {
 			return err
 		}
 		parked = append(parked, more...)
-		for _, p := range parked {
-			r.parkedTotal.Inc()
-			r.log.ErrorContext(ctx, "outbox message parked: it no longer blocks the messages behind it; retry or delete it",
-				"id", p.row.id, "topic", p.row.msg.Topic, "key", string(p.row.msg.Key), "bytes", len(p.row.msg.Value),
-				"attempts", p.row.attempts, "reason", p.reason)
-		}
-		if len(failedIDs) > len(more) {
-			r.log.WarnContext(ctx, "outbox messages failed; retrying them", "failed", len(failedIDs)-len(more), "err", lastErr)
-		}
+		retrying, retryErr = len(failedIDs)-len(more), lastErr
 		n = len(published)
 		return nil
 	})
@@ -243,6 +242,15 @@ func (r *Relay) PublishPending(ctx context.Context) (int, error) {
 		return 0, outage
 	}
 	r.published.Add(float64(n))
+	for _, p := range parked {
+		r.parkedTotal.Inc()
+		r.log.ErrorContext(ctx, "outbox message parked: it no longer blocks the messages behind it; retry or delete it",
+			"id", p.row.id, "topic", p.row.msg.Topic, "key", string(p.row.msg.Key), "bytes", len(p.row.msg.Value),
+			"attempts", p.row.attempts, "reason", p.reason)
+	}
+	if retrying > 0 {
+		r.log.WarnContext(ctx, "outbox messages failed; retrying them", "failed", retrying, "err", retryErr)
+	}
 	return n, nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -108,7 +109,8 @@ func TestMessageKafkaRefusesIsParkedAndNeverBlocksTheOthers(t *testing.T) {
 			if tc.wrap != nil {
 				ow = tc.wrap(w)
 			}
-			relay := outbox.New(db.Pool, ow, quiet, reg)
+			var logged bytes.Buffer
+			relay := outbox.New(db.Pool, ow, slog.New(slog.NewJSONHandler(&logged, nil)), reg)
 			n, err := relay.PublishPending(ctx)
 			if err != nil || n != 3 {
 				t.Fatalf("PublishPending = %d, %v; want the 3 messages around the refused one", n, err)
@@ -133,6 +135,11 @@ func TestMessageKafkaRefusesIsParkedAndNeverBlocksTheOthers(t *testing.T) {
 				if got := metric(t, reg, m.name); got != m.want {
 					t.Errorf("%s = %v, want %v", m.name, got, m.want)
 				}
+			}
+			// On-call is alerted: one error naming the row and the reason.
+			if !strings.Contains(logged.String(), `"level":"ERROR","msg":"outbox message parked`) ||
+				!strings.Contains(logged.String(), fmt.Sprintf(`"id":%d`, refused)) {
+				t.Errorf("no error logged for the parked message:\n%s", logged.String())
 			}
 			// Parked stays parked: the next round has nothing to do.
 			if n, err := relay.PublishPending(ctx); err != nil || n != 0 {
