@@ -8,9 +8,15 @@
 // for: that copy is informational, for `kafka-consumer-groups.sh
 // --describe` and lag exporters, and is never read back.
 //
-// Invariant: a batch is retried until it commits; the reader position
-// advances only after a commit, so no record is skipped, and a member that
-// lost its partition is fenced by the offset compare-and-set.
+// Invariant: every record is applied or dead-lettered, exactly once, and
+// the reader position advances only after a commit. An outage is retried
+// with backoff until the batch commits (TestOutageRetriedAndStallReported);
+// a record the database refuses is isolated by bisecting the batch into
+// sub-batches, each its own transaction with the offset compare-and-set,
+// and dead-lettered as unprocessable (TestBisectionIsolatesRefusedRecords);
+// a partition that cannot make progress fails Ready, naming itself and the
+// reason. A member that lost its partition is fenced by the offset
+// compare-and-set.
 package consumer
 
 import (
@@ -43,12 +49,22 @@ type Config struct {
 	// CommitInterval is how often the offsets committed to Postgres are
 	// copied to the group's offsets in Kafka; default 1s.
 	CommitInterval time.Duration
+	// StallAfter and StallAttempts say when a partition that cannot commit
+	// counts as stalled (Ready fails, the stalled gauge is 1): failing for
+	// StallAfter (default 30s), or StallAttempts times at one offset
+	// (default 10).
+	StallAfter    time.Duration
+	StallAttempts int
+	// RetryInitial is the first backoff after a failed batch; default 500ms.
+	RetryInitial time.Duration
 }
 
 // Consumer consumes the topic as a member of the group.
 type Consumer struct {
 	cfg     Config
 	agg     *aggregate.Aggregator
+	apply   applier
+	stalls  *stalls
 	log     *slog.Logger
 	metrics *aggregate.Metrics
 	members atomic.Int32 // partitions currently assigned, -1 before joining
@@ -68,17 +84,28 @@ func New(cfg Config, agg *aggregate.Aggregator, log *slog.Logger, metrics *aggre
 	if cfg.CommitInterval <= 0 {
 		cfg.CommitInterval = time.Second
 	}
-	c := &Consumer{cfg: cfg, agg: agg, log: log, metrics: metrics}
+	if cfg.StallAfter <= 0 {
+		cfg.StallAfter = 30 * time.Second
+	}
+	if cfg.StallAttempts <= 0 {
+		cfg.StallAttempts = 10
+	}
+	if cfg.RetryInitial <= 0 {
+		cfg.RetryInitial = 500 * time.Millisecond
+	}
+	c := &Consumer{cfg: cfg, agg: agg, apply: agg, stalls: newStalls(cfg.StallAfter, cfg.StallAttempts), log: log, metrics: metrics}
 	c.members.Store(-1)
 	return c
 }
 
-// Ready reports whether the consumer is a member of a group generation.
+// Ready reports whether the consumer is a member of a group generation
+// and every partition it owns makes progress; the error names each
+// stalled partition and why.
 func (c *Consumer) Ready(context.Context) error {
 	if c.members.Load() < 0 {
 		return errors.New("not a member of the consumer group yet")
 	}
-	return nil
+	return c.stalls.err()
 }
 
 // Run joins the group and consumes until ctx ends.
@@ -125,25 +152,68 @@ func (c *Consumer) Run(ctx context.Context) error {
 		gen.Start(func(ctx context.Context) { c.copyOffsets(ctx, gen, committed) })
 		for _, a := range assigned {
 			partition := a.ID
-			gen.Start(func(ctx context.Context) {
-				if err := c.consumePartition(ctx, partition, committed); err != nil && ctx.Err() == nil {
-					c.log.ErrorContext(ctx, "partition consumer stopped", "partition", partition, "err", err)
-				}
-			})
+			gen.Start(func(ctx context.Context) { c.runPartition(ctx, partition, committed) })
+		}
+	}
+}
+
+// runPartition consumes partition for as long as the generation lasts.
+// A reader that fails is restarted with backoff: kafka-go ends the whole
+// generation of this member as soon as any function given to
+// Generation.Start returns, so returning on a reader error would stop
+// every partition of the member and force a group rebalance. Only a
+// fence (another member owns the partition now) ends the generation on
+// purpose, so the member rejoins with a fresh assignment.
+func (c *Consumer) runPartition(ctx context.Context, partition int, committed *offsets) {
+	defer func() {
+		if c.stalls.clear(partition) {
+			c.setStalled(partition, 0)
+		}
+	}()
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval = c.cfg.RetryInitial
+	bo.MaxInterval = 5 * time.Second
+	for {
+		err := c.consumePartition(ctx, partition, committed)
+		if ctx.Err() != nil {
+			return
+		}
+		if errors.Is(err, aggregate.ErrFenced) {
+			c.log.WarnContext(ctx, "partition fenced: another member owns it; rejoining the group", "partition", partition, "err", err)
+			return
+		}
+		if c.metrics != nil {
+			c.metrics.ReaderRestarts.WithLabelValues(strconv.Itoa(partition)).Inc()
+		}
+		reason := aggregate.Sanitize(fmt.Sprint(err))
+		c.log.ErrorContext(ctx, "partition reader failed; restarting it", "partition", partition, "err", reason)
+		if c.stalls.failed(partition, -1, "reader: "+reason, time.Now()) {
+			c.setStalled(partition, 1)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(bo.NextBackOff()):
 		}
 	}
 }
 
 // consumePartition reads one partition until ctx ends (the generation or
-// the process ends) or the partition is fenced.
+// the process ends), the partition is fenced, or reading fails.
 func (c *Consumer) consumePartition(ctx context.Context, partition int, committed *offsets) error {
 	next, err := c.storedOffset(ctx, partition)
 	if err != nil {
 		return err
 	}
+	if next, err = c.skipLost(ctx, partition, next); err != nil {
+		return err
+	}
 	r := kafka.NewReader(kafka.ReaderConfig{
 		Brokers: c.cfg.Brokers, Topic: c.cfg.Topic, Partition: partition,
 		MinBytes: 1, MaxBytes: 16 << 20, MaxWait: 50 * time.Millisecond, QueueCapacity: 1000,
+		// An offset retention has deleted must come back to us (to be
+		// recorded as lost), not be retried silently for ever.
+		OffsetOutOfRangeError: true,
 	})
 	defer r.Close()
 	start := next
@@ -169,16 +239,47 @@ func (c *Consumer) consumePartition(ctx context.Context, partition int, committe
 		if from < 0 {
 			from = batch[0].Offset
 		}
-		res, err := c.applyWithRetry(ctx, partition, from, batch)
+		next, err = c.commit(ctx, partition, from, batch)
 		if err != nil {
 			return err
 		}
-		next = res.NextOffset
 		committed.set(partition, next)
 		if c.metrics != nil && hwm >= 0 {
 			c.metrics.Lag.WithLabelValues(label).Set(float64(max(hwm-next, 0)))
 		}
 	}
+}
+
+// skipLost compares the stored offset next with the partition's log
+// start: records below it were deleted by retention before they were
+// counted. They are recorded as lost (audit row, metric, log) and the
+// partition continues from the log start; never skipped silently.
+func (c *Consumer) skipLost(ctx context.Context, partition int, next int64) (int64, error) {
+	if next < 0 {
+		return next, nil
+	}
+	cl := &kafka.Client{Addr: kafka.TCP(c.cfg.Brokers...), Timeout: 10 * time.Second}
+	resp, err := cl.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{
+		c.cfg.Topic: {kafka.FirstOffsetOf(partition)},
+	}})
+	if err != nil {
+		return 0, fmt.Errorf("reading the log start of partition %d: %w", partition, err)
+	}
+	parts := resp.Topics[c.cfg.Topic]
+	if len(parts) != 1 {
+		return 0, fmt.Errorf("reading the log start of partition %d: %d answers", partition, len(parts))
+	}
+	if parts[0].Error != nil {
+		return 0, fmt.Errorf("reading the log start of partition %d: %w", partition, parts[0].Error)
+	}
+	start := parts[0].FirstOffset
+	if start <= next {
+		return next, nil
+	}
+	if err := c.agg.SkipLost(ctx, partition, next, start); err != nil {
+		return 0, err
+	}
+	return start, nil
 }
 
 func (c *Consumer) storedOffset(ctx context.Context, partition int) (int64, error) {
@@ -224,24 +325,4 @@ func record(m kafka.Message) aggregate.Record {
 		hs = append(hs, aggregate.Header{Key: h.Key, Value: h.Value})
 	}
 	return aggregate.Record{Partition: m.Partition, Offset: m.Offset, Key: m.Key, Value: m.Value, Headers: hs, Time: m.Time}
-}
-
-// applyWithRetry commits the batch, retrying transient failures (Postgres
-// restarting, say) with backoff for as long as the partition is ours.
-func (c *Consumer) applyWithRetry(ctx context.Context, partition int, from int64, batch []aggregate.Record) (aggregate.Result, error) {
-	bo := backoff.NewExponentialBackOff()
-	bo.MaxInterval = 5 * time.Second
-	return backoff.Retry(ctx, func() (aggregate.Result, error) {
-		res, err := c.agg.Apply(ctx, partition, from, batch)
-		if errors.Is(err, aggregate.ErrFenced) {
-			return res, backoff.Permanent(err)
-		}
-		if err != nil {
-			if c.metrics != nil {
-				c.metrics.BatchErrors.Inc()
-			}
-			c.log.WarnContext(ctx, "batch failed, retrying", "partition", partition, "from", from, "records", len(batch), "err", err)
-		}
-		return res, err
-	}, backoff.WithBackOff(bo), backoff.WithMaxElapsedTime(0))
 }
