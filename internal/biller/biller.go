@@ -3,9 +3,20 @@
 // the outbox relay for billing.dlq, the Stripe webhook endpoint, the
 // reconciliation API, and the operator commands.
 //
+// Replicas: any number of billers may run against one database. The sync
+// loop runs only in the replica elected leader of the loop "billing-sync"
+// (internal/leader, metering_leader{loop="billing-sync"}), so replicas do
+// not duplicate work; correctness does not rest on the election, since a
+// deposed leader may overlap its successor for one interval and operator
+// commands run beside the service: internal/billing takes its own
+// advisory locks. Webhooks and the reconciliation are served by every
+// replica: a webhook takes effect once per event id (a unique row in the
+// same transaction), and the reconciliation only reads.
+//
 // Invariant: all state is in Postgres (intents, outcomes, DLQ), so the
-// process may be killed at any moment; the next start re-sends open
-// intents with their original identifiers first.
+// process may be killed at any moment; the next leader re-sends open
+// intents with their original identifiers first, and Stripe's running
+// total never exceeds the metered total, with one biller or several.
 package biller
 
 import (
@@ -28,6 +39,7 @@ import (
 	"github.com/usagemeter/metering/internal/billing"
 	"github.com/usagemeter/metering/internal/config"
 	"github.com/usagemeter/metering/internal/httpjson"
+	"github.com/usagemeter/metering/internal/leader"
 	"github.com/usagemeter/metering/internal/migrate"
 	"github.com/usagemeter/metering/internal/outbox"
 	"github.com/usagemeter/metering/internal/service"
@@ -80,7 +92,13 @@ func Run(ctx context.Context, cfg config.Biller, log *slog.Logger, ready func(ne
 	defer cancel()
 	var wg sync.WaitGroup
 	wg.Go(func() { _ = relay.Run(ctx) })
-	wg.Go(func() { syncLoop(ctx, b, cfg.SyncInterval, log) })
+	syncLeader := leader.New(pool, SyncLoop, leader.Options{Interval: min(cfg.SyncInterval, leader.DefaultInterval), Logger: log, Registerer: reg})
+	wg.Go(func() {
+		_ = syncLeader.Run(ctx, func(ctx context.Context) error {
+			syncLoop(ctx, b, cfg.SyncInterval, log)
+			return nil
+		})
+	})
 
 	st := store.New(pool)
 	authn := auth.New(st, cfg.AdminAPIKey)
@@ -121,6 +139,9 @@ func Run(ctx context.Context, cfg config.Biller, log *slog.Logger, ready func(ne
 	return err
 }
 
+// SyncLoop names the sync loop's leadership.
+const SyncLoop = "billing-sync"
+
 // syncLoop syncs at start, every interval, and just after each month ends.
 func syncLoop(ctx context.Context, b *billing.Biller, interval time.Duration, log *slog.Logger) {
 	tick := time.NewTicker(interval)
@@ -130,9 +151,10 @@ func syncLoop(ctx context.Context, b *billing.Biller, interval time.Duration, lo
 		switch {
 		case err != nil && ctx.Err() == nil:
 			log.WarnContext(ctx, "sync failed; retrying at the next interval", "err", err)
-		case res.Intents+res.Sent+res.Dead > 0:
+		case res.Intents+res.Sent+res.Dead+res.Landed+res.Replaced+res.Waiting > 0:
 			log.InfoContext(ctx, "synced with Stripe", "intents", res.Intents, "sent", res.Sent, "dead_lettered", res.Dead,
-				"carried", res.Carried, "cancelled", res.Cancelled, "unmapped", len(res.Unmapped))
+				"carried", res.Carried, "cancelled", res.Cancelled, "unmapped", len(res.Unmapped),
+				"old_landed", res.Landed, "old_replaced", res.Replaced, "old_waiting", res.Waiting)
 		}
 		_, _, _ = b.Open(ctx)
 		next := windows.Month.End(time.Now()).Add(time.Minute)
