@@ -371,22 +371,36 @@ func (b *Biller) send(ctx context.Context, meters map[string]string, where strin
 			}
 		}
 		var created []int64
+		waiting := map[group]bool{}
 		for _, g := range groups {
 			if meters[g.eventName] == "" {
 				b.cfg.Logger.WarnContext(ctx, "old open pushes wait: no active Stripe meter for their event name", "group", g.String())
 				res.Waiting++
+				waiting[g] = true
 				continue
 			}
 			ids, err := b.resolveGroup(ctx, g, meters[g.eventName], &res)
 			switch {
 			case errors.Is(err, errWait):
 				res.Waiting++
+				waiting[g] = true
 				b.cfg.Logger.InfoContext(ctx, "old open pushes wait until Stripe's summary settles", "group", g.String(), "lag", b.cfg.SummaryLag)
 			case err != nil:
 				return res, fmt.Errorf("checking old pushes of %s against Stripe: %w", g, err)
 			}
 			created = append(created, ids...)
 		}
+		// New pushes of a waiting group are held back too: sending them
+		// would keep the group busy, and its summary untrusted, for as
+		// long as usage flows. They stay intents, and the check settles
+		// them with the old ones once the group is quiet.
+		kept := fresh[:0]
+		for _, p := range fresh {
+			if !waiting[group{customer: p.customer, eventName: p.eventName, billed: p.billed}] {
+				kept = append(kept, p)
+			}
+		}
+		fresh = kept
 		if len(created) > 0 {
 			more, err := b.send(ctx, meters, `id = ANY($1) AND status = 'intent'`, created)
 			res.add(more)

@@ -45,10 +45,17 @@ import (
 // every case the claimed total of each (tenant, metric, month) stays the
 // same and Stripe receives exactly sum(O) - L more: the shortfall.
 //
+// Dead letters of the group are settled with it (they leave the DLQ as
+// landed, or are replaced by a shortfall push that is sent at once): the
+// summary cannot tell which open push of a group arrived, only how much.
+//
 // The summary can be trusted only when nothing of the group is in flight
 // or still being aggregated: sent_at is stamped before every call to
 // Stripe (and again on success), so the check waits until no push of the
-// group was sent or cancelled within SummaryLag. A call that starts after
+// group was sent or cancelled within SummaryLag. Meanwhile new pushes of
+// the group are held back (they stay intents and are settled by the
+// check), or a customer with steady usage would keep its group busy for
+// ever. A call that starts after
 // the check finds its push no longer open (its status is read under the
 // row lock the check holds) and does not happen. Planning into the group
 // takes the group lock, so no push is added while the check runs.

@@ -225,7 +225,9 @@ func TestOldOpenPushesAreCheckedAgainstStripe(t *testing.T) {
 
 // The summary is not trusted while a push of its group may still be in
 // flight or not yet aggregated: an old dead letter replayed right after a
-// fresh push of the same customer, meter and month waits, then is checked.
+// fresh push of the same customer, meter and month waits, new pushes of
+// the group are held back meanwhile, and once the group is quiet both are
+// settled exactly.
 func TestOldPushWaitsForAQuietGroup(t *testing.T) {
 	t.Parallel()
 	f, clk := newClockFixture(t, 1, stripefake.Config{FaultRate: 1, Faults: []string{stripefake.FaultTimeout}})
@@ -242,12 +244,27 @@ func TestOldPushWaitsForAQuietGroup(t *testing.T) {
 	if err != nil || res != (billing.SendResult{Waiting: 1}) {
 		t.Fatalf("replay right after a push of the group: %+v %v, want it to wait", res, err)
 	}
-	clk.Advance(11 * time.Minute)
-	sres, err := f.biller.Sync(ctx)
-	if err != nil || sres.Landed != 1 || sres.Sent != 0 {
-		t.Fatalf("sync once the group is quiet: %+v %v", sres, err)
+	// Usage keeps flowing: its push is held back, or the group would
+	// never be quiet.
+	clk.Advance(time.Minute)
+	f.meter("t1", "bytes", 40)
+	if res, err := f.biller.Sync(ctx); err != nil || res.Intents != 1 || res.Sent != 0 || res.Waiting != 1 {
+		t.Fatalf("sync of more usage while the group waits: %+v %v, want the new push held back", res, err)
 	}
 	if got := f.stripeTotal("t1", "bytes"); got != 25 {
-		t.Fatalf("Stripe %d, want 25", got)
+		t.Fatalf("Stripe %d while the group waits, want 25", got)
+	}
+	// Quiet: the old push had landed (10 of the 10 + 15 open arrived); the
+	// held-back one is replaced by a new push for its 15.
+	clk.Advance(10 * time.Minute)
+	sres, err := f.biller.Sync(ctx)
+	if err != nil || sres.Landed != 1 || sres.Replaced != 1 || sres.Sent != 1 || sres.Waiting != 0 {
+		t.Fatalf("sync once the group is quiet: %+v %v", sres, err)
+	}
+	if got := f.stripeTotal("t1", "bytes"); got != 40 {
+		t.Fatalf("Stripe %d, want 40", got)
+	}
+	if intents, dead, _ := f.biller.Open(ctx); intents+dead != 0 {
+		t.Fatalf("%d intents and %d dead letters left", intents, dead)
 	}
 }
