@@ -156,7 +156,26 @@ func (e *Elector) campaign(ctx context.Context) (*pgx.Conn, error) {
 		_ = conn.Close(context.WithoutCancel(ctx))
 		return nil, nil
 	}
+	e.bound(cctx, conn)
 	return conn, nil
+}
+
+// bound makes the server end the session, and so release the lock, soon
+// after a leader it can no longer hear from stops pinging: the session
+// ends after three Intervals idle (Postgres 14 and later), and TCP
+// keepalives drop a vanished peer in about 25 seconds instead of the
+// operating system's default of hours. Best effort: a server that refuses a
+// setting keeps its default.
+func (e *Elector) bound(ctx context.Context, conn *pgx.Conn) {
+	idle := 3 * e.interval
+	for _, set := range []string{
+		fmt.Sprintf("SET idle_session_timeout = %d", idle.Milliseconds()),
+		"SET tcp_keepalives_idle = 10", "SET tcp_keepalives_interval = 5", "SET tcp_keepalives_count = 3",
+	} {
+		if _, err := conn.Exec(ctx, set); err != nil {
+			e.log.DebugContext(ctx, "leader connection setting refused", "setting", set, "err", err)
+		}
+	}
 }
 
 // lead runs loop while conn, which holds the lock, stays healthy, then
@@ -172,8 +191,8 @@ func (e *Elector) lead(ctx context.Context, conn *pgx.Conn, loop func(ctx contex
 	why := e.watch(lctx, conn, done)
 	cancel()
 	loopErr := <-done
-	e.leading.Store(false)
 	e.gauge.Set(0)
+	e.leading.Store(false)
 	// Closing the session releases the lock even if the unlock never ran.
 	closeCtx, closeCancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	_ = conn.Close(closeCtx)
