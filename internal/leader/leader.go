@@ -5,9 +5,10 @@
 // An Elector campaigns with pg_try_advisory_lock on a connection of its
 // own, outside any pool. The session-level lock is the leadership: it is
 // held for as long as that connection lives, and Postgres releases it the
-// moment the connection closes, whether the process resigned, crashed or
-// lost its network. A follower retries every Interval, so a new leader
-// takes over within one Interval of the old connection closing.
+// moment the connection closes because the process resigned or died; a
+// leader that went silent (lost its network) loses it when the server ends
+// its idle session, after three Intervals. A follower retries every
+// Interval, so a new leader takes over within one Interval of the release.
 //
 // Invariant: at most one Elector per name holds the lock at any instant,
 // and an Elector starts its loop only after winning the lock. The loop's
