@@ -1,0 +1,11 @@
+//go:build unix && !linux
+
+package kafkacluster
+
+import "syscall"
+
+// sysProcAttr puts a node in its own process group, so a terminal's Ctrl-C
+// reaches only the program that started it, which then stops it.
+func sysProcAttr() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Setpgid: true}
+}
