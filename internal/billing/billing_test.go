@@ -24,6 +24,7 @@ type fixture struct {
 	fake   *stripefake.Server
 	biller *billing.Biller
 	now    time.Time
+	url    string // of the Stripe test server
 }
 
 func newFixture(t *testing.T, tenants int, fake stripefake.Config) *fixture {

@@ -33,23 +33,35 @@ func newClockFixture(t *testing.T, tenants int, fake stripefake.Config) (*fixtur
 		db.Exec(t, `INSERT INTO plan_quotas (plan, metric, quota_limit, period, stripe_event_name) VALUES ('pro', $1, NULL, 'month', $1)`, m)
 	}
 	db.Exec(t, `INSERT INTO tenants (tenant, plan, stripe_customer_id) SELECT 't' || g, 'pro', 'cus_t' || g FROM generate_series(1, $1) g`, tenants)
-	f := &fixture{t: t, db: db, fake: srv, now: clk.Now()}
-	f.biller = billing.New(db.Pool, stripeapi.NewClient("sk_test_123", hs.URL, 150*time.Millisecond), billing.Config{
+	f := &fixture{t: t, db: db, fake: srv, now: clk.Now(), url: hs.URL}
+	f.biller = billing.New(db.Pool, stripeapi.NewClient("sk_test_123", hs.URL, 500*time.Millisecond), billing.Config{
 		RatePerSecond: 1000, BackoffMin: time.Millisecond, BackoffMax: 5 * time.Millisecond, MaxAttempts: 3,
 		Now: clk.Now, Logger: slog.New(slog.DiscardHandler),
 	})
 	return f, clk
 }
 
-// leaveOpen runs a sync that Stripe records but never answers, and cancels
-// it, as a biller killed after the call: the push stays an open intent.
+// leaveOpen leaves an open intent that Stripe has, as a biller killed
+// after its call reached Stripe and before it recorded the outcome: the
+// sync's push is refused, then sent straight to Stripe under its
+// identifier, and put back to 'intent'.
 func leaveOpen(t *testing.T, f *fixture) {
 	t.Helper()
-	f.fake.SetFaultRate(1)
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-	defer cancel()
-	_, _ = f.biller.Sync(ctx)
-	f.fake.SetFaultRate(0)
+	ctx := context.Background()
+	f.fake.SetReject(func(string, string) bool { return true })
+	if res, err := f.biller.Sync(ctx); err != nil || res.Dead != 1 {
+		t.Fatalf("sync: %+v %v", res, err)
+	}
+	f.fake.SetReject(nil)
+	var name, id, customer, value string
+	var ts time.Time
+	if err := f.db.Pool.QueryRow(ctx, `UPDATE billing_pushes SET status = 'intent' WHERE status = 'dead'
+		RETURNING event_name, identifier, stripe_customer_id, delta::text, event_timestamp`).Scan(&name, &id, &customer, &value, &ts); err != nil {
+		t.Fatal(err)
+	}
+	if err := stripeapi.NewClient("sk_test_123", f.url, time.Second).SendMeterEvent(ctx, name, id, customer, value, ts); err != nil {
+		t.Fatalf("sending the push to Stripe: %v", err)
+	}
 }
 
 // Old open pushes: a dead letter replayed days later, or an intent left
@@ -121,7 +133,7 @@ func TestOldOpenPushesAreCheckedAgainstStripe(t *testing.T) {
 		},
 		{
 			name: "intent that had landed, resumed after a 2-day outage, without the check",
-			fake: stripefake.Config{Faults: []string{stripefake.FaultTimeout}}, skip: true, after: 48 * time.Hour,
+			skip: true, after: 48 * time.Hour,
 			setup: func(t *testing.T, f *fixture) (int64, bool) {
 				f.meter("t1", "tokens", 64)
 				leaveOpen(t, f)
@@ -131,7 +143,7 @@ func TestOldOpenPushesAreCheckedAgainstStripe(t *testing.T) {
 		},
 		{
 			name: "intent that had landed, resumed after a 2-day outage",
-			fake: stripefake.Config{Faults: []string{stripefake.FaultTimeout}}, after: 48 * time.Hour,
+			after: 48 * time.Hour,
 			setup: func(t *testing.T, f *fixture) (int64, bool) {
 				f.meter("t1", "tokens", 64)
 				leaveOpen(t, f)
@@ -141,7 +153,7 @@ func TestOldOpenPushesAreCheckedAgainstStripe(t *testing.T) {
 		},
 		{
 			name: "intent that had landed, resumed 20 hours later: Stripe still dedups, sent as it is",
-			fake: stripefake.Config{Faults: []string{stripefake.FaultTimeout}}, after: 20 * time.Hour,
+			after: 20 * time.Hour,
 			setup: func(t *testing.T, f *fixture) (int64, bool) {
 				f.meter("t1", "tokens", 64)
 				leaveOpen(t, f)
