@@ -142,7 +142,7 @@ func TestOldOpenPushesAreCheckedAgainstStripe(t *testing.T) {
 			stripe: 128, result: billing.SendResult{Sent: 1}, replays: 1,
 		},
 		{
-			name: "intent that had landed, resumed after a 2-day outage",
+			name:  "intent that had landed, resumed after a 2-day outage",
 			after: 48 * time.Hour,
 			setup: func(t *testing.T, f *fixture) (int64, bool) {
 				f.meter("t1", "tokens", 64)
@@ -152,7 +152,7 @@ func TestOldOpenPushesAreCheckedAgainstStripe(t *testing.T) {
 			stripe: 64, result: billing.SendResult{Landed: 1},
 		},
 		{
-			name: "intent that had landed, resumed 20 hours later: Stripe still dedups, sent as it is",
+			name:  "intent that had landed, resumed 20 hours later: Stripe still dedups, sent as it is",
 			after: 20 * time.Hour,
 			setup: func(t *testing.T, f *fixture) (int64, bool) {
 				f.meter("t1", "tokens", 64)
