@@ -255,18 +255,19 @@ func (b *Biller) planOne(ctx context.Context, tenant, metric, customer, eventNam
 	var delta *big.Int
 	inserted := false
 	err := pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
-		if err := lockPair(ctx, tx, tenant, metric, period); err != nil {
-			return err
-		}
-		if err := lockGroup(ctx, tx, group{customer: customer, eventName: eventName, billed: billed}); err != nil {
-			return err
-		}
+		// One round trip: the locks, pair first, then the re-read.
+		batch := &pgx.Batch{}
+		batch.Queue(`SELECT pg_advisory_xact_lock($1, $2)`, pairLockSpace, pairKey(tenant, metric, period))
+		batch.Queue(`SELECT pg_advisory_xact_lock($1, $2)`, groupLockSpace, group{customer: customer, eventName: eventName, billed: billed}.key())
 		var metered, claimed pgtype.Numeric
 		var generation int
-		if err := tx.QueryRow(ctx, `SELECT coalesce((SELECT value FROM usage_windows WHERE tenant = $1 AND metric = $2 AND granularity = 'month' AND window_start = $3), 0),
+		batch.Queue(`SELECT coalesce((SELECT value FROM usage_windows WHERE tenant = $1 AND metric = $2 AND granularity = 'month' AND window_start = $3), 0),
 				coalesce(sum(delta) FILTER (WHERE status <> 'cancelled'), 0), count(*) FILTER (WHERE status = 'cancelled')
-			FROM billing_pushes WHERE tenant = $1 AND metric = $2 AND period_start = $3`, tenant, metric, period).Scan(&metered, &claimed, &generation); err != nil {
-			return fmt.Errorf("re-reading the claimed total: %w", err)
+			FROM billing_pushes WHERE tenant = $1 AND metric = $2 AND period_start = $3`, tenant, metric, period).QueryRow(func(row pgx.Row) error {
+			return row.Scan(&metered, &claimed, &generation)
+		})
+		if err := tx.SendBatch(ctx, batch).Close(); err != nil {
+			return fmt.Errorf("locking and re-reading the claimed total: %w", err)
 		}
 		m, c := usage.NumericInt(metered), usage.NumericInt(claimed)
 		if m.Cmp(c) <= 0 {
@@ -275,20 +276,19 @@ func (b *Biller) planOne(ctx context.Context, tenant, metric, customer, eventNam
 		delta = new(big.Int).Sub(m, c)
 		cumulative := m.String()
 		id := Identifier(tenant, metric, period, cumulative, generation)
-		tag, err := tx.Exec(ctx, `INSERT INTO billing_pushes (tenant, metric, period_start, billed_period_start, stripe_customer_id, event_name,
-				cumulative_total, delta, identifier, event_timestamp, carried, created_at, updated_at)
-			VALUES ($1, $2, $3, $4, $5, $6, $7::numeric, $8::numeric, $9, $10, $11, $12, $12) ON CONFLICT (identifier) DO NOTHING`,
-			tenant, metric, period, billed, customer, eventName, cumulative, delta.String(), id, ts, carried, now)
-		if err != nil {
-			return err
-		}
-		if tag.RowsAffected() == 0 {
-			return nil
-		}
-		inserted = true
-		// Late usage the aggregator recorded for this month is now on its way.
-		_, err = tx.Exec(ctx, `UPDATE usage_corrections SET reconciled_at = now()
-			WHERE tenant = $1 AND metric = $2 AND period_start = $3 AND reconciled_at IS NULL`, tenant, metric, period)
+		// The intent, and late usage the aggregator recorded for this
+		// month marked as on its way, in one statement.
+		var n int
+		err := tx.QueryRow(ctx, `WITH ins AS (
+				INSERT INTO billing_pushes (tenant, metric, period_start, billed_period_start, stripe_customer_id, event_name,
+					cumulative_total, delta, identifier, event_timestamp, carried, created_at, updated_at)
+				VALUES ($1, $2, $3, $4, $5, $6, $7::numeric, $8::numeric, $9, $10, $11, $12, $12) ON CONFLICT (identifier) DO NOTHING RETURNING 1
+			), corrections AS (
+				UPDATE usage_corrections SET reconciled_at = now()
+				WHERE tenant = $1 AND metric = $2 AND period_start = $3 AND reconciled_at IS NULL AND EXISTS (SELECT 1 FROM ins)
+			) SELECT count(*) FROM ins`,
+			tenant, metric, period, billed, customer, eventName, cumulative, delta.String(), id, ts, carried, now).Scan(&n)
+		inserted = n == 1
 		return err
 	})
 	if err != nil {

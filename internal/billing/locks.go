@@ -31,12 +31,8 @@ const (
 	groupLockSpace int32 = 0x62677270 // "bgrp"
 )
 
-func lockPair(ctx context.Context, tx pgx.Tx, tenant, metric string, period time.Time) error {
-	key := tenant + "\x00" + metric + "\x00" + period.UTC().Format(time.RFC3339)
-	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1, $2)`, pairLockSpace, lockKey(key)); err != nil {
-		return fmt.Errorf("locking %s/%s %s: %w", tenant, metric, period.Format("2006-01"), err)
-	}
-	return nil
+func pairKey(tenant, metric string, period time.Time) int32 {
+	return lockKey(tenant + "\x00" + metric + "\x00" + period.UTC().Format(time.RFC3339))
 }
 
 // group is what one Stripe event summary covers.
@@ -49,9 +45,12 @@ func (g group) String() string {
 	return fmt.Sprintf("%s/%s/%s", g.customer, g.eventName, g.billed.UTC().Format("2006-01"))
 }
 
+func (g group) key() int32 {
+	return lockKey(g.customer + "\x00" + g.eventName + "\x00" + g.billed.UTC().Format(time.RFC3339))
+}
+
 func lockGroup(ctx context.Context, tx pgx.Tx, g group) error {
-	key := g.customer + "\x00" + g.eventName + "\x00" + g.billed.UTC().Format(time.RFC3339)
-	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1, $2)`, groupLockSpace, lockKey(key)); err != nil {
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1, $2)`, groupLockSpace, g.key()); err != nil {
 		return fmt.Errorf("locking Stripe group %s: %w", g, err)
 	}
 	return nil
