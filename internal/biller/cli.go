@@ -122,10 +122,11 @@ func DLQCommand(ctx context.Context, cfg config.Biller, log *slog.Logger, sub st
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(out, "replayed: %d sent with their original identifiers, %d back in the DLQ\n", r.Sent, r.Dead)
+		fmt.Fprintf(out, "replayed: %d sent, %d back in the DLQ\n", r.Sent, r.Dead)
 		if r.Landed+r.Replaced+r.Waiting > 0 {
-			fmt.Fprintf(out, "older than %s (Stripe may have forgotten their identifiers), checked against Stripe's summaries: "+
-				"%d had arrived and are marked sent, %d replaced by new pushes for what was missing, %d groups wait for Stripe's summaries to settle (the next sync checks them)\n",
+			fmt.Fprintf(out, "created more than %s ago, so checked against Stripe's summaries first (Stripe may have forgotten their identifiers): "+
+				"%d had arrived and are marked sent without a call; %d had not (all) arrived and were replaced by new pushes, under new identifiers, "+
+				"for what was missing; %d customer-meter-months wait until nothing of theirs was sent for a while, and the biller's next sync settles them\n",
 				billing.DedupHorizon, r.Landed, r.Replaced, r.Waiting)
 		}
 		return nil
