@@ -76,9 +76,12 @@ type Biller struct {
 	stripe  Stripe
 	cfg     Config
 	limiter *rate.Limiter
-	// skipLandedCheck sends old pushes as they are; tests set it to show
-	// what the check prevents.
-	skipLandedCheck bool
+	// skipLandedCheck sends old pushes as they are, and noPlanningLocks
+	// plans without the pair and group locks; tests set them to show what
+	// the check and the locks prevent. afterPlanningRead, if set, runs in
+	// planning between the re-read of a pair and its intent.
+	skipLandedCheck, noPlanningLocks bool
+	afterPlanningRead                func()
 }
 
 // New returns a Biller.
@@ -257,8 +260,10 @@ func (b *Biller) planOne(ctx context.Context, tenant, metric, customer, eventNam
 	err := pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
 		// One round trip: the locks, pair first, then the re-read.
 		batch := &pgx.Batch{}
-		batch.Queue(`SELECT pg_advisory_xact_lock($1, $2)`, pairLockSpace, pairKey(tenant, metric, period))
-		batch.Queue(`SELECT pg_advisory_xact_lock($1, $2)`, groupLockSpace, group{customer: customer, eventName: eventName, billed: billed}.key())
+		if !b.noPlanningLocks {
+			batch.Queue(`SELECT pg_advisory_xact_lock($1, $2)`, pairLockSpace, pairKey(tenant, metric, period))
+			batch.Queue(`SELECT pg_advisory_xact_lock($1, $2)`, groupLockSpace, group{customer: customer, eventName: eventName, billed: billed}.key())
+		}
 		var metered, claimed pgtype.Numeric
 		var generation int
 		batch.Queue(`SELECT coalesce((SELECT value FROM usage_windows WHERE tenant = $1 AND metric = $2 AND granularity = 'month' AND window_start = $3), 0),
@@ -268,6 +273,9 @@ func (b *Biller) planOne(ctx context.Context, tenant, metric, customer, eventNam
 		})
 		if err := tx.SendBatch(ctx, batch).Close(); err != nil {
 			return fmt.Errorf("locking and re-reading the claimed total: %w", err)
+		}
+		if b.afterPlanningRead != nil {
+			b.afterPlanningRead()
 		}
 		m, c := usage.NumericInt(metered), usage.NumericInt(claimed)
 		if m.Cmp(c) <= 0 {

@@ -175,3 +175,69 @@ func TestTwoBillersNeverOverReport(t *testing.T) {
 		})
 	}
 }
+
+// TestTwoBillersPlanningOnePairAtOnce makes the race deterministic: the
+// first biller has read a pair's totals (metered 100, claimed 0) when
+// usage grows to 150 and the second biller syncs the same pair. With the
+// locks the second waits, re-reads after the first recorded its intent and
+// claims only the rest: Stripe gets 150. Without them (the control) both
+// claim from 0 and Stripe gets 250 for 150 of usage.
+func TestTwoBillersPlanningOnePairAtOnce(t *testing.T) {
+	tests := []struct {
+		name         string
+		locks        bool
+		claimed      int64
+		secondWaited bool
+	}{
+		{"with the locks", true, 150, true},
+		{"without the locks (control)", false, 250, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			f := newFixture(t, 1, stripefake.Config{})
+			ctx := context.Background()
+			hs := httptest.NewServer(f.fake)
+			t.Cleanup(hs.Close)
+			pool, err := pgxpool.New(ctx, f.db.URL)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(pool.Close)
+			second := billing.New(pool, stripeapi.NewClient("sk_test_123", hs.URL, time.Second), billing.Config{
+				RatePerSecond: 1000, Logger: slog.New(slog.DiscardHandler)})
+			if !tt.locks {
+				billing.WithoutPlanningLocks(f.biller)
+				billing.WithoutPlanningLocks(second)
+			}
+			f.meter("t1", "api_calls", 100)
+			secondDone := make(chan error, 1)
+			waited := false
+			billing.AfterPlanningRead(f.biller, func() {
+				billing.AfterPlanningRead(f.biller, nil)
+				f.meter("t1", "api_calls", 150)
+				go func() { _, err := second.Sync(ctx); secondDone <- err }()
+				select {
+				case err := <-secondDone:
+					secondDone <- err
+				case <-time.After(500 * time.Millisecond):
+					waited = true // blocked on the first biller's locks
+				}
+			})
+			if _, err := f.biller.Sync(ctx); err != nil {
+				t.Fatalf("first biller: %v", err)
+			}
+			if err := <-secondDone; err != nil {
+				t.Fatalf("second biller: %v", err)
+			}
+			var claimed int64
+			_ = f.db.Pool.QueryRow(ctx, `SELECT sum(delta)::bigint FROM billing_pushes WHERE status <> 'cancelled'`).Scan(&claimed)
+			if claimed != tt.claimed || waited != tt.secondWaited {
+				t.Fatalf("claimed %d (second biller waited: %v), want %d (%v)", claimed, waited, tt.claimed, tt.secondWaited)
+			}
+			if got := f.stripeTotal("t1", "api_calls"); got != tt.claimed {
+				t.Fatalf("Stripe %d, want %d", got, tt.claimed)
+			}
+		})
+	}
+}
