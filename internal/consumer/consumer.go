@@ -116,6 +116,14 @@ func (c *Consumer) Run(ctx context.Context) error {
 		HeartbeatInterval: c.cfg.SessionTimeout / 5, JoinGroupBackoff: time.Second,
 		WatchPartitionChanges: true, PartitionWatchInterval: 10 * time.Second,
 		StartOffset: kafka.FirstOffset,
+		// kafka-go's own account of joins, syncs and heartbeats: what
+		// explains a rebalance that takes long.
+		Logger: kafka.LoggerFunc(func(msg string, args ...any) {
+			c.log.Debug("kafka consumer group: "+fmt.Sprintf(msg, args...), "group", c.cfg.Group)
+		}),
+		ErrorLogger: kafka.LoggerFunc(func(msg string, args ...any) {
+			c.log.Warn("kafka consumer group: "+fmt.Sprintf(msg, args...), "group", c.cfg.Group)
+		}),
 	})
 	if err != nil {
 		return fmt.Errorf("creating consumer group %s: %w", c.cfg.Group, err)
