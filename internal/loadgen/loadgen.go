@@ -29,7 +29,6 @@ import (
 
 	"github.com/usagemeter/metering/events"
 	"github.com/usagemeter/metering/internal/topics"
-	"github.com/usagemeter/metering/internal/windows"
 )
 
 // Config of a run.
@@ -189,9 +188,9 @@ func Send(ctx context.Context, cfg Config, progress io.Writer) (Result, error) {
 			}
 			batch = append(batch, e)
 			sent = append(sent, e)
-			if windows.Month.Start(e.Time).Equal(windows.Month.Start(now)) {
-				res.Truth[e.Tenant+"/"+e.Metric] += e.Value
-			}
+			// usageTotal sums the month windows of the last year, so the
+			// late events count too, in last month early in a month.
+			res.Truth[e.Tenant+"/"+e.Metric] += e.Value
 			unique++
 		}
 		body := events.AppendArray(nil, batch)
@@ -230,7 +229,8 @@ func tenantNames(n int) []string {
 	return names
 }
 
-// usageTotal reads a tenant's month total of metric.
+// usageTotal reads a tenant's total of metric over the month windows of
+// the last 366 days (the API's default range for window=month).
 func (c *client) usageTotal(ctx context.Context, tenant, metric string) (int64, error) {
 	status, _, b, err := c.do(ctx, "GET", fmt.Sprintf("%s/v1/usage?tenant=%s&metric=%s&window=month", c.cfg.IngestURL, tenant, metric), "", nil)
 	if err != nil || status != http.StatusOK {
@@ -273,7 +273,7 @@ func Report(ctx context.Context, cfg Config, res Result, out io.Writer) error {
 		time.Sleep(500 * time.Millisecond)
 	}
 
-	fmt.Fprintln(out, "\nusage this month, this run's events included (resends counted once):")
+	fmt.Fprintln(out, "\nusage over the last year, this run's events included (resends counted once):")
 	tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "TENANT\tAPI_CALLS\tTOKENS\t")
 	tenants := []string{crosser}

@@ -3,6 +3,7 @@ package loadgen_test
 import (
 	"context"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -53,7 +54,8 @@ func TestDemo(t *testing.T) {
 	}
 	var out strings.Builder
 	if err := loadgen.Report(ctx, cfg, res, &out); err != nil {
-		t.Fatalf("report: %v\n%s\n(service logs: %s)", err, out.String(), st.LogFile)
+		logs, _ := os.ReadFile(st.LogFile)
+		t.Fatalf("report: %v\n%s\nservices' log (last 8 KiB):\n%s", err, out.String(), logs[max(0, len(logs)-8<<10):])
 	}
 	report := out.String()
 	t.Log("\n" + report)
