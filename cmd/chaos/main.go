@@ -1,8 +1,10 @@
 // Command chaos breaks the pipeline while it works and proves it still
 // counts exactly once (see internal/chaos). `make chaos` runs it with
-// 1,000,000 events.
+// 1,000,000 events; `make chaos ARGS=-replicas` runs 2 ingest, 3
+// aggregators and 2 billers and mixes hostile records into usage.events.
 //
-//	chaos [-events 1000000] [-dups 0.3] [-stripe-faults 0.1] [-kills 20] [-tenants 50] [-work DIR]
+//	chaos [-events 1000000] [-dups 0.3] [-stripe-faults 0.1] [-kills 20] [-tenants 50]
+//	      [-replicas [-hostile 20]] [-seed N] [-work DIR]
 package main
 
 import (
@@ -23,6 +25,8 @@ func main() {
 	flag.Float64Var(&cfg.FaultRate, "stripe-faults", 0.1, "share of Stripe calls that fail")
 	flag.IntVar(&cfg.MinKills, "kills", 20, "SIGKILLs of ingest, aggregator and biller, at least")
 	flag.IntVar(&cfg.Tenants, "tenants", 50, "tenants")
+	flag.BoolVar(&cfg.Replicas, "replicas", false, "run 2 ingest, 3 aggregators and 2 billers, and write hostile records to usage.events")
+	flag.IntVar(&cfg.HostilePerClass, "hostile", 20, "hostile records of each class (with -replicas)")
 	seed := flag.Uint64("seed", uint64(time.Now().UnixNano()), "random seed")
 	work := flag.String("work", "", "working directory (default: a new one under .dev/chaos)")
 	flag.Parse()
@@ -51,5 +55,4 @@ func main() {
 		os.Exit(1)
 	}
 	fmt.Println("chaos: every invariant held (final diff 0)")
-
 }

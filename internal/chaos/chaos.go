@@ -4,10 +4,19 @@
 // one of Postgres, 30 % duplicate resends and 10 % Stripe faults. Then it
 // proves the invariants: every window equals the ground truth, Stripe's
 // totals equal Postgres's after the DLQ is replayed, nothing is left in
-// flight.
+// flight, and Stripe's running total was never above the metered total at
+// any moment of the run.
 //
-// Invariant: it judges the system only by its outputs (windows, Stripe
-// totals, queues) against a ground truth it keeps itself.
+// The replicas mode (Config.Replicas) runs 2 ingest, 3 aggregators and 2
+// billers on one database, kills any of them, and writes hostile records
+// (bad keys, tombstones, empty, huge, garbage and control-character
+// values, binary headers) straight to usage.events: each must end as a
+// dead letter holding its bytes, or be counted if it is a valid event,
+// and no partition may stall.
+//
+// Invariant: it judges the system only by its outputs (windows, ledger,
+// dead letters, stored offsets, Stripe totals, queues, metrics) against a
+// ground truth it keeps itself.
 package chaos
 
 import (
@@ -16,11 +25,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -47,6 +60,12 @@ type Config struct {
 	MinKills  int     // SIGKILLs of services in all
 	Tenants   int
 	Seed      uint64
+	// Replicas runs 2 ingest, 3 aggregators and 2 billers, and mixes
+	// hostile records into usage.events.
+	Replicas bool
+	// HostilePerClass is how many records of each hostile class the
+	// replicas mode writes (default 5).
+	HostilePerClass int
 }
 
 // Report is what a run counted and found.
@@ -63,6 +82,34 @@ type Report struct {
 	StripeDiff           int
 	DLQReplayed          int
 	Elapsed              time.Duration
+
+	// Replicas names the processes of each service ("ingest": 2, ...).
+	Replicas map[string]int
+	// Hostile records by class, and what became of them.
+	HostileSent           map[string]int
+	HostileDeadLettered   int // dead letters holding the record's bytes
+	HostileCounted        int // valid events among them, counted
+	HostileMissing        int // neither: lost or stuck
+	HostileCopies         int // dead letters of copies written by attempts that got no answer
+	HostileEmptyAsNull    int // dead letters holding null for the record's empty key or value
+	UsageDeadLetters      int // rows of usage_dlq in all
+	UnexpectedDeadLetters int // dead letters of records that are no hostile record
+	// PartitionsStalled counts partitions whose stored offset did not
+	// reach the log end within the bound, or whose stalled gauge was 1 at
+	// the end; StalledMax is the largest metering_aggregator_partition_stalled
+	// sampled during the run (StalledSeen lists the partitions) over
+	// StalledSamples scrapes.
+	PartitionsStalled int
+	StalledMax        float64
+	StalledSeen       []string
+	StalledSamples    int
+	// Stripe running totals compared with the metered total as they were
+	// recorded (TotalsDeferred of them later, Postgres being down), how
+	// many were above it, and by how much at most.
+	TotalsChecked, TotalsDeferred, OverReports int
+	MaxOverReport                              int64
+	// HostileDiscarded dead letters were discarded by on-call's command.
+	HostileDiscarded int
 }
 
 func (r Report) String() string {
@@ -74,14 +121,38 @@ func (r Report) String() string {
 	for _, n := range r.Faults {
 		faults += n
 	}
-	return fmt.Sprintf(`chaos run in %s
+	s := fmt.Sprintf(`chaos run in %s
   events: %d sent, %d unique, %d resends, %d requests retried after failures
   kills: %d (%v); broker restarts: %d; Postgres restarts: %d
   Stripe faults injected: %d (%v); billing DLQ replayed: %d
   windows checked: %d, differing from the ground truth: %d
-  tenant-metrics checked against Stripe: %d, differing: %d`,
+  tenant-metrics checked against Stripe: %d, differing: %d
+  Stripe running totals checked against Postgres as recorded: %d (%d later, Postgres down), above the metered total: %d; maximum over-report: %d
+  partitions stalled at the end: %d; metering_aggregator_partition_stalled max during the run: %g (%d scrapes%s)`,
 		r.Elapsed.Round(time.Second), r.Sent, r.Unique, r.Resent, r.Retried, kills, r.Kills, r.BrokerRestarts, r.PostgresRestarts,
-		faults, r.Faults, r.DLQReplayed, r.WindowsChecked, r.WindowDiff, r.PairsChecked, r.StripeDiff)
+		faults, r.Faults, r.DLQReplayed, r.WindowsChecked, r.WindowDiff, r.PairsChecked, r.StripeDiff,
+		r.TotalsChecked, r.TotalsDeferred, r.OverReports, r.MaxOverReport,
+		r.PartitionsStalled, r.StalledMax, r.StalledSamples, seen(r.StalledSeen))
+	if r.Replicas != nil {
+		sent := 0
+		for _, n := range r.HostileSent {
+			sent += n
+		}
+		s += fmt.Sprintf(`
+  replicas: %v
+  hostile records: %d sent (%v); dead-lettered: %d (%d with null for an empty key or value); counted as valid events: %d; neither: %d
+  usage dead letters: %d in all (%d of copies from unanswered writes, %d of records that are not hostile); discarded by on-call: %d`,
+			r.Replicas, sent, r.HostileSent, r.HostileDeadLettered, r.HostileEmptyAsNull, r.HostileCounted, r.HostileMissing,
+			r.UsageDeadLetters, r.HostileCopies, r.UnexpectedDeadLetters, r.HostileDiscarded)
+	}
+	return s
+}
+
+func seen(partitions []string) string {
+	if len(partitions) == 0 {
+		return ""
+	}
+	return "; stalled: " + strings.Join(partitions, ", ")
 }
 
 const adminKey = stack.AdminKey
@@ -90,13 +161,22 @@ var chaosMetrics = []string{"api_calls", "tokens", "bytes"}
 
 // Run performs a chaos run and returns its report; err is non-nil when an
 // invariant does not hold (the report says which).
-func Run(ctx context.Context, cfg Config, out io.Writer) (Report, error) {
+func Run(ctx context.Context, cfg Config, out io.Writer) (rep Report, err error) {
 	started := time.Now()
-	rep := Report{Kills: map[string]int{}}
+	rep = Report{Kills: map[string]int{}}
+	over := &overReport{}
+	defer func() {
+		over.fill(&rep)
+		rep.Elapsed = time.Since(started)
+	}()
 	rng := rand.New(rand.NewPCG(cfg.Seed, cfg.Seed^0xc4a05))
+	if cfg.Replicas && cfg.HostilePerClass <= 0 {
+		cfg.HostilePerClass = 5
+	}
 
-	// Stripe: the test server, in this process, with faults.
-	fake := stripefake.New(stripefake.Config{FaultRate: cfg.FaultRate, Seed: cfg.Seed})
+	// Stripe: the test server, in this process, with faults; every running
+	// total it records is compared with Postgres at once.
+	fake := stripefake.New(stripefake.Config{FaultRate: cfg.FaultRate, Seed: cfg.Seed, OnTotal: over.onTotal})
 	for _, m := range chaosMetrics {
 		fake.EnsureMeter(m)
 	}
@@ -111,47 +191,130 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Report, error) {
 		return rep, err
 	}
 	defer st.Stop()
-	services := st.Procs
-	ingestURL := st.URLs["ingest"]
+	pool, err := pgxpool.New(ctx, st.DBURL)
+	if err != nil {
+		return rep, fmt.Errorf("connecting to the stack's database: %w", err)
+	}
+	defer pool.Close()
+	over.pool.Store(pool)
+	overCtx, stopOver := context.WithCancel(ctx)
+	stallCtx, stopStalls := context.WithCancel(ctx)
+	var overWG, stallWG sync.WaitGroup
+	defer func() { stopOver(); stopStalls(); overWG.Wait(); stallWG.Wait() }()
+	overWG.Go(func() { over.run(overCtx) })
+
+	// The processes: one of each service, or the replicas.
+	byService := map[string][]string{}
+	for _, n := range stack.Services {
+		byService[n] = []string{n}
+	}
+	if cfg.Replicas {
+		fmt.Fprintln(out, "starting the replicas: 2 ingest, 3 aggregators, 2 billers...")
+		for _, r := range []struct{ name, service string }{{"ingest-2", "ingest"}, {"aggregator-2", "aggregator"},
+			{"aggregator-3", "aggregator"}, {"biller-2", "biller"}} {
+			if _, err := st.Spawn(ctx, r.name, r.service); err != nil {
+				return rep, fmt.Errorf("starting replica %s: %w", r.name, err)
+			}
+			byService[r.service] = append(byService[r.service], r.name)
+		}
+		rep.Replicas, rep.HostileSent = map[string]int{}, map[string]int{}
+		for n, names := range byService {
+			rep.Replicas[n] = len(names)
+		}
+	}
+	var procs, ingestURLs, aggURLs []string
+	for _, n := range stack.Services {
+		procs = append(procs, byService[n]...)
+	}
+	for _, n := range byService["ingest"] {
+		ingestURLs = append(ingestURLs, st.URLs[n])
+	}
+	for _, n := range byService["aggregator"] {
+		aggURLs = append(aggURLs, st.URLs[n])
+	}
+	stalls := &stallSampler{stalled: map[string]bool{}}
+	stallWG.Go(func() { stalls.run(stallCtx, aggURLs) })
 	if err := setup(ctx, st, cfg.Tenants); err != nil {
 		return rep, err
 	}
 
-	// Load, with the killer running beside it.
+	// Load, with the killer (and the hostile writer) running beside it.
 	truth := map[string]int64{} // tenant/metric/granularity/start → value
 	var loadDone atomic.Bool
-	var killerErr, restartErr error
+	var progress atomic.Uint64 // math.Float64bits of the fraction sent
+	var killerErr, restartErr, hostileErr error
 	var killerWG sync.WaitGroup
 	killerWG.Go(func() {
-		names := []string{"ingest", "aggregator", "biller"}
 		krng := rand.New(rand.NewPCG(cfg.Seed^1, cfg.Seed^2))
+		// Every process is killed once, in a random order, then a service
+		// is picked at random and one of its processes.
+		order := slices.Clone(procs)
+		krng.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
 		kills := 0
 		for !loadDone.Load() || kills < cfg.MinKills {
+			if ctx.Err() != nil {
+				return
+			}
 			time.Sleep(time.Duration(300+krng.IntN(900)) * time.Millisecond)
-			n := names[krng.IntN(len(names))]
-			services[n].Kill()
+			n := ""
+			if kills < len(order) && cfg.Replicas {
+				n = order[kills]
+			} else {
+				names := byService[stack.Services[krng.IntN(len(stack.Services))]]
+				n = names[krng.IntN(len(names))]
+			}
+			st.Procs[n].Kill()
 			rep.Kills[n]++
 			kills++
-			if err := services[n].Start(); err != nil {
-				killerErr = err
+			if err := st.Procs[n].Start(); err != nil {
+				killerErr = fmt.Errorf("restarting %s after a kill: %w", n, err)
 				return
 			}
 		}
 	})
+	var hostile *hostileSender
+	if cfg.Replicas {
+		if hostile, err = newHostileSender(ctx, st.Brokers); err != nil {
+			return rep, err
+		}
+		defer hostile.close()
+		hrng := rand.New(rand.NewPCG(cfg.Seed^3, cfg.Seed^4))
+		var recs []*hostileRecord
+		now := time.Now().UTC()
+		for _, c := range HostileClasses {
+			for range cfg.HostilePerClass {
+				recs = append(recs, makeHostile(hrng, c, cfg.Tenants, now))
+			}
+		}
+		hrng.Shuffle(len(recs), func(i, j int) { recs[i], recs[j] = recs[j], recs[i] })
+		killerWG.Go(func() {
+			// Spread over the load: record i goes once i/len of it is sent.
+			for i, h := range recs {
+				for !loadDone.Load() && math.Float64frombits(progress.Load()) < float64(i)/float64(len(recs)) && ctx.Err() == nil {
+					time.Sleep(20 * time.Millisecond)
+				}
+				if err := hostile.send(ctx, hrng, h); err != nil {
+					hostileErr = err
+					return
+				}
+			}
+		})
+	}
 	fmt.Fprintf(out, "sending %d events (%.0f%% resends) while killing services...\n", cfg.Events, cfg.DupShare*100)
-	err = load(ctx, cfg, rng, ingestURL, truth, &rep, out, func(fraction float64) {
+	err = load(ctx, cfg, rng, ingestURLs, truth, &rep, out, func(fraction float64) {
+		progress.Store(math.Float64bits(fraction))
 		switch {
 		case rep.BrokerRestarts == 0 && fraction >= 0.4:
 			fmt.Fprintln(out, "\n  restarting the Kafka broker (SIGKILL, same data dir)")
 			st.Broker.Kill()
 			rep.BrokerRestarts++
 			if err := st.Broker.Start(); err != nil {
-				restartErr = err
+				restartErr = fmt.Errorf("restarting the broker: %w", err)
 			}
 		case rep.PostgresRestarts == 0 && fraction >= 0.7:
 			fmt.Fprintln(out, "\n  restarting Postgres")
 			if err := st.RestartPostgres(); err != nil {
-				restartErr = err
+				restartErr = fmt.Errorf("restarting Postgres: %w", err)
 			}
 			rep.PostgresRestarts++
 		}
@@ -161,29 +324,52 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Report, error) {
 	if err != nil {
 		return rep, err
 	}
-	if err := errors.Join(killerErr, restartErr); err != nil {
+	if err := errors.Join(killerErr, restartErr, hostileErr); err != nil {
 		return rep, err
 	}
-	for _, n := range stack.Services {
+	for _, n := range procs {
 		if err := stack.WaitHTTP(ctx, st.URLs[n]+"/healthz", time.Minute); err != nil {
 			return rep, fmt.Errorf("%s after the chaos: %w", n, err)
 		}
 	}
 
-	pool, err := pgxpool.New(ctx, st.DBURL)
+	fmt.Fprintln(out, "\nwaiting for the aggregators to drain usage.events...")
+	lags, err := waitPartitions(ctx, pool, st.Brokers, 10*time.Minute)
+	for p, lag := range lags {
+		if lag > 0 {
+			rep.PartitionsStalled++
+			rep.StalledSeen = append(rep.StalledSeen, fmt.Sprintf("partition %d %d behind at the end", p, lag))
+		}
+	}
+	// The gauges at the end, after the last scrape of the run.
+	stopStalls()
+	stallWG.Wait()
+	if now := stalls.sample(ctx, &http.Client{Timeout: 2 * time.Second}, aggURLs); len(now) > 0 {
+		rep.PartitionsStalled += len(now)
+		err = errors.Join(err, fmt.Errorf("stalled gauge is 1 at the end: %s", strings.Join(now, ", ")))
+	}
+	rep.StalledMax, rep.StalledSamples = stalls.max, stalls.samples
+	for p := range stalls.stalled {
+		rep.StalledSeen = append(rep.StalledSeen, "{"+p+"}")
+	}
+	slices.Sort(rep.StalledSeen)
 	if err != nil {
 		return rep, err
 	}
-	defer pool.Close()
-	fmt.Fprintln(out, "\nwaiting for the aggregator to drain usage.events...")
-	if err := WaitConsumed(ctx, pool, st.Brokers, 10*time.Minute); err != nil {
-		return rep, err
+	if hostile != nil {
+		ids, err := auditHostile(ctx, pool, hostile.records(), truth, &rep)
+		if err != nil {
+			return rep, err
+		}
+		if err := discard(ctx, st, ids, &rep); err != nil {
+			return rep, err
+		}
 	}
 	if err := checkWindows(ctx, pool, truth, &rep); err != nil {
 		return rep, err
 	}
 
-	fmt.Fprintln(out, "waiting for the biller to bring Stripe up to date...")
+	fmt.Fprintln(out, "waiting for the billers to bring Stripe up to date...")
 	fake.SetFaultRate(0) // the cause is fixed; what failed waits in the DLQ
 	if err := waitBilled(ctx, pool, 5*time.Minute); err != nil {
 		return rep, err
@@ -192,7 +378,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Report, error) {
 	_ = pool.QueryRow(ctx, `SELECT count(*) FROM billing_pushes WHERE status = 'dead'`).Scan(&dead)
 	if dead > 0 {
 		fmt.Fprintf(out, "replaying %d dead-lettered pushes...\n", dead)
-		replay := exec.Command(st.Bin("biller"), "dlq", "replay", "--all", "--actor", "chaos")
+		replay := exec.CommandContext(ctx, st.Bin("biller"), "dlq", "replay", "--all", "--actor", "chaos")
 		replay.Env = append(os.Environ(), append(st.Env(), "STRIPE_API_KEY=sk_test_stack", "STRIPE_API_BASE="+stripeSrv.URL)...)
 		if b, err := replay.CombinedOutput(); err != nil {
 			return rep, fmt.Errorf("biller dlq replay: %v\n%s", err, b)
@@ -209,8 +395,28 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (Report, error) {
 	if err := checkNothingInFlight(ctx, pool); err != nil {
 		return rep, err
 	}
-	rep.Elapsed = time.Since(started)
-	return rep, nil
+	stopOver()
+	overWG.Wait()
+	return rep, over.finish(ctx, &rep)
+}
+
+// discard resolves the hostile dead letters as on-call would, with the
+// aggregator's command, once they have been checked.
+func discard(ctx context.Context, st *stack.Stack, ids []int64, rep *Report) error {
+	for chunk := range slices.Chunk(ids, 500) {
+		args := []string{"dlq", "discard"}
+		for _, id := range chunk {
+			args = append(args, strconv.FormatInt(id, 10))
+		}
+		args = append(args, "--actor", "chaos", "--note", "hostile records written by the chaos run")
+		cmd := exec.CommandContext(ctx, st.Bin("aggregator"), args...)
+		cmd.Env = append(os.Environ(), st.Env()...)
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("aggregator dlq discard: %v\n%s", err, b)
+		}
+		rep.HostileDiscarded += len(chunk)
+	}
+	return nil
 }
 
 func setup(ctx context.Context, st *stack.Stack, tenants int) error {
@@ -225,9 +431,10 @@ func setup(ctx context.Context, st *stack.Stack, tenants int) error {
 	return nil
 }
 
-// load sends the events in batches from four workers, each batch retried
-// (same ids) until it gets 202; at is called with the fraction sent.
-func load(ctx context.Context, cfg Config, rng *rand.Rand, ingestURL string, truth map[string]int64, rep *Report, out io.Writer, at func(float64)) error {
+// load sends the events in batches from four workers, spread over the
+// ingest URLs, each batch retried (same ids, the next URL) until it gets
+// 202; at is called with the fraction sent.
+func load(ctx context.Context, cfg Config, rng *rand.Rand, ingestURLs []string, truth map[string]int64, rep *Report, out io.Writer, at func(float64)) error {
 	const batch = 500
 	seen := map[string]bool{}
 	var sent []events.Event
@@ -238,7 +445,7 @@ func load(ctx context.Context, cfg Config, rng *rand.Rand, ingestURL string, tru
 	var firstErr error
 	var errOnce sync.Once
 	client := &http.Client{Timeout: 10 * time.Second}
-	for range 4 {
+	for w := range 4 {
 		wg.Go(func() {
 			for body := range bodies {
 				for attempt := 0; ; attempt++ {
@@ -246,6 +453,7 @@ func load(ctx context.Context, cfg Config, rng *rand.Rand, ingestURL string, tru
 						errOnce.Do(func() { firstErr = errors.New("a batch was not accepted after 600 tries") })
 						break
 					}
+					ingestURL := ingestURLs[(w+attempt)%len(ingestURLs)]
 					req, _ := http.NewRequestWithContext(ctx, "POST", ingestURL+"/v1/events", bytes.NewReader(body))
 					req.Header.Set("Authorization", "Bearer "+adminKey)
 					req.Header.Set("Content-Type", "application/json")
@@ -314,49 +522,82 @@ func load(ctx context.Context, cfg Config, rng *rand.Rand, ingestURL string, tru
 	return ctx.Err()
 }
 
-// Lag returns how many records of usage.events the aggregator has not
-// committed yet.
-func Lag(ctx context.Context, pool *pgxpool.Pool, brokers string) (int64, error) {
+// PartitionLags returns, per partition of usage.events, how many records
+// lie between the offset the aggregators stored in Postgres and the log end.
+func PartitionLags(ctx context.Context, pool *pgxpool.Pool, brokers string) (map[int]int64, error) {
 	conn, err := kafka.DialContext(ctx, "tcp", brokers)
 	if err != nil {
-		return 0, err
+		return nil, fmt.Errorf("dialing %s: %w", brokers, err)
 	}
 	parts, err := conn.ReadPartitions(topics.UsageEvents)
 	conn.Close()
 	if err != nil {
-		return 0, err
+		return nil, fmt.Errorf("reading the partitions of %s: %w", topics.UsageEvents, err)
 	}
-	var end int64
+	lags := map[int]int64{}
 	for _, p := range parts {
 		lc, err := kafka.DialLeader(ctx, "tcp", brokers, topics.UsageEvents, p.ID)
 		if err != nil {
-			return 0, err
+			return nil, fmt.Errorf("dialing the leader of partition %d: %w", p.ID, err)
 		}
 		last, err := lc.ReadLastOffset()
 		lc.Close()
 		if err != nil {
-			return 0, err
+			return nil, fmt.Errorf("reading the end of partition %d: %w", p.ID, err)
 		}
-		end += last
+		lags[p.ID] = last
 	}
-	var consumed int64
-	if err := pool.QueryRow(ctx, `SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets WHERE topic = $1`, topics.UsageEvents).Scan(&consumed); err != nil {
-		return 0, err
+	rows, err := pool.Query(ctx, `SELECT partition, max(next_offset) FROM consumer_offsets WHERE topic = $1 GROUP BY partition`, topics.UsageEvents)
+	if err != nil {
+		return nil, fmt.Errorf("reading consumer_offsets: %w", err)
 	}
-	return end - consumed, nil
+	defer rows.Close()
+	for rows.Next() {
+		var p int
+		var next int64
+		if err := rows.Scan(&p, &next); err != nil {
+			return nil, fmt.Errorf("reading consumer_offsets: %w", err)
+		}
+		if _, ok := lags[p]; ok {
+			lags[p] -= next
+		}
+	}
+	return lags, rows.Err()
 }
 
-// WaitConsumed waits until the aggregator's stored offsets reach every
+// Lag returns how many records of usage.events the aggregators have not
+// committed yet.
+func Lag(ctx context.Context, pool *pgxpool.Pool, brokers string) (int64, error) {
+	lags, err := PartitionLags(ctx, pool, brokers)
+	var sum int64
+	for _, l := range lags {
+		sum += l
+	}
+	return sum, err
+}
+
+// WaitConsumed waits until the aggregators' stored offsets reach every
 // partition's end of usage.events.
 func WaitConsumed(ctx context.Context, pool *pgxpool.Pool, brokers string, d time.Duration) error {
+	_, err := waitPartitions(ctx, pool, brokers, d)
+	return err
+}
+
+// waitPartitions waits up to d until every partition's stored offset
+// reaches its log end, and returns the last lags it read.
+func waitPartitions(ctx context.Context, pool *pgxpool.Pool, brokers string, d time.Duration) (map[int]int64, error) {
 	deadline := time.Now().Add(d)
 	for {
-		lag, err := Lag(ctx, pool, brokers)
-		if err == nil && lag == 0 {
-			return nil
+		lags, err := PartitionLags(ctx, pool, brokers)
+		behind := int64(0)
+		for _, l := range lags {
+			behind += l
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("the aggregator is still %d records behind after %s (%v)", lag, d, err)
+		if err == nil && behind == 0 {
+			return lags, nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return lags, fmt.Errorf("the aggregators are still %d records behind after %s (%v)", behind, d, errors.Join(err, ctx.Err()))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
