@@ -31,6 +31,9 @@ type Metrics struct {
 	Isolated prometheus.Counter
 	// ReaderRestarts counts partition readers restarted after an error.
 	ReaderRestarts *prometheus.CounterVec
+	// IdleRebalances counts rejoins this member forced because another
+	// member's partition had records waiting and did not move.
+	IdleRebalances *prometheus.CounterVec
 	lostRecords    *prometheus.CounterVec
 }
 
@@ -84,11 +87,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m.ReaderRestarts = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "metering_aggregator_reader_restarts_total", Help: "Partition readers restarted after an error, by partition.",
 	}, []string{"partition"})
+	m.IdleRebalances = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "metering_aggregator_idle_partition_rebalances_total",
+		Help: "Rejoins forced because a partition of another member had records waiting and did not move for the session timeout, by partition.",
+	}, []string{"partition"})
 	m.lostRecords = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "metering_aggregator_lost_records_total",
 		Help: "Records deleted from the log (retention) before they were counted, by partition; each gap has a consumer_lost_records row.",
 	}, []string{"partition"})
-	reg.MustRegister(m.Stalled, m.Retries, m.Isolated, m.ReaderRestarts, m.lostRecords)
+	reg.MustRegister(m.Stalled, m.Retries, m.Isolated, m.ReaderRestarts, m.IdleRebalances, m.lostRecords)
 	reg.MustRegister(m.events, m.batchSize, m.batchTime, m.breaches, m.Lag, m.Assigned, m.Rebalances, m.BatchErrors, m.KafkaCommitErrors)
 	return m
 }

@@ -64,3 +64,27 @@ func (a *Aggregator) SkipLost(ctx context.Context, partition int, from, logStart
 		"topic", a.cfg.Topic, "partition", partition, "first_lost", from, "log_start", logStart, "lost", logStart-from)
 	return nil
 }
+
+// StoredOffsets returns every stored next offset of the group's topic, by
+// partition.
+func (a *Aggregator) StoredOffsets(ctx context.Context) (map[int]int64, error) {
+	rows, err := a.pool.Query(ctx, `SELECT partition, next_offset FROM consumer_offsets
+		WHERE consumer_group = $1 AND topic = $2`, a.cfg.Group, a.cfg.Topic)
+	if err != nil {
+		return nil, fmt.Errorf("reading stored offsets: %w", err)
+	}
+	defer rows.Close()
+	out := map[int]int64{}
+	for rows.Next() {
+		var p int
+		var next int64
+		if err := rows.Scan(&p, &next); err != nil {
+			return nil, fmt.Errorf("reading stored offsets: %w", err)
+		}
+		out[p] = next
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("reading stored offsets: %w", err)
+	}
+	return out, nil
+}

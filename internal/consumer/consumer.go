@@ -15,8 +15,12 @@
 // sub-batches, each its own transaction with the offset compare-and-set,
 // and dead-lettered as unprocessable (TestBisectionIsolatesRefusedRecords);
 // a partition that cannot make progress fails Ready, naming itself and the
-// reason. A member that lost its partition is fenced by the offset
-// compare-and-set.
+// reason. A partition reader that fails is restarted with backoff within
+// the generation (TestFailedReaderRestartsWithinTheGeneration), and a
+// partition of another member that has records waiting but does not move
+// for SessionTimeout makes this member rejoin, so the group rebalances
+// (TestPartitionsConsumedAgainAfterMembersAreKilled). A member that lost
+// its partition is fenced by the offset compare-and-set.
 package consumer
 
 import (
@@ -158,6 +162,11 @@ func (c *Consumer) Run(ctx context.Context) error {
 		c.log.InfoContext(ctx, "joined generation", "generation", gen.ID, "member", gen.MemberID, "partitions", parts)
 		committed := newOffsets()
 		gen.Start(func(ctx context.Context) { c.copyOffsets(ctx, gen, committed) })
+		owned := make(map[int]bool, len(parts))
+		for _, p := range parts {
+			owned[p] = true
+		}
+		gen.Start(func(ctx context.Context) { c.watchIdle(ctx, owned) })
 		for _, a := range assigned {
 			partition := a.ID
 			gen.Start(func(ctx context.Context) { c.runPartition(ctx, partition, committed) })

@@ -1,0 +1,99 @@
+package consumer
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+)
+
+// watchIdle returns, ending the member's generation so that it rejoins
+// and the group rebalances, when a partition that another member owns has
+// records waiting and its stored offset has not moved for SessionTimeout.
+// The coordinator should have noticed a dead owner by then; this covers
+// an owner the coordinator keeps in the group without heartbeats (kfake
+// keeps a member that dies between its JoinGroup and SyncGroup once the
+// leader has synced; measured). In the rebalance a dead owner does not
+// rejoin and loses its partitions. It does nothing while this member's
+// own partitions stall, since an outage stalls everyone and rebalancing
+// would not help.
+func (c *Consumer) watchIdle(ctx context.Context, owned map[int]bool) {
+	t := time.NewTicker(max(c.cfg.SessionTimeout/4, 100*time.Millisecond))
+	defer t.Stop()
+	type progress struct {
+		next  int64
+		since time.Time
+	}
+	seen := map[int]progress{}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if c.stalls.err() != nil {
+			clear(seen)
+			continue
+		}
+		ends, err := c.logEnds(ctx)
+		if err != nil {
+			continue
+		}
+		stored, err := c.agg.StoredOffsets(ctx)
+		if err != nil {
+			continue
+		}
+		now := time.Now()
+		for p, end := range ends {
+			next, ok := stored[p]
+			if !ok {
+				next = -1
+			}
+			if owned[p] || next >= end {
+				delete(seen, p)
+				continue
+			}
+			pr, ok := seen[p]
+			if !ok || pr.next != next {
+				seen[p] = progress{next, now}
+				continue
+			}
+			if idle := now.Sub(pr.since); idle >= c.cfg.SessionTimeout {
+				if c.metrics != nil {
+					c.metrics.IdleRebalances.WithLabelValues(strconv.Itoa(p)).Inc()
+				}
+				c.log.WarnContext(ctx, "a partition of another member has records waiting and does not move; rejoining so the group rebalances",
+					"partition", p, "offset", next, "log_end", end, "idle", idle.Round(time.Millisecond))
+				return
+			}
+		}
+	}
+}
+
+// logEnds returns the high watermark of every partition of the topic.
+func (c *Consumer) logEnds(ctx context.Context) (map[int]int64, error) {
+	cl := &kafka.Client{Addr: kafka.TCP(c.cfg.Brokers...), Timeout: 5 * time.Second}
+	meta, err := cl.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{c.cfg.Topic}})
+	if err != nil {
+		return nil, fmt.Errorf("metadata of %s: %w", c.cfg.Topic, err)
+	}
+	var reqs []kafka.OffsetRequest
+	for _, t := range meta.Topics {
+		for _, p := range t.Partitions {
+			reqs = append(reqs, kafka.LastOffsetOf(p.ID))
+		}
+	}
+	resp, err := cl.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{c.cfg.Topic: reqs}})
+	if err != nil {
+		return nil, fmt.Errorf("log ends of %s: %w", c.cfg.Topic, err)
+	}
+	out := map[int]int64{}
+	for _, po := range resp.Topics[c.cfg.Topic] {
+		if po.Error == nil {
+			out[po.Partition] = po.LastOffset
+		}
+	}
+	return out, nil
+}
