@@ -66,6 +66,8 @@ type Config struct {
 	// HostilePerClass is how many records of each hostile class the
 	// replicas mode writes (default 5).
 	HostilePerClass int
+	// Batch is the number of events per request (default 500).
+	Batch int
 }
 
 // Report is what a run counted and found.
@@ -321,6 +323,11 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (rep Report, err error)
 	})
 	loadDone.Store(true)
 	killerWG.Wait()
+	if hostile != nil {
+		for _, h := range hostile.records() {
+			rep.HostileSent[h.class]++
+		}
+	}
 	if err != nil {
 		return rep, err
 	}
@@ -435,7 +442,10 @@ func setup(ctx context.Context, st *stack.Stack, tenants int) error {
 // ingest URLs, each batch retried (same ids, the next URL) until it gets
 // 202; at is called with the fraction sent.
 func load(ctx context.Context, cfg Config, rng *rand.Rand, ingestURLs []string, truth map[string]int64, rep *Report, out io.Writer, at func(float64)) error {
-	const batch = 500
+	batch := cfg.Batch
+	if batch <= 0 {
+		batch = 500
+	}
 	seen := map[string]bool{}
 	var sent []events.Event
 	now := time.Now().UTC()
@@ -584,20 +594,37 @@ func WaitConsumed(ctx context.Context, pool *pgxpool.Pool, brokers string, d tim
 }
 
 // waitPartitions waits up to d until every partition's stored offset
-// reaches its log end, and returns the last lags it read.
+// reaches its log end, and returns the last lags it read. It gives up
+// sooner when no partition's offset has moved for stuckAfter: a partition
+// that has records waiting and stays put that long is stalled.
 func waitPartitions(ctx context.Context, pool *pgxpool.Pool, brokers string, d time.Duration) (map[int]int64, error) {
+	const stuckAfter = 2 * time.Minute
 	deadline := time.Now().Add(d)
+	moved := time.Now()
+	var last map[int]int64
 	for {
 		lags, err := PartitionLags(ctx, pool, brokers)
 		behind := int64(0)
-		for _, l := range lags {
+		for p, l := range lags {
 			behind += l
+			if prev, ok := last[p]; !ok || l < prev {
+				moved = time.Now()
+			}
+		}
+		if err == nil {
+			last = lags
 		}
 		if err == nil && behind == 0 {
 			return lags, nil
 		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return lags, fmt.Errorf("the aggregators are still %d records behind after %s (%v)", behind, d, errors.Join(err, ctx.Err()))
+		if ctx.Err() != nil {
+			return last, fmt.Errorf("waiting for the aggregators to drain usage.events: %w", ctx.Err())
+		}
+		if time.Since(moved) > stuckAfter {
+			return last, fmt.Errorf("the aggregators are %d records behind and no partition has moved for %s (%v)", behind, stuckAfter, err)
+		}
+		if time.Now().After(deadline) {
+			return last, fmt.Errorf("the aggregators are still %d records behind after %s (%v)", behind, d, err)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

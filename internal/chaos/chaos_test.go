@@ -37,8 +37,8 @@ func TestChaosReduced(t *testing.T) {
 }
 
 // TestChaosReplicasReduced is `make chaos ARGS=-replicas` at a size CI
-// affords: 10,000 events over 2 ingest, 3 aggregators and 2 billers on
-// one database, every process SIGKILLed at least once (21 kills at
+// affords: 10,000 events in requests of 100 spread over 2 ingest, to 3
+// aggregators and 2 billers on one database, every process SIGKILLed at least once (21 kills at
 // least), one broker and one Postgres restart, 10 % Stripe faults, and 4
 // records of each hostile class written straight to usage.events.
 func TestChaosReplicasReduced(t *testing.T) {
@@ -49,7 +49,7 @@ func TestChaosReplicasReduced(t *testing.T) {
 	defer cancel()
 	rep, err := chaos.Run(ctx, chaos.Config{
 		Root: root, Work: work, Events: 10000, DupShare: 0.3, FaultRate: 0.1, MinKills: 21, Tenants: 10, Seed: 7,
-		Replicas: true, HostilePerClass: 4,
+		Replicas: true, HostilePerClass: 4, Batch: 100,
 	}, &out)
 	t.Log("\n" + rep.String())
 	if err != nil {

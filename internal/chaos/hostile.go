@@ -323,7 +323,6 @@ func auditHostile(ctx context.Context, pool *pgxpool.Pool, hs []*hostileRecord, 
 		}
 	}
 	for _, h := range hs {
-		rep.HostileSent[h.class]++
 		counted := false
 		if h.ev != nil {
 			var n int
