@@ -18,7 +18,7 @@
 // reason. A partition reader that fails is restarted with backoff within
 // the generation (TestFailedReaderRestartsWithinTheGeneration), and a
 // partition of another member that has records waiting but does not move
-// for SessionTimeout makes this member rejoin, so the group rebalances
+// for SessionTimeout + 5 s makes this member rejoin, so the group rebalances
 // (TestPartitionsConsumedAgainAfterMembersAreKilled). A member that lost
 // its partition is fenced by the offset compare-and-set.
 package consumer

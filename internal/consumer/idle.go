@@ -11,8 +11,11 @@ import (
 
 // watchIdle returns, ending the member's generation so that it rejoins
 // and the group rebalances, when a partition that another member owns has
-// records waiting and its stored offset has not moved for SessionTimeout.
-// The coordinator should have noticed a dead owner by then; this covers
+// records waiting and its stored offset has not moved for SessionTimeout
+// + 5 s. The coordinator should have noticed a dead owner by then (a live
+// owner working through a backlog commits every batch, well within it:
+// with the session timeout alone, big batches under the race detector
+// tripped it); this covers
 // an owner the coordinator keeps in the group without heartbeats (kfake
 // keeps a member that dies between its JoinGroup and SyncGroup once the
 // leader has synced; measured). In the rebalance a dead owner does not
@@ -60,7 +63,7 @@ func (c *Consumer) watchIdle(ctx context.Context, owned map[int]bool) {
 				seen[p] = progress{next, now}
 				continue
 			}
-			if idle := now.Sub(pr.since); idle >= c.cfg.SessionTimeout {
+			if idle := now.Sub(pr.since); idle >= c.cfg.SessionTimeout+5*time.Second {
 				if c.metrics != nil {
 					c.metrics.IdleRebalances.WithLabelValues(strconv.Itoa(p)).Inc()
 				}
