@@ -76,6 +76,42 @@ func (c *Cluster) CreateTopic(tb testing.TB, topic string, partitions int) {
 	}
 }
 
+// EndOffsets returns each partition's end offset (its high watermark) of
+// topic; a topic that does not exist yields none.
+func EndOffsets(ctx context.Context, brokers []string, topic string) (map[int]int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	cl := &kafka.Client{Addr: kafka.TCP(brokers...)}
+	meta, err := cl.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
+	if err != nil {
+		return nil, fmt.Errorf("metadata of %s: %w", topic, err)
+	}
+	req := map[string][]kafka.OffsetRequest{}
+	for _, t := range meta.Topics {
+		if t.Error != nil {
+			if errors.Is(t.Error, kafka.UnknownTopicOrPartition) {
+				return nil, nil
+			}
+			return nil, fmt.Errorf("metadata of %s: %w", topic, t.Error)
+		}
+		for _, p := range t.Partitions {
+			req[topic] = append(req[topic], kafka.LastOffsetOf(p.ID))
+		}
+	}
+	resp, err := cl.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: req})
+	if err != nil {
+		return nil, fmt.Errorf("end offsets of %s: %w", topic, err)
+	}
+	out := map[int]int64{}
+	for _, po := range resp.Topics[topic] {
+		if po.Error != nil {
+			return nil, fmt.Errorf("end offset of %s/%d: %w", topic, po.Partition, po.Error)
+		}
+		out[po.Partition] = po.LastOffset
+	}
+	return out, nil
+}
+
 // ReadAll returns every message in topic, partition by partition in offset
 // order, up to each partition's high watermark at the time of the call. A
 // topic that does not exist yields no messages.
