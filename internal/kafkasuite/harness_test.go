@@ -29,6 +29,9 @@ import (
 	"github.com/usagemeter/metering/internal/windows"
 )
 
+// sessionTimeout is the aggregators' SESSION_TIMEOUT in the suite.
+const sessionTimeout = 6 * time.Second
+
 // versions are the Apache Kafka releases the suite runs on.
 func versions() []string {
 	if v := strings.Fields(os.Getenv("KAFKA_SUITE_VERSIONS")); len(v) > 0 {
@@ -59,6 +62,9 @@ type env struct {
 	pool    *pgxpool.Pool
 	truth   *truth
 	group   string // the aggregators' consumer group
+	// ingestURL is read by the senders while the test spawns processes
+	// (which adds to the stack's maps), so it is kept apart.
+	ingestURL string
 }
 
 func repoRoot(t *testing.T) string {
@@ -130,7 +136,7 @@ func startPipeline(t *testing.T, c *kafkacluster.Cluster, group string) *env {
 	st, err := stack.Start(ctx, stack.Options{Root: repoRoot(t), Work: work, StripeBase: srv.URL, Brokers: c.BrokerList(),
 		Env: map[string][]string{
 			"ingest":     {"PUBLISH_TIMEOUT=4s"},
-			"aggregator": {"SESSION_TIMEOUT=6s", "BATCH_SIZE=500", "CONSUMER_GROUP=" + group},
+			"aggregator": {"SESSION_TIMEOUT=" + sessionTimeout.String(), "BATCH_SIZE=500", "CONSUMER_GROUP=" + group},
 		}}, &log)
 	if err != nil {
 		t.Fatalf("starting the pipeline: %v\n%s", err, log.String())
@@ -151,7 +157,7 @@ func startPipeline(t *testing.T, c *kafkacluster.Cluster, group string) *env {
 	if err := stack.WaitHTTP(ctx, st.URLs["aggregator"]+"/readyz", 2*time.Minute); err != nil {
 		t.Fatalf("aggregator: %v", err)
 	}
-	return &env{t: t, cluster: c, st: st, pool: pool, truth: newTruth(), group: group}
+	return &env{t: t, cluster: c, st: st, pool: pool, truth: newTruth(), group: group, ingestURL: st.URLs["ingest"]}
 }
 
 func tail(b []byte, n int) []byte {
@@ -257,7 +263,7 @@ func (e *env) post(ctx context.Context, client *http.Client, body []byte, stats 
 			stats.retried.Add(1)
 			time.Sleep(200 * time.Millisecond)
 		}
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, e.st.URLs["ingest"]+"/v1/events", bytes.NewReader(body))
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, e.ingestURL+"/v1/events", bytes.NewReader(body))
 		if err != nil {
 			return err
 		}

@@ -167,9 +167,58 @@ func aggregatorsJoinAndLeave(t *testing.T, c *kafkacluster.Cluster, version stri
 		return
 	}
 	e.waitConsumed(2 * time.Minute)
+
+	// One more member SIGKILLed while events flow: every partition is
+	// consumed again, past what was written just after the kill, within
+	// SESSION_TIMEOUT + 5 s.
+	more := make(chan struct{})
+	go func() {
+		defer close(more)
+		e.send(ctx, 6000, 100, 2, 0.3, &stats)
+	}()
+	time.Sleep(time.Second)
+	second.Kill()
+	changes++
+	recovery := e.recovery(time.Now(), time.Minute)
+	<-more
+	if bound := sessionTimeout + 5*time.Second; recovery > bound {
+		t.Errorf("after a member was SIGKILLed every partition was consumed again only after %s, want at most %s", recovery, bound)
+	}
+	e.waitConsumed(2 * time.Minute)
 	windows := e.checkTruth()
-	figs.add("%s rebalances: 3 aggregator processes, %d membership changes (joins, SIGTERM, SIGKILL, rejoins) during %d events (%d unique): %d windows exact, %s",
-		version, changes, stats.events.Load(), e.truth.unique(), windows, time.Since(started).Round(time.Second))
+	figs.add("%s rebalances: 3 aggregator processes, %d membership changes (joins, SIGTERM, SIGKILL, rejoins) during %d events (%d unique): %d windows exact; after the last SIGKILL every partition moved again in %s (bound SESSION_TIMEOUT %s + 5 s); %s",
+		version, changes, stats.events.Load(), e.truth.unique(), windows, recovery.Round(100*time.Millisecond), sessionTimeout, time.Since(started).Round(time.Second))
+}
+
+// recovery returns how long after killed every partition's stored offset
+// reached the end the partition had half a second after killed; it fails
+// the test after limit.
+func (e *env) recovery(killed time.Time, limit time.Duration) time.Duration {
+	e.t.Helper()
+	ctx := context.Background()
+	time.Sleep(time.Until(killed.Add(500 * time.Millisecond)))
+	target, err := endOffsets(ctx, e.cluster.Brokers())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for {
+		stored, err := e.storedOffsets(ctx)
+		if err == nil {
+			behind := 0
+			for p, end := range target {
+				if stored[p] < end {
+					behind++
+				}
+			}
+			if behind == 0 {
+				return time.Since(killed)
+			}
+		}
+		if time.Since(killed) > limit {
+			e.t.Fatalf("partitions not consumed again %s after a member was killed (stored %v, wanted %v)", limit, stored, target)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // leaderKilledDuringIngest: the broker leading usage.events partition 0
@@ -244,6 +293,9 @@ func operatorTopic(t *testing.T, c *kafkacluster.Cluster, version string, figs *
 			}
 		}
 	}
+	// Ingest's producer learns of the new partitions when its metadata
+	// expires (kafka-go's default is 6 s).
+	time.Sleep(8 * time.Second)
 	e.send(ctx, 8000, 200, 2, 0.3, &stats)
 	e.waitConsumed(2 * time.Minute)
 	end, err := endOffsets(ctx, c.Brokers())
