@@ -27,8 +27,9 @@ schemathesis:
 # KAFKA_BROKERS=... once every broker answers; Ctrl-C stops it.
 # KAFKA_VERSION (4.1.1 or 3.9.1), KAFKA_NODES (1 or 3), KAFKA_DATA_DIR.
 kafka:
-	$(if $(KAFKA_VERSION),KAFKA_VERSION=$(KAFKA_VERSION)) $(if $(KAFKA_NODES),KAFKA_NODES=$(KAFKA_NODES)) \
-	$(if $(KAFKA_DATA_DIR),KAFKA_DATA_DIR=$(KAFKA_DATA_DIR)) $(GO) run ./cmd/kafkacluster
+	@$(GO) build -o .dev/bin/kafkacluster ./cmd/kafkacluster
+	@$(if $(KAFKA_VERSION),KAFKA_VERSION=$(KAFKA_VERSION)) $(if $(KAFKA_NODES),KAFKA_NODES=$(KAFKA_NODES)) \
+	$(if $(KAFKA_DATA_DIR),KAFKA_DATA_DIR=$(KAFKA_DATA_DIR)) exec .dev/bin/kafkacluster
 
 # Sends demo traffic to the stack `make run` started, then prints usage,
 # quota states, breaches and the reconciliation report.
