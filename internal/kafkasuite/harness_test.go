@@ -23,6 +23,7 @@ import (
 
 	"github.com/usagemeter/metering/events"
 	"github.com/usagemeter/metering/internal/kafkacluster"
+	"github.com/usagemeter/metering/internal/kafkatest"
 	"github.com/usagemeter/metering/internal/stack"
 	"github.com/usagemeter/metering/internal/stripefake"
 	"github.com/usagemeter/metering/internal/topics"
@@ -253,6 +254,17 @@ func (e *env) send(ctx context.Context, total, batch, workers int, resendShare f
 	}
 }
 
+// sendInBackground is send in its own goroutine; the channel closes when
+// it is done.
+func (e *env) sendInBackground(ctx context.Context, total, batch, workers int, resendShare float64, stats *sendStats) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		e.send(ctx, total, batch, workers, resendShare, stats)
+	}()
+	return done
+}
+
 func (e *env) post(ctx context.Context, client *http.Client, body []byte, stats *sendStats) error {
 	deadline := time.Now().Add(3 * time.Minute)
 	for attempt := 0; ; attempt++ {
@@ -295,34 +307,9 @@ func (e *env) post(ctx context.Context, client *http.Client, body []byte, stats 
 	}
 }
 
-// produceTopic returns the partitions' end offsets of usage.events.
+// endOffsets returns the partitions' end offsets of usage.events.
 func endOffsets(ctx context.Context, brokers []string) (map[int]int64, error) {
-	cl := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
-	meta, err := cl.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topics.UsageEvents}})
-	if err != nil {
-		return nil, fmt.Errorf("metadata: %w", err)
-	}
-	req := map[string][]kafka.OffsetRequest{}
-	for _, tp := range meta.Topics {
-		if tp.Error != nil {
-			return nil, fmt.Errorf("metadata of %s: %w", tp.Name, tp.Error)
-		}
-		for _, p := range tp.Partitions {
-			req[topics.UsageEvents] = append(req[topics.UsageEvents], kafka.LastOffsetOf(p.ID))
-		}
-	}
-	resp, err := cl.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: req})
-	if err != nil {
-		return nil, fmt.Errorf("list offsets: %w", err)
-	}
-	out := map[int]int64{}
-	for _, po := range resp.Topics[topics.UsageEvents] {
-		if po.Error != nil {
-			return nil, fmt.Errorf("offsets of partition %d: %w", po.Partition, po.Error)
-		}
-		out[po.Partition] = po.LastOffset
-	}
-	return out, nil
+	return kafkatest.EndOffsets(ctx, brokers, topics.UsageEvents)
 }
 
 // storedOffsets returns the aggregator's next offsets from Postgres.

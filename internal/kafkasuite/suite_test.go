@@ -141,11 +141,7 @@ func aggregatorsJoinAndLeave(t *testing.T, c *kafkacluster.Cluster, version stri
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var stats sendStats
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		e.send(ctx, 20000, 200, 2, 0.3, &stats)
-	}()
+	done := e.sendInBackground(ctx, 20000, 200, 2, 0.3, &stats)
 	step := func(what string, f func() error) {
 		time.Sleep(1500 * time.Millisecond)
 		if err := f(); err != nil {
@@ -171,11 +167,7 @@ func aggregatorsJoinAndLeave(t *testing.T, c *kafkacluster.Cluster, version stri
 	// One more member SIGKILLed while events flow: every partition is
 	// consumed again, past what was written just after the kill, within
 	// SESSION_TIMEOUT + 5 s.
-	more := make(chan struct{})
-	go func() {
-		defer close(more)
-		e.send(ctx, 6000, 100, 2, 0.3, &stats)
-	}()
+	more := e.sendInBackground(ctx, 6000, 100, 2, 0.3, &stats)
 	time.Sleep(time.Second)
 	second.Kill()
 	changes++
@@ -232,11 +224,7 @@ func leaderKilledDuringIngest(t *testing.T, c *kafkacluster.Cluster, version str
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var stats sendStats
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		e.send(ctx, 20000, 100, 4, 0.3, &stats)
-	}()
+	done := e.sendInBackground(ctx, 20000, 100, 4, 0.3, &stats)
 	time.Sleep(2 * time.Second)
 	leader, err := c.LeaderOf(ctx, topics.UsageEvents, 0)
 	if err != nil {
