@@ -190,6 +190,14 @@ type Aggregator struct {
 	// RetentionInterval is how often old ledger rows and published outbox
 	// rows are deleted.
 	RetentionInterval time.Duration
+	// MaxLag bounds how far back a record's broker timestamp is trusted:
+	// event-time limits are judged at that timestamp clamped into
+	// [now - MaxLag, now], never at a producer-set time alone.
+	MaxLag time.Duration
+	// ConflictAlertThreshold: held and raised conflicts of one tenant in
+	// one UTC day beyond which the aggregator logs an error and the API
+	// marks the tenant alerting.
+	ConflictAlertThreshold int
 }
 
 // LoadAggregator reads cmd/aggregator's settings; see LoadIngest.
@@ -203,6 +211,8 @@ func LoadAggregator(name string, args []string, getenv func(string) string, outp
 	parsed(b, &c.BatchWait, "BATCH_WAIT", "100ms", "longest a batch waits for more records", positiveDuration)
 	parsed(b, &c.SessionTimeout, "SESSION_TIMEOUT", "10s", "consumer group session timeout", positiveDuration)
 	parsed(b, &c.RetentionInterval, "RETENTION_INTERVAL", "1h", "how often ledger rows past the horizon are deleted", positiveDuration)
+	parsed(b, &c.MaxLag, "AGGREGATOR_MAX_LAG", "72h", "how far behind its record timestamps the aggregator may be and still judge event times at them", positiveDuration)
+	parsed(b, &c.ConflictAlertThreshold, "CONFLICT_ALERT_THRESHOLD", "10", "held and raised conflicts per tenant per UTC day beyond which an alert is raised", positiveInt)
 	if err := b.parse(args); err != nil {
 		return Aggregator{}, nil, err
 	}
