@@ -21,7 +21,6 @@ package biller
 
 import (
 	"context"
-	"encoding/csv"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -38,6 +37,7 @@ import (
 	"github.com/usagemeter/metering/internal/auth"
 	"github.com/usagemeter/metering/internal/billing"
 	"github.com/usagemeter/metering/internal/config"
+	"github.com/usagemeter/metering/internal/csvsafe"
 	"github.com/usagemeter/metering/internal/httpjson"
 	"github.com/usagemeter/metering/internal/leader"
 	"github.com/usagemeter/metering/internal/migrate"
@@ -101,13 +101,20 @@ func Run(ctx context.Context, cfg config.Biller, log *slog.Logger, ready func(ne
 	})
 
 	st := store.New(pool)
-	authn := auth.New(st, cfg.AdminAPIKey)
+	authn := auth.New(st, cfg.AdminAPIKey, auth.WithLogger(log), auth.WithRegisterer(reg))
 	mux := http.NewServeMux()
 	service.Mount(mux, reg, map[string]service.Check{"postgres": st.Ping})
 	mux.Handle(Routes[0], stripewebhook.New(pool, cfg.StripeWebhookSecret, log))
 	mux.HandleFunc(Routes[1], func(w http.ResponseWriter, r *http.Request) {
 		p, err := authn.Authenticate(r.Context(), r)
-		if err != nil {
+		switch {
+		case errors.Is(err, auth.ErrExpiredKey):
+			httpjson.Error(w, http.StatusUnauthorized, "expired_key", err.Error())
+			return
+		case errors.Is(err, auth.ErrRevokedBootstrapKey):
+			httpjson.Error(w, http.StatusUnauthorized, "unauthorized", err.Error())
+			return
+		case err != nil:
 			httpjson.Error(w, http.StatusUnauthorized, "unauthorized", "send an admin or viewer key: Authorization: Bearer <key>")
 			return
 		}
@@ -198,14 +205,15 @@ func WriteReport(w io.Writer, rows []billing.Row, format string) error {
 		enc.SetIndent("", "  ")
 		return enc.Encode(rows)
 	case "csv":
-		cw := csv.NewWriter(w)
+		// csvsafe quotes every cell and neutralises formula triggers, so the
+		// export is safe to open in a spreadsheet.
+		cw := csvsafe.NewWriter(w)
 		_ = cw.Write([]string{"tenant", "metric", "period", "metered", "reported", "in_flight", "stripe", "drift", "carried_out", "carried_in", "status", "note"})
 		for _, r := range rows {
 			_ = cw.Write([]string{r.Tenant, r.Metric, r.Period, r.Metered.String(), r.Reported.String(), r.InFlight.String(),
 				orDash(r.Stripe, r.Stripe == nil), r.Drift.String(), r.CarriedOut.String(), r.CarriedIn.String(), r.Status, r.Note})
 		}
-		cw.Flush()
-		return cw.Error()
+		return cw.Flush()
 	case "table", "":
 		tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', tabwriter.AlignRight)
 		fmt.Fprintln(tw, "TENANT\tMETRIC\tPERIOD\tMETERED\tREPORTED\tSTRIPE\tDRIFT\tSTATUS\tNOTE\t")
