@@ -12,6 +12,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -27,6 +28,11 @@ type Common struct {
 	KafkaPartitions int
 	// ShutdownTimeout bounds the drain of in-flight work on SIGTERM.
 	ShutdownTimeout time.Duration
+	// HTTPMaxConnections caps the HTTP server's open connections (more
+	// wait in the backlog); HTTPWriteTimeout cuts a request whose answer
+	// is not read (or whose body is not sent) within it.
+	HTTPMaxConnections int
+	HTTPWriteTimeout   time.Duration
 	// DedupHorizon is how old an event may be and how long ids are kept.
 	DedupHorizon time.Duration
 }
@@ -41,8 +47,14 @@ const (
 type Ingest struct {
 	Common
 	AdminAPIKey string
-	// MaxBodyBytes bounds a request body (413 above it).
+	// MaxBodyBytes bounds a request body, as sent and decompressed (413
+	// above it).
 	MaxBodyBytes int64
+	// LargeBodyBytes: bodies above it hold one of MaxLargeBodiesInFlight
+	// slots while their request runs (503 with Retry-After when none is
+	// free).
+	LargeBodyBytes         int64
+	MaxLargeBodiesInFlight int
 	// KeyEventsPerSecond and KeyBurst: token bucket per API key, in events.
 	KeyEventsPerSecond float64
 	KeyBurst           int
@@ -136,7 +148,32 @@ func (b *binder) common(c *Common, httpAddr string) {
 	b.str(&c.LogLevel, "LOG_LEVEL", "info", "log level: debug, info, warn or error")
 	parsed(b, &c.KafkaPartitions, "KAFKA_PARTITIONS", "12", "partitions of topics this service creates", positiveInt)
 	parsed(b, &c.ShutdownTimeout, "SHUTDOWN_TIMEOUT", "30s", "how long SIGTERM waits for in-flight work", positiveDuration)
+	parsed(b, &c.HTTPMaxConnections, "HTTP_MAX_CONNECTIONS", "1024", "most HTTP connections open at once; more wait until one closes", positiveInt)
+	parsed(b, &c.HTTPWriteTimeout, "HTTP_WRITE_TIMEOUT", "2m", "longest a request may take from its headers to the end of its answer (body upload included)", positiveDuration)
 	parsed(b, &c.DedupHorizon, "DEDUP_HORIZON", "840h", "how old an event may be; ids are remembered this long", positiveDuration)
+}
+
+// adminKey reads the bootstrap admin key from ADMIN_API_KEY, or from the
+// file ADMIN_API_KEY_FILE names (a mounted secret). Neither has a flag: a
+// secret on a command line is visible to every user in ps.
+func (b *binder) adminKey(p *string) {
+	key, file := b.getenv("ADMIN_API_KEY"), b.getenv("ADMIN_API_KEY_FILE")
+	switch {
+	case key != "" && file != "":
+		b.errs = append(b.errs, errors.New("set ADMIN_API_KEY or ADMIN_API_KEY_FILE, not both"))
+	case file != "":
+		raw, err := os.ReadFile(file)
+		if err != nil {
+			b.errs = append(b.errs, fmt.Errorf("ADMIN_API_KEY_FILE: %w", err))
+			return
+		}
+		*p = strings.TrimSpace(string(raw))
+		if *p == "" {
+			b.errs = append(b.errs, fmt.Errorf("ADMIN_API_KEY_FILE: %s is empty", file))
+		}
+	default:
+		*p = key
+	}
 }
 
 func (b *binder) parse(args []string) error {
@@ -156,11 +193,16 @@ func LoadIngest(name string, args []string, getenv func(string) string, output i
 	b := &binder{fs: flag.NewFlagSet(name, flag.ContinueOnError), getenv: getenv}
 	b.fs.SetOutput(output)
 	b.common(&c.Common, ":8080")
-	b.str(&c.AdminAPIKey, "ADMIN_API_KEY", "", "bootstrap admin API key, used to create the first stored keys")
-	parsed(b, &c.MaxBodyBytes, "MAX_BODY_BYTES", "5242880", "largest request body accepted", func(s string) (int64, error) {
+	b.adminKey(&c.AdminAPIKey)
+	parsed(b, &c.MaxBodyBytes, "MAX_BODY_BYTES", "5242880", "largest request body accepted, as sent and decompressed", func(s string) (int64, error) {
 		n, err := positiveInt(s)
 		return int64(n), err
 	})
+	parsed(b, &c.LargeBodyBytes, "LARGE_BODY_BYTES", "1048576", "bodies above this size count against MAX_LARGE_BODIES_IN_FLIGHT", func(s string) (int64, error) {
+		n, err := positiveInt(s)
+		return int64(n), err
+	})
+	parsed(b, &c.MaxLargeBodiesInFlight, "MAX_LARGE_BODIES_IN_FLIGHT", "32", "requests with a body above LARGE_BODY_BYTES processed at once; more get 503", positiveInt)
 	parsed(b, &c.KeyEventsPerSecond, "RATE_LIMIT_KEY_EVENTS", "50000", "events per second per API key", positiveFloat)
 	parsed(b, &c.KeyBurst, "RATE_LIMIT_KEY_BURST", "100000", "burst of events per API key (at least 1000)", positiveInt)
 	parsed(b, &c.IPRequestsPerSecond, "RATE_LIMIT_IP_REQUESTS", "1000", "requests per second per client IP", positiveFloat)
@@ -245,7 +287,7 @@ func LoadBiller(name string, args []string, getenv func(string) string, output i
 	b.str(&c.StripeAPIKey, "STRIPE_API_KEY", "", "Stripe secret key (sk_...)")
 	b.str(&c.StripeAPIBase, "STRIPE_API_BASE", "", "Stripe API base URL; empty for api.stripe.com (stripe-mock or the test server otherwise)")
 	b.str(&c.StripeWebhookSecret, "STRIPE_WEBHOOK_SECRET", "", "signing secret of the Stripe webhook endpoint (whsec_...)")
-	b.str(&c.AdminAPIKey, "ADMIN_API_KEY", "", "bootstrap admin key for the biller's HTTP API")
+	b.adminKey(&c.AdminAPIKey)
 	parsed(b, &c.SyncInterval, "SYNC_INTERVAL", "1m", "how often deltas are pushed to Stripe", positiveDuration)
 	parsed(b, &c.StripeRate, "STRIPE_RATE_LIMIT", "20", "Stripe calls per second, client side", positiveFloat)
 	parsed(b, &c.StripeTimeout, "STRIPE_TIMEOUT", "20s", "timeout of one Stripe call", positiveDuration)
