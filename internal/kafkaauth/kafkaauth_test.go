@@ -1,0 +1,239 @@
+package kafkaauth_test
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/usagemeter/metering/internal/kafkaauth"
+	"github.com/usagemeter/metering/internal/testpki"
+)
+
+// files writes a CA and a client pair issued by it into a test directory.
+type files struct{ ca, cert, key, junk string }
+
+func writeFiles(t *testing.T, ca *testpki.CA) files {
+	t.Helper()
+	dir := t.TempDir()
+	pair, err := ca.Issue("client")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f files
+	for _, w := range []struct {
+		p    *string
+		name string
+		data []byte
+	}{{&f.ca, "ca.pem", ca.CertPEM}, {&f.cert, "client.pem", pair.CertPEM}, {&f.key, "client-key.pem", pair.KeyPEM}, {&f.junk, "junk.pem", []byte("not a certificate")}} {
+		if *w.p, err = testpki.WriteFile(dir, w.name, w.data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return f
+}
+
+func TestNewRejectsIncoherentConfigs(t *testing.T) {
+	t.Parallel()
+	ca, err := testpki.NewCA("kafkaauth test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := writeFiles(t, ca)
+	tests := []struct {
+		name    string
+		cfg     kafkaauth.Config
+		wantErr string // "" means accepted
+		want    string // String() when accepted
+	}{
+		{"zero is plaintext", kafkaauth.Config{}, "", "PLAINTEXT"},
+		{"tls with system roots", kafkaauth.Config{TLS: true}, "", "SSL"},
+		{"tls with a CA and a client certificate", kafkaauth.Config{TLS: true, CAFile: f.ca, CertFile: f.cert, KeyFile: f.key}, "", "SSL (client certificate)"},
+		{"sasl_ssl scram-sha-512", kafkaauth.Config{TLS: true, CAFile: f.ca, SASLMechanism: "scram-sha-512", SASLUsername: "u", SASLPassword: "hunter2"}, "", "SASL_SSL (SCRAM-SHA-512 as u)"},
+		{"mechanism in capitals", kafkaauth.Config{TLS: true, SASLMechanism: "SCRAM-SHA-256", SASLUsername: "u", SASLPassword: "hunter2"}, "", "SASL_SSL (SCRAM-SHA-256 as u)"},
+		{"sasl_plaintext plain", kafkaauth.Config{SASLMechanism: "plain", SASLUsername: "u", SASLPassword: "hunter2"}, "", "SASL_PLAINTEXT (PLAIN as u)"},
+		{"insecure is named", kafkaauth.Config{TLS: true, InsecureSkipVerify: true}, "", "SSL (broker certificates NOT verified)"},
+		{"CA without TLS", kafkaauth.Config{CAFile: f.ca}, "KAFKA_TLS_CA_FILE is set but KAFKA_TLS is not", ""},
+		{"server name without TLS", kafkaauth.Config{ServerName: "kafka"}, "KAFKA_TLS_SERVER_NAME is set but KAFKA_TLS is not", ""},
+		{"insecure without TLS", kafkaauth.Config{InsecureSkipVerify: true}, "KAFKA_TLS_INSECURE_SKIP_VERIFY", ""},
+		{"certificate without key", kafkaauth.Config{TLS: true, CertFile: f.cert}, "go together", ""},
+		{"key without certificate", kafkaauth.Config{TLS: true, KeyFile: f.key}, "go together", ""},
+		{"certificate and key swapped", kafkaauth.Config{TLS: true, CertFile: f.key, KeyFile: f.cert}, "KAFKA_TLS_CERT_FILE and KAFKA_TLS_KEY_FILE", ""},
+		{"missing CA file", kafkaauth.Config{TLS: true, CAFile: f.ca + ".missing"}, "KAFKA_TLS_CA_FILE", ""},
+		{"CA file without a certificate", kafkaauth.Config{TLS: true, CAFile: f.junk}, "holds no PEM certificate", ""},
+		{"unknown mechanism", kafkaauth.Config{SASLMechanism: "gssapi", SASLUsername: "u", SASLPassword: "p"}, `KAFKA_SASL_MECHANISM "gssapi"`, ""},
+		{"mechanism without username", kafkaauth.Config{SASLMechanism: "plain", SASLPassword: "p"}, "needs KAFKA_SASL_USERNAME", ""},
+		{"mechanism without password", kafkaauth.Config{SASLMechanism: "scram-sha-512", SASLUsername: "u"}, "KAFKA_SASL_PASSWORD_FILE", ""},
+		{"credentials without mechanism", kafkaauth.Config{SASLUsername: "u", SASLPassword: "p"}, "KAFKA_SASL_MECHANISM is not", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			s, err := kafkaauth.New(tt.cfg)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want it to mention %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := s.String(); got != tt.want {
+				t.Errorf("String() = %q, want %q", got, tt.want)
+			}
+			if strings.Contains(s.String(), "hunter2") {
+				t.Errorf("String() %q shows the password", s.String())
+			}
+		})
+	}
+}
+
+func TestDialerAndTransportCarryTheSettings(t *testing.T) {
+	t.Parallel()
+	ca, err := testpki.NewCA("kafkaauth test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := writeFiles(t, ca)
+	var nilSec *kafkaauth.Security
+	if d := nilSec.Dialer(); d.TLS != nil || d.SASLMechanism != nil || d.Timeout == 0 {
+		t.Errorf("a nil Security's dialer: TLS %v, SASL %v, timeout %s", d.TLS, d.SASLMechanism, d.Timeout)
+	}
+	if tr := nilSec.Transport(); tr.TLS != nil || tr.SASL != nil {
+		t.Error("a nil Security's transport has TLS or SASL")
+	}
+	plain, err := kafkaauth.New(kafkaauth.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, tr := plain.Dialer(), plain.Transport(); d.TLS != nil || d.SASLMechanism != nil || tr.TLS != nil || tr.SASL != nil {
+		t.Error("the zero Config gives TLS or SASL")
+	}
+	for _, mech := range []struct{ cfg, name string }{{"plain", "PLAIN"}, {"scram-sha-256", "SCRAM-SHA-256"}, {"scram-sha-512", "SCRAM-SHA-512"}} {
+		s, err := kafkaauth.New(kafkaauth.Config{TLS: true, CAFile: f.ca, CertFile: f.cert, KeyFile: f.key, ServerName: "kafka.internal",
+			SASLMechanism: mech.cfg, SASLUsername: "u", SASLPassword: "p"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, tr := s.Dialer(), s.Transport()
+		for what, c := range map[string]*tls.Config{"dialer": d.TLS, "transport": tr.TLS} {
+			if c == nil || c.RootCAs == nil || len(c.Certificates) != 1 || c.ServerName != "kafka.internal" || c.InsecureSkipVerify || c.MinVersion < tls.VersionTLS12 {
+				t.Errorf("%s %s: TLS config %+v", mech.cfg, what, c)
+			}
+		}
+		if d.SASLMechanism == nil || d.SASLMechanism.Name() != mech.name || tr.SASL == nil || tr.SASL.Name() != mech.name {
+			t.Errorf("%s: SASL %v / %v, want %s", mech.cfg, d.SASLMechanism, tr.SASL, mech.name)
+		}
+		if d.TLS == tr.TLS {
+			t.Error("the dialer and the transport share one *tls.Config; kafka-go may set ServerName on it")
+		}
+	}
+	insecure, err := kafkaauth.New(kafkaauth.Config{TLS: true, InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !insecure.Insecure() || !insecure.Dialer().TLS.InsecureSkipVerify || plain.Insecure() {
+		t.Error("Insecure does not follow InsecureSkipVerify")
+	}
+}
+
+// TestTLSVerifiesTheBroker: the TLS settings trust the given CA and only
+// it, and present the client certificate to a broker that asks for one.
+func TestTLSVerifiesTheBroker(t *testing.T) {
+	t.Parallel()
+	ca, err := testpki.NewCA("broker CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := testpki.NewCA("someone else's CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err := ca.Issue("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverCert, err := tls.X509KeyPair(server.CertPEM, server.KeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{serverCert}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: ca.Pool()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_ = c.(*tls.Conn).Handshake()
+				_, _ = c.Read(make([]byte, 1))
+			}()
+		}
+	}()
+	good, bad := writeFiles(t, ca), writeFiles(t, other)
+	tests := []struct {
+		name    string
+		cfg     kafkaauth.Config
+		wantErr string
+	}{
+		{"trusted CA and client certificate", kafkaauth.Config{TLS: true, CAFile: good.ca, CertFile: good.cert, KeyFile: good.key}, ""},
+		{"untrusted CA", kafkaauth.Config{TLS: true, CAFile: bad.ca, CertFile: good.cert, KeyFile: good.key}, "certificate signed by unknown authority"},
+		{"wrong server name", kafkaauth.Config{TLS: true, CAFile: good.ca, CertFile: good.cert, KeyFile: good.key, ServerName: "kafka.example"}, "kafka.example"},
+		{"no client certificate", kafkaauth.Config{TLS: true, CAFile: good.ca}, "certificate required"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			s, err := kafkaauth.New(tt.cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = handshake(ln.Addr().String(), s.TLSConfig())
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatalf("handshake: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("handshake error %v, want it to mention %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+// handshake dials addr as kafka-go does (ServerName from the address when
+// unset) and completes a TLS handshake and one read, where a TLS 1.3
+// server's refusal of the client certificate arrives.
+func handshake(addr string, cfg *tls.Config) error {
+	if cfg.ServerName == "" {
+		cfg.ServerName, _, _ = net.SplitHostPort(addr)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	d := tls.Dialer{Config: cfg}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := c.Write([]byte{0}); err != nil {
+		return err
+	}
+	if _, err := c.Read(make([]byte, 1)); err != nil && !errors.Is(err, net.ErrClosed) && !isEOF(err) {
+		return err
+	}
+	return nil
+}
+
+func isEOF(err error) bool { return err != nil && err.Error() == "EOF" }

@@ -1,0 +1,48 @@
+package testpki_test
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"testing"
+
+	"github.com/usagemeter/metering/internal/testpki"
+)
+
+func TestIssuedCertificatesVerifyOnlyAgainstTheirCA(t *testing.T) {
+	t.Parallel()
+	ca, err := testpki.NewCA("test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := testpki.NewCA("other CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := ca.Issue("localhost", "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tls.X509KeyPair(pair.CertPEM, pair.KeyPEM); err != nil {
+		t.Fatalf("the pair does not load: %v", err)
+	}
+	block, _ := pem.Decode(pair.CertPEM)
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"localhost", "127.0.0.1"} {
+		if _, err := cert.Verify(x509.VerifyOptions{Roots: ca.Pool(), DNSName: name}); err != nil {
+			t.Errorf("%s: does not verify against its CA: %v", name, err)
+		}
+	}
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: ca.Pool(), DNSName: "example.com"}); err == nil {
+		t.Error("verifies for a name it was not issued for")
+	}
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: other.Pool(), DNSName: "localhost"}); err == nil {
+		t.Error("verifies against another CA")
+	}
+	if _, err := ca.Issue(); err == nil {
+		t.Error("Issue with no host succeeded")
+	}
+}
