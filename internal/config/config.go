@@ -16,6 +16,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/usagemeter/metering/internal/kafkaauth"
 )
 
 // Common holds the settings every service has.
@@ -35,6 +37,11 @@ type Common struct {
 	HTTPWriteTimeout   time.Duration
 	// DedupHorizon is how old an event may be and how long ids are kept.
 	DedupHorizon time.Duration
+	// KafkaAuth is the Kafka clients' TLS and SASL settings (KAFKA_TLS*,
+	// KAFKA_SASL_*), and KafkaSecurity the checked result that every
+	// Kafka Dialer and Transport of the service is built from.
+	KafkaAuth     kafkaauth.Config
+	KafkaSecurity *kafkaauth.Security
 }
 
 // Defaults of the local stack.
@@ -72,6 +79,8 @@ type binder struct {
 	fs     *flag.FlagSet
 	getenv func(string) string
 	errs   []error
+	// checks run after the flags are parsed, on the final values.
+	checks []func() error
 }
 
 func flagName(env string) string { return strings.ReplaceAll(strings.ToLower(env), "_", "-") }
@@ -151,6 +160,63 @@ func (b *binder) common(c *Common, httpAddr string) {
 	parsed(b, &c.HTTPMaxConnections, "HTTP_MAX_CONNECTIONS", "1024", "most HTTP connections open at once; more wait until one closes", positiveInt)
 	parsed(b, &c.HTTPWriteTimeout, "HTTP_WRITE_TIMEOUT", "2m", "longest a request may take from its headers to the end of its answer (body upload included)", positiveDuration)
 	parsed(b, &c.DedupHorizon, "DEDUP_HORIZON", "840h", "how old an event may be; ids are remembered this long", positiveDuration)
+	b.kafkaAuth(c)
+}
+
+// flagBool registers a boolean setting; the flag alone (-kafka-tls) means
+// true, as with the standard library's boolean flags.
+func (b *binder) flagBool(p *bool, env, def, usage string) {
+	set := func(s string) error {
+		v, err := strconv.ParseBool(s)
+		if err != nil {
+			return fmt.Errorf("%s: must be true or false", env)
+		}
+		*p = v
+		return nil
+	}
+	if initial := b.env(env, def); set(initial) != nil {
+		b.errs = append(b.errs, fmt.Errorf("%s: must be true or false (got %q)", env, initial))
+	}
+	b.fs.BoolFunc(flagName(env), usage+" (env "+env+", default "+def+")", set)
+}
+
+// kafkaAuth registers the Kafka TLS and SASL settings and builds
+// KafkaSecurity from their final values. The password has no flag, so
+// that it never shows in a process list: it comes from KAFKA_SASL_PASSWORD
+// or from the file KAFKA_SASL_PASSWORD_FILE names (a mounted secret).
+func (b *binder) kafkaAuth(c *Common) {
+	k := &c.KafkaAuth
+	b.flagBool(&k.TLS, "KAFKA_TLS", "false", "connect to Kafka over TLS")
+	b.str(&k.CAFile, "KAFKA_TLS_CA_FILE", "", "PEM file of the CAs that sign the brokers' certificates; empty for the system's roots")
+	b.str(&k.CertFile, "KAFKA_TLS_CERT_FILE", "", "PEM client certificate, for brokers that require one (with KAFKA_TLS_KEY_FILE)")
+	b.str(&k.KeyFile, "KAFKA_TLS_KEY_FILE", "", "PEM private key (PKCS #8, PKCS #1 or EC) of KAFKA_TLS_CERT_FILE")
+	b.str(&k.ServerName, "KAFKA_TLS_SERVER_NAME", "", "name checked against the brokers' certificates; empty for each broker's host")
+	b.flagBool(&k.InsecureSkipVerify, "KAFKA_TLS_INSECURE_SKIP_VERIFY", "false", "accept any broker certificate: tests only, never in production")
+	b.str(&k.SASLMechanism, "KAFKA_SASL_MECHANISM", "", "SASL mechanism: plain, scram-sha-256 or scram-sha-512; empty for none")
+	b.str(&k.SASLUsername, "KAFKA_SASL_USERNAME", "", "SASL username")
+	password, file := b.getenv("KAFKA_SASL_PASSWORD"), b.getenv("KAFKA_SASL_PASSWORD_FILE")
+	switch {
+	case password != "" && file != "":
+		b.errs = append(b.errs, errors.New("set KAFKA_SASL_PASSWORD or KAFKA_SASL_PASSWORD_FILE, not both"))
+	case file != "":
+		raw, err := os.ReadFile(file)
+		if err != nil {
+			b.errs = append(b.errs, fmt.Errorf("KAFKA_SASL_PASSWORD_FILE: %w", err))
+			break
+		}
+		if password = strings.TrimRight(string(raw), "\r\n"); password == "" {
+			b.errs = append(b.errs, fmt.Errorf("KAFKA_SASL_PASSWORD_FILE: %s is empty", file))
+		}
+	}
+	b.checks = append(b.checks, func() error {
+		k.SASLPassword = password
+		sec, err := kafkaauth.New(*k)
+		if err != nil {
+			return fmt.Errorf("kafka TLS/SASL settings: %w", err)
+		}
+		c.KafkaSecurity = sec
+		return nil
+	})
 }
 
 // adminKey reads the bootstrap admin key from ADMIN_API_KEY, or from the
@@ -182,6 +248,11 @@ func (b *binder) parse(args []string) error {
 	}
 	if len(b.errs) > 0 {
 		return errors.Join(b.errs...)
+	}
+	for _, check := range b.checks {
+		if err := check(); err != nil {
+			return err
+		}
 	}
 	return nil
 }
