@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -71,6 +72,9 @@ type Security struct {
 	tls  *tls.Config
 	mech sasl.Mechanism
 	desc string
+
+	shareOnce sync.Once
+	shared    *kafka.Transport
 }
 
 // dialTimeout is how long a connection to a broker may take to open,
@@ -232,9 +236,21 @@ func (s *Security) Dialer() *kafka.Dialer {
 	return &kafka.Dialer{Timeout: dialTimeout, DualStack: true, TLS: s.TLSConfig(), SASLMechanism: s.SASL()}
 }
 
-// Transport returns a new transport with kafka-go's defaults and the
-// settings of s, for kafka.Writer and kafka.Client. Each call returns its
-// own connection pool; share one where connections should be shared.
-func (s *Security) Transport() *kafka.Transport {
+// Transport returns the transport that the service's kafka.Writers and
+// kafka.Clients share, as kafka-go's own clients share
+// kafka.DefaultTransport: one connection pool per broker, authenticated
+// once. A nil Security returns nil, which kafka-go reads as its default.
+func (s *Security) Transport() kafka.RoundTripper {
+	if s == nil {
+		return nil
+	}
+	s.shareOnce.Do(func() { s.shared = s.NewTransport() })
+	return s.shared
+}
+
+// NewTransport returns a transport of its own with kafka-go's defaults and
+// the settings of s, for a caller that wants fresh connections and
+// metadata; the caller closes it with CloseIdleConnections.
+func (s *Security) NewTransport() *kafka.Transport {
 	return &kafka.Transport{TLS: s.TLSConfig(), SASL: s.SASL()}
 }

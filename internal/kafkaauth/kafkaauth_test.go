@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/segmentio/kafka-go"
+
 	"github.com/usagemeter/metering/internal/kafkaauth"
 	"github.com/usagemeter/metering/internal/testpki"
 )
@@ -103,14 +105,17 @@ func TestDialerAndTransportCarryTheSettings(t *testing.T) {
 	if d := nilSec.Dialer(); d.TLS != nil || d.SASLMechanism != nil || d.Timeout == 0 {
 		t.Errorf("a nil Security's dialer: TLS %v, SASL %v, timeout %s", d.TLS, d.SASLMechanism, d.Timeout)
 	}
-	if tr := nilSec.Transport(); tr.TLS != nil || tr.SASL != nil {
+	if tr := nilSec.Transport(); tr != nil {
+		t.Errorf("a nil Security's shared transport is %v, want nil (kafka-go's default)", tr)
+	}
+	if tr := nilSec.NewTransport(); tr.TLS != nil || tr.SASL != nil {
 		t.Error("a nil Security's transport has TLS or SASL")
 	}
 	plain, err := kafkaauth.New(kafkaauth.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d, tr := plain.Dialer(), plain.Transport(); d.TLS != nil || d.SASLMechanism != nil || tr.TLS != nil || tr.SASL != nil {
+	if d, tr := plain.Dialer(), plain.NewTransport(); d.TLS != nil || d.SASLMechanism != nil || tr.TLS != nil || tr.SASL != nil {
 		t.Error("the zero Config gives TLS or SASL")
 	}
 	for _, mech := range []struct{ cfg, name string }{{"plain", "PLAIN"}, {"scram-sha-256", "SCRAM-SHA-256"}, {"scram-sha-512", "SCRAM-SHA-512"}} {
@@ -119,7 +124,10 @@ func TestDialerAndTransportCarryTheSettings(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		d, tr := s.Dialer(), s.Transport()
+		d, tr := s.Dialer(), s.NewTransport()
+		if shared, ok := s.Transport().(*kafka.Transport); !ok || shared != s.Transport() || shared.TLS == nil || shared.SASL == nil {
+			t.Errorf("%s: the shared transport %v is not one transport with the settings", mech.cfg, s.Transport())
+		}
 		for what, c := range map[string]*tls.Config{"dialer": d.TLS, "transport": tr.TLS} {
 			if c == nil || c.RootCAs == nil || len(c.Certificates) != 1 || c.ServerName != "kafka.internal" || c.InsecureSkipVerify || c.MinVersion < tls.VersionTLS12 {
 				t.Errorf("%s %s: TLS config %+v", mech.cfg, what, c)
