@@ -4,29 +4,40 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"sync"
 	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/usagemeter/metering/internal/auth"
 	"github.com/usagemeter/metering/internal/store"
 )
 
 func TestPermissions(t *testing.T) {
-	tenant := auth.Principal{Role: store.RoleTenant, Tenant: "acme"}
+	t.Parallel()
+	write := auth.Principal{Role: store.RoleTenant, Tenant: "acme", Scope: store.ScopeWrite}
+	read := auth.Principal{Role: store.RoleTenant, Tenant: "acme", Scope: store.ScopeRead}
 	admin := auth.Principal{Role: store.RoleAdmin}
 	viewer := auth.Principal{Role: store.RoleViewer}
 	tests := []struct {
-		name                 string
-		p                    auth.Principal
-		target               string
-		write, read, isAdmin bool
+		name                           string
+		p                              auth.Principal
+		target                         string
+		write, read, isAdmin, readOnly bool
 	}{
-		{"tenant, own", tenant, "acme", true, true, false},
-		{"tenant, other", tenant, "globex", false, false, false},
-		{"admin", admin, "globex", true, true, true},
-		{"viewer", viewer, "acme", false, true, false},
+		{"tenant write key, own", write, "acme", true, true, false, false},
+		{"tenant write key, other", write, "globex", false, false, false, false},
+		{"tenant read key, own", read, "acme", false, true, false, true},
+		{"tenant read key, other", read, "globex", false, false, false, true},
+		{"tenant key without a scope writes nothing", auth.Principal{Role: store.RoleTenant, Tenant: "acme"}, "acme", false, true, false, true},
+		{"admin", admin, "globex", true, true, true, false},
+		{"viewer", viewer, "acme", false, true, false, false},
+		{"no role", auth.Principal{Tenant: "acme"}, "acme", false, false, false, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
 			if got := tt.p.CanWrite(tt.target); got != tt.write {
 				t.Errorf("CanWrite = %v", got)
 			}
@@ -36,32 +47,94 @@ func TestPermissions(t *testing.T) {
 			if got := tt.p.IsAdmin(); got != tt.isAdmin {
 				t.Errorf("IsAdmin = %v", got)
 			}
+			if got := tt.p.ReadOnly(); got != tt.readOnly {
+				t.Errorf("ReadOnly = %v", got)
+			}
 		})
 	}
 }
 
-type memKeys map[string]store.Key
+// memKeys is a KeyStore in memory; touchErr makes TouchKey fail.
+type memKeys struct {
+	mu       sync.Mutex
+	byHash   map[string]store.Key
+	touches  int
+	touchErr error
+}
 
-func (m memKeys) KeyByHash(_ context.Context, h []byte) (store.Key, error) {
-	if k, ok := m[string(h)]; ok {
+func newMemKeys() *memKeys { return &memKeys{byHash: map[string]store.Key{}} }
+
+func (m *memKeys) KeyByHash(_ context.Context, h []byte) (store.Key, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if k, ok := m.byHash[string(h)]; ok {
 		return k, nil
 	}
 	return store.Key{}, store.ErrNotFound
 }
 
-func (m memKeys) CreateKey(_ context.Context, id string, h []byte, role, tenant string) (store.Key, error) {
-	k := store.Key{ID: id, Role: role, Tenant: tenant}
-	m[string(h)] = k
+func (m *memKeys) CreateKey(_ context.Context, nk store.NewKey) (store.Key, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	k := store.Key{ID: nk.ID, Role: nk.Role, Tenant: nk.Tenant, Scope: nk.Scope, ExpiresAt: nk.ExpiresAt}
+	m.byHash[string(nk.Hash)] = k
 	return k, nil
 }
 
+func (m *memKeys) TouchKey(context.Context, string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.touches++
+	return m.touchErr
+}
+
+func (m *memKeys) RotateKey(context.Context, string, store.NewKey, time.Duration) (store.Key, store.Key, error) {
+	return store.Key{}, store.Key{}, errors.New("not used")
+}
+
+func (m *memKeys) RevokeBootstrapKey(_ context.Context, id string, h []byte) (store.Key, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := time.Now()
+	k := store.Key{ID: id, Role: store.RoleAdmin, Bootstrap: true, RevokedAt: &now}
+	m.byHash[string(h)] = k
+	return k, nil
+}
+
+// set changes the stored key with hash of secret.
+func (m *memKeys) set(secret string, f func(*store.Key)) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	k := m.byHash[string(auth.Hash(secret))]
+	f(&k)
+	m.byHash[string(auth.Hash(secret))] = k
+}
+
+func authenticate(a *auth.Authenticator, header string) (auth.Principal, error) {
+	r, _ := http.NewRequest("GET", "/", nil)
+	if header != "" {
+		r.Header.Set("Authorization", header)
+	}
+	return a.Authenticate(context.Background(), r)
+}
+
 func TestAuthenticate(t *testing.T) {
-	keys := memKeys{}
-	a := auth.New(keys, "boot")
-	k, secret, err := a.CreateKey(context.Background(), store.RoleTenant, "acme")
+	t.Parallel()
+	keys := newMemKeys()
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	a := auth.New(keys, "boot", auth.WithClock(func() time.Time { return now }))
+	ctx := context.Background()
+	k, secret, err := a.CreateKey(ctx, auth.KeySpec{Role: store.RoleTenant, Tenant: "acme", Scope: store.ScopeWrite})
 	if err != nil || len(secret) < 40 || secret[:3] != auth.KeyPrefix {
 		t.Fatalf("CreateKey = %q, %v", secret, err)
 	}
+	rk, readSecret, _ := a.CreateKey(ctx, auth.KeySpec{Role: store.RoleTenant, Tenant: "acme", Scope: store.ScopeRead})
+	soon := now.Add(time.Minute)
+	ek, expiringSecret, _ := a.CreateKey(ctx, auth.KeySpec{Role: store.RoleViewer, ExpiresAt: &soon})
+	past := now
+	_, expiredSecret, _ := a.CreateKey(ctx, auth.KeySpec{Role: store.RoleAdmin, ExpiresAt: &past})
+	_, revokedSecret, _ := a.CreateKey(ctx, auth.KeySpec{Role: store.RoleAdmin})
+	keys.set(revokedSecret, func(k *store.Key) { k.RevokedAt = &past })
 	tests := []struct {
 		header string
 		want   auth.Principal
@@ -71,19 +144,103 @@ func TestAuthenticate(t *testing.T) {
 		{"Basic abc", auth.Principal{}, auth.ErrNoKey},
 		{"Bearer nope", auth.Principal{}, auth.ErrUnknownKey},
 		{"Bearer boot", auth.Principal{KeyID: auth.BootstrapKeyID, Role: store.RoleAdmin}, nil},
-		{"bearer " + secret, auth.Principal{KeyID: k.ID, Role: store.RoleTenant, Tenant: "acme"}, nil},
+		{"bearer " + secret, auth.Principal{KeyID: k.ID, Role: store.RoleTenant, Tenant: "acme", Scope: store.ScopeWrite}, nil},
+		{"Bearer " + readSecret, auth.Principal{KeyID: rk.ID, Role: store.RoleTenant, Tenant: "acme", Scope: store.ScopeRead}, nil},
+		{"Bearer " + expiringSecret, auth.Principal{KeyID: ek.ID, Role: store.RoleViewer}, nil},
+		{"Bearer " + expiredSecret, auth.Principal{}, auth.ErrExpiredKey},
+		{"Bearer " + revokedSecret, auth.Principal{}, auth.ErrUnknownKey},
 	}
 	for _, tt := range tests {
-		r, _ := http.NewRequest("GET", "/", nil)
-		if tt.header != "" {
-			r.Header.Set("Authorization", tt.header)
-		}
-		p, err := a.Authenticate(context.Background(), r)
+		p, err := authenticate(a, tt.header)
 		if !errors.Is(err, tt.err) || p != tt.want {
 			t.Errorf("%q: %+v, %v; want %+v, %v", tt.header, p, err, tt.want, tt.err)
 		}
 	}
-	if _, ok := keys[secret]; ok {
-		t.Fatal("the secret itself was stored")
+	for h := range keys.byHash {
+		if h == secret || h == readSecret {
+			t.Fatal("the secret itself was stored")
+		}
 	}
+}
+
+// TestBootstrapKeyRevocable: once RevokeBootstrap recorded the hash of
+// ADMIN_API_KEY, every Authenticator on the same store (another service,
+// or this one after a restart) refuses that value; a new value works.
+func TestBootstrapKeyRevocable(t *testing.T) {
+	t.Parallel()
+	keys := newMemKeys()
+	ingest, biller := auth.New(keys, "boot"), auth.New(keys, "boot")
+	if _, err := auth.New(keys, "").RevokeBootstrap(context.Background()); !errors.Is(err, auth.ErrNoBootstrapKey) {
+		t.Fatalf("revoking without ADMIN_API_KEY: %v", err)
+	}
+	if _, err := ingest.RevokeBootstrap(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	restarted := auth.New(keys, "boot")
+	for name, a := range map[string]*auth.Authenticator{"ingest": ingest, "biller": biller, "restarted": restarted} {
+		if _, err := authenticate(a, "Bearer boot"); !errors.Is(err, auth.ErrRevokedBootstrapKey) || !errors.Is(err, auth.ErrUnknownKey) {
+			t.Errorf("%s: revoked bootstrap key: %v", name, err)
+		}
+	}
+	if p, err := authenticate(auth.New(keys, "boot2"), "Bearer boot2"); err != nil || !p.IsAdmin() {
+		t.Fatalf("a new ADMIN_API_KEY value: %+v, %v", p, err)
+	}
+}
+
+// TestLastUsedThrottled: a key's use is written once per minute however
+// many requests it makes, and a failed write never fails the request.
+func TestLastUsedThrottled(t *testing.T) {
+	t.Parallel()
+	keys := newMemKeys()
+	keys.touchErr = errors.New("postgres is down")
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	var mu sync.Mutex
+	reg := prometheus.NewRegistry()
+	a := auth.New(keys, "", auth.WithRegisterer(reg), auth.WithClock(func() time.Time { mu.Lock(); defer mu.Unlock(); return now }))
+	_, secret, _ := a.CreateKey(context.Background(), auth.KeySpec{Role: store.RoleViewer})
+	for range 100 {
+		if _, err := authenticate(a, "Bearer "+secret); err != nil {
+			t.Fatalf("a failed last-use write failed the request: %v", err)
+		}
+	}
+	if keys.touches != 1 {
+		t.Fatalf("100 requests in one instant wrote last_used_at %d times, want 1", keys.touches)
+	}
+	mu.Lock()
+	now = now.Add(store.TouchInterval)
+	mu.Unlock()
+	_, _ = authenticate(a, "Bearer "+secret)
+	if keys.touches != 2 {
+		t.Fatalf("a minute later: %d writes, want 2", keys.touches)
+	}
+	if got := counter(t, reg, "metering_auth_last_used_update_failures_total"); got != 2 {
+		t.Fatalf("metering_auth_last_used_update_failures_total = %v, want 2", got)
+	}
+	// A row that says it was used within the minute is not written again.
+	keys.touchErr = nil
+	mu.Lock()
+	now = now.Add(store.TouchInterval)
+	recent := now.Add(-time.Second)
+	mu.Unlock()
+	keys.set(secret, func(k *store.Key) { k.LastUsedAt = &recent })
+	_, _ = authenticate(a, "Bearer "+secret)
+	if keys.touches != 2 {
+		t.Fatalf("stored last_used_at within the minute: %d writes, want 2", keys.touches)
+	}
+}
+
+// counter returns the value of the unlabelled counter name in reg.
+func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
 }

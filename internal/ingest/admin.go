@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/google/uuid"
 
@@ -37,10 +38,20 @@ var (
 	currencyRE = regexp.MustCompile(`^[a-z]{3}$`)
 )
 
+// validName reports whether s may name a tenant or a plan: an event name
+// that is not the path segment "." or "..", which no URL can address
+// (/v1/quotas/.. is /v1/quotas/ to every client and router).
+func validName(s string) bool { return events.ValidName(s) && s != "." && s != ".." }
+
+const (
+	planNameRule   = `plan names are 1-128 characters of A-Z a-z 0-9 . _ : -, and not "." or ".."`
+	tenantNameRule = `tenant names are 1-128 characters of A-Z a-z 0-9 . _ : -, and not "." or ".."`
+)
+
 func (a *API) putPlan(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
 	name := r.PathValue("plan")
-	if !events.ValidName(name) {
-		httpjson.Error(w, http.StatusBadRequest, "invalid_request", "plan names are 1-128 characters of A-Z a-z 0-9 . _ : -")
+	if !validName(name) {
+		httpjson.Error(w, http.StatusBadRequest, "invalid_request", planNameRule)
 		return
 	}
 	var body struct {
@@ -82,6 +93,20 @@ func decodeObject(r *http.Request, v any) error {
 	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	return httpjson.Decode(r, adminBodyLimit, v)
+}
+
+// decodeOptionalObject is decodeObject for routes whose body may be
+// empty, leaving v as it was.
+func decodeOptionalObject(r *http.Request, v any) error {
+	body, err := io.ReadAll(io.LimitReader(r.Body, adminBodyLimit+1))
+	if err != nil {
+		return fmt.Errorf("reading the body: %w", err)
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return nil
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	return decodeObject(r, v)
 }
 
 func planFromBody(name string, qs []quotaBody) (store.Plan, error) {
@@ -135,8 +160,8 @@ func planFromBody(name string, qs []quotaBody) (store.Plan, error) {
 }
 
 func (a *API) getPlan(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
-	if !events.ValidName(r.PathValue("plan")) {
-		httpjson.Error(w, http.StatusBadRequest, "invalid_request", "plan names are 1-128 characters of A-Z a-z 0-9 . _ : -")
+	if !validName(r.PathValue("plan")) {
+		httpjson.Error(w, http.StatusBadRequest, "invalid_request", planNameRule)
 		return
 	}
 	p, err := a.opt.Store.Plan(r.Context(), r.PathValue("plan"))
@@ -171,8 +196,8 @@ func (a *API) listPlans(w http.ResponseWriter, r *http.Request, _ auth.Principal
 
 func (a *API) putTenant(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
 	name := r.PathValue("tenant")
-	if !events.ValidName(name) {
-		httpjson.Error(w, http.StatusBadRequest, "invalid_request", "tenant names are 1-128 characters of A-Z a-z 0-9 . _ : -")
+	if !validName(name) {
+		httpjson.Error(w, http.StatusBadRequest, "invalid_request", tenantNameRule)
 		return
 	}
 	var body struct {
@@ -181,6 +206,10 @@ func (a *API) putTenant(w http.ResponseWriter, r *http.Request, _ auth.Principal
 	}
 	if err := decodeObject(r, &body); err != nil {
 		httpjson.Error(w, http.StatusBadRequest, "invalid_request", err.Error())
+		return
+	}
+	if body.Plan != "" && !validName(body.Plan) {
+		httpjson.Errorf(w, http.StatusBadRequest, "invalid_request", "plan: %s, got %q", planNameRule, body.Plan)
 		return
 	}
 	if c := body.StripeCustomerID; c != "" && (!strings.HasPrefix(c, "cus_") || len(c) > 255 || !events.ValidName(c)) {
@@ -200,8 +229,8 @@ func (a *API) putTenant(w http.ResponseWriter, r *http.Request, _ auth.Principal
 }
 
 func (a *API) getTenant(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
-	if !events.ValidName(r.PathValue("tenant")) {
-		httpjson.Error(w, http.StatusBadRequest, "invalid_request", "tenant names are 1-128 characters of A-Z a-z 0-9 . _ : -")
+	if !validName(r.PathValue("tenant")) {
+		httpjson.Error(w, http.StatusBadRequest, "invalid_request", tenantNameRule)
 		return
 	}
 	t, err := a.opt.Store.Tenant(r.Context(), r.PathValue("tenant"))
@@ -225,37 +254,99 @@ func (a *API) listTenants(w http.ResponseWriter, r *http.Request, _ auth.Princip
 	httpjson.Write(w, http.StatusOK, map[string]any{"tenants": ts})
 }
 
-func (a *API) createKey(w http.ResponseWriter, r *http.Request, p auth.Principal) {
-	var body struct {
-		Tenant string `json:"tenant"`
-		Role   string `json:"role"`
+// keyBody is the body of POST /v1/admin/keys.
+type keyBody struct {
+	Tenant string `json:"tenant"`
+	Role   string `json:"role"`
+	Scope  string `json:"scope"`
+	// ExpiresAt (RFC 3339) or ExpiresIn (a Go duration such as 720h).
+	ExpiresAt string `json:"expires_at"`
+	ExpiresIn string `json:"expires_in"`
+}
+
+// keySpec checks b; the error is the message of a 400.
+func keySpec(b keyBody, now time.Time) (auth.KeySpec, error) {
+	spec := auth.KeySpec{Role: b.Role, Tenant: b.Tenant, Scope: b.Scope}
+	switch {
+	case b.Tenant != "" && (b.Role == "" || b.Role == store.RoleTenant):
+		spec.Role = store.RoleTenant
+		if !validName(b.Tenant) {
+			return spec, fmt.Errorf("tenant: %s, got %q", tenantNameRule, b.Tenant)
+		}
+		switch b.Scope {
+		case "":
+			spec.Scope = store.ScopeWrite
+		case store.ScopeWrite, store.ScopeRead:
+		default:
+			return spec, fmt.Errorf(`scope must be "write" (send and read the tenant's events, the default) or "read" (read only), got %q`, b.Scope)
+		}
+	case b.Tenant == "" && (b.Role == store.RoleAdmin || b.Role == store.RoleViewer):
+		if b.Scope != "" {
+			return spec, fmt.Errorf(`scope applies to tenant keys only; a %s key has none`, b.Role)
+		}
+	default:
+		return spec, errors.New(`send {"tenant":"<tenant>"} (or with "scope":"read") for a tenant key, or {"role":"admin"} or {"role":"viewer"}`)
 	}
+	exp, err := expiry(b.ExpiresAt, b.ExpiresIn, now)
+	spec.ExpiresAt = exp
+	return spec, err
+}
+
+// expiry reads an optional expires_at or expires_in; nil means never.
+func expiry(at, in string, now time.Time) (*time.Time, error) {
+	switch {
+	case at != "" && in != "":
+		return nil, errors.New("send expires_at or expires_in, not both")
+	case at != "":
+		t, err := time.Parse(time.RFC3339, at)
+		if err != nil {
+			return nil, fmt.Errorf("expires_at must be an RFC 3339 time such as 2027-01-31T00:00:00Z, got %q", at)
+		}
+		if !t.After(now) {
+			return nil, fmt.Errorf("expires_at %s is not in the future", at)
+		}
+		return &t, nil
+	case in != "":
+		d, err := time.ParseDuration(in)
+		if err != nil || d <= 0 {
+			return nil, fmt.Errorf("expires_in must be a positive duration such as 720h or 90m, got %q", in)
+		}
+		t := now.Add(d)
+		return &t, nil
+	}
+	return nil, nil
+}
+
+// keyResponse is a key as created: the record and its secret, shown once.
+func keyResponse(k store.Key, secret string) map[string]any {
+	return map[string]any{
+		"id": k.ID, "key": secret, "role": k.Role, "tenant": k.Tenant, "scope": k.Scope,
+		"created_at": k.CreatedAt, "expires_at": k.ExpiresAt, "rotated_from": k.RotatedFrom,
+	}
+}
+
+func (a *API) createKey(w http.ResponseWriter, r *http.Request, p auth.Principal) {
+	var body keyBody
 	if err := decodeObject(r, &body); err != nil {
 		httpjson.Error(w, http.StatusBadRequest, "invalid_request", err.Error())
 		return
 	}
-	role := body.Role
-	switch {
-	case body.Tenant != "" && (role == "" || role == store.RoleTenant):
-		role = store.RoleTenant
-		if !events.ValidName(body.Tenant) {
-			httpjson.Errorf(w, http.StatusBadRequest, "invalid_request", "tenant must be 1-128 characters of A-Z a-z 0-9 . _ : -, got %q", body.Tenant)
-			return
-		}
-	case body.Tenant == "" && (role == store.RoleAdmin || role == store.RoleViewer):
-	default:
-		httpjson.Error(w, http.StatusBadRequest, "invalid_request", `send {"tenant":"<tenant>"} for a tenant key, or {"role":"admin"} or {"role":"viewer"}`)
+	spec, err := keySpec(body, a.opt.Now())
+	if err != nil {
+		httpjson.Error(w, http.StatusBadRequest, "invalid_request", err.Error())
 		return
 	}
-	k, secret, err := a.opt.Auth.CreateKey(r.Context(), role, body.Tenant)
+	k, secret, err := a.opt.Auth.CreateKey(r.Context(), spec)
+	if errors.Is(err, store.ErrUnknownTenant) {
+		httpjson.Errorf(w, http.StatusNotFound, "unknown_tenant", "no tenant %q; create it first with PUT /v1/admin/tenants/%s", body.Tenant, body.Tenant)
+		return
+	}
 	if err != nil {
 		a.internalError(w, r, err)
 		return
 	}
-	a.opt.Logger.InfoContext(r.Context(), "API key created", "key_id", k.ID, "role", k.Role, "tenant", k.Tenant, "by", p.KeyID)
-	httpjson.Write(w, http.StatusCreated, map[string]any{
-		"id": k.ID, "key": secret, "role": k.Role, "tenant": k.Tenant, "created_at": k.CreatedAt,
-	})
+	a.opt.Logger.InfoContext(r.Context(), "API key created", "key_id", k.ID, "role", k.Role, "tenant", k.Tenant, "scope", k.Scope, "by", p.KeyID)
+	httpjson.Write(w, http.StatusCreated, keyResponse(k, secret))
 }
 
 func (a *API) listKeys(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
@@ -267,16 +358,25 @@ func (a *API) listKeys(w http.ResponseWriter, r *http.Request, _ auth.Principal)
 	httpjson.Write(w, http.StatusOK, map[string]any{"keys": keys})
 }
 
-func (a *API) revokeKey(w http.ResponseWriter, r *http.Request, p auth.Principal) {
+// keyID returns the {id} of r if it can name a stored key (a UUID).
+func keyID(r *http.Request) (string, bool) {
 	id := r.PathValue("id")
-	var err error
-	if _, perr := uuid.Parse(id); perr != nil || len(id) != 36 {
-		err = store.ErrNotFound // key ids are UUIDs: no other text names one
-	} else {
+	_, err := uuid.Parse(id)
+	return id, err == nil && len(id) == 36
+}
+
+func (a *API) revokeKey(w http.ResponseWriter, r *http.Request, p auth.Principal) {
+	if r.PathValue("id") == auth.BootstrapKeyID {
+		a.revokeBootstrapKey(w, r, p)
+		return
+	}
+	id, ok := keyID(r)
+	err := store.ErrNotFound // key ids are UUIDs: no other text names one
+	if ok {
 		err = a.opt.Store.RevokeKey(r.Context(), id)
 	}
 	if errors.Is(err, store.ErrNotFound) {
-		httpjson.Errorf(w, http.StatusNotFound, "not_found", "no API key with id %q", id)
+		httpjson.Errorf(w, http.StatusNotFound, "not_found", "no API key with id %q", r.PathValue("id"))
 		return
 	}
 	if err != nil {
@@ -285,6 +385,84 @@ func (a *API) revokeKey(w http.ResponseWriter, r *http.Request, p auth.Principal
 	}
 	a.opt.Logger.InfoContext(r.Context(), "API key revoked", "key_id", id, "by", p.KeyID)
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// revokeBootstrapKey serves DELETE /v1/admin/keys/bootstrap: the value of
+// ADMIN_API_KEY this service holds is refused by every service from the
+// next request on, restarts included.
+func (a *API) revokeBootstrapKey(w http.ResponseWriter, r *http.Request, p auth.Principal) {
+	k, err := a.opt.Auth.RevokeBootstrap(r.Context())
+	if errors.Is(err, auth.ErrNoBootstrapKey) {
+		httpjson.Error(w, http.StatusNotFound, "not_found", "this service runs without ADMIN_API_KEY: there is no bootstrap key to revoke")
+		return
+	}
+	if err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	a.opt.Logger.WarnContext(r.Context(), "bootstrap admin key (ADMIN_API_KEY) revoked; restart with a new ADMIN_API_KEY value to have one again",
+		"record_id", k.ID, "by", p.KeyID)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// defaultGrace is how long a rotated key keeps working by default.
+const defaultGrace = 24 * time.Hour
+
+func (a *API) rotateKey(w http.ResponseWriter, r *http.Request, p auth.Principal) {
+	if r.PathValue("id") == auth.BootstrapKeyID {
+		httpjson.Error(w, http.StatusBadRequest, "invalid_request",
+			"the bootstrap key is not stored: create a stored admin key, DELETE /v1/admin/keys/bootstrap, and restart with a new ADMIN_API_KEY if you still want one")
+		return
+	}
+	var body struct {
+		Grace     string `json:"grace"`
+		ExpiresAt string `json:"expires_at"`
+		ExpiresIn string `json:"expires_in"`
+	}
+	if err := decodeOptionalObject(r, &body); err != nil {
+		httpjson.Error(w, http.StatusBadRequest, "invalid_request", err.Error())
+		return
+	}
+	grace := defaultGrace
+	if body.Grace != "" {
+		d, err := time.ParseDuration(body.Grace)
+		if err != nil || d < 0 {
+			httpjson.Errorf(w, http.StatusBadRequest, "invalid_request",
+				"grace must be a duration such as 24h (how long the old key keeps working; 0s revokes it now), got %q", body.Grace)
+			return
+		}
+		grace = d
+	}
+	exp, err := expiry(body.ExpiresAt, body.ExpiresIn, a.opt.Now())
+	if err != nil {
+		httpjson.Error(w, http.StatusBadRequest, "invalid_request", err.Error())
+		return
+	}
+	id, ok := keyID(r)
+	err = store.ErrNotFound
+	var k, old store.Key
+	var secret string
+	if ok {
+		k, secret, old, err = a.opt.Auth.RotateKey(r.Context(), id, grace, exp)
+	}
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		httpjson.Errorf(w, http.StatusNotFound, "not_found", "no API key with id %q", r.PathValue("id"))
+		return
+	case errors.Is(err, store.ErrKeyRevoked):
+		httpjson.Errorf(w, http.StatusConflict, "key_revoked", "API key %s is revoked; create a new key with POST /v1/admin/keys instead", id)
+		return
+	case errors.Is(err, store.ErrUnknownTenant):
+		httpjson.Errorf(w, http.StatusNotFound, "unknown_tenant", "API key %s belongs to tenant %q, which does not exist; create it first with PUT /v1/admin/tenants/%s", id, old.Tenant, old.Tenant)
+		return
+	case err != nil:
+		a.internalError(w, r, err)
+		return
+	}
+	a.opt.Logger.InfoContext(r.Context(), "API key rotated", "key_id", k.ID, "rotated_from", id, "grace", grace, "by", p.KeyID)
+	resp := keyResponse(k, secret)
+	resp["old_key"] = old
+	httpjson.Write(w, http.StatusCreated, resp)
 }
 
 func (a *API) internalError(w http.ResponseWriter, r *http.Request, err error) {

@@ -87,6 +87,7 @@ func (a *API) Routes() []Route {
 		{"GET", "/v1/admin/keys", a.admin(a.listKeys)},
 		{"POST", "/v1/admin/keys", a.admin(a.createKey)},
 		{"DELETE", "/v1/admin/keys/{id}", a.admin(a.revokeKey)},
+		{"POST", "/v1/admin/keys/{id}/rotate", a.admin(a.rotateKey)},
 	}
 }
 
@@ -157,6 +158,9 @@ func (a *API) authenticate(w http.ResponseWriter, r *http.Request) (auth.Princip
 	case errors.Is(err, auth.ErrNoKey), errors.Is(err, auth.ErrUnknownKey):
 		w.Header().Set("WWW-Authenticate", `Bearer realm="metering"`)
 		httpjson.Error(w, http.StatusUnauthorized, "unauthorized", err.Error())
+	case errors.Is(err, auth.ErrExpiredKey):
+		w.Header().Set("WWW-Authenticate", `Bearer realm="metering", error="invalid_token"`)
+		httpjson.Error(w, http.StatusUnauthorized, "expired_key", err.Error())
 	default:
 		a.opt.Logger.ErrorContext(r.Context(), "authenticating request", "err", err)
 		w.Header().Set("Retry-After", "5")
@@ -187,6 +191,12 @@ func (a *API) postEvents(w http.ResponseWriter, r *http.Request) {
 	}
 	if p.Role == store.RoleViewer {
 		httpjson.Error(w, http.StatusForbidden, "forbidden", "viewer keys are read-only; send events with a tenant or admin key")
+		return
+	}
+	if p.ReadOnly() {
+		a.metrics.rejected.WithLabelValues("read_only_key").Inc()
+		httpjson.Errorf(w, http.StatusForbidden, "read_only_key",
+			"this key of tenant %q has scope read: it reads usage and quotas but cannot send events; send events with a write key (POST /v1/admin/keys {\"tenant\":%q})", p.Tenant, p.Tenant)
 		return
 	}
 	body, err := readBody(w, r, a.opt.MaxBodyBytes)

@@ -128,6 +128,17 @@ func (e *env) do(method, path, key, contentType, body string) response {
 
 func (e *env) createKey(body string) (id, key string) {
 	e.t.Helper()
+	// Keys are only for existing tenants: create the tenant if missing.
+	var b struct {
+		Tenant string `json:"tenant"`
+	}
+	if json.Unmarshal([]byte(body), &b) == nil && b.Tenant != "" {
+		if r := e.do("GET", "/v1/admin/tenants/"+b.Tenant, adminKey, "", ""); r.status == http.StatusNotFound {
+			if r := e.do("PUT", "/v1/admin/tenants/"+b.Tenant, adminKey, "application/json", `{}`); r.status != http.StatusOK {
+				e.t.Fatalf("creating tenant %s: %d %s", b.Tenant, r.status, r.raw)
+			}
+		}
+	}
 	r := e.do("POST", "/v1/admin/keys", adminKey, "application/json", body)
 	if r.status != http.StatusCreated {
 		e.t.Fatalf("creating key %s: %d %s", body, r.status, r.raw)

@@ -38,7 +38,7 @@ func Run(ctx context.Context, cfg config.Ingest, log *slog.Logger, ready func(ne
 	reg := service.NewRegistry()
 	api := New(Options{
 		Store:        st,
-		Auth:         auth.New(st, cfg.AdminAPIKey),
+		Auth:         auth.New(st, cfg.AdminAPIKey, auth.WithLogger(log), auth.WithRegisterer(reg)),
 		Publisher:    publish.New(producer, cfg.MaxInFlightEvents, cfg.PublishTimeout),
 		Usage:        usage.New(pool),
 		Decoder:      events.Decoder{Validator: events.Validator{Horizon: cfg.DedupHorizon}},

@@ -25,8 +25,13 @@ func TestRunDrainsInFlightRequests(t *testing.T) {
 	db := pgtest.NewEmpty(t) // Run applies the migrations itself.
 	kc := kafkatest.Start(t)
 	cfg, _, err := config.LoadIngest("ingest", []string{
-		"-database-url", db.URL, "-kafka-brokers", kc.Addr(), "-http-addr", "127.0.0.1:0", "-admin-api-key", adminKey,
-	}, func(string) string { return "" }, io.Discard)
+		"-database-url", db.URL, "-kafka-brokers", kc.Addr(), "-http-addr", "127.0.0.1:0",
+	}, func(k string) string {
+		if k == "ADMIN_API_KEY" {
+			return adminKey
+		}
+		return ""
+	}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
