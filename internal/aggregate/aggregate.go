@@ -64,6 +64,12 @@ type Config struct {
 	Topic string
 	// Horizon is the dedup horizon: older events are dead letters.
 	Horizon time.Duration
+	// MaxLag bounds how far back a record's timestamp is trusted (see
+	// clocks); 0 means DefaultMaxLag.
+	MaxLag time.Duration
+	// ConflictAlertThreshold: held and raised conflicts of a tenant in one
+	// UTC day beyond which an alert is raised; 0 means the default.
+	ConflictAlertThreshold int
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// Metrics may be nil.
@@ -85,6 +91,12 @@ func New(pool *pgxpool.Pool, cfg Config) *Aggregator {
 	if cfg.Horizon <= 0 {
 		cfg.Horizon = events.DefaultHorizon
 	}
+	if cfg.MaxLag <= 0 {
+		cfg.MaxLag = DefaultMaxLag
+	}
+	if cfg.ConflictAlertThreshold <= 0 {
+		cfg.ConflictAlertThreshold = DefaultConflictAlertThreshold
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -94,8 +106,13 @@ func New(pool *pgxpool.Pool, cfg Config) *Aggregator {
 // Result says what one batch did.
 type Result struct {
 	Counted, Duplicates, Conflicts, DeadLettered, Late int
-	Breaches                                           []quota.Breach
-	NextOffset                                         int64
+	// Raised, Kept and Held split Conflicts by resolution.
+	Raised, Kept, Held int
+	Breaches           []quota.Breach
+	// Alerts are the tenants this batch pushed over the conflict alert
+	// threshold (each once per UTC day).
+	Alerts     []ConflictAlert
+	NextOffset int64
 }
 
 // Error classes of dead letters (header error-class).
@@ -132,6 +149,39 @@ type decoded struct {
 	err   string
 }
 
+// clocks returns the instants a record's event time is judged against.
+// The record's timestamp is the broker's log-append time or a producer's
+// CreateTime, which kafka-go cannot tell apart, so it is trusted only
+// inside [now - MaxLag, now]: a lagging consumer, a restart or a rebuild
+// within MaxLag reaches the verdict the record got when appended, and a
+// forged timestamp moves no limit beyond what the clock allows. The age
+// limit is judged at the timestamp clamped into that range; the future
+// limit at min(timestamp, now).
+func (a *Aggregator) clocks(rec Record, now time.Time) (age, future time.Time) {
+	t := rec.Time
+	if t.IsZero() || t.After(now) {
+		t = now
+	}
+	age, future = t, t
+	if oldest := now.Add(-a.cfg.MaxLag); age.Before(oldest) {
+		age = oldest
+	}
+	return age, future
+}
+
+// OldestAcceptable is the oldest event time an aggregator with horizon
+// and maxLag can count at now, whatever a record's timestamp says.
+func OldestAcceptable(now time.Time, horizon, maxLag time.Duration) time.Time {
+	return now.Add(-maxLag - horizon)
+}
+
+// LedgerCutoff is the event time before which the ledger may forget ids
+// at now: a day before OldestAcceptable, so that no id retention forgets
+// can be counted again.
+func LedgerCutoff(now time.Time, horizon, maxLag time.Duration) time.Time {
+	return OldestAcceptable(now, horizon, maxLag).Add(-24 * time.Hour)
+}
+
 func (a *Aggregator) decode(rec Record, now time.Time) decoded {
 	d := decoded{rec: rec}
 	if rec.Value == nil {
@@ -151,14 +201,21 @@ func (a *Aggregator) decode(rec Record, now time.Time) decoded {
 		}
 		return d
 	}
-	v := events.Validator{Horizon: a.cfg.Horizon, Now: func() time.Time { return now }}
+	age, future := a.clocks(rec, now)
+	v := events.Validator{Horizon: a.cfg.Horizon, Now: func() time.Time { return future }}
 	if errs := v.Validate(0, d.ev); len(errs) > 0 {
 		d.class, d.err = ClassInvalid, Sanitize((&events.ValidationError{Errors: errs}).Error())
 		for _, fe := range errs {
-			if fe.Field == "time" && d.ev.Time.Before(now.Add(-a.cfg.Horizon)) {
+			if fe.Field == "time" && d.ev.Time.Before(age.Add(-a.cfg.Horizon)) {
 				d.class = ClassTooOld
 			}
 		}
+		return d
+	}
+	if oldest := age.Add(-a.cfg.Horizon); d.ev.Time.Before(oldest) {
+		d.class = ClassTooOld
+		d.err = fmt.Sprintf("time: %s is older than the horizon of %s: events from %s on are counted",
+			d.ev.Time.UTC().Format(time.RFC3339Nano), a.cfg.Horizon, oldest.UTC().Format(time.RFC3339))
 		return d
 	}
 	sum := sha256.Sum256(d.ev.AppendJSON(nil))
@@ -207,14 +264,7 @@ func (a *Aggregator) Apply(ctx context.Context, partition int, from int64, recs 
 
 	batch := make([]decoded, len(recs))
 	for i, rec := range recs {
-		// The horizon is judged at the record's log time, not at the
-		// time it is processed: a lagging consumer, a restart or a
-		// rebuild months later reaches the same verdict.
-		at := rec.Time
-		if at.IsZero() {
-			at = now
-		}
-		batch[i] = a.decode(rec, at)
+		batch[i] = a.decode(rec, now)
 	}
 
 	tx, err := a.pool.Begin(ctx)
@@ -228,20 +278,20 @@ func (a *Aggregator) Apply(ctx context.Context, partition int, from int64, recs 
 	if err := a.advanceOffset(ctx, tx, partition, from, res.NextOffset); err != nil {
 		return Result{}, err
 	}
-	counted, err := a.dedup(ctx, tx, batch, &res)
+	incs, err := a.dedup(ctx, tx, batch, now, &res)
 	if err != nil {
 		return Result{}, err
 	}
 	if err := a.deadLetters(ctx, tx, batch, now, &res); err != nil {
 		return Result{}, err
 	}
-	if err := a.addToWindows(ctx, tx, counted); err != nil {
+	if err := addToWindows(ctx, tx, incs); err != nil {
 		return Result{}, err
 	}
-	if err := a.corrections(ctx, tx, counted, now, &res); err != nil {
+	if err := corrections(ctx, tx, incs, now, &res); err != nil {
 		return Result{}, err
 	}
-	breaches, err := a.evaluateQuotas(ctx, tx, counted, now)
+	breaches, err := evaluateQuotas(ctx, tx, incs, now)
 	if err != nil {
 		return Result{}, err
 	}
@@ -255,6 +305,7 @@ func (a *Aggregator) Apply(ctx context.Context, partition int, from int64, recs 
 		return Result{}, fmt.Errorf("committing batch of partition %d at offset %d: %w", partition, from, err)
 	}
 	a.cfg.Metrics.observe(res, len(recs), time.Since(start))
+	a.logAlerts(ctx, res.Alerts)
 	return res, nil
 }
 
@@ -274,12 +325,35 @@ func (a *Aggregator) advanceOffset(ctx context.Context, tx pgx.Tx, partition int
 
 type idKey struct{ tenant, id string }
 
-// dedup inserts the batch's events into the ledger and returns the ones
-// counted now: first occurrences of their (tenant, id).
-func (a *Aggregator) dedup(ctx context.Context, tx pgx.Tx, batch []decoded, res *Result) ([]*decoded, error) {
+// increment is usage to add to windows: a newly counted event (events 1)
+// or the raise of a counted one (events 0).
+type increment struct {
+	tenant, metric string
+	at             time.Time
+	value          int64
+	events         int64
+}
+
+func (d *decoded) increment() increment {
+	return increment{tenant: d.ev.Tenant, metric: d.ev.Metric, at: d.ev.Time, value: d.ev.Value, events: 1}
+}
+
+// ledgerRow is a (tenant, id) as counted, as this batch sees it.
+type ledgerRow struct {
+	metric  string
+	at      time.Time
+	value   int64
+	hash    []byte
+	changed bool // raised by this batch
+}
+
+// dedup inserts the batch's events into the ledger and returns what to
+// count: first occurrences of their (tenant, id), and the raises of
+// counted events by conflicting resends (see resolve).
+func (a *Aggregator) dedup(ctx context.Context, tx pgx.Tx, batch []decoded, now time.Time, res *Result) ([]increment, error) {
 	first := make(map[idKey]*decoded, len(batch))
 	var candidates []*decoded
-	var repeats []*decoded // later occurrences within the batch
+	repeats := 0 // later occurrences within the batch
 	for i := range batch {
 		d := &batch[i]
 		if d.class != "" {
@@ -287,7 +361,7 @@ func (a *Aggregator) dedup(ctx context.Context, tx pgx.Tx, batch []decoded, res 
 		}
 		k := idKey{d.ev.Tenant, d.ev.ID}
 		if _, seen := first[k]; seen {
-			repeats = append(repeats, d)
+			repeats++
 			continue
 		}
 		first[k] = d
@@ -324,92 +398,150 @@ func (a *Aggregator) dedup(ctx context.Context, tx pgx.Tx, batch []decoded, res 
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("inserting into the ledger: %w", err)
 	}
-	counted := make([]*decoded, 0, len(inserted))
-	var known []*decoded // already in the ledger before this batch
+	incs := make([]increment, 0, len(inserted))
+	state := make(map[idKey]*ledgerRow, len(inserted))
+	var known []idKey // already in the ledger before this batch
 	for _, d := range candidates {
-		if inserted[idKey{d.ev.Tenant, d.ev.ID}] {
-			counted = append(counted, d)
+		k := idKey{d.ev.Tenant, d.ev.ID}
+		if inserted[k] {
+			incs = append(incs, d.increment())
+			state[k] = &ledgerRow{metric: d.ev.Metric, at: d.ev.Time, value: d.ev.Value, hash: d.hash}
 		} else {
-			known = append(known, d)
+			known = append(known, k)
 		}
 	}
-	// Compare every repeat with the hash that was counted.
-	counts := make(map[idKey][]byte, len(known))
-	for _, d := range counted {
-		counts[idKey{d.ev.Tenant, d.ev.ID}] = d.hash
+	res.Counted = len(incs)
+	if len(known) == 0 && repeats == 0 {
+		return incs, nil // the common case: every event new
 	}
-	if len(known) > 0 {
-		kt, ki := make([]string, len(known)), make([]string, len(known))
-		for i, d := range known {
-			kt[i], ki[i] = d.ev.Tenant, d.ev.ID
+	if err := readLedger(ctx, tx, known, false, state); err != nil {
+		return nil, err
+	}
+	// A key whose payload differs from the counted one may be raised: lock
+	// its row first (in key order, so batches cannot deadlock) and read it
+	// again, so that a concurrent batch's raise is seen, not overwritten.
+	var lock []idKey
+	locking := map[idKey]bool{}
+	for i := range batch {
+		d := &batch[i]
+		if d.class != "" {
+			continue
 		}
-		rows, err := tx.Query(ctx, `SELECT l.tenant, l.event_id, l.payload_hash FROM ledger l
-			JOIN unnest($1::text[], $2::text[]) AS b(t, i) ON l.tenant = b.t AND l.event_id = b.i`, kt, ki)
-		if err != nil {
-			return nil, fmt.Errorf("reading ledger hashes: %w", err)
-		}
-		for rows.Next() {
-			var k idKey
-			var h []byte
-			if err := rows.Scan(&k.tenant, &k.id, &h); err != nil {
-				rows.Close()
-				return nil, fmt.Errorf("reading ledger hashes: %w", err)
-			}
-			counts[k] = h
-		}
-		if err := rows.Err(); err != nil {
-			return nil, fmt.Errorf("reading ledger hashes: %w", err)
+		k := idKey{d.ev.Tenant, d.ev.ID}
+		if row := state[k]; row != nil && !inserted[k] && !locking[k] && string(row.hash) != string(d.hash) {
+			locking[k] = true
+			lock = append(lock, k)
 		}
 	}
-	var conflicts []*decoded
-	var conflictHashes [][]byte
-	for _, d := range append(known, repeats...) {
-		h := counts[idKey{d.ev.Tenant, d.ev.ID}]
-		if string(h) == string(d.hash) {
+	if err := readLedger(ctx, tx, lock, true, state); err != nil {
+		return nil, err
+	}
+	var conflicts []conflict
+	for i := range batch {
+		d := &batch[i]
+		if d.class != "" {
+			continue
+		}
+		k := idKey{d.ev.Tenant, d.ev.ID}
+		if first[k] == d && inserted[k] {
+			continue // counted above
+		}
+		row := state[k]
+		if row == nil {
+			// Retention deleted the row between the insert and the read;
+			// the retried batch counts the event as new.
+			return nil, fmt.Errorf("ledger row of tenant %q id %q vanished during the batch", k.tenant, k.id)
+		}
+		if string(row.hash) == string(d.hash) {
 			res.Duplicates++
 			continue
 		}
-		conflicts = append(conflicts, d)
-		conflictHashes = append(conflictHashes, h)
+		c, inc := resolve(row, d)
+		if inc.value > 0 {
+			incs = append(incs, inc)
+		}
+		conflicts = append(conflicts, c)
 	}
-	res.Conflicts = len(conflicts)
-	res.Counted = len(counted)
-	if len(conflicts) > 0 {
-		c := len(conflicts)
-		ct, ci := make([]string, c), make([]string, c)
-		rh, rv := make([][]byte, c), make([][]byte, c)
-		cp, co := make([]int32, c), make([]int64, c)
-		for i, d := range conflicts {
-			ct[i], ci[i], rh[i], rv[i], cp[i], co[i] = d.ev.Tenant, d.ev.ID, d.hash, d.rec.Value, int32(d.rec.Partition), d.rec.Offset
-		}
-		if _, err := tx.Exec(ctx, `INSERT INTO ledger_conflicts (tenant, event_id, counted_hash, rejected_hash, rejected_event, src_partition, src_offset)
-			SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::bytea[], $6::int[], $7::bigint[])
-			ON CONFLICT (src_partition, src_offset) DO NOTHING`, ct, ci, conflictHashes, rh, rv, cp, co); err != nil {
-			return nil, fmt.Errorf("recording conflicts: %w", err)
-		}
-		for _, d := range conflicts {
-			a.cfg.Logger.WarnContext(ctx, "duplicate id with a different payload; the first one counts",
-				"tenant", d.ev.Tenant, "id", d.ev.ID, "partition", d.rec.Partition, "offset", d.rec.Offset)
-		}
+	if err := updateLedger(ctx, tx, state); err != nil {
+		return nil, err
 	}
-	return counted, nil
+	if err := a.recordConflicts(ctx, tx, conflicts, now, res); err != nil {
+		return nil, err
+	}
+	return incs, nil
 }
 
-func (a *Aggregator) addToWindows(ctx context.Context, tx pgx.Tx, counted []*decoded) error {
-	if len(counted) == 0 {
+// readLedger reads the ledger rows of keys into state; with lock, it
+// locks them in key order and replaces what state held.
+func readLedger(ctx context.Context, tx pgx.Tx, keys []idKey, lock bool, state map[idKey]*ledgerRow) error {
+	if len(keys) == 0 {
 		return nil
 	}
-	agg := make(map[windowKey]*amount, len(counted))
-	for _, d := range counted {
+	kt, ki := make([]string, len(keys)), make([]string, len(keys))
+	for i, k := range keys {
+		kt[i], ki[i] = k.tenant, k.id
+	}
+	sql := `SELECT l.tenant, l.event_id, l.payload_hash, l.metric, l.value, l.event_time FROM ledger l
+		JOIN unnest($1::text[], $2::text[]) AS b(t, i) ON l.tenant = b.t AND l.event_id = b.i`
+	if lock {
+		sql += ` ORDER BY l.tenant, l.event_id FOR UPDATE OF l`
+	}
+	rows, err := tx.Query(ctx, sql, kt, ki)
+	if err != nil {
+		return fmt.Errorf("reading the ledger: %w", err)
+	}
+	for rows.Next() {
+		var k idKey
+		var r ledgerRow
+		if err := rows.Scan(&k.tenant, &k.id, &r.hash, &r.metric, &r.value, &r.at); err != nil {
+			rows.Close()
+			return fmt.Errorf("reading the ledger: %w", err)
+		}
+		state[k] = &r
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("reading the ledger: %w", err)
+	}
+	return nil
+}
+
+// updateLedger writes the raised rows of state: their value and hash
+// become the raising event's, so each raise is added once.
+func updateLedger(ctx context.Context, tx pgx.Tx, state map[idKey]*ledgerRow) error {
+	var kt, ki []string
+	var vs []int64
+	var hs [][]byte
+	for k, r := range state {
+		if r.changed {
+			kt, ki, vs, hs = append(kt, k.tenant), append(ki, k.id), append(vs, r.value), append(hs, r.hash)
+		}
+	}
+	if len(kt) == 0 {
+		return nil
+	}
+	if _, err := tx.Exec(ctx, `UPDATE ledger l SET value = b.v, payload_hash = b.h
+		FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bytea[]) AS b(t, i, v, h)
+		WHERE l.tenant = b.t AND l.event_id = b.i`, kt, ki, vs, hs); err != nil {
+		return fmt.Errorf("raising counted events in the ledger: %w", err)
+	}
+	return nil
+}
+
+func addToWindows(ctx context.Context, tx pgx.Tx, incs []increment) error {
+	if len(incs) == 0 {
+		return nil
+	}
+	agg := make(map[windowKey]*amount, len(incs))
+	for _, in := range incs {
 		for _, g := range windows.All {
-			k := windowKey{d.ev.Tenant, d.ev.Metric, g, g.Start(d.ev.Time)}
+			k := windowKey{in.tenant, in.metric, g, g.Start(in.at)}
 			am := agg[k]
 			if am == nil {
 				am = &amount{}
 				agg[k] = am
 			}
-			am.value.add(d.ev.Value)
-			am.events++
+			am.value.add(in.value)
+			am.events += in.events
 		}
 	}
 	n := len(agg)

@@ -127,7 +127,11 @@ func TestDedupAndWindows(t *testing.T) {
 	}
 }
 
-func TestConflictCountsOnceAndIsRecorded(t *testing.T) {
+// TestConflictsNeverLowerUsage: a resend with another value of the same
+// metric and time raises the counted event to the larger value, once; a
+// lower resend changes nothing; another time is held. Every conflict is
+// recorded with its resolution.
+func TestConflictsNeverLowerUsage(t *testing.T) {
 	a, db := newAgg(t)
 	ctx := context.Background()
 	orig := ev("order-1", "acme", "api_calls", 5, now.Add(-time.Hour))
@@ -139,21 +143,35 @@ func TestConflictCountsOnceAndIsRecorded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Counted != 1 || res.Conflicts != 1 {
+	if res.Counted != 1 || res.Conflicts != 1 || res.Raised != 1 {
 		t.Fatalf("in-batch conflict: %+v", res)
 	}
-	res, err = a.Apply(ctx, 0, 2, batch(2, changedDay, orig))
+	res, err = a.Apply(ctx, 0, 2, batch(2, changedDay, orig, changedValue))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Counted != 0 || res.Conflicts != 1 || res.Duplicates != 1 {
-		t.Fatalf("cross-batch conflict: %+v", res)
+	if res.Counted != 0 || res.Conflicts != 2 || res.Held != 1 || res.Kept != 1 || res.Duplicates != 1 {
+		t.Fatalf("cross-batch conflicts: %+v", res)
 	}
-	if months := windowsOf(t, db, "month"); months["acme/api_calls/2026-11-01T00:00"] != (window{"5", 1}) {
-		t.Fatalf("month = %+v, want only the first payload", months)
+	if months := windowsOf(t, db, "month"); months["acme/api_calls/2026-11-01T00:00"] != (window{"500", 1}) {
+		t.Fatalf("month = %+v, want the larger payload, one event", months)
 	}
-	if n := count(t, db, `SELECT count(*) FROM ledger_conflicts WHERE tenant = 'acme' AND event_id = 'order-1'`); n != 2 {
-		t.Fatalf("%d conflicts recorded, want 2", n)
+	got := map[string]int{}
+	rows, err := db.Pool.Query(ctx, `SELECT resolution, count(*) FROM ledger_conflicts WHERE tenant = 'acme' AND event_id = 'order-1' GROUP BY 1`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var r string
+		var n int
+		if err := rows.Scan(&r, &n); err != nil {
+			t.Fatal(err)
+		}
+		got[r] = n
+	}
+	if got["raised"] != 1 || got["held"] != 1 || got["kept"] != 1 || len(got) != 3 {
+		t.Fatalf("resolutions = %v, want one raised, one held, one kept", got)
 	}
 }
 

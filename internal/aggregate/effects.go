@@ -117,28 +117,29 @@ func byteaArray(hs []Header, field func(Header) []byte) string {
 	return string(append(b, '}'))
 }
 
-// corrections records counted usage whose billing month had already ended
-// when it arrived, for the biller to reconcile.
-func (a *Aggregator) corrections(ctx context.Context, tx pgx.Tx, counted []*decoded, now time.Time, res *Result) error {
+// corrections records usage counted into a billing month that had
+// already ended when it arrived (a late event, or the raise of a counted
+// event), for the biller to reconcile.
+func corrections(ctx context.Context, tx pgx.Tx, incs []increment, now time.Time, res *Result) error {
 	type key struct {
 		tenant, metric string
 		period         time.Time
 	}
 	late := map[key]*amount{}
 	var order []key
-	for _, d := range counted {
-		start, end := windows.Month.Span(d.ev.Time)
+	for _, in := range incs {
+		start, end := windows.Month.Span(in.at)
 		if end.After(now) {
 			continue
 		}
 		res.Late++
-		k := key{d.ev.Tenant, d.ev.Metric, start}
+		k := key{in.tenant, in.metric, start}
 		if late[k] == nil {
 			late[k] = &amount{}
 			order = append(order, k)
 		}
-		late[k].value.add(d.ev.Value)
-		late[k].events++
+		late[k].value.add(in.value)
+		late[k].events += in.events
 	}
 	for _, k := range order {
 		if _, err := tx.Exec(ctx, `INSERT INTO usage_corrections (tenant, metric, period_start, value, events, reason)
@@ -156,13 +157,13 @@ type rule struct {
 
 // evaluateQuotas checks every (tenant, metric, period) the batch touched
 // and records each threshold crossed for the first time.
-func (a *Aggregator) evaluateQuotas(ctx context.Context, tx pgx.Tx, counted []*decoded, now time.Time) ([]quota.Breach, error) {
-	if len(counted) == 0 {
+func evaluateQuotas(ctx context.Context, tx pgx.Tx, incs []increment, now time.Time) ([]quota.Breach, error) {
+	if len(incs) == 0 {
 		return nil, nil
 	}
 	tenantSet := map[string]bool{}
-	for _, d := range counted {
-		tenantSet[d.ev.Tenant] = true
+	for _, in := range incs {
+		tenantSet[in.tenant] = true
 	}
 	tenantList := make([]string, 0, len(tenantSet))
 	for t := range tenantSet {
@@ -196,12 +197,12 @@ func (a *Aggregator) evaluateQuotas(ctx context.Context, tx pgx.Tx, counted []*d
 		start          time.Time
 	}
 	touched := map[periodKey]bool{}
-	for _, d := range counted {
-		r, ok := rules[[2]string{d.ev.Tenant, d.ev.Metric}]
+	for _, in := range incs {
+		r, ok := rules[[2]string{in.tenant, in.metric}]
 		if !ok {
 			continue
 		}
-		touched[periodKey{d.ev.Tenant, d.ev.Metric, r.period.Start(d.ev.Time)}] = true
+		touched[periodKey{in.tenant, in.metric, r.period.Start(in.at)}] = true
 	}
 	var breaches []quota.Breach
 	for pk := range touched {

@@ -35,6 +35,7 @@ type Metrics struct {
 	// member's partition had records waiting and did not move.
 	IdleRebalances *prometheus.CounterVec
 	lostRecords    *prometheus.CounterVec
+	conflicts      *prometheus.CounterVec
 }
 
 // NewMetrics registers the aggregator's metrics on reg.
@@ -95,6 +96,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Name: "metering_aggregator_lost_records_total",
 		Help: "Records deleted from the log (retention) before they were counted, by partition; each gap has a consumer_lost_records row.",
 	}, []string{"partition"})
+	m.conflicts = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "metering_aggregator_conflicts_total",
+		Help: "Resends with a counted event's (tenant, id) and another payload, by resolution: raised (same metric and time, larger value: the difference counted), kept (lower or equal value), held (another metric or time: counted only if an operator says so).",
+	}, []string{"resolution"})
+	for _, r := range []string{ResolutionRaised, ResolutionKept, ResolutionHeld} {
+		m.conflicts.WithLabelValues(r)
+	}
+	reg.MustRegister(m.conflicts)
 	reg.MustRegister(m.Stalled, m.Retries, m.Isolated, m.ReaderRestarts, m.IdleRebalances, m.lostRecords)
 	reg.MustRegister(m.events, m.batchSize, m.batchTime, m.breaches, m.Lag, m.Assigned, m.Rebalances, m.BatchErrors, m.KafkaCommitErrors)
 	return m
@@ -109,6 +118,9 @@ func (m *Metrics) observe(r Result, records int, took time.Duration) {
 	m.events.WithLabelValues("conflict").Add(float64(r.Conflicts))
 	m.events.WithLabelValues("dead_letter").Add(float64(r.DeadLettered))
 	m.events.WithLabelValues("late").Add(float64(r.Late))
+	m.conflicts.WithLabelValues(ResolutionRaised).Add(float64(r.Raised))
+	m.conflicts.WithLabelValues(ResolutionKept).Add(float64(r.Kept))
+	m.conflicts.WithLabelValues(ResolutionHeld).Add(float64(r.Held))
 	m.batchSize.Observe(float64(records))
 	m.batchTime.Observe(took.Seconds())
 	for _, b := range r.Breaches {
