@@ -17,10 +17,12 @@
 package kafkaauth
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 	"sync"
@@ -207,6 +209,15 @@ func (s *Security) String() string {
 		return "PLAINTEXT"
 	}
 	return s.desc
+}
+
+// LogStart logs, at start, how the service reaches Kafka, and warns loudly
+// when broker certificates go unverified.
+func (s *Security) LogStart(ctx context.Context, log *slog.Logger) {
+	log.InfoContext(ctx, "kafka transport security", "security", s.String())
+	if s.Insecure() {
+		log.WarnContext(ctx, "KAFKA_TLS_INSECURE_SKIP_VERIFY is on: any broker certificate is accepted, so anyone between this service and Kafka can read and change usage events; use it in tests only")
+	}
 }
 
 // Insecure reports whether broker certificates go unverified, which a

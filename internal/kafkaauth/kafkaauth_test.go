@@ -1,9 +1,11 @@
 package kafkaauth_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
+	"log/slog"
 	"net"
 	"strings"
 	"testing"
@@ -245,3 +247,24 @@ func handshake(addr string, cfg *tls.Config) error {
 }
 
 func isEOF(err error) bool { return err != nil && err.Error() == "EOF" }
+
+func TestLogStartWarnsWhenCertificatesAreNotVerified(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		cfg      kafkaauth.Config
+		wantWarn bool
+	}{{kafkaauth.Config{TLS: true}, false}, {kafkaauth.Config{TLS: true, InsecureSkipVerify: true}, true}} {
+		s, err := kafkaauth.New(tt.cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var buf bytes.Buffer
+		s.LogStart(context.Background(), slog.New(slog.NewTextHandler(&buf, nil)))
+		if got := strings.Contains(buf.String(), "level=WARN") && strings.Contains(buf.String(), "KAFKA_TLS_INSECURE_SKIP_VERIFY"); got != tt.wantWarn {
+			t.Errorf("%+v: warned %v, want %v:\n%s", tt.cfg, got, tt.wantWarn, buf.String())
+		}
+		if !strings.Contains(buf.String(), "security=SSL") && !strings.Contains(buf.String(), `security="SSL `) {
+			t.Errorf("the start log does not name the protocol:\n%s", buf.String())
+		}
+	}
+}
