@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/usagemeter/metering/events/jsonscan"
 )
 
 // CloudEvents HTTP binary content mode (the default of the official
@@ -133,18 +135,26 @@ func (d Decoder) DecodeCloudEventBinary(h http.Header, body []byte) (Event, erro
 		}
 		e.Time = t
 	}
-	decodeCloudEventData(&e, body, add)
-	// A data member sent twice is ambiguous: reject it, named.
-	if trimmed := bytes.TrimLeft(body, " \t\r\n"); len(trimmed) > 0 && trimmed[0] == '{' {
-		for _, fe := range duplicateKeys(body) {
-			if fe.Field != "value" {
-				fe.Field = "properties." + fe.Field
-			}
-			fe.Index = 0
-			errs = append(errs, fe)
+	// The data is pre-scanned like any body: a member sent twice, in any
+	// case or escaped, is ambiguous; too deep or too large is refused.
+	var issues []jsonscan.KeyIssue
+	var err error
+	if trimmed := bytes.TrimSpace(body); len(trimmed) > 0 {
+		issues, err = jsonscan.Scan(body, d.scanOptions(false, nil))
+		if trimmed[0] != '{' {
+			issues = nil // not an object: that is the error to report
 		}
 	}
-	evs, err := d.validate([]Event{e}, errs, cloudEventBinaryField)
+	var se *jsonscan.Error
+	switch {
+	case errors.As(err, &se) && se.Code == jsonscan.CodeSyntax:
+		add("properties", "must be a JSON object with an integer \"value\": %s", se.Error())
+	case err != nil:
+		return Event{}, d.scanError(err, false, "data")
+	default:
+		decodeCloudEventData(&e, body, add)
+	}
+	evs, err := d.validate([]Event{e}, issueErrors(issues, 0, "data.", nil, nil), errs, cloudEventBinaryField)
 	if err != nil {
 		return Event{}, err
 	}

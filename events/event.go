@@ -234,12 +234,15 @@ func nameByte(c byte) bool {
 // ValidName reports whether s is a valid tenant or metric name.
 func ValidName(s string) bool { return checkName(s) == "" }
 
+// checkText refuses invalid UTF-8 and control characters: C0 (U+0000 to
+// U+001F, NUL included), DEL and C1 (U+0080 to U+009F), which terminals,
+// CSV readers and logs may interpret.
 func checkText(s string) string {
 	if !utf8.ValidString(s) {
 		return "must be valid UTF-8"
 	}
 	for _, r := range s {
-		if r < 0x20 || r == 0x7f {
+		if r < 0x20 || r >= 0x7f && r <= 0x9f {
 			return fmt.Sprintf("must not contain control characters (found %U)", r)
 		}
 	}

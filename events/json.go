@@ -5,11 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"slices"
 	"strconv"
 	"time"
 	"unicode/utf8"
+
+	"github.com/usagemeter/metering/events/jsonscan"
 )
 
 // AppendJSON appends the canonical JSON encoding of e to dst: the fields in
@@ -65,12 +66,24 @@ func (e Event) MarshalJSON() ([]byte, error) {
 	return e.AppendJSON(make([]byte, 0, 192)), nil
 }
 
-// UnmarshalJSON decodes one event object strictly: unknown fields, wrong
-// types and non-integer values are errors (a *ValidationError). It does not
-// check the contract's ranges; call Validate for that.
+// UnmarshalJSON decodes one event object strictly, by the Decoder's rules
+// within the default Limits (a raw Kafka record is read exactly as an
+// HTTP event): unknown fields (keys are matched exactly, after
+// unescaping), keys sent twice (compared after unescaping and in any
+// case), wrong types and non-integer values are errors, a
+// *ValidationError; a body beyond the default Limits is a *BodyError. It
+// does not check the contract's ranges; call Validate for that.
 func (e *Event) UnmarshalJSON(b []byte) error {
-	ev, errs := decodeObject(b, 0)
-	if len(errs) > 0 {
+	issues, err := jsonscan.Scan(b, jsonscan.Options{ItemKey: eventKey})
+	if err != nil {
+		if se, ok := err.(*jsonscan.Error); ok && se.Code == jsonscan.CodeSyntax {
+			return &ValidationError{Errors: []FieldError{{Message: "must be a JSON object: " + se.Error()}}}
+		}
+		return Decoder{}.scanError(err, false, "")
+	}
+	errs := issueErrors(issues, 0, "", eventFields, nil)
+	ev, fe := decodeObject(b, 0, len(issues) > 0)
+	if errs = append(errs, fe...); len(errs) > 0 {
 		return &ValidationError{Errors: errs}
 	}
 	*e = ev
@@ -164,14 +177,19 @@ func (w *wireEvent) event(index int) (Event, []FieldError) {
 
 var eventFields = []string{"id", "tenant", "metric", "value", "time", "source", "properties"}
 
-// decodeObject decodes one event object field by field, reporting every
-// problem rather than the first.
-func decodeObject(b []byte, index int) (Event, []FieldError) {
+// decodeObject decodes one event object, already pre-scanned, field by
+// field, reporting every problem rather than the first. Unknown and
+// duplicate keys are the pre-scan's to report; exact (set when the
+// pre-scan found any) skips the fast path, whose encoding/json matches
+// field names in any case, so that only exact names are read.
+func decodeObject(b []byte, index int, exact bool) (Event, []FieldError) {
 	var w wireEvent
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&w); err == nil && !hasTrailing(dec) && !mayHaveNullProperty(b, w) {
-		return w.event(index)
+	if !exact {
+		dec := json.NewDecoder(bytes.NewReader(b))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&w); err == nil && !mayHaveNullProperty(b, w) {
+			return w.event(index)
+		}
 	}
 	var raw map[string]json.RawMessage
 	if err := json.Unmarshal(b, &raw); err != nil {
@@ -179,11 +197,6 @@ func decodeObject(b []byte, index int) (Event, []FieldError) {
 	}
 	var errs []FieldError
 	add := func(field, msg string) { errs = append(errs, FieldError{Index: index, Field: field, Message: msg}) }
-	for _, k := range sortedRawKeys(raw) {
-		if !slices.Contains(eventFields, k) {
-			add(k, "unknown field; an event has id, tenant, metric, value, time, source and properties")
-		}
-	}
 	str := func(field string) string {
 		m, ok := raw[field]
 		if !ok || string(m) == "null" {
@@ -316,11 +329,6 @@ func jsonKind(m json.RawMessage) string {
 	default:
 		return "a number"
 	}
-}
-
-func hasTrailing(dec *json.Decoder) bool {
-	_, err := dec.Token()
-	return !errors.Is(err, io.EOF)
 }
 
 func jsonErrorText(err error) string {
