@@ -7,6 +7,9 @@
 //	aggregator dlq replay (ID... | --all) [--actor NAME] [--note TEXT]
 //	aggregator dlq discard ID... [--actor NAME] [--note TEXT]
 //	aggregator rebuild --from TIME [--dry-run]   recompute windows from the Kafka log
+//	aggregator conflicts list [--tenant T] [--status held|resolved|all|RESOLUTION] [--limit N] [--format json]
+//	aggregator conflicts count ID --note TEXT [--actor NAME]     count a held conflict's event
+//	aggregator conflicts dismiss ID --note TEXT [--actor NAME]   leave it uncounted
 //
 // Settings flags (-database-url, -kafka-brokers, ...) may stand anywhere.
 package main
@@ -32,7 +35,7 @@ func main() {
 // command failed, 2 the command line or settings are wrong.
 func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
 	cmd := "serve"
-	if len(args) > 0 && (args[0] == "migrate" || args[0] == "dlq" || args[0] == "rebuild") {
+	if len(args) > 0 && (args[0] == "migrate" || args[0] == "dlq" || args[0] == "rebuild" || args[0] == "conflicts") {
 		cmd, args = args[0], args[1:]
 	}
 	sub := ""
@@ -43,7 +46,14 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		}
 		sub, args = args[0], args[1:]
 	}
-	settings, rest := cli.SplitOwn(args, aggregator.DLQFlags, aggregator.RebuildFlags)
+	if cmd == "conflicts" {
+		if len(args) == 0 {
+			fmt.Fprintln(stderr, "aggregator conflicts: want list, count or dismiss")
+			return 2
+		}
+		sub, args = args[0], args[1:]
+	}
+	settings, rest := cli.SplitOwn(args, aggregator.DLQFlags, aggregator.RebuildFlags, aggregator.ConflictsFlags)
 	cfg, extra, err := config.LoadAggregator("aggregator", settings, getenv, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
@@ -63,7 +73,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	switch cmd {
 	case "serve":
 		if len(rest) > 0 {
-			fmt.Fprintf(stderr, "aggregator: unknown argument %q; commands: migrate, dlq, rebuild\n", rest[0])
+			fmt.Fprintf(stderr, "aggregator: unknown argument %q; commands: migrate, dlq, rebuild, conflicts\n", rest[0])
 			return 2
 		}
 		err = aggregator.Run(ctx, cfg, log, nil)
@@ -77,6 +87,8 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		err = aggregator.DLQCommand(ctx, cfg, log, sub, rest, stdout)
 	case "rebuild":
 		err = aggregator.RebuildCommand(ctx, cfg, log, rest, stdout)
+	case "conflicts":
+		err = aggregator.ConflictsCommand(ctx, cfg, log, sub, rest, stdout)
 	}
 	if err != nil {
 		log.Error("aggregator failed", "command", cmd, "err", err)

@@ -33,6 +33,12 @@ func TestCommandLines(t *testing.T) {
 		{"unknown flag", []string{"dlq", "list", "--bogus", "x"}, 2, "flag provided but not defined: -bogus"},
 		{"stray argument to serve", []string{"frobnicate"}, 2, `unknown argument "frobnicate"`},
 		{"bad setting", []string{"dlq", "list", "-batch-size", "0"}, 2, "BATCH_SIZE"},
+		{"conflicts held, settings last", []string{"conflicts", "list", "--tenant", "acme", "-database-url", db.URL}, 0, "0 conflicts"},
+		{"conflicts as JSON", []string{"conflicts", "list", "-database-url", db.URL, "--status=resolved", "--format", "json"}, 0, "[]"},
+		{"conflicts without a command", []string{"conflicts"}, 2, "want list, count or dismiss"},
+		{"count needs a note", []string{"conflicts", "count", "7", "-database-url", db.URL}, 1, "--note"},
+		{"count an unknown conflict", []string{"conflicts", "count", "7", "--note", "checked", "-database-url", db.URL}, 1, "no such conflict"},
+		{"conflicts with a bad status", []string{"conflicts", "list", "--status", "open", "-database-url", db.URL}, 1, "--status must be one of"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

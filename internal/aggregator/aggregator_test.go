@@ -202,8 +202,8 @@ func TestEveryRecordEndsWhereTheDesignSays(t *testing.T) {
 	s.raw("this is not an event", "acme")
 	s.waitConsumed("metering-aggregator")
 
-	if v := s.value("acme", "api_calls", "month", month); v != "12" {
-		t.Errorf("api_calls this month = %s, want 12 (duplicate and conflict count once)", v)
+	if v := s.value("acme", "api_calls", "month", month); v != "1011" {
+		t.Errorf("api_calls this month = %s, want 1011 (the duplicate counts once; the conflicting resend of call-4 raises it from 1 to 1000)", v)
 	}
 	// Early in a month, last month's event is within the short horizon and
 	// counts at once, in its own window; later it is a dead letter until
@@ -215,9 +215,9 @@ func TestEveryRecordEndsWhereTheDesignSays(t *testing.T) {
 		}
 	}
 	var conflicts int
-	_ = s.db.Pool.QueryRow(ctx, `SELECT count(*) FROM ledger_conflicts WHERE event_id = 'call-4'`).Scan(&conflicts)
+	_ = s.db.Pool.QueryRow(ctx, `SELECT count(*) FROM ledger_conflicts WHERE event_id = 'call-4' AND resolution = 'raised'`).Scan(&conflicts)
 	if conflicts != 1 {
-		t.Errorf("%d conflicts recorded for call-4, want 1", conflicts)
+		t.Errorf("%d raised conflicts recorded for call-4, want 1", conflicts)
 	}
 
 	// Breaches: warning (8), exceeded (10), blocked (11), once each, on quota.breaches.
@@ -259,6 +259,9 @@ func TestEveryRecordEndsWhereTheDesignSays(t *testing.T) {
 	s.expectMetrics(map[string]int{
 		`metering_aggregator_events_total{outcome="duplicate"}`:    1,
 		`metering_aggregator_events_total{outcome="conflict"}`:     1,
+		`metering_aggregator_conflicts_total{resolution="raised"}`: 1,
+		`metering_aggregator_conflicts_total{resolution="held"}`:   0,
+		`metering_aggregator_conflicts_held`:                       0,
 		`metering_aggregator_events_total{outcome="dead_letter"}`:  wantDead,
 		`metering_aggregator_breaches_total{threshold="warning"}`:  1,
 		`metering_aggregator_breaches_total{threshold="exceeded"}`: 1,
