@@ -45,7 +45,7 @@ func TestWebhookOnTwoReplicas(t *testing.T) {
 			`SELECT count(*) FROM billing_periods WHERE invoice_id = 'in_1'`},
 		{"evt_err", "billing.meter.error_report_triggered", map[string]any{"meter": "mtr_1", "summary": "no customer", "reason": map[string]any{"error_count": 2}},
 			`SELECT count(*) FROM stripe_meter_errors WHERE event_id = 'evt_err'`},
-		{"evt_sub", "customer.subscription.updated", map[string]any{"object": "subscription", "customer": "cus_acme", "status": "active", "metadata": map[string]string{"plan": "pro"}},
+		{"evt_sub", "customer.subscription.updated", map[string]any{"object": "subscription", "id": "sub_1", "customer": "cus_acme", "status": "active", "metadata": map[string]string{"plan": "pro"}},
 			`SELECT count(*) FROM tenants WHERE plan = 'pro'`},
 	}
 	for _, tt := range tests {

@@ -2,164 +2,163 @@
 // move tenants between plans, a finalized invoice closes the tenant's
 // billing month, and meter error reports are recorded for people.
 //
-// Invariant: nothing changes unless the Stripe-Signature verifies with
-// STRIPE_WEBHOOK_SECRET; each event id takes effect at most once (Stripe
-// delivers at least once), in the same transaction as its effect.
+// Invariants, each a test in stripewebhook_test.go:
+//   - nothing changes unless the Stripe-Signature verifies with
+//     STRIPE_WEBHOOK_SECRET and its timestamp is within Tolerance of our
+//     clock, in the past or in the future (TestSignatureAndTolerance);
+//   - each event id takes effect at most once (Stripe delivers at least
+//     once), in the same transaction as its effect (TestWebhooks);
+//   - an event about an object (a subscription) never overwrites the effect
+//     of a later event about it: events are ordered by (created, event id)
+//     per object, whatever the delivery order (TestOlderUpdateNeverOverwritesNewer);
+//   - a signed event that cannot take effect because of its content is
+//     acknowledged with 200 and recorded in stripe_webhook_undecodable, so
+//     Stripe does not retry it for days; only a failure of ours (Postgres
+//     unreachable) answers 5xx, so Stripe retries (TestUndecodableEventsAreRecorded,
+//     TestPostgresDownAnswers5xx).
 package stripewebhook
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/stripe/stripe-go/v79"
-	"github.com/stripe/stripe-go/v79/webhook"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/usagemeter/metering/internal/httpjson"
-	"github.com/usagemeter/metering/internal/windows"
 )
 
 // PlanMetadataKey is the subscription metadata key naming the tenant's plan.
 const PlanMetadataKey = "plan"
 
+// MaxPayload is the largest body read; larger ones are refused with 413.
+const MaxPayload = 1 << 20
+
+// Outcomes of a delivery, the values of the "status" field of a 200 answer
+// and of the label outcome of metering_stripe_webhooks_total.
+const (
+	Processed           = "processed"            // the event took effect
+	Ignored             = "ignored"              // a type we do not act on
+	Duplicate           = "duplicate"            // this event id was handled before
+	Stale               = "stale"                // older than the last event applied to its object
+	RecordedUndecodable = "recorded_undecodable" // signed, but its content cannot take effect: see stripe_webhook_undecodable
+	RefusedSignature    = "refused_signature"    // 400 invalid_signature
+	RefusedFuture       = "refused_future"       // 400 timestamp_in_future
+	RefusedTooOld       = "refused_too_old"      // 400 timestamp_too_old
+	RefusedTooLarge     = "refused_too_large"    // 413 payload_too_large
+	NotConfigured       = "not_configured"       // 503: STRIPE_WEBHOOK_SECRET is not set
+	Failed              = "failed"               // 500: Postgres failed; Stripe retries
+)
+
+var allOutcomes = []string{Processed, Ignored, Duplicate, Stale, RecordedUndecodable,
+	RefusedSignature, RefusedFuture, RefusedTooOld, RefusedTooLarge, NotConfigured, Failed}
+
 // Handler serves POST /webhooks/stripe.
 type Handler struct {
-	pool   *pgxpool.Pool
-	secret string
-	log    *slog.Logger
+	pool      *pgxpool.Pool
+	secret    string
+	log       *slog.Logger
+	now       func() time.Time
+	tolerance time.Duration
+	outcomes  *prometheus.CounterVec
+}
+
+// Option configures a Handler.
+type Option func(*Handler)
+
+// WithRegisterer registers metering_stripe_webhooks_total{outcome} with reg.
+func WithRegisterer(reg prometheus.Registerer) Option {
+	return func(h *Handler) { reg.MustRegister(h.outcomes) }
+}
+
+// WithClock sets the clock signature timestamps are judged against.
+func WithClock(now func() time.Time) Option {
+	return func(h *Handler) { h.now = now }
 }
 
 // New returns a handler verifying signatures with secret.
-func New(pool *pgxpool.Pool, secret string, log *slog.Logger) *Handler {
-	return &Handler{pool: pool, secret: secret, log: log}
+func New(pool *pgxpool.Pool, secret string, log *slog.Logger, opts ...Option) *Handler {
+	h := &Handler{pool: pool, secret: secret, log: log, now: time.Now, tolerance: Tolerance,
+		outcomes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "metering_stripe_webhooks_total",
+			Help: "Stripe webhook deliveries by outcome: processed, ignored, duplicate, stale, recorded_undecodable, refused_signature, refused_future, refused_too_old, refused_too_large, not_configured, failed.",
+		}, []string{"outcome"})}
+	for _, o := range allOutcomes {
+		h.outcomes.WithLabelValues(o)
+	}
+	for _, opt := range opts {
+		opt(h)
+	}
+	return h
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
 	if h.secret == "" {
-		httpjson.Error(w, http.StatusServiceUnavailable, "not_configured", "STRIPE_WEBHOOK_SECRET is not set; webhooks are refused")
+		h.refuse(w, NotConfigured, http.StatusServiceUnavailable, "not_configured", "STRIPE_WEBHOOK_SECRET is not set; webhooks are refused")
 		return
 	}
-	payload, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+	payload, err := io.ReadAll(io.LimitReader(r.Body, MaxPayload+1))
 	if err != nil {
-		httpjson.Error(w, http.StatusBadRequest, "malformed_body", "reading the body: "+err.Error())
+		h.refuse(w, RefusedSignature, http.StatusBadRequest, "malformed_body", "the body could not be read")
 		return
 	}
-	ev, err := webhook.ConstructEventWithOptions(payload, r.Header.Get("Stripe-Signature"), h.secret,
-		webhook.ConstructEventOptions{IgnoreAPIVersionMismatch: true})
+	if len(payload) > MaxPayload {
+		h.refuse(w, RefusedTooLarge, http.StatusRequestEntityTooLarge, "payload_too_large", "the body is larger than 1 MiB")
+		return
+	}
+	switch err := h.verify(payload, r.Header.Get("Stripe-Signature")); {
+	case errors.Is(err, errFuture):
+		h.log.WarnContext(ctx, "webhook refused: signed in the future; check this host's clock", "err", err)
+		h.refuse(w, RefusedFuture, http.StatusBadRequest, "timestamp_in_future",
+			"the Stripe-Signature timestamp is more than 5 minutes ahead of this server's clock")
+		return
+	case errors.Is(err, errTooOld):
+		h.log.WarnContext(ctx, "webhook refused: signature too old (a replay, or this host's clock is ahead)", "err", err)
+		h.refuse(w, RefusedTooOld, http.StatusBadRequest, "timestamp_too_old",
+			"the Stripe-Signature timestamp is more than 5 minutes behind this server's clock")
+		return
+	case err != nil:
+		h.log.WarnContext(ctx, "webhook refused: signature does not verify", "err", err)
+		h.refuse(w, RefusedSignature, http.StatusBadRequest, "invalid_signature",
+			"the Stripe-Signature header does not verify with this endpoint's signing secret")
+		return
+	}
+	outcome, err := h.handle(ctx, payload)
 	if err != nil {
-		h.log.WarnContext(r.Context(), "webhook refused", "err", err)
-		httpjson.Error(w, http.StatusBadRequest, "invalid_signature", "the Stripe-Signature header does not verify: "+err.Error())
+		// 5xx makes Stripe deliver it again later.
+		h.log.ErrorContext(ctx, "webhook failed; Stripe will retry it", "err", err)
+		h.refuse(w, Failed, http.StatusInternalServerError, "internal", "the event could not be handled now; Stripe will retry it")
 		return
 	}
-	outcome, err := h.apply(r.Context(), ev)
-	if err != nil {
-		// 500 makes Stripe deliver it again later.
-		h.log.ErrorContext(r.Context(), "webhook failed", "event", ev.ID, "type", ev.Type, "err", err)
-		httpjson.Error(w, http.StatusInternalServerError, "internal", "the event could not be applied; Stripe will retry it")
-		return
-	}
-	h.log.InfoContext(r.Context(), "webhook", "event", ev.ID, "type", ev.Type, "outcome", outcome)
+	h.outcomes.WithLabelValues(outcome).Inc()
 	httpjson.Write(w, http.StatusOK, map[string]string{"status": outcome})
 }
 
-// apply records ev and its effect in one transaction; it returns
-// "processed", "ignored" or "duplicate".
-func (h *Handler) apply(ctx context.Context, ev stripe.Event) (string, error) {
-	outcome := "processed"
-	err := pgx.BeginFunc(ctx, h.pool, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `INSERT INTO stripe_webhook_events (event_id, type) VALUES ($1, $2) ON CONFLICT DO NOTHING`, ev.ID, string(ev.Type))
-		if err != nil {
-			return err
-		}
-		if tag.RowsAffected() == 0 {
-			outcome = "duplicate"
-			return nil
-		}
-		if ev.Data == nil {
-			outcome = "ignored"
-			return nil
-		}
-		switch ev.Type {
-		case "customer.subscription.created", "customer.subscription.updated", "customer.subscription.deleted":
-			return h.subscription(ctx, tx, ev)
-		case "invoice.finalized":
-			return h.invoiceFinalized(ctx, tx, ev)
-		case "billing.meter.error_report_triggered":
-			var rep struct {
-				Meter   string `json:"meter"`
-				Summary string `json:"summary"`
-				Reason  struct {
-					ErrorCount int `json:"error_count"`
-				} `json:"reason"`
-			}
-			if err := json.Unmarshal(ev.Data.Raw, &rep); err != nil {
-				return fmt.Errorf("decoding meter error report: %w", err)
-			}
-			h.log.WarnContext(ctx, "Stripe reported meter errors", "meter", rep.Meter, "summary", rep.Summary, "errors", rep.Reason.ErrorCount)
-			_, err := tx.Exec(ctx, `INSERT INTO stripe_meter_errors (event_id, meter, summary) VALUES ($1, $2, $3)`,
-				ev.ID, rep.Meter, fmt.Sprintf("%s (%d errors)", rep.Summary, rep.Reason.ErrorCount))
-			return err
-		default:
-			outcome = "ignored"
-			return nil
-		}
-	})
-	return outcome, err
+func (h *Handler) refuse(w http.ResponseWriter, outcome string, status int, code, message string) {
+	h.outcomes.WithLabelValues(outcome).Inc()
+	httpjson.Error(w, status, code, message)
 }
 
-func (h *Handler) subscription(ctx context.Context, tx pgx.Tx, ev stripe.Event) error {
-	var sub struct {
-		Customer string            `json:"customer"`
-		Status   string            `json:"status"`
-		Metadata map[string]string `json:"metadata"`
-	}
-	if err := json.Unmarshal(ev.Data.Raw, &sub); err != nil {
-		return fmt.Errorf("decoding subscription: %w", err)
-	}
-	var plan *string
-	if p := sub.Metadata[PlanMetadataKey]; p != "" && ev.Type != "customer.subscription.deleted" && sub.Status != "canceled" {
-		var exists bool
-		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM plans WHERE name = $1)`, p).Scan(&exists); err != nil {
-			return err
-		}
-		if !exists {
-			h.log.WarnContext(ctx, "subscription names an unknown plan; tenant left unchanged", "customer", sub.Customer, "plan", p)
-			return nil
-		}
-		plan = &p
-	}
-	tag, err := tx.Exec(ctx, `UPDATE tenants SET plan = $2, updated_at = now() WHERE stripe_customer_id = $1`, sub.Customer, plan)
+// handle decodes and applies a verified payload; an error means a failure
+// of ours, worth a retry.
+func (h *Handler) handle(ctx context.Context, payload []byte) (string, error) {
+	ev, err := decodeEvent(payload)
 	if err != nil {
-		return err
+		return h.recordUndecodable(ctx, ev, payload, err)
 	}
-	if tag.RowsAffected() == 0 {
-		h.log.WarnContext(ctx, "subscription of a customer no tenant maps to", "customer", sub.Customer)
+	outcome, err := h.apply(ctx, &ev)
+	var content *contentError
+	if errors.As(err, &content) {
+		return h.recordUndecodable(ctx, ev, payload, err)
 	}
-	return nil
-}
-
-func (h *Handler) invoiceFinalized(ctx context.Context, tx pgx.Tx, ev stripe.Event) error {
-	var inv struct {
-		ID          string `json:"id"`
-		Customer    string `json:"customer"`
-		PeriodStart int64  `json:"period_start"`
+	if err != nil {
+		return "", err
 	}
-	if err := json.Unmarshal(ev.Data.Raw, &inv); err != nil {
-		return fmt.Errorf("decoding invoice: %w", err)
-	}
-	if inv.PeriodStart == 0 {
-		return errors.New("invoice without period_start")
-	}
-	period := windows.Month.Start(time.Unix(inv.PeriodStart, 0))
-	_, err := tx.Exec(ctx, `INSERT INTO billing_periods (tenant, period_start, invoice_id)
-		SELECT tenant, $2, $3 FROM tenants WHERE stripe_customer_id = $1
-		ON CONFLICT (tenant, period_start) DO NOTHING`, inv.Customer, period, inv.ID)
-	return err
+	h.log.InfoContext(ctx, "webhook", "event", ev.ID, "type", ev.Type, "object", ev.ObjectID, "outcome", outcome)
+	return outcome, nil
 }
