@@ -249,7 +249,7 @@ func RebuildCommand(ctx context.Context, cfg config.Aggregator, log *slog.Logger
 	defer pool.Close()
 	rep, err := rebuild.Run(ctx, pool, rebuild.Options{
 		DatabaseURL: cfg.DatabaseURL, Brokers: cfg.KafkaBrokers, Topic: topics.UsageEvents, Group: cfg.ConsumerGroup,
-		From: from, Horizon: cfg.DedupHorizon, DryRun: flags["dry-run"] == "true", Logger: log,
+		From: from, Horizon: cfg.DedupHorizon, MaxLag: cfg.MaxLag, DryRun: flags["dry-run"] == "true", Logger: log,
 	})
 	if err != nil {
 		return err

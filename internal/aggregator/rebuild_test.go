@@ -2,11 +2,14 @@ package aggregator_test
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/usagemeter/metering/events"
+	"github.com/usagemeter/metering/internal/aggregate"
 	"github.com/usagemeter/metering/internal/aggregator"
 	"github.com/usagemeter/metering/internal/rebuild"
 	"github.com/usagemeter/metering/internal/topics"
@@ -83,5 +86,59 @@ func TestRebuildMatchesLiveConsumption(t *testing.T) {
 	_ = s.db.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'rebuild_%'`).Scan(&schemas)
 	if schemas != 0 {
 		t.Errorf("%d shadow schemas left behind", schemas)
+	}
+}
+
+// TestRebuildKeepsCountedConflictsAndRefusesOldWindows: a held conflict
+// an operator counted is not in the log's verdicts, yet a rebuild keeps
+// it; windows older than the aggregator accepts are refused, not wiped.
+func TestRebuildKeepsCountedConflictsAndRefusesOldWindows(t *testing.T) {
+	s := newStack(t)
+	cfg := s.config()
+	stop := s.start(cfg)
+	ctx := context.Background()
+	now := time.Now().UTC()
+	orig := events.Event{ID: "order-1", Tenant: "acme", Metric: "api_calls", Value: 2, Time: now.Add(-time.Minute)}
+	other := orig
+	other.Metric, other.Value = "tokens", 30
+	raise := orig
+	raise.Value = 9
+	if err := s.producer.Emit(ctx, orig); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.producer.Emit(ctx, other, raise); err != nil {
+		t.Fatal(err)
+	}
+	s.waitConsumed("metering-aggregator")
+	stop()
+	var id int64
+	if err := s.db.Pool.QueryRow(ctx, `SELECT id FROM ledger_conflicts WHERE resolution = 'held'`).Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	agg := aggregate.New(s.db.Pool, aggregate.Config{Group: cfg.ConsumerGroup, Topic: topics.UsageEvents})
+	if _, err := agg.ResolveConflict(ctx, id, aggregate.ResolutionCounted, "oncall", "tokens of the order"); err != nil {
+		t.Fatal(err)
+	}
+	month := windowsMonth(now)
+	opts := rebuild.Options{
+		DatabaseURL: s.db.URL, Brokers: s.kc.Brokers(), Topic: topics.UsageEvents, Group: "metering-aggregator",
+		From: month, Horizon: cfg.DedupHorizon, MaxLag: cfg.MaxLag, Logger: slog.New(slog.DiscardHandler),
+	}
+	rep, err := rebuild.Run(ctx, s.db.Pool, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Changes) != 0 || !rep.Swapped {
+		t.Fatalf("rebuild changed %+v", rep.Changes)
+	}
+	if v := s.value("acme", "tokens", "month", month); v != "30" {
+		t.Errorf("counted conflict after the rebuild = %s, want 30", v)
+	}
+	if v := s.value("acme", "api_calls", "month", month); v != "9" {
+		t.Errorf("raised event after the rebuild = %s, want 9", v)
+	}
+	opts.From = now.Add(-cfg.DedupHorizon - cfg.MaxLag - 31*24*time.Hour)
+	if _, err := rebuild.Run(ctx, s.db.Pool, opts); !errors.Is(err, rebuild.ErrTooOld) {
+		t.Fatalf("rebuild of windows beyond the acceptance window: %v", err)
 	}
 }
