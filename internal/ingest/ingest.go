@@ -21,6 +21,7 @@ import (
 
 	"github.com/usagemeter/metering/events"
 	"github.com/usagemeter/metering/internal/auth"
+	"github.com/usagemeter/metering/internal/httpguard"
 	"github.com/usagemeter/metering/internal/httpjson"
 	"github.com/usagemeter/metering/internal/publish"
 	"github.com/usagemeter/metering/internal/ratelimit"
@@ -40,7 +41,11 @@ type Options struct {
 	// KeyLimiter is charged one token per event per API key; IPLimiter
 	// one token per request per client IP.
 	KeyLimiter, IPLimiter *ratelimit.Limiter
-	MaxBodyBytes          int64
+	// MaxBodyBytes bounds a body as sent and once decompressed.
+	MaxBodyBytes int64
+	// LargeBodies caps the bodies above LargeBytes held at once (its
+	// MaxBytes is MaxBodyBytes; zero fields take ingest's defaults).
+	LargeBodies httpguard.BodyLimits
 	Logger                *slog.Logger
 	Registry              prometheus.Registerer
 	// Now is the service's clock: rate limiters, and the current period of
@@ -52,6 +57,7 @@ type Options struct {
 type API struct {
 	opt     Options
 	metrics *metrics
+	body    *httpguard.Body
 }
 
 // New returns the API; it registers its metrics on opt.Registry.
@@ -59,7 +65,7 @@ func New(opt Options) *API {
 	if opt.Now == nil {
 		opt.Now = time.Now
 	}
-	return &API{opt: opt, metrics: newMetrics(opt.Registry)}
+	return &API{opt: opt, metrics: newMetrics(opt.Registry), body: newBodyReader(opt)}
 }
 
 // Route is one route of the API.
@@ -78,6 +84,7 @@ func (a *API) Routes() []Route {
 		{"GET", "/v1/breaches", a.reader(func(r *http.Request) string { return r.URL.Query().Get("tenant") }, a.getBreaches)},
 		{"GET", "/v1/bill/{tenant}", a.reader(func(r *http.Request) string { return r.PathValue("tenant") }, a.getBill)},
 		{"GET", "/ui", serveUI},
+		{"GET", "/ui/{asset}", serveUIAsset},
 		{"GET", "/v1/admin/plans", a.admin(a.listPlans)},
 		{"GET", "/v1/admin/plans/{plan}", a.admin(a.getPlan)},
 		{"PUT", "/v1/admin/plans/{plan}", a.admin(a.putPlan)},
@@ -91,8 +98,8 @@ func (a *API) Routes() []Route {
 	}
 }
 
-// Handler returns the API's routes, instrumented, on mux (which may
-// already hold /healthz and the like).
+// Handler returns the API's routes, instrumented and with the security
+// headers, on mux (which may already hold /healthz and the like).
 func (a *API) Handler(mux *http.ServeMux) http.Handler {
 	// A known path asked with another method gets 405 and Allow; the mux
 	// would say so itself but for the /v1/ fallback below.
@@ -119,7 +126,7 @@ func (a *API) Handler(mux *http.ServeMux) http.Handler {
 		}
 		httpjson.Errorf(w, http.StatusNotFound, "not_found", "no route %s %s", r.Method, r.URL.Path)
 	})
-	return a.instrument(a.limitIP(mux))
+	return httpguard.SecurityHeaders(a.instrument(a.limitIP(mux)))
 }
 
 // limitIP charges every /v1 request to its client IP before any work.
@@ -199,16 +206,9 @@ func (a *API) postEvents(w http.ResponseWriter, r *http.Request) {
 			"this key of tenant %q has scope read: it reads usage and quotas but cannot send events; send events with a write key (POST /v1/admin/keys {\"tenant\":%q})", p.Tenant, p.Tenant)
 		return
 	}
-	body, err := readBody(w, r, a.opt.MaxBodyBytes)
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			a.metrics.rejected.WithLabelValues("too_large").Inc()
-			httpjson.Errorf(w, http.StatusRequestEntityTooLarge, "payload_too_large",
-				"the body is larger than %d bytes; split it into smaller batches", mbe.Limit)
-			return
-		}
-		httpjson.Error(w, http.StatusBadRequest, "malformed_body", "reading the body: "+err.Error())
+	body, release, ok := a.readBody(w, r)
+	defer release()
+	if !ok {
 		return
 	}
 	evs, err := a.opt.Decoder.DecodeHTTP(r.Header, body)
@@ -249,15 +249,17 @@ func (a *API) postEvents(w http.ResponseWriter, r *http.Request) {
 	a.metrics.publishSeconds.Observe(time.Since(start).Seconds())
 	if err != nil {
 		a.metrics.rejected.WithLabelValues("unavailable").Inc()
+		// The client learns what to do; the broker's address and the
+		// driver's error go to the log only.
 		retry := 5
-		code, msg := "unavailable", "Kafka did not acknowledge the events in time"
+		code, msg := "unavailable", "the event log is unavailable"
 		if errors.Is(err, publish.ErrBusy) {
-			retry, code, msg = 1, "overloaded", "too many events are waiting for Kafka"
+			retry, code, msg = 1, "overloaded", "too many events are waiting for the event log"
 		}
 		a.opt.Logger.WarnContext(r.Context(), "publish failed", "events", len(evs), "err", err)
 		w.Header().Set("Retry-After", strconv.Itoa(retry))
-		httpjson.Error(w, http.StatusServiceUnavailable, code,
-			msg+"; the request was not accepted, retry it unchanged (the same ids count once)")
+		httpjson.Errorf(w, http.StatusServiceUnavailable, code,
+			"%s; the request was not accepted, retry after %d s unchanged (the same ids count once)", msg, retry)
 		return
 	}
 	a.metrics.accepted.Add(float64(len(evs)))

@@ -19,6 +19,7 @@ import (
 
 	"github.com/usagemeter/metering/events"
 	"github.com/usagemeter/metering/internal/auth"
+	"github.com/usagemeter/metering/internal/httpguard"
 	"github.com/usagemeter/metering/internal/ingest"
 	"github.com/usagemeter/metering/internal/kafkatest"
 	"github.com/usagemeter/metering/internal/pgtest"
@@ -47,6 +48,7 @@ type envOpts struct {
 	maxBody           int64
 	publishTimeout    time.Duration
 	now               func() time.Time // nil: time.Now
+	largeBodies       httpguard.BodyLimits
 }
 
 func newEnv(t testing.TB, o envOpts) *env {
@@ -81,6 +83,7 @@ func newEnv(t testing.TB, o envOpts) *env {
 		KeyLimiter:   ratelimit.New(o.keyRate, o.keyBurst),
 		IPLimiter:    ratelimit.New(o.ipRate, o.ipBurst),
 		MaxBodyBytes: o.maxBody,
+		LargeBodies:  o.largeBodies,
 		Logger:       slog.New(slog.DiscardHandler),
 		Registry:     reg,
 		Now:          o.now,

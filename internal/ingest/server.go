@@ -9,6 +9,7 @@ import (
 	"github.com/usagemeter/metering/events"
 	"github.com/usagemeter/metering/internal/auth"
 	"github.com/usagemeter/metering/internal/config"
+	"github.com/usagemeter/metering/internal/httpguard"
 	"github.com/usagemeter/metering/internal/migrate"
 	"github.com/usagemeter/metering/internal/publish"
 	"github.com/usagemeter/metering/internal/ratelimit"
@@ -45,15 +46,18 @@ func Run(ctx context.Context, cfg config.Ingest, log *slog.Logger, ready func(ne
 		KeyLimiter:   ratelimit.New(cfg.KeyEventsPerSecond, cfg.KeyBurst),
 		IPLimiter:    ratelimit.New(cfg.IPRequestsPerSecond, cfg.IPBurst),
 		MaxBodyBytes: cfg.MaxBodyBytes,
+		LargeBodies:  httpguard.BodyLimits{LargeBytes: cfg.LargeBodyBytes, MaxLarge: cfg.MaxLargeBodiesInFlight},
 		Logger:       log,
 		Registry:     reg,
 	})
 	mux := http.NewServeMux()
-	service.Mount(mux, reg, map[string]service.Check{
+	service.MountLogged(mux, reg, map[string]service.Check{
 		"postgres": st.Ping,
 		"kafka":    func(ctx context.Context) error { return topics.Ping(ctx, cfg.KafkaBrokers, topics.UsageEvents) },
-	})
-	serveErr := service.Serve(ctx, log, cfg.HTTPAddr, api.Handler(mux), cfg.ShutdownTimeout, ready)
+	}, log)
+	serveErr := service.ServeLimited(ctx, log, cfg.HTTPAddr, api.Handler(mux), cfg.ShutdownTimeout, service.HTTPLimits{
+		MaxConnections: cfg.HTTPMaxConnections, WriteTimeout: cfg.HTTPWriteTimeout,
+	}, ready)
 	// Requests have drained; flush what the producer still holds.
 	if err := producer.Close(); err != nil {
 		log.Error("closing producer", "err", err)

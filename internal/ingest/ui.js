@@ -1,0 +1,113 @@
+// The usage page's script; served as /ui/app.js (no inline script: the
+// page's CSP forbids it). It reads the API with the visitor's read-only
+// tenant key, which stays in this browser tab (sessionStorage).
+"use strict";
+const params = new URLSearchParams(location.search);
+const tenant = params.get("tenant") || "";
+const fragmentKey = new URLSearchParams(location.hash.slice(1)).get("key");
+if (fragmentKey) { sessionStorage.setItem("metering-key", fragmentKey); history.replaceState(null, "", location.pathname + location.search); }
+const key = sessionStorage.getItem("metering-key");
+
+function el(tag, attrs, text) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+function cell(text, testid, cls) {
+  const attrs = {};
+  if (testid) attrs["data-testid"] = testid;
+  if (cls) attrs["class"] = cls;
+  return el("td", attrs, text);
+}
+async function api(path) {
+  const r = await fetch(path, { headers: { Authorization: "Bearer " + key } });
+  const body = await r.json();
+  if (!r.ok) throw new Error((body.error && body.error.message) || ("HTTP " + r.status));
+  return body;
+}
+function chart(metric, windows) {
+  const w = 900, h = 120, max = Math.max(1, ...windows.map(x => x.value));
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("viewBox", `0 0 ${w} ${h + 20}`);
+  svg.setAttribute("width", "100%");
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", `daily ${metric}`);
+  const bw = w / 31;
+  for (const x of windows) {
+    const day = new Date(x.start).getUTCDate();
+    const bh = Math.max(1, (x.value / max) * h);
+    const r = document.createElementNS(svg.namespaceURI, "rect");
+    r.setAttribute("x", (day - 1) * bw + 2); r.setAttribute("y", h - bh);
+    r.setAttribute("width", bw - 4); r.setAttribute("height", bh);
+    r.setAttribute("data-day", day); r.setAttribute("data-value", x.value);
+    const t = document.createElementNS(svg.namespaceURI, "title");
+    t.textContent = `${x.start.slice(0, 10)}: ${x.value}`;
+    r.appendChild(t); svg.appendChild(r);
+  }
+  for (const day of [1, 8, 15, 22, 29]) {
+    const label = document.createElementNS(svg.namespaceURI, "text");
+    label.setAttribute("x", (day - 1) * bw + 2); label.setAttribute("y", h + 16);
+    label.setAttribute("font-size", "12"); label.setAttribute("fill", "#66707a");
+    label.textContent = "day " + day;
+    svg.appendChild(label);
+  }
+  return svg;
+}
+async function load() {
+  document.getElementById("tenant").textContent = tenant;
+  const q = await api(`/v1/quotas/${encodeURIComponent(tenant)}`);
+  document.getElementById("plan").textContent = q.plan || "none";
+  const rows = document.getElementById("quotas");
+  for (const x of q.quotas) {
+    const tr = el("tr", { "data-metric": x.metric });
+    tr.append(cell(x.metric),
+      cell(x.limit === null ? "unlimited" : String(x.limit), `quota-limit-${x.metric}`, "num"),
+      cell(String(x.used), `quota-used-${x.metric}`, "num"),
+      cell(x.remaining === null ? "unlimited" : String(x.remaining), `quota-remaining-${x.metric}`, "num"));
+    const st = el("td"); st.append(el("span", { "class": "state " + x.state, "data-testid": `quota-state-${x.metric}` }, x.state));
+    tr.append(st); rows.append(tr);
+  }
+  const now = new Date();
+  const from = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), 1)).toISOString();
+  document.getElementById("period").textContent = from.slice(0, 7);
+  const charts = document.getElementById("charts");
+  for (const x of q.quotas) {
+    const u = await api(`/v1/usage?tenant=${encodeURIComponent(tenant)}&metric=${encodeURIComponent(x.metric)}&window=day&from=${from}`);
+    const box = el("div", { "class": "chart", "data-testid": `chart-${x.metric}` });
+    box.append(el("div", {}, x.metric + " · total "), chart(x.metric, u.windows));
+    box.firstChild.append(el("strong", { "data-testid": `usage-total-${x.metric}` }, String(u.total)));
+    charts.append(box);
+  }
+  const b = await api(`/v1/bill/${encodeURIComponent(tenant)}`);
+  document.getElementById("currency").textContent = b.currency.toUpperCase();
+  const bill = document.getElementById("bill");
+  for (const l of b.lines) {
+    const tr = el("tr");
+    tr.append(cell(l.metric), cell(l.unit_price, `bill-price-${l.metric}`, "num"), cell(String(l.used), `bill-used-${l.metric}`, "num"),
+      cell(l.amount, `bill-amount-${l.metric}`, "num"), cell(String(l.projected_used), `bill-projected-used-${l.metric}`, "num"),
+      cell(l.projected_amount, `bill-projected-${l.metric}`, "num"));
+    bill.append(tr);
+  }
+  document.getElementById("bill-total").textContent = b.total;
+  document.getElementById("bill-projected").textContent = b.projected_total;
+  const br = await api(`/v1/breaches?tenant=${encodeURIComponent(tenant)}`);
+  const tb = document.getElementById("breaches");
+  for (const x of br.breaches) {
+    const tr = el("tr", { "data-testid": "breach" });
+    tr.append(cell(x.detected_at.replace("T", " ").slice(0, 19)), cell(x.metric), cell(x.threshold), cell(`${x.value} / ${x.limit}`, undefined, "num"));
+    tb.append(tr);
+  }
+  if (br.breaches.length === 0) { const tr = el("tr"); tr.append(cell("No breaches.")); tb.append(tr); }
+}
+if (!tenant) {
+  document.getElementById("error").textContent = "Open this page as /ui?tenant=<your tenant>.";
+  document.body.dataset.error = "no tenant";
+} else if (!key) {
+  const f = document.getElementById("login");
+  f.hidden = false;
+  f.addEventListener("submit", ev => { ev.preventDefault(); sessionStorage.setItem("metering-key", document.getElementById("key").value); location.reload(); });
+} else {
+  load().then(() => { document.body.dataset.ready = "true"; })
+    .catch(err => { document.getElementById("error").textContent = err.message; document.body.dataset.error = err.message; });
+}
