@@ -104,7 +104,7 @@ func Run(ctx context.Context, cfg config.Biller, log *slog.Logger, ready func(ne
 	authn := auth.New(st, cfg.AdminAPIKey, auth.WithLogger(log), auth.WithRegisterer(reg))
 	mux := http.NewServeMux()
 	service.MountLogged(mux, reg, map[string]service.Check{"postgres": st.Ping}, log)
-	mux.Handle(Routes[0], stripewebhook.New(pool, cfg.StripeWebhookSecret, log))
+	mux.Handle(Routes[0], stripewebhook.New(pool, cfg.StripeWebhookSecret, log, stripewebhook.WithRegisterer(reg)))
 	mux.HandleFunc(Routes[1], func(w http.ResponseWriter, r *http.Request) {
 		p, err := authn.Authenticate(r.Context(), r)
 		switch {
