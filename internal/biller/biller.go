@@ -139,7 +139,8 @@ func Run(ctx context.Context, cfg config.Biller, log *slog.Logger, ready func(ne
 			return
 		}
 		if r.URL.Query().Get("format") == "csv" {
-			w.Header().Set("Content-Type", "text/csv")
+			w.Header().Set("Content-Type", "text/csv; charset=utf-8; header=present")
+			w.Header().Set("Content-Disposition", `attachment; filename="reconciliation-`+period.Format("2006-01")+`.csv"`)
 			_ = WriteReport(w, rows, "csv")
 			return
 		}
