@@ -75,7 +75,8 @@ func Run(ctx context.Context, cfg config.Biller, log *slog.Logger, ready func(ne
 		return err
 	}
 	defer pool.Close()
-	if err := topics.Ensure(ctx, cfg.KafkaBrokers, cfg.KafkaPartitions, topics.BillingDLQ); err != nil {
+	cfg.KafkaSecurity.LogStart(ctx, log)
+	if err := topics.Ensure(ctx, cfg.KafkaBrokers, cfg.KafkaSecurity, cfg.KafkaPartitions, topics.BillingDLQ); err != nil {
 		log.WarnContext(ctx, "could not ensure the billing.dlq topic", "err", err)
 	}
 	reg := service.NewRegistry()
@@ -85,6 +86,7 @@ func Run(ctx context.Context, cfg config.Biller, log *slog.Logger, ready func(ne
 		return err
 	}
 	writer := outbox.NewWriter(cfg.KafkaBrokers)
+	writer.Transport = cfg.KafkaSecurity.Transport()
 	defer writer.Close()
 	relay := outbox.New(pool, writer, log, reg)
 
@@ -103,8 +105,8 @@ func Run(ctx context.Context, cfg config.Biller, log *slog.Logger, ready func(ne
 	st := store.New(pool)
 	authn := auth.New(st, cfg.AdminAPIKey, auth.WithLogger(log), auth.WithRegisterer(reg))
 	mux := http.NewServeMux()
-	service.MountLogged(mux, reg, map[string]service.Check{"postgres": st.Ping}, log)
-	mux.Handle(Routes[0], stripewebhook.New(pool, cfg.StripeWebhookSecret, log, stripewebhook.WithRegisterer(reg)))
+	service.Mount(mux, reg, map[string]service.Check{"postgres": st.Ping})
+	mux.Handle(Routes[0], stripewebhook.New(pool, cfg.StripeWebhookSecret, log))
 	mux.HandleFunc(Routes[1], func(w http.ResponseWriter, r *http.Request) {
 		p, err := authn.Authenticate(r.Context(), r)
 		switch {
@@ -127,36 +129,24 @@ func Run(ctx context.Context, cfg config.Biller, log *slog.Logger, ready func(ne
 			httpjson.Error(w, http.StatusBadRequest, "invalid_request", err.Error())
 			return
 		}
-		// One Stripe read per tenant and metric at STRIPE_RATE_LIMIT can
-		// outlast HTTP_WRITE_TIMEOUT; this answer gets its own deadline.
-		_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(reconcileWriteTimeout))
 		rows, err := b.Reconcile(r.Context(), period)
 		if err != nil {
-			// The error names Stripe's or Postgres's address: the log only.
 			log.ErrorContext(r.Context(), "reconciliation", "err", err)
-			httpjson.Error(w, http.StatusBadGateway, "stripe_unavailable",
-				"could not complete the reconciliation: Stripe or the database did not answer; retry in a minute (the biller's log has the details)")
+			httpjson.Error(w, http.StatusBadGateway, "stripe_unavailable", "could not complete the reconciliation: "+err.Error())
 			return
 		}
 		if r.URL.Query().Get("format") == "csv" {
-			w.Header().Set("Content-Type", "text/csv; charset=utf-8; header=present")
-			w.Header().Set("Content-Disposition", `attachment; filename="reconciliation-`+period.Format("2006-01")+`.csv"`)
+			w.Header().Set("Content-Type", "text/csv")
 			_ = WriteReport(w, rows, "csv")
 			return
 		}
 		httpjson.Write(w, http.StatusOK, map[string]any{"period": period.Format("2006-01"), "rows": rows})
 	})
-	err = service.ServeLimited(ctx, log, cfg.HTTPAddr, mux, cfg.ShutdownTimeout, service.HTTPLimits{
-		MaxConnections: cfg.HTTPMaxConnections, WriteTimeout: cfg.HTTPWriteTimeout,
-	}, ready)
+	err = service.Serve(ctx, log, cfg.HTTPAddr, mux, cfg.ShutdownTimeout, ready)
 	cancel()
 	wg.Wait()
 	return err
 }
-
-// reconcileWriteTimeout bounds GET /v1/reconciliation, which reads Stripe
-// once per tenant and metric.
-const reconcileWriteTimeout = 15 * time.Minute
 
 // SyncLoop names the sync loop's leadership.
 const SyncLoop = "billing-sync"

@@ -37,13 +37,16 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/usagemeter/metering/internal/aggregate"
+	"github.com/usagemeter/metering/internal/kafkaauth"
 )
 
 // Config of a consumer.
 type Config struct {
 	Brokers []string
-	Topic   string
-	Group   string
+	// Security is the brokers' TLS and SASL; nil is plaintext.
+	Security *kafkaauth.Security
+	Topic    string
+	Group    string
 	// BatchSize and BatchWait cut batches: at most BatchSize records, and
 	// a batch is committed at most BatchWait after its first record.
 	BatchSize int
@@ -115,7 +118,7 @@ func (c *Consumer) Ready(context.Context) error {
 // Run joins the group and consumes until ctx ends.
 func (c *Consumer) Run(ctx context.Context) error {
 	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
-		ID: c.cfg.Group, Brokers: c.cfg.Brokers, Topics: []string{c.cfg.Topic},
+		ID: c.cfg.Group, Brokers: c.cfg.Brokers, Dialer: c.cfg.Security.Dialer(), Topics: []string{c.cfg.Topic},
 		SessionTimeout: c.cfg.SessionTimeout, RebalanceTimeout: c.cfg.SessionTimeout,
 		HeartbeatInterval: c.cfg.SessionTimeout / 5, JoinGroupBackoff: time.Second,
 		WatchPartitionChanges: true, PartitionWatchInterval: 10 * time.Second,
@@ -226,7 +229,7 @@ func (c *Consumer) consumePartition(ctx context.Context, partition int, committe
 		return err
 	}
 	r := kafka.NewReader(kafka.ReaderConfig{
-		Brokers: c.cfg.Brokers, Topic: c.cfg.Topic, Partition: partition,
+		Brokers: c.cfg.Brokers, Dialer: c.cfg.Security.Dialer(), Topic: c.cfg.Topic, Partition: partition,
 		MinBytes: 1, MaxBytes: 16 << 20, MaxWait: 50 * time.Millisecond, QueueCapacity: 1000,
 		// An offset retention has deleted must come back to us (to be
 		// recorded as lost), not be retried silently for ever.
@@ -275,7 +278,7 @@ func (c *Consumer) skipLost(ctx context.Context, partition int, next int64) (int
 	if next < 0 {
 		return next, nil
 	}
-	cl := &kafka.Client{Addr: kafka.TCP(c.cfg.Brokers...), Timeout: 10 * time.Second}
+	cl := &kafka.Client{Addr: kafka.TCP(c.cfg.Brokers...), Transport: c.cfg.Security.Transport(), Timeout: 10 * time.Second}
 	resp, err := cl.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{
 		c.cfg.Topic: {kafka.FirstOffsetOf(partition)},
 	}})

@@ -77,7 +77,7 @@ func (c *Consumer) watchIdle(ctx context.Context, owned map[int]bool) {
 
 // logEnds returns the high watermark of every partition of the topic.
 func (c *Consumer) logEnds(ctx context.Context) (map[int]int64, error) {
-	cl := &kafka.Client{Addr: kafka.TCP(c.cfg.Brokers...), Timeout: 5 * time.Second}
+	cl := &kafka.Client{Addr: kafka.TCP(c.cfg.Brokers...), Transport: c.cfg.Security.Transport(), Timeout: 5 * time.Second}
 	meta, err := cl.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{c.cfg.Topic}})
 	if err != nil {
 		return nil, fmt.Errorf("metadata of %s: %w", c.cfg.Topic, err)

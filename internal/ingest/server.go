@@ -9,7 +9,6 @@ import (
 	"github.com/usagemeter/metering/events"
 	"github.com/usagemeter/metering/internal/auth"
 	"github.com/usagemeter/metering/internal/config"
-	"github.com/usagemeter/metering/internal/httpguard"
 	"github.com/usagemeter/metering/internal/migrate"
 	"github.com/usagemeter/metering/internal/publish"
 	"github.com/usagemeter/metering/internal/ratelimit"
@@ -27,11 +26,12 @@ func Run(ctx context.Context, cfg config.Ingest, log *slog.Logger, ready func(ne
 		return err
 	}
 	defer pool.Close()
-	if err := topics.Ensure(ctx, cfg.KafkaBrokers, cfg.KafkaPartitions, topics.UsageEvents); err != nil {
+	cfg.KafkaSecurity.LogStart(ctx, log)
+	if err := topics.Ensure(ctx, cfg.KafkaBrokers, cfg.KafkaSecurity, cfg.KafkaPartitions, topics.UsageEvents); err != nil {
 		// The broker may come up later; publishing retries and /readyz says so.
 		log.WarnContext(ctx, "could not ensure the events topic", "err", err)
 	}
-	producer, err := events.NewProducer(events.ProducerConfig{Brokers: cfg.KafkaBrokers, Logger: log})
+	producer, err := events.NewProducer(events.ProducerConfig{Brokers: cfg.KafkaBrokers, Transport: cfg.KafkaSecurity.Transport(), Logger: log})
 	if err != nil {
 		return err
 	}
@@ -46,18 +46,17 @@ func Run(ctx context.Context, cfg config.Ingest, log *slog.Logger, ready func(ne
 		KeyLimiter:   ratelimit.New(cfg.KeyEventsPerSecond, cfg.KeyBurst),
 		IPLimiter:    ratelimit.New(cfg.IPRequestsPerSecond, cfg.IPBurst),
 		MaxBodyBytes: cfg.MaxBodyBytes,
-		LargeBodies:  httpguard.BodyLimits{LargeBytes: cfg.LargeBodyBytes, MaxLarge: cfg.MaxLargeBodiesInFlight},
 		Logger:       log,
 		Registry:     reg,
 	})
 	mux := http.NewServeMux()
-	service.MountLogged(mux, reg, map[string]service.Check{
+	service.Mount(mux, reg, map[string]service.Check{
 		"postgres": st.Ping,
-		"kafka":    func(ctx context.Context) error { return topics.Ping(ctx, cfg.KafkaBrokers, topics.UsageEvents) },
-	}, log)
-	serveErr := service.ServeLimited(ctx, log, cfg.HTTPAddr, api.Handler(mux), cfg.ShutdownTimeout, service.HTTPLimits{
-		MaxConnections: cfg.HTTPMaxConnections, WriteTimeout: cfg.HTTPWriteTimeout,
-	}, ready)
+		"kafka": func(ctx context.Context) error {
+			return topics.Ping(ctx, cfg.KafkaBrokers, cfg.KafkaSecurity, topics.UsageEvents)
+		},
+	})
+	serveErr := service.Serve(ctx, log, cfg.HTTPAddr, api.Handler(mux), cfg.ShutdownTimeout, ready)
 	// Requests have drained; flush what the producer still holds.
 	if err := producer.Close(); err != nil {
 		log.Error("closing producer", "err", err)

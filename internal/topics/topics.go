@@ -11,6 +11,8 @@ import (
 	"fmt"
 
 	"github.com/segmentio/kafka-go"
+
+	"github.com/usagemeter/metering/internal/kafkaauth"
 )
 
 // Topic names (contract).
@@ -25,9 +27,10 @@ const (
 var All = []string{UsageEvents, UsageEventsDLQ, QuotaBreaches, BillingDLQ}
 
 // Ensure creates the named topics with partitions each (replication factor
-// from the broker's default) unless they exist.
-func Ensure(ctx context.Context, brokers []string, partitions int, names ...string) error {
-	cl := &kafka.Client{Addr: kafka.TCP(brokers...)}
+// from the broker's default) unless they exist; sec is the brokers' TLS
+// and SASL (nil: plaintext).
+func Ensure(ctx context.Context, brokers []string, sec *kafkaauth.Security, partitions int, names ...string) error {
+	cl := &kafka.Client{Addr: kafka.TCP(brokers...), Transport: sec.Transport()}
 	req := &kafka.CreateTopicsRequest{}
 	for _, n := range names {
 		req.Topics = append(req.Topics, kafka.TopicConfig{Topic: n, NumPartitions: partitions, ReplicationFactor: -1})
@@ -45,8 +48,8 @@ func Ensure(ctx context.Context, brokers []string, partitions int, names ...stri
 }
 
 // Ping checks that the brokers answer a metadata request for topic.
-func Ping(ctx context.Context, brokers []string, topic string) error {
-	cl := &kafka.Client{Addr: kafka.TCP(brokers...)}
+func Ping(ctx context.Context, brokers []string, sec *kafkaauth.Security, topic string) error {
+	cl := &kafka.Client{Addr: kafka.TCP(brokers...), Transport: sec.Transport()}
 	resp, err := cl.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
 	if err != nil {
 		return fmt.Errorf("kafka: %w", err)
