@@ -36,6 +36,8 @@ type Options struct {
 	Publisher *publish.Publisher
 	// Usage reads windows and quota states.
 	Usage *usage.Reader
+	// Conflicts reads conflicting resends and alerts (GET /v1/conflicts).
+	Conflicts ConflictReader
 	// Decoder decodes and validates event bodies.
 	Decoder events.Decoder
 	// KeyLimiter is charged one token per event per API key; IPLimiter
@@ -82,6 +84,7 @@ func (a *API) Routes() []Route {
 		{"GET", "/v1/usage", a.reader(func(r *http.Request) string { return r.URL.Query().Get("tenant") }, a.getUsage)},
 		{"GET", "/v1/quotas/{tenant}", a.reader(func(r *http.Request) string { return r.PathValue("tenant") }, a.getQuotas)},
 		{"GET", "/v1/breaches", a.reader(func(r *http.Request) string { return r.URL.Query().Get("tenant") }, a.getBreaches)},
+		{"GET", "/v1/conflicts", a.reader(func(r *http.Request) string { return r.URL.Query().Get("tenant") }, a.getConflicts)},
 		{"GET", "/v1/bill/{tenant}", a.reader(func(r *http.Request) string { return r.PathValue("tenant") }, a.getBill)},
 		{"GET", "/ui", serveUI},
 		{"GET", "/ui/{asset}", serveUIAsset},

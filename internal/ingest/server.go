@@ -7,8 +7,10 @@ import (
 	"net/http"
 
 	"github.com/usagemeter/metering/events"
+	"github.com/usagemeter/metering/internal/aggregate"
 	"github.com/usagemeter/metering/internal/auth"
 	"github.com/usagemeter/metering/internal/config"
+	"github.com/usagemeter/metering/internal/httpguard"
 	"github.com/usagemeter/metering/internal/migrate"
 	"github.com/usagemeter/metering/internal/publish"
 	"github.com/usagemeter/metering/internal/ratelimit"
@@ -26,12 +28,11 @@ func Run(ctx context.Context, cfg config.Ingest, log *slog.Logger, ready func(ne
 		return err
 	}
 	defer pool.Close()
-	cfg.KafkaSecurity.LogStart(ctx, log)
-	if err := topics.Ensure(ctx, cfg.KafkaBrokers, cfg.KafkaSecurity, cfg.KafkaPartitions, topics.UsageEvents); err != nil {
+	if err := topics.Ensure(ctx, cfg.KafkaBrokers, cfg.KafkaPartitions, topics.UsageEvents); err != nil {
 		// The broker may come up later; publishing retries and /readyz says so.
 		log.WarnContext(ctx, "could not ensure the events topic", "err", err)
 	}
-	producer, err := events.NewProducer(events.ProducerConfig{Brokers: cfg.KafkaBrokers, Transport: cfg.KafkaSecurity.Transport(), Logger: log})
+	producer, err := events.NewProducer(events.ProducerConfig{Brokers: cfg.KafkaBrokers, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -42,21 +43,23 @@ func Run(ctx context.Context, cfg config.Ingest, log *slog.Logger, ready func(ne
 		Auth:         auth.New(st, cfg.AdminAPIKey, auth.WithLogger(log), auth.WithRegisterer(reg)),
 		Publisher:    publish.New(producer, cfg.MaxInFlightEvents, cfg.PublishTimeout),
 		Usage:        usage.New(pool),
+		Conflicts:    aggregate.NewConflictReader(pool),
 		Decoder:      events.Decoder{Validator: events.Validator{Horizon: cfg.DedupHorizon}},
 		KeyLimiter:   ratelimit.New(cfg.KeyEventsPerSecond, cfg.KeyBurst),
 		IPLimiter:    ratelimit.New(cfg.IPRequestsPerSecond, cfg.IPBurst),
 		MaxBodyBytes: cfg.MaxBodyBytes,
+		LargeBodies:  httpguard.BodyLimits{LargeBytes: cfg.LargeBodyBytes, MaxLarge: cfg.MaxLargeBodiesInFlight},
 		Logger:       log,
 		Registry:     reg,
 	})
 	mux := http.NewServeMux()
-	service.Mount(mux, reg, map[string]service.Check{
+	service.MountLogged(mux, reg, map[string]service.Check{
 		"postgres": st.Ping,
-		"kafka": func(ctx context.Context) error {
-			return topics.Ping(ctx, cfg.KafkaBrokers, cfg.KafkaSecurity, topics.UsageEvents)
-		},
-	})
-	serveErr := service.Serve(ctx, log, cfg.HTTPAddr, api.Handler(mux), cfg.ShutdownTimeout, ready)
+		"kafka":    func(ctx context.Context) error { return topics.Ping(ctx, cfg.KafkaBrokers, topics.UsageEvents) },
+	}, log)
+	serveErr := service.ServeLimited(ctx, log, cfg.HTTPAddr, api.Handler(mux), cfg.ShutdownTimeout, service.HTTPLimits{
+		MaxConnections: cfg.HTTPMaxConnections, WriteTimeout: cfg.HTTPWriteTimeout,
+	}, ready)
 	// Requests have drained; flush what the producer still holds.
 	if err := producer.Close(); err != nil {
 		log.Error("closing producer", "err", err)
