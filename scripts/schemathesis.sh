@@ -127,6 +127,9 @@ HTTP_ADDR=${biller#http://} ADMIN_API_KEY=$admin_key STRIPE_API_KEY=sk_test_sche
 pids+=($!)
 wait_http "$biller/readyz" biller
 
+# Keys are only for existing tenants.
+curl -fsS -o /dev/null -X PUT "$ingest/v1/admin/tenants/acme" -H "Authorization: Bearer $admin_key" \
+  -H 'Content-Type: application/json' -d '{}'
 tenant_key=$(curl -fsS -X POST "$ingest/v1/admin/keys" -H "Authorization: Bearer $admin_key" \
   -H 'Content-Type: application/json' -d '{"tenant":"acme"}' |
   python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])')
