@@ -24,7 +24,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
@@ -49,22 +48,20 @@ const (
 	RefusedSignature    = "refused_signature"    // 400 invalid_signature
 	RefusedFuture       = "refused_future"       // 400 timestamp_in_future
 	RefusedTooOld       = "refused_too_old"      // 400 timestamp_too_old
-	RefusedTooLarge     = "refused_too_large"    // 413 payload_too_large
+	RefusedBody         = "refused_body"         // 413 payload_too_large, 400 malformed_body
 	NotConfigured       = "not_configured"       // 503: STRIPE_WEBHOOK_SECRET is not set
 	Failed              = "failed"               // 500: Postgres failed; Stripe retries
 )
 
 var allOutcomes = []string{Processed, Ignored, Duplicate, Stale, RecordedUndecodable,
-	RefusedSignature, RefusedFuture, RefusedTooOld, RefusedTooLarge, NotConfigured, Failed}
+	RefusedSignature, RefusedFuture, RefusedTooOld, RefusedBody, NotConfigured, Failed}
 
 // Handler serves POST /webhooks/stripe.
 type Handler struct {
-	pool      *pgxpool.Pool
-	secret    string
-	log       *slog.Logger
-	now       func() time.Time
-	tolerance time.Duration
-	outcomes  *prometheus.CounterVec
+	pool     *pgxpool.Pool
+	secret   string
+	log      *slog.Logger
+	outcomes *prometheus.CounterVec
 }
 
 // Option configures a Handler.
@@ -75,17 +72,12 @@ func WithRegisterer(reg prometheus.Registerer) Option {
 	return func(h *Handler) { reg.MustRegister(h.outcomes) }
 }
 
-// WithClock sets the clock signature timestamps are judged against.
-func WithClock(now func() time.Time) Option {
-	return func(h *Handler) { h.now = now }
-}
-
 // New returns a handler verifying signatures with secret.
 func New(pool *pgxpool.Pool, secret string, log *slog.Logger, opts ...Option) *Handler {
-	h := &Handler{pool: pool, secret: secret, log: log, now: time.Now, tolerance: Tolerance,
+	h := &Handler{pool: pool, secret: secret, log: log,
 		outcomes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "metering_stripe_webhooks_total",
-			Help: "Stripe webhook deliveries by outcome: processed, ignored, duplicate, stale, recorded_undecodable, refused_signature, refused_future, refused_too_old, refused_too_large, not_configured, failed.",
+			Help: "Stripe webhook deliveries by outcome: processed, ignored, duplicate, stale, recorded_undecodable, refused_signature, refused_future, refused_too_old, refused_body, not_configured, failed.",
 		}, []string{"outcome"})}
 	for _, o := range allOutcomes {
 		h.outcomes.WithLabelValues(o)
@@ -104,11 +96,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	payload, err := io.ReadAll(io.LimitReader(r.Body, MaxPayload+1))
 	if err != nil {
-		h.refuse(w, RefusedSignature, http.StatusBadRequest, "malformed_body", "the body could not be read")
+		h.refuse(w, RefusedBody, http.StatusBadRequest, "malformed_body", "the body could not be read")
 		return
 	}
 	if len(payload) > MaxPayload {
-		h.refuse(w, RefusedTooLarge, http.StatusRequestEntityTooLarge, "payload_too_large", "the body is larger than 1 MiB")
+		h.refuse(w, RefusedBody, http.StatusRequestEntityTooLarge, "payload_too_large", "the body is larger than 1 MiB")
 		return
 	}
 	switch err := h.verify(payload, r.Header.Get("Stripe-Signature")); {

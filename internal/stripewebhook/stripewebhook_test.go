@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
 	"strings"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -405,6 +408,15 @@ func TestSignatureAndTolerance(t *testing.T) {
 	big := append(bytes.Repeat([]byte(" "), stripewebhook.MaxPayload), payload...)
 	if code, body := post(t, f.h, big, secret); code != 413 || !strings.Contains(body, "payload_too_large") {
 		t.Fatalf("a body over 1 MiB: %d %s", code, body)
+	}
+	r := httptest.NewRequest("POST", "/webhooks/stripe", io.MultiReader(strings.NewReader("{"), iotest.ErrReader(errors.New("connection reset by 10.0.0.7"))))
+	w := httptest.NewRecorder()
+	f.h.ServeHTTP(w, r)
+	if w.Code != 400 || !strings.Contains(w.Body.String(), "malformed_body") || strings.Contains(w.Body.String(), "10.0.0.7") {
+		t.Fatalf("an unreadable body: %d %s", w.Code, w.Body.String())
+	}
+	if got := outcomes(t, f.reg); got["refused_body"] != 2 || got["processed"] != 1 {
+		t.Errorf("metering_stripe_webhooks_total = %v, want 2 refused_body and 1 processed", got)
 	}
 }
 
