@@ -28,17 +28,35 @@ type conformanceVector struct {
 	} `json:"want"`
 }
 
-func conformanceVectors(t *testing.T) []conformanceVector {
+func conformanceVectors(t testing.TB) []conformanceVector {
 	t.Helper()
-	b, err := os.ReadFile("../testdata/conformance/decode.json")
+	vs, err := readConformanceVectors()
 	if err != nil {
 		t.Fatal(err)
 	}
+	return vs
+}
+
+func readConformanceVectors() ([]conformanceVector, error) {
+	b, err := os.ReadFile("../testdata/conformance/decode.json")
+	if err != nil {
+		return nil, err
+	}
 	var vs []conformanceVector
 	if err := json.Unmarshal(b, &vs); err != nil {
-		t.Fatalf("decode.json: %v", err)
+		return nil, fmt.Errorf("decode.json: %w", err)
 	}
-	return vs
+	return vs, nil
+}
+
+// conformanceBodies are the vectors' bodies, seeds of the fuzz targets.
+func conformanceBodies() [][]byte {
+	vs, _ := readConformanceVectors()
+	var bodies [][]byte
+	for _, v := range vs {
+		bodies = append(bodies, []byte(v.Body))
+	}
+	return bodies
 }
 
 // TestConformanceDecode runs every shared vector through Decoder.Decode.

@@ -305,9 +305,7 @@ func (d Decoder) decodeJSON(body []byte) ([]Event, error) {
 	// Fast path: the whole array in one pass, when no key is suspect.
 	if len(issues) == 0 {
 		var ws []wireEvent
-		dec := json.NewDecoder(bytes.NewReader(body))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&ws); err == nil && !mayHaveNullProperty(body, ws...) {
+		if err := json.Unmarshal(body, &ws); err == nil && !mayHaveNullProperty(body, ws...) {
 			if len(ws) == 0 {
 				return nil, &BodyError{Code: CodeEmpty, Message: "the array has no events"}
 			}

@@ -3,6 +3,8 @@ package events_test
 import (
 	"bytes"
 	"errors"
+	"runtime"
+	"runtime/debug"
 	"testing"
 
 	"github.com/usagemeter/metering/events"
@@ -25,9 +27,35 @@ var fuzzSeeds = []string{
 	"[]", "{}", "null", `"x"`, "[1,2]", "\xff",
 }
 
+// withSmallStack makes the fuzz targets' process die, a finding, if
+// decoding ever recurses on input-controlled depth: the default maximum
+// stack is 1 GB, and any depth within Limits needs a few kilobytes.
+func withSmallStack(f *testing.F) {
+	old := debug.SetMaxStack(16 << 20)
+	f.Cleanup(func() { debug.SetMaxStack(old) })
+}
+
+// boundedMemory fails t if decode allocates more than the bound of
+// TestDecodeMemoryPerByte for an n-byte body.
+func boundedMemory(t *testing.T, n int, decode func()) {
+	if raceEnabled {
+		decode()
+		return
+	}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	decode()
+	runtime.ReadMemStats(&after)
+	if got := after.TotalAlloc - before.TotalAlloc; float64(got) > maxBytesPerInputByte*float64(n)+maxBytesFixed {
+		t.Fatalf("decoding %d bytes allocated %d bytes, more than %d per byte + %d", n, got, maxBytesPerInputByte, maxBytesFixed)
+	}
+}
+
 func fuzzDecode(t *testing.T, mediaType string, body []byte) {
 	d := decoder()
-	evs, err := d.Decode(mediaType, body)
+	var evs []events.Event
+	var err error
+	boundedMemory(t, len(body), func() { evs, err = d.Decode(mediaType, body) })
 	if err != nil {
 		var be *events.BodyError
 		if _, ok := events.AsValidationError(err); !ok && !errors.As(err, &be) {
@@ -68,9 +96,48 @@ func fuzzDecode(t *testing.T, mediaType string, body []byte) {
 }
 
 func addSeeds(f *testing.F) {
+	withSmallStack(f)
 	for _, s := range fuzzSeeds {
 		f.Add([]byte(s))
 	}
+	for _, b := range adversarialBodies() {
+		if len(b) <= 64<<10 {
+			f.Add(b)
+		}
+	}
+	for _, b := range conformanceBodies() {
+		f.Add(b)
+	}
+}
+
+// FuzzUnmarshalJSON reads any bytes as a raw Kafka record is read: never
+// a panic or a stack overflow, memory bounded, an event or a documented
+// error; an accepted event re-encodes canonically and reads back the same.
+func FuzzUnmarshalJSON(f *testing.F) {
+	addSeeds(f)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var e events.Event
+		var err error
+		boundedMemory(t, len(b), func() { err = e.UnmarshalJSON(b) })
+		if err != nil {
+			var be *events.BodyError
+			if _, ok := events.AsValidationError(err); !ok && !errors.As(err, &be) {
+				t.Fatalf("UnmarshalJSON returned an undocumented error type %T: %v", err, err)
+			}
+			return
+		}
+		canon := e.AppendJSON(nil)
+		var back events.Event
+		if err := back.UnmarshalJSON(canon); err != nil {
+			if e.Validate() == nil {
+				t.Fatalf("canonical encoding %s of a valid event does not read back: %v", canon, err)
+			}
+			return
+		}
+		if again := back.AppendJSON(nil); !bytes.Equal(again, canon) {
+			t.Fatalf("canonical encoding not stable:\n%s\n%s", canon, again)
+		}
+	})
 }
 
 func FuzzDecodeJSON(f *testing.F) {

@@ -185,9 +185,9 @@ var eventFields = []string{"id", "tenant", "metric", "value", "time", "source", 
 func decodeObject(b []byte, index int, exact bool) (Event, []FieldError) {
 	var w wireEvent
 	if !exact {
-		dec := json.NewDecoder(bytes.NewReader(b))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&w); err == nil && !mayHaveNullProperty(b, w) {
+		// The pre-scan found only exact field names: encoding/json's
+		// matching in any case cannot pick a wrong one.
+		if err := json.Unmarshal(b, &w); err == nil && !mayHaveNullProperty(b, w) {
 			return w.event(index)
 		}
 	}
