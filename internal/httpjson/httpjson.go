@@ -12,6 +12,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
+
+	"github.com/usagemeter/metering/events/jsonscan"
 )
 
 // Write sends v as JSON with status.
@@ -45,7 +48,12 @@ func Errorf(w http.ResponseWriter, status int, code, format string, args ...any)
 }
 
 // Decode reads a JSON body of at most limit bytes into v, rejecting
-// unknown fields and trailing data. The error says what to fix.
+// unknown fields and trailing data. Before encoding/json reads it, the
+// body is checked in one pass without recursion (jsonscan, default limits:
+// depth 8, strings of 8 KiB, 64 keys per object, 1000 array elements), and
+// a field sent twice in one object, compared after unescaping and in any
+// case, is refused by name: encoding/json would keep the last one.
+// The error says what to fix.
 func Decode(r *http.Request, limit int64, v any) error {
 	body, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
 	if err != nil {
@@ -54,6 +62,27 @@ func Decode(r *http.Request, limit int64, v any) error {
 	if int64(len(body)) > limit {
 		return fmt.Errorf("the body is larger than %d bytes", limit)
 	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return errors.New("the body is empty; send a JSON object")
+	}
+	issues, err := jsonscan.Scan(body, jsonscan.Options{Limits: jsonscan.Limits{MaxBytes: int(limit)}})
+	if err != nil {
+		var se *jsonscan.Error
+		if errors.As(err, &se) && se.Code == jsonscan.CodeSyntax {
+			return fmt.Errorf("the body is not valid JSON: %w", err)
+		}
+		return fmt.Errorf("the body is refused: %w", err)
+	}
+	if len(issues) > 0 {
+		dups := make([]string, len(issues))
+		for i, is := range issues {
+			dups[i] = fmt.Sprintf("field %q appears twice", is.Path)
+			if is.Other != is.Key {
+				dups[i] += fmt.Sprintf(" (also as %q: fields are compared after unescaping and in any case)", is.Other)
+			}
+		}
+		return errors.New(strings.Join(dups, "; ") + "; send each field once")
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
@@ -61,13 +90,7 @@ func Decode(r *http.Request, limit int64, v any) error {
 		if errors.As(err, &te) {
 			return fmt.Errorf("field %q must be %s, got %s", te.Field, te.Type, te.Value)
 		}
-		if errors.Is(err, io.EOF) {
-			return errors.New("the body is empty; send a JSON object")
-		}
 		return fmt.Errorf("the body is not valid JSON: %w", err)
-	}
-	if dec.More() {
-		return errors.New("the body has data after the JSON object")
 	}
 	return nil
 }

@@ -1,0 +1,54 @@
+package httpjson_test
+
+import (
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/usagemeter/metering/internal/httpjson"
+)
+
+type planBody struct {
+	Plan   string `json:"plan"`
+	Quotas []struct {
+		Metric string `json:"metric"`
+		Limit  *int64 `json:"limit"`
+	} `json:"quotas"`
+}
+
+func TestDecode(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name, body string
+		wantErr    string // substring; empty: no error
+	}{
+		{"valid", `{"plan":"free","quotas":[{"metric":"api_calls","limit":10}]}`, ""},
+		{"escaped key alone", `{"pl\u0061n":"free"}`, ""},
+		{"duplicate field", `{"plan":"free","plan":"pro"}`, `field "plan" appears twice`},
+		{"duplicate in another case", `{"plan":"free","PLAN":"pro"}`, `field "PLAN" appears twice (also as "plan"`},
+		{"duplicate spelled with an escape", `{"plan":"free","pl\u0061n":"pro"}`, `field "plan" appears twice`},
+		{"nested duplicate", `{"quotas":[{"metric":"a","limit":1,"Limit":null}]}`, `field "quotas[0].Limit" appears twice`},
+		{"too deep", `{"quotas":[[[[[[[[[]]]]]]]]]}`, "nested deeper than 8 levels"},
+		{"a million [", strings.Repeat("[", 1_000_000), "nested deeper than 8 levels"},
+		{"unknown field", `{"plan":"free","extra":1}`, `unknown field "extra"`},
+		{"wrong type", `{"plan":1}`, `field "plan" must be string`},
+		{"empty", " ", "the body is empty"},
+		{"trailing data", `{"plan":"free"} {}`, "not valid JSON"},
+		{"not JSON", `{plan}`, "not valid JSON"},
+		{"too large", `{"plan":"` + strings.Repeat("x", 2<<20) + `"}`, "larger than"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			r := httptest.NewRequest("PUT", "/v1/admin/plans/free", strings.NewReader(tt.body))
+			var v planBody
+			err := httpjson.Decode(r, 2<<20, &v)
+			switch {
+			case tt.wantErr == "" && err != nil:
+				t.Fatalf("Decode: %v", err)
+			case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+				t.Fatalf("Decode = %v, want an error containing %q", err, tt.wantErr)
+			}
+		})
+	}
+}
