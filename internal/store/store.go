@@ -3,7 +3,9 @@
 // the other storage packages; callers see plain Go types.
 //
 // Invariant: every write is one statement or one transaction, so a reader
-// never sees half a plan; "not found" is always ErrNotFound.
+// never sees half a plan or a rotated key without its successor; "not
+// found" is always ErrNotFound; a tenant key is stored only for a tenant
+// that exists (ErrUnknownTenant otherwise, enforced by a foreign key).
 package store
 
 import (
