@@ -4,12 +4,17 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/cdp"
+	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/chromedp"
+
+	"github.com/usagemeter/metering/internal/httpguard"
 )
 
 // chromium returns Debian's Chromium, which `make test` installs.
@@ -24,14 +29,46 @@ func chromium(t *testing.T) string {
 	return ""
 }
 
+// browser starts headless Chromium for one test and returns its context.
+func browser(t *testing.T) context.Context {
+	t.Helper()
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(chromium(t)), chromedp.NoSandbox,
+		chromedp.Flag("disable-gpu", true), chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true), chromedp.Flag("no-first-run", true),
+		chromedp.UserDataDir(t.TempDir()))
+	actx, cancel := chromedp.NewExecAllocator(context.Background(), opts...)
+	t.Cleanup(cancel)
+	ctx, cancel := chromedp.NewContext(actx)
+	t.Cleanup(cancel)
+	ctx, cancel = context.WithTimeout(ctx, 60*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// recordCSPViolations makes every page the browser opens collect its
+// Content-Security-Policy violations in window.cspViolations, from before
+// its first script runs.
+func recordCSPViolations() chromedp.Action[chromedp.Void] {
+	return chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
+		_, err := cdp.Call(ctx, t, page.AddScriptToEvaluateOnNewDocument, page.AddScriptToEvaluateOnNewDocumentParams{Source: `
+			window.cspViolations = [];
+			document.addEventListener("securitypolicyviolation", e =>
+				window.cspViolations.push(e.violatedDirective + " " + (e.blockedURI || "inline") + " " + e.sourceFile + ":" + e.lineNumber));`})
+		return err
+	})
+}
+
 // TestUsagePageShowsWhatTheAPISays opens /ui in headless Chromium with a
-// tenant key and checks that every number on the page equals the API's.
+// read-only tenant key and checks that every number on the page equals
+// the API's, under the page's Content-Security-Policy: the page breaks
+// none of its rules, and the policy is enforced (an inline script added
+// to the page does not run).
 func TestUsagePageShowsWhatTheAPISays(t *testing.T) {
 	// The projected bill scales by the time elapsed in the month, so the
 	// page and the test's own read must see one instant.
 	now := time.Now().UTC()
 	e := newEnv(t, envOpts{now: func() time.Time { return now }})
-	_, key := e.createKey(`{"tenant":"acme"}`)
+	_, key := e.createKey(`{"tenant":"acme","scope":"read"}`)
 	e.do("PUT", "/v1/admin/plans/free", adminKey, "application/json", `{"currency":"eur","quotas":[
 		{"metric":"api_calls","limit":1000,"burst_percent":20,"hard":true,"unit_price":"0.002"},
 		{"metric":"tokens","limit":null,"unit_price":"0.0000015"}]}`)
@@ -45,18 +82,9 @@ func TestUsagePageShowsWhatTheAPISays(t *testing.T) {
 		('b1', 'acme', 'api_calls', $1, $2, 'warning', 1000, 800), ('b2', 'acme', 'api_calls', $1, $2, 'exceeded', 1000, 1000),
 		('b3', 'acme', 'api_calls', $1, $2, 'blocked', 1000, 1201)`, month, month.AddDate(0, 1, 0))
 
-	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(chromium(t)), chromedp.NoSandbox,
-		chromedp.Flag("disable-gpu", true), chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true), chromedp.Flag("no-first-run", true),
-		chromedp.UserDataDir(t.TempDir()))
-	actx, cancel := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancel()
-	ctx, cancel := chromedp.NewContext(actx)
-	defer cancel()
-	ctx, cancel = context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
-
+	ctx := browser(t)
 	if err := chromedp.Do(ctx,
+		recordCSPViolations(),
 		chromedp.Navigate(e.srv.URL+"/ui?tenant=acme#key="+key),
 		chromedp.WaitVisible(`body[data-ready="true"], body[data-error]`),
 	); err != nil {
@@ -77,6 +105,34 @@ func TestUsagePageShowsWhatTheAPISays(t *testing.T) {
 	}
 	if errText != "" {
 		t.Fatalf("the page shows an error: %s", errText)
+	}
+	violations, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](`window.cspViolations`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(violations) > 0 {
+		t.Errorf("the page violates its own Content-Security-Policy: %v", violations)
+	}
+	// The control: an inline script, which the policy must block.
+	ran, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`(() => {
+		const s = document.createElement("script");
+		s.textContent = "window.inlineRan = true";
+		document.body.appendChild(s);
+		return window.inlineRan === true;
+	})()`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ran {
+		t.Error("an inline script ran on the usage page: its Content-Security-Policy allows inline script")
+	}
+	resp, err := http.Get(e.srv.URL + "/ui?tenant=acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if missing := httpguard.Missing(resp.Header); len(missing) > 0 {
+		t.Errorf("/ui lacks %v", missing)
 	}
 
 	// What the API says.
@@ -138,6 +194,36 @@ func TestUsagePageShowsWhatTheAPISays(t *testing.T) {
 	}
 	if shown["quota-state-api_calls"] != "blocked" {
 		t.Errorf("api_calls state %q", shown["quota-state-api_calls"])
+	}
+}
+
+// TestUsagePageAsksForAReadOnlyKey: opened without a key, the page asks
+// for a read-only tenant key and says why, rather than for "an API key".
+func TestUsagePageAsksForAReadOnlyKey(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	ctx := browser(t)
+	if err := chromedp.Do(ctx,
+		recordCSPViolations(),
+		chromedp.Navigate(e.srv.URL+"/ui?tenant=acme"),
+		chromedp.WaitVisible(`#login`),
+	); err != nil {
+		t.Fatalf("chromium: %v", err)
+	}
+	form, err := chromedp.Run(ctx, chromedp.TextContent("#login"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"read-only", `"scope":"read"`, "Read-only tenant key"} {
+		if !strings.Contains(form, want) {
+			t.Errorf("the key form does not say %q: %q", want, form)
+		}
+	}
+	violations, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](`window.cspViolations`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(violations) > 0 {
+		t.Errorf("the key form violates the page's Content-Security-Policy: %v", violations)
 	}
 }
 
