@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/usagemeter/metering/internal/aggregate"
 	"github.com/usagemeter/metering/internal/config"
@@ -51,8 +52,10 @@ func Run(ctx context.Context, cfg config.Aggregator, log *slog.Logger, ready fun
 	reg := service.NewRegistry()
 	metrics := aggregate.NewMetrics(reg)
 	agg := aggregate.New(pool, aggregate.Config{
-		Group: cfg.ConsumerGroup, Topic: topics.UsageEvents, Horizon: cfg.DedupHorizon, Metrics: metrics, Logger: log,
+		Group: cfg.ConsumerGroup, Topic: topics.UsageEvents, Horizon: cfg.DedupHorizon, MaxLag: cfg.MaxLag,
+		ConflictAlertThreshold: cfg.ConflictAlertThreshold, Metrics: metrics, Logger: log,
 	})
+	registerHeldConflicts(reg, aggregate.NewConflictReader(pool), log)
 	cons := consumer.New(consumer.Config{
 		Brokers: cfg.KafkaBrokers, Security: cfg.KafkaSecurity, Topic: topics.UsageEvents, Group: cfg.ConsumerGroup,
 		BatchSize: cfg.BatchSize, BatchWait: cfg.BatchWait, SessionTimeout: cfg.SessionTimeout,
@@ -77,26 +80,47 @@ func Run(ctx context.Context, cfg config.Aggregator, log *slog.Logger, ready fun
 	})
 
 	mux := http.NewServeMux()
-	service.Mount(mux, reg, map[string]service.Check{
+	service.MountLogged(mux, reg, map[string]service.Check{
 		"postgres":       func(ctx context.Context) error { return pool.Ping(ctx) },
 		"consumer_group": cons.Ready,
-	})
-	err = service.Serve(ctx, log, cfg.HTTPAddr, mux, cfg.ShutdownTimeout, ready)
+	}, log)
+	err = service.ServeLimited(ctx, log, cfg.HTTPAddr, mux, cfg.ShutdownTimeout, service.HTTPLimits{
+		MaxConnections: cfg.HTTPMaxConnections, WriteTimeout: cfg.HTTPWriteTimeout,
+	}, ready)
 	cancel()
 	wg.Wait()
 	return err
 }
 
+// registerHeldConflicts exports the number of held conflicts, read from
+// Postgres at each scrape (every replica shows the same number).
+func registerHeldConflicts(reg prometheus.Registerer, r *aggregate.ConflictReader, log *slog.Logger) {
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "metering_aggregator_conflicts_held",
+		Help: "Conflicting resends held for an operator (aggregator conflicts list --status held); -1 when Postgres did not answer.",
+	}, func() float64 {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		n, err := r.Held(ctx)
+		if err != nil {
+			log.Warn("counting held conflicts", "err", err)
+			return -1
+		}
+		return float64(n)
+	}))
+}
+
 // RetentionLoop names the retention job's leadership.
 const RetentionLoop = "retention"
 
-// retention deletes ledger rows past the horizon and old published outbox
-// rows every cfg.RetentionInterval.
+// retention deletes ledger rows of events no trusted clock can accept any
+// more (see aggregate.LedgerCutoff) and old published outbox rows every
+// cfg.RetentionInterval.
 func retention(ctx context.Context, pool *pgxpool.Pool, relay *outbox.Relay, cfg config.Aggregator, log *slog.Logger) {
 	t := time.NewTicker(cfg.RetentionInterval)
 	defer t.Stop()
 	for {
-		n, err := DeleteExpired(ctx, pool, time.Now().Add(-cfg.DedupHorizon))
+		n, err := DeleteExpired(ctx, pool, aggregate.LedgerCutoff(time.Now(), cfg.DedupHorizon, cfg.MaxLag))
 		if err != nil && ctx.Err() == nil {
 			log.WarnContext(ctx, "ledger retention", "err", err)
 		} else if n > 0 {
@@ -114,7 +138,9 @@ func retention(ctx context.Context, pool *pgxpool.Pool, relay *outbox.Relay, cfg
 }
 
 // DeleteExpired deletes ledger rows of event days before cutoff's day, in
-// batches so no transaction grows large, and returns how many.
+// batches so no transaction grows large, and returns how many. A cutoff
+// later than aggregate.LedgerCutoff would let a resend of a forgotten id
+// count again.
 func DeleteExpired(ctx context.Context, pool *pgxpool.Pool, cutoff time.Time) (int64, error) {
 	day := cutoff.UTC().Format("2006-01-02")
 	var total int64

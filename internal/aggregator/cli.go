@@ -6,10 +6,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/usagemeter/metering/internal/aggregate"
 	"github.com/usagemeter/metering/internal/cli"
 	"github.com/usagemeter/metering/internal/config"
 	"github.com/usagemeter/metering/internal/dlq"
@@ -23,6 +26,8 @@ import (
 var (
 	DLQFlags     = cli.Own{Valued: []string{"status", "limit", "actor", "note", "format"}, Boolean: []string{"all"}}
 	RebuildFlags = cli.Own{Valued: []string{"from"}, Boolean: []string{"dry-run"}}
+	// ConflictsFlags are `aggregator conflicts`' own flags.
+	ConflictsFlags = cli.Own{Valued: []string{"tenant", "status", "limit", "actor", "note", "format"}}
 )
 
 // DLQCommand runs `aggregator dlq list|replay|discard`.
@@ -120,6 +125,111 @@ func DLQCommand(ctx context.Context, cfg config.Aggregator, log *slog.Logger, su
 	return fmt.Errorf("unknown dlq command %q; want list, replay or discard", sub)
 }
 
+// ConflictsCommand runs `aggregator conflicts list|count|dismiss`: the
+// review of conflicting resends. count and dismiss take one held
+// conflict's id and a --note, and record who (--actor, or user@host),
+// when and why.
+func ConflictsCommand(ctx context.Context, cfg config.Aggregator, log *slog.Logger, sub string, args []string, out io.Writer) error {
+	flags, rest, err := ConflictsFlags.Parse(args)
+	if err != nil {
+		return err
+	}
+	var resolution string
+	switch sub {
+	case "list":
+		if len(rest) > 0 {
+			return fmt.Errorf("unexpected argument %q; filter with --tenant and --status", rest[0])
+		}
+	case "count":
+		resolution = aggregate.ResolutionCounted
+	case "dismiss":
+		resolution = aggregate.ResolutionDismissed
+	default:
+		return fmt.Errorf("unknown conflicts command %q; want list, count or dismiss", sub)
+	}
+	var id int64
+	if resolution != "" {
+		if len(rest) != 1 {
+			return fmt.Errorf("conflicts %s takes one conflict id, got %d arguments", sub, len(rest))
+		}
+		if id, err = strconv.ParseInt(rest[0], 10, 64); err != nil {
+			return fmt.Errorf("conflict ids are numbers, got %q", rest[0])
+		}
+		if flags["note"] == "" {
+			return fmt.Errorf("conflicts %s needs --note saying why (it is kept with the conflict)", sub)
+		}
+	}
+	limit := 100
+	if s := flags["limit"]; s != "" {
+		if limit, err = strconv.Atoi(s); err != nil || limit <= 0 {
+			return fmt.Errorf("--limit must be a positive number, got %q", s)
+		}
+	}
+	status, ok := flags["status"]
+	if !ok {
+		status = "held"
+	}
+	if !slices.Contains(aggregate.ConflictStatuses, status) {
+		return fmt.Errorf("--status must be one of %s, got %q", strings.Join(aggregate.ConflictStatuses, ", "), status)
+	}
+	pool, err := Open(ctx, cfg.DatabaseURL, 0, log)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	if resolution != "" {
+		actor := flags["actor"]
+		if actor == "" {
+			actor = cli.Actor()
+		}
+		agg := aggregate.New(pool, aggregate.Config{Group: cfg.ConsumerGroup, Topic: topics.UsageEvents, Horizon: cfg.DedupHorizon,
+			MaxLag: cfg.MaxLag, ConflictAlertThreshold: cfg.ConflictAlertThreshold, Logger: log})
+		c, err := agg.ResolveConflict(ctx, id, resolution, actor, flags["note"])
+		if err != nil {
+			return err
+		}
+		what := "left uncounted"
+		if resolution == aggregate.ResolutionCounted {
+			what = fmt.Sprintf("counted %d %s at %s", *c.Value, c.Metric, c.Time.Format(time.RFC3339Nano))
+		}
+		fmt.Fprintf(out, "conflict %d (tenant %s, id %s) %s: %s by %s\n", c.ID, c.Tenant, c.EventID, resolution, what, actor)
+		return nil
+	}
+	cs, err := aggregate.NewConflictReader(pool).List(ctx, aggregate.ConflictFilter{Tenant: flags["tenant"], Status: status, Limit: limit})
+	if err != nil {
+		return err
+	}
+	if flags["format"] == "json" {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		if cs == nil {
+			cs = []aggregate.Conflict{}
+		}
+		return enc.Encode(cs)
+	}
+	tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tDETECTED AT\tRESOLUTION\tTENANT\tEVENT ID\tMETRIC\tTIME\tVALUE\tCOUNTED\tBY\tNOTE")
+	for _, c := range cs {
+		evTime, value, counted := "?", "?", "?"
+		if c.Time != nil {
+			evTime = c.Time.Format(time.RFC3339Nano)
+		}
+		if c.Value != nil {
+			value = strconv.FormatInt(*c.Value, 10)
+		}
+		if c.CountedValue != nil {
+			counted = strconv.FormatInt(*c.CountedValue, 10)
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.ID, c.DetectedAt.Format(time.RFC3339), c.Resolution, c.Tenant,
+			c.EventID, orNone(c.Metric), evTime, value, counted, orNone(c.ResolvedBy), c.Note)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "%d conflicts\n", len(cs))
+	return nil
+}
+
 // RebuildCommand runs `aggregator rebuild --from TIME [--dry-run]`.
 func RebuildCommand(ctx context.Context, cfg config.Aggregator, log *slog.Logger, args []string, out io.Writer) error {
 	flags, rest, err := RebuildFlags.Parse(args)
@@ -140,7 +250,7 @@ func RebuildCommand(ctx context.Context, cfg config.Aggregator, log *slog.Logger
 	defer pool.Close()
 	rep, err := rebuild.Run(ctx, pool, rebuild.Options{
 		DatabaseURL: cfg.DatabaseURL, Brokers: cfg.KafkaBrokers, Security: cfg.KafkaSecurity, Topic: topics.UsageEvents, Group: cfg.ConsumerGroup,
-		From: from, Horizon: cfg.DedupHorizon, DryRun: flags["dry-run"] == "true", Logger: log,
+		From: from, Horizon: cfg.DedupHorizon, MaxLag: cfg.MaxLag, DryRun: flags["dry-run"] == "true", Logger: log,
 	})
 	if err != nil {
 		return err

@@ -105,8 +105,8 @@ func Run(ctx context.Context, cfg config.Biller, log *slog.Logger, ready func(ne
 	st := store.New(pool)
 	authn := auth.New(st, cfg.AdminAPIKey, auth.WithLogger(log), auth.WithRegisterer(reg))
 	mux := http.NewServeMux()
-	service.Mount(mux, reg, map[string]service.Check{"postgres": st.Ping})
-	mux.Handle(Routes[0], stripewebhook.New(pool, cfg.StripeWebhookSecret, log))
+	service.MountLogged(mux, reg, map[string]service.Check{"postgres": st.Ping}, log)
+	mux.Handle(Routes[0], stripewebhook.New(pool, cfg.StripeWebhookSecret, log, stripewebhook.WithRegisterer(reg)))
 	mux.HandleFunc(Routes[1], func(w http.ResponseWriter, r *http.Request) {
 		p, err := authn.Authenticate(r.Context(), r)
 		switch {
@@ -129,24 +129,36 @@ func Run(ctx context.Context, cfg config.Biller, log *slog.Logger, ready func(ne
 			httpjson.Error(w, http.StatusBadRequest, "invalid_request", err.Error())
 			return
 		}
+		// One Stripe read per tenant and metric at STRIPE_RATE_LIMIT can
+		// outlast HTTP_WRITE_TIMEOUT; this answer gets its own deadline.
+		_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(reconcileWriteTimeout))
 		rows, err := b.Reconcile(r.Context(), period)
 		if err != nil {
+			// The error names Stripe's or Postgres's address: the log only.
 			log.ErrorContext(r.Context(), "reconciliation", "err", err)
-			httpjson.Error(w, http.StatusBadGateway, "stripe_unavailable", "could not complete the reconciliation: "+err.Error())
+			httpjson.Error(w, http.StatusBadGateway, "stripe_unavailable",
+				"could not complete the reconciliation: Stripe or the database did not answer; retry in a minute (the biller's log has the details)")
 			return
 		}
 		if r.URL.Query().Get("format") == "csv" {
-			w.Header().Set("Content-Type", "text/csv")
+			w.Header().Set("Content-Type", "text/csv; charset=utf-8; header=present")
+			w.Header().Set("Content-Disposition", `attachment; filename="reconciliation-`+period.Format("2006-01")+`.csv"`)
 			_ = WriteReport(w, rows, "csv")
 			return
 		}
 		httpjson.Write(w, http.StatusOK, map[string]any{"period": period.Format("2006-01"), "rows": rows})
 	})
-	err = service.Serve(ctx, log, cfg.HTTPAddr, mux, cfg.ShutdownTimeout, ready)
+	err = service.ServeLimited(ctx, log, cfg.HTTPAddr, mux, cfg.ShutdownTimeout, service.HTTPLimits{
+		MaxConnections: cfg.HTTPMaxConnections, WriteTimeout: cfg.HTTPWriteTimeout,
+	}, ready)
 	cancel()
 	wg.Wait()
 	return err
 }
+
+// reconcileWriteTimeout bounds GET /v1/reconciliation, which reads Stripe
+// once per tenant and metric.
+const reconcileWriteTimeout = 15 * time.Minute
 
 // SyncLoop names the sync loop's leadership.
 const SyncLoop = "billing-sync"

@@ -28,11 +28,12 @@ func Run(ctx context.Context, cfg config.Ingest, log *slog.Logger, ready func(ne
 		return err
 	}
 	defer pool.Close()
-	if err := topics.Ensure(ctx, cfg.KafkaBrokers, cfg.KafkaPartitions, topics.UsageEvents); err != nil {
+	cfg.KafkaSecurity.LogStart(ctx, log)
+	if err := topics.Ensure(ctx, cfg.KafkaBrokers, cfg.KafkaSecurity, cfg.KafkaPartitions, topics.UsageEvents); err != nil {
 		// The broker may come up later; publishing retries and /readyz says so.
 		log.WarnContext(ctx, "could not ensure the events topic", "err", err)
 	}
-	producer, err := events.NewProducer(events.ProducerConfig{Brokers: cfg.KafkaBrokers, Logger: log})
+	producer, err := events.NewProducer(events.ProducerConfig{Brokers: cfg.KafkaBrokers, Transport: cfg.KafkaSecurity.Transport(), Logger: log})
 	if err != nil {
 		return err
 	}
@@ -55,7 +56,9 @@ func Run(ctx context.Context, cfg config.Ingest, log *slog.Logger, ready func(ne
 	mux := http.NewServeMux()
 	service.MountLogged(mux, reg, map[string]service.Check{
 		"postgres": st.Ping,
-		"kafka":    func(ctx context.Context) error { return topics.Ping(ctx, cfg.KafkaBrokers, topics.UsageEvents) },
+		"kafka": func(ctx context.Context) error {
+			return topics.Ping(ctx, cfg.KafkaBrokers, cfg.KafkaSecurity, topics.UsageEvents)
+		},
 	}, log)
 	serveErr := service.ServeLimited(ctx, log, cfg.HTTPAddr, api.Handler(mux), cfg.ShutdownTimeout, service.HTTPLimits{
 		MaxConnections: cfg.HTTPMaxConnections, WriteTimeout: cfg.HTTPWriteTimeout,

@@ -6,7 +6,16 @@
 // Invariant: the swap happens only when the shadow has consumed exactly
 // up to the live consumer's committed offsets, checked under a lock on
 // those offsets, so no event is counted twice or lost by the swap; the
-// live ledger (the dedup memory) is never touched.
+// live ledger (the dedup memory) is never touched. Held conflicts that an
+// operator counted are added to the rebuilt windows (the log alone does
+// not say so), under a lock that keeps new ones from slipping between.
+//
+// Time: the replay judges event times with the live aggregator's rule
+// (the record timestamp clamped into [now - MaxLag, now]), so a rebuild
+// covers only windows whose events the aggregator can still accept:
+// From's month must start no earlier than now - MaxLag - Horizon
+// (ErrTooOld). Older windows keep their live values; the ledger may have
+// forgotten their ids, and their records' own timestamps are not trusted.
 package rebuild
 
 import (
@@ -41,10 +50,18 @@ type Options struct {
 	// Horizon: the log is replayed from From − Horizon so that ids seen
 	// before From are remembered, as the live ledger remembers them.
 	Horizon time.Duration
+	// MaxLag is the aggregator's AGGREGATOR_MAX_LAG; 0 means the default.
+	MaxLag time.Duration
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
 	// DryRun compares without swapping.
 	DryRun bool
 	Logger *slog.Logger
 }
+
+// ErrTooOld means the rebuild would recompute windows older than the
+// aggregator can accept events for.
+var ErrTooOld = errors.New("windows before the acceptance window cannot be rebuilt")
 
 // Change is one window whose value differs between live and rebuilt.
 type Change struct {
@@ -71,6 +88,17 @@ const maxCatchUps = 5
 func Run(ctx context.Context, pool *pgxpool.Pool, opt Options) (Report, error) {
 	started := time.Now()
 	rep := Report{From: windows.Month.Start(opt.From)}
+	if opt.Now == nil {
+		opt.Now = time.Now
+	}
+	if opt.MaxLag <= 0 {
+		opt.MaxLag = aggregate.DefaultMaxLag
+	}
+	if oldest := aggregate.OldestAcceptable(opt.Now(), opt.Horizon, opt.MaxLag); rep.From.Before(oldest) {
+		return rep, fmt.Errorf("%w: --from's month starts %s, and events before %s (horizon %s plus AGGREGATOR_MAX_LAG %s) are dead letters now; rebuild from %s or later",
+			ErrTooOld, rep.From.Format(time.RFC3339), oldest.UTC().Format(time.RFC3339), opt.Horizon, opt.MaxLag,
+			windows.Month.End(windows.Month.Start(oldest)).Format(time.RFC3339))
+	}
 	schema := "rebuild_" + randomSuffix()
 	if err := createShadow(ctx, pool, schema); err != nil {
 		return rep, err
@@ -91,7 +119,7 @@ func Run(ctx context.Context, pool *pgxpool.Pool, opt Options) (Report, error) {
 	}
 	defer shadowPool.Close()
 	agg := aggregate.New(shadowPool, aggregate.Config{
-		Group: "rebuild", Topic: opt.Topic, Horizon: opt.Horizon, Logger: slog.New(slog.DiscardHandler),
+		Group: "rebuild", Topic: opt.Topic, Horizon: opt.Horizon, MaxLag: opt.MaxLag, Now: opt.Now, Logger: slog.New(slog.DiscardHandler),
 	})
 
 	positions := map[int]int64{} // next offset per partition in the shadow
@@ -269,6 +297,18 @@ func offsetAt(ctx context.Context, opt Options, p int, t time.Time) (int64, erro
 	return max(off, first), nil
 }
 
+// rebuilt selects the rebuilt windows: the shadow's, plus the held
+// conflicts operators counted (live), in every granularity.
+func rebuilt(schema string) string {
+	return fmt.Sprintf(`(SELECT tenant, metric, granularity, window_start, sum(value) AS value, sum(events)::bigint AS events, max(updated_at) AS updated_at
+		FROM (SELECT tenant, metric, granularity, window_start, value, events, updated_at FROM %s.usage_windows
+			UNION ALL
+			SELECT c.tenant, c.metric, g.g, date_trunc(g.g, c.event_time AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', c.value, 1, now()
+			FROM public.ledger_conflicts c CROSS JOIN (VALUES ('minute'), ('hour'), ('day'), ('month')) AS g(g)
+			WHERE c.resolution = 'counted') u
+		GROUP BY tenant, metric, granularity, window_start)`, schema)
+}
+
 // compare returns the windows that differ between live and shadow from
 // from on, and how many windows it compared.
 func compare(ctx context.Context, pool *pgxpool.Pool, schema string, from time.Time) ([]Change, int, error) {
@@ -276,9 +316,9 @@ func compare(ctx context.Context, pool *pgxpool.Pool, schema string, from time.T
 			coalesce(l.window_start, s.window_start), coalesce(l.value::text, ''), coalesce(s.value::text, ''),
 			coalesce(l.events, 0), coalesce(s.events, 0), (l.value IS DISTINCT FROM s.value OR l.events IS DISTINCT FROM s.events)
 		FROM (SELECT * FROM public.usage_windows WHERE window_start >= $1) l
-		FULL JOIN (SELECT * FROM %s.usage_windows WHERE window_start >= $1) s
+		FULL JOIN (SELECT * FROM %s r WHERE window_start >= $1) s
 			USING (tenant, metric, granularity, window_start)
-		ORDER BY 1, 2, 3, 4`, schema), from)
+		ORDER BY 1, 2, 3, 4`, rebuilt(schema)), from)
 	if err != nil {
 		return nil, 0, fmt.Errorf("comparing windows: %w", err)
 	}
@@ -318,10 +358,16 @@ func swap(ctx context.Context, pool *pgxpool.Pool, schema string, opt Options, f
 				return nil
 			}
 		}
+		// No conflict may be counted between the comparison's read of
+		// counted conflicts and the swap.
+		if _, err := tx.Exec(ctx, `LOCK TABLE public.ledger_conflicts IN EXCLUSIVE MODE`); err != nil {
+			return fmt.Errorf("locking conflicts for the swap: %w", err)
+		}
 		if _, err := tx.Exec(ctx, `DELETE FROM public.usage_windows WHERE window_start >= $1`, from); err != nil {
 			return fmt.Errorf("swapping windows: %w", err)
 		}
-		if _, err := tx.Exec(ctx, fmt.Sprintf(`INSERT INTO public.usage_windows SELECT * FROM %s.usage_windows WHERE window_start >= $1`, schema), from); err != nil {
+		if _, err := tx.Exec(ctx, fmt.Sprintf(`INSERT INTO public.usage_windows (tenant, metric, granularity, window_start, value, events, updated_at)
+			SELECT tenant, metric, granularity, window_start, value, events, updated_at FROM %s r WHERE window_start >= $1`, rebuilt(schema)), from); err != nil {
 			return fmt.Errorf("swapping windows: %w", err)
 		}
 		swapped = true
