@@ -122,7 +122,7 @@ const TouchInterval = time.Minute
 // less than TouchInterval ago (so many replicas and requests write once).
 func (s *Store) TouchKey(ctx context.Context, id string) error {
 	_, err := s.pool.Exec(ctx, `UPDATE api_keys SET last_used_at = now()
-		WHERE id::text = $1 AND (last_used_at IS NULL OR last_used_at < now() - $2::bigint * interval '1 microsecond')`,
+		WHERE id = $1::uuid AND (last_used_at IS NULL OR last_used_at < now() - $2::bigint * interval '1 microsecond')`,
 		id, TouchInterval.Microseconds())
 	if err != nil {
 		return fmt.Errorf("recording the use of API key %s: %w", id, err)
