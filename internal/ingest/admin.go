@@ -319,10 +319,14 @@ func expiry(at, in string, now time.Time) (*time.Time, error) {
 
 // keyResponse is a key as created: the record and its secret, shown once.
 func keyResponse(k store.Key, secret string) map[string]any {
-	return map[string]any{
-		"id": k.ID, "key": secret, "role": k.Role, "tenant": k.Tenant, "scope": k.Scope,
+	m := map[string]any{
+		"id": k.ID, "key": secret, "role": k.Role, "tenant": k.Tenant,
 		"created_at": k.CreatedAt, "expires_at": k.ExpiresAt, "rotated_from": k.RotatedFrom,
 	}
+	if k.Scope != "" {
+		m["scope"] = k.Scope
+	}
+	return m
 }
 
 func (a *API) createKey(w http.ResponseWriter, r *http.Request, p auth.Principal) {

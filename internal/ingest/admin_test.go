@@ -408,3 +408,38 @@ func (a api) do(method, path, key string) int {
 	resp.Body.Close()
 	return resp.StatusCode
 }
+
+// TestAdminBodiesRefuseDuplicateFields: an admin body naming a field twice,
+// in any case or escaped, is refused with the field named, rather than
+// read as whichever copy Go's decoder meets last (a viewer key body that
+// also says "Role":"admin" would otherwise make an admin key).
+func TestAdminBodiesRefuseDuplicateFields(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOpts{})
+	e.do("PUT", "/v1/admin/plans/free", adminKey, "application/json", `{"quotas":[]}`)
+	e.do("PUT", "/v1/admin/tenants/acme", adminKey, "application/json", `{}`)
+	tests := []struct{ name, method, path, body, field string }{
+		{"quotas twice", "PUT", "/v1/admin/plans/x", `{"quotas":[{"metric":"api_calls","limit":1000}],"quotas":[]}`, "quotas"},
+		{"limit and LIMIT", "PUT", "/v1/admin/plans/x", `{"quotas":[{"metric":"api_calls","limit":1000,"LIMIT":null,"period":"month"}]}`, "limit"},
+		{"escaped limit", "PUT", "/v1/admin/plans/x", `{"quotas":[{"metric":"api_calls","limit":1000,"l\u0069mit":null}]}`, "limit"},
+		{"plan and Plan", "PUT", "/v1/admin/tenants/acme", `{"plan":"free","Plan":"gold"}`, "plan"},
+		{"role and Role", "POST", "/v1/admin/keys", `{"role":"viewer","Role":"admin"}`, "role"},
+		{"scope and SCOPE", "POST", "/v1/admin/keys", `{"tenant":"acme","scope":"read","SCOPE":"write"}`, "scope"},
+		{"grace twice", "POST", "/v1/admin/keys/0193a5c2-7d3e-7b2a-9f1e-3c4d5e6f7a8b/rotate", `{"grace":"0s","grace":"24h"}`, "grace"},
+	}
+	keys := e.countKeys()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := e.do(tt.method, tt.path, adminKey, "application/json", tt.body)
+			if r.status != 400 || errorCode(r) != "invalid_request" || !strings.Contains(strings.ToLower(r.raw), tt.field) {
+				t.Fatalf("got %d %s, want 400 invalid_request naming %q", r.status, r.raw, tt.field)
+			}
+		})
+	}
+	if r := e.do("GET", "/v1/admin/plans/x", adminKey, "", ""); r.status != 404 {
+		t.Fatalf("a refused plan body was saved: %d %s", r.status, r.raw)
+	}
+	if n := e.countKeys(); n != keys {
+		t.Fatalf("refused key bodies made %d keys", n-keys)
+	}
+}
