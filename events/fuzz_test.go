@@ -31,7 +31,7 @@ var fuzzSeeds = []string{
 // decoding ever recurses on input-controlled depth: the default maximum
 // stack is 1 GB, and any depth within Limits needs a few kilobytes.
 func withSmallStack(f *testing.F) {
-	old := debug.SetMaxStack(16 << 20)
+	old := debug.SetMaxStack(maxStack)
 	f.Cleanup(func() { debug.SetMaxStack(old) })
 }
 
