@@ -61,6 +61,9 @@ func FuzzDecodeCloudEventBinary(f *testing.F) {
 	f.Add("1.0", "e1", "svc", "api_calls", "acme", "2026-11-21T18:59:00Z", "application/json", []byte(`{"value":1,"value":2}`))
 	f.Add("1.0", "e1", "svc", "api_calls", "acme", "2026-11-21T18:59:00Z", "application/json", []byte(`[{"value":1}]`))
 	f.Add("1.0", "e1", "svc", "api_calls", "acme", "2026-11-21T18:59:00Z", "application/json", []byte("\xff"))
+	f.Add("1.0", "e1", "svc", "api_calls", "acme", "2026-11-21T18:59:00Z", "application/json", []byte(`{"value":1,"VALUE":900}`))
+	f.Add("1.0", "e1", "svc", "api_calls", "acme", "2026-11-21T18:59:00Z", "application/json", []byte(`{"value":1,"k":[[[[[[[[[[1]]]]]]]]]]}`))
+	withSmallStack(f)
 	f.Fuzz(func(t *testing.T, specversion, id, source, typ, subject, ts, contentType string, body []byte) {
 		h := http.Header{}
 		for name, v := range map[string]string{"Ce-Specversion": specversion, "Ce-Id": id, "Ce-Source": source,
@@ -70,7 +73,9 @@ func FuzzDecodeCloudEventBinary(f *testing.F) {
 			}
 		}
 		d := decoder()
-		ev, err := d.DecodeCloudEventBinary(h, body)
+		var ev events.Event
+		var err error
+		boundedMemory(t, len(body), func() { ev, err = d.DecodeCloudEventBinary(h, body) })
 		if err != nil {
 			var be *events.BodyError
 			if _, ok := events.AsValidationError(err); !ok && !errors.As(err, &be) && !errors.Is(err, events.ErrUnsupportedMediaType) {
