@@ -154,7 +154,7 @@ func (d Decoder) DecodeCloudEventBinary(h http.Header, body []byte) (Event, erro
 	default:
 		decodeCloudEventData(&e, body, add)
 	}
-	evs, err := d.validate([]Event{e}, issueErrors(issues, 0, "data.", nil, nil), errs, cloudEventBinaryField)
+	evs, err := d.validate([]Event{e}, issueErrors(issues, 0, "data.", dataKeys), errs, cloudEventBinaryField)
 	if err != nil {
 		return Event{}, err
 	}

@@ -164,7 +164,8 @@ func (d Decoder) scanOptions(batch bool, itemKey func([]byte) bool) jsonscan.Opt
 }
 
 // scanError turns a pre-scan error into a *BodyError; what names the
-// body's part that was scanned ("line 3"), or is empty for the body.
+// part of the body that was scanned ("event 3", "data"), or is empty for
+// the whole body.
 func (d Decoder) scanError(err error, batch bool, what string) error {
 	var se *jsonscan.Error
 	if !errors.As(err, &se) {
@@ -207,41 +208,42 @@ func eventKey(key []byte) bool {
 	return false
 }
 
+// keyRules say how the keys of one kind of item are named in errors: the
+// names the contract knows, and what an unknown key is told.
+type keyRules struct {
+	known   []string
+	unknown string
+}
+
+var (
+	eventKeys = keyRules{eventFields, "unknown field; an event has id, tenant, metric, value, time, source and properties"}
+	ceKeys    = keyRules{cloudEventAttributes, "is not a CloudEvents attribute name: attribute names are lower-case ASCII letters and digits"}
+	dataKeys  = keyRules{}
+)
+
 // issueErrors turns the key issues of a pre-scan into field errors; index
 // is added to each issue's own index (an NDJSON line's), and prefix to its
-// path. suspect, if not nil, gets every index with an issue: those events
-// must be decoded with exact key matching.
-func issueErrors(issues []jsonscan.KeyIssue, index int, prefix string, fields []string, suspect map[int]bool) []FieldError {
+// path.
+func issueErrors(issues []jsonscan.KeyIssue, index int, prefix string, rules keyRules) []FieldError {
 	var errs []FieldError
 	for _, is := range issues {
 		fe := FieldError{Index: index + is.Index, Field: prefix + is.Path}
-		switch is.Code {
-		case jsonscan.IssueDuplicate:
+		switch {
+		case is.Code == jsonscan.IssueDuplicate && is.Other == is.Key:
 			fe.Message = "appears twice in the same object; send each field once"
-			if is.Other != is.Key {
-				fe.Message = fmt.Sprintf("appears twice in the same object, also as %q (keys are compared after unescaping and in any case); send each field once", is.Other)
-			}
+		case is.Code == jsonscan.IssueDuplicate:
+			fe.Message = fmt.Sprintf("appears twice in the same object, also as %q (keys are compared after unescaping and in any case); send each field once", is.Other)
 		default:
-			fe.Message = unknownFieldMessage(is.Key, fields)
+			fe.Message = rules.unknown
+			for _, f := range rules.known {
+				if strings.EqualFold(f, is.Key) {
+					fe.Message = fmt.Sprintf("%s; names are matched exactly, send %q", rules.unknown, f)
+				}
+			}
 		}
 		errs = append(errs, fe)
-		if suspect != nil {
-			suspect[fe.Index] = true
-		}
 	}
 	return errs
-}
-
-func unknownFieldMessage(key string, fields []string) string {
-	for _, f := range fields {
-		if strings.EqualFold(f, key) {
-			return fmt.Sprintf("unknown field; field names are matched exactly, send %q", f)
-		}
-	}
-	if len(fields) == len(eventFields) {
-		return "unknown field; an event has id, tenant, metric, value, time, source and properties"
-	}
-	return "is not a CloudEvents attribute name: attribute names are lower-case ASCII letters and digits"
 }
 
 // validate validates every decoded event and returns them, or a
@@ -296,8 +298,7 @@ func (d Decoder) decodeJSON(body []byte) ([]Event, error) {
 	if err != nil {
 		return nil, d.scanError(err, batch, "")
 	}
-	suspect := map[int]bool{}
-	keyErrs := issueErrors(issues, 0, "", eventFields, suspect)
+	keyErrs := issueErrors(issues, 0, "", eventKeys)
 	if !batch {
 		ev, errs := decodeObject(body, 0, len(issues) > 0)
 		return d.validate([]Event{ev}, keyErrs, errs, nil)
@@ -327,7 +328,9 @@ func (d Decoder) decodeJSON(body []byte) ([]Event, error) {
 	var errs []FieldError
 	for i, raw := range raws {
 		var fe []FieldError
-		evs[i], fe = decodeObject(raw, i, suspect[i])
+		// An event with a key issue is read with exact names only.
+		exact := slices.ContainsFunc(issues, func(is jsonscan.KeyIssue) bool { return is.Index == i })
+		evs[i], fe = decodeObject(raw, i, exact)
 		errs = append(errs, fe...)
 	}
 	return d.validate(evs, keyErrs, errs, nil)
@@ -374,7 +377,7 @@ func (d Decoder) decodeNDJSON(body []byte) ([]Event, error) {
 			}
 			return nil, d.scanError(err, false, fmt.Sprintf("event %d", i))
 		}
-		keyErrs = append(keyErrs, issueErrors(issues, i, "", eventFields, nil)...)
+		keyErrs = append(keyErrs, issueErrors(issues, i, "", eventKeys)...)
 		ev, fe := decodeObject(line, i, len(issues) > 0)
 		evs = append(evs, ev)
 		errs = append(errs, fe...)
@@ -413,7 +416,7 @@ func (d Decoder) decodeCloudEvents(body []byte, batch bool) ([]Event, error) {
 		}
 		return nil, d.scanError(err, batch, "")
 	}
-	keyErrs := issueErrors(issues, 0, "", cloudEventAttributes, nil)
+	keyErrs := issueErrors(issues, 0, "", ceKeys)
 	raws := [][]byte{body}
 	if batch {
 		rs, err := splitArray(body)

@@ -11,6 +11,14 @@
 // decoding those bytes yields the same Event. The pair (Tenant, ID) is the
 // idempotency key: the pipeline counts it once, however often it is sent.
 //
+// Every body the Decoder reads, and every record Event.UnmarshalJSON
+// reads, is first checked by one pass without recursion (package
+// jsonscan) within Limits, so no input can exhaust the stack or memory
+// (TestDecodeFiveMillionBrackets, TestDecodeMemoryPerByte); keys are
+// matched exactly as the contract spells them, and a key sent twice,
+// compared after unescaping and in any case, is refused
+// (TestDecodeDuplicateKeysInAnyCase, testdata/conformance/decode.json).
+//
 // This package does not import anything under internal/, so producing
 // services can depend on it alone.
 package events

@@ -81,7 +81,7 @@ func (e *Event) UnmarshalJSON(b []byte) error {
 		}
 		return Decoder{}.scanError(err, false, "")
 	}
-	errs := issueErrors(issues, 0, "", eventFields, nil)
+	errs := issueErrors(issues, 0, "", eventKeys)
 	ev, fe := decodeObject(b, 0, len(issues) > 0)
 	if errs = append(errs, fe...); len(errs) > 0 {
 		return &ValidationError{Errors: errs}
