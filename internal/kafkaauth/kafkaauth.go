@@ -220,6 +220,96 @@ func (s *Security) LogStart(ctx context.Context, log *slog.Logger) {
 	}
 }
 
+// Start is LogStart, then, when TLS or SASL is on, one connection to the
+// brokers: a broker that refuses the credentials or a certificate that
+// fails verification is an error (waiting does not cure it, so the
+// service should exit saying so); a broker that does not answer yet is
+// only logged, as the services tolerate a Kafka that comes up later.
+func (s *Security) Start(ctx context.Context, log *slog.Logger, brokers []string) error {
+	s.LogStart(ctx, log)
+	if !s.secured() {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, startCheckTimeout)
+	defer cancel()
+	if err := s.Check(ctx, brokers); err != nil {
+		if IsRefusal(err) {
+			return fmt.Errorf("kafka refuses this service's TLS or SASL settings (KAFKA_TLS*, KAFKA_SASL_*): %w", err)
+		}
+		log.WarnContext(ctx, "kafka did not answer at start", "security", s.String(), "err", err)
+	}
+	return nil
+}
+
+// startCheckTimeout bounds Start's connection to the brokers.
+const startCheckTimeout = 5 * time.Second
+
+func (s *Security) secured() bool { return s != nil && (s.tls != nil || s.mech != nil) }
+
+// Check opens one connection to the first broker of brokers that takes
+// it, TLS handshake and SASL authentication included, and closes it. When
+// none does, the error gives each broker's reason as the TLS or SASL
+// layer stated it.
+func (s *Security) Check(ctx context.Context, brokers []string) error {
+	var errs []error
+	for _, b := range brokers {
+		conn, err := s.Dialer().DialContext(ctx, "tcp", b)
+		if err == nil {
+			return conn.Close()
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", b, err))
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if len(errs) == 0 {
+		return errors.New("no Kafka broker to connect to")
+	}
+	return errors.Join(errs...)
+}
+
+// explainTimeout bounds the connection Explain opens.
+const explainTimeout = 5 * time.Second
+
+// Explain returns err, a failed request to brokers, with the reason a
+// direct connection to them fails added when TLS or SASL is on: kafka-go's
+// clients report a broker whose TLS handshake or SASL authentication
+// failed as "[8] Broker Not Available" and drop the reason. The result
+// wraps both errors (errors.Is and errors.As see through it); nil stays
+// nil.
+func (s *Security) Explain(ctx context.Context, brokers []string, err error) error {
+	if err == nil || !s.secured() {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), explainTimeout)
+	defer cancel()
+	if cause := s.Check(ctx, brokers); cause != nil {
+		return fmt.Errorf("%w; a direct connection fails: %w", err, cause)
+	}
+	return err
+}
+
+// IsRefusal reports whether err holds a broker's refusal of the client's
+// credentials or certificate, or a broker certificate that failed
+// verification: settings to fix, not an outage to wait out.
+func IsRefusal(err error) bool {
+	if errors.Is(err, kafka.SASLAuthenticationFailed) || errors.Is(err, kafka.UnsupportedSASLMechanism) || errors.Is(err, kafka.IllegalSASLState) {
+		return true
+	}
+	if _, ok := errors.AsType[*tls.CertificateVerificationError](err); ok {
+		return true
+	}
+	if _, ok := errors.AsType[x509.HostnameError](err); ok {
+		return true
+	}
+	if _, ok := errors.AsType[x509.UnknownAuthorityError](err); ok {
+		return true
+	}
+	// A broker's TLS alert (Go reports it only as text): a client
+	// certificate missing or not trusted, or no protocol in common.
+	return strings.Contains(err.Error(), "remote error: tls: ")
+}
+
 // Insecure reports whether broker certificates go unverified, which a
 // service logs as a warning at start.
 func (s *Security) Insecure() bool { return s != nil && s.tls != nil && s.tls.InsecureSkipVerify }

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"strings"
@@ -266,5 +268,101 @@ func TestLogStartWarnsWhenCertificatesAreNotVerified(t *testing.T) {
 		if !strings.Contains(buf.String(), "security=SSL") && !strings.Contains(buf.String(), `security="SSL `) {
 			t.Errorf("the start log does not name the protocol:\n%s", buf.String())
 		}
+	}
+}
+
+func TestIsRefusalTellsSettingsFromOutages(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"wrong password", fmt.Errorf("could not authenticate: %w", kafka.SASLAuthenticationFailed), true},
+		{"mechanism not enabled", fmt.Errorf("handshake: %w", kafka.UnsupportedSASLMechanism), true},
+		{"untrusted CA", &tls.CertificateVerificationError{Err: x509.UnknownAuthorityError{}}, true},
+		{"wrong name", fmt.Errorf("dial: %w", x509.HostnameError{Certificate: &x509.Certificate{}, Host: "kafka"}), true},
+		{"client certificate refused", errors.New("SASL handshake failed: remote error: tls: bad certificate"), true},
+		{"connection refused", &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connect: connection refused")}, false},
+		{"timeout", context.DeadlineExceeded, false},
+		{"broker not available", kafka.BrokerNotAvailable, false},
+	}
+	for _, tt := range tests {
+		if got := kafkaauth.IsRefusal(tt.err); got != tt.want {
+			t.Errorf("%s: IsRefusal(%v) = %v, want %v", tt.name, tt.err, got, tt.want)
+		}
+	}
+}
+
+// TestStartAndExplain: with TLS on, Start fails on a broker whose
+// certificate does not verify and only logs one that does not answer;
+// Explain adds the direct connection's reason to a request's error.
+func TestStartAndExplain(t *testing.T) {
+	t.Parallel()
+	ca, err := testpki.NewCA("broker CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := testpki.NewCA("another CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err := ca.Issue("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := tls.X509KeyPair(server.CertPEM, server.KeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { _ = c.(*tls.Conn).Handshake(); c.Close() }()
+		}
+	}()
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	down := closed.Addr().String()
+	closed.Close()
+
+	untrusting, err := kafkaauth.New(kafkaauth.Config{TLS: true, CAFile: writeFiles(t, other).ca})
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.DiscardHandler)
+	ctx := context.Background()
+	err = untrusting.Start(ctx, log, []string{ln.Addr().String()})
+	if err == nil || !strings.Contains(err.Error(), "certificate signed by unknown authority") || !strings.Contains(err.Error(), "KAFKA_TLS") {
+		t.Errorf("Start against an untrusted broker: %v, want an error naming the certificate and the settings", err)
+	}
+	if err := untrusting.Start(ctx, log, []string{down}); err != nil {
+		t.Errorf("Start with the broker down: %v, want only a warning", err)
+	}
+	var plain *kafkaauth.Security
+	if err := plain.Start(ctx, log, []string{down}); err != nil {
+		t.Errorf("plaintext Start: %v, want no connection at all", err)
+	}
+
+	requestErr := fmt.Errorf("creating topics: %w", kafka.BrokerNotAvailable)
+	explained := untrusting.Explain(ctx, []string{ln.Addr().String()}, requestErr)
+	if !errors.Is(explained, kafka.BrokerNotAvailable) || !kafkaauth.IsRefusal(explained) || !strings.Contains(explained.Error(), "unknown authority") {
+		t.Errorf("Explain = %v, want the request's error and the certificate's", explained)
+	}
+	if got := plain.Explain(ctx, []string{down}, requestErr); got != requestErr {
+		t.Errorf("plaintext Explain = %v, want the error unchanged", got)
+	}
+	if got := untrusting.Explain(ctx, []string{down}, nil); got != nil {
+		t.Errorf("Explain(nil) = %v", got)
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
@@ -74,6 +75,92 @@ type Options struct {
 	HeapMB int
 	// JVMFlags are extra JVM options for every node, after Start's own.
 	JVMFlags []string
+	// SASLSSL, when set, gives every node a second client listener that
+	// speaks SASL_SSL, on a port of its own (SecureBrokers). The brokers
+	// and controllers keep talking to each other over PLAINTEXT, and
+	// Brokers, and every method of Cluster, keep using the PLAINTEXT
+	// listener.
+	SASLSSL *SASLSSL
+}
+
+// SASLSSL configures the SASL_SSL listener: TLS with the given broker
+// certificate, then SASL with SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN.
+type SASLSSL struct {
+	// CertPEM is the brokers' certificate chain and KeyPEM its
+	// unencrypted PKCS #8 key, PEM ("PRIVATE KEY"); the certificate must
+	// name 127.0.0.1, where the listener is.
+	CertPEM, KeyPEM []byte
+	// ClientCAPEM, when set, makes the listener require a client
+	// certificate signed by it (mutual TLS) besides SASL.
+	ClientCAPEM []byte
+	// Users maps each user to its password. Start creates SCRAM-SHA-512
+	// and SCRAM-SHA-256 credentials for them when it formats the storage
+	// (kafka-storage format --add-scram) and PLAIN ones in the listener's
+	// JAAS configuration. Names and passwords are letters, digits, '-'
+	// and '_'.
+	Users map[string]string
+}
+
+var credentialRE = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+
+func (s *SASLSSL) check() error {
+	if len(s.CertPEM) == 0 || len(s.KeyPEM) == 0 {
+		return errors.New("kafkacluster: SASLSSL needs CertPEM and KeyPEM")
+	}
+	if len(s.Users) == 0 {
+		return errors.New("kafkacluster: SASLSSL needs at least one user")
+	}
+	for u, pw := range s.Users {
+		if !credentialRE.MatchString(u) || !credentialRE.MatchString(pw) {
+			return fmt.Errorf("kafkacluster: SASLSSL user %q or its password: use letters, digits, '-' and '_'", u)
+		}
+	}
+	return nil
+}
+
+// properties are the listener's server.properties entries; PEM values
+// are written with escaped newlines, which java.util.Properties reads
+// back as newlines.
+func (s *SASLSSL) properties() map[string]string {
+	pemValue := func(b []byte) string {
+		return strings.ReplaceAll(strings.TrimSpace(string(b)), "\n", `\n`)
+	}
+	users := slices.Sorted(maps.Keys(s.Users))
+	var plain strings.Builder
+	plain.WriteString("org.apache.kafka.common.security.plain.PlainLoginModule required")
+	for _, u := range users {
+		fmt.Fprintf(&plain, ` user_%s="%s"`, u, s.Users[u])
+	}
+	plain.WriteString(";")
+	scram := "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+	p := map[string]string{
+		"sasl.enabled.mechanisms":                               "SCRAM-SHA-512,SCRAM-SHA-256,PLAIN",
+		"listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": scram,
+		"listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config": scram,
+		"listener.name.sasl_ssl.plain.sasl.jaas.config":         plain.String(),
+		"ssl.keystore.type":                                     "PEM",
+		"ssl.keystore.certificate.chain":                        pemValue(s.CertPEM),
+		"ssl.keystore.key":                                      pemValue(s.KeyPEM),
+	}
+	if len(s.ClientCAPEM) > 0 {
+		// The unprefixed ssl.client.auth does not apply to SASL_SSL
+		// listeners; the listener's own does.
+		p["listener.name.sasl_ssl.ssl.client.auth"] = "required"
+		p["ssl.truststore.type"] = "PEM"
+		p["ssl.truststore.certificates"] = pemValue(s.ClientCAPEM)
+	}
+	return p
+}
+
+// scramArgs are kafka-storage format's arguments that create the users.
+func (s *SASLSSL) scramArgs() []string {
+	var args []string
+	for _, u := range slices.Sorted(maps.Keys(s.Users)) {
+		for _, mech := range []string{"SCRAM-SHA-512", "SCRAM-SHA-256"} {
+			args = append(args, "--add-scram", fmt.Sprintf("%s=[name=%s,password=%s]", mech, u, s.Users[u]))
+		}
+	}
+	return args
 }
 
 // Cluster is a running cluster. Its methods are safe for concurrent use.
@@ -88,6 +175,7 @@ type Cluster struct {
 	archive   *classArchive
 	log       *lineLog
 	nodes     []*node
+	saslSSL   *SASLSSL
 
 	mu       sync.Mutex // orders launches before Stop
 	stopped  bool
@@ -115,6 +203,11 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	if opts.HeapMB == 0 {
 		opts.HeapMB = 384
 	}
+	if opts.SASLSSL != nil {
+		if err := opts.SASLSSL.check(); err != nil {
+			return nil, err
+		}
+	}
 	log := newLineLog(opts.Log)
 	t0 := time.Now()
 	libs, err := fetch(ctx, opts.Root, opts.Version, log)
@@ -127,7 +220,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		return nil, fmt.Errorf("kafkacluster: java not found: install Java 17 or later (Debian: apt-get install default-jdk-headless): %w", err)
 	}
 
-	c := &Cluster{version: opts.Version, libs: libs, java: java, log: log, dir: opts.Dir, archive: newClassArchive(java, libs)}
+	c := &Cluster{version: opts.Version, libs: libs, java: java, log: log, dir: opts.Dir, archive: newClassArchive(java, libs), saslSSL: opts.SASLSSL}
 	if c.dir == "" {
 		if c.dir, err = os.MkdirTemp("", "kafkacluster-"); err != nil {
 			return nil, fmt.Errorf("kafkacluster: data directory: %w", err)
@@ -150,6 +243,9 @@ type state struct {
 	Version   string   `json:"version"`
 	ClusterID string   `json:"cluster_id"`
 	Ports     [][2]int `json:"ports"` // per node: broker, controller
+	// SecurePorts are the SASL_SSL listeners' ports, per node, when
+	// Options.SASLSSL is set.
+	SecurePorts []int `json:"secure_ports,omitempty"`
 }
 
 func (c *Cluster) setUp(ctx context.Context, opts Options) error {
@@ -173,6 +269,14 @@ func (c *Cluster) setUp(ctx context.Context, opts Options) error {
 		n := &node{id: i, brokerPort: p[0], controllerPort: p[1], dir: filepath.Join(c.dir, fmt.Sprintf("node-%d", i))}
 		n.out = c.log.node(i)
 		props := serverProperties(c.version, opts.Nodes, n, strings.Join(voters, ","))
+		if opts.SASLSSL != nil {
+			n.securePort = st.SecurePorts[i]
+			secure := fmt.Sprintf("SASL_SSL://127.0.0.1:%d", n.securePort)
+			props["listeners"] += "," + secure
+			props["advertised.listeners"] += "," + secure
+			props["listener.security.protocol.map"] += ",SASL_SSL:SASL_SSL"
+			maps.Copy(props, opts.SASLSSL.properties())
+		}
 		for k, v := range opts.Properties {
 			props[k] = v
 		}
@@ -217,12 +321,12 @@ func (c *Cluster) loadState(opts Options) (state, error) {
 		if err := json.Unmarshal(b, &st); err != nil {
 			return st, fmt.Errorf("kafkacluster: %s: %w", path, err)
 		}
-		if st.Version != opts.Version || len(st.Ports) != opts.Nodes {
+		if st.Version != opts.Version || len(st.Ports) != opts.Nodes || (opts.SASLSSL != nil) != (len(st.SecurePorts) > 0) {
 			return st, fmt.Errorf("kafkacluster: %s holds a %d-node Kafka %s cluster, not %d-node %s: use another directory",
 				c.dir, len(st.Ports), st.Version, opts.Nodes, opts.Version)
 		}
 		for _, p := range st.Ports {
-			for _, port := range p {
+			for _, port := range append(p[:], st.SecurePorts...) {
 				if err := portFree(port); err != nil {
 					return st, fmt.Errorf("kafkacluster: the cluster in %s uses port %d: %w", c.dir, port, err)
 				}
@@ -232,13 +336,20 @@ func (c *Cluster) loadState(opts Options) (state, error) {
 	case !errors.Is(err, os.ErrNotExist):
 		return st, fmt.Errorf("kafkacluster: %w", err)
 	}
-	ports, err := freePorts(2 * opts.Nodes)
+	perNode := 2
+	if opts.SASLSSL != nil {
+		perNode = 3
+	}
+	ports, err := freePorts(perNode * opts.Nodes)
 	if err != nil {
 		return st, err
 	}
 	st = state{Version: opts.Version, ClusterID: newClusterID()}
 	for i := 0; i < opts.Nodes; i++ {
-		st.Ports = append(st.Ports, [2]int{ports[2*i], ports[2*i+1]})
+		st.Ports = append(st.Ports, [2]int{ports[perNode*i], ports[perNode*i+1]})
+		if opts.SASLSSL != nil {
+			st.SecurePorts = append(st.SecurePorts, ports[perNode*i+2])
+		}
 	}
 	b, err = json.MarshalIndent(st, "", "  ")
 	if err != nil {
@@ -375,6 +486,9 @@ func (c *Cluster) format(ctx context.Context, n *node) error {
 	args := append(append(slices.Clone(c.jvmFlags), c.archive.useFlags()...), "-cp", filepath.Join(c.libs, "*"),
 		"kafka.tools.StorageTool", "format", "--ignore-formatted",
 		"--cluster-id", c.clusterID, "--config", n.config())
+	if c.saslSSL != nil {
+		args = append(args, c.saslSSL.scramArgs()...)
+	}
 	cmd := exec.CommandContext(ctx, c.java, args...)
 	cmd.Dir = n.dir
 	out, err := cmd.CombinedOutput()
@@ -482,6 +596,19 @@ func (c *Cluster) Brokers() []string {
 
 // BrokerList is Brokers joined with commas, the form of KAFKA_BROKERS.
 func (c *Cluster) BrokerList() string { return strings.Join(c.Brokers(), ",") }
+
+// SecureBrokers returns every node's SASL_SSL listener, host:port, by
+// node index; nil when the cluster has none (Options.SASLSSL unset).
+func (c *Cluster) SecureBrokers() []string {
+	if c.saslSSL == nil {
+		return nil
+	}
+	addrs := make([]string, len(c.nodes))
+	for i, n := range c.nodes {
+		addrs[i] = net.JoinHostPort("127.0.0.1", strconv.Itoa(n.securePort))
+	}
+	return addrs
+}
 
 // PIDs returns each node's JVM process id by node index, 0 for a node
 // that is not running.

@@ -20,6 +20,7 @@ type node struct {
 	id             int
 	brokerPort     int
 	controllerPort int
+	securePort     int // the SASL_SSL listener's; 0 without one
 	dir            string
 	out            *nodeLog
 

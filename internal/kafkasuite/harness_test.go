@@ -77,8 +77,9 @@ func repoRoot(t *testing.T) string {
 	return root
 }
 
-// startCluster starts a three-broker cluster of version for the test.
-func startCluster(t *testing.T, version string) *kafkacluster.Cluster {
+// startCluster starts a three-broker cluster of version; owner's cleanup
+// stops it.
+func startCluster(t, owner *testing.T, version string) *kafkacluster.Cluster {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -87,7 +88,7 @@ func startCluster(t *testing.T, version string) *kafkacluster.Cluster {
 	if err != nil {
 		t.Fatalf("starting Apache Kafka %s: %v", version, err)
 	}
-	t.Cleanup(c.Stop)
+	owner.Cleanup(c.Stop)
 	t.Logf("Apache Kafka %s, 3 brokers (%s), up in %s", version, c.BrokerList(), time.Since(started).Round(100*time.Millisecond))
 	return c
 }
@@ -128,16 +129,25 @@ func resetTopics(t *testing.T, c *kafkacluster.Cluster) {
 // if any, must exist before: services create only missing ones.
 func startPipeline(t *testing.T, c *kafkacluster.Cluster, group string) *env {
 	t.Helper()
+	return startPipelineOn(t, c, group, c.BrokerList(), nil)
+}
+
+// startPipelineOn starts the services with KAFKA_BROKERS=brokers (one of
+// the cluster's listeners) and kafkaEnv added to every service's
+// settings. The test's own checks use the cluster's PLAINTEXT listener.
+func startPipelineOn(t *testing.T, c *kafkacluster.Cluster, group, brokers string, kafkaEnv []string) *env {
+	t.Helper()
 	ctx := context.Background()
 	fake := stripefake.New(stripefake.Config{})
 	srv := httptest.NewServer(fake)
 	t.Cleanup(func() { srv.Close(); fake.Close() })
 	work := stack.TempWork(t, "kafkasuite-")
 	var log bytes.Buffer
-	st, err := stack.Start(ctx, stack.Options{Root: repoRoot(t), Work: work, StripeBase: srv.URL, Brokers: c.BrokerList(),
+	st, err := stack.Start(ctx, stack.Options{Root: repoRoot(t), Work: work, StripeBase: srv.URL, Brokers: brokers,
 		Env: map[string][]string{
-			"ingest":     {"PUBLISH_TIMEOUT=4s"},
-			"aggregator": {"SESSION_TIMEOUT=" + sessionTimeout.String(), "BATCH_SIZE=500", "CONSUMER_GROUP=" + group},
+			"ingest":     append([]string{"PUBLISH_TIMEOUT=4s"}, kafkaEnv...),
+			"aggregator": append([]string{"SESSION_TIMEOUT=" + sessionTimeout.String(), "BATCH_SIZE=500", "CONSUMER_GROUP=" + group}, kafkaEnv...),
+			"biller":     kafkaEnv,
 		}}, &log)
 	if err != nil {
 		t.Fatalf("starting the pipeline: %v\n%s", err, log.String())

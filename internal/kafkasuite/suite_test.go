@@ -28,9 +28,10 @@ func TestOnApacheKafka(t *testing.T) {
 	})
 	for _, version := range versions() {
 		t.Run(version, func(t *testing.T) {
-			// One cluster per version; each scenario starts from no
-			// pipeline topics, its own database and its own group.
-			c := startCluster(t, version)
+			// One cluster per version, started by the first scenario that
+			// runs; each scenario starts from no pipeline topics, its own
+			// database and its own group.
+			var c *kafkacluster.Cluster
 			scenarios := []struct {
 				name string
 				run  func(*testing.T, *kafkacluster.Cluster, string, *figures)
@@ -40,14 +41,22 @@ func TestOnApacheKafka(t *testing.T) {
 				{"LeaderKilledDuringIngest", leaderKilledDuringIngest},
 				{"OperatorTopicWithOtherPartitions", operatorTopic},
 			}
+			owner := t
 			for _, sc := range scenarios {
 				if !t.Run(sc.name, func(t *testing.T) {
+					if c == nil {
+						c = startCluster(t, owner, version)
+					}
 					resetTopics(t, c)
 					sc.run(t, c, version, figs)
 				}) {
 					return // a broken cluster would fail the rest for the wrong reason
 				}
 			}
+			if c != nil {
+				c.Stop() // before the next cluster starts: two cores
+			}
+			t.Run("SASLSSL", func(t *testing.T) { saslSSL(t, version, figs) })
 		})
 	}
 }

@@ -37,7 +37,7 @@ func Ensure(ctx context.Context, brokers []string, sec *kafkaauth.Security, part
 	}
 	resp, err := cl.CreateTopics(ctx, req)
 	if err != nil {
-		return fmt.Errorf("creating topics on %v: %w", brokers, err)
+		return fmt.Errorf("creating topics on %v: %w", brokers, sec.Explain(ctx, brokers, err))
 	}
 	for name, terr := range resp.Errors {
 		if terr != nil && !errors.Is(terr, kafka.TopicAlreadyExists) {
@@ -52,7 +52,7 @@ func Ping(ctx context.Context, brokers []string, sec *kafkaauth.Security, topic 
 	cl := &kafka.Client{Addr: kafka.TCP(brokers...), Transport: sec.Transport()}
 	resp, err := cl.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
 	if err != nil {
-		return fmt.Errorf("kafka: %w", err)
+		return fmt.Errorf("kafka: %w", sec.Explain(ctx, brokers, err))
 	}
 	for _, t := range resp.Topics {
 		if t.Error != nil {
