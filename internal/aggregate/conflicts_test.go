@@ -369,3 +369,43 @@ func TestLedgerCutoffIsBeforeEveryAcceptableEvent(t *testing.T) {
 		t.Fatalf("an event the ledger may have forgotten: %+v, %v", res, err)
 	}
 }
+
+// TestConcurrentCountsOfOneHeldConflict: two operators counting the same
+// held conflict at once count it once; the conflict row is the gate.
+func TestConcurrentCountsOfOneHeldConflict(t *testing.T) {
+	t.Parallel()
+	a, db := newAgg(t)
+	ctx := context.Background()
+	at := now.Add(-time.Hour)
+	if _, err := a.Apply(ctx, 0, -1, batch(0, ev("o", "acme", "api_calls", 1, at), ev("o", "acme", "tokens", 7, at))); err != nil {
+		t.Fatal(err)
+	}
+	var id int64
+	if err := db.Pool.QueryRow(ctx, `SELECT id FROM ledger_conflicts WHERE resolution = 'held'`).Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for range 8 {
+		wg.Go(func() {
+			_, err := a.ResolveConflict(ctx, id, aggregate.ResolutionCounted, "oncall", "at once")
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	ok := 0
+	for err := range errs {
+		if err == nil {
+			ok++
+		} else if !errors.Is(err, aggregate.ErrConflictNotHeld) {
+			t.Errorf("count: %v", err)
+		}
+	}
+	if ok != 1 {
+		t.Fatalf("%d counts succeeded, want 1", ok)
+	}
+	if w := windowsOf(t, db, "month")["acme/tokens/2026-11-01T00:00"]; w != (window{"7", 1}) {
+		t.Fatalf("month window = %+v, want 7 once", w)
+	}
+}
