@@ -45,7 +45,9 @@ func Run(ctx context.Context, cfg config.Aggregator, log *slog.Logger, ready fun
 		return err
 	}
 	defer pool.Close()
-	cfg.KafkaSecurity.LogStart(ctx, log)
+	if err := cfg.KafkaSecurity.Start(ctx, log, cfg.KafkaBrokers); err != nil {
+		return err
+	}
 	if err := topics.Ensure(ctx, cfg.KafkaBrokers, cfg.KafkaSecurity, cfg.KafkaPartitions, topics.All...); err != nil {
 		log.WarnContext(ctx, "could not ensure topics", "err", err)
 	}

@@ -75,7 +75,9 @@ func Run(ctx context.Context, cfg config.Biller, log *slog.Logger, ready func(ne
 		return err
 	}
 	defer pool.Close()
-	cfg.KafkaSecurity.LogStart(ctx, log)
+	if err := cfg.KafkaSecurity.Start(ctx, log, cfg.KafkaBrokers); err != nil {
+		return err
+	}
 	if err := topics.Ensure(ctx, cfg.KafkaBrokers, cfg.KafkaSecurity, cfg.KafkaPartitions, topics.BillingDLQ); err != nil {
 		log.WarnContext(ctx, "could not ensure the billing.dlq topic", "err", err)
 	}

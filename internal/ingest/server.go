@@ -28,7 +28,9 @@ func Run(ctx context.Context, cfg config.Ingest, log *slog.Logger, ready func(ne
 		return err
 	}
 	defer pool.Close()
-	cfg.KafkaSecurity.LogStart(ctx, log)
+	if err := cfg.KafkaSecurity.Start(ctx, log, cfg.KafkaBrokers); err != nil {
+		return err
+	}
 	if err := topics.Ensure(ctx, cfg.KafkaBrokers, cfg.KafkaSecurity, cfg.KafkaPartitions, topics.UsageEvents); err != nil {
 		// The broker may come up later; publishing retries and /readyz says so.
 		log.WarnContext(ctx, "could not ensure the events topic", "err", err)
