@@ -455,11 +455,7 @@ func (s *scanner) str(unescape bool) (key, error) {
 	s.i++
 	for {
 		// The fast path: bytes that stand for themselves.
-		for s.i < len(s.b) {
-			c := s.b[s.i]
-			if c == '"' || c == '\\' || c < 0x20 {
-				break
-			}
+		for s.i < len(s.b) && plain[s.b[s.i]] {
 			s.i++
 		}
 		if s.i >= len(s.b) {
@@ -505,6 +501,15 @@ func (s *scanner) str(unescape bool) (key, error) {
 	s.buf = appendUnescaped(s.buf, s.b[start:end])
 	return key{start: from, end: len(s.buf), escaped: true}, nil
 }
+
+// plain marks the bytes that stand for themselves in a JSON string: not
+// a quote, a backslash or a control character.
+var plain = func() (t [256]bool) {
+	for c := 0x20; c < 256; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
 
 func isHex4(b []byte) bool {
 	for _, c := range b {

@@ -346,3 +346,15 @@ func referenceDuplicates(t *testing.T, doc []byte) []string {
 		}
 	}
 }
+
+func BenchmarkScan(b *testing.B) {
+	doc := batchDoc(1000)
+	opt := jsonscan.Options{Batch: true, ItemKey: func(k []byte) bool { return len(k) > 0 }}
+	b.SetBytes(int64(len(doc)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := jsonscan.Scan(doc, opt); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
