@@ -4,7 +4,9 @@
 // tests and `make kafka`. Each node is its own JVM in combined mode
 // (broker and controller), in its own process group, logging to
 // Options.Log at WARN. The jars and a JVM class-data archive that speeds
-// up later starts are cached outside the repository.
+// up later starts are cached outside the repository. Options.SASLSSL adds
+// a SASL_SSL client listener to every node (PEM certificate, SCRAM users
+// created at format time, PLAIN) for tests of the clients' TLS and SASL.
 //
 // Invariant: once Stop has returned, none of the JVMs the cluster started
 // (first starts and Restarts alike) is running, and each has been reaped.

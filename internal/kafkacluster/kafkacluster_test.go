@@ -221,7 +221,11 @@ func TestKeptDir(t *testing.T) {
 // TestStartRejects checks the options Start refuses before running
 // anything.
 func TestStartRejects(t *testing.T) {
-	for _, o := range []kafkacluster.Options{{Nodes: 2}, {Nodes: -1}, {Version: "4.1"}, {Version: "../4.1.1"}} {
+	for _, o := range []kafkacluster.Options{{Nodes: 2}, {Nodes: -1}, {Version: "4.1"}, {Version: "../4.1.1"},
+		{SASLSSL: &kafkacluster.SASLSSL{Users: map[string]string{"u": "p"}}},
+		{SASLSSL: &kafkacluster.SASLSSL{CertPEM: []byte("c"), KeyPEM: []byte("k")}},
+		{SASLSSL: &kafkacluster.SASLSSL{CertPEM: []byte("c"), KeyPEM: []byte("k"), Users: map[string]string{"u": "p,assword=x]"}}},
+	} {
 		if c, err := kafkacluster.Start(context.Background(), o); err == nil {
 			c.Stop()
 			t.Errorf("Start(%+v): no error", o)

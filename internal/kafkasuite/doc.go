@@ -2,8 +2,11 @@
 // clusters of three brokers started from the broker's own jars
 // (internal/kafkacluster), with topics replicated three times and
 // min.insync.replicas=2, and the services running as processes
-// (internal/stack). It holds only tests; `make test` runs it on every
-// Kafka version in KAFKA_SUITE_VERSIONS.
+// (internal/stack); then a one-broker cluster whose clients must speak
+// SASL_SSL (a CA the test makes, client certificates, SCRAM), on which
+// the services run with KAFKA_TLS* and KAFKA_SASL_* and wrong settings
+// must be refused with their reason, fast. It holds only tests; `make
+// test` runs it on every Kafka version in KAFKA_SUITE_VERSIONS.
 //
 // Invariant: every scenario ends by comparing each usage window with a
 // ground truth the test keeps itself (unique events only) and requires

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -161,8 +162,45 @@ func saslSSL(t *testing.T, version string, figs *figures) {
 	if b, err := os.ReadFile(filepath.Clean(e.st.LogFile)); err == nil && strings.Contains(string(b), password) {
 		t.Error("the services' log holds the SASL password")
 	}
-	figs.add("%s SASL_SSL: 1 broker up in %s; SCRAM-SHA-512, SCRAM-SHA-256 and PLAIN accepted; wrong password, unknown user, untrusted CA, wrong server name, missing client certificate and a plaintext client refused within %s; ingest + aggregator + biller over SASL_SSL (SCRAM-SHA-512, client certificate): %d events (%d unique), %d windows exact; %s",
-		version, upIn.Round(100*time.Millisecond), probeLimit, stats.events.Load(), e.truth.unique(), windows, time.Since(started).Round(time.Second))
+	exitIn := refusedAtStart(t, e.st.DBURL, secure, kafkaEnv)
+	figs.add("%s SASL_SSL: 1 broker up in %s; SCRAM-SHA-512, SCRAM-SHA-256 and PLAIN accepted; wrong password, unknown user, untrusted CA, wrong server name, missing client certificate and a plaintext client refused within %s; ingest + aggregator + biller over SASL_SSL (SCRAM-SHA-512, client certificate): %d events (%d unique), %d windows exact; ingest with a wrong password exits in %s saying why; %s",
+		version, upIn.Round(100*time.Millisecond), probeLimit, stats.events.Load(), e.truth.unique(), windows, exitIn.Round(100*time.Millisecond), time.Since(started).Round(time.Second))
+}
+
+// refusedAtStart runs the ingest service with the pipeline's settings but
+// a wrong password: it must exit non-zero within probeLimit with an error
+// that names the SASL failure and the settings to fix, rather than serve
+// and answer 503 for ever.
+func refusedAtStart(t *testing.T, dbURL string, brokers, kafkaEnv []string) time.Duration {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "ingest")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/ingest")
+	build.Dir = repoRoot(t)
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building ingest: %v\n%s", err, out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*probeLimit)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin)
+	cmd.Env = append(os.Environ(), "DATABASE_URL="+dbURL, "KAFKA_BROKERS="+strings.Join(brokers, ","), "HTTP_ADDR=127.0.0.1:0", "LOG_LEVEL=warn")
+	for _, kv := range kafkaEnv {
+		if !strings.HasPrefix(kv, "KAFKA_SASL_PASSWORD_FILE=") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(cmd.Env, "KAFKA_SASL_PASSWORD=not-the-password")
+	t0 := time.Now()
+	out, err := cmd.CombinedOutput()
+	took := time.Since(t0)
+	if err == nil || ctx.Err() != nil || took > probeLimit {
+		t.Fatalf("ingest with a wrong Kafka password: exit %v after %s, want a non-zero exit within %s; output:\n%s", err, took.Round(100*time.Millisecond), probeLimit, out)
+	}
+	for _, want := range []string{"SASL Authentication Failed", "KAFKA_SASL_"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("ingest with a wrong Kafka password exited without saying %q:\n%s", want, out)
+		}
+	}
+	return took
 }
 
 // probe asks the brokers for the usage.events topic's metadata with the
