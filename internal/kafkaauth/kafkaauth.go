@@ -1,19 +1,24 @@
 // Package kafkaauth turns the Kafka transport-security settings (TLS,
 // client certificates, SASL PLAIN or SCRAM) into the kafka-go values that
 // carry them: a *tls.Config, a sasl.Mechanism, and from those a
-// *kafka.Dialer (readers, consumer groups, Conn) and a *kafka.Transport
-// (writers and clients). Every place in the product that talks to Kafka
-// takes its Dialer and Transport from one Security built at start, so a
-// service never speaks plaintext to one broker and TLS to another.
+// *kafka.Dialer (readers, consumer groups, Conn) and a shared
+// *kafka.Transport (writers and clients). Every place in the product that
+// talks to Kafka takes its Dialer and Transport from the one Security the
+// service's config built at start, so a service never speaks plaintext to
+// one broker and TLS to another. kafka-go reports a broker whose TLS
+// handshake or SASL authentication failed as "Broker Not Available";
+// Explain and Start put the real reason back.
 //
 // Invariant: New accepts only a coherent Config (it reads the CA, the
 // certificate and the key, and rejects a half-given client certificate, a
 // mechanism without a username or password, credentials without a
-// mechanism, and TLS file options without TLS), and the Dialer and
-// Transport of a Security speak TLS exactly when Config.TLS is set and
-// SASL exactly when a mechanism is named (TestNewRejectsIncoherentConfigs,
-// TestDialerAndTransportCarryTheSettings; against a real SASL_SSL broker:
-// internal/kafkasuite's SASLSSL scenario).
+// mechanism, and TLS file options without TLS); the Dialer and Transport
+// of a Security speak TLS exactly when Config.TLS is set and SASL exactly
+// when a mechanism is named; Start fails when the brokers refuse the
+// settings and only warns when they do not answer
+// (TestNewRejectsIncoherentConfigs, TestDialerAndTransportCarryTheSettings,
+// TestTLSVerifiesTheBroker, TestStartAndExplain; against a real SASL_SSL
+// broker, internal/kafkasuite's SASLSSL scenario).
 package kafkaauth
 
 import (
