@@ -15,8 +15,9 @@
 // mechanism, and TLS file options without TLS); the Dialer and Transport
 // of a Security speak TLS exactly when Config.TLS is set and SASL exactly
 // when a mechanism is named; Start fails when the brokers refuse the
-// settings and only warns when they do not answer
-// (TestNewRejectsIncoherentConfigs, TestDialerAndTransportCarryTheSettings,
+// settings and only warns when they do not answer; and no kafka-go client
+// in the product falls back to kafka-go's plaintext defaults
+// (TestEveryKafkaClientTakesTheSecurity, TestNewRejectsIncoherentConfigs, TestDialerAndTransportCarryTheSettings,
 // TestTLSVerifiesTheBroker, TestStartAndExplain; against a real SASL_SSL
 // broker, internal/kafkasuite's SASLSSL scenario).
 package kafkaauth
