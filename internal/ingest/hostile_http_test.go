@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -137,6 +138,8 @@ func TestLargeBodiesInFlightAreCapped(t *testing.T) {
 	// The first large body is sent slowly: its first 2 KiB, then nothing
 	// until the test says so.
 	pr, pw := io.Pipe()
+	// Runs before the server's Close, which waits for this request.
+	t.Cleanup(func() { pw.CloseWithError(errors.New("the test ended")) })
 	first := make(chan response, 1)
 	go func() {
 		req, _ := http.NewRequest("POST", e.srv.URL+"/v1/events", pr)
