@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -14,6 +15,9 @@ import (
 	"golang.org/x/sync/singleflight"
 	"golang.org/x/time/rate"
 )
+
+// maxQuotaAnswer bounds the quota API answer a QuotaGuard reads.
+const maxQuotaAnswer = 1 << 20
 
 // GuardConfig configures a QuotaGuard.
 type GuardConfig struct {
@@ -153,7 +157,8 @@ func (g *QuotaGuard) fetch(ctx context.Context, tenant string, now time.Time) (g
 			PeriodEnd time.Time `json:"period_end"`
 		} `json:"quotas"`
 	}
-	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+	// The answer of a trusted API, but read within bounds all the same.
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxQuotaAnswer)).Decode(&body); err != nil {
 		return guardEntry{}, fmt.Errorf("events: decoding quotas of %s: %w", tenant, err)
 	}
 	for _, q := range body.Quotas {
