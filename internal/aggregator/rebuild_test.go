@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/segmentio/kafka-go"
+
 	"github.com/usagemeter/metering/events"
 	"github.com/usagemeter/metering/internal/aggregate"
 	"github.com/usagemeter/metering/internal/aggregator"
@@ -140,5 +142,45 @@ func TestRebuildKeepsCountedConflictsAndRefusesOldWindows(t *testing.T) {
 	opts.From = now.Add(-cfg.DedupHorizon - cfg.MaxLag - 31*24*time.Hour)
 	if _, err := rebuild.Run(ctx, s.db.Pool, opts); !errors.Is(err, rebuild.ErrTooOld) {
 		t.Fatalf("rebuild of windows beyond the acceptance window: %v", err)
+	}
+}
+
+// TestRebuildKeepsTheLiveVerdictOnForgedTimestamps: a record whose
+// producer stamped it two days ahead, with an event two days ahead, is a
+// dead letter live; a rebuild three days later, when that timestamp has
+// passed, must not count it.
+func TestRebuildKeepsTheLiveVerdictOnForgedTimestamps(t *testing.T) {
+	s := newStack(t)
+	cfg := s.config()
+	stop := s.start(cfg)
+	ctx := context.Background()
+	now := time.Now().UTC()
+	ahead := now.Add(48 * time.Hour)
+	forged := events.Event{ID: "ahead-1", Tenant: "acme", Metric: "api_calls", Value: 500, Time: ahead}
+	honest := events.Event{ID: "now-1", Tenant: "acme", Metric: "api_calls", Value: 1, Time: now}
+	if err := s.producer.WriteMessages(ctx, []kafka.Message{{Key: []byte("acme"), Value: forged.AppendJSON(nil), Time: ahead}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.producer.Emit(ctx, honest); err != nil {
+		t.Fatal(err)
+	}
+	s.waitConsumed("metering-aggregator")
+	stop()
+	var dead int
+	_ = s.db.Pool.QueryRow(ctx, `SELECT count(*) FROM usage_dlq WHERE error_class = 'invalid'`).Scan(&dead)
+	if dead != 1 {
+		t.Fatalf("%d invalid dead letters live, want the forged record", dead)
+	}
+	later := now.Add(72 * time.Hour)
+	rep, err := rebuild.Run(ctx, s.db.Pool, rebuild.Options{
+		DatabaseURL: s.db.URL, Brokers: s.kc.Brokers(), Topic: topics.UsageEvents, Group: "metering-aggregator",
+		From: windowsMonth(now), Horizon: cfg.DedupHorizon, MaxLag: cfg.MaxLag, Now: func() time.Time { return later },
+		Logger: slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Changes) != 0 || !rep.Swapped {
+		t.Fatalf("rebuild changed %+v", rep.Changes)
 	}
 }

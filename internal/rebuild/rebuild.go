@@ -16,6 +16,8 @@
 // From's month must start no earlier than now - MaxLag - Horizon
 // (ErrTooOld). Older windows keep their live values; the ledger may have
 // forgotten their ids, and their records' own timestamps are not trusted.
+// A record the live aggregator dead-lettered stays uncounted (its verdict
+// was given at the clock of its time, which the rebuild cannot replay).
 package rebuild
 
 import (
@@ -25,6 +27,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -128,7 +131,7 @@ func Run(ctx context.Context, pool *pgxpool.Pool, opt Options) (Report, error) {
 		if err != nil {
 			return rep, err
 		}
-		n, err := replay(ctx, opt, agg, positions, target, rep.From.Add(-opt.Horizon))
+		n, err := replay(ctx, pool, opt, agg, positions, target, rep.From.Add(-opt.Horizon))
 		if err != nil {
 			return rep, err
 		}
@@ -213,7 +216,7 @@ func queryOffsets(ctx context.Context, q interface {
 
 // replay applies every partition's records from positions (or from the
 // first record at scanFrom) up to target into the shadow.
-func replay(ctx context.Context, opt Options, agg *aggregate.Aggregator, positions, target map[int]int64, scanFrom time.Time) (int64, error) {
+func replay(ctx context.Context, live *pgxpool.Pool, opt Options, agg *aggregate.Aggregator, positions, target map[int]int64, scanFrom time.Time) (int64, error) {
 	var total int64
 	for p, end := range target {
 		start, seen := positions[p]
@@ -241,12 +244,16 @@ func replay(ctx context.Context, opt Options, agg *aggregate.Aggregator, positio
 			if len(batch) == 0 {
 				return nil
 			}
+			n := int64(len(batch))
+			if err := dropRefused(ctx, live, opt.Topic, p, &batch); err != nil {
+				return err
+			}
 			res, err := agg.Apply(ctx, p, from, batch)
 			if err != nil {
 				return fmt.Errorf("replaying partition %d: %w", p, err)
 			}
 			from = res.NextOffset
-			total += int64(len(batch))
+			total += n
 			batch = batch[:0]
 			return nil
 		}
@@ -277,6 +284,34 @@ func replay(ctx context.Context, opt Options, agg *aggregate.Aggregator, positio
 		positions[p] = end
 	}
 	return total, nil
+}
+
+// dropRefused removes from batch the records the live aggregator
+// dead-lettered: its verdict at the time stands (a record timestamp a
+// producer set in the future would pass the rebuild's later clock).
+func dropRefused(ctx context.Context, live *pgxpool.Pool, topic string, p int, batch *[]aggregate.Record) error {
+	b := *batch
+	rows, err := live.Query(ctx, `SELECT source_offset FROM usage_dlq
+		WHERE source_topic = $1 AND source_partition = $2 AND source_offset BETWEEN $3 AND $4`, topic, p, b[0].Offset, b[len(b)-1].Offset)
+	if err != nil {
+		return fmt.Errorf("reading the live dead letters of partition %d: %w", p, err)
+	}
+	refused := map[int64]bool{}
+	for rows.Next() {
+		var o int64
+		if err := rows.Scan(&o); err != nil {
+			rows.Close()
+			return fmt.Errorf("reading the live dead letters of partition %d: %w", p, err)
+		}
+		refused[o] = true
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("reading the live dead letters of partition %d: %w", p, err)
+	}
+	if len(refused) > 0 {
+		*batch = slices.DeleteFunc(b, func(r aggregate.Record) bool { return refused[r.Offset] })
+	}
+	return nil
 }
 
 // offsetAt returns the first offset of partition p at or after t.
