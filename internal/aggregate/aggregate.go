@@ -12,6 +12,17 @@
 // becomes a dead letter that keeps its key, value and headers byte for
 // byte, with only sanitised text in text columns, and the partition moves
 // on (TestApplyHostileRecordsProperty, FuzzApplyHostileRecords).
+//
+// A resend of a counted (tenant, id) with another payload never lowers
+// usage: with the same metric and event time the counted value becomes
+// the larger of the two, the difference added once under the ledger
+// row's lock (TestRaisesAreExactlyOnceWhateverTheBatches,
+// TestConcurrentRaisesOfOneEvent); otherwise it is held, counted only
+// when an operator says so (TestHeldConflictsWaitForAnOperator). Event
+// times are judged at the record timestamp clamped into [now - MaxLag,
+// now], never at a producer's timestamp alone
+// (TestEventTimeJudgedByATrustedClock), and LedgerCutoff is before every
+// event time that clock can accept (TestLedgerCutoffIsBeforeEveryAcceptableEvent).
 package aggregate
 
 import (
