@@ -7,7 +7,10 @@
 // consumer group; its state lives entirely in Postgres, so any instance
 // may be killed at any moment and another resumes where it stopped.
 // Retention runs only in the replica elected leader of the loop
-// "retention" (internal/leader), shown as metering_leader{loop="retention"}.
+// "retention" (internal/leader), shown as metering_leader{loop="retention"},
+// and forgets only ids of events no trusted clock can accept any more, so
+// retention never makes an id countable again
+// (TestRetentionNeverMakesAnOldIDCountableAgain).
 package aggregator
 
 import (
