@@ -409,3 +409,23 @@ func TestConcurrentCountsOfOneHeldConflict(t *testing.T) {
 		t.Fatalf("month window = %+v, want 7 once", w)
 	}
 }
+
+// TestConflictsRecordedBeforeResolutionsAreHeld: rows recorded under the
+// first-seen rule (no metric, value or time columns) are held, shown with
+// the event read from their bytes, and can be counted.
+func TestConflictsRecordedBeforeResolutionsAreHeld(t *testing.T) {
+	t.Parallel()
+	a, db := newAgg(t)
+	ctx := context.Background()
+	old := ev("order-3", "acme", "api_calls", 250, now.Add(-time.Hour))
+	db.Exec(t, `INSERT INTO ledger_conflicts (tenant, event_id, counted_hash, rejected_hash, rejected_event, src_partition, src_offset)
+		VALUES ('acme', 'order-3', '\x00', '\x01', $1, 0, 99)`, old.AppendJSON(nil))
+	cs, err := aggregate.NewConflictReader(db.Pool).List(ctx, aggregate.ConflictFilter{Status: "held"})
+	if err != nil || len(cs) != 1 || cs[0].Metric != "api_calls" || *cs[0].Value != 250 || !cs[0].Time.Equal(old.Time) {
+		t.Fatalf("legacy conflict = %+v, %v", cs, err)
+	}
+	if _, err := a.ResolveConflict(ctx, cs[0].ID, aggregate.ResolutionCounted, "oncall", "first-seen had dropped it"); err != nil {
+		t.Fatal(err)
+	}
+	expectWindows(t, db, apiCallWindows, window{"250", 1})
+}
