@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/usagemeter/metering/events"
 	"github.com/usagemeter/metering/internal/aggregate"
 	"github.com/usagemeter/metering/internal/pgtest"
@@ -256,8 +258,9 @@ func TestConflictAlertOncePerTenantAndDay(t *testing.T) {
 	t.Parallel()
 	db := pgtest.New(t)
 	clock := now
+	reg := prometheus.NewRegistry()
 	a := aggregate.New(db.Pool, aggregate.Config{Group: "test", Topic: "usage.events", ConflictAlertThreshold: 2,
-		Now: func() time.Time { return clock }, Logger: slog.New(slog.DiscardHandler)})
+		Now: func() time.Time { return clock }, Logger: slog.New(slog.DiscardHandler), Metrics: aggregate.NewMetrics(reg)})
 	ctx := context.Background()
 	r := aggregate.NewConflictReader(db.Pool)
 	from := int64(-1)
@@ -298,6 +301,14 @@ func TestConflictAlertOncePerTenantAndDay(t *testing.T) {
 	clock = clock.Add(24 * time.Hour) // a new UTC day starts with no alert
 	if on, _ := r.Alerting(ctx, "acme", clock); on {
 		t.Fatal("alerting the next day")
+	}
+	if got := gathered(t, reg, "metering_aggregator_conflict_alerts_total", ""); got != 1 {
+		t.Errorf("conflict_alerts_total = %v, want 1", got)
+	}
+	for resolution, want := range map[string]float64{"raised": 2, "kept": 1, "held": 2} {
+		if got := gathered(t, reg, "metering_aggregator_conflicts_total", resolution); got != want {
+			t.Errorf("conflicts_total{resolution=%q} = %v, want %v", resolution, got, want)
+		}
 	}
 }
 
@@ -428,4 +439,30 @@ func TestConflictsRecordedBeforeResolutionsAreHeld(t *testing.T) {
 		t.Fatal(err)
 	}
 	expectWindows(t, db, apiCallWindows, window{"250", 1})
+}
+
+// gathered returns the value of the counter name{resolution=label} in
+// reg ("" for a counter without labels), or -1.
+func gathered(t *testing.T, reg *prometheus.Registry, name, label string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if label == "" {
+				return m.GetCounter().GetValue()
+			}
+			for _, lp := range m.GetLabel() {
+				if lp.GetValue() == label {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return -1
 }

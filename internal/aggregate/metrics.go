@@ -36,6 +36,7 @@ type Metrics struct {
 	IdleRebalances *prometheus.CounterVec
 	lostRecords    *prometheus.CounterVec
 	conflicts      *prometheus.CounterVec
+	conflictAlerts prometheus.Counter
 }
 
 // NewMetrics registers the aggregator's metrics on reg.
@@ -103,7 +104,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, r := range []string{ResolutionRaised, ResolutionKept, ResolutionHeld} {
 		m.conflicts.WithLabelValues(r)
 	}
-	reg.MustRegister(m.conflicts)
+	m.conflictAlerts = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "metering_aggregator_conflict_alerts_total",
+		Help: "Tenants whose held and raised conflicts of a UTC day went beyond CONFLICT_ALERT_THRESHOLD (once per tenant and day; the tenant is in the error log and GET /v1/conflicts says alerting).",
+	})
+	reg.MustRegister(m.conflicts, m.conflictAlerts)
 	reg.MustRegister(m.Stalled, m.Retries, m.Isolated, m.ReaderRestarts, m.IdleRebalances, m.lostRecords)
 	reg.MustRegister(m.events, m.batchSize, m.batchTime, m.breaches, m.Lag, m.Assigned, m.Rebalances, m.BatchErrors, m.KafkaCommitErrors)
 	return m
@@ -121,6 +126,7 @@ func (m *Metrics) observe(r Result, records int, took time.Duration) {
 	m.conflicts.WithLabelValues(ResolutionRaised).Add(float64(r.Raised))
 	m.conflicts.WithLabelValues(ResolutionKept).Add(float64(r.Kept))
 	m.conflicts.WithLabelValues(ResolutionHeld).Add(float64(r.Held))
+	m.conflictAlerts.Add(float64(len(r.Alerts)))
 	m.batchSize.Observe(float64(records))
 	m.batchTime.Observe(took.Seconds())
 	for _, b := range r.Breaches {
