@@ -213,14 +213,20 @@ func (b *Body) zstdReader(src io.Reader) (*zstd.Decoder, error) {
 	if zr, ok := b.zstds.Get().(*zstd.Decoder); ok {
 		return zr, zr.Reset(src)
 	}
-	// A decoder without goroutines, whose window is bounded: the larger of
-	// the body limit and 8 MiB, the window common encoders declare when
-	// they stream. The decoded size is bounded by the caller.
-	window := uint64(8 << 20)
+	// A decoder without goroutines whose window, the memory it holds, is
+	// the body limit rounded up to a power of two (8 MiB for the default
+	// 5 MiB, the window common encoders declare when they stream). The
+	// decoded size is bounded by the caller.
+	return zstd.NewReader(src, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxWindow(b.zstdWindow()))
+}
+
+// zstdWindow is the largest zstd window a body may declare.
+func (b *Body) zstdWindow() uint64 {
+	window := uint64(1) << 10
 	for window < uint64(b.limits.MaxBytes) {
 		window <<= 1
 	}
-	return zstd.NewReader(src, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxWindow(window))
+	return window
 }
 
 func tooLarge(limit int64, decoded bool) *BodyError {
@@ -249,6 +255,9 @@ func readError(coding string, limit int64, err, wireErr error) error {
 		return tooLarge(limit, false)
 	case errors.Is(err, errDecodedTooLarge):
 		return tooLarge(limit, true)
+	case errors.Is(err, zstd.ErrWindowSizeExceeded):
+		return &BodyError{Status: http.StatusRequestEntityTooLarge, Code: CodeTooLarge,
+			Message: fmt.Sprintf("the zstd body declares a window larger than the %d-byte body limit; compress with a smaller window (zstd --long is not needed) or send smaller batches", limit)}
 	case coding != "" && wireErr == nil:
 		// The bytes all arrived; the decoder refused them.
 		return corrupt(coding, err)
