@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/usagemeter/metering/internal/aggregator"
 	"github.com/usagemeter/metering/internal/biller"
@@ -39,7 +40,8 @@ func run(t *testing.T, start func(ctx context.Context, ready func(net.Addr)) err
 // TestAggregatorAndBillerSendSecurityHeaders starts the aggregator and the
 // biller as their commands do and asks every route each serves (and an
 // unknown one), without and with bad input: every answer carries the
-// security headers. (Ingest's routes are covered in package ingest.)
+// security headers. (Ingest's routes are covered in package ingest.) The
+// reconciliation with Stripe unreachable names no address.
 func TestAggregatorAndBillerSendSecurityHeaders(t *testing.T) {
 	db := pgtest.NewEmpty(t)
 	kc := kafkatest.Start(t)
@@ -53,7 +55,7 @@ func TestAggregatorAndBillerSendSecurityHeaders(t *testing.T) {
 	}
 	bcfg, _, err := config.LoadBiller("biller", common, env(map[string]string{
 		"STRIPE_API_KEY": "sk_test_headers", "STRIPE_API_BASE": "http://127.0.0.1:1", "ADMIN_API_KEY": "headers-admin-key",
-		"STRIPE_WEBHOOK_SECRET": "whsec_headers",
+		"STRIPE_WEBHOOK_SECRET": "whsec_headers", "STRIPE_MAX_ATTEMPTS": "1", "STRIPE_TIMEOUT": "1s",
 	}), io.Discard)
 	if err != nil {
 		t.Fatal(err)
@@ -84,6 +86,31 @@ func TestAggregatorAndBillerSendSecurityHeaders(t *testing.T) {
 					t.Errorf("%s %s (key %v): %d without %v", name, route, key != "", resp.StatusCode, missing)
 				}
 			}
+		}
+	}
+
+	// With Stripe unreachable, the reconciliation says so without its
+	// address or the client's error.
+	month := time.Now().UTC().Format("2006-01")
+	db.Exec(t, `INSERT INTO plans (name) VALUES ('free')`)
+	db.Exec(t, `INSERT INTO plan_quotas (plan, metric, period, stripe_event_name) VALUES ('free', 'api_calls', 'month', 'api_calls')`)
+	db.Exec(t, `INSERT INTO tenants (tenant, plan, stripe_customer_id) VALUES ('acme', 'free', 'cus_acme')`)
+	db.Exec(t, `INSERT INTO usage_windows (tenant, metric, granularity, window_start, value, events) VALUES ('acme', 'api_calls', 'month', $1, 5, 5)`,
+		time.Date(time.Now().UTC().Year(), time.Now().UTC().Month(), 1, 0, 0, 0, 0, time.UTC))
+	req, _ := http.NewRequest("GET", services["biller"].base+"/v1/reconciliation?period="+month, nil)
+	req.Header.Set("Authorization", "Bearer headers-admin-key")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadGateway {
+		t.Fatalf("reconciliation with Stripe down: %d %s, want 502", resp.StatusCode, raw)
+	}
+	for _, leak := range []string{"127.0.0.1", ":1/", "dial tcp", "refused", "http://"} {
+		if strings.Contains(string(raw), leak) {
+			t.Errorf("reconciliation error names %q: %s", leak, raw)
 		}
 	}
 }
