@@ -466,3 +466,39 @@ func gathered(t *testing.T, reg *prometheus.Registry, name, label string) float6
 	}
 	return -1
 }
+
+// TestRaiseReplayedAfterACrash: a batch that raises counted events dies
+// after its ledger updates (the database refuses its window upsert, as a
+// crash would end the transaction); the consumer applies it again from
+// the stored offset, and the raise counts once.
+func TestRaiseReplayedAfterACrash(t *testing.T) {
+	t.Parallel()
+	a, db := newAgg(t)
+	ctx := context.Background()
+	at := now.Add(-time.Hour)
+	if _, err := a.Apply(ctx, 0, -1, batch(0, ev("a", "acme", "api_calls", 1, at))); err != nil {
+		t.Fatal(err)
+	}
+	db.Exec(t, `CREATE TABLE crash (armed boolean)`)
+	db.Exec(t, `INSERT INTO crash VALUES (true)`)
+	db.Exec(t, `CREATE FUNCTION crash_now() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN IF (SELECT armed FROM crash) THEN RAISE EXCEPTION 'crash'; END IF; RETURN NEW; END $$`)
+	db.Exec(t, `CREATE TRIGGER crash BEFORE INSERT ON usage_windows FOR EACH ROW EXECUTE FUNCTION crash_now()`)
+	recs := batch(1, ev("a", "acme", "api_calls", 5, at), ev("a", "acme", "api_calls", 9, at), ev("a", "acme", "tokens", 2, at))
+	if _, err := a.Apply(ctx, 0, 1, recs); err == nil {
+		t.Fatal("the crashing batch committed")
+	}
+	expectWindows(t, db, apiCallWindows, window{"1", 1})
+	db.Exec(t, `UPDATE crash SET armed = false`)
+	res, err := a.Apply(ctx, 0, 1, recs)
+	if err != nil || res.Raised != 2 || res.Held != 1 {
+		t.Fatalf("replay: %+v, %v", res, err)
+	}
+	expectWindows(t, db, apiCallWindows, window{"9", 1})
+	if _, err := a.Apply(ctx, 0, 1, recs); !errors.Is(err, aggregate.ErrFenced) {
+		t.Fatalf("a second replay of the committed batch: %v, want ErrFenced", err)
+	}
+	if n := count(t, db, `SELECT count(*) FROM ledger_conflicts`); n != 3 {
+		t.Fatalf("%d conflicts recorded, want 3", n)
+	}
+}
