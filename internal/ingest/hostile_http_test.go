@@ -281,7 +281,7 @@ func TestKafkaDownErrorsNameNoAddress(t *testing.T) {
 	raw, _ = io.ReadAll(resp.Body)
 	resp.Body.Close()
 	check("POST /v1/events", resp.StatusCode, string(raw))
-	if !strings.Contains(string(raw), "the event log is unavailable; the request was not accepted, retry after 5 s") || resp.Header.Get("Retry-After") != "5" {
+	if !strings.Contains(string(raw), "the event log is unavailable; retry it unchanged after 5 s") || resp.Header.Get("Retry-After") != "5" {
 		t.Errorf("POST /v1/events with the event log down: Retry-After %q %s", resp.Header.Get("Retry-After"), raw)
 	}
 }

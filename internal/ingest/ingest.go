@@ -262,7 +262,7 @@ func (a *API) postEvents(w http.ResponseWriter, r *http.Request) {
 		a.opt.Logger.WarnContext(r.Context(), "publish failed", "events", len(evs), "err", err)
 		w.Header().Set("Retry-After", strconv.Itoa(retry))
 		httpjson.Errorf(w, http.StatusServiceUnavailable, code,
-			"%s; the request was not accepted, retry after %d s unchanged (the same ids count once)", msg, retry)
+			"%s; retry it unchanged after %d s (the request was not accepted; the same ids count once)", msg, retry)
 		return
 	}
 	a.metrics.accepted.Add(float64(len(evs)))
