@@ -1,12 +1,15 @@
-// Package httpguard holds the HTTP defences every service shares: the
-// security headers of every answer, and a cap on the request bodies held
-// in memory at once.
+// Package httpguard holds the HTTP defences the services share: the
+// security headers of every answer, and request bodies read (and gzip or
+// zstd decoded) within a size limit, with a cap on the large ones held at
+// once.
 //
-// Invariant: a handler wrapped by SecurityHeaders answers with
+// Invariants: a handler wrapped by SecurityHeaders answers with
 // X-Content-Type-Options: nosniff, X-Frame-Options: DENY,
 // Referrer-Policy: no-referrer and a Content-Security-Policy that forbids
-// framing and inline script, whatever the handler writes (it may only
-// replace the policy with another that keeps those two rules).
+// framing and inline script (a page may swap in PagePolicy, which keeps
+// both rules). Body.Read never reads more than the limit from the
+// connection nor decodes more than the limit plus one byte, and at most
+// MaxLarge bodies above LargeBytes are held at once.
 package httpguard
 
 import (
