@@ -48,8 +48,8 @@ type Options struct {
 	// LargeBodies caps the bodies above LargeBytes held at once (its
 	// MaxBytes is MaxBodyBytes; zero fields take ingest's defaults).
 	LargeBodies httpguard.BodyLimits
-	Logger                *slog.Logger
-	Registry              prometheus.Registerer
+	Logger      *slog.Logger
+	Registry    prometheus.Registerer
 	// Now is the service's clock: rate limiters, and the current period of
 	// reads (usage, quotas, bill); nil means time.Now.
 	Now func() time.Time
