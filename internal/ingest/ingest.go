@@ -67,6 +67,11 @@ func New(opt Options) *API {
 	if opt.Now == nil {
 		opt.Now = time.Now
 	}
+	if opt.Decoder.Limits.MaxBytes == 0 && opt.MaxBodyBytes > 0 {
+		// The decoder's own byte limit follows MaxBodyBytes, so a body the
+		// API accepted is not refused a second time.
+		opt.Decoder.Limits.MaxBytes = int(opt.MaxBodyBytes)
+	}
 	return &API{opt: opt, metrics: newMetrics(opt.Registry), body: newBodyReader(opt)}
 }
 
@@ -278,7 +283,7 @@ func (a *API) writeDecodeError(w http.ResponseWriter, err error) {
 	case errors.As(err, &be):
 		a.metrics.rejected.WithLabelValues(be.Code).Inc()
 		status := http.StatusBadRequest
-		if be.Code == events.CodeTooMany {
+		if be.Code == events.CodeTooMany || be.Code == events.CodeTooLarge {
 			status = http.StatusRequestEntityTooLarge
 		}
 		httpjson.Error(w, status, be.Code, be.Message+"; nothing was published")

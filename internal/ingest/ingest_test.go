@@ -516,3 +516,16 @@ func TestHealthReadyMetrics(t *testing.T) {
 		}
 	}
 }
+
+// A MAX_BODY_BYTES above the decoder's default is honoured by the decoder
+// too: a 6 MiB batch within a 8 MiB limit is decoded, not refused as
+// too_large, and the decoder's too_large answers 413 like the body limit.
+func TestDecoderFollowsTheBodyLimit(t *testing.T) {
+	e := newEnv(t, envOpts{maxBody: 8 << 20})
+	_, acme := e.createKey(`{"tenant":"acme"}`)
+	ev := eventJSON("big", "acme", 1)
+	pad := strings.Repeat(" ", 6<<20)
+	if r := e.do("POST", "/v1/events", acme, "application/json", ev+pad); r.status != http.StatusAccepted {
+		t.Fatalf("6 MiB body within an 8 MiB limit: %d %.200s", r.status, r.raw)
+	}
+}
