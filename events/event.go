@@ -217,6 +217,11 @@ func checkName(s string) string {
 	if len(s) > MaxNameLen {
 		return fmt.Sprintf("must be at most %d characters, got %d", MaxNameLen, len(s))
 	}
+	if s == "." || s == ".." {
+		// Names are URL path segments (/v1/quotas/{tenant}), where these
+		// two mean "here" and "up".
+		return fmt.Sprintf("must not be %q", s)
+	}
 	for i := 0; i < len(s); i++ {
 		if !nameByte(s[i]) {
 			r, _ := utf8.DecodeRuneInString(s[i:])
