@@ -88,6 +88,11 @@ admin PUT /v1/admin/plans/free '{"currency":"usd","quotas":[{"metric":"api_calls
 admin PUT /v1/admin/plans/pro '{"currency":"usd","quotas":[{"metric":"api_calls","limit":100000,"period":"month","burst_percent":10,"unit_price":"0.001"},{"metric":"tokens","limit":null,"unit_price":"0.0000015"}]}'
 admin PUT /v1/admin/tenants/acme '{"plan":"free","stripe_customer_id":"cus_acme"}'
 admin PUT /v1/admin/tenants/globex '{"plan":"pro","stripe_customer_id":"cus_globex"}'
+# The usage page is for a tenant's own people: it gets a read-only key,
+# made afresh each run and expiring in a week.
+READ_KEY=$(curl -fsS -X POST -H "Authorization: Bearer $ADMIN_API_KEY" -H 'Content-Type: application/json' \
+  http://127.0.0.1:8080/v1/admin/keys -d '{"tenant":"acme","scope":"read","expires_in":"168h"}' |
+  sed -n 's/.*"key":"\([^"]*\)".*/\1/p')
 
 printf '%s\n' "${pids[@]}" >"$DEV/pids"
 
@@ -96,7 +101,7 @@ cat <<INFO
   metering is running.
     ingest API   http://127.0.0.1:8080   (health /healthz, readiness /readyz, metrics /metrics)
     aggregator   http://127.0.0.1:8081   (health, readiness, metrics)
-    usage page   http://127.0.0.1:8080/ui?tenant=acme#key=$ADMIN_API_KEY
+    usage page   http://127.0.0.1:8080/ui?tenant=acme#key=$READ_KEY   (a read-only key of acme)
     biller       http://127.0.0.1:8082   (reconciliation /v1/reconciliation, webhooks /webhooks/stripe)
     Stripe       ${STRIPE_API_BASE:-api.stripe.com}   (syncs every $SYNC_INTERVAL)
     Kafka        $KAFKA_BROKERS
