@@ -47,6 +47,27 @@ func Errorf(w http.ResponseWriter, status int, code, format string, args ...any)
 	Error(w, status, code, fmt.Sprintf(format, args...))
 }
 
+// ErrEncoding means a JSON body arrived with a Content-Encoding other than
+// identity: these bodies are small and are read as sent (answer 415).
+var ErrEncoding = errors.New("this route reads its body as sent: send it without Content-Encoding (or with identity)")
+
+// ReadBody reads r's body, at most limit bytes. A read that fails (the
+// client cut the connection or was too slow) is reported without the
+// network error, which names addresses of this host.
+func ReadBody(r *http.Request, limit int64) ([]byte, error) {
+	if ce := strings.TrimSpace(r.Header.Get("Content-Encoding")); ce != "" && !strings.EqualFold(ce, "identity") {
+		return nil, ErrEncoding
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
+	if err != nil {
+		return nil, errors.New("the body could not be read to its end (the connection was cut, or it was too slow); send it again")
+	}
+	if int64(len(body)) > limit {
+		return nil, fmt.Errorf("the body is larger than %d bytes", limit)
+	}
+	return body, nil
+}
+
 // Decode reads a JSON body of at most limit bytes into v, rejecting
 // unknown fields and trailing data. Before encoding/json reads it, the
 // body is checked in one pass without recursion (jsonscan, default limits:
@@ -55,12 +76,9 @@ func Errorf(w http.ResponseWriter, status int, code, format string, args ...any)
 // case, is refused by name: encoding/json would keep the last one.
 // The error says what to fix.
 func Decode(r *http.Request, limit int64, v any) error {
-	body, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
+	body, err := ReadBody(r, limit)
 	if err != nil {
-		return fmt.Errorf("reading the body: %w", err)
-	}
-	if int64(len(body)) > limit {
-		return fmt.Errorf("the body is larger than %d bytes", limit)
+		return err
 	}
 	if len(bytes.TrimSpace(body)) == 0 {
 		return errors.New("the body is empty; send a JSON object")

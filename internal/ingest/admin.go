@@ -59,7 +59,7 @@ func (a *API) putPlan(w http.ResponseWriter, r *http.Request, _ auth.Principal) 
 		Quotas   []quotaBody `json:"quotas"`
 	}
 	if err := decodeObject(r, &body); err != nil {
-		httpjson.Error(w, http.StatusBadRequest, "invalid_request", err.Error())
+		writeBodyError(w, err)
 		return
 	}
 	plan, err := planFromBody(name, body.Quotas)
@@ -84,9 +84,9 @@ func (a *API) putPlan(w http.ResponseWriter, r *http.Request, _ auth.Principal) 
 // fields, into v. A body of null or an array is rejected rather than
 // leaving v as it was.
 func decodeObject(r *http.Request, v any) error {
-	body, err := io.ReadAll(io.LimitReader(r.Body, adminBodyLimit+1))
+	body, err := httpjson.ReadBody(r, adminBodyLimit)
 	if err != nil {
-		return fmt.Errorf("reading the body: %w", err)
+		return err
 	}
 	if t := bytes.TrimLeft(body, " \t\r\n"); len(t) > 0 && t[0] != '{' {
 		return errors.New("the body must be a JSON object")
@@ -95,12 +95,22 @@ func decodeObject(r *http.Request, v any) error {
 	return httpjson.Decode(r, adminBodyLimit, v)
 }
 
+// writeBodyError answers a body decodeObject refused: 415 for a
+// Content-Encoding, 400 otherwise.
+func writeBodyError(w http.ResponseWriter, err error) {
+	if errors.Is(err, httpjson.ErrEncoding) {
+		httpjson.Error(w, http.StatusUnsupportedMediaType, "unsupported_encoding", err.Error())
+		return
+	}
+	httpjson.Error(w, http.StatusBadRequest, "invalid_request", err.Error())
+}
+
 // decodeOptionalObject is decodeObject for routes whose body may be
 // empty, leaving v as it was.
 func decodeOptionalObject(r *http.Request, v any) error {
-	body, err := io.ReadAll(io.LimitReader(r.Body, adminBodyLimit+1))
+	body, err := httpjson.ReadBody(r, adminBodyLimit)
 	if err != nil {
-		return fmt.Errorf("reading the body: %w", err)
+		return err
 	}
 	if len(bytes.TrimSpace(body)) == 0 {
 		return nil
@@ -205,7 +215,7 @@ func (a *API) putTenant(w http.ResponseWriter, r *http.Request, _ auth.Principal
 		StripeCustomerID string `json:"stripe_customer_id"`
 	}
 	if err := decodeObject(r, &body); err != nil {
-		httpjson.Error(w, http.StatusBadRequest, "invalid_request", err.Error())
+		writeBodyError(w, err)
 		return
 	}
 	if body.Plan != "" && !validName(body.Plan) {
@@ -332,7 +342,7 @@ func keyResponse(k store.Key, secret string) map[string]any {
 func (a *API) createKey(w http.ResponseWriter, r *http.Request, p auth.Principal) {
 	var body keyBody
 	if err := decodeObject(r, &body); err != nil {
-		httpjson.Error(w, http.StatusBadRequest, "invalid_request", err.Error())
+		writeBodyError(w, err)
 		return
 	}
 	spec, err := keySpec(body, a.opt.Now())
@@ -424,7 +434,7 @@ func (a *API) rotateKey(w http.ResponseWriter, r *http.Request, p auth.Principal
 		ExpiresIn string `json:"expires_in"`
 	}
 	if err := decodeOptionalObject(r, &body); err != nil {
-		httpjson.Error(w, http.StatusBadRequest, "invalid_request", err.Error())
+		writeBodyError(w, err)
 		return
 	}
 	grace := defaultGrace
@@ -456,8 +466,14 @@ func (a *API) rotateKey(w http.ResponseWriter, r *http.Request, p auth.Principal
 	case errors.Is(err, store.ErrKeyRevoked):
 		httpjson.Errorf(w, http.StatusConflict, "key_revoked", "API key %s is revoked; create a new key with POST /v1/admin/keys instead", id)
 		return
+	case errors.Is(err, store.ErrKeyExpired):
+		httpjson.Errorf(w, http.StatusConflict, "key_expired", "API key %s has expired; create a new key with POST /v1/admin/keys instead", id)
+		return
+	case errors.Is(err, store.ErrKeyRotated):
+		httpjson.Errorf(w, http.StatusConflict, "key_rotated", "API key %s was already rotated; rotate its successor (GET /v1/admin/keys lists it with rotated_from) or create a new key", id)
+		return
 	case errors.Is(err, store.ErrUnknownTenant):
-		httpjson.Errorf(w, http.StatusNotFound, "unknown_tenant", "API key %s belongs to tenant %q, which does not exist; create it first with PUT /v1/admin/tenants/%s", id, old.Tenant, old.Tenant)
+		httpjson.Errorf(w, http.StatusNotFound, "unknown_tenant", "API key %s belongs to a tenant that no longer exists; create the tenant again with PUT /v1/admin/tenants/{tenant} first", id)
 		return
 	case err != nil:
 		a.internalError(w, r, err)

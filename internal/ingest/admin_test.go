@@ -276,6 +276,10 @@ func TestKeyRotation(t *testing.T) {
 		code             string
 	}{
 		{"revoked key", "/v1/admin/keys/" + thirdID + "/rotate", "", 409, "key_revoked"},
+		// Rotating an expired key would bring its access back, and a
+		// second rotation of one key would make two live successors.
+		{"expired key", "/v1/admin/keys/" + oldID + "/rotate", "", 409, "key_expired"},
+		{"key rotated before", "/v1/admin/keys/" + newID + "/rotate", "", 409, "key_rotated"},
 		{"unknown key", "/v1/admin/keys/0193a5c2-7d3e-7b2a-9f1e-3c4d5e6f7a8b/rotate", "", 404, "not_found"},
 		{"not a UUID", "/v1/admin/keys/nope/rotate", "", 404, "not_found"},
 		{"bootstrap", "/v1/admin/keys/bootstrap/rotate", "", 400, "invalid_request"},

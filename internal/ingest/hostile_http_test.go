@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -15,7 +14,6 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
-	"github.com/usagemeter/metering/internal/config"
 	"github.com/usagemeter/metering/internal/httpguard"
 	"github.com/usagemeter/metering/internal/ingest"
 	"github.com/usagemeter/metering/internal/pgtest"
@@ -228,29 +226,9 @@ func TestKafkaDownErrorsNameNoAddress(t *testing.T) {
 	}
 	dead := ln.Addr().String()
 	ln.Close()
-	cfg, _, err := config.LoadIngest("ingest", []string{
-		"-database-url", db.URL, "-kafka-brokers", dead, "-http-addr", "127.0.0.1:0", "-publish-timeout", "1s",
-	}, func(k string) string {
-		if k == "ADMIN_API_KEY" {
-			return adminKey
-		}
-		return ""
-	}, io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithCancel(context.Background())
-	addrc := make(chan net.Addr, 1)
-	done := make(chan error, 1)
-	go func() { done <- ingest.Run(ctx, cfg, slog.New(slog.DiscardHandler), func(a net.Addr) { addrc <- a }) }()
+	base, done := startIngest(ctx, t, "-database-url", db.URL, "-kafka-brokers", dead, "-http-addr", "127.0.0.1:0", "-publish-timeout", "1s")
 	t.Cleanup(func() { cancel(); <-done })
-	var base string
-	select {
-	case a := <-addrc:
-		base = "http://" + a.String()
-	case err := <-done:
-		t.Fatalf("Run: %v", err)
-	}
 	_, port, _ := net.SplitHostPort(dead)
 	leaks := []string{dead, "127.0.0.1", ":" + port, "dial tcp", "connect:", "refused", "kafka-go", "/root/", ".go:"}
 	check := func(what string, status int, raw string) {
@@ -283,5 +261,33 @@ func TestKafkaDownErrorsNameNoAddress(t *testing.T) {
 	check("POST /v1/events", resp.StatusCode, string(raw))
 	if !strings.Contains(string(raw), "the event log is unavailable; retry it unchanged after 5 s") || resp.Header.Get("Retry-After") != "5" {
 		t.Errorf("POST /v1/events with the event log down: Retry-After %q %s", resp.Header.Get("Retry-After"), raw)
+	}
+}
+
+// TestAdminBodiesRefuseContentEncoding: admin bodies are read as sent; a
+// compressed one gets 415 unsupported_encoding, not a misleading "must be
+// a JSON object", and changes nothing.
+func TestAdminBodiesRefuseContentEncoding(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	for _, enc := range []string{"gzip", "zstd"} {
+		req, err := http.NewRequest("PUT", e.srv.URL+"/v1/admin/tenants/enc-"+enc, bytes.NewReader(gzipped(t, `{}`)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+adminKey)
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Content-Encoding", enc)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnsupportedMediaType || !strings.Contains(string(raw), `"unsupported_encoding"`) {
+			t.Fatalf("%s admin body: %d %s, want 415 unsupported_encoding", enc, resp.StatusCode, raw)
+		}
+		if r := e.do("GET", "/v1/admin/tenants/enc-"+enc, adminKey, "", ""); r.status != http.StatusNotFound {
+			t.Fatalf("the refused PUT made tenant enc-%s: %d %s", enc, r.status, r.raw)
+		}
 	}
 }

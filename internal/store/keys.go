@@ -33,6 +33,11 @@ var (
 	ErrUnknownTenant = errors.New("unknown tenant")
 	// ErrKeyRevoked: a revoked key cannot be rotated.
 	ErrKeyRevoked = errors.New("the key is revoked")
+	// ErrKeyExpired: an expired key cannot be rotated (that would bring
+	// its access back).
+	ErrKeyExpired = errors.New("the key has expired")
+	// ErrKeyRotated: a key is rotated once; rotate its successor instead.
+	ErrKeyRotated = errors.New("the key was already rotated")
 )
 
 // Key is a stored API key (never the secret nor its hash).
@@ -161,7 +166,8 @@ func (s *Store) RevokeBootstrapKey(ctx context.Context, id string, hash []byte) 
 // oldID, rotated from it, in one transaction. The old key stays valid for
 // grace (its expiry moves no later than now + grace); a zero grace
 // revokes it at once. It returns the new key and the old one as it now
-// is. A revoked key is ErrKeyRevoked; a missing one (or a bootstrap row)
+// is. A revoked key is ErrKeyRevoked, an expired one ErrKeyExpired, one
+// rotated before ErrKeyRotated; a missing one (or a bootstrap row)
 // ErrNotFound.
 func (s *Store) RotateKey(ctx context.Context, oldID string, next NewKey, grace time.Duration) (newKey, oldKey Key, err error) {
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
@@ -175,6 +181,18 @@ func (s *Store) RotateKey(ctx context.Context, oldID string, next NewKey, grace 
 		}
 		if old.RevokedAt != nil {
 			return ErrKeyRevoked
+		}
+		var expired, rotated bool
+		if err := tx.QueryRow(ctx, `SELECT
+				EXISTS (SELECT 1 FROM api_keys WHERE id = $1::uuid AND expires_at <= now()),
+				EXISTS (SELECT 1 FROM api_keys WHERE rotated_from = $1::uuid)`, old.ID).Scan(&expired, &rotated); err != nil {
+			return err
+		}
+		if expired {
+			return ErrKeyExpired
+		}
+		if rotated {
+			return ErrKeyRotated
 		}
 		next.Role, next.Tenant, next.Scope = old.Role, old.Tenant, old.Scope
 		newKey, err = scanKey(tx.QueryRow(ctx, `INSERT INTO api_keys (id, key_hash, role, tenant, scope, expires_at, rotated_from)
