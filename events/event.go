@@ -155,7 +155,7 @@ func (v Validator) Validate(index int, e Event) []FieldError {
 			future = DefaultMaxFuture
 		}
 		if e.Time.After(now.Add(future)) {
-			add("time", "is %s ahead of the server clock; at most %s is allowed", e.Time.Sub(now).Round(time.Second), future)
+			add("time", "is %s ahead of the server clock; at most %s is allowed", aheadBy(e.Time, now), future)
 		} else if e.Time.Before(now.Add(-horizon)) {
 			add("time", "is older than the %s dedup horizon; such usage can no longer be counted exactly once", horizon)
 		}
@@ -252,4 +252,13 @@ func checkText(s string) string {
 		}
 	}
 	return ""
+}
+
+// aheadBy says how far t is after now: a duration, or in days when that
+// overflows time.Duration (about 292 years) or reads badly.
+func aheadBy(t, now time.Time) string {
+	if d := t.Sub(now); d < 48*time.Hour {
+		return d.Round(time.Second).String()
+	}
+	return fmt.Sprintf("%d days", (t.Unix()-now.Unix()+43200)/86400)
 }

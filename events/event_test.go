@@ -104,3 +104,24 @@ func TestNewIDIsUUIDv7AndOrdered(t *testing.T) {
 		t.Fatalf("ids not time ordered: %s then %s", a, b)
 	}
 }
+
+// TestFutureTimeMessage: how far ahead an event is reads as a duration,
+// or in days, also for times past time.Duration's range (year 9999).
+func TestFutureTimeMessage(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		ahead time.Time
+		want  string
+	}{
+		{now.Add(10 * time.Minute), "is 10m0s ahead"},
+		{now.AddDate(0, 0, 400), "is 400 days ahead"},
+		{time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC), "is 2912117 days ahead"},
+	}
+	for _, tt := range tests {
+		e := events.Event{ID: "e1", Tenant: "acme", Metric: "m", Value: 1, Time: tt.ahead}
+		errs := events.Validator{Now: func() time.Time { return now }}.Validate(0, e)
+		if len(errs) != 1 || errs[0].Field != "time" || !strings.Contains(errs[0].Message, tt.want) {
+			t.Errorf("%s: %v, want %q", tt.ahead, errs, tt.want)
+		}
+	}
+}
