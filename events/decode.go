@@ -37,23 +37,24 @@ type BodyError struct {
 
 func (e *BodyError) Error() string { return e.Message }
 
-// Body error codes.
+// Body error codes. Those of the structural limits are jsonscan's, so a
+// scanner's code and the body error it becomes cannot drift apart.
 const (
 	CodeMalformed   = "malformed_body"
 	CodeEmpty       = "empty_batch"
 	CodeTooMany     = "batch_too_large"
 	CodeInvalidUTF8 = "invalid_utf8"
 	// CodeTooLarge: the body is over Limits.MaxBytes.
-	CodeTooLarge = "too_large"
+	CodeTooLarge = jsonscan.CodeTooLarge
 	// CodeTooDeep: objects and arrays nest deeper than Limits.MaxDepth.
-	CodeTooDeep = "too_deep"
+	CodeTooDeep = jsonscan.CodeTooDeep
 	// CodeTooLong: a string or number is longer than Limits.MaxStringBytes.
-	CodeTooLong = "too_long"
+	CodeTooLong = jsonscan.CodeTooLong
 	// CodeTooManyKeys: an object has more than Limits.MaxKeys keys.
-	CodeTooManyKeys = "too_many_keys"
+	CodeTooManyKeys = jsonscan.CodeTooManyKeys
 	// CodeTooManyElements: an array inside an event has more elements
 	// than a batch may have events.
-	CodeTooManyElements = "too_many_elements"
+	CodeTooManyElements = jsonscan.CodeTooManyElements
 )
 
 // Defaults of Limits.

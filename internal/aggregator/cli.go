@@ -56,15 +56,9 @@ func DLQCommand(ctx context.Context, cfg config.Aggregator, log *slog.Logger, su
 	}
 	switch sub {
 	case "list":
-		limit := 100
-		if s := flags["limit"]; s != "" {
-			if limit, err = strconv.Atoi(s); err != nil || limit <= 0 {
-				return fmt.Errorf("--limit must be a positive number, got %q", s)
-			}
-		}
-		status, ok := flags["status"]
-		if !ok {
-			status = "pending"
+		limit, status, err := listFlags(flags, "pending")
+		if err != nil {
+			return err
 		}
 		if status == "all" {
 			status = ""
@@ -125,6 +119,22 @@ func DLQCommand(ctx context.Context, cfg config.Aggregator, log *slog.Logger, su
 	return fmt.Errorf("unknown dlq command %q; want list, replay or discard", sub)
 }
 
+// listFlags reads a list's --limit (a positive number, 100 when unset) and
+// --status (defaultStatus when unset; the caller checks its value).
+func listFlags(flags map[string]string, defaultStatus string) (limit int, status string, err error) {
+	limit = 100
+	if s := flags["limit"]; s != "" {
+		if limit, err = strconv.Atoi(s); err != nil || limit <= 0 {
+			return 0, "", fmt.Errorf("--limit must be a positive number, got %q", s)
+		}
+	}
+	status, ok := flags["status"]
+	if !ok {
+		status = defaultStatus
+	}
+	return limit, status, nil
+}
+
 // ConflictsCommand runs `aggregator conflicts list|count|dismiss`: the
 // review of conflicting resends. count and dismiss take one held
 // conflict's id and a --note, and record who (--actor, or user@host),
@@ -159,15 +169,9 @@ func ConflictsCommand(ctx context.Context, cfg config.Aggregator, log *slog.Logg
 			return fmt.Errorf("conflicts %s needs --note saying why (it is kept with the conflict)", sub)
 		}
 	}
-	limit := 100
-	if s := flags["limit"]; s != "" {
-		if limit, err = strconv.Atoi(s); err != nil || limit <= 0 {
-			return fmt.Errorf("--limit must be a positive number, got %q", s)
-		}
-	}
-	status, ok := flags["status"]
-	if !ok {
-		status = "held"
+	limit, status, err := listFlags(flags, "held")
+	if err != nil {
+		return err
 	}
 	if !slices.Contains(aggregate.ConflictStatuses, status) {
 		return fmt.Errorf("--status must be one of %s, got %q", strings.Join(aggregate.ConflictStatuses, ", "), status)

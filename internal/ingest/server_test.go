@@ -18,15 +18,12 @@ import (
 	"github.com/usagemeter/metering/internal/topics"
 )
 
-// TestRunDrainsInFlightRequests starts the whole service as cmd/ingest
-// does, holds a publish inside Kafka, asks the service to stop, and
-// checks that the held request still gets its 202 before Run returns.
-func TestRunDrainsInFlightRequests(t *testing.T) {
-	db := pgtest.NewEmpty(t) // Run applies the migrations itself.
-	kc := kafkatest.Start(t)
-	cfg, _, err := config.LoadIngest("ingest", []string{
-		"-database-url", db.URL, "-kafka-brokers", kc.Addr(), "-http-addr", "127.0.0.1:0",
-	}, func(k string) string {
+// startIngest runs ingest as cmd/ingest does, configured by args with
+// ADMIN_API_KEY set to adminKey, until ctx ends. It returns the service's
+// base URL once it listens, and the channel Run's result arrives on.
+func startIngest(ctx context.Context, t *testing.T, args ...string) (string, <-chan error) {
+	t.Helper()
+	cfg, _, err := config.LoadIngest("ingest", args, func(k string) string {
 		if k == "ADMIN_API_KEY" {
 			return adminKey
 		}
@@ -35,18 +32,27 @@ func TestRunDrainsInFlightRequests(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	addrc := make(chan net.Addr, 1)
 	done := make(chan error, 1)
 	go func() { done <- ingest.Run(ctx, cfg, slog.New(slog.DiscardHandler), func(a net.Addr) { addrc <- a }) }()
-	var base string
 	select {
 	case a := <-addrc:
-		base = "http://" + a.String()
+		return "http://" + a.String(), done
 	case err := <-done:
 		t.Fatalf("Run: %v", err)
+		return "", nil
 	}
+}
+
+// TestRunDrainsInFlightRequests starts the whole service as cmd/ingest
+// does, holds a publish inside Kafka, asks the service to stop, and
+// checks that the held request still gets its 202 before Run returns.
+func TestRunDrainsInFlightRequests(t *testing.T) {
+	db := pgtest.NewEmpty(t) // Run applies the migrations itself.
+	kc := kafkatest.Start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	base, done := startIngest(ctx, t, "-database-url", db.URL, "-kafka-brokers", kc.Addr(), "-http-addr", "127.0.0.1:0")
 	get := func(path string) int {
 		resp, err := http.Get(base + path)
 		if err != nil {

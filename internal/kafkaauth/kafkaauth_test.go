@@ -25,30 +25,18 @@ type files struct{ ca, cert, key, junk string }
 func writeFiles(t *testing.T, ca *testpki.CA) files {
 	t.Helper()
 	dir := t.TempDir()
-	pair, err := ca.Issue("client")
-	if err != nil {
-		t.Fatal(err)
+	pair := ca.MustIssue(t, "client")
+	return files{
+		ca:   testpki.MustWriteFile(t, dir, "ca.pem", ca.CertPEM),
+		cert: testpki.MustWriteFile(t, dir, "client.pem", pair.CertPEM),
+		key:  testpki.MustWriteFile(t, dir, "client-key.pem", pair.KeyPEM),
+		junk: testpki.MustWriteFile(t, dir, "junk.pem", []byte("not a certificate")),
 	}
-	var f files
-	for _, w := range []struct {
-		p    *string
-		name string
-		data []byte
-	}{{&f.ca, "ca.pem", ca.CertPEM}, {&f.cert, "client.pem", pair.CertPEM}, {&f.key, "client-key.pem", pair.KeyPEM}, {&f.junk, "junk.pem", []byte("not a certificate")}} {
-		if *w.p, err = testpki.WriteFile(dir, w.name, w.data); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return f
 }
 
 func TestNewRejectsIncoherentConfigs(t *testing.T) {
 	t.Parallel()
-	ca, err := testpki.NewCA("kafkaauth test CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := writeFiles(t, ca)
+	f := writeFiles(t, testpki.MustCA(t, "kafkaauth test CA"))
 	tests := []struct {
 		name    string
 		cfg     kafkaauth.Config
@@ -100,11 +88,7 @@ func TestNewRejectsIncoherentConfigs(t *testing.T) {
 
 func TestDialerAndTransportCarryTheSettings(t *testing.T) {
 	t.Parallel()
-	ca, err := testpki.NewCA("kafkaauth test CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := writeFiles(t, ca)
+	f := writeFiles(t, testpki.MustCA(t, "kafkaauth test CA"))
 	var nilSec *kafkaauth.Security
 	if d := nilSec.Dialer(); d.TLS != nil || d.SASLMechanism != nil || d.Timeout == 0 {
 		t.Errorf("a nil Security's dialer: TLS %v, SASL %v, timeout %s", d.TLS, d.SASLMechanism, d.Timeout)
@@ -157,27 +141,10 @@ func TestDialerAndTransportCarryTheSettings(t *testing.T) {
 // it, and present the client certificate to a broker that asks for one.
 func TestTLSVerifiesTheBroker(t *testing.T) {
 	t.Parallel()
-	ca, err := testpki.NewCA("broker CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	other, err := testpki.NewCA("someone else's CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	server, err := ca.Issue("127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	serverCert, err := tls.X509KeyPair(server.CertPEM, server.KeyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{serverCert}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: ca.Pool()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
+	ca, other := testpki.MustCA(t, "broker CA"), testpki.MustCA(t, "someone else's CA")
+	cfg := ca.MustServerConfig(t, "127.0.0.1")
+	cfg.ClientAuth, cfg.ClientCAs = tls.RequireAndVerifyClientCert, ca.Pool()
+	ln := testpki.MustListen(t, cfg)
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -299,27 +266,8 @@ func TestIsRefusalTellsSettingsFromOutages(t *testing.T) {
 // Explain adds the direct connection's reason to a request's error.
 func TestStartAndExplain(t *testing.T) {
 	t.Parallel()
-	ca, err := testpki.NewCA("broker CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	other, err := testpki.NewCA("another CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	server, err := ca.Issue("127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := tls.X509KeyPair(server.CertPEM, server.KeyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
+	ca, other := testpki.MustCA(t, "broker CA"), testpki.MustCA(t, "another CA")
+	ln := testpki.MustListen(t, ca.MustServerConfig(t, "127.0.0.1"))
 	go func() {
 		for {
 			c, err := ln.Accept()

@@ -38,29 +38,11 @@ func saslSSL(t *testing.T, version string, figs *figures) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	const user, password = "metering", "metering-secret-1"
-	ca, err := testpki.NewCA("metering test CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	stranger, err := testpki.NewCA("a CA nobody trusts")
-	if err != nil {
-		t.Fatal(err)
-	}
-	brokerCert, err := ca.Issue("127.0.0.1", "localhost")
-	if err != nil {
-		t.Fatal(err)
-	}
-	clientCert, err := ca.Issue("metering-services")
-	if err != nil {
-		t.Fatal(err)
-	}
-	file := func(name string, data []byte) string {
-		p, err := testpki.WriteFile(dir, name, data)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
+	ca := testpki.MustCA(t, "metering test CA")
+	stranger := testpki.MustCA(t, "a CA nobody trusts")
+	brokerCert := ca.MustIssue(t, "127.0.0.1", "localhost")
+	clientCert := ca.MustIssue(t, "metering-services")
+	file := func(name string, data []byte) string { return testpki.MustWriteFile(t, dir, name, data) }
 	caFile, strangerFile := file("ca.pem", ca.CertPEM), file("stranger.pem", stranger.CertPEM)
 	certFile, keyFile := file("client.pem", clientCert.CertPEM), file("client-key.pem", clientCert.KeyPEM)
 	passwordFile := file("kafka-password", []byte(password+"\n"))

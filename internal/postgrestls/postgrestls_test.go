@@ -59,32 +59,14 @@ func TestVerifyFull(t *testing.T) {
 	t.Cleanup(func() { _ = exec.Command(script, "stop", pgDir).Run() })
 	dataDir := run("datadir", pgDir)
 
-	ca, err := testpki.NewCA("postgres test CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	stranger, err := testpki.NewCA("a CA nobody trusts")
-	if err != nil {
-		t.Fatal(err)
-	}
-	clientCA, err := testpki.NewCA("postgres client CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	server, err := ca.Issue("localhost", "127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	client, err := clientCA.Issue("postgres") // cert auth maps the common name to the role
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca := testpki.MustCA(t, "postgres test CA")
+	stranger := testpki.MustCA(t, "a CA nobody trusts")
+	clientCA := testpki.MustCA(t, "postgres client CA")
+	server := ca.MustIssue(t, "localhost", "127.0.0.1")
+	client := clientCA.MustIssue(t, "postgres") // cert auth maps the common name to the role
 	writeServerFile := func(name string, data []byte) {
 		t.Helper()
-		path, err := testpki.WriteFile(dataDir, name, data)
-		if err != nil {
-			t.Fatal(err)
-		}
+		path := testpki.MustWriteFile(t, dataDir, name, data)
 		if os.Getuid() == 0 { // the server runs as postgres and wants its key private
 			u, err := user.Lookup("postgres")
 			if err != nil {
@@ -125,13 +107,7 @@ func TestVerifyFull(t *testing.T) {
 	}
 
 	dir := t.TempDir()
-	file := func(name string, data []byte) string {
-		p, err := testpki.WriteFile(dir, name, data)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
+	file := func(name string, data []byte) string { return testpki.MustWriteFile(t, dir, name, data) }
 	caFile, strangerFile := file("ca.pem", ca.CertPEM), file("stranger.pem", stranger.CertPEM)
 	certFile, keyFile := file("client.pem", client.CertPEM), file("client-key.pem", client.KeyPEM)
 	dbURL := func(role, host string, params map[string]string) string {

@@ -11,6 +11,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -19,6 +20,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"testing"
 	"time"
 )
 
@@ -116,6 +118,72 @@ func WriteFile(dir, name string, data []byte) (string, error) {
 		return "", fmt.Errorf("testpki: %w", err)
 	}
 	return path, nil
+}
+
+// The Must helpers below are the functions above for tests: each fails t
+// (t.Fatal) where its counterpart returns an error. Only tests import this
+// package, so it may import testing.
+
+// MustCA is NewCA that fails t on error.
+func MustCA(t testing.TB, name string) *CA {
+	t.Helper()
+	ca, err := NewCA(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca
+}
+
+// MustIssue is Issue that fails t on error.
+func (ca *CA) MustIssue(t testing.TB, hosts ...string) *Pair {
+	t.Helper()
+	p, err := ca.Issue(hosts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// MustCertificate returns the pair as a tls.Certificate, failing t if it
+// does not load.
+func (p *Pair) MustCertificate(t testing.TB) tls.Certificate {
+	t.Helper()
+	cert, err := tls.X509KeyPair(p.CertPEM, p.KeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cert
+}
+
+// MustServerConfig issues a certificate for hosts and returns a server TLS
+// configuration that presents it and nothing else; set ClientAuth and
+// ClientCAs on it to ask for client certificates.
+func (ca *CA) MustServerConfig(t testing.TB, hosts ...string) *tls.Config {
+	t.Helper()
+	return &tls.Config{Certificates: []tls.Certificate{ca.MustIssue(t, hosts...).MustCertificate(t)}}
+}
+
+// MustListen listens for TLS connections with cfg on a free port of
+// 127.0.0.1, failing t if it cannot; the listener closes when the test
+// ends.
+func MustListen(t testing.TB, cfg *tls.Config) net.Listener {
+	t.Helper()
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// MustWriteFile is WriteFile that fails t on error.
+func MustWriteFile(t testing.TB, dir, name string, data []byte) string {
+	t.Helper()
+	path, err := WriteFile(dir, name, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 func serial() *big.Int {

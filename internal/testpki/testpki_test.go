@@ -11,18 +11,8 @@ import (
 
 func TestIssuedCertificatesVerifyOnlyAgainstTheirCA(t *testing.T) {
 	t.Parallel()
-	ca, err := testpki.NewCA("test CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	other, err := testpki.NewCA("other CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	pair, err := ca.Issue("localhost", "127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca, other := testpki.MustCA(t, "test CA"), testpki.MustCA(t, "other CA")
+	pair := ca.MustIssue(t, "localhost", "127.0.0.1")
 	if _, err := tls.X509KeyPair(pair.CertPEM, pair.KeyPEM); err != nil {
 		t.Fatalf("the pair does not load: %v", err)
 	}
@@ -45,4 +35,26 @@ func TestIssuedCertificatesVerifyOnlyAgainstTheirCA(t *testing.T) {
 	if _, err := ca.Issue(); err == nil {
 		t.Error("Issue with no host succeeded")
 	}
+}
+
+// TestServerConfigAndListen: a listener from MustListen with
+// MustServerConfig completes a handshake with a client that trusts only
+// the CA and checks the name the certificate was issued for.
+func TestServerConfigAndListen(t *testing.T) {
+	t.Parallel()
+	ca := testpki.MustCA(t, "test CA")
+	ln := testpki.MustListen(t, ca.MustServerConfig(t, "127.0.0.1"))
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_ = c.(*tls.Conn).Handshake()
+	}()
+	c, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{RootCAs: ca.Pool(), ServerName: "127.0.0.1"})
+	if err != nil {
+		t.Fatalf("handshake: %v", err)
+	}
+	c.Close()
 }
