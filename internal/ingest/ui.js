@@ -99,6 +99,45 @@ async function load() {
     tb.append(tr);
   }
   if (br.breaches.length === 0) { const tr = el("tr"); tr.append(cell("No breaches.")); tb.append(tr); }
+  await loadConflicts();
+}
+
+// The resolutions of a conflicting resend, as GET /v1/conflicts names them.
+const resolutions = ["raised", "kept", "held", "counted", "dismissed"];
+// conflictsLimit is the most conflicts one GET /v1/conflicts answer holds.
+const conflictsLimit = 200;
+// recentConflicts is how many of the newest the table lists.
+const recentConflicts = 20;
+
+// loadConflicts fills "Conflicting resends". Event ids and metrics come
+// from the tenant's own events: every value goes in through textContent.
+async function loadConflicts() {
+  const base = `/v1/conflicts?tenant=${encodeURIComponent(tenant)}`;
+  const all = await api(base + "&status=all");
+  document.getElementById("conflicts-alert").hidden = all.alerting !== true;
+  const counts = {};
+  if (all.conflicts.length < conflictsLimit) {
+    for (const r of resolutions) counts[r] = String(all.conflicts.filter(c => c.resolution === r).length);
+  } else {
+    // More than one answer holds: count each resolution on its own.
+    for (const r of resolutions) {
+      const n = (await api(`${base}&status=${r}`)).conflicts.length;
+      counts[r] = n < conflictsLimit ? String(n) : `${conflictsLimit} or more`;
+    }
+  }
+  for (const r of resolutions) document.getElementById("conflicts-count-" + r).textContent = counts[r];
+  const tb = document.getElementById("conflicts");
+  const num = v => (v === undefined || v === null ? "-" : String(v));
+  for (const c of all.conflicts.slice(0, recentConflicts)) {
+    const tr = el("tr", { "data-testid": "conflict" });
+    const res = el("td");
+    res.append(el("span", { "class": resolutions.includes(c.resolution) ? "state res-" + c.resolution : "state" }, c.resolution));
+    tr.append(cell(c.event_id, undefined, "id"), cell(c.metric || "-"),
+      cell(c.time ? c.time.replace("T", " ").slice(0, 19) : "-"),
+      cell(num(c.value), undefined, "num"), cell(num(c.counted_value), undefined, "num"), res);
+    tb.append(tr);
+  }
+  if (all.conflicts.length === 0) { const tr = el("tr"); tr.append(cell("No conflicting resends.")); tb.append(tr); }
 }
 if (!tenant) {
   document.getElementById("error").textContent = "Open this page as /ui?tenant=<your tenant>.";

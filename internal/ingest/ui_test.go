@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"os/exec"
 	"strings"
 	"testing"
@@ -13,8 +15,18 @@ import (
 	"github.com/chromedp/cdproto/cdp"
 	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/chromedp"
+	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/usagemeter/metering/events"
+	"github.com/usagemeter/metering/internal/aggregate"
+	"github.com/usagemeter/metering/internal/auth"
 	"github.com/usagemeter/metering/internal/httpguard"
+	"github.com/usagemeter/metering/internal/ingest"
+	"github.com/usagemeter/metering/internal/pgtest"
+	"github.com/usagemeter/metering/internal/ratelimit"
+	"github.com/usagemeter/metering/internal/store"
+	"github.com/usagemeter/metering/internal/topics"
+	"github.com/usagemeter/metering/internal/usage"
 )
 
 // chromium returns Debian's Chromium, which `make test` installs.
@@ -58,16 +70,107 @@ func recordCSPViolations() chromedp.Action[chromedp.Void] {
 	})
 }
 
+// newUIEnv is an API that only reads (no Kafka), with conflicts, whose
+// clock stands still at now.
+func newUIEnv(t *testing.T, now time.Time) *env {
+	t.Helper()
+	db := pgtest.New(t)
+	st := store.New(db.Pool)
+	api := ingest.New(ingest.Options{
+		Store: st, Auth: auth.New(st, adminKey), Usage: usage.New(db.Pool), Conflicts: aggregate.NewConflictReader(db.Pool),
+		KeyLimiter: ratelimit.New(1e6, 1e6), IPLimiter: ratelimit.New(1e6, 1e6), MaxBodyBytes: 1 << 20,
+		Logger: slog.New(slog.DiscardHandler), Registry: prometheus.NewRegistry(), Now: func() time.Time { return now },
+	})
+	srv := httptest.NewServer(api.Handler(http.NewServeMux()))
+	t.Cleanup(srv.Close)
+	return &env{t: t, db: db, srv: srv, store: st}
+}
+
+// hostileID is an event id (printable ASCII, so a valid one) that is
+// markup: the page must show it as text.
+const hostileID = `<img src=x onerror=alert(1)>`
+
+// seedConflicts records conflicting resends of acme through the
+// aggregator, one of each resolution but counted: hostileID raised,
+// order-2 kept, order-3 held, order-4 held and then dismissed.
+func seedConflicts(t *testing.T, e *env, now time.Time) {
+	t.Helper()
+	ctx := context.Background()
+	agg := aggregate.New(e.db.Pool, aggregate.Config{Group: "g", Topic: topics.UsageEvents, Logger: slog.New(slog.DiscardHandler),
+		Now: func() time.Time { return now }})
+	at := now.Add(-time.Minute).Truncate(time.Second)
+	ev := func(id string, value int64, at time.Time) events.Event {
+		return events.Event{ID: id, Tenant: "acme", Metric: "exports", Value: value, Time: at}
+	}
+	var recs []aggregate.Record
+	for _, x := range []events.Event{
+		ev(hostileID, 3, at), ev(hostileID, 7, at), // raised: 7, 3 counted before
+		ev("order-2", 5, at), ev("order-2", 2, at), // kept
+		ev("order-3", 4, at), ev("order-3", 4, at.Add(-time.Hour)), // held: another time
+		ev("order-4", 1, at), ev("order-4", 9, at.Add(-time.Hour)), // held, then dismissed
+	} {
+		recs = append(recs, aggregate.Record{Offset: int64(len(recs)), Key: []byte("acme"), Value: x.AppendJSON(nil), Time: now})
+	}
+	res, err := agg.Apply(ctx, 0, -1, recs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Raised != 1 || res.Kept != 1 || res.Held != 2 {
+		t.Fatalf("seeding conflicts: %+v", res)
+	}
+	held, err := aggregate.NewConflictReader(e.db.Pool).List(ctx, aggregate.ConflictFilter{Tenant: "acme", Status: "held"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range held {
+		if c.EventID == "order-4" {
+			if _, err := agg.ResolveConflict(ctx, c.ID, aggregate.ResolutionDismissed, "ops", "a test order"); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+// pageConflicts reads the page's table of recent conflicts, cell by cell,
+// and how many elements the table holds that the page did not make
+// (markup from an event id would add some).
+func pageConflicts(t *testing.T, ctx context.Context) (rows [][]string, foreign int) {
+	t.Helper()
+	rows, err := chromedp.Run(ctx, chromedp.Evaluate[[][]string](
+		`[...document.querySelectorAll('[data-testid="conflict"]')].map(tr => [...tr.cells].map(td => td.textContent))`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreign, err = chromedp.Run(ctx, chromedp.Evaluate[int](`document.querySelectorAll('#conflicts :not(tr):not(td):not(span)').length`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rows, foreign
+}
+
+// conflictsAlertShown reports whether the page shows its conflicts alert.
+func conflictsAlertShown(t *testing.T, ctx context.Context) bool {
+	t.Helper()
+	shown, err := chromedp.Run(ctx, chromedp.Evaluate[bool](
+		`(e => !e.hidden && getComputedStyle(e).display !== "none" && e.textContent.includes("same id") || false)(document.getElementById("conflicts-alert"))`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return shown
+}
+
 // TestUsagePageShowsWhatTheAPISays opens /ui in headless Chromium with a
 // read-only tenant key and checks that every number on the page equals
 // the API's, under the page's Content-Security-Policy: the page breaks
 // none of its rules, and the policy is enforced (an inline script added
-// to the page does not run).
+// to the page does not run). Its conflicting resends are the API's too,
+// counted by resolution, an event id of markup shown as text, and the
+// alert shown exactly when the API says the tenant is alerting.
 func TestUsagePageShowsWhatTheAPISays(t *testing.T) {
 	// The projected bill scales by the time elapsed in the month, so the
 	// page and the test's own read must see one instant.
 	now := time.Now().UTC()
-	e := newEnv(t, envOpts{now: func() time.Time { return now }})
+	e := newUIEnv(t, now)
 	_, key := e.createKey(`{"tenant":"acme","scope":"read"}`)
 	e.do("PUT", "/v1/admin/plans/free", adminKey, "application/json", `{"currency":"eur","quotas":[
 		{"metric":"api_calls","limit":1000,"burst_percent":20,"hard":true,"unit_price":"0.002"},
@@ -81,6 +184,7 @@ func TestUsagePageShowsWhatTheAPISays(t *testing.T) {
 	e.db.Exec(t, `INSERT INTO quota_breaches (breach_id, tenant, metric, period_start, period_end, threshold, quota_limit, value) VALUES
 		('b1', 'acme', 'api_calls', $1, $2, 'warning', 1000, 800), ('b2', 'acme', 'api_calls', $1, $2, 'exceeded', 1000, 1000),
 		('b3', 'acme', 'api_calls', $1, $2, 'blocked', 1000, 1201)`, month, month.AddDate(0, 1, 0))
+	seedConflicts(t, e, now)
 
 	ctx := browser(t)
 	if err := chromedp.Do(ctx,
@@ -103,6 +207,8 @@ func TestUsagePageShowsWhatTheAPISays(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	conflictRows, foreign := pageConflicts(t, ctx)
+	alertShown := conflictsAlertShown(t, ctx)
 	if errText != "" {
 		t.Fatalf("the page shows an error: %s", errText)
 	}
@@ -195,6 +301,70 @@ func TestUsagePageShowsWhatTheAPISays(t *testing.T) {
 	if shown["quota-state-api_calls"] != "blocked" {
 		t.Errorf("api_calls state %q", shown["quota-state-api_calls"])
 	}
+
+	// Conflicting resends: the API's newest first, as the page shows them.
+	var cs struct {
+		Alerting  bool
+		Conflicts []struct {
+			EventID      string `json:"event_id"`
+			Metric       string
+			Time         time.Time
+			Value        int64
+			CountedValue int64 `json:"counted_value"`
+			Resolution   string
+		}
+	}
+	mustJSON(t, e.do("GET", "/v1/conflicts?tenant=acme&status=all", key, "", "").raw, &cs)
+	var wantRows [][]string
+	for _, c := range cs.Conflicts {
+		wantRows = append(wantRows, []string{c.EventID, c.Metric, c.Time.UTC().Format(time.DateTime), fmt.Sprint(c.Value), fmt.Sprint(c.CountedValue), c.Resolution})
+	}
+	if fmt.Sprint(conflictRows) != fmt.Sprint(wantRows) || len(wantRows) != 4 {
+		t.Errorf("the page lists conflicts\n%q\nthe API says\n%q", conflictRows, wantRows)
+	}
+	if len(wantRows) == 4 && (wantRows[3][0] != hostileID || wantRows[3][3] != "7" || wantRows[3][4] != "3" || wantRows[3][5] != "raised") {
+		t.Errorf("the oldest conflict is %q, want %s raised from 3 to 7", wantRows[3], hostileID)
+	}
+	if foreign != 0 {
+		t.Errorf("the conflicts table holds %d elements of markup from event ids", foreign)
+	}
+	for r, n := range map[string]string{"raised": "1", "kept": "1", "held": "1", "counted": "0", "dismissed": "1"} {
+		if got := shown["conflicts-count-"+r]; got != n {
+			t.Errorf("the page counts %q %s conflicts, want %s", got, r, n)
+		}
+	}
+	if cs.Alerting || alertShown {
+		t.Errorf("alerting: the API says %v, the page shows the alert: %v; want neither", cs.Alerting, alertShown)
+	}
+
+	// Beyond today's threshold, the API says alerting and so does the page.
+	e.db.Exec(t, `INSERT INTO conflict_alerts (tenant, day, conflicts, threshold) VALUES ('acme', $1::date, 11, 10)`, now.Format(time.DateOnly))
+	if r := e.do("GET", "/v1/conflicts?tenant=acme", key, "", ""); r.body["alerting"] != true {
+		t.Fatalf("alerting tenant: %s", r.raw)
+	}
+	// A new load of the page (the key stayed in the tab's sessionStorage).
+	if err := chromedp.Do(ctx,
+		chromedp.Navigate(e.srv.URL+"/ui?tenant=acme"),
+		chromedp.WaitVisible(`body[data-ready="true"], body[data-error]`),
+	); err != nil {
+		t.Fatalf("chromium: %v", err)
+	}
+	if errText, err := chromedp.Run(ctx, chromedp.TextContent("#error")); err != nil || errText != "" {
+		t.Fatalf("after a reload the page shows an error: %q %v", errText, err)
+	}
+	if !conflictsAlertShown(t, ctx) {
+		t.Error("the API says acme is alerting; the page does not show the alert")
+	}
+	if rows, foreign := pageConflicts(t, ctx); len(rows) != 4 || foreign != 0 {
+		t.Errorf("after a reload the page lists %q (%d foreign elements)", rows, foreign)
+	}
+	violations, err = chromedp.Run(ctx, chromedp.Evaluate[[]string](`window.cspViolations`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(violations) > 0 {
+		t.Errorf("the page violates its own Content-Security-Policy: %v", violations)
+	}
 }
 
 // TestUsagePageAsksForAReadOnlyKey: opened without a key, the page asks
@@ -231,5 +401,69 @@ func mustJSON(t *testing.T, raw string, v any) {
 	t.Helper()
 	if err := json.Unmarshal([]byte(raw), v); err != nil {
 		t.Fatalf("%v: %s", err, raw)
+	}
+}
+
+// TestUsagePageCountsConflictsBeyondOneAnswer: with more conflicts than
+// one GET /v1/conflicts answer holds, the page counts each resolution on
+// its own, says "200 or more" where even that answer is full, and lists
+// only the newest.
+func TestUsagePageCountsConflictsBeyondOneAnswer(t *testing.T) {
+	now := time.Now().UTC()
+	e := newUIEnv(t, now)
+	_, key := e.createKey(`{"tenant":"acme","scope":"read"}`)
+	agg := aggregate.New(e.db.Pool, aggregate.Config{Group: "g", Topic: topics.UsageEvents, Logger: slog.New(slog.DiscardHandler),
+		Now: func() time.Time { return now }})
+	at := now.Add(-time.Minute).Truncate(time.Second)
+	var recs []aggregate.Record
+	add := func(id string, value int64, at time.Time) {
+		ev := events.Event{ID: id, Tenant: "acme", Metric: "exports", Value: value, Time: at}
+		recs = append(recs, aggregate.Record{Offset: int64(len(recs)), Key: []byte("acme"), Value: ev.AppendJSON(nil), Time: now})
+	}
+	for i := range 201 { // 201 kept
+		add(fmt.Sprintf("order-%d", i), 5, at)
+		add(fmt.Sprintf("order-%d", i), 2, at)
+	}
+	add("moved", 1, at) // and 1 held
+	add("moved", 1, at.Add(-time.Hour))
+	res, err := agg.Apply(context.Background(), 0, -1, recs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Kept != 201 || res.Held != 1 {
+		t.Fatalf("seeding conflicts: %+v", res)
+	}
+
+	ctx := browser(t)
+	if err := chromedp.Do(ctx,
+		recordCSPViolations(),
+		chromedp.Navigate(e.srv.URL+"/ui?tenant=acme#key="+key),
+		chromedp.WaitVisible(`body[data-ready="true"], body[data-error]`),
+	); err != nil {
+		t.Fatalf("chromium: %v", err)
+	}
+	if errText, err := chromedp.Run(ctx, chromedp.TextContent("#error")); err != nil || errText != "" {
+		t.Fatalf("the page shows an error: %q %v", errText, err)
+	}
+	shown, err := chromedp.Run(ctx, chromedp.Evaluate[map[string]string](
+		`Object.fromEntries([...document.querySelectorAll('[data-testid]')].map(e => [e.dataset.testid, e.textContent.trim()]))`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for r, n := range map[string]string{"raised": "0", "kept": "200 or more", "held": "1", "counted": "0", "dismissed": "0"} {
+		if got := shown["conflicts-count-"+r]; got != n {
+			t.Errorf("the page counts %q %s conflicts, want %q", got, r, n)
+		}
+	}
+	rows, foreign := pageConflicts(t, ctx)
+	if len(rows) != 20 || foreign != 0 || rows[0][0] != "moved" || rows[0][5] != "held" {
+		t.Errorf("the page lists %d conflicts, the newest %q (%d foreign elements); want the 20 newest, the held one first", len(rows), rows[:min(1, len(rows))], foreign)
+	}
+	violations, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](`window.cspViolations`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(violations) > 0 {
+		t.Errorf("the page violates its own Content-Security-Policy: %v", violations)
 	}
 }
