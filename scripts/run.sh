@@ -52,15 +52,39 @@ if [ -z "${KAFKA_BROKERS:-}" ]; then
 fi
 export KAFKA_BROKERS
 
+saved_key=""
 if [ -z "${ADMIN_API_KEY:-}" ]; then
   [ -f "$DEV/admin-key" ] || echo "mk_dev_$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')" >"$DEV/admin-key"
   ADMIN_API_KEY=$(cat "$DEV/admin-key")
+  saved_key=1
 fi
 export ADMIN_API_KEY
 
-HTTP_ADDR=127.0.0.1:8080 "$DEV/bin/"ingest >"$DEV/logs/"ingest.log 2>&1 &
-pids+=($!)
-wait_http http://127.0.0.1:8080/readyz 60
+start_ingest() {
+  HTTP_ADDR=127.0.0.1:8080 "$DEV/bin/"ingest >>"$DEV/logs/"ingest.log 2>&1 &
+  ingest_pid=$!
+  pids+=("$ingest_pid")
+  wait_http http://127.0.0.1:8080/readyz 60
+}
+: >"$DEV/logs/"ingest.log
+start_ingest
+# A bootstrap key revoked in an earlier run (DELETE /v1/admin/keys/bootstrap)
+# is refused for good: make a new one when it is ours, stop when it is not.
+if [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $ADMIN_API_KEY" \
+  http://127.0.0.1:8080/v1/admin/plans)" = 401 ]; then
+  if [ -z "$saved_key" ]; then
+    echo "run: ADMIN_API_KEY is refused (revoked with DELETE /v1/admin/keys/bootstrap?); start with another value" >&2
+    exit 1
+  fi
+  echo "the saved admin key was revoked; making a new one in $DEV/admin-key"
+  echo "mk_dev_$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')" >"$DEV/admin-key"
+  ADMIN_API_KEY=$(cat "$DEV/admin-key")
+  kill -TERM "$ingest_pid" && wait "$ingest_pid" || true
+  kept=()
+  for pid in "${pids[@]}"; do [ "$pid" = "$ingest_pid" ] || kept+=("$pid"); done
+  pids=("${kept[@]}")
+  start_ingest
+fi
 HTTP_ADDR=127.0.0.1:8081 "$DEV/bin/"aggregator >"$DEV/logs/"aggregator.log 2>&1 &
 pids+=($!)
 wait_http http://127.0.0.1:8081/readyz 60
