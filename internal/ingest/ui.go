@@ -9,7 +9,8 @@ import (
 )
 
 // uiPage is the customer usage page: quotas, daily usage charts, the
-// projected bill and breach history of one tenant, read with the
+// projected bill, breach history and conflicting resends of one tenant,
+// read with the
 // visitor's read-only tenant key from the same API (the key stays in the
 // browser). Its script and styles are files of their own, so the page's
 // Content-Security-Policy allows no inline script or style.
