@@ -22,7 +22,8 @@ import (
 
 // TestBillerRefusesRevokedAndExpiredKeys: the biller's reconciliation
 // route takes the bootstrap key until ingest (or anyone on the database)
-// revokes it, and answers 401 expired_key to an expired key.
+// revokes it, answers 401 expired_key to an expired key, and 503 when it
+// cannot check a key at all.
 func TestBillerRefusesRevokedAndExpiredKeys(t *testing.T) {
 	t.Parallel()
 	db := pgtest.New(t)
@@ -91,5 +92,11 @@ func TestBillerRefusesRevokedAndExpiredKeys(t *testing.T) {
 	}
 	if code, _ := get(viewer); code != 200 {
 		t.Fatalf("other keys keep working: %d", code)
+	}
+	// A key that cannot be checked (the keys table unreachable) is not
+	// the caller's fault: 503 to retry, not 401.
+	db.Exec(t, `ALTER TABLE api_keys RENAME TO api_keys_away`)
+	if code, errCode := get(viewer); code != 503 || errCode != "unavailable" {
+		t.Fatalf("keys unreadable: %d %s, want 503 unavailable", code, errCode)
 	}
 }

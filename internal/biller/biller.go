@@ -118,8 +118,15 @@ func Run(ctx context.Context, cfg config.Biller, log *slog.Logger, ready func(ne
 		case errors.Is(err, auth.ErrRevokedBootstrapKey):
 			httpjson.Error(w, http.StatusUnauthorized, "unauthorized", err.Error())
 			return
-		case err != nil:
+		case errors.Is(err, auth.ErrNoKey), errors.Is(err, auth.ErrUnknownKey):
 			httpjson.Error(w, http.StatusUnauthorized, "unauthorized", "send an admin or viewer key: Authorization: Bearer <key>")
+			return
+		case err != nil:
+			// The key could not be checked (Postgres down): not the
+			// caller's fault, so not a 401.
+			log.ErrorContext(r.Context(), "authenticating request", "err", err)
+			w.Header().Set("Retry-After", "5")
+			httpjson.Error(w, http.StatusServiceUnavailable, "unavailable", "cannot check the API key right now; retry shortly")
 			return
 		}
 		if p.Role != store.RoleAdmin && p.Role != store.RoleViewer {
