@@ -14,6 +14,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
+	"github.com/usagemeter/metering/events"
 	"github.com/usagemeter/metering/internal/httpguard"
 	"github.com/usagemeter/metering/internal/ingest"
 	"github.com/usagemeter/metering/internal/pgtest"
@@ -289,5 +290,21 @@ func TestAdminBodiesRefuseContentEncoding(t *testing.T) {
 		if r := e.do("GET", "/v1/admin/tenants/enc-"+enc, adminKey, "", ""); r.status != http.StatusNotFound {
 			t.Fatalf("the refused PUT made tenant enc-%s: %d %s", enc, r.status, r.raw)
 		}
+	}
+}
+
+// TestFiveMillionBrackets: the body that killed ingest (fatal error: stack
+// overflow in the duplicate-key scan) is refused as too_deep in every
+// media type, and the server still answers afterwards.
+func TestFiveMillionBrackets(t *testing.T) {
+	e := newEnv(t, envOpts{maxBody: 6 << 20})
+	body := strings.Repeat("[", 5_000_000)
+	for _, ct := range []string{events.MediaJSON, events.MediaNDJSON, events.MediaCloudEvent, events.MediaCloudEventBatch} {
+		if r := e.do("POST", "/v1/events", adminKey, ct, body); r.status != http.StatusBadRequest || errorCode(r) != events.CodeTooDeep {
+			t.Fatalf("%s: %d %.300s, want 400 %s", ct, r.status, r.raw, events.CodeTooDeep)
+		}
+	}
+	if r := e.do("GET", "/healthz", "", "", ""); r.status != http.StatusOK {
+		t.Fatalf("after the bodies: /healthz %d", r.status)
 	}
 }
