@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -167,6 +168,18 @@ var (
 // in one transaction. The conflict row's status is the gate: a held
 // conflict is counted at most once, and an event payload once whichever
 // of its held copies is counted.
+//
+// Counting follows the raise rule: what is counted for one (tenant, id)
+// in one metric and event time is the maximum of the copies counted
+// there, never their sum. The counted event is one of them when it has
+// that metric and time (a conflict recorded before resolutions existed
+// may), and every conflict of the id already counted with them. Counting
+// adds only what the conflict's value adds over that maximum, and an
+// event only if nothing was counted there yet; with the counted event's
+// metric and time it raises the ledger row too, so later resends are
+// judged against the maximum. The ledger row of the id and then every
+// conflict row of the id, in id order, are locked first, so concurrent
+// counts of copies of one event, and batches raising it, take turns.
 func (a *Aggregator) ResolveConflict(ctx context.Context, id int64, resolution, actor, note string) (Conflict, error) {
 	if resolution != ResolutionCounted && resolution != ResolutionDismissed {
 		return Conflict{}, fmt.Errorf("a held conflict becomes %s or %s, not %q", ResolutionCounted, ResolutionDismissed, resolution)
@@ -177,7 +190,28 @@ func (a *Aggregator) ResolveConflict(ctx context.Context, id int64, resolution, 
 		return Conflict{}, fmt.Errorf("beginning conflict resolution: %w", err)
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	rows, err := tx.Query(ctx, conflictSelect+` WHERE id = $1 FOR UPDATE`, id)
+	var tenant, eventID string
+	err = tx.QueryRow(ctx, `SELECT tenant, event_id FROM ledger_conflicts WHERE id = $1`, id).Scan(&tenant, &eventID)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Conflict{}, fmt.Errorf("conflict %d: %w", id, ErrConflictNotFound)
+	}
+	if err != nil {
+		return Conflict{}, fmt.Errorf("reading conflict %d: %w", id, err)
+	}
+	// The ledger row first, as a batch raising it locks it; it may be
+	// gone (retention), so the id's conflict rows are the lock that
+	// serialises counts whatever the ledger holds.
+	var counted *ledgerRow
+	var row ledgerRow
+	err = tx.QueryRow(ctx, `SELECT payload_hash, metric, value, event_time FROM ledger WHERE tenant = $1 AND event_id = $2 FOR UPDATE`,
+		tenant, eventID).Scan(&row.hash, &row.metric, &row.value, &row.at)
+	switch {
+	case err == nil:
+		counted = &row
+	case !errors.Is(err, pgx.ErrNoRows):
+		return Conflict{}, fmt.Errorf("locking the counted event of conflict %d: %w", id, err)
+	}
+	rows, err := tx.Query(ctx, conflictSelect+` WHERE tenant = $1 AND event_id = $2 ORDER BY id FOR UPDATE`, tenant, eventID)
 	if err != nil {
 		return Conflict{}, fmt.Errorf("reading conflict %d: %w", id, err)
 	}
@@ -185,30 +219,33 @@ func (a *Aggregator) ResolveConflict(ctx context.Context, id int64, resolution, 
 	if err != nil {
 		return Conflict{}, fmt.Errorf("reading conflict %d: %w", id, err)
 	}
-	if len(cs) == 0 {
+	i := slices.IndexFunc(cs, func(c Conflict) bool { return c.ID == id })
+	if i < 0 {
 		return Conflict{}, fmt.Errorf("conflict %d: %w", id, ErrConflictNotFound)
 	}
-	c := cs[0]
+	c := cs[i]
 	if c.Resolution != ResolutionHeld {
 		return c, fmt.Errorf("conflict %d is %s: %w", id, c.Resolution, ErrConflictNotHeld)
 	}
+	var amount, events *int64
+	var inc increment
+	raiseLedger := false
 	if resolution == ResolutionCounted {
 		if c.Metric == "" || c.Value == nil || c.Time == nil {
 			return c, fmt.Errorf("conflict %d: its event cannot be read; dismiss it", id)
 		}
-		var other int64
-		err := tx.QueryRow(ctx, `SELECT id FROM ledger_conflicts WHERE tenant = $1 AND event_id = $2 AND rejected_hash = $3
-			AND resolution = 'counted' AND id <> $4 LIMIT 1`, c.Tenant, c.EventID, hashes[0], id).Scan(&other)
-		if err == nil {
-			return c, fmt.Errorf("conflict %d carries the same event as conflict %d, already counted; dismiss it", id, other)
+		for j, o := range cs {
+			if o.Resolution == ResolutionCounted && o.ID != id && string(hashes[j]) == string(hashes[i]) {
+				return c, fmt.Errorf("conflict %d carries the same event as conflict %d, already counted; dismiss it", id, o.ID)
+			}
 		}
-		if !errors.Is(err, pgx.ErrNoRows) {
-			return c, fmt.Errorf("checking conflict %d against counted ones: %w", id, err)
-		}
+		inc = countedIncrement(c, counted, cs)
+		amount, events = &inc.value, &inc.events
+		raiseLedger = counted != nil && sameWindows(c, counted.metric, &counted.at) && *c.Value > counted.value
 	}
 	tag, err := tx.Exec(ctx, `UPDATE ledger_conflicts SET resolution = $2, resolved_by = $3, resolved_at = $4, note = $5,
-			metric = $6, value = $7, event_time = $8
-		WHERE id = $1 AND resolution = 'held'`, id, resolution, actor, now, note, c.Metric, c.Value, c.Time)
+			metric = $6, value = $7, event_time = $8, counted_amount = $9, counted_events = $10
+		WHERE id = $1 AND resolution = 'held'`, id, resolution, actor, now, note, c.Metric, c.Value, c.Time, amount, events)
 	if err != nil {
 		return c, fmt.Errorf("resolving conflict %d: %w", id, err)
 	}
@@ -216,9 +253,17 @@ func (a *Aggregator) ResolveConflict(ctx context.Context, id int64, resolution, 
 		return c, fmt.Errorf("conflict %d: %w", id, ErrConflictNotHeld)
 	}
 	c.Resolution, c.ResolvedBy, c.ResolvedAt, c.Note = resolution, actor, &now, note
-	if resolution == ResolutionCounted {
+	c.CountedAmount, c.CountedEvents = amount, events
+	if raiseLedger {
+		// Like a raise: the counted event becomes this conflict's.
+		if _, err := tx.Exec(ctx, `UPDATE ledger SET value = $3, payload_hash = $4 WHERE tenant = $1 AND event_id = $2`,
+			tenant, eventID, *c.Value, hashes[i]); err != nil {
+			return c, fmt.Errorf("raising the counted event of conflict %d: %w", id, err)
+		}
+	}
+	if inc.value > 0 || inc.events > 0 {
 		var res Result
-		incs := []increment{{tenant: c.Tenant, metric: c.Metric, at: *c.Time, value: *c.Value, events: 1}}
+		incs := []increment{inc}
 		if err := addToWindows(ctx, tx, incs); err != nil {
 			return c, err
 		}
@@ -238,8 +283,37 @@ func (a *Aggregator) ResolveConflict(ctx context.Context, id int64, resolution, 
 	if err := tx.Commit(ctx); err != nil {
 		return c, fmt.Errorf("committing conflict %d: %w", id, err)
 	}
-	a.cfg.Logger.InfoContext(ctx, "conflict resolved", "id", id, "resolution", resolution, "actor", actor, "tenant", c.Tenant, "event_id", c.EventID)
+	a.cfg.Logger.InfoContext(ctx, "conflict resolved", "id", id, "resolution", resolution, "actor", actor, "tenant", c.Tenant, "event_id", c.EventID,
+		"counted_amount", inc.value, "counted_events", inc.events)
 	return c, nil
+}
+
+// sameWindows reports whether metric and at are conflict c's metric and
+// event time (at the database's microseconds), so the same windows.
+func sameWindows(c Conflict, metric string, at *time.Time) bool {
+	return at != nil && metric == c.Metric && at.Truncate(time.Microsecond).Equal(c.Time.Truncate(time.Microsecond))
+}
+
+// countedIncrement is what counting conflict c adds to its windows, given
+// the counted event of its id (nil when the ledger forgot it) and every
+// conflict of the id: c's value over the largest already counted in c's
+// metric and event time, and an event if none was.
+func countedIncrement(c Conflict, counted *ledgerRow, all []Conflict) increment {
+	inc := increment{tenant: c.Tenant, metric: c.Metric, at: *c.Time, value: *c.Value, events: 1}
+	var top int64
+	seen := false
+	if counted != nil && sameWindows(c, counted.metric, &counted.at) {
+		top, seen = counted.value, true
+	}
+	for _, o := range all {
+		if o.ID != c.ID && o.Resolution == ResolutionCounted && o.Value != nil && sameWindows(c, o.Metric, o.Time) {
+			top, seen = max(top, *o.Value), true
+		}
+	}
+	if seen {
+		inc.value, inc.events = max(0, *c.Value-top), 0
+	}
+	return inc
 }
 
 // Conflict is one recorded conflict, as the API and the CLI show it.
@@ -261,10 +335,17 @@ type Conflict struct {
 	Note            string     `json:"note,omitempty"`
 	SourcePartition int        `json:"source_partition"`
 	SourceOffset    int64      `json:"source_offset"`
+	// CountedAmount and CountedEvents are what counting the conflict
+	// added to its windows (set once counted): its value over the largest
+	// already counted for its id in its metric and event time, and 1 event
+	// if nothing was, else 0.
+	CountedAmount *int64 `json:"-"`
+	CountedEvents *int64 `json:"-"`
 }
 
 const conflictSelect = `SELECT id, tenant, event_id, metric, value, event_time, counted_value, resolution, detected_at,
-		coalesce(resolved_by, ''), resolved_at, note, src_partition, src_offset, rejected_event, rejected_hash
+		coalesce(resolved_by, ''), resolved_at, note, src_partition, src_offset, rejected_event, rejected_hash,
+		counted_amount, counted_events::bigint
 	FROM ledger_conflicts`
 
 func scanConflicts(rows pgx.Rows) ([]Conflict, [][]byte, error) {
@@ -276,7 +357,8 @@ func scanConflicts(rows pgx.Rows) ([]Conflict, [][]byte, error) {
 		var metric *string
 		var raw, hash []byte
 		if err := rows.Scan(&c.ID, &c.Tenant, &c.EventID, &metric, &c.Value, &c.Time, &c.CountedValue, &c.Resolution, &c.DetectedAt,
-			&c.ResolvedBy, &c.ResolvedAt, &c.Note, &c.SourcePartition, &c.SourceOffset, &raw, &hash); err != nil {
+			&c.ResolvedBy, &c.ResolvedAt, &c.Note, &c.SourcePartition, &c.SourceOffset, &raw, &hash,
+			&c.CountedAmount, &c.CountedEvents); err != nil {
 			return nil, nil, err
 		}
 		if metric != nil {

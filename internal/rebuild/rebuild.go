@@ -333,14 +333,27 @@ func offsetAt(ctx context.Context, opt Options, p int, t time.Time) (int64, erro
 }
 
 // rebuilt selects the rebuilt windows: the shadow's, plus the held
-// conflicts operators counted (live), in every granularity.
+// conflicts operators counted (live), in every granularity. Counted
+// conflicts follow the live rule: per (tenant, id, metric, event time)
+// the maximum of the copies counted there, over the shadow's counted
+// event when it has that metric and time (adding the difference, no
+// event), else on their own (adding the maximum and one event); never
+// their sum. The replay raises the shadow's counted event by resends of
+// its metric and time, so a counted conflict recorded before resolutions
+// existed is not added twice.
 func rebuilt(schema string) string {
 	return fmt.Sprintf(`(SELECT tenant, metric, granularity, window_start, sum(value) AS value, sum(events)::bigint AS events, max(updated_at) AS updated_at
-		FROM (SELECT tenant, metric, granularity, window_start, value, events, updated_at FROM %s.usage_windows
+		FROM (SELECT tenant, metric, granularity, window_start, value, events, updated_at FROM %[1]s.usage_windows
 			UNION ALL
-			SELECT c.tenant, c.metric, g.g, date_trunc(g.g, c.event_time AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', c.value, 1, now()
-			FROM public.ledger_conflicts c CROSS JOIN (VALUES ('minute'), ('hour'), ('day'), ('month')) AS g(g)
-			WHERE c.resolution = 'counted') u
+			SELECT c.tenant, c.metric, g.g, date_trunc(g.g, c.event_time AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', c.value, c.events, now()
+			FROM (SELECT k.tenant, k.metric, k.event_time, greatest(max(k.value) - coalesce(l.value, 0), 0) AS value,
+					CASE WHEN l.value IS NULL THEN 1 ELSE 0 END AS events
+				FROM public.ledger_conflicts k
+				LEFT JOIN %[1]s.ledger l ON l.tenant = k.tenant AND l.event_id = k.event_id AND l.metric = k.metric AND l.event_time = k.event_time
+				WHERE k.resolution = 'counted'
+				GROUP BY k.tenant, k.event_id, k.metric, k.event_time, l.value) c
+			CROSS JOIN (VALUES ('minute'), ('hour'), ('day'), ('month')) AS g(g)
+			WHERE c.value > 0 OR c.events > 0) u
 		GROUP BY tenant, metric, granularity, window_start)`, schema)
 }
 
