@@ -194,7 +194,10 @@ func ConflictsCommand(ctx context.Context, cfg config.Aggregator, log *slog.Logg
 		}
 		what := "left uncounted"
 		if resolution == aggregate.ResolutionCounted {
-			what = fmt.Sprintf("counted %d %s at %s", *c.Value, c.Metric, c.Time.Format(time.RFC3339Nano))
+			// Copies of one id in one metric and time count their maximum
+			// once: what this one added may be less than its value.
+			what = fmt.Sprintf("counted %d %s at %s: added %d and %d event(s)",
+				*c.Value, c.Metric, c.Time.Format(time.RFC3339Nano), deref(c.CountedAmount), deref(c.CountedEvents))
 		}
 		fmt.Fprintf(out, "conflict %d (tenant %s, id %s) %s: %s by %s\n", c.ID, c.Tenant, c.EventID, resolution, what, actor)
 		return nil
@@ -288,4 +291,12 @@ func orNone(s string) string {
 		return "none"
 	}
 	return s
+}
+
+func deref[T any](p *T) T {
+	var zero T
+	if p == nil {
+		return zero
+	}
+	return *p
 }

@@ -130,7 +130,7 @@ func TestConflictsCommand(t *testing.T) {
 		}
 		ids[c.Metric] = strconv.FormatInt(c.ID, 10)
 	}
-	if out, err = run("count", ids["tokens"], "--note", "the order had tokens too", "--actor", "oncall"); err != nil || !strings.Contains(out, "counted 40 tokens") {
+	if out, err = run("count", ids["tokens"], "--note", "the order had tokens too", "--actor", "oncall"); err != nil || !strings.Contains(out, "counted 40 tokens") || !strings.Contains(out, "added 40 and 1 event(s)") {
 		t.Fatalf("count: %q, %v", out, err)
 	}
 	if v := windowValue(t, db, "tokens", "hour", at.Truncate(time.Hour)); v != "40" {
