@@ -321,8 +321,28 @@ func Report(ctx context.Context, cfg Config, res Result, out io.Writer) error {
 			return err
 		}
 	}
-	fmt.Fprintf(out, "\nusage page: %s/ui?tenant=%s#key=%s\n", cfg.IngestURL, crosser, cfg.AdminKey)
+	// The usage page is the tenant's view: open it with a read-only key of
+	// that tenant (a week's expiry), not the operator's admin key.
+	key, err := c.readKey(ctx, crosser)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "\nusage page: %s/ui?tenant=%s#key=%s\n", cfg.IngestURL, crosser, key)
 	return nil
+}
+
+// readKey makes a read-only key of tenant that expires in a week.
+func (c *client) readKey(ctx context.Context, tenant string) (string, error) {
+	body := fmt.Sprintf(`{"tenant":%q,"scope":"read","expires_in":"168h"}`, tenant)
+	status, _, b, err := c.do(ctx, "POST", c.cfg.IngestURL+"/v1/admin/keys", "application/json", []byte(body))
+	if err != nil {
+		return "", fmt.Errorf("making a read key for %s: %w", tenant, err)
+	}
+	var k struct{ Key string }
+	if status != http.StatusCreated || json.Unmarshal(b, &k) != nil || k.Key == "" {
+		return "", fmt.Errorf("making a read key for %s: %d %s", tenant, status, b)
+	}
+	return k.Key, nil
 }
 
 func orUnlimited(n *int64) string {

@@ -2,6 +2,8 @@ package loadgen_test
 
 import (
 	"context"
+	"io"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -64,10 +66,28 @@ func TestDemo(t *testing.T) {
 		regexp.MustCompile(`demo-crosser\s+api_calls\s+warning\s+\d+/500`),
 		regexp.MustCompile(`demo-crosser\s+api_calls\s+exceeded\s+\d+/500`),
 		regexp.MustCompile(`demo-crosser\s+api_calls\s+blocked\s+\d+/500`),
-		regexp.MustCompile(`usage page: http://\S+/ui\?tenant=demo-crosser`),
+		regexp.MustCompile(`usage page: http://\S+/ui\?tenant=demo-crosser#key=mk_\S+`),
 	} {
 		if !want.MatchString(report) {
 			t.Errorf("report lacks %s", want)
+		}
+	}
+	// The usage page's key is a read-only key of that tenant, not the
+	// operator's admin key.
+	if m := regexp.MustCompile(`#key=(\S+)`).FindStringSubmatch(report); m == nil || m[1] == cfg.AdminKey {
+		t.Errorf("the usage page link carries the admin key or none: %v", m)
+	} else {
+		req, _ := http.NewRequestWithContext(ctx, "POST", cfg.IngestURL+"/v1/events", strings.NewReader(`{}`))
+		req.Header.Set("Authorization", "Bearer "+m[1])
+		req.Header.Set("Content-Type", "application/json")
+		if resp, err := http.DefaultClient.Do(req); err != nil {
+			t.Error(err)
+		} else {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), "read_only_key") {
+				t.Errorf("the usage page key may write: %d %s", resp.StatusCode, body)
+			}
 		}
 	}
 	// Every reconciliation row of a demo tenant is ok once the biller
