@@ -7,8 +7,11 @@ import (
 	"io"
 	"log/slog"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/usagemeter/metering/internal/billing"
 	"github.com/usagemeter/metering/internal/cli"
@@ -95,10 +98,7 @@ func DLQCommand(ctx context.Context, cfg config.Biller, log *slog.Logger, sub st
 		tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ID\tDEAD SINCE\tTENANT\tMETRIC\tPERIOD\tVALUE\tATTEMPTS\tLAST ERROR")
 		for _, d := range dead {
-			msg := d.LastError
-			if len(msg) > 80 {
-				msg = msg[:77] + "..."
-			}
+			msg := terminalText(d.LastError, 80)
 			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", d.ID, d.DeadSince.UTC().Format(time.RFC3339), d.Tenant, d.Metric, d.Period, d.Value, d.Attempts, msg)
 		}
 		if err := tw.Flush(); err != nil {
@@ -139,4 +139,23 @@ func DLQCommand(ctx context.Context, cfg config.Biller, log *slog.Logger, sub st
 		return nil
 	}
 	return fmt.Errorf("unknown dlq command %q; want list, show, replay or discard", sub)
+}
+
+// terminalText makes s, which may come from Stripe, safe to print on a
+// terminal: control characters (escape sequences among them) and invalid
+// UTF-8 are shown as Go escapes, and it is cut to at most max bytes on a
+// rune boundary.
+func terminalText(s string, max int) string {
+	if !utf8.ValidString(s) || strings.IndexFunc(s, unicode.IsControl) >= 0 {
+		q := strconv.Quote(s)
+		s = q[1 : len(q)-1]
+	}
+	if len(s) <= max {
+		return s
+	}
+	cut := max - len("...")
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "..."
 }
