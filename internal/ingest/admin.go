@@ -269,9 +269,11 @@ type keyBody struct {
 	Tenant string `json:"tenant"`
 	Role   string `json:"role"`
 	Scope  string `json:"scope"`
-	// ExpiresAt (RFC 3339) or ExpiresIn (a Go duration such as 720h).
-	ExpiresAt string `json:"expires_at"`
-	ExpiresIn string `json:"expires_in"`
+	// ExpiresAt (RFC 3339) or ExpiresIn (a Go duration such as 720h);
+	// pointers, so that an empty string sent is refused, not taken as
+	// absent.
+	ExpiresAt *string `json:"expires_at"`
+	ExpiresIn *string `json:"expires_in"`
 }
 
 // keySpec checks b; the error is the message of a 400.
@@ -302,24 +304,25 @@ func keySpec(b keyBody, now time.Time) (auth.KeySpec, error) {
 	return spec, err
 }
 
-// expiry reads an optional expires_at or expires_in; nil means never.
-func expiry(at, in string, now time.Time) (*time.Time, error) {
+// expiry reads an optional expires_at or expires_in (nil: not sent);
+// nil means never.
+func expiry(at, in *string, now time.Time) (*time.Time, error) {
 	switch {
-	case at != "" && in != "":
+	case at != nil && in != nil:
 		return nil, errors.New("send expires_at or expires_in, not both")
-	case at != "":
-		t, err := time.Parse(time.RFC3339, at)
+	case at != nil:
+		t, err := time.Parse(time.RFC3339, *at)
 		if err != nil {
-			return nil, fmt.Errorf("expires_at must be an RFC 3339 time such as 2027-01-31T00:00:00Z, got %q", at)
+			return nil, fmt.Errorf("expires_at must be an RFC 3339 time such as 2027-01-31T00:00:00Z, got %q", *at)
 		}
 		if !t.After(now) {
-			return nil, fmt.Errorf("expires_at %s is not in the future", at)
+			return nil, fmt.Errorf("expires_at %s is not in the future", *at)
 		}
 		return &t, nil
-	case in != "":
-		d, err := time.ParseDuration(in)
+	case in != nil:
+		d, err := time.ParseDuration(*in)
 		if err != nil || d <= 0 {
-			return nil, fmt.Errorf("expires_in must be a positive duration such as 720h or 90m, got %q", in)
+			return nil, fmt.Errorf("expires_in must be a positive duration such as 720h or 90m, got %q", *in)
 		}
 		t := now.Add(d)
 		return &t, nil
@@ -429,9 +432,9 @@ func (a *API) rotateKey(w http.ResponseWriter, r *http.Request, p auth.Principal
 		return
 	}
 	var body struct {
-		Grace     string `json:"grace"`
-		ExpiresAt string `json:"expires_at"`
-		ExpiresIn string `json:"expires_in"`
+		Grace     string  `json:"grace"`
+		ExpiresAt *string `json:"expires_at"`
+		ExpiresIn *string `json:"expires_in"`
 	}
 	if err := decodeOptionalObject(r, &body); err != nil {
 		writeBodyError(w, err)

@@ -208,6 +208,10 @@ func TestKeyExpiry(t *testing.T) {
 		`{"tenant":"acme","expires_in":"0s"}`,
 		`{"tenant":"acme","expires_at":"2020-01-01T00:00:00Z"}`,
 		`{"tenant":"acme","expires_at":"tomorrow"}`,
+		// An empty string is not "never": it is refused (null is never).
+		`{"role":"viewer","expires_at":"","expires_in":"720h"}`,
+		`{"tenant":"acme","expires_at":""}`,
+		`{"tenant":"acme","expires_in":""}`,
 	}
 	for _, body := range bad {
 		if r := e.do("POST", "/v1/admin/keys", adminKey, "application/json", body); r.status != 400 || errorCode(r) != "invalid_request" {
