@@ -4,7 +4,7 @@ GO ?= go
 .PHONY: build test lint run demo bench bench-quick chaos fuzz kafka schemathesis clean
 
 build:
-	$(GO) build -o bin/ ./cmd/...
+	$(GO) build -o bin/ ./cmd/... ./tools/...
 
 test:
 	scripts/test.sh
@@ -27,29 +27,29 @@ schemathesis:
 # KAFKA_BROKERS=... once every broker answers; Ctrl-C stops it.
 # KAFKA_VERSION (4.1.1 or 3.9.1), KAFKA_NODES (1 or 3), KAFKA_DATA_DIR.
 kafka:
-	@$(GO) build -o .dev/bin/kafkacluster ./cmd/kafkacluster
+	@$(GO) build -o .dev/bin/kafkacluster ./tools/kafkacluster
 	@$(if $(KAFKA_VERSION),KAFKA_VERSION=$(KAFKA_VERSION)) $(if $(KAFKA_NODES),KAFKA_NODES=$(KAFKA_NODES)) \
 	$(if $(KAFKA_DATA_DIR),KAFKA_DATA_DIR=$(KAFKA_DATA_DIR)) exec .dev/bin/kafkacluster
 
 # Sends demo traffic to the stack `make run` started, then prints usage,
 # quota states, breaches and the reconciliation report.
 demo:
-	$(GO) run ./cmd/loadgen $(ARGS)
+	$(GO) run ./tools/loadgen $(ARGS)
 
 # 1,000,000 events through the whole pipeline while services are killed,
 # the broker and Postgres restarted and Stripe fails 10 % of calls; exits
 # non-zero unless every invariant holds. A reduced run is part of make test.
 chaos:
-	$(GO) run ./cmd/chaos $(ARGS)
+	$(GO) run ./tools/chaos $(ARGS)
 
 # Every benchmark in one run, written to BENCHMARKS.md with each figure
 # beside its baseline; bench-quick is the same in under a minute, a smoke
 # check written to .dev/BENCHMARKS.quick.md.
 bench:
-	$(GO) run ./cmd/benchreport
+	$(GO) run ./tools/benchreport
 
 bench-quick:
-	$(GO) run ./cmd/benchreport -quick
+	$(GO) run ./tools/benchreport -quick
 
 # Fuzz every decoder and query parser for FUZZTIME each (default 30s);
 # findings land in testdata/fuzz and then run as regression tests.

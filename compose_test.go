@@ -9,7 +9,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/usagemeter/metering/internal/config"
-	"github.com/usagemeter/metering/internal/kafkacluster"
+	"github.com/usagemeter/metering/internal/testkit/kafkacluster"
 )
 
 // TestComposeMatchesTheCode checks docker-compose.yml against the code,

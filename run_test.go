@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/usagemeter/metering/internal/pgtest"
+	"github.com/usagemeter/metering/internal/testkit/pgtest"
 )
 
 // TestMakeRun runs the local stack exactly as `make run` does (the script,

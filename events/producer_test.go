@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/usagemeter/metering/events"
-	"github.com/usagemeter/metering/internal/kafkatest"
+	"github.com/usagemeter/metering/internal/testkit/kafkatest"
 )
 
 func TestProducerEmit(t *testing.T) {

@@ -24,7 +24,7 @@ cleanup() {
 trap cleanup INT TERM EXIT
 
 echo "building..."
-go build -o "$DEV/bin/" ./cmd/...
+go build -o "$DEV/bin/" ./cmd/... ./tools/devbroker ./tools/stripefake
 
 wait_http() { # url seconds
   for _ in $(seq 1 $(( $2 * 10 ))); do

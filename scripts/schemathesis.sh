@@ -87,7 +87,7 @@ wait_http() { # url name
 }
 
 echo "schemathesis: building the services" >&2
-go build -o "$work/bin/" ./cmd/ingest ./cmd/devbroker ./cmd/biller ./cmd/stripefake
+go build -o "$work/bin/" ./cmd/ingest ./tools/devbroker ./cmd/biller ./tools/stripefake
 
 admin_db=${TEST_DATABASE_URL:-${DATABASE_URL:-}}
 if [ -z "$admin_db" ]; then

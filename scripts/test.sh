@@ -41,7 +41,7 @@ for v in $KAFKA_SUITE_VERSIONS; do scripts/kafka-fetch.sh "$v" >/dev/null; done
 go vet ./...
 # The real-Kafka suite runs alone afterwards: its three brokers per
 # scenario need the machine's cores to themselves.
-go test -race -count=1 -timeout 15m $(go list ./... | grep -v /internal/kafkasuite)
+go test -race -count=1 -timeout 15m $(go list ./... | grep -v /internal/testkit/kafkasuite)
 # schemathesis against the served OpenAPI document, with real keys.
 scripts/schemathesis.sh
-go test -race -count=1 -timeout 30m -v -run TestOnApacheKafka ./internal/kafkasuite
+go test -race -count=1 -timeout 30m -v -run TestOnApacheKafka ./internal/testkit/kafkasuite

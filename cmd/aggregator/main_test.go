@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/usagemeter/metering/internal/pgtest"
+	"github.com/usagemeter/metering/internal/testkit/pgtest"
 )
 
 // TestCommandLines runs the operator command lines of the README's

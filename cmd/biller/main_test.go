@@ -6,8 +6,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/usagemeter/metering/internal/pgtest"
-	"github.com/usagemeter/metering/internal/stripefake"
+	"github.com/usagemeter/metering/internal/testkit/pgtest"
+	"github.com/usagemeter/metering/internal/testkit/stripefake"
 )
 
 // TestCommandLines runs the operator command lines of the README's

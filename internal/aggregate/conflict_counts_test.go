@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/usagemeter/metering/internal/aggregate"
-	"github.com/usagemeter/metering/internal/pgtest"
+	"github.com/usagemeter/metering/internal/testkit/pgtest"
 )
 
 // every granularity's window of acme/tokens at now - 1h (18:00).

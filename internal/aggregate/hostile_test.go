@@ -11,7 +11,7 @@ import (
 
 	"github.com/usagemeter/metering/events"
 	"github.com/usagemeter/metering/internal/aggregate"
-	"github.com/usagemeter/metering/internal/pgtest"
+	"github.com/usagemeter/metering/internal/testkit/pgtest"
 )
 
 // hostile turns arbitrary bytes into a batch of records of partition 0

@@ -8,9 +8,9 @@ import (
 	"time"
 
 	"github.com/usagemeter/metering/internal/aggregate"
-	"github.com/usagemeter/metering/internal/pgtest"
 	"github.com/usagemeter/metering/internal/quota"
 	"github.com/usagemeter/metering/internal/store"
+	"github.com/usagemeter/metering/internal/testkit/pgtest"
 )
 
 func ptr(n int64) *int64 { return &n }

@@ -20,9 +20,9 @@ import (
 	"github.com/usagemeter/metering/events"
 	"github.com/usagemeter/metering/internal/aggregator"
 	"github.com/usagemeter/metering/internal/config"
-	"github.com/usagemeter/metering/internal/kafkatest"
-	"github.com/usagemeter/metering/internal/pgtest"
 	"github.com/usagemeter/metering/internal/store"
+	"github.com/usagemeter/metering/internal/testkit/kafkatest"
+	"github.com/usagemeter/metering/internal/testkit/pgtest"
 	"github.com/usagemeter/metering/internal/topics"
 )
 

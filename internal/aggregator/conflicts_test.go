@@ -14,7 +14,7 @@ import (
 	"github.com/usagemeter/metering/internal/aggregate"
 	"github.com/usagemeter/metering/internal/aggregator"
 	"github.com/usagemeter/metering/internal/config"
-	"github.com/usagemeter/metering/internal/pgtest"
+	"github.com/usagemeter/metering/internal/testkit/pgtest"
 	"github.com/usagemeter/metering/internal/topics"
 )
 

@@ -14,10 +14,10 @@ import (
 	"github.com/usagemeter/metering/internal/auth"
 	"github.com/usagemeter/metering/internal/biller"
 	"github.com/usagemeter/metering/internal/config"
-	"github.com/usagemeter/metering/internal/kafkatest"
-	"github.com/usagemeter/metering/internal/pgtest"
 	"github.com/usagemeter/metering/internal/store"
-	"github.com/usagemeter/metering/internal/stripefake"
+	"github.com/usagemeter/metering/internal/testkit/kafkatest"
+	"github.com/usagemeter/metering/internal/testkit/pgtest"
+	"github.com/usagemeter/metering/internal/testkit/stripefake"
 )
 
 // TestBillerRefusesRevokedAndExpiredKeys: the biller's reconciliation

@@ -13,9 +13,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/usagemeter/metering/internal/kafkatest"
-	"github.com/usagemeter/metering/internal/pgtest"
-	"github.com/usagemeter/metering/internal/stripefake"
+	"github.com/usagemeter/metering/internal/testkit/kafkatest"
+	"github.com/usagemeter/metering/internal/testkit/pgtest"
+	"github.com/usagemeter/metering/internal/testkit/stripefake"
 	"github.com/usagemeter/metering/internal/windows"
 )
 

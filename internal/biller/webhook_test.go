@@ -13,8 +13,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stripe/stripe-go/v79/webhook"
 
-	"github.com/usagemeter/metering/internal/pgtest"
 	"github.com/usagemeter/metering/internal/stripewebhook"
+	"github.com/usagemeter/metering/internal/testkit/pgtest"
 )
 
 // TestWebhookOnTwoReplicas: Stripe may deliver one event several times at

@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/usagemeter/metering/internal/billing"
-	"github.com/usagemeter/metering/internal/stripefake"
+	"github.com/usagemeter/metering/internal/testkit/stripefake"
 )
 
 func TestPermanentErrorLandsInTheDLQAndReplayDrainsIt(t *testing.T) {

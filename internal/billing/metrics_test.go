@@ -12,7 +12,7 @@ import (
 
 	"github.com/usagemeter/metering/internal/billing"
 	"github.com/usagemeter/metering/internal/stripeapi"
-	"github.com/usagemeter/metering/internal/stripefake"
+	"github.com/usagemeter/metering/internal/testkit/stripefake"
 )
 
 // TestMetrics: what on-call reads on /metrics matches what happened.

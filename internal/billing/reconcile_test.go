@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/usagemeter/metering/internal/billing"
-	"github.com/usagemeter/metering/internal/stripefake"
+	"github.com/usagemeter/metering/internal/testkit/stripefake"
 	"github.com/usagemeter/metering/internal/windows"
 )
 

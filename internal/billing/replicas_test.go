@@ -15,9 +15,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/usagemeter/metering/internal/billing"
-	"github.com/usagemeter/metering/internal/pgtest"
 	"github.com/usagemeter/metering/internal/stripeapi"
-	"github.com/usagemeter/metering/internal/stripefake"
+	"github.com/usagemeter/metering/internal/testkit/pgtest"
+	"github.com/usagemeter/metering/internal/testkit/stripefake"
 	"github.com/usagemeter/metering/internal/windows"
 )
 

@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/usagemeter/metering/internal/config"
-	"github.com/usagemeter/metering/internal/testpki"
+	"github.com/usagemeter/metering/internal/testkit/testpki"
 )
 
 // TestKafkaTransportSecurity: every service reads the Kafka TLS and SASL

@@ -9,7 +9,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/usagemeter/metering/events"
-	"github.com/usagemeter/metering/internal/kafkatest"
+	"github.com/usagemeter/metering/internal/testkit/kafkatest"
 )
 
 // BenchmarkKafkaConsumeCeiling reads pre-produced events with one kafka-go

@@ -13,8 +13,8 @@ import (
 	"github.com/usagemeter/metering/events"
 	"github.com/usagemeter/metering/internal/aggregate"
 	"github.com/usagemeter/metering/internal/consumer"
-	"github.com/usagemeter/metering/internal/kafkatest"
-	"github.com/usagemeter/metering/internal/pgtest"
+	"github.com/usagemeter/metering/internal/testkit/kafkatest"
+	"github.com/usagemeter/metering/internal/testkit/pgtest"
 )
 
 // TestStartsAtThePostgresOffset: the consumer reads each partition from

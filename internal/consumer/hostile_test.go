@@ -11,8 +11,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/usagemeter/metering/events"
-	"github.com/usagemeter/metering/internal/kafkatest"
-	"github.com/usagemeter/metering/internal/pgtest"
+	"github.com/usagemeter/metering/internal/testkit/kafkatest"
+	"github.com/usagemeter/metering/internal/testkit/pgtest"
 )
 
 // TestHostileRecordsThroughKafka: records with keys that are not UTF-8 or

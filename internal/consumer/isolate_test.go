@@ -17,7 +17,7 @@ import (
 
 	"github.com/usagemeter/metering/events"
 	"github.com/usagemeter/metering/internal/aggregate"
-	"github.com/usagemeter/metering/internal/pgtest"
+	"github.com/usagemeter/metering/internal/testkit/pgtest"
 )
 
 func TestClassify(t *testing.T) {

@@ -9,7 +9,7 @@ import (
 
 	"github.com/usagemeter/metering/internal/aggregate"
 	"github.com/usagemeter/metering/internal/dlq"
-	"github.com/usagemeter/metering/internal/pgtest"
+	"github.com/usagemeter/metering/internal/testkit/pgtest"
 )
 
 // TestHostileRecordsListAndReplay: dead letters of records with any bytes

@@ -9,7 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/usagemeter/metering/internal/dlqaudit"
-	"github.com/usagemeter/metering/internal/pgtest"
+	"github.com/usagemeter/metering/internal/testkit/pgtest"
 )
 
 var usage = dlqaudit.Queue{Name: "usage", Table: "usage_dlq", Stamp: "resolved_at", Dead: "pending"}

@@ -14,9 +14,9 @@ import (
 	"github.com/usagemeter/metering/internal/biller"
 	"github.com/usagemeter/metering/internal/config"
 	"github.com/usagemeter/metering/internal/httpguard"
-	"github.com/usagemeter/metering/internal/kafkatest"
-	"github.com/usagemeter/metering/internal/pgtest"
 	"github.com/usagemeter/metering/internal/service"
+	"github.com/usagemeter/metering/internal/testkit/kafkatest"
+	"github.com/usagemeter/metering/internal/testkit/pgtest"
 )
 
 // run starts a service's Run in the background and returns its base URL;

@@ -14,9 +14,9 @@ import (
 	"github.com/usagemeter/metering/internal/aggregate"
 	"github.com/usagemeter/metering/internal/auth"
 	"github.com/usagemeter/metering/internal/ingest"
-	"github.com/usagemeter/metering/internal/pgtest"
 	"github.com/usagemeter/metering/internal/ratelimit"
 	"github.com/usagemeter/metering/internal/store"
+	"github.com/usagemeter/metering/internal/testkit/pgtest"
 	"github.com/usagemeter/metering/internal/topics"
 	"github.com/usagemeter/metering/internal/usage"
 )

@@ -17,8 +17,8 @@ import (
 	"github.com/usagemeter/metering/events"
 	"github.com/usagemeter/metering/internal/httpguard"
 	"github.com/usagemeter/metering/internal/ingest"
-	"github.com/usagemeter/metering/internal/pgtest"
 	"github.com/usagemeter/metering/internal/service"
+	"github.com/usagemeter/metering/internal/testkit/pgtest"
 )
 
 func gzipped(t testing.TB, s string) []byte {

@@ -13,8 +13,8 @@ import (
 
 	"github.com/usagemeter/metering/internal/config"
 	"github.com/usagemeter/metering/internal/ingest"
-	"github.com/usagemeter/metering/internal/kafkatest"
-	"github.com/usagemeter/metering/internal/pgtest"
+	"github.com/usagemeter/metering/internal/testkit/kafkatest"
+	"github.com/usagemeter/metering/internal/testkit/pgtest"
 	"github.com/usagemeter/metering/internal/topics"
 )
 

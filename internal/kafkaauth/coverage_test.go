@@ -12,7 +12,7 @@ import (
 
 // notProduct are the directories whose Kafka clients are test harnesses
 // or tools for the local stack, which talk to plaintext test brokers.
-var notProduct = []string{"internal/kafkacluster", "internal/kafkatest", "internal/chaos", "internal/loadgen", "internal/benchreport", "cmd/chaos", "cmd/loadgen", "cmd/benchreport", "cmd/devbroker", "cmd/kafkacluster"}
+var notProduct = []string{"internal/testkit", "tools"}
 
 // takenByCaller are constructions whose security the caller sets: the
 // public SDK takes ProducerConfig.Transport, and outbox.NewWriter's

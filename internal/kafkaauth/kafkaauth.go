@@ -19,7 +19,7 @@
 // in the product falls back to kafka-go's plaintext defaults
 // (TestEveryKafkaClientTakesTheSecurity, TestNewRejectsIncoherentConfigs, TestDialerAndTransportCarryTheSettings,
 // TestTLSVerifiesTheBroker, TestStartAndExplain; against a real SASL_SSL
-// broker, internal/kafkasuite's SASLSSL scenario).
+// broker, internal/testkit/kafkasuite's SASLSSL scenario).
 package kafkaauth
 
 import (

@@ -16,7 +16,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/usagemeter/metering/internal/kafkaauth"
-	"github.com/usagemeter/metering/internal/testpki"
+	"github.com/usagemeter/metering/internal/testkit/testpki"
 )
 
 // files writes a CA and a client pair issued by it into a test directory.

@@ -10,7 +10,7 @@ import (
 	"testing/fstest"
 
 	"github.com/usagemeter/metering/internal/migrate"
-	"github.com/usagemeter/metering/internal/pgtest"
+	"github.com/usagemeter/metering/internal/testkit/pgtest"
 	"github.com/usagemeter/metering/migrations"
 )
 

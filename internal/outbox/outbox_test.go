@@ -9,9 +9,9 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
-	"github.com/usagemeter/metering/internal/kafkatest"
 	"github.com/usagemeter/metering/internal/outbox"
-	"github.com/usagemeter/metering/internal/pgtest"
+	"github.com/usagemeter/metering/internal/testkit/kafkatest"
+	"github.com/usagemeter/metering/internal/testkit/pgtest"
 )
 
 // crashAfterWrite publishes, then fails as a process dying before it marks

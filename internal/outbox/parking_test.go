@@ -16,9 +16,9 @@ import (
 	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
 
-	"github.com/usagemeter/metering/internal/kafkatest"
 	"github.com/usagemeter/metering/internal/outbox"
-	"github.com/usagemeter/metering/internal/pgtest"
+	"github.com/usagemeter/metering/internal/testkit/kafkatest"
+	"github.com/usagemeter/metering/internal/testkit/pgtest"
 )
 
 var quiet = slog.New(slog.DiscardHandler)

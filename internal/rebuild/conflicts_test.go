@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/usagemeter/metering/internal/pgtest"
+	"github.com/usagemeter/metering/internal/testkit/pgtest"
 )
 
 // TestRebuiltWindowsCountHeldCopiesOnce: the held conflicts operators

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/usagemeter/metering/internal/stripeapi"
-	"github.com/usagemeter/metering/internal/stripemock"
+	"github.com/usagemeter/metering/internal/testkit/stripemock"
 )
 
 // TestContractWithStripeMock sends every Stripe request the biller makes

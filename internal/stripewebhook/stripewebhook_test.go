@@ -19,8 +19,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stripe/stripe-go/v79/webhook"
 
-	"github.com/usagemeter/metering/internal/pgtest"
 	"github.com/usagemeter/metering/internal/stripewebhook"
+	"github.com/usagemeter/metering/internal/testkit/pgtest"
 )
 
 const secret = "whsec_test"

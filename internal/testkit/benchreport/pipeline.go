@@ -1,0 +1,234 @@
+package benchreport
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/usagemeter/metering/events"
+	"github.com/usagemeter/metering/internal/testkit/chaos"
+	"github.com/usagemeter/metering/internal/testkit/stack"
+	"github.com/usagemeter/metering/internal/testkit/stripefake"
+)
+
+// Step is one level of offered load.
+type Step struct {
+	Offered   int           // events/s offered
+	Accepted  float64       // events/s answered 202
+	IngestP50 time.Duration // request latency, batches of Batch events
+	IngestP99 time.Duration
+	LagAfter  int64 // records behind, 2 s after the step
+	Kept      bool  // the aggregator kept up
+	// WindowP99 and BreachP99 are the probes' latencies in this step.
+	WindowP99, BreachP99 time.Duration
+}
+
+// PipelineResult is the end-to-end benchmark's outcome.
+type PipelineResult struct {
+	Batch     int
+	Tenants   int
+	Steps     []Step
+	Sustained float64 // highest accepted events/s with bounded lag
+	WindowP50 time.Duration
+	WindowP99 time.Duration
+	BreachP50 time.Duration
+	BreachP99 time.Duration
+	Breaches  int
+	PeakRSS   map[string]int64
+}
+
+// PipelineConfig sets the load.
+type PipelineConfig struct {
+	Root, Work string
+	Steps      []int // offered events/s, rising
+	StepTime   time.Duration
+	Batch      int
+	Tenants    int
+}
+
+// Pipeline runs HTTP ingest → Kafka → aggregator → Postgres as processes
+// and offers rising load until the aggregator's lag grows.
+func Pipeline(ctx context.Context, cfg PipelineConfig, out io.Writer) (PipelineResult, error) {
+	res := PipelineResult{Batch: cfg.Batch, Tenants: cfg.Tenants, PeakRSS: map[string]int64{}}
+	fake := stripefake.New(stripefake.Config{})
+	srv := httptest.NewServer(fake)
+	defer func() { fake.Close(); srv.Close() }()
+	st, err := stack.Start(ctx, stack.Options{Root: cfg.Root, Work: cfg.Work, StripeBase: srv.URL,
+		Env: map[string][]string{"biller": {"SYNC_INTERVAL=1h"}}}, out)
+	if err != nil {
+		return res, err
+	}
+	defer st.Stop()
+	pool, err := pgxpool.New(ctx, st.DBURL)
+	if err != nil {
+		return res, err
+	}
+	defer pool.Close()
+	ingest := st.URLs["ingest"]
+	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	post := func(body []byte) (int, error) {
+		req, _ := http.NewRequestWithContext(ctx, "POST", ingest+"/v1/events", bytes.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+stack.AdminKey)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := client.Do(req)
+		if err != nil {
+			return 0, err
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, nil
+	}
+	if err := st.Put(ctx, "/v1/admin/plans/probe", `{"quotas":[{"metric":"probe","limit":1,"hard":true}]}`); err != nil {
+		return res, err
+	}
+	const breachProbes = 100
+	for i := range breachProbes {
+		if err := st.Put(ctx, fmt.Sprintf("/v1/admin/tenants/bprobe-%d", i), `{"plan":"probe"}`); err != nil {
+			return res, err
+		}
+	}
+
+	rng := rand.New(rand.NewPCG(1, 2))
+	var windowLat, breachLat []time.Duration // over the steps that were kept
+	probeN, breachN := 0, 0
+	for _, offered := range cfg.Steps {
+		fmt.Fprintf(out, "  offering %d events/s for %s...\n", offered, cfg.StepTime)
+		var mu sync.Mutex
+		var lat, stepWindow, stepBreach []time.Duration
+		accepted := 0
+		bodies := make(chan []byte, 64)
+		var wg sync.WaitGroup
+		for range 8 {
+			wg.Go(func() {
+				for b := range bodies {
+					start := time.Now()
+					code, err := post(b)
+					d := time.Since(start)
+					mu.Lock()
+					lat = append(lat, d)
+					if err == nil && code == http.StatusAccepted {
+						accepted += cfg.Batch
+					}
+					mu.Unlock()
+				}
+			})
+		}
+		// Probes: single events for fresh tenants, timed to their window and breach.
+		probeCtx, stopProbes := context.WithCancel(ctx)
+		var pwg sync.WaitGroup
+		pwg.Go(func() {
+			for probeCtx.Err() == nil {
+				time.Sleep(250 * time.Millisecond)
+				tenant := fmt.Sprintf("probe-%d", probeN)
+				probeN++
+				body := events.New(tenant, "probe", 1).AppendJSON(nil)
+				start := time.Now()
+				if code, err := post(body); err != nil || code != 202 {
+					continue
+				}
+				if d, ok := waitRow(probeCtx, pool, `SELECT count(*) FROM usage_windows WHERE tenant = $1 AND granularity = 'minute'`, tenant, start); ok {
+					mu.Lock()
+					stepWindow = append(stepWindow, d)
+					mu.Unlock()
+				}
+				if breachN < breachProbes {
+					tenant := fmt.Sprintf("bprobe-%d", breachN)
+					breachN++
+					body := events.New(tenant, "probe", 5).AppendJSON(nil)
+					start := time.Now()
+					if code, err := post(body); err == nil && code == 202 {
+						if d, ok := waitRow(probeCtx, pool, `SELECT count(*) FROM quota_breaches WHERE tenant = $1 AND threshold = 'blocked'`, tenant, start); ok {
+							mu.Lock()
+							stepBreach = append(stepBreach, d)
+							mu.Unlock()
+						}
+					}
+				}
+			}
+		})
+		interval := time.Duration(float64(time.Second) * float64(cfg.Batch) / float64(offered))
+		stepStart := time.Now()
+		next := stepStart
+		for time.Since(stepStart) < cfg.StepTime && ctx.Err() == nil {
+			evs := make([]events.Event, cfg.Batch)
+			for i := range evs {
+				evs[i] = events.New(fmt.Sprint("tenant-", rng.IntN(cfg.Tenants)), []string{"api_calls", "tokens"}[i%2], 1+rng.Int64N(100))
+			}
+			time.Sleep(time.Until(next))
+			next = next.Add(interval)
+			bodies <- events.AppendArray(nil, evs)
+		}
+		close(bodies)
+		wg.Wait()
+		elapsed := time.Since(stepStart)
+		time.Sleep(2 * time.Second)
+		stopProbes()
+		pwg.Wait()
+		lag, err := chaos.Lag(ctx, pool, st.Brokers)
+		if err != nil {
+			return res, err
+		}
+		slices.Sort(lat)
+		slices.Sort(stepWindow)
+		slices.Sort(stepBreach)
+		s := Step{Offered: offered, Accepted: float64(accepted) / elapsed.Seconds(), IngestP50: pct(lat, 0.5), IngestP99: pct(lat, 0.99),
+			LagAfter: lag, WindowP99: pct(stepWindow, 0.99), BreachP99: pct(stepBreach, 0.99)}
+		s.Kept = float64(lag) <= float64(offered) && s.Accepted >= 0.9*float64(offered)
+		if s.Kept {
+			windowLat = append(windowLat, stepWindow...)
+			breachLat = append(breachLat, stepBreach...)
+		}
+		res.Steps = append(res.Steps, s)
+		fmt.Fprintf(out, "    accepted %.0f events/s, ingest p50 %s p99 %s, lag after %d, window p99 %s, breach p99 %s\n",
+			s.Accepted, s.IngestP50, s.IngestP99, lag, s.WindowP99, s.BreachP99)
+		if s.Kept {
+			res.Sustained = max(res.Sustained, s.Accepted)
+		} else {
+			break
+		}
+		// Let the aggregator catch up before the next step.
+		if err := chaos.WaitConsumed(ctx, pool, st.Brokers, 5*time.Minute); err != nil {
+			return res, err
+		}
+	}
+	slices.Sort(windowLat)
+	slices.Sort(breachLat)
+	res.WindowP50, res.WindowP99 = pct(windowLat, 0.5), pct(windowLat, 0.99)
+	res.BreachP50, res.BreachP99 = pct(breachLat, 0.5), pct(breachLat, 0.99)
+	res.Breaches = len(breachLat)
+	for _, n := range stack.Services {
+		if rss, err := st.Procs[n].PeakRSS(); err == nil {
+			res.PeakRSS[n] = rss
+		}
+	}
+	return res, nil
+}
+
+func pct(d []time.Duration, p float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	return d[int(p*float64(len(d)-1))]
+}
+
+// waitRow polls query (with arg) until it counts a row, and returns the
+// time since start.
+func waitRow(ctx context.Context, pool *pgxpool.Pool, query, arg string, start time.Time) (time.Duration, bool) {
+	for ctx.Err() == nil && time.Since(start) < 30*time.Second {
+		var n int
+		if err := pool.QueryRow(ctx, query, arg).Scan(&n); err == nil && n > 0 {
+			return time.Since(start), true
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return 0, false
+}
