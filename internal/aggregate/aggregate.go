@@ -307,11 +307,6 @@ func (a *Aggregator) Apply(ctx context.Context, partition int, from int64, recs 
 		return Result{}, err
 	}
 	res.Breaches = breaches
-	if res.DeadLettered > 0 || len(breaches) > 0 {
-		if _, err := tx.Exec(ctx, `SELECT pg_notify('outbox', '')`); err != nil {
-			return Result{}, fmt.Errorf("notifying the outbox relay: %w", err)
-		}
-	}
 	if err := tx.Commit(ctx); err != nil {
 		return Result{}, fmt.Errorf("committing batch of partition %d at offset %d: %w", partition, from, err)
 	}

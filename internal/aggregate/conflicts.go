@@ -270,14 +270,8 @@ func (a *Aggregator) ResolveConflict(ctx context.Context, id int64, resolution, 
 		if err := corrections(ctx, tx, incs, now, &res); err != nil {
 			return c, err
 		}
-		breaches, err := evaluateQuotas(ctx, tx, incs, now)
-		if err != nil {
+		if _, err := evaluateQuotas(ctx, tx, incs, now); err != nil {
 			return c, err
-		}
-		if len(breaches) > 0 {
-			if _, err := tx.Exec(ctx, `SELECT pg_notify('outbox', '')`); err != nil {
-				return c, fmt.Errorf("notifying the outbox relay: %w", err)
-			}
 		}
 	}
 	if err := tx.Commit(ctx); err != nil {

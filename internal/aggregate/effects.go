@@ -12,39 +12,12 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
 
+	"github.com/usagemeter/metering/internal/outbox"
 	"github.com/usagemeter/metering/internal/quota"
 	"github.com/usagemeter/metering/internal/topics"
 	"github.com/usagemeter/metering/internal/usage"
 	"github.com/usagemeter/metering/internal/windows"
 )
-
-// outboxMsg is a Kafka message to publish once the transaction commits.
-type outboxMsg struct {
-	topic   string
-	key     []byte
-	value   []byte
-	headers map[string]string
-}
-
-func insertOutbox(ctx context.Context, tx pgx.Tx, msgs []outboxMsg) error {
-	if len(msgs) == 0 {
-		return nil
-	}
-	ts, ks, vs, hs := make([]string, len(msgs)), make([][]byte, len(msgs)), make([][]byte, len(msgs)), make([]string, len(msgs))
-	for i, m := range msgs {
-		h, err := json.Marshal(m.headers)
-		if err != nil {
-			return fmt.Errorf("encoding outbox headers: %w", err)
-		}
-		ts[i], ks[i], vs[i], hs[i] = m.topic, m.key, m.value, string(h)
-	}
-	if _, err := tx.Exec(ctx, `INSERT INTO outbox (topic, msg_key, msg_value, headers)
-		SELECT t, k, v, h::jsonb FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::text[]) WITH ORDINALITY AS b(t, k, v, h, n) ORDER BY n`,
-		ts, ks, vs, hs); err != nil {
-		return fmt.Errorf("writing outbox: %w", err)
-	}
-	return nil
-}
 
 // deadLetters records undecodable, invalid and too-old records and queues
 // them for usage.events.dlq with the reason headers. The raw key, value
@@ -85,21 +58,18 @@ func (a *Aggregator) deadLetters(ctx context.Context, tx pgx.Tx, batch []decoded
 		tenants, errs, classes, parts, offs, keys, payloads, hkeys, hvals, a.cfg.Topic, now); err != nil {
 		return fmt.Errorf("recording dead letters: %w", err)
 	}
-	msgs := make([]outboxMsg, n)
+	msgs := make([]outbox.Message, n)
 	for i, d := range dead {
 		a.cfg.Logger.WarnContext(ctx, "dead letter", "class", d.class, "error", errs[i], "partition", d.rec.Partition, "offset", d.rec.Offset)
-		value := d.rec.Value
-		if value == nil {
-			value = []byte{} // the outbox holds a value; a tombstone goes out empty
-		}
-		msgs[i] = outboxMsg{topic: topics.UsageEventsDLQ, key: d.rec.Key, value: value, headers: map[string]string{
+		// A tombstone (nil value) goes out empty.
+		msgs[i] = outbox.Message{Topic: topics.UsageEventsDLQ, Key: d.rec.Key, Value: d.rec.Value, Headers: map[string]string{
 			"error": errs[i], "error-class": d.class, "source-topic": a.cfg.Topic,
 			"source-partition": strconv.Itoa(d.rec.Partition), "source-offset": strconv.FormatInt(d.rec.Offset, 10),
 			"failed-at": now.Format(time.RFC3339Nano),
 		}}
 	}
 	res.DeadLettered += n
-	return insertOutbox(ctx, tx, msgs)
+	return outbox.Enqueue(ctx, tx, msgs...)
 }
 
 // byteaArray writes one field of each header as a Postgres bytea[] literal
@@ -246,15 +216,15 @@ func evaluateQuotas(ctx context.Context, tx pgx.Tx, incs []increment, now time.T
 		}
 		return slices.Index(rank, quota.State(x.Threshold)) - slices.Index(rank, quota.State(y.Threshold))
 	})
-	msgs := make([]outboxMsg, len(breaches))
+	msgs := make([]outbox.Message, len(breaches))
 	for i, b := range breaches {
 		v, err := json.Marshal(b)
 		if err != nil {
 			return nil, fmt.Errorf("encoding breach: %w", err)
 		}
-		msgs[i] = outboxMsg{topic: topics.QuotaBreaches, key: []byte(b.Tenant), value: v, headers: map[string]string{"breach-id": b.BreachID}}
+		msgs[i] = outbox.Message{Topic: topics.QuotaBreaches, Key: []byte(b.Tenant), Value: v, Headers: map[string]string{"breach-id": b.BreachID}}
 	}
-	return breaches, insertOutbox(ctx, tx, msgs)
+	return breaches, outbox.Enqueue(ctx, tx, msgs...)
 }
 
 func compareStrings(a, b string) int {

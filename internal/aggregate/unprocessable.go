@@ -26,9 +26,6 @@ func (a *Aggregator) DeadLetter(ctx context.Context, partition int, from int64, 
 	if err := a.deadLetters(ctx, tx, []decoded{{rec: rec, class: class, err: reason}}, now, &res); err != nil {
 		return Result{}, err
 	}
-	if _, err := tx.Exec(ctx, `SELECT pg_notify('outbox', '')`); err != nil {
-		return Result{}, fmt.Errorf("notifying the outbox relay: %w", err)
-	}
 	if err := tx.Commit(ctx); err != nil {
 		return Result{}, fmt.Errorf("committing dead letter of partition %d at offset %d: %w", partition, rec.Offset, err)
 	}

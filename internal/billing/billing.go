@@ -36,6 +36,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/time/rate"
 
+	"github.com/usagemeter/metering/internal/outbox"
 	"github.com/usagemeter/metering/internal/stripeapi"
 	"github.com/usagemeter/metering/internal/topics"
 	"github.com/usagemeter/metering/internal/usage"
@@ -515,12 +516,8 @@ func (b *Biller) pushOne(ctx context.Context, p push) (bool, error) {
 		if err != nil || tag.RowsAffected() == 0 {
 			return err // settled by another biller meanwhile: no dead letter
 		}
-		if _, err := tx.Exec(out, `INSERT INTO outbox (topic, msg_key, msg_value, headers) VALUES ($1, $2, $3, $4)`,
-			topics.BillingDLQ, []byte(p.tenant), msg, map[string]string{"identifier": p.identifier}); err != nil {
-			return err
-		}
-		_, err = tx.Exec(out, `SELECT pg_notify('outbox', '')`)
-		return err
+		return outbox.Enqueue(out, tx, outbox.Message{Topic: topics.BillingDLQ, Key: []byte(p.tenant), Value: msg,
+			Headers: map[string]string{"identifier": p.identifier}})
 	})
 	if txErr != nil {
 		return false, fmt.Errorf("dead-lettering push %s: %w", p.identifier, txErr)

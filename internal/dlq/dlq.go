@@ -14,6 +14,7 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+	"strconv"
 	"time"
 	"unicode/utf8"
 
@@ -21,6 +22,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/usagemeter/metering/internal/dlqaudit"
+	"github.com/usagemeter/metering/internal/outbox"
 	"github.com/usagemeter/metering/internal/topics"
 )
 
@@ -101,14 +103,24 @@ var queue = dlqaudit.Queue{Name: "usage", Table: "usage_dlq", Stamp: "resolved_a
 // re-sent: the dlq-replay-of header names the dead letter instead.
 func (q *Queue) Replay(ctx context.Context, ids []int64, all bool, actor, note string) ([]int64, error) {
 	return q.resolve(ctx, "replay", "replayed", ids, all, actor, note, func(tx pgx.Tx, done []int64) error {
-		_, err := tx.Exec(ctx, `INSERT INTO outbox (topic, msg_key, msg_value, headers)
-			SELECT $1, msg_key, coalesce(payload, ''::bytea), jsonb_build_object('dlq-replay-of', id::text)
-			FROM usage_dlq WHERE id = ANY($2) ORDER BY id`, topics.UsageEvents, done)
+		rows, err := tx.Query(ctx, `SELECT id, msg_key, payload FROM usage_dlq WHERE id = ANY($1) ORDER BY id`, done)
 		if err != nil {
 			return fmt.Errorf("queueing replays: %w", err)
 		}
-		_, err = tx.Exec(ctx, `SELECT pg_notify('outbox', '')`)
-		return err
+		msgs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (outbox.Message, error) {
+			var id int64
+			m := outbox.Message{Topic: topics.UsageEvents}
+			err := r.Scan(&id, &m.Key, &m.Value) // a null payload (tombstone) goes out empty
+			m.Headers = map[string]string{"dlq-replay-of": strconv.FormatInt(id, 10)}
+			return m, err
+		})
+		if err != nil {
+			return fmt.Errorf("queueing replays: %w", err)
+		}
+		if err := outbox.Enqueue(ctx, tx, msgs...); err != nil {
+			return fmt.Errorf("queueing replays: %w", err)
+		}
+		return nil
 	})
 }
 

@@ -1,6 +1,9 @@
-// Package outbox publishes the messages other transactions wrote to the
-// outbox table (quota breaches, dead letters, DLQ replays, billing events)
-// to Kafka.
+// Package outbox publishes to Kafka the messages other transactions queued
+// (quota breaches, dead letters, DLQ replays, billing dead letters).
+//
+// Invariant: Enqueue is the only way in. It writes the rows and notifies
+// Channel, in the caller's transaction, so a message is published if and
+// only if the transaction that queued it commits.
 //
 // Invariant: at-least-once. A row is marked published only after Kafka
 // acknowledged it, in the transaction that locked it; a crash in between
