@@ -1,6 +1,8 @@
 // Command benchreport runs every benchmark in one run and writes
 // BENCHMARKS.md (`make bench`), or a quick smoke run in under a minute to
 // .dev/BENCHMARKS.quick.md (`make bench-quick`).
+//
+// Dev tooling, not product (see internal/testkit): it links no testing.
 package main
 
 import (

@@ -1,10 +1,12 @@
 // Command chaos breaks the pipeline while it works and proves it still
-// counts exactly once (see internal/testkit/chaos). `make chaos` runs it with
-// 1,000,000 events; `make chaos ARGS=-replicas` runs 2 ingest, 3
+// counts exactly once (see internal/testkit/chaos). `make chaos` runs it
+// with 1,000,000 events; `make chaos ARGS=-replicas` runs 2 ingest, 3
 // aggregators and 2 billers and mixes hostile records into usage.events.
 //
 //	chaos [-events 1000000] [-dups 0.3] [-stripe-faults 0.1] [-kills 20] [-tenants 50]
 //	      [-replicas [-hostile 20]] [-seed N] [-work DIR]
+//
+// Dev tooling, not product (see internal/testkit): it links no testing.
 package main
 
 import (

@@ -3,6 +3,8 @@
 // 127.0.0.1:9092) keeping its data in DATA_DIR (default .dev/kafka), so a
 // restart resumes with the topics and offsets it had. It is for `make run`
 // and benchmarks, not for production.
+//
+// Dev tooling, not product (see internal/testkit): it links no testing.
 package main
 
 import (

@@ -1,8 +1,8 @@
 // Command kafkacluster is `make kafka`: it runs a real Apache Kafka KRaft
-// cluster on loopback ports (see internal/testkit/kafkacluster), prints one line
-// KAFKA_BROKERS=host:port,... on stdout once every broker answers, and
-// stops the cluster on SIGINT or SIGTERM. Progress and the brokers' own
-// warnings go to stderr.
+// cluster on loopback ports (see internal/testkit/kafkacluster), prints
+// one line KAFKA_BROKERS=host:port,... on stdout once every broker
+// answers, and stops the cluster on SIGINT or SIGTERM. Progress and the
+// brokers' own warnings go to stderr.
 //
 // Settings, each an environment variable with a flag of the same meaning:
 //
@@ -11,6 +11,8 @@
 //	KAFKA_DATA_DIR -data-dir  keep the data here and resume it next time;
 //	                          default a fresh temporary directory, removed on exit
 //	LOG_LEVEL      -log-level debug, info (default), warn or error
+//
+// Dev tooling, not product (see internal/testkit): it links no testing.
 package main
 
 import (

@@ -3,6 +3,8 @@
 // reconciliation report.
 //
 //	loadgen [-events 20000] [-rate 5000] [-batch 200] [-tenants 20] [-dups 0.3] [-late 0.02] [-workers 4]
+//
+// Dev tooling, not product (see internal/testkit): it links no testing.
 package main
 
 import (

@@ -4,6 +4,8 @@
 // summaries, with optional fault injection.
 //
 //	stripefake [-addr 127.0.0.1:12111] [-meters api_calls,tokens] [-fault-rate 0.1] [-aggregation-delay 0s]
+//
+// Dev tooling, not product (see internal/testkit): it links no testing.
 package main
 
 import (

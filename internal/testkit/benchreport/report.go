@@ -6,6 +6,10 @@
 //
 // Invariant: every figure in the report comes from this run; nothing is
 // copied from an earlier one.
+//
+// Test and dev tooling, not product (see internal/testkit): no product
+// package imports it, and it does not import testing, since the dev
+// binaries under tools/ link it.
 package benchreport
 
 import (

@@ -17,6 +17,10 @@
 // Invariant: it judges the system only by its outputs (windows, ledger,
 // dead letters, stored offsets, Stripe totals, queues, metrics) against a
 // ground truth it keeps itself.
+//
+// Test and dev tooling, not product (see internal/testkit): no product
+// package imports it, and it does not import testing, since the dev
+// binaries under tools/ link it.
 package chaos
 
 import (

@@ -9,13 +9,14 @@ import (
 
 	"github.com/usagemeter/metering/internal/testkit/chaos"
 	"github.com/usagemeter/metering/internal/testkit/stack"
+	"github.com/usagemeter/metering/internal/testkit/stack/stacktest"
 )
 
 // TestChaosReduced is `make chaos` at a size CI affords: 20,000 events,
 // 30 % resends, 10 % Stripe faults, at least 20 SIGKILLs, one broker and
 // one Postgres restart. The invariants are the full run's.
 func TestChaosReduced(t *testing.T) {
-	work := stack.TempWork(t, "chaos-")
+	work := stacktest.TempWork(t, "chaos-")
 	root, _ := filepath.Abs(filepath.Join("..", "..", ".."))
 	var out strings.Builder
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
@@ -42,7 +43,7 @@ func TestChaosReduced(t *testing.T) {
 // least), one broker and one Postgres restart, 10 % Stripe faults, and 4
 // records of each hostile class written straight to usage.events.
 func TestChaosReplicasReduced(t *testing.T) {
-	work := stack.TempWork(t, "chaos-replicas-")
+	work := stacktest.TempWork(t, "chaos-replicas-")
 	root, _ := filepath.Abs(filepath.Join("..", "..", ".."))
 	var out strings.Builder
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)

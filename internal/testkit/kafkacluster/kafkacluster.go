@@ -15,6 +15,10 @@
 // started before it returns. On Linux a node also gets SIGKILL when the
 // process that started it dies. The tests check the invariant against
 // every process id a cluster had.
+//
+// Test and dev tooling, not product (see internal/testkit): no product
+// package imports it, and it does not import testing, since the dev
+// binaries under tools/ link it.
 package kafkacluster
 
 import (

@@ -25,6 +25,7 @@ import (
 	"github.com/usagemeter/metering/internal/testkit/kafkacluster"
 	"github.com/usagemeter/metering/internal/testkit/kafkatest"
 	"github.com/usagemeter/metering/internal/testkit/stack"
+	"github.com/usagemeter/metering/internal/testkit/stack/stacktest"
 	"github.com/usagemeter/metering/internal/testkit/stripefake"
 	"github.com/usagemeter/metering/internal/topics"
 	"github.com/usagemeter/metering/internal/windows"
@@ -141,7 +142,7 @@ func startPipelineOn(t *testing.T, c *kafkacluster.Cluster, group, brokers strin
 	fake := stripefake.New(stripefake.Config{})
 	srv := httptest.NewServer(fake)
 	t.Cleanup(func() { srv.Close(); fake.Close() })
-	work := stack.TempWork(t, "kafkasuite-")
+	work := stacktest.TempWork(t, "kafkasuite-")
 	var log bytes.Buffer
 	st, err := stack.Start(ctx, stack.Options{Root: repoRoot(t), Work: work, StripeBase: srv.URL, Brokers: brokers,
 		Env: map[string][]string{

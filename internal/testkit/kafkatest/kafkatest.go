@@ -4,6 +4,9 @@
 //
 // Invariant: every Cluster listens on a free loopback port and is closed
 // when the test that started it ends.
+//
+// Test and dev tooling, not product (see internal/testkit): a test helper,
+// which may import testing; only tests import it.
 package kafkatest
 
 import (

@@ -7,6 +7,10 @@
 // Invariant: it only talks to the stack through its public interfaces
 // (the HTTP API, the quota.breaches topic, the biller's report), as a
 // user would, and keeps its own ground truth to compare with.
+//
+// Test and dev tooling, not product (see internal/testkit): no product
+// package imports it, and it does not import testing, since the dev
+// binaries under tools/ link it.
 package loadgen
 
 import (

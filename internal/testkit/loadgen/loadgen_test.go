@@ -14,6 +14,7 @@ import (
 
 	"github.com/usagemeter/metering/internal/testkit/loadgen"
 	"github.com/usagemeter/metering/internal/testkit/stack"
+	"github.com/usagemeter/metering/internal/testkit/stack/stacktest"
 	"github.com/usagemeter/metering/internal/testkit/stripefake"
 )
 
@@ -23,7 +24,7 @@ import (
 // tenant blocked, its three breaches read back from quota.breaches, and
 // a reconciliation with Stripe in which every demo row is ok.
 func TestDemo(t *testing.T) {
-	work := stack.TempWork(t, "demo-")
+	work := stacktest.TempWork(t, "demo-")
 	root, _ := filepath.Abs(filepath.Join("..", "..", ".."))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()

@@ -3,6 +3,9 @@
 //
 // Invariant: tests never share a database and never depend on leftovers;
 // nothing here skips when Postgres is missing, it fails with what to do.
+//
+// Test and dev tooling, not product (see internal/testkit): a test helper,
+// which may import testing; only tests import it.
 package pgtest
 
 import (

@@ -5,11 +5,13 @@
 // elector's copy of the pool's settings, rebuild's shadow pool, pgtest and
 // the stack's URL rewriting, which change only the path) drops them. It
 // holds only tests, which start a private Postgres cluster with ssl=on
-// and certificates made by internal/testpki.
+// and certificates made by internal/testkit/testpki.
 //
 // Invariant: with sslmode=verify-full the product's own Open connects
 // only to a server whose certificate chains to sslrootcert and names the
 // host, the session is encrypted, and a client certificate in
 // sslcert/sslkey is presented when the server requires one
 // (TestVerifyFull).
+//
+// Test tooling, not product (see internal/testkit).
 package postgrestls

@@ -19,6 +19,7 @@ import (
 	"github.com/usagemeter/metering/internal/leader"
 	"github.com/usagemeter/metering/internal/migrate"
 	"github.com/usagemeter/metering/internal/testkit/stack"
+	"github.com/usagemeter/metering/internal/testkit/stack/stacktest"
 	"github.com/usagemeter/metering/internal/testkit/testpki"
 )
 
@@ -36,7 +37,7 @@ func TestVerifyFull(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	work := stack.TempWork(t, "postgrestls-")
+	work := stacktest.TempWork(t, "postgrestls-")
 	port, err := stack.FreePort()
 	if err != nil {
 		t.Fatal(err)

@@ -5,6 +5,11 @@
 //
 // Invariant: everything it starts it stops (Stop), and nothing it starts
 // listens on a shared or contract port.
+//
+// Test and dev tooling, not product (see internal/testkit): no product
+// package imports it, and it does not import testing, since the dev
+// binaries under tools/ link it; its helpers that take a testing.TB are
+// in stacktest.
 package stack
 
 import (
@@ -20,7 +25,6 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -345,18 +349,18 @@ func (s *Stack) Stop() {
 	}
 }
 
-// TempWork makes a work directory for a test's stack and removes it when
-// the test ends. The private Postgres runs as the postgres user when the
-// tests run as root, so the directory must be traversable by others.
-func TempWork(tb testing.TB, prefix string) string {
-	tb.Helper()
-	work, err := os.MkdirTemp("", prefix)
+// MakeWork makes a work directory for a stack under parent (the system's
+// temporary directory when empty). The private Postgres runs as the
+// postgres user when the caller runs as root, so the directory must be
+// traversable by others. Tests use stacktest.TempWork, which removes it.
+func MakeWork(parent, prefix string) (string, error) {
+	work, err := os.MkdirTemp(parent, prefix)
 	if err != nil {
-		tb.Fatal(err)
+		return "", err
 	}
-	tb.Cleanup(func() { os.RemoveAll(work) })
 	if err := os.Chmod(work, 0o755); err != nil {
-		tb.Fatal(err)
+		os.RemoveAll(work)
+		return "", err
 	}
-	return work
+	return work, nil
 }

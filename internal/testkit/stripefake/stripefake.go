@@ -16,6 +16,10 @@
 // Invariant: within 24 hours an identifier counts in summaries once,
 // whatever the retries, replays and faults; the totals and running totals
 // it reports are exact sums of the events it accepted and did not cancel.
+//
+// Test and dev tooling, not product (see internal/testkit): no product
+// package imports it, and it does not import testing, since the dev
+// binaries under tools/ link it.
 package stripefake
 
 import (

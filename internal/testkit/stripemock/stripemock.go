@@ -4,6 +4,9 @@
 //
 // Invariant: a test that needs stripe-mock fails with what to do when it
 // is missing; it never skips.
+//
+// Test and dev tooling, not product (see internal/testkit): a test helper,
+// which may import testing; only tests import it.
 package stripemock
 
 import (

@@ -5,6 +5,9 @@
 // Invariant: a certificate Issue returns verifies against its CA's pool
 // for each of the names and addresses it was issued for, and against no
 // other CA (TestIssuedCertificatesVerifyOnlyAgainstTheirCA).
+//
+// Test and dev tooling, not product (see internal/testkit): a test helper,
+// which may import testing; only tests import it.
 package testpki
 
 import (
