@@ -79,7 +79,7 @@ func Run(ctx context.Context, cfg config.Biller, log *slog.Logger, ready func(ne
 		return err
 	}
 	if err := topics.Ensure(ctx, cfg.KafkaBrokers, cfg.KafkaSecurity, cfg.KafkaPartitions, topics.BillingDLQ); err != nil {
-		log.WarnContext(ctx, "could not ensure the billing.dlq topic", "err", err)
+		log.WarnContext(ctx, "could not ensure the dead-letter topic", "topic", topics.BillingDLQ, "err", err)
 	}
 	reg := service.NewRegistry()
 	metrics := billing.NewMetrics(reg)

@@ -12,12 +12,15 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
+	"github.com/usagemeter/metering/events"
 	"github.com/usagemeter/metering/internal/kafkaauth"
 )
 
-// Topic names (contract).
+// Topic names (contract): the product names a topic only through these.
+// UsageEvents is the public SDK's events.Topic, the topic its Producer
+// writes to, so the two cannot drift apart.
 const (
-	UsageEvents    = "usage.events"
+	UsageEvents    = events.Topic
 	UsageEventsDLQ = "usage.events.dlq"
 	QuotaBreaches  = "quota.breaches"
 	BillingDLQ     = "billing.dlq"
