@@ -357,9 +357,54 @@ type ledgerRow struct {
 // count: first occurrences of their (tenant, id), and the raises of
 // counted events by conflicting resends (see resolve).
 func (a *Aggregator) dedup(ctx context.Context, tx pgx.Tx, batch []decoded, now time.Time, res *Result) ([]increment, error) {
-	first := make(map[idKey]*decoded, len(batch))
-	var candidates []*decoded
-	repeats := 0 // later occurrences within the batch
+	first, candidates, repeats := firstOccurrences(batch)
+	inserted, err := insertLedger(ctx, tx, candidates)
+	if err != nil {
+		return nil, err
+	}
+	incs := make([]increment, 0, len(inserted))
+	state := make(map[idKey]*ledgerRow, len(inserted))
+	var known []idKey // already in the ledger before this batch
+	for _, d := range candidates {
+		k := idKey{d.ev.Tenant, d.ev.ID}
+		if inserted[k] {
+			incs = append(incs, d.increment())
+			state[k] = &ledgerRow{metric: d.ev.Metric, at: d.ev.Time, value: d.ev.Value, hash: d.hash}
+		} else {
+			known = append(known, k)
+		}
+	}
+	res.Counted = len(incs)
+	if len(known) == 0 && repeats == 0 {
+		return incs, nil // the common case: every event new
+	}
+	if err := readLedger(ctx, tx, known, false, state); err != nil {
+		return nil, err
+	}
+	// A key whose payload differs from the counted one may be raised: lock
+	// its row first (in key order, so batches cannot deadlock) and read it
+	// again, so that a concurrent batch's raise is seen, not overwritten.
+	if err := readLedger(ctx, tx, differingKeys(batch, inserted, state), true, state); err != nil {
+		return nil, err
+	}
+	incs, conflicts, err := resolveResends(batch, first, inserted, state, incs, res)
+	if err != nil {
+		return nil, err
+	}
+	if err := updateLedger(ctx, tx, state); err != nil {
+		return nil, err
+	}
+	if err := a.recordConflicts(ctx, tx, conflicts, now, res); err != nil {
+		return nil, err
+	}
+	return incs, nil
+}
+
+// firstOccurrences returns, for the countable events of batch, the first
+// occurrence of each (tenant, id), those occurrences in batch order, and
+// how many later occurrences within the batch repeat one of them.
+func firstOccurrences(batch []decoded) (first map[idKey]*decoded, candidates []*decoded, repeats int) {
+	first = make(map[idKey]*decoded, len(batch))
 	for i := range batch {
 		d := &batch[i]
 		if d.class != "" {
@@ -373,6 +418,12 @@ func (a *Aggregator) dedup(ctx context.Context, tx pgx.Tx, batch []decoded, now 
 		first[k] = d
 		candidates = append(candidates, d)
 	}
+	return first, candidates, repeats
+}
+
+// insertLedger inserts candidates into the ledger in one statement and
+// returns the keys it inserted: those not counted before.
+func insertLedger(ctx context.Context, tx pgx.Tx, candidates []*decoded) (map[idKey]bool, error) {
 	n := len(candidates)
 	tenants, ids, metrics := make([]string, n), make([]string, n), make([]string, n)
 	hashes := make([][]byte, n)
@@ -404,28 +455,13 @@ func (a *Aggregator) dedup(ctx context.Context, tx pgx.Tx, batch []decoded, now 
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("inserting into the ledger: %w", err)
 	}
-	incs := make([]increment, 0, len(inserted))
-	state := make(map[idKey]*ledgerRow, len(inserted))
-	var known []idKey // already in the ledger before this batch
-	for _, d := range candidates {
-		k := idKey{d.ev.Tenant, d.ev.ID}
-		if inserted[k] {
-			incs = append(incs, d.increment())
-			state[k] = &ledgerRow{metric: d.ev.Metric, at: d.ev.Time, value: d.ev.Value, hash: d.hash}
-		} else {
-			known = append(known, k)
-		}
-	}
-	res.Counted = len(incs)
-	if len(known) == 0 && repeats == 0 {
-		return incs, nil // the common case: every event new
-	}
-	if err := readLedger(ctx, tx, known, false, state); err != nil {
-		return nil, err
-	}
-	// A key whose payload differs from the counted one may be raised: lock
-	// its row first (in key order, so batches cannot deadlock) and read it
-	// again, so that a concurrent batch's raise is seen, not overwritten.
+	return inserted, nil
+}
+
+// differingKeys returns, once each and in batch order, the keys counted
+// before this batch that an event of the batch resends with another
+// payload: the rows a raise may change.
+func differingKeys(batch []decoded, inserted map[idKey]bool, state map[idKey]*ledgerRow) []idKey {
 	var lock []idKey
 	locking := map[idKey]bool{}
 	for i := range batch {
@@ -439,9 +475,15 @@ func (a *Aggregator) dedup(ctx context.Context, tx pgx.Tx, batch []decoded, now 
 			lock = append(lock, k)
 		}
 	}
-	if err := readLedger(ctx, tx, lock, true, state); err != nil {
-		return nil, err
-	}
+	return lock
+}
+
+// resolveResends goes through every countable event of batch that was not
+// counted by the insert: an identical resend is a duplicate, any other is
+// resolved against its ledger row (see resolve), appending a raise to incs
+// and returning the conflicts to record.
+func resolveResends(batch []decoded, first map[idKey]*decoded, inserted map[idKey]bool, state map[idKey]*ledgerRow,
+	incs []increment, res *Result) ([]increment, []conflict, error) {
 	var conflicts []conflict
 	for i := range batch {
 		d := &batch[i]
@@ -450,13 +492,13 @@ func (a *Aggregator) dedup(ctx context.Context, tx pgx.Tx, batch []decoded, now 
 		}
 		k := idKey{d.ev.Tenant, d.ev.ID}
 		if first[k] == d && inserted[k] {
-			continue // counted above
+			continue // counted by the insert
 		}
 		row := state[k]
 		if row == nil {
 			// Retention deleted the row between the insert and the read;
 			// the retried batch counts the event as new.
-			return nil, fmt.Errorf("ledger row of tenant %q id %q vanished during the batch", k.tenant, k.id)
+			return nil, nil, fmt.Errorf("ledger row of tenant %q id %q vanished during the batch", k.tenant, k.id)
 		}
 		if string(row.hash) == string(d.hash) {
 			res.Duplicates++
@@ -468,13 +510,7 @@ func (a *Aggregator) dedup(ctx context.Context, tx pgx.Tx, batch []decoded, now 
 		}
 		conflicts = append(conflicts, c)
 	}
-	if err := updateLedger(ctx, tx, state); err != nil {
-		return nil, err
-	}
-	if err := a.recordConflicts(ctx, tx, conflicts, now, res); err != nil {
-		return nil, err
-	}
-	return incs, nil
+	return incs, conflicts, nil
 }
 
 // readLedger reads the ledger rows of keys into state; with lock, it

@@ -131,6 +131,45 @@ func evaluateQuotas(ctx context.Context, tx pgx.Tx, incs []increment, now time.T
 	if len(incs) == 0 {
 		return nil, nil
 	}
+	rules, err := quotaRules(ctx, tx, incs)
+	if err != nil || len(rules) == 0 {
+		return nil, err
+	}
+	touched := map[periodKey]bool{}
+	for _, in := range incs {
+		r, ok := rules[[2]string{in.tenant, in.metric}]
+		if !ok {
+			continue
+		}
+		touched[periodKey{in.tenant, in.metric, r.period.Start(in.at)}] = true
+	}
+	var breaches []quota.Breach
+	for pk := range touched {
+		if breaches, err = recordBreaches(ctx, tx, pk, rules[[2]string{pk.tenant, pk.metric}], now, breaches); err != nil {
+			return nil, err
+		}
+	}
+	sortBreaches(breaches)
+	msgs := make([]outbox.Message, len(breaches))
+	for i, b := range breaches {
+		v, err := json.Marshal(b)
+		if err != nil {
+			return nil, fmt.Errorf("encoding breach: %w", err)
+		}
+		msgs[i] = outbox.Message{Topic: topics.QuotaBreaches, Key: []byte(b.Tenant), Value: v, Headers: map[string]string{"breach-id": b.BreachID}}
+	}
+	return breaches, outbox.Enqueue(ctx, tx, msgs...)
+}
+
+// periodKey is one quota period of a tenant's metric.
+type periodKey struct {
+	tenant, metric string
+	start          time.Time
+}
+
+// quotaRules reads the limited quotas of the tenants incs touch, by
+// (tenant, metric).
+func quotaRules(ctx context.Context, tx pgx.Tx, incs []increment) (map[[2]string]rule, error) {
 	tenantSet := map[string]bool{}
 	for _, in := range incs {
 		tenantSet[in.tenant] = true
@@ -159,50 +198,43 @@ func evaluateQuotas(ctx context.Context, tx pgx.Tx, incs []increment, now time.T
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("reading quotas: %w", err)
 	}
-	if len(rules) == 0 {
-		return nil, nil
-	}
-	type periodKey struct {
-		tenant, metric string
-		start          time.Time
-	}
-	touched := map[periodKey]bool{}
-	for _, in := range incs {
-		r, ok := rules[[2]string{in.tenant, in.metric}]
-		if !ok {
-			continue
-		}
-		touched[periodKey{in.tenant, in.metric, r.period.Start(in.at)}] = true
-	}
-	var breaches []quota.Breach
-	for pk := range touched {
-		r := rules[[2]string{pk.tenant, pk.metric}]
-		var used pgtype.Numeric
-		if err := tx.QueryRow(ctx, `SELECT value FROM usage_windows
+	return rules, nil
+}
+
+// recordBreaches reads the usage of period pk, records every threshold of
+// r it has reached, and appends to breaches those recorded for the first
+// time.
+func recordBreaches(ctx context.Context, tx pgx.Tx, pk periodKey, r rule, now time.Time, breaches []quota.Breach) ([]quota.Breach, error) {
+	var used pgtype.Numeric
+	if err := tx.QueryRow(ctx, `SELECT value FROM usage_windows
 			WHERE tenant = $1 AND metric = $2 AND granularity = $3 AND window_start = $4`,
-			pk.tenant, pk.metric, string(r.period), pk.start).Scan(&used); err != nil {
-			return nil, fmt.Errorf("reading usage of %s/%s: %w", pk.tenant, pk.metric, err)
+		pk.tenant, pk.metric, string(r.period), pk.start).Scan(&used); err != nil {
+		return nil, fmt.Errorf("reading usage of %s/%s: %w", pk.tenant, pk.metric, err)
+	}
+	value := usage.NumericInt(used)
+	for _, th := range quota.Reached(r.Evaluate(value)) {
+		b := quota.Breach{
+			BreachID: quota.BreachID(pk.tenant, pk.metric, pk.start, string(th)), Tenant: pk.tenant, Metric: pk.metric,
+			PeriodStart: pk.start, PeriodEnd: r.period.End(pk.start), Limit: *r.Limit, Value: value,
+			Threshold: string(th), DetectedAt: now,
 		}
-		value := usage.NumericInt(used)
-		for _, th := range quota.Reached(r.Evaluate(value)) {
-			b := quota.Breach{
-				BreachID: quota.BreachID(pk.tenant, pk.metric, pk.start, string(th)), Tenant: pk.tenant, Metric: pk.metric,
-				PeriodStart: pk.start, PeriodEnd: r.period.End(pk.start), Limit: *r.Limit, Value: value,
-				Threshold: string(th), DetectedAt: now,
-			}
-			tag, err := tx.Exec(ctx, `INSERT INTO quota_breaches (breach_id, tenant, metric, period_start, period_end, threshold, quota_limit, value, detected_at)
+		tag, err := tx.Exec(ctx, `INSERT INTO quota_breaches (breach_id, tenant, metric, period_start, period_end, threshold, quota_limit, value, detected_at)
 				VALUES ($1, $2, $3, $4, $5, $6, $7, $8::numeric, $9) ON CONFLICT DO NOTHING`,
-				b.BreachID, b.Tenant, b.Metric, b.PeriodStart, b.PeriodEnd, b.Threshold, b.Limit, b.Value.String(), b.DetectedAt)
-			if err != nil {
-				return nil, fmt.Errorf("recording breach: %w", err)
-			}
-			if tag.RowsAffected() == 1 {
-				breaches = append(breaches, b)
-			}
+			b.BreachID, b.Tenant, b.Metric, b.PeriodStart, b.PeriodEnd, b.Threshold, b.Limit, b.Value.String(), b.DetectedAt)
+		if err != nil {
+			return nil, fmt.Errorf("recording breach: %w", err)
+		}
+		if tag.RowsAffected() == 1 {
+			breaches = append(breaches, b)
 		}
 	}
-	// Consumers see a tenant's breaches in the order usage crossed them:
-	// per tenant, metric and period, warning before exceeded before blocked.
+	return breaches, nil
+}
+
+// sortBreaches puts breaches in the order consumers see a tenant's
+// breaches: the order usage crossed them, per tenant, metric and period,
+// warning before exceeded before blocked.
+func sortBreaches(breaches []quota.Breach) {
 	rank := quota.Reached(quota.Blocked) // lowest first
 	slices.SortFunc(breaches, func(x, y quota.Breach) int {
 		if c := compareStrings(x.Tenant, y.Tenant); c != 0 {
@@ -216,15 +248,6 @@ func evaluateQuotas(ctx context.Context, tx pgx.Tx, incs []increment, now time.T
 		}
 		return slices.Index(rank, quota.State(x.Threshold)) - slices.Index(rank, quota.State(y.Threshold))
 	})
-	msgs := make([]outbox.Message, len(breaches))
-	for i, b := range breaches {
-		v, err := json.Marshal(b)
-		if err != nil {
-			return nil, fmt.Errorf("encoding breach: %w", err)
-		}
-		msgs[i] = outbox.Message{Topic: topics.QuotaBreaches, Key: []byte(b.Tenant), Value: v, Headers: map[string]string{"breach-id": b.BreachID}}
-	}
-	return breaches, outbox.Enqueue(ctx, tx, msgs...)
 }
 
 func compareStrings(a, b string) int {
