@@ -37,7 +37,7 @@ import (
 
 // Open connects to Postgres and applies pending migrations.
 func Open(ctx context.Context, databaseURL string, wait time.Duration, log *slog.Logger) (*pgxpool.Pool, error) {
-	return migrate.Open(ctx, databaseURL, wait, log)
+	return migrate.OpenPool(ctx, databaseURL, wait, log)
 }
 
 // Run starts the aggregator and blocks until ctx ends. ready, if not nil,

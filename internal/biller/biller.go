@@ -55,7 +55,7 @@ var Routes = []string{"POST /webhooks/stripe", "GET /v1/reconciliation"}
 
 // Open connects to Postgres and applies pending migrations.
 func Open(ctx context.Context, databaseURL string, wait time.Duration, log *slog.Logger) (*pgxpool.Pool, error) {
-	return migrate.Open(ctx, databaseURL, wait, log)
+	return migrate.OpenPool(ctx, databaseURL, wait, log)
 }
 
 // NewBiller builds the billing engine for cfg.
@@ -186,7 +186,7 @@ func syncLoop(ctx context.Context, b *billing.Biller, interval time.Duration, lo
 				"carried", res.Carried, "cancelled", res.Cancelled, "unmapped", len(res.Unmapped),
 				"old_landed", res.Landed, "old_replaced", res.Replaced, "old_waiting", res.Waiting)
 		}
-		_, _, _ = b.Open(ctx)
+		_, _, _ = b.CountOpenPushes(ctx)
 		next := windows.Month.End(time.Now()).Add(time.Minute)
 		closeTimer := time.NewTimer(time.Until(next))
 		select {

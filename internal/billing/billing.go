@@ -131,8 +131,9 @@ type SyncResult struct {
 	Unmapped                  []string // "tenant/metric": no customer or no meter
 }
 
-// Open reports how many pushes are intents and how many are dead-lettered.
-func (b *Biller) Open(ctx context.Context) (intents, dead int, err error) {
+// CountOpenPushes reports how many pushes are intents and how many are
+// dead-lettered, and sets the DLQ depth gauge from the latter.
+func (b *Biller) CountOpenPushes(ctx context.Context) (intents, dead int, err error) {
 	err = b.pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE status = 'intent'), count(*) FILTER (WHERE status = 'dead')
 		FROM billing_pushes WHERE status IN ('intent', 'dead')`).Scan(&intents, &dead)
 	if err != nil {
@@ -180,42 +181,9 @@ func (b *Biller) meters(ctx context.Context) (map[string]string, error) {
 func (b *Biller) planIntents(ctx context.Context, meters map[string]string, res *SyncResult) error {
 	now := b.cfg.Now().UTC()
 	current := windows.Month.Start(now)
-	oldest := current.AddDate(0, -2, 0)
-	rows, err := b.pool.Query(ctx, `SELECT w.tenant, w.metric, w.window_start, w.value, coalesce(t.stripe_customer_id, ''), q.stripe_event_name,
-			coalesce(p.claimed, 0), coalesce(p.cancelled, 0), (bp.tenant IS NOT NULL)
-		FROM usage_windows w
-		JOIN tenants t ON t.tenant = w.tenant
-		JOIN plan_quotas q ON q.plan = t.plan AND q.metric = w.metric
-		LEFT JOIN (SELECT tenant, metric, period_start, sum(delta) FILTER (WHERE status <> 'cancelled') AS claimed,
-				count(*) FILTER (WHERE status = 'cancelled') AS cancelled
-			FROM billing_pushes WHERE period_start >= $1 GROUP BY 1, 2, 3) p
-			ON p.tenant = w.tenant AND p.metric = w.metric AND p.period_start = w.window_start
-		LEFT JOIN billing_periods bp ON bp.tenant = w.tenant AND bp.period_start = w.window_start
-		WHERE w.granularity = 'month' AND w.window_start >= $1 AND w.value > coalesce(p.claimed, 0)
-		ORDER BY 1, 2, 3`, oldest)
+	plans, err := b.deltas(ctx, current.AddDate(0, -2, 0))
 	if err != nil {
-		return fmt.Errorf("finding deltas: %w", err)
-	}
-	type plan struct {
-		tenant, metric, customer, eventName string
-		period                              time.Time
-		metered, claimed                    *big.Int
-		generation                          int
-		final                               bool
-	}
-	var plans []plan
-	for rows.Next() {
-		var p plan
-		var metered, claimed pgtype.Numeric
-		if err := rows.Scan(&p.tenant, &p.metric, &p.period, &metered, &p.customer, &p.eventName, &claimed, &p.generation, &p.final); err != nil {
-			rows.Close()
-			return fmt.Errorf("finding deltas: %w", err)
-		}
-		p.metered, p.claimed = usage.NumericInt(metered), usage.NumericInt(claimed)
-		plans = append(plans, p)
-	}
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("finding deltas: %w", err)
+		return err
 	}
 	for _, p := range plans {
 		if p.customer == "" || meters[p.eventName] == "" {
@@ -232,6 +200,50 @@ func (b *Biller) planIntents(ctx context.Context, meters map[string]string, res 
 	}
 	b.cfg.Metrics.unmapped(len(res.Unmapped))
 	return nil
+}
+
+// delta is a (tenant, metric, month) whose metered total exceeds what its
+// pushes claim.
+type delta struct {
+	tenant, metric, customer, eventName string
+	period                              time.Time
+	metered, claimed                    *big.Int
+	generation                          int
+	final                               bool
+}
+
+// deltas reads every delta of the months from oldest on.
+func (b *Biller) deltas(ctx context.Context, oldest time.Time) ([]delta, error) {
+	rows, err := b.pool.Query(ctx, `SELECT w.tenant, w.metric, w.window_start, w.value, coalesce(t.stripe_customer_id, ''), q.stripe_event_name,
+			coalesce(p.claimed, 0), coalesce(p.cancelled, 0), (bp.tenant IS NOT NULL)
+		FROM usage_windows w
+		JOIN tenants t ON t.tenant = w.tenant
+		JOIN plan_quotas q ON q.plan = t.plan AND q.metric = w.metric
+		LEFT JOIN (SELECT tenant, metric, period_start, sum(delta) FILTER (WHERE status <> 'cancelled') AS claimed,
+				count(*) FILTER (WHERE status = 'cancelled') AS cancelled
+			FROM billing_pushes WHERE period_start >= $1 GROUP BY 1, 2, 3) p
+			ON p.tenant = w.tenant AND p.metric = w.metric AND p.period_start = w.window_start
+		LEFT JOIN billing_periods bp ON bp.tenant = w.tenant AND bp.period_start = w.window_start
+		WHERE w.granularity = 'month' AND w.window_start >= $1 AND w.value > coalesce(p.claimed, 0)
+		ORDER BY 1, 2, 3`, oldest)
+	if err != nil {
+		return nil, fmt.Errorf("finding deltas: %w", err)
+	}
+	var plans []delta
+	for rows.Next() {
+		var p delta
+		var metered, claimed pgtype.Numeric
+		if err := rows.Scan(&p.tenant, &p.metric, &p.period, &metered, &p.customer, &p.eventName, &claimed, &p.generation, &p.final); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("finding deltas: %w", err)
+		}
+		p.metered, p.claimed = usage.NumericInt(metered), usage.NumericInt(claimed)
+		plans = append(plans, p)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("finding deltas: %w", err)
+	}
+	return plans, nil
 }
 
 // stamp decides where usage of the metered month period goes at now:

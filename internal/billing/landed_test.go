@@ -210,7 +210,7 @@ func TestOldOpenPushesAreCheckedAgainstStripe(t *testing.T) {
 			}
 			// Nothing is left open, the ledger adds up to what was
 			// metered, and the reconciliation agrees with Stripe.
-			if intents, deadN, err := f.biller.Open(ctx); err != nil || intents+deadN != 0 {
+			if intents, deadN, err := f.biller.CountOpenPushes(ctx); err != nil || intents+deadN != 0 {
 				t.Fatalf("open pushes after: %d intents, %d dead, %v", intents, deadN, err)
 			}
 			if again, err := f.biller.Sync(ctx); err != nil || again.Intents+again.Sent != 0 {
@@ -276,7 +276,7 @@ func TestOldPushWaitsForAQuietGroup(t *testing.T) {
 	if got := f.stripeTotal("t1", "bytes"); got != 40 {
 		t.Fatalf("Stripe %d, want 40", got)
 	}
-	if intents, dead, _ := f.biller.Open(ctx); intents+dead != 0 {
+	if intents, dead, _ := f.biller.CountOpenPushes(ctx); intents+dead != 0 {
 		t.Fatalf("%d intents and %d dead letters left", intents, dead)
 	}
 }

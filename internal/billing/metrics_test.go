@@ -38,7 +38,7 @@ func TestMetrics(t *testing.T) {
 	if err != nil || res.Sent != 4 || res.Dead != 1 {
 		t.Fatalf("sync: %+v, %v", res, err)
 	}
-	if _, _, err := b.Open(ctx); err != nil {
+	if _, _, err := b.CountOpenPushes(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := b.Reconcile(ctx, f.now); err != nil {

@@ -23,7 +23,7 @@ import (
 // Run starts the ingest service and blocks until ctx ends and in-flight
 // requests have drained. ready, if not nil, receives the HTTP address.
 func Run(ctx context.Context, cfg config.Ingest, log *slog.Logger, ready func(net.Addr)) error {
-	pool, err := migrate.Open(ctx, cfg.DatabaseURL, cfg.ShutdownTimeout, log)
+	pool, err := migrate.OpenPool(ctx, cfg.DatabaseURL, cfg.ShutdownTimeout, log)
 	if err != nil {
 		return err
 	}
@@ -74,7 +74,7 @@ func Run(ctx context.Context, cfg config.Ingest, log *slog.Logger, ready func(ne
 
 // Migrate applies pending migrations and returns.
 func Migrate(ctx context.Context, databaseURL string, log *slog.Logger) error {
-	pool, err := migrate.Open(ctx, databaseURL, 0, log)
+	pool, err := migrate.OpenPool(ctx, databaseURL, 0, log)
 	if err != nil {
 		return err
 	}

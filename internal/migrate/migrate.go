@@ -184,9 +184,10 @@ func maxKey(m map[int]string) int {
 	return n
 }
 
-// Open connects to Postgres at databaseURL (waiting up to wait for it to
-// answer) and applies pending migrations: what every service does at start.
-func Open(ctx context.Context, databaseURL string, wait time.Duration, log *slog.Logger) (*pgxpool.Pool, error) {
+// OpenPool opens a connection pool to Postgres at databaseURL (waiting up
+// to wait for it to answer) and applies pending migrations on it before
+// returning it: what every service does at start.
+func OpenPool(ctx context.Context, databaseURL string, wait time.Duration, log *slog.Logger) (*pgxpool.Pool, error) {
 	pool, err := store.Open(ctx, databaseURL, wait, log)
 	if err != nil {
 		return nil, err

@@ -26,7 +26,7 @@ import (
 // TestVerifyFull starts a Postgres cluster with ssl=on, a server
 // certificate from a test CA, and client-certificate authentication for
 // the postgres role; then opens it the way every service does
-// (migrate.Open, which applies the migrations) with sslmode=verify-full.
+// (migrate.OpenPool, which applies the migrations) with sslmode=verify-full.
 func TestVerifyFull(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a Postgres cluster")
@@ -147,7 +147,7 @@ func TestVerifyFull(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			pool, err := migrate.Open(ctx, tt.url, 0, log)
+			pool, err := migrate.OpenPool(ctx, tt.url, 0, log)
 			if tt.wantErr != "" {
 				if err == nil {
 					pool.Close()
