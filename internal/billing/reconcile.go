@@ -52,49 +52,9 @@ type Row struct {
 func (b *Biller) Reconcile(ctx context.Context, period time.Time) ([]Row, error) {
 	period = windows.Month.Start(period)
 	end := windows.Month.End(period)
-	rows, err := b.pool.Query(ctx, `WITH keys AS (
-			SELECT t.tenant, q.metric, coalesce(t.stripe_customer_id, '') AS customer, q.stripe_event_name
-			FROM tenants t JOIN plan_quotas q ON q.plan = t.plan
-		), pushes AS (
-			SELECT tenant, metric,
-				sum(delta) FILTER (WHERE period_start = $1 AND status = 'sent') AS reported,
-				sum(delta) FILTER (WHERE period_start = $1 AND status IN ('intent', 'dead')) AS in_flight,
-				count(*) FILTER (WHERE period_start = $1 AND status = 'dead') AS dead,
-				sum(delta) FILTER (WHERE period_start = $1 AND status = 'discarded') AS discarded,
-				sum(delta) FILTER (WHERE period_start = $1 AND status = 'sent' AND billed_period_start <> $1) AS carried_out,
-				sum(delta) FILTER (WHERE billed_period_start = $1 AND period_start <> $1 AND status = 'sent') AS carried_in,
-				max(sent_at) FILTER (WHERE billed_period_start = $1) AS last_sent
-			FROM billing_pushes WHERE period_start = $1 OR billed_period_start = $1 GROUP BY 1, 2
-		)
-		SELECT k.tenant, k.metric, k.customer, k.stripe_event_name, coalesce(w.value, 0),
-			coalesce(p.reported, 0), coalesce(p.in_flight, 0), coalesce(p.dead, 0), coalesce(p.discarded, 0), coalesce(p.carried_out, 0), coalesce(p.carried_in, 0), p.last_sent
-		FROM keys k
-		LEFT JOIN usage_windows w ON w.tenant = k.tenant AND w.metric = k.metric AND w.granularity = 'month' AND w.window_start = $1
-		LEFT JOIN pushes p ON p.tenant = k.tenant AND p.metric = k.metric
-		WHERE w.tenant IS NOT NULL OR p.tenant IS NOT NULL
-		ORDER BY 1, 2`, period)
+	raws, err := b.readPeriod(ctx, period)
 	if err != nil {
-		return nil, fmt.Errorf("reading the period's usage and pushes: %w", err)
-	}
-	type raw struct {
-		Row
-		customer, eventName string
-		dead                int
-		discarded           *big.Int
-		lastSent            *time.Time
-	}
-	raws, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (raw, error) {
-		var x raw
-		var metered, reported, inFlight, discarded, out, in pgtype.Numeric
-		err := r.Scan(&x.Tenant, &x.Metric, &x.customer, &x.eventName, &metered, &reported, &inFlight, &x.dead, &discarded, &out, &in, &x.lastSent)
-		x.discarded = usage.NumericInt(discarded)
-		x.Metered, x.Reported, x.InFlight = usage.NumericInt(metered), usage.NumericInt(reported), usage.NumericInt(inFlight)
-		x.CarriedOut, x.CarriedIn = usage.NumericInt(out), usage.NumericInt(in)
-		x.Period = period.Format("2006-01")
-		return x, err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("reading the period's usage and pushes: %w", err)
+		return nil, err
 	}
 	meters, err := b.meters(ctx)
 	if err != nil {
@@ -125,23 +85,7 @@ func (b *Biller) Reconcile(ctx context.Context, period time.Time) ([]Row, error)
 			expected := new(big.Int).Sub(r.Metered, r.CarriedOut)
 			expected.Add(expected, r.CarriedIn)
 			r.Drift = expected.Sub(expected, r.Stripe)
-			claimed := new(big.Int).Add(r.Reported, r.InFlight)
-			switch {
-			case r.Drift.Sign() == 0 && r.Metered.Cmp(r.Reported) == 0:
-				r.Status = StatusOK
-			case x.discarded.Sign() > 0:
-				r.Status, r.Note = StatusDrift, fmt.Sprintf("%s discarded from the billing DLQ and never sent: finance decides", x.discarded)
-			case x.dead > 0:
-				r.Status, r.Note = StatusDrift, fmt.Sprintf("%d push(es) in the billing DLQ: replay them with `biller dlq replay`", x.dead)
-			case r.InFlight.Sign() > 0 || (claimed.Cmp(r.Metered) == 0 && x.lastSent != nil && now.Sub(*x.lastSent) < aggregationGrace):
-				r.Status, r.Note = StatusPending, "Stripe has not aggregated every push yet"
-			case claimed.Cmp(r.Metered) < 0:
-				r.Status, r.Note = StatusDrift, "under-reported: the next sync sends the difference"
-			case claimed.Cmp(r.Metered) > 0:
-				r.Status, r.Note = StatusDrift, "over-reported: cancelled automatically within 24 hours of the push, otherwise finance must credit the amount"
-			default:
-				r.Status, r.Note = StatusDrift, "Stripe's summary differs from what was sent: check for events changed in Stripe"
-			}
+			judge(&r, x, now)
 			driftTotal[r.Status] += float64(r.Drift.Int64())
 		}
 		if r.CarriedOut.Sign() > 0 {
@@ -161,6 +105,81 @@ func (b *Biller) Reconcile(ctx context.Context, period time.Time) ([]Row, error)
 		}
 	}
 	return out, nil
+}
+
+// periodRow is one tenant and metric of a period as Postgres has it,
+// with what Reconcile needs beyond the Row it reports.
+type periodRow struct {
+	Row
+	customer, eventName string
+	dead                int
+	discarded           *big.Int
+	lastSent            *time.Time
+}
+
+// readPeriod reads, for every tenant and metric with usage or pushes in
+// the month starting at period, the metered total and the pushes' sums.
+func (b *Biller) readPeriod(ctx context.Context, period time.Time) ([]periodRow, error) {
+	rows, err := b.pool.Query(ctx, `WITH keys AS (
+			SELECT t.tenant, q.metric, coalesce(t.stripe_customer_id, '') AS customer, q.stripe_event_name
+			FROM tenants t JOIN plan_quotas q ON q.plan = t.plan
+		), pushes AS (
+			SELECT tenant, metric,
+				sum(delta) FILTER (WHERE period_start = $1 AND status = 'sent') AS reported,
+				sum(delta) FILTER (WHERE period_start = $1 AND status IN ('intent', 'dead')) AS in_flight,
+				count(*) FILTER (WHERE period_start = $1 AND status = 'dead') AS dead,
+				sum(delta) FILTER (WHERE period_start = $1 AND status = 'discarded') AS discarded,
+				sum(delta) FILTER (WHERE period_start = $1 AND status = 'sent' AND billed_period_start <> $1) AS carried_out,
+				sum(delta) FILTER (WHERE billed_period_start = $1 AND period_start <> $1 AND status = 'sent') AS carried_in,
+				max(sent_at) FILTER (WHERE billed_period_start = $1) AS last_sent
+			FROM billing_pushes WHERE period_start = $1 OR billed_period_start = $1 GROUP BY 1, 2
+		)
+		SELECT k.tenant, k.metric, k.customer, k.stripe_event_name, coalesce(w.value, 0),
+			coalesce(p.reported, 0), coalesce(p.in_flight, 0), coalesce(p.dead, 0), coalesce(p.discarded, 0), coalesce(p.carried_out, 0), coalesce(p.carried_in, 0), p.last_sent
+		FROM keys k
+		LEFT JOIN usage_windows w ON w.tenant = k.tenant AND w.metric = k.metric AND w.granularity = 'month' AND w.window_start = $1
+		LEFT JOIN pushes p ON p.tenant = k.tenant AND p.metric = k.metric
+		WHERE w.tenant IS NOT NULL OR p.tenant IS NOT NULL
+		ORDER BY 1, 2`, period)
+	if err != nil {
+		return nil, fmt.Errorf("reading the period's usage and pushes: %w", err)
+	}
+	raws, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (periodRow, error) {
+		var x periodRow
+		var metered, reported, inFlight, discarded, out, in pgtype.Numeric
+		err := r.Scan(&x.Tenant, &x.Metric, &x.customer, &x.eventName, &metered, &reported, &inFlight, &x.dead, &discarded, &out, &in, &x.lastSent)
+		x.discarded = usage.NumericInt(discarded)
+		x.Metered, x.Reported, x.InFlight = usage.NumericInt(metered), usage.NumericInt(reported), usage.NumericInt(inFlight)
+		x.CarriedOut, x.CarriedIn = usage.NumericInt(out), usage.NumericInt(in)
+		x.Period = period.Format("2006-01")
+		return x, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading the period's usage and pushes: %w", err)
+	}
+	return raws, nil
+}
+
+// judge sets r's status and note from its drift (Stripe's summary already
+// compared) and the state of its pushes, x.
+func judge(r *Row, x periodRow, now time.Time) {
+	claimed := new(big.Int).Add(r.Reported, r.InFlight)
+	switch {
+	case r.Drift.Sign() == 0 && r.Metered.Cmp(r.Reported) == 0:
+		r.Status = StatusOK
+	case x.discarded.Sign() > 0:
+		r.Status, r.Note = StatusDrift, fmt.Sprintf("%s discarded from the billing DLQ and never sent: finance decides", x.discarded)
+	case x.dead > 0:
+		r.Status, r.Note = StatusDrift, fmt.Sprintf("%d push(es) in the billing DLQ: replay them with `biller dlq replay`", x.dead)
+	case r.InFlight.Sign() > 0 || (claimed.Cmp(r.Metered) == 0 && x.lastSent != nil && now.Sub(*x.lastSent) < aggregationGrace):
+		r.Status, r.Note = StatusPending, "Stripe has not aggregated every push yet"
+	case claimed.Cmp(r.Metered) < 0:
+		r.Status, r.Note = StatusDrift, "under-reported: the next sync sends the difference"
+	case claimed.Cmp(r.Metered) > 0:
+		r.Status, r.Note = StatusDrift, "over-reported: cancelled automatically within 24 hours of the push, otherwise finance must credit the amount"
+	default:
+		r.Status, r.Note = StatusDrift, "Stripe's summary differs from what was sent: check for events changed in Stripe"
+	}
 }
 
 // fixOverReporting cancels, within Stripe's 24-hour window, the latest

@@ -199,19 +199,12 @@ func (a *API) admin(h func(http.ResponseWriter, *http.Request, auth.Principal)) 
 	}
 }
 
+// postEvents accepts a batch of events: a key that may send, a body that
+// decodes, every event of a tenant the key may write, within the key's
+// rate; then the whole batch is published or none of it is accepted.
 func (a *API) postEvents(w http.ResponseWriter, r *http.Request) {
 	p, ok := a.authenticate(w, r)
-	if !ok {
-		return
-	}
-	if p.Role == store.RoleViewer {
-		httpjson.Error(w, http.StatusForbidden, "forbidden", "viewer keys are read-only; send events with a tenant or admin key")
-		return
-	}
-	if p.ReadOnly() {
-		a.metrics.rejected.WithLabelValues("read_only_key").Inc()
-		httpjson.Errorf(w, http.StatusForbidden, "read_only_key",
-			"this key of tenant %q has scope read: it reads usage and quotas but cannot send events; send events with a write key (POST /v1/admin/keys {\"tenant\":%q})", p.Tenant, p.Tenant)
+	if !ok || !a.maySend(w, p) {
 		return
 	}
 	body, release, ok := a.readBody(w, r)
@@ -224,28 +217,58 @@ func (a *API) postEvents(w http.ResponseWriter, r *http.Request) {
 		a.writeDecodeError(w, err)
 		return
 	}
+	if !a.admitBatch(w, p, evs) {
+		return
+	}
+	a.publishBatch(w, r, evs)
+}
+
+// maySend answers 403 and returns false unless p's key may send events.
+func (a *API) maySend(w http.ResponseWriter, p auth.Principal) bool {
+	if p.Role == store.RoleViewer {
+		httpjson.Error(w, http.StatusForbidden, "forbidden", "viewer keys are read-only; send events with a tenant or admin key")
+		return false
+	}
+	if p.ReadOnly() {
+		a.metrics.rejected.WithLabelValues("read_only_key").Inc()
+		httpjson.Errorf(w, http.StatusForbidden, "read_only_key",
+			"this key of tenant %q has scope read: it reads usage and quotas but cannot send events; send events with a write key (POST /v1/admin/keys {\"tenant\":%q})", p.Tenant, p.Tenant)
+		return false
+	}
+	return true
+}
+
+// admitBatch answers 403 or 429 and returns false unless p may write every
+// event of evs and the key's rate allows the batch.
+func (a *API) admitBatch(w http.ResponseWriter, p auth.Principal, evs []events.Event) bool {
 	for i, e := range evs {
 		if !p.CanWrite(e.Tenant) {
 			a.metrics.rejected.WithLabelValues("forbidden").Inc()
 			httpjson.Errorf(w, http.StatusForbidden, "forbidden",
 				"this key belongs to tenant %q and cannot send events for tenant %q (event %d); nothing was published", p.Tenant, e.Tenant, i)
-			return
+			return false
 		}
 	}
 	d := a.opt.KeyLimiter.Allow(p.KeyID, len(evs), a.opt.Now())
 	d.SetHeaders(w.Header())
-	if !d.Allowed {
-		a.metrics.rateLimited.WithLabelValues("key").Inc()
-		a.metrics.rejected.WithLabelValues("rate_limited").Inc()
-		if d.Never {
-			httpjson.Errorf(w, http.StatusTooManyRequests, "rate_limited",
-				"a batch of %d events exceeds this key's burst of %d; send smaller batches", len(evs), d.Limit)
-			return
-		}
-		httpjson.Errorf(w, http.StatusTooManyRequests, "rate_limited",
-			"this key's event rate limit is exhausted; retry after %s seconds", w.Header().Get("Retry-After"))
-		return
+	if d.Allowed {
+		return true
 	}
+	a.metrics.rateLimited.WithLabelValues("key").Inc()
+	a.metrics.rejected.WithLabelValues("rate_limited").Inc()
+	if d.Never {
+		httpjson.Errorf(w, http.StatusTooManyRequests, "rate_limited",
+			"a batch of %d events exceeds this key's burst of %d; send smaller batches", len(evs), d.Limit)
+		return false
+	}
+	httpjson.Errorf(w, http.StatusTooManyRequests, "rate_limited",
+		"this key's event rate limit is exhausted; retry after %s seconds", w.Header().Get("Retry-After"))
+	return false
+}
+
+// publishBatch publishes evs and answers 202, or 503 with Retry-After when
+// the event log did not take them.
+func (a *API) publishBatch(w http.ResponseWriter, r *http.Request, evs []events.Event) {
 	msgs := make([]kafkaMessage, len(evs))
 	for i, e := range evs {
 		msgs[i] = events.Message(e)
@@ -253,7 +276,7 @@ func (a *API) postEvents(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	// The client leaving does not abort a publish half way: it runs to
 	// its own deadline so the outcome is the same for every event.
-	err = a.opt.Publisher.Publish(context.WithoutCancel(r.Context()), msgs)
+	err := a.opt.Publisher.Publish(context.WithoutCancel(r.Context()), msgs)
 	a.metrics.publishSeconds.Observe(time.Since(start).Seconds())
 	if err != nil {
 		a.metrics.rejected.WithLabelValues("unavailable").Inc()
