@@ -15,17 +15,22 @@
 package main
 
 import (
-	"errors"
-	"flag"
-	"fmt"
 	"io"
 	"os"
 
 	"github.com/usagemeter/metering/internal/aggregator"
 	"github.com/usagemeter/metering/internal/cli"
 	"github.com/usagemeter/metering/internal/config"
-	"github.com/usagemeter/metering/internal/service"
 )
+
+var program = cli.Program[config.Aggregator]{
+	Name:     "aggregator",
+	Load:     config.LoadAggregator,
+	Common:   func(c config.Aggregator) config.Common { return c.Common },
+	Serve:    aggregator.Run,
+	Migrate:  aggregator.Migrate,
+	Commands: aggregator.Commands,
+}
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
@@ -34,65 +39,5 @@ func main() {
 // run is the whole command; it returns the exit status: 0 done, 1 the
 // command failed, 2 the command line or settings are wrong.
 func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
-	cmd := "serve"
-	if len(args) > 0 && (args[0] == "migrate" || args[0] == "dlq" || args[0] == "rebuild" || args[0] == "conflicts") {
-		cmd, args = args[0], args[1:]
-	}
-	sub := ""
-	if cmd == "dlq" {
-		if len(args) == 0 {
-			fmt.Fprintln(stderr, "aggregator dlq: want list, replay or discard")
-			return 2
-		}
-		sub, args = args[0], args[1:]
-	}
-	if cmd == "conflicts" {
-		if len(args) == 0 {
-			fmt.Fprintln(stderr, "aggregator conflicts: want list, count or dismiss")
-			return 2
-		}
-		sub, args = args[0], args[1:]
-	}
-	settings, rest := cli.SplitOwn(args, aggregator.DLQFlags, aggregator.RebuildFlags, aggregator.ConflictsFlags)
-	cfg, extra, err := config.LoadAggregator("aggregator", settings, getenv, stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	if err != nil {
-		fmt.Fprintln(stderr, "aggregator:", err)
-		return 2
-	}
-	rest = append(rest, extra...)
-	log, err := service.NewLogger(stderr, cfg.LogLevel, "aggregator")
-	if err != nil {
-		fmt.Fprintln(stderr, "aggregator:", err)
-		return 2
-	}
-	ctx, stop := service.SignalContext()
-	defer stop()
-	switch cmd {
-	case "serve":
-		if len(rest) > 0 {
-			fmt.Fprintf(stderr, "aggregator: unknown argument %q; commands: migrate, dlq, rebuild, conflicts\n", rest[0])
-			return 2
-		}
-		err = aggregator.Run(ctx, cfg, log, nil)
-	case "migrate":
-		var pool interface{ Close() }
-		pool, err = aggregator.Open(ctx, cfg.DatabaseURL, 0, log)
-		if err == nil {
-			pool.Close()
-		}
-	case "dlq":
-		err = aggregator.DLQCommand(ctx, cfg, log, sub, rest, stdout)
-	case "rebuild":
-		err = aggregator.RebuildCommand(ctx, cfg, log, rest, stdout)
-	case "conflicts":
-		err = aggregator.ConflictsCommand(ctx, cfg, log, sub, rest, stdout)
-	}
-	if err != nil {
-		log.Error("aggregator failed", "command", cmd, "err", err)
-		return 1
-	}
-	return 0
+	return program.Main(args, getenv, stdout, stderr)
 }

@@ -6,52 +6,29 @@
 package main
 
 import (
-	"errors"
-	"flag"
-	"fmt"
+	"io"
 	"os"
 
+	"github.com/usagemeter/metering/internal/cli"
 	"github.com/usagemeter/metering/internal/config"
 	"github.com/usagemeter/metering/internal/ingest"
-	"github.com/usagemeter/metering/internal/service"
 )
 
-func main() {
-	os.Exit(run(os.Args[1:]))
+var program = cli.Program[config.Ingest]{
+	Name:     "ingest",
+	Load:     config.LoadIngest,
+	Common:   func(c config.Ingest) config.Common { return c.Common },
+	Serve:    ingest.Run,
+	Migrate:  ingest.Migrate,
+	Commands: nil,
 }
 
-func run(args []string) int {
-	cmd := "serve"
-	if len(args) > 0 && args[0] == "migrate" {
-		cmd, args = "migrate", args[1:]
-	}
-	cfg, rest, err := config.LoadIngest("ingest", args, os.Getenv, os.Stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "ingest:", err)
-		return 2
-	}
-	if len(rest) > 0 {
-		fmt.Fprintf(os.Stderr, "ingest: unknown argument %q; commands: migrate\n", rest[0])
-		return 2
-	}
-	log, err := service.NewLogger(os.Stderr, cfg.LogLevel, "ingest")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "ingest:", err)
-		return 2
-	}
-	ctx, stop := service.SignalContext()
-	defer stop()
-	if cmd == "migrate" {
-		err = ingest.Migrate(ctx, cfg.DatabaseURL, log)
-	} else {
-		err = ingest.Run(ctx, cfg, log, nil)
-	}
-	if err != nil {
-		log.Error("ingest failed", "err", err)
-		return 1
-	}
-	return 0
+func main() {
+	os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
+}
+
+// run is the whole command; it returns the exit status: 0 done, 1 the
+// command failed, 2 the command line or settings are wrong.
+func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	return program.Main(args, getenv, stdout, stderr)
 }

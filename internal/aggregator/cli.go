@@ -3,6 +3,7 @@ package aggregator
 import (
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -21,192 +22,196 @@ import (
 	"github.com/usagemeter/metering/internal/topics"
 )
 
-// The operator commands' own flags; every other flag is a service setting
-// and may stand anywhere on the command line (see cli.SplitOwn).
-var (
-	DLQFlags     = cli.Own{Valued: []string{"status", "limit", "actor", "note", "format"}, Boolean: []string{"all"}}
-	RebuildFlags = cli.Own{Valued: []string{"from"}, Boolean: []string{"dry-run"}}
-	// ConflictsFlags are `aggregator conflicts`' own flags.
-	ConflictsFlags = cli.Own{Valued: []string{"tenant", "status", "limit", "actor", "note", "format"}}
-)
-
-// DLQCommand runs `aggregator dlq list|replay|discard`.
-func DLQCommand(ctx context.Context, cfg config.Aggregator, log *slog.Logger, sub string, args []string, out io.Writer) error {
-	flags, rest, err := DLQFlags.Parse(args)
-	if err != nil {
-		return err
-	}
-	pool, err := Open(ctx, cfg.DatabaseURL, 0, log)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-	q := dlq.New(pool)
-	actor := flags["actor"]
-	if actor == "" {
-		actor = cli.Actor()
-	}
-	var ids []int64
-	for _, r := range rest {
-		id, err := strconv.ParseInt(r, 10, 64)
-		if err != nil {
-			return fmt.Errorf("dead letter ids are numbers, got %q", r)
-		}
-		ids = append(ids, id)
-	}
-	switch sub {
-	case "list":
-		limit, status, err := listFlags(flags, "pending")
-		if err != nil {
-			return err
-		}
-		if status == "all" {
-			status = ""
-		}
-		recs, err := q.List(ctx, status, limit)
-		if err != nil {
-			return err
-		}
-		if flags["format"] == "json" {
-			enc := json.NewEncoder(out)
-			enc.SetIndent("", "  ")
-			return enc.Encode(recs)
-		}
-		tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tFAILED AT\tSTATUS\tTENANT\tCLASS\tSOURCE\tERROR")
-		for _, r := range recs {
-			msg := r.Error
-			if len(msg) > 80 {
-				msg = msg[:77] + "..."
-			}
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s/%d@%d\t%s\n", r.ID, r.FailedAt.UTC().Format(time.RFC3339), r.Status, r.Tenant,
-				r.ErrorClass, r.SourceTopic, r.SourcePartition, r.SourceOffset, msg)
-		}
-		if err := tw.Flush(); err != nil {
-			return err
-		}
-		fmt.Fprintf(out, "%d dead letters\n", len(recs))
-		return nil
-	case "replay":
-		done, err := q.Replay(ctx, ids, flags["all"] == "true", actor, flags["note"])
-		if err != nil {
-			return err
-		}
-		// Publish now, so the replay does not wait for a running aggregator.
-		w := outbox.NewWriter(cfg.KafkaBrokers)
-		w.Transport = cfg.KafkaSecurity.Transport()
-		defer w.Close()
-		relay := outbox.New(pool, w, log, nil)
-		for {
-			n, err := relay.PublishPending(ctx)
-			if err != nil {
-				return fmt.Errorf("replayed %d dead letters into the outbox, but publishing failed (the running aggregator will retry): %w", len(done), err)
-			}
-			if n == 0 {
-				break
-			}
-		}
-		fmt.Fprintf(out, "replayed %d dead letters to %s: %v\n", len(done), topics.UsageEvents, done)
-		return nil
-	case "discard":
-		done, err := q.Discard(ctx, ids, actor, flags["note"])
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(out, "discarded %d dead letters: %v\n", len(done), done)
-		return nil
-	}
-	return fmt.Errorf("unknown dlq command %q; want list, replay or discard", sub)
+// Commands are the aggregator's operator commands; each declares its own
+// flags as a struct. Settings flags may stand anywhere on their command
+// lines (see cli.Program).
+var Commands = []cli.Command[config.Aggregator]{
+	cli.New("dlq list", dlqList),
+	cli.New("dlq replay", dlqReplay),
+	cli.New("dlq discard", dlqDiscard),
+	cli.New("rebuild", rebuildCmd),
+	cli.New("conflicts list", conflictsList),
+	cli.New("conflicts count", conflictsResolve(aggregate.ResolutionCounted)),
+	cli.New("conflicts dismiss", conflictsResolve(aggregate.ResolutionDismissed)),
 }
 
-// listFlags reads a list's --limit (a positive number, 100 when unset) and
-// --status (defaultStatus when unset; the caller checks its value).
-func listFlags(flags map[string]string, defaultStatus string) (limit int, status string, err error) {
-	limit = 100
-	if s := flags["limit"]; s != "" {
-		if limit, err = strconv.Atoi(s); err != nil || limit <= 0 {
-			return 0, "", fmt.Errorf("--limit must be a positive number, got %q", s)
-		}
-	}
-	status, ok := flags["status"]
-	if !ok {
-		status = defaultStatus
-	}
-	return limit, status, nil
+// Env is what an aggregator command runs with.
+type Env = cli.Env[config.Aggregator]
+
+// DLQCommand runs `aggregator dlq list|replay|discard` with args, its own
+// flags and arguments.
+func DLQCommand(ctx context.Context, cfg config.Aggregator, log *slog.Logger, sub string, args []string, out io.Writer) error {
+	return cli.Run(ctx, Commands, "dlq "+sub, Env{Config: cfg, Log: log, Out: out}, args)
 }
 
 // ConflictsCommand runs `aggregator conflicts list|count|dismiss`: the
-// review of conflicting resends. count and dismiss take one held
-// conflict's id and a --note, and record who (--actor, or user@host),
-// when and why.
+// review of conflicting resends.
 func ConflictsCommand(ctx context.Context, cfg config.Aggregator, log *slog.Logger, sub string, args []string, out io.Writer) error {
-	flags, rest, err := ConflictsFlags.Parse(args)
+	return cli.Run(ctx, Commands, "conflicts "+sub, Env{Config: cfg, Log: log, Out: out}, args)
+}
+
+// RebuildCommand runs `aggregator rebuild --from TIME [--dry-run]`.
+func RebuildCommand(ctx context.Context, cfg config.Aggregator, log *slog.Logger, args []string, out io.Writer) error {
+	return cli.Run(ctx, Commands, "rebuild", Env{Config: cfg, Log: log, Out: out}, args)
+}
+
+// Migrate applies pending database migrations and returns.
+func Migrate(ctx context.Context, databaseURL string, log *slog.Logger) error {
+	pool, err := Open(ctx, databaseURL, 0, log)
 	if err != nil {
 		return err
 	}
-	var resolution string
-	switch sub {
-	case "list":
-		if len(rest) > 0 {
-			return fmt.Errorf("unexpected argument %q; filter with --tenant and --status", rest[0])
-		}
-	case "count":
-		resolution = aggregate.ResolutionCounted
-	case "dismiss":
-		resolution = aggregate.ResolutionDismissed
-	default:
-		return fmt.Errorf("unknown conflicts command %q; want list, count or dismiss", sub)
+	pool.Close()
+	return nil
+}
+
+// listFlags are the flags of a list: --limit, --status and --format.
+type listFlags struct {
+	Status string
+	Limit  int
+	Format string
+}
+
+func (f *listFlags) bind(fs *flag.FlagSet, status, statuses string) {
+	fs.StringVar(&f.Status, "status", status, "which records: "+statuses)
+	cli.PositiveInt(fs, &f.Limit, "limit", 100, "most records listed")
+	fs.StringVar(&f.Format, "format", "table", "table or json")
+}
+
+type dlqListFlags struct{ listFlags }
+
+func (f *dlqListFlags) Bind(fs *flag.FlagSet) {
+	f.bind(fs, "pending", "pending, replayed, discarded or all")
+}
+
+func dlqList(ctx context.Context, env Env, f dlqListFlags, args []string) error {
+	if len(args) > 0 {
+		return fmt.Errorf("unexpected argument %q; filter with --status", args[0])
 	}
-	var id int64
-	if resolution != "" {
-		if len(rest) != 1 {
-			return fmt.Errorf("conflicts %s takes one conflict id, got %d arguments", sub, len(rest))
-		}
-		if id, err = strconv.ParseInt(rest[0], 10, 64); err != nil {
-			return fmt.Errorf("conflict ids are numbers, got %q", rest[0])
-		}
-		if flags["note"] == "" {
-			return fmt.Errorf("conflicts %s needs --note saying why (it is kept with the conflict)", sub)
-		}
-	}
-	limit, status, err := listFlags(flags, "held")
-	if err != nil {
-		return err
-	}
-	if !slices.Contains(aggregate.ConflictStatuses, status) {
-		return fmt.Errorf("--status must be one of %s, got %q", strings.Join(aggregate.ConflictStatuses, ", "), status)
-	}
-	pool, err := Open(ctx, cfg.DatabaseURL, 0, log)
+	pool, err := Open(ctx, env.Config.DatabaseURL, 0, env.Log)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	if resolution != "" {
-		actor := flags["actor"]
-		if actor == "" {
-			actor = cli.Actor()
-		}
-		agg := aggregate.New(pool, aggregate.Config{Group: cfg.ConsumerGroup, Topic: topics.UsageEvents, Horizon: cfg.DedupHorizon,
-			MaxLag: cfg.MaxLag, ConflictAlertThreshold: cfg.ConflictAlertThreshold, Logger: log})
-		c, err := agg.ResolveConflict(ctx, id, resolution, actor, flags["note"])
-		if err != nil {
-			return err
-		}
-		what := "left uncounted"
-		if resolution == aggregate.ResolutionCounted {
-			// Copies of one id in one metric and time count their maximum
-			// once: what this one added may be less than its value.
-			what = fmt.Sprintf("counted %d %s at %s: added %d and %d event(s)",
-				*c.Value, c.Metric, c.Time.Format(time.RFC3339Nano), deref(c.CountedAmount), deref(c.CountedEvents))
-		}
-		fmt.Fprintf(out, "conflict %d (tenant %s, id %s) %s: %s by %s\n", c.ID, c.Tenant, c.EventID, resolution, what, actor)
-		return nil
+	status := f.Status
+	if status == "all" {
+		status = ""
 	}
-	cs, err := aggregate.NewConflictReader(pool).List(ctx, aggregate.ConflictFilter{Tenant: flags["tenant"], Status: status, Limit: limit})
+	recs, err := dlq.New(pool).List(ctx, status, f.Limit)
 	if err != nil {
 		return err
 	}
-	if flags["format"] == "json" {
+	out := env.Out
+	if f.Format == "json" {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(recs)
+	}
+	tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tFAILED AT\tSTATUS\tTENANT\tCLASS\tSOURCE\tERROR")
+	for _, r := range recs {
+		msg := r.Error
+		if len(msg) > 80 {
+			msg = msg[:77] + "..."
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s/%d@%d\t%s\n", r.ID, r.FailedAt.UTC().Format(time.RFC3339), r.Status, r.Tenant,
+			r.ErrorClass, r.SourceTopic, r.SourcePartition, r.SourceOffset, msg)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "%d dead letters\n", len(recs))
+	return nil
+}
+
+type dlqReplayFlags struct {
+	cli.Audit
+	All bool
+}
+
+func (f *dlqReplayFlags) Bind(fs *flag.FlagSet) {
+	f.Audit.Bind(fs)
+	fs.BoolVar(&f.All, "all", false, "replay every pending dead letter")
+}
+
+func dlqReplay(ctx context.Context, env Env, f dlqReplayFlags, args []string) error {
+	ids, err := cli.IDs(args, "dead letter")
+	if err != nil {
+		return err
+	}
+	pool, err := Open(ctx, env.Config.DatabaseURL, 0, env.Log)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	done, err := dlq.New(pool).Replay(ctx, ids, f.All, f.Who(), f.Note)
+	if err != nil {
+		return err
+	}
+	// Publish now, so the replay does not wait for a running aggregator.
+	w := outbox.NewWriter(env.Config.KafkaBrokers)
+	w.Transport = env.Config.KafkaSecurity.Transport()
+	defer w.Close()
+	relay := outbox.New(pool, w, env.Log, nil)
+	for {
+		n, err := relay.PublishPending(ctx)
+		if err != nil {
+			return fmt.Errorf("replayed %d dead letters into the outbox, but publishing failed (the running aggregator will retry): %w", len(done), err)
+		}
+		if n == 0 {
+			break
+		}
+	}
+	fmt.Fprintf(env.Out, "replayed %d dead letters to %s: %v\n", len(done), topics.UsageEvents, done)
+	return nil
+}
+
+func dlqDiscard(ctx context.Context, env Env, f cli.Audit, args []string) error {
+	ids, err := cli.IDs(args, "dead letter")
+	if err != nil {
+		return err
+	}
+	pool, err := Open(ctx, env.Config.DatabaseURL, 0, env.Log)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	done, err := dlq.New(pool).Discard(ctx, ids, f.Who(), f.Note)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.Out, "discarded %d dead letters: %v\n", len(done), done)
+	return nil
+}
+
+type conflictsListFlags struct {
+	listFlags
+	Tenant string
+}
+
+func (f *conflictsListFlags) Bind(fs *flag.FlagSet) {
+	f.bind(fs, "held", strings.Join(aggregate.ConflictStatuses, ", "))
+	fs.StringVar(&f.Tenant, "tenant", "", "only this tenant's conflicts")
+}
+
+func conflictsList(ctx context.Context, env Env, f conflictsListFlags, args []string) error {
+	if len(args) > 0 {
+		return fmt.Errorf("unexpected argument %q; filter with --tenant and --status", args[0])
+	}
+	if !slices.Contains(aggregate.ConflictStatuses, f.Status) {
+		return fmt.Errorf("--status must be one of %s, got %q", strings.Join(aggregate.ConflictStatuses, ", "), f.Status)
+	}
+	pool, err := Open(ctx, env.Config.DatabaseURL, 0, env.Log)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	cs, err := aggregate.NewConflictReader(pool).List(ctx, aggregate.ConflictFilter{Tenant: f.Tenant, Status: f.Status, Limit: f.Limit})
+	if err != nil {
+		return err
+	}
+	out := env.Out
+	if f.Format == "json" {
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "  ")
 		if cs == nil {
@@ -237,32 +242,77 @@ func ConflictsCommand(ctx context.Context, cfg config.Aggregator, log *slog.Logg
 	return nil
 }
 
-// RebuildCommand runs `aggregator rebuild --from TIME [--dry-run]`.
-func RebuildCommand(ctx context.Context, cfg config.Aggregator, log *slog.Logger, args []string, out io.Writer) error {
-	flags, rest, err := RebuildFlags.Parse(args)
+// conflictsResolve makes `conflicts count|dismiss ID --note TEXT`: one
+// held conflict resolved, with who (--actor, or user@host), when and why.
+func conflictsResolve(resolution string) func(context.Context, Env, cli.Audit, []string) error {
+	return func(ctx context.Context, env Env, f cli.Audit, args []string) error {
+		sub := map[string]string{aggregate.ResolutionCounted: "count", aggregate.ResolutionDismissed: "dismiss"}[resolution]
+		if len(args) != 1 {
+			return fmt.Errorf("conflicts %s takes one conflict id, got %d arguments", sub, len(args))
+		}
+		id, err := strconv.ParseInt(args[0], 10, 64)
+		if err != nil {
+			return fmt.Errorf("conflict ids are numbers, got %q", args[0])
+		}
+		if f.Note == "" {
+			return fmt.Errorf("conflicts %s needs --note saying why (it is kept with the conflict)", sub)
+		}
+		pool, err := Open(ctx, env.Config.DatabaseURL, 0, env.Log)
+		if err != nil {
+			return err
+		}
+		defer pool.Close()
+		cfg, actor := env.Config, f.Who()
+		agg := aggregate.New(pool, aggregate.Config{Group: cfg.ConsumerGroup, Topic: topics.UsageEvents, Horizon: cfg.DedupHorizon,
+			MaxLag: cfg.MaxLag, ConflictAlertThreshold: cfg.ConflictAlertThreshold, Logger: env.Log})
+		c, err := agg.ResolveConflict(ctx, id, resolution, actor, f.Note)
+		if err != nil {
+			return err
+		}
+		what := "left uncounted"
+		if resolution == aggregate.ResolutionCounted {
+			// Copies of one id in one metric and time count their maximum
+			// once: what this one added may be less than its value.
+			what = fmt.Sprintf("counted %d %s at %s: added %d and %d event(s)",
+				*c.Value, c.Metric, c.Time.Format(time.RFC3339Nano), deref(c.CountedAmount), deref(c.CountedEvents))
+		}
+		fmt.Fprintf(env.Out, "conflict %d (tenant %s, id %s) %s: %s by %s\n", c.ID, c.Tenant, c.EventID, resolution, what, actor)
+		return nil
+	}
+}
+
+type rebuildFlags struct {
+	From   string
+	DryRun bool
+}
+
+func (f *rebuildFlags) Bind(fs *flag.FlagSet) {
+	fs.StringVar(&f.From, "from", "", "start of the first month rebuilt, RFC 3339 (2026-11-01T00:00:00Z)")
+	fs.BoolVar(&f.DryRun, "dry-run", false, "compare only; change nothing")
+}
+
+func rebuildCmd(ctx context.Context, env Env, f rebuildFlags, args []string) error {
+	if len(args) > 0 {
+		return fmt.Errorf("unexpected argument %q", args[0])
+	}
+	from, err := time.Parse(time.RFC3339, f.From)
 	if err != nil {
-		return err
+		return fmt.Errorf("--from must be an RFC 3339 time such as 2026-11-01T00:00:00Z, got %q", f.From)
 	}
-	if len(rest) > 0 {
-		return fmt.Errorf("unexpected argument %q", rest[0])
-	}
-	from, err := time.Parse(time.RFC3339, flags["from"])
-	if err != nil {
-		return fmt.Errorf("--from must be an RFC 3339 time such as 2026-11-01T00:00:00Z, got %q", flags["from"])
-	}
-	pool, err := Open(ctx, cfg.DatabaseURL, 0, log)
+	cfg := env.Config
+	pool, err := Open(ctx, cfg.DatabaseURL, 0, env.Log)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
 	rep, err := rebuild.Run(ctx, pool, rebuild.Options{
 		DatabaseURL: cfg.DatabaseURL, Brokers: cfg.KafkaBrokers, Security: cfg.KafkaSecurity, Topic: topics.UsageEvents, Group: cfg.ConsumerGroup,
-		From: from, Horizon: cfg.DedupHorizon, MaxLag: cfg.MaxLag, DryRun: flags["dry-run"] == "true", Logger: log,
+		From: from, Horizon: cfg.DedupHorizon, MaxLag: cfg.MaxLag, DryRun: f.DryRun, Logger: env.Log,
 	})
 	if err != nil {
 		return err
 	}
-	PrintRebuild(out, rep)
+	PrintRebuild(env.Out, rep)
 	return nil
 }
 

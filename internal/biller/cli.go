@@ -3,6 +3,7 @@ package biller
 import (
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -18,11 +19,39 @@ import (
 	"github.com/usagemeter/metering/internal/config"
 )
 
-// SubcommandFlags are the operator commands' own flags; every other flag
-// is a service setting.
-var SubcommandFlags = cli.Own{
-	Valued:  []string{"period", "format", "actor", "note"},
-	Boolean: []string{"all"},
+// Commands are the biller's operator commands; each declares its own
+// flags as a struct. Settings flags may stand anywhere on their command
+// lines (see cli.Program).
+var Commands = []cli.Command[config.Biller]{
+	cli.New("reconcile", reconcile),
+	cli.New("dlq list", dlqList),
+	cli.New("dlq show", dlqShow),
+	cli.New("dlq replay", dlqReplay),
+	cli.New("dlq discard", dlqDiscard),
+}
+
+// Env is what a biller command runs with.
+type Env = cli.Env[config.Biller]
+
+// ReconcileCommand runs `biller reconcile --period YYYY-MM [--format table|csv|json]`
+// with args, its own flags and arguments.
+func ReconcileCommand(ctx context.Context, cfg config.Biller, log *slog.Logger, args []string, out io.Writer) error {
+	return cli.Run(ctx, Commands, "reconcile", Env{Config: cfg, Log: log, Out: out}, args)
+}
+
+// DLQCommand runs `biller dlq list|show ID|replay (ID...|--all)|discard ID...`.
+func DLQCommand(ctx context.Context, cfg config.Biller, log *slog.Logger, sub string, args []string, out io.Writer) error {
+	return cli.Run(ctx, Commands, "dlq "+sub, Env{Config: cfg, Log: log, Out: out}, args)
+}
+
+// Migrate applies pending database migrations and returns.
+func Migrate(ctx context.Context, databaseURL string, log *slog.Logger) error {
+	pool, err := Open(ctx, databaseURL, 0, log)
+	if err != nil {
+		return err
+	}
+	pool.Close()
+	return nil
 }
 
 func open(ctx context.Context, cfg config.Biller, log *slog.Logger) (*billing.Biller, func(), error) {
@@ -38,20 +67,22 @@ func open(ctx context.Context, cfg config.Biller, log *slog.Logger) (*billing.Bi
 	return b, pool.Close, nil
 }
 
-// ReconcileCommand runs `biller reconcile --period YYYY-MM [--format table|csv|json]`.
-func ReconcileCommand(ctx context.Context, cfg config.Biller, log *slog.Logger, args []string, out io.Writer) error {
-	flags, rest, err := SubcommandFlags.Parse(args)
+type reconcileFlags struct{ Period, Format string }
+
+func (f *reconcileFlags) Bind(fs *flag.FlagSet) {
+	fs.StringVar(&f.Period, "period", "", "month reconciled, YYYY-MM (default this month)")
+	fs.StringVar(&f.Format, "format", "table", "table, csv or json")
+}
+
+func reconcile(ctx context.Context, env Env, f reconcileFlags, args []string) error {
+	if len(args) > 0 {
+		return fmt.Errorf("unexpected argument %q", args[0])
+	}
+	period, err := ParsePeriod(f.Period)
 	if err != nil {
 		return err
 	}
-	if len(rest) > 0 {
-		return fmt.Errorf("unexpected argument %q", rest[0])
-	}
-	period, err := ParsePeriod(flags["period"])
-	if err != nil {
-		return err
-	}
-	b, closeFn, err := open(ctx, cfg, log)
+	b, closeFn, err := open(ctx, env.Config, env.Log)
 	if err != nil {
 		return err
 	}
@@ -60,85 +91,118 @@ func ReconcileCommand(ctx context.Context, cfg config.Biller, log *slog.Logger, 
 	if err != nil {
 		return err
 	}
-	return WriteReport(out, rows, flags["format"])
+	return WriteReport(env.Out, rows, f.Format)
 }
 
-// DLQCommand runs `biller dlq list|show ID|replay (ID...|--all)|discard ID...`.
-func DLQCommand(ctx context.Context, cfg config.Biller, log *slog.Logger, sub string, args []string, out io.Writer) error {
-	flags, rest, err := SubcommandFlags.Parse(args)
-	if err != nil {
-		return err
+type dlqListFlags struct{ Format string }
+
+func (f *dlqListFlags) Bind(fs *flag.FlagSet) {
+	fs.StringVar(&f.Format, "format", "table", "table or json")
+}
+
+func dlqList(ctx context.Context, env Env, f dlqListFlags, args []string) error {
+	if len(args) > 0 {
+		return fmt.Errorf("unexpected argument %q", args[0])
 	}
-	var ids []int64
-	for _, r := range rest {
-		id, err := strconv.ParseInt(r, 10, 64)
-		if err != nil {
-			return fmt.Errorf("push ids are numbers, got %q", r)
-		}
-		ids = append(ids, id)
-	}
-	actor := flags["actor"]
-	if actor == "" {
-		actor = cli.Actor()
-	}
-	b, closeFn, err := open(ctx, cfg, log)
+	b, closeFn, err := open(ctx, env.Config, env.Log)
 	if err != nil {
 		return err
 	}
 	defer closeFn()
-	switch sub {
-	case "list":
-		dead, err := b.DeadLetters(ctx)
-		if err != nil {
-			return err
-		}
-		if flags["format"] == "json" {
-			return json.NewEncoder(out).Encode(dead)
-		}
-		tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tDEAD SINCE\tTENANT\tMETRIC\tPERIOD\tVALUE\tATTEMPTS\tLAST ERROR")
-		for _, d := range dead {
-			msg := terminalText(d.LastError, 80)
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", d.ID, d.DeadSince.UTC().Format(time.RFC3339), d.Tenant, d.Metric, d.Period, d.Value, d.Attempts, msg)
-		}
-		if err := tw.Flush(); err != nil {
-			return err
-		}
-		fmt.Fprintf(out, "%d pushes in the billing DLQ\n", len(dead))
-		return nil
-	case "show":
-		if len(ids) != 1 {
-			return fmt.Errorf("show takes one push id")
-		}
-		d, err := b.DeadLetter(ctx, ids[0])
-		if err != nil {
-			return err
-		}
-		enc := json.NewEncoder(out)
-		enc.SetIndent("", "  ")
-		return enc.Encode(d)
-	case "replay":
-		r, err := b.Replay(ctx, ids, flags["all"] == "true", actor)
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(out, "replayed: %d sent, %d back in the DLQ\n", r.Sent, r.Dead)
-		if r.Landed+r.Replaced+r.Waiting > 0 {
-			fmt.Fprintf(out, "created more than %s ago, so checked against Stripe's summaries first (Stripe may have forgotten their identifiers): "+
-				"%d had arrived and are marked sent without a call; %d had not (all) arrived and were replaced by new pushes, under new identifiers, "+
-				"for what was missing; %d customer-meter-months wait until nothing of theirs was sent for a while, and the biller's next sync settles them\n",
-				billing.DedupHorizon, r.Landed, r.Replaced, r.Waiting)
-		}
-		return nil
-	case "discard":
-		n, err := b.Discard(ctx, ids, actor, flags["note"])
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(out, "discarded %d pushes; their usage stays unbilled and shows as drift in the reconciliation\n", n)
-		return nil
+	dead, err := b.DeadLetters(ctx)
+	if err != nil {
+		return err
 	}
-	return fmt.Errorf("unknown dlq command %q; want list, show, replay or discard", sub)
+	out := env.Out
+	if f.Format == "json" {
+		return json.NewEncoder(out).Encode(dead)
+	}
+	tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tDEAD SINCE\tTENANT\tMETRIC\tPERIOD\tVALUE\tATTEMPTS\tLAST ERROR")
+	for _, d := range dead {
+		msg := terminalText(d.LastError, 80)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", d.ID, d.DeadSince.UTC().Format(time.RFC3339), d.Tenant, d.Metric, d.Period, d.Value, d.Attempts, msg)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "%d pushes in the billing DLQ\n", len(dead))
+	return nil
+}
+
+func dlqShow(ctx context.Context, env Env, _ cli.NoFlags, args []string) error {
+	ids, err := cli.IDs(args, "push")
+	if err != nil {
+		return err
+	}
+	if len(ids) != 1 {
+		return fmt.Errorf("show takes one push id")
+	}
+	b, closeFn, err := open(ctx, env.Config, env.Log)
+	if err != nil {
+		return err
+	}
+	defer closeFn()
+	d, err := b.DeadLetter(ctx, ids[0])
+	if err != nil {
+		return err
+	}
+	enc := json.NewEncoder(env.Out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(d)
+}
+
+type dlqReplayFlags struct {
+	Actor string
+	All   bool
+}
+
+func (f *dlqReplayFlags) Bind(fs *flag.FlagSet) {
+	fs.StringVar(&f.Actor, "actor", "", "who runs this, for the audit trail (default user@host)")
+	fs.BoolVar(&f.All, "all", false, "replay every push in the billing DLQ")
+}
+
+func dlqReplay(ctx context.Context, env Env, f dlqReplayFlags, args []string) error {
+	ids, err := cli.IDs(args, "push")
+	if err != nil {
+		return err
+	}
+	b, closeFn, err := open(ctx, env.Config, env.Log)
+	if err != nil {
+		return err
+	}
+	defer closeFn()
+	r, err := b.Replay(ctx, ids, f.All, cli.Audit{Actor: f.Actor}.Who())
+	if err != nil {
+		return err
+	}
+	out := env.Out
+	fmt.Fprintf(out, "replayed: %d sent, %d back in the DLQ\n", r.Sent, r.Dead)
+	if r.Landed+r.Replaced+r.Waiting > 0 {
+		fmt.Fprintf(out, "created more than %s ago, so checked against Stripe's summaries first (Stripe may have forgotten their identifiers): "+
+			"%d had arrived and are marked sent without a call; %d had not (all) arrived and were replaced by new pushes, under new identifiers, "+
+			"for what was missing; %d customer-meter-months wait until nothing of theirs was sent for a while, and the biller's next sync settles them\n",
+			billing.DedupHorizon, r.Landed, r.Replaced, r.Waiting)
+	}
+	return nil
+}
+
+func dlqDiscard(ctx context.Context, env Env, f cli.Audit, args []string) error {
+	ids, err := cli.IDs(args, "push")
+	if err != nil {
+		return err
+	}
+	b, closeFn, err := open(ctx, env.Config, env.Log)
+	if err != nil {
+		return err
+	}
+	defer closeFn()
+	n, err := b.Discard(ctx, ids, f.Who(), f.Note)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.Out, "discarded %d pushes; their usage stays unbilled and shows as drift in the reconciliation\n", n)
+	return nil
 }
 
 // terminalText makes s, which may come from Stripe, safe to print on a
