@@ -57,7 +57,7 @@ FUZZTIME ?= 30s
 FUZZ_TARGETS = \
 	FuzzDecodeJSON:./events FuzzDecodeNDJSON:./events FuzzDecodeCloudEvent:./events FuzzDecodeCloudEventBatch:./events \
 	FuzzDecodeCloudEventBinary:./events FuzzUnmarshalJSON:./events FuzzScan:./events/jsonscan \
-	FuzzParseUsageQuery:./internal/ingest FuzzParsePeriod:./internal/biller FuzzFlags:./internal/cli FuzzLoad:./internal/config
+	FuzzParseUsageQuery:./internal/ingest FuzzParsePeriod:./internal/biller FuzzRun:./internal/cli FuzzLoad:./internal/config
 fuzz:
 	for t in $(FUZZ_TARGETS); do \
 		$(GO) test -run '^$$' -fuzz "^$${t%%:*}$$" -fuzztime $(FUZZTIME) "$${t#*:}" || exit 1; done
