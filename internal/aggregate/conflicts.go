@@ -84,6 +84,17 @@ func (a *Aggregator) recordConflicts(ctx context.Context, tx pgx.Tx, conflicts [
 	if len(conflicts) == 0 {
 		return nil
 	}
+	tenants, err := a.insertConflicts(ctx, tx, conflicts, now, res)
+	if err != nil || len(tenants) == 0 {
+		return err
+	}
+	return a.raiseAlerts(ctx, tx, tenants, now, res)
+}
+
+// insertConflicts writes conflicts in one statement, counts them by
+// resolution in res, logs each, and returns the tenants whose conflicts
+// count towards an alert (all but those kept), once each.
+func (a *Aggregator) insertConflicts(ctx context.Context, tx pgx.Tx, conflicts []conflict, now time.Time, res *Result) ([]string, error) {
 	n := len(conflicts)
 	ct, ci, cm, cr := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	ch, rh, rv := make([][]byte, n), make([][]byte, n), make([][]byte, n)
@@ -118,11 +129,15 @@ func (a *Aggregator) recordConflicts(ctx context.Context, tx pgx.Tx, conflicts [
 		SELECT b.*, $13::timestamptz FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::bytea[], $6::int[], $7::bigint[],
 			$8::text[], $9::bigint[], $10::timestamptz[], $11::bigint[], $12::text[]) AS b
 		ON CONFLICT (src_partition, src_offset) DO NOTHING`, ct, ci, ch, rh, rv, cp, co, cm, vals, times, cvals, cr, now); err != nil {
-		return fmt.Errorf("recording conflicts: %w", err)
+		return nil, fmt.Errorf("recording conflicts: %w", err)
 	}
-	if len(tenants) == 0 {
-		return nil
-	}
+	return tenants, nil
+}
+
+// raiseAlerts raises, once per tenant and day, the alert of each of
+// tenants whose conflicts today exceed the threshold, adding the alerts
+// raised to res.
+func (a *Aggregator) raiseAlerts(ctx context.Context, tx pgx.Tx, tenants []string, now time.Time, res *Result) error {
 	day := now.UTC().Truncate(24 * time.Hour)
 	rows, err := tx.Query(ctx, `INSERT INTO conflict_alerts (tenant, day, conflicts, threshold)
 		SELECT tenant, $2::date, count(*), $4::int FROM ledger_conflicts
@@ -190,40 +205,15 @@ func (a *Aggregator) ResolveConflict(ctx context.Context, id int64, resolution, 
 		return Conflict{}, fmt.Errorf("beginning conflict resolution: %w", err)
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	var tenant, eventID string
-	err = tx.QueryRow(ctx, `SELECT tenant, event_id FROM ledger_conflicts WHERE id = $1`, id).Scan(&tenant, &eventID)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return Conflict{}, fmt.Errorf("conflict %d: %w", id, ErrConflictNotFound)
-	}
+	set, err := lockIDConflicts(ctx, tx, id)
 	if err != nil {
-		return Conflict{}, fmt.Errorf("reading conflict %d: %w", id, err)
+		return Conflict{}, err
 	}
-	// The ledger row first, as a batch raising it locks it; it may be
-	// gone (retention), so the id's conflict rows are the lock that
-	// serialises counts whatever the ledger holds.
-	var counted *ledgerRow
-	var row ledgerRow
-	err = tx.QueryRow(ctx, `SELECT payload_hash, metric, value, event_time FROM ledger WHERE tenant = $1 AND event_id = $2 FOR UPDATE`,
-		tenant, eventID).Scan(&row.hash, &row.metric, &row.value, &row.at)
-	switch {
-	case err == nil:
-		counted = &row
-	case !errors.Is(err, pgx.ErrNoRows):
-		return Conflict{}, fmt.Errorf("locking the counted event of conflict %d: %w", id, err)
-	}
-	rows, err := tx.Query(ctx, conflictSelect+` WHERE tenant = $1 AND event_id = $2 ORDER BY id FOR UPDATE`, tenant, eventID)
-	if err != nil {
-		return Conflict{}, fmt.Errorf("reading conflict %d: %w", id, err)
-	}
-	cs, hashes, err := scanConflicts(rows)
-	if err != nil {
-		return Conflict{}, fmt.Errorf("reading conflict %d: %w", id, err)
-	}
-	i := slices.IndexFunc(cs, func(c Conflict) bool { return c.ID == id })
+	i := slices.IndexFunc(set.cs, func(c Conflict) bool { return c.ID == id })
 	if i < 0 {
 		return Conflict{}, fmt.Errorf("conflict %d: %w", id, ErrConflictNotFound)
 	}
-	c := cs[i]
+	c := set.cs[i]
 	if c.Resolution != ResolutionHeld {
 		return c, fmt.Errorf("conflict %d is %s: %w", id, c.Resolution, ErrConflictNotHeld)
 	}
@@ -231,17 +221,10 @@ func (a *Aggregator) ResolveConflict(ctx context.Context, id int64, resolution, 
 	var inc increment
 	raiseLedger := false
 	if resolution == ResolutionCounted {
-		if c.Metric == "" || c.Value == nil || c.Time == nil {
-			return c, fmt.Errorf("conflict %d: its event cannot be read; dismiss it", id)
+		if inc, raiseLedger, err = set.count(i); err != nil {
+			return c, err
 		}
-		for j, o := range cs {
-			if o.Resolution == ResolutionCounted && o.ID != id && string(hashes[j]) == string(hashes[i]) {
-				return c, fmt.Errorf("conflict %d carries the same event as conflict %d, already counted; dismiss it", id, o.ID)
-			}
-		}
-		inc = countedIncrement(c, counted, cs)
 		amount, events = &inc.value, &inc.events
-		raiseLedger = counted != nil && sameWindows(c, counted.metric, &counted.at) && *c.Value > counted.value
 	}
 	tag, err := tx.Exec(ctx, `UPDATE ledger_conflicts SET resolution = $2, resolved_by = $3, resolved_at = $4, note = $5,
 			metric = $6, value = $7, event_time = $8, counted_amount = $9, counted_events = $10
@@ -257,20 +240,12 @@ func (a *Aggregator) ResolveConflict(ctx context.Context, id int64, resolution, 
 	if raiseLedger {
 		// Like a raise: the counted event becomes this conflict's.
 		if _, err := tx.Exec(ctx, `UPDATE ledger SET value = $3, payload_hash = $4 WHERE tenant = $1 AND event_id = $2`,
-			tenant, eventID, *c.Value, hashes[i]); err != nil {
+			set.tenant, set.eventID, *c.Value, set.hashes[i]); err != nil {
 			return c, fmt.Errorf("raising the counted event of conflict %d: %w", id, err)
 		}
 	}
 	if inc.value > 0 || inc.events > 0 {
-		var res Result
-		incs := []increment{inc}
-		if err := addToWindows(ctx, tx, incs); err != nil {
-			return c, err
-		}
-		if err := corrections(ctx, tx, incs, now, &res); err != nil {
-			return c, err
-		}
-		if _, err := evaluateQuotas(ctx, tx, incs, now); err != nil {
+		if err := countIncrement(ctx, tx, inc, now); err != nil {
 			return c, err
 		}
 	}
@@ -280,6 +255,83 @@ func (a *Aggregator) ResolveConflict(ctx context.Context, id int64, resolution, 
 	a.cfg.Logger.InfoContext(ctx, "conflict resolved", "id", id, "resolution", resolution, "actor", actor, "tenant", c.Tenant, "event_id", c.EventID,
 		"counted_amount", inc.value, "counted_events", inc.events)
 	return c, nil
+}
+
+// idConflicts is what ResolveConflict locks for one (tenant, event id):
+// its counted ledger row (nil when retention removed it) and every
+// conflict row of the id in id order, with the payload hashes of those.
+type idConflicts struct {
+	tenant, eventID string
+	counted         *ledgerRow
+	cs              []Conflict
+	hashes          [][]byte
+}
+
+// lockIDConflicts reads the (tenant, event id) of conflict id and locks
+// its ledger row and then its conflict rows.
+func lockIDConflicts(ctx context.Context, tx pgx.Tx, id int64) (idConflicts, error) {
+	var set idConflicts
+	err := tx.QueryRow(ctx, `SELECT tenant, event_id FROM ledger_conflicts WHERE id = $1`, id).Scan(&set.tenant, &set.eventID)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return idConflicts{}, fmt.Errorf("conflict %d: %w", id, ErrConflictNotFound)
+	}
+	if err != nil {
+		return idConflicts{}, fmt.Errorf("reading conflict %d: %w", id, err)
+	}
+	// The ledger row first, as a batch raising it locks it; it may be
+	// gone (retention), so the id's conflict rows are the lock that
+	// serialises counts whatever the ledger holds.
+	var row ledgerRow
+	err = tx.QueryRow(ctx, `SELECT payload_hash, metric, value, event_time FROM ledger WHERE tenant = $1 AND event_id = $2 FOR UPDATE`,
+		set.tenant, set.eventID).Scan(&row.hash, &row.metric, &row.value, &row.at)
+	switch {
+	case err == nil:
+		set.counted = &row
+	case !errors.Is(err, pgx.ErrNoRows):
+		return idConflicts{}, fmt.Errorf("locking the counted event of conflict %d: %w", id, err)
+	}
+	rows, err := tx.Query(ctx, conflictSelect+` WHERE tenant = $1 AND event_id = $2 ORDER BY id FOR UPDATE`, set.tenant, set.eventID)
+	if err != nil {
+		return idConflicts{}, fmt.Errorf("reading conflict %d: %w", id, err)
+	}
+	set.cs, set.hashes, err = scanConflicts(rows)
+	if err != nil {
+		return idConflicts{}, fmt.Errorf("reading conflict %d: %w", id, err)
+	}
+	return set, nil
+}
+
+// count decides what counting conflict cs[i] adds (see ResolveConflict)
+// and whether it raises the ledger row; an event that cannot be read, or
+// one whose payload a counted copy already carries, cannot be counted.
+func (set idConflicts) count(i int) (inc increment, raiseLedger bool, err error) {
+	c := set.cs[i]
+	if c.Metric == "" || c.Value == nil || c.Time == nil {
+		return increment{}, false, fmt.Errorf("conflict %d: its event cannot be read; dismiss it", c.ID)
+	}
+	for j, o := range set.cs {
+		if o.Resolution == ResolutionCounted && o.ID != c.ID && string(set.hashes[j]) == string(set.hashes[i]) {
+			return increment{}, false, fmt.Errorf("conflict %d carries the same event as conflict %d, already counted; dismiss it", c.ID, o.ID)
+		}
+	}
+	inc = countedIncrement(c, set.counted, set.cs)
+	counted := set.counted
+	return inc, counted != nil && sameWindows(c, counted.metric, &counted.at) && *c.Value > counted.value, nil
+}
+
+// countIncrement adds inc to the windows like any counted usage: with
+// corrections of closed periods and quota evaluation.
+func countIncrement(ctx context.Context, tx pgx.Tx, inc increment, now time.Time) error {
+	var res Result
+	incs := []increment{inc}
+	if err := addToWindows(ctx, tx, incs); err != nil {
+		return err
+	}
+	if err := corrections(ctx, tx, incs, now, &res); err != nil {
+		return err
+	}
+	_, err := evaluateQuotas(ctx, tx, incs, now)
+	return err
 }
 
 // sameWindows reports whether metric and at are conflict c's metric and
