@@ -357,19 +357,9 @@ func (b *Biller) sendOpen(ctx context.Context, dead bool) (SendResult, error) {
 // goes out, as new pushes, in the same round.
 func (b *Biller) send(ctx context.Context, meters map[string]string, where string, args ...any) (SendResult, error) {
 	var res SendResult
-	rows, err := b.pool.Query(ctx, `SELECT id, tenant, metric, stripe_customer_id, event_name, identifier, delta::text, cumulative_total::text,
-		status, period_start, billed_period_start, event_timestamp, created_at, attempts FROM billing_pushes WHERE `+where+` ORDER BY id`, args...)
+	pushes, err := b.readPushes(ctx, where, args...)
 	if err != nil {
-		return res, fmt.Errorf("reading open pushes: %w", err)
-	}
-	pushes, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (push, error) {
-		var p push
-		err := r.Scan(&p.id, &p.tenant, &p.metric, &p.customer, &p.eventName, &p.identifier, &p.delta, &p.cumulative,
-			&p.status, &p.period, &p.billed, &p.ts, &p.created, &p.attempts)
-		return p, err
-	})
-	if err != nil {
-		return res, fmt.Errorf("reading open pushes: %w", err)
+		return res, err
 	}
 	horizon := b.cfg.Now().Add(-DedupHorizon)
 	var fresh []push
@@ -391,45 +381,80 @@ func (b *Biller) send(ctx context.Context, meters map[string]string, where strin
 				return res, err
 			}
 		}
-		var created []int64
-		waiting := map[group]bool{}
-		for _, g := range groups {
-			if meters[g.eventName] == "" {
-				b.cfg.Logger.WarnContext(ctx, "old open pushes wait: no active Stripe meter for their event name", "group", g.String())
-				res.Waiting++
-				waiting[g] = true
-				continue
-			}
-			ids, err := b.resolveGroup(ctx, g, meters[g.eventName], &res)
-			switch {
-			case errors.Is(err, errWait):
-				res.Waiting++
-				waiting[g] = true
-				b.cfg.Logger.InfoContext(ctx, "old open pushes wait until Stripe's summary settles", "group", g.String(), "lag", b.cfg.SummaryLag)
-			case err != nil:
-				return res, fmt.Errorf("checking old pushes of %s against Stripe: %w", g, err)
-			}
-			created = append(created, ids...)
-		}
-		// New pushes of a waiting group are held back too: sending them
-		// would keep the group busy, and its summary untrusted, for as
-		// long as usage flows. They stay intents, and the check settles
-		// them with the old ones once the group is quiet.
-		kept := fresh[:0]
-		for _, p := range fresh {
-			if !waiting[group{customer: p.customer, eventName: p.eventName, billed: p.billed}] {
-				kept = append(kept, p)
-			}
-		}
-		fresh = kept
-		if len(created) > 0 {
-			more, err := b.send(ctx, meters, `id = ANY($1) AND status = 'intent'`, created)
-			res.add(more)
-			if err != nil {
-				return res, err
-			}
+		if fresh, err = b.settleOld(ctx, meters, groups, fresh, &res); err != nil {
+			return res, err
 		}
 	}
+	return res, b.pushAll(ctx, fresh, &res)
+}
+
+// readPushes reads the pushes where selects, in id order.
+func (b *Biller) readPushes(ctx context.Context, where string, args ...any) ([]push, error) {
+	rows, err := b.pool.Query(ctx, `SELECT id, tenant, metric, stripe_customer_id, event_name, identifier, delta::text, cumulative_total::text,
+		status, period_start, billed_period_start, event_timestamp, created_at, attempts FROM billing_pushes WHERE `+where+` ORDER BY id`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("reading open pushes: %w", err)
+	}
+	pushes, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (push, error) {
+		var p push
+		err := r.Scan(&p.id, &p.tenant, &p.metric, &p.customer, &p.eventName, &p.identifier, &p.delta, &p.cumulative,
+			&p.status, &p.period, &p.billed, &p.ts, &p.created, &p.attempts)
+		return p, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading open pushes: %w", err)
+	}
+	return pushes, nil
+}
+
+// settleOld checks each group of old open pushes against Stripe's summary
+// (resolveGroup) and sends the pushes created for its shortfall. It
+// returns fresh without the pushes of groups that wait.
+func (b *Biller) settleOld(ctx context.Context, meters map[string]string, groups []group, fresh []push, res *SendResult) ([]push, error) {
+	var created []int64
+	waiting := map[group]bool{}
+	for _, g := range groups {
+		if meters[g.eventName] == "" {
+			b.cfg.Logger.WarnContext(ctx, "old open pushes wait: no active Stripe meter for their event name", "group", g.String())
+			res.Waiting++
+			waiting[g] = true
+			continue
+		}
+		ids, err := b.resolveGroup(ctx, g, meters[g.eventName], res)
+		switch {
+		case errors.Is(err, errWait):
+			res.Waiting++
+			waiting[g] = true
+			b.cfg.Logger.InfoContext(ctx, "old open pushes wait until Stripe's summary settles", "group", g.String(), "lag", b.cfg.SummaryLag)
+		case err != nil:
+			return nil, fmt.Errorf("checking old pushes of %s against Stripe: %w", g, err)
+		}
+		created = append(created, ids...)
+	}
+	// New pushes of a waiting group are held back too: sending them
+	// would keep the group busy, and its summary untrusted, for as
+	// long as usage flows. They stay intents, and the check settles
+	// them with the old ones once the group is quiet.
+	kept := fresh[:0]
+	for _, p := range fresh {
+		if !waiting[group{customer: p.customer, eventName: p.eventName, billed: p.billed}] {
+			kept = append(kept, p)
+		}
+	}
+	fresh = kept
+	if len(created) > 0 {
+		more, err := b.send(ctx, meters, `id = ANY($1) AND status = 'intent'`, created)
+		res.add(more)
+		if err != nil {
+			return nil, err
+		}
+	}
+	return fresh, nil
+}
+
+// pushAll sends fresh with cfg.Concurrency workers, counting what was sent
+// and dead-lettered in res, and returns the first error.
+func (b *Biller) pushAll(ctx context.Context, fresh []push, res *SendResult) error {
 	var mu sync.Mutex
 	var firstErr error
 	work := make(chan push)
@@ -462,7 +487,7 @@ func (b *Biller) send(ctx context.Context, meters map[string]string, where strin
 	if firstErr == nil && ctx.Err() != nil {
 		firstErr = ctx.Err()
 	}
-	return res, firstErr
+	return firstErr
 }
 
 // errGone says a push left the status it was read with (another biller

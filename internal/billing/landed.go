@@ -128,24 +128,9 @@ func (b *Biller) resolveGroup(ctx context.Context, g group, meterID string, res 
 		if err := lockGroup(ctx, tx, g); err != nil {
 			return err
 		}
-		rows, err := tx.Query(ctx, `SELECT p.id, p.tenant, p.metric, p.status, p.identifier, p.cumulative_total::text, p.delta, p.period_start,
-				p.event_timestamp, p.sent_at, (p.status = 'cancelled' AND p.updated_at > now() - $4::interval),
-				EXISTS (SELECT 1 FROM billing_periods bp WHERE bp.tenant = p.tenant AND bp.period_start = p.billed_period_start)
-			FROM billing_pushes p
-			WHERE p.stripe_customer_id = $1 AND p.event_name = $2 AND p.billed_period_start = $3 AND p.status IN ('intent', 'dead', 'sent', 'cancelled')
-			ORDER BY p.id FOR UPDATE`, g.customer, g.eventName, g.billed, b.cfg.SummaryLag.String())
+		all, err := b.readGroup(ctx, tx, g)
 		if err != nil {
-			return fmt.Errorf("reading the group's pushes: %w", err)
-		}
-		all, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (groupRow, error) {
-			var x groupRow
-			var delta pgtype.Numeric
-			err := r.Scan(&x.id, &x.tenant, &x.metric, &x.status, &x.identifier, &x.cumulative, &delta, &x.period, &x.ts, &x.sentAt, &x.recentlyCancelled, &x.isFinal)
-			x.delta = usage.NumericInt(delta)
-			return x, err
-		})
-		if err != nil {
-			return fmt.Errorf("reading the group's pushes: %w", err)
+			return err
 		}
 		known, open := new(big.Int), new(big.Int)
 		var opens []groupRow
@@ -183,30 +168,11 @@ func (b *Biller) resolveGroup(ctx context.Context, g group, meterID string, res 
 			b.cfg.Logger.WarnContext(ctx, "Stripe shows more than the ledger expects; the reconciliation will show it as drift", logArgs...)
 		}
 		b.cfg.Logger.InfoContext(ctx, "checked old open pushes against Stripe's summary", append(logArgs, "arrived", arrived.String())...)
-		remaining := arrived
-		for _, x := range opens {
-			part := new(big.Int).Set(x.delta)
-			if remaining.Cmp(part) < 0 {
-				part.Set(remaining)
-			}
-			remaining.Sub(remaining, part)
-			if part.Cmp(x.delta) == 0 {
-				if _, err := tx.Exec(ctx, `UPDATE billing_pushes SET status = 'sent', sent_at = $2, updated_at = now(),
-					last_error = $3 WHERE id = $1`, x.id, now,
-					fmt.Sprintf("landed: not sent again; Stripe's summary of %s at %s showed it had arrived (summary %d, sent before %s)",
-						g, now.Format(time.RFC3339), summary, known)); err != nil {
-					return fmt.Errorf("marking push %d landed: %w", x.id, err)
-				}
-				landed++
-				continue
-			}
-			ids, err := b.replace(ctx, tx, x, part, g, summary, now)
-			if err != nil {
-				return err
-			}
-			created = append(created, ids...)
-			replaced++
+		ids, l, r, err := b.settleOpens(ctx, tx, g, opens, arrived, summary, known, now)
+		if err != nil {
+			return err
 		}
+		created, landed, replaced = ids, l, r
 		return nil
 	})
 	if err != nil {
@@ -216,6 +182,64 @@ func (b *Biller) resolveGroup(ctx context.Context, g group, meterID string, res 
 	res.Replaced += replaced
 	b.cfg.Metrics.resolved(landed, replaced)
 	return created, nil
+}
+
+// readGroup reads and locks every push of g that may count towards its
+// summary: open, sent, and cancelled ones.
+func (b *Biller) readGroup(ctx context.Context, tx pgx.Tx, g group) ([]groupRow, error) {
+	rows, err := tx.Query(ctx, `SELECT p.id, p.tenant, p.metric, p.status, p.identifier, p.cumulative_total::text, p.delta, p.period_start,
+				p.event_timestamp, p.sent_at, (p.status = 'cancelled' AND p.updated_at > now() - $4::interval),
+				EXISTS (SELECT 1 FROM billing_periods bp WHERE bp.tenant = p.tenant AND bp.period_start = p.billed_period_start)
+			FROM billing_pushes p
+			WHERE p.stripe_customer_id = $1 AND p.event_name = $2 AND p.billed_period_start = $3 AND p.status IN ('intent', 'dead', 'sent', 'cancelled')
+			ORDER BY p.id FOR UPDATE`, g.customer, g.eventName, g.billed, b.cfg.SummaryLag.String())
+	if err != nil {
+		return nil, fmt.Errorf("reading the group's pushes: %w", err)
+	}
+	all, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (groupRow, error) {
+		var x groupRow
+		var delta pgtype.Numeric
+		err := r.Scan(&x.id, &x.tenant, &x.metric, &x.status, &x.identifier, &x.cumulative, &delta, &x.period, &x.ts, &x.sentAt, &x.recentlyCancelled, &x.isFinal)
+		x.delta = usage.NumericInt(delta)
+		return x, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading the group's pushes: %w", err)
+	}
+	return all, nil
+}
+
+// settleOpens splits arrived, what Stripe's summary shows of g's open
+// pushes, over opens in id order: a push that arrived whole is marked
+// sent (landed), any other is replaced by what arrived of it and a new
+// intent for the rest. It returns the new intents' ids and how many
+// landed and were replaced.
+func (b *Biller) settleOpens(ctx context.Context, tx pgx.Tx, g group, opens []groupRow, arrived *big.Int, summary int64, known *big.Int, now time.Time) (created []int64, landed, replaced int, err error) {
+	remaining := arrived
+	for _, x := range opens {
+		part := new(big.Int).Set(x.delta)
+		if remaining.Cmp(part) < 0 {
+			part.Set(remaining)
+		}
+		remaining.Sub(remaining, part)
+		if part.Cmp(x.delta) == 0 {
+			if _, err := tx.Exec(ctx, `UPDATE billing_pushes SET status = 'sent', sent_at = $2, updated_at = now(),
+					last_error = $3 WHERE id = $1`, x.id, now,
+				fmt.Sprintf("landed: not sent again; Stripe's summary of %s at %s showed it had arrived (summary %d, sent before %s)",
+					g, now.Format(time.RFC3339), summary, known)); err != nil {
+				return nil, 0, 0, fmt.Errorf("marking push %d landed: %w", x.id, err)
+			}
+			landed++
+			continue
+		}
+		ids, err := b.replace(ctx, tx, x, part, g, summary, now)
+		if err != nil {
+			return nil, 0, 0, err
+		}
+		created = append(created, ids...)
+		replaced++
+	}
+	return created, landed, replaced, nil
 }
 
 // replace cancels open push x in the ledger, records the part of it that

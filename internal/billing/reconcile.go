@@ -198,11 +198,6 @@ func (b *Biller) fixOverReporting(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("finding over-reported months: %w", err)
 	}
-	type victim struct {
-		id         int64
-		identifier string
-		g          group
-	}
 	victims, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (victim, error) {
 		var v victim
 		return v, r.Scan(&v.id, &v.g.eventName, &v.identifier, &v.g.customer, &v.g.billed)
@@ -212,31 +207,7 @@ func (b *Biller) fixOverReporting(ctx context.Context) (int, error) {
 	}
 	n := 0
 	for _, v := range victims {
-		// Under the group's lock, as a cancellation changes what Stripe's
-		// summary shows (landed.go), and only if no other biller did it.
-		cancelled := false
-		err := pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
-			if err := lockGroup(ctx, tx, v.g); err != nil {
-				return err
-			}
-			var status string
-			if err := tx.QueryRow(ctx, `SELECT status FROM billing_pushes WHERE id = $1 FOR UPDATE`, v.id).Scan(&status); err != nil {
-				return err
-			}
-			if status != "sent" {
-				return nil
-			}
-			err := b.call(ctx, func() error { return b.stripe.CancelMeterEvent(ctx, v.g.eventName, v.identifier) })
-			if err != nil {
-				b.cfg.Logger.WarnContext(ctx, "cancelling an over-reported push failed", "identifier", v.identifier, "err", err)
-				return nil
-			}
-			if _, err := tx.Exec(ctx, `UPDATE billing_pushes SET status = 'cancelled', updated_at = now() WHERE id = $1`, v.id); err != nil {
-				return err
-			}
-			cancelled = true
-			return nil
-		})
+		cancelled, err := b.cancelOverReported(ctx, v)
 		if err != nil {
 			return n, fmt.Errorf("recording cancellation of %s: %w", v.identifier, err)
 		}
@@ -246,4 +217,43 @@ func (b *Biller) fixOverReporting(ctx context.Context) (int, error) {
 		}
 	}
 	return n, nil
+}
+
+// victim is the latest sent push of an over-reported month.
+type victim struct {
+	id         int64
+	identifier string
+	g          group
+}
+
+// cancelOverReported cancels v in Stripe and marks it cancelled, under
+// its group's lock and only if it is still sent; a failed Stripe call is
+// logged and leaves it as it is. It reports whether v was cancelled.
+func (b *Biller) cancelOverReported(ctx context.Context, v victim) (bool, error) {
+	// Under the group's lock, as a cancellation changes what Stripe's
+	// summary shows (landed.go), and only if no other biller did it.
+	cancelled := false
+	err := pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
+		if err := lockGroup(ctx, tx, v.g); err != nil {
+			return err
+		}
+		var status string
+		if err := tx.QueryRow(ctx, `SELECT status FROM billing_pushes WHERE id = $1 FOR UPDATE`, v.id).Scan(&status); err != nil {
+			return err
+		}
+		if status != "sent" {
+			return nil
+		}
+		err := b.call(ctx, func() error { return b.stripe.CancelMeterEvent(ctx, v.g.eventName, v.identifier) })
+		if err != nil {
+			b.cfg.Logger.WarnContext(ctx, "cancelling an over-reported push failed", "identifier", v.identifier, "err", err)
+			return nil
+		}
+		if _, err := tx.Exec(ctx, `UPDATE billing_pushes SET status = 'cancelled', updated_at = now() WHERE id = $1`, v.id); err != nil {
+			return err
+		}
+		cancelled = true
+		return nil
+	})
+	return cancelled, err
 }
