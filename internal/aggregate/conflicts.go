@@ -238,10 +238,8 @@ func (a *Aggregator) ResolveConflict(ctx context.Context, id int64, resolution, 
 	c.Resolution, c.ResolvedBy, c.ResolvedAt, c.Note = resolution, actor, &now, note
 	c.CountedAmount, c.CountedEvents = amount, events
 	if raiseLedger {
-		// Like a raise: the counted event becomes this conflict's.
-		if _, err := tx.Exec(ctx, `UPDATE ledger SET value = $3, payload_hash = $4 WHERE tenant = $1 AND event_id = $2`,
-			set.tenant, set.eventID, *c.Value, set.hashes[i]); err != nil {
-			return c, fmt.Errorf("raising the counted event of conflict %d: %w", id, err)
+		if err := set.raiseCounted(ctx, tx, i); err != nil {
+			return c, err
 		}
 	}
 	if inc.value > 0 || inc.events > 0 {
@@ -317,6 +315,16 @@ func (set idConflicts) count(i int) (inc increment, raiseLedger bool, err error)
 	inc = countedIncrement(c, set.counted, set.cs)
 	counted := set.counted
 	return inc, counted != nil && sameWindows(c, counted.metric, &counted.at) && *c.Value > counted.value, nil
+}
+
+// raiseCounted makes conflict cs[i] the counted event of its id, as a
+// raise does: the ledger row takes its value and payload hash.
+func (set idConflicts) raiseCounted(ctx context.Context, tx pgx.Tx, i int) error {
+	if _, err := tx.Exec(ctx, `UPDATE ledger SET value = $3, payload_hash = $4 WHERE tenant = $1 AND event_id = $2`,
+		set.tenant, set.eventID, *set.cs[i].Value, set.hashes[i]); err != nil {
+		return fmt.Errorf("raising the counted event of conflict %d: %w", set.cs[i].ID, err)
+	}
+	return nil
 }
 
 // countIncrement adds inc to the windows like any counted usage: with

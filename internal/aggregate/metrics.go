@@ -39,7 +39,9 @@ type Metrics struct {
 	conflictAlerts prometheus.Counter
 }
 
-// NewMetrics registers the aggregator's metrics on reg.
+// NewMetrics registers the aggregator's metrics on reg. It is one list of
+// declarations, run once at start, so it stays whole: split, a metric's
+// name, help and labels would sit apart from its neighbours'.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{

@@ -132,19 +132,9 @@ func (b *Biller) resolveGroup(ctx context.Context, g group, meterID string, res 
 		if err != nil {
 			return err
 		}
-		known, open := new(big.Int), new(big.Int)
-		var opens []groupRow
-		for _, x := range all {
-			if x.recentlyCancelled || (x.sentAt != nil && x.sentAt.After(now.Add(-b.cfg.SummaryLag))) {
-				return errWait
-			}
-			switch x.status {
-			case "sent":
-				known.Add(known, x.delta)
-			case "intent", "dead":
-				open.Add(open, x.delta)
-				opens = append(opens, x)
-			}
+		known, open, opens, err := b.splitGroup(all, now)
+		if err != nil {
+			return err
 		}
 		if len(opens) == 0 {
 			return nil // another biller resolved it
@@ -182,6 +172,26 @@ func (b *Biller) resolveGroup(ctx context.Context, g group, meterID string, res 
 	res.Replaced += replaced
 	b.cfg.Metrics.resolved(landed, replaced)
 	return created, nil
+}
+
+// splitGroup sums what g's pushes sent (known) and hold open (open, the
+// pushes opens), or returns errWait when one of them was sent or
+// cancelled within the summary lag, so Stripe's summary may not show it.
+func (b *Biller) splitGroup(all []groupRow, now time.Time) (known, open *big.Int, opens []groupRow, err error) {
+	known, open = new(big.Int), new(big.Int)
+	for _, x := range all {
+		if x.recentlyCancelled || (x.sentAt != nil && x.sentAt.After(now.Add(-b.cfg.SummaryLag))) {
+			return nil, nil, nil, errWait
+		}
+		switch x.status {
+		case "sent":
+			known.Add(known, x.delta)
+		case "intent", "dead":
+			open.Add(open, x.delta)
+			opens = append(opens, x)
+		}
+	}
+	return known, open, opens, nil
 }
 
 // readGroup reads and locks every push of g that may count towards its
