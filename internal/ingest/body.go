@@ -4,13 +4,9 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/segmentio/kafka-go"
-
 	"github.com/usagemeter/metering/internal/httpguard"
 	"github.com/usagemeter/metering/internal/httpjson"
 )
-
-type kafkaMessage = kafka.Message
 
 // Defaults of Options.LargeBodies fields left zero: the values of
 // LARGE_BODY_BYTES and MAX_LARGE_BODIES_IN_FLIGHT.

@@ -269,14 +269,10 @@ func (a *API) admitBatch(w http.ResponseWriter, p auth.Principal, evs []events.E
 // publishBatch publishes evs and answers 202, or 503 with Retry-After when
 // the event log did not take them.
 func (a *API) publishBatch(w http.ResponseWriter, r *http.Request, evs []events.Event) {
-	msgs := make([]kafkaMessage, len(evs))
-	for i, e := range evs {
-		msgs[i] = events.Message(e)
-	}
 	start := time.Now()
 	// The client leaving does not abort a publish half way: it runs to
 	// its own deadline so the outcome is the same for every event.
-	err := a.opt.Publisher.Publish(context.WithoutCancel(r.Context()), msgs)
+	err := a.opt.Publisher.Publish(context.WithoutCancel(r.Context()), evs)
 	a.metrics.publishSeconds.Observe(time.Since(start).Seconds())
 	if err != nil {
 		a.metrics.rejected.WithLabelValues("unavailable").Inc()
