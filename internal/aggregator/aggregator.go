@@ -19,7 +19,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -69,32 +68,28 @@ func Run(ctx context.Context, cfg config.Aggregator, log *slog.Logger, ready fun
 	writer.Transport = cfg.KafkaSecurity.Transport()
 	defer writer.Close()
 	relay := outbox.New(pool, writer, log, reg)
-	retentionLeader := leader.New(pool, RetentionLoop, leader.Options{Logger: log, Registerer: reg})
-
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var wg sync.WaitGroup
-	errc := make(chan error, 3)
-	wg.Go(func() { errc <- cons.Run(ctx) })
-	wg.Go(func() { errc <- relay.Run(ctx) })
-	wg.Go(func() {
-		_ = retentionLeader.Run(ctx, func(ctx context.Context) error {
-			retention(ctx, pool, relay, cfg, log)
-			return nil
-		})
-	})
+	retention := leader.Singleton(pool, retentionLoop{pool: pool, relay: relay, cfg: cfg, log: log}, leader.Options{Logger: log, Registerer: reg})
 
 	mux := http.NewServeMux()
 	service.MountLogged(mux, reg, map[string]service.Check{
 		"postgres":       func(ctx context.Context) error { return pool.Ping(ctx) },
 		"consumer_group": cons.Ready,
 	}, log)
-	err = service.ServeLimited(ctx, log, cfg.HTTPAddr, mux, cfg.ShutdownTimeout, service.HTTPLimits{
-		MaxConnections: cfg.HTTPMaxConnections, WriteTimeout: cfg.HTTPWriteTimeout,
-	}, ready)
-	cancel()
-	wg.Wait()
-	return err
+	// Listed in start order; RunAll stops them in reverse: HTTP drains,
+	// then retention and the consumer stop, then the relay; the writer
+	// flushes (deferred) after all have returned.
+	return service.RunAll(ctx, log, relay, service.Func("consumer", func(ctx context.Context) error {
+		// A consumer that cannot start leaves the service up but not
+		// ready (consumer_group), as it always has.
+		if err := cons.Run(ctx); err != nil && ctx.Err() == nil {
+			log.ErrorContext(ctx, "consumer stopped", "err", err)
+		}
+		<-ctx.Done()
+		return nil
+	}), retention, service.Server{
+		Log: log, Addr: cfg.HTTPAddr, Handler: mux, Drain: cfg.ShutdownTimeout, Ready: ready,
+		Limits: service.HTTPLimits{MaxConnections: cfg.HTTPMaxConnections, WriteTimeout: cfg.HTTPWriteTimeout},
+	})
 }
 
 // registerHeldConflicts exports the number of held conflicts, read from
@@ -118,10 +113,23 @@ func registerHeldConflicts(reg prometheus.Registerer, r *aggregate.ConflictReade
 // RetentionLoop names the retention job's leadership.
 const RetentionLoop = "retention"
 
-// retention deletes ledger rows of events no trusted clock can accept any
-// more (see aggregate.LedgerCutoff) and old published outbox rows every
-// cfg.RetentionInterval.
-func retention(ctx context.Context, pool *pgxpool.Pool, relay *outbox.Relay, cfg config.Aggregator, log *slog.Logger) {
+// retentionLoop deletes ledger rows of events no trusted clock can accept
+// any more (see aggregate.LedgerCutoff) and old published outbox rows every
+// cfg.RetentionInterval. It is a singleton: it runs on the leader of
+// RetentionLoop only.
+type retentionLoop struct {
+	pool  *pgxpool.Pool
+	relay *outbox.Relay
+	cfg   config.Aggregator
+	log   *slog.Logger
+}
+
+// Name is RetentionLoop.
+func (retentionLoop) Name() string { return RetentionLoop }
+
+// Run deletes at start and every interval until ctx ends.
+func (l retentionLoop) Run(ctx context.Context) error {
+	pool, relay, cfg, log := l.pool, l.relay, l.cfg, l.log
 	t := time.NewTicker(cfg.RetentionInterval)
 	defer t.Stop()
 	for {
@@ -136,7 +144,7 @@ func retention(ctx context.Context, pool *pgxpool.Pool, relay *outbox.Relay, cfg
 		}
 		select {
 		case <-ctx.Done():
-			return
+			return nil
 		case <-t.C:
 		}
 	}

@@ -28,7 +28,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -92,24 +91,27 @@ func Run(ctx context.Context, cfg config.Biller, log *slog.Logger, ready func(ne
 	defer writer.Close()
 	relay := outbox.New(pool, writer, log, reg)
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var wg sync.WaitGroup
-	wg.Go(func() { _ = relay.Run(ctx) })
-	syncLeader := leader.New(pool, SyncLoop, leader.Options{Interval: min(cfg.SyncInterval, leader.DefaultInterval), Logger: log, Registerer: reg})
-	wg.Go(func() {
-		_ = syncLeader.Run(ctx, func(ctx context.Context) error {
-			syncLoop(ctx, b, cfg.SyncInterval, log)
-			return nil
-		})
-	})
+	syncer := leader.Singleton(pool, syncLoop{b: b, interval: cfg.SyncInterval, log: log},
+		leader.Options{Interval: min(cfg.SyncInterval, leader.DefaultInterval), Logger: log, Registerer: reg})
 
 	st := store.New(pool)
 	authn := auth.New(st, cfg.AdminAPIKey, auth.WithLogger(log), auth.WithRegisterer(reg))
 	mux := http.NewServeMux()
 	service.MountLogged(mux, reg, map[string]service.Check{"postgres": st.Ping}, log)
 	mux.Handle(Routes[0], stripewebhook.New(pool, cfg.StripeWebhookSecret, log, stripewebhook.WithRegisterer(reg)))
-	mux.HandleFunc(Routes[1], func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc(Routes[1], reconciliation(authn, b, log))
+	// Listed in start order; RunAll stops them in reverse: HTTP drains,
+	// then the sync loop stops, then the relay; the writer flushes
+	// (deferred) after all have returned.
+	return service.RunAll(ctx, log, relay, syncer, service.Server{
+		Log: log, Addr: cfg.HTTPAddr, Handler: mux, Drain: cfg.ShutdownTimeout, Ready: ready,
+		Limits: service.HTTPLimits{MaxConnections: cfg.HTTPMaxConnections, WriteTimeout: cfg.HTTPWriteTimeout},
+	})
+}
+
+// reconciliation serves GET /v1/reconciliation to admin and viewer keys.
+func reconciliation(authn *auth.Authenticator, b *billing.Biller, log *slog.Logger) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
 		p, err := authn.Authenticate(r.Context(), r)
 		switch {
 		case errors.Is(err, auth.ErrExpiredKey):
@@ -156,13 +158,7 @@ func Run(ctx context.Context, cfg config.Biller, log *slog.Logger, ready func(ne
 			return
 		}
 		httpjson.Write(w, http.StatusOK, map[string]any{"period": period.Format("2006-01"), "rows": rows})
-	})
-	err = service.ServeLimited(ctx, log, cfg.HTTPAddr, mux, cfg.ShutdownTimeout, service.HTTPLimits{
-		MaxConnections: cfg.HTTPMaxConnections, WriteTimeout: cfg.HTTPWriteTimeout,
-	}, ready)
-	cancel()
-	wg.Wait()
-	return err
+	}
 }
 
 // reconcileWriteTimeout bounds GET /v1/reconciliation, which reads Stripe
@@ -172,8 +168,20 @@ const reconcileWriteTimeout = 15 * time.Minute
 // SyncLoop names the sync loop's leadership.
 const SyncLoop = "billing-sync"
 
-// syncLoop syncs at start, every interval, and just after each month ends.
-func syncLoop(ctx context.Context, b *billing.Biller, interval time.Duration, log *slog.Logger) {
+// syncLoop syncs at start, every interval, and just after each month
+// ends. It is a singleton: it runs on the leader of SyncLoop only.
+type syncLoop struct {
+	b        *billing.Biller
+	interval time.Duration
+	log      *slog.Logger
+}
+
+// Name is SyncLoop.
+func (syncLoop) Name() string { return SyncLoop }
+
+// Run syncs until ctx ends; a failed sync is logged and retried.
+func (l syncLoop) Run(ctx context.Context) error {
+	b, interval, log := l.b, l.interval, l.log
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	for {
@@ -192,7 +200,7 @@ func syncLoop(ctx context.Context, b *billing.Biller, interval time.Duration, lo
 		select {
 		case <-ctx.Done():
 			closeTimer.Stop()
-			return
+			return nil
 		case <-tick.C:
 		case <-closeTimer.C:
 			log.InfoContext(ctx, "month closed: final sync for it")

@@ -29,6 +29,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/usagemeter/metering/internal/service"
 )
 
 // lockSpace is the first key of every leadership lock ("lead" in ASCII);
@@ -106,6 +108,21 @@ func leaderGauge(reg prometheus.Registerer) *prometheus.GaugeVec {
 	}
 	return g
 }
+
+// Singleton returns loop as a Service that runs only while this process
+// leads it: an Elector for the loop named loop.Name() campaigns, and runs
+// loop each time it wins (see Elector.Run).
+func Singleton(pool *pgxpool.Pool, loop service.Service, opts Options) service.Service {
+	return singleton{e: New(pool, loop.Name(), opts), loop: loop}
+}
+
+type singleton struct {
+	e    *Elector
+	loop service.Service
+}
+
+func (s singleton) Name() string                  { return s.e.Name() }
+func (s singleton) Run(ctx context.Context) error { return s.e.Run(ctx, s.loop.Run) }
 
 // Name is the loop's name.
 func (e *Elector) Name() string { return e.name }

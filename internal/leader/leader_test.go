@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/usagemeter/metering/internal/leader"
+	"github.com/usagemeter/metering/internal/service"
 	"github.com/usagemeter/metering/internal/testkit/pgtest"
 )
 
@@ -207,5 +208,54 @@ func TestLoopThatReturnsResignsAndCampaignsAgain(t *testing.T) {
 	var won bool
 	if err := db.Pool.QueryRow(context.Background(), `SELECT pg_try_advisory_lock(1818583396, hashtext('flaky'))`).Scan(&won); err != nil || !won {
 		t.Fatalf("lock still held after Run returned: %v %v", won, err)
+	}
+}
+
+// countingLoop is a singleton loop that counts how many of it run at once.
+type countingLoop struct {
+	running, started *atomic.Int32
+	overlap          *atomic.Bool
+}
+
+func (countingLoop) Name() string { return "singleton-test" }
+
+func (l countingLoop) Run(ctx context.Context) error {
+	l.started.Add(1)
+	if l.running.Add(1) > 1 {
+		l.overlap.Store(true)
+	}
+	<-ctx.Done()
+	l.running.Add(-1)
+	return nil
+}
+
+func TestSingletonRunsItsLoopInOneProcessAtATime(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewEmpty(t)
+	var running, started atomic.Int32
+	var overlap atomic.Bool
+	loop := countingLoop{running: &running, started: &started, overlap: &overlap}
+	ctx, cancel := context.WithCancel(t.Context())
+	var wg sync.WaitGroup
+	for range 3 {
+		s := leader.Singleton(db.Pool, loop, leader.Options{Interval: interval, Logger: slog.New(slog.DiscardHandler)})
+		if s.Name() != loop.Name() {
+			t.Fatalf("Singleton.Name() = %q, want the loop's %q", s.Name(), loop.Name())
+		}
+		wg.Go(func() {
+			if err := service.RunAll(ctx, slog.New(slog.DiscardHandler), s); err != nil {
+				t.Errorf("RunAll: %v", err)
+			}
+		})
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for started.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(5 * interval)
+	cancel()
+	wg.Wait()
+	if started.Load() != 1 || overlap.Load() || running.Load() != 0 {
+		t.Errorf("loop started %d times (want 1), overlapped %v, still running %d", started.Load(), overlap.Load(), running.Load())
 	}
 }

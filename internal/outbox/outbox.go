@@ -120,8 +120,11 @@ func NewWriter(brokers []string) *kafka.Writer {
 	}
 }
 
+// Name is the relay's name as a service.
+func (r *Relay) Name() string { return "outbox-relay" }
+
 // Run publishes pending rows whenever a transaction notifies the channel,
-// and at least every second, until ctx ends.
+// and at least every second, until ctx ends; it returns nil then.
 func (r *Relay) Run(ctx context.Context) error {
 	for ctx.Err() == nil {
 		if err := r.listen(ctx); err != nil && ctx.Err() == nil {

@@ -1,13 +1,16 @@
 // Package service is the runtime every binary shares: structured logger,
 // signal handling, Prometheus registry, the /healthz, /readyz and /metrics
-// endpoints, and an HTTP server that drains in-flight requests on shutdown.
+// endpoints, an HTTP server that drains in-flight requests on shutdown, and
+// Service, the one start/stop shape of every background loop, run by
+// RunAll.
 //
 // Invariants: nothing here is global; each binary builds its own registry
 // and logger and passes them down. Every server Serve starts holds at most
 // HTTPLimits.MaxConnections connections, cuts a response a client does not
 // read within HTTPLimits.WriteTimeout, and sends the security headers of
 // httpguard on every answer; /readyz names failing checks but never their
-// errors (which hold addresses), those go to the log.
+// errors (which hold addresses), those go to the log. RunAll returns only
+// after every service it started has returned (TestRunAll).
 package service
 
 import (
