@@ -80,6 +80,11 @@ func Decode(r *http.Request, limit int64, v any) error {
 	if err != nil {
 		return err
 	}
+	return DecodeBytes(body, limit, v)
+}
+
+// DecodeBytes is Decode for a body already read with ReadBody.
+func DecodeBytes(body []byte, limit int64, v any) error {
 	if len(bytes.TrimSpace(body)) == 0 {
 		return errors.New("the body is empty; send a JSON object")
 	}

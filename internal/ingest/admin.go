@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"regexp"
 	"strings"
@@ -88,11 +87,15 @@ func decodeObject(r *http.Request, v any) error {
 	if err != nil {
 		return err
 	}
+	return decodeObjectBytes(body, v)
+}
+
+// decodeObjectBytes is decodeObject for a body already read.
+func decodeObjectBytes(body []byte, v any) error {
 	if t := bytes.TrimLeft(body, " \t\r\n"); len(t) > 0 && t[0] != '{' {
 		return errors.New("the body must be a JSON object")
 	}
-	r.Body = io.NopCloser(bytes.NewReader(body))
-	return httpjson.Decode(r, adminBodyLimit, v)
+	return httpjson.DecodeBytes(body, adminBodyLimit, v)
 }
 
 // writeBodyError answers a body decodeObject refused: 415 for a
@@ -115,8 +118,7 @@ func decodeOptionalObject(r *http.Request, v any) error {
 	if len(bytes.TrimSpace(body)) == 0 {
 		return nil
 	}
-	r.Body = io.NopCloser(bytes.NewReader(body))
-	return decodeObject(r, v)
+	return decodeObjectBytes(body, v)
 }
 
 func planFromBody(name string, qs []quotaBody) (store.Plan, error) {
