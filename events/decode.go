@@ -185,10 +185,12 @@ func (d Decoder) scanError(err error, batch bool, what string) error {
 	if where != "" {
 		where = " (" + where + ")"
 	}
-	code := map[string]string{
-		jsonscan.CodeSyntax: CodeMalformed, jsonscan.CodeTooLarge: CodeTooLarge, jsonscan.CodeTooDeep: CodeTooDeep,
-		jsonscan.CodeTooLong: CodeTooLong, jsonscan.CodeTooManyKeys: CodeTooManyKeys, jsonscan.CodeTooManyElements: CodeTooManyElements,
-	}[se.Code]
+	// The limit codes are jsonscan's own (see the Code constants); only a
+	// syntax error has a name of its own here.
+	code := se.Code
+	if code == jsonscan.CodeSyntax {
+		code = CodeMalformed
+	}
 	msg := fmt.Sprintf("the body is not valid JSON: %s at byte %d%s", se.Message, se.Offset, where)
 	switch se.Code {
 	case jsonscan.CodeTooDeep:
@@ -325,16 +327,27 @@ func (d Decoder) decodeJSON(body []byte) ([]Event, error) {
 	if err != nil {
 		return nil, err
 	}
+	// An event with a key issue is read with exact names only.
+	suspect := make(map[int]bool, len(issues))
+	for _, is := range issues {
+		suspect[is.Index] = true
+	}
+	evs, errs := decodeEach(raws, func(raw []byte, i int) (Event, []FieldError) {
+		return decodeObject(raw, i, suspect[i])
+	})
+	return d.validate(evs, keyErrs, errs, nil)
+}
+
+// decodeEach decodes every element with decode, collecting all errors.
+func decodeEach(raws []json.RawMessage, decode func([]byte, int) (Event, []FieldError)) ([]Event, []FieldError) {
 	evs := make([]Event, len(raws))
 	var errs []FieldError
 	for i, raw := range raws {
 		var fe []FieldError
-		// An event with a key issue is read with exact names only.
-		exact := slices.ContainsFunc(issues, func(is jsonscan.KeyIssue) bool { return is.Index == i })
-		evs[i], fe = decodeObject(raw, i, exact)
+		evs[i], fe = decode(raw, i)
 		errs = append(errs, fe...)
 	}
-	return d.validate(evs, keyErrs, errs, nil)
+	return evs, errs
 }
 
 // splitArray splits a JSON array, already scanned, into its elements.
@@ -418,24 +431,13 @@ func (d Decoder) decodeCloudEvents(body []byte, batch bool) ([]Event, error) {
 		return nil, d.scanError(err, batch, "")
 	}
 	keyErrs := issueErrors(issues, 0, "", ceKeys)
-	raws := [][]byte{body}
+	raws := []json.RawMessage{body}
 	if batch {
-		rs, err := splitArray(body)
-		if err != nil {
+		if raws, err = splitArray(body); err != nil {
 			return nil, err
 		}
-		raws = raws[:0]
-		for _, r := range rs {
-			raws = append(raws, r)
-		}
 	}
-	evs := make([]Event, len(raws))
-	var errs []FieldError
-	for i, raw := range raws {
-		var fe []FieldError
-		evs[i], fe = decodeCloudEvent(raw, i)
-		errs = append(errs, fe...)
-	}
+	evs, errs := decodeEach(raws, decodeCloudEvent)
 	return d.validate(evs, keyErrs, errs, cloudEventField)
 }
 
