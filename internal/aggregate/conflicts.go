@@ -57,7 +57,7 @@ type conflict struct {
 func resolve(row *ledgerRow, d *decoded) (conflict, increment) {
 	c := conflict{d: d, countedHash: row.hash, countedValue: row.value}
 	switch {
-	case row.metric != d.ev.Metric || !row.at.Truncate(time.Microsecond).Equal(d.ev.Time.Truncate(time.Microsecond)):
+	case row.metric != d.ev.Metric || !sameInstant(row.at, d.ev.Time):
 		c.resolution = ResolutionHeld
 	case d.ev.Value > row.value:
 		c.resolution = ResolutionRaised
@@ -345,7 +345,13 @@ func countIncrement(ctx context.Context, tx pgx.Tx, inc increment, now time.Time
 // sameWindows reports whether metric and at are conflict c's metric and
 // event time (at the database's microseconds), so the same windows.
 func sameWindows(c Conflict, metric string, at *time.Time) bool {
-	return at != nil && metric == c.Metric && at.Truncate(time.Microsecond).Equal(c.Time.Truncate(time.Microsecond))
+	return at != nil && metric == c.Metric && sameInstant(*at, *c.Time)
+}
+
+// sameInstant compares event times at the database's precision
+// (microseconds), so a time read back from Postgres equals the one sent.
+func sameInstant(a, b time.Time) bool {
+	return a.Truncate(time.Microsecond).Equal(b.Truncate(time.Microsecond))
 }
 
 // countedIncrement is what counting conflict c adds to its windows, given
@@ -458,13 +464,12 @@ func (r *ConflictReader) List(ctx context.Context, f ConflictFilter) ([]Conflict
 	if f.Limit <= 0 {
 		f.Limit = 100
 	}
-	var status string
-	switch f.Status {
-	case "", "all":
-	case "held", "resolved", ResolutionRaised, ResolutionKept, ResolutionCounted, ResolutionDismissed:
-		status = f.Status
-	default:
+	if f.Status != "" && !slices.Contains(ConflictStatuses, f.Status) {
 		return nil, fmt.Errorf("status must be one of %v, got %q", ConflictStatuses, f.Status)
+	}
+	status := f.Status
+	if status == "all" {
+		status = ""
 	}
 	rows, err := r.pool.Query(ctx, conflictSelect+`
 		WHERE ($1 = '' OR tenant = $1)
