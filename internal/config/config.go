@@ -194,20 +194,7 @@ func (b *binder) kafkaAuth(c *Common) {
 	b.flagBool(&k.InsecureSkipVerify, "KAFKA_TLS_INSECURE_SKIP_VERIFY", "false", "accept any broker certificate: tests only, never in production")
 	b.str(&k.SASLMechanism, "KAFKA_SASL_MECHANISM", "", "SASL mechanism: plain, scram-sha-256 or scram-sha-512; empty for none")
 	b.str(&k.SASLUsername, "KAFKA_SASL_USERNAME", "", "SASL username")
-	password, file := b.getenv("KAFKA_SASL_PASSWORD"), b.getenv("KAFKA_SASL_PASSWORD_FILE")
-	switch {
-	case password != "" && file != "":
-		b.errs = append(b.errs, errors.New("set KAFKA_SASL_PASSWORD or KAFKA_SASL_PASSWORD_FILE, not both"))
-	case file != "":
-		raw, err := os.ReadFile(file)
-		if err != nil {
-			b.errs = append(b.errs, fmt.Errorf("KAFKA_SASL_PASSWORD_FILE: %w", err))
-			break
-		}
-		if password = strings.TrimRight(string(raw), "\r\n"); password == "" {
-			b.errs = append(b.errs, fmt.Errorf("KAFKA_SASL_PASSWORD_FILE: %s is empty", file))
-		}
-	}
+	password := b.secret("KAFKA_SASL_PASSWORD", func(s string) string { return strings.TrimRight(s, "\r\n") })
 	b.checks = append(b.checks, func() error {
 		k.SASLPassword = password
 		sec, err := kafkaauth.New(*k)
@@ -223,23 +210,30 @@ func (b *binder) kafkaAuth(c *Common) {
 // file ADMIN_API_KEY_FILE names (a mounted secret). Neither has a flag: a
 // secret on a command line is visible to every user in ps.
 func (b *binder) adminKey(p *string) {
-	key, file := b.getenv("ADMIN_API_KEY"), b.getenv("ADMIN_API_KEY_FILE")
+	*p = b.secret("ADMIN_API_KEY", strings.TrimSpace)
+}
+
+// secret reads a secret from the variable env, or from the file that
+// env+"_FILE" names, trimmed by trim; setting both, an unreadable file or
+// an empty one is an error. Secrets have no flag.
+func (b *binder) secret(env string, trim func(string) string) string {
+	value, file := b.getenv(env), b.getenv(env+"_FILE")
 	switch {
-	case key != "" && file != "":
-		b.errs = append(b.errs, errors.New("set ADMIN_API_KEY or ADMIN_API_KEY_FILE, not both"))
+	case value != "" && file != "":
+		b.errs = append(b.errs, fmt.Errorf("set %s or %s_FILE, not both", env, env))
+		return ""
 	case file != "":
 		raw, err := os.ReadFile(file)
 		if err != nil {
-			b.errs = append(b.errs, fmt.Errorf("ADMIN_API_KEY_FILE: %w", err))
-			return
+			b.errs = append(b.errs, fmt.Errorf("%s_FILE: %w", env, err))
+			return ""
 		}
-		*p = strings.TrimSpace(string(raw))
-		if *p == "" {
-			b.errs = append(b.errs, fmt.Errorf("ADMIN_API_KEY_FILE: %s is empty", file))
+		value = trim(string(raw))
+		if value == "" {
+			b.errs = append(b.errs, fmt.Errorf("%s_FILE: %s is empty", env, file))
 		}
-	default:
-		*p = key
 	}
+	return value
 }
 
 func (b *binder) parse(args []string) error {
