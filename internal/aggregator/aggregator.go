@@ -24,7 +24,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/usagemeter/metering/internal/aggregate"
+	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/config"
 	"github.com/usagemeter/metering/internal/consumer"
 	"github.com/usagemeter/metering/internal/leader"
@@ -54,12 +54,12 @@ func Run(ctx context.Context, cfg config.Aggregator, log *slog.Logger, ready fun
 		log.WarnContext(ctx, "could not ensure topics", "err", err)
 	}
 	reg := service.NewRegistry()
-	metrics := aggregate.NewMetrics(reg)
-	agg := aggregate.New(pool, aggregate.Config{
+	metrics := rollup.NewMetrics(reg)
+	agg := rollup.New(pool, rollup.Config{
 		Group: cfg.ConsumerGroup, Topic: topics.UsageEvents, Horizon: cfg.DedupHorizon, MaxLag: cfg.MaxLag,
 		ConflictAlertThreshold: cfg.ConflictAlertThreshold, Metrics: metrics, Logger: log,
 	})
-	registerHeldConflicts(reg, aggregate.NewConflictReader(pool), log)
+	registerHeldConflicts(reg, rollup.NewConflictReader(pool), log)
 	cons := consumer.New(consumer.Config{
 		Brokers: cfg.KafkaBrokers, Security: cfg.KafkaSecurity, Topic: topics.UsageEvents, Group: cfg.ConsumerGroup,
 		BatchSize: cfg.BatchSize, BatchWait: cfg.BatchWait, SessionTimeout: cfg.SessionTimeout,
@@ -94,7 +94,7 @@ func Run(ctx context.Context, cfg config.Aggregator, log *slog.Logger, ready fun
 
 // registerHeldConflicts exports the number of held conflicts, read from
 // Postgres at each scrape (every replica shows the same number).
-func registerHeldConflicts(reg prometheus.Registerer, r *aggregate.ConflictReader, log *slog.Logger) {
+func registerHeldConflicts(reg prometheus.Registerer, r *rollup.ConflictReader, log *slog.Logger) {
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "metering_aggregator_conflicts_held",
 		Help: "Conflicting resends held for an operator (aggregator conflicts list --status held); -1 when Postgres did not answer.",
@@ -114,7 +114,7 @@ func registerHeldConflicts(reg prometheus.Registerer, r *aggregate.ConflictReade
 const RetentionLoop = "retention"
 
 // retentionLoop deletes ledger rows of events no trusted clock can accept
-// any more (see aggregate.LedgerCutoff) and old published outbox rows every
+// any more (see rollup.LedgerCutoff) and old published outbox rows every
 // cfg.RetentionInterval. It is a singleton: it runs on the leader of
 // RetentionLoop only.
 type retentionLoop struct {
@@ -133,7 +133,7 @@ func (l retentionLoop) Run(ctx context.Context) error {
 	t := time.NewTicker(cfg.RetentionInterval)
 	defer t.Stop()
 	for {
-		n, err := DeleteExpired(ctx, pool, aggregate.LedgerCutoff(time.Now(), cfg.DedupHorizon, cfg.MaxLag))
+		n, err := DeleteExpired(ctx, pool, rollup.LedgerCutoff(time.Now(), cfg.DedupHorizon, cfg.MaxLag))
 		if err != nil && ctx.Err() == nil {
 			log.WarnContext(ctx, "ledger retention", "err", err)
 		} else if n > 0 {
@@ -152,7 +152,7 @@ func (l retentionLoop) Run(ctx context.Context) error {
 
 // DeleteExpired deletes ledger rows of event days before cutoff's day, in
 // batches so no transaction grows large, and returns how many. A cutoff
-// later than aggregate.LedgerCutoff would let a resend of a forgotten id
+// later than rollup.LedgerCutoff would let a resend of a forgotten id
 // count again.
 func DeleteExpired(ctx context.Context, pool *pgxpool.Pool, cutoff time.Time) (int64, error) {
 	day := cutoff.UTC().Format("2006-01-02")

@@ -16,7 +16,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/usagemeter/metering/events"
-	"github.com/usagemeter/metering/internal/aggregate"
+	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/consumer"
 	"github.com/usagemeter/metering/internal/testkit/kafkatest"
 	"github.com/usagemeter/metering/internal/testkit/pgtest"
@@ -28,20 +28,20 @@ const benchBatch = 10000
 
 // benchEvents returns n distinct events over 1000 tenants and two metrics
 // in the last two hours, as records of partition 0 from offset from.
-func benchEvents(rng *rand.Rand, n int, from int64) ([]events.Event, []aggregate.Record) {
+func benchEvents(rng *rand.Rand, n int, from int64) ([]events.Event, []rollup.Record) {
 	return benchEventsOf(rng, n, from, "tenant-")
 }
 
 // benchEventsOf is benchEvents with tenant names starting with prefix, so
 // that concurrent workers can own disjoint tenants, as Kafka partitions do.
-func benchEventsOf(rng *rand.Rand, n int, from int64, prefix string) ([]events.Event, []aggregate.Record) {
+func benchEventsOf(rng *rand.Rand, n int, from int64, prefix string) ([]events.Event, []rollup.Record) {
 	base := time.Now().UTC().Add(-2 * time.Hour)
 	evs := make([]events.Event, n)
-	recs := make([]aggregate.Record, n)
+	recs := make([]rollup.Record, n)
 	for i := range evs {
 		evs[i] = events.Event{ID: events.NewID(), Tenant: fmt.Sprint(prefix, rng.IntN(1000)), Metric: []string{"api_calls", "tokens"}[i%2],
 			Value: rng.Int64N(1000), Time: base.Add(time.Duration(rng.IntN(7200)) * time.Second)}
-		recs[i] = aggregate.Record{Partition: 0, Offset: from + int64(i), Key: []byte(evs[i].Tenant), Value: evs[i].AppendJSON(nil), Time: time.Now()}
+		recs[i] = rollup.Record{Partition: 0, Offset: from + int64(i), Key: []byte(evs[i].Tenant), Value: evs[i].AppendJSON(nil), Time: time.Now()}
 	}
 	return evs, recs
 }
@@ -51,10 +51,10 @@ const benchWorkers = 4
 // inWorkers pre-generates b.N batches, a quarter per worker with its own
 // tenants, then times benchWorkers goroutines applying them with fn, and
 // returns how many events they processed.
-func inWorkers(b *testing.B, rng *rand.Rand, fn func(worker int, recs []aggregate.Record, evs []events.Event) error) int {
+func inWorkers(b *testing.B, rng *rand.Rand, fn func(worker int, recs []rollup.Record, evs []events.Event) error) int {
 	per := (b.N + benchWorkers - 1) / benchWorkers
 	type batch struct {
-		recs []aggregate.Record
+		recs []rollup.Record
 		evs  []events.Event
 	}
 	work := make([][]batch, benchWorkers)
@@ -96,7 +96,7 @@ func BenchmarkAggregate(b *testing.B) {
 	// pipeline runs 4 partitions keyed by tenant.
 	b.Run("ceiling-postgres-copy", func(b *testing.B) {
 		db := pgtest.New(b)
-		processed := inWorkers(b, rng, func(w int, recs []aggregate.Record, evs []events.Event) error {
+		processed := inWorkers(b, rng, func(w int, recs []rollup.Record, evs []events.Event) error {
 			return ceilingBatch(ctx, db, evs)
 		})
 		perSecond(b, processed)
@@ -125,12 +125,12 @@ func BenchmarkAggregate(b *testing.B) {
 
 	b.Run("apply-no-kafka", func(b *testing.B) {
 		db := pgtest.New(b)
-		agg := aggregate.New(db.Pool, aggregate.Config{Group: "bench", Topic: topics.UsageEvents})
+		agg := rollup.New(db.Pool, rollup.Config{Group: "bench", Topic: topics.UsageEvents})
 		next := make([]int64, benchWorkers)
 		for i := range next {
 			next[i] = -1
 		}
-		processed := inWorkers(b, rng, func(w int, recs []aggregate.Record, _ []events.Event) error {
+		processed := inWorkers(b, rng, func(w int, recs []rollup.Record, _ []events.Event) error {
 			for i := range recs {
 				recs[i].Partition, recs[i].Offset = w, max(next[w], 0)+int64(i)
 			}
@@ -161,7 +161,7 @@ func BenchmarkAggregate(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
-		agg := aggregate.New(db.Pool, aggregate.Config{Group: "bench", Topic: topics.UsageEvents})
+		agg := rollup.New(db.Pool, rollup.Config{Group: "bench", Topic: topics.UsageEvents})
 		c := consumer.New(consumer.Config{Brokers: kc.Brokers(), Topic: topics.UsageEvents, Group: "bench",
 			BatchSize: benchBatch, BatchWait: 100 * time.Millisecond, SessionTimeout: time.Second}, agg, slog.New(slog.DiscardHandler), nil)
 		cctx, cancel := context.WithCancel(ctx)
@@ -248,7 +248,7 @@ func benchBreachLatency(b *testing.B) {
 	db.Exec(b, `INSERT INTO plans (name) VALUES ('bench')`)
 	db.Exec(b, `INSERT INTO plan_quotas (plan, metric, quota_limit, period, burst_percent, hard, stripe_event_name) VALUES ('bench', 'api_calls', $1, 'month', 0, true, 'api_calls')`, limit)
 	db.Exec(b, `INSERT INTO tenants (tenant, plan) SELECT 'tenant-' || g, 'bench' FROM generate_series(0, $1 - 1) g`, tenants)
-	agg := aggregate.New(db.Pool, aggregate.Config{Group: "bench", Topic: topics.UsageEvents})
+	agg := rollup.New(db.Pool, rollup.Config{Group: "bench", Topic: topics.UsageEvents})
 	c := consumer.New(consumer.Config{Brokers: kc.Brokers(), Topic: topics.UsageEvents, Group: "bench",
 		BatchWait: 50 * time.Millisecond, SessionTimeout: time.Second}, agg, slog.New(slog.DiscardHandler), nil)
 	cctx, cancel := context.WithCancel(ctx)

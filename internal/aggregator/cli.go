@@ -13,7 +13,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/usagemeter/metering/internal/aggregate"
+	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/cli"
 	"github.com/usagemeter/metering/internal/config"
 	"github.com/usagemeter/metering/internal/dlq"
@@ -31,8 +31,8 @@ var Commands = []cli.Command[config.Aggregator]{
 	cli.New("dlq discard", dlqDiscard),
 	cli.New("rebuild", rebuildCmd),
 	cli.New("conflicts list", conflictsList),
-	cli.New("conflicts count", conflictsResolve(aggregate.ResolutionCounted)),
-	cli.New("conflicts dismiss", conflictsResolve(aggregate.ResolutionDismissed)),
+	cli.New("conflicts count", conflictsResolve(rollup.ResolutionCounted)),
+	cli.New("conflicts dismiss", conflictsResolve(rollup.ResolutionDismissed)),
 }
 
 // Env is what an aggregator command runs with.
@@ -190,7 +190,7 @@ type conflictsListFlags struct {
 }
 
 func (f *conflictsListFlags) Bind(fs *flag.FlagSet) {
-	f.bind(fs, "held", strings.Join(aggregate.ConflictStatuses, ", "))
+	f.bind(fs, "held", strings.Join(rollup.ConflictStatuses, ", "))
 	fs.StringVar(&f.Tenant, "tenant", "", "only this tenant's conflicts")
 }
 
@@ -198,15 +198,15 @@ func conflictsList(ctx context.Context, env Env, f conflictsListFlags, args []st
 	if len(args) > 0 {
 		return fmt.Errorf("unexpected argument %q; filter with --tenant and --status", args[0])
 	}
-	if !slices.Contains(aggregate.ConflictStatuses, f.Status) {
-		return fmt.Errorf("--status must be one of %s, got %q", strings.Join(aggregate.ConflictStatuses, ", "), f.Status)
+	if !slices.Contains(rollup.ConflictStatuses, f.Status) {
+		return fmt.Errorf("--status must be one of %s, got %q", strings.Join(rollup.ConflictStatuses, ", "), f.Status)
 	}
 	pool, err := Open(ctx, env.Config.DatabaseURL, 0, env.Log)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	cs, err := aggregate.NewConflictReader(pool).List(ctx, aggregate.ConflictFilter{Tenant: f.Tenant, Status: f.Status, Limit: f.Limit})
+	cs, err := rollup.NewConflictReader(pool).List(ctx, rollup.ConflictFilter{Tenant: f.Tenant, Status: f.Status, Limit: f.Limit})
 	if err != nil {
 		return err
 	}
@@ -215,7 +215,7 @@ func conflictsList(ctx context.Context, env Env, f conflictsListFlags, args []st
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "  ")
 		if cs == nil {
-			cs = []aggregate.Conflict{}
+			cs = []rollup.Conflict{}
 		}
 		return enc.Encode(cs)
 	}
@@ -246,7 +246,7 @@ func conflictsList(ctx context.Context, env Env, f conflictsListFlags, args []st
 // held conflict resolved, with who (--actor, or user@host), when and why.
 func conflictsResolve(resolution string) func(context.Context, Env, cli.Audit, []string) error {
 	return func(ctx context.Context, env Env, f cli.Audit, args []string) error {
-		sub := map[string]string{aggregate.ResolutionCounted: "count", aggregate.ResolutionDismissed: "dismiss"}[resolution]
+		sub := map[string]string{rollup.ResolutionCounted: "count", rollup.ResolutionDismissed: "dismiss"}[resolution]
 		if len(args) != 1 {
 			return fmt.Errorf("conflicts %s takes one conflict id, got %d arguments", sub, len(args))
 		}
@@ -263,14 +263,14 @@ func conflictsResolve(resolution string) func(context.Context, Env, cli.Audit, [
 		}
 		defer pool.Close()
 		cfg, actor := env.Config, f.Who()
-		agg := aggregate.New(pool, aggregate.Config{Group: cfg.ConsumerGroup, Topic: topics.UsageEvents, Horizon: cfg.DedupHorizon,
+		agg := rollup.New(pool, rollup.Config{Group: cfg.ConsumerGroup, Topic: topics.UsageEvents, Horizon: cfg.DedupHorizon,
 			MaxLag: cfg.MaxLag, ConflictAlertThreshold: cfg.ConflictAlertThreshold, Logger: env.Log})
 		c, err := agg.ResolveConflict(ctx, id, resolution, actor, f.Note)
 		if err != nil {
 			return err
 		}
 		what := "left uncounted"
-		if resolution == aggregate.ResolutionCounted {
+		if resolution == rollup.ResolutionCounted {
 			// Copies of one id in one metric and time count their maximum
 			// once: what this one added may be less than its value.
 			what = fmt.Sprintf("counted %d %s at %s: added %d and %d event(s)",

@@ -11,15 +11,15 @@ import (
 	"time"
 
 	"github.com/usagemeter/metering/events"
-	"github.com/usagemeter/metering/internal/aggregate"
+	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/aggregator"
 	"github.com/usagemeter/metering/internal/config"
 	"github.com/usagemeter/metering/internal/testkit/pgtest"
 	"github.com/usagemeter/metering/internal/topics"
 )
 
-func record(offset int64, e events.Event, stamped time.Time) aggregate.Record {
-	return aggregate.Record{Offset: offset, Key: []byte(e.Tenant), Value: e.AppendJSON(nil), Time: stamped}
+func record(offset int64, e events.Event, stamped time.Time) rollup.Record {
+	return rollup.Record{Offset: offset, Key: []byte(e.Tenant), Value: e.AppendJSON(nil), Time: stamped}
 }
 
 func windowValue(t *testing.T, db *pgtest.DB, metric, granularity string, start time.Time) string {
@@ -40,7 +40,7 @@ func windowValue(t *testing.T, db *pgtest.DB, metric, granularity string, start 
 // timestamp is as late as the clock still trusts is a duplicate.
 func TestRetentionNeverMakesAnOldIDCountableAgain(t *testing.T) {
 	t.Parallel()
-	horizon, lag := events.DefaultHorizon, aggregate.DefaultMaxLag
+	horizon, lag := events.DefaultHorizon, rollup.DefaultMaxLag
 	for _, tc := range []struct {
 		name     string
 		after    time.Duration // clock moved after counting
@@ -61,18 +61,18 @@ func TestRetentionNeverMakesAnOldIDCountableAgain(t *testing.T) {
 			db := pgtest.New(t)
 			ctx := context.Background()
 			clock := time.Now().UTC()
-			a := aggregate.New(db.Pool, aggregate.Config{Group: "test", Topic: topics.UsageEvents, Horizon: horizon, MaxLag: lag,
+			a := rollup.New(db.Pool, rollup.Config{Group: "test", Topic: topics.UsageEvents, Horizon: horizon, MaxLag: lag,
 				Now: func() time.Time { return clock }, Logger: slog.New(slog.DiscardHandler)})
 			e := events.Event{ID: "order-400", Tenant: "acme", Metric: "api_calls", Value: 7, Time: clock.Add(-time.Hour)}
-			if res, err := a.Apply(ctx, 0, -1, []aggregate.Record{record(0, e, clock)}); err != nil || res.Counted != 1 {
+			if res, err := a.Apply(ctx, 0, -1, []rollup.Record{record(0, e, clock)}); err != nil || res.Counted != 1 {
 				t.Fatalf("first send: %+v, %v", res, err)
 			}
 			clock = clock.Add(tc.after)
-			n, err := aggregator.DeleteExpired(ctx, db.Pool, aggregate.LedgerCutoff(clock, horizon, lag))
+			n, err := aggregator.DeleteExpired(ctx, db.Pool, rollup.LedgerCutoff(clock, horizon, lag))
 			if err != nil || n != tc.deletes {
 				t.Fatalf("retention deleted %d (%v), want %d", n, err, tc.deletes)
 			}
-			res, err := a.Apply(ctx, 0, 1, []aggregate.Record{record(1, e, tc.stamp(clock, e.Time))})
+			res, err := a.Apply(ctx, 0, 1, []rollup.Record{record(1, e, tc.stamp(clock, e.Time))})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -96,14 +96,14 @@ func TestConflictsCommand(t *testing.T) {
 	db := pgtest.New(t)
 	ctx := context.Background()
 	now := time.Now().UTC()
-	a := aggregate.New(db.Pool, aggregate.Config{Group: "metering-aggregator", Topic: topics.UsageEvents, Logger: slog.New(slog.DiscardHandler)})
+	a := rollup.New(db.Pool, rollup.Config{Group: "metering-aggregator", Topic: topics.UsageEvents, Logger: slog.New(slog.DiscardHandler)})
 	at := now.Add(-time.Minute)
 	orig := events.Event{ID: "order-5", Tenant: "acme", Metric: "api_calls", Value: 3, Time: at}
 	otherMetric := orig
 	otherMetric.Metric, otherMetric.Value = "tokens", 40
 	otherTime := orig
 	otherTime.Time = at.Add(-time.Hour)
-	if _, err := a.Apply(ctx, 0, -1, []aggregate.Record{record(0, orig, now), record(1, otherMetric, now), record(2, otherTime, now)}); err != nil {
+	if _, err := a.Apply(ctx, 0, -1, []rollup.Record{record(0, orig, now), record(1, otherMetric, now), record(2, otherTime, now)}); err != nil {
 		t.Fatal(err)
 	}
 	cfg, _, err := config.LoadAggregator("aggregator", []string{"-database-url", db.URL}, func(string) string { return "" }, io.Discard)
@@ -119,7 +119,7 @@ func TestConflictsCommand(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var held []aggregate.Conflict
+	var held []rollup.Conflict
 	if err := json.Unmarshal([]byte(out), &held); err != nil || len(held) != 2 {
 		t.Fatalf("held conflicts: %s (%v)", out, err)
 	}

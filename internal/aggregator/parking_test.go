@@ -8,7 +8,7 @@ import (
 
 	"github.com/usagemeter/metering/events"
 	"github.com/usagemeter/metering/internal/outbox"
-	"github.com/usagemeter/metering/internal/store"
+	"github.com/usagemeter/metering/internal/storage/accounts"
 	"github.com/usagemeter/metering/internal/topics"
 )
 
@@ -19,13 +19,13 @@ import (
 func TestHugeDeadLetterNeverBlocksBreaches(t *testing.T) {
 	s := newStack(t)
 	ctx := context.Background()
-	st := store.New(s.db.Pool)
+	st := accounts.New(s.db.Pool)
 	limit := int64(10)
-	if _, err := st.PutPlan(ctx, store.Plan{Name: "free", Quotas: []store.Quota{
+	if _, err := st.PutPlan(ctx, accounts.Plan{Name: "free", Quotas: []accounts.Quota{
 		{Metric: "api_calls", Limit: &limit, Period: "month", Hard: true, StripeEventName: "api_calls"}}}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.PutTenant(ctx, store.Tenant{Tenant: "acme", Plan: "free"}); err != nil {
+	if _, err := st.PutTenant(ctx, accounts.Tenant{Tenant: "acme", Plan: "free"}); err != nil {
 		t.Fatal(err)
 	}
 	s.start(s.config())

@@ -11,7 +11,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/usagemeter/metering/events"
-	"github.com/usagemeter/metering/internal/aggregate"
+	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/aggregator"
 	"github.com/usagemeter/metering/internal/rebuild"
 	"github.com/usagemeter/metering/internal/topics"
@@ -117,8 +117,8 @@ func TestRebuildKeepsCountedConflictsAndRefusesOldWindows(t *testing.T) {
 	if err := s.db.Pool.QueryRow(ctx, `SELECT id FROM ledger_conflicts WHERE resolution = 'held'`).Scan(&id); err != nil {
 		t.Fatal(err)
 	}
-	agg := aggregate.New(s.db.Pool, aggregate.Config{Group: cfg.ConsumerGroup, Topic: topics.UsageEvents})
-	if _, err := agg.ResolveConflict(ctx, id, aggregate.ResolutionCounted, "oncall", "tokens of the order"); err != nil {
+	agg := rollup.New(s.db.Pool, rollup.Config{Group: cfg.ConsumerGroup, Topic: topics.UsageEvents})
+	if _, err := agg.ResolveConflict(ctx, id, rollup.ResolutionCounted, "oncall", "tokens of the order"); err != nil {
 		t.Fatal(err)
 	}
 	month := windowsMonth(now)

@@ -25,7 +25,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/usagemeter/metering/internal/store"
+	"github.com/usagemeter/metering/internal/storage/accounts"
 )
 
 // KeyPrefix starts every key this package makes, so leaked keys are easy
@@ -52,32 +52,32 @@ type Principal struct {
 	KeyID  string
 	Role   string
 	Tenant string // set for tenant keys only
-	Scope  string // store.ScopeWrite or store.ScopeRead, tenant keys only
+	Scope  string // accounts.ScopeWrite or accounts.ScopeRead, tenant keys only
 }
 
 // IsAdmin reports whether p may use the admin routes.
-func (p Principal) IsAdmin() bool { return p.Role == store.RoleAdmin }
+func (p Principal) IsAdmin() bool { return p.Role == accounts.RoleAdmin }
 
 // CanWrite reports whether p may send events for tenant.
 func (p Principal) CanWrite(tenant string) bool {
-	return p.Role == store.RoleAdmin || p.Role == store.RoleTenant && p.Scope == store.ScopeWrite && p.Tenant == tenant
+	return p.Role == accounts.RoleAdmin || p.Role == accounts.RoleTenant && p.Scope == accounts.ScopeWrite && p.Tenant == tenant
 }
 
 // ReadOnly reports whether p is a tenant key that may only read.
-func (p Principal) ReadOnly() bool { return p.Role == store.RoleTenant && p.Scope != store.ScopeWrite }
+func (p Principal) ReadOnly() bool { return p.Role == accounts.RoleTenant && p.Scope != accounts.ScopeWrite }
 
 // CanRead reports whether p may read tenant's usage and quotas.
 func (p Principal) CanRead(tenant string) bool {
-	return p.Role == store.RoleAdmin || p.Role == store.RoleViewer || p.Role == store.RoleTenant && p.Tenant == tenant
+	return p.Role == accounts.RoleAdmin || p.Role == accounts.RoleViewer || p.Role == accounts.RoleTenant && p.Tenant == tenant
 }
 
 // KeyStore is the storage Authenticator needs.
 type KeyStore interface {
-	KeyByHash(ctx context.Context, hash []byte) (store.Key, error)
-	CreateKey(ctx context.Context, k store.NewKey) (store.Key, error)
+	KeyByHash(ctx context.Context, hash []byte) (accounts.Key, error)
+	CreateKey(ctx context.Context, k accounts.NewKey) (accounts.Key, error)
 	TouchKey(ctx context.Context, id string) error
-	RotateKey(ctx context.Context, oldID string, next store.NewKey, grace time.Duration) (newKey, oldKey store.Key, err error)
-	RevokeBootstrapKey(ctx context.Context, id string, hash []byte) (store.Key, error)
+	RotateKey(ctx context.Context, oldID string, next accounts.NewKey, grace time.Duration) (newKey, oldKey accounts.Key, err error)
+	RevokeBootstrapKey(ctx context.Context, id string, hash []byte) (accounts.Key, error)
 }
 
 // Authenticator checks API keys.
@@ -155,7 +155,7 @@ func BearerToken(r *http.Request) string {
 
 // Authenticate returns the principal of r's bearer key. A stored key
 // that authenticates has its last use recorded (at most once per
-// store.TouchInterval); a failure to record it is logged and counted,
+// accounts.TouchInterval); a failure to record it is logged and counted,
 // never returned.
 func (a *Authenticator) Authenticate(ctx context.Context, r *http.Request) (Principal, error) {
 	token := BearerToken(r)
@@ -166,9 +166,9 @@ func (a *Authenticator) Authenticate(ctx context.Context, r *http.Request) (Prin
 	hash := Hash(token)
 	k, err := a.keys.KeyByHash(ctx, hash)
 	switch {
-	case errors.Is(err, store.ErrNotFound):
+	case errors.Is(err, accounts.ErrNotFound):
 		if a.bootstrap != nil && subtle.ConstantTimeCompare(hash, a.bootstrap) == 1 {
-			return Principal{KeyID: BootstrapKeyID, Role: store.RoleAdmin}, nil
+			return Principal{KeyID: BootstrapKeyID, Role: accounts.RoleAdmin}, nil
 		}
 		a.rejected.WithLabelValues("unknown").Inc()
 		return Principal{}, ErrUnknownKey
@@ -189,21 +189,21 @@ func (a *Authenticator) Authenticate(ctx context.Context, r *http.Request) (Prin
 }
 
 // touch records k's use unless this process or the stored row says it
-// was recorded less than store.TouchInterval ago, so a hot key writes
+// was recorded less than accounts.TouchInterval ago, so a hot key writes
 // about once a minute, not once a request.
-func (a *Authenticator) touch(ctx context.Context, k store.Key) {
+func (a *Authenticator) touch(ctx context.Context, k accounts.Key) {
 	now := a.now()
-	if k.LastUsedAt != nil && now.Sub(*k.LastUsedAt) < store.TouchInterval {
+	if k.LastUsedAt != nil && now.Sub(*k.LastUsedAt) < accounts.TouchInterval {
 		return
 	}
 	a.mu.Lock()
-	if last, ok := a.touched[k.ID]; ok && now.Sub(last) < store.TouchInterval {
+	if last, ok := a.touched[k.ID]; ok && now.Sub(last) < accounts.TouchInterval {
 		a.mu.Unlock()
 		return
 	}
 	if len(a.touched) >= 10000 { // forget what no longer throttles anything
 		for id, t := range a.touched {
-			if now.Sub(t) >= store.TouchInterval {
+			if now.Sub(t) >= accounts.TouchInterval {
 				delete(a.touched, id)
 			}
 		}
@@ -224,7 +224,7 @@ func (a *Authenticator) touch(ctx context.Context, k store.Key) {
 type KeySpec struct {
 	Role      string
 	Tenant    string     // tenant keys only
-	Scope     string     // tenant keys only: store.ScopeWrite or store.ScopeRead
+	Scope     string     // tenant keys only: accounts.ScopeWrite or accounts.ScopeRead
 	ExpiresAt *time.Time // nil: never expires
 }
 
@@ -242,14 +242,14 @@ func newSecret() (id, secret string, err error) {
 
 // CreateKey makes a new key and returns its record and the secret, which
 // is not stored anywhere.
-func (a *Authenticator) CreateKey(ctx context.Context, spec KeySpec) (store.Key, string, error) {
+func (a *Authenticator) CreateKey(ctx context.Context, spec KeySpec) (accounts.Key, string, error) {
 	id, secret, err := newSecret()
 	if err != nil {
-		return store.Key{}, "", err
+		return accounts.Key{}, "", err
 	}
-	k, err := a.keys.CreateKey(ctx, store.NewKey{ID: id, Hash: Hash(secret), Role: spec.Role, Tenant: spec.Tenant, Scope: spec.Scope, ExpiresAt: spec.ExpiresAt})
+	k, err := a.keys.CreateKey(ctx, accounts.NewKey{ID: id, Hash: Hash(secret), Role: spec.Role, Tenant: spec.Tenant, Scope: spec.Scope, ExpiresAt: spec.ExpiresAt})
 	if err != nil {
-		return store.Key{}, "", err
+		return accounts.Key{}, "", err
 	}
 	return k, secret, nil
 }
@@ -258,14 +258,14 @@ func (a *Authenticator) CreateKey(ctx context.Context, spec KeySpec) (store.Key,
 // returns it with its secret, and the old key as it now is: valid until
 // now + grace, or revoked when grace is 0. expiresAt is the new key's
 // expiry (nil: none).
-func (a *Authenticator) RotateKey(ctx context.Context, oldID string, grace time.Duration, expiresAt *time.Time) (newKey store.Key, secret string, oldKey store.Key, err error) {
+func (a *Authenticator) RotateKey(ctx context.Context, oldID string, grace time.Duration, expiresAt *time.Time) (newKey accounts.Key, secret string, oldKey accounts.Key, err error) {
 	id, secret, err := newSecret()
 	if err != nil {
-		return store.Key{}, "", store.Key{}, err
+		return accounts.Key{}, "", accounts.Key{}, err
 	}
-	newKey, oldKey, err = a.keys.RotateKey(ctx, oldID, store.NewKey{ID: id, Hash: Hash(secret), ExpiresAt: expiresAt}, grace)
+	newKey, oldKey, err = a.keys.RotateKey(ctx, oldID, accounts.NewKey{ID: id, Hash: Hash(secret), ExpiresAt: expiresAt}, grace)
 	if err != nil {
-		return store.Key{}, "", store.Key{}, err
+		return accounts.Key{}, "", accounts.Key{}, err
 	}
 	return newKey, secret, oldKey, nil
 }
@@ -273,13 +273,13 @@ func (a *Authenticator) RotateKey(ctx context.Context, oldID string, grace time.
 // RevokeBootstrap records that this service's ADMIN_API_KEY value is
 // revoked, so every service sharing the database refuses it from the next
 // request on, restarts included.
-func (a *Authenticator) RevokeBootstrap(ctx context.Context) (store.Key, error) {
+func (a *Authenticator) RevokeBootstrap(ctx context.Context) (accounts.Key, error) {
 	if a.bootstrap == nil {
-		return store.Key{}, ErrNoBootstrapKey
+		return accounts.Key{}, ErrNoBootstrapKey
 	}
 	u, err := uuid.NewV7()
 	if err != nil {
-		return store.Key{}, fmt.Errorf("generating key id: %w", err)
+		return accounts.Key{}, fmt.Errorf("generating key id: %w", err)
 	}
 	return a.keys.RevokeBootstrapKey(ctx, u.String(), a.bootstrap)
 }

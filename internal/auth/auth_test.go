@@ -11,15 +11,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/usagemeter/metering/internal/auth"
-	"github.com/usagemeter/metering/internal/store"
+	"github.com/usagemeter/metering/internal/storage/accounts"
 )
 
 func TestPermissions(t *testing.T) {
 	t.Parallel()
-	write := auth.Principal{Role: store.RoleTenant, Tenant: "acme", Scope: store.ScopeWrite}
-	read := auth.Principal{Role: store.RoleTenant, Tenant: "acme", Scope: store.ScopeRead}
-	admin := auth.Principal{Role: store.RoleAdmin}
-	viewer := auth.Principal{Role: store.RoleViewer}
+	write := auth.Principal{Role: accounts.RoleTenant, Tenant: "acme", Scope: accounts.ScopeWrite}
+	read := auth.Principal{Role: accounts.RoleTenant, Tenant: "acme", Scope: accounts.ScopeRead}
+	admin := auth.Principal{Role: accounts.RoleAdmin}
+	viewer := auth.Principal{Role: accounts.RoleViewer}
 	tests := []struct {
 		name                           string
 		p                              auth.Principal
@@ -30,7 +30,7 @@ func TestPermissions(t *testing.T) {
 		{"tenant write key, other", write, "globex", false, false, false, false},
 		{"tenant read key, own", read, "acme", false, true, false, true},
 		{"tenant read key, other", read, "globex", false, false, false, true},
-		{"tenant key without a scope writes nothing", auth.Principal{Role: store.RoleTenant, Tenant: "acme"}, "acme", false, true, false, true},
+		{"tenant key without a scope writes nothing", auth.Principal{Role: accounts.RoleTenant, Tenant: "acme"}, "acme", false, true, false, true},
 		{"admin", admin, "globex", true, true, true, false},
 		{"viewer", viewer, "acme", false, true, false, false},
 		{"no role", auth.Principal{Tenant: "acme"}, "acme", false, false, false, false},
@@ -57,26 +57,26 @@ func TestPermissions(t *testing.T) {
 // memKeys is a KeyStore in memory; touchErr makes TouchKey fail.
 type memKeys struct {
 	mu       sync.Mutex
-	byHash   map[string]store.Key
+	byHash   map[string]accounts.Key
 	touches  int
 	touchErr error
 }
 
-func newMemKeys() *memKeys { return &memKeys{byHash: map[string]store.Key{}} }
+func newMemKeys() *memKeys { return &memKeys{byHash: map[string]accounts.Key{}} }
 
-func (m *memKeys) KeyByHash(_ context.Context, h []byte) (store.Key, error) {
+func (m *memKeys) KeyByHash(_ context.Context, h []byte) (accounts.Key, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if k, ok := m.byHash[string(h)]; ok {
 		return k, nil
 	}
-	return store.Key{}, store.ErrNotFound
+	return accounts.Key{}, accounts.ErrNotFound
 }
 
-func (m *memKeys) CreateKey(_ context.Context, nk store.NewKey) (store.Key, error) {
+func (m *memKeys) CreateKey(_ context.Context, nk accounts.NewKey) (accounts.Key, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	k := store.Key{ID: nk.ID, Role: nk.Role, Tenant: nk.Tenant, Scope: nk.Scope, ExpiresAt: nk.ExpiresAt}
+	k := accounts.Key{ID: nk.ID, Role: nk.Role, Tenant: nk.Tenant, Scope: nk.Scope, ExpiresAt: nk.ExpiresAt}
 	m.byHash[string(nk.Hash)] = k
 	return k, nil
 }
@@ -88,21 +88,21 @@ func (m *memKeys) TouchKey(context.Context, string) error {
 	return m.touchErr
 }
 
-func (m *memKeys) RotateKey(context.Context, string, store.NewKey, time.Duration) (store.Key, store.Key, error) {
-	return store.Key{}, store.Key{}, errors.New("not used")
+func (m *memKeys) RotateKey(context.Context, string, accounts.NewKey, time.Duration) (accounts.Key, accounts.Key, error) {
+	return accounts.Key{}, accounts.Key{}, errors.New("not used")
 }
 
-func (m *memKeys) RevokeBootstrapKey(_ context.Context, id string, h []byte) (store.Key, error) {
+func (m *memKeys) RevokeBootstrapKey(_ context.Context, id string, h []byte) (accounts.Key, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	now := time.Now()
-	k := store.Key{ID: id, Role: store.RoleAdmin, Bootstrap: true, RevokedAt: &now}
+	k := accounts.Key{ID: id, Role: accounts.RoleAdmin, Bootstrap: true, RevokedAt: &now}
 	m.byHash[string(h)] = k
 	return k, nil
 }
 
 // set changes the stored key with hash of secret.
-func (m *memKeys) set(secret string, f func(*store.Key)) {
+func (m *memKeys) set(secret string, f func(*accounts.Key)) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	k := m.byHash[string(auth.Hash(secret))]
@@ -124,17 +124,17 @@ func TestAuthenticate(t *testing.T) {
 	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
 	a := auth.New(keys, "boot", auth.WithClock(func() time.Time { return now }))
 	ctx := context.Background()
-	k, secret, err := a.CreateKey(ctx, auth.KeySpec{Role: store.RoleTenant, Tenant: "acme", Scope: store.ScopeWrite})
+	k, secret, err := a.CreateKey(ctx, auth.KeySpec{Role: accounts.RoleTenant, Tenant: "acme", Scope: accounts.ScopeWrite})
 	if err != nil || len(secret) < 40 || secret[:3] != auth.KeyPrefix {
 		t.Fatalf("CreateKey = %q, %v", secret, err)
 	}
-	rk, readSecret, _ := a.CreateKey(ctx, auth.KeySpec{Role: store.RoleTenant, Tenant: "acme", Scope: store.ScopeRead})
+	rk, readSecret, _ := a.CreateKey(ctx, auth.KeySpec{Role: accounts.RoleTenant, Tenant: "acme", Scope: accounts.ScopeRead})
 	soon := now.Add(time.Minute)
-	ek, expiringSecret, _ := a.CreateKey(ctx, auth.KeySpec{Role: store.RoleViewer, ExpiresAt: &soon})
+	ek, expiringSecret, _ := a.CreateKey(ctx, auth.KeySpec{Role: accounts.RoleViewer, ExpiresAt: &soon})
 	past := now
-	_, expiredSecret, _ := a.CreateKey(ctx, auth.KeySpec{Role: store.RoleAdmin, ExpiresAt: &past})
-	_, revokedSecret, _ := a.CreateKey(ctx, auth.KeySpec{Role: store.RoleAdmin})
-	keys.set(revokedSecret, func(k *store.Key) { k.RevokedAt = &past })
+	_, expiredSecret, _ := a.CreateKey(ctx, auth.KeySpec{Role: accounts.RoleAdmin, ExpiresAt: &past})
+	_, revokedSecret, _ := a.CreateKey(ctx, auth.KeySpec{Role: accounts.RoleAdmin})
+	keys.set(revokedSecret, func(k *accounts.Key) { k.RevokedAt = &past })
 	tests := []struct {
 		header string
 		want   auth.Principal
@@ -143,10 +143,10 @@ func TestAuthenticate(t *testing.T) {
 		{"", auth.Principal{}, auth.ErrNoKey},
 		{"Basic abc", auth.Principal{}, auth.ErrNoKey},
 		{"Bearer nope", auth.Principal{}, auth.ErrUnknownKey},
-		{"Bearer boot", auth.Principal{KeyID: auth.BootstrapKeyID, Role: store.RoleAdmin}, nil},
-		{"bearer " + secret, auth.Principal{KeyID: k.ID, Role: store.RoleTenant, Tenant: "acme", Scope: store.ScopeWrite}, nil},
-		{"Bearer " + readSecret, auth.Principal{KeyID: rk.ID, Role: store.RoleTenant, Tenant: "acme", Scope: store.ScopeRead}, nil},
-		{"Bearer " + expiringSecret, auth.Principal{KeyID: ek.ID, Role: store.RoleViewer}, nil},
+		{"Bearer boot", auth.Principal{KeyID: auth.BootstrapKeyID, Role: accounts.RoleAdmin}, nil},
+		{"bearer " + secret, auth.Principal{KeyID: k.ID, Role: accounts.RoleTenant, Tenant: "acme", Scope: accounts.ScopeWrite}, nil},
+		{"Bearer " + readSecret, auth.Principal{KeyID: rk.ID, Role: accounts.RoleTenant, Tenant: "acme", Scope: accounts.ScopeRead}, nil},
+		{"Bearer " + expiringSecret, auth.Principal{KeyID: ek.ID, Role: accounts.RoleViewer}, nil},
 		{"Bearer " + expiredSecret, auth.Principal{}, auth.ErrExpiredKey},
 		{"Bearer " + revokedSecret, auth.Principal{}, auth.ErrUnknownKey},
 	}
@@ -197,7 +197,7 @@ func TestLastUsedThrottled(t *testing.T) {
 	var mu sync.Mutex
 	reg := prometheus.NewRegistry()
 	a := auth.New(keys, "", auth.WithRegisterer(reg), auth.WithClock(func() time.Time { mu.Lock(); defer mu.Unlock(); return now }))
-	_, secret, _ := a.CreateKey(context.Background(), auth.KeySpec{Role: store.RoleViewer})
+	_, secret, _ := a.CreateKey(context.Background(), auth.KeySpec{Role: accounts.RoleViewer})
 	for range 100 {
 		if _, err := authenticate(a, "Bearer "+secret); err != nil {
 			t.Fatalf("a failed last-use write failed the request: %v", err)
@@ -207,7 +207,7 @@ func TestLastUsedThrottled(t *testing.T) {
 		t.Fatalf("100 requests in one instant wrote last_used_at %d times, want 1", keys.touches)
 	}
 	mu.Lock()
-	now = now.Add(store.TouchInterval)
+	now = now.Add(accounts.TouchInterval)
 	mu.Unlock()
 	_, _ = authenticate(a, "Bearer "+secret)
 	if keys.touches != 2 {
@@ -219,10 +219,10 @@ func TestLastUsedThrottled(t *testing.T) {
 	// A row that says it was used within the minute is not written again.
 	keys.touchErr = nil
 	mu.Lock()
-	now = now.Add(store.TouchInterval)
+	now = now.Add(accounts.TouchInterval)
 	recent := now.Add(-time.Second)
 	mu.Unlock()
-	keys.set(secret, func(k *store.Key) { k.LastUsedAt = &recent })
+	keys.set(secret, func(k *accounts.Key) { k.LastUsedAt = &recent })
 	_, _ = authenticate(a, "Bearer "+secret)
 	if keys.touches != 2 {
 		t.Fatalf("stored last_used_at within the minute: %d writes, want 2", keys.touches)

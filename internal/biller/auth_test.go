@@ -14,7 +14,7 @@ import (
 	"github.com/usagemeter/metering/internal/auth"
 	"github.com/usagemeter/metering/internal/biller"
 	"github.com/usagemeter/metering/internal/config"
-	"github.com/usagemeter/metering/internal/store"
+	"github.com/usagemeter/metering/internal/storage/accounts"
 	"github.com/usagemeter/metering/internal/testkit/kafkatest"
 	"github.com/usagemeter/metering/internal/testkit/pgtest"
 	"github.com/usagemeter/metering/internal/testkit/stripefake"
@@ -64,14 +64,14 @@ func TestBillerRefusesRevokedAndExpiredKeys(t *testing.T) {
 		_ = json.NewDecoder(resp.Body).Decode(&body)
 		return resp.StatusCode, body.Error.Code
 	}
-	st := store.New(db.Pool)
+	st := accounts.New(db.Pool)
 	ingest := auth.New(st, bootstrap) // ingest's Authenticator, on the same database
-	_, viewer, err := ingest.CreateKey(ctx, auth.KeySpec{Role: store.RoleViewer})
+	_, viewer, err := ingest.CreateKey(ctx, auth.KeySpec{Role: accounts.RoleViewer})
 	if err != nil {
 		t.Fatal(err)
 	}
 	soon := time.Now().Add(time.Hour)
-	expiring, expiringSecret, err := ingest.CreateKey(ctx, auth.KeySpec{Role: store.RoleViewer, ExpiresAt: &soon})
+	expiring, expiringSecret, err := ingest.CreateKey(ctx, auth.KeySpec{Role: accounts.RoleViewer, ExpiresAt: &soon})
 	if err != nil {
 		t.Fatal(err)
 	}

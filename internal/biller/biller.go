@@ -8,7 +8,7 @@
 // (internal/leader, metering_leader{loop="billing-sync"}), so replicas do
 // not duplicate work; correctness does not rest on the election, since a
 // deposed leader may overlap its successor for one interval and operator
-// commands run beside the service: internal/billing takes its own
+// commands run beside the service: internal/stripesync takes its own
 // advisory locks. Webhooks and the reconciliation are served by every
 // replica: a webhook takes effect once per event id (a unique row in the
 // same transaction), and the reconciliation only reads.
@@ -34,7 +34,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/usagemeter/metering/internal/auth"
-	"github.com/usagemeter/metering/internal/billing"
+	"github.com/usagemeter/metering/internal/stripesync"
 	"github.com/usagemeter/metering/internal/config"
 	"github.com/usagemeter/metering/internal/csvsafe"
 	"github.com/usagemeter/metering/internal/httpjson"
@@ -42,7 +42,7 @@ import (
 	"github.com/usagemeter/metering/internal/migrate"
 	"github.com/usagemeter/metering/internal/outbox"
 	"github.com/usagemeter/metering/internal/service"
-	"github.com/usagemeter/metering/internal/store"
+	"github.com/usagemeter/metering/internal/storage/accounts"
 	"github.com/usagemeter/metering/internal/stripeapi"
 	"github.com/usagemeter/metering/internal/stripewebhook"
 	"github.com/usagemeter/metering/internal/topics"
@@ -58,11 +58,11 @@ func Open(ctx context.Context, databaseURL string, wait time.Duration, log *slog
 }
 
 // NewBiller builds the billing engine for cfg.
-func NewBiller(pool *pgxpool.Pool, cfg config.Biller, log *slog.Logger, metrics *billing.Metrics) (*billing.Biller, error) {
+func NewBiller(pool *pgxpool.Pool, cfg config.Biller, log *slog.Logger, metrics *stripesync.Metrics) (*stripesync.Biller, error) {
 	if cfg.StripeAPIKey == "" {
 		return nil, errors.New("STRIPE_API_KEY is not set: use a Stripe secret key, or sk_test_... with STRIPE_API_BASE pointing at stripe-mock or the test server")
 	}
-	return billing.New(pool, stripeapi.NewClient(cfg.StripeAPIKey, cfg.StripeAPIBase, cfg.StripeTimeout), billing.Config{
+	return stripesync.New(pool, stripeapi.NewClient(cfg.StripeAPIKey, cfg.StripeAPIBase, cfg.StripeTimeout), stripesync.Config{
 		RatePerSecond: cfg.StripeRate, MaxAttempts: cfg.MaxAttempts, Logger: log, Metrics: metrics,
 	}), nil
 }
@@ -81,7 +81,7 @@ func Run(ctx context.Context, cfg config.Biller, log *slog.Logger, ready func(ne
 		log.WarnContext(ctx, "could not ensure the dead-letter topic", "topic", topics.BillingDLQ, "err", err)
 	}
 	reg := service.NewRegistry()
-	metrics := billing.NewMetrics(reg)
+	metrics := stripesync.NewMetrics(reg)
 	b, err := NewBiller(pool, cfg, log, metrics)
 	if err != nil {
 		return err
@@ -94,7 +94,7 @@ func Run(ctx context.Context, cfg config.Biller, log *slog.Logger, ready func(ne
 	syncer := leader.Singleton(pool, syncLoop{b: b, interval: cfg.SyncInterval, log: log},
 		leader.Options{Interval: min(cfg.SyncInterval, leader.DefaultInterval), Logger: log, Registerer: reg})
 
-	st := store.New(pool)
+	st := accounts.New(pool)
 	authn := auth.New(st, cfg.AdminAPIKey, auth.WithLogger(log), auth.WithRegisterer(reg))
 	mux := http.NewServeMux()
 	service.MountLogged(mux, reg, map[string]service.Check{"postgres": st.Ping}, log)
@@ -110,7 +110,7 @@ func Run(ctx context.Context, cfg config.Biller, log *slog.Logger, ready func(ne
 }
 
 // reconciliation serves GET /v1/reconciliation to admin and viewer keys.
-func reconciliation(authn *auth.Authenticator, b *billing.Biller, log *slog.Logger) http.HandlerFunc {
+func reconciliation(authn *auth.Authenticator, b *stripesync.Biller, log *slog.Logger) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		p, err := authn.Authenticate(r.Context(), r)
 		switch {
@@ -131,7 +131,7 @@ func reconciliation(authn *auth.Authenticator, b *billing.Biller, log *slog.Logg
 			httpjson.Error(w, http.StatusServiceUnavailable, "unavailable", "cannot check the API key right now; retry shortly")
 			return
 		}
-		if p.Role != store.RoleAdmin && p.Role != store.RoleViewer {
+		if p.Role != accounts.RoleAdmin && p.Role != accounts.RoleViewer {
 			httpjson.Error(w, http.StatusForbidden, "forbidden", "the reconciliation report needs an admin or viewer key")
 			return
 		}
@@ -171,7 +171,7 @@ const SyncLoop = "billing-sync"
 // syncLoop syncs at start, every interval, and just after each month
 // ends. It is a singleton: it runs on the leader of SyncLoop only.
 type syncLoop struct {
-	b        *billing.Biller
+	b        *stripesync.Biller
 	interval time.Duration
 	log      *slog.Logger
 }
@@ -229,7 +229,7 @@ func orDash(v fmt.Stringer, isNil bool) string {
 }
 
 // WriteReport writes reconciliation rows as table, csv or json.
-func WriteReport(w io.Writer, rows []billing.Row, format string) error {
+func WriteReport(w io.Writer, rows []stripesync.Row, format string) error {
 	switch format {
 	case "json":
 		enc := json.NewEncoder(w)
@@ -258,7 +258,7 @@ func WriteReport(w io.Writer, rows []billing.Row, format string) error {
 			return err
 		}
 		fmt.Fprintf(w, "%d rows: %d ok, %d pending, %d drift, %d unmapped\n", len(rows),
-			counts[billing.StatusOK], counts[billing.StatusPending], counts[billing.StatusDrift], counts[billing.StatusUnmapped])
+			counts[stripesync.StatusOK], counts[stripesync.StatusPending], counts[stripesync.StatusDrift], counts[stripesync.StatusUnmapped])
 		return nil
 	}
 	return fmt.Errorf("format must be table, csv or json; got %q", format)

@@ -14,7 +14,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	"github.com/usagemeter/metering/internal/billing"
+	"github.com/usagemeter/metering/internal/stripesync"
 	"github.com/usagemeter/metering/internal/cli"
 	"github.com/usagemeter/metering/internal/config"
 )
@@ -54,7 +54,7 @@ func Migrate(ctx context.Context, databaseURL string, log *slog.Logger) error {
 	return nil
 }
 
-func open(ctx context.Context, cfg config.Biller, log *slog.Logger) (*billing.Biller, func(), error) {
+func open(ctx context.Context, cfg config.Biller, log *slog.Logger) (*stripesync.Biller, func(), error) {
 	pool, err := Open(ctx, cfg.DatabaseURL, 0, log)
 	if err != nil {
 		return nil, nil, err
@@ -182,7 +182,7 @@ func dlqReplay(ctx context.Context, env Env, f dlqReplayFlags, args []string) er
 		fmt.Fprintf(out, "created more than %s ago, so checked against Stripe's summaries first (Stripe may have forgotten their identifiers): "+
 			"%d had arrived and are marked sent without a call; %d had not (all) arrived and were replaced by new pushes, under new identifiers, "+
 			"for what was missing; %d customer-meter-months wait until nothing of theirs was sent for a while, and the biller's next sync settles them\n",
-			billing.DedupHorizon, r.Landed, r.Replaced, r.Waiting)
+			stripesync.DedupHorizon, r.Landed, r.Replaced, r.Waiting)
 	}
 	return nil
 }

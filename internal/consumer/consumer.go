@@ -36,7 +36,7 @@ import (
 	"github.com/cenkalti/backoff/v5"
 	"github.com/segmentio/kafka-go"
 
-	"github.com/usagemeter/metering/internal/aggregate"
+	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/kafkaauth"
 )
 
@@ -69,16 +69,16 @@ type Config struct {
 // Consumer consumes the topic as a member of the group.
 type Consumer struct {
 	cfg     Config
-	agg     *aggregate.Aggregator
+	agg     *rollup.Aggregator
 	apply   applier
 	stalls  *stalls
 	log     *slog.Logger
-	metrics *aggregate.Metrics
+	metrics *rollup.Metrics
 	members atomic.Int32 // partitions currently assigned, -1 before joining
 }
 
 // New returns a consumer applying batches with agg. metrics may be nil.
-func New(cfg Config, agg *aggregate.Aggregator, log *slog.Logger, metrics *aggregate.Metrics) *Consumer {
+func New(cfg Config, agg *rollup.Aggregator, log *slog.Logger, metrics *rollup.Metrics) *Consumer {
 	if cfg.BatchSize <= 0 {
 		cfg.BatchSize = 10000
 	}
@@ -198,14 +198,14 @@ func (c *Consumer) runPartition(ctx context.Context, partition int, committed *o
 		if ctx.Err() != nil {
 			return
 		}
-		if errors.Is(err, aggregate.ErrFenced) {
+		if errors.Is(err, rollup.ErrFenced) {
 			c.log.WarnContext(ctx, "partition fenced: another member owns it; rejoining the group", "partition", partition, "err", err)
 			return
 		}
 		if c.metrics != nil {
 			c.metrics.ReaderRestarts.WithLabelValues(strconv.Itoa(partition)).Inc()
 		}
-		reason := aggregate.Sanitize(fmt.Sprint(err))
+		reason := rollup.Sanitize(fmt.Sprint(err))
 		c.log.ErrorContext(ctx, "partition reader failed; restarting it", "partition", partition, "err", reason)
 		if c.stalls.failed(partition, -1, "reader: "+reason, time.Now()) {
 			c.setStalled(partition, 1)
@@ -316,12 +316,12 @@ func (c *Consumer) storedOffset(ctx context.Context, partition int) (int64, erro
 
 // fetchBatch blocks for the first record, then collects more until the
 // batch is full or BatchWait has passed since the first.
-func (c *Consumer) fetchBatch(ctx context.Context, r *kafka.Reader) ([]aggregate.Record, int64, error) {
+func (c *Consumer) fetchBatch(ctx context.Context, r *kafka.Reader) ([]rollup.Record, int64, error) {
 	m, err := r.FetchMessage(ctx)
 	if err != nil {
 		return nil, -1, err
 	}
-	batch := []aggregate.Record{record(m)}
+	batch := []rollup.Record{record(m)}
 	hwm := m.HighWaterMark
 	deadline, cancel := context.WithTimeout(ctx, c.cfg.BatchWait)
 	defer cancel()
@@ -339,10 +339,10 @@ func (c *Consumer) fetchBatch(ctx context.Context, r *kafka.Reader) ([]aggregate
 	return batch, hwm, nil
 }
 
-func record(m kafka.Message) aggregate.Record {
-	var hs []aggregate.Header
+func record(m kafka.Message) rollup.Record {
+	var hs []rollup.Header
 	for _, h := range m.Headers {
-		hs = append(hs, aggregate.Header{Key: h.Key, Value: h.Value})
+		hs = append(hs, rollup.Header{Key: h.Key, Value: h.Value})
 	}
-	return aggregate.Record{Partition: m.Partition, Offset: m.Offset, Key: m.Key, Value: m.Value, Headers: hs, Time: m.Time}
+	return rollup.Record{Partition: m.Partition, Offset: m.Offset, Key: m.Key, Value: m.Value, Headers: hs, Time: m.Time}
 }

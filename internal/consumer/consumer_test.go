@@ -11,7 +11,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/usagemeter/metering/events"
-	"github.com/usagemeter/metering/internal/aggregate"
+	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/consumer"
 	"github.com/usagemeter/metering/internal/testkit/kafkatest"
 	"github.com/usagemeter/metering/internal/testkit/pgtest"
@@ -42,7 +42,7 @@ func TestStartsAtThePostgresOffset(t *testing.T) {
 	// Postgres says offsets 0-5 are done: only 6..9 (64+128+256+512) count.
 	db.Exec(t, `INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset) VALUES ($1, $2, 0, 6)`, group, topic)
 
-	agg := aggregate.New(db.Pool, aggregate.Config{Group: group, Topic: topic})
+	agg := rollup.New(db.Pool, rollup.Config{Group: group, Topic: topic})
 	c := consumer.New(consumer.Config{Brokers: kc.Brokers(), Topic: topic, Group: group, SessionTimeout: time.Second,
 		BatchWait: 20 * time.Millisecond}, agg, slog.New(slog.DiscardHandler), nil)
 	if err := c.Ready(context.Background()); err == nil {

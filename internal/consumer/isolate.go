@@ -12,16 +12,16 @@ import (
 	"github.com/cenkalti/backoff/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/usagemeter/metering/internal/aggregate"
+	"github.com/usagemeter/metering/internal/rollup"
 )
 
-// applier commits batches; *aggregate.Aggregator is one.
+// applier commits batches; *rollup.Aggregator is one.
 type applier interface {
-	Apply(ctx context.Context, partition int, from int64, recs []aggregate.Record) (aggregate.Result, error)
-	DeadLetter(ctx context.Context, partition int, from int64, rec aggregate.Record, class, reason string) (aggregate.Result, error)
+	Apply(ctx context.Context, partition int, from int64, recs []rollup.Record) (rollup.Result, error)
+	DeadLetter(ctx context.Context, partition int, from int64, rec rollup.Record, class, reason string) (rollup.Result, error)
 }
 
-var _ applier = (*aggregate.Aggregator)(nil)
+var _ applier = (*rollup.Aggregator)(nil)
 
 // failureKind says what to do about a failed batch.
 type failureKind int
@@ -144,21 +144,21 @@ func (c *Consumer) setStalled(partition int, v float64) {
 // as unprocessable, so the rest of the batch counts. Each sub-batch is its
 // own transaction with the offset compare-and-set, applied in offset
 // order, so exactly-once holds throughout.
-func (c *Consumer) commit(ctx context.Context, partition int, from int64, batch []aggregate.Record) (int64, error) {
-	res, err := c.retry(ctx, partition, from, len(batch), func() (aggregate.Result, error) {
+func (c *Consumer) commit(ctx context.Context, partition int, from int64, batch []rollup.Record) (int64, error) {
+	res, err := c.retry(ctx, partition, from, len(batch), func() (rollup.Result, error) {
 		return c.apply.Apply(ctx, partition, from, batch)
 	})
 	if err == nil {
 		return res.NextOffset, nil
 	}
-	if classify(err) != recordCaused || errors.Is(err, aggregate.ErrFenced) || ctx.Err() != nil {
+	if classify(err) != recordCaused || errors.Is(err, rollup.ErrFenced) || ctx.Err() != nil {
 		return 0, err
 	}
 	if len(batch) == 1 {
 		return c.deadLetter(ctx, partition, from, batch[0], err)
 	}
 	c.log.WarnContext(ctx, "a record of the batch is refused by the database; bisecting",
-		"partition", partition, "from", from, "records", len(batch), "err", aggregate.Sanitize(err.Error()))
+		"partition", partition, "from", from, "records", len(batch), "err", rollup.Sanitize(err.Error()))
 	mid := len(batch) / 2
 	next, err := c.commit(ctx, partition, from, batch[:mid])
 	if err != nil {
@@ -167,12 +167,12 @@ func (c *Consumer) commit(ctx context.Context, partition int, from int64, batch 
 	return c.commit(ctx, partition, next, batch[mid:])
 }
 
-func (c *Consumer) deadLetter(ctx context.Context, partition int, from int64, rec aggregate.Record, cause error) (int64, error) {
-	reason := "the database refused the record: " + aggregate.Sanitize(cause.Error())
+func (c *Consumer) deadLetter(ctx context.Context, partition int, from int64, rec rollup.Record, cause error) (int64, error) {
+	reason := "the database refused the record: " + rollup.Sanitize(cause.Error())
 	c.log.ErrorContext(ctx, "isolated a record the database refuses; dead-lettering it", "partition", partition,
-		"offset", rec.Offset, "class", aggregate.ClassUnprocessable, "reason", reason)
-	res, err := c.retry(ctx, partition, from, 1, func() (aggregate.Result, error) {
-		res, err := c.apply.DeadLetter(ctx, partition, from, rec, aggregate.ClassUnprocessable, reason)
+		"offset", rec.Offset, "class", rollup.ClassUnprocessable, "reason", reason)
+	res, err := c.retry(ctx, partition, from, 1, func() (rollup.Result, error) {
+		res, err := c.apply.DeadLetter(ctx, partition, from, rec, rollup.ClassUnprocessable, reason)
 		if err != nil && classify(err) == recordCaused {
 			// Not the record's bytes (they go to bytea): keep retrying.
 			err = fmt.Errorf("dead-lettering offset %d: %w", rec.Offset, errors.Join(errDeadLetter, err))
@@ -196,7 +196,7 @@ var errDeadLetter = errors.New("writing an unprocessable record's dead letter fa
 // op fails for a record's sake (returned, for the caller to bisect).
 // Every failure is logged and counted; a partition failing too long or
 // too often is reported stalled until op succeeds.
-func (c *Consumer) retry(ctx context.Context, partition int, from int64, records int, op func() (aggregate.Result, error)) (aggregate.Result, error) {
+func (c *Consumer) retry(ctx context.Context, partition int, from int64, records int, op func() (rollup.Result, error)) (rollup.Result, error) {
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval = c.cfg.RetryInitial
 	bo.MaxInterval = 5 * time.Second
@@ -209,7 +209,7 @@ func (c *Consumer) retry(ctx context.Context, partition int, from int64, records
 			}
 			return res, nil
 		}
-		if errors.Is(err, aggregate.ErrFenced) || ctx.Err() != nil {
+		if errors.Is(err, rollup.ErrFenced) || ctx.Err() != nil {
 			return res, err
 		}
 		kind := classify(err)
@@ -223,7 +223,7 @@ func (c *Consumer) retry(ctx context.Context, partition int, from int64, records
 		if kind == recordCaused {
 			return res, err
 		}
-		reason := aggregate.Sanitize(err.Error())
+		reason := rollup.Sanitize(err.Error())
 		c.log.WarnContext(ctx, "batch failed, retrying", "kind", kind.String(), "partition", partition, "from", from,
 			"records", records, "err", reason)
 		if c.stalls.failed(partition, from, kind.String()+": "+reason, time.Now()) {

@@ -16,7 +16,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/usagemeter/metering/events"
-	"github.com/usagemeter/metering/internal/aggregate"
+	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/testkit/pgtest"
 )
 
@@ -47,10 +47,10 @@ func TestClassify(t *testing.T) {
 	}
 }
 
-func newTestConsumer(t *testing.T, pool *pgxpool.Pool, cfg Config) (*Consumer, *aggregate.Metrics) {
+func newTestConsumer(t *testing.T, pool *pgxpool.Pool, cfg Config) (*Consumer, *rollup.Metrics) {
 	t.Helper()
-	metrics := aggregate.NewMetrics(prometheus.NewRegistry())
-	agg := aggregate.New(pool, aggregate.Config{Group: "g", Topic: "usage.events", Metrics: metrics, Logger: slog.New(slog.DiscardHandler)})
+	metrics := rollup.NewMetrics(prometheus.NewRegistry())
+	agg := rollup.New(pool, rollup.Config{Group: "g", Topic: "usage.events", Metrics: metrics, Logger: slog.New(slog.DiscardHandler)})
 	cfg.RetryInitial = 10 * time.Millisecond
 	c := New(cfg, agg, slog.New(slog.DiscardHandler), metrics)
 	c.members.Store(1)
@@ -91,7 +91,7 @@ func TestBisectionIsolatesRefusedRecords(t *testing.T) {
 			for _, p := range tt.poison {
 				poison[p] = true
 			}
-			var batch []aggregate.Record
+			var batch []rollup.Record
 			var want int64
 			for i := range tt.n {
 				id := fmt.Sprint("ok-", i)
@@ -101,7 +101,7 @@ func TestBisectionIsolatesRefusedRecords(t *testing.T) {
 					want += int64(i + 1)
 				}
 				e := events.Event{ID: id, Tenant: "acme", Metric: "api_calls", Value: int64(i + 1), Time: now}
-				batch = append(batch, aggregate.Record{Offset: 100 + int64(i), Key: []byte("acme"), Value: e.AppendJSON(nil), Time: now})
+				batch = append(batch, rollup.Record{Offset: 100 + int64(i), Key: []byte("acme"), Value: e.AppendJSON(nil), Time: now})
 			}
 			next, err := c.commit(context.Background(), 0, -1, batch)
 			if err != nil {
@@ -138,10 +138,10 @@ type flaky struct {
 	calls  atomic.Int32
 }
 
-func (f *flaky) Apply(ctx context.Context, partition int, from int64, recs []aggregate.Record) (aggregate.Result, error) {
+func (f *flaky) Apply(ctx context.Context, partition int, from int64, recs []rollup.Record) (rollup.Result, error) {
 	f.calls.Add(1)
 	if !f.healed.Load() {
-		return aggregate.Result{}, f.err
+		return rollup.Result{}, f.err
 	}
 	return f.applier.Apply(ctx, partition, from, recs)
 }
@@ -169,7 +169,7 @@ func TestOutageRetriedAndStallReported(t *testing.T) {
 			c.apply = f
 			now := time.Now().UTC()
 			e := events.Event{ID: "a", Tenant: "acme", Metric: "api_calls", Value: 1, Time: now}
-			batch := []aggregate.Record{{Partition: 2, Offset: 0, Key: []byte("acme"), Value: e.AppendJSON(nil), Time: now}}
+			batch := []rollup.Record{{Partition: 2, Offset: 0, Key: []byte("acme"), Value: e.AppendJSON(nil), Time: now}}
 			done := make(chan error, 1)
 			go func() {
 				_, err := c.commit(context.Background(), 2, -1, batch)
@@ -224,7 +224,7 @@ func TestDatabaseDownStalls(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		_, err := c.commit(ctx, 5, 10, []aggregate.Record{{Partition: 5, Offset: 10, Value: []byte("{}")}})
+		_, err := c.commit(ctx, 5, 10, []rollup.Record{{Partition: 5, Offset: 10, Value: []byte("{}")}})
 		done <- err
 	}()
 	deadline := time.Now().Add(20 * time.Second)

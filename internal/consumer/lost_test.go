@@ -19,7 +19,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/usagemeter/metering/events"
-	"github.com/usagemeter/metering/internal/aggregate"
+	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/consumer"
 	"github.com/usagemeter/metering/internal/testkit/kafkatest"
 	"github.com/usagemeter/metering/internal/testkit/pgtest"
@@ -111,8 +111,8 @@ type pipeline struct {
 func start(t *testing.T, db *pgtest.DB, kc *kafkatest.Cluster, topic, group string) *pipeline {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	metrics := aggregate.NewMetrics(reg)
-	agg := aggregate.New(db.Pool, aggregate.Config{Group: group, Topic: topic, Metrics: metrics})
+	metrics := rollup.NewMetrics(reg)
+	agg := rollup.New(db.Pool, rollup.Config{Group: group, Topic: topic, Metrics: metrics})
 	c := consumer.New(consumer.Config{Brokers: kc.Brokers(), Topic: topic, Group: group, SessionTimeout: time.Second,
 		BatchWait: 20 * time.Millisecond, RetryInitial: 50 * time.Millisecond, StallAttempts: 3}, agg, slog.New(slog.DiscardHandler), metrics)
 	ctx, cancel := context.WithCancel(context.Background())

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/usagemeter/metering/internal/aggregate"
+	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/dlq"
 	"github.com/usagemeter/metering/internal/testkit/pgtest"
 )
@@ -20,12 +20,12 @@ func TestHostileRecordsListAndReplay(t *testing.T) {
 	db := pgtest.New(t)
 	ctx := context.Background()
 	now := time.Now().UTC()
-	agg := aggregate.New(db.Pool, aggregate.Config{Group: "g", Topic: "usage.events", Logger: slog.New(slog.DiscardHandler)})
-	recs := []aggregate.Record{
+	agg := rollup.New(db.Pool, rollup.Config{Group: "g", Topic: "usage.events", Logger: slog.New(slog.DiscardHandler)})
+	recs := []rollup.Record{
 		{Offset: 0, Key: []byte("\xff\xfebad"), Value: []byte("\xc3\x28 not utf-8"), Time: now},
 		{Offset: 1, Key: []byte("a\x00b"), Value: nil, Time: now},
 		{Offset: 2, Key: nil, Value: []byte(`{"id":"x","tenant":"a\u0000b"}`), Time: now,
-			Headers: []aggregate.Header{{Key: "h\x00", Value: []byte{0xff}}}},
+			Headers: []rollup.Header{{Key: "h\x00", Value: []byte{0xff}}}},
 	}
 	if res, err := agg.Apply(ctx, 0, -1, recs); err != nil || res.DeadLettered != 3 {
 		t.Fatalf("Apply = %+v, %v", res, err)
@@ -51,7 +51,7 @@ func TestHostileRecordsListAndReplay(t *testing.T) {
 		if r.Key != w.key || r.KeyNull != w.keyNull || r.Payload != w.payload || r.PayloadNull != w.payloadNull {
 			t.Errorf("dead letter %d: key %q (null %v) payload %q (null %v), want %+v", i, r.Key, r.KeyNull, r.Payload, r.PayloadNull, w)
 		}
-		if aggregate.Sanitize(r.Tenant) != r.Tenant || aggregate.Sanitize(r.Error) != r.Error {
+		if rollup.Sanitize(r.Tenant) != r.Tenant || rollup.Sanitize(r.Error) != r.Error {
 			t.Errorf("dead letter %d: unsanitised tenant %q or error %q", i, r.Tenant, r.Error)
 		}
 	}

@@ -15,7 +15,7 @@ import (
 	"github.com/usagemeter/metering/events"
 	"github.com/usagemeter/metering/internal/auth"
 	"github.com/usagemeter/metering/internal/httpjson"
-	"github.com/usagemeter/metering/internal/store"
+	"github.com/usagemeter/metering/internal/storage/accounts"
 )
 
 const adminBodyLimit = 1 << 20
@@ -121,11 +121,11 @@ func decodeOptionalObject(r *http.Request, v any) error {
 	return decodeObjectBytes(body, v)
 }
 
-func planFromBody(name string, qs []quotaBody) (store.Plan, error) {
+func planFromBody(name string, qs []quotaBody) (accounts.Plan, error) {
 	if qs == nil {
-		return store.Plan{}, errors.New(`"quotas" is required: a list of {"metric", "limit", "period", "burst_percent", "hard", "stripe_event_name"}`)
+		return accounts.Plan{}, errors.New(`"quotas" is required: a list of {"metric", "limit", "period", "burst_percent", "hard", "stripe_event_name"}`)
 	}
-	plan := store.Plan{Name: name}
+	plan := accounts.Plan{Name: name}
 	seen := map[string]bool{}
 	for i, q := range qs {
 		field := func(f string) string { return fmt.Sprintf("quotas[%d].%s", i, f) }
@@ -136,7 +136,7 @@ func planFromBody(name string, qs []quotaBody) (store.Plan, error) {
 			return plan, fmt.Errorf("%s: metric %q appears twice", field("metric"), q.Metric)
 		}
 		seen[q.Metric] = true
-		out := store.Quota{Metric: q.Metric, Period: q.Period, BurstPercent: q.BurstPercent, Hard: q.Hard, StripeEventName: q.StripeEventName, UnitPrice: q.UnitPrice}
+		out := accounts.Quota{Metric: q.Metric, Period: q.Period, BurstPercent: q.BurstPercent, Hard: q.Hard, StripeEventName: q.StripeEventName, UnitPrice: q.UnitPrice}
 		if q.UnitPrice != "" && !priceRE.MatchString(q.UnitPrice) {
 			return plan, fmt.Errorf("%s must be a decimal string such as \"0.002\" (the price of one unit), got %q", field("unit_price"), q.UnitPrice)
 		}
@@ -177,7 +177,7 @@ func (a *API) getPlan(w http.ResponseWriter, r *http.Request, _ auth.Principal) 
 		return
 	}
 	p, err := a.opt.Store.Plan(r.Context(), r.PathValue("plan"))
-	if errors.Is(err, store.ErrNotFound) {
+	if errors.Is(err, accounts.ErrNotFound) {
 		httpjson.Errorf(w, http.StatusNotFound, "not_found", "no plan %q; create it with PUT /v1/admin/plans/%s", r.PathValue("plan"), r.PathValue("plan"))
 		return
 	}
@@ -194,7 +194,7 @@ func (a *API) listPlans(w http.ResponseWriter, r *http.Request, _ auth.Principal
 		a.internalError(w, r, err)
 		return
 	}
-	plans := make([]store.Plan, 0, len(names))
+	plans := make([]accounts.Plan, 0, len(names))
 	for _, n := range names {
 		p, err := a.opt.Store.Plan(r.Context(), n)
 		if err != nil {
@@ -228,8 +228,8 @@ func (a *API) putTenant(w http.ResponseWriter, r *http.Request, _ auth.Principal
 		httpjson.Errorf(w, http.StatusBadRequest, "invalid_request", "stripe_customer_id must be a Stripe customer id such as cus_NffrFeUfNV2Hib, got %q", c)
 		return
 	}
-	t, err := a.opt.Store.PutTenant(r.Context(), store.Tenant{Tenant: name, Plan: body.Plan, StripeCustomerID: body.StripeCustomerID})
-	if errors.Is(err, store.ErrUnknownPlan) {
+	t, err := a.opt.Store.PutTenant(r.Context(), accounts.Tenant{Tenant: name, Plan: body.Plan, StripeCustomerID: body.StripeCustomerID})
+	if errors.Is(err, accounts.ErrUnknownPlan) {
 		httpjson.Errorf(w, http.StatusBadRequest, "unknown_plan", "no plan %q; create it first with PUT /v1/admin/plans/%s", body.Plan, body.Plan)
 		return
 	}
@@ -246,7 +246,7 @@ func (a *API) getTenant(w http.ResponseWriter, r *http.Request, _ auth.Principal
 		return
 	}
 	t, err := a.opt.Store.Tenant(r.Context(), r.PathValue("tenant"))
-	if errors.Is(err, store.ErrNotFound) {
+	if errors.Is(err, accounts.ErrNotFound) {
 		httpjson.Errorf(w, http.StatusNotFound, "not_found", "no tenant %q", r.PathValue("tenant"))
 		return
 	}
@@ -282,19 +282,19 @@ type keyBody struct {
 func keySpec(b keyBody, now time.Time) (auth.KeySpec, error) {
 	spec := auth.KeySpec{Role: b.Role, Tenant: b.Tenant, Scope: b.Scope}
 	switch {
-	case b.Tenant != "" && (b.Role == "" || b.Role == store.RoleTenant):
-		spec.Role = store.RoleTenant
+	case b.Tenant != "" && (b.Role == "" || b.Role == accounts.RoleTenant):
+		spec.Role = accounts.RoleTenant
 		if !validName(b.Tenant) {
 			return spec, fmt.Errorf("tenant: %s, got %q", tenantNameRule, b.Tenant)
 		}
 		switch b.Scope {
 		case "":
-			spec.Scope = store.ScopeWrite
-		case store.ScopeWrite, store.ScopeRead:
+			spec.Scope = accounts.ScopeWrite
+		case accounts.ScopeWrite, accounts.ScopeRead:
 		default:
 			return spec, fmt.Errorf(`scope must be "write" (send and read the tenant's events, the default) or "read" (read only), got %q`, b.Scope)
 		}
-	case b.Tenant == "" && (b.Role == store.RoleAdmin || b.Role == store.RoleViewer):
+	case b.Tenant == "" && (b.Role == accounts.RoleAdmin || b.Role == accounts.RoleViewer):
 		if b.Scope != "" {
 			return spec, fmt.Errorf(`scope applies to tenant keys only; a %s key has none`, b.Role)
 		}
@@ -333,7 +333,7 @@ func expiry(at, in *string, now time.Time) (*time.Time, error) {
 }
 
 // keyResponse is a key as created: the record and its secret, shown once.
-func keyResponse(k store.Key, secret string) map[string]any {
+func keyResponse(k accounts.Key, secret string) map[string]any {
 	m := map[string]any{
 		"id": k.ID, "key": secret, "role": k.Role, "tenant": k.Tenant,
 		"created_at": k.CreatedAt, "expires_at": k.ExpiresAt, "rotated_from": k.RotatedFrom,
@@ -356,7 +356,7 @@ func (a *API) createKey(w http.ResponseWriter, r *http.Request, p auth.Principal
 		return
 	}
 	k, secret, err := a.opt.Auth.CreateKey(r.Context(), spec)
-	if errors.Is(err, store.ErrUnknownTenant) {
+	if errors.Is(err, accounts.ErrUnknownTenant) {
 		httpjson.Errorf(w, http.StatusNotFound, "unknown_tenant", "no tenant %q; create it first with PUT /v1/admin/tenants/%s", body.Tenant, body.Tenant)
 		return
 	}
@@ -390,11 +390,11 @@ func (a *API) revokeKey(w http.ResponseWriter, r *http.Request, p auth.Principal
 		return
 	}
 	id, ok := keyID(r)
-	err := store.ErrNotFound // key ids are UUIDs: no other text names one
+	err := accounts.ErrNotFound // key ids are UUIDs: no other text names one
 	if ok {
 		err = a.opt.Store.RevokeKey(r.Context(), id)
 	}
-	if errors.Is(err, store.ErrNotFound) {
+	if errors.Is(err, accounts.ErrNotFound) {
 		httpjson.Errorf(w, http.StatusNotFound, "not_found", "no API key with id %q", r.PathValue("id"))
 		return
 	}
@@ -458,26 +458,26 @@ func (a *API) rotateKey(w http.ResponseWriter, r *http.Request, p auth.Principal
 		return
 	}
 	id, ok := keyID(r)
-	err = store.ErrNotFound
-	var k, old store.Key
+	err = accounts.ErrNotFound
+	var k, old accounts.Key
 	var secret string
 	if ok {
 		k, secret, old, err = a.opt.Auth.RotateKey(r.Context(), id, grace, exp)
 	}
 	switch {
-	case errors.Is(err, store.ErrNotFound):
+	case errors.Is(err, accounts.ErrNotFound):
 		httpjson.Errorf(w, http.StatusNotFound, "not_found", "no API key with id %q", r.PathValue("id"))
 		return
-	case errors.Is(err, store.ErrKeyRevoked):
+	case errors.Is(err, accounts.ErrKeyRevoked):
 		httpjson.Errorf(w, http.StatusConflict, "key_revoked", "API key %s is revoked; create a new key with POST /v1/admin/keys instead", id)
 		return
-	case errors.Is(err, store.ErrKeyExpired):
+	case errors.Is(err, accounts.ErrKeyExpired):
 		httpjson.Errorf(w, http.StatusConflict, "key_expired", "API key %s has expired; create a new key with POST /v1/admin/keys instead", id)
 		return
-	case errors.Is(err, store.ErrKeyRotated):
+	case errors.Is(err, accounts.ErrKeyRotated):
 		httpjson.Errorf(w, http.StatusConflict, "key_rotated", "API key %s was already rotated; rotate its successor (GET /v1/admin/keys lists it with rotated_from) or create a new key", id)
 		return
-	case errors.Is(err, store.ErrUnknownTenant):
+	case errors.Is(err, accounts.ErrUnknownTenant):
 		httpjson.Errorf(w, http.StatusNotFound, "unknown_tenant", "API key %s belongs to a tenant that no longer exists; create the tenant again with PUT /v1/admin/tenants/{tenant} first", id)
 		return
 	case err != nil:

@@ -15,7 +15,7 @@ import (
 	"github.com/usagemeter/metering/internal/auth"
 	"github.com/usagemeter/metering/internal/ingest"
 	"github.com/usagemeter/metering/internal/ratelimit"
-	"github.com/usagemeter/metering/internal/store"
+	"github.com/usagemeter/metering/internal/storage/accounts"
 	"github.com/usagemeter/metering/internal/usage"
 )
 
@@ -346,7 +346,7 @@ func TestBootstrapKeyRevocation(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	_, admin2 := e.createKey(`{"role":"admin"}`)
 	_, acme := e.createKey(`{"tenant":"acme"}`)
-	st := store.New(e.db.Pool)
+	st := accounts.New(e.db.Pool)
 	biller := auth.New(st, adminKey) // the biller authenticates with the same package and table
 	bootstrap := func(a *auth.Authenticator) error {
 		r := httptest.NewRequest("GET", "/", nil)
@@ -394,7 +394,7 @@ type api struct {
 }
 
 func newAPI(t *testing.T, e *env, bootstrap string) api {
-	st := store.New(e.db.Pool)
+	st := accounts.New(e.db.Pool)
 	a := ingest.New(ingest.Options{
 		Store: st, Auth: auth.New(st, bootstrap), Usage: usage.New(e.db.Pool),
 		KeyLimiter: ratelimit.New(1e6, 1e6), IPLimiter: ratelimit.New(1e6, 1e6),

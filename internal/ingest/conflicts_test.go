@@ -11,11 +11,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/usagemeter/metering/events"
-	"github.com/usagemeter/metering/internal/aggregate"
+	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/auth"
 	"github.com/usagemeter/metering/internal/ingest"
 	"github.com/usagemeter/metering/internal/ratelimit"
-	"github.com/usagemeter/metering/internal/store"
+	"github.com/usagemeter/metering/internal/storage/accounts"
 	"github.com/usagemeter/metering/internal/testkit/pgtest"
 	"github.com/usagemeter/metering/internal/topics"
 	"github.com/usagemeter/metering/internal/usage"
@@ -25,9 +25,9 @@ import (
 func newReadEnv(t *testing.T) *env {
 	t.Helper()
 	db := pgtest.New(t)
-	st := store.New(db.Pool)
+	st := accounts.New(db.Pool)
 	api := ingest.New(ingest.Options{
-		Store: st, Auth: auth.New(st, adminKey), Usage: usage.New(db.Pool), Conflicts: aggregate.NewConflictReader(db.Pool),
+		Store: st, Auth: auth.New(st, adminKey), Usage: usage.New(db.Pool), Conflicts: rollup.NewConflictReader(db.Pool),
 		KeyLimiter: ratelimit.New(1e6, 1e6), IPLimiter: ratelimit.New(1e6, 1e6), MaxBodyBytes: 1 << 20,
 		Logger: slog.New(slog.DiscardHandler), Registry: prometheus.NewRegistry(),
 	})
@@ -48,16 +48,16 @@ func TestConflictsAreVisibleToWhoMayReadTheTenant(t *testing.T) {
 	_, globex := e.createKey(`{"tenant":"globex"}`)
 	_, viewer := e.createKey(`{"role":"viewer"}`)
 	ctx := context.Background()
-	agg := aggregate.New(e.db.Pool, aggregate.Config{Group: "g", Topic: topics.UsageEvents, Logger: slog.New(slog.DiscardHandler)})
+	agg := rollup.New(e.db.Pool, rollup.Config{Group: "g", Topic: topics.UsageEvents, Logger: slog.New(slog.DiscardHandler)})
 	now := time.Now().UTC()
 	orig := events.Event{ID: "order-77", Tenant: "acme", Metric: "api_calls", Value: 0, Time: now.Add(-time.Minute)}
 	real := orig
 	real.Value = 1200
 	moved := orig
 	moved.Metric = "tokens"
-	var recs []aggregate.Record
+	var recs []rollup.Record
 	for i, ev := range []events.Event{orig, real, moved} {
-		recs = append(recs, aggregate.Record{Offset: int64(i), Key: []byte("acme"), Value: ev.AppendJSON(nil), Time: now})
+		recs = append(recs, rollup.Record{Offset: int64(i), Key: []byte("acme"), Value: ev.AppendJSON(nil), Time: now})
 	}
 	if _, err := agg.Apply(ctx, 0, -1, recs); err != nil {
 		t.Fatal(err)

@@ -25,13 +25,13 @@ import (
 	"github.com/usagemeter/metering/internal/httpjson"
 	"github.com/usagemeter/metering/internal/publish"
 	"github.com/usagemeter/metering/internal/ratelimit"
-	"github.com/usagemeter/metering/internal/store"
+	"github.com/usagemeter/metering/internal/storage/accounts"
 	"github.com/usagemeter/metering/internal/usage"
 )
 
 // Options are the API's dependencies and limits.
 type Options struct {
-	Store     *store.Store
+	Store     *accounts.Store
 	Auth      *auth.Authenticator
 	Publisher *publish.Publisher
 	// Usage reads windows and quota states.
@@ -225,7 +225,7 @@ func (a *API) postEvents(w http.ResponseWriter, r *http.Request) {
 
 // maySend answers 403 and returns false unless p's key may send events.
 func (a *API) maySend(w http.ResponseWriter, p auth.Principal) bool {
-	if p.Role == store.RoleViewer {
+	if p.Role == accounts.RoleViewer {
 		httpjson.Error(w, http.StatusForbidden, "forbidden", "viewer keys are read-only; send events with a tenant or admin key")
 		return false
 	}

@@ -24,7 +24,7 @@ import (
 	"github.com/usagemeter/metering/internal/publish"
 	"github.com/usagemeter/metering/internal/ratelimit"
 	"github.com/usagemeter/metering/internal/service"
-	"github.com/usagemeter/metering/internal/store"
+	"github.com/usagemeter/metering/internal/storage/accounts"
 	"github.com/usagemeter/metering/internal/testkit/kafkatest"
 	"github.com/usagemeter/metering/internal/testkit/pgtest"
 	"github.com/usagemeter/metering/internal/topics"
@@ -38,7 +38,7 @@ type env struct {
 	db       *pgtest.DB
 	srv      *httptest.Server
 	kc       *kafkatest.Cluster
-	store    *store.Store
+	store    *accounts.Store
 	producer *events.Producer
 }
 
@@ -73,7 +73,7 @@ func newEnv(t testing.TB, o envOpts) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { producer.Close() })
-	st := store.New(db.Pool)
+	st := accounts.New(db.Pool)
 	reg := prometheus.NewRegistry()
 	api := ingest.New(ingest.Options{
 		Store:        st,

@@ -7,7 +7,7 @@ import (
 	"net/http"
 
 	"github.com/usagemeter/metering/events"
-	"github.com/usagemeter/metering/internal/aggregate"
+	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/auth"
 	"github.com/usagemeter/metering/internal/config"
 	"github.com/usagemeter/metering/internal/httpguard"
@@ -15,7 +15,7 @@ import (
 	"github.com/usagemeter/metering/internal/publish"
 	"github.com/usagemeter/metering/internal/ratelimit"
 	"github.com/usagemeter/metering/internal/service"
-	"github.com/usagemeter/metering/internal/store"
+	"github.com/usagemeter/metering/internal/storage/accounts"
 	"github.com/usagemeter/metering/internal/topics"
 	"github.com/usagemeter/metering/internal/usage"
 )
@@ -39,14 +39,14 @@ func Run(ctx context.Context, cfg config.Ingest, log *slog.Logger, ready func(ne
 	if err != nil {
 		return err
 	}
-	st := store.New(pool)
+	st := accounts.New(pool)
 	reg := service.NewRegistry()
 	api := New(Options{
 		Store:        st,
 		Auth:         auth.New(st, cfg.AdminAPIKey, auth.WithLogger(log), auth.WithRegisterer(reg)),
 		Publisher:    publish.New(producer, cfg.MaxInFlightEvents, cfg.PublishTimeout),
 		Usage:        usage.New(pool),
-		Conflicts:    aggregate.NewConflictReader(pool),
+		Conflicts:    rollup.NewConflictReader(pool),
 		Decoder:      events.Decoder{Validator: events.Validator{Horizon: cfg.DedupHorizon}},
 		KeyLimiter:   ratelimit.New(cfg.KeyEventsPerSecond, cfg.KeyBurst),
 		IPLimiter:    ratelimit.New(cfg.IPRequestsPerSecond, cfg.IPBurst),

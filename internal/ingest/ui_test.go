@@ -18,12 +18,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/usagemeter/metering/events"
-	"github.com/usagemeter/metering/internal/aggregate"
+	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/auth"
 	"github.com/usagemeter/metering/internal/httpguard"
 	"github.com/usagemeter/metering/internal/ingest"
 	"github.com/usagemeter/metering/internal/ratelimit"
-	"github.com/usagemeter/metering/internal/store"
+	"github.com/usagemeter/metering/internal/storage/accounts"
 	"github.com/usagemeter/metering/internal/testkit/pgtest"
 	"github.com/usagemeter/metering/internal/topics"
 	"github.com/usagemeter/metering/internal/usage"
@@ -75,9 +75,9 @@ func recordCSPViolations() chromedp.Action[chromedp.Void] {
 func newUIEnv(t *testing.T, now time.Time) *env {
 	t.Helper()
 	db := pgtest.New(t)
-	st := store.New(db.Pool)
+	st := accounts.New(db.Pool)
 	api := ingest.New(ingest.Options{
-		Store: st, Auth: auth.New(st, adminKey), Usage: usage.New(db.Pool), Conflicts: aggregate.NewConflictReader(db.Pool),
+		Store: st, Auth: auth.New(st, adminKey), Usage: usage.New(db.Pool), Conflicts: rollup.NewConflictReader(db.Pool),
 		KeyLimiter: ratelimit.New(1e6, 1e6), IPLimiter: ratelimit.New(1e6, 1e6), MaxBodyBytes: 1 << 20,
 		Logger: slog.New(slog.DiscardHandler), Registry: prometheus.NewRegistry(), Now: func() time.Time { return now },
 	})
@@ -96,20 +96,20 @@ const hostileID = `<img src=x onerror=alert(1)>`
 func seedConflicts(t *testing.T, e *env, now time.Time) {
 	t.Helper()
 	ctx := context.Background()
-	agg := aggregate.New(e.db.Pool, aggregate.Config{Group: "g", Topic: topics.UsageEvents, Logger: slog.New(slog.DiscardHandler),
+	agg := rollup.New(e.db.Pool, rollup.Config{Group: "g", Topic: topics.UsageEvents, Logger: slog.New(slog.DiscardHandler),
 		Now: func() time.Time { return now }})
 	at := now.Add(-time.Minute).Truncate(time.Second)
 	ev := func(id string, value int64, at time.Time) events.Event {
 		return events.Event{ID: id, Tenant: "acme", Metric: "exports", Value: value, Time: at}
 	}
-	var recs []aggregate.Record
+	var recs []rollup.Record
 	for _, x := range []events.Event{
 		ev(hostileID, 3, at), ev(hostileID, 7, at), // raised: 7, 3 counted before
 		ev("order-2", 5, at), ev("order-2", 2, at), // kept
 		ev("order-3", 4, at), ev("order-3", 4, at.Add(-time.Hour)), // held: another time
 		ev("order-4", 1, at), ev("order-4", 9, at.Add(-time.Hour)), // held, then dismissed
 	} {
-		recs = append(recs, aggregate.Record{Offset: int64(len(recs)), Key: []byte("acme"), Value: x.AppendJSON(nil), Time: now})
+		recs = append(recs, rollup.Record{Offset: int64(len(recs)), Key: []byte("acme"), Value: x.AppendJSON(nil), Time: now})
 	}
 	res, err := agg.Apply(ctx, 0, -1, recs)
 	if err != nil {
@@ -118,13 +118,13 @@ func seedConflicts(t *testing.T, e *env, now time.Time) {
 	if res.Raised != 1 || res.Kept != 1 || res.Held != 2 {
 		t.Fatalf("seeding conflicts: %+v", res)
 	}
-	held, err := aggregate.NewConflictReader(e.db.Pool).List(ctx, aggregate.ConflictFilter{Tenant: "acme", Status: "held"})
+	held, err := rollup.NewConflictReader(e.db.Pool).List(ctx, rollup.ConflictFilter{Tenant: "acme", Status: "held"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range held {
 		if c.EventID == "order-4" {
-			if _, err := agg.ResolveConflict(ctx, c.ID, aggregate.ResolutionDismissed, "ops", "a test order"); err != nil {
+			if _, err := agg.ResolveConflict(ctx, c.ID, rollup.ResolutionDismissed, "ops", "a test order"); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -412,13 +412,13 @@ func TestUsagePageCountsConflictsBeyondOneAnswer(t *testing.T) {
 	now := time.Now().UTC()
 	e := newUIEnv(t, now)
 	_, key := e.createKey(`{"tenant":"acme","scope":"read"}`)
-	agg := aggregate.New(e.db.Pool, aggregate.Config{Group: "g", Topic: topics.UsageEvents, Logger: slog.New(slog.DiscardHandler),
+	agg := rollup.New(e.db.Pool, rollup.Config{Group: "g", Topic: topics.UsageEvents, Logger: slog.New(slog.DiscardHandler),
 		Now: func() time.Time { return now }})
 	at := now.Add(-time.Minute).Truncate(time.Second)
-	var recs []aggregate.Record
+	var recs []rollup.Record
 	add := func(id string, value int64, at time.Time) {
 		ev := events.Event{ID: id, Tenant: "acme", Metric: "exports", Value: value, Time: at}
-		recs = append(recs, aggregate.Record{Offset: int64(len(recs)), Key: []byte("acme"), Value: ev.AppendJSON(nil), Time: now})
+		recs = append(recs, rollup.Record{Offset: int64(len(recs)), Key: []byte("acme"), Value: ev.AppendJSON(nil), Time: now})
 	}
 	for i := range 201 { // 201 kept
 		add(fmt.Sprintf("order-%d", i), 5, at)

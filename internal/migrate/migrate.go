@@ -24,7 +24,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/usagemeter/metering/internal/store"
+	"github.com/usagemeter/metering/internal/storage/accounts"
 	"github.com/usagemeter/metering/migrations"
 )
 
@@ -188,7 +188,7 @@ func maxKey(m map[int]string) int {
 // to wait for it to answer) and applies pending migrations on it before
 // returning it: what every service does at start.
 func OpenPool(ctx context.Context, databaseURL string, wait time.Duration, log *slog.Logger) (*pgxpool.Pool, error) {
-	pool, err := store.Open(ctx, databaseURL, wait, log)
+	pool, err := accounts.Open(ctx, databaseURL, wait, log)
 	if err != nil {
 		return nil, err
 	}

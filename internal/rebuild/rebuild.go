@@ -34,7 +34,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/segmentio/kafka-go"
 
-	"github.com/usagemeter/metering/internal/aggregate"
+	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/kafkaauth"
 	"github.com/usagemeter/metering/internal/windows"
 )
@@ -95,9 +95,9 @@ func Run(ctx context.Context, pool *pgxpool.Pool, opt Options) (Report, error) {
 		opt.Now = time.Now
 	}
 	if opt.MaxLag <= 0 {
-		opt.MaxLag = aggregate.DefaultMaxLag
+		opt.MaxLag = rollup.DefaultMaxLag
 	}
-	if oldest := aggregate.OldestAcceptable(opt.Now(), opt.Horizon, opt.MaxLag); rep.From.Before(oldest) {
+	if oldest := rollup.OldestAcceptable(opt.Now(), opt.Horizon, opt.MaxLag); rep.From.Before(oldest) {
 		return rep, fmt.Errorf("%w: --from's month starts %s, and events before %s (horizon %s plus AGGREGATOR_MAX_LAG %s) are dead letters now; rebuild from %s or later",
 			ErrTooOld, rep.From.Format(time.RFC3339), oldest.UTC().Format(time.RFC3339), opt.Horizon, opt.MaxLag,
 			windows.Month.End(windows.Month.Start(oldest)).Format(time.RFC3339))
@@ -121,7 +121,7 @@ func Run(ctx context.Context, pool *pgxpool.Pool, opt Options) (Report, error) {
 		return rep, fmt.Errorf("connecting for the shadow schema: %w", err)
 	}
 	defer shadowPool.Close()
-	agg := aggregate.New(shadowPool, aggregate.Config{
+	agg := rollup.New(shadowPool, rollup.Config{
 		Group: "rebuild", Topic: opt.Topic, Horizon: opt.Horizon, MaxLag: opt.MaxLag, Now: opt.Now, Logger: slog.New(slog.DiscardHandler),
 	})
 
@@ -216,7 +216,7 @@ func queryOffsets(ctx context.Context, q interface {
 
 // replay applies every partition's records from positions (or from the
 // first record at scanFrom) up to target into the shadow.
-func replay(ctx context.Context, live *pgxpool.Pool, opt Options, agg *aggregate.Aggregator, positions, target map[int]int64, scanFrom time.Time) (int64, error) {
+func replay(ctx context.Context, live *pgxpool.Pool, opt Options, agg *rollup.Aggregator, positions, target map[int]int64, scanFrom time.Time) (int64, error) {
 	var total int64
 	for p, end := range target {
 		start, seen := positions[p]
@@ -239,7 +239,7 @@ func replay(ctx context.Context, live *pgxpool.Pool, opt Options, agg *aggregate
 		if !seen {
 			from = -1 // nothing stored yet
 		}
-		var batch []aggregate.Record
+		var batch []rollup.Record
 		flush := func() error {
 			if len(batch) == 0 {
 				return nil
@@ -267,7 +267,7 @@ func replay(ctx context.Context, live *pgxpool.Pool, opt Options, agg *aggregate
 			if m.Offset >= end {
 				break
 			}
-			batch = append(batch, aggregate.Record{Partition: m.Partition, Offset: m.Offset, Key: m.Key, Value: m.Value, Time: m.Time})
+			batch = append(batch, rollup.Record{Partition: m.Partition, Offset: m.Offset, Key: m.Key, Value: m.Value, Time: m.Time})
 			next = m.Offset + 1
 			if len(batch) == 10000 {
 				if err := flush(); err != nil {
@@ -289,7 +289,7 @@ func replay(ctx context.Context, live *pgxpool.Pool, opt Options, agg *aggregate
 // dropRefused removes from batch the records the live aggregator
 // dead-lettered: its verdict at the time stands (a record timestamp a
 // producer set in the future would pass the rebuild's later clock).
-func dropRefused(ctx context.Context, live *pgxpool.Pool, topic string, p int, batch *[]aggregate.Record) error {
+func dropRefused(ctx context.Context, live *pgxpool.Pool, topic string, p int, batch *[]rollup.Record) error {
 	b := *batch
 	rows, err := live.Query(ctx, `SELECT source_offset FROM usage_dlq
 		WHERE source_topic = $1 AND source_partition = $2 AND source_offset BETWEEN $3 AND $4`, topic, p, b[0].Offset, b[len(b)-1].Offset)
@@ -309,7 +309,7 @@ func dropRefused(ctx context.Context, live *pgxpool.Pool, topic string, p int, b
 		return fmt.Errorf("reading the live dead letters of partition %d: %w", p, err)
 	}
 	if len(refused) > 0 {
-		*batch = slices.DeleteFunc(b, func(r aggregate.Record) bool { return refused[r.Offset] })
+		*batch = slices.DeleteFunc(b, func(r rollup.Record) bool { return refused[r.Offset] })
 	}
 	return nil
 }

@@ -48,7 +48,7 @@ func run(ctx context.Context, root string, quick bool, outPath string) error {
 		{"aggregator", "./internal/aggregator", "Aggregate/(ceiling|apply|pipeline)", "24x", "4x"},
 		{"aggregator", "./internal/aggregator", "Aggregate/naive", "3s", "300ms"},
 		{"aggregator", "./internal/aggregator", "BreachLatency", "1x", "1x"},
-		{"billing", "./internal/billing", "Sync10kTenants", "1x", "1x"},
+		{"billing", "./internal/stripesync", "Sync10kTenants", "1x", "1x"},
 	}
 	env := []string{}
 	if quick {

@@ -168,7 +168,7 @@ func (r *Run) Write(w io.Writer) {
 	p("| ceiling: kafka-go consume from the broker (4 partition readers) | %s | | |", n0(r.get("consumer/KafkaConsumeCeiling", "events/s")))
 	p("| ceiling: Postgres COPY + ledger + window upsert, no Kafka (4 workers) | %s | 1.00 | %s |", n0(ceiling), ratio(ceiling, naive))
 	p("| naive: one transaction per event (4 workers) | %s | %s | 1.00 |", n0(naive), ratio(naive, ceiling))
-	p("| `aggregate.Apply` without Kafka (4 workers) | %s | %s | %s |", n0(apply), ratio(apply, ceiling), ratio(apply, naive))
+	p("| `rollup.Apply` without Kafka (4 workers) | %s | %s | %s |", n0(apply), ratio(apply, ceiling), ratio(apply, naive))
 	p("| aggregator: kfake → consumer group → Apply (4 partitions, backlog) | %s | %s | %s |", n0(agg), ratio(agg, ceiling), ratio(agg, naive))
 	p("| **pipeline**: HTTP ingest → Kafka → aggregator → Postgres, sustained | %s | %s | %s |", n0(r.Pipeline.Sustained), ratio(r.Pipeline.Sustained, ceiling), ratio(r.Pipeline.Sustained, naive))
 	p("")

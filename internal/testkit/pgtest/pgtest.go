@@ -23,7 +23,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/usagemeter/metering/internal/migrate"
-	"github.com/usagemeter/metering/internal/store"
+	"github.com/usagemeter/metering/internal/storage/accounts"
 	"github.com/usagemeter/metering/migrations"
 )
 
@@ -64,7 +64,7 @@ func NewEmpty(tb testing.TB) *DB {
 	defer cancel()
 	admin, err := pgx.Connect(ctx, AdminURL())
 	if err != nil {
-		tb.Fatalf("pgtest: cannot reach Postgres at %s (set TEST_DATABASE_URL, or run `make test`, which starts one): %v", store.Redact(AdminURL()), err)
+		tb.Fatalf("pgtest: cannot reach Postgres at %s (set TEST_DATABASE_URL, or run `make test`, which starts one): %v", accounts.Redact(AdminURL()), err)
 	}
 	defer admin.Close(ctx)
 	var b [6]byte
@@ -109,4 +109,4 @@ func (db *DB) Exec(tb testing.TB, sql string, args ...any) {
 }
 
 // String names the database in test output.
-func (db *DB) String() string { return fmt.Sprintf("pgtest.DB(%s)", store.Redact(db.URL)) }
+func (db *DB) String() string { return fmt.Sprintf("pgtest.DB(%s)", accounts.Redact(db.URL)) }

@@ -1,7 +1,7 @@
 // Package postgrestls proves that the services reach Postgres over
 // verified TLS when DATABASE_URL asks for it: pgx reads sslmode,
 // sslrootcert, sslcert and sslkey from the URL, and nothing between the
-// environment and pgx (config, store.Open, migrate.OpenPool, the leader
+// environment and pgx (config, accounts.Open, migrate.OpenPool, the leader
 // elector's copy of the pool's settings, rebuild's shadow pool, pgtest and
 // the stack's URL rewriting, which change only the path) drops them. It
 // holds only tests, which start a private Postgres cluster with ssl=on

@@ -1,0 +1,606 @@
+// Package rollup applies batches of usage.events records to Postgres:
+// dedup ledger, usage windows, consumer offset, quota breaches, dead
+// letters and outbox rows, all in ONE transaction per batch.
+//
+// Invariant: a record's effects are committed exactly once, together with
+// the offset after it. The offset update is a compare-and-set on the
+// offset the batch started from, so a member that lost its partition in a
+// rebalance cannot commit over the new owner (ErrFenced), and the ledger's
+// key on (tenant, id) makes a resent event count once whatever path it
+// took. No record's bytes can fail a batch: a record that cannot be
+// counted (null, not UTF-8, NUL or control characters anywhere, huge)
+// becomes a dead letter that keeps its key, value and headers byte for
+// byte, with only sanitised text in text columns, and the partition moves
+// on (TestApplyHostileRecordsProperty, FuzzApplyHostileRecords).
+//
+// A resend of a counted (tenant, id) with another payload never lowers
+// usage: with the same metric and event time the counted value becomes
+// the larger of the two, the difference added once under the ledger
+// row's lock (TestRaisesAreExactlyOnceWhateverTheBatches,
+// TestConcurrentRaisesOfOneEvent); otherwise it is held, counted only
+// when an operator says so (TestHeldConflictsWaitForAnOperator). Event
+// times are judged at the record timestamp clamped into [now - MaxLag,
+// now], never at a producer's timestamp alone
+// (TestEventTimeJudgedByATrustedClock), and LedgerCutoff is before every
+// event time that clock can accept (TestLedgerCutoffIsBeforeEveryAcceptableEvent).
+package rollup
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/big"
+	"math/bits"
+	"slices"
+	"time"
+	"unicode/utf8"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/usagemeter/metering/events"
+	"github.com/usagemeter/metering/internal/quota"
+	"github.com/usagemeter/metering/internal/windows"
+)
+
+// ErrFenced means the partition's stored offset is not where this batch
+// started: another consumer owns the partition now.
+var ErrFenced = errors.New("partition offset moved: another consumer owns this partition")
+
+// Record is one message of usage.events. Key, Value and Headers may hold
+// any bytes at all; a nil Value is a tombstone.
+type Record struct {
+	Partition int
+	Offset    int64
+	Key       []byte
+	Value     []byte
+	Headers   []Header
+	// Time is the broker's timestamp of the record.
+	Time time.Time
+}
+
+// Header is one record header, kept byte for byte in dead letters.
+type Header struct {
+	Key   string
+	Value []byte
+}
+
+// Config of an Aggregator.
+type Config struct {
+	// Group names the consumer (offsets are stored per group).
+	Group string
+	// Topic is the source topic, usage.events.
+	Topic string
+	// Horizon is the dedup horizon: older events are dead letters.
+	Horizon time.Duration
+	// MaxLag bounds how far back a record's timestamp is trusted (see
+	// clocks); 0 means DefaultMaxLag.
+	MaxLag time.Duration
+	// ConflictAlertThreshold: held and raised conflicts of a tenant in one
+	// UTC day beyond which an alert is raised; 0 means the default.
+	ConflictAlertThreshold int
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// Metrics may be nil.
+	Metrics *Metrics
+	Logger  *slog.Logger
+}
+
+// Aggregator applies batches.
+type Aggregator struct {
+	pool *pgxpool.Pool
+	cfg  Config
+}
+
+// New returns an Aggregator on pool.
+func New(pool *pgxpool.Pool, cfg Config) *Aggregator {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Horizon <= 0 {
+		cfg.Horizon = events.DefaultHorizon
+	}
+	if cfg.MaxLag <= 0 {
+		cfg.MaxLag = DefaultMaxLag
+	}
+	if cfg.ConflictAlertThreshold <= 0 {
+		cfg.ConflictAlertThreshold = DefaultConflictAlertThreshold
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Aggregator{pool: pool, cfg: cfg}
+}
+
+// Result says what one batch did.
+type Result struct {
+	Counted, Duplicates, Conflicts, DeadLettered, Late int
+	// Raised, Kept and Held split Conflicts by resolution.
+	Raised, Kept, Held int
+	Breaches           []quota.Breach
+	// Alerts are the tenants this batch pushed over the conflict alert
+	// threshold (each once per UTC day).
+	Alerts     []ConflictAlert
+	NextOffset int64
+}
+
+// Error classes of dead letters (header error-class).
+const (
+	ClassUndecodable = "undecodable"
+	ClassInvalid     = "invalid"
+	ClassTooOld      = "too_old"
+	// ClassUnprocessable is a record the database refused (a constraint
+	// or data error) that the consumer isolated from its batch.
+	ClassUnprocessable = "unprocessable"
+)
+
+// NextOffset returns where partition resumes: the stored offset, or -1
+// when the group has never committed one.
+func (a *Aggregator) NextOffset(ctx context.Context, partition int) (int64, error) {
+	var next int64
+	err := a.pool.QueryRow(ctx, `SELECT next_offset FROM consumer_offsets
+		WHERE consumer_group = $1 AND topic = $2 AND partition = $3`, a.cfg.Group, a.cfg.Topic, partition).Scan(&next)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return -1, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("reading offset of partition %d: %w", partition, err)
+	}
+	return next, nil
+}
+
+// decoded is one record after decoding, or the reason it is a dead letter.
+type decoded struct {
+	rec   Record
+	ev    events.Event
+	hash  []byte
+	class string // non-empty: dead letter
+	err   string
+}
+
+// clocks returns the instants a record's event time is judged against.
+// The record's timestamp is the broker's log-append time or a producer's
+// CreateTime, which kafka-go cannot tell apart, so it is trusted only
+// inside [now - MaxLag, now]: a lagging consumer, a restart or a rebuild
+// within MaxLag reaches the verdict the record got when appended, and a
+// forged timestamp moves no limit beyond what the clock allows. The age
+// limit is judged at the timestamp clamped into that range; the future
+// limit at min(timestamp, now).
+func (a *Aggregator) clocks(rec Record, now time.Time) (age, future time.Time) {
+	t := rec.Time
+	if t.IsZero() || t.After(now) {
+		t = now
+	}
+	age, future = t, t
+	if oldest := now.Add(-a.cfg.MaxLag); age.Before(oldest) {
+		age = oldest
+	}
+	return age, future
+}
+
+// OldestAcceptable is the oldest event time an aggregator with horizon
+// and maxLag can count at now, whatever a record's timestamp says.
+func OldestAcceptable(now time.Time, horizon, maxLag time.Duration) time.Time {
+	return now.Add(-maxLag - horizon)
+}
+
+// LedgerCutoff is the event time before which the ledger may forget ids
+// at now: a day before OldestAcceptable, so that no id retention forgets
+// can be counted again.
+func LedgerCutoff(now time.Time, horizon, maxLag time.Duration) time.Time {
+	return OldestAcceptable(now, horizon, maxLag).Add(-24 * time.Hour)
+}
+
+func (a *Aggregator) decode(rec Record, now time.Time) decoded {
+	d := decoded{rec: rec}
+	if rec.Value == nil {
+		d.class, d.err = ClassUndecodable, "the record has a null value (a tombstone)"
+		return d
+	}
+	if !utf8.Valid(rec.Value) {
+		d.class, d.err = ClassUndecodable, "the record is not valid UTF-8"
+		return d
+	}
+	if err := d.ev.UnmarshalJSON(rec.Value); err != nil {
+		// JSON that is not an event object is undecodable; an object
+		// with wrong fields is an invalid event.
+		d.class, d.err = ClassInvalid, Sanitize(err.Error())
+		if ve, ok := events.AsValidationError(err); !ok || slices.ContainsFunc(ve.Errors, func(fe events.FieldError) bool { return fe.Field == "" }) {
+			d.class = ClassUndecodable
+		}
+		return d
+	}
+	age, future := a.clocks(rec, now)
+	v := events.Validator{Horizon: a.cfg.Horizon, Now: func() time.Time { return future }}
+	if errs := v.Validate(0, d.ev); len(errs) > 0 {
+		d.class, d.err = ClassInvalid, Sanitize((&events.ValidationError{Errors: errs}).Error())
+		for _, fe := range errs {
+			if fe.Field == "time" && d.ev.Time.Before(age.Add(-a.cfg.Horizon)) {
+				d.class = ClassTooOld
+			}
+		}
+		return d
+	}
+	if oldest := age.Add(-a.cfg.Horizon); d.ev.Time.Before(oldest) {
+		d.class = ClassTooOld
+		d.err = fmt.Sprintf("time: %s is older than the horizon of %s: events from %s on are counted",
+			d.ev.Time.UTC().Format(time.RFC3339Nano), a.cfg.Horizon, oldest.UTC().Format(time.RFC3339))
+		return d
+	}
+	sum := sha256.Sum256(d.ev.AppendJSON(nil))
+	d.hash = sum[:]
+	return d
+}
+
+// sum128 adds non-negative int64 values without overflow.
+type sum128 struct{ hi, lo uint64 }
+
+func (s *sum128) add(v int64) {
+	var c uint64
+	s.lo, c = bits.Add64(s.lo, uint64(v), 0)
+	s.hi += c
+}
+
+func (s sum128) String() string {
+	if s.hi == 0 {
+		return fmt.Sprint(s.lo)
+	}
+	n := new(big.Int).Lsh(new(big.Int).SetUint64(s.hi), 64)
+	return n.Add(n, new(big.Int).SetUint64(s.lo)).String()
+}
+
+type windowKey struct {
+	tenant, metric string
+	g              windows.Granularity
+	start          time.Time
+}
+
+type amount struct {
+	value  sum128
+	events int64
+}
+
+// Apply applies recs, which must all come from partition, in offset order,
+// the first at offset from (the partition's stored next offset, or any
+// offset when none is stored yet). It commits everything or nothing.
+func (a *Aggregator) Apply(ctx context.Context, partition int, from int64, recs []Record) (Result, error) {
+	if len(recs) == 0 {
+		return Result{NextOffset: from}, nil
+	}
+	start := time.Now()
+	now := a.cfg.Now().UTC()
+	res := Result{NextOffset: recs[len(recs)-1].Offset + 1}
+
+	batch := make([]decoded, len(recs))
+	for i, rec := range recs {
+		batch[i] = a.decode(rec, now)
+	}
+
+	tx, err := a.pool.Begin(ctx)
+	if err != nil {
+		return Result{}, fmt.Errorf("beginning batch transaction: %w", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+
+	// The fence first: it also takes the partition's row lock, so a
+	// second owner waits here and then fails, before doing any work.
+	if err := a.advanceOffset(ctx, tx, partition, from, res.NextOffset); err != nil {
+		return Result{}, err
+	}
+	incs, err := a.dedup(ctx, tx, batch, now, &res)
+	if err != nil {
+		return Result{}, err
+	}
+	if err := a.deadLetters(ctx, tx, batch, now, &res); err != nil {
+		return Result{}, err
+	}
+	if err := addToWindows(ctx, tx, incs); err != nil {
+		return Result{}, err
+	}
+	if err := corrections(ctx, tx, incs, now, &res); err != nil {
+		return Result{}, err
+	}
+	breaches, err := evaluateQuotas(ctx, tx, incs, now)
+	if err != nil {
+		return Result{}, err
+	}
+	res.Breaches = breaches
+	if err := tx.Commit(ctx); err != nil {
+		return Result{}, fmt.Errorf("committing batch of partition %d at offset %d: %w", partition, from, err)
+	}
+	a.cfg.Metrics.observe(res, len(recs), time.Since(start))
+	a.logAlerts(ctx, res.Alerts)
+	return res, nil
+}
+
+func (a *Aggregator) advanceOffset(ctx context.Context, tx pgx.Tx, partition int, from, next int64) error {
+	tag, err := tx.Exec(ctx, `INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset)
+		VALUES ($1, $2, $3, $5)
+		ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()
+		WHERE consumer_offsets.next_offset = $4`, a.cfg.Group, a.cfg.Topic, partition, from, next)
+	if err != nil {
+		return fmt.Errorf("advancing offset of partition %d: %w", partition, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("partition %d from offset %d: %w", partition, from, ErrFenced)
+	}
+	return nil
+}
+
+type idKey struct{ tenant, id string }
+
+// increment is usage to add to windows: a newly counted event (events 1)
+// or the raise of a counted one (events 0).
+type increment struct {
+	tenant, metric string
+	at             time.Time
+	value          int64
+	events         int64
+}
+
+func (d *decoded) increment() increment {
+	return increment{tenant: d.ev.Tenant, metric: d.ev.Metric, at: d.ev.Time, value: d.ev.Value, events: 1}
+}
+
+// ledgerRow is a (tenant, id) as counted, as this batch sees it.
+type ledgerRow struct {
+	metric  string
+	at      time.Time
+	value   int64
+	hash    []byte
+	changed bool // raised by this batch
+}
+
+// dedup inserts the batch's events into the ledger and returns what to
+// count: first occurrences of their (tenant, id), and the raises of
+// counted events by conflicting resends (see resolve).
+func (a *Aggregator) dedup(ctx context.Context, tx pgx.Tx, batch []decoded, now time.Time, res *Result) ([]increment, error) {
+	first, candidates, repeats := firstOccurrences(batch)
+	inserted, err := insertLedger(ctx, tx, candidates)
+	if err != nil {
+		return nil, err
+	}
+	incs := make([]increment, 0, len(inserted))
+	state := make(map[idKey]*ledgerRow, len(inserted))
+	var known []idKey // already in the ledger before this batch
+	for _, d := range candidates {
+		k := idKey{d.ev.Tenant, d.ev.ID}
+		if inserted[k] {
+			incs = append(incs, d.increment())
+			state[k] = &ledgerRow{metric: d.ev.Metric, at: d.ev.Time, value: d.ev.Value, hash: d.hash}
+		} else {
+			known = append(known, k)
+		}
+	}
+	res.Counted = len(incs)
+	if len(known) == 0 && repeats == 0 {
+		return incs, nil // the common case: every event new
+	}
+	if err := readLedger(ctx, tx, known, false, state); err != nil {
+		return nil, err
+	}
+	// A key whose payload differs from the counted one may be raised: lock
+	// its row first (in key order, so batches cannot deadlock) and read it
+	// again, so that a concurrent batch's raise is seen, not overwritten.
+	if err := readLedger(ctx, tx, differingKeys(batch, inserted, state), true, state); err != nil {
+		return nil, err
+	}
+	incs, conflicts, err := resolveResends(batch, first, inserted, state, incs, res)
+	if err != nil {
+		return nil, err
+	}
+	if err := updateLedger(ctx, tx, state); err != nil {
+		return nil, err
+	}
+	if err := a.recordConflicts(ctx, tx, conflicts, now, res); err != nil {
+		return nil, err
+	}
+	return incs, nil
+}
+
+// firstOccurrences returns, for the countable events of batch, the first
+// occurrence of each (tenant, id), those occurrences in batch order, and
+// how many later occurrences within the batch repeat one of them.
+func firstOccurrences(batch []decoded) (first map[idKey]*decoded, candidates []*decoded, repeats int) {
+	first = make(map[idKey]*decoded, len(batch))
+	for i := range batch {
+		d := &batch[i]
+		if d.class != "" {
+			continue
+		}
+		k := idKey{d.ev.Tenant, d.ev.ID}
+		if _, seen := first[k]; seen {
+			repeats++
+			continue
+		}
+		first[k] = d
+		candidates = append(candidates, d)
+	}
+	return first, candidates, repeats
+}
+
+// insertLedger inserts candidates into the ledger in one statement and
+// returns the keys it inserted: those not counted before.
+func insertLedger(ctx context.Context, tx pgx.Tx, candidates []*decoded) (map[idKey]bool, error) {
+	n := len(candidates)
+	tenants, ids, metrics := make([]string, n), make([]string, n), make([]string, n)
+	hashes := make([][]byte, n)
+	values, offsets := make([]int64, n), make([]int64, n)
+	times := make([]time.Time, n)
+	parts := make([]int32, n)
+	for i, d := range candidates {
+		tenants[i], ids[i], metrics[i], hashes[i] = d.ev.Tenant, d.ev.ID, d.ev.Metric, d.hash
+		values[i], times[i], parts[i], offsets[i] = d.ev.Value, d.ev.Time, int32(d.rec.Partition), d.rec.Offset
+	}
+	rows, err := tx.Query(ctx, `INSERT INTO ledger (tenant, event_id, payload_hash, metric, value, event_time, event_day, src_partition, src_offset)
+		SELECT t, i, h, m, v, ts, (ts AT TIME ZONE 'UTC')::date, p, o
+		FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::bigint[], $6::timestamptz[], $7::int[], $8::bigint[])
+			AS b(t, i, h, m, v, ts, p, o)
+		ON CONFLICT (tenant, event_id) DO NOTHING
+		RETURNING tenant, event_id`, tenants, ids, hashes, metrics, values, times, parts, offsets)
+	if err != nil {
+		return nil, fmt.Errorf("inserting into the ledger: %w", err)
+	}
+	inserted := make(map[idKey]bool, n)
+	for rows.Next() {
+		var k idKey
+		if err := rows.Scan(&k.tenant, &k.id); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("inserting into the ledger: %w", err)
+		}
+		inserted[k] = true
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("inserting into the ledger: %w", err)
+	}
+	return inserted, nil
+}
+
+// differingKeys returns, once each and in batch order, the keys counted
+// before this batch that an event of the batch resends with another
+// payload: the rows a raise may change.
+func differingKeys(batch []decoded, inserted map[idKey]bool, state map[idKey]*ledgerRow) []idKey {
+	var lock []idKey
+	locking := map[idKey]bool{}
+	for i := range batch {
+		d := &batch[i]
+		if d.class != "" {
+			continue
+		}
+		k := idKey{d.ev.Tenant, d.ev.ID}
+		if row := state[k]; row != nil && !inserted[k] && !locking[k] && string(row.hash) != string(d.hash) {
+			locking[k] = true
+			lock = append(lock, k)
+		}
+	}
+	return lock
+}
+
+// resolveResends goes through every countable event of batch that was not
+// counted by the insert: an identical resend is a duplicate, any other is
+// resolved against its ledger row (see resolve), appending a raise to incs
+// and returning the conflicts to record.
+func resolveResends(batch []decoded, first map[idKey]*decoded, inserted map[idKey]bool, state map[idKey]*ledgerRow,
+	incs []increment, res *Result) ([]increment, []conflict, error) {
+	var conflicts []conflict
+	for i := range batch {
+		d := &batch[i]
+		if d.class != "" {
+			continue
+		}
+		k := idKey{d.ev.Tenant, d.ev.ID}
+		if first[k] == d && inserted[k] {
+			continue // counted by the insert
+		}
+		row := state[k]
+		if row == nil {
+			// Retention deleted the row between the insert and the read;
+			// the retried batch counts the event as new.
+			return nil, nil, fmt.Errorf("ledger row of tenant %q id %q vanished during the batch", k.tenant, k.id)
+		}
+		if string(row.hash) == string(d.hash) {
+			res.Duplicates++
+			continue
+		}
+		c, inc := resolve(row, d)
+		if inc.value > 0 {
+			incs = append(incs, inc)
+		}
+		conflicts = append(conflicts, c)
+	}
+	return incs, conflicts, nil
+}
+
+// readLedger reads the ledger rows of keys into state; with lock, it
+// locks them in key order and replaces what state held.
+func readLedger(ctx context.Context, tx pgx.Tx, keys []idKey, lock bool, state map[idKey]*ledgerRow) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	kt, ki := make([]string, len(keys)), make([]string, len(keys))
+	for i, k := range keys {
+		kt[i], ki[i] = k.tenant, k.id
+	}
+	sql := `SELECT l.tenant, l.event_id, l.payload_hash, l.metric, l.value, l.event_time FROM ledger l
+		JOIN unnest($1::text[], $2::text[]) AS b(t, i) ON l.tenant = b.t AND l.event_id = b.i`
+	if lock {
+		sql += ` ORDER BY l.tenant, l.event_id FOR UPDATE OF l`
+	}
+	rows, err := tx.Query(ctx, sql, kt, ki)
+	if err != nil {
+		return fmt.Errorf("reading the ledger: %w", err)
+	}
+	for rows.Next() {
+		var k idKey
+		var r ledgerRow
+		if err := rows.Scan(&k.tenant, &k.id, &r.hash, &r.metric, &r.value, &r.at); err != nil {
+			rows.Close()
+			return fmt.Errorf("reading the ledger: %w", err)
+		}
+		state[k] = &r
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("reading the ledger: %w", err)
+	}
+	return nil
+}
+
+// updateLedger writes the raised rows of state: their value and hash
+// become the raising event's, so each raise is added once.
+func updateLedger(ctx context.Context, tx pgx.Tx, state map[idKey]*ledgerRow) error {
+	var kt, ki []string
+	var vs []int64
+	var hs [][]byte
+	for k, r := range state {
+		if r.changed {
+			kt, ki, vs, hs = append(kt, k.tenant), append(ki, k.id), append(vs, r.value), append(hs, r.hash)
+		}
+	}
+	if len(kt) == 0 {
+		return nil
+	}
+	if _, err := tx.Exec(ctx, `UPDATE ledger l SET value = b.v, payload_hash = b.h
+		FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bytea[]) AS b(t, i, v, h)
+		WHERE l.tenant = b.t AND l.event_id = b.i`, kt, ki, vs, hs); err != nil {
+		return fmt.Errorf("raising counted events in the ledger: %w", err)
+	}
+	return nil
+}
+
+func addToWindows(ctx context.Context, tx pgx.Tx, incs []increment) error {
+	if len(incs) == 0 {
+		return nil
+	}
+	agg := make(map[windowKey]*amount, len(incs))
+	for _, in := range incs {
+		for _, g := range windows.All {
+			k := windowKey{in.tenant, in.metric, g, g.Start(in.at)}
+			am := agg[k]
+			if am == nil {
+				am = &amount{}
+				agg[k] = am
+			}
+			am.value.add(in.value)
+			am.events += in.events
+		}
+	}
+	n := len(agg)
+	tenants, metrics, grans, vals := make([]string, 0, n), make([]string, 0, n), make([]string, 0, n), make([]string, 0, n)
+	starts, counts := make([]time.Time, 0, n), make([]int64, 0, n)
+	for k, am := range agg {
+		tenants, metrics, grans, starts = append(tenants, k.tenant), append(metrics, k.metric), append(grans, string(k.g)), append(starts, k.start)
+		vals, counts = append(vals, am.value.String()), append(counts, am.events)
+	}
+	// Sorted by key so concurrent batches lock rows in the same order.
+	sortWindows(tenants, metrics, grans, starts, vals, counts)
+	if _, err := tx.Exec(ctx, `INSERT INTO usage_windows (tenant, metric, granularity, window_start, value, events)
+		SELECT t, m, g, s, v::numeric, e FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::bigint[]) AS b(t, m, g, s, v, e)
+		ON CONFLICT (tenant, metric, granularity, window_start) DO UPDATE
+		SET value = usage_windows.value + EXCLUDED.value, events = usage_windows.events + EXCLUDED.events, updated_at = now()`,
+		tenants, metrics, grans, starts, vals, counts); err != nil {
+		return fmt.Errorf("updating usage windows: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,199 @@
+// Package accounts is the Postgres access layer for accounts: API keys, plans
+// with their per-metric quotas, and tenants. pgx is confined here and in
+// the other storage packages; callers see plain Go types.
+//
+// Invariant: every write is one statement or one transaction, so a reader
+// never sees half a plan or a rotated key without its successor; "not
+// found" is always ErrNotFound; a tenant key is stored only for a tenant
+// that exists (ErrUnknownTenant otherwise, enforced by a foreign key).
+package accounts
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// ErrNotFound is returned when a row asked for does not exist.
+var ErrNotFound = errors.New("not found")
+
+// Store reads and writes accounts.
+type Store struct {
+	pool *pgxpool.Pool
+}
+
+// New returns a Store on pool.
+func New(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
+
+// Ping checks that Postgres answers.
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.pool.Ping(ctx); err != nil {
+		return fmt.Errorf("postgres: %w", err)
+	}
+	return nil
+}
+
+// Quota is one metric's limit in a plan.
+type Quota struct {
+	Metric string `json:"metric"`
+	// Limit is nil for an unlimited metric.
+	Limit           *int64 `json:"limit"`
+	Period          string `json:"period"`
+	BurstPercent    int    `json:"burst_percent"`
+	Hard            bool   `json:"hard"`
+	StripeEventName string `json:"stripe_event_name"`
+	// UnitPrice is the price of one unit in the plan's currency, a decimal
+	// string such as "0.002"; empty when the metric is not priced.
+	UnitPrice string `json:"unit_price,omitempty"`
+}
+
+// Plan is a named set of quotas.
+type Plan struct {
+	Name string `json:"name"`
+	// Currency is the ISO 4217 code of the plan's prices, lower case.
+	Currency  string    `json:"currency"`
+	Quotas    []Quota   `json:"quotas"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// PutPlan creates or replaces a plan and all its quotas in one transaction.
+func (s *Store) PutPlan(ctx context.Context, p Plan) (Plan, error) {
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if p.Currency == "" {
+			p.Currency = "usd"
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO plans (name, currency) VALUES ($1, $2)
+			ON CONFLICT (name) DO UPDATE SET currency = EXCLUDED.currency, updated_at = now()`, p.Name, p.Currency); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM plan_quotas WHERE plan = $1`, p.Name); err != nil {
+			return err
+		}
+		for _, q := range p.Quotas {
+			var price *string
+			if q.UnitPrice != "" {
+				price = &q.UnitPrice
+			}
+			if _, err := tx.Exec(ctx, `INSERT INTO plan_quotas
+				(plan, metric, quota_limit, period, burst_percent, hard, stripe_event_name, unit_price)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8::numeric)`,
+				p.Name, q.Metric, q.Limit, q.Period, q.BurstPercent, q.Hard, q.StripeEventName, price); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return Plan{}, fmt.Errorf("saving plan %s: %w", p.Name, err)
+	}
+	return s.Plan(ctx, p.Name)
+}
+
+// Plan returns a plan with its quotas sorted by metric.
+func (s *Store) Plan(ctx context.Context, name string) (Plan, error) {
+	p := Plan{Name: name, Quotas: []Quota{}}
+	err := s.pool.QueryRow(ctx, `SELECT currency, updated_at FROM plans WHERE name = $1`, name).Scan(&p.Currency, &p.UpdatedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Plan{}, ErrNotFound
+	}
+	if err != nil {
+		return Plan{}, fmt.Errorf("reading plan %s: %w", name, err)
+	}
+	rows, err := s.pool.Query(ctx, `SELECT metric, quota_limit, period, burst_percent, hard, stripe_event_name, coalesce(unit_price::text, '')
+		FROM plan_quotas WHERE plan = $1 ORDER BY metric`, name)
+	if err != nil {
+		return Plan{}, fmt.Errorf("reading quotas of plan %s: %w", name, err)
+	}
+	p.Quotas, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (Quota, error) {
+		var q Quota
+		err := r.Scan(&q.Metric, &q.Limit, &q.Period, &q.BurstPercent, &q.Hard, &q.StripeEventName, &q.UnitPrice)
+		return q, err
+	})
+	if err != nil {
+		return Plan{}, fmt.Errorf("reading quotas of plan %s: %w", name, err)
+	}
+	return p, nil
+}
+
+// ListPlans returns the names of all plans.
+func (s *Store) ListPlans(ctx context.Context) ([]string, error) {
+	rows, err := s.pool.Query(ctx, `SELECT name FROM plans ORDER BY name`)
+	if err != nil {
+		return nil, fmt.Errorf("listing plans: %w", err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("listing plans: %w", err)
+	}
+	return names, nil
+}
+
+// Tenant is a customer and its billing mapping.
+type Tenant struct {
+	Tenant           string    `json:"tenant"`
+	Plan             string    `json:"plan"`
+	StripeCustomerID string    `json:"stripe_customer_id"`
+	UpdatedAt        time.Time `json:"updated_at"`
+}
+
+// ErrUnknownPlan is returned when a tenant names a plan that does not exist.
+var ErrUnknownPlan = errors.New("unknown plan")
+
+// PutTenant creates or replaces a tenant.
+func (s *Store) PutTenant(ctx context.Context, t Tenant) (Tenant, error) {
+	var plan, cus *string
+	if t.Plan != "" {
+		plan = &t.Plan
+	}
+	if t.StripeCustomerID != "" {
+		cus = &t.StripeCustomerID
+	}
+	_, err := s.pool.Exec(ctx, `INSERT INTO tenants (tenant, plan, stripe_customer_id) VALUES ($1, $2, $3)
+		ON CONFLICT (tenant) DO UPDATE SET plan = EXCLUDED.plan,
+			stripe_customer_id = EXCLUDED.stripe_customer_id, updated_at = now()`, t.Tenant, plan, cus)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "23503" { // foreign_key_violation
+		return Tenant{}, fmt.Errorf("tenant %s: %w %q", t.Tenant, ErrUnknownPlan, t.Plan)
+	}
+	if err != nil {
+		return Tenant{}, fmt.Errorf("saving tenant %s: %w", t.Tenant, err)
+	}
+	return s.Tenant(ctx, t.Tenant)
+}
+
+// Tenant returns one tenant.
+func (s *Store) Tenant(ctx context.Context, tenant string) (Tenant, error) {
+	t := Tenant{Tenant: tenant}
+	err := s.pool.QueryRow(ctx, `SELECT coalesce(plan, ''), coalesce(stripe_customer_id, ''), updated_at
+		FROM tenants WHERE tenant = $1`, tenant).Scan(&t.Plan, &t.StripeCustomerID, &t.UpdatedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Tenant{}, ErrNotFound
+	}
+	if err != nil {
+		return Tenant{}, fmt.Errorf("reading tenant %s: %w", tenant, err)
+	}
+	return t, nil
+}
+
+// ListTenants returns all tenants sorted by name.
+func (s *Store) ListTenants(ctx context.Context) ([]Tenant, error) {
+	rows, err := s.pool.Query(ctx, `SELECT tenant, coalesce(plan, ''), coalesce(stripe_customer_id, ''), updated_at
+		FROM tenants ORDER BY tenant`)
+	if err != nil {
+		return nil, fmt.Errorf("listing tenants: %w", err)
+	}
+	ts, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Tenant, error) {
+		var t Tenant
+		err := r.Scan(&t.Tenant, &t.Plan, &t.StripeCustomerID, &t.UpdatedAt)
+		return t, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing tenants: %w", err)
+	}
+	return ts, nil
+}

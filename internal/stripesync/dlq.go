@@ -1,0 +1,106 @@
+package stripesync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/usagemeter/metering/internal/dlqaudit"
+)
+
+// DeadPush is a push in the billing dead-letter queue.
+type DeadPush struct {
+	ID          int64     `json:"id"`
+	Tenant      string    `json:"tenant"`
+	Metric      string    `json:"metric"`
+	Period      string    `json:"period"`
+	Value       string    `json:"value"`
+	Cumulative  string    `json:"cumulative_total"`
+	Identifier  string    `json:"identifier"`
+	EventName   string    `json:"event_name"`
+	Customer    string    `json:"stripe_customer_id"`
+	Attempts    int       `json:"attempts"`
+	LastError   string    `json:"last_error"`
+	Status      string    `json:"status"`
+	DeadSince   time.Time `json:"dead_since"`
+	EventTime   time.Time `json:"event_timestamp"`
+	CarriedLate bool      `json:"carried"`
+}
+
+const deadColumns = `id, tenant, metric, to_char(period_start AT TIME ZONE 'UTC', 'YYYY-MM'), delta::text, cumulative_total::text,
+	identifier, event_name, stripe_customer_id, attempts, last_error, status, updated_at, event_timestamp, carried`
+
+func scanDead(r pgx.CollectableRow) (DeadPush, error) {
+	var d DeadPush
+	err := r.Scan(&d.ID, &d.Tenant, &d.Metric, &d.Period, &d.Value, &d.Cumulative, &d.Identifier, &d.EventName, &d.Customer,
+		&d.Attempts, &d.LastError, &d.Status, &d.DeadSince, &d.EventTime, &d.CarriedLate)
+	return d, err
+}
+
+// DeadLetters lists the pushes waiting in the billing DLQ, oldest first.
+func (b *Biller) DeadLetters(ctx context.Context) ([]DeadPush, error) {
+	rows, err := b.pool.Query(ctx, `SELECT `+deadColumns+` FROM billing_pushes WHERE status = 'dead' ORDER BY id`)
+	if err != nil {
+		return nil, fmt.Errorf("listing the billing DLQ: %w", err)
+	}
+	ds, err := pgx.CollectRows(rows, scanDead)
+	if err != nil {
+		return nil, fmt.Errorf("listing the billing DLQ: %w", err)
+	}
+	return ds, nil
+}
+
+// ErrNotDead is returned for a push that is not in the DLQ.
+var ErrNotDead = dlqaudit.ErrNoneWaiting
+
+var deadQueue = dlqaudit.Queue{Name: "billing", Table: "billing_pushes", Stamp: "updated_at", Dead: "dead"}
+
+// DeadLetter returns one push of the DLQ (or one that left it).
+func (b *Biller) DeadLetter(ctx context.Context, id int64) (DeadPush, error) {
+	rows, err := b.pool.Query(ctx, `SELECT `+deadColumns+` FROM billing_pushes WHERE id = $1`, id)
+	if err != nil {
+		return DeadPush{}, fmt.Errorf("reading push %d: %w", id, err)
+	}
+	d, err := pgx.CollectExactlyOneRow(rows, scanDead)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return DeadPush{}, fmt.Errorf("push %d: %w", id, ErrNotDead)
+	}
+	return d, err
+}
+
+// Replay re-sends the dead pushes ids (every one with all) and audits it.
+// A push created less than DedupHorizon ago goes out with its original
+// identifier, so one that had in fact reached Stripe comes back as a
+// duplicate and counts nothing more. An older one is first checked
+// against Stripe's summary (landed.go): marked sent if it had arrived,
+// otherwise only its shortfall is sent, under a new identifier; if its
+// group had calls within SummaryLag it waits as an intent for the next
+// sync.
+func (b *Biller) Replay(ctx context.Context, ids []int64, all bool, actor string) (SendResult, error) {
+	picked, err := b.resolveDead(ctx, ids, all, "replay", actor, "", "intent")
+	if err != nil || len(picked) == 0 {
+		return SendResult{}, err
+	}
+	return b.send(ctx, nil, `id = ANY($1) AND status = 'intent'`, picked)
+}
+
+// Discard closes dead pushes without sending them: their usage stays
+// claimed (it will not be re-sent) and the reconciliation shows it as
+// drift for finance. It is audited.
+func (b *Biller) Discard(ctx context.Context, ids []int64, actor, note string) (int, error) {
+	picked, err := b.resolveDead(ctx, ids, false, "discard", actor, note, "discarded")
+	return len(picked), err
+}
+
+func (b *Biller) resolveDead(ctx context.Context, ids []int64, all bool, action, actor, note, status string) ([]int64, error) {
+	var picked []int64
+	err := pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
+		var err error
+		picked, err = deadQueue.Apply(ctx, tx, dlqaudit.Change{Action: action, To: status, IDs: ids, All: all, Actor: actor, Note: note})
+		return err
+	})
+	return picked, err
+}

@@ -1,0 +1,259 @@
+package stripesync
+
+import (
+	"context"
+	"fmt"
+	"math/big"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/usagemeter/metering/internal/usage"
+	"github.com/usagemeter/metering/internal/windows"
+)
+
+// Reconciliation statuses.
+const (
+	StatusOK       = "ok"
+	StatusPending  = "pending"  // pushes in flight, or Stripe still aggregating recent ones
+	StatusDrift    = "drift"    // Stripe disagrees with Postgres: see Drift and Note
+	StatusUnmapped = "unmapped" // no Stripe customer or meter: not billed
+)
+
+// aggregationGrace is how long after a push Stripe's summaries may lag.
+const aggregationGrace = 10 * time.Minute
+
+// Row is one line of the finance report: one tenant, metric and month.
+type Row struct {
+	Tenant string `json:"tenant"`
+	Metric string `json:"metric"`
+	Period string `json:"period"`
+	// Metered is the month's usage in Postgres.
+	Metered *big.Int `json:"metered"`
+	// Reported is what was sent to Stripe for this month's usage.
+	Reported *big.Int `json:"reported"`
+	// InFlight is claimed but not yet confirmed (intents and dead letters).
+	InFlight *big.Int `json:"in_flight"`
+	// CarriedOut is this month's usage sent after its invoice was final,
+	// so Stripe bills it in a later month; CarriedIn is the reverse.
+	CarriedOut *big.Int `json:"carried_out"`
+	CarriedIn  *big.Int `json:"carried_in"`
+	// Stripe is Stripe's own summary for the month (nil when unmapped).
+	Stripe *big.Int `json:"stripe"`
+	// Drift is what Stripe should show for the month minus what it shows.
+	Drift  *big.Int `json:"drift"`
+	Status string   `json:"status"`
+	Note   string   `json:"note,omitempty"`
+}
+
+// Reconcile compares Postgres with Stripe for every tenant and metric of
+// the month starting at period.
+func (b *Biller) Reconcile(ctx context.Context, period time.Time) ([]Row, error) {
+	period = windows.Month.Start(period)
+	end := windows.Month.End(period)
+	raws, err := b.readPeriod(ctx, period)
+	if err != nil {
+		return nil, err
+	}
+	meters, err := b.meters(ctx)
+	if err != nil {
+		return nil, err
+	}
+	now := b.cfg.Now()
+	out := make([]Row, 0, len(raws))
+	var driftTotal = map[string]float64{}
+	for _, x := range raws {
+		r := x.Row
+		meterID := meters[x.eventName]
+		switch {
+		case x.customer == "":
+			r.Status, r.Note = StatusUnmapped, "the tenant has no stripe_customer_id"
+		case meterID == "":
+			r.Status, r.Note = StatusUnmapped, fmt.Sprintf("no active Stripe meter for event name %q", x.eventName)
+		default:
+			var total int64
+			err := b.call(ctx, func() error {
+				var err error
+				total, err = b.stripe.Summary(ctx, meterID, x.customer, period, end)
+				return err
+			})
+			if err != nil {
+				return nil, fmt.Errorf("reading Stripe's summary for %s/%s: %w", x.Tenant, x.Metric, err)
+			}
+			r.Stripe = big.NewInt(total)
+			expected := new(big.Int).Sub(r.Metered, r.CarriedOut)
+			expected.Add(expected, r.CarriedIn)
+			r.Drift = expected.Sub(expected, r.Stripe)
+			judge(&r, x, now)
+			driftTotal[r.Status] += float64(r.Drift.Int64())
+		}
+		if r.CarriedOut.Sign() > 0 {
+			if r.Note != "" {
+				r.Note += "; "
+			}
+			r.Note += fmt.Sprintf("late usage of %s carried into a later invoice", r.CarriedOut)
+		}
+		if r.Drift == nil {
+			r.Drift = new(big.Int)
+		}
+		out = append(out, r)
+	}
+	if b.cfg.Metrics != nil {
+		for _, st := range []string{StatusOK, StatusPending, StatusDrift} {
+			b.cfg.Metrics.Drift.WithLabelValues(st).Set(driftTotal[st])
+		}
+	}
+	return out, nil
+}
+
+// periodRow is one tenant and metric of a period as Postgres has it,
+// with what Reconcile needs beyond the Row it reports.
+type periodRow struct {
+	Row
+	customer, eventName string
+	dead                int
+	discarded           *big.Int
+	lastSent            *time.Time
+}
+
+// readPeriod reads, for every tenant and metric with usage or pushes in
+// the month starting at period, the metered total and the pushes' sums.
+func (b *Biller) readPeriod(ctx context.Context, period time.Time) ([]periodRow, error) {
+	rows, err := b.pool.Query(ctx, `WITH keys AS (
+			SELECT t.tenant, q.metric, coalesce(t.stripe_customer_id, '') AS customer, q.stripe_event_name
+			FROM tenants t JOIN plan_quotas q ON q.plan = t.plan
+		), pushes AS (
+			SELECT tenant, metric,
+				sum(delta) FILTER (WHERE period_start = $1 AND status = 'sent') AS reported,
+				sum(delta) FILTER (WHERE period_start = $1 AND status IN ('intent', 'dead')) AS in_flight,
+				count(*) FILTER (WHERE period_start = $1 AND status = 'dead') AS dead,
+				sum(delta) FILTER (WHERE period_start = $1 AND status = 'discarded') AS discarded,
+				sum(delta) FILTER (WHERE period_start = $1 AND status = 'sent' AND billed_period_start <> $1) AS carried_out,
+				sum(delta) FILTER (WHERE billed_period_start = $1 AND period_start <> $1 AND status = 'sent') AS carried_in,
+				max(sent_at) FILTER (WHERE billed_period_start = $1) AS last_sent
+			FROM billing_pushes WHERE period_start = $1 OR billed_period_start = $1 GROUP BY 1, 2
+		)
+		SELECT k.tenant, k.metric, k.customer, k.stripe_event_name, coalesce(w.value, 0),
+			coalesce(p.reported, 0), coalesce(p.in_flight, 0), coalesce(p.dead, 0), coalesce(p.discarded, 0), coalesce(p.carried_out, 0), coalesce(p.carried_in, 0), p.last_sent
+		FROM keys k
+		LEFT JOIN usage_windows w ON w.tenant = k.tenant AND w.metric = k.metric AND w.granularity = 'month' AND w.window_start = $1
+		LEFT JOIN pushes p ON p.tenant = k.tenant AND p.metric = k.metric
+		WHERE w.tenant IS NOT NULL OR p.tenant IS NOT NULL
+		ORDER BY 1, 2`, period)
+	if err != nil {
+		return nil, fmt.Errorf("reading the period's usage and pushes: %w", err)
+	}
+	raws, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (periodRow, error) {
+		var x periodRow
+		var metered, reported, inFlight, discarded, out, in pgtype.Numeric
+		err := r.Scan(&x.Tenant, &x.Metric, &x.customer, &x.eventName, &metered, &reported, &inFlight, &x.dead, &discarded, &out, &in, &x.lastSent)
+		x.discarded = usage.NumericInt(discarded)
+		x.Metered, x.Reported, x.InFlight = usage.NumericInt(metered), usage.NumericInt(reported), usage.NumericInt(inFlight)
+		x.CarriedOut, x.CarriedIn = usage.NumericInt(out), usage.NumericInt(in)
+		x.Period = period.Format("2006-01")
+		return x, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading the period's usage and pushes: %w", err)
+	}
+	return raws, nil
+}
+
+// judge sets r's status and note from its drift (Stripe's summary already
+// compared) and the state of its pushes, x.
+func judge(r *Row, x periodRow, now time.Time) {
+	claimed := new(big.Int).Add(r.Reported, r.InFlight)
+	switch {
+	case r.Drift.Sign() == 0 && r.Metered.Cmp(r.Reported) == 0:
+		r.Status = StatusOK
+	case x.discarded.Sign() > 0:
+		r.Status, r.Note = StatusDrift, fmt.Sprintf("%s discarded from the billing DLQ and never sent: finance decides", x.discarded)
+	case x.dead > 0:
+		r.Status, r.Note = StatusDrift, fmt.Sprintf("%d push(es) in the billing DLQ: replay them with `biller dlq replay`", x.dead)
+	case r.InFlight.Sign() > 0 || (claimed.Cmp(r.Metered) == 0 && x.lastSent != nil && now.Sub(*x.lastSent) < aggregationGrace):
+		r.Status, r.Note = StatusPending, "Stripe has not aggregated every push yet"
+	case claimed.Cmp(r.Metered) < 0:
+		r.Status, r.Note = StatusDrift, "under-reported: the next sync sends the difference"
+	case claimed.Cmp(r.Metered) > 0:
+		r.Status, r.Note = StatusDrift, "over-reported: cancelled automatically within 24 hours of the push, otherwise finance must credit the amount"
+	default:
+		r.Status, r.Note = StatusDrift, "Stripe's summary differs from what was sent: check for events changed in Stripe"
+	}
+}
+
+// fixOverReporting cancels, within Stripe's 24-hour window, the latest
+// sent push of every (tenant, metric, month) whose claimed total exceeds
+// the metered one (windows rebuilt lower, say); the next planning then
+// sends the right difference under a new identifier.
+func (b *Biller) fixOverReporting(ctx context.Context) (int, error) {
+	rows, err := b.pool.Query(ctx, `WITH months AS (
+			SELECT tenant, metric, period_start, sum(delta) FILTER (WHERE status <> 'cancelled') AS claimed,
+				max(id) FILTER (WHERE status = 'sent') AS last_sent
+			FROM billing_pushes WHERE period_start >= $1 GROUP BY 1, 2, 3)
+		SELECT p.id, p.event_name, p.identifier, p.stripe_customer_id, p.billed_period_start FROM months m
+		JOIN billing_pushes p ON p.id = m.last_sent
+		LEFT JOIN usage_windows w ON w.tenant = m.tenant AND w.metric = m.metric AND w.granularity = 'month' AND w.window_start = m.period_start
+		WHERE m.claimed > coalesce(w.value, 0) AND p.sent_at > $2`, windows.Month.Start(b.cfg.Now()).AddDate(0, -2, 0), b.cfg.Now().Add(-DedupHorizon))
+	if err != nil {
+		return 0, fmt.Errorf("finding over-reported months: %w", err)
+	}
+	victims, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (victim, error) {
+		var v victim
+		return v, r.Scan(&v.id, &v.g.eventName, &v.identifier, &v.g.customer, &v.g.billed)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("finding over-reported months: %w", err)
+	}
+	n := 0
+	for _, v := range victims {
+		cancelled, err := b.cancelOverReported(ctx, v)
+		if err != nil {
+			return n, fmt.Errorf("recording cancellation of %s: %w", v.identifier, err)
+		}
+		if cancelled {
+			b.cfg.Logger.InfoContext(ctx, "cancelled an over-reported push", "identifier", v.identifier)
+			n++
+		}
+	}
+	return n, nil
+}
+
+// victim is the latest sent push of an over-reported month.
+type victim struct {
+	id         int64
+	identifier string
+	g          group
+}
+
+// cancelOverReported cancels v in Stripe and marks it cancelled, under
+// its group's lock and only if it is still sent; a failed Stripe call is
+// logged and leaves it as it is. It reports whether v was cancelled.
+func (b *Biller) cancelOverReported(ctx context.Context, v victim) (bool, error) {
+	// Under the group's lock, as a cancellation changes what Stripe's
+	// summary shows (landed.go), and only if no other biller did it.
+	cancelled := false
+	err := pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
+		if err := lockGroup(ctx, tx, v.g); err != nil {
+			return err
+		}
+		var status string
+		if err := tx.QueryRow(ctx, `SELECT status FROM billing_pushes WHERE id = $1 FOR UPDATE`, v.id).Scan(&status); err != nil {
+			return err
+		}
+		if status != "sent" {
+			return nil
+		}
+		err := b.call(ctx, func() error { return b.stripe.CancelMeterEvent(ctx, v.g.eventName, v.identifier) })
+		if err != nil {
+			b.cfg.Logger.WarnContext(ctx, "cancelling an over-reported push failed", "identifier", v.identifier, "err", err)
+			return nil
+		}
+		if _, err := tx.Exec(ctx, `UPDATE billing_pushes SET status = 'cancelled', updated_at = now() WHERE id = $1`, v.id); err != nil {
+			return err
+		}
+		cancelled = true
+		return nil
+	})
+	return cancelled, err
+}

@@ -1,0 +1,610 @@
+// Package stripesync makes Stripe agree with Postgres: for each tenant,
+// metric and month it sends the difference between the metered total and
+// what was already claimed as one meter event, with retries, a client-side
+// rate limit and a dead-letter queue, and it reconciles the result against
+// Stripe's own summaries.
+//
+// Invariant: idempotent all the way to Stripe, with any number of billers
+// running at once. A push is recorded as an intent (with its deterministic
+// identifier) before the call and marked with its outcome after; a crash
+// in between, a retry or a DLQ replay within Stripe's 24-hour identifier
+// memory re-sends the same identifier and Idempotency-Key, so Stripe
+// counts it once. A delta is never claimed twice, even by two billers
+// planning the same month at once (locks.go): pushes in flight or
+// dead-lettered count as claimed until they are sent or cancelled, so
+// Stripe's running total never exceeds the metered total. A push older
+// than that memory is never re-sent as it is: Stripe's summary decides
+// whether it landed, and only the shortfall is sent (landed.go).
+package stripesync
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/big"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/cenkalti/backoff/v5"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/time/rate"
+
+	"github.com/usagemeter/metering/internal/outbox"
+	"github.com/usagemeter/metering/internal/stripeapi"
+	"github.com/usagemeter/metering/internal/topics"
+	"github.com/usagemeter/metering/internal/usage"
+	"github.com/usagemeter/metering/internal/windows"
+)
+
+// Stripe is the part of Stripe the biller uses.
+type Stripe interface {
+	SendMeterEvent(ctx context.Context, eventName, identifier, customer, value string, ts time.Time) error
+	CancelMeterEvent(ctx context.Context, eventName, identifier string) error
+	Meters(ctx context.Context) (map[string]string, error)
+	Summary(ctx context.Context, meterID, customer string, start, end time.Time) (int64, error)
+}
+
+// Config of a Biller.
+type Config struct {
+	// RatePerSecond bounds calls to Stripe (client side); default 20.
+	RatePerSecond float64
+	// MaxAttempts of one push before it is dead-lettered; default 8.
+	MaxAttempts int
+	// BackoffMin and BackoffMax bound the full-jitter backoff; defaults 200ms, 30s.
+	BackoffMin, BackoffMax time.Duration
+	// Concurrency is how many pushes run at once; default 8.
+	Concurrency int
+	// SummaryLag is how long after a call Stripe's event summaries may
+	// not show it yet; a group of pushes is checked against its summary
+	// only when nothing of it was sent for that long. Default 10m.
+	SummaryLag time.Duration
+	// Now is the clock; nil means time.Now.
+	Now     func() time.Time
+	Logger  *slog.Logger
+	Metrics *Metrics
+}
+
+// Biller pushes and reconciles.
+type Biller struct {
+	pool    *pgxpool.Pool
+	stripe  Stripe
+	cfg     Config
+	limiter *rate.Limiter
+	// skipLandedCheck sends old pushes as they are, and noPlanningLocks
+	// plans without the pair and group locks; tests set them to show what
+	// the check and the locks prevent. afterPlanningRead, if set, runs in
+	// planning between the re-read of a pair and its intent.
+	skipLandedCheck, noPlanningLocks bool
+	afterPlanningRead                func()
+}
+
+// New returns a Biller.
+func New(pool *pgxpool.Pool, st Stripe, cfg Config) *Biller {
+	if cfg.RatePerSecond <= 0 {
+		cfg.RatePerSecond = 20
+	}
+	if cfg.MaxAttempts <= 0 {
+		cfg.MaxAttempts = 8
+	}
+	if cfg.BackoffMin <= 0 {
+		cfg.BackoffMin = 200 * time.Millisecond
+	}
+	if cfg.BackoffMax <= 0 {
+		cfg.BackoffMax = 30 * time.Second
+	}
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = 8
+	}
+	if cfg.SummaryLag <= 0 {
+		cfg.SummaryLag = aggregationGrace
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Biller{pool: pool, stripe: st, cfg: cfg, limiter: rate.NewLimiter(rate.Limit(cfg.RatePerSecond), max(1, int(cfg.RatePerSecond)))}
+}
+
+// Identifier is the meter event identifier (and Idempotency-Key) of the
+// push that brings (tenant, metric, period) to cumulative; generation
+// counts earlier pushes to the same total that were cancelled.
+func Identifier(tenant, metric string, period time.Time, cumulative string, generation int) string {
+	h := sha256.Sum256(fmt.Appendf(nil, "%s\x00%s\x00%s\x00%s\x00%d", tenant, metric, period.UTC().Format(time.RFC3339), cumulative, generation))
+	return "mu_" + hex.EncodeToString(h[:24])
+}
+
+// SyncResult counts what one Sync did.
+type SyncResult struct {
+	Intents, Sent, Dead, Carried, Cancelled int
+	// Landed, Replaced and Waiting count old open pushes checked against
+	// Stripe's summaries; see SendResult.
+	Landed, Replaced, Waiting int
+	Unmapped                  []string // "tenant/metric": no customer or no meter
+}
+
+// CountOpenPushes reports how many pushes are intents and how many are
+// dead-lettered, and sets the DLQ depth gauge from the latter.
+func (b *Biller) CountOpenPushes(ctx context.Context) (intents, dead int, err error) {
+	err = b.pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE status = 'intent'), count(*) FILTER (WHERE status = 'dead')
+		FROM billing_pushes WHERE status IN ('intent', 'dead')`).Scan(&intents, &dead)
+	if err != nil {
+		return 0, 0, fmt.Errorf("counting open pushes: %w", err)
+	}
+	if b.cfg.Metrics != nil {
+		b.cfg.Metrics.DLQDepth.Set(float64(dead))
+	}
+	return intents, dead, nil
+}
+
+// Sync records an intent for every (tenant, metric, month) whose metered
+// total exceeds what was claimed, then sends every open intent.
+func (b *Biller) Sync(ctx context.Context) (SyncResult, error) {
+	var res SyncResult
+	meters, err := b.meters(ctx)
+	if err != nil {
+		return res, err
+	}
+	if res.Cancelled, err = b.fixOverReporting(ctx); err != nil {
+		return res, err
+	}
+	if err := b.planIntents(ctx, meters, &res); err != nil {
+		return res, err
+	}
+	sent, err := b.send(ctx, meters, `status = 'intent'`)
+	res.Sent, res.Dead, res.Landed, res.Replaced, res.Waiting = sent.Sent, sent.Dead, sent.Landed, sent.Replaced, sent.Waiting
+	return res, err
+}
+
+func (b *Biller) meters(ctx context.Context) (map[string]string, error) {
+	var meters map[string]string
+	err := b.call(ctx, func() error {
+		var err error
+		meters, err = b.stripe.Meters(ctx)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing Stripe meters: %w", err)
+	}
+	return meters, nil
+}
+
+// planIntents writes an intent for each delta.
+func (b *Biller) planIntents(ctx context.Context, meters map[string]string, res *SyncResult) error {
+	now := b.cfg.Now().UTC()
+	current := windows.Month.Start(now)
+	plans, err := b.deltas(ctx, current.AddDate(0, -2, 0))
+	if err != nil {
+		return err
+	}
+	for _, p := range plans {
+		if p.customer == "" || meters[p.eventName] == "" {
+			res.Unmapped = append(res.Unmapped, p.tenant+"/"+p.metric)
+			continue
+		}
+		if err := b.planOne(ctx, p.tenant, p.metric, p.customer, p.eventName, p.period, p.final, now, res); err != nil {
+			return err
+		}
+	}
+	if len(res.Unmapped) > 0 {
+		b.cfg.Logger.WarnContext(ctx, "usage not billed: tenant without stripe_customer_id, or no Stripe meter for the event name",
+			"count", len(res.Unmapped), "first", res.Unmapped[0])
+	}
+	b.cfg.Metrics.unmapped(len(res.Unmapped))
+	return nil
+}
+
+// delta is a (tenant, metric, month) whose metered total exceeds what its
+// pushes claim.
+type delta struct {
+	tenant, metric, customer, eventName string
+	period                              time.Time
+	metered, claimed                    *big.Int
+	generation                          int
+	final                               bool
+}
+
+// deltas reads every delta of the months from oldest on.
+func (b *Biller) deltas(ctx context.Context, oldest time.Time) ([]delta, error) {
+	rows, err := b.pool.Query(ctx, `SELECT w.tenant, w.metric, w.window_start, w.value, coalesce(t.stripe_customer_id, ''), q.stripe_event_name,
+			coalesce(p.claimed, 0), coalesce(p.cancelled, 0), (bp.tenant IS NOT NULL)
+		FROM usage_windows w
+		JOIN tenants t ON t.tenant = w.tenant
+		JOIN plan_quotas q ON q.plan = t.plan AND q.metric = w.metric
+		LEFT JOIN (SELECT tenant, metric, period_start, sum(delta) FILTER (WHERE status <> 'cancelled') AS claimed,
+				count(*) FILTER (WHERE status = 'cancelled') AS cancelled
+			FROM billing_pushes WHERE period_start >= $1 GROUP BY 1, 2, 3) p
+			ON p.tenant = w.tenant AND p.metric = w.metric AND p.period_start = w.window_start
+		LEFT JOIN billing_periods bp ON bp.tenant = w.tenant AND bp.period_start = w.window_start
+		WHERE w.granularity = 'month' AND w.window_start >= $1 AND w.value > coalesce(p.claimed, 0)
+		ORDER BY 1, 2, 3`, oldest)
+	if err != nil {
+		return nil, fmt.Errorf("finding deltas: %w", err)
+	}
+	var plans []delta
+	for rows.Next() {
+		var p delta
+		var metered, claimed pgtype.Numeric
+		if err := rows.Scan(&p.tenant, &p.metric, &p.period, &metered, &p.customer, &p.eventName, &claimed, &p.generation, &p.final); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("finding deltas: %w", err)
+		}
+		p.metered, p.claimed = usage.NumericInt(metered), usage.NumericInt(claimed)
+		plans = append(plans, p)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("finding deltas: %w", err)
+	}
+	return plans, nil
+}
+
+// stamp decides where usage of the metered month period goes at now:
+// the event timestamp, the billed month, and whether it is carried into
+// the current month (the invoice is final, or Stripe no longer takes
+// events for the month).
+func stamp(period, now time.Time, final bool) (ts, billed time.Time, carried bool) {
+	periodEnd := windows.Month.End(period)
+	switch {
+	case now.Before(periodEnd):
+		return now, windows.Month.Start(now), false // the open month: stamp it now
+	case final || periodEnd.Add(-time.Second).Before(now.Add(-35*24*time.Hour+time.Hour)):
+		return now, windows.Month.Start(now), true
+	default:
+		return periodEnd.Add(-time.Second), period, false
+	}
+}
+
+// planOne records the intent that brings (tenant, metric, period) to its
+// metered total, under the pair's and then the group's lock, re-reading
+// the claimed total and the metered one inside: a biller planning the same
+// pair at the same time waits, then finds nothing left to claim.
+func (b *Biller) planOne(ctx context.Context, tenant, metric, customer, eventName string, period time.Time, final bool, now time.Time, res *SyncResult) error {
+	ts, billed, carried := stamp(period, now, final)
+	var delta *big.Int
+	inserted := false
+	err := pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
+		// One round trip: the locks, pair first, then the re-read.
+		batch := &pgx.Batch{}
+		if !b.noPlanningLocks {
+			batch.Queue(`SELECT pg_advisory_xact_lock($1, $2)`, pairLockSpace, pairKey(tenant, metric, period))
+			batch.Queue(`SELECT pg_advisory_xact_lock($1, $2)`, groupLockSpace, group{customer: customer, eventName: eventName, billed: billed}.key())
+		}
+		var metered, claimed pgtype.Numeric
+		var generation int
+		batch.Queue(`SELECT coalesce((SELECT value FROM usage_windows WHERE tenant = $1 AND metric = $2 AND granularity = 'month' AND window_start = $3), 0),
+				coalesce(sum(delta) FILTER (WHERE status <> 'cancelled'), 0), count(*) FILTER (WHERE status = 'cancelled')
+			FROM billing_pushes WHERE tenant = $1 AND metric = $2 AND period_start = $3`, tenant, metric, period).QueryRow(func(row pgx.Row) error {
+			return row.Scan(&metered, &claimed, &generation)
+		})
+		if err := tx.SendBatch(ctx, batch).Close(); err != nil {
+			return fmt.Errorf("locking and re-reading the claimed total: %w", err)
+		}
+		if b.afterPlanningRead != nil {
+			b.afterPlanningRead()
+		}
+		m, c := usage.NumericInt(metered), usage.NumericInt(claimed)
+		if m.Cmp(c) <= 0 {
+			return nil // another biller claimed it first
+		}
+		delta = new(big.Int).Sub(m, c)
+		cumulative := m.String()
+		id := Identifier(tenant, metric, period, cumulative, generation)
+		// The intent, and late usage the aggregator recorded for this
+		// month marked as on its way, in one statement.
+		var n int
+		err := tx.QueryRow(ctx, `WITH ins AS (
+				INSERT INTO billing_pushes (tenant, metric, period_start, billed_period_start, stripe_customer_id, event_name,
+					cumulative_total, delta, identifier, event_timestamp, carried, created_at, updated_at)
+				VALUES ($1, $2, $3, $4, $5, $6, $7::numeric, $8::numeric, $9, $10, $11, $12, $12) ON CONFLICT (identifier) DO NOTHING RETURNING 1
+			), corrections AS (
+				UPDATE usage_corrections SET reconciled_at = now()
+				WHERE tenant = $1 AND metric = $2 AND period_start = $3 AND reconciled_at IS NULL AND EXISTS (SELECT 1 FROM ins)
+			) SELECT count(*) FROM ins`,
+			tenant, metric, period, billed, customer, eventName, cumulative, delta.String(), id, ts, carried, now).Scan(&n)
+		inserted = n == 1
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("recording intent for %s/%s: %w", tenant, metric, err)
+	}
+	if inserted {
+		res.Intents++
+		if carried {
+			res.Carried++
+			b.cfg.Logger.WarnContext(ctx, "late usage for a closed period carried into the current one",
+				"tenant", tenant, "metric", metric, "period", period.Format("2006-01"), "value", delta.String())
+		}
+	}
+	return nil
+}
+
+type push struct {
+	id                                  int64
+	tenant, metric, customer, eventName string
+	identifier, delta, cumulative       string
+	status                              string
+	period, billed                      time.Time
+	ts, created                         time.Time
+	attempts                            int
+}
+
+// SendOpen sends every intent (and, with dead, every dead-lettered push)
+// and returns how many were sent and dead-lettered.
+func (b *Biller) SendOpen(ctx context.Context, dead bool) (int, int, error) {
+	res, err := b.sendOpen(ctx, dead)
+	return res.Sent, res.Dead, err
+}
+
+func (b *Biller) sendOpen(ctx context.Context, dead bool) (SendResult, error) {
+	status := []string{"intent"}
+	if dead {
+		status = append(status, "dead")
+	}
+	return b.send(ctx, nil, `status = ANY($1)`, status)
+}
+
+// send sends the pushes where selects. Pushes created more than
+// DedupHorizon ago are not sent as they are: their groups are checked
+// against Stripe's summaries first (landed.go), and only the shortfall
+// goes out, as new pushes, in the same round.
+func (b *Biller) send(ctx context.Context, meters map[string]string, where string, args ...any) (SendResult, error) {
+	var res SendResult
+	pushes, err := b.readPushes(ctx, where, args...)
+	if err != nil {
+		return res, err
+	}
+	horizon := b.cfg.Now().Add(-DedupHorizon)
+	var fresh []push
+	var groups []group
+	seen := map[group]bool{}
+	for _, p := range pushes {
+		if !p.created.Before(horizon) || b.skipLandedCheck {
+			fresh = append(fresh, p)
+			continue
+		}
+		if g := (group{customer: p.customer, eventName: p.eventName, billed: p.billed}); !seen[g] {
+			seen[g] = true
+			groups = append(groups, g)
+		}
+	}
+	if len(groups) > 0 {
+		if meters == nil {
+			if meters, err = b.meters(ctx); err != nil {
+				return res, err
+			}
+		}
+		if fresh, err = b.settleOld(ctx, meters, groups, fresh, &res); err != nil {
+			return res, err
+		}
+	}
+	return res, b.pushAll(ctx, fresh, &res)
+}
+
+// readPushes reads the pushes where selects, in id order.
+func (b *Biller) readPushes(ctx context.Context, where string, args ...any) ([]push, error) {
+	rows, err := b.pool.Query(ctx, `SELECT id, tenant, metric, stripe_customer_id, event_name, identifier, delta::text, cumulative_total::text,
+		status, period_start, billed_period_start, event_timestamp, created_at, attempts FROM billing_pushes WHERE `+where+` ORDER BY id`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("reading open pushes: %w", err)
+	}
+	pushes, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (push, error) {
+		var p push
+		err := r.Scan(&p.id, &p.tenant, &p.metric, &p.customer, &p.eventName, &p.identifier, &p.delta, &p.cumulative,
+			&p.status, &p.period, &p.billed, &p.ts, &p.created, &p.attempts)
+		return p, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading open pushes: %w", err)
+	}
+	return pushes, nil
+}
+
+// settleOld checks each group of old open pushes against Stripe's summary
+// (resolveGroup) and sends the pushes created for its shortfall. It
+// returns fresh without the pushes of groups that wait.
+func (b *Biller) settleOld(ctx context.Context, meters map[string]string, groups []group, fresh []push, res *SendResult) ([]push, error) {
+	var created []int64
+	waiting := map[group]bool{}
+	for _, g := range groups {
+		if meters[g.eventName] == "" {
+			b.cfg.Logger.WarnContext(ctx, "old open pushes wait: no active Stripe meter for their event name", "group", g.String())
+			res.Waiting++
+			waiting[g] = true
+			continue
+		}
+		ids, err := b.resolveGroup(ctx, g, meters[g.eventName], res)
+		switch {
+		case errors.Is(err, errWait):
+			res.Waiting++
+			waiting[g] = true
+			b.cfg.Logger.InfoContext(ctx, "old open pushes wait until Stripe's summary settles", "group", g.String(), "lag", b.cfg.SummaryLag)
+		case err != nil:
+			return nil, fmt.Errorf("checking old pushes of %s against Stripe: %w", g, err)
+		}
+		created = append(created, ids...)
+	}
+	// New pushes of a waiting group are held back too: sending them
+	// would keep the group busy, and its summary untrusted, for as
+	// long as usage flows. They stay intents, and the check settles
+	// them with the old ones once the group is quiet.
+	kept := fresh[:0]
+	for _, p := range fresh {
+		if !waiting[group{customer: p.customer, eventName: p.eventName, billed: p.billed}] {
+			kept = append(kept, p)
+		}
+	}
+	fresh = kept
+	if len(created) > 0 {
+		more, err := b.send(ctx, meters, `id = ANY($1) AND status = 'intent'`, created)
+		res.add(more)
+		if err != nil {
+			return nil, err
+		}
+	}
+	return fresh, nil
+}
+
+// pushAll sends fresh with cfg.Concurrency workers, counting what was sent
+// and dead-lettered in res, and returns the first error.
+func (b *Biller) pushAll(ctx context.Context, fresh []push, res *SendResult) error {
+	var mu sync.Mutex
+	var firstErr error
+	work := make(chan push)
+	var wg sync.WaitGroup
+	for range b.cfg.Concurrency {
+		wg.Go(func() {
+			for p := range work {
+				ok, err := b.pushOne(ctx, p)
+				mu.Lock()
+				switch {
+				case err != nil && firstErr == nil:
+					firstErr = err
+				case ok:
+					res.Sent++
+				case err == nil:
+					res.Dead++
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	for _, p := range fresh {
+		if ctx.Err() != nil {
+			break
+		}
+		work <- p
+	}
+	close(work)
+	wg.Wait()
+	if firstErr == nil && ctx.Err() != nil {
+		firstErr = ctx.Err()
+	}
+	return firstErr
+}
+
+// errGone says a push left the status it was read with (another biller
+// sent, resolved or dead-lettered it) before a call.
+var errGone = errors.New("the push is no longer open")
+
+// pushOne sends p with retries. It returns true when sent, false with a
+// nil error when dead-lettered or taken over by another biller, and an
+// error when it could not record the outcome (the push stays open and is
+// retried by the next sync).
+//
+// Before every call it stamps sent_at, conditional on the push still
+// having the status it was read with: a push another biller has settled
+// meanwhile is not sent, and the stamp tells the check of old pushes
+// (landed.go) that Stripe's summary may not show this call yet. Outcomes
+// are recorded under the same condition, so a slower biller never turns a
+// sent push back into a dead letter.
+func (b *Biller) pushOne(ctx context.Context, p push) (bool, error) {
+	attempts := 0
+	err := b.call(ctx, func() error {
+		tag, err := b.pool.Exec(ctx, `UPDATE billing_pushes SET sent_at = $3 WHERE id = $1 AND status = $2`, p.id, p.status, b.cfg.Now().UTC())
+		if err != nil {
+			return fmt.Errorf("stamping push %s before the call: %w", p.identifier, err)
+		}
+		if tag.RowsAffected() == 0 {
+			return errGone
+		}
+		attempts++
+		return b.stripe.SendMeterEvent(ctx, p.eventName, p.identifier, p.customer, p.delta, p.ts)
+	})
+	if errors.Is(err, errGone) {
+		return false, nil
+	}
+	var se *stripeapi.Error
+	if errors.As(err, &se) && se.Class == stripeapi.ClassDuplicate {
+		err = nil // Stripe has it already: a crash after the call, a replay, or another biller.
+	}
+	if err != nil && !errors.As(err, &se) && ctx.Err() == nil {
+		return false, err // Postgres failed before a call: the push stays open
+	}
+	b.cfg.Metrics.push(err, attempts)
+	if ctx.Err() != nil {
+		return false, ctx.Err()
+	}
+	out := context.WithoutCancel(ctx)
+	if err == nil {
+		_, uerr := b.pool.Exec(out, `UPDATE billing_pushes SET status = 'sent', sent_at = $3, updated_at = now(),
+			attempts = attempts + $4, last_error = '' WHERE id = $1 AND status = $2`, p.id, p.status, b.cfg.Now().UTC(), attempts)
+		if uerr != nil {
+			return false, fmt.Errorf("recording push %s as sent: %w", p.identifier, uerr)
+		}
+		return true, nil
+	}
+	b.cfg.Logger.WarnContext(ctx, "push dead-lettered", "tenant", p.tenant, "metric", p.metric, "identifier", p.identifier, "attempts", attempts, "err", err)
+	msg, _ := json.Marshal(map[string]any{
+		"tenant": p.tenant, "metric": p.metric, "period": p.period.Format("2006-01"), "value": json.Number(p.delta),
+		"cumulative_total": json.Number(p.cumulative), "identifier": p.identifier, "attempts": p.attempts + attempts, "last_error": err.Error(),
+		"event_name": p.eventName, "stripe_customer_id": p.customer,
+	})
+	txErr := pgx.BeginFunc(out, b.pool, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(out, `UPDATE billing_pushes SET status = 'dead', updated_at = now(), attempts = attempts + $3, last_error = $4
+			WHERE id = $1 AND status = $2`, p.id, p.status, attempts, err.Error())
+		if err != nil || tag.RowsAffected() == 0 {
+			return err // settled by another biller meanwhile: no dead letter
+		}
+		return outbox.Enqueue(out, tx, outbox.Message{Topic: topics.BillingDLQ, Key: []byte(p.tenant), Value: msg,
+			Headers: map[string]string{"identifier": p.identifier}})
+	})
+	if txErr != nil {
+		return false, fmt.Errorf("dead-lettering push %s: %w", p.identifier, txErr)
+	}
+	return false, nil
+}
+
+// call runs fn under the client-side rate limit, retrying retriable
+// Stripe errors with full-jitter exponential backoff, waiting at least
+// Stripe's Retry-After, up to MaxAttempts.
+func (b *Biller) call(ctx context.Context, fn func() error) error {
+	bo := &fullJitter{min: b.cfg.BackoffMin, max: b.cfg.BackoffMax}
+	_, err := backoff.Retry(ctx, func() (struct{}, error) {
+		if err := b.limiter.Wait(ctx); err != nil {
+			return struct{}{}, backoff.Permanent(err)
+		}
+		err := fn()
+		if err == nil {
+			return struct{}{}, nil
+		}
+		var se *stripeapi.Error
+		if !errors.As(err, &se) {
+			return struct{}{}, backoff.Permanent(err)
+		}
+		b.cfg.Metrics.failure(se.Class)
+		if !se.Retriable {
+			return struct{}{}, backoff.Permanent(err)
+		}
+		bo.atLeast = se.RetryAfter
+		return struct{}{}, err
+	}, backoff.WithBackOff(bo), backoff.WithMaxTries(uint(b.cfg.MaxAttempts)), backoff.WithMaxElapsedTime(0))
+	return err
+}
+
+// fullJitter waits a uniformly random time in [0, min(max, min·2^n)), or
+// atLeast when the server asked for longer.
+type fullJitter struct {
+	min, max, atLeast time.Duration
+	n                 int
+}
+
+func (f *fullJitter) Reset() { f.n = 0 }
+
+func (f *fullJitter) NextBackOff() time.Duration {
+	ceiling := f.min << min(f.n, 30)
+	if ceiling > f.max || ceiling <= 0 {
+		ceiling = f.max
+	}
+	f.n++
+	wait := time.Duration(rand.Int64N(int64(ceiling)))
+	wait, f.atLeast = max(wait, f.atLeast), 0
+	return wait
+}
