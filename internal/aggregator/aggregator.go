@@ -24,12 +24,12 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/config"
 	"github.com/usagemeter/metering/internal/consumer"
 	"github.com/usagemeter/metering/internal/leader"
 	"github.com/usagemeter/metering/internal/migrate"
 	"github.com/usagemeter/metering/internal/outbox"
+	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/service"
 	"github.com/usagemeter/metering/internal/topics"
 )

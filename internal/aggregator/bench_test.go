@@ -16,8 +16,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/usagemeter/metering/events"
-	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/consumer"
+	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/testkit/kafkatest"
 	"github.com/usagemeter/metering/internal/testkit/pgtest"
 	"github.com/usagemeter/metering/internal/topics"

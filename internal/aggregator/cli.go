@@ -13,12 +13,12 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/cli"
 	"github.com/usagemeter/metering/internal/config"
 	"github.com/usagemeter/metering/internal/dlq"
 	"github.com/usagemeter/metering/internal/outbox"
 	"github.com/usagemeter/metering/internal/rebuild"
+	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/topics"
 )
 

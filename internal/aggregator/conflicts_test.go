@@ -11,9 +11,9 @@ import (
 	"time"
 
 	"github.com/usagemeter/metering/events"
-	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/aggregator"
 	"github.com/usagemeter/metering/internal/config"
+	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/testkit/pgtest"
 	"github.com/usagemeter/metering/internal/topics"
 )

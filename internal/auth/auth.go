@@ -64,7 +64,9 @@ func (p Principal) CanWrite(tenant string) bool {
 }
 
 // ReadOnly reports whether p is a tenant key that may only read.
-func (p Principal) ReadOnly() bool { return p.Role == accounts.RoleTenant && p.Scope != accounts.ScopeWrite }
+func (p Principal) ReadOnly() bool {
+	return p.Role == accounts.RoleTenant && p.Scope != accounts.ScopeWrite
+}
 
 // CanRead reports whether p may read tenant's usage and quotas.
 func (p Principal) CanRead(tenant string) bool {

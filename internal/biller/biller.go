@@ -34,7 +34,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/usagemeter/metering/internal/auth"
-	"github.com/usagemeter/metering/internal/stripesync"
 	"github.com/usagemeter/metering/internal/config"
 	"github.com/usagemeter/metering/internal/csvsafe"
 	"github.com/usagemeter/metering/internal/httpjson"
@@ -44,6 +43,7 @@ import (
 	"github.com/usagemeter/metering/internal/service"
 	"github.com/usagemeter/metering/internal/storage/accounts"
 	"github.com/usagemeter/metering/internal/stripeapi"
+	"github.com/usagemeter/metering/internal/stripesync"
 	"github.com/usagemeter/metering/internal/stripewebhook"
 	"github.com/usagemeter/metering/internal/topics"
 	"github.com/usagemeter/metering/internal/windows"

@@ -14,9 +14,9 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	"github.com/usagemeter/metering/internal/stripesync"
 	"github.com/usagemeter/metering/internal/cli"
 	"github.com/usagemeter/metering/internal/config"
+	"github.com/usagemeter/metering/internal/stripesync"
 )
 
 // Commands are the biller's operator commands; each declares its own

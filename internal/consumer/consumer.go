@@ -36,8 +36,8 @@ import (
 	"github.com/cenkalti/backoff/v5"
 	"github.com/segmentio/kafka-go"
 
-	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/kafkaauth"
+	"github.com/usagemeter/metering/internal/rollup"
 )
 
 // Config of a consumer.

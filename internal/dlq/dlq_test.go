@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/dlq"
+	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/testkit/pgtest"
 )
 

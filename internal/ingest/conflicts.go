@@ -7,8 +7,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/httpjson"
+	"github.com/usagemeter/metering/internal/rollup"
 )
 
 // ConflictReader reads the conflicts the aggregator recorded (resends of

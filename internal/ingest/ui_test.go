@@ -18,11 +18,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/usagemeter/metering/events"
-	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/auth"
 	"github.com/usagemeter/metering/internal/httpguard"
 	"github.com/usagemeter/metering/internal/ingest"
 	"github.com/usagemeter/metering/internal/ratelimit"
+	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/storage/accounts"
 	"github.com/usagemeter/metering/internal/testkit/pgtest"
 	"github.com/usagemeter/metering/internal/topics"

@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/quota"
+	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/storage/accounts"
 	"github.com/usagemeter/metering/internal/testkit/pgtest"
 )

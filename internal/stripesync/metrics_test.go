@@ -10,8 +10,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
-	"github.com/usagemeter/metering/internal/stripesync"
 	"github.com/usagemeter/metering/internal/stripeapi"
+	"github.com/usagemeter/metering/internal/stripesync"
 	"github.com/usagemeter/metering/internal/testkit/stripefake"
 )
 

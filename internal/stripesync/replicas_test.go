@@ -14,8 +14,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/usagemeter/metering/internal/stripesync"
 	"github.com/usagemeter/metering/internal/stripeapi"
+	"github.com/usagemeter/metering/internal/stripesync"
 	"github.com/usagemeter/metering/internal/testkit/pgtest"
 	"github.com/usagemeter/metering/internal/testkit/stripefake"
 	"github.com/usagemeter/metering/internal/windows"

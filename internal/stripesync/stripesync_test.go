@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/usagemeter/metering/internal/stripesync"
 	"github.com/usagemeter/metering/internal/stripeapi"
+	"github.com/usagemeter/metering/internal/stripesync"
 	"github.com/usagemeter/metering/internal/testkit/pgtest"
 	"github.com/usagemeter/metering/internal/testkit/stripefake"
 	"github.com/usagemeter/metering/internal/windows"
