@@ -28,7 +28,7 @@ import (
 	"github.com/usagemeter/metering/internal/consumer"
 	"github.com/usagemeter/metering/internal/leader"
 	"github.com/usagemeter/metering/internal/migrate"
-	"github.com/usagemeter/metering/internal/outbox"
+	"github.com/usagemeter/metering/internal/relay"
 	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/service"
 	"github.com/usagemeter/metering/internal/topics"
@@ -64,11 +64,11 @@ func Run(ctx context.Context, cfg config.Aggregator, log *slog.Logger, ready fun
 		Brokers: cfg.KafkaBrokers, Security: cfg.KafkaSecurity, Topic: topics.UsageEvents, Group: cfg.ConsumerGroup,
 		BatchSize: cfg.BatchSize, BatchWait: cfg.BatchWait, SessionTimeout: cfg.SessionTimeout,
 	}, agg, log, metrics)
-	writer := outbox.NewWriter(cfg.KafkaBrokers)
+	writer := relay.NewWriter(cfg.KafkaBrokers)
 	writer.Transport = cfg.KafkaSecurity.Transport()
 	defer writer.Close()
-	relay := outbox.New(pool, writer, log, reg)
-	retention := leader.Singleton(pool, retentionLoop{pool: pool, relay: relay, cfg: cfg, log: log}, leader.Options{Logger: log, Registerer: reg})
+	rl := relay.New(pool, writer, log, reg)
+	retention := leader.Singleton(pool, retentionLoop{pool: pool, relay: rl, cfg: cfg, log: log}, leader.Options{Logger: log, Registerer: reg})
 
 	mux := http.NewServeMux()
 	service.MountLogged(mux, reg, map[string]service.Check{
@@ -78,7 +78,7 @@ func Run(ctx context.Context, cfg config.Aggregator, log *slog.Logger, ready fun
 	// Listed in start order; RunAll stops them in reverse: HTTP drains,
 	// then retention and the consumer stop, then the relay; the writer
 	// flushes (deferred) after all have returned.
-	return service.RunAll(ctx, log, relay, service.Func("consumer", func(ctx context.Context) error {
+	return service.RunAll(ctx, log, rl, service.Func("consumer", func(ctx context.Context) error {
 		// A consumer that cannot start leaves the service up but not
 		// ready (consumer_group), as it always has.
 		if err := cons.Run(ctx); err != nil && ctx.Err() == nil {
@@ -119,7 +119,7 @@ const RetentionLoop = "retention"
 // RetentionLoop only.
 type retentionLoop struct {
 	pool  *pgxpool.Pool
-	relay *outbox.Relay
+	relay *relay.Relay
 	cfg   config.Aggregator
 	log   *slog.Logger
 }
@@ -129,7 +129,7 @@ func (retentionLoop) Name() string { return RetentionLoop }
 
 // Run deletes at start and every interval until ctx ends.
 func (l retentionLoop) Run(ctx context.Context) error {
-	pool, relay, cfg, log := l.pool, l.relay, l.cfg, l.log
+	pool, rl, cfg, log := l.pool, l.relay, l.cfg, l.log
 	t := time.NewTicker(cfg.RetentionInterval)
 	defer t.Stop()
 	for {
@@ -139,7 +139,7 @@ func (l retentionLoop) Run(ctx context.Context) error {
 		} else if n > 0 {
 			log.InfoContext(ctx, "ledger retention", "deleted", n)
 		}
-		if _, err := relay.Prune(ctx, 7*24*time.Hour); err != nil && ctx.Err() == nil {
+		if _, err := rl.Prune(ctx, 7*24*time.Hour); err != nil && ctx.Err() == nil {
 			log.WarnContext(ctx, "outbox retention", "err", err)
 		}
 		select {

@@ -16,8 +16,8 @@ import (
 	"github.com/usagemeter/metering/internal/cli"
 	"github.com/usagemeter/metering/internal/config"
 	"github.com/usagemeter/metering/internal/dlq"
-	"github.com/usagemeter/metering/internal/outbox"
 	"github.com/usagemeter/metering/internal/rebuild"
+	"github.com/usagemeter/metering/internal/relay"
 	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/topics"
 )
@@ -149,12 +149,12 @@ func dlqReplay(ctx context.Context, env Env, f dlqReplayFlags, args []string) er
 		return err
 	}
 	// Publish now, so the replay does not wait for a running aggregator.
-	w := outbox.NewWriter(env.Config.KafkaBrokers)
+	w := relay.NewWriter(env.Config.KafkaBrokers)
 	w.Transport = env.Config.KafkaSecurity.Transport()
 	defer w.Close()
-	relay := outbox.New(pool, w, env.Log, nil)
+	rl := relay.New(pool, w, env.Log, nil)
 	for {
-		n, err := relay.PublishPending(ctx)
+		n, err := rl.PublishPending(ctx)
 		if err != nil {
 			return fmt.Errorf("replayed %d dead letters into the outbox, but publishing failed (the running aggregator will retry): %w", len(done), err)
 		}

@@ -39,7 +39,7 @@ import (
 	"github.com/usagemeter/metering/internal/httpjson"
 	"github.com/usagemeter/metering/internal/leader"
 	"github.com/usagemeter/metering/internal/migrate"
-	"github.com/usagemeter/metering/internal/outbox"
+	"github.com/usagemeter/metering/internal/relay"
 	"github.com/usagemeter/metering/internal/service"
 	"github.com/usagemeter/metering/internal/storage/accounts"
 	"github.com/usagemeter/metering/internal/stripeapi"
@@ -86,10 +86,10 @@ func Run(ctx context.Context, cfg config.Biller, log *slog.Logger, ready func(ne
 	if err != nil {
 		return err
 	}
-	writer := outbox.NewWriter(cfg.KafkaBrokers)
+	writer := relay.NewWriter(cfg.KafkaBrokers)
 	writer.Transport = cfg.KafkaSecurity.Transport()
 	defer writer.Close()
-	relay := outbox.New(pool, writer, log, reg)
+	rl := relay.New(pool, writer, log, reg)
 
 	syncer := leader.Singleton(pool, syncLoop{b: b, interval: cfg.SyncInterval, log: log},
 		leader.Options{Interval: min(cfg.SyncInterval, leader.DefaultInterval), Logger: log, Registerer: reg})
@@ -103,7 +103,7 @@ func Run(ctx context.Context, cfg config.Biller, log *slog.Logger, ready func(ne
 	// Listed in start order; RunAll stops them in reverse: HTTP drains,
 	// then the sync loop stops, then the relay; the writer flushes
 	// (deferred) after all have returned.
-	return service.RunAll(ctx, log, relay, syncer, service.Server{
+	return service.RunAll(ctx, log, rl, syncer, service.Server{
 		Log: log, Addr: cfg.HTTPAddr, Handler: mux, Drain: cfg.ShutdownTimeout, Ready: ready,
 		Limits: service.HTTPLimits{MaxConnections: cfg.HTTPMaxConnections, WriteTimeout: cfg.HTTPWriteTimeout},
 	})

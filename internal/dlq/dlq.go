@@ -22,7 +22,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/usagemeter/metering/internal/dlqaudit"
-	"github.com/usagemeter/metering/internal/outbox"
+	"github.com/usagemeter/metering/internal/storage/outbox"
 	"github.com/usagemeter/metering/internal/topics"
 )
 

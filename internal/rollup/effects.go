@@ -12,8 +12,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
 
-	"github.com/usagemeter/metering/internal/outbox"
 	"github.com/usagemeter/metering/internal/quota"
+	"github.com/usagemeter/metering/internal/storage/outbox"
 	"github.com/usagemeter/metering/internal/topics"
 	"github.com/usagemeter/metering/internal/usage"
 	"github.com/usagemeter/metering/internal/windows"

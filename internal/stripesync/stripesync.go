@@ -36,7 +36,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/time/rate"
 
-	"github.com/usagemeter/metering/internal/outbox"
+	"github.com/usagemeter/metering/internal/storage/outbox"
 	"github.com/usagemeter/metering/internal/stripeapi"
 	"github.com/usagemeter/metering/internal/topics"
 	"github.com/usagemeter/metering/internal/usage"

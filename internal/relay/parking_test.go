@@ -1,4 +1,4 @@
-package outbox_test
+package relay_test
 
 import (
 	"bytes"
@@ -16,7 +16,7 @@ import (
 	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
 
-	"github.com/usagemeter/metering/internal/outbox"
+	"github.com/usagemeter/metering/internal/relay"
 	"github.com/usagemeter/metering/internal/testkit/kafkatest"
 	"github.com/usagemeter/metering/internal/testkit/pgtest"
 )
@@ -73,7 +73,7 @@ func TestMessageKafkaRefusesIsParkedAndNeverBlocksTheOthers(t *testing.T) {
 		name   string
 		broker []kfake.Opt
 		writer func(*kafka.Writer)
-		wrap   func(outbox.Writer) outbox.Writer
+		wrap   func(relay.Writer) relay.Writer
 		topic  string // of the refused message
 		value  []byte
 	}{
@@ -81,7 +81,7 @@ func TestMessageKafkaRefusesIsParkedAndNeverBlocksTheOthers(t *testing.T) {
 			topic: "usage.events.dlq", value: big},
 		{name: "over the writer's batch bytes", writer: func(w *kafka.Writer) { w.BatchBytes = 4096 },
 			topic: "usage.events.dlq", value: big},
-		{name: "invalid topic", wrap: func(w outbox.Writer) outbox.Writer { return refuseTopic{w, "no such topic!"} },
+		{name: "invalid topic", wrap: func(w relay.Writer) relay.Writer { return refuseTopic{w, "no such topic!"} },
 			topic: "no such topic!", value: []byte("{}")},
 	}
 	for _, tc := range tests {
@@ -91,7 +91,7 @@ func TestMessageKafkaRefusesIsParkedAndNeverBlocksTheOthers(t *testing.T) {
 			kc := kafkatest.Start(t, tc.broker...)
 			kc.CreateTopic(t, "quota.breaches", 1)
 			kc.CreateTopic(t, "usage.events.dlq", 1)
-			w := outbox.NewWriter(kc.Brokers())
+			w := relay.NewWriter(kc.Brokers())
 			defer w.Close()
 			if tc.writer != nil {
 				tc.writer(w)
@@ -105,13 +105,13 @@ func TestMessageKafkaRefusesIsParkedAndNeverBlocksTheOthers(t *testing.T) {
 			insert(t, db, "usage.events.dlq", "acme", []byte(`{}`), `{"id":"d1"}`)
 
 			reg := prometheus.NewRegistry()
-			var ow outbox.Writer = w
+			var ow relay.Writer = w
 			if tc.wrap != nil {
 				ow = tc.wrap(w)
 			}
 			var logged bytes.Buffer
-			relay := outbox.New(db.Pool, ow, slog.New(slog.NewJSONHandler(&logged, nil)), reg)
-			n, err := relay.PublishPending(ctx)
+			rl := relay.New(db.Pool, ow, slog.New(slog.NewJSONHandler(&logged, nil)), reg)
+			n, err := rl.PublishPending(ctx)
 			if err != nil || n != 3 {
 				t.Fatalf("PublishPending = %d, %v; want the 3 messages around the refused one", n, err)
 			}
@@ -121,7 +121,7 @@ func TestMessageKafkaRefusesIsParkedAndNeverBlocksTheOthers(t *testing.T) {
 			if got := headerValues(kafkatest.ReadAll(t, kc.Brokers(), "usage.events.dlq"), "id"); fmt.Sprint(got) != "[d1]" {
 				t.Errorf("usage.events.dlq got %v", got)
 			}
-			parked, err := outbox.Parked(ctx, db.Pool)
+			parked, err := relay.Parked(ctx, db.Pool)
 			if err != nil || len(parked) != 1 {
 				t.Fatalf("Parked = %+v, %v", parked, err)
 			}
@@ -142,20 +142,20 @@ func TestMessageKafkaRefusesIsParkedAndNeverBlocksTheOthers(t *testing.T) {
 				t.Errorf("no error logged for the parked message:\n%s", logged.String())
 			}
 			// Parked stays parked: the next round has nothing to do.
-			if n, err := relay.PublishPending(ctx); err != nil || n != 0 {
+			if n, err := rl.PublishPending(ctx); err != nil || n != 0 {
 				t.Fatalf("second round = %d, %v", n, err)
 			}
 			// On-call retries it: back in line, parked again by the next round.
-			if n, err := outbox.Unpark(ctx, db.Pool); err != nil || n != 1 {
+			if n, err := relay.Unpark(ctx, db.Pool); err != nil || n != 1 {
 				t.Fatalf("Unpark = %d, %v", n, err)
 			}
-			if p, _ := outbox.Parked(ctx, db.Pool); len(p) != 0 {
+			if p, _ := relay.Parked(ctx, db.Pool); len(p) != 0 {
 				t.Fatalf("still parked after Unpark: %+v", p)
 			}
-			if n, err := relay.PublishPending(ctx); err != nil || n != 0 {
+			if n, err := rl.PublishPending(ctx); err != nil || n != 0 {
 				t.Fatalf("round after Unpark = %d, %v", n, err)
 			}
-			if p, _ := outbox.Parked(ctx, db.Pool); len(p) != 1 || p[0].Attempts != 1 {
+			if p, _ := relay.Parked(ctx, db.Pool); len(p) != 1 || p[0].Attempts != 1 {
 				t.Fatalf("after Unpark and a round: %+v", p)
 			}
 		})
@@ -165,7 +165,7 @@ func TestMessageKafkaRefusesIsParkedAndNeverBlocksTheOthers(t *testing.T) {
 // refuseTopic answers as Apache Kafka does for a topic name it can never
 // create (kfake creates any name).
 type refuseTopic struct {
-	w     outbox.Writer
+	w     relay.Writer
 	topic string
 }
 
@@ -181,7 +181,7 @@ func (r refuseTopic) WriteMessages(ctx context.Context, msgs ...kafka.Message) e
 // failKey fails every message with key bad with a retriable error, as a
 // partition without a leader would, and writes the others.
 type failKey struct {
-	w   outbox.Writer
+	w   relay.Writer
 	bad string
 }
 
@@ -217,18 +217,18 @@ func TestMessageFailingMaxAttemptsIsParked(t *testing.T) {
 	t.Parallel()
 	db := pgtest.New(t)
 	kc := kafkatest.Start(t)
-	w := outbox.NewWriter(kc.Brokers())
+	w := relay.NewWriter(kc.Brokers())
 	defer w.Close()
 	ctx := context.Background()
-	relay := outbox.New(db.Pool, failKey{w, "bad"}, quiet, nil)
-	relay.SetRetry(3, 0)
+	rl := relay.New(db.Pool, failKey{w, "bad"}, quiet, nil)
+	rl.SetRetry(3, 0)
 	bad1 := insert(t, db, "quota.breaches", "bad", []byte("1"), `{}`)
 	bad2 := insert(t, db, "quota.breaches", "bad", []byte("2"), `{}`)
 	for round := 1; round <= 3; round++ {
 		// Kafka accepts another message in each round: the failures are
 		// the bad key's own.
 		insert(t, db, "quota.breaches", "acme", []byte("ok"), `{}`)
-		if n, err := relay.PublishPending(ctx); err != nil || n != 1 {
+		if n, err := rl.PublishPending(ctx); err != nil || n != 1 {
 			t.Fatalf("round %d: PublishPending = %d, %v", round, n, err)
 		}
 		for _, id := range []int64{bad1, bad2} {
@@ -238,7 +238,7 @@ func TestMessageFailingMaxAttemptsIsParked(t *testing.T) {
 			}
 		}
 	}
-	parked, err := outbox.Parked(ctx, db.Pool)
+	parked, err := relay.Parked(ctx, db.Pool)
 	if err != nil || len(parked) != 2 || parked[0].LastError == "" {
 		t.Fatalf("Parked = %+v, %v", parked, err)
 	}
@@ -248,10 +248,10 @@ func TestFailedMessageHoldsBackLaterMessagesOfItsKey(t *testing.T) {
 	t.Parallel()
 	db := pgtest.New(t)
 	kc := kafkatest.Start(t)
-	w := outbox.NewWriter(kc.Brokers())
+	w := relay.NewWriter(kc.Brokers())
 	defer w.Close()
 	ctx := context.Background()
-	flaky := outbox.New(db.Pool, failKey{w, "acme"}, quiet, nil)
+	flaky := relay.New(db.Pool, failKey{w, "acme"}, quiet, nil)
 	flaky.SetRetry(10, time.Hour)
 	first := insert(t, db, "quota.breaches", "acme", []byte("1"), `{}`)
 	insert(t, db, "quota.breaches", "globex", []byte("g"), `{}`)
@@ -262,15 +262,15 @@ func TestFailedMessageHoldsBackLaterMessagesOfItsKey(t *testing.T) {
 	// the next acme message must not overtake it.
 	second := insert(t, db, "quota.breaches", "acme", []byte("2"), `{}`)
 	insert(t, db, "quota.breaches", "globex", []byte("g"), `{}`)
-	relay := outbox.New(db.Pool, w, quiet, nil)
-	if n, err := relay.PublishPending(ctx); err != nil || n != 1 {
+	rl := relay.New(db.Pool, w, quiet, nil)
+	if n, err := rl.PublishPending(ctx); err != nil || n != 1 {
 		t.Fatalf("PublishPending = %d, %v", n, err)
 	}
 	if _, published, _ := pendingAttempts(t, db, second); published {
 		t.Fatal("a later message of the key overtook the one waiting for its retry")
 	}
 	db.Exec(t, `UPDATE outbox SET retry_at = now() WHERE id = $1`, first)
-	if n, err := relay.PublishPending(ctx); err != nil || n != 2 {
+	if n, err := rl.PublishPending(ctx); err != nil || n != 2 {
 		t.Fatalf("after the retry delay: PublishPending = %d, %v", n, err)
 	}
 	var acme []string
@@ -288,18 +288,18 @@ func TestFailingKeyNeverHidesTheOtherKeys(t *testing.T) {
 	t.Parallel()
 	db := pgtest.New(t)
 	kc := kafkatest.Start(t)
-	w := outbox.NewWriter(kc.Brokers())
+	w := relay.NewWriter(kc.Brokers())
 	defer w.Close()
 	ctx := context.Background()
 	// More rows of the failing key than one round takes, then another key.
 	db.Exec(t, `INSERT INTO outbox (topic, msg_key, msg_value) SELECT 'quota.breaches', 'bad', g::text::bytea FROM generate_series(1, 600) g`)
 	acme := insert(t, db, "quota.breaches", "acme", []byte("ok"), `{}`)
-	relay := outbox.New(db.Pool, failKey{w, "bad"}, quiet, nil)
-	relay.SetRetry(3, time.Hour)
-	if _, err := relay.PublishPending(ctx); err == nil {
+	rl := relay.New(db.Pool, failKey{w, "bad"}, quiet, nil)
+	rl.SetRetry(3, time.Hour)
+	if _, err := rl.PublishPending(ctx); err == nil {
 		t.Fatal("a round in which every message failed reported no error")
 	}
-	if n, err := relay.PublishPending(ctx); err != nil || n != 1 {
+	if n, err := rl.PublishPending(ctx); err != nil || n != 1 {
 		t.Fatalf("next round = %d, %v; want acme's message", n, err)
 	}
 	if _, published, _ := pendingAttempts(t, db, acme); !published {
@@ -313,10 +313,10 @@ func TestKafkaOutageParksNothing(t *testing.T) {
 	ctx := context.Background()
 	id := insert(t, db, "quota.breaches", "acme", []byte("1"), `{}`)
 	reg := prometheus.NewRegistry()
-	relay := outbox.New(db.Pool, down{}, quiet, reg)
-	relay.SetRetry(1, 0)
+	rl := relay.New(db.Pool, down{}, quiet, reg)
+	rl.SetRetry(1, 0)
 	for range 3 {
-		if _, err := relay.PublishPending(ctx); err == nil {
+		if _, err := rl.PublishPending(ctx); err == nil {
 			t.Fatal("PublishPending with Kafka down succeeded")
 		}
 	}
@@ -342,14 +342,14 @@ func TestRoundsOfRelaysNeverOverlap(t *testing.T) {
 	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(1869968482, 1)`); err != nil {
 		t.Fatal(err)
 	}
-	if n, err := outbox.New(db.Pool, down{}, quiet, nil).PublishPending(ctx); err != nil || n != 0 {
+	if n, err := relay.New(db.Pool, down{}, quiet, nil).PublishPending(ctx); err != nil || n != 0 {
 		t.Fatalf("PublishPending during another relay's round = %d, %v; want 0, nil without writing", n, err)
 	}
 }
 
 // slowWriter takes its time, as a broker across a network does, so that
 // relays' rounds would overlap if they could.
-type slowWriter struct{ w outbox.Writer }
+type slowWriter struct{ w relay.Writer }
 
 func (s slowWriter) WriteMessages(ctx context.Context, msgs ...kafka.Message) error {
 	time.Sleep(20 * time.Millisecond)
@@ -390,10 +390,10 @@ func TestTwoRelaysPublishEachRowOnceInKeyOrder(t *testing.T) {
 	write(perTx)
 	var wg sync.WaitGroup
 	for range 2 {
-		w := outbox.NewWriter(kc.Brokers())
+		w := relay.NewWriter(kc.Brokers())
 		defer w.Close()
-		relay := outbox.New(db.Pool, slowWriter{w}, quiet, nil)
-		wg.Go(func() { _ = relay.Run(ctx) })
+		rl := relay.New(db.Pool, slowWriter{w}, quiet, nil)
+		wg.Go(func() { _ = rl.Run(ctx) })
 	}
 	defer func() { cancel(); wg.Wait() }()
 	for range (rows - perTx) / 20 {

@@ -14,7 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/usagemeter/metering/internal/outbox"
+	"github.com/usagemeter/metering/internal/storage/outbox"
 	"github.com/usagemeter/metering/internal/testkit/pgtest"
 )
 
@@ -171,7 +171,7 @@ func rows(t *testing.T, pool *pgxpool.Pool) []stored {
 // its channel.
 func TestOnlyEnqueueWritesTheOutbox(t *testing.T) {
 	t.Parallel()
-	root, err := filepath.Abs("../..")
+	root, err := filepath.Abs("../../..")
 	if err != nil {
 		t.Fatal(err)
 	}

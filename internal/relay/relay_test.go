@@ -1,4 +1,4 @@
-package outbox_test
+package relay_test
 
 import (
 	"context"
@@ -9,14 +9,14 @@ import (
 
 	"github.com/segmentio/kafka-go"
 
-	"github.com/usagemeter/metering/internal/outbox"
+	"github.com/usagemeter/metering/internal/relay"
 	"github.com/usagemeter/metering/internal/testkit/kafkatest"
 	"github.com/usagemeter/metering/internal/testkit/pgtest"
 )
 
 // crashAfterWrite publishes, then fails as a process dying before it marks
 // the rows would.
-type crashAfterWrite struct{ w outbox.Writer }
+type crashAfterWrite struct{ w relay.Writer }
 
 func (c crashAfterWrite) WriteMessages(ctx context.Context, msgs ...kafka.Message) error {
 	if err := c.w.WriteMessages(ctx, msgs...); err != nil {
@@ -39,28 +39,28 @@ func TestAtLeastOnceAcrossCrashes(t *testing.T) {
 		('quota.breaches', 'acme', '{"breach_id":"b1"}', '{"breach-id":"b1"}'),
 		('quota.breaches', 'acme', '{"breach_id":"b2"}', '{"breach-id":"b2"}')`)
 	quiet := slog.New(slog.DiscardHandler)
-	w := outbox.NewWriter(kc.Brokers())
+	w := relay.NewWriter(kc.Brokers())
 	defer w.Close()
 
-	relay := func(w outbox.Writer) *outbox.Relay {
-		r := outbox.New(db.Pool, w, quiet, nil)
-		r.SetRetry(outbox.DefaultMaxAttempts, 0) // retry at once
+	newRelay := func(w relay.Writer) *relay.Relay {
+		r := relay.New(db.Pool, w, quiet, nil)
+		r.SetRetry(relay.DefaultMaxAttempts, 0) // retry at once
 		return r
 	}
 	// Kafka down: nothing published, nothing marked.
-	if _, err := relay(down{}).PublishPending(ctx); err == nil {
+	if _, err := newRelay(down{}).PublishPending(ctx); err == nil {
 		t.Fatal("PublishPending with Kafka down succeeded")
 	}
 	// Published, then a crash before marking: the rows stay pending.
-	if _, err := relay(crashAfterWrite{w}).PublishPending(ctx); err == nil {
+	if _, err := newRelay(crashAfterWrite{w}).PublishPending(ctx); err == nil {
 		t.Fatal("crash not reported")
 	}
 	// The restarted relay publishes them again and marks them.
-	n, err := relay(w).PublishPending(ctx)
+	n, err := newRelay(w).PublishPending(ctx)
 	if err != nil || n != 2 {
 		t.Fatalf("PublishPending = %d, %v", n, err)
 	}
-	if n, _ := outbox.New(db.Pool, w, quiet, nil).PublishPending(ctx); n != 0 {
+	if n, _ := relay.New(db.Pool, w, quiet, nil).PublishPending(ctx); n != 0 {
 		t.Fatalf("published %d rows twice after marking", n)
 	}
 	msgs := kafkatest.ReadAll(t, kc.Brokers(), "quota.breaches")
@@ -90,11 +90,11 @@ func TestRunWakesOnNotify(t *testing.T) {
 	db := pgtest.New(t)
 	kc := kafkatest.Start(t)
 	kc.CreateTopic(t, "quota.breaches", 1)
-	w := outbox.NewWriter(kc.Brokers())
+	w := relay.NewWriter(kc.Brokers())
 	defer w.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- outbox.New(db.Pool, w, slog.New(slog.DiscardHandler), nil).Run(ctx) }()
+	go func() { done <- relay.New(db.Pool, w, slog.New(slog.DiscardHandler), nil).Run(ctx) }()
 	db.Exec(t, `INSERT INTO outbox (topic, msg_key, msg_value) VALUES ('quota.breaches', 'acme', 'x')`)
 	db.Exec(t, `SELECT pg_notify('outbox', '')`)
 	for range 200 {

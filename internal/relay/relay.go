@@ -1,8 +1,9 @@
-// Package outbox publishes to Kafka the messages other transactions queued
+// Package relay publishes to Kafka the messages other transactions queued
+// in the outbox (internal/storage/outbox)
 // (quota breaches, dead letters, DLQ replays, billing dead letters).
 //
-// Invariant: Enqueue is the only way in. It writes the rows and notifies
-// Channel, in the caller's transaction, so a message is published if and
+// Invariant: outbox.Enqueue is the only way in. It writes the rows and notifies
+// outbox.Channel, in the caller's transaction, so a message is published if and
 // only if the transaction that queued it commits.
 //
 // Invariant: at-least-once. A row is marked published only after Kafka
@@ -28,13 +29,14 @@
 // insert, not at commit: the order holds for rows of a topic and key that
 // one writer at a time commits (a tenant's breaches and dead letters come
 // from the one consumer owning its partition).
-package outbox
+package relay
 
 import (
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/usagemeter/metering/internal/storage/outbox"
 	"log/slog"
 	"maps"
 	"slices"
@@ -45,9 +47,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/segmentio/kafka-go"
 )
-
-// Channel is the Postgres NOTIFY channel that wakes the relay.
-const Channel = "outbox"
 
 // The round lock: a two-key transaction-level advisory lock ("outb", 1).
 const (
@@ -144,10 +143,10 @@ func (r *Relay) listen(ctx context.Context) error {
 		return fmt.Errorf("connecting: %w", err)
 	}
 	defer conn.Release()
-	if _, err := conn.Exec(ctx, "LISTEN "+Channel); err != nil {
+	if _, err := conn.Exec(ctx, "LISTEN "+outbox.Channel); err != nil {
 		return fmt.Errorf("listening: %w", err)
 	}
-	defer func() { _, _ = conn.Exec(context.WithoutCancel(ctx), "UNLISTEN "+Channel) }()
+	defer func() { _, _ = conn.Exec(context.WithoutCancel(ctx), "UNLISTEN "+outbox.Channel) }()
 	for {
 		for {
 			n, err := r.PublishPending(ctx)
@@ -489,8 +488,7 @@ func Unpark(ctx context.Context, pool *pgxpool.Pool, ids ...int64) (int64, error
 			return fmt.Errorf("unparking outbox rows: %w", err)
 		}
 		n = tag.RowsAffected()
-		_, err = tx.Exec(ctx, `SELECT pg_notify($1, '')`, Channel)
-		return err
+		return outbox.Wake(ctx, tx)
 	})
 	return n, err
 }

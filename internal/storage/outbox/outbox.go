@@ -8,6 +8,9 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
+// Channel is the Postgres NOTIFY channel that wakes the relays.
+const Channel = "outbox"
+
 // Message is a Kafka message to publish once the transaction that queued
 // it commits.
 type Message struct {
@@ -57,6 +60,15 @@ func Enqueue(ctx context.Context, tx Execer, msgs ...Message) error {
 		SELECT pg_notify($5, '')`,
 		ts, ks, vs, hs, Channel); err != nil {
 		return fmt.Errorf("writing outbox: %w", err)
+	}
+	return nil
+}
+
+// Wake notifies Channel when tx commits, without queueing anything: the
+// relays look again at rows made eligible some other way (unparked).
+func Wake(ctx context.Context, tx Execer) error {
+	if _, err := tx.Exec(ctx, `SELECT pg_notify($1, '')`, Channel); err != nil {
+		return fmt.Errorf("waking the outbox relays: %w", err)
 	}
 	return nil
 }
