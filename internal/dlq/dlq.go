@@ -21,7 +21,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/usagemeter/metering/internal/dlqaudit"
+	"github.com/usagemeter/metering/internal/storage/deadletters"
 	"github.com/usagemeter/metering/internal/storage/outbox"
 	"github.com/usagemeter/metering/internal/topics"
 )
@@ -91,9 +91,7 @@ func printable(b []byte) (string, bool) {
 
 // ErrNothingPending is returned when none of the records named by id is
 // pending. --all on an empty queue is not an error: it does nothing.
-var ErrNothingPending = dlqaudit.ErrNoneWaiting
-
-var queue = dlqaudit.Queue{Name: "usage", Table: "usage_dlq", Stamp: "resolved_at", Dead: "pending"}
+var ErrNothingPending = deadletters.ErrNoneWaiting
 
 // Replay queues the pending records ids (all pending ones when all is
 // true) for usage.events through the outbox, marks them replayed and
@@ -133,7 +131,7 @@ func (q *Queue) resolve(ctx context.Context, action, status string, ids []int64,
 	var done []int64
 	err := pgx.BeginFunc(ctx, q.pool, func(tx pgx.Tx) error {
 		var err error
-		done, err = queue.Apply(ctx, tx, dlqaudit.Change{Action: action, To: status, IDs: ids, All: all, Actor: actor, Note: note})
+		done, err = deadletters.Apply(ctx, tx, deadletters.UsageQueue, deadletters.MoveUsage, deadletters.Change{Action: action, To: status, IDs: ids, All: all, Actor: actor, Note: note})
 		if err != nil || len(done) == 0 || also == nil {
 			return err
 		}

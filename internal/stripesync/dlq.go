@@ -8,7 +8,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/usagemeter/metering/internal/dlqaudit"
+	"github.com/usagemeter/metering/internal/storage/billingdata"
+	"github.com/usagemeter/metering/internal/storage/deadletters"
 )
 
 // DeadPush is a push in the billing dead-letter queue.
@@ -54,9 +55,7 @@ func (b *Biller) DeadLetters(ctx context.Context) ([]DeadPush, error) {
 }
 
 // ErrNotDead is returned for a push that is not in the DLQ.
-var ErrNotDead = dlqaudit.ErrNoneWaiting
-
-var deadQueue = dlqaudit.Queue{Name: "billing", Table: "billing_pushes", Stamp: "updated_at", Dead: "dead"}
+var ErrNotDead = deadletters.ErrNoneWaiting
 
 // DeadLetter returns one push of the DLQ (or one that left it).
 func (b *Biller) DeadLetter(ctx context.Context, id int64) (DeadPush, error) {
@@ -99,7 +98,7 @@ func (b *Biller) resolveDead(ctx context.Context, ids []int64, all bool, action,
 	var picked []int64
 	err := pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
 		var err error
-		picked, err = deadQueue.Apply(ctx, tx, dlqaudit.Change{Action: action, To: status, IDs: ids, All: all, Actor: actor, Note: note})
+		picked, err = deadletters.Apply(ctx, tx, deadletters.BillingQueue, billingdata.MoveDead, deadletters.Change{Action: action, To: status, IDs: ids, All: all, Actor: actor, Note: note})
 		return err
 	})
 	return picked, err

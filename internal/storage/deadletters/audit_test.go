@@ -1,4 +1,4 @@
-package dlqaudit_test
+package deadletters_test
 
 import (
 	"context"
@@ -8,27 +8,25 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/usagemeter/metering/internal/dlqaudit"
+	"github.com/usagemeter/metering/internal/storage/deadletters"
 	"github.com/usagemeter/metering/internal/testkit/pgtest"
 )
-
-var usage = dlqaudit.Queue{Name: "usage", Table: "usage_dlq", Stamp: "resolved_at", Dead: "pending"}
 
 func TestApply(t *testing.T) {
 	tests := []struct {
 		name       string
-		change     dlqaudit.Change
+		change     deadletters.Change
 		wantMoved  string
 		wantErr    error // errors.Is target; nil for success
 		anyErr     bool  // some error that is not a sentinel
 		wantAudits int
 	}{
-		{"named ids", dlqaudit.Change{Action: "discard", To: "discarded", IDs: []int64{3, 1}, Actor: "oncall", Note: "bad client"}, "[1 3]", nil, false, 1},
-		{"all waiting ones, skipping resolved", dlqaudit.Change{Action: "replay", To: "replayed", All: true, Actor: "oncall"}, "[1 2 3]", nil, false, 1},
-		{"an id that is not waiting", dlqaudit.Change{Action: "replay", To: "replayed", IDs: []int64{4}, Actor: "oncall"}, "[]", dlqaudit.ErrNoneWaiting, false, 0},
-		{"an id that does not exist", dlqaudit.Change{Action: "replay", To: "replayed", IDs: []int64{99}, Actor: "oncall"}, "[]", dlqaudit.ErrNoneWaiting, false, 0},
-		{"no actor", dlqaudit.Change{Action: "replay", To: "replayed", All: true}, "[]", nil, true, 0},
-		{"neither ids nor all", dlqaudit.Change{Action: "replay", To: "replayed", Actor: "oncall"}, "[]", nil, true, 0},
+		{"named ids", deadletters.Change{Action: "discard", To: "discarded", IDs: []int64{3, 1}, Actor: "oncall", Note: "bad client"}, "[1 3]", nil, false, 1},
+		{"all waiting ones, skipping resolved", deadletters.Change{Action: "replay", To: "replayed", All: true, Actor: "oncall"}, "[1 2 3]", nil, false, 1},
+		{"an id that is not waiting", deadletters.Change{Action: "replay", To: "replayed", IDs: []int64{4}, Actor: "oncall"}, "[]", deadletters.ErrNoneWaiting, false, 0},
+		{"an id that does not exist", deadletters.Change{Action: "replay", To: "replayed", IDs: []int64{99}, Actor: "oncall"}, "[]", deadletters.ErrNoneWaiting, false, 0},
+		{"no actor", deadletters.Change{Action: "replay", To: "replayed", All: true}, "[]", nil, true, 0},
+		{"neither ids nor all", deadletters.Change{Action: "replay", To: "replayed", Actor: "oncall"}, "[]", nil, true, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -42,7 +40,7 @@ func TestApply(t *testing.T) {
 			var moved []int64
 			err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
 				var err error
-				moved, err = usage.Apply(ctx, tx, tt.change)
+				moved, err = deadletters.Apply(ctx, tx, deadletters.UsageQueue, deadletters.MoveUsage, tt.change)
 				return err
 			})
 			switch {
@@ -72,7 +70,7 @@ func TestApplyAllOnEmptyQueue(t *testing.T) {
 	db := pgtest.New(t)
 	ctx := context.Background()
 	err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
-		moved, err := usage.Apply(ctx, tx, dlqaudit.Change{Action: "replay", To: "replayed", All: true, Actor: "oncall"})
+		moved, err := deadletters.Apply(ctx, tx, deadletters.UsageQueue, deadletters.MoveUsage, deadletters.Change{Action: "replay", To: "replayed", All: true, Actor: "oncall"})
 		if len(moved) != 0 {
 			t.Errorf("moved %v from an empty queue", moved)
 		}
