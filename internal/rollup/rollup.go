@@ -42,6 +42,7 @@ import (
 
 	"github.com/usagemeter/metering/events"
 	"github.com/usagemeter/metering/internal/quota"
+	"github.com/usagemeter/metering/internal/record"
 	"github.com/usagemeter/metering/internal/windows"
 )
 
@@ -49,23 +50,12 @@ import (
 // started: another consumer owns the partition now.
 var ErrFenced = errors.New("partition offset moved: another consumer owns this partition")
 
-// Record is one message of usage.events. Key, Value and Headers may hold
+// Record is one record of usage.events. Key, Value and Headers may hold
 // any bytes at all; a nil Value is a tombstone.
-type Record struct {
-	Partition int
-	Offset    int64
-	Key       []byte
-	Value     []byte
-	Headers   []Header
-	// Time is the broker's timestamp of the record.
-	Time time.Time
-}
+type Record = record.Record
 
 // Header is one record header, kept byte for byte in dead letters.
-type Header struct {
-	Key   string
-	Value []byte
-}
+type Header = record.Header
 
 // Config of an Aggregator.
 type Config struct {
