@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -13,41 +12,11 @@ import (
 )
 
 // DeadPush is a push in the billing dead-letter queue.
-type DeadPush struct {
-	ID          int64     `json:"id"`
-	Tenant      string    `json:"tenant"`
-	Metric      string    `json:"metric"`
-	Period      string    `json:"period"`
-	Value       string    `json:"value"`
-	Cumulative  string    `json:"cumulative_total"`
-	Identifier  string    `json:"identifier"`
-	EventName   string    `json:"event_name"`
-	Customer    string    `json:"stripe_customer_id"`
-	Attempts    int       `json:"attempts"`
-	LastError   string    `json:"last_error"`
-	Status      string    `json:"status"`
-	DeadSince   time.Time `json:"dead_since"`
-	EventTime   time.Time `json:"event_timestamp"`
-	CarriedLate bool      `json:"carried"`
-}
-
-const deadColumns = `id, tenant, metric, to_char(period_start AT TIME ZONE 'UTC', 'YYYY-MM'), delta::text, cumulative_total::text,
-	identifier, event_name, stripe_customer_id, attempts, last_error, status, updated_at, event_timestamp, carried`
-
-func scanDead(r pgx.CollectableRow) (DeadPush, error) {
-	var d DeadPush
-	err := r.Scan(&d.ID, &d.Tenant, &d.Metric, &d.Period, &d.Value, &d.Cumulative, &d.Identifier, &d.EventName, &d.Customer,
-		&d.Attempts, &d.LastError, &d.Status, &d.DeadSince, &d.EventTime, &d.CarriedLate)
-	return d, err
-}
+type DeadPush = billingdata.DeadPush
 
 // DeadLetters lists the pushes waiting in the billing DLQ, oldest first.
 func (b *Biller) DeadLetters(ctx context.Context) ([]DeadPush, error) {
-	rows, err := b.pool.Query(ctx, `SELECT `+deadColumns+` FROM billing_pushes WHERE status = 'dead' ORDER BY id`)
-	if err != nil {
-		return nil, fmt.Errorf("listing the billing DLQ: %w", err)
-	}
-	ds, err := pgx.CollectRows(rows, scanDead)
+	ds, err := billingdata.DeadPushes(ctx, b.pool)
 	if err != nil {
 		return nil, fmt.Errorf("listing the billing DLQ: %w", err)
 	}
@@ -59,15 +28,14 @@ var ErrNotDead = deadletters.ErrNoneWaiting
 
 // DeadLetter returns one push of the DLQ (or one that left it).
 func (b *Biller) DeadLetter(ctx context.Context, id int64) (DeadPush, error) {
-	rows, err := b.pool.Query(ctx, `SELECT `+deadColumns+` FROM billing_pushes WHERE id = $1`, id)
+	d, err := billingdata.DeadPushByID(ctx, b.pool, id)
+	if errors.Is(err, billingdata.ErrNoPush) {
+		return DeadPush{}, fmt.Errorf("push %d: %w", id, ErrNotDead)
+	}
 	if err != nil {
 		return DeadPush{}, fmt.Errorf("reading push %d: %w", id, err)
 	}
-	d, err := pgx.CollectExactlyOneRow(rows, scanDead)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return DeadPush{}, fmt.Errorf("push %d: %w", id, ErrNotDead)
-	}
-	return d, err
+	return d, nil
 }
 
 // Replay re-sends the dead pushes ids (every one with all) and audits it.
@@ -83,7 +51,7 @@ func (b *Biller) Replay(ctx context.Context, ids []int64, all bool, actor string
 	if err != nil || len(picked) == 0 {
 		return SendResult{}, err
 	}
-	return b.send(ctx, nil, `id = ANY($1) AND status = 'intent'`, picked)
+	return b.send(ctx, nil, intentsByID(picked))
 }
 
 // Discard closes dead pushes without sending them: their usage stays

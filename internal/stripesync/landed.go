@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgtype"
 
+	"github.com/usagemeter/metering/internal/storage/billingdata"
 	"github.com/usagemeter/metering/internal/usage"
 	"github.com/usagemeter/metering/internal/windows"
 )
@@ -197,24 +197,15 @@ func (b *Biller) splitGroup(all []groupRow, now time.Time) (known, open *big.Int
 // readGroup reads and locks every push of g that may count towards its
 // summary: open, sent, and cancelled ones.
 func (b *Biller) readGroup(ctx context.Context, tx pgx.Tx, g group) ([]groupRow, error) {
-	rows, err := tx.Query(ctx, `SELECT p.id, p.tenant, p.metric, p.status, p.identifier, p.cumulative_total::text, p.delta, p.period_start,
-				p.event_timestamp, p.sent_at, (p.status = 'cancelled' AND p.updated_at > now() - $4::interval),
-				EXISTS (SELECT 1 FROM billing_periods bp WHERE bp.tenant = p.tenant AND bp.period_start = p.billed_period_start)
-			FROM billing_pushes p
-			WHERE p.stripe_customer_id = $1 AND p.event_name = $2 AND p.billed_period_start = $3 AND p.status IN ('intent', 'dead', 'sent', 'cancelled')
-			ORDER BY p.id FOR UPDATE`, g.customer, g.eventName, g.billed, b.cfg.SummaryLag.String())
+	rows, err := billingdata.LockGroupPushes(ctx, tx, g.customer, g.eventName, g.billed, b.cfg.SummaryLag)
 	if err != nil {
 		return nil, fmt.Errorf("reading the group's pushes: %w", err)
 	}
-	all, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (groupRow, error) {
-		var x groupRow
-		var delta pgtype.Numeric
-		err := r.Scan(&x.id, &x.tenant, &x.metric, &x.status, &x.identifier, &x.cumulative, &delta, &x.period, &x.ts, &x.sentAt, &x.recentlyCancelled, &x.isFinal)
-		x.delta = usage.NumericInt(delta)
-		return x, err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("reading the group's pushes: %w", err)
+	all := make([]groupRow, len(rows))
+	for i, r := range rows {
+		all[i] = groupRow{id: r.ID, tenant: r.Tenant, metric: r.Metric, status: r.Status, identifier: r.Identifier, cumulative: r.Cumulative,
+			delta: usage.NumericInt(r.Delta), period: r.Period, ts: r.EventTime, sentAt: r.SentAt,
+			recentlyCancelled: r.RecentlyCancelled, isFinal: r.PeriodIsClosed}
 	}
 	return all, nil
 }
@@ -233,8 +224,7 @@ func (b *Biller) settleOpens(ctx context.Context, tx pgx.Tx, g group, opens []gr
 		}
 		remaining.Sub(remaining, part)
 		if part.Cmp(x.delta) == 0 {
-			if _, err := tx.Exec(ctx, `UPDATE billing_pushes SET status = 'sent', sent_at = $2, updated_at = now(),
-					last_error = $3 WHERE id = $1`, x.id, now,
+			if err := billingdata.MarkLanded(ctx, tx, x.id, now,
 				fmt.Sprintf("landed: not sent again; Stripe's summary of %s at %s showed it had arrived (summary %d, sent before %s)",
 					g, now.Format(time.RFC3339), summary, known)); err != nil {
 				return nil, 0, 0, fmt.Errorf("marking push %d landed: %w", x.id, err)
@@ -258,16 +248,13 @@ func (b *Biller) settleOpens(ctx context.Context, tx pgx.Tx, g group, opens []gr
 func (b *Biller) replace(ctx context.Context, tx pgx.Tx, x groupRow, arrived *big.Int, g group, summary int64, now time.Time) ([]int64, error) {
 	short := new(big.Int).Sub(x.delta, arrived)
 	shortID := derivedIdentifier("shortfall", x.identifier, short.String())
-	if _, err := tx.Exec(ctx, `UPDATE billing_pushes SET status = 'cancelled', updated_at = now(), last_error = $2 WHERE id = $1`, x.id,
+	if err := billingdata.CancelReplaced(ctx, tx, x.id,
 		fmt.Sprintf("replaced: first attempted more than %s ago, so Stripe may have forgotten its identifier; its summary of %s at %s "+
 			"showed %s of its %s had arrived; the missing %s goes as push %s", DedupHorizon, g, now.Format(time.RFC3339), arrived, x.delta, short, shortID)); err != nil {
 		return nil, fmt.Errorf("cancelling push %d: %w", x.id, err)
 	}
 	if arrived.Sign() > 0 {
-		if _, err := tx.Exec(ctx, `INSERT INTO billing_pushes (tenant, metric, period_start, billed_period_start, stripe_customer_id, event_name,
-				cumulative_total, delta, identifier, event_timestamp, status, sent_at, last_error, created_at)
-			SELECT tenant, metric, period_start, billed_period_start, stripe_customer_id, event_name, cumulative_total, $2::numeric, $3, event_timestamp,
-				'sent', $4, $5, $4 FROM billing_pushes WHERE id = $1`, x.id, arrived.String(), derivedIdentifier("landed", x.identifier, arrived.String()), now,
+		if err := billingdata.InsertLandedPart(ctx, tx, x.id, arrived.String(), derivedIdentifier("landed", x.identifier, arrived.String()), now,
 			fmt.Sprintf("landed: the part of push %s that Stripe's summary showed had arrived", x.identifier)); err != nil {
 			return nil, fmt.Errorf("recording the landed part of push %d: %w", x.id, err)
 		}
@@ -279,17 +266,15 @@ func (b *Biller) replace(ctx context.Context, tx pgx.Tx, x groupRow, arrived *bi
 	if x.isFinal || x.ts.Before(now.Add(-35*24*time.Hour+time.Hour)) {
 		ts, billed, carried = now, windows.Month.Start(now), true
 	}
-	var id int64
-	err := tx.QueryRow(ctx, `INSERT INTO billing_pushes (tenant, metric, period_start, billed_period_start, stripe_customer_id, event_name,
-			cumulative_total, delta, identifier, event_timestamp, carried, last_error, created_at, updated_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7::numeric, $8::numeric, $9, $10, $11, $12, $13, $13) ON CONFLICT (identifier) DO NOTHING RETURNING id`,
-		x.tenant, x.metric, x.period, billed, g.customer, g.eventName, x.cumulative, short.String(), shortID, ts, carried,
-		fmt.Sprintf("shortfall of push %s (%s of %s missing from Stripe's summary %d)", x.identifier, short, x.delta, summary), now).Scan(&id)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, nil // recorded by an earlier resolution
-	}
+	id, inserted, err := billingdata.InsertShortfall(ctx, tx, billingdata.Intent{Tenant: x.tenant, Metric: x.metric, Period: x.period, Billed: billed,
+		Customer: g.customer, EventName: g.eventName, Cumulative: x.cumulative, Delta: short.String(), Identifier: shortID,
+		EventTime: ts, Carried: carried, CreatedAt: now},
+		fmt.Sprintf("shortfall of push %s (%s of %s missing from Stripe's summary %d)", x.identifier, short, x.delta, summary))
 	if err != nil {
 		return nil, fmt.Errorf("recording the shortfall of push %d: %w", x.id, err)
+	}
+	if !inserted {
+		return nil, nil // recorded by an earlier resolution
 	}
 	return []int64{id}, nil
 }

@@ -3,10 +3,11 @@ package stripesync
 import (
 	"context"
 	"fmt"
-	"hash/fnv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/usagemeter/metering/internal/storage/billingdata"
 )
 
 // Replicas. Several billers may run against one database (replicas, a
@@ -26,14 +27,8 @@ import (
 // two billers cannot deadlock. Sends need no lock: a push is sent under
 // its deterministic identifier, which Stripe dedups for 24 hours, and its
 // sent_at is stamped before each call (see landed.go for why).
-const (
-	pairLockSpace  int32 = 0x62706169 // "bpai"
-	groupLockSpace int32 = 0x62677270 // "bgrp"
-)
-
-func pairKey(tenant, metric string, period time.Time) int32 {
-	return lockKey(tenant + "\x00" + metric + "\x00" + period.UTC().Format(time.RFC3339))
-}
+// The locks themselves, their spaces and keys, are billingdata's
+// (QueueLockPair, QueueLockGroup, LockGroup).
 
 // group is what one Stripe event summary covers.
 type group struct {
@@ -45,21 +40,7 @@ func (g group) String() string {
 	return fmt.Sprintf("%s/%s/%s", g.customer, g.eventName, g.billed.UTC().Format("2006-01"))
 }
 
-func (g group) key() int32 {
-	return lockKey(g.customer + "\x00" + g.eventName + "\x00" + g.billed.UTC().Format(time.RFC3339))
-}
-
+// lockGroup takes g's lock in tx, until tx ends.
 func lockGroup(ctx context.Context, tx pgx.Tx, g group) error {
-	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1, $2)`, groupLockSpace, g.key()); err != nil {
-		return fmt.Errorf("locking Stripe group %s: %w", g, err)
-	}
-	return nil
-}
-
-// lockKey hashes key into the second half of a two-key advisory lock; a
-// collision only makes two unrelated pairs or groups wait for each other.
-func lockKey(key string) int32 {
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(key))
-	return int32(h.Sum32())
+	return billingdata.LockGroup(ctx, tx, g.customer, g.eventName, g.billed)
 }

@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgtype"
 
+	"github.com/usagemeter/metering/internal/storage/billingdata"
 	"github.com/usagemeter/metering/internal/usage"
 	"github.com/usagemeter/metering/internal/windows"
 )
@@ -120,42 +120,18 @@ type periodRow struct {
 // readPeriod reads, for every tenant and metric with usage or pushes in
 // the month starting at period, the metered total and the pushes' sums.
 func (b *Biller) readPeriod(ctx context.Context, period time.Time) ([]periodRow, error) {
-	rows, err := b.pool.Query(ctx, `WITH keys AS (
-			SELECT t.tenant, q.metric, coalesce(t.stripe_customer_id, '') AS customer, q.stripe_event_name
-			FROM tenants t JOIN plan_quotas q ON q.plan = t.plan
-		), pushes AS (
-			SELECT tenant, metric,
-				sum(delta) FILTER (WHERE period_start = $1 AND status = 'sent') AS reported,
-				sum(delta) FILTER (WHERE period_start = $1 AND status IN ('intent', 'dead')) AS in_flight,
-				count(*) FILTER (WHERE period_start = $1 AND status = 'dead') AS dead,
-				sum(delta) FILTER (WHERE period_start = $1 AND status = 'discarded') AS discarded,
-				sum(delta) FILTER (WHERE period_start = $1 AND status = 'sent' AND billed_period_start <> $1) AS carried_out,
-				sum(delta) FILTER (WHERE billed_period_start = $1 AND period_start <> $1 AND status = 'sent') AS carried_in,
-				max(sent_at) FILTER (WHERE billed_period_start = $1) AS last_sent
-			FROM billing_pushes WHERE period_start = $1 OR billed_period_start = $1 GROUP BY 1, 2
-		)
-		SELECT k.tenant, k.metric, k.customer, k.stripe_event_name, coalesce(w.value, 0),
-			coalesce(p.reported, 0), coalesce(p.in_flight, 0), coalesce(p.dead, 0), coalesce(p.discarded, 0), coalesce(p.carried_out, 0), coalesce(p.carried_in, 0), p.last_sent
-		FROM keys k
-		LEFT JOIN usage_windows w ON w.tenant = k.tenant AND w.metric = k.metric AND w.granularity = 'month' AND w.window_start = $1
-		LEFT JOIN pushes p ON p.tenant = k.tenant AND p.metric = k.metric
-		WHERE w.tenant IS NOT NULL OR p.tenant IS NOT NULL
-		ORDER BY 1, 2`, period)
+	rows, err := billingdata.PeriodTotals(ctx, b.pool, period)
 	if err != nil {
 		return nil, fmt.Errorf("reading the period's usage and pushes: %w", err)
 	}
-	raws, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (periodRow, error) {
-		var x periodRow
-		var metered, reported, inFlight, discarded, out, in pgtype.Numeric
-		err := r.Scan(&x.Tenant, &x.Metric, &x.customer, &x.eventName, &metered, &reported, &inFlight, &x.dead, &discarded, &out, &in, &x.lastSent)
-		x.discarded = usage.NumericInt(discarded)
-		x.Metered, x.Reported, x.InFlight = usage.NumericInt(metered), usage.NumericInt(reported), usage.NumericInt(inFlight)
-		x.CarriedOut, x.CarriedIn = usage.NumericInt(out), usage.NumericInt(in)
+	raws := make([]periodRow, len(rows))
+	for i, t := range rows {
+		x := periodRow{customer: t.Customer, eventName: t.EventName, dead: t.Dead, discarded: usage.NumericInt(t.Discarded), lastSent: t.LastSent}
+		x.Tenant, x.Metric = t.Tenant, t.Metric
+		x.Metered, x.Reported, x.InFlight = usage.NumericInt(t.Metered), usage.NumericInt(t.Reported), usage.NumericInt(t.InFlight)
+		x.CarriedOut, x.CarriedIn = usage.NumericInt(t.CarriedOut), usage.NumericInt(t.CarriedIn)
 		x.Period = period.Format("2006-01")
-		return x, err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("reading the period's usage and pushes: %w", err)
+		raws[i] = x
 	}
 	return raws, nil
 }
@@ -187,23 +163,13 @@ func judge(r *Row, x periodRow, now time.Time) {
 // the metered one (windows rebuilt lower, say); the next planning then
 // sends the right difference under a new identifier.
 func (b *Biller) fixOverReporting(ctx context.Context) (int, error) {
-	rows, err := b.pool.Query(ctx, `WITH months AS (
-			SELECT tenant, metric, period_start, sum(delta) FILTER (WHERE status <> 'cancelled') AS claimed,
-				max(id) FILTER (WHERE status = 'sent') AS last_sent
-			FROM billing_pushes WHERE period_start >= $1 GROUP BY 1, 2, 3)
-		SELECT p.id, p.event_name, p.identifier, p.stripe_customer_id, p.billed_period_start FROM months m
-		JOIN billing_pushes p ON p.id = m.last_sent
-		LEFT JOIN usage_windows w ON w.tenant = m.tenant AND w.metric = m.metric AND w.granularity = 'month' AND w.window_start = m.period_start
-		WHERE m.claimed > coalesce(w.value, 0) AND p.sent_at > $2`, windows.Month.Start(b.cfg.Now()).AddDate(0, -2, 0), b.cfg.Now().Add(-DedupHorizon))
+	rows, err := billingdata.FindOverReported(ctx, b.pool, windows.Month.Start(b.cfg.Now()).AddDate(0, -2, 0), b.cfg.Now().Add(-DedupHorizon))
 	if err != nil {
 		return 0, fmt.Errorf("finding over-reported months: %w", err)
 	}
-	victims, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (victim, error) {
-		var v victim
-		return v, r.Scan(&v.id, &v.g.eventName, &v.identifier, &v.g.customer, &v.g.billed)
-	})
-	if err != nil {
-		return 0, fmt.Errorf("finding over-reported months: %w", err)
+	victims := make([]victim, len(rows))
+	for i, r := range rows {
+		victims[i] = victim{id: r.ID, identifier: r.Identifier, g: group{customer: r.Customer, eventName: r.EventName, billed: r.Billed}}
 	}
 	n := 0
 	for _, v := range victims {
@@ -237,19 +203,19 @@ func (b *Biller) cancelOverReported(ctx context.Context, v victim) (bool, error)
 		if err := lockGroup(ctx, tx, v.g); err != nil {
 			return err
 		}
-		var status string
-		if err := tx.QueryRow(ctx, `SELECT status FROM billing_pushes WHERE id = $1 FOR UPDATE`, v.id).Scan(&status); err != nil {
+		status, err := billingdata.LockStatus(ctx, tx, v.id)
+		if err != nil {
 			return err
 		}
 		if status != "sent" {
 			return nil
 		}
-		err := b.call(ctx, func() error { return b.stripe.CancelMeterEvent(ctx, v.g.eventName, v.identifier) })
+		err = b.call(ctx, func() error { return b.stripe.CancelMeterEvent(ctx, v.g.eventName, v.identifier) })
 		if err != nil {
 			b.cfg.Logger.WarnContext(ctx, "cancelling an over-reported push failed", "identifier", v.identifier, "err", err)
 			return nil
 		}
-		if _, err := tx.Exec(ctx, `UPDATE billing_pushes SET status = 'cancelled', updated_at = now() WHERE id = $1`, v.id); err != nil {
+		if err := billingdata.MarkCancelled(ctx, tx, v.id); err != nil {
 			return err
 		}
 		cancelled = true

@@ -32,11 +32,13 @@ import (
 
 	"github.com/cenkalti/backoff/v5"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/time/rate"
 
+	"github.com/usagemeter/metering/internal/storage"
+	"github.com/usagemeter/metering/internal/storage/billingdata"
 	"github.com/usagemeter/metering/internal/storage/outbox"
+	"github.com/usagemeter/metering/internal/storage/usagedata"
 	"github.com/usagemeter/metering/internal/stripeapi"
 	"github.com/usagemeter/metering/internal/topics"
 	"github.com/usagemeter/metering/internal/usage"
@@ -134,8 +136,7 @@ type SyncResult struct {
 // CountOpenPushes reports how many pushes are intents and how many are
 // dead-lettered, and sets the DLQ depth gauge from the latter.
 func (b *Biller) CountOpenPushes(ctx context.Context) (intents, dead int, err error) {
-	err = b.pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE status = 'intent'), count(*) FILTER (WHERE status = 'dead')
-		FROM billing_pushes WHERE status IN ('intent', 'dead')`).Scan(&intents, &dead)
+	intents, dead, err = billingdata.CountOpen(ctx, b.pool)
 	if err != nil {
 		return 0, 0, fmt.Errorf("counting open pushes: %w", err)
 	}
@@ -159,7 +160,7 @@ func (b *Biller) Sync(ctx context.Context) (SyncResult, error) {
 	if err := b.planIntents(ctx, meters, &res); err != nil {
 		return res, err
 	}
-	sent, err := b.send(ctx, meters, `status = 'intent'`)
+	sent, err := b.send(ctx, meters, billingdata.Intents)
 	res.Sent, res.Dead, res.Landed, res.Replaced, res.Waiting = sent.Sent, sent.Dead, sent.Landed, sent.Replaced, sent.Waiting
 	return res, err
 }
@@ -214,34 +215,14 @@ type delta struct {
 
 // deltas reads every delta of the months from oldest on.
 func (b *Biller) deltas(ctx context.Context, oldest time.Time) ([]delta, error) {
-	rows, err := b.pool.Query(ctx, `SELECT w.tenant, w.metric, w.window_start, w.value, coalesce(t.stripe_customer_id, ''), q.stripe_event_name,
-			coalesce(p.claimed, 0), coalesce(p.cancelled, 0), (bp.tenant IS NOT NULL)
-		FROM usage_windows w
-		JOIN tenants t ON t.tenant = w.tenant
-		JOIN plan_quotas q ON q.plan = t.plan AND q.metric = w.metric
-		LEFT JOIN (SELECT tenant, metric, period_start, sum(delta) FILTER (WHERE status <> 'cancelled') AS claimed,
-				count(*) FILTER (WHERE status = 'cancelled') AS cancelled
-			FROM billing_pushes WHERE period_start >= $1 GROUP BY 1, 2, 3) p
-			ON p.tenant = w.tenant AND p.metric = w.metric AND p.period_start = w.window_start
-		LEFT JOIN billing_periods bp ON bp.tenant = w.tenant AND bp.period_start = w.window_start
-		WHERE w.granularity = 'month' AND w.window_start >= $1 AND w.value > coalesce(p.claimed, 0)
-		ORDER BY 1, 2, 3`, oldest)
+	ds, err := billingdata.Deltas(ctx, b.pool, oldest)
 	if err != nil {
 		return nil, fmt.Errorf("finding deltas: %w", err)
 	}
-	var plans []delta
-	for rows.Next() {
-		var p delta
-		var metered, claimed pgtype.Numeric
-		if err := rows.Scan(&p.tenant, &p.metric, &p.period, &metered, &p.customer, &p.eventName, &claimed, &p.generation, &p.final); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("finding deltas: %w", err)
-		}
-		p.metered, p.claimed = usage.NumericInt(metered), usage.NumericInt(claimed)
-		plans = append(plans, p)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("finding deltas: %w", err)
+	plans := make([]delta, 0, len(ds))
+	for _, d := range ds {
+		plans = append(plans, delta{tenant: d.Tenant, metric: d.Metric, customer: d.Customer, eventName: d.EventName, period: d.Period,
+			metered: usage.NumericInt(d.Metered), claimed: usage.NumericInt(d.Claimed), generation: d.Cancelled, final: d.Final})
 	}
 	return plans, nil
 }
@@ -272,44 +253,29 @@ func (b *Biller) planOne(ctx context.Context, tenant, metric, customer, eventNam
 	inserted := false
 	err := pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
 		// One round trip: the locks, pair first, then the re-read.
-		batch := &pgx.Batch{}
-		if !b.noPlanningLocks {
-			batch.Queue(`SELECT pg_advisory_xact_lock($1, $2)`, pairLockSpace, pairKey(tenant, metric, period))
-			batch.Queue(`SELECT pg_advisory_xact_lock($1, $2)`, groupLockSpace, group{customer: customer, eventName: eventName, billed: billed}.key())
-		}
-		var metered, claimed pgtype.Numeric
-		var generation int
-		batch.Queue(`SELECT coalesce((SELECT value FROM usage_windows WHERE tenant = $1 AND metric = $2 AND granularity = 'month' AND window_start = $3), 0),
-				coalesce(sum(delta) FILTER (WHERE status <> 'cancelled'), 0), count(*) FILTER (WHERE status = 'cancelled')
-			FROM billing_pushes WHERE tenant = $1 AND metric = $2 AND period_start = $3`, tenant, metric, period).QueryRow(func(row pgx.Row) error {
-			return row.Scan(&metered, &claimed, &generation)
-		})
-		if err := tx.SendBatch(ctx, batch).Close(); err != nil {
+		totals, err := billingdata.LockAndReadPair(ctx, tx, billingdata.Pair{Tenant: tenant, Metric: metric, Period: period,
+			Customer: customer, EventName: eventName, Billed: billed}, !b.noPlanningLocks)
+		if err != nil {
 			return fmt.Errorf("locking and re-reading the claimed total: %w", err)
 		}
 		if b.afterPlanningRead != nil {
 			b.afterPlanningRead()
 		}
-		m, c := usage.NumericInt(metered), usage.NumericInt(claimed)
+		m, c := usage.NumericInt(totals.Metered), usage.NumericInt(totals.Claimed)
 		if m.Cmp(c) <= 0 {
 			return nil // another biller claimed it first
 		}
 		delta = new(big.Int).Sub(m, c)
 		cumulative := m.String()
-		id := Identifier(tenant, metric, period, cumulative, generation)
+		id := Identifier(tenant, metric, period, cumulative, totals.Cancelled)
 		// The intent, and late usage the aggregator recorded for this
-		// month marked as on its way, in one statement.
-		var n int
-		err := tx.QueryRow(ctx, `WITH ins AS (
-				INSERT INTO billing_pushes (tenant, metric, period_start, billed_period_start, stripe_customer_id, event_name,
-					cumulative_total, delta, identifier, event_timestamp, carried, created_at, updated_at)
-				VALUES ($1, $2, $3, $4, $5, $6, $7::numeric, $8::numeric, $9, $10, $11, $12, $12) ON CONFLICT (identifier) DO NOTHING RETURNING 1
-			), corrections AS (
-				UPDATE usage_corrections SET reconciled_at = now()
-				WHERE tenant = $1 AND metric = $2 AND period_start = $3 AND reconciled_at IS NULL AND EXISTS (SELECT 1 FROM ins)
-			) SELECT count(*) FROM ins`,
-			tenant, metric, period, billed, customer, eventName, cumulative, delta.String(), id, ts, carried, now).Scan(&n)
-		inserted = n == 1
+		// month marked as on its way if the intent was recorded, in one
+		// round trip.
+		inserted, err = billingdata.InsertIntent(ctx, tx, billingdata.Intent{Tenant: tenant, Metric: metric, Period: period, Billed: billed,
+			Customer: customer, EventName: eventName, Cumulative: cumulative, Delta: delta.String(), Identifier: id,
+			EventTime: ts, Carried: carried, CreatedAt: now}, func(b *pgx.Batch) {
+			usagedata.QueueMarkReconciled(b, tenant, metric, period, id)
+		})
 		return err
 	})
 	if err != nil {
@@ -336,6 +302,16 @@ type push struct {
 	attempts                            int
 }
 
+// pushReader reads the pushes a round of sending sends.
+type pushReader func(ctx context.Context, q storage.Executor) ([]billingdata.Push, error)
+
+// intentsByID reads the pushes ids that are still intents.
+func intentsByID(ids []int64) pushReader {
+	return func(ctx context.Context, q storage.Executor) ([]billingdata.Push, error) {
+		return billingdata.IntentsByID(ctx, q, ids)
+	}
+}
+
 // SendOpen sends every intent (and, with dead, every dead-lettered push)
 // and returns how many were sent and dead-lettered.
 func (b *Biller) SendOpen(ctx context.Context, dead bool) (int, int, error) {
@@ -344,20 +320,18 @@ func (b *Biller) SendOpen(ctx context.Context, dead bool) (int, int, error) {
 }
 
 func (b *Biller) sendOpen(ctx context.Context, dead bool) (SendResult, error) {
-	status := []string{"intent"}
-	if dead {
-		status = append(status, "dead")
-	}
-	return b.send(ctx, nil, `status = ANY($1)`, status)
+	return b.send(ctx, nil, func(ctx context.Context, q storage.Executor) ([]billingdata.Push, error) {
+		return billingdata.OpenPushes(ctx, q, dead)
+	})
 }
 
-// send sends the pushes where selects. Pushes created more than
+// send sends the pushes read selects. Pushes created more than
 // DedupHorizon ago are not sent as they are: their groups are checked
 // against Stripe's summaries first (landed.go), and only the shortfall
 // goes out, as new pushes, in the same round.
-func (b *Biller) send(ctx context.Context, meters map[string]string, where string, args ...any) (SendResult, error) {
+func (b *Biller) send(ctx context.Context, meters map[string]string, read pushReader) (SendResult, error) {
 	var res SendResult
-	pushes, err := b.readPushes(ctx, where, args...)
+	pushes, err := b.readPushes(ctx, read)
 	if err != nil {
 		return res, err
 	}
@@ -388,21 +362,17 @@ func (b *Biller) send(ctx context.Context, meters map[string]string, where strin
 	return res, b.pushAll(ctx, fresh, &res)
 }
 
-// readPushes reads the pushes where selects, in id order.
-func (b *Biller) readPushes(ctx context.Context, where string, args ...any) ([]push, error) {
-	rows, err := b.pool.Query(ctx, `SELECT id, tenant, metric, stripe_customer_id, event_name, identifier, delta::text, cumulative_total::text,
-		status, period_start, billed_period_start, event_timestamp, created_at, attempts FROM billing_pushes WHERE `+where+` ORDER BY id`, args...)
+// readPushes reads the pushes read selects, in id order.
+func (b *Biller) readPushes(ctx context.Context, read pushReader) ([]push, error) {
+	rows, err := read(ctx, b.pool)
 	if err != nil {
 		return nil, fmt.Errorf("reading open pushes: %w", err)
 	}
-	pushes, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (push, error) {
-		var p push
-		err := r.Scan(&p.id, &p.tenant, &p.metric, &p.customer, &p.eventName, &p.identifier, &p.delta, &p.cumulative,
-			&p.status, &p.period, &p.billed, &p.ts, &p.created, &p.attempts)
-		return p, err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("reading open pushes: %w", err)
+	pushes := make([]push, len(rows))
+	for i, r := range rows {
+		pushes[i] = push{id: r.ID, tenant: r.Tenant, metric: r.Metric, customer: r.Customer, eventName: r.EventName,
+			identifier: r.Identifier, delta: r.Delta, cumulative: r.Cumulative, status: r.Status,
+			period: r.Period, billed: r.Billed, ts: r.EventTime, created: r.Created, attempts: r.Attempts}
 	}
 	return pushes, nil
 }
@@ -443,7 +413,7 @@ func (b *Biller) settleOld(ctx context.Context, meters map[string]string, groups
 	}
 	fresh = kept
 	if len(created) > 0 {
-		more, err := b.send(ctx, meters, `id = ANY($1) AND status = 'intent'`, created)
+		more, err := b.send(ctx, meters, intentsByID(created))
 		res.add(more)
 		if err != nil {
 			return nil, err
@@ -508,11 +478,11 @@ var errGone = errors.New("the push is no longer open")
 func (b *Biller) pushOne(ctx context.Context, p push) (bool, error) {
 	attempts := 0
 	err := b.call(ctx, func() error {
-		tag, err := b.pool.Exec(ctx, `UPDATE billing_pushes SET sent_at = $3 WHERE id = $1 AND status = $2`, p.id, p.status, b.cfg.Now().UTC())
+		stamped, err := billingdata.StampSending(ctx, b.pool, p.id, p.status, b.cfg.Now().UTC())
 		if err != nil {
 			return fmt.Errorf("stamping push %s before the call: %w", p.identifier, err)
 		}
-		if tag.RowsAffected() == 0 {
+		if !stamped {
 			return errGone
 		}
 		attempts++
@@ -534,9 +504,7 @@ func (b *Biller) pushOne(ctx context.Context, p push) (bool, error) {
 	}
 	out := context.WithoutCancel(ctx)
 	if err == nil {
-		_, uerr := b.pool.Exec(out, `UPDATE billing_pushes SET status = 'sent', sent_at = $3, updated_at = now(),
-			attempts = attempts + $4, last_error = '' WHERE id = $1 AND status = $2`, p.id, p.status, b.cfg.Now().UTC(), attempts)
-		if uerr != nil {
+		if uerr := billingdata.MarkSent(out, b.pool, p.id, p.status, b.cfg.Now().UTC(), attempts); uerr != nil {
 			return false, fmt.Errorf("recording push %s as sent: %w", p.identifier, uerr)
 		}
 		return true, nil
@@ -548,9 +516,8 @@ func (b *Biller) pushOne(ctx context.Context, p push) (bool, error) {
 		"event_name": p.eventName, "stripe_customer_id": p.customer,
 	})
 	txErr := pgx.BeginFunc(out, b.pool, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(out, `UPDATE billing_pushes SET status = 'dead', updated_at = now(), attempts = attempts + $3, last_error = $4
-			WHERE id = $1 AND status = $2`, p.id, p.status, attempts, err.Error())
-		if err != nil || tag.RowsAffected() == 0 {
+		moved, err := billingdata.MarkDead(out, tx, p.id, p.status, attempts, err.Error())
+		if err != nil || !moved {
 			return err // settled by another biller meanwhile: no dead letter
 		}
 		return outbox.Enqueue(out, tx, outbox.Message{Topic: topics.BillingDLQ, Key: []byte(p.tenant), Value: msg,

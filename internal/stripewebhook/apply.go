@@ -2,12 +2,13 @@ package stripewebhook
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/usagemeter/metering/internal/storage/accounts"
+	"github.com/usagemeter/metering/internal/storage/billingdata"
 	"github.com/usagemeter/metering/internal/windows"
 )
 
@@ -17,12 +18,11 @@ import (
 func (h *Handler) apply(ctx context.Context, ev *event) (string, error) {
 	outcome := Processed
 	err := pgx.BeginFunc(ctx, h.pool, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `INSERT INTO stripe_webhook_events (event_id, type, created) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`,
-			ev.ID, printable(ev.Type, 200), nullTime(ev.Created))
+		fresh, err := billingdata.RecordEvent(ctx, tx, ev.ID, printable(ev.Type, 200), nullTime(ev.Created))
 		if err != nil {
 			return contentOrFailure(err, "recording the event")
 		}
-		if tag.RowsAffected() == 0 {
+		if !fresh {
 			outcome = Duplicate
 			return nil
 		}
@@ -39,9 +39,7 @@ func (h *Handler) apply(ctx context.Context, ev *event) (string, error) {
 		if err != nil {
 			return err
 		}
-		_, err = tx.Exec(ctx, `UPDATE stripe_webhook_events SET outcome = $2, object_id = $3 WHERE event_id = $1`,
-			ev.ID, outcome, nullString(ev.ObjectID))
-		return err
+		return billingdata.SetEventOutcome(ctx, tx, ev.ID, outcome, nullString(ev.ObjectID))
 	})
 	return outcome, err
 }
@@ -79,8 +77,8 @@ func (h *Handler) subscription(ctx context.Context, tx pgx.Tx, ev *event) (strin
 		if p == "" {
 			return "", undecodable("subscription %s (%s) has no metadata.%s naming the tenant's plan", sub.ID, sub.Status, PlanMetadataKey)
 		}
-		var exists bool
-		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM plans WHERE name = $1)`, p).Scan(&exists); err != nil {
+		exists, err := accounts.PlanExists(ctx, tx, p)
+		if err != nil {
 			return "", contentOrFailure(err, "looking up the plan")
 		}
 		if !exists {
@@ -88,11 +86,11 @@ func (h *Handler) subscription(ctx context.Context, tx pgx.Tx, ev *event) (strin
 		}
 		plan = &p
 	}
-	tag, err := tx.Exec(ctx, `UPDATE tenants SET plan = $2, updated_at = now() WHERE stripe_customer_id = $1`, sub.Customer, plan)
+	moved, err := accounts.SetCustomerPlan(ctx, tx, sub.Customer, plan)
 	if err != nil {
 		return "", contentOrFailure(err, "updating the tenant's plan")
 	}
-	if tag.RowsAffected() == 0 {
+	if moved == 0 {
 		return "", undecodable("subscription %s: no tenant has stripe_customer_id %q", sub.ID, sub.Customer)
 	}
 	return Processed, nil
@@ -102,15 +100,7 @@ func (h *Handler) subscription(ctx context.Context, tx pgx.Tx, ev *event) (strin
 // by (created, event id); it reports false when a later one was applied.
 // The row lock taken here orders concurrent deliveries about one object.
 func advance(ctx context.Context, tx pgx.Tx, ev event) (bool, error) {
-	var newest bool
-	err := tx.QueryRow(ctx, `INSERT INTO stripe_object_versions AS v (object_id, object_type, event_created, event_id)
-		VALUES ($1, $2, $3, $4)
-		ON CONFLICT (object_id) DO UPDATE SET event_created = excluded.event_created, event_id = excluded.event_id, updated_at = now()
-			WHERE (excluded.event_created, excluded.event_id) >= (v.event_created, v.event_id)
-		RETURNING true`, ev.ObjectID, ev.ObjectType, ev.Created, ev.ID).Scan(&newest)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return false, nil
-	}
+	newest, err := billingdata.AdvanceObject(ctx, tx, ev.ObjectID, ev.ObjectType, ev.Created, ev.ID)
 	if err != nil {
 		return false, contentOrFailure(err, "ordering the event")
 	}
@@ -137,18 +127,15 @@ func (h *Handler) invoiceFinalized(ctx context.Context, tx pgx.Tx, ev event) err
 	case inv.PeriodStart <= 0:
 		return undecodable("invoice %s without period_start", inv.ID)
 	}
-	var tenants int
-	if err := tx.QueryRow(ctx, `SELECT count(*) FROM tenants WHERE stripe_customer_id = $1`, inv.Customer).Scan(&tenants); err != nil {
+	tenants, err := accounts.CountCustomerTenants(ctx, tx, inv.Customer)
+	if err != nil {
 		return contentOrFailure(err, "looking up the customer's tenants")
 	}
 	if tenants == 0 {
 		return undecodable("invoice %s: no tenant has stripe_customer_id %q", inv.ID, inv.Customer)
 	}
 	period := windows.Month.Start(time.Unix(inv.PeriodStart, 0))
-	_, err := tx.Exec(ctx, `INSERT INTO billing_periods (tenant, period_start, invoice_id)
-		SELECT tenant, $2, $3 FROM tenants WHERE stripe_customer_id = $1
-		ON CONFLICT (tenant, period_start) DO NOTHING`, inv.Customer, period, inv.ID)
-	return contentOrFailure(err, "closing the month")
+	return contentOrFailure(billingdata.ClosePeriod(ctx, tx, inv.Customer, period, inv.ID), "closing the month")
 }
 
 // meterErrorReport keeps Stripe's report for people; each is its own row,
@@ -165,8 +152,7 @@ func (h *Handler) meterErrorReport(ctx context.Context, tx pgx.Tx, ev event) err
 		return err
 	}
 	h.log.WarnContext(ctx, "Stripe reported meter errors", "meter", rep.Meter, "summary", rep.Summary, "errors", rep.Reason.ErrorCount)
-	_, err := tx.Exec(ctx, `INSERT INTO stripe_meter_errors (event_id, meter, summary) VALUES ($1, $2, $3)`,
-		ev.ID, printable(rep.Meter, 255), printable(fmt.Sprintf("%s (%d errors)", rep.Summary, rep.Reason.ErrorCount), 4096))
+	err := billingdata.RecordMeterError(ctx, tx, ev.ID, printable(rep.Meter, 255), printable(fmt.Sprintf("%s (%d errors)", rep.Summary, rep.Reason.ErrorCount), 4096))
 	return contentOrFailure(err, "recording the meter error report")
 }
 
@@ -178,13 +164,11 @@ func (h *Handler) recordUndecodable(ctx context.Context, ev event, payload []byt
 	outcome := RecordedUndecodable
 	why := printable(reason.Error(), 4096)
 	err := pgx.BeginFunc(ctx, h.pool, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `INSERT INTO stripe_webhook_events (event_id, type, created, object_id, outcome)
-			VALUES ($1, $2, $3, $4, 'undecodable') ON CONFLICT DO NOTHING`,
-			ev.ID, printable(ev.Type, 200), nullTime(ev.Created), nullString(ev.ObjectID))
+		fresh, err := billingdata.RecordUndecodableEvent(ctx, tx, ev.ID, printable(ev.Type, 200), nullTime(ev.Created), nullString(ev.ObjectID))
 		if err != nil {
 			return err
 		}
-		if tag.RowsAffected() == 0 {
+		if !fresh {
 			outcome = Duplicate
 			return nil
 		}
@@ -193,9 +177,7 @@ func (h *Handler) recordUndecodable(ctx context.Context, ev event, payload []byt
 				return err
 			}
 		}
-		_, err = tx.Exec(ctx, `INSERT INTO stripe_webhook_undecodable (event_id, type, created, reason, payload) VALUES ($1, $2, $3, $4, $5)`,
-			ev.ID, printable(ev.Type, 200), nullTime(ev.Created), why, payload)
-		return err
+		return billingdata.RecordUndecodable(ctx, tx, ev.ID, printable(ev.Type, 200), nullTime(ev.Created), why, payload)
 	})
 	if err != nil {
 		return "", fmt.Errorf("recording undecodable event %s: %w", ev.ID, err)

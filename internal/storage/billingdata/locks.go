@@ -1,0 +1,66 @@
+package billingdata
+
+import (
+	"context"
+	"fmt"
+	"hash/fnv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/usagemeter/metering/internal/storage"
+)
+
+// Advisory locks of the biller's planning and checks. Two spaces of
+// transaction-level advisory locks, each keyed by a hash:
+//
+//   - pair (tenant, metric, month): what one intent claims;
+//   - group (Stripe customer, meter event name, billed month): what one
+//     Stripe event summary covers.
+//
+// Callers take them pair first, then group, never the reverse.
+const (
+	pairLockSpace  int32 = 0x62706169 // "bpai"
+	groupLockSpace int32 = 0x62677270 // "bgrp"
+)
+
+// lockPairKey is the pair lock's key of (tenant, metric, period).
+func lockPairKey(tenant, metric string, period time.Time) int32 {
+	return lockKey(tenant + "\x00" + metric + "\x00" + period.UTC().Format(time.RFC3339))
+}
+
+// lockGroupKey is the group lock's key of (customer, eventName, billed).
+func lockGroupKey(customer, eventName string, billed time.Time) int32 {
+	return lockKey(customer + "\x00" + eventName + "\x00" + billed.UTC().Format(time.RFC3339))
+}
+
+// lockQueuePair queues onto b the transaction-level lock of (tenant,
+// metric, month period); b must be sent on a transaction.
+func lockQueuePair(b *pgx.Batch, tenant, metric string, period time.Time) {
+	b.Queue(`SELECT pg_advisory_xact_lock($1, $2)`, pairLockSpace, lockPairKey(tenant, metric, period))
+}
+
+// lockQueueGroup queues onto b the transaction-level lock of the Stripe
+// group (customer, eventName, billed month); b must be sent on a
+// transaction.
+func lockQueueGroup(b *pgx.Batch, customer, eventName string, billed time.Time) {
+	b.Queue(`SELECT pg_advisory_xact_lock($1, $2)`, groupLockSpace, lockGroupKey(customer, eventName, billed))
+}
+
+// LockGroup takes the transaction-level lock of the Stripe group
+// (customer, eventName, billed month), waiting for it; q must be a
+// transaction, which holds the lock until it ends.
+func LockGroup(ctx context.Context, q storage.Executor, customer, eventName string, billed time.Time) error {
+	if _, err := q.Exec(ctx, `SELECT pg_advisory_xact_lock($1, $2)`, groupLockSpace, lockGroupKey(customer, eventName, billed)); err != nil {
+		return fmt.Errorf("locking Stripe group %s/%s/%s: %w", customer, eventName, billed.UTC().Format("2006-01"), err)
+	}
+	return nil
+}
+
+// lockKey hashes key into the second half of a two-key advisory lock; a
+// collision only makes two unrelated pairs or groups wait for each other.
+func lockKey(key string) int32 {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(key))
+	return int32(h.Sum32())
+}

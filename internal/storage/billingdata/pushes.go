@@ -1,0 +1,328 @@
+package billingdata
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/usagemeter/metering/internal/storage"
+)
+
+// Push statuses: a push is recorded as an intent and moves forward to
+// sent, dead (the billing DLQ), cancelled or discarded.
+const (
+	StatusIntent    = "intent"
+	StatusSent      = "sent"
+	StatusDead      = "dead"
+	StatusCancelled = "cancelled"
+	StatusDiscarded = "discarded"
+)
+
+// Intent is a push about to be sent: it claims Delta of (Tenant, Metric,
+// Period), bringing the claimed total to Cumulative, and is billed in the
+// month Billed of the Stripe customer's EventName meter.
+type Intent struct {
+	Tenant, Metric      string
+	Period, Billed      time.Time
+	Customer, EventName string
+	Cumulative, Delta   string // decimal integers
+	Identifier          string
+	EventTime           time.Time
+	Carried             bool
+	CreatedAt           time.Time // also its updated_at
+}
+
+// InsertIntent records intent p, unless a push with its identifier
+// exists already, and reports whether it did. The operations then
+// queues (usagedata.QueueMarkReconciled, say) are pipelined right after
+// the insert, in the same round trip: run it on a transaction, so they
+// commit or fail with it.
+func InsertIntent(ctx context.Context, q storage.Executor, p Intent, then ...func(*pgx.Batch)) (bool, error) {
+	var inserted bool
+	b := &pgx.Batch{}
+	b.Queue(`INSERT INTO billing_pushes (tenant, metric, period_start, billed_period_start, stripe_customer_id, event_name,
+					cumulative_total, delta, identifier, event_timestamp, carried, created_at, updated_at)
+				VALUES ($1, $2, $3, $4, $5, $6, $7::numeric, $8::numeric, $9, $10, $11, $12, $12) ON CONFLICT (identifier) DO NOTHING`,
+		p.Tenant, p.Metric, p.Period, p.Billed, p.Customer, p.EventName, p.Cumulative, p.Delta, p.Identifier, p.EventTime, p.Carried, p.CreatedAt).
+		Exec(func(tag pgconn.CommandTag) error {
+			inserted = tag.RowsAffected() == 1
+			return nil
+		})
+	for _, queue := range then {
+		queue(b)
+	}
+	if err := q.SendBatch(ctx, b).Close(); err != nil {
+		return false, err
+	}
+	return inserted, nil
+}
+
+// Pair is a (tenant, metric, month) to plan, with the Stripe group its
+// intent goes to (customer, event name, billed month).
+type Pair struct {
+	Tenant, Metric      string
+	Period              time.Time
+	Customer, EventName string
+	Billed              time.Time
+}
+
+// PairTotals are, for one (tenant, metric, month), the metered total, the
+// total claimed by its pushes (every status but cancelled) and how many
+// of its pushes were cancelled.
+type PairTotals struct {
+	Metered, Claimed pgtype.Numeric
+	Cancelled        int
+}
+
+// LockAndReadPair reads p's totals in one round trip, after taking, with
+// lock, the pair's lock and then its group's (locks.go); q must then be a
+// transaction, which holds them until it ends.
+func LockAndReadPair(ctx context.Context, q storage.Executor, p Pair, lock bool) (PairTotals, error) {
+	var t PairTotals
+	b := &pgx.Batch{}
+	if lock {
+		lockQueuePair(b, p.Tenant, p.Metric, p.Period)
+		lockQueueGroup(b, p.Customer, p.EventName, p.Billed)
+	}
+	b.Queue(`SELECT coalesce((SELECT value FROM usage_windows WHERE tenant = $1 AND metric = $2 AND granularity = 'month' AND window_start = $3), 0),
+				coalesce(sum(delta) FILTER (WHERE status <> 'cancelled'), 0), count(*) FILTER (WHERE status = 'cancelled')
+			FROM billing_pushes WHERE tenant = $1 AND metric = $2 AND period_start = $3`, p.Tenant, p.Metric, p.Period).QueryRow(func(row pgx.Row) error {
+		return row.Scan(&t.Metered, &t.Claimed, &t.Cancelled)
+	})
+	if err := q.SendBatch(ctx, b).Close(); err != nil {
+		return PairTotals{}, err
+	}
+	return t, nil
+}
+
+// Delta is a (tenant, metric, month) whose metered total exceeds what its
+// pushes claim, with its Stripe mapping (Customer empty when the tenant
+// has none) and whether its invoice is final (a closed billing period).
+type Delta struct {
+	Tenant, Metric, Customer, EventName string
+	Period                              time.Time
+	Metered, Claimed                    pgtype.Numeric
+	Cancelled                           int
+	Final                               bool
+}
+
+// Deltas reads every delta of the months from oldest on, by tenant,
+// metric and month.
+func Deltas(ctx context.Context, q storage.Executor, oldest time.Time) ([]Delta, error) {
+	rows, err := q.Query(ctx, `SELECT w.tenant, w.metric, w.window_start, w.value, coalesce(t.stripe_customer_id, ''), q.stripe_event_name,
+			coalesce(p.claimed, 0), coalesce(p.cancelled, 0), (bp.tenant IS NOT NULL)
+		FROM usage_windows w
+		JOIN tenants t ON t.tenant = w.tenant
+		JOIN plan_quotas q ON q.plan = t.plan AND q.metric = w.metric
+		LEFT JOIN (SELECT tenant, metric, period_start, sum(delta) FILTER (WHERE status <> 'cancelled') AS claimed,
+				count(*) FILTER (WHERE status = 'cancelled') AS cancelled
+			FROM billing_pushes WHERE period_start >= $1 GROUP BY 1, 2, 3) p
+			ON p.tenant = w.tenant AND p.metric = w.metric AND p.period_start = w.window_start
+		LEFT JOIN billing_periods bp ON bp.tenant = w.tenant AND bp.period_start = w.window_start
+		WHERE w.granularity = 'month' AND w.window_start >= $1 AND w.value > coalesce(p.claimed, 0)
+		ORDER BY 1, 2, 3`, oldest)
+	if err != nil {
+		return nil, err
+	}
+	var ds []Delta
+	for rows.Next() {
+		var d Delta
+		if err := rows.Scan(&d.Tenant, &d.Metric, &d.Period, &d.Metered, &d.Customer, &d.EventName, &d.Claimed, &d.Cancelled, &d.Final); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		ds = append(ds, d)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return ds, nil
+}
+
+// Push is a row of billing_pushes as the sender needs it.
+type Push struct {
+	ID                                  int64
+	Tenant, Metric, Customer, EventName string
+	Identifier, Delta, Cumulative       string // decimal integers
+	Status                              string
+	Period, Billed                      time.Time
+	EventTime, Created                  time.Time
+	Attempts                            int
+}
+
+// pushesWhere reads the pushes where selects, in id order.
+func pushesWhere(ctx context.Context, q storage.Executor, where string, args ...any) ([]Push, error) {
+	rows, err := q.Query(ctx, `SELECT id, tenant, metric, stripe_customer_id, event_name, identifier, delta::text, cumulative_total::text,
+		status, period_start, billed_period_start, event_timestamp, created_at, attempts FROM billing_pushes WHERE `+where+` ORDER BY id`, args...)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Push, error) {
+		var p Push
+		err := r.Scan(&p.ID, &p.Tenant, &p.Metric, &p.Customer, &p.EventName, &p.Identifier, &p.Delta, &p.Cumulative,
+			&p.Status, &p.Period, &p.Billed, &p.EventTime, &p.Created, &p.Attempts)
+		return p, err
+	})
+}
+
+// Intents reads every intent, in id order.
+func Intents(ctx context.Context, q storage.Executor) ([]Push, error) {
+	return pushesWhere(ctx, q, `status = 'intent'`)
+}
+
+// OpenPushes reads every intent and, with dead, every dead push, in id
+// order.
+func OpenPushes(ctx context.Context, q storage.Executor, dead bool) ([]Push, error) {
+	status := []string{StatusIntent}
+	if dead {
+		status = append(status, StatusDead)
+	}
+	return pushesWhere(ctx, q, `status = ANY($1)`, status)
+}
+
+// IntentsByID reads the pushes ids that are still intents, in id order.
+func IntentsByID(ctx context.Context, q storage.Executor, ids []int64) ([]Push, error) {
+	return pushesWhere(ctx, q, `id = ANY($1) AND status = 'intent'`, ids)
+}
+
+// CountOpen counts the intents and the dead pushes.
+func CountOpen(ctx context.Context, q storage.Executor) (intents, dead int, err error) {
+	err = q.QueryRow(ctx, `SELECT count(*) FILTER (WHERE status = 'intent'), count(*) FILTER (WHERE status = 'dead')
+		FROM billing_pushes WHERE status IN ('intent', 'dead')`).Scan(&intents, &dead)
+	return intents, dead, err
+}
+
+// StampSending stamps sent_at = at on push id before a call to Stripe, if
+// it still has status; it reports false when it no longer has (another
+// biller settled it), and the call must not happen.
+func StampSending(ctx context.Context, q storage.Executor, id int64, status string, at time.Time) (bool, error) {
+	tag, err := q.Exec(ctx, `UPDATE billing_pushes SET sent_at = $3 WHERE id = $1 AND status = $2`, id, status, at)
+	if err != nil {
+		return false, err
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// MarkSent records push id as sent at at after attempts more calls, if it
+// still has status; a push another biller settled is left as it is.
+func MarkSent(ctx context.Context, q storage.Executor, id int64, status string, at time.Time, attempts int) error {
+	_, err := q.Exec(ctx, `UPDATE billing_pushes SET status = 'sent', sent_at = $3, updated_at = now(),
+			attempts = attempts + $4, last_error = '' WHERE id = $1 AND status = $2`, id, status, at, attempts)
+	return err
+}
+
+// MarkDead moves push id to the billing DLQ after attempts more calls,
+// the last failing with lastErr, if it still has status; it reports
+// whether it moved. The caller queues the dead letter's message in the
+// same transaction when it did.
+func MarkDead(ctx context.Context, q storage.Executor, id int64, status string, attempts int, lastErr string) (bool, error) {
+	tag, err := q.Exec(ctx, `UPDATE billing_pushes SET status = 'dead', updated_at = now(), attempts = attempts + $3, last_error = $4
+			WHERE id = $1 AND status = $2`, id, status, attempts, lastErr)
+	if err != nil {
+		return false, err
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// LockStatus locks push id's row until the transaction q ends and returns
+// its status (pgx.ErrNoRows when there is no such push).
+func LockStatus(ctx context.Context, q storage.Executor, id int64) (string, error) {
+	var status string
+	err := q.QueryRow(ctx, `SELECT status FROM billing_pushes WHERE id = $1 FOR UPDATE`, id).Scan(&status)
+	return status, err
+}
+
+// MarkCancelled records push id as cancelled in Stripe; the caller holds
+// its row lock (LockStatus) and checked it was sent.
+func MarkCancelled(ctx context.Context, q storage.Executor, id int64) error {
+	_, err := q.Exec(ctx, `UPDATE billing_pushes SET status = 'cancelled', updated_at = now() WHERE id = $1`, id)
+	return err
+}
+
+// OverReported is the latest sent push of a month whose claimed total
+// exceeds its metered one.
+type OverReported struct {
+	ID                              int64
+	EventName, Identifier, Customer string
+	Billed                          time.Time
+}
+
+// FindOverReported reads the latest sent push of every (tenant, metric,
+// month) from oldest on whose claimed total exceeds the metered one,
+// when it was sent after sentAfter.
+func FindOverReported(ctx context.Context, q storage.Executor, oldest, sentAfter time.Time) ([]OverReported, error) {
+	rows, err := q.Query(ctx, `WITH months AS (
+			SELECT tenant, metric, period_start, sum(delta) FILTER (WHERE status <> 'cancelled') AS claimed,
+				max(id) FILTER (WHERE status = 'sent') AS last_sent
+			FROM billing_pushes WHERE period_start >= $1 GROUP BY 1, 2, 3)
+		SELECT p.id, p.event_name, p.identifier, p.stripe_customer_id, p.billed_period_start FROM months m
+		JOIN billing_pushes p ON p.id = m.last_sent
+		LEFT JOIN usage_windows w ON w.tenant = m.tenant AND w.metric = m.metric AND w.granularity = 'month' AND w.window_start = m.period_start
+		WHERE m.claimed > coalesce(w.value, 0) AND p.sent_at > $2`, oldest, sentAfter)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (OverReported, error) {
+		var v OverReported
+		return v, r.Scan(&v.ID, &v.EventName, &v.Identifier, &v.Customer, &v.Billed)
+	})
+}
+
+// ErrNoPush is returned for a push id that does not exist.
+var ErrNoPush = errors.New("no such push")
+
+// DeadPush is a push as the billing DLQ shows it.
+type DeadPush struct {
+	ID          int64     `json:"id"`
+	Tenant      string    `json:"tenant"`
+	Metric      string    `json:"metric"`
+	Period      string    `json:"period"`
+	Value       string    `json:"value"`
+	Cumulative  string    `json:"cumulative_total"`
+	Identifier  string    `json:"identifier"`
+	EventName   string    `json:"event_name"`
+	Customer    string    `json:"stripe_customer_id"`
+	Attempts    int       `json:"attempts"`
+	LastError   string    `json:"last_error"`
+	Status      string    `json:"status"`
+	DeadSince   time.Time `json:"dead_since"`
+	EventTime   time.Time `json:"event_timestamp"`
+	CarriedLate bool      `json:"carried"`
+}
+
+const pushesDeadColumns = `id, tenant, metric, to_char(period_start AT TIME ZONE 'UTC', 'YYYY-MM'), delta::text, cumulative_total::text,
+	identifier, event_name, stripe_customer_id, attempts, last_error, status, updated_at, event_timestamp, carried`
+
+func pushesDeadScan(r pgx.CollectableRow) (DeadPush, error) {
+	var d DeadPush
+	err := r.Scan(&d.ID, &d.Tenant, &d.Metric, &d.Period, &d.Value, &d.Cumulative, &d.Identifier, &d.EventName, &d.Customer,
+		&d.Attempts, &d.LastError, &d.Status, &d.DeadSince, &d.EventTime, &d.CarriedLate)
+	return d, err
+}
+
+// DeadPushes lists the dead pushes, oldest first.
+func DeadPushes(ctx context.Context, q storage.Executor) ([]DeadPush, error) {
+	rows, err := q.Query(ctx, `SELECT `+pushesDeadColumns+` FROM billing_pushes WHERE status = 'dead' ORDER BY id`)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pushesDeadScan)
+}
+
+// DeadPushByID reads push id as the DLQ shows it, whatever its status, or
+// returns ErrNoPush.
+func DeadPushByID(ctx context.Context, q storage.Executor, id int64) (DeadPush, error) {
+	rows, err := q.Query(ctx, `SELECT `+pushesDeadColumns+` FROM billing_pushes WHERE id = $1`, id)
+	if err != nil {
+		return DeadPush{}, err
+	}
+	d, err := pgx.CollectExactlyOneRow(rows, pushesDeadScan)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return DeadPush{}, ErrNoPush
+	}
+	return d, err
+}

@@ -1,0 +1,141 @@
+package billingdata
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/usagemeter/metering/internal/storage"
+)
+
+// GroupPush is a push of a Stripe group (customer, event name, billed
+// month) as the check of old pushes against Stripe's summary reads it.
+type GroupPush struct {
+	ID                                int64
+	Tenant, Metric, Status            string
+	Identifier, Cumulative            string
+	Delta                             pgtype.Numeric
+	Period, EventTime                 time.Time
+	SentAt                            *time.Time
+	RecentlyCancelled, PeriodIsClosed bool
+}
+
+// LockGroupPushes reads and locks (FOR UPDATE, until the transaction q
+// ends) every push of the group that may count towards its summary:
+// open, sent and cancelled ones, in id order. RecentlyCancelled is set on
+// pushes cancelled within lag; PeriodIsClosed when the tenant's billed
+// month is closed.
+func LockGroupPushes(ctx context.Context, q storage.Executor, customer, eventName string, billed time.Time, lag time.Duration) ([]GroupPush, error) {
+	rows, err := q.Query(ctx, `SELECT p.id, p.tenant, p.metric, p.status, p.identifier, p.cumulative_total::text, p.delta, p.period_start,
+				p.event_timestamp, p.sent_at, (p.status = 'cancelled' AND p.updated_at > now() - $4::interval),
+				EXISTS (SELECT 1 FROM billing_periods bp WHERE bp.tenant = p.tenant AND bp.period_start = p.billed_period_start)
+			FROM billing_pushes p
+			WHERE p.stripe_customer_id = $1 AND p.event_name = $2 AND p.billed_period_start = $3 AND p.status IN ('intent', 'dead', 'sent', 'cancelled')
+			ORDER BY p.id FOR UPDATE`, customer, eventName, billed, lag.String())
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (GroupPush, error) {
+		var x GroupPush
+		err := r.Scan(&x.ID, &x.Tenant, &x.Metric, &x.Status, &x.Identifier, &x.Cumulative, &x.Delta, &x.Period, &x.EventTime, &x.SentAt, &x.RecentlyCancelled, &x.PeriodIsClosed)
+		return x, err
+	})
+}
+
+// MarkLanded records open push id as sent at at without a call, Stripe's
+// summary showing it arrived; note says why. The caller holds the row
+// lock (LockGroupPushes).
+func MarkLanded(ctx context.Context, q storage.Executor, id int64, at time.Time, note string) error {
+	_, err := q.Exec(ctx, `UPDATE billing_pushes SET status = 'sent', sent_at = $2, updated_at = now(),
+					last_error = $3 WHERE id = $1`, id, at, note)
+	return err
+}
+
+// CancelReplaced cancels open push id in the ledger, to be replaced by
+// what of it arrived and its shortfall; note says why. The caller holds
+// the row lock (LockGroupPushes).
+func CancelReplaced(ctx context.Context, q storage.Executor, id int64, note string) error {
+	_, err := q.Exec(ctx, `UPDATE billing_pushes SET status = 'cancelled', updated_at = now(), last_error = $2 WHERE id = $1`, id, note)
+	return err
+}
+
+// InsertLandedPart records, as a sent push under identifier created at
+// at, the part delta of push id that Stripe's summary showed arrived; it
+// copies the rest of the row from push id.
+func InsertLandedPart(ctx context.Context, q storage.Executor, id int64, delta, identifier string, at time.Time, note string) error {
+	_, err := q.Exec(ctx, `INSERT INTO billing_pushes (tenant, metric, period_start, billed_period_start, stripe_customer_id, event_name,
+				cumulative_total, delta, identifier, event_timestamp, status, sent_at, last_error, created_at)
+			SELECT tenant, metric, period_start, billed_period_start, stripe_customer_id, event_name, cumulative_total, $2::numeric, $3, event_timestamp,
+				'sent', $4, $5, $4 FROM billing_pushes WHERE id = $1`, id, delta, identifier, at, note)
+	return err
+}
+
+// InsertShortfall records intent p, the missing part of a replaced push,
+// with note as its last_error, unless a push with its identifier exists
+// (recorded by an earlier check); it returns the new push's id and
+// whether it was recorded.
+func InsertShortfall(ctx context.Context, q storage.Executor, p Intent, note string) (int64, bool, error) {
+	var id int64
+	err := q.QueryRow(ctx, `INSERT INTO billing_pushes (tenant, metric, period_start, billed_period_start, stripe_customer_id, event_name,
+			cumulative_total, delta, identifier, event_timestamp, carried, last_error, created_at, updated_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7::numeric, $8::numeric, $9, $10, $11, $12, $13, $13) ON CONFLICT (identifier) DO NOTHING RETURNING id`,
+		p.Tenant, p.Metric, p.Period, p.Billed, p.Customer, p.EventName, p.Cumulative, p.Delta, p.Identifier, p.EventTime, p.Carried,
+		note, p.CreatedAt).Scan(&id)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, err
+	}
+	return id, true, nil
+}
+
+// PeriodTotal is one tenant and metric of a month: its Stripe mapping,
+// metered total and the sums of its pushes by status.
+type PeriodTotal struct {
+	Tenant, Metric, Customer, EventName string
+	Metered, Reported, InFlight         pgtype.Numeric
+	Dead                                int
+	Discarded, CarriedOut, CarriedIn    pgtype.Numeric
+	LastSent                            *time.Time
+}
+
+// PeriodTotals reads, for every tenant and metric with usage or pushes in
+// the month starting at period, by tenant and metric: the metered total,
+// what was reported (sent), what is in flight (intents and dead), how many
+// are dead, what was discarded, what was carried out of the month and
+// into it, and when a push billed in it was last sent.
+func PeriodTotals(ctx context.Context, q storage.Executor, period time.Time) ([]PeriodTotal, error) {
+	rows, err := q.Query(ctx, `WITH keys AS (
+			SELECT t.tenant, q.metric, coalesce(t.stripe_customer_id, '') AS customer, q.stripe_event_name
+			FROM tenants t JOIN plan_quotas q ON q.plan = t.plan
+		), pushes AS (
+			SELECT tenant, metric,
+				sum(delta) FILTER (WHERE period_start = $1 AND status = 'sent') AS reported,
+				sum(delta) FILTER (WHERE period_start = $1 AND status IN ('intent', 'dead')) AS in_flight,
+				count(*) FILTER (WHERE period_start = $1 AND status = 'dead') AS dead,
+				sum(delta) FILTER (WHERE period_start = $1 AND status = 'discarded') AS discarded,
+				sum(delta) FILTER (WHERE period_start = $1 AND status = 'sent' AND billed_period_start <> $1) AS carried_out,
+				sum(delta) FILTER (WHERE billed_period_start = $1 AND period_start <> $1 AND status = 'sent') AS carried_in,
+				max(sent_at) FILTER (WHERE billed_period_start = $1) AS last_sent
+			FROM billing_pushes WHERE period_start = $1 OR billed_period_start = $1 GROUP BY 1, 2
+		)
+		SELECT k.tenant, k.metric, k.customer, k.stripe_event_name, coalesce(w.value, 0),
+			coalesce(p.reported, 0), coalesce(p.in_flight, 0), coalesce(p.dead, 0), coalesce(p.discarded, 0), coalesce(p.carried_out, 0), coalesce(p.carried_in, 0), p.last_sent
+		FROM keys k
+		LEFT JOIN usage_windows w ON w.tenant = k.tenant AND w.metric = k.metric AND w.granularity = 'month' AND w.window_start = $1
+		LEFT JOIN pushes p ON p.tenant = k.tenant AND p.metric = k.metric
+		WHERE w.tenant IS NOT NULL OR p.tenant IS NOT NULL
+		ORDER BY 1, 2`, period)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (PeriodTotal, error) {
+		var x PeriodTotal
+		err := r.Scan(&x.Tenant, &x.Metric, &x.Customer, &x.EventName, &x.Metered, &x.Reported, &x.InFlight, &x.Dead, &x.Discarded, &x.CarriedOut, &x.CarriedIn, &x.LastSent)
+		return x, err
+	})
+}
