@@ -27,8 +27,9 @@ import (
 // two billers cannot deadlock. Sends need no lock: a push is sent under
 // its deterministic identifier, which Stripe dedups for 24 hours, and its
 // sent_at is stamped before each call (see landed.go for why).
+//
 // The locks themselves, their spaces and keys, are billingdata's
-// (QueueLockPair, QueueLockGroup, LockGroup).
+// (LockAndReadPair, LockGroup).
 
 // group is what one Stripe event summary covers.
 type group struct {
