@@ -31,6 +31,7 @@ import (
 	"github.com/usagemeter/metering/internal/relay"
 	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/service"
+	"github.com/usagemeter/metering/internal/storage/usagedata"
 	"github.com/usagemeter/metering/internal/topics"
 )
 
@@ -59,7 +60,7 @@ func Run(ctx context.Context, cfg config.Aggregator, log *slog.Logger, ready fun
 		Group: cfg.ConsumerGroup, Topic: topics.UsageEvents, Horizon: cfg.DedupHorizon, MaxLag: cfg.MaxLag,
 		ConflictAlertThreshold: cfg.ConflictAlertThreshold, Metrics: metrics, Logger: log,
 	})
-	registerHeldConflicts(reg, rollup.NewConflictReader(pool), log)
+	registerHeldConflicts(reg, usagedata.NewConflictReader(pool), log)
 	cons := consumer.New(consumer.Config{
 		Brokers: cfg.KafkaBrokers, Security: cfg.KafkaSecurity, Topic: topics.UsageEvents, Group: cfg.ConsumerGroup,
 		BatchSize: cfg.BatchSize, BatchWait: cfg.BatchWait, SessionTimeout: cfg.SessionTimeout,
@@ -94,7 +95,7 @@ func Run(ctx context.Context, cfg config.Aggregator, log *slog.Logger, ready fun
 
 // registerHeldConflicts exports the number of held conflicts, read from
 // Postgres at each scrape (every replica shows the same number).
-func registerHeldConflicts(reg prometheus.Registerer, r *rollup.ConflictReader, log *slog.Logger) {
+func registerHeldConflicts(reg prometheus.Registerer, r *usagedata.ConflictReader, log *slog.Logger) {
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "metering_aggregator_conflicts_held",
 		Help: "Conflicting resends held for an operator (aggregator conflicts list --status held); -1 when Postgres did not answer.",
