@@ -15,7 +15,6 @@ package aggregator
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -134,7 +133,7 @@ func (l retentionLoop) Run(ctx context.Context) error {
 	t := time.NewTicker(cfg.RetentionInterval)
 	defer t.Stop()
 	for {
-		n, err := DeleteExpired(ctx, pool, rollup.LedgerCutoff(time.Now(), cfg.DedupHorizon, cfg.MaxLag))
+		n, err := usagedata.DeleteExpired(ctx, pool, rollup.LedgerCutoff(time.Now(), cfg.DedupHorizon, cfg.MaxLag))
 		if err != nil && ctx.Err() == nil {
 			log.WarnContext(ctx, "ledger retention", "err", err)
 		} else if n > 0 {
@@ -147,26 +146,6 @@ func (l retentionLoop) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
-		}
-	}
-}
-
-// DeleteExpired deletes ledger rows of event days before cutoff's day, in
-// batches so no transaction grows large, and returns how many. A cutoff
-// later than rollup.LedgerCutoff would let a resend of a forgotten id
-// count again.
-func DeleteExpired(ctx context.Context, pool *pgxpool.Pool, cutoff time.Time) (int64, error) {
-	day := cutoff.UTC().Format("2006-01-02")
-	var total int64
-	for {
-		tag, err := pool.Exec(ctx, `DELETE FROM ledger WHERE ctid IN (
-			SELECT ctid FROM ledger WHERE event_day < $1::date LIMIT 10000)`, day)
-		if err != nil {
-			return total, fmt.Errorf("deleting ledger rows before %s: %w", day, err)
-		}
-		total += tag.RowsAffected()
-		if tag.RowsAffected() < 10000 {
-			return total, nil
 		}
 	}
 }

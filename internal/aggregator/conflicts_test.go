@@ -69,7 +69,7 @@ func TestRetentionNeverMakesAnOldIDCountableAgain(t *testing.T) {
 				t.Fatalf("first send: %+v, %v", res, err)
 			}
 			clock = clock.Add(tc.after)
-			n, err := aggregator.DeleteExpired(ctx, db.Pool, rollup.LedgerCutoff(clock, horizon, lag))
+			n, err := usagedata.DeleteExpired(ctx, db.Pool, rollup.LedgerCutoff(clock, horizon, lag))
 			if err != nil || n != tc.deletes {
 				t.Fatalf("retention deleted %d (%v), want %d", n, err, tc.deletes)
 			}

@@ -17,7 +17,6 @@ import (
 	"github.com/usagemeter/metering/internal/storage/accounts"
 	"github.com/usagemeter/metering/internal/storage/usagedata"
 	"github.com/usagemeter/metering/internal/topics"
-	"github.com/usagemeter/metering/internal/usage"
 )
 
 // Run starts the ingest service and blocks until ctx ends and in-flight
@@ -45,7 +44,7 @@ func Run(ctx context.Context, cfg config.Ingest, log *slog.Logger, ready func(ne
 		Store:        st,
 		Auth:         auth.New(st, cfg.AdminAPIKey, auth.WithLogger(log), auth.WithRegisterer(reg)),
 		Publisher:    publish.New(producer, cfg.MaxInFlightEvents, cfg.PublishTimeout),
-		Usage:        usage.New(pool),
+		Usage:        usagedata.NewReader(pool),
 		Conflicts:    usagedata.NewConflictReader(pool),
 		Decoder:      events.Decoder{Validator: events.Validator{Horizon: cfg.DedupHorizon}},
 		KeyLimiter:   ratelimit.New(cfg.KeyEventsPerSecond, cfg.KeyBurst),

@@ -37,9 +37,9 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/usagemeter/metering/internal/storage/outbox"
+	usage "github.com/usagemeter/metering/internal/storage/usagedata"
 	"github.com/usagemeter/metering/internal/stripeapi"
 	"github.com/usagemeter/metering/internal/topics"
-	"github.com/usagemeter/metering/internal/usage"
 	"github.com/usagemeter/metering/internal/windows"
 )
 
