@@ -35,8 +35,10 @@ func InsertLedger(ctx context.Context, q storage.Executor, b *LedgerInsert, inse
 	if err != nil {
 		return fmt.Errorf("inserting into the ledger: %w", err)
 	}
+	// Scanned into variables outside the loop: each Scan sets new
+	// strings, and the loop allocates nothing more per row.
+	var tenant, id string
 	for rows.Next() {
-		var tenant, id string
 		if err := rows.Scan(&tenant, &id); err != nil {
 			rows.Close()
 			return fmt.Errorf("inserting into the ledger: %w", err)
@@ -75,9 +77,11 @@ func ReadLedger(ctx context.Context, q storage.Executor, tenants, ids []string, 
 	if err != nil {
 		return fmt.Errorf("reading the ledger: %w", err)
 	}
+	// Scanned into variables outside the loop: each Scan sets new
+	// strings and a new hash, and row gets r by value.
+	var tenant, id string
+	var r LedgerRow
 	for rows.Next() {
-		var tenant, id string
-		var r LedgerRow
 		if err := rows.Scan(&tenant, &id, &r.Hash, &r.Metric, &r.Value, &r.At); err != nil {
 			rows.Close()
 			return fmt.Errorf("reading the ledger: %w", err)
