@@ -15,7 +15,6 @@ package aggregator
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -31,6 +30,7 @@ import (
 	"github.com/usagemeter/metering/internal/relay"
 	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/service"
+	"github.com/usagemeter/metering/internal/storage/usagedata"
 	"github.com/usagemeter/metering/internal/topics"
 )
 
@@ -59,7 +59,7 @@ func Run(ctx context.Context, cfg config.Aggregator, log *slog.Logger, ready fun
 		Group: cfg.ConsumerGroup, Topic: topics.UsageEvents, Horizon: cfg.DedupHorizon, MaxLag: cfg.MaxLag,
 		ConflictAlertThreshold: cfg.ConflictAlertThreshold, Metrics: metrics, Logger: log,
 	})
-	registerHeldConflicts(reg, rollup.NewConflictReader(pool), log)
+	registerHeldConflicts(reg, usagedata.NewConflictReader(pool), log)
 	cons := consumer.New(consumer.Config{
 		Brokers: cfg.KafkaBrokers, Security: cfg.KafkaSecurity, Topic: topics.UsageEvents, Group: cfg.ConsumerGroup,
 		BatchSize: cfg.BatchSize, BatchWait: cfg.BatchWait, SessionTimeout: cfg.SessionTimeout,
@@ -94,7 +94,7 @@ func Run(ctx context.Context, cfg config.Aggregator, log *slog.Logger, ready fun
 
 // registerHeldConflicts exports the number of held conflicts, read from
 // Postgres at each scrape (every replica shows the same number).
-func registerHeldConflicts(reg prometheus.Registerer, r *rollup.ConflictReader, log *slog.Logger) {
+func registerHeldConflicts(reg prometheus.Registerer, r *usagedata.ConflictReader, log *slog.Logger) {
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "metering_aggregator_conflicts_held",
 		Help: "Conflicting resends held for an operator (aggregator conflicts list --status held); -1 when Postgres did not answer.",
@@ -133,7 +133,7 @@ func (l retentionLoop) Run(ctx context.Context) error {
 	t := time.NewTicker(cfg.RetentionInterval)
 	defer t.Stop()
 	for {
-		n, err := DeleteExpired(ctx, pool, rollup.LedgerCutoff(time.Now(), cfg.DedupHorizon, cfg.MaxLag))
+		n, err := usagedata.DeleteExpired(ctx, pool, rollup.LedgerCutoff(time.Now(), cfg.DedupHorizon, cfg.MaxLag))
 		if err != nil && ctx.Err() == nil {
 			log.WarnContext(ctx, "ledger retention", "err", err)
 		} else if n > 0 {
@@ -146,26 +146,6 @@ func (l retentionLoop) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
-		}
-	}
-}
-
-// DeleteExpired deletes ledger rows of event days before cutoff's day, in
-// batches so no transaction grows large, and returns how many. A cutoff
-// later than rollup.LedgerCutoff would let a resend of a forgotten id
-// count again.
-func DeleteExpired(ctx context.Context, pool *pgxpool.Pool, cutoff time.Time) (int64, error) {
-	day := cutoff.UTC().Format("2006-01-02")
-	var total int64
-	for {
-		tag, err := pool.Exec(ctx, `DELETE FROM ledger WHERE ctid IN (
-			SELECT ctid FROM ledger WHERE event_day < $1::date LIMIT 10000)`, day)
-		if err != nil {
-			return total, fmt.Errorf("deleting ledger rows before %s: %w", day, err)
-		}
-		total += tag.RowsAffected()
-		if tag.RowsAffected() < 10000 {
-			return total, nil
 		}
 	}
 }

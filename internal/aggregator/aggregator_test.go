@@ -21,6 +21,7 @@ import (
 	"github.com/usagemeter/metering/internal/aggregator"
 	"github.com/usagemeter/metering/internal/config"
 	"github.com/usagemeter/metering/internal/storage/accounts"
+	"github.com/usagemeter/metering/internal/storage/usagedata"
 	"github.com/usagemeter/metering/internal/testkit/kafkatest"
 	"github.com/usagemeter/metering/internal/testkit/pgtest"
 	"github.com/usagemeter/metering/internal/topics"
@@ -342,7 +343,7 @@ func TestRetentionDeletesPastTheHorizon(t *testing.T) {
 	db.Exec(t, `INSERT INTO ledger (tenant, event_id, payload_hash, metric, value, event_time, event_day, src_partition, src_offset)
 		SELECT 'acme', 'e' || g, '\x00', 'm', 1, now() - make_interval(days => g), (now() - make_interval(days => g))::date, 0, g
 		FROM generate_series(0, 39) g`)
-	n, err := aggregator.DeleteExpired(context.Background(), db.Pool, time.Now().Add(-35*24*time.Hour))
+	n, err := usagedata.DeleteExpired(context.Background(), db.Pool, time.Now().Add(-35*24*time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}

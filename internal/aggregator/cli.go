@@ -19,6 +19,7 @@ import (
 	"github.com/usagemeter/metering/internal/rebuild"
 	"github.com/usagemeter/metering/internal/relay"
 	"github.com/usagemeter/metering/internal/rollup"
+	"github.com/usagemeter/metering/internal/storage/usagedata"
 	"github.com/usagemeter/metering/internal/topics"
 )
 
@@ -31,8 +32,8 @@ var Commands = []cli.Command[config.Aggregator]{
 	cli.New("dlq discard", dlqDiscard),
 	cli.New("rebuild", rebuildCmd),
 	cli.New("conflicts list", conflictsList),
-	cli.New("conflicts count", conflictsResolve(rollup.ResolutionCounted)),
-	cli.New("conflicts dismiss", conflictsResolve(rollup.ResolutionDismissed)),
+	cli.New("conflicts count", conflictsResolve(usagedata.ResolutionCounted)),
+	cli.New("conflicts dismiss", conflictsResolve(usagedata.ResolutionDismissed)),
 }
 
 // Env is what an aggregator command runs with.
@@ -190,7 +191,7 @@ type conflictsListFlags struct {
 }
 
 func (f *conflictsListFlags) Bind(fs *flag.FlagSet) {
-	f.bind(fs, "held", strings.Join(rollup.ConflictStatuses, ", "))
+	f.bind(fs, "held", strings.Join(usagedata.ConflictStatuses, ", "))
 	fs.StringVar(&f.Tenant, "tenant", "", "only this tenant's conflicts")
 }
 
@@ -198,15 +199,15 @@ func conflictsList(ctx context.Context, env Env, f conflictsListFlags, args []st
 	if len(args) > 0 {
 		return fmt.Errorf("unexpected argument %q; filter with --tenant and --status", args[0])
 	}
-	if !slices.Contains(rollup.ConflictStatuses, f.Status) {
-		return fmt.Errorf("--status must be one of %s, got %q", strings.Join(rollup.ConflictStatuses, ", "), f.Status)
+	if !slices.Contains(usagedata.ConflictStatuses, f.Status) {
+		return fmt.Errorf("--status must be one of %s, got %q", strings.Join(usagedata.ConflictStatuses, ", "), f.Status)
 	}
 	pool, err := Open(ctx, env.Config.DatabaseURL, 0, env.Log)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	cs, err := rollup.NewConflictReader(pool).List(ctx, rollup.ConflictFilter{Tenant: f.Tenant, Status: f.Status, Limit: f.Limit})
+	cs, err := usagedata.NewConflictReader(pool).List(ctx, usagedata.ConflictFilter{Tenant: f.Tenant, Status: f.Status, Limit: f.Limit})
 	if err != nil {
 		return err
 	}
@@ -215,7 +216,7 @@ func conflictsList(ctx context.Context, env Env, f conflictsListFlags, args []st
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "  ")
 		if cs == nil {
-			cs = []rollup.Conflict{}
+			cs = []usagedata.Conflict{}
 		}
 		return enc.Encode(cs)
 	}
@@ -246,7 +247,7 @@ func conflictsList(ctx context.Context, env Env, f conflictsListFlags, args []st
 // held conflict resolved, with who (--actor, or user@host), when and why.
 func conflictsResolve(resolution string) func(context.Context, Env, cli.Audit, []string) error {
 	return func(ctx context.Context, env Env, f cli.Audit, args []string) error {
-		sub := map[string]string{rollup.ResolutionCounted: "count", rollup.ResolutionDismissed: "dismiss"}[resolution]
+		sub := map[string]string{usagedata.ResolutionCounted: "count", usagedata.ResolutionDismissed: "dismiss"}[resolution]
 		if len(args) != 1 {
 			return fmt.Errorf("conflicts %s takes one conflict id, got %d arguments", sub, len(args))
 		}
@@ -270,7 +271,7 @@ func conflictsResolve(resolution string) func(context.Context, Env, cli.Audit, [
 			return err
 		}
 		what := "left uncounted"
-		if resolution == rollup.ResolutionCounted {
+		if resolution == usagedata.ResolutionCounted {
 			// Copies of one id in one metric and time count their maximum
 			// once: what this one added may be less than its value.
 			what = fmt.Sprintf("counted %d %s at %s: added %d and %d event(s)",

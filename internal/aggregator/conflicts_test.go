@@ -14,6 +14,7 @@ import (
 	"github.com/usagemeter/metering/internal/aggregator"
 	"github.com/usagemeter/metering/internal/config"
 	"github.com/usagemeter/metering/internal/rollup"
+	"github.com/usagemeter/metering/internal/storage/usagedata"
 	"github.com/usagemeter/metering/internal/testkit/pgtest"
 	"github.com/usagemeter/metering/internal/topics"
 )
@@ -68,7 +69,7 @@ func TestRetentionNeverMakesAnOldIDCountableAgain(t *testing.T) {
 				t.Fatalf("first send: %+v, %v", res, err)
 			}
 			clock = clock.Add(tc.after)
-			n, err := aggregator.DeleteExpired(ctx, db.Pool, rollup.LedgerCutoff(clock, horizon, lag))
+			n, err := usagedata.DeleteExpired(ctx, db.Pool, rollup.LedgerCutoff(clock, horizon, lag))
 			if err != nil || n != tc.deletes {
 				t.Fatalf("retention deleted %d (%v), want %d", n, err, tc.deletes)
 			}
@@ -119,7 +120,7 @@ func TestConflictsCommand(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var held []rollup.Conflict
+	var held []usagedata.Conflict
 	if err := json.Unmarshal([]byte(out), &held); err != nil || len(held) != 2 {
 		t.Fatalf("held conflicts: %s (%v)", out, err)
 	}

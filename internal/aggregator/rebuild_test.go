@@ -14,6 +14,7 @@ import (
 	"github.com/usagemeter/metering/internal/aggregator"
 	"github.com/usagemeter/metering/internal/rebuild"
 	"github.com/usagemeter/metering/internal/rollup"
+	"github.com/usagemeter/metering/internal/storage/usagedata"
 	"github.com/usagemeter/metering/internal/topics"
 )
 
@@ -118,7 +119,7 @@ func TestRebuildKeepsCountedConflictsAndRefusesOldWindows(t *testing.T) {
 		t.Fatal(err)
 	}
 	agg := rollup.New(s.db.Pool, rollup.Config{Group: cfg.ConsumerGroup, Topic: topics.UsageEvents})
-	if _, err := agg.ResolveConflict(ctx, id, rollup.ResolutionCounted, "oncall", "tokens of the order"); err != nil {
+	if _, err := agg.ResolveConflict(ctx, id, usagedata.ResolutionCounted, "oncall", "tokens of the order"); err != nil {
 		t.Fatal(err)
 	}
 	month := windowsMonth(now)

@@ -59,23 +59,19 @@ func New(pool *pgxpool.Pool) *Queue { return &Queue{pool: pool} }
 // limit. A key or payload that is not UTF-8 (or holds a NUL) is shown as
 // "hex:" and its hex digits.
 func (q *Queue) List(ctx context.Context, status string, limit int) ([]Record, error) {
-	rows, err := q.pool.Query(ctx, `SELECT id, tenant, error, error_class, source_topic, source_partition, source_offset,
-		msg_key, payload, failed_at, status, resolved_at
-		FROM usage_dlq WHERE $1 = '' OR status = $1 ORDER BY id LIMIT $2`, status, limit)
+	letters, err := deadletters.ListUsage(ctx, q.pool, status, limit)
 	if err != nil {
-		return nil, fmt.Errorf("listing dead letters: %w", err)
+		return nil, err
 	}
-	recs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Record, error) {
-		var rec Record
-		var key, payload []byte
-		err := r.Scan(&rec.ID, &rec.Tenant, &rec.Error, &rec.ErrorClass, &rec.SourceTopic, &rec.SourcePartition,
-			&rec.SourceOffset, &key, &payload, &rec.FailedAt, &rec.Status, &rec.ResolvedAt)
-		rec.Key, rec.KeyNull = printable(key)
-		rec.Payload, rec.PayloadNull = printable(payload)
-		return rec, err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("listing dead letters: %w", err)
+	recs := make([]Record, len(letters))
+	for i, l := range letters {
+		recs[i] = Record{
+			ID: l.ID, Tenant: l.Tenant, Error: l.Error, ErrorClass: l.ErrorClass, SourceTopic: l.SourceTopic,
+			SourcePartition: l.SourcePartition, SourceOffset: l.SourceOffset,
+			FailedAt: l.FailedAt, Status: l.Status, ResolvedAt: l.ResolvedAt,
+		}
+		recs[i].Key, recs[i].KeyNull = printable(l.Key)
+		recs[i].Payload, recs[i].PayloadNull = printable(l.Payload)
 	}
 	return recs, nil
 }
@@ -101,19 +97,15 @@ var ErrNothingPending = deadletters.ErrNoneWaiting
 // re-sent: the dlq-replay-of header names the dead letter instead.
 func (q *Queue) Replay(ctx context.Context, ids []int64, all bool, actor, note string) ([]int64, error) {
 	return q.resolve(ctx, "replay", "replayed", ids, all, actor, note, func(tx pgx.Tx, done []int64) error {
-		rows, err := tx.Query(ctx, `SELECT id, msg_key, payload FROM usage_dlq WHERE id = ANY($1) ORDER BY id`, done)
+		payloads, err := deadletters.UsagePayloads(ctx, tx, done)
 		if err != nil {
 			return fmt.Errorf("queueing replays: %w", err)
 		}
-		msgs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (outbox.Message, error) {
-			var id int64
-			m := outbox.Message{Topic: topics.UsageEvents}
-			err := r.Scan(&id, &m.Key, &m.Value) // a null payload (tombstone) goes out empty
-			m.Headers = map[string]string{"dlq-replay-of": strconv.FormatInt(id, 10)}
-			return m, err
-		})
-		if err != nil {
-			return fmt.Errorf("queueing replays: %w", err)
+		msgs := make([]outbox.Message, len(payloads))
+		for i, p := range payloads {
+			// A null payload (tombstone) goes out empty.
+			msgs[i] = outbox.Message{Topic: topics.UsageEvents, Key: p.Key, Value: p.Value,
+				Headers: map[string]string{"dlq-replay-of": strconv.FormatInt(p.ID, 10)}}
 		}
 		if err := outbox.Enqueue(ctx, tx, msgs...); err != nil {
 			return fmt.Errorf("queueing replays: %w", err)

@@ -16,7 +16,7 @@ import (
 	"github.com/usagemeter/metering/internal/ingest"
 	"github.com/usagemeter/metering/internal/ratelimit"
 	"github.com/usagemeter/metering/internal/storage/accounts"
-	"github.com/usagemeter/metering/internal/usage"
+	"github.com/usagemeter/metering/internal/storage/usagedata"
 )
 
 // keyRow returns the listed key with id, or fails.
@@ -396,7 +396,7 @@ type api struct {
 func newAPI(t *testing.T, e *env, bootstrap string) api {
 	st := accounts.New(e.db.Pool)
 	a := ingest.New(ingest.Options{
-		Store: st, Auth: auth.New(st, bootstrap), Usage: usage.New(e.db.Pool),
+		Store: st, Auth: auth.New(st, bootstrap), Usage: usagedata.NewReader(e.db.Pool),
 		KeyLimiter: ratelimit.New(1e6, 1e6), IPLimiter: ratelimit.New(1e6, 1e6),
 		Logger: slog.New(slog.DiscardHandler), Registry: prometheus.NewRegistry(),
 	})

@@ -8,14 +8,14 @@ import (
 	"time"
 
 	"github.com/usagemeter/metering/internal/httpjson"
-	"github.com/usagemeter/metering/internal/rollup"
+	"github.com/usagemeter/metering/internal/storage/usagedata"
 )
 
 // ConflictReader reads the conflicts the aggregator recorded (resends of
 // a counted event's id with another payload) and its alerts;
-// rollup.ConflictReader is the one on Postgres.
+// usagedata.ConflictReader is the one on Postgres.
 type ConflictReader interface {
-	List(ctx context.Context, f rollup.ConflictFilter) ([]rollup.Conflict, error)
+	List(ctx context.Context, f usagedata.ConflictFilter) ([]usagedata.Conflict, error)
 	Alerting(ctx context.Context, tenant string, now time.Time) (bool, error)
 }
 
@@ -27,9 +27,9 @@ const maxConflicts = 200
 // threshold.
 func (a *API) getConflicts(w http.ResponseWriter, r *http.Request, tenant string) {
 	status := r.URL.Query().Get("status")
-	if status != "" && !slices.Contains(rollup.ConflictStatuses, status) {
+	if status != "" && !slices.Contains(usagedata.ConflictStatuses, status) {
 		httpjson.Errorf(w, http.StatusBadRequest, "invalid_request", "status must be one of %s, got %q",
-			strings.Join(rollup.ConflictStatuses, ", "), status)
+			strings.Join(usagedata.ConflictStatuses, ", "), status)
 		return
 	}
 	if a.opt.Conflicts == nil {
@@ -37,7 +37,7 @@ func (a *API) getConflicts(w http.ResponseWriter, r *http.Request, tenant string
 		httpjson.Error(w, http.StatusServiceUnavailable, "unavailable", "conflicts cannot be read on this server")
 		return
 	}
-	cs, err := a.opt.Conflicts.List(r.Context(), rollup.ConflictFilter{Tenant: tenant, Status: status, Limit: maxConflicts})
+	cs, err := a.opt.Conflicts.List(r.Context(), usagedata.ConflictFilter{Tenant: tenant, Status: status, Limit: maxConflicts})
 	if err != nil {
 		a.internalError(w, r, err)
 		return
@@ -48,7 +48,7 @@ func (a *API) getConflicts(w http.ResponseWriter, r *http.Request, tenant string
 		return
 	}
 	if cs == nil {
-		cs = []rollup.Conflict{}
+		cs = []usagedata.Conflict{}
 	}
 	httpjson.Write(w, http.StatusOK, map[string]any{"tenant": tenant, "alerting": alerting, "conflicts": cs})
 }

@@ -16,9 +16,9 @@ import (
 	"github.com/usagemeter/metering/internal/ratelimit"
 	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/storage/accounts"
+	"github.com/usagemeter/metering/internal/storage/usagedata"
 	"github.com/usagemeter/metering/internal/testkit/pgtest"
 	"github.com/usagemeter/metering/internal/topics"
-	"github.com/usagemeter/metering/internal/usage"
 )
 
 // newReadEnv is an API that only reads (no Kafka), with conflicts.
@@ -27,7 +27,7 @@ func newReadEnv(t *testing.T) *env {
 	db := pgtest.New(t)
 	st := accounts.New(db.Pool)
 	api := ingest.New(ingest.Options{
-		Store: st, Auth: auth.New(st, adminKey), Usage: usage.New(db.Pool), Conflicts: rollup.NewConflictReader(db.Pool),
+		Store: st, Auth: auth.New(st, adminKey), Usage: usagedata.NewReader(db.Pool), Conflicts: usagedata.NewConflictReader(db.Pool),
 		KeyLimiter: ratelimit.New(1e6, 1e6), IPLimiter: ratelimit.New(1e6, 1e6), MaxBodyBytes: 1 << 20,
 		Logger: slog.New(slog.DiscardHandler), Registry: prometheus.NewRegistry(),
 	})

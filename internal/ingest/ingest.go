@@ -26,7 +26,7 @@ import (
 	"github.com/usagemeter/metering/internal/publish"
 	"github.com/usagemeter/metering/internal/ratelimit"
 	"github.com/usagemeter/metering/internal/storage/accounts"
-	"github.com/usagemeter/metering/internal/usage"
+	"github.com/usagemeter/metering/internal/storage/usagedata"
 )
 
 // Options are the API's dependencies and limits.
@@ -35,7 +35,7 @@ type Options struct {
 	Auth      *auth.Authenticator
 	Publisher *publish.Publisher
 	// Usage reads windows and quota states.
-	Usage *usage.Reader
+	Usage *usagedata.Reader
 	// Conflicts reads conflicting resends and alerts (GET /v1/conflicts).
 	Conflicts ConflictReader
 	// Decoder decodes and validates event bodies.

@@ -25,10 +25,10 @@ import (
 	"github.com/usagemeter/metering/internal/ratelimit"
 	"github.com/usagemeter/metering/internal/service"
 	"github.com/usagemeter/metering/internal/storage/accounts"
+	"github.com/usagemeter/metering/internal/storage/usagedata"
 	"github.com/usagemeter/metering/internal/testkit/kafkatest"
 	"github.com/usagemeter/metering/internal/testkit/pgtest"
 	"github.com/usagemeter/metering/internal/topics"
-	"github.com/usagemeter/metering/internal/usage"
 )
 
 const adminKey = "test-admin-key"
@@ -79,7 +79,7 @@ func newEnv(t testing.TB, o envOpts) *env {
 		Store:        st,
 		Auth:         auth.New(st, adminKey),
 		Publisher:    publish.New(producer, 10000, o.publishTimeout),
-		Usage:        usage.New(db.Pool),
+		Usage:        usagedata.NewReader(db.Pool),
 		KeyLimiter:   ratelimit.New(o.keyRate, o.keyBurst),
 		IPLimiter:    ratelimit.New(o.ipRate, o.ipBurst),
 		MaxBodyBytes: o.maxBody,

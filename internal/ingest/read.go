@@ -11,7 +11,7 @@ import (
 	"github.com/usagemeter/metering/events"
 	"github.com/usagemeter/metering/internal/httpjson"
 	"github.com/usagemeter/metering/internal/quota"
-	"github.com/usagemeter/metering/internal/usage"
+	"github.com/usagemeter/metering/internal/storage/usagedata"
 	"github.com/usagemeter/metering/internal/windows"
 )
 
@@ -94,7 +94,7 @@ func (a *API) getUsage(w http.ResponseWriter, r *http.Request, tenant string) {
 		return
 	}
 	if ws == nil {
-		ws = []usage.Window{}
+		ws = []usagedata.Window{}
 	}
 	httpjson.Write(w, http.StatusOK, map[string]any{
 		"tenant": tenant, "metric": q.metric, "window": q.g, "from": q.from, "to": q.to, "windows": ws, "total": total,
@@ -132,7 +132,7 @@ func windowCount(g windows.Granularity, from, to time.Time) int64 {
 
 func (a *API) getQuotas(w http.ResponseWriter, r *http.Request, tenant string) {
 	plan, qs, err := a.opt.Usage.Quotas(r.Context(), tenant, a.opt.Now())
-	if errors.Is(err, usage.ErrUnknownTenant) {
+	if errors.Is(err, usagedata.ErrUnknownTenant) {
 		httpjson.Errorf(w, http.StatusNotFound, "not_found", "no tenant %q; register it with PUT /v1/admin/tenants/%s", tenant, tenant)
 		return
 	}
@@ -161,7 +161,7 @@ func (a *API) getBreaches(w http.ResponseWriter, r *http.Request, tenant string)
 
 func (a *API) getBill(w http.ResponseWriter, r *http.Request, tenant string) {
 	b, err := a.opt.Usage.Bill(r.Context(), tenant, a.opt.Now())
-	if errors.Is(err, usage.ErrUnknownTenant) {
+	if errors.Is(err, usagedata.ErrUnknownTenant) {
 		httpjson.Errorf(w, http.StatusNotFound, "not_found", "no tenant %q", tenant)
 		return
 	}

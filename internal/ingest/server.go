@@ -13,11 +13,10 @@ import (
 	"github.com/usagemeter/metering/internal/migrate"
 	"github.com/usagemeter/metering/internal/publish"
 	"github.com/usagemeter/metering/internal/ratelimit"
-	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/service"
 	"github.com/usagemeter/metering/internal/storage/accounts"
+	"github.com/usagemeter/metering/internal/storage/usagedata"
 	"github.com/usagemeter/metering/internal/topics"
-	"github.com/usagemeter/metering/internal/usage"
 )
 
 // Run starts the ingest service and blocks until ctx ends and in-flight
@@ -45,8 +44,8 @@ func Run(ctx context.Context, cfg config.Ingest, log *slog.Logger, ready func(ne
 		Store:        st,
 		Auth:         auth.New(st, cfg.AdminAPIKey, auth.WithLogger(log), auth.WithRegisterer(reg)),
 		Publisher:    publish.New(producer, cfg.MaxInFlightEvents, cfg.PublishTimeout),
-		Usage:        usage.New(pool),
-		Conflicts:    rollup.NewConflictReader(pool),
+		Usage:        usagedata.NewReader(pool),
+		Conflicts:    usagedata.NewConflictReader(pool),
 		Decoder:      events.Decoder{Validator: events.Validator{Horizon: cfg.DedupHorizon}},
 		KeyLimiter:   ratelimit.New(cfg.KeyEventsPerSecond, cfg.KeyBurst),
 		IPLimiter:    ratelimit.New(cfg.IPRequestsPerSecond, cfg.IPBurst),

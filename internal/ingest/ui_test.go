@@ -24,9 +24,9 @@ import (
 	"github.com/usagemeter/metering/internal/ratelimit"
 	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/storage/accounts"
+	"github.com/usagemeter/metering/internal/storage/usagedata"
 	"github.com/usagemeter/metering/internal/testkit/pgtest"
 	"github.com/usagemeter/metering/internal/topics"
-	"github.com/usagemeter/metering/internal/usage"
 )
 
 // chromium returns Debian's Chromium, which `make test` installs.
@@ -77,7 +77,7 @@ func newUIEnv(t *testing.T, now time.Time) *env {
 	db := pgtest.New(t)
 	st := accounts.New(db.Pool)
 	api := ingest.New(ingest.Options{
-		Store: st, Auth: auth.New(st, adminKey), Usage: usage.New(db.Pool), Conflicts: rollup.NewConflictReader(db.Pool),
+		Store: st, Auth: auth.New(st, adminKey), Usage: usagedata.NewReader(db.Pool), Conflicts: usagedata.NewConflictReader(db.Pool),
 		KeyLimiter: ratelimit.New(1e6, 1e6), IPLimiter: ratelimit.New(1e6, 1e6), MaxBodyBytes: 1 << 20,
 		Logger: slog.New(slog.DiscardHandler), Registry: prometheus.NewRegistry(), Now: func() time.Time { return now },
 	})
@@ -118,13 +118,13 @@ func seedConflicts(t *testing.T, e *env, now time.Time) {
 	if res.Raised != 1 || res.Kept != 1 || res.Held != 2 {
 		t.Fatalf("seeding conflicts: %+v", res)
 	}
-	held, err := rollup.NewConflictReader(e.db.Pool).List(ctx, rollup.ConflictFilter{Tenant: "acme", Status: "held"})
+	held, err := usagedata.NewConflictReader(e.db.Pool).List(ctx, usagedata.ConflictFilter{Tenant: "acme", Status: "held"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range held {
 		if c.EventID == "order-4" {
-			if _, err := agg.ResolveConflict(ctx, c.ID, rollup.ResolutionDismissed, "ops", "a test order"); err != nil {
+			if _, err := agg.ResolveConflict(ctx, c.ID, usagedata.ResolutionDismissed, "ops", "a test order"); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/usagemeter/metering/internal/rollup"
+	"github.com/usagemeter/metering/internal/storage/usagedata"
 	"github.com/usagemeter/metering/internal/testkit/pgtest"
 )
 
@@ -24,7 +25,7 @@ var tokenWindows = map[string]string{
 // heldIDs returns the held conflicts of tenant acme and event id by value.
 func heldIDs(t *testing.T, db *pgtest.DB, eventID string) map[int64]int64 {
 	t.Helper()
-	cs, err := rollup.NewConflictReader(db.Pool).List(context.Background(), rollup.ConflictFilter{Tenant: "acme", Status: "held"})
+	cs, err := usagedata.NewConflictReader(db.Pool).List(context.Background(), usagedata.ConflictFilter{Tenant: "acme", Status: "held"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +93,7 @@ func TestCountedHeldCopiesCountTheirMaximum(t *testing.T) {
 			}
 			ids := heldIDs(t, db, "order-5")
 			for _, v := range tc.counts {
-				if _, err := a.ResolveConflict(ctx, ids[v], rollup.ResolutionCounted, "oncall", fmt.Sprint("copy of ", v)); err != nil {
+				if _, err := a.ResolveConflict(ctx, ids[v], usagedata.ResolutionCounted, "oncall", fmt.Sprint("copy of ", v)); err != nil {
 					t.Fatalf("counting %d: %v", v, err)
 				}
 			}
@@ -122,10 +123,10 @@ func TestCountingALegacyConflictOfTheCountedWindows(t *testing.T) {
 		afterwards window // windows after it
 		resolution string // of the resend
 	}{
-		{"higher", 250, window{"250", 1}, "150/0", 300, window{"300", 1}, rollup.ResolutionRaised},
-		{"higher, then a lower resend", 250, window{"250", 1}, "150/0", 200, window{"250", 1}, rollup.ResolutionKept},
-		{"lower", 60, window{"100", 1}, "0/0", 90, window{"100", 1}, rollup.ResolutionKept},
-		{"equal", 100, window{"100", 1}, "0/0", 120, window{"120", 1}, rollup.ResolutionRaised},
+		{"higher", 250, window{"250", 1}, "150/0", 300, window{"300", 1}, usagedata.ResolutionRaised},
+		{"higher, then a lower resend", 250, window{"250", 1}, "150/0", 200, window{"250", 1}, usagedata.ResolutionKept},
+		{"lower", 60, window{"100", 1}, "0/0", 90, window{"100", 1}, usagedata.ResolutionKept},
+		{"equal", 100, window{"100", 1}, "0/0", 120, window{"120", 1}, usagedata.ResolutionRaised},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -139,7 +140,7 @@ func TestCountingALegacyConflictOfTheCountedWindows(t *testing.T) {
 			db.Exec(t, `INSERT INTO ledger_conflicts (tenant, event_id, counted_hash, rejected_hash, rejected_event, src_partition, src_offset)
 				VALUES ('acme', 'order-3', '\x00', $1, $2, 0, 99)`, sum[:], old.AppendJSON(nil))
 			ids := heldIDs(t, db, "order-3")
-			if _, err := a.ResolveConflict(ctx, ids[tc.legacy], rollup.ResolutionCounted, "oncall", "first-seen had dropped it"); err != nil {
+			if _, err := a.ResolveConflict(ctx, ids[tc.legacy], usagedata.ResolutionCounted, "oncall", "first-seen had dropped it"); err != nil {
 				t.Fatal(err)
 			}
 			expectWindows(t, db, apiCallWindows, tc.want)
@@ -179,7 +180,7 @@ func TestConcurrentCountsOfHeldCopies(t *testing.T) {
 		var wg sync.WaitGroup
 		for _, id := range ids {
 			wg.Go(func() {
-				if _, err := a.ResolveConflict(ctx, id, rollup.ResolutionCounted, "oncall", "at once"); err != nil {
+				if _, err := a.ResolveConflict(ctx, id, usagedata.ResolutionCounted, "oncall", "at once"); err != nil {
 					t.Error(err)
 				}
 			})
@@ -210,7 +211,7 @@ func TestConcurrentCountsOfHeldCopies(t *testing.T) {
 		var wg sync.WaitGroup
 		for _, id := range ids {
 			wg.Go(func() {
-				if _, err := a.ResolveConflict(ctx, id, rollup.ResolutionCounted, "oncall", "at once"); err != nil {
+				if _, err := a.ResolveConflict(ctx, id, usagedata.ResolutionCounted, "oncall", "at once"); err != nil {
 					t.Error(err)
 				}
 			})
@@ -242,14 +243,14 @@ func TestCountingAfterADismissedCopy(t *testing.T) {
 		t.Fatal(err)
 	}
 	ids := heldIDs(t, db, "d")
-	if _, err := a.ResolveConflict(ctx, ids[900], rollup.ResolutionDismissed, "oncall", "not ours"); err != nil {
+	if _, err := a.ResolveConflict(ctx, ids[900], usagedata.ResolutionDismissed, "oncall", "not ours"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.ResolveConflict(ctx, ids[700], rollup.ResolutionCounted, "oncall", "the right one"); err != nil {
+	if _, err := a.ResolveConflict(ctx, ids[700], usagedata.ResolutionCounted, "oncall", "the right one"); err != nil {
 		t.Fatal(err)
 	}
 	expectWindows(t, db, tokenWindows, window{"700", 1})
-	if _, err := a.ResolveConflict(ctx, ids[900], rollup.ResolutionCounted, "oncall", "again"); !errors.Is(err, rollup.ErrConflictNotHeld) {
+	if _, err := a.ResolveConflict(ctx, ids[900], usagedata.ResolutionCounted, "oncall", "again"); !errors.Is(err, rollup.ErrConflictNotHeld) {
 		t.Fatalf("counting a dismissed conflict: %v", err)
 	}
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/usagemeter/metering/events"
 	"github.com/usagemeter/metering/internal/rollup"
+	"github.com/usagemeter/metering/internal/storage/usagedata"
 	"github.com/usagemeter/metering/internal/testkit/pgtest"
 )
 
@@ -170,8 +171,8 @@ func TestHeldConflictsWaitForAnOperator(t *testing.T) {
 	if n := count(t, db, `SELECT count(*) FROM usage_windows WHERE metric = 'tokens' OR window_start < '2026-11-01Z'`); n != 0 {
 		t.Fatalf("held conflicts were counted")
 	}
-	r := rollup.NewConflictReader(db.Pool)
-	held, err := r.List(ctx, rollup.ConflictFilter{Tenant: "acme", Status: "held"})
+	r := usagedata.NewConflictReader(db.Pool)
+	held, err := r.List(ctx, usagedata.ConflictFilter{Tenant: "acme", Status: "held"})
 	if err != nil || len(held) != 3 {
 		t.Fatalf("held = %+v, %v", held, err)
 	}
@@ -184,33 +185,33 @@ func TestHeldConflictsWaitForAnOperator(t *testing.T) {
 		t.Fatalf("held by metric/day: %v", ids)
 	}
 
-	c, err := a.ResolveConflict(ctx, tokens[0], rollup.ResolutionCounted, "oncall", "customer confirmed")
+	c, err := a.ResolveConflict(ctx, tokens[0], usagedata.ResolutionCounted, "oncall", "customer confirmed")
 	if err != nil || c.Resolution != "counted" {
 		t.Fatalf("count: %+v, %v", c, err)
 	}
 	if w := windowsOf(t, db, "month")["acme/tokens/2026-11-01T00:00"]; w != (window{"40", 1}) {
 		t.Fatalf("counted conflict's month window = %+v, want 40", w)
 	}
-	if _, err := a.ResolveConflict(ctx, tokens[0], rollup.ResolutionCounted, "oncall", "again"); !errors.Is(err, rollup.ErrConflictNotHeld) {
+	if _, err := a.ResolveConflict(ctx, tokens[0], usagedata.ResolutionCounted, "oncall", "again"); !errors.Is(err, rollup.ErrConflictNotHeld) {
 		t.Fatalf("counting twice: %v", err)
 	}
-	if _, err := a.ResolveConflict(ctx, tokens[1], rollup.ResolutionCounted, "oncall", "the copy"); err == nil {
+	if _, err := a.ResolveConflict(ctx, tokens[1], usagedata.ResolutionCounted, "oncall", "the copy"); err == nil {
 		t.Fatal("counting a second copy of the same event succeeded")
 	}
 	if w := windowsOf(t, db, "month")["acme/tokens/2026-11-01T00:00"]; w != (window{"40", 1}) {
 		t.Fatalf("month window after refused counts = %+v, want 40", w)
 	}
 	// Counted into a closed month: a correction for the biller.
-	if _, err := a.ResolveConflict(ctx, lastMonth[0], rollup.ResolutionCounted, "oncall", "late order"); err != nil {
+	if _, err := a.ResolveConflict(ctx, lastMonth[0], usagedata.ResolutionCounted, "oncall", "late order"); err != nil {
 		t.Fatal(err)
 	}
 	if n := count(t, db, `SELECT count(*) FROM usage_corrections WHERE metric = 'api_calls' AND period_start = '2026-10-01Z' AND value = 5 AND events = 1`); n != 1 {
 		t.Errorf("no correction for a conflict counted into a closed month")
 	}
-	if _, err := a.ResolveConflict(ctx, tokens[1], rollup.ResolutionDismissed, "oncall", "duplicate of the counted one"); err != nil {
+	if _, err := a.ResolveConflict(ctx, tokens[1], usagedata.ResolutionDismissed, "oncall", "duplicate of the counted one"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.ResolveConflict(ctx, 999999, rollup.ResolutionDismissed, "oncall", "x"); !errors.Is(err, rollup.ErrConflictNotFound) {
+	if _, err := a.ResolveConflict(ctx, 999999, usagedata.ResolutionDismissed, "oncall", "x"); !errors.Is(err, rollup.ErrConflictNotFound) {
 		t.Fatalf("unknown id: %v", err)
 	}
 	if n := count(t, db, `SELECT count(*) FROM ledger_conflicts WHERE resolution IN ('counted', 'dismissed') AND resolved_by = 'oncall' AND resolved_at = $1 AND note <> ''`, now); n != 3 {
@@ -219,7 +220,7 @@ func TestHeldConflictsWaitForAnOperator(t *testing.T) {
 	if left, _ := r.Held(ctx); left != 0 {
 		t.Errorf("%d held left", left)
 	}
-	resolved, err := r.List(ctx, rollup.ConflictFilter{Tenant: "acme", Status: "resolved"})
+	resolved, err := r.List(ctx, usagedata.ConflictFilter{Tenant: "acme", Status: "resolved"})
 	if err != nil || len(resolved) != 3 {
 		t.Fatalf("resolved = %d, %v", len(resolved), err)
 	}
@@ -262,7 +263,7 @@ func TestConflictAlertOncePerTenantAndDay(t *testing.T) {
 	a := rollup.New(db.Pool, rollup.Config{Group: "test", Topic: "usage.events", ConflictAlertThreshold: 2,
 		Now: func() time.Time { return clock }, Logger: slog.New(slog.DiscardHandler), Metrics: rollup.NewMetrics(reg)})
 	ctx := context.Background()
-	r := rollup.NewConflictReader(db.Pool)
+	r := usagedata.NewConflictReader(db.Pool)
 	from := int64(-1)
 	send := func(items ...any) rollup.Result {
 		t.Helper()
@@ -399,7 +400,7 @@ func TestConcurrentCountsOfOneHeldConflict(t *testing.T) {
 	errs := make(chan error, 8)
 	for range 8 {
 		wg.Go(func() {
-			_, err := a.ResolveConflict(ctx, id, rollup.ResolutionCounted, "oncall", "at once")
+			_, err := a.ResolveConflict(ctx, id, usagedata.ResolutionCounted, "oncall", "at once")
 			errs <- err
 		})
 	}
@@ -431,11 +432,11 @@ func TestConflictsRecordedBeforeResolutionsAreHeld(t *testing.T) {
 	old := ev("order-3", "acme", "api_calls", 250, now.Add(-time.Hour))
 	db.Exec(t, `INSERT INTO ledger_conflicts (tenant, event_id, counted_hash, rejected_hash, rejected_event, src_partition, src_offset)
 		VALUES ('acme', 'order-3', '\x00', '\x01', $1, 0, 99)`, old.AppendJSON(nil))
-	cs, err := rollup.NewConflictReader(db.Pool).List(ctx, rollup.ConflictFilter{Status: "held"})
+	cs, err := usagedata.NewConflictReader(db.Pool).List(ctx, usagedata.ConflictFilter{Status: "held"})
 	if err != nil || len(cs) != 1 || cs[0].Metric != "api_calls" || *cs[0].Value != 250 || !cs[0].Time.Equal(old.Time) {
 		t.Fatalf("legacy conflict = %+v, %v", cs, err)
 	}
-	if _, err := a.ResolveConflict(ctx, cs[0].ID, rollup.ResolutionCounted, "oncall", "first-seen had dropped it"); err != nil {
+	if _, err := a.ResolveConflict(ctx, cs[0].ID, usagedata.ResolutionCounted, "oncall", "first-seen had dropped it"); err != nil {
 		t.Fatal(err)
 	}
 	expectWindows(t, db, apiCallWindows, window{"250", 1})

@@ -2,7 +2,6 @@ package rollup
 
 import (
 	"context"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -10,12 +9,12 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/usagemeter/metering/internal/quota"
+	"github.com/usagemeter/metering/internal/storage/deadletters"
 	"github.com/usagemeter/metering/internal/storage/outbox"
+	"github.com/usagemeter/metering/internal/storage/usagedata"
 	"github.com/usagemeter/metering/internal/topics"
-	"github.com/usagemeter/metering/internal/usage"
 	"github.com/usagemeter/metering/internal/windows"
 )
 
@@ -36,27 +35,19 @@ func (a *Aggregator) deadLetters(ctx context.Context, tx pgx.Tx, batch []decoded
 	n := len(dead)
 	tenants, errs, classes := make([]string, n), make([]string, n), make([]string, n)
 	parts, offs := make([]int32, n), make([]int64, n)
-	keys, payloads, hkeys, hvals := make([][]byte, n), make([][]byte, n), make([]string, n), make([]string, n)
+	keys, payloads, headers := make([][]byte, n), make([][]byte, n), make([][]Header, n)
 	for i, d := range dead {
 		tenant := d.ev.Tenant
 		if tenant == "" {
 			tenant = string(d.rec.Key)
 		}
 		tenants[i], errs[i], classes[i], parts[i], offs[i] = Sanitize(tenant), Sanitize(d.err), d.class, int32(d.rec.Partition), d.rec.Offset
-		keys[i], payloads[i] = d.rec.Key, d.rec.Value
-		hkeys[i], hvals[i] = byteaArray(d.rec.Headers, func(h Header) []byte { return []byte(h.Key) }),
-			byteaArray(d.rec.Headers, func(h Header) []byte { return h.Value })
+		keys[i], payloads[i], headers[i] = d.rec.Key, d.rec.Value, d.rec.Headers
 	}
-	// Headers travel as text literals of bytea arrays (all hex), since a
-	// batch's headers are arrays of arrays of unequal lengths.
-	if _, err := tx.Exec(ctx, `INSERT INTO usage_dlq (tenant, error, error_class, source_topic, source_partition, source_offset,
-			msg_key, payload, header_keys, header_values, failed_at)
-		SELECT t, e, c, $10, p, o, k, v, hk::bytea[], hv::bytea[], $11
-		FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::bigint[], $6::bytea[], $7::bytea[], $8::text[], $9::text[])
-			AS b(t, e, c, p, o, k, v, hk, hv)
-		ON CONFLICT (source_topic, source_partition, source_offset) DO NOTHING`,
-		tenants, errs, classes, parts, offs, keys, payloads, hkeys, hvals, a.cfg.Topic, now); err != nil {
-		return fmt.Errorf("recording dead letters: %w", err)
+	if err := deadletters.RecordUsage(ctx, tx, a.cfg.Topic, &deadletters.UsageLetters{
+		Tenants: tenants, Errors: errs, Classes: classes, Partitions: parts, Offsets: offs, Keys: keys, Payloads: payloads, Headers: headers,
+	}, now); err != nil {
+		return err
 	}
 	msgs := make([]outbox.Message, n)
 	for i, d := range dead {
@@ -70,21 +61,6 @@ func (a *Aggregator) deadLetters(ctx context.Context, tx pgx.Tx, batch []decoded
 	}
 	res.DeadLettered += n
 	return outbox.Enqueue(ctx, tx, msgs...)
-}
-
-// byteaArray writes one field of each header as a Postgres bytea[] literal
-// of hex strings, such as {"\\x6b6579"}: plain ASCII whatever the bytes.
-func byteaArray(hs []Header, field func(Header) []byte) string {
-	b := []byte{'{'}
-	for i, h := range hs {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = append(b, `"\\x`...)
-		b = hex.AppendEncode(b, field(h))
-		b = append(b, '"')
-	}
-	return string(append(b, '}'))
 }
 
 // corrections records usage counted into a billing month that had
@@ -112,18 +88,15 @@ func corrections(ctx context.Context, tx pgx.Tx, incs []increment, now time.Time
 		late[k].events += in.events
 	}
 	for _, k := range order {
-		if _, err := tx.Exec(ctx, `INSERT INTO usage_corrections (tenant, metric, period_start, value, events, reason)
-			VALUES ($1, $2, $3, $4::numeric, $5, 'period_closed')`, k.tenant, k.metric, k.period, late[k].value.String(), late[k].events); err != nil {
-			return fmt.Errorf("recording a correction: %w", err)
+		if err := usagedata.RecordLateUsage(ctx, tx, k.tenant, k.metric, k.period, late[k].value.String(), late[k].events); err != nil {
+			return err
 		}
 	}
 	return nil
 }
 
-type rule struct {
-	quota.Rule
-	period windows.Granularity
-}
+// rule is a limited quota of a tenant's metric, with its period.
+type rule = usagedata.QuotaRule
 
 // evaluateQuotas checks every (tenant, metric, period) the batch touched
 // and records each threshold crossed for the first time.
@@ -141,7 +114,7 @@ func evaluateQuotas(ctx context.Context, tx pgx.Tx, incs []increment, now time.T
 		if !ok {
 			continue
 		}
-		touched[periodKey{in.tenant, in.metric, r.period.Start(in.at)}] = true
+		touched[periodKey{in.tenant, in.metric, r.Period.Start(in.at)}] = true
 	}
 	var breaches []quota.Breach
 	for pk := range touched {
@@ -178,53 +151,28 @@ func quotaRules(ctx context.Context, tx pgx.Tx, incs []increment) (map[[2]string
 	for t := range tenantSet {
 		tenantList = append(tenantList, t)
 	}
-	rows, err := tx.Query(ctx, `SELECT t.tenant, q.metric, q.quota_limit, q.period, q.burst_percent, q.hard
-		FROM tenants t JOIN plan_quotas q ON q.plan = t.plan
-		WHERE t.tenant = ANY($1) AND q.quota_limit IS NOT NULL`, tenantList)
-	if err != nil {
-		return nil, fmt.Errorf("reading quotas: %w", err)
-	}
-	rules := map[[2]string]rule{}
-	for rows.Next() {
-		var tenant, metric, period string
-		var r rule
-		if err := rows.Scan(&tenant, &metric, &r.Limit, &period, &r.BurstPercent, &r.Hard); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("reading quotas: %w", err)
-		}
-		r.period = windows.Granularity(period)
-		rules[[2]string{tenant, metric}] = r
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("reading quotas: %w", err)
-	}
-	return rules, nil
+	return usagedata.QuotaRules(ctx, tx, tenantList)
 }
 
 // recordBreaches reads the usage of period pk, records every threshold of
 // r it has reached, and appends to breaches those recorded for the first
 // time.
 func recordBreaches(ctx context.Context, tx pgx.Tx, pk periodKey, r rule, now time.Time, breaches []quota.Breach) ([]quota.Breach, error) {
-	var used pgtype.Numeric
-	if err := tx.QueryRow(ctx, `SELECT value FROM usage_windows
-			WHERE tenant = $1 AND metric = $2 AND granularity = $3 AND window_start = $4`,
-		pk.tenant, pk.metric, string(r.period), pk.start).Scan(&used); err != nil {
-		return nil, fmt.Errorf("reading usage of %s/%s: %w", pk.tenant, pk.metric, err)
+	value, err := usagedata.WindowValue(ctx, tx, pk.tenant, pk.metric, r.Period, pk.start)
+	if err != nil {
+		return nil, err
 	}
-	value := usage.NumericInt(used)
 	for _, th := range quota.Reached(r.Evaluate(value)) {
 		b := quota.Breach{
 			BreachID: quota.BreachID(pk.tenant, pk.metric, pk.start, string(th)), Tenant: pk.tenant, Metric: pk.metric,
-			PeriodStart: pk.start, PeriodEnd: r.period.End(pk.start), Limit: *r.Limit, Value: value,
+			PeriodStart: pk.start, PeriodEnd: r.Period.End(pk.start), Limit: *r.Limit, Value: value,
 			Threshold: string(th), DetectedAt: now,
 		}
-		tag, err := tx.Exec(ctx, `INSERT INTO quota_breaches (breach_id, tenant, metric, period_start, period_end, threshold, quota_limit, value, detected_at)
-				VALUES ($1, $2, $3, $4, $5, $6, $7, $8::numeric, $9) ON CONFLICT DO NOTHING`,
-			b.BreachID, b.Tenant, b.Metric, b.PeriodStart, b.PeriodEnd, b.Threshold, b.Limit, b.Value.String(), b.DetectedAt)
+		recorded, err := usagedata.RecordBreach(ctx, tx, b)
 		if err != nil {
-			return nil, fmt.Errorf("recording breach: %w", err)
+			return nil, err
 		}
-		if tag.RowsAffected() == 1 {
+		if recorded {
 			breaches = append(breaches, b)
 		}
 	}
@@ -258,35 +206,4 @@ func compareStrings(a, b string) int {
 		return 1
 	}
 	return 0
-}
-
-// sortWindows orders the parallel window slices by (tenant, metric,
-// granularity, start) so that concurrent transactions lock rows in one
-// order and cannot deadlock.
-func sortWindows(tenants, metrics, grans []string, starts []time.Time, vals []string, counts []int64) {
-	idx := make([]int, len(tenants))
-	for i := range idx {
-		idx[i] = i
-	}
-	slices.SortFunc(idx, func(x, y int) int {
-		if c := compareStrings(tenants[x], tenants[y]); c != 0 {
-			return c
-		}
-		if c := compareStrings(metrics[x], metrics[y]); c != 0 {
-			return c
-		}
-		if c := compareStrings(grans[x], grans[y]); c != 0 {
-			return c
-		}
-		return starts[x].Compare(starts[y])
-	})
-	permute := func(apply func(dst, src int)) {
-		for dst, src := range idx {
-			apply(dst, src)
-		}
-	}
-	t, m, g, s, v, c := slices.Clone(tenants), slices.Clone(metrics), slices.Clone(grans), slices.Clone(starts), slices.Clone(vals), slices.Clone(counts)
-	permute(func(dst, src int) {
-		tenants[dst], metrics[dst], grans[dst], starts[dst], vals[dst], counts[dst] = t[src], m[src], g[src], s[src], v[src], c[src]
-	})
 }

@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/usagemeter/metering/internal/storage/usagedata"
 )
 
 // Metrics of the aggregator.
@@ -103,7 +105,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Name: "metering_aggregator_conflicts_total",
 		Help: "Resends with a counted event's (tenant, id) and another payload, by resolution: raised (same metric and time, larger value: the difference counted), kept (lower or equal value), held (another metric or time: counted only if an operator says so).",
 	}, []string{"resolution"})
-	for _, r := range []string{ResolutionRaised, ResolutionKept, ResolutionHeld} {
+	for _, r := range []string{usagedata.ResolutionRaised, usagedata.ResolutionKept, usagedata.ResolutionHeld} {
 		m.conflicts.WithLabelValues(r)
 	}
 	m.conflictAlerts = prometheus.NewCounter(prometheus.CounterOpts{
@@ -125,9 +127,9 @@ func (m *Metrics) observe(r Result, records int, took time.Duration) {
 	m.events.WithLabelValues("conflict").Add(float64(r.Conflicts))
 	m.events.WithLabelValues("dead_letter").Add(float64(r.DeadLettered))
 	m.events.WithLabelValues("late").Add(float64(r.Late))
-	m.conflicts.WithLabelValues(ResolutionRaised).Add(float64(r.Raised))
-	m.conflicts.WithLabelValues(ResolutionKept).Add(float64(r.Kept))
-	m.conflicts.WithLabelValues(ResolutionHeld).Add(float64(r.Held))
+	m.conflicts.WithLabelValues(usagedata.ResolutionRaised).Add(float64(r.Raised))
+	m.conflicts.WithLabelValues(usagedata.ResolutionKept).Add(float64(r.Kept))
+	m.conflicts.WithLabelValues(usagedata.ResolutionHeld).Add(float64(r.Held))
 	m.conflictAlerts.Add(float64(len(r.Alerts)))
 	m.batchSize.Observe(float64(records))
 	m.batchTime.Observe(took.Seconds())

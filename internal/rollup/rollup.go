@@ -43,6 +43,7 @@ import (
 	"github.com/usagemeter/metering/events"
 	"github.com/usagemeter/metering/internal/quota"
 	"github.com/usagemeter/metering/internal/record"
+	"github.com/usagemeter/metering/internal/storage/usagedata"
 	"github.com/usagemeter/metering/internal/windows"
 )
 
@@ -129,16 +130,7 @@ const (
 // NextOffset returns where partition resumes: the stored offset, or -1
 // when the group has never committed one.
 func (a *Aggregator) NextOffset(ctx context.Context, partition int) (int64, error) {
-	var next int64
-	err := a.pool.QueryRow(ctx, `SELECT next_offset FROM consumer_offsets
-		WHERE consumer_group = $1 AND topic = $2 AND partition = $3`, a.cfg.Group, a.cfg.Topic, partition).Scan(&next)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return -1, nil
-	}
-	if err != nil {
-		return 0, fmt.Errorf("reading offset of partition %d: %w", partition, err)
-	}
-	return next, nil
+	return usagedata.NextOffset(ctx, a.pool, a.cfg.Group, a.cfg.Topic, partition)
 }
 
 // decoded is one record after decoding, or the reason it is a dead letter.
@@ -306,14 +298,11 @@ func (a *Aggregator) Apply(ctx context.Context, partition int, from int64, recs 
 }
 
 func (a *Aggregator) advanceOffset(ctx context.Context, tx pgx.Tx, partition int, from, next int64) error {
-	tag, err := tx.Exec(ctx, `INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset)
-		VALUES ($1, $2, $3, $5)
-		ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()
-		WHERE consumer_offsets.next_offset = $4`, a.cfg.Group, a.cfg.Topic, partition, from, next)
+	moved, err := usagedata.AdvanceOffset(ctx, tx, a.cfg.Group, a.cfg.Topic, partition, from, next)
 	if err != nil {
-		return fmt.Errorf("advancing offset of partition %d: %w", partition, err)
+		return err
 	}
-	if tag.RowsAffected() == 0 {
+	if !moved {
 		return fmt.Errorf("partition %d from offset %d: %w", partition, from, ErrFenced)
 	}
 	return nil
@@ -424,26 +413,12 @@ func insertLedger(ctx context.Context, tx pgx.Tx, candidates []*decoded) (map[id
 		tenants[i], ids[i], metrics[i], hashes[i] = d.ev.Tenant, d.ev.ID, d.ev.Metric, d.hash
 		values[i], times[i], parts[i], offsets[i] = d.ev.Value, d.ev.Time, int32(d.rec.Partition), d.rec.Offset
 	}
-	rows, err := tx.Query(ctx, `INSERT INTO ledger (tenant, event_id, payload_hash, metric, value, event_time, event_day, src_partition, src_offset)
-		SELECT t, i, h, m, v, ts, (ts AT TIME ZONE 'UTC')::date, p, o
-		FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::bigint[], $6::timestamptz[], $7::int[], $8::bigint[])
-			AS b(t, i, h, m, v, ts, p, o)
-		ON CONFLICT (tenant, event_id) DO NOTHING
-		RETURNING tenant, event_id`, tenants, ids, hashes, metrics, values, times, parts, offsets)
-	if err != nil {
-		return nil, fmt.Errorf("inserting into the ledger: %w", err)
-	}
 	inserted := make(map[idKey]bool, n)
-	for rows.Next() {
-		var k idKey
-		if err := rows.Scan(&k.tenant, &k.id); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("inserting into the ledger: %w", err)
-		}
-		inserted[k] = true
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("inserting into the ledger: %w", err)
+	err := usagedata.InsertLedger(ctx, tx, &usagedata.LedgerInsert{
+		Tenants: tenants, IDs: ids, Metrics: metrics, Hashes: hashes, Values: values, Times: times, Partitions: parts, Offsets: offsets,
+	}, func(tenant, id string) { inserted[idKey{tenant, id}] = true })
+	if err != nil {
+		return nil, err
 	}
 	return inserted, nil
 }
@@ -513,28 +488,9 @@ func readLedger(ctx context.Context, tx pgx.Tx, keys []idKey, lock bool, state m
 	for i, k := range keys {
 		kt[i], ki[i] = k.tenant, k.id
 	}
-	sql := `SELECT l.tenant, l.event_id, l.payload_hash, l.metric, l.value, l.event_time FROM ledger l
-		JOIN unnest($1::text[], $2::text[]) AS b(t, i) ON l.tenant = b.t AND l.event_id = b.i`
-	if lock {
-		sql += ` ORDER BY l.tenant, l.event_id FOR UPDATE OF l`
-	}
-	rows, err := tx.Query(ctx, sql, kt, ki)
-	if err != nil {
-		return fmt.Errorf("reading the ledger: %w", err)
-	}
-	for rows.Next() {
-		var k idKey
-		var r ledgerRow
-		if err := rows.Scan(&k.tenant, &k.id, &r.hash, &r.metric, &r.value, &r.at); err != nil {
-			rows.Close()
-			return fmt.Errorf("reading the ledger: %w", err)
-		}
-		state[k] = &r
-	}
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("reading the ledger: %w", err)
-	}
-	return nil
+	return usagedata.ReadLedger(ctx, tx, kt, ki, lock, func(tenant, id string, r usagedata.LedgerRow) {
+		state[idKey{tenant, id}] = &ledgerRow{metric: r.Metric, at: r.At, value: r.Value, hash: r.Hash}
+	})
 }
 
 // updateLedger writes the raised rows of state: their value and hash
@@ -548,15 +504,7 @@ func updateLedger(ctx context.Context, tx pgx.Tx, state map[idKey]*ledgerRow) er
 			kt, ki, vs, hs = append(kt, k.tenant), append(ki, k.id), append(vs, r.value), append(hs, r.hash)
 		}
 	}
-	if len(kt) == 0 {
-		return nil
-	}
-	if _, err := tx.Exec(ctx, `UPDATE ledger l SET value = b.v, payload_hash = b.h
-		FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bytea[]) AS b(t, i, v, h)
-		WHERE l.tenant = b.t AND l.event_id = b.i`, kt, ki, vs, hs); err != nil {
-		return fmt.Errorf("raising counted events in the ledger: %w", err)
-	}
-	return nil
+	return usagedata.RaiseLedger(ctx, tx, kt, ki, vs, hs)
 }
 
 func addToWindows(ctx context.Context, tx pgx.Tx, incs []increment) error {
@@ -583,14 +531,9 @@ func addToWindows(ctx context.Context, tx pgx.Tx, incs []increment) error {
 		tenants, metrics, grans, starts = append(tenants, k.tenant), append(metrics, k.metric), append(grans, string(k.g)), append(starts, k.start)
 		vals, counts = append(vals, am.value.String()), append(counts, am.events)
 	}
-	// Sorted by key so concurrent batches lock rows in the same order.
-	sortWindows(tenants, metrics, grans, starts, vals, counts)
-	if _, err := tx.Exec(ctx, `INSERT INTO usage_windows (tenant, metric, granularity, window_start, value, events)
-		SELECT t, m, g, s, v::numeric, e FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::bigint[]) AS b(t, m, g, s, v, e)
-		ON CONFLICT (tenant, metric, granularity, window_start) DO UPDATE
-		SET value = usage_windows.value + EXCLUDED.value, events = usage_windows.events + EXCLUDED.events, updated_at = now()`,
-		tenants, metrics, grans, starts, vals, counts); err != nil {
-		return fmt.Errorf("updating usage windows: %w", err)
-	}
-	return nil
+	// AddWindows sorts the rows by key, so concurrent batches lock
+	// windows in the same order.
+	return usagedata.AddWindows(ctx, tx, &usagedata.WindowAdds{
+		Tenants: tenants, Metrics: metrics, Granularities: grans, Starts: starts, Values: vals, Events: counts,
+	})
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/usagemeter/metering/internal/storage/usagedata"
 )
 
 // DeadLetter records rec, the record at the partition's stored offset
@@ -49,9 +51,8 @@ func (a *Aggregator) SkipLost(ctx context.Context, partition int, from, logStart
 	if err := a.advanceOffset(ctx, tx, partition, from, logStart); err != nil {
 		return err
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO consumer_lost_records (consumer_group, topic, partition, first_lost, log_start)
-		VALUES ($1, $2, $3, $4, $5)`, a.cfg.Group, a.cfg.Topic, partition, from, logStart); err != nil {
-		return fmt.Errorf("recording lost records of partition %d: %w", partition, err)
+	if err := usagedata.RecordLost(ctx, tx, a.cfg.Group, a.cfg.Topic, partition, from, logStart); err != nil {
+		return err
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("committing lost records of partition %d: %w", partition, err)
@@ -65,23 +66,5 @@ func (a *Aggregator) SkipLost(ctx context.Context, partition int, from, logStart
 // StoredOffsets returns every stored next offset of the group's topic, by
 // partition.
 func (a *Aggregator) StoredOffsets(ctx context.Context) (map[int]int64, error) {
-	rows, err := a.pool.Query(ctx, `SELECT partition, next_offset FROM consumer_offsets
-		WHERE consumer_group = $1 AND topic = $2`, a.cfg.Group, a.cfg.Topic)
-	if err != nil {
-		return nil, fmt.Errorf("reading stored offsets: %w", err)
-	}
-	defer rows.Close()
-	out := map[int]int64{}
-	for rows.Next() {
-		var p int
-		var next int64
-		if err := rows.Scan(&p, &next); err != nil {
-			return nil, fmt.Errorf("reading stored offsets: %w", err)
-		}
-		out[p] = next
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("reading stored offsets: %w", err)
-	}
-	return out, nil
+	return usagedata.Offsets(ctx, a.pool, a.cfg.Group, a.cfg.Topic)
 }

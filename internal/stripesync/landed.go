@@ -12,7 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/usagemeter/metering/internal/storage/billingdata"
-	"github.com/usagemeter/metering/internal/usage"
+	"github.com/usagemeter/metering/internal/storage/usagedata"
 	"github.com/usagemeter/metering/internal/windows"
 )
 
@@ -204,7 +204,7 @@ func (b *Biller) readGroup(ctx context.Context, tx pgx.Tx, g group) ([]groupRow,
 	all := make([]groupRow, len(rows))
 	for i, r := range rows {
 		all[i] = groupRow{id: r.ID, tenant: r.Tenant, metric: r.Metric, status: r.Status, identifier: r.Identifier, cumulative: r.Cumulative,
-			delta: usage.NumericInt(r.Delta), period: r.Period, ts: r.EventTime, sentAt: r.SentAt,
+			delta: usagedata.NumericInt(r.Delta), period: r.Period, ts: r.EventTime, sentAt: r.SentAt,
 			recentlyCancelled: r.RecentlyCancelled, isFinal: r.PeriodIsClosed}
 	}
 	return all, nil

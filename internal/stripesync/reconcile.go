@@ -9,7 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/usagemeter/metering/internal/storage/billingdata"
-	"github.com/usagemeter/metering/internal/usage"
+	"github.com/usagemeter/metering/internal/storage/usagedata"
 	"github.com/usagemeter/metering/internal/windows"
 )
 
@@ -126,10 +126,10 @@ func (b *Biller) readPeriod(ctx context.Context, period time.Time) ([]periodRow,
 	}
 	raws := make([]periodRow, len(rows))
 	for i, t := range rows {
-		x := periodRow{customer: t.Customer, eventName: t.EventName, dead: t.Dead, discarded: usage.NumericInt(t.Discarded), lastSent: t.LastSent}
+		x := periodRow{customer: t.Customer, eventName: t.EventName, dead: t.Dead, discarded: usagedata.NumericInt(t.Discarded), lastSent: t.LastSent}
 		x.Tenant, x.Metric = t.Tenant, t.Metric
-		x.Metered, x.Reported, x.InFlight = usage.NumericInt(t.Metered), usage.NumericInt(t.Reported), usage.NumericInt(t.InFlight)
-		x.CarriedOut, x.CarriedIn = usage.NumericInt(t.CarriedOut), usage.NumericInt(t.CarriedIn)
+		x.Metered, x.Reported, x.InFlight = usagedata.NumericInt(t.Metered), usagedata.NumericInt(t.Reported), usagedata.NumericInt(t.InFlight)
+		x.CarriedOut, x.CarriedIn = usagedata.NumericInt(t.CarriedOut), usagedata.NumericInt(t.CarriedIn)
 		x.Period = period.Format("2006-01")
 		raws[i] = x
 	}

@@ -41,7 +41,6 @@ import (
 	"github.com/usagemeter/metering/internal/storage/usagedata"
 	"github.com/usagemeter/metering/internal/stripeapi"
 	"github.com/usagemeter/metering/internal/topics"
-	"github.com/usagemeter/metering/internal/usage"
 	"github.com/usagemeter/metering/internal/windows"
 )
 
@@ -222,7 +221,7 @@ func (b *Biller) deltas(ctx context.Context, oldest time.Time) ([]delta, error) 
 	plans := make([]delta, 0, len(ds))
 	for _, d := range ds {
 		plans = append(plans, delta{tenant: d.Tenant, metric: d.Metric, customer: d.Customer, eventName: d.EventName, period: d.Period,
-			metered: usage.NumericInt(d.Metered), claimed: usage.NumericInt(d.Claimed), generation: d.Cancelled, final: d.Final})
+			metered: usagedata.NumericInt(d.Metered), claimed: usagedata.NumericInt(d.Claimed), generation: d.Cancelled, final: d.Final})
 	}
 	return plans, nil
 }
@@ -261,7 +260,7 @@ func (b *Biller) planOne(ctx context.Context, tenant, metric, customer, eventNam
 		if b.afterPlanningRead != nil {
 			b.afterPlanningRead()
 		}
-		m, c := usage.NumericInt(totals.Metered), usage.NumericInt(totals.Claimed)
+		m, c := usagedata.NumericInt(totals.Metered), usagedata.NumericInt(totals.Claimed)
 		if m.Cmp(c) <= 0 {
 			return nil // another biller claimed it first
 		}

@@ -6,5 +6,8 @@
 // Invariant: usage only grows through these operations. A window's value
 // and events are only ever increased (AddWindows) or replaced wholesale by
 // a verified rebuild; the ledger's key on (tenant, event_id) is what makes
-// a resent event count once.
+// a resent event count once. AddWindows refuses a negative amount
+// (TestAddWindowsOnlyGrows), and DeleteExpired forgets ledger ids only
+// of event days before the cutoff its caller chooses, one before every
+// event time the rollup can still accept (TestDeleteExpired).
 package usagedata

@@ -1,4 +1,4 @@
-package usage
+package usagedata
 
 import (
 	"math/big"
@@ -17,8 +17,8 @@ func TestCents(t *testing.T) {
 		{123456789, 1, "123456789.00"},
 	}
 	for _, tt := range tests {
-		if got := cents(big.NewRat(tt.num, tt.den)); got != tt.want {
-			t.Errorf("cents(%d/%d) = %s, want %s", tt.num, tt.den, got, tt.want)
+		if got := billCents(big.NewRat(tt.num, tt.den)); got != tt.want {
+			t.Errorf("billCents(%d/%d) = %s, want %s", tt.num, tt.den, got, tt.want)
 		}
 	}
 }

@@ -1,10 +1,4 @@
-// Package usage reads the aggregated windows for the API: usage over a
-// time range, and each quota's state in the current period.
-//
-// Invariant: reads only; every figure comes from usage_windows as the
-// aggregator committed it, so the API, the quota states the aggregator
-// evaluates and the biller's totals agree.
-package usage
+package usagedata
 
 import (
 	"context"
@@ -15,22 +9,26 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/usagemeter/metering/internal/quota"
+	"github.com/usagemeter/metering/internal/storage"
 	"github.com/usagemeter/metering/internal/windows"
 )
 
 // ErrUnknownTenant is returned for a tenant that was never registered.
 var ErrUnknownTenant = errors.New("unknown tenant")
 
-// Reader reads usage.
+// Reader reads usage for the API: usage over a time range, each quota's
+// state in the current period, breaches and the running bill. Every
+// figure comes from usage_windows as the aggregator committed it, so the
+// API, the quota states the aggregator evaluates and the biller's totals
+// agree.
 type Reader struct {
-	pool *pgxpool.Pool
+	q storage.Executor
 }
 
-// New returns a Reader on pool.
-func New(pool *pgxpool.Pool) *Reader { return &Reader{pool: pool} }
+// NewReader returns a Reader on q (a pool).
+func NewReader(q storage.Executor) *Reader { return &Reader{q: q} }
 
 // Window is one window's usage.
 type Window struct {
@@ -43,7 +41,7 @@ type Window struct {
 // Usage returns tenant's windows of granularity g for metric with start in
 // [from, to), oldest first, and their total.
 func (r *Reader) Usage(ctx context.Context, tenant, metric string, g windows.Granularity, from, to time.Time) ([]Window, *big.Int, error) {
-	rows, err := r.pool.Query(ctx, `SELECT window_start, value, events FROM usage_windows
+	rows, err := r.q.Query(ctx, `SELECT window_start, value, events FROM usage_windows
 		WHERE tenant = $1 AND metric = $2 AND granularity = $3 AND window_start >= $4 AND window_start < $5
 		ORDER BY window_start`, tenant, metric, string(g), from, to)
 	if err != nil {
@@ -86,7 +84,7 @@ type QuotaStatus struct {
 // period containing now.
 func (r *Reader) Quotas(ctx context.Context, tenant string, now time.Time) (string, []QuotaStatus, error) {
 	var plan *string
-	err := r.pool.QueryRow(ctx, `SELECT plan FROM tenants WHERE tenant = $1`, tenant).Scan(&plan)
+	err := r.q.QueryRow(ctx, `SELECT plan FROM tenants WHERE tenant = $1`, tenant).Scan(&plan)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return "", nil, ErrUnknownTenant
 	}
@@ -96,7 +94,7 @@ func (r *Reader) Quotas(ctx context.Context, tenant string, now time.Time) (stri
 	if plan == nil {
 		return "", []QuotaStatus{}, nil
 	}
-	rows, err := r.pool.Query(ctx, `SELECT q.metric, q.quota_limit, q.period, q.burst_percent, q.hard, w.value
+	rows, err := r.q.Query(ctx, `SELECT q.metric, q.quota_limit, q.period, q.burst_percent, q.hard, w.value
 		FROM plan_quotas q
 		LEFT JOIN usage_windows w ON w.tenant = $1 AND w.metric = q.metric AND w.granularity = q.period
 			AND w.window_start = CASE q.period WHEN 'day' THEN date_trunc('day', $3::timestamptz AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'

@@ -1,4 +1,4 @@
-package usage
+package usagedata
 
 import (
 	"context"
@@ -43,7 +43,7 @@ func (r *Reader) Bill(ctx context.Context, tenant string, now time.Time) (Bill, 
 	start, end := windows.Month.Span(now)
 	b := Bill{Tenant: tenant, PeriodStart: start, PeriodEnd: end, Lines: []BillLine{}}
 	var plan *string
-	err := r.pool.QueryRow(ctx, `SELECT t.plan, coalesce(p.currency, 'usd') FROM tenants t LEFT JOIN plans p ON p.name = t.plan WHERE t.tenant = $1`, tenant).Scan(&plan, &b.Currency)
+	err := r.q.QueryRow(ctx, `SELECT t.plan, coalesce(p.currency, 'usd') FROM tenants t LEFT JOIN plans p ON p.name = t.plan WHERE t.tenant = $1`, tenant).Scan(&plan, &b.Currency)
 	if err == pgx.ErrNoRows {
 		return b, ErrUnknownTenant
 	}
@@ -52,7 +52,7 @@ func (r *Reader) Bill(ctx context.Context, tenant string, now time.Time) (Bill, 
 	}
 	total, projTotal := new(big.Rat), new(big.Rat)
 	if plan != nil {
-		rows, err := r.pool.Query(ctx, `SELECT q.metric, q.unit_price::text, w.value FROM plan_quotas q
+		rows, err := r.q.Query(ctx, `SELECT q.metric, q.unit_price::text, w.value FROM plan_quotas q
 			LEFT JOIN usage_windows w ON w.tenant = $1 AND w.metric = q.metric AND w.granularity = 'month' AND w.window_start = $3
 			WHERE q.plan = $2 AND q.unit_price IS NOT NULL ORDER BY q.metric`, tenant, *plan, start)
 		if err != nil {
@@ -76,35 +76,35 @@ func (r *Reader) Bill(ctx context.Context, tenant string, now time.Time) (Bill, 
 			projected := new(big.Rat).Mul(new(big.Rat).SetInt(l.Used), scale)
 			l.ProjectedUsed = new(big.Int).Quo(projected.Num(), projected.Denom())
 			projAmount := new(big.Rat).Mul(new(big.Rat).SetInt(l.ProjectedUsed), price)
-			l.Amount, l.ProjectedAmount = cents(amount), cents(projAmount)
-			total.Add(total, mustRat(l.Amount))
-			projTotal.Add(projTotal, mustRat(l.ProjectedAmount))
+			l.Amount, l.ProjectedAmount = billCents(amount), billCents(projAmount)
+			total.Add(total, billRat(l.Amount))
+			projTotal.Add(projTotal, billRat(l.ProjectedAmount))
 			return l, nil
 		})
 		if err != nil {
 			return b, fmt.Errorf("reading prices of %s: %w", tenant, err)
 		}
 	}
-	b.Total, b.ProjectedTotal = cents(total), cents(projTotal)
+	b.Total, b.ProjectedTotal = billCents(total), billCents(projTotal)
 	return b, nil
 }
 
-// cents formats r rounded half up to two decimals.
-func cents(r *big.Rat) string {
+// billCents formats r rounded half up to two decimals.
+func billCents(r *big.Rat) string {
 	scaled := new(big.Rat).Mul(r, big.NewRat(100, 1))
 	scaled.Add(scaled, big.NewRat(1, 2))
 	n := new(big.Int).Quo(scaled.Num(), scaled.Denom())
 	return new(big.Rat).SetFrac(n, big.NewInt(100)).FloatString(2)
 }
 
-func mustRat(s string) *big.Rat {
+func billRat(s string) *big.Rat {
 	r, _ := new(big.Rat).SetString(s)
 	return r
 }
 
 // Breaches returns tenant's breaches, newest first, at most limit.
 func (r *Reader) Breaches(ctx context.Context, tenant string, limit int) ([]quota.Breach, error) {
-	rows, err := r.pool.Query(ctx, `SELECT breach_id, tenant, metric, threshold, period_start, period_end, quota_limit, value, detected_at
+	rows, err := r.q.Query(ctx, `SELECT breach_id, tenant, metric, threshold, period_start, period_end, quota_limit, value, detected_at
 		FROM quota_breaches WHERE tenant = $1 ORDER BY detected_at DESC, quota_limit, threshold LIMIT $2`, tenant, limit)
 	if err != nil {
 		return nil, fmt.Errorf("reading breaches of %s: %w", tenant, err)

@@ -1,0 +1,73 @@
+package deadletters
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/usagemeter/metering/internal/storage"
+)
+
+// UsageLetter is one usage dead letter as stored: Key and Payload are the
+// record's raw bytes, nil when the record's were null.
+type UsageLetter struct {
+	ID              int64
+	Tenant          string
+	Error           string
+	ErrorClass      string
+	SourceTopic     string
+	SourcePartition int
+	SourceOffset    int64
+	Key, Payload    []byte
+	FailedAt        time.Time
+	Status          string
+	ResolvedAt      *time.Time
+}
+
+// ListUsage returns the usage dead letters with status ("" for all),
+// oldest first, at most limit.
+func ListUsage(ctx context.Context, q storage.Executor, status string, limit int) ([]UsageLetter, error) {
+	rows, err := q.Query(ctx, `SELECT id, tenant, error, error_class, source_topic, source_partition, source_offset,
+		msg_key, payload, failed_at, status, resolved_at
+		FROM usage_dlq WHERE $1 = '' OR status = $1 ORDER BY id LIMIT $2`, status, limit)
+	if err != nil {
+		return nil, fmt.Errorf("listing dead letters: %w", err)
+	}
+	letters, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (UsageLetter, error) {
+		var l UsageLetter
+		err := r.Scan(&l.ID, &l.Tenant, &l.Error, &l.ErrorClass, &l.SourceTopic, &l.SourcePartition,
+			&l.SourceOffset, &l.Key, &l.Payload, &l.FailedAt, &l.Status, &l.ResolvedAt)
+		return l, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing dead letters: %w", err)
+	}
+	return letters, nil
+}
+
+// UsagePayload is the key and value bytes of one usage dead letter.
+type UsagePayload struct {
+	ID         int64
+	Key, Value []byte
+}
+
+// UsagePayloads returns the key and value bytes of the usage dead letters
+// ids, in id order, whatever their status (a null value, a tombstone, is
+// nil).
+func UsagePayloads(ctx context.Context, q storage.Executor, ids []int64) ([]UsagePayload, error) {
+	rows, err := q.Query(ctx, `SELECT id, msg_key, payload FROM usage_dlq WHERE id = ANY($1) ORDER BY id`, ids)
+	if err != nil {
+		return nil, fmt.Errorf("reading dead letters: %w", err)
+	}
+	ps, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (UsagePayload, error) {
+		var p UsagePayload
+		err := r.Scan(&p.ID, &p.Key, &p.Value)
+		return p, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading dead letters: %w", err)
+	}
+	return ps, nil
+}
