@@ -1,3 +1,17 @@
+// Package outbox owns the outbox table: Kafka messages queued in the
+// transaction that decided them, for the relay (internal/relay) to
+// publish once it commits.
+//
+// Invariant: Enqueue is the only way in. It writes the rows and notifies
+// Channel in the caller's transaction, so a message is published if and
+// only if the transaction that queued it commits.
+//
+// Invariant: after Enqueue only the relay's operations change a row:
+// LockRound and Eligible pick a round's rows, MarkPublished, Park and
+// RecordFailures settle them, Unpark puts parked rows back in line and
+// Prune deletes published ones. A row is marked published only by
+// MarkPublished, which the relay calls after Kafka acknowledged it, in
+// the transaction that locked it.
 package outbox
 
 import (
