@@ -14,21 +14,22 @@
 // Invariant: a message Kafka cannot take never blocks the messages of other
 // keys, and holds back those of its own topic and key only until it is
 // parked. A message Kafka refuses for good (see kafkalog.Permanent) is
-// parked at once; one that failed in DefaultMaxAttempts rounds (see SetRetry) in
-// which Kafka accepted other messages is parked then. Parked means set
+// parked at once; one that failed in DefaultMaxAttempts rounds (see
+// SetRetry) in which Kafka accepted other messages is parked then. Parked means set
 // aside with its reason and attempt count, logged at error and counted in
 // metering_outbox_parked, until on-call retries it (Unpark) or deletes it.
 // A Kafka outage parks nothing.
 //
 // Order: relays in any number of processes take turns, one round at a time
-// (a transaction-level advisory lock), and a round hands rows to Kafka in
-// id order; a failed row holds back the later rows of its topic and key
-// until it is published or parked. So per topic and key Kafka receives the
-// rows in id order, except a parked row, which goes out (if retried) after
-// the rows behind it, and the repeats of at-least-once. Ids are taken at
-// insert, not at commit: the order holds for rows of a topic and key that
-// one writer at a time commits (a tenant's breaches and dead letters come
-// from the one consumer owning its partition).
+// (outbox.LockRound, a transaction-level advisory lock), and a round hands
+// rows to Kafka in id order; a failed row holds back the later rows of its
+// topic and key until it is published or parked. So per topic and key
+// Kafka receives the rows in id order, except a parked row, which goes
+// out (if retried) after the rows behind it, and the repeats of
+// at-least-once. Ids are taken at insert, not at commit: the order holds
+// for rows of a topic and key that one writer at a time commits (a
+// tenant's breaches and dead letters come from the one consumer owning
+// its partition).
 package relay
 
 import (

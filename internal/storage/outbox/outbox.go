@@ -6,12 +6,13 @@
 // Channel in the caller's transaction, so a message is published if and
 // only if the transaction that queued it commits.
 //
-// Invariant: after Enqueue only the relay's operations change a row:
-// LockRound and Eligible pick a round's rows, MarkPublished, Park and
-// RecordFailures settle them, Unpark puts parked rows back in line and
-// Prune deletes published ones. A row is marked published only by
-// MarkPublished, which the relay calls after Kafka acknowledged it, in
-// the transaction that locked it.
+// Invariant: after Enqueue a row changes only through the relay's
+// operations here: Eligible locks a round's rows (under LockRound),
+// MarkPublished, Park and RecordFailures settle them, Unpark puts parked
+// rows back in line, and Prune deletes only rows published long enough
+// ago. Nothing here publishes: the relay (internal/relay) calls
+// MarkPublished after Kafka acknowledged the rows, in the transaction
+// that locked them.
 package outbox
 
 import (
