@@ -19,13 +19,13 @@ type Writer struct {
 }
 
 // WriterOption changes a Writer's defaults.
-type WriterOption func(*kafka.Writer)
+type WriterOption struct{ set func(*kafka.Writer) }
 
 // MaxBatchBytes bounds the bytes of one produce request per partition
 // (kafka-go's default, 1 MiB, otherwise). A record over it is refused
 // before it reaches the broker (see Permanent).
 func MaxBatchBytes(n int64) WriterOption {
-	return func(w *kafka.Writer) { w.BatchBytes = n }
+	return WriterOption{func(w *kafka.Writer) { w.BatchBytes = n }}
 }
 
 // NewWriter returns a Writer to brokers through transport (the service's
@@ -38,7 +38,7 @@ func NewWriter(brokers []string, transport kafka.RoundTripper, opts ...WriterOpt
 		Transport: transport,
 	}
 	for _, o := range opts {
-		o(w)
+		o.set(w)
 	}
 	return &Writer{w: w}
 }
