@@ -15,10 +15,10 @@
 // keys, and holds back those of its own topic and key only until it is
 // parked. A message Kafka refuses for good (see kafkalog.Permanent) is
 // parked at once; one that failed in DefaultMaxAttempts rounds (see
-// SetRetry) in which Kafka accepted other messages is parked then. Parked means set
-// aside with its reason and attempt count, logged at error and counted in
-// metering_outbox_parked, until on-call retries it (Unpark) or deletes it.
-// A Kafka outage parks nothing.
+// SetRetry) in which Kafka accepted other messages is parked then. Parked
+// means set aside with its reason and attempt count, logged at error and
+// counted in metering_outbox_parked, until on-call retries it (Unpark) or
+// deletes it. A Kafka outage parks nothing.
 //
 // Order: relays in any number of processes take turns, one round at a time
 // (outbox.LockRound, a transaction-level advisory lock), and a round hands
