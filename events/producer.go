@@ -44,6 +44,10 @@ type ProducerConfig struct {
 	// Transport overrides the connection settings (TLS, SASL); nil uses
 	// kafka-go's default transport.
 	Transport kafka.RoundTripper
+	// Validator checks each event before Emit sends anything; its zero
+	// value uses the contract's defaults. A service that accepts events
+	// under its own rules (a longer horizon) sets the same ones here.
+	Validator Validator
 	// Logger receives retry warnings; nil discards them.
 	Logger *slog.Logger
 }
@@ -85,7 +89,6 @@ func (c *ProducerConfig) applyDefaults() {
 type Producer struct {
 	cfg ProducerConfig
 	w   *kafka.Writer
-	val Validator
 }
 
 // NewProducer returns a Producer for cfg. It does not connect until the
@@ -113,8 +116,8 @@ func NewProducer(cfg ProducerConfig) (*Producer, error) {
 	return &Producer{cfg: cfg, w: w}, nil
 }
 
-// Message returns the Kafka message Emit writes for e.
-func Message(e Event) kafka.Message {
+// message returns the Kafka message Emit writes for e.
+func message(e Event) kafka.Message {
 	return kafka.Message{Key: []byte(e.Tenant), Value: e.AppendJSON(make([]byte, 0, 192))}
 }
 
@@ -131,21 +134,20 @@ func (p *Producer) Emit(ctx context.Context, evs ...Event) error {
 	}
 	var errs []FieldError
 	for i, e := range evs {
-		errs = append(errs, p.val.Validate(i, e)...)
+		errs = append(errs, p.cfg.Validator.Validate(i, e)...)
 	}
 	if len(errs) > 0 {
 		return &ValidationError{Errors: errs}
 	}
 	msgs := make([]kafka.Message, len(evs))
 	for i, e := range evs {
-		msgs[i] = Message(e)
+		msgs[i] = message(e)
 	}
-	return p.WriteMessages(ctx, msgs)
+	return p.writeMessages(ctx, msgs)
 }
 
-// WriteMessages writes already encoded messages with Emit's retry policy.
-// The ingest service uses it to publish events it validated itself.
-func (p *Producer) WriteMessages(ctx context.Context, msgs []kafka.Message) error {
+// writeMessages writes encoded messages with Emit's retry policy.
+func (p *Producer) writeMessages(ctx context.Context, msgs []kafka.Message) error {
 	pending := msgs
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval = p.cfg.BackoffMin

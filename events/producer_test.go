@@ -111,3 +111,35 @@ func TestNewProducerNeedsBrokers(t *testing.T) {
 		t.Fatal("NewProducer with no brokers succeeded")
 	}
 }
+
+func TestProducerValidatesWithItsValidator(t *testing.T) {
+	kc := kafkatest.Start(t)
+	kc.CreateTopic(t, events.Topic, 1)
+	old := events.New("acme", "api_calls", 1)
+	old.Time = time.Now().Add(-events.DefaultHorizon - time.Hour)
+	for _, tc := range []struct {
+		name   string
+		v      events.Validator
+		accept bool
+	}{
+		{"the default horizon refuses it", events.Validator{}, false},
+		{"a longer horizon takes it", events.Validator{Horizon: 2 * events.DefaultHorizon}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := events.NewProducer(events.ProducerConfig{Brokers: kc.Brokers(), Validator: tc.v})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer p.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			err = p.Emit(ctx, old)
+			if _, invalid := events.AsValidationError(err); invalid == tc.accept || (tc.accept && err != nil) {
+				t.Fatalf("Emit = %v, want accepted %v", err, tc.accept)
+			}
+		})
+	}
+	if msgs := kafkatest.ReadAll(t, kc.Brokers(), events.Topic); len(msgs) != 1 {
+		t.Fatalf("topic has %d messages, want the one the longer horizon took", len(msgs))
+	}
+}

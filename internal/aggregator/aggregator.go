@@ -25,6 +25,7 @@ import (
 
 	"github.com/usagemeter/metering/internal/config"
 	"github.com/usagemeter/metering/internal/consumer"
+	"github.com/usagemeter/metering/internal/kafkalog"
 	"github.com/usagemeter/metering/internal/leader"
 	"github.com/usagemeter/metering/internal/migrate"
 	"github.com/usagemeter/metering/internal/relay"
@@ -64,8 +65,7 @@ func Run(ctx context.Context, cfg config.Aggregator, log *slog.Logger, ready fun
 		Brokers: cfg.KafkaBrokers, Security: cfg.KafkaSecurity, Topic: topics.UsageEvents, Group: cfg.ConsumerGroup,
 		BatchSize: cfg.BatchSize, BatchWait: cfg.BatchWait, SessionTimeout: cfg.SessionTimeout,
 	}, agg, log, metrics)
-	writer := relay.NewWriter(cfg.KafkaBrokers)
-	writer.Transport = cfg.KafkaSecurity.Transport()
+	writer := kafkalog.NewWriter(cfg.KafkaBrokers, cfg.KafkaSecurity.Transport())
 	defer writer.Close()
 	rl := relay.New(pool, writer, log, reg)
 	retention := leader.Singleton(pool, retentionLoop{pool: pool, relay: rl, cfg: cfg, log: log}, leader.Options{Logger: log, Registerer: reg})

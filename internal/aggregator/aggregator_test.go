@@ -20,6 +20,7 @@ import (
 	"github.com/usagemeter/metering/events"
 	"github.com/usagemeter/metering/internal/aggregator"
 	"github.com/usagemeter/metering/internal/config"
+	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/storage/accounts"
 	"github.com/usagemeter/metering/internal/storage/usagedata"
 	"github.com/usagemeter/metering/internal/testkit/kafkatest"
@@ -98,9 +99,7 @@ func (s *stack) startLogged(cfg config.Aggregator, w io.Writer) (stop func()) {
 
 func (s *stack) raw(value string, tenant string) {
 	s.t.Helper()
-	if err := s.producer.WriteMessages(context.Background(), []kafka.Message{{Key: []byte(tenant), Value: []byte(value)}}); err != nil {
-		s.t.Fatal(err)
-	}
+	s.kc.Write(s.t, topics.UsageEvents, rollup.Record{Key: []byte(tenant), Value: []byte(value)})
 }
 
 // waitConsumed waits until the group's stored offsets cover every record

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/usagemeter/metering/events"
@@ -145,19 +144,12 @@ func BenchmarkAggregate(b *testing.B) {
 		db := pgtest.New(b)
 		kc := kafkatest.Start(b, kfake.GroupMinSessionTimeout(100*time.Millisecond))
 		kc.CreateTopic(b, topics.UsageEvents, 4)
-		p, err := events.NewProducer(events.ProducerConfig{Brokers: kc.Brokers()})
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer p.Close()
+		w := kafkatest.NewWriter(kc.Brokers(), topics.UsageEvents)
+		defer w.Close()
 		total := b.N * benchBatch
 		for sent := 0; sent < total; sent += benchBatch {
 			_, recs := benchEvents(rng, benchBatch, 0)
-			msgs := make([]kafka.Message, len(recs))
-			for i, r := range recs {
-				msgs[i] = kafka.Message{Key: r.Key, Value: r.Value}
-			}
-			if err := p.WriteMessages(ctx, msgs); err != nil {
+			if err := w.Write(ctx, recs...); err != nil {
 				b.Fatal(err)
 			}
 		}

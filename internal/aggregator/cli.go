@@ -16,6 +16,7 @@ import (
 	"github.com/usagemeter/metering/internal/cli"
 	"github.com/usagemeter/metering/internal/config"
 	"github.com/usagemeter/metering/internal/dlq"
+	"github.com/usagemeter/metering/internal/kafkalog"
 	"github.com/usagemeter/metering/internal/rebuild"
 	"github.com/usagemeter/metering/internal/relay"
 	"github.com/usagemeter/metering/internal/rollup"
@@ -150,8 +151,7 @@ func dlqReplay(ctx context.Context, env Env, f dlqReplayFlags, args []string) er
 		return err
 	}
 	// Publish now, so the replay does not wait for a running aggregator.
-	w := relay.NewWriter(env.Config.KafkaBrokers)
-	w.Transport = env.Config.KafkaSecurity.Transport()
+	w := kafkalog.NewWriter(env.Config.KafkaBrokers, env.Config.KafkaSecurity.Transport())
 	defer w.Close()
 	rl := relay.New(pool, w, env.Log, nil)
 	for {

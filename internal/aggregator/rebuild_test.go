@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/segmentio/kafka-go"
-
 	"github.com/usagemeter/metering/events"
 	"github.com/usagemeter/metering/internal/aggregator"
 	"github.com/usagemeter/metering/internal/rebuild"
@@ -159,9 +157,7 @@ func TestRebuildKeepsTheLiveVerdictOnForgedTimestamps(t *testing.T) {
 	ahead := now.Add(48 * time.Hour)
 	forged := events.Event{ID: "ahead-1", Tenant: "acme", Metric: "api_calls", Value: 500, Time: ahead}
 	honest := events.Event{ID: "now-1", Tenant: "acme", Metric: "api_calls", Value: 1, Time: now}
-	if err := s.producer.WriteMessages(ctx, []kafka.Message{{Key: []byte("acme"), Value: forged.AppendJSON(nil), Time: ahead}}); err != nil {
-		t.Fatal(err)
-	}
+	s.kc.Write(t, topics.UsageEvents, rollup.Record{Key: []byte("acme"), Value: forged.AppendJSON(nil), Time: ahead})
 	if err := s.producer.Emit(ctx, honest); err != nil {
 		t.Fatal(err)
 	}

@@ -37,6 +37,7 @@ import (
 	"github.com/usagemeter/metering/internal/config"
 	"github.com/usagemeter/metering/internal/csvsafe"
 	"github.com/usagemeter/metering/internal/httpjson"
+	"github.com/usagemeter/metering/internal/kafkalog"
 	"github.com/usagemeter/metering/internal/leader"
 	"github.com/usagemeter/metering/internal/migrate"
 	"github.com/usagemeter/metering/internal/relay"
@@ -86,8 +87,7 @@ func Run(ctx context.Context, cfg config.Biller, log *slog.Logger, ready func(ne
 	if err != nil {
 		return err
 	}
-	writer := relay.NewWriter(cfg.KafkaBrokers)
-	writer.Transport = cfg.KafkaSecurity.Transport()
+	writer := kafkalog.NewWriter(cfg.KafkaBrokers, cfg.KafkaSecurity.Transport())
 	defer writer.Close()
 	rl := relay.New(pool, writer, log, reg)
 

@@ -26,11 +26,11 @@ func BenchmarkKafkaConsumeCeiling(b *testing.B) {
 	const per = 10000
 	total := b.N * per
 	for sent := 0; sent < total; sent += per {
-		msgs := make([]kafka.Message, per)
-		for i := range msgs {
-			msgs[i] = events.Message(events.New("tenant-"+string(rune('a'+i%26)), "api_calls", 1))
+		evs := make([]events.Event, per)
+		for i := range evs {
+			evs[i] = events.New("tenant-"+string(rune('a'+i%26)), "api_calls", 1)
 		}
-		if err := p.WriteMessages(context.Background(), msgs); err != nil {
+		if err := p.Emit(context.Background(), evs...); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -32,11 +32,11 @@ func TestStartsAtThePostgresOffset(t *testing.T) {
 	}
 	t.Cleanup(func() { p.Close() })
 	now := time.Now().UTC()
-	var msgs []kafka.Message
+	var evs []events.Event
 	for i := range 10 {
-		msgs = append(msgs, events.Message(events.Event{ID: events.NewID(), Tenant: "acme", Metric: "api_calls", Value: int64(1 << i), Time: now}))
+		evs = append(evs, events.Event{ID: events.NewID(), Tenant: "acme", Metric: "api_calls", Value: int64(1 << i), Time: now})
 	}
-	if err := p.WriteMessages(context.Background(), msgs); err != nil {
+	if err := p.Emit(context.Background(), evs...); err != nil {
 		t.Fatal(err)
 	}
 	// Postgres says offsets 0-5 are done: only 6..9 (64+128+256+512) count.

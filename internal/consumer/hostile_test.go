@@ -36,7 +36,8 @@ func TestHostileRecordsThroughKafka(t *testing.T) {
 	}
 	valid := 0
 	for i := range 5 {
-		msgs = append(msgs, events.Message(events.Event{ID: fmt.Sprint("ok-", i), Tenant: "acme", Metric: "api_calls", Value: 1, Time: time.Now().UTC()}))
+		e := events.Event{ID: fmt.Sprint("ok-", i), Tenant: "acme", Metric: "api_calls", Value: 1, Time: time.Now().UTC()}
+		msgs = append(msgs, kafka.Message{Key: []byte(e.Tenant), Value: e.AppendJSON(nil)})
 		valid++
 	}
 	w := &kafka.Writer{Addr: kafka.TCP(kc.Addr()), Topic: topic, BatchSize: 1, RequiredAcks: kafka.RequireAll, BatchBytes: 4 << 20}

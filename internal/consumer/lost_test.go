@@ -14,7 +14,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
-	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
@@ -134,11 +133,11 @@ func produce(t *testing.T, kc *kafkatest.Cluster, topic string, from, n int) {
 		t.Fatal(err)
 	}
 	defer p.Close()
-	var msgs []kafka.Message
+	var evs []events.Event
 	for i := from; i < from+n; i++ {
-		msgs = append(msgs, events.Message(events.Event{ID: fmt.Sprint("e", i), Tenant: "acme", Metric: "api_calls", Value: 1, Time: time.Now().UTC()}))
+		evs = append(evs, events.Event{ID: fmt.Sprint("e", i), Tenant: "acme", Metric: "api_calls", Value: 1, Time: time.Now().UTC()})
 	}
-	if err := p.WriteMessages(context.Background(), msgs); err != nil {
+	if err := p.Emit(context.Background(), evs...); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -111,7 +111,8 @@ func killMembers(t *testing.T, bin string, kills int, sessionTimeout, limit time
 			}
 			msgs := make([]kafka.Message, partitions)
 			for j := range msgs {
-				msgs[j] = events.Message(events.Event{ID: fmt.Sprintf("e%d-%d", i, j), Tenant: "acme", Metric: "api_calls", Value: 1, Time: time.Now().UTC()})
+				e := events.Event{ID: fmt.Sprintf("e%d-%d", i, j), Tenant: "acme", Metric: "api_calls", Value: 1, Time: time.Now().UTC()}
+				msgs[j] = kafka.Message{Key: []byte(e.Tenant), Value: e.AppendJSON(nil)}
 			}
 			if err := w.WriteMessages(context.Background(), msgs...); err != nil {
 				t.Errorf("writing events: %v", err)

@@ -13,15 +13,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/segmentio/kafka-go"
-
 	"github.com/usagemeter/metering/events"
 )
 
 // batchBodies returns count request bodies of size events each, all ids distinct.
-func batchBodies(count, size int) ([][]byte, [][]kafka.Message) {
+func batchBodies(count, size int) ([][]byte, [][]events.Event) {
 	bodies := make([][]byte, count)
-	msgs := make([][]kafka.Message, count)
+	evs := make([][]events.Event, count)
 	ts := time.Now().UTC()
 	for i := range bodies {
 		var sb strings.Builder
@@ -33,12 +31,12 @@ func batchBodies(count, size int) ([][]byte, [][]kafka.Message) {
 				sb.WriteByte(',')
 			}
 			sb.Write(e.AppendJSON(nil))
-			msgs[i] = append(msgs[i], events.Message(e))
+			evs[i] = append(evs[i], e)
 		}
 		sb.WriteByte(']')
 		bodies[i] = []byte(sb.String())
 	}
-	return bodies, msgs
+	return bodies, evs
 }
 
 func (e *env) post(body []byte) int {
@@ -60,14 +58,14 @@ func BenchmarkIngest(b *testing.B) {
 	e := newEnv(b, envOpts{})
 	http.DefaultTransport.(*http.Transport).MaxIdleConnsPerHost = 64
 	for _, size := range []int{100, 1000} {
-		bodies, msgs := batchBodies(64, size)
+		bodies, evs := batchBodies(64, size)
 		b.Run(fmt.Sprintf("ceiling-producer/batch-%d", size), func(b *testing.B) {
 			var next atomic.Int64
 			b.SetParallelism(4)
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
-					i := next.Add(1) % int64(len(msgs))
-					if err := e.producer.WriteMessages(context.Background(), msgs[i]); err != nil {
+					i := next.Add(1) % int64(len(evs))
+					if err := e.producer.Emit(context.Background(), evs[i]...); err != nil {
 						b.Error(err)
 						return
 					}

@@ -34,7 +34,11 @@ func Run(ctx context.Context, cfg config.Ingest, log *slog.Logger, ready func(ne
 		// The broker may come up later; publishing retries and /readyz says so.
 		log.WarnContext(ctx, "could not ensure the events topic", "err", err)
 	}
-	producer, err := events.NewProducer(events.ProducerConfig{Brokers: cfg.KafkaBrokers, Transport: cfg.KafkaSecurity.Transport(), Logger: log})
+	// The producer checks events again before writing them: with the rules
+	// the decoder accepted them under.
+	validator := events.Validator{Horizon: cfg.DedupHorizon}
+	producer, err := events.NewProducer(events.ProducerConfig{Brokers: cfg.KafkaBrokers, Transport: cfg.KafkaSecurity.Transport(),
+		Validator: validator, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -46,7 +50,7 @@ func Run(ctx context.Context, cfg config.Ingest, log *slog.Logger, ready func(ne
 		Publisher:    publish.New(producer, cfg.MaxInFlightEvents, cfg.PublishTimeout),
 		Usage:        usagedata.NewReader(pool),
 		Conflicts:    usagedata.NewConflictReader(pool),
-		Decoder:      events.Decoder{Validator: events.Validator{Horizon: cfg.DedupHorizon}},
+		Decoder:      events.Decoder{Validator: validator},
 		KeyLimiter:   ratelimit.New(cfg.KeyEventsPerSecond, cfg.KeyBurst),
 		IPLimiter:    ratelimit.New(cfg.IPRequestsPerSecond, cfg.IPBurst),
 		MaxBodyBytes: cfg.MaxBodyBytes,

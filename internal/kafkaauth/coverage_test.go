@@ -15,9 +15,8 @@ import (
 var notProduct = []string{"internal/testkit", "tools"}
 
 // takenByCaller are constructions whose security the caller sets: the
-// public SDK takes ProducerConfig.Transport, and outbox.NewWriter's
-// callers set the writer's Transport.
-var takenByCaller = map[string]bool{"events/producer.go": true, "internal/outbox/outbox.go": true}
+// public SDK takes ProducerConfig.Transport.
+var takenByCaller = map[string]bool{"events/producer.go": true}
 
 // TestEveryKafkaClientTakesTheSecurity: every kafka-go client the product
 // builds names its Dialer or Transport, so KAFKA_TLS* and KAFKA_SASL_*
@@ -110,10 +109,10 @@ func TestEveryKafkaClientTakesTheSecurity(t *testing.T) {
 	}
 }
 
-// callersSetTransport checks the constructions takenByCaller leaves to
-// their callers: an events.ProducerConfig literal names its Transport, and
-// a function that calls outbox.NewWriter assigns the writer's Transport.
-// It returns how many it checked.
+// callersSetTransport checks the transports the product passes along: an
+// events.ProducerConfig literal names its Transport, and a call of
+// kafkalog.NewWriter passes one (not nil, which is kafka-go's plaintext
+// default). It returns how many it checked.
 func callersSetTransport(t *testing.T, fset *token.FileSet, f *ast.File) int {
 	t.Helper()
 	checked := 0
@@ -140,30 +139,16 @@ func callersSetTransport(t *testing.T, fset *token.FileSet, f *ast.File) int {
 				}
 			}
 			t.Errorf("%s: events.ProducerConfig without Transport: the producer would ignore KAFKA_TLS*/KAFKA_SASL_*", fset.Position(n.Pos()))
-		case *ast.FuncDecl:
-			if n.Body == nil {
-				return false
-			}
-			var calls []ast.Node
-			assigned := false
-			ast.Inspect(n.Body, func(m ast.Node) bool {
-				switch m := m.(type) {
-				case *ast.CallExpr:
-					if is(m.Fun, "outbox", "NewWriter") {
-						calls = append(calls, m)
-					}
-				case *ast.AssignStmt:
-					for _, l := range m.Lhs {
-						if sel, ok := l.(*ast.SelectorExpr); ok && sel.Sel.Name == "Transport" {
-							assigned = true
-						}
-					}
-				}
+		case *ast.CallExpr:
+			if !is(n.Fun, "kafkalog", "NewWriter") {
 				return true
-			})
-			checked += len(calls)
-			if len(calls) > 0 && !assigned {
-				t.Errorf("%s: %s calls outbox.NewWriter without setting the writer's Transport: the relay would ignore KAFKA_TLS*/KAFKA_SASL_*", fset.Position(calls[0].Pos()), n.Name.Name)
+			}
+			checked++
+			if len(n.Args) < 2 {
+				return true // a call with a spread argument list; the compiler checks the arity
+			}
+			if id, ok := n.Args[1].(*ast.Ident); ok && id.Name == "nil" {
+				t.Errorf("%s: kafkalog.NewWriter with a nil transport: the relay would ignore KAFKA_TLS*/KAFKA_SASL_*", fset.Position(n.Pos()))
 			}
 		}
 		return true

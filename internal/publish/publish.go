@@ -3,13 +3,13 @@
 // publish, so a slow or absent broker turns into fast 503s rather than
 // unbounded memory and hung clients.
 //
-// The ingest API hands it events.Event values; the Kafka message each
-// becomes (key = tenant, value = the canonical JSON, as events.Producer's
-// Emit writes it) is built here, so kafka-go stays behind this package.
+// The ingest API hands it events.Event values and it hands them to an
+// Emitter (events.Producer, which encodes and writes them), so it knows
+// nothing of Kafka's client.
 //
-// Invariant: Publish returns nil only when the writer acknowledged every
-// message; on error the caller must treat the whole request as not
-// accepted (some messages may have been written; their ids make a resend
+// Invariant: Publish returns nil only when the emitter acknowledged every
+// event; on error the caller must treat the whole request as not
+// accepted (some events may have been written; their ids make a resend
 // safe).
 package publish
 
@@ -19,7 +19,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/segmentio/kafka-go"
 	"golang.org/x/sync/semaphore"
 
 	"github.com/usagemeter/metering/events"
@@ -33,15 +32,17 @@ var (
 	ErrUnavailable = errors.New("kafka did not acknowledge the events")
 )
 
-// Writer writes messages and returns once they are acknowledged;
-// *events.Producer is one.
-type Writer interface {
-	WriteMessages(ctx context.Context, msgs []kafka.Message) error
+// Emitter writes events and returns nil only once Kafka acknowledged
+// every one; *events.Producer is one. It may check the events again: it
+// should accept what the caller validated (events.ProducerConfig's
+// Validator set as the ingest's Decoder's).
+type Emitter interface {
+	Emit(ctx context.Context, evs ...events.Event) error
 }
 
-// Publisher bounds and times publishes to a Writer.
+// Publisher bounds and times publishes to an Emitter.
 type Publisher struct {
-	w        Writer
+	e        Emitter
 	sem      *semaphore.Weighted
 	capacity int64
 	timeout  time.Duration
@@ -49,26 +50,22 @@ type Publisher struct {
 
 // New returns a Publisher allowing maxInFlight events at once, each
 // publish bounded by timeout.
-func New(w Writer, maxInFlight int, timeout time.Duration) *Publisher {
-	return &Publisher{w: w, sem: semaphore.NewWeighted(int64(maxInFlight)), capacity: int64(maxInFlight), timeout: timeout}
+func New(e Emitter, maxInFlight int, timeout time.Duration) *Publisher {
+	return &Publisher{e: e, sem: semaphore.NewWeighted(int64(maxInFlight)), capacity: int64(maxInFlight), timeout: timeout}
 }
 
 // Publish writes evs (already validated by the caller), or fails at once
 // with ErrBusy when they would exceed the in-flight bound, or with
-// ErrUnavailable when the writer fails or the timeout passes.
+// ErrUnavailable when the emitter fails or the timeout passes.
 func (p *Publisher) Publish(ctx context.Context, evs []events.Event) error {
 	n := int64(len(evs))
 	if n > p.capacity || !p.sem.TryAcquire(n) {
 		return ErrBusy
 	}
 	defer p.sem.Release(n)
-	msgs := make([]kafka.Message, len(evs))
-	for i, e := range evs {
-		msgs[i] = events.Message(e)
-	}
 	ctx, cancel := context.WithTimeout(ctx, p.timeout)
 	defer cancel()
-	if err := p.w.WriteMessages(ctx, msgs); err != nil {
+	if err := p.e.Emit(ctx, evs...); err != nil {
 		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	return nil

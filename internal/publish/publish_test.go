@@ -7,20 +7,18 @@ import (
 	"testing"
 	"time"
 
-	"github.com/segmentio/kafka-go"
-
 	"github.com/usagemeter/metering/events"
 	"github.com/usagemeter/metering/internal/publish"
 )
 
-// blockingWriter holds every write until release is closed.
+// blockingWriter holds every Emit until release is closed.
 type blockingWriter struct {
 	started chan int
 	release chan struct{}
 }
 
-func (w *blockingWriter) WriteMessages(ctx context.Context, msgs []kafka.Message) error {
-	w.started <- len(msgs)
+func (w *blockingWriter) Emit(ctx context.Context, evs ...events.Event) error {
+	w.started <- len(evs)
 	select {
 	case <-w.release:
 		return nil

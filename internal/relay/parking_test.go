@@ -16,6 +16,8 @@ import (
 	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
 
+	"github.com/usagemeter/metering/internal/kafkalog"
+	"github.com/usagemeter/metering/internal/record"
 	"github.com/usagemeter/metering/internal/relay"
 	"github.com/usagemeter/metering/internal/testkit/kafkatest"
 	"github.com/usagemeter/metering/internal/testkit/pgtest"
@@ -72,14 +74,14 @@ func TestMessageKafkaRefusesIsParkedAndNeverBlocksTheOthers(t *testing.T) {
 	tests := []struct {
 		name   string
 		broker []kfake.Opt
-		writer func(*kafka.Writer)
+		opts   []kafkalog.WriterOption
 		wrap   func(relay.Writer) relay.Writer
 		topic  string // of the refused message
 		value  []byte
 	}{
 		{name: "over the broker's message.max.bytes", broker: []kfake.Opt{kfake.BrokerConfigs(map[string]string{"message.max.bytes": "4096"})},
 			topic: "usage.events.dlq", value: big},
-		{name: "over the writer's batch bytes", writer: func(w *kafka.Writer) { w.BatchBytes = 4096 },
+		{name: "over the writer's batch bytes", opts: []kafkalog.WriterOption{kafkalog.MaxBatchBytes(4096)},
 			topic: "usage.events.dlq", value: big},
 		{name: "invalid topic", wrap: func(w relay.Writer) relay.Writer { return refuseTopic{w, "no such topic!"} },
 			topic: "no such topic!", value: []byte("{}")},
@@ -91,11 +93,8 @@ func TestMessageKafkaRefusesIsParkedAndNeverBlocksTheOthers(t *testing.T) {
 			kc := kafkatest.Start(t, tc.broker...)
 			kc.CreateTopic(t, "quota.breaches", 1)
 			kc.CreateTopic(t, "usage.events.dlq", 1)
-			w := relay.NewWriter(kc.Brokers())
+			w := kafkalog.NewWriter(kc.Brokers(), nil, tc.opts...)
 			defer w.Close()
-			if tc.writer != nil {
-				tc.writer(w)
-			}
 			ctx := context.Background()
 			// One partition per topic, one key: the refused message shares
 			// a broker batch with the dead letter behind it.
@@ -169,13 +168,13 @@ type refuseTopic struct {
 	topic string
 }
 
-func (r refuseTopic) WriteMessages(ctx context.Context, msgs ...kafka.Message) error {
-	for _, m := range msgs {
-		if m.Topic == r.topic {
+func (r refuseTopic) Write(ctx context.Context, recs ...record.Record) error {
+	for _, rec := range recs {
+		if rec.Topic == r.topic {
 			return fmt.Errorf("metadata of %s: %w", r.topic, kafka.InvalidTopic)
 		}
 	}
-	return r.w.WriteMessages(ctx, msgs...)
+	return r.w.Write(ctx, recs...)
 }
 
 // failKey fails every message with key bad with a retriable error, as a
@@ -185,17 +184,17 @@ type failKey struct {
 	bad string
 }
 
-func (f failKey) WriteMessages(ctx context.Context, msgs ...kafka.Message) error {
-	errs := make(kafka.WriteErrors, len(msgs))
-	var good []kafka.Message
-	for i, m := range msgs {
-		if string(m.Key) == f.bad {
+func (f failKey) Write(ctx context.Context, recs ...record.Record) error {
+	errs := make(kafka.WriteErrors, len(recs))
+	var good []record.Record
+	for i, rec := range recs {
+		if string(rec.Key) == f.bad {
 			errs[i] = kafka.LeaderNotAvailable
 		} else {
-			good = append(good, m)
+			good = append(good, rec)
 		}
 	}
-	if err := f.w.WriteMessages(ctx, good...); err != nil {
+	if err := f.w.Write(ctx, good...); err != nil {
 		return err
 	}
 	if errs.Count() == 0 {
@@ -217,7 +216,7 @@ func TestMessageFailingMaxAttemptsIsParked(t *testing.T) {
 	t.Parallel()
 	db := pgtest.New(t)
 	kc := kafkatest.Start(t)
-	w := relay.NewWriter(kc.Brokers())
+	w := kafkalog.NewWriter(kc.Brokers(), nil)
 	defer w.Close()
 	ctx := context.Background()
 	rl := relay.New(db.Pool, failKey{w, "bad"}, quiet, nil)
@@ -248,7 +247,7 @@ func TestFailedMessageHoldsBackLaterMessagesOfItsKey(t *testing.T) {
 	t.Parallel()
 	db := pgtest.New(t)
 	kc := kafkatest.Start(t)
-	w := relay.NewWriter(kc.Brokers())
+	w := kafkalog.NewWriter(kc.Brokers(), nil)
 	defer w.Close()
 	ctx := context.Background()
 	flaky := relay.New(db.Pool, failKey{w, "acme"}, quiet, nil)
@@ -288,7 +287,7 @@ func TestFailingKeyNeverHidesTheOtherKeys(t *testing.T) {
 	t.Parallel()
 	db := pgtest.New(t)
 	kc := kafkatest.Start(t)
-	w := relay.NewWriter(kc.Brokers())
+	w := kafkalog.NewWriter(kc.Brokers(), nil)
 	defer w.Close()
 	ctx := context.Background()
 	// More rows of the failing key than one round takes, then another key.
@@ -351,9 +350,9 @@ func TestRoundsOfRelaysNeverOverlap(t *testing.T) {
 // relays' rounds would overlap if they could.
 type slowWriter struct{ w relay.Writer }
 
-func (s slowWriter) WriteMessages(ctx context.Context, msgs ...kafka.Message) error {
+func (s slowWriter) Write(ctx context.Context, recs ...record.Record) error {
 	time.Sleep(20 * time.Millisecond)
-	return s.w.WriteMessages(ctx, msgs...)
+	return s.w.Write(ctx, recs...)
 }
 
 // TestTwoRelaysPublishEachRowOnceInKeyOrder runs two relays, as the
@@ -390,7 +389,7 @@ func TestTwoRelaysPublishEachRowOnceInKeyOrder(t *testing.T) {
 	write(perTx)
 	var wg sync.WaitGroup
 	for range 2 {
-		w := relay.NewWriter(kc.Brokers())
+		w := kafkalog.NewWriter(kc.Brokers(), nil)
 		defer w.Close()
 		rl := relay.New(db.Pool, slowWriter{w}, quiet, nil)
 		wg.Go(func() { _ = rl.Run(ctx) })

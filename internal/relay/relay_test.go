@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/segmentio/kafka-go"
-
+	"github.com/usagemeter/metering/internal/kafkalog"
+	"github.com/usagemeter/metering/internal/record"
 	"github.com/usagemeter/metering/internal/relay"
 	"github.com/usagemeter/metering/internal/testkit/kafkatest"
 	"github.com/usagemeter/metering/internal/testkit/pgtest"
@@ -18,8 +18,8 @@ import (
 // the rows would.
 type crashAfterWrite struct{ w relay.Writer }
 
-func (c crashAfterWrite) WriteMessages(ctx context.Context, msgs ...kafka.Message) error {
-	if err := c.w.WriteMessages(ctx, msgs...); err != nil {
+func (c crashAfterWrite) Write(ctx context.Context, recs ...record.Record) error {
+	if err := c.w.Write(ctx, recs...); err != nil {
 		return err
 	}
 	return errors.New("crashed before marking")
@@ -27,7 +27,7 @@ func (c crashAfterWrite) WriteMessages(ctx context.Context, msgs ...kafka.Messag
 
 type down struct{}
 
-func (down) WriteMessages(context.Context, ...kafka.Message) error { return errors.New("broker down") }
+func (down) Write(context.Context, ...record.Record) error { return errors.New("broker down") }
 
 func TestAtLeastOnceAcrossCrashes(t *testing.T) {
 	db := pgtest.New(t)
@@ -39,7 +39,7 @@ func TestAtLeastOnceAcrossCrashes(t *testing.T) {
 		('quota.breaches', 'acme', '{"breach_id":"b1"}', '{"breach-id":"b1"}'),
 		('quota.breaches', 'acme', '{"breach_id":"b2"}', '{"breach-id":"b2"}')`)
 	quiet := slog.New(slog.DiscardHandler)
-	w := relay.NewWriter(kc.Brokers())
+	w := kafkalog.NewWriter(kc.Brokers(), nil)
 	defer w.Close()
 
 	newRelay := func(w relay.Writer) *relay.Relay {
@@ -90,7 +90,7 @@ func TestRunWakesOnNotify(t *testing.T) {
 	db := pgtest.New(t)
 	kc := kafkatest.Start(t)
 	kc.CreateTopic(t, "quota.breaches", 1)
-	w := relay.NewWriter(kc.Brokers())
+	w := kafkalog.NewWriter(kc.Brokers(), nil)
 	defer w.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

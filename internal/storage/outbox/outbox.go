@@ -1,3 +1,18 @@
+// Package outbox owns the outbox table: Kafka messages queued in the
+// transaction that decided them, for the relay (internal/relay) to
+// publish once it commits.
+//
+// Invariant: Enqueue is the only way in. It writes the rows and notifies
+// Channel in the caller's transaction, so a message is published if and
+// only if the transaction that queued it commits.
+//
+// Invariant: after Enqueue a row changes only through the relay's
+// operations here: Eligible locks a round's rows (under LockRound),
+// MarkPublished, Park and RecordFailures settle them, Unpark puts parked
+// rows back in line, and Prune deletes only rows published long enough
+// ago. Nothing here publishes: the relay (internal/relay) calls
+// MarkPublished after Kafka acknowledged the rows, in the transaction
+// that locked them.
 package outbox
 
 import (
