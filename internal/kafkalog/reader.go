@@ -21,12 +21,17 @@ type ReadOptions struct {
 	// BatchSize caps a batch; 0 means DefaultBatchSize.
 	BatchSize int
 	// BatchWait, when set, hands a batch over at most BatchWait after its
-	// first record; zero waits for a full batch or End.
+	// first record; zero waits for a full batch or End, or, without End,
+	// means DefaultBatchWait.
 	BatchWait time.Duration
 }
 
-// DefaultBatchSize is the batch cap of a Read that names none.
-const DefaultBatchSize = 10000
+// DefaultBatchSize is the batch cap of a Read that names none, and
+// DefaultBatchWait the batch time of an unbounded Read that names none.
+const (
+	DefaultBatchSize = 10000
+	DefaultBatchWait = 100 * time.Millisecond
+)
 
 // Batch is what Read hands over: records of one partition in offset
 // order, and the partition's high watermark as of the last one's fetch.
@@ -51,6 +56,9 @@ func (c Cluster) Read(ctx context.Context, topic string, partition int, opt Read
 	}
 	if opt.BatchSize <= 0 {
 		opt.BatchSize = DefaultBatchSize
+	}
+	if opt.End < 0 && opt.BatchWait <= 0 {
+		opt.BatchWait = DefaultBatchWait
 	}
 	r := kafka.NewReader(kafka.ReaderConfig{
 		Brokers: c.Brokers, Dialer: c.Security.Dialer(), Topic: topic, Partition: partition,
