@@ -1,7 +1,8 @@
 // Package consumer runs the aggregator's Kafka consumer-group membership:
 // for each partition assigned to this member it reads usage.events from
 // the offset stored in Postgres (never Kafka's committed offset), cuts
-// batches by size and time, and hands them to the aggregate package.
+// batches by size and time (internal/kafkalog's reader loop, which rebuild
+// shares), and hands them to the rollup package.
 //
 // After each Postgres commit the new offset is also committed to the
 // group in Kafka, at most once a second per partition and never waited
