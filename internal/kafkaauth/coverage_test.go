@@ -15,9 +15,9 @@ import (
 var notProduct = []string{"internal/testkit", "tools"}
 
 // takenByCaller are constructions whose security the caller sets: the
-// public SDK takes ProducerConfig.Transport, and outbox.NewWriter's
+// public SDK takes ProducerConfig.Transport, and relay.NewWriter's
 // callers set the writer's Transport.
-var takenByCaller = map[string]bool{"events/producer.go": true, "internal/outbox/outbox.go": true}
+var takenByCaller = map[string]bool{"events/producer.go": true, "internal/relay/relay.go": true}
 
 // TestEveryKafkaClientTakesTheSecurity: every kafka-go client the product
 // builds names its Dialer or Transport, so KAFKA_TLS* and KAFKA_SASL_*
@@ -112,7 +112,7 @@ func TestEveryKafkaClientTakesTheSecurity(t *testing.T) {
 
 // callersSetTransport checks the constructions takenByCaller leaves to
 // their callers: an events.ProducerConfig literal names its Transport, and
-// a function that calls outbox.NewWriter assigns the writer's Transport.
+// a function that calls relay.NewWriter assigns the writer's Transport.
 // It returns how many it checked.
 func callersSetTransport(t *testing.T, fset *token.FileSet, f *ast.File) int {
 	t.Helper()
@@ -149,7 +149,7 @@ func callersSetTransport(t *testing.T, fset *token.FileSet, f *ast.File) int {
 			ast.Inspect(n.Body, func(m ast.Node) bool {
 				switch m := m.(type) {
 				case *ast.CallExpr:
-					if is(m.Fun, "outbox", "NewWriter") {
+					if is(m.Fun, "relay", "NewWriter") {
 						calls = append(calls, m)
 					}
 				case *ast.AssignStmt:
@@ -163,7 +163,7 @@ func callersSetTransport(t *testing.T, fset *token.FileSet, f *ast.File) int {
 			})
 			checked += len(calls)
 			if len(calls) > 0 && !assigned {
-				t.Errorf("%s: %s calls outbox.NewWriter without setting the writer's Transport: the relay would ignore KAFKA_TLS*/KAFKA_SASL_*", fset.Position(calls[0].Pos()), n.Name.Name)
+				t.Errorf("%s: %s calls relay.NewWriter without setting the writer's Transport: the relay would ignore KAFKA_TLS*/KAFKA_SASL_*", fset.Position(calls[0].Pos()), n.Name.Name)
 			}
 		}
 		return true
