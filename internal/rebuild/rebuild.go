@@ -62,6 +62,7 @@ type Options struct {
 	Now func() time.Time
 	// DryRun compares without swapping.
 	DryRun bool
+	// Logger receives the rebuild's progress; nil discards it.
 	Logger *slog.Logger
 }
 
