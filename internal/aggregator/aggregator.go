@@ -51,7 +51,8 @@ func Run(ctx context.Context, cfg config.Aggregator, log *slog.Logger, ready fun
 	if err := cfg.KafkaSecurity.Start(ctx, log, cfg.KafkaBrokers); err != nil {
 		return err
 	}
-	if err := topics.Ensure(ctx, cfg.KafkaBrokers, cfg.KafkaSecurity, cfg.KafkaPartitions, topics.All...); err != nil {
+	cluster := kafkalog.Cluster{Brokers: cfg.KafkaBrokers, Security: cfg.KafkaSecurity}
+	if err := cluster.Ensure(ctx, cfg.KafkaPartitions, topics.All...); err != nil {
 		log.WarnContext(ctx, "could not ensure topics", "err", err)
 	}
 	reg := service.NewRegistry()

@@ -78,7 +78,8 @@ func Run(ctx context.Context, cfg config.Biller, log *slog.Logger, ready func(ne
 	if err := cfg.KafkaSecurity.Start(ctx, log, cfg.KafkaBrokers); err != nil {
 		return err
 	}
-	if err := topics.Ensure(ctx, cfg.KafkaBrokers, cfg.KafkaSecurity, cfg.KafkaPartitions, topics.BillingDLQ); err != nil {
+	cluster := kafkalog.Cluster{Brokers: cfg.KafkaBrokers, Security: cfg.KafkaSecurity}
+	if err := cluster.Ensure(ctx, cfg.KafkaPartitions, topics.BillingDLQ); err != nil {
 		log.WarnContext(ctx, "could not ensure the dead-letter topic", "topic", topics.BillingDLQ, "err", err)
 	}
 	reg := service.NewRegistry()

@@ -1,7 +1,8 @@
 // Package consumer runs the aggregator's Kafka consumer-group membership:
 // for each partition assigned to this member it reads usage.events from
 // the offset stored in Postgres (never Kafka's committed offset), cuts
-// batches by size and time, and hands them to the aggregate package.
+// batches by size and time (internal/kafkalog's reader loop, which rebuild
+// shares), and hands them to the rollup package.
 //
 // After each Postgres commit the new offset is also committed to the
 // group in Kafka, at most once a second per partition and never waited
@@ -28,15 +29,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
-	"github.com/segmentio/kafka-go"
 
 	"github.com/usagemeter/metering/internal/kafkaauth"
+	"github.com/usagemeter/metering/internal/kafkalog"
 	"github.com/usagemeter/metering/internal/rollup"
 )
 
@@ -117,23 +117,9 @@ func (c *Consumer) Ready(context.Context) error {
 
 // Run joins the group and consumes until ctx ends.
 func (c *Consumer) Run(ctx context.Context) error {
-	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
-		ID: c.cfg.Group, Brokers: c.cfg.Brokers, Dialer: c.cfg.Security.Dialer(), Topics: []string{c.cfg.Topic},
-		SessionTimeout: c.cfg.SessionTimeout, RebalanceTimeout: c.cfg.SessionTimeout,
-		HeartbeatInterval: c.cfg.SessionTimeout / 5, JoinGroupBackoff: time.Second,
-		WatchPartitionChanges: true, PartitionWatchInterval: 10 * time.Second,
-		StartOffset: kafka.FirstOffset,
-		// kafka-go's own account of joins, syncs and heartbeats: what
-		// explains a rebalance that takes long.
-		Logger: kafka.LoggerFunc(func(msg string, args ...any) {
-			c.log.Debug("kafka consumer group: "+fmt.Sprintf(msg, args...), "group", c.cfg.Group)
-		}),
-		ErrorLogger: kafka.LoggerFunc(func(msg string, args ...any) {
-			c.log.Warn("kafka consumer group: "+fmt.Sprintf(msg, args...), "group", c.cfg.Group)
-		}),
-	})
+	group, err := c.cluster().JoinGroup(c.cfg.Group, c.cfg.Topic, c.cfg.SessionTimeout, c.log)
 	if err != nil {
-		return fmt.Errorf("creating consumer group %s: %w", c.cfg.Group, err)
+		return err
 	}
 	defer group.Close()
 	for {
@@ -151,17 +137,12 @@ func (c *Consumer) Run(ctx context.Context) error {
 			}
 			continue
 		}
-		assigned := gen.Assignments[c.cfg.Topic]
-		c.members.Store(int32(len(assigned)))
+		parts := gen.Partitions
+		c.members.Store(int32(len(parts)))
 		if c.metrics != nil {
 			c.metrics.Rebalances.Inc()
-			c.metrics.Assigned.Set(float64(len(assigned)))
+			c.metrics.Assigned.Set(float64(len(parts)))
 		}
-		parts := make([]int, len(assigned))
-		for i, a := range assigned {
-			parts[i] = a.ID
-		}
-		slices.Sort(parts)
 		c.log.InfoContext(ctx, "joined generation", "generation", gen.ID, "member", gen.MemberID, "partitions", parts)
 		committed := newOffsets()
 		gen.Start(func(ctx context.Context) { c.copyOffsets(ctx, gen, committed) })
@@ -170,11 +151,15 @@ func (c *Consumer) Run(ctx context.Context) error {
 			owned[p] = true
 		}
 		gen.Start(func(ctx context.Context) { c.watchIdle(ctx, owned) })
-		for _, a := range assigned {
-			partition := a.ID
+		for _, partition := range parts {
 			gen.Start(func(ctx context.Context) { c.runPartition(ctx, partition, committed) })
 		}
 	}
+}
+
+// cluster is the brokers the consumer reads.
+func (c *Consumer) cluster() kafkalog.Cluster {
+	return kafkalog.Cluster{Brokers: c.cfg.Brokers, Security: c.cfg.Security}
 }
 
 // runPartition consumes partition for as long as the generation lasts.
@@ -228,46 +213,27 @@ func (c *Consumer) consumePartition(ctx context.Context, partition int, committe
 	if next, err = c.skipLost(ctx, partition, next); err != nil {
 		return err
 	}
-	r := kafka.NewReader(kafka.ReaderConfig{
-		Brokers: c.cfg.Brokers, Dialer: c.cfg.Security.Dialer(), Topic: c.cfg.Topic, Partition: partition,
-		MinBytes: 1, MaxBytes: 16 << 20, MaxWait: 50 * time.Millisecond, QueueCapacity: 1000,
-		// An offset retention has deleted must come back to us (to be
-		// recorded as lost), not be retried silently for ever.
-		OffsetOutOfRangeError: true,
-	})
-	defer r.Close()
-	start := next
-	if start < 0 {
-		start = kafka.FirstOffset
-	}
-	if err := r.SetOffset(start); err != nil {
-		return fmt.Errorf("seeking partition %d to %d: %w", partition, start, err)
-	}
 	label := strconv.Itoa(partition)
-	for {
-		batch, hwm, err := c.fetchBatch(ctx, r)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return fmt.Errorf("reading partition %d: %w", partition, err)
-		}
-		if len(batch) == 0 {
-			continue
-		}
+	opt := kafkalog.ReadOptions{From: next, End: -1, BatchSize: c.cfg.BatchSize, BatchWait: c.cfg.BatchWait}
+	err = c.cluster().Read(ctx, c.cfg.Topic, partition, opt, func(b kafkalog.Batch) error {
 		from := next
 		if from < 0 {
-			from = batch[0].Offset
+			from = b.Records[0].Offset
 		}
-		next, err = c.commit(ctx, partition, from, batch)
-		if err != nil {
+		var err error
+		if next, err = c.commit(ctx, partition, from, b.Records); err != nil {
 			return err
 		}
 		committed.set(partition, next)
-		if c.metrics != nil && hwm >= 0 {
-			c.metrics.Lag.WithLabelValues(label).Set(float64(max(hwm-next, 0)))
+		if c.metrics != nil && b.HighWaterMark >= 0 {
+			c.metrics.Lag.WithLabelValues(label).Set(float64(max(b.HighWaterMark-next, 0)))
 		}
+		return nil
+	})
+	if ctx.Err() != nil {
+		return nil
 	}
+	return err
 }
 
 // skipLost compares the stored offset next with the partition's log
@@ -278,21 +244,10 @@ func (c *Consumer) skipLost(ctx context.Context, partition int, next int64) (int
 	if next < 0 {
 		return next, nil
 	}
-	cl := &kafka.Client{Addr: kafka.TCP(c.cfg.Brokers...), Transport: c.cfg.Security.Transport(), Timeout: 10 * time.Second}
-	resp, err := cl.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{
-		c.cfg.Topic: {kafka.FirstOffsetOf(partition)},
-	}})
+	start, err := c.cluster().LogStart(ctx, c.cfg.Topic, partition)
 	if err != nil {
-		return 0, fmt.Errorf("reading the log start of partition %d: %w", partition, err)
+		return 0, err
 	}
-	parts := resp.Topics[c.cfg.Topic]
-	if len(parts) != 1 {
-		return 0, fmt.Errorf("reading the log start of partition %d: %d answers", partition, len(parts))
-	}
-	if parts[0].Error != nil {
-		return 0, fmt.Errorf("reading the log start of partition %d: %w", partition, parts[0].Error)
-	}
-	start := parts[0].FirstOffset
 	if start <= next {
 		return next, nil
 	}
@@ -312,37 +267,4 @@ func (c *Consumer) storedOffset(ctx context.Context, partition int) (int64, erro
 		return struct{}{}, err
 	}, backoff.WithBackOff(bo), backoff.WithMaxElapsedTime(0))
 	return next, err
-}
-
-// fetchBatch blocks for the first record, then collects more until the
-// batch is full or BatchWait has passed since the first.
-func (c *Consumer) fetchBatch(ctx context.Context, r *kafka.Reader) ([]rollup.Record, int64, error) {
-	m, err := r.FetchMessage(ctx)
-	if err != nil {
-		return nil, -1, err
-	}
-	batch := []rollup.Record{record(m)}
-	hwm := m.HighWaterMark
-	deadline, cancel := context.WithTimeout(ctx, c.cfg.BatchWait)
-	defer cancel()
-	for len(batch) < c.cfg.BatchSize {
-		m, err := r.FetchMessage(deadline)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, -1, ctx.Err()
-			}
-			break // the batch's time is up
-		}
-		batch = append(batch, record(m))
-		hwm = m.HighWaterMark
-	}
-	return batch, hwm, nil
-}
-
-func record(m kafka.Message) rollup.Record {
-	var hs []rollup.Header
-	for _, h := range m.Headers {
-		hs = append(hs, rollup.Header{Key: h.Key, Value: h.Value})
-	}
-	return rollup.Record{Partition: m.Partition, Offset: m.Offset, Key: m.Key, Value: m.Value, Headers: hs, Time: m.Time}
 }

@@ -2,11 +2,8 @@ package consumer
 
 import (
 	"context"
-	"fmt"
 	"strconv"
 	"time"
-
-	"github.com/segmentio/kafka-go"
 )
 
 // watchIdle returns, ending the member's generation so that it rejoins
@@ -40,7 +37,7 @@ func (c *Consumer) watchIdle(ctx context.Context, owned map[int]bool) {
 			clear(seen)
 			continue
 		}
-		ends, err := c.logEnds(ctx)
+		ends, err := c.cluster().LogEnds(ctx, c.cfg.Topic)
 		if err != nil {
 			continue
 		}
@@ -73,30 +70,4 @@ func (c *Consumer) watchIdle(ctx context.Context, owned map[int]bool) {
 			}
 		}
 	}
-}
-
-// logEnds returns the high watermark of every partition of the topic.
-func (c *Consumer) logEnds(ctx context.Context) (map[int]int64, error) {
-	cl := &kafka.Client{Addr: kafka.TCP(c.cfg.Brokers...), Transport: c.cfg.Security.Transport(), Timeout: 5 * time.Second}
-	meta, err := cl.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{c.cfg.Topic}})
-	if err != nil {
-		return nil, fmt.Errorf("metadata of %s: %w", c.cfg.Topic, err)
-	}
-	var reqs []kafka.OffsetRequest
-	for _, t := range meta.Topics {
-		for _, p := range t.Partitions {
-			reqs = append(reqs, kafka.LastOffsetOf(p.ID))
-		}
-	}
-	resp, err := cl.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{c.cfg.Topic: reqs}})
-	if err != nil {
-		return nil, fmt.Errorf("log ends of %s: %w", c.cfg.Topic, err)
-	}
-	out := map[int]int64{}
-	for _, po := range resp.Topics[c.cfg.Topic] {
-		if po.Error == nil {
-			out[po.Partition] = po.LastOffset
-		}
-	}
-	return out, nil
 }

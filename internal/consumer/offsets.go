@@ -6,7 +6,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/segmentio/kafka-go"
+	"github.com/usagemeter/metering/internal/kafkalog"
 )
 
 // offsets holds, per partition, the next offset that Postgres has
@@ -48,13 +48,13 @@ func (o *offsets) putBack(failed map[int]int64) {
 	}
 }
 
-// committer is the part of a group generation that commits offsets;
-// *kafka.Generation is one.
+// committer is the part of a group generation that commits offsets of
+// the topic; *kafkalog.Generation is one.
 type committer interface {
-	CommitOffsets(map[string]map[int]int64) error
+	CommitOffsets(next map[int]int64) error
 }
 
-var _ committer = (*kafka.Generation)(nil)
+var _ committer = (*kafkalog.Generation)(nil)
 
 // copyOffsets commits the generation's pending offsets to Kafka every
 // CommitInterval, and once more when the generation ends. A failure is
@@ -79,7 +79,7 @@ func (c *Consumer) commitPending(ctx context.Context, gen committer, pending *of
 	if offs == nil {
 		return
 	}
-	if err := gen.CommitOffsets(map[string]map[int]int64{c.cfg.Topic: offs}); err != nil {
+	if err := gen.CommitOffsets(offs); err != nil {
 		pending.putBack(offs)
 		if c.metrics != nil {
 			c.metrics.KafkaCommitErrors.Inc()

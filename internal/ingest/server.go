@@ -10,6 +10,7 @@ import (
 	"github.com/usagemeter/metering/internal/auth"
 	"github.com/usagemeter/metering/internal/config"
 	"github.com/usagemeter/metering/internal/httpguard"
+	"github.com/usagemeter/metering/internal/kafkalog"
 	"github.com/usagemeter/metering/internal/migrate"
 	"github.com/usagemeter/metering/internal/publish"
 	"github.com/usagemeter/metering/internal/ratelimit"
@@ -30,7 +31,8 @@ func Run(ctx context.Context, cfg config.Ingest, log *slog.Logger, ready func(ne
 	if err := cfg.KafkaSecurity.Start(ctx, log, cfg.KafkaBrokers); err != nil {
 		return err
 	}
-	if err := topics.Ensure(ctx, cfg.KafkaBrokers, cfg.KafkaSecurity, cfg.KafkaPartitions, topics.UsageEvents); err != nil {
+	cluster := kafkalog.Cluster{Brokers: cfg.KafkaBrokers, Security: cfg.KafkaSecurity}
+	if err := cluster.Ensure(ctx, cfg.KafkaPartitions, topics.UsageEvents); err != nil {
 		// The broker may come up later; publishing retries and /readyz says so.
 		log.WarnContext(ctx, "could not ensure the events topic", "err", err)
 	}
@@ -62,7 +64,7 @@ func Run(ctx context.Context, cfg config.Ingest, log *slog.Logger, ready func(ne
 	service.MountLogged(mux, reg, map[string]service.Check{
 		"postgres": st.Ping,
 		"kafka": func(ctx context.Context) error {
-			return topics.Ping(ctx, cfg.KafkaBrokers, cfg.KafkaSecurity, topics.UsageEvents)
+			return cluster.Ping(ctx, topics.UsageEvents)
 		},
 	}, log)
 	serveErr := service.ServeLimited(ctx, log, cfg.HTTPAddr, api.Handler(mux), cfg.ShutdownTimeout, service.HTTPLimits{

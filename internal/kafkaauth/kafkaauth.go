@@ -3,7 +3,8 @@
 // carry them: a *tls.Config, a sasl.Mechanism, and from those a
 // *kafka.Dialer (readers, consumer groups, Conn) and a shared
 // *kafka.Transport (writers and clients). Every place in the product that
-// talks to Kafka takes its Dialer and Transport from the one Security the
+// talks to Kafka (internal/kafkalog's Cluster, the public Producer through
+// its Transport) takes its Dialer and Transport from the one Security the
 // service's config built at start, so a service never speaks plaintext to
 // one broker and TLS to another. kafka-go reports a broker whose TLS
 // handshake or SASL authentication failed as "Broker Not Available";

@@ -17,6 +17,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/usagemeter/metering/internal/kafkaauth"
+	"github.com/usagemeter/metering/internal/kafkalog"
 	"github.com/usagemeter/metering/internal/testkit/kafkacluster"
 	"github.com/usagemeter/metering/internal/testkit/testpki"
 	"github.com/usagemeter/metering/internal/topics"
@@ -194,7 +195,7 @@ func probe(ctx context.Context, brokers []string, cfg kafkaauth.Config) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*probeLimit)
 	defer cancel()
-	err = topics.Ensure(ctx, brokers, sec, 4, topics.UsageEvents)
+	err = kafkalog.Cluster{Brokers: brokers, Security: sec}.Ensure(ctx, 4, topics.UsageEvents)
 	if tr, ok := sec.Transport().(*kafka.Transport); ok {
 		tr.CloseIdleConnections()
 	}

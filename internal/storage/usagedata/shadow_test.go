@@ -1,0 +1,158 @@
+package usagedata_test
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/usagemeter/metering/internal/storage/usagedata"
+	"github.com/usagemeter/metering/internal/testkit/pgtest"
+)
+
+// TestRebuiltWindowsCountHeldCopiesOnce: the held conflicts operators
+// counted join the rebuilt windows by the rule live counting follows: per
+// (tenant, id, metric, event time) their maximum, over the replayed
+// counted event when it has that metric and time, never their sum.
+func TestRebuiltWindowsCountHeldCopiesOnce(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	ctx := context.Background()
+	const schema = "rebuild_conflicts"
+	if err := usagedata.CreateShadow(ctx, db.Pool, schema); err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2026, 11, 21, 18, 0, 0, 0, time.UTC)
+	// The replay counted order-5, order-3 (raised to 250 by the resend an
+	// operator counted live, recorded under the first-seen rule) and
+	// order-4 at api_calls; order-6's counted event is older than the replay.
+	for _, l := range []struct {
+		id    string
+		value int64
+	}{{"order-5", 100}, {"order-3", 250}, {"order-4", 100}} {
+		db.Exec(t, fmt.Sprintf(`INSERT INTO %s.ledger (tenant, event_id, payload_hash, metric, value, event_time, event_day, src_partition, src_offset)
+			VALUES ('acme', $1, '\x00', 'api_calls', $2, $3::timestamptz, ($3::timestamptz AT TIME ZONE 'UTC')::date, 0, 0)`, schema), l.id, l.value, at)
+	}
+	db.Exec(t, fmt.Sprintf(`INSERT INTO %s.usage_windows (tenant, metric, granularity, window_start, value, events)
+		VALUES ('acme', 'api_calls', 'month', '2026-11-01Z', 450, 3)`, schema))
+	for i, c := range []struct {
+		id, metric, resolution string
+		value                  int64
+	}{
+		{"order-5", "tokens", "counted", 700},
+		{"order-5", "tokens", "counted", 900},
+		{"order-5", "tokens", "dismissed", 5000},
+		{"order-3", "api_calls", "counted", 250},
+		{"order-4", "api_calls", "counted", 60},
+		{"order-6", "tokens", "counted", 40},
+	} {
+		db.Exec(t, `INSERT INTO ledger_conflicts (tenant, event_id, counted_hash, rejected_hash, rejected_event, src_partition, src_offset,
+				metric, value, event_time, resolution, counted_amount, counted_events)
+			VALUES ('acme', $1, '\x00', $2, '{}', 0, $3, $4, $5, $6, $7, CASE WHEN $7 = 'counted' THEN 0 END, CASE WHEN $7 = 'counted' THEN 0 END)`,
+			c.id, []byte{byte(i)}, i, c.metric, c.value, at, c.resolution)
+	}
+	// The live windows are empty, so every rebuilt window is a change.
+	changes, _, err := usagedata.CompareShadow(ctx, db.Pool, schema, time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, c := range changes {
+		if c.Granularity == "month" {
+			got[c.Metric] = fmt.Sprintf("%s/%d", c.After, c.EventsAfter)
+		}
+	}
+	// api_calls: the replay's 450 over 3 events, nothing over it (order-3's
+	// 250 is the replayed maximum, order-4's 60 below it); tokens: order-5's
+	// copies count 900 once, order-6's 40 is its own event.
+	want := map[string]string{"api_calls": "450/3", "tokens": "940/2"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("rebuilt month windows %v, want %v", got, want)
+	}
+}
+
+// TestShadowSwap: the swap replaces the live windows from the given start
+// on with the rebuilt ones, keeps older ones, and runs under the stored
+// offsets' lock; dropping the shadow removes it, twice is no error.
+func TestShadowSwap(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	ctx := context.Background()
+	const schema = "rebuild_swap"
+	if err := usagedata.CreateShadow(ctx, db.Pool, schema); err != nil {
+		t.Fatal(err)
+	}
+	if err := usagedata.CreateShadow(ctx, db.Pool, schema); err == nil {
+		t.Error("a second CreateShadow of one schema succeeded")
+	}
+	db.Exec(t, `INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset) VALUES ('g', 'usage.events', 0, 7), ('g', 'usage.events', 1, 9)`)
+	db.Exec(t, `INSERT INTO usage_windows (tenant, metric, granularity, window_start, value, events) VALUES
+		('acme', 'api_calls', 'month', '2026-10-01Z', 5, 5), ('acme', 'api_calls', 'month', '2026-11-01Z', 8, 8), ('acme', 'tokens', 'month', '2026-11-01Z', 1, 1)`)
+	db.Exec(t, `INSERT INTO `+schema+`.usage_windows (tenant, metric, granularity, window_start, value, events) VALUES
+		('acme', 'api_calls', 'month', '2026-10-01Z', 50, 50), ('acme', 'api_calls', 'month', '2026-11-01Z', 10, 10)`)
+	from := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	changes, total, err := usagedata.CompareShadow(ctx, db.Pool, schema, from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if total != 2 || len(changes) != 2 || changes[0].Before != "8" || changes[0].After != "10" || changes[1].Before != "1" || changes[1].After != "" {
+		t.Fatalf("compare: %d windows, changes %+v", total, changes)
+	}
+	err = pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
+		offs, err := usagedata.LockOffsets(ctx, tx, "g", "usage.events")
+		if err != nil {
+			return err
+		}
+		if want := map[int]int64{0: 7, 1: 9}; !maps.Equal(offs, want) {
+			t.Errorf("locked offsets %v, want %v", offs, want)
+		}
+		rows, err := db.Pool.Query(ctx, `SELECT partition FROM consumer_offsets WHERE consumer_group = 'g' FOR UPDATE SKIP LOCKED`)
+		if err != nil {
+			return err
+		}
+		if free, err := pgx.CollectRows(rows, pgx.RowTo[int]); err != nil || len(free) != 0 {
+			t.Errorf("partitions %v not locked by LockOffsets' transaction (%v)", free, err)
+		}
+		return usagedata.SwapShadow(ctx, tx, schema, from)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, err := db.Pool.Query(ctx, `SELECT metric || ' ' || to_char(window_start AT TIME ZONE 'UTC', 'YYYY-MM') || ' ' || value FROM usage_windows ORDER BY 1`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	live, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := strings.Join(live, "; "), "api_calls 2026-10 5; api_calls 2026-11 10"; got != want {
+		t.Errorf("live windows after the swap: %s, want %s", got, want)
+	}
+	for range 2 {
+		if err := usagedata.DropShadow(ctx, db.Pool, schema); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var exists bool
+	if err := db.Pool.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = $1)`, schema).Scan(&exists); err != nil || exists {
+		t.Errorf("shadow schema still there after DropShadow (%v)", err)
+	}
+}
+
+// TestShadowRefusesOddNames: a schema name goes into the statements, so
+// only plain identifiers pass.
+func TestShadowRefusesOddNames(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	for _, name := range []string{"", "Rebuild", "rebuild; DROP TABLE ledger", "1rebuild", "rebuild-x", strings.Repeat("a", 64)} {
+		// No database is reached: the name is refused first.
+		if err := usagedata.DropShadow(ctx, nil, name); err == nil {
+			t.Errorf("DropShadow(%q) accepted the name", name)
+		}
+	}
+}
