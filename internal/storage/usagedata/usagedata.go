@@ -2,6 +2,8 @@
 // conflicts, the usage windows, corrections of closed months, quota
 // breaches and the consumer's stored offsets. The rollup writes them in a
 // batch's transaction; the API, the biller and rebuild read them here.
+// Rebuild's shadow schema (scratch copies of these tables that a replay
+// fills) is created, compared and swapped in here too (shadow.go).
 //
 // Invariant: usage only grows through these operations. A window's value
 // and events are only ever increased (AddWindows) or replaced wholesale by
