@@ -15,7 +15,6 @@ import (
 
 	"github.com/usagemeter/metering/internal/cli"
 	"github.com/usagemeter/metering/internal/config"
-	"github.com/usagemeter/metering/internal/dlq"
 	"github.com/usagemeter/metering/internal/kafkalog"
 	"github.com/usagemeter/metering/internal/rebuild"
 	"github.com/usagemeter/metering/internal/relay"
@@ -99,7 +98,7 @@ func dlqList(ctx context.Context, env Env, f dlqListFlags, args []string) error 
 	if status == "all" {
 		status = ""
 	}
-	recs, err := dlq.New(pool).List(ctx, status, f.Limit)
+	recs, err := rollup.NewDeadLetters(pool).List(ctx, status, f.Limit)
 	if err != nil {
 		return err
 	}
@@ -146,7 +145,7 @@ func dlqReplay(ctx context.Context, env Env, f dlqReplayFlags, args []string) er
 		return err
 	}
 	defer pool.Close()
-	done, err := dlq.New(pool).Replay(ctx, ids, f.All, f.Who(), f.Note)
+	done, err := rollup.NewDeadLetters(pool).Replay(ctx, ids, f.All, f.Who(), f.Note)
 	if err != nil {
 		return err
 	}
@@ -177,7 +176,7 @@ func dlqDiscard(ctx context.Context, env Env, f cli.Audit, args []string) error 
 		return err
 	}
 	defer pool.Close()
-	done, err := dlq.New(pool).Discard(ctx, ids, f.Who(), f.Note)
+	done, err := rollup.NewDeadLetters(pool).Discard(ctx, ids, f.Who(), f.Note)
 	if err != nil {
 		return err
 	}

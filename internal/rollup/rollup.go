@@ -23,6 +23,10 @@
 // now], never at a producer's timestamp alone
 // (TestEventTimeJudgedByATrustedClock), and LedgerCutoff is before every
 // event time that clock can accept (TestLedgerCutoffIsBeforeEveryAcceptableEvent).
+//
+// The records the rollup could not count wait in the usage dead-letter
+// queue, which on-call lists, replays or discards through DeadLetters
+// (deadletters.go), as the biller's queue is administered in stripesync.
 package rollup
 
 import (

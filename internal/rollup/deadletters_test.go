@@ -1,4 +1,4 @@
-package dlq_test
+package rollup_test
 
 import (
 	"bytes"
@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/usagemeter/metering/internal/dlq"
 	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/testkit/pgtest"
 )
@@ -30,7 +29,7 @@ func TestHostileRecordsListAndReplay(t *testing.T) {
 	if res, err := agg.Apply(ctx, 0, -1, recs); err != nil || res.DeadLettered != 3 {
 		t.Fatalf("Apply = %+v, %v", res, err)
 	}
-	q := dlq.New(db.Pool)
+	q := rollup.NewDeadLetters(db.Pool)
 	list, err := q.List(ctx, "pending", 10)
 	if err != nil {
 		t.Fatal(err)

@@ -1,13 +1,12 @@
-// Package dlq administers the usage.events dead letters the aggregator
-// recorded: list them, replay them to usage.events (after the cause is
-// fixed), or discard them.
-//
-// Invariant: every action is one transaction that changes the records'
+package rollup
+
+// This file administers the usage.events dead letters the rollup recorded:
+// list them, replay them to usage.events (after the cause is fixed), or
+// discard them. Every action is one transaction that changes the records'
 // status, writes the replayed messages to the outbox, and records who did
 // what in dlq_audit; a record is replayed or discarded at most once.
 // Replaying is safe even for events that were counted: the ledger counts
 // an id once.
-package dlq
 
 import (
 	"bytes"
@@ -26,8 +25,8 @@ import (
 	"github.com/usagemeter/metering/internal/topics"
 )
 
-// Record is one dead letter.
-type Record struct {
+// DeadLetter is one record of the usage dead-letter queue.
+type DeadLetter struct {
 	ID              int64  `json:"id"`
 	Tenant          string `json:"tenant"`
 	Error           string `json:"error"`
@@ -47,25 +46,25 @@ type Record struct {
 	ResolvedAt  *time.Time `json:"resolved_at,omitempty"`
 }
 
-// Queue is the usage dead-letter queue.
-type Queue struct {
+// DeadLetters is the usage dead-letter queue.
+type DeadLetters struct {
 	pool *pgxpool.Pool
 }
 
-// New returns the queue stored in pool's database.
-func New(pool *pgxpool.Pool) *Queue { return &Queue{pool: pool} }
+// NewDeadLetters returns the queue stored in pool's database.
+func NewDeadLetters(pool *pgxpool.Pool) *DeadLetters { return &DeadLetters{pool: pool} }
 
 // List returns records with status ("" for all), oldest first, at most
 // limit. A key or payload that is not UTF-8 (or holds a NUL) is shown as
 // "hex:" and its hex digits.
-func (q *Queue) List(ctx context.Context, status string, limit int) ([]Record, error) {
+func (q *DeadLetters) List(ctx context.Context, status string, limit int) ([]DeadLetter, error) {
 	letters, err := deadletters.ListUsage(ctx, q.pool, status, limit)
 	if err != nil {
 		return nil, err
 	}
-	recs := make([]Record, len(letters))
+	recs := make([]DeadLetter, len(letters))
 	for i, l := range letters {
-		recs[i] = Record{
+		recs[i] = DeadLetter{
 			ID: l.ID, Tenant: l.Tenant, Error: l.Error, ErrorClass: l.ErrorClass, SourceTopic: l.SourceTopic,
 			SourcePartition: l.SourcePartition, SourceOffset: l.SourceOffset,
 			FailedAt: l.FailedAt, Status: l.Status, ResolvedAt: l.ResolvedAt,
@@ -95,7 +94,7 @@ var ErrNothingPending = deadletters.ErrNoneWaiting
 // value bytes are published again; a tombstone goes out with an empty
 // value (the outbox holds a value), and the original headers are not
 // re-sent: the dlq-replay-of header names the dead letter instead.
-func (q *Queue) Replay(ctx context.Context, ids []int64, all bool, actor, note string) ([]int64, error) {
+func (q *DeadLetters) Replay(ctx context.Context, ids []int64, all bool, actor, note string) ([]int64, error) {
 	return q.resolve(ctx, "replay", "replayed", ids, all, actor, note, func(tx pgx.Tx, done []int64) error {
 		payloads, err := deadletters.UsagePayloads(ctx, tx, done)
 		if err != nil {
@@ -115,11 +114,11 @@ func (q *Queue) Replay(ctx context.Context, ids []int64, all bool, actor, note s
 }
 
 // Discard marks the pending records ids as discarded and audits it.
-func (q *Queue) Discard(ctx context.Context, ids []int64, actor, note string) ([]int64, error) {
+func (q *DeadLetters) Discard(ctx context.Context, ids []int64, actor, note string) ([]int64, error) {
 	return q.resolve(ctx, "discard", "discarded", ids, false, actor, note, nil)
 }
 
-func (q *Queue) resolve(ctx context.Context, action, status string, ids []int64, all bool, actor, note string, also func(pgx.Tx, []int64) error) ([]int64, error) {
+func (q *DeadLetters) resolve(ctx context.Context, action, status string, ids []int64, all bool, actor, note string, also func(pgx.Tx, []int64) error) ([]int64, error) {
 	var done []int64
 	err := pgx.BeginFunc(ctx, q.pool, func(tx pgx.Tx) error {
 		var err error
