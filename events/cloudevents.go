@@ -35,50 +35,37 @@ func cloudEventField(field string) string {
 }
 
 func decodeCloudEvent(raw []byte, index int) (Event, []FieldError) {
-	var errs []FieldError
-	add := func(field, format string, args ...any) {
-		errs = append(errs, FieldError{Index: index, Field: field, Message: fmt.Sprintf(format, args...)})
-	}
+	errs := fieldErrors{index: index}
 	var attrs map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &attrs); err != nil {
-		add("", "must be a CloudEvents 1.0 JSON object: %s", jsonErrorText(err))
-		return Event{}, errs
+		errs.add("", "must be a CloudEvents 1.0 JSON object: %s", jsonErrorText(err))
+		return Event{}, errs.list
 	}
-	str := func(attr string) string {
-		m, ok := attrs[attr]
-		if !ok || string(m) == "null" {
-			return ""
-		}
-		var s string
-		if err := json.Unmarshal(m, &s); err != nil {
-			add(attr, "must be a string, got %s", jsonKind(m))
-		}
-		return s
+	if v := rawString(&errs, attrs, "specversion"); v != "1.0" {
+		errs.add("specversion", "must be \"1.0\", got %q", v)
 	}
-	if v := str("specversion"); v != "1.0" {
-		add("specversion", "must be \"1.0\", got %q", v)
-	}
-	e := Event{ID: str("id"), Tenant: str("subject"), Metric: str("type"), Source: str("source")}
+	e := Event{ID: rawString(&errs, attrs, "id"), Tenant: rawString(&errs, attrs, "subject"),
+		Metric: rawString(&errs, attrs, "type"), Source: rawString(&errs, attrs, "source")}
 	if e.Source == "" {
-		add("source", "is required by CloudEvents 1.0")
+		errs.add("source", "is required by CloudEvents 1.0")
 	}
 	if m, ok := attrs["datacontenttype"]; ok && string(m) != "null" {
-		if ct := str("datacontenttype"); !hasField(errs, "datacontenttype") && ct != MediaJSON && !strings.HasPrefix(ct, MediaJSON+";") {
-			add("datacontenttype", "must be %s, got %q", MediaJSON, ct)
+		if ct := rawString(&errs, attrs, "datacontenttype"); !errs.has("datacontenttype") && ct != MediaJSON && !strings.HasPrefix(ct, MediaJSON+";") {
+			errs.add("datacontenttype", "must be %s, got %q", MediaJSON, ct)
 		}
 	}
 	if _, ok := attrs["data_base64"]; ok {
-		add("data_base64", "is not supported; send data as a JSON object")
+		errs.add("data_base64", "is not supported; send data as a JSON object")
 	}
-	if ts := str("time"); ts != "" {
+	if ts := rawString(&errs, attrs, "time"); ts != "" {
 		t, msg := parseTime(ts)
 		if msg != "" {
-			add("time", "%s", msg)
+			errs.add("time", "%s", msg)
 		}
 		e.Time = t
 	}
-	decodeCloudEventData(&e, attrs["data"], add)
-	return e, errs
+	decodeCloudEventData(&e, attrs["data"], &errs)
+	return e, errs.list
 }
 
 // decodeCloudEventData decodes a CloudEvent's data, a JSON object, into
@@ -86,24 +73,25 @@ func decodeCloudEvent(raw []byte, index int) (Event, []FieldError) {
 // a string). It reports errors under the Event's own field names (value,
 // properties.K, properties), which each content mode then renames to the
 // attribute they came from.
-func decodeCloudEventData(e *Event, data json.RawMessage, add func(field, format string, args ...any)) {
+//
+// data has passed the pre-scan (it is the body in binary mode, a member of
+// the body in structured mode), so it is valid JSON: jsonscan accepts
+// exactly what json.Valid does (FuzzScan). When it does not unmarshal into
+// an object, it is another JSON value.
+func decodeCloudEventData(e *Event, data json.RawMessage, errs *fieldErrors) {
 	data = bytes.TrimSpace(data)
 	if len(data) == 0 || string(data) == "null" {
-		add("properties", "is required: an object with an integer \"value\"")
+		errs.add("properties", "is required: an object with an integer \"value\"")
 		return
 	}
 	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(data, &fields); err != nil {
-		if !json.Valid(data) {
-			add("properties", "must be a JSON object with an integer \"value\": %s", jsonErrorText(err))
-			return
-		}
-		add("properties", "must be an object with an integer \"value\", got %s", jsonKind(data))
+	if json.Unmarshal(data, &fields) != nil {
+		errs.add("properties", "must be an object with an integer \"value\", got %s", jsonKind(data))
 		return
 	}
 	v, msg := parseValue(fields["value"])
 	if msg != "" {
-		add("value", "%s", msg)
+		errs.add("value", "%s", msg)
 	}
 	e.Value = v
 	for _, k := range sortedRawKeys(fields) {
@@ -112,7 +100,7 @@ func decodeCloudEventData(e *Event, data json.RawMessage, add func(field, format
 		}
 		var s string
 		if err := json.Unmarshal(fields[k], &s); err != nil || isNull(fields[k]) {
-			add("properties."+k, "must be a string (it becomes a property), got %s", jsonKind(fields[k]))
+			errs.add("properties."+k, "must be a string (it becomes a property), got %s", jsonKind(fields[k]))
 			continue
 		}
 		if e.Properties == nil {

@@ -81,84 +81,109 @@ var binaryAttributes = []struct{ header, field string }{
 // named as sent: "ce-subject", "ce-time", "data.value", "data.region"...
 // A header sent twice is rejected, like a JSON key sent twice.
 func (d Decoder) DecodeCloudEventBinary(h http.Header, body []byte) (Event, error) {
-	var errs []FieldError
-	add := func(field, format string, args ...any) {
-		errs = append(errs, FieldError{Field: field, Message: fmt.Sprintf(format, args...)})
-	}
-	switch ct := headerValues(h, "content-type"); {
-	case len(ct) > 1:
-		add("Content-Type", "appears %d times; send it once", len(ct))
-	case len(ct) == 1 && strings.TrimSpace(ct[0]) != "":
-		mt, _, err := mime.ParseMediaType(ct[0])
-		if err != nil || mt != MediaJSON {
-			return Event{}, fmt.Errorf("%w: %q; the data of a CloudEvent in HTTP binary content mode (a ce-specversion header) must be %s, or send the whole event as %s",
-				ErrUnsupportedMediaType, ct[0], MediaJSON, MediaCloudEvent)
-		}
+	var errs fieldErrors
+	if err := checkBinaryContentType(h, &errs); err != nil {
+		return Event{}, err
 	}
 	if !utf8.Valid(body) {
 		return Event{}, &BodyError{Code: CodeInvalidUTF8, Message: "the body (the CloudEvent's data) is not valid UTF-8"}
 	}
-	attr := func(header, field string) string {
-		vs := headerValues(h, header)
-		if len(vs) == 0 {
-			return ""
-		}
-		if len(vs) > 1 {
-			add(field, "appears %d times; send each attribute once", len(vs))
-			return ""
-		}
-		s, err := headerAttribute(vs[0])
-		if err != nil {
-			add(field, "%s", err)
-		}
-		return s
-	}
-	if v := attr("ce-specversion", "ce-specversion"); v != "1.0" && !hasField(errs, "ce-specversion") {
-		add("ce-specversion", "must be \"1.0\", got %q", truncate([]byte(v)))
-	}
-	if len(headerValues(h, "ce-datacontenttype")) > 0 {
-		add("ce-datacontenttype", "must not be sent in HTTP binary content mode; Content-Type is the data content type")
-	}
-	var e Event
-	vals := make(map[string]string, len(binaryAttributes))
-	for _, a := range binaryAttributes {
-		vals[a.field] = attr(a.header, a.field)
-	}
-	e.ID, e.Tenant, e.Metric, e.Source = vals["id"], vals["tenant"], vals["metric"], vals["source"]
-	if e.Source == "" && !hasField(errs, "source") {
-		add("source", "is required by CloudEvents 1.0")
-	}
-	if ts := vals["time"]; ts != "" {
-		t, msg := parseTime(ts)
-		if msg != "" {
-			add("time", "%s", msg)
-		}
-		e.Time = t
-	}
+	e := binaryHeaderEvent(h, &errs)
 	// The data is pre-scanned like any body: a member sent twice, in any
 	// case or escaped, is ambiguous; too deep or too large is refused.
-	var issues []jsonscan.KeyIssue
-	var err error
-	if trimmed := bytes.TrimSpace(body); len(trimmed) > 0 {
-		issues, err = jsonscan.Scan(body, d.scanOptions(false, nil))
-		if trimmed[0] != '{' {
-			issues = nil // not an object: that is the error to report
-		}
-	}
-	var se *jsonscan.Error
-	switch {
-	case errors.As(err, &se) && se.Code == jsonscan.CodeSyntax:
-		add("properties", "must be a JSON object with an integer \"value\": %s", se.Error())
-	case err != nil:
+	issues, err := d.scanBinaryData(body)
+	if se, ok := scanSyntaxError(err); ok {
+		errs.add("properties", "must be a JSON object with an integer \"value\": %s", se.Error())
+	} else if err != nil {
 		return Event{}, d.scanError(err, false, "data")
-	default:
-		decodeCloudEventData(&e, body, add)
+	} else {
+		decodeCloudEventData(&e, body, &errs)
 	}
-	evs, err := d.validate([]Event{e}, issueErrors(issues, 0, "data.", dataKeys), errs, cloudEventBinaryField)
+	evs, err := d.validate([]Event{e}, issueErrors(issues, 0, "data.", dataKeys), errs.list, cloudEventBinaryField)
 	if err != nil {
 		return Event{}, err
 	}
 	return evs[0], nil
+}
+
+// checkBinaryContentType adds the error of a Content-Type sent more than
+// once, and returns one wrapping ErrUnsupportedMediaType when it is not
+// application/json (a missing or empty one is).
+func checkBinaryContentType(h http.Header, errs *fieldErrors) error {
+	switch ct := headerValues(h, "content-type"); {
+	case len(ct) > 1:
+		errs.add("Content-Type", "appears %d times; send it once", len(ct))
+	case len(ct) == 1 && strings.TrimSpace(ct[0]) != "":
+		mt, _, err := mime.ParseMediaType(ct[0])
+		if err != nil || mt != MediaJSON {
+			return fmt.Errorf("%w: %q; the data of a CloudEvent in HTTP binary content mode (a ce-specversion header) must be %s, or send the whole event as %s",
+				ErrUnsupportedMediaType, ct[0], MediaJSON, MediaCloudEvent)
+		}
+	}
+	return nil
+}
+
+// binaryHeaderEvent reads the event's attributes from the ce-* headers of
+// h, adding an error for each that is missing, sent twice, badly encoded
+// or of the wrong value, and for a ce-datacontenttype (which binary mode
+// does not have).
+func binaryHeaderEvent(h http.Header, errs *fieldErrors) Event {
+	if v := binaryAttribute(h, "ce-specversion", "ce-specversion", errs); v != "1.0" && !errs.has("ce-specversion") {
+		errs.add("ce-specversion", "must be \"1.0\", got %q", truncate([]byte(v)))
+	}
+	if len(headerValues(h, "ce-datacontenttype")) > 0 {
+		errs.add("ce-datacontenttype", "must not be sent in HTTP binary content mode; Content-Type is the data content type")
+	}
+	vals := make(map[string]string, len(binaryAttributes))
+	for _, a := range binaryAttributes {
+		vals[a.field] = binaryAttribute(h, a.header, a.field, errs)
+	}
+	e := Event{ID: vals["id"], Tenant: vals["tenant"], Metric: vals["metric"], Source: vals["source"]}
+	if e.Source == "" && !errs.has("source") {
+		errs.add("source", "is required by CloudEvents 1.0")
+	}
+	if ts := vals["time"]; ts != "" {
+		t, msg := parseTime(ts)
+		if msg != "" {
+			errs.add("time", "%s", msg)
+		}
+		e.Time = t
+	}
+	return e
+}
+
+// binaryAttribute returns the value of the attribute header of h,
+// decoded (see headerAttribute), or "" with an error of field when it is
+// sent more than once or cannot be decoded.
+func binaryAttribute(h http.Header, header, field string, errs *fieldErrors) string {
+	vs := headerValues(h, header)
+	if len(vs) == 0 {
+		return ""
+	}
+	if len(vs) > 1 {
+		errs.add(field, "appears %d times; send each attribute once", len(vs))
+		return ""
+	}
+	s, err := headerAttribute(vs[0])
+	if err != nil {
+		errs.add(field, "%s", err)
+	}
+	return s
+}
+
+// scanBinaryData pre-scans the data of a binary-mode CloudEvent, unless
+// it is empty or white space. The key issues of data that is not an
+// object are dropped: that it is not one is the error to report.
+func (d Decoder) scanBinaryData(body []byte) ([]jsonscan.KeyIssue, error) {
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 {
+		return nil, nil
+	}
+	issues, err := jsonscan.Scan(body, d.scanOptions(false, nil))
+	if trimmed[0] != '{' {
+		issues = nil
+	}
+	return issues, err
 }
 
 // cloudEventBinaryField names an Event field as the header or data member
@@ -170,15 +195,6 @@ func cloudEventBinaryField(field string) string {
 		return "ce-" + f
 	}
 	return f
-}
-
-func hasField(errs []FieldError, field string) bool {
-	for _, fe := range errs {
-		if fe.Field == field {
-			return true
-		}
-	}
-	return false
 }
 
 // headerValues returns every value of header name (lower case) in h,

@@ -225,3 +225,37 @@ func TestDecodeHTTPChoosesTheContentMode(t *testing.T) {
 		t.Errorf("binary mode with text/plain data: err = %v, want ErrUnsupportedMediaType", err)
 	}
 }
+
+// TestCloudEventDataThatIsNotJSONIsRefused: data that is not JSON is
+// refused by the pre-scan with its syntax error, in both content modes,
+// and data that is JSON but not an object is named by its kind. The data
+// decoder itself only ever sees JSON the pre-scan accepted.
+func TestCloudEventDataThatIsNotJSONIsRefused(t *testing.T) {
+	t.Parallel()
+	binary := []struct{ body, want string }{
+		{`{nope`, `must be a JSON object with an integer "value": unexpected 'n'; expected a string key or the end of the object (at byte 1)`},
+		{`{"value":1`, `must be a JSON object with an integer "value": the JSON ends too early; expected , or the end of an object or array (in value, at byte 10)`},
+		{binaryData + `x`, `must be a JSON object with an integer "value": unexpected 'x'; expected the end of the JSON value (at byte 25)`},
+		{`7`, `must be an object with an integer "value", got a number`},
+		{`"x"`, `must be an object with an integer "value", got a string`},
+		{`[{"value":1}]`, `must be an object with an integer "value", got an array`},
+	}
+	for _, tt := range binary {
+		_, err := decoder().DecodeCloudEventBinary(binaryHeaders(), []byte(tt.body))
+		ve, ok := events.AsValidationError(err)
+		if !ok || len(ve.Errors) != 1 || ve.Errors[0].Field != "data" || ve.Errors[0].Message != tt.want {
+			t.Errorf("binary data %s: err = %v, want one error of data: %s", tt.body, err, tt.want)
+		}
+	}
+	structured := `{"specversion":"1.0","id":"e1","source":"svc","type":"api_calls","subject":"acme","time":"2026-11-21T18:59:00Z","data":`
+	_, err := decoder().Decode(events.MediaCloudEvent, []byte(structured+`{nope}`))
+	ve, ok := events.AsValidationError(err)
+	if !ok || len(ve.Errors) != 1 || ve.Errors[0].Field != "" || !strings.HasPrefix(ve.Errors[0].Message, "must be a CloudEvents 1.0 JSON object: unexpected 'n'") {
+		t.Errorf("structured data not JSON: err = %v, want the event refused as not JSON", err)
+	}
+	_, err = decoder().Decode(events.MediaCloudEvent, []byte(structured+`7}`))
+	ve, ok = events.AsValidationError(err)
+	if !ok || len(ve.Errors) != 1 || ve.Errors[0].Field != "data" || ve.Errors[0].Message != `must be an object with an integer "value", got a number` {
+		t.Errorf("structured data a number: err = %v, want one error of data", err)
+	}
+}

@@ -164,6 +164,16 @@ func (d Decoder) scanOptions(batch bool, itemKey func([]byte) bool) jsonscan.Opt
 		Batch: batch, ItemKey: itemKey}
 }
 
+// scanSyntaxError returns err as a *jsonscan.Error when it is a syntax
+// error of a pre-scan (the input is not JSON, rather than beyond a limit).
+func scanSyntaxError(err error) (*jsonscan.Error, bool) {
+	var se *jsonscan.Error
+	if errors.As(err, &se) && se.Code == jsonscan.CodeSyntax {
+		return se, true
+	}
+	return nil, false
+}
+
 // scanError turns a pre-scan error into a *BodyError; what names the
 // part of the body that was scanned ("event 3", "data"), or is empty for
 // the whole body.
@@ -187,19 +197,13 @@ func (d Decoder) scanError(err error, batch bool, what string) error {
 	}
 	// The limit codes are jsonscan's own (see the Code constants); only a
 	// syntax error has a name of its own here.
-	code := se.Code
-	if code == jsonscan.CodeSyntax {
-		code = CodeMalformed
+	if _, syntax := scanSyntaxError(se); syntax {
+		return &BodyError{Code: CodeMalformed, Message: fmt.Sprintf("the body is not valid JSON: %s at byte %d%s", se.Message, se.Offset, where)}
 	}
-	msg := fmt.Sprintf("the body is not valid JSON: %s at byte %d%s", se.Message, se.Offset, where)
-	switch se.Code {
-	case jsonscan.CodeTooDeep:
-		msg = fmt.Sprintf("the body nests objects and arrays too deep%s: at most %d levels, and an event needs 3 in a batch", where, d.scanOptions(false, nil).Limits.WithDefaults().MaxDepth)
-	case jsonscan.CodeSyntax:
-	default:
-		msg = fmt.Sprintf("%s%s", se.Message, where)
+	if se.Code == jsonscan.CodeTooDeep {
+		return &BodyError{Code: se.Code, Message: fmt.Sprintf("the body nests objects and arrays too deep%s: at most %d levels, and an event needs 3 in a batch", where, d.scanOptions(false, nil).Limits.WithDefaults().MaxDepth)}
 	}
-	return &BodyError{Code: code, Message: msg}
+	return &BodyError{Code: se.Code, Message: fmt.Sprintf("%s%s", se.Message, where)}
 }
 
 // eventKey reports whether key is one of an event's fields, spelled exactly.
@@ -384,7 +388,7 @@ func (d Decoder) decodeNDJSON(body []byte) ([]Event, error) {
 		i := len(evs)
 		issues, err := jsonscan.Scan(line, opt)
 		if err != nil {
-			if se, ok := err.(*jsonscan.Error); ok && se.Code == jsonscan.CodeSyntax {
+			if se, ok := scanSyntaxError(err); ok {
 				evs = append(evs, Event{})
 				errs = append(errs, FieldError{Index: i, Message: "must be a JSON object: " + se.Error()})
 				continue
@@ -425,7 +429,7 @@ var cloudEventAttributes = []string{"specversion", "id", "source", "type", "subj
 func (d Decoder) decodeCloudEvents(body []byte, batch bool) ([]Event, error) {
 	issues, err := jsonscan.Scan(body, d.scanOptions(batch, cloudEventAttribute))
 	if err != nil {
-		if se, ok := err.(*jsonscan.Error); ok && se.Code == jsonscan.CodeSyntax && !batch {
+		if se, ok := scanSyntaxError(err); ok && !batch {
 			return d.validate([]Event{{}}, nil, []FieldError{{Message: "must be a CloudEvents 1.0 JSON object: " + se.Error()}}, nil)
 		}
 		return nil, d.scanError(err, batch, "")

@@ -122,68 +122,99 @@ type Validator struct {
 
 // Validate returns every field error of e, all tagged with index, or nil.
 func (v Validator) Validate(index int, e Event) []FieldError {
-	var errs []FieldError
-	add := func(field, format string, args ...any) {
-		errs = append(errs, FieldError{Index: index, Field: field, Message: fmt.Sprintf(format, args...)})
-	}
-	if msg := checkID(e.ID); msg != "" {
-		add("id", "%s", msg)
-	}
-	if msg := checkName(e.Tenant); msg != "" {
-		add("tenant", "%s", msg)
-	}
-	if msg := checkName(e.Metric); msg != "" {
-		add("metric", "%s", msg)
-	}
+	errs := fieldErrors{index: index}
+	errs.check("id", checkID(e.ID))
+	errs.check("tenant", checkName(e.Tenant))
+	errs.check("metric", checkName(e.Metric))
 	if e.Value < 0 {
-		add("value", "must be at least 0, got %d", e.Value)
+		errs.add("value", "must be at least 0, got %d", e.Value)
 	} else if e.Value > MaxValue {
-		add("value", "must be at most 2^53 (%d), got %d", MaxValue, e.Value)
+		errs.add("value", "must be at most 2^53 (%d), got %d", MaxValue, e.Value)
 	}
-	if e.Time.IsZero() {
-		add("time", "is required (an RFC 3339 timestamp such as 2026-11-21T19:00:00Z)")
-	} else {
-		now := time.Now()
-		if v.Now != nil {
-			now = v.Now()
-		}
-		horizon, future := v.Horizon, v.MaxFuture
-		if horizon <= 0 {
-			horizon = DefaultHorizon
-		}
-		if future <= 0 {
-			future = DefaultMaxFuture
-		}
-		if e.Time.After(now.Add(future)) {
-			add("time", "is %s ahead of the server clock; at most %s is allowed", aheadBy(e.Time, now), future)
-		} else if e.Time.Before(now.Add(-horizon)) {
-			add("time", "is older than the %s dedup horizon; such usage can no longer be counted exactly once", horizon)
-		}
-	}
+	v.checkTime(&errs, e.Time)
 	if len(e.Source) > MaxSourceLen {
-		add("source", "must be at most %d bytes, got %d", MaxSourceLen, len(e.Source))
-	} else if msg := checkText(e.Source); msg != "" {
-		add("source", "%s", msg)
+		errs.add("source", "must be at most %d bytes, got %d", MaxSourceLen, len(e.Source))
+	} else {
+		errs.check("source", checkText(e.Source))
 	}
-	if len(e.Properties) > MaxProperties {
-		add("properties", "must have at most %d keys, got %d", MaxProperties, len(e.Properties))
+	checkProperties(&errs, e.Properties)
+	return errs.list
+}
+
+// checkTime adds the error of an event time that is missing, further
+// ahead of the clock than MaxFuture or older than Horizon.
+func (v Validator) checkTime(errs *fieldErrors, t time.Time) {
+	if t.IsZero() {
+		errs.add("time", "is required (an RFC 3339 timestamp such as 2026-11-21T19:00:00Z)")
+		return
 	}
-	for _, k := range sortedKeys(e.Properties) {
-		val := e.Properties[k]
+	now := time.Now()
+	if v.Now != nil {
+		now = v.Now()
+	}
+	horizon, future := v.Horizon, v.MaxFuture
+	if horizon <= 0 {
+		horizon = DefaultHorizon
+	}
+	if future <= 0 {
+		future = DefaultMaxFuture
+	}
+	if t.After(now.Add(future)) {
+		errs.add("time", "is %s ahead of the server clock; at most %s is allowed", aheadBy(t, now), future)
+	} else if t.Before(now.Add(-horizon)) {
+		errs.add("time", "is older than the %s dedup horizon; such usage can no longer be counted exactly once", horizon)
+	}
+}
+
+// checkProperties adds the errors of too many properties and, in key
+// order, the first problem of each key or its value.
+func checkProperties(errs *fieldErrors, props map[string]string) {
+	if len(props) > MaxProperties {
+		errs.add("properties", "must have at most %d keys, got %d", MaxProperties, len(props))
+	}
+	for _, k := range sortedKeys(props) {
+		val := props[k]
 		switch {
 		case k == "":
-			add("properties", "keys must not be empty")
+			errs.add("properties", "keys must not be empty")
 		case len(k) > MaxPropertyKeyLen:
-			add("properties."+k[:16]+"...", "key must be at most %d bytes", MaxPropertyKeyLen)
+			errs.add("properties."+k[:16]+"...", "key must be at most %d bytes", MaxPropertyKeyLen)
 		case checkText(k) != "":
-			add("properties", "key %q %s", k, checkText(k))
+			errs.add("properties", "key %q %s", k, checkText(k))
 		case len(val) > MaxPropertyValueLen:
-			add("properties."+k, "must be at most %d bytes, got %d", MaxPropertyValueLen, len(val))
+			errs.add("properties."+k, "must be at most %d bytes, got %d", MaxPropertyValueLen, len(val))
 		case checkText(val) != "":
-			add("properties."+k, "%s", checkText(val))
+			errs.add("properties."+k, "%s", checkText(val))
 		}
 	}
-	return errs
+}
+
+// fieldErrors collects the field errors of the event at index.
+type fieldErrors struct {
+	index int
+	list  []FieldError
+}
+
+// add adds an error of field, its message formatted as by fmt.Sprintf.
+func (fe *fieldErrors) add(field, format string, args ...any) {
+	fe.list = append(fe.list, FieldError{Index: fe.index, Field: field, Message: fmt.Sprintf(format, args...)})
+}
+
+// check adds the error msg of field, unless msg is empty.
+func (fe *fieldErrors) check(field, msg string) {
+	if msg != "" {
+		fe.list = append(fe.list, FieldError{Index: fe.index, Field: field, Message: msg})
+	}
+}
+
+// has reports whether field has an error already.
+func (fe *fieldErrors) has(field string) bool {
+	for _, e := range fe.list {
+		if e.Field == field {
+			return true
+		}
+	}
+	return false
 }
 
 // Validate checks e with the default Validator and returns a

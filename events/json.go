@@ -76,7 +76,7 @@ func (e Event) MarshalJSON() ([]byte, error) {
 func (e *Event) UnmarshalJSON(b []byte) error {
 	issues, err := jsonscan.Scan(b, jsonscan.Options{ItemKey: eventKey})
 	if err != nil {
-		if se, ok := err.(*jsonscan.Error); ok && se.Code == jsonscan.CodeSyntax {
+		if se, ok := scanSyntaxError(err); ok {
 			return &ValidationError{Errors: []FieldError{{Message: "must be a JSON object: " + se.Error()}}}
 		}
 		return Decoder{}.scanError(err, false, "")
@@ -177,72 +177,84 @@ func (w *wireEvent) event(index int) (Event, []FieldError) {
 
 var eventFields = []string{"id", "tenant", "metric", "value", "time", "source", "properties"}
 
-// decodeObject decodes one event object, already pre-scanned, field by
-// field, reporting every problem rather than the first. Unknown and
-// duplicate keys are the pre-scan's to report; exact (set when the
-// pre-scan found any) skips the fast path, whose encoding/json matches
-// field names in any case, so that only exact names are read.
+// decodeObject decodes one event object, already pre-scanned, reporting
+// every problem rather than the first. Unknown and duplicate keys are the
+// pre-scan's to report; exact (set when the pre-scan found any) skips the
+// fast path, whose encoding/json matches field names in any case, so that
+// only exact names are read.
 func decodeObject(b []byte, index int, exact bool) (Event, []FieldError) {
-	var w wireEvent
 	if !exact {
 		// The pre-scan found only exact field names: encoding/json's
 		// matching in any case cannot pick a wrong one.
+		var w wireEvent
 		if err := json.Unmarshal(b, &w); err == nil && !mayHaveNullProperty(b, w) {
 			return w.event(index)
 		}
 	}
+	return decodeFields(b, index)
+}
+
+// decodeFields decodes one event object field by field, by exact names,
+// reporting every field of the wrong type.
+func decodeFields(b []byte, index int) (Event, []FieldError) {
 	var raw map[string]json.RawMessage
 	if err := json.Unmarshal(b, &raw); err != nil {
 		return Event{}, []FieldError{{Index: index, Field: "", Message: "must be a JSON object: " + jsonErrorText(err)}}
 	}
-	var errs []FieldError
-	add := func(field, msg string) { errs = append(errs, FieldError{Index: index, Field: field, Message: msg}) }
-	str := func(field string) string {
-		m, ok := raw[field]
-		if !ok || string(m) == "null" {
-			return ""
-		}
-		var s string
-		if err := json.Unmarshal(m, &s); err != nil {
-			add(field, "must be a string, got "+jsonKind(m))
-		}
-		return s
-	}
+	errs := fieldErrors{index: index}
 	var e Event
-	e.ID = str("id")
-	e.Tenant = str("tenant")
-	e.Metric = str("metric")
-	e.Source = str("source")
+	e.ID = rawString(&errs, raw, "id")
+	e.Tenant = rawString(&errs, raw, "tenant")
+	e.Metric = rawString(&errs, raw, "metric")
+	e.Source = rawString(&errs, raw, "source")
 	v, msg := parseValue(raw["value"])
-	if msg != "" {
-		add("value", msg)
-	}
+	errs.check("value", msg)
 	e.Value = v
-	ts := str("time")
+	ts := rawString(&errs, raw, "time")
 	if _, ok := raw["time"]; ok && ts != "" {
 		t, msg := parseTime(ts)
-		if msg != "" {
-			add("time", msg)
-		}
+		errs.check("time", msg)
 		e.Time = t
 	}
 	if m, ok := raw["properties"]; ok && string(m) != "null" {
-		var props map[string]json.RawMessage
-		if err := json.Unmarshal(m, &props); err != nil {
-			add("properties", "must be an object of string values, got "+jsonKind(m))
-		} else {
-			e.Properties = make(map[string]string, len(props))
-			for _, k := range sortedRawKeys(props) {
-				var s string
-				if err := json.Unmarshal(props[k], &s); err != nil || isNull(props[k]) {
-					add("properties."+k, "must be a string, got "+jsonKind(props[k]))
-					continue
-				}
-				e.Properties[k] = s
-			}
-		}
+		e.Properties = decodeProperties(&errs, m)
 	}
-	return e, errs
+	return e, errs.list
+}
+
+// rawString decodes member field of raw: a string, or "" when it is
+// missing or null; anything else is an error.
+func rawString(errs *fieldErrors, raw map[string]json.RawMessage, field string) string {
+	m, ok := raw[field]
+	if !ok || string(m) == "null" {
+		return ""
+	}
+	var s string
+	if err := json.Unmarshal(m, &s); err != nil {
+		errs.add(field, "must be a string, got %s", jsonKind(m))
+	}
+	return s
+}
+
+// decodeProperties decodes an event's properties, m: an object of string
+// values. A value of another type (null included) is an error of its
+// property, in key order; nil is returned when m is not an object.
+func decodeProperties(errs *fieldErrors, m json.RawMessage) map[string]string {
+	var props map[string]json.RawMessage
+	if err := json.Unmarshal(m, &props); err != nil {
+		errs.add("properties", "must be an object of string values, got %s", jsonKind(m))
+		return nil
+	}
+	out := make(map[string]string, len(props))
+	for _, k := range sortedRawKeys(props) {
+		var s string
+		if err := json.Unmarshal(props[k], &s); err != nil || isNull(props[k]) {
+			errs.add("properties."+k, "must be a string, got %s", jsonKind(props[k]))
+			continue
+		}
+		out[k] = s
+	}
+	return out
 }
 
 // mayHaveNullProperty reports whether b, from which ws were decoded, may

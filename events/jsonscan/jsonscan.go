@@ -279,92 +279,103 @@ func (s *scanner) run() error {
 	}
 	s.skipSpace()
 	for {
-		// A value starts at s.i.
-		if s.i >= len(s.b) {
-			return s.syntax("expected a JSON value")
+		ended, err := s.value()
+		if err != nil {
+			return err
 		}
-		switch c := s.b[s.i]; {
-		case c == '{' || c == '[':
-			if len(s.stack) >= s.lim.MaxDepth {
-				return s.fail(CodeTooDeep, "objects and arrays are nested deeper than %d levels", s.lim.MaxDepth)
+		if !ended {
+			continue // an object or array opened: its first value is next
+		}
+		done, err := s.next()
+		if done || err != nil {
+			return err
+		}
+	}
+}
+
+// value reads the value that starts at s.i. A scalar, or an empty object
+// or array, is read whole (ended). An object or array with members is
+// pushed on s.stack and read up to its first value: its first key and
+// colon, or nothing more for an array (not ended).
+func (s *scanner) value() (ended bool, err error) {
+	if s.i >= len(s.b) {
+		return false, s.syntax("expected a JSON value")
+	}
+	switch c := s.b[s.i]; {
+	case c == '{' || c == '[':
+		return s.open(c)
+	case c == '"':
+		_, err = s.str(false)
+	case c == '-' || c >= '0' && c <= '9':
+		err = s.number()
+	case c == 't':
+		err = s.literal("true")
+	case c == 'f':
+		err = s.literal("false")
+	case c == 'n':
+		err = s.literal("null")
+	default:
+		err = s.syntax("expected a JSON value")
+	}
+	return true, err
+}
+
+// open reads the { or [ at s.i (c) and pushes its frame; an empty object
+// or array is popped at once (ended), otherwise its first key or element
+// is read (not ended).
+func (s *scanner) open(c byte) (ended bool, err error) {
+	if len(s.stack) >= s.lim.MaxDepth {
+		return false, s.fail(CodeTooDeep, "objects and arrays are nested deeper than %d levels", s.lim.MaxDepth)
+	}
+	s.stack = append(s.stack, frame{object: c == '{', keys: len(s.keys), buf: len(s.buf)})
+	s.i++
+	s.skipSpace()
+	if s.i < len(s.b) && (s.b[s.i] == '}' && c == '{' || s.b[s.i] == ']' && c == '[') {
+		s.i++
+		s.pop()
+		return true, nil
+	}
+	if c == '{' {
+		return false, s.key()
+	}
+	return false, s.element()
+}
+
+// next follows the end of a value: it closes the objects and arrays that
+// end there and reads the comma, and the key of an object member, before
+// the next value; done reports that the top-level value has ended (with
+// err nil when only white space follows it).
+func (s *scanner) next() (done bool, err error) {
+	for {
+		s.skipSpace()
+		if len(s.stack) == 0 {
+			if s.i < len(s.b) {
+				return true, s.syntax("expected the end of the JSON value")
 			}
-			s.stack = append(s.stack, frame{object: c == '{', keys: len(s.keys), buf: len(s.buf)})
+			return true, nil
+		}
+		if s.i >= len(s.b) {
+			return true, s.syntax("expected , or the end of an object or array")
+		}
+		f := &s.stack[len(s.stack)-1]
+		c := s.b[s.i]
+		if c == ',' {
 			s.i++
 			s.skipSpace()
-			if s.i < len(s.b) && (s.b[s.i] == '}' && c == '{' || s.b[s.i] == ']' && c == '[') {
-				s.i++
-				s.pop()
-				break
-			}
-			if c == '{' {
-				if err := s.key(); err != nil {
-					return err
-				}
-				continue
-			}
-			if err := s.element(); err != nil {
-				return err
-			}
-			continue
-		case c == '"':
-			if _, err := s.str(false); err != nil {
-				return err
-			}
-		case c == '-' || c >= '0' && c <= '9':
-			if err := s.number(); err != nil {
-				return err
-			}
-		case c == 't':
-			if err := s.literal("true"); err != nil {
-				return err
-			}
-		case c == 'f':
-			if err := s.literal("false"); err != nil {
-				return err
-			}
-		case c == 'n':
-			if err := s.literal("null"); err != nil {
-				return err
-			}
-		default:
-			return s.syntax("expected a JSON value")
-		}
-		// A value ended: close containers until one continues.
-		for {
-			s.skipSpace()
-			if len(s.stack) == 0 {
-				if s.i < len(s.b) {
-					return s.syntax("expected the end of the JSON value")
-				}
-				return nil
-			}
-			if s.i >= len(s.b) {
-				return s.syntax("expected , or the end of an object or array")
-			}
-			f := &s.stack[len(s.stack)-1]
-			c := s.b[s.i]
-			if c == ',' {
-				s.i++
-				s.skipSpace()
-				if f.object {
-					if err := s.key(); err != nil {
-						return err
-					}
-				} else if err := s.element(); err != nil {
-					return err
-				}
-				break
-			}
-			if f.object && c == '}' || !f.object && c == ']' {
-				s.i++
-				s.pop()
-				continue
-			}
 			if f.object {
-				return s.syntax("expected , or } after an object member")
+				return false, s.key()
 			}
-			return s.syntax("expected , or ] after an array element")
+			return false, s.element()
 		}
+		if f.object && c == '}' || !f.object && c == ']' {
+			s.i++
+			s.pop()
+			continue
+		}
+		if f.object {
+			return true, s.syntax("expected , or } after an object member")
+		}
+		return true, s.syntax("expected , or ] after an array element")
 	}
 }
 

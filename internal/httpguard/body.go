@@ -55,7 +55,9 @@ type BodyLimits struct {
 // Memory: a body never grows past MaxBytes, decoded or not; at most
 // MaxLarge bodies above LargeBytes are held at once, so the bodies in
 // memory total at most MaxLarge × MaxBytes plus LargeBytes per other
-// request.
+// request. A body is read into a pooled buffer, which the caller holds
+// until it releases the body; a buffer is only handed over when its
+// capacity, not only the body, is within that budget (see Read).
 type Body struct {
 	limits   BodyLimits
 	large    *semaphore.Weighted
@@ -93,86 +95,157 @@ func NewBody(limits BodyLimits, reg prometheus.Registerer, namespace string) *Bo
 
 // Read returns r's body, decoded as its Content-Encoding says, or a
 // *BodyError. release must be called once the body and everything made
-// from it are no longer needed (it frees the large-body slot); it is
-// never nil.
+// from it are no longer needed; it is never nil, and calls after the
+// first do nothing.
+//
+// The body is owned by the caller until release: it may be the pooled
+// buffer it was read into, which release returns to the pool, so it must
+// not be read, written or retained after release (copy what must
+// outlive the request). Its capacity is its length, so appending to it
+// copies it rather than writing into the pooled buffer.
 func (b *Body) Read(w http.ResponseWriter, r *http.Request) (body []byte, release func(), err error) {
-	release = func() {}
 	coding, err := contentCoding(r.Header)
 	if err != nil {
-		return nil, release, err
+		return nil, func() {}, err
 	}
 	limit := b.limits.MaxBytes
 	if r.ContentLength > limit {
-		return nil, release, tooLarge(limit, false)
+		return nil, func() {}, tooLarge(limit, false)
 	}
-	held := false
-	hold := func() error {
-		if held {
-			return nil
-		}
-		ctx, cancel := context.WithTimeout(r.Context(), b.limits.Wait)
-		defer cancel()
-		if err := b.large.Acquire(ctx, 1); err != nil {
-			b.rejected.Inc()
-			return &BodyError{Status: http.StatusServiceUnavailable, Code: CodeOverloaded,
-				Message: "too many large requests are being processed; retry after 1 second, or send smaller batches"}
-		}
-		held = true
-		b.inFlight.Inc()
-		release = func() {
-			b.inFlight.Dec()
-			b.large.Release(1)
-		}
-		return nil
-	}
+	l := &lease{body: b, ctx: r.Context()}
 	// A body announced as large takes its slot before a byte is read.
 	if coding == "" && r.ContentLength > b.limits.LargeBytes {
-		if err := hold(); err != nil {
-			return nil, release, err
+		if err := l.hold(); err != nil {
+			return nil, func() {}, err
 		}
 	}
 	wire := &wireReader{r: http.MaxBytesReader(w, r.Body, limit)}
-	src := io.Reader(wire)
-	switch coding {
-	case "gzip":
-		zr, err := b.gzipReader(src)
-		if err != nil {
-			return nil, release, readError(coding, limit, err, wire.err)
-		}
-		defer b.gzips.Put(zr)
-		src = zr
-	case "zstd":
-		zr, err := b.zstdReader(src)
-		if err != nil {
-			return nil, release, readError(coding, limit, err, wire.err)
-		}
-		defer func() {
-			_ = zr.Reset(nil)
-			b.zstds.Put(zr)
-		}()
-		src = zr
+	src, closeDecoder, err := b.decoder(coding, wire)
+	if err != nil {
+		l.release()
+		return nil, func() {}, readError(coding, limit, err, wire.err)
 	}
+	defer closeDecoder()
 	buf := b.buffers.Get().(*bytes.Buffer)
 	buf.Reset()
-	defer b.buffers.Put(buf)
-	// The first LargeBytes need no slot; a body that goes on takes one
-	// before it grows further.
+	if err := b.fill(buf, src, l); err != nil {
+		b.buffers.Put(buf)
+		l.release()
+		if be, ok := err.(*BodyError); ok {
+			return nil, func() {}, be
+		}
+		return nil, func() {}, readError(coding, limit, err, wire.err)
+	}
+	return l.keep(buf), l.release, nil
+}
+
+// decoder returns the reader of the body decoded from wire, and what
+// returns its decoder to the pool once the body is read.
+func (b *Body) decoder(coding string, wire io.Reader) (io.Reader, func(), error) {
+	switch coding {
+	case "gzip":
+		zr, err := b.gzipReader(wire)
+		if err != nil {
+			return nil, nil, err
+		}
+		return zr, func() { b.gzips.Put(zr) }, nil
+	case "zstd":
+		zr, err := b.zstdReader(wire)
+		if err != nil {
+			return nil, nil, err
+		}
+		return zr, func() {
+			_ = zr.Reset(nil)
+			b.zstds.Put(zr)
+		}, nil
+	}
+	return wire, func() {}, nil
+}
+
+// fill reads src into buf, up to MaxBytes. The first LargeBytes need no
+// slot; a body that goes on takes one (through l) before it grows
+// further. A body over the limit is errDecodedTooLarge (or the wire's
+// *http.MaxBytesError); no free slot is a 503 *BodyError.
+func (b *Body) fill(buf *bytes.Buffer, src io.Reader, l *lease) error {
+	limit := b.limits.MaxBytes
 	first := min(b.limits.LargeBytes, limit)
-	_, err = io.CopyN(buf, src, first+1)
+	_, err := io.CopyN(buf, src, first+1)
 	if err == nil && first < limit {
-		if err := hold(); err != nil {
-			return nil, release, err
+		if err := l.hold(); err != nil {
+			return err
 		}
 		_, err = io.Copy(buf, io.LimitReader(src, limit-int64(buf.Len())+1))
 	}
 	if err == nil && int64(buf.Len()) > limit {
 		err = errDecodedTooLarge
 	}
-	if err != nil && err != io.EOF {
-		release()
-		return nil, func() {}, readError(coding, limit, err, wire.err)
+	if err == io.EOF {
+		return nil
 	}
-	return bytes.Clone(buf.Bytes()), release, nil
+	return err
+}
+
+// lease is what one Read holds for its caller until release: a slot for
+// a large body, and the pooled buffer the body is in.
+type lease struct {
+	body *Body
+	ctx  context.Context
+	slot bool
+	buf  *bytes.Buffer
+}
+
+// hold takes a slot for a large body, waiting at most BodyLimits.Wait;
+// it returns a 503 *BodyError when none frees up. Holding one already is
+// enough.
+func (l *lease) hold() error {
+	if l.slot {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(l.ctx, l.body.limits.Wait)
+	defer cancel()
+	if err := l.body.large.Acquire(ctx, 1); err != nil {
+		l.body.rejected.Inc()
+		return &BodyError{Status: http.StatusServiceUnavailable, Code: CodeOverloaded,
+			Message: "too many large requests are being processed; retry after 1 second, or send smaller batches"}
+	}
+	l.slot = true
+	l.body.inFlight.Inc()
+	return nil
+}
+
+// keep returns the body read into buf. The buffer itself is handed to
+// the caller, until release, when its capacity is within the memory the
+// body may hold (MaxBytes with a slot, LargeBytes without): no copy.
+// Otherwise (a buffer grown by an earlier, larger body) the body is
+// copied out and the buffer goes back to the pool at once.
+func (l *lease) keep(buf *bytes.Buffer) []byte {
+	budget := l.body.limits.LargeBytes
+	if l.slot {
+		budget = l.body.limits.MaxBytes
+	}
+	if int64(buf.Cap()) > budget {
+		body := make([]byte, buf.Len())
+		copy(body, buf.Bytes())
+		l.body.buffers.Put(buf)
+		return body
+	}
+	l.buf = buf
+	n := buf.Len()
+	return buf.Bytes()[:n:n]
+}
+
+// release frees the slot and returns the buffer to the pool; the body
+// must not be used after it. Only the first call does anything.
+func (l *lease) release() {
+	if l.slot {
+		l.slot = false
+		l.body.inFlight.Dec()
+		l.body.large.Release(1)
+	}
+	if l.buf != nil {
+		l.body.buffers.Put(l.buf)
+		l.buf = nil
+	}
 }
 
 // contentCoding returns "", "gzip" or "zstd" for r's Content-Encoding, or

@@ -427,12 +427,41 @@ func (a *API) revokeBootstrapKey(w http.ResponseWriter, r *http.Request, p auth.
 // defaultGrace is how long a rotated key keeps working by default.
 const defaultGrace = 24 * time.Hour
 
+// rotateKey serves POST /v1/admin/keys/{id}/rotate: a new key with the
+// role, tenant and scope of key id, which itself keeps working for the
+// grace asked (defaultGrace if none); 201 with the new key, its secret
+// and the old key as it now is.
 func (a *API) rotateKey(w http.ResponseWriter, r *http.Request, p auth.Principal) {
 	if r.PathValue("id") == auth.BootstrapKeyID {
 		httpjson.Error(w, http.StatusBadRequest, "invalid_request",
 			"the bootstrap key is not stored: create a stored admin key, DELETE /v1/admin/keys/bootstrap, and restart with a new ADMIN_API_KEY if you still want one")
 		return
 	}
+	grace, exp, ok := a.rotateRequest(w, r)
+	if !ok {
+		return
+	}
+	id, ok := keyID(r)
+	err := accounts.ErrNotFound
+	var k, old accounts.Key
+	var secret string
+	if ok {
+		k, secret, old, err = a.opt.Auth.RotateKey(r.Context(), id, grace, exp)
+	}
+	if err != nil {
+		a.writeRotateError(w, r, id, err)
+		return
+	}
+	a.opt.Logger.InfoContext(r.Context(), "API key rotated", "key_id", k.ID, "rotated_from", id, "grace", grace, "by", p.KeyID)
+	resp := keyResponse(k, secret)
+	resp["old_key"] = old
+	httpjson.Write(w, http.StatusCreated, resp)
+}
+
+// rotateRequest reads the optional body of a rotation: how long the old
+// key keeps working (grace, defaultGrace when not sent) and when the new
+// one expires (nil: never). On a bad body it has answered 400 (ok false).
+func (a *API) rotateRequest(w http.ResponseWriter, r *http.Request) (grace time.Duration, exp *time.Time, ok bool) {
 	var body struct {
 		Grace     string  `json:"grace"`
 		ExpiresAt *string `json:"expires_at"`
@@ -440,54 +469,44 @@ func (a *API) rotateKey(w http.ResponseWriter, r *http.Request, p auth.Principal
 	}
 	if err := decodeOptionalObject(r, &body); err != nil {
 		writeBodyError(w, err)
-		return
+		return 0, nil, false
 	}
-	grace := defaultGrace
+	grace = defaultGrace
 	if body.Grace != "" {
 		d, err := time.ParseDuration(body.Grace)
 		if err != nil || d < 0 {
 			httpjson.Errorf(w, http.StatusBadRequest, "invalid_request",
 				"grace must be a duration such as 24h (how long the old key keeps working; 0s revokes it now), got %q", body.Grace)
-			return
+			return 0, nil, false
 		}
 		grace = d
 	}
 	exp, err := expiry(body.ExpiresAt, body.ExpiresIn, a.opt.Now())
 	if err != nil {
 		httpjson.Error(w, http.StatusBadRequest, "invalid_request", err.Error())
-		return
+		return 0, nil, false
 	}
-	id, ok := keyID(r)
-	err = accounts.ErrNotFound
-	var k, old accounts.Key
-	var secret string
-	if ok {
-		k, secret, old, err = a.opt.Auth.RotateKey(r.Context(), id, grace, exp)
-	}
+	return grace, exp, true
+}
+
+// writeRotateError answers a rotation of key id that failed with err: 404
+// for a key or tenant that does not exist, 409 for a key that cannot be
+// rotated (revoked, expired, rotated before), 500 otherwise.
+func (a *API) writeRotateError(w http.ResponseWriter, r *http.Request, id string, err error) {
 	switch {
 	case errors.Is(err, accounts.ErrNotFound):
 		httpjson.Errorf(w, http.StatusNotFound, "not_found", "no API key with id %q", r.PathValue("id"))
-		return
 	case errors.Is(err, accounts.ErrKeyRevoked):
 		httpjson.Errorf(w, http.StatusConflict, "key_revoked", "API key %s is revoked; create a new key with POST /v1/admin/keys instead", id)
-		return
 	case errors.Is(err, accounts.ErrKeyExpired):
 		httpjson.Errorf(w, http.StatusConflict, "key_expired", "API key %s has expired; create a new key with POST /v1/admin/keys instead", id)
-		return
 	case errors.Is(err, accounts.ErrKeyRotated):
 		httpjson.Errorf(w, http.StatusConflict, "key_rotated", "API key %s was already rotated; rotate its successor (GET /v1/admin/keys lists it with rotated_from) or create a new key", id)
-		return
 	case errors.Is(err, accounts.ErrUnknownTenant):
 		httpjson.Errorf(w, http.StatusNotFound, "unknown_tenant", "API key %s belongs to a tenant that no longer exists; create the tenant again with PUT /v1/admin/tenants/{tenant} first", id)
-		return
-	case err != nil:
+	default:
 		a.internalError(w, r, err)
-		return
 	}
-	a.opt.Logger.InfoContext(r.Context(), "API key rotated", "key_id", k.ID, "rotated_from", id, "grace", grace, "by", p.KeyID)
-	resp := keyResponse(k, secret)
-	resp["old_key"] = old
-	httpjson.Write(w, http.StatusCreated, resp)
 }
 
 func (a *API) internalError(w http.ResponseWriter, r *http.Request, err error) {

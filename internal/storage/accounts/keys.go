@@ -73,8 +73,13 @@ const keyColumns = `id::text, role, coalesce(tenant, ''), coalesce(scope, ''), c
 
 func scanKey(r pgx.Row) (Key, error) {
 	var k Key
-	err := r.Scan(&k.ID, &k.Role, &k.Tenant, &k.Scope, &k.CreatedAt, &k.ExpiresAt, &k.LastUsedAt, &k.RevokedAt, &k.RotatedFrom, &k.Bootstrap)
+	err := r.Scan(keyFields(&k)...)
 	return k, err
+}
+
+// keyFields are the fields of k that keyColumns fill, in their order.
+func keyFields(k *Key) []any {
+	return []any{&k.ID, &k.Role, &k.Tenant, &k.Scope, &k.CreatedAt, &k.ExpiresAt, &k.LastUsedAt, &k.RevokedAt, &k.RotatedFrom, &k.Bootstrap}
 }
 
 func nullable(s string) *string {
@@ -167,37 +172,38 @@ func (s *Store) RevokeBootstrapKey(ctx context.Context, id string, hash []byte) 
 // grace (its expiry moves no later than now + grace); a zero grace
 // revokes it at once. It returns the new key and the old one as it now
 // is. A revoked key is ErrKeyRevoked, an expired one ErrKeyExpired, one
-// rotated before ErrKeyRotated; a missing one (or a bootstrap row)
-// ErrNotFound.
+// rotated before ErrKeyRotated (checked in that order); a missing one (or
+// a bootstrap row) ErrNotFound.
+//
+// The old key's row is read once, locked: concurrent rotations of one key
+// take turns, and the successor is inserted only if the key has none yet,
+// checked by the insert itself after the lock is held, so the second of
+// two rotations sees the first's successor and is ErrKeyRotated.
 func (s *Store) RotateKey(ctx context.Context, oldID string, next NewKey, grace time.Duration) (newKey, oldKey Key, err error) {
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		old, err := scanKey(tx.QueryRow(ctx, `SELECT `+keyColumns+` FROM api_keys
-			WHERE id::text = $1 AND NOT bootstrap FOR UPDATE`, oldID))
-		if errors.Is(err, pgx.ErrNoRows) {
+		var old Key
+		var expired bool
+		err := tx.QueryRow(ctx, `SELECT `+keyColumns+`, coalesce(expires_at <= now(), false) FROM api_keys
+			WHERE id::text = $1 AND NOT bootstrap FOR UPDATE`, oldID).Scan(append(keyFields(&old), &expired)...)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
 			return ErrNotFound
-		}
-		if err != nil {
+		case err != nil:
 			return err
-		}
-		if old.RevokedAt != nil {
+		case old.RevokedAt != nil:
 			return ErrKeyRevoked
-		}
-		var expired, rotated bool
-		if err := tx.QueryRow(ctx, `SELECT
-				EXISTS (SELECT 1 FROM api_keys WHERE id = $1::uuid AND expires_at <= now()),
-				EXISTS (SELECT 1 FROM api_keys WHERE rotated_from = $1::uuid)`, old.ID).Scan(&expired, &rotated); err != nil {
-			return err
-		}
-		if expired {
+		case expired:
 			return ErrKeyExpired
-		}
-		if rotated {
-			return ErrKeyRotated
 		}
 		next.Role, next.Tenant, next.Scope = old.Role, old.Tenant, old.Scope
 		newKey, err = scanKey(tx.QueryRow(ctx, `INSERT INTO api_keys (id, key_hash, role, tenant, scope, expires_at, rotated_from)
-			VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING `+keyColumns,
+			SELECT $1, $2, $3, $4, $5, $6, $7::uuid
+			WHERE NOT EXISTS (SELECT 1 FROM api_keys WHERE rotated_from = $7::uuid)
+			RETURNING `+keyColumns,
 			next.ID, next.Hash, next.Role, nullable(next.Tenant), nullable(next.Scope), next.ExpiresAt, old.ID))
+		if errors.Is(err, pgx.ErrNoRows) {
+			return ErrKeyRotated
+		}
 		if err != nil {
 			return keyError(err, next)
 		}
