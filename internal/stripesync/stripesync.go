@@ -268,13 +268,14 @@ func (b *Biller) planOne(ctx context.Context, tenant, metric, customer, eventNam
 		cumulative := m.String()
 		id := Identifier(tenant, metric, period, cumulative, totals.Cancelled)
 		// The intent, and late usage the aggregator recorded for this
-		// month marked as on its way if the intent was recorded, in one
-		// round trip.
+		// month marked as on its way if the intent was recorded.
 		inserted, err = billingdata.InsertIntent(ctx, tx, billingdata.Intent{Tenant: tenant, Metric: metric, Period: period, Billed: billed,
 			Customer: customer, EventName: eventName, Cumulative: cumulative, Delta: delta.String(), Identifier: id,
-			EventTime: ts, Carried: carried, CreatedAt: now}, func(b *pgx.Batch) {
-			usagedata.QueueMarkReconciled(b, tenant, metric, period, id)
-		})
+			EventTime: ts, Carried: carried, CreatedAt: now})
+		if err != nil || !inserted {
+			return err
+		}
+		err = usagedata.MarkReconciled(ctx, tx, tenant, metric, period)
 		return err
 	})
 	if err != nil {

@@ -154,9 +154,8 @@ func TestPushStateMachine(t *testing.T) {
 	}
 }
 
-// An intent marks its month's open corrections as reconciled, in the same
-// round trip, only when it is recorded: exactly what the single statement
-// it replaced did.
+// Planning marks a month's open corrections as reconciled only when its
+// intent is recorded: InsertIntent says whether it was.
 func TestInsertIntentMarksCorrectionsOnlyWhenRecorded(t *testing.T) {
 	db := pgtest.New(t)
 	ctx := context.Background()
@@ -189,10 +188,10 @@ func TestInsertIntentMarksCorrectionsOnlyWhenRecorded(t *testing.T) {
 		var inserted bool
 		err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
 			var err error
-			inserted, err = billingdata.InsertIntent(ctx, tx, p, func(b *pgx.Batch) {
-				usagedata.QueueMarkReconciled(b, p.Tenant, p.Metric, p.Period, p.Identifier)
-			})
-			return err
+			if inserted, err = billingdata.InsertIntent(ctx, tx, p); err != nil || !inserted {
+				return err
+			}
+			return usagedata.MarkReconciled(ctx, tx, p.Tenant, p.Metric, p.Period)
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -245,10 +244,10 @@ func TestInsertIntentConflictingWithAConcurrentInsert(t *testing.T) {
 		var inserted bool
 		err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
 			var err error
-			inserted, err = billingdata.InsertIntent(ctx, tx, intent("mu_race", "5"), func(b *pgx.Batch) {
-				usagedata.QueueMarkReconciled(b, "t1", "api_calls", month, "mu_race")
-			})
-			return err
+			if inserted, err = billingdata.InsertIntent(ctx, tx, intent("mu_race", "5")); err != nil || !inserted {
+				return err
+			}
+			return usagedata.MarkReconciled(ctx, tx, "t1", "api_calls", month)
 		})
 		done <- result{inserted, err}
 	}()

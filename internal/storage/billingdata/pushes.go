@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/usagemeter/metering/internal/storage"
@@ -37,28 +36,17 @@ type Intent struct {
 }
 
 // InsertIntent records intent p, unless a push with its identifier
-// exists already, and reports whether it did. The operations then
-// queues (usagedata.QueueMarkReconciled, say) are pipelined right after
-// the insert, in the same round trip: run it on a transaction, so they
-// commit or fail with it.
-func InsertIntent(ctx context.Context, q storage.Executor, p Intent, then ...func(*pgx.Batch)) (bool, error) {
-	var inserted bool
-	b := &pgx.Batch{}
-	b.Queue(`INSERT INTO billing_pushes (tenant, metric, period_start, billed_period_start, stripe_customer_id, event_name,
+// exists already (then it waits for a concurrent insert of it to end),
+// and reports whether it did.
+func InsertIntent(ctx context.Context, q storage.Executor, p Intent) (bool, error) {
+	tag, err := q.Exec(ctx, `INSERT INTO billing_pushes (tenant, metric, period_start, billed_period_start, stripe_customer_id, event_name,
 					cumulative_total, delta, identifier, event_timestamp, carried, created_at, updated_at)
 				VALUES ($1, $2, $3, $4, $5, $6, $7::numeric, $8::numeric, $9, $10, $11, $12, $12) ON CONFLICT (identifier) DO NOTHING`,
-		p.Tenant, p.Metric, p.Period, p.Billed, p.Customer, p.EventName, p.Cumulative, p.Delta, p.Identifier, p.EventTime, p.Carried, p.CreatedAt).
-		Exec(func(tag pgconn.CommandTag) error {
-			inserted = tag.RowsAffected() == 1
-			return nil
-		})
-	for _, queue := range then {
-		queue(b)
-	}
-	if err := q.SendBatch(ctx, b).Close(); err != nil {
+		p.Tenant, p.Metric, p.Period, p.Billed, p.Customer, p.EventName, p.Cumulative, p.Delta, p.Identifier, p.EventTime, p.Carried, p.CreatedAt)
+	if err != nil {
 		return false, err
 	}
-	return inserted, nil
+	return tag.RowsAffected() == 1, nil
 }
 
 // Pair is a (tenant, metric, month) to plan, with the Stripe group its
