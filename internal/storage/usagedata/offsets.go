@@ -13,10 +13,16 @@ import (
 // Offsets returns the stored next offset of every partition of a group's
 // topic.
 func Offsets(ctx context.Context, q storage.Executor, group, topic string) (map[int]int64, error) {
-	rows, err := q.Query(ctx, `SELECT partition, next_offset FROM consumer_offsets
+	return offsetsRead(ctx, q, "reading stored offsets", `SELECT partition, next_offset FROM consumer_offsets
 		WHERE consumer_group = $1 AND topic = $2`, group, topic)
+}
+
+// offsetsRead runs a (partition, next_offset) query; what names it in
+// errors.
+func offsetsRead(ctx context.Context, q storage.Executor, what, sql string, args ...any) (map[int]int64, error) {
+	rows, err := q.Query(ctx, sql, args...)
 	if err != nil {
-		return nil, fmt.Errorf("reading stored offsets: %w", err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	defer rows.Close()
 	out := map[int]int64{}
@@ -24,12 +30,12 @@ func Offsets(ctx context.Context, q storage.Executor, group, topic string) (map[
 		var p int
 		var next int64
 		if err := rows.Scan(&p, &next); err != nil {
-			return nil, fmt.Errorf("reading stored offsets: %w", err)
+			return nil, fmt.Errorf("%s: %w", what, err)
 		}
 		out[p] = next
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("reading stored offsets: %w", err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	return out, nil
 }

@@ -67,24 +67,8 @@ func DropShadow(ctx context.Context, q storage.Executor, schema string) error {
 // group's topic, as Offsets does, and locks those rows until q's
 // transaction ends: the group's batches cannot commit meanwhile.
 func LockOffsets(ctx context.Context, q storage.Executor, group, topic string) (map[int]int64, error) {
-	rows, err := q.Query(ctx, `SELECT partition, next_offset FROM consumer_offsets WHERE consumer_group = $1 AND topic = $2 FOR UPDATE`, group, topic)
-	if err != nil {
-		return nil, fmt.Errorf("locking stored offsets: %w", err)
-	}
-	defer rows.Close()
-	out := map[int]int64{}
-	for rows.Next() {
-		var p int
-		var next int64
-		if err := rows.Scan(&p, &next); err != nil {
-			return nil, fmt.Errorf("locking stored offsets: %w", err)
-		}
-		out[p] = next
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("locking stored offsets: %w", err)
-	}
-	return out, nil
+	return offsetsRead(ctx, q, "locking stored offsets", `SELECT partition, next_offset FROM consumer_offsets
+		WHERE consumer_group = $1 AND topic = $2 FOR UPDATE`, group, topic)
 }
 
 // ShadowChange is one window whose value differs between the live
