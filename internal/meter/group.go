@@ -270,7 +270,7 @@ func appendQuoted(dst []byte, s string) []byte {
 // writeQuoted writes s to b as appendQuoted does, without a buffer of its
 // own: the common value needs no escape and is written in one piece.
 func writeQuoted(b *strings.Builder, s string) {
-	if quotedLen(s) == len(s)+2 && utf8.ValidString(s) {
+	if quotedLen(s) == len(s)+2 { // nothing to escape, no invalid byte
 		b.WriteByte('"')
 		b.WriteString(s)
 		b.WriteByte('"')
