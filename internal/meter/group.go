@@ -144,26 +144,26 @@ func (g Group) MarshalJSON() ([]byte, error) {
 // ParseGroupKey returns the group of a meter grouped by groupBy whose key
 // is key: the inverse of Group.Key. It accepts only what Key writes: ""
 // when groupBy is empty, else a canonical array of exactly len(groupBy)
-// elements.
+// elements. On error the Group is the zero one.
 func ParseGroupKey(groupBy []string, key string) (Group, error) {
 	g := Group{names: groupBy}
 	if len(groupBy) > MaxGroupBy {
-		return g, fmt.Errorf("group key %q: a meter groups by at most %d properties, got %d", key, MaxGroupBy, len(groupBy))
+		return Group{}, fmt.Errorf("group key %q: a meter groups by at most %d properties, got %d", key, MaxGroupBy, len(groupBy))
 	}
 	if len(groupBy) == 0 {
 		if key != "" {
-			return g, fmt.Errorf("group key %q: a meter without group_by has only the empty key", key)
+			return Group{}, fmt.Errorf("group key %q: a meter without group_by has only the empty key", key)
 		}
 		return g, nil
 	}
 	rest, ok := strings.CutPrefix(key, "[")
 	if !ok {
-		return g, fmt.Errorf("group key %q: want a JSON array of %d values", key, len(groupBy))
+		return Group{}, fmt.Errorf("group key %q: want a JSON array of %d values", key, len(groupBy))
 	}
 	for i := range groupBy {
 		if i > 0 {
 			if rest, ok = strings.CutPrefix(rest, ","); !ok {
-				return g, fmt.Errorf("group key %q: want %d values, got %d", key, len(groupBy), i)
+				return Group{}, fmt.Errorf("group key %q: want %d values, got %d", key, len(groupBy), i)
 			}
 		}
 		if rest, ok = strings.CutPrefix(rest, "null"); ok {
@@ -171,13 +171,13 @@ func ParseGroupKey(groupBy []string, key string) (Group, error) {
 		}
 		v, n, err := parseQuoted(rest)
 		if err != nil {
-			return g, fmt.Errorf("group key %q: value %d: %w", key, i, err)
+			return Group{}, fmt.Errorf("group key %q: value %d: %w", key, i, err)
 		}
 		g.values[i], g.set = v, g.set|1<<i
 		rest = rest[n:]
 	}
 	if rest != "]" {
-		return g, fmt.Errorf("group key %q: want %d values and then the end of the array", key, len(groupBy))
+		return Group{}, fmt.Errorf("group key %q: want %d values and then the end of the array", key, len(groupBy))
 	}
 	return g, nil
 }

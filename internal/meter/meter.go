@@ -14,7 +14,7 @@
 // groups of one meter whose values are valid UTF-8 (as validated events'
 // are) have equal keys if and only if they are equal, and ParseGroupKey
 // gives back the group Key was made from (TestGroupKeyIsJSON,
-// TestParseGroupKey, FuzzGroupKey).
+// TestGroupAndKey, TestParseGroupKeyRefuses, FuzzGroupKey).
 package meter
 
 import (
