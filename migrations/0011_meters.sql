@@ -13,8 +13,7 @@
 --   version       1 when made, +1 on each change; a put that changes
 --                 nothing leaves it (and updated_at) as it was
 -- Rows are never deleted, so sum(version) rises with every change: a
--- loader compares it to tell whether to read the definitions again. Every
--- change notifies the channel "meters" in its transaction.
+-- loader compares it to tell whether to read the definitions again.
 CREATE TABLE meters (
     name        text        PRIMARY KEY
                             CHECK (name ~ '^[A-Za-z0-9._:-]{1,128}$' AND name NOT IN ('.', '..')),
@@ -37,3 +36,16 @@ CREATE TABLE meters (
     CONSTRAINT meters_property_iff_unique_count
         CHECK ((aggregation = 'unique_count') = (property IS NOT NULL))
 );
+
+-- Every row written notifies the channel "meters" with the meter's name,
+-- delivered when (and only if) the writing transaction commits: an
+-- aggregator listening there reloads the definitions without a restart.
+-- A put that changes nothing writes no row, so notifies nothing.
+CREATE FUNCTION meters_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('meters', NEW.name);
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER meters_notify AFTER INSERT OR UPDATE ON meters
+    FOR EACH ROW EXECUTE FUNCTION meters_notify();

@@ -13,10 +13,11 @@ import (
 	"github.com/usagemeter/metering/internal/storage"
 )
 
-// MetersChannel is the Postgres notification channel a change of a meter
-// definition notifies, with the meter's name as payload, when the
-// transaction that made it commits. An aggregator listens on it
-// (ListenMeters) to reload the definitions without a restart.
+// MetersChannel is the Postgres notification channel every write of a
+// meter notifies (a trigger of the meters table, migration 0011), with the
+// meter's name as payload, when the transaction that made it commits. An
+// aggregator listens on it (ListenMeters) to reload the definitions
+// without a restart.
 const MetersChannel = "meters"
 
 // The aggregations a meter may keep.
@@ -60,10 +61,11 @@ const meterColumns = `name, metric, aggregation, group_by, filter, coalesce(prop
 // PutMeter creates the meter m.Name or replaces its definition (metric,
 // aggregation, group_by, filter, property, description; Version and the
 // times in m are ignored) and returns the stored row, and whether it was
-// created. A definition equal to the stored one changes nothing: no new
+// created. A definition equal to the stored one writes nothing: no new
 // version, no updated_at, no notification. Otherwise the version rises by
-// one and MetersChannel is notified, in the same statement, so the
-// notification goes out exactly when q's transaction commits.
+// one and the table's trigger notifies MetersChannel in the same
+// statement, so the notification goes out exactly when q's transaction
+// commits, and never when it rolls back.
 func PutMeter(ctx context.Context, q storage.Executor, m Meter) (Meter, bool, error) {
 	groupBy := m.GroupBy
 	if groupBy == nil {
@@ -81,24 +83,21 @@ func PutMeter(ctx context.Context, q storage.Executor, m Meter) (Meter, bool, er
 	if m.Property != "" {
 		property = &m.Property
 	}
-	// ON CONFLICT ... WHERE leaves an equal definition as it was and returns
-	// no row; pg_notify runs once per row returned, so only on a change.
-	row := q.QueryRow(ctx, `WITH put AS (
-			INSERT INTO meters AS m (name, metric, aggregation, group_by, filter, property, description, version)
-			VALUES ($1, $2, $3, $4::text[], $5::jsonb, $6, $7, 1)
-			ON CONFLICT (name) DO UPDATE SET
-				metric = EXCLUDED.metric, aggregation = EXCLUDED.aggregation,
-				group_by = EXCLUDED.group_by, filter = EXCLUDED.filter,
-				property = EXCLUDED.property, description = EXCLUDED.description,
-				version = m.version + 1, updated_at = now()
-			WHERE (m.metric, m.aggregation, m.group_by, m.filter, m.property, m.description)
-				IS DISTINCT FROM
-				(EXCLUDED.metric, EXCLUDED.aggregation, EXCLUDED.group_by, EXCLUDED.filter, EXCLUDED.property, EXCLUDED.description)
-			RETURNING `+meterColumns+`)
-		SELECT put.*, pg_notify($8, put.name)::text FROM put`,
-		m.Name, m.Metric, m.Aggregation, groupBy, string(filterJSON), property, m.Description, MetersChannel)
-	var notified string
-	got, err := scanMeter(row, &notified)
+	// ON CONFLICT ... WHERE leaves an equal definition as it was (no row
+	// written, so no trigger fires) and returns no row.
+	got, err := scanMeter(q.QueryRow(ctx, `INSERT INTO meters AS m
+			(name, metric, aggregation, group_by, filter, property, description, version)
+		VALUES ($1, $2, $3, $4::text[], $5::jsonb, $6, $7, 1)
+		ON CONFLICT (name) DO UPDATE SET
+			metric = EXCLUDED.metric, aggregation = EXCLUDED.aggregation,
+			group_by = EXCLUDED.group_by, filter = EXCLUDED.filter,
+			property = EXCLUDED.property, description = EXCLUDED.description,
+			version = m.version + 1, updated_at = now()
+		WHERE (m.metric, m.aggregation, m.group_by, m.filter, m.property, m.description)
+			IS DISTINCT FROM
+			(EXCLUDED.metric, EXCLUDED.aggregation, EXCLUDED.group_by, EXCLUDED.filter, EXCLUDED.property, EXCLUDED.description)
+		RETURNING `+meterColumns,
+		m.Name, m.Metric, m.Aggregation, groupBy, string(filterJSON), property, m.Description))
 	if errors.Is(err, pgx.ErrNoRows) {
 		// Unchanged: the stored row, as it is. A new statement, so it sees
 		// a row another transaction committed after this one's snapshot.
@@ -174,13 +173,12 @@ func UnlistenMeters(ctx context.Context, conn storage.Executor) error {
 	return nil
 }
 
-// scanMeter reads meterColumns, then extra, from row.
-func scanMeter(row pgx.Row, extra ...any) (Meter, error) {
+// scanMeter reads meterColumns from row.
+func scanMeter(row pgx.Row) (Meter, error) {
 	var m Meter
 	var filter []byte
-	dest := append([]any{&m.Name, &m.Metric, &m.Aggregation, &m.GroupBy, &filter, &m.Property,
-		&m.Description, &m.Version, &m.CreatedAt, &m.UpdatedAt}, extra...)
-	if err := row.Scan(dest...); err != nil {
+	if err := row.Scan(&m.Name, &m.Metric, &m.Aggregation, &m.GroupBy, &filter, &m.Property,
+		&m.Description, &m.Version, &m.CreatedAt, &m.UpdatedAt); err != nil {
 		return Meter{}, err
 	}
 	if m.GroupBy == nil {
