@@ -1,0 +1,112 @@
+package migrate_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"testing/fstest"
+
+	"github.com/usagemeter/metering/internal/migrate"
+	"github.com/usagemeter/metering/internal/storage/accounts"
+	"github.com/usagemeter/metering/internal/testkit/pgtest"
+	"github.com/usagemeter/metering/migrations"
+)
+
+// upTo returns the embedded migrations numbered 1 to last, byte for byte,
+// as a database made by that release would have applied them.
+func upTo(t *testing.T, last int) fstest.MapFS {
+	t.Helper()
+	all, err := migrate.Load(migrations.FS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) <= last {
+		t.Fatalf("only %d migrations, want more than %d", len(all), last)
+	}
+	fsys := fstest.MapFS{}
+	for _, m := range all[:last] {
+		fsys[fmt.Sprintf("%04d_%s.sql", m.Version, m.Name)] = &fstest.MapFile{Data: []byte(m.SQL)}
+	}
+	return fsys
+}
+
+// TestUpgradeFrom0010: a database made by the schema before meters
+// (0010), holding plans, tenants, keys, a ledger row, windows and an
+// offset, upgrades to the newest schema with every one of those rows as
+// it was, and then has meters, empty and writable.
+func TestUpgradeFrom0010(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := pgtest.NewEmpty(t)
+	res, err := migrate.Apply(ctx, db.Pool, upTo(t, 10), quiet)
+	if err != nil || res.To != 10 {
+		t.Fatalf("Apply up to 0010 = %+v, %v", res, err)
+	}
+	var exists bool
+	if err := db.Pool.QueryRow(ctx, `SELECT to_regclass('meters') IS NOT NULL`).Scan(&exists); err != nil || exists {
+		t.Fatalf("meters exists at 0010 (%v, %v)", exists, err)
+	}
+	db.Exec(t, `INSERT INTO plans (name, currency) VALUES ('pro', 'eur')`)
+	db.Exec(t, `INSERT INTO plan_quotas (plan, metric, quota_limit, period, burst_percent, hard, stripe_event_name, unit_price)
+		VALUES ('pro', 'tokens', 1000000, 'month', 10, true, 'tokens_used', 0.002)`)
+	db.Exec(t, `INSERT INTO tenants (tenant, plan, stripe_customer_id) VALUES ('acme', 'pro', 'cus_1')`)
+	db.Exec(t, `INSERT INTO api_keys (id, key_hash, role, tenant, scope) VALUES (gen_random_uuid(), 'h1', 'tenant', 'acme', 'write')`)
+	db.Exec(t, `INSERT INTO ledger (tenant, event_id, payload_hash, metric, value, event_time, event_day, src_partition, src_offset)
+		VALUES ('acme', 'e1', 'p1', 'tokens', 1234, '2026-11-30 12:34:56+00', '2026-11-30', 0, 41)`)
+	for _, w := range []struct{ granularity, start string }{
+		{"minute", "2026-11-30 12:34:00+00"}, {"hour", "2026-11-30 12:00:00+00"},
+		{"day", "2026-11-30 00:00:00+00"}, {"month", "2026-11-01 00:00:00+00"},
+	} {
+		db.Exec(t, `INSERT INTO usage_windows (tenant, metric, granularity, window_start, value, events)
+			VALUES ('acme', 'tokens', $1, $2::timestamptz, 1234, 1)`, w.granularity, w.start)
+	}
+	db.Exec(t, `INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset) VALUES ('aggregator', 'usage.events', 0, 42)`)
+
+	// The columns each table had at 0010, as text: what must survive.
+	reads := []struct{ table, query string }{
+		{"plans", `SELECT name, currency, created_at, updated_at FROM plans ORDER BY name`},
+		{"plan_quotas", `SELECT plan, metric, quota_limit, period, burst_percent, hard, stripe_event_name, unit_price FROM plan_quotas ORDER BY plan, metric`},
+		{"tenants", `SELECT tenant, plan, stripe_customer_id, created_at, updated_at FROM tenants ORDER BY tenant`},
+		{"api_keys", `SELECT id, key_hash, role, tenant, scope, created_at FROM api_keys ORDER BY id`},
+		{"ledger", `SELECT tenant, event_id, payload_hash, metric, value, event_time, event_day, src_partition, src_offset FROM ledger ORDER BY tenant, event_id`},
+		{"usage_windows", `SELECT tenant, metric, granularity, window_start, value, events, updated_at FROM usage_windows ORDER BY tenant, metric, granularity, window_start`},
+		{"consumer_offsets", `SELECT consumer_group, topic, partition, next_offset FROM consumer_offsets ORDER BY consumer_group, topic, partition`},
+	}
+	snapshot := func() map[string]string {
+		out := map[string]string{}
+		for _, r := range reads {
+			var s string
+			if err := db.Pool.QueryRow(ctx, `SELECT coalesce(string_agg(r::text, E'\n'), '') FROM (`+r.query+`) AS r`).Scan(&s); err != nil {
+				t.Fatalf("reading %s: %v", r.table, err)
+			}
+			out[r.table] = s
+		}
+		return out
+	}
+	before := snapshot()
+	for table, rows := range before {
+		if rows == "" {
+			t.Fatalf("%s is empty before the upgrade", table)
+		}
+	}
+
+	all, _ := migrate.Load(migrations.FS)
+	res, err = migrate.Apply(ctx, db.Pool, migrations.FS, quiet)
+	if err != nil || res.From != 10 || res.To != len(all) {
+		t.Fatalf("upgrade = %+v, %v; want from 10 to %d", res, err, len(all))
+	}
+	after := snapshot()
+	for _, r := range reads {
+		if before[r.table] != after[r.table] {
+			t.Errorf("%s changed in the upgrade:\nbefore %s\nafter  %s", r.table, before[r.table], after[r.table])
+		}
+	}
+	if ms, err := accounts.ListMeters(ctx, db.Pool); err != nil || len(ms) != 0 {
+		t.Fatalf("ListMeters after the upgrade = %+v, %v; want none", ms, err)
+	}
+	m, created, err := accounts.PutMeter(ctx, db.Pool, accounts.Meter{Name: "tokens_by_model", Metric: "tokens",
+		Aggregation: accounts.AggregationSum, GroupBy: []string{"model"}})
+	if err != nil || !created || m.Version != 1 {
+		t.Fatalf("PutMeter after the upgrade = %+v, %v, %v", m, created, err)
+	}
+}
