@@ -77,9 +77,9 @@ func LockOffsets(ctx context.Context, q storage.Executor, group, topic string) (
 // without groups).
 type ShadowChange struct {
 	Tenant, Metric, Group, Granularity string
-	Start                       time.Time
-	Before, After               string // values; "" when the window is absent
-	EventsBefore, EventsAfter   int64
+	Start                              time.Time
+	Before, After                      string // values; "" when the window is absent
+	EventsBefore, EventsAfter          int64
 }
 
 // shadowRebuilt selects the rebuilt windows: the shadow's, plus the held
@@ -89,7 +89,7 @@ type ShadowChange struct {
 // event when it has that metric and time (adding the difference, no
 // event), else on their own (adding the maximum and one event); never
 // their sum. Counted conflicts count in their metric's implicit meter
-// (group key ''), as the rollup counts them. The replay raises the shadow's counted event by resends of
+// (group key ”), as the rollup counts them. The replay raises the shadow's counted event by resends of
 // its metric and time, so a counted conflict recorded before resolutions
 // existed is not added twice.
 func shadowRebuilt(schema string) string {

@@ -19,9 +19,9 @@ import (
 // non-negative.
 type WindowAdds struct {
 	Tenants, Meters, Granularities []string
-	Starts                          []time.Time
-	Values                          []string
-	Events                          []int64
+	Starts                         []time.Time
+	Values                         []string
+	Events                         []int64
 }
 
 // AddWindows adds each row of w to its window in one statement, creating
