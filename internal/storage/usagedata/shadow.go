@@ -89,9 +89,9 @@ type ShadowChange struct {
 // event when it has that metric and time (adding the difference, no
 // event), else on their own (adding the maximum and one event); never
 // their sum. Counted conflicts count in their metric's implicit meter
-// (group key ”), as the rollup counts them. The replay raises the shadow's counted event by resends of
-// its metric and time, so a counted conflict recorded before resolutions
-// existed is not added twice.
+// (the empty group key), as the rollup counts them. The replay raises
+// the shadow's counted event by resends of its metric and time, so a
+// counted conflict recorded before resolutions existed is not added twice.
 func shadowRebuilt(schema string) string {
 	return fmt.Sprintf(`(SELECT tenant, meter, group_key, granularity, window_start, sum(value) AS value, sum(events)::bigint AS events, max(updated_at) AS updated_at
 		FROM (SELECT tenant, meter, group_key, granularity, window_start, value, events, updated_at FROM %[1]s.usage_windows

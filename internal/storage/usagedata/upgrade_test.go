@@ -76,7 +76,7 @@ func readWindows(t *testing.T, db *pgtest.DB) []upgradedWindow {
 
 // A database made by the schema before meters (through 0010) upgrades in
 // place: every window it holds becomes its metric's implicit meter's
-// window (meter = the metric, group key ”), with the same value, events
+// window (meter = the metric, the empty group key), with the same value, events
 // and updated_at (no row rewritten, nothing recounted), under the new
 // primary key; AddWindows then adds to those very rows (no duplicate) and
 // creates the windows that follow (no gap), and the readers see both.
