@@ -150,7 +150,7 @@ func (s *stack) value(tenant, metric, granularity string, start time.Time) strin
 	s.t.Helper()
 	var v string
 	err := s.db.Pool.QueryRow(context.Background(), `SELECT coalesce((SELECT value::text FROM usage_windows
-		WHERE tenant = $1 AND metric = $2 AND granularity = $3 AND window_start = $4), 'none')`, tenant, metric, granularity, start).Scan(&v)
+		WHERE tenant = $1 AND meter = $2 AND granularity = $3 AND window_start = $4), 'none')`, tenant, metric, granularity, start).Scan(&v)
 	if err != nil {
 		s.t.Fatal(err)
 	}

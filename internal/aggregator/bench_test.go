@@ -184,8 +184,8 @@ func naiveEvent(ctx context.Context, db *pgtest.DB, e events.Event) error {
 		if err != nil || tag.RowsAffected() == 0 {
 			return err
 		}
-		_, err = tx.Exec(ctx, `INSERT INTO usage_windows (tenant, metric, granularity, window_start, value, events) VALUES ($1, $2, 'hour', $3, $4, 1)
-			ON CONFLICT (tenant, metric, granularity, window_start) DO UPDATE SET value = usage_windows.value + EXCLUDED.value, events = usage_windows.events + 1`,
+		_, err = tx.Exec(ctx, `INSERT INTO usage_windows (tenant, meter, granularity, window_start, value, events) VALUES ($1, $2, 'hour', $3, $4, 1)
+			ON CONFLICT (tenant, meter, group_key, granularity, window_start) DO UPDATE SET value = usage_windows.value + EXCLUDED.value, events = usage_windows.events + 1`,
 			e.Tenant, e.Metric, windows.Hour.Start(e.Time), e.Value)
 		return err
 	})
@@ -209,11 +209,11 @@ func ceilingBatch(ctx context.Context, db *pgtest.DB, evs []events.Event) error 
 				INSERT INTO ledger (tenant, event_id, payload_hash, metric, value, event_time, event_day, src_partition, src_offset)
 				SELECT tenant, event_id, '\x00', metric, value, event_time, (event_time AT TIME ZONE 'UTC')::date, 0, 0 FROM staging
 				ON CONFLICT DO NOTHING RETURNING tenant, metric, value, event_time)
-			INSERT INTO usage_windows (tenant, metric, granularity, window_start, value, events)
+			INSERT INTO usage_windows (tenant, meter, granularity, window_start, value, events)
 			SELECT tenant, metric, g, CASE g WHEN 'minute' THEN date_trunc('minute', event_time) WHEN 'hour' THEN date_trunc('hour', event_time)
 				WHEN 'day' THEN date_trunc('day', event_time) ELSE date_trunc('month', event_time) END AS ws, sum(value), count(*)
 			FROM new, unnest(ARRAY['minute', 'hour', 'day', 'month']) AS g GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
-			ON CONFLICT (tenant, metric, granularity, window_start) DO UPDATE
+			ON CONFLICT (tenant, meter, group_key, granularity, window_start) DO UPDATE
 			SET value = usage_windows.value + EXCLUDED.value, events = usage_windows.events + EXCLUDED.events`)
 		return err
 	})

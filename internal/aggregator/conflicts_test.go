@@ -27,7 +27,7 @@ func windowValue(t *testing.T, db *pgtest.DB, metric, granularity string, start 
 	t.Helper()
 	var v string
 	if err := db.Pool.QueryRow(context.Background(), `SELECT coalesce((SELECT value::text FROM usage_windows
-		WHERE tenant = 'acme' AND metric = $1 AND granularity = $2 AND window_start = $3), 'none')`, metric, granularity, start).Scan(&v); err != nil {
+		WHERE tenant = 'acme' AND meter = $1 AND granularity = $2 AND window_start = $3), 'none')`, metric, granularity, start).Scan(&v); err != nil {
 		t.Fatal(err)
 	}
 	return v

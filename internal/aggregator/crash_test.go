@@ -80,7 +80,7 @@ func (s *stack) feed(tr *truth, n int, dupShare float64, seed uint64) {
 
 func (s *stack) checkTruth(tr *truth) {
 	s.t.Helper()
-	rows, err := s.db.Pool.Query(context.Background(), `SELECT tenant, metric, granularity, window_start, value::bigint FROM usage_windows`)
+	rows, err := s.db.Pool.Query(context.Background(), `SELECT tenant, meter, granularity, window_start, value::bigint FROM usage_windows`)
 	if err != nil {
 		s.t.Fatal(err)
 	}

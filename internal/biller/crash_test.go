@@ -43,8 +43,8 @@ func TestKillBetweenIntentAndOutcome(t *testing.T) {
 	grow := func(rng *rand.Rand) {
 		for i := 1; i <= tenants; i++ {
 			for _, m := range metrics {
-				db.Exec(t, `INSERT INTO usage_windows (tenant, metric, granularity, window_start, value, events) VALUES ($1, $2, 'month', $3, $4, 1)
-					ON CONFLICT (tenant, metric, granularity, window_start) DO UPDATE SET value = usage_windows.value + EXCLUDED.value`,
+				db.Exec(t, `INSERT INTO usage_windows (tenant, meter, granularity, window_start, value, events) VALUES ($1, $2, 'month', $3, $4, 1)
+					ON CONFLICT (tenant, meter, group_key, granularity, window_start) DO UPDATE SET value = usage_windows.value + EXCLUDED.value`,
 					fmt.Sprint("t", i), m, month, 1+rng.IntN(100))
 			}
 		}
@@ -86,7 +86,7 @@ func TestKillBetweenIntentAndOutcome(t *testing.T) {
 		var open, behind int
 		_ = db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM billing_pushes WHERE status IN ('intent', 'dead')`).Scan(&open)
 		_ = db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM usage_windows w WHERE granularity = 'month' AND value >
-			coalesce((SELECT sum(delta) FROM billing_pushes p WHERE p.tenant = w.tenant AND p.metric = w.metric AND p.status = 'sent'), 0)`).Scan(&behind)
+			coalesce((SELECT sum(delta) FROM billing_pushes p WHERE p.tenant = w.tenant AND p.metric = w.meter AND p.status = 'sent'), 0)`).Scan(&behind)
 		if open == 0 && behind == 0 {
 			break
 		}
@@ -102,7 +102,7 @@ func TestKillBetweenIntentAndOutcome(t *testing.T) {
 	for i := 1; i <= tenants; i++ {
 		for _, m := range metrics {
 			var metered int64
-			_ = db.Pool.QueryRow(context.Background(), `SELECT value::bigint FROM usage_windows WHERE tenant = $1 AND metric = $2 AND granularity = 'month'`,
+			_ = db.Pool.QueryRow(context.Background(), `SELECT value::bigint FROM usage_windows WHERE tenant = $1 AND meter = $2 AND granularity = 'month'`,
 				fmt.Sprint("t", i), m).Scan(&metered)
 			if got := fake.Total(m, fmt.Sprint("cus_t", i), month, end); got != metered {
 				t.Errorf("t%d/%s: Stripe %d, Postgres %d", i, m, got, metered)

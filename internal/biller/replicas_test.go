@@ -63,8 +63,8 @@ func TestTwoBillerProcessesWithKills(t *testing.T) {
 		for i := 1; i <= tenants; i++ {
 			for _, m := range metrics {
 				v := 1 + rng.IntN(100)
-				db.Exec(t, `INSERT INTO usage_windows (tenant, metric, granularity, window_start, value, events) VALUES ($1, $2, 'month', $3, $4, 1)
-					ON CONFLICT (tenant, metric, granularity, window_start) DO UPDATE SET value = usage_windows.value + EXCLUDED.value`,
+				db.Exec(t, `INSERT INTO usage_windows (tenant, meter, granularity, window_start, value, events) VALUES ($1, $2, 'month', $3, $4, 1)
+					ON CONFLICT (tenant, meter, group_key, granularity, window_start) DO UPDATE SET value = usage_windows.value + EXCLUDED.value`,
 					fmt.Sprint("t", i), m, month, v)
 				metered[fmt.Sprintf("cus_t%d/%s", i, m)] += int64(v)
 			}
@@ -111,7 +111,7 @@ func TestTwoBillerProcessesWithKills(t *testing.T) {
 		var open, behind int
 		_ = db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM billing_pushes WHERE status IN ('intent', 'dead')`).Scan(&open)
 		_ = db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM usage_windows w WHERE granularity = 'month' AND value >
-			coalesce((SELECT sum(delta) FROM billing_pushes p WHERE p.tenant = w.tenant AND p.metric = w.metric AND p.status = 'sent'), 0)`).Scan(&behind)
+			coalesce((SELECT sum(delta) FROM billing_pushes p WHERE p.tenant = w.tenant AND p.metric = w.meter AND p.status = 'sent'), 0)`).Scan(&behind)
 		if open == 0 && behind == 0 {
 			break
 		}

@@ -75,7 +75,7 @@ func TestStartsAtThePostgresOffset(t *testing.T) {
 	var total string
 	var ids int
 	if err := db.Pool.QueryRow(context.Background(), `SELECT coalesce(sum(value), 0)::text FROM usage_windows
-		WHERE tenant = 'acme' AND metric = 'api_calls' AND granularity = 'month'`).Scan(&total); err != nil {
+		WHERE tenant = 'acme' AND meter = 'api_calls' AND granularity = 'month'`).Scan(&total); err != nil {
 		t.Fatal(err)
 	}
 	_ = db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM ledger`).Scan(&ids)

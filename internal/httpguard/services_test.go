@@ -95,7 +95,7 @@ func TestAggregatorAndBillerSendSecurityHeaders(t *testing.T) {
 	db.Exec(t, `INSERT INTO plans (name) VALUES ('free')`)
 	db.Exec(t, `INSERT INTO plan_quotas (plan, metric, period, stripe_event_name) VALUES ('free', 'api_calls', 'month', 'api_calls')`)
 	db.Exec(t, `INSERT INTO tenants (tenant, plan, stripe_customer_id) VALUES ('acme', 'free', 'cus_acme')`)
-	db.Exec(t, `INSERT INTO usage_windows (tenant, metric, granularity, window_start, value, events) VALUES ('acme', 'api_calls', 'month', $1, 5, 5)`,
+	db.Exec(t, `INSERT INTO usage_windows (tenant, meter, granularity, window_start, value, events) VALUES ('acme', 'api_calls', 'month', $1, 5, 5)`,
 		time.Date(time.Now().UTC().Year(), time.Now().UTC().Month(), 1, 0, 0, 0, 0, time.UTC))
 	req, _ := http.NewRequest("GET", services["biller"].base+"/v1/reconciliation?period="+month, nil)
 	req.Header.Set("Authorization", "Bearer headers-admin-key")

@@ -130,7 +130,7 @@ func BenchmarkIngestLatency(b *testing.B) {
 func BenchmarkUsageQuery(b *testing.B) {
 	e := newEnv(b, envOpts{})
 	month := time.Date(2026, 10, 1, 0, 0, 0, 0, time.UTC)
-	e.db.Exec(b, `INSERT INTO usage_windows (tenant, metric, granularity, window_start, value, events)
+	e.db.Exec(b, `INSERT INTO usage_windows (tenant, meter, granularity, window_start, value, events)
 		SELECT 'tenant-' || t, 'api_calls', 'hour', $1::timestamptz + make_interval(hours => h), h, 1
 		FROM generate_series(0, 743) h, generate_series(0, 99) t`, month)
 	url := e.srv.URL + "/v1/usage?tenant=tenant-7&metric=api_calls&window=hour&from=2026-10-01T00:00:00Z&to=2026-11-01T00:00:00Z"

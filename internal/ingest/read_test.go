@@ -20,7 +20,7 @@ func TestUsageAndQuotas(t *testing.T) {
 	month := time.Date(now.Year(), now.Month(), 1, 0, 0, 0, 0, time.UTC)
 	hour := now.Truncate(time.Hour)
 	// Windows as the aggregator writes them.
-	e.db.Exec(t, `INSERT INTO usage_windows (tenant, metric, granularity, window_start, value, events) VALUES
+	e.db.Exec(t, `INSERT INTO usage_windows (tenant, meter, granularity, window_start, value, events) VALUES
 		('acme', 'api_calls', 'month', $1, 1250, 1250),
 		('acme', 'api_calls', 'hour', $2, 50, 50),
 		('acme', 'api_calls', 'hour', $3, 70, 70),

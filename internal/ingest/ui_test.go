@@ -178,7 +178,7 @@ func TestUsagePageShowsWhatTheAPISays(t *testing.T) {
 	e.do("PUT", "/v1/admin/tenants/acme", adminKey, "application/json", `{"plan":"free"}`)
 	month := time.Date(now.Year(), now.Month(), 1, 0, 0, 0, 0, time.UTC)
 	day := now.Truncate(24 * time.Hour)
-	e.db.Exec(t, `INSERT INTO usage_windows (tenant, metric, granularity, window_start, value, events) VALUES
+	e.db.Exec(t, `INSERT INTO usage_windows (tenant, meter, granularity, window_start, value, events) VALUES
 		('acme', 'api_calls', 'month', $1, 1250, 1250), ('acme', 'api_calls', 'day', $2, 1250, 1250),
 		('acme', 'tokens', 'month', $1, 987654, 3), ('acme', 'tokens', 'day', $2, 987654, 3)`, month, day)
 	e.db.Exec(t, `INSERT INTO quota_breaches (breach_id, tenant, metric, period_start, period_end, threshold, quota_limit, value) VALUES

@@ -108,7 +108,7 @@ func TestRaisesAreExactlyOnceWhateverTheBatches(t *testing.T) {
 				}
 			}
 			expectWindows(t, db, apiCallWindows, want)
-			if n := count(t, db, `SELECT count(*) FROM usage_windows WHERE metric = 'tokens'`); n != 0 {
+			if n := count(t, db, `SELECT count(*) FROM usage_windows WHERE meter = 'tokens'`); n != 0 {
 				t.Errorf("a held conflict was counted")
 			}
 			if n := count(t, db, `SELECT count(*) FROM ledger_conflicts WHERE resolution = 'held'`); n != 4 {
@@ -168,7 +168,7 @@ func TestHeldConflictsWaitForAnOperator(t *testing.T) {
 	if res.Counted != 1 || res.Held != 3 {
 		t.Fatalf("result %+v, want 1 counted, 3 held", res)
 	}
-	if n := count(t, db, `SELECT count(*) FROM usage_windows WHERE metric = 'tokens' OR window_start < '2026-11-01Z'`); n != 0 {
+	if n := count(t, db, `SELECT count(*) FROM usage_windows WHERE meter = 'tokens' OR window_start < '2026-11-01Z'`); n != 0 {
 		t.Fatalf("held conflicts were counted")
 	}
 	r := usagedata.NewConflictReader(db.Pool)

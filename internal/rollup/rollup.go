@@ -538,6 +538,6 @@ func addToWindows(ctx context.Context, tx pgx.Tx, incs []increment) error {
 	// AddWindows sorts the rows by key, so concurrent batches lock
 	// windows in the same order.
 	return usagedata.AddWindows(ctx, tx, &usagedata.WindowAdds{
-		Tenants: tenants, Metrics: metrics, Granularities: grans, Starts: starts, Values: vals, Events: counts,
+		Tenants: tenants, Meters: metrics, Granularities: grans, Starts: starts, Values: vals, Events: counts,
 	})
 }

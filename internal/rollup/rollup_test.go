@@ -50,7 +50,7 @@ type window struct {
 
 func windowsOf(t *testing.T, db *pgtest.DB, granularity string) map[string]window {
 	t.Helper()
-	rows, err := db.Pool.Query(context.Background(), `SELECT tenant || '/' || metric || '/' || to_char(window_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI'), value::text, events
+	rows, err := db.Pool.Query(context.Background(), `SELECT tenant || '/' || meter || '/' || to_char(window_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI'), value::text, events
 		FROM usage_windows WHERE granularity = $1`, granularity)
 	if err != nil {
 		t.Fatal(err)

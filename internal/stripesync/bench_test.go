@@ -39,7 +39,7 @@ func BenchmarkSync10kTenants(b *testing.B) {
 		}
 		db.Exec(b, `INSERT INTO tenants (tenant, plan, stripe_customer_id) SELECT 't' || g, 'pro', 'cus_t' || g FROM generate_series(1, $1) g`, tenants)
 		month := windows.Month.Start(time.Now())
-		db.Exec(b, `INSERT INTO usage_windows (tenant, metric, granularity, window_start, value, events)
+		db.Exec(b, `INSERT INTO usage_windows (tenant, meter, granularity, window_start, value, events)
 			SELECT 't' || g, m, 'month', $1, g, 1 FROM generate_series(1, $2) g, unnest(ARRAY['api_calls', 'tokens', 'bytes']) m`, month, tenants)
 		bl := stripesync.New(db.Pool, stripeapi.NewClient("sk_test_bench", srv.URL, 10*time.Second), stripesync.Config{
 			RatePerSecond: 1e6, Concurrency: 16, Logger: slog.New(slog.DiscardHandler)})

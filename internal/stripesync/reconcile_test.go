@@ -88,7 +88,7 @@ func TestLateUsageAfterAFinalInvoiceIsCarried(t *testing.T) {
 	f := newFixture(t, 1, stripefake.Config{})
 	ctx := context.Background()
 	last := windows.Month.Start(f.now).AddDate(0, -1, 0)
-	f.db.Exec(t, `INSERT INTO usage_windows (tenant, metric, granularity, window_start, value, events) VALUES ('t1', 'bytes', 'month', $1, 40, 1)`, last)
+	f.db.Exec(t, `INSERT INTO usage_windows (tenant, meter, granularity, window_start, value, events) VALUES ('t1', 'bytes', 'month', $1, 40, 1)`, last)
 	f.db.Exec(t, `INSERT INTO billing_periods (tenant, period_start, invoice_id) VALUES ('t1', $1, 'in_1')`, last)
 	f.db.Exec(t, `INSERT INTO usage_corrections (tenant, metric, period_start, value, events, reason) VALUES ('t1', 'bytes', $1, 40, 1, 'period_closed')`, last)
 	res, err := f.biller.Sync(ctx)

@@ -123,8 +123,8 @@ func TestTwoBillersNeverOverReport(t *testing.T) {
 				for i := 1; i <= tenants; i++ {
 					for _, m := range metrics3 {
 						v := int64(1 + rng.IntN(50))
-						db.Exec(t, `INSERT INTO usage_windows (tenant, metric, granularity, window_start, value, events) VALUES ($1, $2, 'month', $3, $4, 1)
-							ON CONFLICT (tenant, metric, granularity, window_start) DO UPDATE SET value = usage_windows.value + EXCLUDED.value`,
+						db.Exec(t, `INSERT INTO usage_windows (tenant, meter, granularity, window_start, value, events) VALUES ($1, $2, 'month', $3, $4, 1)
+							ON CONFLICT (tenant, meter, group_key, granularity, window_start) DO UPDATE SET value = usage_windows.value + EXCLUDED.value`,
 							fmt.Sprint("t", i), m, month, v)
 						truth.value[fmt.Sprintf("cus_t%d/%s", i, m)] += v
 					}

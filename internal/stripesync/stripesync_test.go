@@ -52,8 +52,8 @@ func newFixture(t *testing.T, tenants int, fake stripefake.Config) *fixture {
 // meter sets the month window of tenant/metric, as the aggregator would.
 func (f *fixture) meter(tenant, metric string, value int64) {
 	f.t.Helper()
-	f.db.Exec(f.t, `INSERT INTO usage_windows (tenant, metric, granularity, window_start, value, events) VALUES ($1, $2, 'month', $3, $4, 1)
-		ON CONFLICT (tenant, metric, granularity, window_start) DO UPDATE SET value = EXCLUDED.value`, tenant, metric, windows.Month.Start(f.now), value)
+	f.db.Exec(f.t, `INSERT INTO usage_windows (tenant, meter, granularity, window_start, value, events) VALUES ($1, $2, 'month', $3, $4, 1)
+		ON CONFLICT (tenant, meter, group_key, granularity, window_start) DO UPDATE SET value = EXCLUDED.value`, tenant, metric, windows.Month.Start(f.now), value)
 }
 
 func (f *fixture) stripeTotal(tenant, metric string) int64 {

@@ -274,7 +274,7 @@ func TestInsertIntentConflictingWithAConcurrentInsert(t *testing.T) {
 func TestLockAndReadPair(t *testing.T) {
 	db := pgtest.New(t)
 	ctx := context.Background()
-	db.Exec(t, `INSERT INTO usage_windows (tenant, metric, granularity, window_start, value, events) VALUES ('t1', 'api_calls', 'month', $1, 42, 1)`, month)
+	db.Exec(t, `INSERT INTO usage_windows (tenant, meter, granularity, window_start, value, events) VALUES ('t1', 'api_calls', 'month', $1, 42, 1)`, month)
 	record(t, db, intent("mu_a", "10"))
 	pair := billingdata.Pair{Tenant: "t1", Metric: "api_calls", Period: month, Customer: "cus_1", EventName: "api_calls", Billed: month}
 	tx, err := db.Pool.Begin(ctx)

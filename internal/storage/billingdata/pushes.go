@@ -76,7 +76,7 @@ func LockAndReadPair(ctx context.Context, q storage.Executor, p Pair, lock bool)
 		lockQueuePair(b, p.Tenant, p.Metric, p.Period)
 		lockQueueGroup(b, p.Customer, p.EventName, p.Billed)
 	}
-	b.Queue(`SELECT coalesce((SELECT value FROM usage_windows WHERE tenant = $1 AND metric = $2 AND granularity = 'month' AND window_start = $3), 0),
+	b.Queue(`SELECT coalesce((SELECT value FROM usage_windows WHERE tenant = $1 AND meter = $2 AND group_key = '' AND granularity = 'month' AND window_start = $3), 0),
 				coalesce(sum(delta) FILTER (WHERE status <> 'cancelled'), 0), count(*) FILTER (WHERE status = 'cancelled')
 			FROM billing_pushes WHERE tenant = $1 AND metric = $2 AND period_start = $3`, p.Tenant, p.Metric, p.Period).QueryRow(func(row pgx.Row) error {
 		return row.Scan(&t.Metered, &t.Claimed, &t.Cancelled)
@@ -101,17 +101,17 @@ type Delta struct {
 // Deltas reads every delta of the months from oldest on, by tenant,
 // metric and month.
 func Deltas(ctx context.Context, q storage.Executor, oldest time.Time) ([]Delta, error) {
-	rows, err := q.Query(ctx, `SELECT w.tenant, w.metric, w.window_start, w.value, coalesce(t.stripe_customer_id, ''), q.stripe_event_name,
+	rows, err := q.Query(ctx, `SELECT w.tenant, w.meter, w.window_start, w.value, coalesce(t.stripe_customer_id, ''), q.stripe_event_name,
 			coalesce(p.claimed, 0), coalesce(p.cancelled, 0), (bp.tenant IS NOT NULL)
 		FROM usage_windows w
 		JOIN tenants t ON t.tenant = w.tenant
-		JOIN plan_quotas q ON q.plan = t.plan AND q.metric = w.metric
+		JOIN plan_quotas q ON q.plan = t.plan AND q.metric = w.meter
 		LEFT JOIN (SELECT tenant, metric, period_start, sum(delta) FILTER (WHERE status <> 'cancelled') AS claimed,
 				count(*) FILTER (WHERE status = 'cancelled') AS cancelled
 			FROM billing_pushes WHERE period_start >= $1 GROUP BY 1, 2, 3) p
-			ON p.tenant = w.tenant AND p.metric = w.metric AND p.period_start = w.window_start
+			ON p.tenant = w.tenant AND p.metric = w.meter AND p.period_start = w.window_start
 		LEFT JOIN billing_periods bp ON bp.tenant = w.tenant AND bp.period_start = w.window_start
-		WHERE w.granularity = 'month' AND w.window_start >= $1 AND w.value > coalesce(p.claimed, 0)
+		WHERE w.group_key = '' AND w.granularity = 'month' AND w.window_start >= $1 AND w.value > coalesce(p.claimed, 0)
 		ORDER BY 1, 2, 3`, oldest)
 	if err != nil {
 		return nil, err
@@ -249,7 +249,7 @@ func FindOverReported(ctx context.Context, q storage.Executor, oldest, sentAfter
 			FROM billing_pushes WHERE period_start >= $1 GROUP BY 1, 2, 3)
 		SELECT p.id, p.event_name, p.identifier, p.stripe_customer_id, p.billed_period_start FROM months m
 		JOIN billing_pushes p ON p.id = m.last_sent
-		LEFT JOIN usage_windows w ON w.tenant = m.tenant AND w.metric = m.metric AND w.granularity = 'month' AND w.window_start = m.period_start
+		LEFT JOIN usage_windows w ON w.tenant = m.tenant AND w.meter = m.metric AND w.group_key = '' AND w.granularity = 'month' AND w.window_start = m.period_start
 		WHERE m.claimed > coalesce(w.value, 0) AND p.sent_at > $2`, oldest, sentAfter)
 	if err != nil {
 		return nil, err

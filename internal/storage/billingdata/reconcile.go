@@ -126,7 +126,7 @@ func PeriodTotals(ctx context.Context, q storage.Executor, period time.Time) ([]
 		SELECT k.tenant, k.metric, k.customer, k.stripe_event_name, coalesce(w.value, 0),
 			coalesce(p.reported, 0), coalesce(p.in_flight, 0), coalesce(p.dead, 0), coalesce(p.discarded, 0), coalesce(p.carried_out, 0), coalesce(p.carried_in, 0), p.last_sent
 		FROM keys k
-		LEFT JOIN usage_windows w ON w.tenant = k.tenant AND w.metric = k.metric AND w.granularity = 'month' AND w.window_start = $1
+		LEFT JOIN usage_windows w ON w.tenant = k.tenant AND w.meter = k.metric AND w.group_key = '' AND w.granularity = 'month' AND w.window_start = $1
 		LEFT JOIN pushes p ON p.tenant = k.tenant AND p.metric = k.metric
 		WHERE w.tenant IS NOT NULL OR p.tenant IS NOT NULL
 		ORDER BY 1, 2`, period)

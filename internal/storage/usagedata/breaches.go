@@ -18,7 +18,7 @@ import (
 func WindowValue(ctx context.Context, q storage.Executor, tenant, metric string, g windows.Granularity, start time.Time) (*big.Int, error) {
 	var used pgtype.Numeric
 	if err := q.QueryRow(ctx, `SELECT value FROM usage_windows
-			WHERE tenant = $1 AND metric = $2 AND granularity = $3 AND window_start = $4`,
+			WHERE tenant = $1 AND meter = $2 AND group_key = '' AND granularity = $3 AND window_start = $4`,
 		tenant, metric, string(g), start).Scan(&used); err != nil {
 		return nil, fmt.Errorf("reading usage of %s/%s: %w", tenant, metric, err)
 	}

@@ -42,7 +42,7 @@ type Window struct {
 // [from, to), oldest first, and their total.
 func (r *Reader) Usage(ctx context.Context, tenant, metric string, g windows.Granularity, from, to time.Time) ([]Window, *big.Int, error) {
 	rows, err := r.q.Query(ctx, `SELECT window_start, value, events FROM usage_windows
-		WHERE tenant = $1 AND metric = $2 AND granularity = $3 AND window_start >= $4 AND window_start < $5
+		WHERE tenant = $1 AND meter = $2 AND group_key = '' AND granularity = $3 AND window_start >= $4 AND window_start < $5
 		ORDER BY window_start`, tenant, metric, string(g), from, to)
 	if err != nil {
 		return nil, nil, fmt.Errorf("reading usage: %w", err)
@@ -96,7 +96,7 @@ func (r *Reader) Quotas(ctx context.Context, tenant string, now time.Time) (stri
 	}
 	rows, err := r.q.Query(ctx, `SELECT q.metric, q.quota_limit, q.period, q.burst_percent, q.hard, w.value
 		FROM plan_quotas q
-		LEFT JOIN usage_windows w ON w.tenant = $1 AND w.metric = q.metric AND w.granularity = q.period
+		LEFT JOIN usage_windows w ON w.tenant = $1 AND w.meter = q.metric AND w.group_key = '' AND w.granularity = q.period
 			AND w.window_start = CASE q.period WHEN 'day' THEN date_trunc('day', $3::timestamptz AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
 				ELSE date_trunc('month', $3::timestamptz AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' END
 		WHERE q.plan = $2 ORDER BY q.metric`, tenant, *plan, now)

@@ -72,12 +72,14 @@ func LockOffsets(ctx context.Context, q storage.Executor, group, topic string) (
 }
 
 // ShadowChange is one window whose value differs between the live
-// windows and the rebuilt ones.
+// windows and the rebuilt ones. Metric is the window's meter (a metric's
+// name for its implicit meter) and Group its group key ("" for a meter
+// without groups).
 type ShadowChange struct {
-	Tenant, Metric, Granularity string
-	Start                       time.Time
-	Before, After               string // values; "" when the window is absent
-	EventsBefore, EventsAfter   int64
+	Tenant, Metric, Group, Granularity string
+	Start                              time.Time
+	Before, After                      string // values; "" when the window is absent
+	EventsBefore, EventsAfter          int64
 }
 
 // shadowRebuilt selects the rebuilt windows: the shadow's, plus the held
@@ -86,14 +88,15 @@ type ShadowChange struct {
 // the maximum of the copies counted there, over the shadow's counted
 // event when it has that metric and time (adding the difference, no
 // event), else on their own (adding the maximum and one event); never
-// their sum. The replay raises the shadow's counted event by resends of
-// its metric and time, so a counted conflict recorded before resolutions
-// existed is not added twice.
+// their sum. Counted conflicts count in their metric's implicit meter
+// (the empty group key), as the rollup counts them. The replay raises
+// the shadow's counted event by resends of its metric and time, so a
+// counted conflict recorded before resolutions existed is not added twice.
 func shadowRebuilt(schema string) string {
-	return fmt.Sprintf(`(SELECT tenant, metric, granularity, window_start, sum(value) AS value, sum(events)::bigint AS events, max(updated_at) AS updated_at
-		FROM (SELECT tenant, metric, granularity, window_start, value, events, updated_at FROM %[1]s.usage_windows
+	return fmt.Sprintf(`(SELECT tenant, meter, group_key, granularity, window_start, sum(value) AS value, sum(events)::bigint AS events, max(updated_at) AS updated_at
+		FROM (SELECT tenant, meter, group_key, granularity, window_start, value, events, updated_at FROM %[1]s.usage_windows
 			UNION ALL
-			SELECT c.tenant, c.metric, g.g, date_trunc(g.g, c.event_time AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', c.value, c.events, now()
+			SELECT c.tenant, c.metric, '', g.g, date_trunc(g.g, c.event_time AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', c.value, c.events, now()
 			FROM (SELECT k.tenant, k.metric, k.event_time, greatest(max(k.value) - coalesce(l.value, 0), 0) AS value,
 					CASE WHEN l.value IS NULL THEN 1 ELSE 0 END AS events
 				FROM public.ledger_conflicts k
@@ -102,24 +105,24 @@ func shadowRebuilt(schema string) string {
 				GROUP BY k.tenant, k.event_id, k.metric, k.event_time, l.value) c
 			CROSS JOIN (VALUES ('minute'), ('hour'), ('day'), ('month')) AS g(g)
 			WHERE c.value > 0 OR c.events > 0) u
-		GROUP BY tenant, metric, granularity, window_start)`, schema)
+		GROUP BY tenant, meter, group_key, granularity, window_start)`, schema)
 }
 
 // CompareShadow returns the windows starting at or after from that differ
 // between the live windows and the rebuilt ones (the shadow's, plus the
-// held conflicts operators counted), in (tenant, metric, granularity,
-// start) order, and how many windows it compared.
+// held conflicts operators counted), in (tenant, meter, group,
+// granularity, start) order, and how many windows it compared.
 func CompareShadow(ctx context.Context, q storage.Executor, schema string, from time.Time) ([]ShadowChange, int, error) {
 	if err := shadowCheck(schema); err != nil {
 		return nil, 0, err
 	}
-	rows, err := q.Query(ctx, fmt.Sprintf(`SELECT coalesce(l.tenant, s.tenant), coalesce(l.metric, s.metric), coalesce(l.granularity, s.granularity),
+	rows, err := q.Query(ctx, fmt.Sprintf(`SELECT coalesce(l.tenant, s.tenant), coalesce(l.meter, s.meter), coalesce(l.group_key, s.group_key), coalesce(l.granularity, s.granularity),
 			coalesce(l.window_start, s.window_start), coalesce(l.value::text, ''), coalesce(s.value::text, ''),
 			coalesce(l.events, 0), coalesce(s.events, 0), (l.value IS DISTINCT FROM s.value OR l.events IS DISTINCT FROM s.events)
 		FROM (SELECT * FROM public.usage_windows WHERE window_start >= $1) l
 		FULL JOIN (SELECT * FROM %s r WHERE window_start >= $1) s
-			USING (tenant, metric, granularity, window_start)
-		ORDER BY 1, 2, 3, 4`, shadowRebuilt(schema)), from)
+			USING (tenant, meter, group_key, granularity, window_start)
+		ORDER BY 1, 2, 3, 4, 5`, shadowRebuilt(schema)), from)
 	if err != nil {
 		return nil, 0, fmt.Errorf("comparing windows: %w", err)
 	}
@@ -129,7 +132,7 @@ func CompareShadow(ctx context.Context, q storage.Executor, schema string, from 
 	for rows.Next() {
 		var c ShadowChange
 		var differs bool
-		if err := rows.Scan(&c.Tenant, &c.Metric, &c.Granularity, &c.Start, &c.Before, &c.After, &c.EventsBefore, &c.EventsAfter, &differs); err != nil {
+		if err := rows.Scan(&c.Tenant, &c.Metric, &c.Group, &c.Granularity, &c.Start, &c.Before, &c.After, &c.EventsBefore, &c.EventsAfter, &differs); err != nil {
 			return nil, 0, fmt.Errorf("comparing windows: %w", err)
 		}
 		total++
@@ -158,8 +161,8 @@ func SwapShadow(ctx context.Context, q storage.Executor, schema string, from tim
 	if _, err := q.Exec(ctx, `DELETE FROM public.usage_windows WHERE window_start >= $1`, from); err != nil {
 		return fmt.Errorf("swapping windows: %w", err)
 	}
-	if _, err := q.Exec(ctx, fmt.Sprintf(`INSERT INTO public.usage_windows (tenant, metric, granularity, window_start, value, events, updated_at)
-			SELECT tenant, metric, granularity, window_start, value, events, updated_at FROM %s r WHERE window_start >= $1`, shadowRebuilt(schema)), from); err != nil {
+	if _, err := q.Exec(ctx, fmt.Sprintf(`INSERT INTO public.usage_windows (tenant, meter, group_key, granularity, window_start, value, events, updated_at)
+			SELECT tenant, meter, group_key, granularity, window_start, value, events, updated_at FROM %s r WHERE window_start >= $1`, shadowRebuilt(schema)), from); err != nil {
 		return fmt.Errorf("swapping windows: %w", err)
 	}
 	return nil

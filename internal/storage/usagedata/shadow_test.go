@@ -37,7 +37,7 @@ func TestRebuiltWindowsCountHeldCopiesOnce(t *testing.T) {
 		db.Exec(t, fmt.Sprintf(`INSERT INTO %s.ledger (tenant, event_id, payload_hash, metric, value, event_time, event_day, src_partition, src_offset)
 			VALUES ('acme', $1, '\x00', 'api_calls', $2, $3::timestamptz, ($3::timestamptz AT TIME ZONE 'UTC')::date, 0, 0)`, schema), l.id, l.value, at)
 	}
-	db.Exec(t, fmt.Sprintf(`INSERT INTO %s.usage_windows (tenant, metric, granularity, window_start, value, events)
+	db.Exec(t, fmt.Sprintf(`INSERT INTO %s.usage_windows (tenant, meter, granularity, window_start, value, events)
 		VALUES ('acme', 'api_calls', 'month', '2026-11-01Z', 450, 3)`, schema))
 	for i, c := range []struct {
 		id, metric, resolution string
@@ -90,16 +90,22 @@ func TestShadowSwap(t *testing.T) {
 		t.Error("a second CreateShadow of one schema succeeded")
 	}
 	db.Exec(t, `INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset) VALUES ('g', 'usage.events', 0, 7), ('g', 'usage.events', 1, 9)`)
-	db.Exec(t, `INSERT INTO usage_windows (tenant, metric, granularity, window_start, value, events) VALUES
+	db.Exec(t, `INSERT INTO usage_windows (tenant, meter, granularity, window_start, value, events) VALUES
 		('acme', 'api_calls', 'month', '2026-10-01Z', 5, 5), ('acme', 'api_calls', 'month', '2026-11-01Z', 8, 8), ('acme', 'tokens', 'month', '2026-11-01Z', 1, 1)`)
-	db.Exec(t, `INSERT INTO `+schema+`.usage_windows (tenant, metric, granularity, window_start, value, events) VALUES
+	db.Exec(t, `INSERT INTO `+schema+`.usage_windows (tenant, meter, granularity, window_start, value, events) VALUES
 		('acme', 'api_calls', 'month', '2026-10-01Z', 50, 50), ('acme', 'api_calls', 'month', '2026-11-01Z', 10, 10)`)
+	// A meter's group is a window of its own, compared and swapped as one.
+	db.Exec(t, `INSERT INTO usage_windows (tenant, meter, group_key, granularity, window_start, value, events) VALUES
+		('acme', 'tokens', 'model=a', 'month', '2026-11-01Z', 3, 3)`)
+	db.Exec(t, `INSERT INTO `+schema+`.usage_windows (tenant, meter, group_key, granularity, window_start, value, events) VALUES
+		('acme', 'tokens', 'model=a', 'month', '2026-11-01Z', 4, 4)`)
 	from := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
 	changes, total, err := usagedata.CompareShadow(ctx, db.Pool, schema, from)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if total != 2 || len(changes) != 2 || changes[0].Before != "8" || changes[0].After != "10" || changes[1].Before != "1" || changes[1].After != "" {
+	if total != 3 || len(changes) != 3 || changes[0].Before != "8" || changes[0].After != "10" || changes[1].Before != "1" || changes[1].After != "" ||
+		changes[2].Group != "model=a" || changes[2].Before != "3" || changes[2].After != "4" {
 		t.Fatalf("compare: %d windows, changes %+v", total, changes)
 	}
 	err = pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
@@ -122,7 +128,7 @@ func TestShadowSwap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rows, err := db.Pool.Query(ctx, `SELECT metric || ' ' || to_char(window_start AT TIME ZONE 'UTC', 'YYYY-MM') || ' ' || value FROM usage_windows ORDER BY 1`)
+	rows, err := db.Pool.Query(ctx, `SELECT meter || ' ' || group_key || ' ' || to_char(window_start AT TIME ZONE 'UTC', 'YYYY-MM') || ' ' || value FROM usage_windows ORDER BY 1`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +136,7 @@ func TestShadowSwap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := strings.Join(live, "; "), "api_calls 2026-10 5; api_calls 2026-11 10"; got != want {
+	if got, want := strings.Join(live, "; "), "api_calls  2026-10 5; api_calls  2026-11 10; tokens model=a 2026-11 4"; got != want {
 		t.Errorf("live windows after the swap: %s, want %s", got, want)
 	}
 	for range 2 {

@@ -21,7 +21,7 @@ func windowValue(t *testing.T, db *pgtest.DB, tenant string, start time.Time) st
 	var v string
 	var n int64
 	err := db.Pool.QueryRow(context.Background(), `SELECT value::text, events FROM usage_windows
-		WHERE tenant = $1 AND metric = 'calls' AND granularity = 'hour' AND window_start = $2`, tenant, start).Scan(&v, &n)
+		WHERE tenant = $1 AND meter = 'calls' AND granularity = 'hour' AND window_start = $2`, tenant, start).Scan(&v, &n)
 	if err != nil {
 		return "-"
 	}
@@ -42,7 +42,7 @@ func TestAddWindowsOnlyGrows(t *testing.T) {
 			starts[i] = h
 		}
 		return usagedata.AddWindows(ctx, db.Pool, &usagedata.WindowAdds{
-			Tenants: tenants, Metrics: slices.Repeat([]string{"calls"}, n), Granularities: slices.Repeat([]string{string(windows.Hour)}, n),
+			Tenants: tenants, Meters: slices.Repeat([]string{"calls"}, n), Granularities: slices.Repeat([]string{string(windows.Hour)}, n),
 			Starts: starts, Values: vals, Events: events,
 		})
 	}
@@ -80,14 +80,14 @@ func TestAddWindowsSortsRows(t *testing.T) {
 	db := pgtest.New(t)
 	h := time.Date(2026, 11, 3, 10, 0, 0, 0, time.UTC)
 	w := &usagedata.WindowAdds{
-		Tenants: []string{"b", "a", "a"}, Metrics: []string{"calls", "calls", "bytes"},
+		Tenants: []string{"b", "a", "a"}, Meters: []string{"calls", "calls", "bytes"},
 		Granularities: []string{"hour", "hour", "hour"}, Starts: []time.Time{h, h, h.Add(time.Hour)},
 		Values: []string{"1", "2", "3"}, Events: []int64{1, 2, 3},
 	}
 	if err := usagedata.AddWindows(context.Background(), db.Pool, w); err != nil {
 		t.Fatal(err)
 	}
-	if got := fmt.Sprint(w.Tenants, w.Metrics, w.Values, w.Events); got != "[a a b] [bytes calls calls] [3 2 1] [3 2 1]" {
+	if got := fmt.Sprint(w.Tenants, w.Meters, w.Values, w.Events); got != "[a a b] [bytes calls calls] [3 2 1] [3 2 1]" {
 		t.Errorf("rows after AddWindows: %s", got)
 	}
 }

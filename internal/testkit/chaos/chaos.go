@@ -635,7 +635,7 @@ func waitPartitions(ctx context.Context, pool *pgxpool.Pool, brokers string, d t
 }
 
 func checkWindows(ctx context.Context, pool *pgxpool.Pool, truth map[string]int64, rep *Report) error {
-	rows, err := pool.Query(ctx, `SELECT tenant, metric, granularity, window_start, value::bigint FROM usage_windows`)
+	rows, err := pool.Query(ctx, `SELECT tenant, meter, granularity, window_start, value::bigint FROM usage_windows`)
 	if err != nil {
 		return err
 	}
@@ -675,8 +675,8 @@ func waitBilled(ctx context.Context, pool *pgxpool.Pool, d time.Duration) error 
 	for {
 		var open, behind int
 		_ = pool.QueryRow(ctx, `SELECT count(*) FROM billing_pushes WHERE status = 'intent'`).Scan(&open)
-		_ = pool.QueryRow(ctx, `SELECT count(*) FROM usage_windows w WHERE granularity = 'month' AND value >
-			coalesce((SELECT sum(delta) FROM billing_pushes p WHERE p.tenant = w.tenant AND p.metric = w.metric
+		_ = pool.QueryRow(ctx, `SELECT count(*) FROM usage_windows w WHERE group_key = '' AND granularity = 'month' AND value >
+			coalesce((SELECT sum(delta) FROM billing_pushes p WHERE p.tenant = w.tenant AND p.metric = w.meter
 				AND p.period_start = w.window_start AND p.status <> 'cancelled'), 0)`).Scan(&behind)
 		if open == 0 && behind == 0 {
 			return nil
@@ -689,8 +689,8 @@ func waitBilled(ctx context.Context, pool *pgxpool.Pool, d time.Duration) error 
 }
 
 func checkStripe(ctx context.Context, pool *pgxpool.Pool, fake *stripefake.Server, rep *Report) error {
-	rows, err := pool.Query(ctx, `SELECT w.tenant, w.metric, w.window_start, w.value::bigint, t.stripe_customer_id
-		FROM usage_windows w JOIN tenants t USING (tenant) WHERE w.granularity = 'month'`)
+	rows, err := pool.Query(ctx, `SELECT w.tenant, w.meter, w.window_start, w.value::bigint, t.stripe_customer_id
+		FROM usage_windows w JOIN tenants t USING (tenant) WHERE w.group_key = '' AND w.granularity = 'month'`)
 	if err != nil {
 		return err
 	}

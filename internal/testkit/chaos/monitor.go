@@ -49,7 +49,7 @@ func (o *overReport) metered(ctx context.Context, rt stripefake.RunningTotal) (i
 	}
 	var v int64
 	err := pool.QueryRow(ctx, `SELECT coalesce((SELECT w.value::bigint FROM usage_windows w JOIN tenants t USING (tenant)
-		WHERE t.stripe_customer_id = $1 AND w.metric = $2 AND w.granularity = 'month' AND w.window_start = $3), 0)`,
+		WHERE t.stripe_customer_id = $1 AND w.meter = $2 AND w.group_key = '' AND w.granularity = 'month' AND w.window_start = $3), 0)`,
 		rt.Customer, rt.EventName, rt.Period).Scan(&v)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return 0, nil

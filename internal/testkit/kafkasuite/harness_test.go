@@ -382,7 +382,7 @@ func (e *env) waitConsumed(d time.Duration) {
 func (e *env) checkTruth() int {
 	e.t.Helper()
 	ctx := context.Background()
-	rows, err := e.pool.Query(ctx, `SELECT tenant, metric, granularity, window_start, value::bigint FROM usage_windows`)
+	rows, err := e.pool.Query(ctx, `SELECT tenant, meter, granularity, window_start, value::bigint FROM usage_windows`)
 	if err != nil {
 		e.t.Fatal(err)
 	}
