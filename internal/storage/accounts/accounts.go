@@ -1,6 +1,6 @@
-// Package accounts is the Postgres access layer for accounts: API keys, plans
-// with their per-metric quotas, and tenants. pgx is confined here and in
-// the other storage packages; callers see plain Go types.
+// Package accounts owns what the admin API configures: API keys, plans
+// with their per-metric quotas, tenants, and meter definitions (whose
+// changes are notified on MetersChannel). Callers see plain Go types.
 //
 // Invariant: every write is one statement or one transaction, so a reader
 // never sees half a plan or a rotated key without its successor; "not
