@@ -96,7 +96,8 @@ type kindColumns struct {
 //   - latest: value, latest_time and latest_id are replaced when the row's
 //     (time, id) is greater than the stored one, times compared at Postgres
 //     precision (the Go time is truncated to the microsecond first);
-//     events += Events;
+//     events += Events. An event's id is unique in its tenant (the ledger
+//     makes it so), so two rows never tie on (time, id);
 //   - unique_count: each value is inserted into meter_uniques, and the
 //     window's value grows by the rows actually inserted; events += Events.
 //
