@@ -366,3 +366,24 @@ func TestAddMeterWindowsRefuses(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkAddMeterWindows applies batches of 500 events to a meter of
+// each aggregation (hour and day windows: 5,000 rows a batch), one
+// transaction per batch.
+func BenchmarkAddMeterWindows(b *testing.B) {
+	db := pgtest.New(b)
+	ctx := context.Background()
+	r := rand.New(rand.NewPCG(1, 2))
+	var rows []meterRow
+	for _, agg := range meter.Aggregations {
+		rows = append(rows, randomRows(r, "bench", "m_"+string(agg), agg, 500)...)
+	}
+	a := toAdds(rows)
+	b.ResetTimer()
+	for b.Loop() {
+		if err := inTx(ctx, db, a, false); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N)/float64(len(rows)), "µs/row")
+}
