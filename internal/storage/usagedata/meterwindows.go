@@ -1,0 +1,221 @@
+package usagedata
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/usagemeter/metering/internal/meter"
+	"github.com/usagemeter/metering/internal/storage"
+)
+
+// MeterAdds is what one batch adds to the windows of defined meters, as
+// parallel columns (row i is element i of each). Aggregations[i] is the
+// aggregation of meter Meters[i]; a meter has one aggregation, so its
+// windows are only ever written by one kind of row. Per row:
+//
+//   - Values: the event value (sum, max, latest), non-negative; ignored for
+//     count (which adds Events) and unique_count.
+//   - Events: how many events the row stands for, non-negative.
+//   - Times, IDs: for latest, the (time, id) of the row's event.
+//   - Uniques, HasUniques: for unique_count, the property's value, when the
+//     event had it; a row without it adds to events only.
+//
+// Several rows may name the same window: they combine as the events would.
+type MeterAdds struct {
+	Tenants, Meters, GroupKeys, Granularities []string
+	Starts                                    []time.Time
+	Aggregations                              []meter.Aggregation
+	Values, Events                            []int64
+	Times                                     []time.Time
+	IDs                                       []string
+	Uniques                                   []string
+	HasUniques                                []bool
+}
+
+// Len is the number of rows.
+func (a *MeterAdds) Len() int { return len(a.Tenants) }
+
+// Append adds one row.
+func (a *MeterAdds) Append(tenant, meterName, groupKey, granularity string, start time.Time, c meter.Contribution, events int64) {
+	a.Tenants = append(a.Tenants, tenant)
+	a.Meters = append(a.Meters, meterName)
+	a.GroupKeys = append(a.GroupKeys, groupKey)
+	a.Granularities = append(a.Granularities, granularity)
+	a.Starts = append(a.Starts, start)
+	a.Aggregations = append(a.Aggregations, c.Aggregation)
+	a.Values = append(a.Values, c.Value)
+	a.Events = append(a.Events, events)
+	a.Times = append(a.Times, c.Time)
+	a.IDs = append(a.IDs, c.ID)
+	a.Uniques = append(a.Uniques, c.Distinct)
+	a.HasUniques = append(a.HasUniques, c.HasDistinct)
+}
+
+var errMeterAdds = errors.New("invalid meter window rows")
+
+// check refuses ragged columns, unknown aggregations and negative amounts.
+func (a *MeterAdds) check() error {
+	n := a.Len()
+	for _, l := range []int{len(a.Meters), len(a.GroupKeys), len(a.Granularities), len(a.Starts), len(a.Aggregations),
+		len(a.Values), len(a.Events), len(a.Times), len(a.IDs), len(a.Uniques), len(a.HasUniques)} {
+		if l != n {
+			return fmt.Errorf("%w: columns of %d and %d rows", errMeterAdds, n, l)
+		}
+	}
+	for i := range n {
+		if !a.Aggregations[i].Valid() {
+			return fmt.Errorf("%w: aggregation %q", errMeterAdds, a.Aggregations[i])
+		}
+		if a.Values[i] < 0 || a.Events[i] < 0 {
+			return fmt.Errorf("%w: %w: value %d, %d events", errMeterAdds, errNegativeWindow, a.Values[i], a.Events[i])
+		}
+	}
+	return nil
+}
+
+// kindColumns is the rows of one aggregation, as the arrays a statement
+// takes.
+type kindColumns struct {
+	t, m, k, g []string
+	s          []time.Time
+	v, e       []int64
+	at         []time.Time
+	id, u      []string
+	h          []bool
+}
+
+// AddMeterWindows applies a batch of rows to the windows of defined meters,
+// one statement per aggregation present (in the order of
+// meter.Aggregations), creating windows as needed:
+//
+//   - sum: value += Values, events += Events;
+//   - count: value += Events, events += Events;
+//   - max: value = GREATEST(value, Values), events += Events;
+//   - latest: value, latest_time and latest_id are replaced when the row's
+//     (time, id) is greater than the stored one, times compared at Postgres
+//     precision (the Go time is truncated to the microsecond first);
+//     events += Events. An event's id is unique in its tenant (the ledger
+//     makes it so), so two rows never tie on (time, id);
+//   - unique_count: each value is inserted into meter_uniques, and the
+//     window's value grows by the rows actually inserted; events += Events.
+//
+// Each statement writes its windows (and unique values) in key order, so
+// concurrent batches lock them in one order and cannot deadlock. Nothing is
+// written when the rows are refused.
+func AddMeterWindows(ctx context.Context, q storage.Executor, rows MeterAdds) error {
+	if rows.Len() == 0 {
+		return nil
+	}
+	if err := rows.check(); err != nil {
+		return fmt.Errorf("adding to meter windows: %w", err)
+	}
+	kinds := make(map[meter.Aggregation]*kindColumns)
+	for i := range rows.Len() {
+		c := kinds[rows.Aggregations[i]]
+		if c == nil {
+			c = &kindColumns{}
+			kinds[rows.Aggregations[i]] = c
+		}
+		c.t = append(c.t, rows.Tenants[i])
+		c.m = append(c.m, rows.Meters[i])
+		c.k = append(c.k, rows.GroupKeys[i])
+		c.g = append(c.g, rows.Granularities[i])
+		c.s = append(c.s, rows.Starts[i])
+		c.v = append(c.v, rows.Values[i])
+		c.e = append(c.e, rows.Events[i])
+		c.at = append(c.at, rows.Times[i].Truncate(time.Microsecond))
+		c.id = append(c.id, rows.IDs[i])
+		c.u = append(c.u, rows.Uniques[i])
+		c.h = append(c.h, rows.HasUniques[i])
+	}
+	for _, kind := range meter.Aggregations {
+		c := kinds[kind]
+		if c == nil {
+			continue
+		}
+		var err error
+		switch kind {
+		case meter.Sum, meter.Count, meter.Max:
+			_, err = q.Exec(ctx, addsSQL[kind], c.t, c.m, c.k, c.g, c.s, c.v, c.e)
+		case meter.Latest:
+			_, err = q.Exec(ctx, latestSQL, c.t, c.m, c.k, c.g, c.s, c.v, c.e, c.at, c.id)
+		case meter.UniqueCount:
+			_, err = q.Exec(ctx, uniqueSQL, c.t, c.m, c.k, c.g, c.s, c.e, c.u, c.h)
+		}
+		if err != nil {
+			return fmt.Errorf("adding to %s meter windows: %w", kind, err)
+		}
+	}
+	return nil
+}
+
+// batchSQL unnests the common columns plus value and events.
+const batchSQL = `unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::bigint[], $7::bigint[]) AS b(t, m, k, g, s, v, e)`
+
+const windowKey = `(tenant, meter, group_key, granularity, window_start)`
+
+// addsSQL folds each window's rows in the batch first (an INSERT may not
+// touch a row twice), then folds the result into the stored window.
+var addsSQL = map[meter.Aggregation]string{
+	meter.Sum: `INSERT INTO usage_windows (tenant, meter, group_key, granularity, window_start, value, events)
+		SELECT t, m, k, g, s, sum(v::numeric), sum(e) FROM ` + batchSQL + `
+		GROUP BY t, m, k, g, s ORDER BY t, m, k, g, s
+		ON CONFLICT ` + windowKey + ` DO UPDATE
+		SET value = usage_windows.value + EXCLUDED.value, events = usage_windows.events + EXCLUDED.events, updated_at = now()`,
+	meter.Count: `INSERT INTO usage_windows (tenant, meter, group_key, granularity, window_start, value, events)
+		SELECT t, m, k, g, s, sum(e::numeric), sum(e) FROM ` + batchSQL + `
+		GROUP BY t, m, k, g, s ORDER BY t, m, k, g, s
+		ON CONFLICT ` + windowKey + ` DO UPDATE
+		SET value = usage_windows.value + EXCLUDED.value, events = usage_windows.events + EXCLUDED.events, updated_at = now()`,
+	meter.Max: `INSERT INTO usage_windows (tenant, meter, group_key, granularity, window_start, value, events)
+		SELECT t, m, k, g, s, max(v)::numeric, sum(e) FROM ` + batchSQL + `
+		GROUP BY t, m, k, g, s ORDER BY t, m, k, g, s
+		ON CONFLICT ` + windowKey + ` DO UPDATE
+		SET value = GREATEST(usage_windows.value, EXCLUDED.value), events = usage_windows.events + EXCLUDED.events, updated_at = now()`,
+}
+
+// latestSQL keeps, per window of the batch, the row of greatest (time, id)
+// and the batch's events, then replaces the stored value only when that
+// row is later than the stored one. A stored window without latest_time
+// (none should exist for a latest meter) takes the row's.
+const latestSQL = `INSERT INTO usage_windows (tenant, meter, group_key, granularity, window_start, value, events, latest_time, latest_id)
+	SELECT t, m, k, g, s, v::numeric, n, at, id FROM (
+		SELECT DISTINCT ON (t, m, k, g, s) t, m, k, g, s, v, at, id, sum(e) OVER (PARTITION BY t, m, k, g, s) AS n
+		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::bigint[], $7::bigint[], $8::timestamptz[], $9::text[]) AS b(t, m, k, g, s, v, e, at, id)
+		ORDER BY t, m, k, g, s, at DESC, id DESC
+	) AS w ORDER BY t, m, k, g, s
+	ON CONFLICT ` + windowKey + ` DO UPDATE
+	SET value = CASE WHEN usage_windows.latest_time IS NULL OR (EXCLUDED.latest_time, EXCLUDED.latest_id) > (usage_windows.latest_time, usage_windows.latest_id)
+			THEN EXCLUDED.value ELSE usage_windows.value END,
+		latest_time = CASE WHEN usage_windows.latest_time IS NULL OR (EXCLUDED.latest_time, EXCLUDED.latest_id) > (usage_windows.latest_time, usage_windows.latest_id)
+			THEN EXCLUDED.latest_time ELSE usage_windows.latest_time END,
+		latest_id = CASE WHEN usage_windows.latest_time IS NULL OR (EXCLUDED.latest_time, EXCLUDED.latest_id) > (usage_windows.latest_time, usage_windows.latest_id)
+			THEN EXCLUDED.latest_id ELSE usage_windows.latest_id END,
+		events = usage_windows.events + EXCLUDED.events, updated_at = now()`
+
+// uniqueSQL inserts the batch's distinct values in key order (a value that
+// is already stored, or inserted by a concurrent batch that commits first,
+// is not inserted), then adds to each window the number of its values
+// actually inserted and the batch's events. The data-modifying CTE runs to
+// completion before the windows are written, since they aggregate over it.
+const uniqueSQL = `WITH b AS (
+		SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::bigint[], $7::text[], $8::boolean[]) AS b(t, m, k, g, s, e, u, h)
+	), ins AS (
+		INSERT INTO meter_uniques (tenant, meter, group_key, granularity, window_start, value)
+		SELECT DISTINCT t, m, k, g, s, u FROM b WHERE h ORDER BY t, m, k, g, s, u
+		ON CONFLICT DO NOTHING
+		RETURNING tenant, meter, group_key, granularity, window_start
+	), added AS (
+		SELECT tenant, meter, group_key, granularity, window_start, count(*) AS n FROM ins
+		GROUP BY tenant, meter, group_key, granularity, window_start
+	), w AS (
+		SELECT t, m, k, g, s, sum(e) AS e FROM b GROUP BY t, m, k, g, s
+	)
+	INSERT INTO usage_windows (tenant, meter, group_key, granularity, window_start, value, events)
+	SELECT w.t, w.m, w.k, w.g, w.s, coalesce(added.n, 0)::numeric, w.e FROM w
+	LEFT JOIN added ON (added.tenant, added.meter, added.group_key, added.granularity, added.window_start) = (w.t, w.m, w.k, w.g, w.s)
+	ORDER BY w.t, w.m, w.k, w.g, w.s
+	ON CONFLICT ` + windowKey + ` DO UPDATE
+	SET value = usage_windows.value + EXCLUDED.value, events = usage_windows.events + EXCLUDED.events, updated_at = now()`
