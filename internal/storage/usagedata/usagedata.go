@@ -5,11 +5,15 @@
 // Rebuild's shadow schema (scratch copies of these tables that a replay
 // fills) is created, compared and swapped in here too (shadow.go).
 //
-// Invariant: usage only grows through these operations. A window's value
-// and events are only ever increased (AddWindows) or replaced wholesale by
-// a verified rebuild; the ledger's key on (tenant, event_id) is what makes
-// a resent event count once. AddWindows refuses a negative amount
-// (TestAddWindowsOnlyGrows), and DeleteExpired forgets ledger ids only
-// of event days before the cutoff its caller chooses, one before every
-// event time the rollup can still accept (TestDeleteExpired).
+// Invariant: usage only grows through these operations, except by a
+// verified rebuild, which replaces windows wholesale. A window's events
+// only ever increase (AddWindows, AddMeterWindows); its value increases for
+// sum, count, max and unique_count, and for latest follows the event with
+// the greatest (time, id); the ledger's key on (tenant, event_id) is what
+// makes a resent event count once. AddWindows refuses a negative amount
+// (TestAddWindowsOnlyGrows), AddMeterWindows matches a ground truth
+// whatever the batches and their order (TestAddMeterWindowsMatchesGroundTruth),
+// and DeleteExpired forgets ledger ids only of event days before the
+// cutoff its caller chooses, one before every event time the rollup can
+// still accept (TestDeleteExpired).
 package usagedata
