@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/usagemeter/metering/internal/storage"
 )
 
@@ -72,5 +74,5 @@ func MoveUsage(ctx context.Context, q storage.Executor, c Change) ([]int64, erro
 	if err != nil {
 		return nil, err
 	}
-	return collectIDs(rows)
+	return pgx.CollectRows(rows, pgx.RowTo[int64])
 }
