@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"github.com/usagemeter/metering/events"
-	"github.com/usagemeter/metering/internal/relay"
 	"github.com/usagemeter/metering/internal/storage/accounts"
+	"github.com/usagemeter/metering/internal/storage/outbox"
 	"github.com/usagemeter/metering/internal/topics"
 )
 
@@ -42,7 +42,7 @@ func TestHugeDeadLetterNeverBlocksBreaches(t *testing.T) {
 	if got := len(s.waitTopic(topics.QuotaBreaches, 3)); got != 3 {
 		t.Fatalf("%d breaches on %s, want 3", got, topics.QuotaBreaches)
 	}
-	parked, err := relay.Parked(ctx, s.db.Pool)
+	parked, err := outbox.ListParked(ctx, s.db.Pool)
 	if err != nil || len(parked) != 1 || parked[0].Topic != topics.UsageEventsDLQ || parked[0].Bytes != 1100<<10 {
 		t.Fatalf("Parked = %+v, %v; want the huge dead letter", parked, err)
 	}

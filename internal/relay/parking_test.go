@@ -19,6 +19,7 @@ import (
 	"github.com/usagemeter/metering/internal/kafkalog"
 	"github.com/usagemeter/metering/internal/record"
 	"github.com/usagemeter/metering/internal/relay"
+	"github.com/usagemeter/metering/internal/storage/outbox"
 	"github.com/usagemeter/metering/internal/testkit/kafkatest"
 	"github.com/usagemeter/metering/internal/testkit/pgtest"
 )
@@ -120,7 +121,7 @@ func TestMessageKafkaRefusesIsParkedAndNeverBlocksTheOthers(t *testing.T) {
 			if got := headerValues(kafkatest.ReadAll(t, kc.Brokers(), "usage.events.dlq"), "id"); fmt.Sprint(got) != "[d1]" {
 				t.Errorf("usage.events.dlq got %v", got)
 			}
-			parked, err := relay.Parked(ctx, db.Pool)
+			parked, err := outbox.ListParked(ctx, db.Pool)
 			if err != nil || len(parked) != 1 {
 				t.Fatalf("Parked = %+v, %v", parked, err)
 			}
@@ -148,13 +149,13 @@ func TestMessageKafkaRefusesIsParkedAndNeverBlocksTheOthers(t *testing.T) {
 			if n, err := relay.Unpark(ctx, db.Pool); err != nil || n != 1 {
 				t.Fatalf("Unpark = %d, %v", n, err)
 			}
-			if p, _ := relay.Parked(ctx, db.Pool); len(p) != 0 {
+			if p, _ := outbox.ListParked(ctx, db.Pool); len(p) != 0 {
 				t.Fatalf("still parked after Unpark: %+v", p)
 			}
 			if n, err := rl.PublishPending(ctx); err != nil || n != 0 {
 				t.Fatalf("round after Unpark = %d, %v", n, err)
 			}
-			if p, _ := relay.Parked(ctx, db.Pool); len(p) != 1 || p[0].Attempts != 1 {
+			if p, _ := outbox.ListParked(ctx, db.Pool); len(p) != 1 || p[0].Attempts != 1 {
 				t.Fatalf("after Unpark and a round: %+v", p)
 			}
 		})
@@ -237,7 +238,7 @@ func TestMessageFailingMaxAttemptsIsParked(t *testing.T) {
 			}
 		}
 	}
-	parked, err := relay.Parked(ctx, db.Pool)
+	parked, err := outbox.ListParked(ctx, db.Pool)
 	if err != nil || len(parked) != 2 || parked[0].LastError == "" {
 		t.Fatalf("Parked = %+v, %v", parked, err)
 	}

@@ -300,11 +300,6 @@ func (r *Relay) measure(ctx context.Context) {
 	}
 }
 
-// Parked lists the parked rows, oldest first.
-func Parked(ctx context.Context, pool *pgxpool.Pool) ([]outbox.ParkedMessage, error) {
-	return outbox.ListParked(ctx, pool)
-}
-
 // Unpark puts the parked rows ids (every parked row when ids is empty)
 // back in line with no attempts counted, wakes the relays, and returns how
 // many it put back. They go out ahead of later rows of their key.
