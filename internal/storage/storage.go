@@ -7,7 +7,7 @@
 //	accounts     plans, plan_quotas, tenants, api_keys, meters
 //	usagedata    ledger, ledger_conflicts, conflict_alerts, usage_windows,
 //	             usage_corrections, quota_breaches, consumer_offsets,
-//	             consumer_lost_records, meter_uniques
+//	             consumer_lost_records, meter_uniques, meter_group_keys
 //	deadletters  usage_dlq, dlq_audit
 //	billingdata  billing_pushes, billing_periods, stripe_webhook_events,
 //	             stripe_webhook_undecodable, stripe_object_versions,
