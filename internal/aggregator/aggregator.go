@@ -79,7 +79,7 @@ func Run(ctx context.Context, cfg config.Aggregator, log *slog.Logger, ready fun
 	// Listed in start order; RunAll stops them in reverse: HTTP drains,
 	// then retention and the consumer stop, then the relay; the writer
 	// flushes (deferred) after all have returned.
-	return service.RunAll(ctx, log, rl, service.Func("consumer", func(ctx context.Context) error {
+	return service.RunAll(ctx, log, rl, service.Func("meters", agg.ListenForMeters), service.Func("consumer", func(ctx context.Context) error {
 		// A consumer that cannot start leaves the service up but not
 		// ready (consumer_group), as it always has.
 		if err := cons.Run(ctx); err != nil && ctx.Err() == nil {

@@ -28,26 +28,40 @@ type conflict struct {
 }
 
 // resolve decides a resend d whose payload differs from row, the counted
-// event of its (tenant, id). Within the same metric and event time (so
-// the same windows) the counted value becomes the maximum of the two: a
-// resend can add what the first payload lacked but never take usage
-// away. Any other difference would move usage to another metric or
-// window (or hide it there), so it is held for a person to decide. It
-// updates row on a raise and returns what to add to windows.
+// event of its (tenant, id). A resend that differs only in its value (the
+// counted hash is the resend's with the counted value) counts the maximum
+// of the two: it can add what the first payload lacked but never take
+// usage away, and its metric, time and properties put it in the same
+// windows and groups of every meter. Any other difference would move
+// usage to another metric, window or group (or hide it there), so it is
+// held for a person to decide. It updates row on a raise and returns what
+// to add to windows.
 func resolve(row *ledgerRow, d *decoded) (conflict, increment) {
 	c := conflict{d: d, countedHash: row.hash, countedValue: row.value}
 	switch {
-	case row.metric != d.ev.Metric || !sameInstant(row.at, d.ev.Time):
+	case !onlyValueDiffers(row, d):
 		c.resolution = usagedata.ResolutionHeld
 	case d.ev.Value > row.value:
 		c.resolution = usagedata.ResolutionRaised
-		inc := increment{tenant: d.ev.Tenant, metric: d.ev.Metric, at: d.ev.Time, value: d.ev.Value - row.value}
+		inc := increment{tenant: d.ev.Tenant, metric: d.ev.Metric, at: d.ev.Time, value: d.ev.Value - row.value,
+			ev: &d.ev, raise: true, counted: row.recorded}
 		row.value, row.hash, row.changed = d.ev.Value, d.hash, true
 		return c, inc
 	default:
 		c.resolution = usagedata.ResolutionKept
 	}
 	return c, increment{}
+}
+
+// onlyValueDiffers reports whether d's event is row's counted event with
+// another value: hashed with the counted value, it has the counted hash.
+func onlyValueDiffers(row *ledgerRow, d *decoded) bool {
+	if row.metric != d.ev.Metric || !sameInstant(row.at, d.ev.Time) {
+		return false
+	}
+	ev := d.ev
+	ev.Value = row.value
+	return string(payloadHash(ev)) == string(row.hash)
 }
 
 // ConflictAlert is a tenant whose held and raised conflicts of one UTC

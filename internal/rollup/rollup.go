@@ -13,10 +13,15 @@
 // byte, with only sanitised text in text columns, and the partition moves
 // on (TestApplyHostileRecordsProperty, FuzzApplyHostileRecords).
 //
+// Every countable event counts in its metric's implicit meter and in each
+// defined meter it matches (meterset: the definitions this transaction
+// sees), per group (TestMetersMatchGroundTruth,
+// TestMeterChangesApplyToLaterBatches).
+//
 // A resend of a counted (tenant, id) with another payload never lowers
-// usage: with the same metric and event time the counted value becomes
-// the larger of the two, the difference added once under the ledger
-// row's lock (TestRaisesAreExactlyOnceWhateverTheBatches,
+// usage: when only the value differs, the counted value becomes the
+// larger of the two, the difference added once under the ledger row's
+// lock (TestRaisesAreExactlyOnceWhateverTheBatches,
 // TestConcurrentRaisesOfOneEvent); otherwise it is held, counted only
 // when an operator says so (TestHeldConflictsWaitForAnOperator). Event
 // times are judged at the record timestamp clamped into [now - MaxLag,
@@ -45,6 +50,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/usagemeter/metering/events"
+	"github.com/usagemeter/metering/internal/meterset"
 	"github.com/usagemeter/metering/internal/quota"
 	"github.com/usagemeter/metering/internal/record"
 	"github.com/usagemeter/metering/internal/storage/usagedata"
@@ -85,8 +91,9 @@ type Config struct {
 
 // Aggregator applies batches.
 type Aggregator struct {
-	pool *pgxpool.Pool
-	cfg  Config
+	pool   *pgxpool.Pool
+	cfg    Config
+	meters *meterset.Loader
 }
 
 // New returns an Aggregator on pool.
@@ -106,7 +113,13 @@ func New(pool *pgxpool.Pool, cfg Config) *Aggregator {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Aggregator{pool: pool, cfg: cfg}
+	return &Aggregator{pool: pool, cfg: cfg, meters: meterset.NewLoader()}
+}
+
+// ListenForMeters reads the meter definitions whenever one changes, until
+// ctx ends, so that no batch waits for the read (see meterset.Loader).
+func (a *Aggregator) ListenForMeters(ctx context.Context) error {
+	return a.meters.Listen(ctx, a.pool, a.cfg.Logger)
 }
 
 // Result says what one batch did.
@@ -215,9 +228,15 @@ func (a *Aggregator) decode(rec Record, now time.Time) decoded {
 			d.ev.Time.UTC().Format(time.RFC3339Nano), a.cfg.Horizon, oldest.UTC().Format(time.RFC3339))
 		return d
 	}
-	sum := sha256.Sum256(d.ev.AppendJSON(nil))
-	d.hash = sum[:]
+	d.hash = payloadHash(d.ev)
 	return d
+}
+
+// payloadHash is the ledger's hash of an event: SHA-256 of its canonical
+// JSON. ev is a copy, so a caller may hash it with another value.
+func payloadHash(ev events.Event) []byte {
+	sum := sha256.Sum256(ev.AppendJSON(nil))
+	return sum[:]
 }
 
 // sum128 adds non-negative int64 values without overflow.
@@ -275,6 +294,13 @@ func (a *Aggregator) Apply(ctx context.Context, partition int, from int64, recs 
 	if err := a.advanceOffset(ctx, tx, partition, from, res.NextOffset); err != nil {
 		return Result{}, err
 	}
+	// The meters in force when this transaction reads them count the
+	// batch: a change committed before that counts every event after it.
+	meters, err := a.meters.Current(ctx, tx)
+	if err != nil {
+		return Result{}, err
+	}
+	refuseShadowedMetrics(batch, meters)
 	incs, err := a.dedup(ctx, tx, batch, now, &res)
 	if err != nil {
 		return Result{}, err
@@ -282,7 +308,12 @@ func (a *Aggregator) Apply(ctx context.Context, partition int, from int64, recs 
 	if err := a.deadLetters(ctx, tx, batch, now, &res); err != nil {
 		return Result{}, err
 	}
+	// The implicit meters' windows, then the defined meters': every batch
+	// locks windows in that order.
 	if err := addToWindows(ctx, tx, incs); err != nil {
+		return Result{}, err
+	}
+	if err := addToMeters(ctx, tx, meters, incs); err != nil {
 		return Result{}, err
 	}
 	if err := corrections(ctx, tx, incs, now, &res); err != nil {
@@ -315,16 +346,24 @@ func (a *Aggregator) advanceOffset(ctx context.Context, tx pgx.Tx, partition int
 type idKey struct{ tenant, id string }
 
 // increment is usage to add to windows: a newly counted event (events 1)
-// or the raise of a counted one (events 0).
+// or the raise of a counted one (events 0, value the difference).
 type increment struct {
 	tenant, metric string
 	at             time.Time
 	value          int64
 	events         int64
+	// ev is the event, for its defined meters; nil for usage that counts
+	// in the implicit meter only (a held conflict an operator counted).
+	ev *events.Event
+	// raise: a resend raised a counted event; counted is when that event
+	// was counted (its ledger row's recorded_at), zero when this batch
+	// counted it.
+	raise   bool
+	counted time.Time
 }
 
 func (d *decoded) increment() increment {
-	return increment{tenant: d.ev.Tenant, metric: d.ev.Metric, at: d.ev.Time, value: d.ev.Value, events: 1}
+	return increment{tenant: d.ev.Tenant, metric: d.ev.Metric, at: d.ev.Time, value: d.ev.Value, events: 1, ev: &d.ev}
 }
 
 // ledgerRow is a (tenant, id) as counted, as this batch sees it.
@@ -334,6 +373,8 @@ type ledgerRow struct {
 	value   int64
 	hash    []byte
 	changed bool // raised by this batch
+	// recorded is when the event was counted; zero when by this batch.
+	recorded time.Time
 }
 
 // dedup inserts the batch's events into the ledger and returns what to
@@ -493,7 +534,7 @@ func readLedger(ctx context.Context, tx pgx.Tx, keys []idKey, lock bool, state m
 		kt[i], ki[i] = k.tenant, k.id
 	}
 	return usagedata.ReadLedger(ctx, tx, kt, ki, lock, func(tenant, id string, r usagedata.LedgerRow) {
-		state[idKey{tenant, id}] = &ledgerRow{metric: r.Metric, at: r.At, value: r.Value, hash: r.Hash}
+		state[idKey{tenant, id}] = &ledgerRow{metric: r.Metric, at: r.At, value: r.Value, hash: r.Hash, recorded: r.Recorded}
 	})
 }
 

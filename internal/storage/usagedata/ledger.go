@@ -57,6 +57,8 @@ type LedgerRow struct {
 	Metric string
 	Value  int64
 	At     time.Time
+	// Recorded is when the event was counted (recorded_at).
+	Recorded time.Time
 }
 
 // ReadLedger reads the ledger rows of the keys (tenants[i], ids[i]) in
@@ -68,7 +70,7 @@ func ReadLedger(ctx context.Context, q storage.Executor, tenants, ids []string, 
 	if len(tenants) == 0 {
 		return nil
 	}
-	sql := `SELECT l.tenant, l.event_id, l.payload_hash, l.metric, l.value, l.event_time FROM ledger l
+	sql := `SELECT l.tenant, l.event_id, l.payload_hash, l.metric, l.value, l.event_time, l.recorded_at FROM ledger l
 		JOIN unnest($1::text[], $2::text[]) AS b(t, i) ON l.tenant = b.t AND l.event_id = b.i`
 	if lock {
 		sql += ` ORDER BY l.tenant, l.event_id FOR UPDATE OF l`
@@ -82,7 +84,7 @@ func ReadLedger(ctx context.Context, q storage.Executor, tenants, ids []string, 
 	var tenant, id string
 	var r LedgerRow
 	for rows.Next() {
-		if err := rows.Scan(&tenant, &id, &r.Hash, &r.Metric, &r.Value, &r.At); err != nil {
+		if err := rows.Scan(&tenant, &id, &r.Hash, &r.Metric, &r.Value, &r.At, &r.Recorded); err != nil {
 			rows.Close()
 			return fmt.Errorf("reading the ledger: %w", err)
 		}

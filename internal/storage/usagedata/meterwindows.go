@@ -97,7 +97,8 @@ type kindColumns struct {
 //     (time, id) is greater than the stored one, times compared at Postgres
 //     precision (the Go time is truncated to the microsecond first);
 //     events += Events. An event's id is unique in its tenant (the ledger
-//     makes it so), so two rows never tie on (time, id);
+//     makes it so), so rows tie on (time, id) only when a resend raised
+//     the event: the greater value wins, as (time, id, value) is compared;
 //   - unique_count: each value is inserted into meter_uniques, and the
 //     window's value grows by the rows actually inserted; events += Events.
 //
@@ -176,22 +177,23 @@ var addsSQL = map[meter.Aggregation]string{
 		SET value = GREATEST(usage_windows.value, EXCLUDED.value), events = usage_windows.events + EXCLUDED.events, updated_at = now()`,
 }
 
-// latestSQL keeps, per window of the batch, the row of greatest (time, id)
-// and the batch's events, then replaces the stored value only when that
-// row is later than the stored one. A stored window without latest_time
+// latestSQL keeps, per window of the batch, the row of greatest (time, id,
+// value) and the batch's events, then replaces the stored value only when
+// that row is greater than the stored one: later, or the same event
+// raised. A stored window without latest_time
 // (none should exist for a latest meter) takes the row's.
 const latestSQL = `INSERT INTO usage_windows (tenant, meter, group_key, granularity, window_start, value, events, latest_time, latest_id)
 	SELECT t, m, k, g, s, v::numeric, n, at, id FROM (
 		SELECT DISTINCT ON (t, m, k, g, s) t, m, k, g, s, v, at, id, sum(e) OVER (PARTITION BY t, m, k, g, s) AS n
 		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::bigint[], $7::bigint[], $8::timestamptz[], $9::text[]) AS b(t, m, k, g, s, v, e, at, id)
-		ORDER BY t, m, k, g, s, at DESC, id DESC
+		ORDER BY t, m, k, g, s, at DESC, id DESC, v DESC
 	) AS w ORDER BY t, m, k, g, s
 	ON CONFLICT ` + windowKey + ` DO UPDATE
-	SET value = CASE WHEN usage_windows.latest_time IS NULL OR (EXCLUDED.latest_time, EXCLUDED.latest_id) > (usage_windows.latest_time, usage_windows.latest_id)
+	SET value = CASE WHEN usage_windows.latest_time IS NULL OR (EXCLUDED.latest_time, EXCLUDED.latest_id, EXCLUDED.value) > (usage_windows.latest_time, usage_windows.latest_id, usage_windows.value)
 			THEN EXCLUDED.value ELSE usage_windows.value END,
-		latest_time = CASE WHEN usage_windows.latest_time IS NULL OR (EXCLUDED.latest_time, EXCLUDED.latest_id) > (usage_windows.latest_time, usage_windows.latest_id)
+		latest_time = CASE WHEN usage_windows.latest_time IS NULL OR (EXCLUDED.latest_time, EXCLUDED.latest_id, EXCLUDED.value) > (usage_windows.latest_time, usage_windows.latest_id, usage_windows.value)
 			THEN EXCLUDED.latest_time ELSE usage_windows.latest_time END,
-		latest_id = CASE WHEN usage_windows.latest_time IS NULL OR (EXCLUDED.latest_time, EXCLUDED.latest_id) > (usage_windows.latest_time, usage_windows.latest_id)
+		latest_id = CASE WHEN usage_windows.latest_time IS NULL OR (EXCLUDED.latest_time, EXCLUDED.latest_id, EXCLUDED.value) > (usage_windows.latest_time, usage_windows.latest_id, usage_windows.value)
 			THEN EXCLUDED.latest_id ELSE usage_windows.latest_id END,
 		events = usage_windows.events + EXCLUDED.events, updated_at = now()`
 
