@@ -17,6 +17,7 @@ import (
 	"github.com/usagemeter/metering/events"
 	"github.com/usagemeter/metering/internal/consumer"
 	"github.com/usagemeter/metering/internal/rollup"
+	"github.com/usagemeter/metering/internal/storage/accounts"
 	"github.com/usagemeter/metering/internal/testkit/kafkatest"
 	"github.com/usagemeter/metering/internal/testkit/pgtest"
 	"github.com/usagemeter/metering/internal/topics"
@@ -34,12 +35,21 @@ func benchEvents(rng *rand.Rand, n int, from int64) ([]events.Event, []rollup.Re
 // benchEventsOf is benchEvents with tenant names starting with prefix, so
 // that concurrent workers can own disjoint tenants, as Kafka partitions do.
 func benchEventsOf(rng *rand.Rand, n int, from int64, prefix string) ([]events.Event, []rollup.Record) {
+	return benchEventsWith(rng, n, from, prefix, false)
+}
+
+// benchEventsWith is benchEventsOf; withProperties gives each event a
+// project (1,000 distinct values) and a user (10,000).
+func benchEventsWith(rng *rand.Rand, n int, from int64, prefix string, withProperties bool) ([]events.Event, []rollup.Record) {
 	base := time.Now().UTC().Add(-2 * time.Hour)
 	evs := make([]events.Event, n)
 	recs := make([]rollup.Record, n)
 	for i := range evs {
 		evs[i] = events.Event{ID: events.NewID(), Tenant: fmt.Sprint(prefix, rng.IntN(1000)), Metric: []string{"api_calls", "tokens"}[i%2],
 			Value: rng.Int64N(1000), Time: base.Add(time.Duration(rng.IntN(7200)) * time.Second)}
+		if withProperties {
+			evs[i].Properties = map[string]string{"project": fmt.Sprint("p", rng.IntN(1000)), "user": fmt.Sprint("u", rng.IntN(10000))}
+		}
 		recs[i] = rollup.Record{Partition: 0, Offset: from + int64(i), Key: []byte(evs[i].Tenant), Value: evs[i].AppendJSON(nil), Time: time.Now()}
 	}
 	return evs, recs
@@ -51,6 +61,11 @@ const benchWorkers = 4
 // tenants, then times benchWorkers goroutines applying them with fn, and
 // returns how many events they processed.
 func inWorkers(b *testing.B, rng *rand.Rand, fn func(worker int, recs []rollup.Record, evs []events.Event) error) int {
+	return inWorkersWith(b, rng, false, fn)
+}
+
+// inWorkersWith is inWorkers with events made by benchEventsWith.
+func inWorkersWith(b *testing.B, rng *rand.Rand, withProperties bool, fn func(worker int, recs []rollup.Record, evs []events.Event) error) int {
 	per := (b.N + benchWorkers - 1) / benchWorkers
 	type batch struct {
 		recs []rollup.Record
@@ -59,7 +74,7 @@ func inWorkers(b *testing.B, rng *rand.Rand, fn func(worker int, recs []rollup.R
 	work := make([][]batch, benchWorkers)
 	for w := range work {
 		for range per {
-			evs, recs := benchEventsOf(rng, benchBatch, 0, fmt.Sprintf("w%d-tenant-", w))
+			evs, recs := benchEventsWith(rng, benchBatch, 0, fmt.Sprintf("w%d-tenant-", w), withProperties)
 			work[w] = append(work[w], batch{recs, evs})
 		}
 	}
@@ -124,20 +139,31 @@ func BenchmarkAggregate(b *testing.B) {
 
 	b.Run("apply-no-kafka", func(b *testing.B) {
 		db := pgtest.New(b)
-		agg := rollup.New(db.Pool, rollup.Config{Group: "bench", Topic: topics.UsageEvents})
-		next := make([]int64, benchWorkers)
-		for i := range next {
-			next[i] = -1
-		}
-		processed := inWorkers(b, rng, func(w int, recs []rollup.Record, _ []events.Event) error {
-			for i := range recs {
-				recs[i].Partition, recs[i].Offset = w, max(next[w], 0)+int64(i)
+		perSecond(b, applyInWorkers(b, rng, db, false))
+	})
+
+	// Meters: the same events with two properties, counted in their
+	// implicit meter only (the baseline), then also in three defined
+	// meters each: a plain sum, a sum grouped by a property of 1,000
+	// distinct values and a unique count of another.
+	b.Run("apply-properties-implicit-meter", func(b *testing.B) {
+		db := pgtest.New(b)
+		perSecond(b, applyInWorkers(b, rng, db, true))
+	})
+	b.Run("apply-properties-3-meters", func(b *testing.B) {
+		db := pgtest.New(b)
+		for _, metric := range []string{"api_calls", "tokens"} {
+			for _, m := range []accounts.Meter{
+				{Name: metric + "_total", Metric: metric, Aggregation: "sum"},
+				{Name: metric + "_by_project", Metric: metric, Aggregation: "sum", GroupBy: []string{"project"}},
+				{Name: metric + "_users", Metric: metric, Aggregation: "unique_count", Property: "user"},
+			} {
+				if _, _, err := accounts.PutMeter(ctx, db.Pool, m); err != nil {
+					b.Fatal(err)
+				}
 			}
-			res, err := agg.Apply(ctx, w, next[w], recs)
-			next[w] = res.NextOffset
-			return err
-		})
-		perSecond(b, processed)
+		}
+		perSecond(b, applyInWorkers(b, rng, db, true))
 	})
 
 	b.Run("pipeline-kafka", func(b *testing.B) {
@@ -172,6 +198,26 @@ func BenchmarkAggregate(b *testing.B) {
 		}
 		b.StopTimer()
 		perSecond(b, total)
+	})
+}
+
+// applyInWorkers applies b.N batches with rollup.Apply in benchWorkers
+// goroutines, each on its own partition and tenants, and returns how many
+// events they applied.
+func applyInWorkers(b *testing.B, rng *rand.Rand, db *pgtest.DB, withProperties bool) int {
+	ctx := context.Background()
+	agg := rollup.New(db.Pool, rollup.Config{Group: "bench", Topic: topics.UsageEvents})
+	next := make([]int64, benchWorkers)
+	for i := range next {
+		next[i] = -1
+	}
+	return inWorkersWith(b, rng, withProperties, func(w int, recs []rollup.Record, _ []events.Event) error {
+		for i := range recs {
+			recs[i].Partition, recs[i].Offset = w, max(next[w], 0)+int64(i)
+		}
+		res, err := agg.Apply(ctx, w, next[w], recs)
+		next[w] = res.NextOffset
+		return err
 	})
 }
 
