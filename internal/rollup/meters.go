@@ -3,6 +3,8 @@ package rollup
 import (
 	"context"
 	"fmt"
+	"math"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -36,8 +38,14 @@ func refuseShadowedMetrics(batch []decoded, meters *meterset.Set) {
 	}
 }
 
+// meterGranularities are the windows a defined meter keeps: hour, day and
+// month. Minute windows are kept for implicit meters only: a defined
+// meter's groups multiply its windows, and nothing reads a defined meter
+// by the minute (quotas and billing read periods).
+var meterGranularities = []windows.Granularity{windows.Hour, windows.Day, windows.Month}
+
 // addToMeters adds incs to the windows of the defined meters their events
-// match, in every granularity. A new event adds its contribution to each;
+// match, in meterGranularities. A new event adds its contribution to each;
 // a raise (the same event, with a greater value) adds the difference to a
 // sum, offers the greater value to max and latest (same time and id: it
 // replaces the value it raises), and leaves count and unique_count as they
@@ -48,7 +56,7 @@ func addToMeters(ctx context.Context, tx pgx.Tx, meters *meterset.Set, incs []in
 	if meters.Len() == 0 {
 		return nil
 	}
-	var rows usagedata.MeterAdds
+	f := newMeterFold(len(incs))
 	var key []byte
 	for i := range incs {
 		in := &incs[i]
@@ -60,6 +68,8 @@ func addToMeters(ctx context.Context, tx pgx.Tx, meters *meterset.Set, incs []in
 				continue
 			}
 			c := m.Contribution(*in.ev)
+			// Postgres keeps microseconds; fold latest as it compares.
+			c.Time = c.Time.Truncate(time.Microsecond)
 			if in.raise {
 				if !in.counted.IsZero() && m.Changed.After(in.counted) {
 					continue
@@ -73,10 +83,86 @@ func addToMeters(ctx context.Context, tx pgx.Tx, meters *meterset.Set, incs []in
 			}
 			key = m.Group(*in.ev).AppendKey(key[:0])
 			k := string(key)
-			for _, g := range windows.All {
-				rows.Append(in.tenant, m.Name, k, string(g), g.Start(in.at), c, in.events)
+			for _, g := range meterGranularities {
+				f.add(meterWindowKey{in.tenant, m.Name, k, g, g.Start(in.at)}, c, in.events)
 			}
 		}
 	}
-	return usagedata.AddMeterWindows(ctx, tx, rows)
+	return usagedata.AddMeterWindows(ctx, tx, f.rows)
+}
+
+type meterWindowKey struct {
+	tenant, meter, group string
+	g                    windows.Granularity
+	start                time.Time
+}
+
+// meterFold folds a batch's contributions to one row per window (and,
+// for unique_count, per window and value), as the events would fold, so
+// Postgres writes each window once.
+type meterFold struct {
+	rows    usagedata.MeterAdds
+	row     map[meterWindowKey]int
+	uniques map[uniqueKey]bool
+}
+
+type uniqueKey struct {
+	w     meterWindowKey
+	value string
+}
+
+func newMeterFold(n int) *meterFold {
+	return &meterFold{row: make(map[meterWindowKey]int, n), uniques: map[uniqueKey]bool{}}
+}
+
+func (f *meterFold) append(k meterWindowKey, c meter.Contribution, events int64) {
+	f.rows.Append(k.tenant, k.meter, k.group, string(k.g), k.start, c, events)
+}
+
+func (f *meterFold) add(k meterWindowKey, c meter.Contribution, events int64) {
+	if c.Aggregation == meter.UniqueCount {
+		// One row per distinct value of the window; the window's events
+		// go on its first row.
+		if c.HasDistinct {
+			u := uniqueKey{k, c.Distinct}
+			if f.uniques[u] {
+				c.HasDistinct = false
+			} else {
+				f.uniques[u] = true
+				f.append(k, c, events)
+				return
+			}
+		}
+		if i, ok := f.row[k]; ok {
+			f.rows.Events[i] += events
+			return
+		}
+		f.row[k] = f.rows.Len()
+		f.append(k, c, events)
+		return
+	}
+	i, ok := f.row[k]
+	if !ok {
+		f.row[k] = f.rows.Len()
+		f.append(k, c, events)
+		return
+	}
+	r := &f.rows
+	switch c.Aggregation {
+	case meter.Sum:
+		if r.Values[i] > math.MaxInt64-c.Value {
+			// The fold would overflow a row: a row of its own.
+			f.append(k, c, events)
+			return
+		}
+		r.Values[i] += c.Value
+	case meter.Max:
+		r.Values[i] = max(r.Values[i], c.Value)
+	case meter.Latest:
+		held := meter.Contribution{Time: r.Times[i], ID: r.IDs[i]}
+		if c.Later(held) || !held.Later(c) && c.Value > r.Values[i] {
+			r.Values[i], r.Times[i], r.IDs[i] = c.Value, c.Time, c.ID
+		}
+	}
+	r.Events[i] += events
 }
