@@ -16,15 +16,19 @@ import (
 	"time"
 
 	"github.com/usagemeter/metering/events"
+	"github.com/usagemeter/metering/internal/meter"
+	"github.com/usagemeter/metering/internal/storage/accounts"
+	"github.com/usagemeter/metering/internal/testkit/metertruth"
 	"github.com/usagemeter/metering/internal/windows"
 )
 
 // truth is the ground truth the windows must equal: unique events only.
 type truth struct {
-	mu   sync.Mutex
-	seen map[string]bool
-	sums map[string]int64 // tenant/metric/granularity/start → value
-	sent []events.Event
+	mu      sync.Mutex
+	seen    map[string]bool
+	sums    map[string]int64 // tenant/metric/granularity/start → value
+	sent    []events.Event
+	counted []events.Event // the first occurrence of each id
 }
 
 func newTruth() *truth { return &truth{seen: map[string]bool{}, sums: map[string]int64{}} }
@@ -41,6 +45,7 @@ func (tr *truth) add(e events.Event) {
 		return
 	}
 	tr.seen[e.Tenant+"\x00"+e.ID] = true
+	tr.counted = append(tr.counted, e)
 	for _, g := range windows.All {
 		tr.sums[windowKey(e.Tenant, e.Metric, g, g.Start(e.Time))] += e.Value
 	}
@@ -65,7 +70,11 @@ func (s *stack) feed(tr *truth, n int, dupShare float64, seed uint64) {
 			tr.mu.Unlock()
 			if e.ID == "" {
 				e = events.Event{ID: events.NewID(), Tenant: fmt.Sprint("tenant-", rng.IntN(20)), Metric: []string{"api_calls", "tokens"}[rng.IntN(2)],
-					Value: rng.Int64N(1000), Time: base.Add(time.Duration(rng.IntN(7200)) * time.Second)}
+					Value: rng.Int64N(1000), Time: base.Add(time.Duration(rng.IntN(7200)) * time.Second),
+					Properties: map[string]string{"model": fmt.Sprint("m", rng.IntN(5)), "user": fmt.Sprint("u", rng.IntN(50))}}
+				if rng.IntN(4) == 0 {
+					delete(e.Properties, "model") // a group of its own (null)
+				}
 			}
 			evs = append(evs, e)
 		}
@@ -80,7 +89,8 @@ func (s *stack) feed(tr *truth, n int, dupShare float64, seed uint64) {
 
 func (s *stack) checkTruth(tr *truth) {
 	s.t.Helper()
-	rows, err := s.db.Pool.Query(context.Background(), `SELECT tenant, meter, granularity, window_start, value::bigint FROM usage_windows`)
+	rows, err := s.db.Pool.Query(context.Background(), `SELECT tenant, meter, granularity, window_start, value::bigint FROM usage_windows
+		WHERE meter IN ('api_calls', 'tokens')`)
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -115,6 +125,32 @@ func (s *stack) checkTruth(tr *truth) {
 	if diff > 0 {
 		s.t.Fatalf("%d of %d windows differ from the ground truth", diff, len(tr.sums))
 	}
+	if ms, err := accounts.ListMeters(context.Background(), s.db.Pool); err != nil || len(ms) > 0 {
+		// defineMeters was called: the defined meters are exact too.
+		metertruth.Diff(s.t, metertruth.Fold(crashMeters, tr.counted), metertruth.Read(s.t, s.db, crashMeters))
+	}
+}
+
+// crashMeters are one defined meter of each aggregation, grouped and
+// filtered, that newStack's database holds.
+var crashMeters = []meter.Definition{
+	{Name: "tokens_by_model", Metric: "tokens", Aggregation: meter.Sum, GroupBy: []string{"model"}},
+	{Name: "calls_count", Metric: "api_calls", Aggregation: meter.Count, GroupBy: []string{"model"}, Filter: map[string]string{"model": "m1"}},
+	{Name: "tokens_peak", Metric: "tokens", Aggregation: meter.Max, GroupBy: []string{"model"}},
+	{Name: "calls_last", Metric: "api_calls", Aggregation: meter.Latest},
+	{Name: "tokens_users", Metric: "tokens", Aggregation: meter.UniqueCount, GroupBy: []string{"model"}, Property: "user"},
+}
+
+// defineMeters stores crashMeters.
+func (s *stack) defineMeters() {
+	s.t.Helper()
+	for _, d := range crashMeters {
+		if _, _, err := accounts.PutMeter(context.Background(), s.db.Pool, accounts.Meter{
+			Name: d.Name, Metric: d.Metric, Aggregation: string(d.Aggregation), GroupBy: d.GroupBy, Filter: d.Filter, Property: d.Property,
+		}); err != nil {
+			s.t.Fatal(err)
+		}
+	}
 }
 
 func buildAggregator(t *testing.T) string {
@@ -129,9 +165,11 @@ func buildAggregator(t *testing.T) string {
 
 // TestCrashExactness runs the aggregator as a separate process, kills it
 // with SIGKILL at random moments while events (30 % resends) keep coming,
-// restarts it, and checks that every window equals the ground truth.
+// restarts it, and checks that every window equals the ground truth: the
+// implicit meters' and those of a defined meter of each aggregation.
 func TestCrashExactness(t *testing.T) {
 	s := newStack(t)
+	s.defineMeters()
 	bin := buildAggregator(t)
 	logs, err := os.Create(filepath.Join(t.TempDir(), "aggregator.log"))
 	if err != nil {
@@ -191,6 +229,7 @@ func TestCrashExactness(t *testing.T) {
 // removing one while events flow: the partitions move, the totals stay exact.
 func TestRebalanceMidStream(t *testing.T) {
 	s := newStack(t)
+	s.defineMeters()
 	tr := newTruth()
 	cfg := s.config("-batch-size", "200")
 	var logA, logB syncBuffer

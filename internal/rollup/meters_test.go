@@ -12,6 +12,7 @@ import (
 	"github.com/usagemeter/metering/events"
 	"github.com/usagemeter/metering/internal/meter"
 	"github.com/usagemeter/metering/internal/storage/accounts"
+	"github.com/usagemeter/metering/internal/testkit/metertruth"
 	"github.com/usagemeter/metering/internal/testkit/pgtest"
 	"github.com/usagemeter/metering/internal/windows"
 )
@@ -37,115 +38,6 @@ func putMeters(t *testing.T, db *pgtest.DB, defs ...meter.Definition) {
 		}); err != nil {
 			t.Fatal(err)
 		}
-	}
-}
-
-// meterWindow is a window of a meter as the ground truth computes it.
-type meterWindow struct {
-	value   int64
-	events  int64
-	latest  events.Event
-	uniques map[string]bool
-}
-
-// groundTruth folds the counted events (each with its final, raised
-// value) into every meter's windows, keyed meter/group/granularity/start.
-func groundTruth(defs []meter.Definition, counted []events.Event) map[string]string {
-	ws := map[string]*meterWindow{}
-	for _, e := range counted {
-		for _, d := range defs {
-			if !d.Matches(e) {
-				continue
-			}
-			grans := []windows.Granularity{windows.Hour, windows.Day, windows.Month}
-			if d.Name == d.Metric {
-				grans = windows.All // an implicit meter keeps minutes too
-			}
-			for _, g := range grans {
-				k := fmt.Sprintf("%s/%s/%s/%s/%s", e.Tenant, d.Name, d.Group(e).Key(), g, g.Start(e.Time).Format(time.RFC3339))
-				w := ws[k]
-				if w == nil {
-					w = &meterWindow{uniques: map[string]bool{}}
-					ws[k] = w
-				}
-				w.events++
-				switch d.Aggregation {
-				case meter.Sum:
-					w.value += e.Value
-				case meter.Count:
-					w.value++
-				case meter.Max:
-					w.value = max(w.value, e.Value)
-				case meter.Latest:
-					if w.events == 1 || e.Time.After(w.latest.Time) || e.Time.Equal(w.latest.Time) && e.ID > w.latest.ID {
-						w.latest, w.value = e, e.Value
-					}
-				case meter.UniqueCount:
-					if u, ok := e.Properties[d.Property]; ok {
-						w.uniques[u] = true
-					}
-					w.value = int64(len(w.uniques))
-				}
-			}
-		}
-	}
-	out := make(map[string]string, len(ws))
-	for k, w := range ws {
-		out[k] = fmt.Sprintf("%d/%d", w.value, w.events)
-	}
-	return out
-}
-
-// meterWindows reads the defined meters' windows, keyed as groundTruth.
-func meterWindows(t *testing.T, db *pgtest.DB, defs []meter.Definition) map[string]string {
-	t.Helper()
-	names := make([]string, len(defs))
-	for i, d := range defs {
-		names[i] = d.Name
-	}
-	rows, err := db.Pool.Query(context.Background(), `SELECT tenant, meter, group_key, granularity, window_start, value::text, events
-		FROM usage_windows WHERE meter = ANY($1)`, names)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
-	out := map[string]string{}
-	for rows.Next() {
-		var tenant, m, key, g, v string
-		var start time.Time
-		var n int64
-		if err := rows.Scan(&tenant, &m, &key, &g, &start, &v, &n); err != nil {
-			t.Fatal(err)
-		}
-		out[fmt.Sprintf("%s/%s/%s/%s/%s", tenant, m, key, g, start.UTC().Format(time.RFC3339))] = v + "/" + fmt.Sprint(n)
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
-func diffWindows(t *testing.T, want, got map[string]string) {
-	t.Helper()
-	bad := 0
-	for k, w := range want {
-		if got[k] != w {
-			bad++
-			if bad <= 10 {
-				t.Errorf("window %s: got %q, want %q", k, got[k], w)
-			}
-		}
-	}
-	for k, g := range got {
-		if _, ok := want[k]; !ok {
-			bad++
-			if bad <= 10 {
-				t.Errorf("window %s: got %q, want none", k, g)
-			}
-		}
-	}
-	if bad > 0 {
-		t.Fatalf("%d of %d windows differ", bad, len(want))
 	}
 }
 
@@ -230,10 +122,10 @@ func TestMetersMatchGroundTruth(t *testing.T) {
 				}
 				off, items = res.NextOffset, items[n:]
 			}
-			diffWindows(t, groundTruth(testMeters, counted), meterWindows(t, db, testMeters))
+			metertruth.Diff(t, metertruth.Fold(testMeters, counted), metertruth.Read(t, db, testMeters))
 			// The implicit meters still hold the plain sums.
-			implicit := groundTruth([]meter.Definition{meter.Implicit("tokens"), meter.Implicit("bytes")}, counted)
-			diffWindows(t, implicit, meterWindows(t, db, []meter.Definition{meter.Implicit("tokens"), meter.Implicit("bytes")}))
+			implicit := metertruth.Fold([]meter.Definition{meter.Implicit("tokens"), meter.Implicit("bytes")}, counted)
+			metertruth.Diff(t, implicit, metertruth.Read(t, db, []meter.Definition{meter.Implicit("tokens"), meter.Implicit("bytes")}))
 		})
 	}
 }
@@ -262,7 +154,7 @@ func TestMeterChangesApplyToLaterBatches(t *testing.T) {
 	if _, err := agg.Apply(ctx, 0, 1, batch(1, e2)); err != nil {
 		t.Fatal(err)
 	}
-	diffWindows(t, groundTruth([]meter.Definition{def}, []events.Event{e2}), meterWindows(t, db, []meter.Definition{def}))
+	metertruth.Diff(t, metertruth.Fold([]meter.Definition{def}, []events.Event{e2}), metertruth.Read(t, db, []meter.Definition{def}))
 
 	// A raise of e1, counted before the meter existed, does not reach it;
 	// a raise of e2 does.
@@ -271,7 +163,7 @@ func TestMeterChangesApplyToLaterBatches(t *testing.T) {
 	if _, err := agg.Apply(ctx, 0, 2, batch(2, r1, r2)); err != nil {
 		t.Fatal(err)
 	}
-	diffWindows(t, groundTruth([]meter.Definition{def}, []events.Event{r2}), meterWindows(t, db, []meter.Definition{def}))
+	metertruth.Diff(t, metertruth.Fold([]meter.Definition{def}, []events.Event{r2}), metertruth.Read(t, db, []meter.Definition{def}))
 	if got := count(t, db, `SELECT value::int FROM usage_windows WHERE meter = 'tokens' AND granularity = 'month'`); got != 120 {
 		t.Fatalf("implicit meter: %d, want 120", got)
 	}

@@ -4,7 +4,8 @@
 // services.
 //
 //   - test helpers, which take a testing.TB and may import testing: pgtest
-//     (a fresh database per test), kafkatest (an in-process broker),
+//     (a fresh database per test), metertruth (meter windows folded in
+//     plain Go), kafkatest (an in-process broker),
 //     stripemock, testpki, stack/stacktest;
 //   - tooling the dev binaries link, which must not import testing:
 //     stack, chaos, loadgen, benchreport, stripefake, kafkacluster;

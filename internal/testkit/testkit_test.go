@@ -13,6 +13,7 @@ const module = "github.com/usagemeter/metering/"
 // testHelpers are the packages whose non-test files may import testing.
 var testHelpers = []string{
 	"internal/testkit/pgtest",
+	"internal/testkit/metertruth",
 	"internal/testkit/kafkatest",
 	"internal/testkit/stripemock",
 	"internal/testkit/testpki",
