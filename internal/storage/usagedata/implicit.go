@@ -14,8 +14,8 @@ import (
 //
 // usage_windows is keyed by tenant first, so the read walks the distinct
 // tenants through that key (a loose index scan) and probes each one's
-// (tenant, name, ”) prefix: a few index lookups per tenant, never a scan
-// of the windows.
+// (tenant, name, empty group key) prefix: a few index lookups per tenant,
+// never a scan of the windows.
 func ImplicitMeterCounted(ctx context.Context, q storage.Executor, name string) (bool, error) {
 	var counted bool
 	err := q.QueryRow(ctx, `WITH RECURSIVE tenants(tenant) AS (
