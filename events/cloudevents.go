@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/usagemeter/metering/events/jsonstring"
 )
 
 // CloudEvents 1.0 mapping: id→ID, subject→Tenant, type→Metric, time→Time,
@@ -122,22 +124,22 @@ func (e Event) AppendCloudEvent(dst []byte) ([]byte, error) {
 		source = DefaultCloudEventSource
 	}
 	dst = append(dst, `{"specversion":"1.0","id":`...)
-	dst = appendString(dst, e.ID)
+	dst = jsonstring.Wire.Append(dst, e.ID)
 	dst = append(dst, `,"source":`...)
-	dst = appendString(dst, source)
+	dst = jsonstring.Wire.Append(dst, source)
 	dst = append(dst, `,"type":`...)
-	dst = appendString(dst, e.Metric)
+	dst = jsonstring.Wire.Append(dst, e.Metric)
 	dst = append(dst, `,"subject":`...)
-	dst = appendString(dst, e.Tenant)
+	dst = jsonstring.Wire.Append(dst, e.Tenant)
 	dst = append(dst, `,"time":"`...)
 	dst = e.Time.UTC().AppendFormat(dst, time.RFC3339Nano)
 	dst = append(dst, `","datacontenttype":"application/json","data":{"value":`...)
 	dst = strconv.AppendInt(dst, e.Value, 10)
 	for _, k := range sortedKeys(e.Properties) {
 		dst = append(dst, ',')
-		dst = appendString(dst, k)
+		dst = jsonstring.Wire.Append(dst, k)
 		dst = append(dst, ':')
-		dst = appendString(dst, e.Properties[k])
+		dst = jsonstring.Wire.Append(dst, e.Properties[k])
 	}
 	return append(dst, "}}"...), nil
 }

@@ -5,9 +5,10 @@ import (
 	"fmt"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/google/uuid"
+
+	"github.com/usagemeter/metering/events/fieldcheck"
 )
 
 // Limits of the event contract.
@@ -15,7 +16,7 @@ const (
 	// MaxIDLen is the longest idempotency id, in bytes of printable ASCII.
 	MaxIDLen = 128
 	// MaxNameLen is the longest tenant or metric name.
-	MaxNameLen = 128
+	MaxNameLen = fieldcheck.MaxNameLen
 	// MaxValue is the largest value an event may carry: 2^53, the largest
 	// integer every JSON implementation represents exactly.
 	MaxValue int64 = 1 << 53
@@ -24,8 +25,8 @@ const (
 	// MaxProperties is the most properties an event may carry.
 	MaxProperties = 32
 	// MaxPropertyKeyLen and MaxPropertyValueLen bound each property, in bytes.
-	MaxPropertyKeyLen   = 128
-	MaxPropertyValueLen = 1024
+	MaxPropertyKeyLen   = fieldcheck.MaxPropertyKeyLen
+	MaxPropertyValueLen = fieldcheck.MaxPropertyValueLen
 
 	// DefaultHorizon is how old an event may be: the dedup horizon, which is
 	// also Stripe's limit for meter events.
@@ -124,8 +125,8 @@ type Validator struct {
 func (v Validator) Validate(index int, e Event) []FieldError {
 	errs := fieldErrors{index: index}
 	errs.check("id", checkID(e.ID))
-	errs.check("tenant", checkName(e.Tenant))
-	errs.check("metric", checkName(e.Metric))
+	errs.check("tenant", fieldcheck.Name(e.Tenant))
+	errs.check("metric", fieldcheck.Name(e.Metric))
 	if e.Value < 0 {
 		errs.add("value", "must be at least 0, got %d", e.Value)
 	} else if e.Value > MaxValue {
@@ -135,7 +136,7 @@ func (v Validator) Validate(index int, e Event) []FieldError {
 	if len(e.Source) > MaxSourceLen {
 		errs.add("source", "must be at most %d bytes, got %d", MaxSourceLen, len(e.Source))
 	} else {
-		errs.check("source", checkText(e.Source))
+		errs.check("source", fieldcheck.Text(e.Source))
 	}
 	checkProperties(&errs, e.Properties)
 	return errs.list
@@ -173,19 +174,7 @@ func checkProperties(errs *fieldErrors, props map[string]string) {
 		errs.add("properties", "must have at most %d keys, got %d", MaxProperties, len(props))
 	}
 	for _, k := range sortedKeys(props) {
-		val := props[k]
-		switch {
-		case k == "":
-			errs.add("properties", "keys must not be empty")
-		case len(k) > MaxPropertyKeyLen:
-			errs.add("properties."+k[:16]+"...", "key must be at most %d bytes", MaxPropertyKeyLen)
-		case checkText(k) != "":
-			errs.add("properties", "key %q %s", k, checkText(k))
-		case len(val) > MaxPropertyValueLen:
-			errs.add("properties."+k, "must be at most %d bytes, got %d", MaxPropertyValueLen, len(val))
-		case checkText(val) != "":
-			errs.add("properties."+k, "%s", checkText(val))
-		}
+		errs.check(fieldcheck.Property("properties", k, props[k]))
 	}
 }
 
@@ -241,49 +230,8 @@ func checkID(id string) string {
 	return ""
 }
 
-func checkName(s string) string {
-	if s == "" {
-		return "is required (1-128 characters of A-Z a-z 0-9 . _ : -)"
-	}
-	if len(s) > MaxNameLen {
-		return fmt.Sprintf("must be at most %d characters, got %d", MaxNameLen, len(s))
-	}
-	if s == "." || s == ".." {
-		// Names are URL path segments (/v1/quotas/{tenant}), where these
-		// two mean "here" and "up".
-		return fmt.Sprintf("must not be %q", s)
-	}
-	for i := 0; i < len(s); i++ {
-		if !nameByte(s[i]) {
-			r, _ := utf8.DecodeRuneInString(s[i:])
-			return fmt.Sprintf("may contain only A-Z a-z 0-9 . _ : -; found %q at byte %d", r, i)
-		}
-	}
-	return ""
-}
-
-func nameByte(c byte) bool {
-	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
-		c == '.' || c == '_' || c == ':' || c == '-'
-}
-
 // ValidName reports whether s is a valid tenant or metric name.
-func ValidName(s string) bool { return checkName(s) == "" }
-
-// checkText refuses invalid UTF-8 and control characters: C0 (U+0000 to
-// U+001F, NUL included), DEL and C1 (U+0080 to U+009F), which terminals,
-// CSV readers and logs may interpret.
-func checkText(s string) string {
-	if !utf8.ValidString(s) {
-		return "must be valid UTF-8"
-	}
-	for _, r := range s {
-		if r < 0x20 || r >= 0x7f && r <= 0x9f {
-			return fmt.Sprintf("must not contain control characters (found %U)", r)
-		}
-	}
-	return ""
-}
+func ValidName(s string) bool { return fieldcheck.Name(s) == "" }
 
 // aheadBy says how far t is after now: a duration, or in days when that
 // overflows time.Duration (about 292 years) or reads badly.

@@ -8,9 +8,9 @@ import (
 	"slices"
 	"strconv"
 	"time"
-	"unicode/utf8"
 
 	"github.com/usagemeter/metering/events/jsonscan"
+	"github.com/usagemeter/metering/events/jsonstring"
 )
 
 // AppendJSON appends the canonical JSON encoding of e to dst: the fields in
@@ -19,11 +19,11 @@ import (
 // The SDK and the ingest API both publish exactly these bytes.
 func (e Event) AppendJSON(dst []byte) []byte {
 	dst = append(dst, `{"id":`...)
-	dst = appendString(dst, e.ID)
+	dst = jsonstring.Wire.Append(dst, e.ID)
 	dst = append(dst, `,"tenant":`...)
-	dst = appendString(dst, e.Tenant)
+	dst = jsonstring.Wire.Append(dst, e.Tenant)
 	dst = append(dst, `,"metric":`...)
-	dst = appendString(dst, e.Metric)
+	dst = jsonstring.Wire.Append(dst, e.Metric)
 	dst = append(dst, `,"value":`...)
 	dst = strconv.AppendInt(dst, e.Value, 10)
 	dst = append(dst, `,"time":"`...)
@@ -31,7 +31,7 @@ func (e Event) AppendJSON(dst []byte) []byte {
 	dst = append(dst, '"')
 	if e.Source != "" {
 		dst = append(dst, `,"source":`...)
-		dst = appendString(dst, e.Source)
+		dst = jsonstring.Wire.Append(dst, e.Source)
 	}
 	if len(e.Properties) > 0 {
 		dst = append(dst, `,"properties":{`...)
@@ -39,9 +39,9 @@ func (e Event) AppendJSON(dst []byte) []byte {
 			if i > 0 {
 				dst = append(dst, ',')
 			}
-			dst = appendString(dst, k)
+			dst = jsonstring.Wire.Append(dst, k)
 			dst = append(dst, ':')
-			dst = appendString(dst, e.Properties[k])
+			dst = jsonstring.Wire.Append(dst, e.Properties[k])
 		}
 		dst = append(dst, '}')
 	}
@@ -100,51 +100,6 @@ func sortedKeys(m map[string]string) []string {
 	}
 	slices.Sort(keys)
 	return keys
-}
-
-const hexDigits = "0123456789abcdef"
-
-// appendString appends s as a JSON string. Invalid UTF-8 becomes U+FFFD,
-// as encoding/json does; validated events never contain any.
-func appendString(dst []byte, s string) []byte {
-	dst = append(dst, '"')
-	start := 0
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' {
-				i++
-				continue
-			}
-			dst = append(dst, s[start:i]...)
-			switch c {
-			case '"', '\\':
-				dst = append(dst, '\\', c)
-			case '\n':
-				dst = append(dst, '\\', 'n')
-			case '\r':
-				dst = append(dst, '\\', 'r')
-			case '\t':
-				dst = append(dst, '\\', 't')
-			default:
-				dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
-			}
-			i++
-			start = i
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			dst = append(dst, s[start:i]...)
-			dst = append(dst, `\ufffd`...)
-			i += size
-			start = i
-			continue
-		}
-		i += size
-	}
-	dst = append(dst, s[start:]...)
-	return append(dst, '"')
 }
 
 // wireEvent is the fast-path decoding target; a type error in it sends the

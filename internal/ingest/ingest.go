@@ -1,5 +1,5 @@
 // Package ingest is the HTTP API of cmd/ingest: POST /v1/events and the
-// admin routes for plans, tenants and API keys.
+// admin routes for plans, tenants, API keys and meters.
 //
 // Invariant: a request is all or nothing. It gets 202 only after Kafka
 // acknowledged every one of its events; any invalid event, unauthorised
@@ -25,6 +25,7 @@ import (
 	"github.com/usagemeter/metering/internal/httpjson"
 	"github.com/usagemeter/metering/internal/publish"
 	"github.com/usagemeter/metering/internal/ratelimit"
+	"github.com/usagemeter/metering/internal/storage"
 	"github.com/usagemeter/metering/internal/storage/accounts"
 	"github.com/usagemeter/metering/internal/storage/usagedata"
 )
@@ -38,6 +39,9 @@ type Options struct {
 	Usage *usagedata.Reader
 	// Conflicts reads conflicting resends and alerts (GET /v1/conflicts).
 	Conflicts ConflictReader
+	// DB is the database the meter routes read and write through the
+	// storage packages' named operations (a pool).
+	DB storage.Executor
 	// Decoder decodes and validates event bodies.
 	Decoder events.Decoder
 	// KeyLimiter is charged one token per event per API key; IPLimiter
@@ -103,6 +107,9 @@ func (a *API) Routes() []Route {
 		{"POST", "/v1/admin/keys", a.admin(a.createKey)},
 		{"DELETE", "/v1/admin/keys/{id}", a.admin(a.revokeKey)},
 		{"POST", "/v1/admin/keys/{id}/rotate", a.admin(a.rotateKey)},
+		{"GET", "/v1/admin/meters", a.admin(a.listMeters)},
+		{"GET", "/v1/admin/meters/{meter}", a.admin(a.getMeter)},
+		{"PUT", "/v1/admin/meters/{meter}", a.admin(a.putMeter)},
 	}
 }
 

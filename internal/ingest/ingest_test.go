@@ -80,6 +80,7 @@ func newEnv(t testing.TB, o envOpts) *env {
 		Auth:         auth.New(st, adminKey),
 		Publisher:    publish.New(producer, 10000, o.publishTimeout),
 		Usage:        usagedata.NewReader(db.Pool),
+		DB:           db.Pool,
 		KeyLimiter:   ratelimit.New(o.keyRate, o.keyBurst),
 		IPLimiter:    ratelimit.New(o.ipRate, o.ipBurst),
 		MaxBodyBytes: o.maxBody,

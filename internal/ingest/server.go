@@ -52,6 +52,7 @@ func Run(ctx context.Context, cfg config.Ingest, log *slog.Logger, ready func(ne
 		Publisher:    publish.New(producer, cfg.MaxInFlightEvents, cfg.PublishTimeout),
 		Usage:        usagedata.NewReader(pool),
 		Conflicts:    usagedata.NewConflictReader(pool),
+		DB:           pool,
 		Decoder:      events.Decoder{Validator: validator},
 		KeyLimiter:   ratelimit.New(cfg.KeyEventsPerSecond, cfg.KeyBurst),
 		IPLimiter:    ratelimit.New(cfg.IPRequestsPerSecond, cfg.IPBurst),

@@ -1,12 +1,11 @@
 package meter
 
 import (
-	"errors"
 	"fmt"
 	"strings"
-	"unicode/utf8"
 
 	"github.com/usagemeter/metering/events"
+	"github.com/usagemeter/metering/events/jsonstring"
 )
 
 // Group is one combination of a meter's group_by values: for each
@@ -103,7 +102,7 @@ func (g Group) AppendKey(dst []byte) []byte {
 			dst = append(dst, "null"...)
 			continue
 		}
-		dst = appendQuoted(dst, g.values[i])
+		dst = jsonstring.Std.Append(dst, g.values[i])
 	}
 	return append(dst, ']')
 }
@@ -115,7 +114,7 @@ func (g Group) keyLen() int {
 		if g.set&(1<<i) == 0 {
 			n += len("null")
 		} else {
-			n += quotedLen(g.values[i])
+			n += jsonstring.Std.Len(g.values[i])
 		}
 	}
 	return n
@@ -130,10 +129,10 @@ func (g Group) MarshalJSON() ([]byte, error) {
 		if i > 0 {
 			dst = append(dst, ',')
 		}
-		dst = appendQuoted(dst, name)
+		dst = jsonstring.Std.Append(dst, name)
 		dst = append(dst, ':')
 		if v, ok := g.Value(i); ok {
-			dst = appendQuoted(dst, v)
+			dst = jsonstring.Std.Append(dst, v)
 		} else {
 			dst = append(dst, "null"...)
 		}
@@ -169,7 +168,7 @@ func ParseGroupKey(groupBy []string, key string) (Group, error) {
 		if rest, ok = strings.CutPrefix(rest, "null"); ok {
 			continue
 		}
-		v, n, err := parseQuoted(rest)
+		v, n, err := jsonstring.Parse(rest)
 		if err != nil {
 			return Group{}, fmt.Errorf("group key %q: value %d: %w", key, i, err)
 		}
@@ -182,181 +181,15 @@ func ParseGroupKey(groupBy []string, key string) (Group, error) {
 	return g, nil
 }
 
-const hexDigits = "0123456789abcdef"
-
-// quotedLen is len(appendQuoted(nil, s)).
-func quotedLen(s string) int {
-	n := 2 + len(s)
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c < utf8.RuneSelf {
-			switch {
-			case c == '"' || c == '\\' || c == '\b' || c == '\f' || c == '\n' || c == '\r' || c == '\t':
-				n++
-			case c < 0x20:
-				n += 5
-			}
-			i++
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		switch {
-		case r == utf8.RuneError && size == 1:
-			n += 5 // one byte becomes \ufffd
-		case r == '\u2028' || r == '\u2029':
-			n += 3 // three bytes become \u202x
-		}
-		i += size
-	}
-	return n
-}
-
-// appendQuoted appends s as a JSON string exactly as encoding/json writes
-// it with HTML escaping off: \" \\ \b \f \n \r \t, \u00xx for the other
-// C0 controls, \ufffd for an invalid byte, \u2028 and \u2029 escaped,
-// everything else as is.
-func appendQuoted(dst []byte, s string) []byte {
-	dst = append(dst, '"')
-	start := 0
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' {
-				i++
-				continue
-			}
-			dst = append(dst, s[start:i]...)
-			switch c {
-			case '"', '\\':
-				dst = append(dst, '\\', c)
-			case '\b':
-				dst = append(dst, '\\', 'b')
-			case '\f':
-				dst = append(dst, '\\', 'f')
-			case '\n':
-				dst = append(dst, '\\', 'n')
-			case '\r':
-				dst = append(dst, '\\', 'r')
-			case '\t':
-				dst = append(dst, '\\', 't')
-			default:
-				dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
-			}
-			i++
-			start = i
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			dst = append(dst, s[start:i]...)
-			dst = append(dst, `\ufffd`...)
-			i++
-			start = i
-			continue
-		}
-		if r == '\u2028' || r == '\u2029' {
-			dst = append(dst, s[start:i]...)
-			dst = append(dst, '\\', 'u', '2', '0', '2', hexDigits[r&0xf])
-			i += size
-			start = i
-			continue
-		}
-		i += size
-	}
-	dst = append(dst, s[start:]...)
-	return append(dst, '"')
-}
-
-// writeQuoted writes s to b as appendQuoted does, without a buffer of its
-// own: the common value needs no escape and is written in one piece.
+// writeQuoted writes s to b as jsonstring.Std does, without a buffer of
+// its own: the common value needs no escape and is written in one piece.
 func writeQuoted(b *strings.Builder, s string) {
-	if quotedLen(s) == len(s)+2 { // nothing to escape, no invalid byte
+	if jsonstring.Std.Len(s) == len(s)+2 { // nothing to escape, no invalid byte
 		b.WriteByte('"')
 		b.WriteString(s)
 		b.WriteByte('"')
 		return
 	}
 	var buf [64]byte
-	b.Write(appendQuoted(buf[:0], s))
-}
-
-var errNotCanonical = errors.New("not a string as Key writes it")
-
-// parseQuoted reads the JSON string at the start of s and returns its
-// value and length. It takes only what appendQuoted writes: every escape
-// in its one form (\ufffd, which stands for an invalid byte, reads as
-// U+FFFD), and no raw byte that appendQuoted would have escaped.
-func parseQuoted(s string) (string, int, error) {
-	if len(s) == 0 || s[0] != '"' {
-		return "", 0, errors.New("want a string or null")
-	}
-	var out []byte
-	i := 1
-	for {
-		if i >= len(s) {
-			return "", 0, errors.New("unterminated string")
-		}
-		c := s[i]
-		if c == '"' {
-			break
-		}
-		if c < utf8.RuneSelf && c != '\\' {
-			if c < 0x20 {
-				return "", 0, errNotCanonical
-			}
-			out = append(out, c)
-			i++
-			continue
-		}
-		if c >= utf8.RuneSelf {
-			r, size := utf8.DecodeRuneInString(s[i:])
-			if r == utf8.RuneError && size == 1 || r == '\u2028' || r == '\u2029' {
-				return "", 0, errNotCanonical
-			}
-			out = append(out, s[i:i+size]...)
-			i += size
-			continue
-		}
-		if i+1 >= len(s) {
-			return "", 0, errors.New("unterminated escape")
-		}
-		switch e := s[i+1]; e {
-		case '"', '\\':
-			out = append(out, e)
-		case 'b':
-			out = append(out, '\b')
-		case 'f':
-			out = append(out, '\f')
-		case 'n':
-			out = append(out, '\n')
-		case 'r':
-			out = append(out, '\r')
-		case 't':
-			out = append(out, '\t')
-		case 'u':
-			if i+6 > len(s) {
-				return "", 0, errors.New("short \\u escape")
-			}
-			var r rune
-			for _, h := range []byte(s[i+2 : i+6]) {
-				d := strings.IndexByte(hexDigits, h)
-				if d < 0 {
-					return "", 0, errNotCanonical
-				}
-				r = r<<4 | rune(d)
-			}
-			switch {
-			case r < 0x20 && r != '\b' && r != '\f' && r != '\n' && r != '\r' && r != '\t',
-				r == '\u2028', r == '\u2029', r == utf8.RuneError:
-			default:
-				return "", 0, errNotCanonical
-			}
-			out = utf8.AppendRune(out, r)
-			i += 4
-		default:
-			return "", 0, errNotCanonical
-		}
-		i += 2
-	}
-	return string(out), i + 1, nil
+	b.Write(jsonstring.Std.Append(buf[:0], s))
 }

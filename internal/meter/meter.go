@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/usagemeter/metering/events"
+	"github.com/usagemeter/metering/events/fieldcheck"
 )
 
 // Aggregation is how a meter folds the events it takes into one number
@@ -155,10 +156,10 @@ func (d Definition) Validate() []events.FieldError {
 	add := func(field, format string, args ...any) {
 		errs = append(errs, events.FieldError{Field: field, Message: fmt.Sprintf(format, args...)})
 	}
-	if msg := checkName(d.Name); msg != "" {
+	if msg := fieldcheck.Name(d.Name); msg != "" {
 		add("name", "%s", msg)
 	}
-	if msg := checkName(d.Metric); msg != "" {
+	if msg := fieldcheck.Name(d.Metric); msg != "" {
 		add("metric", "%s", msg)
 	}
 	switch {
@@ -189,18 +190,8 @@ func (d Definition) Validate() []events.FieldError {
 	// The filter's pairs are checked as events' properties are, with the
 	// same messages.
 	for _, k := range sortedKeys(d.Filter) {
-		val := d.Filter[k]
-		switch {
-		case k == "":
-			add("filter", "keys must not be empty")
-		case len(k) > events.MaxPropertyKeyLen:
-			add("filter."+k[:16]+"...", "key must be at most %d bytes", events.MaxPropertyKeyLen)
-		case checkText(k) != "":
-			add("filter", "key %q %s", k, checkText(k))
-		case len(val) > events.MaxPropertyValueLen:
-			add("filter."+k, "must be at most %d bytes, got %d", events.MaxPropertyValueLen, len(val))
-		case checkText(val) != "":
-			add("filter."+k, "%s", checkText(val))
+		if field, msg := fieldcheck.Property("filter", k, d.Filter[k]); msg != "" {
+			add(field, "%s", msg)
 		}
 	}
 	switch {
@@ -219,7 +210,7 @@ func (d Definition) Validate() []events.FieldError {
 	}
 	if len(d.Description) > MaxDescriptionLen {
 		add("description", "must be at most %d bytes, got %d", MaxDescriptionLen, len(d.Description))
-	} else if msg := checkText(d.Description); msg != "" {
+	} else if msg := fieldcheck.Text(d.Description); msg != "" {
 		add("description", "%s", msg)
 	}
 	return errs

@@ -192,3 +192,18 @@ func scanMeter(row pgx.Row) (Meter, error) {
 	}
 	return m, nil
 }
+
+// PlansQuotingMetric returns the plans, ordered by name byte by byte, that
+// hold a quota of metric: a name in use as a metric, which a meter of
+// another definition may not take (the admin API refuses it).
+func PlansQuotingMetric(ctx context.Context, q storage.Executor, metric string) ([]string, error) {
+	rows, err := q.Query(ctx, `SELECT plan FROM plan_quotas WHERE metric = $1 ORDER BY plan COLLATE "C"`, metric)
+	if err != nil {
+		return nil, fmt.Errorf("reading the plans that quota metric %s: %w", metric, err)
+	}
+	plans, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("reading the plans that quota metric %s: %w", metric, err)
+	}
+	return plans, nil
+}

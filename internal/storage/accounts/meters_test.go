@@ -339,3 +339,40 @@ func listenMeters(t *testing.T, pool *pgxpool.Pool) *pgx.Conn {
 	}
 	return conn.Conn()
 }
+
+// TestPlansQuotingMetric: the plans with a quota of a metric, by name,
+// and none for a metric no plan quotas.
+func TestPlansQuotingMetric(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := pgtest.New(t)
+	st := accounts.New(db.Pool)
+	limit := int64(10)
+	for _, p := range []accounts.Plan{
+		{Name: "pro", Quotas: []accounts.Quota{{Metric: "tokens", Limit: &limit, Period: "month", StripeEventName: "tokens"}}},
+		{Name: "Free", Quotas: []accounts.Quota{{Metric: "tokens", Period: "day", StripeEventName: "tokens"}, {Metric: "api_calls", Period: "month", StripeEventName: "api_calls"}}},
+		{Name: "empty"},
+	} {
+		if _, err := st.PutPlan(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tests := []struct {
+		metric string
+		want   []string
+	}{
+		{"tokens", []string{"Free", "pro"}},
+		{"api_calls", []string{"Free"}},
+		{"Tokens", nil},
+		{"storage", nil},
+	}
+	for _, tt := range tests {
+		got, err := accounts.PlansQuotingMetric(ctx, db.Pool, tt.metric)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != len(tt.want) || (len(got) > 0 && !reflect.DeepEqual(got, tt.want)) {
+			t.Errorf("PlansQuotingMetric(%q) = %q, want %q", tt.metric, got, tt.want)
+		}
+	}
+}
