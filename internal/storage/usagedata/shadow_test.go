@@ -2,6 +2,7 @@ package usagedata_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"math/rand/v2"
@@ -317,4 +318,88 @@ func TestShadowSwapMeterWindows(t *testing.T) {
 		t.Fatalf("ground truth: %+v, want the later event's 5", w)
 	}
 	diffWindows(t, readMeterWindows(t, db, "acme"), want)
+}
+
+// TestShadowSwapOneMeter: narrowed to named meters, the comparison and
+// the swap see and replace only their windows, unique values and long
+// group keys, and leave every other meter's live rows as they are;
+// counted conflicts stay in their metric's implicit meter, rebuilt with
+// it.
+func TestShadowSwapOneMeter(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	ctx := context.Background()
+	const schema = "rebuild_one"
+	if err := usagedata.CreateShadow(ctx, db.Pool, schema); err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(11, 13))
+	keyA, keyB, keyC := longGroupKey(r), longGroupKey(r), longGroupKey(r)
+	h := time.Date(2026, 11, 3, 10, 0, 0, 0, time.UTC)
+	from := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	uniq := func(meterName, key, id, v string) meterRow {
+		return meterRow{"acme", meterName, key, windows.Hour, h,
+			meter.Contribution{Aggregation: meter.UniqueCount, Time: h, ID: id, Distinct: v, HasDistinct: true}, 1}
+	}
+	sum := func(id string, v int64) meterRow {
+		return meterRow{"acme", "api_calls", "", windows.Hour, h, meter.Contribution{Aggregation: meter.Sum, Time: h, ID: id, Value: v}, 1}
+	}
+	live := []meterRow{uniq("m1", keyA, "1", "a"), uniq("m1", keyA, "2", "b"), uniq("m2", keyA, "3", "a"), sum("4", 7)}
+	if err := inTx(ctx, db, toAdds(live), false); err != nil {
+		t.Fatal(err)
+	}
+	addToShadow(t, db, schema, []meterRow{uniq("m1", keyC, "5", "c"), uniq("m2", keyB, "6", "b"), uniq("m2", keyB, "7", "c"), sum("8", 100)})
+	// A held copy an operator counted: it joins api_calls' rebuilt windows.
+	db.Exec(t, `INSERT INTO ledger_conflicts (tenant, event_id, counted_hash, rejected_hash, rejected_event, src_partition, src_offset,
+			metric, value, event_time, resolution, counted_amount, counted_events)
+		VALUES ('acme', 'held', '\x00', '\x01', '{}', 0, 1, 'api_calls', 40, $1, 'counted', 0, 0)`, h)
+
+	only := func(meters ...string) usagedata.ShadowOptions { return usagedata.ShadowOptions{Meters: meters} }
+	changes, total, err := usagedata.CompareShadowWith(ctx, db.Pool, schema, from, only("m2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// m2's live window (keyA) goes, its rebuilt one (keyB) comes.
+	if total != 2 || len(changes) != 2 || changes[0].Metric != "m2" || changes[1].Metric != "m2" {
+		t.Fatalf("compare of m2: %d windows, changes %+v", total, changes)
+	}
+	swap(t, db, schema, from, only("m2"))
+	window := func(meterName, key string) string {
+		w, ok := readMeterWindows(t, db, "acme")[windowKey{"acme", meterName, usagedata.StoredGroupKey(key), string(windows.Hour), h}]
+		if !ok {
+			return "absent"
+		}
+		return fmt.Sprintf("%s/%d", w.value, w.events)
+	}
+	for _, c := range []struct{ meter, key, want string }{
+		{"m1", keyA, "2/2"}, {"m2", keyA, "absent"}, {"m2", keyB, "2/2"}, {"api_calls", "", "7/1"},
+	} {
+		if got := window(c.meter, c.key); got != c.want {
+			t.Errorf("after swapping m2: %s window %.10q = %s, want %s", c.meter, c.key, got, c.want)
+		}
+	}
+	if got, want := len(readUniques(t, db, "meter_uniques", from, true)), 4; got != want { // m1: a, b; m2: b, c
+		t.Errorf("after swapping m2: %d live unique values, want %d", got, want)
+	}
+	if _, err := usagedata.GroupKeys(ctx, db.Pool, "m2", []string{usagedata.StoredGroupKey(keyB)}); err != nil {
+		t.Errorf("m2's rebuilt group key: %v", err)
+	}
+	if _, err := usagedata.GroupKeys(ctx, db.Pool, "m1", []string{usagedata.StoredGroupKey(keyC)}); !errors.Is(err, usagedata.ErrUnknownDigest) {
+		t.Errorf("m1's shadow group key after swapping m2 only: %v, want ErrUnknownDigest", err)
+	}
+	// m1 still counts on its live unique values.
+	if err := inTx(ctx, db, toAdds([]meterRow{uniq("m1", keyA, "9", "a"), uniq("m1", keyA, "10", "c")}), false); err != nil {
+		t.Fatal(err)
+	}
+	if got := window("m1", keyA); got != "3/4" {
+		t.Errorf("m1 after more events: %s, want 3/4", got)
+	}
+
+	swap(t, db, schema, from, only("api_calls"))
+	if got := window("api_calls", ""); got != "140/2" {
+		t.Errorf("api_calls rebuilt with the counted conflict: %s, want 140/2", got)
+	}
+	if changes, total, err := usagedata.CompareShadowWith(ctx, db.Pool, schema, from, only("api_calls", "m2")); err != nil || len(changes) != 0 || total != 5 {
+		t.Errorf("compare after the swaps: %d changes of %d windows (%v), want none of 5", len(changes), total, err)
+	}
 }
