@@ -511,6 +511,12 @@ func TestAddMeterWindowsLongKeys(t *testing.T) {
 			stored = append(stored, k.group)
 		}
 	}
+	// Each meter's two long keys are recorded once, whatever the rows and
+	// batches that used them; short keys are not recorded.
+	var recorded int
+	if err := db.Pool.QueryRow(ctx, `SELECT count(*) FROM meter_group_keys`).Scan(&recorded); err != nil || recorded != 2*len(meter.Aggregations)+1 {
+		t.Errorf("meter_group_keys holds %d keys (%v), want %d", recorded, err, 2*len(meter.Aggregations)+1)
+	}
 	keys, err := usagedata.GroupKeys(ctx, db.Pool, "m_sum", stored)
 	if err != nil {
 		t.Fatal(err)
