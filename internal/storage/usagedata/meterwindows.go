@@ -2,8 +2,11 @@ package usagedata
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/usagemeter/metering/internal/meter"
@@ -21,6 +24,11 @@ import (
 //   - Times, IDs: for latest, the (time, id) of the row's event.
 //   - Uniques, HasUniques: for unique_count, the property's value, when the
 //     event had it; a row without it adds to events only.
+//
+// GroupKeys are the keys meter.Group.Key gives ("" or a JSON array), of
+// any length: a key longer than 256 bytes is stored as its digest
+// (StoredGroupKey). A key starting with "sha256:" is refused, as it could
+// be mistaken for a digest.
 //
 // Several rows may name the same window: they combine as the events would.
 type MeterAdds struct {
@@ -71,8 +79,89 @@ func (a *MeterAdds) check() error {
 		if a.Values[i] < 0 || a.Events[i] < 0 {
 			return fmt.Errorf("%w: %w: value %d, %d events", errMeterAdds, errNegativeWindow, a.Values[i], a.Events[i])
 		}
+		if strings.HasPrefix(a.GroupKeys[i], digestPrefix) {
+			return fmt.Errorf("%w: group key %.80q has the digest prefix", errMeterAdds, a.GroupKeys[i])
+		}
 	}
 	return nil
+}
+
+// digestPrefix starts every stored digest (migration 0014).
+const digestPrefix = "sha256:"
+
+// maxStoredLen is the longest group key or unique value stored as itself.
+const maxStoredLen = 256
+
+// digest is s's stored digest: "sha256:" and the 64 lower-case hex digits
+// of its SHA-256.
+func digest(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return digestPrefix + hex.EncodeToString(sum[:])
+}
+
+// StoredGroupKey is the group key usage_windows and meter_uniques store
+// for key: key itself, or its digest ("sha256:" and 64 hex digits) when
+// key is longer than 256 bytes, too long for an index entry. GroupKeys
+// gives a digest's key back.
+func StoredGroupKey(key string) string {
+	if len(key) > maxStoredLen {
+		return digest(key)
+	}
+	return key
+}
+
+// storedUnique is the value meter_uniques stores for a unique value: the
+// value itself, or its digest when it is longer than 256 bytes or starts
+// with "sha256:" (so that a value that looks like a digest and the value
+// that digest stands for are two values).
+func storedUnique(v string) string {
+	if len(v) > maxStoredLen || strings.HasPrefix(v, digestPrefix) {
+		return digest(v)
+	}
+	return v
+}
+
+// ErrUnknownDigest is returned by GroupKeys for a stored digest that
+// meter_group_keys does not hold.
+var ErrUnknownDigest = errors.New("group key digest not recorded")
+
+// GroupKeys returns the group key of each digest among stored (group keys
+// as usage_windows holds them) for meterName, digest → key. Stored keys
+// that are not digests are not in the map: they are their own keys.
+func GroupKeys(ctx context.Context, q storage.Executor, meterName string, stored []string) (map[string]string, error) {
+	var digests []string
+	seen := map[string]bool{}
+	for _, k := range stored {
+		if strings.HasPrefix(k, digestPrefix) && !seen[k] {
+			seen[k] = true
+			digests = append(digests, k)
+		}
+	}
+	out := make(map[string]string, len(digests))
+	if len(digests) == 0 {
+		return out, nil
+	}
+	rows, err := q.Query(ctx, `SELECT digest, group_key FROM meter_group_keys WHERE meter = $1 AND digest = ANY($2)`, meterName, digests)
+	if err != nil {
+		return nil, fmt.Errorf("reading group keys of meter %s: %w", meterName, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var d, k string
+		if err := rows.Scan(&d, &k); err != nil {
+			return nil, fmt.Errorf("reading group keys of meter %s: %w", meterName, err)
+		}
+		out[d] = k
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("reading group keys of meter %s: %w", meterName, err)
+	}
+	for _, d := range digests {
+		if _, ok := out[d]; !ok {
+			return nil, fmt.Errorf("meter %s: %w: %s", meterName, ErrUnknownDigest, d)
+		}
+	}
+	return out, nil
 }
 
 // kindColumns is the rows of one aggregation, as the arrays a statement
@@ -95,16 +184,23 @@ type kindColumns struct {
 //   - max: value = GREATEST(value, Values), events += Events;
 //   - latest: value, latest_time and latest_id are replaced when the row's
 //     (time, id) is greater than the stored one, times compared at Postgres
-//     precision (the Go time is truncated to the microsecond first);
-//     events += Events. An event's id is unique in its tenant (the ledger
-//     makes it so), so rows tie on (time, id) only when a resend raised
-//     the event: the greater value wins, as (time, id, value) is compared;
+//     precision (the Go time is truncated to the microsecond first), and
+//     the value alone is raised when the row's (time, id) equals the
+//     stored one and its value is greater: an event's id is unique in its
+//     tenant (the ledger makes it so), so an equal (time, id) is the same
+//     event, raised by a resend; events += Events;
 //   - unique_count: each value is inserted into meter_uniques, and the
 //     window's value grows by the rows actually inserted; events += Events.
 //
-// Each statement writes its windows (and unique values) in key order, so
-// concurrent batches lock them in one order and cannot deadlock. Nothing is
-// written when the rows are refused.
+// A group key longer than 256 bytes is written as its digest
+// (StoredGroupKey), and (meter, digest, key) is recorded in
+// meter_group_keys in the same call; a unique value longer than 256 bytes
+// or starting with "sha256:" is stored as its digest, so that any value
+// counts, exactly, whatever its length.
+//
+// Each statement writes its rows in key order, so concurrent batches lock
+// them in one order and cannot deadlock. Nothing is written when the rows
+// are refused.
 func AddMeterWindows(ctx context.Context, q storage.Executor, rows MeterAdds) error {
 	if rows.Len() == 0 {
 		return nil
@@ -113,23 +209,33 @@ func AddMeterWindows(ctx context.Context, q storage.Executor, rows MeterAdds) er
 		return fmt.Errorf("adding to meter windows: %w", err)
 	}
 	kinds := make(map[meter.Aggregation]*kindColumns)
+	var long longKeys
 	for i := range rows.Len() {
 		c := kinds[rows.Aggregations[i]]
 		if c == nil {
 			c = &kindColumns{}
 			kinds[rows.Aggregations[i]] = c
 		}
+		key := rows.GroupKeys[i]
+		if len(key) > maxStoredLen {
+			key = long.add(rows.Meters[i], key)
+		}
 		c.t = append(c.t, rows.Tenants[i])
 		c.m = append(c.m, rows.Meters[i])
-		c.k = append(c.k, rows.GroupKeys[i])
+		c.k = append(c.k, key)
 		c.g = append(c.g, rows.Granularities[i])
 		c.s = append(c.s, rows.Starts[i])
 		c.v = append(c.v, rows.Values[i])
 		c.e = append(c.e, rows.Events[i])
 		c.at = append(c.at, rows.Times[i].Truncate(time.Microsecond))
 		c.id = append(c.id, rows.IDs[i])
-		c.u = append(c.u, rows.Uniques[i])
+		c.u = append(c.u, storedUnique(rows.Uniques[i]))
 		c.h = append(c.h, rows.HasUniques[i])
+	}
+	if len(long.m) > 0 {
+		if _, err := q.Exec(ctx, groupKeysSQL, long.m, long.d, long.k); err != nil {
+			return fmt.Errorf("recording long group keys: %w", err)
+		}
 	}
 	for _, kind := range meter.Aggregations {
 		c := kinds[kind]
@@ -151,6 +257,34 @@ func AddMeterWindows(ctx context.Context, q storage.Executor, rows MeterAdds) er
 	}
 	return nil
 }
+
+// longKeys are the distinct (meter, digest, key) of a batch's group keys
+// longer than 256 bytes.
+type longKeys struct {
+	m, d, k []string
+	seen    map[[2]string]string
+}
+
+// add records meterName's long key and returns its digest.
+func (l *longKeys) add(meterName, key string) string {
+	if l.seen == nil {
+		l.seen = map[[2]string]string{}
+	}
+	if d, ok := l.seen[[2]string{meterName, key}]; ok {
+		return d
+	}
+	d := digest(key)
+	l.seen[[2]string{meterName, key}] = d
+	l.m, l.d, l.k = append(l.m, meterName), append(l.d, d), append(l.k, key)
+	return d
+}
+
+// groupKeysSQL records long group keys by their digests, in key order (as
+// the windows are written) so that concurrent batches lock in one order.
+// A digest already recorded stands for the same key.
+const groupKeysSQL = `INSERT INTO meter_group_keys (meter, digest, group_key)
+	SELECT m, d, k FROM unnest($1::text[], $2::text[], $3::text[]) AS b(m, d, k) ORDER BY m, d
+	ON CONFLICT DO NOTHING`
 
 // batchSQL unnests the common columns plus value and events.
 const batchSQL = `unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::bigint[], $7::bigint[]) AS b(t, m, k, g, s, v, e)`
@@ -178,10 +312,11 @@ var addsSQL = map[meter.Aggregation]string{
 }
 
 // latestSQL keeps, per window of the batch, the row of greatest (time, id,
-// value) and the batch's events, then replaces the stored value only when
-// that row is greater than the stored one: later, or the same event
-// raised. A stored window without latest_time
-// (none should exist for a latest meter) takes the row's.
+// value) and the batch's events, then replaces the stored value, time and
+// id when that row is later than the stored one, or raises the stored
+// value when the row is the same event (equal (time, id)) with a greater
+// value. A stored window without latest_time (none should exist for a
+// latest meter) takes the row's.
 const latestSQL = `INSERT INTO usage_windows (tenant, meter, group_key, granularity, window_start, value, events, latest_time, latest_id)
 	SELECT t, m, k, g, s, v::numeric, n, at, id FROM (
 		SELECT DISTINCT ON (t, m, k, g, s) t, m, k, g, s, v, at, id, sum(e) OVER (PARTITION BY t, m, k, g, s) AS n
@@ -189,13 +324,17 @@ const latestSQL = `INSERT INTO usage_windows (tenant, meter, group_key, granular
 		ORDER BY t, m, k, g, s, at DESC, id DESC, v DESC
 	) AS w ORDER BY t, m, k, g, s
 	ON CONFLICT ` + windowKey + ` DO UPDATE
-	SET value = CASE WHEN usage_windows.latest_time IS NULL OR (EXCLUDED.latest_time, EXCLUDED.latest_id, EXCLUDED.value) > (usage_windows.latest_time, usage_windows.latest_id, usage_windows.value)
-			THEN EXCLUDED.value ELSE usage_windows.value END,
-		latest_time = CASE WHEN usage_windows.latest_time IS NULL OR (EXCLUDED.latest_time, EXCLUDED.latest_id, EXCLUDED.value) > (usage_windows.latest_time, usage_windows.latest_id, usage_windows.value)
-			THEN EXCLUDED.latest_time ELSE usage_windows.latest_time END,
-		latest_id = CASE WHEN usage_windows.latest_time IS NULL OR (EXCLUDED.latest_time, EXCLUDED.latest_id, EXCLUDED.value) > (usage_windows.latest_time, usage_windows.latest_id, usage_windows.value)
-			THEN EXCLUDED.latest_id ELSE usage_windows.latest_id END,
+	SET value = CASE WHEN ` + latestWins + ` THEN EXCLUDED.value ELSE usage_windows.value END,
+		latest_time = CASE WHEN ` + latestWins + ` THEN EXCLUDED.latest_time ELSE usage_windows.latest_time END,
+		latest_id = CASE WHEN ` + latestWins + ` THEN EXCLUDED.latest_id ELSE usage_windows.latest_id END,
 		events = usage_windows.events + EXCLUDED.events, updated_at = now()`
+
+// latestWins is when a latest row replaces the stored window's value: a
+// later (time, id), or the same (time, id) with a greater value. It never
+// lowers the value of one (time, id).
+const latestWins = `(usage_windows.latest_time IS NULL
+			OR (EXCLUDED.latest_time, EXCLUDED.latest_id) > (usage_windows.latest_time, usage_windows.latest_id)
+			OR (EXCLUDED.latest_time, EXCLUDED.latest_id) = (usage_windows.latest_time, usage_windows.latest_id) AND EXCLUDED.value > usage_windows.value)`
 
 // uniqueSQL inserts the batch's distinct values in key order (a value that
 // is already stored, or inserted by a concurrent batch that commits first,

@@ -2,12 +2,16 @@ package usagedata_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"math/big"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -50,7 +54,8 @@ func (r meterRow) key() windowKey {
 
 // randomRows draws n events for a meter of aggregation agg and returns the
 // rows they add to their hour and day windows. Times fall on few
-// microseconds with random nanoseconds, so latest meets ties broken by id; unique values are few and sometimes missing.
+// microseconds with random nanoseconds, so latest meets ties broken by id;
+// unique values are few and sometimes missing.
 func randomRows(r *rand.Rand, tenant, meterName string, agg meter.Aggregation, n int) []meterRow {
 	base := time.Date(2026, 11, 3, 10, 0, 0, 0, time.UTC)
 	var rows []meterRow
@@ -84,6 +89,21 @@ func randomRows(r *rand.Rand, tenant, meterName string, agg meter.Aggregation, n
 	return rows
 }
 
+// withRaises adds to rows a raise of about one latest row in five, as the
+// rollup adds when a resend raises a counted event: the same window and
+// (time, id), a greater value, no event of its own.
+func withRaises(r *rand.Rand, rows []meterRow) []meterRow {
+	out := slices.Clone(rows)
+	for _, row := range rows {
+		if row.c.Aggregation == meter.Latest && r.IntN(5) == 0 {
+			row.c.Value += 1 + r.Int64N(1000)
+			row.events = 0
+			out = append(out, row)
+		}
+	}
+	return out
+}
+
 // truth folds rows in Go, as the windows must hold them.
 func truth(rows []meterRow) map[windowKey]windowState {
 	sums := map[windowKey]*big.Int{}
@@ -108,7 +128,9 @@ func truth(rows []meterRow) map[windowKey]windowState {
 			}
 		case meter.Latest:
 			at := r.c.Time.Truncate(time.Microsecond)
-			if w.at.IsZero() || at.After(w.at) || at.Equal(w.at) && r.c.ID > w.id {
+			// A later (time, id), or the same event raised by a resend.
+			if w.at.IsZero() || at.After(w.at) || at.Equal(w.at) && r.c.ID > w.id ||
+				at.Equal(w.at) && r.c.ID == w.id && r.c.Value > mustInt(w.value) {
 				w.value, w.at, w.id = fmt.Sprint(r.c.Value), at, r.c.ID
 			}
 		case meter.UniqueCount:
@@ -207,7 +229,7 @@ func diffWindows(t *testing.T, got, want map[windowKey]windowState) {
 }
 
 // AddMeterWindows holds exactly what the events make, for every
-// aggregation: random events split into random batches, applied in random
+// aggregation, latest events raised by resends included: random events split into random batches, applied in random
 // order, after one batch was applied twice in a transaction rolled back
 // (which leaves no trace), or by two goroutines at once on the same
 // windows.
@@ -231,6 +253,7 @@ func TestAddMeterWindowsMatchesGroundTruth(t *testing.T) {
 				for _, agg := range aggs {
 					rows = append(rows, randomRows(r, tenant, "m_"+string(agg), agg, 60)...)
 				}
+				rows = withRaises(r, rows)
 				want := truth(rows)
 				r.Shuffle(len(rows), func(i, j int) { rows[i], rows[j] = rows[j], rows[i] })
 				var batches [][]meterRow
@@ -314,6 +337,16 @@ func TestAddMeterWindowsCombinesWithinBatch(t *testing.T) {
 		// 900ns later is the same microsecond: id decides, not the nanoseconds.
 		{"latest at microsecond precision", [][]meter.Contribution{{c(meter.Latest, 3, 100, "b")}, {c(meter.Latest, 9, 900, "a")}},
 			windowState{value: "3", events: 2, at: at, id: "b"}},
+		// A counted event raised by a resend adds a row of the same (time,
+		// id) and a greater value: the value follows it, never down.
+		{"latest raised, across batches", [][]meter.Contribution{{c(meter.Latest, 3, 0, "b")}, {c(meter.Latest, 8, 0, "b")}, {c(meter.Latest, 5, 0, "b")}},
+			windowState{value: "8", events: 3, at: at, id: "b"}},
+		{"latest raised, in one batch", [][]meter.Contribution{{c(meter.Latest, 3, 0, "b"), c(meter.Latest, 8, 0, "b"), c(meter.Latest, 5, 0, "b")}},
+			windowState{value: "8", events: 3, at: at, id: "b"}},
+		{"latest raise of an older event ignored", [][]meter.Contribution{{c(meter.Latest, 3, 0, "b"), c(meter.Latest, 4, -time.Second, "a")}, {c(meter.Latest, 9, -time.Second, "a")}},
+			windowState{value: "3", events: 3, at: at, id: "b"}},
+		{"latest raised after a later event", [][]meter.Contribution{{c(meter.Latest, 3, 0, "b"), c(meter.Latest, 4, time.Second, "a")}, {c(meter.Latest, 9, 0, "b")}},
+			windowState{value: "4", events: 3, at: at.Add(time.Second), id: "a"}},
 		{"unique twice in one batch", [][]meter.Contribution{{u("x"), u("x"), u("y")}, {u("x"), u(""), u("z")}},
 			windowState{value: "3", events: 6}},
 	} {
@@ -351,6 +384,7 @@ func TestAddMeterWindowsRefuses(t *testing.T) {
 		{"negative events", func(a *usagedata.MeterAdds) { a.Events[1] = -1 }},
 		{"unknown aggregation", func(a *usagedata.MeterAdds) { a.Aggregations[1] = "median" }},
 		{"ragged columns", func(a *usagedata.MeterAdds) { a.IDs = a.IDs[:1] }},
+		{"group key like a digest", func(a *usagedata.MeterAdds) { a.GroupKeys[1] = "sha256:" + strings.Repeat("0", 64) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var a usagedata.MeterAdds
@@ -386,4 +420,132 @@ func BenchmarkAddMeterWindows(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N)/float64(len(rows)), "µs/row")
+}
+
+// randomText is n random bytes of a 64-letter alphabet: text that Postgres
+// cannot compress into an index entry.
+func randomText(r *rand.Rand, n int) string {
+	const alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = alphabet[r.IntN(len(alphabet))]
+	}
+	return string(b)
+}
+
+// longGroupKey is the key of a group of five 1 KiB values, as meter's
+// Group.Key writes it.
+func longGroupKey(r *rand.Rand) string {
+	vals := make([]string, 5)
+	for i := range vals {
+		vals[i] = `"` + randomText(r, 1024) + `"`
+	}
+	return "[" + strings.Join(vals, ",") + "]"
+}
+
+func sha256Hex(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+// Group keys of five 1 KiB values and unique values of 1 and 4 KiB count
+// exactly, through their digests (stored as themselves, they do not fit an
+// index entry); a short value that looks like a digest and the long value
+// of that digest count as two; GroupKeys gives the keys back.
+func TestAddMeterWindowsLongKeys(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	ctx := context.Background()
+	r := rand.New(rand.NewPCG(7, 7))
+	keyA, keyB := longGroupKey(r), longGroupKey(r)
+	h := time.Date(2026, 11, 3, 10, 0, 0, 0, time.UTC)
+
+	// Without the digest, neither the key nor the 4 KiB value fits.
+	if _, err := db.Pool.Exec(ctx, `INSERT INTO usage_windows (tenant, meter, group_key, granularity, window_start, value, events)
+		VALUES ('raw', 'm', $1, 'hour', $2, 1, 1)`, keyA, h); err == nil {
+		t.Error("a 5 KiB group key fitted usage_windows' index: the digest is not needed")
+	}
+	long4 := randomText(r, 4096)
+	if _, err := db.Pool.Exec(ctx, `INSERT INTO meter_uniques (tenant, meter, group_key, granularity, window_start, value)
+		VALUES ('raw', 'm', '', 'hour', $1, $2)`, h, long4); err == nil {
+		t.Error("a 4 KiB unique value fitted meter_uniques' index: the digest is not needed")
+	}
+
+	// Every aggregation, with groups of long keys (and the empty one).
+	var rows []meterRow
+	for _, agg := range meter.Aggregations {
+		for _, row := range randomRows(r, "long", "m_"+string(agg), agg, 60) {
+			row.group = map[string]string{"": "", "model=a": keyA, "model=b": keyB}[row.group]
+			rows = append(rows, row)
+		}
+	}
+	// Unique values: 1 KiB, 4 KiB, the 4 KiB value's digest as a value of
+	// its own, and a short one, each seen more than once.
+	long1 := randomText(r, 1024)
+	for i, v := range []string{long1, long4, sha256Hex(long4), "x", long4, sha256Hex(long4), long1} {
+		c := meter.Contribution{Aggregation: meter.UniqueCount, Time: h, ID: fmt.Sprint("u", i), Distinct: v, HasDistinct: true}
+		rows = append(rows, meterRow{"long", "m_unique_digest", keyA, windows.Hour, h, c, 1})
+	}
+	want := map[windowKey]windowState{}
+	for k, w := range truth(rows) {
+		k.group = usagedata.StoredGroupKey(k.group)
+		want[k] = w
+	}
+	if w := want[windowKey{"long", "m_unique_digest", sha256Hex(keyA), string(windows.Hour), h}]; w.value != "4" {
+		t.Fatalf("ground truth of the digest-like values: %+v, want 4 distinct", w)
+	}
+	for _, b := range [][]meterRow{rows[:len(rows)/2], rows[len(rows)/2:]} {
+		if err := inTx(ctx, db, toAdds(b), false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := readMeterWindows(t, db, "long")
+	diffWindows(t, got, want)
+
+	var stored []string
+	for k := range got {
+		if len(k.group) > 256 {
+			t.Errorf("window %s stores a group key of %d bytes", k.meter, len(k.group))
+		}
+		if k.meter == "m_sum" {
+			stored = append(stored, k.group)
+		}
+	}
+	// Each meter's two long keys are recorded once, whatever the rows and
+	// batches that used them; short keys are not recorded.
+	var recorded int
+	if err := db.Pool.QueryRow(ctx, `SELECT count(*) FROM meter_group_keys`).Scan(&recorded); err != nil || recorded != 2*len(meter.Aggregations)+1 {
+		t.Errorf("meter_group_keys holds %d keys (%v), want %d", recorded, err, 2*len(meter.Aggregations)+1)
+	}
+	keys, err := usagedata.GroupKeys(ctx, db.Pool, "m_sum", stored)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if wantKeys := map[string]string{sha256Hex(keyA): keyA, sha256Hex(keyB): keyB}; !maps.Equal(keys, wantKeys) {
+		t.Errorf("GroupKeys gave %d keys back, want the two long keys by their digests", len(keys))
+	}
+	// A digest is recorded per meter: another meter's is unknown.
+	if _, err := usagedata.GroupKeys(ctx, db.Pool, "m_other", []string{sha256Hex(keyA)}); !errors.Is(err, usagedata.ErrUnknownDigest) {
+		t.Errorf("GroupKeys of a digest of another meter: %v, want ErrUnknownDigest", err)
+	}
+	if keys, err := usagedata.GroupKeys(ctx, db.Pool, "m_sum", []string{"", `["a"]`}); err != nil || len(keys) != 0 {
+		t.Errorf("GroupKeys of keys stored as themselves: %v, %v; want none", keys, err)
+	}
+}
+
+// StoredGroupKey keeps keys of up to 256 bytes and digests longer ones.
+func TestStoredGroupKey(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		key, want string
+	}{
+		{"", ""},
+		{`["gpt-4",null]`, `["gpt-4",null]`},
+		{strings.Repeat("a", 256), strings.Repeat("a", 256)},
+		{strings.Repeat("a", 257), sha256Hex(strings.Repeat("a", 257))},
+	} {
+		if got := usagedata.StoredGroupKey(tc.key); got != tc.want {
+			t.Errorf("StoredGroupKey(%d bytes) = %.20q, want %.20q", len(tc.key), got, tc.want)
+		}
+	}
 }

@@ -3,9 +3,11 @@ package usagedata
 // A shadow is a scratch schema that rebuild replays the Kafka log into:
 // empty copies of the tables one batch of the rollup writes, which a
 // rollup whose connections put the schema first on their search_path
-// fills instead of the live ones. The live usage_windows change only
-// through SwapShadow, in the transaction that locked and checked the
-// group's stored offsets (LockOffsets); the live ledger is never touched.
+// fills instead of the live ones. The live usage_windows and meter_uniques
+// change only through SwapShadow (or SwapShadowWith), in the transaction
+// that locked and checked the group's stored offsets (LockOffsets);
+// meter_group_keys only gains the shadow's keys; the live ledger is never
+// touched.
 
 import (
 	"context"
@@ -16,7 +18,7 @@ import (
 )
 
 // shadowTables are the tables one batch of the rollup writes.
-var shadowTables = []string{"ledger", "ledger_conflicts", "usage_windows", "consumer_offsets", "usage_corrections", "quota_breaches", "outbox", "usage_dlq"}
+var shadowTables = []string{"ledger", "ledger_conflicts", "usage_windows", "meter_uniques", "meter_group_keys", "consumer_offsets", "usage_corrections", "quota_breaches", "outbox", "usage_dlq"}
 
 // shadowCheck refuses a schema name that is not a plain lower-case
 // identifier: the name is written into the statements.
@@ -73,8 +75,9 @@ func LockOffsets(ctx context.Context, q storage.Executor, group, topic string) (
 
 // ShadowChange is one window whose value differs between the live
 // windows and the rebuilt ones. Metric is the window's meter (a metric's
-// name for its implicit meter) and Group its group key ("" for a meter
-// without groups).
+// name for its implicit meter) and Group its group key as stored ("" for
+// a meter without groups; a digest for a long key, which GroupKeys gives
+// back).
 type ShadowChange struct {
 	Tenant, Metric, Group, Granularity string
 	Start                              time.Time
@@ -82,21 +85,42 @@ type ShadowChange struct {
 	EventsBefore, EventsAfter          int64
 }
 
+// ShadowOptions narrow a comparison or a swap.
+type ShadowOptions struct {
+	// Meters, when not empty, limits it to the windows (and unique values
+	// and long group keys) of these meters: a rebuild of one meter. A
+	// metric's implicit meter is named after the metric.
+	Meters []string
+}
+
+// filter returns the SQL condition on a meter column named col that opts
+// asks for, with its argument numbered n, and the argument: "" and nil for
+// every meter.
+func (o ShadowOptions) filter(col string, n int) (string, []any) {
+	if len(o.Meters) == 0 {
+		return "", nil
+	}
+	return fmt.Sprintf(" AND %s = ANY($%d::text[])", col, n), []any{o.Meters}
+}
+
 // shadowRebuilt selects the rebuilt windows: the shadow's, plus the held
-// conflicts operators counted (live), in every granularity. Counted
-// conflicts follow the live rule: per (tenant, id, metric, event time)
-// the maximum of the copies counted there, over the shadow's counted
-// event when it has that metric and time (adding the difference, no
-// event), else on their own (adding the maximum and one event); never
-// their sum. Counted conflicts count in their metric's implicit meter
-// (the empty group key), as the rollup counts them. The replay raises
-// the shadow's counted event by resends of its metric and time, so a
-// counted conflict recorded before resolutions existed is not added twice.
+// conflicts operators counted (live), in every granularity, carrying the
+// shadow's latest_time and latest_id. Counted conflicts follow the live
+// rule: per (tenant, id, metric, event time) the maximum of the copies
+// counted there, over the shadow's counted event when it has that metric
+// and time (adding the difference, no event), else on their own (adding
+// the maximum and one event); never their sum. Counted conflicts count in
+// their metric's implicit meter (the empty group key), as the rollup
+// counts them, so they have no latest_time of their own. The replay
+// raises the shadow's counted event by resends of its metric and time, so
+// a counted conflict recorded before resolutions existed is not added
+// twice.
 func shadowRebuilt(schema string) string {
-	return fmt.Sprintf(`(SELECT tenant, meter, group_key, granularity, window_start, sum(value) AS value, sum(events)::bigint AS events, max(updated_at) AS updated_at
-		FROM (SELECT tenant, meter, group_key, granularity, window_start, value, events, updated_at FROM %[1]s.usage_windows
+	return fmt.Sprintf(`(SELECT tenant, meter, group_key, granularity, window_start, sum(value) AS value, sum(events)::bigint AS events, max(updated_at) AS updated_at,
+			max(latest_time) AS latest_time, max(latest_id) AS latest_id
+		FROM (SELECT tenant, meter, group_key, granularity, window_start, value, events, updated_at, latest_time, latest_id FROM %[1]s.usage_windows
 			UNION ALL
-			SELECT c.tenant, c.metric, '', g.g, date_trunc(g.g, c.event_time AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', c.value, c.events, now()
+			SELECT c.tenant, c.metric, '', g.g, date_trunc(g.g, c.event_time AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', c.value, c.events, now(), NULL, NULL
 			FROM (SELECT k.tenant, k.metric, k.event_time, greatest(max(k.value) - coalesce(l.value, 0), 0) AS value,
 					CASE WHEN l.value IS NULL THEN 1 ELSE 0 END AS events
 				FROM public.ledger_conflicts k
@@ -109,20 +133,26 @@ func shadowRebuilt(schema string) string {
 }
 
 // CompareShadow returns the windows starting at or after from that differ
-// between the live windows and the rebuilt ones (the shadow's, plus the
-// held conflicts operators counted), in (tenant, meter, group,
-// granularity, start) order, and how many windows it compared.
+// (in value or events) between the live windows and the rebuilt ones (the
+// shadow's, plus the held conflicts operators counted), in (tenant, meter,
+// group, granularity, start) order, and how many windows it compared.
 func CompareShadow(ctx context.Context, q storage.Executor, schema string, from time.Time) ([]ShadowChange, int, error) {
+	return CompareShadowWith(ctx, q, schema, from, ShadowOptions{})
+}
+
+// CompareShadowWith is CompareShadow over the windows opts names.
+func CompareShadowWith(ctx context.Context, q storage.Executor, schema string, from time.Time, opts ShadowOptions) ([]ShadowChange, int, error) {
 	if err := shadowCheck(schema); err != nil {
 		return nil, 0, err
 	}
+	only, arg := opts.filter("meter", 2)
 	rows, err := q.Query(ctx, fmt.Sprintf(`SELECT coalesce(l.tenant, s.tenant), coalesce(l.meter, s.meter), coalesce(l.group_key, s.group_key), coalesce(l.granularity, s.granularity),
 			coalesce(l.window_start, s.window_start), coalesce(l.value::text, ''), coalesce(s.value::text, ''),
 			coalesce(l.events, 0), coalesce(s.events, 0), (l.value IS DISTINCT FROM s.value OR l.events IS DISTINCT FROM s.events)
-		FROM (SELECT * FROM public.usage_windows WHERE window_start >= $1) l
-		FULL JOIN (SELECT * FROM %s r WHERE window_start >= $1) s
+		FROM (SELECT * FROM public.usage_windows WHERE window_start >= $1%[2]s) l
+		FULL JOIN (SELECT * FROM %[1]s r WHERE window_start >= $1%[2]s) s
 			USING (tenant, meter, group_key, granularity, window_start)
-		ORDER BY 1, 2, 3, 4, 5`, shadowRebuilt(schema)), from)
+		ORDER BY 1, 2, 3, 4, 5`, shadowRebuilt(schema), only), append([]any{from}, arg...)...)
 	if err != nil {
 		return nil, 0, fmt.Errorf("comparing windows: %w", err)
 	}
@@ -146,24 +176,48 @@ func CompareShadow(ctx context.Context, q storage.Executor, schema string, from 
 	return changes, total, nil
 }
 
-// SwapShadow replaces the live windows starting at or after from with the
-// rebuilt ones. It first locks ledger_conflicts (EXCLUSIVE) so that no
+// SwapShadow replaces the live windows starting at or after from, and the
+// unique values of those windows, with the rebuilt ones (latest_time and
+// latest_id included), and adds the shadow's long group keys to the live
+// ones, so that counting continues on the live tables exactly where the
+// replay stopped. It first locks ledger_conflicts (EXCLUSIVE) so that no
 // conflict is counted between the comparison's read of counted conflicts
 // and the swap. Run it in the transaction that holds LockOffsets and found
 // the offsets the shadow consumed up to.
 func SwapShadow(ctx context.Context, q storage.Executor, schema string, from time.Time) error {
+	return SwapShadowWith(ctx, q, schema, from, ShadowOptions{})
+}
+
+// SwapShadowWith is SwapShadow over the windows, unique values and group
+// keys of the meters opts names; other meters' live rows are kept.
+func SwapShadowWith(ctx context.Context, q storage.Executor, schema string, from time.Time, opts ShadowOptions) error {
 	if err := shadowCheck(schema); err != nil {
 		return err
 	}
 	if _, err := q.Exec(ctx, `LOCK TABLE public.ledger_conflicts IN EXCLUSIVE MODE`); err != nil {
 		return fmt.Errorf("locking conflicts for the swap: %w", err)
 	}
-	if _, err := q.Exec(ctx, `DELETE FROM public.usage_windows WHERE window_start >= $1`, from); err != nil {
-		return fmt.Errorf("swapping windows: %w", err)
+	only, arg := opts.filter("meter", 2)
+	args := append([]any{from}, arg...)
+	keysOnly, keysArg := opts.filter("meter", 1)
+	steps := []struct {
+		what, sql string
+		args      []any
+	}{
+		{"deleting live windows", `DELETE FROM public.usage_windows WHERE window_start >= $1` + only, args},
+		{"deleting live unique values", `DELETE FROM public.meter_uniques WHERE window_start >= $1` + only, args},
+		{"inserting rebuilt windows", fmt.Sprintf(`INSERT INTO public.usage_windows (tenant, meter, group_key, granularity, window_start, value, events, updated_at, latest_time, latest_id)
+			SELECT tenant, meter, group_key, granularity, window_start, value, events, updated_at, latest_time, latest_id FROM %s r WHERE window_start >= $1%s`, shadowRebuilt(schema), only), args},
+		{"inserting rebuilt unique values", fmt.Sprintf(`INSERT INTO public.meter_uniques (tenant, meter, group_key, granularity, window_start, value)
+			SELECT tenant, meter, group_key, granularity, window_start, value FROM %s.meter_uniques WHERE window_start >= $1%s`, schema, only), args},
+		{"inserting rebuilt group keys", fmt.Sprintf(`INSERT INTO public.meter_group_keys (meter, digest, group_key)
+			SELECT meter, digest, group_key FROM %s.meter_group_keys WHERE true%s ORDER BY meter, digest
+			ON CONFLICT DO NOTHING`, schema, keysOnly), keysArg},
 	}
-	if _, err := q.Exec(ctx, fmt.Sprintf(`INSERT INTO public.usage_windows (tenant, meter, group_key, granularity, window_start, value, events, updated_at)
-			SELECT tenant, meter, group_key, granularity, window_start, value, events, updated_at FROM %s r WHERE window_start >= $1`, shadowRebuilt(schema)), from); err != nil {
-		return fmt.Errorf("swapping windows: %w", err)
+	for _, st := range steps {
+		if _, err := q.Exec(ctx, st.sql, st.args...); err != nil {
+			return fmt.Errorf("swapping the shadow: %s: %w", st.what, err)
+		}
 	}
 	return nil
 }

@@ -1,19 +1,24 @@
 // Package usagedata owns what counting writes: the dedup ledger and its
-// conflicts, the usage windows, corrections of closed months, quota
-// breaches and the consumer's stored offsets. The rollup writes them in a
-// batch's transaction; the API, the biller and rebuild read them here.
-// Rebuild's shadow schema (scratch copies of these tables that a replay
-// fills) is created, compared and swapped in here too (shadow.go).
+// conflicts, the usage windows with the unique values and long group keys
+// of defined meters, corrections of closed months, quota breaches and the
+// consumer's stored offsets. The rollup writes them in a batch's
+// transaction; the API, the biller and rebuild read them here. Rebuild's
+// shadow schema (scratch copies of these tables that a replay fills) is
+// created, compared and swapped in here too (shadow.go).
 //
 // Invariant: usage only grows through these operations, except by a
-// verified rebuild, which replaces windows wholesale. A window's events
+// verified rebuild, which replaces windows (with their unique values)
+// wholesale, of every meter or of the meters named. A window's events
 // only ever increase (AddWindows, AddMeterWindows); its value increases for
 // sum, count, max and unique_count, and for latest follows the event with
-// the greatest (time, id); the ledger's key on (tenant, event_id) is what
-// makes a resent event count once. AddWindows refuses a negative amount
-// (TestAddWindowsOnlyGrows), AddMeterWindows matches a ground truth
-// whatever the batches and their order (TestAddMeterWindowsMatchesGroundTruth),
-// and DeleteExpired forgets ledger ids only of event days before the
-// cutoff its caller chooses, one before every event time the rollup can
-// still accept (TestDeleteExpired).
+// the greatest (time, id), raised only by a resend of that same event; the
+// ledger's key on (tenant, event_id) is what makes a resent event count
+// once. AddWindows refuses a negative amount (TestAddWindowsOnlyGrows),
+// AddMeterWindows matches a ground truth whatever the batches and their
+// order (TestAddMeterWindowsMatchesGroundTruth), whatever the length of
+// group keys and unique values (TestAddMeterWindowsLongKeys), and after a
+// swap continues from the rebuilt windows exactly
+// (TestShadowSwapMeterWindows); DeleteExpired forgets ledger ids only of
+// event days before the cutoff its caller chooses, one before every event
+// time the rollup can still accept (TestDeleteExpired).
 package usagedata
