@@ -10,9 +10,11 @@ import (
 
 	"github.com/usagemeter/metering/events"
 	"github.com/usagemeter/metering/internal/aggregator"
+	"github.com/usagemeter/metering/internal/meter"
 	"github.com/usagemeter/metering/internal/rebuild"
 	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/storage/usagedata"
+	"github.com/usagemeter/metering/internal/testkit/metertruth"
 	"github.com/usagemeter/metering/internal/topics"
 )
 
@@ -179,5 +181,54 @@ func TestRebuildKeepsTheLiveVerdictOnForgedTimestamps(t *testing.T) {
 	}
 	if len(rep.Changes) != 0 || !rep.Swapped {
 		t.Fatalf("rebuild changed %+v", rep.Changes)
+	}
+}
+
+// TestRebuildBackfillsANewMeter counts events live before any meter is
+// defined, then defines a meter of each aggregation and rebuilds only
+// those: their windows become exactly what live counting from the start
+// would have made (the ground truth), every implicit meter's window stays
+// as it was, and the command reports the windows it created.
+func TestRebuildBackfillsANewMeter(t *testing.T) {
+	s := newStack(t)
+	tr := newTruth()
+	cfg := s.config()
+	stop := s.start(cfg)
+	s.feed(tr, 3000, 0.3, 21)
+	s.waitConsumed("metering-aggregator")
+	stop()
+	ctx := context.Background()
+	before := metertruth.Read(t, s.db, []meter.Definition{meter.Implicit("api_calls"), meter.Implicit("tokens")})
+	s.defineMeters()
+
+	names := make([]string, len(crashMeters))
+	args := []string{"--from", time.Now().Add(-24 * time.Hour).UTC().Format(time.RFC3339)}
+	for i, d := range crashMeters {
+		names[i] = d.Name
+		args = append(args, "--meter", d.Name)
+	}
+	var out strings.Builder
+	if err := aggregator.RebuildCommand(ctx, cfg, slog.New(slog.DiscardHandler), args, &out); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"rebuilt the windows of meter " + strings.Join(names, ", "), "replayed 3000 records", "GROUP", "swapped"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("rebuild --meter output lacks %q:\n%.2000s", want, out.String())
+		}
+	}
+	metertruth.Diff(t, metertruth.Fold(crashMeters, tr.counted), metertruth.Read(t, s.db, crashMeters))
+	metertruth.Diff(t, before, metertruth.Read(t, s.db, []meter.Definition{meter.Implicit("api_calls"), meter.Implicit("tokens")}))
+
+	// Counting goes on from the rebuilt state, exactly.
+	stop = s.start(cfg)
+	s.feed(tr, 1000, 0.3, 22)
+	s.waitConsumed("metering-aggregator")
+	stop()
+	s.checkTruth(tr)
+
+	// A name that is neither a meter nor a counted metric is refused.
+	err := aggregator.RebuildCommand(ctx, cfg, slog.New(slog.DiscardHandler), []string{"--from", args[1], "--meter", "nosuch"}, &out)
+	if !errors.Is(err, rebuild.ErrUnknownMeter) {
+		t.Fatalf("--meter nosuch: %v, want ErrUnknownMeter", err)
 	}
 }

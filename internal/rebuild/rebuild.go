@@ -37,6 +37,7 @@ import (
 	"github.com/usagemeter/metering/internal/kafkaauth"
 	"github.com/usagemeter/metering/internal/kafkalog"
 	"github.com/usagemeter/metering/internal/rollup"
+	"github.com/usagemeter/metering/internal/storage/accounts"
 	"github.com/usagemeter/metering/internal/storage/deadletters"
 	"github.com/usagemeter/metering/internal/storage/usagedata"
 	"github.com/usagemeter/metering/internal/windows"
@@ -60,6 +61,11 @@ type Options struct {
 	MaxLag time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Meters, when not empty, limits the comparison and the swap to these
+	// meters' windows (defined meters, or metrics' implicit meters): a new
+	// or changed meter is backfilled from the log, every other meter's
+	// windows stay as they are.
+	Meters []string
 	// DryRun compares without swapping.
 	DryRun bool
 	// Logger receives the rebuild's progress; nil discards it.
@@ -75,7 +81,9 @@ type Change = usagedata.ShadowChange
 
 // Report says what a rebuild found and did.
 type Report struct {
-	From     time.Time
+	From time.Time
+	// Meters are the meters rebuilt; empty for all.
+	Meters   []string
 	Records  int64
 	Windows  int
 	Changes  []Change
@@ -92,7 +100,7 @@ const replayBatch = 10000
 // Run performs the rebuild.
 func Run(ctx context.Context, pool *pgxpool.Pool, opt Options) (Report, error) {
 	started := time.Now()
-	rep := Report{From: windows.Month.Start(opt.From)}
+	rep := Report{From: windows.Month.Start(opt.From), Meters: opt.Meters}
 	if opt.Now == nil {
 		opt.Now = time.Now
 	}
@@ -106,6 +114,9 @@ func Run(ctx context.Context, pool *pgxpool.Pool, opt Options) (Report, error) {
 		return rep, fmt.Errorf("%w: --from's month starts %s, and events before %s (horizon %s plus AGGREGATOR_MAX_LAG %s) are dead letters now; rebuild from %s or later",
 			ErrTooOld, rep.From.Format(time.RFC3339), oldest.UTC().Format(time.RFC3339), opt.Horizon, opt.MaxLag,
 			windows.Month.End(windows.Month.Start(oldest)).Format(time.RFC3339))
+	}
+	if err := checkMeters(ctx, pool, opt.Meters); err != nil {
+		return rep, err
 	}
 	sh, err := openShadow(ctx, pool, opt)
 	if err != nil {
@@ -128,6 +139,33 @@ func Run(ctx context.Context, pool *pgxpool.Pool, opt Options) (Report, error) {
 	}
 	rep.Duration = time.Since(started)
 	return rep, nil
+}
+
+// ErrUnknownMeter means --meter names neither a defined meter nor a
+// metric with counted usage.
+var ErrUnknownMeter = errors.New("unknown meter")
+
+// checkMeters refuses a name that is neither a defined meter nor the
+// implicit meter of a metric with counted usage: a typo would rebuild
+// nothing and say so only by an empty report.
+func checkMeters(ctx context.Context, pool *pgxpool.Pool, names []string) error {
+	for _, name := range names {
+		_, err := accounts.GetMeter(ctx, pool, name)
+		if err == nil {
+			continue
+		}
+		if !errors.Is(err, accounts.ErrNotFound) {
+			return err
+		}
+		counted, err := usagedata.ImplicitMeterCounted(ctx, pool, name)
+		if err != nil {
+			return err
+		}
+		if !counted {
+			return fmt.Errorf("%w %q: no meter of that name is defined (GET /v1/admin/meters lists them) and no metric of that name was counted", ErrUnknownMeter, name)
+		}
+	}
+	return nil
 }
 
 // shadow is a rebuild's scratch schema and the aggregator that counts
@@ -188,7 +226,7 @@ func (sh *shadow) round(ctx context.Context, opt Options, rep *Report, positions
 	}
 	rep.Records += n
 	rep.Offsets = target
-	changes, total, err := usagedata.CompareShadow(ctx, sh.live, sh.schema, rep.From)
+	changes, total, err := usagedata.CompareShadowWith(ctx, sh.live, sh.schema, rep.From, usagedata.ShadowOptions{Meters: opt.Meters})
 	if err != nil {
 		return false, err
 	}
@@ -276,7 +314,7 @@ func (sh *shadow) swap(ctx context.Context, opt Options, from time.Time, target 
 		if err != nil || !maps.Equal(now, target) {
 			return err
 		}
-		if err := usagedata.SwapShadow(ctx, tx, sh.schema, from); err != nil {
+		if err := usagedata.SwapShadowWith(ctx, tx, sh.schema, from, usagedata.ShadowOptions{Meters: opt.Meters}); err != nil {
 			return err
 		}
 		swapped = true
