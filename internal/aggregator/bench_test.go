@@ -374,3 +374,47 @@ func benchBreachLatency(b *testing.B) {
 	b.ReportMetric(float64(len(lat)), "breaches")
 	b.ReportMetric(rate, "offered-events/s")
 }
+
+// BenchmarkMeterStorage reports the rows and bytes each meter kind adds to
+// Postgres per event (usage_windows, meter_uniques, meter_group_keys, heap
+// and indexes), beside the implicit meter alone, from the same events
+// (two properties: a project of 1,000 values, a user of 10,000).
+func BenchmarkMeterStorage(b *testing.B) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	ctx := context.Background()
+	kinds := []struct {
+		name  string
+		meter *accounts.Meter
+	}{
+		{"implicit-only", nil},
+		{"sum", &accounts.Meter{Aggregation: "sum"}},
+		{"sum-by-project", &accounts.Meter{Aggregation: "sum", GroupBy: []string{"project"}}},
+		{"count", &accounts.Meter{Aggregation: "count"}},
+		{"max", &accounts.Meter{Aggregation: "max"}},
+		{"latest", &accounts.Meter{Aggregation: "latest"}},
+		{"unique_count-users", &accounts.Meter{Aggregation: "unique_count", Property: "user"}},
+	}
+	for _, k := range kinds {
+		b.Run(k.name, func(b *testing.B) {
+			db := pgtest.New(b)
+			if k.meter != nil {
+				for _, metric := range []string{"api_calls", "tokens"} {
+					m := *k.meter
+					m.Name, m.Metric = metric+"_m", metric
+					if _, _, err := accounts.PutMeter(ctx, db.Pool, m); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			processed := applyInWorkers(b, rng, db, true)
+			var rows, bytes int64
+			if err := db.Pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM usage_windows) + (SELECT count(*) FROM meter_uniques) + (SELECT count(*) FROM meter_group_keys),
+					pg_total_relation_size('usage_windows') + pg_total_relation_size('meter_uniques') + pg_total_relation_size('meter_group_keys')`).Scan(&rows, &bytes); err != nil {
+				b.Fatal(err)
+			}
+			b.ReportMetric(float64(rows)/float64(processed), "rows/event")
+			b.ReportMetric(float64(bytes)/float64(processed), "bytes/event")
+			perSecond(b, processed)
+		})
+	}
+}

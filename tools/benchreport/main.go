@@ -47,6 +47,7 @@ func run(ctx context.Context, root string, quick bool, outPath string) error {
 		{"consumer", "./internal/consumer", "KafkaConsumeCeiling", "30x", "3x"},
 		{"aggregator", "./internal/aggregator", "Aggregate/(ceiling|apply|pipeline)", "24x", "4x"},
 		{"aggregator", "./internal/aggregator", "Aggregate/naive", "3s", "300ms"},
+		{"aggregator", "./internal/aggregator", "MeterStorage", "3x", "1x"},
 		{"aggregator", "./internal/aggregator", "BreachLatency", "1x", "1x"},
 		{"billing", "./internal/stripesync", "Sync10kTenants", "1x", "1x"},
 	}
