@@ -92,10 +92,46 @@ type GroupTotal struct {
 	Events int64    `json:"events"`
 }
 
+// MeterWindows is a list of windows; its JSON is written in one piece
+// (an answer may hold 10000 windows), exactly as encoding/json writes
+// each MeterWindow.
+type MeterWindows []MeterWindow
+
+// MarshalJSON writes the windows as a JSON array.
+func (ws MeterWindows) MarshalJSON() ([]byte, error) {
+	buf := make([]byte, 0, 2+len(ws)*112)
+	buf = append(buf, '[')
+	for i, w := range ws {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		buf = append(buf, `{"start":"`...)
+		buf = w.Start.AppendFormat(buf, time.RFC3339Nano)
+		buf = append(buf, `","end":"`...)
+		buf = w.End.AppendFormat(buf, time.RFC3339Nano)
+		buf = append(buf, `","value":`...)
+		if w.Value == nil {
+			buf = append(buf, "null"...)
+		} else {
+			buf = w.Value.Append(buf, 10)
+		}
+		buf = append(buf, `,"events":`...)
+		buf = strconv.AppendInt(buf, w.Events, 10)
+		buf = append(buf, `,"group":`...)
+		g, err := w.Group.MarshalJSON()
+		if err != nil {
+			return nil, err
+		}
+		buf = append(buf, g...)
+		buf = append(buf, '}')
+	}
+	return append(buf, ']'), nil
+}
+
 // MeterUsage is the answer to a MeterQuery.
 type MeterUsage struct {
 	// Windows are ordered by group (Totals' order), then start.
-	Windows []MeterWindow
+	Windows MeterWindows
 	// Totals hold one entry per group that has a window in the range,
 	// ordered by the groups' values byte by byte, a missing value first.
 	Totals []GroupTotal
@@ -132,90 +168,132 @@ func (r *Reader) MeterUsage(ctx context.Context, q MeterQuery) (MeterUsage, erro
 		return MeterUsage{}, fmt.Errorf("reading usage of meter %s: %w", q.Meter.Name, err)
 	}
 	defer rows.Close()
-	type row struct {
-		group  int // index in groups
-		start  time.Time
-		value  *big.Int
-		events int64
-	}
 	var (
-		ws, ts []row
-		out    = MeterUsage{Total: new(big.Int)}
-		groups []groupValues
-		index  = map[string]int{}
-		key    strings.Builder
+		ws, ts []usageRow
+		all    = usageRow{value: new(big.Int)}
+		groups []groupValues // by group number
+		runs   []int         // by group number: the index in ws of its first window, -1 for none
 	)
 	for rows.Next() {
+		var x usageRow
 		var vals []pgtype.Text
-		var start pgtype.Timestamptz
+		var start, at pgtype.Timestamptz
+		var id pgtype.Text
 		var value pgtype.Numeric
 		var events pgtype.Int8
-		var grouping int32
-		if err := rows.Scan(&vals, &start, &value, &events, &grouping); err != nil {
+		var kind int32
+		if err := rows.Scan(&x.group, &vals, &start, &value, &events, &kind, &at, &id); err != nil {
 			return MeterUsage{}, fmt.Errorf("reading usage of meter %s: %w", q.Meter.Name, err)
 		}
-		if grouping == 3 { // the grouping set (): everything
-			out.Total, out.Events = NumericInt(value), events.Int64
+		if kind == -1 { // a group and its values; numbered from 1
+			for len(groups) <= int(x.group) {
+				groups, runs = append(groups, nil), append(runs, -1)
+			}
+			groups[x.group] = groupValues(vals)
 			continue
 		}
-		key.Reset()
-		for _, v := range vals {
-			if !v.Valid {
-				key.WriteString("-,")
-				continue
+		if x.group < 0 || int(x.group) >= len(groups) {
+			if kind == 3 {
+				x.group = 0 // the total of everything has no group
+			} else {
+				return MeterUsage{}, fmt.Errorf("reading usage of meter %s: a row of group %d, which is not numbered", q.Meter.Name, x.group)
 			}
-			key.WriteString(strconv.Itoa(len(v.String)))
-			key.WriteString(":")
-			key.WriteString(v.String)
 		}
-		gi, ok := index[key.String()]
-		if !ok {
-			gi = len(groups)
-			index[key.String()] = gi
-			groups = append(groups, groupValues(vals))
-		}
-		x := row{group: gi, value: NumericInt(value), events: events.Int64}
-		if grouping == 0 {
+		x.value, x.events, x.at, x.id = NumericInt(value), events.Int64, at, id
+		switch kind {
+		case 0: // a window of a group, in order of group then start
 			if q.MaxWindows > 0 && len(ws) >= q.MaxWindows {
 				return MeterUsage{}, fmt.Errorf("reading usage of meter %s: %w: more than %d", q.Meter.Name, ErrTooManyWindows, q.MaxWindows)
 			}
+			if runs[x.group] < 0 {
+				runs[x.group] = len(ws)
+			}
 			x.start = start.Time.UTC()
 			ws = append(ws, x)
-		} else {
+		case 1: // a group's total (unique_count only)
 			ts = append(ts, x)
+		case 3: // the total of everything (unique_count only)
+			all = x
 		}
 	}
 	if err := rows.Err(); err != nil {
 		return MeterUsage{}, fmt.Errorf("reading usage of meter %s: %w", q.Meter.Name, err)
 	}
-	// Order the groups by their values, then give each its rank.
-	order := make([]int, len(groups))
-	for i := range order {
-		order[i] = i
-	}
-	slices.SortFunc(order, func(a, b int) int { return groups[a].compare(groups[b]) })
-	rank := make([]int, len(groups))
-	gs := make([]Group, len(groups))
-	for r, gi := range order {
-		rank[gi] = r
-		gs[gi] = groups[gi].group(q.GroupBy)
-	}
-	slices.SortFunc(ts, func(a, b row) int { return cmp.Compare(rank[a.group], rank[b.group]) })
-	slices.SortFunc(ws, func(a, b row) int {
-		if c := cmp.Compare(rank[a.group], rank[b.group]); c != 0 {
-			return c
+	if q.Meter.Aggregation != meter.UniqueCount {
+		// The other aggregations fold windows as they fold events, so a
+		// total is the fold of the group's windows.
+		for i, w := range ws {
+			if i == 0 || w.group != ws[i-1].group {
+				ts = append(ts, usageRow{group: w.group, value: new(big.Int)})
+			}
+			ts[len(ts)-1].fold(q.Meter.Aggregation, w)
+			all.fold(q.Meter.Aggregation, w)
 		}
-		return a.start.Compare(b.start)
-	})
-	out.Totals = make([]GroupTotal, len(ts))
+	}
+	// Order the groups with windows by their values: totals in that
+	// order, and windows in runs of their group, already by start.
+	slices.SortFunc(ts, func(a, b usageRow) int { return groups[a.group].compare(groups[b.group]) })
+	gs := make([]Group, len(groups))
+	for _, t := range ts {
+		gs[t.group] = groups[t.group].group(q.GroupBy)
+	}
+	ordered := make([]MeterWindow, 0, len(ws))
+	for _, t := range ts {
+		for i := runs[t.group]; i >= 0 && i < len(ws) && ws[i].group == t.group; i++ {
+			w := ws[i]
+			ordered = append(ordered, MeterWindow{Start: w.start, End: q.Granularity.End(w.start), Value: w.value, Events: w.events, Group: gs[w.group]})
+		}
+	}
+	out := MeterUsage{Total: all.value, Events: all.events, Totals: make([]GroupTotal, len(ts)), Windows: ordered}
 	for i, t := range ts {
 		out.Totals[i] = GroupTotal{Group: gs[t.group], Value: t.value, Events: t.events}
 	}
-	out.Windows = make([]MeterWindow, len(ws))
-	for i, w := range ws {
-		out.Windows[i] = MeterWindow{Start: w.start, End: q.Granularity.End(w.start), Value: w.value, Events: w.events, Group: gs[w.group]}
-	}
 	return out, nil
+}
+
+// usageRow is a row of meterUsageSQL: a group's window, a group's total
+// or the total of everything.
+type usageRow struct {
+	group  int32
+	start  time.Time
+	value  *big.Int
+	events int64
+	// at and id are the (latest_time, latest_id) of a latest meter's value.
+	at pgtype.Timestamptz
+	id pgtype.Text
+}
+
+// fold adds window w to the total u as aggregation agg folds (not
+// unique_count, whose distinct values only SQL sees).
+func (u *usageRow) fold(agg meter.Aggregation, w usageRow) {
+	u.events += w.events
+	switch agg {
+	case meter.Sum, meter.Count:
+		u.value.Add(u.value, w.value)
+	case meter.Max:
+		if w.value.Cmp(u.value) > 0 {
+			u.value.Set(w.value)
+		}
+	case meter.Latest:
+		if w.later(*u) { // u starts with no time and 0, which any window passes
+			u.value.Set(w.value)
+			u.at, u.id = w.at, w.id
+		}
+	}
+}
+
+// later reports whether w's value is later than o's: a greater
+// (latest_time, latest_id), then a greater value; no time is earliest.
+func (w usageRow) later(o usageRow) bool {
+	switch {
+	case w.at.Valid != o.at.Valid:
+		return w.at.Valid
+	case w.at.Valid && !w.at.Time.Equal(o.at.Time):
+		return w.at.Time.After(o.at.Time)
+	case w.id.String != o.id.String:
+		return w.id.String > o.id.String
+	}
+	return w.value.Cmp(o.value) > 0
 }
 
 // groupValues is one group's values as read: invalid is a missing property.
@@ -282,7 +360,7 @@ func meterUsageSQL(q MeterQuery) (string, []any, error) {
 		if slices.Index(q.GroupBy[:i], p) >= 0 {
 			return "", nil, fmt.Errorf("%w: group_by names %q twice", ErrBadMeterQuery, p)
 		}
-		elems[i] = "w.k->>" + strconv.Itoa(at)
+		elems[i] = "j.k->>" + strconv.Itoa(at)
 	}
 	grp := "'{}'::text[]"
 	if len(elems) > 0 {
@@ -295,46 +373,84 @@ func meterUsageSQL(q MeterQuery) (string, []any, error) {
 			return "", nil, err
 		}
 		args = append(args, q.Filter[p])
-		where = append(where, fmt.Sprintf("w.k->>%d = $%d", at, len(args)))
+		where = append(where, fmt.Sprintf("j.k->>%d = $%d", at, len(args)))
 	}
-	keys := "uw.group_key = ''"
-	if len(d.GroupBy) > 0 {
-		keys = "uw.group_key <> ''"
+	// ks: the distinct group keys the tenant's meter has, found by
+	// skipping through the primary key (one probe per key, whatever the
+	// number of windows); kg: each with its group key as jsonb (a digest
+	// resolved through meter_group_keys), kept when the filter matches,
+	// with the requested values; g: a number for each requested group;
+	// km: stored key to group number; w: the windows in range, of the
+	// keys kept. Windows then fold by (group number, start), hashed.
+	var sql string
+	if len(d.GroupBy) == 0 {
+		sql = `WITH km AS (
+		SELECT ''::text AS sk, 1 AS gid
+	), g AS (
+		SELECT '{}'::text[] AS grp, 1 AS gid
+	)`
+	} else {
+		sql = `WITH RECURSIVE ks AS (
+		(SELECT group_key AS sk FROM usage_windows WHERE tenant = $1 AND meter = $2 AND group_key > '' ORDER BY group_key LIMIT 1)
+		UNION ALL
+		SELECT (SELECT group_key FROM usage_windows WHERE tenant = $1 AND meter = $2 AND group_key > ks.sk ORDER BY group_key LIMIT 1)
+		FROM ks WHERE ks.sk IS NOT NULL
+	), kg AS (
+		SELECT ks.sk, ` + grp + ` AS grp FROM ks
+		LEFT JOIN meter_group_keys gk ON NOT starts_with(ks.sk, '[') AND gk.meter = $2 AND gk.digest = ks.sk
+		CROSS JOIN LATERAL (SELECT CASE WHEN starts_with(ks.sk, '[') THEN ks.sk::jsonb ELSE gk.group_key::jsonb END AS k) j
+		WHERE ks.sk IS NOT NULL`
+		for _, c := range where {
+			sql += ` AND ` + c
+		}
+		sql += `
+	), g AS (
+		SELECT grp, (row_number() OVER ())::int AS gid FROM (SELECT DISTINCT grp FROM kg) x
+	), km AS (
+		SELECT kg.sk, g.gid FROM kg JOIN g ON g.grp = kg.grp
+	)`
 	}
-	// w: the meter's windows in range, each with its group key as jsonb (a
-	// digest resolved through meter_group_keys); f: those the filter keeps,
-	// with the requested values.
-	sql := `WITH w AS (
-		SELECT uw.group_key AS sk, uw.window_start AS s, uw.value AS v, uw.events AS e, uw.latest_time AS lt, uw.latest_id AS li,
-			CASE WHEN starts_with(uw.group_key, '[') THEN uw.group_key::jsonb ELSE gk.group_key::jsonb END AS k
-		FROM usage_windows uw
-		LEFT JOIN meter_group_keys gk ON uw.group_key <> '' AND NOT starts_with(uw.group_key, '[') AND gk.meter = uw.meter AND gk.digest = uw.group_key
-		WHERE uw.tenant = $1 AND uw.meter = $2 AND uw.granularity = $3 AND uw.window_start >= $4 AND uw.window_start < $5 AND ` + keys + `
-	), f AS (
-		SELECT ` + grp + ` AS grp, w.sk, w.s, w.v, w.e, w.lt, w.li FROM w`
-	if len(where) > 0 {
-		sql += ` WHERE ` + strings.Join(where, " AND ")
-	}
-	sql += `)
-	`
-	const sets = ` GROUP BY GROUPING SETS ((grp, s), (grp), ())`
+	sql += `, w AS (
+		SELECT km.gid, uw.window_start AS s, uw.value AS v, uw.events AS e, uw.latest_time AS lt, uw.latest_id AS li
+		FROM km JOIN usage_windows uw ON uw.tenant = $1 AND uw.meter = $2 AND uw.group_key = km.sk
+			AND uw.granularity = $3 AND uw.window_start >= $4 AND uw.window_start < $5
+	)`
+	// a: the folded rows, each (group number, start, value, events,
+	// GROUPING(gid, s): 0 a window, 1 a group's total, 3 everything, and
+	// for latest the (time, id) of the value). The answer is each group
+	// of g once (kind -1, with its values), then a's rows by kind, group
+	// number and start.
 	switch d.Aggregation {
 	case meter.Sum, meter.Count:
-		sql += `SELECT grp, s, sum(v), sum(e)::bigint, GROUPING(grp, s) FROM f` + sets
+		sql += `, a AS (SELECT w.gid, w.s, sum(w.v) AS v, sum(w.e)::bigint AS e, 0 AS gr, NULL::timestamptz AS lt, NULL::text AS li FROM w GROUP BY w.gid, w.s)`
 	case meter.Max:
-		sql += `SELECT grp, s, max(v), sum(e)::bigint, GROUPING(grp, s) FROM f` + sets
+		sql += `, a AS (SELECT w.gid, w.s, max(w.v) AS v, sum(w.e)::bigint AS e, 0 AS gr, NULL::timestamptz AS lt, NULL::text AS li FROM w GROUP BY w.gid, w.s)`
 	case meter.Latest:
-		sql += `SELECT grp, s, (array_agg(v ORDER BY lt DESC NULLS LAST, li DESC NULLS LAST, v DESC))[1], sum(e)::bigint, GROUPING(grp, s) FROM f` + sets
+		sql += `, a AS (SELECT w.gid, w.s,
+			(array_agg(w.v ORDER BY w.lt DESC NULLS LAST, w.li DESC NULLS LAST, w.v DESC))[1] AS v,
+			sum(w.e)::bigint AS e, 0 AS gr,
+			(array_agg(w.lt ORDER BY w.lt DESC NULLS LAST, w.li DESC NULLS LAST, w.v DESC))[1] AS lt,
+			(array_agg(w.li ORDER BY w.lt DESC NULLS LAST, w.li DESC NULLS LAST, w.v DESC))[1] AS li
+		FROM w GROUP BY w.gid, w.s)`
 	case meter.UniqueCount:
-		// Each window once with its events, and each of its distinct
-		// values with none: count(DISTINCT) skips the NULLs.
+		// Each window once with its events, and each value row of the
+		// windows in range with none: count(DISTINCT) skips the NULLs.
 		sql += `, x AS (
-			SELECT grp, s, e, NULL::text AS u FROM f
-			UNION ALL
-			SELECT f.grp, f.s, 0, mu.value FROM f JOIN meter_uniques mu
-				ON mu.tenant = $1 AND mu.meter = $2 AND mu.group_key = f.sk AND mu.granularity = $3 AND mu.window_start = f.s
-		)
-		SELECT grp, s, count(DISTINCT u)::numeric, sum(e)::bigint, GROUPING(grp, s) FROM x` + sets
+		SELECT w.gid, w.s, w.e, NULL::text AS u FROM w
+		UNION ALL
+		SELECT km.gid, mu.window_start, 0, mu.value FROM meter_uniques mu JOIN km ON km.sk = mu.group_key
+		WHERE mu.tenant = $1 AND mu.meter = $2 AND mu.granularity = $3 AND mu.window_start >= $4 AND mu.window_start < $5
+	), a AS (
+		SELECT coalesce(gid, 0) AS gid, s, count(DISTINCT u)::numeric AS v, sum(e)::bigint AS e, GROUPING(gid, s) AS gr,
+			NULL::timestamptz AS lt, NULL::text AS li
+		FROM x GROUP BY GROUPING SETS ((gid, s), (gid), ())
+	)`
 	}
+	sql += `
+	SELECT * FROM (
+		SELECT gid, grp, NULL::timestamptz AS s, NULL::numeric AS v, NULL::bigint AS e, -1 AS gr, NULL::timestamptz AS lt, NULL::text AS li FROM g
+		UNION ALL
+		SELECT gid, NULL::text[], s, v, e, gr, lt, li FROM a
+	) r ORDER BY gr, gid, s`
 	return sql, args, nil
 }

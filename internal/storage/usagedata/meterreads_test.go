@@ -390,3 +390,28 @@ func TestMeterUsageRefuses(t *testing.T) {
 		})
 	}
 }
+
+// MeterWindows writes what encoding/json writes for each window.
+func TestMeterWindowsJSON(t *testing.T) {
+	t.Parallel()
+	d := meter.Definition{GroupBy: []string{"model", "region"}}
+	start := time.Date(2026, 11, 3, 10, 0, 0, 0, time.UTC)
+	big1, _ := new(big.Int).SetString("18446744073709551617", 10)
+	ws := usagedata.MeterWindows{
+		{Start: start, End: start.Add(time.Hour), Value: big1, Events: 3,
+			Group: d.Group(events.Event{Properties: map[string]string{"model": "a\"<b>\u2028\\", "other": "x"}})},
+		{Start: start.Add(time.Nanosecond).In(time.FixedZone("x", 3600)), End: start.Add(time.Hour), Value: new(big.Int), Events: 0,
+			Group: meter.Definition{}.Group(events.Event{})},
+	}
+	got, err := json.Marshal(ws)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := json.Marshal([]usagedata.MeterWindow(ws))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != string(want) {
+		t.Fatalf("got  %s\nwant %s", got, want)
+	}
+}
