@@ -59,7 +59,13 @@ type MeterQuery struct {
 	// MaxWindows, when positive, is the most windows (groups times
 	// periods) an answer may hold; more is ErrTooManyWindows.
 	MaxWindows int
+
+	probeLimit int // keyProbeLimit when 0; tests lower it
 }
+
+// keyProbeLimit bounds the index probes that list a meter's group keys;
+// a meter with more keys lists those of the windows in range instead.
+const keyProbeLimit = 10000
 
 // ErrBadMeterQuery is returned for a query the meter cannot answer: a
 // group_by or filter property the meter does not group by, or a property
@@ -376,12 +382,15 @@ func meterUsageSQL(q MeterQuery) (string, []any, error) {
 		where = append(where, fmt.Sprintf("j.k->>%d = $%d", at, len(args)))
 	}
 	// ks: the distinct group keys the tenant's meter has, found by
-	// skipping through the primary key (one probe per key, whatever the
-	// number of windows); kg: each with its group key as jsonb (a digest
-	// resolved through meter_group_keys), kept when the filter matches,
-	// with the requested values; g: a number for each requested group;
-	// km: stored key to group number; w: the windows in range, of the
-	// keys kept. Windows then fold by (group number, start), hashed.
+	// skipping through the primary key, one probe per key whatever the
+	// number of windows, up to keyProbeLimit probes; keys: those, or, when
+	// the meter has more keys than that, the distinct keys of the windows
+	// in range, from a scan of them (the other branch is cut by a one-time
+	// filter); kg: each with its group key as jsonb (a digest resolved
+	// through meter_group_keys), kept when the filter matches, with the
+	// requested values; g: a number for each requested group; km: stored
+	// key to group number; w: the windows in range, of the keys kept.
+	// Windows then fold by (group number, start), hashed.
 	var sql string
 	if len(d.GroupBy) == 0 {
 		sql = `WITH km AS (
@@ -390,16 +399,23 @@ func meterUsageSQL(q MeterQuery) (string, []any, error) {
 		SELECT '{}'::text[] AS grp, 1 AS gid
 	)`
 	} else {
+		limit := strconv.Itoa(cmp.Or(q.probeLimit, keyProbeLimit))
 		sql = `WITH RECURSIVE ks AS (
-		(SELECT group_key AS sk FROM usage_windows WHERE tenant = $1 AND meter = $2 AND group_key > '' ORDER BY group_key LIMIT 1)
+		(SELECT group_key AS sk, 1 AS n FROM usage_windows WHERE tenant = $1 AND meter = $2 AND group_key > '' ORDER BY group_key LIMIT 1)
 		UNION ALL
-		SELECT (SELECT group_key FROM usage_windows WHERE tenant = $1 AND meter = $2 AND group_key > ks.sk ORDER BY group_key LIMIT 1)
-		FROM ks WHERE ks.sk IS NOT NULL
+		SELECT (SELECT group_key FROM usage_windows WHERE tenant = $1 AND meter = $2 AND group_key > ks.sk ORDER BY group_key LIMIT 1), ks.n + 1
+		FROM ks WHERE ks.sk IS NOT NULL AND ks.n < ` + limit + `
+	), keys AS (
+		SELECT sk FROM ks WHERE sk IS NOT NULL AND (SELECT max(n) FROM ks) < ` + limit + `
+		UNION ALL
+		SELECT DISTINCT group_key FROM usage_windows
+		WHERE tenant = $1 AND meter = $2 AND granularity = $3 AND window_start >= $4 AND window_start < $5 AND group_key <> ''
+			AND (SELECT max(n) FROM ks) >= ` + limit + `
 	), kg AS (
-		SELECT ks.sk, ` + grp + ` AS grp FROM ks
+		SELECT ks.sk, ` + grp + ` AS grp FROM keys ks
 		LEFT JOIN meter_group_keys gk ON NOT starts_with(ks.sk, '[') AND gk.meter = $2 AND gk.digest = ks.sk
 		CROSS JOIN LATERAL (SELECT CASE WHEN starts_with(ks.sk, '[') THEN ks.sk::jsonb ELSE gk.group_key::jsonb END AS k) j
-		WHERE ks.sk IS NOT NULL`
+		WHERE true`
 		for _, c := range where {
 			sql += ` AND ` + c
 		}
