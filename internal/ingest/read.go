@@ -147,8 +147,9 @@ func parseGroups(q url.Values, u *usageQuery) error {
 		if !isFilter(k) {
 			continue
 		}
-		p, ok := strings.CutPrefix(k, "filter[")
-		if p, ok = strings.CutSuffix(p, "]"); !ok {
+		p, open := strings.CutPrefix(k, "filter[")
+		p, closed := strings.CutSuffix(p, "]")
+		if !open || !closed {
 			return fmt.Errorf("%q: a filter is filter[property]=value", k)
 		}
 		if msg := checkProperty(p); msg != "" {
