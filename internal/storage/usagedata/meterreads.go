@@ -159,11 +159,13 @@ type MeterUsage struct {
 //   - unique_count: the number of distinct values across the folded
 //     windows' meter_uniques rows, not the sum of their counts.
 //
-// A group's total over the range folds its windows the same way: for
-// unique_count, it is the number of distinct values seen over the range,
-// counted from the value rows of the windows of this granularity (a value
-// seen in two windows counts once). Events always add. A stored group key
-// that is a digest (migration 0014) is resolved through meter_group_keys.
+// A group's total over the range folds its windows the same way (for
+// sum, count, max and latest, here, from the windows SQL folded, as big
+// integers); for unique_count, SQL counts the distinct values seen over
+// the range, from the value rows of the windows of this granularity (a
+// value seen in two windows counts once). Events always add. A stored
+// group key that is a digest (migration 0014) is resolved through
+// meter_group_keys.
 func (r *Reader) MeterUsage(ctx context.Context, q MeterQuery) (MeterUsage, error) {
 	sql, args, err := meterUsageSQL(q)
 	if err != nil {
