@@ -6,10 +6,12 @@ import (
 	"time"
 
 	"github.com/usagemeter/metering/events"
+	"github.com/usagemeter/metering/internal/meter"
 )
 
 // FuzzParseUsageQuery: any query string either is refused with a message
-// or yields a well-formed, bounded range.
+// or yields a well-formed, bounded range of exactly one of metric and
+// meter, with groups and filters only for a meter and within its limits.
 func FuzzParseUsageQuery(f *testing.F) {
 	for _, s := range []string{
 		"metric=api_calls",
@@ -18,6 +20,8 @@ func FuzzParseUsageQuery(f *testing.F) {
 		"metric=a&from=2026-11-22T00:00:00Z&to=2026-11-21T00:00:00Z",
 		"metric=a&window=week", "metric=&from=x", "metric=a&to=2026-11-21T00:00:00.999999999+14:00",
 		"metric=%ff&window=%00", "",
+		"meter=tokens_by_model&group_by=model&group_by=region&filter[region]=eu&window=day",
+		"meter=m&metric=m", "meter=m&filter[a]=1&filter[a]=2", "meter=m&filter[]=x", "metric=a&group_by=b",
 	} {
 		f.Add(s)
 	}
@@ -34,7 +38,8 @@ func FuzzParseUsageQuery(f *testing.F) {
 			}
 			return
 		}
-		if !events.ValidName(q.metric) || !q.from.Before(q.to) || windowCount(q.g, q.from, q.to) > maxWindows {
+		if events.ValidName(q.metric) == events.ValidName(q.meter) || q.metric != "" && (len(q.groupBy) > 0 || len(q.filter) > 0) ||
+			len(q.groupBy) > meter.MaxGroupBy || len(q.filter) > meter.MaxGroupBy || !q.from.Before(q.to) || windowCount(q.g, q.from, q.to) > maxWindows {
 			t.Fatalf("accepted %q as %+v", raw, q)
 		}
 	})

@@ -3,13 +3,18 @@ package ingest
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"net/http"
 	"net/url"
+	"slices"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/usagemeter/metering/events"
 	"github.com/usagemeter/metering/internal/httpjson"
+	"github.com/usagemeter/metering/internal/meter"
 	"github.com/usagemeter/metering/internal/quota"
 	"github.com/usagemeter/metering/internal/storage/usagedata"
 	"github.com/usagemeter/metering/internal/windows"
@@ -46,19 +51,45 @@ func (a *API) reader(tenantOf func(*http.Request) string, h func(http.ResponseWr
 	}
 }
 
-// usageQuery is a parsed GET /v1/usage query.
+// usageQuery is a parsed GET /v1/usage query: metric (its implicit
+// meter, answered as before meters existed) or meter, with meter's
+// group_by and filter.
 type usageQuery struct {
 	metric   string
+	meter    string
+	groupBy  []string
+	filter   map[string]string
 	g        windows.Granularity
 	from, to time.Time
 }
 
-// parseUsageQuery reads metric, window, from and to; now is the default
-// end. The error is the message for a 400.
+const nameRule = "1-128 characters of A-Z a-z 0-9 . _ : -"
+
+// parseUsageQuery reads metric or meter, group_by, filter[...], window,
+// from and to; now is the default end. The error is the message for a
+// 400. group_by is repeated, one property a parameter
+// (group_by=model&group_by=region), since a property name may hold a
+// comma; filter is filter[property]=value, once per property.
 func parseUsageQuery(q url.Values, now time.Time) (usageQuery, error) {
-	u := usageQuery{metric: q.Get("metric"), g: windows.Hour}
-	if !events.ValidName(u.metric) {
-		return u, errors.New("metric is required: 1-128 characters of A-Z a-z 0-9 . _ : -")
+	u := usageQuery{metric: q.Get("metric"), meter: q.Get("meter"), g: windows.Hour}
+	switch {
+	case q.Has("metric") && q.Has("meter"):
+		return u, errors.New("metric and meter are mutually exclusive: metric=M reads the usage of M's implicit meter, as meter=M does")
+	case q.Has("meter"):
+		if !events.ValidName(u.meter) {
+			return u, errors.New("meter must be " + nameRule)
+		}
+		if err := parseGroups(q, &u); err != nil {
+			return u, err
+		}
+	case !q.Has("metric"):
+		return u, errors.New("metric or meter is required: " + nameRule)
+	case !events.ValidName(u.metric):
+		return u, errors.New("metric is required: " + nameRule)
+	default:
+		if q.Has("group_by") || hasFilter(q) {
+			return u, errors.New("group_by and filter need meter=: a metric's implicit meter has no groups")
+		}
 	}
 	if s := q.Get("window"); s != "" {
 		var err error
@@ -82,10 +113,80 @@ func parseUsageQuery(q url.Values, now time.Time) (usageQuery, error) {
 	return u, nil
 }
 
+// hasFilter reports whether q holds a filter parameter.
+func hasFilter(q url.Values) bool {
+	for k := range q {
+		if isFilter(k) {
+			return true
+		}
+	}
+	return false
+}
+
+// isFilter reports whether the parameter k is a filter, well formed
+// (filter[property]) or not (filter, filter[).
+func isFilter(k string) bool { return k == "filter" || strings.HasPrefix(k, "filter[") }
+
+// parseGroups reads group_by and filter[property] into u. Whether the
+// meter groups by these properties is checked against its definition.
+func parseGroups(q url.Values, u *usageQuery) error {
+	u.groupBy = q["group_by"]
+	if len(u.groupBy) > meter.MaxGroupBy {
+		return fmt.Errorf("group_by may name at most %d properties (a meter groups by at most %d), got %d", meter.MaxGroupBy, meter.MaxGroupBy, len(u.groupBy))
+	}
+	for i, p := range u.groupBy {
+		if msg := checkProperty(p); msg != "" {
+			return fmt.Errorf("group_by %q: %s", p, msg)
+		}
+		if slices.Contains(u.groupBy[:i], p) {
+			return fmt.Errorf("group_by names %q twice", p)
+		}
+	}
+	u.filter = map[string]string{}
+	for _, k := range slices.Sorted(maps.Keys(q)) {
+		if !isFilter(k) {
+			continue
+		}
+		p, open := strings.CutPrefix(k, "filter[")
+		p, closed := strings.CutSuffix(p, "]")
+		if !open || !closed {
+			return fmt.Errorf("%q: a filter is filter[property]=value", k)
+		}
+		if msg := checkProperty(p); msg != "" {
+			return fmt.Errorf("filter[%s]: property %s", p, msg)
+		}
+		if len(q[k]) != 1 {
+			return fmt.Errorf("filter[%s] is given %d times: give each property one value", p, len(q[k]))
+		}
+		if len(u.filter) == meter.MaxGroupBy {
+			return fmt.Errorf("filter may name at most %d properties (those a meter groups by)", meter.MaxGroupBy)
+		}
+		u.filter[p] = q[k][0]
+	}
+	return nil
+}
+
+// checkProperty is "" for a possible property name, else why not.
+func checkProperty(p string) string {
+	switch {
+	case p == "":
+		return "must not be empty"
+	case len(p) > events.MaxPropertyKeyLen:
+		return fmt.Sprintf("must be at most %d bytes", events.MaxPropertyKeyLen)
+	case !utf8.ValidString(p):
+		return "must be valid UTF-8"
+	}
+	return ""
+}
+
 func (a *API) getUsage(w http.ResponseWriter, r *http.Request, tenant string) {
 	q, err := parseUsageQuery(r.URL.Query(), a.opt.Now())
 	if err != nil {
 		httpjson.Error(w, http.StatusBadRequest, "invalid_request", err.Error())
+		return
+	}
+	if q.meter != "" {
+		a.getMeterUsage(w, r, tenant, q)
 		return
 	}
 	ws, total, err := a.opt.Usage.Usage(r.Context(), tenant, q.metric, q.g, q.from, q.to)
@@ -98,6 +199,57 @@ func (a *API) getUsage(w http.ResponseWriter, r *http.Request, tenant string) {
 	}
 	httpjson.Write(w, http.StatusOK, map[string]any{
 		"tenant": tenant, "metric": q.metric, "window": q.g, "from": q.from, "to": q.to, "windows": ws, "total": total,
+	})
+}
+
+// getMeterUsage answers GET /v1/usage?meter=: the meter's windows per
+// group of group_by and a total per group. A name no meter is defined
+// with is its metric's implicit meter (sum, no groups), as metric= reads.
+func (a *API) getMeterUsage(w http.ResponseWriter, r *http.Request, tenant string, q usageQuery) {
+	d, defined, err := a.opt.Usage.Meter(r.Context(), q.meter)
+	if err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	for _, p := range slices.Concat(q.groupBy, slices.Sorted(maps.Keys(q.filter))) {
+		if slices.Contains(d.GroupBy, p) {
+			continue
+		}
+		field := "group_by"
+		if !slices.Contains(q.groupBy, p) {
+			field = "filter[" + p + "]"
+		}
+		switch {
+		case !defined:
+			httpjson.Errorf(w, http.StatusBadRequest, "invalid_request", "%s: no meter %q is defined, so it is the implicit meter of metric %q, which has no groups", field, q.meter, q.meter)
+		case len(d.GroupBy) == 0:
+			httpjson.Errorf(w, http.StatusBadRequest, "invalid_request", "%s: meter %q has no groups", field, q.meter)
+		default:
+			httpjson.Errorf(w, http.StatusBadRequest, "invalid_request", "%s: meter %q groups only by %s, not %q", field, q.meter, strings.Join(d.GroupBy, ", "), p)
+		}
+		return
+	}
+	u, err := a.opt.Usage.MeterUsage(r.Context(), usagedata.MeterQuery{
+		Tenant: tenant, Meter: d, Granularity: q.g, From: q.from, To: q.to, GroupBy: q.groupBy, Filter: q.filter, MaxWindows: maxWindows,
+	})
+	switch {
+	case errors.Is(err, usagedata.ErrTooManyWindows):
+		httpjson.Errorf(w, http.StatusBadRequest, "invalid_request", "the answer holds more than %d windows (groups times windows): narrow the range, use a larger window, group by fewer properties or filter", maxWindows)
+		return
+	case errors.Is(err, usagedata.ErrBadMeterQuery):
+		httpjson.Error(w, http.StatusBadRequest, "invalid_request", err.Error())
+		return
+	case err != nil:
+		a.internalError(w, r, err)
+		return
+	}
+	groupBy := q.groupBy
+	if groupBy == nil {
+		groupBy = []string{}
+	}
+	httpjson.Write(w, http.StatusOK, map[string]any{
+		"tenant": tenant, "meter": d.Name, "metric": d.Metric, "aggregation": d.Aggregation, "group_by": groupBy, "filter": q.filter,
+		"window": q.g, "from": q.from, "to": q.to, "windows": u.Windows, "totals": u.Totals, "total": u.Total,
 	})
 }
 

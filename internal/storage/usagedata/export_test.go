@@ -1,0 +1,8 @@
+package usagedata
+
+// WithProbeLimit returns q listing at most n group keys by index probes
+// before it lists them from the windows in range instead.
+func WithProbeLimit(q MeterQuery, n int) MeterQuery {
+	q.probeLimit = n
+	return q
+}
