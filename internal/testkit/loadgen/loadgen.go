@@ -58,6 +58,11 @@ type Result struct {
 	// Baseline is each tenant-metric's month total before the run (the
 	// stack keeps data between runs).
 	Baseline map[string]int64
+	// ModelTruth is this run's tokens of the AI tenant per model, and
+	// ModelBaseline its meter's totals per model before the run; Users
+	// are the distinct users of this run's AI events.
+	ModelTruth, ModelBaseline map[string]int64
+	Users                     map[string]bool
 }
 
 const crosser = "demo-crosser"
@@ -90,7 +95,7 @@ func (c *client) put(ctx context.Context, path, body string) error {
 	if err != nil {
 		return fmt.Errorf("PUT %s: %w", path, err)
 	}
-	if status != http.StatusOK {
+	if status != http.StatusOK && status != http.StatusCreated {
 		return fmt.Errorf("PUT %s: %d %s", path, status, b)
 	}
 	return nil
@@ -113,15 +118,39 @@ func Setup(ctx context.Context, cfg Config) error {
 			return err
 		}
 	}
-	return nil
+	// The AI tenant: tokens per model, and the distinct users who spent
+	// them, as two meters of the tokens metric.
+	if err := c.put(ctx, "/v1/admin/tenants/"+aiTenant, `{"plan":"demo-pro","stripe_customer_id":"cus_demo_ai"}`); err != nil {
+		return err
+	}
+	if err := c.put(ctx, "/v1/admin/meters/"+modelMeter, `{"metric":"tokens","aggregation":"sum","group_by":["model"],"description":"tokens per model"}`); err != nil {
+		return err
+	}
+	return c.put(ctx, "/v1/admin/meters/"+usersMeter, `{"metric":"tokens","aggregation":"unique_count","property":"user","description":"distinct users who spent tokens"}`)
 }
+
+// The AI tenant and its meters.
+const (
+	aiTenant   = "demo-ai"
+	modelMeter = "demo_tokens_by_model"
+	usersMeter = "demo_token_users"
+)
+
+var aiModels = []string{"gpt-4o", "claude-sonnet", "llama-3-70b"}
 
 // Send offers cfg.Events unique events (plus resends) at cfg.Rate and
 // writes a progress line every second to progress.
 func Send(ctx context.Context, cfg Config, progress io.Writer) (Result, error) {
 	c := &client{cfg: cfg, hc: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: cfg.Workers}}}
-	res := Result{Truth: map[string]int64{}, Baseline: map[string]int64{}}
-	for _, t := range append([]string{crosser}, tenantNames(cfg.Tenants)...) {
+	res := Result{Truth: map[string]int64{}, Baseline: map[string]int64{}, ModelTruth: map[string]int64{}, ModelBaseline: map[string]int64{}, Users: map[string]bool{}}
+	models, _, err := c.meterTotals(ctx, aiTenant, modelMeter, "model")
+	if err != nil {
+		return res, err
+	}
+	for m, v := range models {
+		res.ModelBaseline[m] = v
+	}
+	for _, t := range append([]string{crosser, aiTenant}, tenantNames(cfg.Tenants)...) {
 		for _, m := range []string{"api_calls", "tokens"} {
 			v, err := c.usageTotal(ctx, t, m)
 			if err != nil {
@@ -180,6 +209,12 @@ func Send(ctx context.Context, cfg Config, progress io.Writer) (Result, error) {
 			case unique%10 == 0 && crossed < 600:
 				crossed++
 				e.Tenant = crosser // pushed past 500 × 1.1: warning, exceeded, blocked
+			case unique%10 == 5:
+				model := aiModels[rng.IntN(len(aiModels))]
+				e.Tenant, e.Metric, e.Value = aiTenant, "tokens", 1+rng.Int64N(4000)
+				e.Properties = map[string]string{"model": model, "user": fmt.Sprint("user-", rng.IntN(40))}
+				res.ModelTruth[model] += e.Value
+				res.Users[e.Properties["user"]] = true
 			default:
 				e.Tenant = fmt.Sprintf("demo-%d", rng.IntN(cfg.Tenants))
 				if rng.IntN(2) == 0 {
@@ -245,6 +280,34 @@ func (c *client) usageTotal(ctx context.Context, tenant, metric string) (int64, 
 	return u.Total, err
 }
 
+// meterTotals reads a tenant's totals of meter over the month windows of
+// the last 366 days, per value of property (group_by), and the total of
+// every group.
+func (c *client) meterTotals(ctx context.Context, tenant, meterName, property string) (map[string]int64, int64, error) {
+	status, _, b, err := c.do(ctx, "GET", fmt.Sprintf("%s/v1/usage?tenant=%s&meter=%s&window=month%s", c.cfg.IngestURL, tenant, meterName,
+		map[bool]string{true: "&group_by=" + property}[property != ""]), "", nil)
+	if err != nil || status != http.StatusOK {
+		return nil, 0, fmt.Errorf("GET /v1/usage?meter=%s: %d %s %v", meterName, status, b, err)
+	}
+	var u struct {
+		Totals []struct {
+			Group map[string]*string
+			Value int64
+		}
+		Total int64
+	}
+	if err := json.Unmarshal(b, &u); err != nil {
+		return nil, 0, fmt.Errorf("GET /v1/usage?meter=%s: %w", meterName, err)
+	}
+	out := map[string]int64{}
+	for _, t := range u.Totals {
+		if v := t.Group[property]; v != nil {
+			out[*v] = t.Value
+		}
+	}
+	return out, u.Total, nil
+}
+
 // Report waits until the stack's usage equals the ground truth, then
 // prints usage, quota states, the breaches on quota.breaches and the
 // reconciliation report.
@@ -265,6 +328,15 @@ func Report(ctx context.Context, cfg Config, res Result, out io.Writer) error {
 				return err
 			}
 			if got != res.Baseline[k]+res.Truth[k] {
+				diffs++
+			}
+		}
+		models, _, err := c.meterTotals(ctx, aiTenant, modelMeter, "model")
+		if err != nil {
+			return err
+		}
+		for m, v := range res.ModelTruth {
+			if models[m] != res.ModelBaseline[m]+v {
 				diffs++
 			}
 		}
@@ -290,6 +362,26 @@ func Report(ctx context.Context, cfg Config, res Result, out io.Writer) error {
 		fmt.Fprintf(tw, "%s\t%d\t%d\t\n", t, a, tk)
 	}
 	_ = tw.Flush()
+
+	fmt.Fprintf(out, "\n%s's tokens by model (meter %s) and distinct users (meter %s), over the last year:\n", aiTenant, modelMeter, usersMeter)
+	models, _, err := c.meterTotals(ctx, aiTenant, modelMeter, "model")
+	if err != nil {
+		return err
+	}
+	tw = tabwriter.NewWriter(out, 2, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "MODEL\tTOKENS\tTHIS RUN\t")
+	for _, m := range aiModels {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t\n", m, models[m], res.ModelTruth[m])
+	}
+	_ = tw.Flush()
+	_, users, err := c.meterTotals(ctx, aiTenant, usersMeter, "")
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "distinct users: %d (this run's events came from %d)\n", users, len(res.Users))
+	if users < int64(len(res.Users)) {
+		return fmt.Errorf("meter %s counts %d distinct users, fewer than the %d this run sent", usersMeter, users, len(res.Users))
+	}
 
 	fmt.Fprintf(out, "\nquota states of %s:\n", crosser)
 	_, _, b, err := c.do(ctx, "GET", cfg.IngestURL+"/v1/quotas/"+crosser, "", nil)

@@ -21,7 +21,9 @@ import (
 // TestDemo runs `make demo`'s load generator against the pipeline as
 // processes and checks that what it prints is what the demo promises:
 // usage equal to its ground truth (Report fails otherwise), the crossing
-// tenant blocked, its three breaches read back from quota.breaches, and
+// tenant blocked, its three breaches read back from quota.breaches, the AI
+// tenant's tokens per model equal to its ground truth and its distinct
+// users counted, and
 // a reconciliation with Stripe in which every demo row is ok.
 func TestDemo(t *testing.T) {
 	work := stacktest.TempWork(t, "demo-")
@@ -68,6 +70,9 @@ func TestDemo(t *testing.T) {
 		regexp.MustCompile(`demo-crosser\s+api_calls\s+exceeded\s+\d+/500`),
 		regexp.MustCompile(`demo-crosser\s+api_calls\s+blocked\s+\d+/500`),
 		regexp.MustCompile(`usage page: http://\S+/ui\?tenant=demo-crosser#key=mk_\S+`),
+		regexp.MustCompile(`(?m)^\s*gpt-4o\s+[1-9]\d*\s+[1-9]\d*$`),
+		regexp.MustCompile(`(?m)^\s*claude-sonnet\s+[1-9]\d*\s+[1-9]\d*$`),
+		regexp.MustCompile(`distinct users: [1-9]\d* \(this run's events came from [1-9]\d*\)`),
 	} {
 		if !want.MatchString(report) {
 			t.Errorf("report lacks %s", want)
