@@ -91,6 +91,7 @@ func (a *API) Routes() []Route {
 	return []Route{
 		{"POST", "/v1/events", a.postEvents},
 		{"GET", "/v1/usage", a.reader(func(r *http.Request) string { return r.URL.Query().Get("tenant") }, a.getUsage)},
+		{"GET", "/v1/meters", a.reader(func(r *http.Request) string { return r.URL.Query().Get("tenant") }, a.getMeters)},
 		{"GET", "/v1/quotas/{tenant}", a.reader(func(r *http.Request) string { return r.PathValue("tenant") }, a.getQuotas)},
 		{"GET", "/v1/breaches", a.reader(func(r *http.Request) string { return r.URL.Query().Get("tenant") }, a.getBreaches)},
 		{"GET", "/v1/conflicts", a.reader(func(r *http.Request) string { return r.URL.Query().Get("tenant") }, a.getConflicts)},

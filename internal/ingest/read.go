@@ -179,6 +179,22 @@ func checkProperty(p string) string {
 	return ""
 }
 
+// getMeters answers the defined meters that counted the tenant's usage
+// this month (UTC), for the usage page: a tenant key may read them for
+// its own tenant, as it reads its usage.
+func (a *API) getMeters(w http.ResponseWriter, r *http.Request, tenant string) {
+	from := windows.Month.Start(a.opt.Now())
+	ms, err := a.opt.Usage.TenantMeters(r.Context(), tenant, from)
+	if err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	if ms == nil {
+		ms = []meter.Definition{}
+	}
+	httpjson.Write(w, http.StatusOK, map[string]any{"tenant": tenant, "from": from, "meters": ms})
+}
+
 func (a *API) getUsage(w http.ResponseWriter, r *http.Request, tenant string) {
 	q, err := parseUsageQuery(r.URL.Query(), a.opt.Now())
 	if err != nil {

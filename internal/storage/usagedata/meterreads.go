@@ -3,6 +3,7 @@ package usagedata
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -471,4 +472,46 @@ func meterUsageSQL(q MeterQuery) (string, []any, error) {
 		SELECT gid, NULL::text[], s, v, e, gr, lt, li FROM a
 	) r ORDER BY gr, gid, s`
 	return sql, args, nil
+}
+
+// TenantMeters returns the defined meters that counted usage of tenant in
+// a month starting at or after from, in name order. It finds the
+// tenant's meters by skipping through usage_windows' primary key (a few
+// index lookups per meter, never a scan of the tenant's windows), then
+// keeps the defined ones with a month window in range.
+func (r *Reader) TenantMeters(ctx context.Context, tenant string, from time.Time) ([]meter.Definition, error) {
+	rows, err := r.q.Query(ctx, `WITH RECURSIVE m AS (
+			(SELECT meter FROM usage_windows WHERE tenant = $1 ORDER BY meter LIMIT 1)
+			UNION ALL
+			SELECT (SELECT meter FROM usage_windows WHERE tenant = $1 AND meter > m.meter ORDER BY meter LIMIT 1) FROM m WHERE m.meter IS NOT NULL
+		)
+		SELECT d.name, d.metric, d.aggregation, d.group_by, d.filter::text, coalesce(d.property, ''), d.description
+		FROM m JOIN meters d ON d.name = m.meter
+		WHERE EXISTS (SELECT 1 FROM usage_windows w WHERE w.tenant = $1 AND w.meter = m.meter
+			AND w.group_key >= '' AND w.granularity = 'month' AND w.window_start >= $2)
+		ORDER BY d.name`, tenant, from)
+	if err != nil {
+		return nil, fmt.Errorf("listing the meters of tenant %s: %w", tenant, err)
+	}
+	defer rows.Close()
+	var out []meter.Definition
+	for rows.Next() {
+		var d meter.Definition
+		var agg, filter string
+		if err := rows.Scan(&d.Name, &d.Metric, &agg, &d.GroupBy, &filter, &d.Property, &d.Description); err != nil {
+			return nil, fmt.Errorf("listing the meters of tenant %s: %w", tenant, err)
+		}
+		d.Aggregation = meter.Aggregation(agg)
+		if err := json.Unmarshal([]byte(filter), &d.Filter); err != nil {
+			return nil, fmt.Errorf("listing the meters of tenant %s: meter %s's filter: %w", tenant, d.Name, err)
+		}
+		if d.GroupBy == nil {
+			d.GroupBy = []string{}
+		}
+		out = append(out, d)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("listing the meters of tenant %s: %w", tenant, err)
+	}
+	return out, nil
 }
