@@ -144,6 +144,13 @@ func (s *Store) Plan(ctx context.Context, name string) (Plan, error) {
 	return p, nil
 }
 
+// LookupMeter returns the defined meter name (GetMeter on the store's
+// pool), or ErrNotFound: what a plan's quota on that meter is checked
+// against.
+func (s *Store) LookupMeter(ctx context.Context, name string) (Meter, error) {
+	return GetMeter(ctx, s.pool, name)
+}
+
 // ListPlans returns the names of all plans.
 func (s *Store) ListPlans(ctx context.Context) ([]string, error) {
 	rows, err := s.pool.Query(ctx, `SELECT name FROM plans ORDER BY name`)
