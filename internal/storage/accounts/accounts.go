@@ -125,7 +125,7 @@ func (s *Store) Plan(ctx context.Context, name string) (Plan, error) {
 	}
 	rows, err := s.pool.Query(ctx, `SELECT metric, quota_limit, period, burst_percent, hard, stripe_event_name, coalesce(unit_price::text, ''),
 			coalesce(meter, metric), group_filter, per_group
-		FROM plan_quotas WHERE plan = $1 ORDER BY metric, meter NULLS FIRST, group_filter::text, per_group`, name)
+		FROM plan_quotas WHERE plan = $1 ORDER BY metric, meter NULLS FIRST, group_filter::text COLLATE "C", per_group`, name)
 	if err != nil {
 		return Plan{}, fmt.Errorf("reading quotas of plan %s: %w", name, err)
 	}

@@ -34,7 +34,7 @@ func QuotaRules(ctx context.Context, q storage.Executor, tenants []string) ([]Qu
 			q.quota_limit, q.period, q.burst_percent, q.hard
 		FROM tenants t JOIN plan_quotas q ON q.plan = t.plan
 		WHERE t.tenant = ANY($1) AND q.quota_limit IS NOT NULL
-		ORDER BY t.tenant, q.metric, q.meter NULLS FIRST, q.group_filter::text, q.per_group`, tenants)
+		ORDER BY t.tenant, q.metric, q.meter NULLS FIRST, q.group_filter::text COLLATE "C", q.per_group`, tenants)
 	if err != nil {
 		return nil, fmt.Errorf("reading quotas: %w", err)
 	}

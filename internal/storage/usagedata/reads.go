@@ -136,7 +136,7 @@ func (r *Reader) Quotas(ctx context.Context, tenant string, now time.Time) (stri
 	rows, err := r.q.Query(ctx, `SELECT q.metric, coalesce(q.meter, q.metric), q.group_filter, q.per_group, q.quota_limit, q.period, q.burst_percent, q.hard,
 			CASE WHEN q.meter IS NULL THEN '' ELSE coalesce(m.aggregation, '') END, coalesce(m.group_by, '{}')
 		FROM plan_quotas q LEFT JOIN meters m ON m.name = q.meter AND m.metric = q.metric
-		WHERE q.plan = $1 ORDER BY q.metric, q.meter NULLS FIRST, q.group_filter::text, q.per_group`, *plan)
+		WHERE q.plan = $1 ORDER BY q.metric, q.meter NULLS FIRST, q.group_filter::text COLLATE "C", q.per_group`, *plan)
 	if err != nil {
 		return "", nil, fmt.Errorf("reading quotas of %s: %w", tenant, err)
 	}
