@@ -53,3 +53,12 @@ BEGIN
 END $$;
 CREATE TRIGGER quota_breaches_meter BEFORE INSERT ON quota_breaches
     FOR EACH ROW EXECUTE FUNCTION quota_breaches_meter();
+
+-- A quota on a defined meter reads the day or month windows of all its
+-- groups of one tenant: an index of defined meters' day and month windows
+-- by period, so that it reads those windows only (the primary key leads
+-- with the group key). Partial: implicit meters' windows (group key '')
+-- and hour and minute windows are not in it. Building it reads
+-- usage_windows once, with writes to it waiting.
+CREATE INDEX usage_windows_meter_period ON usage_windows (tenant, meter, granularity, window_start)
+    WHERE group_key <> '' AND granularity IN ('day', 'month');

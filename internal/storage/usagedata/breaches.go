@@ -6,7 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"math/big"
-	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgtype"
@@ -59,53 +59,86 @@ func GroupValue(ctx context.Context, q storage.Executor, tenant, meterName, grou
 	return NumericInt(used), nil
 }
 
+// meterPeriodIndexed is the predicate of the partial index
+// usage_windows_meter_period (migration 0015), in the words the planner
+// needs to use it: a query of a defined meter's day or month windows,
+// with the granularity a parameter, says it too.
+const meterPeriodIndexed = `w.group_key <> '' AND w.granularity IN ('day', 'month')`
+
 // matchingGroups selects the windows ($1 tenant, $2 meter, $3 granularity,
-// $4 start) whose group carries, at each position $5[i] of the meter's
-// group_by (0-based), the value $6[i]: a group key is a JSON array (or its
-// digest, resolved through meter_group_keys), a missing property null.
-const matchingGroups = `WITH g AS (
+// $4 start) whose group carries, at each position idx[i] of the meter's
+// group_by (0-based), the value $(5+i): a group key is a JSON array (or its
+// digest, resolved through meter_group_keys), a missing property null,
+// which equals no value. The positions are written into the statement,
+// so that each row's key is parsed once and compared without a subquery.
+func matchingGroups(idx []int) string {
+	var b strings.Builder
+	b.WriteString(`WITH g AS (
 		SELECT w.group_key AS stored, w.value, w.latest_time, w.latest_id
-		FROM usage_windows w
+		FROM usage_windows w`)
+	if len(idx) > 0 {
+		b.WriteString(`
 		LEFT JOIN meter_group_keys k ON k.meter = w.meter AND k.digest = w.group_key
-		WHERE w.tenant = $1 AND w.meter = $2 AND w.granularity = $3 AND w.window_start = $4
-			AND NOT EXISTS (SELECT 1 FROM unnest($5::int[], $6::text[]) AS f(i, v)
-				WHERE (CASE WHEN left(coalesce(k.group_key, w.group_key), 1) = '['
-					THEN coalesce(k.group_key, w.group_key)::jsonb END ->> f.i) IS DISTINCT FROM f.v))`
+		CROSS JOIN LATERAL (SELECT CASE WHEN left(coalesce(k.group_key, w.group_key), 1) = '['
+			THEN coalesce(k.group_key, w.group_key)::jsonb END AS j) AS p`)
+	}
+	b.WriteString(`
+		WHERE w.tenant = $1 AND w.meter = $2 AND w.granularity = $3 AND w.window_start = $4 AND ` + meterPeriodIndexed)
+	for i, at := range idx {
+		fmt.Fprintf(&b, ` AND (p.j ->> %d) = $%d`, at, 5+i)
+	}
+	b.WriteString(`)`)
+	return b.String()
+}
 
 // meterValueSQL folds the matching groups' windows as the aggregation
 // folds events: the sum of sums and of counts, the greatest max, the value
 // of the latest (time, id), and the distinct values across the groups.
 var meterValueSQL = map[meter.Aggregation]string{
-	meter.Sum:   matchingGroups + ` SELECT sum(value) FROM g`,
-	meter.Count: matchingGroups + ` SELECT sum(value) FROM g`,
-	meter.Max:   matchingGroups + ` SELECT max(value) FROM g`,
-	meter.Latest: matchingGroups + ` SELECT (SELECT value FROM g
+	meter.Sum:   ` SELECT sum(value) FROM g`,
+	meter.Count: ` SELECT sum(value) FROM g`,
+	meter.Max:   ` SELECT max(value) FROM g`,
+	meter.Latest: ` SELECT (SELECT value FROM g
 		ORDER BY latest_time DESC NULLS LAST, latest_id DESC NULLS LAST, value DESC LIMIT 1)`,
-	meter.UniqueCount: matchingGroups + ` SELECT count(DISTINCT u.value)::numeric FROM meter_uniques u JOIN g ON u.group_key = g.stored
+	meter.UniqueCount: ` SELECT count(DISTINCT u.value)::numeric FROM meter_uniques u JOIN g ON u.group_key = g.stored
 		WHERE u.tenant = $1 AND u.meter = $2 AND u.granularity = $3 AND u.window_start = $4`,
 }
 
 // MeterValue returns the value of tenant's meter (aggregation agg, grouped
-// by groupBy) in the period of granularity g starting at start, over the
-// groups whose values match filter (every group when filter is empty): the
-// meter's value as if it had counted only those groups' events. A filter
-// naming a property groupBy lacks matches nothing (0).
+// by groupBy) in the period of granularity g (day or month: a quota's)
+// starting at start, over the groups whose values match filter (every
+// group when filter is empty): the meter's value as if it had counted
+// only those groups' events. A filter naming a property groupBy lacks
+// matches nothing (0).
 func MeterValue(ctx context.Context, q storage.Executor, tenant, meterName string, agg meter.Aggregation, groupBy []string,
 	filter map[string]string, g windows.Granularity, start time.Time) (*big.Int, error) {
 	query, ok := meterValueSQL[agg]
 	if !ok {
 		return nil, fmt.Errorf("reading usage of %s/%s: unknown aggregation %q", tenant, meterName, agg)
 	}
-	idx, vals := make([]int32, 0, len(filter)), make([]string, 0, len(filter))
-	for k, v := range filter {
-		i := slices.Index(groupBy, k)
-		if i < 0 {
+	if g != windows.Day && g != windows.Month {
+		return nil, fmt.Errorf("reading usage of %s/%s: a quota's period is a day or a month, not %q", tenant, meterName, g)
+	}
+	if len(groupBy) == 0 {
+		// One group, of key "": its window is the meter's value.
+		if len(filter) > 0 {
 			return new(big.Int), nil
 		}
-		idx, vals = append(idx, int32(i)), append(vals, v)
+		return GroupValue(ctx, q, tenant, meterName, "", g, start)
+	}
+	var idx []int
+	args := []any{tenant, meterName, string(g), start}
+	for i, k := range groupBy {
+		v, ok := filter[k]
+		if ok {
+			idx, args = append(idx, i), append(args, v)
+		}
+	}
+	if len(idx) != len(filter) {
+		return new(big.Int), nil // a property groupBy lacks
 	}
 	var used pgtype.Numeric
-	if err := q.QueryRow(ctx, query, tenant, meterName, string(g), start, idx, vals).Scan(&used); err != nil {
+	if err := q.QueryRow(ctx, matchingGroups(idx)+query, args...).Scan(&used); err != nil {
 		return nil, fmt.Errorf("reading usage of %s/%s: %w", tenant, meterName, err)
 	}
 	return NumericInt(used), nil

@@ -196,7 +196,7 @@ func (r *Reader) topGroups(ctx context.Context, tenant string, qr quotaRow, star
 	rows, err := r.q.Query(ctx, `SELECT coalesce(k.group_key, w.group_key), w.value, count(*) OVER ()
 		FROM usage_windows w
 		LEFT JOIN meter_group_keys k ON k.meter = w.meter AND k.digest = w.group_key
-		WHERE w.tenant = $1 AND w.meter = $2 AND w.granularity = $3 AND w.window_start = $4
+		WHERE w.tenant = $1 AND w.meter = $2 AND w.granularity = $3 AND w.window_start = $4 AND `+meterPeriodIndexed+`
 		ORDER BY w.value DESC, w.group_key LIMIT $5`, tenant, qr.status.Meter, string(qr.period), start, MaxQuotaGroups)
 	if err != nil {
 		return nil, 0, err
