@@ -164,23 +164,28 @@ func evaluateMeterQuotas(ctx context.Context, tx pgx.Tx, meters *meterset.Set, i
 			}
 		}
 	}
-	var breaches []quota.Breach
+	// Every threshold reached, then recorded in one statement: those
+	// recorded now for the first time are this batch's breaches.
+	var reached []quota.Breach
 	for pk := range touched {
-		if breaches, err = recordBreaches(ctx, tx, pk, implicit[[2]string{pk.tenant, pk.metric}], now, breaches); err != nil {
+		if reached, err = implicitBreaches(ctx, tx, pk, implicit[[2]string{pk.tenant, pk.metric}], now, reached); err != nil {
 			return nil, err
 		}
 	}
-	for mk, g := range groups {
-		r := rules[mk.rule]
-		m, ok := meters.Named(r.Meter)
-		if !ok {
-			continue
-		}
-		if breaches, err = recordMeterBreaches(ctx, tx, m.Definition, r, mk, g, now, breaches); err != nil {
-			return nil, err
+	if reached, err = meterBreaches(ctx, tx, meters, rules, groups, now, reached); err != nil {
+		return nil, err
+	}
+	sortBreaches(reached)
+	recorded, err := usagedata.RecordBreaches(ctx, tx, reached)
+	if err != nil {
+		return nil, err
+	}
+	var breaches []quota.Breach
+	for i, b := range reached {
+		if recorded[i] {
+			breaches = append(breaches, b)
 		}
 	}
-	sortBreaches(breaches)
 	msgs := make([]outbox.Message, len(breaches))
 	for i, b := range breaches {
 		v, err := json.Marshal(b)
@@ -238,63 +243,76 @@ func quotaRules(ctx context.Context, tx pgx.Tx, incs []increment) ([]rule, error
 	return usagedata.QuotaRules(ctx, tx, tenantList)
 }
 
-// recordBreaches reads the usage of period pk, records every threshold of
-// r it has reached, and appends to breaches those recorded for the first
-// time.
-func recordBreaches(ctx context.Context, tx pgx.Tx, pk periodKey, r rule, now time.Time, breaches []quota.Breach) ([]quota.Breach, error) {
+// implicitBreaches reads the usage of period pk and appends to reached a
+// breach for every threshold of r it has reached.
+func implicitBreaches(ctx context.Context, tx pgx.Tx, pk periodKey, r rule, now time.Time, reached []quota.Breach) ([]quota.Breach, error) {
 	value, err := usagedata.WindowValue(ctx, tx, pk.tenant, pk.metric, r.Period, pk.start)
 	if err != nil {
 		return nil, err
 	}
 	for _, th := range quota.Reached(r.Evaluate(value)) {
-		b := quota.Breach{
+		reached = append(reached, quota.Breach{
 			BreachID: quota.BreachID(pk.tenant, pk.metric, pk.start, string(th)), Tenant: pk.tenant, Metric: pk.metric,
 			Meter: pk.metric, Group: quota.WholeMeter,
 			PeriodStart: pk.start, PeriodEnd: r.Period.End(pk.start), Limit: *r.Limit, Value: value,
 			Threshold: string(th), DetectedAt: now,
-		}
-		if breaches, err = recordOnce(ctx, tx, b, breaches); err != nil {
-			return nil, err
-		}
+		})
 	}
-	return breaches, nil
+	return reached, nil
 }
 
-// recordMeterBreaches reads the usage of a period of a quota r on the
-// defined meter m: the value of group g for a per_group quota, else the
-// meter's value over the groups matching r's filter. It records every
-// threshold reached and appends to breaches those recorded for the first
-// time. A breach's group key is g's key for a per_group quota, the
-// filter as a JSON object with sorted keys for a filter quota ("" for
-// none): so per_group and filter breaches never share a key.
-func recordMeterBreaches(ctx context.Context, tx pgx.Tx, m meter.Definition, r rule, mk meterPeriodKey, g meter.Group, now time.Time, breaches []quota.Breach) ([]quota.Breach, error) {
-	var value *big.Int
-	var groupKey string
-	var group json.RawMessage
-	var err error
-	if r.PerGroup {
-		value, err = usagedata.GroupValue(ctx, tx, r.Tenant, m.Name, mk.group, r.Period, mk.start)
-		groupKey = mk.group
-		group, _ = g.MarshalJSON() // never fails
-	} else {
-		value, err = usagedata.MeterValue(ctx, tx, r.Tenant, m.Name, m.Aggregation, m.GroupBy, r.Filter, r.Period, mk.start)
-		group, groupKey = filterJSON(r.Filter)
+// meterBreaches reads the usage of the periods of quotas on defined meters
+// in groups (per_group quotas' groups in one statement; a filter quota's
+// value over the groups matching its filter) and appends to reached a
+// breach for every threshold reached. A breach's group key is the group's
+// key for a per_group quota, the filter as a JSON object with sorted keys
+// for a filter quota ("" for none): per_group and filter breaches never
+// share a key.
+func meterBreaches(ctx context.Context, tx pgx.Tx, meters *meterset.Set, rules []rule, groups map[meterPeriodKey]meter.Group,
+	now time.Time, reached []quota.Breach) ([]quota.Breach, error) {
+	var perGroup []meterPeriodKey
+	var windowsOf []usagedata.GroupWindow
+	for mk := range groups {
+		r := rules[mk.rule]
+		m, ok := meters.Named(r.Meter)
+		if !ok {
+			continue
+		}
+		if r.PerGroup {
+			perGroup = append(perGroup, mk)
+			windowsOf = append(windowsOf, usagedata.GroupWindow{Tenant: r.Tenant, Meter: m.Name, GroupKey: mk.group, Granularity: r.Period, Start: mk.start})
+			continue
+		}
+		value, err := usagedata.MeterValue(ctx, tx, r.Tenant, m.Name, m.Aggregation, m.GroupBy, r.Filter, r.Period, mk.start)
+		if err != nil {
+			return nil, err
+		}
+		group, groupKey := filterJSON(r.Filter)
+		reached = appendReached(reached, r, mk, groupKey, group, value, now)
 	}
+	values, err := usagedata.GroupValues(ctx, tx, windowsOf)
 	if err != nil {
 		return nil, err
 	}
+	for i, mk := range perGroup {
+		group, _ := groups[mk].MarshalJSON() // never fails
+		reached = appendReached(reached, rules[mk.rule], mk, mk.group, group, values[i], now)
+	}
+	return reached, nil
+}
+
+// appendReached appends to reached a breach of quota r on its meter for
+// every threshold value reaches in period mk.
+func appendReached(reached []quota.Breach, r rule, mk meterPeriodKey, groupKey string, group json.RawMessage, value *big.Int, now time.Time) []quota.Breach {
 	for _, th := range quota.Reached(r.Evaluate(value)) {
-		b := quota.Breach{
-			BreachID: quota.MeterBreachID(r.Tenant, m.Name, groupKey, mk.start, string(th)), Tenant: r.Tenant, Metric: r.Metric,
-			Meter: m.Name, Group: group, GroupKey: groupKey,
+		reached = append(reached, quota.Breach{
+			BreachID: quota.MeterBreachID(r.Tenant, r.Meter, groupKey, mk.start, string(th)), Tenant: r.Tenant, Metric: r.Metric,
+			Meter: r.Meter, Group: group, GroupKey: groupKey,
 			PeriodStart: mk.start, PeriodEnd: r.Period.End(mk.start), Limit: *r.Limit, Value: value,
 			Threshold: string(th), DetectedAt: now,
-		}
-		if breaches, err = recordOnce(ctx, tx, b, breaches); err != nil {
-			return nil, err
-		}
+		})
 	}
-	return breaches, nil
+	return reached
 }
 
 // filterJSON returns a filter as a JSON object with sorted keys, and as a
@@ -309,19 +327,6 @@ func filterJSON(filter map[string]string) (json.RawMessage, string) {
 	_ = enc.Encode(filter) // a map of strings always encodes, keys sorted
 	obj := bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
 	return obj, string(obj)
-}
-
-// recordOnce records b and appends it to breaches when it was recorded
-// now, for the first time.
-func recordOnce(ctx context.Context, tx pgx.Tx, b quota.Breach, breaches []quota.Breach) ([]quota.Breach, error) {
-	recorded, err := usagedata.RecordBreach(ctx, tx, b)
-	if err != nil {
-		return nil, err
-	}
-	if recorded {
-		breaches = append(breaches, b)
-	}
-	return breaches, nil
 }
 
 // sortBreaches puts breaches in the order consumers see a tenant's

@@ -178,3 +178,51 @@ func TestMeterQuotas(t *testing.T) {
 		t.Fatalf("history\n%q\nwant\n%q", read, want)
 	}
 }
+
+// BenchmarkApplyMeterQuotas applies batches of 500 events, each of its own
+// model (500 groups a batch, new ones each batch), to a tenant whose plan
+// has no quota on the meter, a per_group quota on it, or a filter quota on
+// one model: what evaluating quotas on groups adds to a batch.
+func BenchmarkApplyMeterQuotas(b *testing.B) {
+	for _, tc := range []struct {
+		name   string
+		quotas []accounts.Quota
+	}{
+		{"no meter quota", nil},
+		{"per_group", []accounts.Quota{{Metric: "tokens", Meter: "tokens_by_model", PerGroup: true, Limit: ptr(1 << 40), Period: "month", StripeEventName: "tokens"}}},
+		{"filter", []accounts.Quota{{Metric: "tokens", Meter: "tokens_by_model", Filter: map[string]string{"model": "m-0-7"}, Limit: ptr(1 << 40), Period: "month", StripeEventName: "tokens"}}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			a, db := newAgg(b)
+			ctx := context.Background()
+			def := meter.Definition{Name: "tokens_by_model", Metric: "tokens", Aggregation: meter.Sum, GroupBy: []string{"model"}}
+			if _, _, err := accounts.PutMeter(ctx, db.Pool, accounts.Meter{Name: def.Name, Metric: def.Metric, Aggregation: string(def.Aggregation), GroupBy: def.GroupBy}); err != nil {
+				b.Fatal(err)
+			}
+			st := accounts.New(db.Pool)
+			quotas := append([]accounts.Quota{{Metric: "tokens", Limit: ptr(1 << 40), Period: "month", StripeEventName: "tokens"}}, tc.quotas...)
+			if _, err := st.PutPlan(ctx, accounts.Plan{Name: "p", Quotas: quotas}); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := st.PutTenant(ctx, accounts.Tenant{Tenant: "acme", Plan: "p"}); err != nil {
+				b.Fatal(err)
+			}
+			offset := int64(0)
+			n := 0
+			for b.Loop() {
+				items := make([]any, 500)
+				for i := range items {
+					e := ev(fmt.Sprint("e", n, "-", i), "acme", "tokens", 1, now)
+					e.Properties = map[string]string{"model": fmt.Sprint("m-", n, "-", i)}
+					items[i] = e
+				}
+				n++
+				res, err := a.Apply(ctx, 0, offset-boolToInt(offset == 0), batch(offset, items...))
+				if err != nil {
+					b.Fatal(err)
+				}
+				offset = res.NextOffset
+			}
+		})
+	}
+}

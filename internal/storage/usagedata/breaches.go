@@ -50,9 +50,9 @@ func StoredKey(key string) string {
 // the window stores it as itself or as its digest.
 func GroupValue(ctx context.Context, q storage.Executor, tenant, meterName, groupKey string, g windows.Granularity, start time.Time) (*big.Int, error) {
 	var used pgtype.Numeric
-	if err := q.QueryRow(ctx, `SELECT (SELECT value FROM usage_windows
-			WHERE tenant = $1 AND meter = $2 AND group_key IN ($3, $4) AND granularity = $5 AND window_start = $6
-			ORDER BY group_key = $3 DESC LIMIT 1)`,
+	if err := q.QueryRow(ctx, `SELECT coalesce(
+			(SELECT value FROM usage_windows WHERE tenant = $1 AND meter = $2 AND group_key = $3 AND granularity = $5 AND window_start = $6),
+			(SELECT value FROM usage_windows WHERE tenant = $1 AND meter = $2 AND group_key = $4 AND granularity = $5 AND window_start = $6))`,
 		tenant, meterName, groupKey, StoredKey(groupKey), string(g), start).Scan(&used); err != nil {
 		return nil, fmt.Errorf("reading usage of %s/%s group %.64q: %w", tenant, meterName, groupKey, err)
 	}
@@ -144,26 +144,116 @@ func MeterValue(ctx context.Context, q storage.Executor, tenant, meterName strin
 	return NumericInt(used), nil
 }
 
+// GroupWindow names one group's window: tenant, meter, group key (as
+// meter.Group.Key makes it), granularity and start.
+type GroupWindow struct {
+	Tenant, Meter, GroupKey string
+	Granularity             windows.Granularity
+	Start                   time.Time
+}
+
+// GroupValues returns the value of each window of ws (0 for a window that
+// does not exist), in the order of ws, in one statement: GroupValue for
+// many groups.
+func GroupValues(ctx context.Context, q storage.Executor, ws []GroupWindow) ([]*big.Int, error) {
+	out := make([]*big.Int, len(ws))
+	if len(ws) == 0 {
+		return out, nil
+	}
+	n := len(ws)
+	ts, ms, ks, ds, gs, ss := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]time.Time, n)
+	for i, w := range ws {
+		ts[i], ms[i], ks[i], ds[i], gs[i], ss[i] = w.Tenant, w.Meter, w.GroupKey, StoredKey(w.GroupKey), string(w.Granularity), w.Start
+		out[i] = new(big.Int)
+	}
+	// The window under the key itself, else under its digest: two lookups
+	// by the primary key (an OR of the two would not use it).
+	rows, err := q.Query(ctx, `SELECT b.i, coalesce(
+			(SELECT w.value FROM usage_windows w WHERE w.tenant = b.t AND w.meter = b.m AND w.group_key = b.k AND w.granularity = b.g AND w.window_start = b.s),
+			(SELECT w.value FROM usage_windows w WHERE w.tenant = b.t AND w.meter = b.m AND w.group_key = b.d AND w.granularity = b.g AND w.window_start = b.s))
+		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[]) WITH ORDINALITY AS b(t, m, k, d, g, s, i)`,
+		ts, ms, ks, ds, gs, ss)
+	if err != nil {
+		return nil, fmt.Errorf("reading usage of %d groups: %w", n, err)
+	}
+	for rows.Next() {
+		var i int64
+		var used pgtype.Numeric
+		if err := rows.Scan(&i, &used); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("reading usage of %d groups: %w", n, err)
+		}
+		out[i-1] = NumericInt(used)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("reading usage of %d groups: %w", n, err)
+	}
+	return out, nil
+}
+
 // RecordBreach records b unless a breach with its id, or of its (tenant,
 // meter, group key, period, threshold), is recorded already, and reports
-// whether it recorded it: each crossing is recorded once. An empty
-// b.Meter is b.Metric, a nil b.Group {}; b.GroupKey is stored as
-// StoredKey stores it.
+// whether it recorded it: each crossing is recorded once.
 func RecordBreach(ctx context.Context, q storage.Executor, b quota.Breach) (bool, error) {
-	meterName, group := b.Meter, b.Group
-	if meterName == "" {
-		meterName = b.Metric
-	}
-	if len(group) == 0 {
-		group = quota.WholeMeter
-	}
-	tag, err := q.Exec(ctx, `INSERT INTO quota_breaches (breach_id, tenant, metric, period_start, period_end, threshold, quota_limit, value, detected_at,
-				meter, group_key, group_values)
-				VALUES ($1, $2, $3, $4, $5, $6, $7, $8::numeric, $9, $10, $11, $12::jsonb) ON CONFLICT DO NOTHING`,
-		b.BreachID, b.Tenant, b.Metric, b.PeriodStart, b.PeriodEnd, b.Threshold, b.Limit, b.Value.String(), b.DetectedAt,
-		meterName, StoredKey(b.GroupKey), string(group))
+	recorded, err := RecordBreaches(ctx, q, []quota.Breach{b})
 	if err != nil {
-		return false, fmt.Errorf("recording breach: %w", err)
+		return false, err
 	}
-	return tag.RowsAffected() == 1, nil
+	return recorded[0], nil
+}
+
+// RecordBreaches records, in one statement and in the order given, each
+// breach of bs unless a breach with its id, or of its (tenant, meter,
+// group key, period, threshold), is recorded already (or comes earlier in
+// bs), and reports for each whether it recorded it. An empty Meter is the
+// metric, a nil Group {}; GroupKey is stored as StoredKey stores it.
+func RecordBreaches(ctx context.Context, q storage.Executor, bs []quota.Breach) ([]bool, error) {
+	recorded := make([]bool, len(bs))
+	if len(bs) == 0 {
+		return recorded, nil
+	}
+	n := len(bs)
+	ids, tenants, metrics, thresholds, values, meters, keys, groups := make([]string, n), make([]string, n), make([]string, n), make([]string, n),
+		make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	starts, ends, detected := make([]time.Time, n), make([]time.Time, n), make([]time.Time, n)
+	limits := make([]int64, n)
+	at := make(map[string]int, n)
+	for i, b := range bs {
+		meterName, group := b.Meter, b.Group
+		if meterName == "" {
+			meterName = b.Metric
+		}
+		if len(group) == 0 {
+			group = quota.WholeMeter
+		}
+		ids[i], tenants[i], metrics[i], thresholds[i], values[i] = b.BreachID, b.Tenant, b.Metric, b.Threshold, b.Value.String()
+		meters[i], keys[i], groups[i] = meterName, StoredKey(b.GroupKey), string(group)
+		starts[i], ends[i], detected[i], limits[i] = b.PeriodStart, b.PeriodEnd, b.DetectedAt, b.Limit
+		if _, dup := at[b.BreachID]; !dup {
+			at[b.BreachID] = i
+		}
+	}
+	rows, err := q.Query(ctx, `INSERT INTO quota_breaches (breach_id, tenant, metric, period_start, period_end, threshold, quota_limit, value, detected_at,
+				meter, group_key, group_values)
+			SELECT id, t, m, ps, pe, th, l, v::numeric, d, mt, k, gv::jsonb
+			FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::text[], $7::bigint[], $8::text[], $9::timestamptz[],
+				$10::text[], $11::text[], $12::text[]) WITH ORDINALITY AS b(id, t, m, ps, pe, th, l, v, d, mt, k, gv, i)
+			ORDER BY i
+			ON CONFLICT DO NOTHING RETURNING breach_id`,
+		ids, tenants, metrics, starts, ends, thresholds, limits, values, detected, meters, keys, groups)
+	if err != nil {
+		return nil, fmt.Errorf("recording %d breaches: %w", n, err)
+	}
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("recording %d breaches: %w", n, err)
+		}
+		recorded[at[id]] = true
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("recording %d breaches: %w", n, err)
+	}
+	return recorded, nil
 }

@@ -17,7 +17,7 @@ import (
 // MeterValue folds the month windows of the groups matching a filter as
 // each aggregation folds events (latest ties on time broken by id,
 // distinct values across groups counted once), finds groups stored by
-// their digest, and GroupValue reads one group's window.
+// their digest, and GroupValue and GroupValues read groups' windows.
 func TestMeterValueOverMatchingGroups(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -91,9 +91,19 @@ func TestMeterValueOverMatchingGroups(t *testing.T) {
 			})
 		}
 	}
-	for key, want := range map[string]string{`["gpt-4","eu"]`: "17", `[null,"eu"]`: "5", longKey: "1000", `["gpt-5","eu"]`: "0"} {
-		if got, err := usagedata.GroupValue(ctx, db.Pool, "acme", "m_sum", key, windows.Month, month); err != nil || got.String() != want {
-			t.Errorf("GroupValue(%.20s) = %v, %v; want %s", key, got, err, want)
+	keys := []string{`["gpt-4","eu"]`, `[null,"eu"]`, longKey, `["gpt-5","eu"]`}
+	want := []string{"17", "5", "1000", "0"}
+	var ws []usagedata.GroupWindow
+	for i, key := range keys {
+		if got, err := usagedata.GroupValue(ctx, db.Pool, "acme", "m_sum", key, windows.Month, month); err != nil || got.String() != want[i] {
+			t.Errorf("GroupValue(%.20s) = %v, %v; want %s", key, got, err, want[i])
 		}
+		ws = append(ws, usagedata.GroupWindow{Tenant: "acme", Meter: "m_sum", GroupKey: key, Granularity: windows.Month, Start: month})
+	}
+	ws = append(ws, usagedata.GroupWindow{Tenant: "acme", Meter: "m_sum", GroupKey: keys[0], Granularity: windows.Day, Start: month})
+	want = append(want, "0")
+	got, err := usagedata.GroupValues(ctx, db.Pool, ws)
+	if err != nil || fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("GroupValues = %v, %v; want %v", got, err, want)
 	}
 }
