@@ -1,10 +1,13 @@
-// Package quota decides a tenant's quota state for a metric from its usage
-// in the period: ok, warning (≥ 80 %), exceeded (≥ 100 %), blocked (a hard
-// quota beyond limit × (1 + burst)).
+// Package quota decides a tenant's quota state for a meter (a metric's
+// implicit meter, or a defined meter's groups) from its usage in the
+// period: ok, warning (≥ 80 %), exceeded (≥ 100 %), blocked (a hard quota
+// beyond limit × (1 + burst)), and names each breach.
 //
 // Invariant: the arithmetic is exact (integers of any size); states are
 // ordered, and a usage that reaches a state has also reached every state
-// below it.
+// below it (TestEvaluate, TestReached); a breach's id is a function of
+// what it is a breach of, and an implicit meter's (BreachID) never equals
+// a defined meter's (MeterBreachID) (TestBreachIDs).
 package quota
 
 import (
