@@ -15,5 +15,10 @@
 // whatever the batches and their order (TestAddMeterWindowsMatchesGroundTruth),
 // and DeleteExpired forgets ledger ids only of event days before the
 // cutoff its caller chooses, one before every event time the rollup can
-// still accept (TestDeleteExpired).
+// still accept (TestDeleteExpired). A quota's usage over a meter's groups
+// (MeterValue) is what the aggregation would give for those groups'
+// events alone (TestMeterValueOverMatchingGroups), and a breach is
+// recorded once per (tenant, meter, group key, period, threshold), before
+// and after the upgrade that keyed breaches by meter
+// (TestUpgradeKeepsQuotasAndBreachesAsImplicitMeters).
 package usagedata
