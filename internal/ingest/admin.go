@@ -2,13 +2,16 @@ package ingest
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 
@@ -30,6 +33,13 @@ type quotaBody struct {
 	Hard            bool            `json:"hard"`
 	StripeEventName string          `json:"stripe_event_name"`
 	UnitPrice       string          `json:"unit_price"`
+	// Meter names a defined meter of Metric; absent, empty or the metric
+	// itself is the metric's implicit meter.
+	Meter string `json:"meter"`
+	// Filter: group_by property = value pairs of the meter's groups the
+	// quota limits together; PerGroup: the same limit for each group.
+	Filter   map[string]string `json:"filter"`
+	PerGroup bool              `json:"per_group"`
 }
 
 var (
@@ -62,6 +72,14 @@ func (a *API) putPlan(w http.ResponseWriter, r *http.Request, _ auth.Principal) 
 		return
 	}
 	plan, err := planFromBody(name, body.Quotas)
+	if err == nil {
+		err = a.checkQuotaMeters(r.Context(), plan)
+	}
+	var internal *internalErr
+	if errors.As(err, &internal) {
+		a.internalError(w, r, internal.err)
+		return
+	}
 	if err != nil {
 		httpjson.Error(w, http.StatusBadRequest, "invalid_request", err.Error())
 		return
@@ -123,20 +141,31 @@ func decodeOptionalObject(r *http.Request, v any) error {
 
 func planFromBody(name string, qs []quotaBody) (accounts.Plan, error) {
 	if qs == nil {
-		return accounts.Plan{}, errors.New(`"quotas" is required: a list of {"metric", "limit", "period", "burst_percent", "hard", "stripe_event_name"}`)
+		return accounts.Plan{}, errors.New(`"quotas" is required: a list of {"metric", "limit", "period", "burst_percent", "hard", "stripe_event_name", "unit_price", "meter", "filter", "per_group"}`)
 	}
 	plan := accounts.Plan{Name: name}
-	seen := map[string]bool{}
+	seen := map[string]int{}
 	for i, q := range qs {
 		field := func(f string) string { return fmt.Sprintf("quotas[%d].%s", i, f) }
 		if !events.ValidName(q.Metric) {
 			return plan, fmt.Errorf("%s must be 1-128 characters of A-Z a-z 0-9 . _ : -, got %q", field("metric"), q.Metric)
 		}
-		if seen[q.Metric] {
-			return plan, fmt.Errorf("%s: metric %q appears twice", field("metric"), q.Metric)
+		out := accounts.Quota{Metric: q.Metric, Period: q.Period, BurstPercent: q.BurstPercent, Hard: q.Hard, StripeEventName: q.StripeEventName, UnitPrice: q.UnitPrice,
+			Filter: q.Filter, PerGroup: q.PerGroup}
+		if q.Meter != q.Metric {
+			out.Meter = q.Meter
 		}
-		seen[q.Metric] = true
-		out := accounts.Quota{Metric: q.Metric, Period: q.Period, BurstPercent: q.BurstPercent, Hard: q.Hard, StripeEventName: q.StripeEventName, UnitPrice: q.UnitPrice}
+		if err := checkQuotaGroups(out, field); err != nil {
+			return plan, err
+		}
+		key := quotaKey(out)
+		if j, ok := seen[key]; ok {
+			if out.Meter == "" {
+				return plan, fmt.Errorf("%s: metric %q appears twice (quotas[%d]); a plan holds one quota on a metric's implicit meter", field("metric"), q.Metric, j)
+			}
+			return plan, fmt.Errorf("%s: the quota on meter %q with this filter and per_group appears twice (quotas[%d])", field("meter"), out.Meter, j)
+		}
+		seen[key] = i
 		if q.UnitPrice != "" && !priceRE.MatchString(q.UnitPrice) {
 			return plan, fmt.Errorf("%s must be a decimal string such as \"0.002\" (the price of one unit), got %q", field("unit_price"), q.UnitPrice)
 		}
@@ -169,6 +198,106 @@ func planFromBody(name string, qs []quotaBody) (accounts.Plan, error) {
 		plan.Quotas = append(plan.Quotas, out)
 	}
 	return plan, nil
+}
+
+// checkQuotaGroups checks what a quota says of a meter's groups, without
+// the meter's definition (checkQuotaMeters has it): the implicit meter has
+// none; a defined meter's quota is on some groups (a filter) or on each
+// (per_group), not both, and is not priced (billing reads the metric's
+// implicit quota).
+func checkQuotaGroups(q accounts.Quota, field func(string) string) error {
+	if q.Meter == "" {
+		switch {
+		case len(q.Filter) > 0:
+			return fmt.Errorf("%s: the implicit meter %q has no groups to filter; name a defined meter of the metric in %s", field("filter"), q.Metric, field("meter"))
+		case q.PerGroup:
+			return fmt.Errorf("%s: the implicit meter %q has no groups; name a defined meter of the metric in %s", field("per_group"), q.Metric, field("meter"))
+		}
+		return nil
+	}
+	if !events.ValidName(q.Meter) {
+		return fmt.Errorf("%s must be a meter name (1-128 characters of A-Z a-z 0-9 . _ : -), got %q", field("meter"), q.Meter)
+	}
+	if q.PerGroup && len(q.Filter) > 0 {
+		return fmt.Errorf("%s: a per_group quota sets one limit for each group and takes no filter; make one quota per filter instead", field("filter"))
+	}
+	if q.UnitPrice != "" {
+		return fmt.Errorf("%s: prices are set on the metric's implicit quota (meter absent), not on meter %q", field("unit_price"), q.Meter)
+	}
+	for _, k := range sortedKeys(q.Filter) {
+		if v := q.Filter[k]; len(v) > events.MaxPropertyValueLen || !utf8.ValidString(v) {
+			return fmt.Errorf("%s must be a property value (valid UTF-8, at most %d bytes)", field("filter."+truncateField(k)), events.MaxPropertyValueLen)
+		}
+	}
+	return nil
+}
+
+// quotaKey is what identifies a quota in its plan: metric, meter, filter
+// and per_group.
+func quotaKey(q accounts.Quota) string {
+	filter, _ := json.Marshal(q.Filter) // a map of strings always encodes, keys sorted
+	return fmt.Sprintf("%s\x00%s\x00%s\x00%t", q.Metric, q.Meter, filter, q.PerGroup)
+}
+
+// internalErr is an error of the store, not of the request.
+type internalErr struct{ err error }
+
+func (e *internalErr) Error() string { return e.err.Error() }
+
+// checkQuotaMeters checks each quota on a defined meter against the
+// meter's definition: the meter exists and counts the quota's metric, the
+// filter names only its group_by properties, and per_group needs groups.
+func (a *API) checkQuotaMeters(ctx context.Context, p accounts.Plan) error {
+	for i, q := range p.Quotas {
+		if q.Meter == "" {
+			continue
+		}
+		field := func(f string) string { return fmt.Sprintf("quotas[%d].%s", i, f) }
+		m, err := a.opt.Store.LookupMeter(ctx, q.Meter)
+		if errors.Is(err, accounts.ErrNotFound) {
+			return fmt.Errorf("%s: no meter %q; define it first with PUT /v1/admin/meters/%s, or leave meter out for the implicit meter of %q", field("meter"), q.Meter, q.Meter, q.Metric)
+		}
+		if err != nil {
+			return &internalErr{err}
+		}
+		if m.Metric != q.Metric {
+			return fmt.Errorf("%s: meter %q counts metric %q, not %q", field("meter"), q.Meter, m.Metric, q.Metric)
+		}
+		for _, k := range sortedKeys(q.Filter) {
+			if !slices.Contains(m.GroupBy, k) {
+				return fmt.Errorf("%s: %q is not among the group_by properties of meter %q (%s)", field("filter."+truncateField(k)), k, q.Meter, groupByList(m.GroupBy))
+			}
+		}
+		if q.PerGroup && len(m.GroupBy) == 0 {
+			return fmt.Errorf("%s: meter %q has no group_by properties, so no groups to limit one by one", field("per_group"), q.Meter)
+		}
+	}
+	return nil
+}
+
+func groupByList(groupBy []string) string {
+	if len(groupBy) == 0 {
+		return "it has none"
+	}
+	b, _ := json.Marshal(groupBy)
+	return "group_by " + string(b)
+}
+
+// truncateField shortens a client's key for an error's field name.
+func truncateField(k string) string {
+	if len(k) > 32 || !utf8.ValidString(k) {
+		return strings.ToValidUTF8(k[:min(len(k), 32)], "?") + "..."
+	}
+	return k
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
 }
 
 func (a *API) getPlan(w http.ResponseWriter, r *http.Request, _ auth.Principal) {

@@ -59,20 +59,29 @@ async function load() {
   const q = await api(`/v1/quotas/${encodeURIComponent(tenant)}`);
   document.getElementById("plan").textContent = q.plan || "none";
   const rows = document.getElementById("quotas");
-  for (const x of q.quotas) {
+  // A quota on a defined meter is labelled with the meter and its groups
+  // (a filter, or per group: the state of the group with the most usage).
+  const implicit = (x) => !x.meter || x.meter === x.metric;
+  q.quotas.forEach((x, i) => {
+    const id = implicit(x) ? x.metric : `${x.meter}-${i}`;
+    let label = x.metric;
+    if (!implicit(x)) {
+      const filter = Object.entries(x.filter || {}).map(([k, v]) => `${k}=${v}`).join(", ");
+      label += ` · ${x.meter}` + (x.per_group ? " (per group)" : filter ? ` (${filter})` : "");
+    }
     const tr = el("tr", { "data-metric": x.metric });
-    tr.append(cell(x.metric),
-      cell(x.limit === null ? "unlimited" : String(x.limit), `quota-limit-${x.metric}`, "num"),
-      cell(String(x.used), `quota-used-${x.metric}`, "num"),
-      cell(x.remaining === null ? "unlimited" : String(x.remaining), `quota-remaining-${x.metric}`, "num"));
-    const st = el("td"); st.append(el("span", { "class": "state " + x.state, "data-testid": `quota-state-${x.metric}` }, x.state));
+    tr.append(cell(label),
+      cell(x.limit === null ? "unlimited" : String(x.limit), `quota-limit-${id}`, "num"),
+      cell(String(x.used), `quota-used-${id}`, "num"),
+      cell(x.remaining === null ? "unlimited" : String(x.remaining), `quota-remaining-${id}`, "num"));
+    const st = el("td"); st.append(el("span", { "class": "state " + x.state, "data-testid": `quota-state-${id}` }, x.state));
     tr.append(st); rows.append(tr);
-  }
+  });
   const now = new Date();
   const from = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), 1)).toISOString();
   document.getElementById("period").textContent = from.slice(0, 7);
   const charts = document.getElementById("charts");
-  for (const x of q.quotas) {
+  for (const x of q.quotas.filter(implicit)) {
     const u = await api(`/v1/usage?tenant=${encodeURIComponent(tenant)}&metric=${encodeURIComponent(x.metric)}&window=day&from=${from}`);
     const box = el("div", { "class": "chart", "data-testid": `chart-${x.metric}` });
     box.append(el("div", {}, x.metric + " · total "), chart(x.metric, u.windows));
@@ -95,7 +104,7 @@ async function load() {
   const tb = document.getElementById("breaches");
   for (const x of br.breaches) {
     const tr = el("tr", { "data-testid": "breach" });
-    tr.append(cell(x.detected_at.replace("T", " ").slice(0, 19)), cell(x.metric), cell(x.threshold), cell(`${x.value} / ${x.limit}`, undefined, "num"));
+    tr.append(cell(x.detected_at.replace("T", " ").slice(0, 19)), cell(x.meter && x.meter !== x.metric ? `${x.metric} · ${x.meter} ${JSON.stringify(x.group)}` : x.metric), cell(x.threshold), cell(`${x.value} / ${x.limit}`, undefined, "num"));
     tb.append(tr);
   }
   if (br.breaches.length === 0) { const tr = el("tr"); tr.append(cell("No breaches.")); tb.append(tr); }

@@ -1,13 +1,17 @@
-// Package quota decides a tenant's quota state for a metric from its usage
-// in the period: ok, warning (≥ 80 %), exceeded (≥ 100 %), blocked (a hard
-// quota beyond limit × (1 + burst)).
+// Package quota decides a tenant's quota state for a meter (a metric's
+// implicit meter, or a defined meter's groups) from its usage in the
+// period: ok, warning (≥ 80 %), exceeded (≥ 100 %), blocked (a hard quota
+// beyond limit × (1 + burst)), and names each breach.
 //
 // Invariant: the arithmetic is exact (integers of any size); states are
 // ordered, and a usage that reaches a state has also reached every state
-// below it.
+// below it (TestEvaluate, TestReached); a breach's id is a function of
+// what it is a breach of, and an implicit meter's (BreachID) never equals
+// a defined meter's (MeterBreachID) (TestBreachIDs).
 package quota
 
 import (
+	"encoding/json"
 	"fmt"
 	"math/big"
 	"time"
@@ -72,10 +76,20 @@ func Reached(s State) []State {
 
 // Breach is a threshold crossed in a period: the quota.breaches message,
 // a quota_breaches row, and an entry of a tenant's breach history.
+//
+// Meter is the meter whose usage crossed it (the metric for the implicit
+// meter) and Group the group it is counted over, an object of group_by
+// values (null for a missing property): a per_group quota's group, a
+// filter quota's filter, {} for a quota on a whole meter.
 type Breach struct {
-	BreachID    string    `json:"breach_id"`
-	Tenant      string    `json:"tenant"`
-	Metric      string    `json:"metric"`
+	BreachID string          `json:"breach_id"`
+	Tenant   string          `json:"tenant"`
+	Metric   string          `json:"metric"`
+	Meter    string          `json:"meter"`
+	Group    json.RawMessage `json:"group"`
+	// GroupKey identifies Group among the meter's breaches (stored, not
+	// sent): "" for a whole meter.
+	GroupKey    string    `json:"-"`
 	PeriodStart time.Time `json:"period_start"`
 	PeriodEnd   time.Time `json:"period_end"`
 	Limit       int64     `json:"limit"`
@@ -84,10 +98,22 @@ type Breach struct {
 	DetectedAt  time.Time `json:"detected_at"`
 }
 
+// WholeMeter is the Group of a breach of a quota on a whole meter.
+var WholeMeter = json.RawMessage(`{}`)
+
 var breachNamespace = uuid.MustParse("5b1f3c1e-8a0e-4f63-9a55-2f7d0c6a9e41")
 
-// BreachID is the stable id of a breach: the same (tenant, metric, period,
-// threshold) always has the same id, so consumers can deduplicate.
+// BreachID is the stable id of a breach of a quota on a metric's implicit
+// meter: the same (tenant, metric, period, threshold) always has the same
+// id, so consumers can deduplicate.
 func BreachID(tenant, metric string, periodStart time.Time, threshold string) string {
 	return uuid.NewSHA1(breachNamespace, fmt.Appendf(nil, "%s\x00%s\x00%s\x00%s", tenant, metric, periodStart.UTC().Format(time.RFC3339), threshold)).String()
+}
+
+// MeterBreachID is the stable id of a breach of a quota on a defined
+// meter: the same (tenant, meter, group key, period, threshold) always has
+// the same id. Its name is hashed after a "meter" field, so it never
+// equals a BreachID, whatever the names.
+func MeterBreachID(tenant, meter, groupKey string, periodStart time.Time, threshold string) string {
+	return uuid.NewSHA1(breachNamespace, fmt.Appendf(nil, "meter\x00%s\x00%s\x00%s\x00%s\x00%s", tenant, meter, groupKey, periodStart.UTC().Format(time.RFC3339), threshold)).String()
 }

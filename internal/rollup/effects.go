@@ -1,15 +1,19 @@
 package rollup
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/big"
 	"slices"
 	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/usagemeter/metering/internal/meter"
+	"github.com/usagemeter/metering/internal/meterset"
 	"github.com/usagemeter/metering/internal/quota"
 	"github.com/usagemeter/metering/internal/storage/deadletters"
 	"github.com/usagemeter/metering/internal/storage/outbox"
@@ -95,12 +99,24 @@ func corrections(ctx context.Context, tx pgx.Tx, incs []increment, now time.Time
 	return nil
 }
 
-// rule is a limited quota of a tenant's metric, with its period.
+// rule is a limited quota of a tenant's plan, with its period.
 type rule = usagedata.QuotaRule
 
-// evaluateQuotas checks every (tenant, metric, period) the batch touched
-// and records each threshold crossed for the first time.
+// evaluateQuotas evaluates the quotas of usage counted in implicit meters
+// only (increments without an event, such as a held conflict an operator
+// counted): see evaluateMeterQuotas.
 func evaluateQuotas(ctx context.Context, tx pgx.Tx, incs []increment, now time.Time) ([]quota.Breach, error) {
+	return evaluateMeterQuotas(ctx, tx, nil, incs, now)
+}
+
+// evaluateMeterQuotas checks every quota period the batch touched and
+// records each threshold crossed for the first time: a quota on a
+// metric's implicit meter per (tenant, metric, period), as before meters
+// existed; a quota on a defined meter per (tenant, quota, period) for a
+// filter quota whose groups the batch counted in, and per (tenant, quota,
+// period, group) for a per_group quota. meters are the definitions the
+// batch counted with (nil: none).
+func evaluateMeterQuotas(ctx context.Context, tx pgx.Tx, meters *meterset.Set, incs []increment, now time.Time) ([]quota.Breach, error) {
 	if len(incs) == 0 {
 		return nil, nil
 	}
@@ -108,21 +124,68 @@ func evaluateQuotas(ctx context.Context, tx pgx.Tx, incs []increment, now time.T
 	if err != nil || len(rules) == 0 {
 		return nil, err
 	}
+	implicit := map[[2]string]rule{}
+	onMeter := map[[2]string][]int{} // (tenant, meter) → indexes in rules
+	for i, r := range rules {
+		if r.Implicit() {
+			implicit[[2]string{r.Tenant, r.Metric}] = r
+		} else {
+			k := [2]string{r.Tenant, r.Meter}
+			onMeter[k] = append(onMeter[k], i)
+		}
+	}
 	touched := map[periodKey]bool{}
+	groups := map[meterPeriodKey]meter.Group{}
+	var key []byte
 	for _, in := range incs {
-		r, ok := rules[[2]string{in.tenant, in.metric}]
-		if !ok {
+		if r, ok := implicit[[2]string{in.tenant, in.metric}]; ok {
+			touched[periodKey{in.tenant, in.metric, r.Period.Start(in.at)}] = true
+		}
+		if in.ev == nil || len(onMeter) == 0 || meters == nil {
 			continue
 		}
-		touched[periodKey{in.tenant, in.metric, r.Period.Start(in.at)}] = true
+		for _, m := range meters.ForMetric(in.metric) {
+			idx := onMeter[[2]string{in.tenant, m.Name}]
+			if len(idx) == 0 || !m.Matches(*in.ev) {
+				continue
+			}
+			g := m.Group(*in.ev)
+			for _, i := range idx {
+				r := rules[i]
+				switch {
+				case r.Metric != m.Metric:
+					continue
+				case r.PerGroup:
+					key = g.AppendKey(key[:0])
+					groups[meterPeriodKey{i, r.Period.Start(in.at), string(key)}] = g
+				case groupMatches(g, r.Filter):
+					groups[meterPeriodKey{i, r.Period.Start(in.at), ""}] = meter.Group{}
+				}
+			}
+		}
 	}
-	var breaches []quota.Breach
+	// Every threshold reached, then recorded in one statement: those
+	// recorded now for the first time are this batch's breaches.
+	var reached []quota.Breach
 	for pk := range touched {
-		if breaches, err = recordBreaches(ctx, tx, pk, rules[[2]string{pk.tenant, pk.metric}], now, breaches); err != nil {
+		if reached, err = implicitBreaches(ctx, tx, pk, implicit[[2]string{pk.tenant, pk.metric}], now, reached); err != nil {
 			return nil, err
 		}
 	}
-	sortBreaches(breaches)
+	if reached, err = meterBreaches(ctx, tx, meters, rules, groups, now, reached); err != nil {
+		return nil, err
+	}
+	sortBreaches(reached)
+	recorded, err := usagedata.RecordBreaches(ctx, tx, reached)
+	if err != nil {
+		return nil, err
+	}
+	var breaches []quota.Breach
+	for i, b := range reached {
+		if recorded[i] {
+			breaches = append(breaches, b)
+		}
+	}
 	msgs := make([]outbox.Message, len(breaches))
 	for i, b := range breaches {
 		v, err := json.Marshal(b)
@@ -140,9 +203,35 @@ type periodKey struct {
 	start          time.Time
 }
 
-// quotaRules reads the limited quotas of the tenants incs touch, by
-// (tenant, metric).
-func quotaRules(ctx context.Context, tx pgx.Tx, incs []increment) (map[[2]string]rule, error) {
+// meterPeriodKey is one period of a quota on a defined meter (rule, an
+// index in the rules read), and for a per_group quota one group's key.
+type meterPeriodKey struct {
+	rule  int
+	start time.Time
+	group string
+}
+
+// groupMatches reports whether g carries each property = value of filter
+// (a missing property matches no value).
+func groupMatches(g meter.Group, filter map[string]string) bool {
+	for k, v := range filter {
+		found := false
+		for i := range g.Len() {
+			if g.Name(i) == k {
+				got, ok := g.Value(i)
+				found = ok && got == v
+				break
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
+// quotaRules reads the limited quotas of the tenants incs touch.
+func quotaRules(ctx context.Context, tx pgx.Tx, incs []increment) ([]rule, error) {
 	tenantSet := map[string]bool{}
 	for _, in := range incs {
 		tenantSet[in.tenant] = true
@@ -154,34 +243,95 @@ func quotaRules(ctx context.Context, tx pgx.Tx, incs []increment) (map[[2]string
 	return usagedata.QuotaRules(ctx, tx, tenantList)
 }
 
-// recordBreaches reads the usage of period pk, records every threshold of
-// r it has reached, and appends to breaches those recorded for the first
-// time.
-func recordBreaches(ctx context.Context, tx pgx.Tx, pk periodKey, r rule, now time.Time, breaches []quota.Breach) ([]quota.Breach, error) {
+// implicitBreaches reads the usage of period pk and appends to reached a
+// breach for every threshold of r it has reached.
+func implicitBreaches(ctx context.Context, tx pgx.Tx, pk periodKey, r rule, now time.Time, reached []quota.Breach) ([]quota.Breach, error) {
 	value, err := usagedata.WindowValue(ctx, tx, pk.tenant, pk.metric, r.Period, pk.start)
 	if err != nil {
 		return nil, err
 	}
 	for _, th := range quota.Reached(r.Evaluate(value)) {
-		b := quota.Breach{
+		reached = append(reached, quota.Breach{
 			BreachID: quota.BreachID(pk.tenant, pk.metric, pk.start, string(th)), Tenant: pk.tenant, Metric: pk.metric,
+			Meter: pk.metric, Group: quota.WholeMeter,
 			PeriodStart: pk.start, PeriodEnd: r.Period.End(pk.start), Limit: *r.Limit, Value: value,
 			Threshold: string(th), DetectedAt: now,
+		})
+	}
+	return reached, nil
+}
+
+// meterBreaches reads the usage of the periods of quotas on defined meters
+// in groups (per_group quotas' groups in one statement; a filter quota's
+// value over the groups matching its filter) and appends to reached a
+// breach for every threshold reached. A breach's group key is the group's
+// key for a per_group quota, the filter as a JSON object with sorted keys
+// for a filter quota ("" for none): per_group and filter breaches never
+// share a key.
+func meterBreaches(ctx context.Context, tx pgx.Tx, meters *meterset.Set, rules []rule, groups map[meterPeriodKey]meter.Group,
+	now time.Time, reached []quota.Breach) ([]quota.Breach, error) {
+	var perGroup []meterPeriodKey
+	var windowsOf []usagedata.GroupWindow
+	for mk := range groups {
+		r := rules[mk.rule]
+		m, ok := meters.Named(r.Meter)
+		if !ok {
+			continue
 		}
-		recorded, err := usagedata.RecordBreach(ctx, tx, b)
+		if r.PerGroup {
+			perGroup = append(perGroup, mk)
+			windowsOf = append(windowsOf, usagedata.GroupWindow{Tenant: r.Tenant, Meter: m.Name, GroupKey: mk.group, Granularity: r.Period, Start: mk.start})
+			continue
+		}
+		value, err := usagedata.MeterValue(ctx, tx, r.Tenant, m.Name, m.Aggregation, m.GroupBy, r.Filter, r.Period, mk.start)
 		if err != nil {
 			return nil, err
 		}
-		if recorded {
-			breaches = append(breaches, b)
-		}
+		group, groupKey := filterJSON(r.Filter)
+		reached = appendReached(reached, r, mk, groupKey, group, value, now)
 	}
-	return breaches, nil
+	values, err := usagedata.GroupValues(ctx, tx, windowsOf)
+	if err != nil {
+		return nil, err
+	}
+	for i, mk := range perGroup {
+		group, _ := groups[mk].MarshalJSON() // never fails
+		reached = appendReached(reached, rules[mk.rule], mk, mk.group, group, values[i], now)
+	}
+	return reached, nil
+}
+
+// appendReached appends to reached a breach of quota r on its meter for
+// every threshold value reaches in period mk.
+func appendReached(reached []quota.Breach, r rule, mk meterPeriodKey, groupKey string, group json.RawMessage, value *big.Int, now time.Time) []quota.Breach {
+	for _, th := range quota.Reached(r.Evaluate(value)) {
+		reached = append(reached, quota.Breach{
+			BreachID: quota.MeterBreachID(r.Tenant, r.Meter, groupKey, mk.start, string(th)), Tenant: r.Tenant, Metric: r.Metric,
+			Meter: r.Meter, Group: group, GroupKey: groupKey,
+			PeriodStart: mk.start, PeriodEnd: r.Period.End(mk.start), Limit: *r.Limit, Value: value,
+			Threshold: string(th), DetectedAt: now,
+		})
+	}
+	return reached
+}
+
+// filterJSON returns a filter as a JSON object with sorted keys, and as a
+// breach's group key: that object, or "" for no filter (a whole meter).
+func filterJSON(filter map[string]string) (json.RawMessage, string) {
+	if len(filter) == 0 {
+		return quota.WholeMeter, ""
+	}
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(filter) // a map of strings always encodes, keys sorted
+	obj := bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
+	return obj, string(obj)
 }
 
 // sortBreaches puts breaches in the order consumers see a tenant's
-// breaches: the order usage crossed them, per tenant, metric and period,
-// warning before exceeded before blocked.
+// breaches: the order usage crossed them, per tenant, metric, meter, group
+// and period, warning before exceeded before blocked.
 func sortBreaches(breaches []quota.Breach) {
 	rank := quota.Reached(quota.Blocked) // lowest first
 	slices.SortFunc(breaches, func(x, y quota.Breach) int {
@@ -189,6 +339,12 @@ func sortBreaches(breaches []quota.Breach) {
 			return c
 		}
 		if c := compareStrings(x.Metric, y.Metric); c != 0 {
+			return c
+		}
+		if c := compareStrings(x.Meter, y.Meter); c != 0 {
+			return c
+		}
+		if c := compareStrings(x.GroupKey, y.GroupKey); c != 0 {
 			return c
 		}
 		if c := x.PeriodStart.Compare(y.PeriodStart); c != 0 {

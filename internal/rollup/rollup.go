@@ -319,7 +319,7 @@ func (a *Aggregator) Apply(ctx context.Context, partition int, from int64, recs 
 	if err := corrections(ctx, tx, incs, now, &res); err != nil {
 		return Result{}, err
 	}
-	breaches, err := evaluateQuotas(ctx, tx, incs, now)
+	breaches, err := evaluateMeterQuotas(ctx, tx, meters, incs, now)
 	if err != nil {
 		return Result{}, err
 	}

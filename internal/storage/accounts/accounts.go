@@ -38,9 +38,20 @@ func (s *Store) Ping(ctx context.Context) error {
 	return nil
 }
 
-// Quota is one metric's limit in a plan.
+// Quota is one limit of a plan: on a metric's implicit meter (Meter
+// empty), or on a defined meter of the metric, over the groups matching
+// Filter or, PerGroup, on each group. Billing (StripeEventName, UnitPrice)
+// reads the implicit meter's quota of a metric only.
 type Quota struct {
 	Metric string `json:"metric"`
+	// Meter is the defined meter of Metric the quota limits; empty for the
+	// implicit meter (named as the metric), which JSON shows as the metric.
+	Meter string `json:"meter"`
+	// Filter holds group_by property = value pairs: the quota limits the
+	// meter's usage over the groups carrying them. Never nil when read.
+	Filter map[string]string `json:"filter"`
+	// PerGroup sets the limit for each group of the meter, on its own.
+	PerGroup bool `json:"per_group"`
 	// Limit is nil for an unlimited metric.
 	Limit           *int64 `json:"limit"`
 	Period          string `json:"period"`
@@ -75,14 +86,21 @@ func (s *Store) PutPlan(ctx context.Context, p Plan) (Plan, error) {
 			return err
 		}
 		for _, q := range p.Quotas {
-			var price *string
+			var price, meterName *string
 			if q.UnitPrice != "" {
 				price = &q.UnitPrice
 			}
+			if q.Meter != "" && q.Meter != q.Metric {
+				meterName = &q.Meter
+			}
+			filter := q.Filter
+			if filter == nil {
+				filter = map[string]string{}
+			}
 			if _, err := tx.Exec(ctx, `INSERT INTO plan_quotas
-				(plan, metric, quota_limit, period, burst_percent, hard, stripe_event_name, unit_price)
-				VALUES ($1, $2, $3, $4, $5, $6, $7, $8::numeric)`,
-				p.Name, q.Metric, q.Limit, q.Period, q.BurstPercent, q.Hard, q.StripeEventName, price); err != nil {
+				(plan, metric, quota_limit, period, burst_percent, hard, stripe_event_name, unit_price, meter, group_filter, per_group)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8::numeric, $9, $10, $11)`,
+				p.Name, q.Metric, q.Limit, q.Period, q.BurstPercent, q.Hard, q.StripeEventName, price, meterName, filter, q.PerGroup); err != nil {
 				return err
 			}
 		}
@@ -94,7 +112,8 @@ func (s *Store) PutPlan(ctx context.Context, p Plan) (Plan, error) {
 	return s.Plan(ctx, p.Name)
 }
 
-// Plan returns a plan with its quotas sorted by metric.
+// Plan returns a plan with its quotas sorted by metric, then meter (the
+// implicit meter's first), filter and per_group.
 func (s *Store) Plan(ctx context.Context, name string) (Plan, error) {
 	p := Plan{Name: name, Quotas: []Quota{}}
 	err := s.pool.QueryRow(ctx, `SELECT currency, updated_at FROM plans WHERE name = $1`, name).Scan(&p.Currency, &p.UpdatedAt)
@@ -104,20 +123,32 @@ func (s *Store) Plan(ctx context.Context, name string) (Plan, error) {
 	if err != nil {
 		return Plan{}, fmt.Errorf("reading plan %s: %w", name, err)
 	}
-	rows, err := s.pool.Query(ctx, `SELECT metric, quota_limit, period, burst_percent, hard, stripe_event_name, coalesce(unit_price::text, '')
-		FROM plan_quotas WHERE plan = $1 ORDER BY metric`, name)
+	rows, err := s.pool.Query(ctx, `SELECT metric, quota_limit, period, burst_percent, hard, stripe_event_name, coalesce(unit_price::text, ''),
+			coalesce(meter, metric), group_filter, per_group
+		FROM plan_quotas WHERE plan = $1 ORDER BY metric, meter NULLS FIRST, group_filter::text COLLATE "C", per_group`, name)
 	if err != nil {
 		return Plan{}, fmt.Errorf("reading quotas of plan %s: %w", name, err)
 	}
 	p.Quotas, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (Quota, error) {
 		var q Quota
-		err := r.Scan(&q.Metric, &q.Limit, &q.Period, &q.BurstPercent, &q.Hard, &q.StripeEventName, &q.UnitPrice)
+		err := r.Scan(&q.Metric, &q.Limit, &q.Period, &q.BurstPercent, &q.Hard, &q.StripeEventName, &q.UnitPrice,
+			&q.Meter, &q.Filter, &q.PerGroup)
+		if q.Filter == nil {
+			q.Filter = map[string]string{}
+		}
 		return q, err
 	})
 	if err != nil {
 		return Plan{}, fmt.Errorf("reading quotas of plan %s: %w", name, err)
 	}
 	return p, nil
+}
+
+// LookupMeter returns the defined meter name (GetMeter on the store's
+// pool), or ErrNotFound: what a plan's quota on that meter is checked
+// against.
+func (s *Store) LookupMeter(ctx context.Context, name string) (Meter, error) {
+	return GetMeter(ctx, s.pool, name)
 }
 
 // ListPlans returns the names of all plans.

@@ -105,7 +105,7 @@ func Deltas(ctx context.Context, q storage.Executor, oldest time.Time) ([]Delta,
 			coalesce(p.claimed, 0), coalesce(p.cancelled, 0), (bp.tenant IS NOT NULL)
 		FROM usage_windows w
 		JOIN tenants t ON t.tenant = w.tenant
-		JOIN plan_quotas q ON q.plan = t.plan AND q.metric = w.meter
+		JOIN plan_quotas q ON q.plan = t.plan AND q.metric = w.meter AND q.meter IS NULL
 		LEFT JOIN (SELECT tenant, metric, period_start, sum(delta) FILTER (WHERE status <> 'cancelled') AS claimed,
 				count(*) FILTER (WHERE status = 'cancelled') AS cancelled
 			FROM billing_pushes WHERE period_start >= $1 GROUP BY 1, 2, 3) p

@@ -111,7 +111,7 @@ type PeriodTotal struct {
 func PeriodTotals(ctx context.Context, q storage.Executor, period time.Time) ([]PeriodTotal, error) {
 	rows, err := q.Query(ctx, `WITH keys AS (
 			SELECT t.tenant, q.metric, coalesce(t.stripe_customer_id, '') AS customer, q.stripe_event_name
-			FROM tenants t JOIN plan_quotas q ON q.plan = t.plan
+			FROM tenants t JOIN plan_quotas q ON q.plan = t.plan AND q.meter IS NULL
 		), pushes AS (
 			SELECT tenant, metric,
 				sum(delta) FILTER (WHERE period_start = $1 AND status = 'sent') AS reported,

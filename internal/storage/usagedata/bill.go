@@ -1,7 +1,9 @@
 package usagedata
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/big"
 	"time"
@@ -54,7 +56,7 @@ func (r *Reader) Bill(ctx context.Context, tenant string, now time.Time) (Bill, 
 	if plan != nil {
 		rows, err := r.q.Query(ctx, `SELECT q.metric, q.unit_price::text, w.value FROM plan_quotas q
 			LEFT JOIN usage_windows w ON w.tenant = $1 AND w.meter = q.metric AND w.group_key = '' AND w.granularity = 'month' AND w.window_start = $3
-			WHERE q.plan = $2 AND q.unit_price IS NOT NULL ORDER BY q.metric`, tenant, *plan, start)
+			WHERE q.plan = $2 AND q.meter IS NULL AND q.unit_price IS NOT NULL ORDER BY q.metric`, tenant, *plan, start)
 		if err != nil {
 			return b, fmt.Errorf("reading prices of %s: %w", tenant, err)
 		}
@@ -104,7 +106,8 @@ func billRat(s string) *big.Rat {
 
 // Breaches returns tenant's breaches, newest first, at most limit.
 func (r *Reader) Breaches(ctx context.Context, tenant string, limit int) ([]quota.Breach, error) {
-	rows, err := r.q.Query(ctx, `SELECT breach_id, tenant, metric, threshold, period_start, period_end, quota_limit, value, detected_at
+	rows, err := r.q.Query(ctx, `SELECT breach_id, tenant, metric, threshold, period_start, period_end, quota_limit, value, detected_at,
+			meter, group_key, group_values::text
 		FROM quota_breaches WHERE tenant = $1 ORDER BY detected_at DESC, quota_limit, threshold LIMIT $2`, tenant, limit)
 	if err != nil {
 		return nil, fmt.Errorf("reading breaches of %s: %w", tenant, err)
@@ -112,8 +115,11 @@ func (r *Reader) Breaches(ctx context.Context, tenant string, limit int) ([]quot
 	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (quota.Breach, error) {
 		var b quota.Breach
 		var v pgtype.Numeric
-		err := row.Scan(&b.BreachID, &b.Tenant, &b.Metric, &b.Threshold, &b.PeriodStart, &b.PeriodEnd, &b.Limit, &v, &b.DetectedAt)
+		var group string
+		err := row.Scan(&b.BreachID, &b.Tenant, &b.Metric, &b.Threshold, &b.PeriodStart, &b.PeriodEnd, &b.Limit, &v, &b.DetectedAt,
+			&b.Meter, &b.GroupKey, &group)
 		b.Value = NumericInt(v)
+		b.Group = compactJSON(group)
 		b.PeriodStart, b.PeriodEnd, b.DetectedAt = b.PeriodStart.UTC(), b.PeriodEnd.UTC(), b.DetectedAt.UTC()
 		return b, err
 	})
@@ -121,4 +127,14 @@ func (r *Reader) Breaches(ctx context.Context, tenant string, limit int) ([]quot
 		return nil, fmt.Errorf("reading breaches of %s: %w", tenant, err)
 	}
 	return out, nil
+}
+
+// compactJSON returns Postgres's text of a jsonb value without the spaces
+// it adds (its keys in jsonb's order).
+func compactJSON(s string) json.RawMessage {
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, []byte(s)); err != nil {
+		return json.RawMessage(s)
+	}
+	return buf.Bytes()
 }

@@ -2,6 +2,7 @@ package usagedata
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/big"
@@ -10,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
 
+	"github.com/usagemeter/metering/internal/meter"
 	"github.com/usagemeter/metering/internal/quota"
 	"github.com/usagemeter/metering/internal/storage"
 	"github.com/usagemeter/metering/internal/windows"
@@ -66,10 +68,19 @@ func (r *Reader) Usage(ctx context.Context, tenant, metric string, g windows.Gra
 	return ws, total, nil
 }
 
-// QuotaStatus is one metric's quota in the current period.
+// QuotaStatus is one quota in the current period.
 type QuotaStatus struct {
 	Metric string `json:"metric"`
+	// Meter is the meter the quota limits: the metric for its implicit
+	// meter. Filter and PerGroup say which of its groups: those carrying
+	// Filter's values together (every group when empty), or each group
+	// on its own.
+	Meter    string            `json:"meter"`
+	Filter   map[string]string `json:"filter"`
+	PerGroup bool              `json:"per_group"`
 	// Limit and Remaining are nil (JSON null) for an unlimited metric.
+	// For a per_group quota, Used, Remaining and State are those of the
+	// group with the most usage.
 	Limit        *int64      `json:"limit"`
 	Used         *big.Int    `json:"used"`
 	Remaining    *big.Int    `json:"remaining"`
@@ -78,10 +89,38 @@ type QuotaStatus struct {
 	State        quota.State `json:"state"`
 	Hard         bool        `json:"hard"`
 	BurstPercent int         `json:"burst_percent"`
+	// Groups, for a per_group quota only, are the MaxQuotaGroups groups of
+	// the period with the most usage, most first (ties by group key), and
+	// GroupsTotal how many groups the period has.
+	Groups      []GroupStatus `json:"groups,omitzero"`
+	GroupsTotal int           `json:"groups_total,omitzero"`
+}
+
+// GroupStatus is one group's state under a per_group quota.
+type GroupStatus struct {
+	// Group is the group as an object of its group_by values (null for a
+	// missing property).
+	Group     json.RawMessage `json:"group"`
+	Used      *big.Int        `json:"used"`
+	Remaining *big.Int        `json:"remaining"`
+	State     quota.State     `json:"state"`
+}
+
+// MaxQuotaGroups is how many groups of a per_group quota Quotas shows.
+const MaxQuotaGroups = 20
+
+// quotaRow is a plan_quotas row with its meter's definition.
+type quotaRow struct {
+	status      QuotaStatus
+	period      windows.Granularity
+	aggregation string // "" for the implicit meter, or a meter not defined
+	groupBy     []string
 }
 
 // Quotas returns tenant's plan and the state of each of its quotas in the
-// period containing now.
+// period containing now, ordered by metric, meter (the implicit meter
+// first), filter and per_group. A quota on a meter no longer defined shows
+// no usage.
 func (r *Reader) Quotas(ctx context.Context, tenant string, now time.Time) (string, []QuotaStatus, error) {
 	var plan *string
 	err := r.q.QueryRow(ctx, `SELECT plan FROM tenants WHERE tenant = $1`, tenant).Scan(&plan)
@@ -94,38 +133,109 @@ func (r *Reader) Quotas(ctx context.Context, tenant string, now time.Time) (stri
 	if plan == nil {
 		return "", []QuotaStatus{}, nil
 	}
-	rows, err := r.q.Query(ctx, `SELECT q.metric, q.quota_limit, q.period, q.burst_percent, q.hard, w.value
-		FROM plan_quotas q
-		LEFT JOIN usage_windows w ON w.tenant = $1 AND w.meter = q.metric AND w.group_key = '' AND w.granularity = q.period
-			AND w.window_start = CASE q.period WHEN 'day' THEN date_trunc('day', $3::timestamptz AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
-				ELSE date_trunc('month', $3::timestamptz AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' END
-		WHERE q.plan = $2 ORDER BY q.metric`, tenant, *plan, now)
+	rows, err := r.q.Query(ctx, `SELECT q.metric, coalesce(q.meter, q.metric), q.group_filter, q.per_group, q.quota_limit, q.period, q.burst_percent, q.hard,
+			CASE WHEN q.meter IS NULL THEN '' ELSE coalesce(m.aggregation, '') END, coalesce(m.group_by, '{}')
+		FROM plan_quotas q LEFT JOIN meters m ON m.name = q.meter AND m.metric = q.metric
+		WHERE q.plan = $1 ORDER BY q.metric, q.meter NULLS FIRST, q.group_filter::text COLLATE "C", q.per_group`, *plan)
 	if err != nil {
 		return "", nil, fmt.Errorf("reading quotas of %s: %w", tenant, err)
 	}
-	qs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (QuotaStatus, error) {
-		var q QuotaStatus
+	qrs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (quotaRow, error) {
+		var qr quotaRow
+		q := &qr.status
 		var period string
-		var used pgtype.Numeric
-		if err := row.Scan(&q.Metric, &q.Limit, &period, &q.BurstPercent, &q.Hard, &used); err != nil {
-			return q, err
+		err := row.Scan(&q.Metric, &q.Meter, &q.Filter, &q.PerGroup, &q.Limit, &period, &q.BurstPercent, &q.Hard, &qr.aggregation, &qr.groupBy)
+		qr.period = windows.Granularity(period)
+		if q.Filter == nil {
+			q.Filter = map[string]string{}
 		}
-		g := windows.Granularity(period)
-		q.PeriodStart, q.PeriodEnd = g.Span(now)
-		q.Used = NumericInt(used)
-		q.State = quota.Rule{Limit: q.Limit, BurstPercent: q.BurstPercent, Hard: q.Hard}.Evaluate(q.Used)
-		if q.Limit != nil {
-			q.Remaining = new(big.Int).Sub(big.NewInt(*q.Limit), q.Used)
-			if q.Remaining.Sign() < 0 {
-				q.Remaining.SetInt64(0)
-			}
-		}
-		return q, nil
+		return qr, err
 	})
 	if err != nil {
 		return "", nil, fmt.Errorf("reading quotas of %s: %w", tenant, err)
 	}
+	qs := make([]QuotaStatus, len(qrs))
+	for i, qr := range qrs {
+		if qs[i], err = r.quotaStatus(ctx, tenant, qr, now); err != nil {
+			return "", nil, err
+		}
+	}
 	return *plan, qs, nil
+}
+
+// quotaStatus reads the usage of one quota in the period containing now.
+func (r *Reader) quotaStatus(ctx context.Context, tenant string, qr quotaRow, now time.Time) (QuotaStatus, error) {
+	q := qr.status
+	q.PeriodStart, q.PeriodEnd = qr.period.Span(now)
+	rule := quota.Rule{Limit: q.Limit, BurstPercent: q.BurstPercent, Hard: q.Hard}
+	var err error
+	switch {
+	case q.Meter == q.Metric:
+		q.Used, err = GroupValue(ctx, r.q, tenant, q.Meter, "", qr.period, q.PeriodStart)
+	case qr.aggregation == "":
+		q.Used = new(big.Int)
+	case q.PerGroup:
+		q.Used = new(big.Int)
+		q.Groups, q.GroupsTotal, err = r.topGroups(ctx, tenant, qr, q.PeriodStart, rule)
+		if len(q.Groups) > 0 {
+			q.Used = q.Groups[0].Used
+		}
+	default:
+		q.Used, err = MeterValue(ctx, r.q, tenant, q.Meter, meter.Aggregation(qr.aggregation), qr.groupBy, q.Filter, qr.period, q.PeriodStart)
+	}
+	if err != nil {
+		return q, fmt.Errorf("reading quotas of %s: %w", tenant, err)
+	}
+	q.State, q.Remaining = rule.Evaluate(q.Used), remaining(q.Limit, q.Used)
+	return q, nil
+}
+
+// topGroups reads the MaxQuotaGroups groups of qr's meter with the most
+// usage in the period starting at start, and how many groups it has.
+func (r *Reader) topGroups(ctx context.Context, tenant string, qr quotaRow, start time.Time, rule quota.Rule) ([]GroupStatus, int, error) {
+	rows, err := r.q.Query(ctx, `SELECT coalesce(k.group_key, w.group_key), w.value, count(*) OVER ()
+		FROM usage_windows w
+		LEFT JOIN meter_group_keys k ON k.meter = w.meter AND k.digest = w.group_key
+		WHERE w.tenant = $1 AND w.meter = $2 AND w.granularity = $3 AND w.window_start = $4 AND `+meterPeriodIndexed+`
+		ORDER BY w.value DESC, w.group_key LIMIT $5`, tenant, qr.status.Meter, string(qr.period), start, MaxQuotaGroups)
+	if err != nil {
+		return nil, 0, err
+	}
+	groups := []GroupStatus{}
+	total := 0
+	for rows.Next() {
+		var key string
+		var used pgtype.Numeric
+		if err := rows.Scan(&key, &used, &total); err != nil {
+			rows.Close()
+			return nil, 0, err
+		}
+		g := GroupStatus{Used: NumericInt(used), Group: json.RawMessage("null")}
+		// A key of another definition of the meter (its group_by changed)
+		// shows as a null group.
+		if parsed, err := meter.ParseGroupKey(qr.groupBy, key); err == nil {
+			g.Group, _ = parsed.MarshalJSON() // never fails
+		}
+		g.State, g.Remaining = rule.Evaluate(g.Used), remaining(rule.Limit, g.Used)
+		groups = append(groups, g)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, 0, err
+	}
+	return groups, total, nil
+}
+
+// remaining is what limit leaves of used, never below 0; nil when
+// unlimited.
+func remaining(limit *int64, used *big.Int) *big.Int {
+	if limit == nil {
+		return nil
+	}
+	r := new(big.Int).Sub(big.NewInt(*limit), used)
+	if r.Sign() < 0 {
+		r.SetInt64(0)
+	}
+	return r
 }
 
 // NumericInt converts an integer-valued Postgres numeric (NULL is 0) to a big.Int.

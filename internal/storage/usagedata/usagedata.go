@@ -20,5 +20,10 @@
 // swap continues from the rebuilt windows exactly
 // (TestShadowSwapMeterWindows); DeleteExpired forgets ledger ids only of
 // event days before the cutoff its caller chooses, one before every event
-// time the rollup can still accept (TestDeleteExpired).
+// time the rollup can still accept (TestDeleteExpired). A quota's usage
+// over a meter's groups (MeterValue) is what the aggregation would give
+// for those groups' events alone (TestMeterValueOverMatchingGroups), and a
+// breach is recorded once per (tenant, meter, group key, period,
+// threshold), before and after the upgrade that keyed breaches by meter
+// (TestUpgradeKeepsQuotasAndBreachesAsImplicitMeters).
 package usagedata
