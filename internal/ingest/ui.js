@@ -76,6 +76,14 @@ async function load() {
       cell(x.remaining === null ? "unlimited" : String(x.remaining), `quota-remaining-${id}`, "num"));
     const st = el("td"); st.append(el("span", { "class": "state " + x.state, "data-testid": `quota-state-${id}` }, x.state));
     tr.append(st); rows.append(tr);
+    // A per-group quota: one row per group the API lists (the busiest).
+    for (const g of (x.per_group && x.groups) || []) {
+      const gr = el("tr", { "data-testid": `quota-group-${id}` });
+      gr.append(cell("↳ " + groupLabel(g.group), undefined, "group"), cell(x.limit === null ? "unlimited" : String(x.limit), undefined, "num"),
+        cell(String(g.used), undefined, "num"), cell(g.remaining === null ? "unlimited" : String(g.remaining), undefined, "num"));
+      const gs = el("td"); gs.append(el("span", { "class": "state " + g.state }, g.state));
+      gr.append(gs); rows.append(gr);
+    }
   });
   const now = new Date();
   const from = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), 1)).toISOString();
@@ -88,6 +96,7 @@ async function load() {
     box.firstChild.append(el("strong", { "data-testid": `usage-total-${x.metric}` }, String(u.total)));
     charts.append(box);
   }
+  await loadMeters(from);
   const b = await api(`/v1/bill/${encodeURIComponent(tenant)}`);
   document.getElementById("currency").textContent = b.currency.toUpperCase();
   const bill = document.getElementById("bill");
@@ -109,6 +118,63 @@ async function load() {
   }
   if (br.breaches.length === 0) { const tr = el("tr"); tr.append(cell("No breaches.")); tb.append(tr); }
   await loadConflicts();
+}
+
+// groupLabel shows a group's values: "model=gpt-4, region=(none)".
+function groupLabel(group) {
+  const parts = Object.entries(group || {}).map(([k, v]) => `${k}=${v === null ? "(none)" : v}`);
+  return parts.length ? parts.join(", ") : "all";
+}
+
+// topGroups is how many groups a meter's table lists before "other".
+const topGroups = 5;
+
+// otherValue folds the groups past the top ones as the meter folds
+// events, or answers null where their values cannot be folded (the
+// latest value, or distinct values counted per group).
+function otherValue(aggregation, rest) {
+  if (aggregation === "sum" || aggregation === "count") return rest.reduce((a, t) => a + t.value, 0);
+  if (aggregation === "max") return Math.max(...rest.map(t => t.value));
+  return null;
+}
+
+// loadMeters fills "Meters this month": per defined meter that counted
+// the tenant's usage, its total and its busiest groups, then the others.
+// Group values come from the tenant's events: they go in as textContent.
+async function loadMeters(from) {
+  const box = document.getElementById("meters");
+  const ms = await api(`/v1/meters?tenant=${encodeURIComponent(tenant)}`);
+  if (ms.meters.length === 0) { box.append(el("p", { "class": "muted" }, "No meter counted your usage this month.")); return; }
+  for (const m of ms.meters) {
+    const groupBy = m.group_by.map(g => `&group_by=${encodeURIComponent(g)}`).join("");
+    const u = await api(`/v1/usage?tenant=${encodeURIComponent(tenant)}&meter=${encodeURIComponent(m.name)}&window=month&from=${from}${groupBy}`);
+    const what = m.aggregation === "unique_count" ? `distinct ${m.property}` : m.aggregation;
+    box.append(el("h3", { "data-testid": `meter-${m.name}` }, `${m.name} · ${what} of ${m.metric}` + (m.description ? ` · ${m.description}` : "")));
+    const table = el("table", { "data-testid": `meter-table-${m.name}` });
+    const head = el("tr");
+    head.append(el("th", {}, m.group_by.length ? m.group_by.join(", ") : "Group"), el("th", { "class": "num" }, "Value"), el("th", { "class": "num" }, "Events"));
+    const thead = el("thead"); thead.append(head); table.append(thead);
+    const body = el("tbody");
+    const totals = [...u.totals].sort((a, b) => b.value - a.value);
+    for (const t of totals.slice(0, topGroups)) {
+      const tr = el("tr", { "data-testid": `meter-group-${m.name}` });
+      tr.append(cell(groupLabel(t.group)), cell(String(t.value), undefined, "num"), cell(String(t.events), undefined, "num"));
+      body.append(tr);
+    }
+    const rest = totals.slice(topGroups);
+    if (rest.length > 0) {
+      const v = otherValue(m.aggregation, rest);
+      const tr = el("tr", { "data-testid": `meter-other-${m.name}` });
+      tr.append(cell(`other (${rest.length} groups)`), cell(v === null ? "—" : String(v), undefined, "num"),
+        cell(String(rest.reduce((a, t) => a + t.events, 0)), undefined, "num"));
+      body.append(tr);
+    }
+    const foot = el("tr");
+    foot.append(el("th", {}, "Total"), el("th", { "class": "num", "data-testid": `meter-total-${m.name}` }, String(u.total)), el("th"));
+    const tfoot = el("tfoot"); tfoot.append(foot);
+    table.append(body, tfoot);
+    box.append(table);
+  }
 }
 
 // The resolutions of a conflicting resend, as GET /v1/conflicts names them.

@@ -77,7 +77,7 @@ func newUIEnv(t *testing.T, now time.Time) *env {
 	db := pgtest.New(t)
 	st := accounts.New(db.Pool)
 	api := ingest.New(ingest.Options{
-		Store: st, Auth: auth.New(st, adminKey), Usage: usagedata.NewReader(db.Pool), Conflicts: usagedata.NewConflictReader(db.Pool),
+		Store: st, Auth: auth.New(st, adminKey), Usage: usagedata.NewReader(db.Pool), Conflicts: usagedata.NewConflictReader(db.Pool), DB: db.Pool,
 		KeyLimiter: ratelimit.New(1e6, 1e6), IPLimiter: ratelimit.New(1e6, 1e6), MaxBodyBytes: 1 << 20,
 		Logger: slog.New(slog.DiscardHandler), Registry: prometheus.NewRegistry(), Now: func() time.Time { return now },
 	})
@@ -465,5 +465,81 @@ func TestUsagePageCountsConflictsBeyondOneAnswer(t *testing.T) {
 	}
 	if len(violations) > 0 {
 		t.Errorf("the page violates its own Content-Security-Policy: %v", violations)
+	}
+}
+
+// TestUsagePageShowsMeters: the page lists each defined meter that counted
+// the tenant's usage this month, its five busiest groups with the API's
+// values, the rest folded into "other" (a sum for a sum meter, nothing for
+// a unique count), and the meter's total, all under the page's CSP.
+func TestUsagePageShowsMeters(t *testing.T) {
+	now := time.Now().UTC()
+	e := newUIEnv(t, now)
+	_, key := e.createKey(`{"tenant":"acme","scope":"read"}`)
+	e.do("PUT", "/v1/admin/plans/free", adminKey, "application/json", `{"quotas":[{"metric":"tokens","limit":null}]}`)
+	e.do("PUT", "/v1/admin/tenants/acme", adminKey, "application/json", `{"plan":"free"}`)
+	for name, body := range map[string]string{
+		"tokens_by_model": `{"metric":"tokens","aggregation":"sum","group_by":["model"],"description":"tokens per model"}`,
+		"token_users":     `{"metric":"tokens","aggregation":"unique_count","group_by":["model"],"property":"user"}`,
+	} {
+		if r := e.do("PUT", "/v1/admin/meters/"+name, adminKey, "application/json", body); r.status != http.StatusCreated {
+			t.Fatalf("PUT meter %s: %d %s", name, r.status, r.body)
+		}
+	}
+	// Seven models, model-i with (i+1) × 100 tokens from user-i; one event
+	// without a model.
+	agg := rollup.New(e.db.Pool, rollup.Config{Group: "g", Topic: topics.UsageEvents, Logger: slog.New(slog.DiscardHandler), Now: func() time.Time { return now }})
+	var recs []rollup.Record
+	at := now.Add(-time.Minute)
+	for i := range 8 {
+		props := map[string]string{"model": fmt.Sprint("model-", i), "user": fmt.Sprint("user-", i)}
+		if i == 7 {
+			delete(props, "model")
+		}
+		ev := events.Event{ID: fmt.Sprint("e", i), Tenant: "acme", Metric: "tokens", Value: int64(i+1) * 100, Time: at, Properties: props}
+		recs = append(recs, rollup.Record{Offset: int64(i), Key: []byte("acme"), Value: ev.AppendJSON(nil), Time: now})
+	}
+	if _, err := agg.Apply(context.Background(), 0, -1, recs); err != nil {
+		t.Fatal(err)
+	}
+
+	ctx := browser(t)
+	if err := chromedp.Do(ctx,
+		recordCSPViolations(),
+		chromedp.Navigate(e.srv.URL+"/ui?tenant=acme#key="+key),
+		chromedp.WaitVisible(`body[data-ready="true"], body[data-error]`),
+	); err != nil {
+		t.Fatalf("chromium: %v", err)
+	}
+	if errText, err := chromedp.Run(ctx, chromedp.TextContent("#error")); err != nil || errText != "" {
+		t.Fatalf("page error %q (%v)", errText, err)
+	}
+	rowsOf := func(testid string) [][]string {
+		t.Helper()
+		rows, err := chromedp.Run(ctx, chromedp.Evaluate[[][]string](fmt.Sprintf(
+			`[...document.querySelectorAll('[data-testid=%q]')].map(tr => [...tr.cells].map(td => td.textContent))`, testid)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rows
+	}
+	// The busiest first: the event without a model (800), then model-6 ...
+	want := [][]string{{"model=(none)", "800", "1"}, {"model=model-6", "700", "1"}, {"model=model-5", "600", "1"},
+		{"model=model-4", "500", "1"}, {"model=model-3", "400", "1"}}
+	if got := rowsOf("meter-group-tokens_by_model"); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("tokens_by_model groups: %v, want %v", got, want)
+	}
+	if got := rowsOf("meter-other-tokens_by_model"); fmt.Sprint(got) != fmt.Sprint([][]string{{"other (3 groups)", "600", "3"}}) {
+		t.Errorf("tokens_by_model other: %v", got)
+	}
+	if got := rowsOf("meter-other-token_users"); fmt.Sprint(got) != fmt.Sprint([][]string{{"other (3 groups)", "—", "3"}}) {
+		t.Errorf("token_users other: %v", got)
+	}
+	total, err := chromedp.Run(ctx, chromedp.TextContent(`[data-testid="meter-total-tokens_by_model"]`))
+	if err != nil || total != "3600" {
+		t.Errorf("tokens_by_model total %q (%v), want 3600", total, err)
+	}
+	if v, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](`window.cspViolations`)); err != nil || len(v) > 0 {
+		t.Errorf("CSP violations: %v (%v)", v, err)
 	}
 }
