@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"regexp"
 	"slices"
@@ -224,7 +225,7 @@ func checkQuotaGroups(q accounts.Quota, field func(string) string) error {
 	if q.UnitPrice != "" {
 		return fmt.Errorf("%s: prices are set on the metric's implicit quota (meter absent), not on meter %q", field("unit_price"), q.Meter)
 	}
-	for _, k := range sortedKeys(q.Filter) {
+	for _, k := range slices.Sorted(maps.Keys(q.Filter)) {
 		if v := q.Filter[k]; len(v) > events.MaxPropertyValueLen || !utf8.ValidString(v) {
 			return fmt.Errorf("%s must be a property value (valid UTF-8, at most %d bytes)", field("filter."+truncateField(k)), events.MaxPropertyValueLen)
 		}
@@ -263,7 +264,7 @@ func (a *API) checkQuotaMeters(ctx context.Context, p accounts.Plan) error {
 		if m.Metric != q.Metric {
 			return fmt.Errorf("%s: meter %q counts metric %q, not %q", field("meter"), q.Meter, m.Metric, q.Metric)
 		}
-		for _, k := range sortedKeys(q.Filter) {
+		for _, k := range slices.Sorted(maps.Keys(q.Filter)) {
 			if !slices.Contains(m.GroupBy, k) {
 				return fmt.Errorf("%s: %q is not among the group_by properties of meter %q (%s)", field("filter."+truncateField(k)), k, q.Meter, groupByList(m.GroupBy))
 			}
@@ -289,15 +290,6 @@ func truncateField(k string) string {
 		return strings.ToValidUTF8(k[:min(len(k), 32)], "?") + "..."
 	}
 	return k
-}
-
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }
 
 func (a *API) getPlan(w http.ResponseWriter, r *http.Request, _ auth.Principal) {

@@ -2,7 +2,6 @@ package meter
 
 import (
 	"fmt"
-	"slices"
 
 	"github.com/usagemeter/metering/events"
 	"github.com/usagemeter/metering/events/fieldcheck"
@@ -23,13 +22,4 @@ func checkPropertyKey(k string) string {
 		return fmt.Sprintf("must be at most %d bytes, got %d", events.MaxPropertyKeyLen, len(k))
 	}
 	return fieldcheck.Text(k)
-}
-
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }

@@ -21,6 +21,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -189,7 +191,7 @@ func (d Definition) Validate() []events.FieldError {
 	}
 	// The filter's pairs are checked as events' properties are, with the
 	// same messages.
-	for _, k := range sortedKeys(d.Filter) {
+	for _, k := range slices.Sorted(maps.Keys(d.Filter)) {
 		if field, msg := fieldcheck.Property("filter", k, d.Filter[k]); msg != "" {
 			add(field, "%s", msg)
 		}
