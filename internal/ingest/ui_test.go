@@ -434,17 +434,7 @@ func TestUsagePageCountsConflictsBeyondOneAnswer(t *testing.T) {
 		t.Fatalf("seeding conflicts: %+v", res)
 	}
 
-	ctx := browser(t)
-	if err := chromedp.Do(ctx,
-		recordCSPViolations(),
-		chromedp.Navigate(e.srv.URL+"/ui?tenant=acme#key="+key),
-		chromedp.WaitVisible(`body[data-ready="true"], body[data-error]`),
-	); err != nil {
-		t.Fatalf("chromium: %v", err)
-	}
-	if errText, err := chromedp.Run(ctx, chromedp.TextContent("#error")); err != nil || errText != "" {
-		t.Fatalf("the page shows an error: %q %v", errText, err)
-	}
+	ctx := openPage(t, e, key)
 	shown, err := chromedp.Run(ctx, chromedp.Evaluate[map[string]string](
 		`Object.fromEntries([...document.querySelectorAll('[data-testid]')].map(e => [e.dataset.testid, e.textContent.trim()]))`))
 	if err != nil {
@@ -503,17 +493,7 @@ func TestUsagePageShowsMeters(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	ctx := browser(t)
-	if err := chromedp.Do(ctx,
-		recordCSPViolations(),
-		chromedp.Navigate(e.srv.URL+"/ui?tenant=acme#key="+key),
-		chromedp.WaitVisible(`body[data-ready="true"], body[data-error]`),
-	); err != nil {
-		t.Fatalf("chromium: %v", err)
-	}
-	if errText, err := chromedp.Run(ctx, chromedp.TextContent("#error")); err != nil || errText != "" {
-		t.Fatalf("page error %q (%v)", errText, err)
-	}
+	ctx := openPage(t, e, key)
 	rowsOf := func(testid string) [][]string {
 		t.Helper()
 		rows, err := chromedp.Run(ctx, chromedp.Evaluate[[][]string](fmt.Sprintf(
@@ -542,4 +522,22 @@ func TestUsagePageShowsMeters(t *testing.T) {
 	if v, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](`window.cspViolations`)); err != nil || len(v) > 0 {
 		t.Errorf("CSP violations: %v (%v)", v, err)
 	}
+}
+
+// openPage opens acme's usage page with key in headless Chromium, with
+// CSP violations recorded, and fails unless it loads without an error.
+func openPage(t *testing.T, e *env, key string) context.Context {
+	t.Helper()
+	ctx := browser(t)
+	if err := chromedp.Do(ctx,
+		recordCSPViolations(),
+		chromedp.Navigate(e.srv.URL+"/ui?tenant=acme#key="+key),
+		chromedp.WaitVisible(`body[data-ready="true"], body[data-error]`),
+	); err != nil {
+		t.Fatalf("chromium: %v", err)
+	}
+	if errText, err := chromedp.Run(ctx, chromedp.TextContent("#error")); err != nil || errText != "" {
+		t.Fatalf("the page shows an error: %q %v", errText, err)
+	}
+	return ctx
 }
