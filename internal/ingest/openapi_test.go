@@ -59,8 +59,9 @@ func TestOpenAPIExamplesAreAccepted(t *testing.T) {
 	}
 	e := newEnv(t, envOpts{})
 	now := time.Now().UTC().Format(time.RFC3339)
-	// Plans before tenants before the rest, as a user would go.
-	order := []string{"/v1/admin/plans/{plan}", "/v1/admin/meters/{meter}", "/v1/admin/meters", "/v1/admin/tenants/{tenant}", "/v1/admin/keys", "/v1/events", "/v1/usage", "/v1/quotas/{tenant}", "/v1/breaches", "/v1/bill/{tenant}", "/ui"}
+	// Meters before plans (a plan's quota may name a meter) before
+	// tenants before the rest, as a user would go.
+	order := []string{"/v1/admin/meters/{meter}", "/v1/admin/meters", "/v1/admin/plans/{plan}", "/v1/admin/tenants/{tenant}", "/v1/admin/keys", "/v1/events", "/v1/usage", "/v1/meters", "/v1/quotas/{tenant}", "/v1/breaches", "/v1/bill/{tenant}", "/ui"}
 	sent := 0
 	for _, path := range order {
 		for _, method := range []string{"put", "post", "get", "delete"} {
