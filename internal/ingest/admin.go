@@ -225,6 +225,9 @@ func checkQuotaGroups(q accounts.Quota, field func(string) string) error {
 	if q.UnitPrice != "" {
 		return fmt.Errorf("%s: prices are set on the metric's implicit quota (meter absent), not on meter %q", field("unit_price"), q.Meter)
 	}
+	if q.StripeEventName != "" {
+		return fmt.Errorf("%s: Stripe is billed from the metric's implicit quota (meter absent); a quota on meter %q limits usage but is not billed", field("stripe_event_name"), q.Meter)
+	}
 	for _, k := range slices.Sorted(maps.Keys(q.Filter)) {
 		if v := q.Filter[k]; len(v) > events.MaxPropertyValueLen || !utf8.ValidString(v) {
 			return fmt.Errorf("%s must be a property value (valid UTF-8, at most %d bytes)", field("filter."+truncateField(k)), events.MaxPropertyValueLen)

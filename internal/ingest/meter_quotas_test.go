@@ -162,3 +162,18 @@ func TestQuotasOfMeters(t *testing.T) {
 		}
 	}
 }
+
+// TestMeterQuotaIsNotBilled: a quota on a defined meter takes no Stripe
+// event name, as it takes no price: billing reads the implicit quota.
+func TestMeterQuotaIsNotBilled(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOpts{})
+	if r := e.do("PUT", "/v1/admin/meters/tokens_by_model", adminKey, "application/json", `{"metric":"tokens","aggregation":"sum","group_by":["model"]}`); r.status != 201 {
+		t.Fatalf("PUT meter: %d %s", r.status, r.raw)
+	}
+	r := e.do("PUT", "/v1/admin/plans/ai", adminKey, "application/json",
+		`{"quotas":[{"metric":"tokens","meter":"tokens_by_model","per_group":true,"limit":10,"stripe_event_name":"tokens_by_model"}]}`)
+	if r.status != 400 || !strings.Contains(r.raw, "quotas[0].stripe_event_name") {
+		t.Fatalf("a Stripe name on a meter quota: %d %s", r.status, r.raw)
+	}
+}
