@@ -148,8 +148,8 @@ async function loadMeters(from) {
   for (const m of ms.meters) {
     const groupBy = m.group_by.map(g => `&group_by=${encodeURIComponent(g)}`).join("");
     const u = await api(`/v1/usage?tenant=${encodeURIComponent(tenant)}&meter=${encodeURIComponent(m.name)}&window=month&from=${from}${groupBy}`);
-    const what = m.aggregation === "unique_count" ? `distinct ${m.property}` : m.aggregation;
-    box.append(el("h3", { "data-testid": `meter-${m.name}` }, `${m.name} · ${what} of ${m.metric}` + (m.description ? ` · ${m.description}` : "")));
+    const what = `${m.aggregation} of ${m.metric}` + (m.property ? ` (distinct values of ${m.property})` : "");
+    box.append(el("h3", { "data-testid": `meter-${m.name}` }, `${m.name} · ${what}` + (m.description ? ` · ${m.description}` : "")));
     const table = el("table", { "data-testid": `meter-table-${m.name}` });
     const head = el("tr");
     head.append(el("th", {}, m.group_by.length ? m.group_by.join(", ") : "Group"), el("th", { "class": "num" }, "Value"), el("th", { "class": "num" }, "Events"));
