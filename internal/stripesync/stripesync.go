@@ -2,7 +2,10 @@
 // metric and month it sends the difference between the metered total and
 // what was already claimed as one meter event, with retries, a client-side
 // rate limit and a dead-letter queue, and it reconciles the result against
-// Stripe's own summaries.
+// Stripe's own summaries. A defined meter whose quota names a Stripe event
+// is billed the same way per group (groups.go): each group's event name is
+// the quota's with its {property} placeholders filled by the group's
+// values, and its pushes, claimed totals and identifiers are its own.
 //
 // Invariant: idempotent all the way to Stripe, with any number of billers
 // running at once. A push is recorded as an intent (with its deterministic
