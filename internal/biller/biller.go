@@ -240,10 +240,10 @@ func WriteReport(w io.Writer, rows []stripesync.Row, format string) error {
 		// csvsafe quotes every cell and neutralises formula triggers, so the
 		// export is safe to open in a spreadsheet.
 		cw := csvsafe.NewWriter(w)
-		_ = cw.Write([]string{"tenant", "metric", "period", "metered", "reported", "in_flight", "stripe", "drift", "carried_out", "carried_in", "status", "note"})
+		_ = cw.Write([]string{"tenant", "metric", "period", "metered", "reported", "in_flight", "stripe", "drift", "carried_out", "carried_in", "status", "note", "meter", "group"})
 		for _, r := range rows {
 			_ = cw.Write([]string{r.Tenant, r.Metric, r.Period, r.Metered.String(), r.Reported.String(), r.InFlight.String(),
-				orDash(r.Stripe, r.Stripe == nil), r.Drift.String(), r.CarriedOut.String(), r.CarriedIn.String(), r.Status, r.Note})
+				orDash(r.Stripe, r.Stripe == nil), r.Drift.String(), r.CarriedOut.String(), r.CarriedIn.String(), r.Status, r.Note, r.Meter, r.Group})
 		}
 		return cw.Flush()
 	case "table", "":

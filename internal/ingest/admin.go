@@ -19,6 +19,7 @@ import (
 	"github.com/usagemeter/metering/events"
 	"github.com/usagemeter/metering/internal/auth"
 	"github.com/usagemeter/metering/internal/httpjson"
+	"github.com/usagemeter/metering/internal/meter"
 	"github.com/usagemeter/metering/internal/storage/accounts"
 )
 
@@ -190,11 +191,16 @@ func planFromBody(name string, qs []quotaBody) (accounts.Plan, error) {
 		if out.BurstPercent < 0 || out.BurstPercent > 1000 {
 			return plan, fmt.Errorf("%s must be between 0 and 1000, got %d", field("burst_percent"), q.BurstPercent)
 		}
-		if out.StripeEventName == "" {
-			out.StripeEventName = q.Metric
-		}
-		if len(out.StripeEventName) > 100 || !events.ValidName(out.StripeEventName) {
-			return plan, fmt.Errorf("%s must be a Stripe meter event name (1-100 characters of A-Z a-z 0-9 . _ : -), got %q", field("stripe_event_name"), out.StripeEventName)
+		if out.Meter == "" {
+			if out.StripeEventName == "" {
+				out.StripeEventName = q.Metric
+			}
+			if strings.ContainsAny(out.StripeEventName, "{}") {
+				return plan, fmt.Errorf("%s: {property} placeholders name a defined meter's groups; the implicit meter %q has none", field("stripe_event_name"), q.Metric)
+			}
+			if len(out.StripeEventName) > meter.MaxStripeEventName || !events.ValidName(out.StripeEventName) {
+				return plan, fmt.Errorf("%s must be a Stripe meter event name (1-100 characters of A-Z a-z 0-9 . _ : -), got %q", field("stripe_event_name"), out.StripeEventName)
+			}
 		}
 		plan.Quotas = append(plan.Quotas, out)
 	}
@@ -226,7 +232,9 @@ func checkQuotaGroups(q accounts.Quota, field func(string) string) error {
 		return fmt.Errorf("%s: prices are set on the metric's implicit quota (meter absent), not on meter %q", field("unit_price"), q.Meter)
 	}
 	if q.StripeEventName != "" {
-		return fmt.Errorf("%s: Stripe is billed from the metric's implicit quota (meter absent); a quota on meter %q limits usage but is not billed", field("stripe_event_name"), q.Meter)
+		if _, err := meter.EventNamePlaceholders(q.StripeEventName); err != nil {
+			return fmt.Errorf("%s: %w", field("stripe_event_name"), err)
+		}
 	}
 	for _, k := range slices.Sorted(maps.Keys(q.Filter)) {
 		if v := q.Filter[k]; len(v) > events.MaxPropertyValueLen || !utf8.ValidString(v) {
@@ -252,6 +260,7 @@ func (e *internalErr) Error() string { return e.err.Error() }
 // meter's definition: the meter exists and counts the quota's metric, the
 // filter names only its group_by properties, and per_group needs groups.
 func (a *API) checkQuotaMeters(ctx context.Context, p accounts.Plan) error {
+	billed := map[string]int{} // meter: the quota that bills it
 	for i, q := range p.Quotas {
 		if q.Meter == "" {
 			continue
@@ -274,6 +283,44 @@ func (a *API) checkQuotaMeters(ctx context.Context, p accounts.Plan) error {
 		}
 		if q.PerGroup && len(m.GroupBy) == 0 {
 			return fmt.Errorf("%s: meter %q has no group_by properties, so no groups to limit one by one", field("per_group"), q.Meter)
+		}
+		if err := checkQuotaBilling(q, m, field); err != nil {
+			return err
+		}
+		if q.StripeEventName != "" {
+			if j, ok := billed[q.Meter]; ok {
+				return fmt.Errorf("%s: meter %q is billed by quotas[%d] already; a plan bills a meter through one quota", field("stripe_event_name"), q.Meter, j)
+			}
+			billed[q.Meter] = i
+		}
+	}
+	return nil
+}
+
+// checkQuotaBilling checks a billed quota on defined meter m: m's
+// aggregation adds up (Stripe sums the deltas it is sent), and the Stripe
+// event name has a {property} placeholder for each of m's group_by
+// properties and for no other, so that each group has its own Stripe meter.
+func checkQuotaBilling(q accounts.Quota, m accounts.Meter, field func(string) string) error {
+	if q.StripeEventName == "" {
+		return nil
+	}
+	if m.Aggregation == string(meter.Latest) {
+		return fmt.Errorf("%s: meter %q keeps the latest value, which is not additive: Stripe sums the deltas it receives, and a latest value can fall; "+
+			"limit it with this quota, but bill a sum, count, max or unique_count meter", field("stripe_event_name"), q.Meter)
+	}
+	names, err := meter.EventNamePlaceholders(q.StripeEventName)
+	if err != nil {
+		return fmt.Errorf("%s: %w", field("stripe_event_name"), err)
+	}
+	for _, n := range names {
+		if !slices.Contains(m.GroupBy, n) {
+			return fmt.Errorf("%s: placeholder {%s} is not among the group_by properties of meter %q (%s)", field("stripe_event_name"), truncateField(n), q.Meter, groupByList(m.GroupBy))
+		}
+	}
+	for _, g := range m.GroupBy {
+		if !slices.Contains(names, g) {
+			return fmt.Errorf("%s: meter %q groups by %q, so the name needs a {%s} placeholder: each group is billed to its own Stripe meter", field("stripe_event_name"), q.Meter, truncateField(g), truncateField(g))
 		}
 	}
 	return nil

@@ -163,17 +163,47 @@ func TestQuotasOfMeters(t *testing.T) {
 	}
 }
 
-// TestMeterQuotaIsNotBilled: a quota on a defined meter takes no Stripe
-// event name, as it takes no price: billing reads the implicit quota.
-func TestMeterQuotaIsNotBilled(t *testing.T) {
+// TestMeterQuotaBilling: a quota on a defined meter is billed when it
+// names a Stripe event with a {property} placeholder for each of the
+// meter's group_by properties, and only those; never on a latest meter;
+// placeholders are refused on an implicit quota; a meter is billed by one
+// quota of a plan; a meter quota without a name is not billed.
+func TestMeterQuotaBilling(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOpts{})
-	if r := e.do("PUT", "/v1/admin/meters/tokens_by_model", adminKey, "application/json", `{"metric":"tokens","aggregation":"sum","group_by":["model"]}`); r.status != 201 {
-		t.Fatalf("PUT meter: %d %s", r.status, r.raw)
+	for name, body := range map[string]string{
+		"tokens_by_model": `{"metric":"tokens","aggregation":"sum","group_by":["model"]}`,
+		"tokens_latest":   `{"metric":"tokens","aggregation":"latest","group_by":["model"]}`,
+		"tokens_all":      `{"metric":"tokens","aggregation":"count"}`,
+	} {
+		if r := e.do("PUT", "/v1/admin/meters/"+name, adminKey, "application/json", body); r.status != 201 {
+			t.Fatalf("PUT meter %s: %d %s", name, r.status, r.raw)
+		}
 	}
-	r := e.do("PUT", "/v1/admin/plans/ai", adminKey, "application/json",
-		`{"quotas":[{"metric":"tokens","meter":"tokens_by_model","per_group":true,"limit":10,"stripe_event_name":"tokens_by_model"}]}`)
-	if r.status != 400 || !strings.Contains(r.raw, "quotas[0].stripe_event_name") {
-		t.Fatalf("a Stripe name on a meter quota: %d %s", r.status, r.raw)
+	for _, tc := range []struct {
+		name, quotas string
+		status       int
+		want         string // in the answer
+	}{
+		{"placeholder per group_by", `{"metric":"tokens","meter":"tokens_by_model","per_group":true,"limit":10,"stripe_event_name":"tokens_{model}"}`, 200, `"stripe_event_name":"tokens_{model}"`},
+		{"no groups, no placeholder", `{"metric":"tokens","meter":"tokens_all","limit":10,"stripe_event_name":"token_events"}`, 200, `"stripe_event_name":"token_events"`},
+		{"not billed", `{"metric":"tokens","meter":"tokens_by_model","per_group":true,"limit":10}`, 200, `"stripe_event_name":""`},
+		{"a latest meter", `{"metric":"tokens","meter":"tokens_latest","limit":10}`, 200, `"stripe_event_name":""`},
+		{"missing placeholder", `{"metric":"tokens","meter":"tokens_by_model","per_group":true,"limit":10,"stripe_event_name":"tokens_by_model"}`, 400, "needs a {model} placeholder"},
+		{"placeholder not grouped by", `{"metric":"tokens","meter":"tokens_by_model","limit":10,"stripe_event_name":"tokens_{model}_{region}"}`, 400, "placeholder {region} is not among the group_by"},
+		{"placeholder on a meter without groups", `{"metric":"tokens","meter":"tokens_all","limit":10,"stripe_event_name":"t_{model}"}`, 400, "placeholder {model}"},
+		{"unclosed placeholder", `{"metric":"tokens","meter":"tokens_by_model","limit":10,"stripe_event_name":"tokens_{model"}`, 400, "no closing }"},
+		{"bad characters", `{"metric":"tokens","meter":"tokens_by_model","limit":10,"stripe_event_name":"tokens {model}"}`, 400, "quotas[0].stripe_event_name"},
+		{"latest refused", `{"metric":"tokens","meter":"tokens_latest","limit":10,"stripe_event_name":"tokens_{model}"}`, 400, "latest value, which is not additive"},
+		{"placeholder on the implicit meter", `{"metric":"tokens","limit":10,"stripe_event_name":"tokens_{model}"}`, 400, "the implicit meter"},
+		{"one billed quota per meter", `{"metric":"tokens","meter":"tokens_by_model","per_group":true,"limit":10,"stripe_event_name":"tokens_{model}"},
+			{"metric":"tokens","meter":"tokens_by_model","filter":{"model":"o1"},"limit":10,"stripe_event_name":"o_{model}"}`, 400, "is billed by quotas[0] already"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := e.do("PUT", "/v1/admin/plans/ai", adminKey, "application/json", `{"quotas":[`+tc.quotas+`]}`)
+			if r.status != tc.status || !strings.Contains(r.raw, tc.want) {
+				t.Fatalf("%d %s; want %d with %q", r.status, r.raw, tc.status, tc.want)
+			}
+		})
 	}
 }

@@ -110,3 +110,51 @@ func TestUpgradeFrom0010(t *testing.T) {
 		t.Fatalf("PutMeter after the upgrade = %+v, %v, %v", m, created, err)
 	}
 }
+
+// TestUpgradeFrom0015: quotas on defined meters made before grouped
+// billing were never billed, and become unbilled (a NULL Stripe event
+// name); implicit quotas keep theirs; pushes keep every column and get the
+// empty group key, so their identifiers and claimed totals stay as they
+// were; an implicit quota still cannot go unbilled.
+func TestUpgradeFrom0015(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := pgtest.NewEmpty(t)
+	if res, err := migrate.Apply(ctx, db.Pool, upTo(t, 15), quiet); err != nil || res.To != 15 {
+		t.Fatalf("Apply up to 0015 = %+v, %v", res, err)
+	}
+	db.Exec(t, `INSERT INTO plans (name) VALUES ('pro')`)
+	db.Exec(t, `INSERT INTO plan_quotas (plan, metric, quota_limit, period, stripe_event_name, meter, group_filter, per_group) VALUES
+		('pro', 'tokens', 1000, 'month', 'tokens_used', NULL, '{}', false),
+		('pro', 'tokens', 50, 'day', 'tokens', 'tokens_by_model', '{}', true)`)
+	db.Exec(t, `INSERT INTO billing_pushes (tenant, metric, period_start, billed_period_start, stripe_customer_id, event_name,
+			cumulative_total, delta, identifier, event_timestamp, status)
+		VALUES ('acme', 'tokens', '2026-11-01', '2026-11-01', 'cus_1', 'tokens_used', 40, 40, 'mu_1', '2026-11-02', 'sent')`)
+	const pushes = `SELECT string_agg(p::text, E'\n') FROM (SELECT * FROM billing_pushes ORDER BY id) p`
+	var before string
+	if err := db.Pool.QueryRow(ctx, pushes).Scan(&before); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := migrate.Apply(ctx, db.Pool, migrations.FS, quiet); err != nil || res.From != 15 {
+		t.Fatalf("upgrade = %+v, %v", res, err)
+	}
+	var after, quotas string
+	if err := db.Pool.QueryRow(ctx, `SELECT string_agg(p::text, E'\n') FROM (SELECT id, tenant, metric, period_start, billed_period_start, stripe_customer_id,
+			event_name, cumulative_total, delta, identifier, event_timestamp, status, carried, attempts, last_error, created_at, sent_at, updated_at, group_key
+			FROM billing_pushes ORDER BY id) p`).Scan(&after); err != nil {
+		t.Fatal(err)
+	}
+	if after != before[:len(before)-1]+`,"")` {
+		t.Errorf("pushes after the upgrade:\n%s\nwant\n%s with the empty group key", after, before)
+	}
+	if err := db.Pool.QueryRow(ctx, `SELECT string_agg(coalesce(meter, '-') || '=' || coalesce(stripe_event_name, 'NULL'), ' ' ORDER BY meter NULLS FIRST)
+			FROM plan_quotas`).Scan(&quotas); err != nil {
+		t.Fatal(err)
+	}
+	if quotas != "-=tokens_used tokens_by_model=NULL" {
+		t.Errorf("quotas after the upgrade: %s", quotas)
+	}
+	if _, err := db.Pool.Exec(ctx, `UPDATE plan_quotas SET stripe_event_name = NULL WHERE meter IS NULL`); err == nil {
+		t.Errorf("an implicit quota went unbilled")
+	}
+}

@@ -106,6 +106,7 @@ func derivedIdentifier(kind, original, value string) string {
 type groupRow struct {
 	id                         int64
 	tenant, metric, status     string
+	groupKey                   string
 	identifier, cumulative     string
 	delta                      *big.Int
 	period, ts                 time.Time
@@ -203,7 +204,7 @@ func (b *Biller) readGroup(ctx context.Context, tx pgx.Tx, g group) ([]groupRow,
 	}
 	all := make([]groupRow, len(rows))
 	for i, r := range rows {
-		all[i] = groupRow{id: r.ID, tenant: r.Tenant, metric: r.Metric, status: r.Status, identifier: r.Identifier, cumulative: r.Cumulative,
+		all[i] = groupRow{id: r.ID, tenant: r.Tenant, metric: r.Metric, groupKey: r.GroupKey, status: r.Status, identifier: r.Identifier, cumulative: r.Cumulative,
 			delta: usagedata.NumericInt(r.Delta), period: r.Period, ts: r.EventTime, sentAt: r.SentAt,
 			recentlyCancelled: r.RecentlyCancelled, isFinal: r.PeriodIsClosed}
 	}
@@ -266,7 +267,7 @@ func (b *Biller) replace(ctx context.Context, tx pgx.Tx, x groupRow, arrived *bi
 	if x.isFinal || x.ts.Before(now.Add(-35*24*time.Hour+time.Hour)) {
 		ts, billed, carried = now, windows.Month.Start(now), true
 	}
-	id, inserted, err := billingdata.InsertShortfall(ctx, tx, billingdata.Intent{Tenant: x.tenant, Metric: x.metric, Period: x.period, Billed: billed,
+	id, inserted, err := billingdata.InsertShortfall(ctx, tx, billingdata.Intent{Tenant: x.tenant, Metric: x.metric, GroupKey: x.groupKey, Period: x.period, Billed: billed,
 		Customer: g.customer, EventName: g.eventName, Cumulative: x.cumulative, Delta: short.String(), Identifier: shortID,
 		EventTime: ts, Carried: carried, CreatedAt: now},
 		fmt.Sprintf("shortfall of push %s (%s of %s missing from Stripe's summary %d)", x.identifier, short, x.delta, summary))

@@ -24,7 +24,8 @@ const (
 // aggregationGrace is how long after a push Stripe's summaries may lag.
 const aggregationGrace = 10 * time.Minute
 
-// Row is one line of the finance report: one tenant, metric and month.
+// Row is one line of the finance report: one tenant, metric and month,
+// and, for a billed defined meter, one of its groups.
 type Row struct {
 	Tenant string `json:"tenant"`
 	Metric string `json:"metric"`
@@ -45,10 +46,16 @@ type Row struct {
 	Drift  *big.Int `json:"drift"`
 	Status string   `json:"status"`
 	Note   string   `json:"note,omitempty"`
+	// Meter is the meter billed: the metric for its implicit meter.
+	Meter string `json:"meter"`
+	// Group is the group's key, a JSON array of its group_by values
+	// (null for a missing property); "" for a meter without groups.
+	Group string `json:"group"`
 }
 
-// Reconcile compares Postgres with Stripe for every tenant and metric of
-// the month starting at period.
+// Reconcile compares Postgres with Stripe for every tenant and metric,
+// and every group of a billed defined meter, of the month starting at
+// period.
 func (b *Biller) Reconcile(ctx context.Context, period time.Time) ([]Row, error) {
 	period = windows.Month.Start(period)
 	end := windows.Month.End(period)
@@ -67,6 +74,10 @@ func (b *Biller) Reconcile(ctx context.Context, period time.Time) ([]Row, error)
 		r := x.Row
 		meterID := meters[x.eventName]
 		switch {
+		case x.skip:
+			continue
+		case x.unmapped != "":
+			r.Status, r.Note = StatusUnmapped, x.unmapped
 		case x.customer == "":
 			r.Status, r.Note = StatusUnmapped, "the tenant has no stripe_customer_id"
 		case meterID == "":
@@ -79,7 +90,7 @@ func (b *Biller) Reconcile(ctx context.Context, period time.Time) ([]Row, error)
 				return err
 			})
 			if err != nil {
-				return nil, fmt.Errorf("reading Stripe's summary for %s/%s: %w", x.Tenant, x.Metric, err)
+				return nil, fmt.Errorf("reading Stripe's summary for %s/%s%s: %w", x.Tenant, x.Meter, x.Group, err)
 			}
 			r.Stripe = big.NewInt(total)
 			expected := new(big.Int).Sub(r.Metered, r.CarriedOut)
@@ -112,6 +123,8 @@ func (b *Biller) Reconcile(ctx context.Context, period time.Time) ([]Row, error)
 type periodRow struct {
 	Row
 	customer, eventName string
+	unmapped            string
+	skip                bool
 	dead                int
 	discarded           *big.Int
 	lastSent            *time.Time
@@ -127,7 +140,11 @@ func (b *Biller) readPeriod(ctx context.Context, period time.Time) ([]periodRow,
 	raws := make([]periodRow, len(rows))
 	for i, t := range rows {
 		x := periodRow{customer: t.Customer, eventName: t.EventName, dead: t.Dead, discarded: usagedata.NumericInt(t.Discarded), lastSent: t.LastSent}
-		x.Tenant, x.Metric = t.Tenant, t.Metric
+		x.Tenant, x.Metric, x.Meter, x.Group = t.Tenant, t.Metric, t.Meter, t.Group
+		if t.Defined {
+			m := groupMapping(t.EventName, t.Aggregation, t.GroupBy, t.Filter, t.Group)
+			x.eventName, x.skip, x.unmapped = m.eventName, m.skip, m.unmapped
+		}
 		x.Metered, x.Reported, x.InFlight = usagedata.NumericInt(t.Metered), usagedata.NumericInt(t.Reported), usagedata.NumericInt(t.InFlight)
 		x.CarriedOut, x.CarriedIn = usagedata.NumericInt(t.CarriedOut), usagedata.NumericInt(t.CarriedIn)
 		x.Period = period.Format("2006-01")

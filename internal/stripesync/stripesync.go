@@ -2,7 +2,10 @@
 // metric and month it sends the difference between the metered total and
 // what was already claimed as one meter event, with retries, a client-side
 // rate limit and a dead-letter queue, and it reconciles the result against
-// Stripe's own summaries.
+// Stripe's own summaries. A defined meter whose quota names a Stripe event
+// is billed the same way per group (groups.go): each group's event name is
+// the quota's with its {property} placeholders filled by the group's
+// values, and its pushes, claimed totals and identifiers are its own.
 //
 // Invariant: idempotent all the way to Stripe, with any number of billers
 // running at once. A push is recorded as an intent (with its deterministic
@@ -123,13 +126,27 @@ func Identifier(tenant, metric string, period time.Time, cumulative string, gene
 	return "mu_" + hex.EncodeToString(h[:24])
 }
 
+// GroupIdentifier is Identifier of one group of a meter: groupKey as
+// usage_windows stores it. The empty group's is Identifier's, so pushes
+// of implicit meters keep the identifiers they always had.
+func GroupIdentifier(tenant, meter, groupKey string, period time.Time, cumulative string, generation int) string {
+	if groupKey == "" {
+		return Identifier(tenant, meter, period, cumulative, generation)
+	}
+	h := sha256.Sum256(fmt.Appendf(nil, "group\x00%s\x00%s\x00%s\x00%s\x00%d\x00%s", tenant, meter, period.UTC().Format(time.RFC3339), cumulative, generation, groupKey))
+	return "mu_" + hex.EncodeToString(h[:24])
+}
+
 // SyncResult counts what one Sync did.
 type SyncResult struct {
 	Intents, Sent, Dead, Carried, Cancelled int
 	// Landed, Replaced and Waiting count old open pushes checked against
 	// Stripe's summaries; see SendResult.
 	Landed, Replaced, Waiting int
-	Unmapped                  []string // "tenant/metric": no customer or no meter
+	// Unmapped lists what was not billed: "tenant/metric" (no customer
+	// or no Stripe meter), or "tenant/meter[group]: reason" for a group
+	// of a defined meter whose event name could not be made.
+	Unmapped []string
 }
 
 // CountOpenPushes reports how many pushes are intents and how many are
@@ -186,11 +203,18 @@ func (b *Biller) planIntents(ctx context.Context, meters map[string]string, res 
 		return err
 	}
 	for _, p := range plans {
-		if p.customer == "" || meters[p.eventName] == "" {
-			res.Unmapped = append(res.Unmapped, p.tenant+"/"+p.metric)
+		if p.skip {
 			continue
 		}
-		if err := b.planOne(ctx, p.tenant, p.metric, p.customer, p.eventName, p.period, p.final, now, res); err != nil {
+		if p.unmapped != "" {
+			res.Unmapped = append(res.Unmapped, fmt.Sprintf("%s/%s%s: %s", p.tenant, p.metric, p.group, p.unmapped))
+			continue
+		}
+		if p.customer == "" || meters[p.eventName] == "" {
+			res.Unmapped = append(res.Unmapped, p.tenant+"/"+p.metric+p.group)
+			continue
+		}
+		if err := b.planOne(ctx, p, now, res); err != nil {
 			return err
 		}
 	}
@@ -202,10 +226,16 @@ func (b *Biller) planIntents(ctx context.Context, meters map[string]string, res 
 	return nil
 }
 
-// delta is a (tenant, metric, month) whose metered total exceeds what its
-// pushes claim.
+// delta is a (tenant, metric, group, month) whose metered total exceeds
+// what its pushes claim. metric is the meter billed; groupKey its group as
+// stored ("" for none) and group the key itself; defined is set for a
+// defined meter. unmapped says why a group is not billed; skip is set for
+// a group a filter quota does not bill.
 type delta struct {
 	tenant, metric, customer, eventName string
+	groupKey, group                     string
+	defined, skip                       bool
+	unmapped                            string
 	period                              time.Time
 	metered, claimed                    *big.Int
 	generation                          int
@@ -220,8 +250,14 @@ func (b *Biller) deltas(ctx context.Context, oldest time.Time) ([]delta, error) 
 	}
 	plans := make([]delta, 0, len(ds))
 	for _, d := range ds {
-		plans = append(plans, delta{tenant: d.Tenant, metric: d.Metric, customer: d.Customer, eventName: d.EventName, period: d.Period,
-			metered: usagedata.NumericInt(d.Metered), claimed: usagedata.NumericInt(d.Claimed), generation: d.Cancelled, final: d.Final})
+		p := delta{tenant: d.Tenant, metric: d.Metric, customer: d.Customer, eventName: d.EventName, period: d.Period,
+			groupKey: d.GroupKey, group: d.Group, defined: d.Meter != "",
+			metered: usagedata.NumericInt(d.Metered), claimed: usagedata.NumericInt(d.Claimed), generation: d.Cancelled, final: d.Final}
+		if p.defined {
+			m := groupMapping(d.EventName, d.Aggregation, d.GroupBy, d.Filter, d.Group)
+			p.eventName, p.skip, p.unmapped = m.eventName, m.skip, m.unmapped
+		}
+		plans = append(plans, p)
 	}
 	return plans, nil
 }
@@ -242,17 +278,19 @@ func stamp(period, now time.Time, final bool) (ts, billed time.Time, carried boo
 	}
 }
 
-// planOne records the intent that brings (tenant, metric, period) to its
-// metered total, under the pair's and then the group's lock, re-reading
-// the claimed total and the metered one inside: a biller planning the same
-// pair at the same time waits, then finds nothing left to claim.
-func (b *Biller) planOne(ctx context.Context, tenant, metric, customer, eventName string, period time.Time, final bool, now time.Time, res *SyncResult) error {
-	ts, billed, carried := stamp(period, now, final)
+// planOne records the intent that brings p's (tenant, metric, group,
+// period) to its metered total, under the pair's and then the group's
+// lock, re-reading the claimed total and the metered one inside: a biller
+// planning the same pair at the same time waits, then finds nothing left
+// to claim.
+func (b *Biller) planOne(ctx context.Context, p delta, now time.Time, res *SyncResult) error {
+	tenant, metric, customer, eventName, period := p.tenant, p.metric, p.customer, p.eventName, p.period
+	ts, billed, carried := stamp(period, now, p.final)
 	var delta *big.Int
 	inserted := false
 	err := pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
 		// One round trip: the locks, pair first, then the re-read.
-		totals, err := billingdata.LockAndReadPair(ctx, tx, billingdata.Pair{Tenant: tenant, Metric: metric, Period: period,
+		totals, err := billingdata.LockAndReadPair(ctx, tx, billingdata.Pair{Tenant: tenant, Metric: metric, GroupKey: p.groupKey, Period: period,
 			Customer: customer, EventName: eventName, Billed: billed}, !b.noPlanningLocks)
 		if err != nil {
 			return fmt.Errorf("locking and re-reading the claimed total: %w", err)
@@ -266,27 +304,27 @@ func (b *Biller) planOne(ctx context.Context, tenant, metric, customer, eventNam
 		}
 		delta = new(big.Int).Sub(m, c)
 		cumulative := m.String()
-		id := Identifier(tenant, metric, period, cumulative, totals.Cancelled)
+		id := GroupIdentifier(tenant, metric, p.groupKey, period, cumulative, totals.Cancelled)
 		// The intent, and late usage the aggregator recorded for this
 		// month marked as on its way if the intent was recorded.
-		inserted, err = billingdata.InsertIntent(ctx, tx, billingdata.Intent{Tenant: tenant, Metric: metric, Period: period, Billed: billed,
+		inserted, err = billingdata.InsertIntent(ctx, tx, billingdata.Intent{Tenant: tenant, Metric: metric, GroupKey: p.groupKey, Period: period, Billed: billed,
 			Customer: customer, EventName: eventName, Cumulative: cumulative, Delta: delta.String(), Identifier: id,
 			EventTime: ts, Carried: carried, CreatedAt: now})
-		if err != nil || !inserted {
-			return err
+		if err != nil || !inserted || p.defined {
+			return err // corrections are recorded of implicit meters only
 		}
 		err = usagedata.MarkReconciled(ctx, tx, tenant, metric, period)
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("recording intent for %s/%s: %w", tenant, metric, err)
+		return fmt.Errorf("recording intent for %s/%s%s: %w", tenant, metric, p.group, err)
 	}
 	if inserted {
 		res.Intents++
 		if carried {
 			res.Carried++
 			b.cfg.Logger.WarnContext(ctx, "late usage for a closed period carried into the current one",
-				"tenant", tenant, "metric", metric, "period", period.Format("2006-01"), "value", delta.String())
+				"tenant", tenant, "metric", metric, "group", p.group, "period", period.Format("2006-01"), "value", delta.String())
 		}
 	}
 	return nil
@@ -295,6 +333,7 @@ func (b *Biller) planOne(ctx context.Context, tenant, metric, customer, eventNam
 type push struct {
 	id                                  int64
 	tenant, metric, customer, eventName string
+	groupKey                            string
 	identifier, delta, cumulative       string
 	status                              string
 	period, billed                      time.Time
@@ -370,7 +409,7 @@ func (b *Biller) readPushes(ctx context.Context, read pushReader) ([]push, error
 	}
 	pushes := make([]push, len(rows))
 	for i, r := range rows {
-		pushes[i] = push{id: r.ID, tenant: r.Tenant, metric: r.Metric, customer: r.Customer, eventName: r.EventName,
+		pushes[i] = push{id: r.ID, tenant: r.Tenant, metric: r.Metric, groupKey: r.GroupKey, customer: r.Customer, eventName: r.EventName,
 			identifier: r.Identifier, delta: r.Delta, cumulative: r.Cumulative, status: r.Status,
 			period: r.Period, billed: r.Billed, ts: r.EventTime, created: r.Created, attempts: r.Attempts}
 	}
@@ -513,7 +552,7 @@ func (b *Biller) pushOne(ctx context.Context, p push) (bool, error) {
 	msg, _ := json.Marshal(map[string]any{
 		"tenant": p.tenant, "metric": p.metric, "period": p.period.Format("2006-01"), "value": json.Number(p.delta),
 		"cumulative_total": json.Number(p.cumulative), "identifier": p.identifier, "attempts": p.attempts + attempts, "last_error": err.Error(),
-		"event_name": p.eventName, "stripe_customer_id": p.customer,
+		"event_name": p.eventName, "stripe_customer_id": p.customer, "group_key": p.groupKey,
 	})
 	txErr := pgx.BeginFunc(out, b.pool, func(tx pgx.Tx) error {
 		moved, err := billingdata.MarkDead(out, tx, p.id, p.status, attempts, err.Error())

@@ -40,8 +40,10 @@ func (s *Store) Ping(ctx context.Context) error {
 
 // Quota is one limit of a plan: on a metric's implicit meter (Meter
 // empty), or on a defined meter of the metric, over the groups matching
-// Filter or, PerGroup, on each group. Billing (StripeEventName, UnitPrice)
-// reads the implicit meter's quota of a metric only.
+// Filter or, PerGroup, on each group. UnitPrice is read from the implicit
+// meter's quota of a metric only; StripeEventName bills the quota's meter
+// (per group, with {property} placeholders, on a defined meter), and is
+// empty (stored NULL) on a quota of a defined meter that is not billed.
 type Quota struct {
 	Metric string `json:"metric"`
 	// Meter is the defined meter of Metric the quota limits; empty for the
@@ -93,6 +95,10 @@ func (s *Store) PutPlan(ctx context.Context, p Plan) (Plan, error) {
 			if q.Meter != "" && q.Meter != q.Metric {
 				meterName = &q.Meter
 			}
+			var eventName *string // NULL: a quota on a defined meter that is not billed
+			if q.StripeEventName != "" {
+				eventName = &q.StripeEventName
+			}
 			filter := q.Filter
 			if filter == nil {
 				filter = map[string]string{}
@@ -100,7 +106,7 @@ func (s *Store) PutPlan(ctx context.Context, p Plan) (Plan, error) {
 			if _, err := tx.Exec(ctx, `INSERT INTO plan_quotas
 				(plan, metric, quota_limit, period, burst_percent, hard, stripe_event_name, unit_price, meter, group_filter, per_group)
 				VALUES ($1, $2, $3, $4, $5, $6, $7, $8::numeric, $9, $10, $11)`,
-				p.Name, q.Metric, q.Limit, q.Period, q.BurstPercent, q.Hard, q.StripeEventName, price, meterName, filter, q.PerGroup); err != nil {
+				p.Name, q.Metric, q.Limit, q.Period, q.BurstPercent, q.Hard, eventName, price, meterName, filter, q.PerGroup); err != nil {
 				return err
 			}
 		}
@@ -123,7 +129,7 @@ func (s *Store) Plan(ctx context.Context, name string) (Plan, error) {
 	if err != nil {
 		return Plan{}, fmt.Errorf("reading plan %s: %w", name, err)
 	}
-	rows, err := s.pool.Query(ctx, `SELECT metric, quota_limit, period, burst_percent, hard, stripe_event_name, coalesce(unit_price::text, ''),
+	rows, err := s.pool.Query(ctx, `SELECT metric, quota_limit, period, burst_percent, hard, coalesce(stripe_event_name, ''), coalesce(unit_price::text, ''),
 			coalesce(meter, metric), group_filter, per_group
 		FROM plan_quotas WHERE plan = $1 ORDER BY metric, meter NULLS FIRST, group_filter::text COLLATE "C", per_group`, name)
 	if err != nil {

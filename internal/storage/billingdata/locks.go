@@ -14,7 +14,8 @@ import (
 // Advisory locks of the biller's planning and checks. Two spaces of
 // transaction-level advisory locks, each keyed by a hash:
 //
-//   - pair (tenant, metric, month): what one intent claims;
+//   - pair (tenant, metric, group key, month): what one intent claims
+//     (metric is the meter: the metric itself for its implicit meter);
 //   - group (Stripe customer, meter event name, billed month): what one
 //     Stripe event summary covers.
 //
@@ -24,9 +25,13 @@ const (
 	groupLockSpace int32 = 0x62677270 // "bgrp"
 )
 
-// lockPairKey is the pair lock's key of (tenant, metric, period).
-func lockPairKey(tenant, metric string, period time.Time) int32 {
-	return lockKey(tenant + "\x00" + metric + "\x00" + period.UTC().Format(time.RFC3339))
+// lockPairKey is the pair lock's key of (tenant, metric, groupKey,
+// period); the empty group key's is the key of before groups.
+func lockPairKey(tenant, metric, groupKey string, period time.Time) int32 {
+	if groupKey == "" {
+		return lockKey(tenant + "\x00" + metric + "\x00" + period.UTC().Format(time.RFC3339))
+	}
+	return lockKey(tenant + "\x00" + metric + "\x00" + period.UTC().Format(time.RFC3339) + "\x00" + groupKey)
 }
 
 // lockGroupKey is the group lock's key of (customer, eventName, billed).
@@ -35,9 +40,9 @@ func lockGroupKey(customer, eventName string, billed time.Time) int32 {
 }
 
 // lockQueuePair queues onto b the transaction-level lock of (tenant,
-// metric, month period); b must be sent on a transaction.
-func lockQueuePair(b *pgx.Batch, tenant, metric string, period time.Time) {
-	b.Queue(`SELECT pg_advisory_xact_lock($1, $2)`, pairLockSpace, lockPairKey(tenant, metric, period))
+// metric, groupKey, month period); b must be sent on a transaction.
+func lockQueuePair(b *pgx.Batch, tenant, metric, groupKey string, period time.Time) {
+	b.Queue(`SELECT pg_advisory_xact_lock($1, $2)`, pairLockSpace, lockPairKey(tenant, metric, groupKey, period))
 }
 
 // lockQueueGroup queues onto b the transaction-level lock of the Stripe

@@ -22,10 +22,11 @@ const (
 )
 
 // Intent is a push about to be sent: it claims Delta of (Tenant, Metric,
-// Period), bringing the claimed total to Cumulative, and is billed in the
+// GroupKey, Period), bringing the claimed total to Cumulative, and is billed in the
 // month Billed of the Stripe customer's EventName meter.
 type Intent struct {
 	Tenant, Metric      string
+	GroupKey            string // as usage_windows stores it; "" for a meter without groups
 	Period, Billed      time.Time
 	Customer, EventName string
 	Cumulative, Delta   string // decimal integers
@@ -40,19 +41,21 @@ type Intent struct {
 // and reports whether it did.
 func InsertIntent(ctx context.Context, q storage.Executor, p Intent) (bool, error) {
 	tag, err := q.Exec(ctx, `INSERT INTO billing_pushes (tenant, metric, period_start, billed_period_start, stripe_customer_id, event_name,
-					cumulative_total, delta, identifier, event_timestamp, carried, created_at, updated_at)
-				VALUES ($1, $2, $3, $4, $5, $6, $7::numeric, $8::numeric, $9, $10, $11, $12, $12) ON CONFLICT (identifier) DO NOTHING`,
-		p.Tenant, p.Metric, p.Period, p.Billed, p.Customer, p.EventName, p.Cumulative, p.Delta, p.Identifier, p.EventTime, p.Carried, p.CreatedAt)
+					cumulative_total, delta, identifier, event_timestamp, carried, created_at, updated_at, group_key)
+				VALUES ($1, $2, $3, $4, $5, $6, $7::numeric, $8::numeric, $9, $10, $11, $12, $12, $13) ON CONFLICT (identifier) DO NOTHING`,
+		p.Tenant, p.Metric, p.Period, p.Billed, p.Customer, p.EventName, p.Cumulative, p.Delta, p.Identifier, p.EventTime, p.Carried, p.CreatedAt, p.GroupKey)
 	if err != nil {
 		return false, err
 	}
 	return tag.RowsAffected() == 1, nil
 }
 
-// Pair is a (tenant, metric, month) to plan, with the Stripe group its
-// intent goes to (customer, event name, billed month).
+// Pair is a (tenant, metric, group, month) to plan, with the Stripe group
+// its intent goes to (customer, event name, billed month). Metric is the
+// meter (the metric itself for its implicit meter).
 type Pair struct {
 	Tenant, Metric      string
+	GroupKey            string // as usage_windows stores it
 	Period              time.Time
 	Customer, EventName string
 	Billed              time.Time
@@ -73,12 +76,12 @@ func LockAndReadPair(ctx context.Context, q storage.Executor, p Pair, lock bool)
 	var t PairTotals
 	b := &pgx.Batch{}
 	if lock {
-		lockQueuePair(b, p.Tenant, p.Metric, p.Period)
+		lockQueuePair(b, p.Tenant, p.Metric, p.GroupKey, p.Period)
 		lockQueueGroup(b, p.Customer, p.EventName, p.Billed)
 	}
-	b.Queue(`SELECT coalesce((SELECT value FROM usage_windows WHERE tenant = $1 AND meter = $2 AND group_key = '' AND granularity = 'month' AND window_start = $3), 0),
+	b.Queue(`SELECT coalesce((SELECT value FROM usage_windows WHERE tenant = $1 AND meter = $2 AND group_key = $4 AND granularity = 'month' AND window_start = $3), 0),
 				coalesce(sum(delta) FILTER (WHERE status <> 'cancelled'), 0), count(*) FILTER (WHERE status = 'cancelled')
-			FROM billing_pushes WHERE tenant = $1 AND metric = $2 AND period_start = $3`, p.Tenant, p.Metric, p.Period).QueryRow(func(row pgx.Row) error {
+			FROM billing_pushes WHERE tenant = $1 AND metric = $2 AND period_start = $3 AND group_key = $4`, p.Tenant, p.Metric, p.Period, p.GroupKey).QueryRow(func(row pgx.Row) error {
 		return row.Scan(&t.Metered, &t.Claimed, &t.Cancelled)
 	})
 	if err := q.SendBatch(ctx, b).Close(); err != nil {
@@ -87,39 +90,57 @@ func LockAndReadPair(ctx context.Context, q storage.Executor, p Pair, lock bool)
 	return t, nil
 }
 
-// Delta is a (tenant, metric, month) whose metered total exceeds what its
-// pushes claim, with its Stripe mapping (Customer empty when the tenant
-// has none) and whether its invoice is final (a closed billing period).
+// Delta is a (tenant, metric, group, month) whose metered total exceeds
+// what its pushes claim, with its Stripe mapping (Customer empty when the
+// tenant has none; EventName the quota's, with {property} placeholders on
+// a defined meter) and whether its invoice is final (a closed billing
+// period). Metric is the meter billed: the metric itself for its implicit
+// meter.
 type Delta struct {
 	Tenant, Metric, Customer, EventName string
-	Period                              time.Time
-	Metered, Claimed                    pgtype.Numeric
-	Cancelled                           int
-	Final                               bool
+	// GroupKey is the group as usage_windows stores it; Group the key
+	// itself (a digest resolved through meter_group_keys).
+	GroupKey, Group string
+	// Meter is the quota's defined meter, with its GroupBy, Aggregation
+	// and the quota's Filter; empty for an implicit meter.
+	Meter, Aggregation string
+	GroupBy            []string
+	Filter             map[string]string
+	Period             time.Time
+	Metered, Claimed   pgtype.Numeric
+	Cancelled          int
+	Final              bool
 }
 
 // Deltas reads every delta of the months from oldest on, by tenant,
-// metric and month.
+// metric, group and month: of implicit meters whose quota is billed, and
+// of every group of defined meters a billed quota names (the caller
+// applies the quota's filter and event name to the group).
 func Deltas(ctx context.Context, q storage.Executor, oldest time.Time) ([]Delta, error) {
-	rows, err := q.Query(ctx, `SELECT w.tenant, w.meter, w.window_start, w.value, coalesce(t.stripe_customer_id, ''), q.stripe_event_name,
+	rows, err := q.Query(ctx, `SELECT w.tenant, w.meter, w.group_key, coalesce(gk.group_key, w.group_key), w.window_start, w.value,
+			coalesce(t.stripe_customer_id, ''), q.stripe_event_name, coalesce(q.meter, ''), coalesce(m.aggregation, ''), coalesce(m.group_by, '{}'), q.group_filter,
 			coalesce(p.claimed, 0), coalesce(p.cancelled, 0), (bp.tenant IS NOT NULL)
 		FROM usage_windows w
 		JOIN tenants t ON t.tenant = w.tenant
-		JOIN plan_quotas q ON q.plan = t.plan AND q.metric = w.meter AND q.meter IS NULL
-		LEFT JOIN (SELECT tenant, metric, period_start, sum(delta) FILTER (WHERE status <> 'cancelled') AS claimed,
+		JOIN plan_quotas q ON q.plan = t.plan AND q.stripe_event_name IS NOT NULL
+			AND ((q.meter IS NULL AND q.metric = w.meter AND w.group_key = '') OR q.meter = w.meter)
+		LEFT JOIN meters m ON m.name = q.meter
+		LEFT JOIN meter_group_keys gk ON gk.meter = w.meter AND gk.digest = w.group_key
+		LEFT JOIN (SELECT tenant, metric, group_key, period_start, sum(delta) FILTER (WHERE status <> 'cancelled') AS claimed,
 				count(*) FILTER (WHERE status = 'cancelled') AS cancelled
-			FROM billing_pushes WHERE period_start >= $1 GROUP BY 1, 2, 3) p
-			ON p.tenant = w.tenant AND p.metric = w.meter AND p.period_start = w.window_start
+			FROM billing_pushes WHERE period_start >= $1 GROUP BY 1, 2, 3, 4) p
+			ON p.tenant = w.tenant AND p.metric = w.meter AND p.group_key = w.group_key AND p.period_start = w.window_start
 		LEFT JOIN billing_periods bp ON bp.tenant = w.tenant AND bp.period_start = w.window_start
-		WHERE w.group_key = '' AND w.granularity = 'month' AND w.window_start >= $1 AND w.value > coalesce(p.claimed, 0)
-		ORDER BY 1, 2, 3`, oldest)
+		WHERE w.granularity = 'month' AND w.window_start >= $1 AND w.value > coalesce(p.claimed, 0)
+		ORDER BY w.tenant, w.meter, w.group_key COLLATE "C", w.window_start`, oldest)
 	if err != nil {
 		return nil, err
 	}
 	var ds []Delta
 	for rows.Next() {
 		var d Delta
-		if err := rows.Scan(&d.Tenant, &d.Metric, &d.Period, &d.Metered, &d.Customer, &d.EventName, &d.Claimed, &d.Cancelled, &d.Final); err != nil {
+		if err := rows.Scan(&d.Tenant, &d.Metric, &d.GroupKey, &d.Group, &d.Period, &d.Metered, &d.Customer, &d.EventName, &d.Meter, &d.Aggregation,
+			&d.GroupBy, &d.Filter, &d.Claimed, &d.Cancelled, &d.Final); err != nil {
 			rows.Close()
 			return nil, err
 		}
@@ -135,6 +156,7 @@ func Deltas(ctx context.Context, q storage.Executor, oldest time.Time) ([]Delta,
 type Push struct {
 	ID                                  int64
 	Tenant, Metric, Customer, EventName string
+	GroupKey                            string
 	Identifier, Delta, Cumulative       string // decimal integers
 	Status                              string
 	Period, Billed                      time.Time
@@ -145,14 +167,14 @@ type Push struct {
 // pushesWhere reads the pushes where selects, in id order.
 func pushesWhere(ctx context.Context, q storage.Executor, where string, args ...any) ([]Push, error) {
 	rows, err := q.Query(ctx, `SELECT id, tenant, metric, stripe_customer_id, event_name, identifier, delta::text, cumulative_total::text,
-		status, period_start, billed_period_start, event_timestamp, created_at, attempts FROM billing_pushes WHERE `+where+` ORDER BY id`, args...)
+		status, period_start, billed_period_start, event_timestamp, created_at, attempts, group_key FROM billing_pushes WHERE `+where+` ORDER BY id`, args...)
 	if err != nil {
 		return nil, err
 	}
 	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (Push, error) {
 		var p Push
 		err := r.Scan(&p.ID, &p.Tenant, &p.Metric, &p.Customer, &p.EventName, &p.Identifier, &p.Delta, &p.Cumulative,
-			&p.Status, &p.Period, &p.Billed, &p.EventTime, &p.Created, &p.Attempts)
+			&p.Status, &p.Period, &p.Billed, &p.EventTime, &p.Created, &p.Attempts, &p.GroupKey)
 		return p, err
 	})
 }
@@ -240,16 +262,16 @@ type OverReported struct {
 }
 
 // FindOverReported reads the latest sent push of every (tenant, metric,
-// month) from oldest on whose claimed total exceeds the metered one,
+// group, month) from oldest on whose claimed total exceeds the metered one,
 // when it was sent after sentAfter.
 func FindOverReported(ctx context.Context, q storage.Executor, oldest, sentAfter time.Time) ([]OverReported, error) {
 	rows, err := q.Query(ctx, `WITH months AS (
-			SELECT tenant, metric, period_start, sum(delta) FILTER (WHERE status <> 'cancelled') AS claimed,
+			SELECT tenant, metric, group_key, period_start, sum(delta) FILTER (WHERE status <> 'cancelled') AS claimed,
 				max(id) FILTER (WHERE status = 'sent') AS last_sent
-			FROM billing_pushes WHERE period_start >= $1 GROUP BY 1, 2, 3)
+			FROM billing_pushes WHERE period_start >= $1 GROUP BY 1, 2, 3, 4)
 		SELECT p.id, p.event_name, p.identifier, p.stripe_customer_id, p.billed_period_start FROM months m
 		JOIN billing_pushes p ON p.id = m.last_sent
-		LEFT JOIN usage_windows w ON w.tenant = m.tenant AND w.meter = m.metric AND w.group_key = '' AND w.granularity = 'month' AND w.window_start = m.period_start
+		LEFT JOIN usage_windows w ON w.tenant = m.tenant AND w.meter = m.metric AND w.group_key = m.group_key AND w.granularity = 'month' AND w.window_start = m.period_start
 		WHERE m.claimed > coalesce(w.value, 0) AND p.sent_at > $2`, oldest, sentAfter)
 	if err != nil {
 		return nil, err
@@ -280,15 +302,16 @@ type DeadPush struct {
 	DeadSince   time.Time `json:"dead_since"`
 	EventTime   time.Time `json:"event_timestamp"`
 	CarriedLate bool      `json:"carried"`
+	GroupKey    string    `json:"group_key"`
 }
 
 const pushesDeadColumns = `id, tenant, metric, to_char(period_start AT TIME ZONE 'UTC', 'YYYY-MM'), delta::text, cumulative_total::text,
-	identifier, event_name, stripe_customer_id, attempts, last_error, status, updated_at, event_timestamp, carried`
+	identifier, event_name, stripe_customer_id, attempts, last_error, status, updated_at, event_timestamp, carried, group_key`
 
 func pushesDeadScan(r pgx.CollectableRow) (DeadPush, error) {
 	var d DeadPush
 	err := r.Scan(&d.ID, &d.Tenant, &d.Metric, &d.Period, &d.Value, &d.Cumulative, &d.Identifier, &d.EventName, &d.Customer,
-		&d.Attempts, &d.LastError, &d.Status, &d.DeadSince, &d.EventTime, &d.CarriedLate)
+		&d.Attempts, &d.LastError, &d.Status, &d.DeadSince, &d.EventTime, &d.CarriedLate, &d.GroupKey)
 	return d, err
 }
 

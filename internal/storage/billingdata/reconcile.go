@@ -16,6 +16,7 @@ import (
 type GroupPush struct {
 	ID                                int64
 	Tenant, Metric, Status            string
+	GroupKey                          string
 	Identifier, Cumulative            string
 	Delta                             pgtype.Numeric
 	Period, EventTime                 time.Time
@@ -31,7 +32,7 @@ type GroupPush struct {
 func LockGroupPushes(ctx context.Context, q storage.Executor, customer, eventName string, billed time.Time, lag time.Duration) ([]GroupPush, error) {
 	rows, err := q.Query(ctx, `SELECT p.id, p.tenant, p.metric, p.status, p.identifier, p.cumulative_total::text, p.delta, p.period_start,
 				p.event_timestamp, p.sent_at, (p.status = 'cancelled' AND p.updated_at > now() - $4::interval),
-				EXISTS (SELECT 1 FROM billing_periods bp WHERE bp.tenant = p.tenant AND bp.period_start = p.billed_period_start)
+				EXISTS (SELECT 1 FROM billing_periods bp WHERE bp.tenant = p.tenant AND bp.period_start = p.billed_period_start), p.group_key
 			FROM billing_pushes p
 			WHERE p.stripe_customer_id = $1 AND p.event_name = $2 AND p.billed_period_start = $3 AND p.status IN ('intent', 'dead', 'sent', 'cancelled')
 			ORDER BY p.id FOR UPDATE`, customer, eventName, billed, lag.String())
@@ -40,7 +41,7 @@ func LockGroupPushes(ctx context.Context, q storage.Executor, customer, eventNam
 	}
 	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (GroupPush, error) {
 		var x GroupPush
-		err := r.Scan(&x.ID, &x.Tenant, &x.Metric, &x.Status, &x.Identifier, &x.Cumulative, &x.Delta, &x.Period, &x.EventTime, &x.SentAt, &x.RecentlyCancelled, &x.PeriodIsClosed)
+		err := r.Scan(&x.ID, &x.Tenant, &x.Metric, &x.Status, &x.Identifier, &x.Cumulative, &x.Delta, &x.Period, &x.EventTime, &x.SentAt, &x.RecentlyCancelled, &x.PeriodIsClosed, &x.GroupKey)
 		return x, err
 	})
 }
@@ -67,9 +68,9 @@ func CancelReplaced(ctx context.Context, q storage.Executor, id int64, note stri
 // copies the rest of the row from push id.
 func InsertLandedPart(ctx context.Context, q storage.Executor, id int64, delta, identifier string, at time.Time, note string) error {
 	_, err := q.Exec(ctx, `INSERT INTO billing_pushes (tenant, metric, period_start, billed_period_start, stripe_customer_id, event_name,
-				cumulative_total, delta, identifier, event_timestamp, status, sent_at, last_error, created_at)
+				cumulative_total, delta, identifier, event_timestamp, status, sent_at, last_error, created_at, group_key)
 			SELECT tenant, metric, period_start, billed_period_start, stripe_customer_id, event_name, cumulative_total, $2::numeric, $3, event_timestamp,
-				'sent', $4, $5, $4 FROM billing_pushes WHERE id = $1`, id, delta, identifier, at, note)
+				'sent', $4, $5, $4, group_key FROM billing_pushes WHERE id = $1`, id, delta, identifier, at, note)
 	return err
 }
 
@@ -80,10 +81,10 @@ func InsertLandedPart(ctx context.Context, q storage.Executor, id int64, delta, 
 func InsertShortfall(ctx context.Context, q storage.Executor, p Intent, note string) (int64, bool, error) {
 	var id int64
 	err := q.QueryRow(ctx, `INSERT INTO billing_pushes (tenant, metric, period_start, billed_period_start, stripe_customer_id, event_name,
-			cumulative_total, delta, identifier, event_timestamp, carried, last_error, created_at, updated_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7::numeric, $8::numeric, $9, $10, $11, $12, $13, $13) ON CONFLICT (identifier) DO NOTHING RETURNING id`,
+			cumulative_total, delta, identifier, event_timestamp, carried, last_error, created_at, updated_at, group_key)
+		VALUES ($1, $2, $3, $4, $5, $6, $7::numeric, $8::numeric, $9, $10, $11, $12, $13, $13, $14) ON CONFLICT (identifier) DO NOTHING RETURNING id`,
 		p.Tenant, p.Metric, p.Period, p.Billed, p.Customer, p.EventName, p.Cumulative, p.Delta, p.Identifier, p.EventTime, p.Carried,
-		note, p.CreatedAt).Scan(&id)
+		note, p.CreatedAt, p.GroupKey).Scan(&id)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return 0, false, nil
 	}
@@ -93,27 +94,48 @@ func InsertShortfall(ctx context.Context, q storage.Executor, p Intent, note str
 	return id, true, nil
 }
 
-// PeriodTotal is one tenant and metric of a month: its Stripe mapping,
-// metered total and the sums of its pushes by status.
+// PeriodTotal is one tenant, meter and group of a month: its Stripe
+// mapping, metered total and the sums of its pushes by status. Metric is
+// the quota's metric; Meter the meter billed (the metric for its implicit
+// meter) with, for a defined one (Defined), its GroupBy, Aggregation and
+// the quota's Filter; GroupKey the group as stored, Group the key itself.
 type PeriodTotal struct {
 	Tenant, Metric, Customer, EventName string
+	Meter, GroupKey, Group              string
+	Defined                             bool
+	Aggregation                         string
+	GroupBy                             []string
+	Filter                              map[string]string
 	Metered, Reported, InFlight         pgtype.Numeric
 	Dead                                int
 	Discarded, CarriedOut, CarriedIn    pgtype.Numeric
 	LastSent                            *time.Time
 }
 
-// PeriodTotals reads, for every tenant and metric with usage or pushes in
-// the month starting at period, by tenant and metric: the metered total,
-// what was reported (sent), what is in flight (intents and dead), how many
-// are dead, what was discarded, what was carried out of the month and
-// into it, and when a push billed in it was last sent.
+// PeriodTotals reads, for every tenant, billed meter and group with usage
+// or pushes in the month starting at period, by tenant, metric, meter and
+// group: the metered total, what was reported (sent), what is in flight
+// (intents and dead), how many are dead, what was discarded, what was
+// carried out of the month and into it, and when a push billed in it was
+// last sent. Implicit meters have one row (the empty group); a defined
+// meter with a billed quota has one per group of its usage or pushes.
 func PeriodTotals(ctx context.Context, q storage.Executor, period time.Time) ([]PeriodTotal, error) {
-	rows, err := q.Query(ctx, `WITH keys AS (
-			SELECT t.tenant, q.metric, coalesce(t.stripe_customer_id, '') AS customer, q.stripe_event_name
+	rows, err := q.Query(ctx, `WITH groups AS (
+			SELECT tenant, meter, group_key FROM usage_windows WHERE granularity = 'month' AND window_start = $1 AND group_key <> ''
+			UNION
+			SELECT tenant, metric, group_key FROM billing_pushes WHERE (period_start = $1 OR billed_period_start = $1) AND group_key <> ''
+		), keys AS (
+			SELECT t.tenant, q.metric, q.metric AS meter, '' AS group_key, false AS defined, coalesce(t.stripe_customer_id, '') AS customer,
+				q.stripe_event_name, '' AS aggregation, '{}'::text[] AS group_by, q.group_filter
 			FROM tenants t JOIN plan_quotas q ON q.plan = t.plan AND q.meter IS NULL
+			UNION ALL
+			SELECT t.tenant, q.metric, q.meter, coalesce(g.group_key, ''), true, coalesce(t.stripe_customer_id, ''),
+				q.stripe_event_name, m.aggregation, m.group_by, q.group_filter
+			FROM tenants t JOIN plan_quotas q ON q.plan = t.plan AND q.meter IS NOT NULL AND q.stripe_event_name IS NOT NULL
+			JOIN meters m ON m.name = q.meter
+			LEFT JOIN groups g ON g.tenant = t.tenant AND g.meter = q.meter AND cardinality(m.group_by) > 0
 		), pushes AS (
-			SELECT tenant, metric,
+			SELECT tenant, metric, group_key,
 				sum(delta) FILTER (WHERE period_start = $1 AND status = 'sent') AS reported,
 				sum(delta) FILTER (WHERE period_start = $1 AND status IN ('intent', 'dead')) AS in_flight,
 				count(*) FILTER (WHERE period_start = $1 AND status = 'dead') AS dead,
@@ -121,21 +143,24 @@ func PeriodTotals(ctx context.Context, q storage.Executor, period time.Time) ([]
 				sum(delta) FILTER (WHERE period_start = $1 AND status = 'sent' AND billed_period_start <> $1) AS carried_out,
 				sum(delta) FILTER (WHERE billed_period_start = $1 AND period_start <> $1 AND status = 'sent') AS carried_in,
 				max(sent_at) FILTER (WHERE billed_period_start = $1) AS last_sent
-			FROM billing_pushes WHERE period_start = $1 OR billed_period_start = $1 GROUP BY 1, 2
+			FROM billing_pushes WHERE period_start = $1 OR billed_period_start = $1 GROUP BY 1, 2, 3
 		)
-		SELECT k.tenant, k.metric, k.customer, k.stripe_event_name, coalesce(w.value, 0),
+		SELECT k.tenant, k.metric, k.meter, k.group_key, coalesce(gk.group_key, k.group_key), k.defined, k.customer, k.stripe_event_name,
+			k.aggregation, k.group_by, k.group_filter, coalesce(w.value, 0),
 			coalesce(p.reported, 0), coalesce(p.in_flight, 0), coalesce(p.dead, 0), coalesce(p.discarded, 0), coalesce(p.carried_out, 0), coalesce(p.carried_in, 0), p.last_sent
 		FROM keys k
-		LEFT JOIN usage_windows w ON w.tenant = k.tenant AND w.meter = k.metric AND w.group_key = '' AND w.granularity = 'month' AND w.window_start = $1
-		LEFT JOIN pushes p ON p.tenant = k.tenant AND p.metric = k.metric
+		LEFT JOIN usage_windows w ON w.tenant = k.tenant AND w.meter = k.meter AND w.group_key = k.group_key AND w.granularity = 'month' AND w.window_start = $1
+		LEFT JOIN pushes p ON p.tenant = k.tenant AND p.metric = k.meter AND p.group_key = k.group_key
+		LEFT JOIN meter_group_keys gk ON gk.meter = k.meter AND gk.digest = k.group_key
 		WHERE w.tenant IS NOT NULL OR p.tenant IS NOT NULL
-		ORDER BY 1, 2`, period)
+		ORDER BY k.tenant, k.metric, k.meter COLLATE "C", k.group_key COLLATE "C"`, period)
 	if err != nil {
 		return nil, err
 	}
 	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (PeriodTotal, error) {
 		var x PeriodTotal
-		err := r.Scan(&x.Tenant, &x.Metric, &x.Customer, &x.EventName, &x.Metered, &x.Reported, &x.InFlight, &x.Dead, &x.Discarded, &x.CarriedOut, &x.CarriedIn, &x.LastSent)
+		err := r.Scan(&x.Tenant, &x.Metric, &x.Meter, &x.GroupKey, &x.Group, &x.Defined, &x.Customer, &x.EventName, &x.Aggregation, &x.GroupBy, &x.Filter,
+			&x.Metered, &x.Reported, &x.InFlight, &x.Dead, &x.Discarded, &x.CarriedOut, &x.CarriedIn, &x.LastSent)
 		return x, err
 	})
 }
