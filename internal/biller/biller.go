@@ -248,11 +248,15 @@ func WriteReport(w io.Writer, rows []stripesync.Row, format string) error {
 		return cw.Flush()
 	case "table", "":
 		tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "TENANT\tMETRIC\tPERIOD\tMETERED\tREPORTED\tSTRIPE\tDRIFT\tSTATUS\tNOTE\t")
+		fmt.Fprintln(tw, "TENANT\tMETRIC\tGROUP\tPERIOD\tMETERED\tREPORTED\tSTRIPE\tDRIFT\tSTATUS\tNOTE\t")
 		counts := map[string]int{}
 		for _, r := range rows {
 			counts[r.Status]++
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", r.Tenant, r.Metric, r.Period, r.Metered, r.Reported,
+			group := r.Group
+			if group == "" {
+				group = "-" // a meter without groups
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", r.Tenant, r.Metric, group, r.Period, r.Metered, r.Reported,
 				orDash(r.Stripe, r.Stripe == nil), r.Drift, r.Status, r.Note)
 		}
 		if err := tw.Flush(); err != nil {

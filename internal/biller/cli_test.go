@@ -18,12 +18,16 @@ func TestWriteReport(t *testing.T) {
 			CarriedOut: new(big.Int), CarriedIn: new(big.Int), Stripe: big.NewInt(100), Drift: new(big.Int), Status: stripesync.StatusOK},
 		{Tenant: "globex", Metric: "tokens", Period: "2026-11", Metered: big.NewInt(7), Reported: new(big.Int), InFlight: new(big.Int),
 			CarriedOut: new(big.Int), CarriedIn: new(big.Int), Drift: new(big.Int), Status: stripesync.StatusUnmapped, Note: "the tenant has no stripe_customer_id"},
+		{Tenant: "globex", Metric: "tokens_by_model", Period: "2026-11", Metered: big.NewInt(5), Reported: big.NewInt(5), InFlight: new(big.Int),
+			CarriedOut: new(big.Int), CarriedIn: new(big.Int), Stripe: big.NewInt(5), Drift: new(big.Int), Status: stripesync.StatusOK,
+			Meter: "tokens_by_model", Group: `["gpt-4"]`},
 	}
 	var buf bytes.Buffer
 	if err := biller.WriteReport(&buf, rows, "table"); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(buf.String(), "2 rows: 1 ok, 0 pending, 0 drift, 1 unmapped") || !strings.Contains(buf.String(), "globex") {
+	if !strings.Contains(buf.String(), "3 rows: 2 ok, 0 pending, 0 drift, 1 unmapped") || !strings.Contains(buf.String(), "globex") ||
+		!strings.Contains(buf.String(), `["gpt-4"]`) {
 		t.Fatalf("table:\n%s", buf.String())
 	}
 	buf.Reset()
@@ -31,7 +35,7 @@ func TestWriteReport(t *testing.T) {
 		t.Fatal(err)
 	}
 	recs, err := csv.NewReader(&buf).ReadAll()
-	if err != nil || len(recs) != 3 || recs[0][0] != "tenant" || recs[2][6] != "-" || recs[1][10] != "ok" {
+	if err != nil || len(recs) != 4 || recs[0][0] != "tenant" || recs[2][6] != "-" || recs[1][10] != "ok" || recs[3][13] != `["gpt-4"]` {
 		t.Fatalf("csv: %v %v", recs, err)
 	}
 	buf.Reset()
