@@ -248,7 +248,7 @@ func WriteReport(w io.Writer, rows []stripesync.Row, format string) error {
 		return cw.Flush()
 	case "table", "":
 		tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "TENANT\tMETRIC\tGROUP\tPERIOD\tMETERED\tREPORTED\tSTRIPE\tDRIFT\tSTATUS\tNOTE\t")
+		fmt.Fprintln(tw, "TENANT\tMETRIC\tMETER\tGROUP\tPERIOD\tMETERED\tREPORTED\tSTRIPE\tDRIFT\tSTATUS\tNOTE\t")
 		counts := map[string]int{}
 		for _, r := range rows {
 			counts[r.Status]++
@@ -256,7 +256,11 @@ func WriteReport(w io.Writer, rows []stripesync.Row, format string) error {
 			if group == "" {
 				group = "-" // a meter without groups
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", r.Tenant, r.Metric, group, r.Period, r.Metered, r.Reported,
+			meterName := r.Meter
+			if meterName == "" {
+				meterName = r.Metric
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", r.Tenant, r.Metric, meterName, group, r.Period, r.Metered, r.Reported,
 				orDash(r.Stripe, r.Stripe == nil), r.Drift, r.Status, r.Note)
 		}
 		if err := tw.Flush(); err != nil {

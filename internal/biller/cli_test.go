@@ -18,7 +18,7 @@ func TestWriteReport(t *testing.T) {
 			CarriedOut: new(big.Int), CarriedIn: new(big.Int), Stripe: big.NewInt(100), Drift: new(big.Int), Status: stripesync.StatusOK},
 		{Tenant: "globex", Metric: "tokens", Period: "2026-11", Metered: big.NewInt(7), Reported: new(big.Int), InFlight: new(big.Int),
 			CarriedOut: new(big.Int), CarriedIn: new(big.Int), Drift: new(big.Int), Status: stripesync.StatusUnmapped, Note: "the tenant has no stripe_customer_id"},
-		{Tenant: "globex", Metric: "tokens_by_model", Period: "2026-11", Metered: big.NewInt(5), Reported: big.NewInt(5), InFlight: new(big.Int),
+		{Tenant: "globex", Metric: "tokens", Period: "2026-11", Metered: big.NewInt(5), Reported: big.NewInt(5), InFlight: new(big.Int),
 			CarriedOut: new(big.Int), CarriedIn: new(big.Int), Stripe: big.NewInt(5), Drift: new(big.Int), Status: stripesync.StatusOK,
 			Meter: "tokens_by_model", Group: `["gpt-4"]`},
 	}
@@ -27,7 +27,7 @@ func TestWriteReport(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !strings.Contains(buf.String(), "3 rows: 2 ok, 0 pending, 0 drift, 1 unmapped") || !strings.Contains(buf.String(), "globex") ||
-		!strings.Contains(buf.String(), `["gpt-4"]`) {
+		!strings.Contains(buf.String(), `tokens_by_model  ["gpt-4"]`) {
 		t.Fatalf("table:\n%s", buf.String())
 	}
 	buf.Reset()
