@@ -82,13 +82,6 @@ func writeMeterErrors(w http.ResponseWriter, errs []events.FieldError) {
 	}{httpjson.ErrorDetail{Code: "invalid_meter", Message: "invalid meter: " + strings.Join(parts, "; ")}, errs})
 }
 
-// isImplicit reports whether d is the implicit meter of its metric: named
-// as it, the sum of its values, no groups, no filter, no property. Its
-// description is free.
-func isImplicit(d meter.Definition) bool {
-	return d.Name == d.Metric && d.Aggregation == meter.Sum && len(d.GroupBy) == 0 && len(d.Filter) == 0 && d.Property == ""
-}
-
 // meterNameConflict returns why d may not have its name ("" if it may).
 // Meters and metrics share one namespace, since a metric's usage is kept
 // as its implicit meter, named as the metric: a meter named as its own
@@ -97,7 +90,7 @@ func isImplicit(d meter.Definition) bool {
 // implicit meter has counted usage) unless a meter of that name is
 // already defined.
 func (a *API) meterNameConflict(r *http.Request, d meter.Definition) (string, error) {
-	if isImplicit(d) {
+	if d.IsImplicit() {
 		return "", nil // the meter every metric has, defined explicitly
 	}
 	if d.Name == d.Metric {

@@ -113,6 +113,14 @@ func Implicit(metric string) Definition {
 	return Definition{Name: metric, Metric: metric, Aggregation: Sum}
 }
 
+// IsImplicit reports whether d is the implicit meter of its metric: named
+// as it, the sum of its values, no groups, no filter, no property. Its
+// description is free. Counting such a definition besides the implicit
+// meter would count its events twice in the same windows.
+func (d Definition) IsImplicit() bool {
+	return d.Name == d.Metric && d.Aggregation == Sum && len(d.GroupBy) == 0 && len(d.Filter) == 0 && d.Property == ""
+}
+
 // definitionJSON is Definition as written: property a pointer so that an
 // empty one is null.
 type definitionJSON struct {

@@ -230,3 +230,22 @@ func TestDefinitionJSON(t *testing.T) {
 		t.Fatalf("nulls decoded as %+v", d)
 	}
 }
+
+func TestIsImplicit(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		d    meter.Definition
+		want bool
+	}{
+		{meter.Implicit("tokens"), true},
+		{meter.Definition{Name: "tokens", Metric: "tokens", Aggregation: meter.Sum, Description: "free text"}, true},
+		{meter.Definition{Name: "tokens_sum", Metric: "tokens", Aggregation: meter.Sum}, false},
+		{meter.Definition{Name: "tokens", Metric: "tokens", Aggregation: meter.Max}, false},
+		{meter.Definition{Name: "tokens", Metric: "tokens", Aggregation: meter.Sum, GroupBy: []string{"model"}}, false},
+		{meter.Definition{Name: "tokens", Metric: "tokens", Aggregation: meter.Sum, Filter: map[string]string{"region": "eu"}}, false},
+	} {
+		if got := tc.d.IsImplicit(); got != tc.want {
+			t.Errorf("%+v.IsImplicit() = %v, want %v", tc.d, got, tc.want)
+		}
+	}
+}

@@ -66,16 +66,10 @@ func (s *Set) Named(name string) (Meter, bool) {
 // under one name, so the rollup refuses them.
 func (s *Set) Shadows(metric string) (Meter, bool) {
 	m, ok := s.byName[metric]
-	if !ok || isImplicit(m.Definition) {
+	if !ok || m.IsImplicit() {
 		return Meter{}, false
 	}
 	return m, true
-}
-
-// isImplicit reports whether d is the implicit meter of its name: counting
-// it as well would count its events twice in the same windows.
-func isImplicit(d meter.Definition) bool {
-	return d.Name == d.Metric && d.Aggregation == meter.Sum && len(d.GroupBy) == 0 && len(d.Filter) == 0
 }
 
 func newSet(version int64, rows []accounts.Meter) *Set {
@@ -90,7 +84,7 @@ func newSet(version int64, rows []accounts.Meter) *Set {
 			Changed: r.UpdatedAt,
 		}
 		s.byName[m.Name] = m
-		if isImplicit(m.Definition) {
+		if m.IsImplicit() {
 			continue // the implicit meter counts these events already
 		}
 		s.byMetric[m.Metric] = append(s.byMetric[m.Metric], m)

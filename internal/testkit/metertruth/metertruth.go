@@ -33,7 +33,7 @@ func Key(tenant, meterName, group string, g windows.Granularity, start time.Time
 
 // Granularities are the windows the aggregator keeps of d.
 func Granularities(d meter.Definition) []windows.Granularity {
-	if d.Name == d.Metric && d.Aggregation == meter.Sum && len(d.GroupBy) == 0 && len(d.Filter) == 0 {
+	if d.IsImplicit() {
 		return windows.All
 	}
 	return []windows.Granularity{windows.Hour, windows.Day, windows.Month}
