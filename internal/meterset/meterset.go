@@ -75,14 +75,7 @@ func (s *Set) Shadows(metric string) (Meter, bool) {
 func newSet(version int64, rows []accounts.Meter) *Set {
 	s := &Set{version: version, byMetric: map[string][]Meter{}, byName: make(map[string]Meter, len(rows))}
 	for _, r := range rows {
-		m := Meter{
-			Definition: meter.Definition{
-				Name: r.Name, Metric: r.Metric, Aggregation: meter.Aggregation(r.Aggregation),
-				GroupBy: r.GroupBy, Filter: r.Filter, Property: r.Property, Description: r.Description,
-			},
-			Version: r.Version,
-			Changed: r.UpdatedAt,
-		}
+		m := Meter{Definition: r.Definition(), Version: r.Version, Changed: r.UpdatedAt}
 		s.byName[m.Name] = m
 		if m.IsImplicit() {
 			continue // the implicit meter counts these events already

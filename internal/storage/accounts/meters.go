@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/usagemeter/metering/internal/meter"
 	"github.com/usagemeter/metering/internal/storage"
 )
 
@@ -53,6 +54,15 @@ type Meter struct {
 	Version   int64
 	CreatedAt time.Time
 	UpdatedAt time.Time
+}
+
+// Definition is m as the meter model knows it: what it counts and how,
+// without the row's version and times.
+func (m Meter) Definition() meter.Definition {
+	return meter.Definition{
+		Name: m.Name, Metric: m.Metric, Aggregation: meter.Aggregation(m.Aggregation),
+		GroupBy: m.GroupBy, Filter: m.Filter, Property: m.Property, Description: m.Description,
+	}
 }
 
 // meterColumns is what every read of a meter selects, in scanMeter's order.

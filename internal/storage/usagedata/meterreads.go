@@ -3,7 +3,6 @@ package usagedata
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -13,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/usagemeter/metering/events"
@@ -35,10 +35,7 @@ func (r *Reader) Meter(ctx context.Context, name string) (meter.Definition, bool
 	if err != nil {
 		return meter.Definition{}, false, fmt.Errorf("reading usage of meter %s: %w", name, err)
 	}
-	return meter.Definition{
-		Name: m.Name, Metric: m.Metric, Aggregation: meter.Aggregation(m.Aggregation), GroupBy: m.GroupBy,
-		Filter: m.Filter, Property: m.Property, Description: m.Description,
-	}, true, nil
+	return m.Definition(), true, nil
 }
 
 // MeterQuery is a grouped read of one meter's windows.
@@ -477,41 +474,42 @@ func meterUsageSQL(q MeterQuery) (string, []any, error) {
 // TenantMeters returns the defined meters that counted usage of tenant in
 // a month starting at or after from, in name order. It finds the
 // tenant's meters by skipping through usage_windows' primary key (a few
-// index lookups per meter, never a scan of the tenant's windows), then
-// keeps the defined ones with a month window in range.
+// index lookups per meter, never a scan of the tenant's windows), keeps
+// those with a month window in range, and takes their definitions from
+// accounts.ListMeters (implicit meters are not stored, so they drop out).
 func (r *Reader) TenantMeters(ctx context.Context, tenant string, from time.Time) ([]meter.Definition, error) {
 	rows, err := r.q.Query(ctx, `WITH RECURSIVE m AS (
 			(SELECT meter FROM usage_windows WHERE tenant = $1 ORDER BY meter LIMIT 1)
 			UNION ALL
 			SELECT (SELECT meter FROM usage_windows WHERE tenant = $1 AND meter > m.meter ORDER BY meter LIMIT 1) FROM m WHERE m.meter IS NOT NULL
 		)
-		SELECT d.name, d.metric, d.aggregation, d.group_by, d.filter::text, coalesce(d.property, ''), d.description
-		FROM m JOIN meters d ON d.name = m.meter
-		WHERE EXISTS (SELECT 1 FROM usage_windows w WHERE w.tenant = $1 AND w.meter = m.meter
+		SELECT m.meter FROM m
+		WHERE m.meter IS NOT NULL AND EXISTS (SELECT 1 FROM usage_windows w WHERE w.tenant = $1 AND w.meter = m.meter
 			AND w.group_key >= '' AND w.granularity = 'month' AND w.window_start >= $2)
-		ORDER BY d.name`, tenant, from)
+		ORDER BY m.meter`, tenant, from)
 	if err != nil {
 		return nil, fmt.Errorf("listing the meters of tenant %s: %w", tenant, err)
 	}
-	defer rows.Close()
-	var out []meter.Definition
-	for rows.Next() {
-		var d meter.Definition
-		var agg, filter string
-		if err := rows.Scan(&d.Name, &d.Metric, &agg, &d.GroupBy, &filter, &d.Property, &d.Description); err != nil {
-			return nil, fmt.Errorf("listing the meters of tenant %s: %w", tenant, err)
-		}
-		d.Aggregation = meter.Aggregation(agg)
-		if err := json.Unmarshal([]byte(filter), &d.Filter); err != nil {
-			return nil, fmt.Errorf("listing the meters of tenant %s: meter %s's filter: %w", tenant, d.Name, err)
-		}
-		if d.GroupBy == nil {
-			d.GroupBy = []string{}
-		}
-		out = append(out, d)
-	}
-	if err := rows.Err(); err != nil {
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
 		return nil, fmt.Errorf("listing the meters of tenant %s: %w", tenant, err)
+	}
+	if len(names) == 0 {
+		return nil, nil
+	}
+	defined, err := accounts.ListMeters(ctx, r.q)
+	if err != nil {
+		return nil, fmt.Errorf("listing the meters of tenant %s: %w", tenant, err)
+	}
+	byName := make(map[string]accounts.Meter, len(defined))
+	for _, m := range defined {
+		byName[m.Name] = m
+	}
+	var out []meter.Definition
+	for _, name := range names {
+		if m, ok := byName[name]; ok {
+			out = append(out, m.Definition())
+		}
 	}
 	return out, nil
 }
