@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -56,7 +57,11 @@ func addToMeters(ctx context.Context, tx pgx.Tx, meters *meterset.Set, incs []in
 	if meters.Len() == 0 {
 		return nil
 	}
-	f := newMeterFold(len(incs))
+	n := 0
+	for i := range incs {
+		n += len(meters.ForMetric(incs[i].metric))
+	}
+	f := newMeterFold(n)
 	var key []byte
 	for i := range incs {
 		in := &incs[i]
@@ -82,77 +87,132 @@ func addToMeters(ctx context.Context, tx pgx.Tx, meters *meterset.Set, incs []in
 				}
 			}
 			key = m.Group(*in.ev).AppendKey(key[:0])
-			k := string(key)
-			for _, g := range meterGranularities {
-				f.add(meterWindowKey{in.tenant, m.Name, k, g, g.Start(in.at)}, c, in.events)
-			}
+			f.add(meterGroupKey{in.tenant, m.Name, string(key)}, in.at, c, in.events)
 		}
 	}
 	return usagedata.AddMeterWindows(ctx, tx, f.rows)
 }
 
-type meterWindowKey struct {
+// meterGroupKey is one group of one tenant's meter.
+type meterGroupKey struct {
 	tenant, meter, group string
-	g                    windows.Granularity
-	start                time.Time
 }
 
 // meterFold folds a batch's contributions to one row per window (and,
 // for unique_count, per window and value), as the events would fold, so
-// Postgres writes each window once.
+// Postgres writes each window once. It finds a contribution's rows with
+// one lookup of its group (and one of its value): a group's windows in a
+// batch are few (its events' hours), so each granularity keeps them in a
+// short list.
 type meterFold struct {
 	rows    usagedata.MeterAdds
-	row     map[meterWindowKey]int
-	uniques map[uniqueKey]bool
+	groups  map[meterGroupKey]*foldGroup
+	uniques map[uniqueKey]*foldStarts
 }
 
+// foldGroup holds the rows of one group's windows in the batch, per
+// granularity of meterGranularities.
+type foldGroup [3][]foldRow
+
+type foldRow struct {
+	start time.Time
+	row   int
+}
+
+// foldStarts holds the window starts, per granularity, a unique value was
+// already seen in.
+type foldStarts [3][]time.Time
+
 type uniqueKey struct {
-	w     meterWindowKey
+	group meterGroupKey
 	value string
 }
 
 func newMeterFold(n int) *meterFold {
-	return &meterFold{row: make(map[meterWindowKey]int, n), uniques: map[uniqueKey]bool{}}
+	f := &meterFold{groups: make(map[meterGroupKey]*foldGroup, n), uniques: map[uniqueKey]*foldStarts{}}
+	f.rows.Grow(n * len(meterGranularities))
+	return f
 }
 
-func (f *meterFold) append(k meterWindowKey, c meter.Contribution, events int64) {
-	f.rows.Append(k.tenant, k.meter, k.group, string(k.g), k.start, c, events)
+func (f *meterFold) append(k meterGroupKey, g windows.Granularity, start time.Time, c meter.Contribution, events int64) {
+	f.rows.Append(k.tenant, k.meter, k.group, string(g), start, c, events)
 }
 
-func (f *meterFold) add(k meterWindowKey, c meter.Contribution, events int64) {
-	if c.Aggregation == meter.UniqueCount {
-		// One row per distinct value of the window; the window's events
-		// go on its first row.
-		if c.HasDistinct {
-			u := uniqueKey{k, c.Distinct}
-			if f.uniques[u] {
-				c.HasDistinct = false
-			} else {
-				f.uniques[u] = true
-				f.append(k, c, events)
-				return
+// add folds contribution c of an event at time at into the group's window
+// of each granularity.
+func (f *meterFold) add(k meterGroupKey, at time.Time, c meter.Contribution, events int64) {
+	grp := f.groups[k]
+	if grp == nil {
+		grp = &foldGroup{}
+		f.groups[k] = grp
+	}
+	var seen *foldStarts
+	if c.Aggregation == meter.UniqueCount && c.HasDistinct {
+		u := uniqueKey{k, c.Distinct}
+		if seen = f.uniques[u]; seen == nil {
+			seen = &foldStarts{}
+			f.uniques[u] = seen
+		}
+	}
+	for gi, g := range meterGranularities {
+		start := g.Start(at)
+		i := -1
+		for _, r := range grp[gi] {
+			if r.start.Equal(start) {
+				i = r.row
+				break
 			}
 		}
-		if i, ok := f.row[k]; ok {
-			f.rows.Events[i] += events
+		if c.Aggregation == meter.UniqueCount {
+			f.addUnique(k, g, start, c, events, i, &grp[gi], seen, gi)
+			continue
+		}
+		if i < 0 {
+			grp[gi] = append(grp[gi], foldRow{start, f.rows.Len()})
+			f.append(k, g, start, c, events)
+			continue
+		}
+		f.fold(i, k, g, start, c, events, &grp[gi])
+	}
+}
+
+// addUnique folds a unique_count contribution: one row per distinct value
+// of the window, the window's events on its first row. i is the window's
+// first row in the batch, -1 for none yet.
+func (f *meterFold) addUnique(k meterGroupKey, g windows.Granularity, start time.Time, c meter.Contribution, events int64, i int, rows *[]foldRow, seen *foldStarts, gi int) {
+	if seen != nil {
+		if !slices.ContainsFunc(seen[gi], start.Equal) {
+			seen[gi] = append(seen[gi], start)
+			if i < 0 {
+				*rows = append(*rows, foldRow{start, f.rows.Len()})
+			}
+			f.append(k, g, start, c, events)
 			return
 		}
-		f.row[k] = f.rows.Len()
-		f.append(k, c, events)
+		c.HasDistinct = false
+	}
+	if i >= 0 {
+		f.rows.Events[i] += events
 		return
 	}
-	i, ok := f.row[k]
-	if !ok {
-		f.row[k] = f.rows.Len()
-		f.append(k, c, events)
-		return
-	}
+	*rows = append(*rows, foldRow{start, f.rows.Len()})
+	f.append(k, g, start, c, events)
+}
+
+// fold folds contribution c into row i, as the meter's aggregation folds.
+func (f *meterFold) fold(i int, k meterGroupKey, g windows.Granularity, start time.Time, c meter.Contribution, events int64, rows *[]foldRow) {
 	r := &f.rows
 	switch c.Aggregation {
 	case meter.Sum:
 		if r.Values[i] > math.MaxInt64-c.Value {
-			// The fold would overflow a row: a row of its own.
-			f.append(k, c, events)
+			// The fold would overflow a row: a row of its own, which
+			// the window's later contributions fold into.
+			for j := range *rows {
+				if (*rows)[j].row == i {
+					(*rows)[j].row = r.Len()
+				}
+			}
+			f.append(k, g, start, c, events)
 			return
 		}
 		r.Values[i] += c.Value

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -44,6 +45,23 @@ type MeterAdds struct {
 
 // Len is the number of rows.
 func (a *MeterAdds) Len() int { return len(a.Tenants) }
+
+// Grow makes room for n more rows, so that appending them allocates
+// nothing.
+func (a *MeterAdds) Grow(n int) {
+	a.Tenants = slices.Grow(a.Tenants, n)
+	a.Meters = slices.Grow(a.Meters, n)
+	a.GroupKeys = slices.Grow(a.GroupKeys, n)
+	a.Granularities = slices.Grow(a.Granularities, n)
+	a.Starts = slices.Grow(a.Starts, n)
+	a.Aggregations = slices.Grow(a.Aggregations, n)
+	a.Values = slices.Grow(a.Values, n)
+	a.Events = slices.Grow(a.Events, n)
+	a.Times = slices.Grow(a.Times, n)
+	a.IDs = slices.Grow(a.IDs, n)
+	a.Uniques = slices.Grow(a.Uniques, n)
+	a.HasUniques = slices.Grow(a.HasUniques, n)
+}
 
 // Append adds one row.
 func (a *MeterAdds) Append(tenant, meterName, groupKey, granularity string, start time.Time, c meter.Contribution, events int64) {
@@ -175,6 +193,14 @@ type kindColumns struct {
 	h          []bool
 }
 
+func newKindColumns(n int) *kindColumns {
+	return &kindColumns{
+		t: make([]string, 0, n), m: make([]string, 0, n), k: make([]string, 0, n), g: make([]string, 0, n),
+		s: make([]time.Time, 0, n), v: make([]int64, 0, n), e: make([]int64, 0, n), at: make([]time.Time, 0, n),
+		id: make([]string, 0, n), u: make([]string, 0, n), h: make([]bool, 0, n),
+	}
+}
+
 // AddMeterWindows applies a batch of rows to the windows of defined meters,
 // one statement per aggregation present (in the order of
 // meter.Aggregations), creating windows as needed:
@@ -208,14 +234,18 @@ func AddMeterWindows(ctx context.Context, q storage.Executor, rows MeterAdds) er
 	if err := rows.check(); err != nil {
 		return fmt.Errorf("adding to meter windows: %w", err)
 	}
-	kinds := make(map[meter.Aggregation]*kindColumns)
+	// The columns of each aggregation, allocated once at their size.
+	sizes := make(map[meter.Aggregation]int, len(meter.Aggregations))
+	for _, agg := range rows.Aggregations {
+		sizes[agg]++
+	}
+	kinds := make(map[meter.Aggregation]*kindColumns, len(sizes))
+	for agg, n := range sizes {
+		kinds[agg] = newKindColumns(n)
+	}
 	var long longKeys
 	for i := range rows.Len() {
 		c := kinds[rows.Aggregations[i]]
-		if c == nil {
-			c = &kindColumns{}
-			kinds[rows.Aggregations[i]] = c
-		}
 		key := rows.GroupKeys[i]
 		if len(key) > maxStoredLen {
 			key = long.add(rows.Meters[i], key)
