@@ -35,21 +35,35 @@ func benchEvents(rng *rand.Rand, n int, from int64) ([]events.Event, []rollup.Re
 // benchEventsOf is benchEvents with tenant names starting with prefix, so
 // that concurrent workers can own disjoint tenants, as Kafka partitions do.
 func benchEventsOf(rng *rand.Rand, n int, from int64, prefix string) ([]events.Event, []rollup.Record) {
-	return benchEventsWith(rng, n, from, prefix, false)
+	return benchEventsWith(rng, n, from, prefix, noProperties)
 }
 
-// benchEventsWith is benchEventsOf; withProperties gives each event a
-// project (1,000 distinct values) and a user (10,000).
-func benchEventsWith(rng *rand.Rand, n int, from int64, prefix string, withProperties bool) ([]events.Event, []rollup.Record) {
+// propertyShape is whether bench events carry properties: a project of
+// 1,000 distinct values and a user of 10,000, drawn uniformly for every
+// tenant, so that nearly every event of a batch is a new group and a new
+// unique value in each of its windows (the costliest case for meters).
+type propertyShape bool
+
+const (
+	noProperties     propertyShape = false
+	sparseProperties propertyShape = true
+)
+
+func (p propertyShape) draw(rng *rand.Rand) map[string]string {
+	if !p {
+		return nil
+	}
+	return map[string]string{"project": fmt.Sprint("p", rng.IntN(1000)), "user": fmt.Sprint("u", rng.IntN(10000))}
+}
+
+// benchEventsWith is benchEventsOf with properties of shape props.
+func benchEventsWith(rng *rand.Rand, n int, from int64, prefix string, props propertyShape) ([]events.Event, []rollup.Record) {
 	base := time.Now().UTC().Add(-2 * time.Hour)
 	evs := make([]events.Event, n)
 	recs := make([]rollup.Record, n)
 	for i := range evs {
 		evs[i] = events.Event{ID: events.NewID(), Tenant: fmt.Sprint(prefix, rng.IntN(1000)), Metric: []string{"api_calls", "tokens"}[i%2],
-			Value: rng.Int64N(1000), Time: base.Add(time.Duration(rng.IntN(7200)) * time.Second)}
-		if withProperties {
-			evs[i].Properties = map[string]string{"project": fmt.Sprint("p", rng.IntN(1000)), "user": fmt.Sprint("u", rng.IntN(10000))}
-		}
+			Value: rng.Int64N(1000), Time: base.Add(time.Duration(rng.IntN(7200)) * time.Second), Properties: props.draw(rng)}
 		recs[i] = rollup.Record{Partition: 0, Offset: from + int64(i), Key: []byte(evs[i].Tenant), Value: evs[i].AppendJSON(nil), Time: time.Now()}
 	}
 	return evs, recs
@@ -61,11 +75,11 @@ const benchWorkers = 4
 // tenants, then times benchWorkers goroutines applying them with fn, and
 // returns how many events they processed.
 func inWorkers(b *testing.B, rng *rand.Rand, fn func(worker int, recs []rollup.Record, evs []events.Event) error) int {
-	return inWorkersWith(b, rng, false, fn)
+	return inWorkersWith(b, rng, noProperties, fn)
 }
 
 // inWorkersWith is inWorkers with events made by benchEventsWith.
-func inWorkersWith(b *testing.B, rng *rand.Rand, withProperties bool, fn func(worker int, recs []rollup.Record, evs []events.Event) error) int {
+func inWorkersWith(b *testing.B, rng *rand.Rand, props propertyShape, fn func(worker int, recs []rollup.Record, evs []events.Event) error) int {
 	per := (b.N + benchWorkers - 1) / benchWorkers
 	type batch struct {
 		recs []rollup.Record
@@ -74,7 +88,7 @@ func inWorkersWith(b *testing.B, rng *rand.Rand, withProperties bool, fn func(wo
 	work := make([][]batch, benchWorkers)
 	for w := range work {
 		for range per {
-			evs, recs := benchEventsWith(rng, benchBatch, 0, fmt.Sprintf("w%d-tenant-", w), withProperties)
+			evs, recs := benchEventsWith(rng, benchBatch, 0, fmt.Sprintf("w%d-tenant-", w), props)
 			work[w] = append(work[w], batch{recs, evs})
 		}
 	}
@@ -139,31 +153,28 @@ func BenchmarkAggregate(b *testing.B) {
 
 	b.Run("apply-no-kafka", func(b *testing.B) {
 		db := pgtest.New(b)
-		perSecond(b, applyInWorkers(b, rng, db, false))
+		perSecond(b, applyInWorkers(b, rng, db, noProperties))
 	})
 
 	// Meters: the same events with two properties, counted in their
-	// implicit meter only (the baseline), then also in three defined
-	// meters each: a plain sum, a sum grouped by a property of 1,000
-	// distinct values and a unique count of another.
+	// implicit meter only (the baseline), then also in defined meters: a
+	// plain sum, a sum grouped by a property of 1,000 distinct values and
+	// a unique count of another (three defined meters, four per event);
+	// then the grouped sum and the unique count only (three meters per
+	// event, the implicit meter being the plain sum).
 	b.Run("apply-properties-implicit-meter", func(b *testing.B) {
 		db := pgtest.New(b)
-		perSecond(b, applyInWorkers(b, rng, db, true))
+		perSecond(b, applyInWorkers(b, rng, db, sparseProperties))
 	})
 	b.Run("apply-properties-3-meters", func(b *testing.B) {
 		db := pgtest.New(b)
-		for _, metric := range []string{"api_calls", "tokens"} {
-			for _, m := range []accounts.Meter{
-				{Name: metric + "_total", Metric: metric, Aggregation: "sum"},
-				{Name: metric + "_by_project", Metric: metric, Aggregation: "sum", GroupBy: []string{"project"}},
-				{Name: metric + "_users", Metric: metric, Aggregation: "unique_count", Property: "user"},
-			} {
-				if _, _, err := accounts.PutMeter(ctx, db.Pool, m); err != nil {
-					b.Fatal(err)
-				}
-			}
-		}
-		perSecond(b, applyInWorkers(b, rng, db, true))
+		defineBenchMeters(b, db, true)
+		perSecond(b, applyInWorkers(b, rng, db, sparseProperties))
+	})
+	b.Run("apply-properties-grouped-and-unique", func(b *testing.B) {
+		db := pgtest.New(b)
+		defineBenchMeters(b, db, false)
+		perSecond(b, applyInWorkers(b, rng, db, sparseProperties))
 	})
 
 	b.Run("pipeline-kafka", func(b *testing.B) {
@@ -201,17 +212,36 @@ func BenchmarkAggregate(b *testing.B) {
 	})
 }
 
+// defineBenchMeters defines, for each bench metric, a sum grouped by
+// project, a unique count of users and, with plain, a plain sum.
+func defineBenchMeters(b *testing.B, db *pgtest.DB, plain bool) {
+	for _, metric := range []string{"api_calls", "tokens"} {
+		ms := []accounts.Meter{
+			{Name: metric + "_by_project", Metric: metric, Aggregation: "sum", GroupBy: []string{"project"}},
+			{Name: metric + "_users", Metric: metric, Aggregation: "unique_count", Property: "user"},
+		}
+		if plain {
+			ms = append(ms, accounts.Meter{Name: metric + "_total", Metric: metric, Aggregation: "sum"})
+		}
+		for _, m := range ms {
+			if _, _, err := accounts.PutMeter(context.Background(), db.Pool, m); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+}
+
 // applyInWorkers applies b.N batches with rollup.Apply in benchWorkers
 // goroutines, each on its own partition and tenants, and returns how many
 // events they applied.
-func applyInWorkers(b *testing.B, rng *rand.Rand, db *pgtest.DB, withProperties bool) int {
+func applyInWorkers(b *testing.B, rng *rand.Rand, db *pgtest.DB, props propertyShape) int {
 	ctx := context.Background()
 	agg := rollup.New(db.Pool, rollup.Config{Group: "bench", Topic: topics.UsageEvents})
 	next := make([]int64, benchWorkers)
 	for i := range next {
 		next[i] = -1
 	}
-	return inWorkersWith(b, rng, withProperties, func(w int, recs []rollup.Record, _ []events.Event) error {
+	return inWorkersWith(b, rng, props, func(w int, recs []rollup.Record, _ []events.Event) error {
 		for i := range recs {
 			recs[i].Partition, recs[i].Offset = w, max(next[w], 0)+int64(i)
 		}
@@ -406,7 +436,7 @@ func BenchmarkMeterStorage(b *testing.B) {
 					}
 				}
 			}
-			processed := applyInWorkers(b, rng, db, true)
+			processed := applyInWorkers(b, rng, db, sparseProperties)
 			var rows, bytes int64
 			if err := db.Pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM usage_windows) + (SELECT count(*) FROM meter_uniques) + (SELECT count(*) FROM meter_group_keys),
 					pg_total_relation_size('usage_windows') + pg_total_relation_size('meter_uniques') + pg_total_relation_size('meter_group_keys')`).Scan(&rows, &bytes); err != nil {
