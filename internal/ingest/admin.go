@@ -210,8 +210,7 @@ func planFromBody(name string, qs []quotaBody) (accounts.Plan, error) {
 // checkQuotaGroups checks what a quota says of a meter's groups, without
 // the meter's definition (checkQuotaMeters has it): the implicit meter has
 // none; a defined meter's quota is on some groups (a filter) or on each
-// (per_group), not both, and is not priced (billing reads the metric's
-// implicit quota).
+// (per_group), not both.
 func checkQuotaGroups(q accounts.Quota, field func(string) string) error {
 	if q.Meter == "" {
 		switch {
@@ -227,9 +226,6 @@ func checkQuotaGroups(q accounts.Quota, field func(string) string) error {
 	}
 	if q.PerGroup && len(q.Filter) > 0 {
 		return fmt.Errorf("%s: a per_group quota sets one limit for each group and takes no filter; make one quota per filter instead", field("filter"))
-	}
-	if q.UnitPrice != "" {
-		return fmt.Errorf("%s: prices are set on the metric's implicit quota (meter absent), not on meter %q", field("unit_price"), q.Meter)
 	}
 	if q.StripeEventName != "" {
 		if _, err := meter.EventNamePlaceholders(q.StripeEventName); err != nil {
