@@ -110,7 +110,7 @@ async function load() {
     const group = Object.keys(l.group || {}).length ? groupLabel(l.group) : filter || "all";
     const tr = el("tr", { "data-testid": "bill-line" });
     tr.append(cell(own ? l.metric : `${l.metric} · ${l.meter}`), cell(group, `bill-group-${id}`, "group"),
-      cell(l.unit_price, `bill-price-${id}`, "num"), cell(String(l.used), `bill-used-${id}`, "num"),
+      cell(priceLabel(l), `bill-price-${id}`, "num"), cell(String(l.used), `bill-used-${id}`, "num"),
       cell(l.amount, `bill-amount-${id}`, "num"), cell(String(l.projected_used), `bill-projected-used-${id}`, "num"),
       cell(l.projected_amount, `bill-projected-${id}`, "num"));
     bill.append(tr);
@@ -126,6 +126,20 @@ async function load() {
   }
   if (br.breaches.length === 0) { const tr = el("tr"); tr.append(cell("No breaches.")); tb.append(tr); }
   await loadConflicts();
+}
+
+// priceLabel shows a bill line's price: its unit price, a package's
+// amount and size, or a tiered price's tiers ("volume: ≤ 1000 at 0.002;
+// rest at 0.001 + 1", a tier's flat amount after the +).
+function priceLabel(l) {
+  const p = l.price || {};
+  if (l.unit_price !== undefined) return l.unit_price;
+  if (p.model === "package") return `${p.package_amount} per ${p.package_size}` + (p.round === "down" ? " (whole packages)" : "");
+  if (p.model === "graduated" || p.model === "volume") {
+    return `${p.model}: ` + (p.tiers || []).map(t => `${t.up_to === null ? "rest" : "≤ " + t.up_to} at ${t.unit_amount}` +
+      (t.flat_amount && Number(t.flat_amount) !== 0 ? ` + ${t.flat_amount}` : "")).join("; ");
+  }
+  return p.model || "";
 }
 
 // groupLabel shows a group's values: "model=gpt-4, region=(none)".

@@ -543,8 +543,9 @@ func openPage(t *testing.T, e *env, key string) context.Context {
 }
 
 // TestUsagePageShowsBillGroups: a priced quota billed per group shows a
-// bill line per group with the API's figures, the group's values (markup
-// among them) as text, beside the implicit meter's line.
+// bill line per group with the API's figures, each group on its own
+// volume tiers, the group's values (markup among them) as text and the
+// tiers as the price, beside the implicit meter's per_unit line.
 func TestUsagePageShowsBillGroups(t *testing.T) {
 	now := time.Now().UTC()
 	e := newUIEnv(t, now)
@@ -554,7 +555,8 @@ func TestUsagePageShowsBillGroups(t *testing.T) {
 	}
 	if r := e.do("PUT", "/v1/admin/plans/free", adminKey, "application/json", `{"quotas":[
 		{"metric":"tokens","limit":null,"unit_price":"0.001"},
-		{"metric":"tokens","meter":"tokens_by_model","limit":null,"per_group":true,"unit_price":"0.002"}]}`); r.status != http.StatusOK {
+		{"metric":"tokens","meter":"tokens_by_model","limit":null,"per_group":true,
+		 "price":{"model":"volume","tiers":[{"up_to":1000,"unit_amount":"0.002"},{"up_to":null,"unit_amount":"0.001","flat_amount":"1"}]}}]}`); r.status != http.StatusOK {
 		t.Fatalf("PUT plan: %d %s", r.status, r.raw)
 	}
 	e.do("PUT", "/v1/admin/tenants/acme", adminKey, "application/json", `{"plan":"free"}`)
@@ -605,9 +607,16 @@ func TestUsagePageShowsBillGroups(t *testing.T) {
 				group = "model=" + *v
 			}
 		}
-		want = append(want, []string{label, group, l.UnitPrice, fmt.Sprint(l.Used), l.Amount, fmt.Sprint(l.ProjUsed), l.ProjAmount})
+		price := l.UnitPrice
+		if price == "" {
+			price = "volume: ≤ 1000 at 0.002; rest at 0.001 + 1"
+		}
+		want = append(want, []string{label, group, price, fmt.Sprint(l.Used), l.Amount, fmt.Sprint(l.ProjUsed), l.ProjAmount})
 	}
-	if len(want) != 4 || want[0][0] != "tokens" || want[0][3] != "6000" || want[1][1] != "model=(none)" || want[2][1] != "model="+hostileID || want[3][4] != "2.00" {
+	// Each group on its own tiers: 3000 and 2000 in the second, with its
+	// fee; 1000 in the first.
+	if len(want) != 4 || want[0][0] != "tokens" || want[0][3] != "6000" || want[1][1] != "model=(none)" || want[1][4] != "4.00" ||
+		want[2][1] != "model="+hostileID || want[2][4] != "3.00" || want[3][4] != "2.00" {
 		t.Errorf("the API's bill lines: %q", want)
 	}
 	if fmt.Sprint(rows) != fmt.Sprint(want) {

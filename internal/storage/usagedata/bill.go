@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/usagemeter/metering/internal/meter"
+	"github.com/usagemeter/metering/internal/price"
 	"github.com/usagemeter/metering/internal/quota"
 	"github.com/usagemeter/metering/internal/windows"
 )
@@ -30,17 +31,23 @@ type BillLine struct {
 	Filter map[string]string `json:"filter"`
 	// Group is the group's values (null for a missing property) when the
 	// quota bills each group on its own ({"model":"gpt-4"}), {} otherwise.
-	Group     Group    `json:"group"`
-	Used      *big.Int `json:"used"`
-	UnitPrice string   `json:"unit_price"`
-	// Amount is Used × UnitPrice, in the currency, rounded half up to cents.
+	Group Group    `json:"group"`
+	Used  *big.Int `json:"used"`
+	// Price is the quota's price; a line of a group is priced on that
+	// group's usage alone (its own tiers, packages).
+	Price price.Price `json:"price"`
+	// UnitPrice is Price's unit amount when it is per_unit, else absent.
+	UnitPrice string `json:"unit_price,omitempty"`
+	// Amount is what Used costs under Price, in the currency, rounded
+	// half up to cents.
 	Amount string `json:"amount"`
 	// ProjectedUsed is the usage at the end of the month: for a sum or
 	// count meter the usage so far extended linearly to the month's end;
 	// for max, latest and unique_count, which do not grow with time, the
 	// usage so far.
-	ProjectedUsed   *big.Int `json:"projected_used"`
-	ProjectedAmount string   `json:"projected_amount"`
+	ProjectedUsed *big.Int `json:"projected_used"`
+	// ProjectedAmount is what ProjectedUsed costs under Price.
+	ProjectedAmount string `json:"projected_amount"`
 }
 
 // Bill is the running and projected bill of a tenant's month.
@@ -60,7 +67,7 @@ type pricedQuota struct {
 	filter          map[string]string
 	perGroup        bool
 	stripeEventName string
-	unitPrice       string
+	price           price.Price
 }
 
 // Bill returns tenant's bill for the month containing now: a line for
@@ -68,7 +75,8 @@ type pricedQuota struct {
 // the month when the quota bills per group: per_group, or a Stripe event
 // name with {property} placeholders), ordered by metric, meter, then the
 // quota's filter and the group's values. Amounts are exact decimal
-// arithmetic, rounded half up to cents only at the end of each line.
+// arithmetic under the quota's price model (internal/price), rounded half
+// up to cents only at the end of each line; the totals add the lines.
 func (r *Reader) Bill(ctx context.Context, tenant string, now time.Time) (Bill, error) {
 	start, end := windows.Month.Span(now)
 	b := Bill{Tenant: tenant, PeriodStart: start, PeriodEnd: end, Lines: []BillLine{}}
@@ -90,19 +98,23 @@ func (r *Reader) Bill(ctx context.Context, tenant string, now time.Time) (Bill, 
 		length := new(big.Rat).SetFrac64(int64(end.Sub(start)), 1)
 		scale := new(big.Rat).Quo(length, elapsed)
 		for _, q := range qs {
-			price, ok := new(big.Rat).SetString(q.unitPrice)
-			if !ok {
-				return b, fmt.Errorf("reading prices of %s: unit price %q of %s", tenant, q.unitPrice, q.metric)
-			}
 			usages, agg, err := r.quotaUsage(ctx, tenant, q, start, end)
 			if err != nil {
 				return b, fmt.Errorf("reading the bill of %s: %w", tenant, err)
 			}
 			for _, u := range usages {
-				l := BillLine{Metric: q.metric, Meter: cmp.Or(q.meter, q.metric), Filter: q.filter, Group: u.Group, Used: u.Value, UnitPrice: q.unitPrice}
+				l := BillLine{Metric: q.metric, Meter: cmp.Or(q.meter, q.metric), Filter: q.filter, Group: u.Group, Used: u.Value,
+					Price: q.price, UnitPrice: q.price.UnitPrice()}
 				l.ProjectedUsed = projectUsage(agg, l.Used, scale)
-				l.Amount = billCents(new(big.Rat).Mul(new(big.Rat).SetInt(l.Used), price))
-				l.ProjectedAmount = billCents(new(big.Rat).Mul(new(big.Rat).SetInt(l.ProjectedUsed), price))
+				amount, err := q.price.Amount(l.Used)
+				if err != nil {
+					return b, fmt.Errorf("reading the bill of %s: the price of %s: %w", tenant, l.Meter, err)
+				}
+				projected, err := q.price.Amount(l.ProjectedUsed)
+				if err != nil {
+					return b, fmt.Errorf("reading the bill of %s: the price of %s: %w", tenant, l.Meter, err)
+				}
+				l.Amount, l.ProjectedAmount = price.Cents(amount), price.Cents(projected)
 				total.Add(total, billRat(l.Amount))
 				projTotal.Add(projTotal, billRat(l.ProjectedAmount))
 				b.Lines = append(b.Lines, l)
@@ -114,22 +126,22 @@ func (r *Reader) Bill(ctx context.Context, tenant string, now time.Time) (Bill, 
 	slices.SortStableFunc(b.Lines, func(x, y BillLine) int {
 		return cmp.Or(cmp.Compare(x.Metric, y.Metric), cmp.Compare(x.Meter, y.Meter))
 	})
-	b.Total, b.ProjectedTotal = billCents(total), billCents(projTotal)
+	b.Total, b.ProjectedTotal = price.Cents(total), price.Cents(projTotal)
 	return b, nil
 }
 
 // pricedQuotas reads plan's quotas that have a price, ordered by metric,
 // meter (the implicit meter first), filter and per_group.
 func (r *Reader) pricedQuotas(ctx context.Context, plan string) ([]pricedQuota, error) {
-	rows, err := r.q.Query(ctx, `SELECT q.metric, coalesce(q.meter, ''), q.group_filter, q.per_group, coalesce(q.stripe_event_name, ''), q.unit_price::text
-		FROM plan_quotas q WHERE q.plan = $1 AND q.unit_price IS NOT NULL
+	rows, err := r.q.Query(ctx, `SELECT q.metric, coalesce(q.meter, ''), q.group_filter, q.per_group, coalesce(q.stripe_event_name, ''), q.price
+		FROM plan_quotas q WHERE q.plan = $1 AND q.price IS NOT NULL
 		ORDER BY q.metric, q.meter NULLS FIRST, q.group_filter::text COLLATE "C", q.per_group`, plan)
 	if err != nil {
 		return nil, err
 	}
 	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (pricedQuota, error) {
 		var q pricedQuota
-		err := row.Scan(&q.metric, &q.meter, &q.filter, &q.perGroup, &q.stripeEventName, &q.unitPrice)
+		err := row.Scan(&q.metric, &q.meter, &q.filter, &q.perGroup, &q.stripeEventName, &q.price)
 		if q.filter == nil {
 			q.filter = map[string]string{}
 		}
@@ -194,14 +206,6 @@ func projectUsage(agg meter.Aggregation, used *big.Int, scale *big.Rat) *big.Int
 	}
 	projected := new(big.Rat).Mul(new(big.Rat).SetInt(used), scale)
 	return new(big.Int).Quo(projected.Num(), projected.Denom())
-}
-
-// billCents formats r rounded half up to two decimals.
-func billCents(r *big.Rat) string {
-	scaled := new(big.Rat).Mul(r, big.NewRat(100, 1))
-	scaled.Add(scaled, big.NewRat(1, 2))
-	n := new(big.Int).Quo(scaled.Num(), scaled.Denom())
-	return new(big.Rat).SetFrac(n, big.NewInt(100)).FloatString(2)
 }
 
 func billRat(s string) *big.Rat {
