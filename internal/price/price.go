@@ -6,7 +6,8 @@
 // Invariant: an amount is computed with exact rational arithmetic
 // (math/big) from decimal strings of at most 12 decimal places and an
 // integer usage of any size, never through a float, and is rounded half up
-// to cents once, by Cents, at the end of a line (TestAmount, TestCents).
+// to cents once, by RoundCents (Cents writes it), at the end of a line
+// (TestAmount, TestCents).
 package price
 
 import (
@@ -114,95 +115,132 @@ func (p Price) UnitPrice() string {
 }
 
 // Amount is the exact amount usage costs under p (units below zero count
-// as none). It fails only for a Price that Parse would refuse.
+// as none). It fails only for a Price that Parse would refuse. To price
+// many usages, parse p's amounts once with Rates.
 func (p Price) Amount(usage *big.Int) (*big.Rat, error) {
+	r, err := p.Rates()
+	if err != nil {
+		return nil, err
+	}
+	return r.Amount(usage), nil
+}
+
+// Rates is a Price with its amounts parsed: what prices many usages.
+type Rates struct {
+	model Model
+	unit  *big.Rat   // per_unit
+	tiers []rateTier // graduated, volume
+	size  *big.Int   // package
+	pkg   *big.Rat   // package
+	round Rounding
+}
+
+// rateTier is a Tier parsed; upTo nil on the last tier.
+type rateTier struct {
+	upTo       *big.Int
+	unit, flat *big.Rat
+}
+
+// Rates parses p's amounts. It fails only for a Price that Parse would
+// refuse.
+func (p Price) Rates() (Rates, error) {
+	r := Rates{model: p.Model, round: p.Round}
+	var err error
+	switch p.Model {
+	case PerUnit:
+		r.unit, err = decimal("unit_amount", p.UnitAmount)
+	case Graduated, Volume:
+		if len(p.Tiers) == 0 || p.Tiers[len(p.Tiers)-1].UpTo != nil {
+			return Rates{}, fmt.Errorf("price: a %s price's last tier must hold every unit (up_to null)", p.Model)
+		}
+		r.tiers = make([]rateTier, len(p.Tiers))
+		for i, t := range p.Tiers {
+			if t.UpTo != nil {
+				r.tiers[i].upTo = big.NewInt(*t.UpTo)
+			}
+			if r.tiers[i].unit, err = decimal(fmt.Sprintf("tiers[%d].unit_amount", i), t.UnitAmount); err != nil {
+				return Rates{}, err
+			}
+			if r.tiers[i].flat, err = decimal(fmt.Sprintf("tiers[%d].flat_amount", i), t.FlatAmount); err != nil {
+				return Rates{}, err
+			}
+		}
+	case Package:
+		if p.PackageSize < 1 {
+			return Rates{}, fmt.Errorf("price: package_size %d is not a positive number of units", p.PackageSize)
+		}
+		r.size = big.NewInt(p.PackageSize)
+		r.pkg, err = decimal("package_amount", p.PackageAmount)
+	default:
+		return Rates{}, fmt.Errorf("price: unknown model %q", p.Model)
+	}
+	if err != nil {
+		return Rates{}, err
+	}
+	return r, nil
+}
+
+// Amount is the exact amount usage costs (units below zero count as
+// none); a new value, which the caller may change.
+func (r Rates) Amount(usage *big.Int) *big.Rat {
 	units := new(big.Int)
 	if usage != nil && usage.Sign() > 0 {
 		units.Set(usage)
 	}
-	switch p.Model {
+	switch r.model {
 	case PerUnit:
-		ua, err := decimal("unit_amount", p.UnitAmount)
-		if err != nil {
-			return nil, err
-		}
-		return ua.Mul(ua, new(big.Rat).SetInt(units)), nil
+		return new(big.Rat).Mul(r.unit, new(big.Rat).SetInt(units))
 	case Graduated:
-		return p.graduated(units)
+		return r.graduated(units)
 	case Volume:
-		return p.volume(units)
+		return r.volume(units)
 	case Package:
-		amount, err := decimal("package_amount", p.PackageAmount)
-		if err != nil {
-			return nil, err
-		}
-		if p.PackageSize < 1 {
-			return nil, fmt.Errorf("price: package_size %d is not a positive number of units", p.PackageSize)
-		}
-		size := big.NewInt(p.PackageSize)
-		n, rest := new(big.Int).QuoRem(units, size, new(big.Int))
-		if rest.Sign() > 0 && p.Round != Down {
+		n, rest := new(big.Int).QuoRem(units, r.size, new(big.Int))
+		if rest.Sign() > 0 && r.round != Down {
 			n.Add(n, big.NewInt(1))
 		}
-		return amount.Mul(amount, new(big.Rat).SetInt(n)), nil
+		return new(big.Rat).Mul(r.pkg, new(big.Rat).SetInt(n))
 	}
-	return nil, fmt.Errorf("price: unknown model %q", p.Model)
+	return new(big.Rat) // the zero Rates prices nothing
 }
 
 // graduated: each tier's units at its unit amount, plus the flat amount of
 // every tier reached. The first tier is always reached (at no usage too);
 // a later one when the usage is above the previous tier's up_to.
-func (p Price) graduated(units *big.Int) (*big.Rat, error) {
+func (r Rates) graduated(units *big.Int) *big.Rat {
 	total := new(big.Rat)
 	prev := new(big.Int)
-	for i, t := range p.Tiers {
+	in := new(big.Int)
+	for i, t := range r.tiers {
 		if i > 0 && units.Cmp(prev) <= 0 {
 			break
 		}
-		ua, flat, err := t.amounts(i)
-		if err != nil {
-			return nil, err
-		}
-		in := new(big.Int).Set(units)
-		if t.UpTo != nil && units.Cmp(big.NewInt(*t.UpTo)) > 0 {
-			in.SetInt64(*t.UpTo)
+		in.Set(units)
+		if t.upTo != nil && units.Cmp(t.upTo) > 0 {
+			in.Set(t.upTo)
 		}
 		in.Sub(in, prev)
-		total.Add(total, ua.Mul(ua, new(big.Rat).SetInt(in)))
-		total.Add(total, flat)
-		if t.UpTo == nil {
+		total.Add(total, new(big.Rat).Mul(t.unit, new(big.Rat).SetInt(in)))
+		total.Add(total, t.flat)
+		if t.upTo == nil {
 			break
 		}
-		prev.SetInt64(*t.UpTo)
+		prev.Set(t.upTo)
 	}
-	return total, nil
+	return total
 }
 
 // volume: every unit at the unit amount of the first tier whose up_to is
 // at or above the usage, plus that tier's flat amount.
-func (p Price) volume(units *big.Int) (*big.Rat, error) {
-	for i, t := range p.Tiers {
-		if t.UpTo != nil && units.Cmp(big.NewInt(*t.UpTo)) > 0 {
+func (r Rates) volume(units *big.Int) *big.Rat {
+	for _, t := range r.tiers {
+		if t.upTo != nil && units.Cmp(t.upTo) > 0 {
 			continue
 		}
-		ua, flat, err := t.amounts(i)
-		if err != nil {
-			return nil, err
-		}
-		return ua.Mul(ua, new(big.Rat).SetInt(units)).Add(ua, flat), nil
+		a := new(big.Rat).Mul(t.unit, new(big.Rat).SetInt(units))
+		return a.Add(a, t.flat)
 	}
-	return nil, fmt.Errorf("price: no tier holds %s units (the last tier's up_to must be null)", units)
-}
-
-// amounts parses t's unit and flat amounts ("" is 0).
-func (t Tier) amounts(i int) (unit, flat *big.Rat, err error) {
-	if unit, err = decimal(fmt.Sprintf("tiers[%d].unit_amount", i), t.UnitAmount); err != nil {
-		return nil, nil, err
-	}
-	if flat, err = decimal(fmt.Sprintf("tiers[%d].flat_amount", i), t.FlatAmount); err != nil {
-		return nil, nil, err
-	}
-	return unit, flat, nil
+	return new(big.Rat) // Rates checks that the last tier holds every unit
 }
 
 // decimal parses an amount; "" is 0.
@@ -220,8 +258,8 @@ func decimal(field, s string) (*big.Rat, error) {
 	return r, nil
 }
 
-// Cents formats r rounded half up to two decimals ("2.47" for 2.465).
-func Cents(r *big.Rat) string {
+// RoundCents is r rounded half up (away from zero) to a whole cent.
+func RoundCents(r *big.Rat) *big.Rat {
 	scaled := new(big.Rat).Mul(r, big.NewRat(100, 1))
 	if scaled.Sign() >= 0 {
 		scaled.Add(scaled, big.NewRat(1, 2))
@@ -229,8 +267,11 @@ func Cents(r *big.Rat) string {
 		scaled.Sub(scaled, big.NewRat(1, 2))
 	}
 	n := new(big.Int).Quo(scaled.Num(), scaled.Denom()) // truncates toward zero
-	return new(big.Rat).SetFrac(n, big.NewInt(100)).FloatString(2)
+	return new(big.Rat).SetFrac(n, big.NewInt(100))
 }
+
+// Cents formats r rounded half up to two decimals ("2.47" for 2.465).
+func Cents(r *big.Rat) string { return RoundCents(r).FloatString(2) }
 
 // FieldError is what Parse refuses: the field, as JSON spells it under the
 // price ("tiers[1].up_to"; "" for the price itself), and why.

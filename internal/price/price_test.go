@@ -213,3 +213,57 @@ func TestParseNormalises(t *testing.T) {
 		t.Errorf("a volume price's UnitPrice is %q", got)
 	}
 }
+
+// TestRatesReuse: one Rates prices many usages as Amount does each, and
+// the amounts it returns are the caller's to change (they share nothing
+// with the parsed rates).
+func TestRatesReuse(t *testing.T) {
+	t.Parallel()
+	for _, s := range []string{
+		`{"model":"per_unit","unit_amount":"0.25"}`,
+		`{"model":"graduated","tiers":[{"up_to":10,"unit_amount":"1","flat_amount":"3"},{"up_to":null,"unit_amount":"0.5","flat_amount":"7"}]}`,
+		`{"model":"volume","tiers":[{"up_to":10,"unit_amount":"1","flat_amount":"3"},{"up_to":null,"unit_amount":"0.5","flat_amount":"7"}]}`,
+		`{"model":"package","package_size":3,"package_amount":"2"}`,
+	} {
+		p := mustParse(t, s)
+		rates, err := p.Rates()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, u := range []int64{0, 1, 9, 10, 11, 100, 0, 10} {
+			got := rates.Amount(big.NewInt(u))
+			want, err := p.Amount(big.NewInt(u))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Cmp(want) != 0 {
+				t.Errorf("%s: Rates.Amount(%d) = %s, Amount = %s", s, u, got.RatString(), want.RatString())
+			}
+			got.Add(got, big.NewRat(1000, 1)) // must not change the rates
+		}
+	}
+}
+
+// TestRatesRefuses: a Price that Parse would refuse has no rates.
+func TestRatesRefuses(t *testing.T) {
+	t.Parallel()
+	upTo := int64(10)
+	for name, p := range map[string]price.Price{
+		"unknown model":     {Model: "tiered"},
+		"no tiers":          {Model: price.Graduated},
+		"last tier bounded": {Model: price.Volume, Tiers: []price.Tier{{UpTo: &upTo, UnitAmount: "1"}}},
+		"bad amount":        {Model: price.PerUnit, UnitAmount: "1e3"},
+		"bad tier amount":   {Model: price.Graduated, Tiers: []price.Tier{{FlatAmount: "-1"}}},
+		"no package size":   {Model: price.Package, PackageAmount: "1"},
+	} {
+		if _, err := p.Rates(); err == nil {
+			t.Errorf("%s: Rates of %+v did not fail", name, p)
+		}
+		if _, err := p.Amount(big.NewInt(1)); err == nil {
+			t.Errorf("%s: Amount of %+v did not fail", name, p)
+		}
+	}
+	if got := (price.Rates{}).Amount(big.NewInt(5)); got.Sign() != 0 {
+		t.Errorf("the zero Rates price 5 units at %s", got.RatString())
+	}
+}

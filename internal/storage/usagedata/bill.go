@@ -98,6 +98,10 @@ func (r *Reader) Bill(ctx context.Context, tenant string, now time.Time) (Bill, 
 		length := new(big.Rat).SetFrac64(int64(end.Sub(start)), 1)
 		scale := new(big.Rat).Quo(length, elapsed)
 		for _, q := range qs {
+			rates, err := q.price.Rates()
+			if err != nil {
+				return b, fmt.Errorf("reading the bill of %s: the price of %s on %s: %w", tenant, q.metric, cmp.Or(q.meter, q.metric), err)
+			}
 			usages, agg, err := r.quotaUsage(ctx, tenant, q, start, end)
 			if err != nil {
 				return b, fmt.Errorf("reading the bill of %s: %w", tenant, err)
@@ -106,17 +110,10 @@ func (r *Reader) Bill(ctx context.Context, tenant string, now time.Time) (Bill, 
 				l := BillLine{Metric: q.metric, Meter: cmp.Or(q.meter, q.metric), Filter: q.filter, Group: u.Group, Used: u.Value,
 					Price: q.price, UnitPrice: q.price.UnitPrice()}
 				l.ProjectedUsed = projectUsage(agg, l.Used, scale)
-				amount, err := q.price.Amount(l.Used)
-				if err != nil {
-					return b, fmt.Errorf("reading the bill of %s: the price of %s: %w", tenant, l.Meter, err)
-				}
-				projected, err := q.price.Amount(l.ProjectedUsed)
-				if err != nil {
-					return b, fmt.Errorf("reading the bill of %s: the price of %s: %w", tenant, l.Meter, err)
-				}
-				l.Amount, l.ProjectedAmount = price.Cents(amount), price.Cents(projected)
-				total.Add(total, billRat(l.Amount))
-				projTotal.Add(projTotal, billRat(l.ProjectedAmount))
+				amount, projected := price.RoundCents(rates.Amount(l.Used)), price.RoundCents(rates.Amount(l.ProjectedUsed))
+				l.Amount, l.ProjectedAmount = amount.FloatString(2), projected.FloatString(2)
+				total.Add(total, amount)
+				projTotal.Add(projTotal, projected)
 				b.Lines = append(b.Lines, l)
 			}
 		}
@@ -206,11 +203,6 @@ func projectUsage(agg meter.Aggregation, used *big.Int, scale *big.Rat) *big.Int
 	}
 	projected := new(big.Rat).Mul(new(big.Rat).SetInt(used), scale)
 	return new(big.Int).Quo(projected.Num(), projected.Denom())
-}
-
-func billRat(s string) *big.Rat {
-	r, _ := new(big.Rat).SetString(s)
-	return r
 }
 
 // Breaches returns tenant's breaches, newest first, at most limit.
