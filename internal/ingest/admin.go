@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math/big"
 	"net/http"
 	"regexp"
 	"slices"
@@ -20,6 +21,7 @@ import (
 	"github.com/usagemeter/metering/internal/auth"
 	"github.com/usagemeter/metering/internal/httpjson"
 	"github.com/usagemeter/metering/internal/meter"
+	"github.com/usagemeter/metering/internal/price"
 	"github.com/usagemeter/metering/internal/storage/accounts"
 )
 
@@ -34,7 +36,11 @@ type quotaBody struct {
 	BurstPercent    int             `json:"burst_percent"`
 	Hard            bool            `json:"hard"`
 	StripeEventName string          `json:"stripe_event_name"`
-	UnitPrice       string          `json:"unit_price"`
+	// UnitPrice is shorthand for {"model":"per_unit","unit_amount":UnitPrice}.
+	UnitPrice string `json:"unit_price"`
+	// Price is the quota's price (price.Parse checks it); null or absent
+	// for none.
+	Price json.RawMessage `json:"price"`
 	// Meter names a defined meter of Metric; absent, empty or the metric
 	// itself is the metric's implicit meter.
 	Meter string `json:"meter"`
@@ -45,7 +51,6 @@ type quotaBody struct {
 }
 
 var (
-	priceRE    = regexp.MustCompile(`^[0-9]{1,12}(\.[0-9]{1,12})?$`)
 	currencyRE = regexp.MustCompile(`^[a-z]{3}$`)
 )
 
@@ -143,7 +148,7 @@ func decodeOptionalObject(r *http.Request, v any) error {
 
 func planFromBody(name string, qs []quotaBody) (accounts.Plan, error) {
 	if qs == nil {
-		return accounts.Plan{}, errors.New(`"quotas" is required: a list of {"metric", "limit", "period", "burst_percent", "hard", "stripe_event_name", "unit_price", "meter", "filter", "per_group"}`)
+		return accounts.Plan{}, errors.New(`"quotas" is required: a list of {"metric", "limit", "period", "burst_percent", "hard", "stripe_event_name", "unit_price", "price", "meter", "filter", "per_group"}`)
 	}
 	plan := accounts.Plan{Name: name}
 	seen := map[string]int{}
@@ -152,7 +157,7 @@ func planFromBody(name string, qs []quotaBody) (accounts.Plan, error) {
 		if !events.ValidName(q.Metric) {
 			return plan, fmt.Errorf("%s must be 1-128 characters of A-Z a-z 0-9 . _ : -, got %q", field("metric"), q.Metric)
 		}
-		out := accounts.Quota{Metric: q.Metric, Period: q.Period, BurstPercent: q.BurstPercent, Hard: q.Hard, StripeEventName: q.StripeEventName, UnitPrice: q.UnitPrice,
+		out := accounts.Quota{Metric: q.Metric, Period: q.Period, BurstPercent: q.BurstPercent, Hard: q.Hard, StripeEventName: q.StripeEventName,
 			Filter: q.Filter, PerGroup: q.PerGroup}
 		if q.Meter != q.Metric {
 			out.Meter = q.Meter
@@ -168,8 +173,8 @@ func planFromBody(name string, qs []quotaBody) (accounts.Plan, error) {
 			return plan, fmt.Errorf("%s: the quota on meter %q with this filter and per_group appears twice (quotas[%d])", field("meter"), out.Meter, j)
 		}
 		seen[key] = i
-		if q.UnitPrice != "" && !priceRE.MatchString(q.UnitPrice) {
-			return plan, fmt.Errorf("%s must be a decimal string such as \"0.002\" (the price of one unit), got %q", field("unit_price"), q.UnitPrice)
+		if err := quotaPrice(&out, q, field); err != nil {
+			return plan, err
 		}
 		switch raw := strings.TrimSpace(string(q.Limit)); raw {
 		case "":
@@ -207,11 +212,49 @@ func planFromBody(name string, qs []quotaBody) (accounts.Plan, error) {
 	return plan, nil
 }
 
+// quotaPrice sets out's price from q's price and unit_price: unit_price
+// is shorthand for a per_unit price, and both may be sent (as a plan is
+// shown) when they say the same.
+func quotaPrice(out *accounts.Quota, q quotaBody, field func(string) string) error {
+	if q.UnitPrice != "" && !price.ValidDecimal(q.UnitPrice) {
+		return fmt.Errorf("%s must be a decimal string such as \"0.002\" (the price of one unit), got %q", field("unit_price"), q.UnitPrice)
+	}
+	out.UnitPrice = ""
+	if raw := bytes.TrimSpace(q.Price); len(raw) > 0 && string(raw) != "null" {
+		p, ferr := price.Parse(raw)
+		if ferr != nil {
+			name := field("price")
+			if ferr.Field != "" {
+				name += "." + ferr.Field
+			}
+			return fmt.Errorf("%s %s", name, ferr.Message)
+		}
+		if q.UnitPrice != "" && !sameAmount(p.UnitPrice(), q.UnitPrice) {
+			return fmt.Errorf("%s: %q is shorthand for {\"model\":\"per_unit\",\"unit_amount\":%q}, which is not the price sent in %s; send one of them",
+				field("unit_price"), q.UnitPrice, q.UnitPrice, field("price"))
+		}
+		out.Price = &p
+		return nil
+	}
+	if q.UnitPrice != "" {
+		p := price.PerUnitPrice(q.UnitPrice)
+		out.Price = &p
+	}
+	return nil
+}
+
+// sameAmount reports whether two decimal strings are one amount ("0.5"
+// and "0.50").
+func sameAmount(a, b string) bool {
+	x, okx := new(big.Rat).SetString(a)
+	y, oky := new(big.Rat).SetString(b)
+	return okx && oky && x.Cmp(y) == 0
+}
+
 // checkQuotaGroups checks what a quota says of a meter's groups, without
 // the meter's definition (checkQuotaMeters has it): the implicit meter has
 // none; a defined meter's quota is on some groups (a filter) or on each
-// (per_group), not both, and is not priced (billing reads the metric's
-// implicit quota).
+// (per_group), not both.
 func checkQuotaGroups(q accounts.Quota, field func(string) string) error {
 	if q.Meter == "" {
 		switch {
@@ -227,9 +270,6 @@ func checkQuotaGroups(q accounts.Quota, field func(string) string) error {
 	}
 	if q.PerGroup && len(q.Filter) > 0 {
 		return fmt.Errorf("%s: a per_group quota sets one limit for each group and takes no filter; make one quota per filter instead", field("filter"))
-	}
-	if q.UnitPrice != "" {
-		return fmt.Errorf("%s: prices are set on the metric's implicit quota (meter absent), not on meter %q", field("unit_price"), q.Meter)
 	}
 	if q.StripeEventName != "" {
 		if _, err := meter.EventNamePlaceholders(q.StripeEventName); err != nil {

@@ -41,7 +41,7 @@ func TestPlanQuotasOnMeters(t *testing.T) {
 		{"filter off group_by", `{"metric":"tokens","meter":"tokens_by_model","limit":10,"filter":{"region":"eu"}}`, `quotas[0].filter.region: "region" is not among the group_by properties of meter "tokens_by_model" (group_by ["model"])`},
 		{"filter and per_group", `{"metric":"tokens","meter":"tokens_by_model","limit":10,"filter":{"model":"gpt-4"},"per_group":true}`, "quotas[0].filter: a per_group quota"},
 		{"per_group without groups", `{"metric":"tokens","meter":"tokens_total","limit":10,"per_group":true}`, `quotas[0].per_group: meter "tokens_total" has no group_by`},
-		{"a price on a meter", `{"metric":"tokens","meter":"tokens_total","limit":10,"unit_price":"0.1"}`, "quotas[0].unit_price: prices are set on the metric's implicit quota"},
+		{"a bad price on a meter", `{"metric":"tokens","meter":"tokens_total","limit":10,"unit_price":"-0.1"}`, "quotas[0].unit_price must be a decimal string"},
 		{"one filter twice", implicit + `,{"metric":"tokens","meter":"tokens_by_model","limit":10,"filter":{"model":"a"}},{"metric":"tokens","meter":"tokens_by_model","limit":20,"filter":{"model":"a"}}`, "quotas[2].meter: the quota on meter \"tokens_by_model\" with this filter and per_group appears twice (quotas[1])"},
 		{"implicit twice", implicit + `,{"metric":"tokens","meter":"tokens","limit":5}`, `quotas[1].metric: metric "tokens" appears twice (quotas[0])`},
 		{"a bad meter name", `{"metric":"tokens","meter":"a b","limit":10}`, "quotas[0].meter must be a meter name"},

@@ -484,7 +484,7 @@ func TestOpenAPIAnswersMatchSchemas(t *testing.T) {
 		{"metric":"tokens","limit":1000,"unit_price":"0.01"},
 		{"metric":"api_calls","limit":null},
 		{"metric":"tokens","meter":"tokens_by_model","limit":100,"filter":{"model":"gpt-4"}},
-		{"metric":"tokens","meter":"tokens_by_model","limit":50,"period":"day","per_group":true,"hard":true,"burst_percent":10},
+		{"metric":"tokens","meter":"tokens_by_model","limit":50,"period":"day","per_group":true,"hard":true,"burst_percent":10,"unit_price":"0.002"},
 		{"metric":"api_calls","meter":"calls_by_route","limit":5,"per_group":true}]}`); r.status != 200 {
 		t.Fatalf("PUT plan: %d %s", r.status, r.raw)
 	}
@@ -527,6 +527,7 @@ func TestOpenAPIAnswersMatchSchemas(t *testing.T) {
 		{"GET /v1/meters 200", "/v1/meters?tenant=acme", adminKey, []string{`"name":"tokens_by_model"`, `"property":null`}},
 		{"GET /v1/admin/plans/{plan} 200", "/v1/admin/plans/pro", adminKey, []string{`"meter":"tokens_by_model","filter":{"model":"gpt-4"},"per_group":false`, `"meter":"tokens","filter":{},"per_group":false`}},
 		{"GET /v1/admin/plans 200", "/v1/admin/plans", adminKey, []string{`"per_group":true`}},
+		{"GET /v1/bill/{tenant} 200", "/v1/bill/acme", acme, []string{`"meter":"tokens","filter":{},"group":{}`, `"meter":"tokens_by_model","filter":{},"group":{"model":"gpt-3"},"used":210`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.route, func(t *testing.T) {

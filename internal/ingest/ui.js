@@ -100,13 +100,21 @@ async function load() {
   const b = await api(`/v1/bill/${encodeURIComponent(tenant)}`);
   document.getElementById("currency").textContent = b.currency.toUpperCase();
   const bill = document.getElementById("bill");
-  for (const l of b.lines) {
-    const tr = el("tr");
-    tr.append(cell(l.metric), cell(l.unit_price, `bill-price-${l.metric}`, "num"), cell(String(l.used), `bill-used-${l.metric}`, "num"),
-      cell(l.amount, `bill-amount-${l.metric}`, "num"), cell(String(l.projected_used), `bill-projected-used-${l.metric}`, "num"),
-      cell(l.projected_amount, `bill-projected-${l.metric}`, "num"));
+  // A line of a defined meter is labelled with the meter, and with its
+  // group (a quota billed per group) or the quota's filter. Group values
+  // come from the tenant's events: they go in as textContent.
+  b.lines.forEach((l, i) => {
+    const own = !l.meter || l.meter === l.metric;
+    const id = own ? l.metric : `${l.meter}-${i}`;
+    const filter = Object.entries(l.filter || {}).map(([k, v]) => `${k}=${v}`).join(", ");
+    const group = Object.keys(l.group || {}).length ? groupLabel(l.group) : filter || "all";
+    const tr = el("tr", { "data-testid": "bill-line" });
+    tr.append(cell(own ? l.metric : `${l.metric} · ${l.meter}`), cell(group, `bill-group-${id}`, "group"),
+      cell(priceLabel(l), `bill-price-${id}`, "num"), cell(String(l.used), `bill-used-${id}`, "num"),
+      cell(l.amount, `bill-amount-${id}`, "num"), cell(String(l.projected_used), `bill-projected-used-${id}`, "num"),
+      cell(l.projected_amount, `bill-projected-${id}`, "num"));
     bill.append(tr);
-  }
+  });
   document.getElementById("bill-total").textContent = b.total;
   document.getElementById("bill-projected").textContent = b.projected_total;
   const br = await api(`/v1/breaches?tenant=${encodeURIComponent(tenant)}`);
@@ -118,6 +126,20 @@ async function load() {
   }
   if (br.breaches.length === 0) { const tr = el("tr"); tr.append(cell("No breaches.")); tb.append(tr); }
   await loadConflicts();
+}
+
+// priceLabel shows a bill line's price: its unit price, a package's
+// amount and size, or a tiered price's tiers ("volume: ≤ 1000 at 0.002;
+// rest at 0.001 + 1", a tier's flat amount after the +).
+function priceLabel(l) {
+  const p = l.price || {};
+  if (l.unit_price !== undefined) return l.unit_price;
+  if (p.model === "package") return `${p.package_amount} per ${p.package_size}` + (p.round === "down" ? " (whole packages)" : "");
+  if (p.model === "graduated" || p.model === "volume") {
+    return `${p.model}: ` + (p.tiers || []).map(t => `${t.up_to === null ? "rest" : "≤ " + t.up_to} at ${t.unit_amount}` +
+      (t.flat_amount && Number(t.flat_amount) !== 0 ? ` + ${t.flat_amount}` : "")).join("; ");
+  }
+  return p.model || "";
 }
 
 // groupLabel shows a group's values: "model=gpt-4, region=(none)".

@@ -541,3 +541,91 @@ func openPage(t *testing.T, e *env, key string) context.Context {
 	}
 	return ctx
 }
+
+// TestUsagePageShowsBillGroups: a priced quota billed per group shows a
+// bill line per group with the API's figures, each group on its own
+// volume tiers, the group's values (markup among them) as text and the
+// tiers as the price, beside the implicit meter's per_unit line.
+func TestUsagePageShowsBillGroups(t *testing.T) {
+	now := time.Now().UTC()
+	e := newUIEnv(t, now)
+	_, key := e.createKey(`{"tenant":"acme","scope":"read"}`)
+	if r := e.do("PUT", "/v1/admin/meters/tokens_by_model", adminKey, "application/json", `{"metric":"tokens","aggregation":"sum","group_by":["model"]}`); r.status != http.StatusCreated {
+		t.Fatalf("PUT meter: %d %s", r.status, r.raw)
+	}
+	if r := e.do("PUT", "/v1/admin/plans/free", adminKey, "application/json", `{"quotas":[
+		{"metric":"tokens","limit":null,"unit_price":"0.001"},
+		{"metric":"tokens","meter":"tokens_by_model","limit":null,"per_group":true,
+		 "price":{"model":"volume","tiers":[{"up_to":1000,"unit_amount":"0.002"},{"up_to":null,"unit_amount":"0.001","flat_amount":"1"}]}}]}`); r.status != http.StatusOK {
+		t.Fatalf("PUT plan: %d %s", r.status, r.raw)
+	}
+	e.do("PUT", "/v1/admin/tenants/acme", adminKey, "application/json", `{"plan":"free"}`)
+	agg := rollup.New(e.db.Pool, rollup.Config{Group: "g", Topic: topics.UsageEvents, Logger: slog.New(slog.DiscardHandler), Now: func() time.Time { return now }})
+	var recs []rollup.Record
+	for i, model := range []string{"gpt-4", hostileID, ""} {
+		props := map[string]string{"model": model}
+		if model == "" {
+			props = nil
+		}
+		ev := events.Event{ID: fmt.Sprint("e", i), Tenant: "acme", Metric: "tokens", Value: int64(i+1) * 1000, Time: now.Add(-time.Minute), Properties: props}
+		recs = append(recs, rollup.Record{Offset: int64(i), Key: []byte("acme"), Value: ev.AppendJSON(nil), Time: now})
+	}
+	if _, err := agg.Apply(context.Background(), 0, -1, recs); err != nil {
+		t.Fatal(err)
+	}
+
+	ctx := openPage(t, e, key)
+	rows, err := chromedp.Run(ctx, chromedp.Evaluate[[][]string](
+		`[...document.querySelectorAll('[data-testid="bill-line"]')].map(tr => [...tr.cells].map(td => td.textContent))`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreign, err := chromedp.Run(ctx, chromedp.Evaluate[int](`document.querySelectorAll('#bill :not(tr):not(td)').length`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b struct {
+		Lines []struct {
+			Metric, Meter string
+			Group         map[string]*string
+			UnitPrice     string `json:"unit_price"`
+			Amount        string
+			Used          int64
+			ProjUsed      int64  `json:"projected_used"`
+			ProjAmount    string `json:"projected_amount"`
+		}
+	}
+	mustJSON(t, e.do("GET", "/v1/bill/acme", key, "", "").raw, &b)
+	var want [][]string
+	for _, l := range b.Lines {
+		label, group := l.Metric, "all"
+		if l.Meter != l.Metric {
+			label += " · " + l.Meter
+			if v := l.Group["model"]; v == nil {
+				group = "model=(none)"
+			} else {
+				group = "model=" + *v
+			}
+		}
+		price := l.UnitPrice
+		if price == "" {
+			price = "volume: ≤ 1000 at 0.002; rest at 0.001 + 1"
+		}
+		want = append(want, []string{label, group, price, fmt.Sprint(l.Used), l.Amount, fmt.Sprint(l.ProjUsed), l.ProjAmount})
+	}
+	// Each group on its own tiers: 3000 and 2000 in the second, with its
+	// fee; 1000 in the first.
+	if len(want) != 4 || want[0][0] != "tokens" || want[0][3] != "6000" || want[1][1] != "model=(none)" || want[1][4] != "4.00" ||
+		want[2][1] != "model="+hostileID || want[2][4] != "3.00" || want[3][4] != "2.00" {
+		t.Errorf("the API's bill lines: %q", want)
+	}
+	if fmt.Sprint(rows) != fmt.Sprint(want) {
+		t.Errorf("the page shows bill lines\n%q\nthe API says\n%q", rows, want)
+	}
+	if foreign != 0 {
+		t.Errorf("the bill holds %d elements of markup from group values", foreign)
+	}
+	if v, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](`window.cspViolations`)); err != nil || len(v) > 0 {
+		t.Errorf("CSP violations: %v (%v)", v, err)
+	}
+}

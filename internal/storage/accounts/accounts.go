@@ -10,6 +10,7 @@ package accounts
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -17,6 +18,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/usagemeter/metering/internal/price"
 )
 
 // ErrNotFound is returned when a row asked for does not exist.
@@ -40,8 +43,9 @@ func (s *Store) Ping(ctx context.Context) error {
 
 // Quota is one limit of a plan: on a metric's implicit meter (Meter
 // empty), or on a defined meter of the metric, over the groups matching
-// Filter or, PerGroup, on each group. UnitPrice is read from the implicit
-// meter's quota of a metric only; StripeEventName bills the quota's meter
+// Filter or, PerGroup, on each group. Price prices the quota's meter in
+// the projected bill (per group when the quota bills per group);
+// StripeEventName bills the quota's meter
 // (per group, with {property} placeholders, on a defined meter), and is
 // empty (stored NULL) on a quota of a defined meter that is not billed.
 type Quota struct {
@@ -60,8 +64,12 @@ type Quota struct {
 	BurstPercent    int    `json:"burst_percent"`
 	Hard            bool   `json:"hard"`
 	StripeEventName string `json:"stripe_event_name"`
-	// UnitPrice is the price of one unit in the plan's currency, a decimal
-	// string such as "0.002"; empty when the metric is not priced.
+	// Price is the quota's price in the plan's currency; nil when the
+	// quota is not priced.
+	Price *price.Price `json:"price,omitempty"`
+	// UnitPrice is the price of one unit, a decimal string such as
+	// "0.002", when Price is per_unit (its unit_amount); empty otherwise.
+	// On a write, a UnitPrice without a Price is that per_unit price.
 	UnitPrice string `json:"unit_price,omitempty"`
 }
 
@@ -88,9 +96,24 @@ func (s *Store) PutPlan(ctx context.Context, p Plan) (Plan, error) {
 			return err
 		}
 		for _, q := range p.Quotas {
-			var price, meterName *string
-			if q.UnitPrice != "" {
-				price = &q.UnitPrice
+			var meterName *string
+			// The price as stored, and its unit_price for readers of the
+			// earlier schema (per_unit only).
+			var priceJSON []byte
+			var unitPrice *string
+			pr := q.Price
+			if pr == nil && q.UnitPrice != "" {
+				per := price.PerUnitPrice(q.UnitPrice)
+				pr = &per
+			}
+			if pr != nil {
+				var err error
+				if priceJSON, err = json.Marshal(pr); err != nil {
+					return fmt.Errorf("quota on %s: %w", q.Metric, err)
+				}
+				if u := pr.UnitPrice(); u != "" {
+					unitPrice = &u
+				}
 			}
 			if q.Meter != "" && q.Meter != q.Metric {
 				meterName = &q.Meter
@@ -104,9 +127,9 @@ func (s *Store) PutPlan(ctx context.Context, p Plan) (Plan, error) {
 				filter = map[string]string{}
 			}
 			if _, err := tx.Exec(ctx, `INSERT INTO plan_quotas
-				(plan, metric, quota_limit, period, burst_percent, hard, stripe_event_name, unit_price, meter, group_filter, per_group)
-				VALUES ($1, $2, $3, $4, $5, $6, $7, $8::numeric, $9, $10, $11)`,
-				p.Name, q.Metric, q.Limit, q.Period, q.BurstPercent, q.Hard, eventName, price, meterName, filter, q.PerGroup); err != nil {
+				(plan, metric, quota_limit, period, burst_percent, hard, stripe_event_name, unit_price, meter, group_filter, per_group, price)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8::numeric, $9, $10, $11, $12::jsonb)`,
+				p.Name, q.Metric, q.Limit, q.Period, q.BurstPercent, q.Hard, eventName, unitPrice, meterName, filter, q.PerGroup, priceJSON); err != nil {
 				return err
 			}
 		}
@@ -129,7 +152,7 @@ func (s *Store) Plan(ctx context.Context, name string) (Plan, error) {
 	if err != nil {
 		return Plan{}, fmt.Errorf("reading plan %s: %w", name, err)
 	}
-	rows, err := s.pool.Query(ctx, `SELECT metric, quota_limit, period, burst_percent, hard, coalesce(stripe_event_name, ''), coalesce(unit_price::text, ''),
+	rows, err := s.pool.Query(ctx, `SELECT metric, quota_limit, period, burst_percent, hard, coalesce(stripe_event_name, ''), price,
 			coalesce(meter, metric), group_filter, per_group
 		FROM plan_quotas WHERE plan = $1 ORDER BY metric, meter NULLS FIRST, group_filter::text COLLATE "C", per_group`, name)
 	if err != nil {
@@ -137,10 +160,13 @@ func (s *Store) Plan(ctx context.Context, name string) (Plan, error) {
 	}
 	p.Quotas, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (Quota, error) {
 		var q Quota
-		err := r.Scan(&q.Metric, &q.Limit, &q.Period, &q.BurstPercent, &q.Hard, &q.StripeEventName, &q.UnitPrice,
+		err := r.Scan(&q.Metric, &q.Limit, &q.Period, &q.BurstPercent, &q.Hard, &q.StripeEventName, &q.Price,
 			&q.Meter, &q.Filter, &q.PerGroup)
 		if q.Filter == nil {
 			q.Filter = map[string]string{}
+		}
+		if q.Price != nil {
+			q.UnitPrice = q.Price.UnitPrice()
 		}
 		return q, err
 	})

@@ -2,29 +2,52 @@ package usagedata
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/big"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
 
+	"github.com/usagemeter/metering/internal/meter"
+	"github.com/usagemeter/metering/internal/price"
 	"github.com/usagemeter/metering/internal/quota"
 	"github.com/usagemeter/metering/internal/windows"
 )
 
-// BillLine is one priced metric of the current month.
+// BillLine is one priced line of the current month: a priced quota's
+// meter, for one of its groups when the quota bills per group, else over
+// the groups its filter keeps.
 type BillLine struct {
-	Metric    string   `json:"metric"`
-	Used      *big.Int `json:"used"`
-	UnitPrice string   `json:"unit_price"`
-	// Amount is Used × UnitPrice, in the currency, rounded to cents.
+	Metric string `json:"metric"`
+	// Meter is the meter priced: the metric for its implicit meter.
+	Meter string `json:"meter"`
+	// Filter is the quota's filter on the meter's groups ({} for none).
+	Filter map[string]string `json:"filter"`
+	// Group is the group's values (null for a missing property) when the
+	// quota bills each group on its own ({"model":"gpt-4"}), {} otherwise.
+	Group Group    `json:"group"`
+	Used  *big.Int `json:"used"`
+	// Price is the quota's price; a line of a group is priced on that
+	// group's usage alone (its own tiers, packages).
+	Price price.Price `json:"price"`
+	// UnitPrice is Price's unit amount when it is per_unit, else absent.
+	UnitPrice string `json:"unit_price,omitempty"`
+	// Amount is what Used costs under Price, in the currency, rounded
+	// half up to cents.
 	Amount string `json:"amount"`
-	// ProjectedUsed extends the month's usage so far linearly to its end.
-	ProjectedUsed   *big.Int `json:"projected_used"`
-	ProjectedAmount string   `json:"projected_amount"`
+	// ProjectedUsed is the usage at the end of the month: for a sum or
+	// count meter the usage so far extended linearly to the month's end;
+	// for max, latest and unique_count, which do not grow with time, the
+	// usage so far.
+	ProjectedUsed *big.Int `json:"projected_used"`
+	// ProjectedAmount is what ProjectedUsed costs under Price.
+	ProjectedAmount string `json:"projected_amount"`
 }
 
 // Bill is the running and projected bill of a tenant's month.
@@ -38,15 +61,28 @@ type Bill struct {
 	ProjectedTotal string     `json:"projected_total"`
 }
 
-// Bill returns tenant's bill for the month containing now: each metric
-// of its plan that has a unit price, at exact decimal arithmetic, rounded
-// half up to cents only at the end of each line.
+// pricedQuota is a plan quota that has a price.
+type pricedQuota struct {
+	metric, meter   string // meter: empty for the implicit meter
+	filter          map[string]string
+	perGroup        bool
+	stripeEventName string
+	price           price.Price
+}
+
+// Bill returns tenant's bill for the month containing now: a line for
+// each priced quota of its plan (one per group of the meter with usage in
+// the month when the quota bills per group: per_group, or a Stripe event
+// name with {property} placeholders), ordered by metric, meter, then the
+// quota's filter and the group's values. Amounts are exact decimal
+// arithmetic under the quota's price model (internal/price), rounded half
+// up to cents only at the end of each line; the totals add the lines.
 func (r *Reader) Bill(ctx context.Context, tenant string, now time.Time) (Bill, error) {
 	start, end := windows.Month.Span(now)
 	b := Bill{Tenant: tenant, PeriodStart: start, PeriodEnd: end, Lines: []BillLine{}}
 	var plan *string
 	err := r.q.QueryRow(ctx, `SELECT t.plan, coalesce(p.currency, 'usd') FROM tenants t LEFT JOIN plans p ON p.name = t.plan WHERE t.tenant = $1`, tenant).Scan(&plan, &b.Currency)
-	if err == pgx.ErrNoRows {
+	if errors.Is(err, pgx.ErrNoRows) {
 		return b, ErrUnknownTenant
 	}
 	if err != nil {
@@ -54,54 +90,119 @@ func (r *Reader) Bill(ctx context.Context, tenant string, now time.Time) (Bill, 
 	}
 	total, projTotal := new(big.Rat), new(big.Rat)
 	if plan != nil {
-		rows, err := r.q.Query(ctx, `SELECT q.metric, q.unit_price::text, w.value FROM plan_quotas q
-			LEFT JOIN usage_windows w ON w.tenant = $1 AND w.meter = q.metric AND w.group_key = '' AND w.granularity = 'month' AND w.window_start = $3
-			WHERE q.plan = $2 AND q.meter IS NULL AND q.unit_price IS NOT NULL ORDER BY q.metric`, tenant, *plan, start)
+		qs, err := r.pricedQuotas(ctx, *plan)
 		if err != nil {
 			return b, fmt.Errorf("reading prices of %s: %w", tenant, err)
 		}
 		elapsed := new(big.Rat).SetFrac64(int64(max(now.Sub(start), time.Second)), 1)
 		length := new(big.Rat).SetFrac64(int64(end.Sub(start)), 1)
 		scale := new(big.Rat).Quo(length, elapsed)
-		b.Lines, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (BillLine, error) {
-			var l BillLine
-			var used pgtype.Numeric
-			if err := row.Scan(&l.Metric, &l.UnitPrice, &used); err != nil {
-				return l, err
+		for _, q := range qs {
+			rates, err := q.price.Rates()
+			if err != nil {
+				return b, fmt.Errorf("reading the bill of %s: the price of %s on %s: %w", tenant, q.metric, cmp.Or(q.meter, q.metric), err)
 			}
-			price, ok := new(big.Rat).SetString(l.UnitPrice)
-			if !ok {
-				return l, fmt.Errorf("unit price %q of %s", l.UnitPrice, l.Metric)
+			usages, agg, err := r.quotaUsage(ctx, tenant, q, start, end)
+			if err != nil {
+				return b, fmt.Errorf("reading the bill of %s: %w", tenant, err)
 			}
-			l.Used = NumericInt(used)
-			amount := new(big.Rat).Mul(new(big.Rat).SetInt(l.Used), price)
-			projected := new(big.Rat).Mul(new(big.Rat).SetInt(l.Used), scale)
-			l.ProjectedUsed = new(big.Int).Quo(projected.Num(), projected.Denom())
-			projAmount := new(big.Rat).Mul(new(big.Rat).SetInt(l.ProjectedUsed), price)
-			l.Amount, l.ProjectedAmount = billCents(amount), billCents(projAmount)
-			total.Add(total, billRat(l.Amount))
-			projTotal.Add(projTotal, billRat(l.ProjectedAmount))
-			return l, nil
-		})
-		if err != nil {
-			return b, fmt.Errorf("reading prices of %s: %w", tenant, err)
+			for _, u := range usages {
+				l := BillLine{Metric: q.metric, Meter: cmp.Or(q.meter, q.metric), Filter: q.filter, Group: u.Group, Used: u.Value,
+					Price: q.price, UnitPrice: q.price.UnitPrice()}
+				l.ProjectedUsed = projectUsage(agg, l.Used, scale)
+				amount, projected := price.RoundCents(rates.Amount(l.Used)), price.RoundCents(rates.Amount(l.ProjectedUsed))
+				l.Amount, l.ProjectedAmount = amount.FloatString(2), projected.FloatString(2)
+				total.Add(total, amount)
+				projTotal.Add(projTotal, projected)
+				b.Lines = append(b.Lines, l)
+			}
 		}
 	}
-	b.Total, b.ProjectedTotal = billCents(total), billCents(projTotal)
+	// The quotas come by metric, meter (implicit first), filter and
+	// per_group, each quota's groups by their values: order by meter name.
+	slices.SortStableFunc(b.Lines, func(x, y BillLine) int {
+		return cmp.Or(cmp.Compare(x.Metric, y.Metric), cmp.Compare(x.Meter, y.Meter))
+	})
+	b.Total, b.ProjectedTotal = price.Cents(total), price.Cents(projTotal)
 	return b, nil
 }
 
-// billCents formats r rounded half up to two decimals.
-func billCents(r *big.Rat) string {
-	scaled := new(big.Rat).Mul(r, big.NewRat(100, 1))
-	scaled.Add(scaled, big.NewRat(1, 2))
-	n := new(big.Int).Quo(scaled.Num(), scaled.Denom())
-	return new(big.Rat).SetFrac(n, big.NewInt(100)).FloatString(2)
+// pricedQuotas reads plan's quotas that have a price, ordered by metric,
+// meter (the implicit meter first), filter and per_group.
+func (r *Reader) pricedQuotas(ctx context.Context, plan string) ([]pricedQuota, error) {
+	rows, err := r.q.Query(ctx, `SELECT q.metric, coalesce(q.meter, ''), q.group_filter, q.per_group, coalesce(q.stripe_event_name, ''), q.price
+		FROM plan_quotas q WHERE q.plan = $1 AND q.price IS NOT NULL
+		ORDER BY q.metric, q.meter NULLS FIRST, q.group_filter::text COLLATE "C", q.per_group`, plan)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (pricedQuota, error) {
+		var q pricedQuota
+		err := row.Scan(&q.metric, &q.meter, &q.filter, &q.perGroup, &q.stripeEventName, &q.price)
+		if q.filter == nil {
+			q.filter = map[string]string{}
+		}
+		return q, err
+	})
 }
 
-func billRat(s string) *big.Rat {
-	r, _ := new(big.Rat).SetString(s)
-	return r
+// quotaUsage returns the usage q prices in the month [start, end), and
+// the aggregation of its meter: one total of the implicit meter; for a
+// defined meter, one total over the groups q's filter keeps, or, when q
+// bills per group, each such group with usage in the month. The groups
+// fold as Reader.MeterUsage folds them over the month's windows. A quota
+// whose meter is no longer defined, or whose filter the meter no longer
+// groups by, has no usage.
+func (r *Reader) quotaUsage(ctx context.Context, tenant string, q pricedQuota, start, end time.Time) ([]GroupTotal, meter.Aggregation, error) {
+	if q.meter == "" {
+		used, err := GroupValue(ctx, r.q, tenant, q.metric, "", windows.Month, start)
+		if err != nil {
+			return nil, meter.Sum, err
+		}
+		return []GroupTotal{{Value: used}}, meter.Sum, nil
+	}
+	d, defined, err := r.Meter(ctx, q.meter)
+	if err != nil {
+		return nil, "", err
+	}
+	perGroup := q.perGroup
+	if names, err := meter.EventNamePlaceholders(q.stripeEventName); err == nil && len(names) > 0 {
+		perGroup = true
+	}
+	none := []GroupTotal{{Value: new(big.Int)}}
+	if perGroup {
+		none = nil
+	}
+	if !defined || d.Metric != q.metric {
+		return none, d.Aggregation, nil
+	}
+	mq := MeterQuery{Tenant: tenant, Meter: d, Granularity: windows.Month, From: start, To: end, Filter: q.filter}
+	if perGroup {
+		mq.GroupBy = d.GroupBy
+	}
+	u, err := r.MeterUsage(ctx, mq)
+	if errors.Is(err, ErrBadMeterQuery) {
+		return none, d.Aggregation, nil
+	}
+	if err != nil {
+		return nil, "", err
+	}
+	if !perGroup {
+		return []GroupTotal{{Value: u.Total, Events: u.Events}}, d.Aggregation, nil
+	}
+	return u.Totals, d.Aggregation, nil
+}
+
+// projectUsage is the usage at the month's end of an aggregation whose
+// usage so far is used, scale being the month's length over the time
+// elapsed: sum and count grow linearly (rounded down to a whole unit);
+// max, latest and unique_count stay as they are.
+func projectUsage(agg meter.Aggregation, used *big.Int, scale *big.Rat) *big.Int {
+	if agg != meter.Sum && agg != meter.Count {
+		return new(big.Int).Set(used)
+	}
+	projected := new(big.Rat).Mul(new(big.Rat).SetInt(used), scale)
+	return new(big.Int).Quo(projected.Num(), projected.Denom())
 }
 
 // Breaches returns tenant's breaches, newest first, at most limit.
