@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/usagemeter/metering/internal/quota"
 )
 
 var t0 = time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC) // a month period's start
@@ -167,5 +169,22 @@ func TestLess(t *testing.T) {
 	b := Grant{ID: "b", Priority: 1}
 	if Less(a, b) >= 0 || Less(b, a) <= 0 || Less(a, a) != 0 {
 		t.Fatal("an expiring grant burns before a never-expiring one of the same priority")
+	}
+}
+
+// TestStateMatchesEvaluate: against an allowance equal to the limit,
+// State is quota.Rule.Evaluate.
+func TestStateMatchesEvaluate(t *testing.T) {
+	t.Parallel()
+	for _, hard := range []bool{false, true} {
+		r := quota.Rule{Limit: lim(100), BurstPercent: 10, Hard: hard}
+		for used := range int64(130) {
+			if got, want := State(r, big.NewInt(100), big.NewInt(used)), r.Evaluate(big.NewInt(used)); got != want {
+				t.Fatalf("hard %v used %d: %s, want %s", hard, used, got, want)
+			}
+		}
+	}
+	if State(quota.Rule{Hard: true}, nil, big.NewInt(1<<40)) != quota.OK {
+		t.Fatal("unlimited is not ok")
 	}
 }
