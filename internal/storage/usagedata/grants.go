@@ -133,3 +133,51 @@ func (r *Reader) applyCredits(ctx context.Context, tenant string, qr quotaRow, q
 	}
 	return nil
 }
+
+// GrantBurn returns the burn-down of grant g in the period containing at
+// of the tenant's first limited quota on g's meter that grants apply to
+// (by the order of QuotaRules; not per_group), with every grant of the
+// tenant on that meter overlapping the period, as of now; and false when
+// the tenant has no such quota, so that nothing burns g.
+func (r *Reader) GrantBurn(ctx context.Context, g credits.Grant, at, now time.Time) (credit.GrantState, bool, error) {
+	rules, err := QuotaRules(ctx, r.q, []string{g.Tenant})
+	if err != nil {
+		return credit.GrantState{}, false, err
+	}
+	for _, rule := range rules {
+		if rule.PerGroup || (rule.Implicit() && rule.Metric != g.Meter) || (!rule.Implicit() && rule.Meter != g.Meter) {
+			continue
+		}
+		m := QuotaMeter{Tenant: g.Tenant, Meter: g.Meter, Filter: rule.Filter}
+		if !rule.Implicit() {
+			def, ok, err := r.Meter(ctx, g.Meter)
+			if err != nil {
+				return credit.GrantState{}, false, err
+			}
+			if !ok || !credit.AppliesTo(string(def.Aggregation)) {
+				continue
+			}
+			m.Definition = &def
+		}
+		start, end := rule.Period.Span(at)
+		stored, err := credits.OfMeter(ctx, r.q, g.Tenant, g.Meter, start, end)
+		if err != nil {
+			return credit.GrantState{}, false, err
+		}
+		gs := make([]credit.Grant, len(stored))
+		for i, s := range stored {
+			gs[i] = s.Credit()
+		}
+		res, err := QuotaCredit(ctx, r.q, m, rule.Limit, rule.Period, start, gs, now)
+		if err != nil {
+			return credit.GrantState{}, false, err
+		}
+		for _, s := range res.Grants {
+			if s.Grant.ID == g.ID {
+				return s, true, nil
+			}
+		}
+		return credit.GrantState{}, false, nil
+	}
+	return credit.GrantState{}, false, nil
+}
