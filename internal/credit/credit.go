@@ -107,8 +107,9 @@ type Period struct {
 	Hours []Hour
 	// Grants are the tenant's grants on the quota's meter, in any order.
 	Grants []Grant
-	// Now is the time the answer is for: hours starting at or after it
-	// are not burnt, and the allowance counts the grants active at it.
+	// Now is the time the answer is for: hours starting after it are not
+	// burnt (the hour containing it is), and the allowance counts the
+	// grants active at it.
 	Now time.Time
 }
 
@@ -160,7 +161,7 @@ func Burn(p Period) Result {
 	}
 	take := new(big.Int)
 	for _, h := range hours {
-		if h.Start.Before(p.Start) || !h.Start.Before(p.End) || !h.Start.Before(p.Now) || h.Usage == nil || h.Usage.Sign() <= 0 {
+		if h.Start.Before(p.Start) || !h.Start.Before(p.End) || h.Start.After(p.Now) || h.Usage == nil || h.Usage.Sign() <= 0 {
 			continue
 		}
 		left := new(big.Int).Set(h.Usage)

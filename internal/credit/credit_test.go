@@ -96,9 +96,9 @@ func TestBurn(t *testing.T) {
 		{"usage exactly at the expiry hour does not burn it", lim(0), []Hour{{Start: h(2), Usage: big.NewInt(7)}}, []Grant{
 			{ID: "e", Amount: 10, EffectiveAt: t0, ExpiresAt: hp(2)}}, h(3),
 			"e:0/0!10 = 0"},
-		{"hours at or after now are not burnt yet", lim(0), hours(1, 1, 1, 1), []Grant{
+		{"hours after now are not burnt yet, the hour of now is", lim(0), hours(1, 1, 1, 1), []Grant{
 			{ID: "g", Amount: 10, EffectiveAt: t0}}, h(2),
-			"g:2/8 = 10"},
+			"g:3/7 = 10"},
 		{"a period over: the allowance at its last instant", lim(5), hours(10), []Grant{
 			{ID: "g", Amount: 10, EffectiveAt: t0, ExpiresAt: func() *time.Time { t := end.Add(time.Hour); return &t }()}}, end.Add(48 * time.Hour),
 			"g:5/0 = 15"},
