@@ -314,7 +314,8 @@ func meterBreaches(ctx context.Context, tx pgx.Tx, book *creditBook, meters *met
 }
 
 // appendReached appends to reached a breach of quota r on its meter for
-// every threshold value reaches in period mk.
+// every threshold value reaches in period mk, as ev judged it (against
+// the plan's limit, or the allowance credit grants raise it to).
 func appendReached(reached []quota.Breach, r rule, mk meterPeriodKey, groupKey string, group json.RawMessage, value *big.Int, ev evaluation, now time.Time) []quota.Breach {
 	for _, th := range quota.Reached(ev.state) {
 		reached = append(reached, quota.Breach{
