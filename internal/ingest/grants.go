@@ -175,7 +175,18 @@ func (a *API) createGrant(w http.ResponseWriter, r *http.Request, p auth.Princip
 		writeBodyError(w, err)
 		return
 	}
-	g, errs, err := a.grantFromBody(r.Context(), tenant, body, p.KeyID, a.opt.Now())
+	now := a.opt.Now()
+	if _, perr := uuid.Parse(body.ID); perr == nil && len(body.ID) == 36 && body.EffectiveAt == nil {
+		// A retry that left effective_at to the server means the time the
+		// grant was first made, not the time of the retry.
+		if prev, err := credits.Get(r.Context(), a.opt.DB, tenant, body.ID); err == nil {
+			now = prev.EffectiveAt
+		} else if !errors.Is(err, credits.ErrNotFound) {
+			a.internalError(w, r, err)
+			return
+		}
+	}
+	g, errs, err := a.grantFromBody(r.Context(), tenant, body, p.KeyID, now)
 	if err != nil {
 		a.internalError(w, r, err)
 		return

@@ -3,6 +3,7 @@ package ingest_test
 import (
 	"encoding/json"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -15,7 +16,9 @@ import (
 func TestCreditGrants(t *testing.T) {
 	t.Parallel()
 	now := time.Date(2026, 11, 10, 12, 30, 0, 0, time.UTC)
-	e := newEnv(t, envOpts{now: func() time.Time { return now }})
+	var clock atomic.Int64 // the server's clock, moved by the test
+	clock.Store(now.UnixNano())
+	e := newEnv(t, envOpts{now: func() time.Time { return time.Unix(0, clock.Load()).UTC() }})
 	defineMeters(t, e)
 	if r := e.do("PUT", "/v1/admin/plans/pro", adminKey, "application/json", `{"quotas":[{"metric":"tokens","limit":1000,"hard":true}]}`); r.status != 200 {
 		t.Fatalf("PUT plan: %d %s", r.status, r.raw)
@@ -76,6 +79,11 @@ func TestCreditGrants(t *testing.T) {
 	if again.status != 200 || again.raw != r.raw {
 		t.Fatalf("the same id and body again: %d %s, want 200 %s", again.status, again.raw, r.raw)
 	}
+	clock.Store(now.Add(2 * time.Hour).UnixNano()) // a retry without effective_at, hours later, is the same grant
+	if again := e.do("POST", grants, adminKey, "application/json", body1); again.status != 200 || again.raw != r.raw {
+		t.Fatalf("a later retry: %d %s, want 200 %s", again.status, again.raw, r.raw)
+	}
+	clock.Store(now.UnixNano())
 	if r := e.do("POST", grants, adminKey, "application/json", strings.Replace(body1, "500", "501", 1)); r.status != 409 || errorCode(r) != "id_conflict" {
 		t.Fatalf("the same id, another body: %d %s", r.status, r.raw)
 	}
