@@ -88,7 +88,7 @@ type Route struct {
 // Routes lists every route the API serves (besides /healthz, /readyz,
 // /metrics and /openapi.yaml, which service.Mount adds).
 func (a *API) Routes() []Route {
-	return []Route{
+	return append([]Route{
 		{"POST", "/v1/events", a.postEvents},
 		{"GET", "/v1/usage", a.reader(func(r *http.Request) string { return r.URL.Query().Get("tenant") }, a.getUsage)},
 		{"GET", "/v1/meters", a.reader(func(r *http.Request) string { return r.URL.Query().Get("tenant") }, a.getMeters)},
@@ -111,7 +111,7 @@ func (a *API) Routes() []Route {
 		{"GET", "/v1/admin/meters", a.admin(a.listMeters)},
 		{"GET", "/v1/admin/meters/{meter}", a.admin(a.getMeter)},
 		{"PUT", "/v1/admin/meters/{meter}", a.admin(a.putMeter)},
-	}
+	}, a.grantRoutes()...)
 }
 
 // Handler returns the API's routes, instrumented and with the security

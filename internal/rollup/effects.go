@@ -124,6 +124,10 @@ func evaluateMeterQuotas(ctx context.Context, tx pgx.Tx, meters *meterset.Set, i
 	if err != nil || len(rules) == 0 {
 		return nil, err
 	}
+	book, err := readCredits(ctx, tx, rules, incs) // grants.go
+	if err != nil {
+		return nil, err
+	}
 	implicit := map[[2]string]rule{}
 	onMeter := map[[2]string][]int{} // (tenant, meter) → indexes in rules
 	for i, r := range rules {
@@ -168,11 +172,11 @@ func evaluateMeterQuotas(ctx context.Context, tx pgx.Tx, meters *meterset.Set, i
 	// recorded now for the first time are this batch's breaches.
 	var reached []quota.Breach
 	for pk := range touched {
-		if reached, err = implicitBreaches(ctx, tx, pk, implicit[[2]string{pk.tenant, pk.metric}], now, reached); err != nil {
+		if reached, err = implicitBreaches(ctx, tx, book, pk, implicit[[2]string{pk.tenant, pk.metric}], now, reached); err != nil {
 			return nil, err
 		}
 	}
-	if reached, err = meterBreaches(ctx, tx, meters, rules, groups, now, reached); err != nil {
+	if reached, err = meterBreaches(ctx, tx, book, meters, rules, groups, now, reached); err != nil {
 		return nil, err
 	}
 	sortBreaches(reached)
@@ -245,16 +249,20 @@ func quotaRules(ctx context.Context, tx pgx.Tx, incs []increment) ([]rule, error
 
 // implicitBreaches reads the usage of period pk and appends to reached a
 // breach for every threshold of r it has reached.
-func implicitBreaches(ctx context.Context, tx pgx.Tx, pk periodKey, r rule, now time.Time, reached []quota.Breach) ([]quota.Breach, error) {
+func implicitBreaches(ctx context.Context, tx pgx.Tx, book *creditBook, pk periodKey, r rule, now time.Time, reached []quota.Breach) ([]quota.Breach, error) {
 	value, err := usagedata.WindowValue(ctx, tx, pk.tenant, pk.metric, r.Period, pk.start)
 	if err != nil {
 		return nil, err
 	}
-	for _, th := range quota.Reached(r.Evaluate(value)) {
+	ev, err := book.evaluate(ctx, tx, nil, r, pk.start, value, now)
+	if err != nil {
+		return nil, err
+	}
+	for _, th := range quota.Reached(ev.state) {
 		reached = append(reached, quota.Breach{
 			BreachID: quota.BreachID(pk.tenant, pk.metric, pk.start, string(th)), Tenant: pk.tenant, Metric: pk.metric,
 			Meter: pk.metric, Group: quota.WholeMeter,
-			PeriodStart: pk.start, PeriodEnd: r.Period.End(pk.start), Limit: *r.Limit, Value: value,
+			PeriodStart: pk.start, PeriodEnd: r.Period.End(pk.start), Limit: ev.limit, Value: value,
 			Threshold: string(th), DetectedAt: now,
 		})
 	}
@@ -268,7 +276,7 @@ func implicitBreaches(ctx context.Context, tx pgx.Tx, pk periodKey, r rule, now 
 // key for a per_group quota, the filter as a JSON object with sorted keys
 // for a filter quota ("" for none): per_group and filter breaches never
 // share a key.
-func meterBreaches(ctx context.Context, tx pgx.Tx, meters *meterset.Set, rules []rule, groups map[meterPeriodKey]meter.Group,
+func meterBreaches(ctx context.Context, tx pgx.Tx, book *creditBook, meters *meterset.Set, rules []rule, groups map[meterPeriodKey]meter.Group,
 	now time.Time, reached []quota.Breach) ([]quota.Breach, error) {
 	var perGroup []meterPeriodKey
 	var windowsOf []usagedata.GroupWindow
@@ -287,8 +295,12 @@ func meterBreaches(ctx context.Context, tx pgx.Tx, meters *meterset.Set, rules [
 		if err != nil {
 			return nil, err
 		}
+		ev, err := book.evaluate(ctx, tx, meters, r, mk.start, value, now)
+		if err != nil {
+			return nil, err
+		}
 		group, groupKey := filterJSON(r.Filter)
-		reached = appendReached(reached, r, mk, groupKey, group, value, now)
+		reached = appendReached(reached, r, mk, groupKey, group, value, ev, now)
 	}
 	values, err := usagedata.GroupValues(ctx, tx, windowsOf)
 	if err != nil {
@@ -296,19 +308,20 @@ func meterBreaches(ctx context.Context, tx pgx.Tx, meters *meterset.Set, rules [
 	}
 	for i, mk := range perGroup {
 		group, _ := groups[mk].MarshalJSON() // never fails
-		reached = appendReached(reached, rules[mk.rule], mk, mk.group, group, values[i], now)
+		reached = appendReached(reached, rules[mk.rule], mk, mk.group, group, values[i], planEvaluation(rules[mk.rule], values[i]), now)
 	}
 	return reached, nil
 }
 
 // appendReached appends to reached a breach of quota r on its meter for
-// every threshold value reaches in period mk.
-func appendReached(reached []quota.Breach, r rule, mk meterPeriodKey, groupKey string, group json.RawMessage, value *big.Int, now time.Time) []quota.Breach {
-	for _, th := range quota.Reached(r.Evaluate(value)) {
+// every threshold value reaches in period mk, as ev judged it (against
+// the plan's limit, or the allowance credit grants raise it to).
+func appendReached(reached []quota.Breach, r rule, mk meterPeriodKey, groupKey string, group json.RawMessage, value *big.Int, ev evaluation, now time.Time) []quota.Breach {
+	for _, th := range quota.Reached(ev.state) {
 		reached = append(reached, quota.Breach{
 			BreachID: quota.MeterBreachID(r.Tenant, r.Meter, groupKey, mk.start, string(th)), Tenant: r.Tenant, Metric: r.Metric,
 			Meter: r.Meter, Group: group, GroupKey: groupKey,
-			PeriodStart: mk.start, PeriodEnd: r.Period.End(mk.start), Limit: *r.Limit, Value: value,
+			PeriodStart: mk.start, PeriodEnd: r.Period.End(mk.start), Limit: ev.limit, Value: value,
 			Threshold: string(th), DetectedAt: now,
 		})
 	}

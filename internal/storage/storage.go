@@ -13,6 +13,8 @@
 //	             stripe_webhook_undecodable, stripe_object_versions,
 //	             stripe_meter_errors
 //	outbox       outbox
+//	credits      credit_grants
+//	auditlog     audit_log
 //
 // Outside this tree only internal/migrate (the schema and its
 // schema_migrations table) and internal/leader (advisory locks, no table)

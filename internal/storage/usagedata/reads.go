@@ -94,6 +94,11 @@ type QuotaStatus struct {
 	// GroupsTotal how many groups the period has.
 	Groups      []GroupStatus `json:"groups,omitzero"`
 	GroupsTotal int           `json:"groups_total,omitzero"`
+	// Allowance and Grants, only for a quota with credit grants active in
+	// the period (grants.go): the limit raised by the grants, against
+	// which Remaining and State are then reckoned, and the grants.
+	Allowance *big.Int      `json:"allowance,omitzero"`
+	Grants    []GrantStatus `json:"grants,omitzero"`
 }
 
 // GroupStatus is one group's state under a per_group quota.
@@ -187,6 +192,9 @@ func (r *Reader) quotaStatus(ctx context.Context, tenant string, qr quotaRow, no
 		return q, fmt.Errorf("reading quotas of %s: %w", tenant, err)
 	}
 	q.State, q.Remaining = rule.Evaluate(q.Used), remaining(q.Limit, q.Used)
+	if err := r.applyCredits(ctx, tenant, qr, &q, rule, now); err != nil {
+		return q, fmt.Errorf("reading quotas of %s: %w", tenant, err)
+	}
 	return q, nil
 }
 
