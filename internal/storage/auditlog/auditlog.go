@@ -4,7 +4,7 @@
 //
 // Invariant: audit_log only grows. This package only inserts, and the
 // table itself refuses UPDATE, DELETE and TRUNCATE with a trigger
-// (migration 0019), whoever asks (TestAuditLogIsAppendOnly).
+// (migration 0018), whoever asks (TestAuditLogIsAppendOnly).
 package auditlog
 
 import (
