@@ -277,9 +277,13 @@ func (r *Reader) meterUsage(ctx context.Context, q MeterQuery, fromWindows bool)
 		agg    = q.Meter.Aggregation
 		dec    = rowDecoder{m: rows.Conn().TypeMap(), fds: rows.FieldDescriptions()}
 		ws, ts []usageRow // windows (one per group and start), totals
-		cells  = make(map[cellKey]int)
+		cells  = make(map[cellKey]int32)
 		all    usageRow
 		groups []groupValues // by group number
+		// byGroup lists each group's windows (indexes in ws) as they come;
+		// windows mostly come in order of start (the heap's order), so the
+		// group's last window is the one most rows fold into.
+		byGroup [][]int32
 	)
 	listed = true
 	for rows.Next() {
@@ -336,6 +340,17 @@ func (r *Reader) meterUsage(ctx context.Context, q MeterQuery, fromWindows bool)
 				return fail(err)
 			}
 			x.start = start.Time.UTC()
+			if x.group < 0 || x.group > math.MaxInt32-1 {
+				return fail(fmt.Errorf("a row of group %d, which is not numbered", x.group))
+			}
+			for len(byGroup) <= int(x.group) {
+				byGroup = append(byGroup, nil)
+			}
+			mine := byGroup[x.group]
+			if n := len(mine); n > 0 && ws[mine[n-1]].start.Equal(x.start) {
+				ws[mine[n-1]].fold(agg, x)
+				continue
+			}
 			k := cellKey{x.group, x.start.UnixMicro()}
 			if i, ok := cells[k]; ok {
 				ws[i].fold(agg, x)
@@ -344,7 +359,11 @@ func (r *Reader) meterUsage(ctx context.Context, q MeterQuery, fromWindows bool)
 			if q.MaxWindows > 0 && len(ws) >= q.MaxWindows {
 				return MeterUsage{}, false, fmt.Errorf("reading usage of meter %s: %w: more than %d", q.Meter.Name, ErrTooManyWindows, q.MaxWindows)
 			}
-			cells[k] = len(ws)
+			if len(ws) == math.MaxInt32 {
+				return fail(errors.New("more windows than an int32 counts"))
+			}
+			cells[k] = int32(len(ws))
+			byGroup[x.group] = append(mine, int32(len(ws)))
 			ws = append(ws, x)
 		case 1: // a group's total (unique_count only)
 			ts = append(ts, x)
@@ -377,16 +396,27 @@ func (r *Reader) meterUsage(ctx context.Context, q MeterQuery, fromWindows bool)
 	for r, g := range byValues {
 		rank[g] = int32(r)
 	}
-	slices.SortFunc(ws, func(a, b usageRow) int {
-		return cmp.Or(cmp.Compare(rank[a.group], rank[b.group]), a.start.Compare(b.start))
-	})
+	// The windows by rank of group (byValues), each group's by start.
+	order := make([]int32, 0, len(ws))
+	byStart := func(a, b int32) int { return ws[a].start.Compare(ws[b].start) }
+	for _, g := range byValues {
+		if int(g) >= len(byGroup) {
+			continue
+		}
+		mine := byGroup[g]
+		if !slices.IsSortedFunc(mine, byStart) {
+			slices.SortFunc(mine, byStart)
+		}
+		order = append(order, mine...)
+	}
 	if agg == meter.UniqueCount {
 		slices.SortFunc(ts, func(a, b usageRow) int { return cmp.Compare(rank[a.group], rank[b.group]) })
 	} else {
 		// The other aggregations fold windows as they fold events, so a
 		// total is the fold of the group's windows.
-		for i, w := range ws {
-			if i == 0 || w.group != ws[i-1].group {
+		for k, i := range order {
+			w := ws[i]
+			if k == 0 || w.group != ws[order[k-1]].group {
 				ts = append(ts, usageRow{group: w.group})
 			}
 			ts[len(ts)-1].fold(agg, w)
@@ -399,8 +429,9 @@ func (r *Reader) meterUsage(ctx context.Context, q MeterQuery, fromWindows bool)
 	}
 	ints := newIntSlab(len(ws) + len(ts) + 1)
 	out := MeterUsage{Total: ints.int(all.value), Events: all.events, Totals: make([]GroupTotal, len(ts)), Windows: make([]MeterWindow, len(ws))}
-	for i, w := range ws {
-		out.Windows[i] = MeterWindow{Start: w.start, End: q.Granularity.End(w.start), Value: ints.int(w.value), Events: w.events, Group: gs[w.group]}
+	for k, i := range order {
+		w := &ws[i]
+		out.Windows[k] = MeterWindow{Start: w.start, End: q.Granularity.End(w.start), Value: ints.int(w.value), Events: w.events, Group: gs[w.group]}
 	}
 	for i, t := range ts {
 		out.Totals[i] = GroupTotal{Group: gs[t.group], Value: ints.int(t.value), Events: t.events}
