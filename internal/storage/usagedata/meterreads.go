@@ -230,10 +230,11 @@ type MeterUsage struct {
 // meter_group_keys.
 //
 // The meter's group keys are listed by index probes, and its windows
-// read by one bitmap scan of the primary key over those keys, so a read
-// costs the windows it answers, not the tenant's other windows; a meter
-// with more keys than the probes list is read again with its keys listed
-// from the windows in range.
+// are read through the primary key's ranges of those keys (the key list
+// is an index condition, which Postgres reads as one bitmap scan, each
+// heap page once), so a read costs the windows it answers, not the
+// tenant's other windows; a meter with more keys than the probes list is
+// read again with its keys listed from the windows in range.
 func (r *Reader) MeterUsage(ctx context.Context, q MeterQuery) (MeterUsage, error) {
 	u, listed, err := r.meterUsage(ctx, q, false)
 	if err == nil && !listed {
@@ -796,8 +797,7 @@ func meterUsageSQL(q MeterQuery, fromWindows bool) (string, []any, error) {
 	// meter_group_keys), kept when the filter matches, with the requested
 	// values; g: a number for each requested group; km: stored key to
 	// group number; w: the windows in range, of the keys kept, read (but
-	// fromWindows) by one bitmap scan of the primary key over km's keys,
-	// an index range per key, each heap page read once.
+	// fromWindows) through the primary key, an index range per key of km.
 	limit := strconv.Itoa(cmp.Or(q.probeLimit, keyProbeLimit))
 	var sql string
 	switch {
