@@ -1,6 +1,8 @@
 package ingest
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -263,10 +265,73 @@ func (a *API) getMeterUsage(w http.ResponseWriter, r *http.Request, tenant strin
 	if groupBy == nil {
 		groupBy = []string{}
 	}
-	httpjson.Write(w, http.StatusOK, map[string]any{
-		"tenant": tenant, "meter": d.Name, "metric": d.Metric, "aggregation": d.Aggregation, "group_by": groupBy, "filter": q.filter,
-		"window": q.g, "from": q.from, "to": q.to, "windows": u.Windows, "totals": u.Totals, "total": u.Total,
+	body, err := meterUsageJSON(meterUsageAnswer{
+		tenant: tenant, meter: d.Name, metric: d.Metric, aggregation: d.Aggregation, groupBy: groupBy, filter: q.filter,
+		window: q.g, from: q.from, to: q.to, usage: u,
 	})
+	if err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(body)
+}
+
+// meterUsageAnswer is the answer of GET /v1/usage?meter=.
+type meterUsageAnswer struct {
+	tenant, meter, metric string
+	aggregation           meter.Aggregation
+	groupBy               []string
+	filter                map[string]string
+	window                windows.Granularity
+	from, to              time.Time
+	usage                 usagedata.MeterUsage
+}
+
+// meterUsageJSON returns the bytes httpjson.Write writes for the map of
+// its fields (keys in order, HTML not escaped, a newline at the end),
+// with the windows and totals appended in one pass rather than encoded
+// by encoding/json and compacted again: an answer holds up to maxWindows
+// windows.
+func meterUsageJSON(a meterUsageAnswer) ([]byte, error) {
+	var small bytes.Buffer
+	enc := json.NewEncoder(&small)
+	enc.SetEscapeHTML(false)
+	value := func(dst []byte, v any) ([]byte, error) {
+		small.Reset()
+		if err := enc.Encode(v); err != nil {
+			return nil, fmt.Errorf("writing the usage of meter %s: %w", a.meter, err)
+		}
+		return append(dst, bytes.TrimSuffix(small.Bytes(), []byte("\n"))...), nil
+	}
+	u := a.usage
+	dst := make([]byte, 0, 512+len(u.Windows)*128+len(u.Totals)*96)
+	var err error
+	for _, f := range []struct {
+		key string
+		v   any
+	}{
+		{"aggregation", a.aggregation}, {"filter", a.filter}, {"from", a.from}, {"group_by", a.groupBy},
+		{"meter", a.meter}, {"metric", a.metric}, {"tenant", a.tenant}, {"to", a.to}, {"total", u.Total},
+	} {
+		if len(dst) == 0 {
+			dst = append(dst, '{')
+		} else {
+			dst = append(dst, ',')
+		}
+		dst = append(append(append(dst, '"'), f.key...), `":`...)
+		if dst, err = value(dst, f.v); err != nil {
+			return nil, err
+		}
+	}
+	dst = u.Totals.AppendJSON(append(dst, `,"totals":`...))
+	dst = append(dst, `,"window":`...)
+	if dst, err = value(dst, a.window); err != nil {
+		return nil, err
+	}
+	dst = u.Windows.AppendJSON(append(dst, `,"windows":`...))
+	return append(dst, "}\n"...), nil
 }
 
 // timeParam parses the RFC 3339 query parameter name, or returns def when

@@ -123,7 +123,12 @@ func (g Group) keyLen() int {
 // MarshalJSON writes the group as an object in group_by order, null for a
 // missing property: {"model":"gpt-4","region":null}; {} for no properties.
 func (g Group) MarshalJSON() ([]byte, error) {
-	dst := make([]byte, 0, 2+g.keyLen()+8*len(g.names))
+	return g.AppendJSON(make([]byte, 0, 2+g.keyLen()+8*len(g.names))), nil
+}
+
+// AppendJSON appends what MarshalJSON writes to dst, without allocating
+// when dst has room: an answer of many windows writes each one's group.
+func (g Group) AppendJSON(dst []byte) []byte {
 	dst = append(dst, '{')
 	for i, name := range g.names {
 		if i > 0 {
@@ -137,7 +142,7 @@ func (g Group) MarshalJSON() ([]byte, error) {
 			dst = append(dst, "null"...)
 		}
 	}
-	return append(dst, '}'), nil
+	return append(dst, '}')
 }
 
 // ParseGroupKey returns the group of a meter grouped by groupBy whose key

@@ -85,6 +85,9 @@ func TestGroupAndKey(t *testing.T) {
 			if j, _ := g.MarshalJSON(); string(j) != tt.json {
 				t.Fatalf("MarshalJSON = %s, want %s", j, tt.json)
 			}
+			if got := string(g.AppendJSON([]byte("x"))); got != "x"+tt.json {
+				t.Fatalf("AppendJSON = %s, want x%s", got, tt.json)
+			}
 			if !json.Valid(b) {
 				t.Fatalf("json.Marshal = %s, not JSON", b)
 			}

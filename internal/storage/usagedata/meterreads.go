@@ -3,9 +3,11 @@ package usagedata
 import (
 	"cmp"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"math/big"
 	"slices"
 	"strconv"
@@ -13,6 +15,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/usagemeter/metering/events"
@@ -103,33 +106,92 @@ type MeterWindows []MeterWindow
 
 // MarshalJSON writes the windows as a JSON array.
 func (ws MeterWindows) MarshalJSON() ([]byte, error) {
-	buf := make([]byte, 0, 2+len(ws)*112)
-	buf = append(buf, '[')
+	return ws.AppendJSON(make([]byte, 0, 2+len(ws)*112)), nil
+}
+
+// AppendJSON appends what MarshalJSON writes to dst.
+func (ws MeterWindows) AppendJSON(dst []byte) []byte {
+	dst = slices.Grow(dst, 2+len(ws)*112)
+	dst = append(dst, '[')
 	for i, w := range ws {
 		if i > 0 {
-			buf = append(buf, ',')
+			dst = append(dst, ',')
 		}
-		buf = append(buf, `{"start":"`...)
-		buf = w.Start.AppendFormat(buf, time.RFC3339Nano)
-		buf = append(buf, `","end":"`...)
-		buf = w.End.AppendFormat(buf, time.RFC3339Nano)
-		buf = append(buf, `","value":`...)
-		if w.Value == nil {
-			buf = append(buf, "null"...)
-		} else {
-			buf = w.Value.Append(buf, 10)
-		}
-		buf = append(buf, `,"events":`...)
-		buf = strconv.AppendInt(buf, w.Events, 10)
-		buf = append(buf, `,"group":`...)
-		g, err := w.Group.MarshalJSON()
-		if err != nil {
-			return nil, err
-		}
-		buf = append(buf, g...)
-		buf = append(buf, '}')
+		dst = append(dst, `{"start":"`...)
+		dst = appendTime(dst, w.Start)
+		dst = append(dst, `","end":"`...)
+		dst = appendTime(dst, w.End)
+		dst = append(dst, `","value":`...)
+		dst = appendInt(dst, w.Value)
+		dst = append(dst, `,"events":`...)
+		dst = strconv.AppendInt(dst, w.Events, 10)
+		dst = append(dst, `,"group":`...)
+		dst = w.Group.AppendJSON(dst)
+		dst = append(dst, '}')
 	}
-	return append(buf, ']'), nil
+	return append(dst, ']')
+}
+
+// GroupTotals is a list of group totals; its JSON is what encoding/json
+// writes for each GroupTotal.
+type GroupTotals []GroupTotal
+
+// MarshalJSON writes the totals as a JSON array.
+func (ts GroupTotals) MarshalJSON() ([]byte, error) {
+	return ts.AppendJSON(nil), nil
+}
+
+// AppendJSON appends what MarshalJSON writes to dst.
+func (ts GroupTotals) AppendJSON(dst []byte) []byte {
+	dst = append(dst, '[')
+	for i, t := range ts {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = append(dst, `{"group":`...)
+		dst = t.Group.AppendJSON(dst)
+		dst = append(dst, `,"value":`...)
+		dst = appendInt(dst, t.Value)
+		dst = append(dst, `,"events":`...)
+		dst = strconv.AppendInt(dst, t.Events, 10)
+		dst = append(dst, '}')
+	}
+	return append(dst, ']')
+}
+
+// appendInt appends v as encoding/json writes a *big.Int: its digits, or
+// null.
+func appendInt(dst []byte, v *big.Int) []byte {
+	switch {
+	case v == nil:
+		return append(dst, "null"...)
+	case v.IsInt64():
+		return strconv.AppendInt(dst, v.Int64(), 10)
+	}
+	return v.Append(dst, 10)
+}
+
+// appendTime appends t as time.RFC3339Nano, what encoding/json writes
+// for a time.Time between its quotes, digit by digit for the common
+// whole second at offset 0 of years 0 to 9999.
+func appendTime(dst []byte, t time.Time) []byte {
+	if _, off := t.Zone(); off != 0 || t.Nanosecond() != 0 {
+		return t.AppendFormat(dst, time.RFC3339Nano)
+	}
+	y, mo, d := t.Date()
+	if y < 0 || y > 9999 {
+		return t.AppendFormat(dst, time.RFC3339Nano)
+	}
+	h, mi, s := t.Clock()
+	two := func(dst []byte, n int) []byte { return append(dst, byte('0'+n/10), byte('0'+n%10)) }
+	dst = two(dst, y/100)
+	dst = two(dst, y%100)
+	dst = two(append(dst, '-'), int(mo))
+	dst = two(append(dst, '-'), d)
+	dst = two(append(dst, 'T'), h)
+	dst = two(append(dst, ':'), mi)
+	dst = two(append(dst, ':'), s)
+	return append(dst, 'Z')
 }
 
 // MeterUsage is the answer to a MeterQuery.
@@ -138,7 +200,7 @@ type MeterUsage struct {
 	Windows MeterWindows
 	// Totals hold one entry per group that has a window in the range,
 	// ordered by the groups' values byte by byte, a missing value first.
-	Totals []GroupTotal
+	Totals GroupTotals
 	// Total folds every window of the answer, as Totals fold a group's.
 	Total *big.Int
 	// Events is the number of events counted in the answer's windows.
@@ -148,7 +210,7 @@ type MeterUsage struct {
 // MeterUsage reads q.Tenant's windows of meter q.Meter at granularity
 // q.Granularity whose start is in [q.From, q.To), keeps the meter's
 // groups that match q.Filter and folds them into the groups of
-// q.GroupBy, in SQL, exactly, as the meter's aggregation folds events:
+// q.GroupBy, exactly, as the meter's aggregation folds events:
 //
 //   - sum and count: the values add;
 //   - max: the greatest value;
@@ -157,104 +219,225 @@ type MeterUsage struct {
 //   - unique_count: the number of distinct values across the folded
 //     windows' meter_uniques rows, not the sum of their counts.
 //
-// A group's total over the range folds its windows the same way (for
-// sum, count, max and latest, here, from the windows SQL folded, as big
-// integers); for unique_count, SQL counts the distinct values seen over
-// the range, from the value rows of the windows of this granularity (a
-// value seen in two windows counts once). Events always add. A stored
-// group key that is a digest (migration 0014) is resolved through
+// Sum, count and max windows are folded here, from the stored windows,
+// in int64 while the values fit and as big integers beyond; latest and
+// unique_count windows are folded in SQL. A group's total over the range
+// folds its windows the same way (for sum, count, max and latest, here);
+// for unique_count, SQL counts the distinct values seen over the range,
+// from the value rows of the windows of this granularity (a value seen
+// in two windows counts once). Events always add. A stored group key
+// that is a digest (migration 0014) is resolved through
 // meter_group_keys.
+//
+// The meter's group keys are listed by index probes, and its windows
+// are read through the primary key's ranges of those keys (the key list
+// is an index condition, which Postgres reads as one bitmap scan, each
+// heap page once), so a read costs the windows it answers, not the
+// tenant's other windows; a meter with more keys than the probes list is
+// read again with its keys listed from the windows in range.
 func (r *Reader) MeterUsage(ctx context.Context, q MeterQuery) (MeterUsage, error) {
-	sql, args, err := meterUsageSQL(q)
+	u, listed, err := r.meterUsage(ctx, q, false)
+	if err == nil && !listed {
+		u, _, err = r.meterUsage(ctx, q, true)
+	}
+	return u, err
+}
+
+// The columns of meterUsageSQL's rows.
+const (
+	colGroup = iota
+	colValues
+	colStart
+	colValue
+	colEvents
+	colKind
+	colLatestTime
+	colLatestID
+)
+
+// meterUsage runs meterUsageSQL(q, fromWindows). listed is false when the
+// probes found more keys than their limit (and nothing was read).
+func (r *Reader) meterUsage(ctx context.Context, q MeterQuery, fromWindows bool) (_ MeterUsage, listed bool, _ error) {
+	sql, args, err := meterUsageSQL(q, fromWindows)
 	if err != nil {
-		return MeterUsage{}, err
+		return MeterUsage{}, false, err
 	}
 	rows, err := r.q.Query(ctx, sql, args...)
 	if err != nil {
-		return MeterUsage{}, fmt.Errorf("reading usage of meter %s: %w", q.Meter.Name, err)
+		return MeterUsage{}, false, fmt.Errorf("reading usage of meter %s: %w", q.Meter.Name, err)
 	}
 	defer rows.Close()
+	fail := func(err error) (MeterUsage, bool, error) {
+		return MeterUsage{}, false, fmt.Errorf("reading usage of meter %s: %w", q.Meter.Name, err)
+	}
+	type cellKey struct {
+		group int32
+		start int64 // Unix microseconds
+	}
 	var (
-		ws, ts []usageRow
-		all    = usageRow{value: new(big.Int)}
+		agg    = q.Meter.Aggregation
+		dec    = rowDecoder{m: rows.Conn().TypeMap(), fds: rows.FieldDescriptions()}
+		ws, ts []usageRow // windows (one per group and start), totals
+		cells  = make(map[cellKey]int32)
+		all    usageRow
 		groups []groupValues // by group number
-		runs   []int         // by group number: the index in ws of its first window, -1 for none
+		// byGroup lists each group's windows (indexes in ws) as they come;
+		// windows mostly come in order of start (the heap's order), so the
+		// group's last window is the one most rows fold into.
+		byGroup [][]int32
 	)
+	listed = true
 	for rows.Next() {
-		var x usageRow
-		var vals []pgtype.Text
-		var start, at pgtype.Timestamptz
-		var id pgtype.Text
-		var value pgtype.Numeric
-		var events pgtype.Int8
-		var kind int32
-		if err := rows.Scan(&x.group, &vals, &start, &value, &events, &kind, &at, &id); err != nil {
-			return MeterUsage{}, fmt.Errorf("reading usage of meter %s: %w", q.Meter.Name, err)
+		raw := rows.RawValues()
+		if len(raw) != colLatestID+1 {
+			return fail(fmt.Errorf("a row of %d columns", len(raw)))
 		}
-		if kind == -1 { // a group and its values; numbered from 1
+		kind, err := dec.int(raw, colKind)
+		if err != nil {
+			return fail(err)
+		}
+		var x usageRow
+		n, err := dec.int(raw, colGroup)
+		if err != nil {
+			return fail(err)
+		}
+		x.group = int32(n)
+		switch kind {
+		case -2: // the keys are more than the probes list
+			listed = false
+			continue
+		case -1: // a group and its values; numbered from 1
+			var vals []pgtype.Text
+			if err := rows.Scan(nil, &vals, nil, nil, nil, nil, nil, nil); err != nil {
+				return fail(err)
+			}
+			if x.group < 0 || x.group > math.MaxInt32-1 {
+				return fail(fmt.Errorf("a group numbered %d", x.group))
+			}
 			for len(groups) <= int(x.group) {
-				groups, runs = append(groups, nil), append(runs, -1)
+				groups = append(groups, nil)
 			}
 			groups[x.group] = groupValues(vals)
 			continue
 		}
-		if x.group < 0 || int(x.group) >= len(groups) {
-			if kind == 3 {
-				x.group = 0 // the total of everything has no group
-			} else {
-				return MeterUsage{}, fmt.Errorf("reading usage of meter %s: a row of group %d, which is not numbered", q.Meter.Name, x.group)
+		if x.value, err = dec.amount(raw, colValue); err != nil {
+			return fail(err)
+		}
+		if x.events, err = dec.int(raw, colEvents); err != nil {
+			return fail(err)
+		}
+		if agg == meter.Latest {
+			if x.at, err = dec.time(raw, colLatestTime); err != nil {
+				return fail(err)
+			}
+			if x.id, err = dec.text(raw, colLatestID); err != nil {
+				return fail(err)
 			}
 		}
-		x.value, x.events, x.at, x.id = NumericInt(value), events.Int64, at, id
 		switch kind {
-		case 0: // a window of a group, in order of group then start
-			if q.MaxWindows > 0 && len(ws) >= q.MaxWindows {
-				return MeterUsage{}, fmt.Errorf("reading usage of meter %s: %w: more than %d", q.Meter.Name, ErrTooManyWindows, q.MaxWindows)
-			}
-			if runs[x.group] < 0 {
-				runs[x.group] = len(ws)
+		case 0: // a stored window (sum, count, max) or a group's folded window
+			start, err := dec.time(raw, colStart)
+			if err != nil {
+				return fail(err)
 			}
 			x.start = start.Time.UTC()
+			if x.group < 0 || x.group > math.MaxInt32-1 {
+				return fail(fmt.Errorf("a row of group %d, which is not numbered", x.group))
+			}
+			for len(byGroup) <= int(x.group) {
+				byGroup = append(byGroup, nil)
+			}
+			mine := byGroup[x.group]
+			if n := len(mine); n > 0 && ws[mine[n-1]].start.Equal(x.start) {
+				ws[mine[n-1]].fold(agg, x)
+				continue
+			}
+			k := cellKey{x.group, x.start.UnixMicro()}
+			if i, ok := cells[k]; ok {
+				ws[i].fold(agg, x)
+				continue
+			}
+			if q.MaxWindows > 0 && len(ws) >= q.MaxWindows {
+				return MeterUsage{}, false, fmt.Errorf("reading usage of meter %s: %w: more than %d", q.Meter.Name, ErrTooManyWindows, q.MaxWindows)
+			}
+			if len(ws) == math.MaxInt32 {
+				return fail(errors.New("more windows than an int32 counts"))
+			}
+			cells[k] = int32(len(ws))
+			byGroup[x.group] = append(mine, int32(len(ws)))
 			ws = append(ws, x)
 		case 1: // a group's total (unique_count only)
 			ts = append(ts, x)
 		case 3: // the total of everything (unique_count only)
+			x.group = 0
 			all = x
 		}
 	}
 	if err := rows.Err(); err != nil {
-		return MeterUsage{}, fmt.Errorf("reading usage of meter %s: %w", q.Meter.Name, err)
+		return fail(err)
 	}
-	if q.Meter.Aggregation != meter.UniqueCount {
-		// The other aggregations fold windows as they fold events, so a
-		// total is the fold of the group's windows.
-		for i, w := range ws {
-			if i == 0 || w.group != ws[i-1].group {
-				ts = append(ts, usageRow{group: w.group, value: new(big.Int)})
+	if !listed {
+		return MeterUsage{}, false, nil
+	}
+	// Rank the groups by their values, and order the windows by their
+	// group's rank, then start; totals by rank.
+	for _, rs := range [][]usageRow{ws, ts} {
+		for _, x := range rs {
+			if x.group < 0 || int(x.group) >= len(groups) {
+				return fail(fmt.Errorf("a row of group %d, which is not numbered", x.group))
 			}
-			ts[len(ts)-1].fold(q.Meter.Aggregation, w)
-			all.fold(q.Meter.Aggregation, w)
 		}
 	}
-	// Order the groups with windows by their values: totals in that
-	// order, and windows in runs of their group, already by start.
-	slices.SortFunc(ts, func(a, b usageRow) int { return groups[a.group].compare(groups[b.group]) })
+	byValues := make([]int32, len(groups))
+	for i := range byValues {
+		byValues[i] = int32(i)
+	}
+	slices.SortFunc(byValues, func(a, b int32) int { return cmp.Or(groups[a].compare(groups[b]), cmp.Compare(a, b)) })
+	rank := make([]int32, len(groups))
+	for r, g := range byValues {
+		rank[g] = int32(r)
+	}
+	// The windows by rank of group (byValues), each group's by start.
+	order := make([]int32, 0, len(ws))
+	byStart := func(a, b int32) int { return ws[a].start.Compare(ws[b].start) }
+	for _, g := range byValues {
+		if int(g) >= len(byGroup) {
+			continue
+		}
+		mine := byGroup[g]
+		if !slices.IsSortedFunc(mine, byStart) {
+			slices.SortFunc(mine, byStart)
+		}
+		order = append(order, mine...)
+	}
+	if agg == meter.UniqueCount {
+		slices.SortFunc(ts, func(a, b usageRow) int { return cmp.Compare(rank[a.group], rank[b.group]) })
+	} else {
+		// The other aggregations fold windows as they fold events, so a
+		// total is the fold of the group's windows.
+		for k, i := range order {
+			w := ws[i]
+			if k == 0 || w.group != ws[order[k-1]].group {
+				ts = append(ts, usageRow{group: w.group})
+			}
+			ts[len(ts)-1].fold(agg, w)
+			all.fold(agg, w)
+		}
+	}
 	gs := make([]Group, len(groups))
 	for _, t := range ts {
 		gs[t.group] = groups[t.group].group(q.GroupBy)
 	}
-	ordered := make([]MeterWindow, 0, len(ws))
-	for _, t := range ts {
-		for i := runs[t.group]; i >= 0 && i < len(ws) && ws[i].group == t.group; i++ {
-			w := ws[i]
-			ordered = append(ordered, MeterWindow{Start: w.start, End: q.Granularity.End(w.start), Value: w.value, Events: w.events, Group: gs[w.group]})
-		}
+	ints := newIntSlab(len(ws) + len(ts) + 1)
+	out := MeterUsage{Total: ints.int(all.value), Events: all.events, Totals: make([]GroupTotal, len(ts)), Windows: make([]MeterWindow, len(ws))}
+	for k, i := range order {
+		w := &ws[i]
+		out.Windows[k] = MeterWindow{Start: w.start, End: q.Granularity.End(w.start), Value: ints.int(w.value), Events: w.events, Group: gs[w.group]}
 	}
-	out := MeterUsage{Total: all.value, Events: all.events, Totals: make([]GroupTotal, len(ts)), Windows: ordered}
 	for i, t := range ts {
-		out.Totals[i] = GroupTotal{Group: gs[t.group], Value: t.value, Events: t.events}
+		out.Totals[i] = GroupTotal{Group: gs[t.group], Value: ints.int(t.value), Events: t.events}
 	}
-	return out, nil
+	return out, true, nil
 }
 
 // usageRow is a row of meterUsageSQL: a group's window, a group's total
@@ -262,7 +445,7 @@ func (r *Reader) MeterUsage(ctx context.Context, q MeterQuery) (MeterUsage, erro
 type usageRow struct {
 	group  int32
 	start  time.Time
-	value  *big.Int
+	value  amount
 	events int64
 	// at and id are the (latest_time, latest_id) of a latest meter's value.
 	at pgtype.Timestamptz
@@ -275,14 +458,14 @@ func (u *usageRow) fold(agg meter.Aggregation, w usageRow) {
 	u.events += w.events
 	switch agg {
 	case meter.Sum, meter.Count:
-		u.value.Add(u.value, w.value)
+		u.value.add(w.value)
 	case meter.Max:
-		if w.value.Cmp(u.value) > 0 {
-			u.value.Set(w.value)
+		if w.value.cmp(u.value) > 0 {
+			u.value.set(w.value)
 		}
 	case meter.Latest:
 		if w.later(*u) { // u starts with no time and 0, which any window passes
-			u.value.Set(w.value)
+			u.value.set(w.value)
 			u.at, u.id = w.at, w.id
 		}
 	}
@@ -299,7 +482,227 @@ func (w usageRow) later(o usageRow) bool {
 	case w.id.String != o.id.String:
 		return w.id.String > o.id.String
 	}
-	return w.value.Cmp(o.value) > 0
+	return w.value.cmp(o.value) > 0
+}
+
+// amount is an exact integer: in n while it fits an int64, else in big.
+// Folding windows adds and compares int64s, and turns to big integers
+// only when a value or a sum does not fit.
+type amount struct {
+	n   int64
+	big *big.Int // when not nil, the value; owned by this amount
+}
+
+// add sets a to a + b.
+func (a *amount) add(b amount) {
+	if a.big == nil && b.big == nil {
+		if s := a.n + b.n; (s > a.n) == (b.n > 0) { // no overflow
+			a.n = s
+			return
+		}
+	}
+	z := a.big
+	if z == nil {
+		z = big.NewInt(a.n)
+	}
+	a.big = z.Add(z, b.bigInt())
+}
+
+// cmp compares a and b as cmp.Compare does.
+func (a amount) cmp(b amount) int {
+	if a.big == nil && b.big == nil {
+		return cmp.Compare(a.n, b.n)
+	}
+	return a.bigInt().Cmp(b.bigInt())
+}
+
+// set sets a to b, sharing nothing with it.
+func (a *amount) set(b amount) {
+	if b.big == nil {
+		*a = amount{n: b.n}
+		return
+	}
+	*a = amount{big: new(big.Int).Set(b.big)}
+}
+
+// bigInt returns a as a big integer, to read only: a.big itself when set.
+func (a amount) bigInt() *big.Int {
+	if a.big != nil {
+		return a.big
+	}
+	return big.NewInt(a.n)
+}
+
+// intSlab hands out the big integers of an answer from two allocations
+// instead of two per value: an int64 that fits a word shares the slab's
+// word as its digits.
+type intSlab struct {
+	ints  []big.Int
+	words []big.Word
+}
+
+func newIntSlab(n int) intSlab {
+	return intSlab{ints: make([]big.Int, n), words: make([]big.Word, n)}
+}
+
+// int returns a as a *big.Int of its own.
+func (s *intSlab) int(a amount) *big.Int {
+	if a.big != nil {
+		return a.big
+	}
+	if len(s.ints) == 0 || len(s.words) == 0 {
+		return big.NewInt(a.n)
+	}
+	z := &s.ints[0]
+	s.ints = s.ints[1:]
+	if a.n >= 0 && uint64(a.n) <= uint64(^big.Word(0)) {
+		s.words[0] = big.Word(a.n)
+		z.SetBits(s.words[:1:1]) // capacity 1: growing z copies, never reaching the next word
+		s.words = s.words[1:]
+		return z
+	}
+	return z.SetInt64(a.n)
+}
+
+// rowDecoder reads the columns of a row from their wire bytes: int4,
+// int8, timestamptz, text and integral numeric in the binary format pgx
+// asks for, without the allocations of Scan; any other type or format
+// (a connection in the simple protocol) through the connection's type
+// map, as Scan would.
+type rowDecoder struct {
+	m   *pgtype.Map
+	fds []pgconn.FieldDescription
+}
+
+// scan decodes column i of raw into dst through the type map.
+func (d rowDecoder) scan(raw [][]byte, i int, dst any) error {
+	fd := d.fds[i]
+	if err := d.m.Scan(fd.DataTypeOID, fd.Format, raw[i], dst); err != nil {
+		return fmt.Errorf("column %s: %w", fd.Name, err)
+	}
+	return nil
+}
+
+// binary reports whether column i is sent in the binary format as oid.
+func (d rowDecoder) binary(i int, oid uint32) bool {
+	return d.fds[i].Format == pgx.BinaryFormatCode && d.fds[i].DataTypeOID == oid
+}
+
+// int decodes an integer column; NULL is 0.
+func (d rowDecoder) int(raw [][]byte, i int) (int64, error) {
+	b := raw[i]
+	switch {
+	case b == nil:
+		return 0, nil
+	case len(b) == 4 && d.binary(i, pgtype.Int4OID):
+		return int64(int32(binary.BigEndian.Uint32(b))), nil
+	case len(b) == 8 && d.binary(i, pgtype.Int8OID):
+		return int64(binary.BigEndian.Uint64(b)), nil
+	}
+	var n pgtype.Int8
+	err := d.scan(raw, i, &n)
+	return n.Int64, err
+}
+
+// microsFromUnixToY2K is 2000-01-01T00:00:00Z, Postgres's epoch, in
+// microseconds of the Unix epoch.
+const microsFromUnixToY2K = 946684800 * 1000000
+
+// time decodes a timestamptz column.
+func (d rowDecoder) time(raw [][]byte, i int) (pgtype.Timestamptz, error) {
+	b := raw[i]
+	if b == nil {
+		return pgtype.Timestamptz{}, nil
+	}
+	if len(b) == 8 && d.binary(i, pgtype.TimestamptzOID) {
+		// Past the infinities' sentinels, which the type map decodes.
+		if us := int64(binary.BigEndian.Uint64(b)); us != math.MaxInt64 && us != math.MinInt64 {
+			t := time.Unix(microsFromUnixToY2K/1000000+us/1000000, (microsFromUnixToY2K%1000000*1000)+(us%1000000*1000))
+			return pgtype.Timestamptz{Time: t, Valid: true}, nil
+		}
+	}
+	var t pgtype.Timestamptz
+	err := d.scan(raw, i, &t)
+	return t, err
+}
+
+// text decodes a text column.
+func (d rowDecoder) text(raw [][]byte, i int) (pgtype.Text, error) {
+	b := raw[i]
+	if b == nil {
+		return pgtype.Text{}, nil
+	}
+	if d.fds[i].DataTypeOID == pgtype.TextOID {
+		return pgtype.Text{String: string(b), Valid: true}, nil // the same bytes in either format
+	}
+	var t pgtype.Text
+	err := d.scan(raw, i, &t)
+	return t, err
+}
+
+// amount decodes a numeric column as NumericInt reads it (NULL is 0, a
+// fraction is cut toward zero).
+func (d rowDecoder) amount(raw [][]byte, i int) (amount, error) {
+	b := raw[i]
+	if b == nil {
+		return amount{}, nil
+	}
+	if d.binary(i, pgtype.NumericOID) {
+		if n, ok := numericInt64(b); ok {
+			return amount{n: n}, nil
+		}
+	}
+	var n pgtype.Numeric
+	if err := d.scan(raw, i, &n); err != nil {
+		return amount{}, err
+	}
+	v := NumericInt(n)
+	if v.IsInt64() {
+		return amount{n: v.Int64()}, nil
+	}
+	return amount{big: v}, nil
+}
+
+// numericInt64 reads a numeric in Postgres's binary format (digit count,
+// weight, sign, display scale, then base-10000 digits, most significant
+// first, the first of weight 10000^weight) when it is an integer that
+// fits an int64; ok is false for anything else (a fraction, NaN, an
+// infinity, a larger integer), which the caller decodes the slow way.
+func numericInt64(b []byte) (n int64, ok bool) {
+	if len(b) < 8 {
+		return 0, false
+	}
+	ndigits := int(binary.BigEndian.Uint16(b[0:]))
+	weight := int(int16(binary.BigEndian.Uint16(b[2:])))
+	sign := binary.BigEndian.Uint16(b[4:])
+	if len(b) != 8+2*ndigits || sign != 0 && sign != 0x4000 {
+		return 0, false
+	}
+	if ndigits == 0 {
+		return 0, true
+	}
+	// An integer has no digit below 10000^0, and 10000^5 passes 2^64.
+	if weight < ndigits-1 || weight > 4 {
+		return 0, false
+	}
+	var mag uint64
+	for i := 0; i <= weight; i++ {
+		var digit uint64
+		if i < ndigits {
+			digit = uint64(binary.BigEndian.Uint16(b[8+2*i:]))
+		}
+		if digit > 9999 || mag > (math.MaxUint64-digit)/10000 {
+			return 0, false
+		}
+		mag = mag*10000 + digit
+	}
+	switch {
+	case sign == 0 && mag <= math.MaxInt64:
+		return int64(mag), true
+	case sign == 0x4000 && mag <= 1<<63:
+		return int64(-mag), true // -(1<<63) wraps to math.MinInt64
+	}
+	return 0, false
 }
 
 // groupValues is one group's values as read: invalid is a missing property.
@@ -336,10 +739,14 @@ func (g groupValues) group(names []string) Group {
 }
 
 // meterUsageSQL checks q against its meter and returns the statement that
-// answers it and its arguments. The statement's rows are (group values,
-// start, value, events, GROUPING(group, start)): 0 for a window, 1 for a
-// group's total, 3 for the total of everything.
-func meterUsageSQL(q MeterQuery) (string, []any, error) {
+// answers it and its arguments. The statement's rows are (group number,
+// group values, start, value, events, kind, latest time, latest id),
+// kind being -1 for a group and its values, 0 for a window, 1 for a
+// group's total, 3 for the total of everything (GROUPING(group, start)),
+// and -2 for a meter whose keys the probes could not all list, when
+// fromWindows is false: nothing else is read then, and the statement
+// with fromWindows lists the keys from the windows in range.
+func meterUsageSQL(q MeterQuery, fromWindows bool) (string, []any, error) {
 	d := q.Meter
 	if !d.Aggregation.Valid() {
 		return "", nil, fmt.Errorf("%w: meter %s has aggregation %q", ErrBadMeterQuery, d.Name, d.Aggregation)
@@ -381,37 +788,48 @@ func meterUsageSQL(q MeterQuery) (string, []any, error) {
 		args = append(args, q.Filter[p])
 		where = append(where, fmt.Sprintf("j.k->>%d = $%d", at, len(args)))
 	}
-	// ks: the distinct group keys the tenant's meter has, found by
+	// keys: the distinct group keys the tenant's meter has, found (ks) by
 	// skipping through the primary key, one probe per key whatever the
-	// number of windows, up to keyProbeLimit probes; keys: those, or, when
-	// the meter has more keys than that, the distinct keys of the windows
-	// in range, from a scan of them (the other branch is cut by a one-time
-	// filter); kg: each with its group key as jsonb (a digest resolved
-	// through meter_group_keys), kept when the filter matches, with the
-	// requested values; g: a number for each requested group; km: stored
-	// key to group number; w: the windows in range, of the keys kept.
-	// Windows then fold by (group number, start), hashed.
+	// number of windows, up to keyProbeLimit probes (none when the probes
+	// reach it: a row of kind -2 says so); or, fromWindows, the distinct
+	// keys of the windows in range, from a scan of them. kg: each with
+	// its group key as jsonb (a digest resolved through
+	// meter_group_keys), kept when the filter matches, with the requested
+	// values; g: a number for each requested group; km: stored key to
+	// group number; w: the windows in range, of the keys kept, read (but
+	// fromWindows) through the primary key, an index range per key of km.
+	limit := strconv.Itoa(cmp.Or(q.probeLimit, keyProbeLimit))
 	var sql string
-	if len(d.GroupBy) == 0 {
+	switch {
+	case len(d.GroupBy) == 0:
 		sql = `WITH km AS (
 		SELECT ''::text AS sk, 1 AS gid
 	), g AS (
 		SELECT '{}'::text[] AS grp, 1 AS gid
+	), more AS (
+		SELECT false AS more
 	)`
-	} else {
-		limit := strconv.Itoa(cmp.Or(q.probeLimit, keyProbeLimit))
+	case fromWindows:
+		sql = `WITH keys AS (
+		SELECT DISTINCT group_key AS sk FROM usage_windows
+		WHERE tenant = $1 AND meter = $2 AND granularity = $3 AND window_start >= $4 AND window_start < $5 AND group_key <> ''
+	), more AS (
+		SELECT false AS more
+	)`
+	default:
 		sql = `WITH RECURSIVE ks AS (
 		(SELECT group_key AS sk, 1 AS n FROM usage_windows WHERE tenant = $1 AND meter = $2 AND group_key > '' ORDER BY group_key LIMIT 1)
 		UNION ALL
 		SELECT (SELECT group_key FROM usage_windows WHERE tenant = $1 AND meter = $2 AND group_key > ks.sk ORDER BY group_key LIMIT 1), ks.n + 1
 		FROM ks WHERE ks.sk IS NOT NULL AND ks.n < ` + limit + `
+	), more AS (
+		SELECT coalesce(max(n), 0) >= ` + limit + ` AS more FROM ks
 	), keys AS (
-		SELECT sk FROM ks WHERE sk IS NOT NULL AND (SELECT max(n) FROM ks) < ` + limit + `
-		UNION ALL
-		SELECT DISTINCT group_key FROM usage_windows
-		WHERE tenant = $1 AND meter = $2 AND granularity = $3 AND window_start >= $4 AND window_start < $5 AND group_key <> ''
-			AND (SELECT max(n) FROM ks) >= ` + limit + `
-	), kg AS (
+		SELECT sk FROM ks WHERE sk IS NOT NULL AND NOT (SELECT more FROM more)
+	)`
+	}
+	if len(d.GroupBy) > 0 {
+		sql += `, kg AS (
 		SELECT ks.sk, ` + grp + ` AS grp FROM keys ks
 		LEFT JOIN meter_group_keys gk ON NOT starts_with(ks.sk, '[') AND gk.meter = $2 AND gk.digest = ks.sk
 		CROSS JOIN LATERAL (SELECT CASE WHEN starts_with(ks.sk, '[') THEN ks.sk::jsonb ELSE gk.group_key::jsonb END AS k) j
@@ -426,21 +844,32 @@ func meterUsageSQL(q MeterQuery) (string, []any, error) {
 		SELECT kg.sk, g.gid FROM kg JOIN g ON g.grp = kg.grp
 	)`
 	}
+	// Over km's keys (not fromWindows, which read every window in range
+	// to list them): = ANY(ARRAY(...)) is an index condition, so the
+	// windows (and unique values) are read by key ranges of the primary
+	// key rather than by a scan of the tenant's windows.
+	byKey := func(alias string) string {
+		if fromWindows {
+			return ""
+		}
+		return ` AND ` + alias + `.group_key = ANY (ARRAY(SELECT sk FROM km))`
+	}
 	sql += `, w AS (
 		SELECT km.gid, uw.window_start AS s, uw.value AS v, uw.events AS e, uw.latest_time AS lt, uw.latest_id AS li
-		FROM km JOIN usage_windows uw ON uw.tenant = $1 AND uw.meter = $2 AND uw.group_key = km.sk
+		FROM usage_windows uw JOIN km ON km.sk = uw.group_key
+		WHERE uw.tenant = $1 AND uw.meter = $2` + byKey("uw") + `
 			AND uw.granularity = $3 AND uw.window_start >= $4 AND uw.window_start < $5
 	)`
-	// a: the folded rows, each (group number, start, value, events,
-	// GROUPING(gid, s): 0 a window, 1 a group's total, 3 everything, and
-	// for latest the (time, id) of the value). The answer is each group
-	// of g once (kind -1, with its values), then a's rows by kind, group
-	// number and start.
+	// The answer: each group of g once (kind -1, with its values); for
+	// sum, count and max, every window of w as stored (kind 0: the caller
+	// folds them by group number and start, as it folds totals, in int64
+	// while the values fit); for latest and unique_count, a's rows, folded
+	// here: each (group number, start, value, events, GROUPING(gid, s): 0
+	// a window, 1 a group's total, 3 everything, and for latest the
+	// (time, id) of the value); and a row of kind -2 when the probes were
+	// too few. In no order: the caller orders the answer.
+	rows := `SELECT gid, NULL::text[], s, v, e, 0, NULL::timestamptz, NULL::text FROM w`
 	switch d.Aggregation {
-	case meter.Sum, meter.Count:
-		sql += `, a AS (SELECT w.gid, w.s, sum(w.v) AS v, sum(w.e)::bigint AS e, 0 AS gr, NULL::timestamptz AS lt, NULL::text AS li FROM w GROUP BY w.gid, w.s)`
-	case meter.Max:
-		sql += `, a AS (SELECT w.gid, w.s, max(w.v) AS v, sum(w.e)::bigint AS e, 0 AS gr, NULL::timestamptz AS lt, NULL::text AS li FROM w GROUP BY w.gid, w.s)`
 	case meter.Latest:
 		sql += `, a AS (SELECT w.gid, w.s,
 			(array_agg(w.v ORDER BY w.lt DESC NULLS LAST, w.li DESC NULLS LAST, w.v DESC))[1] AS v,
@@ -448,6 +877,7 @@ func meterUsageSQL(q MeterQuery) (string, []any, error) {
 			(array_agg(w.lt ORDER BY w.lt DESC NULLS LAST, w.li DESC NULLS LAST, w.v DESC))[1] AS lt,
 			(array_agg(w.li ORDER BY w.lt DESC NULLS LAST, w.li DESC NULLS LAST, w.v DESC))[1] AS li
 		FROM w GROUP BY w.gid, w.s)`
+		rows = `SELECT gid, NULL::text[], s, v, e, gr, lt, li FROM a`
 	case meter.UniqueCount:
 		// Each window once with its events, and each value row of the
 		// windows in range with none: count(DISTINCT) skips the NULLs.
@@ -455,19 +885,20 @@ func meterUsageSQL(q MeterQuery) (string, []any, error) {
 		SELECT w.gid, w.s, w.e, NULL::text AS u FROM w
 		UNION ALL
 		SELECT km.gid, mu.window_start, 0, mu.value FROM meter_uniques mu JOIN km ON km.sk = mu.group_key
-		WHERE mu.tenant = $1 AND mu.meter = $2 AND mu.granularity = $3 AND mu.window_start >= $4 AND mu.window_start < $5
+		WHERE mu.tenant = $1 AND mu.meter = $2` + byKey("mu") + ` AND mu.granularity = $3 AND mu.window_start >= $4 AND mu.window_start < $5
 	), a AS (
 		SELECT coalesce(gid, 0) AS gid, s, count(DISTINCT u)::numeric AS v, sum(e)::bigint AS e, GROUPING(gid, s) AS gr,
 			NULL::timestamptz AS lt, NULL::text AS li
 		FROM x GROUP BY GROUPING SETS ((gid, s), (gid), ())
 	)`
+		rows = `SELECT gid, NULL::text[], s, v, e, gr, lt, li FROM a`
 	}
 	sql += `
-	SELECT * FROM (
-		SELECT gid, grp, NULL::timestamptz AS s, NULL::numeric AS v, NULL::bigint AS e, -1 AS gr, NULL::timestamptz AS lt, NULL::text AS li FROM g
-		UNION ALL
-		SELECT gid, NULL::text[], s, v, e, gr, lt, li FROM a
-	) r ORDER BY gr, gid, s`
+	SELECT gid, grp, NULL::timestamptz AS s, NULL::numeric AS v, NULL::bigint AS e, -1 AS gr, NULL::timestamptz AS lt, NULL::text AS li FROM g
+	UNION ALL
+	` + rows + `
+	UNION ALL
+	SELECT 0, NULL::text[], NULL::timestamptz, NULL::numeric, NULL::bigint, -2, NULL::timestamptz, NULL::text FROM more WHERE more`
 	return sql, args, nil
 }
 

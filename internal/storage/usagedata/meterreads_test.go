@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/usagemeter/metering/events"
 	"github.com/usagemeter/metering/internal/meter"
 	"github.com/usagemeter/metering/internal/storage/accounts"
@@ -418,5 +420,73 @@ func TestMeterWindowsJSON(t *testing.T) {
 	}
 	if string(got) != string(want) {
 		t.Fatalf("got  %s\nwant %s", got, want)
+	}
+}
+
+// Windows and totals past int64, folded across keys and windows, are
+// exact: sums that overflow an int64 turn to big integers, a stored value
+// beyond int64 is read as one, and max compares them. The same read over
+// the simple protocol (every column as text, decoded by the type map)
+// answers the same.
+func TestMeterUsageBeyondInt64(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	ctx := context.Background()
+	h := time.Date(2026, 11, 3, 10, 0, 0, 0, time.UTC)
+	for _, m := range []string{"m_sum", "m_max"} {
+		db.Exec(t, `INSERT INTO usage_windows (tenant, meter, group_key, granularity, window_start, value, events) VALUES
+			('acme', $2, '["a","eu"]', 'hour', $1, 9223372036854775807, 1),
+			('acme', $2, '["a","us"]', 'hour', $1, 9223372036854775807, 2),
+			('acme', $2, '["a","eu"]', 'hour', $1::timestamptz + interval '1 hour', 100000000000000000000, 3),
+			('acme', $2, '["b","eu"]', 'hour', $1, 5, 4),
+			('acme', $2, '["b","eu"]', 'hour', $1::timestamptz + interval '1 hour', 4611686018427387904, 5),
+			('acme', $2, '["b","us"]', 'hour', $1::timestamptz + interval '1 hour', 4611686018427387904, 6)`, h, m)
+	}
+	simple, err := pgxpool.New(ctx, db.URL+"&default_query_exec_mode=simple_protocol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer simple.Close()
+	groupBy := []string{"model", "region"}
+	tests := []struct {
+		name    string
+		d       meter.Definition
+		groupBy []string
+		want    string
+	}{
+		{"sum by model", meter.Definition{Name: "m_sum", Aggregation: meter.Sum, GroupBy: groupBy}, []string{"model"},
+			`[{"start":"2026-11-03T10:00:00Z","end":"2026-11-03T11:00:00Z","value":18446744073709551614,"events":3,"group":{"model":"a"}},` +
+				`{"start":"2026-11-03T11:00:00Z","end":"2026-11-03T12:00:00Z","value":100000000000000000000,"events":3,"group":{"model":"a"}},` +
+				`{"start":"2026-11-03T10:00:00Z","end":"2026-11-03T11:00:00Z","value":5,"events":4,"group":{"model":"b"}},` +
+				`{"start":"2026-11-03T11:00:00Z","end":"2026-11-03T12:00:00Z","value":9223372036854775808,"events":11,"group":{"model":"b"}}] ` +
+				`[{"group":{"model":"a"},"value":118446744073709551614,"events":6},{"group":{"model":"b"},"value":9223372036854775813,"events":15}] ` +
+				`127670116110564327427/21`},
+		{"sum of everything", meter.Definition{Name: "m_sum", Aggregation: meter.Sum, GroupBy: groupBy}, nil,
+			`[{"start":"2026-11-03T10:00:00Z","end":"2026-11-03T11:00:00Z","value":18446744073709551619,"events":7,"group":{}},` +
+				`{"start":"2026-11-03T11:00:00Z","end":"2026-11-03T12:00:00Z","value":109223372036854775808,"events":14,"group":{}}] ` +
+				`[{"group":{},"value":127670116110564327427,"events":21}] 127670116110564327427/21`},
+		{"max by region", meter.Definition{Name: "m_max", Aggregation: meter.Max, GroupBy: groupBy}, []string{"region"},
+			`[{"start":"2026-11-03T10:00:00Z","end":"2026-11-03T11:00:00Z","value":9223372036854775807,"events":5,"group":{"region":"eu"}},` +
+				`{"start":"2026-11-03T11:00:00Z","end":"2026-11-03T12:00:00Z","value":100000000000000000000,"events":8,"group":{"region":"eu"}},` +
+				`{"start":"2026-11-03T10:00:00Z","end":"2026-11-03T11:00:00Z","value":9223372036854775807,"events":2,"group":{"region":"us"}},` +
+				`{"start":"2026-11-03T11:00:00Z","end":"2026-11-03T12:00:00Z","value":4611686018427387904,"events":6,"group":{"region":"us"}}] ` +
+				`[{"group":{"region":"eu"},"value":100000000000000000000,"events":13},{"group":{"region":"us"},"value":9223372036854775807,"events":8}] ` +
+				`100000000000000000000/21`},
+	}
+	for _, tt := range tests {
+		for _, pool := range []*pgxpool.Pool{db.Pool, simple} {
+			t.Run(fmt.Sprintf("%s/%s", tt.name, pool.Config().ConnConfig.DefaultQueryExecMode), func(t *testing.T) {
+				u, err := usagedata.NewReader(pool).MeterUsage(ctx, usagedata.MeterQuery{Tenant: "acme", Meter: tt.d, Granularity: windows.Hour,
+					From: h, To: h.Add(2 * time.Hour), GroupBy: tt.groupBy})
+				if err != nil {
+					t.Fatal(err)
+				}
+				ws, _ := json.Marshal(u.Windows)
+				ts, _ := json.Marshal(u.Totals)
+				if got := fmt.Sprintf("%s %s %s/%d", ws, ts, u.Total, u.Events); got != tt.want {
+					t.Fatalf("got  %s\nwant %s", got, tt.want)
+				}
+			})
+		}
 	}
 }
