@@ -67,9 +67,10 @@ type TenantPeriod struct {
 // index usage_windows_month_start), so its cost is the months' window
 // count, not the table's.
 func UnannouncedMonths(ctx context.Context, q storage.Executor, from, before time.Time) ([]TenantPeriod, error) {
-	rows, err := q.Query(ctx, `SELECT DISTINCT w.window_start, w.tenant FROM usage_windows w
+	rows, err := q.Query(ctx, `SELECT w.window_start, w.tenant FROM usage_windows w
 		WHERE w.granularity = 'month' AND w.window_start >= $1 AND w.window_start < $2
 			AND NOT EXISTS (SELECT 1 FROM billing_period_events e WHERE e.tenant = w.tenant AND e.period_start = w.window_start)
+		GROUP BY w.window_start, w.tenant
 		ORDER BY w.window_start, w.tenant COLLATE "C"`, from, before)
 	if err != nil {
 		return nil, fmt.Errorf("finding months to close: %w", err)
