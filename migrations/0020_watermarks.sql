@@ -2,10 +2,13 @@
 --
 -- consumer_offsets.watermark
 --   How far in time the group's partition is applied: every record
---   appended to the partition at or before the watermark has been counted
---   (a batch's transaction sets it to the greatest record timestamp of the
+--   appended to the partition before the watermark has been counted (a
+--   batch's transaction sets it to the greatest record timestamp of the
 --   batch, never in the future; a consumer that has read the partition up
---   to its high-water mark sets it to the time of that read). It only
+--   to its high-water mark sets it to the time of that read). Record
+--   timestamps are the broker's append times on a topic with
+--   message.timestamp.type=LogAppendTime, else the producers' create
+--   times, which the allowed lateness of billing periods absorbs. It only
 --   moves forward. NULL: not known yet (rows before this migration, or a
 --   partition not yet read to its end).
 ALTER TABLE consumer_offsets ADD COLUMN watermark timestamptz NULL;

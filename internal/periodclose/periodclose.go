@@ -36,8 +36,8 @@ import (
 // DefaultLateness is the allowed lateness when Config names none.
 const DefaultLateness = time.Hour
 
-// DefaultLookback is how many periods before the newest ended one Close
-// looks at when Config names no other.
+// DefaultLookback is how many months before the current one (less the
+// lateness) Close looks at when Config names no other.
 const DefaultLookback = 3
 
 // Config of a Closer.
@@ -49,9 +49,8 @@ type Config struct {
 	// Lateness is how long after a period's end records may still be
 	// appended for it; default DefaultLateness.
 	Lateness time.Duration
-	// Lookback is how many periods before the newest one that ended (and
-	// whose lateness passed) Close scans for periods not yet announced;
-	// default DefaultLookback.
+	// Lookback is how many months before the month of now - Lateness
+	// Close scans for periods not yet announced; default DefaultLookback.
 	Lookback int
 	// Now is the clock; nil means time.Now.
 	Now    func() time.Time
@@ -151,25 +150,50 @@ func (c *Closer) Statuses(ctx context.Context, start, end time.Time, tenants []s
 
 // Result says what one Close did.
 type Result struct {
-	// Closed periods were announced by this call; Waiting ones ended but
-	// are not complete yet.
+	// Closed periods were announced by this call; Waiting ones are
+	// counted far enough but wait for dead letters.
 	Closed, Waiting int
 }
 
-// Close announces every tenant's month that ended (and whose lateness
-// passed) within the lookback, has usage, is complete and is not
-// announced yet: each in its own transaction that records it and queues
-// its period.closed event.
+// reach is the instant every stored partition is applied up to (the
+// least watermark), and false when no period can be complete: no
+// partition is stored, or one has no watermark yet.
+func reach(parts []billingdata.PartitionWatermark) (time.Time, bool) {
+	var least time.Time
+	for i, p := range parts {
+		if p.Watermark == nil {
+			return time.Time{}, false
+		}
+		if i == 0 || p.Watermark.Before(least) {
+			least = *p.Watermark
+		}
+	}
+	return least, len(parts) > 0
+}
+
+// Close announces every tenant's month that ended within the lookback,
+// has usage, is complete and is not announced yet: each in its own
+// transaction that records it and queues its period.closed event. It
+// scans only the months the least watermark has passed by the lateness,
+// so a sync reads no window of a month that cannot be complete yet.
 func (c *Closer) Close(ctx context.Context) (Result, error) {
 	now := c.cfg.Now().UTC()
-	before := windows.Month.Start(now.Add(-c.cfg.Lateness))
-	from := before.AddDate(0, -c.cfg.Lookback, 0)
-	todo, err := billingdata.UnannouncedMonths(ctx, c.pool, from, before)
-	if err != nil || len(todo) == 0 {
-		return Result{}, err
-	}
 	parts, err := billingdata.Watermarks(ctx, c.pool, c.cfg.Group, c.cfg.Topic)
 	if err != nil {
+		return Result{}, err
+	}
+	least, ok := reach(parts)
+	if !ok {
+		return Result{}, nil
+	}
+	// Months starting before this one end at or before least - lateness.
+	before := windows.Month.Start(least.Add(-c.cfg.Lateness))
+	from := windows.Month.Start(now.Add(-c.cfg.Lateness)).AddDate(0, -c.cfg.Lookback, 0)
+	if !from.Before(before) {
+		return Result{}, nil
+	}
+	todo, err := billingdata.UnannouncedMonths(ctx, c.pool, from, before)
+	if err != nil || len(todo) == 0 {
 		return Result{}, err
 	}
 	tenants := make([]string, 0, len(todo))

@@ -218,8 +218,8 @@ func TestClosesEachCompletePeriodOnce(t *testing.T) {
 	ctx := context.Background()
 	c := newCloser(db)
 	// Partition 1 is past October's end plus lateness, not November's.
-	if res, err := c.Close(ctx); err != nil || res.Closed != 1 || res.Waiting != 2 {
-		t.Fatalf("with a partition behind: %+v %v; want acme's October closed, acme's and globex's November waiting", res, err)
+	if res, err := c.Close(ctx); err != nil || res.Closed != 1 || res.Waiting != 0 {
+		t.Fatalf("with a partition behind: %+v %v; want acme's October closed, November not scanned", res, err)
 	}
 	if evs := events(t, db); len(evs) != 1 || !evs[0].Data.(billingevents.PeriodClosed).PeriodStart.Equal(oct) {
 		t.Fatalf("events: %+v, want October's", evs)
@@ -283,5 +283,25 @@ func TestClosesEachCompletePeriodOnce(t *testing.T) {
 	evs = events(t, db)
 	if len(evs) != 3 || evs[2].Tenant != "globex" || evs[2].Data.(billingevents.PeriodClosed).Usage[0].Value.Int64() != 42 {
 		t.Errorf("after the discard: %+v", evs)
+	}
+}
+
+// TestCloseWaitsForEveryPartition: a stored partition without a
+// watermark (not read to its end since it was stored) closes nothing.
+func TestCloseWaitsForEveryPartition(t *testing.T) {
+	t.Parallel()
+	db := fixture(t)
+	ctx := context.Background()
+	if _, err := usagedata.CaughtUp(ctx, db.Pool, group, topic, 1, 100, dec.Add(90*time.Minute), false); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := usagedata.AdvanceOffset(ctx, db.Pool, group, topic, 2, -1, 3); err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	if res, err := newCloser(db).Close(ctx); err != nil || res != (periodclose.Result{}) {
+		t.Errorf("Close = %+v, %v; want nothing closed", res, err)
+	}
+	if evs := events(t, db); len(evs) != 0 {
+		t.Errorf("events: %+v", evs)
 	}
 }
