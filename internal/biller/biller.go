@@ -71,9 +71,24 @@ func NewBiller(pool *pgxpool.Pool, cfg config.Biller, log *slog.Logger, metrics 
 }
 
 // NewCloser builds the period closer for cfg: the aggregator's group
-// CONSUMER_GROUP on usage.events, BILLING_ALLOWED_LATENESS.
+// CONSUMER_GROUP on usage.events, BILLING_ALLOWED_LATENESS, and the
+// topic's partitions as the brokers list them (a partition no consumer
+// has stored yet keeps periods incomplete).
 func NewCloser(pool *pgxpool.Pool, cfg config.Biller, log *slog.Logger) *periodclose.Closer {
-	return periodclose.New(pool, periodclose.Config{Group: cfg.ConsumerGroup, Topic: topics.UsageEvents, Lateness: cfg.AllowedLateness, Logger: log})
+	cluster := kafkalog.Cluster{Brokers: cfg.KafkaBrokers, Security: cfg.KafkaSecurity}
+	partitions := func(ctx context.Context) ([]int, error) {
+		ends, err := cluster.LogEnds(ctx, topics.UsageEvents)
+		if err != nil {
+			return nil, err
+		}
+		out := make([]int, 0, len(ends))
+		for p := range ends {
+			out = append(out, p)
+		}
+		return out, nil
+	}
+	return periodclose.New(pool, periodclose.Config{Group: cfg.ConsumerGroup, Topic: topics.UsageEvents, Lateness: cfg.AllowedLateness,
+		Partitions: partitions, Logger: log})
 }
 
 // AddCompleteness sets Complete and Completeness on each of rows, the

@@ -3,8 +3,9 @@
 // the period's final usage of every meter and group.
 //
 // A period [start, end) of a tenant is complete when (a) for the
-// aggregator's consumer group every stored partition of usage.events has
-// a watermark at or after end + the allowed lateness (every record
+// aggregator's consumer group every partition of usage.events (those
+// Kafka lists, with Config.Partitions, and those stored) has a watermark
+// at or after end + the allowed lateness (every record
 // appended to the log by then is counted: see usagedata.AdvanceOffsetTo
 // and usagedata.CaughtUp), and (b) no dead letter of the tenant waits in
 // usage_dlq (pending: neither replayed nor discarded). Status says which,
@@ -21,6 +22,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -52,6 +54,10 @@ type Config struct {
 	// Lookback is how many months before the month of now - Lateness
 	// Close scans for periods not yet announced; default DefaultLookback.
 	Lookback int
+	// Partitions, when set, lists the topic's partitions in Kafka, so a
+	// partition no consumer has stored yet (a topic grown since) keeps
+	// periods incomplete; nil trusts the stored partitions.
+	Partitions func(ctx context.Context) ([]int, error)
 	// Now is the clock; nil means time.Now.
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -129,13 +135,46 @@ func Judge(parts []billingdata.PartitionWatermark, waiting int, end time.Time, l
 	return Status{Complete: len(reasons) == 0, Reasons: reasons}
 }
 
+// errPartitions is the reason given when Kafka cannot list the topic's
+// partitions (the error itself, which names brokers, goes to the log).
+const errPartitions = "the partitions of usage.events could not be listed from Kafka"
+
+// watermarks reads the stored partitions, with each partition Kafka lists
+// and none stored added without a watermark.
+func (c *Closer) watermarks(ctx context.Context) ([]billingdata.PartitionWatermark, error) {
+	parts, err := billingdata.Watermarks(ctx, c.pool, c.cfg.Group, c.cfg.Topic)
+	if err != nil || c.cfg.Partitions == nil {
+		return parts, err
+	}
+	listed, err := c.cfg.Partitions(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("listing the partitions of %s: %w", c.cfg.Topic, err)
+	}
+	stored := make(map[int]bool, len(parts))
+	for _, p := range parts {
+		stored[p.Partition] = true
+	}
+	for _, p := range listed {
+		if !stored[p] {
+			parts = append(parts, billingdata.PartitionWatermark{Partition: p, NextOffset: -1})
+		}
+	}
+	slices.SortFunc(parts, func(a, b billingdata.PartitionWatermark) int { return a.Partition - b.Partition })
+	return parts, nil
+}
+
 // Statuses judges the period [start, end) for each of tenants. start is
 // unused today (completeness depends on the period's end only); the
 // period is a parameter so that periods other than months fit.
 func (c *Closer) Statuses(ctx context.Context, start, end time.Time, tenants []string) (map[string]Status, error) {
-	parts, err := billingdata.Watermarks(ctx, c.pool, c.cfg.Group, c.cfg.Topic)
-	if err != nil {
-		return nil, err
+	parts, listErr := c.watermarks(ctx)
+	unlisted := listErr != nil
+	if unlisted {
+		c.cfg.Logger.WarnContext(ctx, "judging period completeness without Kafka's partition list", "err", listErr)
+		var err error
+		if parts, err = billingdata.Watermarks(ctx, c.pool, c.cfg.Group, c.cfg.Topic); err != nil {
+			return nil, err
+		}
 	}
 	waiting, err := billingdata.WaitingDeadLetters(ctx, c.pool, tenants)
 	if err != nil {
@@ -143,7 +182,11 @@ func (c *Closer) Statuses(ctx context.Context, start, end time.Time, tenants []s
 	}
 	out := make(map[string]Status, len(tenants))
 	for _, t := range tenants {
-		out[t] = Judge(parts, waiting[t], end, c.cfg.Lateness)
+		st := Judge(parts, waiting[t], end, c.cfg.Lateness)
+		if unlisted {
+			st.Complete, st.Reasons = false, append([]string{errPartitions}, st.Reasons...)
+		}
+		out[t] = st
 	}
 	return out, nil
 }
@@ -178,7 +221,7 @@ func reach(parts []billingdata.PartitionWatermark) (time.Time, bool) {
 // so a sync reads no window of a month that cannot be complete yet.
 func (c *Closer) Close(ctx context.Context) (Result, error) {
 	now := c.cfg.Now().UTC()
-	parts, err := billingdata.Watermarks(ctx, c.pool, c.cfg.Group, c.cfg.Topic)
+	parts, err := c.watermarks(ctx)
 	if err != nil {
 		return Result{}, err
 	}

@@ -305,3 +305,36 @@ func TestCloseWaitsForEveryPartition(t *testing.T) {
 		t.Errorf("events: %+v", evs)
 	}
 }
+
+// TestPartitionsKafkaListsCount: a partition Kafka lists that no consumer
+// stored keeps the period incomplete, and a Kafka that cannot list them
+// leaves completeness unknown, so incomplete.
+func TestPartitionsKafkaListsCount(t *testing.T) {
+	t.Parallel()
+	db := fixture(t)
+	ctx := context.Background()
+	if _, err := usagedata.CaughtUp(ctx, db.Pool, group, topic, 1, 100, dec.Add(90*time.Minute), false); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name   string
+		list   func(context.Context) ([]int, error)
+		want   string
+		closed int // -1: Close fails
+	}{
+		{"a partition not stored", func(context.Context) ([]int, error) { return []int{0, 1, 2}, nil }, "partition 2 has no watermark yet, needs 2026-12-01T01:00:00Z", 0},
+		{"Kafka does not answer", func(context.Context) ([]int, error) { return nil, context.DeadlineExceeded },
+			"the partitions of usage.events could not be listed from Kafka", -1},
+		{"every partition stored", func(context.Context) ([]int, error) { return []int{1, 0}, nil }, "complete", 2},
+	} {
+		c := periodclose.New(db.Pool, periodclose.Config{Group: group, Topic: topic, Lateness: time.Hour, Partitions: tt.list, Now: func() time.Time { return now }})
+		st, err := c.Statuses(ctx, nov, dec, []string{"acme"})
+		if err != nil || st["acme"].String() != tt.want {
+			t.Errorf("%s: %+v, %v; want %q", tt.name, st["acme"], err, tt.want)
+		}
+		res, err := c.Close(ctx)
+		if (tt.closed < 0) != (err != nil) || (err == nil && res.Closed != tt.closed) {
+			t.Errorf("%s: Close = %+v, %v; want %d closed", tt.name, res, err, tt.closed)
+		}
+	}
+}
