@@ -28,6 +28,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"text/tabwriter"
 	"time"
 
@@ -40,6 +41,7 @@ import (
 	"github.com/usagemeter/metering/internal/kafkalog"
 	"github.com/usagemeter/metering/internal/leader"
 	"github.com/usagemeter/metering/internal/migrate"
+	"github.com/usagemeter/metering/internal/periodclose"
 	"github.com/usagemeter/metering/internal/relay"
 	"github.com/usagemeter/metering/internal/service"
 	"github.com/usagemeter/metering/internal/storage/accounts"
@@ -68,6 +70,54 @@ func NewBiller(pool *pgxpool.Pool, cfg config.Biller, log *slog.Logger, metrics 
 	}), nil
 }
 
+// NewCloser builds the period closer for cfg: the aggregator's group
+// CONSUMER_GROUP on usage.events, BILLING_ALLOWED_LATENESS, and the
+// topic's partitions as the brokers list them (a partition no consumer
+// has stored yet keeps periods incomplete).
+func NewCloser(pool *pgxpool.Pool, cfg config.Biller, log *slog.Logger) *periodclose.Closer {
+	cluster := kafkalog.Cluster{Brokers: cfg.KafkaBrokers, Security: cfg.KafkaSecurity}
+	partitions := func(ctx context.Context) ([]int, error) {
+		ends, err := cluster.LogEnds(ctx, topics.UsageEvents)
+		if err != nil {
+			return nil, err
+		}
+		out := make([]int, 0, len(ends))
+		for p := range ends {
+			out = append(out, p)
+		}
+		return out, nil
+	}
+	return periodclose.New(pool, periodclose.Config{Group: cfg.ConsumerGroup, Topic: topics.UsageEvents, Lateness: cfg.AllowedLateness,
+		Partitions: partitions, Logger: log})
+}
+
+// AddCompleteness sets Complete and Completeness on each of rows, the
+// reconciliation of the month starting at period, from its tenant's
+// completeness of that month.
+func AddCompleteness(ctx context.Context, closer *periodclose.Closer, period time.Time, rows []stripesync.Row) error {
+	if len(rows) == 0 {
+		return nil
+	}
+	start := windows.Month.Start(period)
+	var tenants []string
+	seen := map[string]bool{}
+	for _, r := range rows {
+		if !seen[r.Tenant] {
+			seen[r.Tenant] = true
+			tenants = append(tenants, r.Tenant)
+		}
+	}
+	st, err := closer.Statuses(ctx, start, windows.Month.End(start), tenants)
+	if err != nil {
+		return fmt.Errorf("judging the completeness of %s: %w", start.Format("2006-01"), err)
+	}
+	for i := range rows {
+		s := st[rows[i].Tenant]
+		rows[i].Complete, rows[i].Completeness = s.Complete, s.String()
+	}
+	return nil
+}
+
 // Run starts the biller and blocks until ctx ends.
 func Run(ctx context.Context, cfg config.Biller, log *slog.Logger, ready func(net.Addr)) error {
 	pool, err := Open(ctx, cfg.DatabaseURL, cfg.ShutdownTimeout, log)
@@ -79,8 +129,8 @@ func Run(ctx context.Context, cfg config.Biller, log *slog.Logger, ready func(ne
 		return err
 	}
 	cluster := kafkalog.Cluster{Brokers: cfg.KafkaBrokers, Security: cfg.KafkaSecurity}
-	if err := cluster.Ensure(ctx, cfg.KafkaPartitions, topics.BillingDLQ); err != nil {
-		log.WarnContext(ctx, "could not ensure the dead-letter topic", "topic", topics.BillingDLQ, "err", err)
+	if err := cluster.Ensure(ctx, cfg.KafkaPartitions, topics.BillingDLQ, topics.BillingEvents); err != nil {
+		log.WarnContext(ctx, "could not ensure the biller's topics", "topics", []string{topics.BillingDLQ, topics.BillingEvents}, "err", err)
 	}
 	reg := service.NewRegistry()
 	metrics := stripesync.NewMetrics(reg)
@@ -92,7 +142,8 @@ func Run(ctx context.Context, cfg config.Biller, log *slog.Logger, ready func(ne
 	defer writer.Close()
 	rl := relay.New(pool, writer, log, reg)
 
-	syncer := leader.Singleton(pool, syncLoop{b: b, interval: cfg.SyncInterval, log: log},
+	closer := NewCloser(pool, cfg, log)
+	syncer := leader.Singleton(pool, syncLoop{b: b, closer: closer, interval: cfg.SyncInterval, log: log},
 		leader.Options{Interval: min(cfg.SyncInterval, leader.DefaultInterval), Logger: log, Registerer: reg})
 
 	st := accounts.New(pool)
@@ -100,7 +151,7 @@ func Run(ctx context.Context, cfg config.Biller, log *slog.Logger, ready func(ne
 	mux := http.NewServeMux()
 	service.MountLogged(mux, reg, map[string]service.Check{"postgres": st.Ping}, log)
 	mux.Handle(Routes[0], stripewebhook.New(pool, cfg.StripeWebhookSecret, log, stripewebhook.WithRegisterer(reg)))
-	mux.HandleFunc(Routes[1], reconciliation(authn, b, log))
+	mux.HandleFunc(Routes[1], reconciliation(authn, b, closer, log))
 	// Listed in start order; RunAll stops them in reverse: HTTP drains,
 	// then the sync loop stops, then the relay; the writer flushes
 	// (deferred) after all have returned.
@@ -111,7 +162,7 @@ func Run(ctx context.Context, cfg config.Biller, log *slog.Logger, ready func(ne
 }
 
 // reconciliation serves GET /v1/reconciliation to admin and viewer keys.
-func reconciliation(authn *auth.Authenticator, b *stripesync.Biller, log *slog.Logger) http.HandlerFunc {
+func reconciliation(authn *auth.Authenticator, b *stripesync.Biller, closer *periodclose.Closer, log *slog.Logger) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		p, err := authn.Authenticate(r.Context(), r)
 		switch {
@@ -145,6 +196,9 @@ func reconciliation(authn *auth.Authenticator, b *stripesync.Biller, log *slog.L
 		// outlast HTTP_WRITE_TIMEOUT; this answer gets its own deadline.
 		_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(reconcileWriteTimeout))
 		rows, err := b.Reconcile(r.Context(), period)
+		if err == nil {
+			err = AddCompleteness(r.Context(), closer, period, rows)
+		}
 		if err != nil {
 			// The error names Stripe's or Postgres's address: the log only.
 			log.ErrorContext(r.Context(), "reconciliation", "err", err)
@@ -170,9 +224,12 @@ const reconcileWriteTimeout = 15 * time.Minute
 const SyncLoop = "billing-sync"
 
 // syncLoop syncs at start, every interval, and just after each month
-// ends. It is a singleton: it runs on the leader of SyncLoop only.
+// ends, and after each sync announces the periods that became complete.
+// It is a singleton: it runs on the leader of SyncLoop only.
 type syncLoop struct {
-	b        *stripesync.Biller
+	b *stripesync.Biller
+	// closer may be nil: no period is announced.
+	closer   *periodclose.Closer
 	interval time.Duration
 	log      *slog.Logger
 }
@@ -196,6 +253,13 @@ func (l syncLoop) Run(ctx context.Context) error {
 				"old_landed", res.Landed, "old_replaced", res.Replaced, "old_waiting", res.Waiting)
 		}
 		_, _, _ = b.CountOpenPushes(ctx)
+		if l.closer != nil {
+			if cres, err := l.closer.Close(ctx); err != nil && ctx.Err() == nil {
+				log.WarnContext(ctx, "closing billing periods failed; retrying at the next interval", "err", err)
+			} else if cres.Waiting > 0 {
+				log.DebugContext(ctx, "billing periods ended but not complete yet", "waiting", cres.Waiting, "closed", cres.Closed)
+			}
+		}
 		next := windows.Month.End(time.Now()).Add(time.Minute)
 		closeTimer := time.NewTimer(time.Until(next))
 		select {
@@ -229,6 +293,23 @@ func orDash(v fmt.Stringer, isNil bool) string {
 	return v.String()
 }
 
+// writeCompleteness writes, under the table, a line per tenant saying
+// whether its period is complete, or why not.
+func writeCompleteness(w io.Writer, rows []stripesync.Row) {
+	seen := map[string]bool{}
+	for _, r := range rows {
+		if seen[r.Tenant] || r.Completeness == "" {
+			continue
+		}
+		seen[r.Tenant] = true
+		if r.Complete {
+			fmt.Fprintf(w, "period %s of %s: complete\n", r.Period, r.Tenant)
+		} else {
+			fmt.Fprintf(w, "period %s of %s: not complete: %s\n", r.Period, r.Tenant, r.Completeness)
+		}
+	}
+}
+
 // WriteReport writes reconciliation rows as table, csv or json.
 func WriteReport(w io.Writer, rows []stripesync.Row, format string) error {
 	switch format {
@@ -240,10 +321,10 @@ func WriteReport(w io.Writer, rows []stripesync.Row, format string) error {
 		// csvsafe quotes every cell and neutralises formula triggers, so the
 		// export is safe to open in a spreadsheet.
 		cw := csvsafe.NewWriter(w)
-		_ = cw.Write([]string{"tenant", "metric", "period", "metered", "reported", "in_flight", "stripe", "drift", "carried_out", "carried_in", "status", "note", "meter", "group"})
+		_ = cw.Write([]string{"tenant", "metric", "period", "metered", "reported", "in_flight", "stripe", "drift", "carried_out", "carried_in", "status", "note", "meter", "group", "complete", "completeness"})
 		for _, r := range rows {
 			_ = cw.Write([]string{r.Tenant, r.Metric, r.Period, r.Metered.String(), r.Reported.String(), r.InFlight.String(),
-				orDash(r.Stripe, r.Stripe == nil), r.Drift.String(), r.CarriedOut.String(), r.CarriedIn.String(), r.Status, r.Note, r.Meter, r.Group})
+				orDash(r.Stripe, r.Stripe == nil), r.Drift.String(), r.CarriedOut.String(), r.CarriedIn.String(), r.Status, r.Note, r.Meter, r.Group, strconv.FormatBool(r.Complete), r.Completeness})
 		}
 		return cw.Flush()
 	case "table", "":
@@ -268,6 +349,7 @@ func WriteReport(w io.Writer, rows []stripesync.Row, format string) error {
 		}
 		fmt.Fprintf(w, "%d rows: %d ok, %d pending, %d drift, %d unmapped\n", len(rows),
 			counts[stripesync.StatusOK], counts[stripesync.StatusPending], counts[stripesync.StatusDrift], counts[stripesync.StatusUnmapped])
+		writeCompleteness(w, rows)
 		return nil
 	}
 	return fmt.Errorf("format must be table, csv or json; got %q", format)

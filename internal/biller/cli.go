@@ -16,6 +16,7 @@ import (
 
 	"github.com/usagemeter/metering/internal/cli"
 	"github.com/usagemeter/metering/internal/config"
+	"github.com/usagemeter/metering/internal/periodclose"
 	"github.com/usagemeter/metering/internal/stripesync"
 )
 
@@ -55,16 +56,23 @@ func Migrate(ctx context.Context, databaseURL string, log *slog.Logger) error {
 }
 
 func open(ctx context.Context, cfg config.Biller, log *slog.Logger) (*stripesync.Biller, func(), error) {
+	b, _, closeFn, err := openWithCloser(ctx, cfg, log)
+	return b, closeFn, err
+}
+
+// openWithCloser is open that also returns the period closer on the same
+// pool.
+func openWithCloser(ctx context.Context, cfg config.Biller, log *slog.Logger) (*stripesync.Biller, *periodclose.Closer, func(), error) {
 	pool, err := Open(ctx, cfg.DatabaseURL, 0, log)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	b, err := NewBiller(pool, cfg, log, nil)
 	if err != nil {
 		pool.Close()
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return b, pool.Close, nil
+	return b, NewCloser(pool, cfg, log), pool.Close, nil
 }
 
 type reconcileFlags struct{ Period, Format string }
@@ -82,13 +90,16 @@ func reconcile(ctx context.Context, env Env, f reconcileFlags, args []string) er
 	if err != nil {
 		return err
 	}
-	b, closeFn, err := open(ctx, env.Config, env.Log)
+	b, closer, closeFn, err := openWithCloser(ctx, env.Config, env.Log)
 	if err != nil {
 		return err
 	}
 	defer closeFn()
 	rows, err := b.Reconcile(ctx, period)
 	if err != nil {
+		return err
+	}
+	if err := AddCompleteness(ctx, closer, period, rows); err != nil {
 		return err
 	}
 	return WriteReport(env.Out, rows, f.Format)

@@ -341,6 +341,13 @@ type Biller struct {
 	// MaxAttempts of one push before it is dead-lettered.
 	MaxAttempts int
 	AdminAPIKey string
+	// ConsumerGroup is the aggregator's consumer group, whose stored
+	// offsets and watermarks say how far usage is counted.
+	ConsumerGroup string
+	// AllowedLateness is how long after a billing period's end records
+	// may still be appended for it: the period is complete (and announced
+	// with period.closed) once every partition is applied that far.
+	AllowedLateness time.Duration
 }
 
 // LoadBiller reads cmd/biller's settings; see LoadIngest.
@@ -357,6 +364,8 @@ func LoadBiller(name string, args []string, getenv func(string) string, output i
 	parsed(b, &c.StripeRate, "STRIPE_RATE_LIMIT", "20", "Stripe calls per second, client side", positiveFloat)
 	parsed(b, &c.StripeTimeout, "STRIPE_TIMEOUT", "20s", "timeout of one Stripe call", positiveDuration)
 	parsed(b, &c.MaxAttempts, "STRIPE_MAX_ATTEMPTS", "8", "tries of one push before it is dead-lettered", positiveInt)
+	b.str(&c.ConsumerGroup, "CONSUMER_GROUP", "metering-aggregator", "the aggregator's Kafka consumer group, whose stored offsets say how far usage is counted")
+	parsed(b, &c.AllowedLateness, "BILLING_ALLOWED_LATENESS", "1h", "how long after a billing period's end its records may still arrive before it is complete", positiveDuration)
 	if err := b.parse(args); err != nil {
 		return Biller{}, nil, err
 	}

@@ -9,6 +9,12 @@
 // for: that copy is informational, for `kafka-consumer-groups.sh
 // --describe` and lag exporters, and is never read back.
 //
+// Each batch's transaction moves its partition's watermark to the batch's
+// greatest record timestamp (rollup); while a partition owned here is read
+// to its log end, the watermark follows the clock, a look at the log ends
+// every SessionTimeout/4 (caughtUp), so that billing periods are known
+// complete without new records.
+//
 // Invariant: every record is applied or dead-lettered, exactly once, and
 // the reader position advances only after a commit. An outage is retried
 // with backoff until the batch commits (TestOutageRetriedAndStallReported);

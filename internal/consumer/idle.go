@@ -18,7 +18,8 @@ import (
 // leader has synced; measured). In the rebalance a dead owner does not
 // rejoin and loses its partitions. It does nothing while this member's
 // own partitions stall, since an outage stalls everyone and rebalancing
-// would not help.
+// would not help. At each look it also records the watermark of this
+// member's partitions that are read to their log end (caughtUp).
 func (c *Consumer) watchIdle(ctx context.Context, owned map[int]bool) {
 	t := time.NewTicker(max(c.cfg.SessionTimeout/4, 100*time.Millisecond))
 	defer t.Stop()
@@ -37,6 +38,9 @@ func (c *Consumer) watchIdle(ctx context.Context, owned map[int]bool) {
 			clear(seen)
 			continue
 		}
+		// at is taken before the read of the log ends: every record
+		// appended by then lies below them.
+		at := time.Now()
 		ends, err := c.cluster().LogEnds(ctx, c.cfg.Topic)
 		if err != nil {
 			continue
@@ -45,6 +49,7 @@ func (c *Consumer) watchIdle(ctx context.Context, owned map[int]bool) {
 		if err != nil {
 			continue
 		}
+		c.caughtUp(ctx, owned, ends, stored, at)
 		now := time.Now()
 		for p, end := range ends {
 			next, ok := stored[p]
@@ -68,6 +73,33 @@ func (c *Consumer) watchIdle(ctx context.Context, owned map[int]bool) {
 					"partition", p, "offset", next, "log_end", end, "idle", idle.Round(time.Millisecond))
 				return
 			}
+		}
+	}
+}
+
+// caughtUp moves the watermark of each owned partition whose stored offset
+// has reached its log end (ends, read at at) up to at: nothing appended by
+// then waits. An owned partition without a stored offset whose log holds
+// no record gets its row, so that period completeness sees every
+// partition. Failures are logged and retried at the next tick.
+func (c *Consumer) caughtUp(ctx context.Context, owned map[int]bool, ends, stored map[int]int64, at time.Time) {
+	for p, end := range ends {
+		if !owned[p] {
+			continue
+		}
+		next, ok := stored[p]
+		empty := false
+		if !ok {
+			start, err := c.cluster().LogStart(ctx, c.cfg.Topic, p)
+			if err != nil || start < end {
+				continue
+			}
+			empty = true
+		} else if next < end {
+			continue
+		}
+		if _, err := c.agg.CaughtUp(ctx, p, end, at, empty); err != nil && ctx.Err() == nil {
+			c.log.WarnContext(ctx, "recording a caught-up partition's watermark", "partition", p, "err", err)
 		}
 	}
 }

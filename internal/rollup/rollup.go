@@ -291,7 +291,7 @@ func (a *Aggregator) Apply(ctx context.Context, partition int, from int64, recs 
 
 	// The fence first: it also takes the partition's row lock, so a
 	// second owner waits here and then fails, before doing any work.
-	if err := a.advanceOffset(ctx, tx, partition, from, res.NextOffset); err != nil {
+	if err := a.advanceOffsetTo(ctx, tx, partition, from, res.NextOffset, watermark(recs, now)); err != nil {
 		return Result{}, err
 	}
 	// The meters in force when this transaction reads them count the
@@ -333,7 +333,13 @@ func (a *Aggregator) Apply(ctx context.Context, partition int, from int64, recs 
 }
 
 func (a *Aggregator) advanceOffset(ctx context.Context, tx pgx.Tx, partition int, from, next int64) error {
-	moved, err := usagedata.AdvanceOffset(ctx, tx, a.cfg.Group, a.cfg.Topic, partition, from, next)
+	return a.advanceOffsetTo(ctx, tx, partition, from, next, time.Time{})
+}
+
+// advanceOffsetTo is advanceOffset that also moves the partition's
+// watermark up to wm (zero: leaves it), in the same statement.
+func (a *Aggregator) advanceOffsetTo(ctx context.Context, tx pgx.Tx, partition int, from, next int64, wm time.Time) error {
+	moved, err := usagedata.AdvanceOffsetTo(ctx, tx, a.cfg.Group, a.cfg.Topic, partition, from, next, wm)
 	if err != nil {
 		return err
 	}
@@ -341,6 +347,32 @@ func (a *Aggregator) advanceOffset(ctx context.Context, tx pgx.Tx, partition int
 		return fmt.Errorf("partition %d from offset %d: %w", partition, from, ErrFenced)
 	}
 	return nil
+}
+
+// watermark is the partition's watermark after recs: the greatest record
+// timestamp (the broker's append time on a topic with LogAppendTime),
+// never after now, so a forged future timestamp cannot declare time that
+// has not passed; zero when no record has one.
+func watermark(recs []Record, now time.Time) time.Time {
+	var wm time.Time
+	for _, r := range recs {
+		if r.Time.After(wm) {
+			wm = r.Time
+		}
+	}
+	if wm.After(now) {
+		wm = now
+	}
+	return wm
+}
+
+// CaughtUp records that this consumer read partition up to its high-water
+// mark end at the instant at, taken before the read: when the stored
+// offset has reached end, the partition's watermark moves up to at (see
+// usagedata.CaughtUp; empty says the log holds no record at all). It
+// reports whether the watermark moved.
+func (a *Aggregator) CaughtUp(ctx context.Context, partition int, end int64, at time.Time, empty bool) (bool, error) {
+	return usagedata.CaughtUp(ctx, a.pool, a.cfg.Group, a.cfg.Topic, partition, end, at, empty)
 }
 
 type idKey struct{ tenant, id string }

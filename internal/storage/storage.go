@@ -11,7 +11,7 @@
 //	deadletters  usage_dlq, dlq_audit
 //	billingdata  billing_pushes, billing_periods, stripe_webhook_events,
 //	             stripe_webhook_undecodable, stripe_object_versions,
-//	             stripe_meter_errors
+//	             stripe_meter_errors, billing_period_events
 //	outbox       outbox
 //	credits      credit_grants
 //	auditlog     audit_log

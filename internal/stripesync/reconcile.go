@@ -51,6 +51,13 @@ type Row struct {
 	// Group is the group's key, a JSON array of its group_by values
 	// (null for a missing property); "" for a meter without groups.
 	Group string `json:"group"`
+	// Complete says whether the tenant's month is complete (every record
+	// appended before its end plus the allowed lateness is counted, and
+	// none of the tenant's dead letters waits: internal/periodclose);
+	// Completeness is "complete" or why not. Set by the biller after
+	// Reconcile.
+	Complete     bool   `json:"complete"`
+	Completeness string `json:"completeness"`
 }
 
 // Reconcile compares Postgres with Stripe for every tenant and metric,

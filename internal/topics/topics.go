@@ -16,7 +16,11 @@ const (
 	UsageEventsDLQ = "usage.events.dlq"
 	QuotaBreaches  = "quota.breaches"
 	BillingDLQ     = "billing.dlq"
+	// BillingEvents carries billing facts (plan changes, grants,
+	// adjustments, overages, closed periods) keyed by tenant, each with a
+	// stable event id (internal/billingevents).
+	BillingEvents = "billing.events"
 )
 
 // All lists every topic of the pipeline.
-var All = []string{UsageEvents, UsageEventsDLQ, QuotaBreaches, BillingDLQ}
+var All = []string{UsageEvents, UsageEventsDLQ, QuotaBreaches, BillingDLQ, BillingEvents}

@@ -148,7 +148,8 @@ func startPipelineOn(t *testing.T, c *kafkacluster.Cluster, group, brokers strin
 		Env: map[string][]string{
 			"ingest":     append([]string{"PUBLISH_TIMEOUT=4s"}, kafkaEnv...),
 			"aggregator": append([]string{"SESSION_TIMEOUT=" + sessionTimeout.String(), "BATCH_SIZE=500", "CONSUMER_GROUP=" + group}, kafkaEnv...),
-			"biller":     kafkaEnv,
+			// The biller judges period completeness on the aggregator's group.
+			"biller": append([]string{"CONSUMER_GROUP=" + group}, kafkaEnv...),
 		}}, &log)
 	if err != nil {
 		t.Fatalf("starting the pipeline: %v\n%s", err, log.String())
