@@ -56,7 +56,7 @@ func (r *Reader) Bill(ctx context.Context, tenant string, now time.Time) (Bill, 
 	if plan != nil {
 		rows, err := r.q.Query(ctx, `SELECT q.metric, q.unit_price::text, w.value FROM plan_quotas q
 			LEFT JOIN usage_windows w ON w.tenant = $1 AND w.meter = q.metric AND w.group_key = '' AND w.granularity = 'month' AND w.window_start = $3
-			WHERE q.plan = $2 AND q.meter IS NULL AND q.unit_price IS NOT NULL ORDER BY q.metric`, tenant, *plan, start)
+			WHERE q.plan = $2 AND q.version = plan_version_at(q.plan, $4) AND q.meter IS NULL AND q.unit_price IS NOT NULL ORDER BY q.metric`, tenant, *plan, start, now)
 		if err != nil {
 			return b, fmt.Errorf("reading prices of %s: %w", tenant, err)
 		}
