@@ -420,8 +420,33 @@ func AssignPlan(ctx context.Context, tx storage.Executor, tenant string, plan *s
 		}
 	}
 	// The plan in force now: the new one (at is never after now).
-	_, err = tx.Exec(ctx, `UPDATE tenants SET plan = $2, updated_at = now() WHERE tenant = $1`, tenant, plan)
-	return err
+	if _, err = tx.Exec(ctx, `UPDATE tenants SET plan = $2, updated_at = now() WHERE tenant = $1`, tenant, plan); err != nil {
+		return err
+	}
+	if unchanged {
+		return nil
+	}
+	var from *string
+	if open != nil {
+		from = open.Plan
+	}
+	return planChanged(ctx, tx, PlanChange{Tenant: tenant, From: from, To: plan, At: at, Source: source})
+}
+
+// PlanChange is one change of a tenant's plan: From (nil: none) to To
+// (nil: none, the default plan applies) from At on, made by Source.
+type PlanChange struct {
+	Tenant   string
+	From, To *string
+	At       time.Time
+	Source   string
+}
+
+// planChanged is where a plan.changed billing event is to be emitted, in
+// the transaction that records the change, so the event and the change
+// commit together. It emits nothing yet.
+func planChanged(_ context.Context, _ storage.Executor, _ PlanChange) error {
+	return nil
 }
 
 // timestamptz is t for Postgres: Always is -infinity.
