@@ -56,10 +56,11 @@ CREATE TRIGGER plan_quotas_version BEFORE INSERT ON plan_quotas
     FOR EACH ROW EXECUTE FUNCTION plan_quotas_version();
 
 -- A version's quotas are immutable: no UPDATE, and no DELETE but the
--- cascade of deleting the version itself.
+-- cascade of deleting the version or its plan.
 CREATE FUNCTION plan_quotas_immutable() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP = 'DELETE' AND NOT EXISTS (SELECT 1 FROM plan_versions WHERE plan = OLD.plan AND version = OLD.version) THEN
+    IF TG_OP = 'DELETE' AND (NOT EXISTS (SELECT 1 FROM plan_versions WHERE plan = OLD.plan AND version = OLD.version)
+            OR NOT EXISTS (SELECT 1 FROM plans WHERE name = OLD.plan)) THEN
         RETURN OLD;
     END IF;
     RAISE EXCEPTION 'the quotas of plan % version % are immutable: make a new version', OLD.plan, OLD.version
