@@ -1,11 +1,15 @@
 // Package accounts owns what the admin API configures: API keys, plans
-// with their per-metric quotas, tenants, and meter definitions (whose
-// changes are notified on MetersChannel). Callers see plain Go types.
+// as histories of versions with their per-metric quotas, tenants with
+// their plan history, and meter definitions (whose changes are notified
+// on MetersChannel). Callers see plain Go types.
 //
 // Invariant: every write is one statement or one transaction, so a reader
 // never sees half a plan or a rotated key without its successor; "not
 // found" is always ErrNotFound; a tenant key is stored only for a tenant
-// that exists (ErrUnknownTenant otherwise, enforced by a foreign key).
+// that exists (ErrUnknownTenant otherwise, enforced by a foreign key); a
+// plan version's quotas are never changed once written (a trigger refuses
+// it), and tenants.plan is the plan of the tenant's assignment in force
+// now after every assignment.
 package accounts
 
 import (
