@@ -59,7 +59,7 @@ func Run(ctx context.Context, cfg config.Aggregator, log *slog.Logger, ready fun
 	metrics := rollup.NewMetrics(reg)
 	agg := rollup.New(pool, rollup.Config{
 		Group: cfg.ConsumerGroup, Topic: topics.UsageEvents, Horizon: cfg.DedupHorizon, MaxLag: cfg.MaxLag,
-		ConflictAlertThreshold: cfg.ConflictAlertThreshold, Metrics: metrics, Logger: log,
+		ConflictAlertThreshold: cfg.ConflictAlertThreshold, DefaultPlan: cfg.DefaultPlan, Metrics: metrics, Logger: log,
 	})
 	registerHeldConflicts(reg, usagedata.NewConflictReader(pool), log)
 	cons := consumer.New(consumer.Config{

@@ -265,7 +265,7 @@ func conflictsResolve(resolution string) func(context.Context, Env, cli.Audit, [
 		defer pool.Close()
 		cfg, actor := env.Config, f.Who()
 		agg := rollup.New(pool, rollup.Config{Group: cfg.ConsumerGroup, Topic: topics.UsageEvents, Horizon: cfg.DedupHorizon,
-			MaxLag: cfg.MaxLag, ConflictAlertThreshold: cfg.ConflictAlertThreshold, Logger: env.Log})
+			MaxLag: cfg.MaxLag, ConflictAlertThreshold: cfg.ConflictAlertThreshold, DefaultPlan: cfg.DefaultPlan, Logger: env.Log})
 		c, err := agg.ResolveConflict(ctx, id, resolution, actor, f.Note)
 		if err != nil {
 			return err

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -72,6 +73,9 @@ type Ingest struct {
 	MaxInFlightEvents int
 	// PublishTimeout bounds the wait for Kafka's acknowledgement (503 after it).
 	PublishTimeout time.Duration
+	// DefaultPlan limits, in GET /v1/quotas, tenants without a plan
+	// assignment in force ("" for none: unlimited).
+	DefaultPlan string
 }
 
 // binder registers settings on a FlagSet with environment fallbacks.
@@ -94,6 +98,21 @@ func (b *binder) env(env, def string) string {
 
 func (b *binder) str(p *string, env, def, usage string) {
 	b.fs.StringVar(p, flagName(env), b.env(env, def), usage+" (env "+env+")")
+}
+
+// planName is the shape of a plan's name.
+var planName = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,128}$`)
+
+// defaultPlan registers DEFAULT_PLAN (-default-plan): the plan limiting
+// tenants without a plan assignment in force; empty for none.
+func (b *binder) defaultPlan(p *string) {
+	b.str(p, "DEFAULT_PLAN", "", "plan whose version in force limits tenants without a plan assignment in force; empty: none, they are unlimited")
+	b.checks = append(b.checks, func() error {
+		if *p != "" && (!planName.MatchString(*p) || *p == "." || *p == "..") {
+			return fmt.Errorf("DEFAULT_PLAN: plan names are 1-128 characters of A-Z a-z 0-9 . _ : -, got %q", *p)
+		}
+		return nil
+	})
 }
 
 // parsed registers a flag whose text is parsed by parse into p.
@@ -274,6 +293,7 @@ func LoadIngest(name string, args []string, getenv func(string) string, output i
 	parsed(b, &c.IPBurst, "RATE_LIMIT_IP_BURST", "2000", "burst of requests per client IP", positiveInt)
 	parsed(b, &c.MaxInFlightEvents, "MAX_INFLIGHT_EVENTS", "100000", "events waiting for Kafka before new requests get 503 (at least 1000)", positiveInt)
 	parsed(b, &c.PublishTimeout, "PUBLISH_TIMEOUT", "5s", "how long a request waits for Kafka before 503", positiveDuration)
+	b.defaultPlan(&c.DefaultPlan)
 	if err := b.parse(args); err != nil {
 		return Ingest{}, nil, err
 	}
@@ -305,6 +325,9 @@ type Aggregator struct {
 	// one UTC day beyond which the aggregator logs an error and the API
 	// marks the tenant alerting.
 	ConflictAlertThreshold int
+	// DefaultPlan limits tenants without a plan assignment in force,
+	// unknown tenants included ("" for none: unlimited).
+	DefaultPlan string
 }
 
 // LoadAggregator reads cmd/aggregator's settings; see LoadIngest.
@@ -320,6 +343,7 @@ func LoadAggregator(name string, args []string, getenv func(string) string, outp
 	parsed(b, &c.RetentionInterval, "RETENTION_INTERVAL", "1h", "how often ledger rows past the horizon are deleted", positiveDuration)
 	parsed(b, &c.MaxLag, "AGGREGATOR_MAX_LAG", "72h", "how far behind its record timestamps the aggregator may be and still judge event times at them", positiveDuration)
 	parsed(b, &c.ConflictAlertThreshold, "CONFLICT_ALERT_THRESHOLD", "10", "held and raised conflicts per tenant per UTC day beyond which an alert is raised", positiveInt)
+	b.defaultPlan(&c.DefaultPlan)
 	if err := b.parse(args); err != nil {
 		return Aggregator{}, nil, err
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/usagemeter/metering/internal/auth"
 	"github.com/usagemeter/metering/internal/httpjson"
 	"github.com/usagemeter/metering/internal/meter"
+	"github.com/usagemeter/metering/internal/planperiod"
 	"github.com/usagemeter/metering/internal/price"
 	"github.com/usagemeter/metering/internal/storage/accounts"
 )
@@ -73,6 +74,10 @@ func (a *API) putPlan(w http.ResponseWriter, r *http.Request, _ auth.Principal) 
 	var body struct {
 		Currency string      `json:"currency"`
 		Quotas   []quotaBody `json:"quotas"`
+		// EffectiveFrom is when a new version takes effect (default now);
+		// Proration how it applies to a period under way.
+		EffectiveFrom *time.Time `json:"effective_from"`
+		Proration     string     `json:"proration"`
 	}
 	if err := decodeObject(r, &body); err != nil {
 		writeBodyError(w, err)
@@ -96,7 +101,17 @@ func (a *API) putPlan(w http.ResponseWriter, r *http.Request, _ auth.Principal) 
 		httpjson.Errorf(w, http.StatusBadRequest, "invalid_request", "currency must be an ISO 4217 code such as usd or eur, got %q", body.Currency)
 		return
 	}
-	saved, err := a.opt.Store.PutPlan(r.Context(), plan)
+	plan.Proration = body.Proration
+	if plan.Proration != "" && !planperiod.Proration(plan.Proration).Valid() {
+		httpjson.Errorf(w, http.StatusBadRequest, "invalid_request", `proration must be "prorate", "immediate" or "next_period", got %q`, body.Proration)
+		return
+	}
+	plan.EffectiveFrom = body.EffectiveFrom
+	saved, _, err := a.opt.Store.SavePlan(r.Context(), plan, a.opt.Now())
+	if errors.Is(err, accounts.ErrEffectiveFrom) {
+		httpjson.Errorf(w, http.StatusBadRequest, "invalid_request", "effective_from must be after the latest version's: %v", err)
+		return
+	}
 	if err != nil {
 		a.internalError(w, r, err)
 		return
@@ -387,7 +402,7 @@ func (a *API) getPlan(w http.ResponseWriter, r *http.Request, _ auth.Principal) 
 		httpjson.Error(w, http.StatusBadRequest, "invalid_request", planNameRule)
 		return
 	}
-	p, err := a.opt.Store.Plan(r.Context(), r.PathValue("plan"))
+	p, err := a.opt.Store.PlanAt(r.Context(), r.PathValue("plan"), a.opt.Now())
 	if errors.Is(err, accounts.ErrNotFound) {
 		httpjson.Errorf(w, http.StatusNotFound, "not_found", "no plan %q; create it with PUT /v1/admin/plans/%s", r.PathValue("plan"), r.PathValue("plan"))
 		return
@@ -399,6 +414,24 @@ func (a *API) getPlan(w http.ResponseWriter, r *http.Request, _ auth.Principal) 
 	httpjson.Write(w, http.StatusOK, p)
 }
 
+func (a *API) getPlanVersions(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
+	name := r.PathValue("plan")
+	if !validName(name) {
+		httpjson.Error(w, http.StatusBadRequest, "invalid_request", planNameRule)
+		return
+	}
+	versions, err := a.opt.Store.PlanVersions(r.Context(), name, a.opt.Now())
+	if errors.Is(err, accounts.ErrNotFound) {
+		httpjson.Errorf(w, http.StatusNotFound, "not_found", "no plan %q; create it with PUT /v1/admin/plans/%s", name, name)
+		return
+	}
+	if err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	httpjson.Write(w, http.StatusOK, map[string]any{"plan": name, "versions": versions})
+}
+
 func (a *API) listPlans(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
 	names, err := a.opt.Store.ListPlans(r.Context())
 	if err != nil {
@@ -407,7 +440,7 @@ func (a *API) listPlans(w http.ResponseWriter, r *http.Request, _ auth.Principal
 	}
 	plans := make([]accounts.Plan, 0, len(names))
 	for _, n := range names {
-		p, err := a.opt.Store.Plan(r.Context(), n)
+		p, err := a.opt.Store.PlanAt(r.Context(), n, a.opt.Now())
 		if err != nil {
 			a.internalError(w, r, err)
 			return
@@ -426,6 +459,8 @@ func (a *API) putTenant(w http.ResponseWriter, r *http.Request, _ auth.Principal
 	var body struct {
 		Plan             string `json:"plan"`
 		StripeCustomerID string `json:"stripe_customer_id"`
+		// PlanEffectiveFrom is when the plan takes effect (default now).
+		PlanEffectiveFrom *time.Time `json:"plan_effective_from"`
 	}
 	if err := decodeObject(r, &body); err != nil {
 		writeBodyError(w, err)
@@ -439,7 +474,15 @@ func (a *API) putTenant(w http.ResponseWriter, r *http.Request, _ auth.Principal
 		httpjson.Errorf(w, http.StatusBadRequest, "invalid_request", "stripe_customer_id must be a Stripe customer id such as cus_NffrFeUfNV2Hib, got %q", c)
 		return
 	}
-	t, err := a.opt.Store.PutTenant(r.Context(), accounts.Tenant{Tenant: name, Plan: body.Plan, StripeCustomerID: body.StripeCustomerID})
+	var effective time.Time
+	if body.PlanEffectiveFrom != nil {
+		effective = *body.PlanEffectiveFrom
+	}
+	t, err := a.opt.Store.SetTenant(r.Context(), accounts.Tenant{Tenant: name, Plan: body.Plan, StripeCustomerID: body.StripeCustomerID}, effective, a.opt.Now())
+	if errors.Is(err, accounts.ErrEffectiveFrom) {
+		httpjson.Errorf(w, http.StatusBadRequest, "invalid_request", "plan_effective_from: %v", err)
+		return
+	}
 	if errors.Is(err, accounts.ErrUnknownPlan) {
 		httpjson.Errorf(w, http.StatusBadRequest, "unknown_plan", "no plan %q; create it first with PUT /v1/admin/plans/%s", body.Plan, body.Plan)
 		return
@@ -449,6 +492,27 @@ func (a *API) putTenant(w http.ResponseWriter, r *http.Request, _ auth.Principal
 		return
 	}
 	httpjson.Write(w, http.StatusOK, t)
+}
+
+func (a *API) getTenantPlans(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
+	name := r.PathValue("tenant")
+	if !validName(name) {
+		httpjson.Error(w, http.StatusBadRequest, "invalid_request", tenantNameRule)
+		return
+	}
+	hist, err := a.opt.Store.TenantPlans(r.Context(), name)
+	if errors.Is(err, accounts.ErrNotFound) {
+		httpjson.Errorf(w, http.StatusNotFound, "not_found", "no tenant %q", name)
+		return
+	}
+	if err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	if hist == nil {
+		hist = []accounts.Assignment{}
+	}
+	httpjson.Write(w, http.StatusOK, map[string]any{"tenant": name, "plans": hist})
 }
 
 func (a *API) getTenant(w http.ResponseWriter, r *http.Request, _ auth.Principal) {

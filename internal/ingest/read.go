@@ -364,7 +364,7 @@ func windowCount(g windows.Granularity, from, to time.Time) int64 {
 }
 
 func (a *API) getQuotas(w http.ResponseWriter, r *http.Request, tenant string) {
-	plan, qs, err := a.opt.Usage.Quotas(r.Context(), tenant, a.opt.Now())
+	inForce, qs, err := a.opt.Usage.QuotasInForce(r.Context(), tenant, a.opt.Now())
 	if errors.Is(err, usagedata.ErrUnknownTenant) {
 		httpjson.Errorf(w, http.StatusNotFound, "not_found", "no tenant %q; register it with PUT /v1/admin/tenants/%s", tenant, tenant)
 		return
@@ -373,11 +373,14 @@ func (a *API) getQuotas(w http.ResponseWriter, r *http.Request, tenant string) {
 		a.internalError(w, r, err)
 		return
 	}
-	var planValue any
-	if plan != "" {
-		planValue = plan
+	var planValue, source any
+	if inForce.Plan != "" {
+		planValue = inForce.Plan
 	}
-	httpjson.Write(w, http.StatusOK, map[string]any{"tenant": tenant, "plan": planValue, "quotas": qs})
+	if inForce.Source != "" {
+		source = inForce.Source
+	}
+	httpjson.Write(w, http.StatusOK, map[string]any{"tenant": tenant, "plan": planValue, "plan_source": source, "quotas": qs})
 }
 
 func (a *API) getBreaches(w http.ResponseWriter, r *http.Request, tenant string) {

@@ -50,7 +50,7 @@ func Run(ctx context.Context, cfg config.Ingest, log *slog.Logger, ready func(ne
 		Store:        st,
 		Auth:         auth.New(st, cfg.AdminAPIKey, auth.WithLogger(log), auth.WithRegisterer(reg)),
 		Publisher:    publish.New(producer, cfg.MaxInFlightEvents, cfg.PublishTimeout),
-		Usage:        usagedata.NewReader(pool),
+		Usage:        usagedata.NewReader(pool).WithDefaultPlan(cfg.DefaultPlan),
 		Conflicts:    usagedata.NewConflictReader(pool),
 		DB:           pool,
 		Decoder:      events.Decoder{Validator: validator},

@@ -218,7 +218,7 @@ func (a *Aggregator) ResolveConflict(ctx context.Context, id int64, resolution, 
 		}
 	}
 	if inc.value > 0 || inc.events > 0 {
-		if err := countIncrement(ctx, tx, inc, now); err != nil {
+		if err := countIncrement(ctx, tx, inc, now, a.cfg.DefaultPlan); err != nil {
 			return c, err
 		}
 	}
@@ -299,7 +299,7 @@ func (set idConflicts) raiseCounted(ctx context.Context, tx pgx.Tx, i int) error
 
 // countIncrement adds inc to the windows like any counted usage: with
 // corrections of closed periods and quota evaluation.
-func countIncrement(ctx context.Context, tx pgx.Tx, inc increment, now time.Time) error {
+func countIncrement(ctx context.Context, tx pgx.Tx, inc increment, now time.Time, defaultPlan string) error {
 	var res Result
 	incs := []increment{inc}
 	if err := addToWindows(ctx, tx, incs); err != nil {
@@ -308,7 +308,7 @@ func countIncrement(ctx context.Context, tx pgx.Tx, inc increment, now time.Time
 	if err := corrections(ctx, tx, incs, now, &res); err != nil {
 		return err
 	}
-	_, err := evaluateQuotas(ctx, tx, incs, now)
+	_, err := evaluateQuotas(ctx, tx, incs, now, defaultPlan)
 	return err
 }
 

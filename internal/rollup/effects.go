@@ -105,8 +105,8 @@ type rule = usagedata.QuotaRule
 // evaluateQuotas evaluates the quotas of usage counted in implicit meters
 // only (increments without an event, such as a held conflict an operator
 // counted): see evaluateMeterQuotas.
-func evaluateQuotas(ctx context.Context, tx pgx.Tx, incs []increment, now time.Time) ([]quota.Breach, error) {
-	return evaluateMeterQuotas(ctx, tx, nil, incs, now)
+func evaluateQuotas(ctx context.Context, tx pgx.Tx, incs []increment, now time.Time, defaultPlan string) ([]quota.Breach, error) {
+	return evaluateMeterQuotas(ctx, tx, nil, incs, now, defaultPlan)
 }
 
 // evaluateMeterQuotas checks every quota period the batch touched and
@@ -114,65 +114,86 @@ func evaluateQuotas(ctx context.Context, tx pgx.Tx, incs []increment, now time.T
 // metric's implicit meter per (tenant, metric, period), as before meters
 // existed; a quota on a defined meter per (tenant, quota, period) for a
 // filter quota whose groups the batch counted in, and per (tenant, quota,
-// period, group) for a per_group quota. meters are the definitions the
-// batch counted with (nil: none).
-func evaluateMeterQuotas(ctx context.Context, tx pgx.Tx, meters *meterset.Set, incs []increment, now time.Time) ([]quota.Breach, error) {
+// period, group) for a per_group quota. The quotas of a period are those
+// in force over it (usagedata.PlanRules: the plan versions and
+// assignments of the period, defaultPlan for a tenant without one).
+// meters are the definitions the batch counted with (nil: none).
+func evaluateMeterQuotas(ctx context.Context, tx pgx.Tx, meters *meterset.Set, incs []increment, now time.Time, defaultPlan string) ([]quota.Breach, error) {
 	if len(incs) == 0 {
 		return nil, nil
 	}
-	rules, err := quotaRules(ctx, tx, incs)
-	if err != nil || len(rules) == 0 {
-		return nil, err
-	}
-	book, err := readCredits(ctx, tx, rules, incs) // grants.go
+	plans, err := quotaRules(ctx, tx, incs, now, defaultPlan)
 	if err != nil {
 		return nil, err
 	}
-	implicit := map[[2]string]rule{}
-	onMeter := map[[2]string][]int{} // (tenant, meter) → indexes in rules
-	for i, r := range rules {
-		if r.Implicit() {
-			implicit[[2]string{r.Tenant, r.Metric}] = r
-		} else {
-			k := [2]string{r.Tenant, r.Meter}
-			onMeter[k] = append(onMeter[k], i)
-		}
+	// rules are every rule of the periods the batch touched; ruleAt finds
+	// the indexes of a tenant's rules in force at an instant.
+	var rules []rule
+	seen := map[string]int{} // ruleIdentity → index in rules
+	type periodOf struct {
+		tenant string
+		day    time.Time
 	}
-	touched := map[periodKey]bool{}
+	byDay := map[periodOf][]int{}
+	ruleAt := func(tenant string, at time.Time) []int {
+		k := periodOf{tenant, windows.Day.Start(at)}
+		idx, ok := byDay[k]
+		if !ok {
+			for _, r := range plans.At(tenant, at) {
+				id := ruleIdentity(r)
+				i, ok := seen[id]
+				if !ok {
+					i = len(rules)
+					seen[id] = i
+					rules = append(rules, r)
+				}
+				idx = append(idx, i)
+			}
+			byDay[k] = idx
+		}
+		return idx
+	}
+	touched := map[periodKey]int{}
 	groups := map[meterPeriodKey]meter.Group{}
 	var key []byte
 	for _, in := range incs {
-		if r, ok := implicit[[2]string{in.tenant, in.metric}]; ok {
-			touched[periodKey{in.tenant, in.metric, r.Period.Start(in.at)}] = true
-		}
-		if in.ev == nil || len(onMeter) == 0 || meters == nil {
-			continue
-		}
-		for _, m := range meters.ForMetric(in.metric) {
-			idx := onMeter[[2]string{in.tenant, m.Name}]
-			if len(idx) == 0 || !m.Matches(*in.ev) {
+		for _, i := range ruleAt(in.tenant, in.at) {
+			r := rules[i]
+			if r.Metric != in.metric {
+				continue
+			}
+			if r.Implicit() {
+				touched[periodKey{in.tenant, in.metric, r.Period.Start(in.at)}] = i
+				continue
+			}
+			if in.ev == nil || meters == nil {
+				continue
+			}
+			m, ok := meters.Named(r.Meter)
+			if !ok || m.Metric != in.metric || !m.Matches(*in.ev) {
 				continue
 			}
 			g := m.Group(*in.ev)
-			for _, i := range idx {
-				r := rules[i]
-				switch {
-				case r.Metric != m.Metric:
-					continue
-				case r.PerGroup:
-					key = g.AppendKey(key[:0])
-					groups[meterPeriodKey{i, r.Period.Start(in.at), string(key)}] = g
-				case groupMatches(g, r.Filter):
-					groups[meterPeriodKey{i, r.Period.Start(in.at), ""}] = meter.Group{}
-				}
+			switch {
+			case r.PerGroup:
+				key = g.AppendKey(key[:0])
+				groups[meterPeriodKey{i, r.Period.Start(in.at), string(key)}] = g
+			case groupMatches(g, r.Filter):
+				groups[meterPeriodKey{i, r.Period.Start(in.at), ""}] = meter.Group{}
 			}
 		}
 	}
 	// Every threshold reached, then recorded in one statement: those
 	// recorded now for the first time are this batch's breaches.
 	var reached []quota.Breach
-	for pk := range touched {
-		if reached, err = implicitBreaches(ctx, tx, book, pk, implicit[[2]string{pk.tenant, pk.metric}], now, reached); err != nil {
+	// The credit grants of the batch's tenants with a quota they raise,
+	// read once (grants.go).
+	book, err := readCredits(ctx, tx, rules, incs)
+	if err != nil {
+		return nil, err
+	}
+	for pk, i := range touched {
+		if reached, err = implicitBreaches(ctx, tx, book, pk, rules[i], now, reached); err != nil {
 			return nil, err
 		}
 	}
@@ -234,17 +255,32 @@ func groupMatches(g meter.Group, filter map[string]string) bool {
 	return true
 }
 
-// quotaRules reads the limited quotas of the tenants incs touch.
-func quotaRules(ctx context.Context, tx pgx.Tx, incs []increment) ([]rule, error) {
+// quotaRules reads, in one statement, what decides the quotas of the
+// tenants incs touch over the months (and so the days) they touch.
+func quotaRules(ctx context.Context, tx pgx.Tx, incs []increment, now time.Time, defaultPlan string) (*usagedata.PlanRules, error) {
 	tenantSet := map[string]bool{}
+	from, to := windows.Month.Span(incs[0].at)
 	for _, in := range incs {
 		tenantSet[in.tenant] = true
+		if s, e := windows.Month.Span(in.at); s.Before(from) {
+			from = s
+		} else if e.After(to) {
+			to = e
+		}
 	}
 	tenantList := make([]string, 0, len(tenantSet))
 	for t := range tenantSet {
 		tenantList = append(tenantList, t)
 	}
-	return usagedata.QuotaRules(ctx, tx, tenantList)
+	return usagedata.QuotaRules(ctx, tx, tenantList, from, to, defaultPlan, now)
+}
+
+// ruleIdentity is the same for two rules of a tenant that are one quota
+// with the same limits (the periods they are read for may differ: the
+// breaches' keys carry the period).
+func ruleIdentity(r rule) string {
+	_, filter := filterJSON(r.Filter)
+	return fmt.Sprintf("%s\x00%s\x00%s\x00%s\x00%s\x00%t\x00%d\x00%d\x00%t", r.Tenant, r.Period, r.Metric, r.Meter, filter, r.PerGroup, *r.Limit, r.BurstPercent, r.Hard)
 }
 
 // implicitBreaches reads the usage of period pk and appends to reached a

@@ -82,6 +82,9 @@ type Config struct {
 	// ConflictAlertThreshold: held and raised conflicts of a tenant in one
 	// UTC day beyond which an alert is raised; 0 means the default.
 	ConflictAlertThreshold int
+	// DefaultPlan limits tenants without a plan assignment in force
+	// (unknown ones included); "" for none: they are unlimited.
+	DefaultPlan string
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// Metrics may be nil.
@@ -319,7 +322,7 @@ func (a *Aggregator) Apply(ctx context.Context, partition int, from int64, recs 
 	if err := corrections(ctx, tx, incs, now, &res); err != nil {
 		return Result{}, err
 	}
-	breaches, err := evaluateMeterQuotas(ctx, tx, meters, incs, now)
+	breaches, err := evaluateMeterQuotas(ctx, tx, meters, incs, now, a.cfg.DefaultPlan)
 	if err != nil {
 		return Result{}, err
 	}

@@ -2,6 +2,7 @@ package stripewebhook
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"time"
 
@@ -47,12 +48,7 @@ func (h *Handler) apply(ctx context.Context, ev *event) (string, error) {
 // subscription sets the plan of the tenants mapped to the subscription's
 // customer, unless a later event about this subscription was applied.
 func (h *Handler) subscription(ctx context.Context, tx pgx.Tx, ev *event) (string, error) {
-	var sub struct {
-		ID       string            `json:"id"`
-		Customer string            `json:"customer"`
-		Status   string            `json:"status"`
-		Metadata map[string]string `json:"metadata"`
-	}
+	var sub subscriptionObject
 	if err := decodeObject(*ev, &sub); err != nil {
 		return "", err
 	}
@@ -86,7 +82,7 @@ func (h *Handler) subscription(ctx context.Context, tx pgx.Tx, ev *event) (strin
 		}
 		plan = &p
 	}
-	moved, err := accounts.SetCustomerPlan(ctx, tx, sub.Customer, plan)
+	moved, err := accounts.SetCustomerPlan(ctx, tx, sub.Customer, plan, effectiveAt(*ev, sub), h.now())
 	if err != nil {
 		return "", contentOrFailure(err, "updating the tenant's plan")
 	}
@@ -94,6 +90,77 @@ func (h *Handler) subscription(ctx context.Context, tx pgx.Tx, ev *event) (strin
 		return "", undecodable("subscription %s: no tenant has stripe_customer_id %q", sub.ID, sub.Customer)
 	}
 	return Processed, nil
+}
+
+// subscriptionObject is the part of a Stripe subscription we read.
+// current_period_start is on the subscription up to API version
+// 2025-02-24, on each of its items from 2025-03-31 on.
+type subscriptionObject struct {
+	ID                 string            `json:"id"`
+	Customer           string            `json:"customer"`
+	Status             string            `json:"status"`
+	Metadata           map[string]string `json:"metadata"`
+	CurrentPeriodStart int64             `json:"current_period_start"`
+	Items              struct {
+		Data []struct {
+			CurrentPeriodStart int64 `json:"current_period_start"`
+		} `json:"data"`
+	} `json:"items"`
+}
+
+// periodStart is the start of the subscription's current period (zero
+// when the object does not say): the latest of its items' when it has
+// none of its own.
+func (s subscriptionObject) periodStart() time.Time {
+	start := s.CurrentPeriodStart
+	for _, it := range s.Items.Data {
+		start = max(start, it.CurrentPeriodStart)
+	}
+	if start <= 0 {
+		return time.Time{}
+	}
+	return time.Unix(start, 0).UTC()
+}
+
+// effectiveAt is when a subscription event's plan takes effect: the
+// start of the subscription's current period when the event is the
+// renewal that began it (an update whose previous_attributes hold the
+// period's start: a change scheduled for renewal, such as a subscription
+// schedule's next phase, takes effect when the period starts, however
+// late the event is processed), else the event's created time (a change
+// made now; a subscription created or cancelled).
+func effectiveAt(ev event, sub subscriptionObject) time.Time {
+	if ev.Type == "customer.subscription.updated" && renewed(ev.Previous) {
+		if start := sub.periodStart(); !start.IsZero() && !start.After(ev.Created) {
+			return start
+		}
+	}
+	return ev.Created
+}
+
+// renewed reports whether previous_attributes hold the previous start of
+// the current period (on the subscription, or on its items).
+func renewed(previous json.RawMessage) bool {
+	var prev struct {
+		CurrentPeriodStart json.RawMessage `json:"current_period_start"`
+		Items              struct {
+			Data []struct {
+				CurrentPeriodStart json.RawMessage `json:"current_period_start"`
+			} `json:"data"`
+		} `json:"items"`
+	}
+	if len(previous) == 0 || json.Unmarshal(previous, &prev) != nil {
+		return false
+	}
+	if len(prev.CurrentPeriodStart) > 0 {
+		return true
+	}
+	for _, it := range prev.Items.Data {
+		if len(it.CurrentPeriodStart) > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // advance moves ev's object to ev if ev is the latest event applied to it,

@@ -23,6 +23,9 @@ type event struct {
 	Created time.Time // zero when absent
 	// Object is data.object, raw (nil when absent).
 	Object json.RawMessage
+	// Previous is data.previous_attributes, raw (nil when absent): the
+	// previous values of what an *.updated event changed.
+	Previous json.RawMessage
 	// ObjectID and ObjectType name the object the event is ordered on,
 	// once known (only subscriptions are ordered).
 	ObjectID, ObjectType string
@@ -69,13 +72,17 @@ func decodeEvent(payload []byte) (event, error) {
 	}
 	if raw, ok := env["data"]; ok {
 		var data struct {
-			Object json.RawMessage `json:"object"`
+			Object   json.RawMessage `json:"object"`
+			Previous json.RawMessage `json:"previous_attributes"`
 		}
 		if err := json.Unmarshal(raw, &data); err != nil {
 			problems = append(problems, fmt.Sprintf("data is not an object: %v", err))
 		}
 		if len(data.Object) > 0 && string(data.Object) != "null" {
 			ev.Object = data.Object
+		}
+		if len(data.Previous) > 0 && string(data.Previous) != "null" {
+			ev.Previous = data.Previous
 		}
 	}
 	if len(problems) > 0 {

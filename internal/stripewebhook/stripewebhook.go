@@ -24,6 +24,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
@@ -62,6 +63,7 @@ type Handler struct {
 	secret   string
 	log      *slog.Logger
 	outcomes *prometheus.CounterVec
+	now      func() time.Time
 }
 
 // Option configures a Handler.
@@ -72,9 +74,15 @@ func WithRegisterer(reg prometheus.Registerer) Option {
 	return func(h *Handler) { reg.MustRegister(h.outcomes) }
 }
 
+// WithClock sets the clock plan changes are bounded by (a change never
+// takes effect after now); time.Now by default.
+func WithClock(now func() time.Time) Option {
+	return func(h *Handler) { h.now = now }
+}
+
 // New returns a handler verifying signatures with secret.
 func New(pool *pgxpool.Pool, secret string, log *slog.Logger, opts ...Option) *Handler {
-	h := &Handler{pool: pool, secret: secret, log: log,
+	h := &Handler{pool: pool, secret: secret, log: log, now: time.Now,
 		outcomes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "metering_stripe_webhooks_total",
 			Help: "Stripe webhook deliveries by outcome: processed, ignored, duplicate, stale, recorded_undecodable, refused_signature, refused_future, refused_too_old, refused_body, not_configured, failed.",

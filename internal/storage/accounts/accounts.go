@@ -1,11 +1,15 @@
 // Package accounts owns what the admin API configures: API keys, plans
-// with their per-metric quotas, tenants, and meter definitions (whose
-// changes are notified on MetersChannel). Callers see plain Go types.
+// as histories of versions with their per-metric quotas, tenants with
+// their plan history, and meter definitions (whose changes are notified
+// on MetersChannel). Callers see plain Go types.
 //
 // Invariant: every write is one statement or one transaction, so a reader
 // never sees half a plan or a rotated key without its successor; "not
 // found" is always ErrNotFound; a tenant key is stored only for a tenant
-// that exists (ErrUnknownTenant otherwise, enforced by a foreign key).
+// that exists (ErrUnknownTenant otherwise, enforced by a foreign key); a
+// plan version's quotas are never changed once written (a trigger refuses
+// it), and tenants.plan is the plan of the tenant's assignment in force
+// now after every assignment.
 package accounts
 
 import (
@@ -13,13 +17,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/usagemeter/metering/internal/price"
+	"github.com/usagemeter/metering/internal/storage"
 )
 
 // ErrNotFound is returned when a row asked for does not exist.
@@ -73,88 +80,189 @@ type Quota struct {
 	UnitPrice string `json:"unit_price,omitempty"`
 }
 
-// Plan is a named set of quotas.
+// Plan is one version of a named set of quotas.
 type Plan struct {
 	Name string `json:"name"`
 	// Currency is the ISO 4217 code of the plan's prices, lower case.
-	Currency  string    `json:"currency"`
-	Quotas    []Quota   `json:"quotas"`
-	UpdatedAt time.Time `json:"updated_at"`
+	Currency string  `json:"currency"`
+	Quotas   []Quota `json:"quotas"`
+	// Version numbers the plan's versions from 1; EffectiveFrom is when
+	// it takes effect (nil: since always, a plan defined before plans had
+	// versions); Proration how a change to it applies to a period under
+	// way; Scheduled that it takes effect in the future.
+	Version       int        `json:"version"`
+	EffectiveFrom *time.Time `json:"effective_from"`
+	Proration     string     `json:"proration"`
+	Scheduled     bool       `json:"scheduled"`
+	UpdatedAt     time.Time  `json:"updated_at"`
 }
 
-// PutPlan creates or replaces a plan and all its quotas in one transaction.
+// Always is the time a version or an assignment in force since always
+// takes effect from (stored as -infinity): the zero time.
+var Always time.Time
+
+// ErrEffectiveFrom is returned for a plan version or a plan assignment
+// that would take effect before the latest one already recorded.
+var ErrEffectiveFrom = errors.New("effective time not after the latest change")
+
+// errUnchanged rolls back a version identical to the latest.
+var errUnchanged = errors.New("unchanged")
+
+// PutPlan is SavePlan at the present time, answering the version saved
+// (or the latest, unchanged).
 func (s *Store) PutPlan(ctx context.Context, p Plan) (Plan, error) {
+	saved, _, err := s.SavePlan(ctx, p, time.Now())
+	return saved, err
+}
+
+// SavePlan records p as a new version of its plan, effective from
+// p.EffectiveFrom (nil: now), unless its quotas, currency and proration
+// equal those of the plan's latest version: then nothing is written and
+// it returns that version with created false. A new version must take
+// effect after the latest version does (ErrEffectiveFrom otherwise); it
+// may take effect in the future (Scheduled). A version's quotas are never
+// changed afterwards.
+func (s *Store) SavePlan(ctx context.Context, p Plan, now time.Time) (Plan, bool, error) {
+	if p.Currency == "" {
+		p.Currency = "usd"
+	}
+	if p.Proration == "" {
+		p.Proration = "immediate"
+	}
+	at := now.Truncate(time.Microsecond) // Postgres's precision
+	if p.EffectiveFrom != nil {
+		at = p.EffectiveFrom.Truncate(time.Microsecond)
+	}
+	var saved Plan
+	created := true
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		if p.Currency == "" {
-			p.Currency = "usd"
-		}
-		if _, err := tx.Exec(ctx, `INSERT INTO plans (name, currency) VALUES ($1, $2)
-			ON CONFLICT (name) DO UPDATE SET currency = EXCLUDED.currency, updated_at = now()`, p.Name, p.Currency); err != nil {
+		// The plan's row is the lock that orders two writers of its versions.
+		if _, err := tx.Exec(ctx, `INSERT INTO plans (name, currency) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING`, p.Name, p.Currency); err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, `DELETE FROM plan_quotas WHERE plan = $1`, p.Name); err != nil {
+		if _, err := tx.Exec(ctx, `SELECT 1 FROM plans WHERE name = $1 FOR UPDATE`, p.Name); err != nil {
+			return err
+		}
+		var latest int
+		var latestFrom pgtype.Timestamptz
+		err := tx.QueryRow(ctx, `SELECT version, effective_from FROM plan_versions WHERE plan = $1 ORDER BY version DESC LIMIT 1`, p.Name).Scan(&latest, &latestFrom)
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return err
+		}
+		if latest > 0 && p.EffectiveFrom == nil && latestFrom.InfinityModifier == pgtype.Finite &&
+			!latestFrom.Time.After(now) && !at.After(latestFrom.Time) {
+			// Now, but after the latest version, made within the same microsecond.
+			at = latestFrom.Time.Add(time.Microsecond)
+		}
+		if latest > 0 && latestFrom.InfinityModifier != pgtype.NegativeInfinity && !at.After(latestFrom.Time) {
+			return fmt.Errorf("%w: version %d of plan %s takes effect at %s", ErrEffectiveFrom, latest, p.Name, latestFrom.Time.UTC().Format(time.RFC3339Nano))
+		}
+		if latest == 0 && p.EffectiveFrom == nil {
+			at = Always // a plan's first version, at no given time, is its content since always
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO plan_versions (plan, version, effective_from, proration, currency) VALUES ($1, $2, $3, $4, $5)`,
+			p.Name, latest+1, timestamptz(at), p.Proration, p.Currency); err != nil {
 			return err
 		}
 		for _, q := range p.Quotas {
-			var meterName *string
-			// The price as stored, and its unit_price for readers of the
-			// earlier schema (per_unit only).
-			var priceJSON []byte
-			var unitPrice *string
-			pr := q.Price
-			if pr == nil && q.UnitPrice != "" {
-				per := price.PerUnitPrice(q.UnitPrice)
-				pr = &per
-			}
-			if pr != nil {
-				var err error
-				if priceJSON, err = json.Marshal(pr); err != nil {
-					return fmt.Errorf("quota on %s: %w", q.Metric, err)
-				}
-				if u := pr.UnitPrice(); u != "" {
-					unitPrice = &u
-				}
-			}
-			if q.Meter != "" && q.Meter != q.Metric {
-				meterName = &q.Meter
-			}
-			var eventName *string // NULL: a quota on a defined meter that is not billed
-			if q.StripeEventName != "" {
-				eventName = &q.StripeEventName
-			}
-			filter := q.Filter
-			if filter == nil {
-				filter = map[string]string{}
-			}
-			if _, err := tx.Exec(ctx, `INSERT INTO plan_quotas
-				(plan, metric, quota_limit, period, burst_percent, hard, stripe_event_name, unit_price, meter, group_filter, per_group, price)
-				VALUES ($1, $2, $3, $4, $5, $6, $7, $8::numeric, $9, $10, $11, $12::jsonb)`,
-				p.Name, q.Metric, q.Limit, q.Period, q.BurstPercent, q.Hard, eventName, unitPrice, meterName, filter, q.PerGroup, priceJSON); err != nil {
+			if err := insertQuota(ctx, tx, p.Name, latest+1, q); err != nil {
 				return err
 			}
 		}
-		return nil
+		if saved, err = readVersion(ctx, tx, p.Name, latest+1, now); err != nil {
+			return err
+		}
+		if latest > 0 {
+			prev, err := readVersion(ctx, tx, p.Name, latest, now)
+			if err != nil {
+				return err
+			}
+			if sameContent(prev, saved) {
+				saved, created = prev, false
+				return errUnchanged
+			}
+		}
+		// plans.currency is the currency of the version in force now.
+		_, err = tx.Exec(ctx, `UPDATE plans SET currency = coalesce((SELECT currency FROM plan_versions
+				WHERE plan = $1 AND effective_from <= $2 ORDER BY effective_from DESC LIMIT 1), currency), updated_at = now()
+			WHERE name = $1`, p.Name, now)
+		return err
 	})
-	if err != nil {
-		return Plan{}, fmt.Errorf("saving plan %s: %w", p.Name, err)
+	if errors.Is(err, ErrEffectiveFrom) {
+		return Plan{}, false, err
 	}
-	return s.Plan(ctx, p.Name)
+	if err != nil && !errors.Is(err, errUnchanged) {
+		return Plan{}, false, fmt.Errorf("saving plan %s: %w", p.Name, err)
+	}
+	return saved, created, nil
 }
 
-// Plan returns a plan with its quotas sorted by metric, then meter (the
-// implicit meter's first), filter and per_group.
-func (s *Store) Plan(ctx context.Context, name string) (Plan, error) {
-	p := Plan{Name: name, Quotas: []Quota{}}
-	err := s.pool.QueryRow(ctx, `SELECT currency, updated_at FROM plans WHERE name = $1`, name).Scan(&p.Currency, &p.UpdatedAt)
+// sameContent reports whether two versions hold the same quotas,
+// currency and proration.
+func sameContent(a, b Plan) bool {
+	return a.Currency == b.Currency && a.Proration == b.Proration && reflect.DeepEqual(a.Quotas, b.Quotas)
+}
+
+// insertQuota writes one quota of a version.
+func insertQuota(ctx context.Context, tx pgx.Tx, plan string, version int, q Quota) error {
+	var meterName *string
+	// The price as stored, and its unit_price for readers of the earlier
+	// schema (per_unit only).
+	var priceJSON []byte
+	var unitPrice *string
+	pr := q.Price
+	if pr == nil && q.UnitPrice != "" {
+		per := price.PerUnitPrice(q.UnitPrice)
+		pr = &per
+	}
+	if pr != nil {
+		var err error
+		if priceJSON, err = json.Marshal(pr); err != nil {
+			return fmt.Errorf("quota on %s: %w", q.Metric, err)
+		}
+		if u := pr.UnitPrice(); u != "" {
+			unitPrice = &u
+		}
+	}
+	if q.Meter != "" && q.Meter != q.Metric {
+		meterName = &q.Meter
+	}
+	var eventName *string // NULL: a quota on a defined meter that is not billed
+	if q.StripeEventName != "" {
+		eventName = &q.StripeEventName
+	}
+	filter := q.Filter
+	if filter == nil {
+		filter = map[string]string{}
+	}
+	_, err := tx.Exec(ctx, `INSERT INTO plan_quotas
+		(plan, version, metric, quota_limit, period, burst_percent, hard, stripe_event_name, unit_price, meter, group_filter, per_group, price)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::numeric, $10, $11, $12, $13::jsonb)`,
+		plan, version, q.Metric, q.Limit, q.Period, q.BurstPercent, q.Hard, eventName, unitPrice, meterName, filter, q.PerGroup, priceJSON)
+	return err
+}
+
+// readVersion reads one version of a plan with its quotas sorted by
+// metric, then meter (the implicit meter's first), filter and per_group.
+func readVersion(ctx context.Context, q storage.Executor, name string, version int, now time.Time) (Plan, error) {
+	p := Plan{Name: name, Version: version, Quotas: []Quota{}}
+	var from pgtype.Timestamptz
+	err := q.QueryRow(ctx, `SELECT v.currency, v.proration, v.effective_from, greatest(v.created_at, p.updated_at)
+		FROM plan_versions v JOIN plans p ON p.name = v.plan WHERE v.plan = $1 AND v.version = $2`, name, version).
+		Scan(&p.Currency, &p.Proration, &from, &p.UpdatedAt)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Plan{}, ErrNotFound
 	}
 	if err != nil {
-		return Plan{}, fmt.Errorf("reading plan %s: %w", name, err)
+		return Plan{}, fmt.Errorf("reading plan %s version %d: %w", name, version, err)
 	}
-	rows, err := s.pool.Query(ctx, `SELECT metric, quota_limit, period, burst_percent, hard, coalesce(stripe_event_name, ''), price,
+	if from.InfinityModifier == pgtype.Finite {
+		t := from.Time.UTC()
+		p.EffectiveFrom, p.Scheduled = &t, t.After(now)
+	}
+	rows, err := q.Query(ctx, `SELECT metric, quota_limit, period, burst_percent, hard, coalesce(stripe_event_name, ''), price,
 			coalesce(meter, metric), group_filter, per_group
-		FROM plan_quotas WHERE plan = $1 ORDER BY metric, meter NULLS FIRST, group_filter::text COLLATE "C", per_group`, name)
+		FROM plan_quotas WHERE plan = $1 AND version = $2 ORDER BY metric, meter NULLS FIRST, group_filter::text COLLATE "C", per_group`, name, version)
 	if err != nil {
 		return Plan{}, fmt.Errorf("reading quotas of plan %s: %w", name, err)
 	}
@@ -174,6 +282,49 @@ func (s *Store) Plan(ctx context.Context, name string) (Plan, error) {
 		return Plan{}, fmt.Errorf("reading quotas of plan %s: %w", name, err)
 	}
 	return p, nil
+}
+
+// Plan returns the version of a plan in force at the present time (see
+// PlanAt).
+func (s *Store) Plan(ctx context.Context, name string) (Plan, error) {
+	return s.PlanAt(ctx, name, time.Now())
+}
+
+// PlanAt returns the version of a plan in force at now (the first version
+// to come, when none is yet).
+func (s *Store) PlanAt(ctx context.Context, name string, now time.Time) (Plan, error) {
+	var version int
+	err := s.pool.QueryRow(ctx, `SELECT version FROM plan_versions WHERE plan = $1
+		ORDER BY effective_from <= $2 DESC, CASE WHEN effective_from <= $2 THEN effective_from END DESC, effective_from LIMIT 1`, name, now).Scan(&version)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Plan{}, ErrNotFound
+	}
+	if err != nil {
+		return Plan{}, fmt.Errorf("reading plan %s: %w", name, err)
+	}
+	return readVersion(ctx, s.pool, name, version, now)
+}
+
+// PlanVersions returns every version of a plan, oldest first.
+func (s *Store) PlanVersions(ctx context.Context, name string, now time.Time) ([]Plan, error) {
+	rows, err := s.pool.Query(ctx, `SELECT version FROM plan_versions WHERE plan = $1 ORDER BY version`, name)
+	if err != nil {
+		return nil, fmt.Errorf("listing versions of plan %s: %w", name, err)
+	}
+	versions, err := pgx.CollectRows(rows, pgx.RowTo[int])
+	if err != nil {
+		return nil, fmt.Errorf("listing versions of plan %s: %w", name, err)
+	}
+	if len(versions) == 0 {
+		return nil, ErrNotFound
+	}
+	out := make([]Plan, len(versions))
+	for i, v := range versions {
+		if out[i], err = readVersion(ctx, s.pool, name, v, now); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }
 
 // LookupMeter returns the defined meter name (GetMeter on the store's
@@ -207,26 +358,213 @@ type Tenant struct {
 // ErrUnknownPlan is returned when a tenant names a plan that does not exist.
 var ErrUnknownPlan = errors.New("unknown plan")
 
-// PutTenant creates or replaces a tenant.
+// PutTenant is SetTenant effective at the present time.
 func (s *Store) PutTenant(ctx context.Context, t Tenant) (Tenant, error) {
-	var plan, cus *string
-	if t.Plan != "" {
-		plan = &t.Plan
-	}
+	return s.SetTenant(ctx, t, time.Time{}, time.Now())
+}
+
+// SetTenant creates or replaces a tenant and assigns it t.Plan from
+// effective (zero: now) on, with source "admin": the open assignment is
+// closed at effective and, unless t.Plan is empty (no assignment: the
+// default plan applies), a new one opens. An unchanged plan records
+// nothing. effective must not be before the start of the open assignment
+// (or the end of the latest closed one), nor after now (ErrEffectiveFrom);
+// equal to it, the open assignment, which never took effect, is replaced.
+func (s *Store) SetTenant(ctx context.Context, t Tenant, effective, now time.Time) (Tenant, error) {
+	var cus *string
 	if t.StripeCustomerID != "" {
 		cus = &t.StripeCustomerID
 	}
-	_, err := s.pool.Exec(ctx, `INSERT INTO tenants (tenant, plan, stripe_customer_id) VALUES ($1, $2, $3)
-		ON CONFLICT (tenant) DO UPDATE SET plan = EXCLUDED.plan,
-			stripe_customer_id = EXCLUDED.stripe_customer_id, updated_at = now()`, t.Tenant, plan, cus)
+	var plan *string
+	if t.Plan != "" {
+		plan = &t.Plan
+	}
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `INSERT INTO tenants (tenant, stripe_customer_id) VALUES ($1, $2)
+			ON CONFLICT (tenant) DO UPDATE SET stripe_customer_id = EXCLUDED.stripe_customer_id, updated_at = now()`, t.Tenant, cus); err != nil {
+			return err
+		}
+		at := effective
+		if at.IsZero() {
+			at = now
+			// A tenant's first plan, at no given time, covers its whole
+			// past: it had none before (as before plans had versions).
+			hist, err := TenantPlans(ctx, tx, t.Tenant)
+			if err != nil {
+				return err
+			}
+			if len(hist) == 0 {
+				at = Always
+			}
+		}
+		return AssignPlan(ctx, tx, t.Tenant, plan, at, now, "admin")
+	})
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "23503" { // foreign_key_violation
 		return Tenant{}, fmt.Errorf("tenant %s: %w %q", t.Tenant, ErrUnknownPlan, t.Plan)
+	}
+	if errors.Is(err, ErrEffectiveFrom) {
+		return Tenant{}, err
 	}
 	if err != nil {
 		return Tenant{}, fmt.Errorf("saving tenant %s: %w", t.Tenant, err)
 	}
 	return s.Tenant(ctx, t.Tenant)
+}
+
+// AssignPlan moves tenant to plan (nil: no assignment, the default plan
+// applies) from at on, recording source ("admin", "stripe"), and keeps
+// tenants.plan the plan in force at now. The tenant's row must exist and
+// is locked, ordering two writers of its history. An unchanged plan
+// records nothing; at before the latest change, or after now, is
+// ErrEffectiveFrom; at equal to the open assignment's start replaces it.
+func AssignPlan(ctx context.Context, tx storage.Executor, tenant string, plan *string, at, now time.Time, source string) error {
+	if at.After(now) {
+		return fmt.Errorf("%w: %s is in the future; a plan assignment takes effect now or in the past", ErrEffectiveFrom, at.UTC().Format(time.RFC3339Nano))
+	}
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM tenants WHERE tenant = $1 FOR UPDATE`, tenant); err != nil {
+		return err
+	}
+	latest, open, err := latestAssignment(ctx, tx, tenant)
+	if err != nil {
+		return err
+	}
+	unchanged := (open != nil && equalPlan(open.Plan, plan)) || (open == nil && plan == nil)
+	if !unchanged && latest != nil && at.Before(latest.boundary()) {
+		return fmt.Errorf("%w: the tenant's latest plan change takes effect at %s", ErrEffectiveFrom, latest.boundary().UTC().Format(time.RFC3339Nano))
+	}
+	// Unchanged, nothing is recorded; tenants.plan is made to agree all the same.
+	if !unchanged && open != nil {
+		if at.Equal(open.from()) {
+			if _, err := tx.Exec(ctx, `DELETE FROM tenant_plans WHERE tenant = $1 AND valid_to IS NULL`, tenant); err != nil {
+				return err
+			}
+		} else if _, err := tx.Exec(ctx, `UPDATE tenant_plans SET valid_to = $2 WHERE tenant = $1 AND valid_to IS NULL`, tenant, timestamptz(at)); err != nil {
+			return err
+		}
+	}
+	if plan != nil && !unchanged {
+		if _, err := tx.Exec(ctx, `INSERT INTO tenant_plans (tenant, plan, valid_from, source) VALUES ($1, $2, $3, $4)`, tenant, *plan, timestamptz(at), source); err != nil {
+			return err
+		}
+	}
+	// The plan in force now: the new one (at is never after now).
+	if _, err = tx.Exec(ctx, `UPDATE tenants SET plan = $2, updated_at = now() WHERE tenant = $1`, tenant, plan); err != nil {
+		return err
+	}
+	if unchanged {
+		return nil
+	}
+	var from *string
+	if open != nil {
+		from = open.Plan
+	}
+	return planChanged(ctx, tx, PlanChange{Tenant: tenant, From: from, To: plan, At: at, Source: source})
+}
+
+// PlanChange is one change of a tenant's plan: From (nil: none) to To
+// (nil: none, the default plan applies) from At on, made by Source.
+type PlanChange struct {
+	Tenant   string
+	From, To *string
+	At       time.Time
+	Source   string
+}
+
+// planChanged is where a plan.changed billing event is to be emitted, in
+// the transaction that records the change, so the event and the change
+// commit together. It emits nothing yet.
+func planChanged(_ context.Context, _ storage.Executor, _ PlanChange) error {
+	return nil
+}
+
+// timestamptz is t for Postgres: Always is -infinity.
+func timestamptz(t time.Time) pgtype.Timestamptz {
+	if t.IsZero() {
+		return pgtype.Timestamptz{InfinityModifier: pgtype.NegativeInfinity, Valid: true}
+	}
+	return pgtype.Timestamptz{Time: t, Valid: true}
+}
+
+func equalPlan(a, b *string) bool { return (a == nil) == (b == nil) && (a == nil || *a == *b) }
+
+// Assignment is one entry of a tenant's plan history: Plan (nil: an
+// explicit "no plan", unlimited) over [ValidFrom, ValidTo); ValidFrom nil
+// is since always, ValidTo nil is open.
+type Assignment struct {
+	Plan      *string    `json:"plan"`
+	ValidFrom *time.Time `json:"valid_from"`
+	ValidTo   *time.Time `json:"valid_to"`
+	Source    string     `json:"source"`
+	CreatedAt time.Time  `json:"created_at"`
+}
+
+func (a *Assignment) from() time.Time {
+	if a.ValidFrom == nil {
+		return time.Time{}
+	}
+	return *a.ValidFrom
+}
+
+// boundary is the earliest time a later change may take effect.
+func (a *Assignment) boundary() time.Time {
+	if a.ValidTo != nil {
+		return *a.ValidTo
+	}
+	return a.from()
+}
+
+// latestAssignment returns tenant's latest assignment and, when it is
+// open, that one again as open.
+func latestAssignment(ctx context.Context, q storage.Executor, tenant string) (latest, open *Assignment, err error) {
+	hist, err := TenantPlans(ctx, q, tenant)
+	if err != nil || len(hist) == 0 {
+		return nil, nil, err
+	}
+	latest = &hist[len(hist)-1]
+	if latest.ValidTo == nil {
+		open = latest
+	}
+	return latest, open, nil
+}
+
+// TenantPlans returns tenant's plan history, oldest first (empty for a
+// tenant never assigned a plan, or unknown).
+func TenantPlans(ctx context.Context, q storage.Executor, tenant string) ([]Assignment, error) {
+	rows, err := q.Query(ctx, `SELECT plan, valid_from, valid_to, source, created_at FROM tenant_plans WHERE tenant = $1 ORDER BY valid_from`, tenant)
+	if err != nil {
+		return nil, fmt.Errorf("reading the plans of tenant %s: %w", tenant, err)
+	}
+	hist, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Assignment, error) {
+		var a Assignment
+		var from, to pgtype.Timestamptz
+		if err := r.Scan(&a.Plan, &from, &to, &a.Source, &a.CreatedAt); err != nil {
+			return a, err
+		}
+		if from.InfinityModifier == pgtype.Finite {
+			t := from.Time.UTC()
+			a.ValidFrom = &t
+		}
+		if to.Valid {
+			t := to.Time.UTC()
+			a.ValidTo = &t
+		}
+		a.CreatedAt = a.CreatedAt.UTC()
+		return a, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading the plans of tenant %s: %w", tenant, err)
+	}
+	return hist, nil
+}
+
+// TenantPlans returns tenant's plan history (see the function), or
+// ErrNotFound for an unknown tenant.
+func (s *Store) TenantPlans(ctx context.Context, tenant string) ([]Assignment, error) {
+	if _, err := s.Tenant(ctx, tenant); err != nil {
+		return nil, err
+	}
+	return TenantPlans(ctx, s.pool, tenant)
 }
 
 // Tenant returns one tenant.

@@ -2,6 +2,10 @@ package accounts
 
 import (
 	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/usagemeter/metering/internal/storage"
 )
@@ -14,14 +18,37 @@ func PlanExists(ctx context.Context, q storage.Executor, name string) (bool, err
 }
 
 // SetCustomerPlan moves every tenant of Stripe customer customer to plan
-// (nil: no plan) and returns how many there were. plan must exist (a
-// foreign key refuses it otherwise).
-func SetCustomerPlan(ctx context.Context, q storage.Executor, customer string, plan *string) (int64, error) {
-	tag, err := q.Exec(ctx, `UPDATE tenants SET plan = $2, updated_at = now() WHERE stripe_customer_id = $1`, customer, plan)
+// (nil: no assignment, the default plan applies) from at on (source
+// "stripe") and returns how many there were. at is brought back to now
+// when it is later, and forward to a tenant's latest recorded change when
+// it is earlier: a change never reaches back before one already made.
+// plan must exist (a foreign key refuses it otherwise).
+func SetCustomerPlan(ctx context.Context, q storage.Executor, customer string, plan *string, at, now time.Time) (int64, error) {
+	rows, err := q.Query(ctx, `SELECT tenant FROM tenants WHERE stripe_customer_id = $1 ORDER BY tenant FOR UPDATE`, customer)
 	if err != nil {
 		return 0, err
 	}
-	return tag.RowsAffected(), nil
+	tenants, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return 0, err
+	}
+	if at.After(now) {
+		at = now
+	}
+	for _, t := range tenants {
+		latest, _, err := latestAssignment(ctx, q, t)
+		if err != nil {
+			return 0, err
+		}
+		when := at
+		if latest != nil && when.Before(latest.boundary()) {
+			when = latest.boundary()
+		}
+		if err := AssignPlan(ctx, q, t, plan, when, now, "stripe"); err != nil {
+			return 0, fmt.Errorf("tenant %s: %w", t, err)
+		}
+	}
+	return int64(len(tenants)), nil
 }
 
 // CountCustomerTenants counts the tenants of Stripe customer customer.

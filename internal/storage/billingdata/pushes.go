@@ -122,7 +122,8 @@ func Deltas(ctx context.Context, q storage.Executor, oldest time.Time) ([]Delta,
 			coalesce(p.claimed, 0), coalesce(p.cancelled, 0), (bp.tenant IS NOT NULL)
 		FROM usage_windows w
 		JOIN tenants t ON t.tenant = w.tenant
-		JOIN plan_quotas q ON q.plan = t.plan AND q.stripe_event_name IS NOT NULL
+		JOIN plan_quotas q ON q.plan = tenant_plan_at(t.tenant, `+monthInForce("w.window_start")+`)
+			AND q.version = plan_version_at(q.plan, `+monthInForce("w.window_start")+`) AND q.stripe_event_name IS NOT NULL
 			AND ((q.meter IS NULL AND q.metric = w.meter AND w.group_key = '') OR q.meter = w.meter)
 		LEFT JOIN meters m ON m.name = q.meter
 		LEFT JOIN meter_group_keys gk ON gk.meter = w.meter AND gk.digest = w.group_key
@@ -150,6 +151,14 @@ func Deltas(ctx context.Context, q storage.Executor, oldest time.Time) ([]Delta,
 		return nil, err
 	}
 	return ds, nil
+}
+
+// monthInForce is the SQL instant whose plan and plan version bill the
+// month starting at start (a SQL expression): its last microsecond, or
+// now while it lasts: the version in force at the end of the period, as
+// the quotas of the period under the 'immediate' policy.
+func monthInForce(start string) string {
+	return "least(now(), ((" + start + ") AT TIME ZONE 'UTC' + interval '1 month' - interval '1 microsecond') AT TIME ZONE 'UTC')"
 }
 
 // Push is a row of billing_pushes as the sender needs it.

@@ -127,11 +127,13 @@ func PeriodTotals(ctx context.Context, q storage.Executor, period time.Time) ([]
 		), keys AS (
 			SELECT t.tenant, q.metric, q.metric AS meter, '' AS group_key, false AS defined, coalesce(t.stripe_customer_id, '') AS customer,
 				q.stripe_event_name, '' AS aggregation, '{}'::text[] AS group_by, q.group_filter
-			FROM tenants t JOIN plan_quotas q ON q.plan = t.plan AND q.meter IS NULL
+			FROM tenants t JOIN plan_quotas q ON q.plan = tenant_plan_at(t.tenant, `+monthInForce("$1::timestamptz")+`)
+				AND q.version = plan_version_at(q.plan, `+monthInForce("$1::timestamptz")+`) AND q.meter IS NULL
 			UNION ALL
 			SELECT t.tenant, q.metric, q.meter, coalesce(g.group_key, ''), true, coalesce(t.stripe_customer_id, ''),
 				q.stripe_event_name, m.aggregation, m.group_by, q.group_filter
-			FROM tenants t JOIN plan_quotas q ON q.plan = t.plan AND q.meter IS NOT NULL AND q.stripe_event_name IS NOT NULL
+			FROM tenants t JOIN plan_quotas q ON q.plan = tenant_plan_at(t.tenant, `+monthInForce("$1::timestamptz")+`)
+				AND q.version = plan_version_at(q.plan, `+monthInForce("$1::timestamptz")+`) AND q.meter IS NOT NULL AND q.stripe_event_name IS NOT NULL
 			JOIN meters m ON m.name = q.meter
 			LEFT JOIN groups g ON g.tenant = t.tenant AND g.meter = q.meter AND cardinality(m.group_by) > 0
 		), pushes AS (

@@ -90,7 +90,7 @@ func (r *Reader) Bill(ctx context.Context, tenant string, now time.Time) (Bill, 
 	}
 	total, projTotal := new(big.Rat), new(big.Rat)
 	if plan != nil {
-		qs, err := r.pricedQuotas(ctx, *plan)
+		qs, err := r.pricedQuotas(ctx, *plan, now)
 		if err != nil {
 			return b, fmt.Errorf("reading prices of %s: %w", tenant, err)
 		}
@@ -127,12 +127,13 @@ func (r *Reader) Bill(ctx context.Context, tenant string, now time.Time) (Bill, 
 	return b, nil
 }
 
-// pricedQuotas reads plan's quotas that have a price, ordered by metric,
+// pricedQuotas reads the quotas of plan's version in force at now that
+// have a price, ordered by metric,
 // meter (the implicit meter first), filter and per_group.
-func (r *Reader) pricedQuotas(ctx context.Context, plan string) ([]pricedQuota, error) {
+func (r *Reader) pricedQuotas(ctx context.Context, plan string, now time.Time) ([]pricedQuota, error) {
 	rows, err := r.q.Query(ctx, `SELECT q.metric, coalesce(q.meter, ''), q.group_filter, q.per_group, coalesce(q.stripe_event_name, ''), q.price
-		FROM plan_quotas q WHERE q.plan = $1 AND q.price IS NOT NULL
-		ORDER BY q.metric, q.meter NULLS FIRST, q.group_filter::text COLLATE "C", q.per_group`, plan)
+		FROM plan_quotas q WHERE q.plan = $1 AND q.version = plan_version_at(q.plan, $2) AND q.price IS NOT NULL
+		ORDER BY q.metric, q.meter NULLS FIRST, q.group_filter::text COLLATE "C", q.per_group`, plan, now)
 	if err != nil {
 		return nil, err
 	}

@@ -136,15 +136,16 @@ func (r *Reader) applyCredits(ctx context.Context, tenant string, qr quotaRow, q
 
 // GrantBurn returns the burn-down of grant g in the period containing at
 // of the tenant's first limited quota on g's meter that grants apply to
-// (by the order of QuotaRules; not per_group), with every grant of the
+// (the quotas in force at at, by the order of QuotaRules; not per_group), with every grant of the
 // tenant on that meter overlapping the period, as of now; and false when
 // the tenant has no such quota, so that nothing burns g.
 func (r *Reader) GrantBurn(ctx context.Context, g credits.Grant, at, now time.Time) (credit.GrantState, bool, error) {
-	rules, err := QuotaRules(ctx, r.q, []string{g.Tenant})
+	from, to := windows.Month.Span(at) // the longest quota period
+	plans, err := QuotaRules(ctx, r.q, []string{g.Tenant}, from, to, r.defaultPlan, now)
 	if err != nil {
 		return credit.GrantState{}, false, err
 	}
-	for _, rule := range rules {
+	for _, rule := range plans.At(g.Tenant, at) {
 		if rule.PerGroup || (rule.Implicit() && rule.Metric != g.Meter) || (!rule.Implicit() && rule.Meter != g.Meter) {
 			continue
 		}

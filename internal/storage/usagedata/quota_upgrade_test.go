@@ -9,11 +9,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/usagemeter/metering/internal/migrate"
 	"github.com/usagemeter/metering/internal/quota"
 	"github.com/usagemeter/metering/internal/storage/accounts"
 	"github.com/usagemeter/metering/internal/storage/usagedata"
 	"github.com/usagemeter/metering/internal/testkit/pgtest"
+	"github.com/usagemeter/metering/internal/windows"
 	"github.com/usagemeter/metering/migrations"
 )
 
@@ -66,7 +69,7 @@ func TestUpgradeKeepsQuotasAndBreachesAsImplicitMeters(t *testing.T) {
 	if want := []string{"api_calls api_calls map[] false false day ", "tokens tokens map[] false true month 0.002"}; !slices.Equal(got, want) {
 		t.Fatalf("plan after the upgrade:\n%q\nwant\n%q", got, want)
 	}
-	rules, err := usagedata.QuotaRules(ctx, db.Pool, []string{"acme"})
+	rules, err := rulesNow(ctx, db.Pool, "acme")
 	if err != nil || len(rules) != 1 || !rules[0].Implicit() || rules[0].Metric != "tokens" || *rules[0].Limit != 1000 {
 		t.Fatalf("QuotaRules = %+v, %v; want tokens' implicit quota", rules, err)
 	}
@@ -113,9 +116,21 @@ func TestUpgradeKeepsQuotasAndBreachesAsImplicitMeters(t *testing.T) {
 	if _, err := st.PutPlan(ctx, plan); err == nil {
 		t.Fatal("PutPlan accepted one (meter, filter) twice")
 	}
-	if rules, err = usagedata.QuotaRules(ctx, db.Pool, []string{"acme"}); err != nil || len(rules) != 4 {
+	if rules, err = rulesNow(ctx, db.Pool, "acme"); err != nil || len(rules) != 4 {
 		t.Fatalf("QuotaRules = %+v, %v; want 4", rules, err)
 	}
 }
 
 func ptr(n int64) *int64 { return &n }
+
+// rulesNow reads the limited quotas of tenant in force in the periods
+// containing the present time.
+func rulesNow(ctx context.Context, pool *pgxpool.Pool, tenant string) ([]usagedata.QuotaRule, error) {
+	now := time.Now()
+	from, to := windows.Month.Span(now)
+	plans, err := usagedata.QuotaRules(ctx, pool, []string{tenant}, from, to, "", now)
+	if err != nil {
+		return nil, err
+	}
+	return plans.At(tenant, now), nil
+}

@@ -1,17 +1,20 @@
 package usagedata
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"math/big"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/usagemeter/metering/internal/meter"
+	"github.com/usagemeter/metering/internal/planperiod"
 	"github.com/usagemeter/metering/internal/quota"
 	"github.com/usagemeter/metering/internal/storage"
 	"github.com/usagemeter/metering/internal/windows"
@@ -26,7 +29,8 @@ var ErrUnknownTenant = errors.New("unknown tenant")
 // API, the quota states the aggregator evaluates and the biller's totals
 // agree.
 type Reader struct {
-	q storage.Executor
+	q           storage.Executor
+	defaultPlan string
 }
 
 // NewReader returns a Reader on q (a pool).
@@ -114,58 +118,100 @@ type GroupStatus struct {
 // MaxQuotaGroups is how many groups of a per_group quota Quotas shows.
 const MaxQuotaGroups = 20
 
-// quotaRow is a plan_quotas row with its meter's definition.
-type quotaRow struct {
-	status      QuotaStatus
-	period      windows.Granularity
-	aggregation string // "" for the implicit meter, or a meter not defined
-	groupBy     []string
+// quotaRow is a quota in force with its meter's definition.
+type quotaRow = planQuota
+
+// PlanInForce is the plan whose quotas GET /v1/quotas shows: its name
+// ("" for none), version, and where it came from ("admin", "stripe",
+// "migration", or "default" for the configured default plan).
+type PlanInForce struct {
+	Plan    string `json:"plan"`
+	Version int    `json:"plan_version,omitzero"`
+	Source  string `json:"plan_source,omitempty"`
+}
+
+// WithDefaultPlan returns r with the default plan that limits tenants
+// without a plan assignment in force ("" for none).
+func (r *Reader) WithDefaultPlan(plan string) *Reader {
+	c := *r
+	c.defaultPlan = plan
+	return &c
 }
 
 // Quotas returns tenant's plan and the state of each of its quotas in the
-// period containing now, ordered by metric, meter (the implicit meter
-// first), filter and per_group. A quota on a meter no longer defined shows
-// no usage.
+// period containing now (see QuotasInForce).
 func (r *Reader) Quotas(ctx context.Context, tenant string, now time.Time) (string, []QuotaStatus, error) {
-	var plan *string
-	err := r.q.QueryRow(ctx, `SELECT plan FROM tenants WHERE tenant = $1`, tenant).Scan(&plan)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return "", nil, ErrUnknownTenant
-	}
+	p, qs, err := r.QuotasInForce(ctx, tenant, now)
+	return p.Plan, qs, err
+}
+
+// QuotasInForce returns the plan in force for tenant at now and the
+// state of each quota in force over the period containing now (package
+// planperiod: the versions in force during the period, with the latest
+// version's proration policy), ordered by metric, meter (the implicit
+// meter first), filter and per_group. A tenant without an assignment in
+// force has the default plan's quotas. A quota on a meter no longer
+// defined shows no usage.
+func (r *Reader) QuotasInForce(ctx context.Context, tenant string, now time.Time) (PlanInForce, []QuotaStatus, error) {
+	var exists bool
+	err := r.q.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM tenants WHERE tenant = $1)`, tenant).Scan(&exists)
 	if err != nil {
-		return "", nil, fmt.Errorf("reading tenant %s: %w", tenant, err)
+		return PlanInForce{}, nil, fmt.Errorf("reading tenant %s: %w", tenant, err)
 	}
-	if plan == nil {
-		return "", []QuotaStatus{}, nil
+	if !exists {
+		return PlanInForce{}, nil, ErrUnknownTenant
 	}
-	rows, err := r.q.Query(ctx, `SELECT q.metric, coalesce(q.meter, q.metric), q.group_filter, q.per_group, q.quota_limit, q.period, q.burst_percent, q.hard,
-			CASE WHEN q.meter IS NULL THEN '' ELSE coalesce(m.aggregation, '') END, coalesce(m.group_by, '{}')
-		FROM plan_quotas q LEFT JOIN meters m ON m.name = q.meter AND m.metric = q.metric
-		WHERE q.plan = $1 ORDER BY q.metric, q.meter NULLS FIRST, q.group_filter::text COLLATE "C", q.per_group`, *plan)
+	from, to := windows.Month.Span(now)
+	inputs, err := readPlanInputs(ctx, r.q, []string{tenant}, from, to, r.defaultPlan)
 	if err != nil {
-		return "", nil, fmt.Errorf("reading quotas of %s: %w", tenant, err)
+		return PlanInForce{}, nil, fmt.Errorf("reading quotas of %s: %w", tenant, err)
 	}
-	qrs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (quotaRow, error) {
-		var qr quotaRow
-		q := &qr.status
-		var period string
-		err := row.Scan(&q.Metric, &q.Meter, &q.Filter, &q.PerGroup, &q.Limit, &period, &q.BurstPercent, &q.Hard, &qr.aggregation, &qr.groupBy)
-		qr.period = windows.Granularity(period)
-		if q.Filter == nil {
-			q.Filter = map[string]string{}
+	var p PlanInForce
+	var qrs []quotaRow
+	var keys []planperiod.Key
+	for _, g := range quotaGranularities {
+		start, end := g.Span(now)
+		res, err := planperiod.Evaluate(inputs[tenant], start, end, now)
+		if err != nil {
+			return PlanInForce{}, nil, fmt.Errorf("reading quotas of %s: %w", tenant, err)
 		}
-		return qr, err
-	})
-	if err != nil {
-		return "", nil, fmt.Errorf("reading quotas of %s: %w", tenant, err)
+		p = PlanInForce{Plan: res.Plan, Version: res.Version, Source: res.Source}
+		for _, pq := range res.Quotas {
+			if pq.Key.Period != string(g) {
+				continue
+			}
+			qr := pq.Data.(planQuota)
+			qr.status.Limit = pq.Limit
+			qrs, keys = append(qrs, qr), append(keys, pq.Key)
+		}
 	}
+	// By key, as the old read ordered the plan's rows.
+	idx := make([]int, len(qrs))
+	for i := range idx {
+		idx[i] = i
+	}
+	slices.SortStableFunc(idx, func(a, b int) int { return compareKeys(keys[a], keys[b]) })
 	qs := make([]QuotaStatus, len(qrs))
-	for i, qr := range qrs {
-		if qs[i], err = r.quotaStatus(ctx, tenant, qr, now); err != nil {
-			return "", nil, err
+	for i, j := range idx {
+		if qs[i], err = r.quotaStatus(ctx, tenant, qrs[j], now); err != nil {
+			return PlanInForce{}, nil, err
 		}
 	}
-	return *plan, qs, nil
+	return p, qs, nil
+}
+
+// compareKeys orders quotas by metric, meter (the implicit meter first),
+// filter and per_group, then period.
+func compareKeys(a, b planperiod.Key) int {
+	return cmp.Or(cmp.Compare(a.Metric, b.Metric), cmp.Compare(a.Meter, b.Meter), cmp.Compare(a.Filter, b.Filter),
+		cmp.Compare(boolInt(a.PerGroup), boolInt(b.PerGroup)), cmp.Compare(a.Period, b.Period))
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // quotaStatus reads the usage of one quota in the period containing now.
