@@ -102,18 +102,48 @@ async function load() {
   const bill = document.getElementById("bill");
   // A line of a defined meter is labelled with the meter, and with its
   // group (a quota billed per group) or the quota's filter. Group values
-  // come from the tenant's events: they go in as textContent.
+  // come from the tenant's events: they go in as textContent. A quota
+  // billed per group shows its billTop lines of greatest projected amount,
+  // then one line folding the others (amounts added exactly, in cents).
+  const quotaOf = (l) => JSON.stringify([l.metric, l.meter || "", l.filter || {}]);
+  const perQuota = new Map();
+  for (const l of b.lines) {
+    const k = quotaOf(l);
+    perQuota.set(k, (perQuota.get(k) || []).concat([l]));
+  }
+  const shown = new Set();
+  const folded = new Map();
+  for (const [k, ls] of perQuota) {
+    if (ls.length <= billTop) { ls.forEach((l) => shown.add(l)); continue; }
+    const ranked = ls.slice().sort((x, y) => { const d = cents(y.projected_amount) - cents(x.projected_amount); return d > 0n ? 1 : d < 0n ? -1 : 0; });
+    ranked.slice(0, billTop).forEach((l) => shown.add(l));
+    folded.set(k, ranked.slice(billTop));
+  }
   b.lines.forEach((l, i) => {
     const own = !l.meter || l.meter === l.metric;
     const id = own ? l.metric : `${l.meter}-${i}`;
-    const filter = Object.entries(l.filter || {}).map(([k, v]) => `${k}=${v}`).join(", ");
-    const group = Object.keys(l.group || {}).length ? groupLabel(l.group) : filter || "all";
-    const tr = el("tr", { "data-testid": "bill-line" });
-    tr.append(cell(own ? l.metric : `${l.metric} · ${l.meter}`), cell(group, `bill-group-${id}`, "group"),
-      cell(priceLabel(l), `bill-price-${id}`, "num"), cell(String(l.used), `bill-used-${id}`, "num"),
-      cell(l.amount, `bill-amount-${id}`, "num"), cell(String(l.projected_used), `bill-projected-used-${id}`, "num"),
-      cell(l.projected_amount, `bill-projected-${id}`, "num"));
-    bill.append(tr);
+    const label = own ? l.metric : `${l.metric} · ${l.meter}`;
+    if (shown.has(l)) {
+      const filter = Object.entries(l.filter || {}).map(([k, v]) => `${k}=${v}`).join(", ");
+      const group = Object.keys(l.group || {}).length ? groupLabel(l.group) : filter || "all";
+      const tr = el("tr", { "data-testid": "bill-line" });
+      tr.append(cell(label), cell(group, `bill-group-${id}`, "group"),
+        cell(priceLabel(l), `bill-price-${id}`, "num"), cell(String(l.used), `bill-used-${id}`, "num"),
+        cell(l.amount, `bill-amount-${id}`, "num"), cell(String(l.projected_used), `bill-projected-used-${id}`, "num"),
+        cell(l.projected_amount, `bill-projected-${id}`, "num"));
+      bill.append(tr);
+    }
+    const k = quotaOf(l);
+    const rest = folded.get(k);
+    // The folded line goes after the quota's last line.
+    if (rest && perQuota.get(k).at(-1) === l) {
+      const tr = el("tr", { "data-testid": "bill-other" });
+      const sum = (f) => fromCents(rest.reduce((a, x) => a + cents(f(x)), 0n));
+      tr.append(cell(label), cell(`other (${rest.length} groups)`, undefined, "group"), cell(priceLabel(l), undefined, "num"),
+        cell("—", undefined, "num"), cell(sum((x) => x.amount), `bill-other-amount-${l.meter}`, "num"), cell("—", undefined, "num"),
+        cell(sum((x) => x.projected_amount), `bill-other-projected-${l.meter}`, "num"));
+      bill.append(tr);
+    }
   });
   document.getElementById("bill-total").textContent = b.total;
   document.getElementById("bill-projected").textContent = b.projected_total;
@@ -126,6 +156,25 @@ async function load() {
   }
   if (br.breaches.length === 0) { const tr = el("tr"); tr.append(cell("No breaches.")); tb.append(tr); }
   await loadConflicts();
+}
+
+// billTop is how many lines of a quota billed per group the bill lists
+// before "other".
+const billTop = 10;
+
+// cents reads an amount of the API ("12.34", two decimals) as whole cents.
+function cents(amount) {
+  const neg = amount.startsWith("-");
+  const [whole, frac = ""] = (neg ? amount.slice(1) : amount).split(".");
+  const c = BigInt(whole) * 100n + BigInt((frac + "00").slice(0, 2));
+  return neg ? -c : c;
+}
+
+// fromCents writes whole cents as an amount with two decimals.
+function fromCents(c) {
+  const neg = c < 0n;
+  const a = neg ? -c : c;
+  return (neg ? "-" : "") + String(a / 100n) + "." + String(a % 100n).padStart(2, "0");
 }
 
 // priceLabel shows a bill line's price: its unit price, a package's

@@ -629,3 +629,70 @@ func TestUsagePageShowsBillGroups(t *testing.T) {
 		t.Errorf("CSP violations: %v (%v)", v, err)
 	}
 }
+
+// TestUsagePageFoldsBillGroupsPastTheTop: a quota billed per group with
+// more groups than the page lists shows the ones of greatest projected
+// amount, then one line with the others' amounts added exactly.
+func TestUsagePageFoldsBillGroupsPastTheTop(t *testing.T) {
+	now := time.Now().UTC()
+	e := newUIEnv(t, now)
+	_, key := e.createKey(`{"tenant":"acme","scope":"read"}`)
+	if r := e.do("PUT", "/v1/admin/meters/tokens_by_model", adminKey, "application/json", `{"metric":"tokens","aggregation":"sum","group_by":["model"]}`); r.status != http.StatusCreated {
+		t.Fatalf("PUT meter: %d %s", r.status, r.raw)
+	}
+	if r := e.do("PUT", "/v1/admin/plans/free", adminKey, "application/json", `{"quotas":[
+		{"metric":"tokens","meter":"tokens_by_model","limit":null,"per_group":true,"unit_price":"0.001"}]}`); r.status != http.StatusOK {
+		t.Fatalf("PUT plan: %d %s", r.status, r.raw)
+	}
+	e.do("PUT", "/v1/admin/tenants/acme", adminKey, "application/json", `{"plan":"free"}`)
+	agg := rollup.New(e.db.Pool, rollup.Config{Group: "g", Topic: topics.UsageEvents, Logger: slog.New(slog.DiscardHandler), Now: func() time.Time { return now }})
+	var recs []rollup.Record
+	// 13 groups: m01 used 1,010 tokens (1.01), ..., m13 13,130 (13.13).
+	for i := 1; i <= 13; i++ {
+		ev := events.Event{ID: fmt.Sprint("e", i), Tenant: "acme", Metric: "tokens", Value: int64(i) * 1010, Time: now.Add(-time.Minute),
+			Properties: map[string]string{"model": fmt.Sprintf("m%02d", i)}}
+		recs = append(recs, rollup.Record{Offset: int64(i), Key: []byte("acme"), Value: ev.AppendJSON(nil), Time: now})
+	}
+	if _, err := agg.Apply(context.Background(), 0, -1, recs); err != nil {
+		t.Fatal(err)
+	}
+	var b struct {
+		Lines []struct {
+			Group           map[string]string
+			ProjectedAmount string `json:"projected_amount"`
+			Amount          string
+		}
+	}
+	mustJSON(t, e.do("GET", "/v1/bill/acme", key, "", "").raw, &b)
+	if len(b.Lines) != 13 {
+		t.Fatalf("the API bills %d lines, want 13", len(b.Lines))
+	}
+	// The three smallest groups fold: 1.01 + 2.02 + 3.03 now, and their
+	// projections added.
+	var otherProjected int64
+	for _, l := range b.Lines {
+		if m := l.Group["model"]; m == "m01" || m == "m02" || m == "m03" {
+			var whole, frac int64
+			fmt.Sscanf(l.ProjectedAmount, "%d.%d", &whole, &frac)
+			otherProjected += whole*100 + frac
+		}
+	}
+	ctx := openPage(t, e, key)
+	groups, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](
+		`[...document.querySelectorAll('[data-testid="bill-line"]')].map(tr => tr.cells[1].textContent)`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](
+		`[...document.querySelectorAll('[data-testid="bill-other"] td')].map(td => td.textContent)`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(groups) != 10 || groups[0] != "model=m04" || groups[9] != "model=m13" {
+		t.Errorf("the page lists groups %q, want m04 to m13", groups)
+	}
+	want := fmt.Sprintf("%d.%02d", otherProjected/100, otherProjected%100)
+	if len(other) != 7 || other[1] != "other (3 groups)" || other[4] != "6.06" || other[6] != want {
+		t.Errorf("the other line: %q, want 3 groups, 6.06 now, %s projected", other, want)
+	}
+}
