@@ -8,7 +8,8 @@
 //	             api_keys, meters
 //	usagedata    ledger, ledger_conflicts, conflict_alerts, usage_windows,
 //	             usage_corrections, quota_breaches, consumer_offsets,
-//	             consumer_lost_records, meter_uniques, meter_group_keys
+//	             consumer_lost_records, meter_uniques, meter_group_keys,
+//	             usage_adjustments
 //	deadletters  usage_dlq, dlq_audit
 //	billingdata  billing_pushes, billing_periods, stripe_webhook_events,
 //	             stripe_webhook_undecodable, stripe_object_versions,
