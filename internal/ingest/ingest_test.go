@@ -27,6 +27,7 @@ import (
 	"github.com/usagemeter/metering/internal/storage/accounts"
 	"github.com/usagemeter/metering/internal/storage/usagedata"
 	"github.com/usagemeter/metering/internal/testkit/kafkatest"
+	"github.com/usagemeter/metering/internal/kafkalog"
 	"github.com/usagemeter/metering/internal/testkit/pgtest"
 	"github.com/usagemeter/metering/internal/topics"
 )
@@ -79,6 +80,7 @@ func newEnv(t testing.TB, o envOpts) *env {
 		Store:        st,
 		Auth:         auth.New(st, adminKey),
 		Publisher:    publish.New(producer, 10000, o.publishTimeout),
+		Adjustments:  kafkalog.NewWriter(kc.Brokers(), nil),
 		Usage:        usagedata.NewReader(db.Pool),
 		DB:           db.Pool,
 		KeyLimiter:   ratelimit.New(o.keyRate, o.keyBurst),
