@@ -26,3 +26,41 @@ CREATE TABLE usage_adjustments (
     PRIMARY KEY (tenant, adjustment_id)
 );
 CREATE INDEX usage_adjustments_period ON usage_adjustments (tenant, period_start);
+
+-- billing_credits: a customer credit the biller gives Stripe (a customer
+-- balance transaction) for a decrease of a month's metered total that it
+-- can no longer take back by cancelling pushes (the latest push is older
+-- than Stripe's 24 hours, or the month's invoice is final). Recorded as an
+-- intent, with its deterministic idempotency key, before the call, and
+-- marked with the outcome after, as billing_pushes are; quantity then no
+-- longer counts as claimed (claimed = pushes not cancelled - credits).
+--   metric          the meter billed, as billing_pushes.metric
+--   claimed_total, metered_total  the totals the credit settles
+--   quantity        claimed_total - metered_total
+--   amount          the credit in the currency's minor unit, <= 0 (0: the
+--                   quota has no price, or the prices are equal; status none)
+--   status          intent, sent (stripe_txn_id set), dead (the call failed
+--                   for good; replayed by an operator), none (nothing to send)
+CREATE TABLE billing_credits (
+    id                  bigserial   PRIMARY KEY,
+    tenant              text        NOT NULL,
+    metric              text        NOT NULL,
+    group_key           text        NOT NULL DEFAULT '',
+    period_start        timestamptz NOT NULL,
+    stripe_customer_id  text        NOT NULL,
+    claimed_total       numeric     NOT NULL,
+    metered_total       numeric     NOT NULL,
+    quantity            numeric     NOT NULL CHECK (quantity > 0),
+    amount              bigint      NOT NULL CHECK (amount <= 0),
+    currency            text        NOT NULL,
+    idempotency_key     text        NOT NULL UNIQUE CHECK (length(idempotency_key) <= 255),
+    status              text        NOT NULL DEFAULT 'intent' CHECK (status IN ('intent', 'sent', 'dead', 'none')),
+    stripe_txn_id       text,
+    attempts            integer     NOT NULL DEFAULT 0,
+    last_error          text        NOT NULL DEFAULT '',
+    created_at          timestamptz NOT NULL DEFAULT now(),
+    sent_at             timestamptz,
+    updated_at          timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX billing_credits_pair ON billing_credits (tenant, metric, group_key, period_start);
+CREATE INDEX billing_credits_open ON billing_credits (id) WHERE status IN ('intent', 'dead');

@@ -13,7 +13,7 @@
 //	deadletters  usage_dlq, dlq_audit
 //	billingdata  billing_pushes, billing_periods, stripe_webhook_events,
 //	             stripe_webhook_undecodable, stripe_object_versions,
-//	             stripe_meter_errors, billing_period_events
+//	             stripe_meter_errors, billing_period_events, billing_credits
 //	outbox       outbox
 //	credits      credit_grants
 //	auditlog     audit_log

@@ -140,6 +140,9 @@ func GroupIdentifier(tenant, meter, groupKey string, period time.Time, cumulativ
 // SyncResult counts what one Sync did.
 type SyncResult struct {
 	Intents, Sent, Dead, Carried, Cancelled int
+	// Credited counts the customer credits sent for decreases that could
+	// no longer be cancelled (credits.go).
+	Credited int
 	// Landed, Replaced and Waiting count old open pushes checked against
 	// Stripe's summaries; see SendResult.
 	Landed, Replaced, Waiting int
@@ -171,6 +174,9 @@ func (b *Biller) Sync(ctx context.Context) (SyncResult, error) {
 		return res, err
 	}
 	if res.Cancelled, err = b.fixOverReporting(ctx); err != nil {
+		return res, err
+	}
+	if res.Credited, err = b.creditDecreases(ctx); err != nil {
 		return res, err
 	}
 	if err := b.planIntents(ctx, meters, &res); err != nil {

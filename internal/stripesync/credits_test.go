@@ -1,0 +1,193 @@
+package stripesync_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"math/big"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/usagemeter/metering/internal/price"
+	"github.com/usagemeter/metering/internal/storage/billingdata"
+	"github.com/usagemeter/metering/internal/storage/usagedata"
+	"github.com/usagemeter/metering/internal/stripeapi"
+	"github.com/usagemeter/metering/internal/stripesync"
+	"github.com/usagemeter/metering/internal/testkit/stripefake"
+	"github.com/usagemeter/metering/internal/windows"
+)
+
+// adjust applies an adjustment to t1's api_calls month, as the aggregator does.
+func (f *fixture) adjust(id string, amount int64) {
+	f.t.Helper()
+	if _, err := usagedata.RecordAdjustment(context.Background(), f.db.Pool, usagedata.Adjustment{Tenant: "t1", ID: id, Meter: "api_calls",
+		PeriodStart: windows.Month.Start(f.now), Amount: amount, Reason: "test"}); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+// price moves t1 to a plan whose api_calls quota has price p.
+func (f *fixture) price(p string) {
+	f.t.Helper()
+	f.db.Exec(f.t, `INSERT INTO plans (name) VALUES ('priced')`)
+	f.db.Exec(f.t, `INSERT INTO plan_quotas (plan, metric, quota_limit, period, stripe_event_name, price)
+		VALUES ('priced', 'api_calls', NULL, 'month', 'api_calls', $1)`, p)
+	f.db.Exec(f.t, `UPDATE tenants SET plan = 'priced' WHERE tenant = 't1'`)
+}
+
+// agePushes makes every push look sent more than Stripe's 24 hours ago.
+func (f *fixture) agePushes() {
+	f.t.Helper()
+	f.db.Exec(f.t, `UPDATE billing_pushes SET sent_at = sent_at - interval '25 hours', created_at = created_at - interval '25 hours'`)
+}
+
+func (f *fixture) credits() []billingdata.Credit {
+	f.t.Helper()
+	cs, err := billingdata.CreditsOf(context.Background(), f.db.Pool, "t1", windows.Month.Start(f.now))
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return cs
+}
+
+func TestAnIncreaseIsPushedAsADelta(t *testing.T) {
+	f := newFixture(t, 1, stripefake.Config{})
+	ctx := context.Background()
+	f.meter("t1", "api_calls", 100)
+	if _, err := f.biller.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	f.adjust("a1", 25)
+	res, err := f.biller.Sync(ctx)
+	if err != nil || res.Intents != 1 || res.Sent != 1 {
+		t.Fatalf("sync: %+v, %v", res, err)
+	}
+	if evs := f.fake.Events(); len(evs) != 2 || evs[1].Value != 25 {
+		t.Fatalf("events %+v", evs)
+	}
+}
+
+func TestADecreaseWithin24HoursCancelsPushes(t *testing.T) {
+	f := newFixture(t, 1, stripefake.Config{})
+	ctx := context.Background()
+	f.meter("t1", "api_calls", 100)
+	if _, err := f.biller.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	f.adjust("a1", -30)
+	res, err := f.biller.Sync(ctx)
+	if err != nil || res.Cancelled != 1 || res.Credited != 0 || res.Sent != 1 {
+		t.Fatalf("sync: %+v, %v", res, err)
+	}
+	if got := f.stripeTotal("t1", "api_calls"); got != 70 {
+		t.Fatalf("Stripe total %d, want 70", got)
+	}
+	if len(f.credits()) != 0 || len(f.fake.BalanceTransactions()) != 0 {
+		t.Fatal("a cancellable decrease was credited")
+	}
+}
+
+func TestADecreaseAfter24HoursIsCreditedOnce(t *testing.T) {
+	f := newFixture(t, 1, stripefake.Config{})
+	ctx := context.Background()
+	f.price(`{"model":"per_unit","unit_amount":"0.5"}`)
+	f.meter("t1", "api_calls", 100)
+	if _, err := f.biller.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	f.agePushes()
+	f.adjust("a1", -30)
+	for range 3 {
+		if _, err := f.biller.Sync(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	txns := f.fake.BalanceTransactions()
+	if len(txns) != 1 || txns[0].Amount != -1500 || txns[0].Currency != "usd" || txns[0].Customer != "cus_t1" {
+		t.Fatalf("balance transactions %+v", txns)
+	}
+	cs := f.credits()
+	if len(cs) != 1 || cs[0].Status != "sent" || cs[0].TxnID != txns[0].ID || cs[0].Quantity != "30" {
+		t.Fatalf("credits %+v", cs)
+	}
+	if got := f.stripeTotal("t1", "api_calls"); got != 100 {
+		t.Fatalf("Stripe total %d: a credited decrease cancels nothing", got)
+	}
+	// Later usage is pushed from the credited level: 70 → 90 is 20 more.
+	f.adjust("a2", 20)
+	res, err := f.biller.Sync(ctx)
+	if err != nil || res.Sent != 1 {
+		t.Fatalf("sync: %+v, %v", res, err)
+	}
+	if got := f.stripeTotal("t1", "api_calls"); got != 120 {
+		t.Fatalf("Stripe total %d, want 120 (90 metered + 30 credited)", got)
+	}
+	if n := len(f.fake.BalanceTransactions()); n != 1 {
+		t.Fatalf("%d balance transactions", n)
+	}
+}
+
+// crashing calls Stripe, then loses the answer, as a biller killed after
+// the call and before recording its outcome.
+type crashing struct{ *stripeapi.Client }
+
+func (c crashing) CreditCustomer(ctx context.Context, customer string, amount int64, currency, description, key string) (string, error) {
+	if _, err := c.Client.CreditCustomer(ctx, customer, amount, currency, description, key); err != nil {
+		return "", err
+	}
+	return "", errors.New("killed after the call")
+}
+
+func TestACreditSurvivesACrashBetweenCallAndOutcome(t *testing.T) {
+	f := newFixture(t, 1, stripefake.Config{})
+	ctx := context.Background()
+	f.price(`{"model":"per_unit","unit_amount":"0.01"}`)
+	f.meter("t1", "api_calls", 500)
+	if _, err := f.biller.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	f.agePushes()
+	f.adjust("a1", -200)
+	hs := httptest.NewServer(f.fake)
+	t.Cleanup(hs.Close)
+	client := stripeapi.NewClient("sk_test_123", hs.URL, 5*time.Second)
+	cfg := stripesync.Config{RatePerSecond: 1000, BackoffMin: time.Millisecond, BackoffMax: 5 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)}
+	if _, err := stripesync.New(f.db.Pool, crashing{client}, cfg).Sync(ctx); err == nil {
+		t.Fatal("the crashed round reported no error")
+	}
+	if cs := f.credits(); len(cs) != 1 || cs[0].Status != "intent" {
+		t.Fatalf("after the crash: %+v", cs)
+	}
+	// A restarted biller sends the intent again, under the same key.
+	if _, err := stripesync.New(f.db.Pool, client, cfg).Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	txns := f.fake.BalanceTransactions()
+	cs := f.credits()
+	if len(txns) != 1 || txns[0].Amount != -200 || len(cs) != 1 || cs[0].Status != "sent" || cs[0].TxnID != txns[0].ID {
+		t.Fatalf("after the retry: transactions %+v, credits %+v", txns, cs)
+	}
+}
+
+func TestCreditAmount(t *testing.T) {
+	t.Parallel()
+	perUnit := price.PerUnitPrice("0.002")
+	pkg := price.Price{Model: price.Package, PackageSize: 1000, PackageAmount: "1.5", Round: price.Up}
+	for _, c := range []struct {
+		name             string
+		p                *price.Price
+		claimed, metered int64
+		want             int64
+	}{
+		{"per unit", &perUnit, 10000, 7500, -500},
+		{"rounded once", &perUnit, 3, 0, -1},
+		{"package", &pkg, 2500, 1999, -150},
+		{"no price", nil, 10, 5, 0},
+	} {
+		got, err := stripesync.CreditAmount(c.p, big.NewInt(c.claimed), big.NewInt(c.metered))
+		if err != nil || got != c.want {
+			t.Errorf("%s: %d, %v; want %d", c.name, got, err, c.want)
+		}
+	}
+}
