@@ -86,6 +86,27 @@ func TestADecreaseWithin24HoursCancelsPushes(t *testing.T) {
 	if len(f.credits()) != 0 || len(f.fake.BalanceTransactions()) != 0 {
 		t.Fatal("a cancellable decrease was credited")
 	}
+	r := f.reconciled()
+	if r.Drift.Sign() != 0 || r.Status != stripesync.StatusOK || len(r.Adjustments) != 1 ||
+		r.Adjustments[0].Counterpart != stripesync.CounterpartCancellation || r.Adjustments[0].Identifier != f.fake.Events()[0].Identifier {
+		t.Fatalf("reconciliation %+v", r)
+	}
+}
+
+// reconciled is the reconciliation row of t1's api_calls this month.
+func (f *fixture) reconciled() stripesync.Row {
+	f.t.Helper()
+	rows, err := f.biller.Reconcile(context.Background(), f.now)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	for _, r := range rows {
+		if r.Tenant == "t1" && r.Meter == "api_calls" {
+			return r
+		}
+	}
+	f.t.Fatalf("no row of t1/api_calls in %+v", rows)
+	return stripesync.Row{}
 }
 
 func TestADecreaseAfter24HoursIsCreditedOnce(t *testing.T) {
@@ -125,6 +146,22 @@ func TestADecreaseAfter24HoursIsCreditedOnce(t *testing.T) {
 	}
 	if n := len(f.fake.BalanceTransactions()); n != 1 {
 		t.Fatalf("%d balance transactions", n)
+	}
+	// Reconciliation: each adjustment beside its counterpart, and the
+	// credited decrease keeps drift at 0.
+	r := f.reconciled()
+	if r.Drift.Sign() != 0 || r.Status != stripesync.StatusOK || r.Credited.Int64() != 30 || r.Stripe.Int64() != 120 || r.Metered.Int64() != 90 {
+		t.Fatalf("reconciliation %+v", r)
+	}
+	if len(r.Adjustments) != 2 {
+		t.Fatalf("adjustments %+v", r.Adjustments)
+	}
+	dec, inc := r.Adjustments[0], r.Adjustments[1]
+	if dec.Counterpart != stripesync.CounterpartCredit || dec.BalanceTransaction != txns[0].ID || dec.CreditAmount != -1500 || dec.Value != "30" {
+		t.Errorf("the decrease: %+v", dec)
+	}
+	if inc.Counterpart != stripesync.CounterpartPush || inc.Value != "20" || inc.Identifier != f.fake.Events()[1].Identifier {
+		t.Errorf("the increase: %+v", inc)
 	}
 }
 

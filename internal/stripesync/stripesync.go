@@ -15,7 +15,8 @@
 // counts it once. A delta is never claimed twice, even by two billers
 // planning the same month at once (locks.go): pushes in flight or
 // dead-lettered count as claimed until they are sent or cancelled, so
-// Stripe's running total never exceeds the metered total. A push older
+// Stripe's running total never exceeds the metered total plus what a
+// customer credit gave back (a decrease too old to cancel, credits.go). A push older
 // than that memory is never re-sent as it is: Stripe's summary decides
 // whether it landed, and only the shortfall is sent (landed.go).
 package stripesync

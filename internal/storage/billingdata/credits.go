@@ -190,3 +190,30 @@ func MarkCreditDead(ctx context.Context, q storage.Executor, id int64, from stri
 	}
 	return nil
 }
+
+// PeriodPush is one push of a month, as reconciliation lists it beside
+// the month's adjustments.
+type PeriodPush struct {
+	Tenant, Metric, GroupKey string
+	Identifier, Delta        string
+	Status                   string
+	Created, Updated         time.Time
+}
+
+// PeriodPushes reads the pushes of the month starting at period (every
+// tenant's when tenant is empty), in id order.
+func PeriodPushes(ctx context.Context, q storage.Executor, tenant string, period time.Time) ([]PeriodPush, error) {
+	rows, err := q.Query(ctx, `SELECT tenant, metric, group_key, identifier, delta::text, status, created_at, updated_at
+		FROM billing_pushes WHERE ($1 = '' OR tenant = $1) AND period_start = $2 ORDER BY id`, tenant, period)
+	if err != nil {
+		return nil, fmt.Errorf("reading the period's pushes: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (PeriodPush, error) {
+		var p PeriodPush
+		return p, r.Scan(&p.Tenant, &p.Metric, &p.GroupKey, &p.Identifier, &p.Delta, &p.Status, &p.Created, &p.Updated)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading the period's pushes: %w", err)
+	}
+	return out, nil
+}
