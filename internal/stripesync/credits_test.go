@@ -228,3 +228,28 @@ func TestCreditAmount(t *testing.T) {
 		}
 	}
 }
+
+// TestADecreaseOfAFinalInvoiceIsCredited: once the month's invoice is
+// final, cancelling its pushes would change no invoice: even within 24
+// hours the decrease is credited.
+func TestADecreaseOfAFinalInvoiceIsCredited(t *testing.T) {
+	f := newFixture(t, 1, stripefake.Config{})
+	ctx := context.Background()
+	f.price(`{"model":"per_unit","unit_amount":"1"}`)
+	f.meter("t1", "api_calls", 100)
+	if _, err := f.biller.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	f.db.Exec(t, `INSERT INTO billing_periods (tenant, period_start, invoice_id) VALUES ('t1', $1, 'in_1')`, windows.Month.Start(f.now))
+	f.adjust("a1", -10)
+	res, err := f.biller.Sync(ctx)
+	if err != nil || res.Cancelled != 0 || res.Credited != 1 {
+		t.Fatalf("sync: %+v, %v", res, err)
+	}
+	if txns := f.fake.BalanceTransactions(); len(txns) != 1 || txns[0].Amount != -1000 {
+		t.Fatalf("balance transactions %+v", txns)
+	}
+	if got := f.stripeTotal("t1", "api_calls"); got != 100 {
+		t.Fatalf("Stripe total %d: nothing is cancelled on a final invoice", got)
+	}
+}

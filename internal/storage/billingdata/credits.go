@@ -29,7 +29,7 @@ const (
 // OverClaimed is a (tenant, metric, group, month) whose claimed total
 // exceeds the metered one and whose excess can no longer be cancelled:
 // no push of it is open, and its latest sent push is older than Stripe's
-// 24 hours, or its invoice is final. Customer, EventName and Billed are
+// 24 hours, or the invoice of the month that push was billed in is final. Customer, EventName and Billed are
 // its latest push's; Price and Currency the quota's in force for the
 // month (Price nil when the quota has none).
 type OverClaimed struct {
@@ -58,7 +58,7 @@ func FindOverClaimed(ctx context.Context, q storage.Executor, oldest, sentBefore
 		FROM months m
 		LEFT JOIN `+creditsSQL+` c ON c.tenant = m.tenant AND c.metric = m.metric AND c.group_key = m.group_key AND c.period_start = m.period_start
 		LEFT JOIN usage_windows w ON w.tenant = m.tenant AND w.meter = m.metric AND w.group_key = m.group_key AND w.granularity = 'month' AND w.window_start = m.period_start
-		LEFT JOIN billing_periods bp ON bp.tenant = m.tenant AND bp.period_start = m.period_start
+		LEFT JOIN billing_periods bp ON bp.tenant = m.tenant AND bp.period_start = m.billed
 		LEFT JOIN plan_quotas q ON q.plan = tenant_plan_at(m.tenant, `+monthInForce("m.period_start")+`)
 			AND q.version = plan_version_at(q.plan, `+monthInForce("m.period_start")+`) AND q.stripe_event_name IS NOT NULL
 			AND ((q.meter IS NULL AND q.metric = m.metric AND m.group_key = '') OR q.meter = m.metric)

@@ -277,7 +277,9 @@ type OverReported struct {
 
 // FindOverReported reads the latest sent push of every (tenant, metric,
 // group, month) from oldest on whose claimed total exceeds the metered one,
-// when it was sent after sentAfter.
+// when it was sent after sentAfter and the invoice of the month it was
+// billed in is not final (cancelling it would change no invoice: the
+// excess is credited instead, FindOverClaimed).
 func FindOverReported(ctx context.Context, q storage.Executor, oldest, sentAfter time.Time) ([]OverReported, error) {
 	rows, err := q.Query(ctx, `WITH months AS (
 			SELECT tenant, metric, group_key, period_start, sum(delta) FILTER (WHERE status <> 'cancelled') AS claimed,
@@ -287,7 +289,8 @@ func FindOverReported(ctx context.Context, q storage.Executor, oldest, sentAfter
 		JOIN billing_pushes p ON p.id = m.last_sent
 		LEFT JOIN usage_windows w ON w.tenant = m.tenant AND w.meter = m.metric AND w.group_key = m.group_key AND w.granularity = 'month' AND w.window_start = m.period_start
 		LEFT JOIN `+creditsSQL+` c ON c.tenant = m.tenant AND c.metric = m.metric AND c.group_key = m.group_key AND c.period_start = m.period_start
-		WHERE m.claimed - coalesce(c.credited, 0) > coalesce(w.value, 0) AND p.sent_at > $2`, oldest, sentAfter)
+		LEFT JOIN billing_periods bp ON bp.tenant = m.tenant AND bp.period_start = p.billed_period_start
+		WHERE m.claimed - coalesce(c.credited, 0) > coalesce(w.value, 0) AND p.sent_at > $2 AND bp.tenant IS NULL`, oldest, sentAfter)
 	if err != nil {
 		return nil, err
 	}
