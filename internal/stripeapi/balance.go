@@ -27,3 +27,23 @@ func (c *Client) CreditCustomer(ctx context.Context, customer string, amount int
 	}
 	return t.ID, nil
 }
+
+// FindCredit looks through customer's balance transactions, newest first,
+// for the one CreditCustomer made under idempotencyKey (its metadata's
+// metering_credit_id) and returns its id; found is false when there is
+// none. It answers, past Stripe's 24-hour memory of idempotency keys,
+// whether an earlier call landed.
+func (c *Client) FindCredit(ctx context.Context, customer, idempotencyKey string) (id string, found bool, err error) {
+	hs := &headers{}
+	p := &stripe.CustomerBalanceTransactionListParams{Customer: stripe.String(customer)}
+	p.Context = context.WithValue(ctx, headersKey{}, hs)
+	p.Limit = stripe.Int64(100)
+	it := c.api.CustomerBalanceTransactions.List(p)
+	for it.Next() {
+		t := it.CustomerBalanceTransaction()
+		if t.Metadata["metering_credit_id"] == idempotencyKey {
+			return t.ID, true, nil
+		}
+	}
+	return "", false, classify(it.Err(), hs)
+}

@@ -25,6 +25,9 @@ func TestCreditCustomerContractWithStripeMock(t *testing.T) {
 	if id == "" {
 		t.Fatal("no balance transaction id")
 	}
+	if _, _, err := c.FindCredit(context.Background(), "cus_123", "mc_0123456789abcdef"); err != nil {
+		t.Fatalf("stripe-mock rejected the list: %v", err)
+	}
 }
 
 // TestCreditCustomerIsIdempotent: the same key twice is one transaction;
@@ -50,6 +53,12 @@ func TestCreditCustomerIsIdempotent(t *testing.T) {
 	}
 	if b := fake.Balance("cus_1"); b != -250 {
 		t.Errorf("balance = %d", b)
+	}
+	if id, found, err := c.FindCredit(ctx, "cus_1", "mc_key_1"); err != nil || !found || id != first {
+		t.Errorf("FindCredit = %q, %v, %v; want %q", id, found, err, first)
+	}
+	if _, found, err := c.FindCredit(ctx, "cus_1", "mc_key_9"); err != nil || found {
+		t.Errorf("FindCredit of an unknown key = %v, %v", found, err)
 	}
 	_, err = c.CreditCustomer(ctx, "cus_gone", -1, "usd", "refund", "mc_key_2")
 	var se *stripeapi.Error

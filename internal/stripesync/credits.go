@@ -27,6 +27,14 @@ type Crediter interface {
 	CreditCustomer(ctx context.Context, customer string, amount int64, currency, description, idempotencyKey string) (string, error)
 }
 
+// CreditFinder finds the balance transaction an earlier call made under
+// an idempotency key (stripeapi.Client is one): a credit intent older
+// than Stripe's 24-hour memory of keys is looked for before it is sent
+// again, so even then it credits once.
+type CreditFinder interface {
+	FindCredit(ctx context.Context, customer, idempotencyKey string) (id string, found bool, err error)
+}
+
 // CreditKey is the idempotency key of the credit that settles (tenant,
 // metric, group, period) from claimed down to metered, generation counting
 // the pair's earlier cancellations and credits: the same decrease is the
@@ -147,6 +155,23 @@ func (b *Biller) sendCredits(ctx context.Context, cr Crediter, dead bool) (int, 
 func (b *Biller) sendCredit(ctx context.Context, cr Crediter, c billingdata.Credit) (bool, error) {
 	attempts := 0
 	var txn string
+	if f, ok := cr.(CreditFinder); ok && c.Created.Before(b.cfg.Now().Add(-DedupHorizon)) {
+		// Stripe no longer remembers the key: ask whether the first call
+		// landed before making another.
+		var found bool
+		err := b.call(ctx, func() error {
+			var err error
+			txn, found, err = f.FindCredit(ctx, c.Customer, c.IdempotencyKey)
+			return err
+		})
+		if err != nil {
+			b.cfg.Logger.WarnContext(ctx, "old credit not checked yet", "key", c.IdempotencyKey, "err", err)
+			return false, nil
+		}
+		if found {
+			return true, billingdata.MarkCreditSent(context.WithoutCancel(ctx), b.pool, c.ID, c.Status, txn, b.cfg.Now().UTC(), 0)
+		}
+	}
 	desc := fmt.Sprintf("usage adjustment: %s %s%s, %s units", c.Period.Format("2006-01"), c.Metric, c.GroupKey, c.Quantity)
 	err := b.call(ctx, func() error {
 		attempts++

@@ -207,6 +207,39 @@ func TestACreditSurvivesACrashBetweenCallAndOutcome(t *testing.T) {
 	}
 }
 
+// TestAnOldCreditIntentIsLookedForBeforeItIsSentAgain: past Stripe's 24
+// hours an idempotency key is forgotten, so a crashed credit's intent is
+// found by its metadata instead of being sent a second time.
+func TestAnOldCreditIntentIsLookedForBeforeItIsSentAgain(t *testing.T) {
+	f := newFixture(t, 1, stripefake.Config{})
+	ctx := context.Background()
+	f.price(`{"model":"per_unit","unit_amount":"0.01"}`)
+	f.meter("t1", "api_calls", 500)
+	if _, err := f.biller.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	f.agePushes()
+	f.adjust("a1", -200)
+	hs := httptest.NewServer(f.fake)
+	t.Cleanup(hs.Close)
+	client := stripeapi.NewClient("sk_test_123", hs.URL, 5*time.Second)
+	cfg := stripesync.Config{RatePerSecond: 1000, BackoffMin: time.Millisecond, BackoffMax: 5 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)}
+	if _, err := stripesync.New(f.db.Pool, crashing{client}, cfg).Sync(ctx); err == nil {
+		t.Fatal("the crashed round reported no error")
+	}
+	f.db.Exec(t, `UPDATE billing_credits SET created_at = created_at - interval '25 hours'`)
+	if _, err := stripesync.New(f.db.Pool, client, cfg).Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	calls := f.fake.Calls()
+	txns := f.fake.BalanceTransactions()
+	cs := f.credits()
+	if calls["POST /v1/customers/cus_t1/balance_transactions"] != 1 || calls["GET /v1/customers/cus_t1/balance_transactions"] != 1 ||
+		len(txns) != 1 || len(cs) != 1 || cs[0].Status != "sent" || cs[0].TxnID != txns[0].ID {
+		t.Fatalf("calls %v, transactions %+v, credits %+v", calls, txns, cs)
+	}
+}
+
 func TestCreditAmount(t *testing.T) {
 	t.Parallel()
 	perUnit := price.PerUnitPrice("0.002")

@@ -91,3 +91,24 @@ func (s *Server) Balance(customer string) int64 {
 	defer s.mu.Unlock()
 	return s.book().balances[customer]
 }
+
+// listBalanceTransactions is GET /v1/customers/{customer}/balance_transactions:
+// the customer's transactions, newest first, in one page.
+func (s *Server) listBalanceTransactions(w http.ResponseWriter, r *http.Request) {
+	customer := r.PathValue("customer")
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	data := []map[string]any{}
+	txns := s.book().txns
+	for i := len(txns) - 1; i >= 0; i-- {
+		t := txns[i]
+		if t.Customer != customer {
+			continue
+		}
+		data = append(data, map[string]any{"id": t.ID, "object": "customer_balance_transaction", "amount": t.Amount,
+			"created": t.Created, "currency": t.Currency, "customer": customer, "description": t.Description,
+			"ending_balance": t.EndingBalance, "livemode": false, "metadata": t.Metadata, "type": "adjustment"})
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"object": "list", "data": data, "has_more": false,
+		"url": "/v1/customers/" + customer + "/balance_transactions"})
+}

@@ -188,6 +188,7 @@ func New(cfg Config) *Server {
 	s.mux.HandleFunc("POST /v1/billing/meter_event_adjustments", s.createAdjustment)
 	s.mux.HandleFunc("GET /v1/billing/meters/{id}/event_summaries", s.summaries)
 	s.mux.HandleFunc("POST /v1/customers/{customer}/balance_transactions", s.createBalanceTransaction)
+	s.mux.HandleFunc("GET /v1/customers/{customer}/balance_transactions", s.listBalanceTransactions)
 	return s
 }
 
