@@ -286,3 +286,36 @@ func TestADecreaseOfAFinalInvoiceIsCredited(t *testing.T) {
 		t.Fatalf("Stripe total %d: nothing is cancelled on a final invoice", got)
 	}
 }
+
+// TestACreditUnderFaultsCreditsOnce: rate limits, lock timeouts, server
+// errors and answers lost after processing on the balance transaction
+// route still make exactly one credit.
+func TestACreditUnderFaultsCreditsOnce(t *testing.T) {
+	f := newFixture(t, 1, stripefake.Config{Seed: 7})
+	ctx := context.Background()
+	f.price(`{"model":"per_unit","unit_amount":"0.1"}`)
+	f.meter("t1", "api_calls", 1000)
+	if _, err := f.biller.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	f.agePushes()
+	f.adjust("a1", -400)
+	f.fake.SetFaultRate(0.5)
+	for range 6 {
+		_, _ = f.biller.Sync(ctx)
+		if cs := f.credits(); len(cs) == 1 && cs[0].Status == "sent" {
+			break
+		}
+	}
+	f.fake.SetFaultRate(0)
+	if _, err := f.biller.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	txns := f.fake.BalanceTransactions()
+	if cs := f.credits(); len(txns) != 1 || txns[0].Amount != -4000 || len(cs) != 1 || cs[0].Status != "sent" || cs[0].TxnID != txns[0].ID {
+		t.Fatalf("transactions %+v, credits %+v, faults %v", txns, cs, f.fake.Faults())
+	}
+	if r := f.reconciled(); r.Drift.Sign() != 0 {
+		t.Fatalf("drift %s", r.Drift)
+	}
+}
