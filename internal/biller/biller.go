@@ -321,10 +321,11 @@ func WriteReport(w io.Writer, rows []stripesync.Row, format string) error {
 		// csvsafe quotes every cell and neutralises formula triggers, so the
 		// export is safe to open in a spreadsheet.
 		cw := csvsafe.NewWriter(w)
-		_ = cw.Write([]string{"tenant", "metric", "period", "metered", "reported", "in_flight", "stripe", "drift", "carried_out", "carried_in", "status", "note", "meter", "group", "complete", "completeness"})
+		_ = cw.Write([]string{"tenant", "metric", "period", "metered", "reported", "in_flight", "stripe", "drift", "carried_out", "carried_in", "status", "note", "meter", "group", "complete", "completeness", "credited", "adjustments"})
 		for _, r := range rows {
 			_ = cw.Write([]string{r.Tenant, r.Metric, r.Period, r.Metered.String(), r.Reported.String(), r.InFlight.String(),
-				orDash(r.Stripe, r.Stripe == nil), r.Drift.String(), r.CarriedOut.String(), r.CarriedIn.String(), r.Status, r.Note, r.Meter, r.Group, strconv.FormatBool(r.Complete), r.Completeness})
+				orDash(r.Stripe, r.Stripe == nil), r.Drift.String(), r.CarriedOut.String(), r.CarriedIn.String(), r.Status, r.Note, r.Meter, r.Group, strconv.FormatBool(r.Complete), r.Completeness,
+				orDash(r.Credited, r.Credited == nil), adjustmentsCell(r.Adjustments)})
 		}
 		return cw.Flush()
 	case "table", "":
@@ -349,6 +350,9 @@ func WriteReport(w io.Writer, rows []stripesync.Row, format string) error {
 		}
 		fmt.Fprintf(w, "%d rows: %d ok, %d pending, %d drift, %d unmapped\n", len(rows),
 			counts[stripesync.StatusOK], counts[stripesync.StatusPending], counts[stripesync.StatusDrift], counts[stripesync.StatusUnmapped])
+		if err := writeAdjustments(w, rows); err != nil {
+			return err
+		}
 		writeCompleteness(w, rows)
 		return nil
 	}

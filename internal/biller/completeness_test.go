@@ -39,7 +39,7 @@ func TestReportShowsCompleteness(t *testing.T) {
 		t.Fatal(err)
 	}
 	recs, err := csv.NewReader(&buf).ReadAll()
-	if err != nil || len(recs) != 4 || len(recs[0]) != 16 || recs[0][13] != "group" || recs[0][14] != "complete" || recs[0][15] != "completeness" ||
+	if err != nil || len(recs) != 4 || len(recs[0]) != 18 || recs[0][13] != "group" || recs[0][14] != "complete" || recs[0][15] != "completeness" ||
 		recs[1][14] != "true" || recs[1][15] != "complete" || recs[2][14] != "false" || recs[2][15] != behind {
 		t.Errorf("csv: %q %v", recs, err)
 	}

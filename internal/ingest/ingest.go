@@ -35,6 +35,9 @@ type Options struct {
 	Store     *accounts.Store
 	Auth      *auth.Authenticator
 	Publisher *publish.Publisher
+	// Adjustments writes adjustment records to usage.events (a
+	// kafkalog.Writer); nil answers 503 to POST /v1/admin/adjustments.
+	Adjustments RecordWriter
 	// Usage reads windows and quota states.
 	Usage *usagedata.Reader
 	// Conflicts reads conflicting resends and alerts (GET /v1/conflicts).
@@ -113,7 +116,7 @@ func (a *API) Routes() []Route {
 		{"GET", "/v1/admin/meters", a.admin(a.listMeters)},
 		{"GET", "/v1/admin/meters/{meter}", a.admin(a.getMeter)},
 		{"PUT", "/v1/admin/meters/{meter}", a.admin(a.putMeter)},
-	}, a.grantRoutes()...)
+	}, append(a.grantRoutes(), a.adjustmentRoutes()...)...)
 }
 
 // Handler returns the API's routes, instrumented and with the security

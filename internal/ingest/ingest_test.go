@@ -21,6 +21,7 @@ import (
 	"github.com/usagemeter/metering/internal/auth"
 	"github.com/usagemeter/metering/internal/httpguard"
 	"github.com/usagemeter/metering/internal/ingest"
+	"github.com/usagemeter/metering/internal/kafkalog"
 	"github.com/usagemeter/metering/internal/publish"
 	"github.com/usagemeter/metering/internal/ratelimit"
 	"github.com/usagemeter/metering/internal/service"
@@ -79,6 +80,7 @@ func newEnv(t testing.TB, o envOpts) *env {
 		Store:        st,
 		Auth:         auth.New(st, adminKey),
 		Publisher:    publish.New(producer, 10000, o.publishTimeout),
+		Adjustments:  kafkalog.NewWriter(kc.Brokers(), nil),
 		Usage:        usagedata.NewReader(db.Pool),
 		DB:           db.Pool,
 		KeyLimiter:   ratelimit.New(o.keyRate, o.keyBurst),

@@ -45,11 +45,18 @@ func Run(ctx context.Context, cfg config.Ingest, log *slog.Logger, ready func(ne
 		return err
 	}
 	st := accounts.New(pool)
+	adjustments := kafkalog.NewWriter(cfg.KafkaBrokers, cfg.KafkaSecurity.Transport())
+	defer func() {
+		if err := adjustments.Close(); err != nil {
+			log.Error("closing the adjustments writer", "err", err)
+		}
+	}()
 	reg := service.NewRegistry()
 	api := New(Options{
 		Store:        st,
 		Auth:         auth.New(st, cfg.AdminAPIKey, auth.WithLogger(log), auth.WithRegisterer(reg)),
 		Publisher:    publish.New(producer, cfg.MaxInFlightEvents, cfg.PublishTimeout),
+		Adjustments:  adjustments,
 		Usage:        usagedata.NewReader(pool).WithDefaultPlan(cfg.DefaultPlan),
 		Conflicts:    usagedata.NewConflictReader(pool),
 		DB:           pool,

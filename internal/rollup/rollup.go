@@ -133,7 +133,9 @@ type Result struct {
 	Breaches           []quota.Breach
 	// Alerts are the tenants this batch pushed over the conflict alert
 	// threshold (each once per UTC day).
-	Alerts     []ConflictAlert
+	Alerts []ConflictAlert
+	// Adjusted is how many adjustments the batch applied (adjustments.go).
+	Adjusted   int
 	NextOffset int64
 }
 
@@ -281,10 +283,7 @@ func (a *Aggregator) Apply(ctx context.Context, partition int, from int64, recs 
 	now := a.cfg.Now().UTC()
 	res := Result{NextOffset: recs[len(recs)-1].Offset + 1}
 
-	batch := make([]decoded, len(recs))
-	for i, rec := range recs {
-		batch[i] = a.decode(rec, now)
-	}
+	batch, adjs := a.decodeAll(recs, now)
 
 	tx, err := a.pool.Begin(ctx)
 	if err != nil {
@@ -322,7 +321,11 @@ func (a *Aggregator) Apply(ctx context.Context, partition int, from int64, recs 
 	if err := corrections(ctx, tx, incs, now, &res); err != nil {
 		return Result{}, err
 	}
-	breaches, err := evaluateMeterQuotas(ctx, tx, meters, incs, now, a.cfg.DefaultPlan)
+	adjusted, err := a.applyAdjustments(ctx, tx, meters, adjs, incs, now, &res)
+	if err != nil {
+		return Result{}, err
+	}
+	breaches, err := evaluateMeterQuotas(ctx, tx, meters, append(incs, adjusted...), now, a.cfg.DefaultPlan)
 	if err != nil {
 		return Result{}, err
 	}
@@ -395,10 +398,12 @@ type increment struct {
 	// counted it.
 	raise   bool
 	counted time.Time
+	// offset is the source record's offset.
+	offset int64
 }
 
 func (d *decoded) increment() increment {
-	return increment{tenant: d.ev.Tenant, metric: d.ev.Metric, at: d.ev.Time, value: d.ev.Value, events: 1, ev: &d.ev}
+	return increment{tenant: d.ev.Tenant, metric: d.ev.Metric, at: d.ev.Time, value: d.ev.Value, events: 1, ev: &d.ev, offset: d.rec.Offset}
 }
 
 // ledgerRow is a (tenant, id) as counted, as this batch sees it.
@@ -550,6 +555,7 @@ func resolveResends(batch []decoded, first map[idKey]*decoded, inserted map[idKe
 			continue
 		}
 		c, inc := resolve(row, d)
+		inc.offset = d.rec.Offset
 		if inc.value > 0 {
 			incs = append(incs, inc)
 		}

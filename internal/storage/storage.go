@@ -8,11 +8,12 @@
 //	             api_keys, meters
 //	usagedata    ledger, ledger_conflicts, conflict_alerts, usage_windows,
 //	             usage_corrections, quota_breaches, consumer_offsets,
-//	             consumer_lost_records, meter_uniques, meter_group_keys
+//	             consumer_lost_records, meter_uniques, meter_group_keys,
+//	             usage_adjustments
 //	deadletters  usage_dlq, dlq_audit
 //	billingdata  billing_pushes, billing_periods, stripe_webhook_events,
 //	             stripe_webhook_undecodable, stripe_object_versions,
-//	             stripe_meter_errors, billing_period_events
+//	             stripe_meter_errors, billing_period_events, billing_credits
 //	outbox       outbox
 //	credits      credit_grants
 //	auditlog     audit_log

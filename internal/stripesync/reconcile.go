@@ -58,6 +58,13 @@ type Row struct {
 	// Reconcile.
 	Complete     bool   `json:"complete"`
 	Completeness string `json:"completeness"`
+	// Credited is what customer credits gave back of Reported: decreases
+	// too old to cancel (credits.go). Stripe's summary still holds it, so
+	// it counts in what Stripe should show, and drift stays 0.
+	Credited *big.Int `json:"credited"`
+	// Adjustments are the month's adjustments of this row, each beside its
+	// Stripe counterpart (reconcile_adjustments.go).
+	Adjustments []AdjustmentLine `json:"adjustments,omitempty"`
 }
 
 // Reconcile compares Postgres with Stripe for every tenant and metric,
@@ -74,11 +81,20 @@ func (b *Biller) Reconcile(ctx context.Context, period time.Time) ([]Row, error)
 	if err != nil {
 		return nil, err
 	}
+	adjs, err := b.readAdjustments(ctx, period)
+	if err != nil {
+		return nil, fmt.Errorf("reading the period's adjustments and credits: %w", err)
+	}
 	now := b.cfg.Now()
 	out := make([]Row, 0, len(raws))
 	var driftTotal = map[string]float64{}
 	for _, x := range raws {
 		r := x.Row
+		k := pairKey{r.Tenant, r.Meter, usagedata.StoredGroupKey(r.Group)}
+		r.Credited, r.Adjustments = new(big.Int), adjs.lines[k]
+		if c := adjs.credited[k]; c != nil {
+			r.Credited.Set(c)
+		}
 		meterID := meters[x.eventName]
 		switch {
 		case x.skip:
@@ -102,6 +118,7 @@ func (b *Biller) Reconcile(ctx context.Context, period time.Time) ([]Row, error)
 			r.Stripe = big.NewInt(total)
 			expected := new(big.Int).Sub(r.Metered, r.CarriedOut)
 			expected.Add(expected, r.CarriedIn)
+			expected.Add(expected, r.Credited)
 			r.Drift = expected.Sub(expected, r.Stripe)
 			judge(&r, x, now)
 			driftTotal[r.Status] += float64(r.Drift.Int64())
@@ -163,9 +180,13 @@ func (b *Biller) readPeriod(ctx context.Context, period time.Time) ([]periodRow,
 // judge sets r's status and note from its drift (Stripe's summary already
 // compared) and the state of its pushes, x.
 func judge(r *Row, x periodRow, now time.Time) {
-	claimed := new(big.Int).Add(r.Reported, r.InFlight)
+	reported := new(big.Int).Set(r.Reported)
+	if r.Credited != nil {
+		reported.Sub(reported, r.Credited) // what the customer pays for
+	}
+	claimed := new(big.Int).Add(reported, r.InFlight)
 	switch {
-	case r.Drift.Sign() == 0 && r.Metered.Cmp(r.Reported) == 0:
+	case r.Drift.Sign() == 0 && r.Metered.Cmp(reported) == 0:
 		r.Status = StatusOK
 	case x.discarded.Sign() > 0:
 		r.Status, r.Note = StatusDrift, fmt.Sprintf("%s discarded from the billing DLQ and never sent: finance decides", x.discarded)
@@ -176,7 +197,7 @@ func judge(r *Row, x periodRow, now time.Time) {
 	case claimed.Cmp(r.Metered) < 0:
 		r.Status, r.Note = StatusDrift, "under-reported: the next sync sends the difference"
 	case claimed.Cmp(r.Metered) > 0:
-		r.Status, r.Note = StatusDrift, "over-reported: cancelled automatically within 24 hours of the push, otherwise finance must credit the amount"
+		r.Status, r.Note = StatusDrift, "over-reported: cancelled automatically within 24 hours of the push, otherwise credited to the customer by the next sync"
 	default:
 		r.Status, r.Note = StatusDrift, "Stripe's summary differs from what was sent: check for events changed in Stripe"
 	}

@@ -15,7 +15,8 @@
 // counts it once. A delta is never claimed twice, even by two billers
 // planning the same month at once (locks.go): pushes in flight or
 // dead-lettered count as claimed until they are sent or cancelled, so
-// Stripe's running total never exceeds the metered total. A push older
+// Stripe's running total never exceeds the metered total plus what a
+// customer credit gave back (a decrease too old to cancel, credits.go). A push older
 // than that memory is never re-sent as it is: Stripe's summary decides
 // whether it landed, and only the shortfall is sent (landed.go).
 package stripesync
@@ -140,6 +141,9 @@ func GroupIdentifier(tenant, meter, groupKey string, period time.Time, cumulativ
 // SyncResult counts what one Sync did.
 type SyncResult struct {
 	Intents, Sent, Dead, Carried, Cancelled int
+	// Credited counts the customer credits sent for decreases that could
+	// no longer be cancelled (credits.go).
+	Credited int
 	// Landed, Replaced and Waiting count old open pushes checked against
 	// Stripe's summaries; see SendResult.
 	Landed, Replaced, Waiting int
@@ -171,6 +175,9 @@ func (b *Biller) Sync(ctx context.Context) (SyncResult, error) {
 		return res, err
 	}
 	if res.Cancelled, err = b.fixOverReporting(ctx); err != nil {
+		return res, err
+	}
+	if res.Credited, err = b.creditDecreases(ctx); err != nil {
 		return res, err
 	}
 	if err := b.planIntents(ctx, meters, &res); err != nil {

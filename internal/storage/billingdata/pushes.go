@@ -62,8 +62,10 @@ type Pair struct {
 }
 
 // PairTotals are, for one (tenant, metric, month), the metered total, the
-// total claimed by its pushes (every status but cancelled) and how many
-// of its pushes were cancelled.
+// total claimed by its pushes (every status but cancelled) less the
+// quantity its customer credits gave back (credits.go), and how many of
+// its pushes were cancelled plus how many credits it has (the generation
+// of its identifiers).
 type PairTotals struct {
 	Metered, Claimed pgtype.Numeric
 	Cancelled        int
@@ -80,7 +82,8 @@ func LockAndReadPair(ctx context.Context, q storage.Executor, p Pair, lock bool)
 		lockQueueGroup(b, p.Customer, p.EventName, p.Billed)
 	}
 	b.Queue(`SELECT coalesce((SELECT value FROM usage_windows WHERE tenant = $1 AND meter = $2 AND group_key = $4 AND granularity = 'month' AND window_start = $3), 0),
-				coalesce(sum(delta) FILTER (WHERE status <> 'cancelled'), 0), count(*) FILTER (WHERE status = 'cancelled')
+				coalesce(sum(delta) FILTER (WHERE status <> 'cancelled'), 0) - `+pairCreditedSQL+`,
+				count(*) FILTER (WHERE status = 'cancelled') + `+pairCreditsSQL+`
 			FROM billing_pushes WHERE tenant = $1 AND metric = $2 AND period_start = $3 AND group_key = $4`, p.Tenant, p.Metric, p.Period, p.GroupKey).QueryRow(func(row pgx.Row) error {
 		return row.Scan(&t.Metered, &t.Claimed, &t.Cancelled)
 	})
@@ -119,7 +122,7 @@ type Delta struct {
 func Deltas(ctx context.Context, q storage.Executor, oldest time.Time) ([]Delta, error) {
 	rows, err := q.Query(ctx, `SELECT w.tenant, w.meter, w.group_key, coalesce(gk.group_key, w.group_key), w.window_start, w.value,
 			coalesce(t.stripe_customer_id, ''), q.stripe_event_name, coalesce(q.meter, ''), coalesce(m.aggregation, ''), coalesce(m.group_by, '{}'), q.group_filter,
-			coalesce(p.claimed, 0), coalesce(p.cancelled, 0), (bp.tenant IS NOT NULL)
+			coalesce(p.claimed, 0) - coalesce(c.credited, 0), coalesce(p.cancelled, 0) + coalesce(c.credits, 0), (bp.tenant IS NOT NULL)
 		FROM usage_windows w
 		JOIN tenants t ON t.tenant = w.tenant
 		JOIN plan_quotas q ON q.plan = tenant_plan_at(t.tenant, `+monthInForce("w.window_start")+`)
@@ -132,7 +135,9 @@ func Deltas(ctx context.Context, q storage.Executor, oldest time.Time) ([]Delta,
 			FROM billing_pushes WHERE period_start >= $1 GROUP BY 1, 2, 3, 4) p
 			ON p.tenant = w.tenant AND p.metric = w.meter AND p.group_key = w.group_key AND p.period_start = w.window_start
 		LEFT JOIN billing_periods bp ON bp.tenant = w.tenant AND bp.period_start = w.window_start
-		WHERE w.granularity = 'month' AND w.window_start >= $1 AND w.value > coalesce(p.claimed, 0)
+		LEFT JOIN `+creditsSQL+` c
+			ON c.tenant = w.tenant AND c.metric = w.meter AND c.group_key = w.group_key AND c.period_start = w.window_start
+		WHERE w.granularity = 'month' AND w.window_start >= $1 AND w.value > coalesce(p.claimed, 0) - coalesce(c.credited, 0)
 		ORDER BY w.tenant, w.meter, w.group_key COLLATE "C", w.window_start`, oldest)
 	if err != nil {
 		return nil, err
@@ -272,7 +277,9 @@ type OverReported struct {
 
 // FindOverReported reads the latest sent push of every (tenant, metric,
 // group, month) from oldest on whose claimed total exceeds the metered one,
-// when it was sent after sentAfter.
+// when it was sent after sentAfter and the invoice of the month it was
+// billed in is not final (cancelling it would change no invoice: the
+// excess is credited instead, FindOverClaimed).
 func FindOverReported(ctx context.Context, q storage.Executor, oldest, sentAfter time.Time) ([]OverReported, error) {
 	rows, err := q.Query(ctx, `WITH months AS (
 			SELECT tenant, metric, group_key, period_start, sum(delta) FILTER (WHERE status <> 'cancelled') AS claimed,
@@ -281,7 +288,9 @@ func FindOverReported(ctx context.Context, q storage.Executor, oldest, sentAfter
 		SELECT p.id, p.event_name, p.identifier, p.stripe_customer_id, p.billed_period_start FROM months m
 		JOIN billing_pushes p ON p.id = m.last_sent
 		LEFT JOIN usage_windows w ON w.tenant = m.tenant AND w.meter = m.metric AND w.group_key = m.group_key AND w.granularity = 'month' AND w.window_start = m.period_start
-		WHERE m.claimed > coalesce(w.value, 0) AND p.sent_at > $2`, oldest, sentAfter)
+		LEFT JOIN `+creditsSQL+` c ON c.tenant = m.tenant AND c.metric = m.metric AND c.group_key = m.group_key AND c.period_start = m.period_start
+		LEFT JOIN billing_periods bp ON bp.tenant = m.tenant AND bp.period_start = p.billed_period_start
+		WHERE m.claimed - coalesce(c.credited, 0) > coalesce(w.value, 0) AND p.sent_at > $2 AND bp.tenant IS NULL`, oldest, sentAfter)
 	if err != nil {
 		return nil, err
 	}

@@ -18,7 +18,7 @@ import (
 )
 
 // shadowTables are the tables one batch of the rollup writes.
-var shadowTables = []string{"ledger", "ledger_conflicts", "usage_windows", "meter_uniques", "meter_group_keys", "consumer_offsets", "usage_corrections", "quota_breaches", "outbox", "usage_dlq"}
+var shadowTables = []string{"ledger", "ledger_conflicts", "usage_windows", "meter_uniques", "meter_group_keys", "consumer_offsets", "usage_corrections", "quota_breaches", "outbox", "usage_dlq", "usage_adjustments"}
 
 // shadowCheck refuses a schema name that is not a plain lower-case
 // identifier: the name is written into the statements.

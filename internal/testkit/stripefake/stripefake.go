@@ -1,6 +1,7 @@
 // Package stripefake is a stateful Stripe test server for the billing
 // meter endpoints the biller uses: meters, meter events, meter event
-// adjustments and event summaries. It keeps what it is sent, dedups
+// adjustments and event summaries, and customer balance transactions
+// (balance.go). It keeps what it is sent, dedups
 // identifiers for 24 hours, replays Idempotency-Key responses, enforces
 // the timestamp window, aggregates asynchronously after a configurable
 // delay, and injects faults (429 rate_limit, 429 lock_timeout, 500 with
@@ -162,6 +163,11 @@ type Server struct {
 	calls       map[string]int // "METHOD path" → count, including faulted ones
 	faults      map[string]int
 	hang        chan struct{}
+	balances    *balanceBook // balance.go
+	// RejectCustomer, if set before the server is used, makes customer
+	// balance transactions of the customers it returns true for fail as
+	// an unknown customer (a permanent 400).
+	RejectCustomer func(customer string) bool
 }
 
 // New returns a server.
@@ -181,6 +187,8 @@ func New(cfg Config) *Server {
 	s.mux.HandleFunc("POST /v1/billing/meter_events", s.createEvent)
 	s.mux.HandleFunc("POST /v1/billing/meter_event_adjustments", s.createAdjustment)
 	s.mux.HandleFunc("GET /v1/billing/meters/{id}/event_summaries", s.summaries)
+	s.mux.HandleFunc("POST /v1/customers/{customer}/balance_transactions", s.createBalanceTransaction)
+	s.mux.HandleFunc("GET /v1/customers/{customer}/balance_transactions", s.listBalanceTransactions)
 	return s
 }
 

@@ -1,0 +1,154 @@
+package ingest
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/usagemeter/metering/internal/auth"
+	"github.com/usagemeter/metering/internal/httpjson"
+	"github.com/usagemeter/metering/internal/record"
+	"github.com/usagemeter/metering/internal/rollup"
+	"github.com/usagemeter/metering/internal/storage/accounts"
+	"github.com/usagemeter/metering/internal/storage/usagedata"
+)
+
+// RecordWriter writes records to Kafka and returns nil only once Kafka
+// acknowledged every one (kafkalog.Writer is one).
+type RecordWriter interface {
+	Write(ctx context.Context, recs ...record.Record) error
+}
+
+// adjustmentTimeout bounds the wait for Kafka's acknowledgement of one
+// adjustment.
+const adjustmentTimeout = 10 * time.Second
+
+// adjustmentRoutes are the admin routes of usage adjustments.
+func (a *API) adjustmentRoutes() []Route {
+	return []Route{
+		{"POST", "/v1/admin/adjustments", a.admin(a.postAdjustment)},
+		{"GET", "/v1/admin/adjustments", a.admin(a.listAdjustments)},
+	}
+}
+
+// adjustmentBody is the body of POST /v1/admin/adjustments.
+type adjustmentBody struct {
+	ID        string            `json:"id"`
+	Tenant    string            `json:"tenant"`
+	Meter     string            `json:"meter"`
+	Group     map[string]string `json:"group"`
+	Period    string            `json:"period"`
+	Amount    int64             `json:"amount"`
+	Reason    string            `json:"reason"`
+	Reference string            `json:"reference"`
+}
+
+// postAdjustment checks an adjustment and puts it on usage.events as an
+// adjustment record; 202 once Kafka acknowledged it. The aggregator
+// applies it (or dead-letters it, should the meter change meanwhile).
+func (a *API) postAdjustment(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
+	var body adjustmentBody
+	if err := decodeObject(r, &body); err != nil {
+		writeBodyError(w, err)
+		return
+	}
+	if body.ID == "" {
+		body.ID = uuid.NewString()
+	}
+	if body.Group == nil {
+		body.Group = map[string]string{}
+	}
+	adj := rollup.Adjustment(body)
+	if err := adj.Validate(); err != nil {
+		httpjson.Error(w, http.StatusBadRequest, "invalid_adjustment", err.Error())
+		return
+	}
+	ctx := r.Context()
+	if _, err := a.opt.Store.Tenant(ctx, adj.Tenant); errors.Is(err, accounts.ErrNotFound) {
+		httpjson.Errorf(w, http.StatusNotFound, "unknown_tenant", "no tenant %q", adj.Tenant)
+		return
+	} else if err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	m, err := accounts.GetMeter(ctx, a.opt.DB, adj.Meter)
+	switch {
+	case err == nil:
+		if _, gerr := adj.GroupKey(m.Definition()); gerr != nil {
+			httpjson.Error(w, http.StatusBadRequest, "invalid_adjustment", gerr.Error())
+			return
+		}
+	case errors.Is(err, accounts.ErrNotFound):
+		if len(adj.Group) > 0 {
+			httpjson.Errorf(w, http.StatusBadRequest, "invalid_adjustment", "meter %q is a metric's implicit meter, which has no groups: send \"group\": {}", adj.Meter)
+			return
+		}
+		used, uerr := usagedata.MeterHasUsage(ctx, a.opt.DB, adj.Tenant, adj.Meter)
+		if uerr != nil {
+			a.internalError(w, r, uerr)
+			return
+		}
+		if !used {
+			httpjson.Errorf(w, http.StatusNotFound, "unknown_meter", "no meter %q is defined and tenant %q has no usage of a metric of that name", adj.Meter, adj.Tenant)
+			return
+		}
+	default:
+		a.internalError(w, r, err)
+		return
+	}
+	if a.opt.Adjustments == nil {
+		httpjson.Error(w, http.StatusServiceUnavailable, "unavailable", "this server cannot write adjustments to Kafka")
+		return
+	}
+	rec, err := adj.Record()
+	if err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), adjustmentTimeout)
+	defer cancel()
+	if err := a.opt.Adjustments.Write(wctx, rec); err != nil {
+		a.opt.Logger.WarnContext(ctx, "adjustment not acknowledged by Kafka", "id", adj.ID, "err", err)
+		httpjson.Error(w, http.StatusServiceUnavailable, "unavailable", "Kafka did not acknowledge the adjustment; send it again with the same id")
+		return
+	}
+	httpjson.Write(w, http.StatusAccepted, struct {
+		ID     string `json:"id"`
+		Status string `json:"status"`
+	}{adj.ID, "accepted"})
+}
+
+// listAdjustments answers GET /v1/admin/adjustments?tenant=&period=: the
+// adjustments applied, of a tenant (or every tenant) and of a month (or
+// every month).
+func (a *API) listAdjustments(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
+	q := r.URL.Query()
+	tenant := q.Get("tenant")
+	if tenant != "" && !validName(tenant) {
+		httpjson.Error(w, http.StatusBadRequest, "invalid_request", tenantNameRule)
+		return
+	}
+	from, to := time.Time{}, time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)
+	if p := q.Get("period"); p != "" {
+		start, err := rollup.Adjustment{Period: p}.PeriodStart()
+		if err != nil {
+			httpjson.Error(w, http.StatusBadRequest, "invalid_request", err.Error())
+			return
+		}
+		from, to = start, start.AddDate(0, 1, 0)
+	}
+	list, err := usagedata.ListAdjustments(r.Context(), a.opt.DB, tenant, from, to)
+	if err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	if list == nil {
+		list = []usagedata.Adjustment{}
+	}
+	httpjson.Write(w, http.StatusOK, struct {
+		Adjustments []usagedata.Adjustment `json:"adjustments"`
+	}{list})
+}

@@ -1,0 +1,125 @@
+package stripesync
+
+import (
+	"context"
+	"fmt"
+	"math/big"
+	"time"
+
+	"github.com/usagemeter/metering/internal/storage/billingdata"
+	"github.com/usagemeter/metering/internal/storage/usagedata"
+)
+
+// Counterparts of an adjustment in Stripe.
+const (
+	// CounterpartPush: an increase went out in this push's delta.
+	CounterpartPush = "push"
+	// CounterpartCancellation: a decrease cancelled this push (within
+	// Stripe's 24 hours); the sync then sent the month's new total.
+	CounterpartCancellation = "cancellation"
+	// CounterpartCredit: a decrease became this customer credit.
+	CounterpartCredit = "credit"
+	// CounterpartPending: nothing in Stripe answers it yet.
+	CounterpartPending = "pending"
+)
+
+// AdjustmentLine is one adjustment of a reconciled month beside its
+// Stripe counterpart.
+type AdjustmentLine struct {
+	ID         string    `json:"id"`
+	Amount     int64     `json:"amount"`
+	Reason     string    `json:"reason"`
+	Reference  string    `json:"reference"`
+	RecordedAt time.Time `json:"recorded_at"`
+	// Counterpart is push, cancellation, credit or pending.
+	Counterpart string `json:"counterpart"`
+	// Identifier is the push's (push, cancellation).
+	Identifier string `json:"identifier,omitempty"`
+	// Value is the push's delta, or the credit's quantity.
+	Value string `json:"value,omitempty"`
+	// Status is the push's or the credit's status.
+	Status string `json:"status,omitempty"`
+	// CreditAmount is the credit in the currency's minor unit (<= 0), and
+	// BalanceTransaction its Stripe id once sent.
+	CreditAmount       int64  `json:"credit_amount,omitempty"`
+	Currency           string `json:"currency,omitempty"`
+	BalanceTransaction string `json:"balance_transaction,omitempty"`
+}
+
+// pairKey is one (tenant, meter, stored group key) of a month.
+type pairKey struct{ tenant, meter, group string }
+
+// periodAdjustments is what reconciliation adds for adjustments: per pair,
+// the quantity credited and the adjustments with their counterparts.
+type periodAdjustments struct {
+	credited map[pairKey]*big.Int
+	lines    map[pairKey][]AdjustmentLine
+}
+
+// readAdjustments reads the month's adjustments, pushes and credits and
+// pairs each adjustment, in log order, with the first counterpart made at
+// or after it that no earlier adjustment took: an increase with a push,
+// a decrease with a credit, else a cancelled push.
+func (b *Biller) readAdjustments(ctx context.Context, period time.Time) (periodAdjustments, error) {
+	out := periodAdjustments{credited: map[pairKey]*big.Int{}, lines: map[pairKey][]AdjustmentLine{}}
+	adjs, err := usagedata.ListAdjustments(ctx, b.pool, "", period, period.AddDate(0, 1, 0))
+	if err != nil {
+		return out, err
+	}
+	credits, err := billingdata.CreditsOf(ctx, b.pool, "", period)
+	if err != nil {
+		return out, err
+	}
+	for _, c := range credits {
+		k := pairKey{c.Tenant, c.Metric, c.GroupKey}
+		q, ok := new(big.Int).SetString(c.Quantity, 10)
+		if !ok {
+			return out, fmt.Errorf("credit %s has quantity %q", c.IdempotencyKey, c.Quantity)
+		}
+		if out.credited[k] == nil {
+			out.credited[k] = new(big.Int)
+		}
+		out.credited[k].Add(out.credited[k], q)
+	}
+	if len(adjs) == 0 {
+		return out, nil
+	}
+	pushes, err := billingdata.PeriodPushes(ctx, b.pool, "", period)
+	if err != nil {
+		return out, err
+	}
+	usedPush, usedCredit := map[int]bool{}, map[int]bool{}
+	for _, a := range adjs {
+		k := pairKey{a.Tenant, a.Meter, usagedata.StoredGroupKey(a.GroupKey)}
+		l := AdjustmentLine{ID: a.ID, Amount: a.Amount, Reason: a.Reason, Reference: a.Reference, RecordedAt: a.RecordedAt, Counterpart: CounterpartPending}
+		if a.Amount > 0 {
+			for i, p := range pushes {
+				if !usedPush[i] && p.Status != "cancelled" && (pairKey{p.Tenant, p.Metric, p.GroupKey}) == k && !p.Created.Before(a.RecordedAt) {
+					usedPush[i] = true
+					l.Counterpart, l.Identifier, l.Value, l.Status = CounterpartPush, p.Identifier, p.Delta, p.Status
+					break
+				}
+			}
+		} else {
+			for i, c := range credits {
+				if !usedCredit[i] && (pairKey{c.Tenant, c.Metric, c.GroupKey}) == k && !c.Created.Before(a.RecordedAt) {
+					usedCredit[i] = true
+					l.Counterpart, l.Value, l.Status = CounterpartCredit, c.Quantity, c.Status
+					l.CreditAmount, l.Currency, l.BalanceTransaction = c.Amount, c.Currency, c.TxnID
+					break
+				}
+			}
+			if l.Counterpart == CounterpartPending {
+				for i, p := range pushes {
+					if !usedPush[i] && p.Status == "cancelled" && (pairKey{p.Tenant, p.Metric, p.GroupKey}) == k && !p.Updated.Before(a.RecordedAt) {
+						usedPush[i] = true
+						l.Counterpart, l.Identifier, l.Value, l.Status = CounterpartCancellation, p.Identifier, p.Delta, p.Status
+						break
+					}
+				}
+			}
+		}
+		out.lines[k] = append(out.lines[k], l)
+	}
+	return out, nil
+}
