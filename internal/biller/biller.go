@@ -66,7 +66,7 @@ func NewBiller(pool *pgxpool.Pool, cfg config.Biller, log *slog.Logger, metrics 
 		return nil, errors.New("STRIPE_API_KEY is not set: use a Stripe secret key, or sk_test_... with STRIPE_API_BASE pointing at stripe-mock or the test server")
 	}
 	return stripesync.New(pool, stripeapi.NewClient(cfg.StripeAPIKey, cfg.StripeAPIBase, cfg.StripeTimeout), stripesync.Config{
-		RatePerSecond: cfg.StripeRate, MaxAttempts: cfg.MaxAttempts, Logger: log, Metrics: metrics,
+		RatePerSecond: cfg.StripeRate, MaxAttempts: cfg.MaxAttempts, DefaultPlan: cfg.DefaultPlan, Logger: log, Metrics: metrics,
 	}), nil
 }
 
@@ -150,7 +150,8 @@ func Run(ctx context.Context, cfg config.Biller, log *slog.Logger, ready func(ne
 	authn := auth.New(st, cfg.AdminAPIKey, auth.WithLogger(log), auth.WithRegisterer(reg))
 	mux := http.NewServeMux()
 	service.MountLogged(mux, reg, map[string]service.Check{"postgres": st.Ping}, log)
-	mux.Handle(Routes[0], stripewebhook.New(pool, cfg.StripeWebhookSecret, log, stripewebhook.WithRegisterer(reg)))
+	mux.Handle(Routes[0], stripewebhook.New(pool, cfg.StripeWebhookSecret, log, stripewebhook.WithRegisterer(reg),
+		stripewebhook.WithDefaultPlan(cfg.DefaultPlan)))
 	mux.HandleFunc(Routes[1], reconciliation(authn, b, closer, log))
 	// Listed in start order; RunAll stops them in reverse: HTTP drains,
 	// then the sync loop stops, then the relay; the writer flushes

@@ -19,6 +19,7 @@ import (
 
 	"github.com/usagemeter/metering/events"
 	"github.com/usagemeter/metering/internal/auth"
+	"github.com/usagemeter/metering/internal/billingevents"
 	"github.com/usagemeter/metering/internal/httpjson"
 	"github.com/usagemeter/metering/internal/meter"
 	"github.com/usagemeter/metering/internal/planperiod"
@@ -478,7 +479,9 @@ func (a *API) putTenant(w http.ResponseWriter, r *http.Request, _ auth.Principal
 	if body.PlanEffectiveFrom != nil {
 		effective = *body.PlanEffectiveFrom
 	}
-	t, err := a.opt.Store.SetTenant(r.Context(), accounts.Tenant{Tenant: name, Plan: body.Plan, StripeCustomerID: body.StripeCustomerID}, effective, a.opt.Now())
+	// plan.changed is queued in the transaction of a real change.
+	store := a.opt.Store.WithPlanHook(billingevents.PlanHook(a.defaultPlan()))
+	t, err := store.SetTenant(r.Context(), accounts.Tenant{Tenant: name, Plan: body.Plan, StripeCustomerID: body.StripeCustomerID}, effective, a.opt.Now())
 	if errors.Is(err, accounts.ErrEffectiveFrom) {
 		httpjson.Errorf(w, http.StatusBadRequest, "invalid_request", "plan_effective_from: %v", err)
 		return
@@ -787,4 +790,13 @@ func (a *API) writeRotateError(w http.ResponseWriter, r *http.Request, id string
 func (a *API) internalError(w http.ResponseWriter, r *http.Request, err error) {
 	a.opt.Logger.ErrorContext(r.Context(), "request failed", "route", r.Pattern, "err", err)
 	httpjson.Error(w, http.StatusInternalServerError, "internal", "the server failed to complete the request; it was logged")
+}
+
+// defaultPlan is the configured default plan ("" for none), as the usage
+// reader knows it.
+func (a *API) defaultPlan() string {
+	if a.opt.Usage == nil {
+		return ""
+	}
+	return a.opt.Usage.DefaultPlan()
 }

@@ -35,10 +35,22 @@ var ErrNotFound = errors.New("not found")
 // Store reads and writes accounts.
 type Store struct {
 	pool *pgxpool.Pool
+	// onPlanChange runs in the transaction of every real plan change
+	// SetTenant records; nil runs nothing.
+	onPlanChange PlanHook
 }
 
 // New returns a Store on pool.
 func New(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
+
+// WithPlanHook returns a copy of s whose SetTenant runs hook in the
+// transaction of every real plan change it records, so what hook writes
+// commits if and only if the change does.
+func (s *Store) WithPlanHook(hook PlanHook) *Store {
+	c := *s
+	c.onPlanChange = hook
+	return &c
+}
 
 // Ping checks that Postgres answers.
 func (s *Store) Ping(ctx context.Context) error {
@@ -397,7 +409,7 @@ func (s *Store) SetTenant(ctx context.Context, t Tenant, effective, now time.Tim
 				at = Always
 			}
 		}
-		return AssignPlan(ctx, tx, t.Tenant, plan, at, now, "admin")
+		return AssignPlan(ctx, tx, t.Tenant, plan, at, now, "admin", s.onPlanChange)
 	})
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "23503" { // foreign_key_violation
@@ -418,7 +430,9 @@ func (s *Store) SetTenant(ctx context.Context, t Tenant, effective, now time.Tim
 // is locked, ordering two writers of its history. An unchanged plan
 // records nothing; at before the latest change, or after now, is
 // ErrEffectiveFrom; at equal to the open assignment's start replaces it.
-func AssignPlan(ctx context.Context, tx storage.Executor, tenant string, plan *string, at, now time.Time, source string) error {
+// A real change runs hook (when not nil) on tx after recording it; its
+// error undoes nothing by itself: the caller rolls tx back.
+func AssignPlan(ctx context.Context, tx storage.Executor, tenant string, plan *string, at, now time.Time, source string, hook PlanHook) error {
 	if at.After(now) {
 		return fmt.Errorf("%w: %s is in the future; a plan assignment takes effect now or in the past", ErrEffectiveFrom, at.UTC().Format(time.RFC3339Nano))
 	}
@@ -459,22 +473,47 @@ func AssignPlan(ctx context.Context, tx storage.Executor, tenant string, plan *s
 	if open != nil {
 		from = open.Plan
 	}
-	return planChanged(ctx, tx, PlanChange{Tenant: tenant, From: from, To: plan, At: at, Source: source})
+	change := PlanChange{Tenant: tenant, From: from, To: plan, At: at, Now: now, Source: source}
+	if plan != nil {
+		// The version of the new plan in force at the change (0: none yet,
+		// its first version is scheduled later).
+		var v *int32
+		if err := tx.QueryRow(ctx, `SELECT plan_version_at($1, $2)`, *plan, timestamptz(at)).Scan(&v); err != nil {
+			return fmt.Errorf("reading the version of plan %s at the change: %w", *plan, err)
+		}
+		if v != nil {
+			change.Version = int(*v)
+		}
+	}
+	return planChanged(ctx, tx, change, hook)
 }
 
 // PlanChange is one change of a tenant's plan: From (nil: none) to To
-// (nil: none, the default plan applies) from At on, made by Source.
+// (nil: none, the default plan applies) from At (the zero time: since
+// always) on, made by Source at Now; Version is To's version in force at
+// At (0 when To is nil or has none in force then).
 type PlanChange struct {
 	Tenant   string
 	From, To *string
-	At       time.Time
+	Version  int
+	At, Now  time.Time
 	Source   string
 }
 
-// planChanged is where a plan.changed billing event is to be emitted, in
-// the transaction that records the change, so the event and the change
-// commit together. It emits nothing yet.
-func planChanged(_ context.Context, _ storage.Executor, _ PlanChange) error {
+// PlanHook is given every real plan change inside the transaction that
+// records it (tx), so that what it writes (a billing event in the
+// outbox) commits if and only if the change does. Storage packages take
+// it from their caller: they import no domain package.
+type PlanHook func(ctx context.Context, tx storage.Executor, c PlanChange) error
+
+// planChanged runs hook, when set, on the change recorded in tx.
+func planChanged(ctx context.Context, tx storage.Executor, c PlanChange, hook PlanHook) error {
+	if hook == nil {
+		return nil
+	}
+	if err := hook(ctx, tx, c); err != nil {
+		return fmt.Errorf("after the plan change of tenant %s: %w", c.Tenant, err)
+	}
 	return nil
 }
 
