@@ -1,17 +1,19 @@
 -- Billing facts on billing.events: grant expiries announced once, the
 -- overage price of a plan quota, and the default plan in the billing joins.
 
--- credit_grant_expiries: the grants announced on billing.events with
--- grant.expired, one row per grant, written in the transaction that
--- queues the event in the outbox, so the event goes out once.
---   remaining  the unused remainder announced (> 0), in units of the meter.
+-- credit_grant_expiries: the expired grants the biller has settled, one
+-- row per grant, written in the transaction that queues grant.expired in
+-- the outbox, so the event goes out once.
+--   remaining  the unused remainder at expiry, in units of the meter;
+--              0: the grant was used up, nothing was announced.
+--   event_id   the grant.expired event's id; NULL when remaining is 0.
 CREATE TABLE credit_grant_expiries (
     grant_id     uuid        PRIMARY KEY REFERENCES credit_grants (grant_id),
     tenant       text        NOT NULL,
     expired_at   timestamptz NOT NULL,
-    remaining    numeric     NOT NULL CHECK (remaining > 0),
-    event_id     text        NOT NULL UNIQUE,
-    announced_at timestamptz NOT NULL DEFAULT now()
+    remaining    numeric     NOT NULL CHECK (remaining >= 0),
+    event_id     text        NULL UNIQUE CHECK ((event_id IS NULL) = (remaining = 0)),
+    settled_at   timestamptz NOT NULL DEFAULT now()
 );
 
 -- plan_quotas.overage_price: the price of the usage beyond the quota's

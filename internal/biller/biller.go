@@ -45,6 +45,7 @@ import (
 	"github.com/usagemeter/metering/internal/relay"
 	"github.com/usagemeter/metering/internal/service"
 	"github.com/usagemeter/metering/internal/storage/accounts"
+	"github.com/usagemeter/metering/internal/storage/usagedata"
 	"github.com/usagemeter/metering/internal/stripeapi"
 	"github.com/usagemeter/metering/internal/stripesync"
 	"github.com/usagemeter/metering/internal/stripewebhook"
@@ -88,7 +89,7 @@ func NewCloser(pool *pgxpool.Pool, cfg config.Biller, log *slog.Logger) *periodc
 		return out, nil
 	}
 	return periodclose.New(pool, periodclose.Config{Group: cfg.ConsumerGroup, Topic: topics.UsageEvents, Lateness: cfg.AllowedLateness,
-		Partitions: partitions, Logger: log})
+		Partitions: partitions, Usage: usagedata.NewReader(pool).WithDefaultPlan(cfg.DefaultPlan), Logger: log})
 }
 
 // AddCompleteness sets Complete and Completeness on each of rows, the
@@ -259,6 +260,9 @@ func (l syncLoop) Run(ctx context.Context) error {
 				log.WarnContext(ctx, "closing billing periods failed; retrying at the next interval", "err", err)
 			} else if cres.Waiting > 0 {
 				log.DebugContext(ctx, "billing periods ended but not complete yet", "waiting", cres.Waiting, "closed", cres.Closed)
+			}
+			if _, err := l.closer.ExpireGrants(ctx); err != nil && ctx.Err() == nil {
+				log.WarnContext(ctx, "announcing expired credit grants failed; retrying at the next interval", "err", err)
 			}
 		}
 		next := windows.Month.End(time.Now()).Add(time.Minute)

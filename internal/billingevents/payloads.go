@@ -52,6 +52,10 @@ func (p PlanChanged) naturalKey() ([]string, error) {
 	return key, nil
 }
 
+// UnitMeterUnits is the Unit of a grant's amounts counted in units of
+// its Meter (not money).
+const UnitMeterUnits = "units"
+
 // GrantCreated is the data of grant.created: a credit grant of Amount
 // (exact decimal) in Unit (an ISO 4217 currency code such as "usd", or
 // "units" of Meter), usable from EffectiveAt until ExpiresAt (nil: does

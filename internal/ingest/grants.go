@@ -206,7 +206,7 @@ func (a *API) createGrant(w http.ResponseWriter, r *http.Request, p auth.Princip
 		}
 		// grant.created commits with the grant, or not at all.
 		ev, err := billingevents.New(saved.Tenant, saved.CreatedAt, billingevents.GrantCreated{GrantID: saved.ID,
-			Amount: billingevents.Amount(strconv.FormatInt(saved.Amount, 10)), Unit: GrantUnit, Meter: saved.Meter,
+			Amount: billingevents.Amount(strconv.FormatInt(saved.Amount, 10)), Unit: billingevents.UnitMeterUnits, Meter: saved.Meter,
 			EffectiveAt: saved.EffectiveAt, ExpiresAt: saved.ExpiresAt})
 		if err != nil {
 			return err
@@ -315,7 +315,7 @@ func (a *API) voidGrant(w http.ResponseWriter, r *http.Request, p auth.Principal
 				return err
 			}
 			ev, err := billingevents.New(g.Tenant, *g.VoidedAt, billingevents.GrantVoided{GrantID: g.ID,
-				Remaining: billingevents.Amount(remaining.String()), Unit: GrantUnit, VoidedAt: *g.VoidedAt, Reason: body.Reason})
+				Remaining: billingevents.Amount(remaining.String()), Unit: billingevents.UnitMeterUnits, VoidedAt: *g.VoidedAt, Reason: body.Reason})
 			if err != nil {
 				return err
 			}
@@ -334,10 +334,6 @@ func (a *API) voidGrant(w http.ResponseWriter, r *http.Request, p auth.Principal
 		httpjson.Write(w, http.StatusOK, g)
 	}
 }
-
-// GrantUnit is the unit of a credit grant's amounts on billing.events:
-// units of the grant's meter.
-const GrantUnit = "units"
 
 // inTx runs fn in a transaction of the API's database.
 func (a *API) inTx(ctx context.Context, fn func(pgx.Tx) error) error {

@@ -58,6 +58,9 @@ type Config struct {
 	// partition no consumer has stored yet (a topic grown since) keeps
 	// periods incomplete; nil trusts the stored partitions.
 	Partitions func(ctx context.Context) ([]int, error)
+	// Usage reads credit grants' burn-down for ExpireGrants (with the
+	// default plan); nil: no grant expiry is announced.
+	Usage *usagedata.Reader
 	// Now is the clock; nil means time.Now.
 	Now    func() time.Time
 	Logger *slog.Logger

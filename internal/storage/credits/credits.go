@@ -16,6 +16,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -101,6 +102,15 @@ func inTx(ctx context.Context, q storage.Executor, fn func(pgx.Tx) error) error 
 }
 
 const columns = `grant_id::text, tenant, meter, amount, effective_at, expires_at, priority, reason, source, created_at, created_by, voided_at, voided_by, void_reason`
+
+// prefixed is columns with each qualified by prefix ("g.").
+func prefixed(prefix string) string {
+	parts := strings.Split(columns, ", ")
+	for i, p := range parts {
+		parts[i] = prefix + p
+	}
+	return strings.Join(parts, ", ")
+}
 
 func scan(row pgx.Row) (Grant, error) {
 	var g Grant
