@@ -43,6 +43,10 @@ type quotaBody struct {
 	// Price is the quota's price (price.Parse checks it); null or absent
 	// for none.
 	Price json.RawMessage `json:"price"`
+	// OveragePrice prices the usage beyond the allowance (price.Parse
+	// checks it); null or absent for none. It needs a limit and a month
+	// period.
+	OveragePrice json.RawMessage `json:"overage_price"`
 	// Meter names a defined meter of Metric; absent, empty or the metric
 	// itself is the metric's implicit meter.
 	Meter string `json:"meter"`
@@ -208,6 +212,20 @@ func planFromBody(name string, qs []quotaBody) (accounts.Plan, error) {
 		}
 		if out.Period != "day" && out.Period != "month" {
 			return plan, fmt.Errorf("%s must be \"day\" or \"month\", got %q", field("period"), q.Period)
+		}
+		if raw := bytes.TrimSpace(q.OveragePrice); len(raw) > 0 && string(raw) != "null" {
+			p, ferr := price.Parse(raw)
+			if ferr != nil {
+				name := field("overage_price")
+				if ferr.Field != "" {
+					name += "." + ferr.Field
+				}
+				return plan, fmt.Errorf("%s %s", name, ferr.Message)
+			}
+			if out.Limit == nil || out.Period != "month" {
+				return plan, fmt.Errorf("%s prices the usage beyond a monthly allowance: the quota needs a limit and period \"month\"", field("overage_price"))
+			}
+			out.OveragePrice = &p
 		}
 		if out.BurstPercent < 0 || out.BurstPercent > 1000 {
 			return plan, fmt.Errorf("%s must be between 0 and 1000, got %d", field("burst_percent"), q.BurstPercent)

@@ -90,6 +90,10 @@ type Quota struct {
 	// "0.002", when Price is per_unit (its unit_amount); empty otherwise.
 	// On a write, a UnitPrice without a Price is that per_unit price.
 	UnitPrice string `json:"unit_price,omitempty"`
+	// OveragePrice prices the usage beyond the quota's allowance in the
+	// projected bill; nil when the quota has none. Part of a version's
+	// content, as Price is.
+	OveragePrice *price.Price `json:"overage_price,omitempty"`
 }
 
 // Plan is one version of a named set of quotas.
@@ -236,6 +240,13 @@ func insertQuota(ctx context.Context, tx pgx.Tx, plan string, version int, q Quo
 			unitPrice = &u
 		}
 	}
+	var overageJSON []byte
+	if q.OveragePrice != nil {
+		var err error
+		if overageJSON, err = json.Marshal(q.OveragePrice); err != nil {
+			return fmt.Errorf("quota on %s: overage price: %w", q.Metric, err)
+		}
+	}
 	if q.Meter != "" && q.Meter != q.Metric {
 		meterName = &q.Meter
 	}
@@ -248,9 +259,9 @@ func insertQuota(ctx context.Context, tx pgx.Tx, plan string, version int, q Quo
 		filter = map[string]string{}
 	}
 	_, err := tx.Exec(ctx, `INSERT INTO plan_quotas
-		(plan, version, metric, quota_limit, period, burst_percent, hard, stripe_event_name, unit_price, meter, group_filter, per_group, price)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::numeric, $10, $11, $12, $13::jsonb)`,
-		plan, version, q.Metric, q.Limit, q.Period, q.BurstPercent, q.Hard, eventName, unitPrice, meterName, filter, q.PerGroup, priceJSON)
+		(plan, version, metric, quota_limit, period, burst_percent, hard, stripe_event_name, unit_price, meter, group_filter, per_group, price, overage_price)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::numeric, $10, $11, $12, $13::jsonb, $14::jsonb)`,
+		plan, version, q.Metric, q.Limit, q.Period, q.BurstPercent, q.Hard, eventName, unitPrice, meterName, filter, q.PerGroup, priceJSON, overageJSON)
 	return err
 }
 
@@ -273,7 +284,7 @@ func readVersion(ctx context.Context, q storage.Executor, name string, version i
 		p.EffectiveFrom, p.Scheduled = &t, t.After(now)
 	}
 	rows, err := q.Query(ctx, `SELECT metric, quota_limit, period, burst_percent, hard, coalesce(stripe_event_name, ''), price,
-			coalesce(meter, metric), group_filter, per_group
+			coalesce(meter, metric), group_filter, per_group, overage_price
 		FROM plan_quotas WHERE plan = $1 AND version = $2 ORDER BY metric, meter NULLS FIRST, group_filter::text COLLATE "C", per_group`, name, version)
 	if err != nil {
 		return Plan{}, fmt.Errorf("reading quotas of plan %s: %w", name, err)
@@ -281,7 +292,7 @@ func readVersion(ctx context.Context, q storage.Executor, name string, version i
 	p.Quotas, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (Quota, error) {
 		var q Quota
 		err := r.Scan(&q.Metric, &q.Limit, &q.Period, &q.BurstPercent, &q.Hard, &q.StripeEventName, &q.Price,
-			&q.Meter, &q.Filter, &q.PerGroup)
+			&q.Meter, &q.Filter, &q.PerGroup, &q.OveragePrice)
 		if q.Filter == nil {
 			q.Filter = map[string]string{}
 		}
