@@ -5,6 +5,8 @@ import (
 	"math/big"
 	"strconv"
 	"time"
+
+	"github.com/usagemeter/metering/internal/price"
 )
 
 // PlanChanged is the data of plan.changed: the tenant moved to Plan (at
@@ -156,16 +158,20 @@ func (p AdjustmentRecorded) naturalKey() ([]string, error) {
 // [PeriodStart, PeriodEnd) passed its included amount Included at
 // StartedAt; Usage is the usage then. Both are exact integers.
 //
+// OveragePrice is the quota's overage price (in the plan's currency),
+// absent when it has none.
+//
 // Natural key: (Meter, Group, PeriodStart): once per meter, group and
 // period.
 type OverageStarted struct {
-	Meter       string    `json:"meter"`
-	Group       string    `json:"group"`
-	PeriodStart time.Time `json:"period_start"`
-	PeriodEnd   time.Time `json:"period_end"`
-	Included    *big.Int  `json:"included"`
-	Usage       *big.Int  `json:"usage"`
-	StartedAt   time.Time `json:"started_at"`
+	Meter        string       `json:"meter"`
+	Group        string       `json:"group"`
+	PeriodStart  time.Time    `json:"period_start"`
+	PeriodEnd    time.Time    `json:"period_end"`
+	Included     *big.Int     `json:"included"`
+	Usage        *big.Int     `json:"usage"`
+	StartedAt    time.Time    `json:"started_at"`
+	OveragePrice *price.Price `json:"overage_price,omitempty"`
 }
 
 // Type is TypeOverageStarted.
