@@ -1,7 +1,8 @@
 // Package credits owns credit_grants: a tenant's extra allowance on one
 // meter's quotas, created and voided by admins. Every creation and void
 // appends to audit_log (through internal/storage/auditlog) in the same
-// transaction.
+// transaction. It also owns credit_grant_expiries: the expired grants the
+// biller has settled (SettleExpiry), at most one row per grant.
 //
 // Invariant: a grant's terms (tenant, meter, amount, times, priority,
 // reason, source) never change once stored, its times are whole UTC hours
