@@ -323,7 +323,7 @@ func rebuildCmd(ctx context.Context, env Env, f rebuildFlags, args []string) err
 	defer pool.Close()
 	rep, err := rebuild.Run(ctx, pool, rebuild.Options{
 		DatabaseURL: cfg.DatabaseURL, Brokers: cfg.KafkaBrokers, Security: cfg.KafkaSecurity, Topic: topics.UsageEvents, Group: cfg.ConsumerGroup,
-		From: from, Horizon: cfg.DedupHorizon, MaxLag: cfg.MaxLag, Meters: f.Meters, DryRun: f.DryRun, Logger: env.Log,
+		From: from, Horizon: cfg.DedupHorizon, MaxLag: cfg.MaxLag, DefaultPlan: cfg.DefaultPlan, Meters: f.Meters, DryRun: f.DryRun, Logger: env.Log,
 	})
 	if err != nil {
 		return err

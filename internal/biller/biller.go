@@ -45,6 +45,7 @@ import (
 	"github.com/usagemeter/metering/internal/relay"
 	"github.com/usagemeter/metering/internal/service"
 	"github.com/usagemeter/metering/internal/storage/accounts"
+	"github.com/usagemeter/metering/internal/storage/usagedata"
 	"github.com/usagemeter/metering/internal/stripeapi"
 	"github.com/usagemeter/metering/internal/stripesync"
 	"github.com/usagemeter/metering/internal/stripewebhook"
@@ -66,7 +67,7 @@ func NewBiller(pool *pgxpool.Pool, cfg config.Biller, log *slog.Logger, metrics 
 		return nil, errors.New("STRIPE_API_KEY is not set: use a Stripe secret key, or sk_test_... with STRIPE_API_BASE pointing at stripe-mock or the test server")
 	}
 	return stripesync.New(pool, stripeapi.NewClient(cfg.StripeAPIKey, cfg.StripeAPIBase, cfg.StripeTimeout), stripesync.Config{
-		RatePerSecond: cfg.StripeRate, MaxAttempts: cfg.MaxAttempts, Logger: log, Metrics: metrics,
+		RatePerSecond: cfg.StripeRate, MaxAttempts: cfg.MaxAttempts, DefaultPlan: cfg.DefaultPlan, Logger: log, Metrics: metrics,
 	}), nil
 }
 
@@ -88,7 +89,7 @@ func NewCloser(pool *pgxpool.Pool, cfg config.Biller, log *slog.Logger) *periodc
 		return out, nil
 	}
 	return periodclose.New(pool, periodclose.Config{Group: cfg.ConsumerGroup, Topic: topics.UsageEvents, Lateness: cfg.AllowedLateness,
-		Partitions: partitions, Logger: log})
+		Partitions: partitions, Usage: usagedata.NewReader(pool).WithDefaultPlan(cfg.DefaultPlan), Logger: log})
 }
 
 // AddCompleteness sets Complete and Completeness on each of rows, the
@@ -150,7 +151,8 @@ func Run(ctx context.Context, cfg config.Biller, log *slog.Logger, ready func(ne
 	authn := auth.New(st, cfg.AdminAPIKey, auth.WithLogger(log), auth.WithRegisterer(reg))
 	mux := http.NewServeMux()
 	service.MountLogged(mux, reg, map[string]service.Check{"postgres": st.Ping}, log)
-	mux.Handle(Routes[0], stripewebhook.New(pool, cfg.StripeWebhookSecret, log, stripewebhook.WithRegisterer(reg)))
+	mux.Handle(Routes[0], stripewebhook.New(pool, cfg.StripeWebhookSecret, log, stripewebhook.WithRegisterer(reg),
+		stripewebhook.WithDefaultPlan(cfg.DefaultPlan)))
 	mux.HandleFunc(Routes[1], reconciliation(authn, b, closer, log))
 	// Listed in start order; RunAll stops them in reverse: HTTP drains,
 	// then the sync loop stops, then the relay; the writer flushes
@@ -258,6 +260,9 @@ func (l syncLoop) Run(ctx context.Context) error {
 				log.WarnContext(ctx, "closing billing periods failed; retrying at the next interval", "err", err)
 			} else if cres.Waiting > 0 {
 				log.DebugContext(ctx, "billing periods ended but not complete yet", "waiting", cres.Waiting, "closed", cres.Closed)
+			}
+			if _, err := l.closer.ExpireGrants(ctx); err != nil && ctx.Err() == nil {
+				log.WarnContext(ctx, "announcing expired credit grants failed; retrying at the next interval", "err", err)
 			}
 		}
 		next := windows.Month.End(time.Now()).Add(time.Minute)

@@ -5,34 +5,58 @@ import (
 	"math/big"
 	"strconv"
 	"time"
+
+	"github.com/usagemeter/metering/internal/price"
 )
 
 // PlanChanged is the data of plan.changed: the tenant moved to Plan (at
 // Version, 0 when plans are not versioned) from PreviousPlan ("" for a
 // tenant's first plan), from EffectiveAt on.
 //
-// Natural key: (EffectiveAt, Plan, Version).
+// Default is set when the tenant's assignment ended and the configured
+// default plan applies: Plan is then that plan ("" when none is
+// configured: unlimited). SinceAlways is set for a tenant's first plan
+// assigned at no given time: it covers the tenant's whole past, and
+// EffectiveAt is the zero time.
+//
+// Natural key: (EffectiveAt, Plan, Version), and Default and SinceAlways
+// when set.
 type PlanChanged struct {
 	PreviousPlan string    `json:"previous_plan"`
 	Plan         string    `json:"plan"`
 	Version      int       `json:"version"`
 	EffectiveAt  time.Time `json:"effective_at"`
 	// Source says who changed it: "admin", "stripe" (a webhook), ...
-	Source string `json:"source,omitempty"`
+	Source      string `json:"source,omitempty"`
+	Default     bool   `json:"default,omitempty"`
+	SinceAlways bool   `json:"since_always,omitempty"`
 }
 
 // Type is TypePlanChanged.
 func (PlanChanged) Type() Type { return TypePlanChanged }
 
 func (p PlanChanged) naturalKey() ([]string, error) {
-	if err := need("plan", p.Plan); err != nil {
-		return nil, err
+	if !p.Default {
+		if err := need("plan", p.Plan); err != nil {
+			return nil, err
+		}
 	}
-	if p.EffectiveAt.IsZero() {
-		return nil, errors.New("effective_at is zero")
+	if p.EffectiveAt.IsZero() != p.SinceAlways {
+		return nil, errors.New("effective_at is zero but since_always is not set, or the reverse")
 	}
-	return []string{keyTime(p.EffectiveAt), p.Plan, strconv.Itoa(p.Version)}, nil
+	key := []string{keyTime(p.EffectiveAt), p.Plan, strconv.Itoa(p.Version)}
+	if p.Default {
+		key = append(key, "default")
+	}
+	if p.SinceAlways {
+		key = append(key, "since_always")
+	}
+	return key, nil
 }
+
+// UnitMeterUnits is the Unit of a grant's amounts counted in units of
+// its Meter (not money).
+const UnitMeterUnits = "units"
 
 // GrantCreated is the data of grant.created: a credit grant of Amount
 // (exact decimal) in Unit (an ISO 4217 currency code such as "usd", or
@@ -134,16 +158,20 @@ func (p AdjustmentRecorded) naturalKey() ([]string, error) {
 // [PeriodStart, PeriodEnd) passed its included amount Included at
 // StartedAt; Usage is the usage then. Both are exact integers.
 //
+// OveragePrice is the quota's overage price (in the plan's currency),
+// absent when it has none.
+//
 // Natural key: (Meter, Group, PeriodStart): once per meter, group and
 // period.
 type OverageStarted struct {
-	Meter       string    `json:"meter"`
-	Group       string    `json:"group"`
-	PeriodStart time.Time `json:"period_start"`
-	PeriodEnd   time.Time `json:"period_end"`
-	Included    *big.Int  `json:"included"`
-	Usage       *big.Int  `json:"usage"`
-	StartedAt   time.Time `json:"started_at"`
+	Meter        string       `json:"meter"`
+	Group        string       `json:"group"`
+	PeriodStart  time.Time    `json:"period_start"`
+	PeriodEnd    time.Time    `json:"period_end"`
+	Included     *big.Int     `json:"included"`
+	Usage        *big.Int     `json:"usage"`
+	StartedAt    time.Time    `json:"started_at"`
+	OveragePrice *price.Price `json:"overage_price,omitempty"`
 }
 
 // Type is TypeOverageStarted.

@@ -372,6 +372,9 @@ type Biller struct {
 	// may still be appended for it: the period is complete (and announced
 	// with period.closed) once every partition is applied that far.
 	AllowedLateness time.Duration
+	// DefaultPlan bills tenants without a plan assignment in force and is
+	// the plan plan.changed names when an assignment ends ("" for none).
+	DefaultPlan string
 }
 
 // LoadBiller reads cmd/biller's settings; see LoadIngest.
@@ -390,6 +393,7 @@ func LoadBiller(name string, args []string, getenv func(string) string, output i
 	parsed(b, &c.MaxAttempts, "STRIPE_MAX_ATTEMPTS", "8", "tries of one push before it is dead-lettered", positiveInt)
 	b.str(&c.ConsumerGroup, "CONSUMER_GROUP", "metering-aggregator", "the aggregator's Kafka consumer group, whose stored offsets say how far usage is counted")
 	parsed(b, &c.AllowedLateness, "BILLING_ALLOWED_LATENESS", "1h", "how long after a billing period's end its records may still arrive before it is complete", positiveDuration)
+	b.defaultPlan(&c.DefaultPlan)
 	if err := b.parse(args); err != nil {
 		return Biller{}, nil, err
 	}

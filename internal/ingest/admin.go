@@ -19,6 +19,7 @@ import (
 
 	"github.com/usagemeter/metering/events"
 	"github.com/usagemeter/metering/internal/auth"
+	"github.com/usagemeter/metering/internal/billingevents"
 	"github.com/usagemeter/metering/internal/httpjson"
 	"github.com/usagemeter/metering/internal/meter"
 	"github.com/usagemeter/metering/internal/planperiod"
@@ -42,6 +43,10 @@ type quotaBody struct {
 	// Price is the quota's price (price.Parse checks it); null or absent
 	// for none.
 	Price json.RawMessage `json:"price"`
+	// OveragePrice prices the usage beyond the allowance (price.Parse
+	// checks it); null or absent for none. It needs a limit and a month
+	// period.
+	OveragePrice json.RawMessage `json:"overage_price"`
 	// Meter names a defined meter of Metric; absent, empty or the metric
 	// itself is the metric's implicit meter.
 	Meter string `json:"meter"`
@@ -207,6 +212,20 @@ func planFromBody(name string, qs []quotaBody) (accounts.Plan, error) {
 		}
 		if out.Period != "day" && out.Period != "month" {
 			return plan, fmt.Errorf("%s must be \"day\" or \"month\", got %q", field("period"), q.Period)
+		}
+		if raw := bytes.TrimSpace(q.OveragePrice); len(raw) > 0 && string(raw) != "null" {
+			p, ferr := price.Parse(raw)
+			if ferr != nil {
+				name := field("overage_price")
+				if ferr.Field != "" {
+					name += "." + ferr.Field
+				}
+				return plan, fmt.Errorf("%s %s", name, ferr.Message)
+			}
+			if out.Limit == nil || out.Period != "month" {
+				return plan, fmt.Errorf("%s prices the usage beyond a monthly allowance: the quota needs a limit and period \"month\"", field("overage_price"))
+			}
+			out.OveragePrice = &p
 		}
 		if out.BurstPercent < 0 || out.BurstPercent > 1000 {
 			return plan, fmt.Errorf("%s must be between 0 and 1000, got %d", field("burst_percent"), q.BurstPercent)
@@ -478,7 +497,9 @@ func (a *API) putTenant(w http.ResponseWriter, r *http.Request, _ auth.Principal
 	if body.PlanEffectiveFrom != nil {
 		effective = *body.PlanEffectiveFrom
 	}
-	t, err := a.opt.Store.SetTenant(r.Context(), accounts.Tenant{Tenant: name, Plan: body.Plan, StripeCustomerID: body.StripeCustomerID}, effective, a.opt.Now())
+	// plan.changed is queued in the transaction of a real change.
+	store := a.opt.Store.WithPlanHook(billingevents.PlanHook(a.defaultPlan()))
+	t, err := store.SetTenant(r.Context(), accounts.Tenant{Tenant: name, Plan: body.Plan, StripeCustomerID: body.StripeCustomerID}, effective, a.opt.Now())
 	if errors.Is(err, accounts.ErrEffectiveFrom) {
 		httpjson.Errorf(w, http.StatusBadRequest, "invalid_request", "plan_effective_from: %v", err)
 		return
@@ -787,4 +808,13 @@ func (a *API) writeRotateError(w http.ResponseWriter, r *http.Request, id string
 func (a *API) internalError(w http.ResponseWriter, r *http.Request, err error) {
 	a.opt.Logger.ErrorContext(r.Context(), "request failed", "route", r.Pattern, "err", err)
 	httpjson.Error(w, http.StatusInternalServerError, "internal", "the server failed to complete the request; it was logged")
+}
+
+// defaultPlan is the configured default plan ("" for none), as the usage
+// reader knows it.
+func (a *API) defaultPlan() string {
+	if a.opt.Usage == nil {
+		return ""
+	}
+	return a.opt.Usage.DefaultPlan()
 }

@@ -13,8 +13,10 @@ import (
 	"unicode/utf8"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/usagemeter/metering/internal/auth"
+	"github.com/usagemeter/metering/internal/billingevents"
 	"github.com/usagemeter/metering/internal/credit"
 	"github.com/usagemeter/metering/internal/httpjson"
 	"github.com/usagemeter/metering/internal/storage/accounts"
@@ -195,7 +197,22 @@ func (a *API) createGrant(w http.ResponseWriter, r *http.Request, p auth.Princip
 		writeFieldErrors(w, "invalid_grant", "invalid grant", errs)
 		return
 	}
-	saved, created, err := credits.Create(r.Context(), a.opt.DB, g)
+	var saved credits.Grant
+	var created bool
+	err = a.inTx(r.Context(), func(tx pgx.Tx) error {
+		var err error
+		if saved, created, err = credits.Create(r.Context(), tx, g); err != nil || !created {
+			return err
+		}
+		// grant.created commits with the grant, or not at all.
+		ev, err := billingevents.New(saved.Tenant, saved.CreatedAt, billingevents.GrantCreated{GrantID: saved.ID,
+			Amount: billingevents.Amount(strconv.FormatInt(saved.Amount, 10)), Unit: billingevents.UnitMeterUnits, Meter: saved.Meter,
+			EffectiveAt: saved.EffectiveAt, ExpiresAt: saved.ExpiresAt})
+		if err != nil {
+			return err
+		}
+		return billingevents.Enqueue(r.Context(), tx, ev)
+	})
 	if errors.Is(err, credits.ErrIDConflict) {
 		httpjson.Errorf(w, http.StatusConflict, "id_conflict", "grant %s exists with other terms; a retry must send the same body, a new grant a new id", g.ID)
 		return
@@ -287,7 +304,23 @@ func (a *API) voidGrant(w http.ResponseWriter, r *http.Request, p auth.Principal
 	err := credits.ErrNotFound // grant ids are UUIDs: no other text names one
 	var g credits.Grant
 	if u, perr := uuid.Parse(id); perr == nil && len(id) == 36 {
-		g, err = credits.Void(r.Context(), a.opt.DB, tenant, u.String(), p.KeyID, body.Reason, a.opt.Now())
+		err = a.inTx(r.Context(), func(tx pgx.Tx) error {
+			var err error
+			if g, err = credits.Void(r.Context(), tx, tenant, u.String(), p.KeyID, body.Reason, a.opt.Now()); err != nil {
+				return err
+			}
+			// grant.voided commits with the void, or not at all.
+			remaining, err := a.remainingAt(r.Context(), g, *g.VoidedAt)
+			if err != nil {
+				return err
+			}
+			ev, err := billingevents.New(g.Tenant, *g.VoidedAt, billingevents.GrantVoided{GrantID: g.ID,
+				Remaining: billingevents.Amount(remaining.String()), Unit: billingevents.UnitMeterUnits, VoidedAt: *g.VoidedAt, Reason: body.Reason})
+			if err != nil {
+				return err
+			}
+			return billingevents.Enqueue(r.Context(), tx, ev)
+		})
 	}
 	switch {
 	case errors.Is(err, credits.ErrNotFound):
@@ -300,6 +333,37 @@ func (a *API) voidGrant(w http.ResponseWriter, r *http.Request, p auth.Principal
 		a.opt.Logger.InfoContext(r.Context(), "credit grant voided", "grant", g.ID, "tenant", tenant, "by", p.KeyID)
 		httpjson.Write(w, http.StatusOK, g)
 	}
+}
+
+// inTx runs fn in a transaction of the API's database.
+func (a *API) inTx(ctx context.Context, fn func(pgx.Tx) error) error {
+	b, ok := a.opt.DB.(interface {
+		Begin(context.Context) (pgx.Tx, error)
+	})
+	if !ok {
+		return fmt.Errorf("the database handle %T cannot begin a transaction", a.opt.DB)
+	}
+	return pgx.BeginFunc(ctx, b, fn)
+}
+
+// remainingAt is what grant g had left unused at at (before a void at
+// at took effect): its burn-down in the period of at when a quota burns
+// it, else its whole amount while active or scheduled, and nothing once
+// expired.
+func (a *API) remainingAt(ctx context.Context, g credits.Grant, at time.Time) (*big.Int, error) {
+	live := g
+	live.VoidedAt = nil
+	burn, found, err := a.opt.Usage.GrantBurn(ctx, live, at, at)
+	if err != nil {
+		return nil, fmt.Errorf("the remainder of grant %s: %w", g.ID, err)
+	}
+	if found {
+		return burn.Remaining, nil
+	}
+	if s := status(live, at); s == "active" || s == "scheduled" {
+		return big.NewInt(g.Amount), nil
+	}
+	return new(big.Int), nil
 }
 
 // expiredGrant is a grant that expired with an unused remainder.

@@ -15,7 +15,10 @@
 // in the transaction that records it in billing_period_events, and only
 // for a period judged complete; killing the biller at any moment loses
 // or duplicates nothing, and two billers closing at once queue it once
-// (TestClosesEachCompletePeriodOnce).
+// (TestClosesEachCompletePeriodOnce). Likewise grant.expired is queued
+// at most once per credit grant, in the transaction that records it in
+// credit_grant_expiries, and only once the usage before the expiry is
+// counted (ExpireGrants, TestGrantExpiredOnce).
 package periodclose
 
 import (
@@ -58,6 +61,9 @@ type Config struct {
 	// partition no consumer has stored yet (a topic grown since) keeps
 	// periods incomplete; nil trusts the stored partitions.
 	Partitions func(ctx context.Context) ([]int, error)
+	// Usage reads credit grants' burn-down for ExpireGrants (with the
+	// default plan); nil: no grant expiry is announced.
+	Usage *usagedata.Reader
 	// Now is the clock; nil means time.Now.
 	Now    func() time.Time
 	Logger *slog.Logger

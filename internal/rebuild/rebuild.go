@@ -59,6 +59,9 @@ type Options struct {
 	Horizon time.Duration
 	// MaxLag is the aggregator's AGGREGATOR_MAX_LAG; 0 means the default.
 	MaxLag time.Duration
+	// DefaultPlan is the aggregator's DEFAULT_PLAN: the rebuilt rollup
+	// judges tenants without a plan assignment by it, as the live one.
+	DefaultPlan string
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// Meters, when not empty, limits the comparison and the swap to these
@@ -196,7 +199,8 @@ func openShadow(ctx context.Context, live *pgxpool.Pool, opt Options) (*shadow, 
 		return nil, fmt.Errorf("connecting for the shadow schema: %w", err)
 	}
 	sh.agg = rollup.New(sh.pool, rollup.Config{
-		Group: "rebuild", Topic: opt.Topic, Horizon: opt.Horizon, MaxLag: opt.MaxLag, Now: opt.Now, Logger: slog.New(slog.DiscardHandler),
+		Group: "rebuild", Topic: opt.Topic, Horizon: opt.Horizon, MaxLag: opt.MaxLag, DefaultPlan: opt.DefaultPlan, Now: opt.Now,
+		Logger: slog.New(slog.DiscardHandler),
 	})
 	return sh, nil
 }

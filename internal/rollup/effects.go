@@ -2,6 +2,7 @@ package rollup
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -12,8 +13,10 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/usagemeter/metering/internal/billingevents"
 	"github.com/usagemeter/metering/internal/meter"
 	"github.com/usagemeter/metering/internal/meterset"
+	"github.com/usagemeter/metering/internal/price"
 	"github.com/usagemeter/metering/internal/quota"
 	"github.com/usagemeter/metering/internal/storage/deadletters"
 	"github.com/usagemeter/metering/internal/storage/outbox"
@@ -192,12 +195,15 @@ func evaluateMeterQuotas(ctx context.Context, tx pgx.Tx, meters *meterset.Set, i
 	if err != nil {
 		return nil, err
 	}
+	overages := overagePrices{}
 	for pk, i := range touched {
+		before := len(reached)
 		if reached, err = implicitBreaches(ctx, tx, book, pk, rules[i], now, reached); err != nil {
 			return nil, err
 		}
+		overages.note(reached[before:], rules[i])
 	}
-	if reached, err = meterBreaches(ctx, tx, book, meters, rules, groups, now, reached); err != nil {
+	if reached, err = meterBreaches(ctx, tx, book, meters, rules, groups, now, reached, overages); err != nil {
 		return nil, err
 	}
 	sortBreaches(reached)
@@ -219,7 +225,53 @@ func evaluateMeterQuotas(ctx context.Context, tx pgx.Tx, meters *meterset.Set, i
 		}
 		msgs[i] = outbox.Message{Topic: topics.QuotaBreaches, Key: []byte(b.Tenant), Value: v, Headers: map[string]string{"breach-id": b.BreachID}}
 	}
-	return breaches, outbox.Enqueue(ctx, tx, msgs...)
+	if err := outbox.Enqueue(ctx, tx, msgs...); err != nil {
+		return nil, err
+	}
+	return breaches, overageStarted(ctx, tx, breaches, overages)
+}
+
+// overagePrices holds the overage price of the quota of each breach
+// reached that has one, by breach id.
+type overagePrices map[string]json.RawMessage
+
+// note records r's overage price for the breaches bs of r.
+func (o overagePrices) note(bs []quota.Breach, r rule) {
+	if len(r.OveragePrice) == 0 {
+		return
+	}
+	for _, b := range bs {
+		o[b.BreachID] = r.OveragePrice
+	}
+}
+
+// overageStarted queues overage.started on billing.events, in the
+// batch's transaction, for each breach of breaches (those recorded now
+// for the first time) that is the exceeded threshold: the first time the
+// quota's usage passed its allowance in the period, so once per quota,
+// group and period.
+func overageStarted(ctx context.Context, tx pgx.Tx, breaches []quota.Breach, overages overagePrices) error {
+	var evs []billingevents.Event
+	for _, b := range breaches {
+		if b.Threshold != string(quota.Exceeded) {
+			continue
+		}
+		data := billingevents.OverageStarted{Meter: cmp.Or(b.Meter, b.Metric), Group: b.GroupKey, PeriodStart: b.PeriodStart, PeriodEnd: b.PeriodEnd,
+			Included: big.NewInt(b.Limit), Usage: new(big.Int).Set(b.Value), StartedAt: b.DetectedAt}
+		if raw := overages[b.BreachID]; len(raw) > 0 {
+			var p price.Price
+			if err := json.Unmarshal(raw, &p); err != nil {
+				return fmt.Errorf("reading the overage price of %s's quota on %s: %w", b.Tenant, data.Meter, err)
+			}
+			data.OveragePrice = &p
+		}
+		ev, err := billingevents.New(b.Tenant, b.DetectedAt, data)
+		if err != nil {
+			return err
+		}
+		evs = append(evs, ev)
+	}
+	return billingevents.Enqueue(ctx, tx, evs...)
 }
 
 // periodKey is one quota period of a tenant's metric.
@@ -313,7 +365,7 @@ func implicitBreaches(ctx context.Context, tx pgx.Tx, book *creditBook, pk perio
 // for a filter quota ("" for none): per_group and filter breaches never
 // share a key.
 func meterBreaches(ctx context.Context, tx pgx.Tx, book *creditBook, meters *meterset.Set, rules []rule, groups map[meterPeriodKey]meter.Group,
-	now time.Time, reached []quota.Breach) ([]quota.Breach, error) {
+	now time.Time, reached []quota.Breach, overages overagePrices) ([]quota.Breach, error) {
 	var perGroup []meterPeriodKey
 	var windowsOf []usagedata.GroupWindow
 	for mk := range groups {
@@ -336,7 +388,9 @@ func meterBreaches(ctx context.Context, tx pgx.Tx, book *creditBook, meters *met
 			return nil, err
 		}
 		group, groupKey := filterJSON(r.Filter)
+		before := len(reached)
 		reached = appendReached(reached, r, mk, groupKey, group, value, ev, now)
+		overages.note(reached[before:], r)
 	}
 	values, err := usagedata.GroupValues(ctx, tx, windowsOf)
 	if err != nil {
@@ -344,7 +398,9 @@ func meterBreaches(ctx context.Context, tx pgx.Tx, book *creditBook, meters *met
 	}
 	for i, mk := range perGroup {
 		group, _ := groups[mk].MarshalJSON() // never fails
+		before := len(reached)
 		reached = appendReached(reached, rules[mk.rule], mk, mk.group, group, values[i], planEvaluation(rules[mk.rule], values[i]), now)
+		overages.note(reached[before:], rules[mk.rule])
 	}
 	return reached, nil
 }

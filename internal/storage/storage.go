@@ -15,7 +15,7 @@
 //	             stripe_webhook_undecodable, stripe_object_versions,
 //	             stripe_meter_errors, billing_period_events, billing_credits
 //	outbox       outbox
-//	credits      credit_grants
+//	credits      credit_grants, credit_grant_expiries
 //	auditlog     audit_log
 //
 // Outside this tree only internal/migrate (the schema and its

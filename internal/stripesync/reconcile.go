@@ -157,7 +157,7 @@ type periodRow struct {
 // readPeriod reads, for every tenant and metric with usage or pushes in
 // the month starting at period, the metered total and the pushes' sums.
 func (b *Biller) readPeriod(ctx context.Context, period time.Time) ([]periodRow, error) {
-	rows, err := billingdata.PeriodTotals(ctx, b.pool, period)
+	rows, err := billingdata.PeriodTotals(ctx, b.pool, period, b.cfg.DefaultPlan)
 	if err != nil {
 		return nil, fmt.Errorf("reading the period's usage and pushes: %w", err)
 	}

@@ -70,6 +70,9 @@ type Config struct {
 	// not show it yet; a group of pushes is checked against its summary
 	// only when nothing of it was sent for that long. Default 10m.
 	SummaryLag time.Duration
+	// DefaultPlan bills tenants without a plan assignment in force
+	// (DEFAULT_PLAN; "" for none: they are not billed).
+	DefaultPlan string
 	// Now is the clock; nil means time.Now.
 	Now     func() time.Time
 	Logger  *slog.Logger
@@ -251,7 +254,7 @@ type delta struct {
 
 // deltas reads every delta of the months from oldest on.
 func (b *Biller) deltas(ctx context.Context, oldest time.Time) ([]delta, error) {
-	ds, err := billingdata.Deltas(ctx, b.pool, oldest)
+	ds, err := billingdata.Deltas(ctx, b.pool, oldest, b.cfg.DefaultPlan)
 	if err != nil {
 		return nil, fmt.Errorf("finding deltas: %w", err)
 	}

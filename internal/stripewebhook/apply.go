@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/usagemeter/metering/internal/billingevents"
 	"github.com/usagemeter/metering/internal/storage/accounts"
 	"github.com/usagemeter/metering/internal/storage/billingdata"
 	"github.com/usagemeter/metering/internal/windows"
@@ -82,7 +83,8 @@ func (h *Handler) subscription(ctx context.Context, tx pgx.Tx, ev *event) (strin
 		}
 		plan = &p
 	}
-	moved, err := accounts.SetCustomerPlan(ctx, tx, sub.Customer, plan, effectiveAt(*ev, sub), h.now())
+	moved, err := accounts.SetCustomerPlan(ctx, tx, sub.Customer, plan, effectiveAt(*ev, sub), h.now(),
+		billingevents.PlanHook(h.defaultPlan)) // plan.changed commits with the change
 	if err != nil {
 		return "", contentOrFailure(err, "updating the tenant's plan")
 	}

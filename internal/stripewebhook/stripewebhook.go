@@ -64,6 +64,9 @@ type Handler struct {
 	log      *slog.Logger
 	outcomes *prometheus.CounterVec
 	now      func() time.Time
+	// defaultPlan names, in plan.changed, the plan a tenant whose
+	// subscription ended falls back to.
+	defaultPlan string
 }
 
 // Option configures a Handler.
@@ -72,6 +75,12 @@ type Option func(*Handler)
 // WithRegisterer registers metering_stripe_webhooks_total{outcome} with reg.
 func WithRegisterer(reg prometheus.Registerer) Option {
 	return func(h *Handler) { reg.MustRegister(h.outcomes) }
+}
+
+// WithDefaultPlan sets the default plan (DEFAULT_PLAN) that plan.changed
+// names when a deleted subscription leaves a tenant without a plan.
+func WithDefaultPlan(plan string) Option {
+	return func(h *Handler) { h.defaultPlan = plan }
 }
 
 // WithClock sets the clock plan changes are bounded by (a change never

@@ -35,10 +35,22 @@ var ErrNotFound = errors.New("not found")
 // Store reads and writes accounts.
 type Store struct {
 	pool *pgxpool.Pool
+	// onPlanChange runs in the transaction of every real plan change
+	// SetTenant records; nil runs nothing.
+	onPlanChange PlanHook
 }
 
 // New returns a Store on pool.
 func New(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
+
+// WithPlanHook returns a copy of s whose SetTenant runs hook in the
+// transaction of every real plan change it records, so what hook writes
+// commits if and only if the change does.
+func (s *Store) WithPlanHook(hook PlanHook) *Store {
+	c := *s
+	c.onPlanChange = hook
+	return &c
+}
 
 // Ping checks that Postgres answers.
 func (s *Store) Ping(ctx context.Context) error {
@@ -78,6 +90,10 @@ type Quota struct {
 	// "0.002", when Price is per_unit (its unit_amount); empty otherwise.
 	// On a write, a UnitPrice without a Price is that per_unit price.
 	UnitPrice string `json:"unit_price,omitempty"`
+	// OveragePrice prices the usage beyond the quota's allowance in the
+	// projected bill; nil when the quota has none. Part of a version's
+	// content, as Price is.
+	OveragePrice *price.Price `json:"overage_price,omitempty"`
 }
 
 // Plan is one version of a named set of quotas.
@@ -224,6 +240,13 @@ func insertQuota(ctx context.Context, tx pgx.Tx, plan string, version int, q Quo
 			unitPrice = &u
 		}
 	}
+	var overageJSON []byte
+	if q.OveragePrice != nil {
+		var err error
+		if overageJSON, err = json.Marshal(q.OveragePrice); err != nil {
+			return fmt.Errorf("quota on %s: overage price: %w", q.Metric, err)
+		}
+	}
 	if q.Meter != "" && q.Meter != q.Metric {
 		meterName = &q.Meter
 	}
@@ -236,9 +259,9 @@ func insertQuota(ctx context.Context, tx pgx.Tx, plan string, version int, q Quo
 		filter = map[string]string{}
 	}
 	_, err := tx.Exec(ctx, `INSERT INTO plan_quotas
-		(plan, version, metric, quota_limit, period, burst_percent, hard, stripe_event_name, unit_price, meter, group_filter, per_group, price)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::numeric, $10, $11, $12, $13::jsonb)`,
-		plan, version, q.Metric, q.Limit, q.Period, q.BurstPercent, q.Hard, eventName, unitPrice, meterName, filter, q.PerGroup, priceJSON)
+		(plan, version, metric, quota_limit, period, burst_percent, hard, stripe_event_name, unit_price, meter, group_filter, per_group, price, overage_price)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::numeric, $10, $11, $12, $13::jsonb, $14::jsonb)`,
+		plan, version, q.Metric, q.Limit, q.Period, q.BurstPercent, q.Hard, eventName, unitPrice, meterName, filter, q.PerGroup, priceJSON, overageJSON)
 	return err
 }
 
@@ -261,7 +284,7 @@ func readVersion(ctx context.Context, q storage.Executor, name string, version i
 		p.EffectiveFrom, p.Scheduled = &t, t.After(now)
 	}
 	rows, err := q.Query(ctx, `SELECT metric, quota_limit, period, burst_percent, hard, coalesce(stripe_event_name, ''), price,
-			coalesce(meter, metric), group_filter, per_group
+			coalesce(meter, metric), group_filter, per_group, overage_price
 		FROM plan_quotas WHERE plan = $1 AND version = $2 ORDER BY metric, meter NULLS FIRST, group_filter::text COLLATE "C", per_group`, name, version)
 	if err != nil {
 		return Plan{}, fmt.Errorf("reading quotas of plan %s: %w", name, err)
@@ -269,7 +292,7 @@ func readVersion(ctx context.Context, q storage.Executor, name string, version i
 	p.Quotas, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (Quota, error) {
 		var q Quota
 		err := r.Scan(&q.Metric, &q.Limit, &q.Period, &q.BurstPercent, &q.Hard, &q.StripeEventName, &q.Price,
-			&q.Meter, &q.Filter, &q.PerGroup)
+			&q.Meter, &q.Filter, &q.PerGroup, &q.OveragePrice)
 		if q.Filter == nil {
 			q.Filter = map[string]string{}
 		}
@@ -397,7 +420,7 @@ func (s *Store) SetTenant(ctx context.Context, t Tenant, effective, now time.Tim
 				at = Always
 			}
 		}
-		return AssignPlan(ctx, tx, t.Tenant, plan, at, now, "admin")
+		return AssignPlan(ctx, tx, t.Tenant, plan, at, now, "admin", s.onPlanChange)
 	})
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "23503" { // foreign_key_violation
@@ -418,7 +441,9 @@ func (s *Store) SetTenant(ctx context.Context, t Tenant, effective, now time.Tim
 // is locked, ordering two writers of its history. An unchanged plan
 // records nothing; at before the latest change, or after now, is
 // ErrEffectiveFrom; at equal to the open assignment's start replaces it.
-func AssignPlan(ctx context.Context, tx storage.Executor, tenant string, plan *string, at, now time.Time, source string) error {
+// A real change runs hook (when not nil) on tx after recording it; its
+// error undoes nothing by itself: the caller rolls tx back.
+func AssignPlan(ctx context.Context, tx storage.Executor, tenant string, plan *string, at, now time.Time, source string, hook PlanHook) error {
 	if at.After(now) {
 		return fmt.Errorf("%w: %s is in the future; a plan assignment takes effect now or in the past", ErrEffectiveFrom, at.UTC().Format(time.RFC3339Nano))
 	}
@@ -459,22 +484,47 @@ func AssignPlan(ctx context.Context, tx storage.Executor, tenant string, plan *s
 	if open != nil {
 		from = open.Plan
 	}
-	return planChanged(ctx, tx, PlanChange{Tenant: tenant, From: from, To: plan, At: at, Source: source})
+	change := PlanChange{Tenant: tenant, From: from, To: plan, At: at, Now: now, Source: source}
+	if plan != nil {
+		// The version of the new plan in force at the change (0: none yet,
+		// its first version is scheduled later).
+		var v *int32
+		if err := tx.QueryRow(ctx, `SELECT plan_version_at($1, $2)`, *plan, timestamptz(at)).Scan(&v); err != nil {
+			return fmt.Errorf("reading the version of plan %s at the change: %w", *plan, err)
+		}
+		if v != nil {
+			change.Version = int(*v)
+		}
+	}
+	return planChanged(ctx, tx, change, hook)
 }
 
 // PlanChange is one change of a tenant's plan: From (nil: none) to To
-// (nil: none, the default plan applies) from At on, made by Source.
+// (nil: none, the default plan applies) from At (the zero time: since
+// always) on, made by Source at Now; Version is To's version in force at
+// At (0 when To is nil or has none in force then).
 type PlanChange struct {
 	Tenant   string
 	From, To *string
-	At       time.Time
+	Version  int
+	At, Now  time.Time
 	Source   string
 }
 
-// planChanged is where a plan.changed billing event is to be emitted, in
-// the transaction that records the change, so the event and the change
-// commit together. It emits nothing yet.
-func planChanged(_ context.Context, _ storage.Executor, _ PlanChange) error {
+// PlanHook is given every real plan change inside the transaction that
+// records it (tx), so that what it writes (a billing event in the
+// outbox) commits if and only if the change does. Storage packages take
+// it from their caller: they import no domain package.
+type PlanHook func(ctx context.Context, tx storage.Executor, c PlanChange) error
+
+// planChanged runs hook, when set, on the change recorded in tx.
+func planChanged(ctx context.Context, tx storage.Executor, c PlanChange, hook PlanHook) error {
+	if hook == nil {
+		return nil
+	}
+	if err := hook(ctx, tx, c); err != nil {
+		return fmt.Errorf("after the plan change of tenant %s: %w", c.Tenant, err)
+	}
 	return nil
 }
 

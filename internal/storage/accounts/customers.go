@@ -22,8 +22,9 @@ func PlanExists(ctx context.Context, q storage.Executor, name string) (bool, err
 // "stripe") and returns how many there were. at is brought back to now
 // when it is later, and forward to a tenant's latest recorded change when
 // it is earlier: a change never reaches back before one already made.
-// plan must exist (a foreign key refuses it otherwise).
-func SetCustomerPlan(ctx context.Context, q storage.Executor, customer string, plan *string, at, now time.Time) (int64, error) {
+// plan must exist (a foreign key refuses it otherwise). hook (when not
+// nil) runs on q for every tenant whose plan really changes.
+func SetCustomerPlan(ctx context.Context, q storage.Executor, customer string, plan *string, at, now time.Time, hook PlanHook) (int64, error) {
 	rows, err := q.Query(ctx, `SELECT tenant FROM tenants WHERE stripe_customer_id = $1 ORDER BY tenant FOR UPDATE`, customer)
 	if err != nil {
 		return 0, err
@@ -44,7 +45,7 @@ func SetCustomerPlan(ctx context.Context, q storage.Executor, customer string, p
 		if latest != nil && when.Before(latest.boundary()) {
 			when = latest.boundary()
 		}
-		if err := AssignPlan(ctx, q, t, plan, when, now, "stripe"); err != nil {
+		if err := AssignPlan(ctx, q, t, plan, when, now, "stripe", hook); err != nil {
 			return 0, fmt.Errorf("tenant %s: %w", t, err)
 		}
 	}

@@ -63,7 +63,7 @@ func TestMeterQuotasBilling(t *testing.T) {
 			db.Exec(t, `INSERT INTO usage_windows (tenant, meter, group_key, granularity, window_start, value, events) VALUES
 				('t1', 'tokens', '', 'month', $1, 500, 5), ('t1', 'tokens_by_model', '["gpt-4"]', 'month', $1, 200, 2)`+tc.windows, month)
 
-			ds, err := billingdata.Deltas(ctx, db.Pool, month)
+			ds, err := billingdata.Deltas(ctx, db.Pool, month, "")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -74,7 +74,7 @@ func TestMeterQuotasBilling(t *testing.T) {
 			if !equalRows(got, tc.want) {
 				t.Fatalf("Deltas = %+v; want %+v", got, tc.want)
 			}
-			ts, err := billingdata.PeriodTotals(ctx, db.Pool, month)
+			ts, err := billingdata.PeriodTotals(ctx, db.Pool, month, "")
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -45,7 +45,7 @@ func TestBillingUsesTheVersionInForceInThePeriod(t *testing.T) {
 	db.Exec(t, `INSERT INTO usage_windows (tenant, meter, group_key, granularity, window_start, value, events) VALUES
 		('t1', 'calls', '', 'month', $1, 10, 1), ('t1', 'calls', '', 'month', $2, 20, 2),
 		('t2', 'calls', '', 'month', $1, 30, 3), ('t2', 'calls', '', 'month', $2, 40, 4)`, oct, nov)
-	ds, err := billingdata.Deltas(ctx, db.Pool, oct)
+	ds, err := billingdata.Deltas(ctx, db.Pool, oct, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +60,7 @@ func TestBillingUsesTheVersionInForceInThePeriod(t *testing.T) {
 		start time.Time
 		want  string
 	}{{oct, "[t1 calls_v1 t2 calls_v1]"}, {nov, "[t1 calls_v2 t2 calls_eu]"}} {
-		totals, err := billingdata.PeriodTotals(ctx, db.Pool, month.start)
+		totals, err := billingdata.PeriodTotals(ctx, db.Pool, month.start, "")
 		if err != nil {
 			t.Fatal(err)
 		}

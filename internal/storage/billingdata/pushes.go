@@ -118,14 +118,16 @@ type Delta struct {
 // Deltas reads every delta of the months from oldest on, by tenant,
 // metric, group and month: of implicit meters whose quota is billed, and
 // of every group of defined meters a billed quota names (the caller
-// applies the quota's filter and event name to the group).
-func Deltas(ctx context.Context, q storage.Executor, oldest time.Time) ([]Delta, error) {
+// applies the quota's filter and event name to the group). A tenant
+// without a plan assignment in force in a month is billed by the
+// version of defaultPlan in force then ("" for none: not billed).
+func Deltas(ctx context.Context, q storage.Executor, oldest time.Time, defaultPlan string) ([]Delta, error) {
 	rows, err := q.Query(ctx, `SELECT w.tenant, w.meter, w.group_key, coalesce(gk.group_key, w.group_key), w.window_start, w.value,
 			coalesce(t.stripe_customer_id, ''), q.stripe_event_name, coalesce(q.meter, ''), coalesce(m.aggregation, ''), coalesce(m.group_by, '{}'), q.group_filter,
 			coalesce(p.claimed, 0) - coalesce(c.credited, 0), coalesce(p.cancelled, 0) + coalesce(c.credits, 0), (bp.tenant IS NOT NULL)
 		FROM usage_windows w
 		JOIN tenants t ON t.tenant = w.tenant
-		JOIN plan_quotas q ON q.plan = tenant_plan_at(t.tenant, `+monthInForce("w.window_start")+`)
+		JOIN plan_quotas q ON q.plan = tenant_billed_plan_at(t.tenant, `+monthInForce("w.window_start")+`, $2)
 			AND q.version = plan_version_at(q.plan, `+monthInForce("w.window_start")+`) AND q.stripe_event_name IS NOT NULL
 			AND ((q.meter IS NULL AND q.metric = w.meter AND w.group_key = '') OR q.meter = w.meter)
 		LEFT JOIN meters m ON m.name = q.meter
@@ -138,7 +140,7 @@ func Deltas(ctx context.Context, q storage.Executor, oldest time.Time) ([]Delta,
 		LEFT JOIN `+creditsSQL+` c
 			ON c.tenant = w.tenant AND c.metric = w.meter AND c.group_key = w.group_key AND c.period_start = w.window_start
 		WHERE w.granularity = 'month' AND w.window_start >= $1 AND w.value > coalesce(p.claimed, 0) - coalesce(c.credited, 0)
-		ORDER BY w.tenant, w.meter, w.group_key COLLATE "C", w.window_start`, oldest)
+		ORDER BY w.tenant, w.meter, w.group_key COLLATE "C", w.window_start`, oldest, defaultPlan)
 	if err != nil {
 		return nil, err
 	}

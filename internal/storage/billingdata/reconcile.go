@@ -118,8 +118,10 @@ type PeriodTotal struct {
 // (intents and dead), how many are dead, what was discarded, what was
 // carried out of the month and into it, and when a push billed in it was
 // last sent. Implicit meters have one row (the empty group); a defined
-// meter with a billed quota has one per group of its usage or pushes.
-func PeriodTotals(ctx context.Context, q storage.Executor, period time.Time) ([]PeriodTotal, error) {
+// meter with a billed quota has one per group of its usage or pushes. A
+// tenant without a plan assignment in force is billed by defaultPlan
+// ("" for none), as in Deltas.
+func PeriodTotals(ctx context.Context, q storage.Executor, period time.Time, defaultPlan string) ([]PeriodTotal, error) {
 	rows, err := q.Query(ctx, `WITH groups AS (
 			SELECT tenant, meter, group_key FROM usage_windows WHERE granularity = 'month' AND window_start = $1 AND group_key <> ''
 			UNION
@@ -127,12 +129,12 @@ func PeriodTotals(ctx context.Context, q storage.Executor, period time.Time) ([]
 		), keys AS (
 			SELECT t.tenant, q.metric, q.metric AS meter, '' AS group_key, false AS defined, coalesce(t.stripe_customer_id, '') AS customer,
 				q.stripe_event_name, '' AS aggregation, '{}'::text[] AS group_by, q.group_filter
-			FROM tenants t JOIN plan_quotas q ON q.plan = tenant_plan_at(t.tenant, `+monthInForce("$1::timestamptz")+`)
+			FROM tenants t JOIN plan_quotas q ON q.plan = tenant_billed_plan_at(t.tenant, `+monthInForce("$1::timestamptz")+`, $2)
 				AND q.version = plan_version_at(q.plan, `+monthInForce("$1::timestamptz")+`) AND q.meter IS NULL
 			UNION ALL
 			SELECT t.tenant, q.metric, q.meter, coalesce(g.group_key, ''), true, coalesce(t.stripe_customer_id, ''),
 				q.stripe_event_name, m.aggregation, m.group_by, q.group_filter
-			FROM tenants t JOIN plan_quotas q ON q.plan = tenant_plan_at(t.tenant, `+monthInForce("$1::timestamptz")+`)
+			FROM tenants t JOIN plan_quotas q ON q.plan = tenant_billed_plan_at(t.tenant, `+monthInForce("$1::timestamptz")+`, $2)
 				AND q.version = plan_version_at(q.plan, `+monthInForce("$1::timestamptz")+`) AND q.meter IS NOT NULL AND q.stripe_event_name IS NOT NULL
 			JOIN meters m ON m.name = q.meter
 			LEFT JOIN groups g ON g.tenant = t.tenant AND g.meter = q.meter AND cardinality(m.group_by) > 0
@@ -155,7 +157,7 @@ func PeriodTotals(ctx context.Context, q storage.Executor, period time.Time) ([]
 		LEFT JOIN pushes p ON p.tenant = k.tenant AND p.metric = k.meter AND p.group_key = k.group_key
 		LEFT JOIN meter_group_keys gk ON gk.meter = k.meter AND gk.digest = k.group_key
 		WHERE w.tenant IS NOT NULL OR p.tenant IS NOT NULL
-		ORDER BY k.tenant, k.metric, k.meter COLLATE "C", k.group_key COLLATE "C"`, period)
+		ORDER BY k.tenant, k.metric, k.meter COLLATE "C", k.group_key COLLATE "C"`, period, defaultPlan)
 	if err != nil {
 		return nil, err
 	}

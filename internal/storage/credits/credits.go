@@ -1,7 +1,8 @@
 // Package credits owns credit_grants: a tenant's extra allowance on one
 // meter's quotas, created and voided by admins. Every creation and void
 // appends to audit_log (through internal/storage/auditlog) in the same
-// transaction.
+// transaction. It also owns credit_grant_expiries: the expired grants the
+// biller has settled (SettleExpiry), at most one row per grant.
 //
 // Invariant: a grant's terms (tenant, meter, amount, times, priority,
 // reason, source) never change once stored, its times are whole UTC hours
@@ -16,6 +17,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -101,6 +103,15 @@ func inTx(ctx context.Context, q storage.Executor, fn func(pgx.Tx) error) error 
 }
 
 const columns = `grant_id::text, tenant, meter, amount, effective_at, expires_at, priority, reason, source, created_at, created_by, voided_at, voided_by, void_reason`
+
+// prefixed is columns with each qualified by prefix ("g.").
+func prefixed(prefix string) string {
+	parts := strings.Split(columns, ", ")
+	for i, p := range parts {
+		parts[i] = prefix + p
+	}
+	return strings.Join(parts, ", ")
+}
 
 func scan(row pgx.Row) (Grant, error) {
 	var g Grant

@@ -48,6 +48,11 @@ type BillLine struct {
 	ProjectedUsed *big.Int `json:"projected_used"`
 	// ProjectedAmount is what ProjectedUsed costs under Price.
 	ProjectedAmount string `json:"projected_amount"`
+	// Overage marks the overage line of a quota with an overage price:
+	// Used (and ProjectedUsed) are the usage beyond Included, the
+	// quota's limit, and Price is the overage price.
+	Overage  bool     `json:"overage,omitempty"`
+	Included *big.Int `json:"included,omitempty"`
 }
 
 // Bill is the running and projected bill of a tenant's month.
@@ -67,7 +72,11 @@ type pricedQuota struct {
 	filter          map[string]string
 	perGroup        bool
 	stripeEventName string
-	price           price.Price
+	// price is nil when only overage is priced; overage (with limit) nil
+	// when the quota has no overage price.
+	price   *price.Price
+	overage *price.Price
+	limit   *int64
 }
 
 // Bill returns tenant's bill for the month containing now: a line for
@@ -98,28 +107,49 @@ func (r *Reader) Bill(ctx context.Context, tenant string, now time.Time) (Bill, 
 		length := new(big.Rat).SetFrac64(int64(end.Sub(start)), 1)
 		scale := new(big.Rat).Quo(length, elapsed)
 		for _, q := range qs {
-			rates, err := q.price.Rates()
-			if err != nil {
-				return b, fmt.Errorf("reading the bill of %s: the price of %s on %s: %w", tenant, q.metric, cmp.Or(q.meter, q.metric), err)
+			var rates, overRates price.Rates
+			if q.price != nil {
+				if rates, err = q.price.Rates(); err != nil {
+					return b, fmt.Errorf("reading the bill of %s: the price of %s on %s: %w", tenant, q.metric, cmp.Or(q.meter, q.metric), err)
+				}
+			}
+			if q.overage != nil {
+				if overRates, err = q.overage.Rates(); err != nil {
+					return b, fmt.Errorf("reading the bill of %s: the overage price of %s on %s: %w", tenant, q.metric, cmp.Or(q.meter, q.metric), err)
+				}
 			}
 			usages, agg, err := r.quotaUsage(ctx, tenant, q, start, end)
 			if err != nil {
 				return b, fmt.Errorf("reading the bill of %s: %w", tenant, err)
 			}
-			for _, u := range usages {
-				l := BillLine{Metric: q.metric, Meter: cmp.Or(q.meter, q.metric), Filter: q.filter, Group: u.Group, Used: u.Value,
-					Price: q.price, UnitPrice: q.price.UnitPrice()}
-				l.ProjectedUsed = projectUsage(agg, l.Used, scale)
+			add := func(l BillLine, rates price.Rates) {
 				amount, projected := price.RoundCents(rates.Amount(l.Used)), price.RoundCents(rates.Amount(l.ProjectedUsed))
 				l.Amount, l.ProjectedAmount = amount.FloatString(2), projected.FloatString(2)
 				total.Add(total, amount)
 				projTotal.Add(projTotal, projected)
 				b.Lines = append(b.Lines, l)
 			}
+			for _, u := range usages {
+				base := BillLine{Metric: q.metric, Meter: cmp.Or(q.meter, q.metric), Filter: q.filter, Group: u.Group, Used: u.Value}
+				projectedUsed := projectUsage(agg, u.Value, scale)
+				if q.price != nil {
+					l := base
+					l.Price, l.UnitPrice, l.ProjectedUsed = *q.price, q.price.UnitPrice(), projectedUsed
+					add(l, rates)
+				}
+				if q.overage != nil && q.limit != nil {
+					included := big.NewInt(*q.limit)
+					l := base
+					l.Overage, l.Included, l.Price, l.UnitPrice = true, included, *q.overage, q.overage.UnitPrice()
+					l.Used, l.ProjectedUsed = beyond(u.Value, included), beyond(projectedUsed, included)
+					add(l, overRates)
+				}
+			}
 		}
 	}
 	// The quotas come by metric, meter (implicit first), filter and
-	// per_group, each quota's groups by their values: order by meter name.
+	// per_group, each quota's groups by their values (a group's overage
+	// line after its line): order by meter name.
 	slices.SortStableFunc(b.Lines, func(x, y BillLine) int {
 		return cmp.Or(cmp.Compare(x.Metric, y.Metric), cmp.Compare(x.Meter, y.Meter))
 	})
@@ -127,19 +157,29 @@ func (r *Reader) Bill(ctx context.Context, tenant string, now time.Time) (Bill, 
 	return b, nil
 }
 
+// beyond is the part of used above included, never below 0.
+func beyond(used, included *big.Int) *big.Int {
+	d := new(big.Int).Sub(used, included)
+	if d.Sign() < 0 {
+		d.SetInt64(0)
+	}
+	return d
+}
+
 // pricedQuotas reads the quotas of plan's version in force at now that
-// have a price, ordered by metric,
+// have a price or an overage price, ordered by metric,
 // meter (the implicit meter first), filter and per_group.
 func (r *Reader) pricedQuotas(ctx context.Context, plan string, now time.Time) ([]pricedQuota, error) {
-	rows, err := r.q.Query(ctx, `SELECT q.metric, coalesce(q.meter, ''), q.group_filter, q.per_group, coalesce(q.stripe_event_name, ''), q.price
-		FROM plan_quotas q WHERE q.plan = $1 AND q.version = plan_version_at(q.plan, $2) AND q.price IS NOT NULL
+	rows, err := r.q.Query(ctx, `SELECT q.metric, coalesce(q.meter, ''), q.group_filter, q.per_group, coalesce(q.stripe_event_name, ''), q.price,
+			q.overage_price, q.quota_limit
+		FROM plan_quotas q WHERE q.plan = $1 AND q.version = plan_version_at(q.plan, $2) AND (q.price IS NOT NULL OR q.overage_price IS NOT NULL)
 		ORDER BY q.metric, q.meter NULLS FIRST, q.group_filter::text COLLATE "C", q.per_group`, plan, now)
 	if err != nil {
 		return nil, err
 	}
 	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (pricedQuota, error) {
 		var q pricedQuota
-		err := row.Scan(&q.metric, &q.meter, &q.filter, &q.perGroup, &q.stripeEventName, &q.price)
+		err := row.Scan(&q.metric, &q.meter, &q.filter, &q.perGroup, &q.stripeEventName, &q.price, &q.overage, &q.limit)
 		if q.filter == nil {
 			q.filter = map[string]string{}
 		}

@@ -27,6 +27,9 @@ type QuotaRule struct {
 	Meter          string
 	Filter         map[string]string
 	PerGroup       bool
+	// OveragePrice is the quota's overage price as stored (a price
+	// object's JSON), nil when it has none.
+	OveragePrice json.RawMessage
 }
 
 // Implicit reports whether r limits its metric's implicit meter.
@@ -40,6 +43,7 @@ type planQuota struct {
 	aggregation     string // "" for the implicit meter, or a meter not defined
 	groupBy         []string
 	stripeEventName string
+	overagePrice    json.RawMessage
 }
 
 // quotaGranularities are the periods a quota may have.
@@ -93,7 +97,7 @@ func (p *PlanRules) Rules(tenant string, g windows.Granularity, start time.Time)
 			rs = append(rs, QuotaRule{
 				Rule:   quota.Rule{Limit: pq.Limit, BurstPercent: row.status.BurstPercent, Hard: row.status.Hard},
 				Period: g, Tenant: tenant, Metric: row.status.Metric, Meter: pq.Key.Meter,
-				Filter: row.status.Filter, PerGroup: row.status.PerGroup,
+				Filter: row.status.Filter, PerGroup: row.status.PerGroup, OveragePrice: row.overagePrice,
 			})
 		}
 	}
@@ -127,12 +131,13 @@ func readPlanInputs(ctx context.Context, q storage.Executor, tenants []string, f
 				WHERE l.plan = v.plan AND l.effective_from > v.effective_from AND l.effective_from <= $2)
 		)
 		SELECT true, a.tenant, a.plan, a.valid_from, a.valid_to, a.source, 0, NULL::text,
-			NULL::text, NULL::text, NULL::text, false, NULL::bigint, NULL::text, 0, false, NULL::text, NULL::text, NULL::text[]
+			NULL::text, NULL::text, NULL::text, false, NULL::bigint, NULL::text, 0, false, NULL::text, NULL::text, NULL::text[], NULL::text
 		FROM a
 		UNION ALL
 		SELECT false, '', v.plan, v.effective_from, NULL, '', v.version, v.proration,
 			q.metric, q.meter, q.group_filter::text, coalesce(q.per_group, false), q.quota_limit, q.period, coalesce(q.burst_percent, 0), coalesce(q.hard, false),
-			q.stripe_event_name, CASE WHEN q.meter IS NULL THEN '' ELSE coalesce(m.aggregation, '') END, coalesce(m.group_by, '{}')
+			q.stripe_event_name, CASE WHEN q.meter IS NULL THEN '' ELSE coalesce(m.aggregation, '') END, coalesce(m.group_by, '{}'),
+			q.overage_price::text
 		FROM v LEFT JOIN plan_quotas q ON q.plan = v.plan AND q.version = v.version
 		LEFT JOIN meters m ON m.name = q.meter AND m.metric = q.metric`, tenants, from, to, defaultPlan)
 	if err != nil {
@@ -149,14 +154,14 @@ func readPlanInputs(ctx context.Context, q storage.Executor, tenants []string, f
 	for rows.Next() {
 		var isAssignment bool
 		var tenant, source string
-		var plan, proration, metric, meterName, filter, period, eventName, aggregation *string
+		var plan, proration, metric, meterName, filter, period, eventName, aggregation, overage *string
 		var fromTS, toTS pgtype.Timestamptz
 		var version, burst int
 		var perGroup, hard bool
 		var limit *int64
 		var groupBy []string
 		if err := rows.Scan(&isAssignment, &tenant, &plan, &fromTS, &toTS, &source, &version, &proration,
-			&metric, &meterName, &filter, &perGroup, &limit, &period, &burst, &hard, &eventName, &aggregation, &groupBy); err != nil {
+			&metric, &meterName, &filter, &perGroup, &limit, &period, &burst, &hard, &eventName, &aggregation, &groupBy, &overage); err != nil {
 			return nil, err
 		}
 		if isAssignment {
@@ -181,6 +186,9 @@ func readPlanInputs(ctx context.Context, q storage.Executor, tenants []string, f
 			continue // a version without quotas
 		}
 		pq := planQuota{period: windows.Granularity(*period), stripeEventName: deref(eventName), aggregation: deref(aggregation), groupBy: groupBy}
+		if overage != nil {
+			pq.overagePrice = json.RawMessage(*overage)
+		}
 		st := &pq.status
 		st.Metric, st.Meter, st.PerGroup, st.Limit, st.BurstPercent, st.Hard = *metric, *metric, perGroup, limit, burst, hard
 		if meterName != nil {

@@ -138,6 +138,9 @@ func (r *Reader) WithDefaultPlan(plan string) *Reader {
 	return &c
 }
 
+// DefaultPlan is the default plan r was given ("" for none).
+func (r *Reader) DefaultPlan() string { return r.defaultPlan }
+
 // Quotas returns tenant's plan and the state of each of its quotas in the
 // period containing now (see QuotasInForce).
 func (r *Reader) Quotas(ctx context.Context, tenant string, now time.Time) (string, []QuotaStatus, error) {
