@@ -51,8 +51,13 @@ type adjustmentBody struct {
 // applies it (or dead-letters it, should the meter change meanwhile).
 func (a *API) postAdjustment(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
 	var body adjustmentBody
-	if err := decodeObject(r, &body); err != nil {
+	present, err := decodeObjectWithoutNulls(r, &body)
+	if err != nil {
 		writeBodyError(w, err)
+		return
+	}
+	if present["id"] && body.ID == "" {
+		httpjson.Error(w, http.StatusBadRequest, "invalid_adjustment", "id must be a UUID such as 8d3c2b1a-0f9e-4d8c-b7a6-5e4d3c2b1a09, or left out")
 		return
 	}
 	if body.ID == "" {
@@ -127,12 +132,12 @@ func (a *API) postAdjustment(w http.ResponseWriter, r *http.Request, _ auth.Prin
 func (a *API) listAdjustments(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
 	q := r.URL.Query()
 	tenant := q.Get("tenant")
-	if tenant != "" && !validName(tenant) {
+	if q.Has("tenant") && !validName(tenant) {
 		httpjson.Error(w, http.StatusBadRequest, "invalid_request", tenantNameRule)
 		return
 	}
 	from, to := time.Time{}, time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)
-	if p := q.Get("period"); p != "" {
+	if p := q.Get("period"); q.Has("period") {
 		start, err := rollup.Adjustment{Period: p}.PeriodStart()
 		if err != nil {
 			httpjson.Error(w, http.StatusBadRequest, "invalid_request", err.Error())

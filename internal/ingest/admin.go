@@ -143,6 +143,33 @@ func decodeObjectBytes(body []byte, v any) error {
 	return httpjson.DecodeBytes(body, adminBodyLimit, v)
 }
 
+// decodeObjectWithoutNulls is decodeObject that also refuses an explicit
+// null for any top-level field but those named nullable, so that a null
+// is never taken for an absent field. It returns the names of the fields
+// the body holds, so that an empty value sent is not taken for one left
+// out either.
+func decodeObjectWithoutNulls(r *http.Request, v any, nullable ...string) (map[string]bool, error) {
+	body, err := httpjson.ReadBody(r, adminBodyLimit)
+	if err != nil {
+		return nil, err
+	}
+	if err := decodeObjectBytes(body, v); err != nil {
+		return nil, err
+	}
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(body, &fields); err != nil {
+		return nil, fmt.Errorf("the body is not valid JSON: %w", err)
+	}
+	present := make(map[string]bool, len(fields))
+	for _, k := range slices.Sorted(maps.Keys(fields)) {
+		if string(bytes.TrimSpace(fields[k])) == "null" && !slices.Contains(nullable, k) {
+			return nil, fmt.Errorf("field %q must not be null: leave it out for its default", k)
+		}
+		present[k] = true
+	}
+	return present, nil
+}
+
 // writeBodyError answers a body decodeObject refused: 415 for a
 // Content-Encoding, 400 otherwise.
 func writeBodyError(w http.ResponseWriter, err error) {

@@ -38,7 +38,9 @@ func (a *API) grantRoutes() []Route {
 
 // grantBody is the body of POST /v1/admin/tenants/{tenant}/grants.
 type grantBody struct {
-	ID          string     `json:"id"`
+	// ID is nil when the body leaves it out (one is made); sent, it must
+	// be a UUID, an empty one too.
+	ID          *string    `json:"id"`
 	Meter       string     `json:"meter"`
 	Amount      int64      `json:"amount"`
 	EffectiveAt *time.Time `json:"effective_at"`
@@ -117,9 +119,12 @@ func (a *API) grantFromBody(ctx context.Context, tenant string, b grantBody, act
 	add := func(field, format string, args ...any) {
 		errs = append(errs, fieldError{Field: field, Message: fmt.Sprintf(format, args...)})
 	}
-	g := credits.Grant{ID: b.ID, Tenant: tenant, Meter: b.Meter, Amount: b.Amount, Priority: credits.DefaultPriority,
+	g := credits.Grant{Tenant: tenant, Meter: b.Meter, Amount: b.Amount, Priority: credits.DefaultPriority,
 		Reason: b.Reason, Source: b.Source, CreatedBy: actor, EffectiveAt: now, ExpiresAt: b.ExpiresAt}
-	if g.ID == "" {
+	if b.ID != nil {
+		g.ID = *b.ID
+	}
+	if b.ID == nil {
 		id, err := uuid.NewV7()
 		if err != nil {
 			return g, nil, err
@@ -162,6 +167,10 @@ func (a *API) grantFromBody(ctx context.Context, tenant string, b grantBody, act
 	return g, errs, nil
 }
 
+// storableText reports whether Postgres can hold s as text: valid UTF-8
+// without NUL.
+func storableText(s string) bool { return utf8.ValidString(s) && !strings.ContainsRune(s, 0) }
+
 func isControl(r rune) bool { return r < 0x20 || (r >= 0x7f && r <= 0x9f) }
 
 // createGrant serves POST /v1/admin/tenants/{tenant}/grants: 201 with the
@@ -173,15 +182,15 @@ func (a *API) createGrant(w http.ResponseWriter, r *http.Request, p auth.Princip
 		return
 	}
 	var body grantBody
-	if err := decodeObject(r, &body); err != nil {
+	if _, err := decodeObjectWithoutNulls(r, &body, "expires_at"); err != nil {
 		writeBodyError(w, err)
 		return
 	}
 	now := a.opt.Now()
-	if _, perr := uuid.Parse(body.ID); perr == nil && len(body.ID) == 36 && body.EffectiveAt == nil {
+	if body.ID != nil && len(*body.ID) == 36 && uuid.Validate(*body.ID) == nil && body.EffectiveAt == nil {
 		// A retry that left effective_at to the server means the time the
 		// grant was first made, not the time of the retry.
-		if prev, err := credits.Get(r.Context(), a.opt.DB, tenant, body.ID); err == nil {
+		if prev, err := credits.Get(r.Context(), a.opt.DB, tenant, *body.ID); err == nil {
 			now = prev.EffectiveAt
 		} else if !errors.Is(err, credits.ErrNotFound) {
 			a.internalError(w, r, err)
@@ -375,8 +384,9 @@ type expiredGrant struct {
 // grantTimeParam parses the query parameter name as RFC 3339, or returns def
 // when it is absent.
 func grantTimeParam(r *http.Request, name string, def time.Time) (time.Time, error) {
-	v := r.URL.Query().Get(name)
-	if v == "" {
+	q := r.URL.Query()
+	v := q.Get(name)
+	if v == "" && !q.Has(name) {
 		return def, nil
 	}
 	t, err := time.Parse(time.RFC3339, v)
@@ -436,6 +446,11 @@ func (a *API) expiredGrants(w http.ResponseWriter, r *http.Request, _ auth.Princ
 func (a *API) listAudit(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
 	q := r.URL.Query()
 	f := auditlog.Filter{Target: q.Get("target"), Action: q.Get("action"), Limit: 100}
+	if !storableText(f.Target) || !storableText(f.Action) {
+		// No stored target or action holds such text: nothing matches.
+		httpjson.Write(w, http.StatusOK, map[string]any{"entries": []auditlog.Record{}})
+		return
+	}
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > auditlog.MaxList {

@@ -180,3 +180,38 @@ func TestCreditGrants(t *testing.T) {
 		t.Errorf("a quota without grants: %s", r.raw)
 	}
 }
+
+// TestBillingAdminInputEdges: an explicit null or an empty id is refused
+// rather than taken for a field left out, an empty tenant filter is
+// refused, and an audit filter no stored text can hold matches nothing
+// instead of failing.
+func TestBillingAdminInputEdges(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOpts{})
+	defineMeters(t, e)
+	e.do("PUT", "/v1/admin/tenants/acme", adminKey, "application/json", `{}`)
+	grant := `"meter":"tokens","amount":5,"reason":"r","source":"goodwill"`
+	for _, tc := range []struct {
+		name, method, path, body string
+		status                   int
+		want                     string
+	}{
+		{"null priority", "POST", "/v1/admin/tenants/acme/grants", `{` + grant + `,"priority":null}`, 400, `must not be null`},
+		{"empty grant id", "POST", "/v1/admin/tenants/acme/grants", `{` + grant + `,"id":""}`, 400, `"field":"id"`},
+		{"null adjustment reference", "POST", "/v1/admin/adjustments", `{"tenant":"acme","meter":"tokens","period":"2026-11","amount":-5,"reference":null}`, 400, `must not be null`},
+		{"empty adjustment id", "POST", "/v1/admin/adjustments", `{"id":"","tenant":"acme","meter":"tokens","period":"2026-11","amount":-5}`, 400, `id must be a UUID`},
+		{"empty tenant filter", "GET", "/v1/admin/adjustments?tenant=", "", 400, `invalid_request`},
+		{"empty period filter", "GET", "/v1/admin/adjustments?period=", "", 400, `invalid_request`},
+		{"empty expiry bound", "GET", "/v1/admin/grants/expired?to=", "", 400, `RFC 3339`},
+		{"audit filter with NUL", "GET", "/v1/admin/audit?action=%00x", "", 200, `{"entries":[]}`},
+	} {
+		ct := ""
+		if tc.body != "" {
+			ct = "application/json"
+		}
+		r := e.do(tc.method, tc.path, adminKey, ct, tc.body)
+		if r.status != tc.status || !strings.Contains(string(r.raw), tc.want) {
+			t.Errorf("%s: %d %s, want %d with %s", tc.name, r.status, r.raw, tc.status, tc.want)
+		}
+	}
+}
