@@ -26,6 +26,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -115,21 +116,45 @@ func (s Status) String() string {
 
 // Judge says whether a period ending at end is complete with lateness,
 // given the group's partitions and the tenant's waiting dead letters. A
-// reason names each partition behind, with what it reached and what it
-// needs, and the dead letters that wait.
+// reason names the partitions behind, with what they reached and what
+// they need (partitions that reached the same second share one reason:
+// "partitions 0-3, 7 applied up to ..."), and the dead letters that wait.
 func Judge(parts []billingdata.PartitionWatermark, waiting int, end time.Time, lateness time.Duration) Status {
-	need := end.Add(lateness).UTC()
+	need := end.Add(lateness).UTC().Format(time.RFC3339)
 	var reasons []string
 	if len(parts) == 0 {
 		reasons = append(reasons, "no partition of "+topics.UsageEvents+" has been consumed yet")
 	}
+	// The partitions behind, by what they reached; the reasons in order of
+	// their lowest partition.
+	var reached []string
+	behind := map[string][]int{}
 	for _, p := range parts {
+		var at string
 		switch {
 		case p.Watermark == nil:
-			reasons = append(reasons, fmt.Sprintf("partition %d has no watermark yet, needs %s", p.Partition, need.Format(time.RFC3339)))
-		case p.Watermark.Before(need):
-			reasons = append(reasons, fmt.Sprintf("partition %d applied up to %s, needs %s",
-				p.Partition, p.Watermark.UTC().Truncate(time.Second).Format(time.RFC3339), need.Format(time.RFC3339)))
+			at = ""
+		case p.Watermark.Before(end.Add(lateness)):
+			at = p.Watermark.UTC().Truncate(time.Second).Format(time.RFC3339)
+		default:
+			continue
+		}
+		if _, ok := behind[at]; !ok {
+			reached = append(reached, at)
+		}
+		behind[at] = append(behind[at], p.Partition)
+	}
+	slices.SortFunc(reached, func(a, b string) int { return slices.Min(behind[a]) - slices.Min(behind[b]) })
+	for _, at := range reached {
+		ps := behind[at]
+		noun := "partition"
+		if len(ps) > 1 {
+			noun = "partitions"
+		}
+		if at == "" {
+			reasons = append(reasons, fmt.Sprintf("%s %s %s no watermark yet, needs %s", noun, partitionList(ps), map[bool]string{true: "have", false: "has"}[len(ps) > 1], need))
+		} else {
+			reasons = append(reasons, fmt.Sprintf("%s %s applied up to %s, needs %s", noun, partitionList(ps), at, need))
 		}
 	}
 	switch {
@@ -139,6 +164,26 @@ func Judge(parts []billingdata.PartitionWatermark, waiting int, end time.Time, l
 		reasons = append(reasons, fmt.Sprintf("%d dead letters wait", waiting))
 	}
 	return Status{Complete: len(reasons) == 0, Reasons: reasons}
+}
+
+// partitionList writes partition numbers as runs: "0-3, 5, 7-11".
+func partitionList(ps []int) string {
+	ps = slices.Clone(ps)
+	slices.Sort(ps)
+	var runs []string
+	for i := 0; i < len(ps); {
+		j := i
+		for j+1 < len(ps) && ps[j+1] == ps[j]+1 {
+			j++
+		}
+		if j > i {
+			runs = append(runs, fmt.Sprintf("%d-%d", ps[i], ps[j]))
+		} else {
+			runs = append(runs, strconv.Itoa(ps[i]))
+		}
+		i = j + 1
+	}
+	return strings.Join(runs, ", ")
 }
 
 // errPartitions is the reason given when Kafka cannot list the topic's

@@ -49,6 +49,11 @@ func TestJudge(t *testing.T) {
 		{"one dead letter and behind", []billingdata.PartitionWatermark{{Partition: 0, Watermark: at("2026-12-01T00:59:59Z")}}, 1,
 			"partition 0 applied up to 2026-12-01T00:59:59Z, needs 2026-12-01T01:00:00Z; 1 dead letter waits"},
 		{"nothing consumed", nil, 0, "no partition of usage.events has been consumed yet"},
+		{"partitions that reached the same second share a reason", []billingdata.PartitionWatermark{
+			{Partition: 0, Watermark: at("2026-11-30T23:10:00.2Z")}, {Partition: 1, Watermark: at("2026-11-30T23:10:00.7Z")},
+			{Partition: 2, Watermark: at("2026-12-02T00:00:00Z")}, {Partition: 3, Watermark: at("2026-11-30T23:10:00Z")},
+			{Partition: 5, Watermark: at("2026-11-30T23:10:00Z")}, {Partition: 6}, {Partition: 7}, {Partition: 4, Watermark: at("2026-11-30T20:00:00Z")}}, 0,
+			"partitions 0-1, 3, 5 applied up to 2026-11-30T23:10:00Z, needs 2026-12-01T01:00:00Z; partition 4 applied up to 2026-11-30T20:00:00Z, needs 2026-12-01T01:00:00Z; partitions 6-7 have no watermark yet, needs 2026-12-01T01:00:00Z"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
