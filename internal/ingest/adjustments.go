@@ -34,39 +34,26 @@ func (a *API) adjustmentRoutes() []Route {
 	}
 }
 
-// adjustmentBody is the body of POST /v1/admin/adjustments.
-type adjustmentBody struct {
-	ID        string            `json:"id"`
-	Tenant    string            `json:"tenant"`
-	Meter     string            `json:"meter"`
-	Group     map[string]string `json:"group"`
-	Period    string            `json:"period"`
-	Amount    int64             `json:"amount"`
-	Reason    string            `json:"reason"`
-	Reference string            `json:"reference"`
-}
-
 // postAdjustment checks an adjustment and puts it on usage.events as an
 // adjustment record; 202 once Kafka acknowledged it. The aggregator
 // applies it (or dead-letters it, should the meter change meanwhile).
 func (a *API) postAdjustment(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
-	var body adjustmentBody
-	present, err := decodeObjectWithoutNulls(r, &body)
+	var adj rollup.Adjustment // the body, as the aggregator applies it
+	present, err := decodeObjectWithoutNulls(r, &adj)
 	if err != nil {
 		writeBodyError(w, err)
 		return
 	}
-	if present["id"] && body.ID == "" {
+	if present["id"] && adj.ID == "" {
 		httpjson.Error(w, http.StatusBadRequest, "invalid_adjustment", "id must be a UUID such as 8d3c2b1a-0f9e-4d8c-b7a6-5e4d3c2b1a09, or left out")
 		return
 	}
-	if body.ID == "" {
-		body.ID = uuid.NewString()
+	if adj.ID == "" {
+		adj.ID = uuid.NewString()
 	}
-	if body.Group == nil {
-		body.Group = map[string]string{}
+	if adj.Group == nil {
+		adj.Group = map[string]string{}
 	}
-	adj := rollup.Adjustment(body)
 	if err := adj.Validate(); err != nil {
 		httpjson.Error(w, http.StatusBadRequest, "invalid_adjustment", err.Error())
 		return
