@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -116,7 +117,7 @@ func (a *API) Routes() []Route {
 		{"GET", "/v1/admin/meters", a.admin(a.listMeters)},
 		{"GET", "/v1/admin/meters/{meter}", a.admin(a.getMeter)},
 		{"PUT", "/v1/admin/meters/{meter}", a.admin(a.putMeter)},
-	}, append(a.grantRoutes(), a.adjustmentRoutes()...)...)
+	}, slices.Concat(a.grantRoutes(), a.adjustmentRoutes(), a.cycleRoutes())...)
 }
 
 // Handler returns the API's routes, instrumented and with the security

@@ -5,7 +5,7 @@
 // operations must commit together and passes it down.
 //
 //	accounts     plans, plan_versions, plan_quotas, tenants, tenant_plans,
-//	             api_keys, meters
+//	             tenant_billing_cycles, api_keys, meters
 //	usagedata    ledger, ledger_conflicts, conflict_alerts, usage_windows,
 //	             usage_corrections, quota_breaches, consumer_offsets,
 //	             consumer_lost_records, meter_uniques, meter_group_keys,

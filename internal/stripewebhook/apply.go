@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/usagemeter/metering/internal/billingcycle"
 	"github.com/usagemeter/metering/internal/billingevents"
 	"github.com/usagemeter/metering/internal/storage/accounts"
 	"github.com/usagemeter/metering/internal/storage/billingdata"
@@ -91,7 +92,36 @@ func (h *Handler) subscription(ctx context.Context, tx pgx.Tx, ev *event) (strin
 	if moved == 0 {
 		return "", undecodable("subscription %s: no tenant has stripe_customer_id %q", sub.ID, sub.Customer)
 	}
+	if plan != nil {
+		if err := h.recordCycle(ctx, tx, *ev, sub); err != nil {
+			return "", err
+		}
+	}
 	return Processed, nil
+}
+
+// recordCycle records the billing cycle of a live subscription for its
+// customer's tenants, from the start of its current period (when the
+// event is not older than that start) or else from the event's created
+// time: a cycle change (a new subscription, an anchor reset, a new
+// interval) starts a period. A cancelled subscription leaves the cycle
+// as it was: its last period ends as Stripe ends it.
+func (h *Handler) recordCycle(ctx context.Context, tx pgx.Tx, ev event, sub subscriptionObject) error {
+	c, ok, err := sub.cycle()
+	if err != nil {
+		return undecodable("subscription %s: billing cycle: %v", sub.ID, err)
+	}
+	if !ok {
+		return nil
+	}
+	from := ev.Created
+	if start := sub.periodStart(); !start.IsZero() && !start.After(ev.Created) {
+		from = start
+	}
+	if _, err := accounts.SetCustomerCycle(ctx, tx, sub.Customer, billingcycle.Change{From: from, Cycle: c}, h.now()); err != nil {
+		return contentOrFailure(err, "recording the billing cycle")
+	}
+	return nil
 }
 
 // subscriptionObject is the part of a Stripe subscription we read.
@@ -103,11 +133,47 @@ type subscriptionObject struct {
 	Status             string            `json:"status"`
 	Metadata           map[string]string `json:"metadata"`
 	CurrentPeriodStart int64             `json:"current_period_start"`
+	BillingCycleAnchor int64             `json:"billing_cycle_anchor"`
 	Items              struct {
 		Data []struct {
 			CurrentPeriodStart int64 `json:"current_period_start"`
+			Price              struct {
+				Recurring *recurring `json:"recurring"`
+			} `json:"price"`
+			Plan *recurring `json:"plan"`
 		} `json:"data"`
 	} `json:"items"`
+}
+
+// recurring is how often a Stripe price (or a legacy plan) bills.
+type recurring struct {
+	Interval      string `json:"interval"`
+	IntervalCount int    `json:"interval_count"`
+}
+
+// cycle returns the subscription's billing cycle: its
+// billing_cycle_anchor and the recurring interval of its first recurring
+// item (every item of a subscription bills on one cycle). ok is false
+// when the object does not say.
+func (s subscriptionObject) cycle() (billingcycle.Cycle, bool, error) {
+	if s.BillingCycleAnchor <= 0 {
+		return billingcycle.Cycle{}, false, nil
+	}
+	for _, it := range s.Items.Data {
+		rec := it.Price.Recurring
+		if rec == nil || rec.Interval == "" {
+			rec = it.Plan
+		}
+		if rec == nil || rec.Interval == "" {
+			continue
+		}
+		c := billingcycle.Cycle{Anchor: time.Unix(s.BillingCycleAnchor, 0).UTC(), Interval: billingcycle.Interval(rec.Interval), Count: max(rec.IntervalCount, 1)}
+		if err := c.Validate(); err != nil {
+			return billingcycle.Cycle{}, false, err
+		}
+		return c, true, nil
+	}
+	return billingcycle.Cycle{}, false, nil
 }
 
 // periodStart is the start of the subscription's current period (zero

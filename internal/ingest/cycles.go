@@ -1,0 +1,144 @@
+package ingest
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/usagemeter/metering/internal/auth"
+	"github.com/usagemeter/metering/internal/billingcycle"
+	"github.com/usagemeter/metering/internal/httpjson"
+	"github.com/usagemeter/metering/internal/storage"
+	"github.com/usagemeter/metering/internal/storage/accounts"
+	"github.com/usagemeter/metering/internal/storage/auditlog"
+)
+
+// cycleRoutes are the admin routes of tenants' billing cycles.
+func (a *API) cycleRoutes() []Route {
+	return []Route{
+		{"GET", "/v1/admin/tenants/{tenant}/billing-cycle", a.admin(a.getBillingCycle)},
+		{"PUT", "/v1/admin/tenants/{tenant}/billing-cycle", a.admin(a.putBillingCycle)},
+	}
+}
+
+// cycleBody is the body of PUT /v1/admin/tenants/{tenant}/billing-cycle.
+type cycleBody struct {
+	Anchor        *time.Time `json:"anchor"`
+	Interval      string     `json:"interval"`
+	IntervalCount *int       `json:"interval_count"`
+	EffectiveFrom *time.Time `json:"effective_from"`
+}
+
+// billingCycle is the answer of GET and PUT
+// /v1/admin/tenants/{tenant}/billing-cycle: the cycle in force now (the
+// UTC calendar month for a tenant without one), the current period and
+// the history.
+type billingCycle struct {
+	Tenant        string                 `json:"tenant"`
+	Cycle         billingcycle.Cycle     `json:"cycle"`
+	Calendar      bool                   `json:"calendar"`
+	CurrentPeriod period                 `json:"current_period"`
+	History       []accounts.CycleChange `json:"history"`
+}
+
+// period is a [start, end) span.
+type period struct {
+	Start time.Time `json:"start"`
+	End   time.Time `json:"end"`
+}
+
+// cycleOf returns tenant's billing cycle as of now, read with q.
+func cycleOf(r *http.Request, q storage.Executor, tenant string, now time.Time) (billingCycle, error) {
+	hist, err := accounts.TenantCycles(r.Context(), q, tenant)
+	if err != nil {
+		return billingCycle{}, err
+	}
+	changes := make([]billingcycle.Change, len(hist))
+	for i, h := range hist {
+		changes[i] = h.Change
+	}
+	sched, err := billingcycle.NewSchedule(changes)
+	if err != nil {
+		return billingCycle{}, err
+	}
+	start, end := sched.Span(now)
+	c := sched.CycleAt(now)
+	if hist == nil {
+		hist = []accounts.CycleChange{}
+	}
+	return billingCycle{Tenant: tenant, Cycle: c, Calendar: c.IsCalendar(), CurrentPeriod: period{start, end}, History: hist}, nil
+}
+
+// getBillingCycle serves GET /v1/admin/tenants/{tenant}/billing-cycle.
+func (a *API) getBillingCycle(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
+	tenant, ok := a.tenantExists(w, r)
+	if !ok {
+		return
+	}
+	bc, err := cycleOf(r, a.opt.DB, tenant, a.opt.Now())
+	if err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	httpjson.Write(w, http.StatusOK, bc)
+}
+
+// putBillingCycle serves PUT /v1/admin/tenants/{tenant}/billing-cycle:
+// the tenant's billing cycle from effective_from (default now) on,
+// audited. A cycle with the periods already in force changes nothing.
+func (a *API) putBillingCycle(w http.ResponseWriter, r *http.Request, p auth.Principal) {
+	tenant, ok := a.tenantExists(w, r)
+	if !ok {
+		return
+	}
+	var body cycleBody
+	if _, err := decodeObjectWithoutNulls(r, &body); err != nil {
+		writeBodyError(w, err)
+		return
+	}
+	now := a.opt.Now()
+	ch := billingcycle.Change{From: now, Cycle: billingcycle.Cycle{Interval: billingcycle.Interval(body.Interval), Count: 1}}
+	if body.Anchor != nil {
+		ch.Cycle.Anchor = body.Anchor.UTC()
+	}
+	if body.IntervalCount != nil {
+		ch.Cycle.Count = *body.IntervalCount
+	}
+	if body.EffectiveFrom != nil {
+		ch.From = body.EffectiveFrom.UTC()
+	}
+	if err := ch.Cycle.Validate(); err != nil {
+		httpjson.Errorf(w, http.StatusBadRequest, "invalid_request", "%v", err)
+		return
+	}
+	var after billingCycle
+	err := a.inTx(r.Context(), func(tx pgx.Tx) error {
+		before, err := cycleOf(r, tx, tenant, now)
+		if err != nil {
+			return err
+		}
+		changed, err := accounts.SetCycle(r.Context(), tx, tenant, ch, now, "admin")
+		if err != nil {
+			return err
+		}
+		if after, err = cycleOf(r, tx, tenant, now); err != nil || !changed {
+			return err
+		}
+		b, _ := json.Marshal(before)
+		c, _ := json.Marshal(after)
+		_, err = auditlog.Append(r.Context(), tx, auditlog.Entry{Actor: p.KeyID, Action: "tenant.billing_cycle.set", Target: tenant, Before: b, After: c})
+		return err
+	})
+	if errors.Is(err, accounts.ErrEffectiveFrom) {
+		httpjson.Errorf(w, http.StatusBadRequest, "invalid_request", "effective_from: %v", err)
+		return
+	}
+	if err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	httpjson.Write(w, http.StatusOK, after)
+}

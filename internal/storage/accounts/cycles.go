@@ -1,0 +1,135 @@
+package accounts
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/usagemeter/metering/internal/billingcycle"
+	"github.com/usagemeter/metering/internal/storage"
+)
+
+// CycleChange is one row of a tenant's billing cycle history.
+type CycleChange struct {
+	billingcycle.Change
+	Source     string    `json:"source"`
+	RecordedAt time.Time `json:"recorded_at"`
+}
+
+// TenantCycles returns tenant's billing cycle history, earliest first
+// (empty: its periods are the UTC calendar months).
+func TenantCycles(ctx context.Context, q storage.Executor, tenant string) ([]CycleChange, error) {
+	rows, err := q.Query(ctx, `SELECT effective_from, anchor, interval, interval_count, source, recorded_at
+		FROM tenant_billing_cycles WHERE tenant = $1 ORDER BY effective_from`, tenant)
+	if err != nil {
+		return nil, fmt.Errorf("reading the billing cycles of tenant %s: %w", tenant, err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (CycleChange, error) {
+		var c CycleChange
+		var interval string
+		err := r.Scan(&c.From, &c.Cycle.Anchor, &interval, &c.Cycle.Count, &c.Source, &c.RecordedAt)
+		c.Cycle.Interval = billingcycle.Interval(interval)
+		c.From, c.Cycle.Anchor, c.RecordedAt = c.From.UTC(), c.Cycle.Anchor.UTC(), c.RecordedAt.UTC()
+		return c, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading the billing cycles of tenant %s: %w", tenant, err)
+	}
+	return out, nil
+}
+
+// TenantSchedule returns tenant's billing periods as a schedule.
+func TenantSchedule(ctx context.Context, q storage.Executor, tenant string) (billingcycle.Schedule, error) {
+	hist, err := TenantCycles(ctx, q, tenant)
+	if err != nil {
+		return billingcycle.Schedule{}, err
+	}
+	changes := make([]billingcycle.Change, len(hist))
+	for i, h := range hist {
+		changes[i] = h.Change
+	}
+	s, err := billingcycle.NewSchedule(changes)
+	if err != nil {
+		return billingcycle.Schedule{}, fmt.Errorf("the billing cycles of tenant %s: %w", tenant, err)
+	}
+	return s, nil
+}
+
+// SetCycle records that tenant's billing cycle is ch.Cycle from ch.From
+// on, made by source ("admin" or "stripe"), and reports whether anything
+// changed: a cycle whose periods are those already in force at ch.From
+// records nothing. The tenant's row must exist and is locked, ordering
+// two writers of its history. ch.From after now, or before the latest
+// change, is ErrEffectiveFrom (past periods never move); at the latest
+// change's instant it replaces that change.
+func SetCycle(ctx context.Context, tx storage.Executor, tenant string, ch billingcycle.Change, now time.Time, source string) (bool, error) {
+	if err := ch.Cycle.Validate(); err != nil {
+		return false, err
+	}
+	if ch.From.After(now) {
+		return false, fmt.Errorf("%w: %s is in the future; a billing cycle takes effect now or in the past", ErrEffectiveFrom, ch.From.UTC().Format(time.RFC3339Nano))
+	}
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM tenants WHERE tenant = $1 FOR UPDATE`, tenant); err != nil {
+		return false, fmt.Errorf("locking tenant %s: %w", tenant, err)
+	}
+	sched, err := TenantSchedule(ctx, tx, tenant)
+	if err != nil {
+		return false, err
+	}
+	if hist := sched.Changes(); len(hist) > 0 {
+		latest := hist[len(hist)-1]
+		if ch.From.Before(latest.From) {
+			return false, fmt.Errorf("%w: the tenant's latest billing cycle change takes effect at %s", ErrEffectiveFrom, latest.From.Format(time.RFC3339Nano))
+		}
+	}
+	if sched.CycleAt(ch.From).Equal(ch.Cycle) {
+		return false, nil
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO tenant_billing_cycles (tenant, effective_from, anchor, interval, interval_count, source)
+		VALUES ($1, $2, $3, $4, $5, $6)
+		ON CONFLICT (tenant, effective_from) DO UPDATE SET anchor = excluded.anchor, interval = excluded.interval,
+			interval_count = excluded.interval_count, source = excluded.source, recorded_at = now()`,
+		tenant, ch.From.UTC(), ch.Cycle.Anchor.UTC(), string(ch.Cycle.Interval), ch.Cycle.Count, source); err != nil {
+		return false, fmt.Errorf("recording the billing cycle of tenant %s: %w", tenant, err)
+	}
+	return true, nil
+}
+
+// SetCustomerCycle records ch for every tenant of Stripe customer
+// customer (source "stripe") and returns how many tenants changed. ch.From
+// is brought back to now when it is later, and forward to a tenant's
+// latest change when it is earlier.
+func SetCustomerCycle(ctx context.Context, q storage.Executor, customer string, ch billingcycle.Change, now time.Time) (int64, error) {
+	rows, err := q.Query(ctx, `SELECT tenant FROM tenants WHERE stripe_customer_id = $1 ORDER BY tenant FOR UPDATE`, customer)
+	if err != nil {
+		return 0, fmt.Errorf("listing the tenants of customer %s: %w", customer, err)
+	}
+	tenants, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return 0, fmt.Errorf("listing the tenants of customer %s: %w", customer, err)
+	}
+	if ch.From.After(now) {
+		ch.From = now
+	}
+	var changed int64
+	for _, t := range tenants {
+		hist, err := TenantCycles(ctx, q, t)
+		if err != nil {
+			return 0, err
+		}
+		c := ch
+		if n := len(hist); n > 0 && c.From.Before(hist[n-1].From) {
+			c.From = hist[n-1].From
+		}
+		ok, err := SetCycle(ctx, q, t, c, now, "stripe")
+		if err != nil {
+			return 0, fmt.Errorf("tenant %s: %w", t, err)
+		}
+		if ok {
+			changed++
+		}
+	}
+	return changed, nil
+}
