@@ -172,3 +172,63 @@ func TestGroupedPushAfterALostAnswer(t *testing.T) {
 		t.Fatalf("events by identifier %v, want one of %s", ids, id)
 	}
 }
+
+// TestSharedStripeMeterReconciles: rows billed to one Stripe meter of one
+// customer (the groups of a meter whose event name has no placeholder,
+// groups whose filled-in names coincide, two tenants of one customer) are
+// each pushed exactly, and reconciled against Stripe's one summary
+// together: drift 0, each row saying what it shares.
+func TestSharedStripeMeterReconciles(t *testing.T) {
+	f := newFixture(t, 3, stripefake.Config{})
+	f.db.Exec(t, `INSERT INTO meters (name, metric, aggregation, group_by, version) VALUES
+		('tokens_by_model', 'tokens', 'sum', '{model}', 1), ('tokens_by_pair', 'tokens', 'sum', '{a,b}', 1)`)
+	f.db.Exec(t, `INSERT INTO plans (name) VALUES ('plain'), ('pairs')`)
+	f.db.Exec(t, `INSERT INTO plan_quotas (plan, metric, quota_limit, period, stripe_event_name, meter, group_filter, per_group) VALUES
+		('plain', 'tokens', NULL, 'month', 'all_tokens', 'tokens_by_model', '{}', false),
+		('pairs', 'tokens', NULL, 'month', 'pair_{a}{b}', 'tokens_by_pair', '{}', true)`)
+	f.db.Exec(t, `UPDATE tenants SET plan = 'plain' WHERE tenant IN ('t1', 't2')`)
+	f.db.Exec(t, `UPDATE tenants SET plan = 'pairs' WHERE tenant = 't3'`)
+	f.db.Exec(t, `UPDATE tenants SET stripe_customer_id = 'cus_t1' WHERE tenant = 't2'`) // t1 and t2: one customer
+	f.fake.EnsureMeter("all_tokens")
+	f.fake.EnsureMeter("pair_xyz")
+	f.meterGroup("t1", "tokens_by_model", `["gpt-4"]`, 60)
+	f.meterGroup("t1", "tokens_by_model", `["o1"]`, 30)
+	f.meterGroup("t2", "tokens_by_model", `["o1"]`, 5)
+	f.meterGroup("t3", "tokens_by_pair", `["x","yz"]`, 7)
+	f.meterGroup("t3", "tokens_by_pair", `["xy","z"]`, 11)
+	ctx := context.Background()
+	if _, err := f.biller.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := f.biller.SendOpen(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	start, end := windows.Month.Span(f.now)
+	if got := f.fake.Total("all_tokens", "cus_t1", start, end); got != 95 {
+		t.Fatalf("Stripe all_tokens/cus_t1 = %d, want 95", got)
+	}
+	if got := f.fake.Total("pair_xyz", "cus_t3", start, end); got != 18 {
+		t.Fatalf("Stripe pair_xyz/cus_t3 = %d, want 18", got)
+	}
+	rows, err := f.biller.Reconcile(ctx, f.now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range rows {
+		if r.Meter == "tokens" {
+			continue
+		}
+		got = append(got, fmt.Sprintf("%s %s %s/%s/%s %s", r.Tenant, r.Group, r.Metered, r.Stripe, r.Drift, r.Status))
+		if !strings.Contains(r.Note, "rows billed to Stripe meter") {
+			t.Errorf("%s %s: note %q does not say the meter is shared", r.Tenant, r.Group, r.Note)
+		}
+	}
+	want := []string{
+		`t1 ["gpt-4"] 60/95/0 ok`, `t1 ["o1"] 30/95/0 ok`, `t2 ["o1"] 5/95/0 ok`,
+		`t3 ["x","yz"] 7/18/0 ok`, `t3 ["xy","z"] 11/18/0 ok`,
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("reconciliation:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}

@@ -86,8 +86,18 @@ func (b *Biller) Reconcile(ctx context.Context, period time.Time) ([]Row, error)
 		return nil, fmt.Errorf("reading the period's adjustments and credits: %w", err)
 	}
 	now := b.cfg.Now()
+	// Rows billed to one Stripe meter of one customer (groups of a meter
+	// whose event name has no placeholder, or whose names coincide, and
+	// tenants sharing a customer) are one summary in Stripe: they are
+	// compared with it together.
+	type set struct {
+		meterID, customer, eventName string
+		rows                         []int
+	}
+	var sets []*set
+	setOf := map[[2]string]*set{}
 	out := make([]Row, 0, len(raws))
-	var driftTotal = map[string]float64{}
+	kept := make([]periodRow, 0, len(raws))
 	for _, x := range raws {
 		r := x.Row
 		k := pairKey{r.Tenant, r.Meter, usagedata.StoredGroupKey(r.Group)}
@@ -106,23 +116,58 @@ func (b *Biller) Reconcile(ctx context.Context, period time.Time) ([]Row, error)
 		case meterID == "":
 			r.Status, r.Note = StatusUnmapped, fmt.Sprintf("no active Stripe meter for event name %q", x.eventName)
 		default:
-			var total int64
-			err := b.call(ctx, func() error {
-				var err error
-				total, err = b.stripe.Summary(ctx, meterID, x.customer, period, end)
-				return err
-			})
-			if err != nil {
-				return nil, fmt.Errorf("reading Stripe's summary for %s/%s%s: %w", x.Tenant, x.Meter, x.Group, err)
+			key := [2]string{meterID, x.customer}
+			st := setOf[key]
+			if st == nil {
+				st = &set{meterID: meterID, customer: x.customer, eventName: x.eventName}
+				setOf[key] = st
+				sets = append(sets, st)
 			}
+			st.rows = append(st.rows, len(out))
+		}
+		out = append(out, r)
+		kept = append(kept, x)
+	}
+	var driftTotal = map[string]float64{}
+	for _, st := range sets {
+		var total int64
+		err := b.call(ctx, func() error {
+			var err error
+			total, err = b.stripe.Summary(ctx, st.meterID, st.customer, period, end)
+			return err
+		})
+		if err != nil {
+			first := out[st.rows[0]]
+			return nil, fmt.Errorf("reading Stripe's summary for %s/%s%s: %w", first.Tenant, first.Meter, first.Group, err)
+		}
+		expected := new(big.Int)
+		for _, i := range st.rows {
+			r := &out[i]
 			r.Stripe = big.NewInt(total)
-			expected := new(big.Int).Sub(r.Metered, r.CarriedOut)
-			expected.Add(expected, r.CarriedIn)
-			expected.Add(expected, r.Credited)
-			r.Drift = expected.Sub(expected, r.Stripe)
-			judge(&r, x, now)
+			expected.Sub(expected.Add(expected, r.Metered), r.CarriedOut)
+			expected.Add(expected.Add(expected, r.CarriedIn), r.Credited)
+		}
+		drift := expected.Sub(expected, big.NewInt(total))
+		for n, i := range st.rows {
+			r := &out[i]
+			r.Drift = new(big.Int)
+			if n == 0 {
+				// The set's drift once, on its first row.
+				r.Drift.Set(drift)
+			}
+			judge(r, kept[i], now)
+			if len(st.rows) > 1 {
+				if r.Note != "" {
+					r.Note += "; "
+				}
+				r.Note += fmt.Sprintf("one of %d rows billed to Stripe meter %q of customer %s: stripe is their sum, drift (on the first) theirs together",
+					len(st.rows), st.eventName, st.customer)
+			}
 			driftTotal[r.Status] += float64(r.Drift.Int64())
 		}
+	}
+	for i := range out {
+		r := &out[i]
 		if r.CarriedOut.Sign() > 0 {
 			if r.Note != "" {
 				r.Note += "; "
@@ -132,7 +177,6 @@ func (b *Biller) Reconcile(ctx context.Context, period time.Time) ([]Row, error)
 		if r.Drift == nil {
 			r.Drift = new(big.Int)
 		}
-		out = append(out, r)
 	}
 	if b.cfg.Metrics != nil {
 		for _, st := range []string{StatusOK, StatusPending, StatusDrift} {
