@@ -35,8 +35,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/usagemeter/metering/internal/kafkaauth"
-	"github.com/usagemeter/metering/internal/recordsign"
 	"github.com/usagemeter/metering/internal/kafkalog"
+	"github.com/usagemeter/metering/internal/recordsign"
 	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/storage/accounts"
 	"github.com/usagemeter/metering/internal/storage/deadletters"
