@@ -88,9 +88,10 @@ type Ingest struct {
 type AdjustmentSigning struct {
 	// Keys: the first signs, every one verifies; empty when none is set.
 	Keys *recordsign.Keyring
-	// AllowUnsigned (development only) lets ingest write, and the
-	// aggregator apply, adjustments without a signature when no key is
-	// set; a record that carries a signature is always verified.
+	// AllowUnsigned (development only) lets ingest write adjustments
+	// without a signature when it has no key, and the aggregator apply
+	// adjustments that carry no signature at all; a record that carries
+	// a signature is always verified.
 	AllowUnsigned bool
 }
 
@@ -282,7 +283,7 @@ func (b *binder) secret(env string, trim func(string) string) string {
 func (b *binder) adjustmentSigning(p *AdjustmentSigning) {
 	raw := b.secret("ADJUSTMENT_SIGNING_KEYS", strings.TrimSpace)
 	b.flagBool(&p.AllowUnsigned, "ALLOW_UNSIGNED_ADJUSTMENTS", "false",
-		"development only: when ADJUSTMENT_SIGNING_KEYS is empty, write and apply adjustments without a signature")
+		"development only: ingest without ADJUSTMENT_SIGNING_KEYS writes adjustments unsigned, and the aggregator applies unsigned adjustments (signed ones are still verified)")
 	keys, err := recordsign.ParseKeys(raw)
 	if err != nil {
 		b.errs = append(b.errs, fmt.Errorf("ADJUSTMENT_SIGNING_KEYS: %w (want id=secret,id=secret: the first signs, all verify)", err))
