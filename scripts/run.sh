@@ -60,6 +60,16 @@ if [ -z "${ADMIN_API_KEY:-}" ]; then
 fi
 export ADMIN_API_KEY
 
+# Adjustments are signed by ingest and verified by the aggregator with
+# the same key; without one, ingest refuses them. Made once, kept in
+# $DEV/adjustment-signing-keys, unless the caller sets its own.
+if [ -z "${ADJUSTMENT_SIGNING_KEYS:-}" ] && [ -z "${ADJUSTMENT_SIGNING_KEYS_FILE:-}" ]; then
+  if [ ! -s "$DEV/adjustment-signing-keys" ]; then
+    (umask 077 && echo "dev-1=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')" >"$DEV/adjustment-signing-keys")
+  fi
+  export ADJUSTMENT_SIGNING_KEYS_FILE="$DEV/adjustment-signing-keys"
+fi
+
 start_ingest() {
   HTTP_ADDR=127.0.0.1:8080 "$DEV/bin/"ingest >>"$DEV/logs/"ingest.log 2>&1 &
   ingest_pid=$!

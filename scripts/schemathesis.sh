@@ -112,7 +112,10 @@ export KAFKA_BROKERS=127.0.0.1:$kafka_port
 
 admin_key="mk_schemathesis_$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')"
 ingest="http://127.0.0.1:$(free_port)"
-HTTP_ADDR=${ingest#http://} ADMIN_API_KEY=$admin_key "$work/bin/ingest" >"$work/ingest.log" 2>&1 &
+# A signing key, so that POST /v1/admin/adjustments is exercised past 503.
+HTTP_ADDR=${ingest#http://} ADMIN_API_KEY=$admin_key \
+  ADJUSTMENT_SIGNING_KEYS="schemathesis=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')" \
+  "$work/bin/ingest" >"$work/ingest.log" 2>&1 &
 pids+=($!)
 wait_http "$ingest/readyz" ingest
 

@@ -30,7 +30,7 @@ func TestRebuildReproducesAdjustments(t *testing.T) {
 	s.waitConsumed("metering-aggregator")
 	adj := rollup.Adjustment{ID: "5f0d3c1e-8a4b-4c2d-9e6f-7a8b9c0d1e2f", Tenant: "acme", Meter: "api_calls",
 		Group: map[string]string{}, Period: month.Format("2006-01"), Amount: -25, Reason: "refund", Reference: "T-1"}
-	rec, err := adj.Record()
+	rec, err := adj.SignedRecord(cfg.AdjustmentSigning.Keys, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,6 +44,7 @@ func TestRebuildReproducesAdjustments(t *testing.T) {
 	opts := rebuild.Options{
 		DatabaseURL: s.db.URL, Brokers: s.kc.Brokers(), Topic: topics.UsageEvents, Group: "metering-aggregator",
 		From: month, Horizon: cfg.DedupHorizon, MaxLag: cfg.MaxLag, Logger: slog.New(slog.DiscardHandler),
+		AdjustmentSignatures: cfg.AdjustmentSigning.Policy(),
 	}
 	rep, err := rebuild.Run(ctx, s.db.Pool, opts)
 	if err != nil {

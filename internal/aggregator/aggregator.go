@@ -60,7 +60,9 @@ func Run(ctx context.Context, cfg config.Aggregator, log *slog.Logger, ready fun
 	agg := rollup.New(pool, rollup.Config{
 		Group: cfg.ConsumerGroup, Topic: topics.UsageEvents, Horizon: cfg.DedupHorizon, MaxLag: cfg.MaxLag,
 		ConflictAlertThreshold: cfg.ConflictAlertThreshold, DefaultPlan: cfg.DefaultPlan, Metrics: metrics, Logger: log,
+		AdjustmentSignatures: cfg.AdjustmentSigning.Policy(),
 	})
+	logAdjustmentSigning(ctx, log, cfg.AdjustmentSigning)
 	registerHeldConflicts(reg, usagedata.NewConflictReader(pool), log)
 	cons := consumer.New(consumer.Config{
 		Brokers: cfg.KafkaBrokers, Security: cfg.KafkaSecurity, Topic: topics.UsageEvents, Group: cfg.ConsumerGroup,
@@ -91,6 +93,21 @@ func Run(ctx context.Context, cfg config.Aggregator, log *slog.Logger, ready fun
 		Log: log, Addr: cfg.HTTPAddr, Handler: mux, Drain: cfg.ShutdownTimeout, Ready: ready,
 		Limits: service.HTTPLimits{MaxConnections: cfg.HTTPMaxConnections, WriteTimeout: cfg.HTTPWriteTimeout},
 	})
+}
+
+// logAdjustmentSigning says at start how adjustment records are verified:
+// a warning when none can be applied, or when unsigned ones are.
+func logAdjustmentSigning(ctx context.Context, log *slog.Logger, s config.AdjustmentSigning) {
+	switch {
+	case s.Keys.Len() == 0 && s.AllowUnsigned:
+		log.WarnContext(ctx, "ALLOW_UNSIGNED_ADJUSTMENTS is set and no ADJUSTMENT_SIGNING_KEYS: unsigned adjustment records are applied (development only)")
+	case s.Keys.Len() == 0:
+		log.WarnContext(ctx, "no ADJUSTMENT_SIGNING_KEYS: every adjustment record becomes a dead letter (class unverified) until keys are set and it is replayed")
+	case s.AllowUnsigned:
+		log.WarnContext(ctx, "ALLOW_UNSIGNED_ADJUSTMENTS is set: unsigned adjustment records are applied (development only)", "keys", s.Keys.IDs())
+	default:
+		log.InfoContext(ctx, "adjustment records are verified", "keys", s.Keys.IDs())
+	}
 }
 
 // registerHeldConflicts exports the number of held conflicts, read from

@@ -51,11 +51,22 @@ func newStack(t *testing.T) *stack {
 	return &stack{t: t, db: db, kc: kc, producer: p}
 }
 
+// testSigningKeys are the aggregators' ADJUSTMENT_SIGNING_KEYS in these
+// tests: a rotation in progress, agg-new signing and agg-old still
+// verifying.
+const testSigningKeys = "agg-new=" + "nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn" + ",agg-old=" + "oooooooooooooooooooooooooooooooo"
+
 func (s *stack) config(extra ...string) config.Aggregator {
+	s.t.Helper()
+	return s.configEnv(map[string]string{"ADJUSTMENT_SIGNING_KEYS": testSigningKeys}, extra...)
+}
+
+// configEnv is config with the environment env instead of the test keys.
+func (s *stack) configEnv(env map[string]string, extra ...string) config.Aggregator {
 	s.t.Helper()
 	args := append([]string{"-database-url", s.db.URL, "-kafka-brokers", s.kc.Addr(), "-http-addr", "127.0.0.1:0",
 		"-session-timeout", "1s", "-batch-wait", "20ms"}, extra...)
-	cfg, _, err := config.LoadAggregator("aggregator", args, func(string) string { return "" }, io.Discard)
+	cfg, _, err := config.LoadAggregator("aggregator", args, func(k string) string { return env[k] }, io.Discard)
 	if err != nil {
 		s.t.Fatal(err)
 	}

@@ -265,7 +265,8 @@ func conflictsResolve(resolution string) func(context.Context, Env, cli.Audit, [
 		defer pool.Close()
 		cfg, actor := env.Config, f.Who()
 		agg := rollup.New(pool, rollup.Config{Group: cfg.ConsumerGroup, Topic: topics.UsageEvents, Horizon: cfg.DedupHorizon,
-			MaxLag: cfg.MaxLag, ConflictAlertThreshold: cfg.ConflictAlertThreshold, DefaultPlan: cfg.DefaultPlan, Logger: env.Log})
+			MaxLag: cfg.MaxLag, ConflictAlertThreshold: cfg.ConflictAlertThreshold, DefaultPlan: cfg.DefaultPlan,
+			AdjustmentSignatures: cfg.AdjustmentSigning.Policy(), Logger: env.Log})
 		c, err := agg.ResolveConflict(ctx, id, resolution, actor, f.Note)
 		if err != nil {
 			return err
@@ -324,6 +325,7 @@ func rebuildCmd(ctx context.Context, env Env, f rebuildFlags, args []string) err
 	rep, err := rebuild.Run(ctx, pool, rebuild.Options{
 		DatabaseURL: cfg.DatabaseURL, Brokers: cfg.KafkaBrokers, Security: cfg.KafkaSecurity, Topic: topics.UsageEvents, Group: cfg.ConsumerGroup,
 		From: from, Horizon: cfg.DedupHorizon, MaxLag: cfg.MaxLag, DefaultPlan: cfg.DefaultPlan, Meters: f.Meters, DryRun: f.DryRun, Logger: env.Log,
+		AdjustmentSignatures: cfg.AdjustmentSigning.Policy(),
 	})
 	if err != nil {
 		return err

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/usagemeter/metering/internal/kafkaauth"
+	"github.com/usagemeter/metering/internal/recordsign"
 )
 
 // Common holds the settings every service has.
@@ -76,6 +77,27 @@ type Ingest struct {
 	// DefaultPlan limits, in GET /v1/quotas, tenants without a plan
 	// assignment in force ("" for none: unlimited).
 	DefaultPlan string
+	// AdjustmentSigning signs the adjustment records ingest writes.
+	AdjustmentSigning AdjustmentSigning
+}
+
+// AdjustmentSigning is how adjustment records are signed (ingest) and
+// verified (the aggregator and its rebuild): ADJUSTMENT_SIGNING_KEYS (or
+// the file ADJUSTMENT_SIGNING_KEYS_FILE names) and
+// ALLOW_UNSIGNED_ADJUSTMENTS.
+type AdjustmentSigning struct {
+	// Keys: the first signs, every one verifies; empty when none is set.
+	Keys *recordsign.Keyring
+	// AllowUnsigned (development only) lets ingest write adjustments
+	// without a signature when it has no key, and the aggregator apply
+	// adjustments that carry no signature at all; a record that carries
+	// a signature is always verified.
+	AllowUnsigned bool
+}
+
+// Policy is what the aggregator accepts.
+func (s AdjustmentSigning) Policy() recordsign.Policy {
+	return recordsign.Policy{Keys: s.Keys, AllowUnsigned: s.AllowUnsigned}
 }
 
 // binder registers settings on a FlagSet with environment fallbacks.
@@ -255,6 +277,21 @@ func (b *binder) secret(env string, trim func(string) string) string {
 	return value
 }
 
+// adjustmentSigning registers ADJUSTMENT_SIGNING_KEYS (a secret: no
+// flag; or ADJUSTMENT_SIGNING_KEYS_FILE) and ALLOW_UNSIGNED_ADJUSTMENTS.
+// Errors name the key, never its secret.
+func (b *binder) adjustmentSigning(p *AdjustmentSigning) {
+	raw := b.secret("ADJUSTMENT_SIGNING_KEYS", strings.TrimSpace)
+	b.flagBool(&p.AllowUnsigned, "ALLOW_UNSIGNED_ADJUSTMENTS", "false",
+		"development only: ingest without ADJUSTMENT_SIGNING_KEYS writes adjustments unsigned, and the aggregator applies unsigned adjustments (signed ones are still verified)")
+	keys, err := recordsign.ParseKeys(raw)
+	if err != nil {
+		b.errs = append(b.errs, fmt.Errorf("ADJUSTMENT_SIGNING_KEYS: %w (want id=secret,id=secret: the first signs, all verify)", err))
+		return
+	}
+	p.Keys = keys
+}
+
 func (b *binder) parse(args []string) error {
 	if err := b.fs.Parse(args); err != nil {
 		return err
@@ -294,6 +331,7 @@ func LoadIngest(name string, args []string, getenv func(string) string, output i
 	parsed(b, &c.MaxInFlightEvents, "MAX_INFLIGHT_EVENTS", "100000", "events waiting for Kafka before new requests get 503 (at least 1000)", positiveInt)
 	parsed(b, &c.PublishTimeout, "PUBLISH_TIMEOUT", "5s", "how long a request waits for Kafka before 503", positiveDuration)
 	b.defaultPlan(&c.DefaultPlan)
+	b.adjustmentSigning(&c.AdjustmentSigning)
 	if err := b.parse(args); err != nil {
 		return Ingest{}, nil, err
 	}
@@ -328,6 +366,9 @@ type Aggregator struct {
 	// DefaultPlan limits tenants without a plan assignment in force,
 	// unknown tenants included ("" for none: unlimited).
 	DefaultPlan string
+	// AdjustmentSigning verifies adjustment records before they are
+	// applied, live and in rebuilds.
+	AdjustmentSigning AdjustmentSigning
 }
 
 // LoadAggregator reads cmd/aggregator's settings; see LoadIngest.
@@ -344,6 +385,7 @@ func LoadAggregator(name string, args []string, getenv func(string) string, outp
 	parsed(b, &c.MaxLag, "AGGREGATOR_MAX_LAG", "72h", "how far behind its record timestamps the aggregator may be and still judge event times at them", positiveDuration)
 	parsed(b, &c.ConflictAlertThreshold, "CONFLICT_ALERT_THRESHOLD", "10", "held and raised conflicts per tenant per UTC day beyond which an alert is raised", positiveInt)
 	b.defaultPlan(&c.DefaultPlan)
+	b.adjustmentSigning(&c.AdjustmentSigning)
 	if err := b.parse(args); err != nil {
 		return Aggregator{}, nil, err
 	}

@@ -95,7 +95,19 @@ func (a *API) postAdjustment(w http.ResponseWriter, r *http.Request, _ auth.Prin
 		httpjson.Error(w, http.StatusServiceUnavailable, "unavailable", "this server cannot write adjustments to Kafka")
 		return
 	}
-	rec, err := adj.Record()
+	var rec record.Record
+	switch {
+	case a.opt.AdjustmentKeys.Len() > 0:
+		rec, err = adj.SignedRecord(a.opt.AdjustmentKeys, a.opt.Now())
+	case a.opt.AllowUnsignedAdjustments:
+		rec, err = adj.Record()
+	default:
+		// The aggregator would dead-letter an unsigned adjustment: refuse
+		// it here, where the caller sees why.
+		httpjson.Error(w, http.StatusServiceUnavailable, "adjustments_not_configured",
+			"this server has no ADJUSTMENT_SIGNING_KEYS to sign adjustments with; ask the operator to configure them")
+		return
+	}
 	if err != nil {
 		a.internalError(w, r, err)
 		return

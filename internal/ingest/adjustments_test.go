@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/usagemeter/metering/internal/recordsign"
 	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/storage/usagedata"
 	"github.com/usagemeter/metering/internal/testkit/kafkatest"
@@ -38,11 +39,24 @@ func TestPostAdjustmentPutsAnAdjustmentRecordOnTheLog(t *testing.T) {
 		t.Fatalf("%d records on usage.events, want 3", len(msgs))
 	}
 	for _, m := range msgs {
-		if string(m.Key) != "acme" || len(m.Headers) != 1 || m.Headers[0].Key != rollup.HeaderKind || string(m.Headers[0].Value) != rollup.KindAdjustment {
+		names := make([]string, len(m.Headers))
+		for i, h := range m.Headers {
+			names[i] = h.Key
+		}
+		if string(m.Key) != "acme" || strings.Join(names, ",") != "kind,signature,signature-key,signature-time" ||
+			m.Headers[0].Key != rollup.HeaderKind || string(m.Headers[0].Value) != rollup.KindAdjustment {
 			t.Fatalf("record key %q headers %+v", m.Key, m.Headers)
 		}
 		if _, err := rollup.DecodeAdjustment(m.Value); err != nil {
 			t.Fatalf("record value %s: %v", m.Value, err)
+		}
+		// Signed with ingest's signing key: the aggregator's policy accepts it.
+		rec := rollup.Record{Key: m.Key, Value: m.Value}
+		for _, h := range m.Headers {
+			rec.Headers = append(rec.Headers, rollup.Header{Key: h.Key, Value: h.Value})
+		}
+		if err := rollup.VerifyAdjustment(recordsign.Policy{Keys: testAdjustmentKeys}, rec); err != nil {
+			t.Fatalf("record signature: %v", err)
 		}
 	}
 
@@ -85,5 +99,49 @@ func TestPostAdjustmentPutsAnAdjustmentRecordOnTheLog(t *testing.T) {
 	}
 	if r := e.do("GET", "/v1/admin/adjustments?period=11-2026", adminKey, "", ""); r.status != http.StatusBadRequest {
 		t.Errorf("GET bad period = %d", r.status)
+	}
+}
+
+// TestAdjustmentsNeedASigningKey: without ADJUSTMENT_SIGNING_KEYS ingest
+// refuses adjustments (503 adjustments_not_configured) and writes
+// nothing; with ALLOW_UNSIGNED_ADJUSTMENTS (development) it writes them
+// unsigned.
+func TestAdjustmentsNeedASigningKey(t *testing.T) {
+	t.Parallel()
+	body := `{"tenant":"acme","meter":"api_calls","group":{},"period":"2026-11","amount":-30}`
+	for _, c := range []struct {
+		name    string
+		opts    envOpts
+		status  int
+		headers int
+	}{
+		{"no key", envOpts{noAdjustmentKeys: true}, http.StatusServiceUnavailable, 0},
+		{"unsigned allowed", envOpts{noAdjustmentKeys: true, allowUnsignedAdjustments: true}, http.StatusAccepted, 1},
+		{"a key signs even when unsigned ones are allowed", envOpts{allowUnsignedAdjustments: true}, http.StatusAccepted, 4},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, c.opts)
+			e.do("PUT", "/v1/admin/tenants/acme", adminKey, "application/json", `{}`)
+			e.db.Exec(t, `INSERT INTO usage_windows (tenant, meter, group_key, granularity, window_start, value, events)
+				VALUES ('acme', 'api_calls', '', 'month', '2026-11-01T00:00:00Z', 100, 3)`)
+			r := e.do("POST", "/v1/admin/adjustments", adminKey, "application/json", body)
+			if r.status != c.status {
+				t.Fatalf("POST = %d %s, want %d", r.status, r.raw, c.status)
+			}
+			if errBody, _ := r.body["error"].(map[string]any); c.status == http.StatusServiceUnavailable && errBody["code"] != "adjustments_not_configured" {
+				t.Errorf("POST = %s, want error adjustments_not_configured", r.raw)
+			}
+			msgs := kafkatest.ReadAll(t, e.kc.Brokers(), topics.UsageEvents)
+			if c.headers == 0 {
+				if len(msgs) != 0 {
+					t.Fatalf("%d records written without a signing key", len(msgs))
+				}
+				return
+			}
+			if len(msgs) != 1 || len(msgs[0].Headers) != c.headers {
+				t.Fatalf("records %+v, want one with %d headers", msgs, c.headers)
+			}
+		})
 	}
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/usagemeter/metering/internal/httpjson"
 	"github.com/usagemeter/metering/internal/publish"
 	"github.com/usagemeter/metering/internal/ratelimit"
+	"github.com/usagemeter/metering/internal/recordsign"
 	"github.com/usagemeter/metering/internal/storage"
 	"github.com/usagemeter/metering/internal/storage/accounts"
 	"github.com/usagemeter/metering/internal/storage/usagedata"
@@ -39,6 +40,12 @@ type Options struct {
 	// Adjustments writes adjustment records to usage.events (a
 	// kafkalog.Writer); nil answers 503 to POST /v1/admin/adjustments.
 	Adjustments RecordWriter
+	// AdjustmentKeys sign every adjustment record (the first key signs).
+	// Without a key POST /v1/admin/adjustments answers 503
+	// adjustments_not_configured, unless AllowUnsignedAdjustments
+	// (development only) lets it write them unsigned.
+	AdjustmentKeys           *recordsign.Keyring
+	AllowUnsignedAdjustments bool
 	// Usage reads windows and quota states.
 	Usage *usagedata.Reader
 	// Conflicts reads conflicting resends and alerts (GET /v1/conflicts).

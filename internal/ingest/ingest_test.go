@@ -24,6 +24,7 @@ import (
 	"github.com/usagemeter/metering/internal/kafkalog"
 	"github.com/usagemeter/metering/internal/publish"
 	"github.com/usagemeter/metering/internal/ratelimit"
+	"github.com/usagemeter/metering/internal/recordsign"
 	"github.com/usagemeter/metering/internal/service"
 	"github.com/usagemeter/metering/internal/storage/accounts"
 	"github.com/usagemeter/metering/internal/storage/usagedata"
@@ -50,7 +51,21 @@ type envOpts struct {
 	publishTimeout    time.Duration
 	now               func() time.Time // nil: time.Now
 	largeBodies       httpguard.BodyLimits
+	// adjustmentKeys sign adjustments; nil: testAdjustmentKeys, unless
+	// noAdjustmentKeys.
+	adjustmentKeys           *recordsign.Keyring
+	noAdjustmentKeys         bool
+	allowUnsignedAdjustments bool
 }
+
+// testAdjustmentKeys sign the adjustments ingest writes in these tests.
+var testAdjustmentKeys = func() *recordsign.Keyring {
+	k, err := recordsign.ParseKeys("ingest-test=" + strings.Repeat("k", 32))
+	if err != nil {
+		panic(err)
+	}
+	return k
+}()
 
 func newEnv(t testing.TB, o envOpts) *env {
 	t.Helper()
@@ -66,6 +81,9 @@ func newEnv(t testing.TB, o envOpts) *env {
 	if o.publishTimeout == 0 {
 		o.publishTimeout = 5 * time.Second
 	}
+	if o.adjustmentKeys == nil && !o.noAdjustmentKeys {
+		o.adjustmentKeys = testAdjustmentKeys
+	}
 	db := pgtest.New(t)
 	kc := kafkatest.Start(t)
 	kc.CreateTopic(t, topics.UsageEvents, 4)
@@ -77,19 +95,21 @@ func newEnv(t testing.TB, o envOpts) *env {
 	st := accounts.New(db.Pool)
 	reg := prometheus.NewRegistry()
 	api := ingest.New(ingest.Options{
-		Store:        st,
-		Auth:         auth.New(st, adminKey),
-		Publisher:    publish.New(producer, 10000, o.publishTimeout),
-		Adjustments:  kafkalog.NewWriter(kc.Brokers(), nil),
-		Usage:        usagedata.NewReader(db.Pool),
-		DB:           db.Pool,
-		KeyLimiter:   ratelimit.New(o.keyRate, o.keyBurst),
-		IPLimiter:    ratelimit.New(o.ipRate, o.ipBurst),
-		MaxBodyBytes: o.maxBody,
-		LargeBodies:  o.largeBodies,
-		Logger:       slog.New(slog.DiscardHandler),
-		Registry:     reg,
-		Now:          o.now,
+		Store:                    st,
+		Auth:                     auth.New(st, adminKey),
+		Publisher:                publish.New(producer, 10000, o.publishTimeout),
+		Adjustments:              kafkalog.NewWriter(kc.Brokers(), nil),
+		AdjustmentKeys:           o.adjustmentKeys,
+		AllowUnsignedAdjustments: o.allowUnsignedAdjustments,
+		Usage:                    usagedata.NewReader(db.Pool),
+		DB:                       db.Pool,
+		KeyLimiter:               ratelimit.New(o.keyRate, o.keyBurst),
+		IPLimiter:                ratelimit.New(o.ipRate, o.ipBurst),
+		MaxBodyBytes:             o.maxBody,
+		LargeBodies:              o.largeBodies,
+		Logger:                   slog.New(slog.DiscardHandler),
+		Registry:                 reg,
+		Now:                      o.now,
 	})
 	mux := http.NewServeMux()
 	service.Mount(mux, reg, map[string]service.Check{"postgres": st.Ping})

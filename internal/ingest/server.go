@@ -51,22 +51,33 @@ func Run(ctx context.Context, cfg config.Ingest, log *slog.Logger, ready func(ne
 			log.Error("closing the adjustments writer", "err", err)
 		}
 	}()
+	switch s := cfg.AdjustmentSigning; {
+	case s.Keys.Len() > 0:
+		log.InfoContext(ctx, "adjustment records are signed", "key", s.Keys.SigningKeyID())
+	case s.AllowUnsigned:
+		log.WarnContext(ctx, "ALLOW_UNSIGNED_ADJUSTMENTS is set and no ADJUSTMENT_SIGNING_KEYS: adjustments are written unsigned (development only)")
+	default:
+		log.WarnContext(ctx, "no ADJUSTMENT_SIGNING_KEYS: POST /v1/admin/adjustments answers 503 adjustments_not_configured")
+	}
 	reg := service.NewRegistry()
 	api := New(Options{
-		Store:        st,
-		Auth:         auth.New(st, cfg.AdminAPIKey, auth.WithLogger(log), auth.WithRegisterer(reg)),
-		Publisher:    publish.New(producer, cfg.MaxInFlightEvents, cfg.PublishTimeout),
-		Adjustments:  adjustments,
-		Usage:        usagedata.NewReader(pool).WithDefaultPlan(cfg.DefaultPlan),
-		Conflicts:    usagedata.NewConflictReader(pool),
-		DB:           pool,
-		Decoder:      events.Decoder{Validator: validator},
-		KeyLimiter:   ratelimit.New(cfg.KeyEventsPerSecond, cfg.KeyBurst),
-		IPLimiter:    ratelimit.New(cfg.IPRequestsPerSecond, cfg.IPBurst),
-		MaxBodyBytes: cfg.MaxBodyBytes,
-		LargeBodies:  httpguard.BodyLimits{LargeBytes: cfg.LargeBodyBytes, MaxLarge: cfg.MaxLargeBodiesInFlight},
-		Logger:       log,
-		Registry:     reg,
+		Store:       st,
+		Auth:        auth.New(st, cfg.AdminAPIKey, auth.WithLogger(log), auth.WithRegisterer(reg)),
+		Publisher:   publish.New(producer, cfg.MaxInFlightEvents, cfg.PublishTimeout),
+		Adjustments: adjustments,
+		// The aggregator verifies with the same setting.
+		AdjustmentKeys:           cfg.AdjustmentSigning.Keys,
+		AllowUnsignedAdjustments: cfg.AdjustmentSigning.AllowUnsigned,
+		Usage:                    usagedata.NewReader(pool).WithDefaultPlan(cfg.DefaultPlan),
+		Conflicts:                usagedata.NewConflictReader(pool),
+		DB:                       pool,
+		Decoder:                  events.Decoder{Validator: validator},
+		KeyLimiter:               ratelimit.New(cfg.KeyEventsPerSecond, cfg.KeyBurst),
+		IPLimiter:                ratelimit.New(cfg.IPRequestsPerSecond, cfg.IPBurst),
+		MaxBodyBytes:             cfg.MaxBodyBytes,
+		LargeBodies:              httpguard.BodyLimits{LargeBytes: cfg.LargeBodyBytes, MaxLarge: cfg.MaxLargeBodiesInFlight},
+		Logger:                   log,
+		Registry:                 reg,
 	})
 	mux := http.NewServeMux()
 	service.MountLogged(mux, reg, map[string]service.Check{

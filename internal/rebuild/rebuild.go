@@ -36,6 +36,7 @@ import (
 
 	"github.com/usagemeter/metering/internal/kafkaauth"
 	"github.com/usagemeter/metering/internal/kafkalog"
+	"github.com/usagemeter/metering/internal/recordsign"
 	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/storage/accounts"
 	"github.com/usagemeter/metering/internal/storage/deadletters"
@@ -62,6 +63,10 @@ type Options struct {
 	// DefaultPlan is the aggregator's DEFAULT_PLAN: the rebuilt rollup
 	// judges tenants without a plan assignment by it, as the live one.
 	DefaultPlan string
+	// AdjustmentSignatures is the aggregator's: adjustment records are
+	// verified with the same keys as live, so signed ones are reproduced
+	// and unverified ones stay dead letters.
+	AdjustmentSignatures recordsign.Policy
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// Meters, when not empty, limits the comparison and the swap to these
@@ -200,7 +205,7 @@ func openShadow(ctx context.Context, live *pgxpool.Pool, opt Options) (*shadow, 
 	}
 	sh.agg = rollup.New(sh.pool, rollup.Config{
 		Group: "rebuild", Topic: opt.Topic, Horizon: opt.Horizon, MaxLag: opt.MaxLag, DefaultPlan: opt.DefaultPlan, Now: opt.Now,
-		Logger: slog.New(slog.DiscardHandler),
+		AdjustmentSignatures: opt.AdjustmentSignatures, Logger: slog.New(slog.DiscardHandler),
 	})
 	return sh, nil
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"math/big"
@@ -21,6 +22,7 @@ import (
 	"github.com/usagemeter/metering/internal/httpjson"
 	"github.com/usagemeter/metering/internal/meter"
 	"github.com/usagemeter/metering/internal/meterset"
+	"github.com/usagemeter/metering/internal/recordsign"
 	"github.com/usagemeter/metering/internal/storage/usagedata"
 	"github.com/usagemeter/metering/internal/topics"
 	"github.com/usagemeter/metering/internal/windows"
@@ -138,6 +140,19 @@ func (a Adjustment) Record() (Record, error) {
 		Headers: []Header{{Key: HeaderKind, Value: []byte(KindAdjustment)}}}, nil
 }
 
+// SignedRecord is a.Record() signed with keys' signing key at the time
+// at: the record ingest writes.
+func (a Adjustment) SignedRecord(keys *recordsign.Keyring, at time.Time) (Record, error) {
+	rec, err := a.Record()
+	if err != nil {
+		return Record{}, err
+	}
+	if err := keys.Sign(&rec, KindAdjustment, at); err != nil {
+		return Record{}, fmt.Errorf("signing adjustment %s: %w", a.ID, err)
+	}
+	return rec, nil
+}
+
 // DecodeAdjustment reads an adjustment record's value (checked without
 // recursion first) and validates it.
 func DecodeAdjustment(value []byte) (Adjustment, error) {
@@ -168,7 +183,25 @@ func isAdjustment(rec Record) bool {
 type adjRecord struct {
 	rec Record
 	adj Adjustment
-	err string // non-empty: undecodable, a dead letter
+	err string // non-empty: a dead letter of class
+	// class is ClassUnverified or ClassUndecodable when err is set.
+	class string
+}
+
+// VerifyAdjustment checks rec's signature against policy: nil when the
+// record may be applied, else the reason (without any secret) it may not.
+func VerifyAdjustment(policy recordsign.Policy, rec Record) error {
+	err := policy.Check(rec, KindAdjustment)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, recordsign.ErrNoKeys):
+		return fmt.Errorf("adjustment signature: this aggregator has no ADJUSTMENT_SIGNING_KEYS to verify it with; configure them and replay")
+	case errors.Is(err, recordsign.ErrUnsigned):
+		return fmt.Errorf("adjustment signature: the record is not signed (only ingest's POST /v1/admin/adjustments writes adjustments)")
+	default:
+		return fmt.Errorf("adjustment signature: %w", err)
+	}
 }
 
 // decodeAll decodes recs: events into the batch, adjustment records apart.
@@ -178,8 +211,12 @@ func (a *Aggregator) decodeAll(recs []Record, now time.Time) ([]decoded, []adjRe
 	for _, rec := range recs {
 		if isAdjustment(rec) {
 			ar := adjRecord{rec: rec}
-			if adj, err := DecodeAdjustment(rec.Value); err != nil {
-				ar.err = Sanitize(err.Error())
+			// The signature first: an unverified record is never decoded
+			// further, let alone applied.
+			if err := VerifyAdjustment(a.cfg.AdjustmentSignatures, rec); err != nil {
+				ar.err, ar.class = Sanitize(err.Error()), ClassUnverified
+			} else if adj, err := DecodeAdjustment(rec.Value); err != nil {
+				ar.err, ar.class = Sanitize(err.Error()), ClassUndecodable
 			} else {
 				ar.adj = adj
 			}
@@ -210,7 +247,7 @@ func (a *Aggregator) applyAdjustments(ctx context.Context, tx pgx.Tx, meters *me
 	var out []increment
 	for _, ar := range adjs {
 		if ar.err != "" {
-			dead = append(dead, decoded{rec: ar.rec, class: ClassUndecodable, err: ar.err})
+			dead = append(dead, decoded{rec: ar.rec, class: ar.class, err: ar.err})
 			continue
 		}
 		inc, reason, err := a.applyAdjustment(ctx, tx, meters, ar, incs, now, res)

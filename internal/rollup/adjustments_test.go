@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/usagemeter/metering/internal/meter"
+	"github.com/usagemeter/metering/internal/recordsign"
 	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/testkit/pgtest"
 )
@@ -17,13 +18,22 @@ const (
 	adjC = "0b7a6a8e-5d4c-4f7a-9a52-6f0c1e2d3a03"
 )
 
-// adjRecord is the record of adj at offset.
+// testKeys sign the adjustments of these tests, as ingest would.
+var testKeys = func() *recordsign.Keyring {
+	k, err := recordsign.ParseKeys("test-1=" + strings.Repeat("s", 32))
+	if err != nil {
+		panic(err)
+	}
+	return k
+}()
+
+// adjRecord is the record of adj at offset, signed with testKeys.
 func adjRecord(t testing.TB, offset int64, adj rollup.Adjustment) rollup.Record {
 	t.Helper()
 	if adj.Group == nil {
 		adj.Group = map[string]string{}
 	}
-	rec, err := adj.Record()
+	rec, err := adj.SignedRecord(testKeys, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,8 +123,12 @@ func TestAdjustmentsThatCannotApplyAreDeadLetters(t *testing.T) {
 	for i, c := range cases {
 		recs = append(recs, adjRecord(t, int64(i+1), c))
 	}
-	bad := adjRecord(t, int64(len(cases)+1), cases[0])
-	bad.Value = []byte(`{"id":"x","tenant":"acme"}`)
+	// Signed, but not an adjustment: undecodable.
+	bad := rollup.Record{Offset: int64(len(cases) + 1), Time: now, Key: []byte("acme"), Value: []byte(`{"id":"x","tenant":"acme"}`),
+		Headers: []rollup.Header{{Key: rollup.HeaderKind, Value: []byte(rollup.KindAdjustment)}}}
+	if err := testKeys.Sign(&bad, rollup.KindAdjustment, now); err != nil {
+		t.Fatal(err)
+	}
 	recs = append(recs, bad)
 	res, err := a.Apply(ctx, 0, 0, recs)
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -20,6 +21,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/usagemeter/metering/internal/recordsign"
 	"github.com/usagemeter/metering/internal/storage/deadletters"
 	"github.com/usagemeter/metering/internal/storage/outbox"
 	"github.com/usagemeter/metering/internal/topics"
@@ -92,8 +94,10 @@ var ErrNothingPending = deadletters.ErrNoneWaiting
 // true) for usage.events through the outbox, marks them replayed and
 // audits the action. It returns the ids replayed. The original key and
 // value bytes are published again; a tombstone goes out with an empty
-// value (the outbox holds a value), and the original headers are not
-// re-sent: the dlq-replay-of header names the dead letter instead.
+// value (the outbox holds a value). Of the original headers only an
+// adjustment's kind and signature headers are re-sent (see
+// replayHeaders), so a replayed adjustment is verified again like any
+// other; the dlq-replay-of header names the dead letter.
 func (q *DeadLetters) Replay(ctx context.Context, ids []int64, all bool, actor, note string) ([]int64, error) {
 	return q.resolve(ctx, "replay", "replayed", ids, all, actor, note, func(tx pgx.Tx, done []int64) error {
 		payloads, err := deadletters.UsagePayloads(ctx, tx, done)
@@ -103,14 +107,42 @@ func (q *DeadLetters) Replay(ctx context.Context, ids []int64, all bool, actor, 
 		msgs := make([]outbox.Message, len(payloads))
 		for i, p := range payloads {
 			// A null payload (tombstone) goes out empty.
-			msgs[i] = outbox.Message{Topic: topics.UsageEvents, Key: p.Key, Value: p.Value,
-				Headers: map[string]string{"dlq-replay-of": strconv.FormatInt(p.ID, 10)}}
+			hs := replayHeaders(p.Headers)
+			hs["dlq-replay-of"] = strconv.FormatInt(p.ID, 10)
+			msgs[i] = outbox.Message{Topic: topics.UsageEvents, Key: p.Key, Value: p.Value, Headers: hs}
 		}
 		if err := outbox.Enqueue(ctx, tx, msgs...); err != nil {
 			return fmt.Errorf("queueing replays: %w", err)
 		}
 		return nil
 	})
+}
+
+// replayHeaders are the headers of a dead letter that its replay carries:
+// the first kind header, and the signature headers, each byte for byte.
+// The outbox keeps headers as JSON text, one value per name, so when a
+// signature header is repeated, or one of them is not UTF-8 or holds a
+// NUL, none is carried and the replay is an event (no kind header): it
+// can then never be applied as an adjustment, whatever the aggregator
+// allows.
+func replayHeaders(hs []Header) map[string]string {
+	out := map[string]string{}
+	names := append([]string{HeaderKind}, recordsign.SignatureHeaders()...)
+	seen := map[string]int{}
+	for _, h := range hs {
+		if !slices.Contains(names, h.Key) {
+			continue
+		}
+		seen[h.Key]++
+		if h.Key == HeaderKind && seen[h.Key] > 1 {
+			continue // the first one decides the kind
+		}
+		if seen[h.Key] > 1 || !utf8.Valid(h.Value) || bytes.IndexByte(h.Value, 0) >= 0 {
+			return map[string]string{}
+		}
+		out[h.Key] = string(h.Value)
+	}
+	return out
 }
 
 // Discard marks the pending records ids as discarded and audits it.

@@ -29,6 +29,12 @@
 // (TestEventTimeJudgedByATrustedClock), and LedgerCutoff is before every
 // event time that clock can accept (TestLedgerCutoffIsBeforeEveryAcceptableEvent).
 //
+// An adjustment record (header kind: adjustment) is applied only when its
+// HMAC signature verifies under Config.AdjustmentSignatures, before its
+// value is decoded; any other is a dead letter of class unverified, also
+// when replayed from the dead-letter queue, and never changes a window
+// (TestUnverifiedAdjustmentsAreDeadLetters).
+//
 // The records the rollup could not count wait in the usage dead-letter
 // queue, which on-call lists, replays or discards through DeadLetters
 // (deadletters.go), as the biller's queue is administered in stripesync.
@@ -53,6 +59,7 @@ import (
 	"github.com/usagemeter/metering/internal/meterset"
 	"github.com/usagemeter/metering/internal/quota"
 	"github.com/usagemeter/metering/internal/record"
+	"github.com/usagemeter/metering/internal/recordsign"
 	"github.com/usagemeter/metering/internal/storage/usagedata"
 	"github.com/usagemeter/metering/internal/windows"
 )
@@ -85,6 +92,11 @@ type Config struct {
 	// DefaultPlan limits tenants without a plan assignment in force
 	// (unknown ones included); "" for none: they are unlimited.
 	DefaultPlan string
+	// AdjustmentSignatures decides which adjustment records are applied:
+	// those signed by one of its keys (and, in development, unsigned ones
+	// when it allows them). The zero policy applies none: every
+	// adjustment record is a dead letter of class ClassUnverified.
+	AdjustmentSignatures recordsign.Policy
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// Metrics may be nil.
@@ -147,6 +159,9 @@ const (
 	// ClassUnprocessable is a record the database refused (a constraint
 	// or data error) that the consumer isolated from its batch.
 	ClassUnprocessable = "unprocessable"
+	// ClassUnverified is an adjustment record whose signature is missing,
+	// malformed, wrong or made by a key the aggregator does not know.
+	ClassUnverified = "unverified"
 )
 
 // NextOffset returns where partition resumes: the stored offset, or -1

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/usagemeter/metering/events"
+	"github.com/usagemeter/metering/internal/recordsign"
 	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/testkit/pgtest"
 )
@@ -20,6 +21,7 @@ func newAgg(t testing.TB) (*rollup.Aggregator, *pgtest.DB) {
 	db := pgtest.New(t)
 	return rollup.New(db.Pool, rollup.Config{
 		Group: "test", Topic: "usage.events", Now: func() time.Time { return now }, Logger: slog.New(slog.DiscardHandler),
+		AdjustmentSignatures: recordsign.Policy{Keys: testKeys},
 	}), db
 }
 

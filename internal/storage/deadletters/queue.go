@@ -7,6 +7,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/usagemeter/metering/internal/record"
 	"github.com/usagemeter/metering/internal/storage"
 )
 
@@ -51,20 +52,31 @@ func ListUsage(ctx context.Context, q storage.Executor, status string, limit int
 type UsagePayload struct {
 	ID         int64
 	Key, Value []byte
+	// Headers are the record's headers, in order, byte for byte.
+	Headers []record.Header
 }
 
-// UsagePayloads returns the key and value bytes of the usage dead letters
+// UsagePayloads returns the key, value and header bytes of the usage dead letters
 // ids, in id order, whatever their status (a null value, a tombstone, is
 // nil).
 func UsagePayloads(ctx context.Context, q storage.Executor, ids []int64) ([]UsagePayload, error) {
-	rows, err := q.Query(ctx, `SELECT id, msg_key, payload FROM usage_dlq WHERE id = ANY($1) ORDER BY id`, ids)
+	rows, err := q.Query(ctx, `SELECT id, msg_key, payload, header_keys, header_values FROM usage_dlq WHERE id = ANY($1) ORDER BY id`, ids)
 	if err != nil {
 		return nil, fmt.Errorf("reading dead letters: %w", err)
 	}
 	ps, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (UsagePayload, error) {
 		var p UsagePayload
-		err := r.Scan(&p.ID, &p.Key, &p.Value)
-		return p, err
+		var hkeys, hvals [][]byte
+		if err := r.Scan(&p.ID, &p.Key, &p.Value, &hkeys, &hvals); err != nil {
+			return p, err
+		}
+		if len(hkeys) != len(hvals) {
+			return p, fmt.Errorf("dead letter %d: %d header names for %d values", p.ID, len(hkeys), len(hvals))
+		}
+		for i := range hkeys {
+			p.Headers = append(p.Headers, record.Header{Key: string(hkeys[i]), Value: hvals[i]})
+		}
+		return p, nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("reading dead letters: %w", err)

@@ -33,6 +33,10 @@ import (
 // AdminKey is the stack's bootstrap admin key.
 const AdminKey = "stack-admin-key"
 
+// AdjustmentSigningKeys are the stack's ADJUSTMENT_SIGNING_KEYS: ingest
+// signs adjustments with them and the aggregator verifies them.
+const AdjustmentSigningKeys = "stack-1=stack-adjustment-signing-secret-0123456789"
+
 // Services are the three services, in start order.
 var Services = []string{"ingest", "aggregator", "biller"}
 
@@ -234,9 +238,9 @@ func Start(ctx context.Context, opt Options, out io.Writer) (*Stack, error) {
 			env: []string{"KAFKA_ADDR=" + s.Brokers, "DATA_DIR=" + filepath.Join(opt.Work, "kafka"), "LOG_LEVEL=warn"}}
 	}
 	defaults := map[string][]string{
-		"ingest": {"ADMIN_API_KEY=" + AdminKey, "PUBLISH_TIMEOUT=3s", "RATE_LIMIT_KEY_EVENTS=10000000", "RATE_LIMIT_KEY_BURST=20000000",
+		"ingest": {"ADMIN_API_KEY=" + AdminKey, "ADJUSTMENT_SIGNING_KEYS=" + AdjustmentSigningKeys, "PUBLISH_TIMEOUT=3s", "RATE_LIMIT_KEY_EVENTS=10000000", "RATE_LIMIT_KEY_BURST=20000000",
 			"RATE_LIMIT_IP_REQUESTS=1000000", "RATE_LIMIT_IP_BURST=2000000", "MAX_INFLIGHT_EVENTS=200000"},
-		"aggregator": {"SESSION_TIMEOUT=1s", "BATCH_WAIT=20ms"},
+		"aggregator": {"ADJUSTMENT_SIGNING_KEYS=" + AdjustmentSigningKeys, "SESSION_TIMEOUT=1s", "BATCH_WAIT=20ms"},
 		"biller":     {"ADMIN_API_KEY=" + AdminKey, "STRIPE_API_KEY=sk_test_stack", "STRIPE_API_BASE=" + opt.StripeBase, "STRIPE_RATE_LIMIT=2000"},
 	}
 	for _, n := range Services {
