@@ -27,8 +27,11 @@ import (
 
 // DeadLetter is one record of the usage dead-letter queue.
 type DeadLetter struct {
-	ID              int64  `json:"id"`
-	Tenant          string `json:"tenant"`
+	ID     int64  `json:"id"`
+	Tenant string `json:"tenant"`
+	// Kind is the record's kind: KindAdjustment for a record with the
+	// header kind: adjustment, else KindEvent.
+	Kind            string `json:"kind"`
 	Error           string `json:"error"`
 	ErrorClass      string `json:"error_class"`
 	SourceTopic     string `json:"source_topic"`
@@ -65,7 +68,7 @@ func (q *DeadLetters) List(ctx context.Context, status string, limit int) ([]Dea
 	recs := make([]DeadLetter, len(letters))
 	for i, l := range letters {
 		recs[i] = DeadLetter{
-			ID: l.ID, Tenant: l.Tenant, Error: l.Error, ErrorClass: l.ErrorClass, SourceTopic: l.SourceTopic,
+			ID: l.ID, Tenant: l.Tenant, Kind: recordKind(l.Headers), Error: l.Error, ErrorClass: l.ErrorClass, SourceTopic: l.SourceTopic,
 			SourcePartition: l.SourcePartition, SourceOffset: l.SourceOffset,
 			FailedAt: l.FailedAt, Status: l.Status, ResolvedAt: l.ResolvedAt,
 		}
@@ -92,8 +95,10 @@ var ErrNothingPending = deadletters.ErrNoneWaiting
 // true) for usage.events through the outbox, marks them replayed and
 // audits the action. It returns the ids replayed. The original key and
 // value bytes are published again; a tombstone goes out with an empty
-// value (the outbox holds a value), and the original headers are not
-// re-sent: the dlq-replay-of header names the dead letter instead.
+// value (the outbox holds a value). Of the original headers only the kind
+// of an adjustment record (kind: adjustment) is re-sent, so it is applied
+// as an adjustment, under its own id (counted once however often it is
+// replayed); the dlq-replay-of header names the dead letter.
 func (q *DeadLetters) Replay(ctx context.Context, ids []int64, all bool, actor, note string) ([]int64, error) {
 	return q.resolve(ctx, "replay", "replayed", ids, all, actor, note, func(tx pgx.Tx, done []int64) error {
 		payloads, err := deadletters.UsagePayloads(ctx, tx, done)
@@ -105,6 +110,9 @@ func (q *DeadLetters) Replay(ctx context.Context, ids []int64, all bool, actor, 
 			// A null payload (tombstone) goes out empty.
 			msgs[i] = outbox.Message{Topic: topics.UsageEvents, Key: p.Key, Value: p.Value,
 				Headers: map[string]string{"dlq-replay-of": strconv.FormatInt(p.ID, 10)}}
+			if recordKind(p.Headers) == KindAdjustment {
+				msgs[i].Headers[HeaderKind] = KindAdjustment
+			}
 		}
 		if err := outbox.Enqueue(ctx, tx, msgs...); err != nil {
 			return fmt.Errorf("queueing replays: %w", err)
