@@ -49,10 +49,11 @@ func (d asyncDocs) resolve(doc, ref string) (any, string, error) {
 	if file != "" {
 		doc = file
 	}
-	var node any = d[doc]
-	if node == nil {
+	root, found := d[doc]
+	if !found {
 		return nil, "", fmt.Errorf("$ref %q: no document %s", ref, doc)
 	}
+	var node any = root
 	for _, part := range strings.Split(strings.TrimPrefix(pointer, "/"), "/") {
 		m, ok := node.(map[string]any)
 		if !ok || m[part] == nil {
