@@ -48,9 +48,11 @@ type CreditResend struct {
 
 // ResendCredits sends the dead credits ids again (every dead credit with
 // all), under their own idempotency keys, and audits the action in
-// dlq_audit (queue credits) before any call. A credit created more than
-// DedupHorizon ago is first looked for at Stripe (CreditFinder), so one
-// whose first call did land is marked sent without a second. A credit
+// dlq_audit (queue credits) before any call. Each is sent under its own
+// lock (billingdata.LockDeadCredit), so two resends never call Stripe for
+// one credit at once. A credit created more than DedupHorizon ago is
+// first looked for at Stripe (CreditFinder), so one whose first call did
+// land is marked sent without a second. A credit
 // stays dead until Stripe's answer marks it sent; the sync loop sends
 // intents only, so it never sends a dead credit meanwhile. Naming no
 // dead credit is ErrNotDead; all with none dead does nothing.
@@ -69,32 +71,43 @@ func (b *Biller) ResendCredits(ctx context.Context, ids []int64, all bool, actor
 	if err != nil || len(picked) == 0 {
 		return CreditResend{}, err
 	}
-	credits, err := billingdata.CreditsByID(ctx, b.pool, picked)
-	if err != nil {
-		return CreditResend{IDs: picked}, err
-	}
 	res := CreditResend{IDs: picked}
-	for _, c := range credits {
-		if c.Status != "dead" {
-			continue // settled by another resend meanwhile
+	for _, id := range picked {
+		if err := b.resendCredit(ctx, cr, id, &res); err != nil {
+			return res, fmt.Errorf("resending credit %d: %w", id, err)
 		}
+	}
+	return res, nil
+}
+
+// resendCredit sends dead credit id again under its lock (two resends of
+// it never call Stripe at once; one settled meanwhile is skipped) and
+// counts the outcome in res.
+func (b *Biller) resendCredit(ctx context.Context, cr Crediter, id int64, res *CreditResend) error {
+	return pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
+		c, dead, err := billingdata.LockDeadCredit(ctx, tx, id)
+		if err != nil || !dead {
+			return err
+		}
+		// The outcome is recorded on the pool, outside the lock's
+		// transaction, as every send records it.
 		sent, err := b.sendCredit(ctx, cr, c)
 		if err != nil {
-			return res, fmt.Errorf("resending credit %d: %w", c.ID, err)
+			return err
 		}
 		if sent {
 			res.Sent++
-			continue
+			return nil
 		}
-		after, err := billingdata.CreditsByID(ctx, b.pool, []int64{c.ID})
+		after, err := billingdata.CreditsByID(ctx, b.pool, []int64{id})
 		if err != nil {
-			return res, err
+			return err
 		}
 		if len(after) == 1 && after[0].Attempts > c.Attempts {
 			res.Dead++ // refused for good again
 		} else {
 			res.Waiting++
 		}
-	}
-	return res, nil
+		return nil
+	})
 }
