@@ -1,10 +1,14 @@
 // Command biller makes Stripe agree with Postgres: it pushes each tenant's
-// usage deltas as billing meter events, reconciles, and keeps a DLQ.
+// usage deltas as billing meter events, reconciles, and keeps a DLQ; the
+// customer credits Stripe refused for good (dead) are listed and resent
+// with `credits`.
 //
 //	biller [flags]                                        serve (see -h)
 //	biller migrate [flags]                                apply database migrations and exit
 //	biller reconcile --period YYYY-MM [--format table|csv|json]
 //	biller dlq list [--format json] | show ID | replay (ID... | --all) [--actor NAME] | discard ID... [--actor NAME] [--note TEXT]
+//	biller credits list [--status open|dead|sent|none|all] [--format json] [--limit N]
+//	biller credits resend (ID... | --all) [--actor NAME] [--note TEXT]
 //
 // Settings flags (-database-url, -stripe-api-key, ...) may stand anywhere.
 package main

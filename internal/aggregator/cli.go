@@ -110,14 +110,14 @@ func dlqList(ctx context.Context, env Env, f dlqListFlags, args []string) error 
 		return enc.Encode(recs)
 	}
 	tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tFAILED AT\tSTATUS\tTENANT\tCLASS\tSOURCE\tERROR")
+	fmt.Fprintln(tw, "ID\tFAILED AT\tSTATUS\tTENANT\tKIND\tCLASS\tSOURCE\tERROR")
 	for _, r := range recs {
 		msg := r.Error
 		if len(msg) > 80 {
 			msg = msg[:77] + "..."
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s/%d@%d\t%s\n", r.ID, r.FailedAt.UTC().Format(time.RFC3339), r.Status, r.Tenant,
-			r.ErrorClass, r.SourceTopic, r.SourcePartition, r.SourceOffset, msg)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s/%d@%d\t%s\n", r.ID, r.FailedAt.UTC().Format(time.RFC3339), r.Status, r.Tenant,
+			r.Kind, r.ErrorClass, r.SourceTopic, r.SourcePartition, r.SourceOffset, msg)
 	}
 	if err := tw.Flush(); err != nil {
 		return err

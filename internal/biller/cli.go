@@ -29,6 +29,8 @@ var Commands = []cli.Command[config.Biller]{
 	cli.New("dlq show", dlqShow),
 	cli.New("dlq replay", dlqReplay),
 	cli.New("dlq discard", dlqDiscard),
+	cli.New("credits list", creditsList),
+	cli.New("credits resend", creditsResend),
 }
 
 // Env is what a biller command runs with.
@@ -43,6 +45,12 @@ func ReconcileCommand(ctx context.Context, cfg config.Biller, log *slog.Logger, 
 // DLQCommand runs `biller dlq list|show ID|replay (ID...|--all)|discard ID...`.
 func DLQCommand(ctx context.Context, cfg config.Biller, log *slog.Logger, sub string, args []string, out io.Writer) error {
 	return cli.Run(ctx, Commands, "dlq "+sub, Env{Config: cfg, Log: log, Out: out}, args)
+}
+
+// CreditsCommand runs `biller credits list [--status S] [--format json]`
+// or `biller credits resend (ID...|--all) [--actor NAME] [--note TEXT]`.
+func CreditsCommand(ctx context.Context, cfg config.Biller, log *slog.Logger, sub string, args []string, out io.Writer) error {
+	return cli.Run(ctx, Commands, "credits "+sub, Env{Config: cfg, Log: log, Out: out}, args)
 }
 
 // Migrate applies pending database migrations and returns.
@@ -213,6 +221,91 @@ func dlqDiscard(ctx context.Context, env Env, f cli.Audit, args []string) error 
 		return err
 	}
 	fmt.Fprintf(env.Out, "discarded %d pushes; their usage stays unbilled and shows as drift in the reconciliation\n", n)
+	return nil
+}
+
+type creditsListFlags struct {
+	Status, Format string
+	Limit          int
+}
+
+func (f *creditsListFlags) Bind(fs *flag.FlagSet) {
+	fs.StringVar(&f.Status, "status", "dead", "which credits: "+strings.Join(stripesync.CreditStatuses, ", ")+" (open: not sent yet)")
+	fs.StringVar(&f.Format, "format", "table", "table or json")
+	cli.PositiveInt(fs, &f.Limit, "limit", 100, "most credits listed")
+}
+
+// creditsList lists customer credits: by default the dead ones, which
+// Stripe refused for good and wait for `credits resend`.
+func creditsList(ctx context.Context, env Env, f creditsListFlags, args []string) error {
+	if len(args) > 0 {
+		return fmt.Errorf("unexpected argument %q; filter with --status", args[0])
+	}
+	if f.Format != "table" && f.Format != "json" {
+		return fmt.Errorf("format %q: want table or json", f.Format)
+	}
+	b, closeFn, err := open(ctx, env.Config, env.Log)
+	if err != nil {
+		return err
+	}
+	defer closeFn()
+	credits, err := b.Credits(ctx, f.Status, f.Limit)
+	if err != nil {
+		return err
+	}
+	out := env.Out
+	if f.Format == "json" {
+		if credits == nil {
+			credits = []stripesync.Credit{}
+		}
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(credits)
+	}
+	tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tUPDATED\tSTATUS\tTENANT\tMETER\tGROUP\tPERIOD\tCUSTOMER\tQUANTITY\tAMOUNT\tATTEMPTS\tLAST ERROR")
+	for _, c := range credits {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d %s\t%d\t%s\n", c.ID, c.Updated.UTC().Format(time.RFC3339), c.Status,
+			terminalText(c.Tenant, 64), terminalText(c.Metric, 64), terminalText(c.GroupKey, 64), c.Period.Format("2006-01"),
+			terminalText(c.Customer, 64), c.Quantity, c.Amount, c.Currency, c.Attempts, terminalText(c.LastError, 80))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "%d credits\n", len(credits))
+	return nil
+}
+
+type creditsResendFlags struct {
+	cli.Audit
+	All bool
+}
+
+func (f *creditsResendFlags) Bind(fs *flag.FlagSet) {
+	f.Audit.Bind(fs)
+	fs.BoolVar(&f.All, "all", false, "resend every dead credit")
+}
+
+// creditsResend sends dead credits to Stripe again, audited.
+func creditsResend(ctx context.Context, env Env, f creditsResendFlags, args []string) error {
+	ids, err := cli.IDs(args, "credit")
+	if err != nil {
+		return err
+	}
+	if f.All && len(ids) > 0 {
+		return fmt.Errorf("name credits by id or use --all, not both")
+	}
+	b, closeFn, err := open(ctx, env.Config, env.Log)
+	if err != nil {
+		return err
+	}
+	defer closeFn()
+	r, err := b.ResendCredits(ctx, ids, f.All, f.Who(), f.Note)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.Out, "resent %d dead credits %v: %d sent, %d refused again (still dead), %d not settled yet (still dead, resend later)\n",
+		len(r.IDs), r.IDs, r.Sent, r.Dead, r.Waiting)
 	return nil
 }
 

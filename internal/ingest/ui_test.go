@@ -74,10 +74,17 @@ func recordCSPViolations() chromedp.Action[chromedp.Void] {
 // clock stands still at now.
 func newUIEnv(t *testing.T, now time.Time) *env {
 	t.Helper()
+	return newUIEnvDefault(t, now, "")
+}
+
+// newUIEnvDefault is newUIEnv with defaultPlan as DEFAULT_PLAN ("" for
+// none).
+func newUIEnvDefault(t *testing.T, now time.Time, defaultPlan string) *env {
+	t.Helper()
 	db := pgtest.New(t)
 	st := accounts.New(db.Pool)
 	api := ingest.New(ingest.Options{
-		Store: st, Auth: auth.New(st, adminKey), Usage: usagedata.NewReader(db.Pool), Conflicts: usagedata.NewConflictReader(db.Pool), DB: db.Pool,
+		Store: st, Auth: auth.New(st, adminKey), Usage: usagedata.NewReader(db.Pool).WithDefaultPlan(defaultPlan), Conflicts: usagedata.NewConflictReader(db.Pool), DB: db.Pool,
 		KeyLimiter: ratelimit.New(1e6, 1e6), IPLimiter: ratelimit.New(1e6, 1e6), MaxBodyBytes: 1 << 20,
 		Logger: slog.New(slog.DiscardHandler), Registry: prometheus.NewRegistry(), Now: func() time.Time { return now },
 	})

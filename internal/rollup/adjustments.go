@@ -36,6 +36,9 @@ const (
 	HeaderKind = "kind"
 	// KindAdjustment is the kind of an adjustment record.
 	KindAdjustment = "adjustment"
+	// KindEvent is the kind of every other record (no kind header, or
+	// another value): one usage event, decoded as such.
+	KindEvent = "event"
 	// maxAdjustmentBytes bounds an adjustment record's value.
 	maxAdjustmentBytes = 64 << 10
 	// maxAdjustmentText bounds reason and reference, in bytes.
@@ -170,13 +173,20 @@ func DecodeAdjustment(value []byte) (Adjustment, error) {
 }
 
 // isAdjustment reports whether rec carries an adjustment.
-func isAdjustment(rec Record) bool {
-	for _, h := range rec.Headers {
+func isAdjustment(rec Record) bool { return recordKind(rec.Headers) == KindAdjustment }
+
+// recordKind is the kind of a record with headers hs: KindAdjustment when
+// its first kind header says adjustment, else KindEvent.
+func recordKind(hs []Header) string {
+	for _, h := range hs {
 		if h.Key == HeaderKind {
-			return bytes.Equal(h.Value, []byte(KindAdjustment))
+			if bytes.Equal(h.Value, []byte(KindAdjustment)) {
+				return KindAdjustment
+			}
+			return KindEvent
 		}
 	}
-	return false
+	return KindEvent
 }
 
 // adjRecord is one adjustment record of a batch.

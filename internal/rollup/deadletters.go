@@ -29,8 +29,11 @@ import (
 
 // DeadLetter is one record of the usage dead-letter queue.
 type DeadLetter struct {
-	ID              int64  `json:"id"`
-	Tenant          string `json:"tenant"`
+	ID     int64  `json:"id"`
+	Tenant string `json:"tenant"`
+	// Kind is the record's kind: KindAdjustment for a record with the
+	// header kind: adjustment, else KindEvent.
+	Kind            string `json:"kind"`
 	Error           string `json:"error"`
 	ErrorClass      string `json:"error_class"`
 	SourceTopic     string `json:"source_topic"`
@@ -67,7 +70,7 @@ func (q *DeadLetters) List(ctx context.Context, status string, limit int) ([]Dea
 	recs := make([]DeadLetter, len(letters))
 	for i, l := range letters {
 		recs[i] = DeadLetter{
-			ID: l.ID, Tenant: l.Tenant, Error: l.Error, ErrorClass: l.ErrorClass, SourceTopic: l.SourceTopic,
+			ID: l.ID, Tenant: l.Tenant, Kind: recordKind(l.Headers), Error: l.Error, ErrorClass: l.ErrorClass, SourceTopic: l.SourceTopic,
 			SourcePartition: l.SourcePartition, SourceOffset: l.SourceOffset,
 			FailedAt: l.FailedAt, Status: l.Status, ResolvedAt: l.ResolvedAt,
 		}

@@ -65,6 +65,10 @@ func (a *Aggregator) deadLetters(ctx context.Context, tx pgx.Tx, batch []decoded
 			"source-partition": strconv.Itoa(d.rec.Partition), "source-offset": strconv.FormatInt(d.rec.Offset, 10),
 			"failed-at": now.Format(time.RFC3339Nano),
 		}}
+		// An adjustment keeps its kind on the dead-letter topic too.
+		if isAdjustment(d.rec) {
+			msgs[i].Headers[HeaderKind] = KindAdjustment
+		}
 	}
 	res.DeadLettered += n
 	return outbox.Enqueue(ctx, tx, msgs...)

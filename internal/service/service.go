@@ -64,10 +64,11 @@ func NewRegistry() *prometheus.Registry {
 type Check func(ctx context.Context) error
 
 // Routes are the routes Mount adds to every service.
-var Routes = []string{"GET /healthz", "GET /readyz", "GET /metrics", "GET /openapi.yaml"}
+var Routes = []string{"GET /healthz", "GET /readyz", "GET /metrics", "GET /openapi.yaml", "GET /asyncapi.yaml"}
 
 // Mount adds /healthz (the process is up), /readyz (every check passes
-// within 2s), /metrics (reg) and /openapi.yaml to mux. /readyz answers
+// within 2s), /metrics (reg), /openapi.yaml and /asyncapi.yaml (the
+// billing.events messages) to mux. /readyz answers
 // each check "ok" or "unavailable"; a check's error goes to the log only.
 func Mount(mux *http.ServeMux, reg *prometheus.Registry, checks map[string]Check) {
 	MountLogged(mux, reg, checks, slog.New(slog.DiscardHandler))
@@ -79,6 +80,10 @@ func MountLogged(mux *http.ServeMux, reg *prometheus.Registry, checks map[string
 	mux.HandleFunc("GET /openapi.yaml", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/yaml")
 		_, _ = w.Write(apidoc.OpenAPI)
+	})
+	mux.HandleFunc("GET /asyncapi.yaml", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/yaml")
+		_, _ = w.Write(apidoc.AsyncAPI)
 	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		httpjson.Write(w, http.StatusOK, map[string]string{"status": "ok"})

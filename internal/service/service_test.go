@@ -2,17 +2,20 @@ package service_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/usagemeter/metering/internal/apidoc"
 	"github.com/usagemeter/metering/internal/httpguard"
 	"github.com/usagemeter/metering/internal/service"
 )
@@ -183,5 +186,23 @@ func TestEveryServiceRouteSendsSecurityHeaders(t *testing.T) {
 	}
 	if !bare.Load() {
 		t.Error("GET /bare was not served")
+	}
+}
+
+// TestMountServesTheDocuments: every service serves the OpenAPI document
+// and the billing.events AsyncAPI document, as YAML, byte for byte.
+func TestMountServesTheDocuments(t *testing.T) {
+	t.Parallel()
+	mux := http.NewServeMux()
+	service.Mount(mux, service.NewRegistry(), nil)
+	for path, want := range map[string][]byte{"/openapi.yaml": apidoc.OpenAPI, "/asyncapi.yaml": apidoc.AsyncAPI} {
+		rec := httptest.NewRecorder()
+		mux.ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+		if rec.Code != http.StatusOK || rec.Header().Get("Content-Type") != "application/yaml" || !bytes.Equal(rec.Body.Bytes(), want) {
+			t.Errorf("GET %s: %d %s, %d bytes", path, rec.Code, rec.Header().Get("Content-Type"), rec.Body.Len())
+		}
+	}
+	if !bytes.HasPrefix(apidoc.AsyncAPI, []byte("asyncapi: 3.0.0")) {
+		t.Error("asyncapi.yaml does not start with its version")
 	}
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/usagemeter/metering/internal/price"
 	"github.com/usagemeter/metering/internal/storage"
+	"github.com/usagemeter/metering/internal/storage/deadletters"
 )
 
 // creditsSQL is the quantity credited (credited) and the number of
@@ -90,22 +91,29 @@ func FindOverClaimed(ctx context.Context, q storage.Executor, oldest, sentBefore
 
 // Credit is one row of billing_credits.
 type Credit struct {
-	ID                       int64
-	Tenant, Metric, GroupKey string
-	Period                   time.Time
-	Customer                 string
-	Claimed, Metered         string
-	Quantity                 string
+	ID       int64  `json:"id"`
+	Tenant   string `json:"tenant"`
+	Metric   string `json:"metric"`
+	GroupKey string `json:"group_key"`
+	// Period is the first instant of the credited month.
+	Period   time.Time `json:"period_start"`
+	Customer string    `json:"stripe_customer_id"`
+	Claimed  string    `json:"claimed_total"`
+	Metered  string    `json:"metered_total"`
+	Quantity string    `json:"quantity"`
 	// Amount is in the currency's minor unit, <= 0.
-	Amount         int64
-	Currency       string
-	IdempotencyKey string
-	Status         string
-	TxnID          string
-	Attempts       int
-	LastError      string
-	Created        time.Time
-	Sent           *time.Time
+	Amount         int64  `json:"amount"`
+	Currency       string `json:"currency"`
+	IdempotencyKey string `json:"idempotency_key"`
+	// Status is intent, sent, dead or none.
+	Status    string     `json:"status"`
+	TxnID     string     `json:"stripe_txn_id,omitempty"`
+	Attempts  int        `json:"attempts"`
+	LastError string     `json:"last_error"`
+	Created   time.Time  `json:"created_at"`
+	Sent      *time.Time `json:"sent_at,omitempty"`
+	// Updated is when the row last changed (a resend stamps it).
+	Updated time.Time `json:"updated_at"`
 }
 
 // InsertCredit records c as an intent (or, with Status none, as settled
@@ -128,12 +136,12 @@ func InsertCredit(ctx context.Context, q storage.Executor, c Credit) (bool, erro
 }
 
 const creditColumns = `id, tenant, metric, group_key, period_start, stripe_customer_id, claimed_total::text, metered_total::text,
-	quantity::text, amount, currency, idempotency_key, status, coalesce(stripe_txn_id, ''), attempts, last_error, created_at, sent_at`
+	quantity::text, amount, currency, idempotency_key, status, coalesce(stripe_txn_id, ''), attempts, last_error, created_at, sent_at, updated_at`
 
 func scanCredit(r pgx.CollectableRow) (Credit, error) {
 	var c Credit
 	err := r.Scan(&c.ID, &c.Tenant, &c.Metric, &c.GroupKey, &c.Period, &c.Customer, &c.Claimed, &c.Metered, &c.Quantity, &c.Amount,
-		&c.Currency, &c.IdempotencyKey, &c.Status, &c.TxnID, &c.Attempts, &c.LastError, &c.Created, &c.Sent)
+		&c.Currency, &c.IdempotencyKey, &c.Status, &c.TxnID, &c.Attempts, &c.LastError, &c.Created, &c.Sent, &c.Updated)
 	c.Period = c.Period.UTC()
 	return c, err
 }
@@ -166,6 +174,51 @@ func CreditsOf(ctx context.Context, q storage.Executor, tenant string, period ti
 		return nil, fmt.Errorf("reading credits: %w", err)
 	}
 	return out, nil
+}
+
+// ListCredits reads the credits whose status is one of statuses (every
+// credit when statuses is empty), oldest first, at most limit.
+func ListCredits(ctx context.Context, q storage.Executor, statuses []string, limit int) ([]Credit, error) {
+	rows, err := q.Query(ctx, `SELECT `+creditColumns+` FROM billing_credits
+		WHERE coalesce(cardinality($1::text[]), 0) = 0 OR status = ANY($1) ORDER BY id LIMIT $2`, statuses, limit)
+	if err != nil {
+		return nil, fmt.Errorf("listing credits: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, scanCredit)
+	if err != nil {
+		return nil, fmt.Errorf("listing credits: %w", err)
+	}
+	return out, nil
+}
+
+// CreditsByID reads the credits ids, in id order (ids that name no
+// credit are left out).
+func CreditsByID(ctx context.Context, q storage.Executor, ids []int64) ([]Credit, error) {
+	rows, err := q.Query(ctx, `SELECT `+creditColumns+` FROM billing_credits WHERE id = ANY($1) ORDER BY id`, ids)
+	if err != nil {
+		return nil, fmt.Errorf("reading credits: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, scanCredit)
+	if err != nil {
+		return nil, fmt.Errorf("reading credits: %w", err)
+	}
+	return out, nil
+}
+
+// PickDeadCredits is the dead credits' deadletters.Mover: it locks the
+// dead credits c names (every dead one with c.All) and stamps their
+// updated_at, returning their ids in id order. They stay dead (c.To is
+// not used): only Stripe's answer to the resend moves one, to sent, and
+// a sync round, which sends intents only, never sends them meanwhile.
+func PickDeadCredits(ctx context.Context, q storage.Executor, c deadletters.Change) ([]int64, error) {
+	rows, err := q.Query(ctx, `WITH picked AS (
+			UPDATE billing_credits SET updated_at = now()
+			WHERE status = 'dead' AND ($1 OR id = ANY($2)) RETURNING id)
+		SELECT id FROM picked ORDER BY id`, c.All, c.IDs)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[int64])
 }
 
 // MarkCreditSent records that Stripe made balance transaction txnID for

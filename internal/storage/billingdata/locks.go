@@ -11,18 +11,21 @@ import (
 	"github.com/usagemeter/metering/internal/storage"
 )
 
-// Advisory locks of the biller's planning and checks. Two spaces of
+// Advisory locks of the biller's planning and checks. Three spaces of
 // transaction-level advisory locks, each keyed by a hash:
 //
 //   - pair (tenant, metric, group key, month): what one intent claims
 //     (metric is the meter: the metric itself for its implicit meter);
 //   - group (Stripe customer, meter event name, billed month): what one
-//     Stripe event summary covers.
+//     Stripe event summary covers;
+//   - credit (a billing_credits id): one resend of a dead credit at a
+//     time, taken alone.
 //
 // Callers take them pair first, then group, never the reverse.
 const (
-	pairLockSpace  int32 = 0x62706169 // "bpai"
-	groupLockSpace int32 = 0x62677270 // "bgrp"
+	pairLockSpace   int32 = 0x62706169 // "bpai"
+	groupLockSpace  int32 = 0x62677270 // "bgrp"
+	creditLockSpace int32 = 0x62637264 // "bcrd"
 )
 
 // lockPairKey is the pair lock's key of (tenant, metric, groupKey,
@@ -60,6 +63,22 @@ func LockGroup(ctx context.Context, q storage.Executor, customer, eventName stri
 		return fmt.Errorf("locking Stripe group %s/%s/%s: %w", customer, eventName, billed.UTC().Format("2006-01"), err)
 	}
 	return nil
+}
+
+// LockDeadCredit takes the transaction-level lock of credit id, waiting
+// for it, and reads the credit; dead is false when it is no longer dead
+// (another resend settled it) or does not exist. q must be a
+// transaction, which holds the lock until it ends: two resends of one
+// credit never call Stripe at once.
+func LockDeadCredit(ctx context.Context, q storage.Executor, id int64) (c Credit, dead bool, err error) {
+	if _, err := q.Exec(ctx, `SELECT pg_advisory_xact_lock($1, $2)`, creditLockSpace, int32(id)); err != nil {
+		return Credit{}, false, fmt.Errorf("locking credit %d: %w", id, err)
+	}
+	cs, err := CreditsByID(ctx, q, []int64{id})
+	if err != nil || len(cs) == 0 {
+		return Credit{}, false, err
+	}
+	return cs[0], cs[0].Status == "dead", nil
 }
 
 // lockKey hashes key into the second half of a two-key advisory lock; a

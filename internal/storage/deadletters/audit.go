@@ -14,6 +14,9 @@ import (
 const (
 	UsageQueue   = "usage"
 	BillingQueue = "billing"
+	// CreditsQueue is the dead customer credits (billing_credits with
+	// status dead), resent by `biller credits resend`.
+	CreditsQueue = "credits"
 )
 
 // Change is one operator action on a dead-letter queue.

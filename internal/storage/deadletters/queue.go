@@ -22,24 +22,28 @@ type UsageLetter struct {
 	SourcePartition int
 	SourceOffset    int64
 	Key, Payload    []byte
-	FailedAt        time.Time
-	Status          string
-	ResolvedAt      *time.Time
+	// Headers are the record's headers, byte for byte, in order.
+	Headers    []record.Header
+	FailedAt   time.Time
+	Status     string
+	ResolvedAt *time.Time
 }
 
 // ListUsage returns the usage dead letters with status ("" for all),
 // oldest first, at most limit.
 func ListUsage(ctx context.Context, q storage.Executor, status string, limit int) ([]UsageLetter, error) {
 	rows, err := q.Query(ctx, `SELECT id, tenant, error, error_class, source_topic, source_partition, source_offset,
-		msg_key, payload, failed_at, status, resolved_at
+		msg_key, payload, header_keys, header_values, failed_at, status, resolved_at
 		FROM usage_dlq WHERE $1 = '' OR status = $1 ORDER BY id LIMIT $2`, status, limit)
 	if err != nil {
 		return nil, fmt.Errorf("listing dead letters: %w", err)
 	}
 	letters, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (UsageLetter, error) {
 		var l UsageLetter
+		var hkeys, hvals [][]byte
 		err := r.Scan(&l.ID, &l.Tenant, &l.Error, &l.ErrorClass, &l.SourceTopic, &l.SourcePartition,
-			&l.SourceOffset, &l.Key, &l.Payload, &l.FailedAt, &l.Status, &l.ResolvedAt)
+			&l.SourceOffset, &l.Key, &l.Payload, &hkeys, &hvals, &l.FailedAt, &l.Status, &l.ResolvedAt)
+		l.Headers = zipHeaders(hkeys, hvals)
 		return l, err
 	})
 	if err != nil {
@@ -48,7 +52,8 @@ func ListUsage(ctx context.Context, q storage.Executor, status string, limit int
 	return letters, nil
 }
 
-// UsagePayload is the key and value bytes of one usage dead letter.
+// UsagePayload is the key, value and header bytes of one usage dead
+// letter.
 type UsagePayload struct {
 	ID         int64
 	Key, Value []byte
@@ -82,4 +87,20 @@ func UsagePayloads(ctx context.Context, q storage.Executor, ids []int64) ([]Usag
 		return nil, fmt.Errorf("reading dead letters: %w", err)
 	}
 	return ps, nil
+}
+
+// zipHeaders pairs the stored header keys and values (parallel arrays;
+// a shorter values array leaves the rest empty).
+func zipHeaders(keys, values [][]byte) []record.Header {
+	if len(keys) == 0 {
+		return nil
+	}
+	hs := make([]record.Header, len(keys))
+	for i, k := range keys {
+		hs[i].Key = string(k)
+		if i < len(values) {
+			hs[i].Value = values[i]
+		}
+	}
+	return hs
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/usagemeter/metering/internal/meter"
+	"github.com/usagemeter/metering/internal/planperiod"
 	"github.com/usagemeter/metering/internal/price"
 	"github.com/usagemeter/metering/internal/quota"
 	"github.com/usagemeter/metering/internal/windows"
@@ -57,7 +58,16 @@ type BillLine struct {
 
 // Bill is the running and projected bill of a tenant's month.
 type Bill struct {
-	Tenant         string     `json:"tenant"`
+	Tenant string `json:"tenant"`
+	// Plan is the plan whose version in force prices the bill, as GET
+	// /v1/quotas names it: the tenant's assignment in force, else the
+	// default plan (DEFAULT_PLAN); nil for none (no lines).
+	Plan *string `json:"plan"`
+	// PlanVersion is Plan's version in force (0, absent, for none).
+	PlanVersion int `json:"plan_version,omitzero"`
+	// PlanSource is where Plan came from ("admin", "stripe",
+	// "migration", or "default" for the default plan); nil for none.
+	PlanSource     *string    `json:"plan_source"`
 	Currency       string     `json:"currency"`
 	PeriodStart    time.Time  `json:"period_start"`
 	PeriodEnd      time.Time  `json:"period_end"`
@@ -80,7 +90,10 @@ type pricedQuota struct {
 }
 
 // Bill returns tenant's bill for the month containing now: a line for
-// each priced quota of its plan (one per group of the meter with usage in
+// each priced quota of the version in force at now of its plan (the plan
+// of its assignment in force, else the default plan, as QuotasInForce
+// finds it; none for an explicit "no plan" or without a default: no
+// lines), one per group of the meter with usage in
 // the month when the quota bills per group: per_group, or a Stripe event
 // name with {property} placeholders), ordered by metric, meter, then the
 // quota's filter and the group's values. Amounts are exact decimal
@@ -88,18 +101,36 @@ type pricedQuota struct {
 // up to cents only at the end of each line; the totals add the lines.
 func (r *Reader) Bill(ctx context.Context, tenant string, now time.Time) (Bill, error) {
 	start, end := windows.Month.Span(now)
-	b := Bill{Tenant: tenant, PeriodStart: start, PeriodEnd: end, Lines: []BillLine{}}
-	var plan *string
-	err := r.q.QueryRow(ctx, `SELECT t.plan, coalesce(p.currency, 'usd') FROM tenants t LEFT JOIN plans p ON p.name = t.plan WHERE t.tenant = $1`, tenant).Scan(&plan, &b.Currency)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return b, ErrUnknownTenant
-	}
-	if err != nil {
+	b := Bill{Tenant: tenant, PeriodStart: start, PeriodEnd: end, Lines: []BillLine{}, Currency: "usd"}
+	var exists bool
+	if err := r.q.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM tenants WHERE tenant = $1)`, tenant).Scan(&exists); err != nil {
 		return b, fmt.Errorf("reading tenant %s: %w", tenant, err)
 	}
+	if !exists {
+		return b, ErrUnknownTenant
+	}
+	// The plan in force at now, as QuotasInForce finds it: the tenant's
+	// assignment, else the default plan, else none.
+	inputs, err := readPlanInputs(ctx, r.q, []string{tenant}, start, end, r.defaultPlan)
+	if err != nil {
+		return b, fmt.Errorf("reading the plan of %s: %w", tenant, err)
+	}
+	inForce, err := planperiod.Evaluate(inputs[tenant], start, end, now)
+	if err != nil {
+		return b, fmt.Errorf("reading the plan of %s: %w", tenant, err)
+	}
 	total, projTotal := new(big.Rat), new(big.Rat)
-	if plan != nil {
-		qs, err := r.pricedQuotas(ctx, *plan, now)
+	if inForce.Plan != "" {
+		b.Plan, b.PlanVersion = &inForce.Plan, inForce.Version
+		if inForce.Source != "" {
+			b.PlanSource = &inForce.Source
+		}
+		err := r.q.QueryRow(ctx, `SELECT coalesce(v.currency, 'usd') FROM plan_versions v WHERE v.plan = $1 AND v.version = $2`,
+			inForce.Plan, inForce.Version).Scan(&b.Currency)
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return b, fmt.Errorf("reading the currency of %s version %d: %w", inForce.Plan, inForce.Version, err)
+		}
+		qs, err := r.pricedQuotas(ctx, inForce.Plan, inForce.Version)
 		if err != nil {
 			return b, fmt.Errorf("reading prices of %s: %w", tenant, err)
 		}
@@ -166,14 +197,14 @@ func beyond(used, included *big.Int) *big.Int {
 	return d
 }
 
-// pricedQuotas reads the quotas of plan's version in force at now that
-// have a price or an overage price, ordered by metric,
-// meter (the implicit meter first), filter and per_group.
-func (r *Reader) pricedQuotas(ctx context.Context, plan string, now time.Time) ([]pricedQuota, error) {
+// pricedQuotas reads the quotas of plan's version that have a price or
+// an overage price, ordered by metric, meter (the implicit meter first),
+// filter and per_group.
+func (r *Reader) pricedQuotas(ctx context.Context, plan string, version int) ([]pricedQuota, error) {
 	rows, err := r.q.Query(ctx, `SELECT q.metric, coalesce(q.meter, ''), q.group_filter, q.per_group, coalesce(q.stripe_event_name, ''), q.price,
 			q.overage_price, q.quota_limit
-		FROM plan_quotas q WHERE q.plan = $1 AND q.version = plan_version_at(q.plan, $2) AND (q.price IS NOT NULL OR q.overage_price IS NOT NULL)
-		ORDER BY q.metric, q.meter NULLS FIRST, q.group_filter::text COLLATE "C", q.per_group`, plan, now)
+		FROM plan_quotas q WHERE q.plan = $1 AND q.version = $2 AND (q.price IS NOT NULL OR q.overage_price IS NOT NULL)
+		ORDER BY q.metric, q.meter NULLS FIRST, q.group_filter::text COLLATE "C", q.per_group`, plan, version)
 	if err != nil {
 		return nil, err
 	}
