@@ -124,7 +124,7 @@ func (a *API) Routes() []Route {
 		{"GET", "/v1/admin/meters", a.admin(a.listMeters)},
 		{"GET", "/v1/admin/meters/{meter}", a.admin(a.getMeter)},
 		{"PUT", "/v1/admin/meters/{meter}", a.admin(a.putMeter)},
-	}, slices.Concat(a.grantRoutes(), a.adjustmentRoutes(), a.cycleRoutes(), a.exportRoutes())...)
+	}, slices.Concat(a.grantRoutes(), a.adjustmentRoutes(), a.cycleRoutes(), a.exportRoutes(), a.lineageRoutes())...)
 }
 
 // Handler returns the API's routes, instrumented and with the security

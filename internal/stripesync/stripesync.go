@@ -319,7 +319,7 @@ func (b *Biller) planOne(ctx context.Context, p delta, now time.Time, res *SyncR
 		// month marked as on its way if the intent was recorded.
 		inserted, err = billingdata.InsertIntent(ctx, tx, billingdata.Intent{Tenant: tenant, Metric: metric, GroupKey: p.groupKey, Period: period, Billed: billed,
 			Customer: customer, EventName: eventName, Cumulative: cumulative, Delta: delta.String(), Identifier: id,
-			EventTime: ts, Carried: carried, CreatedAt: now})
+			EventTime: ts, Carried: carried, CreatedAt: now, Snapshot: totals.Snapshot})
 		if err != nil || !inserted || p.defined {
 			return err // corrections are recorded of implicit meters only
 		}

@@ -34,6 +34,8 @@ type Intent struct {
 	EventTime           time.Time
 	Carried             bool
 	CreatedAt           time.Time // also its updated_at
+	// Snapshot is the snapshot Cumulative was read in ("": unknown).
+	Snapshot string
 }
 
 // InsertIntent records intent p, unless a push with its identifier
@@ -41,9 +43,9 @@ type Intent struct {
 // and reports whether it did.
 func InsertIntent(ctx context.Context, q storage.Executor, p Intent) (bool, error) {
 	tag, err := q.Exec(ctx, `INSERT INTO billing_pushes (tenant, metric, period_start, billed_period_start, stripe_customer_id, event_name,
-					cumulative_total, delta, identifier, event_timestamp, carried, created_at, updated_at, group_key)
-				VALUES ($1, $2, $3, $4, $5, $6, $7::numeric, $8::numeric, $9, $10, $11, $12, $12, $13) ON CONFLICT (identifier) DO NOTHING`,
-		p.Tenant, p.Metric, p.Period, p.Billed, p.Customer, p.EventName, p.Cumulative, p.Delta, p.Identifier, p.EventTime, p.Carried, p.CreatedAt, p.GroupKey)
+					cumulative_total, delta, identifier, event_timestamp, carried, created_at, updated_at, group_key, metered_snapshot)
+				VALUES ($1, $2, $3, $4, $5, $6, $7::numeric, $8::numeric, $9, $10, $11, $12, $12, $13, nullif($14, '')::pg_snapshot) ON CONFLICT (identifier) DO NOTHING`,
+		p.Tenant, p.Metric, p.Period, p.Billed, p.Customer, p.EventName, p.Cumulative, p.Delta, p.Identifier, p.EventTime, p.Carried, p.CreatedAt, p.GroupKey, p.Snapshot)
 	if err != nil {
 		return false, err
 	}
@@ -69,6 +71,9 @@ type Pair struct {
 type PairTotals struct {
 	Metered, Claimed pgtype.Numeric
 	Cancelled        int
+	// Snapshot is the snapshot Metered was read in (pg_snapshot text):
+	// an intent records it for lineage.
+	Snapshot string
 }
 
 // LockAndReadPair reads p's totals in one round trip, after taking, with
@@ -83,9 +88,10 @@ func LockAndReadPair(ctx context.Context, q storage.Executor, p Pair, lock bool)
 	}
 	b.Queue(`SELECT coalesce((SELECT value FROM usage_windows WHERE tenant = $1 AND meter = $2 AND group_key = $4 AND granularity = 'month' AND window_start = $3), 0),
 				coalesce(sum(delta) FILTER (WHERE status <> 'cancelled'), 0) - `+pairCreditedSQL+`,
-				count(*) FILTER (WHERE status = 'cancelled') + `+pairCreditsSQL+`
+				count(*) FILTER (WHERE status = 'cancelled') + `+pairCreditsSQL+`,
+				pg_current_snapshot()::text
 			FROM billing_pushes WHERE tenant = $1 AND metric = $2 AND period_start = $3 AND group_key = $4`, p.Tenant, p.Metric, p.Period, p.GroupKey).QueryRow(func(row pgx.Row) error {
-		return row.Scan(&t.Metered, &t.Claimed, &t.Cancelled)
+		return row.Scan(&t.Metered, &t.Claimed, &t.Cancelled, &t.Snapshot)
 	})
 	if err := q.SendBatch(ctx, b).Close(); err != nil {
 		return PairTotals{}, err

@@ -68,9 +68,9 @@ func CancelReplaced(ctx context.Context, q storage.Executor, id int64, note stri
 // copies the rest of the row from push id.
 func InsertLandedPart(ctx context.Context, q storage.Executor, id int64, delta, identifier string, at time.Time, note string) error {
 	_, err := q.Exec(ctx, `INSERT INTO billing_pushes (tenant, metric, period_start, billed_period_start, stripe_customer_id, event_name,
-				cumulative_total, delta, identifier, event_timestamp, status, sent_at, last_error, created_at, group_key)
+				cumulative_total, delta, identifier, event_timestamp, status, sent_at, last_error, created_at, group_key, metered_snapshot)
 			SELECT tenant, metric, period_start, billed_period_start, stripe_customer_id, event_name, cumulative_total, $2::numeric, $3, event_timestamp,
-				'sent', $4, $5, $4, group_key FROM billing_pushes WHERE id = $1`, id, delta, identifier, at, note)
+				'sent', $4, $5, $4, group_key, metered_snapshot FROM billing_pushes WHERE id = $1`, id, delta, identifier, at, note)
 	return err
 }
 
@@ -81,8 +81,12 @@ func InsertLandedPart(ctx context.Context, q storage.Executor, id int64, delta, 
 func InsertShortfall(ctx context.Context, q storage.Executor, p Intent, note string) (int64, bool, error) {
 	var id int64
 	err := q.QueryRow(ctx, `INSERT INTO billing_pushes (tenant, metric, period_start, billed_period_start, stripe_customer_id, event_name,
-			cumulative_total, delta, identifier, event_timestamp, carried, last_error, created_at, updated_at, group_key)
-		VALUES ($1, $2, $3, $4, $5, $6, $7::numeric, $8::numeric, $9, $10, $11, $12, $13, $13, $14) ON CONFLICT (identifier) DO NOTHING RETURNING id`,
+			cumulative_total, delta, identifier, event_timestamp, carried, last_error, created_at, updated_at, group_key, metered_snapshot)
+		VALUES ($1, $2, $3, $4, $5, $6, $7::numeric, $8::numeric, $9, $10, $11, $12, $13, $13, $14,
+			-- the snapshot of the replaced push, which had this cumulative total
+			(SELECT metered_snapshot FROM billing_pushes WHERE tenant = $1 AND metric = $2 AND group_key = $14 AND period_start = $3
+				AND cumulative_total = $7::numeric AND metered_snapshot IS NOT NULL ORDER BY id LIMIT 1))
+		ON CONFLICT (identifier) DO NOTHING RETURNING id`,
 		p.Tenant, p.Metric, p.Period, p.Billed, p.Customer, p.EventName, p.Cumulative, p.Delta, p.Identifier, p.EventTime, p.Carried,
 		note, p.CreatedAt, p.GroupKey).Scan(&id)
 	if errors.Is(err, pgx.ErrNoRows) {

@@ -1,0 +1,177 @@
+package billingdata
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/usagemeter/metering/internal/storage"
+)
+
+// LineagePush is a push as its lineage needs it: the pair it billed, the
+// cumulative total it brought Stripe to and the snapshot that total was
+// read in, and the same of the pair's previous push (Prev* empty for the
+// pair's first).
+type LineagePush struct {
+	Identifier string    `json:"identifier"`
+	Tenant     string    `json:"tenant"`
+	Meter      string    `json:"meter"`
+	GroupKey   string    `json:"group"`
+	Period     time.Time `json:"period_start"`
+	Status     string    `json:"status"`
+	Delta      string    `json:"delta"`
+	Cumulative string    `json:"cumulative_total"`
+	// PrevIdentifier and PrevCumulative are the pair's previous push that
+	// was not cancelled: the one of the greatest cumulative total below
+	// this one's ("" and "0" for none).
+	PrevIdentifier string `json:"previous_identifier"`
+	PrevCumulative string `json:"previous_cumulative_total"`
+	// Snapshot and PrevSnapshot are the pg_snapshot texts ("" when the push
+	// predates lineage).
+	Snapshot     string `json:"-"`
+	PrevSnapshot string `json:"-"`
+	// Complete is false when part of the pair's history predates lineage:
+	// the push itself, an earlier push, or an event of its month counted
+	// before lineage was recorded.
+	Complete bool `json:"complete"`
+}
+
+// PushLineage returns the push identifier and its previous one, or
+// ErrNoPush.
+func PushLineage(ctx context.Context, q storage.Executor, identifier string) (LineagePush, error) {
+	var p LineagePush
+	var snapshot *string
+	err := q.QueryRow(ctx, `SELECT p.identifier, p.tenant, p.metric, p.group_key, p.period_start, p.status, p.delta::text, p.cumulative_total::text,
+			coalesce(p.metered_snapshot, (SELECT s.metered_snapshot FROM billing_pushes s WHERE s.tenant = p.tenant AND s.metric = p.metric
+				AND s.group_key = p.group_key AND s.period_start = p.period_start AND s.cumulative_total = p.cumulative_total
+				AND s.metered_snapshot IS NOT NULL ORDER BY s.id LIMIT 1))::text,
+			coalesce(prev.identifier, ''), coalesce(prev.cumulative_total, 0)::text, coalesce(prev.metered_snapshot::text, ''),
+			NOT EXISTS (SELECT 1 FROM billing_pushes o WHERE o.tenant = p.tenant AND o.metric = p.metric AND o.group_key = p.group_key
+					AND o.period_start = p.period_start AND o.cumulative_total <= p.cumulative_total AND o.metered_snapshot IS NULL)
+				AND NOT EXISTS (SELECT 1 FROM ledger l WHERE l.tenant = p.tenant AND l.metric = p.metric AND l.counted_xid IS NULL
+					AND l.event_time >= p.period_start AND l.event_time < (p.period_start AT TIME ZONE 'UTC' + interval '1 month') AT TIME ZONE 'UTC')
+		FROM billing_pushes p
+		LEFT JOIN LATERAL (SELECT b.identifier, b.cumulative_total, b.metered_snapshot FROM billing_pushes b
+			WHERE b.tenant = p.tenant AND b.metric = p.metric AND b.group_key = p.group_key AND b.period_start = p.period_start
+				AND b.status <> 'cancelled' AND b.cumulative_total < p.cumulative_total AND b.metered_snapshot IS NOT NULL
+			ORDER BY b.cumulative_total DESC, b.id LIMIT 1) prev ON true
+		WHERE p.identifier = $1`, identifier).Scan(&p.Identifier, &p.Tenant, &p.Meter, &p.GroupKey, &p.Period, &p.Status, &p.Delta, &p.Cumulative,
+		&snapshot, &p.PrevIdentifier, &p.PrevCumulative, &p.PrevSnapshot, &p.Complete)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return LineagePush{}, ErrNoPush
+	}
+	if err != nil {
+		return LineagePush{}, fmt.Errorf("reading push %s: %w", identifier, err)
+	}
+	p.Period = p.Period.UTC()
+	if snapshot != nil {
+		p.Snapshot = *snapshot
+	}
+	return p, nil
+}
+
+// LineageItem is one counted event or applied adjustment a push carried.
+type LineageItem struct {
+	Kind      string    `json:"kind"` // "event" or "adjustment"
+	ID        string    `json:"id"`
+	Value     int64     `json:"value"`
+	Time      time.Time `json:"time"` // the event's time; an adjustment's when it was applied
+	Partition int32     `json:"partition"`
+	Offset    int64     `json:"offset"`
+}
+
+// EachPushItem calls fn, in (time, id) order, events first then
+// adjustments, for every event and adjustment of p's implicit meter and
+// month counted in a transaction visible in p's snapshot and not in its
+// previous push's: what p carried to Stripe. Rows stream as fn consumes
+// them.
+func EachPushItem(ctx context.Context, q storage.Executor, p LineagePush, fn func(LineageItem) error) error {
+	rows, err := q.Query(ctx, `SELECT * FROM (SELECT 'event' AS kind, event_id AS id, value, event_time AS at, src_partition, src_offset FROM ledger
+			WHERE tenant = $1 AND metric = $2 AND event_time >= $3 AND event_time < ($3 AT TIME ZONE 'UTC' + interval '1 month') AT TIME ZONE 'UTC'
+				AND pg_visible_in_snapshot(counted_xid, $4::pg_snapshot)
+				AND ($5 = '' OR NOT pg_visible_in_snapshot(counted_xid, nullif($5, '')::pg_snapshot))
+		UNION ALL
+		SELECT 'adjustment', adjustment_id, amount, recorded_at, src_partition, src_offset FROM usage_adjustments
+			WHERE tenant = $1 AND meter = $2 AND group_key = '' AND period_start = $3
+				AND pg_visible_in_snapshot(counted_xid, $4::pg_snapshot)
+				AND ($5 = '' OR NOT pg_visible_in_snapshot(counted_xid, nullif($5, '')::pg_snapshot))
+		) u ORDER BY kind DESC, at, id COLLATE "C"`, p.Tenant, p.Meter, p.Period, p.Snapshot, p.PrevSnapshot)
+	if err != nil {
+		return fmt.Errorf("reading the lineage of push %s: %w", p.Identifier, err)
+	}
+	defer rows.Close()
+	var it LineageItem
+	for rows.Next() {
+		if err := rows.Scan(&it.Kind, &it.ID, &it.Value, &it.Time, &it.Partition, &it.Offset); err != nil {
+			return fmt.Errorf("reading the lineage of push %s: %w", p.Identifier, err)
+		}
+		it.Time = it.Time.UTC()
+		if err := fn(it); err != nil {
+			return err
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("reading the lineage of push %s: %w", p.Identifier, err)
+	}
+	return nil
+}
+
+// EventLineage is where one counted event went: its ledger row, and the
+// first push of its metric's month whose snapshot saw it (nil: not pushed
+// yet, or counted before lineage was recorded).
+type EventLineage struct {
+	Tenant    string    `json:"tenant"`
+	ID        string    `json:"id"`
+	Metric    string    `json:"metric"`
+	Value     int64     `json:"value"`
+	Time      time.Time `json:"time"`
+	Partition int32     `json:"partition"`
+	Offset    int64     `json:"offset"`
+	// Traced is false for an event counted before lineage was recorded.
+	Traced bool `json:"traced"`
+	// Push is the identifier of the push that carried it to Stripe, its
+	// status and the cumulative total it brought the month to.
+	Push *EventPush `json:"push"`
+}
+
+// EventPush is the push that carried an event.
+type EventPush struct {
+	Identifier string `json:"identifier"`
+	Status     string `json:"status"`
+	Cumulative string `json:"cumulative_total"`
+	Delta      string `json:"delta"`
+}
+
+// ErrNoEvent is returned for an event the ledger does not hold.
+var ErrNoEvent = errors.New("no counted event with this id")
+
+// EventLineageOf returns the lineage of tenant's counted event id, or
+// ErrNoEvent.
+func EventLineageOf(ctx context.Context, q storage.Executor, tenant, id string) (EventLineage, error) {
+	e := EventLineage{Tenant: tenant, ID: id}
+	var ident, status, cumulative, delta *string
+	err := q.QueryRow(ctx, `SELECT l.metric, l.value, l.event_time, l.src_partition, l.src_offset, l.counted_xid IS NOT NULL,
+			p.identifier, p.status, p.cumulative_total::text, p.delta::text
+		FROM ledger l
+		LEFT JOIN LATERAL (SELECT b.identifier, b.status, b.cumulative_total, b.delta FROM billing_pushes b
+			WHERE b.tenant = l.tenant AND b.metric = l.metric AND b.group_key = ''
+				AND b.period_start = date_trunc('month', l.event_time AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+				AND b.status <> 'cancelled' AND pg_visible_in_snapshot(l.counted_xid, b.metered_snapshot)
+			ORDER BY b.cumulative_total, b.id LIMIT 1) p ON true
+		WHERE l.tenant = $1 AND l.event_id = $2`, tenant, id).Scan(&e.Metric, &e.Value, &e.Time, &e.Partition, &e.Offset, &e.Traced,
+		&ident, &status, &cumulative, &delta)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return EventLineage{}, ErrNoEvent
+	}
+	if err != nil {
+		return EventLineage{}, fmt.Errorf("reading the lineage of event %s of tenant %s: %w", id, tenant, err)
+	}
+	e.Time = e.Time.UTC()
+	if ident != nil {
+		e.Push = &EventPush{Identifier: *ident, Status: *status, Cumulative: *cumulative, Delta: *delta}
+	}
+	return e, nil
+}
