@@ -156,3 +156,30 @@ def test_stack_proxies_reads_and_reports_stats(stack: dict[str, Any]) -> None:
             c.quotas("sdk-py-nobody-" + secrets.token_hex(2))
     assert info.value.status == 404
     assert stats(stack)["proxied"] == s["proxied"] + 1
+
+
+def test_example_app_meters_requests_and_tokens(stack: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+    import pathlib
+
+    from starlette.testclient import TestClient
+
+    tenant = "sdk-py-example-" + secrets.token_hex(4)
+    monkeypatch.setenv("METERING_URL", stack["url"])
+    monkeypatch.setenv("METERING_KEY", stack["admin_key"])
+    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "app.py"
+    spec = importlib.util.spec_from_file_location("usagemeter_example_app", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    with TestClient(mod.app) as tc:
+        for i in range(3):
+            r = tc.post("/v1/chat", headers={"X-Tenant": tenant, "X-User": "u1"}, json={"prompt": "one two three"})
+            assert r.status_code == 200, r.text
+    # The app's lifespan closed its client: everything is delivered.
+    with Client(stack["url"], stack["admin_key"], flush_at_exit=False) as c:
+        calls = wait_counted(c, tenant, "api_calls", 3, 3)
+        # Per request: input 3 words + 3, output 3 words + 5.
+        tokens = wait_counted(c, tenant, "tokens", 3 * (6 + 8), 6)
+    assert calls["total"] == 3
+    assert tokens["total"] == 42 and sum(w["events"] for w in tokens["windows"]) == 6
