@@ -5,9 +5,10 @@
 # starts tools/sdkstack (the pipeline with a fault proxy in front of
 # ingest, on a fresh database in the Postgres of TEST_DATABASE_URL or
 # DATABASE_URL, or in a throwaway cluster when neither is set), hands its
-# JSON line to pytest as METERING_SDKSTACK, and runs every test of
-# sdk/python/tests: the shared conformance vectors, the clients, the quota
-# guard and middlewares, and the end-to-end run through fault storms.
+# JSON line to pytest as METERING_SDKSTACK, checks the SDK with ruff and
+# mypy --strict, and runs every test of sdk/python/tests: the shared
+# conformance vectors, the clients, the quota guard and middlewares, the
+# example app, and the end-to-end run through fault storms.
 # The stack is stopped by its PID on exit (and stops by itself if this
 # script dies: it watches its standard input, a pipe this script holds).
 #
@@ -98,6 +99,14 @@ fi
 METERING_SDKSTACK=$(head -n 1 "$work/sdkstack.json")
 export METERING_SDKSTACK
 echo "sdk-python: stack ready" >&2
+
+# Lint and types first (ruff and mypy --strict, pinned in the test extras).
+(
+  cd sdk/python
+  "$venv/bin/ruff" check --no-cache --quiet src tests examples
+  "$venv/bin/ruff" format --no-cache --check --quiet src tests examples
+  "$venv/bin/mypy" --cache-dir "$work/mypy-cache" --no-error-summary
+)
 
 # pytest keeps no cache in the repository; the tests read the shared
 # vectors from testdata/conformance through their own path.

@@ -40,8 +40,15 @@ def client(script: Script, **kw: Any) -> tuple[AsyncClient, list[float], list[De
         sleeps.append(s)
 
     kw.setdefault("flush_interval", 0.05)
-    c = AsyncClient("http://ingest.test", "key", transport=httpx.MockTransport(script), sleep=sleep,
-                    on_error=errors.append, flush_at_exit=False, **kw)
+    c = AsyncClient(
+        "http://ingest.test",
+        "key",
+        transport=httpx.MockTransport(script),
+        sleep=sleep,
+        on_error=errors.append,
+        flush_at_exit=False,
+        **kw,
+    )
     return c, sleeps, errors
 
 

@@ -62,8 +62,15 @@ def make(rec: Recorder, **kw: Any) -> tuple[Client, list[float], list[DeliveryEr
     sleeps: list[float] = []
     errors: list[DeliveryError] = []
     kw.setdefault("flush_interval", 0.05)
-    c = Client("http://ingest.test", "key", transport=httpx.MockTransport(rec), sleep=sleeps.append,
-               on_error=errors.append, flush_at_exit=False, **kw)
+    c = Client(
+        "http://ingest.test",
+        "key",
+        transport=httpx.MockTransport(rec),
+        sleep=sleeps.append,
+        on_error=errors.append,
+        flush_at_exit=False,
+        **kw,
+    )
     return c, sleeps, errors
 
 
@@ -106,7 +113,9 @@ def test_time_flushes_a_partial_batch() -> None:
         (503, {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.0),  # a past date: at once
     ],
 )
-def test_retries_honour_retry_after_and_resend_same_ids(status: int, headers: dict[str, str], want_sleep: float) -> None:
+def test_retries_honour_retry_after_and_resend_same_ids(
+    status: int, headers: dict[str, str], want_sleep: float
+) -> None:
     rec = Recorder([(status, headers), (status, headers), 202])
     c, sleeps, errors = make(rec, batch_size=5)
     for i in range(5):
@@ -129,7 +138,7 @@ def test_backoff_without_retry_after_grows_and_is_capped() -> None:
     assert c.flush(timeout=5)
     c.close()
     assert len(sleeps) == 5
-    for s, cap in zip(sleeps, [1, 2, 4, 4, 4]):
+    for s, cap in zip(sleeps, [1, 2, 4, 4, 4], strict=True):
         assert cap / 2 <= s <= cap
 
 
@@ -147,8 +156,13 @@ def test_transport_errors_are_retried() -> None:
         return orig(request)
 
     sleeps: list[float] = []
-    c = Client("http://ingest.test", transport=httpx.MockTransport(handler), sleep=sleeps.append,
-               flush_interval=0.01, flush_at_exit=False)
+    c = Client(
+        "http://ingest.test",
+        transport=httpx.MockTransport(handler),
+        sleep=sleeps.append,
+        flush_interval=0.01,
+        flush_at_exit=False,
+    )
     c.emit(ev())
     assert c.flush(timeout=5)
     c.close()
@@ -171,8 +185,18 @@ def test_retries_exhausted_go_to_on_error_with_the_events() -> None:
 
 def test_a_400_drops_the_named_events_and_resends_the_rest() -> None:
     def refuse(request: httpx.Request, body: Any) -> httpx.Response:
-        return httpx.Response(400, json={"errors": [
-            {"index": 1, "field": "time", "message": "is 6m0s ahead of the server clock; at most 5m0s is allowed"}]})
+        return httpx.Response(
+            400,
+            json={
+                "errors": [
+                    {
+                        "index": 1,
+                        "field": "time",
+                        "message": "is 6m0s ahead of the server clock; at most 5m0s is allowed",
+                    }
+                ]
+            },
+        )
 
     rec = Recorder([refuse, 202])
     c, _, errors = make(rec, batch_size=3)
@@ -219,8 +243,15 @@ def _stalled(rec_release: threading.Event) -> Callable[[httpx.Request], httpx.Re
 
 def test_overflow_drop_newest() -> None:
     release = threading.Event()
-    c = Client("http://ingest.test", transport=httpx.MockTransport(_stalled(release)), batch_size=1,
-               max_queue_size=2, overflow=Overflow.DROP_NEWEST, flush_interval=0.01, flush_at_exit=False)
+    c = Client(
+        "http://ingest.test",
+        transport=httpx.MockTransport(_stalled(release)),
+        batch_size=1,
+        max_queue_size=2,
+        overflow=Overflow.DROP_NEWEST,
+        flush_interval=0.01,
+        flush_at_exit=False,
+    )
     c.emit(ev(0))
     time.sleep(0.2)  # the sender holds event 0 in flight
     assert c.emit(ev(1)) and c.emit(ev(2))
@@ -235,8 +266,16 @@ def test_overflow_drop_newest() -> None:
 def test_overflow_raise_and_block() -> None:
     release = threading.Event()
     for policy in (Overflow.RAISE, Overflow.BLOCK):
-        c = Client("http://ingest.test", transport=httpx.MockTransport(_stalled(release)), batch_size=1,
-                   max_queue_size=1, overflow=policy, block_timeout=0.2, flush_interval=0.01, flush_at_exit=False)
+        c = Client(
+            "http://ingest.test",
+            transport=httpx.MockTransport(_stalled(release)),
+            batch_size=1,
+            max_queue_size=1,
+            overflow=policy,
+            block_timeout=0.2,
+            flush_interval=0.01,
+            flush_at_exit=False,
+        )
         c.emit(ev(0))
         time.sleep(0.2)
         c.emit(ev(1))
@@ -252,8 +291,15 @@ def test_overflow_raise_and_block() -> None:
 
 def test_block_waits_for_room() -> None:
     release = threading.Event()
-    c = Client("http://ingest.test", transport=httpx.MockTransport(_stalled(release)), batch_size=1,
-               max_queue_size=1, block_timeout=5, flush_interval=0.01, flush_at_exit=False)
+    c = Client(
+        "http://ingest.test",
+        transport=httpx.MockTransport(_stalled(release)),
+        batch_size=1,
+        max_queue_size=1,
+        block_timeout=5,
+        flush_interval=0.01,
+        flush_at_exit=False,
+    )
     c.emit(ev(0))
     time.sleep(0.2)
     c.emit(ev(1))
@@ -301,8 +347,15 @@ def test_send_now_and_reads() -> None:
 
     with Client("http://ingest.test/", "key", transport=httpx.MockTransport(handler), flush_at_exit=False) as c:
         c.send([ev(1), ev(2)])
-        u = c.usage(tenant="acme", meter="tokens_by_model", group_by=["model"], filters={"model": "gpt-4"},
-                    start="2026-11-01T00:00:00Z", end="2026-12-01T00:00:00Z", window="day")
+        u = c.usage(
+            tenant="acme",
+            meter="tokens_by_model",
+            group_by=["model"],
+            filters={"model": "gpt-4"},
+            start="2026-11-01T00:00:00Z",
+            end="2026-12-01T00:00:00Z",
+            window="day",
+        )
         assert u["total"] == 123456789012345678901234567890
         assert c.quotas("acme")["tenant"] == "acme"
         with pytest.raises(APIError) as info:
@@ -315,8 +368,9 @@ def test_send_now_and_reads() -> None:
 def test_reads_retry_after_503() -> None:
     answers = [httpx.Response(503, headers={"Retry-After": "2"}), httpx.Response(200, json={"total": 1})]
     sleeps: list[float] = []
-    with Client("http://x", transport=httpx.MockTransport(lambda r: answers.pop(0)), sleep=sleeps.append,
-                flush_at_exit=False) as c:
+    with Client(
+        "http://x", transport=httpx.MockTransport(lambda r: answers.pop(0)), sleep=sleeps.append, flush_at_exit=False
+    ) as c:
         assert c.usage(metric="m")["total"] == 1
     assert sleeps == [2.0]
 

@@ -35,10 +35,24 @@ def test_events_vector(vector: dict[str, Any]) -> None:
 
 def test_events_vectors_cover_every_message() -> None:
     # Each distinct message shape of the contract appears in the vectors.
-    messages = {x["message"].split(" ")[0] + " " + x["field"].split(".")[0]
-                for v in EVENT_VECTORS for x in v["want"].get("errors", [])}
-    for want in ["is id", "must id", "is tenant", "must tenant", "may metric", "must value", "is time",
-                 "must source", "must properties", "keys properties", "key properties"]:
+    messages = {
+        x["message"].split(" ")[0] + " " + x["field"].split(".")[0]
+        for v in EVENT_VECTORS
+        for x in v["want"].get("errors", [])
+    }
+    for want in [
+        "is id",
+        "must id",
+        "is tenant",
+        "must tenant",
+        "may metric",
+        "must value",
+        "is time",
+        "must source",
+        "must properties",
+        "keys properties",
+        "key properties",
+    ]:
         assert want in messages, want
 
 

@@ -33,8 +33,10 @@ def stack() -> dict[str, Any]:
 
 
 def storm(stack: dict[str, Any], count: int, status: int, mode: str, retry_after: int = 1) -> None:
-    r = httpx.post(f"{stack['control_url']}/storm",
-                   params={"count": count, "status": status, "mode": mode, "retry_after": retry_after})
+    r = httpx.post(
+        f"{stack['control_url']}/storm",
+        params={"count": count, "status": status, "mode": mode, "retry_after": retry_after},
+    )
     r.raise_for_status()
 
 
@@ -51,8 +53,13 @@ def wait_counted(c: Client, tenant: str, metric: str, value: int, events: int, t
     deadline = time.monotonic() + timeout
     u: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        u = c.usage(tenant=tenant, metric=metric, window="hour", start=now - dt.timedelta(hours=3),
-                    end=now + dt.timedelta(hours=1))
+        u = c.usage(
+            tenant=tenant,
+            metric=metric,
+            window="hour",
+            start=now - dt.timedelta(hours=3),
+            end=now + dt.timedelta(hours=1),
+        )
         if sum(w["events"] for w in u["windows"]) >= events and u["total"] >= value:
             break
         time.sleep(0.5)
@@ -68,8 +75,15 @@ def test_every_event_counts_once_through_storms(stack: dict[str, Any]) -> None:
     storm(stack, 2, 503, "after")
     storm(stack, 2, 429, "before")
     storm(stack, 2, 429, "after")
-    c = Client(stack["url"], stack["admin_key"], batch_size=50, flush_interval=0.2, on_error=errors.append,
-               retry=RetryPolicy(max_retries=20), flush_at_exit=False)
+    c = Client(
+        stack["url"],
+        stack["admin_key"],
+        batch_size=50,
+        flush_interval=0.2,
+        on_error=errors.append,
+        retry=RetryPolicy(max_retries=20),
+        flush_at_exit=False,
+    )
     total = 0
     n = 2000
     for i in range(n):
@@ -105,8 +119,14 @@ async def test_async_client_through_storms(stack: dict[str, Any], anyio_backend:
     storm(stack, 1, 429, "before")
     errors: list[DeliveryError] = []
     total = 0
-    async with AsyncClient(stack["url"], stack["admin_key"], batch_size=100, flush_interval=0.2,
-                           on_error=errors.append, flush_at_exit=False) as c:
+    async with AsyncClient(
+        stack["url"],
+        stack["admin_key"],
+        batch_size=100,
+        flush_interval=0.2,
+        on_error=errors.append,
+        flush_at_exit=False,
+    ) as c:
         for i in range(500):
             total += i
             await c.emit(Event(tenant, "tokens", i, properties={"model": "m" + str(i % 2)}))
@@ -125,8 +145,12 @@ async def test_quota_guard_refuses_a_blocked_tenant(stack: dict[str, Any], anyio
     admin = {"Authorization": "Bearer " + stack["admin_key"]}
     base = stack["direct_url"]
     async with httpx.AsyncClient(headers=admin) as http:
-        r = await http.put(f"{base}/v1/admin/plans/{plan}", json={"quotas": [
-            {"metric": "api_calls", "limit": 10, "period": "month", "burst_percent": 0, "hard": True}]})
+        r = await http.put(
+            f"{base}/v1/admin/plans/{plan}",
+            json={
+                "quotas": [{"metric": "api_calls", "limit": 10, "period": "month", "burst_percent": 0, "hard": True}]
+            },
+        )
         assert r.status_code in (200, 201), r.text
         r = await http.put(f"{base}/v1/admin/tenants/{tenant}", json={"plan": plan})
         assert r.status_code in (200, 201), r.text
@@ -173,7 +197,7 @@ def test_example_app_meters_requests_and_tokens(stack: dict[str, Any], monkeypat
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     with TestClient(mod.app) as tc:
-        for i in range(3):
+        for _ in range(3):
             r = tc.post("/v1/chat", headers={"X-Tenant": tenant, "X-User": "u1"}, json={"prompt": "one two three"})
             assert r.status_code == 200, r.text
     # The app's lifespan closed its client: everything is delivered.

@@ -56,8 +56,15 @@ class QuotaAPI:
             return httpx.Response(404, json={"error": {"code": "not_found", "message": "no tenant"}})
         if isinstance(s, int):
             return httpx.Response(s)
-        return httpx.Response(200, json={"tenant": tenant, "quotas": [
-            {"metric": m, "state": st, "period_end": PERIOD_END, "limit": 10, "used": 20} for m, st in s]})
+        return httpx.Response(
+            200,
+            json={
+                "tenant": tenant,
+                "quotas": [
+                    {"metric": m, "state": st, "period_end": PERIOD_END, "limit": 10, "used": 20} for m, st in s
+                ],
+            },
+        )
 
 
 def guard(api: QuotaAPI, clock: Optional[Clock] = None, **kw: Any) -> QuotaGuard:
@@ -174,8 +181,12 @@ def test_fastapi_dependency() -> None:
         r = tc.get("/work", headers={"X-Tenant": "acme"})
         assert r.status_code == 429
         assert int(r.headers["Retry-After"]) == int(PERIOD_END_TS - T0)
-        assert r.json() == {"error": {"code": "quota_exceeded",
-                                      "message": f"the api_calls quota of this account is used up until {PERIOD_END}"}}
+        assert r.json() == {
+            "error": {
+                "code": "quota_exceeded",
+                "message": f"the api_calls quota of this account is used up until {PERIOD_END}",
+            }
+        }
         assert tc.get("/work", headers={"X-Tenant": "fine"}).status_code == 200
         assert tc.get("/work").status_code == 200  # no tenant: unchecked
         assert tc.get("/work", headers={"X-Tenant": "down"}).status_code == 200  # fail open
@@ -221,8 +232,13 @@ def test_meter_middleware_meters_requests_and_tokens_after_the_response() -> Non
 
     client = Client("http://ingest.test", "k", transport=httpx.MockTransport(ingest), flush_at_exit=False)
     app = FastAPI()
-    app.add_middleware(MeterMiddleware, client=client, tenant=header("X-Tenant"), source="chat-svc",
-                       properties=lambda req, status: {"plan": "pro"})
+    app.add_middleware(
+        MeterMiddleware,
+        client=client,
+        tenant=header("X-Tenant"),
+        source="chat-svc",
+        properties=lambda req, status: {"plan": "pro"},
+    )
     order: list[str] = []
 
     @app.post("/chat/{room}")

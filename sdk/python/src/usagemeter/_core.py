@@ -114,7 +114,7 @@ class RetryPolicy:
         """Seconds to wait before retry number ``attempt`` (0-based)."""
         if retry_after is not None:
             return max(0.0, min(retry_after, self.max_retry_after))
-        backoff = min(self.maximum, self.initial * (2**attempt))
+        backoff: float = min(self.maximum, self.initial * 2.0 ** min(attempt, 60))
         return backoff / 2 + random.random() * backoff / 2
 
 
@@ -178,8 +178,9 @@ def judge(resp: httpx.Response, items: list[Item]) -> Outcome:
     if 200 <= status < 300:
         return Outcome("ok", status=status)
     if status in RETRY_STATUSES:
-        return Outcome("retry", retry_after=parse_retry_after(resp.headers.get("Retry-After")),
-                       error=error_of(resp), status=status)
+        return Outcome(
+            "retry", retry_after=parse_retry_after(resp.headers.get("Retry-After")), error=error_of(resp), status=status
+        )
     if status == 400:
         try:
             body = resp.json()
@@ -191,14 +192,21 @@ def judge(resp: httpx.Response, items: list[Item]) -> Outcome:
             for e in errs:
                 if isinstance(e, dict) and isinstance(e.get("index"), int) and 0 <= e["index"] < len(items):
                     bad.setdefault(e["index"], []).append(
-                        FieldError(str(e.get("field", "")), str(e.get("message", "")), e["index"]))
+                        FieldError(str(e.get("field", "")), str(e.get("message", "")), e["index"])
+                    )
             if bad:
                 rejected = [items[i] for i in sorted(bad)]
                 new_index = {old: new for new, old in enumerate(sorted(bad))}
                 fes = [FieldError(fe.field, fe.message, new_index[i]) for i in sorted(bad) for fe in bad[i]]
                 rest = [it for i, it in enumerate(items) if i not in bad]
-                return Outcome("split", status=status, rest=rest, rejected=rejected, field_errors=fes,
-                               error=APIError(400, "invalid_events", "the API refused some events", body))
+                return Outcome(
+                    "split",
+                    status=status,
+                    rest=rest,
+                    rejected=rejected,
+                    field_errors=fes,
+                    error=APIError(400, "invalid_events", "the API refused some events", body),
+                )
     return Outcome("fail", error=error_of(resp), status=status)
 
 
@@ -228,8 +236,12 @@ class Stats:
 
 def default_on_error(err: DeliveryError) -> None:
     """Logs undelivered events with their ids, so they can be found."""
-    log.error("usagemeter: %s (%d events, ids %s)", err, len(err.events),
-              ", ".join(e.id for e in err.events[:10]) + (" ..." if len(err.events) > 10 else ""))
+    log.error(
+        "usagemeter: %s (%d events, ids %s)",
+        err,
+        len(err.events),
+        ", ".join(e.id for e in err.events[:10]) + (" ..." if len(err.events) > 10 else ""),
+    )
 
 
 def read_params(
@@ -243,8 +255,9 @@ def read_params(
     filters: Optional[Mapping[str, str]],
 ) -> list[tuple[str, str]]:
     """The query of GET /v1/usage."""
-    from ._event import datetime_ns, format_time
     import datetime as _dt
+
+    from ._event import datetime_ns, format_time
 
     def t(v: Any) -> str:
         if isinstance(v, _dt.datetime):

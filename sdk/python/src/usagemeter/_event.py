@@ -92,9 +92,7 @@ def new_id() -> str:
 # ---------------------------------------------------------------------------
 # Times, in integer nanoseconds since the Unix epoch (UTC).
 
-_RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:[.,](\d+))?(Z|[+-]\d{2}:\d{2})\Z"
-)
+_RFC3339 = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:[.,](\d+))?(Z|[+-]\d{2}:\d{2})\Z")
 
 
 def _days_from_civil(y: int, m: int, d: int) -> int:
@@ -328,11 +326,17 @@ class Event:
         if ns is None:
             raise ValueError("the event has no time")
         out = [
-            '{"id":', _wire(self.id),
-            ',"tenant":', _wire(self.tenant),
-            ',"metric":', _wire(self.metric),
-            ',"value":', str(int(self.value)),
-            ',"time":"', format_time(ns), '"',
+            '{"id":',
+            _wire(self.id),
+            ',"tenant":',
+            _wire(self.tenant),
+            ',"metric":',
+            _wire(self.metric),
+            ',"value":',
+            str(int(self.value)),
+            ',"time":"',
+            format_time(ns),
+            '"',
         ]
         if self.source:
             out += [',"source":', _wire(self.source)]
@@ -442,7 +446,9 @@ class Validator:
             if ns is None:
                 b = _utf8(t)
                 shown = _go_prefix(b[:40]) + "..." if len(b) > 40 else t
-                add("time", f"must be an RFC 3339 timestamp such as 2026-11-21T19:00:00.123Z, got {_gofmt.quote(shown)}")
+                add(
+                    "time", f"must be an RFC 3339 timestamp such as 2026-11-21T19:00:00.123Z, got {_gofmt.quote(shown)}"
+                )
                 return
         elif isinstance(t, _dt.datetime):
             try:
@@ -462,9 +468,16 @@ class Validator:
         horizon = self.horizon_ns if self.horizon_ns > 0 else DEFAULT_HORIZON_NS
         future = self.max_future_ns if self.max_future_ns > 0 else DEFAULT_MAX_FUTURE_NS
         if ns > now + future:
-            add("time", f"is {_ahead_by(ns, now)} ahead of the server clock; at most {_gofmt.duration(future)} is allowed")
+            add(
+                "time",
+                f"is {_ahead_by(ns, now)} ahead of the server clock; at most {_gofmt.duration(future)} is allowed",
+            )
         elif ns < now - horizon:
-            add("time", f"is older than the {_gofmt.duration(horizon)} dedup horizon; such usage can no longer be counted exactly once")
+            add(
+                "time",
+                f"is older than the {_gofmt.duration(horizon)} dedup horizon; "
+                "such usage can no longer be counted exactly once",
+            )
 
     def _check_properties(self, add: Callable[[str, str], None], props: Any) -> None:
         if props is None:
@@ -485,8 +498,11 @@ class Validator:
             # once): the keys are sent sorted, the later one is named.
             fk = _fold(k)
             if fk in seen:
-                add(f"properties.{k}", f"appears twice in the same object, also as {_gofmt.quote(seen[fk])} "
-                    "(keys are compared after unescaping and in any case); send each field once")
+                add(
+                    f"properties.{k}",
+                    f"appears twice in the same object, also as {_gofmt.quote(seen[fk])} "
+                    "(keys are compared after unescaping and in any case); send each field once",
+                )
                 continue
             seen[fk] = k
             if not isinstance(v, str):

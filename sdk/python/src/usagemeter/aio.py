@@ -59,24 +59,43 @@ async def send_items_async(
             return
         if outcome.kind == "split":
             stats.add("rejected", len(outcome.rejected))
-            settings.report(DeliveryError(
-                f"the API refused {len(outcome.rejected)} events: " + "; ".join(str(e) for e in outcome.field_errors[:5]),
-                [it.event for it in outcome.rejected], status=400, field_errors=outcome.field_errors,
-                cause=outcome.error))
+            settings.report(
+                DeliveryError(
+                    f"the API refused {len(outcome.rejected)} events: "
+                    + "; ".join(str(e) for e in outcome.field_errors[:5]),
+                    [it.event for it in outcome.rejected],
+                    status=400,
+                    field_errors=outcome.field_errors,
+                    cause=outcome.error,
+                )
+            )
             items = outcome.rest
             continue
         if outcome.kind == "fail":
             stats.add("failed", len(items))
-            settings.report(DeliveryError(f"the API refused the batch: {outcome.error}", [it.event for it in items],
-                                          status=outcome.status, cause=outcome.error))
+            settings.report(
+                DeliveryError(
+                    f"the API refused the batch: {outcome.error}",
+                    [it.event for it in items],
+                    status=outcome.status,
+                    cause=outcome.error,
+                )
+            )
             return
         wait = settings.retry.delay(attempt, outcome.retry_after)
         end = deadline()
         if attempt >= settings.retry.max_retries or (end is not None and time.monotonic() + wait > end):
             stats.add("failed", len(items))
             why = "retries exhausted" if attempt >= settings.retry.max_retries else "the client closed first"
-            settings.report(DeliveryError(f"not delivered ({why}): {outcome.error}", [it.event for it in items],
-                                          status=outcome.status, retriable=True, cause=outcome.error))
+            settings.report(
+                DeliveryError(
+                    f"not delivered ({why}): {outcome.error}",
+                    [it.event for it in items],
+                    status=outcome.status,
+                    retriable=True,
+                    cause=outcome.error,
+                )
+            )
             return
         stats.add("retries")
         await sleep(wait)
@@ -115,8 +134,21 @@ class AsyncClient:
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         flush_at_exit: bool = True,
     ):
-        self._s = _Settings(base_url, api_key, batch_size, flush_interval, max_queue_size, overflow,
-                            block_timeout, retry, timeout, validator, on_error, close_timeout, max_batch_bytes)
+        self._s = _Settings(
+            base_url,
+            api_key,
+            batch_size,
+            flush_interval,
+            max_queue_size,
+            overflow,
+            block_timeout,
+            retry,
+            timeout,
+            validator,
+            on_error,
+            close_timeout,
+            max_batch_bytes,
+        )
         self._own_http = http_client is None
         self._http = http_client or httpx.AsyncClient(timeout=timeout, transport=transport)
         self._sleep = sleep
@@ -165,7 +197,8 @@ class AsyncClient:
                 try:
                     await asyncio.wait_for(
                         cv.wait_for(lambda: len(self._queue) < self._s.max_queue_size or self._closing),
-                        self._s.block_timeout)
+                        self._s.block_timeout,
+                    )
                 except asyncio.TimeoutError:
                     raise QueueFullError(
                         f"the queue stayed full ({self._s.max_queue_size} events) for {self._s.block_timeout}s"
@@ -193,8 +226,9 @@ class AsyncClient:
         queue = collections.deque(items)
         while queue:
             batch = take_batch(queue, self._s.batch_size, self._s.max_batch_bytes)
-            await send_items_async(_Collect(self._s, failures), self._http, batch, self.stats, self._sleep,
-                                   lambda: None)
+            await send_items_async(
+                _Collect(self._s, failures), self._http, batch, self.stats, self._sleep, lambda: None
+            )
         if failures:
             raise failures[0]
 
@@ -234,8 +268,9 @@ class AsyncClient:
         self._queue.clear()
         if left:
             self.stats.add("failed", len(left))
-            self._s.report(DeliveryError("not delivered: the client closed first", [it.event for it in left],
-                                         retriable=True))
+            self._s.report(
+                DeliveryError("not delivered: the client closed first", [it.event for it in left], retriable=True)
+            )
         if self._own_http:
             await self._http.aclose()
         if self._atexit is not None:
@@ -256,8 +291,9 @@ class AsyncClient:
                 await cv.wait_for(lambda: bool(self._queue) or self._closing)
                 if not self._queue:
                     return
-                while (len(self._queue) < self._s.batch_size and not self._closing
-                       and self._flush_target <= self._settled):
+                while (
+                    len(self._queue) < self._s.batch_size and not self._closing and self._flush_target <= self._settled
+                ):
                     left = self._queue[0].queued_at + self._s.flush_interval - time.monotonic()
                     if left <= 0:
                         break
@@ -276,8 +312,9 @@ class AsyncClient:
                 raise
             except Exception as err:  # noqa: BLE001 - keep the sender alive; report the batch
                 self.stats.add("failed", len(batch))
-                self._s.report(DeliveryError(f"not delivered: {err!r}", [it.event for it in batch],
-                                             retriable=True, cause=err))
+                self._s.report(
+                    DeliveryError(f"not delivered: {err!r}", [it.event for it in batch], retriable=True, cause=err)
+                )
             async with cv:
                 self._settled += len(batch)
                 cv.notify_all()

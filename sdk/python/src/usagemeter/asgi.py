@@ -69,8 +69,9 @@ class QuotaExceeded(HTTPException):
     any HTTPException (``{"detail": message}``, same status and headers);
     with it, as the metering API answers."""
 
-    def __init__(self, status_code: int, code: str, message: str, retry_after: float,
-                 headers: Optional[Mapping[str, str]] = None):
+    def __init__(
+        self, status_code: int, code: str, message: str, retry_after: float, headers: Optional[Mapping[str, str]] = None
+    ):
         h = {"Retry-After": str(_seconds(retry_after)), **(headers or {})}
         super().__init__(status_code=status_code, detail=message, headers=h)
         self.code = code
@@ -78,8 +79,9 @@ class QuotaExceeded(HTTPException):
 
     def response(self) -> Response:
         """The answer, as the metering API writes its errors."""
-        return JSONResponse({"error": {"code": self.code, "message": self.message}},
-                            status_code=self.status_code, headers=self.headers)
+        return JSONResponse(
+            {"error": {"code": self.code, "message": self.message}}, status_code=self.status_code, headers=self.headers
+        )
 
     @classmethod
     def of(cls, d: Decision, now: float) -> "QuotaExceeded":
@@ -89,8 +91,9 @@ class QuotaExceeded(HTTPException):
         if d.reason == "rate":
             return cls(429, "rate_limited", "too many requests; slow down", d.retry_after)
         until = _dt.datetime.fromtimestamp(now + d.retry_after, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        return cls(429, "quota_exceeded", f"the {d.metric} quota of this account is used up until {until}",
-                   d.retry_after)
+        return cls(
+            429, "quota_exceeded", f"the {d.metric} quota of this account is used up until {until}", d.retry_after
+        )
 
 
 def install_error_handler(app: Any) -> None:
@@ -144,9 +147,17 @@ class QuotaMiddleware:
 
 
 def _rate_refusal(limiter: KeyedLimiter, wait: float) -> QuotaExceeded:
-    return QuotaExceeded(429, "rate_limited", "too many requests; slow down", wait, headers={
-        "RateLimit-Limit": str(limiter.burst), "RateLimit-Remaining": "0",
-        "RateLimit-Reset": str(_seconds(wait))})
+    return QuotaExceeded(
+        429,
+        "rate_limited",
+        "too many requests; slow down",
+        wait,
+        headers={
+            "RateLimit-Limit": str(limiter.burst),
+            "RateLimit-Remaining": "0",
+            "RateLimit-Reset": str(_seconds(wait)),
+        },
+    )
 
 
 def rate_limit_dependency(limiter: KeyedLimiter, key: KeyFunc) -> Callable[[Request], Awaitable[None]]:
@@ -188,8 +199,9 @@ class RateLimitMiddleware:
 _TOKENS_KEY = "usagemeter_tokens"
 
 
-def add_tokens(request: Request, tokens: int, *, model: Optional[str] = None,
-               properties: Optional[Mapping[str, str]] = None) -> None:
+def add_tokens(
+    request: Request, tokens: int, *, model: Optional[str] = None, properties: Optional[Mapping[str, str]] = None
+) -> None:
     """Records LLM tokens used by this request; MeterMiddleware emits them
     (one event per model and property set, values added) after the
     response."""
@@ -256,8 +268,11 @@ class MeterMiddleware:
         if t is None:
             return
         route = scope.get("route")
-        props = {"method": scope.get("method", ""), "status": str(status),
-                 "route": getattr(route, "path", None) or scope.get("path", "")}
+        props = {
+            "method": scope.get("method", ""),
+            "status": str(status),
+            "route": getattr(route, "path", None) or scope.get("path", ""),
+        }
         if self.properties is not None:
             props.update(self.properties(request, status))
         await self._emit(Event(t, self.metric, 1, source=self.source, properties=props))

@@ -139,32 +139,52 @@ def send_items_sync(
             return
         if outcome.kind == "split":
             stats.add("rejected", len(outcome.rejected))
-            settings.report(DeliveryError(
-                f"the API refused {len(outcome.rejected)} events: " + "; ".join(str(e) for e in outcome.field_errors[:5]),
-                [it.event for it in outcome.rejected], status=400, field_errors=outcome.field_errors,
-                cause=outcome.error))
+            settings.report(
+                DeliveryError(
+                    f"the API refused {len(outcome.rejected)} events: "
+                    + "; ".join(str(e) for e in outcome.field_errors[:5]),
+                    [it.event for it in outcome.rejected],
+                    status=400,
+                    field_errors=outcome.field_errors,
+                    cause=outcome.error,
+                )
+            )
             items = outcome.rest
             continue
         if outcome.kind == "fail":
             stats.add("failed", len(items))
-            settings.report(DeliveryError(f"the API refused the batch: {outcome.error}", [it.event for it in items],
-                                          status=outcome.status, cause=outcome.error))
+            settings.report(
+                DeliveryError(
+                    f"the API refused the batch: {outcome.error}",
+                    [it.event for it in items],
+                    status=outcome.status,
+                    cause=outcome.error,
+                )
+            )
             return
         wait = settings.retry.delay(attempt, outcome.retry_after)
         end = deadline()
         if attempt >= settings.retry.max_retries or (end is not None and time.monotonic() + wait > end):
             stats.add("failed", len(items))
             why = "retries exhausted" if attempt >= settings.retry.max_retries else "the client closed first"
-            settings.report(DeliveryError(f"not delivered ({why}): {outcome.error}", [it.event for it in items],
-                                          status=outcome.status, retriable=True, cause=outcome.error))
+            settings.report(
+                DeliveryError(
+                    f"not delivered ({why}): {outcome.error}",
+                    [it.event for it in items],
+                    status=outcome.status,
+                    retriable=True,
+                    cause=outcome.error,
+                )
+            )
             return
         stats.add("retries")
         sleep(wait)
         attempt += 1
 
 
-def get_json_sync(settings: _Settings, http: httpx.Client, path: str, params: Any,
-                  sleep: Callable[[float], None]) -> Any:
+def get_json_sync(
+    settings: _Settings, http: httpx.Client, path: str, params: Any, sleep: Callable[[float], None]
+) -> Any:
     """GET path, retrying 429/503 and transport errors like a batch."""
     attempt = 0
     while True:
@@ -227,8 +247,21 @@ class Client:
         sleep: Callable[[float], None] = time.sleep,
         flush_at_exit: bool = True,
     ):
-        self._s = _Settings(base_url, api_key, batch_size, flush_interval, max_queue_size, overflow,
-                            block_timeout, retry, timeout, validator, on_error, close_timeout, max_batch_bytes)
+        self._s = _Settings(
+            base_url,
+            api_key,
+            batch_size,
+            flush_interval,
+            max_queue_size,
+            overflow,
+            block_timeout,
+            retry,
+            timeout,
+            validator,
+            on_error,
+            close_timeout,
+            max_batch_bytes,
+        )
         self._own_http = http_client is None
         self._http = http_client or httpx.Client(timeout=timeout, transport=transport)
         self._sleep = sleep
@@ -277,7 +310,8 @@ class Client:
                     left = end - time.monotonic()
                     if left <= 0:
                         raise QueueFullError(
-                            f"the queue stayed full ({self._s.max_queue_size} events) for {self._s.block_timeout}s")
+                            f"the queue stayed full ({self._s.max_queue_size} events) for {self._s.block_timeout}s"
+                        )
                     self._cv.wait(left)
                 if self._closing:
                     raise ClientClosedError("the client is closed")
@@ -342,8 +376,9 @@ class Client:
             self._queue.clear()
         if left:
             self.stats.add("failed", len(left))
-            self._s.report(DeliveryError("not delivered: the client closed first", [it.event for it in left],
-                                         retriable=True))
+            self._s.report(
+                DeliveryError("not delivered: the client closed first", [it.event for it in left], retriable=True)
+            )
         if self._own_http:
             self._http.close()
         if self._atexit is not None:
@@ -363,8 +398,9 @@ class Client:
                     self._cv.wait()
                 if not self._queue:
                     return
-                while (len(self._queue) < self._s.batch_size and not self._closing
-                       and self._flush_target <= self._settled):
+                while (
+                    len(self._queue) < self._s.batch_size and not self._closing and self._flush_target <= self._settled
+                ):
                     left = self._queue[0].queued_at + self._s.flush_interval - time.monotonic()
                     if left <= 0:
                         break
@@ -377,8 +413,9 @@ class Client:
                 send_items_sync(self._s, self._http, batch, self.stats, self._sleep, lambda: self._deadline)
             except Exception as err:  # noqa: BLE001 - keep the sender alive; report the batch
                 self.stats.add("failed", len(batch))
-                self._s.report(DeliveryError(f"not delivered: {err!r}", [it.event for it in batch],
-                                             retriable=True, cause=err))
+                self._s.report(
+                    DeliveryError(f"not delivered: {err!r}", [it.event for it in batch], retriable=True, cause=err)
+                )
             with self._cv:
                 self._settled += len(batch)
                 self._cv.notify_all()
@@ -410,8 +447,9 @@ class Client:
         APIError."""
         from urllib.parse import quote
 
-        result: dict[str, Any] = get_json_sync(self._s, self._http, "/v1/quotas/" + quote(tenant, safe=""), None,
-                                               self._sleep)
+        result: dict[str, Any] = get_json_sync(
+            self._s, self._http, "/v1/quotas/" + quote(tenant, safe=""), None, self._sleep
+        )
         return result
 
 

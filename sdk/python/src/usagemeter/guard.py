@@ -79,8 +79,14 @@ class KeyedLimiter:
     ``max_keys`` most recently used kept (the others start full again).
     Thread-safe."""
 
-    def __init__(self, rate: float, burst: Optional[int] = None, *, max_keys: int = 100_000,
-                 now: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        rate: float,
+        burst: Optional[int] = None,
+        *,
+        max_keys: int = 100_000,
+        now: Callable[[], float] = time.monotonic,
+    ):
         self.rate = float(rate)
         self.burst = burst if burst is not None and burst > 0 else max(1, int(rate))
         TokenBucket(self.rate, self.burst)  # checks the settings
