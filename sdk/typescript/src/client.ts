@@ -38,8 +38,14 @@ export interface ClientOptions {
   maxBackoffMs?: number;
   /** Each request's time limit, in ms (default 10000). */
   timeoutMs?: number;
-  /** Flush when the process's event loop empties (beforeExit), default true. */
+  /**
+   * Flush and close when the process's event loop empties (beforeExit),
+   * default true, giving up (to onError) what is undelivered after
+   * exitTimeoutMs (default 10000).
+   */
   flushOnExit?: boolean;
+  /** How long the flush at exit may take, in ms (default 10000). */
+  exitTimeoutMs?: number;
   /**
    * Receives what could not be delivered: events refused by the API (a
    * ValidationError), given up after maxAttempts or at close (a
@@ -185,7 +191,7 @@ export class Client {
   private closed = false;
   private readonly counts = { delivered: 0, retries: 0, dropped: 0, failed: 0 };
   private readonly exitHook = () => {
-    if (this.pending() > 0) void this.flush();
+    if (this.pending() > 0) void this.close(this.opts.exitTimeoutMs);
   };
 
   /** @param options where to send and how; see ClientOptions for the defaults */
@@ -205,6 +211,7 @@ export class Client {
       maxBackoffMs: options.maxBackoffMs ?? 30000,
       timeoutMs: options.timeoutMs ?? 10000,
       flushOnExit: options.flushOnExit ?? true,
+      exitTimeoutMs: options.exitTimeoutMs ?? 10000,
       onError: options.onError,
       validator: options.validator,
     };
