@@ -196,3 +196,29 @@ test("usage and quotas keep integers exact", async () => {
   await c.close();
   await s.close();
 });
+
+test("a batch the API finds too large (413) is halved until it fits", async () => {
+  const s = await server((r, res) => (ids(r.body).length > 2 ? answer(res, 413, { error: { code: "batch_too_large", message: "too many" } }) : answer(res, 202, {})));
+  const c = new Client({ baseUrl: s.url, apiKey: "k", batchSize: 8, flushOnExit: false });
+  const sent = Array.from({ length: 8 }, (_, i) => c.emit(ev(i)));
+  await c.flush();
+  const accepted = s.received.filter((r) => ids(r.body).length <= 2).flatMap((r) => ids(r.body));
+  assert.deepEqual(accepted.sort(), sent.map((e) => e.id).sort());
+  assert.equal(c.stats().delivered, 8);
+  await c.close();
+  await s.close();
+});
+
+test("emit refuses an invalid event with every field error, and queues nothing", () => {
+  const c = new Client({ baseUrl: "http://127.0.0.1:9", apiKey: "k", flushOnExit: false });
+  assert.throws(
+    () => c.emit({ tenant: "..", metric: "a b", value: 1.5 }),
+    (e: unknown) =>
+      e instanceof ValidationError &&
+      // As the API orders them: what cannot be read as its type, then the rules.
+      e.errors.map((f) => f.field).join() === "value,tenant,metric" &&
+      e.message.startsWith("3 invalid fields: event 0: value: must be an integer, got 1.5; count in the smallest unit (bytes, milliseconds, tokens); event 0: tenant: must not be \"..\""),
+  );
+  assert.equal(c.stats().queued, 0);
+  void c.close(10);
+});
