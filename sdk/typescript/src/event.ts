@@ -110,10 +110,18 @@ function fieldErrorString(e: FieldError): string {
 let lastMs = -1;
 let seq = 0;
 
+// Random bytes are drawn 4 KiB at a time.
+const pool = new Uint8Array(4096);
+let poolAt = pool.length;
+
 /** A new UUIDv7: time-ordered, so ids of nearby events sort together in indexes. */
 export function newId(): string {
-  const b = new Uint8Array(16);
-  webcrypto.getRandomValues(b);
+  if (poolAt + 16 > pool.length) {
+    webcrypto.getRandomValues(pool);
+    poolAt = 0;
+  }
+  const b = pool.slice(poolAt, poolAt + 16);
+  poolAt += 16;
   let ms = Date.now();
   if (ms <= lastMs) {
     seq++;
@@ -164,8 +172,15 @@ class Errors {
   }
 }
 
+// Fast paths: strings these match need no closer look.
+const plainName = /^[A-Za-z0-9._:-]{1,128}$/;
+const plainId = /^[\x20-\x7e]{1,128}$/;
+const notPlainText = /[\x00-\x1f\x7f-\x9f\ud800-\udfff]/;
+const needsEscape = /["\\\x00-\x1f\ud800-\udfff]/;
+
 /** The name rule (tenant, metric): "" when allowed, else the message. */
 export function checkName(s: string): string {
+  if (plainName.test(s) && s !== "." && s !== "..") return "";
   const b = utf8Bytes(s);
   if (b.length === 0) return "is required (1-128 characters of A-Z a-z 0-9 . _ : -)";
   if (b.length > MAX_NAME_LEN) return `must be at most ${MAX_NAME_LEN} characters, got ${b.length}`;
@@ -183,6 +198,7 @@ export function checkName(s: string): string {
 
 /** The text rule: valid UTF-8 without C0, DEL or C1 controls; "" when allowed. */
 export function checkText(s: string): string {
+  if (!notPlainText.test(s)) return "";
   const b = utf8Bytes(s);
   if (!validUTF8(b)) return "must be valid UTF-8";
   for (const ch of s) {
@@ -194,8 +210,11 @@ export function checkText(s: string): string {
 
 /** The rule of one property: [field, message], or ["", ""] when allowed. */
 export function checkProperty(field: string, key: string, value: string): [string, string] {
-  const kb = utf8Bytes(key);
   if (key === "") return [field, "keys must not be empty"];
+  if (byteLength(key) <= MAX_PROPERTY_KEY_LEN && !notPlainText.test(key) && byteLength(value) <= MAX_PROPERTY_VALUE_LEN && !notPlainText.test(value)) {
+    return ["", ""];
+  }
+  const kb = utf8Bytes(key);
   if (kb.length > MAX_PROPERTY_KEY_LEN) {
     return [field + "." + new TextDecoder().decode(kb.subarray(0, 16)) + "...", `key must be at most ${MAX_PROPERTY_KEY_LEN} bytes`];
   }
@@ -209,6 +228,7 @@ export function checkProperty(field: string, key: string, value: string): [strin
 }
 
 function checkId(id: string): string {
+  if (plainId.test(id)) return "";
   if (id === "") return "is required (1-128 printable ASCII characters; events.NewID makes one)";
   const b = utf8Bytes(id);
   if (b.length > MAX_ID_LEN) return `must be at most ${MAX_ID_LEN} characters, got ${b.length}`;
@@ -405,7 +425,7 @@ export function validateEvent(ev: EventInput, opts: ValidatorOptions = {}): Fiel
  * error.
  */
 export function toEvent(ev: EventInput, opts: ValidatorOptions = {}): MeteringEvent {
-  const filled = { ...ev, id: ev.id ?? newId(), time: ev.time ?? new Date(opts.now ? opts.now().getTime() : Date.now()) };
+  const filled = ev.id !== undefined && ev.time !== undefined ? ev : { ...ev, id: ev.id ?? newId(), time: ev.time ?? (opts.now ? opts.now() : new Date()) };
   const { event, errors } = checkEvent(filled, 0, opts);
   if (!event) throw new ValidationError(errors);
   return event;
@@ -428,6 +448,7 @@ export function canonicalJSON(e: MeteringEvent): string {
 
 /** A JSON string as the contract writes it (Go's jsonstring.Wire). */
 export function wire(s: string): string {
+  if (!needsEscape.test(s)) return '"' + s + '"';
   let out = '"';
   for (let i = 0; i < s.length; i++) {
     const c = s.charCodeAt(i);

@@ -29,6 +29,7 @@ export function utf8Bytes(s: string): Uint8Array {
 
 /** The length of s in UTF-8 bytes (a lone surrogate counts 3). */
 export function byteLength(s: string): number {
+  if (!nonASCII.test(s)) return s.length;
   let n = 0;
   for (let i = 0; i < s.length; i++) {
     const c = s.charCodeAt(i);
@@ -80,6 +81,8 @@ export function validUTF8(b: Uint8Array): boolean {
 }
 
 const printable = /^[\p{L}\p{M}\p{N}\p{P}\p{S} ]$/u;
+const nonASCII = /[^\x00-\x7f]/;
+const surrogate = /[\ud800-\udfff]/;
 
 /** Go's strconv.IsPrint: letters, marks, numbers, punctuation, symbols and the ASCII space. */
 function isPrint(r: number): boolean {
@@ -179,6 +182,8 @@ function fraction(v: bigint, prec: number): string {
 
 /** Compares a and b by their UTF-8 bytes, as Go compares strings. */
 export function compareBytes(a: string, b: string): number {
+  // Without surrogates, UTF-16 code unit order is UTF-8 byte order.
+  if (!surrogate.test(a) && !surrogate.test(b)) return a < b ? -1 : a > b ? 1 : 0;
   const x = utf8Bytes(a);
   const y = utf8Bytes(b);
   const n = Math.min(x.length, y.length);
