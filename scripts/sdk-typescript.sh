@@ -28,7 +28,7 @@ fi
 
 (
   cd sdk/typescript
-  npm ci --no-audit --no-fund --loglevel=error
+  npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
   npm run --silent build
   npm run --silent build:test
   node --test --test-concurrency=1 build/test/*.test.js

@@ -4,7 +4,7 @@
 
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { checkEvent, checkText, goDurationForTest, goQuoteForTest, JsonError, newId, parseEvent, parseJSON, parseRFC3339, formatRFC3339Nano, toEvent, ValidationError } from "./helpers.js";
+import { checkEvent, checkText, goDurationForTest, goQuoteForTest, JsonError, JsonNumber as JsonNumberForTest, JsonObject as JsonObjectForTest, newId, parseEvent, parseJSON, parseRFC3339, formatRFC3339Nano, toEvent, ValidationError } from "./helpers.js";
 
 test("Go's %q of strings and bytes", () => {
   const bytes = Uint8Array.from([...Buffer.from("a\x00b\u0085\u00a0\u2028"), 0xff, ...Buffer.from("😀\t\"\\'")]);
@@ -144,4 +144,43 @@ test("the JSON reader keeps numbers exact, finds duplicates in any case, bounds 
     assert.throws(() => parseJSON(doc), (e: unknown) => e instanceof JsonError && e.code === code, doc);
   }
   assert.throws(() => parseEvent("[]"), ValidationError);
+});
+
+test("the JSON reader agrees with JSON.parse on random documents", () => {
+  let seed = 7;
+  const rand = (n: number) => {
+    seed = (seed * 1103515245 + 12345) % 2 ** 31;
+    return seed % n;
+  };
+  const strs = ["", "a", "é", "日本", "🙂", '"', "\\", "\n", "\u0000", "\u2028", "k\u212a"];
+  const gen = (depth: number): unknown => {
+    switch (rand(depth > 4 ? 4 : 7)) {
+      case 0:
+        return rand(2) === 0;
+      case 1:
+        return null;
+      case 2:
+        return [0, -1, 1.5, 1e21, 123456789, -0.25][rand(6)];
+      case 3:
+        return strs[rand(strs.length)] + strs[rand(strs.length)];
+      case 4:
+      case 5:
+        return Array.from({ length: rand(4) }, () => gen(depth + 1));
+      default: {
+        const o: Record<string, unknown> = {};
+        for (let i = rand(4); i > 0; i--) o["k" + i + strs[rand(strs.length)]] = gen(depth + 1);
+        return o;
+      }
+    }
+  };
+  const plain = (v: unknown): unknown => {
+    if (v instanceof JsonNumberForTest) return Number(v.raw);
+    if (Array.isArray(v)) return v.map(plain);
+    if (v instanceof JsonObjectForTest) return Object.fromEntries(v.members.map(([k, x]) => [k, plain(x)]));
+    return v;
+  };
+  for (let i = 0; i < 2000; i++) {
+    const doc = JSON.stringify(gen(0), null, rand(2) === 0 ? undefined : 1);
+    assert.deepEqual(plain(parseJSON(doc).value), JSON.parse(doc), doc);
+  }
 });
