@@ -1,4 +1,4 @@
-// Text helpers that reproduce, byte for byte, what the Go side of the
+// Text functions that reproduce, byte for byte, what the Go side of the
 // contract writes: strings as UTF-8 bytes, Go's %q quoting and %U, and
 // time.Duration's String form. Field error messages must be the same in
 // every language, so these follow Go's strconv and time packages exactly.

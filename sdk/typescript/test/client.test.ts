@@ -8,7 +8,7 @@ import { dirname, resolve } from "node:path";
 import { test } from "node:test";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { promisify } from "node:util";
-import { Client, type MeteringEvent, MeteringError, QueueFullError, ValidationError, answer, ids, server } from "./helpers.js";
+import { Client, type MeteringEvent, MeteringError, QueueFullError, ValidationError, answer, ids, server } from "./support.js";
 
 /** Waits until cond holds, 10 s at most. */
 async function until(cond: () => boolean): Promise<void> {

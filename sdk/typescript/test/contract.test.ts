@@ -1,10 +1,10 @@
-// The contract's helpers on their own: Go's quoting and durations, RFC
+// The contract's building blocks on their own: Go's quoting and durations, RFC
 // 3339 as Go parses it, UUIDv7 ids, strings that are not UTF-8, the
 // strict JSON reader.
 
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { checkEvent, checkText, goDurationForTest, goQuoteForTest, JsonError, JsonNumber as JsonNumberForTest, JsonObject as JsonObjectForTest, newId, parseEvent, parseJSON, parseRFC3339, formatRFC3339Nano, toEvent, ValidationError } from "./helpers.js";
+import { checkEvent, checkText, goDurationForTest, goQuoteForTest, JsonError, JsonNumber as JsonNumberForTest, JsonObject as JsonObjectForTest, newId, parseEvent, parseJSON, parseRFC3339, formatRFC3339Nano, toEvent, ValidationError } from "./support.js";
 
 test("Go's %q of strings and bytes", () => {
   const bytes = Uint8Array.from([...Buffer.from("a\x00b\u0085\u00a0\u2028"), 0xff, ...Buffer.from("😀\t\"\\'")]);

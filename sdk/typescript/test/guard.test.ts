@@ -5,7 +5,7 @@ import type { AddressInfo } from "node:net";
 import { test } from "node:test";
 import express from "express";
 import Fastify from "fastify";
-import { type Emitter, Enforcer, type MeteringEvent, QuotaGuard, RateLimiter, answer, expressMeter, expressQuotaGuard, fastifyMeter, fastifyQuotaGuard, recordTokens, server, toEvent } from "./helpers.js";
+import { type Emitter, Enforcer, type MeteringEvent, QuotaGuard, RateLimiter, answer, expressMeter, expressQuotaGuard, fastifyMeter, fastifyQuotaGuard, recordTokens, server, toEvent } from "./support.js";
 
 const periodEnd = "2026-12-01T00:00:00Z";
 const clock = Date.parse("2026-11-21T19:00:00Z");
