@@ -31,7 +31,7 @@ fi
   npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
   npm run --silent build
   npm run --silent build:test
-  node --test --test-concurrency=1 build/test/*.test.js
+  node --test build/test/*.test.js
 )
 
 work=$(mktemp -d)
@@ -91,4 +91,4 @@ export METERING_SDKSTACK
 echo "sdk-typescript: stack ready" >&2
 
 cd sdk/typescript
-node --test --test-concurrency=1 build/e2e/*.test.js
+node --test build/e2e/*.test.js
