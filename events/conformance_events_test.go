@@ -265,6 +265,12 @@ func eventVectorCases() []struct {
 		{"property value of 1026 bytes, non-ASCII", set(func(e *eventVectorIn) { e.Properties = map[string]string{"k": strings.Repeat("é", 513)} })},
 		{"property value with a control character", set(func(e *eventVectorIn) { e.Properties = map[string]string{"k": "\u009f"} })},
 		{"property value with CR", set(func(e *eventVectorIn) { e.Properties = map[string]string{"k": "a\rb"} })},
+		{"property keys equal in any case: the later in byte order is refused", set(func(e *eventVectorIn) {
+			e.Properties = map[string]string{"region": "eu", "Region": "us", "REGION": "ap"}
+		})},
+		{"property keys equal under Unicode case folding (K and the Kelvin sign)", set(func(e *eventVectorIn) {
+			e.Properties = map[string]string{"k": "a", "\u212a": "b"}
+		})},
 		{"property key error is reported before a value error", set(func(e *eventVectorIn) {
 			e.Properties = map[string]string{"k\t": strings.Repeat("v", 2000)}
 		})},

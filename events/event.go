@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/google/uuid"
 
@@ -169,13 +170,44 @@ func (v Validator) checkTime(errs *fieldErrors, t time.Time) {
 
 // checkProperties adds the errors of too many properties and, in key
 // order, the first problem of each key or its value.
+//
+// Two keys equal in any case (under Unicode simple case folding, as the
+// API's decoder compares keys) would make the encoded event one the API
+// and the aggregator refuse: the later in byte order is refused, naming
+// the earlier, with the decoder's message.
 func checkProperties(errs *fieldErrors, props map[string]string) {
 	if len(props) > MaxProperties {
 		errs.add("properties", "must have at most %d keys, got %d", MaxProperties, len(props))
 	}
+	var folded map[string]string // fold key -> the first key of that fold
 	for _, k := range sortedKeys(props) {
+		fk := foldKey(k)
+		if first, ok := folded[fk]; ok {
+			errs.add("properties."+k, "appears twice in the same object, also as %q (keys are compared after unescaping and in any case); send each field once", first)
+			continue
+		}
+		if folded == nil {
+			folded = make(map[string]string, len(props))
+		}
+		folded[fk] = k
 		errs.check(fieldcheck.Property("properties", k, props[k]))
 	}
+}
+
+// foldKey maps s to a key equal for strings equal under Unicode simple
+// case folding (strings.EqualFold): each rune becomes the smallest rune
+// of its folding orbit.
+func foldKey(s string) string {
+	var b strings.Builder
+	b.Grow(len(s))
+	for _, r := range s {
+		m := r
+		for f := unicode.SimpleFold(r); f != r; f = unicode.SimpleFold(f) {
+			m = min(m, f)
+		}
+		b.WriteRune(m)
+	}
+	return b.String()
 }
 
 // fieldErrors collects the field errors of the event at index.

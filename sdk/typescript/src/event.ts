@@ -3,7 +3,7 @@
 // canonical JSON, byte for byte.
 
 import { webcrypto } from "node:crypto";
-import { JsonError, JsonNumber, JsonObject, type JsonValue, defaultLimits, jsonKind, parseJSON, type JsonLimits } from "./json.js";
+import { JsonError, JsonNumber, JsonObject, type JsonValue, defaultLimits, foldKey, jsonKind, parseJSON, type JsonLimits } from "./json.js";
 import { byteLength, compareBytes, decodeRune, goDuration, goQuote, goQuoteRune, goRuneU, utf8Bytes, validUTF8 } from "./text.js";
 import { dateNanos, formatRFC3339Nano, nowNanos, parseRFC3339, unixSeconds } from "./timefmt.js";
 
@@ -375,7 +375,20 @@ export function checkEvent(ev: unknown, index = 0, opts: ValidatorOptions = {}):
   if (sl > MAX_SOURCE_LEN) val.add("source", `must be at most ${MAX_SOURCE_LEN} bytes, got ${sl}`);
   else val.check("source", checkText(source));
   if (keys.length > MAX_PROPERTIES) val.add("properties", `must have at most ${MAX_PROPERTIES} keys, got ${keys.length}`);
+  // Keys equal in any case would make an event the API refuses: the later
+  // in byte order is refused, naming the earlier (keys are sorted).
+  const folded = new Map<string, string>();
   for (const k of keys) {
+    const fk = foldKey(k);
+    const first = folded.get(fk);
+    if (first !== undefined) {
+      val.add(
+        "properties." + k,
+        `appears twice in the same object, also as ${goQuote(first)} (keys are compared after unescaping and in any case); send each field once`,
+      );
+      continue;
+    }
+    folded.set(fk, k);
     const [field, msg] = checkProperty("properties", k, props[k]);
     val.check(field, msg);
   }
