@@ -49,22 +49,23 @@ func exportFormat(r *http.Request) (string, error) {
 	}
 }
 
-// exportRange reads from= and to= (RFC 3339; to defaults to now, from to a
-// day before to).
-func (a *API) exportRange(r *http.Request) (time.Time, time.Time, error) {
-	q := r.URL.Query()
-	to, err := timeParam(q.Get("to"), "to", a.opt.Now())
-	if err != nil {
-		return time.Time{}, time.Time{}, err
+// exportQuery reads format= (see exportFormat), from= and to= (RFC 3339;
+// to defaults to now, from to a day before to).
+func (a *API) exportQuery(r *http.Request) (format string, from, to time.Time, err error) {
+	if format, err = exportFormat(r); err != nil {
+		return "", time.Time{}, time.Time{}, err
 	}
-	from, err := timeParam(q.Get("from"), "from", to.Add(-24*time.Hour))
-	if err != nil {
-		return time.Time{}, time.Time{}, err
+	q := r.URL.Query()
+	if to, err = timeParam(q.Get("to"), "to", a.opt.Now()); err != nil {
+		return "", time.Time{}, time.Time{}, err
+	}
+	if from, err = timeParam(q.Get("from"), "from", to.Add(-24*time.Hour)); err != nil {
+		return "", time.Time{}, time.Time{}, err
 	}
 	if !from.Before(to) {
-		return time.Time{}, time.Time{}, errors.New("from must be before to (from is inclusive, to exclusive)")
+		return "", time.Time{}, time.Time{}, errors.New("from must be before to (from is inclusive, to exclusive)")
 	}
-	return from, to, nil
+	return format, from, to, nil
 }
 
 // exportStream writes rows of one export: NDJSON (one JSON object per
@@ -178,15 +179,9 @@ func (a *API) endExport(w http.ResponseWriter, r *http.Request, s *exportStream,
 // counted for the tenant (of metric=, if given) with time in [from, to),
 // in (time, id) order, each with its source partition and offset.
 func (a *API) exportEvents(w http.ResponseWriter, r *http.Request, tenant string) {
-	format, err := exportFormat(r)
-	if err == nil {
-		if m := r.URL.Query().Get("metric"); m != "" && !events.ValidName(m) {
-			err = errors.New("metric: " + nameRule)
-		}
-	}
-	from, to, rerr := a.exportRange(r)
-	if err == nil {
-		err = rerr
+	format, from, to, err := a.exportQuery(r)
+	if m := r.URL.Query().Get("metric"); err == nil && m != "" && !events.ValidName(m) {
+		err = errors.New("metric: " + nameRule)
 	}
 	if err != nil {
 		httpjson.Error(w, http.StatusBadRequest, "invalid_request", err.Error())
@@ -251,7 +246,7 @@ func appendWindow(dst []byte, w usagedata.ExportWindow, group []byte) []byte {
 // (window=, default hour) starting in [from, to), per group.
 func (a *API) exportWindows(w http.ResponseWriter, r *http.Request, tenant string) {
 	q := r.URL.Query()
-	format, err := exportFormat(r)
+	format, from, to, err := a.exportQuery(r)
 	name := q.Get("meter")
 	switch {
 	case err != nil:
@@ -266,10 +261,6 @@ func (a *API) exportWindows(w http.ResponseWriter, r *http.Request, tenant strin
 	g := windows.Hour
 	if err == nil && q.Get("window") != "" {
 		g, err = windows.Parse(q.Get("window"))
-	}
-	from, to, rerr := a.exportRange(r)
-	if err == nil {
-		err = rerr
 	}
 	if err != nil {
 		httpjson.Error(w, http.StatusBadRequest, "invalid_request", err.Error())

@@ -192,6 +192,23 @@ type schemaChecker struct {
 	schemas map[string]any
 }
 
+// answerChecker returns a function that fails t unless a response
+// matches the document's schema of route ("GET /path 200").
+func answerChecker(t *testing.T) func(route string, r response) {
+	schemas := responseSchemas(t)
+	c := newSchemaChecker(t)
+	return func(route string, r response) {
+		t.Helper()
+		doc, ok := schemas[route]
+		if !ok || doc.Schema == nil {
+			t.Fatalf("%s: no JSON schema in the document", route)
+		}
+		for _, err := range c.check("$", doc.Schema, decodeJSON(t, r.raw)) {
+			t.Errorf("%s: %s\n%s", route, err, r.raw)
+		}
+	}
+}
+
 func newSchemaChecker(t *testing.T) schemaChecker {
 	t.Helper()
 	var doc struct {
