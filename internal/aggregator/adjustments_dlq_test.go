@@ -12,6 +12,8 @@ import (
 
 	"github.com/usagemeter/metering/events"
 	"github.com/usagemeter/metering/internal/aggregator"
+	records "github.com/usagemeter/metering/internal/record"
+	"github.com/usagemeter/metering/internal/recordsign"
 	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/topics"
 )
@@ -32,11 +34,20 @@ func TestDeadLetteredAdjustmentReplaysAsAnAdjustment(t *testing.T) {
 	month := windowsMonth(now)
 	adj := rollup.Adjustment{ID: "0b7c6f3a-2d1e-4f5a-8b9c-1d2e3f4a5b6c", Tenant: "acme", Meter: "exports",
 		Group: map[string]string{}, Period: month.Format("2006-01"), Amount: 30, Reason: "missed export", Reference: "T-7"}
-	rec, err := adj.Record()
+	keys, err := recordsign.ParseKeys(testSigningKeys)
 	if err != nil {
 		t.Fatal(err)
 	}
-	undecodable := rollup.Record{Key: []byte("acme"), Value: []byte(`{"id":"not a uuid"}`), Headers: rec.Headers}
+	rec, err := adj.SignedRecord(keys, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Signed as ingest would sign it, so that it fails where it should: decoding.
+	undecodable := rollup.Record{Key: []byte("acme"), Value: []byte(`{"id":"not a uuid"}`),
+		Headers: []records.Header{{Key: rollup.HeaderKind, Value: []byte(rollup.KindAdjustment)}}}
+	if err := keys.Sign(&undecodable, rollup.KindAdjustment, now); err != nil {
+		t.Fatal(err)
+	}
 	// The same adjustment twice (a resend), one that cannot be decoded,
 	// and a poison event.
 	s.kc.Write(t, topics.UsageEvents, rec, rec, undecodable)
@@ -105,6 +116,22 @@ func TestDeadLetteredAdjustmentReplaysAsAnAdjustment(t *testing.T) {
 		}
 		if !strings.Contains(out.String(), "replayed 1 dead letters") {
 			t.Errorf("replay said %q", out.String())
+		}
+		// The replay reaches usage.events through the outbox: wait until
+		// it is published, then until the aggregator has read it.
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			var waiting int
+			if err := s.db.Pool.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE topic = $1 AND published_at IS NULL`, topics.UsageEvents).Scan(&waiting); err != nil {
+				t.Fatal(err)
+			}
+			if waiting == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the replay is still in the outbox after 60 s")
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
 		s.waitConsumed("metering-aggregator")
 	}
