@@ -43,13 +43,14 @@ chaos:
 	$(GO) run ./tools/chaos $(ARGS)
 
 # Every benchmark in one run, written to BENCHMARKS.md with each figure
-# beside its baseline; bench-quick is the same in under a minute, a smoke
-# check written to .dev/BENCHMARKS.quick.md.
+# beside its baseline; bench-quick is the same in a few minutes, a smoke
+# check written to .dev/BENCHMARKS.quick.md. Both use TEST_DATABASE_URL's
+# Postgres, or start a throwaway one (scripts/bench.sh).
 bench:
-	$(GO) run ./tools/benchreport
+	scripts/bench.sh
 
 bench-quick:
-	$(GO) run ./tools/benchreport -quick
+	scripts/bench.sh -quick
 
 # Fuzz every decoder and query parser for FUZZTIME each (default 30s);
 # findings land in testdata/fuzz and then run as regression tests.
