@@ -24,8 +24,17 @@ need psql postgresql-client "checking whether a Postgres answers"
 if ! psql "$TEST_DATABASE_URL" -Atc 'select 1' >/dev/null 2>&1; then
   echo "test: no Postgres at $TEST_DATABASE_URL; starting a throwaway one under .dev/pgtest" >&2
   TEST_DATABASE_URL=$(scripts/postgres.sh start .dev/pgtest 55433)
-  trap 'scripts/postgres.sh stop .dev/pgtest' EXIT
+  pg_started=1
 fi
+sdk_pids=""
+cleanup() {
+  # SDK suites still running (a step before them failed) stop first:
+  # their stacks use this Postgres.
+  for pid in $sdk_pids; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in $sdk_pids; do wait "$pid" 2>/dev/null || true; done
+  if [ -n "${pg_started:-}" ]; then scripts/postgres.sh stop .dev/pgtest; fi
+}
+trap cleanup EXIT
 export TEST_DATABASE_URL
 
 # stripe-mock validates the shape of every Stripe request in the contract tests.
@@ -45,14 +54,15 @@ go vet ./...
 # The real-Kafka suite runs alone afterwards: its three brokers per
 # scenario need the machine's cores to themselves.
 go test -race -count=1 -timeout 15m $(go list ./... | grep -v /internal/testkit/kafkasuite)
-# schemathesis against the served OpenAPI document, with real keys.
-scripts/schemathesis.sh
 # The SDKs' own suites (conformance vectors, unit tests, end to end on
-# tools/sdkstack), side by side: each mostly waits on its stack. Each
-# one's output is shown when it ends.
+# tools/sdkstack) run side by side with schemathesis: each mostly waits on
+# its own stack. Each one's output is shown when it ends.
 sdk_logs=$(mktemp -d)
 scripts/sdk-python.sh >"$sdk_logs/python" 2>&1 & py_pid=$!
 scripts/sdk-typescript.sh >"$sdk_logs/typescript" 2>&1 & ts_pid=$!
+sdk_pids="$py_pid $ts_pid"
+# schemathesis against the served OpenAPI document, with real keys.
+scripts/schemathesis.sh
 sdk_failed=""
 for sdk in python typescript; do
   pid=$py_pid; [ "$sdk" = typescript ] && pid=$ts_pid
@@ -60,6 +70,7 @@ for sdk in python typescript; do
   echo "--- sdk-$sdk: $status"
   cat "$sdk_logs/$sdk"
 done
+sdk_pids=""
 rm -rf "$sdk_logs"
 [ -z "$sdk_failed" ] || { echo "test: an SDK suite failed" >&2; exit 1; }
 go test -race -count=1 -timeout 30m -v -run TestOnApacheKafka ./internal/testkit/kafkasuite
