@@ -43,10 +43,9 @@ const (
 	maxAdjustmentBytes = 64 << 10
 	// maxAdjustmentText bounds reason and reference, in bytes.
 	maxAdjustmentText = 1024
-	// adjustmentLedgerPrefix starts the ledger id of an adjustment. It is
-	// not ASCII, and event ids are printable ASCII, so no event id can
-	// equal an adjustment's ledger id.
-	adjustmentLedgerPrefix = "\u0394adjustment:"
+	// adjustmentLedgerPrefix starts the ledger id of an adjustment (see
+	// usagedata.AdjustmentLedgerPrefix).
+	adjustmentLedgerPrefix = usagedata.AdjustmentLedgerPrefix
 )
 
 // Adjustment is a signed change, recorded by finance, of one meter's

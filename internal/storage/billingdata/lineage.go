@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/usagemeter/metering/internal/storage"
+	"github.com/usagemeter/metering/internal/storage/usagedata"
 )
 
 // LineagePush is a push as its lineage needs it: the pair it billed, the
@@ -93,12 +94,13 @@ func EachPushItem(ctx context.Context, q storage.Executor, p LineagePush, fn fun
 			WHERE tenant = $1 AND metric = $2 AND event_time >= $3 AND event_time < ($3 AT TIME ZONE 'UTC' + interval '1 month') AT TIME ZONE 'UTC'
 				AND pg_visible_in_snapshot(counted_xid, $4::pg_snapshot)
 				AND ($5 = '' OR NOT pg_visible_in_snapshot(counted_xid, nullif($5, '')::pg_snapshot))
+				AND NOT starts_with(event_id, $6) -- an adjustment's dedup row: listed from usage_adjustments
 		UNION ALL
 		SELECT 'adjustment', adjustment_id, amount, recorded_at, src_partition, src_offset FROM usage_adjustments
 			WHERE tenant = $1 AND meter = $2 AND group_key = '' AND period_start = $3
 				AND pg_visible_in_snapshot(counted_xid, $4::pg_snapshot)
 				AND ($5 = '' OR NOT pg_visible_in_snapshot(counted_xid, nullif($5, '')::pg_snapshot))
-		) u ORDER BY kind DESC, at, id COLLATE "C"`, p.Tenant, p.Meter, p.Period, p.Snapshot, p.PrevSnapshot)
+		) u ORDER BY kind DESC, at, id COLLATE "C"`, p.Tenant, p.Meter, p.Period, p.Snapshot, p.PrevSnapshot, usagedata.AdjustmentLedgerPrefix)
 	if err != nil {
 		return fmt.Errorf("reading the lineage of push %s: %w", p.Identifier, err)
 	}
@@ -161,7 +163,7 @@ func EventLineageOf(ctx context.Context, q storage.Executor, tenant, id string) 
 				AND b.period_start = date_trunc('month', l.event_time AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
 				AND b.status <> 'cancelled' AND pg_visible_in_snapshot(l.counted_xid, b.metered_snapshot)
 			ORDER BY b.cumulative_total, b.id LIMIT 1) p ON true
-		WHERE l.tenant = $1 AND l.event_id = $2`, tenant, id).Scan(&e.Metric, &e.Value, &e.Time, &e.Partition, &e.Offset, &e.Traced,
+		WHERE l.tenant = $1 AND l.event_id = $2 AND NOT starts_with(l.event_id, $3)`, tenant, id, usagedata.AdjustmentLedgerPrefix).Scan(&e.Metric, &e.Value, &e.Time, &e.Partition, &e.Offset, &e.Traced,
 		&ident, &status, &cumulative, &delta)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return EventLineage{}, ErrNoEvent

@@ -12,6 +12,12 @@ import (
 	"github.com/usagemeter/metering/internal/storage"
 )
 
+// AdjustmentLedgerPrefix starts the ledger id of an adjustment (its
+// dedup row). It is not ASCII, and event ids are printable ASCII, so no
+// event id can equal an adjustment's ledger id, and readers of counted
+// events leave these rows out.
+const AdjustmentLedgerPrefix = "\u0394adjustment:"
+
 // Adjustment is one applied usage adjustment (usage_adjustments): Amount
 // added to the month window of Meter, group GroupKey, starting at
 // PeriodStart.

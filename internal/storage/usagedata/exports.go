@@ -24,13 +24,15 @@ type CountedEvent struct {
 
 // EachCountedEvent calls fn, in (time, id) order, for every event of
 // tenant (of metric, unless "") whose time is in [from, to) that the
-// ledger holds (the events of the dedup horizon). Rows stream from
+// ledger holds (the events of the dedup horizon; not the ledger rows of
+// adjustments, which usage_adjustments lists). Rows stream from
 // Postgres as fn consumes them: memory does not grow with the result. An
 // error of fn stops the walk and is returned.
 func EachCountedEvent(ctx context.Context, q storage.Executor, tenant, metric string, from, to time.Time, fn func(CountedEvent) error) error {
 	rows, err := q.Query(ctx, `SELECT event_id, metric, value, event_time, src_partition, src_offset, recorded_at
 		FROM ledger WHERE tenant = $1 AND ($2 = '' OR metric = $2) AND event_time >= $3 AND event_time < $4
-		ORDER BY event_time, event_id COLLATE "C"`, tenant, metric, from, to)
+			AND NOT starts_with(event_id, $5)
+		ORDER BY event_time, event_id COLLATE "C"`, tenant, metric, from, to, AdjustmentLedgerPrefix)
 	if err != nil {
 		return fmt.Errorf("reading the counted events of tenant %s: %w", tenant, err)
 	}
