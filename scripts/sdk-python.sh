@@ -17,6 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 . scripts/deps.sh
+. scripts/sdkstack.sh
 
 need python3 python3 "running the Python SDK's tests"
 if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
@@ -44,61 +45,7 @@ fi
 "$py" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation --force-reinstall \
   "$root/sdk/python"
 
-work=$(mktemp -d)
-chmod 755 "$work" # the throwaway cluster's server runs as postgres when we are root
-stack_pid=""
-pg_started=""
-cleanup() {
-  local status=$?
-  trap - EXIT INT TERM
-  if [ -n "$stack_pid" ]; then
-    kill -TERM "$stack_pid" 2>/dev/null || true
-    wait "$stack_pid" 2>/dev/null || true
-  fi
-  exec 9>&- 2>/dev/null || true
-  if [ -n "$pg_started" ]; then
-    "$root/scripts/postgres.sh" stop "$work/pg" >/dev/null || echo "sdk-python: could not stop the throwaway Postgres" >&2
-  fi
-  if [ "$status" != 0 ] && [ -s "$work/sdkstack.log" ]; then
-    echo "--- last lines of the stack's log" >&2
-    tail -n 30 "$work/sdkstack.log" >&2
-  fi
-  rm -rf "$work"
-  exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-if [ -z "${TEST_DATABASE_URL:-}" ] && [ -z "${DATABASE_URL:-}" ]; then
-  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  TEST_DATABASE_URL=$("$root/scripts/postgres.sh" start "$work/pg" "$port")
-  pg_started=1
-  export TEST_DATABASE_URL
-fi
-
-echo "sdk-python: building tools/sdkstack" >&2
-mkdir -p .dev/bin
-go build -o .dev/bin/sdkstack ./tools/sdkstack
-
-mkfifo "$work/stdin"
-.dev/bin/sdkstack <"$work/stdin" >"$work/sdkstack.json" 2>"$work/sdkstack.log" &
-stack_pid=$!
-exec 9>"$work/stdin" # held open until this script ends
-for _ in $(seq 1 1200); do
-  [ -s "$work/sdkstack.json" ] && break
-  if ! kill -0 "$stack_pid" 2>/dev/null; then
-    echo "sdk-python: tools/sdkstack exited before it was ready" >&2
-    exit 1
-  fi
-  sleep 0.1
-done
-if [ ! -s "$work/sdkstack.json" ]; then
-  echo "sdk-python: tools/sdkstack was not ready within 120s" >&2
-  exit 1
-fi
-METERING_SDKSTACK=$(head -n 1 "$work/sdkstack.json")
-export METERING_SDKSTACK
-echo "sdk-python: stack ready" >&2
+sdkstack_start sdk-python
 
 # Lint and types first (ruff and mypy --strict, pinned in the test extras).
 (

@@ -15,8 +15,8 @@
 # script dies: it watches its standard input, a pipe this script holds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=$PWD
 . scripts/deps.sh
+. scripts/sdkstack.sh
 
 need npm npm "installing the TypeScript SDK's locked dependencies"
 # Node.js 20 or later. Debian 12's nodejs is 18: then Node.js 20 comes
@@ -52,61 +52,7 @@ fi
   node --test build/test/*.test.js
 )
 
-work=$(mktemp -d)
-chmod 755 "$work" # the throwaway cluster's server runs as postgres when we are root
-stack_pid=""
-pg_started=""
-cleanup() {
-  local status=$?
-  trap - EXIT INT TERM
-  if [ -n "$stack_pid" ]; then
-    kill -TERM "$stack_pid" 2>/dev/null || true
-    wait "$stack_pid" 2>/dev/null || true
-  fi
-  exec 9>&- 2>/dev/null || true
-  if [ -n "$pg_started" ]; then
-    "$root/scripts/postgres.sh" stop "$work/pg" >/dev/null || echo "sdk-typescript: could not stop the throwaway Postgres" >&2
-  fi
-  if [ "$status" != 0 ] && [ -s "$work/sdkstack.log" ]; then
-    echo "--- last lines of the stack's log" >&2
-    tail -n 30 "$work/sdkstack.log" >&2
-  fi
-  rm -rf "$work"
-  exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-if [ -z "${TEST_DATABASE_URL:-}" ] && [ -z "${DATABASE_URL:-}" ]; then
-  port=$(node -e 'const s = require("net").createServer().listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); })')
-  TEST_DATABASE_URL=$("$root/scripts/postgres.sh" start "$work/pg" "$port")
-  pg_started=1
-  export TEST_DATABASE_URL
-fi
-
-echo "sdk-typescript: building tools/sdkstack" >&2
-mkdir -p .dev/bin
-go build -o .dev/bin/sdkstack ./tools/sdkstack
-
-mkfifo "$work/stdin"
-.dev/bin/sdkstack <"$work/stdin" >"$work/sdkstack.json" 2>"$work/sdkstack.log" &
-stack_pid=$!
-exec 9>"$work/stdin" # held open until this script ends
-for _ in $(seq 1 1200); do
-  [ -s "$work/sdkstack.json" ] && break
-  if ! kill -0 "$stack_pid" 2>/dev/null; then
-    echo "sdk-typescript: tools/sdkstack exited before it was ready" >&2
-    exit 1
-  fi
-  sleep 0.1
-done
-if [ ! -s "$work/sdkstack.json" ]; then
-  echo "sdk-typescript: tools/sdkstack was not ready within 120s" >&2
-  exit 1
-fi
-METERING_SDKSTACK=$(head -n 1 "$work/sdkstack.json")
-export METERING_SDKSTACK
-echo "sdk-typescript: stack ready" >&2
+sdkstack_start sdk-typescript
 
 cd sdk/typescript
 node --test build/e2e/*.test.js
