@@ -30,7 +30,7 @@ from ._core import (
     read_params,
 )
 from ._event import Event, ValidationError, Validator
-from .client import _Collect, _Settings, send_items_sync, take_batch
+from .client import _Collect, _Settings, send_items_sync, settle, take_batch
 
 __all__ = ["AsyncClient"]
 
@@ -54,52 +54,10 @@ async def send_items_async(
             outcome = judge(resp, items)
         except httpx.TransportError as err:
             outcome = Outcome("retry", error=err)
-        if outcome.kind == "ok":
-            stats.add("accepted", len(items))
-            return
-        if outcome.kind == "split":
-            stats.add("rejected", len(outcome.rejected))
-            settings.report(
-                DeliveryError(
-                    f"the API refused {len(outcome.rejected)} events: "
-                    + "; ".join(str(e) for e in outcome.field_errors[:5]),
-                    [it.event for it in outcome.rejected],
-                    status=400,
-                    field_errors=outcome.field_errors,
-                    cause=outcome.error,
-                )
-            )
-            items = outcome.rest
-            continue
-        if outcome.kind == "fail":
-            stats.add("failed", len(items))
-            settings.report(
-                DeliveryError(
-                    f"the API refused the batch: {outcome.error}",
-                    [it.event for it in items],
-                    status=outcome.status,
-                    cause=outcome.error,
-                )
-            )
-            return
-        wait = settings.retry.delay(attempt, outcome.retry_after)
-        end = deadline()
-        if attempt >= settings.retry.max_retries or (end is not None and time.monotonic() + wait > end):
-            stats.add("failed", len(items))
-            why = "retries exhausted" if attempt >= settings.retry.max_retries else "the client closed first"
-            settings.report(
-                DeliveryError(
-                    f"not delivered ({why}): {outcome.error}",
-                    [it.event for it in items],
-                    status=outcome.status,
-                    retriable=True,
-                    cause=outcome.error,
-                )
-            )
-            return
-        stats.add("retries")
-        await sleep(wait)
-        attempt += 1
+        items, wait = settle(settings, stats, items, outcome, attempt, deadline)
+        if wait is not None:
+            await sleep(wait)
+            attempt += 1
 
 
 class AsyncClient:

@@ -113,6 +113,66 @@ class _Settings:
             default_on_error(err)
 
 
+def settle(
+    settings: _Settings,
+    stats: Stats,
+    items: list[Item],
+    outcome: Outcome,
+    attempt: int,
+    deadline: Callable[[], Optional[float]],
+) -> tuple[list[Item], Optional[float]]:
+    """Acts on the outcome of one POST of items (the part both clients
+    share): counts it, reports what will never be delivered to on_error,
+    and returns the items still to send (empty when done) and how long to
+    wait before sending them again (None: at once, as the same attempt,
+    after the API named the events it refused). deadline() is the
+    monotonic time after which no retry is waited for, or None."""
+    if outcome.kind == "ok":
+        stats.add("accepted", len(items))
+        return [], None
+    if outcome.kind == "split":
+        stats.add("rejected", len(outcome.rejected))
+        settings.report(
+            DeliveryError(
+                f"the API refused {len(outcome.rejected)} events: "
+                + "; ".join(str(e) for e in outcome.field_errors[:5]),
+                [it.event for it in outcome.rejected],
+                status=400,
+                field_errors=outcome.field_errors,
+                cause=outcome.error,
+            )
+        )
+        return outcome.rest, None
+    if outcome.kind == "fail":
+        stats.add("failed", len(items))
+        settings.report(
+            DeliveryError(
+                f"the API refused the batch: {outcome.error}",
+                [it.event for it in items],
+                status=outcome.status,
+                cause=outcome.error,
+            )
+        )
+        return [], None
+    wait = settings.retry.delay(attempt, outcome.retry_after)
+    end = deadline()
+    if attempt >= settings.retry.max_retries or (end is not None and time.monotonic() + wait > end):
+        stats.add("failed", len(items))
+        why = "retries exhausted" if attempt >= settings.retry.max_retries else "the client closed first"
+        settings.report(
+            DeliveryError(
+                f"not delivered ({why}): {outcome.error}",
+                [it.event for it in items],
+                status=outcome.status,
+                retriable=True,
+                cause=outcome.error,
+            )
+        )
+        return [], None
+    stats.add("retries")
+    return items, wait
+
+
 def send_items_sync(
     settings: _Settings,
     http: httpx.Client,
@@ -121,9 +181,8 @@ def send_items_sync(
     sleep: Callable[[float], None],
     deadline: Callable[[], Optional[float]],
 ) -> None:
-    """Delivers one batch with retries, reporting what fails to on_error.
-    deadline() is the monotonic time after which no retry is waited for,
-    or None."""
+    """Delivers one batch with retries, reporting what fails to on_error
+    (see settle)."""
     attempt = 0
     url = settings.base_url + "/v1/events"
     headers = {**settings.headers(), "Content-Type": "application/json"}
@@ -134,52 +193,10 @@ def send_items_sync(
             outcome = judge(resp, items)
         except httpx.TransportError as err:
             outcome = Outcome("retry", error=err)
-        if outcome.kind == "ok":
-            stats.add("accepted", len(items))
-            return
-        if outcome.kind == "split":
-            stats.add("rejected", len(outcome.rejected))
-            settings.report(
-                DeliveryError(
-                    f"the API refused {len(outcome.rejected)} events: "
-                    + "; ".join(str(e) for e in outcome.field_errors[:5]),
-                    [it.event for it in outcome.rejected],
-                    status=400,
-                    field_errors=outcome.field_errors,
-                    cause=outcome.error,
-                )
-            )
-            items = outcome.rest
-            continue
-        if outcome.kind == "fail":
-            stats.add("failed", len(items))
-            settings.report(
-                DeliveryError(
-                    f"the API refused the batch: {outcome.error}",
-                    [it.event for it in items],
-                    status=outcome.status,
-                    cause=outcome.error,
-                )
-            )
-            return
-        wait = settings.retry.delay(attempt, outcome.retry_after)
-        end = deadline()
-        if attempt >= settings.retry.max_retries or (end is not None and time.monotonic() + wait > end):
-            stats.add("failed", len(items))
-            why = "retries exhausted" if attempt >= settings.retry.max_retries else "the client closed first"
-            settings.report(
-                DeliveryError(
-                    f"not delivered ({why}): {outcome.error}",
-                    [it.event for it in items],
-                    status=outcome.status,
-                    retriable=True,
-                    cause=outcome.error,
-                )
-            )
-            return
-        stats.add("retries")
-        sleep(wait)
-        attempt += 1
+        items, wait = settle(settings, stats, items, outcome, attempt, deadline)
+        if wait is not None:
+            sleep(wait)
+            attempt += 1
 
 
 def get_json_sync(
