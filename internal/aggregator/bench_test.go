@@ -437,13 +437,17 @@ func BenchmarkMeterStorage(b *testing.B) {
 				}
 			}
 			processed := applyInWorkers(b, rng, db, sparseProperties)
-			var rows, bytes int64
+			var rows, bytes, ledgerBytes int64
 			if err := db.Pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM usage_windows) + (SELECT count(*) FROM meter_uniques) + (SELECT count(*) FROM meter_group_keys),
-					pg_total_relation_size('usage_windows') + pg_total_relation_size('meter_uniques') + pg_total_relation_size('meter_group_keys')`).Scan(&rows, &bytes); err != nil {
+					pg_total_relation_size('usage_windows') + pg_total_relation_size('meter_uniques') + pg_total_relation_size('meter_group_keys'),
+					pg_total_relation_size('ledger')`).Scan(&rows, &bytes, &ledgerBytes); err != nil {
 				b.Fatal(err)
 			}
 			b.ReportMetric(float64(rows)/float64(processed), "rows/event")
 			b.ReportMetric(float64(bytes)/float64(processed), "bytes/event")
+			// The dedup ledger (heap, primary key and day index), the same
+			// for every meter kind: one row per counted event.
+			b.ReportMetric(float64(ledgerBytes)/float64(processed), "ledger-bytes/event")
 			perSecond(b, processed)
 		})
 	}
