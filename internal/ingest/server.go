@@ -11,6 +11,8 @@ import (
 	"github.com/usagemeter/metering/internal/config"
 	"github.com/usagemeter/metering/internal/httpguard"
 	"github.com/usagemeter/metering/internal/kafkalog"
+	"github.com/usagemeter/metering/internal/relay"
+	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/migrate"
 	"github.com/usagemeter/metering/internal/publish"
 	"github.com/usagemeter/metering/internal/ratelimit"
@@ -78,6 +80,9 @@ func Run(ctx context.Context, cfg config.Ingest, log *slog.Logger, ready func(ne
 		LargeBodies:              httpguard.BodyLimits{LargeBytes: cfg.LargeBodyBytes, MaxLarge: cfg.MaxLargeBodiesInFlight},
 		Logger:                   log,
 		Registry:                 reg,
+		DeadLetters:              rollup.NewDeadLetters(pool),
+		Outbox:                   relay.New(pool, adjustments, log, nil),
+		BillerURL:                cfg.BillerURL,
 	})
 	mux := http.NewServeMux()
 	service.MountLogged(mux, reg, map[string]service.Check{
