@@ -3,7 +3,7 @@ package ingest
 import (
 	"net/http"
 	"net/http/httputil"
-		"time"
+	"time"
 
 	"github.com/usagemeter/metering/internal/httpjson"
 )
