@@ -138,7 +138,7 @@ const pages = {
         ["Tenant", (t) => t.tenant, "mono"],
         ["Plan", (t) => t.plan],
         ["Stripe customer", (t) => t.stripe_customer_id, "mono"],
-        ["Updated", (t) => when(t.updated_at)],
+        ["Updated", (t) => when(t.updated_at), "date"],
         ["", (t) => el("button", { type: "button", testid: "history-" + t.tenant, onclick: () => tenantHistory(detail, t.tenant) }, "Plan history")],
       ], data.tenants, "No tenants yet."),
       detail);
@@ -153,7 +153,7 @@ const pages = {
         ["Version", (p) => p.version, "num"],
         ["Currency", (p) => p.currency],
         ["Quotas", (p) => quotaList(p.quotas)],
-        ["Effective from", (p) => when(p.effective_from)],
+        ["Effective from", (p) => p.effective_from ? when(p.effective_from) : "(always)"],
         ["Proration", (p) => p.proration],
         ["", (p) => el("button", { type: "button", testid: "versions-" + p.name, onclick: () => planVersions(detail, p.name) }, "Versions")],
       ], data.plans, "No plans yet."),
@@ -181,7 +181,7 @@ const pages = {
             ["Stripe", (r) => r.stripe, "num"],
             ["Drift", (r) => r.drift, "num"],
             ["Status", (r) => pill(r.status)],
-            ["Period", (r) => pill(r.complete ? "complete" : "open")],
+            ["Period", (r) => el("span", { title: r.completeness || "" }, pill(r.complete ? "complete" : "open"))],
             ["", (r) => el("button", { type: "button", testid: "pushes-" + r.tenant + "-" + r.metric, onclick: () => pushesOf(drill, r) }, "Pushes")],
           ], data.rows, "No usage was billed in this month."));
       } catch (e) { out.replaceChildren(); showError(e); }
@@ -203,16 +203,17 @@ const pages = {
       const data = await api("/v1/admin/dlq/usage?status=" + status.value);
       out.replaceChildren(table("dlq-usage", [
         ["Id", (d) => d.id, "num"],
-        ["Failed at", (d) => when(d.failed_at)],
+        ["Failed at", (d) => when(d.failed_at), "date"],
         ["Status", (d) => pill(d.status)],
         ["Tenant", (d) => d.tenant, "mono"],
         ["Kind", (d) => d.kind],
         ["Class", (d) => d.error_class],
         ["Error", (d) => d.error],
+        ["Resolved", (d) => when(d.resolved_at), "date"],
         ["", (d) => el("span", {},
           el("button", { type: "button", testid: "show-usage-" + d.id, onclick: () => showUsageLetter(detail, d.id) }, "Show"),
-          d.status === "pending" ? adminButton("Replay", "replay-usage-" + d.id, () => resolveLetter("usage", d.id, "replay", load)) : null,
-          d.status === "pending" ? adminButton("Discard", "discard-usage-" + d.id, () => resolveLetter("usage", d.id, "discard", load), true) : null)],
+          d.status === "pending" ? adminButton("Replay", "replay-usage-" + d.id, () => resolveLetter("usage", d.id, "replay", load, detail)) : null,
+          d.status === "pending" ? adminButton("Discard", "discard-usage-" + d.id, () => resolveLetter("usage", d.id, "discard", load, detail), true) : null), "actions"],
       ], data.dead_letters, "No dead letters with this status."));
     };
     status.addEventListener("change", () => load().catch(showError));
@@ -229,17 +230,17 @@ const pages = {
       const data = await api("/v1/admin/dlq/billing");
       out.replaceChildren(table("dlq-billing", [
         ["Id", (d) => d.id, "num"],
-        ["Dead since", (d) => when(d.dead_since)],
+        ["Dead since", (d) => when(d.dead_since), "date"],
         ["Tenant", (d) => d.tenant, "mono"],
         ["Metric", (d) => d.metric, "mono"],
-        ["Period", (d) => d.period],
+        ["Period", (d) => d.period, "date"],
         ["Value", (d) => d.value, "num"],
         ["Attempts", (d) => d.attempts, "num"],
         ["Last error", (d) => d.last_error],
         ["", (d) => el("span", {},
           el("button", { type: "button", testid: "show-billing-" + d.id, onclick: () => showBillingLetter(detail, d.id) }, "Show"),
-          adminButton("Replay", "replay-billing-" + d.id, () => resolveLetter("billing", d.id, "replay", load)),
-          adminButton("Discard", "discard-billing-" + d.id, () => resolveLetter("billing", d.id, "discard", load), true))],
+          adminButton("Replay", "replay-billing-" + d.id, () => resolveLetter("billing", d.id, "replay", load, detail)),
+          adminButton("Discard", "discard-billing-" + d.id, () => resolveLetter("billing", d.id, "discard", load, detail), true)), "actions"],
       ], data.dead_letters, "The billing DLQ is empty."));
     };
     view.append(el("h2", {}, "Billing dead letters (pushes to Stripe)"),
@@ -256,9 +257,9 @@ const pages = {
       if (!pick.value) { out.replaceChildren(el("p", { className: "muted" }, "No tenants yet.")); return; }
       const data = await api("/v1/breaches?tenant=" + encodeURIComponent(pick.value));
       out.replaceChildren(table("breaches", [
-        ["Detected", (b) => when(b.detected_at)],
+        ["Detected", (b) => when(b.detected_at), "date"],
         ["Meter", (b) => b.meter || b.metric, "mono"],
-        ["Group", (b) => b.group],
+        ["Group", (b) => groupText(b.group)],
         ["Threshold", (b) => pill(b.threshold)],
         ["Value", (b) => b.value, "num"],
         ["Limit", (b) => b.limit, "num"],
@@ -280,12 +281,12 @@ const pages = {
       const data = await api("/v1/admin/audit?" + q);
       out.replaceChildren(table("audit", [
         ["Id", (e) => e.id, "num"],
-        ["At", (e) => when(e.at)],
+        ["At", (e) => when(e.at), "date"],
         ["Actor", (e) => e.actor, "mono"],
         ["Action", (e) => e.action, "mono"],
         ["Target", (e) => e.target, "mono"],
-        ["Before", (e) => e.before, "mono"],
-        ["After", (e) => e.after, "mono"],
+        ["Before", (e) => e.before, "json"],
+        ["After", (e) => e.after, "json"],
       ], data.entries, "No entries match."));
     };
     view.append(el("h2", {}, "Audit log"),
@@ -295,6 +296,12 @@ const pages = {
     await load();
   },
 };
+
+// groupText shows a breach's group: "-" for a whole meter.
+function groupText(g) {
+  if (!g || (typeof g === "object" && Object.keys(g).length === 0)) return "-";
+  return typeof g === "object" ? Object.entries(g).map(([k, v]) => k + "=" + v).join(", ") : String(g);
+}
 
 function quotaList(qs) {
   if (!qs || !qs.length) return "none";
@@ -307,10 +314,10 @@ async function tenantHistory(detail, tenant) {
     detail.replaceChildren(el("div", { className: "detail" }, el("h3", {}, "Plan history of " + tenant),
       table("tenant-plans", [
         ["Plan", (a) => a.plan === null ? "(none)" : a.plan],
-        ["From", (a) => when(a.valid_from)],
-        ["To", (a) => when(a.valid_to)],
+        ["From", (a) => a.valid_from ? when(a.valid_from) : "(always)"],
+        ["To", (a) => a.valid_to ? when(a.valid_to) : "(in force)"],
         ["Source", (a) => a.source],
-        ["Recorded", (a) => when(a.created_at)],
+        ["Recorded", (a) => when(a.created_at), "date"],
       ], data.plans, "No plan was ever assigned.")));
   } catch (e) { showError(e); }
 }
@@ -321,7 +328,7 @@ async function planVersions(detail, plan) {
     detail.replaceChildren(el("div", { className: "detail" }, el("h3", {}, "Versions of " + plan),
       table("plan-versions", [
         ["Version", (v) => v.version, "num"],
-        ["Effective from", (v) => when(v.effective_from)],
+        ["Effective from", (v) => v.effective_from ? when(v.effective_from) : "(always)"],
         ["Proration", (v) => v.proration],
         ["Scheduled", (v) => v.scheduled ? "yes" : "no"],
         ["Quotas", (v) => quotaList(v.quotas)],
@@ -342,7 +349,7 @@ async function pushesOf(drill, row) {
         ["Group", (p) => p.group],
         ["Delta", (p) => p.delta, "num"],
         ["Status", (p) => pill(p.status)],
-        ["Created", (p) => when(p.created_at)],
+        ["Created", (p) => when(p.created_at), "date"],
         ["", (p) => el("button", { type: "button", testid: "lineage-" + p.identifier, onclick: () => pushLineage(more, p.identifier) }, "Window and events")],
       ], data.pushes, "No pushes: nothing of this row was sent to Stripe."), more));
   } catch (e) { showError(e); }
@@ -355,8 +362,8 @@ async function pushLineage(out, identifier) {
     const body = await (await request(base + "/events")).text();
     const items = body.split("\n").filter((l) => l.trim() !== "").map(parse);
     out.replaceChildren(el("h3", {}, "Push " + identifier),
-      el("p", { className: "muted" }, "Cumulative " + push.cumulative_total + " (previous push " + (push.previous_identifier || "none") +
-        " at " + push.previous_cumulative_total + "), delta " + push.delta + (push.complete ? "" : "; part of its history predates lineage")),
+      el("p", { className: "muted" }, "Brings the month to " + push.cumulative_total + ", a delta of " + push.delta + (push.previous_identifier
+        ? " from the previous push " + push.previous_identifier + " at " + push.previous_cumulative_total : ": the month's first push") + (push.complete ? "" : "; part of its history predates lineage")),
       table("push-windows", [
         ["Meter", (w) => w.meter, "mono"], ["Window", (w) => w.window], ["Start", (w) => when(w.start)], ["End", (w) => when(w.end)],
       ], push.windows),
@@ -387,7 +394,7 @@ async function showBillingLetter(detail, id) {
   } catch (e) { showError(e); }
 }
 
-async function resolveLetter(queue, id, action, reload) {
+async function resolveLetter(queue, id, action, reload, detail) {
   const verb = action === "replay" ? "Replay" : "Discard";
   const what = action === "replay"
     ? (queue === "usage" ? "The record goes back to usage.events; an event already counted is not counted twice." : "The push is sent to Stripe again.")
@@ -397,8 +404,9 @@ async function resolveLetter(queue, id, action, reload) {
   showError(null);
   try {
     const r = await api("/v1/admin/dlq/" + queue + "/" + id + "/" + action, { method: "POST", body: { note } });
-    notice(verb + " of " + queue + " dead letter " + id + ": " + (r.status || "done") + (r.sent !== undefined ? " (" + r.sent + " sent, " + r.dead + " back in the queue)" : ""));
+    detail.replaceChildren();
     await reload();
+    notice(verb + " of " + queue + " dead letter " + id + ": " + (r.status || "done") + (r.sent !== undefined ? " (" + r.sent + " sent, " + r.dead + " back in the queue)" : ""));
   } catch (e) { showError(e); }
 }
 

@@ -357,6 +357,9 @@ func TestConsole(t *testing.T) {
 	for _, tn := range []string{"acme", "globex", "initech"} {
 		s.mustCall("PUT", "/v1/admin/tenants/"+tn, adminKey, `{"plan":"pro","stripe_customer_id":"cus_`+tn+`"}`, 200)
 	}
+	// An audited admin change, for the audit page.
+	s.mustCall("PUT", "/v1/admin/tenants/acme/billing-cycle", adminKey,
+		`{"anchor":"`+windows.Month.Start(s.now).AddDate(0, 0, -20).Format(time.RFC3339)+`","interval":"month"}`, 200)
 	var viewer, tenantKey struct{ ID, Key string }
 	if s.call("POST", "/v1/admin/keys", adminKey, `{"role":"viewer"}`, &viewer) != http.StatusCreated {
 		t.Fatal("creating a viewer key")
@@ -417,7 +420,7 @@ func TestConsole(t *testing.T) {
 	u.signIn(s.ingest.URL, tenantKey.Key)
 	u.waitText("#error", "the console needs an admin or viewer key")
 	u.shot("00-tenant-key")
-	if u.eval(`document.getElementById("nav").hidden ? 1 : 0`) != 1 {
+	if u.eval(`getComputedStyle(document.getElementById("nav")).display === "none" ? 1 : 0`) != 1 {
 		t.Error("a tenant key sees the console's pages")
 	}
 
@@ -509,6 +512,9 @@ func TestConsole(t *testing.T) {
 	s.fake.SetReject(func(_, customer string) bool { return customer == "cus_initech" })
 	u.act(fmt.Sprint("replay-billing-", deadPush["globex"]), "Stripe customer fixed")
 	u.waitText("#notice", "sent")
+	if u.text("#dlq-billing-detail") != "" {
+		t.Error("the shown push stays on the page after its replay, with its old status")
+	}
 	if n, total := s.stripeEvents("cus_globex"); n != 1 || total != 7 {
 		t.Errorf("Stripe holds %d events (total %d) of globex, want 1 of 7", n, total)
 	}
@@ -549,12 +555,11 @@ func TestConsole(t *testing.T) {
 	u.waitText("#breaches", "exceeded")
 	u.shot("08-breaches")
 	u.open("audit")
-	if u.text("#audit")+u.text("#audit-empty") == "" {
-		t.Error("the audit page shows neither entries nor that there are none")
-	}
+	u.waitText("#audit", "tenant.billing_cycle.set")
+	u.waitText("#audit", "bootstrap")
+	u.shot("09-audit")
 	u.do("filtering the audit log", chromedp.SendKeys("#audit-action", "no.such.action"), chromedp.Click("#audit-filter"))
 	u.waitText("#audit-empty", "No entries match")
-	u.shot("09-audit")
 	u.noCSPViolations()
 
 	// Viewer: every page, no action offered, actions refused.
