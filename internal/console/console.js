@@ -447,7 +447,7 @@ async function signIn() {
   }
   role = me.role;
   document.body.dataset.role = role;
-  $("who").textContent = "signed in with key " + me.key_id + " (" + role + (role === "viewer" ? ", read-only" : "") + ")";
+  $("who").textContent = "signed in with " + (role === "viewer" ? "a viewer key (read-only)" : "an admin key");
   $("login").hidden = true;
   $("nav").hidden = false;
   $("logout").hidden = false;

@@ -427,7 +427,7 @@ func TestConsole(t *testing.T) {
 	// Admin: tenants with plan history, plans with versions.
 	u.signIn(s.ingest.URL, adminKey)
 	u.do("the tenants page", chromedp.WaitVisible(`#view[data-ready="tenants"]`))
-	u.waitText("#who", "admin")
+	u.waitText("#who", "an admin key")
 	for _, tn := range []string{"acme", "globex", "initech", "cus_globex"} {
 		u.waitText("#tenants", tn)
 	}
@@ -566,7 +566,7 @@ func TestConsole(t *testing.T) {
 	u.do("signing out", chromedp.Click("#logout"), chromedp.WaitVisible("#key"))
 	u.signIn(s.ingest.URL, viewer.Key)
 	u.do("the tenants page as a viewer", chromedp.WaitVisible(`#view[data-ready="tenants"]`))
-	u.waitText("#who", "viewer, read-only")
+	u.waitText("#who", "a viewer key (read-only)")
 	u.waitText("#tenants", "acme")
 	for _, p := range []string{"plans", "reconciliation", "dlq-usage", "dlq-billing", "breaches", "audit"} {
 		u.open(p)

@@ -25,14 +25,15 @@ func (a *API) consoleRoutes() []Route {
 	}, a.dlqRoutes(), a.billerRoutes())
 }
 
-// whoami serves GET /v1/whoami: the key's id, role, and tenant and scope
-// for a tenant key.
+// whoami serves GET /v1/whoami: the key's role, and tenant and scope for
+// a tenant key. It leaves the key's id out, so nothing reads it as a key
+// to revoke (the bootstrap key's id is "bootstrap").
 func (a *API) whoami(w http.ResponseWriter, r *http.Request) {
 	p, ok := a.authenticate(w, r)
 	if !ok {
 		return
 	}
-	httpjson.Write(w, http.StatusOK, map[string]any{"key_id": p.KeyID, "role": p.Role, "tenant": p.Tenant, "scope": p.Scope})
+	httpjson.Write(w, http.StatusOK, map[string]any{"role": p.Role, "tenant": p.Tenant, "scope": p.Scope})
 }
 
 // pushSummary is one push of a month, as GET /v1/lineage/pushes lists it.

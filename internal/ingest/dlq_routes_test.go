@@ -216,8 +216,8 @@ func TestConsoleReadRoutes(t *testing.T) {
 	e := newConsoleEnv(t, nil, nil)
 	e.do("PUT", "/v1/admin/plans/pro", adminKey, "application/json", `{"currency":"usd","quotas":[{"metric":"api_calls","limit":5}]}`)
 	e.do("PUT", "/v1/admin/tenants/acme", adminKey, "application/json", `{"plan":"pro"}`)
-	viewerID, viewer := e.createKey(`{"role":"viewer"}`)
-	tenantID, tenant := e.createKey(`{"tenant":"acme","scope":"read"}`)
+	_, viewer := e.createKey(`{"role":"viewer"}`)
+	_, tenant := e.createKey(`{"tenant":"acme","scope":"read"}`)
 	for _, tt := range []struct {
 		method, path, key string
 		status            int
@@ -262,9 +262,9 @@ func TestConsoleReadRoutes(t *testing.T) {
 		}
 	}
 	for key, want := range map[string]string{
-		adminKey: `"key_id":"bootstrap","role":"admin"`,
-		viewer:   `"key_id":"` + viewerID + `","role":"viewer"`,
-		tenant:   `"key_id":"` + tenantID + `","role":"tenant","scope":"read","tenant":"acme"`,
+		adminKey: `{"role":"admin","scope":"","tenant":""}`,
+		viewer:   `{"role":"viewer","scope":"","tenant":""}`,
+		tenant:   `{"role":"tenant","scope":"read","tenant":"acme"}`,
 	} {
 		if r := e.do("GET", "/v1/whoami", key, "", ""); r.status != 200 || !strings.Contains(r.raw, want) {
 			t.Errorf("whoami: %d %s, want %s", r.status, r.raw, want)
