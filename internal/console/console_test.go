@@ -561,6 +561,22 @@ func TestConsole(t *testing.T) {
 	u.do("filtering the audit log", chromedp.SendKeys("#audit-action", "no.such.action"), chromedp.Click("#audit-filter"))
 	u.waitText("#audit-empty", "No entries match")
 	u.noCSPViolations()
+	// The control: an inline script, which the policy must block.
+	if u.eval(`(() => { const s = document.createElement("script"); s.textContent = "window.inlineRan = 1";
+		document.body.appendChild(s); return window.inlineRan === 1 ? 1 : 0; })()`) != 0 {
+		t.Error("an inline script ran in the console: its Content-Security-Policy allows inline script")
+	}
+	if u.eval(`sessionStorage.getItem("consoleKey") === `+fmt.Sprintf("%q", adminKey)+` && !location.href.includes("mk_") ? 1 : 0`) != 1 {
+		t.Error("the key is not kept in sessionStorage, or shows in the URL")
+	}
+	resp, err := http.Get(s.ingest.URL + "/console")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if missing := httpguard.Missing(resp.Header); len(missing) > 0 {
+		t.Errorf("/console lacks %v", missing)
+	}
 
 	// Viewer: every page, no action offered, actions refused.
 	u.do("signing out", chromedp.Click("#logout"), chromedp.WaitVisible("#key"))
