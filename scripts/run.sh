@@ -71,7 +71,8 @@ if [ -z "${ADJUSTMENT_SIGNING_KEYS:-}" ] && [ -z "${ADJUSTMENT_SIGNING_KEYS_FILE
 fi
 
 start_ingest() {
-  HTTP_ADDR=127.0.0.1:8080 "$DEV/bin/"ingest >>"$DEV/logs/"ingest.log 2>&1 &
+  # The console (/console) reaches the biller's routes through ingest.
+  HTTP_ADDR=127.0.0.1:8080 BILLER_URL=http://127.0.0.1:8082 "$DEV/bin/"ingest >>"$DEV/logs/"ingest.log 2>&1 &
   ingest_pid=$!
   pids+=("$ingest_pid")
   wait_http http://127.0.0.1:8080/readyz 60
@@ -136,6 +137,7 @@ cat <<INFO
     ingest API   http://127.0.0.1:8080   (health /healthz, readiness /readyz, metrics /metrics)
     aggregator   http://127.0.0.1:8081   (health, readiness, metrics)
     usage page   http://127.0.0.1:8080/ui?tenant=acme#key=$READ_KEY   (a read-only key of acme)
+    console      http://127.0.0.1:8080/console   (sign in with the admin key, or a viewer key)
     biller       http://127.0.0.1:8082   (reconciliation /v1/reconciliation, webhooks /webhooks/stripe)
     Stripe       ${STRIPE_API_BASE:-api.stripe.com}   (syncs every $SYNC_INTERVAL)
     Kafka        $KAFKA_BROKERS

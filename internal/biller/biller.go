@@ -54,7 +54,7 @@ import (
 )
 
 // Routes the biller serves besides service.Routes.
-var Routes = []string{"POST /webhooks/stripe", "GET /v1/reconciliation"}
+var Routes = append([]string{"POST /webhooks/stripe", "GET /v1/reconciliation"}, DLQRoutes...)
 
 // Open connects to Postgres and applies pending migrations.
 func Open(ctx context.Context, databaseURL string, wait time.Duration, log *slog.Logger) (*pgxpool.Pool, error) {
@@ -153,7 +153,7 @@ func Run(ctx context.Context, cfg config.Biller, log *slog.Logger, ready func(ne
 	service.MountLogged(mux, reg, map[string]service.Check{"postgres": st.Ping}, log)
 	mux.Handle(Routes[0], stripewebhook.New(pool, cfg.StripeWebhookSecret, log, stripewebhook.WithRegisterer(reg),
 		stripewebhook.WithDefaultPlan(cfg.DefaultPlan)))
-	mux.HandleFunc(Routes[1], reconciliation(authn, b, closer, log))
+	MountAPI(mux, authn, b, closer, log)
 	// Listed in start order; RunAll stops them in reverse: HTTP drains,
 	// then the sync loop stops, then the relay; the writer flushes
 	// (deferred) after all have returned.

@@ -12,6 +12,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"regexp"
 	"strconv"
@@ -79,6 +80,10 @@ type Ingest struct {
 	DefaultPlan string
 	// AdjustmentSigning signs the adjustment records ingest writes.
 	AdjustmentSigning AdjustmentSigning
+	// BillerURL is the biller's base URL, to which ingest forwards the
+	// biller's routes (GET /v1/reconciliation, /v1/admin/dlq/billing...)
+	// for the console; nil: those routes answer 503.
+	BillerURL *url.URL
 }
 
 // AdjustmentSigning is how adjustment records are signed (ingest) and
@@ -332,6 +337,7 @@ func LoadIngest(name string, args []string, getenv func(string) string, output i
 	parsed(b, &c.PublishTimeout, "PUBLISH_TIMEOUT", "5s", "how long a request waits for Kafka before 503", positiveDuration)
 	b.defaultPlan(&c.DefaultPlan)
 	b.adjustmentSigning(&c.AdjustmentSigning)
+	parsed(b, &c.BillerURL, "BILLER_URL", "", "the biller's base URL (http://host:port), to which ingest forwards the reconciliation and the billing DLQ routes for the console; empty: they answer 503", parseBillerURL)
 	if err := b.parse(args); err != nil {
 		return Ingest{}, nil, err
 	}
@@ -456,4 +462,17 @@ func Variables(service string) []string {
 		_, _, _ = LoadBiller(service, nil, record, io.Discard)
 	}
 	return names
+}
+
+// parseBillerURL parses BILLER_URL: empty, or an http or https URL with a
+// host and no query, user or fragment.
+func parseBillerURL(s string) (*url.URL, error) {
+	if s == "" {
+		return nil, nil
+	}
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+		return nil, errors.New("must be an http or https URL with a host, such as http://127.0.0.1:8082")
+	}
+	return u, nil
 }

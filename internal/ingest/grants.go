@@ -32,7 +32,7 @@ func (a *API) grantRoutes() []Route {
 		{"POST", "/v1/admin/tenants/{tenant}/grants", a.admin(a.createGrant)},
 		{"POST", "/v1/admin/tenants/{tenant}/grants/{id}/void", a.admin(a.voidGrant)},
 		{"GET", "/v1/admin/grants/expired", a.admin(a.expiredGrants)},
-		{"GET", "/v1/admin/audit", a.admin(a.listAudit)},
+		{"GET", "/v1/admin/audit", a.operator(a.listAudit)},
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -27,6 +28,7 @@ import (
 	"github.com/usagemeter/metering/internal/publish"
 	"github.com/usagemeter/metering/internal/ratelimit"
 	"github.com/usagemeter/metering/internal/recordsign"
+	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/storage"
 	"github.com/usagemeter/metering/internal/storage/accounts"
 	"github.com/usagemeter/metering/internal/storage/usagedata"
@@ -65,6 +67,13 @@ type Options struct {
 	LargeBodies httpguard.BodyLimits
 	Logger      *slog.Logger
 	Registry    prometheus.Registerer
+	// DeadLetters is the usage dead-letter queue (/v1/admin/dlq/usage;
+	// nil answers 503) and Outbox publishes a replay at once (nil: the
+	// aggregator's relay publishes it).
+	DeadLetters *rollup.DeadLetters
+	Outbox      OutboxPublisher
+	// BillerURL is where the biller's routes are forwarded (nil: 503).
+	BillerURL *url.URL
 	// Now is the service's clock: rate limiters, and the current period of
 	// reads (usage, quotas, bill); nil means time.Now.
 	Now func() time.Time
@@ -109,14 +118,14 @@ func (a *API) Routes() []Route {
 		{"GET", "/v1/bill/{tenant}", a.reader(func(r *http.Request) string { return r.PathValue("tenant") }, a.getBill)},
 		{"GET", "/ui", serveUI},
 		{"GET", "/ui/{asset}", serveUIAsset},
-		{"GET", "/v1/admin/plans", a.admin(a.listPlans)},
-		{"GET", "/v1/admin/plans/{plan}", a.admin(a.getPlan)},
+		{"GET", "/v1/admin/plans", a.operator(a.listPlans)},
+		{"GET", "/v1/admin/plans/{plan}", a.operator(a.getPlan)},
 		{"PUT", "/v1/admin/plans/{plan}", a.admin(a.putPlan)},
-		{"GET", "/v1/admin/plans/{plan}/versions", a.admin(a.getPlanVersions)},
-		{"GET", "/v1/admin/tenants", a.admin(a.listTenants)},
-		{"GET", "/v1/admin/tenants/{tenant}", a.admin(a.getTenant)},
+		{"GET", "/v1/admin/plans/{plan}/versions", a.operator(a.getPlanVersions)},
+		{"GET", "/v1/admin/tenants", a.operator(a.listTenants)},
+		{"GET", "/v1/admin/tenants/{tenant}", a.operator(a.getTenant)},
 		{"PUT", "/v1/admin/tenants/{tenant}", a.admin(a.putTenant)},
-		{"GET", "/v1/admin/tenants/{tenant}/plans", a.admin(a.getTenantPlans)},
+		{"GET", "/v1/admin/tenants/{tenant}/plans", a.operator(a.getTenantPlans)},
 		{"GET", "/v1/admin/keys", a.admin(a.listKeys)},
 		{"POST", "/v1/admin/keys", a.admin(a.createKey)},
 		{"DELETE", "/v1/admin/keys/{id}", a.admin(a.revokeKey)},
@@ -124,7 +133,7 @@ func (a *API) Routes() []Route {
 		{"GET", "/v1/admin/meters", a.admin(a.listMeters)},
 		{"GET", "/v1/admin/meters/{meter}", a.admin(a.getMeter)},
 		{"PUT", "/v1/admin/meters/{meter}", a.admin(a.putMeter)},
-	}, slices.Concat(a.grantRoutes(), a.adjustmentRoutes(), a.cycleRoutes(), a.exportRoutes(), a.lineageRoutes())...)
+	}, slices.Concat(a.grantRoutes(), a.adjustmentRoutes(), a.cycleRoutes(), a.exportRoutes(), a.lineageRoutes(), a.consoleRoutes())...)
 }
 
 // Handler returns the API's routes, instrumented and with the security

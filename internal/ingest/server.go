@@ -14,6 +14,8 @@ import (
 	"github.com/usagemeter/metering/internal/migrate"
 	"github.com/usagemeter/metering/internal/publish"
 	"github.com/usagemeter/metering/internal/ratelimit"
+	"github.com/usagemeter/metering/internal/relay"
+	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/service"
 	"github.com/usagemeter/metering/internal/storage/accounts"
 	"github.com/usagemeter/metering/internal/storage/usagedata"
@@ -78,6 +80,9 @@ func Run(ctx context.Context, cfg config.Ingest, log *slog.Logger, ready func(ne
 		LargeBodies:              httpguard.BodyLimits{LargeBytes: cfg.LargeBodyBytes, MaxLarge: cfg.MaxLargeBodiesInFlight},
 		Logger:                   log,
 		Registry:                 reg,
+		DeadLetters:              rollup.NewDeadLetters(pool),
+		Outbox:                   relay.New(pool, adjustments, log, nil),
+		BillerURL:                cfg.BillerURL,
 	})
 	mux := http.NewServeMux()
 	service.MountLogged(mux, reg, map[string]service.Check{

@@ -1,0 +1,608 @@
+package console_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chromedp/cdproto/browser"
+	"github.com/chromedp/cdproto/cdp"
+	"github.com/chromedp/cdproto/page"
+	"github.com/chromedp/chromedp"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/usagemeter/metering/events"
+	"github.com/usagemeter/metering/internal/auth"
+	"github.com/usagemeter/metering/internal/biller"
+	"github.com/usagemeter/metering/internal/httpguard"
+	"github.com/usagemeter/metering/internal/ingest"
+	"github.com/usagemeter/metering/internal/periodclose"
+	"github.com/usagemeter/metering/internal/ratelimit"
+	"github.com/usagemeter/metering/internal/record"
+	"github.com/usagemeter/metering/internal/relay"
+	"github.com/usagemeter/metering/internal/rollup"
+	"github.com/usagemeter/metering/internal/storage/accounts"
+	"github.com/usagemeter/metering/internal/storage/deadletters"
+	"github.com/usagemeter/metering/internal/storage/usagedata"
+	"github.com/usagemeter/metering/internal/stripeapi"
+	"github.com/usagemeter/metering/internal/stripesync"
+	"github.com/usagemeter/metering/internal/testkit/pgtest"
+	"github.com/usagemeter/metering/internal/testkit/stripefake"
+	"github.com/usagemeter/metering/internal/topics"
+	"github.com/usagemeter/metering/internal/windows"
+)
+
+const adminKey = "mk_console_test_admin_key_0123456789"
+
+// chromium returns Debian's Chromium, which `make test` installs.
+func chromium(t *testing.T) string {
+	t.Helper()
+	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	t.Fatal("no Chromium found: run `make test` (it installs Debian's chromium), or apt-get install chromium")
+	return ""
+}
+
+// capture is a relay.Writer that keeps what it is given: usage.events as
+// the replayed records reach it.
+type capture struct {
+	mu   sync.Mutex
+	recs []record.Record
+}
+
+func (c *capture) Write(_ context.Context, recs ...record.Record) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.recs = append(c.recs, recs...)
+	return nil
+}
+
+func (c *capture) take(topic string) []record.Record {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out, rest []record.Record
+	for _, r := range c.recs {
+		if r.Topic == topic {
+			out = append(out, r)
+		} else {
+			rest = append(rest, r)
+		}
+	}
+	c.recs = rest
+	return out
+}
+
+// stack is ingest (serving the console) and the biller's keyed routes on
+// one database, with the Stripe test server behind the biller.
+type stack struct {
+	t       *testing.T
+	db      *pgtest.DB
+	ingest  *httptest.Server
+	biller  *httptest.Server
+	fake    *stripefake.Server
+	billing *stripesync.Biller
+	agg     *rollup.Aggregator
+	out     *capture
+	now     time.Time
+	next    int64 // the partition's next offset
+}
+
+func newStack(t *testing.T) *stack {
+	t.Helper()
+	db := pgtest.New(t)
+	log := slog.New(slog.DiscardHandler)
+	now := time.Now().UTC()
+	fake := stripefake.New(stripefake.Config{})
+	fakeSrv := httptest.NewServer(fake)
+	t.Cleanup(func() { fake.Close(); fakeSrv.Close() })
+	fake.EnsureMeter("api_calls")
+
+	st := accounts.New(db.Pool)
+	b := stripesync.New(db.Pool, stripeapi.NewClient("sk_test_console", fakeSrv.URL, 2*time.Second), stripesync.Config{
+		RatePerSecond: 1000, BackoffMin: time.Millisecond, BackoffMax: 10 * time.Millisecond, MaxAttempts: 2, Logger: log,
+	})
+	closer := periodclose.New(db.Pool, periodclose.Config{Group: "g", Topic: topics.UsageEvents, Logger: log,
+		Partitions: func(context.Context) ([]int, error) { return []int{0}, nil }})
+	mux := http.NewServeMux()
+	biller.MountAPI(mux, auth.New(st, adminKey), b, closer, log)
+	billerSrv := httptest.NewServer(httpguard.SecurityHeaders(mux))
+	t.Cleanup(billerSrv.Close)
+	billerURL, _ := url.Parse(billerSrv.URL)
+
+	out := &capture{}
+	api := ingest.New(ingest.Options{
+		Store: st, Auth: auth.New(st, adminKey), Usage: usagedata.NewReader(db.Pool), Conflicts: usagedata.NewConflictReader(db.Pool), DB: db.Pool,
+		KeyLimiter: ratelimit.New(1e6, 1e6), IPLimiter: ratelimit.New(1e6, 1e6), MaxBodyBytes: 1 << 20,
+		Logger: log, Registry: prometheus.NewRegistry(),
+		DeadLetters: rollup.NewDeadLetters(db.Pool), Outbox: relay.New(db.Pool, out, log, nil), BillerURL: billerURL,
+	})
+	ingestSrv := httptest.NewServer(api.Handler(http.NewServeMux()))
+	t.Cleanup(ingestSrv.Close)
+	agg := rollup.New(db.Pool, rollup.Config{Group: "g", Topic: topics.UsageEvents, Logger: log})
+	return &stack{t: t, db: db, ingest: ingestSrv, biller: billerSrv, fake: fake, billing: b, agg: agg, out: out, now: now}
+}
+
+// call sends a request to ingest and decodes a JSON answer into v (when
+// not nil); it returns the status.
+func (s *stack) call(method, path, key, body string, v any) int {
+	s.t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, _ := http.NewRequest(method, s.ingest.URL+path, rd)
+	req.Header.Set("Authorization", "Bearer "+key)
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	if v != nil {
+		if err := json.Unmarshal(raw, v); err != nil {
+			s.t.Fatalf("%s %s: %d %s: %v", method, path, resp.StatusCode, raw, err)
+		}
+	}
+	return resp.StatusCode
+}
+
+func (s *stack) mustCall(method, path, key, body string, want int) {
+	s.t.Helper()
+	var v any
+	if got := s.call(method, path, key, body, &v); got != want {
+		s.t.Fatalf("%s %s: %d %v, want %d", method, path, got, v, want)
+	}
+}
+
+// count applies events to the windows as the aggregator would.
+func (s *stack) count(recs ...record.Record) {
+	s.t.Helper()
+	for i := range recs {
+		recs[i].Partition, recs[i].Offset = 0, s.next+int64(i)
+	}
+	res, err := s.agg.Apply(context.Background(), 0, s.next, recs)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.next = res.NextOffset
+}
+
+func (s *stack) event(tenant, id string, value int64) record.Record {
+	ev := events.Event{ID: id, Tenant: tenant, Metric: "api_calls", Value: value, Time: s.now.Add(-time.Minute).Truncate(time.Second)}
+	return record.Record{Key: []byte(tenant), Value: ev.AppendJSON(nil), Time: s.now}
+}
+
+// monthUsage is tenant's api_calls this month, as GET /v1/usage says.
+func (s *stack) monthUsage(tenant string) int64 {
+	s.t.Helper()
+	var u struct{ Total int64 }
+	from := windows.Month.Start(s.now).Format(time.RFC3339)
+	s.mustCallInto("GET", "/v1/usage?tenant="+tenant+"&metric=api_calls&window=month&from="+url.QueryEscape(from), &u)
+	return u.Total
+}
+
+func (s *stack) mustCallInto(method, path string, v any) {
+	s.t.Helper()
+	if got := s.call(method, path, adminKey, "", v); got != http.StatusOK {
+		s.t.Fatalf("%s %s: %d", method, path, got)
+	}
+}
+
+// stripeEvents counts the meter events Stripe accepted for customer.
+func (s *stack) stripeEvents(customer string) (n int, total int64) {
+	for _, e := range s.fake.Events() {
+		if e.Customer == customer && !e.Cancelled {
+			n++
+			total += e.Value
+		}
+	}
+	return n, total
+}
+
+// ui drives headless Chromium on the console.
+type ui struct {
+	t     *testing.T
+	ctx   context.Context
+	shots string
+}
+
+func newUI(t *testing.T) *ui {
+	t.Helper()
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(chromium(t)), chromedp.NoSandbox,
+		chromedp.Flag("disable-gpu", true), chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true), chromedp.Flag("no-first-run", true),
+		chromedp.WindowSize(1280, 900), chromedp.UserDataDir(t.TempDir()))
+	actx, cancel := chromedp.NewExecAllocator(context.Background(), opts...)
+	t.Cleanup(cancel)
+	ctx, cancel := chromedp.NewContext(actx)
+	t.Cleanup(cancel)
+	ctx, cancel = context.WithTimeout(ctx, 3*time.Minute)
+	t.Cleanup(cancel)
+	return &ui{t: t, ctx: ctx, shots: os.Getenv("CONSOLE_SCREENSHOTS")}
+}
+
+func (u *ui) do(what string, steps ...chromedp.Action[chromedp.Void]) {
+	u.t.Helper()
+	if err := chromedp.Do(u.ctx, steps...); err != nil {
+		u.t.Fatalf("%s: %v (the page's error: %q)", what, err, u.text("#error"))
+	}
+}
+
+func (u *ui) text(sel string) string {
+	u.t.Helper()
+	ctx, cancel := context.WithTimeout(u.ctx, 5*time.Second)
+	defer cancel()
+	s, err := chromedp.Run(ctx, chromedp.Evaluate[string](fmt.Sprintf(`(e => e ? e.textContent : "")(document.querySelector(%q))`, sel)))
+	if err != nil {
+		u.t.Fatalf("reading %s: %v", sel, err)
+	}
+	return s
+}
+
+func (u *ui) eval(expr string) int {
+	u.t.Helper()
+	n, err := chromedp.Run(u.ctx, chromedp.Evaluate[int](expr))
+	if err != nil {
+		u.t.Fatalf("%s: %v", expr, err)
+	}
+	return n
+}
+
+// open goes to a page of the console and waits until it has loaded.
+func (u *ui) open(page string) {
+	u.t.Helper()
+	u.do("opening "+page, chromedp.Click("#nav-"+page), chromedp.WaitVisible(`#view[data-ready="`+page+`"]`))
+	if e := u.text("#error"); e != "" {
+		u.t.Fatalf("page %s shows an error: %s", page, e)
+	}
+}
+
+func (u *ui) click(testid string) {
+	u.t.Helper()
+	u.do("clicking "+testid, chromedp.Click(`[data-testid="`+testid+`"]`))
+}
+
+// waitText waits until the element sel holds want.
+func (u *ui) waitText(sel, want string) {
+	u.t.Helper()
+	ctx, cancel := context.WithTimeout(u.ctx, 20*time.Second)
+	defer cancel()
+	if _, err := chromedp.Run(ctx, chromedp.Poll[bool](fmt.Sprintf(`(e => !!e && e.textContent.includes(%q))(document.querySelector(%q))`, want, sel))); err != nil {
+		u.t.Fatalf("waiting for %q in %s: %v; it holds %q; the page's error: %q", want, sel, err, u.text(sel), u.text("#error"))
+	}
+}
+
+// act replays or discards through the confirmation: the button stays
+// disabled until a note is typed.
+func (u *ui) act(testid, note string) {
+	u.t.Helper()
+	u.click(testid)
+	u.do("opening the confirmation", chromedp.WaitVisible("#confirm-note"))
+	if u.eval(`document.getElementById("confirm-ok").disabled ? 1 : 0`) != 1 {
+		u.t.Fatal("the confirmation can be confirmed without a note")
+	}
+	u.do("confirming "+testid, chromedp.SendKeys("#confirm-note", note), chromedp.Click("#confirm-ok"), chromedp.WaitNotVisible("#confirm-note"))
+}
+
+// selectOption picks value in the select sel, as a user would.
+func (u *ui) selectOption(sel, value string) {
+	u.t.Helper()
+	if _, err := chromedp.Run(u.ctx, chromedp.Evaluate[bool](fmt.Sprintf(
+		`(e => { e.value = %q; return e.dispatchEvent(new Event("change")); })(document.querySelector(%q))`, value, sel))); err != nil {
+		u.t.Fatalf("selecting %s in %s: %v", value, sel, err)
+	}
+}
+
+func (u *ui) shot(name string) {
+	u.t.Helper()
+	if u.shots == "" {
+		return
+	}
+	png, err := chromedp.Run(u.ctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		u.t.Fatalf("screenshot %s: %v", name, err)
+	}
+	if err := os.WriteFile(filepath.Join(u.shots, name+".png"), png, 0o644); err != nil {
+		u.t.Fatal(err)
+	}
+}
+
+func (u *ui) signIn(base, key string) {
+	u.t.Helper()
+	u.do("signing in", chromedp.Navigate(base+"/console"), chromedp.WaitVisible("#key"),
+		chromedp.SendKeys("#key", key), chromedp.Click("#signin"))
+}
+
+func (u *ui) noCSPViolations() {
+	u.t.Helper()
+	v, err := chromedp.Run(u.ctx, chromedp.Evaluate[[]string](`window.cspViolations || []`))
+	if err != nil {
+		u.t.Fatal(err)
+	}
+	if len(v) > 0 {
+		u.t.Errorf("the console violates its Content-Security-Policy: %v", v)
+	}
+}
+
+// TestConsole clicks through every page and action of the console in
+// headless Chromium, as an admin and as a viewer, and checks each action's
+// effect through the API, Postgres and the Stripe test server.
+// CONSOLE_SCREENSHOTS=dir saves a screenshot of each page there.
+func TestConsole(t *testing.T) {
+	s := newStack(t)
+	ctx := context.Background()
+
+	// Tenants on a plan with a quota acme exceeds; initech's and globex's
+	// pushes are refused by Stripe.
+	s.mustCall("PUT", "/v1/admin/plans/pro", adminKey, `{"currency":"usd","quotas":[{"metric":"api_calls","limit":5,"stripe_event_name":"api_calls","unit_price":"0.01"}]}`, 200)
+	s.mustCall("PUT", "/v1/admin/plans/pro", adminKey, `{"currency":"usd","quotas":[{"metric":"api_calls","limit":8,"stripe_event_name":"api_calls","unit_price":"0.01"}]}`, 200)
+	for _, tn := range []string{"acme", "globex", "initech"} {
+		s.mustCall("PUT", "/v1/admin/tenants/"+tn, adminKey, `{"plan":"pro","stripe_customer_id":"cus_`+tn+`"}`, 200)
+	}
+	// An audited admin change, for the audit page.
+	s.mustCall("PUT", "/v1/admin/tenants/acme/billing-cycle", adminKey,
+		`{"anchor":"`+windows.Month.Start(s.now).AddDate(0, 0, -20).Format(time.RFC3339)+`","interval":"month"}`, 200)
+	var viewer, tenantKey struct{ ID, Key string }
+	if s.call("POST", "/v1/admin/keys", adminKey, `{"role":"viewer"}`, &viewer) != http.StatusCreated {
+		t.Fatal("creating a viewer key")
+	}
+	if s.call("POST", "/v1/admin/keys", adminKey, `{"tenant":"acme","scope":"read"}`, &tenantKey) != http.StatusCreated {
+		t.Fatal("creating a tenant key")
+	}
+	s.count(s.event("acme", "a-1", 2), s.event("acme", "a-2", 3), s.event("acme", `<b id="x">a-3</b>`, 5),
+		s.event("globex", "g-1", 7), s.event("initech", "i-1", 11))
+	s.fake.SetReject(func(_, customer string) bool { return customer != "cus_acme" })
+	if res, err := s.billing.Sync(ctx); err != nil || res.Sent != 1 || res.Dead != 2 {
+		t.Fatalf("sync: %+v, %v", res, err)
+	}
+	// Two usage dead letters: an event whose cause is fixed (replayed)
+	// and a record that is no event (discarded).
+	late := s.event("acme", "late-1", 4)
+	if err := deadletters.RecordUsage(ctx, s.db.Pool, topics.UsageEvents, &deadletters.UsageLetters{
+		Tenants: []string{"acme", ""}, Errors: []string{"unknown tenant at the time", "not JSON"}, Classes: []string{"invalid_event", "undecodable"},
+		Partitions: []int32{0, 0}, Offsets: []int64{100, 101}, Keys: [][]byte{[]byte("acme"), []byte("junk")},
+		Payloads: [][]byte{late.Value, []byte(`<script>alert(1)</script>`)}, Headers: [][]record.Header{nil, nil},
+	}, s.now); err != nil {
+		t.Fatal(err)
+	}
+	var dl struct {
+		DeadLetters []rollup.DeadLetter `json:"dead_letters"`
+	}
+	s.mustCallInto("GET", "/v1/admin/dlq/usage", &dl)
+	if len(dl.DeadLetters) != 2 {
+		t.Fatalf("usage DLQ: %+v", dl)
+	}
+	replayID, discardID := dl.DeadLetters[0].ID, dl.DeadLetters[1].ID
+	var bd struct {
+		DeadLetters []stripesync.DeadPush `json:"dead_letters"`
+	}
+	s.mustCallInto("GET", "/v1/admin/dlq/billing", &bd)
+	if len(bd.DeadLetters) != 2 {
+		t.Fatalf("billing DLQ through ingest: %+v", bd)
+	}
+	deadPush := map[string]int64{}
+	for _, d := range bd.DeadLetters {
+		deadPush[d.Tenant] = d.ID
+	}
+
+	u := newUI(t)
+	dir := t.TempDir()
+	u.do("setting up the browser", chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+		_, err := cdp.Call(ctx, tg, page.AddScriptToEvaluateOnNewDocument, page.AddScriptToEvaluateOnNewDocumentParams{Source: `
+			window.cspViolations = [];
+			document.addEventListener("securitypolicyviolation", e => window.cspViolations.push(e.violatedDirective + " " + (e.blockedURI || "inline")));`})
+		return err
+	}), chromedp.Func(func(ctx context.Context, _ *chromedp.Target) error {
+		_, err := chromedp.Call(ctx, browser.SetDownloadBehavior, browser.SetDownloadBehaviorParams{
+			Behavior: browser.SetDownloadBehaviorBehaviorAllow, DownloadPath: dir})
+		return err
+	}))
+
+	// A tenant key is told plainly it cannot use the console.
+	u.signIn(s.ingest.URL, tenantKey.Key)
+	u.waitText("#error", "the console needs an admin or viewer key")
+	u.shot("00-tenant-key")
+	if u.eval(`getComputedStyle(document.getElementById("nav")).display === "none" ? 1 : 0`) != 1 {
+		t.Error("a tenant key sees the console's pages")
+	}
+
+	// Admin: tenants with plan history, plans with versions.
+	u.signIn(s.ingest.URL, adminKey)
+	u.do("the tenants page", chromedp.WaitVisible(`#view[data-ready="tenants"]`))
+	u.waitText("#who", "an admin key")
+	for _, tn := range []string{"acme", "globex", "initech", "cus_globex"} {
+		u.waitText("#tenants", tn)
+	}
+	u.click("history-acme")
+	u.waitText("#tenant-plans", "pro")
+	u.shot("01-tenants")
+	u.open("plans")
+	u.waitText("#plans", "api_calls: 8/month")
+	u.click("versions-pro")
+	u.waitText("#plan-versions", "api_calls: 5/month")
+	if n := u.eval(`document.querySelectorAll("#plan-versions tbody tr").length`); n != 2 {
+		t.Errorf("plan pro shows %d versions, want 2", n)
+	}
+	u.shot("02-plans")
+
+	// Reconciliation, its CSV, and the drill-down to a push's events.
+	u.open("reconciliation")
+	u.waitText("#recon", "acme")
+	u.waitText("#recon", "globex")
+	u.click("pushes-acme-api_calls")
+	u.waitText("#pushes", "sent")
+	ident := u.text("#pushes tbody tr td")
+	u.click("lineage-" + ident)
+	u.waitText("#push-events", "a-2")
+	u.waitText("#push-events", `<b id="x">a-3</b>`)
+	if n := u.eval(`document.querySelectorAll("#push-events tbody tr").length`); n != 3 {
+		t.Errorf("the push shows %d events, want 3", n)
+	}
+	if n := u.eval(`document.querySelectorAll("#push-events b, #x").length`); n != 0 {
+		t.Error("an event id was rendered as markup")
+	}
+	u.waitText("#push-windows", "month")
+	u.shot("03-reconciliation")
+	u.do("downloading the CSV", chromedp.Click("#recon-csv"))
+	csvName := "reconciliation-" + s.now.Format("2006-01") + ".csv"
+	var csv []byte
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if b, err := os.ReadFile(filepath.Join(dir, csvName)); err == nil && len(b) > 0 {
+			csv = b
+			break
+		}
+	}
+	if !strings.Contains(string(csv), `"acme"`) || !strings.HasPrefix(string(csv), `"tenant"`) {
+		entries, _ := os.ReadDir(dir)
+		t.Fatalf("the CSV %s was not downloaded whole: %q (download dir: %v)", csvName, csv, entries)
+	}
+
+	// Usage DLQ: show, replay (counted once), discard.
+	u.open("dlq-usage")
+	u.click(fmt.Sprint("show-usage-", replayID))
+	u.waitText("#dlq-usage-payload", `"id":"late-1"`)
+	u.click(fmt.Sprint("show-usage-", discardID))
+	u.waitText("#dlq-usage-payload", `<script>alert(1)</script>`)
+	u.shot("04-usage-dlq")
+	before := s.monthUsage("acme")
+	u.act(fmt.Sprint("replay-usage-", replayID), "tenant fixed; count it (OPS-1)")
+	u.waitText("#notice", "replayed")
+	replayed := s.out.take(topics.UsageEvents)
+	if len(replayed) != 1 || string(replayed[0].Value) != string(late.Value) {
+		t.Fatalf("the replay published %d records to usage.events: %+v", len(replayed), replayed)
+	}
+	// The aggregator counts it once, even when the replay is read twice.
+	s.count(replayed[0], replayed[0])
+	if got := s.monthUsage("acme"); got != before+4 {
+		t.Errorf("acme's usage after the replay is %d, want %d", got, before+4)
+	}
+	u.act(fmt.Sprint("discard-usage-", discardID), "garbage from a test producer")
+	u.waitText("#notice", "discarded")
+	u.selectOption("#dlq-usage-status", "all")
+	u.waitText("#dlq-usage", "replayed")
+	u.waitText("#dlq-usage", "discarded")
+	if n := u.eval(`document.querySelectorAll('[data-testid^="replay-usage-"], [data-testid^="discard-usage-"]').length`); n != 0 {
+		t.Errorf("%d actions offered on resolved dead letters", n)
+	}
+	u.shot("05-usage-dlq-resolved")
+
+	// Billing DLQ: replay globex's push (sent once), discard initech's.
+	u.open("dlq-billing")
+	u.click(fmt.Sprint("show-billing-", deadPush["globex"]))
+	u.waitText("#dlq-billing-push", "cus_globex")
+	u.shot("06-billing-dlq")
+	s.fake.SetReject(func(_, customer string) bool { return customer == "cus_initech" })
+	u.act(fmt.Sprint("replay-billing-", deadPush["globex"]), "Stripe customer fixed")
+	u.waitText("#notice", "sent")
+	if u.text("#dlq-billing-detail") != "" {
+		t.Error("the shown push stays on the page after its replay, with its old status")
+	}
+	if n, total := s.stripeEvents("cus_globex"); n != 1 || total != 7 {
+		t.Errorf("Stripe holds %d events (total %d) of globex, want 1 of 7", n, total)
+	}
+	u.act(fmt.Sprint("discard-billing-", deadPush["initech"]), "customer left; written off")
+	u.waitText("#notice", "discarded")
+	u.waitText("#dlq-billing-empty", "empty")
+	if n, _ := s.stripeEvents("cus_initech"); n != 0 {
+		t.Errorf("a discarded push reached Stripe %d times", n)
+	}
+	u.shot("07-billing-dlq-resolved")
+
+	// Every action is audited with the key and the note.
+	type audit struct{ Queue, Action, Actor, Note string }
+	rows, err := s.db.Pool.Query(ctx, `SELECT queue, action, actor, coalesce(note, '') FROM dlq_audit ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var audits []audit
+	for rows.Next() {
+		var a audit
+		if err := rows.Scan(&a.Queue, &a.Action, &a.Actor, &a.Note); err != nil {
+			t.Fatal(err)
+		}
+		audits = append(audits, a)
+	}
+	want := []audit{
+		{"usage", "replay", "key:bootstrap", "tenant fixed; count it (OPS-1)"},
+		{"usage", "discard", "key:bootstrap", "garbage from a test producer"},
+		{"billing", "replay", "key:bootstrap", ""}, // stripesync's Replay takes no note yet
+		{"billing", "discard", "key:bootstrap", "customer left; written off"},
+	}
+	if fmt.Sprint(audits) != fmt.Sprint(want) {
+		t.Errorf("dlq_audit holds %v, want %v", audits, want)
+	}
+
+	// Breaches and the audit log.
+	u.open("breaches")
+	u.waitText("#breaches", "exceeded")
+	u.shot("08-breaches")
+	u.open("audit")
+	u.waitText("#audit", "tenant.billing_cycle.set")
+	u.waitText("#audit", "bootstrap")
+	u.shot("09-audit")
+	u.do("filtering the audit log", chromedp.SendKeys("#audit-action", "no.such.action"), chromedp.Click("#audit-filter"))
+	u.waitText("#audit-empty", "No entries match")
+	u.noCSPViolations()
+	// The control: an inline script, which the policy must block.
+	if u.eval(`(() => { const s = document.createElement("script"); s.textContent = "window.inlineRan = 1";
+		document.body.appendChild(s); return window.inlineRan === 1 ? 1 : 0; })()`) != 0 {
+		t.Error("an inline script ran in the console: its Content-Security-Policy allows inline script")
+	}
+	if u.eval(`sessionStorage.getItem("consoleKey") === `+fmt.Sprintf("%q", adminKey)+` && !location.href.includes("mk_") ? 1 : 0`) != 1 {
+		t.Error("the key is not kept in sessionStorage, or shows in the URL")
+	}
+	resp, err := http.Get(s.ingest.URL + "/console")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if missing := httpguard.Missing(resp.Header); len(missing) > 0 {
+		t.Errorf("/console lacks %v", missing)
+	}
+
+	// Viewer: every page, no action offered, actions refused.
+	u.do("signing out", chromedp.Click("#logout"), chromedp.WaitVisible("#key"))
+	u.signIn(s.ingest.URL, viewer.Key)
+	u.do("the tenants page as a viewer", chromedp.WaitVisible(`#view[data-ready="tenants"]`))
+	u.waitText("#who", "a viewer key (read-only)")
+	u.waitText("#tenants", "acme")
+	for _, p := range []string{"plans", "reconciliation", "dlq-usage", "dlq-billing", "breaches", "audit"} {
+		u.open(p)
+	}
+	u.open("dlq-usage")
+	u.selectOption("#dlq-usage-status", "all")
+	u.waitText("#dlq-usage", "replayed")
+	u.click(fmt.Sprint("show-usage-", replayID))
+	u.waitText("#dlq-usage-payload", "late-1")
+	if n := u.eval(`document.querySelectorAll('[data-testid^="replay-"], [data-testid^="discard-"]').length`); n != 0 {
+		t.Errorf("a viewer is offered %d actions", n)
+	}
+	u.shot("10-viewer-usage-dlq")
+	u.noCSPViolations()
+	for _, path := range []string{
+		fmt.Sprint("/v1/admin/dlq/usage/", replayID, "/replay"), fmt.Sprint("/v1/admin/dlq/usage/", discardID, "/discard"),
+		fmt.Sprint("/v1/admin/dlq/billing/", deadPush["globex"], "/replay"), fmt.Sprint("/v1/admin/dlq/billing/", deadPush["initech"], "/discard"),
+	} {
+		if got := s.call("POST", path, viewer.Key, `{"note":"a viewer tries"}`, nil); got != http.StatusForbidden {
+			t.Errorf("a viewer's POST %s: %d, want 403", path, got)
+		}
+	}
+}
