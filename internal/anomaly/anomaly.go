@@ -172,13 +172,19 @@ type Judgement struct {
 // Judge scores observed against baseline (the totals of the baseline
 // hours, a missing hour counted as 0) under c.
 func (c Config) Judge(observed *big.Int, baseline []*big.Int) Judgement {
-	med := median(baseline)
-	devs := make([]*big.Rat, len(baseline))
+	// Sorting and medians stay in integers: twice a median of integers is
+	// an integer, so med2 = 2·median and, over |2x - med2| = 2·|x -
+	// median|, twice their median is 4·MAD.
+	med2 := median2(baseline)
+	two := big.NewInt(2)
+	devs := make([]*big.Int, len(baseline))
 	for i, b := range baseline {
-		d := new(big.Rat).Sub(new(big.Rat).SetInt(b), med)
+		d := new(big.Int).Mul(b, two)
+		d.Sub(d, med2)
 		devs[i] = d.Abs(d)
 	}
-	mad := medianRat(devs)
+	med := new(big.Rat).SetFrac(med2, two)
+	mad := new(big.Rat).SetFrac(median2(devs), big.NewInt(4))
 	scale := new(big.Rat).Mul(mad, madToSigma)
 	floor := c.RelativeFloor
 	if floor == nil {
@@ -207,28 +213,19 @@ func (c Config) Judge(observed *big.Int, baseline []*big.Int) Judgement {
 	return j
 }
 
-// median of integers: the middle one, or the mean of the two middle ones;
-// 0 for none.
-func median(xs []*big.Int) *big.Rat {
-	rs := make([]*big.Rat, len(xs))
-	for i, x := range xs {
-		rs[i] = new(big.Rat).SetInt(x)
-	}
-	return medianRat(rs)
-}
-
-func medianRat(xs []*big.Rat) *big.Rat {
+// median2 is twice the median of xs (the middle one, or the mean of the
+// two middle ones), an integer; 0 for none.
+func median2(xs []*big.Int) *big.Int {
 	if len(xs) == 0 {
-		return new(big.Rat)
+		return new(big.Int)
 	}
 	s := slices.Clone(xs)
-	slices.SortFunc(s, func(a, b *big.Rat) int { return a.Cmp(b) })
+	slices.SortFunc(s, func(a, b *big.Int) int { return a.Cmp(b) })
 	n := len(s)
 	if n%2 == 1 {
-		return new(big.Rat).Set(s[n/2])
+		return new(big.Int).Lsh(s[n/2], 1)
 	}
-	m := new(big.Rat).Add(s[n/2-1], s[n/2])
-	return m.Quo(m, big.NewRat(2, 1))
+	return new(big.Int).Add(s[n/2-1], s[n/2])
 }
 
 // Series is one tenant's meter.
