@@ -178,9 +178,10 @@ func TestAnomalyEndToEnd(t *testing.T) {
 	cfg := s.config("-anomaly-lateness", lateness.String(), "-anomaly-interval", "100ms")
 	s.start(cfg)
 	s.waitConsumed(cfg.ConsumerGroup)
-	msgs := s.waitTopic(topics.UsageAnomalies, 1)
+	s.waitTopic(topics.UsageAnomalies, 1)
 	time.Sleep(300 * time.Millisecond) // a few more rounds: still one message
-	if msgs = s.waitTopic(topics.UsageAnomalies, 1); len(msgs) != 1 {
+	msgs := s.waitTopic(topics.UsageAnomalies, 1)
+	if len(msgs) != 1 {
 		t.Fatalf("%d usage.anomalies messages, want 1", len(msgs))
 	}
 	var p anomaly.Payload
