@@ -52,7 +52,8 @@ const HoursPerWeek = 7 * 24
 // Defaults of Config.
 const (
 	// DefaultSensitivity is the default ANOMALY_SENSITIVITY: chosen on the
-	// labelled synthetic set of TestPrecisionRecall (see BenchmarkDetector).
+	// labelled synthetic set of TestPrecisionRecall, where it balances
+	// precision and recall (BenchmarkSensitivity sweeps the others).
 	DefaultSensitivity = "4"
 	// DefaultWeeks is how many previous weeks make the baseline.
 	DefaultWeeks = 4

@@ -210,19 +210,21 @@ func TestPrecisionRecall(t *testing.T) {
 	}
 }
 
-// TestSensitivitySweep logs precision and recall across sensitivities:
-// how DefaultSensitivity was chosen.
-func TestSensitivitySweep(t *testing.T) {
-	t.Parallel()
-	if testing.Short() {
-		t.Skip("sweep")
-	}
+// BenchmarkSensitivity reports precision and recall on the reference set
+// at each of a range of sensitivities: how DefaultSensitivity was chosen.
+func BenchmarkSensitivity(b *testing.B) {
 	set := syntheticSet(syntheticSeed)
 	for _, s := range []string{"2", "3", "3.5", "4", "5", "6", "8"} {
-		c := DefaultConfig()
-		c.Sensitivity, _ = ParseSensitivity(s)
-		p, r, _, _ := score(set, runSynthetic(t, c, set))
-		t.Logf("sensitivity %-4s precision %.3f recall %.3f", s, p, r)
+		b.Run(s, func(b *testing.B) {
+			c := DefaultConfig()
+			c.Sensitivity, _ = ParseSensitivity(s)
+			var p, r float64
+			for b.Loop() {
+				p, r, _, _ = score(set, runSynthetic(b, c, set))
+			}
+			b.ReportMetric(p, "precision")
+			b.ReportMetric(r, "recall")
+		})
 	}
 }
 
