@@ -1,7 +1,8 @@
 // Package aggregator wires the aggregator service: the consumer group
 // that applies usage.events to Postgres, the outbox relay that publishes
-// breaches and dead letters, the retention job, and the HTTP endpoints for
-// health, readiness and metrics.
+// breaches, anomalies and dead letters, the retention job, the anomaly
+// detection (AnomalyJudge), and the HTTP endpoints for health, readiness
+// and metrics.
 //
 // Invariant: the service is ready only while it is a member of the
 // consumer group; its state lives entirely in Postgres, so any instance
@@ -10,7 +11,10 @@
 // "retention" (internal/leader), shown as metering_leader{loop="retention"},
 // and forgets only ids of events no trusted clock can accept any more, so
 // retention never makes an id countable again
-// (TestRetentionNeverMakesAnOldIDCountableAgain).
+// (TestRetentionNeverMakesAnOldIDCountableAgain). Anomaly detection runs
+// only on the leader of the loop "anomalies" and judges each complete hour
+// once: the hour's progress, episodes and messages commit together
+// (TestAnomalyJudgeFlagsOnce).
 package aggregator
 
 import (
@@ -72,6 +76,14 @@ func Run(ctx context.Context, cfg config.Aggregator, log *slog.Logger, ready fun
 	defer writer.Close()
 	rl := relay.New(pool, writer, log, reg)
 	retention := leader.Singleton(pool, retentionLoop{pool: pool, relay: rl, cfg: cfg, log: log}, leader.Options{Logger: log, Registerer: reg})
+	singletons := []service.Service{retention}
+	if a := cfg.Anomalies; a.Enabled {
+		judge := &AnomalyJudge{
+			Pool: pool, Detector: a.Detector, Group: cfg.ConsumerGroup, Topic: topics.UsageEvents,
+			Lateness: a.Lateness, Logger: log, Flagged: newAnomalyFlagged(reg),
+		}
+		singletons = append(singletons, leader.Singleton(pool, anomalyLoop{judge: judge, interval: a.Interval, log: log}, leader.Options{Logger: log, Registerer: reg}))
+	}
 
 	mux := http.NewServeMux()
 	service.MountLogged(mux, reg, map[string]service.Check{
@@ -79,9 +91,10 @@ func Run(ctx context.Context, cfg config.Aggregator, log *slog.Logger, ready fun
 		"consumer_group": cons.Ready,
 	}, log)
 	// Listed in start order; RunAll stops them in reverse: HTTP drains,
-	// then retention and the consumer stop, then the relay; the writer
-	// flushes (deferred) after all have returned.
-	return service.RunAll(ctx, log, rl, service.Func("meters", agg.ListenForMeters), service.Func("consumer", func(ctx context.Context) error {
+	// then the singletons (retention, anomalies) and the consumer stop,
+	// then the relay; the writer flushes (deferred) after all have
+	// returned.
+	services := []service.Service{rl, service.Func("meters", agg.ListenForMeters), service.Func("consumer", func(ctx context.Context) error {
 		// A consumer that cannot start leaves the service up but not
 		// ready (consumer_group), as it always has.
 		if err := cons.Run(ctx); err != nil && ctx.Err() == nil {
@@ -89,10 +102,12 @@ func Run(ctx context.Context, cfg config.Aggregator, log *slog.Logger, ready fun
 		}
 		<-ctx.Done()
 		return nil
-	}), retention, service.Server{
+	})}
+	services = append(services, singletons...)
+	return service.RunAll(ctx, log, append(services, service.Server{
 		Log: log, Addr: cfg.HTTPAddr, Handler: mux, Drain: cfg.ShutdownTimeout, Ready: ready,
 		Limits: service.HTTPLimits{MaxConnections: cfg.HTTPMaxConnections, WriteTimeout: cfg.HTTPWriteTimeout},
-	})
+	})...)
 }
 
 // logAdjustmentSigning says at start how adjustment records are verified:

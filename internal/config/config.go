@@ -12,6 +12,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math/big"
 	"net/url"
 	"os"
 	"regexp"
@@ -19,6 +20,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/usagemeter/metering/internal/anomaly"
 	"github.com/usagemeter/metering/internal/kafkaauth"
 	"github.com/usagemeter/metering/internal/recordsign"
 )
@@ -375,6 +377,43 @@ type Aggregator struct {
 	// AdjustmentSigning verifies adjustment records before they are
 	// applied, live and in rebuilds.
 	AdjustmentSigning AdjustmentSigning
+	// Anomalies tunes the leader loop that flags spikes and drops of
+	// hourly usage (usage.anomalies).
+	Anomalies Anomalies
+}
+
+// Anomalies is the anomaly detection of the aggregator's leader loop
+// "anomalies" (internal/anomaly).
+type Anomalies struct {
+	// Enabled runs the loop.
+	Enabled bool
+	// Detector is the detector's configuration: sensitivity, weeks and
+	// minimum volume.
+	Detector anomaly.Config
+	// Lateness is how long after an hour's end its records may still
+	// arrive: the hour is judged once every partition is applied that far.
+	Lateness time.Duration
+	// Interval is how often the loop looks for hours to judge.
+	Interval time.Duration
+}
+
+// anomalies registers the ANOMALY_* settings.
+func (b *binder) anomalies(a *Anomalies) {
+	a.Detector = anomaly.DefaultConfig()
+	b.flagBool(&a.Enabled, "ANOMALY_ENABLED", "true", "flag spikes and drops of each tenant's hourly usage per meter on usage.anomalies (leader loop anomalies)")
+	parsed(b, &a.Detector.Sensitivity, "ANOMALY_SENSITIVITY", anomaly.DefaultSensitivity, "robust score (estimated standard deviations from the seasonal median) an hour must reach to be a spike, or its opposite a drop; higher flags less", anomaly.ParseSensitivity)
+	parsed(b, &a.Detector.Weeks, "ANOMALY_WEEKS", strconv.Itoa(anomaly.DefaultWeeks), "previous weeks whose same hour of the week (and neighbouring hours) make an hour's baseline; a series younger than this is not judged", positiveInt)
+	parsed(b, &a.Detector.MinVolume, "ANOMALY_MIN_VOLUME", strconv.Itoa(anomaly.DefaultMinVolume), "smallest difference from the expected hourly total, in the meter's units, that can be anomalous; a drop also needs an expected total this large", nonNegativeBigInt)
+	parsed(b, &a.Lateness, "ANOMALY_LATENESS", "10m", "how long after an hour's end its records may still arrive; the hour is judged once every partition is applied that far", positiveDuration)
+	parsed(b, &a.Interval, "ANOMALY_INTERVAL", "1m", "how often the anomalies leader looks for complete hours to judge", positiveDuration)
+}
+
+func nonNegativeBigInt(s string) (*big.Int, error) {
+	n, ok := new(big.Int).SetString(s, 10)
+	if !ok || n.Sign() < 0 || len(s) > 30 {
+		return nil, errors.New("must be a whole number, 0 or more")
+	}
+	return n, nil
 }
 
 // LoadAggregator reads cmd/aggregator's settings; see LoadIngest.
@@ -392,6 +431,7 @@ func LoadAggregator(name string, args []string, getenv func(string) string, outp
 	parsed(b, &c.ConflictAlertThreshold, "CONFLICT_ALERT_THRESHOLD", "10", "held and raised conflicts per tenant per UTC day beyond which an alert is raised", positiveInt)
 	b.defaultPlan(&c.DefaultPlan)
 	b.adjustmentSigning(&c.AdjustmentSigning)
+	b.anomalies(&c.Anomalies)
 	if err := b.parse(args); err != nil {
 		return Aggregator{}, nil, err
 	}

@@ -114,6 +114,7 @@ func (a *API) Routes() []Route {
 		{"GET", "/v1/meters", a.reader(func(r *http.Request) string { return r.URL.Query().Get("tenant") }, a.getMeters)},
 		{"GET", "/v1/quotas/{tenant}", a.reader(func(r *http.Request) string { return r.PathValue("tenant") }, a.getQuotas)},
 		{"GET", "/v1/breaches", a.reader(func(r *http.Request) string { return r.URL.Query().Get("tenant") }, a.getBreaches)},
+		{"GET", "/v1/anomalies", a.getAnomalies},
 		{"GET", "/v1/conflicts", a.reader(func(r *http.Request) string { return r.URL.Query().Get("tenant") }, a.getConflicts)},
 		{"GET", "/v1/bill/{tenant}", a.reader(func(r *http.Request) string { return r.PathValue("tenant") }, a.getBill)},
 		{"GET", "/ui", serveUI},

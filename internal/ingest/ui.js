@@ -155,7 +155,30 @@ async function load() {
     tb.append(tr);
   }
   if (br.breaches.length === 0) { const tr = el("tr"); tr.append(cell("No breaches.")); tb.append(tr); }
+  await loadAnomalies();
   await loadConflicts();
+}
+
+// anomaliesShown is how many anomaly episodes the page lists.
+const anomaliesShown = 20;
+
+// loadAnomalies lists the tenant's latest usage anomaly episodes: the
+// first hour, the meter, spike or drop, that hour's total against its
+// expected value, and when the episode ended ("ongoing" while it lasts).
+async function loadAnomalies() {
+  const an = await api(`/v1/anomalies?tenant=${encodeURIComponent(tenant)}&limit=${anomaliesShown}`);
+  const tb = document.getElementById("anomalies");
+  const when = (t) => t.replace("T", " ").slice(0, 16);
+  for (const x of an.anomalies) {
+    const tr = el("tr", { "data-testid": "anomaly" });
+    const kind = x.type === "anomaly.drop" ? "drop" : "spike";
+    const k = el("td");
+    k.append(el("span", { "class": "state anomaly-" + kind }, kind));
+    tr.append(cell(when(x.hour)), cell(x.meter), k, cell(x.observed, undefined, "num"), cell(x.expected, undefined, "num"),
+      cell(x.ended_at ? when(x.ended_at) : "ongoing"));
+    tb.append(tr);
+  }
+  if (an.anomalies.length === 0) { const tr = el("tr"); tr.append(cell("No unusual usage.")); tb.append(tr); }
 }
 
 // billTop is how many lines of a quota billed per group the bill lists

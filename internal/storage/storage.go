@@ -17,6 +17,7 @@
 //	outbox       outbox
 //	credits      credit_grants, credit_grant_expiries
 //	auditlog     audit_log
+//	anomalydata  usage_anomalies, anomaly_progress
 //
 // Outside this tree only internal/migrate (the schema and its
 // schema_migrations table) and internal/leader (advisory locks, no table)

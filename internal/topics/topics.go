@@ -20,7 +20,11 @@ const (
 	// adjustments, overages, closed periods) keyed by tenant, each with a
 	// stable event id (internal/billingevents).
 	BillingEvents = "billing.events"
+	// UsageAnomalies carries the spikes and drops of tenants' hourly
+	// usage (internal/anomaly), keyed by tenant, one message per episode
+	// under its stable id.
+	UsageAnomalies = "usage.anomalies"
 )
 
 // All lists every topic of the pipeline.
-var All = []string{UsageEvents, UsageEventsDLQ, QuotaBreaches, BillingDLQ, BillingEvents}
+var All = []string{UsageEvents, UsageEventsDLQ, QuotaBreaches, BillingDLQ, BillingEvents, UsageAnomalies}

@@ -12,7 +12,7 @@ import (
 // outside the product, and the SDK's Producer writes to the topic the
 // pipeline reads.
 func TestNames(t *testing.T) {
-	want := []string{"usage.events", "usage.events.dlq", "quota.breaches", "billing.dlq", "billing.events"}
+	want := []string{"usage.events", "usage.events.dlq", "quota.breaches", "billing.dlq", "billing.events", "usage.anomalies"}
 	if !slices.Equal(topics.All, want) {
 		t.Errorf("topics.All = %q, want %q", topics.All, want)
 	}
