@@ -3,8 +3,11 @@ package notify
 import (
 	"context"
 	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -19,8 +22,10 @@ import (
 	"unicode/utf8"
 
 	"github.com/cenkalti/backoff/v5"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/usagemeter/metering/internal/storage"
+	"github.com/usagemeter/metering/internal/storage/auditlog"
 	"github.com/usagemeter/metering/internal/storage/webhooks"
 )
 
@@ -351,4 +356,68 @@ func (d *Dispatcher) Run(ctx context.Context, poll time.Duration) error {
 		case <-t.C:
 		}
 	}
+}
+
+// Redeliver queues deliveries ids again (and, with endpoint set, every
+// dead delivery of that endpoint), due at now with p.RetryFor of retries,
+// reactivates their endpoints if failing, and appends one audit row
+// (webhook.redeliver, by actor) per delivery, all in one transaction. The
+// event id and body are unchanged, so receivers deduplicate. It returns
+// the deliveries as they were; webhooks.ErrNotFound when an id names
+// none.
+func Redeliver(ctx context.Context, db interface {
+	Begin(context.Context) (pgx.Tx, error)
+}, p Policy, ids []int64, endpoint, actor string, now time.Time) ([]webhooks.Delivery, error) {
+	p = p.withDefaults()
+	var out []webhooks.Delivery
+	err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		all := slices.Clone(ids)
+		if endpoint != "" {
+			dead, err := webhooks.DeadOf(ctx, tx, endpoint)
+			if err != nil {
+				return err
+			}
+			all = append(all, dead...)
+			if _, err := webhooks.Reactivate(ctx, tx, endpoint, now); err != nil {
+				return err
+			}
+		}
+		slices.Sort(all)
+		all = slices.Compact(all)
+		var err error
+		if out, err = webhooks.Redeliver(ctx, tx, all, now, now.Add(p.RetryFor)); err != nil {
+			return err
+		}
+		if len(out) != len(all) {
+			return webhooks.ErrNotFound
+		}
+		for _, d := range out {
+			before, _ := json.Marshal(map[string]any{"status": d.Status, "attempts": d.Attempts, "event_id": d.EventID, "endpoint_id": d.EndpointID})
+			after, _ := json.Marshal(map[string]any{"status": webhooks.StatusPending, "attempts": 0, "event_id": d.EventID, "endpoint_id": d.EndpointID,
+				"next_attempt_at": now.UTC(), "retry_until": now.Add(p.RetryFor).UTC()})
+			if _, err := auditlog.Append(ctx, tx, auditlog.Entry{Actor: actor, Action: "webhook.redeliver",
+				Target: DeliveryTarget(d.ID), Before: before, After: after}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// DeliveryTarget names delivery id in the audit log.
+func DeliveryTarget(id int64) string { return "webhook_delivery:" + strconv.FormatInt(id, 10) }
+
+// EndpointTarget names endpoint id in the audit log.
+func EndpointTarget(id string) string { return "webhook_endpoint:" + id }
+
+// NewSecret returns a new signing secret: "whsec_" and 32 random bytes in
+// unpadded URL-safe base64. The whole string, prefix included, is the
+// HMAC key.
+func NewSecret() (string, error) {
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("making a webhook secret: %w", err)
+	}
+	return "whsec_" + base64.RawURLEncoding.EncodeToString(b[:]), nil
 }
