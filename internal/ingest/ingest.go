@@ -65,6 +65,9 @@ type Options struct {
 	LargeBodies httpguard.BodyLimits
 	Logger      *slog.Logger
 	Registry    prometheus.Registerer
+	// WebhookAllowHTTP lets webhook endpoints have http:// URLs
+	// (WEBHOOK_ALLOW_HTTP; development and tests).
+	WebhookAllowHTTP bool
 	// Now is the service's clock: rate limiters, and the current period of
 	// reads (usage, quotas, bill); nil means time.Now.
 	Now func() time.Time
@@ -124,7 +127,7 @@ func (a *API) Routes() []Route {
 		{"GET", "/v1/admin/meters", a.admin(a.listMeters)},
 		{"GET", "/v1/admin/meters/{meter}", a.admin(a.getMeter)},
 		{"PUT", "/v1/admin/meters/{meter}", a.admin(a.putMeter)},
-	}, slices.Concat(a.grantRoutes(), a.adjustmentRoutes(), a.cycleRoutes(), a.exportRoutes(), a.lineageRoutes())...)
+	}, slices.Concat(a.grantRoutes(), a.adjustmentRoutes(), a.cycleRoutes(), a.exportRoutes(), a.lineageRoutes(), a.webhookRoutes())...)
 }
 
 // Handler returns the API's routes, instrumented and with the security
