@@ -213,6 +213,10 @@ func (d *Dispatcher) RunOnce(ctx context.Context) (int, error) {
 	if batch <= 0 {
 		batch = 4 * workers
 	}
+	// Parked deliveries whose retries ran out are dead, as tried ones are.
+	if _, err := webhooks.ExpireParked(ctx, d.DB, d.now()); err != nil {
+		return 0, err
+	}
 	// The lease outlasts an attempt, so no other sender takes a claim
 	// while this one still tries it.
 	claims, err := webhooks.ClaimDue(ctx, d.DB, d.now(), 2*p.Timeout+time.Minute, batch)

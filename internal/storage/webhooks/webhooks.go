@@ -530,3 +530,17 @@ func AdvanceOffset(ctx context.Context, q storage.Executor, topic string, partit
 	}
 	return tag.RowsAffected() == 1, nil
 }
+
+// ExpireParked marks dead the pending deliveries whose retry budget ended
+// before now while their endpoint was not active (failing or disabled:
+// they were parked, never tried again), and returns how many.
+func ExpireParked(ctx context.Context, q storage.Executor, now time.Time) (int64, error) {
+	tag, err := q.Exec(ctx, `UPDATE webhook_deliveries d SET status = 'dead',
+		last_error = coalesce(last_error || '; ', '') || 'retries ended while the endpoint was ' || e.state
+		FROM webhook_endpoints e
+		WHERE d.endpoint_id = e.endpoint_id AND d.status = 'pending' AND d.retry_until < $1 AND e.state <> 'active'`, now)
+	if err != nil {
+		return 0, fmt.Errorf("expiring parked webhook deliveries: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}
