@@ -110,6 +110,13 @@ func (r *Reader) Run(ctx context.Context) error {
 // readPartition reads partition of topic from its stored offset (its log
 // end, stored now, when none is stored) until ctx ends or it fails.
 func (r *Reader) readPartition(ctx context.Context, topic string, partition int, end int64) error {
+	// The end is read again: the one passed in may predate the last
+	// commit of the partition's previous reader (stopped by now).
+	if ends, err := r.Cluster.LogEnds(ctx, topic); err == nil {
+		if e, ok := ends[partition]; ok {
+			end = e
+		}
+	}
 	stored, err := webhooks.Offsets(ctx, r.DB, topic)
 	if err != nil {
 		return err
@@ -124,6 +131,24 @@ func (r *Reader) readPartition(ctx context.Context, topic string, partition int,
 		}
 		next = stored[partition]
 	}
+	// Records retention deleted before they were read, or a log that ends
+	// below the stored offset (the topic made again): carry on from what
+	// the log holds, and say what was skipped.
+	if logStart, err := r.Cluster.LogStart(ctx, topic, partition); err == nil && next < logStart {
+		r.Log.WarnContext(ctx, "notification records were deleted by retention before they were read; skipping them", "topic", topic,
+			"partition", partition, "from", next, "to", logStart)
+		if err := r.move(ctx, topic, partition, next, logStart); err != nil {
+			return err
+		}
+		next = logStart
+	} else if next > end {
+		r.Log.WarnContext(ctx, "the stored notification offset is past the log end (was the topic made again?); reading from the end", "topic", topic,
+			"partition", partition, "stored", next, "end", end)
+		if err := r.move(ctx, topic, partition, next, end); err != nil {
+			return err
+		}
+		next = end
+	}
 	return r.Cluster.Read(ctx, topic, partition, kafkalog.ReadOptions{From: next, End: -1, BatchSize: 500, BatchWait: 200 * time.Millisecond},
 		func(b kafkalog.Batch) error {
 			to := b.Records[len(b.Records)-1].Offset + 1
@@ -133,6 +158,15 @@ func (r *Reader) readPartition(ctx context.Context, topic string, partition int,
 			next = to
 			return nil
 		})
+}
+
+// move moves the stored offset of partition of topic from from to to.
+func (r *Reader) move(ctx context.Context, topic string, partition int, from, to int64) error {
+	ok, err := webhooks.AdvanceOffset(ctx, r.DB, topic, partition, from, to)
+	if err == nil && !ok {
+		err = fmt.Errorf("%s/%d: %w", topic, partition, errFenced)
+	}
+	return err
 }
 
 // Apply queues the notifications of recs, read from partition of topic,
