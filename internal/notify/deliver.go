@@ -123,6 +123,9 @@ func (p Policy) Wait(attempts int) time.Duration {
 // it, created at now and retried for p.RetryFor.
 func (p Policy) Deliveries(ev Event, endpoints []webhooks.Endpoint, now time.Time) ([]webhooks.Delivery, error) {
 	p = p.withDefaults()
+	if ev.Created.IsZero() {
+		ev.Created = now // a source message without its time
+	}
 	var out []webhooks.Delivery
 	var body []byte
 	for _, e := range endpoints {
