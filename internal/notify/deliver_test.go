@@ -45,7 +45,7 @@ type received struct {
 	signature string
 }
 
-func newReceiver(t *testing.T, answer func(n int, w http.ResponseWriter)) *receiver {
+func newReceiver(t testing.TB, answer func(n int, w http.ResponseWriter)) *receiver {
 	r := &receiver{answer: answer}
 	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		b, _ := io.ReadAll(req.Body)
@@ -67,7 +67,7 @@ func (r *receiver) received() []received {
 
 // setup makes a database with tenant acme and one endpoint of url that
 // wants every kind, and returns it and the endpoint with its secret.
-func setup(t *testing.T, url string, now time.Time) (*pgtest.DB, webhooks.Endpoint) {
+func setup(t testing.TB, url string, now time.Time) (*pgtest.DB, webhooks.Endpoint) {
 	t.Helper()
 	db := pgtest.New(t)
 	db.Exec(t, `INSERT INTO tenants (tenant) VALUES ('acme'), ('globex')`)
