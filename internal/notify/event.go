@@ -8,6 +8,11 @@
 // retry budget is spent. It holds no SQL: the queue is
 // internal/storage/webhooks.
 //
+// Order is best effort: an endpoint's deliveries due together are sent
+// one after another in the order they were queued, but a failed one is
+// retried later without holding back those queued after it, so receivers
+// order by "created" and deduplicate by "id".
+//
 // Invariant: an event's id is a function of the fact only (the source
 // message's own id, or the grant and its expiry, or the tenant, period
 // and threshold), and its body is fixed when queued, so every attempt and
