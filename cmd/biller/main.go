@@ -1,7 +1,8 @@
 // Command biller makes Stripe agree with Postgres: it pushes each tenant's
 // usage deltas as billing meter events, reconciles, and keeps a DLQ; the
 // customer credits Stripe refused for good (dead) are listed and resent
-// with `credits`.
+// with `credits`. It also sends tenants' webhook notifications; `webhooks`
+// lists endpoints and deliveries and redelivers them.
 //
 //	biller [flags]                                        serve (see -h)
 //	biller migrate [flags]                                apply database migrations and exit
@@ -9,6 +10,9 @@
 //	biller dlq list [--format json] | show ID | replay (ID... | --all) [--actor NAME] | discard ID... [--actor NAME] [--note TEXT]
 //	biller credits list [--status open|dead|sent|none|all] [--format json] [--limit N]
 //	biller credits resend (ID... | --all) [--actor NAME] [--note TEXT]
+//	biller webhooks endpoints [--tenant T] [--format json]
+//	biller webhooks deliveries [--tenant T] [--endpoint E] [--status pending|delivered|dead] [--limit N] [--format json]
+//	biller webhooks redeliver (ID... | --endpoint E --dead) [--actor NAME]
 //
 // Settings flags (-database-url, -stripe-api-key, ...) may stand anywhere.
 package main

@@ -1,7 +1,9 @@
 // Package biller wires the biller service: the sync loop that pushes
 // deltas to Stripe every SYNC_INTERVAL and right after each month ends,
 // the outbox relay for billing.dlq, the Stripe webhook endpoint, the
-// reconciliation API, and the operator commands.
+// reconciliation API, the webhook notifications (internal/notify: the
+// source reader and checks on the leader of "notifications", the
+// dispatcher on every replica), and the operator commands.
 //
 // Replicas: any number of billers may run against one database. The sync
 // loop runs only in the replica elected leader of the loop "billing-sync"
@@ -41,6 +43,7 @@ import (
 	"github.com/usagemeter/metering/internal/kafkalog"
 	"github.com/usagemeter/metering/internal/leader"
 	"github.com/usagemeter/metering/internal/migrate"
+	"github.com/usagemeter/metering/internal/notify"
 	"github.com/usagemeter/metering/internal/periodclose"
 	"github.com/usagemeter/metering/internal/relay"
 	"github.com/usagemeter/metering/internal/service"
@@ -130,8 +133,8 @@ func Run(ctx context.Context, cfg config.Biller, log *slog.Logger, ready func(ne
 		return err
 	}
 	cluster := kafkalog.Cluster{Brokers: cfg.KafkaBrokers, Security: cfg.KafkaSecurity}
-	if err := cluster.Ensure(ctx, cfg.KafkaPartitions, topics.BillingDLQ, topics.BillingEvents); err != nil {
-		log.WarnContext(ctx, "could not ensure the biller's topics", "topics", []string{topics.BillingDLQ, topics.BillingEvents}, "err", err)
+	if err := cluster.Ensure(ctx, cfg.KafkaPartitions, topics.BillingDLQ, topics.BillingEvents, topics.QuotaBreaches, notify.AnomaliesTopic); err != nil {
+		log.WarnContext(ctx, "could not ensure the biller's topics", "topics", []string{topics.BillingDLQ, topics.BillingEvents, topics.QuotaBreaches, notify.AnomaliesTopic}, "err", err)
 	}
 	reg := service.NewRegistry()
 	metrics := stripesync.NewMetrics(reg)
@@ -155,12 +158,13 @@ func Run(ctx context.Context, cfg config.Biller, log *slog.Logger, ready func(ne
 		stripewebhook.WithDefaultPlan(cfg.DefaultPlan)))
 	MountAPI(mux, authn, b, closer, log)
 	// Listed in start order; RunAll stops them in reverse: HTTP drains,
-	// then the sync loop stops, then the relay; the writer flushes
-	// (deferred) after all have returned.
-	return service.RunAll(ctx, log, rl, syncer, service.Server{
+	// then the webhook services and the sync loop stop, then the relay;
+	// the writer flushes (deferred) after all have returned.
+	svcs := append([]service.Service{rl, syncer}, Notifications(pool, cfg, log, reg)...)
+	return service.RunAll(ctx, log, append(svcs, service.Server{
 		Log: log, Addr: cfg.HTTPAddr, Handler: mux, Drain: cfg.ShutdownTimeout, Ready: ready,
 		Limits: service.HTTPLimits{MaxConnections: cfg.HTTPMaxConnections, WriteTimeout: cfg.HTTPWriteTimeout},
-	})
+	})...)
 }
 
 // reconciliation serves GET /v1/reconciliation to admin and viewer keys.

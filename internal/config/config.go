@@ -86,6 +86,9 @@ type Ingest struct {
 	// biller's routes (GET /v1/reconciliation, /v1/admin/dlq/billing...)
 	// for the console; nil: those routes answer 503.
 	BillerURL *url.URL
+	// WebhookAllowHTTP lets webhook endpoints use http:// URLs (tests,
+	// development); otherwise only https:// is accepted.
+	WebhookAllowHTTP bool
 }
 
 // AdjustmentSigning is how adjustment records are signed (ingest) and
@@ -340,6 +343,7 @@ func LoadIngest(name string, args []string, getenv func(string) string, output i
 	b.defaultPlan(&c.DefaultPlan)
 	b.adjustmentSigning(&c.AdjustmentSigning)
 	parsed(b, &c.BillerURL, "BILLER_URL", "", "the biller's base URL (http://host:port), to which ingest forwards the reconciliation and the billing DLQ routes for the console; empty: they answer 503", parseBillerURL)
+	b.flagBool(&c.WebhookAllowHTTP, "WEBHOOK_ALLOW_HTTP", "false", "accept http:// webhook endpoint URLs (development only; https:// otherwise)")
 	if err := b.parse(args); err != nil {
 		return Ingest{}, nil, err
 	}
@@ -463,6 +467,29 @@ type Biller struct {
 	// DefaultPlan bills tenants without a plan assignment in force and is
 	// the plan plan.changed names when an assignment ends ("" for none).
 	DefaultPlan string
+	// Webhooks is how webhook notifications are read, checked and sent.
+	Webhooks Webhooks
+}
+
+// Webhooks are the biller's webhook notification settings.
+type Webhooks struct {
+	// Timeout bounds one delivery attempt (a 2xx within it succeeds).
+	Timeout time.Duration
+	// RetryFor is how long a delivery is retried before it is dead.
+	RetryFor time.Duration
+	// FailingAfter is how long an endpoint may only fail before it is
+	// marked failing and its deliveries park.
+	FailingAfter time.Duration
+	// Workers bounds the attempts in flight per biller.
+	Workers int
+	// Poll is how often due deliveries are looked for.
+	Poll time.Duration
+	// CheckInterval is how often grants about to expire and spend
+	// thresholds are checked.
+	CheckInterval time.Duration
+	// GrantWarning is how long before a grant's expiry grant.expiring is
+	// sent.
+	GrantWarning time.Duration
 }
 
 // LoadBiller reads cmd/biller's settings; see LoadIngest.
@@ -482,6 +509,14 @@ func LoadBiller(name string, args []string, getenv func(string) string, output i
 	b.str(&c.ConsumerGroup, "CONSUMER_GROUP", "metering-aggregator", "the aggregator's Kafka consumer group, whose stored offsets say how far usage is counted")
 	parsed(b, &c.AllowedLateness, "BILLING_ALLOWED_LATENESS", "1h", "how long after a billing period's end its records may still arrive before it is complete", positiveDuration)
 	b.defaultPlan(&c.DefaultPlan)
+	w := &c.Webhooks
+	parsed(b, &w.Timeout, "WEBHOOK_TIMEOUT", "10s", "longest wait for a webhook receiver's 2xx", positiveDuration)
+	parsed(b, &w.RetryFor, "WEBHOOK_RETRY_FOR", "72h", "how long a webhook delivery is retried before it is dead", positiveDuration)
+	parsed(b, &w.FailingAfter, "WEBHOOK_FAILING_AFTER", "24h", "how long an endpoint may answer only failures before it is marked failing and its deliveries park", positiveDuration)
+	parsed(b, &w.Workers, "WEBHOOK_WORKERS", "4", "webhook deliveries in flight at once per biller", positiveInt)
+	parsed(b, &w.Poll, "WEBHOOK_POLL_INTERVAL", "1s", "how often due webhook deliveries are looked for", positiveDuration)
+	parsed(b, &w.CheckInterval, "WEBHOOK_CHECK_INTERVAL", "5m", "how often grants about to expire and spend thresholds are checked", positiveDuration)
+	parsed(b, &w.GrantWarning, "GRANT_EXPIRING_WARNING", "72h", "how long before a credit grant expires grant.expiring is sent", positiveDuration)
 	if err := b.parse(args); err != nil {
 		return Biller{}, nil, err
 	}

@@ -74,6 +74,9 @@ type Options struct {
 	Outbox      OutboxPublisher
 	// BillerURL is where the biller's routes are forwarded (nil: 503).
 	BillerURL *url.URL
+	// WebhookAllowHTTP lets webhook endpoints have http:// URLs
+	// (WEBHOOK_ALLOW_HTTP; development and tests).
+	WebhookAllowHTTP bool
 	// Now is the service's clock: rate limiters, and the current period of
 	// reads (usage, quotas, bill); nil means time.Now.
 	Now func() time.Time
@@ -134,7 +137,7 @@ func (a *API) Routes() []Route {
 		{"GET", "/v1/admin/meters", a.admin(a.listMeters)},
 		{"GET", "/v1/admin/meters/{meter}", a.admin(a.getMeter)},
 		{"PUT", "/v1/admin/meters/{meter}", a.admin(a.putMeter)},
-	}, slices.Concat(a.grantRoutes(), a.adjustmentRoutes(), a.cycleRoutes(), a.exportRoutes(), a.lineageRoutes(), a.consoleRoutes())...)
+	}, slices.Concat(a.grantRoutes(), a.adjustmentRoutes(), a.cycleRoutes(), a.exportRoutes(), a.lineageRoutes(), a.consoleRoutes(), a.webhookRoutes())...)
 }
 
 // Handler returns the API's routes, instrumented and with the security

@@ -77,6 +77,7 @@ func Run(ctx context.Context, cfg config.Ingest, log *slog.Logger, ready func(ne
 		KeyLimiter:               ratelimit.New(cfg.KeyEventsPerSecond, cfg.KeyBurst),
 		IPLimiter:                ratelimit.New(cfg.IPRequestsPerSecond, cfg.IPBurst),
 		MaxBodyBytes:             cfg.MaxBodyBytes,
+		WebhookAllowHTTP:         cfg.WebhookAllowHTTP,
 		LargeBodies:              httpguard.BodyLimits{LargeBytes: cfg.LargeBodyBytes, MaxLarge: cfg.MaxLargeBodiesInFlight},
 		Logger:                   log,
 		Registry:                 reg,

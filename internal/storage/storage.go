@@ -18,6 +18,8 @@
 //	credits      credit_grants, credit_grant_expiries
 //	auditlog     audit_log
 //	anomalydata  usage_anomalies, anomaly_progress
+//	webhooks     webhook_endpoints, webhook_deliveries,
+//	             notification_offsets
 //
 // Outside this tree only internal/migrate (the schema and its
 // schema_migrations table) and internal/leader (advisory locks, no table)
