@@ -34,6 +34,8 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/usagemeter/metering/internal/topics"
+
 	"github.com/usagemeter/metering/events/jsonscan"
 )
 
@@ -54,12 +56,12 @@ const (
 var Kinds = []string{KindQuotaWarning, KindQuotaExceeded, KindQuotaBlocked, KindAnomalySpike, KindAnomalyDrop,
 	KindOverageStarted, KindGrantExpiring, KindGrantExpired, KindSpendThreshold}
 
-// Source topics. AnomaliesTopic is the anomaly detector's topic
-// (payload {"id","type":"anomaly.spike"|"anomaly.drop","tenant",...}).
+// Source topics, named in internal/topics. AnomaliesTopic is the anomaly
+// detector's (payload {"id","type":"anomaly.spike"|"anomaly.drop","tenant",...}).
 const (
-	QuotaBreachesTopic = "quota.breaches"
-	BillingEventsTopic = "billing.events"
-	AnomaliesTopic     = "usage.anomalies"
+	QuotaBreachesTopic = topics.QuotaBreaches
+	BillingEventsTopic = topics.BillingEvents
+	AnomaliesTopic     = topics.UsageAnomalies
 )
 
 // Topics are the topics the notification reader reads.
