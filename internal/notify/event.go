@@ -34,9 +34,8 @@ import (
 
 	"github.com/google/uuid"
 
-	"github.com/usagemeter/metering/internal/topics"
-
 	"github.com/usagemeter/metering/events/jsonscan"
+	"github.com/usagemeter/metering/internal/topics"
 )
 
 // Event kinds an endpoint may subscribe to; each is an event's "type".
