@@ -140,12 +140,14 @@ func evaluateMeterQuotas(ctx context.Context, tx pgx.Tx, meters *meterset.Set, p
 	var rules []rule
 	seen := map[string]int{} // ruleIdentity → index in rules
 	type periodOf struct {
-		tenant string
-		day    time.Time
+		tenant     string
+		day, month time.Time
 	}
 	byDay := map[periodOf][]int{}
 	ruleAt := func(tenant string, at time.Time) []int {
-		k := periodOf{tenant, windows.Day.Start(at)}
+		// A billing period may start inside a day: the rules are those
+		// of the day and of the billing period.
+		k := periodOf{tenant, windows.Day.Start(at), periods.Of(tenant).Start(at)}
 		idx, ok := byDay[k]
 		if !ok {
 			for _, r := range plans.At(tenant, at) {
@@ -330,7 +332,7 @@ func quotaRules(ctx context.Context, tx pgx.Tx, periods billingcycle.Schedules, 
 	for t := range tenantSet {
 		tenantList = append(tenantList, t)
 	}
-	return usagedata.QuotaRules(ctx, tx, tenantList, from, to, defaultPlan, now)
+	return usagedata.QuotaRules(ctx, tx, tenantList, periods, from, to, defaultPlan, now)
 }
 
 // ruleIdentity is the same for two rules of a tenant that are one quota

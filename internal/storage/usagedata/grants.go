@@ -6,6 +6,7 @@ import (
 	"math/big"
 	"time"
 
+	"github.com/usagemeter/metering/internal/billingcycle"
 	"github.com/usagemeter/metering/internal/credit"
 	"github.com/usagemeter/metering/internal/meter"
 	"github.com/usagemeter/metering/internal/quota"
@@ -145,7 +146,7 @@ func (r *Reader) GrantBurn(ctx context.Context, g credits.Grant, at, now time.Ti
 		return credit.GrantState{}, false, err
 	}
 	from, to := windows.Month.SpanIn(sched, at) // the longest quota period
-	plans, err := QuotaRules(ctx, r.q, []string{g.Tenant}, from, to, r.defaultPlan, now)
+	plans, err := QuotaRules(ctx, r.q, []string{g.Tenant}, billingcycle.Schedules{g.Tenant: sched}, from, to, r.defaultPlan, now)
 	if err != nil {
 		return credit.GrantState{}, false, err
 	}
