@@ -46,9 +46,24 @@ type Window struct {
 	Events int64     `json:"events"`
 }
 
+// periodsOf returns tenant's billing periods, which end its month windows,
+// when g is Month; for another granularity, the zero schedule (EndIn does
+// not read it).
+func periodsOf(ctx context.Context, q storage.Executor, tenant string, g windows.Granularity) (billingcycle.Schedule, error) {
+	if g != windows.Month {
+		return billingcycle.Schedule{}, nil
+	}
+	return accounts.TenantSchedule(ctx, q, tenant)
+}
+
 // Usage returns tenant's windows of granularity g for metric with start in
-// [from, to), oldest first, and their total.
+// [from, to), oldest first, and their total. A month window is the
+// tenant's billing period.
 func (r *Reader) Usage(ctx context.Context, tenant, metric string, g windows.Granularity, from, to time.Time) ([]Window, *big.Int, error) {
+	sched, err := periodsOf(ctx, r.q, tenant, g)
+	if err != nil {
+		return nil, nil, err
+	}
 	rows, err := r.q.Query(ctx, `SELECT window_start, value, events FROM usage_windows
 		WHERE tenant = $1 AND meter = $2 AND group_key = '' AND granularity = $3 AND window_start >= $4 AND window_start < $5
 		ORDER BY window_start`, tenant, metric, string(g), from, to)
@@ -63,7 +78,7 @@ func (r *Reader) Usage(ctx context.Context, tenant, metric string, g windows.Gra
 			return w, err
 		}
 		w.Start = w.Start.UTC()
-		w.End = g.End(w.Start)
+		w.End = g.EndIn(sched, w.Start)
 		w.Value = NumericInt(v)
 		total.Add(total, w.Value)
 		return w, nil
