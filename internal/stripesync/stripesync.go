@@ -216,7 +216,10 @@ func (b *Biller) planIntents(ctx context.Context, meters map[string]string, res 
 		return err
 	}
 	for _, p := range plans {
-		if p.skip {
+		// A period not begun yet (usage a little ahead of the clock, an
+		// adjustment of the period a month names) is planned once it
+		// has: its meter events are stamped inside it.
+		if p.skip || p.period.After(now) {
 			continue
 		}
 		if p.unmapped != "" {
@@ -280,19 +283,16 @@ func (b *Biller) deltas(ctx context.Context, oldest time.Time) ([]delta, error) 
 // timestamp, the billed period, and whether it is carried into the
 // current period (the invoice is final, or Stripe no longer takes events
 // for the period). The timestamp is inside the billed period's summary
-// window (summaryWindow).
+// window (summaryWindow). The period must have begun (planIntents waits
+// for it).
 func stamp(sched billingcycle.Schedule, period, now time.Time, final bool) (ts, billed time.Time, carried bool) {
-	from, to := summaryWindow(period, sched.End(period))
+	_, to := summaryWindow(period, sched.End(period))
 	current := func(carried bool) (time.Time, time.Time, bool) {
 		cs, ce := sched.Span(now)
 		cf, ct := summaryWindow(cs, ce)
 		return stampIn(now, cf, ct), cs, carried
 	}
 	switch {
-	case period.After(now):
-		// Usage of an event a little ahead of the clock, in a period
-		// not begun yet: stamped at the period's first whole minute.
-		return from, period, false
 	case now.Before(sched.End(period)):
 		return current(false) // the open period: stamp it now
 	case final || to.Add(-time.Second).Before(now.Add(-35*24*time.Hour+time.Hour)):
