@@ -28,6 +28,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"strconv"
@@ -97,26 +98,36 @@ func NewCloser(pool *pgxpool.Pool, cfg config.Biller, log *slog.Logger) *periodc
 
 // AddCompleteness sets Complete and Completeness on each of rows, the
 // reconciliation of the month starting at period, from its tenant's
-// completeness of that month.
+// completeness of the row's billing period (tenants sharing a period are
+// judged together).
 func AddCompleteness(ctx context.Context, closer *periodclose.Closer, period time.Time, rows []stripesync.Row) error {
 	if len(rows) == 0 {
 		return nil
 	}
-	start := windows.Month.Start(period)
-	var tenants []string
+	type span struct{ start, end time.Time }
+	var spans []span
+	tenants := map[span][]string{}
 	seen := map[string]bool{}
 	for _, r := range rows {
 		if !seen[r.Tenant] {
 			seen[r.Tenant] = true
-			tenants = append(tenants, r.Tenant)
+			sp := span{r.PeriodStart, r.PeriodEnd}
+			if _, ok := tenants[sp]; !ok {
+				spans = append(spans, sp)
+			}
+			tenants[sp] = append(tenants[sp], r.Tenant)
 		}
 	}
-	st, err := closer.Statuses(ctx, start, windows.Month.End(start), tenants)
-	if err != nil {
-		return fmt.Errorf("judging the completeness of %s: %w", start.Format("2006-01"), err)
+	status := map[string]periodclose.Status{}
+	for _, sp := range spans {
+		st, err := closer.Statuses(ctx, sp.start, sp.end, tenants[sp])
+		if err != nil {
+			return fmt.Errorf("judging the completeness of %s: %w", period.Format("2006-01"), err)
+		}
+		maps.Copy(status, st)
 	}
 	for i := range rows {
-		s := st[rows[i].Tenant]
+		s := status[rows[i].Tenant]
 		rows[i].Complete, rows[i].Completeness = s.Complete, s.String()
 	}
 	return nil
@@ -269,7 +280,7 @@ func (l syncLoop) Run(ctx context.Context) error {
 				log.WarnContext(ctx, "announcing expired credit grants failed; retrying at the next interval", "err", err)
 			}
 		}
-		next := windows.Month.End(time.Now()).Add(time.Minute)
+		next := b.NextPeriodEnd(ctx, time.Now()).Add(time.Minute)
 		closeTimer := time.NewTimer(time.Until(next))
 		select {
 		case <-ctx.Done():

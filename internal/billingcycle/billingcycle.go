@@ -269,3 +269,51 @@ func (s Schedule) Periods(from, to time.Time) [][2]time.Time {
 	}
 	return out
 }
+
+// ChangeMargin is how far ahead of the moment it is recorded a change of
+// cycle must take effect. An event may be up to 5 minutes early
+// (events.DefaultMaxFuture) and clocks drift a little, so no event at or after
+// a change's effective time can have been counted before the change was
+// recorded: where an event falls depends only on its time and the final
+// schedule, and a rebuild places it where live counting did.
+const ChangeMargin = 10 * time.Minute
+
+// EarliestFrom is the earliest effective time of a change recorded at
+// now.
+func EarliestFrom(now time.Time) time.Time { return now.UTC().Add(ChangeMargin) }
+
+// Start returns the start of the billing period containing t.
+func (s Schedule) Start(t time.Time) time.Time {
+	start, _ := s.Span(t)
+	return start
+}
+
+// End returns the end of the billing period that starts at start (or
+// contains it).
+func (s Schedule) End(start time.Time) time.Time {
+	_, end := s.Span(start)
+	return end
+}
+
+// InMonth returns the billing period a month named "YYYY-MM" (UTC) stands
+// for: the period in force at the month's last instant. That is the
+// period starting in that month when one does (the later one when a
+// change of cycle starts two), else the longer period spanning it (a
+// yearly cycle); for UTC calendar months, the month itself.
+func (s Schedule) InMonth(month time.Time) (time.Time, time.Time) {
+	m := month.UTC()
+	first := time.Date(m.Year(), m.Month(), 1, 0, 0, 0, 0, time.UTC)
+	return s.Span(first.AddDate(0, 1, 0).Add(-time.Nanosecond))
+}
+
+// Schedules are the billing schedules of several tenants, by tenant. A
+// tenant not in it has UTC calendar months.
+type Schedules map[string]Schedule
+
+// Of returns tenant's schedule.
+func (s Schedules) Of(tenant string) Schedule { return s[tenant] }
+
+// Span returns tenant's billing period containing t.
+func (s Schedules) Span(tenant string, t time.Time) (time.Time, time.Time) {
+	return s[tenant].Span(t)
+}

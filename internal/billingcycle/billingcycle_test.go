@@ -187,3 +187,49 @@ func TestScheduleTiles(t *testing.T) {
 		}
 	}
 }
+
+// TestInMonth: a month names the period in force at its last instant:
+// the one starting in it (the later of two when a change starts one),
+// the year spanning it, the month itself without a cycle.
+func TestInMonth(t *testing.T) {
+	t.Parallel()
+	monthly := billingcycle.Change{From: at("2026-01-14T09:23:11Z"), Cycle: billingcycle.Cycle{Anchor: at("2026-01-14T09:23:11Z"), Interval: billingcycle.Month, Count: 1}}
+	yearly := billingcycle.Change{From: at("2026-03-05T00:00:00Z"), Cycle: billingcycle.Cycle{Anchor: at("2025-03-05T00:00:00Z"), Interval: billingcycle.Year, Count: 1}}
+	reset := billingcycle.Change{From: at("2026-11-20T12:00:00Z"), Cycle: billingcycle.Cycle{Anchor: at("2026-11-20T12:00:00Z"), Interval: billingcycle.Month, Count: 1}}
+	for _, tt := range []struct {
+		name       string
+		changes    []billingcycle.Change
+		month      string
+		start, end string
+	}{
+		{"calendar", nil, "2026-11-01T00:00:00Z", "2026-11-01T00:00:00Z", "2026-12-01T00:00:00Z"},
+		{"on the 14th", []billingcycle.Change{monthly}, "2026-11-01T00:00:00Z", "2026-11-14T09:23:11Z", "2026-12-14T09:23:11Z"},
+		{"yearly, a month inside", []billingcycle.Change{yearly}, "2026-11-01T00:00:00Z", "2026-03-05T00:00:00Z", "2027-03-05T00:00:00Z"},
+		{"yearly, the month before the anchor", []billingcycle.Change{yearly}, "2027-02-01T00:00:00Z", "2026-03-05T00:00:00Z", "2027-03-05T00:00:00Z"},
+		{"two periods start in the month", []billingcycle.Change{monthly, reset}, "2026-11-01T00:00:00Z", "2026-11-20T12:00:00Z", "2026-12-20T12:00:00Z"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			s, err := billingcycle.NewSchedule(tt.changes)
+			if err != nil {
+				t.Fatal(err)
+			}
+			start, end := s.InMonth(at(tt.month))
+			if !start.Equal(at(tt.start)) || !end.Equal(at(tt.end)) {
+				t.Errorf("InMonth(%s) = [%s, %s), want [%s, %s)", tt.month, start, end, tt.start, tt.end)
+			}
+			if !s.Start(start).Equal(start) || !s.End(start).Equal(end) {
+				t.Errorf("Start/End of %s disagree with Span", start)
+			}
+			if got := (billingcycle.Schedules{"x": s}).Of("x"); got.Start(start) != start {
+				t.Errorf("Schedules.Of lost the schedule")
+			}
+		})
+	}
+	if s, e := (billingcycle.Schedules{}).Span("nobody", at("2026-11-21T19:00:00Z")); !s.Equal(at("2026-11-01T00:00:00Z")) || !e.Equal(at("2026-12-01T00:00:00Z")) {
+		t.Errorf("a tenant without a schedule: [%s, %s), want the calendar month", s, e)
+	}
+	if got := billingcycle.EarliestFrom(at("2026-11-21T19:00:00Z")); !got.Equal(at("2026-11-21T19:10:00Z")) {
+		t.Errorf("EarliestFrom = %s", got)
+	}
+}

@@ -87,8 +87,11 @@ func (a *API) getBillingCycle(w http.ResponseWriter, r *http.Request, _ auth.Pri
 }
 
 // putBillingCycle serves PUT /v1/admin/tenants/{tenant}/billing-cycle:
-// the tenant's billing cycle from effective_from (default now) on,
-// audited. A cycle with the periods already in force changes nothing.
+// the tenant's billing cycle from effective_from (default: now plus
+// billingcycle.ChangeMargin) on, audited. A cycle with the periods already
+// in force changes nothing; an effective_from earlier than now plus the
+// margin is refused (422 effective_from_too_early): usage of that time may
+// be counted already, in the periods in force.
 func (a *API) putBillingCycle(w http.ResponseWriter, r *http.Request, p auth.Principal) {
 	tenant, ok := a.tenantExists(w, r)
 	if !ok {
@@ -100,7 +103,7 @@ func (a *API) putBillingCycle(w http.ResponseWriter, r *http.Request, p auth.Pri
 		return
 	}
 	now := a.opt.Now()
-	ch := billingcycle.Change{From: now, Cycle: billingcycle.Cycle{Interval: billingcycle.Interval(body.Interval), Count: 1}}
+	ch := billingcycle.Change{From: billingcycle.EarliestFrom(now), Cycle: billingcycle.Cycle{Interval: billingcycle.Interval(body.Interval), Count: 1}}
 	if body.Anchor != nil {
 		ch.Cycle.Anchor = body.Anchor.UTC()
 	}
@@ -132,6 +135,10 @@ func (a *API) putBillingCycle(w http.ResponseWriter, r *http.Request, p auth.Pri
 		_, err = auditlog.Append(r.Context(), tx, auditlog.Entry{Actor: p.KeyID, Action: "tenant.billing_cycle.set", Target: tenant, Before: b, After: c})
 		return err
 	})
+	if errors.Is(err, accounts.ErrCycleTooEarly) {
+		httpjson.Errorf(w, http.StatusUnprocessableEntity, "effective_from_too_early", "effective_from: %v", err)
+		return
+	}
 	if errors.Is(err, accounts.ErrEffectiveFrom) {
 		httpjson.Errorf(w, http.StatusBadRequest, "invalid_request", "effective_from: %v", err)
 		return

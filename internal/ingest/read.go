@@ -18,6 +18,7 @@ import (
 	"github.com/usagemeter/metering/internal/httpjson"
 	"github.com/usagemeter/metering/internal/meter"
 	"github.com/usagemeter/metering/internal/quota"
+	"github.com/usagemeter/metering/internal/storage/accounts"
 	"github.com/usagemeter/metering/internal/storage/usagedata"
 	"github.com/usagemeter/metering/internal/windows"
 )
@@ -182,10 +183,15 @@ func checkProperty(p string) string {
 }
 
 // getMeters answers the defined meters that counted the tenant's usage
-// this month (UTC), for the usage page: a tenant key may read them for
-// its own tenant, as it reads its usage.
+// in its current billing period, for the usage page: a tenant key may
+// read them for its own tenant, as it reads its usage.
 func (a *API) getMeters(w http.ResponseWriter, r *http.Request, tenant string) {
-	from := windows.Month.Start(a.opt.Now())
+	sched, err := accounts.TenantSchedule(r.Context(), a.opt.DB, tenant)
+	if err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	from := windows.Month.StartIn(sched, a.opt.Now())
 	ms, err := a.opt.Usage.TenantMeters(r.Context(), tenant, from)
 	if err != nil {
 		a.internalError(w, r, err)

@@ -32,7 +32,9 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/usagemeter/metering/internal/billingcycle"
 	"github.com/usagemeter/metering/internal/billingevents"
+	"github.com/usagemeter/metering/internal/storage/accounts"
 	"github.com/usagemeter/metering/internal/storage/billingdata"
 	"github.com/usagemeter/metering/internal/storage/usagedata"
 	"github.com/usagemeter/metering/internal/topics"
@@ -265,11 +267,13 @@ func reach(parts []billingdata.PartitionWatermark) (time.Time, bool) {
 	return least, len(parts) > 0
 }
 
-// Close announces every tenant's month that ended within the lookback,
-// has usage, is complete and is not announced yet: each in its own
-// transaction that records it and queues its period.closed event. It
-// scans only the months the least watermark has passed by the lateness,
-// so a sync reads no window of a month that cannot be complete yet.
+// Close announces every tenant's billing period (its month windows: the
+// periods of its billing cycle, UTC calendar months without one) that
+// ended within the lookback, has usage, is complete and is not announced
+// yet: each in its own transaction that records it and queues its
+// period.closed event with the period's [start, end). It scans only the
+// periods the least watermark has passed by the lateness, so a sync reads
+// no window of a period that cannot be complete yet.
 func (c *Closer) Close(ctx context.Context) (Result, error) {
 	now := c.cfg.Now().UTC()
 	parts, err := c.watermarks(ctx)
@@ -280,15 +284,29 @@ func (c *Closer) Close(ctx context.Context) (Result, error) {
 	if !ok {
 		return Result{}, nil
 	}
-	// Months starting before this one end at or before least - lateness.
-	before := windows.Month.Start(least.Add(-c.cfg.Lateness))
-	from := windows.Month.Start(now.Add(-c.cfg.Lateness)).AddDate(0, -c.cfg.Lookback, 0)
-	if !from.Before(before) {
+	periods, err := accounts.AllSchedules(ctx, c.pool)
+	if err != nil {
+		return Result{}, err
+	}
+	// Periods ending at or before least - lateness may be complete; they
+	// start before it.
+	reached := least.Add(-c.cfg.Lateness)
+	from := c.lookbackFrom(periods, now)
+	if !from.Before(reached) {
 		return Result{}, nil
 	}
-	todo, err := billingdata.UnannouncedMonths(ctx, c.pool, from, before)
-	if err != nil || len(todo) == 0 {
+	listed, err := billingdata.UnannouncedMonths(ctx, c.pool, from, reached)
+	if err != nil || len(listed) == 0 {
 		return Result{}, err
+	}
+	var todo []billingdata.TenantPeriod
+	for _, p := range listed {
+		if !periods.Of(p.Tenant).End(p.Start).After(reached) {
+			todo = append(todo, p)
+		}
+	}
+	if len(todo) == 0 {
+		return Result{}, nil
 	}
 	tenants := make([]string, 0, len(todo))
 	for _, p := range todo {
@@ -300,7 +318,7 @@ func (c *Closer) Close(ctx context.Context) (Result, error) {
 	}
 	var res Result
 	for _, p := range todo {
-		end := windows.Month.End(p.Start)
+		end := periods.Of(p.Tenant).End(p.Start)
 		if st := Judge(parts, waiting[p.Tenant], end, c.cfg.Lateness); !st.Complete {
 			res.Waiting++
 			c.cfg.Logger.DebugContext(ctx, "period not complete yet", "tenant", p.Tenant, "period", p.Start.Format("2006-01"), "why", st.String())
@@ -352,4 +370,23 @@ func (c *Closer) announce(ctx context.Context, tenant string, start, end, now ti
 		return false, fmt.Errorf("committing the close of %s's period %s: %w", tenant, start.Format("2006-01"), err)
 	}
 	return true, nil
+}
+
+// lookbackFrom is where Close starts looking: Lookback months before the
+// month of now - Lateness, or, for a tenant with a billing cycle, as many
+// of its periods before its current one, whichever is earlier (a yearly
+// period started long before).
+func (c *Closer) lookbackFrom(periods billingcycle.Schedules, now time.Time) time.Time {
+	at := now.Add(-c.cfg.Lateness)
+	from := windows.Month.Start(at).AddDate(0, -c.cfg.Lookback, 0)
+	for _, s := range periods {
+		p := s.Start(at)
+		for range c.cfg.Lookback {
+			p = s.Start(p.Add(-time.Nanosecond))
+		}
+		if p.Before(from) {
+			from = p
+		}
+	}
+	return from
 }

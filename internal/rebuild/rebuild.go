@@ -18,6 +18,13 @@
 // forgotten their ids, and their records' own timestamps are not trusted.
 // A record the live aggregator dead-lettered stays uncounted (its verdict
 // was given at the clock of its time, which the rebuild cannot replay).
+//
+// Billing periods: a tenant's month windows are its billing periods, and
+// the replay places each event by the tenant's billing schedule as it
+// stands, as live counting did (a change of cycle is recorded at least
+// billingcycle.ChangeMargin before it takes effect, so no counted event
+// changes period). A period window that starts before From's month keeps
+// its live value, like any window starting before it.
 package rebuild
 
 import (

@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/usagemeter/metering/events"
+	"github.com/usagemeter/metering/internal/billingcycle"
 	"github.com/usagemeter/metering/internal/billingevents"
 	"github.com/usagemeter/metering/internal/httpjson"
 	"github.com/usagemeter/metering/internal/meter"
@@ -248,7 +249,7 @@ func (a *Aggregator) decodeAll(recs []Record, now time.Time) ([]decoded, []adjRe
 // it negative, names an unknown meter or a meter neither sum nor count
 // becomes a dead letter with the reason. It returns the increments that
 // quotas must look at again: one per increase.
-func (a *Aggregator) applyAdjustments(ctx context.Context, tx pgx.Tx, meters *meterset.Set, adjs []adjRecord, incs []increment, now time.Time, res *Result) ([]increment, error) {
+func (a *Aggregator) applyAdjustments(ctx context.Context, tx pgx.Tx, meters *meterset.Set, periods billingcycle.Schedules, adjs []adjRecord, incs []increment, now time.Time, res *Result) ([]increment, error) {
 	if len(adjs) == 0 {
 		return nil, nil
 	}
@@ -259,7 +260,7 @@ func (a *Aggregator) applyAdjustments(ctx context.Context, tx pgx.Tx, meters *me
 			dead = append(dead, decoded{rec: ar.rec, class: ar.class, err: ar.err})
 			continue
 		}
-		inc, reason, err := a.applyAdjustment(ctx, tx, meters, ar, incs, now, res)
+		inc, reason, err := a.applyAdjustment(ctx, tx, meters, periods.Of(ar.adj.Tenant), ar, incs, now, res)
 		if err != nil {
 			return nil, err
 		}
@@ -277,9 +278,10 @@ func (a *Aggregator) applyAdjustments(ctx context.Context, tx pgx.Tx, meters *me
 	return out, nil
 }
 
-// applyAdjustment applies one adjustment; a non-empty reason makes it a
-// dead letter instead.
-func (a *Aggregator) applyAdjustment(ctx context.Context, tx pgx.Tx, meters *meterset.Set, ar adjRecord, incs []increment, now time.Time, res *Result) (*increment, string, error) {
+// applyAdjustment applies one adjustment to the tenant's billing period
+// its month names (sched.InMonth: the period in force at the month's last
+// instant); a non-empty reason makes it a dead letter instead.
+func (a *Aggregator) applyAdjustment(ctx context.Context, tx pgx.Tx, meters *meterset.Set, sched billingcycle.Schedule, ar adjRecord, incs []increment, now time.Time, res *Result) (*increment, string, error) {
 	adj := ar.adj
 	ledgerID := adjustmentLedgerPrefix + adj.ID
 	seen := false
@@ -295,7 +297,8 @@ func (a *Aggregator) applyAdjustment(ctx context.Context, tx pgx.Tx, meters *met
 	if err != nil {
 		return nil, err.Error(), nil
 	}
-	start, _ := adj.PeriodStart()
+	month, _ := adj.PeriodStart()
+	start, end := sched.InMonth(month)
 	value, exists, err := usagedata.LockMonthWindow(ctx, tx, adj.Tenant, d.Name, key, start)
 	if err != nil {
 		return nil, "", err
@@ -313,7 +316,7 @@ func (a *Aggregator) applyAdjustment(ctx context.Context, tx pgx.Tx, meters *met
 	}
 	// The window as it stood at the adjustment's offset: without what the
 	// batch's later records added to it.
-	later := laterContribution(d, key, adj.Tenant, start, ar.rec.Offset, incs)
+	later := laterContribution(d, key, adj.Tenant, sched, start, ar.rec.Offset, incs)
 	after := new(big.Int).Sub(value, later)
 	after.Add(after, big.NewInt(adj.Amount))
 	if after.Sign() < 0 {
@@ -360,7 +363,7 @@ func (a *Aggregator) applyAdjustment(ctx context.Context, tx pgx.Tx, meters *met
 		props = map[string]string{}
 	}
 	maps.Copy(props, d.Filter)
-	at := start.AddDate(0, 1, 0).Add(-time.Microsecond)
+	at := end.Add(-time.Microsecond)
 	if at.After(now) {
 		at = now
 	}
@@ -369,13 +372,14 @@ func (a *Aggregator) applyAdjustment(ctx context.Context, tx pgx.Tx, meters *met
 }
 
 // laterContribution is what incs from records after offset added to the
-// month window (d, key) of tenant starting at start.
-func laterContribution(d meter.Definition, key, tenant string, start time.Time, offset int64, incs []increment) *big.Int {
+// month window (d, key) of tenant (whose billing periods are sched)
+// starting at start.
+func laterContribution(d meter.Definition, key, tenant string, sched billingcycle.Schedule, start time.Time, offset int64, incs []increment) *big.Int {
 	sum := new(big.Int)
 	var buf []byte
 	for i := range incs {
 		in := &incs[i]
-		if in.offset <= offset || in.tenant != tenant || in.metric != d.Metric || !windows.Month.Start(in.at).Equal(start) {
+		if in.offset <= offset || in.tenant != tenant || in.metric != d.Metric || !windows.Month.StartIn(sched, in.at).Equal(start) {
 			continue
 		}
 		if d.IsImplicit() && d.Name == d.Metric {

@@ -302,13 +302,17 @@ func (set idConflicts) raiseCounted(ctx context.Context, tx pgx.Tx, i int) error
 func countIncrement(ctx context.Context, tx pgx.Tx, inc increment, now time.Time, defaultPlan string) error {
 	var res Result
 	incs := []increment{inc}
-	if err := addToWindows(ctx, tx, incs); err != nil {
+	periods, err := readPeriods(ctx, tx, incs, nil)
+	if err != nil {
 		return err
 	}
-	if err := corrections(ctx, tx, incs, now, &res); err != nil {
+	if err := addToWindows(ctx, tx, periods, incs); err != nil {
 		return err
 	}
-	_, err := evaluateQuotas(ctx, tx, incs, now, defaultPlan)
+	if err := corrections(ctx, tx, periods, incs, now, &res); err != nil {
+		return err
+	}
+	_, err = evaluateQuotas(ctx, tx, periods, incs, now, defaultPlan)
 	return err
 }
 

@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/usagemeter/metering/internal/billingcycle"
 	"github.com/usagemeter/metering/internal/billingevents"
 	"github.com/usagemeter/metering/internal/meter"
 	"github.com/usagemeter/metering/internal/meterset"
@@ -74,10 +75,10 @@ func (a *Aggregator) deadLetters(ctx context.Context, tx pgx.Tx, batch []decoded
 	return outbox.Enqueue(ctx, tx, msgs...)
 }
 
-// corrections records usage counted into a billing month that had
-// already ended when it arrived (a late event, or the raise of a counted
-// event), for the biller to reconcile.
-func corrections(ctx context.Context, tx pgx.Tx, incs []increment, now time.Time, res *Result) error {
+// corrections records usage counted into a billing period (the tenant's,
+// in periods) that had already ended when it arrived (a late event, or
+// the raise of a counted event), for the biller to reconcile.
+func corrections(ctx context.Context, tx pgx.Tx, periods billingcycle.Schedules, incs []increment, now time.Time, res *Result) error {
 	type key struct {
 		tenant, metric string
 		period         time.Time
@@ -85,7 +86,7 @@ func corrections(ctx context.Context, tx pgx.Tx, incs []increment, now time.Time
 	late := map[key]*amount{}
 	var order []key
 	for _, in := range incs {
-		start, end := windows.Month.Span(in.at)
+		start, end := periods.Span(in.tenant, in.at)
 		if end.After(now) {
 			continue
 		}
@@ -112,8 +113,8 @@ type rule = usagedata.QuotaRule
 // evaluateQuotas evaluates the quotas of usage counted in implicit meters
 // only (increments without an event, such as a held conflict an operator
 // counted): see evaluateMeterQuotas.
-func evaluateQuotas(ctx context.Context, tx pgx.Tx, incs []increment, now time.Time, defaultPlan string) ([]quota.Breach, error) {
-	return evaluateMeterQuotas(ctx, tx, nil, incs, now, defaultPlan)
+func evaluateQuotas(ctx context.Context, tx pgx.Tx, periods billingcycle.Schedules, incs []increment, now time.Time, defaultPlan string) ([]quota.Breach, error) {
+	return evaluateMeterQuotas(ctx, tx, nil, periods, incs, now, defaultPlan)
 }
 
 // evaluateMeterQuotas checks every quota period the batch touched and
@@ -124,12 +125,13 @@ func evaluateQuotas(ctx context.Context, tx pgx.Tx, incs []increment, now time.T
 // period, group) for a per_group quota. The quotas of a period are those
 // in force over it (usagedata.PlanRules: the plan versions and
 // assignments of the period, defaultPlan for a tenant without one).
-// meters are the definitions the batch counted with (nil: none).
-func evaluateMeterQuotas(ctx context.Context, tx pgx.Tx, meters *meterset.Set, incs []increment, now time.Time, defaultPlan string) ([]quota.Breach, error) {
+// meters are the definitions the batch counted with (nil: none); a month
+// period is the tenant's billing period in periods.
+func evaluateMeterQuotas(ctx context.Context, tx pgx.Tx, meters *meterset.Set, periods billingcycle.Schedules, incs []increment, now time.Time, defaultPlan string) ([]quota.Breach, error) {
 	if len(incs) == 0 {
 		return nil, nil
 	}
-	plans, err := quotaRules(ctx, tx, incs, now, defaultPlan)
+	plans, err := quotaRules(ctx, tx, periods, incs, now, defaultPlan)
 	if err != nil {
 		return nil, err
 	}
@@ -138,12 +140,14 @@ func evaluateMeterQuotas(ctx context.Context, tx pgx.Tx, meters *meterset.Set, i
 	var rules []rule
 	seen := map[string]int{} // ruleIdentity → index in rules
 	type periodOf struct {
-		tenant string
-		day    time.Time
+		tenant     string
+		day, month time.Time
 	}
 	byDay := map[periodOf][]int{}
 	ruleAt := func(tenant string, at time.Time) []int {
-		k := periodOf{tenant, windows.Day.Start(at)}
+		// A billing period may start inside a day: the rules are those
+		// of the day and of the billing period.
+		k := periodOf{tenant, windows.Day.Start(at), periods.Of(tenant).Start(at)}
 		idx, ok := byDay[k]
 		if !ok {
 			for _, r := range plans.At(tenant, at) {
@@ -164,13 +168,14 @@ func evaluateMeterQuotas(ctx context.Context, tx pgx.Tx, meters *meterset.Set, i
 	groups := map[meterPeriodKey]meter.Group{}
 	var key []byte
 	for _, in := range incs {
+		sched := periods.Of(in.tenant)
 		for _, i := range ruleAt(in.tenant, in.at) {
 			r := rules[i]
 			if r.Metric != in.metric {
 				continue
 			}
 			if r.Implicit() {
-				touched[periodKey{in.tenant, in.metric, r.Period.Start(in.at)}] = i
+				touched[periodKey{in.tenant, in.metric, r.Period.StartIn(sched, in.at)}] = i
 				continue
 			}
 			if in.ev == nil || meters == nil {
@@ -184,9 +189,9 @@ func evaluateMeterQuotas(ctx context.Context, tx pgx.Tx, meters *meterset.Set, i
 			switch {
 			case r.PerGroup:
 				key = g.AppendKey(key[:0])
-				groups[meterPeriodKey{i, r.Period.Start(in.at), string(key)}] = g
+				groups[meterPeriodKey{i, r.Period.StartIn(sched, in.at), string(key)}] = g
 			case groupMatches(g, r.Filter):
-				groups[meterPeriodKey{i, r.Period.Start(in.at), ""}] = meter.Group{}
+				groups[meterPeriodKey{i, r.Period.StartIn(sched, in.at), ""}] = meter.Group{}
 			}
 		}
 	}
@@ -195,19 +200,19 @@ func evaluateMeterQuotas(ctx context.Context, tx pgx.Tx, meters *meterset.Set, i
 	var reached []quota.Breach
 	// The credit grants of the batch's tenants with a quota they raise,
 	// read once (grants.go).
-	book, err := readCredits(ctx, tx, rules, incs)
+	book, err := readCredits(ctx, tx, periods, rules, incs)
 	if err != nil {
 		return nil, err
 	}
 	overages := overagePrices{}
 	for pk, i := range touched {
 		before := len(reached)
-		if reached, err = implicitBreaches(ctx, tx, book, pk, rules[i], now, reached); err != nil {
+		if reached, err = implicitBreaches(ctx, tx, book, periods.Of(pk.tenant), pk, rules[i], now, reached); err != nil {
 			return nil, err
 		}
 		overages.note(reached[before:], rules[i])
 	}
-	if reached, err = meterBreaches(ctx, tx, book, meters, rules, groups, now, reached, overages); err != nil {
+	if reached, err = meterBreaches(ctx, tx, book, meters, periods, rules, groups, now, reached, overages); err != nil {
 		return nil, err
 	}
 	sortBreaches(reached)
@@ -312,23 +317,22 @@ func groupMatches(g meter.Group, filter map[string]string) bool {
 }
 
 // quotaRules reads, in one statement, what decides the quotas of the
-// tenants incs touch over the months (and so the days) they touch.
-func quotaRules(ctx context.Context, tx pgx.Tx, incs []increment, now time.Time, defaultPlan string) (*usagedata.PlanRules, error) {
+// tenants incs touch over the billing periods (and so the days) they
+// touch.
+func quotaRules(ctx context.Context, tx pgx.Tx, periods billingcycle.Schedules, incs []increment, now time.Time, defaultPlan string) (*usagedata.PlanRules, error) {
 	tenantSet := map[string]bool{}
-	from, to := windows.Month.Span(incs[0].at)
+	from, to := periods.Span(incs[0].tenant, incs[0].at)
 	for _, in := range incs {
 		tenantSet[in.tenant] = true
-		if s, e := windows.Month.Span(in.at); s.Before(from) {
-			from = s
-		} else if e.After(to) {
-			to = e
-		}
+		s, e := periods.Span(in.tenant, in.at)
+		ds, de := windows.Day.Span(in.at)
+		from, to = minTime(from, s, ds), maxTime(to, e, de)
 	}
 	tenantList := make([]string, 0, len(tenantSet))
 	for t := range tenantSet {
 		tenantList = append(tenantList, t)
 	}
-	return usagedata.QuotaRules(ctx, tx, tenantList, from, to, defaultPlan, now)
+	return usagedata.QuotaRules(ctx, tx, tenantList, periods, from, to, defaultPlan, now)
 }
 
 // ruleIdentity is the same for two rules of a tenant that are one quota
@@ -341,12 +345,13 @@ func ruleIdentity(r rule) string {
 
 // implicitBreaches reads the usage of period pk and appends to reached a
 // breach for every threshold of r it has reached.
-func implicitBreaches(ctx context.Context, tx pgx.Tx, book *creditBook, pk periodKey, r rule, now time.Time, reached []quota.Breach) ([]quota.Breach, error) {
+func implicitBreaches(ctx context.Context, tx pgx.Tx, book *creditBook, sched billingcycle.Schedule, pk periodKey, r rule, now time.Time, reached []quota.Breach) ([]quota.Breach, error) {
 	value, err := usagedata.WindowValue(ctx, tx, pk.tenant, pk.metric, r.Period, pk.start)
 	if err != nil {
 		return nil, err
 	}
-	ev, err := book.evaluate(ctx, tx, nil, r, pk.start, value, now)
+	end := r.Period.EndIn(sched, pk.start)
+	ev, err := book.evaluate(ctx, tx, nil, r, pk.start, end, value, now)
 	if err != nil {
 		return nil, err
 	}
@@ -354,7 +359,7 @@ func implicitBreaches(ctx context.Context, tx pgx.Tx, book *creditBook, pk perio
 		reached = append(reached, quota.Breach{
 			BreachID: quota.BreachID(pk.tenant, pk.metric, pk.start, string(th)), Tenant: pk.tenant, Metric: pk.metric,
 			Meter: pk.metric, Group: quota.WholeMeter,
-			PeriodStart: pk.start, PeriodEnd: r.Period.End(pk.start), Limit: ev.limit, Value: value,
+			PeriodStart: pk.start, PeriodEnd: end, Limit: ev.limit, Value: value,
 			Threshold: string(th), DetectedAt: now,
 		})
 	}
@@ -368,7 +373,7 @@ func implicitBreaches(ctx context.Context, tx pgx.Tx, book *creditBook, pk perio
 // key for a per_group quota, the filter as a JSON object with sorted keys
 // for a filter quota ("" for none): per_group and filter breaches never
 // share a key.
-func meterBreaches(ctx context.Context, tx pgx.Tx, book *creditBook, meters *meterset.Set, rules []rule, groups map[meterPeriodKey]meter.Group,
+func meterBreaches(ctx context.Context, tx pgx.Tx, book *creditBook, meters *meterset.Set, periods billingcycle.Schedules, rules []rule, groups map[meterPeriodKey]meter.Group,
 	now time.Time, reached []quota.Breach, overages overagePrices) ([]quota.Breach, error) {
 	var perGroup []meterPeriodKey
 	var windowsOf []usagedata.GroupWindow
@@ -387,13 +392,14 @@ func meterBreaches(ctx context.Context, tx pgx.Tx, book *creditBook, meters *met
 		if err != nil {
 			return nil, err
 		}
-		ev, err := book.evaluate(ctx, tx, meters, r, mk.start, value, now)
+		end := r.Period.EndIn(periods.Of(r.Tenant), mk.start)
+		ev, err := book.evaluate(ctx, tx, meters, r, mk.start, end, value, now)
 		if err != nil {
 			return nil, err
 		}
 		group, groupKey := filterJSON(r.Filter)
 		before := len(reached)
-		reached = appendReached(reached, r, mk, groupKey, group, value, ev, now)
+		reached = appendReached(reached, r, mk, end, groupKey, group, value, ev, now)
 		overages.note(reached[before:], r)
 	}
 	values, err := usagedata.GroupValues(ctx, tx, windowsOf)
@@ -403,7 +409,8 @@ func meterBreaches(ctx context.Context, tx pgx.Tx, book *creditBook, meters *met
 	for i, mk := range perGroup {
 		group, _ := groups[mk].MarshalJSON() // never fails
 		before := len(reached)
-		reached = appendReached(reached, rules[mk.rule], mk, mk.group, group, values[i], planEvaluation(rules[mk.rule], values[i]), now)
+		end := rules[mk.rule].Period.EndIn(periods.Of(rules[mk.rule].Tenant), mk.start)
+		reached = appendReached(reached, rules[mk.rule], mk, end, mk.group, group, values[i], planEvaluation(rules[mk.rule], values[i]), now)
 		overages.note(reached[before:], rules[mk.rule])
 	}
 	return reached, nil
@@ -411,13 +418,14 @@ func meterBreaches(ctx context.Context, tx pgx.Tx, book *creditBook, meters *met
 
 // appendReached appends to reached a breach of quota r on its meter for
 // every threshold value reaches in period mk, as ev judged it (against
-// the plan's limit, or the allowance credit grants raise it to).
-func appendReached(reached []quota.Breach, r rule, mk meterPeriodKey, groupKey string, group json.RawMessage, value *big.Int, ev evaluation, now time.Time) []quota.Breach {
+// the plan's limit, or the allowance credit grants raise it to); the
+// period ends at end.
+func appendReached(reached []quota.Breach, r rule, mk meterPeriodKey, end time.Time, groupKey string, group json.RawMessage, value *big.Int, ev evaluation, now time.Time) []quota.Breach {
 	for _, th := range quota.Reached(ev.state) {
 		reached = append(reached, quota.Breach{
 			BreachID: quota.MeterBreachID(r.Tenant, r.Meter, groupKey, mk.start, string(th)), Tenant: r.Tenant, Metric: r.Metric,
 			Meter: r.Meter, Group: group, GroupKey: groupKey,
-			PeriodStart: mk.start, PeriodEnd: r.Period.End(mk.start), Limit: ev.limit, Value: value,
+			PeriodStart: mk.start, PeriodEnd: end, Limit: ev.limit, Value: value,
 			Threshold: string(th), DetectedAt: now,
 		})
 	}

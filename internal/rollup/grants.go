@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/usagemeter/metering/internal/billingcycle"
 	"github.com/usagemeter/metering/internal/credit"
 	"github.com/usagemeter/metering/internal/meter"
 	"github.com/usagemeter/metering/internal/meterset"
@@ -27,7 +28,7 @@ type creditBook struct {
 // have a limited quota grants apply to (not per_group) which overlap a
 // month around the batch's usage (the largest quota period), or nothing
 // when no such tenant is in the batch.
-func readCredits(ctx context.Context, tx pgx.Tx, rules []rule, incs []increment) (*creditBook, error) {
+func readCredits(ctx context.Context, tx pgx.Tx, periods billingcycle.Schedules, rules []rule, incs []increment) (*creditBook, error) {
 	book := &creditBook{}
 	seen := map[string]bool{}
 	var tenants []string
@@ -40,16 +41,15 @@ func readCredits(ctx context.Context, tx pgx.Tx, rules []rule, incs []increment)
 	if len(tenants) == 0 || len(incs) == 0 {
 		return book, nil
 	}
-	from, to := incs[0].at, incs[0].at
+	// Every quota period the batch touched: the tenant's billing period
+	// and the UTC day of each increment.
+	from, to := periods.Span(incs[0].tenant, incs[0].at)
 	for _, in := range incs {
-		if in.at.Before(from) {
-			from = in.at
-		}
-		if in.at.After(to) {
-			to = in.at
-		}
+		s, e := periods.Span(in.tenant, in.at)
+		ds, de := windows.Day.Span(in.at)
+		from, to = minTime(from, s, ds), maxTime(to, e, de)
 	}
-	stored, err := credits.Overlapping(ctx, tx, tenants, windows.Month.Start(from), windows.Month.End(windows.Month.Start(to)))
+	stored, err := credits.Overlapping(ctx, tx, tenants, from, to)
 	if err != nil || len(stored) == 0 {
 		return book, err
 	}
@@ -78,7 +78,7 @@ func planEvaluation(r rule, value *big.Int) evaluation {
 // overlapping the period (reading the period's hours, one statement), and
 // against the plan's limit otherwise. meters resolves a defined meter
 // (nil for a quota on an implicit meter).
-func (b *creditBook) evaluate(ctx context.Context, tx pgx.Tx, meters *meterset.Set, r rule, start time.Time, value *big.Int, now time.Time) (evaluation, error) {
+func (b *creditBook) evaluate(ctx context.Context, tx pgx.Tx, meters *meterset.Set, r rule, start, end time.Time, value *big.Int, now time.Time) (evaluation, error) {
 	plan := planEvaluation(r, value)
 	if b == nil || len(b.grants) == 0 || r.PerGroup {
 		return plan, nil
@@ -94,7 +94,6 @@ func (b *creditBook) evaluate(ctx context.Context, tx pgx.Tx, meters *meterset.S
 		def := meter.Definition{Name: d.Name, Metric: d.Metric, Aggregation: d.Aggregation, GroupBy: d.GroupBy}
 		m.Definition = &def
 	}
-	end := r.Period.End(start)
 	var gs []credit.Grant
 	for _, g := range b.grants[[2]string{r.Tenant, name}] {
 		if g.Overlaps(start, end) {
@@ -104,7 +103,7 @@ func (b *creditBook) evaluate(ctx context.Context, tx pgx.Tx, meters *meterset.S
 	if len(gs) == 0 {
 		return plan, nil
 	}
-	res, err := usagedata.QuotaCredit(ctx, tx, m, r.Limit, r.Period, start, gs, now)
+	res, err := usagedata.QuotaCredit(ctx, tx, m, r.Limit, r.Period, start, end, gs, now)
 	if err != nil {
 		return evaluation{}, err
 	}
@@ -113,4 +112,22 @@ func (b *creditBook) evaluate(ctx context.Context, tx pgx.Tx, meters *meterset.S
 		limit = res.Allowance.Int64()
 	}
 	return evaluation{limit: limit, state: credit.State(r.Rule, res.Allowance, value)}, nil
+}
+
+func minTime(t time.Time, ts ...time.Time) time.Time {
+	for _, u := range ts {
+		if u.Before(t) {
+			t = u
+		}
+	}
+	return t
+}
+
+func maxTime(t time.Time, ts ...time.Time) time.Time {
+	for _, u := range ts {
+		if u.After(t) {
+			t = u
+		}
+	}
+	return t
 }

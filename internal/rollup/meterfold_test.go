@@ -1,6 +1,7 @@
 package rollup
 
 import (
+	"github.com/usagemeter/metering/internal/billingcycle"
 	"math"
 	"testing"
 	"time"
@@ -58,7 +59,7 @@ func TestMeterFold(t *testing.T) {
 			t.Parallel()
 			f := newMeterFold(len(tc.adds))
 			for _, a := range tc.adds {
-				f.add(k, a.at, a.c, 1)
+				f.add(k, billingcycle.Schedule{}, a.at, a.c, 1)
 			}
 			r := f.rows
 			if r.Len() != len(tc.want) {

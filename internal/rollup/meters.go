@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/usagemeter/metering/internal/billingcycle"
 	"github.com/usagemeter/metering/internal/meter"
 	"github.com/usagemeter/metering/internal/meterset"
 	"github.com/usagemeter/metering/internal/storage/usagedata"
@@ -53,7 +54,7 @@ var meterGranularities = []windows.Granularity{windows.Hour, windows.Day, window
 // are (no new event, the same properties). A meter whose definition
 // changed after the raised event was counted is left alone: it did not
 // count that event with this definition.
-func addToMeters(ctx context.Context, tx pgx.Tx, meters *meterset.Set, incs []increment) error {
+func addToMeters(ctx context.Context, tx pgx.Tx, meters *meterset.Set, periods billingcycle.Schedules, incs []increment) error {
 	if meters.Len() == 0 {
 		return nil
 	}
@@ -87,7 +88,7 @@ func addToMeters(ctx context.Context, tx pgx.Tx, meters *meterset.Set, incs []in
 				}
 			}
 			key = m.Group(*in.ev).AppendKey(key[:0])
-			f.add(meterGroupKey{in.tenant, m.Name, string(key)}, in.at, c, in.events)
+			f.add(meterGroupKey{in.tenant, m.Name, string(key)}, periods.Of(in.tenant), in.at, c, in.events)
 		}
 	}
 	return usagedata.AddMeterWindows(ctx, tx, f.rows)
@@ -139,8 +140,9 @@ func (f *meterFold) append(k meterGroupKey, g windows.Granularity, start time.Ti
 }
 
 // add folds contribution c of an event at time at into the group's window
-// of each granularity.
-func (f *meterFold) add(k meterGroupKey, at time.Time, c meter.Contribution, events int64) {
+// of each granularity (a month window: the tenant's billing period in
+// sched).
+func (f *meterFold) add(k meterGroupKey, sched billingcycle.Schedule, at time.Time, c meter.Contribution, events int64) {
 	grp := f.groups[k]
 	if grp == nil {
 		grp = &foldGroup{}
@@ -155,7 +157,7 @@ func (f *meterFold) add(k meterGroupKey, at time.Time, c meter.Contribution, eve
 		}
 	}
 	for gi, g := range meterGranularities {
-		start := g.Start(at)
+		start := g.StartIn(sched, at)
 		i := -1
 		for _, r := range grp[gi] {
 			if r.start.Equal(start) {

@@ -56,10 +56,12 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/usagemeter/metering/events"
+	"github.com/usagemeter/metering/internal/billingcycle"
 	"github.com/usagemeter/metering/internal/meterset"
 	"github.com/usagemeter/metering/internal/quota"
 	"github.com/usagemeter/metering/internal/record"
 	"github.com/usagemeter/metering/internal/recordsign"
+	"github.com/usagemeter/metering/internal/storage/accounts"
 	"github.com/usagemeter/metering/internal/storage/usagedata"
 	"github.com/usagemeter/metering/internal/windows"
 )
@@ -322,25 +324,33 @@ func (a *Aggregator) Apply(ctx context.Context, partition int, from int64, recs 
 	if err != nil {
 		return Result{}, err
 	}
+	// The billing periods of the batch's tenants, as this transaction sees
+	// them: their month windows (a change of cycle is recorded at least
+	// billingcycle.ChangeMargin before it takes effect, so no counted event
+	// ever moves).
+	periods, err := readPeriods(ctx, tx, incs, adjs)
+	if err != nil {
+		return Result{}, err
+	}
 	if err := a.deadLetters(ctx, tx, batch, now, &res); err != nil {
 		return Result{}, err
 	}
 	// The implicit meters' windows, then the defined meters': every batch
 	// locks windows in that order.
-	if err := addToWindows(ctx, tx, incs); err != nil {
+	if err := addToWindows(ctx, tx, periods, incs); err != nil {
 		return Result{}, err
 	}
-	if err := addToMeters(ctx, tx, meters, incs); err != nil {
+	if err := addToMeters(ctx, tx, meters, periods, incs); err != nil {
 		return Result{}, err
 	}
-	if err := corrections(ctx, tx, incs, now, &res); err != nil {
+	if err := corrections(ctx, tx, periods, incs, now, &res); err != nil {
 		return Result{}, err
 	}
-	adjusted, err := a.applyAdjustments(ctx, tx, meters, adjs, incs, now, &res)
+	adjusted, err := a.applyAdjustments(ctx, tx, meters, periods, adjs, incs, now, &res)
 	if err != nil {
 		return Result{}, err
 	}
-	breaches, err := evaluateMeterQuotas(ctx, tx, meters, append(incs, adjusted...), now, a.cfg.DefaultPlan)
+	breaches, err := evaluateMeterQuotas(ctx, tx, meters, periods, append(incs, adjusted...), now, a.cfg.DefaultPlan)
 	if err != nil {
 		return Result{}, err
 	}
@@ -608,14 +618,39 @@ func updateLedger(ctx context.Context, tx pgx.Tx, state map[idKey]*ledgerRow) er
 	return usagedata.RaiseLedger(ctx, tx, kt, ki, vs, hs)
 }
 
-func addToWindows(ctx context.Context, tx pgx.Tx, incs []increment) error {
+// readPeriods reads the billing schedules of the tenants of incs and
+// adjs, in one statement.
+func readPeriods(ctx context.Context, tx pgx.Tx, incs []increment, adjs []adjRecord) (billingcycle.Schedules, error) {
+	seen := map[string]bool{}
+	var tenants []string
+	add := func(t string) {
+		if !seen[t] {
+			seen[t] = true
+			tenants = append(tenants, t)
+		}
+	}
+	for i := range incs {
+		add(incs[i].tenant)
+	}
+	for i := range adjs {
+		if adjs[i].err == "" {
+			add(adjs[i].adj.Tenant)
+		}
+	}
+	return accounts.Schedules(ctx, tx, tenants)
+}
+
+// addToWindows adds incs to their implicit meters' windows of every
+// granularity; a month window is the tenant's billing period in periods.
+func addToWindows(ctx context.Context, tx pgx.Tx, periods billingcycle.Schedules, incs []increment) error {
 	if len(incs) == 0 {
 		return nil
 	}
 	agg := make(map[windowKey]*amount, len(incs))
 	for _, in := range incs {
+		sched := periods.Of(in.tenant)
 		for _, g := range windows.All {
-			k := windowKey{in.tenant, in.metric, g, g.Start(in.at)}
+			k := windowKey{in.tenant, in.metric, g, g.StartIn(sched, in.at)}
 			am := agg[k]
 			if am == nil {
 				am = &amount{}

@@ -15,7 +15,6 @@ import (
 	"github.com/usagemeter/metering/internal/storage/billingdata"
 	"github.com/usagemeter/metering/internal/storage/usagedata"
 	"github.com/usagemeter/metering/internal/stripeapi"
-	"github.com/usagemeter/metering/internal/windows"
 )
 
 // Crediter is the Stripe call that credits a customer: one customer
@@ -80,7 +79,11 @@ func (b *Biller) creditDecreases(ctx context.Context) (int, error) {
 		return 0, nil
 	}
 	now := b.cfg.Now().UTC()
-	rows, err := billingdata.FindOverClaimed(ctx, b.pool, windows.Month.Start(now).AddDate(0, -2, 0), now.Add(-DedupHorizon))
+	periods, err := b.periods(ctx)
+	if err != nil {
+		return 0, err
+	}
+	rows, err := billingdata.FindOverClaimed(ctx, b.pool, oldestPeriod(periods, now), now.Add(-DedupHorizon))
 	if err != nil {
 		return 0, err
 	}

@@ -11,9 +11,9 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/usagemeter/metering/internal/storage/accounts"
 	"github.com/usagemeter/metering/internal/storage/billingdata"
 	"github.com/usagemeter/metering/internal/storage/usagedata"
-	"github.com/usagemeter/metering/internal/windows"
 )
 
 // Re-sending after Stripe forgot.
@@ -140,10 +140,17 @@ func (b *Biller) resolveGroup(ctx context.Context, g group, meterID string, res 
 		if len(opens) == 0 {
 			return nil // another biller resolved it
 		}
+		// The billed period's summary window, by the schedule of the
+		// group's tenant (the tenants of a customer share its cycle).
+		sched, err := accounts.TenantSchedule(ctx, tx, opens[0].tenant)
+		if err != nil {
+			return err
+		}
+		from, to := summaryWindow(g.billed, sched.End(g.billed))
 		var summary int64
 		err = b.call(ctx, func() error {
 			var err error
-			summary, err = b.stripe.Summary(ctx, meterID, g.customer, g.billed, windows.Month.End(g.billed))
+			summary, err = b.stripe.Summary(ctx, meterID, g.customer, from, to)
 			return err
 		})
 		if err != nil {
@@ -265,7 +272,13 @@ func (b *Biller) replace(ctx context.Context, tx pgx.Tx, x groupRow, arrived *bi
 	// current month, as planning would.
 	ts, billed, carried := x.ts, g.billed, false
 	if x.isFinal || x.ts.Before(now.Add(-35*24*time.Hour+time.Hour)) {
-		ts, billed, carried = now, windows.Month.Start(now), true
+		sched, err := accounts.TenantSchedule(ctx, tx, x.tenant)
+		if err != nil {
+			return nil, err
+		}
+		cs, ce := sched.Span(now)
+		cf, ct := summaryWindow(cs, ce)
+		ts, billed, carried = stampIn(now, cf, ct), cs, true
 	}
 	id, inserted, err := billingdata.InsertShortfall(ctx, tx, billingdata.Intent{Tenant: x.tenant, Metric: x.metric, GroupKey: x.groupKey, Period: x.period, Billed: billed,
 		Customer: g.customer, EventName: g.eventName, Cumulative: x.cumulative, Delta: short.String(), Identifier: shortID,

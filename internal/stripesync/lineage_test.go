@@ -56,6 +56,9 @@ func TestLineageIsExactUnderConcurrentBatches(t *testing.T) {
 			}
 		}()
 	}
+	// Made once: a channel made at each turn would lose the race with the
+	// select that reads it (its goroutine runs after the select).
+	applied := doneApplying(&wg)
 	go func() {
 		defer close(done)
 		for {
@@ -65,7 +68,7 @@ func TestLineageIsExactUnderConcurrentBatches(t *testing.T) {
 				return
 			}
 			select {
-			case <-doneApplying(&wg):
+			case <-applied:
 				if _, err := f.biller.Sync(ctx); err != nil { // what the last batches counted
 					errs <- err
 				}

@@ -58,6 +58,12 @@ type Row struct {
 	// Reconcile.
 	Complete     bool   `json:"complete"`
 	Completeness string `json:"completeness"`
+	// PeriodStart and PeriodEnd are the tenant's billing period the row
+	// is of: the one in force at the end of the UTC month Period names
+	// (the period starting in that month, or the longer one spanning
+	// it; the month itself without a billing cycle).
+	PeriodStart time.Time `json:"period_start"`
+	PeriodEnd   time.Time `json:"period_end"`
 	// Credited is what customer credits gave back of Reported: decreases
 	// too old to cancel (credits.go). Stripe's summary still holds it, so
 	// it counts in what Stripe should show, and drift stays 0.
@@ -68,11 +74,13 @@ type Row struct {
 }
 
 // Reconcile compares Postgres with Stripe for every tenant and metric,
-// and every group of a billed defined meter, of the month starting at
-// period.
+// and every group of a billed defined meter, of each tenant's billing
+// period of the UTC month containing period (see billingdata.PeriodTotals:
+// the period in force at the month's last instant). Stripe's summary of a
+// period is read over its whole minutes (summaryWindow), where its pushes
+// are stamped.
 func (b *Biller) Reconcile(ctx context.Context, period time.Time) ([]Row, error) {
 	period = windows.Month.Start(period)
-	end := windows.Month.End(period)
 	raws, err := b.readPeriod(ctx, period)
 	if err != nil {
 		return nil, err
@@ -81,7 +89,11 @@ func (b *Biller) Reconcile(ctx context.Context, period time.Time) ([]Row, error)
 	if err != nil {
 		return nil, err
 	}
-	adjs, err := b.readAdjustments(ctx, period)
+	starts := make(map[string]time.Time, len(raws))
+	for _, x := range raws {
+		starts[x.Tenant] = x.PeriodStart
+	}
+	adjs, err := b.readAdjustments(ctx, starts)
 	if err != nil {
 		return nil, fmt.Errorf("reading the period's adjustments and credits: %w", err)
 	}
@@ -92,10 +104,15 @@ func (b *Biller) Reconcile(ctx context.Context, period time.Time) ([]Row, error)
 	// compared with it together.
 	type set struct {
 		meterID, customer, eventName string
+		start, end                   time.Time
 		rows                         []int
 	}
+	type setKey struct {
+		meterID, customer string
+		start, end        time.Time
+	}
 	var sets []*set
-	setOf := map[[2]string]*set{}
+	setOf := map[setKey]*set{}
 	out := make([]Row, 0, len(raws))
 	kept := make([]periodRow, 0, len(raws))
 	for _, x := range raws {
@@ -116,10 +133,10 @@ func (b *Biller) Reconcile(ctx context.Context, period time.Time) ([]Row, error)
 		case meterID == "":
 			r.Status, r.Note = StatusUnmapped, fmt.Sprintf("no active Stripe meter for event name %q", x.eventName)
 		default:
-			key := [2]string{meterID, x.customer}
+			key := setKey{meterID, x.customer, r.PeriodStart, r.PeriodEnd}
 			st := setOf[key]
 			if st == nil {
-				st = &set{meterID: meterID, customer: x.customer, eventName: x.eventName}
+				st = &set{meterID: meterID, customer: x.customer, eventName: x.eventName, start: r.PeriodStart, end: r.PeriodEnd}
 				setOf[key] = st
 				sets = append(sets, st)
 			}
@@ -133,7 +150,8 @@ func (b *Biller) Reconcile(ctx context.Context, period time.Time) ([]Row, error)
 		var total int64
 		err := b.call(ctx, func() error {
 			var err error
-			total, err = b.stripe.Summary(ctx, st.meterID, st.customer, period, end)
+			from, to := summaryWindow(st.start, st.end)
+			total, err = b.stripe.Summary(ctx, st.meterID, st.customer, from, to)
 			return err
 		})
 		if err != nil {
@@ -216,6 +234,7 @@ func (b *Biller) readPeriod(ctx context.Context, period time.Time) ([]periodRow,
 		x.Metered, x.Reported, x.InFlight = usagedata.NumericInt(t.Metered), usagedata.NumericInt(t.Reported), usagedata.NumericInt(t.InFlight)
 		x.CarriedOut, x.CarriedIn = usagedata.NumericInt(t.CarriedOut), usagedata.NumericInt(t.CarriedIn)
 		x.Period = period.Format("2006-01")
+		x.PeriodStart, x.PeriodEnd = t.PeriodStart, t.PeriodEnd
 		raws[i] = x
 	}
 	return raws, nil
@@ -252,7 +271,11 @@ func judge(r *Row, x periodRow, now time.Time) {
 // the metered one (windows rebuilt lower, say); the next planning then
 // sends the right difference under a new identifier.
 func (b *Biller) fixOverReporting(ctx context.Context) (int, error) {
-	rows, err := billingdata.FindOverReported(ctx, b.pool, windows.Month.Start(b.cfg.Now()).AddDate(0, -2, 0), b.cfg.Now().Add(-DedupHorizon))
+	periods, err := b.periods(ctx)
+	if err != nil {
+		return 0, err
+	}
+	rows, err := billingdata.FindOverReported(ctx, b.pool, oldestPeriod(periods, b.cfg.Now()), b.cfg.Now().Add(-DedupHorizon))
 	if err != nil {
 		return 0, fmt.Errorf("finding over-reported months: %w", err)
 	}

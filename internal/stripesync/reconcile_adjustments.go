@@ -60,16 +60,53 @@ type periodAdjustments struct {
 // pairs each adjustment, in log order, with the first counterpart made at
 // or after it that no earlier adjustment took: an increase with a push,
 // a decrease with a credit, else a cancelled push.
-func (b *Biller) readAdjustments(ctx context.Context, period time.Time) (periodAdjustments, error) {
+//
+// starts holds each tenant's billing period start; the tenants sharing a
+// start are read together (one read per distinct start).
+func (b *Biller) readAdjustments(ctx context.Context, starts map[string]time.Time) (periodAdjustments, error) {
 	out := periodAdjustments{credited: map[pairKey]*big.Int{}, lines: map[pairKey][]AdjustmentLine{}}
-	adjs, err := usagedata.ListAdjustments(ctx, b.pool, "", period, period.AddDate(0, 1, 0))
-	if err != nil {
-		return out, err
+	var adjs []usagedata.Adjustment
+	var credits []billingdata.Credit
+	var pushes []billingdata.PeriodPush
+	distinct := map[time.Time]bool{}
+	for _, s := range starts {
+		distinct[s] = true
 	}
-	credits, err := billingdata.CreditsOf(ctx, b.pool, "", period)
-	if err != nil {
-		return out, err
+	for period := range distinct {
+		as, err := usagedata.ListAdjustments(ctx, b.pool, "", period, period.Add(time.Microsecond))
+		if err != nil {
+			return out, err
+		}
+		for _, a := range as {
+			if starts[a.Tenant].Equal(period) {
+				adjs = append(adjs, a)
+			}
+		}
+		cs, err := billingdata.CreditsOf(ctx, b.pool, "", period)
+		if err != nil {
+			return out, err
+		}
+		for _, c := range cs {
+			if starts[c.Tenant].Equal(period) {
+				credits = append(credits, c)
+			}
+		}
+		if len(as) == 0 {
+			continue
+		}
+		ps, err := billingdata.PeriodPushes(ctx, b.pool, "", period)
+		if err != nil {
+			return out, err
+		}
+		for _, p := range ps {
+			if starts[p.Tenant].Equal(period) {
+				pushes = append(pushes, p)
+			}
+		}
 	}
+	// Each tenant's rows come from one period's read, in its order
+	// (adjustments in log order, pushes and credits in id order); only
+	// rows of the same tenant are ever paired.
 	for _, c := range credits {
 		k := pairKey{c.Tenant, c.Metric, c.GroupKey}
 		q, ok := new(big.Int).SetString(c.Quantity, 10)
@@ -83,10 +120,6 @@ func (b *Biller) readAdjustments(ctx context.Context, period time.Time) (periodA
 	}
 	if len(adjs) == 0 {
 		return out, nil
-	}
-	pushes, err := billingdata.PeriodPushes(ctx, b.pool, "", period)
-	if err != nil {
-		return out, err
 	}
 	usedPush, usedCredit := map[int]bool{}, map[int]bool{}
 	for _, a := range adjs {

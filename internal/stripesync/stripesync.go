@@ -39,13 +39,13 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/time/rate"
 
+	"github.com/usagemeter/metering/internal/billingcycle"
 	"github.com/usagemeter/metering/internal/storage"
 	"github.com/usagemeter/metering/internal/storage/billingdata"
 	"github.com/usagemeter/metering/internal/storage/outbox"
 	"github.com/usagemeter/metering/internal/storage/usagedata"
 	"github.com/usagemeter/metering/internal/stripeapi"
 	"github.com/usagemeter/metering/internal/topics"
-	"github.com/usagemeter/metering/internal/windows"
 )
 
 // Stripe is the part of Stripe the biller uses.
@@ -207,13 +207,19 @@ func (b *Biller) meters(ctx context.Context) (map[string]string, error) {
 // planIntents writes an intent for each delta.
 func (b *Biller) planIntents(ctx context.Context, meters map[string]string, res *SyncResult) error {
 	now := b.cfg.Now().UTC()
-	current := windows.Month.Start(now)
-	plans, err := b.deltas(ctx, current.AddDate(0, -2, 0))
+	periods, err := b.periods(ctx)
+	if err != nil {
+		return err
+	}
+	plans, err := b.deltas(ctx, oldestPeriod(periods, now))
 	if err != nil {
 		return err
 	}
 	for _, p := range plans {
-		if p.skip {
+		// A period not begun yet (usage a little ahead of the clock, an
+		// adjustment of the period a month names) is planned once it
+		// has: its meter events are stamped inside it.
+		if p.skip || p.period.After(now) {
 			continue
 		}
 		if p.unmapped != "" {
@@ -224,7 +230,7 @@ func (b *Biller) planIntents(ctx context.Context, meters map[string]string, res 
 			res.Unmapped = append(res.Unmapped, p.tenant+"/"+p.metric+p.group)
 			continue
 		}
-		if err := b.planOne(ctx, p, now, res); err != nil {
+		if err := b.planOne(ctx, p, periods.Of(p.tenant), now, res); err != nil {
 			return err
 		}
 	}
@@ -272,19 +278,27 @@ func (b *Biller) deltas(ctx context.Context, oldest time.Time) ([]delta, error) 
 	return plans, nil
 }
 
-// stamp decides where usage of the metered month period goes at now:
-// the event timestamp, the billed month, and whether it is carried into
-// the current month (the invoice is final, or Stripe no longer takes
-// events for the month).
-func stamp(period, now time.Time, final bool) (ts, billed time.Time, carried bool) {
-	periodEnd := windows.Month.End(period)
+// stamp decides where usage of the metered billing period starting at
+// period (of a tenant whose periods are sched) goes at now: the event
+// timestamp, the billed period, and whether it is carried into the
+// current period (the invoice is final, or Stripe no longer takes events
+// for the period). The timestamp is inside the billed period's summary
+// window (summaryWindow). The period must have begun (planIntents waits
+// for it).
+func stamp(sched billingcycle.Schedule, period, now time.Time, final bool) (ts, billed time.Time, carried bool) {
+	_, to := summaryWindow(period, sched.End(period))
+	current := func(carried bool) (time.Time, time.Time, bool) {
+		cs, ce := sched.Span(now)
+		cf, ct := summaryWindow(cs, ce)
+		return stampIn(now, cf, ct), cs, carried
+	}
 	switch {
-	case now.Before(periodEnd):
-		return now, windows.Month.Start(now), false // the open month: stamp it now
-	case final || periodEnd.Add(-time.Second).Before(now.Add(-35*24*time.Hour+time.Hour)):
-		return now, windows.Month.Start(now), true
+	case now.Before(sched.End(period)):
+		return current(false) // the open period: stamp it now
+	case final || to.Add(-time.Second).Before(now.Add(-35*24*time.Hour+time.Hour)):
+		return current(true)
 	default:
-		return periodEnd.Add(-time.Second), period, false
+		return to.Add(-time.Second), period, false
 	}
 }
 
@@ -293,9 +307,9 @@ func stamp(period, now time.Time, final bool) (ts, billed time.Time, carried boo
 // lock, re-reading the claimed total and the metered one inside: a biller
 // planning the same pair at the same time waits, then finds nothing left
 // to claim.
-func (b *Biller) planOne(ctx context.Context, p delta, now time.Time, res *SyncResult) error {
+func (b *Biller) planOne(ctx context.Context, p delta, sched billingcycle.Schedule, now time.Time, res *SyncResult) error {
 	tenant, metric, customer, eventName, period := p.tenant, p.metric, p.customer, p.eventName, p.period
-	ts, billed, carried := stamp(period, now, p.final)
+	ts, billed, carried := stamp(sched, period, now, p.final)
 	var delta *big.Int
 	inserted := false
 	err := pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {

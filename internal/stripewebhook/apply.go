@@ -12,7 +12,6 @@ import (
 	"github.com/usagemeter/metering/internal/billingevents"
 	"github.com/usagemeter/metering/internal/storage/accounts"
 	"github.com/usagemeter/metering/internal/storage/billingdata"
-	"github.com/usagemeter/metering/internal/windows"
 )
 
 // apply records ev and its effect in one transaction and returns its
@@ -269,8 +268,7 @@ func (h *Handler) invoiceFinalized(ctx context.Context, tx pgx.Tx, ev event) err
 	if tenants == 0 {
 		return undecodable("invoice %s: no tenant has stripe_customer_id %q", inv.ID, inv.Customer)
 	}
-	period := windows.Month.Start(time.Unix(inv.PeriodStart, 0))
-	return contentOrFailure(billingdata.ClosePeriod(ctx, tx, inv.Customer, period, inv.ID), "closing the month")
+	return contentOrFailure(billingdata.ClosePeriod(ctx, tx, inv.Customer, time.Unix(inv.PeriodStart, 0).UTC(), inv.ID), "closing the period")
 }
 
 // meterErrorReport keeps Stripe's report for people; each is its own row,

@@ -25,10 +25,12 @@ func withCycle(sub map[string]any, anchor, periodStart time.Time, interval strin
 }
 
 // TestSubscriptionBillingCycle: the webhooks record a subscription's
-// billing cycle (anchor and recurring interval) for its tenants from the
-// start of its current period; the same periods again record nothing; an
-// anchor reset starts a period at the reset; a cycle Stripe could not
-// have sent is recorded as undecodable, not applied.
+// billing cycle (anchor and recurring interval) for its tenants, in force
+// 10 minutes after it is recorded (billingcycle.ChangeMargin: usage of
+// the current period's past is counted already); the same periods again
+// record nothing; an anchor reset starts a period when it takes effect;
+// a cycle Stripe could not have sent is recorded as undecodable, not
+// applied.
 func TestSubscriptionBillingCycle(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
@@ -45,15 +47,22 @@ func TestSubscriptionBillingCycle(t *testing.T) {
 	}
 
 	// Created: the cycle from the current period's start.
+	// inMargin reports whether from is the margin after a moment of
+	// [before, after].
+	inMargin := func(from, before, after time.Time) bool {
+		return !from.Before(before.Add(billingcycle.ChangeMargin)) && !from.After(after.Add(billingcycle.ChangeMargin))
+	}
 	payload := eventAt("evt_c", "customer.subscription.created", created, withCycle(subscription("sub_1", "pro"), anchor, anchor, "month", 1, false))
+	before := time.Now()
 	if code, body := post(t, f.h, payload, secret); code != 200 || status(body) != "processed" {
 		t.Fatalf("created: %d %s", code, body)
 	}
+	after := time.Now()
 	h := history()
 	want := billingcycle.Cycle{Anchor: anchor.UTC(), Interval: billingcycle.Month, Count: 1}
-	if len(h) != 1 || !h[0].From.Equal(anchor) || h[0].Cycle != want || h[0].Source != "stripe" {
+	if len(h) != 1 || !inMargin(h[0].From, before, after) || h[0].Cycle != want || h[0].Source != "stripe" {
 		b, _ := json.Marshal(h)
-		t.Fatalf("history %s, want the monthly cycle anchored at %s from then on", b, anchor)
+		t.Fatalf("history %s, want the monthly cycle anchored at %s from 10 minutes after it was recorded", b, anchor)
 	}
 	// An update with the same cycle (legacy plan shape): nothing new.
 	payload = updatedWith("evt_u", created.Add(time.Minute), withCycle(subscription("sub_1", "pro"), anchor, anchor, "month", 1, true),
@@ -65,23 +74,26 @@ func TestSubscriptionBillingCycle(t *testing.T) {
 	reset := created.Add(30 * time.Minute)
 	payload = updatedWith("evt_r", reset, withCycle(subscription("sub_1", "pro"), reset, reset, "month", 3, false),
 		map[string]any{"billing_cycle_anchor": anchor.Unix()})
+	before = time.Now()
 	if code, body := post(t, f.h, payload, secret); code != 200 || status(body) != "processed" {
 		t.Fatalf("reset: %d %s", code, body)
 	}
+	after = time.Now()
 	h = history()
-	if len(h) != 2 || !h[1].From.Equal(reset) || h[1].Cycle.Count != 3 {
+	if len(h) != 2 || !inMargin(h[1].From, before, after) || h[1].Cycle.Count != 3 {
 		b, _ := json.Marshal(h)
-		t.Fatalf("history %s, want a quarterly cycle from %s", b, reset)
+		t.Fatalf("history %s, want a quarterly cycle anchored at %s from 10 minutes after it was recorded", b, reset)
 	}
+	first, effective := h[0].From, h[1].From
 	sched, err := accounts.TenantSchedule(ctx, f.db.Pool, "acme")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s, e := sched.Span(reset.Add(time.Second)); !s.Equal(reset) || !e.Equal(reset.UTC().AddDate(0, 3, 0)) {
+	if s, e := sched.Span(effective.Add(time.Second)); !s.Equal(effective) || !e.Equal(reset.UTC().AddDate(0, 3, 0)) {
 		t.Fatalf("period after the reset: [%s, %s)", s, e)
 	}
-	if s, e := sched.Span(reset.Add(-time.Second)); !s.Equal(anchor) || !e.Equal(reset) {
-		t.Fatalf("period before the reset: [%s, %s), want [%s, %s)", s, e, anchor, reset)
+	if s, e := sched.Span(effective.Add(-time.Nanosecond)); !s.Equal(first) || !e.Equal(effective) {
+		t.Fatalf("period before the reset: [%s, %s), want [%s, %s)", s, e, first, effective)
 	}
 	// An interval Stripe does not have: undecodable, nothing recorded.
 	payload = updatedWith("evt_x", reset.Add(time.Minute), withCycle(subscription("sub_1", "pro"), reset, reset, "decade", 1, false), nil)

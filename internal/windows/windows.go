@@ -1,8 +1,12 @@
 // Package windows does the time arithmetic of usage windows: which UTC
-// minute, hour, day and month an event time falls in.
+// minute, hour, day and month an event time falls in, and, for a tenant,
+// which billing period: a tenant's month windows are its billing periods
+// (StartIn, EndIn, SpanIn), the UTC calendar months for a tenant without
+// a billing cycle.
 //
 // Invariant: windows of one granularity tile time without gaps or overlap,
-// [Start, End), in UTC, whatever the time zone of the input.
+// [Start, End), in UTC, whatever the time zone of the input; so do a
+// tenant's month windows, given periods that tile time.
 package windows
 
 import (
@@ -70,4 +74,40 @@ func (g Granularity) End(start time.Time) time.Time {
 func (g Granularity) Span(t time.Time) (time.Time, time.Time) {
 	s := g.Start(t)
 	return s, g.End(s)
+}
+
+// Periods are a tenant's billing periods (a billingcycle.Schedule): Span
+// returns the period [start, end) containing t. They must tile time.
+type Periods interface {
+	Span(t time.Time) (time.Time, time.Time)
+}
+
+// StartIn returns the start of the window of granularity g containing t
+// for a tenant whose billing periods are p: for Month, the start of the
+// billing period; for the others, Start(t).
+func (g Granularity) StartIn(p Periods, t time.Time) time.Time {
+	if g == Month {
+		s, _ := p.Span(t)
+		return s
+	}
+	return g.Start(t)
+}
+
+// EndIn returns the end (exclusive) of the window of granularity g that
+// starts at start for a tenant whose billing periods are p.
+func (g Granularity) EndIn(p Periods, start time.Time) time.Time {
+	if g == Month {
+		_, e := p.Span(start)
+		return e
+	}
+	return g.End(start)
+}
+
+// SpanIn returns the [start, end) window of granularity g containing t for
+// a tenant whose billing periods are p.
+func (g Granularity) SpanIn(p Periods, t time.Time) (time.Time, time.Time) {
+	if g == Month {
+		return p.Span(t)
+	}
+	return g.Span(t)
 }

@@ -39,3 +39,37 @@ func TestParse(t *testing.T) {
 		t.Error("Parse(week) succeeded")
 	}
 }
+
+// periodsOn14th are billing periods from the 14th at 09:23:11 to the next.
+type periodsOn14th struct{}
+
+func (periodsOn14th) Span(t time.Time) (time.Time, time.Time) {
+	s := time.Date(t.Year(), t.Month(), 14, 9, 23, 11, 0, time.UTC)
+	if t.Before(s) {
+		s = s.AddDate(0, -1, 0)
+	}
+	return s, s.AddDate(0, 1, 0)
+}
+
+// TestSpanIn: a month window is the tenant's billing period; the other
+// granularities are the UTC ones.
+func TestSpanIn(t *testing.T) {
+	t.Parallel()
+	at := time.Date(2026, 11, 14, 9, 23, 10, 0, time.UTC)
+	p := periodsOn14th{}
+	if s, e := windows.Month.SpanIn(p, at); !s.Equal(time.Date(2026, 10, 14, 9, 23, 11, 0, time.UTC)) || !e.Equal(time.Date(2026, 11, 14, 9, 23, 11, 0, time.UTC)) {
+		t.Errorf("month: [%s, %s)", s, e)
+	}
+	if s := windows.Month.StartIn(p, at.Add(time.Second)); !s.Equal(time.Date(2026, 11, 14, 9, 23, 11, 0, time.UTC)) {
+		t.Errorf("month after the boundary: %s", s)
+	}
+	if e := windows.Month.EndIn(p, time.Date(2026, 11, 14, 9, 23, 11, 0, time.UTC)); !e.Equal(time.Date(2026, 12, 14, 9, 23, 11, 0, time.UTC)) {
+		t.Errorf("month end: %s", e)
+	}
+	for _, g := range []windows.Granularity{windows.Minute, windows.Hour, windows.Day} {
+		s, e := g.SpanIn(p, at)
+		if ws, we := g.Span(at); !s.Equal(ws) || !e.Equal(we) || !g.StartIn(p, at).Equal(ws) || !g.EndIn(p, ws).Equal(we) {
+			t.Errorf("%s: [%s, %s), want [%s, %s)", g, s, e, ws, we)
+		}
+	}
+}

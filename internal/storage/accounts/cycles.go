@@ -2,6 +2,7 @@ package accounts
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -57,19 +58,72 @@ func TenantSchedule(ctx context.Context, q storage.Executor, tenant string) (bil
 	return s, nil
 }
 
+// ErrCycleTooEarly is returned for a change of billing cycle that would
+// take effect earlier than billingcycle.ChangeMargin after it is recorded:
+// usage at that time may already be counted in the periods in force.
+var ErrCycleTooEarly = errors.New("a billing cycle change takes effect at least 10 minutes after it is recorded")
+
+// Schedules returns the billing schedules of tenants that have a cycle,
+// in one statement; a tenant missing from the answer has UTC calendar
+// months.
+func Schedules(ctx context.Context, q storage.Executor, tenants []string) (billingcycle.Schedules, error) {
+	if len(tenants) == 0 {
+		return billingcycle.Schedules{}, nil
+	}
+	return schedules(ctx, q, `SELECT tenant, effective_from, anchor, interval, interval_count
+		FROM tenant_billing_cycles WHERE tenant = ANY($1) ORDER BY tenant, effective_from`, tenants)
+}
+
+// AllSchedules returns the billing schedule of every tenant that has a
+// cycle, in one statement (the table holds a few rows per tenant).
+func AllSchedules(ctx context.Context, q storage.Executor) (billingcycle.Schedules, error) {
+	return schedules(ctx, q, `SELECT tenant, effective_from, anchor, interval, interval_count
+		FROM tenant_billing_cycles ORDER BY tenant, effective_from`)
+}
+
+func schedules(ctx context.Context, q storage.Executor, sql string, args ...any) (billingcycle.Schedules, error) {
+	rows, err := q.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, fmt.Errorf("reading billing cycles: %w", err)
+	}
+	byTenant := map[string][]billingcycle.Change{}
+	var tenant, interval string
+	var ch billingcycle.Change
+	_, err = pgx.ForEachRow(rows, []any{&tenant, &ch.From, &ch.Cycle.Anchor, &interval, &ch.Cycle.Count}, func() error {
+		ch.Cycle.Interval = billingcycle.Interval(interval)
+		byTenant[tenant] = append(byTenant[tenant], ch)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading billing cycles: %w", err)
+	}
+	out := make(billingcycle.Schedules, len(byTenant))
+	for t, changes := range byTenant {
+		s, err := billingcycle.NewSchedule(changes)
+		if err != nil {
+			return nil, fmt.Errorf("the billing cycles of tenant %s: %w", t, err)
+		}
+		out[t] = s
+	}
+	return out, nil
+}
+
 // SetCycle records that tenant's billing cycle is ch.Cycle from ch.From
 // on, made by source ("admin" or "stripe"), and reports whether anything
 // changed: a cycle whose periods are those already in force at ch.From
 // records nothing. The tenant's row must exist and is locked, ordering
-// two writers of its history. ch.From after now, or before the latest
-// change, is ErrEffectiveFrom (past periods never move); at the latest
-// change's instant it replaces that change.
+// two writers of its history. ch.From earlier than
+// billingcycle.EarliestFrom(now) is ErrCycleTooEarly (usage of that time
+// may be counted already); before the latest change, ErrEffectiveFrom
+// (past periods never move); at the latest change's instant it replaces
+// that change.
 func SetCycle(ctx context.Context, tx storage.Executor, tenant string, ch billingcycle.Change, now time.Time, source string) (bool, error) {
 	if err := ch.Cycle.Validate(); err != nil {
 		return false, err
 	}
-	if ch.From.After(now) {
-		return false, fmt.Errorf("%w: %s is in the future; a billing cycle takes effect now or in the past", ErrEffectiveFrom, ch.From.UTC().Format(time.RFC3339Nano))
+	if earliest := billingcycle.EarliestFrom(now); ch.From.Before(earliest) {
+		return false, fmt.Errorf("%w: effective_from %s is before %s (now plus %s)", ErrCycleTooEarly,
+			ch.From.UTC().Format(time.RFC3339Nano), earliest.Format(time.RFC3339Nano), billingcycle.ChangeMargin)
 	}
 	if _, err := tx.Exec(ctx, `SELECT 1 FROM tenants WHERE tenant = $1 FOR UPDATE`, tenant); err != nil {
 		return false, fmt.Errorf("locking tenant %s: %w", tenant, err)
@@ -99,8 +153,10 @@ func SetCycle(ctx context.Context, tx storage.Executor, tenant string, ch billin
 
 // SetCustomerCycle records ch for every tenant of Stripe customer
 // customer (source "stripe") and returns how many tenants changed. ch.From
-// is brought back to now when it is later, and forward to a tenant's
-// latest change when it is earlier.
+// (Stripe's period start, usually past) is brought forward to
+// billingcycle.EarliestFrom(now) when it is earlier, and to a tenant's
+// latest change when that is later: a cycle from Stripe takes effect
+// when usage of that time cannot have been counted yet.
 func SetCustomerCycle(ctx context.Context, q storage.Executor, customer string, ch billingcycle.Change, now time.Time) (int64, error) {
 	rows, err := q.Query(ctx, `SELECT tenant FROM tenants WHERE stripe_customer_id = $1 ORDER BY tenant FOR UPDATE`, customer)
 	if err != nil {
@@ -110,8 +166,8 @@ func SetCustomerCycle(ctx context.Context, q storage.Executor, customer string, 
 	if err != nil {
 		return 0, fmt.Errorf("listing the tenants of customer %s: %w", customer, err)
 	}
-	if ch.From.After(now) {
-		ch.From = now
+	if earliest := billingcycle.EarliestFrom(now); ch.From.Before(earliest) {
+		ch.From = earliest
 	}
 	var changed int64
 	for _, t := range tenants {

@@ -60,8 +60,8 @@ func FindOverClaimed(ctx context.Context, q storage.Executor, oldest, sentBefore
 		LEFT JOIN `+creditsSQL+` c ON c.tenant = m.tenant AND c.metric = m.metric AND c.group_key = m.group_key AND c.period_start = m.period_start
 		LEFT JOIN usage_windows w ON w.tenant = m.tenant AND w.meter = m.metric AND w.group_key = m.group_key AND w.granularity = 'month' AND w.window_start = m.period_start
 		LEFT JOIN billing_periods bp ON bp.tenant = m.tenant AND bp.period_start = m.billed
-		LEFT JOIN plan_quotas q ON q.plan = tenant_plan_at(m.tenant, `+monthInForce("m.period_start")+`)
-			AND q.version = plan_version_at(q.plan, `+monthInForce("m.period_start")+`) AND q.stripe_event_name IS NOT NULL
+		LEFT JOIN plan_quotas q ON q.plan = tenant_plan_at(m.tenant, `+periodInForce("m.tenant", "m.period_start")+`)
+			AND q.version = plan_version_at(q.plan, `+periodInForce("m.tenant", "m.period_start")+`) AND q.stripe_event_name IS NOT NULL
 			AND ((q.meter IS NULL AND q.metric = m.metric AND m.group_key = '') OR q.meter = m.metric)
 		LEFT JOIN plans pl ON pl.name = q.plan
 		WHERE m.claimed - coalesce(c.credited, 0) > coalesce(w.value, 0) AND m.open = 0 AND (m.last_sent <= $2 OR bp.tenant IS NOT NULL)

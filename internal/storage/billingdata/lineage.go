@@ -53,7 +53,7 @@ func PushLineage(ctx context.Context, q storage.Executor, identifier string) (Li
 			NOT EXISTS (SELECT 1 FROM billing_pushes o WHERE o.tenant = p.tenant AND o.metric = p.metric AND o.group_key = p.group_key
 					AND o.period_start = p.period_start AND o.cumulative_total <= p.cumulative_total AND o.metered_snapshot IS NULL)
 				AND NOT EXISTS (SELECT 1 FROM ledger l WHERE l.tenant = p.tenant AND l.metric = p.metric AND l.counted_xid IS NULL
-					AND l.event_time >= p.period_start AND l.event_time < (p.period_start AT TIME ZONE 'UTC' + interval '1 month') AT TIME ZONE 'UTC')
+					AND l.event_time >= p.period_start AND l.event_time < (billing_period(p.tenant, p.period_start)).period_end)
 		FROM billing_pushes p
 		LEFT JOIN LATERAL (SELECT b.identifier, b.cumulative_total, b.metered_snapshot FROM billing_pushes b
 			WHERE b.tenant = p.tenant AND b.metric = p.metric AND b.group_key = p.group_key AND b.period_start = p.period_start
@@ -91,7 +91,7 @@ type LineageItem struct {
 // them.
 func EachPushItem(ctx context.Context, q storage.Executor, p LineagePush, fn func(LineageItem) error) error {
 	rows, err := q.Query(ctx, `SELECT * FROM (SELECT 'event' AS kind, event_id AS id, value, event_time AS at, src_partition, src_offset FROM ledger
-			WHERE tenant = $1 AND metric = $2 AND event_time >= $3 AND event_time < ($3 AT TIME ZONE 'UTC' + interval '1 month') AT TIME ZONE 'UTC'
+			WHERE tenant = $1 AND metric = $2 AND event_time >= $3 AND event_time < (billing_period($1, $3)).period_end
 				AND pg_visible_in_snapshot(counted_xid, $4::pg_snapshot)
 				AND ($5 = '' OR NOT pg_visible_in_snapshot(counted_xid, nullif($5, '')::pg_snapshot))
 				AND NOT starts_with(event_id, $6) -- an adjustment's dedup row: listed from usage_adjustments
@@ -160,7 +160,7 @@ func EventLineageOf(ctx context.Context, q storage.Executor, tenant, id string) 
 		FROM ledger l
 		LEFT JOIN LATERAL (SELECT b.identifier, b.status, b.cumulative_total, b.delta FROM billing_pushes b
 			WHERE b.tenant = l.tenant AND b.metric = l.metric AND b.group_key = ''
-				AND b.period_start = date_trunc('month', l.event_time AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+				AND b.period_start = (billing_period(l.tenant, l.event_time)).period_start
 				AND b.status <> 'cancelled' AND pg_visible_in_snapshot(l.counted_xid, b.metered_snapshot)
 			ORDER BY b.cumulative_total, b.id LIMIT 1) p ON true
 		WHERE l.tenant = $1 AND l.event_id = $2 AND NOT starts_with(l.event_id, $3)`, tenant, id, usagedata.AdjustmentLedgerPrefix).Scan(&e.Metric, &e.Value, &e.Time, &e.Partition, &e.Offset, &e.Traced,

@@ -133,8 +133,8 @@ func Deltas(ctx context.Context, q storage.Executor, oldest time.Time, defaultPl
 			coalesce(p.claimed, 0) - coalesce(c.credited, 0), coalesce(p.cancelled, 0) + coalesce(c.credits, 0), (bp.tenant IS NOT NULL)
 		FROM usage_windows w
 		JOIN tenants t ON t.tenant = w.tenant
-		JOIN plan_quotas q ON q.plan = tenant_billed_plan_at(t.tenant, `+monthInForce("w.window_start")+`, $2)
-			AND q.version = plan_version_at(q.plan, `+monthInForce("w.window_start")+`) AND q.stripe_event_name IS NOT NULL
+		JOIN plan_quotas q ON q.plan = tenant_billed_plan_at(t.tenant, `+periodInForce("w.tenant", "w.window_start")+`, $2)
+			AND q.version = plan_version_at(q.plan, `+periodInForce("w.tenant", "w.window_start")+`) AND q.stripe_event_name IS NOT NULL
 			AND ((q.meter IS NULL AND q.metric = w.meter AND w.group_key = '') OR q.meter = w.meter)
 		LEFT JOIN meters m ON m.name = q.meter
 		LEFT JOIN meter_group_keys gk ON gk.meter = w.meter AND gk.digest = w.group_key
@@ -166,12 +166,13 @@ func Deltas(ctx context.Context, q storage.Executor, oldest time.Time, defaultPl
 	return ds, nil
 }
 
-// monthInForce is the SQL instant whose plan and plan version bill the
-// month starting at start (a SQL expression): its last microsecond, or
+// periodInForce is the SQL instant whose plan and plan version bill the
+// billing period of tenant starting at start (SQL expressions): its last
+// microsecond (the period's end from billing_period, migration 0025), or
 // now while it lasts: the version in force at the end of the period, as
 // the quotas of the period under the 'immediate' policy.
-func monthInForce(start string) string {
-	return "least(now(), ((" + start + ") AT TIME ZONE 'UTC' + interval '1 month' - interval '1 microsecond') AT TIME ZONE 'UTC')"
+func periodInForce(tenant, start string) string {
+	return "least(now(), (billing_period(" + tenant + ", " + start + ")).period_end - interval '1 microsecond')"
 }
 
 // Push is a row of billing_pushes as the sender needs it.

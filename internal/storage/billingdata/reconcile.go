@@ -114,61 +114,79 @@ type PeriodTotal struct {
 	Dead                                int
 	Discarded, CarriedOut, CarriedIn    pgtype.Numeric
 	LastSent                            *time.Time
+	// PeriodStart and PeriodEnd are the tenant's billing period the row
+	// is of.
+	PeriodStart, PeriodEnd time.Time
 }
 
 // PeriodTotals reads, for every tenant, billed meter and group with usage
-// or pushes in the month starting at period, by tenant, metric, meter and
-// group: the metered total, what was reported (sent), what is in flight
+// or pushes in the tenant's billing period of the month starting at month
+// (the period in force at the month's last instant: the one starting in
+// that month, or the longer one spanning it; the calendar month for a
+// tenant without a billing cycle), by tenant, metric, meter and group:
+// the metered total, what was reported (sent), what is in flight
 // (intents and dead), how many are dead, what was discarded, what was
-// carried out of the month and into it, and when a push billed in it was
+// carried out of the period and into it, and when a push billed in it was
 // last sent. Implicit meters have one row (the empty group); a defined
 // meter with a billed quota has one per group of its usage or pushes. A
 // tenant without a plan assignment in force is billed by defaultPlan
 // ("" for none), as in Deltas.
-func PeriodTotals(ctx context.Context, q storage.Executor, period time.Time, defaultPlan string) ([]PeriodTotal, error) {
-	rows, err := q.Query(ctx, `WITH groups AS (
-			SELECT tenant, meter, group_key FROM usage_windows WHERE granularity = 'month' AND window_start = $1 AND group_key <> ''
+func PeriodTotals(ctx context.Context, q storage.Executor, month time.Time, defaultPlan string) ([]PeriodTotal, error) {
+	rows, err := q.Query(ctx, `WITH tp AS (
+			SELECT t.tenant, b.period_start AS ps, b.period_end AS pe, least(now(), b.period_end - interval '1 microsecond') AS billed_at
+			FROM tenants t CROSS JOIN LATERAL billing_period(t.tenant,
+				(($1::timestamptz AT TIME ZONE 'UTC' + interval '1 month') AT TIME ZONE 'UTC') - interval '1 microsecond') b
+		), groups AS (
+			SELECT w.tenant, w.meter, w.group_key FROM usage_windows w JOIN tp ON tp.tenant = w.tenant
+			WHERE w.granularity = 'month' AND w.window_start = tp.ps AND w.group_key <> ''
 			UNION
-			SELECT tenant, metric, group_key FROM billing_pushes WHERE (period_start = $1 OR billed_period_start = $1) AND group_key <> ''
+			SELECT b.tenant, b.metric, b.group_key FROM billing_pushes b JOIN tp ON tp.tenant = b.tenant
+			WHERE (b.period_start = tp.ps OR b.billed_period_start = tp.ps) AND b.group_key <> ''
 		), keys AS (
 			SELECT t.tenant, q.metric, q.metric AS meter, '' AS group_key, false AS defined, coalesce(t.stripe_customer_id, '') AS customer,
 				q.stripe_event_name, '' AS aggregation, '{}'::text[] AS group_by, q.group_filter
-			FROM tenants t JOIN plan_quotas q ON q.plan = tenant_billed_plan_at(t.tenant, `+monthInForce("$1::timestamptz")+`, $2)
-				AND q.version = plan_version_at(q.plan, `+monthInForce("$1::timestamptz")+`) AND q.meter IS NULL
+			FROM tenants t JOIN tp ON tp.tenant = t.tenant
+			JOIN plan_quotas q ON q.plan = tenant_billed_plan_at(t.tenant, tp.billed_at, $2)
+				AND q.version = plan_version_at(q.plan, tp.billed_at) AND q.meter IS NULL
 			UNION ALL
 			SELECT t.tenant, q.metric, q.meter, coalesce(g.group_key, ''), true, coalesce(t.stripe_customer_id, ''),
 				q.stripe_event_name, m.aggregation, m.group_by, q.group_filter
-			FROM tenants t JOIN plan_quotas q ON q.plan = tenant_billed_plan_at(t.tenant, `+monthInForce("$1::timestamptz")+`, $2)
-				AND q.version = plan_version_at(q.plan, `+monthInForce("$1::timestamptz")+`) AND q.meter IS NOT NULL AND q.stripe_event_name IS NOT NULL
+			FROM tenants t JOIN tp ON tp.tenant = t.tenant
+			JOIN plan_quotas q ON q.plan = tenant_billed_plan_at(t.tenant, tp.billed_at, $2)
+				AND q.version = plan_version_at(q.plan, tp.billed_at) AND q.meter IS NOT NULL AND q.stripe_event_name IS NOT NULL
 			JOIN meters m ON m.name = q.meter
 			LEFT JOIN groups g ON g.tenant = t.tenant AND g.meter = q.meter AND cardinality(m.group_by) > 0
 		), pushes AS (
-			SELECT tenant, metric, group_key,
-				sum(delta) FILTER (WHERE period_start = $1 AND status = 'sent') AS reported,
-				sum(delta) FILTER (WHERE period_start = $1 AND status IN ('intent', 'dead')) AS in_flight,
-				count(*) FILTER (WHERE period_start = $1 AND status = 'dead') AS dead,
-				sum(delta) FILTER (WHERE period_start = $1 AND status = 'discarded') AS discarded,
-				sum(delta) FILTER (WHERE period_start = $1 AND status = 'sent' AND billed_period_start <> $1) AS carried_out,
-				sum(delta) FILTER (WHERE billed_period_start = $1 AND period_start <> $1 AND status = 'sent') AS carried_in,
-				max(sent_at) FILTER (WHERE billed_period_start = $1) AS last_sent
-			FROM billing_pushes WHERE period_start = $1 OR billed_period_start = $1 GROUP BY 1, 2, 3
+			SELECT b.tenant, b.metric, b.group_key,
+				sum(b.delta) FILTER (WHERE b.period_start = tp.ps AND b.status = 'sent') AS reported,
+				sum(b.delta) FILTER (WHERE b.period_start = tp.ps AND b.status IN ('intent', 'dead')) AS in_flight,
+				count(*) FILTER (WHERE b.period_start = tp.ps AND b.status = 'dead') AS dead,
+				sum(b.delta) FILTER (WHERE b.period_start = tp.ps AND b.status = 'discarded') AS discarded,
+				sum(b.delta) FILTER (WHERE b.period_start = tp.ps AND b.status = 'sent' AND b.billed_period_start <> tp.ps) AS carried_out,
+				sum(b.delta) FILTER (WHERE b.billed_period_start = tp.ps AND b.period_start <> tp.ps AND b.status = 'sent') AS carried_in,
+				max(b.sent_at) FILTER (WHERE b.billed_period_start = tp.ps) AS last_sent
+			FROM billing_pushes b JOIN tp ON tp.tenant = b.tenant
+			WHERE b.period_start = tp.ps OR b.billed_period_start = tp.ps GROUP BY 1, 2, 3
 		)
 		SELECT k.tenant, k.metric, k.meter, k.group_key, coalesce(gk.group_key, k.group_key), k.defined, k.customer, k.stripe_event_name,
 			k.aggregation, k.group_by, k.group_filter, coalesce(w.value, 0),
-			coalesce(p.reported, 0), coalesce(p.in_flight, 0), coalesce(p.dead, 0), coalesce(p.discarded, 0), coalesce(p.carried_out, 0), coalesce(p.carried_in, 0), p.last_sent
+			coalesce(p.reported, 0), coalesce(p.in_flight, 0), coalesce(p.dead, 0), coalesce(p.discarded, 0), coalesce(p.carried_out, 0), coalesce(p.carried_in, 0), p.last_sent,
+			tp.ps, tp.pe
 		FROM keys k
-		LEFT JOIN usage_windows w ON w.tenant = k.tenant AND w.meter = k.meter AND w.group_key = k.group_key AND w.granularity = 'month' AND w.window_start = $1
+		JOIN tp ON tp.tenant = k.tenant
+		LEFT JOIN usage_windows w ON w.tenant = k.tenant AND w.meter = k.meter AND w.group_key = k.group_key AND w.granularity = 'month' AND w.window_start = tp.ps
 		LEFT JOIN pushes p ON p.tenant = k.tenant AND p.metric = k.meter AND p.group_key = k.group_key
 		LEFT JOIN meter_group_keys gk ON gk.meter = k.meter AND gk.digest = k.group_key
 		WHERE w.tenant IS NOT NULL OR p.tenant IS NOT NULL
-		ORDER BY k.tenant, k.metric, k.meter COLLATE "C", k.group_key COLLATE "C"`, period, defaultPlan)
+		ORDER BY k.tenant, k.metric, k.meter COLLATE "C", k.group_key COLLATE "C"`, month, defaultPlan)
 	if err != nil {
 		return nil, err
 	}
 	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (PeriodTotal, error) {
 		var x PeriodTotal
 		err := r.Scan(&x.Tenant, &x.Metric, &x.Meter, &x.GroupKey, &x.Group, &x.Defined, &x.Customer, &x.EventName, &x.Aggregation, &x.GroupBy, &x.Filter,
-			&x.Metered, &x.Reported, &x.InFlight, &x.Dead, &x.Discarded, &x.CarriedOut, &x.CarriedIn, &x.LastSent)
+			&x.Metered, &x.Reported, &x.InFlight, &x.Dead, &x.Discarded, &x.CarriedOut, &x.CarriedIn, &x.LastSent, &x.PeriodStart, &x.PeriodEnd)
+		x.PeriodStart, x.PeriodEnd = x.PeriodStart.UTC(), x.PeriodEnd.UTC()
 		return x, err
 	})
 }

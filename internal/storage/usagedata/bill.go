@@ -18,6 +18,7 @@ import (
 	"github.com/usagemeter/metering/internal/planperiod"
 	"github.com/usagemeter/metering/internal/price"
 	"github.com/usagemeter/metering/internal/quota"
+	"github.com/usagemeter/metering/internal/storage/accounts"
 	"github.com/usagemeter/metering/internal/windows"
 )
 
@@ -89,7 +90,8 @@ type pricedQuota struct {
 	limit   *int64
 }
 
-// Bill returns tenant's bill for the month containing now: a line for
+// Bill returns tenant's bill for its billing period containing now (the
+// UTC calendar month without a billing cycle): a line for
 // each priced quota of the version in force at now of its plan (the plan
 // of its assignment in force, else the default plan, as QuotasInForce
 // finds it; none for an explicit "no plan" or without a default: no
@@ -100,7 +102,11 @@ type pricedQuota struct {
 // arithmetic under the quota's price model (internal/price), rounded half
 // up to cents only at the end of each line; the totals add the lines.
 func (r *Reader) Bill(ctx context.Context, tenant string, now time.Time) (Bill, error) {
-	start, end := windows.Month.Span(now)
+	sched, err := accounts.TenantSchedule(ctx, r.q, tenant)
+	if err != nil {
+		return Bill{}, err
+	}
+	start, end := windows.Month.SpanIn(sched, now)
 	b := Bill{Tenant: tenant, PeriodStart: start, PeriodEnd: end, Lines: []BillLine{}, Currency: "usd"}
 	var exists bool
 	if err := r.q.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM tenants WHERE tenant = $1)`, tenant).Scan(&exists); err != nil {

@@ -71,6 +71,10 @@ type ExportWindow struct {
 // keys given back in full. Rows stream as fn consumes them. An error of
 // fn stops the walk and is returned.
 func EachWindow(ctx context.Context, q storage.Executor, tenant, meter string, g windows.Granularity, from, to time.Time, fn func(ExportWindow) error) error {
+	sched, err := periodsOf(ctx, q, tenant, g)
+	if err != nil {
+		return err
+	}
 	rows, err := q.Query(ctx, `SELECT coalesce(k.group_key, w.group_key), w.window_start, w.value::text, w.events
 		FROM usage_windows w
 		LEFT JOIN meter_group_keys k ON starts_with(w.group_key, 'sha256:') AND k.meter = w.meter AND k.digest = w.group_key
@@ -86,7 +90,7 @@ func EachWindow(ctx context.Context, q storage.Executor, tenant, meter string, g
 			return fmt.Errorf("reading the %s windows of meter %s of tenant %s: %w", g, meter, tenant, err)
 		}
 		w.Start = w.Start.UTC()
-		w.End = g.End(w.Start)
+		w.End = g.EndIn(sched, w.Start)
 		if err := fn(w); err != nil {
 			return err
 		}

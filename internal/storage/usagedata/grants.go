@@ -6,10 +6,12 @@ import (
 	"math/big"
 	"time"
 
+	"github.com/usagemeter/metering/internal/billingcycle"
 	"github.com/usagemeter/metering/internal/credit"
 	"github.com/usagemeter/metering/internal/meter"
 	"github.com/usagemeter/metering/internal/quota"
 	"github.com/usagemeter/metering/internal/storage"
+	"github.com/usagemeter/metering/internal/storage/accounts"
 	"github.com/usagemeter/metering/internal/storage/credits"
 	"github.com/usagemeter/metering/internal/windows"
 )
@@ -37,11 +39,11 @@ type QuotaMeter struct {
 	Filter     map[string]string
 }
 
-// QuotaHours returns the usage of m per hour of the period of granularity
-// g starting at start: the hour windows of a day or month period, and
-// the period's own window, at its hour's start, for a minute or hour
-// period. One statement.
-func QuotaHours(ctx context.Context, q storage.Executor, m QuotaMeter, g windows.Granularity, start time.Time) ([]credit.Hour, error) {
+// QuotaHours returns the usage of m per hour of the period [start, end)
+// of granularity g: the hour windows starting in a day or month period
+// (a tenant's billing period), and the period's own window, at its hour's
+// start, for a minute or hour period. One statement.
+func QuotaHours(ctx context.Context, q storage.Executor, m QuotaMeter, g windows.Granularity, start, end time.Time) ([]credit.Hour, error) {
 	r := NewReader(q)
 	if g == windows.Minute || g == windows.Hour {
 		var v *big.Int
@@ -56,7 +58,6 @@ func QuotaHours(ctx context.Context, q storage.Executor, m QuotaMeter, g windows
 		}
 		return []credit.Hour{{Start: windows.Hour.Start(start), Usage: v}}, nil
 	}
-	end := g.End(start)
 	var hours []credit.Hour
 	if m.Definition == nil {
 		ws, _, err := r.Usage(ctx, m.Tenant, m.Meter, windows.Hour, start, end)
@@ -78,16 +79,16 @@ func QuotaHours(ctx context.Context, q storage.Executor, m QuotaMeter, g windows
 	return hours, nil
 }
 
-// QuotaCredit runs the credit burn-down of one period of a quota of
-// limit limit on m, with the grants given (those that do not overlap the
-// period are left out), reading its hours with QuotaHours.
-func QuotaCredit(ctx context.Context, q storage.Executor, m QuotaMeter, limit *int64, g windows.Granularity, start time.Time,
+// QuotaCredit runs the credit burn-down of one period [start, end) of a
+// quota of limit limit on m, with the grants given (those that do not
+// overlap the period are left out), reading its hours with QuotaHours.
+func QuotaCredit(ctx context.Context, q storage.Executor, m QuotaMeter, limit *int64, g windows.Granularity, start, end time.Time,
 	grants []credit.Grant, now time.Time) (credit.Result, error) {
-	hours, err := QuotaHours(ctx, q, m, g, start)
+	hours, err := QuotaHours(ctx, q, m, g, start, end)
 	if err != nil {
 		return credit.Result{}, fmt.Errorf("reading the hours of %s/%s: %w", m.Tenant, m.Meter, err)
 	}
-	return credit.Burn(credit.Period{Start: start, End: g.End(start), Limit: limit, Hours: hours, Grants: grants, Now: now}), nil
+	return credit.Burn(credit.Period{Start: start, End: end, Limit: limit, Hours: hours, Grants: grants, Now: now}), nil
 }
 
 // applyCredits sets the allowance, remaining, state and grants of q, a
@@ -115,7 +116,7 @@ func (r *Reader) applyCredits(ctx context.Context, tenant string, qr quotaRow, q
 	for i, g := range stored {
 		gs[i], byID[g.ID] = g.Credit(), g
 	}
-	res, err := QuotaCredit(ctx, r.q, m, q.Limit, qr.period, q.PeriodStart, gs, now)
+	res, err := QuotaCredit(ctx, r.q, m, q.Limit, qr.period, q.PeriodStart, q.PeriodEnd, gs, now)
 	if err != nil {
 		return err
 	}
@@ -140,8 +141,12 @@ func (r *Reader) applyCredits(ctx context.Context, tenant string, qr quotaRow, q
 // tenant on that meter overlapping the period, as of now; and false when
 // the tenant has no such quota, so that nothing burns g.
 func (r *Reader) GrantBurn(ctx context.Context, g credits.Grant, at, now time.Time) (credit.GrantState, bool, error) {
-	from, to := windows.Month.Span(at) // the longest quota period
-	plans, err := QuotaRules(ctx, r.q, []string{g.Tenant}, from, to, r.defaultPlan, now)
+	sched, err := accounts.TenantSchedule(ctx, r.q, g.Tenant)
+	if err != nil {
+		return credit.GrantState{}, false, err
+	}
+	from, to := windows.Month.SpanIn(sched, at) // the longest quota period
+	plans, err := QuotaRules(ctx, r.q, []string{g.Tenant}, billingcycle.Schedules{g.Tenant: sched}, from, to, r.defaultPlan, now)
 	if err != nil {
 		return credit.GrantState{}, false, err
 	}
@@ -160,7 +165,7 @@ func (r *Reader) GrantBurn(ctx context.Context, g credits.Grant, at, now time.Ti
 			}
 			m.Definition = &def
 		}
-		start, end := rule.Period.Span(at)
+		start, end := rule.Period.SpanIn(sched, at)
 		stored, err := credits.OfMeter(ctx, r.q, g.Tenant, g.Meter, start, end)
 		if err != nil {
 			return credit.GrantState{}, false, err
@@ -169,7 +174,7 @@ func (r *Reader) GrantBurn(ctx context.Context, g credits.Grant, at, now time.Ti
 		for i, s := range stored {
 			gs[i] = s.Credit()
 		}
-		res, err := QuotaCredit(ctx, r.q, m, rule.Limit, rule.Period, start, gs, now)
+		res, err := QuotaCredit(ctx, r.q, m, rule.Limit, rule.Period, start, end, gs, now)
 		if err != nil {
 			return credit.GrantState{}, false, err
 		}

@@ -262,6 +262,10 @@ func (r *Reader) meterUsage(ctx context.Context, q MeterQuery, fromWindows bool)
 	if err != nil {
 		return MeterUsage{}, false, err
 	}
+	sched, err := periodsOf(ctx, r.q, q.Tenant, q.Granularity)
+	if err != nil {
+		return MeterUsage{}, false, err
+	}
 	rows, err := r.q.Query(ctx, sql, args...)
 	if err != nil {
 		return MeterUsage{}, false, fmt.Errorf("reading usage of meter %s: %w", q.Meter.Name, err)
@@ -432,7 +436,7 @@ func (r *Reader) meterUsage(ctx context.Context, q MeterQuery, fromWindows bool)
 	out := MeterUsage{Total: ints.int(all.value), Events: all.events, Totals: make([]GroupTotal, len(ts)), Windows: make([]MeterWindow, len(ws))}
 	for k, i := range order {
 		w := &ws[i]
-		out.Windows[k] = MeterWindow{Start: w.start, End: q.Granularity.End(w.start), Value: ints.int(w.value), Events: w.events, Group: gs[w.group]}
+		out.Windows[k] = MeterWindow{Start: w.start, End: q.Granularity.EndIn(sched, w.start), Value: ints.int(w.value), Events: w.events, Group: gs[w.group]}
 	}
 	for i, t := range ts {
 		out.Totals[i] = GroupTotal{Group: gs[t.group], Value: ints.int(t.value), Events: t.events}

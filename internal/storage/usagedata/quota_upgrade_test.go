@@ -128,7 +128,7 @@ func ptr(n int64) *int64 { return &n }
 func rulesNow(ctx context.Context, pool *pgxpool.Pool, tenant string) ([]usagedata.QuotaRule, error) {
 	now := time.Now()
 	from, to := windows.Month.Span(now)
-	plans, err := usagedata.QuotaRules(ctx, pool, []string{tenant}, from, to, "", now)
+	plans, err := usagedata.QuotaRules(ctx, pool, []string{tenant}, nil, from, to, "", now)
 	if err != nil {
 		return nil, err
 	}

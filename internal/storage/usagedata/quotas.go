@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgtype"
 
+	"github.com/usagemeter/metering/internal/billingcycle"
 	"github.com/usagemeter/metering/internal/planperiod"
 	"github.com/usagemeter/metering/internal/quota"
 	"github.com/usagemeter/metering/internal/storage"
@@ -54,9 +55,10 @@ var quotaGranularities = []windows.Granularity{windows.Day, windows.Month}
 // in force over a span of time, read in one statement; Rules evaluates
 // them (package planperiod) for any quota period inside that span.
 type PlanRules struct {
-	inputs map[string]planperiod.Inputs
-	now    time.Time
-	cache  map[rulesKey][]QuotaRule
+	inputs  map[string]planperiod.Inputs
+	periods billingcycle.Schedules
+	now     time.Time
+	cache   map[rulesKey][]QuotaRule
 }
 
 type rulesKey struct {
@@ -69,13 +71,15 @@ type rulesKey struct {
 // their assignments overlapping it, and every version of their plans and
 // of defaultPlan ("" for none: a tenant without an assignment in force
 // is then unlimited) in force during it, with the versions' quotas. It is
-// one statement whatever the number of tenants.
-func QuotaRules(ctx context.Context, q storage.Executor, tenants []string, from, to time.Time, defaultPlan string, now time.Time) (*PlanRules, error) {
+// one statement whatever the number of tenants. A month quota's period is
+// the tenant's billing period in periods (read by the caller, with
+// accounts.Schedules).
+func QuotaRules(ctx context.Context, q storage.Executor, tenants []string, periods billingcycle.Schedules, from, to time.Time, defaultPlan string, now time.Time) (*PlanRules, error) {
 	inputs, err := readPlanInputs(ctx, q, tenants, from, to, defaultPlan)
 	if err != nil {
 		return nil, fmt.Errorf("reading quotas: %w", err)
 	}
-	return &PlanRules{inputs: inputs, now: now, cache: map[rulesKey][]QuotaRule{}}, nil
+	return &PlanRules{inputs: inputs, periods: periods, now: now, cache: map[rulesKey][]QuotaRule{}}, nil
 }
 
 // Rules returns the limited quotas of tenant whose period is g and
@@ -86,7 +90,7 @@ func (p *PlanRules) Rules(tenant string, g windows.Granularity, start time.Time)
 	if rs, ok := p.cache[k]; ok {
 		return rs
 	}
-	res, err := planperiod.Evaluate(p.inputs[tenant], start, g.End(start), p.now)
+	res, err := planperiod.Evaluate(p.inputs[tenant], start, g.EndIn(p.periods.Of(tenant), start), p.now)
 	var rs []QuotaRule
 	if err == nil {
 		for _, pq := range res.Quotas {
@@ -110,7 +114,7 @@ func (p *PlanRules) Rules(tenant string, g windows.Granularity, start time.Time)
 func (p *PlanRules) At(tenant string, at time.Time) []QuotaRule {
 	var rs []QuotaRule
 	for _, g := range quotaGranularities {
-		rs = append(rs, p.Rules(tenant, g, g.Start(at))...)
+		rs = append(rs, p.Rules(tenant, g, g.StartIn(p.periods.Of(tenant), at))...)
 	}
 	return rs
 }

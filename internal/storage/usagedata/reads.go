@@ -13,10 +13,12 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
 
+	"github.com/usagemeter/metering/internal/billingcycle"
 	"github.com/usagemeter/metering/internal/meter"
 	"github.com/usagemeter/metering/internal/planperiod"
 	"github.com/usagemeter/metering/internal/quota"
 	"github.com/usagemeter/metering/internal/storage"
+	"github.com/usagemeter/metering/internal/storage/accounts"
 	"github.com/usagemeter/metering/internal/windows"
 )
 
@@ -44,9 +46,24 @@ type Window struct {
 	Events int64     `json:"events"`
 }
 
+// periodsOf returns tenant's billing periods, which end its month windows,
+// when g is Month; for another granularity, the zero schedule (EndIn does
+// not read it).
+func periodsOf(ctx context.Context, q storage.Executor, tenant string, g windows.Granularity) (billingcycle.Schedule, error) {
+	if g != windows.Month {
+		return billingcycle.Schedule{}, nil
+	}
+	return accounts.TenantSchedule(ctx, q, tenant)
+}
+
 // Usage returns tenant's windows of granularity g for metric with start in
-// [from, to), oldest first, and their total.
+// [from, to), oldest first, and their total. A month window is the
+// tenant's billing period.
 func (r *Reader) Usage(ctx context.Context, tenant, metric string, g windows.Granularity, from, to time.Time) ([]Window, *big.Int, error) {
+	sched, err := periodsOf(ctx, r.q, tenant, g)
+	if err != nil {
+		return nil, nil, err
+	}
 	rows, err := r.q.Query(ctx, `SELECT window_start, value, events FROM usage_windows
 		WHERE tenant = $1 AND meter = $2 AND group_key = '' AND granularity = $3 AND window_start >= $4 AND window_start < $5
 		ORDER BY window_start`, tenant, metric, string(g), from, to)
@@ -61,7 +78,7 @@ func (r *Reader) Usage(ctx context.Context, tenant, metric string, g windows.Gra
 			return w, err
 		}
 		w.Start = w.Start.UTC()
-		w.End = g.End(w.Start)
+		w.End = g.EndIn(sched, w.Start)
 		w.Value = NumericInt(v)
 		total.Add(total, w.Value)
 		return w, nil
@@ -164,7 +181,11 @@ func (r *Reader) QuotasInForce(ctx context.Context, tenant string, now time.Time
 	if !exists {
 		return PlanInForce{}, nil, ErrUnknownTenant
 	}
-	from, to := windows.Month.Span(now)
+	sched, err := accounts.TenantSchedule(ctx, r.q, tenant)
+	if err != nil {
+		return PlanInForce{}, nil, err
+	}
+	from, to := windows.Month.SpanIn(sched, now)
 	inputs, err := readPlanInputs(ctx, r.q, []string{tenant}, from, to, r.defaultPlan)
 	if err != nil {
 		return PlanInForce{}, nil, fmt.Errorf("reading quotas of %s: %w", tenant, err)
@@ -173,7 +194,7 @@ func (r *Reader) QuotasInForce(ctx context.Context, tenant string, now time.Time
 	var qrs []quotaRow
 	var keys []planperiod.Key
 	for _, g := range quotaGranularities {
-		start, end := g.Span(now)
+		start, end := g.SpanIn(sched, now)
 		res, err := planperiod.Evaluate(inputs[tenant], start, end, now)
 		if err != nil {
 			return PlanInForce{}, nil, fmt.Errorf("reading quotas of %s: %w", tenant, err)
@@ -196,7 +217,7 @@ func (r *Reader) QuotasInForce(ctx context.Context, tenant string, now time.Time
 	slices.SortStableFunc(idx, func(a, b int) int { return compareKeys(keys[a], keys[b]) })
 	qs := make([]QuotaStatus, len(qrs))
 	for i, j := range idx {
-		if qs[i], err = r.quotaStatus(ctx, tenant, qrs[j], now); err != nil {
+		if qs[i], err = r.quotaStatus(ctx, tenant, sched, qrs[j], now); err != nil {
 			return PlanInForce{}, nil, err
 		}
 	}
@@ -217,10 +238,11 @@ func boolInt(b bool) int {
 	return 0
 }
 
-// quotaStatus reads the usage of one quota in the period containing now.
-func (r *Reader) quotaStatus(ctx context.Context, tenant string, qr quotaRow, now time.Time) (QuotaStatus, error) {
+// quotaStatus reads the usage of one quota in the period containing now
+// (a month quota's: the tenant's billing period in sched).
+func (r *Reader) quotaStatus(ctx context.Context, tenant string, sched billingcycle.Schedule, qr quotaRow, now time.Time) (QuotaStatus, error) {
 	q := qr.status
-	q.PeriodStart, q.PeriodEnd = qr.period.Span(now)
+	q.PeriodStart, q.PeriodEnd = qr.period.SpanIn(sched, now)
 	rule := quota.Rule{Limit: q.Limit, BurstPercent: q.BurstPercent, Hard: q.Hard}
 	var err error
 	switch {

@@ -111,7 +111,8 @@ func (o ShadowOptions) filter(col string, n int) (string, []any) {
 // and time (adding the difference, no event), else on their own (adding
 // the maximum and one event); never their sum. Counted conflicts count in
 // their metric's implicit meter (the empty group key), as the rollup
-// counts them, so they have no latest_time of their own. The replay
+// counts them (a month window: the tenant's billing period), so they have
+// no latest_time of their own. The replay
 // raises the shadow's counted event by resends of its metric and time, so
 // a counted conflict recorded before resolutions existed is not added
 // twice.
@@ -120,7 +121,8 @@ func shadowRebuilt(schema string) string {
 			max(latest_time) AS latest_time, max(latest_id) AS latest_id
 		FROM (SELECT tenant, meter, group_key, granularity, window_start, value, events, updated_at, latest_time, latest_id FROM %[1]s.usage_windows
 			UNION ALL
-			SELECT c.tenant, c.metric, '', g.g, date_trunc(g.g, c.event_time AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', c.value, c.events, now(), NULL, NULL
+			SELECT c.tenant, c.metric, '', g.g, CASE WHEN g.g = 'month' THEN (public.billing_period(c.tenant, c.event_time)).period_start
+					ELSE date_trunc(g.g, c.event_time AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' END, c.value, c.events, now(), NULL, NULL
 			FROM (SELECT k.tenant, k.metric, k.event_time, greatest(max(k.value) - coalesce(l.value, 0), 0) AS value,
 					CASE WHEN l.value IS NULL THEN 1 ELSE 0 END AS events
 				FROM public.ledger_conflicts k
