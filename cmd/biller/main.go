@@ -6,7 +6,7 @@
 //	biller [flags]                                        serve (see -h)
 //	biller migrate [flags]                                apply database migrations and exit
 //	biller reconcile --period YYYY-MM [--format table|csv|json]
-//	biller dlq list [--format json] | show ID | replay (ID... | --all) [--actor NAME] | discard ID... [--actor NAME] [--note TEXT]
+//	biller dlq list [--format json] | show ID | replay (ID... | --all) [--actor NAME] [--note TEXT] | discard ID... [--actor NAME] [--note TEXT]
 //	biller credits list [--status open|dead|sent|none|all] [--format json] [--limit N]
 //	biller credits resend (ID... | --all) [--actor NAME] [--note TEXT]
 //

@@ -19,7 +19,7 @@ func TestApply(t *testing.T) {
 		wantMoved  string
 		wantErr    error // errors.Is target; nil for success
 		anyErr     bool  // some error that is not a sentinel
-		wantAudits int // one audit_log row per record moved
+		wantAudits int   // one audit_log row per record moved
 	}{
 		{"named ids", deadletters.Change{Action: "discard", To: "discarded", IDs: []int64{3, 1}, Actor: "oncall", Note: "bad client"}, "[1 3]", nil, false, 2},
 		{"all waiting ones, skipping resolved", deadletters.Change{Action: "replay", To: "replayed", All: true, Actor: "oncall"}, "[1 2 3]", nil, false, 3},
