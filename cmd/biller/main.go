@@ -9,6 +9,7 @@
 //	biller dlq list [--format json] | show ID | replay (ID... | --all) [--actor NAME] [--note TEXT] | discard ID... [--actor NAME] [--note TEXT]
 //	biller credits list [--status open|dead|sent|none|all] [--format json] [--limit N]
 //	biller credits resend (ID... | --all) [--actor NAME] [--note TEXT]
+//	biller audit [--actor A] [--action A] [--target T] [--from TIME] [--to TIME] [--after ID] [--limit N] [--format json]
 //
 // Settings flags (-database-url, -stripe-api-key, ...) may stand anywhere.
 package main

@@ -31,6 +31,7 @@ var Commands = []cli.Command[config.Biller]{
 	cli.New("dlq discard", dlqDiscard),
 	cli.New("credits list", creditsList),
 	cli.New("credits resend", creditsResend),
+	cli.New("audit", auditList),
 }
 
 // Env is what a biller command runs with.
