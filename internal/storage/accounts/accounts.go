@@ -74,11 +74,15 @@ func audit(ctx context.Context, tx storage.Executor, by auditlog.By, action, tar
 	return err
 }
 
-// PlanTarget, TenantTarget and KeyTarget are the audit_log targets of a
-// plan, a tenant and an API key.
-func PlanTarget(name string) string   { return "plan:" + name }
+// PlanTarget is the audit_log target of plan name.
+func PlanTarget(name string) string { return "plan:" + name }
+
+// TenantTarget is the audit_log target of tenant name (tenant.put and
+// billing_cycle.put).
 func TenantTarget(name string) string { return "tenant:" + name }
-func KeyTarget(id string) string      { return "key:" + id }
+
+// KeyTarget is the audit_log target of API key id.
+func KeyTarget(id string) string { return "key:" + id }
 
 // New returns a Store on pool.
 func New(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }

@@ -43,10 +43,6 @@ var queueAudit = map[string]struct{ action, target, from string }{
 	CreditsQueue: {"credits.", "billing_credit:", "dead"},
 }
 
-// AuditAction is the audit_log action of action on queue, such as
-// dlq.usage.replay or credits.resend.
-func AuditAction(queue, action string) string { return queueAudit[queue].action + action }
-
 // AuditTarget is the audit_log target of record id of queue, such as
 // usage_dlq:42.
 func AuditTarget(queue string, id int64) string {
