@@ -6,7 +6,7 @@
 //	aggregator dlq list [--status S] [--limit N] [--format json]
 //	aggregator dlq replay (ID... | --all) [--actor NAME] [--note TEXT]
 //	aggregator dlq discard ID... [--actor NAME] [--note TEXT]
-//	aggregator rebuild --from TIME [--dry-run]   recompute windows from the Kafka log
+//	aggregator rebuild --from TIME [--meter M]... [--dry-run] [--actor NAME] [--note TEXT]   recompute windows from the Kafka log
 //	aggregator conflicts list [--tenant T] [--status held|resolved|all|RESOLUTION] [--limit N] [--format json]
 //	aggregator conflicts count ID --note TEXT [--actor NAME]     count a held conflict's event
 //	aggregator conflicts dismiss ID --note TEXT [--actor NAME]   leave it uncounted

@@ -18,7 +18,7 @@ import (
 // TestCreditsCommands: `biller credits list` shows the dead credits (by
 // default) or those of another status, as a table or JSON; `biller
 // credits resend` sends dead credits again under their idempotency keys,
-// audited in dlq_audit (queue credits): one Stripe now accepts is sent,
+// audited in audit_log (credits.resend, one row per credit): one Stripe now accepts is sent,
 // one it refuses again stays dead with the new error, and a credit that
 // is not dead is refused by id (exit 1).
 func TestCreditsCommands(t *testing.T) {
@@ -131,7 +131,7 @@ func TestCreditsCommands(t *testing.T) {
 		t.Errorf("Stripe's balance transactions: %+v", txns)
 	}
 	var audited []string
-	rows, err := db.Pool.Query(ctx, `SELECT action || ' ' || actor || ' ' || record_ids::text || ' ' || note FROM dlq_audit WHERE queue = 'credits' ORDER BY id`)
+	rows, err := db.Pool.Query(ctx, `SELECT action || ' ' || actor || ' ' || target || ' ' || before::text || ' ' || after::text || ' ' || note FROM audit_log WHERE action LIKE 'credits.%' ORDER BY id`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,10 +145,10 @@ func TestCreditsCommands(t *testing.T) {
 	if err := rows.Err(); err != nil {
 		t.Fatal(err)
 	}
-	want := []string{
-		fmt.Sprintf("resend finance {%d,%d} customer re-created", ids["moved"], ids["gone"]),
-		fmt.Sprintf("resend finance {%d} ", ids["gone"]),
+	row := func(id int64, note string) string {
+		return fmt.Sprintf(`credits.resend cli:finance billing_credit:%d {"status": "dead"} {"resend": true, "status": "dead"} %s`, id, note)
 	}
+	want := []string{row(ids["moved"], "customer re-created"), row(ids["gone"], "customer re-created"), row(ids["gone"], "")}
 	if fmt.Sprint(audited) != fmt.Sprint(want) {
 		t.Errorf("audit trail %q, want %q", audited, want)
 	}

@@ -7,12 +7,13 @@
 //	biller [flags]                                        serve (see -h)
 //	biller migrate [flags]                                apply database migrations and exit
 //	biller reconcile --period YYYY-MM [--format table|csv|json]
-//	biller dlq list [--format json] | show ID | replay (ID... | --all) [--actor NAME] | discard ID... [--actor NAME] [--note TEXT]
+//	biller dlq list [--format json] | show ID | replay (ID... | --all) [--actor NAME] [--note TEXT] | discard ID... [--actor NAME] [--note TEXT]
 //	biller credits list [--status open|dead|sent|none|all] [--format json] [--limit N]
 //	biller credits resend (ID... | --all) [--actor NAME] [--note TEXT]
 //	biller webhooks endpoints [--tenant T] [--format json]
 //	biller webhooks deliveries [--tenant T] [--endpoint E] [--status pending|delivered|dead] [--limit N] [--format json]
 //	biller webhooks redeliver (ID... | --endpoint E --dead) [--actor NAME]
+//	biller audit [--actor A] [--action A] [--target T] [--from TIME] [--to TIME] [--after ID] [--limit N] [--format json]
 //
 // Settings flags (-database-url, -stripe-api-key, ...) may stand anywhere.
 package main

@@ -15,6 +15,9 @@ import (
 // settings flags may come in any order, and a usage error exits 2.
 func TestCommandLines(t *testing.T) {
 	db := pgtest.New(t)
+	db.Exec(t, `INSERT INTO audit_log (actor, action, target, after, note) VALUES
+		('key:k1', 'plan.put', 'plan:pro', '{"version": 1}', ''),
+		('cli:oncall', 'dlq.billing.discard', 'billing_push:5', '{"status": "discarded"}', 'customer gone')`)
 	fake := stripefake.New(stripefake.Config{})
 	t.Cleanup(fake.Close)
 	stripe := httptest.NewServer(fake)
@@ -36,6 +39,10 @@ func TestCommandLines(t *testing.T) {
 		{"dlq list", []string{"dlq", "list", "-database-url", db.URL}, 0, ""},
 		{"dlq replay all of nothing", []string{"dlq", "replay", "--all", "-database-url", db.URL, "--actor", "oncall"}, 0, ""},
 		{"dlq without a command", []string{"dlq"}, 2, "want list, show, replay or discard"},
+		{"audit by action prefix", []string{"audit", "--action", "dlq.*", "-database-url", db.URL}, 0, "customer gone\n1 entries"},
+		{"audit by target, as JSON", []string{"audit", "-database-url", db.URL, "--target", "plan:pro", "--format", "json"}, 0, `"actor": "key:k1"`},
+		{"audit, a page", []string{"audit", "--limit", "1", "-database-url", db.URL}, 0, "1 entries; more with --after"},
+		{"audit, bad time", []string{"audit", "--from", "yesterday", "-database-url", db.URL}, 1, "--from must be an RFC 3339 time"},
 		{"unknown flag", []string{"reconcile", "--bogus", "x"}, 2, "flag provided but not defined: -bogus"},
 		{"stray argument to serve", []string{"frobnicate"}, 2, `unknown argument "frobnicate"`},
 	}

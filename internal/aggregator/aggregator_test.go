@@ -324,8 +324,8 @@ func TestEveryRecordEndsWhereTheDesignSays(t *testing.T) {
 		t.Errorf("after replay, pending dead letters:\n%s", out.String())
 	}
 	var audited int
-	_ = s.db.Pool.QueryRow(ctx, `SELECT count(*) FROM dlq_audit WHERE action = 'replay' AND actor = 'oncall' AND cardinality(record_ids) = $1`, wantDead).Scan(&audited)
-	if audited != 1 {
+	_ = s.db.Pool.QueryRow(ctx, `SELECT count(*) FROM audit_log WHERE action = 'dlq.usage.replay' AND actor = 'cli:oncall' AND after = '{"status":"replayed"}'`).Scan(&audited)
+	if audited != wantDead { // one row per dead letter
 		t.Errorf("replay not audited")
 	}
 	// The poison record cannot be fixed: discard it, on the record.
@@ -343,7 +343,7 @@ func TestEveryRecordEndsWhereTheDesignSays(t *testing.T) {
 	if err := aggregator.DLQCommand(ctx, cfg, slog.New(slog.DiscardHandler), "discard", []string{poisonID, "--actor", "oncall"}, &out); err == nil {
 		t.Errorf("discarding twice succeeded")
 	}
-	_ = s.db.Pool.QueryRow(ctx, `SELECT count(*) FROM dlq_audit WHERE action = 'discard' AND note = 'garbage from a test client'`).Scan(&audited)
+	_ = s.db.Pool.QueryRow(ctx, `SELECT count(*) FROM audit_log WHERE action = 'dlq.usage.discard' AND target = 'usage_dlq:' || $1 AND note = 'garbage from a test client'`, poisonID).Scan(&audited)
 	if audited != 1 {
 		t.Errorf("discard not audited")
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/usagemeter/metering/internal/rebuild"
 	"github.com/usagemeter/metering/internal/relay"
 	"github.com/usagemeter/metering/internal/rollup"
+	"github.com/usagemeter/metering/internal/storage/auditlog"
 	"github.com/usagemeter/metering/internal/storage/usagedata"
 	"github.com/usagemeter/metering/internal/topics"
 )
@@ -52,7 +53,8 @@ func ConflictsCommand(ctx context.Context, cfg config.Aggregator, log *slog.Logg
 	return cli.Run(ctx, Commands, "conflicts "+sub, Env{Config: cfg, Log: log, Out: out}, args)
 }
 
-// RebuildCommand runs `aggregator rebuild --from TIME [--dry-run]`.
+// RebuildCommand runs `aggregator rebuild --from TIME [--meter M]...
+// [--dry-run] [--actor NAME] [--note TEXT]`; a swap is audited.
 func RebuildCommand(ctx context.Context, cfg config.Aggregator, log *slog.Logger, args []string, out io.Writer) error {
 	return cli.Run(ctx, Commands, "rebuild", Env{Config: cfg, Log: log, Out: out}, args)
 }
@@ -284,6 +286,7 @@ func conflictsResolve(resolution string) func(context.Context, Env, cli.Audit, [
 }
 
 type rebuildFlags struct {
+	cli.Audit
 	From   string
 	Meters meterNames
 	DryRun bool
@@ -306,6 +309,7 @@ func (f *rebuildFlags) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&f.From, "from", "", "start of the first month rebuilt, RFC 3339 (2026-11-01T00:00:00Z)")
 	fs.Var(&f.Meters, "meter", "rebuild only this meter's windows (repeatable): backfill a new or changed meter from the log")
 	fs.BoolVar(&f.DryRun, "dry-run", false, "compare only; change nothing")
+	f.Audit.Bind(fs)
 }
 
 func rebuildCmd(ctx context.Context, env Env, f rebuildFlags, args []string) error {
@@ -325,7 +329,7 @@ func rebuildCmd(ctx context.Context, env Env, f rebuildFlags, args []string) err
 	rep, err := rebuild.Run(ctx, pool, rebuild.Options{
 		DatabaseURL: cfg.DatabaseURL, Brokers: cfg.KafkaBrokers, Security: cfg.KafkaSecurity, Topic: topics.UsageEvents, Group: cfg.ConsumerGroup,
 		From: from, Horizon: cfg.DedupHorizon, MaxLag: cfg.MaxLag, DefaultPlan: cfg.DefaultPlan, Meters: f.Meters, DryRun: f.DryRun, Logger: env.Log,
-		AdjustmentSignatures: cfg.AdjustmentSigning.Policy(),
+		AdjustmentSignatures: cfg.AdjustmentSigning.Policy(), By: auditlog.By{Actor: f.Who(), Note: f.Note},
 	})
 	if err != nil {
 		return err

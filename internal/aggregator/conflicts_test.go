@@ -12,6 +12,7 @@ import (
 
 	"github.com/usagemeter/metering/events"
 	"github.com/usagemeter/metering/internal/aggregator"
+	"github.com/usagemeter/metering/internal/cli"
 	"github.com/usagemeter/metering/internal/config"
 	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/storage/usagedata"
@@ -157,5 +158,17 @@ func TestConflictsCommand(t *testing.T) {
 	}
 	if out, _ = run("list"); !strings.Contains(out, "0 conflicts") {
 		t.Errorf("held after review:\n%s", out)
+	}
+	// One audit row per resolution (none for the refused second count),
+	// with the command's actor, the conflict held before and resolved after.
+	var audited string
+	if err := db.Pool.QueryRow(context.Background(), `SELECT string_agg(concat_ws(' ', action, target, actor, before->>'resolution', after->>'resolution', note), E'\n' ORDER BY id)
+		FROM audit_log WHERE action LIKE 'conflict.%'`).Scan(&audited); err != nil {
+		t.Fatal(err)
+	}
+	user := cli.Audit{}.Who()
+	if want := "conflict.count conflict:" + ids["tokens"] + " cli:oncall held counted the order had tokens too\n" +
+		"conflict.dismiss conflict:" + ids["api_calls"] + " " + user + " held dismissed a test resend"; audited != want {
+		t.Errorf("audit rows:\n%s\nwant:\n%s", audited, want)
 	}
 }

@@ -2,6 +2,7 @@ package aggregator_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"strings"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/usagemeter/metering/events"
 	"github.com/usagemeter/metering/internal/aggregator"
+	"github.com/usagemeter/metering/internal/cli"
 	"github.com/usagemeter/metering/internal/meter"
 	"github.com/usagemeter/metering/internal/rebuild"
 	"github.com/usagemeter/metering/internal/rollup"
@@ -78,6 +80,11 @@ func TestRebuildMatchesLiveConsumption(t *testing.T) {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("rebuild --dry-run output lacks %q:\n%s", want, out.String())
 		}
+	}
+	var rebuilds int
+	_ = s.db.Pool.QueryRow(ctx, `SELECT count(*) FROM audit_log WHERE action = 'windows.rebuild'`).Scan(&rebuilds)
+	if rebuilds != 0 {
+		t.Errorf("a dry run was audited %d times", rebuilds)
 	}
 	opts.DryRun = false
 	rep, err = rebuild.Run(ctx, s.db.Pool, opts)
@@ -215,6 +222,13 @@ func TestRebuildBackfillsANewMeter(t *testing.T) {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("rebuild --meter output lacks %q:\n%.2000s", want, out.String())
 		}
+	}
+	// The swap is audited once, by the command's actor, with its meters.
+	var audited string
+	_ = s.db.Pool.QueryRow(ctx, `SELECT string_agg(actor || ' ' || target || ' ' || (after->'meters')::text, E'\n') FROM audit_log WHERE action = 'windows.rebuild'`).Scan(&audited)
+	metersJSON, _ := json.Marshal(names)
+	if want := (cli.Audit{}).Who() + " windows:" + time.Now().Add(-24*time.Hour).UTC().Format("2006-01") + " " + strings.ReplaceAll(string(metersJSON), ",", ", "); audited != want {
+		t.Errorf("rebuild audit rows: %q, want %q", audited, want)
 	}
 	metertruth.Diff(t, metertruth.Fold(crashMeters, tr.counted), metertruth.Read(t, s.db, crashMeters))
 	metertruth.Diff(t, before, metertruth.Read(t, s.db, []meter.Definition{meter.Implicit("api_calls"), meter.Implicit("tokens")}))

@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/usagemeter/metering/internal/storage/accounts"
+	"github.com/usagemeter/metering/internal/storage/auditlog"
 )
 
 // KeyPrefix starts every key this package makes, so leaked keys are easy
@@ -79,7 +80,7 @@ type KeyStore interface {
 	CreateKey(ctx context.Context, k accounts.NewKey) (accounts.Key, error)
 	TouchKey(ctx context.Context, id string) error
 	RotateKey(ctx context.Context, oldID string, next accounts.NewKey, grace time.Duration) (newKey, oldKey accounts.Key, err error)
-	RevokeBootstrapKey(ctx context.Context, id string, hash []byte) (accounts.Key, error)
+	RevokeBootstrapKey(ctx context.Context, id string, hash []byte, by auditlog.By) (accounts.Key, error)
 }
 
 // Authenticator checks API keys.
@@ -228,6 +229,8 @@ type KeySpec struct {
 	Tenant    string     // tenant keys only
 	Scope     string     // tenant keys only: accounts.ScopeWrite or accounts.ScopeRead
 	ExpiresAt *time.Time // nil: never expires
+	// By is who creates the key, audited with it (the zero By: unaudited).
+	By auditlog.By
 }
 
 func newSecret() (id, secret string, err error) {
@@ -249,7 +252,7 @@ func (a *Authenticator) CreateKey(ctx context.Context, spec KeySpec) (accounts.K
 	if err != nil {
 		return accounts.Key{}, "", err
 	}
-	k, err := a.keys.CreateKey(ctx, accounts.NewKey{ID: id, Hash: Hash(secret), Role: spec.Role, Tenant: spec.Tenant, Scope: spec.Scope, ExpiresAt: spec.ExpiresAt})
+	k, err := a.keys.CreateKey(ctx, accounts.NewKey{ID: id, Hash: Hash(secret), Role: spec.Role, Tenant: spec.Tenant, Scope: spec.Scope, ExpiresAt: spec.ExpiresAt, By: spec.By})
 	if err != nil {
 		return accounts.Key{}, "", err
 	}
@@ -259,13 +262,13 @@ func (a *Authenticator) CreateKey(ctx context.Context, spec KeySpec) (accounts.K
 // RotateKey makes a key with the role, tenant and scope of key oldID and
 // returns it with its secret, and the old key as it now is: valid until
 // now + grace, or revoked when grace is 0. expiresAt is the new key's
-// expiry (nil: none).
-func (a *Authenticator) RotateKey(ctx context.Context, oldID string, grace time.Duration, expiresAt *time.Time) (newKey accounts.Key, secret string, oldKey accounts.Key, err error) {
+// expiry (nil: none); by is audited as the rotation's author.
+func (a *Authenticator) RotateKey(ctx context.Context, oldID string, grace time.Duration, expiresAt *time.Time, by auditlog.By) (newKey accounts.Key, secret string, oldKey accounts.Key, err error) {
 	id, secret, err := newSecret()
 	if err != nil {
 		return accounts.Key{}, "", accounts.Key{}, err
 	}
-	newKey, oldKey, err = a.keys.RotateKey(ctx, oldID, accounts.NewKey{ID: id, Hash: Hash(secret), ExpiresAt: expiresAt}, grace)
+	newKey, oldKey, err = a.keys.RotateKey(ctx, oldID, accounts.NewKey{ID: id, Hash: Hash(secret), ExpiresAt: expiresAt, By: by}, grace)
 	if err != nil {
 		return accounts.Key{}, "", accounts.Key{}, err
 	}
@@ -274,8 +277,9 @@ func (a *Authenticator) RotateKey(ctx context.Context, oldID string, grace time.
 
 // RevokeBootstrap records that this service's ADMIN_API_KEY value is
 // revoked, so every service sharing the database refuses it from the next
-// request on, restarts included.
-func (a *Authenticator) RevokeBootstrap(ctx context.Context) (accounts.Key, error) {
+// request on, restarts included; by is audited as the revocation's
+// author.
+func (a *Authenticator) RevokeBootstrap(ctx context.Context, by auditlog.By) (accounts.Key, error) {
 	if a.bootstrap == nil {
 		return accounts.Key{}, ErrNoBootstrapKey
 	}
@@ -283,5 +287,5 @@ func (a *Authenticator) RevokeBootstrap(ctx context.Context) (accounts.Key, erro
 	if err != nil {
 		return accounts.Key{}, fmt.Errorf("generating key id: %w", err)
 	}
-	return a.keys.RevokeBootstrapKey(ctx, u.String(), a.bootstrap)
+	return a.keys.RevokeBootstrapKey(ctx, u.String(), a.bootstrap, by)
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/usagemeter/metering/internal/auth"
 	"github.com/usagemeter/metering/internal/storage/accounts"
+	"github.com/usagemeter/metering/internal/storage/auditlog"
 )
 
 func TestPermissions(t *testing.T) {
@@ -92,7 +93,7 @@ func (m *memKeys) RotateKey(context.Context, string, accounts.NewKey, time.Durat
 	return accounts.Key{}, accounts.Key{}, errors.New("not used")
 }
 
-func (m *memKeys) RevokeBootstrapKey(_ context.Context, id string, h []byte) (accounts.Key, error) {
+func (m *memKeys) RevokeBootstrapKey(_ context.Context, id string, h []byte, _ auditlog.By) (accounts.Key, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	now := time.Now()
@@ -170,10 +171,10 @@ func TestBootstrapKeyRevocable(t *testing.T) {
 	t.Parallel()
 	keys := newMemKeys()
 	ingest, biller := auth.New(keys, "boot"), auth.New(keys, "boot")
-	if _, err := auth.New(keys, "").RevokeBootstrap(context.Background()); !errors.Is(err, auth.ErrNoBootstrapKey) {
+	if _, err := auth.New(keys, "").RevokeBootstrap(context.Background(), auditlog.By{}); !errors.Is(err, auth.ErrNoBootstrapKey) {
 		t.Fatalf("revoking without ADMIN_API_KEY: %v", err)
 	}
-	if _, err := ingest.RevokeBootstrap(context.Background()); err != nil {
+	if _, err := ingest.RevokeBootstrap(context.Background(), auditlog.By{}); err != nil {
 		t.Fatal(err)
 	}
 	restarted := auth.New(keys, "boot")

@@ -15,6 +15,7 @@ import (
 	"github.com/usagemeter/metering/internal/biller"
 	"github.com/usagemeter/metering/internal/config"
 	"github.com/usagemeter/metering/internal/storage/accounts"
+	"github.com/usagemeter/metering/internal/storage/auditlog"
 	"github.com/usagemeter/metering/internal/testkit/kafkatest"
 	"github.com/usagemeter/metering/internal/testkit/pgtest"
 	"github.com/usagemeter/metering/internal/testkit/stripefake"
@@ -80,7 +81,7 @@ func TestBillerRefusesRevokedAndExpiredKeys(t *testing.T) {
 			t.Fatalf("before: %d", code)
 		}
 	}
-	if _, err := ingest.RevokeBootstrap(ctx); err != nil {
+	if _, err := ingest.RevokeBootstrap(ctx, auditlog.By{}); err != nil {
 		t.Fatal(err)
 	}
 	db.Exec(t, `UPDATE api_keys SET expires_at = now() - interval '1 second' WHERE id = $1::uuid`, expiring.ID)

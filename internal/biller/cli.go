@@ -31,6 +31,7 @@ var Commands = []cli.Command[config.Biller]{
 	cli.New("dlq discard", dlqDiscard),
 	cli.New("credits list", creditsList),
 	cli.New("credits resend", creditsResend),
+	cli.New("audit", auditList),
 }
 
 // Env is what a biller command runs with.
@@ -42,7 +43,8 @@ func ReconcileCommand(ctx context.Context, cfg config.Biller, log *slog.Logger, 
 	return cli.Run(ctx, Commands, "reconcile", Env{Config: cfg, Log: log, Out: out}, args)
 }
 
-// DLQCommand runs `biller dlq list|show ID|replay (ID...|--all)|discard ID...`.
+// DLQCommand runs `biller dlq list|show ID|replay (ID...|--all)|discard ID...`;
+// replay and discard take --actor and --note for the audit log.
 func DLQCommand(ctx context.Context, cfg config.Biller, log *slog.Logger, sub string, args []string, out io.Writer) error {
 	return cli.Run(ctx, Commands, "dlq "+sub, Env{Config: cfg, Log: log, Out: out}, args)
 }
@@ -172,12 +174,12 @@ func dlqShow(ctx context.Context, env Env, _ cli.NoFlags, args []string) error {
 }
 
 type dlqReplayFlags struct {
-	Actor string
-	All   bool
+	cli.Audit
+	All bool
 }
 
 func (f *dlqReplayFlags) Bind(fs *flag.FlagSet) {
-	fs.StringVar(&f.Actor, "actor", "", "who runs this, for the audit trail (default user@host)")
+	f.Audit.Bind(fs)
 	fs.BoolVar(&f.All, "all", false, "replay every push in the billing DLQ")
 }
 
@@ -191,7 +193,7 @@ func dlqReplay(ctx context.Context, env Env, f dlqReplayFlags, args []string) er
 		return err
 	}
 	defer closeFn()
-	r, err := b.Replay(ctx, ids, f.All, cli.Audit{Actor: f.Actor}.Who())
+	r, err := b.ReplayWithNote(ctx, ids, f.All, f.Who(), f.Note)
 	if err != nil {
 		return err
 	}

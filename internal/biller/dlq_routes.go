@@ -132,9 +132,8 @@ func (d dlqAPI) replay(w http.ResponseWriter, r *http.Request, p auth.Principal)
 		return
 	}
 	actor := dlqapi.Actor(p.KeyID)
-	// Replay's audit row records the actor; the note is in this log.
 	d.log.InfoContext(r.Context(), "replaying a billing dead letter", "id", id, "actor", actor, "note", body.Note)
-	res, err := d.b.Replay(r.Context(), []int64{id}, false, actor)
+	res, err := d.b.ReplayWithNote(r.Context(), []int64{id}, false, actor, body.Note)
 	if d.refused(w, r, id, err) {
 		return
 	}

@@ -107,7 +107,7 @@ func TestBillingDLQRoutes(t *testing.T) {
 		t.Errorf("Stripe got %d events, want 1", sent)
 	}
 	var note string
-	if err := db.Pool.QueryRow(ctx, `SELECT note FROM dlq_audit WHERE queue = 'billing' AND action = 'discard' AND actor = 'key:bootstrap'`).Scan(&note); err != nil || note != "written off" {
+	if err := db.Pool.QueryRow(ctx, `SELECT note FROM audit_log WHERE action = 'dlq.billing.discard' AND actor = 'key:bootstrap'`).Scan(&note); err != nil || note != "written off" {
 		t.Errorf("the discard's audit: %q %v", note, err)
 	}
 }

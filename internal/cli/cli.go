@@ -23,6 +23,7 @@ import (
 
 	"github.com/usagemeter/metering/internal/config"
 	"github.com/usagemeter/metering/internal/service"
+	"github.com/usagemeter/metering/internal/storage/auditlog"
 )
 
 // Exit statuses of every binary.
@@ -333,12 +334,14 @@ func (a *Audit) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&a.Note, "note", "", "why, kept in the audit trail")
 }
 
-// Who is --actor, or user@host when it is unset.
+// Who is the audit log's actor of the command: "cli:" and --actor, or
+// user@host when it is unset. The prefix keeps an operator's name apart
+// from an API key's actor ("key:<id>"), whatever --actor says.
 func (a Audit) Who() string {
 	if a.Actor != "" {
-		return a.Actor
+		return auditlog.CLIActor(a.Actor)
 	}
-	return Actor()
+	return auditlog.CLIActor(Actor())
 }
 
 // Actor names whoever runs the command: user@host.

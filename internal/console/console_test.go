@@ -527,27 +527,27 @@ func TestConsole(t *testing.T) {
 	u.shot("07-billing-dlq-resolved")
 
 	// Every action is audited with the key and the note.
-	type audit struct{ Queue, Action, Actor, Note string }
-	rows, err := s.db.Pool.Query(ctx, `SELECT queue, action, actor, coalesce(note, '') FROM dlq_audit ORDER BY id`)
+	type audit struct{ Action, Actor, Note string }
+	rows, err := s.db.Pool.Query(ctx, `SELECT action, actor, note FROM audit_log WHERE action LIKE 'dlq.%' ORDER BY id`)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var audits []audit
 	for rows.Next() {
 		var a audit
-		if err := rows.Scan(&a.Queue, &a.Action, &a.Actor, &a.Note); err != nil {
+		if err := rows.Scan(&a.Action, &a.Actor, &a.Note); err != nil {
 			t.Fatal(err)
 		}
 		audits = append(audits, a)
 	}
 	want := []audit{
-		{"usage", "replay", "key:bootstrap", "tenant fixed; count it (OPS-1)"},
-		{"usage", "discard", "key:bootstrap", "garbage from a test producer"},
-		{"billing", "replay", "key:bootstrap", ""}, // stripesync's Replay takes no note yet
-		{"billing", "discard", "key:bootstrap", "customer left; written off"},
+		{"dlq.usage.replay", "key:bootstrap", "tenant fixed; count it (OPS-1)"},
+		{"dlq.usage.discard", "key:bootstrap", "garbage from a test producer"},
+		{"dlq.billing.replay", "key:bootstrap", "Stripe customer fixed"},
+		{"dlq.billing.discard", "key:bootstrap", "customer left; written off"},
 	}
 	if fmt.Sprint(audits) != fmt.Sprint(want) {
-		t.Errorf("dlq_audit holds %v, want %v", audits, want)
+		t.Errorf("audit_log holds %v, want %v", audits, want)
 	}
 
 	// Breaches and the audit log.

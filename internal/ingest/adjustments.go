@@ -7,12 +7,14 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/usagemeter/metering/internal/auth"
 	"github.com/usagemeter/metering/internal/httpjson"
 	"github.com/usagemeter/metering/internal/record"
 	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/storage/accounts"
+	"github.com/usagemeter/metering/internal/storage/auditlog"
 	"github.com/usagemeter/metering/internal/storage/usagedata"
 )
 
@@ -34,10 +36,13 @@ func (a *API) adjustmentRoutes() []Route {
 	}
 }
 
+// AdjustmentTarget is the audit_log target of adjustment id.
+func AdjustmentTarget(id string) string { return "adjustment:" + id }
+
 // postAdjustment checks an adjustment and puts it on usage.events as an
 // adjustment record; 202 once Kafka acknowledged it. The aggregator
 // applies it (or dead-letters it, should the meter change meanwhile).
-func (a *API) postAdjustment(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
+func (a *API) postAdjustment(w http.ResponseWriter, r *http.Request, p auth.Principal) {
 	var adj rollup.Adjustment // the body, as the aggregator applies it
 	present, err := decodeObjectWithoutNulls(r, &adj)
 	if err != nil {
@@ -112,11 +117,34 @@ func (a *API) postAdjustment(w http.ResponseWriter, r *http.Request, _ auth.Prin
 		a.internalError(w, r, err)
 		return
 	}
-	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), adjustmentTimeout)
-	defer cancel()
-	if err := a.opt.Adjustments.Write(wctx, rec); err != nil {
-		a.opt.Logger.WarnContext(ctx, "adjustment not acknowledged by Kafka", "id", adj.ID, "err", err)
+	// The audit row commits only once Kafka acknowledged the record; a
+	// resend of an adjustment audited already (same id) adds none.
+	var kafkaErr error
+	err = a.inTx(ctx, func(tx pgx.Tx) error {
+		target := AdjustmentTarget(adj.ID)
+		seen, _, err := auditlog.List(ctx, tx, auditlog.Filter{Action: auditlog.Match{Value: "adjustment.create"}, Target: auditlog.Match{Value: target}, Limit: 1})
+		if err != nil {
+			return err
+		}
+		if len(seen) == 0 {
+			if err := appendAudit(ctx, tx, p, "adjustment.create", target, nil, adj); err != nil {
+				return err
+			}
+		}
+		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), adjustmentTimeout)
+		defer cancel()
+		if kafkaErr = a.opt.Adjustments.Write(wctx, rec); kafkaErr != nil {
+			return kafkaErr
+		}
+		return nil
+	})
+	if kafkaErr != nil {
+		a.opt.Logger.WarnContext(ctx, "adjustment not acknowledged by Kafka", "id", adj.ID, "err", kafkaErr)
 		httpjson.Error(w, http.StatusServiceUnavailable, "unavailable", "Kafka did not acknowledge the adjustment; send it again with the same id")
+		return
+	}
+	if err != nil {
+		a.internalError(w, r, err)
 		return
 	}
 	httpjson.Write(w, http.StatusAccepted, struct {

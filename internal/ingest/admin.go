@@ -25,6 +25,7 @@ import (
 	"github.com/usagemeter/metering/internal/planperiod"
 	"github.com/usagemeter/metering/internal/price"
 	"github.com/usagemeter/metering/internal/storage/accounts"
+	"github.com/usagemeter/metering/internal/storage/auditlog"
 )
 
 const adminBodyLimit = 1 << 20
@@ -70,7 +71,11 @@ const (
 	tenantNameRule = `tenant names are 1-128 characters of A-Z a-z 0-9 . _ : -, and not "." or ".."`
 )
 
-func (a *API) putPlan(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
+// by is the author of an admin request's changes, as the audit log
+// records it: the API key that made it.
+func by(p auth.Principal) auditlog.By { return auditlog.By{Actor: auditlog.KeyActor(p.KeyID)} }
+
+func (a *API) putPlan(w http.ResponseWriter, r *http.Request, p auth.Principal) {
 	name := r.PathValue("plan")
 	if !validName(name) {
 		httpjson.Error(w, http.StatusBadRequest, "invalid_request", planNameRule)
@@ -112,7 +117,7 @@ func (a *API) putPlan(w http.ResponseWriter, r *http.Request, _ auth.Principal) 
 		return
 	}
 	plan.EffectiveFrom = body.EffectiveFrom
-	saved, _, err := a.opt.Store.SavePlan(r.Context(), plan, a.opt.Now())
+	saved, _, err := a.opt.Store.WithAudit(by(p)).SavePlan(r.Context(), plan, a.opt.Now())
 	if errors.Is(err, accounts.ErrEffectiveFrom) {
 		httpjson.Errorf(w, http.StatusBadRequest, "invalid_request", "effective_from must be after the latest version's: %v", err)
 		return
@@ -496,7 +501,7 @@ func (a *API) listPlans(w http.ResponseWriter, r *http.Request, _ auth.Principal
 	httpjson.Write(w, http.StatusOK, map[string]any{"plans": plans})
 }
 
-func (a *API) putTenant(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
+func (a *API) putTenant(w http.ResponseWriter, r *http.Request, p auth.Principal) {
 	name := r.PathValue("tenant")
 	if !validName(name) {
 		httpjson.Error(w, http.StatusBadRequest, "invalid_request", tenantNameRule)
@@ -525,7 +530,7 @@ func (a *API) putTenant(w http.ResponseWriter, r *http.Request, _ auth.Principal
 		effective = *body.PlanEffectiveFrom
 	}
 	// plan.changed is queued in the transaction of a real change.
-	store := a.opt.Store.WithPlanHook(billingevents.PlanHook(a.defaultPlan()))
+	store := a.opt.Store.WithPlanHook(billingevents.PlanHook(a.defaultPlan())).WithAudit(by(p))
 	t, err := store.SetTenant(r.Context(), accounts.Tenant{Tenant: name, Plan: body.Plan, StripeCustomerID: body.StripeCustomerID}, effective, a.opt.Now())
 	if errors.Is(err, accounts.ErrEffectiveFrom) {
 		httpjson.Errorf(w, http.StatusBadRequest, "invalid_request", "plan_effective_from: %v", err)
@@ -678,6 +683,7 @@ func (a *API) createKey(w http.ResponseWriter, r *http.Request, p auth.Principal
 		httpjson.Error(w, http.StatusBadRequest, "invalid_request", err.Error())
 		return
 	}
+	spec.By = by(p)
 	k, secret, err := a.opt.Auth.CreateKey(r.Context(), spec)
 	if errors.Is(err, accounts.ErrUnknownTenant) {
 		httpjson.Errorf(w, http.StatusNotFound, "unknown_tenant", "no tenant %q; create it first with PUT /v1/admin/tenants/%s", body.Tenant, body.Tenant)
@@ -715,7 +721,7 @@ func (a *API) revokeKey(w http.ResponseWriter, r *http.Request, p auth.Principal
 	id, ok := keyID(r)
 	err := accounts.ErrNotFound // key ids are UUIDs: no other text names one
 	if ok {
-		err = a.opt.Store.RevokeKey(r.Context(), id)
+		err = a.opt.Store.WithAudit(by(p)).RevokeKey(r.Context(), id)
 	}
 	if errors.Is(err, accounts.ErrNotFound) {
 		httpjson.Errorf(w, http.StatusNotFound, "not_found", "no API key with id %q", r.PathValue("id"))
@@ -733,7 +739,7 @@ func (a *API) revokeKey(w http.ResponseWriter, r *http.Request, p auth.Principal
 // ADMIN_API_KEY this service holds is refused by every service from the
 // next request on, restarts included.
 func (a *API) revokeBootstrapKey(w http.ResponseWriter, r *http.Request, p auth.Principal) {
-	k, err := a.opt.Auth.RevokeBootstrap(r.Context())
+	k, err := a.opt.Auth.RevokeBootstrap(r.Context(), by(p))
 	if errors.Is(err, auth.ErrNoBootstrapKey) {
 		httpjson.Error(w, http.StatusNotFound, "not_found", "this service runs without ADMIN_API_KEY: there is no bootstrap key to revoke")
 		return
@@ -769,7 +775,7 @@ func (a *API) rotateKey(w http.ResponseWriter, r *http.Request, p auth.Principal
 	var k, old accounts.Key
 	var secret string
 	if ok {
-		k, secret, old, err = a.opt.Auth.RotateKey(r.Context(), id, grace, exp)
+		k, secret, old, err = a.opt.Auth.RotateKey(r.Context(), id, grace, exp, by(p))
 	}
 	if err != nil {
 		a.writeRotateError(w, r, id, err)

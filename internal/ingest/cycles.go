@@ -1,7 +1,6 @@
 package ingest
 
 import (
-	"encoding/json"
 	"errors"
 	"net/http"
 	"time"
@@ -13,7 +12,6 @@ import (
 	"github.com/usagemeter/metering/internal/httpjson"
 	"github.com/usagemeter/metering/internal/storage"
 	"github.com/usagemeter/metering/internal/storage/accounts"
-	"github.com/usagemeter/metering/internal/storage/auditlog"
 )
 
 // cycleRoutes are the admin routes of tenants' billing cycles.
@@ -130,10 +128,7 @@ func (a *API) putBillingCycle(w http.ResponseWriter, r *http.Request, p auth.Pri
 		if after, err = cycleOf(r, tx, tenant, now); err != nil || !changed {
 			return err
 		}
-		b, _ := json.Marshal(before)
-		c, _ := json.Marshal(after)
-		_, err = auditlog.Append(r.Context(), tx, auditlog.Entry{Actor: p.KeyID, Action: "tenant.billing_cycle.set", Target: tenant, Before: b, After: c})
-		return err
+		return appendAudit(r.Context(), tx, p, "billing_cycle.put", accounts.TenantTarget(tenant), before, after)
 	})
 	if errors.Is(err, accounts.ErrCycleTooEarly) {
 		httpjson.Errorf(w, http.StatusUnprocessableEntity, "effective_from_too_early", "effective_from: %v", err)

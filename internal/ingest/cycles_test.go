@@ -111,7 +111,7 @@ func TestBillingCycles(t *testing.T) {
 		t.Fatalf("yearly in force: %d %s", r.status, r.raw)
 	}
 	// Three changes, three audit rows.
-	r = e.do("GET", "/v1/admin/audit?action=tenant.billing_cycle.set", adminKey, "", "")
+	r = e.do("GET", "/v1/admin/audit?action=billing_cycle.put", adminKey, "", "")
 	var audit struct {
 		Entries []struct {
 			Action, Target string
@@ -121,7 +121,7 @@ func TestBillingCycles(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.raw), &audit); err != nil || r.status != 200 {
 		t.Fatalf("audit: %d %s", r.status, r.raw)
 	}
-	if len(audit.Entries) != 3 || audit.Entries[0].Target != "acme" || !strings.Contains(string(audit.Entries[0].After), `"interval":"`) {
+	if len(audit.Entries) != 3 || audit.Entries[0].Target != "tenant:acme" || !strings.Contains(string(audit.Entries[0].After), `"interval":"`) {
 		t.Fatalf("audit: %s, want three entries of tenant acme", r.raw)
 	}
 }

@@ -136,7 +136,7 @@ func TestUsageDLQRoutes(t *testing.T) {
 		t.Errorf("the replay published %d records, want 1", sink.len())
 	}
 	var actor, note string
-	if err := e.db.Pool.QueryRow(context.Background(), `SELECT actor, note FROM dlq_audit WHERE action = 'replay'`).Scan(&actor, &note); err != nil ||
+	if err := e.db.Pool.QueryRow(context.Background(), `SELECT actor, note FROM audit_log WHERE action = 'dlq.usage.replay'`).Scan(&actor, &note); err != nil ||
 		actor != "key:bootstrap" || note != "fixed upstream" {
 		t.Errorf("the replay's audit: %q %q %v", actor, note, err)
 	}

@@ -197,7 +197,7 @@ func (a *API) createGrant(w http.ResponseWriter, r *http.Request, p auth.Princip
 			return
 		}
 	}
-	g, errs, err := a.grantFromBody(r.Context(), tenant, body, p.KeyID, now)
+	g, errs, err := a.grantFromBody(r.Context(), tenant, body, auditlog.KeyActor(p.KeyID), now)
 	if err != nil {
 		a.internalError(w, r, err)
 		return
@@ -315,7 +315,7 @@ func (a *API) voidGrant(w http.ResponseWriter, r *http.Request, p auth.Principal
 	if u, perr := uuid.Parse(id); perr == nil && len(id) == 36 {
 		err = a.inTx(r.Context(), func(tx pgx.Tx) error {
 			var err error
-			if g, err = credits.Void(r.Context(), tx, tenant, u.String(), p.KeyID, body.Reason, a.opt.Now()); err != nil {
+			if g, err = credits.Void(r.Context(), tx, tenant, u.String(), auditlog.KeyActor(p.KeyID), body.Reason, a.opt.Now()); err != nil {
 				return err
 			}
 			// grant.voided commits with the void, or not at all.
@@ -439,33 +439,4 @@ func (a *API) expiredGrants(w http.ResponseWriter, r *http.Request, _ auth.Princ
 		}
 	}
 	httpjson.Write(w, http.StatusOK, map[string]any{"from": from.UTC(), "to": to.UTC(), "grants": out})
-}
-
-// listAudit serves GET /v1/admin/audit?target=&action=&limit=: the audit
-// log, newest first.
-func (a *API) listAudit(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
-	q := r.URL.Query()
-	f := auditlog.Filter{Target: q.Get("target"), Action: q.Get("action"), Limit: 100}
-	if !storableText(f.Target) || !storableText(f.Action) {
-		// No stored target or action holds such text: nothing matches.
-		httpjson.Write(w, http.StatusOK, map[string]any{"entries": []auditlog.Record{}})
-		return
-	}
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > auditlog.MaxList {
-			httpjson.Errorf(w, http.StatusBadRequest, "invalid_request", "limit must be an integer from 1 to %d, got %q", auditlog.MaxList, v)
-			return
-		}
-		f.Limit = n
-	}
-	entries, err := auditlog.List(r.Context(), a.opt.DB, f)
-	if err != nil {
-		a.internalError(w, r, err)
-		return
-	}
-	if entries == nil {
-		entries = []auditlog.Record{}
-	}
-	httpjson.Write(w, http.StatusOK, map[string]any{"entries": entries})
 }

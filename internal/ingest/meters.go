@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/usagemeter/metering/events"
 	"github.com/usagemeter/metering/internal/auth"
 	"github.com/usagemeter/metering/internal/httpjson"
@@ -47,9 +49,24 @@ func (a *API) putMeter(w http.ResponseWriter, r *http.Request, p auth.Principal)
 		httpjson.Error(w, http.StatusConflict, "name_conflict", msg)
 		return
 	}
-	saved, created, err := accounts.PutMeter(r.Context(), a.opt.DB, accounts.Meter{
-		Name: d.Name, Metric: d.Metric, Aggregation: string(d.Aggregation), GroupBy: d.GroupBy,
-		Filter: d.Filter, Property: d.Property, Description: d.Description,
+	var saved accounts.Meter
+	var created bool
+	err := a.inTx(r.Context(), func(tx pgx.Tx) error {
+		var before any
+		prev, err := accounts.GetMeter(r.Context(), tx, d.Name)
+		if err == nil {
+			before = meterDoc(prev)
+		} else if !errors.Is(err, accounts.ErrNotFound) {
+			return err
+		}
+		saved, created, err = accounts.PutMeter(r.Context(), tx, accounts.Meter{
+			Name: d.Name, Metric: d.Metric, Aggregation: string(d.Aggregation), GroupBy: d.GroupBy,
+			Filter: d.Filter, Property: d.Property, Description: d.Description,
+		})
+		if err != nil || (!created && saved.Version == prev.Version) {
+			return err // unchanged: nothing to audit
+		}
+		return appendAudit(r.Context(), tx, p, "meter.put", MeterTarget(d.Name), before, meterDoc(saved))
 	})
 	if errors.Is(err, accounts.ErrInvalidMeter) {
 		// Validate refuses all the table refuses; this is the last line.
@@ -66,6 +83,18 @@ func (a *API) putMeter(w http.ResponseWriter, r *http.Request, p auth.Principal)
 	}
 	a.opt.Logger.InfoContext(r.Context(), "meter saved", "meter", saved.Name, "version", saved.Version, "created", created, "by", p.KeyID)
 	a.writeMeter(w, r, status, saved)
+}
+
+// MeterTarget is the audit_log target of meter name.
+func MeterTarget(name string) string { return "meter:" + name }
+
+// meterDoc is a meter as meter.put audits it: as the API answers it.
+func meterDoc(m accounts.Meter) json.RawMessage {
+	b, err := meterJSON(m)
+	if err != nil { // a stored meter always encodes; keep the error visible
+		b, _ = json.Marshal(map[string]string{"name": m.Name, "error": err.Error()})
+	}
+	return b
 }
 
 // writeMeterErrors answers 400 for a definition Validate refused: the

@@ -46,6 +46,7 @@ import (
 	"github.com/usagemeter/metering/internal/recordsign"
 	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/storage/accounts"
+	"github.com/usagemeter/metering/internal/storage/auditlog"
 	"github.com/usagemeter/metering/internal/storage/deadletters"
 	"github.com/usagemeter/metering/internal/storage/usagedata"
 	"github.com/usagemeter/metering/internal/windows"
@@ -85,6 +86,10 @@ type Options struct {
 	DryRun bool
 	// Logger receives the rebuild's progress; nil discards it.
 	Logger *slog.Logger
+	// By audits a swap as windows.rebuild in its transaction (target
+	// windows:<first month rebuilt>; after: the months' start, the meters
+	// and how many windows changed); the zero By audits nothing.
+	By auditlog.By
 }
 
 // ErrTooOld means the rebuild would recompute windows older than the
@@ -250,7 +255,7 @@ func (sh *shadow) round(ctx context.Context, opt Options, rep *Report, positions
 	if opt.DryRun {
 		return true, nil
 	}
-	rep.Swapped, err = sh.swap(ctx, opt, rep.From, target)
+	rep.Swapped, err = sh.swap(ctx, opt, rep.From, target, len(changes))
 	return rep.Swapped, err
 }
 
@@ -321,7 +326,7 @@ func (sh *shadow) replayPartition(ctx context.Context, cluster kafkalog.Cluster,
 
 // swap replaces live windows from from on with the shadow's, if the live
 // offsets still equal target; it reports whether it swapped.
-func (sh *shadow) swap(ctx context.Context, opt Options, from time.Time, target map[int]int64) (bool, error) {
+func (sh *shadow) swap(ctx context.Context, opt Options, from time.Time, target map[int]int64, changed int) (bool, error) {
 	swapped := false
 	err := pgx.BeginFunc(ctx, sh.live, func(tx pgx.Tx) error {
 		// Locking the offsets stops live batches of this group from
@@ -334,7 +339,20 @@ func (sh *shadow) swap(ctx context.Context, opt Options, from time.Time, target 
 			return err
 		}
 		swapped = true
-		return nil
+		if !opt.By.Audited() {
+			return nil
+		}
+		meters := opt.Meters
+		if meters == nil {
+			meters = []string{} // every meter
+		}
+		after, err := auditlog.JSON(map[string]any{"from": from.UTC(), "meters": meters, "windows_changed": changed})
+		if err != nil {
+			return err
+		}
+		_, err = auditlog.Append(ctx, tx, auditlog.Entry{Actor: opt.By.Actor, Action: "windows.rebuild",
+			Target: "windows:" + from.UTC().Format("2006-01"), After: after, Note: opt.By.Note})
+		return err
 	})
 	return swapped, err
 }

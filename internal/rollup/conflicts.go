@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/usagemeter/metering/internal/storage/auditlog"
 	"github.com/usagemeter/metering/internal/storage/usagedata"
 )
 
@@ -201,7 +202,7 @@ func (a *Aggregator) ResolveConflict(ctx context.Context, id int64, resolution, 
 		}
 		amount, events = &inc.value, &inc.events
 	}
-	resolved := c
+	held, resolved := c, c
 	resolved.Resolution, resolved.ResolvedBy, resolved.ResolvedAt, resolved.Note = resolution, actor, &now, note
 	resolved.CountedAmount, resolved.CountedEvents = amount, events
 	ok, err := usagedata.ResolveHeldConflict(ctx, tx, resolved)
@@ -221,6 +222,20 @@ func (a *Aggregator) ResolveConflict(ctx context.Context, id int64, resolution, 
 		if err := countIncrement(ctx, tx, inc, now, a.cfg.DefaultPlan); err != nil {
 			return c, err
 		}
+	}
+	// conflict.count or conflict.dismiss commits with the resolution.
+	before, err := auditlog.JSON(held)
+	if err != nil {
+		return c, err
+	}
+	after, err := auditlog.JSON(c)
+	if err != nil {
+		return c, err
+	}
+	action := map[string]string{usagedata.ResolutionCounted: "conflict.count", usagedata.ResolutionDismissed: "conflict.dismiss"}[resolution]
+	if _, err := auditlog.Append(ctx, tx, auditlog.Entry{Actor: actor, Action: action, Target: fmt.Sprintf("conflict:%d", id),
+		Before: before, After: after, Note: note}); err != nil {
+		return c, err
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return c, fmt.Errorf("committing conflict %d: %w", id, err)

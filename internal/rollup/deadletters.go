@@ -4,7 +4,7 @@ package rollup
 // list them, replay them to usage.events (after the cause is fixed), or
 // discard them. Every action is one transaction that changes the records'
 // status, writes the replayed messages to the outbox, and records who did
-// what in dlq_audit; a record is replayed or discarded at most once.
+// what in audit_log (one row per record); a record is replayed or discarded at most once.
 // Replaying is safe even for events that were counted: the ledger counts
 // an id once.
 

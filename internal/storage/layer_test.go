@@ -148,22 +148,28 @@ func TestOneWriterPerTable(t *testing.T) {
 	}
 }
 
-// schemaTables lists the tables the migrations create.
+// schemaTables lists the tables the migrations create and no later
+// migration drops.
 func schemaTables(t *testing.T) []string {
 	t.Helper()
 	files, err := filepath.Glob(filepath.Join(moduleRoot, "migrations", "*.sql"))
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no migrations: %v", err)
 	}
-	create := regexp.MustCompile(`(?i)CREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?([a-z_][a-z0-9_]*)`)
+	stmt := regexp.MustCompile(`(?i)(CREATE|DROP)\s+TABLE\s+(?:IF\s+(?:NOT\s+)?EXISTS\s+)?([a-z_][a-z0-9_]*)`)
 	var out []string
-	for _, f := range files {
+	for _, f := range files { // in the order they apply
 		src, err := os.ReadFile(f)
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, m := range create.FindAllStringSubmatch(string(src), -1) {
-			out = append(out, strings.ToLower(m[1]))
+		for _, m := range stmt.FindAllStringSubmatch(string(src), -1) {
+			table := strings.ToLower(m[2])
+			if strings.EqualFold(m[1], "DROP") {
+				out = slices.DeleteFunc(out, func(s string) bool { return s == table })
+			} else {
+				out = append(out, table)
+			}
 		}
 	}
 	return out

@@ -10,7 +10,7 @@
 //	             usage_corrections, quota_breaches, consumer_offsets,
 //	             consumer_lost_records, meter_uniques, meter_group_keys,
 //	             usage_adjustments
-//	deadletters  usage_dlq, dlq_audit
+//	deadletters  usage_dlq
 //	billingdata  billing_pushes, billing_periods, stripe_webhook_events,
 //	             stripe_webhook_undecodable, stripe_object_versions,
 //	             stripe_meter_errors, billing_period_events, billing_credits

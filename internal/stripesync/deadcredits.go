@@ -48,7 +48,7 @@ type CreditResend struct {
 
 // ResendCredits sends the dead credits ids again (every dead credit with
 // all), under their own idempotency keys, and audits the action in
-// dlq_audit (queue credits) before any call. Each is sent under its own
+// audit_log (credits.resend, one row per credit) before any call. Each is sent under its own
 // lock (billingdata.LockDeadCredit), so two resends never call Stripe for
 // one credit at once. A credit created more than DedupHorizon ago is
 // first looked for at Stripe (CreditFinder), so one whose first call did

@@ -38,7 +38,8 @@ func (b *Biller) DeadLetter(ctx context.Context, id int64) (DeadPush, error) {
 	return d, nil
 }
 
-// Replay re-sends the dead pushes ids (every one with all) and audits it.
+// Replay re-sends the dead pushes ids (every one with all) and audits it
+// (dlq.billing.replay, one audit_log row per push).
 // A push created less than DedupHorizon ago goes out with its original
 // identifier, so one that had in fact reached Stripe comes back as a
 // duplicate and counts nothing more. An older one is first checked
@@ -47,7 +48,13 @@ func (b *Biller) DeadLetter(ctx context.Context, id int64) (DeadPush, error) {
 // group had calls within SummaryLag it waits as an intent for the next
 // sync.
 func (b *Biller) Replay(ctx context.Context, ids []int64, all bool, actor string) (SendResult, error) {
-	picked, err := b.resolveDead(ctx, ids, all, "replay", actor, "", "intent")
+	return b.ReplayWithNote(ctx, ids, all, actor, "")
+}
+
+// ReplayWithNote is Replay with why, kept as the note of each push's
+// audit_log row (dlq.billing.replay).
+func (b *Biller) ReplayWithNote(ctx context.Context, ids []int64, all bool, actor, note string) (SendResult, error) {
+	picked, err := b.resolveDead(ctx, ids, all, "replay", actor, note, "intent")
 	if err != nil || len(picked) == 0 {
 		return SendResult{}, err
 	}
@@ -56,7 +63,8 @@ func (b *Biller) Replay(ctx context.Context, ids []int64, all bool, actor string
 
 // Discard closes dead pushes without sending them: their usage stays
 // claimed (it will not be re-sent) and the reconciliation shows it as
-// drift for finance. It is audited.
+// drift for finance. It is audited (dlq.billing.discard, one audit_log
+// row per push).
 func (b *Biller) Discard(ctx context.Context, ids []int64, actor, note string) (int, error) {
 	picked, err := b.resolveDead(ctx, ids, false, "discard", actor, note, "discarded")
 	return len(picked), err

@@ -65,7 +65,7 @@ func TestPermanentErrorLandsInTheDLQAndReplayDrainsIt(t *testing.T) {
 		t.Fatalf("replay of a push no longer dead: %v", err)
 	}
 	var audits int
-	_ = f.db.Pool.QueryRow(ctx, `SELECT count(*) FROM dlq_audit WHERE queue = 'billing' AND action = 'replay' AND actor = 'oncall'`).Scan(&audits)
+	_ = f.db.Pool.QueryRow(ctx, `SELECT count(*) FROM audit_log WHERE action = 'dlq.billing.replay' AND actor = 'oncall' AND target LIKE 'billing_push:%'`).Scan(&audits)
 	if audits != 2 {
 		t.Fatalf("%d replays audited, want 2", audits)
 	}

@@ -1,7 +1,9 @@
 // Package accounts owns what the admin API configures: API keys, plans
 // as histories of versions with their per-metric quotas, tenants with
 // their plan history, and meter definitions (whose changes are notified
-// on MetersChannel). Callers see plain Go types.
+// on MetersChannel). Callers see plain Go types. A Store made WithAudit,
+// and a key written with NewKey.By, append the audit_log row of each real
+// change (through internal/storage/auditlog) in the change's transaction.
 //
 // Invariant: every write is one statement or one transaction, so a reader
 // never sees half a plan or a rotated key without its successor; "not
@@ -27,6 +29,7 @@ import (
 
 	"github.com/usagemeter/metering/internal/price"
 	"github.com/usagemeter/metering/internal/storage"
+	"github.com/usagemeter/metering/internal/storage/auditlog"
 )
 
 // ErrNotFound is returned when a row asked for does not exist.
@@ -38,7 +41,48 @@ type Store struct {
 	// onPlanChange runs in the transaction of every real plan change
 	// SetTenant records; nil runs nothing.
 	onPlanChange PlanHook
+	// by audits the changes of SavePlan, SetTenant and RevokeKey; the
+	// zero By audits nothing.
+	by auditlog.By
 }
+
+// WithAudit returns a copy of s whose SavePlan, SetTenant and RevokeKey
+// append an audit_log row by by in the transaction of every real change
+// (plan.put, tenant.put, key.revoke); a write that changes nothing
+// appends nothing.
+func (s *Store) WithAudit(by auditlog.By) *Store {
+	c := *s
+	c.by = by
+	return &c
+}
+
+// audit appends by's audit_log row of action on target in tx, when by
+// names an actor. before and after are encoded as JSON; nil is none.
+func audit(ctx context.Context, tx storage.Executor, by auditlog.By, action, target string, before, after any) error {
+	if !by.Audited() {
+		return nil
+	}
+	b, err := auditlog.JSON(before)
+	if err != nil {
+		return err
+	}
+	a, err := auditlog.JSON(after)
+	if err != nil {
+		return err
+	}
+	_, err = auditlog.Append(ctx, tx, auditlog.Entry{Actor: by.Actor, Action: action, Target: target, Before: b, After: a, Note: by.Note})
+	return err
+}
+
+// PlanTarget is the audit_log target of plan name.
+func PlanTarget(name string) string { return "plan:" + name }
+
+// TenantTarget is the audit_log target of tenant name (tenant.put and
+// billing_cycle.put).
+func TenantTarget(name string) string { return "tenant:" + name }
+
+// KeyTarget is the audit_log target of API key id.
+func KeyTarget(id string) string { return "key:" + id }
 
 // New returns a Store on pool.
 func New(pool *pgxpool.Pool) *Store { return &Store{pool: pool} }
@@ -137,7 +181,8 @@ func (s *Store) PutPlan(ctx context.Context, p Plan) (Plan, error) {
 // it returns that version with created false. A new version must take
 // effect after the latest version does (ErrEffectiveFrom otherwise); it
 // may take effect in the future (Scheduled). A version's quotas are never
-// changed afterwards.
+// changed afterwards. A Store WithAudit audits a new version as plan.put
+// (before: the latest version, null for a new plan; after: the new one).
 func (s *Store) SavePlan(ctx context.Context, p Plan, now time.Time) (Plan, bool, error) {
 	if p.Currency == "" {
 		p.Currency = "usd"
@@ -188,6 +233,7 @@ func (s *Store) SavePlan(ctx context.Context, p Plan, now time.Time) (Plan, bool
 		if saved, err = readVersion(ctx, tx, p.Name, latest+1, now); err != nil {
 			return err
 		}
+		var before any
 		if latest > 0 {
 			prev, err := readVersion(ctx, tx, p.Name, latest, now)
 			if err != nil {
@@ -197,6 +243,10 @@ func (s *Store) SavePlan(ctx context.Context, p Plan, now time.Time) (Plan, bool
 				saved, created = prev, false
 				return errUnchanged
 			}
+			before = prev
+		}
+		if err := audit(ctx, tx, s.by, "plan.put", PlanTarget(p.Name), before, saved); err != nil {
+			return err
 		}
 		// plans.currency is the currency of the version in force now.
 		_, err = tx.Exec(ctx, `UPDATE plans SET currency = coalesce((SELECT currency FROM plan_versions
@@ -378,6 +428,30 @@ type Tenant struct {
 	UpdatedAt        time.Time `json:"updated_at"`
 }
 
+// TenantChange is a tenant as tenant.put audits it: its plan in force
+// (after a change: the new plan, and when it took effect, null for since
+// always) and its Stripe customer.
+type TenantChange struct {
+	Tenant            string     `json:"tenant"`
+	Plan              string     `json:"plan"`
+	StripeCustomerID  string     `json:"stripe_customer_id"`
+	PlanEffectiveFrom *time.Time `json:"plan_effective_from,omitempty"`
+}
+
+// tenantForUpdate reads tenant in tx, locking its row (nil: no tenant).
+func tenantForUpdate(ctx context.Context, tx storage.Executor, tenant string) (*TenantChange, error) {
+	t := TenantChange{Tenant: tenant}
+	err := tx.QueryRow(ctx, `SELECT coalesce(plan, ''), coalesce(stripe_customer_id, '') FROM tenants WHERE tenant = $1 FOR UPDATE`,
+		tenant).Scan(&t.Plan, &t.StripeCustomerID)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading tenant %s: %w", tenant, err)
+	}
+	return &t, nil
+}
+
 // ErrUnknownPlan is returned when a tenant names a plan that does not exist.
 var ErrUnknownPlan = errors.New("unknown plan")
 
@@ -393,6 +467,8 @@ func (s *Store) PutTenant(ctx context.Context, t Tenant) (Tenant, error) {
 // nothing. effective must not be before the start of the open assignment
 // (or the end of the latest closed one), nor after now (ErrEffectiveFrom);
 // equal to it, the open assignment, which never took effect, is replaced.
+// A Store WithAudit audits a new tenant, a new Stripe customer or a real
+// plan change as tenant.put (before and after: TenantChange).
 func (s *Store) SetTenant(ctx context.Context, t Tenant, effective, now time.Time) (Tenant, error) {
 	var cus *string
 	if t.StripeCustomerID != "" {
@@ -403,6 +479,10 @@ func (s *Store) SetTenant(ctx context.Context, t Tenant, effective, now time.Tim
 		plan = &t.Plan
 	}
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		before, err := tenantForUpdate(ctx, tx, t.Tenant)
+		if err != nil {
+			return err
+		}
 		if _, err := tx.Exec(ctx, `INSERT INTO tenants (tenant, stripe_customer_id) VALUES ($1, $2)
 			ON CONFLICT (tenant) DO UPDATE SET stripe_customer_id = EXCLUDED.stripe_customer_id, updated_at = now()`, t.Tenant, cus); err != nil {
 			return err
@@ -420,7 +500,33 @@ func (s *Store) SetTenant(ctx context.Context, t Tenant, effective, now time.Tim
 				at = Always
 			}
 		}
-		return AssignPlan(ctx, tx, t.Tenant, plan, at, now, "admin", s.onPlanChange)
+		var change *PlanChange
+		hook := func(ctx context.Context, tx storage.Executor, c PlanChange) error {
+			change = &c
+			if s.onPlanChange == nil {
+				return nil
+			}
+			return s.onPlanChange(ctx, tx, c)
+		}
+		if err := AssignPlan(ctx, tx, t.Tenant, plan, at, now, "admin", hook); err != nil {
+			return err
+		}
+		after, err := tenantForUpdate(ctx, tx, t.Tenant)
+		if err != nil {
+			return err
+		}
+		if before != nil && change == nil && before.StripeCustomerID == after.StripeCustomerID {
+			return nil // nothing changed
+		}
+		if change != nil && !change.At.IsZero() {
+			at := change.At.UTC()
+			after.PlanEffectiveFrom = &at
+		}
+		var b any
+		if before != nil {
+			b = before
+		}
+		return audit(ctx, tx, s.by, "tenant.put", TenantTarget(t.Tenant), b, after)
 	})
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "23503" { // foreign_key_violation

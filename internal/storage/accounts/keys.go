@@ -8,6 +8,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/usagemeter/metering/internal/storage/auditlog"
 )
 
 // Roles of API keys.
@@ -66,6 +68,10 @@ type NewKey struct {
 	Tenant    string // tenant keys only
 	Scope     string // tenant keys only
 	ExpiresAt *time.Time
+	// By audits the creation (key.create) or the rotation (key.rotate)
+	// in its transaction; the zero By audits nothing. No audit document
+	// holds a secret or its hash.
+	By auditlog.By
 }
 
 const keyColumns = `id::text, role, coalesce(tenant, ''), coalesce(scope, ''), created_at,
@@ -98,15 +104,23 @@ func keyError(err error, k NewKey) error {
 	return err
 }
 
-// CreateKey stores a key by the hash of its secret. A tenant key for a
-// tenant that does not exist is ErrUnknownTenant, and nothing is stored.
+// CreateKey stores a key by the hash of its secret, audited as key.create
+// (after: the key) when k.By names an actor. A tenant key for a tenant
+// that does not exist is ErrUnknownTenant, and nothing is stored.
 func (s *Store) CreateKey(ctx context.Context, k NewKey) (Key, error) {
-	row := s.pool.QueryRow(ctx, `INSERT INTO api_keys (id, key_hash, role, tenant, scope, expires_at)
-		VALUES ($1, $2, $3, $4, $5, $6) RETURNING `+keyColumns,
-		k.ID, k.Hash, k.Role, nullable(k.Tenant), nullable(k.Scope), k.ExpiresAt)
-	out, err := scanKey(row)
+	var out Key
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var err error
+		out, err = scanKey(tx.QueryRow(ctx, `INSERT INTO api_keys (id, key_hash, role, tenant, scope, expires_at)
+			VALUES ($1, $2, $3, $4, $5, $6) RETURNING `+keyColumns,
+			k.ID, k.Hash, k.Role, nullable(k.Tenant), nullable(k.Scope), k.ExpiresAt))
+		if err != nil {
+			return keyError(err, k)
+		}
+		return audit(ctx, tx, k.By, "key.create", KeyTarget(out.ID), nil, out)
+	})
 	if err != nil {
-		return Key{}, fmt.Errorf("creating API key: %w", keyError(err, k))
+		return Key{}, fmt.Errorf("creating API key: %w", err)
 	}
 	return out, nil
 }
@@ -140,14 +154,29 @@ func (s *Store) TouchKey(ctx context.Context, id string) error {
 	return nil
 }
 
-// RevokeKey revokes a key at once. Revoking a revoked key is a no-op.
+// RevokeKey revokes a key at once. Revoking a revoked key is a no-op. A
+// Store WithAudit audits a revocation as key.revoke (before and after:
+// the key).
 func (s *Store) RevokeKey(ctx context.Context, id string) error {
-	tag, err := s.pool.Exec(ctx, `UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id::text = $1`, id)
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		before, err := scanKey(tx.QueryRow(ctx, `SELECT `+keyColumns+` FROM api_keys WHERE id::text = $1 FOR UPDATE`, id))
+		if errors.Is(err, pgx.ErrNoRows) {
+			return ErrNotFound
+		}
+		if err != nil || before.RevokedAt != nil {
+			return err
+		}
+		after, err := scanKey(tx.QueryRow(ctx, `UPDATE api_keys SET revoked_at = now() WHERE id::text = $1 RETURNING `+keyColumns, id))
+		if err != nil {
+			return err
+		}
+		return audit(ctx, tx, s.by, "key.revoke", KeyTarget(after.ID), before, after)
+	})
+	if errors.Is(err, ErrNotFound) {
+		return err
+	}
 	if err != nil {
 		return fmt.Errorf("revoking API key %s: %w", id, err)
-	}
-	if tag.RowsAffected() == 0 {
-		return ErrNotFound
 	}
 	return nil
 }
@@ -155,16 +184,40 @@ func (s *Store) RevokeKey(ctx context.Context, id string) error {
 // RevokeBootstrapKey records that the ADMIN_API_KEY value hashing to hash
 // is revoked, under id if no row has that hash yet. A stored key with the
 // same hash (an operator who set ADMIN_API_KEY to a stored key's secret)
-// is revoked too. It returns the row that now refuses the value.
-func (s *Store) RevokeBootstrapKey(ctx context.Context, id string, hash []byte) (Key, error) {
-	k, err := scanKey(s.pool.QueryRow(ctx, `INSERT INTO api_keys (id, key_hash, role, bootstrap, revoked_at)
-		VALUES ($1, $2, 'admin', true, now())
-		ON CONFLICT (key_hash) DO UPDATE SET revoked_at = coalesce(api_keys.revoked_at, now())
-		RETURNING `+keyColumns, id, hash))
+// is revoked too. It returns the row that now refuses the value. A
+// revocation is audited by by as key.revoke of that row (before: the row,
+// null when there was none).
+func (s *Store) RevokeBootstrapKey(ctx context.Context, id string, hash []byte, by auditlog.By) (Key, error) {
+	var k Key
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var before any
+		prev, err := scanKey(tx.QueryRow(ctx, `SELECT `+keyColumns+` FROM api_keys WHERE key_hash = $1 FOR UPDATE`, hash))
+		switch {
+		case err == nil:
+			before = prev
+		case !errors.Is(err, pgx.ErrNoRows):
+			return err
+		}
+		k, err = scanKey(tx.QueryRow(ctx, `INSERT INTO api_keys (id, key_hash, role, bootstrap, revoked_at)
+			VALUES ($1, $2, 'admin', true, now())
+			ON CONFLICT (key_hash) DO UPDATE SET revoked_at = coalesce(api_keys.revoked_at, now())
+			RETURNING `+keyColumns, id, hash))
+		if err != nil || (before != nil && prev.RevokedAt != nil) {
+			return err // revoked before: nothing changed
+		}
+		return audit(ctx, tx, by, "key.revoke", KeyTarget(k.ID), before, k)
+	})
 	if err != nil {
 		return Key{}, fmt.Errorf("revoking the bootstrap key: %w", err)
 	}
 	return k, nil
+}
+
+// RotatedKey is a rotated key as key.rotate audits it after the
+// rotation: the old key as it now is, and its successor.
+type RotatedKey struct {
+	Key
+	Successor Key `json:"successor"`
 }
 
 // RotateKey makes next, a key with the role, tenant and scope of key
@@ -179,6 +232,9 @@ func (s *Store) RevokeBootstrapKey(ctx context.Context, id string, hash []byte) 
 // take turns, and the successor is inserted only if the key has none yet,
 // checked by the insert itself after the lock is held, so the second of
 // two rotations sees the first's successor and is ErrKeyRotated.
+//
+// next.By audits the rotation as key.rotate of the old key (before: the
+// old key; after: RotatedKey).
 func (s *Store) RotateKey(ctx context.Context, oldID string, next NewKey, grace time.Duration) (newKey, oldKey Key, err error) {
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		var old Key
@@ -215,7 +271,10 @@ func (s *Store) RotateKey(ctx context.Context, oldID string, next NewKey, grace 
 				SET expires_at = least(coalesce(expires_at, 'infinity'), now() + $2::bigint * interval '1 microsecond')
 				WHERE id = $1::uuid RETURNING `+keyColumns, old.ID, grace.Microseconds()))
 		}
-		return err
+		if err != nil {
+			return err
+		}
+		return audit(ctx, tx, next.By, "key.rotate", KeyTarget(old.ID), old, RotatedKey{Key: oldKey, Successor: newKey})
 	})
 	if err != nil {
 		return Key{}, Key{}, fmt.Errorf("rotating API key %s: %w", oldID, err)

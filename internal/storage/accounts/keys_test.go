@@ -11,6 +11,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/usagemeter/metering/internal/storage/accounts"
+	"github.com/usagemeter/metering/internal/storage/auditlog"
 	"github.com/usagemeter/metering/internal/testkit/pgtest"
 )
 
@@ -74,7 +75,7 @@ func TestRotateKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	db.Exec(t, `UPDATE api_keys SET expires_at = now() - interval '1 minute' WHERE id = $1::uuid`, rotatedThenExpired.ID)
-	bootstrap, err := st.RevokeBootstrapKey(ctx, uuid.New().String(), []byte("bootstrap secret hash"))
+	bootstrap, err := st.RevokeBootstrapKey(ctx, uuid.New().String(), []byte("bootstrap secret hash"), auditlog.By{})
 	if err != nil {
 		t.Fatal(err)
 	}

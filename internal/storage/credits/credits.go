@@ -158,7 +158,7 @@ func Create(ctx context.Context, q storage.Executor, g Grant) (Grant, bool, erro
 		if err != nil {
 			return err
 		}
-		_, err = auditlog.Append(ctx, tx, auditlog.Entry{Actor: g.CreatedBy, Action: "grant.create", Target: Target(saved.ID), After: after})
+		_, err = auditlog.Append(ctx, tx, auditlog.Entry{Actor: g.CreatedBy, Action: "grant.create", Target: Target(saved.ID), After: after, Note: saved.Reason})
 		return err
 	})
 	if err != nil {
@@ -194,7 +194,7 @@ func Void(ctx context.Context, q storage.Executor, tenant, id, actor, reason str
 		}
 		b, _ := json.Marshal(before)
 		a, _ := json.Marshal(saved)
-		_, err = auditlog.Append(ctx, tx, auditlog.Entry{Actor: actor, Action: "grant.void", Target: Target(id), Before: b, After: a})
+		_, err = auditlog.Append(ctx, tx, auditlog.Entry{Actor: actor, Action: "grant.void", Target: Target(id), Before: b, After: a, Note: reason})
 		return err
 	})
 	if err != nil {

@@ -51,11 +51,11 @@ func TestCreateAndVoidAreAudited(t *testing.T) {
 	if err != nil || v.VoidedAt == nil || *v.VoidedBy != "key-2" || *v.VoidReason != "sent in error" {
 		t.Fatalf("void: %+v %v", v, err)
 	}
-	log, err := auditlog.List(ctx, db.Pool, auditlog.Filter{Target: credits.Target(grantID)})
+	log, _, err := auditlog.List(ctx, db.Pool, auditlog.Filter{Target: auditlog.Match{Value: credits.Target(grantID)}})
 	if err != nil || len(log) != 2 {
 		t.Fatalf("audit rows: %+v %v", log, err)
 	}
-	if log[0].Action != "grant.void" || log[0].Actor != "key-2" || log[0].Before == nil || log[0].After == nil ||
+	if log[0].Action != "grant.void" || log[0].Actor != "key-2" || log[0].Before == nil || log[0].After == nil || log[0].Note != "sent in error" ||
 		log[1].Action != "grant.create" || log[1].Actor != "key-1" || log[1].Before != nil {
 		t.Errorf("audit rows: %+v", log)
 	}
@@ -80,7 +80,7 @@ func TestCreateIsIdempotent(t *testing.T) {
 	if _, _, err := credits.Create(ctx, db.Pool, other); !errors.Is(err, credits.ErrIDConflict) {
 		t.Fatalf("other terms: %v", err)
 	}
-	if log, _ := auditlog.List(ctx, db.Pool, auditlog.Filter{}); len(log) != 1 {
+	if log, _, _ := auditlog.List(ctx, db.Pool, auditlog.Filter{}); len(log) != 1 {
 		t.Fatalf("%d audit rows, want 1", len(log))
 	}
 	bad := grant()
@@ -107,7 +107,7 @@ func TestVoidOnce(t *testing.T) {
 	if _, err := credits.Void(ctx, db.Pool, "acme", grantID, "k", "r", now); !errors.Is(err, credits.ErrVoided) {
 		t.Fatalf("twice: %v", err)
 	}
-	if log, _ := auditlog.List(ctx, db.Pool, auditlog.Filter{Action: "grant.void"}); len(log) != 1 {
+	if log, _, _ := auditlog.List(ctx, db.Pool, auditlog.Filter{Action: auditlog.Match{Value: "grant.void"}}); len(log) != 1 {
 		t.Fatalf("%d void audit rows, want 1", len(log))
 	}
 }

@@ -2,15 +2,19 @@ package deadletters
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+
+	"strconv"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/usagemeter/metering/internal/storage"
+	"github.com/usagemeter/metering/internal/storage/auditlog"
 )
 
-// Queue names, as recorded in dlq_audit.queue.
+// Queue names.
 const (
 	UsageQueue   = "usage"
 	BillingQueue = "billing"
@@ -26,8 +30,23 @@ type Change struct {
 	// IDs names the records; All takes every waiting record instead.
 	IDs []int64
 	All bool
-	// Actor and Note go to the audit trail; Actor is required.
+	// Actor and Note go to the audit log; Actor is required.
 	Actor, Note string
+}
+
+// queueAudit is how a queue's actions are audited: the action's prefix,
+// the target's prefix (before the record id) and the status a record
+// leaves.
+var queueAudit = map[string]struct{ action, target, from string }{
+	UsageQueue:   {"dlq.usage.", "usage_dlq:", "pending"},
+	BillingQueue: {"dlq.billing.", "billing_push:", "dead"},
+	CreditsQueue: {"credits.", "billing_credit:", "dead"},
+}
+
+// AuditTarget is the audit_log target of record id of queue, such as
+// usage_dlq:42.
+func AuditTarget(queue string, id int64) string {
+	return queueAudit[queue].target + strconv.FormatInt(id, 10)
 }
 
 // ErrNoneWaiting is returned when none of the records named by id is
@@ -39,11 +58,16 @@ var ErrNoneWaiting = errors.New("none of the named records is in the dead-letter
 // table provides it (MoveUsage here; the billing queue's in billingdata).
 type Mover func(ctx context.Context, q storage.Executor, c Change) ([]int64, error)
 
-// Apply moves the waiting records c names with move and audits the action
-// in dlq_audit under queue, both in tx, so a record never changes status
-// unaudited; an action that moves nothing writes no audit row. It returns
-// the ids it moved, in id order.
+// Apply moves the waiting records c names with move and appends one
+// audit_log row per record moved (action AuditAction, target AuditTarget,
+// before and after its status, c's actor and note), all in tx, so a record
+// never changes status unaudited; an action that moves nothing writes no
+// audit row. It returns the ids it moved, in id order.
 func Apply(ctx context.Context, tx storage.Executor, queue string, move Mover, c Change) ([]int64, error) {
+	qa, ok := queueAudit[queue]
+	if !ok {
+		return nil, fmt.Errorf("no dead-letter queue %q", queue)
+	}
 	if c.Actor == "" {
 		return nil, errors.New("an actor is required for the audit trail")
 	}
@@ -60,9 +84,18 @@ func Apply(ctx context.Context, tx storage.Executor, queue string, move Mover, c
 		}
 		return nil, fmt.Errorf("%s %v: %w", c.Action, c.IDs, ErrNoneWaiting)
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO dlq_audit (queue, action, actor, record_ids, note) VALUES ($1, $2, $3, $4, $5)`,
-		queue, c.Action, c.Actor, moved, c.Note); err != nil {
-		return nil, fmt.Errorf("%s: auditing: %w", c.Action, err)
+	before := json.RawMessage(`{"status":` + strconv.Quote(qa.from) + `}`)
+	after := json.RawMessage(`{"status":` + strconv.Quote(c.To) + `}`)
+	if c.To == qa.from { // picked to act on (a resend), not moved
+		after = json.RawMessage(`{"status":` + strconv.Quote(c.To) + `,"` + c.Action + `":true}`)
+	}
+	entries := make([]auditlog.Entry, len(moved))
+	for i, id := range moved {
+		entries[i] = auditlog.Entry{Actor: c.Actor, Action: qa.action + c.Action, Target: AuditTarget(queue, id),
+			Before: before, After: after, Note: c.Note}
+	}
+	if err := auditlog.AppendAll(ctx, tx, entries); err != nil {
+		return nil, fmt.Errorf("%s: %w", c.Action, err)
 	}
 	return moved, nil
 }

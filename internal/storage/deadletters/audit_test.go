@@ -19,10 +19,10 @@ func TestApply(t *testing.T) {
 		wantMoved  string
 		wantErr    error // errors.Is target; nil for success
 		anyErr     bool  // some error that is not a sentinel
-		wantAudits int
+		wantAudits int   // one audit_log row per record moved
 	}{
-		{"named ids", deadletters.Change{Action: "discard", To: "discarded", IDs: []int64{3, 1}, Actor: "oncall", Note: "bad client"}, "[1 3]", nil, false, 1},
-		{"all waiting ones, skipping resolved", deadletters.Change{Action: "replay", To: "replayed", All: true, Actor: "oncall"}, "[1 2 3]", nil, false, 1},
+		{"named ids", deadletters.Change{Action: "discard", To: "discarded", IDs: []int64{3, 1}, Actor: "oncall", Note: "bad client"}, "[1 3]", nil, false, 2},
+		{"all waiting ones, skipping resolved", deadletters.Change{Action: "replay", To: "replayed", All: true, Actor: "oncall"}, "[1 2 3]", nil, false, 3},
 		{"an id that is not waiting", deadletters.Change{Action: "replay", To: "replayed", IDs: []int64{4}, Actor: "oncall"}, "[]", deadletters.ErrNoneWaiting, false, 0},
 		{"an id that does not exist", deadletters.Change{Action: "replay", To: "replayed", IDs: []int64{99}, Actor: "oncall"}, "[]", deadletters.ErrNoneWaiting, false, 0},
 		{"no actor", deadletters.Change{Action: "replay", To: "replayed", All: true}, "[]", nil, true, 0},
@@ -53,7 +53,9 @@ func TestApply(t *testing.T) {
 				t.Errorf("moved %s, want %s", got, tt.wantMoved)
 			}
 			var audits, changed int
-			_ = db.Pool.QueryRow(ctx, `SELECT count(*) FROM dlq_audit WHERE queue = 'usage' AND actor = 'oncall'`).Scan(&audits)
+			_ = db.Pool.QueryRow(ctx, `SELECT count(*) FROM audit_log WHERE action = 'dlq.usage.' || $1 AND actor = 'oncall'
+				AND before = '{"status":"pending"}' AND after = jsonb_build_object('status', $2::text) AND note = $3`,
+				tt.change.Action, tt.change.To, tt.change.Note).Scan(&audits)
 			_ = db.Pool.QueryRow(ctx, `SELECT count(*) FROM usage_dlq WHERE status = $1 AND resolved_at IS NOT NULL`, tt.change.To).Scan(&changed)
 			if audits != tt.wantAudits {
 				t.Errorf("%d audit rows, want %d", audits, tt.wantAudits)
@@ -80,7 +82,7 @@ func TestApplyAllOnEmptyQueue(t *testing.T) {
 		t.Fatal(err)
 	}
 	var audits int
-	_ = db.Pool.QueryRow(ctx, `SELECT count(*) FROM dlq_audit`).Scan(&audits)
+	_ = db.Pool.QueryRow(ctx, `SELECT count(*) FROM audit_log`).Scan(&audits)
 	if audits != 0 {
 		t.Fatalf("%d audit rows for doing nothing", audits)
 	}
