@@ -86,7 +86,7 @@ func TestWebhooksCommands(t *testing.T) {
 		t.Errorf("endpoint %s, want active", e.State)
 	}
 	var audited int
-	if err := db.Pool.QueryRow(ctx, `SELECT count(*) FROM audit_log WHERE action = 'webhook.redeliver' AND actor = 'ops'`).Scan(&audited); err != nil || audited != 3 {
+	if err := db.Pool.QueryRow(ctx, `SELECT count(*) FROM audit_log WHERE action = 'webhook.redeliver' AND actor = 'cli:ops'`).Scan(&audited); err != nil || audited != 3 {
 		t.Fatalf("%d audit rows (%v), want 3", audited, err)
 	}
 }

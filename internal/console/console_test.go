@@ -358,7 +358,10 @@ func TestConsole(t *testing.T) {
 		s.mustCall("PUT", "/v1/admin/tenants/"+tn, adminKey, `{"plan":"pro","stripe_customer_id":"cus_`+tn+`"}`, 200)
 	}
 	// An audited admin change, for the audit page.
-	s.mustCall("PUT", "/v1/admin/tenants/acme/billing-cycle", adminKey,
+	// (On a tenant of its own: a change of cycle starts a billing period
+	// ten minutes from now, which would move acme's reconciliation.)
+	s.mustCall("PUT", "/v1/admin/tenants/umbrella", adminKey, `{"plan":"pro"}`, 200)
+	s.mustCall("PUT", "/v1/admin/tenants/umbrella/billing-cycle", adminKey,
 		`{"anchor":"`+windows.Month.Start(s.now).AddDate(0, 0, -20).Format(time.RFC3339)+`","interval":"month"}`, 200)
 	var viewer, tenantKey struct{ ID, Key string }
 	if s.call("POST", "/v1/admin/keys", adminKey, `{"role":"viewer"}`, &viewer) != http.StatusCreated {
@@ -555,7 +558,7 @@ func TestConsole(t *testing.T) {
 	u.waitText("#breaches", "exceeded")
 	u.shot("08-breaches")
 	u.open("audit")
-	u.waitText("#audit", "tenant.billing_cycle.set")
+	u.waitText("#audit", "billing_cycle.put")
 	u.waitText("#audit", "bootstrap")
 	u.shot("09-audit")
 	u.do("filtering the audit log", chromedp.SendKeys("#audit-action", "no.such.action"), chromedp.Click("#audit-filter"))

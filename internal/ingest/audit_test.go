@@ -135,7 +135,7 @@ func TestEveryAdminMutationIsAuditedOnce(t *testing.T) {
 			action: "grant.void", target: "grant:{grant}", before: []string{`"voided_at":null`}, after: []string{`"void_reason":"by mistake"`}, note: "by mistake"},
 		{name: "a second void", method: "POST", path: func() string { return "/v1/admin/tenants/acme/grants/" + ids["grant"] + "/void" }, body: lit(`{"reason":"again"}`), status: 409},
 		{name: "billing cycle", method: "PUT", path: lit("/v1/admin/tenants/acme/billing-cycle"), body: lit(`{"anchor":"2026-01-15T00:00:00Z","interval":"month"}`), status: 200,
-			action: "billing_cycle.put", target: "tenant:acme", before: []string{`"calendar":true`}, after: []string{`"calendar":false`}},
+			action: "billing_cycle.put", target: "tenant:acme", before: []string{`"calendar":true`}, after: []string{`"history":[{"cycle":{"anchor":"2026-01-15T00:00:00Z"`}},
 		{name: "the same billing cycle again", method: "PUT", path: lit("/v1/admin/tenants/acme/billing-cycle"), body: lit(`{"anchor":"2026-01-15T00:00:00Z","interval":"month"}`), status: 200},
 		{name: "adjustment", method: "POST", path: lit("/v1/admin/adjustments"), status: 202,
 			body:   lit(`{"id":"` + adjID + `","tenant":"acme","meter":"tokens_by_model","group":{"model":"gpt"},"period":"` + month + `","amount":5,"reason":"refund","reference":"T-1"}`),

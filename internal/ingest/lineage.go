@@ -76,11 +76,19 @@ func (a *API) pushLineage(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	// The month window is the tenant's billing period that starts at the
+	// push's period.
+	sched, err := accounts.TenantSchedule(r.Context(), a.opt.DB, push.Tenant)
+	if err != nil {
+		a.internalError(w, r, err)
+		return
+	}
+	_, end := sched.Span(push.Period)
 	httpjson.Write(w, http.StatusOK, struct {
 		billingdata.LineagePush
 		Windows []lineageWindow `json:"windows"`
 		Events  string          `json:"events"`
-	}{push, []lineageWindow{{push.Meter, windows.Month, push.Period, windows.Month.End(push.Period)}},
+	}{push, []lineageWindow{{push.Meter, windows.Month, push.Period, end}},
 		"/v1/lineage/pushes/" + push.Identifier + "/events"})
 }
 
