@@ -2,8 +2,7 @@ package redisbaseline
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
+		"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -110,6 +109,15 @@ func (c *Consumer) Close() error {
 // Run consumes until ctx ends: fetch a batch, count it in one pipeline
 // (retried whole until Redis answers), commit its offsets.
 func (c *Consumer) Run(ctx context.Context) error {
+	// The script is loaded once here, and again after a restart of Redis
+	// (count sees NOSCRIPT).
+	for c.script.Load(ctx, c.rdb).Err() != nil {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 	msgs := make([]kafka.Message, 0, c.cfg.BatchSize)
 	for {
 		msgs = msgs[:0]
@@ -186,7 +194,7 @@ func (c *Consumer) pipeline(ctx context.Context, msgs []kafka.Message) (redis.Pi
 	n := 0
 	for _, m := range msgs {
 		var e events.Event
-		if err := json.Unmarshal(m.Value, &e); err != nil || e.Tenant == "" || e.ID == "" {
+		if err := e.UnmarshalJSON(m.Value); err != nil || e.Tenant == "" || e.ID == "" {
 			continue
 		}
 		keys := make([]string, 0, 1+len(windows.All))
