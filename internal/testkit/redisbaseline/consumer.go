@@ -2,7 +2,7 @@ package redisbaseline
 
 import (
 	"context"
-		"errors"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
