@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"time"
 
 	"github.com/usagemeter/metering/internal/testkit/chaos"
 	"github.com/usagemeter/metering/internal/testkit/redisbaseline"
@@ -117,7 +116,11 @@ func (kt KillTests) write(p func(string, ...any), oursPerSec, redisPerSec, redis
 			k += fmt.Sprintf(" (+%d restarts of a stuck consumer)", r.Report.StallRestarts)
 		}
 		if r.Report.RedisKills > 0 {
-			k += fmt.Sprintf(", %d redis-server SIGKILL (last snapshot %s old)", r.Report.RedisKills, r.Report.SnapshotAge.Round(time.Second))
+			snap := "no RDB snapshot taken yet"
+			if r.Report.Snapshotted {
+				snap = "since the last RDB snapshot"
+			}
+			k += fmt.Sprintf(", %d redis-server SIGKILL (%s writes %s)", r.Report.RedisKills, n0(float64(r.Report.UnsavedWrites)), snap)
 		}
 		p("| Redis baseline: %s | %s | %d of %s | %s (%s) | %s (%s) |", r.Name, k, r.Report.WindowsDiffering, n0(float64(r.Report.WindowsChecked)),
 			n0(float64(r.Report.Under)), share(r.Report.Under, r.Report.TruthUnits), n0(float64(r.Report.Over)), share(r.Report.Over, r.Report.TruthUnits))

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -54,9 +55,11 @@ type KillReport struct {
 	Sent, Unique, Resent int
 	ConsumerKills        int
 	RedisKills           int
-	// SnapshotAge is how old Redis's last snapshot was when it was
-	// killed (LASTSAVE), that is how much counting was at risk.
-	SnapshotAge time.Duration
+	// UnsavedWrites is how many writes Redis had made since its last RDB
+	// snapshot when it was killed (rdb_changes_since_last_save), and
+	// Snapshotted whether it had taken one at all.
+	UnsavedWrites int64
+	Snapshotted   bool
 	// StallRestarts counts restarts of a consumer that made no progress
 	// for 15 s while records waited, after the load.
 	StallRestarts    int
@@ -181,9 +184,11 @@ func RunKillTest(ctx context.Context, cfg KillConfig, out io.Writer) (rep KillRe
 			break
 		}
 		if cfg.KillRedis && rep.RedisKills == 0 && rep.Unique >= cfg.Events/2 {
-			if age, err := snapshotAge(ctx, srv.Addr); err == nil {
-				rep.SnapshotAge = age
+			if n, err := unsavedWrites(ctx, srv.Addr); err == nil {
+				rep.UnsavedWrites = n
 			}
+			_, err := os.Stat(filepath.Join(srv.dir, "dump.rdb"))
+			rep.Snapshotted = err == nil
 			srv.Kill()
 			rep.RedisKills++
 			if loadErr = srv.Start(ctx); loadErr != nil {
@@ -244,14 +249,20 @@ func isMonth(truthKey string) bool {
 	return len(parts) >= 4 && parts[len(parts)-2] == string(windows.Month)
 }
 
-func snapshotAge(ctx context.Context, addr string) (time.Duration, error) {
+// unsavedWrites reads rdb_changes_since_last_save from INFO persistence.
+func unsavedWrites(ctx context.Context, addr string) (int64, error) {
 	rdb := redis.NewClient(&redis.Options{Addr: addr})
 	defer rdb.Close()
-	t, err := rdb.LastSave(ctx).Result()
+	info, err := rdb.Info(ctx, "persistence").Result()
 	if err != nil {
 		return 0, err
 	}
-	return time.Since(time.Unix(t, 0)), nil
+	for _, l := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(l), "rdb_changes_since_last_save:"); ok {
+			return strconv.ParseInt(v, 10, 64)
+		}
+	}
+	return 0, errors.New("no rdb_changes_since_last_save in INFO persistence")
 }
 
 // Lag returns how many records of topic lie between group's committed
