@@ -95,7 +95,7 @@ func (kt KillTests) write(p func(string, ...any), oursPerSec, redisPerSec, redis
 	p("| baseline: kfake → consumer group → Lua script per event → Redis | %s | %s |", n0(redisPerSec), ratio(oursPerSec, redisPerSec))
 	p("")
 	p("Redis held %.0f bytes per event after that backlog (used_memory: the dedup keys with their TTL, and the counters), all of it in RAM.\n", redisBytes)
-	p("The kill tests, %s unique events each with 30 %% resends and at least %d SIGKILLs (seed %d). The pipeline's is the chaos run (HTTP ingest → broker → aggregator → Postgres → biller; ingest, aggregator and biller SIGKILLed at random, the broker SIGKILLed and restarted on its data once, Postgres restarted once, 10 %% Stripe faults). The baseline's writes the same shape of events to the broker and SIGKILLs the consumer process, and in two of the three runs redis-server once, half way through, starting it again on its data directory. Under- and over-count are in usage units summed over the month windows against the ground truth each test keeps.\n",
+	p("The kill tests, %s unique events each with 30 %% resends and at least %d SIGKILLs (seed %d). The pipeline's is the chaos run (HTTP ingest → broker → aggregator → Postgres → biller; ingest, aggregator and biller SIGKILLed at random, the broker SIGKILLed and restarted on its data once, Postgres restarted once, 10 %% Stripe faults). The baseline's writes the same shape of events to the broker and SIGKILLs the consumer process, and in two of the three runs redis-server once, half way through the load and once the consumer has caught up (its offsets committed, as most of the time in production), starting it again on its data directory. Under- and over-count are in usage units summed over the month windows against the ground truth each test keeps.\n",
 		n0(float64(kt.Events)), kt.Kills, kt.Seed)
 	p("| design | kills | windows differing from the truth | under-count | over-count |")
 	p("|---|---|---|---|---|")
@@ -116,11 +116,14 @@ func (kt KillTests) write(p func(string, ...any), oursPerSec, redisPerSec, redis
 			k += fmt.Sprintf(" (+%d restarts of a stuck consumer)", r.Report.StallRestarts)
 		}
 		if r.Report.RedisKills > 0 {
-			snap := "no RDB snapshot taken yet"
-			if r.Report.Snapshotted {
-				snap = "since the last RDB snapshot"
+			k += fmt.Sprintf(", %d redis-server SIGKILL with %s records committed in Kafka", r.Report.RedisKills, n0(float64(r.Report.CommittedAtRedisKill)))
+			if r.Report.Persistence == redisbaseline.Snapshots {
+				snap := "no RDB snapshot taken yet"
+				if r.Report.Snapshotted {
+					snap = "since the last RDB snapshot"
+				}
+				k += fmt.Sprintf(" and %s writes not persisted (%s)", n0(float64(r.Report.UnsavedWrites)), snap)
 			}
-			k += fmt.Sprintf(", %d redis-server SIGKILL (%s writes %s)", r.Report.RedisKills, n0(float64(r.Report.UnsavedWrites)), snap)
 		}
 		p("| Redis baseline: %s | %s | %d of %s | %s (%s) | %s (%s) |", r.Name, k, r.Report.WindowsDiffering, n0(float64(r.Report.WindowsChecked)),
 			n0(float64(r.Report.Under)), share(r.Report.Under, r.Report.TruthUnits), n0(float64(r.Report.Over)), share(r.Report.Over, r.Report.TruthUnits))

@@ -60,6 +60,10 @@ type KillReport struct {
 	// Snapshotted whether it had taken one at all.
 	UnsavedWrites int64
 	Snapshotted   bool
+	// CommittedAtRedisKill is how many records the consumer group had
+	// committed in Kafka when Redis was killed (half way through the
+	// load, once the consumer had caught up or 30 s had passed).
+	CommittedAtRedisKill int64
 	// StallRestarts counts restarts of a consumer that made no progress
 	// for 15 s while records waited, after the load.
 	StallRestarts    int
@@ -184,6 +188,17 @@ func RunKillTest(ctx context.Context, cfg KillConfig, out io.Writer) (rep KillRe
 			break
 		}
 		if cfg.KillRedis && rep.RedisKills == 0 && rep.Unique >= cfg.Events/2 {
+			// As in production most of the time, the consumer has caught
+			// up: what it counted is committed in Kafka (waited for up to
+			// 30 s, the consumer kills going on).
+			for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+				if lag, err := Lag(ctx, brokers[0], group, topics.UsageEvents, Partitions); err == nil && lag == 0 {
+					break
+				}
+			}
+			if lag, err := Lag(ctx, brokers[0], group, topics.UsageEvents, Partitions); err == nil {
+				rep.CommittedAtRedisKill = int64(rep.Sent) - lag
+			}
 			if n, err := unsavedWrites(ctx, srv.Addr); err == nil {
 				rep.UnsavedWrites = n
 			}
