@@ -159,13 +159,22 @@ func profile(ctx context.Context, root string, quick bool, dir string) error {
 		return err
 	}
 	defer prof.close()
+	// One step above what the pipeline sustains, so that every process
+	// works as fast as it can for the whole profile.
 	pc := pipelineConfig(root, work, quick)
+	pc.Steps, pc.StepTime = []int{60000}, 20*time.Second
+	if quick {
+		pc.Steps, pc.StepTime = []int{30000}, 5*time.Second
+	}
 	pc.Loading, pc.Loaded = prof.start, prof.collect
 	fmt.Println("running the pipeline benchmark with the processes profiled...")
 	res, err := benchreport.Pipeline(ctx, pc, os.Stdout)
 	if err != nil {
 		return err
 	}
-	fmt.Printf("sustained %.0f events/s; profiles of %d processes in %s\n", res.Sustained, len(profiled), dir)
+	for _, st := range res.Steps {
+		fmt.Printf("offered %d events/s for %s: ingest accepted %.0f events/s, %d records behind at the end\n", st.Offered, pc.StepTime, st.Accepted, st.LagAfter)
+	}
+	fmt.Printf("profiles of %d processes in %s\n", len(profiled), dir)
 	return nil
 }
