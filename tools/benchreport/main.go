@@ -98,7 +98,7 @@ func run(ctx context.Context, root string, quick bool, outPath string) error {
 	}
 	r.Commands = append(r.Commands, fmt.Sprintf("go run ./tools/benchreport%s   # the pipeline: steps %v events/s, %s each, %d tenants",
 		map[bool]string{true: " -quick", false: ""}[quick], pc.Steps, pc.StepTime, pc.Tenants))
-	events, kills := 50000, 10
+	events, kills := 30000, 10
 	if quick {
 		events, kills = 5000, 4
 	}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/usagemeter/metering/internal/testkit/chaos"
 	"github.com/usagemeter/metering/internal/testkit/redisbaseline"
@@ -48,7 +49,7 @@ func RunKillTests(ctx context.Context, root, work string, events, kills int, see
 	var err error
 	kt.Ours, err = chaos.Run(ctx, chaos.Config{Root: root, Work: chaosWork, Events: events, DupShare: 0.3, FaultRate: 0.1,
 		MinKills: kills, Tenants: 50, Seed: seed}, out)
-	fmt.Fprintln(out)
+	fmt.Fprintf(out, "\n  the pipeline's kill test took %s; windows differing from the truth: %d of %d\n", kt.Ours.Elapsed.Round(time.Second), kt.Ours.WindowDiff, kt.Ours.WindowsChecked)
 	if err != nil {
 		if ctx.Err() != nil {
 			return kt, ctx.Err()
@@ -95,7 +96,7 @@ func (kt KillTests) write(p func(string, ...any), oursPerSec, redisPerSec, redis
 	p("| baseline: kfake → consumer group → Lua script per event → Redis | %s | %s |", n0(redisPerSec), ratio(oursPerSec, redisPerSec))
 	p("")
 	p("Redis held %.0f bytes per event after that backlog (used_memory: the dedup keys with their TTL, and the counters), all of it in RAM.\n", redisBytes)
-	p("The kill tests, %s unique events each with 30 %% resends and at least %d SIGKILLs (seed %d). The pipeline's is the chaos run (HTTP ingest → broker → aggregator → Postgres → biller; ingest, aggregator and biller SIGKILLed at random, the broker SIGKILLed and restarted on its data once, Postgres restarted once, 10 %% Stripe faults). The baseline's writes the same shape of events to the broker and SIGKILLs the consumer process, and in two of the three runs redis-server once, half way through the load and once the consumer has caught up (its offsets committed, as most of the time in production), starting it again on its data directory. Under- and over-count are in usage units summed over the month windows against the ground truth each test keeps.\n",
+	p("The kill tests, %s unique events each with 30 %% resends and at least %d SIGKILLs (seed %d). The pipeline's is the chaos run (HTTP ingest → broker → aggregator → Postgres → biller; ingest, aggregator and biller SIGKILLed at random, the broker SIGKILLed and restarted on its data once, Postgres restarted once, 10 %% Stripe faults). The baseline's writes the same shape of events to the broker and SIGKILLs the consumer process, and in two of the three runs redis-server once, half way through the load once the consumer has caught up (the consumer kills pause until its offsets reach the log ends, up to 30 s: a Redis crash in steady state), starting it again on its data directory. Under- and over-count are in usage units summed over the month windows against the ground truth each test keeps.\n",
 		n0(float64(kt.Events)), kt.Kills, kt.Seed)
 	p("| design | kills | windows differing from the truth | under-count | over-count |")
 	p("|---|---|---|---|---|")

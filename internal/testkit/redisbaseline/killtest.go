@@ -131,7 +131,7 @@ func RunKillTest(ctx context.Context, cfg KillConfig, out io.Writer) (rep KillRe
 
 	// The killer: SIGKILL and restart the consumer every 0.3-1.2 s until
 	// the load is sent and it has killed ConsumerKills times.
-	var loadDone atomic.Bool
+	var loadDone, paused atomic.Bool
 	var killerErr error
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -141,6 +141,9 @@ func RunKillTest(ctx context.Context, cfg KillConfig, out io.Writer) (rep KillRe
 				return
 			}
 			time.Sleep(time.Duration(300+krng.IntN(900)) * time.Millisecond)
+			if paused.Load() {
+				continue
+			}
 			consumer.kill()
 			rep.ConsumerKills++
 			if err := consumer.start(); err != nil {
@@ -189,8 +192,9 @@ func RunKillTest(ctx context.Context, cfg KillConfig, out io.Writer) (rep KillRe
 		}
 		if cfg.KillRedis && rep.RedisKills == 0 && rep.Unique >= cfg.Events/2 {
 			// As in production most of the time, the consumer has caught
-			// up: what it counted is committed in Kafka (waited for up to
-			// 30 s, the consumer kills going on).
+			// up: what it counted is committed in Kafka (the consumer
+			// kills pause for this, up to 30 s).
+			paused.Store(true)
 			for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 				if lag, err := Lag(ctx, brokers[0], group, topics.UsageEvents, Partitions); err == nil && lag == 0 {
 					break
@@ -199,6 +203,7 @@ func RunKillTest(ctx context.Context, cfg KillConfig, out io.Writer) (rep KillRe
 			if lag, err := Lag(ctx, brokers[0], group, topics.UsageEvents, Partitions); err == nil {
 				rep.CommittedAtRedisKill = int64(rep.Sent) - lag
 			}
+			paused.Store(false)
 			if n, err := unsavedWrites(ctx, srv.Addr); err == nil {
 				rep.UnsavedWrites = n
 			}
@@ -252,8 +257,8 @@ func RunKillTest(ctx context.Context, cfg KillConfig, out io.Writer) (rep KillRe
 			rep.Under -= d
 		}
 	}
-	fmt.Fprintf(out, "    %d consumer kills (+%d restarts of a stuck consumer), %d redis-server kills; windows differing %d of %d; under %d, over %d of %d units\n",
-		rep.ConsumerKills, rep.StallRestarts, rep.RedisKills, rep.WindowsDiffering, rep.WindowsChecked, rep.Under, rep.Over, rep.TruthUnits)
+	fmt.Fprintf(out, "    %s, %s: %d consumer kills (+%d restarts of a stuck consumer), %d redis-server kills; windows differing %d of %d; under %d, over %d of %d units\n",
+		cfg.Persistence, time.Since(started).Round(time.Second), rep.ConsumerKills, rep.StallRestarts, rep.RedisKills, rep.WindowsDiffering, rep.WindowsChecked, rep.Under, rep.Over, rep.TruthUnits)
 	return rep, nil
 }
 
