@@ -1,7 +1,7 @@
 # The developer's and CI's commands. `make test` is all CI runs.
 GO ?= go
 
-.PHONY: build test lint run demo bench bench-quick chaos fuzz kafka schemathesis clean
+.PHONY: build test lint run demo bench bench-quick profile chaos fuzz kafka schemathesis clean
 
 build:
 	$(GO) build -o bin/ ./cmd/... ./tools/...
@@ -51,6 +51,12 @@ bench:
 
 bench-quick:
 	scripts/bench.sh -quick
+
+# The pipeline benchmark with CPU and allocation profiles of ingest, the
+# aggregator, the biller and the broker, written to .dev/profiles; prints
+# the top of each. ARGS=-quick for the short steps.
+profile:
+	scripts/profile.sh $(ARGS)
 
 # Fuzz every decoder and query parser for FUZZTIME each (default 30s);
 # findings land in testdata/fuzz and then run as regression tests.

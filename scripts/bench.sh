@@ -3,13 +3,15 @@
 # benchmark in one run, each figure beside its baseline) with the
 # Postgres of TEST_DATABASE_URL, or, when none answers, a throwaway one
 # under .dev/pgbench that is stopped on exit, as `make test` does. The
-# pipeline steps start their own private cluster. Arguments go to
-# benchreport (-quick).
+# pipeline steps start their own private cluster; the Redis baseline
+# starts its own private redis-server. Arguments go to benchreport
+# (-quick).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
 
 need psql postgresql-client "checking whether a Postgres answers"
+need redis-server redis-server "the Redis baseline measured beside the aggregator"
 
 : "${TEST_DATABASE_URL:=postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable}"
 if ! psql "$TEST_DATABASE_URL" -Atc 'select 1' >/dev/null 2>&1; then

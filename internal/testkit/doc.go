@@ -8,7 +8,8 @@
 //     plain Go), kafkatest (an in-process broker),
 //     stripemock, testpki, stack/stacktest;
 //   - tooling the dev binaries link, which must not import testing:
-//     stack, chaos, loadgen, benchreport, stripefake, kafkacluster;
+//     stack, chaos, loadgen, benchreport, stripefake, kafkacluster,
+//     redisbaseline;
 //   - suites that hold only tests: kafkasuite, postgrestls.
 //
 // Invariant: no product package imports a testkit package, only tests and

@@ -1,6 +1,10 @@
 // Command benchreport runs every benchmark in one run and writes
-// BENCHMARKS.md (`make bench`), or a quick smoke run in under a minute to
-// .dev/BENCHMARKS.quick.md (`make bench-quick`).
+// BENCHMARKS.md (`make bench`), or a quick smoke run in a few minutes to
+// .dev/BENCHMARKS.quick.md (`make bench-quick`). With -profile DIR it runs
+// only the pipeline benchmark, with the services and the broker built
+// with a profiling hook (`go build -overlay`, never in the product's
+// builds), and writes each one's CPU and allocation profiles to DIR
+// (`make profile`).
 //
 // Dev tooling, not product (see internal/testkit): it links no testing.
 package main
@@ -20,6 +24,7 @@ import (
 func main() {
 	quick := flag.Bool("quick", false, "smaller sizes, under a minute, a smoke check")
 	outPath := flag.String("out", "", "report path (default BENCHMARKS.md, or .dev/BENCHMARKS.quick.md with -quick)")
+	profileDir := flag.String("profile", "", "run only the pipeline benchmark and write each process's CPU and allocation profiles to this directory")
 	flag.Parse()
 	root, _ := os.Getwd()
 	if *outPath == "" {
@@ -30,6 +35,13 @@ func main() {
 	}
 	ctx, stop := service.SignalContext()
 	defer stop()
+	if *profileDir != "" {
+		if err := profile(ctx, root, *quick, *profileDir); err != nil {
+			fmt.Fprintln(os.Stderr, "benchreport:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(ctx, root, *quick, *outPath); err != nil {
 		fmt.Fprintln(os.Stderr, "benchreport:", err)
 		os.Exit(1)
@@ -48,6 +60,7 @@ func run(ctx context.Context, root string, quick bool, outPath string) error {
 		{"consumer", "./internal/consumer", "KafkaConsumeCeiling", "30x", "3x"},
 		{"aggregator", "./internal/aggregator", "Aggregate/(ceiling|apply|pipeline)", "24x", "4x"},
 		{"aggregator", "./internal/aggregator", "Aggregate/naive", "3s", "300ms"},
+		{"redis", "./internal/testkit/redisbaseline", "RedisBaseline", "24x", "4x"},
 		{"aggregator", "./internal/aggregator", "MeterStorage", "3x", "1x"},
 		{"aggregator", "./internal/aggregator", "BreachLatency", "1x", "1x"},
 		{"billing", "./internal/stripesync", "Sync10kTenants", "1x", "1x"},
@@ -73,28 +86,28 @@ func run(ctx context.Context, root string, quick bool, outPath string) error {
 			r.Bench[j.key+"/"+name] = m
 		}
 	}
-	work, err := os.MkdirTemp(filepath.Join(root, ".dev"), "bench-")
+	work, err := makeWork(root)
 	if err != nil {
-		if err := os.MkdirAll(filepath.Join(root, ".dev"), 0o755); err != nil {
-			return err
-		}
-		if work, err = os.MkdirTemp(filepath.Join(root, ".dev"), "bench-"); err != nil {
-			return err
-		}
+		return err
 	}
-	_ = os.Chmod(work, 0o755)
 	defer os.RemoveAll(work)
-	pc := benchreport.PipelineConfig{Root: root, Work: work, Steps: []int{10000, 20000, 30000, 40000, 50000, 60000, 80000},
-		StepTime: 8 * time.Second, Batch: 500, Tenants: 100000}
-	if quick {
-		pc.Steps, pc.StepTime, pc.Tenants = []int{5000, 15000}, 2*time.Second, 10000
-	}
+	pc := pipelineConfig(root, work, quick)
 	fmt.Println("running the pipeline benchmark (processes, rising load)...")
 	if r.Pipeline, err = benchreport.Pipeline(ctx, pc, os.Stdout); err != nil {
 		return err
 	}
 	r.Commands = append(r.Commands, fmt.Sprintf("go run ./tools/benchreport%s   # the pipeline: steps %v events/s, %s each, %d tenants",
 		map[bool]string{true: " -quick", false: ""}[quick], pc.Steps, pc.StepTime, pc.Tenants))
+	events, kills := 30000, 10
+	if quick {
+		events, kills = 5000, 4
+	}
+	seed := uint64(time.Now().UnixNano())
+	if r.Kill, err = benchreport.RunKillTests(ctx, root, work, events, kills, seed, os.Stdout); err != nil {
+		return err
+	}
+	r.Commands = append(r.Commands, fmt.Sprintf("go run ./tools/benchreport%s   # the kill tests: %d events, %d kills, seed %d (the pipeline's alone: go run ./tools/chaos -events %d -kills %d -seed %d)",
+		map[bool]string{true: " -quick", false: ""}[quick], events, kills, seed, events, kills, seed))
 	r.Took = time.Since(r.Started)
 	f, err := os.Create(outPath)
 	if err != nil {
@@ -104,5 +117,64 @@ func run(ctx context.Context, root string, quick bool, outPath string) error {
 	r.Write(f)
 	r.Write(os.Stdout)
 	fmt.Println("\nwrote", outPath)
+	return nil
+}
+
+// makeWork makes a directory under .dev for the run's binaries, data and
+// logs, traversable by the postgres user.
+func makeWork(root string) (string, error) {
+	if err := os.MkdirAll(filepath.Join(root, ".dev"), 0o755); err != nil {
+		return "", err
+	}
+	work, err := os.MkdirTemp(filepath.Join(root, ".dev"), "bench-")
+	if err != nil {
+		return "", err
+	}
+	_ = os.Chmod(work, 0o755)
+	return work, nil
+}
+
+func pipelineConfig(root, work string, quick bool) benchreport.PipelineConfig {
+	pc := benchreport.PipelineConfig{Root: root, Work: work, Steps: []int{10000, 20000, 30000, 40000, 50000, 60000, 80000},
+		StepTime: 8 * time.Second, Batch: 500, Tenants: 100000}
+	if quick {
+		pc.Steps, pc.StepTime, pc.Tenants = []int{5000, 15000}, 2*time.Second, 10000
+	}
+	return pc
+}
+
+// profile runs the pipeline benchmark with every process profiled from
+// the first step to the last, and writes the profiles to dir.
+func profile(ctx context.Context, root string, quick bool, dir string) error {
+	work, err := makeWork(root)
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	if !filepath.IsAbs(dir) {
+		dir = filepath.Join(root, dir)
+	}
+	prof, err := setupProfiling(root, work, dir)
+	if err != nil {
+		return err
+	}
+	defer prof.close()
+	// One step above what the pipeline sustains, so that every process
+	// works as fast as it can for the whole profile.
+	pc := pipelineConfig(root, work, quick)
+	pc.Steps, pc.StepTime = []int{60000}, 20*time.Second
+	if quick {
+		pc.Steps, pc.StepTime = []int{30000}, 5*time.Second
+	}
+	pc.Loading, pc.Loaded = prof.start, prof.collect
+	fmt.Println("running the pipeline benchmark with the processes profiled...")
+	res, err := benchreport.Pipeline(ctx, pc, os.Stdout)
+	if err != nil {
+		return err
+	}
+	for _, st := range res.Steps {
+		fmt.Printf("offered %d events/s for %s: ingest accepted %.0f events/s, %d records behind at the end\n", st.Offered, pc.StepTime, st.Accepted, st.LagAfter)
+	}
+	fmt.Printf("profiles of %d processes in %s\n", len(profiled), dir)
 	return nil
 }

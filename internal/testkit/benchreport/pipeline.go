@@ -53,6 +53,10 @@ type PipelineConfig struct {
 	StepTime   time.Duration
 	Batch      int
 	Tenants    int
+	// Loading, when set, is called once the stack is up, before the first
+	// step, and Loaded after the last step, before the stack stops (the
+	// profiling command starts and collects its profiles there).
+	Loading, Loaded func(ctx context.Context) error
 }
 
 // Pipeline runs HTTP ingest → Kafka → aggregator → Postgres as processes
@@ -97,6 +101,11 @@ func Pipeline(ctx context.Context, cfg PipelineConfig, out io.Writer) (PipelineR
 		}
 	}
 
+	if cfg.Loading != nil {
+		if err := cfg.Loading(ctx); err != nil {
+			return res, err
+		}
+	}
 	rng := rand.New(rand.NewPCG(1, 2))
 	var windowLat, breachLat []time.Duration // over the steps that were kept
 	probeN, breachN := 0, 0
@@ -197,6 +206,11 @@ func Pipeline(ctx context.Context, cfg PipelineConfig, out io.Writer) (PipelineR
 		}
 		// Let the aggregator catch up before the next step.
 		if err := chaos.WaitConsumed(ctx, pool, st.Brokers, 5*time.Minute); err != nil {
+			return res, err
+		}
+	}
+	if cfg.Loaded != nil {
+		if err := cfg.Loaded(ctx); err != nil {
 			return res, err
 		}
 	}

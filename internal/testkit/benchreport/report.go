@@ -71,6 +71,8 @@ type Run struct {
 	Commands []string
 	Bench    map[string]map[string]float64 // "pkg/Name" → unit → value
 	Pipeline PipelineResult
+	// Kill is the kill tests of the pipeline and of the Redis baseline.
+	Kill KillTests
 }
 
 func (r *Run) get(name, unit string) float64 { return r.Bench[name][unit] }
@@ -172,7 +174,10 @@ func (r *Run) Write(w io.Writer) {
 	p("| `rollup.Apply` without Kafka (4 workers) | %s | %s | %s |", n0(apply), ratio(apply, ceiling), ratio(apply, naive))
 	p("| aggregator: kfake → consumer group → Apply (4 partitions, backlog) | %s | %s | %s |", n0(agg), ratio(agg, ceiling), ratio(agg, naive))
 	p("| **pipeline**: HTTP ingest → Kafka → aggregator → Postgres, sustained | %s | %s | %s |", n0(r.Pipeline.Sustained), ratio(r.Pipeline.Sustained, ceiling), ratio(r.Pipeline.Sustained, naive))
+	redis := r.get("redis/RedisBaseline", "events/s")
+	p("| baseline users would pick: kfake → consumer group → Lua SET NX + INCRBY per event → Redis (4 partitions, backlog; below) | %s | %s | %s |", n0(redis), ratio(redis, ceiling), ratio(redis, naive))
 	p("")
+	r.Kill.write(p, agg, redis, r.get("redis/RedisBaseline", "redis-bytes/event"))
 
 	p("## Meters\n")
 	p("`rollup.Apply` without Kafka (4 workers), events with two properties (a project of 1,000 values, a user of 10,000, drawn uniformly for every tenant, so that nearly every event is a new group and a new unique value in each of its windows), counted in their metric's implicit meter only, then also in defined meters. Target: ≥ 0.7 × the implicit meter alone, with three meters per event.\n")
