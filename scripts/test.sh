@@ -19,6 +19,7 @@ need kcat kcat "librdkafka's producer writes to usage.events in the real-Kafka s
 need java default-jdk-headless "the Apache Kafka brokers of the real-Kafka suite"
 need mvn maven "fetching the Apache Kafka broker's jars from Maven Central"
 need psql postgresql-client "checking whether a Postgres answers"
+need redis-server redis-server "the Redis baseline's tests (internal/testkit/redisbaseline)"
 
 : "${TEST_DATABASE_URL:=postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable}"
 if ! psql "$TEST_DATABASE_URL" -Atc 'select 1' >/dev/null 2>&1; then

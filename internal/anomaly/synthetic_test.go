@@ -244,3 +244,50 @@ func BenchmarkDetector(b *testing.B) {
 	b.ReportMetric(r, "recall")
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(judged), "ns/series-hour")
 }
+
+// runNaive is the detector a team writes first, the baseline of
+// BenchmarkDetector: an hour is a spike (drop) when it is more than three
+// standard deviations above (below) the mean of the previous 24 hours;
+// consecutive flagged hours of one direction are one episode, reported at
+// its first hour. It judges the same hours as runSynthetic.
+func runNaive(set []syntheticSeries) []detection {
+	var found []detection
+	first := DefaultWeeks*HoursPerWeek + 1
+	for _, s := range set {
+		var open Direction
+		for h := first; h < len(s.values); h++ {
+			var sum, sq float64
+			for _, v := range s.values[h-24 : h] {
+				sum += float64(v)
+				sq += float64(v) * float64(v)
+			}
+			mean := sum / 24
+			sd := math.Sqrt(max(sq/24-mean*mean, 0))
+			var dir Direction
+			switch v := float64(s.values[h]); {
+			case v > mean+3*sd:
+				dir = Spike
+			case v < mean-3*sd:
+				dir = Drop
+			}
+			if dir != "" && dir != open {
+				found = append(found, detection{series: s.series, dir: dir, start: h})
+			}
+			open = dir
+		}
+	}
+	return found
+}
+
+// BenchmarkNaiveDetector reports the naive detector's precision and recall
+// on the same synthetic set: the baseline BENCHMARKS.md shows beside
+// BenchmarkDetector's.
+func BenchmarkNaiveDetector(b *testing.B) {
+	set := syntheticSet(syntheticSeed)
+	var p, r float64
+	for b.Loop() {
+		p, r, _, _ = score(set, runNaive(set))
+	}
+	b.ReportMetric(p, "precision")
+	b.ReportMetric(r, "recall")
+}

@@ -64,10 +64,13 @@ func run(ctx context.Context, root string, quick bool, outPath string) error {
 		{"aggregator", "./internal/aggregator", "MeterStorage", "3x", "1x"},
 		{"aggregator", "./internal/aggregator", "BreachLatency", "1x", "1x"},
 		{"billing", "./internal/stripesync", "Sync10kTenants", "1x", "1x"},
+		{"anomaly", "./internal/anomaly", "Detector", "3x", "1x"},
+		{"anomaly", "./internal/aggregator", "AnomalyRound", "3x", "1x"},
+		{"scaleout", "./internal/testkit/kafkasuite", "ScaleOut", "1x", "1x"},
 	}
 	env := []string{}
 	if quick {
-		env = append(env, "BENCH_TENANTS=300")
+		env = append(env, "BENCH_TENANTS=300", "BENCH_SCALEOUT_EVENTS=150000")
 	}
 	for _, j := range jobs {
 		if quick && j.pattern == "BreachLatency" {

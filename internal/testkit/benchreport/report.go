@@ -162,6 +162,11 @@ func (r *Run) Write(w io.Writer) {
 	p("| `GET /v1/usage?meter=&group_by=` p99 ≤ 50 ms (a month of hourly windows of 100 groups, folded into 10) | %.1f ms | %s |", r.get("ingest/UsageQueryGrouped", "p99-ms"), verdict(r.get("ingest/UsageQueryGrouped", "p99-ms") > 0 && r.get("ingest/UsageQueryGrouped", "p99-ms") <= 50))
 	p("| biller: Stripe calls per tenant-metric with a delta = 1, without = 0 | %.3f / %.3f | %s |", r.get("billing/Sync10kTenants", "calls/pair-with-delta"), r.get("billing/Sync10kTenants", "calls/pair-without-delta"),
 		verdict(r.get("billing/Sync10kTenants", "calls/pair-with-delta") == 1 && r.get("billing/Sync10kTenants", "calls/pair-without-delta") == 0))
+	ledger := r.get("aggregator/MeterStorage/implicit-only", "ledger-bytes/event")
+	p("| dedup ledger ≤ 150 bytes per counted event (heap and indexes) | %.0f bytes | %s |", ledger, verdict(ledger > 0 && ledger <= 150))
+	ap, ar := r.get("anomaly/Detector", "precision"), r.get("anomaly/Detector", "recall")
+	p("| anomalies: precision ≥ 0.9 and recall ≥ 0.9 at the default sensitivity (labelled synthetic set, per episode) | %.3f / %.3f (naive 3σ over 24 h: %.3f / %.3f) | %s |",
+		ap, ar, r.get("anomaly/NaiveDetector", "precision"), r.get("anomaly/NaiveDetector", "recall"), verdict(ap >= 0.9 && ar >= 0.9))
 	p("")
 
 	p("## Ceilings and baselines\n")
@@ -200,6 +205,16 @@ func (r *Run) Write(w io.Writer) {
 	}
 	p("")
 
+	p("## Scale-out on Apache Kafka\n")
+	p("The aggregator consuming one log (written once before, 6 partitions on a three-broker Apache Kafka cluster, replication 3) into a fresh database, with 1, 2 and 3 processes in one consumer group; events/s between 10 %% and 90 %% of the log, once the group is stable. The processes share this machine's cores with the brokers and Postgres, so the ratios show what this machine gives, not what separate machines would (README, \"Capacity\").\n")
+	p("| aggregator processes | events/s | vs one process |")
+	p("|---|---|---|")
+	one1 := r.get("scaleout/ScaleOut/instances=1", "events/s")
+	for _, k := range []string{"1", "2", "3"} {
+		v := r.get("scaleout/ScaleOut/instances="+k, "events/s")
+		p("| %s | %s | %s |", k, n0(v), ratio(v, one1))
+	}
+	p("")
 	p("## Pipeline under rising load\n")
 	p("Separate processes (ingest, aggregator, biller, broker, private Postgres); %s tenants; batches of %d events from 8 clients. A step is kept when the aggregator ends it less than one second of load behind and ingest accepted ≥ 90 %% of the offered rate.\n", n0(float64(r.Pipeline.Tenants)), r.Pipeline.Batch)
 	p("| offered events/s | accepted events/s | ingest p50 | ingest p99 | event → window p99 | event → breach p99 | lag after (records) | kept |")
@@ -236,6 +251,8 @@ func (r *Run) Write(w io.Writer) {
 	p("| biller: first sync, a delta for every tenant-metric | %.1f s | %.3f calls per pair | |", r.get(b, "sync-all-s"), r.get(b, "calls/pair-with-delta"))
 	p("| biller: sync with nothing new | %.2f s | %.3f calls per pair | |", r.get(b, "sync-idle-s"), r.get(b, "calls/pair-without-delta"))
 	p("| biller: reconcile every tenant-metric | %.1f s | one summary each | |", r.get(b, "reconcile-s"))
+	p("| anomalies: one hour judged for 10,000 series (aggregator's loop, Postgres) | %.0f ms | %.0f µs per series | |", r.get("anomaly/AnomalyRound", "ms/hour"), r.get("anomaly/AnomalyRound", "µs/series"))
+	p("| anomaly detector alone (no SQL) | %.0f ns per series-hour | | |", r.get("anomaly/Detector", "ns/series-hour"))
 	p("")
 	p("## Commands\n")
 	p("```sh")
