@@ -110,3 +110,50 @@ func TestPushesFollowBillingPeriods(t *testing.T) {
 		}
 	}
 }
+
+// TestReconcilesEveryPeriodOfAMonth: a tenant whose cycle changed in the
+// middle of last month has two billing periods starting in that month
+// (the calendar month's first part, then the new cycle's first period);
+// the reconciliation of that month lists both, each with its own
+// [start, end), metered total and Stripe total, drift 0, so no period's
+// usage is left out of every month's reconciliation.
+func TestReconcilesEveryPeriodOfAMonth(t *testing.T) {
+	f := newFixture(t, 1, stripefake.Config{})
+	ctx := context.Background()
+	y, m := f.now.Year(), f.now.Month()
+	at := time.Date(y, m-1, 10, 12, 0, 0, 0, time.UTC)
+	ch := billingcycle.Change{From: at, Cycle: billingcycle.Cycle{Anchor: at, Interval: billingcycle.Month, Count: 1}}
+	if err := pgx.BeginFunc(ctx, f.db.Pool, func(tx pgx.Tx) error {
+		_, err := accounts.SetCycle(ctx, tx, "t1", ch, at.Add(-time.Hour), "admin")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	month := time.Date(y, m-1, 1, 0, 0, 0, 0, time.UTC)
+	periods := []struct {
+		start, end time.Time
+		metered    int64
+	}{{month, at, 40}, {at, at.AddDate(0, 1, 0), 60}}
+	for _, p := range periods {
+		f.db.Exec(t, `INSERT INTO usage_windows (tenant, meter, granularity, window_start, value, events) VALUES ('t1', 'api_calls', 'month', $1, $2, 1)`,
+			p.start, p.metered)
+	}
+	if res, err := f.biller.Sync(ctx); err != nil || res.Sent < 2 {
+		t.Fatalf("sync: %+v, %v", res, err)
+	}
+	rows, err := f.biller.Reconcile(ctx, month)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range rows {
+		if r.Tenant != "t1" || r.Metric != "api_calls" {
+			continue
+		}
+		got = append(got, r.PeriodStart.Format(time.RFC3339)+" "+r.Metered.String()+" "+r.Stripe.String()+" "+r.Drift.String())
+	}
+	want := []string{month.Format(time.RFC3339) + " 40 40 0", at.Format(time.RFC3339) + " 60 60 0"}
+	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
+		t.Errorf("reconciliation of %s: %q, want %q", month.Format("2006-01"), got, want)
+	}
+}

@@ -75,8 +75,9 @@ type Row struct {
 
 // Reconcile compares Postgres with Stripe for every tenant and metric,
 // and every group of a billed defined meter, of each tenant's billing
-// period of the UTC month containing period (see billingdata.PeriodTotals:
-// the period in force at the month's last instant). Stripe's summary of a
+// periods of the UTC month containing period (see billingdata.PeriodTotals:
+// every period starting in that month, or else the longer one spanning
+// it; a row per period). Stripe's summary of a
 // period is read over its whole minutes (summaryWindow), where its pushes
 // are stamped.
 func (b *Biller) Reconcile(ctx context.Context, period time.Time) ([]Row, error) {
@@ -89,9 +90,12 @@ func (b *Biller) Reconcile(ctx context.Context, period time.Time) ([]Row, error)
 	if err != nil {
 		return nil, err
 	}
-	starts := make(map[string]time.Time, len(raws))
+	starts := make(map[string]map[int64]bool, len(raws))
 	for _, x := range raws {
-		starts[x.Tenant] = x.PeriodStart
+		if starts[x.Tenant] == nil {
+			starts[x.Tenant] = map[int64]bool{}
+		}
+		starts[x.Tenant][periodKey(x.PeriodStart)] = true
 	}
 	adjs, err := b.readAdjustments(ctx, starts)
 	if err != nil {
@@ -117,7 +121,7 @@ func (b *Biller) Reconcile(ctx context.Context, period time.Time) ([]Row, error)
 	kept := make([]periodRow, 0, len(raws))
 	for _, x := range raws {
 		r := x.Row
-		k := pairKey{r.Tenant, r.Meter, usagedata.StoredGroupKey(r.Group)}
+		k := pairKey{r.Tenant, r.Meter, usagedata.StoredGroupKey(r.Group), periodKey(r.PeriodStart)}
 		r.Credited, r.Adjustments = new(big.Int), adjs.lines[k]
 		if c := adjs.credited[k]; c != nil {
 			r.Credited.Set(c)

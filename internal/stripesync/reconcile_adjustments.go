@@ -47,7 +47,13 @@ type AdjustmentLine struct {
 }
 
 // pairKey is one (tenant, meter, stored group key) of a month.
-type pairKey struct{ tenant, meter, group string }
+type pairKey struct {
+	tenant, meter, group string
+	period               int64 // the billing period's start, Unix microseconds
+}
+
+// periodKey is a billing period start as pairKey holds it.
+func periodKey(t time.Time) int64 { return t.UnixMicro() }
 
 // periodAdjustments is what reconciliation adds for adjustments: per pair,
 // the quantity credited and the adjustments with their counterparts.
@@ -63,23 +69,27 @@ type periodAdjustments struct {
 //
 // starts holds each tenant's billing period start; the tenants sharing a
 // start are read together (one read per distinct start).
-func (b *Biller) readAdjustments(ctx context.Context, starts map[string]time.Time) (periodAdjustments, error) {
+func (b *Biller) readAdjustments(ctx context.Context, starts map[string]map[int64]bool) (periodAdjustments, error) {
 	out := periodAdjustments{credited: map[pairKey]*big.Int{}, lines: map[pairKey][]AdjustmentLine{}}
 	var adjs []usagedata.Adjustment
 	var credits []billingdata.Credit
 	var pushes []billingdata.PeriodPush
-	distinct := map[time.Time]bool{}
-	for _, s := range starts {
-		distinct[s] = true
+	var adjPeriods, creditPeriods, pushPeriods []int64
+	distinct := map[int64]bool{}
+	for _, ss := range starts {
+		for s := range ss {
+			distinct[s] = true
+		}
 	}
-	for period := range distinct {
+	for pk := range distinct {
+		period := time.UnixMicro(pk).UTC()
 		as, err := usagedata.ListAdjustments(ctx, b.pool, "", period, period.Add(time.Microsecond))
 		if err != nil {
 			return out, err
 		}
 		for _, a := range as {
-			if starts[a.Tenant].Equal(period) {
-				adjs = append(adjs, a)
+			if starts[a.Tenant][pk] {
+				adjs, adjPeriods = append(adjs, a), append(adjPeriods, pk)
 			}
 		}
 		cs, err := billingdata.CreditsOf(ctx, b.pool, "", period)
@@ -87,8 +97,8 @@ func (b *Biller) readAdjustments(ctx context.Context, starts map[string]time.Tim
 			return out, err
 		}
 		for _, c := range cs {
-			if starts[c.Tenant].Equal(period) {
-				credits = append(credits, c)
+			if starts[c.Tenant][pk] {
+				credits, creditPeriods = append(credits, c), append(creditPeriods, pk)
 			}
 		}
 		if len(as) == 0 {
@@ -99,16 +109,16 @@ func (b *Biller) readAdjustments(ctx context.Context, starts map[string]time.Tim
 			return out, err
 		}
 		for _, p := range ps {
-			if starts[p.Tenant].Equal(period) {
-				pushes = append(pushes, p)
+			if starts[p.Tenant][pk] {
+				pushes, pushPeriods = append(pushes, p), append(pushPeriods, pk)
 			}
 		}
 	}
 	// Each tenant's rows come from one period's read, in its order
 	// (adjustments in log order, pushes and credits in id order); only
 	// rows of the same tenant are ever paired.
-	for _, c := range credits {
-		k := pairKey{c.Tenant, c.Metric, c.GroupKey}
+	for ci, c := range credits {
+		k := pairKey{c.Tenant, c.Metric, c.GroupKey, creditPeriods[ci]}
 		q, ok := new(big.Int).SetString(c.Quantity, 10)
 		if !ok {
 			return out, fmt.Errorf("credit %s has quantity %q", c.IdempotencyKey, c.Quantity)
@@ -122,12 +132,12 @@ func (b *Biller) readAdjustments(ctx context.Context, starts map[string]time.Tim
 		return out, nil
 	}
 	usedPush, usedCredit := map[int]bool{}, map[int]bool{}
-	for _, a := range adjs {
-		k := pairKey{a.Tenant, a.Meter, usagedata.StoredGroupKey(a.GroupKey)}
+	for ai, a := range adjs {
+		k := pairKey{a.Tenant, a.Meter, usagedata.StoredGroupKey(a.GroupKey), adjPeriods[ai]}
 		l := AdjustmentLine{ID: a.ID, Amount: a.Amount, Reason: a.Reason, Reference: a.Reference, RecordedAt: a.RecordedAt, Counterpart: CounterpartPending}
 		if a.Amount > 0 {
 			for i, p := range pushes {
-				if !usedPush[i] && p.Status != "cancelled" && (pairKey{p.Tenant, p.Metric, p.GroupKey}) == k && !p.Created.Before(a.RecordedAt) {
+				if !usedPush[i] && p.Status != "cancelled" && (pairKey{p.Tenant, p.Metric, p.GroupKey, pushPeriods[i]}) == k && !p.Created.Before(a.RecordedAt) {
 					usedPush[i] = true
 					l.Counterpart, l.Identifier, l.Value, l.Status = CounterpartPush, p.Identifier, p.Delta, p.Status
 					break
@@ -135,7 +145,7 @@ func (b *Biller) readAdjustments(ctx context.Context, starts map[string]time.Tim
 			}
 		} else {
 			for i, c := range credits {
-				if !usedCredit[i] && (pairKey{c.Tenant, c.Metric, c.GroupKey}) == k && !c.Created.Before(a.RecordedAt) {
+				if !usedCredit[i] && (pairKey{c.Tenant, c.Metric, c.GroupKey, creditPeriods[i]}) == k && !c.Created.Before(a.RecordedAt) {
 					usedCredit[i] = true
 					l.Counterpart, l.Value, l.Status = CounterpartCredit, c.Quantity, c.Status
 					l.CreditAmount, l.Currency, l.BalanceTransaction = c.Amount, c.Currency, c.TxnID
@@ -144,7 +154,7 @@ func (b *Biller) readAdjustments(ctx context.Context, starts map[string]time.Tim
 			}
 			if l.Counterpart == CounterpartPending {
 				for i, p := range pushes {
-					if !usedPush[i] && p.Status == "cancelled" && (pairKey{p.Tenant, p.Metric, p.GroupKey}) == k && !p.Updated.Before(a.RecordedAt) {
+					if !usedPush[i] && p.Status == "cancelled" && (pairKey{p.Tenant, p.Metric, p.GroupKey, pushPeriods[i]}) == k && !p.Updated.Before(a.RecordedAt) {
 						usedPush[i] = true
 						l.Counterpart, l.Identifier, l.Value, l.Status = CounterpartCancellation, p.Identifier, p.Delta, p.Status
 						break

@@ -120,10 +120,11 @@ type PeriodTotal struct {
 }
 
 // PeriodTotals reads, for every tenant, billed meter and group with usage
-// or pushes in the tenant's billing period of the month starting at month
-// (the period in force at the month's last instant: the one starting in
-// that month, or the longer one spanning it; the calendar month for a
-// tenant without a billing cycle), by tenant, metric, meter and group:
+// or pushes in the tenant's billing periods of the month starting at
+// month (every period starting in that month, two or more when the
+// tenant's cycle changed in it, or else the longer one spanning it; the
+// calendar month for a tenant without a billing cycle), by tenant,
+// period, metric, meter and group:
 // the metered total, what was reported (sent), what is in flight
 // (intents and dead), how many are dead, what was discarded, what was
 // carried out of the period and into it, and when a push billed in it was
@@ -132,10 +133,16 @@ type PeriodTotal struct {
 // tenant without a plan assignment in force is billed by defaultPlan
 // ("" for none), as in Deltas.
 func PeriodTotals(ctx context.Context, q storage.Executor, month time.Time, defaultPlan string) ([]PeriodTotal, error) {
-	rows, err := q.Query(ctx, `WITH tp AS (
-			SELECT t.tenant, b.period_start AS ps, b.period_end AS pe, least(now(), b.period_end - interval '1 microsecond') AS billed_at
-			FROM tenants t CROSS JOIN LATERAL billing_period(t.tenant,
-				(($1::timestamptz AT TIME ZONE 'UTC' + interval '1 month') AT TIME ZONE 'UTC') - interval '1 microsecond') b
+	rows, err := q.Query(ctx, `WITH RECURSIVE periods AS (
+			SELECT t.tenant, b.period_start AS ps, b.period_end AS pe
+			FROM tenants t CROSS JOIN LATERAL billing_period(t.tenant, $1::timestamptz) b
+			UNION ALL
+			SELECT p.tenant, b.period_start, b.period_end
+			FROM periods p CROSS JOIN LATERAL billing_period(p.tenant, p.pe) b
+			WHERE p.pe < ($1::timestamptz AT TIME ZONE 'UTC' + interval '1 month') AT TIME ZONE 'UTC'
+		), tp AS (
+			SELECT tenant, ps, pe, least(now(), pe - interval '1 microsecond') AS billed_at FROM periods
+			WHERE ps >= $1::timestamptz OR pe >= ($1::timestamptz AT TIME ZONE 'UTC' + interval '1 month') AT TIME ZONE 'UTC'
 		), groups AS (
 			SELECT w.tenant, w.meter, w.group_key FROM usage_windows w JOIN tp ON tp.tenant = w.tenant
 			WHERE w.granularity = 'month' AND w.window_start = tp.ps AND w.group_key <> ''
@@ -143,13 +150,13 @@ func PeriodTotals(ctx context.Context, q storage.Executor, month time.Time, defa
 			SELECT b.tenant, b.metric, b.group_key FROM billing_pushes b JOIN tp ON tp.tenant = b.tenant
 			WHERE (b.period_start = tp.ps OR b.billed_period_start = tp.ps) AND b.group_key <> ''
 		), keys AS (
-			SELECT t.tenant, q.metric, q.metric AS meter, '' AS group_key, false AS defined, coalesce(t.stripe_customer_id, '') AS customer,
+			SELECT t.tenant, tp.ps, q.metric, q.metric AS meter, '' AS group_key, false AS defined, coalesce(t.stripe_customer_id, '') AS customer,
 				q.stripe_event_name, '' AS aggregation, '{}'::text[] AS group_by, q.group_filter
 			FROM tenants t JOIN tp ON tp.tenant = t.tenant
 			JOIN plan_quotas q ON q.plan = tenant_billed_plan_at(t.tenant, tp.billed_at, $2)
 				AND q.version = plan_version_at(q.plan, tp.billed_at) AND q.meter IS NULL
 			UNION ALL
-			SELECT t.tenant, q.metric, q.meter, coalesce(g.group_key, ''), true, coalesce(t.stripe_customer_id, ''),
+			SELECT t.tenant, tp.ps, q.metric, q.meter, coalesce(g.group_key, ''), true, coalesce(t.stripe_customer_id, ''),
 				q.stripe_event_name, m.aggregation, m.group_by, q.group_filter
 			FROM tenants t JOIN tp ON tp.tenant = t.tenant
 			JOIN plan_quotas q ON q.plan = tenant_billed_plan_at(t.tenant, tp.billed_at, $2)
@@ -157,7 +164,7 @@ func PeriodTotals(ctx context.Context, q storage.Executor, month time.Time, defa
 			JOIN meters m ON m.name = q.meter
 			LEFT JOIN groups g ON g.tenant = t.tenant AND g.meter = q.meter AND cardinality(m.group_by) > 0
 		), pushes AS (
-			SELECT b.tenant, b.metric, b.group_key,
+			SELECT b.tenant, tp.ps, b.metric, b.group_key,
 				sum(b.delta) FILTER (WHERE b.period_start = tp.ps AND b.status = 'sent') AS reported,
 				sum(b.delta) FILTER (WHERE b.period_start = tp.ps AND b.status IN ('intent', 'dead')) AS in_flight,
 				count(*) FILTER (WHERE b.period_start = tp.ps AND b.status = 'dead') AS dead,
@@ -166,19 +173,19 @@ func PeriodTotals(ctx context.Context, q storage.Executor, month time.Time, defa
 				sum(b.delta) FILTER (WHERE b.billed_period_start = tp.ps AND b.period_start <> tp.ps AND b.status = 'sent') AS carried_in,
 				max(b.sent_at) FILTER (WHERE b.billed_period_start = tp.ps) AS last_sent
 			FROM billing_pushes b JOIN tp ON tp.tenant = b.tenant
-			WHERE b.period_start = tp.ps OR b.billed_period_start = tp.ps GROUP BY 1, 2, 3
+			WHERE b.period_start = tp.ps OR b.billed_period_start = tp.ps GROUP BY 1, 2, 3, 4
 		)
 		SELECT k.tenant, k.metric, k.meter, k.group_key, coalesce(gk.group_key, k.group_key), k.defined, k.customer, k.stripe_event_name,
 			k.aggregation, k.group_by, k.group_filter, coalesce(w.value, 0),
 			coalesce(p.reported, 0), coalesce(p.in_flight, 0), coalesce(p.dead, 0), coalesce(p.discarded, 0), coalesce(p.carried_out, 0), coalesce(p.carried_in, 0), p.last_sent,
 			tp.ps, tp.pe
 		FROM keys k
-		JOIN tp ON tp.tenant = k.tenant
+		JOIN tp ON tp.tenant = k.tenant AND tp.ps = k.ps
 		LEFT JOIN usage_windows w ON w.tenant = k.tenant AND w.meter = k.meter AND w.group_key = k.group_key AND w.granularity = 'month' AND w.window_start = tp.ps
-		LEFT JOIN pushes p ON p.tenant = k.tenant AND p.metric = k.meter AND p.group_key = k.group_key
+		LEFT JOIN pushes p ON p.tenant = k.tenant AND p.ps = k.ps AND p.metric = k.meter AND p.group_key = k.group_key
 		LEFT JOIN meter_group_keys gk ON gk.meter = k.meter AND gk.digest = k.group_key
 		WHERE w.tenant IS NOT NULL OR p.tenant IS NOT NULL
-		ORDER BY k.tenant, k.metric, k.meter COLLATE "C", k.group_key COLLATE "C"`, month, defaultPlan)
+		ORDER BY k.tenant, k.ps, k.metric, k.meter COLLATE "C", k.group_key COLLATE "C"`, month, defaultPlan)
 	if err != nil {
 		return nil, err
 	}
