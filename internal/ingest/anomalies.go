@@ -45,6 +45,12 @@ func (a *API) getAnomalies(w http.ResponseWriter, r *http.Request) {
 		httpjson.Error(w, http.StatusBadRequest, "invalid_request", "meter must be "+nameRule)
 		return
 	}
+	for _, name := range []string{"from", "to"} {
+		if q.Has(name) && q.Get(name) == "" {
+			httpjson.Errorf(w, http.StatusBadRequest, "invalid_request", "%s must be an RFC 3339 time when given", name)
+			return
+		}
+	}
 	var err error
 	if f.From, err = timeParam(q.Get("from"), "from", time.Time{}); err != nil {
 		httpjson.Error(w, http.StatusBadRequest, "invalid_request", err.Error())
