@@ -13,14 +13,18 @@ import (
 	"github.com/usagemeter/metering/internal/storage/deadletters"
 )
 
-// creditsSQL is the quantity credited (credited) and the number of
-// credits (credits) of each (tenant, metric, group_key, period_start):
+// creditsSince is the quantity credited (credited) and the number of
+// credits (credits) of each (tenant, metric, group_key, period_start) of
+// periods starting at or after the statement's parameter oldest (such as
+// "$1"), so a sync reads only the credits of the periods it looks at:
 // every credit counts, whatever its status, as a push counts as claimed
 // until cancelled.
-const creditsSQL = `(SELECT tenant, metric, group_key, period_start, sum(quantity) AS credited, count(*) AS credits
-	FROM billing_credits GROUP BY 1, 2, 3, 4)`
+func creditsSince(oldest string) string {
+	return `(SELECT tenant, metric, group_key, period_start, sum(quantity) AS credited, count(*) AS credits
+	FROM billing_credits WHERE period_start >= ` + oldest + ` GROUP BY 1, 2, 3, 4)`
+}
 
-// pairCreditedSQL and pairCreditsSQL are creditsSQL's columns for the
+// pairCreditedSQL and pairCreditsSQL are creditsSince's columns for the
 // pair of parameters $1 tenant, $2 metric, $3 period_start, $4 group_key.
 const (
 	pairCreditedSQL = `coalesce((SELECT sum(quantity) FROM billing_credits WHERE tenant = $1 AND metric = $2 AND period_start = $3 AND group_key = $4), 0)`
@@ -57,7 +61,7 @@ func FindOverClaimed(ctx context.Context, q storage.Executor, oldest, sentBefore
 			m.tenant, m.metric, m.group_key, m.period_start, m.customer, m.event_name, m.billed,
 			q.price, coalesce(pl.currency, 'usd'), (bp.tenant IS NOT NULL)
 		FROM months m
-		LEFT JOIN `+creditsSQL+` c ON c.tenant = m.tenant AND c.metric = m.metric AND c.group_key = m.group_key AND c.period_start = m.period_start
+		LEFT JOIN `+creditsSince("$1")+` c ON c.tenant = m.tenant AND c.metric = m.metric AND c.group_key = m.group_key AND c.period_start = m.period_start
 		LEFT JOIN usage_windows w ON w.tenant = m.tenant AND w.meter = m.metric AND w.group_key = m.group_key AND w.granularity = 'month' AND w.window_start = m.period_start
 		LEFT JOIN billing_periods bp ON bp.tenant = m.tenant AND bp.period_start = m.billed
 		LEFT JOIN plan_quotas q ON q.plan = tenant_plan_at(m.tenant, `+periodInForce("m.tenant", "m.period_start")+`)

@@ -143,7 +143,7 @@ func Deltas(ctx context.Context, q storage.Executor, oldest time.Time, defaultPl
 			FROM billing_pushes WHERE period_start >= $1 GROUP BY 1, 2, 3, 4) p
 			ON p.tenant = w.tenant AND p.metric = w.meter AND p.group_key = w.group_key AND p.period_start = w.window_start
 		LEFT JOIN billing_periods bp ON bp.tenant = w.tenant AND bp.period_start = w.window_start
-		LEFT JOIN `+creditsSQL+` c
+		LEFT JOIN `+creditsSince("$1")+` c
 			ON c.tenant = w.tenant AND c.metric = w.meter AND c.group_key = w.group_key AND c.period_start = w.window_start
 		WHERE w.granularity = 'month' AND w.window_start >= $1 AND w.value > coalesce(p.claimed, 0) - coalesce(c.credited, 0)
 		ORDER BY w.tenant, w.meter, w.group_key COLLATE "C", w.window_start`, oldest, defaultPlan)
@@ -297,7 +297,7 @@ func FindOverReported(ctx context.Context, q storage.Executor, oldest, sentAfter
 		SELECT p.id, p.event_name, p.identifier, p.stripe_customer_id, p.billed_period_start FROM months m
 		JOIN billing_pushes p ON p.id = m.last_sent
 		LEFT JOIN usage_windows w ON w.tenant = m.tenant AND w.meter = m.metric AND w.group_key = m.group_key AND w.granularity = 'month' AND w.window_start = m.period_start
-		LEFT JOIN `+creditsSQL+` c ON c.tenant = m.tenant AND c.metric = m.metric AND c.group_key = m.group_key AND c.period_start = m.period_start
+		LEFT JOIN `+creditsSince("$1")+` c ON c.tenant = m.tenant AND c.metric = m.metric AND c.group_key = m.group_key AND c.period_start = m.period_start
 		LEFT JOIN billing_periods bp ON bp.tenant = m.tenant AND bp.period_start = p.billed_period_start
 		WHERE m.claimed - coalesce(c.credited, 0) > coalesce(w.value, 0) AND p.sent_at > $2 AND bp.tenant IS NULL`, oldest, sentAfter)
 	if err != nil {
