@@ -128,18 +128,8 @@ func dlqList(ctx context.Context, env Env, f dlqListFlags, args []string) error 
 	return nil
 }
 
-type dlqReplayFlags struct {
-	cli.Audit
-	All bool
-}
-
-func (f *dlqReplayFlags) Bind(fs *flag.FlagSet) {
-	f.Audit.Bind(fs)
-	fs.BoolVar(&f.All, "all", false, "replay every pending dead letter")
-}
-
-func dlqReplay(ctx context.Context, env Env, f dlqReplayFlags, args []string) error {
-	ids, err := cli.IDs(args, "dead letter")
+func dlqReplay(ctx context.Context, env Env, f cli.Selection, args []string) error {
+	ids, err := f.IDs(args, "dead letter")
 	if err != nil {
 		return err
 	}

@@ -173,18 +173,8 @@ func dlqShow(ctx context.Context, env Env, _ cli.NoFlags, args []string) error {
 	return enc.Encode(d)
 }
 
-type dlqReplayFlags struct {
-	cli.Audit
-	All bool
-}
-
-func (f *dlqReplayFlags) Bind(fs *flag.FlagSet) {
-	f.Audit.Bind(fs)
-	fs.BoolVar(&f.All, "all", false, "replay every push in the billing DLQ")
-}
-
-func dlqReplay(ctx context.Context, env Env, f dlqReplayFlags, args []string) error {
-	ids, err := cli.IDs(args, "push")
+func dlqReplay(ctx context.Context, env Env, f cli.Selection, args []string) error {
+	ids, err := f.IDs(args, "push")
 	if err != nil {
 		return err
 	}
@@ -278,24 +268,11 @@ func creditsList(ctx context.Context, env Env, f creditsListFlags, args []string
 	return nil
 }
 
-type creditsResendFlags struct {
-	cli.Audit
-	All bool
-}
-
-func (f *creditsResendFlags) Bind(fs *flag.FlagSet) {
-	f.Audit.Bind(fs)
-	fs.BoolVar(&f.All, "all", false, "resend every dead credit")
-}
-
 // creditsResend sends dead credits to Stripe again, audited.
-func creditsResend(ctx context.Context, env Env, f creditsResendFlags, args []string) error {
-	ids, err := cli.IDs(args, "credit")
+func creditsResend(ctx context.Context, env Env, f cli.Selection, args []string) error {
+	ids, err := f.IDs(args, "credit")
 	if err != nil {
 		return err
-	}
-	if f.All && len(ids) > 0 {
-		return fmt.Errorf("name credits by id or use --all, not both")
 	}
 	b, closeFn, err := open(ctx, env.Config, env.Log)
 	if err != nil {

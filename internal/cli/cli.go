@@ -334,6 +334,33 @@ func (a *Audit) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&a.Note, "note", "", "why, kept in the audit trail")
 }
 
+// Selection is the flags of an audited action on queued records (replay
+// dead letters, resend credits): Audit, and --all for every waiting
+// record instead of the ids named.
+type Selection struct {
+	Audit
+	All bool
+}
+
+// Bind registers --actor, --note and --all.
+func (s *Selection) Bind(fs *flag.FlagSet) {
+	s.Audit.Bind(fs)
+	fs.BoolVar(&s.All, "all", false, "every waiting record instead of the ids named")
+}
+
+// IDs parses the ids named (what names them in errors), refusing ids
+// beside --all.
+func (s Selection) IDs(args []string, what string) ([]int64, error) {
+	ids, err := IDs(args, what)
+	if err != nil {
+		return nil, err
+	}
+	if s.All && len(ids) > 0 {
+		return nil, fmt.Errorf("name %ss by id or use --all, not both", what)
+	}
+	return ids, nil
+}
+
 // Who is the audit log's actor of the command: "cli:" and --actor, or
 // user@host when it is unset. The prefix keeps an operator's name apart
 // from an API key's actor ("key:<id>"), whatever --actor says.

@@ -112,3 +112,39 @@ func TestIDs(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestSelection(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		args    []string
+		wantIDs string
+		wantErr string
+	}{
+		{"ids", []string{"-note", "fixed", "3", "4"}, "[3 4]", ""},
+		{"all", []string{"-all", "-actor", "ops"}, "[]", ""},
+		{"ids beside --all", []string{"-all", "3"}, "", "name credits by id or use --all, not both"},
+		{"not a number", []string{"x"}, "", `credit ids are numbers, got "x"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var s cli.Selection
+			fs := flag.NewFlagSet("resend", flag.ContinueOnError)
+			s.Bind(fs)
+			if err := fs.Parse(tt.args); err != nil {
+				t.Fatal(err)
+			}
+			ids, err := s.IDs(fs.Args(), "credit")
+			if tt.wantErr != "" {
+				if err == nil || err.Error() != tt.wantErr {
+					t.Fatalf("error %v, want %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || fmt.Sprint(ids) != tt.wantIDs {
+				t.Fatalf("%v %v, want %s", ids, err, tt.wantIDs)
+			}
+		})
+	}
+}
