@@ -50,15 +50,7 @@ type period struct {
 
 // cycleOf returns tenant's billing cycle as of now, read with q.
 func cycleOf(r *http.Request, q storage.Executor, tenant string, now time.Time) (billingCycle, error) {
-	hist, err := accounts.TenantCycles(r.Context(), q, tenant)
-	if err != nil {
-		return billingCycle{}, err
-	}
-	changes := make([]billingcycle.Change, len(hist))
-	for i, h := range hist {
-		changes[i] = h.Change
-	}
-	sched, err := billingcycle.NewSchedule(changes)
+	hist, sched, err := accounts.TenantCycleHistory(r.Context(), q, tenant)
 	if err != nil {
 		return billingCycle{}, err
 	}

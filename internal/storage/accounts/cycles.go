@@ -43,9 +43,16 @@ func TenantCycles(ctx context.Context, q storage.Executor, tenant string) ([]Cyc
 
 // TenantSchedule returns tenant's billing periods as a schedule.
 func TenantSchedule(ctx context.Context, q storage.Executor, tenant string) (billingcycle.Schedule, error) {
+	_, s, err := TenantCycleHistory(ctx, q, tenant)
+	return s, err
+}
+
+// TenantCycleHistory returns tenant's billing cycle history (as
+// TenantCycles) and the schedule it makes, read once.
+func TenantCycleHistory(ctx context.Context, q storage.Executor, tenant string) ([]CycleChange, billingcycle.Schedule, error) {
 	hist, err := TenantCycles(ctx, q, tenant)
 	if err != nil {
-		return billingcycle.Schedule{}, err
+		return nil, billingcycle.Schedule{}, err
 	}
 	changes := make([]billingcycle.Change, len(hist))
 	for i, h := range hist {
@@ -53,9 +60,9 @@ func TenantSchedule(ctx context.Context, q storage.Executor, tenant string) (bil
 	}
 	s, err := billingcycle.NewSchedule(changes)
 	if err != nil {
-		return billingcycle.Schedule{}, fmt.Errorf("the billing cycles of tenant %s: %w", tenant, err)
+		return nil, billingcycle.Schedule{}, fmt.Errorf("the billing cycles of tenant %s: %w", tenant, err)
 	}
-	return s, nil
+	return hist, s, nil
 }
 
 // ErrCycleTooEarly is returned for a change of billing cycle that would
@@ -118,6 +125,12 @@ func schedules(ctx context.Context, q storage.Executor, sql string, args ...any)
 // (past periods never move); at the latest change's instant it replaces
 // that change.
 func SetCycle(ctx context.Context, tx storage.Executor, tenant string, ch billingcycle.Change, now time.Time, source string) (bool, error) {
+	return setCycle(ctx, tx, tenant, ch, now, source, false)
+}
+
+// setCycle is SetCycle; with notBeforeLatest, a change earlier than the
+// tenant's latest one is brought forward to it instead of refused.
+func setCycle(ctx context.Context, tx storage.Executor, tenant string, ch billingcycle.Change, now time.Time, source string, notBeforeLatest bool) (bool, error) {
 	if err := ch.Cycle.Validate(); err != nil {
 		return false, err
 	}
@@ -134,6 +147,9 @@ func SetCycle(ctx context.Context, tx storage.Executor, tenant string, ch billin
 	}
 	if hist := sched.Changes(); len(hist) > 0 {
 		latest := hist[len(hist)-1]
+		if notBeforeLatest && ch.From.Before(latest.From) {
+			ch.From = latest.From
+		}
 		if ch.From.Before(latest.From) {
 			return false, fmt.Errorf("%w: the tenant's latest billing cycle change takes effect at %s", ErrEffectiveFrom, latest.From.Format(time.RFC3339Nano))
 		}
@@ -171,15 +187,7 @@ func SetCustomerCycle(ctx context.Context, q storage.Executor, customer string, 
 	}
 	var changed int64
 	for _, t := range tenants {
-		hist, err := TenantCycles(ctx, q, t)
-		if err != nil {
-			return 0, err
-		}
-		c := ch
-		if n := len(hist); n > 0 && c.From.Before(hist[n-1].From) {
-			c.From = hist[n-1].From
-		}
-		ok, err := SetCycle(ctx, q, t, c, now, "stripe")
+		ok, err := setCycle(ctx, q, t, ch, now, "stripe", true)
 		if err != nil {
 			return 0, fmt.Errorf("tenant %s: %w", t, err)
 		}
