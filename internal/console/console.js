@@ -311,10 +311,10 @@ const pages = {
       if (pick.value) q.set("tenant", pick.value);
       if (meter.value.trim()) q.set("meter", meter.value.trim());
       const data = await api("/v1/anomalies?" + q);
-      out.replaceChildren(el("p", { className: "muted" }, data.anomalies.length + " episodes, newest first"),
+      out.replaceChildren(el("p", { className: "muted" }, data.anomalies.length + " episodes, newest first"), el("div", { className: "wide" },
         table("anomalies", [
-          ["First hour", (a) => when(a.hour), "date"],
-          ["Last hour", (a) => when(a.last_hour), "date"],
+          ["First hour", (a) => hourText(a.hour), "date"],
+          ["Last hour", (a) => hourText(a.last_hour), "date"],
           ["Tenant", (a) => a.tenant, "mono"],
           ["Meter", (a) => a.meter, "mono"],
           ["Kind", (a) => pill(a.type === "anomaly.drop" ? "drop" : "spike")],
@@ -322,9 +322,9 @@ const pages = {
           ["Expected", (a) => a.expected, "num"],
           ["Score", (a) => a.score, "num"],
           ["Sensitivity", (a) => a.sensitivity, "num"],
-          ["Detected", (a) => when(a.detected_at), "date"],
-          ["State", (a) => a.ended_at ? el("span", {}, pill("ended"), " " + when(a.ended_at)) : pill("ongoing")],
-        ], data.anomalies, "No anomalies match."));
+          ["Detected", (a) => when(a.detected_at)],
+          ["State", (a) => a.ended_at ? el("span", {}, pill("ended"), el("br"), el("span", { className: "muted" }, hourText(a.ended_at))) : pill("ongoing"), "date"],
+        ], data.anomalies, "No anomalies match.")));
     };
     pick.addEventListener("change", () => load().catch(showError));
     view.append(el("h2", {}, "Usage anomalies"),
@@ -344,7 +344,7 @@ const pages = {
       detail.replaceChildren();
       if (!pick.value) { out.replaceChildren(el("p", { className: "muted" }, "No tenants yet.")); return; }
       const data = await api("/v1/admin/tenants/" + encodeURIComponent(pick.value) + "/webhooks");
-      out.replaceChildren(table("webhooks", [
+      out.replaceChildren(el("div", { className: "wide" }, table("webhooks", [
         ["URL", (e) => e.url, "mono"],
         ["Description", (e) => e.description],
         ["Kinds", (e) => e.kinds.join(", ")],
@@ -353,7 +353,7 @@ const pages = {
         ["Failing since", (e) => when(e.failing_since), "date"],
         ["Last success", (e) => when(e.last_success_at), "date"],
         ["", (e) => el("button", { type: "button", testid: "deliveries-" + e.id, onclick: () => deliveriesOf(detail, pick.value, e, load).catch(showError) }, "Deliveries"), "actions"],
-      ], data.webhooks, "This tenant has no webhook endpoints."));
+      ], data.webhooks, "This tenant has no webhook endpoints.")));
     };
     pick.addEventListener("change", () => load().catch(showError));
     view.append(el("h2", {}, "Webhook notifications"),
@@ -374,24 +374,21 @@ async function deliveriesOf(detail, tenant, ep, reload) {
     const q = new URLSearchParams({ limit: "200" });
     if (status.value !== "all") q.set("status", status.value);
     const data = await api("/v1/admin/tenants/" + encodeURIComponent(tenant) + "/webhooks/" + encodeURIComponent(ep.id) + "/deliveries?" + q);
-    list.replaceChildren(table("deliveries", [
+    list.replaceChildren(el("div", { className: "wide" }, table("deliveries", [
       ["Id", (d) => d.id, "num"],
-      ["Created", (d) => when(d.created_at), "date"],
-      ["Event", (d) => d.event_type, "mono"],
-      ["Event id", (d) => d.event_id, "mono"],
+      ["Created", (d) => when(d.created_at)],
+      ["Event", (d) => el("span", {}, d.event_type, el("br"), el("span", { className: "muted" }, d.event_id)), "mono"],
       ["Status", (d) => pill(failing(d) ? "failing" : d.status)],
       ["Attempts", (d) => d.attempts, "num"],
-      ["Next attempt", (d) => d.status === "pending" ? when(d.next_attempt_at) : "-", "date"],
-      ["Retry until", (d) => when(d.retry_until), "date"],
-      ["Last attempt", (d) => when(d.last_attempt_at), "date"],
-      ["Last status", (d) => d.last_status, "num"],
+      ["Next attempt", (d) => d.status === "pending" ? el("span", { title: "retried until " + when(d.retry_until) }, when(d.next_attempt_at)) : "-"],
+      ["Last attempt", (d) => d.last_attempt_at ? when(d.last_attempt_at) + (d.last_status === null ? " (no answer)" : " (" + d.last_status + ")") : "-"],
       ["Last error", (d) => d.last_error],
-      ["Delivered", (d) => when(d.delivered_at), "date"],
+      ["Delivered", (d) => when(d.delivered_at)],
       ["", (d) => el("span", {},
         el("button", { type: "button", testid: "event-" + d.id, onclick: () => shown.replaceChildren(el("h3", {}, "Event of delivery " + d.id),
           el("pre", { id: "delivery-body" }, JSON.stringify(d.event, null, 2))) }, "Event"),
         d.status === "dead" || failing(d) ? adminButton("Redeliver", "redeliver-" + d.id, () => redeliver(d, async () => { await reload(); await deliveriesOf(detail, tenant, ep, reload); })) : null), "actions"],
-    ], data.deliveries, "No deliveries with this status."));
+    ], data.deliveries, "No deliveries with this status.")));
   };
   status.addEventListener("change", () => load().catch(showError));
   detail.replaceChildren(el("div", { className: "detail" },
@@ -399,6 +396,9 @@ async function deliveriesOf(detail, tenant, ep, reload) {
     el("div", { className: "toolbar" }, el("label", {}, "Status", status)), list, shown));
   await load();
 }
+
+// hourText shows the start of an hour without its zero seconds.
+function hourText(s) { return when(s).replace(/:00:00Z$/, ":00Z"); }
 
 // failing says whether delivery d is still being retried after failed
 // attempts.
