@@ -362,11 +362,6 @@ func TestConsole(t *testing.T) {
 	for _, tn := range []string{"acme", "globex", "initech"} {
 		s.mustCall("PUT", "/v1/admin/tenants/"+tn, adminKey, `{"plan":"pro","stripe_customer_id":"cus_`+tn+`"}`, 200)
 	}
-	// An audited admin change, for the audit page. The anchor is a month's
-	// first day, so acme's billing periods stay the calendar months the
-	// reconciliation page reads, whatever the day the test runs.
-	s.mustCall("PUT", "/v1/admin/tenants/acme/billing-cycle", adminKey,
-		`{"anchor":"`+windows.Month.Start(s.now).AddDate(0, -1, 0).Format(time.RFC3339)+`","interval":"month"}`, 200)
 	var viewer, tenantKey struct{ ID, Key string }
 	if s.call("POST", "/v1/admin/keys", adminKey, `{"role":"viewer"}`, &viewer) != http.StatusCreated {
 		t.Fatal("creating a viewer key")
@@ -561,8 +556,12 @@ func TestConsole(t *testing.T) {
 	u.open("breaches")
 	u.waitText("#breaches", "exceeded")
 	u.shot("08-breaches")
+	// An audited admin change, for the audit page: made after the
+	// reconciliation, whose months are acme's billing periods until then.
+	s.mustCall("PUT", "/v1/admin/tenants/acme/billing-cycle", adminKey,
+		`{"anchor":"`+windows.Month.Start(s.now).AddDate(0, 0, -20).Format(time.RFC3339)+`","interval":"month"}`, 200)
 	u.open("audit")
-	u.waitText("#audit", "tenant.billing_cycle.set")
+	u.waitText("#audit", "billing_cycle.put")
 	u.waitText("#audit", "bootstrap")
 	u.shot("09-audit")
 	u.do("filtering the audit log", chromedp.SendKeys("#audit-action", "no.such.action"), chromedp.Click("#audit-filter"))
