@@ -1,7 +1,8 @@
 // Package console is the operator and finance console that ingest serves
 // at /console: tenants and plans, the reconciliation of a month with its
 // CSV and a drill-down to pushes, windows and events, both dead-letter
-// queues, breaches and the audit log. It is three embedded files (HTML,
+// queues, breaches, usage anomalies, each tenant's webhook endpoints and
+// their deliveries, and the audit log. It is three embedded files (HTML,
 // script, styles): no external asset and no build step.
 //
 // Invariant: the page's Content-Security-Policy (httpguard.PagePolicy)

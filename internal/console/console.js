@@ -97,17 +97,20 @@ async function download(path, fallbackName) {
 }
 
 // confirmAction asks for a note and resolves to it, or to null when the
-// operator cancels.
-function confirmAction(title, what, verb) {
+// operator cancels. withNote false is for a route that records no note:
+// the dialog only asks to confirm, and resolves to "".
+function confirmAction(title, what, verb, withNote) {
+  withNote = withNote !== false;
   return new Promise((resolve) => {
     const box = $("confirm"), note = $("confirm-note"), ok = $("confirm-ok"), cancel = $("confirm-cancel");
     $("confirm-title").textContent = title;
     $("confirm-text").textContent = what;
     ok.textContent = verb;
     note.value = "";
-    ok.disabled = true;
+    note.hidden = $("confirm-note-label").hidden = !withNote;
+    ok.disabled = withNote;
     box.hidden = false;
-    note.focus();
+    (withNote ? note : ok).focus();
     const done = (v) => {
       box.hidden = true;
       note.oninput = ok.onclick = cancel.onclick = null;
@@ -295,7 +298,124 @@ const pages = {
       out);
     await load();
   },
+
+  async anomalies(view) {
+    const tenants = (await api("/v1/admin/tenants")).tenants;
+    const pick = el("select", { id: "anomaly-tenant" }, el("option", { value: "" }, "(all tenants)"),
+      tenants.map((t) => el("option", { value: t.tenant }, t.tenant)));
+    const meter = el("input", { id: "anomaly-meter", placeholder: "meter (all)" });
+    const limit = el("input", { id: "anomaly-limit", type: "number", min: 1, max: 1000, value: 200 });
+    const out = el("div", { id: "anomalies-out" });
+    const load = async () => {
+      const q = new URLSearchParams({ limit: limit.value || "200" });
+      if (pick.value) q.set("tenant", pick.value);
+      if (meter.value.trim()) q.set("meter", meter.value.trim());
+      const data = await api("/v1/anomalies?" + q);
+      out.replaceChildren(el("p", { className: "muted" }, data.anomalies.length + " episodes, newest first"), el("div", { className: "wide" },
+        table("anomalies", [
+          ["First hour", (a) => hourText(a.hour), "date"],
+          ["Last hour", (a) => hourText(a.last_hour), "date"],
+          ["Tenant", (a) => a.tenant, "mono"],
+          ["Meter", (a) => a.meter, "mono"],
+          ["Kind", (a) => pill(a.type === "anomaly.drop" ? "drop" : "spike")],
+          ["Observed", (a) => a.observed, "num"],
+          ["Expected", (a) => a.expected, "num"],
+          ["Score", (a) => a.score, "num"],
+          ["Sensitivity", (a) => a.sensitivity, "num"],
+          ["Detected", (a) => when(a.detected_at)],
+          ["State", (a) => a.ended_at ? el("span", {}, pill("ended"), el("br"), el("span", { className: "muted" }, hourText(a.ended_at))) : pill("ongoing"), "date"],
+        ], data.anomalies, "No anomalies match.")));
+    };
+    pick.addEventListener("change", () => load().catch(showError));
+    view.append(el("h2", {}, "Usage anomalies"),
+      el("p", { className: "muted" }, "Hours whose usage jumped (spike) or fell (drop) against the same hours of the weeks before. Observed is the first anomalous hour's total; expected is its baseline's median."),
+      el("div", { className: "toolbar" }, el("label", {}, "Tenant", pick), el("label", {}, "Meter", meter), el("label", {}, "Limit", limit),
+        el("button", { type: "button", id: "anomaly-filter", onclick: () => load().catch(showError) }, "Filter")),
+      out);
+    await load();
+  },
+
+  async webhooks(view) {
+    const tenants = (await api("/v1/admin/tenants")).tenants;
+    const pick = el("select", { id: "webhook-tenant" }, tenants.map((t) => el("option", { value: t.tenant }, t.tenant)));
+    const out = el("div", { id: "webhooks-out" });
+    const detail = el("div", { id: "webhook-detail" });
+    const load = async () => {
+      detail.replaceChildren();
+      if (!pick.value) { out.replaceChildren(el("p", { className: "muted" }, "No tenants yet.")); return; }
+      const data = await api("/v1/admin/tenants/" + encodeURIComponent(pick.value) + "/webhooks");
+      out.replaceChildren(el("div", { className: "wide" }, table("webhooks", [
+        ["URL", (e) => e.url, "mono"],
+        ["Description", (e) => e.description],
+        ["Kinds", (e) => e.kinds.join(", ")],
+        ["Spend thresholds", (e) => e.spend_thresholds && e.spend_thresholds.length ? e.spend_thresholds.join(", ") : "-"],
+        ["State", (e) => pill(e.state)],
+        ["Failing since", (e) => when(e.failing_since), "date"],
+        ["Last success", (e) => when(e.last_success_at), "date"],
+        ["", (e) => el("button", { type: "button", testid: "deliveries-" + e.id, onclick: () => deliveriesOf(detail, pick.value, e, load).catch(showError) }, "Deliveries"), "actions"],
+      ], data.webhooks, "This tenant has no webhook endpoints.")));
+    };
+    pick.addEventListener("change", () => load().catch(showError));
+    view.append(el("h2", {}, "Webhook notifications"),
+      el("p", { className: "muted" }, "Each tenant's endpoints (secrets are never shown) and what was sent to them. Redelivering queues a delivery again, due now, with the same event id and body; it is audited (webhook.redeliver)."),
+      el("div", { className: "toolbar" }, el("label", {}, "Tenant", pick)), out, detail);
+    await load();
+  },
 };
+
+// deliveriesOf shows endpoint ep's deliveries under its table; reload
+// reads the tenant's endpoints again (a redelivery reactivates a failing
+// endpoint).
+async function deliveriesOf(detail, tenant, ep, reload) {
+  const status = el("select", { id: "delivery-status" }, ["all", "pending", "delivered", "dead"].map((s) => el("option", { value: s }, s)));
+  const list = el("div", { id: "deliveries-out" });
+  const shown = el("div", { id: "delivery-event" });
+  const load = async () => {
+    const q = new URLSearchParams({ limit: "200" });
+    if (status.value !== "all") q.set("status", status.value);
+    const data = await api("/v1/admin/tenants/" + encodeURIComponent(tenant) + "/webhooks/" + encodeURIComponent(ep.id) + "/deliveries?" + q);
+    list.replaceChildren(el("div", { className: "wide" }, table("deliveries", [
+      ["Id", (d) => d.id, "num"],
+      ["Created", (d) => when(d.created_at)],
+      ["Event", (d) => el("span", {}, d.event_type, el("br"), el("span", { className: "muted" }, d.event_id)), "mono"],
+      ["Status", (d) => pill(failing(d) ? "failing" : d.status)],
+      ["Attempts", (d) => d.attempts, "num"],
+      ["Next attempt", (d) => d.status === "pending" ? el("span", { title: "retried until " + when(d.retry_until) }, when(d.next_attempt_at)) : "-"],
+      ["Last attempt", (d) => d.last_attempt_at ? when(d.last_attempt_at) + (d.last_status === null ? " (no answer)" : " (" + d.last_status + ")") : "-"],
+      ["Last error", (d) => d.last_error],
+      ["Delivered", (d) => when(d.delivered_at)],
+      ["", (d) => el("span", {},
+        el("button", { type: "button", testid: "event-" + d.id, onclick: () => shown.replaceChildren(el("h3", {}, "Event of delivery " + d.id),
+          el("pre", { id: "delivery-body" }, JSON.stringify(d.event, null, 2))) }, "Event"),
+        d.status === "dead" || failing(d) ? adminButton("Redeliver", "redeliver-" + d.id, () => redeliver(d, async () => { await reload(); await deliveriesOf(detail, tenant, ep, reload); })) : null), "actions"],
+    ], data.deliveries, "No deliveries with this status.")));
+  };
+  status.addEventListener("change", () => load().catch(showError));
+  detail.replaceChildren(el("div", { className: "detail" },
+    el("h3", {}, "Deliveries to " + ep.url),
+    el("div", { className: "toolbar" }, el("label", {}, "Status", status)), list, shown));
+  await load();
+}
+
+// hourText shows the start of an hour without its zero seconds.
+function hourText(s) { return when(s).replace(/:00:00Z$/, ":00Z"); }
+
+// failing says whether delivery d is still being retried after failed
+// attempts.
+function failing(d) { return d.status === "pending" && d.attempts > 0 && d.last_error !== null && d.last_error !== undefined; }
+
+async function redeliver(d, reload) {
+  const ok = await confirmAction("Redeliver webhook delivery " + d.id + "?",
+    "The " + d.event_type + " event " + d.event_id + " is queued again, due now and retried anew, with the same event id and body (receivers deduplicate on it); a failing endpoint is made active again. The audit log records it as webhook.redeliver with your key.",
+    "Redeliver", false);
+  if (ok === null) return;
+  showError(null);
+  try {
+    const r = await api("/v1/admin/webhooks/deliveries/" + encodeURIComponent(d.id) + "/redeliver", { method: "POST" });
+    await reload();
+    notice("Delivery " + d.id + " is " + r.status + " again, next attempt " + when(r.next_attempt_at));
+  } catch (e) { showError(e); }
+}
 
 // groupText shows a breach's group: "-" for a whole meter.
 function groupText(g) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -24,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/usagemeter/metering/events"
+	"github.com/usagemeter/metering/internal/anomaly"
 	"github.com/usagemeter/metering/internal/auth"
 	"github.com/usagemeter/metering/internal/biller"
 	"github.com/usagemeter/metering/internal/httpguard"
@@ -34,8 +36,10 @@ import (
 	"github.com/usagemeter/metering/internal/relay"
 	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/storage/accounts"
+	"github.com/usagemeter/metering/internal/storage/anomalydata"
 	"github.com/usagemeter/metering/internal/storage/deadletters"
 	"github.com/usagemeter/metering/internal/storage/usagedata"
+	"github.com/usagemeter/metering/internal/storage/webhooks"
 	"github.com/usagemeter/metering/internal/stripeapi"
 	"github.com/usagemeter/metering/internal/stripesync"
 	"github.com/usagemeter/metering/internal/testkit/pgtest"
@@ -302,11 +306,12 @@ func (u *ui) act(testid, note string) {
 	u.do("confirming "+testid, chromedp.SendKeys("#confirm-note", note), chromedp.Click("#confirm-ok"), chromedp.WaitNotVisible("#confirm-note"))
 }
 
-// selectOption picks value in the select sel, as a user would.
+// selectOption picks value in the select sel, as a user would: nothing
+// changes (and nothing reloads) when it is already picked.
 func (u *ui) selectOption(sel, value string) {
 	u.t.Helper()
 	if _, err := chromedp.Run(u.ctx, chromedp.Evaluate[bool](fmt.Sprintf(
-		`(e => { e.value = %q; return e.dispatchEvent(new Event("change")); })(document.querySelector(%q))`, value, sel))); err != nil {
+		`(e => { if (e.value === %[1]q) return true; e.value = %[1]q; return e.dispatchEvent(new Event("change")); })(document.querySelector(%[2]q))`, value, sel))); err != nil {
 		u.t.Fatalf("selecting %s in %s: %v", value, sel, err)
 	}
 }
@@ -357,12 +362,6 @@ func TestConsole(t *testing.T) {
 	for _, tn := range []string{"acme", "globex", "initech"} {
 		s.mustCall("PUT", "/v1/admin/tenants/"+tn, adminKey, `{"plan":"pro","stripe_customer_id":"cus_`+tn+`"}`, 200)
 	}
-	// An audited admin change, for the audit page.
-	// (On a tenant of its own: a change of cycle starts a billing period
-	// ten minutes from now, which would move acme's reconciliation.)
-	s.mustCall("PUT", "/v1/admin/tenants/umbrella", adminKey, `{"plan":"pro"}`, 200)
-	s.mustCall("PUT", "/v1/admin/tenants/umbrella/billing-cycle", adminKey,
-		`{"anchor":"`+windows.Month.Start(s.now).AddDate(0, 0, -20).Format(time.RFC3339)+`","interval":"month"}`, 200)
 	var viewer, tenantKey struct{ ID, Key string }
 	if s.call("POST", "/v1/admin/keys", adminKey, `{"role":"viewer"}`, &viewer) != http.StatusCreated {
 		t.Fatal("creating a viewer key")
@@ -557,6 +556,10 @@ func TestConsole(t *testing.T) {
 	u.open("breaches")
 	u.waitText("#breaches", "exceeded")
 	u.shot("08-breaches")
+	// An audited admin change, for the audit page: made after the
+	// reconciliation, whose months are acme's billing periods until then.
+	s.mustCall("PUT", "/v1/admin/tenants/acme/billing-cycle", adminKey,
+		`{"anchor":"`+windows.Month.Start(s.now).AddDate(0, 0, -20).Format(time.RFC3339)+`","interval":"month"}`, 200)
 	u.open("audit")
 	u.waitText("#audit", "billing_cycle.put")
 	u.waitText("#audit", "bootstrap")
@@ -607,5 +610,203 @@ func TestConsole(t *testing.T) {
 		if got := s.call("POST", path, viewer.Key, `{"note":"a viewer tries"}`, nil); got != http.StatusForbidden {
 			t.Errorf("a viewer's POST %s: %d, want 403", path, got)
 		}
+	}
+}
+
+// waitTrue waits until the script expr is true in the page.
+func (u *ui) waitTrue(what, expr string) {
+	u.t.Helper()
+	ctx, cancel := context.WithTimeout(u.ctx, 20*time.Second)
+	defer cancel()
+	if _, err := chromedp.Run(ctx, chromedp.Poll[bool](expr)); err != nil {
+		u.t.Fatalf("waiting until %s: %v; the page's error: %q", what, err, u.text("#error"))
+	}
+}
+
+// TestConsoleAnomaliesAndWebhooks clicks through the anomalies and
+// webhooks pages in headless Chromium: episodes across tenants and by
+// tenant, a tenant's endpoints without their secret, an endpoint's
+// deliveries, and a dead delivery redelivered by an admin (pending again,
+// audited) while a viewer is offered no action and refused by the server.
+func TestConsoleAnomaliesAndWebhooks(t *testing.T) {
+	s := newStack(t)
+	ctx := context.Background()
+	for _, tn := range []string{"acme", "globex"} {
+		s.mustCall("PUT", "/v1/admin/tenants/"+tn, adminKey, `{}`, 200)
+	}
+	var viewer struct{ ID, Key string }
+	if s.call("POST", "/v1/admin/keys", adminKey, `{"role":"viewer"}`, &viewer) != http.StatusCreated {
+		t.Fatal("creating a viewer key")
+	}
+
+	// Two episodes: acme's spike, still going on, and globex's drop, ended.
+	hour := s.now.Truncate(time.Hour).Add(-5 * time.Hour)
+	sens, err := anomaly.ParseSensitivity("4")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ep := range []struct {
+		tenant, meter string
+		dir           anomaly.Direction
+		hour          time.Time
+		observed      int64
+		expected      *big.Rat
+		score         *big.Rat
+		ended         bool
+	}{
+		{"acme", "api_calls", anomaly.Spike, hour, 98765432109876, big.NewRat(2401, 2), big.NewRat(4213, 100), false},
+		{"globex", "tokens", anomaly.Drop, hour.Add(-2 * time.Hour), 3, big.NewRat(900, 1), big.NewRat(-1275, 100), true},
+	} {
+		series := anomaly.Series{Tenant: ep.tenant, Meter: ep.meter}
+		a := anomaly.Anomaly{
+			Episode:  anomaly.Episode{ID: anomaly.EpisodeID(series, ep.dir, ep.hour), Series: series, Direction: ep.dir, Hour: ep.hour, LastHour: ep.hour.Add(time.Hour)},
+			Observed: big.NewInt(ep.observed), Expected: ep.expected, Score: ep.score, Sensitivity: sens, DetectedAt: ep.hour.Add(time.Hour),
+		}
+		if _, err := anomalydata.Insert(ctx, s.db.Pool, a); err != nil {
+			t.Fatal(err)
+		}
+		if ep.ended {
+			if err := anomalydata.End(ctx, s.db.Pool, anomaly.Ended{ID: a.ID, EndedAt: ep.hour.Add(2 * time.Hour)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+
+	// An endpoint of acme (its description is markup, shown as text) that
+	// is failing, with a delivered, a dead and a failing delivery.
+	var ep struct{ ID, Secret string }
+	if got := s.call("POST", "/v1/admin/tenants/acme/webhooks", adminKey,
+		`{"url":"https://hooks.example.com/usagemeter","kinds":["quota.exceeded","spend.threshold"],"spend_thresholds":["500.00"],"description":"<img id=\"pwn\" src=\"x\">on-call"}`, &ep); got != http.StatusCreated || !strings.HasPrefix(ep.Secret, "whsec_") {
+		t.Fatalf("creating an endpoint: %d %+v", got, ep)
+	}
+	for i, kind := range []string{"quota.exceeded", "spend.threshold", "quota.exceeded"} {
+		evID := fmt.Sprintf("evt-%d", i+1)
+		if _, err := webhooks.Enqueue(ctx, s.db.Pool, webhooks.Delivery{EndpointID: ep.ID, EventID: evID, EventType: kind, Tenant: "acme",
+			Body: `{"id":"` + evID + `","type":"` + kind + `","created":1,"tenant":"acme","data":{}}`, CreatedAt: s.now.Add(time.Duration(i-10) * time.Minute),
+			RetryUntil: s.now.Add(72 * time.Hour)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ds, err := webhooks.ListDeliveries(ctx, s.db.Pool, webhooks.Filter{EndpointID: ep.ID})
+	if err != nil || len(ds) != 3 {
+		t.Fatalf("deliveries: %v, %v", ds, err)
+	}
+	byEvent := map[string]int64{}
+	for _, d := range ds {
+		byEvent[d.EventID] = d.ID
+	}
+	delivered, dead, retrying := byEvent["evt-1"], byEvent["evt-2"], byEvent["evt-3"]
+	at := s.now.Add(-5 * time.Minute)
+	for id, o := range map[int64]webhooks.Outcome{
+		delivered: {At: at, HTTPStatus: 204, Delivered: true},
+		dead:      {At: at, HTTPStatus: 500, Error: "receiver answered 500 <b>Internal</b>", Dead: true},
+		retrying:  {At: at, Error: "connection refused", Next: s.now.Add(time.Hour)},
+	} {
+		if err := webhooks.Settle(ctx, s.db.Pool, id, o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if failing, err := webhooks.Failed(ctx, s.db.Pool, ep.ID, at, 0); err != nil || !failing {
+		t.Fatalf("marking the endpoint failing: %v, %v", failing, err)
+	}
+
+	u := newUI(t)
+	u.do("setting up the browser", chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+		_, err := cdp.Call(ctx, tg, page.AddScriptToEvaluateOnNewDocument, page.AddScriptToEvaluateOnNewDocumentParams{Source: `
+			window.cspViolations = [];
+			document.addEventListener("securitypolicyviolation", e => window.cspViolations.push(e.violatedDirective + " " + (e.blockedURI || "inline")));`})
+		return err
+	}))
+	u.signIn(s.ingest.URL, adminKey)
+	u.do("the tenants page", chromedp.WaitVisible(`#view[data-ready="tenants"]`))
+
+	// Anomalies: every tenant's, then one tenant's.
+	u.open("anomalies")
+	for _, want := range []string{"acme", "globex", "api_calls", "tokens", "spike", "drop", "98765432109876", "1200.5", "42.13", "-12.75", "ongoing", "ended"} {
+		u.waitText("#anomalies", want)
+	}
+	if n := u.eval(`document.querySelectorAll("#anomalies tbody tr").length`); n != 2 {
+		t.Errorf("the anomalies page shows %d episodes, want 2", n)
+	}
+	u.shot("11-anomalies")
+	u.selectOption("#anomaly-tenant", "globex")
+	u.waitTrue("only globex's episode is shown", `(t => !!t && t.tBodies[0].rows.length === 1 && t.textContent.includes("globex"))(document.getElementById("anomalies"))`)
+	u.selectOption("#anomaly-tenant", "")
+	u.waitTrue("every tenant's episodes are shown again", `(t => !!t && t.tBodies[0].rows.length === 2)(document.getElementById("anomalies"))`)
+	u.do("filtering by a meter", chromedp.SendKeys("#anomaly-meter", "nothing_here"), chromedp.Click("#anomaly-filter"))
+	u.waitText("#anomalies-out", "No anomalies match")
+
+	// Webhooks: acme's endpoint, failing, without its secret; its deliveries.
+	u.open("webhooks")
+	u.selectOption("#webhook-tenant", "acme")
+	for _, want := range []string{"https://hooks.example.com/usagemeter", "failing", "quota.exceeded, spend.threshold", "500.00", `<img id="pwn" src="x">on-call`} {
+		u.waitText("#webhooks", want)
+	}
+	u.click("deliveries-" + ep.ID)
+	for _, want := range []string{"delivered", "dead", "failing", "receiver answered 500 <b>Internal</b>", "connection refused", "evt-2"} {
+		u.waitText("#deliveries", want)
+	}
+	if n := u.eval(`document.querySelectorAll("#pwn, #deliveries b").length`); n != 0 {
+		t.Error("a description or an error was rendered as markup")
+	}
+	if n := u.eval(fmt.Sprintf(`document.body.textContent.includes(%q) || document.body.textContent.includes("whsec_") ? 1 : 0`, ep.Secret)); n != 0 {
+		t.Error("the webhooks page shows a secret")
+	}
+	offered := u.eval(fmt.Sprintf(`(ids => ids.map(id => document.querySelector('[data-testid="redeliver-' + id + '"]') ? 1 : 0).join(""))([%d, %d, %d]) === "011" ? 1 : 0`, delivered, dead, retrying))
+	if offered != 1 {
+		t.Error("Redeliver is not offered on exactly the dead and the failing delivery")
+	}
+	u.click(fmt.Sprint("event-", dead))
+	u.waitText("#delivery-body", `"id": "evt-2"`)
+	u.shot("12-webhooks")
+
+	// Redeliver the dead one: a confirmation (the route takes no note), then
+	// pending again, audited, and the endpoint active again.
+	u.click(fmt.Sprint("redeliver-", dead))
+	u.do("opening the confirmation", chromedp.WaitVisible("#confirm-ok"))
+	if u.eval(`document.getElementById("confirm-ok").disabled || !document.getElementById("confirm-note").hidden ? 1 : 0`) != 0 {
+		t.Error("the redelivery's confirmation asks for a note the route does not record")
+	}
+	u.shot("13-webhooks-confirm")
+	u.do("confirming the redelivery", chromedp.Click("#confirm-ok"), chromedp.WaitNotVisible("#confirm-ok"))
+	u.waitText("#notice", fmt.Sprintf("Delivery %d is pending again", dead))
+	u.waitText("#deliveries", "evt-2")
+	if u.eval(fmt.Sprintf(`document.querySelector('[data-testid="redeliver-%d"]') ? 1 : 0`, dead)) != 0 {
+		t.Error("the redelivered delivery still offers Redeliver")
+	}
+	u.waitText("#webhooks", "active")
+	u.shot("14-webhooks-redelivered")
+	d, err := webhooks.GetDelivery(ctx, s.db.Pool, dead)
+	if err != nil || d.Status != webhooks.StatusPending || d.Attempts != 0 || d.EventID != "evt-2" {
+		t.Errorf("the redelivered delivery: %+v, %v", d, err)
+	}
+	var actor string
+	if err := s.db.Pool.QueryRow(ctx, `SELECT actor FROM audit_log WHERE action = 'webhook.redeliver' AND target = $1`,
+		fmt.Sprint("webhook_delivery:", dead)).Scan(&actor); err != nil || actor != "key:bootstrap" {
+		t.Errorf("the redelivery's audit row: actor %q, %v", actor, err)
+	}
+	u.noCSPViolations()
+
+	// Viewer: both pages, no action offered, the redelivery refused.
+	u.do("signing out", chromedp.Click("#logout"), chromedp.WaitVisible("#key"))
+	u.signIn(s.ingest.URL, viewer.Key)
+	u.do("the tenants page as a viewer", chromedp.WaitVisible(`#view[data-ready="tenants"]`))
+	u.open("anomalies")
+	u.waitText("#anomalies", "globex")
+	u.open("webhooks")
+	u.selectOption("#webhook-tenant", "acme")
+	u.waitText("#webhooks", "hooks.example.com")
+	u.click("deliveries-" + ep.ID)
+	u.waitText("#deliveries", "connection refused")
+	if n := u.eval(`document.querySelectorAll('[data-testid^="redeliver-"]').length`); n != 0 {
+		t.Errorf("a viewer is offered %d redeliveries", n)
+	}
+	u.shot("15-viewer-webhooks")
+	u.noCSPViolations()
+	if got := s.call("POST", fmt.Sprintf("/v1/admin/webhooks/deliveries/%d/redeliver", retrying), viewer.Key, "", nil); got != http.StatusForbidden {
+		t.Errorf("a viewer's redelivery: %d, want 403", got)
+	}
+	if d, err := webhooks.GetDelivery(ctx, s.db.Pool, retrying); err != nil || d.Attempts != 1 {
+		t.Errorf("the viewer's refused redelivery changed the delivery: %+v, %v", d, err)
 	}
 }

@@ -25,16 +25,18 @@ import (
 	"github.com/usagemeter/metering/internal/storage/webhooks"
 )
 
-// webhookRoutes are the admin routes of webhook endpoints and deliveries.
+// webhookRoutes are the routes of webhook endpoints and deliveries:
+// operators (admin and viewer keys) read endpoints, never their secrets,
+// and deliveries; admins change endpoints and redeliver.
 func (a *API) webhookRoutes() []Route {
 	return []Route{
-		{"GET", "/v1/admin/tenants/{tenant}/webhooks", a.admin(a.listWebhooks)},
+		{"GET", "/v1/admin/tenants/{tenant}/webhooks", a.operator(a.listWebhooks)},
 		{"POST", "/v1/admin/tenants/{tenant}/webhooks", a.admin(a.createWebhook)},
-		{"GET", "/v1/admin/tenants/{tenant}/webhooks/{id}", a.admin(a.getWebhook)},
+		{"GET", "/v1/admin/tenants/{tenant}/webhooks/{id}", a.operator(a.getWebhook)},
 		{"PATCH", "/v1/admin/tenants/{tenant}/webhooks/{id}", a.admin(a.patchWebhook)},
 		{"DELETE", "/v1/admin/tenants/{tenant}/webhooks/{id}", a.admin(a.deleteWebhook)},
 		{"POST", "/v1/admin/tenants/{tenant}/webhooks/{id}/rotate-secret", a.admin(a.rotateWebhookSecret)},
-		{"GET", "/v1/admin/tenants/{tenant}/webhooks/{id}/deliveries", a.admin(a.listWebhookDeliveries)},
+		{"GET", "/v1/admin/tenants/{tenant}/webhooks/{id}/deliveries", a.operator(a.listWebhookDeliveries)},
 		{"POST", "/v1/admin/webhooks/deliveries/{id}/redeliver", a.admin(a.redeliverWebhook)},
 	}
 }
@@ -201,7 +203,7 @@ func (a *API) createWebhook(w http.ResponseWriter, r *http.Request, p auth.Princ
 		if saved, err = webhooks.CreateEndpoint(r.Context(), tx, e); err != nil {
 			return err
 		}
-		_, err = auditlog.Append(r.Context(), tx, auditlog.Entry{Actor: p.KeyID, Action: "webhook.create",
+		_, err = auditlog.Append(r.Context(), tx, auditlog.Entry{Actor: auditlog.KeyActor(p.KeyID), Action: "webhook.create",
 			Target: notify.EndpointTarget(saved.ID), After: endpointJSON(saved)})
 		return err
 	})
@@ -297,7 +299,7 @@ func (a *API) patchWebhook(w http.ResponseWriter, r *http.Request, p auth.Princi
 		if saved, err = webhooks.UpdateEndpoint(r.Context(), tx, e, a.opt.Now().UTC()); err != nil {
 			return err
 		}
-		_, err = auditlog.Append(r.Context(), tx, auditlog.Entry{Actor: p.KeyID, Action: "webhook.update",
+		_, err = auditlog.Append(r.Context(), tx, auditlog.Entry{Actor: auditlog.KeyActor(p.KeyID), Action: "webhook.update",
 			Target: notify.EndpointTarget(id), Before: endpointJSON(before), After: endpointJSON(saved)})
 		return err
 	})
@@ -328,7 +330,7 @@ func (a *API) deleteWebhook(w http.ResponseWriter, r *http.Request, p auth.Princ
 		if err != nil {
 			return err
 		}
-		_, err = auditlog.Append(r.Context(), tx, auditlog.Entry{Actor: p.KeyID, Action: "webhook.delete",
+		_, err = auditlog.Append(r.Context(), tx, auditlog.Entry{Actor: auditlog.KeyActor(p.KeyID), Action: "webhook.delete",
 			Target: notify.EndpointTarget(id), Before: endpointJSON(before)})
 		return err
 	})
@@ -366,7 +368,7 @@ func (a *API) rotateWebhookSecret(w http.ResponseWriter, r *http.Request, p auth
 			return err
 		}
 		// The audit row records that and when, never the secrets.
-		_, err = auditlog.Append(r.Context(), tx, auditlog.Entry{Actor: p.KeyID, Action: "webhook.rotate_secret",
+		_, err = auditlog.Append(r.Context(), tx, auditlog.Entry{Actor: auditlog.KeyActor(p.KeyID), Action: "webhook.rotate_secret",
 			Target: notify.EndpointTarget(id), Before: endpointJSON(before), After: endpointJSON(saved)})
 		return err
 	})
@@ -440,7 +442,7 @@ func (a *API) redeliverWebhook(w http.ResponseWriter, r *http.Request, p auth.Pr
 		a.internalError(w, r, fmt.Errorf("the database handle %T cannot begin a transaction", a.opt.DB))
 		return
 	}
-	if _, err := notify.Redeliver(r.Context(), db, notify.DefaultPolicy, []int64{id}, "", p.KeyID, a.opt.Now().UTC()); err != nil {
+	if _, err := notify.Redeliver(r.Context(), db, notify.DefaultPolicy, []int64{id}, "", auditlog.KeyActor(p.KeyID), a.opt.Now().UTC()); err != nil {
 		if errors.Is(err, webhooks.ErrNotFound) {
 			httpjson.Errorf(w, http.StatusNotFound, "not_found", "no webhook delivery %d", id)
 			return

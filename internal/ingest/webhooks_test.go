@@ -123,7 +123,7 @@ func TestWebhookEndpoints(t *testing.T) {
 		t.Fatalf("redeliver: %d %s", r.status, r.raw)
 	}
 	check("POST /v1/admin/webhooks/deliveries/{id}/redeliver 200", r)
-	if r := e.do("GET", fmt.Sprintf("/v1/admin/audit?target=webhook_delivery:%d", ds[0].ID), adminKey, "", ""); !strings.Contains(r.raw, `"action":"webhook.redeliver"`) {
+	if r := e.do("GET", fmt.Sprintf("/v1/admin/audit?target=webhook_delivery:%d", ds[0].ID), adminKey, "", ""); !strings.Contains(r.raw, `"action":"webhook.redeliver"`) || !strings.Contains(r.raw, `"actor":"key:bootstrap"`) {
 		t.Fatalf("redelivery not audited: %s", r.raw)
 	}
 	if r := e.do("DELETE", one, adminKey, "", ""); r.status != 204 {
@@ -138,7 +138,7 @@ func TestWebhookEndpoints(t *testing.T) {
 		t.Fatalf("audit: %d %s", r.status, r.raw)
 	}
 	for _, action := range []string{"webhook.create", "webhook.update", "webhook.rotate_secret", "webhook.delete"} {
-		if !strings.Contains(r.raw, `"action":"`+action+`"`) {
+		if !strings.Contains(r.raw, `"actor":"key:bootstrap","action":"`+action+`"`) {
 			t.Errorf("audit log lacks %s: %s", action, r.raw)
 		}
 	}
@@ -148,5 +148,35 @@ func TestWebhookEndpoints(t *testing.T) {
 	_, tenantKey := e.createKey(`{"tenant":"acme"}`)
 	if r := e.do("GET", hooks, tenantKey, "", ""); r.status != 403 {
 		t.Fatalf("a tenant key: %d", r.status)
+	}
+	// A viewer key reads endpoints (never a secret) and deliveries, and
+	// changes nothing.
+	_, viewer := e.createKey(`{"role":"viewer"}`)
+	r = e.do("POST", hooks, adminKey, "application/json", `{"url":"https://v.example.com/","kinds":["quota.exceeded"]}`)
+	if r.status != 201 {
+		t.Fatalf("create for the viewer: %d %s", r.status, r.raw)
+	}
+	var second struct{ ID string }
+	_ = json.Unmarshal([]byte(r.raw), &second)
+	for _, path := range []string{hooks, hooks + "/" + second.ID, hooks + "/" + second.ID + "/deliveries"} {
+		r := e.do("GET", path, viewer, "", "")
+		if r.status != 200 || strings.Contains(r.raw, "whsec_") || strings.Contains(r.raw, "secret\":\"") {
+			t.Errorf("a viewer's GET %s: %d %s", path, r.status, r.raw)
+		}
+	}
+	for _, tt := range []struct{ method, path, body string }{
+		{"POST", hooks, `{"url":"https://w.example.com/","kinds":["quota.exceeded"]}`},
+		{"PATCH", hooks + "/" + second.ID, `{"state":"disabled"}`},
+		{"DELETE", hooks + "/" + second.ID, ""},
+		{"POST", hooks + "/" + second.ID + "/rotate-secret", ""},
+		{"POST", fmt.Sprintf("/v1/admin/webhooks/deliveries/%d/redeliver", ds[0].ID), ""},
+	} {
+		ct := ""
+		if tt.body != "" {
+			ct = "application/json"
+		}
+		if r := e.do(tt.method, tt.path, viewer, ct, tt.body); r.status != 403 {
+			t.Errorf("a viewer's %s %s: %d %s, want 403", tt.method, tt.path, r.status, r.raw)
+		}
 	}
 }
