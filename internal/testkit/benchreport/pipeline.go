@@ -44,6 +44,11 @@ type PipelineResult struct {
 	BreachP99 time.Duration
 	Breaches  int
 	PeakRSS   map[string]int64
+	// Events is how many events ingest accepted over the steps, and CPU
+	// the CPU time each process (services, broker, Postgres) used from
+	// the first step until the aggregator had counted them all.
+	Events int64
+	CPU    map[string]time.Duration
 }
 
 // PipelineConfig sets the load.
@@ -105,6 +110,10 @@ func Pipeline(ctx context.Context, cfg PipelineConfig, out io.Writer) (PipelineR
 		if err := cfg.Loading(ctx); err != nil {
 			return res, err
 		}
+	}
+	cpuBefore, err := st.CPUTimes()
+	if err != nil {
+		return res, err
 	}
 	rng := rand.New(rand.NewPCG(1, 2))
 	var windowLat, breachLat []time.Duration // over the steps that were kept
@@ -197,6 +206,7 @@ func Pipeline(ctx context.Context, cfg PipelineConfig, out io.Writer) (PipelineR
 			breachLat = append(breachLat, stepBreach...)
 		}
 		res.Steps = append(res.Steps, s)
+		res.Events += int64(accepted)
 		fmt.Fprintf(out, "    accepted %.0f events/s, ingest p50 %s p99 %s, lag after %d, window p99 %s, breach p99 %s\n",
 			s.Accepted, s.IngestP50, s.IngestP99, lag, s.WindowP99, s.BreachP99)
 		if s.Kept {
@@ -207,6 +217,21 @@ func Pipeline(ctx context.Context, cfg PipelineConfig, out io.Writer) (PipelineR
 		// Let the aggregator catch up before the next step.
 		if err := chaos.WaitConsumed(ctx, pool, st.Brokers, 5*time.Minute); err != nil {
 			return res, err
+		}
+	}
+	// The CPU each process spent on the steps' events, once all are
+	// counted (not when profiling: its last step is overload on purpose).
+	if cfg.Loaded == nil {
+		if err := chaos.WaitConsumed(ctx, pool, st.Brokers, 5*time.Minute); err != nil {
+			return res, err
+		}
+		cpuAfter, err := st.CPUTimes()
+		if err != nil {
+			return res, err
+		}
+		res.CPU = map[string]time.Duration{}
+		for n, d := range cpuAfter {
+			res.CPU[n] = d - cpuBefore[n]
 		}
 	}
 	if cfg.Loaded != nil {

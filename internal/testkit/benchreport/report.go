@@ -224,6 +224,24 @@ func (r *Run) Write(w io.Writer) {
 			ms(s.WindowP99), ms(s.BreachP99), n0(float64(s.LagAfter)), s.Kept)
 	}
 	p("\nOver the steps the pipeline sustained: event → window (minute window visible in Postgres) p50 %s, p99 %s; event → breach row p50 %s, p99 %s (%d breach probes). The step that was not kept is overload by definition: its latencies grow with the backlog.", ms(r.Pipeline.WindowP50), ms(r.Pipeline.WindowP99), ms(r.Pipeline.BreachP50), ms(r.Pipeline.BreachP99), r.Pipeline.Breaches)
+	if r.Pipeline.Events > 0 && len(r.Pipeline.CPU) > 0 {
+		p("CPU per event over the steps (user and system time each process used from the first step until every accepted event was counted, over the %s events accepted), and what one core gives at that cost; the capacity model in the README uses these:\n", n0(float64(r.Pipeline.Events)))
+		p("| process | CPU per event | events/s per core |")
+		p("|---|---|---|")
+		for _, n := range []string{"ingest", "broker", "aggregator", "postgres", "biller"} {
+			d, ok := r.Pipeline.CPU[n]
+			if !ok {
+				continue
+			}
+			per := float64(d.Nanoseconds()) / float64(r.Pipeline.Events)
+			perCore := "—"
+			if per > 0 {
+				perCore = n0(1e9 / per)
+			}
+			p("| %s | %.1f µs | %s |", n, per/1e3, perCore)
+		}
+		p("")
+	}
 	p("Peak RSS (VmHWM): ingest %.0f MiB, aggregator %.0f MiB, biller %.0f MiB.\n", float64(r.Pipeline.PeakRSS["ingest"])/(1<<20), float64(r.Pipeline.PeakRSS["aggregator"])/(1<<20), float64(r.Pipeline.PeakRSS["biller"])/(1<<20))
 
 	p("## Components\n")
