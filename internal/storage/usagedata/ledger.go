@@ -1,9 +1,23 @@
 package usagedata
 
+// The dedup ledger is compact (migration 0030): a row holds the event's
+// 16-byte key (a canonical lower-case UUID id's bytes, any other id's
+// SHA-256 prefix with the id itself in id_text), refs to the tenant's and
+// metric's names in ledger_names, and the first 8 bytes of the payload
+// hash. Equality of two ids is decided on the full id (key and id_text),
+// never on the key alone: an id whose key another id of its tenant holds
+// (a digest collision) is kept, whole, in ledger_overflow, and every
+// operation here reads and writes both tables.
+
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -11,8 +25,123 @@ import (
 	"github.com/usagemeter/metering/internal/storage"
 )
 
+// LedgerHashSize is how many bytes of an event's payload hash the ledger
+// keeps: the first 8 of its SHA-256 (a differing payload escapes
+// detection with probability 2^-64). ReadLedger and LockLedgerRow give
+// hashes of this length back; the operations taking hashes keep the
+// first LedgerHashSize bytes of longer ones.
+const LedgerHashSize = 8
+
+// ledgerKey returns the ledger's key of an event id and what its id_text
+// holds: a canonical lower-case UUID's 16 bytes and "", or the first 16
+// bytes of the id's SHA-256 and the id. It matches the schema's
+// ledger_key and ledger_id_text functions (TestLedgerKeyMatchesSchema).
+func ledgerKey(id string) (key [16]byte, text string) {
+	if canonicalUUID(id) {
+		j := 0
+		for i := 0; i < len(id); i += 2 {
+			if id[i] == '-' {
+				i++
+			}
+			b, _ := hex.DecodeString(id[i : i+2])
+			key[j] = b[0]
+			j++
+		}
+		return key, ""
+	}
+	sum := sha256.Sum256([]byte(id))
+	copy(key[:], sum[:16])
+	return key, id
+}
+
+// canonicalUUID reports whether id is a UUID in its canonical form:
+// lower-case hexadecimal digits in groups of 8, 4, 4, 4 and 12.
+func canonicalUUID(id string) bool {
+	if len(id) != 36 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return false
+			}
+		default:
+			if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// ledgerHash returns the stored form of a payload hash: its first 8 bytes
+// as a big-endian int64.
+func ledgerHash(h []byte) (int64, error) {
+	if len(h) < LedgerHashSize {
+		return 0, fmt.Errorf("payload hash of %d bytes, want at least %d", len(h), LedgerHashSize)
+	}
+	return int64(binary.BigEndian.Uint64(h)), nil
+}
+
+// hashBytes is the inverse of ledgerHash.
+func hashBytes(v int64) []byte {
+	return binary.BigEndian.AppendUint64(make([]byte, 0, LedgerHashSize), uint64(v))
+}
+
+// ledgerNames returns the ref of every name of names in ledger_names,
+// adding those it lacks. Missing names are inserted in sorted order (two
+// batches adding names cannot deadlock on them) and read back in a
+// statement of their own: an insert that met a name another transaction
+// committed meanwhile inserts nothing and its snapshot does not see that
+// name, the next statement's does. No name is left without a ref: a
+// missing one is an error, never a dropped event.
+func ledgerNames(ctx context.Context, q storage.Executor, names []string) (map[string]int32, error) {
+	distinct := slices.Clone(names)
+	slices.Sort(distinct)
+	distinct = slices.Compact(distinct)
+	refs := make(map[string]int32, len(distinct))
+	read := func() error {
+		rows, err := q.Query(ctx, `SELECT name, ref FROM ledger_names WHERE name = ANY($1::text[])`, distinct)
+		if err != nil {
+			return err
+		}
+		var name string
+		var ref int32
+		_, err = pgx.ForEachRow(rows, []any{&name, &ref}, func() error { refs[name] = ref; return nil })
+		return err
+	}
+	if err := read(); err != nil {
+		return nil, fmt.Errorf("reading ledger names: %w", err)
+	}
+	if len(refs) == len(distinct) {
+		return refs, nil
+	}
+	var missing []string
+	for _, n := range distinct {
+		if _, ok := refs[n]; !ok {
+			missing = append(missing, n)
+		}
+	}
+	if _, err := q.Exec(ctx, `INSERT INTO ledger_names (name) SELECT n FROM unnest($1::text[]) AS n ORDER BY n COLLATE "C"
+		ON CONFLICT (name) DO NOTHING`, missing); err != nil {
+		return nil, fmt.Errorf("adding ledger names: %w", err)
+	}
+	if err := read(); err != nil {
+		return nil, fmt.Errorf("reading ledger names: %w", err)
+	}
+	for _, n := range missing {
+		if _, ok := refs[n]; !ok {
+			return nil, fmt.Errorf("ledger name %q has no ref after it was added", n)
+		}
+	}
+	return refs, nil
+}
+
 // LedgerInsert is a batch of events to insert into the dedup ledger, as
-// parallel columns (row i is element i of each).
+// parallel columns (row i is element i of each). Hashes are payload
+// hashes of at least LedgerHashSize bytes.
 type LedgerInsert struct {
 	Tenants, IDs, Metrics []string
 	Hashes                [][]byte
@@ -22,37 +151,119 @@ type LedgerInsert struct {
 	Offsets               []int64
 }
 
+// ledgerInsertRow is where a (key, tenant ref, id_text) came from in a
+// LedgerInsert.
+type ledgerInsertRow struct {
+	key  [16]byte
+	ref  int32
+	text string
+}
+
 // InsertLedger inserts the rows of b in one statement, skipping every
 // (tenant, event id) already in the ledger, and calls inserted with the
 // key of each row it inserted: the events counted for the first time.
+// Rows whose key another id of their tenant holds are inserted, whole,
+// into ledger_overflow in a second statement (run only when some row was
+// not inserted), and count as inserted when that id was new there.
 func InsertLedger(ctx context.Context, q storage.Executor, b *LedgerInsert, inserted func(tenant, id string)) error {
-	rows, err := q.Query(ctx, `INSERT INTO ledger (tenant, event_id, payload_hash, metric, value, event_time, event_day, src_partition, src_offset)
-		SELECT t, i, h, m, v, ts, (ts AT TIME ZONE 'UTC')::date, p, o
-		FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::bigint[], $6::timestamptz[], $7::int[], $8::bigint[])
-			AS b(t, i, h, m, v, ts, p, o)
-		ON CONFLICT (tenant, event_id) DO NOTHING
-		RETURNING tenant, event_id`, b.Tenants, b.IDs, b.Hashes, b.Metrics, b.Values, b.Times, b.Partitions, b.Offsets)
+	n := len(b.Tenants)
+	if n == 0 {
+		return nil
+	}
+	refs, err := ledgerNames(ctx, q, append(slices.Clone(b.Tenants), b.Metrics...))
 	if err != nil {
 		return fmt.Errorf("inserting into the ledger: %w", err)
 	}
-	// Scanned into variables outside the loop: each Scan sets new
-	// strings, and the loop allocates nothing more per row.
-	var tenant, id string
-	for rows.Next() {
-		if err := rows.Scan(&tenant, &id); err != nil {
-			rows.Close()
-			return fmt.Errorf("inserting into the ledger: %w", err)
+	keys, texts := make([][16]byte, n), make([]string, n)
+	trefs, mrefs := make([]int32, n), make([]int32, n)
+	hashes, parts := make([]int64, n), make([]int16, n)
+	index := make(map[ledgerInsertRow]int, n)
+	for i := range n {
+		keys[i], texts[i] = ledgerKey(b.IDs[i])
+		trefs[i], mrefs[i] = refs[b.Tenants[i]], refs[b.Metrics[i]]
+		if hashes[i], err = ledgerHash(b.Hashes[i]); err != nil {
+			return fmt.Errorf("inserting into the ledger: tenant %q id %q: %w", b.Tenants[i], b.IDs[i], err)
 		}
-		inserted(tenant, id)
+		if b.Partitions[i] < 0 || b.Partitions[i] > math.MaxInt16 {
+			return fmt.Errorf("inserting into the ledger: partition %d out of the ledger's range [0, %d]", b.Partitions[i], math.MaxInt16)
+		}
+		parts[i] = int16(b.Partitions[i])
+		index[ledgerInsertRow{keys[i], trefs[i], texts[i]}] = i
 	}
-	if err := rows.Err(); err != nil {
+	rows, err := q.Query(ctx, `INSERT INTO ledger (id, id_text, tenant_ref, metric_ref, payload_hash, value, event_time, src_partition, src_offset)
+		SELECT k, it, tr, mr, h, v, ts, p, o
+		FROM unnest($1::uuid[], $2::text[], $3::int[], $4::int[], $5::bigint[], $6::bigint[], $7::timestamptz[], $8::smallint[], $9::bigint[])
+			AS b(k, it, tr, mr, h, v, ts, p, o)
+		ON CONFLICT (id, tenant_ref) DO NOTHING
+		RETURNING id, tenant_ref, id_text`, keys, texts, trefs, mrefs, hashes, b.Values, b.Times, parts, b.Offsets)
+	if err != nil {
 		return fmt.Errorf("inserting into the ledger: %w", err)
+	}
+	done := make([]bool, n)
+	count := 0
+	var r ledgerInsertRow
+	if _, err := pgx.ForEachRow(rows, []any{&r.key, &r.ref, &r.text}, func() error {
+		i, ok := index[r]
+		if !ok {
+			return fmt.Errorf("inserted a row the batch does not hold")
+		}
+		done[i] = true
+		count++
+		inserted(b.Tenants[i], b.IDs[i])
+		return nil
+	}); err != nil {
+		return fmt.Errorf("inserting into the ledger: %w", err)
+	}
+	if count == n {
+		return nil
+	}
+	return insertOverflow(ctx, q, b, done, keys, texts, trefs, hashes, inserted)
+}
+
+// insertOverflow inserts into ledger_overflow the rows of b not done whose
+// key the ledger holds for another id of their tenant, and calls inserted
+// with those new there. It runs as a statement of its own, so it sees the
+// ledger rows that concurrent batches committed while the insert waited.
+func insertOverflow(ctx context.Context, q storage.Executor, b *LedgerInsert, done []bool, keys [][16]byte, texts []string, trefs []int32,
+	hashes []int64, inserted func(tenant, id string)) error {
+	var (
+		ks         [][16]byte
+		its        []string
+		trs        []int32
+		ts, is, ms []string
+		hs, vs, os []int64
+		times      []time.Time
+		ps         []int32
+	)
+	for i := range done {
+		if done[i] {
+			continue
+		}
+		ks, its, trs = append(ks, keys[i]), append(its, texts[i]), append(trs, trefs[i])
+		ts, is, ms = append(ts, b.Tenants[i]), append(is, b.IDs[i]), append(ms, b.Metrics[i])
+		hs, vs, os = append(hs, hashes[i]), append(vs, b.Values[i]), append(os, b.Offsets[i])
+		times, ps = append(times, b.Times[i]), append(ps, b.Partitions[i])
+	}
+	rows, err := q.Query(ctx, `INSERT INTO ledger_overflow (tenant, event_id, payload_hash, metric, value, event_time, src_partition, src_offset)
+		SELECT t, i, h, m, v, ts, p, o
+		FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::bigint[], $9::timestamptz[], $10::int[], $11::bigint[])
+			AS b(k, it, tr, t, i, h, m, v, ts, p, o)
+		WHERE NOT EXISTS (SELECT 1 FROM ledger l WHERE l.id = b.k AND l.tenant_ref = b.tr AND l.id_text = b.it)
+		ON CONFLICT (tenant, event_id) DO NOTHING
+		RETURNING tenant, event_id`, ks, its, trs, ts, is, hs, ms, vs, times, ps, os)
+	if err != nil {
+		return fmt.Errorf("inserting into the ledger's overflow: %w", err)
+	}
+	var tenant, id string
+	if _, err := pgx.ForEachRow(rows, []any{&tenant, &id}, func() error { inserted(tenant, id); return nil }); err != nil {
+		return fmt.Errorf("inserting into the ledger's overflow: %w", err)
 	}
 	return nil
 }
 
 // LedgerRow is the counted event of one (tenant, event id).
 type LedgerRow struct {
+	// Hash is the payload hash the ledger keeps: LedgerHashSize bytes.
 	Hash   []byte
 	Metric string
 	Value  int64
@@ -62,35 +273,54 @@ type LedgerRow struct {
 }
 
 // ReadLedger reads the ledger rows of the keys (tenants[i], ids[i]) in
-// one statement and calls row with each found; keys not in the ledger are
-// skipped. With lock it locks the rows FOR UPDATE in (tenant, event id)
-// order, so concurrent transactions locking overlapping keys take turns
-// instead of deadlocking.
+// one round trip and calls row with each found; keys not in the ledger
+// are skipped. With lock it locks the rows FOR UPDATE in key order (the
+// ledger's, then the overflow's), so concurrent transactions locking
+// overlapping keys take turns instead of deadlocking.
 func ReadLedger(ctx context.Context, q storage.Executor, tenants, ids []string, lock bool, row func(tenant, id string, r LedgerRow)) error {
 	if len(tenants) == 0 {
 		return nil
 	}
-	sql := `SELECT l.tenant, l.event_id, l.payload_hash, l.metric, l.value, l.event_time, l.recorded_at FROM ledger l
-		JOIN unnest($1::text[], $2::text[]) AS b(t, i) ON l.tenant = b.t AND l.event_id = b.i`
+	keys, texts := make([][16]byte, len(ids)), make([]string, len(ids))
+	for i, id := range ids {
+		keys[i], texts[i] = ledgerKey(id)
+	}
+	main := `SELECT b.n, l.payload_hash, m.name, l.value, l.event_time, l.recorded_at
+		FROM unnest($1::text[], $2::uuid[], $3::text[]) WITH ORDINALITY AS b(t, k, it, n)
+		JOIN ledger_names t ON t.name = b.t
+		JOIN ledger l ON l.id = b.k AND l.tenant_ref = t.ref AND l.id_text = b.it
+		JOIN ledger_names m ON m.ref = l.metric_ref`
+	over := `SELECT b.n, o.payload_hash, o.metric, o.value, o.event_time, o.recorded_at
+		FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS b(t, i, n)
+		JOIN ledger_overflow o ON o.tenant = b.t AND o.event_id = b.i`
 	if lock {
-		sql += ` ORDER BY l.tenant, l.event_id FOR UPDATE OF l`
+		main += ` ORDER BY l.id, l.tenant_ref FOR UPDATE OF l`
+		over += ` ORDER BY o.tenant, o.event_id FOR UPDATE OF o`
 	}
-	rows, err := q.Query(ctx, sql, tenants, ids)
-	if err != nil {
-		return fmt.Errorf("reading the ledger: %w", err)
-	}
-	// Scanned into variables outside the loop: each Scan sets new
-	// strings and a new hash, and row gets r by value.
-	var tenant, id string
+	batch := &pgx.Batch{}
+	batch.Queue(main, tenants, keys, texts)
+	batch.Queue(over, tenants, ids)
+	res := q.SendBatch(ctx, batch)
+	defer res.Close()
+	var n int64
+	var hash int64
 	var r LedgerRow
-	for rows.Next() {
-		if err := rows.Scan(&tenant, &id, &r.Hash, &r.Metric, &r.Value, &r.At, &r.Recorded); err != nil {
-			rows.Close()
+	scan := func() error {
+		r.Hash = hashBytes(hash)
+		i := int(n - 1)
+		row(tenants[i], ids[i], r)
+		return nil
+	}
+	for range 2 {
+		rows, err := res.Query()
+		if err != nil {
 			return fmt.Errorf("reading the ledger: %w", err)
 		}
-		row(tenant, id, r)
+		if _, err := pgx.ForEachRow(rows, []any{&n, &hash, &r.Metric, &r.Value, &r.At, &r.Recorded}, scan); err != nil {
+			return fmt.Errorf("reading the ledger: %w", err)
+		}
 	}
-	if err := rows.Err(); err != nil {
+	if err := res.Close(); err != nil {
 		return fmt.Errorf("reading the ledger: %w", err)
 	}
 	return nil
@@ -100,14 +330,22 @@ func ReadLedger(ctx context.Context, q storage.Executor, tenants, ids []string, 
 // event id; ok is false when the ledger holds none (never counted, or
 // forgotten by retention).
 func LockLedgerRow(ctx context.Context, q storage.Executor, tenant, id string) (r LedgerRow, ok bool, err error) {
-	err = q.QueryRow(ctx, `SELECT payload_hash, metric, value, event_time FROM ledger WHERE tenant = $1 AND event_id = $2 FOR UPDATE`,
-		tenant, id).Scan(&r.Hash, &r.Metric, &r.Value, &r.At)
+	key, text := ledgerKey(id)
+	var hash int64
+	err = q.QueryRow(ctx, `SELECT l.payload_hash, m.name, l.value, l.event_time
+		FROM ledger l JOIN ledger_names t ON t.ref = l.tenant_ref JOIN ledger_names m ON m.ref = l.metric_ref
+		WHERE t.name = $1 AND l.id = $2 AND l.id_text = $3 FOR UPDATE OF l`, tenant, key, text).Scan(&hash, &r.Metric, &r.Value, &r.At)
+	if errors.Is(err, pgx.ErrNoRows) {
+		err = q.QueryRow(ctx, `SELECT payload_hash, metric, value, event_time FROM ledger_overflow WHERE tenant = $1 AND event_id = $2 FOR UPDATE`,
+			tenant, id).Scan(&hash, &r.Metric, &r.Value, &r.At)
+	}
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		return LedgerRow{}, false, nil
 	case err != nil:
 		return LedgerRow{}, false, fmt.Errorf("locking the ledger row of tenant %q id %q: %w", tenant, id, err)
 	}
+	r.Hash = hashBytes(hash)
 	return r, true, nil
 }
 
@@ -120,9 +358,20 @@ func RaiseLedger(ctx context.Context, q storage.Executor, tenants, ids []string,
 	if len(tenants) == 0 {
 		return nil
 	}
-	if _, err := q.Exec(ctx, `UPDATE ledger l SET value = b.v, payload_hash = b.h
-		FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bytea[]) AS b(t, i, v, h)
-		WHERE l.tenant = b.t AND l.event_id = b.i`, tenants, ids, values, hashes); err != nil {
+	keys, texts := make([][16]byte, len(ids)), make([]string, len(ids))
+	hs := make([]int64, len(hashes))
+	for i, id := range ids {
+		keys[i], texts[i] = ledgerKey(id)
+		var err error
+		if hs[i], err = ledgerHash(hashes[i]); err != nil {
+			return fmt.Errorf("raising counted events in the ledger: tenant %q id %q: %w", tenants[i], id, err)
+		}
+	}
+	if _, err := q.Exec(ctx, `WITH b AS (SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::text[], $5::bigint[], $6::bigint[]) AS b(t, i, k, it, v, h)),
+		compact AS (UPDATE ledger l SET value = b.v, payload_hash = b.h FROM b JOIN ledger_names n ON n.name = b.t
+			WHERE l.id = b.k AND l.tenant_ref = n.ref AND l.id_text = b.it)
+		UPDATE ledger_overflow o SET value = b.v, payload_hash = b.h FROM b WHERE o.tenant = b.t AND o.event_id = b.i`,
+		tenants, ids, keys, texts, values, hs); err != nil {
 		return fmt.Errorf("raising counted events in the ledger: %w", err)
 	}
 	return nil
@@ -131,8 +380,7 @@ func RaiseLedger(ctx context.Context, q storage.Executor, tenants, ids []string,
 // RaiseLedgerRow sets the value and payload hash of tenant's event id in
 // the ledger, as RaiseLedger does for one row.
 func RaiseLedgerRow(ctx context.Context, q storage.Executor, tenant, id string, value int64, hash []byte) error {
-	if _, err := q.Exec(ctx, `UPDATE ledger SET value = $3, payload_hash = $4 WHERE tenant = $1 AND event_id = $2`,
-		tenant, id, value, hash); err != nil {
+	if err := RaiseLedger(ctx, q, []string{tenant}, []string{id}, []int64{value}, [][]byte{hash}); err != nil {
 		return fmt.Errorf("raising the counted event of tenant %q id %q: %w", tenant, id, err)
 	}
 	return nil
