@@ -6,3 +6,6 @@ func WithProbeLimit(q MeterQuery, n int) MeterQuery {
 	q.probeLimit = n
 	return q
 }
+
+// LedgerKey is ledgerKey, for the tests.
+func LedgerKey(id string) ([16]byte, string) { return ledgerKey(id) }

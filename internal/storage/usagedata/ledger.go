@@ -29,7 +29,7 @@ import (
 // keeps: the first 8 of its SHA-256 (a differing payload escapes
 // detection with probability 2^-64). ReadLedger and LockLedgerRow give
 // hashes of this length back; the operations taking hashes keep the
-// first LedgerHashSize bytes of longer ones.
+// first LedgerHashSize bytes (a shorter one padded with zero bytes).
 const LedgerHashSize = 8
 
 // ledgerKey returns the ledger's key of an event id and what its id_text
@@ -77,12 +77,12 @@ func canonicalUUID(id string) bool {
 }
 
 // ledgerHash returns the stored form of a payload hash: its first 8 bytes
-// as a big-endian int64.
-func ledgerHash(h []byte) (int64, error) {
-	if len(h) < LedgerHashSize {
-		return 0, fmt.Errorf("payload hash of %d bytes, want at least %d", len(h), LedgerHashSize)
-	}
-	return int64(binary.BigEndian.Uint64(h)), nil
+// as a big-endian int64, a shorter hash padded with zero bytes (as the
+// schema's ledger_hash does).
+func ledgerHash(h []byte) int64 {
+	var b [LedgerHashSize]byte
+	copy(b[:], h)
+	return int64(binary.BigEndian.Uint64(b[:]))
 }
 
 // hashBytes is the inverse of ledgerHash.
@@ -140,8 +140,8 @@ func ledgerNames(ctx context.Context, q storage.Executor, names []string) (map[s
 }
 
 // LedgerInsert is a batch of events to insert into the dedup ledger, as
-// parallel columns (row i is element i of each). Hashes are payload
-// hashes of at least LedgerHashSize bytes.
+// parallel columns (row i is element i of each). Of each payload hash the
+// ledger keeps the first LedgerHashSize bytes.
 type LedgerInsert struct {
 	Tenants, IDs, Metrics []string
 	Hashes                [][]byte
@@ -181,9 +181,7 @@ func InsertLedger(ctx context.Context, q storage.Executor, b *LedgerInsert, inse
 	for i := range n {
 		keys[i], texts[i] = ledgerKey(b.IDs[i])
 		trefs[i], mrefs[i] = refs[b.Tenants[i]], refs[b.Metrics[i]]
-		if hashes[i], err = ledgerHash(b.Hashes[i]); err != nil {
-			return fmt.Errorf("inserting into the ledger: tenant %q id %q: %w", b.Tenants[i], b.IDs[i], err)
-		}
+		hashes[i] = ledgerHash(b.Hashes[i])
 		if b.Partitions[i] < 0 || b.Partitions[i] > math.MaxInt16 {
 			return fmt.Errorf("inserting into the ledger: partition %d out of the ledger's range [0, %d]", b.Partitions[i], math.MaxInt16)
 		}
@@ -362,10 +360,7 @@ func RaiseLedger(ctx context.Context, q storage.Executor, tenants, ids []string,
 	hs := make([]int64, len(hashes))
 	for i, id := range ids {
 		keys[i], texts[i] = ledgerKey(id)
-		var err error
-		if hs[i], err = ledgerHash(hashes[i]); err != nil {
-			return fmt.Errorf("raising counted events in the ledger: tenant %q id %q: %w", tenants[i], id, err)
-		}
+		hs[i] = ledgerHash(hashes[i])
 	}
 	if _, err := q.Exec(ctx, `WITH b AS (SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::text[], $5::bigint[], $6::bigint[]) AS b(t, i, k, it, v, h)),
 		compact AS (UPDATE ledger l SET value = b.v, payload_hash = b.h FROM b JOIN ledger_names n ON n.name = b.t
