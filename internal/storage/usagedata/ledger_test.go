@@ -85,7 +85,7 @@ func TestLedgerIDsAreExact(t *testing.T) {
 	slices.Sort(rows)
 	want := []string{}
 	for i, id := range ids {
-		want = append(want, fmt.Sprintf("globex/%s=%d/%x", id, 10+i, []byte("hash-of-"+id)[:usagedata.LedgerHashSize]))
+		want = append(want, fmt.Sprintf("globex/%s=%d/%x", id, 10+i, []byte("hash-of-" + id)[:usagedata.LedgerHashSize]))
 	}
 	slices.Sort(want)
 	if !slices.Equal(rows, want) {
