@@ -107,10 +107,9 @@ func TestExportStreamsAMillionEvents(t *testing.T) {
 	t.Parallel()
 	const n = 1_000_000
 	e := newEnv(t, envOpts{})
-	e.db.Exec(t, `INSERT INTO ledger_names (name) VALUES ('big'), ('api_calls')`)
-	e.db.Exec(t, `INSERT INTO ledger (id, id_text, tenant_ref, metric_ref, payload_hash, value, event_time, src_partition, src_offset)
-		SELECT ledger_key(i), ledger_id_text(i), (SELECT ref FROM ledger_names WHERE name = 'big'), (SELECT ref FROM ledger_names WHERE name = 'api_calls'),
-			0, g, '2026-11-21T00:00:00Z'::timestamptz + g * interval '1 millisecond', g % 4, g
+	e.db.Exec(t, `INSERT INTO ledger_names (tenant, metric) VALUES ('big', 'api_calls')`)
+	e.db.Exec(t, `INSERT INTO ledger (id, id_text, ref, payload_hash, value, event_time, src_partition, src_offset)
+		SELECT ledger_key('big', i), ledger_id_text(i), (SELECT ref FROM ledger_names WHERE tenant = 'big' AND metric = 'api_calls'), 0, g, '2026-11-21T00:00:00Z'::timestamptz + g * interval '1 millisecond', g % 4, g
 		FROM generate_series(1, $1) g, LATERAL (SELECT 'event-' || lpad(g::text, 7, '0')) AS e(i)`, n)
 	req, err := http.NewRequest("GET", e.srv.URL+"/v1/exports/events?tenant=big&from=2026-11-21T00:00:00Z&to=2026-11-22T00:00:00Z", nil)
 	if err != nil {

@@ -157,9 +157,9 @@ func EventLineageOf(ctx context.Context, q storage.Executor, tenant, id string) 
 	var ident, status, cumulative, delta *string
 	err := q.QueryRow(ctx, `SELECT l.metric, l.value, l.event_time, l.src_partition, l.src_offset, l.counted_xid IS NOT NULL,
 			p.identifier, p.status, p.cumulative_total::text, p.delta::text
-		FROM (SELECT t.name AS tenant, m.name AS metric, l.value, l.event_time, l.src_partition::integer AS src_partition, l.src_offset, l.counted_xid
-				FROM ledger l JOIN ledger_names t ON t.ref = l.tenant_ref JOIN ledger_names m ON m.ref = l.metric_ref
-				WHERE t.name = $1 AND l.id = ledger_key($2) AND l.id_text = ledger_id_text($2)
+		FROM (SELECT n.tenant, n.metric, l.value, l.event_time, l.src_partition::integer AS src_partition, l.src_offset, l.counted_xid
+				FROM ledger l JOIN ledger_names n ON n.ref = l.ref
+				WHERE l.id = ledger_key($1, $2) AND l.id_text = ledger_id_text($2) AND n.tenant = $1
 			UNION ALL
 			SELECT tenant, metric, value, event_time, src_partition, src_offset, counted_xid FROM ledger_overflow
 				WHERE tenant = $1 AND event_id = $2) l

@@ -8,4 +8,4 @@ func WithProbeLimit(q MeterQuery, n int) MeterQuery {
 }
 
 // LedgerKey is ledgerKey, for the tests.
-func LedgerKey(id string) ([16]byte, string) { return ledgerKey(id) }
+func LedgerKey(tenant, id string) ([16]byte, string) { return ledgerKey(tenant, id) }

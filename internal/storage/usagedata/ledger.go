@@ -1,15 +1,18 @@
 package usagedata
 
 // The dedup ledger is compact (migration 0030): a row holds the event's
-// 16-byte key (a canonical lower-case UUID id's bytes, any other id's
-// SHA-256 prefix with the id itself in id_text), refs to the tenant's and
-// metric's names in ledger_names, and the first 8 bytes of the payload
-// hash. Equality of two ids is decided on the full id (key and id_text),
-// never on the key alone: an id whose key another id of its tenant holds
-// (a digest collision) is kept, whole, in ledger_overflow, and every
-// operation here reads and writes both tables.
+// 16-byte key, its primary key (a canonical lower-case UUID id's bytes;
+// for any other id the first 16 bytes of the SHA-256 of its tenant, a zero
+// byte and the id, with the id itself in id_text), the ref of its
+// (tenant, metric) in ledger_names, and the first 8 bytes of its payload
+// hash. Whether a row is a (tenant, id) is decided on the key, id_text and
+// tenant together, never on the key alone: an event whose key another
+// event holds (the same UUID in another tenant, or a digest collision) is
+// kept, whole, in ledger_overflow, and every operation here reads and
+// writes both tables.
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -18,6 +21,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -32,11 +36,12 @@ import (
 // first LedgerHashSize bytes (a shorter one padded with zero bytes).
 const LedgerHashSize = 8
 
-// ledgerKey returns the ledger's key of an event id and what its id_text
-// holds: a canonical lower-case UUID's 16 bytes and "", or the first 16
-// bytes of the id's SHA-256 and the id. It matches the schema's
-// ledger_key and ledger_id_text functions (TestLedgerKeyMatchesSchema).
-func ledgerKey(id string) (key [16]byte, text string) {
+// ledgerKey returns the ledger's key of tenant's event id and what its
+// id_text holds: a canonical lower-case UUID's 16 bytes and "", or the
+// first 16 bytes of the SHA-256 of tenant, a zero byte and id, and the id.
+// It matches the schema's ledger_key and ledger_id_text functions
+// (TestLedgerKeyMatchesSchema).
+func ledgerKey(tenant, id string) (key [16]byte, text string) {
 	if canonicalUUID(id) {
 		j := 0
 		for i := 0; i < len(id); i += 2 {
@@ -49,8 +54,11 @@ func ledgerKey(id string) (key [16]byte, text string) {
 		}
 		return key, ""
 	}
-	sum := sha256.Sum256([]byte(id))
-	copy(key[:], sum[:16])
+	h := sha256.New()
+	h.Write([]byte(tenant))
+	h.Write([]byte{0})
+	h.Write([]byte(id))
+	copy(key[:], h.Sum(nil))
 	return key, id
 }
 
@@ -90,26 +98,39 @@ func hashBytes(v int64) []byte {
 	return binary.BigEndian.AppendUint64(make([]byte, 0, LedgerHashSize), uint64(v))
 }
 
-// ledgerNames returns the ref of every name of names in ledger_names,
-// adding those it lacks. Missing names are inserted in sorted order (two
-// batches adding names cannot deadlock on them) and read back in a
-// statement of their own: an insert that met a name another transaction
-// committed meanwhile inserts nothing and its snapshot does not see that
-// name, the next statement's does. No name is left without a ref: a
-// missing one is an error, never a dropped event.
-func ledgerNames(ctx context.Context, q storage.Executor, names []string) (map[string]int32, error) {
-	distinct := slices.Clone(names)
-	slices.Sort(distinct)
+// ledgerPair is a (tenant, metric) of ledger_names.
+type ledgerPair struct{ tenant, metric string }
+
+// ledgerRefs returns the ref of every pair of pairs in ledger_names,
+// adding those it lacks. Missing pairs are inserted in sorted order (two
+// batches adding pairs cannot deadlock on them) and read back in a
+// statement of their own: an insert that met a pair another transaction
+// committed meanwhile inserts nothing and its snapshot does not see it,
+// the next statement's does. No pair is left without a ref: a missing one
+// is an error, never a dropped event.
+func ledgerRefs(ctx context.Context, q storage.Executor, pairs []ledgerPair) (map[ledgerPair]int32, error) {
+	distinct := slices.Clone(pairs)
+	slices.SortFunc(distinct, func(a, b ledgerPair) int {
+		if c := strings.Compare(a.tenant, b.tenant); c != 0 {
+			return c
+		}
+		return strings.Compare(a.metric, b.metric)
+	})
 	distinct = slices.Compact(distinct)
-	refs := make(map[string]int32, len(distinct))
+	tenants, metrics := make([]string, len(distinct)), make([]string, len(distinct))
+	for i, p := range distinct {
+		tenants[i], metrics[i] = p.tenant, p.metric
+	}
+	refs := make(map[ledgerPair]int32, len(distinct))
 	read := func() error {
-		rows, err := q.Query(ctx, `SELECT name, ref FROM ledger_names WHERE name = ANY($1::text[])`, distinct)
+		rows, err := q.Query(ctx, `SELECT n.tenant, n.metric, n.ref FROM unnest($1::text[], $2::text[]) AS b(t, m)
+			JOIN ledger_names n ON n.tenant = b.t AND n.metric = b.m`, tenants, metrics)
 		if err != nil {
 			return err
 		}
-		var name string
+		var p ledgerPair
 		var ref int32
-		_, err = pgx.ForEachRow(rows, []any{&name, &ref}, func() error { refs[name] = ref; return nil })
+		_, err = pgx.ForEachRow(rows, []any{&p.tenant, &p.metric, &ref}, func() error { refs[p] = ref; return nil })
 		return err
 	}
 	if err := read(); err != nil {
@@ -118,22 +139,23 @@ func ledgerNames(ctx context.Context, q storage.Executor, names []string) (map[s
 	if len(refs) == len(distinct) {
 		return refs, nil
 	}
-	var missing []string
-	for _, n := range distinct {
-		if _, ok := refs[n]; !ok {
-			missing = append(missing, n)
+	var mt, mm []string
+	for _, p := range distinct {
+		if _, ok := refs[p]; !ok {
+			mt, mm = append(mt, p.tenant), append(mm, p.metric)
 		}
 	}
-	if _, err := q.Exec(ctx, `INSERT INTO ledger_names (name) SELECT n FROM unnest($1::text[]) AS n ORDER BY n COLLATE "C"
-		ON CONFLICT (name) DO NOTHING`, missing); err != nil {
+	if _, err := q.Exec(ctx, `INSERT INTO ledger_names (tenant, metric)
+		SELECT t, m FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS b(t, m, n) ORDER BY n
+		ON CONFLICT (tenant, metric) DO NOTHING`, mt, mm); err != nil {
 		return nil, fmt.Errorf("adding ledger names: %w", err)
 	}
 	if err := read(); err != nil {
 		return nil, fmt.Errorf("reading ledger names: %w", err)
 	}
-	for _, n := range missing {
-		if _, ok := refs[n]; !ok {
-			return nil, fmt.Errorf("ledger name %q has no ref after it was added", n)
+	for i := range mt {
+		if _, ok := refs[ledgerPair{mt[i], mm[i]}]; !ok {
+			return nil, fmt.Errorf("ledger names: tenant %q metric %q has no ref after it was added", mt[i], mm[i])
 		}
 	}
 	return refs, nil
@@ -151,49 +173,61 @@ type LedgerInsert struct {
 	Offsets               []int64
 }
 
-// ledgerInsertRow is where a (key, tenant ref, id_text) came from in a
-// LedgerInsert.
+// ledgerInsertRow is what identifies a row the insert returns.
 type ledgerInsertRow struct {
 	key  [16]byte
 	ref  int32
 	text string
 }
 
-// InsertLedger inserts the rows of b in one statement, skipping every
-// (tenant, event id) already in the ledger, and calls inserted with the
-// key of each row it inserted: the events counted for the first time.
-// Rows whose key another id of their tenant holds are inserted, whole,
-// into ledger_overflow in a second statement (run only when some row was
-// not inserted), and count as inserted when that id was new there.
+// InsertLedger inserts the rows of b in one statement (in key order, so
+// the primary key's pages fill as ids grow), skipping every (tenant,
+// event id) already in the ledger, and calls inserted with the key of
+// each row it inserted: the events counted for the first time. Rows whose
+// key another event holds are inserted, whole, into ledger_overflow in a
+// second statement (run only when some row was not inserted), and count
+// as inserted when they were new there.
 func InsertLedger(ctx context.Context, q storage.Executor, b *LedgerInsert, inserted func(tenant, id string)) error {
 	n := len(b.Tenants)
 	if n == 0 {
 		return nil
 	}
-	refs, err := ledgerNames(ctx, q, append(slices.Clone(b.Tenants), b.Metrics...))
+	pairs := make([]ledgerPair, n)
+	for i := range n {
+		pairs[i] = ledgerPair{b.Tenants[i], b.Metrics[i]}
+	}
+	refs, err := ledgerRefs(ctx, q, pairs)
 	if err != nil {
 		return fmt.Errorf("inserting into the ledger: %w", err)
 	}
 	keys, texts := make([][16]byte, n), make([]string, n)
-	trefs, mrefs := make([]int32, n), make([]int32, n)
-	hashes, parts := make([]int64, n), make([]int16, n)
-	index := make(map[ledgerInsertRow]int, n)
 	for i := range n {
-		keys[i], texts[i] = ledgerKey(b.IDs[i])
-		trefs[i], mrefs[i] = refs[b.Tenants[i]], refs[b.Metrics[i]]
-		hashes[i] = ledgerHash(b.Hashes[i])
 		if b.Partitions[i] < 0 || b.Partitions[i] > math.MaxInt16 {
 			return fmt.Errorf("inserting into the ledger: partition %d out of the ledger's range [0, %d]", b.Partitions[i], math.MaxInt16)
 		}
-		parts[i] = int16(b.Partitions[i])
-		index[ledgerInsertRow{keys[i], trefs[i], texts[i]}] = i
+		keys[i], texts[i] = ledgerKey(b.Tenants[i], b.IDs[i])
 	}
-	rows, err := q.Query(ctx, `INSERT INTO ledger (id, id_text, tenant_ref, metric_ref, payload_hash, value, event_time, src_partition, src_offset)
-		SELECT k, it, tr, mr, h, v, ts, p, o
-		FROM unnest($1::uuid[], $2::text[], $3::int[], $4::int[], $5::bigint[], $6::bigint[], $7::timestamptz[], $8::smallint[], $9::bigint[])
-			AS b(k, it, tr, mr, h, v, ts, p, o)
-		ON CONFLICT (id, tenant_ref) DO NOTHING
-		RETURNING id, tenant_ref, id_text`, keys, texts, trefs, mrefs, hashes, b.Values, b.Times, parts, b.Offsets)
+	order := make([]int, n)
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(x, y int) int { return bytes.Compare(keys[x][:], keys[y][:]) })
+	sk, st := make([][16]byte, n), make([]string, n)
+	sr, sp := make([]int32, n), make([]int16, n)
+	sh, sv, so := make([]int64, n), make([]int64, n), make([]int64, n)
+	stimes := make([]time.Time, n)
+	index := make(map[ledgerInsertRow]int, n)
+	for j, i := range order {
+		sk[j], st[j], sr[j], sp[j] = keys[i], texts[i], refs[pairs[i]], int16(b.Partitions[i])
+		sh[j], sv[j], so[j], stimes[j] = ledgerHash(b.Hashes[i]), b.Values[i], b.Offsets[i], b.Times[i]
+		index[ledgerInsertRow{keys[i], sr[j], texts[i]}] = i
+	}
+	rows, err := q.Query(ctx, `INSERT INTO ledger (id, id_text, ref, payload_hash, value, event_time, src_partition, src_offset)
+		SELECT k, it, r, h, v, ts, p, o
+		FROM unnest($1::uuid[], $2::text[], $3::int[], $4::bigint[], $5::bigint[], $6::timestamptz[], $7::smallint[], $8::bigint[])
+			AS b(k, it, r, h, v, ts, p, o)
+		ON CONFLICT (id) DO NOTHING
+		RETURNING id, ref, id_text`, sk, st, sr, sh, sv, stimes, sp, so)
 	if err != nil {
 		return fmt.Errorf("inserting into the ledger: %w", err)
 	}
@@ -202,7 +236,7 @@ func InsertLedger(ctx context.Context, q storage.Executor, b *LedgerInsert, inse
 	var r ledgerInsertRow
 	if _, err := pgx.ForEachRow(rows, []any{&r.key, &r.ref, &r.text}, func() error {
 		i, ok := index[r]
-		if !ok {
+		if !ok || done[i] {
 			return fmt.Errorf("inserted a row the batch does not hold")
 		}
 		done[i] = true
@@ -215,20 +249,20 @@ func InsertLedger(ctx context.Context, q storage.Executor, b *LedgerInsert, inse
 	if count == n {
 		return nil
 	}
-	return insertOverflow(ctx, q, b, done, keys, texts, trefs, hashes, inserted)
+	return insertOverflow(ctx, q, b, done, keys, texts, inserted)
 }
 
 // insertOverflow inserts into ledger_overflow the rows of b not done whose
-// key the ledger holds for another id of their tenant, and calls inserted
-// with those new there. It runs as a statement of its own, so it sees the
-// ledger rows that concurrent batches committed while the insert waited.
-func insertOverflow(ctx context.Context, q storage.Executor, b *LedgerInsert, done []bool, keys [][16]byte, texts []string, trefs []int32,
-	hashes []int64, inserted func(tenant, id string)) error {
+// key the ledger holds for another event (another tenant's, or another
+// id's), and calls inserted with those new there. It runs as a statement
+// of its own, so it sees the ledger rows that concurrent batches
+// committed while the insert waited for them.
+func insertOverflow(ctx context.Context, q storage.Executor, b *LedgerInsert, done []bool, keys [][16]byte, texts []string,
+	inserted func(tenant, id string)) error {
 	var (
 		ks         [][16]byte
-		its        []string
-		trs        []int32
 		ts, is, ms []string
+		its        []string
 		hs, vs, os []int64
 		times      []time.Time
 		ps         []int32
@@ -237,18 +271,19 @@ func insertOverflow(ctx context.Context, q storage.Executor, b *LedgerInsert, do
 		if done[i] {
 			continue
 		}
-		ks, its, trs = append(ks, keys[i]), append(its, texts[i]), append(trs, trefs[i])
+		ks, its = append(ks, keys[i]), append(its, texts[i])
 		ts, is, ms = append(ts, b.Tenants[i]), append(is, b.IDs[i]), append(ms, b.Metrics[i])
-		hs, vs, os = append(hs, hashes[i]), append(vs, b.Values[i]), append(os, b.Offsets[i])
+		hs, vs, os = append(hs, ledgerHash(b.Hashes[i])), append(vs, b.Values[i]), append(os, b.Offsets[i])
 		times, ps = append(times, b.Times[i]), append(ps, b.Partitions[i])
 	}
 	rows, err := q.Query(ctx, `INSERT INTO ledger_overflow (tenant, event_id, payload_hash, metric, value, event_time, src_partition, src_offset)
 		SELECT t, i, h, m, v, ts, p, o
-		FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::bigint[], $9::timestamptz[], $10::int[], $11::bigint[])
-			AS b(k, it, tr, t, i, h, m, v, ts, p, o)
-		WHERE NOT EXISTS (SELECT 1 FROM ledger l WHERE l.id = b.k AND l.tenant_ref = b.tr AND l.id_text = b.it)
+		FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::bigint[], $8::timestamptz[], $9::int[], $10::bigint[])
+			AS b(k, it, t, i, h, m, v, ts, p, o)
+		WHERE NOT EXISTS (SELECT 1 FROM ledger l JOIN ledger_names n ON n.ref = l.ref
+			WHERE l.id = b.k AND l.id_text = b.it AND n.tenant = b.t)
 		ON CONFLICT (tenant, event_id) DO NOTHING
-		RETURNING tenant, event_id`, ks, its, trs, ts, is, hs, ms, vs, times, ps, os)
+		RETURNING tenant, event_id`, ks, its, ts, is, hs, ms, vs, times, ps, os)
 	if err != nil {
 		return fmt.Errorf("inserting into the ledger's overflow: %w", err)
 	}
@@ -270,6 +305,15 @@ type LedgerRow struct {
 	Recorded time.Time
 }
 
+// ledgerKeys returns the keys and id_texts of (tenants[i], ids[i]).
+func ledgerKeys(tenants, ids []string) ([][16]byte, []string) {
+	keys, texts := make([][16]byte, len(ids)), make([]string, len(ids))
+	for i, id := range ids {
+		keys[i], texts[i] = ledgerKey(tenants[i], id)
+	}
+	return keys, texts
+}
+
 // ReadLedger reads the ledger rows of the keys (tenants[i], ids[i]) in
 // one round trip and calls row with each found; keys not in the ledger
 // are skipped. With lock it locks the rows FOR UPDATE in key order (the
@@ -279,20 +323,16 @@ func ReadLedger(ctx context.Context, q storage.Executor, tenants, ids []string, 
 	if len(tenants) == 0 {
 		return nil
 	}
-	keys, texts := make([][16]byte, len(ids)), make([]string, len(ids))
-	for i, id := range ids {
-		keys[i], texts[i] = ledgerKey(id)
-	}
-	main := `SELECT b.n, l.payload_hash, m.name, l.value, l.event_time, l.recorded_at
+	keys, texts := ledgerKeys(tenants, ids)
+	main := `SELECT b.n, l.payload_hash, n.metric, l.value, l.event_time, l.recorded_at
 		FROM unnest($1::text[], $2::uuid[], $3::text[]) WITH ORDINALITY AS b(t, k, it, n)
-		JOIN ledger_names t ON t.name = b.t
-		JOIN ledger l ON l.id = b.k AND l.tenant_ref = t.ref AND l.id_text = b.it
-		JOIN ledger_names m ON m.ref = l.metric_ref`
+		JOIN ledger l ON l.id = b.k AND l.id_text = b.it
+		JOIN ledger_names n ON n.ref = l.ref AND n.tenant = b.t`
 	over := `SELECT b.n, o.payload_hash, o.metric, o.value, o.event_time, o.recorded_at
 		FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS b(t, i, n)
 		JOIN ledger_overflow o ON o.tenant = b.t AND o.event_id = b.i`
 	if lock {
-		main += ` ORDER BY l.id, l.tenant_ref FOR UPDATE OF l`
+		main += ` ORDER BY l.id FOR UPDATE OF l`
 		over += ` ORDER BY o.tenant, o.event_id FOR UPDATE OF o`
 	}
 	batch := &pgx.Batch{}
@@ -300,10 +340,9 @@ func ReadLedger(ctx context.Context, q storage.Executor, tenants, ids []string, 
 	batch.Queue(over, tenants, ids)
 	res := q.SendBatch(ctx, batch)
 	defer res.Close()
-	var n int64
-	var hash int64
+	var n, hash int64
 	var r LedgerRow
-	scan := func() error {
+	found := func() error {
 		r.Hash = hashBytes(hash)
 		i := int(n - 1)
 		row(tenants[i], ids[i], r)
@@ -314,7 +353,7 @@ func ReadLedger(ctx context.Context, q storage.Executor, tenants, ids []string, 
 		if err != nil {
 			return fmt.Errorf("reading the ledger: %w", err)
 		}
-		if _, err := pgx.ForEachRow(rows, []any{&n, &hash, &r.Metric, &r.Value, &r.At, &r.Recorded}, scan); err != nil {
+		if _, err := pgx.ForEachRow(rows, []any{&n, &hash, &r.Metric, &r.Value, &r.At, &r.Recorded}, found); err != nil {
 			return fmt.Errorf("reading the ledger: %w", err)
 		}
 	}
@@ -328,11 +367,11 @@ func ReadLedger(ctx context.Context, q storage.Executor, tenants, ids []string, 
 // event id; ok is false when the ledger holds none (never counted, or
 // forgotten by retention).
 func LockLedgerRow(ctx context.Context, q storage.Executor, tenant, id string) (r LedgerRow, ok bool, err error) {
-	key, text := ledgerKey(id)
+	key, text := ledgerKey(tenant, id)
 	var hash int64
-	err = q.QueryRow(ctx, `SELECT l.payload_hash, m.name, l.value, l.event_time
-		FROM ledger l JOIN ledger_names t ON t.ref = l.tenant_ref JOIN ledger_names m ON m.ref = l.metric_ref
-		WHERE t.name = $1 AND l.id = $2 AND l.id_text = $3 FOR UPDATE OF l`, tenant, key, text).Scan(&hash, &r.Metric, &r.Value, &r.At)
+	err = q.QueryRow(ctx, `SELECT l.payload_hash, n.metric, l.value, l.event_time
+		FROM ledger l JOIN ledger_names n ON n.ref = l.ref
+		WHERE l.id = $2 AND l.id_text = $3 AND n.tenant = $1 FOR UPDATE OF l`, tenant, key, text).Scan(&hash, &r.Metric, &r.Value, &r.At)
 	if errors.Is(err, pgx.ErrNoRows) {
 		err = q.QueryRow(ctx, `SELECT payload_hash, metric, value, event_time FROM ledger_overflow WHERE tenant = $1 AND event_id = $2 FOR UPDATE`,
 			tenant, id).Scan(&hash, &r.Metric, &r.Value, &r.At)
@@ -356,15 +395,14 @@ func RaiseLedger(ctx context.Context, q storage.Executor, tenants, ids []string,
 	if len(tenants) == 0 {
 		return nil
 	}
-	keys, texts := make([][16]byte, len(ids)), make([]string, len(ids))
+	keys, texts := ledgerKeys(tenants, ids)
 	hs := make([]int64, len(hashes))
-	for i, id := range ids {
-		keys[i], texts[i] = ledgerKey(id)
-		hs[i] = ledgerHash(hashes[i])
+	for i, h := range hashes {
+		hs[i] = ledgerHash(h)
 	}
 	if _, err := q.Exec(ctx, `WITH b AS (SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::text[], $5::bigint[], $6::bigint[]) AS b(t, i, k, it, v, h)),
-		compact AS (UPDATE ledger l SET value = b.v, payload_hash = b.h FROM b JOIN ledger_names n ON n.name = b.t
-			WHERE l.id = b.k AND l.tenant_ref = n.ref AND l.id_text = b.it)
+		compact AS (UPDATE ledger l SET value = b.v, payload_hash = b.h FROM b
+			WHERE l.id = b.k AND l.id_text = b.it AND EXISTS (SELECT 1 FROM ledger_names n WHERE n.ref = l.ref AND n.tenant = b.t))
 		UPDATE ledger_overflow o SET value = b.v, payload_hash = b.h FROM b WHERE o.tenant = b.t AND o.event_id = b.i`,
 		tenants, ids, keys, texts, values, hs); err != nil {
 		return fmt.Errorf("raising counted events in the ledger: %w", err)

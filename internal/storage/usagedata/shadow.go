@@ -124,10 +124,9 @@ func shadowRebuilt(schema string) string {
 			FROM (SELECT k.tenant, k.metric, k.event_time, greatest(max(k.value) - coalesce(l.value, 0), 0) AS value,
 					CASE WHEN l.value IS NULL THEN 1 ELSE 0 END AS events
 				FROM public.ledger_conflicts k
-				LEFT JOIN LATERAL (SELECT sl.value FROM %[1]s.ledger sl
-						JOIN %[1]s.ledger_names st ON st.ref = sl.tenant_ref JOIN %[1]s.ledger_names sm ON sm.ref = sl.metric_ref
-						WHERE sl.id = public.ledger_key(k.event_id) AND sl.id_text = public.ledger_id_text(k.event_id)
-							AND st.name = k.tenant AND sm.name = k.metric AND sl.event_time = k.event_time
+				LEFT JOIN LATERAL (SELECT sl.value FROM %[1]s.ledger sl JOIN %[1]s.ledger_names sn ON sn.ref = sl.ref
+						WHERE sl.id = public.ledger_key(k.tenant, k.event_id) AND sl.id_text = public.ledger_id_text(k.event_id)
+							AND sn.tenant = k.tenant AND sn.metric = k.metric AND sl.event_time = k.event_time
 					UNION ALL
 					SELECT so.value FROM %[1]s.ledger_overflow so
 						WHERE so.tenant = k.tenant AND so.event_id = k.event_id AND so.metric = k.metric AND so.event_time = k.event_time) l ON true

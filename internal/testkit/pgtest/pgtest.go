@@ -123,16 +123,14 @@ func (db *DB) LedgerEventsWritable(tb testing.TB) {
 	tb.Helper()
 	db.Exec(tb, `CREATE FUNCTION pgtest_ledger_events_insert() RETURNS trigger LANGUAGE plpgsql AS $$
 		DECLARE
-			t integer;
-			m integer;
+			r integer;
 		BEGIN
-			INSERT INTO ledger_names (name) VALUES (NEW.tenant), (NEW.metric) ON CONFLICT (name) DO NOTHING;
-			SELECT ref INTO t FROM ledger_names WHERE name = NEW.tenant;
-			SELECT ref INTO m FROM ledger_names WHERE name = NEW.metric;
-			INSERT INTO ledger (id, id_text, tenant_ref, metric_ref, payload_hash, value, event_time, src_partition, src_offset, recorded_at, counted_xid)
-			VALUES (ledger_key(NEW.event_id), ledger_id_text(NEW.event_id), t, m, coalesce(NEW.payload_hash, 0), NEW.value, NEW.event_time,
+			INSERT INTO ledger_names (tenant, metric) VALUES (NEW.tenant, NEW.metric) ON CONFLICT (tenant, metric) DO NOTHING;
+			SELECT ref INTO r FROM ledger_names WHERE tenant = NEW.tenant AND metric = NEW.metric;
+			INSERT INTO ledger (id, id_text, ref, payload_hash, value, event_time, src_partition, src_offset, recorded_at, counted_xid)
+			VALUES (ledger_key(NEW.tenant, NEW.event_id), ledger_id_text(NEW.event_id), r, coalesce(NEW.payload_hash, 0), NEW.value, NEW.event_time,
 				NEW.src_partition, NEW.src_offset, coalesce(NEW.recorded_at, now()), coalesce(NEW.counted_xid, pg_current_xact_id()))
-			ON CONFLICT (id, tenant_ref) DO NOTHING;
+			ON CONFLICT (id) DO NOTHING;
 			IF NOT FOUND THEN
 				RETURN NULL;
 			END IF;
