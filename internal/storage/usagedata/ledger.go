@@ -16,7 +16,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"math"
@@ -48,8 +47,7 @@ func ledgerKey(tenant, id string) (key [16]byte, text string) {
 			if id[i] == '-' {
 				i++
 			}
-			b, _ := hex.DecodeString(id[i : i+2])
-			key[j] = b[0]
+			key[j] = unhex(id[i])<<4 | unhex(id[i+1])
 			j++
 		}
 		return key, ""
@@ -82,6 +80,14 @@ func canonicalUUID(id string) bool {
 		}
 	}
 	return true
+}
+
+// unhex is the value of a lower-case hexadecimal digit.
+func unhex(c byte) byte {
+	if c >= 'a' {
+		return c - 'a' + 10
+	}
+	return c - '0'
 }
 
 // ledgerHash returns the stored form of a payload hash: its first 8 bytes
