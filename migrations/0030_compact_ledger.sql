@@ -23,8 +23,11 @@
 --   recorded_at   kept: when the event was counted, which the exports
 --                 show and which says whether a raise counts in a meter
 --                 defined or changed since.
---   UUIDv7 ids are time-ordered, so the primary key mostly appends. Retention deletes by event_time through a
---   BRIN index (rows arrive roughly in event-time order).
+--   src_partition a smallint: partitions 0 to 32767.
+--   UUIDv7 ids are time-ordered, so the primary key mostly appends.
+--   Retention deletes by event_time through a BRIN index (rows arrive
+--   roughly in event-time order). Readers by tenant and time (exports,
+--   lineage) scan the time range's pages: no index leads with the tenant.
 -- ledger_names
 --   The (tenant, metric) pairs the ledger refers to, written by usagedata
 --   only; a pair, once given a ref, keeps it (one row per tenant and
