@@ -355,8 +355,9 @@ func windowsMonth(t time.Time) time.Time {
 
 func TestRetentionDeletesPastTheHorizon(t *testing.T) {
 	db := pgtest.New(t)
-	db.Exec(t, `INSERT INTO ledger (tenant, event_id, payload_hash, metric, value, event_time, event_day, src_partition, src_offset)
-		SELECT 'acme', 'e' || g, '\x00', 'm', 1, now() - make_interval(days => g), (now() - make_interval(days => g))::date, 0, g
+	db.LedgerEventsWritable(t)
+	db.Exec(t, `INSERT INTO ledger_events (tenant, event_id, payload_hash, metric, value, event_time, event_day, src_partition, src_offset)
+		SELECT 'acme', 'e' || g, 0, 'm', 1, now() - make_interval(days => g), (now() - make_interval(days => g))::date, 0, g
 		FROM generate_series(0, 39) g`)
 	n, err := usagedata.DeleteExpired(context.Background(), db.Pool, time.Now().Add(-35*24*time.Hour))
 	if err != nil {

@@ -79,8 +79,8 @@ func TestBisectionIsolatesRefusedRecords(t *testing.T) {
 			db := pgtest.New(t)
 			db.Exec(t, `CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
 				BEGIN
-					IF NEW.event_id LIKE 'poison%' THEN
-						RAISE EXCEPTION 'refused % (with a NUL-free reason)', NEW.event_id USING ERRCODE = 'check_violation';
+					IF NEW.id_text LIKE 'poison%' THEN
+						RAISE EXCEPTION 'refused % (with a NUL-free reason)', NEW.id_text USING ERRCODE = 'check_violation';
 					END IF;
 					RETURN NEW;
 				END $$`)

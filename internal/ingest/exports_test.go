@@ -17,12 +17,13 @@ func TestExports(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	_, acme := e.createKey(`{"tenant":"acme"}`)
 	_, other := e.createKey(`{"tenant":"other"}`)
-	e.db.Exec(t, `INSERT INTO ledger (tenant, event_id, payload_hash, metric, value, event_time, event_day, src_partition, src_offset, recorded_at) VALUES
-		('acme', 'e2', '\x00', 'tokens', 250, '2026-11-21T10:00:00Z', '2026-11-21', 1, 41, '2026-11-21T10:00:01Z'),
-		('acme', 'e1', '\x00', 'api_calls', 1, '2026-11-21T09:00:00Z', '2026-11-21', 0, 7, '2026-11-21T09:00:01Z'),
-		('acme', 'e"3', '\x00', 'tokens', 5, '2026-11-21T10:00:00Z', '2026-11-21', 1, 42, '2026-11-21T10:00:01Z'),
-		('acme', 'old', '\x00', 'tokens', 9, '2026-11-19T10:00:00Z', '2026-11-19', 1, 2, '2026-11-19T10:00:01Z'),
-		('other', 'x', '\x00', 'tokens', 9, '2026-11-21T10:00:00Z', '2026-11-21', 1, 3, '2026-11-21T10:00:01Z')`)
+	e.db.LedgerEventsWritable(t)
+	e.db.Exec(t, `INSERT INTO ledger_events (tenant, event_id, payload_hash, metric, value, event_time, event_day, src_partition, src_offset, recorded_at) VALUES
+		('acme', 'e2', 0, 'tokens', 250, '2026-11-21T10:00:00Z', '2026-11-21', 1, 41, '2026-11-21T10:00:01Z'),
+		('acme', 'e1', 0, 'api_calls', 1, '2026-11-21T09:00:00Z', '2026-11-21', 0, 7, '2026-11-21T09:00:01Z'),
+		('acme', 'e"3', 0, 'tokens', 5, '2026-11-21T10:00:00Z', '2026-11-21', 1, 42, '2026-11-21T10:00:01Z'),
+		('acme', 'old', 0, 'tokens', 9, '2026-11-19T10:00:00Z', '2026-11-19', 1, 2, '2026-11-19T10:00:01Z'),
+		('other', 'x', 0, 'tokens', 9, '2026-11-21T10:00:00Z', '2026-11-21', 1, 3, '2026-11-21T10:00:01Z')`)
 	e.db.Exec(t, `INSERT INTO meters (name, metric, aggregation, group_by, version) VALUES ('tokens_by_model', 'tokens', 'sum', '{model}', 1)`)
 	e.db.Exec(t, `INSERT INTO usage_windows (tenant, meter, group_key, granularity, window_start, value, events) VALUES
 		('acme', 'tokens_by_model', '["o1"]', 'hour', '2026-11-21T10:00:00Z', 5, 1),
@@ -106,9 +107,10 @@ func TestExportStreamsAMillionEvents(t *testing.T) {
 	t.Parallel()
 	const n = 1_000_000
 	e := newEnv(t, envOpts{})
-	e.db.Exec(t, `INSERT INTO ledger (tenant, event_id, payload_hash, metric, value, event_time, event_day, src_partition, src_offset)
-		SELECT 'big', 'event-' || lpad(g::text, 7, '0'), '\x00', 'api_calls', g, '2026-11-21T00:00:00Z'::timestamptz + g * interval '1 millisecond',
-			'2026-11-21', g % 4, g FROM generate_series(1, $1) g`, n)
+	e.db.Exec(t, `INSERT INTO ledger_names (tenant, metric) VALUES ('big', 'api_calls')`)
+	e.db.Exec(t, `INSERT INTO ledger (id, id_text, ref, payload_hash, value, event_time, src_partition, src_offset)
+		SELECT ledger_key('big', i), ledger_id_text(i), (SELECT ref FROM ledger_names WHERE tenant = 'big' AND metric = 'api_calls'), 0, g, '2026-11-21T00:00:00Z'::timestamptz + g * interval '1 millisecond', g % 4, g
+		FROM generate_series(1, $1) g, LATERAL (SELECT 'event-' || lpad(g::text, 7, '0')) AS e(i)`, n)
 	req, err := http.NewRequest("GET", e.srv.URL+"/v1/exports/events?tenant=big&from=2026-11-21T00:00:00Z&to=2026-11-22T00:00:00Z", nil)
 	if err != nil {
 		t.Fatal(err)

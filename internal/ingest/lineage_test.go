@@ -16,17 +16,18 @@ func TestLineageRoutes(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	_, acme := e.createKey(`{"tenant":"acme"}`)
 	_, other := e.createKey(`{"tenant":"other"}`)
-	e.db.Exec(t, `INSERT INTO ledger (tenant, event_id, payload_hash, metric, value, event_time, event_day, src_partition, src_offset) VALUES
-		('acme', 'e1', '\x00', 'api_calls', 3, '2026-11-21T09:00:00Z', '2026-11-21', 0, 7),
-		('acme', 'e2', '\x00', 'api_calls', 4, '2026-11-21T10:00:00Z', '2026-11-21', 1, 9)`)
+	e.db.LedgerEventsWritable(t)
+	e.db.Exec(t, `INSERT INTO ledger_events (tenant, event_id, payload_hash, metric, value, event_time, event_day, src_partition, src_offset) VALUES
+		('acme', 'e1', 0, 'api_calls', 3, '2026-11-21T09:00:00Z', '2026-11-21', 0, 7),
+		('acme', 'e2', 0, 'api_calls', 4, '2026-11-21T10:00:00Z', '2026-11-21', 1, 9)`)
 	e.db.Exec(t, `INSERT INTO billing_pushes (tenant, metric, period_start, billed_period_start, stripe_customer_id, event_name, cumulative_total, delta,
 			identifier, event_timestamp, metered_snapshot) VALUES
 		('acme', 'api_calls', '2026-11-01T00:00:00Z', '2026-11-01T00:00:00Z', 'cus_a', 'api_calls', 7, 7, 'mu_first', now(), pg_current_snapshot())`)
 	// An event and an adjustment (its ledger dedup row and its row in
 	// usage_adjustments, as the aggregator writes them) after the first push.
-	e.db.Exec(t, `INSERT INTO ledger (tenant, event_id, payload_hash, metric, value, event_time, event_day, src_partition, src_offset) VALUES
-		('acme', 'e3', '\x00', 'api_calls', 5, '2026-11-22T09:00:00Z', '2026-11-22', 0, 8),
-		('acme', E'\u0394adjustment:a1', '\x00', 'api_calls', 6, '2026-11-30T23:59:59Z', '2026-11-30', 2, 3)`)
+	e.db.Exec(t, `INSERT INTO ledger_events (tenant, event_id, payload_hash, metric, value, event_time, event_day, src_partition, src_offset) VALUES
+		('acme', 'e3', 0, 'api_calls', 5, '2026-11-22T09:00:00Z', '2026-11-22', 0, 8),
+		('acme', E'\u0394adjustment:a1', 0, 'api_calls', 6, '2026-11-30T23:59:59Z', '2026-11-30', 2, 3)`)
 	e.db.Exec(t, `INSERT INTO usage_adjustments (tenant, adjustment_id, meter, group_key, period_start, amount, reason, reference, src_partition, src_offset, recorded_at)
 		VALUES ('acme', 'a1', 'api_calls', '', '2026-11-01T00:00:00Z', 6, 'refund', 'T-1', 2, 3, '2026-11-23T00:00:00Z')`)
 	e.db.Exec(t, `INSERT INTO billing_pushes (tenant, metric, period_start, billed_period_start, stripe_customer_id, event_name, cumulative_total, delta,

@@ -3,11 +3,14 @@ package migrate_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"testing/fstest"
+	"time"
 
 	"github.com/usagemeter/metering/internal/migrate"
 	"github.com/usagemeter/metering/internal/storage/accounts"
+	"github.com/usagemeter/metering/internal/storage/usagedata"
 	"github.com/usagemeter/metering/internal/testkit/pgtest"
 	"github.com/usagemeter/metering/migrations"
 )
@@ -62,13 +65,16 @@ func TestUpgradeFrom0010(t *testing.T) {
 	}
 	db.Exec(t, `INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset) VALUES ('aggregator', 'usage.events', 0, 42)`)
 
+	upgraded := false // the ledger is read through ledger_events once upgraded
 	// The columns each table had at 0010, as text: what must survive.
 	reads := []struct{ table, query string }{
 		{"plans", `SELECT name, currency, created_at, updated_at FROM plans ORDER BY name`},
 		{"plan_quotas", `SELECT plan, metric, quota_limit, period, burst_percent, hard, stripe_event_name, unit_price FROM plan_quotas ORDER BY plan, metric`},
 		{"tenants", `SELECT tenant, plan, stripe_customer_id, created_at, updated_at FROM tenants ORDER BY tenant`},
 		{"api_keys", `SELECT id, key_hash, role, tenant, scope, created_at FROM api_keys ORDER BY id`},
-		{"ledger", `SELECT tenant, event_id, payload_hash, metric, value, event_time, event_day, src_partition, src_offset FROM ledger ORDER BY tenant, event_id`},
+		// The ledger is compact from 0027 on: its old shape is the view
+		// ledger_events, the payload hash a prefix (TestUpgradeTo0027).
+		{"ledger", `SELECT tenant, event_id, metric, value, event_time, event_day, src_partition, src_offset FROM ledger ORDER BY tenant, event_id`},
 		{"usage_windows", `SELECT tenant, granularity, window_start, value, events, updated_at FROM usage_windows ORDER BY 1, 2, 3`}, // metric is meter from 0012 on (usagedata TestUpgradeKeepsWindowsAsImplicitMeters)
 		{"consumer_offsets", `SELECT consumer_group, topic, partition, next_offset FROM consumer_offsets ORDER BY consumer_group, topic, partition`},
 	}
@@ -76,7 +82,11 @@ func TestUpgradeFrom0010(t *testing.T) {
 		out := map[string]string{}
 		for _, r := range reads {
 			var s string
-			if err := db.Pool.QueryRow(ctx, `SELECT coalesce(string_agg(r::text, E'\n'), '') FROM (`+r.query+`) AS r`).Scan(&s); err != nil {
+			query := r.query
+			if r.table == "ledger" && upgraded {
+				query = strings.Replace(query, "FROM ledger", "FROM ledger_events", 1)
+			}
+			if err := db.Pool.QueryRow(ctx, `SELECT coalesce(string_agg(r::text, E'\n'), '') FROM (`+query+`) AS r`).Scan(&s); err != nil {
 				t.Fatalf("reading %s: %v", r.table, err)
 			}
 			out[r.table] = s
@@ -92,6 +102,7 @@ func TestUpgradeFrom0010(t *testing.T) {
 
 	all, _ := migrate.Load(migrations.FS)
 	res, err = migrate.Apply(ctx, db.Pool, migrations.FS, quiet)
+	upgraded = true
 	if err != nil || res.From != 10 || res.To != len(all) {
 		t.Fatalf("upgrade = %+v, %v; want from 10 to %d", res, err, len(all))
 	}
@@ -156,5 +167,100 @@ func TestUpgradeFrom0015(t *testing.T) {
 	}
 	if _, err := db.Pool.Exec(ctx, `UPDATE plan_quotas SET stripe_event_name = NULL WHERE meter IS NULL`); err == nil {
 		t.Errorf("an implicit quota went unbilled")
+	}
+}
+
+// TestUpgradeTo0027: a database made by the schema of the wide ledger
+// (0024), holding ledger rows with canonical UUID ids, an upper-case UUID
+// and ids differing only in case, upgrades to the compact ledger with
+// every row readable as before (ledger_events; the payload hash is its
+// first 8 bytes), its windows untouched, and dedup refusing a resend of
+// each old row while counting new ids, the case-differing ones included.
+func TestUpgradeTo0027(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := pgtest.NewEmpty(t)
+	if res, err := migrate.Apply(ctx, db.Pool, upTo(t, 24), quiet); err != nil || res.To != 24 {
+		t.Fatalf("Apply up to 0024 = %+v, %v", res, err)
+	}
+	const lower = "0190f4c4-7d3e-7a1b-8c2d-3e4f5a6b7c8d"
+	upper := strings.ToUpper(lower)
+	old := []struct {
+		tenant, id, metric string
+		value              int64
+	}{
+		{"acme", lower, "tokens", 5}, {"acme", upper, "tokens", 7}, {"acme", "order-1", "tokens", 11},
+		{"acme", "Order-1", "api_calls", 13}, {"globex", lower, "tokens", 17}, {"globex", "order-1", "tokens", 19},
+	}
+	for i, r := range old {
+		db.Exec(t, `INSERT INTO ledger (tenant, event_id, payload_hash, metric, value, event_time, event_day, src_partition, src_offset)
+			VALUES ($1, $2, sha256(convert_to($2, 'UTF8')), $3, $4, '2026-11-30 12:34:56.123456+00', '2026-11-30', 1, $5)`,
+			r.tenant, r.id, r.metric, r.value, int64(100+i))
+	}
+	db.Exec(t, `UPDATE ledger SET counted_xid = NULL WHERE event_id = 'order-1' AND tenant = 'acme'`) // counted before lineage
+	db.Exec(t, `INSERT INTO usage_windows (tenant, meter, group_key, granularity, window_start, value, events)
+		VALUES ('acme', 'tokens', '', 'month', '2026-11-01', 23, 3), ('globex', 'tokens', '', 'month', '2026-11-01', 36, 2)`)
+	read := func(query string) string {
+		var s string
+		if err := db.Pool.QueryRow(ctx, `SELECT coalesce(string_agg(r::text, E'\n'), '') FROM (`+query+`) AS r`).Scan(&s); err != nil {
+			t.Fatalf("reading %s: %v", query, err)
+		}
+		return s
+	}
+	const cols = `tenant, event_id, metric, value, event_time, event_day, src_partition, src_offset, recorded_at, counted_xid IS NULL`
+	ledgerBefore := read(`SELECT ` + cols + `, substr(payload_hash, 1, 8) FROM ledger ORDER BY tenant, event_id COLLATE "C"`)
+	const windows = `SELECT * FROM usage_windows ORDER BY tenant, meter, granularity, window_start`
+	windowsBefore := read(windows)
+
+	if res, err := migrate.Apply(ctx, db.Pool, migrations.FS, quiet); err != nil || res.From != 24 {
+		t.Fatalf("upgrade = %+v, %v", res, err)
+	}
+	if after := read(`SELECT ` + cols + `, int8send(payload_hash) FROM ledger_events ORDER BY tenant, event_id COLLATE "C"`); after != ledgerBefore {
+		t.Errorf("ledger after the upgrade:\n%s\nwant\n%s", after, ledgerBefore)
+	}
+	if after := read(windows); after != windowsBefore {
+		t.Errorf("windows changed in the upgrade:\n%s\nwant\n%s", after, windowsBefore)
+	}
+	// One tenant's lower-case UUID is its key; the other tenant's same
+	// UUID is kept whole in the overflow.
+	if n := read(`SELECT count(*) FROM ledger_overflow WHERE event_id = '` + lower + `'`); n != "(1)" {
+		t.Errorf("%s rows in ledger_overflow, want the second tenant's UUID", n)
+	}
+	if n := read(`SELECT count(*) FROM ledger WHERE id_text = ''`); n != "(1)" {
+		t.Errorf("%s rows keyed by their UUID alone, want 1", n)
+	}
+
+	insert := func(tenant string, ids ...string) map[string]bool {
+		t.Helper()
+		b := &usagedata.LedgerInsert{}
+		for i, id := range ids {
+			b.Tenants, b.IDs, b.Metrics = append(b.Tenants, tenant), append(b.IDs, id), append(b.Metrics, "tokens")
+			b.Hashes, b.Values = append(b.Hashes, make([]byte, 32)), append(b.Values, 1)
+			b.Times = append(b.Times, time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC))
+			b.Partitions, b.Offsets = append(b.Partitions, 1), append(b.Offsets, int64(200+i))
+		}
+		got := map[string]bool{}
+		if err := usagedata.InsertLedger(ctx, db.Pool, b, func(_, id string) { got[id] = true }); err != nil {
+			t.Fatalf("InsertLedger: %v", err)
+		}
+		return got
+	}
+	for _, tenant := range []string{"acme", "globex"} {
+		var resends []string
+		for _, r := range old {
+			if r.tenant == tenant {
+				resends = append(resends, r.id)
+			}
+		}
+		if got := insert(tenant, resends...); len(got) != 0 {
+			t.Errorf("%s: resends of the old rows counted again: %v", tenant, got)
+		}
+	}
+	fresh := []string{"ORDER-1", "order-2", strings.Replace(upper, "A", "a", 1), "0190f4c4-7d3e-7a1b-8c2d-3e4f5a6b7c8e", upper}
+	if got := insert("globex", fresh...); len(got) != len(fresh) {
+		t.Errorf("new ids counted: %v, want all of %v", got, fresh)
+	}
+	if got := insert("globex", fresh...); len(got) != 0 {
+		t.Errorf("resends of the new ids counted again: %v", got)
 	}
 }

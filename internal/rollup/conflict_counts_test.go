@@ -225,7 +225,7 @@ func TestConcurrentCountsOfHeldCopies(t *testing.T) {
 		})
 		wg.Wait()
 		expectWindows(t, db, apiCallWindows, window{"25", 1})
-		if n := count(t, db, `SELECT count(*) FROM ledger WHERE event_id = 'o' AND value = 25`); n != 1 {
+		if n := count(t, db, `SELECT count(*) FROM ledger_events WHERE event_id = 'o' AND value = 25`); n != 1 {
 			t.Errorf("the ledger does not hold the maximum")
 		}
 	})

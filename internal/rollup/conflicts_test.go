@@ -63,7 +63,7 @@ func TestZeroValueFirstCannotEraseUsage(t *testing.T) {
 				from = res.NextOffset
 			}
 			expectWindows(t, db, apiCallWindows, window{"1200", 1})
-			if n := count(t, db, `SELECT count(*) FROM ledger WHERE event_id = 'order-77' AND value = 1200`); n != 1 {
+			if n := count(t, db, `SELECT count(*) FROM ledger_events WHERE event_id = 'order-77' AND value = 1200`); n != 1 {
 				t.Errorf("the ledger does not hold the raised value")
 			}
 			if n := count(t, db, `SELECT count(*) FROM ledger_conflicts WHERE event_id = 'order-77' AND resolution = 'raised' AND counted_value = 0 AND value = 1200`); n != 1 {

@@ -65,7 +65,7 @@ func TestRawRecordsReadLikeHTTPBodies(t *testing.T) {
 				t.Errorf("%s: ingest accepts it, the aggregator %+v", v.Name, res)
 				continue
 			}
-			if n := count(t, db, `SELECT count(*) FROM ledger WHERE tenant = $1 AND event_id = $2 AND metric = $3 AND value = $4 AND event_time = $5 AND payload_hash = $6`,
+			if n := count(t, db, `SELECT count(*) FROM ledger_events WHERE tenant = $1 AND event_id = $2 AND metric = $3 AND value = $4 AND event_time = $5 AND payload_hash = ledger_hash($6)`,
 				want.Tenant, want.ID, want.Metric, want.Value, want.Time, sum[:]); n != 1 {
 				t.Errorf("%s: the counted event is not %s", v.Name, v.Want.Events[0])
 			}

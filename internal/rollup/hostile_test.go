@@ -121,7 +121,7 @@ func applyHostile(t *testing.T, a *rollup.Aggregator, db *pgtest.DB, data []byte
 		t.Fatalf("%d of %d records accounted for: %+v", got, len(recs), res)
 	}
 	for off, e := range valid {
-		if n := count(t, db, `SELECT count(*) FROM ledger WHERE tenant = $1 AND event_id = $2 AND src_offset = $3`, e.Tenant, e.ID, off); n != 1 {
+		if n := count(t, db, `SELECT count(*) FROM ledger_events WHERE tenant = $1 AND event_id = $2 AND src_offset = $3`, e.Tenant, e.ID, off); n != 1 {
 			t.Fatalf("valid event at offset %d not counted", off)
 		}
 	}

@@ -254,11 +254,12 @@ func (a *Aggregator) decode(rec Record, now time.Time) decoded {
 	return d
 }
 
-// payloadHash is the ledger's hash of an event: SHA-256 of its canonical
-// JSON. ev is a copy, so a caller may hash it with another value.
+// payloadHash is the ledger's hash of an event: the first
+// usagedata.LedgerHashSize bytes of the SHA-256 of its canonical JSON. ev
+// is a copy, so a caller may hash it with another value.
 func payloadHash(ev events.Event) []byte {
 	sum := sha256.Sum256(ev.AppendJSON(nil))
-	return sum[:]
+	return sum[:usagedata.LedgerHashSize]
 }
 
 // sum128 adds non-negative int64 values without overflow.

@@ -6,7 +6,8 @@
 //
 //	accounts     plans, plan_versions, plan_quotas, tenants, tenant_plans,
 //	             tenant_billing_cycles, api_keys, meters
-//	usagedata    ledger, ledger_conflicts, conflict_alerts, usage_windows,
+//	usagedata    ledger, ledger_names, ledger_overflow, ledger_conflicts,
+//	             conflict_alerts, usage_windows,
 //	             usage_corrections, quota_breaches, consumer_offsets,
 //	             consumer_lost_records, meter_uniques, meter_group_keys,
 //	             usage_adjustments

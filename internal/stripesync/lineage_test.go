@@ -140,7 +140,7 @@ func TestLineageIsExactUnderConcurrentBatches(t *testing.T) {
 	// The reverse, for a sample.
 	for _, id := range []string{"p0-b0-e0", "p3-b14-e99", "p2-b7-e50"} {
 		var tenant string
-		if err := f.db.Pool.QueryRow(ctx, `SELECT tenant FROM ledger WHERE event_id = $1`, id).Scan(&tenant); err != nil {
+		if err := f.db.Pool.QueryRow(ctx, `SELECT tenant FROM ledger_events WHERE event_id = $1`, id).Scan(&tenant); err != nil {
 			t.Fatal(err)
 		}
 		el, err := billingdata.EventLineageOf(ctx, f.db.Pool, tenant, id)

@@ -52,7 +52,7 @@ func PushLineage(ctx context.Context, q storage.Executor, identifier string) (Li
 			coalesce(prev.identifier, ''), coalesce(prev.cumulative_total, 0)::text, coalesce(prev.metered_snapshot::text, ''),
 			NOT EXISTS (SELECT 1 FROM billing_pushes o WHERE o.tenant = p.tenant AND o.metric = p.metric AND o.group_key = p.group_key
 					AND o.period_start = p.period_start AND o.cumulative_total <= p.cumulative_total AND o.metered_snapshot IS NULL)
-				AND NOT EXISTS (SELECT 1 FROM ledger l WHERE l.tenant = p.tenant AND l.metric = p.metric AND l.counted_xid IS NULL
+				AND NOT EXISTS (SELECT 1 FROM ledger_events l WHERE l.tenant = p.tenant AND l.metric = p.metric AND l.counted_xid IS NULL
 					AND l.event_time >= p.period_start AND l.event_time < (billing_period(p.tenant, p.period_start)).period_end)
 		FROM billing_pushes p
 		LEFT JOIN LATERAL (SELECT b.identifier, b.cumulative_total, b.metered_snapshot FROM billing_pushes b
@@ -90,7 +90,7 @@ type LineageItem struct {
 // previous push's: what p carried to Stripe. Rows stream as fn consumes
 // them.
 func EachPushItem(ctx context.Context, q storage.Executor, p LineagePush, fn func(LineageItem) error) error {
-	rows, err := q.Query(ctx, `SELECT * FROM (SELECT 'event' AS kind, event_id AS id, value, event_time AS at, src_partition, src_offset FROM ledger
+	rows, err := q.Query(ctx, `SELECT * FROM (SELECT 'event' AS kind, event_id AS id, value, event_time AS at, src_partition, src_offset FROM ledger_events
 			WHERE tenant = $1 AND metric = $2 AND event_time >= $3 AND event_time < (billing_period($1, $3)).period_end
 				AND pg_visible_in_snapshot(counted_xid, $4::pg_snapshot)
 				AND ($5 = '' OR NOT pg_visible_in_snapshot(counted_xid, nullif($5, '')::pg_snapshot))
@@ -157,13 +157,18 @@ func EventLineageOf(ctx context.Context, q storage.Executor, tenant, id string) 
 	var ident, status, cumulative, delta *string
 	err := q.QueryRow(ctx, `SELECT l.metric, l.value, l.event_time, l.src_partition, l.src_offset, l.counted_xid IS NOT NULL,
 			p.identifier, p.status, p.cumulative_total::text, p.delta::text
-		FROM ledger l
+		FROM (SELECT n.tenant, n.metric, l.value, l.event_time, l.src_partition::integer AS src_partition, l.src_offset, l.counted_xid
+				FROM ledger l JOIN ledger_names n ON n.ref = l.ref
+				WHERE l.id = ledger_key($1, $2) AND l.id_text = ledger_id_text($2) AND n.tenant = $1
+			UNION ALL
+			SELECT tenant, metric, value, event_time, src_partition, src_offset, counted_xid FROM ledger_overflow
+				WHERE tenant = $1 AND event_id = $2) l
 		LEFT JOIN LATERAL (SELECT b.identifier, b.status, b.cumulative_total, b.delta FROM billing_pushes b
 			WHERE b.tenant = l.tenant AND b.metric = l.metric AND b.group_key = ''
 				AND b.period_start = (billing_period(l.tenant, l.event_time)).period_start
 				AND b.status <> 'cancelled' AND pg_visible_in_snapshot(l.counted_xid, b.metered_snapshot)
 			ORDER BY b.cumulative_total, b.id LIMIT 1) p ON true
-		WHERE l.tenant = $1 AND l.event_id = $2 AND NOT starts_with(l.event_id, $3)`, tenant, id, usagedata.AdjustmentLedgerPrefix).Scan(&e.Metric, &e.Value, &e.Time, &e.Partition, &e.Offset, &e.Traced,
+		WHERE NOT starts_with($2, $3)`, tenant, id, usagedata.AdjustmentLedgerPrefix).Scan(&e.Metric, &e.Value, &e.Time, &e.Partition, &e.Offset, &e.Traced,
 		&ident, &status, &cumulative, &delta)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return EventLineage{}, ErrNoEvent

@@ -130,7 +130,9 @@ func ConflictKey(ctx context.Context, q storage.Executor, id int64) (tenant, eve
 
 // LockConflicts reads and locks (FOR UPDATE) every conflict of tenant's
 // event id, in id order, and returns them with the payload hash of each
-// resent event (hashes[i] is cs[i]'s).
+// resent event (hashes[i] is cs[i]'s) as the ledger keeps it: its first
+// LedgerHashSize bytes (conflicts recorded before the compact ledger hold
+// the whole SHA-256).
 func LockConflicts(ctx context.Context, q storage.Executor, tenant, eventID string) (cs []Conflict, hashes [][]byte, err error) {
 	rows, err := q.Query(ctx, conflictSelect+` WHERE tenant = $1 AND event_id = $2 ORDER BY id FOR UPDATE`, tenant, eventID)
 	if err != nil {
@@ -158,7 +160,7 @@ func ResolveHeldConflict(ctx context.Context, q storage.Executor, c Conflict) (b
 }
 
 const conflictSelect = `SELECT id, tenant, event_id, metric, value, event_time, counted_value, resolution, detected_at,
-		coalesce(resolved_by, ''), resolved_at, note, src_partition, src_offset, rejected_event, rejected_hash,
+		coalesce(resolved_by, ''), resolved_at, note, src_partition, src_offset, rejected_event, substr(rejected_hash, 1, 8),
 		counted_amount, counted_events::bigint
 	FROM ledger_conflicts`
 

@@ -6,3 +6,6 @@ func WithProbeLimit(q MeterQuery, n int) MeterQuery {
 	q.probeLimit = n
 	return q
 }
+
+// LedgerKey is ledgerKey, for the tests.
+func LedgerKey(tenant, id string) ([16]byte, string) { return ledgerKey(tenant, id) }

@@ -30,7 +30,7 @@ type CountedEvent struct {
 // error of fn stops the walk and is returned.
 func EachCountedEvent(ctx context.Context, q storage.Executor, tenant, metric string, from, to time.Time, fn func(CountedEvent) error) error {
 	rows, err := q.Query(ctx, `SELECT event_id, metric, value, event_time, src_partition, src_offset, recorded_at
-		FROM ledger WHERE tenant = $1 AND ($2 = '' OR metric = $2) AND event_time >= $3 AND event_time < $4
+		FROM ledger_events WHERE tenant = $1 AND ($2 = '' OR metric = $2) AND event_time >= $3 AND event_time < $4
 			AND NOT starts_with(event_id, $5)
 		ORDER BY event_time, event_id COLLATE "C"`, tenant, metric, from, to, AdjustmentLedgerPrefix)
 	if err != nil {

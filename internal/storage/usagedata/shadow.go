@@ -18,7 +18,7 @@ import (
 )
 
 // shadowTables are the tables one batch of the rollup writes.
-var shadowTables = []string{"ledger", "ledger_conflicts", "usage_windows", "meter_uniques", "meter_group_keys", "consumer_offsets", "usage_corrections", "quota_breaches", "outbox", "usage_dlq", "usage_adjustments"}
+var shadowTables = []string{"ledger", "ledger_names", "ledger_overflow", "ledger_conflicts", "usage_windows", "meter_uniques", "meter_group_keys", "consumer_offsets", "usage_corrections", "quota_breaches", "outbox", "usage_dlq", "usage_adjustments"}
 
 // shadowCheck refuses a schema name that is not a plain lower-case
 // identifier: the name is written into the statements.
@@ -126,7 +126,12 @@ func shadowRebuilt(schema string) string {
 			FROM (SELECT k.tenant, k.metric, k.event_time, greatest(max(k.value) - coalesce(l.value, 0), 0) AS value,
 					CASE WHEN l.value IS NULL THEN 1 ELSE 0 END AS events
 				FROM public.ledger_conflicts k
-				LEFT JOIN %[1]s.ledger l ON l.tenant = k.tenant AND l.event_id = k.event_id AND l.metric = k.metric AND l.event_time = k.event_time
+				LEFT JOIN LATERAL (SELECT sl.value FROM %[1]s.ledger sl JOIN %[1]s.ledger_names sn ON sn.ref = sl.ref
+						WHERE sl.id = public.ledger_key(k.tenant, k.event_id) AND sl.id_text = public.ledger_id_text(k.event_id)
+							AND sn.tenant = k.tenant AND sn.metric = k.metric AND sl.event_time = k.event_time
+					UNION ALL
+					SELECT so.value FROM %[1]s.ledger_overflow so
+						WHERE so.tenant = k.tenant AND so.event_id = k.event_id AND so.metric = k.metric AND so.event_time = k.event_time) l ON true
 				WHERE k.resolution = 'counted'
 				GROUP BY k.tenant, k.event_id, k.metric, k.event_time, l.value) c
 			CROSS JOIN (VALUES ('minute'), ('hour'), ('day'), ('month')) AS g(g)

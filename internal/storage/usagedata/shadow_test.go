@@ -35,12 +35,14 @@ func TestRebuiltWindowsCountHeldCopiesOnce(t *testing.T) {
 	// The replay counted order-5, order-3 (raised to 250 by the resend an
 	// operator counted live, recorded under the first-seen rule) and
 	// order-4 at api_calls; order-6's counted event is older than the replay.
+	db.Exec(t, fmt.Sprintf(`INSERT INTO %s.ledger_names (tenant, metric) VALUES ('acme', 'api_calls')`, schema))
 	for _, l := range []struct {
 		id    string
 		value int64
 	}{{"order-5", 100}, {"order-3", 250}, {"order-4", 100}} {
-		db.Exec(t, fmt.Sprintf(`INSERT INTO %s.ledger (tenant, event_id, payload_hash, metric, value, event_time, event_day, src_partition, src_offset)
-			VALUES ('acme', $1, '\x00', 'api_calls', $2, $3::timestamptz, ($3::timestamptz AT TIME ZONE 'UTC')::date, 0, 0)`, schema), l.id, l.value, at)
+		db.Exec(t, fmt.Sprintf(`INSERT INTO %[1]s.ledger (id, id_text, ref, payload_hash, value, event_time, src_partition, src_offset)
+			SELECT ledger_key('acme', $1), ledger_id_text($1), n.ref, 0, $2, $3::timestamptz, 0, 0
+			FROM %[1]s.ledger_names n WHERE n.tenant = 'acme' AND n.metric = 'api_calls'`, schema), l.id, l.value, at)
 	}
 	db.Exec(t, fmt.Sprintf(`INSERT INTO %s.usage_windows (tenant, meter, granularity, window_start, value, events)
 		VALUES ('acme', 'api_calls', 'month', '2026-11-01Z', 450, 3)`, schema))

@@ -12,8 +12,10 @@
 // only ever increase (AddWindows, AddMeterWindows); its value increases for
 // sum, count, max and unique_count, and for latest follows the event with
 // the greatest (time, id), raised only by a resend of that same event; the
-// ledger's key on (tenant, event_id) is what makes a resent event count
-// once. AddWindows refuses a negative amount (TestAddWindowsOnlyGrows),
+// ledger's key is what makes a resent event count once: one row per
+// (tenant, event id), decided on the full id and tenant, never on its
+// 16-byte key alone (TestLedgerIDsAreExact,
+// TestLedgerDigestCollisionKeptApart). AddWindows refuses a negative amount (TestAddWindowsOnlyGrows),
 // AddMeterWindows matches a ground truth whatever the batches and their
 // order (TestAddMeterWindowsMatchesGroundTruth), whatever the length of
 // group keys and unique values (TestAddMeterWindowsLongKeys), and after a

@@ -326,7 +326,7 @@ func auditHostile(ctx context.Context, pool *pgxpool.Pool, hs []*hostileRecord, 
 		counted := false
 		if h.ev != nil {
 			var n int
-			if err := pool.QueryRow(ctx, `SELECT count(*) FROM ledger WHERE tenant = $1 AND event_id = $2`, h.ev.Tenant, h.ev.ID).Scan(&n); err != nil {
+			if err := pool.QueryRow(ctx, `SELECT count(*) FROM ledger_events WHERE tenant = $1 AND event_id = $2`, h.ev.Tenant, h.ev.ID).Scan(&n); err != nil {
 				return nil, fmt.Errorf("reading the ledger: %w", err)
 			}
 			counted = n == 1

@@ -110,3 +110,33 @@ func (db *DB) Exec(tb testing.TB, sql string, args ...any) {
 
 // String names the database in test output.
 func (db *DB) String() string { return fmt.Sprintf("pgtest.DB(%s)", accounts.Redact(db.URL)) }
+
+// LedgerEventsWritable lets tests seed the dedup ledger in its readable
+// shape: an INSERT into the view ledger_events (tenant, event_id,
+// payload_hash, metric, value, event_time, src_partition, src_offset,
+// recorded_at, counted_xid; event_day is ignored, it is event_time's)
+// writes the compact row, adding the names it needs, as the product's
+// ledger operations would. A row whose (tenant, id) the ledger holds is
+// skipped, and not counted in the statement's rows. For test setup only:
+// the product writes the ledger through internal/storage/usagedata.
+func (db *DB) LedgerEventsWritable(tb testing.TB) {
+	tb.Helper()
+	db.Exec(tb, `CREATE FUNCTION pgtest_ledger_events_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+		DECLARE
+			r integer;
+		BEGIN
+			INSERT INTO ledger_names (tenant, metric) VALUES (NEW.tenant, NEW.metric) ON CONFLICT (tenant, metric) DO NOTHING;
+			SELECT ref INTO r FROM ledger_names WHERE tenant = NEW.tenant AND metric = NEW.metric;
+			INSERT INTO ledger (id, id_text, ref, payload_hash, value, event_time, src_partition, src_offset, recorded_at, counted_xid)
+			VALUES (ledger_key(NEW.tenant, NEW.event_id), ledger_id_text(NEW.event_id), r, coalesce(NEW.payload_hash, 0), NEW.value, NEW.event_time,
+				NEW.src_partition, NEW.src_offset, coalesce(NEW.recorded_at, now()), coalesce(NEW.counted_xid, pg_current_xact_id()))
+			ON CONFLICT (id) DO NOTHING;
+			IF NOT FOUND THEN
+				RETURN NULL;
+			END IF;
+			RETURN NEW;
+		END
+		$$`)
+	db.Exec(tb, `CREATE TRIGGER pgtest_ledger_events_insert INSTEAD OF INSERT ON ledger_events
+		FOR EACH ROW EXECUTE FUNCTION pgtest_ledger_events_insert()`)
+}
