@@ -254,11 +254,7 @@ func (a *API) writeWebhookErr(w http.ResponseWriter, r *http.Request, id string,
 
 // getWebhook serves GET /v1/admin/tenants/{tenant}/webhooks/{id}.
 func (a *API) getWebhook(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
-	tenant, ok := a.tenantExists(w, r)
-	if !ok {
-		return
-	}
-	id, ok := webhookID(w, r)
+	tenant, id, ok := a.webhookTarget(w, r)
 	if !ok {
 		return
 	}
@@ -270,13 +266,22 @@ func (a *API) getWebhook(w http.ResponseWriter, r *http.Request, _ auth.Principa
 	httpjson.Write(w, http.StatusOK, e)
 }
 
+// webhookTarget reads the tenant (which must exist) and the endpoint id
+// of a webhook endpoint's route, answering the error itself when either
+// is wrong.
+func (a *API) webhookTarget(w http.ResponseWriter, r *http.Request) (tenant, id string, ok bool) {
+	if tenant, ok = a.tenantExists(w, r); !ok {
+		return "", "", false
+	}
+	if id, ok = webhookID(w, r); !ok {
+		return "", "", false
+	}
+	return tenant, id, true
+}
+
 // patchWebhook serves PATCH /v1/admin/tenants/{tenant}/webhooks/{id}.
 func (a *API) patchWebhook(w http.ResponseWriter, r *http.Request, p auth.Principal) {
-	tenant, ok := a.tenantExists(w, r)
-	if !ok {
-		return
-	}
-	id, ok := webhookID(w, r)
+	tenant, id, ok := a.webhookTarget(w, r)
 	if !ok {
 		return
 	}
@@ -317,11 +322,7 @@ func (a *API) patchWebhook(w http.ResponseWriter, r *http.Request, p auth.Princi
 // deleteWebhook serves DELETE /v1/admin/tenants/{tenant}/webhooks/{id}:
 // the endpoint and its deliveries go.
 func (a *API) deleteWebhook(w http.ResponseWriter, r *http.Request, p auth.Principal) {
-	tenant, ok := a.tenantExists(w, r)
-	if !ok {
-		return
-	}
-	id, ok := webhookID(w, r)
+	tenant, id, ok := a.webhookTarget(w, r)
 	if !ok {
 		return
 	}
@@ -344,11 +345,7 @@ func (a *API) deleteWebhook(w http.ResponseWriter, r *http.Request, p auth.Princ
 // rotateWebhookSecret serves POST .../webhooks/{id}/rotate-secret: a new
 // secret, shown once; the previous one keeps signing for SecretOverlap.
 func (a *API) rotateWebhookSecret(w http.ResponseWriter, r *http.Request, p auth.Principal) {
-	tenant, ok := a.tenantExists(w, r)
-	if !ok {
-		return
-	}
-	id, ok := webhookID(w, r)
+	tenant, id, ok := a.webhookTarget(w, r)
 	if !ok {
 		return
 	}
@@ -387,11 +384,7 @@ type deliveryView struct {
 
 // listWebhookDeliveries serves GET .../webhooks/{id}/deliveries.
 func (a *API) listWebhookDeliveries(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
-	tenant, ok := a.tenantExists(w, r)
-	if !ok {
-		return
-	}
-	id, ok := webhookID(w, r)
+	tenant, id, ok := a.webhookTarget(w, r)
 	if !ok {
 		return
 	}
