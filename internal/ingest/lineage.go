@@ -369,7 +369,8 @@ func appendLineageItem(dst []byte, it billingdata.LineageItem) []byte {
 
 // eventLineage serves GET /v1/lineage/events/{id}: the windows of its
 // metric's implicit meter the event counted in, and the push that
-// carried it to Stripe.
+// carried it to Stripe; and the same for each defined meter of its metric
+// whose definition (as stored now) takes the event, read from the log.
 func (a *API) eventLineage(w http.ResponseWriter, r *http.Request, tenant string) {
 	id := r.PathValue("id")
 	if id == "" || len(id) > 128 {
@@ -390,8 +391,97 @@ func (a *API) eventLineage(w http.ResponseWriter, r *http.Request, tenant string
 		start, end := g.Span(e.Time)
 		ws = append(ws, lineageWindow{e.Metric, g, start, end})
 	}
+	ms, reason, err := a.eventMeters(r.Context(), e)
+	if err != nil {
+		a.internalError(w, r, err)
+		return
+	}
 	httpjson.Write(w, http.StatusOK, struct {
 		billingdata.EventLineage
-		Windows []lineageWindow `json:"windows"`
-	}{e, ws})
+		Windows        []lineageWindow `json:"windows"`
+		Meters         []eventMeter    `json:"meters"`
+		MetersComplete bool            `json:"meters_complete"`
+		MetersReason   string          `json:"meters_incomplete_reason,omitempty"`
+	}{e, ws, ms, reason == "", reason})
+}
+
+// eventMeter is a defined meter an event counted in: its group, its
+// windows and the push that carried the event.
+type eventMeter struct {
+	Meter   string                 `json:"meter"`
+	Version int64                  `json:"definition_version"`
+	Group   string                 `json:"group"`
+	Windows []lineageWindow        `json:"windows"`
+	Push    *billingdata.EventPush `json:"push"`
+}
+
+// eventMeters returns the defined meters of e's metric that take e (as
+// defined now), read from the log, or why it could not tell.
+func (a *API) eventMeters(ctx context.Context, e billingdata.EventLineage) ([]eventMeter, string, error) {
+	all, err := accounts.ListMeters(ctx, a.opt.DB)
+	if err != nil {
+		return nil, "", err
+	}
+	var defs []accounts.Meter
+	for _, m := range all {
+		if m.Metric == e.Metric && !m.Definition().IsImplicit() {
+			defs = append(defs, m)
+		}
+	}
+	out := []eventMeter{}
+	if len(defs) == 0 {
+		return out, "", nil
+	}
+	if a.opt.Log == nil {
+		return out, "this service does not read usage.events, where the properties the defined meters of " + e.Metric + " select by are kept", nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, lineageLogTimeout)
+	defer cancel()
+	var ev events.Event
+	reason := ""
+	err = a.opt.Log.ReadAt(ctx, topics.UsageEvents, int(e.Partition), []int64{e.Offset}, func(_ int64, rec *record.Record, missing string) error {
+		switch {
+		case rec == nil:
+			reason = "the event's record is " + missing
+		case rec.Value == nil:
+			reason = "the event's record is a tombstone"
+		default:
+			if err := ev.UnmarshalJSON(rec.Value); err != nil {
+				reason = "the event's record does not decode: " + err.Error()
+			} else if ev.Tenant != e.Tenant || ev.ID != e.ID {
+				reason = "the record at the event's offset is another event"
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, "", fmt.Errorf("reading event %s from the log: %w", e.ID, err)
+	}
+	if reason != "" {
+		return out, reason, nil
+	}
+	sched, err := accounts.TenantSchedule(ctx, a.opt.DB, e.Tenant)
+	if err != nil {
+		return nil, "", err
+	}
+	for _, m := range defs {
+		d := m.Definition()
+		if !d.Matches(ev) {
+			continue
+		}
+		em := eventMeter{Meter: m.Name, Version: m.Version, Group: d.Group(ev).Key()}
+		for _, g := range []windows.Granularity{windows.Hour, windows.Day} {
+			start, end := g.Span(e.Time)
+			em.Windows = append(em.Windows, lineageWindow{m.Name, g, start, end})
+		}
+		start, end := sched.Span(e.Time)
+		em.Windows = append(em.Windows, lineageWindow{m.Name, windows.Month, start, end})
+		if e.Traced {
+			if em.Push, err = billingdata.MeterPushOf(ctx, a.opt.DB, e.Tenant, e.ID, m.Name, em.Group); err != nil {
+				return nil, "", err
+			}
+		}
+		out = append(out, em)
+	}
+	return out, "", nil
 }
