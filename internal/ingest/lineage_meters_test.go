@@ -46,7 +46,8 @@ func TestDefinedMeterLineage(t *testing.T) {
 	e.db.LedgerEventsWritable(t)
 	e.db.Exec(t, `INSERT INTO meters (name, metric, aggregation, group_by, filter, version) VALUES
 		('tokens_by_model', 'tokens', 'sum', '{model}', '{"region":"eu"}', 1),
-		('calls_by_model', 'tokens', 'count', '{model}', '{}', 1)`)
+		('calls_by_model', 'tokens', 'count', '{model}', '{}', 1),
+		('peak_by_model', 'tokens', 'max', '{model}', '{}', 1)`)
 	type ev struct {
 		id, model, region string
 		value             int64
@@ -96,6 +97,7 @@ func TestDefinedMeterLineage(t *testing.T) {
 			('acme', $1, '2026-11-01T00:00:00Z', '2026-11-01T00:00:00Z', 'cus_a', $1, $2, $3, $4, now(), $5, pg_current_snapshot())`, meter, cumulative, delta, ident, group)
 	}
 	count(db, "e1", "e2", "e3")
+	push("peak_by_model", `["o1"]`, "peak_first", 100, 100)
 	push("tokens_by_model", `["o1"]`, "o1_first", 3, 3)
 	push("tokens_by_model", `["o2"]`, "o2_first", 5, 5)
 	// A batch (e4, e5) is being counted while o1's second push is planned:
@@ -115,6 +117,7 @@ func TestDefinedMeterLineage(t *testing.T) {
 	push("tokens_by_model", `["o1"]`, "o1_third", 12, 7)
 	push("tokens_by_model", `["o2"]`, "o2_third", 29, 24)
 	push("calls_by_model", `["o1"]`, "calls_o1", 4, 4)
+	push("peak_by_model", `["o1"]`, "peak_second", 101, 1)
 
 	rows := func(ident string) []lineageRow {
 		t.Helper()
@@ -179,6 +182,14 @@ func TestDefinedMeterLineage(t *testing.T) {
 	// A count meter: every o1 event up to the push, whatever its region.
 	if got := rows("calls_o1"); len(got) != 5 {
 		t.Errorf("calls_o1: %+v, want e1, e3, e4, e6 and the end", got)
+	}
+	// A max meter's push lists every event of its group in the period up
+	// to it, the previous push's too, and says its delta is not a sum.
+	if got := rows("peak_second"); len(got) != 5 {
+		t.Errorf("peak_second: %+v, want e1, e3, e4, e6 and the end", got)
+	}
+	if code, body := e.lineageGet(t, "/v1/lineage/pushes/peak_second"); code != 200 || !strings.Contains(body, `"delta_is":"not_a_sum:`) {
+		t.Errorf("max summary: %d %s", code, body)
 	}
 	code, body := e.lineageGet(t, "/v1/lineage/pushes/o2_third")
 	if code != 200 || !strings.Contains(body, `"complete":true`) || !strings.Contains(body, `"delta_is":"sum:`) ||
