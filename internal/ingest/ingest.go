@@ -72,6 +72,9 @@ type Options struct {
 	// aggregator's relay publishes it).
 	DeadLetters *rollup.DeadLetters
 	Outbox      OutboxPublisher
+	// Log reads usage.events at recorded offsets for the lineage of
+	// defined meters (nil: their lineage answers 422 lineage_unavailable).
+	Log LogReader
 	// BillerURL is where the biller's routes are forwarded (nil: 503).
 	BillerURL *url.URL
 	// WebhookAllowHTTP lets webhook endpoints have http:// URLs

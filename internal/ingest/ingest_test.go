@@ -99,6 +99,7 @@ func newEnv(t testing.TB, o envOpts) *env {
 		Auth:                     auth.New(st, adminKey),
 		Publisher:                publish.New(producer, 10000, o.publishTimeout),
 		Adjustments:              kafkalog.NewWriter(kc.Brokers(), nil),
+		Log:                      kafkalog.Cluster{Brokers: kc.Brokers()},
 		AdjustmentKeys:           o.adjustmentKeys,
 		AllowUnsignedAdjustments: o.allowUnsignedAdjustments,
 		Usage:                    usagedata.NewReader(db.Pool),

@@ -37,6 +37,9 @@ func TestLineageRoutes(t *testing.T) {
 	e.db.Exec(t, `INSERT INTO billing_pushes (tenant, metric, period_start, billed_period_start, stripe_customer_id, event_name, cumulative_total, delta,
 			identifier, event_timestamp, group_key, metered_snapshot) VALUES
 		('acme', 'tokens_by_model', '2026-11-01T00:00:00Z', '2026-11-01T00:00:00Z', 'cus_a', 'tokens_o1', 1, 1, 'mu_grouped', now(), '["o1"]', pg_current_snapshot())`)
+	e.db.Exec(t, `INSERT INTO billing_pushes (tenant, metric, period_start, billed_period_start, stripe_customer_id, event_name, cumulative_total, delta,
+			identifier, event_timestamp, group_key, metered_snapshot) VALUES
+		('acme', 'gone_meter', '2026-11-01T00:00:00Z', '2026-11-01T00:00:00Z', 'cus_a', 'gone', 1, 1, 'mu_gone', now(), '["x"]', pg_current_snapshot())`)
 	get := func(path, key string) (int, string) {
 		t.Helper()
 		req, _ := http.NewRequest("GET", e.srv.URL+path, nil)
@@ -90,7 +93,8 @@ func TestLineageRoutes(t *testing.T) {
 	}{
 		{"another tenant's push", "/v1/lineage/pushes/mu_first", other, 404, "no push"},
 		{"an unknown push", "/v1/lineage/pushes/mu_nope/events", adminKey, 404, "no push"},
-		{"a defined meter's push", "/v1/lineage/pushes/mu_grouped/events", adminKey, 422, "defined meter tokens_by_model"},
+		{"a defined meter's push", "/v1/lineage/pushes/mu_grouped/events", adminKey, 200, `{"kind":"end","complete":true,"events":0,"adjustments":0,"unreadable":0}`},
+		{"a push of a meter no longer defined", "/v1/lineage/pushes/mu_gone", adminKey, 422, "no longer defined"},
 		{"a bad format", "/v1/lineage/pushes/mu_first/events?format=xml", adminKey, 400, "format"},
 		{"an unknown event", "/v1/lineage/events/nope?tenant=acme", adminKey, 404, "no counted event"},
 		{"another tenant's event", "/v1/lineage/events/e1?tenant=acme", other, 403, "cannot read"},

@@ -67,6 +67,7 @@ func Run(ctx context.Context, cfg config.Ingest, log *slog.Logger, ready func(ne
 		Auth:        auth.New(st, cfg.AdminAPIKey, auth.WithLogger(log), auth.WithRegisterer(reg)),
 		Publisher:   publish.New(producer, cfg.MaxInFlightEvents, cfg.PublishTimeout),
 		Adjustments: adjustments,
+		Log:         cluster,
 		// The aggregator verifies with the same setting.
 		AdjustmentKeys:           cfg.AdjustmentSigning.Keys,
 		AllowUnsignedAdjustments: cfg.AdjustmentSigning.AllowUnsigned,

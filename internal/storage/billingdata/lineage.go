@@ -182,3 +182,134 @@ func EventLineageOf(ctx context.Context, q storage.Executor, tenant, id string) 
 	}
 	return e, nil
 }
+
+// EachMeterCandidate calls fn, in (partition, offset) order, for every
+// event of metric that the ledger counted for p's tenant in p's billing
+// period in a transaction visible in p's snapshot and, unless whole, not
+// in its previous push's: the events a push of a defined meter of metric
+// may have carried (whole: that counted in the period up to the push).
+// Which of them the meter took depends on their properties, which the
+// ledger does not keep: the caller reads them from the log at the given
+// partition and offset. Rows stream as fn consumes them.
+func EachMeterCandidate(ctx context.Context, q storage.Executor, p LineagePush, metric string, whole bool, fn func(LineageItem) error) error {
+	prev := p.PrevSnapshot
+	if whole {
+		prev = ""
+	}
+	rows, err := q.Query(ctx, `SELECT event_id, value, event_time, src_partition, src_offset FROM ledger_events
+			WHERE tenant = $1 AND metric = $2 AND event_time >= $3 AND event_time < (billing_period($1, $3)).period_end
+				AND pg_visible_in_snapshot(counted_xid, $4::pg_snapshot)
+				AND ($5 = '' OR NOT pg_visible_in_snapshot(counted_xid, nullif($5, '')::pg_snapshot))
+				AND NOT starts_with(event_id, $6)
+		ORDER BY src_partition, src_offset, event_id COLLATE "C"`, p.Tenant, metric, p.Period, p.Snapshot, prev, usagedata.AdjustmentLedgerPrefix)
+	if err != nil {
+		return fmt.Errorf("reading the candidate events of push %s: %w", p.Identifier, err)
+	}
+	defer rows.Close()
+	it := LineageItem{Kind: "event"}
+	for rows.Next() {
+		if err := rows.Scan(&it.ID, &it.Value, &it.Time, &it.Partition, &it.Offset); err != nil {
+			return fmt.Errorf("reading the candidate events of push %s: %w", p.Identifier, err)
+		}
+		it.Time = it.Time.UTC()
+		if err := fn(it); err != nil {
+			return err
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("reading the candidate events of push %s: %w", p.Identifier, err)
+	}
+	return nil
+}
+
+// CandidateSpan is the offsets of one partition the candidates of a push
+// lie at: the least and the greatest, and how many.
+type CandidateSpan struct {
+	Partition int32
+	First     int64
+	Last      int64
+	Count     int64
+}
+
+// MeterCandidateSpans returns, per partition, the span of the offsets of
+// the events EachMeterCandidate would list, in partition order: enough to
+// tell, against the log's start, whether retention deleted any of them.
+func MeterCandidateSpans(ctx context.Context, q storage.Executor, p LineagePush, metric string, whole bool) ([]CandidateSpan, error) {
+	prev := p.PrevSnapshot
+	if whole {
+		prev = ""
+	}
+	rows, err := q.Query(ctx, `SELECT src_partition, min(src_offset), max(src_offset), count(*) FROM ledger_events
+			WHERE tenant = $1 AND metric = $2 AND event_time >= $3 AND event_time < (billing_period($1, $3)).period_end
+				AND pg_visible_in_snapshot(counted_xid, $4::pg_snapshot)
+				AND ($5 = '' OR NOT pg_visible_in_snapshot(counted_xid, nullif($5, '')::pg_snapshot))
+				AND NOT starts_with(event_id, $6)
+		GROUP BY src_partition ORDER BY src_partition`, p.Tenant, metric, p.Period, p.Snapshot, prev, usagedata.AdjustmentLedgerPrefix)
+	if err != nil {
+		return nil, fmt.Errorf("reading the candidate offsets of push %s: %w", p.Identifier, err)
+	}
+	spans, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (CandidateSpan, error) {
+		var s CandidateSpan
+		err := r.Scan(&s.Partition, &s.First, &s.Last, &s.Count)
+		return s, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading the candidate offsets of push %s: %w", p.Identifier, err)
+	}
+	return spans, nil
+}
+
+// EachPushAdjustment calls fn, in (applied, id) order, for every
+// adjustment of p's meter, group and period counted in a transaction
+// visible in p's snapshot and not in its previous push's.
+func EachPushAdjustment(ctx context.Context, q storage.Executor, p LineagePush, fn func(LineageItem) error) error {
+	rows, err := q.Query(ctx, `SELECT adjustment_id, amount, recorded_at, src_partition, src_offset FROM usage_adjustments
+			WHERE tenant = $1 AND meter = $2 AND group_key = $3 AND period_start = $4
+				AND pg_visible_in_snapshot(counted_xid, $5::pg_snapshot)
+				AND ($6 = '' OR NOT pg_visible_in_snapshot(counted_xid, nullif($6, '')::pg_snapshot))
+		ORDER BY recorded_at, adjustment_id COLLATE "C"`, p.Tenant, p.Meter, p.GroupKey, p.Period, p.Snapshot, p.PrevSnapshot)
+	if err != nil {
+		return fmt.Errorf("reading the adjustments of push %s: %w", p.Identifier, err)
+	}
+	defer rows.Close()
+	it := LineageItem{Kind: "adjustment"}
+	for rows.Next() {
+		if err := rows.Scan(&it.ID, &it.Value, &it.Time, &it.Partition, &it.Offset); err != nil {
+			return fmt.Errorf("reading the adjustments of push %s: %w", p.Identifier, err)
+		}
+		it.Time = it.Time.UTC()
+		if err := fn(it); err != nil {
+			return err
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("reading the adjustments of push %s: %w", p.Identifier, err)
+	}
+	return nil
+}
+
+// MeterPushOf returns the first push of tenant's meter and group, in the
+// billing period of tenant's counted event id, whose snapshot saw the
+// event counted (nil: not pushed yet, or counted before lineage was
+// recorded).
+func MeterPushOf(ctx context.Context, q storage.Executor, tenant, id, meterName, group string) (*EventPush, error) {
+	var ident, status, cumulative, delta string
+	err := q.QueryRow(ctx, `SELECT b.identifier, b.status, b.cumulative_total::text, b.delta::text
+		FROM (SELECT l.event_time, l.counted_xid FROM ledger l JOIN ledger_names n ON n.ref = l.ref
+				WHERE l.id = ledger_key($1, $2) AND l.id_text = ledger_id_text($2) AND n.tenant = $1
+			UNION ALL
+			SELECT event_time, counted_xid FROM ledger_overflow WHERE tenant = $1 AND event_id = $2) l
+		JOIN LATERAL (SELECT b.identifier, b.status, b.cumulative_total, b.delta FROM billing_pushes b
+			WHERE b.tenant = $1 AND b.metric = $3 AND b.group_key = $4
+				AND b.period_start = (billing_period($1, l.event_time)).period_start
+				AND b.status <> 'cancelled' AND pg_visible_in_snapshot(l.counted_xid, b.metered_snapshot)
+			ORDER BY b.cumulative_total, b.id LIMIT 1) b ON true
+		LIMIT 1`, tenant, id, meterName, group).Scan(&ident, &status, &cumulative, &delta)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading the push of meter %s that carried event %s of tenant %s: %w", meterName, id, tenant, err)
+	}
+	return &EventPush{Identifier: ident, Status: status, Cumulative: cumulative, Delta: delta}, nil
+}
