@@ -123,15 +123,15 @@ type Quota struct {
 	// PerGroup sets the limit for each group of the meter, on its own.
 	PerGroup bool `json:"per_group"`
 	// Limit is nil for an unlimited metric.
-	Limit           *int64 `json:"limit"`
-	Period          string `json:"period"`
-	BurstPercent    int    `json:"burst_percent"`
-	Hard            bool   `json:"hard"`
+	Limit        *int64 `json:"limit"`
+	Period       string `json:"period"`
+	BurstPercent int    `json:"burst_percent"`
+	Hard         bool   `json:"hard"`
 	// Thresholds are the warning percentages, lowest first ([80] by
 	// default).
 	Thresholds []int `json:"thresholds"`
 	// Grace is a hard quota's grace before it blocks; nil for none.
-	Grace *Grace `json:"grace,omitempty"`
+	Grace           *Grace `json:"grace,omitempty"`
 	StripeEventName string `json:"stripe_event_name"`
 	// Price is the quota's price in the plan's currency; nil when the
 	// quota is not priced.

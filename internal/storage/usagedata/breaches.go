@@ -206,7 +206,8 @@ func RecordBreach(ctx context.Context, q storage.Executor, b quota.Breach) (bool
 // breach of bs unless a breach with its id, or of its (tenant, meter,
 // group key, period, threshold), is recorded already (or comes earlier in
 // bs), and reports for each whether it recorded it. An empty Meter is the
-// metric, a nil Group {}; GroupKey is stored as StoredKey stores it.
+// metric, a nil Group {}; GroupKey is stored as StoredKey stores it; a
+// warning's Percent is part of what it is a breach of (0 is 80).
 func RecordBreaches(ctx context.Context, q storage.Executor, bs []quota.Breach) ([]bool, error) {
 	recorded := make([]bool, len(bs))
 	if len(bs) == 0 {
@@ -230,6 +231,9 @@ func RecordBreaches(ctx context.Context, q storage.Executor, bs []quota.Breach) 
 		ids[i], tenants[i], metrics[i], thresholds[i], values[i] = b.BreachID, b.Tenant, b.Metric, b.Threshold, b.Value.String()
 		meters[i], keys[i], groups[i] = meterName, StoredKey(b.GroupKey), string(group)
 		starts[i], ends[i], detected[i], limits[i], percents[i] = b.PeriodStart, b.PeriodEnd, b.DetectedAt, b.Limit, int32(b.Percent)
+		if b.Threshold == string(quota.Warning) && b.Percent == 0 {
+			percents[i] = quota.WarningPercent // a warning that names no threshold is the 80 % one
+		}
 		if _, dup := at[b.BreachID]; !dup {
 			at[b.BreachID] = i
 		}
