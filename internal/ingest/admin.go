@@ -278,7 +278,11 @@ func planFromBody(name string, qs []quotaBody) (accounts.Plan, error) {
 			if err := q.Grace.Check(); err != nil {
 				return plan, fmt.Errorf("%s: %w", field("grace"), err)
 			}
-			out.Grace = q.Grace
+			g := *q.Grace
+			if d, err := time.ParseDuration(g.Duration); err == nil {
+				g.Duration = d.String()
+			}
+			out.Grace = &g
 		}
 		if out.BurstPercent < 0 || out.BurstPercent > 1000 {
 			return plan, fmt.Errorf("%s must be between 0 and 1000, got %d", field("burst_percent"), q.BurstPercent)
