@@ -2,6 +2,7 @@ package credit
 
 import (
 	"math/big"
+	"time"
 
 	"github.com/usagemeter/metering/internal/quota"
 )
@@ -15,21 +16,8 @@ func AppliesTo(aggregation string) bool {
 }
 
 // State is quota.Rule.Evaluate against allowance instead of the rule's
-// limit: warning at 80 % of it, exceeded at 100 %, blocked (hard quotas)
+// limit: warning at its lowest threshold (80 % by default) of it, exceeded at 100 %, blocked (hard quotas)
 // beyond allowance × (1 + burst). A nil allowance is unlimited.
 func State(r quota.Rule, allowance, used *big.Int) quota.State {
-	if allowance == nil {
-		return quota.OK
-	}
-	used100 := new(big.Int).Mul(used, big.NewInt(100))
-	if r.Hard && used100.Cmp(new(big.Int).Mul(allowance, big.NewInt(int64(100+r.BurstPercent)))) > 0 {
-		return quota.Blocked
-	}
-	if used.Cmp(allowance) >= 0 {
-		return quota.Exceeded
-	}
-	if used100.Cmp(new(big.Int).Mul(allowance, big.NewInt(quota.WarningPercent))) >= 0 {
-		return quota.Warning
-	}
-	return quota.OK
+	return r.Assess(allowance, used, time.Time{}, time.Time{}).State
 }

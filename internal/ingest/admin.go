@@ -24,6 +24,7 @@ import (
 	"github.com/usagemeter/metering/internal/meter"
 	"github.com/usagemeter/metering/internal/planperiod"
 	"github.com/usagemeter/metering/internal/price"
+	"github.com/usagemeter/metering/internal/quota"
 	"github.com/usagemeter/metering/internal/storage/accounts"
 	"github.com/usagemeter/metering/internal/storage/auditlog"
 )
@@ -39,6 +40,10 @@ type quotaBody struct {
 	BurstPercent    int             `json:"burst_percent"`
 	Hard            bool            `json:"hard"`
 	StripeEventName string          `json:"stripe_event_name"`
+	// Thresholds are the warning percentages (absent: [80]).
+	Thresholds []int `json:"thresholds"`
+	// Grace is a hard quota's grace before it blocks.
+	Grace *accounts.Grace `json:"grace"`
 	// UnitPrice is shorthand for {"model":"per_unit","unit_amount":UnitPrice}.
 	UnitPrice string `json:"unit_price"`
 	// Price is the quota's price (price.Parse checks it); null or absent
@@ -258,6 +263,26 @@ func planFromBody(name string, qs []quotaBody) (accounts.Plan, error) {
 				return plan, fmt.Errorf("%s prices the usage beyond a monthly allowance: the quota needs a limit and period \"month\"", field("overage_price"))
 			}
 			out.OveragePrice = &p
+		}
+		out.Thresholds = q.Thresholds
+		if out.Thresholds == nil {
+			out.Thresholds = quota.DefaultThresholds
+		}
+		if err := quota.ValidThresholds(out.Thresholds); err != nil {
+			return plan, fmt.Errorf("%s: %w", field("thresholds"), err)
+		}
+		if q.Grace != nil {
+			if !q.Hard {
+				return plan, fmt.Errorf("%s delays the block of a hard quota: set \"hard\": true", field("grace"))
+			}
+			if err := q.Grace.Check(); err != nil {
+				return plan, fmt.Errorf("%s: %w", field("grace"), err)
+			}
+			g := *q.Grace
+			if d, err := time.ParseDuration(g.Duration); err == nil {
+				g.Duration = d.String()
+			}
+			out.Grace = &g
 		}
 		if out.BurstPercent < 0 || out.BurstPercent > 1000 {
 			return plan, fmt.Errorf("%s must be between 0 and 1000, got %d", field("burst_percent"), q.BurstPercent)

@@ -101,3 +101,92 @@ func TestBreachJSON(t *testing.T) {
 		t.Fatalf("breach JSON = %s", out)
 	}
 }
+
+func TestAssess(t *testing.T) {
+	t.Parallel()
+	t0 := time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC)
+	amount := int64(50)
+	custom := quota.Rule{Limit: ptr(1000), Thresholds: []int{50, 80, 90}}
+	byTime := quota.Rule{Limit: ptr(1000), BurstPercent: 10, Hard: true, Grace: quota.Grace{Duration: 24 * time.Hour}}
+	byAmount := quota.Rule{Limit: ptr(1000), Hard: true, Grace: quota.Grace{Amount: &amount}}
+	both := quota.Rule{Limit: ptr(1000), Hard: true, Grace: quota.Grace{Duration: time.Hour, Amount: &amount}}
+	tests := []struct {
+		name       string
+		r          quota.Rule
+		used       int64
+		since, now time.Time
+		want       quota.State
+		warnings   []int
+		inGrace    bool
+	}{
+		{"default thresholds: 79 % ok", quota.Rule{Limit: ptr(1000)}, 790, time.Time{}, t0, quota.OK, nil, false},
+		{"default thresholds: 80 % warning", quota.Rule{Limit: ptr(1000)}, 800, time.Time{}, t0, quota.Warning, []int{80}, false},
+		{"custom: below the lowest", custom, 499, time.Time{}, t0, quota.OK, nil, false},
+		{"custom: 50 %", custom, 500, time.Time{}, t0, quota.Warning, []int{50}, false},
+		{"custom: 89.9 %", custom, 899, time.Time{}, t0, quota.Warning, []int{50, 80}, false},
+		{"custom: 90 %", custom, 900, time.Time{}, t0, quota.Warning, []int{50, 80, 90}, false},
+		{"custom: 100 % is exceeded with every warning", custom, 1000, time.Time{}, t0, quota.Exceeded, []int{50, 80, 90}, false},
+		{"grace by time: past the burst, not yet exceeded before", byTime, 1101, time.Time{}, t0, quota.Exceeded, []int{80}, true},
+		{"grace by time: within the duration", byTime, 1101, t0, t0.Add(23 * time.Hour), quota.Exceeded, []int{80}, true},
+		{"grace by time: run out at the duration", byTime, 1101, t0, t0.Add(24 * time.Hour), quota.Blocked, []int{80}, false},
+		{"grace by time: at the burst is exceeded anyway", byTime, 1100, t0, t0.Add(48 * time.Hour), quota.Exceeded, []int{80}, false},
+		{"grace by amount: at limit + amount", byAmount, 1050, time.Time{}, t0, quota.Exceeded, []int{80}, true},
+		{"grace by amount: beyond limit + amount", byAmount, 1051, time.Time{}, t0, quota.Blocked, []int{80}, false},
+		{"both: the amount runs out first", both, 1051, t0, t0.Add(time.Minute), quota.Blocked, []int{80}, false},
+		{"both: the time runs out first", both, 1001, t0, t0.Add(time.Hour), quota.Blocked, []int{80}, false},
+		{"both: neither run out", both, 1001, t0, t0.Add(time.Minute), quota.Exceeded, []int{80}, true},
+		{"a grace on a soft quota changes nothing", quota.Rule{Limit: ptr(10), Grace: quota.Grace{Amount: &amount}}, 1 << 40, time.Time{}, t0, quota.Exceeded, []int{80}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			a := tt.r.Assess(big.NewInt(*tt.r.Limit), big.NewInt(tt.used), tt.since, tt.now)
+			if a.State != tt.want || !slices.Equal(a.Warnings, tt.warnings) || a.InGrace != tt.inGrace {
+				t.Fatalf("Assess(%d) = %+v; want %s, warnings %v, in grace %t", tt.used, a, tt.want, tt.warnings, tt.inGrace)
+			}
+			// Evaluate is Assess with a grace by time not run out.
+			if tt.since.IsZero() && tt.r.Evaluate(big.NewInt(tt.used)) != tt.want {
+				t.Fatalf("Evaluate(%d) = %s, want %s", tt.used, tt.r.Evaluate(big.NewInt(tt.used)), tt.want)
+			}
+		})
+	}
+}
+
+func TestGraceEnds(t *testing.T) {
+	t.Parallel()
+	t0 := time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC)
+	amount := int64(50)
+	r := quota.Rule{Limit: ptr(1000), Hard: true, Grace: quota.Grace{Duration: 2 * time.Hour, Amount: &amount}}
+	a := r.Assess(big.NewInt(1000), big.NewInt(1020), t0, t0)
+	if !a.GraceEndsAt.Equal(t0.Add(2*time.Hour)) || a.GraceEndsAbove.Int64() != 1050 {
+		t.Fatalf("grace ends at %s, above %s", a.GraceEndsAt, a.GraceEndsAbove)
+	}
+}
+
+func TestLevels(t *testing.T) {
+	t.Parallel()
+	r := quota.Rule{Limit: ptr(100), Hard: true, Thresholds: []int{50, 80, 90}}
+	var names []string
+	for _, l := range r.Assess(big.NewInt(100), big.NewInt(500), time.Time{}, time.Time{}).Levels() {
+		names = append(names, l.Name())
+	}
+	if want := []string{"warning:50", "warning", "warning:90", "exceeded", "blocked"}; !slices.Equal(names, want) {
+		t.Fatalf("levels %q, want %q", names, want)
+	}
+}
+
+func TestValidThresholds(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		ts []int
+		ok bool
+	}{
+		{nil, true}, {[]int{80}, true}, {[]int{1, 50, 99}, true},
+		{[]int{0}, false}, {[]int{100}, false}, {[]int{50, 50}, false}, {[]int{80, 50}, false},
+		{[]int{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}, false},
+	} {
+		if err := quota.ValidThresholds(tt.ts); (err == nil) != tt.ok {
+			t.Errorf("ValidThresholds(%v) = %v, want ok %t", tt.ts, err, tt.ok)
+		}
+	}
+}

@@ -340,7 +340,8 @@ func quotaRules(ctx context.Context, tx pgx.Tx, periods billingcycle.Schedules, 
 // breaches' keys carry the period).
 func ruleIdentity(r rule) string {
 	_, filter := filterJSON(r.Filter)
-	return fmt.Sprintf("%s\x00%s\x00%s\x00%s\x00%s\x00%t\x00%d\x00%d\x00%t", r.Tenant, r.Period, r.Metric, r.Meter, filter, r.PerGroup, *r.Limit, r.BurstPercent, r.Hard)
+	return fmt.Sprintf("%s\x00%s\x00%s\x00%s\x00%s\x00%t\x00%d\x00%d\x00%t\x00%v\x00%d\x00%v", r.Tenant, r.Period, r.Metric, r.Meter, filter, r.PerGroup, *r.Limit,
+		r.BurstPercent, r.Hard, r.Thresholds, r.Grace.Duration, graceAmount(r.Grace))
 }
 
 // implicitBreaches reads the usage of period pk and appends to reached a
@@ -355,12 +356,15 @@ func implicitBreaches(ctx context.Context, tx pgx.Tx, book *creditBook, sched bi
 	if err != nil {
 		return nil, err
 	}
-	for _, th := range quota.Reached(ev.state) {
+	if ev, err = withGrace(ctx, tx, r, ev, value, pk.metric, "", pk.start, now); err != nil {
+		return nil, err
+	}
+	for _, l := range ev.a.Levels() {
 		reached = append(reached, quota.Breach{
-			BreachID: quota.BreachID(pk.tenant, pk.metric, pk.start, string(th)), Tenant: pk.tenant, Metric: pk.metric,
+			BreachID: quota.BreachID(pk.tenant, pk.metric, pk.start, l.Name()), Tenant: pk.tenant, Metric: pk.metric,
 			Meter: pk.metric, Group: quota.WholeMeter,
 			PeriodStart: pk.start, PeriodEnd: end, Limit: ev.limit, Value: value,
-			Threshold: string(th), DetectedAt: now,
+			Threshold: string(l.Threshold), Percent: l.Percent, DetectedAt: now,
 		})
 	}
 	return reached, nil
@@ -398,6 +402,9 @@ func meterBreaches(ctx context.Context, tx pgx.Tx, book *creditBook, meters *met
 			return nil, err
 		}
 		group, groupKey := filterJSON(r.Filter)
+		if ev, err = withGrace(ctx, tx, r, ev, value, r.Meter, groupKey, mk.start, now); err != nil {
+			return nil, err
+		}
 		before := len(reached)
 		reached = appendReached(reached, r, mk, end, groupKey, group, value, ev, now)
 		overages.note(reached[before:], r)
@@ -410,7 +417,11 @@ func meterBreaches(ctx context.Context, tx pgx.Tx, book *creditBook, meters *met
 		group, _ := groups[mk].MarshalJSON() // never fails
 		before := len(reached)
 		end := rules[mk.rule].Period.EndIn(periods.Of(rules[mk.rule].Tenant), mk.start)
-		reached = appendReached(reached, rules[mk.rule], mk, end, mk.group, group, values[i], planEvaluation(rules[mk.rule], values[i]), now)
+		ev, err := withGrace(ctx, tx, rules[mk.rule], planEvaluation(rules[mk.rule], values[i]), values[i], rules[mk.rule].Meter, mk.group, mk.start, now)
+		if err != nil {
+			return nil, err
+		}
+		reached = appendReached(reached, rules[mk.rule], mk, end, mk.group, group, values[i], ev, now)
 		overages.note(reached[before:], rules[mk.rule])
 	}
 	return reached, nil
@@ -421,12 +432,12 @@ func meterBreaches(ctx context.Context, tx pgx.Tx, book *creditBook, meters *met
 // the plan's limit, or the allowance credit grants raise it to); the
 // period ends at end.
 func appendReached(reached []quota.Breach, r rule, mk meterPeriodKey, end time.Time, groupKey string, group json.RawMessage, value *big.Int, ev evaluation, now time.Time) []quota.Breach {
-	for _, th := range quota.Reached(ev.state) {
+	for _, l := range ev.a.Levels() {
 		reached = append(reached, quota.Breach{
-			BreachID: quota.MeterBreachID(r.Tenant, r.Meter, groupKey, mk.start, string(th)), Tenant: r.Tenant, Metric: r.Metric,
+			BreachID: quota.MeterBreachID(r.Tenant, r.Meter, groupKey, mk.start, l.Name()), Tenant: r.Tenant, Metric: r.Metric,
 			Meter: r.Meter, Group: group, GroupKey: groupKey,
 			PeriodStart: mk.start, PeriodEnd: end, Limit: ev.limit, Value: value,
-			Threshold: string(th), DetectedAt: now,
+			Threshold: string(l.Threshold), Percent: l.Percent, DetectedAt: now,
 		})
 	}
 	return reached
@@ -467,7 +478,10 @@ func sortBreaches(breaches []quota.Breach) {
 		if c := x.PeriodStart.Compare(y.PeriodStart); c != 0 {
 			return c
 		}
-		return slices.Index(rank, quota.State(x.Threshold)) - slices.Index(rank, quota.State(y.Threshold))
+		if c := slices.Index(rank, quota.State(x.Threshold)) - slices.Index(rank, quota.State(y.Threshold)); c != 0 {
+			return c
+		}
+		return x.Percent - y.Percent
 	})
 }
 
@@ -479,4 +493,12 @@ func compareStrings(a, b string) int {
 		return 1
 	}
 	return 0
+}
+
+// graceAmount is a grace's amount, -1 for none.
+func graceAmount(g quota.Grace) int64 {
+	if g.Amount == nil {
+		return -1
+	}
+	return *g.Amount
 }

@@ -65,12 +65,34 @@ func readCredits(ctx context.Context, tx pgx.Tx, periods billingcycle.Schedules,
 // judged against: the plan's limit, or the allowance grants raised it to.
 type evaluation struct {
 	limit int64
-	state quota.State
+	// judged is the limit judged against, as an exact integer.
+	judged *big.Int
+	a      quota.Assessment
 }
 
-// planEvaluation judges value against r's limit alone.
+// planEvaluation judges value against r's limit alone (a grace by time
+// not run out: see withGrace).
 func planEvaluation(r rule, value *big.Int) evaluation {
-	return evaluation{limit: *r.Limit, state: r.Evaluate(value)}
+	limit := big.NewInt(*r.Limit)
+	return evaluation{limit: *r.Limit, judged: limit, a: r.Assess(limit, value, time.Time{}, time.Time{})}
+}
+
+// withGrace judges ev again when its usage is in a grace by time: the
+// period's exceeded breach (one read, only then) says when the grace
+// started, and now whether it has run out.
+func withGrace(ctx context.Context, tx pgx.Tx, r rule, ev evaluation, value *big.Int, meterName, groupKey string, start, now time.Time) (evaluation, error) {
+	if !ev.a.InGrace || r.Grace.Duration <= 0 {
+		return ev, nil
+	}
+	since, err := usagedata.ExceededSince(ctx, tx, r.Tenant, meterName, groupKey, start)
+	if err != nil {
+		return ev, err
+	}
+	if since.IsZero() {
+		return ev, nil // exceeded in this batch: the grace starts now
+	}
+	ev.a = r.Assess(ev.judged, value, since, now)
+	return ev, nil
 }
 
 // evaluate judges value, the usage of r's period starting at start,
@@ -111,7 +133,7 @@ func (b *creditBook) evaluate(ctx context.Context, tx pgx.Tx, meters *meterset.S
 	if res.Allowance.IsInt64() {
 		limit = res.Allowance.Int64()
 	}
-	return evaluation{limit: limit, state: credit.State(r.Rule, res.Allowance, value)}, nil
+	return evaluation{limit: limit, judged: res.Allowance, a: r.Assess(res.Allowance, value, time.Time{}, time.Time{})}, nil
 }
 
 func minTime(t time.Time, ts ...time.Time) time.Time {

@@ -28,6 +28,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/usagemeter/metering/internal/price"
+	"github.com/usagemeter/metering/internal/quota"
 	"github.com/usagemeter/metering/internal/storage"
 	"github.com/usagemeter/metering/internal/storage/auditlog"
 )
@@ -122,10 +123,15 @@ type Quota struct {
 	// PerGroup sets the limit for each group of the meter, on its own.
 	PerGroup bool `json:"per_group"`
 	// Limit is nil for an unlimited metric.
-	Limit           *int64 `json:"limit"`
-	Period          string `json:"period"`
-	BurstPercent    int    `json:"burst_percent"`
-	Hard            bool   `json:"hard"`
+	Limit        *int64 `json:"limit"`
+	Period       string `json:"period"`
+	BurstPercent int    `json:"burst_percent"`
+	Hard         bool   `json:"hard"`
+	// Thresholds are the warning percentages, lowest first ([80] by
+	// default).
+	Thresholds []int `json:"thresholds"`
+	// Grace is a hard quota's grace before it blocks; nil for none.
+	Grace           *Grace `json:"grace,omitempty"`
 	StripeEventName string `json:"stripe_event_name"`
 	// Price is the quota's price in the plan's currency; nil when the
 	// quota is not priced.
@@ -308,10 +314,24 @@ func insertQuota(ctx context.Context, tx pgx.Tx, plan string, version int, q Quo
 	if filter == nil {
 		filter = map[string]string{}
 	}
+	thresholds := q.Thresholds
+	if len(thresholds) == 0 {
+		thresholds = quota.DefaultThresholds
+	}
+	var graceMS, graceAmount *int64
+	if q.Grace != nil {
+		graceAmount = q.Grace.Amount
+		if d, err := time.ParseDuration(q.Grace.Duration); err == nil && d > 0 {
+			ms := d.Milliseconds()
+			graceMS = &ms
+		}
+	}
 	_, err := tx.Exec(ctx, `INSERT INTO plan_quotas
-		(plan, version, metric, quota_limit, period, burst_percent, hard, stripe_event_name, unit_price, meter, group_filter, per_group, price, overage_price)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::numeric, $10, $11, $12, $13::jsonb, $14::jsonb)`,
-		plan, version, q.Metric, q.Limit, q.Period, q.BurstPercent, q.Hard, eventName, unitPrice, meterName, filter, q.PerGroup, priceJSON, overageJSON)
+		(plan, version, metric, quota_limit, period, burst_percent, hard, stripe_event_name, unit_price, meter, group_filter, per_group, price, overage_price,
+			thresholds, grace_ms, grace_amount)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::numeric, $10, $11, $12, $13::jsonb, $14::jsonb, $15, $16, $17)`,
+		plan, version, q.Metric, q.Limit, q.Period, q.BurstPercent, q.Hard, eventName, unitPrice, meterName, filter, q.PerGroup, priceJSON, overageJSON,
+		thresholds, graceMS, graceAmount)
 	return err
 }
 
@@ -334,15 +354,22 @@ func readVersion(ctx context.Context, q storage.Executor, name string, version i
 		p.EffectiveFrom, p.Scheduled = &t, t.After(now)
 	}
 	rows, err := q.Query(ctx, `SELECT metric, quota_limit, period, burst_percent, hard, coalesce(stripe_event_name, ''), price,
-			coalesce(meter, metric), group_filter, per_group, overage_price
+			coalesce(meter, metric), group_filter, per_group, overage_price, thresholds, grace_ms, grace_amount
 		FROM plan_quotas WHERE plan = $1 AND version = $2 ORDER BY metric, meter NULLS FIRST, group_filter::text COLLATE "C", per_group`, name, version)
 	if err != nil {
 		return Plan{}, fmt.Errorf("reading quotas of plan %s: %w", name, err)
 	}
 	p.Quotas, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (Quota, error) {
 		var q Quota
+		var graceMS, graceAmount *int64
 		err := r.Scan(&q.Metric, &q.Limit, &q.Period, &q.BurstPercent, &q.Hard, &q.StripeEventName, &q.Price,
-			&q.Meter, &q.Filter, &q.PerGroup, &q.OveragePrice)
+			&q.Meter, &q.Filter, &q.PerGroup, &q.OveragePrice, &q.Thresholds, &graceMS, &graceAmount)
+		if graceMS != nil || graceAmount != nil {
+			q.Grace = &Grace{Amount: graceAmount}
+			if graceMS != nil {
+				q.Grace.Duration = (time.Duration(*graceMS) * time.Millisecond).String()
+			}
+		}
 		if q.Filter == nil {
 			q.Filter = map[string]string{}
 		}
@@ -753,4 +780,33 @@ func (s *Store) ListTenants(ctx context.Context) ([]Tenant, error) {
 		return nil, fmt.Errorf("listing tenants: %w", err)
 	}
 	return ts, nil
+}
+
+// Grace is a hard quota's grace before it blocks, as the plan API writes
+// it: {"duration":"24h"} and/or {"amount":500} (units of the meter).
+type Grace struct {
+	// Duration is a Go duration from the period's first exceeded
+	// crossing; empty for none.
+	Duration string `json:"duration,omitempty"`
+	// Amount is how far past the limit usage may go; nil for none.
+	Amount *int64 `json:"amount,omitempty"`
+}
+
+// Check reports what is wrong with g: a duration that does not parse or
+// is not positive (at most 366 days, whole milliseconds), a negative
+// amount, or neither given.
+func (g Grace) Check() error {
+	if g.Duration == "" && g.Amount == nil {
+		return errors.New(`give "duration" (such as "24h") and/or "amount" (units past the limit)`)
+	}
+	if g.Duration != "" {
+		d, err := time.ParseDuration(g.Duration)
+		if err != nil || d < time.Millisecond || d > 366*24*time.Hour {
+			return fmt.Errorf("duration must be a duration from 1ms to 8784h, such as \"24h\", got %q", g.Duration)
+		}
+	}
+	if g.Amount != nil && *g.Amount < 0 {
+		return fmt.Errorf("amount must be ≥ 0, got %d", *g.Amount)
+	}
+	return nil
 }

@@ -286,8 +286,8 @@ func projectUsage(agg meter.Aggregation, used *big.Int, scale *big.Rat) *big.Int
 // Breaches returns tenant's breaches, newest first, at most limit.
 func (r *Reader) Breaches(ctx context.Context, tenant string, limit int) ([]quota.Breach, error) {
 	rows, err := r.q.Query(ctx, `SELECT breach_id, tenant, metric, threshold, period_start, period_end, quota_limit, value, detected_at,
-			meter, group_key, group_values::text
-		FROM quota_breaches WHERE tenant = $1 ORDER BY detected_at DESC, quota_limit, threshold LIMIT $2`, tenant, limit)
+			meter, group_key, group_values::text, percent
+		FROM quota_breaches WHERE tenant = $1 ORDER BY detected_at DESC, quota_limit, threshold, percent DESC LIMIT $2`, tenant, limit)
 	if err != nil {
 		return nil, fmt.Errorf("reading breaches of %s: %w", tenant, err)
 	}
@@ -296,7 +296,7 @@ func (r *Reader) Breaches(ctx context.Context, tenant string, limit int) ([]quot
 		var v pgtype.Numeric
 		var group string
 		err := row.Scan(&b.BreachID, &b.Tenant, &b.Metric, &b.Threshold, &b.PeriodStart, &b.PeriodEnd, &b.Limit, &v, &b.DetectedAt,
-			&b.Meter, &b.GroupKey, &group)
+			&b.Meter, &b.GroupKey, &group, &b.Percent)
 		b.Value = NumericInt(v)
 		b.Group = compactJSON(group)
 		b.PeriodStart, b.PeriodEnd, b.DetectedAt = b.PeriodStart.UTC(), b.PeriodEnd.UTC(), b.DetectedAt.UTC()

@@ -206,7 +206,8 @@ func RecordBreach(ctx context.Context, q storage.Executor, b quota.Breach) (bool
 // breach of bs unless a breach with its id, or of its (tenant, meter,
 // group key, period, threshold), is recorded already (or comes earlier in
 // bs), and reports for each whether it recorded it. An empty Meter is the
-// metric, a nil Group {}; GroupKey is stored as StoredKey stores it.
+// metric, a nil Group {}; GroupKey is stored as StoredKey stores it; a
+// warning's Percent is part of what it is a breach of (0 is 80).
 func RecordBreaches(ctx context.Context, q storage.Executor, bs []quota.Breach) ([]bool, error) {
 	recorded := make([]bool, len(bs))
 	if len(bs) == 0 {
@@ -217,6 +218,7 @@ func RecordBreaches(ctx context.Context, q storage.Executor, bs []quota.Breach) 
 		make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	starts, ends, detected := make([]time.Time, n), make([]time.Time, n), make([]time.Time, n)
 	limits := make([]int64, n)
+	percents := make([]int32, n)
 	at := make(map[string]int, n)
 	for i, b := range bs {
 		meterName, group := b.Meter, b.Group
@@ -228,19 +230,22 @@ func RecordBreaches(ctx context.Context, q storage.Executor, bs []quota.Breach) 
 		}
 		ids[i], tenants[i], metrics[i], thresholds[i], values[i] = b.BreachID, b.Tenant, b.Metric, b.Threshold, b.Value.String()
 		meters[i], keys[i], groups[i] = meterName, StoredKey(b.GroupKey), string(group)
-		starts[i], ends[i], detected[i], limits[i] = b.PeriodStart, b.PeriodEnd, b.DetectedAt, b.Limit
+		starts[i], ends[i], detected[i], limits[i], percents[i] = b.PeriodStart, b.PeriodEnd, b.DetectedAt, b.Limit, int32(b.Percent)
+		if b.Threshold == string(quota.Warning) && b.Percent == 0 {
+			percents[i] = quota.WarningPercent // a warning that names no threshold is the 80 % one
+		}
 		if _, dup := at[b.BreachID]; !dup {
 			at[b.BreachID] = i
 		}
 	}
 	rows, err := q.Query(ctx, `INSERT INTO quota_breaches (breach_id, tenant, metric, period_start, period_end, threshold, quota_limit, value, detected_at,
-				meter, group_key, group_values)
-			SELECT id, t, m, ps, pe, th, l, v::numeric, d, mt, k, gv::jsonb
+				meter, group_key, group_values, percent)
+			SELECT id, t, m, ps, pe, th, l, v::numeric, d, mt, k, gv::jsonb, pc
 			FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::text[], $7::bigint[], $8::text[], $9::timestamptz[],
-				$10::text[], $11::text[], $12::text[]) WITH ORDINALITY AS b(id, t, m, ps, pe, th, l, v, d, mt, k, gv, i)
+				$10::text[], $11::text[], $12::text[], $13::int[]) WITH ORDINALITY AS b(id, t, m, ps, pe, th, l, v, d, mt, k, gv, pc, i)
 			ORDER BY i
 			ON CONFLICT DO NOTHING RETURNING breach_id`,
-		ids, tenants, metrics, starts, ends, thresholds, limits, values, detected, meters, keys, groups)
+		ids, tenants, metrics, starts, ends, thresholds, limits, values, detected, meters, keys, groups, percents)
 	if err != nil {
 		return nil, fmt.Errorf("recording %d breaches: %w", n, err)
 	}
@@ -256,4 +261,22 @@ func RecordBreaches(ctx context.Context, q storage.Executor, bs []quota.Breach) 
 		return nil, fmt.Errorf("recording %d breaches: %w", n, err)
 	}
 	return recorded, nil
+}
+
+// ExceededSince returns when tenant's quota on meterName (group key
+// groupKey: "" for a whole meter, a filter's JSON object, a per_group
+// quota's group key) was first exceeded in the period starting at
+// periodStart: its exceeded breach's detected_at, zero when it was not.
+func ExceededSince(ctx context.Context, q storage.Executor, tenant, meterName, groupKey string, periodStart time.Time) (time.Time, error) {
+	var at pgtype.Timestamptz
+	err := q.QueryRow(ctx, `SELECT min(detected_at) FROM quota_breaches
+		WHERE tenant = $1 AND meter = $2 AND group_key = $3 AND period_start = $4 AND threshold = 'exceeded'`,
+		tenant, meterName, StoredKey(groupKey), periodStart).Scan(&at)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("reading when %s's quota on %s was exceeded: %w", tenant, meterName, err)
+	}
+	if !at.Valid {
+		return time.Time{}, nil
+	}
+	return at.Time, nil
 }

@@ -99,7 +99,7 @@ func (p *PlanRules) Rules(tenant string, g windows.Granularity, start time.Time)
 			}
 			row := pq.Data.(planQuota)
 			rs = append(rs, QuotaRule{
-				Rule:   quota.Rule{Limit: pq.Limit, BurstPercent: row.status.BurstPercent, Hard: row.status.Hard},
+				Rule:   quota.Rule{Limit: pq.Limit, BurstPercent: row.status.BurstPercent, Hard: row.status.Hard, Thresholds: row.status.Thresholds, Grace: row.status.rule().Grace},
 				Period: g, Tenant: tenant, Metric: row.status.Metric, Meter: pq.Key.Meter,
 				Filter: row.status.Filter, PerGroup: row.status.PerGroup, OveragePrice: row.overagePrice,
 			})
@@ -135,13 +135,14 @@ func readPlanInputs(ctx context.Context, q storage.Executor, tenants []string, f
 				WHERE l.plan = v.plan AND l.effective_from > v.effective_from AND l.effective_from <= $2)
 		)
 		SELECT true, a.tenant, a.plan, a.valid_from, a.valid_to, a.source, 0, NULL::text,
-			NULL::text, NULL::text, NULL::text, false, NULL::bigint, NULL::text, 0, false, NULL::text, NULL::text, NULL::text[], NULL::text
+			NULL::text, NULL::text, NULL::text, false, NULL::bigint, NULL::text, 0, false, NULL::text, NULL::text, NULL::text[], NULL::text,
+			NULL::int[], NULL::bigint, NULL::bigint
 		FROM a
 		UNION ALL
 		SELECT false, '', v.plan, v.effective_from, NULL, '', v.version, v.proration,
 			q.metric, q.meter, q.group_filter::text, coalesce(q.per_group, false), q.quota_limit, q.period, coalesce(q.burst_percent, 0), coalesce(q.hard, false),
 			q.stripe_event_name, CASE WHEN q.meter IS NULL THEN '' ELSE coalesce(m.aggregation, '') END, coalesce(m.group_by, '{}'),
-			q.overage_price::text
+			q.overage_price::text, q.thresholds, q.grace_ms, q.grace_amount
 		FROM v LEFT JOIN plan_quotas q ON q.plan = v.plan AND q.version = v.version
 		LEFT JOIN meters m ON m.name = q.meter AND m.metric = q.metric`, tenants, from, to, defaultPlan)
 	if err != nil {
@@ -164,8 +165,11 @@ func readPlanInputs(ctx context.Context, q storage.Executor, tenants []string, f
 		var perGroup, hard bool
 		var limit *int64
 		var groupBy []string
+		var thresholds []int32
+		var graceMS, graceAmount *int64
 		if err := rows.Scan(&isAssignment, &tenant, &plan, &fromTS, &toTS, &source, &version, &proration,
-			&metric, &meterName, &filter, &perGroup, &limit, &period, &burst, &hard, &eventName, &aggregation, &groupBy, &overage); err != nil {
+			&metric, &meterName, &filter, &perGroup, &limit, &period, &burst, &hard, &eventName, &aggregation, &groupBy, &overage,
+			&thresholds, &graceMS, &graceAmount); err != nil {
 			return nil, err
 		}
 		if isAssignment {
@@ -195,6 +199,17 @@ func readPlanInputs(ctx context.Context, q storage.Executor, tenants []string, f
 		}
 		st := &pq.status
 		st.Metric, st.Meter, st.PerGroup, st.Limit, st.BurstPercent, st.Hard = *metric, *metric, perGroup, limit, burst, hard
+		st.Thresholds = make([]int, len(thresholds))
+		for i, t := range thresholds {
+			st.Thresholds[i] = int(t)
+		}
+		if graceMS != nil || graceAmount != nil {
+			st.Grace = &GraceStatus{Amount: graceAmount}
+			if graceMS != nil {
+				st.Grace.ms = *graceMS
+				st.Grace.Duration = (time.Duration(*graceMS) * time.Millisecond).String()
+			}
+		}
 		if meterName != nil {
 			st.Meter = *meterName
 		}

@@ -1,6 +1,7 @@
 package usagedata
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -110,6 +111,10 @@ type QuotaStatus struct {
 	State        quota.State `json:"state"`
 	Hard         bool        `json:"hard"`
 	BurstPercent int         `json:"burst_percent"`
+	// Thresholds are the quota's warning percentages, lowest first.
+	Thresholds []int `json:"thresholds"`
+	// Grace is a hard quota's grace before it blocks (absent: none).
+	Grace *GraceStatus `json:"grace,omitempty"`
 	// Groups, for a per_group quota only, are the MaxQuotaGroups groups of
 	// the period with the most usage, most first (ties by group key), and
 	// GroupsTotal how many groups the period has.
@@ -120,6 +125,36 @@ type QuotaStatus struct {
 	// which Remaining and State are then reckoned, and the grants.
 	Allowance *big.Int      `json:"allowance,omitzero"`
 	Grants    []GrantStatus `json:"grants,omitzero"`
+}
+
+// GraceStatus is a hard quota's grace: how long after the period's first
+// exceeded crossing, and how many units past the limit, usage beyond the
+// blocking point stays exceeded; and, when known, when or at what usage
+// it ends.
+type GraceStatus struct {
+	// Duration is a Go duration ("24h0m0s"), empty for none.
+	Duration string `json:"duration,omitempty"`
+	// Amount is in the meter's units, nil for none.
+	Amount *int64 `json:"amount,omitempty"`
+	// EndsAt is when the grace by time runs out: the exceeded crossing's
+	// time + Duration (absent until the quota is exceeded in the period).
+	EndsAt *time.Time `json:"ends_at,omitempty"`
+	// EndsAbove is the usage beyond which the grace by amount runs out.
+	EndsAbove *big.Int `json:"ends_above,omitempty"`
+	// Active reports that usage is past the blocking point and the grace
+	// holds the state at exceeded.
+	Active bool `json:"active"`
+	// ms and amount as stored; grace builds the rule's Grace from them.
+	ms int64
+}
+
+// rule returns the quota.Rule of q.
+func (q QuotaStatus) rule() quota.Rule {
+	r := quota.Rule{Limit: q.Limit, BurstPercent: q.BurstPercent, Hard: q.Hard, Thresholds: q.Thresholds}
+	if q.Grace != nil {
+		r.Grace = quota.Grace{Duration: time.Duration(q.Grace.ms) * time.Millisecond, Amount: q.Grace.Amount}
+	}
+	return r
 }
 
 // GroupStatus is one group's state under a per_group quota.
@@ -243,7 +278,7 @@ func boolInt(b bool) int {
 func (r *Reader) quotaStatus(ctx context.Context, tenant string, sched billingcycle.Schedule, qr quotaRow, now time.Time) (QuotaStatus, error) {
 	q := qr.status
 	q.PeriodStart, q.PeriodEnd = qr.period.SpanIn(sched, now)
-	rule := quota.Rule{Limit: q.Limit, BurstPercent: q.BurstPercent, Hard: q.Hard}
+	rule := q.rule()
 	var err error
 	switch {
 	case q.Meter == q.Metric:
@@ -265,6 +300,11 @@ func (r *Reader) quotaStatus(ctx context.Context, tenant string, sched billingcy
 	q.State, q.Remaining = rule.Evaluate(q.Used), remaining(q.Limit, q.Used)
 	if err := r.applyCredits(ctx, tenant, qr, &q, rule, now); err != nil {
 		return q, fmt.Errorf("reading quotas of %s: %w", tenant, err)
+	}
+	if q.Grace != nil && q.Limit != nil && !q.PerGroup {
+		if err := r.applyGrace(ctx, tenant, &q, rule, now); err != nil {
+			return q, fmt.Errorf("reading quotas of %s: %w", tenant, err)
+		}
 	}
 	return q, nil
 }
@@ -329,4 +369,46 @@ func NumericInt(n pgtype.Numeric) *big.Int {
 		v.Quo(v, new(big.Int).Exp(big.NewInt(10), big.NewInt(int64(-n.Exp)), nil))
 	}
 	return v
+}
+
+// applyGrace judges q's usage with its grace: the time of the period's
+// exceeded breach (read when the grace is by time) and now decide
+// whether the grace has run out; q.Grace shows when or at what usage it
+// ends.
+func (r *Reader) applyGrace(ctx context.Context, tenant string, q *QuotaStatus, rule quota.Rule, now time.Time) error {
+	var since time.Time
+	if rule.Grace.Duration > 0 {
+		at, err := ExceededSince(ctx, r.q, tenant, q.Meter, groupKeyOf(q.Filter), q.PeriodStart)
+		if err != nil {
+			return err
+		}
+		since = at
+	}
+	limit := big.NewInt(*q.Limit)
+	if q.Allowance != nil {
+		limit = q.Allowance
+	}
+	a := rule.Assess(limit, q.Used, since, now)
+	q.State = a.State
+	g := *q.Grace
+	g.Active, g.EndsAbove = a.InGrace, a.GraceEndsAbove
+	if !a.GraceEndsAt.IsZero() {
+		t := a.GraceEndsAt.UTC()
+		g.EndsAt = &t
+	}
+	q.Grace = &g
+	return nil
+}
+
+// groupKeyOf is the breach group key of a quota with filter: the filter
+// as a JSON object with sorted keys, "" for none.
+func groupKeyOf(filter map[string]string) string {
+	if len(filter) == 0 {
+		return ""
+	}
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(filter) // a map of strings always encodes, keys sorted
+	return string(bytes.TrimSuffix(buf.Bytes(), []byte("\n")))
 }
