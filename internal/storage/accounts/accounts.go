@@ -155,6 +155,19 @@ type Plan struct {
 	Proration     string     `json:"proration"`
 	Scheduled     bool       `json:"scheduled"`
 	UpdatedAt     time.Time  `json:"updated_at"`
+	// HoldOnAnomaly, when set, holds a push whose delta is beyond Factor
+	// times its baseline for an operator's approval (internal/stripesync);
+	// nil (the default) never holds.
+	HoldOnAnomaly *HoldOnAnomaly `json:"hold_on_anomaly,omitempty"`
+}
+
+// HoldOnAnomaly is a plan version's hold of unusual pushes: a push whose
+// delta is more than Factor (a positive decimal, exact) times the median
+// delta of the last Window (default 20) pushes of its tenant, meter and
+// group is held until approved or rejected.
+type HoldOnAnomaly struct {
+	Factor json.Number `json:"factor"`
+	Window int         `json:"window,omitempty"`
 }
 
 // Always is the time a version or an assignment in force since always
@@ -221,8 +234,14 @@ func (s *Store) SavePlan(ctx context.Context, p Plan, now time.Time) (Plan, bool
 		if latest == 0 && p.EffectiveFrom == nil {
 			at = Always // a plan's first version, at no given time, is its content since always
 		}
-		if _, err := tx.Exec(ctx, `INSERT INTO plan_versions (plan, version, effective_from, proration, currency) VALUES ($1, $2, $3, $4, $5)`,
-			p.Name, latest+1, timestamptz(at), p.Proration, p.Currency); err != nil {
+		var hold []byte
+		if p.HoldOnAnomaly != nil {
+			if hold, err = json.Marshal(p.HoldOnAnomaly); err != nil {
+				return fmt.Errorf("hold_on_anomaly: %w", err)
+			}
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO plan_versions (plan, version, effective_from, proration, currency, hold_on_anomaly) VALUES ($1, $2, $3, $4, $5, $6::jsonb)`,
+			p.Name, latest+1, timestamptz(at), p.Proration, p.Currency, hold); err != nil {
 			return err
 		}
 		for _, q := range p.Quotas {
@@ -266,7 +285,8 @@ func (s *Store) SavePlan(ctx context.Context, p Plan, now time.Time) (Plan, bool
 // sameContent reports whether two versions hold the same quotas,
 // currency and proration.
 func sameContent(a, b Plan) bool {
-	return a.Currency == b.Currency && a.Proration == b.Proration && reflect.DeepEqual(a.Quotas, b.Quotas)
+	return a.Currency == b.Currency && a.Proration == b.Proration && reflect.DeepEqual(a.Quotas, b.Quotas) &&
+		reflect.DeepEqual(a.HoldOnAnomaly, b.HoldOnAnomaly)
 }
 
 // insertQuota writes one quota of a version.
@@ -320,9 +340,10 @@ func insertQuota(ctx context.Context, tx pgx.Tx, plan string, version int, q Quo
 func readVersion(ctx context.Context, q storage.Executor, name string, version int, now time.Time) (Plan, error) {
 	p := Plan{Name: name, Version: version, Quotas: []Quota{}}
 	var from pgtype.Timestamptz
-	err := q.QueryRow(ctx, `SELECT v.currency, v.proration, v.effective_from, greatest(v.created_at, p.updated_at)
+	var hold []byte
+	err := q.QueryRow(ctx, `SELECT v.currency, v.proration, v.effective_from, greatest(v.created_at, p.updated_at), v.hold_on_anomaly
 		FROM plan_versions v JOIN plans p ON p.name = v.plan WHERE v.plan = $1 AND v.version = $2`, name, version).
-		Scan(&p.Currency, &p.Proration, &from, &p.UpdatedAt)
+		Scan(&p.Currency, &p.Proration, &from, &p.UpdatedAt, &hold)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Plan{}, ErrNotFound
 	}
@@ -332,6 +353,12 @@ func readVersion(ctx context.Context, q storage.Executor, name string, version i
 	if from.InfinityModifier == pgtype.Finite {
 		t := from.Time.UTC()
 		p.EffectiveFrom, p.Scheduled = &t, t.After(now)
+	}
+	if hold != nil {
+		p.HoldOnAnomaly = new(HoldOnAnomaly)
+		if err := json.Unmarshal(hold, p.HoldOnAnomaly); err != nil {
+			return Plan{}, fmt.Errorf("reading hold_on_anomaly of plan %s version %d: %w", name, version, err)
+		}
 	}
 	rows, err := q.Query(ctx, `SELECT metric, quota_limit, period, burst_percent, hard, coalesce(stripe_event_name, ''), price,
 			coalesce(meter, metric), group_filter, per_group, overage_price
