@@ -37,8 +37,8 @@ const notBehindHeld = `NOT EXISTS (SELECT 1 FROM billing_pushes h WHERE h.status
 // dead, of any period, newest first, at most the window asked for) and
 // whether the period has a held push already.
 type HoldHistory struct {
-	Deltas  []string // decimal integers
-	HeldID  int64    // 0 when none is held
+	Deltas []string // decimal integers
+	HeldID int64    // 0 when none is held
 }
 
 // ReadHoldHistory reads the hold history of (tenant, metric, groupKey,
