@@ -42,12 +42,13 @@ type HoldHistory struct {
 }
 
 // ReadHoldHistory reads the hold history of (tenant, metric, groupKey,
-// period) over the last window pushes; q is the planning transaction.
-func ReadHoldHistory(ctx context.Context, q storage.Executor, tenant, metric, groupKey string, period time.Time, window int) (HoldHistory, error) {
+// period) over the last window pushes but the one with identifier (the
+// intent being judged); q is the planning transaction.
+func ReadHoldHistory(ctx context.Context, q storage.Executor, tenant, metric, groupKey string, period time.Time, window int, identifier string) (HoldHistory, error) {
 	var h HoldHistory
 	b := &pgx.Batch{}
 	b.Queue(`SELECT delta::text FROM billing_pushes WHERE tenant = $1 AND metric = $2 AND group_key = $3 AND status IN ('sent', 'intent', 'dead')
-		ORDER BY id DESC LIMIT $4`, tenant, metric, groupKey, window).Query(func(rows pgx.Rows) error {
+			AND identifier <> $5 ORDER BY id DESC LIMIT $4`, tenant, metric, groupKey, window, identifier).Query(func(rows pgx.Rows) error {
 		var err error
 		h.Deltas, err = pgx.CollectRows(rows, pgx.RowTo[string])
 		return err
@@ -62,7 +63,7 @@ func ReadHoldHistory(ctx context.Context, q storage.Executor, tenant, metric, gr
 	return h, nil
 }
 
-// Hold marks the intent id, just inserted in the transaction q, as held
+// Hold marks the intent identifier, just inserted in the transaction q, as held
 // with reason.
 func Hold(ctx context.Context, q storage.Executor, identifier, reason string) error {
 	_, err := q.Exec(ctx, `UPDATE billing_pushes SET status = 'held', hold_reason = $2, updated_at = now() WHERE identifier = $1 AND status = 'intent'`,
