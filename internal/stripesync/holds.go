@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/usagemeter/metering/internal/storage"
+	"github.com/usagemeter/metering/internal/storage/accounts"
 	"github.com/usagemeter/metering/internal/storage/billingdata"
 )
 
@@ -62,12 +63,13 @@ func parseHold(raw []byte) (*holdRule, error) {
 	if err := json.Unmarshal(raw, &v); err != nil {
 		return nil, fmt.Errorf("hold_on_anomaly: %w", err)
 	}
-	f, ok := new(big.Rat).SetString(string(v.Factor))
-	if !ok || f.Sign() <= 0 {
-		return nil, fmt.Errorf("hold_on_anomaly: factor %q is not a positive number", v.Factor)
+	rule := accounts.HoldOnAnomaly{Factor: v.Factor, Window: v.Window}
+	if err := rule.Check(); err != nil {
+		return nil, err
 	}
-	if v.Window < 0 {
-		return nil, fmt.Errorf("hold_on_anomaly: window %d is negative", v.Window)
+	f, err := rule.Rat()
+	if err != nil {
+		return nil, err
 	}
 	if v.Window == 0 {
 		v.Window = DefaultHoldWindow

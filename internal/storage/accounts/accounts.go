@@ -19,7 +19,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/big"
 	"reflect"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -168,6 +171,49 @@ type Plan struct {
 type HoldOnAnomaly struct {
 	Factor json.Number `json:"factor"`
 	Window int         `json:"window,omitempty"`
+}
+
+// MaxHoldWindow bounds HoldOnAnomaly.Window.
+const MaxHoldWindow = 1000
+
+// Check reports what is wrong with h: Factor must be a decimal number
+// from MinHoldFactor to MaxHoldFactor (an exponent, if any, of at most
+// 1000 in magnitude, so reading it exactly stays cheap), Window from 0
+// (the default, 20) to MaxHoldWindow.
+func (h HoldOnAnomaly) Check() error {
+	if _, err := h.Rat(); err != nil {
+		return err
+	}
+	if h.Window < 0 || h.Window > MaxHoldWindow {
+		return fmt.Errorf("hold_on_anomaly.window must be from 1 to %d pushes (0 or absent: 20), got %d", MaxHoldWindow, h.Window)
+	}
+	return nil
+}
+
+// Bounds of HoldOnAnomaly.Factor.
+const (
+	MinHoldFactor = 0.001
+	MaxHoldFactor = 1e6
+)
+
+// Rat is h's factor, exact, or an error when Check would refuse it.
+func (h HoldOnAnomaly) Rat() (*big.Rat, error) {
+	s := string(h.Factor)
+	bad := fmt.Errorf("hold_on_anomaly.factor must be a number from %g to %g, such as 10 or 2.5, got %q", MinHoldFactor, MaxHoldFactor, s)
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || f < MinHoldFactor || f > MaxHoldFactor {
+		return nil, bad
+	}
+	if i := strings.IndexAny(s, "eE"); i >= 0 {
+		if e, err := strconv.Atoi(s[i+1:]); err != nil || e < -1000 || e > 1000 {
+			return nil, bad
+		}
+	}
+	r, ok := new(big.Rat).SetString(s)
+	if !ok || r.Sign() <= 0 {
+		return nil, bad
+	}
+	return r, nil
 }
 
 // Always is the time a version or an assignment in force since always
