@@ -168,4 +168,3 @@ func holdsDecide(ctx context.Context, env Env, f cli.Audit, args []string, done 
 	fmt.Fprintf(env.Out, "push %d %s; sent now: %d (with the pushes that waited behind it), back in the billing DLQ: %d\n", ids[0], done, res.Sent, res.Dead)
 	return nil
 }
-
