@@ -52,6 +52,12 @@ func DLQCommand(ctx context.Context, cfg config.Biller, log *slog.Logger, sub st
 	return cli.Run(ctx, Commands, "dlq "+sub, Env{Config: cfg, Log: log, Out: out}, args)
 }
 
+// HoldsCommand runs `biller holds list|approve ID|reject ID` (see
+// holds.go); approve and reject take --note (required) and --actor.
+func HoldsCommand(ctx context.Context, cfg config.Biller, log *slog.Logger, sub string, args []string, out io.Writer) error {
+	return cli.Run(ctx, Commands, "holds "+sub, Env{Config: cfg, Log: log, Out: out}, args)
+}
+
 // CreditsCommand runs `biller credits list [--status S] [--format json]`
 // or `biller credits resend (ID...|--all) [--actor NAME] [--note TEXT]`.
 func CreditsCommand(ctx context.Context, cfg config.Biller, log *slog.Logger, sub string, args []string, out io.Writer) error {
