@@ -14,7 +14,8 @@
 // memory re-sends the same identifier and Idempotency-Key, so Stripe
 // counts it once. A delta is never claimed twice, even by two billers
 // planning the same month at once (locks.go): pushes in flight or
-// dead-lettered count as claimed until they are sent or cancelled, so
+// dead-lettered count as claimed until they are sent or cancelled (and
+// pushes held on anomalies, holds.go, until approved and sent), so
 // Stripe's running total never exceeds the metered total plus what a
 // customer credit gave back (a decrease too old to cancel, credits.go). A push older
 // than that memory is never re-sent as it is: Stripe's summary decides

@@ -12,7 +12,8 @@ import (
 )
 
 // Push statuses: a push is recorded as an intent and moves forward to
-// sent, dead (the billing DLQ), cancelled or discarded.
+// sent, dead (the billing DLQ), cancelled or discarded; or it is held
+// (StatusHeld, holds.go) and approved back to intent or discarded.
 const (
 	StatusIntent    = "intent"
 	StatusSent      = "sent"
