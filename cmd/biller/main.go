@@ -8,6 +8,7 @@
 //	biller migrate [flags]                                apply database migrations and exit
 //	biller reconcile --period YYYY-MM [--format table|csv|json]
 //	biller dlq list [--format json] | show ID | replay (ID... | --all) [--actor NAME] [--note TEXT] | discard ID... [--actor NAME] [--note TEXT]
+//	biller holds list [--format json] | approve ID --note TEXT [--actor NAME] | reject ID --note TEXT [--actor NAME]
 //	biller credits list [--status open|dead|sent|none|all] [--format json] [--limit N]
 //	biller credits resend (ID... | --all) [--actor NAME] [--note TEXT]
 //	biller webhooks endpoints [--tenant T] [--format json]

@@ -58,7 +58,7 @@ import (
 )
 
 // Routes the biller serves besides service.Routes.
-var Routes = append([]string{"POST /webhooks/stripe", "GET /v1/reconciliation"}, DLQRoutes...)
+var Routes = append(append([]string{"POST /webhooks/stripe", "GET /v1/reconciliation"}, DLQRoutes...), HoldRoutes...)
 
 // Open connects to Postgres and applies pending migrations.
 func Open(ctx context.Context, databaseURL string, wait time.Duration, log *slog.Logger) (*pgxpool.Pool, error) {

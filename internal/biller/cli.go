@@ -29,6 +29,9 @@ var Commands = []cli.Command[config.Biller]{
 	cli.New("dlq show", dlqShow),
 	cli.New("dlq replay", dlqReplay),
 	cli.New("dlq discard", dlqDiscard),
+	cli.New("holds list", holdsList),
+	cli.New("holds approve", holdsApprove),
+	cli.New("holds reject", holdsReject),
 	cli.New("credits list", creditsList),
 	cli.New("credits resend", creditsResend),
 	cli.New("audit", auditList),
@@ -47,6 +50,12 @@ func ReconcileCommand(ctx context.Context, cfg config.Biller, log *slog.Logger, 
 // replay and discard take --actor and --note for the audit log.
 func DLQCommand(ctx context.Context, cfg config.Biller, log *slog.Logger, sub string, args []string, out io.Writer) error {
 	return cli.Run(ctx, Commands, "dlq "+sub, Env{Config: cfg, Log: log, Out: out}, args)
+}
+
+// HoldsCommand runs `biller holds list|approve ID|reject ID` (see
+// holds.go); approve and reject take --note (required) and --actor.
+func HoldsCommand(ctx context.Context, cfg config.Biller, log *slog.Logger, sub string, args []string, out io.Writer) error {
+	return cli.Run(ctx, Commands, "holds "+sub, Env{Config: cfg, Log: log, Out: out}, args)
 }
 
 // CreditsCommand runs `biller credits list [--status S] [--format json]`

@@ -23,8 +23,8 @@ var DLQRoutes = []string{
 	"POST /v1/admin/dlq/billing/{id}/discard",
 }
 
-// MountAPI adds the biller's keyed routes to mux: GET /v1/reconciliation
-// and the billing dead-letter queue (DLQRoutes), served by b and closer
+// MountAPI adds the biller's keyed routes to mux: GET /v1/reconciliation,
+// the billing dead-letter queue (DLQRoutes) and held pushes (HoldRoutes), served by b and closer
 // and authenticated by authn. Ingest forwards the same paths here
 // (BILLER_URL) for the console.
 func MountAPI(mux *http.ServeMux, authn *auth.Authenticator, b *stripesync.Biller, closer *periodclose.Closer, log *slog.Logger) {
@@ -34,6 +34,7 @@ func MountAPI(mux *http.ServeMux, authn *auth.Authenticator, b *stripesync.Bille
 	mux.HandleFunc(DLQRoutes[1], d.operator(d.show))
 	mux.HandleFunc(DLQRoutes[2], d.admin(d.replay))
 	mux.HandleFunc(DLQRoutes[3], d.admin(d.discard))
+	mountHolds(mux, d)
 }
 
 type dlqAPI struct {

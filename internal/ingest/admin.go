@@ -93,6 +93,8 @@ func (a *API) putPlan(w http.ResponseWriter, r *http.Request, p auth.Principal) 
 		// Proration how it applies to a period under way.
 		EffectiveFrom *time.Time `json:"effective_from"`
 		Proration     string     `json:"proration"`
+		// HoldOnAnomaly holds unusual pushes for approval (null: never).
+		HoldOnAnomaly *accounts.HoldOnAnomaly `json:"hold_on_anomaly"`
 	}
 	if err := decodeObject(r, &body); err != nil {
 		writeBodyError(w, err)
@@ -122,6 +124,13 @@ func (a *API) putPlan(w http.ResponseWriter, r *http.Request, p auth.Principal) 
 		return
 	}
 	plan.EffectiveFrom = body.EffectiveFrom
+	if body.HoldOnAnomaly != nil {
+		if err := body.HoldOnAnomaly.Check(); err != nil {
+			httpjson.Error(w, http.StatusBadRequest, "invalid_request", err.Error())
+			return
+		}
+		plan.HoldOnAnomaly = body.HoldOnAnomaly
+	}
 	saved, _, err := a.opt.Store.WithAudit(by(p)).SavePlan(r.Context(), plan, a.opt.Now())
 	if errors.Is(err, accounts.ErrEffectiveFrom) {
 		httpjson.Errorf(w, http.StatusBadRequest, "invalid_request", "effective_from must be after the latest version's: %v", err)

@@ -9,8 +9,8 @@ import (
 )
 
 // billerRoutes are the biller's routes ingest forwards to BILLER_URL, so
-// the console reaches them from ingest's address: the reconciliation and
-// the billing dead-letter queue. The biller authenticates each request
+// the console reaches them from ingest's address: the reconciliation, the
+// billing dead-letter queue and the pushes held on anomalies. The biller authenticates each request
 // (the Authorization header goes through as sent).
 func (a *API) billerRoutes() []Route {
 	h := a.billerProxy()
@@ -20,6 +20,9 @@ func (a *API) billerRoutes() []Route {
 		{"GET", "/v1/admin/dlq/billing/{id}", h},
 		{"POST", "/v1/admin/dlq/billing/{id}/replay", h},
 		{"POST", "/v1/admin/dlq/billing/{id}/discard", h},
+		{"GET", "/v1/admin/holds", h},
+		{"POST", "/v1/admin/holds/{id}/approve", h},
+		{"POST", "/v1/admin/holds/{id}/reject", h},
 	}
 }
 

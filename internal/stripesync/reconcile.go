@@ -19,6 +19,7 @@ const (
 	StatusPending  = "pending"  // pushes in flight, or Stripe still aggregating recent ones
 	StatusDrift    = "drift"    // Stripe disagrees with Postgres: see Drift and Note
 	StatusUnmapped = "unmapped" // no Stripe customer or meter: not billed
+	StatusHeld     = "held"     // a push held for approval (holds.go): see Held and Note
 )
 
 // aggregationGrace is how long after a push Stripe's summaries may lag.
@@ -36,6 +37,8 @@ type Row struct {
 	Reported *big.Int `json:"reported"`
 	// InFlight is claimed but not yet confirmed (intents and dead letters).
 	InFlight *big.Int `json:"in_flight"`
+	// Held is claimed but held for an operator's approval (holds.go).
+	Held *big.Int `json:"held"`
 	// CarriedOut is this month's usage sent after its invoice was final,
 	// so Stripe bills it in a later month; CarriedIn is the reverse.
 	CarriedOut *big.Int `json:"carried_out"`
@@ -201,7 +204,7 @@ func (b *Biller) Reconcile(ctx context.Context, period time.Time) ([]Row, error)
 		}
 	}
 	if b.cfg.Metrics != nil {
-		for _, st := range []string{StatusOK, StatusPending, StatusDrift} {
+		for _, st := range []string{StatusOK, StatusPending, StatusDrift, StatusHeld} {
 			b.cfg.Metrics.Drift.WithLabelValues(st).Set(driftTotal[st])
 		}
 	}
@@ -218,6 +221,8 @@ type periodRow struct {
 	dead                int
 	discarded           *big.Int
 	lastSent            *time.Time
+	heldID              int64
+	heldReason          string
 }
 
 // readPeriod reads, for every tenant and metric with usage or pushes in
@@ -229,13 +234,15 @@ func (b *Biller) readPeriod(ctx context.Context, period time.Time) ([]periodRow,
 	}
 	raws := make([]periodRow, len(rows))
 	for i, t := range rows {
-		x := periodRow{customer: t.Customer, eventName: t.EventName, dead: t.Dead, discarded: usagedata.NumericInt(t.Discarded), lastSent: t.LastSent}
+		x := periodRow{customer: t.Customer, eventName: t.EventName, dead: t.Dead, discarded: usagedata.NumericInt(t.Discarded), lastSent: t.LastSent,
+			heldID: t.HeldID, heldReason: t.HeldReason}
 		x.Tenant, x.Metric, x.Meter, x.Group = t.Tenant, t.Metric, t.Meter, t.Group
 		if t.Defined {
 			m := groupMapping(t.EventName, t.Aggregation, t.GroupBy, t.Filter, t.Group)
 			x.eventName, x.skip, x.unmapped = m.eventName, m.skip, m.unmapped
 		}
 		x.Metered, x.Reported, x.InFlight = usagedata.NumericInt(t.Metered), usagedata.NumericInt(t.Reported), usagedata.NumericInt(t.InFlight)
+		x.Held = usagedata.NumericInt(t.Held)
 		x.CarriedOut, x.CarriedIn = usagedata.NumericInt(t.CarriedOut), usagedata.NumericInt(t.CarriedIn)
 		x.Period = period.Format("2006-01")
 		x.PeriodStart, x.PeriodEnd = t.PeriodStart, t.PeriodEnd
@@ -255,8 +262,11 @@ func judge(r *Row, x periodRow, now time.Time) {
 	switch {
 	case r.Drift.Sign() == 0 && r.Metered.Cmp(reported) == 0:
 		r.Status = StatusOK
+	case x.heldID != 0:
+		r.Status, r.Note = StatusHeld, fmt.Sprintf("push %d held for approval: %s; approve or reject it with `biller holds` or POST /v1/admin/holds/%d/approve|reject",
+			x.heldID, x.heldReason, x.heldID)
 	case x.discarded.Sign() > 0:
-		r.Status, r.Note = StatusDrift, fmt.Sprintf("%s discarded from the billing DLQ and never sent: finance decides", x.discarded)
+		r.Status, r.Note = StatusDrift, fmt.Sprintf("%s discarded (from the billing DLQ, or a rejected hold) and never sent: finance decides", x.discarded)
 	case x.dead > 0:
 		r.Status, r.Note = StatusDrift, fmt.Sprintf("%d push(es) in the billing DLQ: replay them with `biller dlq replay`", x.dead)
 	case r.InFlight.Sign() > 0 || (claimed.Cmp(r.Metered) == 0 && x.lastSent != nil && now.Sub(*x.lastSent) < aggregationGrace):

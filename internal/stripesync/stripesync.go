@@ -14,7 +14,8 @@
 // memory re-sends the same identifier and Idempotency-Key, so Stripe
 // counts it once. A delta is never claimed twice, even by two billers
 // planning the same month at once (locks.go): pushes in flight or
-// dead-lettered count as claimed until they are sent or cancelled, so
+// dead-lettered count as claimed until they are sent or cancelled (and
+// pushes held on anomalies, holds.go, until approved and sent), so
 // Stripe's running total never exceeds the metered total plus what a
 // customer credit gave back (a decrease too old to cancel, credits.go). A push older
 // than that memory is never re-sent as it is: Stripe's summary decides
@@ -144,6 +145,8 @@ func GroupIdentifier(tenant, meter, groupKey string, period time.Time, cumulativ
 // SyncResult counts what one Sync did.
 type SyncResult struct {
 	Intents, Sent, Dead, Carried, Cancelled int
+	// Held counts the intents held for approval (holds.go), of Intents.
+	Held int
 	// Credited counts the customer credits sent for decreases that could
 	// no longer be cancelled (credits.go).
 	Credited int
@@ -256,6 +259,8 @@ type delta struct {
 	metered, claimed                    *big.Int
 	generation                          int
 	final                               bool
+	// hold is the billed plan version's hold on anomalies (nil: none).
+	hold *holdRule
 }
 
 // deltas reads every delta of the months from oldest on.
@@ -272,6 +277,12 @@ func (b *Biller) deltas(ctx context.Context, oldest time.Time) ([]delta, error) 
 		if p.defined {
 			m := groupMapping(d.EventName, d.Aggregation, d.GroupBy, d.Filter, d.Group)
 			p.eventName, p.skip, p.unmapped = m.eventName, m.skip, m.unmapped
+		}
+		if p.hold, err = parseHold(d.HoldOnAnomaly); err != nil {
+			// A hold the plan cannot state holds every push with history:
+			// nothing goes out on a rule nobody can read.
+			b.cfg.Logger.ErrorContext(ctx, "unreadable hold_on_anomaly: pushes with history are held", "tenant", d.Tenant, "err", err)
+			p.hold = &holdRule{factor: new(big.Rat), window: DefaultHoldWindow, text: "0 (unreadable rule)"}
 		}
 		plans = append(plans, p)
 	}
@@ -311,7 +322,7 @@ func (b *Biller) planOne(ctx context.Context, p delta, sched billingcycle.Schedu
 	tenant, metric, customer, eventName, period := p.tenant, p.metric, p.customer, p.eventName, p.period
 	ts, billed, carried := stamp(sched, period, now, p.final)
 	var delta *big.Int
-	inserted := false
+	inserted, held := false, false
 	err := pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
 		// One round trip: the locks, pair first, then the re-read.
 		totals, err := billingdata.LockAndReadPair(ctx, tx, billingdata.Pair{Tenant: tenant, Metric: metric, GroupKey: p.groupKey, Period: period,
@@ -334,8 +345,14 @@ func (b *Biller) planOne(ctx context.Context, p delta, sched billingcycle.Schedu
 		inserted, err = billingdata.InsertIntent(ctx, tx, billingdata.Intent{Tenant: tenant, Metric: metric, GroupKey: p.groupKey, Period: period, Billed: billed,
 			Customer: customer, EventName: eventName, Cumulative: cumulative, Delta: delta.String(), Identifier: id,
 			EventTime: ts, Carried: carried, CreatedAt: now, Snapshot: totals.Snapshot})
-		if err != nil || !inserted || p.defined {
-			return err // corrections are recorded of implicit meters only
+		if err != nil || !inserted {
+			return err
+		}
+		if held, err = b.holdIfUnusual(ctx, tx, p, delta, id); err != nil {
+			return err
+		}
+		if p.defined {
+			return nil // corrections are recorded of implicit meters only
 		}
 		err = usagedata.MarkReconciled(ctx, tx, tenant, metric, period)
 		return err
@@ -345,6 +362,11 @@ func (b *Biller) planOne(ctx context.Context, p delta, sched billingcycle.Schedu
 	}
 	if inserted {
 		res.Intents++
+		if held {
+			res.Held++
+			b.cfg.Logger.WarnContext(ctx, "push held for approval: delta beyond the plan's hold_on_anomaly factor",
+				"tenant", tenant, "metric", metric, "group", p.group, "period", period.Format("2006-01"), "value", delta.String())
+		}
 		if carried {
 			res.Carried++
 			b.cfg.Logger.WarnContext(ctx, "late usage for a closed period carried into the current one",

@@ -19,7 +19,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/big"
 	"reflect"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -161,6 +164,62 @@ type Plan struct {
 	Proration     string     `json:"proration"`
 	Scheduled     bool       `json:"scheduled"`
 	UpdatedAt     time.Time  `json:"updated_at"`
+	// HoldOnAnomaly, when set, holds a push whose delta is beyond Factor
+	// times its baseline for an operator's approval (internal/stripesync);
+	// nil (the default) never holds.
+	HoldOnAnomaly *HoldOnAnomaly `json:"hold_on_anomaly,omitempty"`
+}
+
+// HoldOnAnomaly is a plan version's hold of unusual pushes: a push whose
+// delta is more than Factor (a positive decimal, exact) times the median
+// delta of the last Window (default 20) pushes of its tenant, meter and
+// group is held until approved or rejected.
+type HoldOnAnomaly struct {
+	Factor json.Number `json:"factor"`
+	Window int         `json:"window,omitempty"`
+}
+
+// MaxHoldWindow bounds HoldOnAnomaly.Window.
+const MaxHoldWindow = 1000
+
+// Check reports what is wrong with h: Factor must be a decimal number
+// from MinHoldFactor to MaxHoldFactor (an exponent, if any, of at most
+// 1000 in magnitude, so reading it exactly stays cheap), Window from 0
+// (the default, 20) to MaxHoldWindow.
+func (h HoldOnAnomaly) Check() error {
+	if _, err := h.Rat(); err != nil {
+		return err
+	}
+	if h.Window < 0 || h.Window > MaxHoldWindow {
+		return fmt.Errorf("hold_on_anomaly.window must be from 1 to %d pushes (0 or absent: 20), got %d", MaxHoldWindow, h.Window)
+	}
+	return nil
+}
+
+// Bounds of HoldOnAnomaly.Factor.
+const (
+	MinHoldFactor = 0.001
+	MaxHoldFactor = 1e6
+)
+
+// Rat is h's factor, exact, or an error when Check would refuse it.
+func (h HoldOnAnomaly) Rat() (*big.Rat, error) {
+	s := string(h.Factor)
+	bad := fmt.Errorf("hold_on_anomaly.factor must be a number from %g to %g, such as 10 or 2.5, got %q", MinHoldFactor, MaxHoldFactor, s)
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || f < MinHoldFactor || f > MaxHoldFactor {
+		return nil, bad
+	}
+	if i := strings.IndexAny(s, "eE"); i >= 0 {
+		if e, err := strconv.Atoi(s[i+1:]); err != nil || e < -1000 || e > 1000 {
+			return nil, bad
+		}
+	}
+	r, ok := new(big.Rat).SetString(s)
+	if !ok || r.Sign() <= 0 {
+		return nil, bad
+	}
+	return r, nil
 }
 
 // Always is the time a version or an assignment in force since always
@@ -227,8 +286,14 @@ func (s *Store) SavePlan(ctx context.Context, p Plan, now time.Time) (Plan, bool
 		if latest == 0 && p.EffectiveFrom == nil {
 			at = Always // a plan's first version, at no given time, is its content since always
 		}
-		if _, err := tx.Exec(ctx, `INSERT INTO plan_versions (plan, version, effective_from, proration, currency) VALUES ($1, $2, $3, $4, $5)`,
-			p.Name, latest+1, timestamptz(at), p.Proration, p.Currency); err != nil {
+		var hold []byte
+		if p.HoldOnAnomaly != nil {
+			if hold, err = json.Marshal(p.HoldOnAnomaly); err != nil {
+				return fmt.Errorf("hold_on_anomaly: %w", err)
+			}
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO plan_versions (plan, version, effective_from, proration, currency, hold_on_anomaly) VALUES ($1, $2, $3, $4, $5, $6::jsonb)`,
+			p.Name, latest+1, timestamptz(at), p.Proration, p.Currency, hold); err != nil {
 			return err
 		}
 		for _, q := range p.Quotas {
@@ -272,7 +337,8 @@ func (s *Store) SavePlan(ctx context.Context, p Plan, now time.Time) (Plan, bool
 // sameContent reports whether two versions hold the same quotas,
 // currency and proration.
 func sameContent(a, b Plan) bool {
-	return a.Currency == b.Currency && a.Proration == b.Proration && reflect.DeepEqual(a.Quotas, b.Quotas)
+	return a.Currency == b.Currency && a.Proration == b.Proration && reflect.DeepEqual(a.Quotas, b.Quotas) &&
+		reflect.DeepEqual(a.HoldOnAnomaly, b.HoldOnAnomaly)
 }
 
 // insertQuota writes one quota of a version.
@@ -340,9 +406,10 @@ func insertQuota(ctx context.Context, tx pgx.Tx, plan string, version int, q Quo
 func readVersion(ctx context.Context, q storage.Executor, name string, version int, now time.Time) (Plan, error) {
 	p := Plan{Name: name, Version: version, Quotas: []Quota{}}
 	var from pgtype.Timestamptz
-	err := q.QueryRow(ctx, `SELECT v.currency, v.proration, v.effective_from, greatest(v.created_at, p.updated_at)
+	var hold []byte
+	err := q.QueryRow(ctx, `SELECT v.currency, v.proration, v.effective_from, greatest(v.created_at, p.updated_at), v.hold_on_anomaly
 		FROM plan_versions v JOIN plans p ON p.name = v.plan WHERE v.plan = $1 AND v.version = $2`, name, version).
-		Scan(&p.Currency, &p.Proration, &from, &p.UpdatedAt)
+		Scan(&p.Currency, &p.Proration, &from, &p.UpdatedAt, &hold)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Plan{}, ErrNotFound
 	}
@@ -352,6 +419,12 @@ func readVersion(ctx context.Context, q storage.Executor, name string, version i
 	if from.InfinityModifier == pgtype.Finite {
 		t := from.Time.UTC()
 		p.EffectiveFrom, p.Scheduled = &t, t.After(now)
+	}
+	if hold != nil {
+		p.HoldOnAnomaly = new(HoldOnAnomaly)
+		if err := json.Unmarshal(hold, p.HoldOnAnomaly); err != nil {
+			return Plan{}, fmt.Errorf("reading hold_on_anomaly of plan %s version %d: %w", name, version, err)
+		}
 	}
 	rows, err := q.Query(ctx, `SELECT metric, quota_limit, period, burst_percent, hard, coalesce(stripe_event_name, ''), price,
 			coalesce(meter, metric), group_filter, per_group, overage_price, thresholds, grace_ms, grace_amount

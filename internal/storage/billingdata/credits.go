@@ -52,7 +52,7 @@ func FindOverClaimed(ctx context.Context, q storage.Executor, oldest, sentBefore
 	rows, err := q.Query(ctx, `WITH months AS (
 			SELECT tenant, metric, group_key, period_start, sum(delta) FILTER (WHERE status <> 'cancelled') AS claimed,
 				max(sent_at) FILTER (WHERE status = 'sent') AS last_sent,
-				count(*) FILTER (WHERE status IN ('intent', 'dead')) AS open,
+				count(*) FILTER (WHERE status IN ('intent', 'dead', 'held')) AS open,
 				(array_agg(stripe_customer_id ORDER BY id DESC))[1] AS customer,
 				(array_agg(event_name ORDER BY id DESC))[1] AS event_name,
 				(array_agg(billed_period_start ORDER BY id DESC))[1] AS billed

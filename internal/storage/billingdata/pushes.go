@@ -12,7 +12,8 @@ import (
 )
 
 // Push statuses: a push is recorded as an intent and moves forward to
-// sent, dead (the billing DLQ), cancelled or discarded.
+// sent, dead (the billing DLQ), cancelled or discarded; or it is held
+// (StatusHeld, holds.go) and approved back to intent or discarded.
 const (
 	StatusIntent    = "intent"
 	StatusSent      = "sent"
@@ -119,6 +120,9 @@ type Delta struct {
 	Metered, Claimed   pgtype.Numeric
 	Cancelled          int
 	Final              bool
+	// HoldOnAnomaly is the billed plan version's hold_on_anomaly (JSON;
+	// nil when the plan does not hold pushes).
+	HoldOnAnomaly []byte
 }
 
 // Deltas reads every delta of the months from oldest on, by tenant,
@@ -130,12 +134,13 @@ type Delta struct {
 func Deltas(ctx context.Context, q storage.Executor, oldest time.Time, defaultPlan string) ([]Delta, error) {
 	rows, err := q.Query(ctx, `SELECT w.tenant, w.meter, w.group_key, coalesce(gk.group_key, w.group_key), w.window_start, w.value,
 			coalesce(t.stripe_customer_id, ''), q.stripe_event_name, coalesce(q.meter, ''), coalesce(m.aggregation, ''), coalesce(m.group_by, '{}'), q.group_filter,
-			coalesce(p.claimed, 0) - coalesce(c.credited, 0), coalesce(p.cancelled, 0) + coalesce(c.credits, 0), (bp.tenant IS NOT NULL)
+			coalesce(p.claimed, 0) - coalesce(c.credited, 0), coalesce(p.cancelled, 0) + coalesce(c.credits, 0), (bp.tenant IS NOT NULL), pv.hold_on_anomaly
 		FROM usage_windows w
 		JOIN tenants t ON t.tenant = w.tenant
 		JOIN plan_quotas q ON q.plan = tenant_billed_plan_at(t.tenant, `+periodInForce("w.tenant", "w.window_start")+`, $2)
 			AND q.version = plan_version_at(q.plan, `+periodInForce("w.tenant", "w.window_start")+`) AND q.stripe_event_name IS NOT NULL
 			AND ((q.meter IS NULL AND q.metric = w.meter AND w.group_key = '') OR q.meter = w.meter)
+		JOIN plan_versions pv ON pv.plan = q.plan AND pv.version = q.version
 		LEFT JOIN meters m ON m.name = q.meter
 		LEFT JOIN meter_group_keys gk ON gk.meter = w.meter AND gk.digest = w.group_key
 		LEFT JOIN (SELECT tenant, metric, group_key, period_start, sum(delta) FILTER (WHERE status <> 'cancelled') AS claimed,
@@ -154,7 +159,7 @@ func Deltas(ctx context.Context, q storage.Executor, oldest time.Time, defaultPl
 	for rows.Next() {
 		var d Delta
 		if err := rows.Scan(&d.Tenant, &d.Metric, &d.GroupKey, &d.Group, &d.Period, &d.Metered, &d.Customer, &d.EventName, &d.Meter, &d.Aggregation,
-			&d.GroupBy, &d.Filter, &d.Claimed, &d.Cancelled, &d.Final); err != nil {
+			&d.GroupBy, &d.Filter, &d.Claimed, &d.Cancelled, &d.Final, &d.HoldOnAnomaly); err != nil {
 			rows.Close()
 			return nil, err
 		}
@@ -190,7 +195,7 @@ type Push struct {
 // pushesWhere reads the pushes where selects, in id order.
 func pushesWhere(ctx context.Context, q storage.Executor, where string, args ...any) ([]Push, error) {
 	rows, err := q.Query(ctx, `SELECT id, tenant, metric, stripe_customer_id, event_name, identifier, delta::text, cumulative_total::text,
-		status, period_start, billed_period_start, event_timestamp, created_at, attempts, group_key FROM billing_pushes WHERE `+where+` ORDER BY id`, args...)
+		status, period_start, billed_period_start, event_timestamp, created_at, attempts, group_key FROM billing_pushes p WHERE `+where+` ORDER BY id`, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -202,24 +207,25 @@ func pushesWhere(ctx context.Context, q storage.Executor, where string, args ...
 	})
 }
 
-// Intents reads every intent, in id order.
+// Intents reads every intent not waiting behind a held push, in id order.
 func Intents(ctx context.Context, q storage.Executor) ([]Push, error) {
-	return pushesWhere(ctx, q, `status = 'intent'`)
+	return pushesWhere(ctx, q, `status = 'intent' AND `+notBehindHeld)
 }
 
 // OpenPushes reads every intent and, with dead, every dead push, in id
-// order.
+// order, but intents waiting behind a held push.
 func OpenPushes(ctx context.Context, q storage.Executor, dead bool) ([]Push, error) {
 	status := []string{StatusIntent}
 	if dead {
 		status = append(status, StatusDead)
 	}
-	return pushesWhere(ctx, q, `status = ANY($1)`, status)
+	return pushesWhere(ctx, q, `status = ANY($1) AND (status <> 'intent' OR `+notBehindHeld+`)`, status)
 }
 
-// IntentsByID reads the pushes ids that are still intents, in id order.
+// IntentsByID reads the pushes ids that are still intents and wait
+// behind no held push, in id order.
 func IntentsByID(ctx context.Context, q storage.Executor, ids []int64) ([]Push, error) {
-	return pushesWhere(ctx, q, `id = ANY($1) AND status = 'intent'`, ids)
+	return pushesWhere(ctx, q, `id = ANY($1) AND status = 'intent' AND `+notBehindHeld, ids)
 }
 
 // CountOpen counts the intents and the dead pushes.
@@ -292,14 +298,14 @@ type OverReported struct {
 func FindOverReported(ctx context.Context, q storage.Executor, oldest, sentAfter time.Time) ([]OverReported, error) {
 	rows, err := q.Query(ctx, `WITH months AS (
 			SELECT tenant, metric, group_key, period_start, sum(delta) FILTER (WHERE status <> 'cancelled') AS claimed,
-				max(id) FILTER (WHERE status = 'sent') AS last_sent
+				max(id) FILTER (WHERE status = 'sent') AS last_sent, count(*) FILTER (WHERE status = 'held') AS held
 			FROM billing_pushes WHERE period_start >= $1 GROUP BY 1, 2, 3, 4)
 		SELECT p.id, p.event_name, p.identifier, p.stripe_customer_id, p.billed_period_start FROM months m
 		JOIN billing_pushes p ON p.id = m.last_sent
 		LEFT JOIN usage_windows w ON w.tenant = m.tenant AND w.meter = m.metric AND w.group_key = m.group_key AND w.granularity = 'month' AND w.window_start = m.period_start
 		LEFT JOIN `+creditsSince("$1")+` c ON c.tenant = m.tenant AND c.metric = m.metric AND c.group_key = m.group_key AND c.period_start = m.period_start
 		LEFT JOIN billing_periods bp ON bp.tenant = m.tenant AND bp.period_start = p.billed_period_start
-		WHERE m.claimed - coalesce(c.credited, 0) > coalesce(w.value, 0) AND p.sent_at > $2 AND bp.tenant IS NULL`, oldest, sentAfter)
+		WHERE m.claimed - coalesce(c.credited, 0) > coalesce(w.value, 0) AND p.sent_at > $2 AND bp.tenant IS NULL AND m.held = 0`, oldest, sentAfter)
 	if err != nil {
 		return nil, err
 	}

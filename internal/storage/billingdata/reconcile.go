@@ -35,6 +35,7 @@ func LockGroupPushes(ctx context.Context, q storage.Executor, customer, eventNam
 				EXISTS (SELECT 1 FROM billing_periods bp WHERE bp.tenant = p.tenant AND bp.period_start = p.billed_period_start), p.group_key
 			FROM billing_pushes p
 			WHERE p.stripe_customer_id = $1 AND p.event_name = $2 AND p.billed_period_start = $3 AND p.status IN ('intent', 'dead', 'sent', 'cancelled')
+				AND (p.status <> 'intent' OR `+notBehindHeld+`)
 			ORDER BY p.id FOR UPDATE`, customer, eventName, billed, lag.String())
 	if err != nil {
 		return nil, err
@@ -114,6 +115,11 @@ type PeriodTotal struct {
 	Dead                                int
 	Discarded, CarriedOut, CarriedIn    pgtype.Numeric
 	LastSent                            *time.Time
+	// Held is the quantity of the period's held pushes, HeldID the
+	// oldest's id (0 for none) and HeldReason its reason.
+	Held       pgtype.Numeric
+	HeldID     int64
+	HeldReason string
 	// PeriodStart and PeriodEnd are the tenant's billing period the row
 	// is of.
 	PeriodStart, PeriodEnd time.Time
@@ -171,14 +177,17 @@ func PeriodTotals(ctx context.Context, q storage.Executor, month time.Time, defa
 				sum(b.delta) FILTER (WHERE b.period_start = tp.ps AND b.status = 'discarded') AS discarded,
 				sum(b.delta) FILTER (WHERE b.period_start = tp.ps AND b.status = 'sent' AND b.billed_period_start <> tp.ps) AS carried_out,
 				sum(b.delta) FILTER (WHERE b.billed_period_start = tp.ps AND b.period_start <> tp.ps AND b.status = 'sent') AS carried_in,
-				max(b.sent_at) FILTER (WHERE b.billed_period_start = tp.ps) AS last_sent
+				max(b.sent_at) FILTER (WHERE b.billed_period_start = tp.ps) AS last_sent,
+				sum(b.delta) FILTER (WHERE b.period_start = tp.ps AND b.status = 'held') AS held,
+				min(b.id) FILTER (WHERE b.period_start = tp.ps AND b.status = 'held') AS held_id,
+				(array_agg(b.hold_reason ORDER BY b.id) FILTER (WHERE b.period_start = tp.ps AND b.status = 'held'))[1] AS held_reason
 			FROM billing_pushes b JOIN tp ON tp.tenant = b.tenant
 			WHERE b.period_start = tp.ps OR b.billed_period_start = tp.ps GROUP BY 1, 2, 3, 4
 		)
 		SELECT k.tenant, k.metric, k.meter, k.group_key, coalesce(gk.group_key, k.group_key), k.defined, k.customer, k.stripe_event_name,
 			k.aggregation, k.group_by, k.group_filter, coalesce(w.value, 0),
 			coalesce(p.reported, 0), coalesce(p.in_flight, 0), coalesce(p.dead, 0), coalesce(p.discarded, 0), coalesce(p.carried_out, 0), coalesce(p.carried_in, 0), p.last_sent,
-			tp.ps, tp.pe
+			tp.ps, tp.pe, coalesce(p.held, 0), coalesce(p.held_id, 0), coalesce(p.held_reason, '')
 		FROM keys k
 		JOIN tp ON tp.tenant = k.tenant AND tp.ps = k.ps
 		LEFT JOIN usage_windows w ON w.tenant = k.tenant AND w.meter = k.meter AND w.group_key = k.group_key AND w.granularity = 'month' AND w.window_start = tp.ps
@@ -192,7 +201,8 @@ func PeriodTotals(ctx context.Context, q storage.Executor, month time.Time, defa
 	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (PeriodTotal, error) {
 		var x PeriodTotal
 		err := r.Scan(&x.Tenant, &x.Metric, &x.Meter, &x.GroupKey, &x.Group, &x.Defined, &x.Customer, &x.EventName, &x.Aggregation, &x.GroupBy, &x.Filter,
-			&x.Metered, &x.Reported, &x.InFlight, &x.Dead, &x.Discarded, &x.CarriedOut, &x.CarriedIn, &x.LastSent, &x.PeriodStart, &x.PeriodEnd)
+			&x.Metered, &x.Reported, &x.InFlight, &x.Dead, &x.Discarded, &x.CarriedOut, &x.CarriedIn, &x.LastSent, &x.PeriodStart, &x.PeriodEnd,
+			&x.Held, &x.HeldID, &x.HeldReason)
 		x.PeriodStart, x.PeriodEnd = x.PeriodStart.UTC(), x.PeriodEnd.UTC()
 		return x, err
 	})
