@@ -116,11 +116,11 @@ func TestDefinedMeterLineageIsExactEndToEnd(t *testing.T) {
 				produced <- fmt.Errorf("emitting: %w", err)
 				return
 			}
-			time.Sleep(15 * time.Millisecond)
+			time.Sleep(60 * time.Millisecond)
 		}
 		produced <- nil
 	}()
-	syncs, concurrentPushes := 0, 0
+	syncs, midSyncs, concurrentPushes := 0, 0, 0
 	drained := false
 	for !drained {
 		if _, err := biller.Sync(ctx); err != nil {
@@ -133,8 +133,13 @@ func TestDefinedMeterLineageIsExactEndToEnd(t *testing.T) {
 		}
 		if next >= records {
 			drained = true
-		} else if err := e.db.Pool.QueryRow(ctx, `SELECT count(*) FROM billing_pushes WHERE metric = 'tokens_by_model'`).Scan(&concurrentPushes); err != nil {
-			t.Fatal(err)
+		} else if next > 0 {
+			midSyncs++
+		}
+		if !drained {
+			if err := e.db.Pool.QueryRow(ctx, `SELECT count(*) FROM billing_pushes WHERE metric = 'tokens_by_model'`).Scan(&concurrentPushes); err != nil {
+				t.Fatal(err)
+			}
 		}
 		if ctx.Err() != nil {
 			t.Fatalf("consumed %d of %d records before the deadline", next, records)
@@ -147,8 +152,8 @@ func TestDefinedMeterLineageIsExactEndToEnd(t *testing.T) {
 	if _, err := biller.Sync(ctx); err != nil { // what the last batches counted
 		t.Fatal(err)
 	}
-	if concurrentPushes < 20 {
-		t.Fatalf("%d pushes while events were consumed (%d syncs): the biller did not run alongside the consumer enough to test anything", concurrentPushes, syncs)
+	if concurrentPushes < 20 || midSyncs < 3 {
+		t.Fatalf("%d pushes by %d syncs while events were consumed: the biller did not run alongside the consumer enough to test anything", concurrentPushes, midSyncs)
 	}
 
 	// Where each event was first written: the record the ledger counted.
@@ -286,8 +291,16 @@ func TestDefinedMeterLineageIsExactEndToEnd(t *testing.T) {
 			t.Errorf("%s: pushes bill %v, its events total %s", g, got, w)
 		}
 	}
+	// An event's own lineage names the push that carried it.
+	for _, ev := range evs[:40] {
+		k := ev.Tenant + "/" + ev.ID
+		code, body := e.lineageGet(t, "/v1/lineage/events/"+ev.ID+"?tenant="+ev.Tenant)
+		if ident, ok := carrier[k]; code != 200 || ok && !strings.Contains(body, `"push":{"identifier":"`+ident+`"`) {
+			t.Errorf("event %s lineage: %d %s, want push %s", k, code, body, ident)
+		}
+	}
 	if len(billed) != len(want) {
 		t.Errorf("%d groups billed, %d have events", len(billed), len(want))
 	}
-	t.Logf("%d records (%d events), %d syncs, %d pushes (%d while consuming), %d events carried", records, unique, syncs, len(pushes), concurrentPushes, len(carrier))
+	t.Logf("%d records (%d events), %d syncs (%d while consuming), %d pushes (%d while consuming), %d events carried", records, unique, syncs, midSyncs, len(pushes), concurrentPushes, len(carrier))
 }
