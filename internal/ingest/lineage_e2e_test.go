@@ -122,10 +122,13 @@ func TestDefinedMeterLineageIsExactEndToEnd(t *testing.T) {
 	}()
 	syncs, midSyncs, concurrentPushes := 0, 0, 0
 	drained := false
+	var syncTime time.Duration
 	for !drained {
+		began := time.Now()
 		if _, err := biller.Sync(ctx); err != nil {
 			t.Fatalf("sync %d: %v", syncs, err)
 		}
+		syncTime += time.Since(began)
 		syncs++
 		var next int
 		if err := e.db.Pool.QueryRow(ctx, `SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets WHERE consumer_group = 'lineage-e2e'`).Scan(&next); err != nil {
@@ -312,5 +315,5 @@ func TestDefinedMeterLineageIsExactEndToEnd(t *testing.T) {
 	if len(billed) != len(want) {
 		t.Errorf("%d groups billed, %d have events", len(billed), len(want))
 	}
-	t.Logf("%d records (%d events), %d syncs (%d while consuming), %d pushes (%d while consuming, %d planned while a batch of their tenant was being counted), %d events carried", records, unique, syncs, midSyncs, len(pushes), concurrentPushes, inFlight, len(carrier))
+	t.Logf("%d records (%d events), %d syncs (%d while consuming, %v each on average), %d pushes (%d while consuming, %d planned while a batch of their tenant was being counted), %d events carried", records, unique, syncs, midSyncs, (syncTime / time.Duration(syncs)).Round(time.Millisecond), len(pushes), concurrentPushes, inFlight, len(carrier))
 }
