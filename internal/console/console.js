@@ -288,6 +288,7 @@ const pages = {
         ["Actor", (e) => e.actor, "mono"],
         ["Action", (e) => e.action, "mono"],
         ["Target", (e) => e.target, "mono"],
+        ["Note", (e) => e.note || "-"],
         ["Before", (e) => e.before, "json"],
         ["After", (e) => e.after, "json"],
       ], data.entries, "No entries match."));

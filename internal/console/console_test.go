@@ -562,6 +562,7 @@ func TestConsole(t *testing.T) {
 		`{"anchor":"`+windows.Month.Start(s.now).AddDate(0, 0, -20).Format(time.RFC3339)+`","interval":"month"}`, 200)
 	u.open("audit")
 	u.waitText("#audit", "billing_cycle.put")
+	u.waitText("#audit", "customer left; written off") // a discard's note
 	u.waitText("#audit", "bootstrap")
 	u.shot("09-audit")
 	u.do("filtering the audit log", chromedp.SendKeys("#audit-action", "no.such.action"), chromedp.Click("#audit-filter"))
