@@ -183,7 +183,7 @@ const pages = {
             ["In flight", (r) => r.in_flight, "num"],
             ["Stripe", (r) => r.stripe, "num"],
             ["Drift", (r) => r.drift, "num"],
-            ["Status", (r) => pill(r.status)],
+            ["Status", (r) => el("span", { title: r.note || "" }, pill(r.status))],
             ["Period", (r) => el("span", { title: r.completeness || "" }, pill(r.complete ? "complete" : "open"))],
             ["", (r) => el("button", { type: "button", testid: "pushes-" + r.tenant + "-" + r.metric, onclick: () => pushesOf(drill, r) }, "Pushes")],
           ], data.rows, "No usage was billed in this month."));
@@ -571,7 +571,8 @@ async function decideHold(h, action, reload) {
   try {
     const r = await api("/v1/admin/holds/" + encodeURIComponent(h.id) + "/" + action, { method: "POST", body: { note } });
     await reload();
-    notice(verb + " of held push " + h.id + ": " + r.status + (action === "approve" ? " (" + r.sent + " sent, " + r.dead + " to the billing DLQ)" : ""));
+    notice((action === "approve" ? "Approved" : "Rejected") + " held push " + h.id + ": " + r.status +
+      (action === "approve" ? " (" + r.sent + " sent now, " + r.dead + " to the billing DLQ)" : ", never sent"));
   } catch (e) { showError(e); }
 }
 

@@ -684,6 +684,9 @@ func TestConsoleHolds(t *testing.T) {
 	u.do("the tenants page", chromedp.WaitVisible(`#view[data-ready="tenants"]`))
 	u.open("reconciliation")
 	u.waitText("#recon", "held")
+	if n := u.eval(`[...document.querySelectorAll("#recon span[title]")].filter(e => e.title.includes("held for approval")).length`); n != 2 {
+		t.Errorf("%d held reconciliation rows say why on their status, want 2", n)
+	}
 	u.shot("21-reconciliation-held")
 	u.open("holds")
 	u.waitText("#holds", "delta 990 is more than 10")
