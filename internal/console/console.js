@@ -183,7 +183,7 @@ const pages = {
             ["In flight", (r) => r.in_flight, "num"],
             ["Stripe", (r) => r.stripe, "num"],
             ["Drift", (r) => r.drift, "num"],
-            ["Status", (r) => pill(r.status)],
+            ["Status", (r) => el("span", { title: r.note || "" }, pill(r.status))],
             ["Period", (r) => el("span", { title: r.completeness || "" }, pill(r.complete ? "complete" : "open"))],
             ["", (r) => el("button", { type: "button", testid: "pushes-" + r.tenant + "-" + r.metric, onclick: () => pushesOf(drill, r) }, "Pushes")],
           ], data.rows, "No usage was billed in this month."));
@@ -249,6 +249,32 @@ const pages = {
     view.append(el("h2", {}, "Billing dead letters (pushes to Stripe)"),
       el("p", { className: "muted" }, "Pushes Stripe refused until retries ran out. Replaying sends the push again under its identifier; discarding leaves its usage unbilled (it shows as drift). Both need a note and are audited."),
       out, detail);
+    await load();
+  },
+
+  async holds(view) {
+    const out = el("div", { id: "holds-out" });
+    const load = async () => {
+      const data = await api("/v1/admin/holds");
+      out.replaceChildren(el("div", { className: "wide" }, table("holds", [
+        ["Id", (h) => h.id, "num"],
+        ["Held since", (h) => when(h.held_since), "date"],
+        ["Tenant", (h) => h.tenant, "mono"],
+        ["Meter", (h) => h.meter, "mono"],
+        ["Group", (h) => h.group_key],
+        ["Period", (h) => h.period, "date"],
+        ["Delta", (h) => h.value, "num"],
+        ["Month total", (h) => h.cumulative_total, "num"],
+        ["Reason", (h) => el("span", {}, h.reason, h.waiting ? el("br") : null,
+          h.waiting ? el("span", { className: "muted" }, h.waiting + " later pushes wait for this decision") : null)],
+        ["", (h) => el("span", {},
+          adminButton("Approve", "approve-hold-" + h.id, () => decideHold(h, "approve", load)),
+          adminButton("Reject", "reject-hold-" + h.id, () => decideHold(h, "reject", load), true)), "actions"],
+      ], data.holds, "No pushes are held.")));
+    };
+    view.append(el("h2", {}, "Held pushes"),
+      el("p", { className: "muted" }, "Pushes to Stripe whose delta is beyond the plan's hold_on_anomaly factor times the tenant's baseline. They wait, with the pushes planned after them, until an admin approves (sent to Stripe now) or rejects (never sent; the usage stays unbilled and shows as drift). Both need a note and are audited."),
+      out);
     await load();
   },
 
@@ -528,6 +554,25 @@ async function resolveLetter(queue, id, action, reload, detail) {
     detail.replaceChildren();
     await reload();
     notice(verb + " of " + queue + " dead letter " + id + ": " + (r.status || "done") + (r.sent !== undefined ? " (" + r.sent + " sent, " + r.dead + " back in the queue)" : ""));
+  } catch (e) { showError(e); }
+}
+
+// decideHold approves or rejects held push h after a confirmation with a
+// note, then reads the list again.
+async function decideHold(h, action, reload) {
+  const verb = action === "approve" ? "Approve" : "Reject";
+  const what = (action === "approve"
+    ? "The push is sent to Stripe now, with the pushes that waited behind it."
+    : "The push is never sent: its usage stays unbilled and shows as drift.") +
+    " " + h.tenant + " / " + h.meter + (h.group_key ? " [" + h.group_key + "]" : "") + " in " + h.period + ", delta " + h.value + ".";
+  const note = await confirmAction(verb + " held push " + h.id + "?", what, verb);
+  if (note === null) return;
+  showError(null);
+  try {
+    const r = await api("/v1/admin/holds/" + encodeURIComponent(h.id) + "/" + action, { method: "POST", body: { note } });
+    await reload();
+    notice((action === "approve" ? "Approved" : "Rejected") + " held push " + h.id + ": " + r.status +
+      (action === "approve" ? " (" + r.sent + " sent now, " + r.dead + " to the billing DLQ)" : ", never sent"));
   } catch (e) { showError(e); }
 }
 

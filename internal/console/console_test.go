@@ -591,7 +591,7 @@ func TestConsole(t *testing.T) {
 	u.do("the tenants page as a viewer", chromedp.WaitVisible(`#view[data-ready="tenants"]`))
 	u.waitText("#who", "a viewer key (read-only)")
 	u.waitText("#tenants", "acme")
-	for _, p := range []string{"plans", "reconciliation", "dlq-usage", "dlq-billing", "breaches", "audit"} {
+	for _, p := range []string{"plans", "reconciliation", "dlq-usage", "dlq-billing", "holds", "breaches", "audit"} {
 		u.open(p)
 	}
 	u.open("dlq-usage")
@@ -611,6 +611,133 @@ func TestConsole(t *testing.T) {
 		if got := s.call("POST", path, viewer.Key, `{"note":"a viewer tries"}`, nil); got != http.StatusForbidden {
 			t.Errorf("a viewer's POST %s: %d, want 403", path, got)
 		}
+	}
+}
+
+// TestConsoleHolds clicks through the held pushes page in headless
+// Chromium: two spikes on a plan with hold_on_anomaly are held and listed
+// (and shown held in the reconciliation); a viewer is offered no action
+// and refused by the server; an admin approves one (sent to Stripe once)
+// and rejects the other (never sent), each with a required note that the
+// audit log keeps.
+func TestConsoleHolds(t *testing.T) {
+	s := newStack(t)
+	ctx := context.Background()
+	s.mustCall("PUT", "/v1/admin/plans/guarded", adminKey, `{"currency":"usd","hold_on_anomaly":{"factor":"10"},
+		"quotas":[{"metric":"api_calls","limit":null,"stripe_event_name":"api_calls","unit_price":"0.01"}]}`, 200)
+	for _, tn := range []string{"acme", "globex"} {
+		s.mustCall("PUT", "/v1/admin/tenants/"+tn, adminKey, `{"plan":"guarded","stripe_customer_id":"cus_`+tn+`"}`, 200)
+	}
+	var viewer struct{ ID, Key string }
+	if s.call("POST", "/v1/admin/keys", adminKey, `{"role":"viewer"}`, &viewer) != http.StatusCreated {
+		t.Fatal("creating a viewer key")
+	}
+	// A first push of 10 each sets the baseline; a delta of 990, beyond
+	// ten times it, is held.
+	s.count(s.event("acme", "a-1", 10), s.event("globex", "g-1", 10))
+	if res, err := s.billing.Sync(ctx); err != nil || res.Sent != 2 {
+		t.Fatalf("first sync: %+v, %v", res, err)
+	}
+	s.count(s.event("acme", "a-2", 990), s.event("globex", "g-2", 990))
+	if res, err := s.billing.Sync(ctx); err != nil || res.Held != 2 || res.Sent != 0 {
+		t.Fatalf("spike sync: %+v, %v", res, err)
+	}
+	var list struct {
+		Holds []struct {
+			ID     int64
+			Tenant string
+		}
+	}
+	s.mustCallInto("GET", "/v1/admin/holds", &list)
+	held := map[string]int64{}
+	for _, h := range list.Holds {
+		held[h.Tenant] = h.ID
+	}
+	if len(list.Holds) != 2 || held["acme"] == 0 || held["globex"] == 0 {
+		t.Fatalf("holds through ingest: %+v", list)
+	}
+	u := newUI(t)
+
+	// Viewer: the holds are listed, no action is offered, and the server
+	// refuses one.
+	u.signIn(s.ingest.URL, viewer.Key)
+	u.do("the tenants page as a viewer", chromedp.WaitVisible(`#view[data-ready="tenants"]`))
+	u.open("holds")
+	u.waitText("#holds", "acme")
+	u.waitText("#holds", "globex")
+	if n := u.eval(`document.querySelectorAll('#holds button').length`); n != 0 {
+		t.Errorf("a viewer is offered %d actions on held pushes", n)
+	}
+	u.shot("20-viewer-holds")
+	for tn, id := range held {
+		for _, action := range []string{"approve", "reject"} {
+			if got := s.call("POST", fmt.Sprint("/v1/admin/holds/", id, "/", action), viewer.Key, `{"note":"a viewer tries"}`, nil); got != http.StatusForbidden {
+				t.Errorf("a viewer's %s of %s's hold: %d, want 403", action, tn, got)
+			}
+		}
+	}
+	u.do("signing out", chromedp.Click("#logout"), chromedp.WaitVisible("#key"))
+
+	// Admin: the reconciliation shows them held; approve acme's, reject
+	// globex's.
+	u.signIn(s.ingest.URL, adminKey)
+	u.do("the tenants page", chromedp.WaitVisible(`#view[data-ready="tenants"]`))
+	u.open("reconciliation")
+	u.waitText("#recon", "held")
+	if n := u.eval(`[...document.querySelectorAll("#recon span[title]")].filter(e => e.title.includes("held for approval")).length`); n != 2 {
+		t.Errorf("%d held reconciliation rows say why on their status, want 2", n)
+	}
+	u.shot("21-reconciliation-held")
+	u.open("holds")
+	u.waitText("#holds", "delta 990 is more than 10")
+	if n := u.eval(`document.querySelectorAll('#holds tbody tr').length`); n != 2 {
+		t.Errorf("the page lists %d held pushes, want 2", n)
+	}
+	u.shot("22-holds")
+	u.click(fmt.Sprint("approve-hold-", held["acme"]))
+	u.do("opening the confirmation", chromedp.WaitVisible("#confirm-note"))
+	u.waitText("#confirm-text", "acme")
+	u.shot("23-hold-confirm")
+	u.do("cancelling", chromedp.Click("#confirm-cancel"), chromedp.WaitNotVisible("#confirm-note"))
+	if n, _ := s.stripeEvents("cus_acme"); n != 1 {
+		t.Fatalf("a cancelled approval reached Stripe: %d events of acme", n)
+	}
+	u.act(fmt.Sprint("approve-hold-", held["acme"]), "launch week; expected growth")
+	u.waitText("#notice", "sent")
+	if n, total := s.stripeEvents("cus_acme"); n != 2 || total != 1000 {
+		t.Errorf("Stripe holds %d events (total %d) of acme, want 2 of 1000", n, total)
+	}
+	u.act(fmt.Sprint("reject-hold-", held["globex"]), "load test against production")
+	u.waitText("#notice", "discarded")
+	u.waitText("#holds-empty", "No pushes are held")
+	if n, total := s.stripeEvents("cus_globex"); n != 1 || total != 10 {
+		t.Errorf("Stripe holds %d events (total %d) of globex, want the first push only (1 of 10)", n, total)
+	}
+	u.shot("24-holds-decided")
+	u.noCSPViolations()
+
+	type audit struct{ Action, Actor, Note string }
+	rows, err := s.db.Pool.Query(ctx, `SELECT action, actor, note FROM audit_log WHERE action LIKE 'billing.hold.%' ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var audits []audit
+	for rows.Next() {
+		var a audit
+		if err := rows.Scan(&a.Action, &a.Actor, &a.Note); err != nil {
+			t.Fatal(err)
+		}
+		audits = append(audits, a)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	want := []audit{
+		{"billing.hold.approve", "key:bootstrap", "launch week; expected growth"},
+		{"billing.hold.reject", "key:bootstrap", "load test against production"},
+	}
+	if fmt.Sprint(audits) != fmt.Sprint(want) {
+		t.Errorf("audit_log holds %v, want %v", audits, want)
 	}
 }
 
