@@ -124,6 +124,7 @@ func reconcile(ctx context.Context, env Env, f reconcileFlags, args []string) er
 	return WriteReport(env.Out, rows, f.Format)
 }
 
+// dlqListFlags is --format of a list command (`dlq list`, `holds list`).
 type dlqListFlags struct{ Format string }
 
 func (f *dlqListFlags) Bind(fs *flag.FlagSet) {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"net/http"
 	"text/tabwriter"
@@ -94,14 +93,8 @@ func (h holdAPI) decide(w http.ResponseWriter, r *http.Request, p auth.Principal
 	httpjson.Write(w, http.StatusOK, map[string]any{"id": id, "status": push.Status, "sent": res.Sent, "dead": res.Dead})
 }
 
-type holdsListFlags struct{ Format string }
-
-func (f *holdsListFlags) Bind(fs *flag.FlagSet) {
-	fs.StringVar(&f.Format, "format", "table", "table or json")
-}
-
 // holdsList runs `biller holds list [--format json]`.
-func holdsList(ctx context.Context, env Env, f holdsListFlags, args []string) error {
+func holdsList(ctx context.Context, env Env, f dlqListFlags, args []string) error {
 	if len(args) > 0 {
 		return fmt.Errorf("unexpected argument %q", args[0])
 	}
