@@ -81,6 +81,9 @@ func Run(ctx context.Context, cfg config.Aggregator, log *slog.Logger, ready fun
 		judge := &AnomalyJudge{
 			Pool: pool, Detector: a.Detector, Group: cfg.ConsumerGroup, Topic: topics.UsageEvents,
 			Lateness: a.Lateness, Logger: log, Flagged: newAnomalyFlagged(reg),
+			Partitions: func(ctx context.Context) ([]int, error) {
+				return kafkalog.Cluster{Brokers: cfg.KafkaBrokers, Security: cfg.KafkaSecurity}.Partitions(ctx, topics.UsageEvents)
+			},
 		}
 		singletons = append(singletons, leader.Singleton(pool, anomalyLoop{judge: judge, interval: a.Interval, log: log}, leader.Options{Logger: log, Registerer: reg}))
 	}

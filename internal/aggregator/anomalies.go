@@ -38,6 +38,10 @@ type AnomalyJudge struct {
 	// Lateness is how far past an hour's end every partition must be
 	// applied before the hour is judged.
 	Lateness time.Duration
+	// Partitions lists the topic's partitions (from Kafka), so that a
+	// partition no batch has stored yet keeps every hour incomplete; nil
+	// trusts the stored partitions alone (tests that store them all).
+	Partitions func(ctx context.Context) ([]int, error)
 	// Now is the clock; nil is time.Now.
 	Now func() time.Time
 	// Logger receives the episodes flagged; nil discards.
@@ -48,8 +52,10 @@ type AnomalyJudge struct {
 
 // Complete returns the start of the latest complete hour: every partition
 // of the group's topic is applied up to its end plus the lateness, and so
-// is the clock. False when no hour is (no partition stored, or one
-// without a watermark).
+// is the clock. False when no hour is (no partition stored, a partition
+// Kafka lists that none has stored yet, or one without a watermark): at
+// start-up the first partition applied must not make an hour complete
+// whose events wait in the others.
 func (j *AnomalyJudge) Complete(ctx context.Context) (time.Time, bool, error) {
 	parts, err := billingdata.Watermarks(ctx, j.Pool, j.Group, j.Topic)
 	if err != nil {
@@ -58,6 +64,21 @@ func (j *AnomalyJudge) Complete(ctx context.Context) (time.Time, bool, error) {
 	reach := j.now()
 	if len(parts) == 0 {
 		return time.Time{}, false, nil
+	}
+	if j.Partitions != nil {
+		listed, err := j.Partitions(ctx)
+		if err != nil {
+			return time.Time{}, false, fmt.Errorf("listing the partitions of %s: %w", j.Topic, err)
+		}
+		stored := make(map[int]bool, len(parts))
+		for _, p := range parts {
+			stored[p.Partition] = true
+		}
+		for _, p := range listed {
+			if !stored[p] {
+				return time.Time{}, false, nil
+			}
+		}
 	}
 	for _, p := range parts {
 		if p.Watermark == nil {

@@ -58,6 +58,49 @@ func anomalyMessages(t *testing.T, db *pgtest.DB) []string {
 	return out
 }
 
+// TestAnomalyHourCompleteNeedsEveryPartition: an hour is complete only
+// when every partition Kafka lists is stored with a watermark past it; at
+// start-up, one partition applied while another has stored nothing yet
+// completes no hour (its events may be in the other), and a failed listing
+// is an error, not a complete hour.
+func TestAnomalyHourCompleteNeedsEveryPartition(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := pgtest.New(t)
+	h := time.Date(2026, 11, 23, 14, 0, 0, 0, time.UTC)
+	watermark := h.Add(time.Hour + 10*time.Minute)
+	db.Exec(t, `INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset, watermark) VALUES ('g', $1, 0, 10, $2)`,
+		topics.UsageEvents, watermark)
+	listing := func(parts []int, err error) func(context.Context) ([]int, error) {
+		return func(context.Context) ([]int, error) { return parts, err }
+	}
+	tests := []struct {
+		name       string
+		partitions func(context.Context) ([]int, error)
+		complete   bool
+		fails      bool
+	}{
+		{"the stored partitions alone", nil, true, false},
+		{"Kafka lists only the stored partition", listing([]int{0}, nil), true, false},
+		{"Kafka lists a partition nothing stored yet", listing([]int{0, 1}, nil), false, false},
+		{"Kafka cannot be asked", listing(nil, fmt.Errorf("no broker")), false, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			j := &aggregator.AnomalyJudge{Pool: db.Pool, Detector: anomaly.DefaultConfig(), Group: "g", Topic: topics.UsageEvents,
+				Lateness: 10 * time.Minute, Partitions: tt.partitions, Now: func() time.Time { return watermark.Add(time.Minute) }}
+			got, ok, err := j.Complete(ctx)
+			if (err != nil) != tt.fails || ok != tt.complete {
+				t.Fatalf("Complete = %s, %v, %v", got, ok, err)
+			}
+			if ok && !got.Equal(h) {
+				t.Fatalf("latest complete hour %s, want %s", got, h)
+			}
+		})
+	}
+}
+
 // TestAnomalyJudgeFlagsOnce: two leaders judging the same complete hour
 // flag a spike once (one row, one usage.anomalies message with the
 // contract's payload); a normal series and a new one are not flagged; a

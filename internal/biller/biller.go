@@ -81,17 +81,7 @@ func NewBiller(pool *pgxpool.Pool, cfg config.Biller, log *slog.Logger, metrics 
 // has stored yet keeps periods incomplete).
 func NewCloser(pool *pgxpool.Pool, cfg config.Biller, log *slog.Logger) *periodclose.Closer {
 	cluster := kafkalog.Cluster{Brokers: cfg.KafkaBrokers, Security: cfg.KafkaSecurity}
-	partitions := func(ctx context.Context) ([]int, error) {
-		ends, err := cluster.LogEnds(ctx, topics.UsageEvents)
-		if err != nil {
-			return nil, err
-		}
-		out := make([]int, 0, len(ends))
-		for p := range ends {
-			out = append(out, p)
-		}
-		return out, nil
-	}
+	partitions := func(ctx context.Context) ([]int, error) { return cluster.Partitions(ctx, topics.UsageEvents) }
 	return periodclose.New(pool, periodclose.Config{Group: cfg.ConsumerGroup, Topic: topics.UsageEvents, Lateness: cfg.AllowedLateness,
 		Partitions: partitions, Usage: usagedata.NewReader(pool).WithDefaultPlan(cfg.DefaultPlan), Logger: log})
 }
@@ -178,32 +168,10 @@ func Run(ctx context.Context, cfg config.Biller, log *slog.Logger, ready func(ne
 	})...)
 }
 
-// reconciliation serves GET /v1/reconciliation to admin and viewer keys.
-func reconciliation(authn *auth.Authenticator, b *stripesync.Biller, closer *periodclose.Closer, log *slog.Logger) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		p, err := authn.Authenticate(r.Context(), r)
-		switch {
-		case errors.Is(err, auth.ErrExpiredKey):
-			httpjson.Error(w, http.StatusUnauthorized, "expired_key", err.Error())
-			return
-		case errors.Is(err, auth.ErrRevokedBootstrapKey):
-			httpjson.Error(w, http.StatusUnauthorized, "unauthorized", err.Error())
-			return
-		case errors.Is(err, auth.ErrNoKey), errors.Is(err, auth.ErrUnknownKey):
-			httpjson.Error(w, http.StatusUnauthorized, "unauthorized", "send an admin or viewer key: Authorization: Bearer <key>")
-			return
-		case err != nil:
-			// The key could not be checked (Postgres down): not the
-			// caller's fault, so not a 401.
-			log.ErrorContext(r.Context(), "authenticating request", "err", err)
-			w.Header().Set("Retry-After", "5")
-			httpjson.Error(w, http.StatusServiceUnavailable, "unavailable", "cannot check the API key right now; retry shortly")
-			return
-		}
-		if p.Role != accounts.RoleAdmin && p.Role != accounts.RoleViewer {
-			httpjson.Error(w, http.StatusForbidden, "forbidden", "the reconciliation report needs an admin or viewer key")
-			return
-		}
+// reconciliation serves GET /v1/reconciliation (to admin and viewer keys:
+// MountAPI gates it).
+func reconciliation(b *stripesync.Biller, closer *periodclose.Closer, log *slog.Logger) auth.Handler {
+	return func(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
 		period, err := ParsePeriod(r.URL.Query().Get("period"))
 		if err != nil {
 			httpjson.Error(w, http.StatusBadRequest, "invalid_request", err.Error())

@@ -9,7 +9,6 @@ import (
 	"github.com/usagemeter/metering/internal/dlqapi"
 	"github.com/usagemeter/metering/internal/httpjson"
 	"github.com/usagemeter/metering/internal/periodclose"
-	"github.com/usagemeter/metering/internal/storage/accounts"
 	"github.com/usagemeter/metering/internal/stripesync"
 )
 
@@ -28,67 +27,19 @@ var DLQRoutes = []string{
 // and authenticated by authn. Ingest forwards the same paths here
 // (BILLER_URL) for the console.
 func MountAPI(mux *http.ServeMux, authn *auth.Authenticator, b *stripesync.Biller, closer *periodclose.Closer, log *slog.Logger) {
-	mux.HandleFunc(Routes[1], reconciliation(authn, b, closer, log))
-	d := dlqAPI{authn: authn, b: b, log: log}
-	mux.HandleFunc(DLQRoutes[0], d.operator(d.list))
-	mux.HandleFunc(DLQRoutes[1], d.operator(d.show))
-	mux.HandleFunc(DLQRoutes[2], d.admin(d.replay))
-	mux.HandleFunc(DLQRoutes[3], d.admin(d.discard))
-	mountHolds(mux, d)
+	gate := auth.Gate{Auth: authn, Log: log}
+	mux.HandleFunc(Routes[1], gate.Operator(reconciliation(b, closer, log)))
+	d := dlqAPI{b: b, log: log}
+	mux.HandleFunc(DLQRoutes[0], gate.Operator(d.list))
+	mux.HandleFunc(DLQRoutes[1], gate.Operator(d.show))
+	mux.HandleFunc(DLQRoutes[2], gate.Admin(d.replay))
+	mux.HandleFunc(DLQRoutes[3], gate.Admin(d.discard))
+	mountHolds(mux, gate, d)
 }
 
 type dlqAPI struct {
-	authn *auth.Authenticator
-	b     *stripesync.Biller
-	log   *slog.Logger
-}
-
-// principal authenticates r, or answers 401 or 503 and returns false.
-func (d dlqAPI) principal(w http.ResponseWriter, r *http.Request) (auth.Principal, bool) {
-	p, err := d.authn.Authenticate(r.Context(), r)
-	switch {
-	case err == nil:
-		return p, true
-	case errors.Is(err, auth.ErrExpiredKey):
-		w.Header().Set("WWW-Authenticate", `Bearer realm="metering", error="invalid_token"`)
-		httpjson.Error(w, http.StatusUnauthorized, "expired_key", err.Error())
-	case errors.Is(err, auth.ErrNoKey), errors.Is(err, auth.ErrUnknownKey):
-		w.Header().Set("WWW-Authenticate", `Bearer realm="metering"`)
-		httpjson.Error(w, http.StatusUnauthorized, "unauthorized", err.Error())
-	default:
-		d.log.ErrorContext(r.Context(), "authenticating request", "err", err)
-		w.Header().Set("Retry-After", "5")
-		httpjson.Error(w, http.StatusServiceUnavailable, "unavailable", "cannot check the API key right now; retry shortly")
-	}
-	return auth.Principal{}, false
-}
-
-func (d dlqAPI) operator(h func(http.ResponseWriter, *http.Request, auth.Principal)) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		p, ok := d.principal(w, r)
-		if !ok {
-			return
-		}
-		if p.Role != accounts.RoleAdmin && p.Role != accounts.RoleViewer {
-			httpjson.Error(w, http.StatusForbidden, "forbidden", "the billing DLQ needs an admin or viewer key; this key's role is "+p.Role)
-			return
-		}
-		h(w, r, p)
-	}
-}
-
-func (d dlqAPI) admin(h func(http.ResponseWriter, *http.Request, auth.Principal)) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		p, ok := d.principal(w, r)
-		if !ok {
-			return
-		}
-		if !p.IsAdmin() {
-			httpjson.Error(w, http.StatusForbidden, "forbidden", "replaying and discarding need an admin key; this key's role is "+p.Role)
-			return
-		}
-		h(w, r, p)
-	}
+	b   *stripesync.Biller
+	log *slog.Logger
 }
 
 // list serves GET /v1/admin/dlq/billing: the pushes in the DLQ, oldest

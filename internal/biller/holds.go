@@ -26,11 +26,11 @@ var HoldRoutes = []string{
 }
 
 // mountHolds adds HoldRoutes to mux.
-func mountHolds(mux *http.ServeMux, d dlqAPI) {
+func mountHolds(mux *http.ServeMux, gate auth.Gate, d dlqAPI) {
 	h := holdAPI{d}
-	mux.HandleFunc(HoldRoutes[0], d.operator(h.list))
-	mux.HandleFunc(HoldRoutes[1], d.admin(h.approve))
-	mux.HandleFunc(HoldRoutes[2], d.admin(h.reject))
+	mux.HandleFunc(HoldRoutes[0], gate.Operator(h.list))
+	mux.HandleFunc(HoldRoutes[1], gate.Admin(h.approve))
+	mux.HandleFunc(HoldRoutes[2], gate.Admin(h.reject))
 }
 
 type holdAPI struct{ dlqAPI }

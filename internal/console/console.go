@@ -15,10 +15,8 @@ package console
 
 import (
 	_ "embed"
-	"net/http"
 
-	"github.com/usagemeter/metering/internal/httpguard"
-	"github.com/usagemeter/metering/internal/httpjson"
+	"github.com/usagemeter/metering/internal/webpage"
 )
 
 //go:embed console.html
@@ -30,31 +28,8 @@ var script []byte
 //go:embed console.css
 var style []byte
 
-// assets are the files /console/{asset} serves, by name.
-var assets = map[string]struct {
-	contentType string
-	body        []byte
-}{
-	"app.js":  {"text/javascript; charset=utf-8", script},
-	"app.css": {"text/css; charset=utf-8", style},
-}
-
-// Page serves the console's HTML page (GET /console).
-func Page(w http.ResponseWriter, _ *http.Request) {
-	httpguard.SetHeaders(w.Header(), httpguard.PagePolicy)
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	w.Header().Set("Cache-Control", "no-cache")
-	_, _ = w.Write(page)
-}
-
-// Asset serves the console's script and styles (GET /console/{asset}).
-func Asset(w http.ResponseWriter, r *http.Request) {
-	asset, ok := assets[r.PathValue("asset")]
-	if !ok {
-		httpjson.Errorf(w, http.StatusNotFound, "not_found", "no file %s; the console is /console", r.URL.Path)
-		return
-	}
-	w.Header().Set("Content-Type", asset.contentType)
-	w.Header().Set("Cache-Control", "no-cache")
-	_, _ = w.Write(asset.body)
+// Page is the console: GET /console serves it, GET /console/{asset} its
+// script and styles.
+func Page() webpage.Page {
+	return webpage.Page{HTML: page, Script: script, Style: style, Address: "/console"}
 }

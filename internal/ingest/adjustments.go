@@ -31,8 +31,8 @@ const adjustmentTimeout = 10 * time.Second
 // adjustmentRoutes are the admin routes of usage adjustments.
 func (a *API) adjustmentRoutes() []Route {
 	return []Route{
-		{"POST", "/v1/admin/adjustments", a.admin(a.postAdjustment)},
-		{"GET", "/v1/admin/adjustments", a.admin(a.listAdjustments)},
+		{"POST", "/v1/admin/adjustments", a.gate.Admin(a.postAdjustment)},
+		{"GET", "/v1/admin/adjustments", a.gate.Admin(a.listAdjustments)},
 	}
 }
 

@@ -23,7 +23,7 @@ const (
 // be left out); an admin or viewer key reads the tenant named, or every
 // tenant when none is.
 func (a *API) getAnomalies(w http.ResponseWriter, r *http.Request) {
-	p, ok := a.authenticate(w, r)
+	p, ok := a.gate.Principal(w, r)
 	if !ok {
 		return
 	}

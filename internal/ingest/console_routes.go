@@ -18,8 +18,8 @@ import (
 // routes forwarded.
 func (a *API) consoleRoutes() []Route {
 	return slices.Concat([]Route{
-		{"GET", "/console", console.Page},
-		{"GET", "/console/{asset}", console.Asset},
+		{"GET", "/console", console.Page().Serve},
+		{"GET", "/console/{asset}", console.Page().ServeAsset},
 		{"GET", "/v1/whoami", a.whoami},
 		{"GET", "/v1/lineage/pushes", a.reader(func(r *http.Request) string { return r.URL.Query().Get("tenant") }, a.listPushes)},
 	}, a.dlqRoutes(), a.billerRoutes())
@@ -29,7 +29,7 @@ func (a *API) consoleRoutes() []Route {
 // a tenant key. It leaves the key's id out, so nothing reads it as a key
 // to revoke (the bootstrap key's id is "bootstrap").
 func (a *API) whoami(w http.ResponseWriter, r *http.Request) {
-	p, ok := a.authenticate(w, r)
+	p, ok := a.gate.Principal(w, r)
 	if !ok {
 		return
 	}

@@ -17,8 +17,8 @@ import (
 // cycleRoutes are the admin routes of tenants' billing cycles.
 func (a *API) cycleRoutes() []Route {
 	return []Route{
-		{"GET", "/v1/admin/tenants/{tenant}/billing-cycle", a.admin(a.getBillingCycle)},
-		{"PUT", "/v1/admin/tenants/{tenant}/billing-cycle", a.admin(a.putBillingCycle)},
+		{"GET", "/v1/admin/tenants/{tenant}/billing-cycle", a.gate.Admin(a.getBillingCycle)},
+		{"PUT", "/v1/admin/tenants/{tenant}/billing-cycle", a.gate.Admin(a.putBillingCycle)},
 	}
 }
 

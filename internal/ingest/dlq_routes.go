@@ -11,7 +11,6 @@ import (
 	"github.com/usagemeter/metering/internal/dlqapi"
 	"github.com/usagemeter/metering/internal/httpjson"
 	"github.com/usagemeter/metering/internal/rollup"
-	"github.com/usagemeter/metering/internal/storage/accounts"
 )
 
 // OutboxPublisher publishes the outbox's pending messages; *relay.Relay is
@@ -28,26 +27,10 @@ var usageDLQStatuses = map[string]string{"": "pending", "pending": "pending", "r
 // and viewer keys) list and show, admins replay and discard with a note.
 func (a *API) dlqRoutes() []Route {
 	return []Route{
-		{"GET", "/v1/admin/dlq/usage", a.operator(a.listUsageDLQ)},
-		{"GET", "/v1/admin/dlq/usage/{id}", a.operator(a.showUsageDLQ)},
-		{"POST", "/v1/admin/dlq/usage/{id}/replay", a.admin(a.replayUsageDLQ)},
-		{"POST", "/v1/admin/dlq/usage/{id}/discard", a.admin(a.discardUsageDLQ)},
-	}
-}
-
-// operator wraps h so that admin and viewer keys reach it: the read-only
-// admin routes the console shows a viewer.
-func (a *API) operator(h func(http.ResponseWriter, *http.Request, auth.Principal)) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		p, ok := a.authenticate(w, r)
-		if !ok {
-			return
-		}
-		if p.Role != accounts.RoleAdmin && p.Role != accounts.RoleViewer {
-			httpjson.Error(w, http.StatusForbidden, "forbidden", "this route needs an admin or viewer key; this key's role is "+p.Role)
-			return
-		}
-		h(w, r, p)
+		{"GET", "/v1/admin/dlq/usage", a.gate.Operator(a.listUsageDLQ)},
+		{"GET", "/v1/admin/dlq/usage/{id}", a.gate.Operator(a.showUsageDLQ)},
+		{"POST", "/v1/admin/dlq/usage/{id}/replay", a.gate.Admin(a.replayUsageDLQ)},
+		{"POST", "/v1/admin/dlq/usage/{id}/discard", a.gate.Admin(a.discardUsageDLQ)},
 	}
 }
 

@@ -28,11 +28,11 @@ import (
 // grantRoutes are the admin routes of credit grants and the audit log.
 func (a *API) grantRoutes() []Route {
 	return []Route{
-		{"GET", "/v1/admin/tenants/{tenant}/grants", a.admin(a.listGrants)},
-		{"POST", "/v1/admin/tenants/{tenant}/grants", a.admin(a.createGrant)},
-		{"POST", "/v1/admin/tenants/{tenant}/grants/{id}/void", a.admin(a.voidGrant)},
-		{"GET", "/v1/admin/grants/expired", a.admin(a.expiredGrants)},
-		{"GET", "/v1/admin/audit", a.operator(a.listAudit)},
+		{"GET", "/v1/admin/tenants/{tenant}/grants", a.gate.Admin(a.listGrants)},
+		{"POST", "/v1/admin/tenants/{tenant}/grants", a.gate.Admin(a.createGrant)},
+		{"POST", "/v1/admin/tenants/{tenant}/grants/{id}/void", a.gate.Admin(a.voidGrant)},
+		{"GET", "/v1/admin/grants/expired", a.gate.Admin(a.expiredGrants)},
+		{"GET", "/v1/admin/audit", a.gate.Operator(a.listAudit)},
 	}
 }
 

@@ -88,6 +88,7 @@ type Options struct {
 // API serves the ingest routes.
 type API struct {
 	opt     Options
+	gate    auth.Gate
 	metrics *metrics
 	body    *httpguard.Body
 }
@@ -102,7 +103,7 @@ func New(opt Options) *API {
 		// API accepted is not refused a second time.
 		opt.Decoder.Limits.MaxBytes = int(opt.MaxBodyBytes)
 	}
-	return &API{opt: opt, metrics: newMetrics(opt.Registry), body: newBodyReader(opt)}
+	return &API{opt: opt, gate: auth.Gate{Auth: opt.Auth, Log: opt.Logger}, metrics: newMetrics(opt.Registry), body: newBodyReader(opt)}
 }
 
 // Route is one route of the API.
@@ -123,23 +124,23 @@ func (a *API) Routes() []Route {
 		{"GET", "/v1/anomalies", a.getAnomalies},
 		{"GET", "/v1/conflicts", a.reader(func(r *http.Request) string { return r.URL.Query().Get("tenant") }, a.getConflicts)},
 		{"GET", "/v1/bill/{tenant}", a.reader(func(r *http.Request) string { return r.PathValue("tenant") }, a.getBill)},
-		{"GET", "/ui", serveUI},
-		{"GET", "/ui/{asset}", serveUIAsset},
-		{"GET", "/v1/admin/plans", a.operator(a.listPlans)},
-		{"GET", "/v1/admin/plans/{plan}", a.operator(a.getPlan)},
-		{"PUT", "/v1/admin/plans/{plan}", a.admin(a.putPlan)},
-		{"GET", "/v1/admin/plans/{plan}/versions", a.operator(a.getPlanVersions)},
-		{"GET", "/v1/admin/tenants", a.operator(a.listTenants)},
-		{"GET", "/v1/admin/tenants/{tenant}", a.operator(a.getTenant)},
-		{"PUT", "/v1/admin/tenants/{tenant}", a.admin(a.putTenant)},
-		{"GET", "/v1/admin/tenants/{tenant}/plans", a.operator(a.getTenantPlans)},
-		{"GET", "/v1/admin/keys", a.admin(a.listKeys)},
-		{"POST", "/v1/admin/keys", a.admin(a.createKey)},
-		{"DELETE", "/v1/admin/keys/{id}", a.admin(a.revokeKey)},
-		{"POST", "/v1/admin/keys/{id}/rotate", a.admin(a.rotateKey)},
-		{"GET", "/v1/admin/meters", a.admin(a.listMeters)},
-		{"GET", "/v1/admin/meters/{meter}", a.admin(a.getMeter)},
-		{"PUT", "/v1/admin/meters/{meter}", a.admin(a.putMeter)},
+		{"GET", "/ui", usagePage().Serve},
+		{"GET", "/ui/{asset}", usagePage().ServeAsset},
+		{"GET", "/v1/admin/plans", a.gate.Operator(a.listPlans)},
+		{"GET", "/v1/admin/plans/{plan}", a.gate.Operator(a.getPlan)},
+		{"PUT", "/v1/admin/plans/{plan}", a.gate.Admin(a.putPlan)},
+		{"GET", "/v1/admin/plans/{plan}/versions", a.gate.Operator(a.getPlanVersions)},
+		{"GET", "/v1/admin/tenants", a.gate.Operator(a.listTenants)},
+		{"GET", "/v1/admin/tenants/{tenant}", a.gate.Operator(a.getTenant)},
+		{"PUT", "/v1/admin/tenants/{tenant}", a.gate.Admin(a.putTenant)},
+		{"GET", "/v1/admin/tenants/{tenant}/plans", a.gate.Operator(a.getTenantPlans)},
+		{"GET", "/v1/admin/keys", a.gate.Admin(a.listKeys)},
+		{"POST", "/v1/admin/keys", a.gate.Admin(a.createKey)},
+		{"DELETE", "/v1/admin/keys/{id}", a.gate.Admin(a.revokeKey)},
+		{"POST", "/v1/admin/keys/{id}/rotate", a.gate.Admin(a.rotateKey)},
+		{"GET", "/v1/admin/meters", a.gate.Admin(a.listMeters)},
+		{"GET", "/v1/admin/meters/{meter}", a.gate.Admin(a.getMeter)},
+		{"PUT", "/v1/admin/meters/{meter}", a.gate.Admin(a.putMeter)},
 	}, slices.Concat(a.grantRoutes(), a.adjustmentRoutes(), a.cycleRoutes(), a.exportRoutes(), a.lineageRoutes(), a.consoleRoutes(), a.webhookRoutes())...)
 }
 
@@ -201,46 +202,11 @@ func clientIP(r *http.Request) string {
 	return host
 }
 
-// authenticate writes 401 or 503 and returns false when r has no usable key.
-func (a *API) authenticate(w http.ResponseWriter, r *http.Request) (auth.Principal, bool) {
-	p, err := a.opt.Auth.Authenticate(r.Context(), r)
-	switch {
-	case err == nil:
-		return p, true
-	case errors.Is(err, auth.ErrNoKey), errors.Is(err, auth.ErrUnknownKey):
-		w.Header().Set("WWW-Authenticate", `Bearer realm="metering"`)
-		httpjson.Error(w, http.StatusUnauthorized, "unauthorized", err.Error())
-	case errors.Is(err, auth.ErrExpiredKey):
-		w.Header().Set("WWW-Authenticate", `Bearer realm="metering", error="invalid_token"`)
-		httpjson.Error(w, http.StatusUnauthorized, "expired_key", err.Error())
-	default:
-		a.opt.Logger.ErrorContext(r.Context(), "authenticating request", "err", err)
-		w.Header().Set("Retry-After", "5")
-		httpjson.Error(w, http.StatusServiceUnavailable, "unavailable", "cannot check the API key right now; retry shortly")
-	}
-	return auth.Principal{}, false
-}
-
-// admin wraps h so that only admin keys reach it.
-func (a *API) admin(h func(http.ResponseWriter, *http.Request, auth.Principal)) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		p, ok := a.authenticate(w, r)
-		if !ok {
-			return
-		}
-		if !p.IsAdmin() {
-			httpjson.Error(w, http.StatusForbidden, "forbidden", "this route needs an admin key; this key's role is "+p.Role)
-			return
-		}
-		h(w, r, p)
-	}
-}
-
 // postEvents accepts a batch of events: a key that may send, a body that
 // decodes, every event of a tenant the key may write, within the key's
 // rate; then the whole batch is published or none of it is accepted.
 func (a *API) postEvents(w http.ResponseWriter, r *http.Request) {
-	p, ok := a.authenticate(w, r)
+	p, ok := a.gate.Principal(w, r)
 	if !ok || !a.maySend(w, p) {
 		return
 	}

@@ -55,7 +55,7 @@ type lineageWindow struct {
 // from the ledger alone). A defined meter's lineage reads the events'
 // properties from the log, so it needs Options.Log.
 func (a *API) readablePush(w http.ResponseWriter, r *http.Request) (billingdata.LineagePush, *accounts.Meter, bool) {
-	p, ok := a.authenticate(w, r)
+	p, ok := a.gate.Principal(w, r)
 	if !ok {
 		return billingdata.LineagePush{}, nil, false
 	}

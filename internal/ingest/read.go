@@ -34,7 +34,7 @@ var defaultSpan = map[windows.Granularity]time.Duration{
 // reader wraps h so only keys that may read the tenant reach it.
 func (a *API) reader(tenantOf func(*http.Request) string, h func(http.ResponseWriter, *http.Request, string)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		p, ok := a.authenticate(w, r)
+		p, ok := a.gate.Principal(w, r)
 		if !ok {
 			return
 		}

@@ -30,14 +30,14 @@ import (
 // and deliveries; admins change endpoints and redeliver.
 func (a *API) webhookRoutes() []Route {
 	return []Route{
-		{"GET", "/v1/admin/tenants/{tenant}/webhooks", a.operator(a.listWebhooks)},
-		{"POST", "/v1/admin/tenants/{tenant}/webhooks", a.admin(a.createWebhook)},
-		{"GET", "/v1/admin/tenants/{tenant}/webhooks/{id}", a.operator(a.getWebhook)},
-		{"PATCH", "/v1/admin/tenants/{tenant}/webhooks/{id}", a.admin(a.patchWebhook)},
-		{"DELETE", "/v1/admin/tenants/{tenant}/webhooks/{id}", a.admin(a.deleteWebhook)},
-		{"POST", "/v1/admin/tenants/{tenant}/webhooks/{id}/rotate-secret", a.admin(a.rotateWebhookSecret)},
-		{"GET", "/v1/admin/tenants/{tenant}/webhooks/{id}/deliveries", a.operator(a.listWebhookDeliveries)},
-		{"POST", "/v1/admin/webhooks/deliveries/{id}/redeliver", a.admin(a.redeliverWebhook)},
+		{"GET", "/v1/admin/tenants/{tenant}/webhooks", a.gate.Operator(a.listWebhooks)},
+		{"POST", "/v1/admin/tenants/{tenant}/webhooks", a.gate.Admin(a.createWebhook)},
+		{"GET", "/v1/admin/tenants/{tenant}/webhooks/{id}", a.gate.Operator(a.getWebhook)},
+		{"PATCH", "/v1/admin/tenants/{tenant}/webhooks/{id}", a.gate.Admin(a.patchWebhook)},
+		{"DELETE", "/v1/admin/tenants/{tenant}/webhooks/{id}", a.gate.Admin(a.deleteWebhook)},
+		{"POST", "/v1/admin/tenants/{tenant}/webhooks/{id}/rotate-secret", a.gate.Admin(a.rotateWebhookSecret)},
+		{"GET", "/v1/admin/tenants/{tenant}/webhooks/{id}/deliveries", a.gate.Operator(a.listWebhookDeliveries)},
+		{"POST", "/v1/admin/webhooks/deliveries/{id}/redeliver", a.gate.Admin(a.redeliverWebhook)},
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -27,6 +28,34 @@ func (c Cluster) LogStart(ctx context.Context, topic string, partition int) (int
 		return 0, fmt.Errorf("reading the log start of partition %d: %w", partition, parts[0].Error)
 	}
 	return parts[0].FirstOffset, nil
+}
+
+// Partitions returns the partition ids of topic, as the brokers' metadata
+// lists them (whether or not each partition's leader answers), in order;
+// none when the topic does not exist (it holds no record either).
+func (c Cluster) Partitions(ctx context.Context, topic string) ([]int, error) {
+	cl := &kafka.Client{Addr: kafka.TCP(c.Brokers...), Transport: c.Security.Transport(), Timeout: 5 * time.Second}
+	meta, err := cl.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
+	if err != nil {
+		return nil, fmt.Errorf("metadata of %s: %w", topic, err)
+	}
+	var out []int
+	for _, t := range meta.Topics {
+		if t.Name != topic {
+			continue
+		}
+		if errors.Is(t.Error, kafka.UnknownTopicOrPartition) {
+			return nil, nil
+		}
+		if t.Error != nil {
+			return nil, fmt.Errorf("metadata of %s: %w", topic, t.Error)
+		}
+		for _, p := range t.Partitions {
+			out = append(out, p.ID)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
 }
 
 // LogEnds returns the high watermark (the offset the next record will

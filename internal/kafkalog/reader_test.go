@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"testing"
 	"time"
 
@@ -169,7 +170,8 @@ func TestLogOffsets(t *testing.T) {
 }
 
 // TestEnsureAndPing: Ensure creates topics and takes an existing one
-// without error; Ping answers for a topic.
+// without error; Ping answers for a topic; Partitions lists a topic's
+// partitions in order, and none of a topic that does not exist.
 func TestEnsureAndPing(t *testing.T) {
 	t.Parallel()
 	kc := kafkatest.Start(t)
@@ -187,5 +189,11 @@ func TestEnsureAndPing(t *testing.T) {
 	ends, err := c.LogEnds(ctx, "made.two")
 	if err != nil || len(ends) != 3 {
 		t.Errorf("made.two has partitions %v (%v), want 3", ends, err)
+	}
+	if parts, err := c.Partitions(ctx, "made.one"); err != nil || !slices.Equal(parts, []int{0, 1, 2}) {
+		t.Errorf("Partitions(made.one) = %v, %v; want [0 1 2]", parts, err)
+	}
+	if parts, err := c.Partitions(ctx, "never.made"); err != nil || len(parts) != 0 {
+		t.Errorf("Partitions(never.made) = %v, %v; want none", parts, err)
 	}
 }
