@@ -154,8 +154,8 @@ func (a *API) postAdjustment(w http.ResponseWriter, r *http.Request, p auth.Prin
 }
 
 // listAdjustments answers GET /v1/admin/adjustments?tenant=&period=: the
-// adjustments applied, of a tenant (or every tenant) and of a month (or
-// every month).
+// adjustments applied, of a tenant (or every tenant) and of the period a
+// month names, as an adjustment's period does (or every period).
 func (a *API) listAdjustments(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
 	q := r.URL.Query()
 	tenant := q.Get("tenant")
@@ -163,16 +163,18 @@ func (a *API) listAdjustments(w http.ResponseWriter, r *http.Request, _ auth.Pri
 		httpjson.Error(w, http.StatusBadRequest, "invalid_request", tenantNameRule)
 		return
 	}
-	from, to := time.Time{}, time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)
+	var list []usagedata.Adjustment
+	var err error
 	if p := q.Get("period"); q.Has("period") {
-		start, err := rollup.Adjustment{Period: p}.PeriodStart()
-		if err != nil {
-			httpjson.Error(w, http.StatusBadRequest, "invalid_request", err.Error())
+		month, perr := rollup.Adjustment{Period: p}.PeriodStart()
+		if perr != nil {
+			httpjson.Error(w, http.StatusBadRequest, "invalid_request", perr.Error())
 			return
 		}
-		from, to = start, start.AddDate(0, 1, 0)
+		list, err = usagedata.AdjustmentsOfMonth(r.Context(), a.opt.DB, tenant, month)
+	} else {
+		list, err = usagedata.ListAdjustments(r.Context(), a.opt.DB, tenant, time.Time{}, time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC))
 	}
-	list, err := usagedata.ListAdjustments(r.Context(), a.opt.DB, tenant, from, to)
 	if err != nil {
 		a.internalError(w, r, err)
 		return

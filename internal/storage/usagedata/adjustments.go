@@ -105,11 +105,29 @@ func RecordAdjustment(ctx context.Context, q storage.Executor, adj Adjustment) (
 // [from, to), ordered by period, then source offset. An empty tenant
 // lists every tenant's.
 func ListAdjustments(ctx context.Context, q storage.Executor, tenant string, from, to time.Time) ([]Adjustment, error) {
-	rows, err := q.Query(ctx, `SELECT tenant, adjustment_id, meter, group_key, period_start, amount, reason, reference,
+	return listAdjustments(ctx, q, `SELECT tenant, adjustment_id, meter, group_key, period_start, amount, reason, reference,
 			src_partition, src_offset, recorded_at
 		FROM usage_adjustments
 		WHERE ($1 = '' OR tenant = $1) AND period_start >= $2 AND period_start < $3
 		ORDER BY tenant, period_start, src_partition, src_offset`, tenant, from, to)
+}
+
+// AdjustmentsOfMonth returns the adjustments an adjustment's `period:
+// YYYY-MM` names for month (its first instant): for each tenant, those of
+// its billing period in force at the month's last instant, as rollup
+// places them, whenever that period started (a quarterly or yearly
+// period starts months before). An empty tenant lists every tenant's.
+func AdjustmentsOfMonth(ctx context.Context, q storage.Executor, tenant string, month time.Time) ([]Adjustment, error) {
+	last := month.AddDate(0, 1, 0).Add(-time.Microsecond)
+	return listAdjustments(ctx, q, `SELECT tenant, adjustment_id, meter, group_key, period_start, amount, reason, reference,
+			src_partition, src_offset, recorded_at
+		FROM usage_adjustments
+		WHERE ($1 = '' OR tenant = $1) AND period_start <= $2 AND period_start = (billing_period(tenant, $2)).period_start
+		ORDER BY tenant, period_start, src_partition, src_offset`, tenant, last)
+}
+
+func listAdjustments(ctx context.Context, q storage.Executor, sql string, args ...any) ([]Adjustment, error) {
+	rows, err := q.Query(ctx, sql, args...)
 	if err != nil {
 		return nil, fmt.Errorf("listing adjustments: %w", err)
 	}
