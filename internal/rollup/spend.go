@@ -58,11 +58,13 @@ func spendTenants(plans *usagedata.PlanRules, periods billingcycle.Schedules, in
 // threshold of its plan version the projected total or the total so far
 // has reached (spend_breaches, once per tenant, period and threshold),
 // and queues spend.threshold on billing.events for each one recorded
-// now. A tenant without spend thresholds costs no statement.
+// now. A tenant without spend thresholds costs no statement; one whose
+// thresholds are all recorded for the period costs its share of one
+// statement (no projection).
 func evaluateSpend(ctx context.Context, tx pgx.Tx, plans *usagedata.PlanRules, periods billingcycle.Schedules, incs []increment, now time.Time, defaultPlan string) error {
-	tenants := spendTenants(plans, periods, incs, now)
-	if len(tenants) == 0 {
-		return nil
+	tenants, err := unreachedSpend(ctx, tx, spendTenants(plans, periods, incs, now), periods, now)
+	if err != nil || len(tenants) == 0 {
+		return err
 	}
 	reader := usagedata.NewReader(tx).WithDefaultPlan(defaultPlan)
 	var reached []usagedata.SpendBreach
@@ -119,4 +121,44 @@ func evaluateSpend(ctx context.Context, tx pgx.Tx, plans *usagedata.PlanRules, p
 		evs = append(evs, ev)
 	}
 	return billingevents.Enqueue(ctx, tx, evs...)
+}
+
+// unreachedSpend keeps, of tenants, the thresholds not yet recorded for
+// the current billing period (read in one statement), and the tenants
+// left with some.
+func unreachedSpend(ctx context.Context, tx pgx.Tx, tenants []spendTenant, periods billingcycle.Schedules, now time.Time) ([]spendTenant, error) {
+	if len(tenants) == 0 {
+		return nil, nil
+	}
+	keys := make([]usagedata.SpendPeriod, len(tenants))
+	for i, st := range tenants {
+		start, _ := periods.Span(st.tenant, now)
+		keys[i] = usagedata.SpendPeriod{Tenant: st.tenant, PeriodStart: start.UTC()}
+	}
+	recorded, err := usagedata.SpendReached(ctx, tx, keys)
+	if err != nil {
+		return nil, err
+	}
+	out := tenants[:0]
+	for i, st := range tenants {
+		done := recorded[keys[i]]
+		var left []string
+		for _, t := range st.rule.Thresholds {
+			if !slices.ContainsFunc(done, func(d string) bool { return sameAmount(d, t) }) {
+				left = append(left, t)
+			}
+		}
+		if len(left) > 0 {
+			st.rule.Thresholds = left
+			out = append(out, st)
+		}
+	}
+	return out, nil
+}
+
+// sameAmount reports whether two decimal strings are one number.
+func sameAmount(a, b string) bool {
+	x, ok1 := new(big.Rat).SetString(a)
+	y, ok2 := new(big.Rat).SetString(b)
+	return ok1 && ok2 && x.Cmp(y) == 0
 }

@@ -100,3 +100,43 @@ func SpendBreaches(ctx context.Context, q storage.Executor, tenant string) ([]Sp
 	}
 	return out, nil
 }
+
+// SpendPeriod is one tenant's billing period, by its start.
+type SpendPeriod struct {
+	Tenant      string
+	PeriodStart time.Time
+}
+
+// SpendReached returns, in one statement, the thresholds recorded for
+// each of periods (as numbers' canonical text, "100" for "100.00"), by
+// period.
+func SpendReached(ctx context.Context, q storage.Executor, periods []SpendPeriod) (map[SpendPeriod][]string, error) {
+	out := map[SpendPeriod][]string{}
+	if len(periods) == 0 {
+		return out, nil
+	}
+	tenants, starts := make([]string, len(periods)), make([]time.Time, len(periods))
+	for i, p := range periods {
+		tenants[i], starts[i] = p.Tenant, p.PeriodStart
+	}
+	rows, err := q.Query(ctx, `SELECT s.tenant, s.period_start, trim_scale(s.threshold)::text
+		FROM unnest($1::text[], $2::timestamptz[]) AS p(t, ps)
+		JOIN spend_breaches s ON s.tenant = p.t AND s.period_start = p.ps`, tenants, starts)
+	if err != nil {
+		return nil, fmt.Errorf("reading the spend thresholds reached of %d tenants: %w", len(periods), err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var p SpendPeriod
+		var threshold string
+		if err := rows.Scan(&p.Tenant, &p.PeriodStart, &threshold); err != nil {
+			return nil, fmt.Errorf("reading the spend thresholds reached of %d tenants: %w", len(periods), err)
+		}
+		p.PeriodStart = p.PeriodStart.UTC()
+		out[p] = append(out[p], threshold)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("reading the spend thresholds reached of %d tenants: %w", len(periods), err)
+	}
+	return out, nil
+}
