@@ -175,10 +175,10 @@ func TestSpendThresholdsInTheBatch(t *testing.T) {
 		value int64
 		want  string
 	}{
-		{3, ""},                          // total 3, projected 6
-		{3, "2026-11 10"},                // projected 12: 10 reached
-		{1, "2026-11 10"},                // projected 14: nothing new
-		{20, "2026-11 10,2026-11 50.00"}, // projected 54: 50 reached
+		{3, ""},                           // total 3, projected 6
+		{3, "2026-11 10"},                 // projected 12: 10 reached
+		{1, "2026-11 10"},                 // projected 14: nothing new
+		{20, "2026-11 10,2026-11 50.00"},  // projected 54: 50 reached
 		{100, "2026-11 10,2026-11 50.00"}, // every threshold recorded: no projection
 	}
 	for i, s := range steps {
