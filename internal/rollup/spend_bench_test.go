@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/usagemeter/metering/events"
 	"github.com/usagemeter/metering/internal/price"
 	"github.com/usagemeter/metering/internal/rollup"
@@ -58,7 +60,18 @@ func BenchmarkApplySpend(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
-			agg := rollup.New(db.Pool, rollup.Config{Group: "bench", Topic: "usage.events", Logger: slog.New(slog.DiscardHandler)})
+			cfg, err := pgxpool.ParseConfig(db.URL)
+			if err != nil {
+				b.Fatal(err)
+			}
+			counter := &statementCounter{}
+			cfg.ConnConfig.Tracer = counter
+			pool, err := pgxpool.NewWithConfig(ctx, cfg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer pool.Close()
+			agg := rollup.New(pool, rollup.Config{Group: "bench", Topic: "usage.events", Logger: slog.New(slog.DiscardHandler)})
 			rng := rand.New(rand.NewPCG(1, 2))
 			// One batch before the timer, for every case: the tenants'
 			// windows exist, and the last case's thresholds are reached.
@@ -80,6 +93,7 @@ func BenchmarkApplySpend(b *testing.B) {
 				b.Fatal(err)
 			}
 			from := res.NextOffset
+			counter.take()
 			b.ResetTimer()
 			for _, recs := range batches[1:] {
 				res, err := agg.Apply(ctx, 0, from, recs)
@@ -90,6 +104,7 @@ func BenchmarkApplySpend(b *testing.B) {
 			}
 			b.StopTimer()
 			b.ReportMetric(float64(b.N*perBatch)/b.Elapsed().Seconds(), "events/s")
+			b.ReportMetric(float64(counter.take())/float64(b.N), "statements/batch")
 		})
 	}
 }
