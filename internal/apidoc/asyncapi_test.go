@@ -313,6 +313,8 @@ func producedEvents(t *testing.T) []billingevents.Event {
 			{Meter: "api_calls", Metric: "api_calls", Aggregation: "sum", Value: big.NewInt(1201)},
 			{Meter: "tokens_by_model", Metric: "tokens", Aggregation: "unique_count", Group: `["gpt-4"]`, Value: big70}}},
 		billingevents.PeriodClosed{PeriodStart: ts1, PeriodEnd: exp, AllowedLateness: "0s", Usage: []billingevents.MeterUsage{}},
+		billingevents.SpendThreshold{Threshold: "100.00", ProjectedTotal: "104.17", Total: "37.50", Currency: "usd", PeriodStart: ts0, PeriodEnd: ts1,
+			Plan: "pro", PlanVersion: 3, DetectedAt: ts0.Add(11 * 24 * time.Hour)},
 	} {
 		add(billingevents.New("acme", ts1, p))
 	}

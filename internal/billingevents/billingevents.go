@@ -13,7 +13,8 @@
 //	err = billingevents.Enqueue(ctx, tx, ev)
 //
 // Invariant: an event's id is a function of its type, its tenant and its
-// payload's natural key only (each payload type documents its key), so
+// payload's natural key only (each payload type documents its key;
+// spend.threshold's is the webhook notifications' id of the same fact), so
 // re-emitting the same fact, even with other payload fields or another
 // occurred_at, yields the same id, and two different facts yield
 // different ids (TestIDsAreAFunctionOfTheFact). Consumers deduplicate on
@@ -47,11 +48,12 @@ const (
 	TypeAdjustmentRecorded Type = "adjustment.recorded"
 	TypeOverageStarted     Type = "overage.started"
 	TypePeriodClosed       Type = "period.closed"
+	TypeSpendThreshold     Type = "spend.threshold"
 )
 
 // Types lists every event type, in the order above.
 var Types = []Type{TypePlanChanged, TypeGrantCreated, TypeGrantExpired, TypeGrantVoided,
-	TypeAdjustmentRecorded, TypeOverageStarted, TypePeriodClosed}
+	TypeAdjustmentRecorded, TypeOverageStarted, TypePeriodClosed, TypeSpendThreshold}
 
 // HeaderEventID is the Kafka header that carries the event's id, so a
 // consumer can deduplicate without decoding the value.
@@ -111,7 +113,40 @@ func New(tenant string, occurredAt time.Time, data Payload) (Event, error) {
 	if err != nil {
 		return Event{}, fmt.Errorf("billing event %s of tenant %q: %w", data.Type(), tenant, err)
 	}
-	return Event{ID: ID(data.Type(), tenant, key...), Type: data.Type(), Tenant: tenant, OccurredAt: occurredAt.UTC(), Data: data}, nil
+	id := ID(data.Type(), tenant, key...)
+	if data.Type() == TypeSpendThreshold {
+		id = spendID(tenant, key...)
+	}
+	return Event{ID: id, Type: data.Type(), Tenant: tenant, OccurredAt: occurredAt.UTC(), Data: data}, nil
+}
+
+// spendNamespace is the UUIDv5 namespace of the ids of spend thresholds,
+// the webhook notifications' (they named spend thresholds first).
+var spendNamespace = uuid.NewSHA1(uuid.NameSpaceURL, []byte("usagemeter:webhooks"))
+
+// spendID is the id of a spend threshold of tenant whose natural key is
+// key (period start, threshold): a UUIDv5 over the length-prefixed type,
+// tenant and key, in spendNamespace.
+func spendID(tenant string, key ...string) string {
+	var name []byte
+	for _, p := range append([]string{string(TypeSpendThreshold), tenant}, key...) {
+		name = strconv.AppendInt(name, int64(len(p)), 10)
+		name = append(name, ':')
+		name = append(name, p...)
+	}
+	return uuid.NewSHA1(spendNamespace, name).String()
+}
+
+// SpendThresholdID is the id of the spend threshold threshold (a
+// decimal) of tenant's billing period starting at periodStart: the id of
+// its spend.threshold event on billing.events and of its webhook
+// notification, whichever path noticed it.
+func SpendThresholdID(tenant string, periodStart time.Time, threshold string) (string, error) {
+	key, err := SpendThreshold{Threshold: Amount(threshold), PeriodStart: periodStart}.naturalKey()
+	if err != nil {
+		return "", fmt.Errorf("spend threshold of %s: %w", tenant, err)
+	}
+	return spendID(tenant, key...), nil
 }
 
 // Message is ev as the outbox row that carries it to billing.events.
@@ -175,6 +210,8 @@ func Decode(b []byte) (Event, error) {
 		ev.Data, err = decodeData[OverageStarted](raw.Data)
 	case TypePeriodClosed:
 		ev.Data, err = decodeData[PeriodClosed](raw.Data)
+	case TypeSpendThreshold:
+		ev.Data, err = decodeData[SpendThreshold](raw.Data)
 	default:
 		return Event{}, fmt.Errorf("decoding billing event %q: unknown type %q", raw.ID, raw.Type)
 	}

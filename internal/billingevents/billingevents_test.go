@@ -30,6 +30,8 @@ func payloads() []billingevents.Payload {
 		billingevents.OverageStarted{Meter: "api_calls", PeriodStart: t0, PeriodEnd: t1, Included: big.NewInt(1000), Usage: big.NewInt(1001), StartedAt: t0.Add(time.Hour)},
 		billingevents.PeriodClosed{PeriodStart: t0, PeriodEnd: t1, AllowedLateness: "1h0m0s", Usage: []billingevents.MeterUsage{
 			{Meter: "api_calls", Metric: "api_calls", Aggregation: "sum", Value: new(big.Int).Lsh(big.NewInt(1), 70)}}},
+		billingevents.SpendThreshold{Threshold: "100.00", ProjectedTotal: "104.17", Total: "37.50", Currency: "usd", PeriodStart: t0, PeriodEnd: t1,
+			Plan: "pro", PlanVersion: 3, DetectedAt: t0.Add(time.Hour)},
 	}
 }
 
@@ -82,6 +84,29 @@ func TestIDsAreAFunctionOfTheFact(t *testing.T) {
 
 const pinnedPeriodClosedID = "b18487b8-60fd-5191-80d6-1619323f3610"
 
+// TestSpendThresholdIDIsTheNotificationsID: spend.threshold's id is the
+// id the webhook notifications give the same crossing (pinned: it was
+// theirs first), and "100" and "100.00" are one threshold.
+func TestSpendThresholdIDIsTheNotificationsID(t *testing.T) {
+	t.Parallel()
+	a, err := billingevents.New("acme", t1, billingevents.SpendThreshold{Threshold: "100.00", ProjectedTotal: "120", Total: "40", Currency: "usd", PeriodStart: t0, PeriodEnd: t1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := billingevents.SpendThresholdID("acme", t0, "100")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.ID != b || a.ID != "e4e8a465-a642-50c8-acb2-173482ac8453" {
+		t.Errorf("spend.threshold id %s, SpendThresholdID %s, want both e4e8a465-a642-50c8-acb2-173482ac8453", a.ID, b)
+	}
+	for _, bad := range []string{"0", "-5", "x", ""} {
+		if _, err := billingevents.SpendThresholdID("acme", t0, bad); err == nil {
+			t.Errorf("SpendThresholdID accepted threshold %q", bad)
+		}
+	}
+}
+
 func TestNewRefusesAFactWithoutItsKey(t *testing.T) {
 	t.Parallel()
 	for name, p := range map[string]billingevents.Payload{
@@ -116,6 +141,7 @@ func TestPayloadJSON(t *testing.T) {
 		billingevents.TypeAdjustmentRecorded: `{"adjustment_id":"a1","period":"2026-11","amount":"-12.5","unit":"usd"}`,
 		billingevents.TypeOverageStarted:     `{"meter":"api_calls","group":"","period_start":"2026-11-01T00:00:00Z","period_end":"2026-12-01T00:00:00Z","included":1000,"usage":1001,"started_at":"2026-11-01T01:00:00Z"}`,
 		billingevents.TypePeriodClosed:       `{"period_start":"2026-11-01T00:00:00Z","period_end":"2026-12-01T00:00:00Z","allowed_lateness":"1h0m0s","usage":[{"meter":"api_calls","metric":"api_calls","aggregation":"sum","group":"","value":1180591620717411303424}]}`,
+		billingevents.TypeSpendThreshold:     `{"threshold":"100.00","projected_total":"104.17","total":"37.50","currency":"usd","period_start":"2026-11-01T00:00:00Z","period_end":"2026-12-01T00:00:00Z","plan":"pro","plan_version":3,"detected_at":"2026-11-01T01:00:00Z"}`,
 	}
 	for _, p := range payloads() {
 		ev, err := billingevents.New("acme", t1, p)

@@ -2,6 +2,7 @@ package billingevents
 
 import (
 	"errors"
+	"fmt"
 	"math/big"
 	"strconv"
 	"time"
@@ -227,4 +228,40 @@ func (p PeriodClosed) naturalKey() ([]string, error) {
 		return nil, errors.New("the period is empty")
 	}
 	return []string{keyTime(p.PeriodStart), keyTime(p.PeriodEnd)}, nil
+}
+
+// SpendThreshold is the data of spend.threshold: the projected bill of
+// the tenant's billing period [PeriodStart, PeriodEnd), or its bill so
+// far, reached Threshold, a spend threshold of the plan version Plan,
+// PlanVersion in force, at DetectedAt. Threshold, ProjectedTotal and
+// Total are exact decimal strings of Currency.
+//
+// Natural key: (PeriodStart, Threshold as a number: "100" and "100.00"
+// are one): once per tenant, period and threshold. Its id is the one the
+// webhook notifications give a spend threshold (SpendThresholdID), so an
+// endpoint notified of it by either path is notified once.
+type SpendThreshold struct {
+	Threshold      Amount    `json:"threshold"`
+	ProjectedTotal Amount    `json:"projected_total"`
+	Total          Amount    `json:"total"`
+	Currency       string    `json:"currency"`
+	PeriodStart    time.Time `json:"period_start"`
+	PeriodEnd      time.Time `json:"period_end"`
+	Plan           string    `json:"plan"`
+	PlanVersion    int       `json:"plan_version"`
+	DetectedAt     time.Time `json:"detected_at"`
+}
+
+// Type is TypeSpendThreshold.
+func (SpendThreshold) Type() Type { return TypeSpendThreshold }
+
+func (p SpendThreshold) naturalKey() ([]string, error) {
+	r, ok := p.Threshold.Rat()
+	if !ok || r.Sign() <= 0 {
+		return nil, fmt.Errorf("threshold %q is no positive decimal", string(p.Threshold))
+	}
+	if p.PeriodStart.IsZero() {
+		return nil, errors.New("period_start is zero")
+	}
+	return []string{p.PeriodStart.UTC().Format(time.RFC3339), r.RatString()}, nil
 }

@@ -95,6 +95,9 @@ func (a *API) putPlan(w http.ResponseWriter, r *http.Request, p auth.Principal) 
 		Proration     string     `json:"proration"`
 		// HoldOnAnomaly holds unusual pushes for approval (null: never).
 		HoldOnAnomaly *accounts.HoldOnAnomaly `json:"hold_on_anomaly"`
+		// SpendThresholds are amounts of the plan's currency the projected
+		// bill is watched for (null or absent: none).
+		SpendThresholds []string `json:"spend_thresholds"`
 	}
 	if err := decodeObject(r, &body); err != nil {
 		writeBodyError(w, err)
@@ -131,6 +134,11 @@ func (a *API) putPlan(w http.ResponseWriter, r *http.Request, p auth.Principal) 
 		}
 		plan.HoldOnAnomaly = body.HoldOnAnomaly
 	}
+	if err := accounts.CheckSpendThresholds(body.SpendThresholds); err != nil {
+		httpjson.Error(w, http.StatusUnprocessableEntity, "invalid_spend_thresholds", err.Error())
+		return
+	}
+	plan.SpendThresholds = body.SpendThresholds
 	saved, _, err := a.opt.Store.WithAudit(by(p)).SavePlan(r.Context(), plan, a.opt.Now())
 	if errors.Is(err, accounts.ErrEffectiveFrom) {
 		httpjson.Errorf(w, http.StatusBadRequest, "invalid_request", "effective_from must be after the latest version's: %v", err)

@@ -54,7 +54,9 @@ func Sign(secrets []string, t time.Time, body []byte) string {
 }
 
 // Matches reports whether endpoint e wants event ev: its tenant, a kind
-// it subscribed to, and for spend.threshold one of its thresholds.
+// it subscribed to, and for spend.threshold one of its thresholds, or,
+// for an endpoint that set none, any threshold of the tenant's plan
+// (ev.PlanThreshold).
 func Matches(e webhooks.Endpoint, ev Event) bool {
 	if e.Tenant != ev.Tenant || e.State == webhooks.StateDisabled || !slices.Contains(e.Kinds, ev.Type) {
 		return false
@@ -65,6 +67,9 @@ func Matches(e webhooks.Endpoint, ev Event) bool {
 	want, ok := new(big.Rat).SetString(ev.Threshold)
 	if !ok {
 		return false
+	}
+	if len(e.SpendThresholds) == 0 {
+		return ev.PlanThreshold
 	}
 	for _, t := range e.SpendThresholds {
 		if r, ok := new(big.Rat).SetString(t); ok && r.Cmp(want) == 0 {

@@ -35,6 +35,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/usagemeter/metering/events/jsonscan"
+	"github.com/usagemeter/metering/internal/billingevents"
 	"github.com/usagemeter/metering/internal/topics"
 )
 
@@ -75,8 +76,12 @@ type Event struct {
 	// Data is the event's JSON object.
 	Data json.RawMessage
 	// Threshold is, for spend.threshold, the threshold crossed (matching
-	// sends it only to endpoints that set it).
+	// sends it to endpoints that set it, see Matches).
 	Threshold string
+	// PlanThreshold is, for spend.threshold, that the threshold is one of
+	// the tenant's plan (read from billing.events), so endpoints that set
+	// no thresholds of their own get it too.
+	PlanThreshold bool
 }
 
 // Body is the JSON body every delivery of e sends:
@@ -163,13 +168,30 @@ func decodeBillingEvent(value []byte) (Event, error) {
 	if err := json.Unmarshal(value, &ev); err != nil {
 		return Event{}, fmt.Errorf("billing.events message: %w", err)
 	}
-	if ev.Type != KindOverageStarted && ev.Type != KindGrantExpired {
+	if ev.Type != KindOverageStarted && ev.Type != KindGrantExpired && ev.Type != KindSpendThreshold {
 		return Event{}, ErrIgnored
 	}
 	if ev.ID == "" || ev.Tenant == "" {
 		return Event{}, fmt.Errorf("billing.events %s message: no id or tenant", ev.Type)
 	}
-	return Event{ID: ev.ID, Type: ev.Type, Created: ev.OccurredAt.UTC(), Tenant: ev.Tenant, Data: compact(ev.Data)}, nil
+	out := Event{ID: ev.ID, Type: ev.Type, Created: ev.OccurredAt.UTC(), Tenant: ev.Tenant, Data: compact(ev.Data)}
+	if ev.Type == KindSpendThreshold {
+		// A plan's spend threshold: the id is the one SpendThreshold
+		// gives the same crossing, so the periodic check and this message
+		// queue one delivery per endpoint.
+		var d struct {
+			Threshold string `json:"threshold"`
+		}
+		if err := json.Unmarshal(ev.Data, &d); err != nil {
+			return Event{}, fmt.Errorf("billing.events spend.threshold %s: %w", ev.ID, err)
+		}
+		r, ok := new(big.Rat).SetString(d.Threshold)
+		if !ok || r.Sign() <= 0 {
+			return Event{}, fmt.Errorf("billing.events spend.threshold %s: threshold %q is no positive decimal", ev.ID, d.Threshold)
+		}
+		out.Threshold, out.PlanThreshold = r.RatString(), true
+	}
+	return out, nil
 }
 
 func decodeAnomaly(value []byte) (Event, error) {
@@ -258,7 +280,9 @@ type Spend struct {
 
 // SpendThreshold is the spend.threshold event of tenant for s, noticed at
 // now. Its id depends on the tenant, the period and the threshold's
-// value only ("100" and "100.00" are one threshold).
+// value only ("100" and "100.00" are one threshold): it is
+// billingevents.SpendThresholdID, the id of the aggregator's
+// spend.threshold on billing.events for the same crossing.
 func SpendThreshold(tenant string, s Spend, now time.Time) (Event, error) {
 	r, ok := new(big.Rat).SetString(s.Threshold)
 	if !ok {
@@ -269,8 +293,11 @@ func SpendThreshold(tenant string, s Spend, now time.Time) (Event, error) {
 	if err != nil {
 		return Event{}, fmt.Errorf("encoding spend.threshold of %s: %w", tenant, err)
 	}
-	return Event{ID: eventID(KindSpendThreshold, tenant, s.PeriodStart.Format(time.RFC3339), r.RatString()), Type: KindSpendThreshold,
-		Created: now.UTC(), Tenant: tenant, Data: data, Threshold: r.RatString()}, nil
+	id, err := billingevents.SpendThresholdID(tenant, s.PeriodStart, s.Threshold)
+	if err != nil {
+		return Event{}, err
+	}
+	return Event{ID: id, Type: KindSpendThreshold, Created: now.UTC(), Tenant: tenant, Data: data, Threshold: r.RatString()}, nil
 }
 
 // Reached returns the thresholds of thresholds that projected reaches

@@ -75,6 +75,9 @@ type Version struct {
 	EffectiveFrom time.Time
 	Proration     Proration
 	Quotas        []Quota
+	// SpendThresholds are the version's spend thresholds, carried for
+	// the caller (Evaluate does not read them).
+	SpendThresholds []string
 }
 
 // Assignment is a tenant's plan over [From, To) (To zero: open). None is

@@ -126,7 +126,8 @@ func evaluateQuotas(ctx context.Context, tx pgx.Tx, periods billingcycle.Schedul
 // in force over it (usagedata.PlanRules: the plan versions and
 // assignments of the period, defaultPlan for a tenant without one).
 // meters are the definitions the batch counted with (nil: none); a month
-// period is the tenant's billing period in periods.
+// period is the tenant's billing period in periods. Then it evaluates the
+// spend thresholds of the tenants' plans (evaluateSpend).
 func evaluateMeterQuotas(ctx context.Context, tx pgx.Tx, meters *meterset.Set, periods billingcycle.Schedules, incs []increment, now time.Time, defaultPlan string) ([]quota.Breach, error) {
 	if len(incs) == 0 {
 		return nil, nil
@@ -237,7 +238,12 @@ func evaluateMeterQuotas(ctx context.Context, tx pgx.Tx, meters *meterset.Set, p
 	if err := outbox.Enqueue(ctx, tx, msgs...); err != nil {
 		return nil, err
 	}
-	return breaches, overageStarted(ctx, tx, breaches, overages)
+	if err := overageStarted(ctx, tx, breaches, overages); err != nil {
+		return nil, err
+	}
+	// Spend thresholds, after the windows and quotas: only tenants whose
+	// plan has some run a projection (spend.go).
+	return breaches, evaluateSpend(ctx, tx, plans, periods, incs, now, defaultPlan)
 }
 
 // overagePrices holds the overage price of the quota of each breach

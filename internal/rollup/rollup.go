@@ -1,6 +1,8 @@
 // Package rollup applies batches of usage.events records to Postgres:
-// dedup ledger, usage windows, consumer offset, quota breaches, dead
-// letters and outbox rows, all in ONE transaction per batch.
+// dedup ledger, usage windows, consumer offset, quota breaches, spend
+// thresholds reached by the projected bill (spend_breaches, for tenants
+// whose plan sets spend thresholds), dead letters and outbox rows, all in
+// ONE transaction per batch.
 //
 // Invariant: a record's effects are committed exactly once, together with
 // the offset after it. The offset update is a compare-and-set on the

@@ -8,7 +8,8 @@
 //	             tenant_billing_cycles, api_keys, meters
 //	usagedata    ledger, ledger_names, ledger_overflow, ledger_conflicts,
 //	             conflict_alerts, usage_windows,
-//	             usage_corrections, quota_breaches, consumer_offsets,
+//	             usage_corrections, quota_breaches, spend_breaches,
+//	             consumer_offsets,
 //	             consumer_lost_records, meter_uniques, meter_group_keys,
 //	             usage_adjustments
 //	deadletters  usage_dlq

@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"math/big"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -168,6 +169,40 @@ type Plan struct {
 	// times its baseline for an operator's approval (internal/stripesync);
 	// nil (the default) never holds.
 	HoldOnAnomaly *HoldOnAnomaly `json:"hold_on_anomaly,omitempty"`
+	// SpendThresholds are amounts in Currency ("100.00") the projected
+	// bill of a billing period is watched for: each one it reaches is
+	// recorded and announced once per period (spend.threshold on
+	// billing.events). Strictly increasing, each > 0; empty (the default)
+	// for none. Part of a version's content (see CheckSpendThresholds).
+	SpendThresholds []string `json:"spend_thresholds"`
+}
+
+// MaxSpendThresholds bounds a plan version's SpendThresholds.
+const MaxSpendThresholds = 10
+
+// CheckSpendThresholds reports what is wrong with a plan version's spend
+// thresholds: at most MaxSpendThresholds, each a decimal amount as prices
+// are written (price.ValidDecimal: at most 12 integer digits and 12
+// decimals) greater than zero, in strictly increasing order.
+func CheckSpendThresholds(ts []string) error {
+	if len(ts) > MaxSpendThresholds {
+		return fmt.Errorf("spend_thresholds: at most %d thresholds, got %d", MaxSpendThresholds, len(ts))
+	}
+	var prev *big.Rat
+	for i, t := range ts {
+		if !price.ValidDecimal(t) {
+			return fmt.Errorf("spend_thresholds[%d]: %q is no amount: write a decimal string such as \"100.00\", with at most %d decimals", i, t, price.MaxDecimals)
+		}
+		r, _ := new(big.Rat).SetString(t)
+		if r.Sign() <= 0 {
+			return fmt.Errorf("spend_thresholds[%d]: %q must be greater than 0", i, t)
+		}
+		if prev != nil && r.Cmp(prev) <= 0 {
+			return fmt.Errorf("spend_thresholds[%d]: %q must be greater than the threshold before it, %q (list them in increasing order, once each)", i, t, ts[i-1])
+		}
+		prev = r
+	}
+	return nil
 }
 
 // HoldOnAnomaly is a plan version's hold of unusual pushes: a push whose
@@ -292,8 +327,13 @@ func (s *Store) SavePlan(ctx context.Context, p Plan, now time.Time) (Plan, bool
 				return fmt.Errorf("hold_on_anomaly: %w", err)
 			}
 		}
-		if _, err := tx.Exec(ctx, `INSERT INTO plan_versions (plan, version, effective_from, proration, currency, hold_on_anomaly) VALUES ($1, $2, $3, $4, $5, $6::jsonb)`,
-			p.Name, latest+1, timestamptz(at), p.Proration, p.Currency, hold); err != nil {
+		spend := p.SpendThresholds
+		if spend == nil {
+			spend = []string{}
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO plan_versions (plan, version, effective_from, proration, currency, hold_on_anomaly, spend_thresholds)
+			VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7)`,
+			p.Name, latest+1, timestamptz(at), p.Proration, p.Currency, hold, spend); err != nil {
 			return err
 		}
 		for _, q := range p.Quotas {
@@ -335,10 +375,10 @@ func (s *Store) SavePlan(ctx context.Context, p Plan, now time.Time) (Plan, bool
 }
 
 // sameContent reports whether two versions hold the same quotas,
-// currency and proration.
+// currency, proration, hold and spend thresholds.
 func sameContent(a, b Plan) bool {
 	return a.Currency == b.Currency && a.Proration == b.Proration && reflect.DeepEqual(a.Quotas, b.Quotas) &&
-		reflect.DeepEqual(a.HoldOnAnomaly, b.HoldOnAnomaly)
+		reflect.DeepEqual(a.HoldOnAnomaly, b.HoldOnAnomaly) && slices.Equal(a.SpendThresholds, b.SpendThresholds)
 }
 
 // insertQuota writes one quota of a version.
@@ -407,14 +447,17 @@ func readVersion(ctx context.Context, q storage.Executor, name string, version i
 	p := Plan{Name: name, Version: version, Quotas: []Quota{}}
 	var from pgtype.Timestamptz
 	var hold []byte
-	err := q.QueryRow(ctx, `SELECT v.currency, v.proration, v.effective_from, greatest(v.created_at, p.updated_at), v.hold_on_anomaly
+	err := q.QueryRow(ctx, `SELECT v.currency, v.proration, v.effective_from, greatest(v.created_at, p.updated_at), v.hold_on_anomaly, v.spend_thresholds
 		FROM plan_versions v JOIN plans p ON p.name = v.plan WHERE v.plan = $1 AND v.version = $2`, name, version).
-		Scan(&p.Currency, &p.Proration, &from, &p.UpdatedAt, &hold)
+		Scan(&p.Currency, &p.Proration, &from, &p.UpdatedAt, &hold, &p.SpendThresholds)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Plan{}, ErrNotFound
 	}
 	if err != nil {
 		return Plan{}, fmt.Errorf("reading plan %s version %d: %w", name, version, err)
+	}
+	if p.SpendThresholds == nil {
+		p.SpendThresholds = []string{}
 	}
 	if from.InfinityModifier == pgtype.Finite {
 		t := from.Time.UTC()

@@ -140,9 +140,7 @@ func (r *Reader) Bill(ctx context.Context, tenant string, now time.Time) (Bill, 
 		if err != nil {
 			return b, fmt.Errorf("reading prices of %s: %w", tenant, err)
 		}
-		elapsed := new(big.Rat).SetFrac64(int64(max(now.Sub(start), time.Second)), 1)
-		length := new(big.Rat).SetFrac64(int64(end.Sub(start)), 1)
-		scale := new(big.Rat).Quo(length, elapsed)
+		scale := ProjectionScale(start, end, now)
 		for _, q := range qs {
 			var rates, overRates price.Rates
 			if q.price != nil {
@@ -192,6 +190,28 @@ func (r *Reader) Bill(ctx context.Context, tenant string, now time.Time) (Bill, 
 	})
 	b.Total, b.ProjectedTotal = price.Cents(total), price.Cents(projTotal)
 	return b, nil
+}
+
+// MinProjectionElapsed is the least time a projection extrapolates
+// from: before a period has run this long (or its whole length, when
+// shorter), usage so far projects as if it had, so a bill is never
+// extrapolated from its first minutes (in which any usage would project
+// to a huge bill and cross every spend threshold).
+const MinProjectionElapsed = 24 * time.Hour
+
+// ProjectionScale is the factor by which the usage of the billing period
+// [start, end) so far, at now, is extended to the period's end: its length
+// over the time elapsed, that time floored at MinProjectionElapsed (or the
+// period's length when shorter), so the factor is at most length / 1 day
+// and never below 1. GET /v1/bill and the aggregator's spend thresholds
+// project with it alone.
+func ProjectionScale(start, end, now time.Time) *big.Rat {
+	length := end.Sub(start)
+	elapsed := max(now.Sub(start), min(MinProjectionElapsed, length), time.Second)
+	if elapsed > length {
+		elapsed = max(length, time.Second)
+	}
+	return new(big.Rat).SetFrac(big.NewInt(int64(max(length, elapsed))), big.NewInt(int64(elapsed)))
 }
 
 // beyond is the part of used above included, never below 0.

@@ -45,6 +45,9 @@ type planQuota struct {
 	groupBy         []string
 	stripeEventName string
 	overagePrice    json.RawMessage
+	// priced: the quota has a price or an overage price (it has a line
+	// in the bill).
+	priced bool
 }
 
 // quotaGranularities are the periods a quota may have.
@@ -130,19 +133,20 @@ func readPlanInputs(ctx context.Context, q storage.Executor, tenants []string, f
 			SELECT DISTINCT plan FROM a WHERE plan IS NOT NULL
 			UNION SELECT $4::text WHERE $4 <> ''
 		), v AS (
-			SELECT v.plan, v.version, v.effective_from, v.proration FROM plan_versions v JOIN needed n ON n.plan = v.plan
+			SELECT v.plan, v.version, v.effective_from, v.proration, v.spend_thresholds FROM plan_versions v JOIN needed n ON n.plan = v.plan
 			WHERE v.effective_from < $3 AND NOT EXISTS (SELECT 1 FROM plan_versions l
 				WHERE l.plan = v.plan AND l.effective_from > v.effective_from AND l.effective_from <= $2)
 		)
 		SELECT true, a.tenant, a.plan, a.valid_from, a.valid_to, a.source, 0, NULL::text,
 			NULL::text, NULL::text, NULL::text, false, NULL::bigint, NULL::text, 0, false, NULL::text, NULL::text, NULL::text[], NULL::text,
-			NULL::int[], NULL::bigint, NULL::bigint
+			NULL::int[], NULL::bigint, NULL::bigint, NULL::text[], false
 		FROM a
 		UNION ALL
 		SELECT false, '', v.plan, v.effective_from, NULL, '', v.version, v.proration,
 			q.metric, q.meter, q.group_filter::text, coalesce(q.per_group, false), q.quota_limit, q.period, coalesce(q.burst_percent, 0), coalesce(q.hard, false),
 			q.stripe_event_name, CASE WHEN q.meter IS NULL THEN '' ELSE coalesce(m.aggregation, '') END, coalesce(m.group_by, '{}'),
-			q.overage_price::text, q.thresholds, q.grace_ms, q.grace_amount
+			q.overage_price::text, q.thresholds, q.grace_ms, q.grace_amount, v.spend_thresholds,
+			coalesce(q.price IS NOT NULL OR q.overage_price IS NOT NULL, false)
 		FROM v LEFT JOIN plan_quotas q ON q.plan = v.plan AND q.version = v.version
 		LEFT JOIN meters m ON m.name = q.meter AND m.metric = q.metric`, tenants, from, to, defaultPlan)
 	if err != nil {
@@ -167,9 +171,11 @@ func readPlanInputs(ctx context.Context, q storage.Executor, tenants []string, f
 		var groupBy []string
 		var thresholds []int32
 		var graceMS, graceAmount *int64
+		var spend []string
+		var priced bool
 		if err := rows.Scan(&isAssignment, &tenant, &plan, &fromTS, &toTS, &source, &version, &proration,
 			&metric, &meterName, &filter, &perGroup, &limit, &period, &burst, &hard, &eventName, &aggregation, &groupBy, &overage,
-			&thresholds, &graceMS, &graceAmount); err != nil {
+			&thresholds, &graceMS, &graceAmount, &spend, &priced); err != nil {
 			return nil, err
 		}
 		if isAssignment {
@@ -186,14 +192,16 @@ func readPlanInputs(ctx context.Context, q storage.Executor, tenants []string, f
 		k := vkey{*plan, version}
 		v := versions[k]
 		if v == nil {
-			v = &planperiod.Version{Plan: *plan, Version: version, EffectiveFrom: instant(fromTS), Proration: planperiod.Proration(*proration)}
+			v = &planperiod.Version{Plan: *plan, Version: version, EffectiveFrom: instant(fromTS), Proration: planperiod.Proration(*proration),
+				SpendThresholds: spend}
 			versions[k] = v
 			order = append(order, k)
 		}
 		if metric == nil {
 			continue // a version without quotas
 		}
-		pq := planQuota{period: windows.Granularity(*period), stripeEventName: deref(eventName), aggregation: deref(aggregation), groupBy: groupBy}
+		pq := planQuota{period: windows.Granularity(*period), stripeEventName: deref(eventName), aggregation: deref(aggregation), groupBy: groupBy,
+			priced: priced}
 		if overage != nil {
 			pq.overagePrice = json.RawMessage(*overage)
 		}
@@ -263,4 +271,44 @@ func parseFilter(s string) (map[string]string, error) {
 		return nil, fmt.Errorf("reading a quota's filter: %w", err)
 	}
 	return f, nil
+}
+
+// SpendRule is what the spend thresholds of a tenant's billing period
+// read at an instant: the plan version in force then and its thresholds.
+type SpendRule struct {
+	Plan    string
+	Version int
+	// Thresholds are the version's spend thresholds, increasing.
+	Thresholds []string
+	// PricedMetrics are the metrics of the version's priced quotas: the
+	// usage that moves its bill.
+	PricedMetrics []string
+}
+
+// Spend returns the spend rule of tenant's billing period [start, end) at
+// at (inside the span read): the plan version in force then, as
+// Reader.Bill finds it. ok is false when no version is in force or it has
+// no spend thresholds; no statement is run.
+func (p *PlanRules) Spend(tenant string, start, end, at time.Time) (SpendRule, bool) {
+	res, err := planperiod.Evaluate(p.inputs[tenant], start, end, at)
+	if err != nil || res.Plan == "" {
+		return SpendRule{}, false
+	}
+	for _, seg := range res.Segments {
+		v := seg.Version
+		if v == nil || v.Plan != res.Plan || v.Version != res.Version {
+			continue
+		}
+		if len(v.SpendThresholds) == 0 {
+			return SpendRule{}, false
+		}
+		sr := SpendRule{Plan: v.Plan, Version: v.Version, Thresholds: v.SpendThresholds}
+		for _, q := range v.Quotas {
+			if pq, ok := q.Data.(planQuota); ok && pq.priced && !slices.Contains(sr.PricedMetrics, q.Key.Metric) {
+				sr.PricedMetrics = append(sr.PricedMetrics, q.Key.Metric)
+			}
+		}
+		return sr, true
+	}
+	return SpendRule{}, false
 }
