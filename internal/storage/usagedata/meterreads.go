@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/usagemeter/metering/events"
+	"github.com/usagemeter/metering/internal/billingcycle"
 	"github.com/usagemeter/metering/internal/meter"
 	"github.com/usagemeter/metering/internal/storage/accounts"
 	"github.com/usagemeter/metering/internal/windows"
@@ -60,13 +61,7 @@ type MeterQuery struct {
 	// MaxWindows, when positive, is the most windows (groups times
 	// periods) an answer may hold; more is ErrTooManyWindows.
 	MaxWindows int
-
-	probeLimit int // keyProbeLimit when 0; tests lower it
 }
-
-// keyProbeLimit bounds the index probes that list a meter's group keys;
-// a meter with more keys lists those of the windows in range instead.
-const keyProbeLimit = 10000
 
 // ErrBadMeterQuery is returned for a query the meter cannot answer: a
 // group_by or filter property the meter does not group by, or a property
@@ -229,18 +224,19 @@ type MeterUsage struct {
 // that is a digest (migration 0014) is resolved through
 // meter_group_keys.
 //
-// The meter's group keys are listed by index probes, and its windows
-// are read through the primary key's ranges of those keys (the key list
-// is an index condition, which Postgres reads as one bitmap scan, each
-// heap page once), so a read costs the windows it answers, not the
-// tenant's other windows; a meter with more keys than the probes list is
-// read again with its keys listed from the windows in range.
+// The windows in range are one range of usage_windows' primary key
+// (tenant, meter, granularity, window_start, group_key; migration 0033),
+// read by one index scan in start order, so a read costs the windows it
+// answers, not the tenant's other windows or the meter's other periods.
+// Sum, count and max windows are read as stored, with their group keys,
+// and a second statement gives the group of each distinct key; latest
+// and unique_count are answered by one statement.
 func (r *Reader) MeterUsage(ctx context.Context, q MeterQuery) (MeterUsage, error) {
-	u, listed, err := r.meterUsage(ctx, q, false)
-	if err == nil && !listed {
-		u, _, err = r.meterUsage(ctx, q, true)
+	switch q.Meter.Aggregation {
+	case meter.Sum, meter.Count, meter.Max:
+		return r.storedUsage(ctx, q)
 	}
-	return u, err
+	return r.meterUsage(ctx, q)
 }
 
 // The columns of meterUsageSQL's rows.
@@ -255,42 +251,229 @@ const (
 	colLatestID
 )
 
-// meterUsage runs meterUsageSQL(q, fromWindows). listed is false when the
-// probes found more keys than their limit (and nothing was read).
-func (r *Reader) meterUsage(ctx context.Context, q MeterQuery, fromWindows bool) (_ MeterUsage, listed bool, _ error) {
-	sql, args, err := meterUsageSQL(q, fromWindows)
+// cellKey is a window of the answer: a group number and a start.
+type cellKey struct {
+	group int32
+	start int64 // Unix microseconds
+}
+
+// folded is an answer being folded: its groups, its windows (one per
+// group and start) and, for unique_count, its totals from SQL.
+type folded struct {
+	agg    meter.Aggregation
+	max    int // MeterQuery.MaxWindows
+	ws, ts []usageRow
+	cells  map[cellKey]int32
+	all    usageRow
+	groups []groupValues // by group number
+	// byGroup lists each group's windows (indexes in ws) as they come;
+	// windows mostly come in order of start, so the group's last window
+	// is the one most rows fold into.
+	byGroup [][]int32
+}
+
+var errTooMany = errors.New("too many windows")
+
+// window folds x, a window of group x.group starting at x.start, into
+// the answer's window of that group and start.
+func (f *folded) window(x usageRow) error {
+	if x.group < 0 || x.group > math.MaxInt32-1 {
+		return fmt.Errorf("a row of group %d, which is not numbered", x.group)
+	}
+	for len(f.byGroup) <= int(x.group) {
+		f.byGroup = append(f.byGroup, nil)
+	}
+	mine := f.byGroup[x.group]
+	if n := len(mine); n > 0 && f.ws[mine[n-1]].start.Equal(x.start) {
+		f.ws[mine[n-1]].fold(f.agg, x)
+		return nil
+	}
+	if f.cells == nil {
+		f.cells = make(map[cellKey]int32)
+	}
+	k := cellKey{x.group, x.start.UnixMicro()}
+	if i, ok := f.cells[k]; ok {
+		f.ws[i].fold(f.agg, x)
+		return nil
+	}
+	if f.max > 0 && len(f.ws) >= f.max {
+		return errTooMany
+	}
+	if len(f.ws) == math.MaxInt32 {
+		return errors.New("more windows than an int32 counts")
+	}
+	f.cells[k] = int32(len(f.ws))
+	f.byGroup[x.group] = append(mine, int32(len(f.ws)))
+	f.ws = append(f.ws, x)
+	return nil
+}
+
+// group records group number n and its values; groups are numbered from 1.
+func (f *folded) group(n int64, vals []pgtype.Text) error {
+	if n < 0 || n > math.MaxInt32-1 {
+		return fmt.Errorf("a group numbered %d", n)
+	}
+	for len(f.groups) <= int(n) {
+		f.groups = append(f.groups, nil)
+	}
+	f.groups[n] = groupValues(vals)
+	return nil
+}
+
+// tooMany is the error of an answer of more than q.MaxWindows windows.
+func tooMany(q MeterQuery) error {
+	return fmt.Errorf("reading usage of meter %s: %w: more than %d", q.Meter.Name, ErrTooManyWindows, q.MaxWindows)
+}
+
+// storedUsage answers a sum, count or max query: the windows in range as
+// stored (group key, start, value, events), one index range scan; then
+// the group of each distinct key (groupsOfKeysSQL), and the fold here.
+func (r *Reader) storedUsage(ctx context.Context, q MeterQuery) (MeterUsage, error) {
+	gsql, gargs, err := groupsOfKeysSQL(q)
 	if err != nil {
-		return MeterUsage{}, false, err
+		return MeterUsage{}, err
 	}
 	sched, err := periodsOf(ctx, r.q, q.Tenant, q.Granularity)
 	if err != nil {
-		return MeterUsage{}, false, err
+		return MeterUsage{}, err
+	}
+	fail := func(err error) (MeterUsage, error) {
+		return MeterUsage{}, fmt.Errorf("reading usage of meter %s: %w", q.Meter.Name, err)
+	}
+	// A meter without groups has the empty key only; a grouped meter's
+	// keys are JSON arrays or digests.
+	keyCond := ` AND group_key <> ''`
+	if len(q.Meter.GroupBy) == 0 {
+		keyCond = ` AND group_key = ''`
+	}
+	rows, err := r.q.Query(ctx, `SELECT group_key, window_start, value, events FROM usage_windows
+		WHERE tenant = $1 AND meter = $2 AND granularity = $3 AND window_start >= $4 AND window_start < $5`+keyCond,
+		q.Tenant, q.Meter.Name, string(q.Granularity), q.From, q.To)
+	if err != nil {
+		return fail(err)
+	}
+	defer rows.Close()
+	type stored struct {
+		key    int32 // index in keys
+		start  time.Time
+		value  amount
+		events int64
+	}
+	var (
+		dec    = rowDecoder{m: rows.Conn().TypeMap(), fds: rows.FieldDescriptions()}
+		keyOf  = map[string]int32{}
+		keys   []string
+		stores []stored
+	)
+	for rows.Next() {
+		raw := rows.RawValues()
+		if len(raw) != 4 || raw[0] == nil {
+			return fail(fmt.Errorf("a window row of %d columns", len(raw)))
+		}
+		k, ok := keyOf[string(raw[0])] // no copy of the key for the lookup
+		if !ok {
+			if len(keys) == math.MaxInt32 {
+				return fail(errors.New("more group keys than an int32 counts"))
+			}
+			k = int32(len(keys))
+			keys = append(keys, string(raw[0]))
+			keyOf[keys[k]] = k
+		}
+		x := stored{key: k}
+		start, err := dec.time(raw, 1)
+		if err != nil {
+			return fail(err)
+		}
+		x.start = start.Time.UTC()
+		if x.value, err = dec.amount(raw, 2); err != nil {
+			return fail(err)
+		}
+		if x.events, err = dec.int(raw, 3); err != nil {
+			return fail(err)
+		}
+		stores = append(stores, x)
+	}
+	if err := rows.Err(); err != nil {
+		return fail(err)
+	}
+	rows.Close()
+	f := folded{agg: q.Meter.Aggregation, max: q.MaxWindows}
+	gid := make([]int32, len(keys)) // 0: the key's group is not in the answer
+	if len(keys) > 0 {
+		grows, err := r.q.Query(ctx, gsql, append(gargs, keys)...)
+		if err != nil {
+			return fail(err)
+		}
+		defer grows.Close()
+		for grows.Next() {
+			var (
+				sk   string
+				n    int32
+				vals []pgtype.Text
+			)
+			if err := grows.Scan(&sk, &n, &vals); err != nil {
+				return fail(err)
+			}
+			k, ok := keyOf[sk]
+			if !ok {
+				return fail(fmt.Errorf("group of key %.80q, which was not read", sk))
+			}
+			if n < 1 {
+				return fail(fmt.Errorf("a group numbered %d", n))
+			}
+			gid[k] = n
+			if int(n) >= len(f.groups) || f.groups[n] == nil {
+				if err := f.group(int64(n), vals); err != nil {
+					return fail(err)
+				}
+			}
+		}
+		if err := grows.Err(); err != nil {
+			return fail(err)
+		}
+	}
+	for _, x := range stores {
+		g := gid[x.key]
+		if g == 0 {
+			continue
+		}
+		if err := f.window(usageRow{group: g, start: x.start, value: x.value, events: x.events}); err != nil {
+			if errors.Is(err, errTooMany) {
+				return MeterUsage{}, tooMany(q)
+			}
+			return fail(err)
+		}
+	}
+	out, err := f.answer(q, sched)
+	if err != nil {
+		return fail(err)
+	}
+	return out, nil
+}
+
+// meterUsage answers a latest or unique_count query by meterUsageSQL(q).
+func (r *Reader) meterUsage(ctx context.Context, q MeterQuery) (MeterUsage, error) {
+	sql, args, err := meterUsageSQL(q)
+	if err != nil {
+		return MeterUsage{}, err
+	}
+	sched, err := periodsOf(ctx, r.q, q.Tenant, q.Granularity)
+	if err != nil {
+		return MeterUsage{}, err
 	}
 	rows, err := r.q.Query(ctx, sql, args...)
 	if err != nil {
-		return MeterUsage{}, false, fmt.Errorf("reading usage of meter %s: %w", q.Meter.Name, err)
+		return MeterUsage{}, fmt.Errorf("reading usage of meter %s: %w", q.Meter.Name, err)
 	}
 	defer rows.Close()
-	fail := func(err error) (MeterUsage, bool, error) {
-		return MeterUsage{}, false, fmt.Errorf("reading usage of meter %s: %w", q.Meter.Name, err)
-	}
-	type cellKey struct {
-		group int32
-		start int64 // Unix microseconds
+	fail := func(err error) (MeterUsage, error) {
+		return MeterUsage{}, fmt.Errorf("reading usage of meter %s: %w", q.Meter.Name, err)
 	}
 	var (
-		agg    = q.Meter.Aggregation
-		dec    = rowDecoder{m: rows.Conn().TypeMap(), fds: rows.FieldDescriptions()}
-		ws, ts []usageRow // windows (one per group and start), totals
-		cells  = make(map[cellKey]int32)
-		all    usageRow
-		groups []groupValues // by group number
-		// byGroup lists each group's windows (indexes in ws) as they come;
-		// windows mostly come in order of start (the heap's order), so the
-		// group's last window is the one most rows fold into.
-		byGroup [][]int32
+		agg = q.Meter.Aggregation
+		dec = rowDecoder{m: rows.Conn().TypeMap(), fds: rows.FieldDescriptions()}
+		f   = folded{agg: agg, max: q.MaxWindows}
 	)
-	listed = true
 	for rows.Next() {
 		raw := rows.RawValues()
 		if len(raw) != colLatestID+1 {
@@ -305,25 +488,17 @@ func (r *Reader) meterUsage(ctx context.Context, q MeterQuery, fromWindows bool)
 		if err != nil {
 			return fail(err)
 		}
-		x.group = int32(n)
-		switch kind {
-		case -2: // the keys are more than the probes list
-			listed = false
-			continue
-		case -1: // a group and its values; numbered from 1
+		if kind == -1 { // a group and its values; numbered from 1
 			var vals []pgtype.Text
 			if err := rows.Scan(nil, &vals, nil, nil, nil, nil, nil, nil); err != nil {
 				return fail(err)
 			}
-			if x.group < 0 || x.group > math.MaxInt32-1 {
-				return fail(fmt.Errorf("a group numbered %d", x.group))
+			if err := f.group(n, vals); err != nil {
+				return fail(err)
 			}
-			for len(groups) <= int(x.group) {
-				groups = append(groups, nil)
-			}
-			groups[x.group] = groupValues(vals)
 			continue
 		}
+		x.group = int32(n)
 		if x.value, err = dec.amount(raw, colValue); err != nil {
 			return fail(err)
 		}
@@ -339,56 +514,47 @@ func (r *Reader) meterUsage(ctx context.Context, q MeterQuery, fromWindows bool)
 			}
 		}
 		switch kind {
-		case 0: // a stored window (sum, count, max) or a group's folded window
+		case 0: // a group's folded window
 			start, err := dec.time(raw, colStart)
 			if err != nil {
 				return fail(err)
 			}
 			x.start = start.Time.UTC()
-			if x.group < 0 || x.group > math.MaxInt32-1 {
-				return fail(fmt.Errorf("a row of group %d, which is not numbered", x.group))
+			if n < 0 || n > math.MaxInt32-1 {
+				return fail(fmt.Errorf("a row of group %d, which is not numbered", n))
 			}
-			for len(byGroup) <= int(x.group) {
-				byGroup = append(byGroup, nil)
+			if err := f.window(x); err != nil {
+				if errors.Is(err, errTooMany) {
+					return MeterUsage{}, tooMany(q)
+				}
+				return fail(err)
 			}
-			mine := byGroup[x.group]
-			if n := len(mine); n > 0 && ws[mine[n-1]].start.Equal(x.start) {
-				ws[mine[n-1]].fold(agg, x)
-				continue
-			}
-			k := cellKey{x.group, x.start.UnixMicro()}
-			if i, ok := cells[k]; ok {
-				ws[i].fold(agg, x)
-				continue
-			}
-			if q.MaxWindows > 0 && len(ws) >= q.MaxWindows {
-				return MeterUsage{}, false, fmt.Errorf("reading usage of meter %s: %w: more than %d", q.Meter.Name, ErrTooManyWindows, q.MaxWindows)
-			}
-			if len(ws) == math.MaxInt32 {
-				return fail(errors.New("more windows than an int32 counts"))
-			}
-			cells[k] = int32(len(ws))
-			byGroup[x.group] = append(mine, int32(len(ws)))
-			ws = append(ws, x)
 		case 1: // a group's total (unique_count only)
-			ts = append(ts, x)
+			f.ts = append(f.ts, x)
 		case 3: // the total of everything (unique_count only)
 			x.group = 0
-			all = x
+			f.all = x
 		}
 	}
 	if err := rows.Err(); err != nil {
 		return fail(err)
 	}
-	if !listed {
-		return MeterUsage{}, false, nil
+	out, err := f.answer(q, sched)
+	if err != nil {
+		return fail(err)
 	}
-	// Rank the groups by their values, and order the windows by their
-	// group's rank, then start; totals by rank.
+	return out, nil
+}
+
+// answer orders the folded windows and totals: groups ranked by their
+// values, each group's windows by start. Totals of every aggregation but
+// unique_count (which SQL folded) fold the group's windows here.
+func (f *folded) answer(q MeterQuery, sched billingcycle.Schedule) (MeterUsage, error) {
+	agg, ws, ts, all, groups, byGroup := f.agg, f.ws, f.ts, f.all, f.groups, f.byGroup
 	for _, rs := range [][]usageRow{ws, ts} {
 		for _, x := range rs {
 			if x.group < 0 || int(x.group) >= len(groups) {
-				return fail(fmt.Errorf("a row of group %d, which is not numbered", x.group))
+				return MeterUsage{}, fmt.Errorf("a row of group %d, which is not numbered", x.group)
 			}
 		}
 	}
@@ -441,7 +607,7 @@ func (r *Reader) meterUsage(ctx context.Context, q MeterQuery, fromWindows bool)
 	for i, t := range ts {
 		out.Totals[i] = GroupTotal{Group: gs[t.group], Value: ints.int(t.value), Events: t.events}
 	}
-	return out, true, nil
+	return out, nil
 }
 
 // usageRow is a row of meterUsageSQL: a group's window, a group's total
@@ -742,15 +908,14 @@ func (g groupValues) group(names []string) Group {
 	return meter.Definition{GroupBy: names}.Group(events.Event{Properties: props})
 }
 
-// meterUsageSQL checks q against its meter and returns the statement that
-// answers it and its arguments. The statement's rows are (group number,
-// group values, start, value, events, kind, latest time, latest id),
-// kind being -1 for a group and its values, 0 for a window, 1 for a
-// group's total, 3 for the total of everything (GROUPING(group, start)),
-// and -2 for a meter whose keys the probes could not all list, when
-// fromWindows is false: nothing else is read then, and the statement
-// with fromWindows lists the keys from the windows in range.
-func meterUsageSQL(q MeterQuery, fromWindows bool) (string, []any, error) {
+// groupSQL checks q against its meter and returns the CTEs kg, g and km
+// over the stored keys of CTE keys (column sk): kg, each key with its
+// group key as jsonb (a digest resolved through meter_group_keys), kept
+// when the filter matches, with the requested values (grp); g, a number
+// for each requested group, from 1; km, stored key to group number. The
+// arguments start with $1 tenant, $2 meter, $3 granularity, $4 from and
+// $5 to, then the filter's values.
+func groupSQL(q MeterQuery) (string, []any, error) {
 	d := q.Meter
 	if !d.Aggregation.Valid() {
 		return "", nil, fmt.Errorf("%w: meter %s has aggregation %q", ErrBadMeterQuery, d.Name, d.Aggregation)
@@ -792,87 +957,80 @@ func meterUsageSQL(q MeterQuery, fromWindows bool) (string, []any, error) {
 		args = append(args, q.Filter[p])
 		where = append(where, fmt.Sprintf("j.k->>%d = $%d", at, len(args)))
 	}
-	// keys: the distinct group keys the tenant's meter has, found (ks) by
-	// skipping through the primary key, one probe per key whatever the
-	// number of windows, up to keyProbeLimit probes (none when the probes
-	// reach it: a row of kind -2 says so); or, fromWindows, the distinct
-	// keys of the windows in range, from a scan of them. kg: each with
-	// its group key as jsonb (a digest resolved through
-	// meter_group_keys), kept when the filter matches, with the requested
-	// values; g: a number for each requested group; km: stored key to
-	// group number; w: the windows in range, of the keys kept, read (but
-	// fromWindows) through the primary key, an index range per key of km.
-	limit := strconv.Itoa(cmp.Or(q.probeLimit, keyProbeLimit))
-	var sql string
-	switch {
-	case len(d.GroupBy) == 0:
-		sql = `WITH km AS (
-		SELECT ''::text AS sk, 1 AS gid
+	if len(d.GroupBy) == 0 {
+		return `km AS (
+		SELECT sk, 1 AS gid FROM keys WHERE sk = ''
 	), g AS (
 		SELECT '{}'::text[] AS grp, 1 AS gid
-	), more AS (
-		SELECT false AS more
-	)`
-	case fromWindows:
-		sql = `WITH keys AS (
-		SELECT DISTINCT group_key AS sk FROM usage_windows
-		WHERE tenant = $1 AND meter = $2 AND granularity = $3 AND window_start >= $4 AND window_start < $5 AND group_key <> ''
-	), more AS (
-		SELECT false AS more
-	)`
-	default:
-		sql = `WITH RECURSIVE ks AS (
-		(SELECT group_key AS sk, 1 AS n FROM usage_windows WHERE tenant = $1 AND meter = $2 AND group_key > '' ORDER BY group_key LIMIT 1)
-		UNION ALL
-		SELECT (SELECT group_key FROM usage_windows WHERE tenant = $1 AND meter = $2 AND group_key > ks.sk ORDER BY group_key LIMIT 1), ks.n + 1
-		FROM ks WHERE ks.sk IS NOT NULL AND ks.n < ` + limit + `
-	), more AS (
-		SELECT coalesce(max(n), 0) >= ` + limit + ` AS more FROM ks
-	), keys AS (
-		SELECT sk FROM ks WHERE sk IS NOT NULL AND NOT (SELECT more FROM more)
-	)`
+	)`, args, nil
 	}
-	if len(d.GroupBy) > 0 {
-		sql += `, kg AS (
+	sql := `kg AS (
 		SELECT ks.sk, ` + grp + ` AS grp FROM keys ks
 		LEFT JOIN meter_group_keys gk ON NOT starts_with(ks.sk, '[') AND gk.meter = $2 AND gk.digest = ks.sk
 		CROSS JOIN LATERAL (SELECT CASE WHEN starts_with(ks.sk, '[') THEN ks.sk::jsonb ELSE gk.group_key::jsonb END AS k) j
-		WHERE true`
-		for _, c := range where {
-			sql += ` AND ` + c
-		}
-		sql += `
+		WHERE ks.sk <> ''`
+	for _, c := range where {
+		sql += ` AND ` + c
+	}
+	sql += `
 	), g AS (
 		SELECT grp, (row_number() OVER ())::int AS gid FROM (SELECT DISTINCT grp FROM kg) x
 	), km AS (
 		SELECT kg.sk, g.gid FROM kg JOIN g ON g.grp = kg.grp
 	)`
+	return sql, args, nil
+}
+
+// groupsOfKeysSQL checks q against its meter and returns the statement
+// that gives the group of each stored key of its last argument (a text
+// array, which the caller appends to the arguments): rows of (stored
+// key, group number, group values), for the keys whose group the
+// filter keeps.
+func groupsOfKeysSQL(q MeterQuery) (string, []any, error) {
+	groups, args, err := groupSQL(q)
+	if err != nil {
+		return "", nil, err
 	}
-	// Over km's keys (not fromWindows, which read every window in range
-	// to list them): = ANY(ARRAY(...)) is an index condition, so the
-	// windows (and unique values) are read by key ranges of the primary
-	// key rather than by a scan of the tenant's windows.
-	byKey := func(alias string) string {
-		if fromWindows {
-			return ""
-		}
-		return ` AND ` + alias + `.group_key = ANY (ARRAY(SELECT sk FROM km))`
+	sql := `WITH keys AS (
+		SELECT DISTINCT sk FROM unnest($` + strconv.Itoa(len(args)+1) + `::text[]) AS u(sk)
+	), ` + groups + `
+	SELECT km.sk, km.gid, g.grp FROM km JOIN g ON g.gid = km.gid`
+	// The range's arguments are not all used: Postgres must know their
+	// types all the same.
+	sql += ` WHERE $1::text IS NOT NULL AND $2::text IS NOT NULL AND $3::text IS NOT NULL AND $4::timestamptz IS NOT NULL AND $5::timestamptz IS NOT NULL`
+	return sql, args, nil
+}
+
+// meterUsageSQL checks q against its meter and returns the statement that
+// answers it (a latest or unique_count meter) and its arguments. The
+// statement's rows are (group number, group values, start, value,
+// events, kind, latest time, latest id), kind being -1 for a group and
+// its values, 0 for a group's window, 1 for a group's total, 3 for the
+// total of everything (GROUPING(group, start)). The windows in range
+// are one range of the primary key (tenant, meter, granularity,
+// window_start, group_key), as are their unique values (meter_uniques'
+// key is ordered the same way).
+func meterUsageSQL(q MeterQuery) (string, []any, error) {
+	groups, args, err := groupSQL(q)
+	if err != nil {
+		return "", nil, err
 	}
-	sql += `, w AS (
+	d := q.Meter
+	// keys: the distinct group keys of the windows in range.
+	sql := `WITH keys AS (
+		SELECT DISTINCT group_key AS sk FROM usage_windows
+		WHERE tenant = $1 AND meter = $2 AND granularity = $3 AND window_start >= $4 AND window_start < $5
+	), ` + groups + `, w AS (
 		SELECT km.gid, uw.window_start AS s, uw.value AS v, uw.events AS e, uw.latest_time AS lt, uw.latest_id AS li
 		FROM usage_windows uw JOIN km ON km.sk = uw.group_key
-		WHERE uw.tenant = $1 AND uw.meter = $2` + byKey("uw") + `
-			AND uw.granularity = $3 AND uw.window_start >= $4 AND uw.window_start < $5
+		WHERE uw.tenant = $1 AND uw.meter = $2 AND uw.granularity = $3 AND uw.window_start >= $4 AND uw.window_start < $5
 	)`
-	// The answer: each group of g once (kind -1, with its values); for
-	// sum, count and max, every window of w as stored (kind 0: the caller
-	// folds them by group number and start, as it folds totals, in int64
-	// while the values fit); for latest and unique_count, a's rows, folded
-	// here: each (group number, start, value, events, GROUPING(gid, s): 0
-	// a window, 1 a group's total, 3 everything, and for latest the
-	// (time, id) of the value); and a row of kind -2 when the probes were
-	// too few. In no order: the caller orders the answer.
-	rows := `SELECT gid, NULL::text[], s, v, e, 0, NULL::timestamptz, NULL::text FROM w`
+	// The answer: each group of g once (kind -1, with its values), and
+	// a's rows, folded here: each (group number, start, value, events,
+	// GROUPING(gid, s): 0 a window, 1 a group's total, 3 everything, and
+	// for latest the (time, id) of the value). In no order: the caller
+	// orders the answer.
+	var rows string
 	switch d.Aggregation {
 	case meter.Latest:
 		sql += `, a AS (SELECT w.gid, w.s,
@@ -889,20 +1047,27 @@ func meterUsageSQL(q MeterQuery, fromWindows bool) (string, []any, error) {
 		SELECT w.gid, w.s, w.e, NULL::text AS u FROM w
 		UNION ALL
 		SELECT km.gid, mu.window_start, 0, mu.value FROM meter_uniques mu JOIN km ON km.sk = mu.group_key
-		WHERE mu.tenant = $1 AND mu.meter = $2` + byKey("mu") + ` AND mu.granularity = $3 AND mu.window_start >= $4 AND mu.window_start < $5
+		WHERE mu.tenant = $1 AND mu.meter = $2 AND mu.granularity = $3 AND mu.window_start >= $4 AND mu.window_start < $5
 	), a AS (
 		SELECT coalesce(gid, 0) AS gid, s, count(DISTINCT u)::numeric AS v, sum(e)::bigint AS e, GROUPING(gid, s) AS gr,
 			NULL::timestamptz AS lt, NULL::text AS li
 		FROM x GROUP BY GROUPING SETS ((gid, s), (gid), ())
 	)`
 		rows = `SELECT gid, NULL::text[], s, v, e, gr, lt, li FROM a`
+	default:
+		// Sum, count and max are read as stored (storedUsage); folded
+		// here when asked all the same.
+		fold := "sum"
+		if d.Aggregation == meter.Max {
+			fold = "max"
+		}
+		sql += `, a AS (SELECT w.gid, w.s, ` + fold + `(w.v) AS v, sum(w.e)::bigint AS e FROM w GROUP BY w.gid, w.s)`
+		rows = `SELECT gid, NULL::text[], s, v, e, 0, NULL::timestamptz, NULL::text FROM a`
 	}
 	sql += `
 	SELECT gid, grp, NULL::timestamptz AS s, NULL::numeric AS v, NULL::bigint AS e, -1 AS gr, NULL::timestamptz AS lt, NULL::text AS li FROM g
 	UNION ALL
-	` + rows + `
-	UNION ALL
-	SELECT 0, NULL::text[], NULL::timestamptz, NULL::numeric, NULL::bigint, -2, NULL::timestamptz, NULL::text FROM more WHERE more`
+	` + rows
 	return sql, args, nil
 }
 

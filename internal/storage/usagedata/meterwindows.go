@@ -224,8 +224,10 @@ func newKindColumns(n int) *kindColumns {
 // or starting with "sha256:" is stored as its digest, so that any value
 // counts, exactly, whatever its length.
 //
-// Each statement writes its rows in key order, so concurrent batches lock
-// them in one order and cannot deadlock. Nothing is written when the rows
+// Each statement writes its rows in the order of the table's primary key
+// (tenant, meter, granularity, window_start, group_key; meter_uniques'
+// then value), so concurrent batches lock them in one order and cannot
+// deadlock, and each statement's new index entries go in key order. Nothing is written when the rows
 // are refused.
 func AddMeterWindows(ctx context.Context, q storage.Executor, rows MeterAdds) error {
 	if rows.Len() == 0 {
@@ -326,17 +328,17 @@ const windowKey = `(tenant, meter, group_key, granularity, window_start)`
 var addsSQL = map[meter.Aggregation]string{
 	meter.Sum: `INSERT INTO usage_windows (tenant, meter, group_key, granularity, window_start, value, events)
 		SELECT t, m, k, g, s, sum(v::numeric), sum(e) FROM ` + batchSQL + `
-		GROUP BY t, m, k, g, s ORDER BY t, m, k, g, s
+		GROUP BY t, m, g, s, k ORDER BY t, m, g, s, k
 		ON CONFLICT ` + windowKey + ` DO UPDATE
 		SET value = usage_windows.value + EXCLUDED.value, events = usage_windows.events + EXCLUDED.events, updated_at = now()`,
 	meter.Count: `INSERT INTO usage_windows (tenant, meter, group_key, granularity, window_start, value, events)
 		SELECT t, m, k, g, s, sum(e::numeric), sum(e) FROM ` + batchSQL + `
-		GROUP BY t, m, k, g, s ORDER BY t, m, k, g, s
+		GROUP BY t, m, g, s, k ORDER BY t, m, g, s, k
 		ON CONFLICT ` + windowKey + ` DO UPDATE
 		SET value = usage_windows.value + EXCLUDED.value, events = usage_windows.events + EXCLUDED.events, updated_at = now()`,
 	meter.Max: `INSERT INTO usage_windows (tenant, meter, group_key, granularity, window_start, value, events)
 		SELECT t, m, k, g, s, max(v)::numeric, sum(e) FROM ` + batchSQL + `
-		GROUP BY t, m, k, g, s ORDER BY t, m, k, g, s
+		GROUP BY t, m, g, s, k ORDER BY t, m, g, s, k
 		ON CONFLICT ` + windowKey + ` DO UPDATE
 		SET value = GREATEST(usage_windows.value, EXCLUDED.value), events = usage_windows.events + EXCLUDED.events, updated_at = now()`,
 }
@@ -349,10 +351,10 @@ var addsSQL = map[meter.Aggregation]string{
 // latest meter) takes the row's.
 const latestSQL = `INSERT INTO usage_windows (tenant, meter, group_key, granularity, window_start, value, events, latest_time, latest_id)
 	SELECT t, m, k, g, s, v::numeric, n, at, id FROM (
-		SELECT DISTINCT ON (t, m, k, g, s) t, m, k, g, s, v, at, id, sum(e) OVER (PARTITION BY t, m, k, g, s) AS n
+		SELECT DISTINCT ON (t, m, g, s, k) t, m, k, g, s, v, at, id, sum(e) OVER (PARTITION BY t, m, g, s, k) AS n
 		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::bigint[], $7::bigint[], $8::timestamptz[], $9::text[]) AS b(t, m, k, g, s, v, e, at, id)
-		ORDER BY t, m, k, g, s, at DESC, id DESC, v DESC
-	) AS w ORDER BY t, m, k, g, s
+		ORDER BY t, m, g, s, k, at DESC, id DESC, v DESC
+	) AS w ORDER BY t, m, g, s, k
 	ON CONFLICT ` + windowKey + ` DO UPDATE
 	SET value = CASE WHEN ` + latestWins + ` THEN EXCLUDED.value ELSE usage_windows.value END,
 		latest_time = CASE WHEN ` + latestWins + ` THEN EXCLUDED.latest_time ELSE usage_windows.latest_time END,
@@ -375,18 +377,18 @@ const uniqueSQL = `WITH b AS (
 		SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::bigint[], $7::text[], $8::boolean[]) AS b(t, m, k, g, s, e, u, h)
 	), ins AS (
 		INSERT INTO meter_uniques (tenant, meter, group_key, granularity, window_start, value)
-		SELECT DISTINCT t, m, k, g, s, u FROM b WHERE h ORDER BY t, m, k, g, s, u
+		SELECT DISTINCT t, m, k, g, s, u FROM b WHERE h ORDER BY t, m, g, s, k, u
 		ON CONFLICT DO NOTHING
 		RETURNING tenant, meter, group_key, granularity, window_start
 	), added AS (
 		SELECT tenant, meter, group_key, granularity, window_start, count(*) AS n FROM ins
 		GROUP BY tenant, meter, group_key, granularity, window_start
 	), w AS (
-		SELECT t, m, k, g, s, sum(e) AS e FROM b GROUP BY t, m, k, g, s
+		SELECT t, m, k, g, s, sum(e) AS e FROM b GROUP BY t, m, g, s, k
 	)
 	INSERT INTO usage_windows (tenant, meter, group_key, granularity, window_start, value, events)
 	SELECT w.t, w.m, w.k, w.g, w.s, coalesce(added.n, 0)::numeric, w.e FROM w
 	LEFT JOIN added ON (added.tenant, added.meter, added.group_key, added.granularity, added.window_start) = (w.t, w.m, w.k, w.g, w.s)
-	ORDER BY w.t, w.m, w.k, w.g, w.s
+	ORDER BY w.t, w.m, w.g, w.s, w.k
 	ON CONFLICT ` + windowKey + ` DO UPDATE
 	SET value = usage_windows.value + EXCLUDED.value, events = usage_windows.events + EXCLUDED.events, updated_at = now()`
