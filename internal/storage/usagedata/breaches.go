@@ -59,10 +59,11 @@ func GroupValue(ctx context.Context, q storage.Executor, tenant, meterName, grou
 	return NumericInt(used), nil
 }
 
-// meterPeriodIndexed is the predicate of the partial index
-// usage_windows_meter_period (migration 0015), in the words the planner
-// needs to use it: a query of a defined meter's day or month windows,
-// with the granularity a parameter, says it too.
+// meterPeriodIndexed selects a defined meter's day and month windows. It
+// was the predicate of the partial index usage_windows_meter_period
+// (migration 0015); since migration 0033 the primary key's prefix
+// (tenant, meter, granularity, window_start) serves these reads and the
+// predicate only filters.
 const meterPeriodIndexed = `w.group_key <> '' AND w.granularity IN ('day', 'month')`
 
 // matchingGroups selects the windows ($1 tenant, $2 meter, $3 granularity,
