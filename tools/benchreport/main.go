@@ -161,7 +161,7 @@ func makeWork(root string) (string, error) {
 }
 
 func pipelineConfig(root, work string, quick bool) benchreport.PipelineConfig {
-	pc := benchreport.PipelineConfig{Root: root, Work: work, Steps: []int{10000, 20000, 30000, 40000, 50000, 60000, 80000},
+	pc := benchreport.PipelineConfig{Root: root, Work: work, Steps: []int{5000, 10000, 20000, 30000, 40000, 50000, 60000, 80000},
 		StepTime: 8 * time.Second, Batch: 500, Tenants: 100000}
 	if quick {
 		pc.Steps, pc.StepTime, pc.Tenants = []int{5000, 15000}, 2*time.Second, 10000
@@ -255,6 +255,11 @@ func runPipeline(ctx context.Context, root string, quick, statements bool, outPa
 	}
 	defer os.RemoveAll(work)
 	pc := pipelineConfig(root, work, quick)
+	if !quick {
+		// Finer steps from a quarter of the first: the ratio to the
+		// ceilings is the point here, on a machine that may be shared.
+		pc.Steps = []int{2500, 5000, 7500, 10000, 15000, 20000, 25000, 30000, 40000, 50000, 60000}
+	}
 	pc.Statements = statements
 	fmt.Println("running the pipeline benchmark (processes, rising load)...")
 	if r.Pipeline, err = benchreport.Pipeline(ctx, pc, os.Stdout); err != nil {
