@@ -91,6 +91,13 @@ type PipelineConfig struct {
 	Statements bool
 }
 
+// batchWait is the aggregator's BATCH_WAIT in the pipeline benchmark: the
+// product's default, not the stack's 20 ms (which the kill tests keep for
+// their pace). A batch waits at most this long for more records, so it
+// adds at most this much to event → window and event → breach, and under
+// load batches grow with the time the previous one took to commit.
+const batchWait = 100 * time.Millisecond
+
 // Pipeline runs HTTP ingest → Kafka → aggregator → Postgres as processes
 // and offers rising load until the aggregator's lag grows.
 func Pipeline(ctx context.Context, cfg PipelineConfig, out io.Writer) (PipelineResult, error) {
@@ -99,7 +106,7 @@ func Pipeline(ctx context.Context, cfg PipelineConfig, out io.Writer) (PipelineR
 	srv := httptest.NewServer(fake)
 	defer func() { fake.Close(); srv.Close() }()
 	st, err := stack.Start(ctx, stack.Options{Root: cfg.Root, Work: cfg.Work, StripeBase: srv.URL,
-		Env: map[string][]string{"biller": {"SYNC_INTERVAL=1h"}}, Statements: cfg.Statements}, out)
+		Env: map[string][]string{"biller": {"SYNC_INTERVAL=1h"}, "aggregator": {"BATCH_WAIT=" + batchWait.String()}}, Statements: cfg.Statements}, out)
 	if err != nil {
 		return res, err
 	}
