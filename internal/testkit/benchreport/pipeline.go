@@ -409,22 +409,15 @@ func topStatements(ctx context.Context, pool *pgxpool.Pool, events int64) ([]Sta
 	return out, rows.Err()
 }
 
-// LikeBatch is the batch size the pipeline's aggregator committed at its
-// highest sustained step (the first step's when none was sustained), in
-// events, at least 1: the batch size of the ceiling like the pipeline.
+// LikeBatch is the largest mean batch the pipeline's aggregator committed
+// in a step, in events (at least 1): the batch of its last step, where
+// Postgres bounds it and the batches grow with the time each commit
+// takes. The ceiling like the pipeline runs batches of this size; the
+// smaller batches of the lighter steps would give a lower ceiling.
 func (res PipelineResult) LikeBatch() int {
-	var best *Step
-	for i := range res.Steps {
-		s := &res.Steps[i]
-		if s.Kept && (best == nil || s.Accepted > best.Accepted) {
-			best = s
-		}
+	best := 1.0
+	for _, s := range res.Steps {
+		best = max(best, s.BatchRecords)
 	}
-	if best == nil && len(res.Steps) > 0 {
-		best = &res.Steps[0]
-	}
-	if best == nil || best.BatchRecords < 1 {
-		return 1
-	}
-	return int(best.BatchRecords + 0.5)
+	return int(best + 0.5)
 }
