@@ -21,6 +21,7 @@ import (
 	"github.com/usagemeter/metering/internal/testkit/chaos"
 	"github.com/usagemeter/metering/internal/testkit/stack"
 	"github.com/usagemeter/metering/internal/testkit/stripefake"
+	"github.com/usagemeter/metering/internal/topics"
 )
 
 // Step is one level of offered load.
@@ -43,14 +44,14 @@ type Step struct {
 }
 
 // Statement is one statement's share of the pipeline's Postgres time
-// (pg_stat_statements), over the events ingest accepted.
+// (pg_stat_statements), over the records the aggregator applied.
 type Statement struct {
 	Query        string
 	Calls        int64
 	Rows         int64
 	Total        time.Duration // execution time summed over the calls
-	PerEvent     time.Duration // Total over the events accepted
-	CallsPer1000 float64       // calls per 1,000 events accepted
+	PerEvent     time.Duration // Total over the records applied
+	CallsPer1000 float64       // calls per 1,000 records applied
 }
 
 // PipelineResult is the end-to-end benchmark's outcome.
@@ -71,8 +72,10 @@ type PipelineResult struct {
 	Events int64
 	CPU    map[string]time.Duration
 	// Statements are the statements that took the most Postgres time,
-	// with Config.Statements.
+	// with Config.Statements, per record of Applied: the records of
+	// usage.events the aggregator had applied when they were read.
 	Statements []Statement
+	Applied    int64
 }
 
 // PipelineConfig sets the load.
@@ -292,7 +295,14 @@ func Pipeline(ctx context.Context, cfg PipelineConfig, out io.Writer) (PipelineR
 		}
 	}
 	if cfg.Statements {
-		if res.Statements, err = topStatements(ctx, pool, res.Events); err != nil {
+		// Per record the aggregator applied (in an overloaded step far
+		// fewer than ingest accepted).
+		var applied int64
+		if err := pool.QueryRow(ctx, `SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets WHERE topic = $1`, topics.UsageEvents).Scan(&applied); err != nil {
+			return res, fmt.Errorf("reading the records applied: %w", err)
+		}
+		res.Applied = applied
+		if res.Statements, err = topStatements(ctx, pool, applied); err != nil {
 			return res, err
 		}
 	}
@@ -383,7 +393,7 @@ func scrapeBatches(ctx context.Context, url string) (batchMetrics, error) {
 }
 
 // topStatements are the 15 statements that took the most execution time
-// since the steps began, per event accepted.
+// since the steps began, per record applied.
 func topStatements(ctx context.Context, pool *pgxpool.Pool, events int64) ([]Statement, error) {
 	rows, err := pool.Query(ctx, `SELECT regexp_replace(query, '\s+', ' ', 'g'), calls, rows, total_exec_time
 		FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())

@@ -326,13 +326,13 @@ func (r *Run) WritePipelineOnly(w io.Writer, loadBefore, loadAfter string) {
 }
 
 // WriteStatements renders the statements that took the most of the
-// pipeline's Postgres time, per event accepted.
+// pipeline's Postgres time, per record the aggregator applied.
 func (res PipelineResult) WriteStatements(w io.Writer) {
 	if len(res.Statements) == 0 {
 		return
 	}
-	fmt.Fprintf(w, "\nPostgres statements by execution time (pg_stat_statements over %s events accepted):\n", n0(float64(res.Events)))
-	fmt.Fprintf(w, "%10s %10s %12s %10s  %s\n", "µs/event", "calls/1k", "rows", "total ms", "statement")
+	fmt.Fprintf(w, "\nPostgres statements by execution time (pg_stat_statements; per record the aggregator applied, %s of the %s events ingest accepted):\n", n0(float64(res.Applied)), n0(float64(res.Events)))
+	fmt.Fprintf(w, "%10s %10s %12s %10s  %s\n", "µs/record", "calls/1k", "rows", "total ms", "statement")
 	for _, st := range res.Statements {
 		q := st.Query
 		if len(q) > 140 {
