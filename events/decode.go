@@ -310,10 +310,20 @@ func (d Decoder) decodeJSON(body []byte) ([]Event, error) {
 		ev, errs := decodeObject(body, 0, len(issues) > 0)
 		return d.validate([]Event{ev}, keyErrs, errs, nil)
 	}
-	// Fast path: the whole array in one pass, when no key is suspect.
+	// Fast path: the whole array in one pass, when no key is suspect:
+	// read without reflection when every event has the common shape,
+	// else with encoding/json.
 	if len(issues) == 0 {
-		var ws []wireEvent
-		if err := json.Unmarshal(body, &ws); err == nil && !mayHaveNullProperty(body, ws...) {
+		ws, ok := scanWireArray(body)
+		if !ok {
+			ws = nil
+			if err := json.Unmarshal(body, &ws); err != nil || mayHaveNullProperty(body, ws...) {
+				ws = nil
+			} else {
+				ok = true
+			}
+		}
+		if ok {
 			if len(ws) == 0 {
 				return nil, &BodyError{Code: CodeEmpty, Message: "the array has no events"}
 			}

@@ -141,6 +141,9 @@ func decodeObject(b []byte, index int, exact bool) (Event, []FieldError) {
 	if !exact {
 		// The pre-scan found only exact field names: encoding/json's
 		// matching in any case cannot pick a wrong one.
+		if w, ok := scanWireObject(b); ok {
+			return w.event(index)
+		}
 		var w wireEvent
 		if err := json.Unmarshal(b, &w); err == nil && !mayHaveNullProperty(b, w) {
 			return w.event(index)

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"os"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -303,6 +305,66 @@ func ceilingBatch(ctx context.Context, db *pgtest.DB, evs []events.Event) error 
 			SET value = usage_windows.value + EXCLUDED.value, events = usage_windows.events + EXCLUDED.events`)
 		return err
 	})
+}
+
+// BenchmarkCeilingLikePipeline is the Postgres ceiling (ceilingBatch: COPY
+// + ledger + window upsert, 4 workers with disjoint tenants) on the events
+// and batch sizes of the pipeline benchmark rather than the aggregator's:
+// BENCH_PIPELINE_TENANTS tenants (default 100,000, a quarter per worker, as
+// Kafka spreads them over 4 partitions), events at the current time, in
+// batches of BENCH_PIPELINE_BATCH events (default 1,000; the pipeline
+// benchmark passes the mean batch its aggregator committed). b.N counts
+// batches. With many tenants nearly every event of a batch is its tenant's
+// only one, so each brings its own minute, hour, day and month window rows:
+// the same work per event the pipeline's Postgres does, which the 1,000
+// tenants of ceiling-postgres-copy fold away.
+func BenchmarkCeilingLikePipeline(b *testing.B) {
+	batch := envInt(b, "BENCH_PIPELINE_BATCH", 1000)
+	tenants := envInt(b, "BENCH_PIPELINE_TENANTS", 100000)
+	rng := rand.New(rand.NewPCG(5, 6))
+	ctx := context.Background()
+	db := pgtest.New(b)
+	per := (b.N + benchWorkers - 1) / benchWorkers
+	work := make([][][]events.Event, benchWorkers)
+	for w := range work {
+		for range per {
+			evs := make([]events.Event, batch)
+			for i := range evs {
+				evs[i] = events.Event{ID: events.NewID(), Tenant: fmt.Sprintf("w%d-tenant-%d", w, rng.IntN(max(tenants/benchWorkers, 1))),
+					Metric: []string{"api_calls", "tokens"}[i%2], Value: 1 + rng.Int64N(100), Time: time.Now().UTC()}
+			}
+			work[w] = append(work[w], evs)
+		}
+	}
+	b.ResetTimer()
+	var wg sync.WaitGroup
+	for w := range work {
+		wg.Go(func() {
+			for _, evs := range work[w] {
+				if err := ceilingBatch(ctx, db, evs); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	b.StopTimer()
+	perSecond(b, per*benchWorkers*batch)
+	b.ReportMetric(float64(batch), "events/batch")
+}
+
+// envInt is the positive integer in the environment variable name, or def.
+func envInt(b *testing.B, name string, def int) int {
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n <= 0 {
+		b.Fatalf("%s=%q: want a positive integer", name, v)
+	}
+	return n
 }
 
 // BenchmarkBreachLatency offers 20k events/s to a running aggregator, with

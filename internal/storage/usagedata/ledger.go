@@ -110,9 +110,9 @@ type ledgerPair struct{ tenant, metric string }
 // ledgerRefs returns the ref of every pair of pairs in ledger_names,
 // adding those it lacks. Missing pairs are inserted in sorted order (two
 // batches adding pairs cannot deadlock on them) and read back in a
-// statement of their own: an insert that met a pair another transaction
-// committed meanwhile inserts nothing and its snapshot does not see it,
-// the next statement's does. No pair is left without a ref: a missing one
+// statement of their own when the insert did not return them all: an
+// insert that met a pair another transaction committed meanwhile inserts
+// nothing and its snapshot does not see it, the next statement's does. No pair is left without a ref: a missing one
 // is an error, never a dropped event.
 func ledgerRefs(ctx context.Context, q storage.Executor, pairs []ledgerPair) (map[ledgerPair]int32, error) {
 	distinct := slices.Clone(pairs)
@@ -151,13 +151,24 @@ func ledgerRefs(ctx context.Context, q storage.Executor, pairs []ledgerPair) (ma
 			mt, mm = append(mt, p.tenant), append(mm, p.metric)
 		}
 	}
-	if _, err := q.Exec(ctx, `INSERT INTO ledger_names (tenant, metric)
+	// The pairs inserted come back with their refs; only a pair another
+	// transaction committed meanwhile needs the second read.
+	rows, err := q.Query(ctx, `INSERT INTO ledger_names (tenant, metric)
 		SELECT t, m FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS b(t, m, n) ORDER BY n
-		ON CONFLICT (tenant, metric) DO NOTHING`, mt, mm); err != nil {
+		ON CONFLICT (tenant, metric) DO NOTHING
+		RETURNING tenant, metric, ref`, mt, mm)
+	if err != nil {
 		return nil, fmt.Errorf("adding ledger names: %w", err)
 	}
-	if err := read(); err != nil {
-		return nil, fmt.Errorf("reading ledger names: %w", err)
+	var p ledgerPair
+	var ref int32
+	if _, err := pgx.ForEachRow(rows, []any{&p.tenant, &p.metric, &ref}, func() error { refs[p] = ref; return nil }); err != nil {
+		return nil, fmt.Errorf("adding ledger names: %w", err)
+	}
+	if len(refs) < len(distinct) {
+		if err := read(); err != nil {
+			return nil, fmt.Errorf("reading ledger names: %w", err)
+		}
 	}
 	for i := range mt {
 		if _, ok := refs[ledgerPair{mt[i], mm[i]}]; !ok {

@@ -1,6 +1,7 @@
 package benchreport
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -9,6 +10,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -18,6 +21,7 @@ import (
 	"github.com/usagemeter/metering/internal/testkit/chaos"
 	"github.com/usagemeter/metering/internal/testkit/stack"
 	"github.com/usagemeter/metering/internal/testkit/stripefake"
+	"github.com/usagemeter/metering/internal/topics"
 )
 
 // Step is one level of offered load.
@@ -30,6 +34,24 @@ type Step struct {
 	Kept      bool  // the aggregator kept up
 	// WindowP99 and BreachP99 are the probes' latencies in this step.
 	WindowP99, BreachP99 time.Duration
+	// Batches is how many batch transactions the aggregator committed
+	// from the step's start until it had caught up (or the step ended
+	// the run), BatchRecords their mean records and BatchTime their mean
+	// time to apply and commit (its metrics).
+	Batches      int64
+	BatchRecords float64
+	BatchTime    time.Duration
+}
+
+// Statement is one statement's share of the pipeline's Postgres time
+// (pg_stat_statements), over the records the aggregator applied.
+type Statement struct {
+	Query        string
+	Calls        int64
+	Rows         int64
+	Total        time.Duration // execution time summed over the calls
+	PerEvent     time.Duration // Total over the records applied
+	CallsPer1000 float64       // calls per 1,000 records applied
 }
 
 // PipelineResult is the end-to-end benchmark's outcome.
@@ -49,6 +71,11 @@ type PipelineResult struct {
 	// the first step until the aggregator had counted them all.
 	Events int64
 	CPU    map[string]time.Duration
+	// Statements are the statements that took the most Postgres time,
+	// with Config.Statements, per record of Applied: the records of
+	// usage.events the aggregator had applied when they were read.
+	Statements []Statement
+	Applied    int64
 }
 
 // PipelineConfig sets the load.
@@ -62,7 +89,17 @@ type PipelineConfig struct {
 	// step, and Loaded after the last step, before the stack stops (the
 	// profiling command starts and collects its profiles there).
 	Loading, Loaded func(ctx context.Context) error
+	// Statements loads pg_stat_statements into the private Postgres and
+	// fills PipelineResult.Statements.
+	Statements bool
 }
+
+// batchWait is the aggregator's BATCH_WAIT in the pipeline benchmark: the
+// product's default, not the stack's 20 ms (which the kill tests keep for
+// their pace). A batch waits at most this long for more records, so it
+// adds at most this much to event → window and event → breach, and under
+// load batches grow with the time the previous one took to commit.
+const batchWait = 100 * time.Millisecond
 
 // Pipeline runs HTTP ingest → Kafka → aggregator → Postgres as processes
 // and offers rising load until the aggregator's lag grows.
@@ -72,7 +109,7 @@ func Pipeline(ctx context.Context, cfg PipelineConfig, out io.Writer) (PipelineR
 	srv := httptest.NewServer(fake)
 	defer func() { fake.Close(); srv.Close() }()
 	st, err := stack.Start(ctx, stack.Options{Root: cfg.Root, Work: cfg.Work, StripeBase: srv.URL,
-		Env: map[string][]string{"biller": {"SYNC_INTERVAL=1h"}}}, out)
+		Env: map[string][]string{"biller": {"SYNC_INTERVAL=1h"}, "aggregator": {"BATCH_WAIT=" + batchWait.String()}}, Statements: cfg.Statements}, out)
 	if err != nil {
 		return res, err
 	}
@@ -115,11 +152,21 @@ func Pipeline(ctx context.Context, cfg PipelineConfig, out io.Writer) (PipelineR
 	if err != nil {
 		return res, err
 	}
+	if cfg.Statements {
+		if _, err := pool.Exec(ctx, `SELECT pg_stat_statements_reset()`); err != nil {
+			return res, fmt.Errorf("resetting pg_stat_statements: %w", err)
+		}
+	}
+	aggMetrics := st.URLs["aggregator"] + "/metrics"
 	rng := rand.New(rand.NewPCG(1, 2))
 	var windowLat, breachLat []time.Duration // over the steps that were kept
 	probeN, breachN := 0, 0
 	for _, offered := range cfg.Steps {
 		fmt.Fprintf(out, "  offering %d events/s for %s...\n", offered, cfg.StepTime)
+		batchesBefore, err := scrapeBatches(ctx, aggMetrics)
+		if err != nil {
+			return res, err
+		}
 		var mu sync.Mutex
 		var lat, stepWindow, stepBreach []time.Duration
 		accepted := 0
@@ -211,12 +258,25 @@ func Pipeline(ctx context.Context, cfg PipelineConfig, out io.Writer) (PipelineR
 			s.Accepted, s.IngestP50, s.IngestP99, lag, s.WindowP99, s.BreachP99)
 		if s.Kept {
 			res.Sustained = max(res.Sustained, s.Accepted)
-		} else {
-			break
+			// Let the aggregator catch up before the next step.
+			if err := chaos.WaitConsumed(ctx, pool, st.Brokers, 5*time.Minute); err != nil {
+				return res, err
+			}
 		}
-		// Let the aggregator catch up before the next step.
-		if err := chaos.WaitConsumed(ctx, pool, st.Brokers, 5*time.Minute); err != nil {
+		batchesAfter, err := scrapeBatches(ctx, aggMetrics)
+		if err != nil {
 			return res, err
+		}
+		step := &res.Steps[len(res.Steps)-1]
+		d := batchesAfter.minus(batchesBefore)
+		step.Batches = int64(d.count)
+		if d.count > 0 {
+			step.BatchRecords = d.records / d.count
+			step.BatchTime = time.Duration(d.seconds / d.count * float64(time.Second))
+		}
+		fmt.Fprintf(out, "    the aggregator committed %d batches, %.0f records each on average, %s each\n", step.Batches, step.BatchRecords, step.BatchTime.Round(time.Millisecond))
+		if !s.Kept {
+			break
 		}
 	}
 	// The CPU each process spent on the steps' events, once all are
@@ -232,6 +292,18 @@ func Pipeline(ctx context.Context, cfg PipelineConfig, out io.Writer) (PipelineR
 		res.CPU = map[string]time.Duration{}
 		for n, d := range cpuAfter {
 			res.CPU[n] = d - cpuBefore[n]
+		}
+	}
+	if cfg.Statements {
+		// Per record the aggregator applied (in an overloaded step far
+		// fewer than ingest accepted).
+		var applied int64
+		if err := pool.QueryRow(ctx, `SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets WHERE topic = $1`, topics.UsageEvents).Scan(&applied); err != nil {
+			return res, fmt.Errorf("reading the records applied: %w", err)
+		}
+		res.Applied = applied
+		if res.Statements, err = topStatements(ctx, pool, applied); err != nil {
+			return res, err
 		}
 	}
 	if cfg.Loaded != nil {
@@ -270,4 +342,92 @@ func waitRow(ctx context.Context, pool *pgxpool.Pool, query, arg string, start t
 		time.Sleep(5 * time.Millisecond)
 	}
 	return 0, false
+}
+
+// batchMetrics are the sums of the aggregator's batch histograms.
+type batchMetrics struct{ count, records, seconds float64 }
+
+func (a batchMetrics) minus(b batchMetrics) batchMetrics {
+	return batchMetrics{a.count - b.count, a.records - b.records, a.seconds - b.seconds}
+}
+
+// scrapeBatches reads the batch histograms' sums from the aggregator's
+// metrics at url.
+func scrapeBatches(ctx context.Context, url string) (batchMetrics, error) {
+	var m batchMetrics
+	req, err := http.NewRequestWithContext(ctx, "GET", url, nil)
+	if err != nil {
+		return m, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return m, fmt.Errorf("reading the aggregator's metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		name, value, ok := strings.Cut(sc.Text(), " ")
+		if !ok {
+			continue
+		}
+		var dst *float64
+		switch name {
+		case "metering_aggregator_batch_records_count":
+			dst = &m.count
+		case "metering_aggregator_batch_records_sum":
+			dst = &m.records
+		case "metering_aggregator_batch_seconds_sum":
+			dst = &m.seconds
+		default:
+			continue
+		}
+		if *dst, err = strconv.ParseFloat(strings.TrimSpace(value), 64); err != nil {
+			return m, fmt.Errorf("reading the aggregator's metrics: %s: %w", name, err)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return m, fmt.Errorf("reading the aggregator's metrics: %w", err)
+	}
+	return m, nil
+}
+
+// topStatements are the 15 statements that took the most execution time
+// since the steps began, per record applied.
+func topStatements(ctx context.Context, pool *pgxpool.Pool, events int64) ([]Statement, error) {
+	rows, err := pool.Query(ctx, `SELECT regexp_replace(query, '\s+', ' ', 'g'), calls, rows, total_exec_time
+		FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+		ORDER BY total_exec_time DESC LIMIT 15`)
+	if err != nil {
+		return nil, fmt.Errorf("reading pg_stat_statements: %w", err)
+	}
+	defer rows.Close()
+	var out []Statement
+	for rows.Next() {
+		var st Statement
+		var ms float64
+		if err := rows.Scan(&st.Query, &st.Calls, &st.Rows, &ms); err != nil {
+			return nil, fmt.Errorf("reading pg_stat_statements: %w", err)
+		}
+		st.Total = time.Duration(ms * float64(time.Millisecond))
+		if events > 0 {
+			st.PerEvent = st.Total / time.Duration(events)
+			st.CallsPer1000 = float64(st.Calls) * 1000 / float64(events)
+		}
+		out = append(out, st)
+	}
+	return out, rows.Err()
+}
+
+// LikeBatch is the largest mean batch the pipeline's aggregator committed
+// in a step, in events (at least 1): the batch of its last step, where
+// Postgres bounds it and the batches grow with the time each commit
+// takes. The ceiling like the pipeline runs batches of this size; the
+// smaller batches of the lighter steps would give a lower ceiling.
+func (res PipelineResult) LikeBatch() int {
+	best := 1.0
+	for _, s := range res.Steps {
+		best = max(best, s.BatchRecords)
+	}
+	return int(best + 0.5)
 }

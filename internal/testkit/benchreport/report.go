@@ -151,6 +151,9 @@ func (r *Run) Write(w io.Writer) {
 	p("| target | measured | verdict |")
 	p("|---|---|---|")
 	p("| pipeline ≥ 30k events/s sustained end to end | %s events/s | %s |", n0(r.Pipeline.Sustained), verdict(r.Pipeline.Sustained >= 30000))
+	like := r.get("aggregator/CeilingLikePipeline", "events/s")
+	p("| pipeline ≥ 0.8 × the Postgres ceiling of the same run (the aggregator's events / the pipeline's events and batches) | %s × / %s × | %s |", ratio(r.Pipeline.Sustained, ceiling), ratio(r.Pipeline.Sustained, like),
+		verdict(ceiling > 0 && r.Pipeline.Sustained/ceiling >= 0.8))
 	p("| aggregator ≥ 50k events/s exactly once | %s events/s | %s |", n0(agg), verdict(agg >= 50000))
 	p("| aggregator ≥ 0.9 × the Postgres ceiling | %s × | %s |", ratio(agg, ceiling), verdict(ceiling > 0 && agg/ceiling >= 0.9))
 	p("| aggregator ≥ 80 × the naive baseline | %s × | %s |", ratio(agg, naive), verdict(naive > 0 && agg/naive >= 80))
@@ -175,13 +178,17 @@ func (r *Run) Write(w io.Writer) {
 	p("| ceiling: kafka-go produce to the broker (batches of 1000, acks=all) | %s | | |", n0(r.get("ingest/Ingest/ceiling-producer/batch-1000", "events/s")))
 	p("| ceiling: kafka-go consume from the broker (4 partition readers) | %s | | |", n0(r.get("consumer/KafkaConsumeCeiling", "events/s")))
 	p("| ceiling: Postgres COPY + ledger + window upsert, no Kafka (4 workers) | %s | 1.00 | %s |", n0(ceiling), ratio(ceiling, naive))
+	p("| ceiling like the pipeline: the same Postgres work on the pipeline's events (%s tenants, at the current time) in its largest batches (%s events, below), no Kafka (4 workers) | %s | %s | %s |",
+		n0(float64(r.Pipeline.Tenants)), n0(r.get("aggregator/CeilingLikePipeline", "events/batch")), n0(like), ratio(like, ceiling), ratio(like, naive))
 	p("| naive: one transaction per event (4 workers) | %s | %s | 1.00 |", n0(naive), ratio(naive, ceiling))
 	p("| `rollup.Apply` without Kafka (4 workers) | %s | %s | %s |", n0(apply), ratio(apply, ceiling), ratio(apply, naive))
 	p("| aggregator: kfake → consumer group → Apply (4 partitions, backlog) | %s | %s | %s |", n0(agg), ratio(agg, ceiling), ratio(agg, naive))
 	p("| **pipeline**: HTTP ingest → Kafka → aggregator → Postgres, sustained | %s | %s | %s |", n0(r.Pipeline.Sustained), ratio(r.Pipeline.Sustained, ceiling), ratio(r.Pipeline.Sustained, naive))
+	p("| **pipeline** vs the ceiling like the pipeline | | %s | |", ratio(r.Pipeline.Sustained, like))
 	redis := r.get("redis/RedisBaseline", "events/s")
 	p("| baseline users would pick: kfake → consumer group → Lua SET NX + INCRBY per event → Redis (4 partitions, backlog; below) | %s | %s | %s |", n0(redis), ratio(redis, ceiling), ratio(redis, naive))
 	p("")
+	p("%s\n", likeCeilingWhy)
 	r.Kill.write(p, agg, redis, r.get("redis/RedisBaseline", "redis-bytes/event"))
 
 	p("## Meters\n")
@@ -215,34 +222,7 @@ func (r *Run) Write(w io.Writer) {
 		p("| %s | %s | %s |", k, n0(v), ratio(v, one1))
 	}
 	p("")
-	p("## Pipeline under rising load\n")
-	p("Separate processes (ingest, aggregator, biller, broker, private Postgres); %s tenants; batches of %d events from 8 clients. A step is kept when the aggregator ends it less than one second of load behind and ingest accepted ≥ 90 %% of the offered rate.\n", n0(float64(r.Pipeline.Tenants)), r.Pipeline.Batch)
-	p("| offered events/s | accepted events/s | ingest p50 | ingest p99 | event → window p99 | event → breach p99 | lag after (records) | kept |")
-	p("|---|---|---|---|---|---|---|---|")
-	for _, s := range r.Pipeline.Steps {
-		p("| %s | %s | %s | %s | %s | %s | %s | %v |", n0(float64(s.Offered)), n0(s.Accepted), ms(s.IngestP50), ms(s.IngestP99),
-			ms(s.WindowP99), ms(s.BreachP99), n0(float64(s.LagAfter)), s.Kept)
-	}
-	p("\nOver the steps the pipeline sustained: event → window (minute window visible in Postgres) p50 %s, p99 %s; event → breach row p50 %s, p99 %s (%d breach probes). The step that was not kept is overload by definition: its latencies grow with the backlog.", ms(r.Pipeline.WindowP50), ms(r.Pipeline.WindowP99), ms(r.Pipeline.BreachP50), ms(r.Pipeline.BreachP99), r.Pipeline.Breaches)
-	if r.Pipeline.Events > 0 && len(r.Pipeline.CPU) > 0 {
-		p("CPU per event over the steps (user and system time each process used from the first step until every accepted event was counted, over the %s events accepted), and what one core gives at that cost; the capacity model in the README uses these:\n", n0(float64(r.Pipeline.Events)))
-		p("| process | CPU per event | events/s per core |")
-		p("|---|---|---|")
-		for _, n := range []string{"ingest", "broker", "aggregator", "postgres", "biller"} {
-			d, ok := r.Pipeline.CPU[n]
-			if !ok {
-				continue
-			}
-			per := float64(d.Nanoseconds()) / float64(r.Pipeline.Events)
-			perCore := "—"
-			if per > 0 {
-				perCore = n0(1e9 / per)
-			}
-			p("| %s | %.1f µs | %s |", n, per/1e3, perCore)
-		}
-		p("")
-	}
-	p("Peak RSS (VmHWM): ingest %.0f MiB, aggregator %.0f MiB, biller %.0f MiB.\n", float64(r.Pipeline.PeakRSS["ingest"])/(1<<20), float64(r.Pipeline.PeakRSS["aggregator"])/(1<<20), float64(r.Pipeline.PeakRSS["biller"])/(1<<20))
+	r.writePipeline(p)
 
 	p("## Components\n")
 	p("| benchmark | figure | baseline | ratio |")
@@ -278,4 +258,86 @@ func (r *Run) Write(w io.Writer) {
 		p("%s", c)
 	}
 	p("```")
+}
+
+// likeCeilingWhy says why the pipeline has two Postgres ceilings.
+const likeCeilingWhy = "Two Postgres ceilings, the same statements (COPY into a staging table, the new ids into the ledger, the new events' minute, hour, day and month windows upserted, one transaction per batch), on different events. The first runs the aggregator benchmark's events: batches of 10,000 over 4 × 1,000 tenants spread over two hours, so a batch folds into a few thousand window rows. The pipeline offers 100,000 tenants with events at the current time, and its aggregator commits batches of the size the offered rate and the time of the previous commit fill (the ceiling uses the largest mean batch of a step, in the table below: its last step, where Postgres bounds it): nearly every event is its tenant's only one in the batch and brings its own four window rows, and smaller batches pay the per-transaction cost more often. The second ceiling runs that shape, so it is what Postgres alone gives for the pipeline's work; the pipeline's ratio to it is the like-for-like one."
+
+// writePipeline renders the pipeline section.
+func (r *Run) writePipeline(p func(format string, args ...any)) {
+	p("## Pipeline under rising load\n")
+	p("Separate processes (ingest, aggregator, biller, broker, private Postgres); %s tenants; batches of %d events from 8 clients. A step is kept when the aggregator ends it less than one second of load behind and ingest accepted ≥ 90 %% of the offered rate.\n", n0(float64(r.Pipeline.Tenants)), r.Pipeline.Batch)
+	p("| offered events/s | accepted events/s | ingest p50 | ingest p99 | event → window p99 | event → breach p99 | lag after (records) | aggregator batches: records, time | kept |")
+	p("|---|---|---|---|---|---|---|---|---|")
+	for _, s := range r.Pipeline.Steps {
+		p("| %s | %s | %s | %s | %s | %s | %s | %s, %s | %v |", n0(float64(s.Offered)), n0(s.Accepted), ms(s.IngestP50), ms(s.IngestP99),
+			ms(s.WindowP99), ms(s.BreachP99), n0(float64(s.LagAfter)), n0(s.BatchRecords), ms(s.BatchTime), s.Kept)
+	}
+	p("\nOver the steps the pipeline sustained: event → window (minute window visible in Postgres) p50 %s, p99 %s; event → breach row p50 %s, p99 %s (%d breach probes). The step that was not kept is overload by definition: its latencies grow with the backlog.", ms(r.Pipeline.WindowP50), ms(r.Pipeline.WindowP99), ms(r.Pipeline.BreachP50), ms(r.Pipeline.BreachP99), r.Pipeline.Breaches)
+	if r.Pipeline.Events > 0 && len(r.Pipeline.CPU) > 0 {
+		p("CPU per event over the steps (user and system time each process used from the first step until every accepted event was counted, over the %s events accepted), and what one core gives at that cost; the capacity model in the README uses these:\n", n0(float64(r.Pipeline.Events)))
+		p("| process | CPU per event | events/s per core |")
+		p("|---|---|---|")
+		for _, n := range []string{"ingest", "broker", "aggregator", "postgres", "biller"} {
+			d, ok := r.Pipeline.CPU[n]
+			if !ok {
+				continue
+			}
+			per := float64(d.Nanoseconds()) / float64(r.Pipeline.Events)
+			perCore := "—"
+			if per > 0 {
+				perCore = n0(1e9 / per)
+			}
+			p("| %s | %.1f µs | %s |", n, per/1e3, perCore)
+		}
+		p("")
+	}
+	p("Peak RSS (VmHWM): ingest %.0f MiB, aggregator %.0f MiB, biller %.0f MiB.\n", float64(r.Pipeline.PeakRSS["ingest"])/(1<<20), float64(r.Pipeline.PeakRSS["aggregator"])/(1<<20), float64(r.Pipeline.PeakRSS["biller"])/(1<<20))
+
+}
+
+// WritePipelineOnly renders the report of a run of the pipeline and its
+// ceilings alone (benchreport -only pipeline), with the machine's load
+// average before and after.
+func (r *Run) WritePipelineOnly(w io.Writer, loadBefore, loadAfter string) {
+	p := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
+	p("# The pipeline and its Postgres ceilings\n")
+	p("Written by `go run ./tools/benchreport -only pipeline` from one run on one machine: the pipeline benchmark of `make bench` and the two Postgres ceilings, nothing else.\n")
+	p("- machine: %s; Postgres, the Kafka broker and the services share its cores", r.Machine)
+	p("- run: %s, took %s", r.Started.UTC().Format(time.RFC3339), r.Took.Round(time.Second))
+	p("- load average (1, 5, 15 min) before: %s; after: %s\n", loadBefore, loadAfter)
+	ceiling := r.get("aggregator/Aggregate/ceiling-postgres-copy", "events/s")
+	like := r.get("aggregator/CeilingLikePipeline", "events/s")
+	p("| path | events/s | vs Postgres ceiling | vs the ceiling like the pipeline |")
+	p("|---|---|---|---|")
+	p("| ceiling: Postgres COPY + ledger + window upsert, no Kafka (4 workers) | %s | 1.00 | %s |", n0(ceiling), ratio(ceiling, like))
+	p("| ceiling like the pipeline (%s tenants, at the current time, batches of %s events) | %s | %s | 1.00 |", n0(float64(r.Pipeline.Tenants)),
+		n0(r.get("aggregator/CeilingLikePipeline", "events/batch")), n0(like), ratio(like, ceiling))
+	p("| **pipeline**: HTTP ingest → Kafka → aggregator → Postgres, sustained | %s | %s | %s |", n0(r.Pipeline.Sustained), ratio(r.Pipeline.Sustained, ceiling), ratio(r.Pipeline.Sustained, like))
+	p("")
+	p("%s\n", likeCeilingWhy)
+	r.writePipeline(p)
+	p("## Commands\n")
+	p("```sh")
+	for _, c := range r.Commands {
+		p("%s", c)
+	}
+	p("```")
+}
+
+// WriteStatements renders the statements that took the most of the
+// pipeline's Postgres time, per record the aggregator applied.
+func (res PipelineResult) WriteStatements(w io.Writer) {
+	if len(res.Statements) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\nPostgres statements by execution time (pg_stat_statements; per record the aggregator applied, %s of the %s events ingest accepted):\n", n0(float64(res.Applied)), n0(float64(res.Events)))
+	fmt.Fprintf(w, "%10s %10s %12s %10s  %s\n", "µs/record", "calls/1k", "rows", "total ms", "statement")
+	for _, st := range res.Statements {
+		q := st.Query
+		if len(q) > 140 {
+			q = q[:140] + "…"
+		}
+		fmt.Fprintf(w, "%10.1f %10.2f %12d %10.0f  %s\n", float64(st.PerEvent.Nanoseconds())/1e3, st.CallsPer1000, st.Rows, float64(st.Total.Microseconds())/1e3, q)
+	}
 }

@@ -127,6 +127,10 @@ type Options struct {
 	Brokers string
 	// Env adds settings per service ("ingest", "aggregator", "biller").
 	Env map[string][]string
+	// Statements loads pg_stat_statements into the private Postgres (one
+	// restart before the services start) and creates the extension in
+	// the database, so that a run can say which statements cost what.
+	Statements bool
 }
 
 // Stack is a running pipeline.
@@ -216,6 +220,12 @@ func Start(ctx context.Context, opt Options, out io.Writer) (*Stack, error) {
 		return nil, fmt.Errorf("creating the database: %w", err)
 	}
 	s.DBURL = strings.Replace(base, "/postgres?", "/metering?", 1)
+	if opt.Statements {
+		if err := s.loadStatements(ctx, base); err != nil {
+			s.Stop()
+			return nil, err
+		}
+	}
 	ports := map[string]int{}
 	for _, n := range append([]string{"kafka"}, Services...) {
 		if ports[n], err = FreePort(); err != nil {
@@ -315,6 +325,32 @@ func (s *Stack) Put(ctx context.Context, path, body string) error {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("PUT %s: %d", path, resp.StatusCode)
+	}
+	return nil
+}
+
+// loadStatements preloads pg_stat_statements (ALTER SYSTEM, then a
+// restart) and creates the extension in the stack's database.
+func (s *Stack) loadStatements(ctx context.Context, base string) error {
+	admin, err := pgxpool.New(ctx, base)
+	if err != nil {
+		return err
+	}
+	_, err = admin.Exec(ctx, "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+	admin.Close()
+	if err != nil {
+		return fmt.Errorf("preloading pg_stat_statements: %w", err)
+	}
+	if err := s.RestartPostgres(); err != nil {
+		return fmt.Errorf("restarting Postgres with pg_stat_statements: %w", err)
+	}
+	db, err := pgxpool.New(ctx, s.DBURL)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	if _, err := db.Exec(ctx, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements"); err != nil {
+		return fmt.Errorf("creating pg_stat_statements: %w", err)
 	}
 	return nil
 }
