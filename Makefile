@@ -63,7 +63,7 @@ profile:
 FUZZTIME ?= 30s
 FUZZ_TARGETS = \
 	FuzzDecodeJSON:./events FuzzDecodeNDJSON:./events FuzzDecodeCloudEvent:./events FuzzDecodeCloudEventBatch:./events \
-	FuzzDecodeCloudEventBinary:./events FuzzUnmarshalJSON:./events FuzzScan:./events/jsonscan FuzzAppendParse:./events/jsonstring FuzzChecks:./events/fieldcheck \
+	FuzzDecodeCloudEventBinary:./events FuzzUnmarshalJSON:./events FuzzWireScan:./events FuzzScan:./events/jsonscan FuzzAppendParse:./events/jsonstring FuzzChecks:./events/fieldcheck \
 	FuzzParseUsageQuery:./internal/ingest FuzzParsePeriod:./internal/biller FuzzRun:./internal/cli FuzzLoad:./internal/config
 fuzz:
 	for t in $(FUZZ_TARGETS); do \

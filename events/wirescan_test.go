@@ -7,6 +7,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/usagemeter/metering/events/jsonscan"
 )
 
 // wireScanCases are bodies of every shape the fast reader must read as
@@ -130,4 +132,60 @@ func TestWireScanDeclinesOddShapes(t *testing.T) {
 			t.Errorf("%q: read by the fast reader, want it declined", body)
 		}
 	}
+}
+
+// FuzzWireScan: for any body that passes the decoder's pre-scan with no
+// suspect key (the only bodies the fast reader is given), the fast reader
+// either declines it or reads exactly the events encoding/json reads.
+// Its corpus in testdata/fuzz/FuzzWireScan runs as a regression test.
+func FuzzWireScan(f *testing.F) {
+	for _, c := range wireScanCases {
+		f.Add([]byte(c))
+	}
+	for _, c := range []string{
+		`[{"id":"a","tenant":"t","metric":"m","value":1e3,"time":"2026-11-21T18:59:00Z"}]`,
+		`[{"id":"a","tenant":"t","metric":"m","value":-0,"time":"2026-11-21T18:59:00Z"}]`,
+		`[{"id":"a","tenant":"t","metric":"m","value":99999999999999999999,"time":"2026-11-21T18:59:00Z"}]`,
+		`[{"id":"\u00e9","tenant":"t","metric":"m","value":1,"time":"2026-11-21T18:59:00Z","properties":{"k":"v\"w"}}]`,
+		`{"id":"a","tenant":"t","metric":"m","value":1.5,"time":"2026-11-21T18:59:00Z","properties":null}`,
+		`[ {"id":"a" , "tenant":"t","metric":"m","value":1,"time":"2026-11-21T18:59:00Z","properties":{}} ]`,
+	} {
+		f.Add([]byte(c))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		trimmed := strings.TrimLeft(string(body), " \t\r\n")
+		if trimmed == "" || (trimmed[0] != '[' && trimmed[0] != '{') {
+			return
+		}
+		batch := trimmed[0] == '['
+		issues, err := jsonscan.Scan(body, Decoder{}.scanOptions(batch, eventKey))
+		if err != nil || len(issues) > 0 {
+			return
+		}
+		if batch {
+			got, ok := scanWireArray(body)
+			if !ok {
+				return
+			}
+			var want []wireEvent
+			if err := json.Unmarshal(body, &want); err != nil {
+				t.Fatalf("%q: read by the fast reader, refused by encoding/json: %v", body, err)
+			}
+			if !reflect.DeepEqual(normalize(got), normalize(want)) {
+				t.Fatalf("%q:\n fast %#v\n json %#v", body, got, want)
+			}
+			return
+		}
+		got, ok := scanWireObject(body)
+		if !ok {
+			return
+		}
+		var want wireEvent
+		if err := json.Unmarshal(body, &want); err != nil {
+			t.Fatalf("%q: read by the fast reader, refused by encoding/json: %v", body, err)
+		}
+		if !reflect.DeepEqual(normalize([]wireEvent{got}), normalize([]wireEvent{want})) {
+			t.Fatalf("%q:\n fast %#v\n json %#v", body, got, want)
+		}
+	})
 }
