@@ -42,18 +42,9 @@ func seedSeries(t *testing.T, db *pgtest.DB, tenant, meter string, h time.Time, 
 
 func anomalyMessages(t *testing.T, db *pgtest.DB) []string {
 	t.Helper()
-	rows, err := db.Pool.Query(context.Background(), `SELECT convert_from(msg_value, 'UTF8') FROM outbox WHERE topic = $1 ORDER BY id`, topics.UsageAnomalies)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
 	var out []string
-	for rows.Next() {
-		var v string
-		if err := rows.Scan(&v); err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, v)
+	for _, v := range db.Outbox(t, topics.UsageAnomalies) {
+		out = append(out, string(v))
 	}
 	return out
 }

@@ -1,7 +1,6 @@
 package ingest_test
 
 import (
-	"context"
 	"testing"
 	"time"
 
@@ -13,27 +12,7 @@ import (
 // first.
 func billingEvents(t *testing.T, db *pgtest.DB) []billingevents.Event {
 	t.Helper()
-	rows, err := db.Pool.Query(context.Background(), `SELECT msg_value FROM outbox WHERE topic = 'billing.events' ORDER BY id`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
-	var out []billingevents.Event
-	for rows.Next() {
-		var v []byte
-		if err := rows.Scan(&v); err != nil {
-			t.Fatal(err)
-		}
-		ev, err := billingevents.Decode(v)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, ev)
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return out
+	return db.BillingEvents(t)
 }
 
 // TestPlanChangedFromTheAdminAPI: each real plan change of PUT tenant

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/usagemeter/metering/internal/quota"
+	"github.com/usagemeter/metering/internal/topics"
 )
 
 // TestBreachesOfOneBatchQueuedInThresholdOrder sends one batch that takes
@@ -32,24 +33,13 @@ func TestBreachesOfOneBatchQueuedInThresholdOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rows, err := db.Pool.Query(ctx, `SELECT msg_value FROM outbox WHERE topic = 'quota.breaches' ORDER BY id`)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var queued []quota.Breach
-	for rows.Next() {
-		var v []byte
+	for _, v := range db.Outbox(t, topics.QuotaBreaches) {
 		var b quota.Breach
-		if err := rows.Scan(&v); err != nil {
-			t.Fatal(err)
-		}
 		if err := json.Unmarshal(v, &b); err != nil {
 			t.Fatal(err)
 		}
 		queued = append(queued, b)
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
 	}
 	rank := quota.Reached(quota.Blocked) // lowest first
 	tests := []struct {

@@ -15,6 +15,7 @@ import (
 	"github.com/usagemeter/metering/internal/rollup"
 	"github.com/usagemeter/metering/internal/storage/accounts"
 	"github.com/usagemeter/metering/internal/storage/usagedata"
+	"github.com/usagemeter/metering/internal/topics"
 	"github.com/usagemeter/metering/internal/windows"
 )
 
@@ -128,16 +129,8 @@ func TestMeterQuotas(t *testing.T) {
 	}
 
 	// The messages for quota.breaches carry the meter and the group.
-	rows, err := db.Pool.Query(ctx, `SELECT msg_value FROM outbox WHERE topic = 'quota.breaches' ORDER BY id`)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var queued []string
-	for rows.Next() {
-		var v []byte
-		if err := rows.Scan(&v); err != nil {
-			t.Fatal(err)
-		}
+	for _, v := range db.Outbox(t, topics.QuotaBreaches) {
 		var m struct {
 			ID    string          `json:"breach_id"`
 			Meter string          `json:"meter"`
@@ -147,9 +140,6 @@ func TestMeterQuotas(t *testing.T) {
 			t.Fatal(err)
 		}
 		queued = append(queued, fmt.Sprintf("%s %s %s", m.ID, m.Meter, m.Group))
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
 	}
 	var want []string
 	for _, b := range all {

@@ -16,24 +16,9 @@ import (
 // overageEvents reads the overage.started events in the outbox.
 func overageEvents(t *testing.T, db *pgtest.DB) []billingevents.OverageStarted {
 	t.Helper()
-	rows, err := db.Pool.Query(context.Background(), `SELECT msg_value FROM outbox WHERE topic = 'billing.events' ORDER BY id`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
 	var out []billingevents.OverageStarted
-	for rows.Next() {
-		var v []byte
-		if err := rows.Scan(&v); err != nil {
-			t.Fatal(err)
-		}
-		ev, err := billingevents.Decode(v)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if ev.Type == billingevents.TypeOverageStarted {
-			out = append(out, ev.Data.(billingevents.OverageStarted))
-		}
+	for _, ev := range db.BillingEvents(t, billingevents.TypeOverageStarted) {
+		out = append(out, ev.Data.(billingevents.OverageStarted))
 	}
 	return out
 }

@@ -25,26 +25,7 @@ import (
 // spendEvents reads the spend.threshold events in the outbox, in order.
 func spendEvents(t *testing.T, db *pgtest.DB) []billingevents.Event {
 	t.Helper()
-	rows, err := db.Pool.Query(context.Background(), `SELECT msg_value FROM outbox WHERE topic = 'billing.events' ORDER BY id`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
-	var out []billingevents.Event
-	for rows.Next() {
-		var v []byte
-		if err := rows.Scan(&v); err != nil {
-			t.Fatal(err)
-		}
-		ev, err := billingevents.Decode(v)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if ev.Type == billingevents.TypeSpendThreshold {
-			out = append(out, ev)
-		}
-	}
-	return out
+	return db.BillingEvents(t, billingevents.TypeSpendThreshold)
 }
 
 // statementCounter counts the statements run through a pool whose SQL

@@ -15,6 +15,7 @@ import (
 	"github.com/usagemeter/metering/internal/storage/accounts"
 	"github.com/usagemeter/metering/internal/storage/usagedata"
 	"github.com/usagemeter/metering/internal/testkit/pgtest"
+	"github.com/usagemeter/metering/internal/topics"
 )
 
 // levels names breaches as "threshold" or "threshold:percent".
@@ -138,16 +139,8 @@ func TestChosenThresholdsRecordedOnce(t *testing.T) {
 	}
 	// The messages for quota.breaches: one per row, a warning's carrying
 	// its percent, the 80 % warning under the id it always had.
-	msgs, err := db.Pool.Query(ctx, `SELECT msg_value FROM outbox WHERE topic = 'quota.breaches' ORDER BY id`)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var got []string
-	for msgs.Next() {
-		var v []byte
-		if err := msgs.Scan(&v); err != nil {
-			t.Fatal(err)
-		}
+	for _, v := range db.Outbox(t, topics.QuotaBreaches) {
 		var b quota.Breach
 		if err := json.Unmarshal(v, &b); err != nil {
 			t.Fatal(err)
@@ -157,7 +150,6 @@ func TestChosenThresholdsRecordedOnce(t *testing.T) {
 			t.Errorf("the 80 %% warning's id %s is not the one it had", b.BreachID)
 		}
 	}
-	msgs.Close()
 	if want := []string{"warning:50", "warning:80", "warning:90", "exceeded", "blocked"}; !slices.Equal(got, want) {
 		t.Fatalf("quota.breaches messages %v, want %v", got, want)
 	}

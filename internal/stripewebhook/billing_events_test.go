@@ -1,7 +1,6 @@
 package stripewebhook_test
 
 import (
-	"context"
 	"log/slog"
 	"testing"
 	"time"
@@ -20,24 +19,7 @@ func TestPlanChangedFromStripe(t *testing.T) {
 	h := stripewebhook.New(f.db.Pool, secret, slog.New(slog.DiscardHandler), stripewebhook.WithDefaultPlan("team"))
 	events := func() []billingevents.Event {
 		t.Helper()
-		rows, err := f.db.Pool.Query(context.Background(), `SELECT msg_value FROM outbox WHERE topic = 'billing.events' ORDER BY id`)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer rows.Close()
-		var out []billingevents.Event
-		for rows.Next() {
-			var v []byte
-			if err := rows.Scan(&v); err != nil {
-				t.Fatal(err)
-			}
-			ev, err := billingevents.Decode(v)
-			if err != nil {
-				t.Fatal(err)
-			}
-			out = append(out, ev)
-		}
-		return out
+		return f.db.BillingEvents(t)
 	}
 	t0 := time.Now().Add(-time.Minute).Truncate(time.Second)
 	steps := []struct {

@@ -16,14 +16,17 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/usagemeter/metering/internal/billingevents"
 	"github.com/usagemeter/metering/internal/migrate"
 	"github.com/usagemeter/metering/internal/storage/accounts"
+	"github.com/usagemeter/metering/internal/topics"
 	"github.com/usagemeter/metering/migrations"
 )
 
@@ -106,6 +109,38 @@ func (db *DB) Exec(tb testing.TB, sql string, args ...any) {
 	if _, err := db.Pool.Exec(context.Background(), sql, args...); err != nil {
 		tb.Fatalf("pgtest: %s: %v", sql, err)
 	}
+}
+
+// Outbox returns the values of the messages queued in the outbox for
+// topic, in queue order.
+func (db *DB) Outbox(tb testing.TB, topic string) [][]byte {
+	tb.Helper()
+	rows, err := db.Pool.Query(context.Background(), `SELECT msg_value FROM outbox WHERE topic = $1 ORDER BY id`, topic)
+	if err != nil {
+		tb.Fatalf("pgtest: reading the outbox of %s: %v", topic, err)
+	}
+	values, err := pgx.CollectRows(rows, pgx.RowTo[[]byte])
+	if err != nil {
+		tb.Fatalf("pgtest: reading the outbox of %s: %v", topic, err)
+	}
+	return values
+}
+
+// BillingEvents returns the billing.events queued in the outbox, decoded,
+// oldest first; of the given types only, when any are given.
+func (db *DB) BillingEvents(tb testing.TB, types ...billingevents.Type) []billingevents.Event {
+	tb.Helper()
+	var out []billingevents.Event
+	for _, v := range db.Outbox(tb, topics.BillingEvents) {
+		ev, err := billingevents.Decode(v)
+		if err != nil {
+			tb.Fatalf("pgtest: a billing event in the outbox: %v", err)
+		}
+		if len(types) == 0 || slices.Contains(types, ev.Type) {
+			out = append(out, ev)
+		}
+	}
+	return out
 }
 
 // String names the database in test output.
