@@ -3,6 +3,7 @@ package rollup
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"math/big"
 	"slices"
@@ -15,61 +16,83 @@ import (
 	"github.com/usagemeter/metering/internal/storage/usagedata"
 )
 
-// spendTenant is a tenant of the batch whose plan in force has spend
-// thresholds and whose priced usage of its current period the batch
-// changed.
+// spendTenant is a tenant and billing period of the batch whose plan in
+// force has spend thresholds and whose priced usage the batch changed.
 type spendTenant struct {
-	tenant string
-	rule   usagedata.SpendRule
+	tenant     string
+	start, end time.Time // the billing period
+	// at is when its bill is judged: now, or the period's last instant
+	// for a period that has ended (usage counted late), whose projection
+	// is then its total.
+	at   time.Time
+	rule usagedata.SpendRule
 }
 
-// spendTenants returns, sorted by name, the tenants of incs whose plan
-// version in force at now (in plans, already read) has spend thresholds
-// and a priced quota on a metric incs count in the tenant's current
-// billing period. It runs no statement.
+// spendTenants returns, sorted by tenant and period, the tenants and
+// billing periods of incs (each increment's period, the current one or
+// an earlier one for usage counted late) whose plan version in force at
+// the judging instant (in plans, already read) has spend thresholds and a
+// priced quota on a metric incs count in that period. It runs no
+// statement.
 func spendTenants(plans *usagedata.PlanRules, periods billingcycle.Schedules, incs []increment, now time.Time) []spendTenant {
+	type key struct {
+		tenant string
+		start  int64
+	}
 	type verdict struct {
-		rule       usagedata.SpendRule
+		st         spendTenant
 		ok, chosen bool
 	}
-	seen := map[string]*verdict{}
+	seen := map[key]*verdict{}
 	var out []spendTenant
 	for _, in := range incs {
-		v := seen[in.tenant]
-		start, end := periods.Span(in.tenant, now)
+		start, end := periods.Span(in.tenant, in.at)
+		k := key{in.tenant, start.UnixMicro()}
+		v := seen[k]
 		if v == nil {
-			v = &verdict{}
-			v.rule, v.ok = plans.Spend(in.tenant, start, end, now)
-			seen[in.tenant] = v
+			at := now
+			if !now.Before(end) {
+				at = end.Add(-time.Microsecond)
+			}
+			v = &verdict{st: spendTenant{tenant: in.tenant, start: start, end: end, at: at}}
+			v.st.rule, v.ok = plans.Spend(in.tenant, start, end, at)
+			seen[k] = v
 		}
-		if !v.ok || v.chosen || in.at.Before(start) || !in.at.Before(end) || !slices.Contains(v.rule.PricedMetrics, in.metric) {
+		if !v.ok || v.chosen || !slices.Contains(v.st.rule.PricedMetrics, in.metric) {
 			continue
 		}
 		v.chosen = true
-		out = append(out, spendTenant{tenant: in.tenant, rule: v.rule})
+		out = append(out, v.st)
 	}
-	slices.SortFunc(out, func(x, y spendTenant) int { return cmp.Compare(x.tenant, y.tenant) })
+	slices.SortFunc(out, func(x, y spendTenant) int {
+		return cmp.Or(cmp.Compare(x.tenant, y.tenant), x.start.Compare(y.start))
+	})
 	return out
 }
 
-// evaluateSpend projects, on the batch's transaction, the bill of the
-// current billing period of each tenant spendTenants chooses, with the
-// code of GET /v1/bill (usagedata.Reader.Bill at now), records each spend
+// evaluateSpend projects, on the batch's transaction, the bill of each
+// tenant and billing period spendTenants chooses, with the code of GET
+// /v1/bill (usagedata.Reader.Bill at now, or at the last instant of a
+// period that has ended, where the projection is the total), records each spend
 // threshold of its plan version the projected total or the total so far
 // has reached (spend_breaches, once per tenant, period and threshold),
 // and queues spend.threshold on billing.events for each one recorded
 // now. A tenant without spend thresholds costs no statement; one whose
 // thresholds are all recorded for the period costs its share of one
-// statement (no projection).
+// statement (no projection). A tenant the batch counts without a tenants
+// row (limited by DEFAULT_PLAN) has no bill, so no spend is judged for it.
 func evaluateSpend(ctx context.Context, tx pgx.Tx, plans *usagedata.PlanRules, periods billingcycle.Schedules, incs []increment, now time.Time, defaultPlan string) error {
-	tenants, err := unreachedSpend(ctx, tx, spendTenants(plans, periods, incs, now), periods, now)
+	tenants, err := unreachedSpend(ctx, tx, spendTenants(plans, periods, incs, now))
 	if err != nil || len(tenants) == 0 {
 		return err
 	}
 	reader := usagedata.NewReader(tx).WithDefaultPlan(defaultPlan)
 	var reached []usagedata.SpendBreach
 	for _, st := range tenants {
-		bill, err := reader.Bill(ctx, st.tenant, now)
+		bill, err := reader.Bill(ctx, st.tenant, st.at)
+		if errors.Is(err, usagedata.ErrUnknownTenant) {
+			continue
+		}
 		if err != nil {
 			return fmt.Errorf("projecting the bill of %s for its spend thresholds: %w", st.tenant, err)
 		}
@@ -124,16 +147,15 @@ func evaluateSpend(ctx context.Context, tx pgx.Tx, plans *usagedata.PlanRules, p
 }
 
 // unreachedSpend keeps, of tenants, the thresholds not yet recorded for
-// the current billing period (read in one statement), and the tenants
-// left with some.
-func unreachedSpend(ctx context.Context, tx pgx.Tx, tenants []spendTenant, periods billingcycle.Schedules, now time.Time) ([]spendTenant, error) {
+// their billing period (read in one statement), and the tenants left
+// with some.
+func unreachedSpend(ctx context.Context, tx pgx.Tx, tenants []spendTenant) ([]spendTenant, error) {
 	if len(tenants) == 0 {
 		return nil, nil
 	}
 	keys := make([]usagedata.SpendPeriod, len(tenants))
 	for i, st := range tenants {
-		start, _ := periods.Span(st.tenant, now)
-		keys[i] = usagedata.SpendPeriod{Tenant: st.tenant, PeriodStart: start.UTC()}
+		keys[i] = usagedata.SpendPeriod{Tenant: st.tenant, PeriodStart: st.start.UTC()}
 	}
 	recorded, err := usagedata.SpendReached(ctx, tx, keys)
 	if err != nil {

@@ -117,11 +117,17 @@ func newSpendHarness(t *testing.T) *spendHarness {
 // returns how many statements of the projection it ran.
 func (h *spendHarness) send(tenant string, values ...int64) int {
 	h.t.Helper()
+	return h.sendAt(tenant, h.clock, values...)
+}
+
+// sendAt is send of events that happened at at.
+func (h *spendHarness) sendAt(tenant string, at time.Time, values ...int64) int {
+	h.t.Helper()
 	h.counter.take()
 	recs := make([]rollup.Record, len(values))
 	for i, v := range values {
 		h.seq++
-		e := events.Event{ID: fmt.Sprint("e", h.seq), Tenant: tenant, Metric: "api_calls", Value: v, Time: h.clock}
+		e := events.Event{ID: fmt.Sprint("e", h.seq), Tenant: tenant, Metric: "api_calls", Value: v, Time: at}
 		recs[i] = rollup.Record{Partition: 0, Offset: h.offset + int64(i), Key: []byte(tenant), Value: e.AppendJSON(nil), Time: h.clock}
 	}
 	from := h.offset
@@ -245,5 +251,39 @@ func TestSpendProjectionEarlyInThePeriod(t *testing.T) {
 	}
 	if b.Total != "61.00" || b.ProjectedTotal != "1830.00" {
 		t.Errorf("GET /v1/bill's totals %s, %s; want 61.00 and 1830.00 (61 over a day of 30)", b.Total, b.ProjectedTotal)
+	}
+}
+
+// TestSpendOfLateUsageAndUnknownTenants: usage of a period that has ended,
+// counted late, is judged against that period's bill (its total, no
+// projection) and recorded under that period; a tenant without a tenants
+// row, limited by DEFAULT_PLAN, has no bill: its batches commit and judge
+// no spend.
+func TestSpendOfLateUsageAndUnknownTenants(t *testing.T) {
+	h := newSpendHarness(t)
+	h.clock = time.Date(2026, 12, 1, 0, 5, 0, 0, time.UTC)
+	// November's last minute, counted five minutes into December: 12 is
+	// November's total, past 10 and short of 50.
+	h.sendAt("initech", time.Date(2026, 11, 30, 23, 59, 0, 0, time.UTC), 12)
+	if got := strings.Join(h.thresholds("initech"), ","); got != "2026-11 10" {
+		t.Fatalf("late November usage: spend.threshold %q, want November's 10 alone", got)
+	}
+	h.sendAt("initech", time.Date(2026, 11, 30, 23, 59, 30, 0, time.UTC), 40)
+	if got := strings.Join(h.thresholds("initech"), ","); got != "2026-11 10,2026-11 50.00" {
+		t.Fatalf("more late November usage: spend.threshold %q", got)
+	}
+	d := spendEvents(t, h.db)[1].Data.(billingevents.SpendThreshold)
+	if d.Total != "52.00" || d.ProjectedTotal != "52.00" || !d.PeriodStart.Equal(time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)) {
+		t.Errorf("late November's spend.threshold %+v: want total and projection 52.00", d)
+	}
+
+	ghost := rollup.New(h.db.Pool, rollup.Config{Group: "ghost", Topic: "usage.events", DefaultPlan: "pro",
+		Now: func() time.Time { return h.clock }, Logger: slog.New(slog.DiscardHandler)})
+	e := events.Event{ID: "g1", Tenant: "ghost", Metric: "api_calls", Value: 1000, Time: h.clock}
+	if _, err := ghost.Apply(context.Background(), 0, -1, []rollup.Record{{Partition: 0, Offset: 0, Key: []byte("ghost"), Value: e.AppendJSON(nil), Time: h.clock}}); err != nil {
+		t.Fatalf("a batch of a tenant without a row, on a default plan with spend thresholds: %v", err)
+	}
+	if got := h.thresholds("ghost"); len(got) != 0 {
+		t.Fatalf("spend.threshold of a tenant without a bill: %v", got)
 	}
 }

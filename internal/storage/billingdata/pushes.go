@@ -132,10 +132,30 @@ type Delta struct {
 // without a plan assignment in force in a month is billed by the
 // version of defaultPlan in force then ("" for none: not billed).
 func Deltas(ctx context.Context, q storage.Executor, oldest time.Time, defaultPlan string) ([]Delta, error) {
-	rows, err := q.Query(ctx, `SELECT w.tenant, w.meter, w.group_key, coalesce(gk.group_key, w.group_key), w.window_start, w.value,
+	// The windows with something left to claim are found first, joined
+	// only on equalities (a hash join each), and materialized; the plan in
+	// force, which takes a function call per window, is looked up for
+	// those alone. A sync with nothing new thus calls no function, and the
+	// planner cannot mistake the function-filtered join for a single row
+	// and loop over the claims of every window for each.
+	rows, err := q.Query(ctx, `WITH open AS MATERIALIZED (
+			SELECT w.tenant, w.meter, w.group_key, w.window_start, w.value,
+				coalesce(p.claimed, 0) - coalesce(c.credited, 0) AS claimed,
+				coalesce(p.cancelled, 0) + coalesce(c.credits, 0) AS cancelled,
+				(bp.tenant IS NOT NULL) AS final
+			FROM usage_windows w
+			LEFT JOIN (SELECT tenant, metric, group_key, period_start, sum(delta) FILTER (WHERE status <> 'cancelled') AS claimed,
+					count(*) FILTER (WHERE status = 'cancelled') AS cancelled
+				FROM billing_pushes WHERE period_start >= $1 GROUP BY 1, 2, 3, 4) p
+				ON p.tenant = w.tenant AND p.metric = w.meter AND p.group_key = w.group_key AND p.period_start = w.window_start
+			LEFT JOIN billing_periods bp ON bp.tenant = w.tenant AND bp.period_start = w.window_start
+			LEFT JOIN `+creditsSince("$1")+` c
+				ON c.tenant = w.tenant AND c.metric = w.meter AND c.group_key = w.group_key AND c.period_start = w.window_start
+			WHERE w.granularity = 'month' AND w.window_start >= $1 AND w.value > coalesce(p.claimed, 0) - coalesce(c.credited, 0))
+		SELECT w.tenant, w.meter, w.group_key, coalesce(gk.group_key, w.group_key), w.window_start, w.value,
 			coalesce(t.stripe_customer_id, ''), q.stripe_event_name, coalesce(q.meter, ''), coalesce(m.aggregation, ''), coalesce(m.group_by, '{}'), q.group_filter,
-			coalesce(p.claimed, 0) - coalesce(c.credited, 0), coalesce(p.cancelled, 0) + coalesce(c.credits, 0), (bp.tenant IS NOT NULL), pv.hold_on_anomaly
-		FROM usage_windows w
+			w.claimed, w.cancelled, w.final, pv.hold_on_anomaly
+		FROM open w
 		JOIN tenants t ON t.tenant = w.tenant
 		JOIN plan_quotas q ON q.plan = tenant_billed_plan_at(t.tenant, `+periodInForce("w.tenant", "w.window_start")+`, $2)
 			AND q.version = plan_version_at(q.plan, `+periodInForce("w.tenant", "w.window_start")+`) AND q.stripe_event_name IS NOT NULL
@@ -143,14 +163,6 @@ func Deltas(ctx context.Context, q storage.Executor, oldest time.Time, defaultPl
 		JOIN plan_versions pv ON pv.plan = q.plan AND pv.version = q.version
 		LEFT JOIN meters m ON m.name = q.meter
 		LEFT JOIN meter_group_keys gk ON gk.meter = w.meter AND gk.digest = w.group_key
-		LEFT JOIN (SELECT tenant, metric, group_key, period_start, sum(delta) FILTER (WHERE status <> 'cancelled') AS claimed,
-				count(*) FILTER (WHERE status = 'cancelled') AS cancelled
-			FROM billing_pushes WHERE period_start >= $1 GROUP BY 1, 2, 3, 4) p
-			ON p.tenant = w.tenant AND p.metric = w.meter AND p.group_key = w.group_key AND p.period_start = w.window_start
-		LEFT JOIN billing_periods bp ON bp.tenant = w.tenant AND bp.period_start = w.window_start
-		LEFT JOIN `+creditsSince("$1")+` c
-			ON c.tenant = w.tenant AND c.metric = w.meter AND c.group_key = w.group_key AND c.period_start = w.window_start
-		WHERE w.granularity = 'month' AND w.window_start >= $1 AND w.value > coalesce(p.claimed, 0) - coalesce(c.credited, 0)
 		ORDER BY w.tenant, w.meter, w.group_key COLLATE "C", w.window_start`, oldest, defaultPlan)
 	if err != nil {
 		return nil, err

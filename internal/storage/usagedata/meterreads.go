@@ -59,7 +59,9 @@ type MeterQuery struct {
 	// property matches no value.
 	Filter map[string]string
 	// MaxWindows, when positive, is the most windows (groups times
-	// periods) an answer may hold; more is ErrTooManyWindows.
+	// periods) an answer may hold; more is ErrTooManyWindows, as is a sum,
+	// count or max range of more than 100 times as many stored windows
+	// (of all the meter's groups, before filter and folding).
 	MaxWindows int
 }
 
@@ -320,6 +322,13 @@ func (f *folded) group(n int64, vals []pgtype.Text) error {
 	return nil
 }
 
+// storedPerWindow bounds the stored windows a sum, count or max read
+// holds in memory before folding: at most this many per window its answer
+// may hold (q.MaxWindows), so that a range of a meter with very many
+// groups, read to answer a few of them (a filter) or to fold them into
+// few, is refused rather than read whole into memory.
+const storedPerWindow = 100
+
 // tooMany is the error of an answer of more than q.MaxWindows windows.
 func tooMany(q MeterQuery) error {
 	return fmt.Errorf("reading usage of meter %s: %w: more than %d", q.Meter.Name, ErrTooManyWindows, q.MaxWindows)
@@ -390,6 +399,10 @@ func (r *Reader) storedUsage(ctx context.Context, q MeterQuery) (MeterUsage, err
 		}
 		if x.events, err = dec.int(raw, 3); err != nil {
 			return fail(err)
+		}
+		if q.MaxWindows > 0 && len(stores) >= storedPerWindow*q.MaxWindows {
+			return MeterUsage{}, fmt.Errorf("reading usage of meter %s: %w: the range holds more than %d stored windows",
+				q.Meter.Name, ErrTooManyWindows, storedPerWindow*q.MaxWindows)
 		}
 		stores = append(stores, x)
 	}

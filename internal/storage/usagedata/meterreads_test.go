@@ -393,6 +393,33 @@ func TestMeterUsageRefuses(t *testing.T) {
 	}
 }
 
+// TestMeterUsageBoundsStoredWindows: a filtered read of one group of a
+// meter with many groups in range answers while the range holds at most
+// 100 stored windows per window the answer may hold, and is refused
+// (ErrTooManyWindows) beyond, rather than read whole into memory.
+func TestMeterUsageBoundsStoredWindows(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	reader := usagedata.NewReader(db.Pool)
+	h := time.Date(2026, 11, 3, 10, 0, 0, 0, time.UTC)
+	db.Exec(t, `INSERT INTO usage_windows (tenant, meter, group_key, granularity, window_start, value, events)
+		SELECT 'acme', 'wide', '["g' || i || '"]', 'hour', $1, i, 1 FROM generate_series(1, 250) i`, h)
+	d := meter.Definition{Name: "wide", Metric: "tokens", Aggregation: meter.Sum, GroupBy: []string{"model"}}
+	for _, tt := range []struct {
+		max  int
+		want error
+	}{{2, usagedata.ErrTooManyWindows}, {3, nil}} {
+		u, err := reader.MeterUsage(context.Background(), usagedata.MeterQuery{Tenant: "acme", Meter: d, Granularity: windows.Hour,
+			From: h, To: h.Add(time.Hour), GroupBy: []string{"model"}, Filter: map[string]string{"model": "g7"}, MaxWindows: tt.max})
+		if !errors.Is(err, tt.want) {
+			t.Fatalf("MaxWindows %d: %v, want %v", tt.max, err, tt.want)
+		}
+		if err == nil && (len(u.Windows) != 1 || u.Total.Int64() != 7) {
+			t.Fatalf("MaxWindows %d: %d windows, total %s; want g7's one window of 7", tt.max, len(u.Windows), u.Total)
+		}
+	}
+}
+
 // MeterWindows writes what encoding/json writes for each window.
 func TestMeterWindowsJSON(t *testing.T) {
 	t.Parallel()
