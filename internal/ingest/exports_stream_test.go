@@ -12,8 +12,10 @@ import (
 // TestExportStreamsAMillionEvents: an export of a million counted events
 // streams: the server's heap stays under a fixed bound while the client
 // reads every line, whatever the result's size.
+//
+// The heap it bounds is the whole test process's, so it does not run in
+// parallel: no parallel test of the package runs while it does.
 func TestExportStreamsAMillionEvents(t *testing.T) {
-	t.Parallel()
 	const n = 1_000_000
 	e := newEnv(t, envOpts{})
 	e.db.Exec(t, `INSERT INTO ledger_names (tenant, metric) VALUES ('big', 'api_calls')`)
