@@ -124,14 +124,27 @@ func reconcile(ctx context.Context, env Env, f reconcileFlags, args []string) er
 	return WriteReport(env.Out, rows, f.Format)
 }
 
-// dlqListFlags is --format of a list command (`dlq list`, `holds list`).
-type dlqListFlags struct{ Format string }
+// listFlags is --format of a list command (`dlq list`, `holds list`).
+type listFlags struct{ Format string }
 
-func (f *dlqListFlags) Bind(fs *flag.FlagSet) {
+func (f *listFlags) Bind(fs *flag.FlagSet) {
 	fs.StringVar(&f.Format, "format", "table", "table or json")
 }
 
-func dlqList(ctx context.Context, env Env, f dlqListFlags, args []string) error {
+// list is what a list command prints: a table with a header, a row per
+// item and a closing count, or the items as JSON.
+type list[T any] struct {
+	header string
+	row    func(T) string
+	// counted ends the table: "%d pushes held for approval".
+	counted string
+	// emptyJSON is the JSON of no items: "[]" or "null".
+	emptyJSON string
+}
+
+// runList runs a list command: args must be empty; read gives the items
+// from a biller opened on env's configuration.
+func runList[T any](ctx context.Context, env Env, f listFlags, args []string, l list[T], read func(*stripesync.Biller, context.Context) ([]T, error)) error {
 	if len(args) > 0 {
 		return fmt.Errorf("unexpected argument %q", args[0])
 	}
@@ -140,25 +153,41 @@ func dlqList(ctx context.Context, env Env, f dlqListFlags, args []string) error 
 		return err
 	}
 	defer closeFn()
-	dead, err := b.DeadLetters(ctx)
+	items, err := read(b, ctx)
 	if err != nil {
 		return err
 	}
 	out := env.Out
 	if f.Format == "json" {
-		return json.NewEncoder(out).Encode(dead)
+		if len(items) == 0 {
+			_, err := fmt.Fprintln(out, l.emptyJSON)
+			return err
+		}
+		return json.NewEncoder(out).Encode(items)
 	}
 	tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tDEAD SINCE\tTENANT\tMETRIC\tPERIOD\tVALUE\tATTEMPTS\tLAST ERROR")
-	for _, d := range dead {
-		msg := terminalText(d.LastError, 80)
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", d.ID, d.DeadSince.UTC().Format(time.RFC3339), d.Tenant, d.Metric, d.Period, d.Value, d.Attempts, msg)
+	fmt.Fprintln(tw, l.header)
+	for _, it := range items {
+		fmt.Fprintln(tw, l.row(it))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "%d pushes in the billing DLQ\n", len(dead))
-	return nil
+	_, err = fmt.Fprintf(out, l.counted+"\n", len(items))
+	return err
+}
+
+// dlqList runs `biller dlq list [--format json]`.
+func dlqList(ctx context.Context, env Env, f listFlags, args []string) error {
+	return runList(ctx, env, f, args, list[stripesync.DeadPush]{
+		header: "ID\tDEAD SINCE\tTENANT\tMETRIC\tPERIOD\tVALUE\tATTEMPTS\tLAST ERROR",
+		row: func(d stripesync.DeadPush) string {
+			return fmt.Sprintf("%d\t%s\t%s\t%s\t%s\t%s\t%d\t%s", d.ID, d.DeadSince.UTC().Format(time.RFC3339), d.Tenant, d.Metric, d.Period, d.Value,
+				d.Attempts, terminalText(d.LastError, 80))
+		},
+		counted:   "%d pushes in the billing DLQ",
+		emptyJSON: "null",
+	}, (*stripesync.Biller).DeadLetters)
 }
 
 func dlqShow(ctx context.Context, env Env, _ cli.NoFlags, args []string) error {

@@ -2,11 +2,9 @@ package biller
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
-	"text/tabwriter"
 	"time"
 
 	"github.com/usagemeter/metering/internal/auth"
@@ -94,37 +92,16 @@ func (h holdAPI) decide(w http.ResponseWriter, r *http.Request, p auth.Principal
 }
 
 // holdsList runs `biller holds list [--format json]`.
-func holdsList(ctx context.Context, env Env, f dlqListFlags, args []string) error {
-	if len(args) > 0 {
-		return fmt.Errorf("unexpected argument %q", args[0])
-	}
-	b, closeFn, err := open(ctx, env.Config, env.Log)
-	if err != nil {
-		return err
-	}
-	defer closeFn()
-	held, err := b.Holds(ctx)
-	if err != nil {
-		return err
-	}
-	out := env.Out
-	if f.Format == "json" {
-		if held == nil {
-			held = []stripesync.HeldPush{}
-		}
-		return json.NewEncoder(out).Encode(held)
-	}
-	tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tHELD SINCE\tTENANT\tMETER\tPERIOD\tVALUE\tWAITING\tREASON")
-	for _, h := range held {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", h.ID, h.HeldSince.UTC().Format(time.RFC3339), terminalText(h.Tenant, 64),
-			terminalText(h.Metric, 64), h.Period, h.Value, h.Waiting, terminalText(h.Reason, 100))
-	}
-	if err := tw.Flush(); err != nil {
-		return err
-	}
-	fmt.Fprintf(out, "%d pushes held for approval\n", len(held))
-	return nil
+func holdsList(ctx context.Context, env Env, f listFlags, args []string) error {
+	return runList(ctx, env, f, args, list[stripesync.HeldPush]{
+		header: "ID\tHELD SINCE\tTENANT\tMETER\tPERIOD\tVALUE\tWAITING\tREASON",
+		row: func(h stripesync.HeldPush) string {
+			return fmt.Sprintf("%d\t%s\t%s\t%s\t%s\t%s\t%d\t%s", h.ID, h.HeldSince.UTC().Format(time.RFC3339), terminalText(h.Tenant, 64),
+				terminalText(h.Metric, 64), h.Period, h.Value, h.Waiting, terminalText(h.Reason, 100))
+		},
+		counted:   "%d pushes held for approval",
+		emptyJSON: "[]",
+	}, (*stripesync.Biller).Holds)
 }
 
 // holdsApprove runs `biller holds approve ID --note TEXT [--actor NAME]`.
