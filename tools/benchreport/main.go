@@ -124,6 +124,9 @@ func run(ctx context.Context, root string, quick bool, outPath string) error {
 	if err := likePipelineCeiling(ctx, root, quick, r); err != nil {
 		return err
 	}
+	if err := pipelineWithMeters(ctx, root, quick, "", nil, r); err != nil {
+		return err
+	}
 	events, kills := 30000, 10
 	if quick {
 		events, kills = 5000, 4
@@ -210,6 +213,29 @@ func profile(ctx context.Context, root string, quick bool, dir string, statement
 // ceilingJob is the Postgres ceiling of the aggregator benchmark.
 var ceilingJob = struct{ pkg, pattern, full, quick string }{"./internal/aggregator", "Aggregate/ceiling", "24x", "4x"}
 
+// pipelineWithMeters runs the pipeline benchmark again, on a stack of its
+// own (a stopped stack keeps its data), with every event counted in three
+// meters, into r.PipelineMeters; steps, when set, replace the default.
+func pipelineWithMeters(ctx context.Context, root string, quick bool, only string, steps []int, r *benchreport.Run) error {
+	work, err := makeWork(root)
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	pc := pipelineConfig(root, work, quick)
+	if steps != nil {
+		pc.Steps = steps
+	}
+	pc.Meters = true
+	fmt.Println("running the pipeline benchmark with three meters per event...")
+	if r.PipelineMeters, err = benchreport.Pipeline(ctx, pc, os.Stdout); err != nil {
+		return err
+	}
+	r.Commands = append(r.Commands, fmt.Sprintf("go run ./tools/benchreport%s%s   # the pipeline again, every event in three meters: steps %v events/s, %s each, %d tenants",
+		map[bool]string{true: " -quick", false: ""}[quick], only, pc.Steps, pc.StepTime, pc.Tenants))
+	return nil
+}
+
 // likePipelineCeiling runs the Postgres ceiling on the pipeline's events
 // and mean batch (after the pipeline, which measures that batch) into r.
 func likePipelineCeiling(ctx context.Context, root string, quick bool, r *benchreport.Run) error {
@@ -268,6 +294,9 @@ func runPipeline(ctx context.Context, root string, quick, statements bool, outPa
 	r.Commands = append(r.Commands, fmt.Sprintf("go run ./tools/benchreport%s -only pipeline   # the pipeline: steps %v events/s, %s each, %d tenants",
 		map[bool]string{true: " -quick", false: ""}[quick], pc.Steps, pc.StepTime, pc.Tenants))
 	if err := likePipelineCeiling(ctx, root, quick, r); err != nil {
+		return err
+	}
+	if err := pipelineWithMeters(ctx, root, quick, " -only pipeline", pc.Steps, r); err != nil {
 		return err
 	}
 	r.Took = time.Since(r.Started)

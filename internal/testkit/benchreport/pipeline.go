@@ -76,6 +76,8 @@ type PipelineResult struct {
 	// usage.events the aggregator had applied when they were read.
 	Statements []Statement
 	Applied    int64
+	// Meters is PipelineConfig.Meters: every event counted in three meters.
+	Meters bool
 }
 
 // PipelineConfig sets the load.
@@ -92,6 +94,19 @@ type PipelineConfig struct {
 	// Statements loads pg_stat_statements into the private Postgres and
 	// fills PipelineResult.Statements.
 	Statements bool
+	// Meters defines, for both metrics, a sum grouped by project and a
+	// unique count of users, and gives every event a project (1,000
+	// values) and a user (10,000): each event counts in three meters, its
+	// metric's implicit sum and those two.
+	Meters bool
+}
+
+// pipelineMeters are the meters of a run with PipelineConfig.Meters.
+var pipelineMeters = []struct{ name, body string }{
+	{"api_calls_by_project", `{"metric":"api_calls","aggregation":"sum","group_by":["project"]}`},
+	{"api_calls_users", `{"metric":"api_calls","aggregation":"unique_count","property":"user"}`},
+	{"tokens_by_project", `{"metric":"tokens","aggregation":"sum","group_by":["project"]}`},
+	{"tokens_users", `{"metric":"tokens","aggregation":"unique_count","property":"user"}`},
 }
 
 // batchWait is the aggregator's BATCH_WAIT in the pipeline benchmark: the
@@ -104,7 +119,7 @@ const batchWait = 100 * time.Millisecond
 // Pipeline runs HTTP ingest → Kafka → aggregator → Postgres as processes
 // and offers rising load until the aggregator's lag grows.
 func Pipeline(ctx context.Context, cfg PipelineConfig, out io.Writer) (PipelineResult, error) {
-	res := PipelineResult{Batch: cfg.Batch, Tenants: cfg.Tenants, PeakRSS: map[string]int64{}}
+	res := PipelineResult{Batch: cfg.Batch, Tenants: cfg.Tenants, PeakRSS: map[string]int64{}, Meters: cfg.Meters}
 	fake := stripefake.New(stripefake.Config{})
 	srv := httptest.NewServer(fake)
 	defer func() { fake.Close(); srv.Close() }()
@@ -135,6 +150,16 @@ func Pipeline(ctx context.Context, cfg PipelineConfig, out io.Writer) (PipelineR
 	}
 	if err := st.Put(ctx, "/v1/admin/plans/probe", `{"quotas":[{"metric":"probe","limit":1,"hard":true}]}`); err != nil {
 		return res, err
+	}
+	if cfg.Meters {
+		for _, m := range pipelineMeters {
+			if err := st.Put(ctx, "/v1/admin/meters/"+m.name, m.body); err != nil {
+				return res, err
+			}
+		}
+		// The aggregator loads meter changes on a notification; give it
+		// time to, so that the first step's events count in them.
+		time.Sleep(2 * time.Second)
 	}
 	const breachProbes = 100
 	for i := range breachProbes {
@@ -227,6 +252,9 @@ func Pipeline(ctx context.Context, cfg PipelineConfig, out io.Writer) (PipelineR
 			evs := make([]events.Event, cfg.Batch)
 			for i := range evs {
 				evs[i] = events.New(fmt.Sprint("tenant-", rng.IntN(cfg.Tenants)), []string{"api_calls", "tokens"}[i%2], 1+rng.Int64N(100))
+				if cfg.Meters {
+					evs[i].Properties = map[string]string{"project": fmt.Sprint("p", rng.IntN(1000)), "user": fmt.Sprint("u", rng.IntN(10000))}
+				}
 			}
 			time.Sleep(time.Until(next))
 			next = next.Add(interval)

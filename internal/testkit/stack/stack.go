@@ -13,6 +13,7 @@
 package stack
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -310,7 +311,8 @@ func (s *Stack) Spawn(ctx context.Context, name, service string, env ...string) 
 	return p, nil
 }
 
-// Put sends an admin PUT (plans, tenants) to ingest with the admin key.
+// Put sends an admin PUT (plans, tenants, meters) to ingest with the
+// admin key; 200 and 201 are success.
 func (s *Stack) Put(ctx context.Context, path, body string) error {
 	req, err := http.NewRequestWithContext(ctx, "PUT", s.URLs["ingest"]+path, strings.NewReader(body))
 	if err != nil {
@@ -322,9 +324,10 @@ func (s *Stack) Put(ctx context.Context, path, body string) error {
 	if err != nil {
 		return fmt.Errorf("PUT %s: %w", path, err)
 	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("PUT %s: %d", path, resp.StatusCode)
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusCreated {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return fmt.Errorf("PUT %s: %d %s", path, resp.StatusCode, bytes.TrimSpace(msg))
 	}
 	return nil
 }
