@@ -512,15 +512,16 @@ func BenchmarkMeterStorage(b *testing.B) {
 			var rows, bytes, ledgerBytes int64
 			if err := db.Pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM usage_windows) + (SELECT count(*) FROM meter_uniques) + (SELECT count(*) FROM meter_group_keys),
 					pg_total_relation_size('usage_windows') + pg_total_relation_size('meter_uniques') + pg_total_relation_size('meter_group_keys'),
-					pg_total_relation_size('ledger') + pg_total_relation_size('ledger_overflow')`).Scan(&rows, &bytes, &ledgerBytes); err != nil {
+					pg_total_relation_size('ledger') + pg_total_relation_size('ledger_overflow') +
+						pg_total_relation_size('ledger_batches') + pg_total_relation_size('ledger_recorded')`).Scan(&rows, &bytes, &ledgerBytes); err != nil {
 				b.Fatal(err)
 			}
 			b.ReportMetric(float64(rows)/float64(processed), "rows/event")
 			b.ReportMetric(float64(bytes)/float64(processed), "bytes/event")
-			// The dedup ledger (heap, primary key and BRIN index, and its
-			// overflow), the same for every meter kind: one row per counted
-			// event. Its (tenant, metric) names, one row per pair, are not
-			// per event.
+			// The dedup ledger (heap, primary key and BRIN index, its
+			// overflow, its batch rows and recorded_at side rows), the same
+			// for every meter kind: one row per counted event. Its (tenant,
+			// metric) names, one row per pair, are not per event.
 			b.ReportMetric(float64(ledgerBytes)/float64(processed), "ledger-bytes/event")
 			perSecond(b, processed)
 		})
