@@ -6,7 +6,8 @@
 //
 //	accounts     plans, plan_versions, plan_quotas, tenants, tenant_plans,
 //	             tenant_billing_cycles, api_keys, meters
-//	usagedata    ledger, ledger_names, ledger_overflow, ledger_conflicts,
+//	usagedata    ledger, ledger_names, ledger_overflow, ledger_batches,
+//	             ledger_recorded, ledger_conflicts,
 //	             conflict_alerts, usage_windows,
 //	             usage_corrections, quota_breaches, spend_breaches,
 //	             consumer_offsets,

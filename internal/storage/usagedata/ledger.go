@@ -10,6 +10,13 @@ package usagedata
 // event holds (the same UUID in another tenant, or a digest collision) is
 // kept, whole, in ledger_overflow, and every operation here reads and
 // writes both tables.
+//
+// A ledger row has no recorded_at of its own (migration 0034): it is the
+// now() of the transaction that counted it, kept once per transaction in
+// ledger_batches (by counted_xid), which the statement inserting the
+// rows writes; rows counted before 0034 whose time no batch row gives
+// keep it in ledger_recorded. Readers take coalesce(ledger_recorded,
+// ledger_batches), as the view ledger_events does.
 
 import (
 	"bytes"
@@ -239,12 +246,19 @@ func InsertLedger(ctx context.Context, q storage.Executor, b *LedgerInsert, inse
 		sh[j], sv[j], so[j], stimes[j] = ledgerHash(b.Hashes[i]), b.Values[i], b.Offsets[i], b.Times[i]
 		index[ledgerInsertRow{keys[i], sr[j], texts[i]}] = i
 	}
-	rows, err := q.Query(ctx, `INSERT INTO ledger (id, id_text, ref, payload_hash, value, event_time, src_partition, src_offset)
-		SELECT k, it, r, h, v, ts, p, o
-		FROM unnest($1::uuid[], $2::text[], $3::int[], $4::bigint[], $5::bigint[], $6::timestamptz[], $7::smallint[], $8::bigint[])
-			AS b(k, it, r, h, v, ts, p, o)
-		ON CONFLICT (id) DO NOTHING
-		RETURNING id, ref, id_text`, sk, st, sr, sh, sv, stimes, sp, so)
+	// The transaction's batch row (its xid and now(), the recorded_at of
+	// every row it counts) is written by the same statement, when it
+	// inserts a row: a later statement of the transaction finds it there.
+	rows, err := q.Query(ctx, `WITH ins AS (INSERT INTO ledger (id, id_text, ref, payload_hash, value, event_time, src_partition, src_offset)
+			SELECT k, it, r, h, v, ts, p, o
+			FROM unnest($1::uuid[], $2::text[], $3::int[], $4::bigint[], $5::bigint[], $6::timestamptz[], $7::smallint[], $8::bigint[])
+				AS b(k, it, r, h, v, ts, p, o)
+			ON CONFLICT (id) DO NOTHING
+			RETURNING id, ref, id_text),
+		batch AS (INSERT INTO ledger_batches (counted_xid, recorded_at)
+			SELECT pg_current_xact_id(), now() WHERE EXISTS (SELECT 1 FROM ins)
+			ON CONFLICT (counted_xid) DO NOTHING)
+		SELECT id, ref, id_text FROM ins`, sk, st, sr, sh, sv, stimes, sp, so)
 	if err != nil {
 		return fmt.Errorf("inserting into the ledger: %w", err)
 	}
@@ -341,10 +355,12 @@ func ReadLedger(ctx context.Context, q storage.Executor, tenants, ids []string, 
 		return nil
 	}
 	keys, texts := ledgerKeys(tenants, ids)
-	main := `SELECT b.n, l.payload_hash, n.metric, l.value, l.event_time, l.recorded_at
+	main := `SELECT b.n, l.payload_hash, n.metric, l.value, l.event_time, coalesce(s.recorded_at, lb.recorded_at)
 		FROM unnest($1::text[], $2::uuid[], $3::text[]) WITH ORDINALITY AS b(t, k, it, n)
 		JOIN ledger l ON l.id = b.k AND l.id_text = b.it
-		JOIN ledger_names n ON n.ref = l.ref AND n.tenant = b.t`
+		JOIN ledger_names n ON n.ref = l.ref AND n.tenant = b.t
+		LEFT JOIN ledger_recorded s ON s.id = l.id
+		LEFT JOIN ledger_batches lb ON lb.counted_xid = l.counted_xid`
 	over := `SELECT b.n, o.payload_hash, o.metric, o.value, o.event_time, o.recorded_at
 		FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS b(t, i, n)
 		JOIN ledger_overflow o ON o.tenant = b.t AND o.event_id = b.i`

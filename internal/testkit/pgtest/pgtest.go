@@ -151,7 +151,9 @@ func (db *DB) String() string { return fmt.Sprintf("pgtest.DB(%s)", accounts.Red
 // payload_hash, metric, value, event_time, src_partition, src_offset,
 // recorded_at, counted_xid; event_day is ignored, it is event_time's)
 // writes the compact row, adding the names it needs, as the product's
-// ledger operations would. A row whose (tenant, id) the ledger holds is
+// ledger operations would: the transaction's batch row when the row is
+// of this transaction at its now(), else (another xid, another time) a
+// ledger_recorded row keeping its recorded_at. A row whose (tenant, id) the ledger holds is
 // skipped, and not counted in the statement's rows. For test setup only:
 // the product writes the ledger through internal/storage/usagedata.
 func (db *DB) LedgerEventsWritable(tb testing.TB) {
@@ -159,15 +161,26 @@ func (db *DB) LedgerEventsWritable(tb testing.TB) {
 	db.Exec(tb, `CREATE FUNCTION pgtest_ledger_events_insert() RETURNS trigger LANGUAGE plpgsql AS $$
 		DECLARE
 			r integer;
+			k uuid;
+			x xid8 := coalesce(NEW.counted_xid, pg_current_xact_id());
+			at timestamptz := coalesce(NEW.recorded_at, now());
 		BEGIN
 			INSERT INTO ledger_names (tenant, metric) VALUES (NEW.tenant, NEW.metric) ON CONFLICT (tenant, metric) DO NOTHING;
 			SELECT ref INTO r FROM ledger_names WHERE tenant = NEW.tenant AND metric = NEW.metric;
-			INSERT INTO ledger (id, id_text, ref, payload_hash, value, event_time, src_partition, src_offset, recorded_at, counted_xid)
+			INSERT INTO ledger (id, id_text, ref, payload_hash, value, event_time, src_partition, src_offset, counted_xid)
 			VALUES (ledger_key(NEW.tenant, NEW.event_id), ledger_id_text(NEW.event_id), r, coalesce(NEW.payload_hash, 0), NEW.value, NEW.event_time,
-				NEW.src_partition, NEW.src_offset, coalesce(NEW.recorded_at, now()), coalesce(NEW.counted_xid, pg_current_xact_id()))
-			ON CONFLICT (id) DO NOTHING;
+				NEW.src_partition, NEW.src_offset, x)
+			ON CONFLICT (id) DO NOTHING
+			RETURNING id INTO k;
 			IF NOT FOUND THEN
 				RETURN NULL;
+			END IF;
+			IF x = pg_current_xact_id() AND at = now() THEN
+				INSERT INTO ledger_batches (counted_xid, recorded_at) VALUES (x, at) ON CONFLICT (counted_xid) DO NOTHING;
+			END IF;
+			IF (SELECT recorded_at FROM ledger_batches WHERE counted_xid = x) IS DISTINCT FROM at THEN
+				INSERT INTO ledger_recorded (id, recorded_at) VALUES (k, at)
+				ON CONFLICT (id) DO UPDATE SET recorded_at = excluded.recorded_at;
 			END IF;
 			RETURN NEW;
 		END
