@@ -7,8 +7,12 @@
 --
 -- ledger_batches
 --   One row per transaction that counted ledger rows: its xid
---   (counted_xid) and its now() (recorded_at). Written by usagedata in the
---   statement that inserts the ledger rows.
+--   (counted_xid) and its now() (recorded_at). Written by the trigger
+--   ledger_batch_row after every statement that inserts into ledger,
+--   whoever runs it (a process of an older release still running during
+--   an upgrade writes ledger rows without knowing of this table), so every
+--   ledger row of a transaction has its batch row. Indexed by recorded_at
+--   for retention.
 -- ledger_recorded
 --   The recorded_at of a ledger row whose time no batch row gives: rows
 --   counted before lineage (0024; counted_xid NULL), and rows of an xid
@@ -71,6 +75,18 @@ ORDER BY event_time, id;
 
 DROP TABLE ledger_v2;
 CREATE INDEX ledger_event_time ON ledger USING brin (event_time);
+CREATE INDEX ledger_batches_recorded_at ON ledger_batches (recorded_at);
+
+-- After each statement that inserts into ledger, the transaction's batch
+-- row (a statement that inserted nothing new writes one too: harmless,
+-- retention deletes it).
+CREATE FUNCTION ledger_batch_row() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO ledger_batches (counted_xid, recorded_at) VALUES (pg_current_xact_id(), now())
+    ON CONFLICT (counted_xid) DO NOTHING;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER ledger_batch_row AFTER INSERT ON ledger FOR EACH STATEMENT EXECUTE FUNCTION ledger_batch_row();
 
 CREATE VIEW ledger_events AS
 SELECT n.tenant, ledger_event_id(l.id, l.id_text) AS event_id, l.payload_hash, n.metric, l.value, l.event_time,

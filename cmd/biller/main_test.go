@@ -38,7 +38,7 @@ func TestCommandLines(t *testing.T) {
 		{"dlq replay of a push not dead", []string{"dlq", "replay", "5", "-database-url", db.URL}, 1, "none of the named records"},
 		{"dlq list", []string{"dlq", "list", "-database-url", db.URL}, 0, "ID  DEAD SINCE"},
 		{"dlq list, none", []string{"dlq", "list", "-database-url", db.URL}, 0, "\n0 pushes in the billing DLQ\n"},
-		{"dlq list as JSON, none", []string{"dlq", "list", "--format", "json", "-database-url", db.URL}, 0, "null\n"},
+		{"dlq list as JSON, none", []string{"dlq", "list", "--format", "json", "-database-url", db.URL}, 0, "[]\n"},
 		{"dlq list, stray argument", []string{"dlq", "list", "x", "-database-url", db.URL}, 1, "unexpected argument"},
 		{"holds list, none", []string{"holds", "list", "-database-url", db.URL}, 0, "ID  HELD SINCE"},
 		{"holds list as JSON, none", []string{"holds", "list", "--format", "json", "-database-url", db.URL}, 0, "[]\n"},

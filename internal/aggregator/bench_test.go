@@ -260,8 +260,7 @@ func naiveEvent(ctx context.Context, db *pgtest.DB, e events.Event) error {
 		if _, err := tx.Exec(ctx, `INSERT INTO ledger_names (tenant, metric) VALUES ($1, $2) ON CONFLICT DO NOTHING`, e.Tenant, e.Metric); err != nil {
 			return err
 		}
-		tag, err := tx.Exec(ctx, `WITH batch AS (INSERT INTO ledger_batches (counted_xid, recorded_at) VALUES (pg_current_xact_id(), now()) ON CONFLICT DO NOTHING)
-			INSERT INTO ledger (id, id_text, ref, payload_hash, value, event_time, src_partition, src_offset)
+		tag, err := tx.Exec(ctx, `INSERT INTO ledger (id, id_text, ref, payload_hash, value, event_time, src_partition, src_offset)
 			SELECT ledger_key($1, $2), ledger_id_text($2), n.ref, 0, $4, $5, 0, 0 FROM ledger_names n WHERE n.tenant = $1 AND n.metric = $3
 			ON CONFLICT DO NOTHING`, e.Tenant, e.ID, e.Metric, e.Value, e.Time)
 		if err != nil || tag.RowsAffected() == 0 {
@@ -296,8 +295,7 @@ func ceilingBatch(ctx context.Context, db *pgtest.DB, evs []events.Event) error 
 				INSERT INTO ledger (id, id_text, ref, payload_hash, value, event_time, src_partition, src_offset)
 				SELECT ledger_key(s.tenant, s.event_id), ledger_id_text(s.event_id), n.ref, 0, s.value, s.event_time, 0, 0
 				FROM staging s JOIN ledger_names n ON n.tenant = s.tenant AND n.metric = s.metric
-				ON CONFLICT DO NOTHING RETURNING ref, value, event_time),
-			batch AS (INSERT INTO ledger_batches (counted_xid, recorded_at) VALUES (pg_current_xact_id(), now()) ON CONFLICT DO NOTHING)
+				ON CONFLICT DO NOTHING RETURNING ref, value, event_time)
 			INSERT INTO usage_windows (tenant, meter, granularity, window_start, value, events)
 			SELECT n.tenant, n.metric, g, CASE g WHEN 'minute' THEN date_trunc('minute', event_time) WHEN 'hour' THEN date_trunc('hour', event_time)
 				WHEN 'day' THEN date_trunc('day', event_time) ELSE date_trunc('month', event_time) END AS ws, sum(value), count(*)

@@ -138,8 +138,6 @@ type list[T any] struct {
 	row    func(T) string
 	// counted ends the table: "%d pushes held for approval".
 	counted string
-	// emptyJSON is the JSON of no items: "[]" or "null".
-	emptyJSON string
 }
 
 // runList runs a list command: args must be empty; read gives the items
@@ -159,9 +157,8 @@ func runList[T any](ctx context.Context, env Env, f listFlags, args []string, l 
 	}
 	out := env.Out
 	if f.Format == "json" {
-		if len(items) == 0 {
-			_, err := fmt.Fprintln(out, l.emptyJSON)
-			return err
+		if items == nil {
+			items = []T{} // none is [], not null
 		}
 		return json.NewEncoder(out).Encode(items)
 	}
@@ -185,8 +182,7 @@ func dlqList(ctx context.Context, env Env, f listFlags, args []string) error {
 			return fmt.Sprintf("%d\t%s\t%s\t%s\t%s\t%s\t%d\t%s", d.ID, d.DeadSince.UTC().Format(time.RFC3339), d.Tenant, d.Metric, d.Period, d.Value,
 				d.Attempts, terminalText(d.LastError, 80))
 		},
-		counted:   "%d pushes in the billing DLQ",
-		emptyJSON: "null",
+		counted: "%d pushes in the billing DLQ",
 	}, (*stripesync.Biller).DeadLetters)
 }
 

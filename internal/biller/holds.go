@@ -99,8 +99,7 @@ func holdsList(ctx context.Context, env Env, f listFlags, args []string) error {
 			return fmt.Sprintf("%d\t%s\t%s\t%s\t%s\t%s\t%d\t%s", h.ID, h.HeldSince.UTC().Format(time.RFC3339), terminalText(h.Tenant, 64),
 				terminalText(h.Metric, 64), h.Period, h.Value, h.Waiting, terminalText(h.Reason, 100))
 		},
-		counted:   "%d pushes held for approval",
-		emptyJSON: "[]",
+		counted: "%d pushes held for approval",
 	}, (*stripesync.Biller).Holds)
 }
 

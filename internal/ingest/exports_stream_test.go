@@ -23,8 +23,7 @@ func TestExportStreamsAMillionEvents(t *testing.T) {
 	// id as its key (ledger_key) with an empty id_text, and ascending keys
 	// fill the ledger's index in order, so the million rows are written
 	// in seconds rather than minutes.
-	e.db.Exec(t, `WITH batch AS (INSERT INTO ledger_batches (counted_xid, recorded_at) VALUES (pg_current_xact_id(), now()))
-		INSERT INTO ledger (id, id_text, ref, payload_hash, value, event_time, src_partition, src_offset)
+	e.db.Exec(t, `INSERT INTO ledger (id, id_text, ref, payload_hash, value, event_time, src_partition, src_offset)
 		SELECT lpad(to_hex(g), 32, '0')::uuid, '', (SELECT ref FROM ledger_names WHERE tenant = 'big' AND metric = 'api_calls'), 0, g, '2026-11-21T00:00:00Z'::timestamptz + g * interval '1 millisecond', g % 4, g
 		FROM generate_series(1, $1) g`, n)
 	req, err := http.NewRequest("GET", e.srv.URL+"/v1/exports/events?tenant=big&from=2026-11-21T00:00:00Z&to=2026-11-22T00:00:00Z", nil)

@@ -247,18 +247,14 @@ func InsertLedger(ctx context.Context, q storage.Executor, b *LedgerInsert, inse
 		index[ledgerInsertRow{keys[i], sr[j], texts[i]}] = i
 	}
 	// The transaction's batch row (its xid and now(), the recorded_at of
-	// every row it counts) is written by the same statement, when it
-	// inserts a row: a later statement of the transaction finds it there.
-	rows, err := q.Query(ctx, `WITH ins AS (INSERT INTO ledger (id, id_text, ref, payload_hash, value, event_time, src_partition, src_offset)
+	// every row it counts) is written by the trigger ledger_batch_row
+	// after the statement (migration 0034).
+	rows, err := q.Query(ctx, `INSERT INTO ledger (id, id_text, ref, payload_hash, value, event_time, src_partition, src_offset)
 			SELECT k, it, r, h, v, ts, p, o
 			FROM unnest($1::uuid[], $2::text[], $3::int[], $4::bigint[], $5::bigint[], $6::timestamptz[], $7::smallint[], $8::bigint[])
 				AS b(k, it, r, h, v, ts, p, o)
 			ON CONFLICT (id) DO NOTHING
-			RETURNING id, ref, id_text),
-		batch AS (INSERT INTO ledger_batches (counted_xid, recorded_at)
-			SELECT pg_current_xact_id(), now() WHERE EXISTS (SELECT 1 FROM ins)
-			ON CONFLICT (counted_xid) DO NOTHING)
-		SELECT id, ref, id_text FROM ins`, sk, st, sr, sh, sv, stimes, sp, so)
+			RETURNING id, ref, id_text`, sk, st, sr, sh, sv, stimes, sp, so)
 	if err != nil {
 		return fmt.Errorf("inserting into the ledger: %w", err)
 	}

@@ -14,7 +14,8 @@ import (
 
 // The rows a transaction counts, in one InsertLedger or several, read
 // back (ReadLedger, ledger_events) recorded at that transaction's now(),
-// from one batch row; a transaction counting nothing new writes none.
+// from one batch row, written by the ledger's trigger: also for rows a
+// process of an older release inserts without knowing of batch rows.
 func TestLedgerRecordedAtIsTheTransactionsNow(t *testing.T) {
 	t.Parallel()
 	db := pgtest.New(t)
@@ -41,10 +42,21 @@ func TestLedgerRecordedAtIsTheTransactionsNow(t *testing.T) {
 	if !second.After(first) {
 		t.Fatalf("second transaction's now() %v not after the first's %v", second, first)
 	}
-	count("a", "d") // nothing new
+	count("a", "d") // nothing new: a batch row of no rows
+	// An older release's insert, which writes no batch row itself.
+	var old time.Time
+	if err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `INSERT INTO ledger (id, id_text, ref, payload_hash, value, event_time, src_partition, src_offset)
+			SELECT ledger_key('acme', 'e'), ledger_id_text('e'), ref, 0, 1, $1, 0, 9 FROM ledger_names WHERE tenant = 'acme'`, at); err != nil {
+			return err
+		}
+		return tx.QueryRow(ctx, `SELECT now()`).Scan(&old)
+	}); err != nil {
+		t.Fatal(err)
+	}
 
-	want := map[string]time.Time{"a": first, "b": first, "c": first, "d": second}
-	ids := []string{"a", "b", "c", "d"}
+	want := map[string]time.Time{"a": first, "b": first, "c": first, "d": second, "e": old}
+	ids := []string{"a", "b", "c", "d", "e"}
 	for _, lock := range []bool{false, true} {
 		got := map[string]time.Time{}
 		if err := usagedata.ReadLedger(ctx, db.Pool, slices.Repeat([]string{"acme"}, len(ids)), ids, lock, func(_, id string, r usagedata.LedgerRow) {
@@ -69,8 +81,8 @@ func TestLedgerRecordedAtIsTheTransactionsNow(t *testing.T) {
 			(SELECT count(*) FROM ledger WHERE counted_xid = $1::bigint::text::xid8)`, int64(firstXid)).Scan(&batches, &side, &firstRows); err != nil {
 		t.Fatal(err)
 	}
-	if batches != 2 || side != 0 || firstRows != 3 {
-		t.Errorf("%d batch rows, %d side rows, %d rows of the first xid; want 2, 0, 3", batches, side, firstRows)
+	if batches != 4 || side != 0 || firstRows != 3 {
+		t.Errorf("%d batch rows, %d side rows, %d rows of the first xid; want 4, 0, 3", batches, side, firstRows)
 	}
 	// The row, without recorded_at: 24 bytes of header, 62 of fixed data
 	// (5 8-byte columns, the 16-byte id, ref, partition), then id_text (1
@@ -82,7 +94,7 @@ func TestLedgerRecordedAtIsTheTransactionsNow(t *testing.T) {
 }
 
 // Retention deletes the recorded_at side rows of the ledger rows it
-// deletes, and the batch rows recorded more than a day before the
+// deletes, and the batch rows recorded more than a week before the
 // cutoff's day, and keeps every other.
 func TestDeleteExpiredSideAndBatchRows(t *testing.T) {
 	t.Parallel()
@@ -96,7 +108,7 @@ func TestDeleteExpiredSideAndBatchRows(t *testing.T) {
 		VALUES ('acme', 'old', 0, 'calls', 1, $1, 0, 1, $1, '5000'), ('acme', 'kept', 0, 'calls', 1, $2, 0, 2, $2, '5001')`,
 		day.Add(-time.Hour), day.Add(time.Hour))
 	db.Exec(t, `INSERT INTO ledger_batches (counted_xid, recorded_at) VALUES ('6000', $1), ('6001', $2), ('6002', $3)`,
-		day.Add(-24*time.Hour-time.Microsecond), day.Add(-24*time.Hour), day.Add(-time.Hour))
+		day.Add(-7*24*time.Hour-time.Microsecond), day.Add(-7*24*time.Hour), day.Add(-time.Hour))
 	// This transaction's batch row, recorded now: kept.
 	if err := usagedata.InsertLedger(ctx, db.Pool, ledgerBatch("acme", day.Add(2*time.Hour), "fresh"), func(string, string) {}); err != nil {
 		t.Fatal(err)

@@ -18,10 +18,11 @@ const retentionBatch = 10000
 // event a batch recorded before the day's midnight minus a day counted
 // is before that midnight, so retention deleted its ledger rows (in
 // this call or an earlier one), whatever the batch's duration or the
-// skew between the aggregator's clock and the database's, up to a day.
-// Deleting by time needs no index on ledger.counted_xid, which the
-// ledger (one row per event) does not carry.
-const batchMargin = 24 * time.Hour
+// skew between the aggregator's clock and the database's, up to a week
+// (a margin that costs a week of batch rows, one per transaction).
+// Deleting by time (ledger_batches_recorded_at) needs no index on
+// ledger.counted_xid, which the ledger (one row per event) does not carry.
+const batchMargin = 7 * 24 * time.Hour
 
 // DeleteExpired deletes ledger rows (and overflow rows) of event days
 // before cutoff's (UTC) day, that is of event times before that day's

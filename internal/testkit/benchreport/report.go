@@ -336,6 +336,9 @@ func (r *Run) WritePipelineOnly(w io.Writer, loadBefore, loadAfter string) {
 	p("| ceiling like the pipeline (%s tenants, at the current time, batches of %s events) | %s | %s | 1.00 |", n0(float64(r.Pipeline.Tenants)),
 		n0(r.get("aggregator/CeilingLikePipeline", "events/batch")), n0(like), ratio(like, ceiling))
 	p("| **pipeline**: HTTP ingest → Kafka → aggregator → Postgres, sustained | %s | %s | %s |", n0(r.Pipeline.Sustained), ratio(r.Pipeline.Sustained, ceiling), ratio(r.Pipeline.Sustained, like))
+	if pm := r.PipelineMeters; pm.Meters {
+		p("| **pipeline**, three meters per event (below) | %s | %s | %s |", n0(pm.Sustained), ratio(pm.Sustained, ceiling), ratio(pm.Sustained, like))
+	}
 	p("")
 	p("%s\n", likeCeilingWhy)
 	r.writePipeline(p)

@@ -151,8 +151,8 @@ func (db *DB) String() string { return fmt.Sprintf("pgtest.DB(%s)", accounts.Red
 // payload_hash, metric, value, event_time, src_partition, src_offset,
 // recorded_at, counted_xid; event_day is ignored, it is event_time's)
 // writes the compact row, adding the names it needs, as the product's
-// ledger operations would: the transaction's batch row when the row is
-// of this transaction at its now(), else (another xid, another time) a
+// ledger operations would: the transaction's batch row comes from the
+// ledger's trigger; a row of another xid or another time gets a
 // ledger_recorded row keeping its recorded_at. A row whose (tenant, id) the ledger holds is
 // skipped, and not counted in the statement's rows. For test setup only:
 // the product writes the ledger through internal/storage/usagedata.
@@ -174,9 +174,6 @@ func (db *DB) LedgerEventsWritable(tb testing.TB) {
 			RETURNING id INTO k;
 			IF NOT FOUND THEN
 				RETURN NULL;
-			END IF;
-			IF x = pg_current_xact_id() AND at = now() THEN
-				INSERT INTO ledger_batches (counted_xid, recorded_at) VALUES (x, at) ON CONFLICT (counted_xid) DO NOTHING;
 			END IF;
 			IF (SELECT recorded_at FROM ledger_batches WHERE counted_xid = x) IS DISTINCT FROM at THEN
 				INSERT INTO ledger_recorded (id, recorded_at) VALUES (k, at)
