@@ -59,9 +59,11 @@ type MeterQuery struct {
 	// property matches no value.
 	Filter map[string]string
 	// MaxWindows, when positive, is the most windows (groups times
-	// periods) an answer may hold; more is ErrTooManyWindows, as is a sum,
-	// count or max range of more than 100 times as many stored windows
-	// (of all the meter's groups, before filter and folding).
+	// periods) an answer may hold; more is ErrTooManyWindows. Postgres
+	// folds the stored windows into the answer's, so a read holds the
+	// answer's windows only, never the stored ones: of every aggregation
+	// but unique_count, at most MaxWindows+1 windows are sent, however
+	// many stored windows the range holds.
 	MaxWindows int
 }
 
@@ -216,28 +218,23 @@ type MeterUsage struct {
 //   - unique_count: the number of distinct values across the folded
 //     windows' meter_uniques rows, not the sum of their counts.
 //
-// Sum, count and max windows are folded here, from the stored windows,
-// in int64 while the values fit and as big integers beyond; latest and
-// unique_count windows are folded in SQL. A group's total over the range
-// folds its windows the same way (for sum, count, max and latest, here);
-// for unique_count, SQL counts the distinct values seen over the range,
-// from the value rows of the windows of this granularity (a value seen
-// in two windows counts once). Events always add. A stored group key
-// that is a digest (migration 0014) is resolved through
-// meter_group_keys.
+// The answer's windows are folded in SQL, exactly (numeric sums and
+// maxima, never floats), by one statement (meterUsageSQL): the filter
+// and the group of each stored key are applied there, so Postgres sends
+// the answer's windows, not the stored ones. A group's total over the
+// range folds its windows here, the same way (for sum, count, max and
+// latest), in int64 while the values fit and as big integers beyond; for
+// unique_count, SQL counts the distinct values seen over the range, from
+// the value rows of the windows of this granularity (a value seen in two
+// windows counts once). Events always add. A stored group key that is a
+// digest (migration 0014) is resolved through meter_group_keys.
 //
 // The windows in range are one range of usage_windows' primary key
 // (tenant, meter, granularity, window_start, group_key; migration 0033),
-// read by one index scan in start order, so a read costs the windows it
-// answers, not the tenant's other windows or the meter's other periods.
-// Sum, count and max windows are read as stored, with their group keys,
-// and a second statement gives the group of each distinct key; latest
-// and unique_count are answered by one statement.
+// so a read costs the windows in range, not the tenant's other windows
+// or the meter's other periods: the range's distinct keys come from the
+// index alone, its values from one scan of the range's heap.
 func (r *Reader) MeterUsage(ctx context.Context, q MeterQuery) (MeterUsage, error) {
-	switch q.Meter.Aggregation {
-	case meter.Sum, meter.Count, meter.Max:
-		return r.storedUsage(ctx, q)
-	}
 	return r.meterUsage(ctx, q)
 }
 
@@ -322,149 +319,12 @@ func (f *folded) group(n int64, vals []pgtype.Text) error {
 	return nil
 }
 
-// storedPerWindow bounds the stored windows a sum, count or max read
-// holds in memory before folding: at most this many per window its answer
-// may hold (q.MaxWindows), so that a range of a meter with very many
-// groups, read to answer a few of them (a filter) or to fold them into
-// few, is refused rather than read whole into memory.
-const storedPerWindow = 100
-
 // tooMany is the error of an answer of more than q.MaxWindows windows.
 func tooMany(q MeterQuery) error {
 	return fmt.Errorf("reading usage of meter %s: %w: more than %d", q.Meter.Name, ErrTooManyWindows, q.MaxWindows)
 }
 
-// storedUsage answers a sum, count or max query: the windows in range as
-// stored (group key, start, value, events), one index range scan; then
-// the group of each distinct key (groupsOfKeysSQL), and the fold here.
-func (r *Reader) storedUsage(ctx context.Context, q MeterQuery) (MeterUsage, error) {
-	gsql, gargs, err := groupsOfKeysSQL(q)
-	if err != nil {
-		return MeterUsage{}, err
-	}
-	sched, err := periodsOf(ctx, r.q, q.Tenant, q.Granularity)
-	if err != nil {
-		return MeterUsage{}, err
-	}
-	fail := func(err error) (MeterUsage, error) {
-		return MeterUsage{}, fmt.Errorf("reading usage of meter %s: %w", q.Meter.Name, err)
-	}
-	// A meter without groups has the empty key only; a grouped meter's
-	// keys are JSON arrays or digests.
-	keyCond := ` AND group_key <> ''`
-	if len(q.Meter.GroupBy) == 0 {
-		keyCond = ` AND group_key = ''`
-	}
-	rows, err := r.q.Query(ctx, `SELECT group_key, window_start, value, events FROM usage_windows
-		WHERE tenant = $1 AND meter = $2 AND granularity = $3 AND window_start >= $4 AND window_start < $5`+keyCond,
-		q.Tenant, q.Meter.Name, string(q.Granularity), q.From, q.To)
-	if err != nil {
-		return fail(err)
-	}
-	defer rows.Close()
-	type stored struct {
-		key    int32 // index in keys
-		start  time.Time
-		value  amount
-		events int64
-	}
-	var (
-		dec    = rowDecoder{m: rows.Conn().TypeMap(), fds: rows.FieldDescriptions()}
-		keyOf  = map[string]int32{}
-		keys   []string
-		stores []stored
-	)
-	for rows.Next() {
-		raw := rows.RawValues()
-		if len(raw) != 4 || raw[0] == nil {
-			return fail(fmt.Errorf("a window row of %d columns", len(raw)))
-		}
-		k, ok := keyOf[string(raw[0])] // no copy of the key for the lookup
-		if !ok {
-			if len(keys) == math.MaxInt32 {
-				return fail(errors.New("more group keys than an int32 counts"))
-			}
-			k = int32(len(keys))
-			keys = append(keys, string(raw[0]))
-			keyOf[keys[k]] = k
-		}
-		x := stored{key: k}
-		start, err := dec.time(raw, 1)
-		if err != nil {
-			return fail(err)
-		}
-		x.start = start.Time.UTC()
-		if x.value, err = dec.amount(raw, 2); err != nil {
-			return fail(err)
-		}
-		if x.events, err = dec.int(raw, 3); err != nil {
-			return fail(err)
-		}
-		if q.MaxWindows > 0 && len(stores) >= storedPerWindow*q.MaxWindows {
-			return MeterUsage{}, fmt.Errorf("reading usage of meter %s: %w: the range holds more than %d stored windows",
-				q.Meter.Name, ErrTooManyWindows, storedPerWindow*q.MaxWindows)
-		}
-		stores = append(stores, x)
-	}
-	if err := rows.Err(); err != nil {
-		return fail(err)
-	}
-	rows.Close()
-	f := folded{agg: q.Meter.Aggregation, max: q.MaxWindows}
-	gid := make([]int32, len(keys)) // 0: the key's group is not in the answer
-	if len(keys) > 0 {
-		grows, err := r.q.Query(ctx, gsql, append(gargs, keys)...)
-		if err != nil {
-			return fail(err)
-		}
-		defer grows.Close()
-		for grows.Next() {
-			var (
-				sk   string
-				n    int32
-				vals []pgtype.Text
-			)
-			if err := grows.Scan(&sk, &n, &vals); err != nil {
-				return fail(err)
-			}
-			k, ok := keyOf[sk]
-			if !ok {
-				return fail(fmt.Errorf("group of key %.80q, which was not read", sk))
-			}
-			if n < 1 {
-				return fail(fmt.Errorf("a group numbered %d", n))
-			}
-			gid[k] = n
-			if int(n) >= len(f.groups) || f.groups[n] == nil {
-				if err := f.group(int64(n), vals); err != nil {
-					return fail(err)
-				}
-			}
-		}
-		if err := grows.Err(); err != nil {
-			return fail(err)
-		}
-	}
-	for _, x := range stores {
-		g := gid[x.key]
-		if g == 0 {
-			continue
-		}
-		if err := f.window(usageRow{group: g, start: x.start, value: x.value, events: x.events}); err != nil {
-			if errors.Is(err, errTooMany) {
-				return MeterUsage{}, tooMany(q)
-			}
-			return fail(err)
-		}
-	}
-	out, err := f.answer(q, sched)
-	if err != nil {
-		return fail(err)
-	}
-	return out, nil
-}
-
-// meterUsage answers a latest or unique_count query by meterUsageSQL(q).
+// meterUsage answers q by meterUsageSQL(q).
 func (r *Reader) meterUsage(ctx context.Context, q MeterQuery) (MeterUsage, error) {
 	sql, args, err := meterUsageSQL(q)
 	if err != nil {
@@ -994,35 +854,16 @@ func groupSQL(q MeterQuery) (string, []any, error) {
 	return sql, args, nil
 }
 
-// groupsOfKeysSQL checks q against its meter and returns the statement
-// that gives the group of each stored key of its last argument (a text
-// array, which the caller appends to the arguments): rows of (stored
-// key, group number, group values), for the keys whose group the
-// filter keeps.
-func groupsOfKeysSQL(q MeterQuery) (string, []any, error) {
-	groups, args, err := groupSQL(q)
-	if err != nil {
-		return "", nil, err
-	}
-	sql := `WITH keys AS (
-		SELECT DISTINCT sk FROM unnest($` + strconv.Itoa(len(args)+1) + `::text[]) AS u(sk)
-	), ` + groups + `
-	SELECT km.sk, km.gid, g.grp FROM km JOIN g ON g.gid = km.gid`
-	// The range's arguments are not all used: Postgres must know their
-	// types all the same.
-	sql += ` WHERE $1::text IS NOT NULL AND $2::text IS NOT NULL AND $3::text IS NOT NULL AND $4::timestamptz IS NOT NULL AND $5::timestamptz IS NOT NULL`
-	return sql, args, nil
-}
-
 // meterUsageSQL checks q against its meter and returns the statement that
 // answers it (a latest or unique_count meter) and its arguments. The
 // statement's rows are (group number, group values, start, value,
 // events, kind, latest time, latest id), kind being -1 for a group and
 // its values, 0 for a group's window, 1 for a group's total, 3 for the
-// total of everything (GROUPING(group, start)). The windows in range
-// are one range of the primary key (tenant, meter, granularity,
-// window_start, group_key), as are their unique values (meter_uniques'
-// key is ordered the same way).
+// total of everything (GROUPING(group, start)); of every aggregation but
+// unique_count, at most q.MaxWindows+1 windows (when it is positive).
+// The windows in range are one range of the primary key (tenant, meter,
+// granularity, window_start, group_key), as are their unique values
+// (meter_uniques' key is ordered the same way).
 func meterUsageSQL(q MeterQuery) (string, []any, error) {
 	groups, args, err := groupSQL(q)
 	if err != nil {
@@ -1068,8 +909,7 @@ func meterUsageSQL(q MeterQuery) (string, []any, error) {
 	)`
 		rows = `SELECT gid, NULL::text[], s, v, e, gr, lt, li FROM a`
 	default:
-		// Sum, count and max are read as stored (storedUsage); folded
-		// here when asked all the same.
+		// Sum and count add (numeric sums, exact); max keeps the greatest.
 		fold := "sum"
 		if d.Aggregation == meter.Max {
 			fold = "max"
@@ -1077,10 +917,18 @@ func meterUsageSQL(q MeterQuery) (string, []any, error) {
 		sql += `, a AS (SELECT w.gid, w.s, ` + fold + `(w.v) AS v, sum(w.e)::bigint AS e FROM w GROUP BY w.gid, w.s)`
 		rows = `SELECT gid, NULL::text[], s, v, e, 0, NULL::timestamptz, NULL::text FROM a`
 	}
+	// An answer of more than q.MaxWindows windows is refused: one window
+	// more than that is enough to tell, so no more are sent. (A
+	// unique_count answer's rows mix windows and totals in no order, so
+	// no count of its rows says how many windows it holds.)
+	if q.MaxWindows > 0 && d.Aggregation != meter.UniqueCount {
+		args = append(args, int64(q.MaxWindows)+1)
+		rows += ` LIMIT $` + strconv.Itoa(len(args))
+	}
 	sql += `
 	SELECT gid, grp, NULL::timestamptz AS s, NULL::numeric AS v, NULL::bigint AS e, -1 AS gr, NULL::timestamptz AS lt, NULL::text AS li FROM g
 	UNION ALL
-	` + rows
+	(` + rows + `)`
 	return sql, args, nil
 }
 
