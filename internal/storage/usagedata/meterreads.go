@@ -250,31 +250,24 @@ const (
 	colLatestID
 )
 
-// cellKey is a window of the answer: a group number and a start.
-type cellKey struct {
-	group int32
-	start int64 // Unix microseconds
-}
-
 // folded is an answer being folded: its groups, its windows (one per
-// group and start) and, for unique_count, its totals from SQL.
+// group and start, as SQL folded them) and, for unique_count, its totals
+// from SQL.
 type folded struct {
 	agg    meter.Aggregation
 	max    int // MeterQuery.MaxWindows
 	ws, ts []usageRow
-	cells  map[cellKey]int32
 	all    usageRow
 	groups []groupValues // by group number
-	// byGroup lists each group's windows (indexes in ws) as they come;
-	// windows mostly come in order of start, so the group's last window
-	// is the one most rows fold into.
+	// byGroup lists each group's windows (indexes in ws) as they come.
 	byGroup [][]int32
 }
 
 var errTooMany = errors.New("too many windows")
 
-// window folds x, a window of group x.group starting at x.start, into
-// the answer's window of that group and start.
+// window adds x, the window of group x.group starting at x.start, to
+// the answer. SQL folded it: no other row is of the same group and start
+// (answer checks).
 func (f *folded) window(x usageRow) error {
 	if x.group < 0 || x.group > math.MaxInt32-1 {
 		return fmt.Errorf("a row of group %d, which is not numbered", x.group)
@@ -282,27 +275,13 @@ func (f *folded) window(x usageRow) error {
 	for len(f.byGroup) <= int(x.group) {
 		f.byGroup = append(f.byGroup, nil)
 	}
-	mine := f.byGroup[x.group]
-	if n := len(mine); n > 0 && f.ws[mine[n-1]].start.Equal(x.start) {
-		f.ws[mine[n-1]].fold(f.agg, x)
-		return nil
-	}
-	if f.cells == nil {
-		f.cells = make(map[cellKey]int32)
-	}
-	k := cellKey{x.group, x.start.UnixMicro()}
-	if i, ok := f.cells[k]; ok {
-		f.ws[i].fold(f.agg, x)
-		return nil
-	}
 	if f.max > 0 && len(f.ws) >= f.max {
 		return errTooMany
 	}
 	if len(f.ws) == math.MaxInt32 {
 		return errors.New("more windows than an int32 counts")
 	}
-	f.cells[k] = int32(len(f.ws))
-	f.byGroup[x.group] = append(mine, int32(len(f.ws)))
+	f.byGroup[x.group] = append(f.byGroup[x.group], int32(len(f.ws)))
 	f.ws = append(f.ws, x)
 	return nil
 }
@@ -450,6 +429,11 @@ func (f *folded) answer(q MeterQuery, sched billingcycle.Schedule) (MeterUsage, 
 		mine := byGroup[g]
 		if !slices.IsSortedFunc(mine, byStart) {
 			slices.SortFunc(mine, byStart)
+		}
+		for k := 1; k < len(mine); k++ {
+			if ws[mine[k-1]].start.Equal(ws[mine[k]].start) {
+				return MeterUsage{}, fmt.Errorf("two rows of group %d's window at %s", g, ws[mine[k]].start)
+			}
 		}
 		order = append(order, mine...)
 	}
