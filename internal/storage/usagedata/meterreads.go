@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -219,9 +220,10 @@ type MeterUsage struct {
 //     windows' meter_uniques rows, not the sum of their counts.
 //
 // The answer's windows are folded in SQL, exactly (numeric sums and
-// maxima, never floats), by one statement (meterUsageSQL): the filter
-// and the group of each stored key are applied there, so Postgres sends
-// the answer's windows, not the stored ones. A group's total over the
+// maxima, never floats), by one statement (storedUsageSQL for sum, count
+// and max, meterUsageSQL for latest and unique_count): the filter and
+// the group of each stored key are applied there, so Postgres sends the
+// answer's windows, not the stored ones. A group's total over the
 // range folds its windows here, the same way (for sum, count, max and
 // latest), in int64 while the values fit and as big integers beyond; for
 // unique_count, SQL counts the distinct values seen over the range, from
@@ -232,10 +234,143 @@ type MeterUsage struct {
 // The windows in range are one range of usage_windows' primary key
 // (tenant, meter, granularity, window_start, group_key; migration 0033),
 // so a read costs the windows in range, not the tenant's other windows
-// or the meter's other periods: the range's distinct keys come from the
-// index alone, its values from one scan of the range's heap.
+// or the meter's other periods.
 func (r *Reader) MeterUsage(ctx context.Context, q MeterQuery) (MeterUsage, error) {
+	switch q.Meter.Aggregation {
+	case meter.Sum, meter.Count, meter.Max:
+		return r.storedUsage(ctx, q)
+	}
 	return r.meterUsage(ctx, q)
+}
+
+// storedUsage answers a sum, count or max query by storedUsageSQL(q):
+// rows of (group, start, value, events), the group as the JSON array of
+// its values, each distinct group decoded once and numbered here.
+func (r *Reader) storedUsage(ctx context.Context, q MeterQuery) (MeterUsage, error) {
+	sql, args, err := storedUsageSQL(q)
+	if err != nil {
+		return MeterUsage{}, err
+	}
+	sched, err := periodsOf(ctx, r.q, q.Tenant, q.Granularity)
+	if err != nil {
+		return MeterUsage{}, err
+	}
+	fail := func(err error) (MeterUsage, error) {
+		return MeterUsage{}, fmt.Errorf("reading usage of meter %s: %w", q.Meter.Name, err)
+	}
+	rows, err := r.q.Query(ctx, sql, args...)
+	if err != nil {
+		return fail(err)
+	}
+	defer rows.Close()
+	var (
+		dec = rowDecoder{m: rows.Conn().TypeMap(), fds: rows.FieldDescriptions()}
+		f   = folded{agg: q.Meter.Aggregation, max: q.MaxWindows}
+		gid = map[string]int32{}
+	)
+	for rows.Next() {
+		raw := rows.RawValues()
+		if len(raw) != 4 || raw[0] == nil {
+			return fail(fmt.Errorf("a window row of %d columns", len(raw)))
+		}
+		g, ok := gid[string(raw[0])] // no copy of the group for the lookup
+		if !ok {
+			text, err := dec.text(raw, 0)
+			if err != nil {
+				return fail(err)
+			}
+			var vals []*string
+			if err := json.Unmarshal([]byte(text.String), &vals); err != nil {
+				return fail(fmt.Errorf("the group %.80q: %w", text.String, err))
+			}
+			gv := make(groupValues, len(vals))
+			for i, v := range vals {
+				if v != nil {
+					gv[i] = pgtype.Text{String: *v, Valid: true}
+				}
+			}
+			g = int32(len(gid) + 1) // numbered from 1
+			if err := f.group(int64(g), gv); err != nil {
+				return fail(err)
+			}
+			gid[text.String] = g
+		}
+		x := usageRow{group: g}
+		start, err := dec.time(raw, 1)
+		if err != nil {
+			return fail(err)
+		}
+		x.start = start.Time.UTC()
+		if x.value, err = dec.amount(raw, 2); err != nil {
+			return fail(err)
+		}
+		if x.events, err = dec.int(raw, 3); err != nil {
+			return fail(err)
+		}
+		if err := f.window(x); err != nil {
+			if errors.Is(err, errTooMany) {
+				return MeterUsage{}, tooMany(q)
+			}
+			return fail(err)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fail(err)
+	}
+	out, err := f.answer(q, sched)
+	if err != nil {
+		return fail(err)
+	}
+	return out, nil
+}
+
+// storedUsageSQL checks q (a sum, count or max meter) against its meter
+// and returns the statement that answers it and its arguments: rows of
+// (group, start, value, events), one per window of the answer, the group
+// being the jsonb text of the array of the requested values (null for a
+// missing one), value the numeric sum (sum, count) or max of the group's
+// stored windows of that start, events their sum; at most
+// q.MaxWindows+1 rows when it is positive. The windows in range are one
+// scan of a range of the primary key; the group of each stored key (a
+// digest resolved through meter_group_keys) and whether the filter keeps
+// it are worked out once per distinct key (Postgres memoizes the lateral
+// subquery on the key), not once per window.
+func storedUsageSQL(q MeterQuery) (string, []any, error) {
+	elems, where, args, err := groupParts(q)
+	if err != nil {
+		return "", nil, err
+	}
+	d := q.Meter
+	fold := "sum"
+	if d.Aggregation == meter.Max {
+		fold = "max"
+	}
+	// A meter without groups has the empty key only; a grouped meter's
+	// keys are JSON arrays or digests.
+	keyCond := ` AND uw.group_key <> ''`
+	if len(d.GroupBy) == 0 {
+		keyCond = ` AND uw.group_key = ''`
+	}
+	cond := ""
+	for _, c := range where {
+		cond += ` AND ` + c
+	}
+	sql := `SELECT x.grp, uw.window_start, ` + fold + `(uw.value), sum(uw.events)::bigint
+	FROM usage_windows uw
+	CROSS JOIN LATERAL (
+		SELECT jsonb_build_array(` + strings.Join(elems, ", ") + `)::text AS grp
+		FROM (SELECT CASE WHEN starts_with(uw.group_key, '[') THEN uw.group_key::jsonb
+			ELSE (SELECT gk.group_key::jsonb FROM meter_group_keys gk WHERE gk.meter = $2 AND gk.digest = uw.group_key) END AS k) j
+		WHERE true` + cond + `
+		OFFSET 0
+	) x
+	WHERE uw.tenant = $1 AND uw.meter = $2 AND uw.granularity = $3 AND uw.window_start >= $4 AND uw.window_start < $5` + keyCond + `
+	GROUP BY x.grp, uw.window_start`
+	if q.MaxWindows > 0 {
+		args = append(args, int64(q.MaxWindows)+1)
+		sql += ` LIMIT $` + strconv.Itoa(len(args))
+	}
+	return sql, args, nil
 }
 
 // The columns of meterUsageSQL's rows.
@@ -303,7 +438,7 @@ func tooMany(q MeterQuery) error {
 	return fmt.Errorf("reading usage of meter %s: %w: more than %d", q.Meter.Name, ErrTooManyWindows, q.MaxWindows)
 }
 
-// meterUsage answers q by meterUsageSQL(q).
+// meterUsage answers a latest or unique_count query by meterUsageSQL(q).
 func (r *Reader) meterUsage(ctx context.Context, q MeterQuery) (MeterUsage, error) {
 	sql, args, err := meterUsageSQL(q)
 	if err != nil {
@@ -773,48 +908,15 @@ func (g groupValues) group(names []string) Group {
 // arguments start with $1 tenant, $2 meter, $3 granularity, $4 from and
 // $5 to, then the filter's values.
 func groupSQL(q MeterQuery) (string, []any, error) {
-	d := q.Meter
-	if !d.Aggregation.Valid() {
-		return "", nil, fmt.Errorf("%w: meter %s has aggregation %q", ErrBadMeterQuery, d.Name, d.Aggregation)
-	}
-	pos := func(field, p string) (int, error) {
-		i := slices.Index(d.GroupBy, p)
-		if i < 0 {
-			if len(d.GroupBy) == 0 {
-				return 0, fmt.Errorf("%w: %s %q: meter %s has no groups", ErrBadMeterQuery, field, p, d.Name)
-			}
-			return 0, fmt.Errorf("%w: %s %q: meter %s groups only by %s", ErrBadMeterQuery, field, p, d.Name, strings.Join(d.GroupBy, ", "))
-		}
-		return i, nil
-	}
-	args := []any{q.Tenant, d.Name, string(q.Granularity), q.From, q.To}
-	// The requested values, by their position in the stored key: the
-	// positions are integers this function wrote, never input text.
-	elems := make([]string, len(q.GroupBy))
-	for i, p := range q.GroupBy {
-		at, err := pos("group_by", p)
-		if err != nil {
-			return "", nil, err
-		}
-		if slices.Index(q.GroupBy[:i], p) >= 0 {
-			return "", nil, fmt.Errorf("%w: group_by names %q twice", ErrBadMeterQuery, p)
-		}
-		elems[i] = "j.k->>" + strconv.Itoa(at)
+	elems, where, args, err := groupParts(q)
+	if err != nil {
+		return "", nil, err
 	}
 	grp := "'{}'::text[]"
 	if len(elems) > 0 {
 		grp = "ARRAY[" + strings.Join(elems, ", ") + "]::text[]"
 	}
-	var where []string
-	for _, p := range slices.Sorted(maps.Keys(q.Filter)) {
-		at, err := pos("filter", p)
-		if err != nil {
-			return "", nil, err
-		}
-		args = append(args, q.Filter[p])
-		where = append(where, fmt.Sprintf("j.k->>%d = $%d", at, len(args)))
-	}
-	if len(d.GroupBy) == 0 {
+	if len(q.Meter.GroupBy) == 0 {
 		return `km AS (
 		SELECT sk, 1 AS gid FROM keys WHERE sk = ''
 	), g AS (
@@ -836,6 +938,51 @@ func groupSQL(q MeterQuery) (string, []any, error) {
 		SELECT kg.sk, g.gid FROM kg JOIN g ON g.grp = kg.grp
 	)`
 	return sql, args, nil
+}
+
+// groupParts checks q against its meter and returns the pieces of SQL
+// that read a stored key's group, the key being a jsonb array j.k: the
+// requested values (elems, in q.GroupBy's order) and the filter's
+// conditions (where), and the arguments: $1 tenant, $2 meter, $3
+// granularity, $4 from and $5 to, then the filter's values.
+func groupParts(q MeterQuery) (elems, where []string, args []any, err error) {
+	d := q.Meter
+	if !d.Aggregation.Valid() {
+		return nil, nil, nil, fmt.Errorf("%w: meter %s has aggregation %q", ErrBadMeterQuery, d.Name, d.Aggregation)
+	}
+	pos := func(field, p string) (int, error) {
+		i := slices.Index(d.GroupBy, p)
+		if i < 0 {
+			if len(d.GroupBy) == 0 {
+				return 0, fmt.Errorf("%w: %s %q: meter %s has no groups", ErrBadMeterQuery, field, p, d.Name)
+			}
+			return 0, fmt.Errorf("%w: %s %q: meter %s groups only by %s", ErrBadMeterQuery, field, p, d.Name, strings.Join(d.GroupBy, ", "))
+		}
+		return i, nil
+	}
+	args = []any{q.Tenant, d.Name, string(q.Granularity), q.From, q.To}
+	// The requested values, by their position in the stored key: the
+	// positions are integers this function wrote, never input text.
+	elems = make([]string, len(q.GroupBy))
+	for i, p := range q.GroupBy {
+		at, err := pos("group_by", p)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		if slices.Index(q.GroupBy[:i], p) >= 0 {
+			return nil, nil, nil, fmt.Errorf("%w: group_by names %q twice", ErrBadMeterQuery, p)
+		}
+		elems[i] = "j.k->>" + strconv.Itoa(at)
+	}
+	for _, p := range slices.Sorted(maps.Keys(q.Filter)) {
+		at, err := pos("filter", p)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		args = append(args, q.Filter[p])
+		where = append(where, fmt.Sprintf("j.k->>%d = $%d", at, len(args)))
+	}
+	return elems, where, args, nil
 }
 
 // meterUsageSQL checks q against its meter and returns the statement that
@@ -893,7 +1040,9 @@ func meterUsageSQL(q MeterQuery) (string, []any, error) {
 	)`
 		rows = `SELECT gid, NULL::text[], s, v, e, gr, lt, li FROM a`
 	default:
-		// Sum and count add (numeric sums, exact); max keeps the greatest.
+		// Sum, count and max are answered by storedUsageSQL; folded here
+		// all the same when asked: sum and count add (numeric sums,
+		// exact), max keeps the greatest.
 		fold := "sum"
 		if d.Aggregation == meter.Max {
 			fold = "max"
