@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -60,11 +59,9 @@ type MeterQuery struct {
 	// property matches no value.
 	Filter map[string]string
 	// MaxWindows, when positive, is the most windows (groups times
-	// periods) an answer may hold; more is ErrTooManyWindows. Postgres
-	// folds the stored windows into the answer's, so a read holds the
-	// answer's windows only, never the stored ones: of every aggregation
-	// but unique_count, at most MaxWindows+1 windows are sent, however
-	// many stored windows the range holds.
+	// periods) an answer may hold; more is ErrTooManyWindows, as is a sum,
+	// count or max range of more than 100 times as many stored windows
+	// (of all the meter's groups, before filter and folding).
 	MaxWindows int
 }
 
@@ -219,158 +216,29 @@ type MeterUsage struct {
 //   - unique_count: the number of distinct values across the folded
 //     windows' meter_uniques rows, not the sum of their counts.
 //
-// The answer's windows are folded in SQL, exactly (numeric sums and
-// maxima, never floats), by one statement (storedUsageSQL for sum, count
-// and max, meterUsageSQL for latest and unique_count): the filter and
-// the group of each stored key are applied there, so Postgres sends the
-// answer's windows, not the stored ones. A group's total over the
-// range folds its windows here, the same way (for sum, count, max and
-// latest), in int64 while the values fit and as big integers beyond; for
-// unique_count, SQL counts the distinct values seen over the range, from
-// the value rows of the windows of this granularity (a value seen in two
-// windows counts once). Events always add. A stored group key that is a
-// digest (migration 0014) is resolved through meter_group_keys.
+// Sum, count and max windows are folded here, from the stored windows,
+// in int64 while the values fit and as big integers beyond; latest and
+// unique_count windows are folded in SQL. A group's total over the range
+// folds its windows the same way (for sum, count, max and latest, here);
+// for unique_count, SQL counts the distinct values seen over the range,
+// from the value rows of the windows of this granularity (a value seen
+// in two windows counts once). Events always add. A stored group key
+// that is a digest (migration 0014) is resolved through
+// meter_group_keys.
 //
 // The windows in range are one range of usage_windows' primary key
 // (tenant, meter, granularity, window_start, group_key; migration 0033),
-// so a read costs the windows in range, not the tenant's other windows
-// or the meter's other periods.
+// read by one index scan in start order, so a read costs the windows it
+// answers, not the tenant's other windows or the meter's other periods.
+// Sum, count and max windows are read as stored, with their group keys,
+// and a second statement gives the group of each distinct key; latest
+// and unique_count are answered by one statement.
 func (r *Reader) MeterUsage(ctx context.Context, q MeterQuery) (MeterUsage, error) {
 	switch q.Meter.Aggregation {
 	case meter.Sum, meter.Count, meter.Max:
 		return r.storedUsage(ctx, q)
 	}
 	return r.meterUsage(ctx, q)
-}
-
-// storedUsage answers a sum, count or max query by storedUsageSQL(q):
-// rows of (group, start, value, events), the group as the JSON array of
-// its values, each distinct group decoded once and numbered here.
-func (r *Reader) storedUsage(ctx context.Context, q MeterQuery) (MeterUsage, error) {
-	sql, args, err := storedUsageSQL(q)
-	if err != nil {
-		return MeterUsage{}, err
-	}
-	sched, err := periodsOf(ctx, r.q, q.Tenant, q.Granularity)
-	if err != nil {
-		return MeterUsage{}, err
-	}
-	fail := func(err error) (MeterUsage, error) {
-		return MeterUsage{}, fmt.Errorf("reading usage of meter %s: %w", q.Meter.Name, err)
-	}
-	rows, err := r.q.Query(ctx, sql, args...)
-	if err != nil {
-		return fail(err)
-	}
-	defer rows.Close()
-	var (
-		dec = rowDecoder{m: rows.Conn().TypeMap(), fds: rows.FieldDescriptions()}
-		f   = folded{agg: q.Meter.Aggregation, max: q.MaxWindows}
-		gid = map[string]int32{}
-	)
-	for rows.Next() {
-		raw := rows.RawValues()
-		if len(raw) != 4 || raw[0] == nil {
-			return fail(fmt.Errorf("a window row of %d columns", len(raw)))
-		}
-		g, ok := gid[string(raw[0])] // no copy of the group for the lookup
-		if !ok {
-			text, err := dec.text(raw, 0)
-			if err != nil {
-				return fail(err)
-			}
-			var vals []*string
-			if err := json.Unmarshal([]byte(text.String), &vals); err != nil {
-				return fail(fmt.Errorf("the group %.80q: %w", text.String, err))
-			}
-			gv := make(groupValues, len(vals))
-			for i, v := range vals {
-				if v != nil {
-					gv[i] = pgtype.Text{String: *v, Valid: true}
-				}
-			}
-			g = int32(len(gid) + 1) // numbered from 1
-			if err := f.group(int64(g), gv); err != nil {
-				return fail(err)
-			}
-			gid[text.String] = g
-		}
-		x := usageRow{group: g}
-		start, err := dec.time(raw, 1)
-		if err != nil {
-			return fail(err)
-		}
-		x.start = start.Time.UTC()
-		if x.value, err = dec.amount(raw, 2); err != nil {
-			return fail(err)
-		}
-		if x.events, err = dec.int(raw, 3); err != nil {
-			return fail(err)
-		}
-		if err := f.window(x); err != nil {
-			if errors.Is(err, errTooMany) {
-				return MeterUsage{}, tooMany(q)
-			}
-			return fail(err)
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return fail(err)
-	}
-	out, err := f.answer(q, sched)
-	if err != nil {
-		return fail(err)
-	}
-	return out, nil
-}
-
-// storedUsageSQL checks q (a sum, count or max meter) against its meter
-// and returns the statement that answers it and its arguments: rows of
-// (group, start, value, events), one per window of the answer, the group
-// being the jsonb text of the array of the requested values (null for a
-// missing one), value the numeric sum (sum, count) or max of the group's
-// stored windows of that start, events their sum; at most
-// q.MaxWindows+1 rows when it is positive. The windows in range are one
-// scan of a range of the primary key; the group of each stored key (a
-// digest resolved through meter_group_keys) and whether the filter keeps
-// it are worked out once per distinct key (Postgres memoizes the lateral
-// subquery on the key), not once per window.
-func storedUsageSQL(q MeterQuery) (string, []any, error) {
-	elems, where, args, err := groupParts(q)
-	if err != nil {
-		return "", nil, err
-	}
-	d := q.Meter
-	fold := "sum"
-	if d.Aggregation == meter.Max {
-		fold = "max"
-	}
-	// A meter without groups has the empty key only; a grouped meter's
-	// keys are JSON arrays or digests.
-	keyCond := ` AND uw.group_key <> ''`
-	if len(d.GroupBy) == 0 {
-		keyCond = ` AND uw.group_key = ''`
-	}
-	cond := ""
-	for _, c := range where {
-		cond += ` AND ` + c
-	}
-	sql := `SELECT x.grp, uw.window_start, ` + fold + `(uw.value), sum(uw.events)::bigint
-	FROM usage_windows uw
-	CROSS JOIN LATERAL (
-		SELECT jsonb_build_array(` + strings.Join(elems, ", ") + `)::text AS grp
-		FROM (SELECT CASE WHEN starts_with(uw.group_key, '[') THEN uw.group_key::jsonb
-			ELSE (SELECT gk.group_key::jsonb FROM meter_group_keys gk WHERE gk.meter = $2 AND gk.digest = uw.group_key) END AS k) j
-		WHERE true` + cond + `
-		OFFSET 0
-	) x
-	WHERE uw.tenant = $1 AND uw.meter = $2 AND uw.granularity = $3 AND uw.window_start >= $4 AND uw.window_start < $5` + keyCond + `
-	GROUP BY x.grp, uw.window_start`
-	if q.MaxWindows > 0 {
-		args = append(args, int64(q.MaxWindows)+1)
-		sql += ` LIMIT $` + strconv.Itoa(len(args))
-	}
-	return sql, args, nil
 }
 
 // The columns of meterUsageSQL's rows.
@@ -385,24 +253,31 @@ const (
 	colLatestID
 )
 
+// cellKey is a window of the answer: a group number and a start.
+type cellKey struct {
+	group int32
+	start int64 // Unix microseconds
+}
+
 // folded is an answer being folded: its groups, its windows (one per
-// group and start, as SQL folded them) and, for unique_count, its totals
-// from SQL.
+// group and start) and, for unique_count, its totals from SQL.
 type folded struct {
 	agg    meter.Aggregation
 	max    int // MeterQuery.MaxWindows
 	ws, ts []usageRow
+	cells  map[cellKey]int32
 	all    usageRow
 	groups []groupValues // by group number
-	// byGroup lists each group's windows (indexes in ws) as they come.
+	// byGroup lists each group's windows (indexes in ws) as they come;
+	// windows mostly come in order of start, so the group's last window
+	// is the one most rows fold into.
 	byGroup [][]int32
 }
 
 var errTooMany = errors.New("too many windows")
 
-// window adds x, the window of group x.group starting at x.start, to
-// the answer. SQL folded it: no other row is of the same group and start
-// (answer checks).
+// window folds x, a window of group x.group starting at x.start, into
+// the answer's window of that group and start.
 func (f *folded) window(x usageRow) error {
 	if x.group < 0 || x.group > math.MaxInt32-1 {
 		return fmt.Errorf("a row of group %d, which is not numbered", x.group)
@@ -410,13 +285,27 @@ func (f *folded) window(x usageRow) error {
 	for len(f.byGroup) <= int(x.group) {
 		f.byGroup = append(f.byGroup, nil)
 	}
+	mine := f.byGroup[x.group]
+	if n := len(mine); n > 0 && f.ws[mine[n-1]].start.Equal(x.start) {
+		f.ws[mine[n-1]].fold(f.agg, x)
+		return nil
+	}
+	if f.cells == nil {
+		f.cells = make(map[cellKey]int32)
+	}
+	k := cellKey{x.group, x.start.UnixMicro()}
+	if i, ok := f.cells[k]; ok {
+		f.ws[i].fold(f.agg, x)
+		return nil
+	}
 	if f.max > 0 && len(f.ws) >= f.max {
 		return errTooMany
 	}
 	if len(f.ws) == math.MaxInt32 {
 		return errors.New("more windows than an int32 counts")
 	}
-	f.byGroup[x.group] = append(f.byGroup[x.group], int32(len(f.ws)))
+	f.cells[k] = int32(len(f.ws))
+	f.byGroup[x.group] = append(mine, int32(len(f.ws)))
 	f.ws = append(f.ws, x)
 	return nil
 }
@@ -433,9 +322,164 @@ func (f *folded) group(n int64, vals []pgtype.Text) error {
 	return nil
 }
 
+// storedPerWindow bounds the stored windows a sum, count or max read
+// holds in memory before folding: at most this many per window its answer
+// may hold (q.MaxWindows), so that a range of a meter with very many
+// groups, read to answer a few of them (a filter) or to fold them into
+// few, is refused rather than read whole into memory.
+const storedPerWindow = 100
+
 // tooMany is the error of an answer of more than q.MaxWindows windows.
 func tooMany(q MeterQuery) error {
 	return fmt.Errorf("reading usage of meter %s: %w: more than %d", q.Meter.Name, ErrTooManyWindows, q.MaxWindows)
+}
+
+// storedUsage answers a sum, count or max query: the windows in range as
+// stored (group key, start, value, events), one index range scan; then
+// the group of each distinct key (groupsOfKeysSQL), and the fold here.
+func (r *Reader) storedUsage(ctx context.Context, q MeterQuery) (MeterUsage, error) {
+	gsql, gargs, err := groupsOfKeysSQL(q)
+	if err != nil {
+		return MeterUsage{}, err
+	}
+	sched, err := periodsOf(ctx, r.q, q.Tenant, q.Granularity)
+	if err != nil {
+		return MeterUsage{}, err
+	}
+	fail := func(err error) (MeterUsage, error) {
+		return MeterUsage{}, fmt.Errorf("reading usage of meter %s: %w", q.Meter.Name, err)
+	}
+	// A meter without groups has the empty key only; a grouped meter's
+	// keys are JSON arrays or digests.
+	keyCond := ` AND group_key <> ''`
+	if len(q.Meter.GroupBy) == 0 {
+		keyCond = ` AND group_key = ''`
+	}
+	rows, err := r.q.Query(ctx, `SELECT group_key, window_start, value, events FROM usage_windows
+		WHERE tenant = $1 AND meter = $2 AND granularity = $3 AND window_start >= $4 AND window_start < $5`+keyCond,
+		q.Tenant, q.Meter.Name, string(q.Granularity), q.From, q.To)
+	if err != nil {
+		return fail(err)
+	}
+	defer rows.Close()
+	// A stored window holds no pointer, so that the garbage collector
+	// need not scan the read's largest slice: its start in Unix
+	// microseconds, and its value in value or, past int64, in bigs.
+	type stored struct {
+		start, value, events int64
+		key                  int32 // index in keys
+		big                  int32 // 1 + index in bigs of the value; 0: value holds it
+	}
+	var (
+		dec    = rowDecoder{m: rows.Conn().TypeMap(), fds: rows.FieldDescriptions()}
+		keyOf  = map[string]int32{}
+		keys   []string
+		stores = make([]stored, 0, 1024)
+		bigs   []*big.Int
+	)
+	for rows.Next() {
+		raw := rows.RawValues()
+		if len(raw) != 4 || raw[0] == nil {
+			return fail(fmt.Errorf("a window row of %d columns", len(raw)))
+		}
+		k, ok := keyOf[string(raw[0])] // no copy of the key for the lookup
+		if !ok {
+			if len(keys) == math.MaxInt32 {
+				return fail(errors.New("more group keys than an int32 counts"))
+			}
+			k = int32(len(keys))
+			keys = append(keys, string(raw[0]))
+			keyOf[keys[k]] = k
+		}
+		x := stored{key: k}
+		start, err := dec.time(raw, 1)
+		if err != nil {
+			return fail(err)
+		}
+		if !start.Valid || start.InfinityModifier != pgtype.Finite {
+			return fail(errors.New("a window row without a finite start"))
+		}
+		x.start = start.Time.UnixMicro()
+		v, err := dec.amount(raw, 2)
+		if err != nil {
+			return fail(err)
+		}
+		if x.value = v.n; v.big != nil {
+			if len(bigs) == math.MaxInt32-1 {
+				return fail(errors.New("more values past int64 than an int32 counts"))
+			}
+			bigs = append(bigs, v.big)
+			x.big = int32(len(bigs))
+		}
+		if x.events, err = dec.int(raw, 3); err != nil {
+			return fail(err)
+		}
+		if q.MaxWindows > 0 && len(stores) >= storedPerWindow*q.MaxWindows {
+			return MeterUsage{}, fmt.Errorf("reading usage of meter %s: %w: the range holds more than %d stored windows",
+				q.Meter.Name, ErrTooManyWindows, storedPerWindow*q.MaxWindows)
+		}
+		stores = append(stores, x)
+	}
+	if err := rows.Err(); err != nil {
+		return fail(err)
+	}
+	rows.Close()
+	f := folded{agg: q.Meter.Aggregation, max: q.MaxWindows}
+	gid := make([]int32, len(keys)) // 0: the key's group is not in the answer
+	if len(keys) > 0 {
+		grows, err := r.q.Query(ctx, gsql, append(gargs, keys)...)
+		if err != nil {
+			return fail(err)
+		}
+		defer grows.Close()
+		for grows.Next() {
+			var (
+				sk   string
+				n    int32
+				vals []pgtype.Text
+			)
+			if err := grows.Scan(&sk, &n, &vals); err != nil {
+				return fail(err)
+			}
+			k, ok := keyOf[sk]
+			if !ok {
+				return fail(fmt.Errorf("group of key %.80q, which was not read", sk))
+			}
+			if n < 1 {
+				return fail(fmt.Errorf("a group numbered %d", n))
+			}
+			gid[k] = n
+			if int(n) >= len(f.groups) || f.groups[n] == nil {
+				if err := f.group(int64(n), vals); err != nil {
+					return fail(err)
+				}
+			}
+		}
+		if err := grows.Err(); err != nil {
+			return fail(err)
+		}
+	}
+	for _, x := range stores {
+		g := gid[x.key]
+		if g == 0 {
+			continue
+		}
+		value := amount{n: x.value}
+		if x.big > 0 {
+			value = amount{big: bigs[x.big-1]} // read once: this window owns it
+		}
+		if err := f.window(usageRow{group: g, start: time.UnixMicro(x.start).UTC(), value: value, events: x.events}); err != nil {
+			if errors.Is(err, errTooMany) {
+				return MeterUsage{}, tooMany(q)
+			}
+			return fail(err)
+		}
+	}
+	out, err := f.answer(q, sched)
+	if err != nil {
+		return fail(err)
+	}
+	return out, nil
 }
 
 // meterUsage answers a latest or unique_count query by meterUsageSQL(q).
@@ -564,11 +608,6 @@ func (f *folded) answer(q MeterQuery, sched billingcycle.Schedule) (MeterUsage, 
 		mine := byGroup[g]
 		if !slices.IsSortedFunc(mine, byStart) {
 			slices.SortFunc(mine, byStart)
-		}
-		for k := 1; k < len(mine); k++ {
-			if ws[mine[k-1]].start.Equal(ws[mine[k]].start) {
-				return MeterUsage{}, fmt.Errorf("two rows of group %d's window at %s", g, ws[mine[k]].start)
-			}
 		}
 		order = append(order, mine...)
 	}
@@ -908,15 +947,48 @@ func (g groupValues) group(names []string) Group {
 // arguments start with $1 tenant, $2 meter, $3 granularity, $4 from and
 // $5 to, then the filter's values.
 func groupSQL(q MeterQuery) (string, []any, error) {
-	elems, where, args, err := groupParts(q)
-	if err != nil {
-		return "", nil, err
+	d := q.Meter
+	if !d.Aggregation.Valid() {
+		return "", nil, fmt.Errorf("%w: meter %s has aggregation %q", ErrBadMeterQuery, d.Name, d.Aggregation)
+	}
+	pos := func(field, p string) (int, error) {
+		i := slices.Index(d.GroupBy, p)
+		if i < 0 {
+			if len(d.GroupBy) == 0 {
+				return 0, fmt.Errorf("%w: %s %q: meter %s has no groups", ErrBadMeterQuery, field, p, d.Name)
+			}
+			return 0, fmt.Errorf("%w: %s %q: meter %s groups only by %s", ErrBadMeterQuery, field, p, d.Name, strings.Join(d.GroupBy, ", "))
+		}
+		return i, nil
+	}
+	args := []any{q.Tenant, d.Name, string(q.Granularity), q.From, q.To}
+	// The requested values, by their position in the stored key: the
+	// positions are integers this function wrote, never input text.
+	elems := make([]string, len(q.GroupBy))
+	for i, p := range q.GroupBy {
+		at, err := pos("group_by", p)
+		if err != nil {
+			return "", nil, err
+		}
+		if slices.Index(q.GroupBy[:i], p) >= 0 {
+			return "", nil, fmt.Errorf("%w: group_by names %q twice", ErrBadMeterQuery, p)
+		}
+		elems[i] = "j.k->>" + strconv.Itoa(at)
 	}
 	grp := "'{}'::text[]"
 	if len(elems) > 0 {
 		grp = "ARRAY[" + strings.Join(elems, ", ") + "]::text[]"
 	}
-	if len(q.Meter.GroupBy) == 0 {
+	var where []string
+	for _, p := range slices.Sorted(maps.Keys(q.Filter)) {
+		at, err := pos("filter", p)
+		if err != nil {
+			return "", nil, err
+		}
+		args = append(args, q.Filter[p])
+		where = append(where, fmt.Sprintf("j.k->>%d = $%d", at, len(args)))
+	}
+	if len(d.GroupBy) == 0 {
 		return `km AS (
 		SELECT sk, 1 AS gid FROM keys WHERE sk = ''
 	), g AS (
@@ -940,49 +1012,24 @@ func groupSQL(q MeterQuery) (string, []any, error) {
 	return sql, args, nil
 }
 
-// groupParts checks q against its meter and returns the pieces of SQL
-// that read a stored key's group, the key being a jsonb array j.k: the
-// requested values (elems, in q.GroupBy's order) and the filter's
-// conditions (where), and the arguments: $1 tenant, $2 meter, $3
-// granularity, $4 from and $5 to, then the filter's values.
-func groupParts(q MeterQuery) (elems, where []string, args []any, err error) {
-	d := q.Meter
-	if !d.Aggregation.Valid() {
-		return nil, nil, nil, fmt.Errorf("%w: meter %s has aggregation %q", ErrBadMeterQuery, d.Name, d.Aggregation)
+// groupsOfKeysSQL checks q against its meter and returns the statement
+// that gives the group of each stored key of its last argument (a text
+// array, which the caller appends to the arguments): rows of (stored
+// key, group number, group values), for the keys whose group the
+// filter keeps.
+func groupsOfKeysSQL(q MeterQuery) (string, []any, error) {
+	groups, args, err := groupSQL(q)
+	if err != nil {
+		return "", nil, err
 	}
-	pos := func(field, p string) (int, error) {
-		i := slices.Index(d.GroupBy, p)
-		if i < 0 {
-			if len(d.GroupBy) == 0 {
-				return 0, fmt.Errorf("%w: %s %q: meter %s has no groups", ErrBadMeterQuery, field, p, d.Name)
-			}
-			return 0, fmt.Errorf("%w: %s %q: meter %s groups only by %s", ErrBadMeterQuery, field, p, d.Name, strings.Join(d.GroupBy, ", "))
-		}
-		return i, nil
-	}
-	args = []any{q.Tenant, d.Name, string(q.Granularity), q.From, q.To}
-	// The requested values, by their position in the stored key: the
-	// positions are integers this function wrote, never input text.
-	elems = make([]string, len(q.GroupBy))
-	for i, p := range q.GroupBy {
-		at, err := pos("group_by", p)
-		if err != nil {
-			return nil, nil, nil, err
-		}
-		if slices.Index(q.GroupBy[:i], p) >= 0 {
-			return nil, nil, nil, fmt.Errorf("%w: group_by names %q twice", ErrBadMeterQuery, p)
-		}
-		elems[i] = "j.k->>" + strconv.Itoa(at)
-	}
-	for _, p := range slices.Sorted(maps.Keys(q.Filter)) {
-		at, err := pos("filter", p)
-		if err != nil {
-			return nil, nil, nil, err
-		}
-		args = append(args, q.Filter[p])
-		where = append(where, fmt.Sprintf("j.k->>%d = $%d", at, len(args)))
-	}
-	return elems, where, args, nil
+	sql := `WITH keys AS (
+		SELECT DISTINCT sk FROM unnest($` + strconv.Itoa(len(args)+1) + `::text[]) AS u(sk)
+	), ` + groups + `
+	SELECT km.sk, km.gid, g.grp FROM km JOIN g ON g.gid = km.gid`
+	// The range's arguments are not all used: Postgres must know their
+	// types all the same.
+	sql += ` WHERE $1::text IS NOT NULL AND $2::text IS NOT NULL AND $3::text IS NOT NULL AND $4::timestamptz IS NOT NULL AND $5::timestamptz IS NOT NULL`
+	return sql, args, nil
 }
 
 // meterUsageSQL checks q against its meter and returns the statement that
@@ -990,11 +1037,10 @@ func groupParts(q MeterQuery) (elems, where []string, args []any, err error) {
 // statement's rows are (group number, group values, start, value,
 // events, kind, latest time, latest id), kind being -1 for a group and
 // its values, 0 for a group's window, 1 for a group's total, 3 for the
-// total of everything (GROUPING(group, start)); of every aggregation but
-// unique_count, at most q.MaxWindows+1 windows (when it is positive).
-// The windows in range are one range of the primary key (tenant, meter,
-// granularity, window_start, group_key), as are their unique values
-// (meter_uniques' key is ordered the same way).
+// total of everything (GROUPING(group, start)). The windows in range
+// are one range of the primary key (tenant, meter, granularity,
+// window_start, group_key), as are their unique values (meter_uniques'
+// key is ordered the same way).
 func meterUsageSQL(q MeterQuery) (string, []any, error) {
 	groups, args, err := groupSQL(q)
 	if err != nil {
@@ -1040,9 +1086,8 @@ func meterUsageSQL(q MeterQuery) (string, []any, error) {
 	)`
 		rows = `SELECT gid, NULL::text[], s, v, e, gr, lt, li FROM a`
 	default:
-		// Sum, count and max are answered by storedUsageSQL; folded here
-		// all the same when asked: sum and count add (numeric sums,
-		// exact), max keeps the greatest.
+		// Sum, count and max are read as stored (storedUsage); folded
+		// here when asked all the same.
 		fold := "sum"
 		if d.Aggregation == meter.Max {
 			fold = "max"
@@ -1050,18 +1095,10 @@ func meterUsageSQL(q MeterQuery) (string, []any, error) {
 		sql += `, a AS (SELECT w.gid, w.s, ` + fold + `(w.v) AS v, sum(w.e)::bigint AS e FROM w GROUP BY w.gid, w.s)`
 		rows = `SELECT gid, NULL::text[], s, v, e, 0, NULL::timestamptz, NULL::text FROM a`
 	}
-	// An answer of more than q.MaxWindows windows is refused: one window
-	// more than that is enough to tell, so no more are sent. (A
-	// unique_count answer's rows mix windows and totals in no order, so
-	// no count of its rows says how many windows it holds.)
-	if q.MaxWindows > 0 && d.Aggregation != meter.UniqueCount {
-		args = append(args, int64(q.MaxWindows)+1)
-		rows += ` LIMIT $` + strconv.Itoa(len(args))
-	}
 	sql += `
 	SELECT gid, grp, NULL::timestamptz AS s, NULL::numeric AS v, NULL::bigint AS e, -1 AS gr, NULL::timestamptz AS lt, NULL::text AS li FROM g
 	UNION ALL
-	(` + rows + `)`
+	` + rows
 	return sql, args, nil
 }
 
