@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -334,6 +335,27 @@ func tooMany(q MeterQuery) error {
 	return fmt.Errorf("reading usage of meter %s: %w: more than %d", q.Meter.Name, ErrTooManyWindows, q.MaxWindows)
 }
 
+// stored is a stored window as storedUsage holds it before folding. It
+// holds no pointer, so that the garbage collector need not scan the
+// read's largest slice: its start in Unix microseconds, and its value in
+// value or, past int64, in the read's list of big values.
+type stored struct {
+	start, value, events int64
+	key                  int32 // index in the read's keys
+	big                  int32 // 1 + index in the read's big values; 0: value holds it
+}
+
+// storedPool keeps the slices of stored windows of finished reads, so
+// that a read reuses the memory of an earlier one instead of growing a
+// new slice (fresh pages) to the size of its range.
+var storedPool = sync.Pool{New: func() any { return new([]stored) }}
+
+// storedPooledMax is the largest capacity (in stored windows, 32 bytes
+// each) of a slice kept in storedPool; a larger one is left to the
+// garbage collector, so that the pool holds no more than a few megabytes
+// per processor after a rare read of a huge range.
+const storedPooledMax = 1 << 17
+
 // storedUsage answers a sum, count or max query: the windows in range as
 // stored (group key, start, value, events), one index range scan; then
 // the group of each distinct key (groupsOfKeysSQL), and the fold here.
@@ -362,21 +384,20 @@ func (r *Reader) storedUsage(ctx context.Context, q MeterQuery) (MeterUsage, err
 		return fail(err)
 	}
 	defer rows.Close()
-	// A stored window holds no pointer, so that the garbage collector
-	// need not scan the read's largest slice: its start in Unix
-	// microseconds, and its value in value or, past int64, in bigs.
-	type stored struct {
-		start, value, events int64
-		key                  int32 // index in keys
-		big                  int32 // 1 + index in bigs of the value; 0: value holds it
-	}
+	buf := storedPool.Get().(*[]stored)
+	defer func() {
+		if cap(*buf) <= storedPooledMax {
+			storedPool.Put(buf)
+		}
+	}()
 	var (
 		dec    = rowDecoder{m: rows.Conn().TypeMap(), fds: rows.FieldDescriptions()}
 		keyOf  = map[string]int32{}
 		keys   []string
-		stores = make([]stored, 0, 1024)
+		stores = (*buf)[:0]
 		bigs   []*big.Int
 	)
+	defer func() { *buf = stores[:0] }()
 	for rows.Next() {
 		raw := rows.RawValues()
 		if len(raw) != 4 || raw[0] == nil {
