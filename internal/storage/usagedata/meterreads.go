@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -334,6 +335,27 @@ func tooMany(q MeterQuery) error {
 	return fmt.Errorf("reading usage of meter %s: %w: more than %d", q.Meter.Name, ErrTooManyWindows, q.MaxWindows)
 }
 
+// stored is a stored window as storedUsage holds it before folding. It
+// holds no pointer, so that the garbage collector need not scan the
+// read's largest slice: its start in Unix microseconds, and its value in
+// value or, past int64, in the read's list of big values.
+type stored struct {
+	start, value, events int64
+	key                  int32 // index in the read's keys
+	big                  int32 // 1 + index in the read's big values; 0: value holds it
+}
+
+// storedPool keeps the slices of stored windows of finished reads, so
+// that a read reuses the memory of an earlier one instead of growing a
+// new slice (fresh pages) to the size of its range.
+var storedPool = sync.Pool{New: func() any { return new([]stored) }}
+
+// storedPooledMax is the largest capacity (in stored windows, 32 bytes
+// each) of a slice kept in storedPool; a larger one is left to the
+// garbage collector, so that the pool holds no more than a few megabytes
+// per processor after a rare read of a huge range.
+const storedPooledMax = 1 << 17
+
 // storedUsage answers a sum, count or max query: the windows in range as
 // stored (group key, start, value, events), one index range scan; then
 // the group of each distinct key (groupsOfKeysSQL), and the fold here.
@@ -362,18 +384,20 @@ func (r *Reader) storedUsage(ctx context.Context, q MeterQuery) (MeterUsage, err
 		return fail(err)
 	}
 	defer rows.Close()
-	type stored struct {
-		key    int32 // index in keys
-		start  time.Time
-		value  amount
-		events int64
-	}
+	buf := storedPool.Get().(*[]stored)
+	defer func() {
+		if cap(*buf) <= storedPooledMax {
+			storedPool.Put(buf)
+		}
+	}()
 	var (
 		dec    = rowDecoder{m: rows.Conn().TypeMap(), fds: rows.FieldDescriptions()}
 		keyOf  = map[string]int32{}
 		keys   []string
-		stores []stored
+		stores = (*buf)[:0]
+		bigs   []*big.Int
 	)
+	defer func() { *buf = stores[:0] }()
 	for rows.Next() {
 		raw := rows.RawValues()
 		if len(raw) != 4 || raw[0] == nil {
@@ -393,9 +417,20 @@ func (r *Reader) storedUsage(ctx context.Context, q MeterQuery) (MeterUsage, err
 		if err != nil {
 			return fail(err)
 		}
-		x.start = start.Time.UTC()
-		if x.value, err = dec.amount(raw, 2); err != nil {
+		if !start.Valid || start.InfinityModifier != pgtype.Finite {
+			return fail(errors.New("a window row without a finite start"))
+		}
+		x.start = start.Time.UnixMicro()
+		v, err := dec.amount(raw, 2)
+		if err != nil {
 			return fail(err)
+		}
+		if x.value = v.n; v.big != nil {
+			if len(bigs) == math.MaxInt32-1 {
+				return fail(errors.New("more values past int64 than an int32 counts"))
+			}
+			bigs = append(bigs, v.big)
+			x.big = int32(len(bigs))
 		}
 		if x.events, err = dec.int(raw, 3); err != nil {
 			return fail(err)
@@ -450,7 +485,11 @@ func (r *Reader) storedUsage(ctx context.Context, q MeterQuery) (MeterUsage, err
 		if g == 0 {
 			continue
 		}
-		if err := f.window(usageRow{group: g, start: x.start, value: x.value, events: x.events}); err != nil {
+		value := amount{n: x.value}
+		if x.big > 0 {
+			value = amount{big: bigs[x.big-1]} // read once: this window owns it
+		}
+		if err := f.window(usageRow{group: g, start: time.UnixMicro(x.start).UTC(), value: value, events: x.events}); err != nil {
 			if errors.Is(err, errTooMany) {
 				return MeterUsage{}, tooMany(q)
 			}
