@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -215,7 +216,8 @@ var ceilingJob = struct{ pkg, pattern, full, quick string }{"./internal/aggregat
 
 // pipelineWithMeters runs the pipeline benchmark again, on a stack of its
 // own (a stopped stack keeps its data), with every event counted in three
-// meters, into r.PipelineMeters; steps, when set, replace the default.
+// meters, into r.PipelineMeters; steps, when set, replace the default
+// steps, and a full run adds four lower ones.
 func pipelineWithMeters(ctx context.Context, root string, quick bool, only string, steps []int, r *benchreport.Run) error {
 	work, err := makeWork(root)
 	if err != nil {
@@ -225,6 +227,11 @@ func pipelineWithMeters(ctx context.Context, root string, quick bool, only strin
 	pc := pipelineConfig(root, work, quick)
 	if steps != nil {
 		pc.Steps = steps
+	}
+	if !quick {
+		// Each event writes about three times the rows (BENCHMARKS.md,
+		// "Meters"): the steps start lower, so that some are kept.
+		pc.Steps = append([]int{1000, 2000, 3000, 4000}, slices.DeleteFunc(slices.Clone(pc.Steps), func(n int) bool { return n <= 4000 })...)
 	}
 	pc.Meters = true
 	fmt.Println("running the pipeline benchmark with three meters per event...")

@@ -18,7 +18,7 @@ import (
 )
 
 // shadowTables are the tables one batch of the rollup writes.
-var shadowTables = []string{"ledger", "ledger_names", "ledger_overflow", "ledger_conflicts", "usage_windows", "meter_uniques", "meter_group_keys", "consumer_offsets", "usage_corrections", "quota_breaches", "outbox", "usage_dlq", "usage_adjustments"}
+var shadowTables = []string{"ledger", "ledger_names", "ledger_overflow", "ledger_batches", "ledger_recorded", "ledger_conflicts", "usage_windows", "meter_uniques", "meter_group_keys", "consumer_offsets", "usage_corrections", "quota_breaches", "outbox", "usage_dlq", "usage_adjustments"}
 
 // shadowCheck refuses a schema name that is not a plain lower-case
 // identifier: the name is written into the statements.
@@ -35,7 +35,10 @@ func shadowCheck(schema string) error {
 }
 
 // CreateShadow creates schema with empty copies (LIKE ... INCLUDING ALL)
-// of the tables one batch of the rollup writes. It fails if the schema
+// of the tables one batch of the rollup writes, and the ledger's trigger
+// that writes each transaction's batch row (LIKE copies no trigger; the
+// trigger's function names ledger_batches unqualified, so the rollup's
+// search_path sends the row to the shadow's). It fails if the schema
 // exists.
 func CreateShadow(ctx context.Context, q storage.Executor, schema string) error {
 	if err := shadowCheck(schema); err != nil {
@@ -45,6 +48,7 @@ func CreateShadow(ctx context.Context, q storage.Executor, schema string) error 
 	for _, t := range shadowTables {
 		stmts = append(stmts, fmt.Sprintf("CREATE TABLE %s.%s (LIKE public.%s INCLUDING ALL)", schema, t, t))
 	}
+	stmts = append(stmts, fmt.Sprintf("CREATE TRIGGER ledger_batch_row AFTER INSERT ON %s.ledger FOR EACH STATEMENT EXECUTE FUNCTION public.ledger_batch_row()", schema))
 	for _, s := range stmts {
 		if _, err := q.Exec(ctx, s); err != nil {
 			return fmt.Errorf("creating the shadow schema: %w", err)
