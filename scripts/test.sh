@@ -54,11 +54,7 @@ for v in $KAFKA_SUITE_VERSIONS; do scripts/kafka-fetch.sh "$v" >/dev/null; done
 go vet ./...
 # The real-Kafka suite runs alone afterwards: its three brokers per
 # scenario need the machine's cores to themselves.
-# One package more than cores (go test's default is one per core): most
-# tests wait on Postgres, the in-process broker and timers, so one per core
-# leaves the cores idle much of the time. GO_TEST_PACKAGES sets another
-# number.
-go test -race -count=1 -timeout 15m -p "${GO_TEST_PACKAGES:-$(( $(nproc) + 1 ))}" $(go list ./... | grep -v /internal/testkit/kafkasuite)
+go test -race -count=1 -timeout 15m $(go list ./... | grep -v /internal/testkit/kafkasuite)
 # The SDKs' own suites (conformance vectors, unit tests, end to end on
 # tools/sdkstack) run side by side with schemathesis: each mostly waits on
 # its own stack. Each one's output is shown when it ends.
