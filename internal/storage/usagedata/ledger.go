@@ -13,10 +13,11 @@ package usagedata
 //
 // A ledger row has no recorded_at of its own (migration 0034): it is the
 // now() of the transaction that counted it, kept once per transaction in
-// ledger_batches (by counted_xid), which the statement inserting the
-// rows writes; rows counted before 0034 whose time no batch row gives
-// keep it in ledger_recorded. Readers take coalesce(ledger_recorded,
-// ledger_batches), as the view ledger_events does.
+// ledger_batches (by counted_xid), which the trigger ledger_batch_row
+// writes after each statement inserting rows; rows counted before 0034
+// whose time no batch row gives keep it in ledger_recorded. Readers take
+// coalesce(ledger_recorded, ledger_batches), as the view ledger_events
+// does.
 
 import (
 	"bytes"
@@ -250,11 +251,11 @@ func InsertLedger(ctx context.Context, q storage.Executor, b *LedgerInsert, inse
 	// every row it counts) is written by the trigger ledger_batch_row
 	// after the statement (migration 0034).
 	rows, err := q.Query(ctx, `INSERT INTO ledger (id, id_text, ref, payload_hash, value, event_time, src_partition, src_offset)
-			SELECT k, it, r, h, v, ts, p, o
-			FROM unnest($1::uuid[], $2::text[], $3::int[], $4::bigint[], $5::bigint[], $6::timestamptz[], $7::smallint[], $8::bigint[])
-				AS b(k, it, r, h, v, ts, p, o)
-			ON CONFLICT (id) DO NOTHING
-			RETURNING id, ref, id_text`, sk, st, sr, sh, sv, stimes, sp, so)
+		SELECT k, it, r, h, v, ts, p, o
+		FROM unnest($1::uuid[], $2::text[], $3::int[], $4::bigint[], $5::bigint[], $6::timestamptz[], $7::smallint[], $8::bigint[])
+			AS b(k, it, r, h, v, ts, p, o)
+		ON CONFLICT (id) DO NOTHING
+		RETURNING id, ref, id_text`, sk, st, sr, sh, sv, stimes, sp, so)
 	if err != nil {
 		return fmt.Errorf("inserting into the ledger: %w", err)
 	}

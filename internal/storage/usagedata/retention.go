@@ -15,8 +15,8 @@ const retentionBatch = 10000
 // (ledger_batches) must have been recorded to be deleted. A batch counts
 // only events of times at most events.DefaultMaxFuture (5 minutes) after
 // its clock's now, and records now() at its transaction's start: every
-// event a batch recorded before the day's midnight minus a day counted
-// is before that midnight, so retention deleted its ledger rows (in
+// event a batch recorded before the day's midnight minus batchMargin
+// counted is before that midnight, so retention deleted its ledger rows (in
 // this call or an earlier one), whatever the batch's duration or the
 // skew between the aggregator's clock and the database's, up to a week
 // (a margin that costs a week of batch rows, one per transaction).

@@ -297,7 +297,11 @@ func writeSteps(p func(format string, args ...any), res PipelineResult) {
 	}
 	p("\nOver the steps the pipeline sustained: event → window (minute window visible in Postgres) p50 %s, p99 %s; event → breach row p50 %s, p99 %s (%d breach probes). The step that was not kept is overload by definition: its latencies grow with the backlog.", ms(res.WindowP50), ms(res.WindowP99), ms(res.BreachP50), ms(res.BreachP99), res.Breaches)
 	if res.Events > 0 && len(res.CPU) > 0 {
-		p("CPU per event over the steps (user and system time each process used from the first step until every accepted event was counted, over the %s events accepted), and what one core gives at that cost; the capacity model in the README uses these:\n", n0(float64(res.Events)))
+		capacity := "; the capacity model in the README uses these"
+		if res.Meters {
+			capacity = ""
+		}
+		p("CPU per event over the steps (user and system time each process used from the first step until every accepted event was counted, over the %s events accepted), and what one core gives at that cost%s:\n", n0(float64(res.Events)), capacity)
 		p("| process | CPU per event | events/s per core |")
 		p("|---|---|---|")
 		for _, n := range []string{"ingest", "broker", "aggregator", "postgres", "biller"} {
