@@ -64,7 +64,8 @@ FUZZTIME ?= 30s
 FUZZ_TARGETS = \
 	FuzzDecodeJSON:./events FuzzDecodeNDJSON:./events FuzzDecodeCloudEvent:./events FuzzDecodeCloudEventBatch:./events \
 	FuzzDecodeCloudEventBinary:./events FuzzUnmarshalJSON:./events FuzzWireScan:./events FuzzScan:./events/jsonscan FuzzAppendParse:./events/jsonstring FuzzChecks:./events/fieldcheck \
-	FuzzParseUsageQuery:./internal/ingest FuzzParsePeriod:./internal/biller FuzzRun:./internal/cli FuzzLoad:./internal/config
+	FuzzParseUsageQuery:./internal/ingest FuzzParsePeriod:./internal/biller FuzzRun:./internal/cli FuzzLoad:./internal/config \
+	FuzzDecodePack:./internal/storage/usagedata
 fuzz:
 	for t in $(FUZZ_TARGETS); do \
 		$(GO) test -run '^$$' -fuzz "^$${t%%:*}$$" -fuzztime $(FUZZTIME) "$${t#*:}" || exit 1; done

@@ -1,8 +1,8 @@
 // Package aggregator wires the aggregator service: the consumer group
 // that applies usage.events to Postgres, the outbox relay that publishes
-// breaches, anomalies and dead letters, the retention job, the anomaly
-// detection (AnomalyJudge), and the HTTP endpoints for health, readiness
-// and metrics.
+// breaches, anomalies and dead letters, the retention job, the hour
+// packer (usagedata.PackHours), the anomaly detection (AnomalyJudge), and
+// the HTTP endpoints for health, readiness and metrics.
 //
 // Invariant: the service is ready only while it is a member of the
 // consumer group; its state lives entirely in Postgres, so any instance
@@ -76,7 +76,8 @@ func Run(ctx context.Context, cfg config.Aggregator, log *slog.Logger, ready fun
 	defer writer.Close()
 	rl := relay.New(pool, writer, log, reg)
 	retention := leader.Singleton(pool, retentionLoop{pool: pool, relay: rl, cfg: cfg, log: log}, leader.Options{Logger: log, Registerer: reg})
-	singletons := []service.Service{retention}
+	packs := leader.Singleton(pool, hourPackLoop{pool: pool, interval: cfg.HourPackInterval, log: log, packed: newHourPackMetrics(reg)}, leader.Options{Logger: log, Registerer: reg})
+	singletons := []service.Service{retention, packs}
 	if a := cfg.Anomalies; a.Enabled {
 		judge := &AnomalyJudge{
 			Pool: pool, Detector: a.Detector, Group: cfg.ConsumerGroup, Topic: topics.UsageEvents,
@@ -94,7 +95,7 @@ func Run(ctx context.Context, cfg config.Aggregator, log *slog.Logger, ready fun
 		"consumer_group": cons.Ready,
 	}, log)
 	// Listed in start order; RunAll stops them in reverse: HTTP drains,
-	// then the singletons (retention, anomalies) and the consumer stop,
+	// then the singletons (retention, hour packs, anomalies) and the consumer stop,
 	// then the relay; the writer flushes (deferred) after all have
 	// returned.
 	services := []service.Service{rl, service.Func("meters", agg.ListenForMeters), service.Func("consumer", func(ctx context.Context) error {

@@ -367,6 +367,9 @@ type Aggregator struct {
 	// RetentionInterval is how often old ledger rows and published outbox
 	// rows are deleted.
 	RetentionInterval time.Duration
+	// HourPackInterval is how often the hour packer packs grouped hour
+	// windows of days old enough, and repacks days changed since.
+	HourPackInterval time.Duration
 	// MaxLag bounds how far back a record's broker timestamp is trusted:
 	// event-time limits are judged at that timestamp clamped into
 	// [now - MaxLag, now], never at a producer-set time alone.
@@ -431,6 +434,7 @@ func LoadAggregator(name string, args []string, getenv func(string) string, outp
 	parsed(b, &c.BatchWait, "BATCH_WAIT", "100ms", "longest a batch waits for more records", positiveDuration)
 	parsed(b, &c.SessionTimeout, "SESSION_TIMEOUT", "10s", "consumer group session timeout", positiveDuration)
 	parsed(b, &c.RetentionInterval, "RETENTION_INTERVAL", "1h", "how often ledger rows past the horizon are deleted", positiveDuration)
+	parsed(b, &c.HourPackInterval, "HOUR_PACK_INTERVAL", "10m", "how often grouped meters' hour windows of days three or more days old are packed for reads", positiveDuration)
 	parsed(b, &c.MaxLag, "AGGREGATOR_MAX_LAG", "72h", "how far behind its record timestamps the aggregator may be and still judge event times at them", positiveDuration)
 	parsed(b, &c.ConflictAlertThreshold, "CONFLICT_ALERT_THRESHOLD", "10", "held and raised conflicts per tenant per UTC day beyond which an alert is raised", positiveInt)
 	b.defaultPlan(&c.DefaultPlan)

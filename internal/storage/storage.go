@@ -12,7 +12,8 @@
 //	             usage_corrections, quota_breaches, spend_breaches,
 //	             consumer_offsets,
 //	             consumer_lost_records, meter_uniques, meter_group_keys,
-//	             usage_adjustments
+//	             usage_adjustments, usage_hour_packs, usage_packed_days,
+//	             usage_pack_stale, usage_pack_progress
 //	deadletters  usage_dlq
 //	billingdata  billing_pushes, billing_periods, stripe_webhook_events,
 //	             stripe_webhook_undecodable, stripe_object_versions,

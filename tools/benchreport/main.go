@@ -212,7 +212,7 @@ func profile(ctx context.Context, root string, quick bool, dir string, statement
 }
 
 // ceilingJob is the Postgres ceiling of the aggregator benchmark.
-var ceilingJob = struct{ pkg, pattern, full, quick string }{"./internal/aggregator", "Aggregate/ceiling", "24x", "4x"}
+var ceilingJob = struct{ pkg, pattern, full, quick string }{"./internal/aggregator", "Aggregate/ceiling-postgres-copy$", "24x", "4x"}
 
 // pipelineWithMeters runs the pipeline benchmark again, on a stack of its
 // own (a stopped stack keeps its data), with every event counted in three

@@ -273,6 +273,40 @@ type folded struct {
 	// windows mostly come in order of start, so the group's last window
 	// is the one most rows fold into.
 	byGroup [][]int32
+	// dense, when not nil, replaces cells for windows of one size: 1 +
+	// the index in ws of the window of group g starting origin + i*step
+	// microseconds is dense[g*slots+i] (0: none yet).
+	dense                []int32
+	slots                int64
+	origin, step, finish int64
+}
+
+// denseMax bounds the cells of folded.dense (4 bytes each).
+const denseMax = 1 << 20
+
+// useDense makes f index its windows by group and start in a slice
+// rather than a map, when windows of g have one size (minute, hour and
+// day: UTC days have no leap seconds in Go's time) and groups (numbered
+// below groups) times the windows of [from, to) are few enough.
+func (f *folded) useDense(groups int, g windows.Granularity, from, to time.Time) {
+	var step time.Duration
+	switch g {
+	case windows.Minute:
+		step = time.Minute
+	case windows.Hour:
+		step = time.Hour
+	case windows.Day:
+		step = 24 * time.Hour
+	default:
+		return
+	}
+	origin := g.Start(from)
+	slots := int64(to.Sub(origin)/step) + 1
+	if groups <= 0 || slots <= 0 || int64(groups) > denseMax/slots {
+		return
+	}
+	f.dense = make([]int32, int64(groups)*slots)
+	f.slots, f.origin, f.step, f.finish = slots, origin.UnixMicro(), step.Microseconds(), origin.UnixMicro()+slots*step.Microseconds()
 }
 
 var errTooMany = errors.New("too many windows")
@@ -291,21 +325,34 @@ func (f *folded) window(x usageRow) error {
 		f.ws[mine[n-1]].fold(f.agg, x)
 		return nil
 	}
-	if f.cells == nil {
-		f.cells = make(map[cellKey]int32)
-	}
-	k := cellKey{x.group, x.start.UnixMicro()}
-	if i, ok := f.cells[k]; ok {
-		f.ws[i].fold(f.agg, x)
-		return nil
+	us := x.start.UnixMicro()
+	cell := -1
+	if f.dense != nil && us >= f.origin && us < f.finish && (us-f.origin)%f.step == 0 && int64(x.group) < int64(len(f.dense))/f.slots {
+		cell = int(int64(x.group)*f.slots + (us-f.origin)/f.step)
+		if i := f.dense[cell]; i > 0 {
+			f.ws[i-1].fold(f.agg, x)
+			return nil
+		}
+	} else {
+		if f.cells == nil {
+			f.cells = make(map[cellKey]int32)
+		}
+		if i, ok := f.cells[cellKey{x.group, us}]; ok {
+			f.ws[i].fold(f.agg, x)
+			return nil
+		}
 	}
 	if f.max > 0 && len(f.ws) >= f.max {
 		return errTooMany
 	}
-	if len(f.ws) == math.MaxInt32 {
+	if len(f.ws) >= math.MaxInt32-1 {
 		return errors.New("more windows than an int32 counts")
 	}
-	f.cells[k] = int32(len(f.ws))
+	if cell >= 0 {
+		f.dense[cell] = int32(len(f.ws)) + 1
+	} else {
+		f.cells[cellKey{x.group, us}] = int32(len(f.ws))
+	}
 	f.byGroup[x.group] = append(mine, int32(len(f.ws)))
 	f.ws = append(f.ws, x)
 	return nil
@@ -377,9 +424,15 @@ func (r *Reader) storedUsage(ctx context.Context, q MeterQuery) (MeterUsage, err
 	if len(q.Meter.GroupBy) == 0 {
 		keyCond = ` AND group_key = ''`
 	}
-	rows, err := r.q.Query(ctx, `SELECT group_key, window_start, value, events FROM usage_windows
-		WHERE tenant = $1 AND meter = $2 AND granularity = $3 AND window_start >= $4 AND window_start < $5`+keyCond,
-		q.Tenant, q.Meter.Name, string(q.Granularity), q.From, q.To)
+	sql := `SELECT group_key, window_start, value, events FROM usage_windows
+		WHERE tenant = $1 AND meter = $2 AND granularity = $3 AND window_start >= $4 AND window_start < $5` + keyCond
+	args := []any{q.Tenant, q.Meter.Name, string(q.Granularity), q.From, q.To}
+	packed := q.Granularity == windows.Hour && len(q.Meter.GroupBy) > 0 && q.From.Before(q.To)
+	if packed {
+		sql = packedHoursSQL
+		args = append(args, packDays(q.From, q.To))
+	}
+	rows, err := r.q.Query(ctx, sql, args...)
 	if err != nil {
 		return fail(err)
 	}
@@ -398,9 +451,17 @@ func (r *Reader) storedUsage(ctx context.Context, q MeterQuery) (MeterUsage, err
 		bigs   []*big.Int
 	)
 	defer func() { *buf = stores[:0] }()
+	bound := func() error {
+		if q.MaxWindows > 0 && len(stores) >= storedPerWindow*q.MaxWindows {
+			return fmt.Errorf("reading usage of meter %s: %w: the range holds more than %d stored windows",
+				q.Meter.Name, ErrTooManyWindows, storedPerWindow*q.MaxWindows)
+		}
+		return nil
+	}
+	var pk []packedWindow
 	for rows.Next() {
 		raw := rows.RawValues()
-		if len(raw) != 4 || raw[0] == nil {
+		if (len(raw) != 4 && (!packed || len(raw) != 5)) || raw[0] == nil {
 			return fail(fmt.Errorf("a window row of %d columns", len(raw)))
 		}
 		k, ok := keyOf[string(raw[0])] // no copy of the key for the lookup
@@ -421,6 +482,29 @@ func (r *Reader) storedUsage(ctx context.Context, q MeterQuery) (MeterUsage, err
 			return fail(errors.New("a window row without a finite start"))
 		}
 		x.start = start.Time.UnixMicro()
+		if len(raw) == 5 && raw[4] != nil { // a pack: the day's windows of one group
+			p := raw[4]
+			if !dec.binary(4, pgtype.ByteaOID) {
+				if err := dec.scan(raw, 4, &p); err != nil {
+					return fail(err)
+				}
+			}
+			if pk, err = decodePack(pk[:0], p); err != nil {
+				return fail(err)
+			}
+			from, to := q.From.UnixMicro(), q.To.UnixMicro()
+			for _, w := range pk {
+				s := x.start + int64(w.offset)*1e6
+				if s < from || s >= to {
+					continue
+				}
+				if err := bound(); err != nil {
+					return MeterUsage{}, err
+				}
+				stores = append(stores, stored{key: k, start: s, value: w.value, events: w.events})
+			}
+			continue
+		}
 		v, err := dec.amount(raw, 2)
 		if err != nil {
 			return fail(err)
@@ -435,9 +519,8 @@ func (r *Reader) storedUsage(ctx context.Context, q MeterQuery) (MeterUsage, err
 		if x.events, err = dec.int(raw, 3); err != nil {
 			return fail(err)
 		}
-		if q.MaxWindows > 0 && len(stores) >= storedPerWindow*q.MaxWindows {
-			return MeterUsage{}, fmt.Errorf("reading usage of meter %s: %w: the range holds more than %d stored windows",
-				q.Meter.Name, ErrTooManyWindows, storedPerWindow*q.MaxWindows)
+		if err := bound(); err != nil {
+			return MeterUsage{}, err
 		}
 		stores = append(stores, x)
 	}
@@ -480,6 +563,7 @@ func (r *Reader) storedUsage(ctx context.Context, q MeterQuery) (MeterUsage, err
 			return fail(err)
 		}
 	}
+	f.useDense(len(f.groups), q.Granularity, q.From, q.To)
 	for _, x := range stores {
 		g := gid[x.key]
 		if g == 0 {

@@ -12,6 +12,7 @@ package usagedata
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/usagemeter/metering/internal/storage"
@@ -19,6 +20,12 @@ import (
 
 // shadowTables are the tables one batch of the rollup writes.
 var shadowTables = []string{"ledger", "ledger_names", "ledger_overflow", "ledger_batches", "ledger_recorded", "ledger_conflicts", "usage_windows", "meter_uniques", "meter_group_keys", "consumer_offsets", "usage_corrections", "quota_breaches", "outbox", "usage_dlq", "usage_adjustments"}
+
+// shadowEmptyTables are tables a rollup in the shadow reads and never
+// writes, copied empty: with no packed day of its own, a read of grouped
+// hour windows in the shadow (a quota's credit hours) reads the shadow's
+// windows, never the live packs.
+var shadowEmptyTables = []string{"usage_packed_days", "usage_hour_packs", "usage_pack_stale"}
 
 // shadowCheck refuses a schema name that is not a plain lower-case
 // identifier: the name is written into the statements.
@@ -35,17 +42,17 @@ func shadowCheck(schema string) error {
 }
 
 // CreateShadow creates schema with empty copies (LIKE ... INCLUDING ALL)
-// of the tables one batch of the rollup writes, and the ledger's trigger
-// that writes each transaction's batch row (LIKE copies no trigger; the
-// trigger's function names ledger_batches unqualified, so the rollup's
-// search_path sends the row to the shadow's). It fails if the schema
-// exists.
+// of the tables one batch of the rollup writes and of the hour packs'
+// tables (shadowEmptyTables), and the ledger's trigger that writes each
+// transaction's batch row (LIKE copies no trigger; the trigger's function
+// names ledger_batches unqualified, so the rollup's search_path sends the
+// row to the shadow's). It fails if the schema exists.
 func CreateShadow(ctx context.Context, q storage.Executor, schema string) error {
 	if err := shadowCheck(schema); err != nil {
 		return err
 	}
 	stmts := []string{"CREATE SCHEMA " + schema}
-	for _, t := range shadowTables {
+	for _, t := range append(slices.Clone(shadowTables), shadowEmptyTables...) {
 		stmts = append(stmts, fmt.Sprintf("CREATE TABLE %s.%s (LIKE public.%s INCLUDING ALL)", schema, t, t))
 	}
 	stmts = append(stmts, fmt.Sprintf("CREATE TRIGGER ledger_batch_row AFTER INSERT ON %s.ledger FOR EACH STATEMENT EXECUTE FUNCTION public.ledger_batch_row()", schema))
