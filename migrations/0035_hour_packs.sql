@@ -87,9 +87,9 @@ END $$;
 
 CREATE TRIGGER usage_pack_stale_write AFTER INSERT OR UPDATE ON usage_windows FOR EACH ROW
     WHEN (NEW.granularity = 'hour' AND NEW.group_key <> ''
-        AND NEW.window_start < (date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') - interval '1 day')
+        AND NEW.window_start < (date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') - interval '24 hours')
     EXECUTE FUNCTION usage_pack_stale_mark();
 CREATE TRIGGER usage_pack_stale_delete AFTER DELETE ON usage_windows FOR EACH ROW
     WHEN (OLD.granularity = 'hour' AND OLD.group_key <> ''
-        AND OLD.window_start < (date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') - interval '1 day')
+        AND OLD.window_start < (date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') - interval '24 hours')
     EXECUTE FUNCTION usage_pack_stale_mark();
