@@ -28,11 +28,14 @@
 --
 -- The triggers mark a day stale in the transaction that changes one of
 -- its grouped hour windows, when the window starts before the start of
--- yesterday (UTC, by the writing transaction's now()): they never fire
--- for the current days' windows, so the aggregator's usual writes cost
--- nothing more. The packer packs only days that ended before the day
--- before yesterday, so a write to a packed day that does not mark it
--- would need a transaction open for more than a day.
+-- yesterday (UTC, 24 hours before the writing transaction's now()'s
+-- midnight): they never fire for the current days' windows, so the
+-- aggregator's usual writes cost nothing more. The packer packs (and
+-- repacks) only days three or more days old (before the day before
+-- yesterday), so a write to a packed day that does not mark it would need
+-- a transaction open for more than a day, which the packer checks for.
+-- Writers must not turn triggers off (session_replication_role =
+-- replica).
 CREATE TABLE usage_hour_packs (
     tenant      text        NOT NULL,
     meter       text        NOT NULL,
@@ -69,27 +72,47 @@ CREATE TABLE usage_pack_progress (
 );
 COMMENT ON TABLE usage_pack_progress IS 'The next UTC day whose grouped hour windows the packer packs.';
 
--- Marks the changed window's day stale. A transaction that marks a day
--- already marked by an earlier one updates the marker (and so locks it:
--- the packer's removal of the marker waits for the writer's commit); a
--- second window of the same day in the same transaction only locks it.
+-- Marks the changed window's day stale (on an UPDATE, the old row's day
+-- too, should a key ever change). A transaction that marks a day already
+-- marked by an earlier one updates the marker (and so locks it: the
+-- packer's removal of the marker waits for the writer's commit); a second
+-- window of the same day in the same transaction only locks it. The table
+-- is named with its schema: a connection that puts a rebuild's shadow
+-- schema first on its search_path still marks the live table.
 CREATE FUNCTION usage_pack_stale_mark() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    w usage_windows;
+    w public.usage_windows;
 BEGIN
-    IF TG_OP = 'DELETE' THEN w := OLD; ELSE w := NEW; END IF;
-    INSERT INTO usage_pack_stale (tenant, meter, day)
-    VALUES (w.tenant, w.meter, date_trunc('day', w.window_start AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')
-    ON CONFLICT (tenant, meter, day) DO UPDATE SET xid = pg_current_xact_id(), marked_at = now()
-        WHERE usage_pack_stale.xid <> pg_current_xact_id();
+    FOREACH w IN ARRAY CASE TG_OP WHEN 'INSERT' THEN ARRAY[NEW] WHEN 'DELETE' THEN ARRAY[OLD] ELSE ARRAY[NEW, OLD] END LOOP
+        INSERT INTO public.usage_pack_stale (tenant, meter, day)
+        VALUES (w.tenant, w.meter, date_trunc('day', w.window_start AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')
+        ON CONFLICT (tenant, meter, day) DO UPDATE SET xid = pg_current_xact_id(), marked_at = now()
+            WHERE usage_pack_stale.xid <> pg_current_xact_id();
+    END LOOP;
     RETURN NULL;
 END $$;
 
-CREATE TRIGGER usage_pack_stale_write AFTER INSERT OR UPDATE ON usage_windows FOR EACH ROW
+CREATE TRIGGER usage_pack_stale_insert AFTER INSERT ON usage_windows FOR EACH ROW
     WHEN (NEW.granularity = 'hour' AND NEW.group_key <> ''
         AND NEW.window_start < (date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') - interval '24 hours')
+    EXECUTE FUNCTION usage_pack_stale_mark();
+CREATE TRIGGER usage_pack_stale_update AFTER UPDATE ON usage_windows FOR EACH ROW
+    WHEN (NEW.granularity = 'hour' AND NEW.group_key <> ''
+        AND NEW.window_start < (date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') - interval '24 hours'
+        OR OLD.granularity = 'hour' AND OLD.group_key <> ''
+        AND OLD.window_start < (date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') - interval '24 hours')
     EXECUTE FUNCTION usage_pack_stale_mark();
 CREATE TRIGGER usage_pack_stale_delete AFTER DELETE ON usage_windows FOR EACH ROW
     WHEN (OLD.granularity = 'hour' AND OLD.group_key <> ''
         AND OLD.window_start < (date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') - interval '24 hours')
     EXECUTE FUNCTION usage_pack_stale_mark();
+
+-- TRUNCATE fires no row trigger: it forgets every pack.
+CREATE FUNCTION usage_packs_truncated() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM public.usage_packed_days;
+    DELETE FROM public.usage_hour_packs;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER usage_packs_truncated AFTER TRUNCATE ON usage_windows FOR EACH STATEMENT
+    EXECUTE FUNCTION usage_packs_truncated();

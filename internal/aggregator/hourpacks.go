@@ -41,11 +41,11 @@ func (l hourPackLoop) Run(ctx context.Context) error {
 		l.packed.WithLabelValues("new").Add(float64(st.Units))
 		switch {
 		case errors.Is(err, usagedata.ErrOldTransaction):
-			l.log.WarnContext(ctx, "hour packs: no new day packed while a transaction older than a day is open", "repacked", st.Repacked)
+			l.log.WarnContext(ctx, "hour packs: no day packed while a transaction older than a day is open", "repacked", st.Repacked, "packed", st.Units)
 		case err != nil && ctx.Err() == nil:
 			l.log.WarnContext(ctx, "hour packs", "err", err)
-		case st.Repacked+st.Units > 0:
-			l.log.InfoContext(ctx, "hour packs", "repacked", st.Repacked, "days", st.Days, "packed", st.Units, "next_day", st.NextDay)
+		case st.Repacked+st.Cleared+st.Units > 0:
+			l.log.InfoContext(ctx, "hour packs", "repacked", st.Repacked, "cleared", st.Cleared, "days", st.Days, "packed", st.Units, "next_day", st.NextDay)
 		}
 		select {
 		case <-ctx.Done():

@@ -22,10 +22,10 @@ import (
 // usage_packed_days and not marked in usage_pack_stale, and the triggers
 // of usage_windows mark the day of every grouped hour window changed,
 // inserted or deleted before the start of yesterday (UTC, the writer's
-// now()). The packer packs only days that ended before the day before
-// yesterday (PackHours), so every write to a packed day marks it, unless
-// the writing transaction has been open for more than a day, which
-// PackHours checks for (ErrOldTransaction).
+// now()). The packer packs and repacks only days three or more days old
+// (PackHours), so every write to a packed day marks it, unless the
+// writing transaction has been open for more than a day, which PackHours
+// checks for (ErrOldTransaction).
 
 // packLockKey is the transaction advisory lock every packing transaction
 // takes first: packs are written by one transaction at a time, each of
@@ -46,10 +46,11 @@ func Packable(agg meter.Aggregation) bool {
 
 // PackStats is what one PackHours call did.
 type PackStats struct {
-	// Repacked is how many days marked stale were packed again (or left
-	// unpacked: their meter is no longer packable, or a value is past
-	// int64).
-	Repacked int
+	// Repacked is how many days marked stale were packed again; Cleared
+	// how many were left unpacked (their meter is not packable, or a
+	// window cannot be packed: a value past int64, a negative event
+	// count, a start not on a whole second).
+	Repacked, Cleared int
 	// Days is how many new days were packed, Units how many (tenant,
 	// meter) of them.
 	Days, Units int
@@ -57,10 +58,12 @@ type PackStats struct {
 	NextDay time.Time
 }
 
-// ErrOldTransaction is returned by PackHours when a transaction opened
-// more than a day ago is still open: it may write windows of a day old
-// enough to pack without marking it (its now() is a day old), so no new
-// day is packed until it ends. Days marked stale are still repacked.
+// ErrOldTransaction is returned by PackHours when a transaction of this
+// database opened (or prepared) more than a day ago is still open: it may
+// write windows of a day old enough to pack without marking it (its now()
+// is a day old), so no day is packed until it ends. Sessions of other
+// roles show no transaction start to a role without pg_read_all_stats,
+// so the check covers them only when the aggregator's role may see them.
 var ErrOldTransaction = errors.New("a transaction open for more than a day")
 
 // txExecutor runs statements and starts transactions: a pool or a
@@ -70,11 +73,12 @@ type txExecutor interface {
 	Begin(ctx context.Context) (pgx.Tx, error)
 }
 
-// PackHours packs grouped hour windows: first the days marked stale
-// since they were packed (at most limit of them), then every new day,
-// in order, that ended before the day before yesterday (UTC, the
-// database's clock), from the day after the last one packed (the first
-// call starts at the oldest grouped hour window). Each (tenant, meter,
+// PackHours packs grouped hour windows of days three or more days old
+// (before the day before yesterday, UTC, the database's clock): first the
+// days marked stale since they were packed (at most limit of them; a
+// younger marked day waits until it is old enough), then every new day,
+// in order, from the day after the last one packed (the first call starts
+// at the oldest grouped hour window). Each (tenant, meter,
 // day) is packed in a transaction of its own, so a call may stop at any
 // point (ctx) and the next one resumes. Only one packer should run at a
 // time (the aggregator's leader of the loop "hour-packs"), though two
@@ -99,6 +103,9 @@ func PackHours(ctx context.Context, db txExecutor, limit int) (PackStats, error)
 		return ok, nil
 	}
 	q := db
+	if err := checkOldTransactions(ctx, q); err != nil {
+		return st, err
+	}
 	stale, err := staleUnits(ctx, q, limit)
 	if err != nil {
 		return st, err
@@ -108,19 +115,20 @@ func PackHours(ctx context.Context, db txExecutor, limit int) (PackStats, error)
 		if err != nil {
 			return st, err
 		}
-		if err := packUnit(ctx, db, u, ok); err != nil {
+		packed, err := packUnit(ctx, db, u, ok)
+		if err != nil {
 			return st, err
 		}
-		st.Repacked++
-	}
-	var old bool
-	if err := q.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE backend_type = 'client backend' AND xact_start < now() - interval '1 day')`).Scan(&old); err != nil {
-		return st, fmt.Errorf("packing hour windows: looking for old transactions: %w", err)
-	}
-	if old {
-		return st, fmt.Errorf("packing hour windows: no new day packed: %w", ErrOldTransaction)
+		if packed {
+			st.Repacked++
+		} else {
+			st.Cleared++
+		}
 	}
 	for {
+		if err := checkOldTransactions(ctx, q); err != nil {
+			return st, err
+		}
 		day, more, err := nextPackDay(ctx, q)
 		if err != nil {
 			return st, err
@@ -141,10 +149,13 @@ func PackHours(ctx context.Context, db txExecutor, limit int) (PackStats, error)
 			if !ok {
 				continue
 			}
-			if err := packUnit(ctx, db, u, true); err != nil {
+			packed, err := packUnit(ctx, db, u, true)
+			if err != nil {
 				return st, err
 			}
-			st.Units++
+			if packed {
+				st.Units++
+			}
 		}
 		if _, err := q.Exec(ctx, `INSERT INTO usage_pack_progress (next_day) VALUES ($1)
 			ON CONFLICT (one) DO UPDATE SET next_day = EXCLUDED.next_day`, day.Add(24*time.Hour)); err != nil {
@@ -160,9 +171,30 @@ type packKey struct {
 	day           time.Time
 }
 
-// staleUnits lists at most limit days marked stale, oldest mark first.
+// checkOldTransactions returns ErrOldTransaction when a transaction of
+// this database started or was prepared more than a day ago.
+func checkOldTransactions(ctx context.Context, q storage.Executor) error {
+	var old bool
+	if err := q.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+			WHERE datname = current_database() AND backend_type = 'client backend' AND xact_start < now() - interval '24 hours')
+		OR EXISTS (SELECT 1 FROM pg_prepared_xacts WHERE database = current_database() AND prepared < now() - interval '24 hours')`).Scan(&old); err != nil {
+		return fmt.Errorf("packing hour windows: looking for old transactions: %w", err)
+	}
+	if old {
+		return fmt.Errorf("packing hour windows: %w", ErrOldTransaction)
+	}
+	return nil
+}
+
+// packHorizonSQL is the start of the day before yesterday (UTC): the
+// days before it are three or more days old, the ones PackHours packs.
+const packHorizonSQL = `(date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') - interval '48 hours'`
+
+// staleUnits lists at most limit days marked stale and three or more days
+// old, oldest mark first.
 func staleUnits(ctx context.Context, q storage.Executor, limit int) ([]packKey, error) {
-	rows, err := q.Query(ctx, `SELECT tenant, meter, day FROM usage_pack_stale ORDER BY marked_at LIMIT $1`, limit)
+	rows, err := q.Query(ctx, `SELECT tenant, meter, day FROM usage_pack_stale WHERE day < `+packHorizonSQL+`
+		ORDER BY marked_at LIMIT $1`, limit)
 	if err != nil {
 		return nil, fmt.Errorf("packing hour windows: listing stale days: %w", err)
 	}
@@ -177,8 +209,8 @@ func staleUnits(ctx context.Context, q storage.Executor, limit int) ([]packKey, 
 	return us, nil
 }
 
-// nextPackDay returns the next new day to pack and whether it ended
-// before the day before yesterday.
+// nextPackDay returns the next new day to pack and whether it is three
+// or more days old.
 func nextPackDay(ctx context.Context, q storage.Executor) (time.Time, bool, error) {
 	var (
 		day  *time.Time
@@ -188,7 +220,7 @@ func nextPackDay(ctx context.Context, q storage.Executor) (time.Time, bool, erro
 			SELECT coalesce((SELECT next_day FROM usage_pack_progress),
 				(SELECT date_trunc('day', min(window_start) AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
 				 FROM usage_windows WHERE granularity = 'hour' AND group_key <> '')) AS day)
-		SELECT day, day < (date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') - interval '72 hours' FROM n`).Scan(&day, &more)
+		SELECT day, day < `+packHorizonSQL+` FROM n`).Scan(&day, &more)
 	if err != nil {
 		return time.Time{}, false, fmt.Errorf("packing hour windows: finding the next day: %w", err)
 	}
@@ -218,15 +250,18 @@ func dayUnits(ctx context.Context, q storage.Executor, day time.Time) ([]packKey
 }
 
 // packUnit replaces, in one transaction, u's packs by copies of its
-// grouped hour windows as they are now, and clears its stale mark; with
-// pack false (the meter is not packable), or when a window's value is
-// past int64, it leaves u unpacked. A writer that marks u while this
+// grouped hour windows as they are now, clears its stale mark, and
+// reports whether it packed u: with pack false (the meter is not
+// packable), or when a window cannot be packed (readPacks), it leaves u
+// unpacked. A writer that marks u while this
 // runs either committed before the windows are read (the copy holds its
 // windows) or keeps its mark (its mark is new, or it holds the lock on
 // the old one, which the mark's deletion waits for and deletes only
 // after its commit, before the windows are read).
-func packUnit(ctx context.Context, db txExecutor, u packKey, pack bool) error {
+func packUnit(ctx context.Context, db txExecutor, u packKey, pack bool) (bool, error) {
+	packed := false
 	err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		packed = false
 		b := &pgx.Batch{}
 		b.Queue(`SELECT pg_advisory_xact_lock($1)`, int64(packLockKey))
 		b.Queue(`DELETE FROM usage_pack_stale WHERE tenant = $1 AND meter = $2 AND day = $3`, u.tenant, u.meter, u.day)
@@ -242,6 +277,7 @@ func packUnit(ctx context.Context, db txExecutor, u packKey, pack bool) error {
 		if err != nil || !ok || len(keys) == 0 {
 			return err
 		}
+		packed = true
 		_, err = tx.Exec(ctx, `WITH p AS (
 				INSERT INTO usage_hour_packs (tenant, meter, day, group_key, windows)
 				SELECT $1, $2, $3, k, w FROM unnest($4::text[], $5::bytea[]) AS x(k, w)
@@ -251,13 +287,16 @@ func packUnit(ctx context.Context, db txExecutor, u packKey, pack bool) error {
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("packing hour windows of %s, meter %s, on %s: %w", u.tenant, u.meter, u.day.Format(time.DateOnly), err)
+		return false, fmt.Errorf("packing hour windows of %s, meter %s, on %s: %w", u.tenant, u.meter, u.day.Format(time.DateOnly), err)
 	}
-	return nil
+	return packed, nil
 }
 
 // readPacks reads u's grouped hour windows and encodes each group's
-// (appendPackedWindow); ok is false when a value is past int64.
+// (appendPackedWindow); ok is false when one cannot be packed: a value
+// past int64, a negative event count, or a start that is not a whole
+// second of the day (none is written so; such a day is read from its
+// windows).
 func readPacks(ctx context.Context, q storage.Executor, u packKey) (keys []string, packs [][]byte, ok bool, err error) {
 	rows, err := q.Query(ctx, `SELECT group_key, window_start, value, events FROM usage_windows
 		WHERE tenant = $1 AND meter = $2 AND granularity = 'hour'
@@ -282,16 +321,13 @@ func readPacks(ctx context.Context, q storage.Executor, u packKey) (keys []strin
 		if err != nil {
 			return nil, nil, false, err
 		}
-		if v.big != nil {
-			return nil, nil, false, nil
-		}
 		events, err := dec.int(raw, 3)
 		if err != nil {
 			return nil, nil, false, err
 		}
 		off := start.Time.UnixMicro() - day
-		if off < 0 || off >= 24*3600*1e6 || off%1e6 != 0 {
-			return nil, nil, false, fmt.Errorf("a window starting %s is not a whole second of %s", start.Time, u.day.Format(time.DateOnly))
+		if v.big != nil || events < 0 || off < 0 || off >= 24*3600*1e6 || off%1e6 != 0 {
+			return nil, nil, false, nil
 		}
 		if n := len(keys); n == 0 || keys[n-1] != string(raw[0]) {
 			keys = append(keys, string(raw[0]))
@@ -390,7 +426,7 @@ const packedHoursSQL = `WITH clean AS (
 		WHERE p.tenant = $1 AND p.meter = $2 AND p.day = ANY($6::timestamptz[])
 		  AND NOT EXISTS (SELECT 1 FROM usage_pack_stale s WHERE s.tenant = $1 AND s.meter = $2 AND s.day = p.day)
 	)
-	SELECT w.group_key, w.window_start, w.value, w.events, NULL::bytea
+	SELECT w.group_key, w.window_start, w.value, w.events, NULL::bytea AS windows
 	FROM unnest($6::timestamptz[]) AS d(day) CROSS JOIN LATERAL (
 		SELECT group_key, window_start, value, events FROM usage_windows
 		WHERE tenant = $1 AND meter = $2 AND granularity = $3

@@ -147,7 +147,7 @@ func TestHourPacksAnswerAsTheWindows(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Repacked != 120 || st.NextDay.After(time.Now()) {
+	if st.Repacked != 80 || st.Cleared != 40 || st.NextDay.After(time.Now()) {
 		t.Fatalf("stats %+v", st)
 	}
 	var packed, latest, stale int
@@ -207,8 +207,9 @@ func TestHourPacksAnswerAsTheWindows(t *testing.T) {
 }
 
 // New days are packed in order once, from the oldest grouped hour
-// window to the day before the day before yesterday; a day with a value
-// past int64 stays unpacked and is read from its windows.
+// window to the last day three days old; a day with a value past int64,
+// or a negative event count, stays unpacked and is read from its
+// windows.
 func TestHourPacksNewDays(t *testing.T) {
 	t.Parallel()
 	db, first := packFixture(t)
@@ -216,6 +217,8 @@ func TestHourPacksNewDays(t *testing.T) {
 	db.Exec(t, `DELETE FROM usage_pack_stale`) // as if written when the days were current
 	huge := first.AddDate(0, 0, 5).Add(3 * time.Hour)
 	db.Exec(t, `UPDATE usage_windows SET value = 100000000000000000000 WHERE tenant = 'acme' AND meter = 'peak_by_model' AND granularity = 'hour' AND window_start = $1`, huge)
+	negative := first.AddDate(0, 0, 6).Add(5 * time.Hour)
+	db.Exec(t, `UPDATE usage_windows SET events = -1 WHERE tenant = 'acme' AND meter = 'tokens_by_model' AND granularity = 'hour' AND window_start = $1`, negative)
 	db.Exec(t, `DELETE FROM usage_pack_stale`)
 	qs := packQueries(t, db.Pool, first)
 	want := make([]string, len(qs))
@@ -227,13 +230,14 @@ func TestHourPacksNewDays(t *testing.T) {
 		t.Fatal(err)
 	}
 	today := time.Now().UTC().Truncate(24 * time.Hour)
-	if st.Days != 30-3 || st.Units != 20*2*2 || !st.NextDay.Equal(today.AddDate(0, 0, -3)) {
-		t.Fatalf("stats %+v; want 27 days, 80 units, next %s", st, today.AddDate(0, 0, -3))
+	if st.Days != 30-2 || st.Units != 20*2*2-2 || !st.NextDay.Equal(today.AddDate(0, 0, -2)) {
+		t.Fatalf("stats %+v; want 28 days, 78 units, next %s", st, today.AddDate(0, 0, -2))
 	}
 	var packed int
-	scanOne(t, db, `SELECT count(*) FROM usage_packed_days WHERE tenant = 'acme' AND meter = 'peak_by_model' AND day = $1`, huge.Truncate(24*time.Hour))(&packed)
+	scanOne(t, db, `SELECT count(*) FROM usage_packed_days WHERE tenant = 'acme' AND (meter = 'peak_by_model' AND day = $1 OR meter = 'tokens_by_model' AND day = $2)`,
+		huge.Truncate(24*time.Hour), negative.Truncate(24*time.Hour))(&packed)
 	if packed != 0 {
-		t.Fatal("a day with a value past int64 was packed")
+		t.Fatal("a day with a value past int64 or a negative event count was packed")
 	}
 	for i, q := range qs {
 		if got := usageJSON(t, db.Pool, q); got != want[i] {
@@ -315,5 +319,67 @@ func TestHourPackWaitsForAWriterOfItsDay(t *testing.T) {
 		if got != string(want) {
 			t.Errorf("%s %v %v-%v:\ngot  %.300s\nwant %.300s", q.Meter.Name, q.GroupBy, q.From, q.To, got, want)
 		}
+	}
+}
+
+// Days younger than three days are never packed, even when marked; a
+// marked day is packed once it is old enough. TRUNCATE forgets every
+// pack; an UPDATE marks the day of the row it changes.
+func TestHourPacksWaitForOldDays(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	ctx := context.Background()
+	if _, _, err := accounts.PutMeter(ctx, db.Pool, accounts.Meter{Name: "tokens_by_model", Metric: "tokens", Aggregation: "sum", GroupBy: []string{"model"}}); err != nil {
+		t.Fatal(err)
+	}
+	today := time.Now().UTC().Truncate(24 * time.Hour)
+	var a usagedata.MeterAdds
+	for d := -4; d <= 0; d++ {
+		a.Append("acme", "tokens_by_model", packKey("a"), string(windows.Hour), today.AddDate(0, 0, d).Add(time.Hour), meter.Contribution{Aggregation: meter.Sum, Value: 10}, 1)
+	}
+	if err := usagedata.AddMeterWindows(ctx, db.Pool, a); err != nil {
+		t.Fatal(err)
+	}
+	// Marked: the days before yesterday (the trigger's horizon).
+	var marked int
+	scanOne(t, db, `SELECT count(*) FROM usage_pack_stale`)(&marked)
+	if marked != 3 {
+		t.Fatalf("%d days marked, want 3 (today-4 to today-2)", marked)
+	}
+	db.Exec(t, `INSERT INTO usage_pack_stale (tenant, meter, day) VALUES ('acme', 'tokens_by_model', $1)`, today.AddDate(0, 0, -1))
+	st, err := usagedata.PackHours(ctx, db.Pool, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var days []time.Time
+	rows, err := db.Pool.Query(ctx, `SELECT day FROM usage_packed_days ORDER BY day`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var d time.Time
+		if err := rows.Scan(&d); err != nil {
+			t.Fatal(err)
+		}
+		days = append(days, d.UTC())
+	}
+	if len(days) != 2 || !days[0].Equal(today.AddDate(0, 0, -4)) || !days[1].Equal(today.AddDate(0, 0, -3)) || !st.NextDay.Equal(today.AddDate(0, 0, -2)) {
+		t.Fatalf("packed %v, stats %+v; want the days 4 and 3 days old", days, st)
+	}
+	scanOne(t, db, `SELECT count(*) FROM usage_pack_stale`)(&marked)
+	if marked != 2 {
+		t.Fatalf("%d days still marked, want 2 (yesterday and the day before)", marked)
+	}
+	// An UPDATE of a packed day's window marks it.
+	db.Exec(t, `UPDATE usage_windows SET value = value + 1 WHERE granularity = 'hour' AND window_start = $1`, today.AddDate(0, 0, -4).Add(time.Hour))
+	scanOne(t, db, `SELECT count(*) FROM usage_pack_stale WHERE day = $1`, today.AddDate(0, 0, -4))(&marked)
+	if marked != 1 {
+		t.Fatal("an UPDATE of a packed day's window did not mark it")
+	}
+	db.Exec(t, `TRUNCATE usage_windows`)
+	var packs int
+	scanOne(t, db, `SELECT (SELECT count(*) FROM usage_packed_days) + (SELECT count(*) FROM usage_hour_packs)`)(&packs)
+	if packs != 0 {
+		t.Fatalf("%d pack rows after TRUNCATE usage_windows", packs)
 	}
 }
