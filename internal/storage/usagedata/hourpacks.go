@@ -86,36 +86,32 @@ type txExecutor interface {
 func PackHours(ctx context.Context, db txExecutor, limit int) (PackStats, error) {
 	var st PackStats
 	packable := map[string]bool{}
-	isPackable := func(q storage.Executor, name string) (bool, error) {
-		if ok, seen := packable[name]; seen {
-			return ok, nil
+	// pack packs u when its meter is packable and clears it otherwise,
+	// and reports whether it packed it.
+	pack := func(u packKey) (bool, error) {
+		ok, seen := packable[u.meter]
+		if !seen {
+			m, err := accounts.GetMeter(ctx, db, u.meter)
+			switch {
+			case errors.Is(err, accounts.ErrNotFound):
+			case err != nil:
+				return false, fmt.Errorf("packing hour windows: reading meter %s: %w", u.meter, err)
+			default:
+				ok = Packable(meter.Aggregation(m.Aggregation)) && len(m.GroupBy) > 0
+			}
+			packable[u.meter] = ok
 		}
-		m, err := accounts.GetMeter(ctx, q, name)
-		if errors.Is(err, accounts.ErrNotFound) {
-			packable[name] = false
-			return false, nil
-		}
-		if err != nil {
-			return false, fmt.Errorf("packing hour windows: reading meter %s: %w", name, err)
-		}
-		ok := Packable(meter.Aggregation(m.Aggregation)) && len(m.GroupBy) > 0
-		packable[name] = ok
-		return ok, nil
+		return packUnit(ctx, db, u, ok)
 	}
-	q := db
-	if err := checkOldTransactions(ctx, q); err != nil {
+	if err := checkOldTransactions(ctx, db); err != nil {
 		return st, err
 	}
-	stale, err := staleUnits(ctx, q, limit)
+	stale, err := staleUnits(ctx, db, limit)
 	if err != nil {
 		return st, err
 	}
 	for _, u := range stale {
-		ok, err := isPackable(q, u.meter)
-		if err != nil {
-			return st, err
-		}
-		packed, err := packUnit(ctx, db, u, ok)
+		packed, err := pack(u)
 		if err != nil {
 			return st, err
 		}
@@ -126,10 +122,10 @@ func PackHours(ctx context.Context, db txExecutor, limit int) (PackStats, error)
 		}
 	}
 	for {
-		if err := checkOldTransactions(ctx, q); err != nil {
+		if err := checkOldTransactions(ctx, db); err != nil {
 			return st, err
 		}
-		day, more, err := nextPackDay(ctx, q)
+		day, more, err := nextPackDay(ctx, db)
 		if err != nil {
 			return st, err
 		}
@@ -137,19 +133,12 @@ func PackHours(ctx context.Context, db txExecutor, limit int) (PackStats, error)
 		if !more {
 			return st, nil
 		}
-		units, err := dayUnits(ctx, q, day)
+		units, err := dayUnits(ctx, db, day)
 		if err != nil {
 			return st, err
 		}
 		for _, u := range units {
-			ok, err := isPackable(q, u.meter)
-			if err != nil {
-				return st, err
-			}
-			if !ok {
-				continue
-			}
-			packed, err := packUnit(ctx, db, u, true)
+			packed, err := pack(u)
 			if err != nil {
 				return st, err
 			}
@@ -157,7 +146,7 @@ func PackHours(ctx context.Context, db txExecutor, limit int) (PackStats, error)
 				st.Units++
 			}
 		}
-		if _, err := q.Exec(ctx, `INSERT INTO usage_pack_progress (next_day) VALUES ($1)
+		if _, err := db.Exec(ctx, `INSERT INTO usage_pack_progress (next_day) VALUES ($1)
 			ON CONFLICT (one) DO UPDATE SET next_day = EXCLUDED.next_day`, day.Add(24*time.Hour)); err != nil {
 			return st, fmt.Errorf("packing hour windows: recording progress past %s: %w", day.Format(time.DateOnly), err)
 		}
