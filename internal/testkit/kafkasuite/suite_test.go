@@ -14,18 +14,10 @@ import (
 	"github.com/usagemeter/metering/internal/topics"
 )
 
-// TestOnApacheKafka runs the scenarios on each Kafka version, all on one
+// TestOnApacheKafka runs every scenario on each Kafka version, all on one
 // three-broker cluster per version (replication factor 3,
 // min.insync.replicas 2) that the first scenario starts: Cluster proves
-// internal/testkit/kafkacluster on it, and Stop ends it. The first version
-// in KAFKA_SUITE_VERSIONS runs every scenario; each later one runs those
-// whose outcome depends on the broker's release (everyVersion): the
-// cluster itself, the consumer group protocol under rebalances, produce
-// and consume by both client libraries with the group's offsets in Kafka,
-// and the SASL_SSL listener. A leader's failover (at the client's level:
-// Cluster kills a partition's leader under acks=all writes on every
-// version) and partitions added by the operator, which the services see
-// through the same metadata and produce calls, run on the first only.
+// internal/testkit/kafkacluster on it, and Stop ends it.
 func TestOnApacheKafka(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts Apache Kafka clusters; not in -short")
@@ -36,8 +28,7 @@ func TestOnApacheKafka(t *testing.T) {
 			t.Log(l)
 		}
 	})
-	for i, version := range versions() {
-		first := i == 0
+	for _, version := range versions() {
 		t.Run(version, func(t *testing.T) {
 			// One cluster per version, started by the first scenario that
 			// runs; each scenario starts from no pipeline topics, its own
@@ -45,23 +36,19 @@ func TestOnApacheKafka(t *testing.T) {
 			var c *kafkacluster.Cluster
 			var jvms pids
 			scenarios := []struct {
-				name         string
-				run          func(*testing.T, *kafkacluster.Cluster, string, *figures)
-				everyVersion bool
+				name string
+				run  func(*testing.T, *kafkacluster.Cluster, string, *figures)
 			}{
 				{"Cluster", func(t *testing.T, c *kafkacluster.Cluster, version string, figs *figures) {
 					clusterBasics(t, c, version, jvms, figs)
-				}, true},
-				{"PipelineWithResendsAndForeignProducers", pipelineWithResends, true},
-				{"AggregatorsJoinAndLeave", aggregatorsJoinAndLeave, true},
-				{"LeaderKilledDuringIngest", leaderKilledDuringIngest, false},
-				{"OperatorTopicWithOtherPartitions", operatorTopic, false},
+				}},
+				{"PipelineWithResendsAndForeignProducers", pipelineWithResends},
+				{"AggregatorsJoinAndLeave", aggregatorsJoinAndLeave},
+				{"LeaderKilledDuringIngest", leaderKilledDuringIngest},
+				{"OperatorTopicWithOtherPartitions", operatorTopic},
 			}
 			owner := t
 			for _, sc := range scenarios {
-				if !first && !sc.everyVersion {
-					continue // proven on the first version; see above
-				}
 				if !t.Run(sc.name, func(t *testing.T) {
 					if c == nil {
 						c = startCluster(t, owner, version)
