@@ -13,9 +13,8 @@
 // Stop sends SIGTERM, then SIGKILL after StopGrace, and waits for every
 // node; Kill reaps the node it kills; a Start that fails stops what it had
 // started before it returns. On Linux a node also gets SIGKILL when the
-// process that started it dies. The real-Kafka suite
-// (internal/testkit/kafkasuite) checks the invariant against every process
-// id its clusters had.
+// process that started it dies. The tests check the invariant against
+// every process id a cluster had.
 //
 // Test and dev tooling, not product (see internal/testkit): no product
 // package imports it, and it does not import testing, since the dev

@@ -14,10 +14,8 @@ import (
 	"github.com/usagemeter/metering/internal/topics"
 )
 
-// TestOnApacheKafka runs every scenario on each Kafka version, all on one
-// three-broker cluster per version (replication factor 3,
-// min.insync.replicas 2) that the first scenario starts: Cluster proves
-// internal/testkit/kafkacluster on it, and Stop ends it.
+// TestOnApacheKafka runs every scenario on each Kafka version, each on a
+// fresh three-broker cluster (replication factor 3, min.insync.replicas 2).
 func TestOnApacheKafka(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts Apache Kafka clusters; not in -short")
@@ -34,14 +32,10 @@ func TestOnApacheKafka(t *testing.T) {
 			// runs; each scenario starts from no pipeline topics, its own
 			// database and its own group.
 			var c *kafkacluster.Cluster
-			var jvms pids
 			scenarios := []struct {
 				name string
 				run  func(*testing.T, *kafkacluster.Cluster, string, *figures)
 			}{
-				{"Cluster", func(t *testing.T, c *kafkacluster.Cluster, version string, figs *figures) {
-					clusterBasics(t, c, version, jvms, figs)
-				}},
 				{"PipelineWithResendsAndForeignProducers", pipelineWithResends},
 				{"AggregatorsJoinAndLeave", aggregatorsJoinAndLeave},
 				{"LeaderKilledDuringIngest", leaderKilledDuringIngest},
@@ -52,18 +46,15 @@ func TestOnApacheKafka(t *testing.T) {
 				if !t.Run(sc.name, func(t *testing.T) {
 					if c == nil {
 						c = startCluster(t, owner, version)
-						jvms = newPIDs(c)
 					}
 					resetTopics(t, c)
 					sc.run(t, c, version, figs)
-					jvms.record(c)
 				}) {
 					return // a broken cluster would fail the rest for the wrong reason
 				}
 			}
 			if c != nil {
-				// Before the next cluster starts: two cores.
-				t.Run("Stop", func(t *testing.T) { stopCluster(t, c, jvms) })
+				c.Stop() // before the next cluster starts: two cores
 			}
 			t.Run("SASLSSL", func(t *testing.T) { saslSSL(t, version, figs) })
 		})
