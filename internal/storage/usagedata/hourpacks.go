@@ -209,7 +209,7 @@ func nextPackDay(ctx context.Context, q storage.Executor) (time.Time, bool, erro
 			SELECT coalesce((SELECT next_day FROM usage_pack_progress),
 				(SELECT date_trunc('day', min(window_start) AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
 				 FROM usage_windows WHERE granularity = 'hour' AND group_key <> '')) AS day)
-		SELECT day, day < `+packHorizonSQL+` FROM n`).Scan(&day, &more)
+		SELECT day, coalesce(day < `+packHorizonSQL+`, false) FROM n`).Scan(&day, &more)
 	if err != nil {
 		return time.Time{}, false, fmt.Errorf("packing hour windows: finding the next day: %w", err)
 	}

@@ -383,3 +383,13 @@ func TestHourPacksWaitForOldDays(t *testing.T) {
 		t.Fatalf("%d pack rows after TRUNCATE usage_windows", packs)
 	}
 }
+
+// A database without grouped hour windows packs nothing, without error.
+func TestHourPacksOfNothing(t *testing.T) {
+	t.Parallel()
+	db := pgtest.New(t)
+	st, err := usagedata.PackHours(context.Background(), db.Pool, 1000)
+	if err != nil || st != (usagedata.PackStats{}) {
+		t.Fatalf("stats %+v, %v; want nothing", st, err)
+	}
+}
