@@ -12,6 +12,7 @@ import (
 	"github.com/usagemeter/metering/internal/meter"
 	"github.com/usagemeter/metering/internal/storage"
 	"github.com/usagemeter/metering/internal/storage/accounts"
+	"github.com/usagemeter/metering/internal/windows"
 )
 
 // Hour packs (migration 0035) are copies of a grouped meter's hour
@@ -33,10 +34,11 @@ import (
 // one committed, so a pack never replaces a newer one.
 const packLockKey = 7_302_035
 
-// Packable reports whether windows of aggregation agg may be packed: the
-// ones a read folds from stored windows (sum, count and max). A latest or
-// unique_count read is answered by SQL from usage_windows.
-func Packable(agg meter.Aggregation) bool {
+// foldsStoredWindows reports whether a read of aggregation agg folds the
+// stored windows themselves (sum, count and max: storedUsage), which is
+// also what may be packed; a latest or unique_count read is answered by
+// SQL from usage_windows (meterUsage).
+func foldsStoredWindows(agg meter.Aggregation) bool {
 	switch agg {
 	case meter.Sum, meter.Count, meter.Max:
 		return true
@@ -97,7 +99,7 @@ func PackHours(ctx context.Context, db txExecutor, limit int) (PackStats, error)
 			case err != nil:
 				return false, fmt.Errorf("packing hour windows: reading meter %s: %w", u.meter, err)
 			default:
-				ok = Packable(meter.Aggregation(m.Aggregation)) && len(m.GroupBy) > 0
+				ok = foldsStoredWindows(meter.Aggregation(m.Aggregation)) && len(m.GroupBy) > 0
 			}
 			packable[u.meter] = ok
 		}
@@ -242,15 +244,14 @@ func dayUnits(ctx context.Context, q storage.Executor, day time.Time) ([]packKey
 // grouped hour windows as they are now, clears its stale mark, and
 // reports whether it packed u: with pack false (the meter is not
 // packable), or when a window cannot be packed (readPacks), it leaves u
-// unpacked. A writer that marks u while this
-// runs either committed before the windows are read (the copy holds its
-// windows) or keeps its mark (its mark is new, or it holds the lock on
+// unpacked. A writer that marks u while this runs either committed
+// before the windows are read (the copy holds its windows) or keeps its
+// mark (its mark is new, or it holds the lock on
 // the old one, which the mark's deletion waits for and deletes only
 // after its commit, before the windows are read).
 func packUnit(ctx context.Context, db txExecutor, u packKey, pack bool) (bool, error) {
 	packed := false
 	err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
-		packed = false
 		b := &pgx.Batch{}
 		b.Queue(`SELECT pg_advisory_xact_lock($1)`, int64(packLockKey))
 		b.Queue(`DELETE FROM usage_pack_stale WHERE tenant = $1 AND meter = $2 AND day = $3`, u.tenant, u.meter, u.day)
@@ -363,25 +364,32 @@ func decodePack(dst []packedWindow, p []byte) ([]packedWindow, error) {
 		return dst, fmt.Errorf("%w: version %v", errBadPack, p[:min(len(p), 1)])
 	}
 	p = p[1:]
-	// next reads one varint in its shortest form (an overlong one ends
-	// with a zero byte).
-	next := func() (uint64, bool) {
-		v, n := binary.Uvarint(p)
+	// read takes n bytes of a varint just decoded, when it was read
+	// whole and in its shortest form (an overlong one ends with a zero
+	// byte).
+	read := func(n int) bool {
 		if n <= 0 || n > 1 && p[n-1] == 0 {
-			return 0, false
+			return false
 		}
 		p = p[n:]
-		return v, true
+		return true
 	}
 	last := int64(-1)
 	for len(p) > 0 {
-		off, ok1 := next()
-		v, ok2 := next()
-		e, ok3 := next()
-		if !ok1 || !ok2 || !ok3 {
+		off, n := binary.Uvarint(p)
+		ok := read(n)
+		var value, events int64
+		if ok {
+			value, n = binary.Varint(p)
+			ok = read(n)
+		}
+		if ok {
+			events, n = binary.Varint(p)
+			ok = read(n)
+		}
+		if !ok {
 			return dst, fmt.Errorf("%w: a varint cut short, too long or not in its shortest form", errBadPack)
 		}
-		value, events := unzigzag(v), unzigzag(e)
 		if off >= 24*3600 || int64(off) <= last || events < 0 {
 			return dst, fmt.Errorf("%w: an offset out of order or range, or a negative event count", errBadPack)
 		}
@@ -391,22 +399,14 @@ func decodePack(dst []packedWindow, p []byte) ([]packedWindow, error) {
 	return dst, nil
 }
 
-// unzigzag is the signed value of u, as binary.Varint reads it.
-func unzigzag(u uint64) int64 {
-	x := int64(u >> 1)
-	if u&1 != 0 {
-		x = ^x
-	}
-	return x
-}
-
 // packedHoursSQL is storedUsage's statement for hour windows of a grouped
 // meter: $1 tenant, $2 meter, $3 'hour', [$4, $5) the starts, $6 the UTC
 // days they fall in (packDays). A day packed and not marked stale is read
 // from its packs (a row per group: group_key, day, NULL, NULL, the
 // pack), every other day of the range from its windows by one range of
-// the key each (group_key, window_start, value, events, NULL). One statement: one snapshot, in which a pack and its
-// day's mark are seen together. The days are an array rather than a
+// the key each (group_key, window_start, value, events, NULL). One
+// statement: one snapshot, in which a pack and its day's mark are seen
+// together. The days are an array rather than a
 // series so that the planner knows how many there are: a month's read
 // is then estimated below the cost at which Postgres compiles it (JIT),
 // which took longer than the read itself.
@@ -430,14 +430,8 @@ const packedHoursSQL = `WITH clean AS (
 // packDays lists the UTC days of the starts in [from, to), from < to.
 func packDays(from, to time.Time) []time.Time {
 	var days []time.Time
-	for d := utcDay(from); d.Before(to); d = d.Add(24 * time.Hour) {
+	for d := windows.Day.Start(from); d.Before(to); d = d.Add(24 * time.Hour) {
 		days = append(days, d)
 	}
 	return days
-}
-
-// utcDay is the start of t's UTC day.
-func utcDay(t time.Time) time.Time {
-	y, m, d := t.UTC().Date()
-	return time.Date(y, m, d, 0, 0, 0, 0, time.UTC)
 }

@@ -235,8 +235,7 @@ type MeterUsage struct {
 // and a second statement gives the group of each distinct key; latest
 // and unique_count are answered by one statement.
 func (r *Reader) MeterUsage(ctx context.Context, q MeterQuery) (MeterUsage, error) {
-	switch q.Meter.Aggregation {
-	case meter.Sum, meter.Count, meter.Max:
+	if foldsStoredWindows(q.Meter.Aggregation) {
 		return r.storedUsage(ctx, q)
 	}
 	return r.meterUsage(ctx, q)
